@@ -1,0 +1,1 @@
+//! Quark benchmarks support code.

@@ -1,0 +1,1 @@
+//! Quark: wire protocol (frames, handshake, auth), sans-IO.

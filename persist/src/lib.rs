@@ -1,0 +1,1 @@
+//! Quark: the per-shard durable log (segments, group commit, recovery, compaction).

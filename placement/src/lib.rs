@@ -1,0 +1,1 @@
+//! Quark: pure, deterministic placement (actor id hashing, shard and node selection).

@@ -1,0 +1,1 @@
+//! Quark: the per-core engine (threads, rings, actor table, turns, timers).
