@@ -1,1 +1,21 @@
-//! Quark: pure, deterministic placement (actor id hashing, shard and node selection).
+//! Quark placement: where an actor lives.
+//!
+//! Pure and deterministic: no I/O, no clocks, no randomness. Every node and every client computes
+//! the same owner for the same [`ActorId`] from the same membership, because the hash used here is
+//! defined by this crate (FNV-1a 64 with a splitmix64 finaliser), not by `std`'s per-process
+//! randomised hasher.
+//!
+//! ```
+//! use quark_placement::{ActorId, ActorKey, shard_for};
+//! let id = ActorId::new("counter", ActorKey::U64(7));
+//! let shard = shard_for(&id, 4);
+//! assert!(shard < 4);
+//! assert_eq!(shard, shard_for(&id, 4)); // stable
+//! ```
+#![deny(missing_docs)]
+
+mod id;
+mod ring;
+
+pub use id::{stable_hash, ActorId, ActorKey};
+pub use ring::{jump_hash, node_for, shard_for, NodeId, Placement, ShardId};
