@@ -1,0 +1,315 @@
+//! Typed payloads: the [`WireMessage`] trait, rkyv encode/validate helpers, and the request /
+//! response envelopes.
+
+use std::borrow::Cow;
+
+use rkyv::api::high::{HighSerializer, HighValidator};
+use rkyv::bytecheck::CheckBytes;
+use rkyv::rancor;
+use rkyv::ser::allocator::ArenaHandle;
+use rkyv::with::AsOwned;
+use rkyv::{Archive, Deserialize, Portable, Serialize};
+
+use crate::decoder::Frame;
+use crate::frame::{EncodeError, FrameHead, FrameKind, OutBuf, FRAME_ALIGN};
+
+/// The rkyv serializer a payload is archived with (writes straight into an [`OutBuf`]).
+pub type PayloadSerializer<'w, 'a> =
+    HighSerializer<crate::frame::PayloadWriter<'w>, ArenaHandle<'a>, rancor::Error>;
+
+/// A type that crosses nodes. `WIRE_NAME` is its stable name on the wire: it is what a request
+/// names, what a receiver looks up, and it must never be reused for a different layout (add a
+/// version suffix instead, e.g. `"bank.Deposit.v2"`).
+///
+/// Implement it for any `#[derive(rkyv::Archive, rkyv::Serialize)]` type whose archived form
+/// has alignment ≤ 16 (true of every type built from rkyv's primitives, strings, vecs, enums).
+pub trait WireMessage:
+    Archive<Archived: Portable + for<'v> CheckBytes<HighValidator<'v, rancor::Error>>>
+    + for<'w, 'a> Serialize<PayloadSerializer<'w, 'a>>
+{
+    /// Stable name of the type on the wire.
+    const WIRE_NAME: &'static str;
+}
+
+/// Why a payload could not be used. The sender is not trusted: answer a request with a
+/// [`RemoteError::BadPayload`] reply, or close the connection for control frames.
+#[derive(Debug, thiserror::Error)]
+pub enum WireError {
+    /// Bytes are not a valid archive of the expected type (bytecheck failed).
+    #[error("payload of {len} bytes is not a valid {wire_name}: {source}")]
+    Invalid {
+        /// Wire name of the expected type.
+        wire_name: &'static str,
+        /// Payload length.
+        len: usize,
+        /// The validator's error.
+        #[source]
+        source: rancor::Error,
+    },
+    /// The payload does not start at a 16-aligned address (it was not taken from a
+    /// [`Frame`] of an aligned buffer).
+    #[error("payload for {wire_name} at address {addr:#x} is not {FRAME_ALIGN}-aligned")]
+    Misaligned {
+        /// Wire name of the expected type.
+        wire_name: &'static str,
+        /// The address.
+        addr: usize,
+    },
+    /// The frame is of a kind this decoder does not read.
+    #[error("expected a {expected} frame, got {found:?}")]
+    WrongKind {
+        /// What was expected.
+        expected: &'static str,
+        /// What came.
+        found: FrameKind,
+    },
+}
+
+/// Validates `payload` as an archived `M` and returns a reference into it (zero copy).
+/// Untrusted bytes are checked completely (bounds, alignment, UTF-8, enum tags, pointers)
+/// before anything is read; this never panics.
+pub fn decode_message<M: WireMessage>(payload: &[u8]) -> Result<&M::Archived, WireError> {
+    let addr = payload.as_ptr() as usize;
+    if addr % FRAME_ALIGN != 0 {
+        return Err(WireError::Misaligned {
+            wire_name: M::WIRE_NAME,
+            addr,
+        });
+    }
+    rkyv::access::<M::Archived, rancor::Error>(payload).map_err(|source| WireError::Invalid {
+        wire_name: M::WIRE_NAME,
+        len: payload.len(),
+        source,
+    })
+}
+
+/// Appends one frame whose whole payload is the archive of `msg` (used for control frames:
+/// the handshake, or an application's own frame kinds). Read it back with
+/// `decode_message::<M>(frame.meta())`.
+pub fn encode_message<M: WireMessage>(
+    out: &mut OutBuf,
+    head: FrameHead,
+    msg: &M,
+    frame_bytes_max: u32,
+) -> Result<u32, EncodeError> {
+    let mut f = out.begin_frame(head)?;
+    f.archive(M::WIRE_NAME, msg)?;
+    f.finish(frame_bytes_max)
+}
+
+/// The key part of an actor id as it travels.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Archive, Serialize, Deserialize)]
+pub enum WireKey<'a> {
+    /// An integer key.
+    U64(u64),
+    /// A string key.
+    Str(#[rkyv(with = AsOwned)] Cow<'a, str>),
+    /// A binary key.
+    Bytes(#[rkyv(with = AsOwned)] Cow<'a, [u8]>),
+}
+
+/// The meta section of a `Request` or `OneWay` frame: who the message is for and what it is.
+/// The message itself is the frame's body.
+#[derive(Debug, Clone, PartialEq, Eq, Archive, Serialize, Deserialize)]
+pub struct RequestEnvelope<'a> {
+    /// The actor type's registered name.
+    #[rkyv(with = AsOwned)]
+    pub actor_type: Cow<'a, str>,
+    /// The actor's key.
+    pub key: WireKey<'a>,
+    /// [`WireMessage::WIRE_NAME`] of the body's type.
+    #[rkyv(with = AsOwned)]
+    pub message_type: Cow<'a, str>,
+    /// Time left until the caller gives up, in milliseconds, measured when the frame was
+    /// encoded (relative, so clocks need not agree). 0 for tells without deadline.
+    pub deadline_ms: u32,
+}
+
+impl WireMessage for RequestEnvelope<'_> {
+    const WIRE_NAME: &'static str = "quark.RequestEnvelope";
+}
+
+/// Why a remote call failed, as the callee reports it. Travels in an `ErrorReply` frame.
+#[derive(Debug, Clone, PartialEq, Eq, Archive, Serialize, Deserialize, thiserror::Error)]
+#[rkyv(derive(Debug))]
+pub enum RemoteError {
+    /// The receiving node has no actor type of this name.
+    #[error("unknown actor type {actor_type:?}")]
+    UnknownActorType {
+        /// The name the request carried.
+        actor_type: String,
+    },
+    /// The actor type does not handle a message of this wire name.
+    #[error("actor type {actor_type:?} has no handler for message type {message_type:?}")]
+    UnknownMessageType {
+        /// The actor type.
+        actor_type: String,
+        /// The wire name the request carried.
+        message_type: String,
+    },
+    /// The body failed validation as the named message type.
+    #[error("payload is not a valid {message_type:?}")]
+    BadPayload {
+        /// The wire name the request carried.
+        message_type: String,
+    },
+    /// The handler panicked; the activation was stopped.
+    #[error("the actor panicked while handling the message")]
+    ActorPanicked,
+    /// The deadline passed on the callee's side.
+    #[error("deadline exceeded on the callee")]
+    Timeout,
+    /// The callee node is stopping and takes no new work.
+    #[error("the callee node is shutting down")]
+    ShuttingDown,
+    /// The callee's bounded queue for the target was full.
+    #[error("the callee is overloaded")]
+    Overloaded,
+}
+
+impl WireMessage for RemoteError {
+    const WIRE_NAME: &'static str = "quark.RemoteError";
+}
+
+/// Appends a `Request` (or, with `kind = OneWay`, a tell) frame: `envelope` archived in the
+/// meta section, `msg` archived in the body, both in place in `out`.
+///
+/// ```
+/// use quark_net::*;
+/// let mut out = OutBuf::new();
+/// #[derive(rkyv::Archive, rkyv::Serialize)]
+/// struct Ping { n: u64 }
+/// impl WireMessage for Ping { const WIRE_NAME: &'static str = "test.Ping"; }
+/// let env = RequestEnvelope::new("counter", WireKey::U64(7), Ping::WIRE_NAME, 500);
+/// let head = FrameHead { correlation: 42, ..FrameHead::new(FrameKind::Request) };
+/// encode_request(&mut out, head, &env, &Ping { n: 1 }, DEFAULT_FRAME_BYTES_MAX).unwrap();
+/// let mut dec = FrameDecoder::new(DEFAULT_FRAME_BYTES_MAX);
+/// assert_eq!(dec.feed(out.pending()).unwrap(), out.len());
+/// let frame = dec.next_frame().unwrap();
+/// let req = decode_request(&frame).unwrap();
+/// assert_eq!(req.envelope.message_type.as_str(), "test.Ping");
+/// assert_eq!(decode_message::<Ping>(req.body).unwrap().n, 1);
+/// ```
+pub fn encode_request<M: WireMessage>(
+    out: &mut OutBuf,
+    head: FrameHead,
+    envelope: &RequestEnvelope<'_>,
+    msg: &M,
+    frame_bytes_max: u32,
+) -> Result<u32, EncodeError> {
+    debug_assert!(matches!(head.kind, FrameKind::Request | FrameKind::OneWay));
+    let mut f = out.begin_frame(head)?;
+    f.archive(RequestEnvelope::WIRE_NAME, envelope)?;
+    f.end_meta();
+    f.archive(M::WIRE_NAME, msg)?;
+    f.finish(frame_bytes_max)
+}
+
+impl<'a> RequestEnvelope<'a> {
+    /// An envelope borrowing its strings (no allocation).
+    pub fn new(
+        actor_type: &'a str,
+        key: WireKey<'a>,
+        message_type: &'a str,
+        deadline_ms: u32,
+    ) -> RequestEnvelope<'a> {
+        RequestEnvelope {
+            actor_type: Cow::Borrowed(actor_type),
+            key,
+            message_type: Cow::Borrowed(message_type),
+            deadline_ms,
+        }
+    }
+}
+
+/// A validated `Request`/`OneWay` frame: the envelope, read in place, and the body bytes
+/// (16-aligned, not yet validated: the receiver picks the type from `envelope.message_type`
+/// and calls [`decode_message`]; if it knows no such type it answers with
+/// [`RemoteError::UnknownMessageType`]).
+pub struct RequestView<'a> {
+    /// Header fields of the frame (reply with `head.reply(..)`).
+    pub head: FrameHead,
+    /// The envelope, validated.
+    pub envelope: &'a ArchivedRequestEnvelope<'static>,
+    /// The message archive.
+    pub body: &'a [u8],
+}
+
+/// Validates a `Request`/`OneWay` frame's envelope.
+pub fn decode_request<'a>(frame: &Frame<'a>) -> Result<RequestView<'a>, WireError> {
+    let kind = frame.header.head.kind;
+    if !matches!(kind, FrameKind::Request | FrameKind::OneWay) {
+        return Err(WireError::WrongKind {
+            expected: "Request or OneWay",
+            found: kind,
+        });
+    }
+    let envelope = decode_message::<RequestEnvelope<'static>>(frame.meta())?;
+    Ok(RequestView {
+        head: frame.header.head,
+        envelope,
+        body: frame.body(),
+    })
+}
+
+/// Appends the `Response` to a request: `reply` archived as the body, empty meta.
+/// `request` is the request's head (shards are swapped, the correlation id kept).
+pub fn encode_response<R: WireMessage>(
+    out: &mut OutBuf,
+    request: &FrameHead,
+    reply: &R,
+    frame_bytes_max: u32,
+) -> Result<u32, EncodeError> {
+    let mut f = out.begin_frame(request.reply(FrameKind::Response))?;
+    f.end_meta();
+    f.archive(R::WIRE_NAME, reply)?;
+    f.finish(frame_bytes_max)
+}
+
+/// Appends the `ErrorReply` to a request: `error` archived as the meta section.
+pub fn encode_error_reply(
+    out: &mut OutBuf,
+    request: &FrameHead,
+    error: &RemoteError,
+    frame_bytes_max: u32,
+) -> Result<u32, EncodeError> {
+    encode_message(
+        out,
+        request.reply(FrameKind::ErrorReply),
+        error,
+        frame_bytes_max,
+    )
+}
+
+/// What came back for a request.
+#[derive(Debug)]
+pub enum ResponseView<'a> {
+    /// The reply archive (16-aligned; validate with [`decode_message`] as the expected type).
+    Reply(&'a [u8]),
+    /// The callee's typed error.
+    Error(RemoteError),
+}
+
+/// Reads a `Response` or `ErrorReply` frame. The error variant is validated and
+/// deserialized (error path only, so the allocation does not matter).
+pub fn decode_response<'a>(frame: &Frame<'a>) -> Result<ResponseView<'a>, WireError> {
+    match frame.header.head.kind {
+        FrameKind::Response => Ok(ResponseView::Reply(frame.body())),
+        FrameKind::ErrorReply => {
+            let archived = decode_message::<RemoteError>(frame.meta())?;
+            let err =
+                rkyv::deserialize::<RemoteError, rancor::Error>(archived).map_err(|source| {
+                    WireError::Invalid {
+                        wire_name: RemoteError::WIRE_NAME,
+                        len: frame.meta().len(),
+                        source,
+                    }
+                })?;
+            Ok(ResponseView::Error(err))
+        }
+        found => Err(WireError::WrongKind {
+            expected: "Response or ErrorReply",
+            found,
+        }),
+    }
+}
