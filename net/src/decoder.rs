@@ -47,7 +47,7 @@ impl<'a> Frame<'a> {
 /// Returns the frame and its length. For a contiguous slice (tests, forwarded frames); the
 /// network path uses [`FrameDecoder`].
 pub fn decode_frame(bytes: &[u8], frame_bytes_max: u32) -> Result<(Frame<'_>, usize), FrameError> {
-    if bytes.as_ptr() as usize % FRAME_ALIGN != 0 {
+    if bytes.as_ptr() as usize & (FRAME_ALIGN - 1) != 0 {
         return Err(FrameError::Misaligned {
             what: "frame address",
             value: bytes.as_ptr() as usize as u64,

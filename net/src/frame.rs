@@ -266,7 +266,7 @@ pub(crate) fn parse_header(
             max: frame_bytes_max,
         });
     }
-    if frame_len as usize % FRAME_ALIGN != 0 {
+    if frame_len as usize & (FRAME_ALIGN - 1) != 0 {
         return Err(FrameError::Misaligned {
             what: "frame_len",
             value: u64::from(frame_len),

@@ -367,33 +367,37 @@ pub enum HandshakeStatus {
     Established(PeerInfo),
 }
 
-fn proof(
-    secret: Option<&ClusterSecret>,
-    label: u8,
+/// The inputs both sides bind into a proof.
+struct Transcript<'a> {
+    secret: Option<&'a ClusterSecret>,
     version: u16,
-    cluster_id: &str,
+    cluster_id: &'a str,
     initiator: u64,
     acceptor: u64,
     role: PeerRole,
-    nonce_i: &[u8; NONCE_BYTES],
-    nonce_a: &[u8; NONCE_BYTES],
-) -> Hmac<Sha256> {
-    let key = secret.map_or(&[][..], |s| s.expose());
-    let mut mac = Hmac::<Sha256>::new_from_slice(key).expect("HMAC accepts keys of any length");
-    // Format: { tag "quark-handshake-v1\0" | label u8 ('I' or 'A') | version u16 |
-    //   cluster_id_len u32 | cluster_id | initiator_node u64 | acceptor_node u64 | role u8 |
-    //   nonce_i [u8;32] | nonce_a [u8;32] }, integers little-endian.
-    mac.update(TRANSCRIPT_TAG);
-    mac.update(&[label]);
-    mac.update(&version.to_le_bytes());
-    mac.update(&(cluster_id.len() as u32).to_le_bytes());
-    mac.update(cluster_id.as_bytes());
-    mac.update(&initiator.to_le_bytes());
-    mac.update(&acceptor.to_le_bytes());
-    mac.update(&[role as u8]);
-    mac.update(nonce_i);
-    mac.update(nonce_a);
-    mac
+    nonce_i: &'a [u8; NONCE_BYTES],
+    nonce_a: &'a [u8; NONCE_BYTES],
+}
+
+impl Transcript<'_> {
+    fn mac(&self, label: u8) -> Hmac<Sha256> {
+        let key = self.secret.map_or(&[][..], |s| s.expose());
+        let mut mac = Hmac::<Sha256>::new_from_slice(key).expect("HMAC accepts keys of any length");
+        // Format: { tag "quark-handshake-v1\0" | label u8 ('I' or 'A') | version u16 |
+        //   cluster_id_len u32 | cluster_id | initiator_node u64 | acceptor_node u64 | role u8 |
+        //   nonce_i [u8;32] | nonce_a [u8;32] }, integers little-endian.
+        mac.update(TRANSCRIPT_TAG);
+        mac.update(&[label]);
+        mac.update(&self.version.to_le_bytes());
+        mac.update(&(self.cluster_id.len() as u32).to_le_bytes());
+        mac.update(self.cluster_id.as_bytes());
+        mac.update(&self.initiator.to_le_bytes());
+        mac.update(&self.acceptor.to_le_bytes());
+        mac.update(&[self.role as u8]);
+        mac.update(self.nonce_i);
+        mac.update(self.nonce_a);
+        mac
+    }
 }
 
 const LABEL_INITIATOR: u8 = b'I';
@@ -625,32 +629,32 @@ impl Initiator {
             }
         }
         let cfg = &self.cfg;
-        let mac_a = proof(
-            cfg.secret.as_ref(),
-            LABEL_ACCEPTOR,
-            cfg.protocol_version,
-            &cfg.cluster_id,
-            cfg.node_id,
-            claim.node_id,
-            cfg.role,
-            &self.nonce,
-            &c.nonce,
-        );
+        let mac_a = Transcript {
+            secret: cfg.secret.as_ref(),
+            version: cfg.protocol_version,
+            cluster_id: &cfg.cluster_id,
+            initiator: cfg.node_id,
+            acceptor: claim.node_id,
+            role: cfg.role,
+            nonce_i: &self.nonce,
+            nonce_a: &c.nonce,
+        }
+        .mac(LABEL_ACCEPTOR);
         // Constant-time comparison (hmac uses `subtle`).
         if mac_a.verify_slice(&c.proof).is_err() {
             return Err(HandshakeError::WrongProof { peer: claim });
         }
-        let mac_i = proof(
-            cfg.secret.as_ref(),
-            LABEL_INITIATOR,
-            cfg.protocol_version,
-            &cfg.cluster_id,
-            cfg.node_id,
-            claim.node_id,
-            cfg.role,
-            &self.nonce,
-            &c.nonce,
-        );
+        let mac_i = Transcript {
+            secret: cfg.secret.as_ref(),
+            version: cfg.protocol_version,
+            cluster_id: &cfg.cluster_id,
+            initiator: cfg.node_id,
+            acceptor: claim.node_id,
+            role: cfg.role,
+            nonce_i: &self.nonce,
+            nonce_a: &c.nonce,
+        }
+        .mac(LABEL_INITIATOR);
         let msg = ProofMsg {
             proof: mac_i.finalize().into_bytes().into(),
         };
@@ -792,17 +796,17 @@ impl Acceptor {
         check_claims(&self.cfg, &claim, h.has_secret)?;
         let role = role_from_archived(&h.role);
         let cfg = &self.cfg;
-        let mac_a = proof(
-            cfg.secret.as_ref(),
-            LABEL_ACCEPTOR,
-            cfg.protocol_version,
-            &cfg.cluster_id,
-            claim.node_id,
-            cfg.node_id,
+        let mac_a = Transcript {
+            secret: cfg.secret.as_ref(),
+            version: cfg.protocol_version,
+            cluster_id: &cfg.cluster_id,
+            initiator: claim.node_id,
+            acceptor: cfg.node_id,
             role,
-            &h.nonce,
-            &self.nonce,
-        );
+            nonce_i: &h.nonce,
+            nonce_a: &self.nonce,
+        }
+        .mac(LABEL_ACCEPTOR);
         let msg = Challenge {
             protocol_version: cfg.protocol_version,
             cluster_id: cfg.cluster_id.clone(),
@@ -840,17 +844,17 @@ impl Acceptor {
         };
         let p = decode_message::<ProofMsg>(frame.meta()).map_err(HandshakeError::BadPayload)?;
         let cfg = &self.cfg;
-        let mac_i = proof(
-            cfg.secret.as_ref(),
-            LABEL_INITIATOR,
-            cfg.protocol_version,
-            &cfg.cluster_id,
-            peer.node_id,
-            cfg.node_id,
-            peer.role,
+        let mac_i = Transcript {
+            secret: cfg.secret.as_ref(),
+            version: cfg.protocol_version,
+            cluster_id: &cfg.cluster_id,
+            initiator: peer.node_id,
+            acceptor: cfg.node_id,
+            role: peer.role,
             nonce_i,
-            &self.nonce,
-        );
+            nonce_a: &self.nonce,
+        }
+        .mac(LABEL_INITIATOR);
         mac_i
             .verify_slice(&p.proof)
             .map_err(|_| HandshakeError::WrongProof {

@@ -9,13 +9,20 @@
 //! behaviour is deterministic under test. The byte layout is in `docs/PROTOCOL.md`.
 #![deny(missing_docs)]
 
+mod backoff;
+mod counters;
 mod decoder;
+mod detector;
 mod frame;
 mod handshake;
+mod membership;
 mod secret;
 mod wire;
 
+pub use backoff::{Backoff, BackoffConfig};
+pub use counters::{CloseReason, PeerCounters};
 pub use decoder::{decode_frame, Frame, FrameDecoder, READ_CHUNK_BYTES};
+pub use detector::{DetectorConfig, FailureDetector, Liveness, Transition};
 pub use frame::{
     EncodeError, FrameBuilder, FrameError, FrameHead, FrameHeader, FrameKind, OutBuf,
     PayloadWriter, DEFAULT_FRAME_BYTES_MAX, FRAME_ALIGN, FRAME_BYTES_MAX_LIMIT,
@@ -26,6 +33,7 @@ pub use handshake::{
     PeerRole, RejectReason, CLUSTER_ID_BYTES_MAX, HANDSHAKE_FRAME_BYTES_MAX, NONCE_BYTES,
     PROTOCOL_VERSION,
 };
+pub use membership::{ClusterConfig, Membership, MembershipError, NodeConfig};
 /// The rkyv version this crate archives with (derive `rkyv::Archive`/`Serialize` through it
 /// so the versions match).
 pub use rkyv;

@@ -70,7 +70,7 @@ pub enum WireError {
 /// before anything is read; this never panics.
 pub fn decode_message<M: WireMessage>(payload: &[u8]) -> Result<&M::Archived, WireError> {
     let addr = payload.as_ptr() as usize;
-    if addr % FRAME_ALIGN != 0 {
+    if addr & (FRAME_ALIGN - 1) != 0 {
         return Err(WireError::Misaligned {
             wire_name: M::WIRE_NAME,
             addr,

@@ -27,17 +27,24 @@ fn push_raw(out: &mut OutBuf, h: FrameHead, meta: &[u8], body: Option<&[u8]>) ->
     f.finish(u32::MAX).unwrap()
 }
 
+/// A decoded frame: header, meta bytes, body bytes.
+type Decoded = (FrameHeader, Vec<u8>, Vec<u8>);
+
 /// Feeds `bytes` in chunks, draining frames after each; returns (header, meta, body) triples.
 fn decode_all(
     dec: &mut FrameDecoder,
     bytes: &[u8],
     chunks: &[usize],
-) -> Result<Vec<(FrameHeader, Vec<u8>, Vec<u8>)>, FrameError> {
+) -> Result<Vec<Decoded>, FrameError> {
     let mut got = Vec::new();
     let mut rest = bytes;
     let mut i = 0;
     while !rest.is_empty() {
-        let chunk = chunks.get(i).copied().unwrap_or(rest.len()).clamp(1, rest.len());
+        let chunk = chunks
+            .get(i)
+            .copied()
+            .unwrap_or(rest.len())
+            .clamp(1, rest.len());
         i += 1;
         let mut piece = &rest[..chunk];
         rest = &rest[chunk..];
@@ -94,7 +101,12 @@ fn header_layout_is_as_documented() {
 fn every_frame_kind_round_trips() {
     let mut out = OutBuf::new();
     for (i, k) in FrameKind::ALL.iter().enumerate() {
-        push_raw(&mut out, head(*k, i as u16, 7, i as u64), &[i as u8; 5], None);
+        push_raw(
+            &mut out,
+            head(*k, i as u16, 7, i as u64),
+            &[i as u8; 5],
+            None,
+        );
     }
     let mut dec = FrameDecoder::new(MAX);
     let got = decode_all(&mut dec, out.pending(), &[]).unwrap();
@@ -110,9 +122,19 @@ fn every_frame_kind_round_trips() {
 #[test]
 fn split_at_every_byte_boundary() {
     let mut out = OutBuf::new();
-    push_raw(&mut out, head(FrameKind::Request, 1, 2, 3), b"meta!", Some(&[9u8; 40]));
+    push_raw(
+        &mut out,
+        head(FrameKind::Request, 1, 2, 3),
+        b"meta!",
+        Some(&[9u8; 40]),
+    );
     push_raw(&mut out, head(FrameKind::Heartbeat, 1, 2, 4), b"", None);
-    push_raw(&mut out, head(FrameKind::OneWay, 5, 6, 7), &[1u8; 17], Some(b""));
+    push_raw(
+        &mut out,
+        head(FrameKind::OneWay, 5, 6, 7),
+        &[1u8; 17],
+        Some(b""),
+    );
     let bytes = out.pending().to_vec();
     let mut want = decode_all(&mut FrameDecoder::new(MAX), &bytes, &[]).unwrap();
     assert_eq!(want.len(), 3);
@@ -128,13 +150,22 @@ fn split_at_every_byte_boundary() {
 #[test]
 fn stream_ending_mid_frame_is_truncated() {
     let mut out = OutBuf::new();
-    push_raw(&mut out, head(FrameKind::Request, 0, 0, 1), &[3u8; 20], None);
+    push_raw(
+        &mut out,
+        head(FrameKind::Request, 0, 0, 1),
+        &[3u8; 20],
+        None,
+    );
     let bytes = out.pending();
     for cut in 1..bytes.len() {
         let mut dec = FrameDecoder::new(MAX);
         dec.feed(&bytes[..cut]).unwrap();
         assert!(dec.next_frame().is_none());
-        let need = if cut < HEADER_BYTES { HEADER_BYTES } else { bytes.len() };
+        let need = if cut < HEADER_BYTES {
+            HEADER_BYTES
+        } else {
+            bytes.len()
+        };
         assert_eq!(dec.finish(), Err(FrameError::Truncated { have: cut, need }));
     }
     // A contiguous slice that is too short.
@@ -153,7 +184,12 @@ fn aligned_copy(bytes: &[u8]) -> rkyv::util::AlignedVec<16> {
 
 fn valid_header() -> Vec<u8> {
     let mut out = OutBuf::new();
-    push_raw(&mut out, head(FrameKind::Request, 0, 0, 1), &[0u8; 32], None);
+    push_raw(
+        &mut out,
+        head(FrameKind::Request, 0, 0, 1),
+        &[0u8; 32],
+        None,
+    );
     out.pending().to_vec()
 }
 
@@ -170,7 +206,12 @@ fn expect_err(bytes: &[u8]) -> FrameError {
 #[test]
 fn bad_headers_are_rejected_with_the_right_error() {
     let good = valid_header();
-    assert_eq!(decode_all(&mut FrameDecoder::new(MAX), &good, &[]).unwrap().len(), 1);
+    assert_eq!(
+        decode_all(&mut FrameDecoder::new(MAX), &good, &[])
+            .unwrap()
+            .len(),
+        1
+    );
 
     let mut b = good.clone();
     b[0] = b'H';
@@ -189,23 +230,38 @@ fn bad_headers_are_rejected_with_the_right_error() {
     b[4..8].copy_from_slice(&(MAX + 16).to_le_bytes());
     assert_eq!(
         expect_err(&b),
-        FrameError::Oversized { len: u64::from(MAX + 16), max: MAX }
+        FrameError::Oversized {
+            len: u64::from(MAX + 16),
+            max: MAX
+        }
     );
 
     let mut b = good.clone();
     b[4..8].copy_from_slice(&72u32.to_le_bytes());
     assert_eq!(
         expect_err(&b),
-        FrameError::Misaligned { what: "frame_len", value: 72 }
+        FrameError::Misaligned {
+            what: "frame_len",
+            value: 72
+        }
     );
 
     let mut b = good.clone();
     b[8..12].copy_from_slice(&33u32.to_le_bytes()); // align16(32+33) = 80 != 64
-    assert!(matches!(expect_err(&b), FrameError::BadLength { payload_len: 33, .. }));
+    assert!(matches!(
+        expect_err(&b),
+        FrameError::BadLength {
+            payload_len: 33,
+            ..
+        }
+    ));
 
     let mut b = good.clone();
     b[12..16].copy_from_slice(&40u32.to_le_bytes()); // meta_len > payload_len
-    assert!(matches!(expect_err(&b), FrameError::BadLength { meta_len: 40, .. }));
+    assert!(matches!(
+        expect_err(&b),
+        FrameError::BadLength { meta_len: 40, .. }
+    ));
 
     let mut b = good.clone();
     b[12..16].copy_from_slice(&20u32.to_le_bytes()); // body would start at 32 = payload_len: ok
@@ -221,7 +277,10 @@ fn bad_headers_are_rejected_with_the_right_error() {
     for offset in [17usize, 22, 23] {
         let mut b = good.clone();
         b[offset] = 1;
-        assert_eq!(expect_err(&b), FrameError::ReservedNonZero { offset, value: 1 });
+        assert_eq!(
+            expect_err(&b),
+            FrameError::ReservedNonZero { offset, value: 1 }
+        );
     }
 }
 
@@ -232,7 +291,10 @@ fn oversized_header_is_refused_before_the_body_is_buffered() {
     let mut stream = b[..HEADER_BYTES].to_vec();
     stream.extend(std::iter::repeat_n(0xAB, 100_000));
     let mut dec = FrameDecoder::new(MAX);
-    assert!(matches!(dec.feed(&stream), Err(FrameError::Oversized { .. })));
+    assert!(matches!(
+        dec.feed(&stream),
+        Err(FrameError::Oversized { .. })
+    ));
     assert!(dec.capacity_bytes() <= MAX as usize);
     assert_eq!(dec.buffered_bytes(), HEADER_BYTES);
 }
@@ -245,7 +307,10 @@ fn misaligned_slice_is_refused() {
     v.extend_from_slice(&good);
     assert!(matches!(
         decode_frame(&v[1..], MAX),
-        Err(FrameError::Misaligned { what: "frame address", .. })
+        Err(FrameError::Misaligned {
+            what: "frame address",
+            ..
+        })
     ));
     let ok = aligned_copy(&good);
     let (f, len) = decode_frame(ok.as_slice(), MAX).unwrap();
@@ -257,7 +322,12 @@ fn misaligned_slice_is_refused() {
 fn unfilled_filled_reads_in_place() {
     let mut out = OutBuf::new();
     for i in 0..50u64 {
-        push_raw(&mut out, head(FrameKind::OneWay, 0, 1, i), &i.to_le_bytes(), None);
+        push_raw(
+            &mut out,
+            head(FrameKind::OneWay, 0, 1, i),
+            &i.to_le_bytes(),
+            None,
+        );
     }
     let bytes = out.pending().to_vec();
     let mut dec = FrameDecoder::new(MAX);
@@ -285,7 +355,10 @@ fn encoder_refuses_frames_over_the_bound_and_leaves_the_buffer_intact() {
     let before = out.pending().to_vec();
     let mut f = out.begin_frame(head(FrameKind::OneWay, 0, 0, 2)).unwrap();
     f.extend_from_slice(&[0u8; 100]);
-    assert!(matches!(f.finish(64), Err(EncodeError::TooLarge { len: 144, max: 64 })));
+    assert!(matches!(
+        f.finish(64),
+        Err(EncodeError::TooLarge { len: 144, max: 64 })
+    ));
     assert_eq!(out.pending(), &before[..]);
     // Abandoned builder: the partial frame is removed too.
     {
@@ -293,8 +366,14 @@ fn encoder_refuses_frames_over_the_bound_and_leaves_the_buffer_intact() {
         f.extend_from_slice(b"partial");
     }
     assert_eq!(out.pending(), &before[..]);
-    let bad = FrameHead { flags: 1, ..head(FrameKind::OneWay, 0, 0, 3) };
-    assert!(matches!(out.begin_frame(bad), Err(EncodeError::UnknownFlags { flags: 1 })));
+    let bad = FrameHead {
+        flags: 1,
+        ..head(FrameKind::OneWay, 0, 0, 3)
+    };
+    assert!(matches!(
+        out.begin_frame(bad),
+        Err(EncodeError::UnknownFlags { flags: 1 })
+    ));
 }
 
 #[test]
@@ -302,7 +381,12 @@ fn outbuf_partial_writes_keep_frames_aligned() {
     let mut out = OutBuf::new();
     let mut wire = Vec::new();
     for i in 0..40u64 {
-        push_raw(&mut out, head(FrameKind::OneWay, 0, 0, i), &[i as u8; 9], Some(&[1, 2, 3]));
+        push_raw(
+            &mut out,
+            head(FrameKind::OneWay, 0, 0, i),
+            &[i as u8; 9],
+            Some(&[1, 2, 3]),
+        );
         // "Write" an odd number of bytes each time, as a short write would.
         let n = out.len().min(37);
         wire.extend_from_slice(&out.pending()[..n]);
