@@ -229,6 +229,9 @@ fn client_run(addr: SocketAddr, args: &Args) -> Result<RunResult> {
     })
 }
 
+/// A summary row: JSON name, accessor, display scale, display unit.
+type Field = (&'static str, fn(&RunResult) -> f64, f64, &'static str);
+
 fn median_spread(mut v: Vec<f64>) -> (f64, f64, f64) {
     v.sort_by(|a, b| a.total_cmp(b));
     (v[v.len() / 2], v[0], v[v.len() - 1])
@@ -253,7 +256,7 @@ fn client(addr: SocketAddr, args: &Args) -> Result<()> {
     }
     let mut json = serde_json::Map::new();
     println!("summary over {} runs: median [min .. max]", runs.len());
-    let fields: [(&str, fn(&RunResult) -> f64, f64, &str); 6] = [
+    let fields: [Field; 6] = [
         ("rtt_p50_us", |r| r.p50_us, 1.0, "us"),
         ("rtt_p90_us", |r| r.p90_us, 1.0, "us"),
         ("rtt_p99_us", |r| r.p99_us, 1.0, "us"),
