@@ -20,6 +20,8 @@ use quark_net::{FrameDecoder, FrameHead, FrameKind, OutBuf};
 
 const MSG_BYTES: usize = 64;
 const PHASE_PINGPONG: u8 = b'P';
+/// Ping-pong with both sides busy-polling non-blocking sockets (no sleep/wake-up per message).
+const PHASE_PINGPONG_SPIN: u8 = b'p';
 const PHASE_STREAM: u8 = b'S';
 const PHASE_FRAMED: u8 = b'F';
 const PHASE_QUIT: u8 = b'Q';
@@ -84,10 +86,11 @@ fn serve(listen: SocketAddr, cpu: usize) -> Result<()> {
         let mut phase = [0u8; 1];
         s.read_exact(&mut phase)?;
         match phase[0] {
-            PHASE_PINGPONG => {
+            PHASE_PINGPONG | PHASE_PINGPONG_SPIN => {
                 let mut buf = [0u8; MSG_BYTES];
+                s.set_nonblocking(phase[0] == PHASE_PINGPONG_SPIN)?;
                 loop {
-                    match s.read_exact(&mut buf) {
+                    match read_exact_spin(&mut s, &mut buf) {
                         Ok(()) => s.write_all(&buf)?,
                         Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => break,
                         Err(e) => return Err(e.into()),
@@ -136,11 +139,27 @@ fn serve(listen: SocketAddr, cpu: usize) -> Result<()> {
     Ok(())
 }
 
+/// `read_exact` that also works on a non-blocking socket by spinning on `WouldBlock`.
+fn read_exact_spin(s: &mut TcpStream, mut buf: &mut [u8]) -> std::io::Result<()> {
+    while !buf.is_empty() {
+        match s.read(buf) {
+            Ok(0) => return Err(std::io::ErrorKind::UnexpectedEof.into()),
+            Ok(n) => buf = &mut buf[n..],
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => std::hint::spin_loop(),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
 struct RunResult {
     p50_us: f64,
     p90_us: f64,
     p99_us: f64,
     p999_us: f64,
+    spin_p50_us: f64,
+    spin_p99_us: f64,
     stream_msgs_per_s: f64,
     framed_msgs_per_s: f64,
 }
@@ -152,16 +171,22 @@ fn connect(addr: SocketAddr, phase: u8) -> Result<TcpStream> {
     Ok(s)
 }
 
-fn ping_pong(addr: SocketAddr, round_trips: u64) -> Result<Histogram<u64>> {
-    let mut s = connect(addr, PHASE_PINGPONG)?;
+fn ping_pong(addr: SocketAddr, round_trips: u64, spin: bool) -> Result<Histogram<u64>> {
+    let phase = if spin {
+        PHASE_PINGPONG_SPIN
+    } else {
+        PHASE_PINGPONG
+    };
+    let mut s = connect(addr, phase)?;
+    s.set_nonblocking(spin)?;
     let mut msg = [7u8; MSG_BYTES];
     let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3)?;
     let warmup = round_trips / 10;
     for i in 0..warmup + round_trips {
         msg[..8].copy_from_slice(&i.to_le_bytes());
         let t = Instant::now();
-        s.write_all(&msg)?;
-        s.read_exact(&mut msg)?;
+        s.write_all(&msg)?; // 64 B always fits an empty socket buffer, even non-blocking
+        read_exact_spin(&mut s, &mut msg)?;
         let ns = t.elapsed().as_nanos() as u64;
         if u64::from_le_bytes(msg[..8].try_into()?) != i {
             bail!("echo mismatch at {i}");
@@ -217,13 +242,17 @@ fn framed(addr: SocketAddr, messages: u64) -> Result<f64> {
 }
 
 fn client_run(addr: SocketAddr, args: &Args) -> Result<RunResult> {
-    let h = ping_pong(addr, args.round_trips)?;
+    let h = ping_pong(addr, args.round_trips, false)?;
     let us = |q: f64| h.value_at_quantile(q) as f64 / 1000.0;
+    let hs = ping_pong(addr, args.round_trips, true)?;
+    let spin_us = |q: f64| hs.value_at_quantile(q) as f64 / 1000.0;
     Ok(RunResult {
         p50_us: us(0.50),
         p90_us: us(0.90),
         p99_us: us(0.99),
         p999_us: us(0.999),
+        spin_p50_us: spin_us(0.50),
+        spin_p99_us: spin_us(0.99),
         stream_msgs_per_s: stream(addr, args.messages)?,
         framed_msgs_per_s: framed(addr, args.messages)?,
     })
@@ -243,12 +272,14 @@ fn client(addr: SocketAddr, args: &Args) -> Result<()> {
     for i in 0..args.runs {
         let r = client_run(addr, args)?;
         println!(
-            "run {}: rtt p50 {:.1} us  p90 {:.1}  p99 {:.1}  p99.9 {:.1}  | one-way raw {:.2} M msg/s  | one-way quark-net frames {:.2} M msg/s",
+            "run {}: rtt p50 {:.1} us  p90 {:.1}  p99 {:.1}  p99.9 {:.1}  | busy-poll rtt p50 {:.1} p99 {:.1} | one-way raw {:.2} M msg/s  | one-way quark-net frames {:.2} M msg/s",
             i + 1,
             r.p50_us,
             r.p90_us,
             r.p99_us,
             r.p999_us,
+            r.spin_p50_us,
+            r.spin_p99_us,
             r.stream_msgs_per_s / 1e6,
             r.framed_msgs_per_s / 1e6
         );
@@ -256,11 +287,13 @@ fn client(addr: SocketAddr, args: &Args) -> Result<()> {
     }
     let mut json = serde_json::Map::new();
     println!("summary over {} runs: median [min .. max]", runs.len());
-    let fields: [Field; 6] = [
+    let fields: [Field; 8] = [
         ("rtt_p50_us", |r| r.p50_us, 1.0, "us"),
         ("rtt_p90_us", |r| r.p90_us, 1.0, "us"),
         ("rtt_p99_us", |r| r.p99_us, 1.0, "us"),
         ("rtt_p999_us", |r| r.p999_us, 1.0, "us"),
+        ("spin_rtt_p50_us", |r| r.spin_p50_us, 1.0, "us"),
+        ("spin_rtt_p99_us", |r| r.spin_p99_us, 1.0, "us"),
         (
             "oneway_raw_msgs_per_s",
             |r| r.stream_msgs_per_s,
