@@ -1,1 +1,4 @@
 //! Quark: the per-core engine (threads, rings, actor table, turns, timers).
+#![deny(missing_docs)]
+
+pub mod rt;
