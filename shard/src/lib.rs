@@ -1,4 +1,54 @@
-//! Quark: the per-core engine (threads, rings, actor table, turns, timers).
+//! Quark's per-core engine: shard threads pinned to cores, cross-shard rings with batched
+//! publication and doorbell wake-ups, virtual actors (activation, turns, deactivation), timers,
+//! stateless workers, and drain-on-shutdown.
+//!
+//! The user-facing crate `quark` re-exports the programming model defined here ([`Actor`],
+//! [`Handler`], [`Message`], [`Context`], [`ActorRef`]) and adds configuration files and the
+//! features built on the log. Only [`rt`] names the executor.
+//!
+//! ```
+//! use quark_shard::{Actor, ActorType, Context, EngineBuilder, EngineConfig, Handler, Message, ShardSpec};
+//! struct Echo;
+//! impl Actor for Echo { const TYPE_NAME: &'static str = "echo"; }
+//! struct Ping(u64);
+//! impl Message for Ping { type Reply = u64; }
+//! impl Handler<Ping> for Echo {
+//!     async fn handle(&mut self, p: Ping, _: &Context<Self>) -> u64 { p.0 + 1 }
+//! }
+//! let config = EngineConfig { shards: ShardSpec::Count(2), ..EngineConfig::default() };
+//! let engine = EngineBuilder::new(config).register(ActorType::new(|_| Echo)).start().unwrap();
+//! let echo = engine.actor_ref::<Echo>(7u64);
+//! assert_eq!(quark_shard::block_on(echo.ask(Ping(41))), Ok(42));
+//! engine.shutdown();
+//! ```
 #![deny(missing_docs)]
 
+mod activation;
+mod actor;
+mod actor_ref;
+mod calls;
+mod core;
+mod envelope;
+mod error;
+mod node;
+mod ring;
 pub mod rt;
+mod timers;
+mod turn;
+
+pub use activation::ActorType;
+pub use actor::{Actor, Context, Handler, Message};
+pub use actor_ref::ActorRef;
+pub use error::CallError;
+pub use node::{
+    allowed_cores, Engine, EngineBuilder, EngineConfig, ShardSpec, ShardStatsSnapshot,
+    ShutdownReport, SpawnHandle, StartError,
+};
+pub use quark_placement::{ActorId, ActorKey, ShardId};
+pub use timers::TimerId;
+
+/// Runs a future to completion on the calling thread (for callers outside the node's shards:
+/// `main`, tests, other runtimes' blocking sections). Never call it on a shard thread.
+pub fn block_on<F: std::future::Future>(fut: F) -> F::Output {
+    futures::executor::block_on(fut)
+}

@@ -1,0 +1,499 @@
+//! Activations: the per-shard table of live actors of one type, the mailbox, and the task that
+//! runs an activation's turns one at a time.
+
+use std::any::Any;
+use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
+use std::future::Future;
+use std::pin::Pin;
+use std::rc::{Rc, Weak};
+use std::sync::Arc;
+use std::task::{Context as TaskContext, Poll, Waker};
+use std::time::{Duration, Instant};
+
+use quark_placement::{ActorId, ActorKey};
+use rustc_hash::FxHashMap;
+
+use crate::actor::{Actor, Context};
+use crate::core::ShardCore;
+use crate::envelope::{fail_reply, MailItem, Origin};
+use crate::error::CallError;
+use crate::turn::RunTurn;
+
+/// Turns an activation runs before it lets other tasks of the shard run.
+const TURN_BUDGET: u32 = 64;
+
+/// How actors of one type are built and managed; registered on the node builder.
+///
+/// ```
+/// use quark_shard::{Actor, ActorType};
+/// use std::time::Duration;
+/// struct Cart { items: Vec<u64> }
+/// impl Actor for Cart { const TYPE_NAME: &'static str = "cart"; }
+/// let t = ActorType::new(|_id| Cart { items: Vec::new() }).idle_timeout(Duration::from_secs(60));
+/// ```
+pub struct ActorType<A: Actor> {
+    pub(crate) factory: Box<dyn Fn(&ActorId) -> A + Send + Sync>,
+    pub(crate) idle_timeout: Option<Duration>,
+    pub(crate) stateless_workers: Option<usize>,
+}
+
+impl<A: Actor> ActorType<A> {
+    /// An actor type whose activations are built by `factory` (called on the owning shard's
+    /// thread, once per activation).
+    pub fn new(factory: impl Fn(&ActorId) -> A + Send + Sync + 'static) -> Self {
+        ActorType {
+            factory: Box::new(factory),
+            idle_timeout: None,
+            stateless_workers: None,
+        }
+    }
+
+    /// Deactivate an activation after this long without a message (default: the node's
+    /// `idle_timeout_ms`).
+    pub fn idle_timeout(mut self, timeout: Duration) -> Self {
+        self.idle_timeout = Some(timeout);
+        self
+    }
+
+    /// Makes this a *stateless worker* type: a message is handled on the sender's shard (no
+    /// cross-shard hop; a sender outside the node uses the shard its key hashes to), by one of
+    /// up to `max_local_workers` activations per key and shard: an idle one if any, else a new
+    /// one while under the limit, else the one with the shortest queue. Never migrated.
+    pub fn stateless(mut self, max_local_workers: usize) -> Self {
+        self.stateless_workers = Some(max_local_workers.max(1));
+        self
+    }
+}
+
+/// The registry's type-erased view of an actor type.
+pub(crate) trait ErasedType: Send + Sync {
+    fn name(&self) -> &'static str;
+    fn make_table(self: Arc<Self>, type_idx: u16, default_idle: Duration) -> Box<dyn ErasedTable>;
+    fn stateless(&self) -> bool;
+}
+
+pub(crate) struct TypeInfo<A: Actor> {
+    pub(crate) spec: ActorType<A>,
+}
+
+impl<A: Actor> ErasedType for TypeInfo<A> {
+    fn name(&self) -> &'static str {
+        A::TYPE_NAME
+    }
+    fn make_table(self: Arc<Self>, type_idx: u16, default_idle: Duration) -> Box<dyn ErasedTable> {
+        let idle = self.spec.idle_timeout.unwrap_or(default_idle);
+        Box::new(TypeTable::<A> {
+            info: self,
+            type_idx,
+            idle_timeout: idle,
+            actors: RefCell::new(FxHashMap::default()),
+            workers: RefCell::new(FxHashMap::default()),
+        })
+    }
+    fn stateless(&self) -> bool {
+        self.spec.stateless_workers.is_some()
+    }
+}
+
+/// A shard's table of one type's activations, seen without its type.
+pub(crate) trait ErasedTable {
+    fn as_any(&self) -> &dyn Any;
+    fn idle_timeout(&self) -> Duration;
+    /// Asks idle activations whose idle timeout passed to deactivate.
+    fn sweep_idle(&self, now: Instant);
+    /// Asks every activation to deactivate once its mailbox is empty.
+    fn deactivate_all(&self);
+    /// True if no activation is running a turn or has mail.
+    fn quiescent(&self) -> bool;
+    /// Number of live activations.
+    fn len(&self) -> usize;
+    /// Drops every activation now, failing queued calls with `ShuttingDown`.
+    fn abort_all(&self, core: &ShardCore);
+}
+
+pub(crate) struct TypeTable<A: Actor> {
+    info: Arc<TypeInfo<A>>,
+    type_idx: u16,
+    idle_timeout: Duration,
+    actors: RefCell<FxHashMap<ActorKey, Rc<Activation<A>>>>,
+    workers: RefCell<FxHashMap<ActorKey, Vec<Rc<Activation<A>>>>>,
+}
+
+impl<A: Actor> TypeTable<A> {
+    fn each(&self, mut f: impl FnMut(&Rc<Activation<A>>)) {
+        let actors: Vec<_> = self.actors.borrow().values().cloned().collect();
+        actors.iter().for_each(&mut f);
+        let workers: Vec<_> = self.workers.borrow().values().flatten().cloned().collect();
+        workers.iter().for_each(&mut f);
+    }
+
+    /// The activation that should get the next message for `key`, activating one if needed.
+    #[inline]
+    fn route(&self, core: &Rc<ShardCore>, key: &ActorKey) -> Rc<Activation<A>> {
+        match self.info.spec.stateless_workers {
+            None => {
+                if let Some(act) = self.actors.borrow().get(key) {
+                    return act.clone();
+                }
+                let act = self.activate(core, key);
+                self.actors.borrow_mut().insert(key.clone(), act.clone());
+                act
+            }
+            Some(max) => {
+                let mut workers = self.workers.borrow_mut();
+                let pool = workers.entry(key.clone()).or_default();
+                if let Some(idle) = pool.iter().find(|a| a.is_idle()) {
+                    return idle.clone();
+                }
+                if pool.len() < max {
+                    let act = self.activate(core, key);
+                    pool.push(act.clone());
+                    return act;
+                }
+                pool.iter()
+                    .min_by_key(|a| a.queue_len())
+                    .cloned()
+                    .expect("a full pool has at least one worker")
+            }
+        }
+    }
+
+    fn activate(&self, core: &Rc<ShardCore>, key: &ActorKey) -> Rc<Activation<A>> {
+        let id = ActorId {
+            type_name: A::TYPE_NAME,
+            key: key.clone(),
+        };
+        let act = Rc::new_cyclic(|this: &Weak<Activation<A>>| Activation {
+            ctx: Context {
+                id,
+                core: core.clone(),
+                type_idx: self.type_idx,
+                this: this.clone(),
+                timers: RefCell::new(Vec::new()),
+            },
+            mailbox: RefCell::new(VecDeque::new()),
+            waker: RefCell::new(None),
+            waiting: Cell::new(false),
+            running: Cell::new(false),
+            deactivate: Cell::new(false),
+            gone: Cell::new(false),
+            last_active: Cell::new(core.now()),
+            space_waiters: RefCell::new(VecDeque::new()),
+        });
+        core.stats.activations.set(core.stats.activations.get() + 1);
+        crate::rt::spawn(run_activation(act.clone(), self.info.clone()));
+        act
+    }
+
+    fn remove(&self, act: &Rc<Activation<A>>) {
+        let key = &act.ctx.id.key;
+        if self.info.spec.stateless_workers.is_some() {
+            let mut workers = self.workers.borrow_mut();
+            if let Some(pool) = workers.get_mut(key) {
+                pool.retain(|a| !Rc::ptr_eq(a, act));
+                if pool.is_empty() {
+                    workers.remove(key);
+                }
+            }
+        } else {
+            let mut actors = self.actors.borrow_mut();
+            if actors.get(key).is_some_and(|a| Rc::ptr_eq(a, act)) {
+                actors.remove(key);
+            }
+        }
+    }
+}
+
+impl<A: Actor> ErasedTable for TypeTable<A> {
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+
+    fn idle_timeout(&self) -> Duration {
+        self.idle_timeout
+    }
+
+    fn sweep_idle(&self, now: Instant) {
+        let timeout = self.idle_timeout;
+        self.each(|act| {
+            if act.is_idle() && now.saturating_duration_since(act.last_active.get()) >= timeout {
+                act.request_deactivation();
+            }
+        });
+    }
+
+    fn deactivate_all(&self) {
+        self.each(|act| act.request_deactivation());
+    }
+
+    fn quiescent(&self) -> bool {
+        let mut quiet = true;
+        self.each(|act| quiet &= act.is_idle());
+        quiet
+    }
+
+    fn len(&self) -> usize {
+        self.actors.borrow().len() + self.workers.borrow().values().map(Vec::len).sum::<usize>()
+    }
+
+    fn abort_all(&self, core: &ShardCore) {
+        self.each(|act| {
+            act.gone.set(true);
+            act.fail_queued(core, |actor| CallError::ShuttingDown { actor });
+            act.ctx.cancel_all_timers();
+        });
+        self.actors.borrow_mut().clear();
+        self.workers.borrow_mut().clear();
+    }
+}
+
+/// Routes `item` to the activation of `(A, key)` on this shard (activating it if needed).
+///
+/// Deliveries from rings and timers never wait: their senders are bounded by credits. Local
+/// senders wait for mailbox space *before* calling this (see [`wait_for_space`]).
+pub(crate) fn deliver<A: Actor>(
+    core: &Rc<ShardCore>,
+    type_idx: u16,
+    item: Box<dyn MailItemKeyed<A>>,
+) {
+    let table = core.table::<A>(type_idx);
+    let act = table.route(core, item.key());
+    act.push(item.into_item());
+}
+
+/// A mail item that knows its key (so routing needs no second allocation).
+pub(crate) trait MailItemKeyed<A: Actor>: MailItem<A> {
+    fn key(&self) -> &ActorKey;
+    fn into_item(self: Box<Self>) -> Box<dyn MailItem<A>>;
+}
+
+impl<A, M> MailItemKeyed<A> for crate::envelope::Deliver<A, M>
+where
+    A: crate::Handler<M>,
+    M: crate::Message,
+{
+    #[inline]
+    fn key(&self) -> &ActorKey {
+        &self.key
+    }
+    #[inline]
+    fn into_item(self: Box<Self>) -> Box<dyn MailItem<A>> {
+        self
+    }
+}
+
+/// Waits until the activation that `key` routes to has room in its mailbox (local senders).
+pub(crate) async fn wait_for_space<A: Actor>(core: &Rc<ShardCore>, type_idx: u16, key: &ActorKey) {
+    let cap = core.node.config.mailbox_capacity;
+    loop {
+        let act = core.table::<A>(type_idx).route(core, key);
+        if act.queue_len() < cap {
+            return;
+        }
+        core.stats.mailbox_waits.set(core.stats.mailbox_waits.get() + 1);
+        SpaceWait {
+            act: &act,
+            registered: false,
+        }
+        .await;
+    }
+}
+
+struct SpaceWait<'a, A: Actor> {
+    act: &'a Rc<Activation<A>>,
+    registered: bool,
+}
+
+impl<A: Actor> Future for SpaceWait<'_, A> {
+    type Output = ();
+    fn poll(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<()> {
+        if self.registered {
+            return Poll::Ready(());
+        }
+        self.registered = true;
+        self.act
+            .space_waiters
+            .borrow_mut()
+            .push_back(cx.waker().clone());
+        Poll::Pending
+    }
+}
+
+/// One live activation.
+pub(crate) struct Activation<A: Actor> {
+    pub(crate) ctx: Context<A>,
+    mailbox: RefCell<VecDeque<Box<dyn MailItem<A>>>>,
+    waker: RefCell<Option<Waker>>,
+    waiting: Cell<bool>,
+    running: Cell<bool>,
+    deactivate: Cell<bool>,
+    gone: Cell<bool>,
+    last_active: Cell<Instant>,
+    space_waiters: RefCell<VecDeque<Waker>>,
+}
+
+impl<A: Actor> Activation<A> {
+    #[inline]
+    pub(crate) fn push(&self, item: Box<dyn MailItem<A>>) {
+        self.mailbox.borrow_mut().push_back(item);
+        if self.waiting.replace(false) {
+            if let Some(w) = self.waker.borrow_mut().take() {
+                w.wake();
+            }
+        }
+    }
+
+    fn queue_len(&self) -> usize {
+        self.mailbox.borrow().len()
+    }
+
+    fn is_idle(&self) -> bool {
+        !self.running.get() && self.mailbox.borrow().is_empty()
+    }
+
+    pub(crate) fn is_gone(&self) -> bool {
+        self.gone.get()
+    }
+
+    pub(crate) fn request_deactivation(&self) {
+        self.deactivate.set(true);
+        if self.waiting.replace(false) {
+            if let Some(w) = self.waker.borrow_mut().take() {
+                w.wake();
+            }
+        }
+    }
+
+    fn wake_space_waiter(&self) {
+        if let Some(w) = self.space_waiters.borrow_mut().pop_front() {
+            w.wake();
+        }
+    }
+
+    fn fail_queued(&self, core: &ShardCore, err: impl Fn(ActorId) -> CallError) {
+        let items: Vec<_> = self.mailbox.borrow_mut().drain(..).collect();
+        for item in items {
+            fail_reply(core, item.reply_to(), err(self.ctx.id.clone()));
+            core.turn_done(item.origin(), item.reply_to());
+        }
+        for w in self.space_waiters.borrow_mut().drain(..) {
+            w.wake();
+        }
+    }
+}
+
+/// Waits for mail (or a deactivation request).
+struct MailWait<'a, A: Actor> {
+    act: &'a Activation<A>,
+}
+
+impl<A: Actor> Future for MailWait<'_, A> {
+    type Output = ();
+    fn poll(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<()> {
+        let act = self.act;
+        if !act.mailbox.borrow().is_empty() || act.deactivate.get() {
+            return Poll::Ready(());
+        }
+        act.waiting.set(true);
+        let mut slot = act.waker.borrow_mut();
+        match &*slot {
+            Some(w) if w.will_wake(cx.waker()) => {}
+            _ => *slot = Some(cx.waker().clone()),
+        }
+        Poll::Pending
+    }
+}
+
+/// The task of one activation: activate, run turns one at a time, deactivate; reactivate in
+/// place if mail arrived during deactivation.
+async fn run_activation<A: Actor>(act: Rc<Activation<A>>, info: Arc<TypeInfo<A>>) {
+    let core = act.ctx.core.clone();
+    let table = || core.table::<A>(act.ctx.type_idx);
+    loop {
+        let mut actor = (info.spec.factory)(&act.ctx.id);
+        act.running.set(true);
+        let activated = {
+            let turn = crate::turn::Turn::new(actor.on_activate(&act.ctx));
+            let mut turn = std::pin::pin!(turn);
+            RunTurn { turn: turn.as_mut() }.await
+        };
+        act.running.set(false);
+        if let Err(panic) = activated {
+            tracing::error!(shard = core.id, actor = %act.ctx.id, panic = %panic, "on_activate panicked; failing queued calls");
+            act.gone.set(true);
+            act.fail_queued(&core, |actor| CallError::ActorPanicked { actor });
+            act.ctx.cancel_all_timers();
+            table().remove(&act);
+            return;
+        }
+        let mut budget = TURN_BUDGET;
+        loop {
+            let item = act.mailbox.borrow_mut().pop_front();
+            let Some(item) = item else {
+                if act.deactivate.get() {
+                    break;
+                }
+                MailWait { act: &act }.await;
+                continue;
+            };
+            act.wake_space_waiter();
+            let reply = item.reply_to();
+            let origin = item.origin();
+            if origin != Origin::Timer {
+                act.last_active.set(core.now());
+            }
+            act.running.set(true);
+            let result = {
+                let turn = item.start(&mut actor, &act.ctx);
+                let mut turn = std::pin::pin!(turn);
+                RunTurn { turn: turn.as_mut() }.await
+            };
+            act.running.set(false);
+            core.turn_done(origin, reply);
+            if let Err(panic) = result {
+                tracing::error!(shard = core.id, actor = %act.ctx.id, panic = %panic, "handler panicked; discarding the activation");
+                core.stats.panics.set(core.stats.panics.get() + 1);
+                fail_reply(
+                    &core,
+                    reply,
+                    CallError::ActorPanicked {
+                        actor: act.ctx.id.clone(),
+                    },
+                );
+                act.gone.set(true);
+                act.fail_queued(&core, |actor| CallError::ActivationAborted { actor });
+                act.ctx.cancel_all_timers();
+                drop(actor);
+                table().remove(&act);
+                return;
+            }
+            budget -= 1;
+            if budget == 0 {
+                budget = TURN_BUDGET;
+                crate::rt::yield_now().await;
+            }
+        }
+        // Deactivation: the activation stays in the table (mail that arrives now is queued and
+        // triggers a reactivation in place, so two activations of one actor never coexist).
+        act.ctx.cancel_all_timers();
+        act.running.set(true);
+        let deactivated = {
+            let turn = crate::turn::Turn::new(actor.on_deactivate(&act.ctx));
+            let mut turn = std::pin::pin!(turn);
+            RunTurn { turn: turn.as_mut() }.await
+        };
+        act.running.set(false);
+        if let Err(panic) = deactivated {
+            tracing::error!(shard = core.id, actor = %act.ctx.id, panic = %panic, "on_deactivate panicked");
+        }
+        drop(actor);
+        core.stats.deactivations.set(core.stats.deactivations.get() + 1);
+        act.deactivate.set(false);
+        if act.mailbox.borrow().is_empty() {
+            act.gone.set(true);
+            table().remove(&act);
+            return;
+        }
+    }
+}

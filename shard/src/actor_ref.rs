@@ -1,0 +1,335 @@
+//! [`ActorRef`]: the handle callers use to send to an actor, from any shard or thread.
+
+use std::future::Future;
+use std::marker::PhantomData;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use quark_placement::{shard_for, ActorId, ActorKey, ShardId};
+
+use crate::activation::{deliver, wait_for_space};
+use crate::actor::{Actor, Handler, Message};
+use crate::calls::{CallId, CallOutcome, Waiter};
+use crate::core::ShardCore;
+use crate::envelope::{outcome_into, Deliver, ExtForward, External, Origin, ReplyTo};
+use crate::error::CallError;
+use crate::node::{current_core, NodeShared, Phase};
+
+/// A reference to a virtual actor of type `A`: cheap to clone, `Send`, usable on any shard of
+/// its node and from any thread outside it.
+///
+/// From a shard thread, a message to an actor of the same shard goes straight into its mailbox
+/// (no atomic operation, no copy); to another shard it goes through that pair's ring. From
+/// outside the node it goes through the owner shard's injection queue.
+///
+/// Ordering: messages from one sender to one actor are handled in the order sent, when the
+/// sender awaits each `tell`/`ask` before sending the next.
+pub struct ActorRef<A> {
+    node: Arc<NodeShared>,
+    id: ActorId,
+    type_idx: Option<u16>,
+    stateless: bool,
+    owner: ShardId,
+    _actor: PhantomData<fn() -> A>,
+}
+
+impl<A> Clone for ActorRef<A> {
+    fn clone(&self) -> Self {
+        ActorRef {
+            node: self.node.clone(),
+            id: self.id.clone(),
+            type_idx: self.type_idx,
+            stateless: self.stateless,
+            owner: self.owner,
+            _actor: PhantomData,
+        }
+    }
+}
+
+impl<A> std::fmt::Debug for ActorRef<A> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ActorRef({})", self.id)
+    }
+}
+
+impl<A: Actor> ActorRef<A> {
+    pub(crate) fn new(node: Arc<NodeShared>, key: ActorKey) -> Self {
+        let id = ActorId {
+            type_name: A::TYPE_NAME,
+            key,
+        };
+        let type_idx = node
+            .type_index
+            .get(&std::any::TypeId::of::<A>())
+            .copied();
+        let stateless = type_idx.is_some_and(|i| node.types[usize::from(i)].stateless());
+        let owner = shard_for(&id, node.shard_count());
+        ActorRef {
+            node,
+            id,
+            type_idx,
+            stateless,
+            owner,
+            _actor: PhantomData,
+        }
+    }
+
+    /// The actor's id.
+    pub fn id(&self) -> &ActorId {
+        &self.id
+    }
+
+    /// The shard that owns this actor (for a stateless worker: the shard used by senders
+    /// outside the node; shard threads use their own).
+    pub fn owner_shard(&self) -> ShardId {
+        self.owner
+    }
+
+    /// Sends `msg` and waits for the reply, for at most the node's `ask_timeout`.
+    ///
+    /// Cancel safety: dropping the future before it resolves forgets the call; the message may
+    /// still be (or have been) handled, and its reply is then dropped and counted.
+    pub async fn ask<M>(&self, msg: M) -> Result<M::Reply, CallError>
+    where
+        A: Handler<M>,
+        M: Message,
+    {
+        self.ask_timeout(msg, self.node.config.ask_timeout).await
+    }
+
+    /// Like [`ActorRef::ask`] with an explicit deadline.
+    pub async fn ask_timeout<M>(&self, msg: M, timeout: Duration) -> Result<M::Reply, CallError>
+    where
+        A: Handler<M>,
+        M: Message,
+    {
+        let Some(type_idx) = self.type_idx else {
+            return Err(CallError::UnknownActorType {
+                type_name: A::TYPE_NAME,
+            });
+        };
+        match current_core(&self.node) {
+            Some(core) => self.ask_on_shard(&core, type_idx, msg, timeout).await,
+            None => self.ask_external(type_idx, msg, timeout).await,
+        }
+    }
+
+    /// Sends `msg` without waiting for its handling. Waits only for room (mailbox, cross-shard
+    /// credit or injection queue): a `tell` is never dropped silently. Errors only if the type
+    /// is unknown or the node is shutting down.
+    pub async fn tell<M>(&self, msg: M) -> Result<(), CallError>
+    where
+        A: Handler<M>,
+        M: Message,
+    {
+        let Some(type_idx) = self.type_idx else {
+            return Err(CallError::UnknownActorType {
+                type_name: A::TYPE_NAME,
+            });
+        };
+        match current_core(&self.node) {
+            Some(core) => {
+                let target = self.target_on(&core);
+                if target == core.id {
+                    wait_for_space::<A>(&core, type_idx, &self.id.key).await;
+                    deliver::<A>(
+                        &core,
+                        type_idx,
+                        Box::new(Deliver::<A, M>::new(
+                            type_idx,
+                            self.id.key.clone(),
+                            msg,
+                            ReplyTo::None,
+                            Origin::Local,
+                        )),
+                    );
+                } else {
+                    core.acquire_credit(target).await;
+                    core.send_to(
+                        target,
+                        Box::new(Deliver::<A, M>::new(
+                            type_idx,
+                            self.id.key.clone(),
+                            msg,
+                            ReplyTo::None,
+                            Origin::Shard(core.id),
+                        )),
+                    );
+                }
+                Ok(())
+            }
+            None => {
+                self.external_admit()?;
+                let d = Deliver::<A, M>::new(
+                    type_idx,
+                    self.id.key.clone(),
+                    msg,
+                    ReplyTo::None,
+                    Origin::External,
+                );
+                self.node.inject(self.owner, Box::new(d));
+                Ok(())
+            }
+        }
+    }
+
+    #[inline]
+    fn target_on(&self, core: &ShardCore) -> ShardId {
+        if self.stateless {
+            core.id
+        } else {
+            self.owner
+        }
+    }
+
+    async fn ask_on_shard<M>(
+        &self,
+        core: &Rc<ShardCore>,
+        type_idx: u16,
+        msg: M,
+        timeout: Duration,
+    ) -> Result<M::Reply, CallError>
+    where
+        A: Handler<M>,
+        M: Message,
+    {
+        let target = self.target_on(core);
+        let outcome = if target == core.id {
+            wait_for_space::<A>(core, type_idx, &self.id.key).await;
+            let call = core
+                .calls
+                .borrow_mut()
+                .register(core.now() + timeout, Waiter::Task(None));
+            let wait = CallWait {
+                core,
+                call,
+                done: false,
+            };
+            deliver::<A>(
+                core,
+                type_idx,
+                Box::new(Deliver::<A, M>::new(
+                    type_idx,
+                    self.id.key.clone(),
+                    msg,
+                    ReplyTo::Local(call),
+                    Origin::Local,
+                )),
+            );
+            wait.await
+        } else {
+            core.acquire_credit(target).await;
+            let call = core
+                .calls
+                .borrow_mut()
+                .register(core.now() + timeout, Waiter::Task(None));
+            let wait = CallWait {
+                core,
+                call,
+                done: false,
+            };
+            core.send_to(
+                target,
+                Box::new(Deliver::<A, M>::new(
+                    type_idx,
+                    self.id.key.clone(),
+                    msg,
+                    ReplyTo::Shard(core.id, call),
+                    Origin::Shard(core.id),
+                )),
+            );
+            wait.await
+        };
+        outcome_into(outcome, || self.id.clone(), timeout)
+    }
+
+    fn external_admit(&self) -> Result<(), CallError> {
+        if self.node.phase() != Phase::Running {
+            return Err(CallError::ShuttingDown {
+                actor: self.id.clone(),
+            });
+        }
+        let max = self.node.config.external_inflight_max;
+        let counter = &self.node.shards[usize::from(self.owner)].ext_inflight;
+        loop {
+            if counter.fetch_add(1, Ordering::Relaxed) < max {
+                return Ok(());
+            }
+            counter.fetch_sub(1, Ordering::Relaxed);
+            if self.node.phase() != Phase::Running {
+                return Err(CallError::ShuttingDown {
+                    actor: self.id.clone(),
+                });
+            }
+            std::thread::yield_now();
+        }
+    }
+
+    async fn ask_external<M>(
+        &self,
+        type_idx: u16,
+        msg: M,
+        timeout: Duration,
+    ) -> Result<M::Reply, CallError>
+    where
+        A: Handler<M>,
+        M: Message,
+    {
+        self.external_admit()?;
+        let (tx, rx) = futures::channel::oneshot::channel();
+        let mut d = Deliver::<A, M>::new(
+            type_idx,
+            self.id.key.clone(),
+            msg,
+            ReplyTo::None,
+            Origin::External,
+        );
+        d.external = Some(External {
+            forward: Box::new(ExtForward {
+                tx,
+                actor: self.id.clone(),
+                timeout,
+            }),
+            timeout,
+        });
+        self.node.inject(self.owner, Box::new(d));
+        match rx.await {
+            Ok(result) => result,
+            // The owner shard dropped the message unhandled: it is stopping.
+            Err(_canceled) => Err(CallError::ShuttingDown {
+                actor: self.id.clone(),
+            }),
+        }
+    }
+}
+
+/// Waits for call `call` of `core`'s call table; forgets it if dropped first.
+struct CallWait<'a> {
+    core: &'a ShardCore,
+    call: CallId,
+    done: bool,
+}
+
+impl Future for CallWait<'_> {
+    type Output = CallOutcome;
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<CallOutcome> {
+        let call = self.call;
+        let r = self.core.calls.borrow_mut().poll(call, cx);
+        if r.is_ready() {
+            self.done = true;
+        }
+        r
+    }
+}
+
+impl Drop for CallWait<'_> {
+    fn drop(&mut self) {
+        if !self.done {
+            self.core.calls.borrow_mut().cancel(self.call);
+        }
+    }
+}

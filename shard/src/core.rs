@@ -1,0 +1,523 @@
+//! The per-shard state and its pump: the task that moves messages between the rings, the
+//! injection queue, timers and the activations of one shard.
+
+use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
+use std::future::Future;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
+
+use quark_placement::ShardId;
+
+use crate::activation::{ErasedTable, TypeTable};
+use crate::actor::Actor;
+use crate::calls::CallTable;
+use crate::envelope::{CreditMsg, CrossBox, Origin, ReplyTo};
+use crate::node::{NodeShared, Phase};
+use crate::ring::{Consumer, Producer};
+use crate::rt::BellReceiver;
+use crate::timers::Timers;
+
+/// Pump iterations between two forced trips through the executor's wait (which reaps I/O
+/// completions and fires executor timers even when the shard never runs out of work).
+const REAP_EVERY_ITERATIONS: u32 = 64;
+
+/// Per-shard counters (plain cells: only the shard's thread writes them; read through
+/// [`crate::Engine::stats`], which asks each shard).
+#[derive(Default)]
+pub(crate) struct ShardStats {
+    pub(crate) activations: Cell<u64>,
+    pub(crate) deactivations: Cell<u64>,
+    pub(crate) panics: Cell<u64>,
+    pub(crate) replies_dropped: Cell<u64>,
+    pub(crate) mailbox_waits: Cell<u64>,
+    pub(crate) credit_waits: Cell<u64>,
+    pub(crate) parks: Cell<u64>,
+    pub(crate) ring_msgs_in: Cell<u64>,
+}
+
+/// The outgoing side of one ring, with an overflow queue for when the ring is full. The
+/// overflow is bounded by the credits of the peer (requests) and by the peer's credits for us
+/// (replies), so it cannot grow without bound.
+pub(crate) struct Outbox {
+    producer: Producer<CrossBox>,
+    overflow: VecDeque<CrossBox>,
+}
+
+impl Outbox {
+    pub(crate) fn new(producer: Producer<CrossBox>) -> Self {
+        Outbox {
+            producer,
+            overflow: VecDeque::new(),
+        }
+    }
+}
+
+/// Everything one shard owns. Lives in an `Rc` on the shard's thread.
+pub(crate) struct ShardCore {
+    pub(crate) id: ShardId,
+    pub(crate) node: Arc<NodeShared>,
+    now: Cell<Instant>,
+    outboxes: Vec<Option<RefCell<Outbox>>>,
+    inbound: RefCell<Vec<Consumer<CrossBox>>>,
+    credits: Vec<Cell<u32>>,
+    credit_waiters: RefCell<Vec<VecDeque<Waker>>>,
+    owed: Vec<Cell<u32>>,
+    dirty: Cell<bool>,
+    pub(crate) calls: RefCell<CallTable>,
+    tables: Vec<Box<dyn ErasedTable>>,
+    pub(crate) timers: RefCell<Timers>,
+    pump_waker: RefCell<Option<Waker>>,
+    parked: Cell<bool>,
+    poked: Cell<bool>,
+    pub(crate) stats: ShardStats,
+}
+
+impl ShardCore {
+    pub(crate) fn new(
+        id: ShardId,
+        node: Arc<NodeShared>,
+        outboxes: Vec<Option<RefCell<Outbox>>>,
+        inbound: Vec<Consumer<CrossBox>>,
+    ) -> Self {
+        let n = node.shards.len();
+        let default_idle = node.config.idle_timeout;
+        let tables = node
+            .types
+            .iter()
+            .enumerate()
+            .map(|(i, t)| t.clone().make_table(i as u16, default_idle))
+            .collect();
+        let credit = node.config.cross_shard_inflight_max;
+        ShardCore {
+            id,
+            now: Cell::new(Instant::now()),
+            outboxes,
+            inbound: RefCell::new(inbound),
+            credits: (0..n).map(|_| Cell::new(credit)).collect(),
+            credit_waiters: RefCell::new((0..n).map(|_| VecDeque::new()).collect()),
+            owed: (0..n).map(|_| Cell::new(0)).collect(),
+            dirty: Cell::new(false),
+            calls: RefCell::new(CallTable::new()),
+            tables,
+            timers: RefCell::new(Timers::new()),
+            pump_waker: RefCell::new(None),
+            parked: Cell::new(false),
+            poked: Cell::new(false),
+            stats: ShardStats::default(),
+            node,
+        }
+    }
+
+    /// The shard's clock, read once per pump iteration.
+    #[inline]
+    pub(crate) fn now(&self) -> Instant {
+        self.now.get()
+    }
+
+    /// This shard's table of actor type `A` (registered at index `type_idx`).
+    #[inline]
+    pub(crate) fn table<A: Actor>(&self, type_idx: u16) -> &TypeTable<A> {
+        self.tables[usize::from(type_idx)]
+            .as_any()
+            .downcast_ref::<TypeTable<A>>()
+            .expect("type index and actor type come from the same registry")
+    }
+
+    /// Wakes the pump if it is parked (something needs flushing or its deadline changed).
+    #[inline]
+    pub(crate) fn poke(&self) {
+        if self.parked.get() && !self.poked.replace(true) {
+            if let Some(w) = self.pump_waker.borrow().as_ref() {
+                w.wake_by_ref();
+            }
+        }
+    }
+
+    /// Queues `msg` for shard `to`; it becomes visible to `to` at the pump's next flush.
+    #[inline]
+    pub(crate) fn send_to(&self, to: ShardId, msg: CrossBox) {
+        let cell = self.outboxes[usize::from(to)]
+            .as_ref()
+            .expect("a shard never sends to itself through a ring");
+        let mut out = cell.borrow_mut();
+        if out.overflow.is_empty() {
+            if let Err(msg) = out.producer.try_push(msg) {
+                out.overflow.push_back(msg);
+            }
+        } else {
+            out.overflow.push_back(msg);
+        }
+        drop(out);
+        if !self.dirty.replace(true) {
+            self.poke();
+        }
+    }
+
+    /// Takes one credit to send a request to `to`, waiting while none is left.
+    pub(crate) fn acquire_credit(&self, to: ShardId) -> CreditWait<'_> {
+        CreditWait {
+            core: self,
+            to,
+            registered: false,
+        }
+    }
+
+    /// `count` requests to `from` are finished: their credits come back.
+    pub(crate) fn return_credits(&self, from: ShardId, count: u32) {
+        let cell = &self.credits[usize::from(from)];
+        cell.set(cell.get() + count);
+        let mut waiters = self.credit_waiters.borrow_mut();
+        for _ in 0..count {
+            match waiters[usize::from(from)].pop_front() {
+                Some(w) => w.wake(),
+                None => break,
+            }
+        }
+    }
+
+    /// Bookkeeping after a turn (or an aborted message): flow-control credits.
+    #[inline]
+    pub(crate) fn turn_done(&self, origin: Origin, reply: ReplyTo) {
+        match origin {
+            // A tell from another shard: owe it a credit (an ask's reply carries its own).
+            Origin::Shard(from) if reply == ReplyTo::None => {
+                let owed = &self.owed[usize::from(from)];
+                owed.set(owed.get() + 1);
+                if !self.dirty.replace(true) {
+                    self.poke();
+                }
+            }
+            Origin::External => {
+                self.node.shards[usize::from(self.id)]
+                    .ext_inflight
+                    .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+            }
+            _ => {}
+        }
+    }
+
+    /// Runs every message waiting in the inbound rings and the injection queue. Returns the
+    /// number handled.
+    fn drain_inbound(self: &Rc<Self>) -> usize {
+        let mut handled = 0;
+        let cap = self.node.config.ring_capacity;
+        let n = self.inbound.borrow().len();
+        for i in 0..n {
+            // Bounded per ring so one busy peer cannot starve the others.
+            for _ in 0..cap {
+                let msg = self.inbound.borrow_mut()[i].pop();
+                let Some(msg) = msg else { break };
+                msg.run(self);
+                handled += 1;
+            }
+            self.inbound.borrow_mut()[i].release();
+        }
+        let inject = &self.node.shards[usize::from(self.id)].inject;
+        for _ in 0..cap {
+            let Some(msg) = inject.pop() else { break };
+            msg.run(self);
+            handled += 1;
+        }
+        self.stats
+            .ring_msgs_in
+            .set(self.stats.ring_msgs_in.get() + handled as u64);
+        handled
+    }
+
+    fn has_inbound(&self) -> bool {
+        self.inbound.borrow().iter().any(Consumer::has_pending)
+            || !self.node.shards[usize::from(self.id)].inject.is_empty()
+    }
+
+    /// Publishes every outbox and sends owed credits; rings the bell of parked peers.
+    fn flush(&self) {
+        if !self.dirty.replace(false) {
+            return;
+        }
+        for (to, owed) in self.owed.iter().enumerate() {
+            let count = owed.replace(0);
+            if count > 0 {
+                self.send_to(
+                    to as ShardId,
+                    Box::new(CreditMsg {
+                        from: self.id,
+                        count,
+                    }),
+                );
+            }
+        }
+        self.dirty.set(false);
+        for (to, cell) in self.outboxes.iter().enumerate() {
+            let Some(cell) = cell else { continue };
+            let mut out = cell.borrow_mut();
+            while let Some(msg) = out.overflow.pop_front() {
+                if let Err(msg) = out.producer.try_push(msg) {
+                    out.overflow.push_front(msg);
+                    break;
+                }
+            }
+            if !out.overflow.is_empty() {
+                // Retry at the next iteration.
+                self.dirty.set(true);
+            }
+            if out.producer.publish() {
+                self.node.shards[to].bell.ring();
+            }
+            debug_assert_eq!(out.producer.unpublished(), 0);
+        }
+    }
+
+    fn fire_timers(&self, now: Instant) {
+        loop {
+            let due = self.timers.borrow_mut().pop_due(now);
+            let Some((id, mut fire)) = due else { break };
+            let alive = fire();
+            self.timers.borrow_mut().rearm(id, fire, alive, now);
+        }
+    }
+
+    fn sweep_calls(&self, now: Instant) {
+        let expired = self.calls.borrow_mut().sweep(now);
+        for fwd in expired {
+            fwd.complete(crate::calls::CallOutcome::TimedOut);
+        }
+    }
+
+    fn quiescent(&self) -> bool {
+        self.tables.iter().all(|t| t.quiescent()) && self.calls.borrow().live() == 0
+    }
+
+    fn live_activations(&self) -> usize {
+        self.tables.iter().map(|t| t.len()).sum()
+    }
+
+    /// The earliest moment the pump must wake up by itself.
+    fn next_deadline(&self, next_idle_sweep: Instant) -> Instant {
+        let mut t = next_idle_sweep;
+        if let Some(c) = self.calls.borrow().next_deadline() {
+            t = t.min(c);
+        }
+        if let Some(d) = self.timers.borrow().next_due() {
+            t = t.min(d);
+        }
+        t
+    }
+
+    pub(crate) fn stats_snapshot(&self) -> crate::node::ShardStatsSnapshot {
+        let s = &self.stats;
+        crate::node::ShardStatsSnapshot {
+            shard: self.id,
+            live_activations: self.live_activations() as u64,
+            activations: s.activations.get(),
+            deactivations: s.deactivations.get(),
+            panics: s.panics.get(),
+            replies_dropped: s.replies_dropped.get(),
+            mailbox_waits: s.mailbox_waits.get(),
+            credit_waits: s.credit_waits.get(),
+            parks: s.parks.get(),
+            ring_msgs_in: s.ring_msgs_in.get(),
+            calls_in_flight: self.calls.borrow().live() as u64,
+            timers: self.timers.borrow().len() as u64,
+        }
+    }
+}
+
+/// The future of [`ShardCore::acquire_credit`].
+pub(crate) struct CreditWait<'a> {
+    core: &'a ShardCore,
+    to: ShardId,
+    registered: bool,
+}
+
+impl Future for CreditWait<'_> {
+    type Output = ();
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let cell = &self.core.credits[usize::from(self.to)];
+        let waiters_empty = self.core.credit_waiters.borrow()[usize::from(self.to)].is_empty();
+        // Waiters go first (FIFO), unless we are the one that was just woken.
+        if cell.get() > 0 && (waiters_empty || self.registered) {
+            cell.set(cell.get() - 1);
+            return Poll::Ready(());
+        }
+        if !self.registered {
+            let s = &self.core.stats.credit_waits;
+            s.set(s.get() + 1);
+        }
+        self.registered = true;
+        self.core.credit_waiters.borrow_mut()[usize::from(self.to)].push_back(cx.waker().clone());
+        Poll::Pending
+    }
+}
+
+/// Parks the pump until the doorbell rings, it is poked, or `deadline` passes.
+struct Park<'a> {
+    core: &'a ShardCore,
+    bell: &'a mut BellReceiver,
+    sleep: Pin<Box<dyn Future<Output = ()>>>,
+}
+
+impl Future for Park<'_> {
+    type Output = ();
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        if self.core.poked.replace(false) {
+            return Poll::Ready(());
+        }
+        if self.bell.poll_rung(cx).is_ready() {
+            return Poll::Ready(());
+        }
+        if self.sleep.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(());
+        }
+        let mut w = self.core.pump_waker.borrow_mut();
+        if !w.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+            *w = Some(cx.waker().clone());
+        }
+        Poll::Pending
+    }
+}
+
+/// The pump: the shard's main loop (see `docs/ARCHITECTURE.md`).
+///
+/// Each iteration reads the clock once, runs inbound messages, fires due timers and expired
+/// call deadlines, flushes the outboxes, then yields so that activations run. With nothing to
+/// do it spins (yielding) for `idle_spin`, then parks inside the executor's wait until its
+/// doorbell rings, a local event pokes it, or its next deadline passes.
+pub(crate) async fn pump(
+    core: Rc<ShardCore>,
+    mut bell: BellReceiver,
+    events: std::sync::mpsc::Sender<crate::node::ShardEvent>,
+) {
+    let idle_spin = core.node.config.idle_spin;
+    let idle_every = idle_sweep_interval(&core);
+    let mut next_idle_sweep = Instant::now() + idle_every;
+    let mut idle_since: Option<Instant> = None;
+    let mut since_reap = 0u32;
+    let mut phase_seen = Phase::Running;
+    let mut reported = Phase::Running;
+    let mut next_deactivate_push = Instant::now();
+    let my_bell = &core.node.shards[usize::from(core.id)].bell;
+    loop {
+        let now = Instant::now();
+        core.now.set(now);
+        let mut work = core.drain_inbound();
+        core.fire_timers(now);
+        core.sweep_calls(now);
+        if now >= next_idle_sweep {
+            for t in &core.tables {
+                t.sweep_idle(now);
+            }
+            next_idle_sweep = now + idle_every;
+        }
+        if core.dirty.get() {
+            core.flush();
+            work += 1;
+        }
+
+        let phase = core.node.phase();
+        if phase != phase_seen {
+            phase_seen = phase;
+            if phase == Phase::Deactivating {
+                next_deactivate_push = now;
+            }
+        }
+        match phase {
+            Phase::Running => {}
+            Phase::Draining => {
+                if reported != Phase::Draining && core.quiescent() {
+                    reported = Phase::Draining;
+                    let _ = events.send(crate::node::ShardEvent::Drained(core.id));
+                }
+            }
+            Phase::Deactivating => {
+                if now >= next_deactivate_push {
+                    for t in &core.tables {
+                        t.deactivate_all();
+                    }
+                    next_deactivate_push = now + Duration::from_millis(10);
+                }
+                if reported != Phase::Deactivating && core.live_activations() == 0 {
+                    reported = Phase::Deactivating;
+                    let _ = events.send(crate::node::ShardEvent::Deactivated(core.id));
+                }
+            }
+            Phase::Stopped => break,
+        }
+
+        since_reap += 1;
+        if work > 0 {
+            idle_since = None;
+            if since_reap >= REAP_EVERY_ITERATIONS {
+                since_reap = 0;
+                reap(&core, &mut bell, my_bell).await;
+            } else {
+                crate::rt::yield_now().await;
+            }
+            continue;
+        }
+        let spinning_since = *idle_since.get_or_insert(now);
+        if now.duration_since(spinning_since) < idle_spin {
+            if since_reap >= REAP_EVERY_ITERATIONS {
+                since_reap = 0;
+                reap(&core, &mut bell, my_bell).await;
+            } else {
+                crate::rt::yield_now().await;
+            }
+            continue;
+        }
+        // Park: announce it, then re-check everything a waker could have changed.
+        my_bell.arm();
+        core.parked.set(true);
+        if core.has_inbound() || core.dirty.get() || core.poked.get() {
+            my_bell.disarm();
+            core.parked.set(false);
+            core.poked.set(false);
+            continue;
+        }
+        let deadline = core.next_deadline(next_idle_sweep);
+        let sleep_for = deadline.saturating_duration_since(Instant::now());
+        core.stats.parks.set(core.stats.parks.get() + 1);
+        Park {
+            core: &core,
+            bell: &mut bell,
+            sleep: Box::pin(crate::rt::sleep(sleep_for)),
+        }
+        .await;
+        my_bell.disarm();
+        core.parked.set(false);
+        core.poked.set(false);
+        idle_since = None;
+        since_reap = 0;
+    }
+    // Stopped: whatever is still here is failed, not silently lost.
+    core.drain_inbound();
+    for t in &core.tables {
+        t.abort_all(&core);
+    }
+    core.flush();
+}
+
+/// One trip through the executor's wait: ring our own bell and park on it, so the executor
+/// reaps I/O completions, fires its timers and handles cross-thread wakers.
+async fn reap(core: &Rc<ShardCore>, bell: &mut BellReceiver, my_bell: &crate::rt::Bell) {
+    my_bell.write();
+    Park {
+        core,
+        bell,
+        sleep: Box::pin(std::future::pending()),
+    }
+    .await;
+}
+
+fn idle_sweep_interval(core: &ShardCore) -> Duration {
+    let min_idle = core
+        .tables
+        .iter()
+        .map(|t| t.idle_timeout())
+        .min()
+        .unwrap_or(Duration::from_secs(60));
+    (min_idle / 4).clamp(Duration::from_millis(5), Duration::from_secs(1))
+}

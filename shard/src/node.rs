@@ -1,0 +1,641 @@
+//! The engine of one node: its shard threads, their rings, start-up and shutdown.
+
+use std::any::TypeId;
+use std::cell::RefCell;
+use std::future::Future;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
+use std::sync::{mpsc, Arc};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crossbeam_queue::ArrayQueue;
+use quark_placement::{ActorKey, ShardId};
+use rustc_hash::FxHashMap;
+
+use crate::activation::{ActorType, ErasedType, TypeInfo};
+use crate::actor::Actor;
+use crate::actor_ref::ActorRef;
+use crate::core::{Outbox, ShardCore};
+use crate::envelope::{CrossBox, RunMsg};
+use crate::ring::{ring, Consumer, Producer};
+use crate::rt::{Bell, BellReceiver};
+
+/// Which cores the shards run on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ShardSpec {
+    /// One shard per core in the process's CPU affinity mask.
+    Auto,
+    /// This many shards, pinned round-robin over the affinity mask (more shards than cores is
+    /// allowed, e.g. for tests, but shares cores).
+    Count(usize),
+    /// One shard per listed core id, in order.
+    Cores(Vec<usize>),
+}
+
+/// The engine's settings (the `[node]` table of `quark.toml`; see `docs/CONFIG.md`).
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// Shard count and cores.
+    pub shards: ShardSpec,
+    /// Pin each shard thread to its core.
+    pub pin_threads: bool,
+    /// How long an idle shard keeps polling before it parks (0 = park at once).
+    pub idle_spin: Duration,
+    /// Slots of each cross-shard ring (one ring per ordered pair of shards).
+    pub ring_capacity: usize,
+    /// Requests (asks and tells) one shard may have in flight to one other shard.
+    pub cross_shard_inflight_max: u32,
+    /// Slots of each shard's queue for messages from threads outside the node.
+    pub external_queue_capacity: usize,
+    /// Messages from outside the node in flight to one shard.
+    pub external_inflight_max: usize,
+    /// Mailbox length beyond which local senders wait.
+    pub mailbox_capacity: usize,
+    /// Default deadline of an `ask`.
+    pub ask_timeout: Duration,
+    /// How long a shutdown waits for in-flight turns, then for deactivations.
+    pub shutdown_timeout: Duration,
+    /// Default idle timeout of an actor type.
+    pub idle_timeout: Duration,
+    /// io_uring submission queue entries per shard.
+    pub uring_entries: u32,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            shards: ShardSpec::Auto,
+            pin_threads: true,
+            idle_spin: Duration::from_micros(50),
+            ring_capacity: 1024,
+            cross_shard_inflight_max: 512,
+            external_queue_capacity: 4096,
+            external_inflight_max: 4096,
+            mailbox_capacity: 1024,
+            ask_timeout: Duration::from_secs(10),
+            shutdown_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(600),
+            uring_entries: 256,
+        }
+    }
+}
+
+/// Errors starting an engine.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The affinity mask could not be read, or a listed core is not in it.
+    #[error("shard core {core} is not available to this process (allowed cores: {allowed:?})")]
+    CoreUnavailable {
+        /// The requested core.
+        core: usize,
+        /// The cores in the process's affinity mask.
+        allowed: Vec<usize>,
+    },
+    /// Zero shards requested.
+    #[error("a node needs at least one shard")]
+    NoShards,
+    /// More shards than the engine supports.
+    #[error("{count} shards requested; at most {max} are supported")]
+    TooManyShards {
+        /// Requested count.
+        count: usize,
+        /// Maximum.
+        max: usize,
+    },
+    /// An actor type name is registered twice.
+    #[error("actor type {name:?} is registered twice")]
+    DuplicateType {
+        /// The type name.
+        name: &'static str,
+    },
+    /// A shard thread could not start (thread spawn, runtime or doorbell creation).
+    #[error("shard {shard} failed to start: {source}")]
+    Shard {
+        /// The shard.
+        shard: usize,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// The node's phase, advanced by [`Engine::shutdown`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub(crate) enum Phase {
+    Running = 0,
+    Draining = 1,
+    Deactivating = 2,
+    Stopped = 3,
+}
+
+pub(crate) enum ShardEvent {
+    Ready(ShardId, Vec<Producer<CrossBox>>),
+    Drained(ShardId),
+    Deactivated(ShardId),
+}
+
+/// What every thread may touch of a shard: its doorbell and its injection queue.
+pub(crate) struct ShardHandle {
+    pub(crate) bell: Bell,
+    pub(crate) inject: ArrayQueue<CrossBox>,
+    pub(crate) ext_inflight: AtomicUsize,
+}
+
+/// State shared by every shard thread and every handle of one node (read-mostly).
+pub(crate) struct NodeShared {
+    pub(crate) config: EngineConfig,
+    pub(crate) types: Vec<Arc<dyn ErasedType>>,
+    pub(crate) type_index: FxHashMap<TypeId, u16>,
+    pub(crate) shards: Vec<ShardHandle>,
+    phase: AtomicU8,
+}
+
+impl NodeShared {
+    #[inline]
+    pub(crate) fn phase(&self) -> Phase {
+        match self.phase.load(Ordering::Acquire) {
+            0 => Phase::Running,
+            1 => Phase::Draining,
+            2 => Phase::Deactivating,
+            _ => Phase::Stopped,
+        }
+    }
+
+    fn set_phase(&self, phase: Phase) {
+        self.phase.store(phase as u8, Ordering::Release);
+        for s in &self.shards {
+            s.bell.ring();
+            s.bell.write();
+        }
+    }
+
+    pub(crate) fn shard_count(&self) -> u16 {
+        self.shards.len() as u16
+    }
+
+    /// Pushes `msg` into shard `to`'s injection queue from a thread outside the node's shards,
+    /// spinning (with `yield_now`) while it is full.
+    pub(crate) fn inject(&self, to: ShardId, mut msg: CrossBox) {
+        let handle = &self.shards[usize::from(to)];
+        loop {
+            match handle.inject.push(msg) {
+                Ok(()) => break,
+                Err(back) => {
+                    msg = back;
+                    std::thread::yield_now();
+                }
+            }
+        }
+        handle.bell.ring();
+    }
+}
+
+thread_local! {
+    static CURRENT: std::cell::OnceCell<Rc<ShardCore>> = const { std::cell::OnceCell::new() };
+}
+
+/// The shard core of the calling thread, if it is a shard thread of `node`.
+#[inline]
+pub(crate) fn current_core(node: &Arc<NodeShared>) -> Option<Rc<ShardCore>> {
+    CURRENT.with(|c| match c.get() {
+        Some(core) if Arc::ptr_eq(&core.node, node) => Some(core.clone()),
+        _ => None,
+    })
+}
+
+/// A snapshot of one shard's counters.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ShardStatsSnapshot {
+    /// The shard.
+    pub shard: ShardId,
+    /// Activations alive now.
+    pub live_activations: u64,
+    /// Activations created since start.
+    pub activations: u64,
+    /// Deactivations completed since start.
+    pub deactivations: u64,
+    /// Handler panics.
+    pub panics: u64,
+    /// Replies that arrived after their caller stopped waiting.
+    pub replies_dropped: u64,
+    /// Times a local sender waited for mailbox space.
+    pub mailbox_waits: u64,
+    /// Times a sender waited for a cross-shard credit.
+    pub credit_waits: u64,
+    /// Times the shard parked.
+    pub parks: u64,
+    /// Messages received from rings and the injection queue.
+    pub ring_msgs_in: u64,
+    /// Calls awaiting a reply.
+    pub calls_in_flight: u64,
+    /// Live actor timers.
+    pub timers: u64,
+}
+
+/// Registers actor types and starts an [`Engine`].
+pub struct EngineBuilder {
+    config: EngineConfig,
+    types: Vec<(TypeId, Arc<dyn ErasedType>)>,
+}
+
+impl EngineBuilder {
+    /// A builder with `config`.
+    pub fn new(config: EngineConfig) -> Self {
+        EngineBuilder {
+            config,
+            types: Vec::new(),
+        }
+    }
+
+    /// Registers actor type `A`.
+    pub fn register<A: Actor>(mut self, spec: ActorType<A>) -> Self {
+        self.types
+            .push((TypeId::of::<A>(), Arc::new(TypeInfo { spec })));
+        self
+    }
+
+    /// Starts the shard threads; returns once every shard is ready to take messages.
+    pub fn start(self) -> Result<Engine, StartError> {
+        Engine::start(self.config, self.types)
+    }
+}
+
+/// A running engine: the shard threads of one node.
+///
+/// Dropping it shuts it down ([`Engine::shutdown`]).
+pub struct Engine {
+    shared: Arc<NodeShared>,
+    threads: Vec<JoinHandle<()>>,
+    events: mpsc::Receiver<ShardEvent>,
+    cores: Vec<usize>,
+}
+
+/// The cores in this process's affinity mask.
+pub fn allowed_cores() -> Vec<usize> {
+    // SAFETY: a zeroed cpu_set_t is a valid empty set; sched_getaffinity writes at most
+    // sizeof(cpu_set_t) bytes into it.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) != 0 {
+            let n = std::thread::available_parallelism().map_or(1, |n| n.get());
+            return (0..n).collect();
+        }
+        (0..libc::CPU_SETSIZE as usize)
+            .filter(|&c| libc::CPU_ISSET(c, &set))
+            .collect()
+    }
+}
+
+fn pin_to(core: usize) -> std::io::Result<()> {
+    // SAFETY: as in `allowed_cores`; CPU_SET writes inside the set for core < CPU_SETSIZE.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(core, &mut set);
+        if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+fn numa_node_of(core: usize) -> Option<usize> {
+    let dir = std::fs::read_dir(format!("/sys/devices/system/cpu/cpu{core}")).ok()?;
+    dir.filter_map(Result::ok)
+        .filter_map(|e| e.file_name().into_string().ok())
+        .find_map(|name| name.strip_prefix("node")?.parse().ok())
+}
+
+const MAX_SHARDS: usize = 256;
+
+impl Engine {
+    fn start(
+        config: EngineConfig,
+        types: Vec<(TypeId, Arc<dyn ErasedType>)>,
+    ) -> Result<Engine, StartError> {
+        let allowed = allowed_cores();
+        let cores: Vec<usize> = match &config.shards {
+            ShardSpec::Auto => allowed.clone(),
+            ShardSpec::Count(n) => (0..*n).map(|i| allowed[i % allowed.len()]).collect(),
+            ShardSpec::Cores(list) => {
+                for &c in list {
+                    if !allowed.contains(&c) {
+                        return Err(StartError::CoreUnavailable {
+                            core: c,
+                            allowed: allowed.clone(),
+                        });
+                    }
+                }
+                list.clone()
+            }
+        };
+        if cores.is_empty() {
+            return Err(StartError::NoShards);
+        }
+        if cores.len() > MAX_SHARDS {
+            return Err(StartError::TooManyShards {
+                count: cores.len(),
+                max: MAX_SHARDS,
+            });
+        }
+        let mut type_index = FxHashMap::default();
+        let mut registry = Vec::new();
+        for (tid, t) in types {
+            if registry.iter().any(|r: &Arc<dyn ErasedType>| r.name() == t.name()) {
+                return Err(StartError::DuplicateType { name: t.name() });
+            }
+            type_index.insert(tid, registry.len() as u16);
+            registry.push(t);
+        }
+        let n = cores.len();
+        let mut handles = Vec::with_capacity(n);
+        let mut bell_rx = Vec::with_capacity(n);
+        for shard in 0..n {
+            let (bell, rx) =
+                crate::rt::bell_pair().map_err(|source| StartError::Shard { shard, source })?;
+            handles.push(ShardHandle {
+                bell,
+                inject: ArrayQueue::new(config.external_queue_capacity.max(1)),
+                ext_inflight: AtomicUsize::new(0),
+            });
+            bell_rx.push(rx);
+        }
+        let shared = Arc::new(NodeShared {
+            config,
+            types: registry,
+            type_index,
+            shards: handles,
+            phase: AtomicU8::new(Phase::Running as u8),
+        });
+
+        let (event_tx, event_rx) = mpsc::channel::<ShardEvent>();
+        let mut producer_txs = Vec::with_capacity(n);
+        let mut threads = Vec::with_capacity(n);
+        for (shard, rx) in bell_rx.into_iter().enumerate() {
+            let (ptx, prx) = mpsc::channel::<Vec<Option<Producer<CrossBox>>>>();
+            producer_txs.push(ptx);
+            let shared = shared.clone();
+            let events = event_tx.clone();
+            let core_id = cores[shard];
+            let thread = std::thread::Builder::new()
+                .name(format!("quark-shard-{shard}"))
+                .spawn(move || shard_main(shard as ShardId, core_id, shared, rx, events, prx))
+                .map_err(|source| StartError::Shard { shard, source })?;
+            threads.push(thread);
+        }
+        drop(event_tx);
+
+        // Start-up exchange: each shard built its inbound rings (first touch by the consumer)
+        // and sent us the producer ends; hand each producer to its sending shard.
+        let mut outgoing: Vec<Vec<Option<Producer<CrossBox>>>> =
+            (0..n).map(|_| (0..n).map(|_| None).collect()).collect();
+        let mut ready = 0;
+        while ready < n {
+            match event_rx.recv().ok() {
+                Some(ShardEvent::Ready(consumer_shard, producers)) => {
+                    // producers[j] is the producer for ring j -> consumer_shard (skipping self).
+                    let mut it = producers.into_iter();
+                    for (from, out) in outgoing.iter_mut().enumerate() {
+                        if from != usize::from(consumer_shard) {
+                            out[usize::from(consumer_shard)] =
+                                Some(it.next().expect("one producer per other shard"));
+                        }
+                    }
+                    ready += 1;
+                }
+                Some(_) => {}
+                None => {
+                    return Err(StartError::Shard {
+                        shard: ready,
+                        source: std::io::Error::other("a shard thread exited during start-up"),
+                    })
+                }
+            }
+        }
+        for (tx, out) in producer_txs.into_iter().zip(outgoing) {
+            // A send error means that shard died; its join reports it at shutdown.
+            let _ = tx.send(out);
+        }
+        Ok(Engine {
+            shared,
+            threads,
+            events: event_rx,
+            cores,
+        })
+    }
+
+    /// Number of shards.
+    pub fn shard_count(&self) -> u16 {
+        self.shared.shard_count()
+    }
+
+    /// The core each shard is pinned to.
+    pub fn cores(&self) -> &[usize] {
+        &self.cores
+    }
+
+    /// A reference to actor `(A, key)`. Calls fail with `UnknownActorType` if `A` is not
+    /// registered.
+    pub fn actor_ref<A: Actor>(&self, key: impl Into<ActorKey>) -> ActorRef<A> {
+        ActorRef::new(self.shared.clone(), key.into())
+    }
+
+    /// Runs `make()` on shard `shard` and spawns the future it returns there; the returned
+    /// handle resolves with its output. Use it to drive load from inside a shard (no
+    /// cross-thread hop per message).
+    pub fn spawn_on<F, Fut>(&self, shard: ShardId, make: F) -> SpawnHandle<Fut::Output>
+    where
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: Future + 'static,
+        Fut::Output: Send + 'static,
+    {
+        let (tx, rx) = futures::channel::oneshot::channel();
+        self.shared.inject(
+            shard,
+            Box::new(RunMsg(Box::new(move |_core| {
+                crate::rt::spawn(async move {
+                    let out = make().await;
+                    let _ = tx.send(out);
+                });
+            }))),
+        );
+        SpawnHandle { rx }
+    }
+
+    /// Every shard's counters (asks each shard; waits up to one second per shard).
+    pub fn stats(&self) -> Vec<ShardStatsSnapshot> {
+        (0..self.shard_count())
+            .map(|s| {
+                let (tx, rx) = mpsc::channel();
+                self.shared.inject(
+                    s,
+                    Box::new(RunMsg(Box::new(move |core| {
+                        let _ = tx.send(core.stats_snapshot());
+                    }))),
+                );
+                rx.recv_timeout(Duration::from_secs(1)).unwrap_or_default()
+            })
+            .collect()
+    }
+
+    /// Shuts the node down and waits for it:
+    /// 1. calls from outside the node are refused with `CallError::ShuttingDown`;
+    /// 2. queued and in-flight turns finish (up to `shutdown_timeout`);
+    /// 3. every activation is deactivated (`on_deactivate` runs; up to `shutdown_timeout`);
+    /// 4. the shard threads stop; messages still queued then are failed with `ShuttingDown`.
+    ///
+    /// Returns what did not finish in time (all zero for a clean shutdown).
+    pub fn shutdown(mut self) -> ShutdownReport {
+        self.shutdown_inner()
+    }
+
+    fn shutdown_inner(&mut self) -> ShutdownReport {
+        let n = self.threads.len();
+        if n == 0 {
+            return ShutdownReport::default();
+        }
+        let timeout = self.shared.config.shutdown_timeout;
+        let mut report = ShutdownReport::default();
+        self.shared.set_phase(Phase::Draining);
+        report.shards_not_drained = self.wait_for(n, timeout, |e| matches!(e, ShardEvent::Drained(_)));
+        self.shared.set_phase(Phase::Deactivating);
+        report.shards_not_deactivated =
+            self.wait_for(n, timeout, |e| matches!(e, ShardEvent::Deactivated(_)));
+        self.shared.set_phase(Phase::Stopped);
+        for t in self.threads.drain(..) {
+            if t.join().is_err() {
+                report.shard_threads_panicked += 1;
+            }
+        }
+        if report != ShutdownReport::default() {
+            tracing::warn!(?report, "shutdown did not complete cleanly");
+        }
+        report
+    }
+
+    fn wait_for(&self, n: usize, timeout: Duration, want: impl Fn(&ShardEvent) -> bool) -> usize {
+        let deadline = Instant::now() + timeout;
+        let mut got = 0;
+        while got < n {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.events.recv_timeout(left) {
+                Ok(e) if want(&e) => {
+                    if let ShardEvent::Drained(s) | ShardEvent::Deactivated(s) = e {
+                        tracing::debug!(shard = s, "shard reached the shutdown step");
+                    }
+                    got += 1;
+                }
+                Ok(_) => {}
+                Err(_) => break,
+            }
+        }
+        n - got
+    }
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        self.shutdown_inner();
+    }
+}
+
+/// What a shutdown could not finish within `shutdown_timeout`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ShutdownReport {
+    /// Shards that still had turns running or queued when the drain timed out.
+    pub shards_not_drained: usize,
+    /// Shards that still had activations when deactivation timed out.
+    pub shards_not_deactivated: usize,
+    /// Shard threads that panicked (a bug in Quark; handler panics never do this).
+    pub shard_threads_panicked: usize,
+}
+
+/// Resolves with the output of a future spawned by [`Engine::spawn_on`].
+pub struct SpawnHandle<T> {
+    rx: futures::channel::oneshot::Receiver<T>,
+}
+
+impl<T> SpawnHandle<T> {
+    /// Blocks the calling thread (not a shard thread) until the future finished; `None` if the
+    /// shard stopped before it did.
+    pub fn join(self) -> Option<T> {
+        futures::executor::block_on(self.rx).ok()
+    }
+}
+
+impl<T> Future for SpawnHandle<T> {
+    type Output = Option<T>;
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<T>> {
+        std::pin::Pin::new(&mut self.rx).poll(cx).map(Result::ok)
+    }
+}
+
+fn shard_main(
+    id: ShardId,
+    core_id: usize,
+    shared: Arc<NodeShared>,
+    bell_rx: std::os::unix::net::UnixStream,
+    events: mpsc::Sender<ShardEvent>,
+    producers_rx: mpsc::Receiver<Vec<Option<Producer<CrossBox>>>>,
+) {
+    let n = shared.shards.len();
+    if shared.config.pin_threads {
+        if let Err(e) = pin_to(core_id) {
+            tracing::warn!(shard = id, core = core_id, error = %e, "could not pin the shard thread");
+        }
+    }
+    let mut rt = match crate::rt::build_runtime(shared.config.uring_entries) {
+        Ok(rt) => rt,
+        Err(e) => {
+            tracing::error!(shard = id, error = %e, "cannot build the shard's runtime");
+            return;
+        }
+    };
+    tracing::info!(
+        shard = id,
+        core = core_id,
+        numa_node = ?numa_node_of(core_id),
+        io_uring = crate::rt::is_uring(&rt),
+        "shard started"
+    );
+    // Inbound rings are allocated here, after pinning: first touch by the consumer.
+    let cap = shared.config.ring_capacity;
+    let mut consumers: Vec<Consumer<CrossBox>> = Vec::with_capacity(n.saturating_sub(1));
+    let mut producers = Vec::with_capacity(n.saturating_sub(1));
+    for from in 0..n {
+        if from != usize::from(id) {
+            let (p, c) = ring::<CrossBox>(cap);
+            producers.push(p);
+            consumers.push(c);
+        }
+    }
+    if events.send(ShardEvent::Ready(id, producers)).is_err() {
+        return;
+    }
+    let Ok(outgoing) = producers_rx.recv() else {
+        return;
+    };
+    let outboxes = outgoing
+        .into_iter()
+        .map(|p| p.map(|p| RefCell::new(Outbox::new(p))))
+        .collect();
+    let core = Rc::new(ShardCore::new(id, shared.clone(), outboxes, consumers));
+    CURRENT.with(|c| {
+        let _ = c.set(core.clone());
+    });
+    rt.block_on(async move {
+        let bell = match BellReceiver::new(bell_rx) {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::error!(shard = id, error = %e, "cannot register the doorbell");
+                return;
+            }
+        };
+        let pump = crate::rt::spawn_joined(crate::core::pump(core, bell, events));
+        pump.await;
+    });
+}

@@ -1,0 +1,150 @@
+//! Per-shard actor timers: one-shot and interval, fired by the shard's pump from the shard's
+//! clock. A firing does not run user code here: it enqueues a tick message into the owning
+//! activation's mailbox, so the tick runs as an ordinary turn.
+
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+use std::time::{Duration, Instant};
+
+use rustc_hash::FxHashMap;
+
+/// Identifies a timer on its shard.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TimerId(pub(crate) u64);
+
+/// What a firing does; returns `false` when its target is gone (the timer is then dropped).
+pub(crate) type Fire = Box<dyn FnMut() -> bool>;
+
+struct Entry {
+    due: Instant,
+    period: Option<Duration>,
+    fire: Fire,
+}
+
+/// The shard's timers (see the module doc).
+pub(crate) struct Timers {
+    heap: BinaryHeap<Reverse<(Instant, u64)>>,
+    entries: FxHashMap<u64, Entry>,
+    next_id: u64,
+}
+
+impl Timers {
+    pub(crate) fn new() -> Self {
+        Timers {
+            heap: BinaryHeap::new(),
+            entries: FxHashMap::default(),
+            next_id: 1,
+        }
+    }
+
+    /// Adds a timer first due at `due`, repeating every `period` if given.
+    pub(crate) fn add(&mut self, due: Instant, period: Option<Duration>, fire: Fire) -> TimerId {
+        let id = self.next_id;
+        self.next_id += 1;
+        self.heap.push(Reverse((due, id)));
+        self.entries.insert(id, Entry { due, period, fire });
+        TimerId(id)
+    }
+
+    /// Cancels a timer; returns whether it existed.
+    pub(crate) fn cancel(&mut self, id: TimerId) -> bool {
+        self.entries.remove(&id.0).is_some()
+    }
+
+    /// Number of live timers.
+    pub(crate) fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// The next due time, if any (may be a cancelled timer's: firing it is a no-op).
+    pub(crate) fn next_due(&self) -> Option<Instant> {
+        self.heap.peek().map(|Reverse((t, _))| *t)
+    }
+
+    /// Takes the next timer due at or before `now`, if any. The caller runs it and hands it
+    /// back with [`Timers::rearm`].
+    pub(crate) fn pop_due(&mut self, now: Instant) -> Option<(u64, Fire)> {
+        while let Some(Reverse((due, id))) = self.heap.peek().copied() {
+            if due > now {
+                return None;
+            }
+            self.heap.pop();
+            match self.entries.get_mut(&id) {
+                Some(e) if e.due == due => {
+                    let fire = std::mem::replace(&mut e.fire, Box::new(|| false));
+                    return Some((id, fire));
+                }
+                _ => continue, // cancelled, or a stale heap entry
+            }
+        }
+        None
+    }
+
+    /// Returns a fired timer: interval timers are rescheduled (from `now`, so a stalled shard
+    /// does not fire a burst of catch-up ticks), one-shots and timers whose target is gone are
+    /// removed.
+    pub(crate) fn rearm(&mut self, id: u64, fire: Fire, alive: bool, now: Instant) {
+        let Some(e) = self.entries.get_mut(&id) else {
+            return; // cancelled by the tick's own turn? (cannot: ticks run later) or by a peer
+        };
+        match (alive, e.period) {
+            (true, Some(period)) => {
+                e.due = now + period;
+                e.fire = fire;
+                self.heap.push(Reverse((e.due, id)));
+            }
+            _ => {
+                self.entries.remove(&id);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::cell::Cell;
+    use std::rc::Rc;
+
+    #[test]
+    fn one_shot_interval_and_cancel() {
+        let mut t = Timers::new();
+        let t0 = Instant::now();
+        let hits = Rc::new(Cell::new(0u32));
+        let h = hits.clone();
+        let once = t.add(
+            t0 + Duration::from_millis(5),
+            None,
+            Box::new(move || {
+                h.set(h.get() + 1);
+                true
+            }),
+        );
+        let h = hits.clone();
+        let every = t.add(
+            t0 + Duration::from_millis(10),
+            Some(Duration::from_millis(10)),
+            Box::new(move || {
+                h.set(h.get() + 100);
+                true
+            }),
+        );
+        let run = |t: &mut Timers, now| {
+            while let Some((id, mut f)) = t.pop_due(now) {
+                let alive = f();
+                t.rearm(id, f, alive, now);
+            }
+        };
+        run(&mut t, t0 + Duration::from_millis(4));
+        assert_eq!(hits.get(), 0);
+        run(&mut t, t0 + Duration::from_millis(10));
+        assert_eq!(hits.get(), 101);
+        assert_eq!(t.len(), 1, "the one-shot is gone");
+        assert!(!t.cancel(once));
+        run(&mut t, t0 + Duration::from_millis(20));
+        assert_eq!(hits.get(), 201);
+        assert!(t.cancel(every));
+        run(&mut t, t0 + Duration::from_millis(40));
+        assert_eq!(hits.get(), 201, "a cancelled interval does not fire");
+    }
+}

@@ -1,0 +1,174 @@
+//! A turn's future, stored inline when it is small (no allocation per message).
+//!
+//! Every message type gives a different future type, so the activation loop needs a type-erased
+//! future. A `Pin<Box<dyn Future>>` would cost one allocation per turn; [`Turn`] instead keeps
+//! futures of up to [`TURN_INLINE_BYTES`] bytes (align ≤ 16) in its own storage and calls them
+//! through two function pointers, falling back to a box for larger ones.
+
+use std::future::Future;
+use std::marker::{PhantomData, PhantomPinned};
+use std::mem::{self, MaybeUninit};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+/// Turn futures up to this size are stored inline.
+pub(crate) const TURN_INLINE_BYTES: usize = 256;
+
+#[repr(C, align(16))]
+struct Storage([MaybeUninit<u8>; TURN_INLINE_BYTES]);
+
+/// A type-erased `Future<Output = ()>` that borrows for `'a` and is pinned in place once polled.
+pub(crate) struct Turn<'a> {
+    storage: Storage,
+    poll_fn: unsafe fn(*mut u8, &mut Context<'_>) -> Poll<()>,
+    drop_fn: unsafe fn(*mut u8),
+    _borrow: PhantomData<&'a mut ()>,
+    _pin: PhantomPinned,
+}
+
+/// # Safety
+/// `p` points to a live, pinned `F` stored by [`Turn::new`].
+unsafe fn poll_inline<F: Future<Output = ()>>(p: *mut u8, cx: &mut Context<'_>) -> Poll<()> {
+    // SAFETY: per the function contract; the `Turn` is pinned, so `F` never moves.
+    unsafe { Pin::new_unchecked(&mut *p.cast::<F>()) }.poll(cx)
+}
+
+/// # Safety
+/// `p` points to a live `F` stored by [`Turn::new`], dropped exactly once.
+unsafe fn drop_inline<F>(p: *mut u8) {
+    // SAFETY: per the function contract.
+    unsafe { std::ptr::drop_in_place(p.cast::<F>()) }
+}
+
+impl<'a> Turn<'a> {
+    /// Wraps `fut`, inline if it fits, else boxed.
+    pub(crate) fn new<F: Future<Output = ()> + 'a>(fut: F) -> Self {
+        if mem::size_of::<F>() <= TURN_INLINE_BYTES && mem::align_of::<F>() <= 16 {
+            Self::store(fut)
+        } else {
+            let boxed: Pin<Box<dyn Future<Output = ()> + 'a>> = Box::pin(fut);
+            Self::store(boxed)
+        }
+    }
+
+    fn store<F: Future<Output = ()> + 'a>(fut: F) -> Self {
+        assert!(mem::size_of::<F>() <= TURN_INLINE_BYTES && mem::align_of::<F>() <= 16);
+        let mut storage = Storage([MaybeUninit::uninit(); TURN_INLINE_BYTES]);
+        // SAFETY: the storage is large and aligned enough for F (asserted above); it is written
+        // once here and dropped once by `Drop for Turn`.
+        unsafe { storage.0.as_mut_ptr().cast::<F>().write(fut) };
+        Turn {
+            storage,
+            poll_fn: poll_inline::<F>,
+            drop_fn: drop_inline::<F>,
+            _borrow: PhantomData,
+            _pin: PhantomPinned,
+        }
+    }
+
+    /// Polls the turn, turning a panic of the handler into `Err(message)`.
+    ///
+    /// After an `Err`, the turn must not be polled again (drop it).
+    pub(crate) fn poll_catching(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<(), String>> {
+        // SAFETY: we never move the storage out of the pinned Turn.
+        let this = unsafe { self.get_unchecked_mut() };
+        let ptr = this.storage.0.as_mut_ptr().cast::<u8>();
+        let poll_fn = this.poll_fn;
+        // SAFETY: `ptr` is the live F written by `store`, pinned with `self`.
+        match catch_unwind(AssertUnwindSafe(|| unsafe { poll_fn(ptr, cx) })) {
+            Ok(Poll::Ready(())) => Poll::Ready(Ok(())),
+            Ok(Poll::Pending) => Poll::Pending,
+            Err(payload) => Poll::Ready(Err(panic_message(&*payload))),
+        }
+    }
+}
+
+impl Drop for Turn<'_> {
+    fn drop(&mut self) {
+        let ptr = self.storage.0.as_mut_ptr().cast::<u8>();
+        // SAFETY: the F written by `store` is live until here, dropped once. A panic in a drop
+        // of a future that already panicked is contained so that it cannot take the shard down.
+        let _ = catch_unwind(AssertUnwindSafe(|| unsafe { (self.drop_fn)(ptr) }));
+    }
+}
+
+/// The text of a panic payload, for logs and errors.
+pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_owned()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "non-string panic payload".to_owned()
+    }
+}
+
+/// Awaits a pinned turn, returning `Err(panic message)` if it panicked.
+pub(crate) struct RunTurn<'t, 'a> {
+    pub(crate) turn: Pin<&'t mut Turn<'a>>,
+}
+
+impl Future for RunTurn<'_, '_> {
+    type Output = Result<(), String>;
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        self.turn.as_mut().poll_catching(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::cell::Cell;
+    use std::rc::Rc;
+
+    fn noop_cx<R>(f: impl FnOnce(&mut Context<'_>) -> R) -> R {
+        let waker = futures::task::noop_waker();
+        let mut cx = Context::from_waker(&waker);
+        f(&mut cx)
+    }
+
+    #[test]
+    fn small_and_large_futures_run_and_drop_once() {
+        let drops = Rc::new(Cell::new(0));
+        struct D(Rc<Cell<u32>>);
+        impl Drop for D {
+            fn drop(&mut self) {
+                self.0.set(self.0.get() + 1);
+            }
+        }
+        let ran = Cell::new(0);
+        {
+            let d = D(drops.clone());
+            let small = Turn::new(async {
+                let _d = d;
+                ran.set(ran.get() + 1);
+            });
+            let big_payload = [7u8; 1024];
+            let d2 = D(drops.clone());
+            let big = Turn::new(async move {
+                let _d = d2;
+                assert_eq!(big_payload[1023], 7);
+            });
+            let mut small = std::pin::pin!(small);
+            let mut big = std::pin::pin!(big);
+            noop_cx(|cx| {
+                assert_eq!(small.as_mut().poll_catching(cx), Poll::Ready(Ok(())));
+                assert_eq!(big.as_mut().poll_catching(cx), Poll::Ready(Ok(())));
+            });
+        }
+        assert_eq!(ran.get(), 1);
+        assert_eq!(drops.get(), 2, "each captured value dropped exactly once");
+    }
+
+    #[test]
+    fn panics_become_errors() {
+        let t = Turn::new(async { panic!("boom {}", 7) });
+        let mut t = std::pin::pin!(t);
+        let r = noop_cx(|cx| t.as_mut().poll_catching(cx));
+        assert_eq!(r, Poll::Ready(Err("boom 7".to_owned())));
+    }
+}
