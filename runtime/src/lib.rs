@@ -1,2 +1,18 @@
 //! Quark: a thread-per-core, shared-nothing virtual-actor runtime.
+//!
+//! A [`Node`] runs one shard per core; each shard owns its actors, timers and (with the
+//! persistence features) its log. Actors are *virtual*: address one by type and key with an
+//! [`ActorRef`] and it is activated on its owning shard when a message arrives. See
+//! `docs/ARCHITECTURE.md` for the design and `docs/CONFIG.md` for every setting.
 #![deny(missing_docs)]
+
+mod config;
+mod node;
+
+pub use config::{ActorTypeConfig, ConfigError, NodeConfig};
+pub use node::{Node, NodeBuilder, NodeError};
+pub use quark_shard::{
+    allowed_cores, block_on, Actor, ActorId, ActorKey, ActorRef, ActorType, CallError, Context,
+    EngineConfig, Handler, Message, ShardId, ShardSpec, ShardStatsSnapshot, ShutdownReport,
+    SpawnHandle, StartError, TimerId,
+};

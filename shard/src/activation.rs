@@ -64,6 +64,11 @@ impl<A: Actor> ActorType<A> {
         self.stateless_workers = Some(max_local_workers.max(1));
         self
     }
+
+    /// True if this is a stateless worker type.
+    pub fn is_stateless(&self) -> bool {
+        self.stateless_workers.is_some()
+    }
 }
 
 /// The registry's type-erased view of an actor type.
@@ -291,7 +296,9 @@ pub(crate) async fn wait_for_space<A: Actor>(core: &Rc<ShardCore>, type_idx: u16
         if act.queue_len() < cap {
             return;
         }
-        core.stats.mailbox_waits.set(core.stats.mailbox_waits.get() + 1);
+        core.stats
+            .mailbox_waits
+            .set(core.stats.mailbox_waits.get() + 1);
         SpaceWait {
             act: &act,
             registered: false,
@@ -416,7 +423,10 @@ async fn run_activation<A: Actor>(act: Rc<Activation<A>>, info: Arc<TypeInfo<A>>
         let activated = {
             let turn = crate::turn::Turn::new(actor.on_activate(&act.ctx));
             let mut turn = std::pin::pin!(turn);
-            RunTurn { turn: turn.as_mut() }.await
+            RunTurn {
+                turn: turn.as_mut(),
+            }
+            .await
         };
         act.running.set(false);
         if let Err(panic) = activated {
@@ -447,7 +457,10 @@ async fn run_activation<A: Actor>(act: Rc<Activation<A>>, info: Arc<TypeInfo<A>>
             let result = {
                 let turn = item.start(&mut actor, &act.ctx);
                 let mut turn = std::pin::pin!(turn);
-                RunTurn { turn: turn.as_mut() }.await
+                RunTurn {
+                    turn: turn.as_mut(),
+                }
+                .await
             };
             act.running.set(false);
             core.turn_done(origin, reply);
@@ -481,14 +494,19 @@ async fn run_activation<A: Actor>(act: Rc<Activation<A>>, info: Arc<TypeInfo<A>>
         let deactivated = {
             let turn = crate::turn::Turn::new(actor.on_deactivate(&act.ctx));
             let mut turn = std::pin::pin!(turn);
-            RunTurn { turn: turn.as_mut() }.await
+            RunTurn {
+                turn: turn.as_mut(),
+            }
+            .await
         };
         act.running.set(false);
         if let Err(panic) = deactivated {
             tracing::error!(shard = core.id, actor = %act.ctx.id, panic = %panic, "on_deactivate panicked");
         }
         drop(actor);
-        core.stats.deactivations.set(core.stats.deactivations.get() + 1);
+        core.stats
+            .deactivations
+            .set(core.stats.deactivations.get() + 1);
         act.deactivate.set(false);
         if act.mailbox.borrow().is_empty() {
             act.gone.set(true);

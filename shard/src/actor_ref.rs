@@ -62,10 +62,7 @@ impl<A: Actor> ActorRef<A> {
             type_name: A::TYPE_NAME,
             key,
         };
-        let type_idx = node
-            .type_index
-            .get(&std::any::TypeId::of::<A>())
-            .copied();
+        let type_idx = node.type_index.get(&std::any::TypeId::of::<A>()).copied();
         let stateless = type_idx.is_some_and(|i| node.types[usize::from(i)].stateless());
         let owner = shard_for(&id, node.shard_count());
         ActorRef {

@@ -251,10 +251,19 @@ mod tests {
         let now = Instant::now();
         let id = t.register(now + Duration::from_secs(1), Waiter::Task(None));
         assert!(t.poll(id, &mut cx()).is_pending());
-        assert!(t.complete(id, CallOutcome::Failed(CallError::UnknownActorType { type_name: "x" })));
-        assert!(matches!(t.poll(id, &mut cx()), Poll::Ready(CallOutcome::Failed(_))));
+        assert!(t.complete(
+            id,
+            CallOutcome::Failed(CallError::UnknownActorType { type_name: "x" })
+        ));
+        assert!(matches!(
+            t.poll(id, &mut cx()),
+            Poll::Ready(CallOutcome::Failed(_))
+        ));
         assert_eq!(t.live(), 0);
-        assert!(!t.complete(id, CallOutcome::TimedOut), "a stale id is not completed");
+        assert!(
+            !t.complete(id, CallOutcome::TimedOut),
+            "a stale id is not completed"
+        );
     }
 
     #[test]
@@ -278,7 +287,10 @@ mod tests {
         assert_eq!(t.next_deadline(), Some(t0 + Duration::from_millis(10)));
         assert!(t.sweep(t0 + Duration::from_millis(5)).is_empty());
         t.sweep(t0 + Duration::from_millis(10));
-        assert!(matches!(t.poll(a, &mut cx()), Poll::Ready(CallOutcome::TimedOut)));
+        assert!(matches!(
+            t.poll(a, &mut cx()),
+            Poll::Ready(CallOutcome::TimedOut)
+        ));
         assert!(t.poll(b, &mut cx()).is_pending());
         assert_eq!(t.next_deadline(), Some(t0 + Duration::from_millis(30)));
     }

@@ -157,8 +157,14 @@ impl<R: Send + 'static> CrossMsg for ReplyMsg<R> {
         core.return_credits(self.from, 1);
         let call = self.call;
         let any: Box<dyn Any + Send> = self;
-        if !core.calls.borrow_mut().complete(call, CallOutcome::Reply(any)) {
-            core.stats.replies_dropped.set(core.stats.replies_dropped.get() + 1);
+        if !core
+            .calls
+            .borrow_mut()
+            .complete(call, CallOutcome::Reply(any))
+        {
+            core.stats
+                .replies_dropped
+                .set(core.stats.replies_dropped.get() + 1);
         }
     }
 }
@@ -178,7 +184,9 @@ impl CrossMsg for FailMsg {
             .borrow_mut()
             .complete(self.call, CallOutcome::Failed(self.err))
         {
-            core.stats.replies_dropped.set(core.stats.replies_dropped.get() + 1);
+            core.stats
+                .replies_dropped
+                .set(core.stats.replies_dropped.get() + 1);
         }
     }
 }
@@ -215,8 +223,14 @@ pub(crate) fn send_reply<R: Send + 'static>(core: &ShardCore, reply: ReplyTo, va
                 from: core.id,
                 value,
             });
-            if !core.calls.borrow_mut().complete(call, CallOutcome::Reply(msg)) {
-                core.stats.replies_dropped.set(core.stats.replies_dropped.get() + 1);
+            if !core
+                .calls
+                .borrow_mut()
+                .complete(call, CallOutcome::Reply(msg))
+            {
+                core.stats
+                    .replies_dropped
+                    .set(core.stats.replies_dropped.get() + 1);
             }
         }
         ReplyTo::Shard(shard, call) => core.send_to(
@@ -240,7 +254,9 @@ pub(crate) fn fail_reply(core: &ShardCore, reply: ReplyTo, err: CallError) {
                 .borrow_mut()
                 .complete(call, CallOutcome::Failed(err))
             {
-                core.stats.replies_dropped.set(core.stats.replies_dropped.get() + 1);
+                core.stats
+                    .replies_dropped
+                    .set(core.stats.replies_dropped.get() + 1);
             }
         }
         ReplyTo::Shard(shard, call) => core.send_to(

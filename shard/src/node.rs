@@ -342,7 +342,10 @@ impl Engine {
         let mut type_index = FxHashMap::default();
         let mut registry = Vec::new();
         for (tid, t) in types {
-            if registry.iter().any(|r: &Arc<dyn ErasedType>| r.name() == t.name()) {
+            if registry
+                .iter()
+                .any(|r: &Arc<dyn ErasedType>| r.name() == t.name())
+            {
                 return Err(StartError::DuplicateType { name: t.name() });
             }
             type_index.insert(tid, registry.len() as u16);
@@ -498,7 +501,8 @@ impl Engine {
         let timeout = self.shared.config.shutdown_timeout;
         let mut report = ShutdownReport::default();
         self.shared.set_phase(Phase::Draining);
-        report.shards_not_drained = self.wait_for(n, timeout, |e| matches!(e, ShardEvent::Drained(_)));
+        report.shards_not_drained =
+            self.wait_for(n, timeout, |e| matches!(e, ShardEvent::Drained(_)));
         self.shared.set_phase(Phase::Deactivating);
         report.shards_not_deactivated =
             self.wait_for(n, timeout, |e| matches!(e, ShardEvent::Deactivated(_)));

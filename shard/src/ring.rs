@@ -73,8 +73,9 @@ pub(crate) struct Consumer<T> {
 /// touched (and placed, on a NUMA host) by the consumer.
 pub(crate) fn ring<T: Send>(capacity: usize) -> (Producer<T>, Consumer<T>) {
     let cap = capacity.max(2).next_power_of_two();
-    let slots: Box<[UnsafeCell<MaybeUninit<T>>]> =
-        (0..cap).map(|_| UnsafeCell::new(MaybeUninit::uninit())).collect();
+    let slots: Box<[UnsafeCell<MaybeUninit<T>>]> = (0..cap)
+        .map(|_| UnsafeCell::new(MaybeUninit::uninit()))
+        .collect();
     let ring = Arc::new(Ring {
         slots,
         mask: cap - 1,
@@ -213,7 +214,11 @@ mod tests {
         }
         drop(p);
         drop(c);
-        assert_eq!(Arc::strong_count(&value), 1, "the ring dropped the 5 unread values");
+        assert_eq!(
+            Arc::strong_count(&value),
+            1,
+            "the ring dropped the 5 unread values"
+        );
     }
 
     #[test]

@@ -177,7 +177,10 @@ fn per_sender_fifo_from_outside_and_from_another_shard() {
     for i in 0..2_000 {
         block_on(r.tell(Push(i))).unwrap();
     }
-    assert_eq!(block_on(r.ask(Seen)).unwrap(), (0..2_000).collect::<Vec<_>>());
+    assert_eq!(
+        block_on(r.ask(Seen)).unwrap(),
+        (0..2_000).collect::<Vec<_>>()
+    );
 
     // From a task on the shard that does not own the target: through the ring.
     let target = engine.actor_ref::<Recorder>(6u64);
@@ -345,7 +348,11 @@ fn ask_deadlines_fire_from_outside_and_from_a_shard() {
             timeout: Duration::from_millis(50)
         })
     );
-    assert!(t0.elapsed() < Duration::from_millis(1_500), "{:?}", t0.elapsed());
+    assert!(
+        t0.elapsed() < Duration::from_millis(1_500),
+        "{:?}",
+        t0.elapsed()
+    );
 
     // From the other shard (cross-shard call) and from the same shard (local call).
     for shard in [0u16, 1] {
@@ -427,7 +434,11 @@ fn stateless_workers_run_concurrently_up_to_the_limit_on_the_callers_shard() {
             assert_eq!(r, Ok(shard), "handled on the caller's shard");
         }
     }
-    assert_eq!(max_seen.load(Ordering::SeqCst), 4, "4 workers ran at once, never more");
+    assert_eq!(
+        max_seen.load(Ordering::SeqCst),
+        4,
+        "4 workers ran at once, never more"
+    );
     let live: u64 = engine.stats().iter().map(|s| s.live_activations).sum();
     assert_eq!(live, 8, "4 workers per shard");
     engine.shutdown();

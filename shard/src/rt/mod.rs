@@ -189,7 +189,10 @@ impl BellReceiver {
                 (stream, res)
             }));
         }
-        let fut = self.pending.as_mut().expect("a read is in flight (set just above)");
+        let fut = self
+            .pending
+            .as_mut()
+            .expect("a read is in flight (set just above)");
         match fut.as_mut().poll(cx) {
             Poll::Ready((stream, res)) => {
                 self.pending = None;

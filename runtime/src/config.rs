@@ -1,0 +1,353 @@
+//! The node's configuration file (`quark.toml`): parsing, validation and defaults.
+//!
+//! Every key is documented in `docs/CONFIG.md`; `docs/examples/quark.toml` is a commented
+//! example. Unknown keys, wrong types and out-of-range values are errors that name the file,
+//! the key and (for syntax and type errors) the line.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use quark_shard::{EngineConfig, ShardSpec};
+use serde::de::{self, Deserializer, SeqAccess, Visitor};
+use serde::Deserialize;
+
+/// A node's whole configuration: the engine settings and per-actor-type overrides.
+#[derive(Debug, Clone, Default)]
+pub struct NodeConfig {
+    /// The engine settings (`[node]`).
+    pub engine: EngineConfig,
+    /// Per actor type settings (`[actors.<type name>]`), by type name.
+    pub actors: BTreeMap<String, ActorTypeConfig>,
+}
+
+/// Settings of one actor type (`[actors.<type name>]`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ActorTypeConfig {
+    /// Overrides `node.idle_timeout_ms` for this type.
+    pub idle_timeout: Option<Duration>,
+    /// For a stateless worker type: activations per key and shard.
+    pub max_local_workers: Option<usize>,
+}
+
+/// Why a configuration was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {}: {source}", file.display())]
+    Read {
+        /// The file.
+        file: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML, has an unknown key, or a value of the wrong type.
+    #[error("{}:{line}:{column}: {}{detail}", file.display(), key.as_deref().map(|k| format!("key `{k}`: ")).unwrap_or_default())]
+    Parse {
+        /// The file.
+        file: PathBuf,
+        /// 1-based line of the offending text.
+        line: usize,
+        /// 1-based column.
+        column: usize,
+        /// The key at fault, where the parser points at one.
+        key: Option<String>,
+        /// The parser's explanation (unknown field, expected type, syntax).
+        detail: String,
+    },
+    /// A value is of the right type but out of range.
+    #[error("{}: key `{key}` = {value}: {reason}", file.display())]
+    Invalid {
+        /// The file.
+        file: PathBuf,
+        /// The dotted key.
+        key: String,
+        /// The value given.
+        value: String,
+        /// The accepted range.
+        reason: &'static str,
+    },
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawFile {
+    #[serde(default)]
+    node: RawNode,
+    #[serde(default)]
+    actors: BTreeMap<String, RawActorType>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawNode {
+    shards: Option<RawShards>,
+    pin_threads: Option<bool>,
+    idle_spin_us: Option<u64>,
+    ring_capacity: Option<u64>,
+    cross_shard_inflight_max: Option<u64>,
+    external_queue_capacity: Option<u64>,
+    external_inflight_max: Option<u64>,
+    mailbox_capacity: Option<u64>,
+    ask_timeout_ms: Option<u64>,
+    shutdown_timeout_ms: Option<u64>,
+    idle_timeout_ms: Option<u64>,
+    uring_entries: Option<u64>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawActorType {
+    idle_timeout_ms: Option<u64>,
+    max_local_workers: Option<u64>,
+}
+
+enum RawShards {
+    Auto,
+    Count(i64),
+    Cores(Vec<i64>),
+}
+
+impl<'de> Deserialize<'de> for RawShards {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = RawShards;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("\"auto\", a shard count, or a list of core ids")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<RawShards, E> {
+                if v == "auto" {
+                    Ok(RawShards::Auto)
+                } else {
+                    Err(E::invalid_value(de::Unexpected::Str(v), &self))
+                }
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<RawShards, E> {
+                Ok(RawShards::Count(v))
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<RawShards, A::Error> {
+                let mut cores = Vec::new();
+                while let Some(c) = seq.next_element::<i64>()? {
+                    cores.push(c);
+                }
+                Ok(RawShards::Cores(cores))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// Checks `value` against `lo..=hi` for key `key`.
+struct Check<'a> {
+    file: &'a Path,
+}
+
+impl Check<'_> {
+    fn range(
+        &self,
+        key: &str,
+        value: u64,
+        lo: u64,
+        hi: u64,
+        reason: &'static str,
+    ) -> Result<u64, ConfigError> {
+        if value < lo || value > hi {
+            return Err(ConfigError::Invalid {
+                file: self.file.to_path_buf(),
+                key: key.to_owned(),
+                value: value.to_string(),
+                reason,
+            });
+        }
+        Ok(value)
+    }
+}
+
+impl NodeConfig {
+    /// Reads and validates `path`.
+    pub fn from_file(path: impl AsRef<Path>) -> Result<NodeConfig, ConfigError> {
+        let path = path.as_ref();
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            file: path.to_path_buf(),
+            source,
+        })?;
+        Self::from_toml(&text, path)
+    }
+
+    /// Parses and validates TOML `text`; `file` names it in errors.
+    pub fn from_toml(text: &str, file: impl AsRef<Path>) -> Result<NodeConfig, ConfigError> {
+        let file = file.as_ref();
+        let raw: RawFile = toml::from_str(text).map_err(|e| parse_error(e, text, file))?;
+        let check = Check { file };
+        let mut engine = EngineConfig::default();
+        let n = raw.node;
+        if let Some(s) = n.shards {
+            engine.shards = match s {
+                RawShards::Auto => ShardSpec::Auto,
+                RawShards::Count(c) => {
+                    let c = u64::try_from(c).unwrap_or(0);
+                    ShardSpec::Count(check.range(
+                        "node.shards",
+                        c,
+                        1,
+                        256,
+                        "a shard count is 1 to 256",
+                    )? as usize)
+                }
+                RawShards::Cores(list) => {
+                    if list.is_empty() || list.len() > 256 {
+                        return Err(ConfigError::Invalid {
+                            file: file.to_path_buf(),
+                            key: "node.shards".into(),
+                            value: format!("{list:?}"),
+                            reason: "a core list has 1 to 256 entries",
+                        });
+                    }
+                    let mut cores = Vec::with_capacity(list.len());
+                    for c in list {
+                        let c = u64::try_from(c).map_err(|_| ConfigError::Invalid {
+                            file: file.to_path_buf(),
+                            key: "node.shards".into(),
+                            value: c.to_string(),
+                            reason: "a core id is a non-negative integer",
+                        })?;
+                        cores.push(c as usize);
+                    }
+                    ShardSpec::Cores(cores)
+                }
+            };
+        }
+        if let Some(v) = n.pin_threads {
+            engine.pin_threads = v;
+        }
+        if let Some(v) = n.idle_spin_us {
+            engine.idle_spin = Duration::from_micros(check.range(
+                "node.idle_spin_us",
+                v,
+                0,
+                1_000_000,
+                "0 to 1000000 µs",
+            )?);
+        }
+        if let Some(v) = n.ring_capacity {
+            engine.ring_capacity =
+                check.range("node.ring_capacity", v, 2, 1 << 20, "2 to 1048576 slots")? as usize;
+        }
+        if let Some(v) = n.cross_shard_inflight_max {
+            engine.cross_shard_inflight_max = check.range(
+                "node.cross_shard_inflight_max",
+                v,
+                1,
+                1 << 20,
+                "1 to 1048576",
+            )? as u32;
+        }
+        if let Some(v) = n.external_queue_capacity {
+            engine.external_queue_capacity = check.range(
+                "node.external_queue_capacity",
+                v,
+                1,
+                1 << 20,
+                "1 to 1048576 slots",
+            )? as usize;
+        }
+        if let Some(v) = n.external_inflight_max {
+            engine.external_inflight_max =
+                check.range("node.external_inflight_max", v, 1, 1 << 24, "1 to 16777216")? as usize;
+        }
+        if let Some(v) = n.mailbox_capacity {
+            engine.mailbox_capacity =
+                check.range("node.mailbox_capacity", v, 1, 1 << 24, "1 to 16777216")? as usize;
+        }
+        if let Some(v) = n.ask_timeout_ms {
+            engine.ask_timeout = Duration::from_millis(check.range(
+                "node.ask_timeout_ms",
+                v,
+                1,
+                86_400_000,
+                "1 ms to 1 day",
+            )?);
+        }
+        if let Some(v) = n.shutdown_timeout_ms {
+            engine.shutdown_timeout = Duration::from_millis(check.range(
+                "node.shutdown_timeout_ms",
+                v,
+                0,
+                86_400_000,
+                "0 to 1 day",
+            )?);
+        }
+        if let Some(v) = n.idle_timeout_ms {
+            engine.idle_timeout = Duration::from_millis(check.range(
+                "node.idle_timeout_ms",
+                v,
+                1,
+                31_536_000_000,
+                "1 ms to 1 year",
+            )?);
+        }
+        if let Some(v) = n.uring_entries {
+            engine.uring_entries =
+                check.range("node.uring_entries", v, 8, 32_768, "8 to 32768")? as u32;
+        }
+        let mut actors = BTreeMap::new();
+        for (name, a) in raw.actors {
+            let mut t = ActorTypeConfig::default();
+            if let Some(v) = a.idle_timeout_ms {
+                let key = format!("actors.{name}.idle_timeout_ms");
+                t.idle_timeout = Some(Duration::from_millis(check.range(
+                    &key,
+                    v,
+                    1,
+                    31_536_000_000,
+                    "1 ms to 1 year",
+                )?));
+            }
+            if let Some(v) = a.max_local_workers {
+                let key = format!("actors.{name}.max_local_workers");
+                t.max_local_workers = Some(check.range(&key, v, 1, 4096, "1 to 4096")? as usize);
+            }
+            actors.insert(name, t);
+        }
+        Ok(NodeConfig { engine, actors })
+    }
+}
+
+fn parse_error(e: toml::de::Error, text: &str, file: &Path) -> ConfigError {
+    let (line, column, key) = match e.span() {
+        Some(span) => {
+            let before = &text[..span.start.min(text.len())];
+            let line = before.matches('\n').count() + 1;
+            let column = before.rsplit('\n').next().map_or(0, str::len) + 1;
+            let snippet = text.get(span.clone()).unwrap_or("").trim();
+            // The parser's span covers the key for unknown-field errors and the value for type
+            // errors; report the key name when the span is a bare key.
+            let key = if !snippet.is_empty()
+                && snippet
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+            {
+                Some(snippet.to_owned())
+            } else {
+                // For a value, the key is what stands before `=` on that line.
+                let line_text = text.lines().nth(line - 1).unwrap_or("");
+                line_text
+                    .split_once('=')
+                    .map(|(k, _)| k.trim().to_owned())
+                    .filter(|k| !k.is_empty() && !k.starts_with('['))
+            };
+            (line, column, key)
+        }
+        None => (0, 0, None),
+    };
+    ConfigError::Parse {
+        file: file.to_path_buf(),
+        line,
+        column,
+        key,
+        detail: e.message().trim().to_owned(),
+    }
+}
