@@ -1,1 +1,4 @@
-//! Quark benchmarks support code.
+//! Quark benchmarks support code: the actors the benchmarks drive, and summary statistics.
+
+pub mod actors;
+pub mod summary;

@@ -333,6 +333,20 @@ impl Engine {
         if cores.is_empty() {
             return Err(StartError::NoShards);
         }
+        let mut config = config;
+        let mut distinct = cores.clone();
+        distinct.sort_unstable();
+        distinct.dedup();
+        if distinct.len() < cores.len() && !config.idle_spin.is_zero() {
+            // Spinning shards that share a core steal each other's time slices: a message to
+            // the other shard then waits for the scheduler. Park at once instead.
+            tracing::warn!(
+                shards = cores.len(),
+                cores = distinct.len(),
+                "more shards than cores: idle spinning disabled (idle_spin_us = 0)"
+            );
+            config.idle_spin = Duration::ZERO;
+        }
         if cores.len() > MAX_SHARDS {
             return Err(StartError::TooManyShards {
                 count: cores.len(),
