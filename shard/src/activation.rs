@@ -187,7 +187,8 @@ impl<A: Actor> TypeTable<A> {
             space_waiters: RefCell::new(VecDeque::new()),
         });
         core.stats.activations.set(core.stats.activations.get() + 1);
-        crate::rt::spawn(run_activation(act.clone(), self.info.clone()));
+        core.exec
+            .spawn(run_activation(act.clone(), self.info.clone()));
         act
     }
 
@@ -288,12 +289,20 @@ where
     }
 }
 
-/// Waits until the activation that `key` routes to has room in its mailbox (local senders).
-pub(crate) async fn wait_for_space<A: Actor>(core: &Rc<ShardCore>, type_idx: u16, key: &ActorKey) {
+/// Delivers `item` from a sender on this shard: waits while the target's mailbox is at
+/// `mailbox_capacity`. One table lookup in the common case.
+#[inline]
+pub(crate) async fn send_local<A: Actor>(
+    core: &Rc<ShardCore>,
+    type_idx: u16,
+    item: Box<dyn MailItemKeyed<A>>,
+) {
     let cap = core.node.config.mailbox_capacity;
+    let table = core.table::<A>(type_idx);
     loop {
-        let act = core.table::<A>(type_idx).route(core, key);
+        let act = table.route(core, item.key());
         if act.queue_len() < cap {
+            act.push(item.into_item());
             return;
         }
         core.stats

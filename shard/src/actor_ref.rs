@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use quark_placement::{shard_for, ActorId, ActorKey, ShardId};
 
-use crate::activation::{deliver, wait_for_space};
+use crate::activation::send_local;
 use crate::actor::{Actor, Handler, Message};
 use crate::calls::{CallId, CallOutcome, Waiter};
 use crate::core::ShardCore;
@@ -132,8 +132,7 @@ impl<A: Actor> ActorRef<A> {
             Some(core) => {
                 let target = self.target_on(&core);
                 if target == core.id {
-                    wait_for_space::<A>(&core, type_idx, &self.id.key).await;
-                    deliver::<A>(
+                    send_local::<A>(
                         &core,
                         type_idx,
                         Box::new(Deliver::<A, M>::new(
@@ -143,7 +142,8 @@ impl<A: Actor> ActorRef<A> {
                             ReplyTo::None,
                             Origin::Local,
                         )),
-                    );
+                    )
+                    .await;
                 } else {
                     core.acquire_credit(target).await;
                     core.send_to(
@@ -196,7 +196,6 @@ impl<A: Actor> ActorRef<A> {
     {
         let target = self.target_on(core);
         let outcome = if target == core.id {
-            wait_for_space::<A>(core, type_idx, &self.id.key).await;
             let call = core
                 .calls
                 .borrow_mut()
@@ -206,7 +205,7 @@ impl<A: Actor> ActorRef<A> {
                 call,
                 done: false,
             };
-            deliver::<A>(
+            send_local::<A>(
                 core,
                 type_idx,
                 Box::new(Deliver::<A, M>::new(
@@ -216,7 +215,8 @@ impl<A: Actor> ActorRef<A> {
                     ReplyTo::Local(call),
                     Origin::Local,
                 )),
-            );
+            )
+            .await;
             wait.await
         } else {
             core.acquire_credit(target).await;

@@ -24,6 +24,10 @@ use crate::timers::Timers;
 /// Pump iterations between two forced trips through the executor's wait (which reaps I/O
 /// completions and fires executor timers even when the shard never runs out of work).
 const REAP_EVERY_ITERATIONS: u32 = 64;
+/// The longest a busy or spinning pump goes without a trip through the executor's wait.
+const REAP_INTERVAL: Duration = Duration::from_micros(20);
+/// Ready tasks polled per pump iteration before the pump looks at its rings again.
+const RUN_BATCH: usize = 256;
 
 /// Per-shard counters (plain cells: only the shard's thread writes them; read through
 /// [`crate::Engine::stats`], which asks each shard).
@@ -74,6 +78,7 @@ pub(crate) struct ShardCore {
     parked: Cell<bool>,
     poked: Cell<bool>,
     pub(crate) stats: ShardStats,
+    pub(crate) exec: crate::executor::Executor,
 }
 
 impl ShardCore {
@@ -108,6 +113,7 @@ impl ShardCore {
             parked: Cell::new(false),
             poked: Cell::new(false),
             stats: ShardStats::default(),
+            exec: crate::executor::Executor::new(id, node.clone()),
             node,
         }
     }
@@ -322,6 +328,7 @@ impl ShardCore {
             ring_msgs_in: s.ring_msgs_in.get(),
             calls_in_flight: self.calls.borrow().live() as u64,
             timers: self.timers.borrow().len() as u64,
+            tasks: self.exec.live() as u64,
         }
     }
 }
@@ -396,6 +403,7 @@ pub(crate) async fn pump(
     let mut next_idle_sweep = Instant::now() + idle_every;
     let mut idle_since: Option<Instant> = None;
     let mut since_reap = 0u32;
+    let mut last_reap = Instant::now();
     let mut phase_seen = Phase::Running;
     let mut reported = Phase::Running;
     let mut next_deactivate_push = Instant::now();
@@ -412,6 +420,7 @@ pub(crate) async fn pump(
             }
             next_idle_sweep = now + idle_every;
         }
+        work += core.exec.run_ready(RUN_BATCH);
         if core.dirty.get() {
             core.flush();
             work += 1;
@@ -450,28 +459,37 @@ pub(crate) async fn pump(
         since_reap += 1;
         if work > 0 {
             idle_since = None;
-            if since_reap >= REAP_EVERY_ITERATIONS {
-                since_reap = 0;
+            if since_reap >= REAP_EVERY_ITERATIONS || now.duration_since(last_reap) >= REAP_INTERVAL
+            {
                 reap(&core, &mut bell, my_bell).await;
-            } else {
-                crate::rt::yield_now().await;
+                since_reap = 0;
+                last_reap = Instant::now();
             }
             continue;
         }
         let spinning_since = *idle_since.get_or_insert(now);
         if now.duration_since(spinning_since) < idle_spin {
-            if since_reap >= REAP_EVERY_ITERATIONS {
-                since_reap = 0;
-                reap(&core, &mut bell, my_bell).await;
-            } else {
-                crate::rt::yield_now().await;
+            // Spin without leaving the pump (a return to the executor costs a system call):
+            // watch the rings and the local queues until something arrives or a reap is due.
+            let slice_end = last_reap + REAP_INTERVAL;
+            loop {
+                if core.has_inbound() || core.exec.has_ready() || core.dirty.get() {
+                    break;
+                }
+                if Instant::now() >= slice_end {
+                    reap(&core, &mut bell, my_bell).await;
+                    since_reap = 0;
+                    last_reap = Instant::now();
+                    break;
+                }
+                std::hint::spin_loop();
             }
             continue;
         }
         // Park: announce it, then re-check everything a waker could have changed.
         my_bell.arm();
         core.parked.set(true);
-        if core.has_inbound() || core.dirty.get() || core.poked.get() {
+        if core.has_inbound() || core.dirty.get() || core.poked.get() || core.exec.has_ready() {
             my_bell.disarm();
             core.parked.set(false);
             core.poked.set(false);
@@ -491,6 +509,7 @@ pub(crate) async fn pump(
         core.poked.set(false);
         idle_since = None;
         since_reap = 0;
+        last_reap = Instant::now();
     }
     // Stopped: whatever is still here is failed, not silently lost.
     core.drain_inbound();
@@ -498,6 +517,7 @@ pub(crate) async fn pump(
         t.abort_all(&core);
     }
     core.flush();
+    core.exec.clear();
 }
 
 /// One trip through the executor's wait: ring our own bell and park on it, so the executor

@@ -30,6 +30,7 @@ mod calls;
 mod core;
 mod envelope;
 mod error;
+mod executor;
 mod node;
 mod ring;
 pub mod rt;

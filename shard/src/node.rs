@@ -232,6 +232,8 @@ pub struct ShardStatsSnapshot {
     pub calls_in_flight: u64,
     /// Live actor timers.
     pub timers: u64,
+    /// Tasks alive on the shard's scheduler (activations and spawned tasks).
+    pub tasks: u64,
 }
 
 /// Registers actor types and starts an [`Engine`].
@@ -470,8 +472,8 @@ impl Engine {
         let (tx, rx) = futures::channel::oneshot::channel();
         self.shared.inject(
             shard,
-            Box::new(RunMsg(Box::new(move |_core| {
-                crate::rt::spawn(async move {
+            Box::new(RunMsg(Box::new(move |core| {
+                core.exec.spawn(async move {
                     let out = make().await;
                     let _ = tx.send(out);
                 });

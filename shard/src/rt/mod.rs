@@ -52,16 +52,6 @@ pub(crate) fn is_uring(rt: &Runtime) -> bool {
     matches!(rt, monoio::FusionRuntime::Uring(_))
 }
 
-/// Spawns `fut` as a task on the current shard thread. The task is detached: it runs to
-/// completion or until the runtime is dropped.
-pub(crate) fn spawn<F>(fut: F)
-where
-    F: Future + 'static,
-    F::Output: 'static,
-{
-    drop(monoio::spawn(fut));
-}
-
 /// Spawns `fut` and returns a handle whose await yields its output.
 pub(crate) fn spawn_joined<F>(fut: F) -> monoio::task::JoinHandle<F::Output>
 where

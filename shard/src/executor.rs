@@ -1,0 +1,228 @@
+//! The shard's own task scheduler: activations and tasks spawned on a shard run here, inside
+//! the pump, not as executor tasks.
+//!
+//! Why not spawn them on the executor: monoio's run loop enters the kernel (`io_uring_enter`)
+//! after every couple of task polls while tasks stay runnable, so a request that hops between
+//! two tasks (a caller and an activation) paid about one system call per hop. Here a hop is a
+//! push onto a `VecDeque`; the pump runs ready tasks in batches and returns to the executor
+//! only to park or to reap I/O completions (see `core::pump`).
+//!
+//! Tasks are polled with a real [`Waker`] (an `Arc`, so it may be sent to other threads). A wake
+//! on the owning shard's thread queues the task directly; a wake from any other thread is sent
+//! to the owning shard as a message through its injection queue (rare: the engine's own wakes
+//! all happen on the owning thread).
+
+use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
+use std::future::Future;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::pin::Pin;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::task::{Context, Poll, Wake, Waker};
+
+use quark_placement::ShardId;
+
+use crate::node::{current_core, NodeShared};
+
+type BoxFuture = Pin<Box<dyn Future<Output = ()>>>;
+
+struct Task {
+    future: RefCell<Option<BoxFuture>>,
+    queued: Cell<bool>,
+    waker: Waker,
+}
+
+struct Slot {
+    gen: u32,
+    task: Option<Rc<Task>>,
+}
+
+/// A task's identity on its shard: slot index and generation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct TaskRef {
+    index: u32,
+    gen: u32,
+}
+
+/// The scheduler of one shard (see the module doc).
+pub(crate) struct Executor {
+    shard: ShardId,
+    node: Arc<NodeShared>,
+    ready: RefCell<VecDeque<TaskRef>>,
+    slots: RefCell<Vec<Slot>>,
+    free: RefCell<Vec<u32>>,
+    live: Cell<usize>,
+}
+
+struct TaskWaker {
+    node: Arc<NodeShared>,
+    shard: ShardId,
+    task: TaskRef,
+}
+
+impl Wake for TaskWaker {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        if let Some(core) = current_core(&self.node) {
+            if core.id == self.shard {
+                core.exec.schedule(self.task);
+                core.poke();
+                return;
+            }
+        }
+        // Another thread: hand the wake to the owning shard.
+        let task = self.task;
+        self.node.inject(
+            self.shard,
+            Box::new(crate::envelope::RunMsg(Box::new(move |core| {
+                core.exec.schedule(task)
+            }))),
+        );
+    }
+}
+
+impl Executor {
+    pub(crate) fn new(shard: ShardId, node: Arc<NodeShared>) -> Self {
+        Executor {
+            shard,
+            node,
+            ready: RefCell::new(VecDeque::new()),
+            slots: RefCell::new(Vec::new()),
+            free: RefCell::new(Vec::new()),
+            live: Cell::new(0),
+        }
+    }
+
+    /// Number of tasks alive (spawned and not finished).
+    pub(crate) fn live(&self) -> usize {
+        self.live.get()
+    }
+
+    /// True if some task is ready to run.
+    pub(crate) fn has_ready(&self) -> bool {
+        !self.ready.borrow().is_empty()
+    }
+
+    /// Spawns `fut` on this shard; it first runs at the pump's next batch.
+    pub(crate) fn spawn(&self, fut: impl Future<Output = ()> + 'static) {
+        let mut slots = self.slots.borrow_mut();
+        let index = match self.free.borrow_mut().pop() {
+            Some(i) => i,
+            None => {
+                slots.push(Slot { gen: 0, task: None });
+                u32::try_from(slots.len() - 1).expect("fewer than 2^32 tasks per shard")
+            }
+        };
+        let slot = &mut slots[index as usize];
+        slot.gen = slot.gen.wrapping_add(1);
+        let task_ref = TaskRef {
+            index,
+            gen: slot.gen,
+        };
+        let waker = Waker::from(Arc::new(TaskWaker {
+            node: self.node.clone(),
+            shard: self.shard,
+            task: task_ref,
+        }));
+        slot.task = Some(Rc::new(Task {
+            future: RefCell::new(Some(Box::pin(fut))),
+            queued: Cell::new(true),
+            waker,
+        }));
+        drop(slots);
+        self.live.set(self.live.get() + 1);
+        self.ready.borrow_mut().push_back(task_ref);
+    }
+
+    fn schedule(&self, task_ref: TaskRef) {
+        let slots = self.slots.borrow();
+        let Some(Slot {
+            gen,
+            task: Some(task),
+        }) = slots.get(task_ref.index as usize)
+        else {
+            return;
+        };
+        if *gen != task_ref.gen || task.queued.replace(true) {
+            return;
+        }
+        drop(slots);
+        self.ready.borrow_mut().push_back(task_ref);
+    }
+
+    /// Polls up to `budget` ready tasks. Returns how many were polled.
+    pub(crate) fn run_ready(&self, budget: usize) -> usize {
+        let mut polled = 0;
+        while polled < budget {
+            let Some(task_ref) = self.ready.borrow_mut().pop_front() else {
+                break;
+            };
+            let task = {
+                let slots = self.slots.borrow();
+                match slots.get(task_ref.index as usize) {
+                    Some(Slot {
+                        gen,
+                        task: Some(task),
+                    }) if *gen == task_ref.gen => task.clone(),
+                    _ => continue,
+                }
+            };
+            task.queued.set(false);
+            polled += 1;
+            let done = {
+                let mut slot = task.future.borrow_mut();
+                let Some(fut) = slot.as_mut() else { continue };
+                let mut cx = Context::from_waker(&task.waker);
+                match catch_unwind(AssertUnwindSafe(|| fut.as_mut().poll(&mut cx))) {
+                    Ok(Poll::Ready(())) => true,
+                    Ok(Poll::Pending) => false,
+                    Err(payload) => {
+                        tracing::error!(
+                            shard = self.shard,
+                            panic = %crate::turn::panic_message(&*payload),
+                            "a task spawned on the shard panicked; it is dropped"
+                        );
+                        true
+                    }
+                }
+            };
+            if done {
+                self.finish(task_ref, &task);
+            }
+        }
+        polled
+    }
+
+    fn finish(&self, task_ref: TaskRef, task: &Rc<Task>) {
+        // Drop the future outside of any borrow of the slots: its destructor may spawn or wake.
+        let fut = task.future.borrow_mut().take();
+        drop(fut);
+        let mut slots = self.slots.borrow_mut();
+        let slot = &mut slots[task_ref.index as usize];
+        if slot.gen == task_ref.gen && slot.task.is_some() {
+            slot.task = None;
+            self.free.borrow_mut().push(task_ref.index);
+            self.live.set(self.live.get() - 1);
+        }
+    }
+
+    /// Drops every task (at shard stop). Futures are dropped outside of the slot borrow.
+    pub(crate) fn clear(&self) {
+        let tasks: Vec<Rc<Task>> = self
+            .slots
+            .borrow_mut()
+            .iter_mut()
+            .filter_map(|s| s.task.take())
+            .collect();
+        self.ready.borrow_mut().clear();
+        for t in tasks {
+            let fut = t.future.borrow_mut().take();
+            drop(fut);
+        }
+        self.live.set(0);
+    }
+}
