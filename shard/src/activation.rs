@@ -299,6 +299,15 @@ pub(crate) async fn send_local<A: Actor>(
 ) {
     let cap = core.node.config.mailbox_capacity;
     let table = core.table::<A>(type_idx);
+    // Fast path: a live activation with room (no reference count traffic).
+    if table.info.spec.stateless_workers.is_none() {
+        if let Some(act) = table.actors.borrow().get(item.key()) {
+            if act.queue_len() < cap {
+                act.push(item.into_item());
+                return;
+            }
+        }
+    }
     loop {
         let act = table.route(core, item.key());
         if act.queue_len() < cap {

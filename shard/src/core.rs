@@ -25,7 +25,7 @@ use crate::timers::Timers;
 /// completions and fires executor timers even when the shard never runs out of work).
 const REAP_EVERY_ITERATIONS: u32 = 64;
 /// The longest a busy or spinning pump goes without a trip through the executor's wait.
-const REAP_INTERVAL: Duration = Duration::from_micros(20);
+const REAP_INTERVAL: Duration = Duration::from_micros(50);
 /// Ready tasks polled per pump iteration before the pump looks at its rings again.
 const RUN_BATCH: usize = 256;
 

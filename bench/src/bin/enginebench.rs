@@ -23,6 +23,11 @@ use quark::{ActorType, Node, ShardSpec};
 use quark_bench::actors::{Bump, Echo, Handled, Tiny};
 use quark_bench::summary::{spread, Spread};
 
+// The same allocator for the engine and the baselines (glibc's malloc falls off its per-thread
+// cache once more than a few blocks of one size are live, e.g. a full mailbox).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser, Debug)]
 #[command(about = "Shard engine micro-benchmarks with same-run baselines")]
 struct Args {
@@ -50,6 +55,9 @@ struct Args {
     /// Print one JSON object at the end.
     #[arg(long)]
     json: bool,
+    /// Run only the measurements whose name contains this text (for profiling one of them).
+    #[arg(long)]
+    only: Option<String>,
 }
 
 fn node(args: &Args) -> Result<Node> {
@@ -241,6 +249,9 @@ fn main() -> Result<()> {
     let args = Args::parse();
     let mut rows: Vec<Row> = Vec::new();
     let mut record = |name, unit, runs: Vec<f64>| {
+        if runs.is_empty() {
+            return;
+        }
         let s = spread(&runs);
         eprintln!(
             "{name:<44} median {:>12.3} {unit:<8} [{:.3} .. {:.3}]",
@@ -254,6 +265,7 @@ fn main() -> Result<()> {
         });
     };
 
+    let want = |name: &str| args.only.as_deref().is_none_or(|o| name.contains(o));
     let base_a: Vec<f64> = (0..args.runs)
         .map(|_| baseline_boxed_queue(args.tells) / 1e6)
         .collect();
@@ -282,16 +294,24 @@ fn main() -> Result<()> {
     let mut lat = Vec::new();
     for _ in 0..args.runs {
         let node = node(&args)?;
-        tell.push(same_shard_tell(&node, args.tells) / 1e6);
-        ask.push(same_shard_ask(&node, args.asks) / 1e6);
-        pipe.push(
-            cross_shard_pipelined(
-                &node,
-                args.inflight,
-                Duration::from_millis(args.pipelined_ms),
-            ) / 1e6,
-        );
-        lat.push(cross_shard_latency(&node, args.latency_asks));
+        if want("tell") {
+            tell.push(same_shard_tell(&node, args.tells) / 1e6);
+        }
+        if want("sequential ask") {
+            ask.push(same_shard_ask(&node, args.asks) / 1e6);
+        }
+        if want("inflight") {
+            pipe.push(
+                cross_shard_pipelined(
+                    &node,
+                    args.inflight,
+                    Duration::from_millis(args.pipelined_ms),
+                ) / 1e6,
+            );
+        }
+        if want("latency") {
+            lat.push(cross_shard_latency(&node, args.latency_asks));
+        }
         node.shutdown();
     }
     record("same-shard tell, 1 actor", "M msg/s", tell);
