@@ -289,9 +289,28 @@ where
     }
 }
 
-/// Delivers `item` from a sender on this shard: waits while the target's mailbox is at
-/// `mailbox_capacity`. One table lookup in the common case.
+/// Delivers `item` from a sender on this shard if the target is live and has room (the common
+/// case: no future, no reference-count traffic); gives the item back otherwise.
 #[inline]
+pub(crate) fn try_send_local<A: Actor>(
+    core: &ShardCore,
+    type_idx: u16,
+    item: Box<dyn MailItemKeyed<A>>,
+) -> Result<(), Box<dyn MailItemKeyed<A>>> {
+    let table = core.table::<A>(type_idx);
+    if table.info.spec.stateless_workers.is_none() {
+        if let Some(act) = table.actors.borrow().get(item.key()) {
+            if act.queue_len() < core.node.config.mailbox_capacity {
+                act.push(item.into_item());
+                return Ok(());
+            }
+        }
+    }
+    Err(item)
+}
+
+/// Delivers `item` from a sender on this shard: activates the target if needed and waits
+/// while its mailbox is at `mailbox_capacity`.
 pub(crate) async fn send_local<A: Actor>(
     core: &Rc<ShardCore>,
     type_idx: u16,
@@ -299,15 +318,6 @@ pub(crate) async fn send_local<A: Actor>(
 ) {
     let cap = core.node.config.mailbox_capacity;
     let table = core.table::<A>(type_idx);
-    // Fast path: a live activation with room (no reference count traffic).
-    if table.info.spec.stateless_workers.is_none() {
-        if let Some(act) = table.actors.borrow().get(item.key()) {
-            if act.queue_len() < cap {
-                act.push(item.into_item());
-                return;
-            }
-        }
-    }
     loop {
         let act = table.route(core, item.key());
         if act.queue_len() < cap {
@@ -473,8 +483,8 @@ async fn run_activation<A: Actor>(act: Rc<Activation<A>>, info: Arc<TypeInfo<A>>
             }
             act.running.set(true);
             let result = {
-                let turn = item.start(&mut actor, &act.ctx);
-                let mut turn = std::pin::pin!(turn);
+                let mut turn = std::pin::pin!(crate::turn::Turn::empty());
+                item.start(&mut actor, &act.ctx, turn.as_mut());
                 RunTurn {
                     turn: turn.as_mut(),
                 }

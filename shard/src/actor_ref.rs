@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use quark_placement::{shard_for, ActorId, ActorKey, ShardId};
 
-use crate::activation::send_local;
+use crate::activation::{send_local, try_send_local};
 use crate::actor::{Actor, Handler, Message};
 use crate::calls::{CallId, CallOutcome, Waiter};
 use crate::core::ShardCore;
@@ -132,18 +132,16 @@ impl<A: Actor> ActorRef<A> {
             Some(core) => {
                 let target = self.target_on(&core);
                 if target == core.id {
-                    send_local::<A>(
-                        &core,
+                    let item = Box::new(Deliver::<A, M>::new(
                         type_idx,
-                        Box::new(Deliver::<A, M>::new(
-                            type_idx,
-                            self.id.key.clone(),
-                            msg,
-                            ReplyTo::None,
-                            Origin::Local,
-                        )),
-                    )
-                    .await;
+                        self.id.key.clone(),
+                        msg,
+                        ReplyTo::None,
+                        Origin::Local,
+                    ));
+                    if let Err(item) = try_send_local::<A>(&core, type_idx, item) {
+                        send_local::<A>(&core, type_idx, item).await;
+                    }
                 } else {
                     core.acquire_credit(target).await;
                     core.send_to(
@@ -205,18 +203,16 @@ impl<A: Actor> ActorRef<A> {
                 call,
                 done: false,
             };
-            send_local::<A>(
-                core,
+            let item = Box::new(Deliver::<A, M>::new(
                 type_idx,
-                Box::new(Deliver::<A, M>::new(
-                    type_idx,
-                    self.id.key.clone(),
-                    msg,
-                    ReplyTo::Local(call),
-                    Origin::Local,
-                )),
-            )
-            .await;
+                self.id.key.clone(),
+                msg,
+                ReplyTo::Local(call),
+                Origin::Local,
+            ));
+            if let Err(item) = try_send_local::<A>(core, type_idx, item) {
+                send_local::<A>(core, type_idx, item).await;
+            }
             wait.await
         } else {
             core.acquire_credit(target).await;

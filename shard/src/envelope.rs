@@ -57,8 +57,13 @@ pub(crate) type CrossBox = Box<dyn CrossMsg>;
 pub(crate) trait MailItem<A: Actor>: Send {
     fn reply_to(&self) -> ReplyTo;
     fn origin(&self) -> Origin;
-    /// Starts the turn: moves the message into the handler's future.
-    fn start<'a>(self: Box<Self>, actor: &'a mut A, ctx: &'a Context<A>) -> Turn<'a>;
+    /// Starts the turn: moves the message into the handler's future, stored in `turn`.
+    fn start<'a>(
+        self: Box<Self>,
+        actor: &'a mut A,
+        ctx: &'a Context<A>,
+        turn: std::pin::Pin<&mut Turn<'a>>,
+    );
 }
 
 /// The reply channel of a caller outside the node's shards.
@@ -114,13 +119,18 @@ where
     }
 
     #[inline]
-    fn start<'a>(self: Box<Self>, actor: &'a mut A, ctx: &'a Context<A>) -> Turn<'a> {
+    fn start<'a>(
+        self: Box<Self>,
+        actor: &'a mut A,
+        ctx: &'a Context<A>,
+        turn: std::pin::Pin<&mut Turn<'a>>,
+    ) {
         let reply = self.reply;
         let msg = self.msg;
-        Turn::new(async move {
+        turn.set(async move {
             let value = actor.handle(msg, ctx).await;
             send_reply(&ctx.core, reply, value);
-        })
+        });
     }
 }
 
@@ -203,8 +213,11 @@ impl CrossMsg for CreditMsg {
     }
 }
 
+/// A closure run on a shard's thread with its core.
+pub(crate) type OnShard = Box<dyn FnOnce(&Rc<ShardCore>) + Send>;
+
 /// A closure to run on the receiving shard (spawning tasks, control messages).
-pub(crate) struct RunMsg(pub(crate) Box<dyn FnOnce(&Rc<ShardCore>) + Send>);
+pub(crate) struct RunMsg(pub(crate) OnShard);
 
 impl CrossMsg for RunMsg {
     fn run(self: Box<Self>, core: &Rc<ShardCore>) {

@@ -21,10 +21,15 @@ struct Storage([MaybeUninit<u8>; TURN_INLINE_BYTES]);
 /// A type-erased `Future<Output = ()>` that borrows for `'a` and is pinned in place once polled.
 pub(crate) struct Turn<'a> {
     storage: Storage,
-    poll_fn: unsafe fn(*mut u8, &mut Context<'_>) -> Poll<()>,
-    drop_fn: unsafe fn(*mut u8),
+    fns: Option<Fns>,
     _borrow: PhantomData<&'a mut ()>,
     _pin: PhantomPinned,
+}
+
+#[derive(Clone, Copy)]
+struct Fns {
+    poll: unsafe fn(*mut u8, &mut Context<'_>) -> Poll<()>,
+    drop: unsafe fn(*mut u8),
 }
 
 /// # Safety
@@ -42,29 +47,50 @@ unsafe fn drop_inline<F>(p: *mut u8) {
 }
 
 impl<'a> Turn<'a> {
-    /// Wraps `fut`, inline if it fits, else boxed.
-    pub(crate) fn new<F: Future<Output = ()> + 'a>(fut: F) -> Self {
-        if mem::size_of::<F>() <= TURN_INLINE_BYTES && mem::align_of::<F>() <= 16 {
-            Self::store(fut)
-        } else {
-            let boxed: Pin<Box<dyn Future<Output = ()> + 'a>> = Box::pin(fut);
-            Self::store(boxed)
-        }
-    }
-
-    fn store<F: Future<Output = ()> + 'a>(fut: F) -> Self {
-        assert!(mem::size_of::<F>() <= TURN_INLINE_BYTES && mem::align_of::<F>() <= 16);
-        let mut storage = Storage([MaybeUninit::uninit(); TURN_INLINE_BYTES]);
-        // SAFETY: the storage is large and aligned enough for F (asserted above); it is written
-        // once here and dropped once by `Drop for Turn`.
-        unsafe { storage.0.as_mut_ptr().cast::<F>().write(fut) };
+    /// An empty turn (completes at once when polled). Costs nothing to create: the storage is
+    /// left uninitialised.
+    pub(crate) fn empty() -> Self {
         Turn {
-            storage,
-            poll_fn: poll_inline::<F>,
-            drop_fn: drop_inline::<F>,
+            storage: Storage([MaybeUninit::uninit(); TURN_INLINE_BYTES]),
+            fns: None,
             _borrow: PhantomData,
             _pin: PhantomPinned,
         }
+    }
+
+    /// A turn running `fut`.
+    pub(crate) fn new<F: Future<Output = ()> + 'a>(fut: F) -> Self {
+        let mut t = Self::empty();
+        // SAFETY: `t` is not pinned yet and empty; `set` writes into its storage in place.
+        unsafe { Pin::new_unchecked(&mut t) }.set(fut);
+        t
+    }
+
+    /// Stores `fut` in this (empty, pinned) turn, in place: inline if it fits, else boxed.
+    ///
+    /// # Panics
+    /// If the turn already holds a future (an invariant of the activation loop).
+    pub(crate) fn set<F: Future<Output = ()> + 'a>(self: Pin<&mut Self>, fut: F) {
+        // SAFETY: writing a new value into empty storage moves nothing that is pinned.
+        let this = unsafe { self.get_unchecked_mut() };
+        assert!(this.fns.is_none(), "a turn holds one future");
+        if mem::size_of::<F>() <= TURN_INLINE_BYTES && mem::align_of::<F>() <= 16 {
+            this.store(fut);
+        } else {
+            let boxed: Pin<Box<dyn Future<Output = ()> + 'a>> = Box::pin(fut);
+            this.store(boxed);
+        }
+    }
+
+    fn store<F: Future<Output = ()> + 'a>(&mut self, fut: F) {
+        assert!(mem::size_of::<F>() <= TURN_INLINE_BYTES && mem::align_of::<F>() <= 16);
+        // SAFETY: the storage is large and aligned enough for F (asserted above) and empty; it
+        // is dropped once by `Drop for Turn`.
+        unsafe { self.storage.0.as_mut_ptr().cast::<F>().write(fut) };
+        self.fns = Some(Fns {
+            poll: poll_inline::<F>,
+            drop: drop_inline::<F>,
+        });
     }
 
     /// Polls the turn, turning a panic of the handler into `Err(message)`.
@@ -76,10 +102,12 @@ impl<'a> Turn<'a> {
     ) -> Poll<Result<(), String>> {
         // SAFETY: we never move the storage out of the pinned Turn.
         let this = unsafe { self.get_unchecked_mut() };
+        let Some(fns) = this.fns else {
+            return Poll::Ready(Ok(()));
+        };
         let ptr = this.storage.0.as_mut_ptr().cast::<u8>();
-        let poll_fn = this.poll_fn;
         // SAFETY: `ptr` is the live F written by `store`, pinned with `self`.
-        match catch_unwind(AssertUnwindSafe(|| unsafe { poll_fn(ptr, cx) })) {
+        match catch_unwind(AssertUnwindSafe(|| unsafe { (fns.poll)(ptr, cx) })) {
             Ok(Poll::Ready(())) => Poll::Ready(Ok(())),
             Ok(Poll::Pending) => Poll::Pending,
             Err(payload) => Poll::Ready(Err(panic_message(&*payload))),
@@ -89,10 +117,11 @@ impl<'a> Turn<'a> {
 
 impl Drop for Turn<'_> {
     fn drop(&mut self) {
+        let Some(fns) = self.fns.take() else { return };
         let ptr = self.storage.0.as_mut_ptr().cast::<u8>();
         // SAFETY: the F written by `store` is live until here, dropped once. A panic in a drop
         // of a future that already panicked is contained so that it cannot take the shard down.
-        let _ = catch_unwind(AssertUnwindSafe(|| unsafe { (self.drop_fn)(ptr) }));
+        let _ = catch_unwind(AssertUnwindSafe(|| unsafe { (fns.drop)(ptr) }));
     }
 }
 

@@ -136,10 +136,13 @@ impl Bell {
     }
 }
 
+/// A finished read of the doorbell socket: the socket back, and how much was read.
+type BellRead = (monoio::net::UnixStream, io::Result<usize>);
+
 /// The shard-side half of the doorbell: awaited by the parked shard.
 pub(crate) struct BellReceiver {
     stream: Option<monoio::net::UnixStream>,
-    pending: Option<Pin<Box<dyn Future<Output = (monoio::net::UnixStream, io::Result<usize>)>>>>,
+    pending: Option<Pin<Box<dyn Future<Output = BellRead>>>>,
 }
 
 /// A new doorbell. The receiver must be created on (and used from) the shard's thread, inside
