@@ -1,0 +1,585 @@
+//! `loadgen`: end-to-end load against an in-process Quark node.
+//!
+//! Starts a node (from `--config quark.toml`, or the default configuration) with the `Echo`
+//! actor, and drives it from inside its own shards: each shard runs `--inflight` concurrent
+//! request loops that pick a random actor among `--actors` (so most requests cross shards, as in
+//! production) and send it a `Ping` of `--msg-bytes`.
+//!
+//! - Closed loop (`--rate 0`, the default): each loop sends its next request when the previous
+//!   one completed. Latency is measured from the actual send.
+//! - Open loop (`--rate R`): each shard schedules R/shards requests per second; request i of a
+//!   shard is due at `t0 + i / rate_per_shard` and its latency is measured from that *scheduled*
+//!   time (coordinated-omission correction). At most `--inflight` requests per shard are in
+//!   flight: when every slot is busy the schedule slips, and the slip shows in the latency.
+//! - `--op tell`: latency is the time until the `tell` future resolved (the message was admitted:
+//!   mailbox room or cross-shard credit), not until it was handled.
+//!
+//! Only requests completed after `--warmup-s` and before the end count. Prints a table (or one
+//! JSON object with `--json`); progress goes to stderr once per second.
+//!
+//! `cargo run --release -p quark-bench --bin loadgen -- --duration-s 5`
+
+use std::cell::{Cell, RefCell};
+use std::future::Future;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context as _, Result};
+use clap::{Parser, ValueEnum};
+use hdrhistogram::Histogram;
+use quark::{ActorRef, ActorType, Node};
+use quark_bench::actors::{Echo, Ping};
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// Highest latency the histograms hold (60 s, in ns); above it a value is clamped.
+const LATENCY_NS_MAX: u64 = 60_000_000_000;
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+enum Op {
+    /// Request and wait for the reply.
+    Ask,
+    /// Fire and forget (latency = until the send was admitted).
+    Tell,
+}
+
+#[derive(Parser, Debug)]
+#[command(about = "End-to-end load against an in-process Quark node")]
+struct Args {
+    /// Node configuration file (TOML); the default configuration when absent.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Number of distinct actors (keys 0..N) the requests are spread over.
+    #[arg(long, default_value_t = 1000)]
+    actors: u64,
+    /// Payload bytes of each `Ping`.
+    #[arg(long, default_value_t = 64)]
+    msg_bytes: usize,
+    /// Request kind.
+    #[arg(long, value_enum, default_value_t = Op::Ask)]
+    op: Op,
+    /// Concurrent request loops (requests in flight at most) per shard.
+    #[arg(long, default_value_t = 100)]
+    inflight: usize,
+    /// Measured duration, in seconds (after the warm-up).
+    #[arg(long, default_value_t = 10.0)]
+    duration_s: f64,
+    /// Warm-up, in seconds: requests completed before its end are not counted.
+    #[arg(long, default_value_t = 2.0)]
+    warmup_s: f64,
+    /// Total requests per second (open loop); 0 = closed loop.
+    #[arg(long, default_value_t = 0.0)]
+    rate: f64,
+    /// Print one JSON object at the end instead of the table.
+    #[arg(long)]
+    json: bool,
+    /// Seed of the actor choice.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+}
+
+/// An empty latency histogram: 1 ns to 60 s, 3 significant digits.
+fn latency_histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, LATENCY_NS_MAX, 3).expect("constant bounds are valid")
+}
+
+/// A small, fast PRNG (SplitMix64): enough to spread requests over actors.
+struct SplitMix(u64);
+
+impl SplitMix {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in `0..n` (n > 0).
+    fn below(&mut self, n: usize) -> usize {
+        ((u128::from(self.next()) * n as u128) >> 64) as usize
+    }
+}
+
+/// One shard's completion counter, written by that shard only, read by the progress printer.
+/// Padded to its own cache lines so shards do not share a line.
+#[repr(align(128))]
+#[derive(Default)]
+struct ShardProgress {
+    completed: AtomicU64,
+}
+
+/// What one shard's driver needs.
+struct Plan {
+    refs: Vec<ActorRef<Echo>>,
+    op: Op,
+    inflight: usize,
+    msg_bytes: usize,
+    start: Instant,
+    warm_end: Instant,
+    end: Instant,
+    /// Nanoseconds between scheduled requests on this shard; `None` = closed loop.
+    interval_ns: Option<f64>,
+    seed: u64,
+    progress: Arc<Vec<ShardProgress>>,
+    shard: usize,
+}
+
+/// What one shard's driver measured.
+struct ShardResult {
+    hist: Histogram<u64>,
+    slip: Histogram<u64>,
+    errors: u64,
+    first_error: Option<String>,
+}
+
+/// Shard-local state shared by the shard's request loops.
+struct Driver {
+    plan: Plan,
+    payload: Vec<u8>,
+    /// Open loop: index of the next request to schedule.
+    next: Cell<u64>,
+    /// Open loop: held by the loop waiting for the next scheduled time.
+    pacer: futures::lock::Mutex<()>,
+    completed: Cell<u64>,
+    hist: RefCell<Histogram<u64>>,
+    /// Open loop: how late each request was sent (actual send - scheduled send).
+    slip: RefCell<Histogram<u64>>,
+    errors: Cell<u64>,
+    first_error: RefCell<Option<String>>,
+}
+
+impl Driver {
+    fn record(
+        &self,
+        from: Instant,
+        sent: Instant,
+        done: Instant,
+        outcome: Result<(), quark::CallError>,
+    ) {
+        let n = self.completed.get() + 1;
+        self.completed.set(n);
+        // Single writer: a plain store, no read-modify-write.
+        self.plan.progress[self.plan.shard]
+            .completed
+            .store(n, Ordering::Relaxed);
+        if done < self.plan.warm_end || done >= self.plan.end {
+            return;
+        }
+        match outcome {
+            Ok(()) => {
+                let ns = done.saturating_duration_since(from).as_nanos() as u64;
+                self.hist
+                    .borrow_mut()
+                    .saturating_record(ns.clamp(1, LATENCY_NS_MAX));
+                if self.plan.interval_ns.is_some() {
+                    let slip = sent.saturating_duration_since(from).as_nanos() as u64;
+                    self.slip
+                        .borrow_mut()
+                        .saturating_record(slip.clamp(1, LATENCY_NS_MAX));
+                }
+            }
+            Err(e) => {
+                self.errors.set(self.errors.get() + 1);
+                let mut first = self.first_error.borrow_mut();
+                if first.is_none() {
+                    *first = Some(e.to_string());
+                }
+            }
+        }
+    }
+
+    /// The time the loop's next request is due, or `None` when the run is over. Open loop: waits
+    /// until then.
+    async fn next_due(&self) -> Option<Instant> {
+        match self.plan.interval_ns {
+            None => {
+                let now = Instant::now();
+                (now < self.plan.end).then_some(now)
+            }
+            Some(interval) => {
+                // One free loop at a time takes the next slot of the schedule and waits for it;
+                // the others queue behind it, so a shard has at most one waiter spinning.
+                let _turn = self.pacer.lock().await;
+                let i = self.next.get();
+                self.next.set(i + 1);
+                let due = self.plan.start + Duration::from_nanos((i as f64 * interval) as u64);
+                if due >= self.plan.end {
+                    return None;
+                }
+                wait_until(due).await;
+                Some(due)
+            }
+        }
+    }
+}
+
+/// Waits until `t`: the executor's timer for the coarse part (it has millisecond resolution),
+/// then yields to the shard's other tasks until `t` passes.
+async fn wait_until(t: Instant) {
+    loop {
+        let now = Instant::now();
+        if now >= t {
+            return;
+        }
+        let left = t - now;
+        if left > Duration::from_millis(2) {
+            monoio::time::sleep(left - Duration::from_millis(1)).await;
+        } else {
+            YieldNow(false).await;
+        }
+    }
+}
+
+/// Returns `Pending` once (after waking itself), so other tasks of the shard run.
+struct YieldNow(bool);
+
+impl Future for YieldNow {
+    type Output = ();
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        if self.0 {
+            Poll::Ready(())
+        } else {
+            self.0 = true;
+            cx.waker().wake_by_ref();
+            Poll::Pending
+        }
+    }
+}
+
+async fn request_loop(d: Rc<Driver>, mut rng: SplitMix) {
+    let n = d.plan.refs.len();
+    while let Some(from) = d.next_due().await {
+        let r = &d.plan.refs[rng.below(n)];
+        let msg = Ping(d.payload.clone());
+        let sent = Instant::now();
+        let outcome = match d.plan.op {
+            Op::Ask => r.ask(msg).await.map(drop),
+            Op::Tell => r.tell(msg).await,
+        };
+        d.record(from, sent, Instant::now(), outcome);
+    }
+}
+
+/// Runs on a shard: the shard's request loops, until the end of the run.
+async fn drive(plan: Plan) -> ShardResult {
+    let loops = plan.inflight;
+    let seed = plan.seed ^ (plan.shard as u64).wrapping_mul(0xA076_1D64_78BD_642F);
+    let d = Rc::new(Driver {
+        payload: vec![0xA5; plan.msg_bytes],
+        plan,
+        next: Cell::new(0),
+        pacer: futures::lock::Mutex::new(()),
+        completed: Cell::new(0),
+        hist: RefCell::new(latency_histogram()),
+        slip: RefCell::new(latency_histogram()),
+        errors: Cell::new(0),
+        first_error: RefCell::new(None),
+    });
+    let tasks: Vec<_> = (0..loops)
+        .map(|i| {
+            let rng = SplitMix(seed ^ (i as u64).wrapping_mul(0xE703_7ED1_A0B4_28DB));
+            request_loop(d.clone(), rng)
+        })
+        .collect();
+    futures::future::join_all(tasks).await;
+    ShardResult {
+        hist: d.hist.replace(latency_histogram()),
+        slip: d.slip.replace(latency_histogram()),
+        errors: d.errors.get(),
+        first_error: d.first_error.take(),
+    }
+}
+
+#[derive(serde::Serialize)]
+struct Report {
+    shards: u16,
+    cores: Vec<usize>,
+    idle_spin_us: u64,
+    idle_spin_effective_us: u64,
+    op: Op,
+    mode: &'static str,
+    latency_measured: &'static str,
+    inflight_per_shard: usize,
+    msg_bytes: usize,
+    actors: u64,
+    rate: f64,
+    seed: u64,
+    allocator: &'static str,
+    warmup_s: f64,
+    duration_s: f64,
+    ops: u64,
+    throughput_rps: f64,
+    p50_ns: u64,
+    p90_ns: u64,
+    p99_ns: u64,
+    p999_ns: u64,
+    max_ns: u64,
+    mean_ns: f64,
+    /// Open loop: p50 of (actual send - scheduled send), part of the latency above.
+    send_slip_p50_ns: u64,
+    /// Open loop: p99 of (actual send - scheduled send).
+    send_slip_p99_ns: u64,
+    errors: u64,
+    first_error: Option<String>,
+}
+
+fn fmt_ns(ns: u64) -> String {
+    match ns {
+        0..=9_999 => format!("{ns} ns"),
+        10_000..=999_999 => format!("{:.1} µs", ns as f64 / 1e3),
+        _ => format!("{:.2} ms", ns as f64 / 1e6),
+    }
+}
+
+fn print_table(r: &Report) {
+    println!(
+        "loadgen: {} shards (cores {:?}), idle_spin {} µs (effective {} µs), op {}, {}, \
+         inflight {}/shard, msg {} B, actors {}, rate {}, allocator {}",
+        r.shards,
+        r.cores,
+        r.idle_spin_us,
+        r.idle_spin_effective_us,
+        match r.op {
+            Op::Ask => "ask",
+            Op::Tell => "tell",
+        },
+        r.mode,
+        r.inflight_per_shard,
+        r.msg_bytes,
+        r.actors,
+        if r.rate > 0.0 {
+            format!("{} req/s", r.rate)
+        } else {
+            "0 (closed loop)".to_owned()
+        },
+        r.allocator,
+    );
+    println!("latency: {}", r.latency_measured);
+    let rows: [(&str, String); 10] = [
+        ("ops", r.ops.to_string()),
+        (
+            "duration",
+            format!("{:.3} s (after {:.3} s warm-up)", r.duration_s, r.warmup_s),
+        ),
+        ("throughput", format!("{:.0} req/s", r.throughput_rps)),
+        ("p50", fmt_ns(r.p50_ns)),
+        ("p90", fmt_ns(r.p90_ns)),
+        ("p99", fmt_ns(r.p99_ns)),
+        ("p99.9", fmt_ns(r.p999_ns)),
+        ("max", fmt_ns(r.max_ns)),
+        ("mean", fmt_ns(r.mean_ns as u64)),
+        ("errors", r.errors.to_string()),
+    ];
+    for (k, v) in rows {
+        println!("  {k:<11} {v}");
+    }
+    if r.rate > 0.0 {
+        println!(
+            "  send slip   p50 {}, p99 {} (actual send - scheduled send; included above)",
+            fmt_ns(r.send_slip_p50_ns),
+            fmt_ns(r.send_slip_p99_ns)
+        );
+    }
+    if let Some(e) = &r.first_error {
+        println!("  first error: {e}");
+    }
+}
+
+fn main() -> Result<()> {
+    let args = Args::parse();
+    if args.actors == 0 {
+        bail!("--actors must be at least 1");
+    }
+    if args.inflight == 0 {
+        bail!("--inflight must be at least 1");
+    }
+    if !(args.duration_s > 0.0 && args.duration_s.is_finite()) {
+        bail!("--duration-s must be a positive number of seconds");
+    }
+    if !(args.warmup_s >= 0.0 && args.warmup_s.is_finite()) {
+        bail!("--warmup-s must be zero or a positive number of seconds");
+    }
+    if !(args.rate >= 0.0 && args.rate.is_finite()) {
+        bail!("--rate must be zero (closed loop) or a positive number of requests per second");
+    }
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .try_init();
+
+    let mut builder = Node::builder();
+    if let Some(path) = &args.config {
+        builder = builder
+            .config_file(path)
+            .with_context(|| format!("loading {}", path.display()))?;
+    }
+    let node = builder
+        .register(ActorType::new(|_| Echo::new()))
+        .start()
+        .context("starting the node")?;
+    let shards = node.shard_count();
+    let cores = node.cores().to_vec();
+    let idle_spin = node.config().engine.idle_spin;
+    let mut distinct = cores.clone();
+    distinct.sort_unstable();
+    distinct.dedup();
+    // The engine turns spinning off when shards share a core.
+    let idle_spin_effective = if distinct.len() < cores.len() {
+        Duration::ZERO
+    } else {
+        idle_spin
+    };
+
+    let refs: Vec<ActorRef<Echo>> = (0..args.actors).map(|k| node.actor_ref(k)).collect();
+    let progress: Arc<Vec<ShardProgress>> =
+        Arc::new((0..shards).map(|_| ShardProgress::default()).collect());
+    let interval_ns = (args.rate > 0.0).then(|| 1e9 * f64::from(shards) / args.rate);
+    let warmup = Duration::from_secs_f64(args.warmup_s);
+    let duration = Duration::from_secs_f64(args.duration_s);
+    // A common start a little ahead, so every shard's schedule begins at the same instant.
+    let start = Instant::now() + Duration::from_millis(20);
+    let warm_end = start + warmup;
+    let end = warm_end + duration;
+    eprintln!(
+        "loadgen: {shards} shards, op {:?}, inflight {}/shard, {} actors, {} B, {}; \
+         warm-up {:.1} s, measuring {:.1} s",
+        args.op,
+        args.inflight,
+        args.actors,
+        args.msg_bytes,
+        if args.rate > 0.0 {
+            format!("open loop at {} req/s", args.rate)
+        } else {
+            "closed loop".to_owned()
+        },
+        args.warmup_s,
+        args.duration_s,
+    );
+
+    let handles: Vec<_> = (0..shards)
+        .map(|shard| {
+            let plan = Plan {
+                refs: refs.clone(),
+                op: args.op,
+                inflight: args.inflight,
+                msg_bytes: args.msg_bytes,
+                start,
+                warm_end,
+                end,
+                interval_ns,
+                seed: args.seed,
+                progress: progress.clone(),
+                shard: usize::from(shard),
+            };
+            node.spawn_on(shard, move || async move {
+                wait_until(start).await;
+                drive(plan).await
+            })
+        })
+        .collect();
+    drop(refs);
+
+    // Progress, once per second, until the end of the run.
+    let total = || -> u64 {
+        progress
+            .iter()
+            .map(|p| p.completed.load(Ordering::Relaxed))
+            .sum()
+    };
+    let mut last = (start, 0u64);
+    let mut tick = start + Duration::from_secs(1);
+    while tick <= end {
+        std::thread::sleep(tick.saturating_duration_since(Instant::now()));
+        let now = Instant::now();
+        let done = total();
+        let rate = (done - last.1) as f64 / now.duration_since(last.0).as_secs_f64();
+        let phase = if tick <= warm_end {
+            "warm-up"
+        } else {
+            "measure"
+        };
+        eprintln!(
+            "[{:>5.1} s {phase}] completed {done}, {rate:.0} req/s",
+            now.duration_since(start).as_secs_f64()
+        );
+        last = (now, done);
+        tick += Duration::from_secs(1);
+    }
+
+    let mut hist = latency_histogram();
+    let mut slip = latency_histogram();
+    let mut errors = 0;
+    let mut first_error = None;
+    for (shard, h) in handles.into_iter().enumerate() {
+        let r = h
+            .join()
+            .with_context(|| format!("shard {shard} stopped before its driver finished"))?;
+        hist.add(&r.hist).expect("histograms of equal bounds merge");
+        slip.add(&r.slip).expect("histograms of equal bounds merge");
+        errors += r.errors;
+        first_error = first_error.or(r.first_error);
+    }
+    let report = node.shutdown();
+    if report != quark::ShutdownReport::default() {
+        eprintln!("loadgen: shutdown did not complete cleanly: {report:?}");
+    }
+
+    let ops = hist.len();
+    let r = Report {
+        shards,
+        cores,
+        idle_spin_us: idle_spin.as_micros() as u64,
+        idle_spin_effective_us: idle_spin_effective.as_micros() as u64,
+        op: args.op,
+        mode: if args.rate > 0.0 {
+            "open loop"
+        } else {
+            "closed loop"
+        },
+        latency_measured: match (args.op, args.rate > 0.0) {
+            (Op::Ask, false) => "send to reply",
+            (Op::Ask, true) => "scheduled send time to reply (coordinated-omission corrected)",
+            (Op::Tell, false) => "send until the tell future resolved (admitted, not handled)",
+            (Op::Tell, true) => {
+                "scheduled send time until the tell future resolved (admitted, not handled)"
+            }
+        },
+        inflight_per_shard: args.inflight,
+        msg_bytes: args.msg_bytes,
+        actors: args.actors,
+        rate: args.rate,
+        seed: args.seed,
+        allocator: "mimalloc",
+        warmup_s: args.warmup_s,
+        duration_s: args.duration_s,
+        ops,
+        throughput_rps: ops as f64 / args.duration_s,
+        p50_ns: hist.value_at_quantile(0.5),
+        p90_ns: hist.value_at_quantile(0.9),
+        p99_ns: hist.value_at_quantile(0.99),
+        p999_ns: hist.value_at_quantile(0.999),
+        max_ns: hist.max(),
+        mean_ns: hist.mean(),
+        send_slip_p50_ns: slip.value_at_quantile(0.5),
+        send_slip_p99_ns: slip.value_at_quantile(0.99),
+        errors,
+        first_error,
+    };
+    if args.json {
+        println!("{}", serde_json::to_string(&r)?);
+    } else {
+        print_table(&r);
+    }
+    Ok(())
+}
