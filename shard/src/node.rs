@@ -226,6 +226,12 @@ pub struct ShardStatsSnapshot {
     pub credit_waits: u64,
     /// Times the shard parked.
     pub parks: u64,
+    /// Pump iterations.
+    pub iterations: u64,
+    /// Trips through the executor's wait made to reap I/O completions.
+    pub reaps: u64,
+    /// Polls of tasks on the shard's scheduler.
+    pub task_polls: u64,
     /// Messages received from rings and the injection queue.
     pub ring_msgs_in: u64,
     /// Calls awaiting a reply.

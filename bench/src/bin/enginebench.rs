@@ -172,40 +172,35 @@ fn same_shard_ask(node: &Node, n: u64) -> f64 {
 }
 
 fn cross_shard_pipelined(node: &Node, inflight: u64, run: Duration) -> f64 {
-    let done = Arc::new(AtomicU64::new(0));
+    // `inflight` independent tasks per shard, each asking actors on the other shard in a loop.
+    let stop = Instant::now() + Duration::from_millis(200) + run;
     let mut handles = Vec::new();
     for shard in 0..2u16 {
-        // Callers on `shard` ask actors on the other shard.
-        let targets: Vec<_> = (0..inflight)
-            .map(|i| node.actor_ref::<Echo>(key_on(node, 1 - shard, 1 + i * 7919)))
-            .collect();
-        let done = done.clone();
-        handles.push(node.spawn_on(shard, move || async move {
-            let stop = Instant::now() + run;
-            let loops: Vec<_> = targets
-                .into_iter()
-                .map(|r| {
-                    let done = done.clone();
-                    async move {
-                        let mut k = 0u64;
-                        let mut i = 0u64;
-                        while i % 64 != 0 || Instant::now() < stop {
-                            r.ask(Tiny(i)).await.expect("ask");
-                            i += 1;
-                            k += 1;
-                        }
-                        done.fetch_add(k, Ordering::Relaxed);
+        for i in 0..inflight {
+            let r = node.actor_ref::<Echo>(key_on(node, 1 - shard, 1 + i * 7919));
+            handles.push(node.spawn_on(shard, move || async move {
+                let mut k = 0u64;
+                let mut first = None;
+                while k % 64 != 0 || Instant::now() < stop {
+                    r.ask(Tiny(k)).await.expect("ask");
+                    k += 1;
+                    if k == 1 {
+                        first = Some(Instant::now());
                     }
-                })
-                .collect();
-            futures::future::join_all(loops).await;
-        }));
+                }
+                (k, first.expect("at least one ask"), Instant::now())
+            }));
+        }
     }
-    let t0 = Instant::now();
-    for h in handles {
-        h.join().expect("bench task finished");
-    }
-    done.load(Ordering::Relaxed) as f64 / t0.elapsed().as_secs_f64()
+    let results: Vec<(u64, Instant, Instant)> = handles
+        .into_iter()
+        .map(|h| h.join().expect("bench task finished"))
+        .collect();
+    // Every ask over the span from the first task's first reply to the last task's end.
+    let total: u64 = results.iter().map(|r| r.0).sum();
+    let span = results.iter().map(|r| r.2).max().expect("tasks ran")
+        - results.iter().map(|r| r.1).min().expect("tasks ran");
+    total as f64 / span.as_secs_f64()
 }
 
 fn cross_shard_latency(node: &Node, n: u64) -> (f64, f64, f64) {
@@ -301,6 +296,7 @@ fn main() -> Result<()> {
             ask.push(same_shard_ask(&node, args.asks) / 1e6);
         }
         if want("inflight") {
+            let before = node.stats();
             pipe.push(
                 cross_shard_pipelined(
                     &node,
@@ -308,6 +304,18 @@ fn main() -> Result<()> {
                     Duration::from_millis(args.pipelined_ms),
                 ) / 1e6,
             );
+            for (b, a) in before.iter().zip(node.stats()) {
+                let msgs = (a.ring_msgs_in - b.ring_msgs_in).max(1) as f64;
+                eprintln!(
+                    "  shard {}: {} ring msgs in, per msg: {:.3} pump iterations, {:.3} task polls, {:.4} reaps, {:.4} parks",
+                    a.shard,
+                    msgs,
+                    (a.iterations - b.iterations) as f64 / msgs,
+                    (a.task_polls - b.task_polls) as f64 / msgs,
+                    (a.reaps - b.reaps) as f64 / msgs,
+                    (a.parks - b.parks) as f64 / msgs,
+                );
+            }
         }
         if want("latency") {
             lat.push(cross_shard_latency(&node, args.latency_asks));
