@@ -494,7 +494,7 @@ pub(crate) async fn pump(
                 }
                 spins = spins.wrapping_add(1);
                 // Reading the clock costs more than a look at the rings: do it 1 time in 32.
-                if spins % 32 == 0 && Instant::now() >= slice_end {
+                if spins.is_multiple_of(32) && Instant::now() >= slice_end {
                     reap(&core, &mut bell, my_bell).await;
                     since_reap = 0;
                     last_reap = Instant::now();
