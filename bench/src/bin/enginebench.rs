@@ -77,8 +77,11 @@ fn key_on(node: &Node, shard: u16, skip: u64) -> u64 {
         .expect("some key maps to every shard")
 }
 
+/// A boxed message, as the engine's envelopes are.
+type BoxedMsg = Box<dyn FnOnce(&mut u64)>;
+
 fn baseline_boxed_queue(n: u64) -> f64 {
-    let mut q: VecDeque<Box<dyn FnOnce(&mut u64)>> = VecDeque::with_capacity(1024);
+    let mut q: VecDeque<BoxedMsg> = VecDeque::with_capacity(1024);
     let mut acc = 0u64;
     let t0 = Instant::now();
     let mut sent = 0;
@@ -181,7 +184,7 @@ fn cross_shard_pipelined(node: &Node, inflight: u64, run: Duration) -> f64 {
             handles.push(node.spawn_on(shard, move || async move {
                 let mut k = 0u64;
                 let mut first = None;
-                while k % 64 != 0 || Instant::now() < stop {
+                while !k.is_multiple_of(64) || Instant::now() < stop {
                     r.ask(Tiny(k)).await.expect("ask");
                     k += 1;
                     if k == 1 {
