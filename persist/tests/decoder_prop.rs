@@ -12,7 +12,8 @@ use quark_persist::{block_on, fuzz, Batch, Log, LogConfig, Preallocate, Record, 
 
 fn crc_ok(frame: &[u8]) -> bool {
     frame.len() >= 8
-        && crc32c::crc32c(&frame[8..]) == u32::from_le_bytes([frame[4], frame[5], frame[6], frame[7]])
+        && crc32c::crc32c(&frame[8..])
+            == u32::from_le_bytes([frame[4], frame[5], frame[6], frame[7]])
 }
 
 /// A real segment image written by the log, and its records by LSN.
@@ -28,7 +29,10 @@ fn valid_segment() -> &'static (Vec<u8>, HashMap<u64, Record>) {
             for i in 0..12u64 {
                 let mut b = Batch::new();
                 for j in 0..(i % 3 + 1) {
-                    b.event(format!("k{j}").as_bytes(), &payload(i * 7 + j, (i * 37 % 200) as usize));
+                    b.event(
+                        format!("k{j}").as_bytes(),
+                        &payload(i * 7 + j, (i * 37 % 200) as usize),
+                    );
                 }
                 log.append(&b).await.expect("append");
             }
