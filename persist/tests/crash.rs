@@ -41,7 +41,7 @@ fn key_of(lsn: u64) -> Vec<u8> {
 
 fn payload_of(lsn: u64) -> Vec<u8> {
     // Mostly small records; every 13th LSN carries 6 KiB so segments roll often.
-    let len = if lsn % 13 == 0 {
+    let len = if lsn % 13 < 1 {
         6 * 1024
     } else {
         (lsn * 7919 % 300) as usize
