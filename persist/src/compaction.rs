@@ -179,10 +179,11 @@ impl<IO: LogIo> Log<IO> {
             let group = &records[start..end];
             let len = encoded_len(group.iter().map(|r| (r.key.len(), r.payload.len())));
             let range = self
-                .enqueue(len, group.len(), |buf, first| {
+                .enqueue(len, group.len(), |buf, first, synced| {
                     encode_batch(
                         buf,
                         first,
+                        synced,
                         group.iter().map(|r| EncodeRecord {
                             kind: r.kind,
                             flags: r.flags | FLAG_FORWARDED,

@@ -73,10 +73,11 @@ impl<IO: LogIo> Log<IO> {
         let bytes = batch.encoded_bytes();
         let now = self.inner.io.now_ms();
         let range = self
-            .enqueue(bytes, batch.records.len(), |buf, first| {
+            .enqueue(bytes, batch.records.len(), |buf, first, synced| {
                 encode_batch(
                     buf,
                     first,
+                    synced,
                     batch.records.iter().map(|r| EncodeRecord {
                         kind: r.kind,
                         flags: 0,
@@ -110,12 +111,12 @@ impl<IO: LogIo> Log<IO> {
     }
 
     /// Queues an encoded batch of `bytes` bytes and `count` records, waiting for pending
-    /// space. `encode(buf, first_lsn)` appends exactly `bytes` bytes to `buf`.
+    /// space. `encode(buf, first_lsn, synced_before)` appends exactly `bytes` bytes to `buf`.
     pub(crate) async fn enqueue(
         &self,
         bytes: usize,
         count: usize,
-        encode: impl FnOnce(&mut Vec<u8>, u64) -> usize,
+        encode: impl FnOnce(&mut Vec<u8>, u64, u32) -> usize,
     ) -> Result<LsnRange, AppendError> {
         let seg_bytes = self.inner.config.segment_bytes;
         let max_bytes = (seg_bytes as usize).saturating_sub(SEGMENT_HEADER_BYTES);
@@ -145,6 +146,18 @@ impl<IO: LogIo> Log<IO> {
         let end = first + count as u64;
         let fits = st.tail_pos + bytes as u64 <= seg_bytes;
         let reuse_tail = fits && st.pending.back().is_some();
+        // What this batch may claim is durable in its target segment (a lower bound).
+        let future_segment = !fits
+            || st.pending.iter().any(|c| c.roll)
+            || st
+                .inflight
+                .as_ref()
+                .is_some_and(|c| c.roll && c.first_lsn != st.active().base_lsn);
+        let synced_before = if future_segment {
+            SEGMENT_HEADER_BYTES as u64
+        } else {
+            st.active().synced_end
+        };
         if !reuse_tail {
             let (roll, pos) = if fits {
                 (false, st.tail_pos)
@@ -172,7 +185,9 @@ impl<IO: LogIo> Log<IO> {
             .expect("invariant: a pending chunk's buffer is not shared until taken");
         let rel = buf.len() as u64;
         debug_assert_eq!(chunk.pos + rel, tail_pos);
-        let written = encode(buf, first);
+        let synced_before = u32::try_from(synced_before)
+            .expect("invariant: segment_bytes < 4 GiB, checked at open");
+        let written = encode(buf, first, synced_before);
         assert_eq!(
             written, bytes,
             "encoded size must match the precomputed size"
@@ -262,6 +277,7 @@ impl<IO: LogIo> Log<IO> {
                 return Err(self.poison("fdatasync", path, offset, source));
             }
             let mut st = self.inner.state.borrow_mut();
+            st.active_mut().synced_end = offset;
             st.synced_lsn = st.synced_lsn.max(target);
             st.last_sync_ms = self.inner.io.now_ms();
             st.sync_count += 1;
@@ -323,6 +339,9 @@ impl<IO: LogIo> Log<IO> {
             }
             seg.data_end = pos + len;
             seg.end_lsn = chunk.end_lsn;
+            if sync {
+                seg.synced_end = seg.data_end;
+            }
         }
         let mut dead = Vec::new();
         for op in &chunk.ops {
@@ -354,6 +373,7 @@ impl<IO: LogIo> Log<IO> {
         {
             let mut st = self.inner.state.borrow_mut();
             st.synced_lsn = st.acked_lsn;
+            st.active_mut().synced_end = offset;
         }
         if let Err(e) = self.create_segment(base_lsn).await {
             if let AppendError::Io {

@@ -74,6 +74,8 @@ pub(crate) struct Segment<F> {
     pub end_lsn: u64,
     /// Offset just after the last written batch.
     pub data_end: u64,
+    /// Offset below which the segment is known durable (covered by an `fdatasync`).
+    pub synced_end: u64,
     /// `(first_lsn, offset)` of some batches, at least one per [`SPARSE_STEP_BYTES`].
     pub sparse: Vec<(u64, u64)>,
     pub stats: SegmentStats,
@@ -426,6 +428,7 @@ impl<IO: LogIo> Log<IO> {
                 file: Rc::new(file),
                 end_lsn: base_lsn,
                 data_end: SEGMENT_HEADER_BYTES as u64,
+                synced_end: SEGMENT_HEADER_BYTES as u64,
                 sparse: Vec::new(),
                 stats: SegmentStats::default(),
             },

@@ -177,9 +177,11 @@ pub(crate) fn record_bytes(key_len: usize, payload_len: usize) -> u64 {
 }
 
 // Format (batch frame, little-endian, 8-byte aligned, zero padded):
-//   { batch_len u32 | crc32c u32 | first_lsn u64 | record_count u32 | reserved u32 (=0)
+//   { batch_len u32 | crc32c u32 | first_lsn u64 | record_count u32 | synced_before u32
 //     | record * record_count | zero padding to a multiple of 8 }
 //   batch_len counts every byte of the frame including header and padding.
+//   synced_before: segment offset below which the segment was already durable (fdatasync'd)
+//   when this batch was queued; recovery uses it to tell a torn tail from older corruption.
 //   crc32c (Castagnoli) covers bytes [8, batch_len) of the frame.
 // Format (record, little-endian, inside a batch):
 //   { record_len u32 | kind u8 | flags u8 | key_len u16 | lsn u64 | origin_lsn u64
@@ -190,6 +192,7 @@ pub(crate) fn record_bytes(key_len: usize, payload_len: usize) -> u64 {
 pub(crate) fn encode_batch<'a>(
     out: &mut Vec<u8>,
     first_lsn: u64,
+    synced_before: u32,
     records: impl ExactSizeIterator<Item = EncodeRecord<'a>>,
 ) -> usize {
     let start = out.len();
@@ -198,7 +201,7 @@ pub(crate) fn encode_batch<'a>(
     out.extend_from_slice(&[0u8; 4]); // crc32c, patched below
     out.extend_from_slice(&first_lsn.to_le_bytes());
     out.extend_from_slice(&(count as u32).to_le_bytes());
-    out.extend_from_slice(&0u32.to_le_bytes());
+    out.extend_from_slice(&synced_before.to_le_bytes());
     for (i, r) in records.enumerate() {
         let lsn = first_lsn + i as u64;
         let record_len = RECORD_HEADER_BYTES + r.key.len() + r.payload.len();
@@ -269,6 +272,8 @@ pub(crate) struct DecodedBatch<'a> {
     /// Encoded length including padding (the next batch starts this many bytes later).
     pub len: usize,
     pub first_lsn: u64,
+    /// Segment offset below which the segment was durable when the batch was queued.
+    pub synced_before: u64,
     pub records: Vec<RecordView<'a>>,
 }
 
@@ -364,7 +369,7 @@ pub(crate) fn decode_batch(buf: &[u8]) -> Decoded<'_> {
     }
     let first_lsn = u64_at(frame, 8);
     let count = u32_at(frame, 16) as usize;
-    if count == 0 || u32_at(frame, 20) != 0 || first_lsn.checked_add(count as u64).is_none() {
+    if count == 0 || first_lsn.checked_add(count as u64).is_none() {
         return Decoded::Invalid(Invalid::BadRecord);
     }
     let mut records = Vec::with_capacity(count.min(batch_len / RECORD_HEADER_BYTES));
@@ -414,6 +419,7 @@ pub(crate) fn decode_batch(buf: &[u8]) -> Decoded<'_> {
     Decoded::Batch(DecodedBatch {
         len: batch_len,
         first_lsn,
+        synced_before: u32_at(frame, 20) as u64,
         records,
     })
 }
@@ -427,6 +433,7 @@ mod tests {
         let n = encode_batch(
             &mut out,
             first_lsn,
+            64,
             batch.records.iter().map(|r| EncodeRecord {
                 kind: r.kind,
                 flags: 0,

@@ -212,7 +212,9 @@ pub(crate) async fn recover<IO: LogIo>(
         let mut end_offset = scan.end_offset;
         if let Some((offset, reason)) = stop {
             let later = find_valid_after(&bytes, offset, scanned_end_lsn);
-            let torn_tail = is_last && later.is_none();
+            // A torn tail: the last segment, and no later batch records that the damaged
+            // bytes had been synced (they were an unacknowledged, interrupted write).
+            let torn_tail = is_last && later.is_none_or(|l| l.synced_max <= offset);
             match (torn_tail, config.recovery) {
                 (_, RecoveryMode::Strict) | (false, RecoveryMode::TruncateTail) => {
                     return Err(RecoverError::Corrupt {
@@ -256,7 +258,8 @@ pub(crate) async fn recover<IO: LogIo>(
                     io.sync_dir(&config.dir)
                         .await
                         .map_err(repair(&config.dir, 0))?;
-                    let lost_end = later.map_or(scanned_end_lsn, |(_, e)| e.max(scanned_end_lsn));
+                    let lost_end =
+                        later.map_or(scanned_end_lsn, |l| l.end_lsn.max(scanned_end_lsn));
                     tracing::error!(
                         file = %path.display(), moved_to = %moved_to.display(), offset, %reason,
                         lost_first = header.base_lsn, lost_end,
@@ -274,12 +277,18 @@ pub(crate) async fn recover<IO: LogIo>(
                 }
             }
         }
+        if is_last {
+            // What recovery read may sit in the page cache only (a process crash under a lax
+            // policy): make it durable before new batches claim it is.
+            file.sync_data().await.map_err(repair(&path, end_offset))?;
+        }
         let mut seg = Segment {
             base_lsn: header.base_lsn,
             path,
             file: Rc::new(file),
             end_lsn: scanned_end_lsn,
             data_end: end_offset,
+            synced_end: end_offset,
             sparse: Vec::new(),
             stats: SegmentStats::default(),
         };

@@ -164,12 +164,21 @@ pub(crate) fn scan_batches(bytes: &[u8], base_lsn: u64) -> Scan<'_> {
     }
 }
 
-/// After a bad batch at `from`, looks for any later verified batch continuing at an LSN of
-/// at least `min_lsn` at an aligned offset. Finding one means the damage is not a torn tail
-/// (good data follows it). Returns the offset and the batch's last LSN + 1.
-pub(crate) fn find_valid_after(bytes: &[u8], from: u64, min_lsn: u64) -> Option<(u64, u64)> {
+/// Verified batches found after damage at `from` (see [`find_valid_after`]).
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Later {
+    /// One past the highest LSN among them.
+    pub end_lsn: u64,
+    /// Highest `synced_before` among them: damage below it had been made durable.
+    pub synced_max: u64,
+}
+
+/// After a bad batch at `from`, looks for later verified batches with an LSN of at least
+/// `min_lsn` at aligned offsets (unacknowledged pieces of a torn write, or good data after
+/// real corruption; their `synced_before` tells which).
+pub(crate) fn find_valid_after(bytes: &[u8], from: u64, min_lsn: u64) -> Option<Later> {
     let mut at = (from as usize + BATCH_ALIGN).div_ceil(BATCH_ALIGN) * BATCH_ALIGN;
-    let mut found: Option<(u64, u64)> = None;
+    let mut found: Option<Later> = None;
     while at + 8 <= bytes.len() {
         // Cheap pre-filter: a plausible length and LSN before computing a checksum.
         let len = u32::from_le_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]]);
@@ -177,10 +186,14 @@ pub(crate) fn find_valid_after(bytes: &[u8], from: u64, min_lsn: u64) -> Option<
             if let Decoded::Batch(b) = decode_batch(&bytes[at..]) {
                 if b.first_lsn >= min_lsn {
                     let end_lsn = b.first_lsn + b.records.len() as u64;
-                    if found.is_none() {
-                        found = Some((at as u64, end_lsn));
-                    }
-                    found = found.map(|(o, e)| (o, e.max(end_lsn)));
+                    let prev = found.unwrap_or(Later {
+                        end_lsn,
+                        synced_max: 0,
+                    });
+                    found = Some(Later {
+                        end_lsn: prev.end_lsn.max(end_lsn),
+                        synced_max: prev.synced_max.max(b.synced_before),
+                    });
                     at += b.len;
                     continue;
                 }

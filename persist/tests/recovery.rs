@@ -314,3 +314,41 @@ fn missing_directory_is_created_and_leftover_temp_files_removed() {
     });
     assert!(!tmp.exists());
 }
+
+#[test]
+fn damage_followed_only_by_unsynced_batches_is_a_torn_tail() {
+    // Under `Never` nothing after the segment header was synced, so every batch records
+    // synced_before = 64: damage in the middle of the tail with intact batches after it is an
+    // interrupted write (power loss reordering sectors), not corruption of durable data.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut cfg = config(dir.path());
+    cfg.fsync = quark_persist::FsyncPolicy::Never;
+    let bsize = batch(0).encoded_bytes() as u64;
+    block_on(async {
+        let (log, _) = Log::open(StdIo, cfg.clone()).await.expect("open");
+        for i in 0..3 {
+            log.append(&batch(i)).await.expect("append");
+        }
+        // Drop without close: nothing synced beyond the header.
+    });
+    let seg = segments(&cfg.dir).pop().expect("segment");
+    let second = SEGMENT_HEADER_BYTES as u64 + bsize;
+    write_at(&seg, second + 30, &[0xEE; 4]);
+    block_on(async {
+        let (log, report) = Log::open(StdIo, cfg.clone()).await.expect("tail truncated");
+        assert_eq!(report.truncated.len(), 1);
+        assert_eq!(report.truncated[0].offset, second);
+        assert_eq!(report.records, 2, "only the first batch survives");
+        assert_eq!(log.stats().next_lsn, 3);
+    });
+    // The same damage under `Always` (the damaged batch had been synced) is corruption.
+    let dir2 = tempfile::tempdir().expect("tempdir");
+    let cfg2 = config(dir2.path());
+    let (segs, _) = fill(&cfg2, 3);
+    write_at(&segs[0], second + 30, &[0xEE; 4]);
+    let err = block_on(Log::open(StdIo, cfg2)).err().expect("refused");
+    assert!(
+        matches!(err, OpenError::Recover(RecoverError::Corrupt { offset, .. }) if offset == second),
+        "{err}"
+    );
+}
