@@ -141,3 +141,12 @@ impl LogFile for UringFile {
         Ok(st.st_size as u64)
     }
 }
+
+/// Opens (recovering) a shard's log on this thread's io_uring: the call a shard makes at
+/// start-up. Must run inside the shard's monoio runtime.
+pub async fn open_log(
+    config: quark_persist::LogConfig,
+) -> Result<(quark_persist::Log<UringIo>, quark_persist::RecoveryReport), quark_persist::OpenError>
+{
+    quark_persist::Log::open(UringIo, config).await
+}
