@@ -127,19 +127,32 @@ impl<IO: LogIo> Log<IO> {
             });
         }
         let limit = self.inner.config.pending_bytes_max;
-        poll_fn(|cx| {
-            let mut st = self.inner.state.borrow_mut();
-            if let Some(err) = refusal(&st) {
-                return Poll::Ready(Err(err));
+        loop {
+            let room = poll_fn(|cx| {
+                let mut st = self.inner.state.borrow_mut();
+                if let Some(err) = refusal(&st) {
+                    return Poll::Ready(Err(err));
+                }
+                if st.pending_bytes == 0 || st.pending_bytes + bytes <= limit {
+                    Poll::Ready(Ok(Some(())))
+                } else if !st.flushing {
+                    // Full and nobody flushing (the appenders of the queued batches were
+                    // dropped): flush them ourselves rather than wait forever.
+                    Poll::Ready(Ok(None))
+                } else {
+                    st.waiters.push(cx.waker().clone());
+                    Poll::Pending
+                }
+            })
+            .await?;
+            match room {
+                Some(()) => break,
+                None => {
+                    let queued = self.inner.state.borrow().next_lsn;
+                    self.wait_acked(queued, false).await?;
+                }
             }
-            if st.pending_bytes == 0 || st.pending_bytes + bytes <= limit {
-                Poll::Ready(Ok(()))
-            } else {
-                st.waiters.push(cx.waker().clone());
-                Poll::Pending
-            }
-        })
-        .await?;
+        }
         // No await from here to the end: queueing is atomic with respect to other tasks.
         let mut st = self.inner.state.borrow_mut();
         let first = st.next_lsn;

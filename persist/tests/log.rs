@@ -308,3 +308,43 @@ fn snapshots_supersede_in_the_index_and_policies_ack() {
         });
     }
 }
+
+#[test]
+fn a_full_queue_left_by_dropped_appenders_is_flushed_by_the_next_one() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut cfg = config(dir.path());
+    cfg.pending_bytes_max = 1024;
+    let io = YieldIo::default();
+    block_on(async {
+        let (log, _) = Log::open(io, cfg).await.expect("open");
+        let big = batch_of(b"k", 1, 1, 900);
+        let first = log.stats().next_lsn;
+        {
+            // A queues, leads (write in flight) and is dropped: its batch fills the queue and
+            // nobody leads.
+            let mut a = Box::pin(log.append(&big));
+            assert!(poll_once(a.as_mut()).is_pending());
+            drop(a);
+        }
+        // C must flush A's batch itself instead of waiting for room forever. (Polled by hand
+        // with a bound so that a regression fails instead of hanging.)
+        let c = batch_of(b"k", 3, 1, 900);
+        let mut fc = Box::pin(log.append(&c));
+        let mut polls = 0;
+        let rc = loop {
+            if let Poll::Ready(r) = poll_once(fc.as_mut()) {
+                break r.expect("C completes");
+            }
+            polls += 1;
+            assert!(
+                polls < 1000,
+                "C is stuck behind a full queue nobody flushes"
+            );
+        };
+        assert_eq!(rc.first, first + 1);
+        for (lsn, want) in [(first, &big), (first + 1, &c)] {
+            let got = log.read(lsn).await.expect("read").expect("written");
+            assert_eq!(got.payload, want.records()[0].payload);
+        }
+    });
+}
