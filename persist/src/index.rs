@@ -46,7 +46,14 @@ impl KeyIndex {
         if key.is_empty() {
             return true;
         }
-        let entries = self.keys.entry(key.into()).or_default();
+        // Look up before inserting: `entry` would allocate the boxed key on every call.
+        if !self.keys.contains_key(key) {
+            self.keys.insert(key.into(), Vec::new());
+        }
+        let entries = self
+            .keys
+            .get_mut(key)
+            .expect("invariant: inserted just above");
         if let Some(first) = entries.first() {
             if first.snapshot && first.origin > origin {
                 // Superseded already by a later snapshot (an old copy found after it).
