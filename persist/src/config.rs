@@ -61,6 +61,10 @@ pub struct LogConfig {
     pub recovery: RecoveryMode,
     /// Segment preallocation (default [`Preallocate::ZeroFill`]).
     pub preallocate: Preallocate,
+    /// Under [`FsyncPolicy::Always`], open the active segment write-through (`O_DSYNC`) so one
+    /// write does the work of write + `fdatasync`: one I/O operation per group commit instead
+    /// of two (default true; on io_uring it saves a submission and a worker hand-off).
+    pub write_through: bool,
     /// Bound on encoded bytes accepted but not yet written (default 4 MiB): appenders wait
     /// while it is full. One batch larger than the bound is accepted when nothing is pending.
     pub pending_bytes_max: usize,
@@ -76,6 +80,7 @@ impl LogConfig {
             fsync: FsyncPolicy::Always,
             recovery: RecoveryMode::TruncateTail,
             preallocate: Preallocate::ZeroFill,
+            write_through: true,
             pending_bytes_max: 4 << 20,
         }
     }

@@ -317,11 +317,11 @@ impl<IO: LogIo> Log<IO> {
         if roll && self.inner.state.borrow().active().base_lsn != first_lsn {
             self.roll(first_lsn).await?;
         }
-        let (file, path) = {
+        let (file, path, write_through) = {
             let st = self.inner.state.borrow();
             let a = st.active();
             debug_assert_eq!(a.end_lsn, first_lsn, "a chunk continues its segment");
-            (Rc::clone(&a.file), a.path.clone())
+            (Rc::clone(&a.file), a.path.clone(), a.write_through)
         };
         let len = buf.len() as u64;
         if let Err(source) = file.write_all_at(buf, pos).await {
@@ -329,7 +329,7 @@ impl<IO: LogIo> Log<IO> {
         }
         let now = self.inner.io.now_ms();
         let sync = match self.inner.config.fsync {
-            FsyncPolicy::Always => true,
+            FsyncPolicy::Always => !write_through,
             FsyncPolicy::IntervalMs(ms) => {
                 now.saturating_sub(self.inner.state.borrow().last_sync_ms) >= ms
             }
@@ -340,6 +340,8 @@ impl<IO: LogIo> Log<IO> {
                 return Err(self.poison("fdatasync", path, pos, source));
             }
         }
+        // A completed write-through write is as durable as write + fdatasync.
+        let sync = sync || write_through;
         let mut st = self.inner.state.borrow_mut();
         let chunk = st
             .inflight

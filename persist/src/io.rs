@@ -25,6 +25,9 @@ pub trait LogIo {
     /// Opens `path` for reading and writing, creating it (empty) when `create` is true and it
     /// does not exist. Never truncates.
     async fn open(&self, path: &Path, create: bool) -> io::Result<Self::File>;
+    /// Opens an existing file for reading and writing in write-through mode (`O_DSYNC`): a
+    /// write completes only once its data is durable, as if followed by `fdatasync`.
+    async fn open_write_through(&self, path: &Path) -> io::Result<Self::File>;
     /// Atomically renames `from` to `to` (replacing `to`).
     async fn rename(&self, from: &Path, to: &Path) -> io::Result<()>;
     /// Removes a file.
@@ -84,6 +87,16 @@ impl LogIo for StdIo {
             .write(true)
             .create(create)
             .truncate(false)
+            .open(path)
+            .map(StdFile)
+    }
+
+    async fn open_write_through(&self, path: &Path) -> io::Result<StdFile> {
+        use std::os::unix::fs::OpenOptionsExt;
+        std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags(libc::O_DSYNC)
             .open(path)
             .map(StdFile)
     }

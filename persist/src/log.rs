@@ -61,7 +61,8 @@ pub struct LogStats {
     pub key_count: usize,
     /// Flushes (writes) performed since open.
     pub flush_count: u64,
-    /// `fdatasync` calls performed by flushes since open.
+    /// Flushes made durable since open: `fdatasync` calls, or write-through writes
+    /// ([`crate::LogConfig::write_through`]).
     pub sync_count: u64,
 }
 
@@ -76,6 +77,8 @@ pub(crate) struct Segment<F> {
     pub data_end: u64,
     /// Offset below which the segment is known durable (covered by an `fdatasync`).
     pub synced_end: u64,
+    /// `file` was opened write-through (`O_DSYNC`): a completed write is durable.
+    pub write_through: bool,
     /// `(first_lsn, offset)` of some batches, at least one per [`SPARSE_STEP_BYTES`].
     pub sparse: Vec<(u64, u64)>,
     pub stats: SegmentStats,
@@ -341,11 +344,36 @@ impl<IO: LogIo> Log<IO> {
             let base = log.inner.state.borrow().next_lsn;
             log.create_segment(base).await.map_err(OpenError::Create)?;
         }
+        if log.wants_write_through() && !log.inner.state.borrow().active().write_through {
+            let path = log.inner.state.borrow().active().path.clone();
+            let file = log
+                .inner
+                .io
+                .open_write_through(&path)
+                .await
+                .map_err(|source| {
+                    OpenError::Create(AppendError::Io {
+                        op: "open segment write-through",
+                        file: path.clone(),
+                        offset: 0,
+                        source,
+                    })
+                })?;
+            let mut st = log.inner.state.borrow_mut();
+            let active = st.active_mut();
+            active.file = Rc::new(file);
+            active.write_through = true;
+        }
         {
             let mut st = log.inner.state.borrow_mut();
             st.tail_pos = st.active().data_end;
         }
         Ok((log, recovered.report))
+    }
+
+    /// Whether active segments are opened write-through (`O_DSYNC`).
+    pub(crate) fn wants_write_through(&self) -> bool {
+        self.inner.config.write_through && self.inner.config.fsync == crate::FsyncPolicy::Always
     }
 
     /// Creates, preallocates and installs a new active segment starting at `base_lsn`.
@@ -419,6 +447,17 @@ impl<IO: LogIo> Log<IO> {
             .await
             .map_err(io_err("fsync log directory", dir, 0))?;
         tracing::debug!(segment = %path.display(), base_lsn, "created segment");
+        let write_through = self.wants_write_through();
+        let file = if write_through {
+            drop(file);
+            inner.io.open_write_through(&path).await.map_err(io_err(
+                "open segment write-through",
+                &path,
+                0,
+            ))?
+        } else {
+            file
+        };
         let mut st = inner.state.borrow_mut();
         st.segments.insert(
             base_lsn,
@@ -429,6 +468,7 @@ impl<IO: LogIo> Log<IO> {
                 end_lsn: base_lsn,
                 data_end: SEGMENT_HEADER_BYTES as u64,
                 synced_end: SEGMENT_HEADER_BYTES as u64,
+                write_through,
                 sparse: Vec::new(),
                 stats: SegmentStats::default(),
             },

@@ -289,6 +289,7 @@ pub(crate) async fn recover<IO: LogIo>(
             end_lsn: scanned_end_lsn,
             data_end: end_offset,
             synced_end: end_offset,
+            write_through: false,
             sparse: Vec::new(),
             stats: SegmentStats::default(),
         };

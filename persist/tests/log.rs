@@ -15,6 +15,8 @@ fn config(dir: &std::path::Path) -> LogConfig {
     let mut c = LogConfig::new(dir.join("log"), 7);
     c.segment_bytes = 64 * 1024;
     c.preallocate = Preallocate::Fallocate;
+    // These tests count and fail `fdatasync` calls; write-through has its own test.
+    c.write_through = false;
     c
 }
 
@@ -346,5 +348,38 @@ fn a_full_queue_left_by_dropped_appenders_is_flushed_by_the_next_one() {
             let got = log.read(lsn).await.expect("read").expect("written");
             assert_eq!(got.payload, want.records()[0].payload);
         }
+    });
+}
+
+#[test]
+fn write_through_segments_need_no_fdatasync_under_always() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut cfg = config(dir.path());
+    cfg.write_through = true;
+    let io = YieldIo::default();
+    let knobs = io.knobs.clone();
+    block_on(async {
+        let (log, _) = Log::open(io, cfg.clone()).await.expect("open");
+        let syncs_at_open = knobs.syncs.get();
+        for i in 0..200 {
+            // ~1 KiB batches through 64 KiB segments: rolls reopen segments write-through.
+            log.append(&batch_of(b"k", i, 1, 1000))
+                .await
+                .expect("append");
+        }
+        let stats = log.stats();
+        assert!(stats.segment_count > 2);
+        assert_eq!(stats.synced_lsn, stats.next_lsn, "acknowledged = durable");
+        assert_eq!(stats.sync_count, stats.flush_count);
+        let fdatasyncs = knobs.syncs.get() - syncs_at_open;
+        // Only segment creation and sealing sync; appends do not.
+        assert!(
+            fdatasyncs <= 3 * stats.segment_count as u64,
+            "{fdatasyncs} fdatasyncs"
+        );
+    });
+    block_on(async {
+        let (_log, report) = Log::open(StdIo, cfg).await.expect("reopen");
+        assert_eq!(report.records, 200);
     });
 }

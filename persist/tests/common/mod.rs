@@ -58,6 +58,12 @@ impl LogIo for YieldIo {
             knobs: Rc::clone(&self.knobs),
         })
     }
+    async fn open_write_through(&self, path: &Path) -> io::Result<YieldFile> {
+        Ok(YieldFile {
+            inner: StdIo.open_write_through(path).await?,
+            knobs: Rc::clone(&self.knobs),
+        })
+    }
     async fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
         StdIo.rename(from, to).await
     }

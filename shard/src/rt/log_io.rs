@@ -58,6 +58,20 @@ impl LogIo for UringIo {
         Ok(UringFile { file })
     }
 
+    async fn open_write_through(&self, path: &Path) -> io::Result<UringFile> {
+        use std::os::unix::fs::OpenOptionsExt;
+        // monoio's OpenOptions cannot pass O_DSYNC: open with std (blocking, once per
+        // segment) and hand the descriptor to monoio; every write on it is an io_uring op.
+        let std_file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags(libc::O_DSYNC)
+            .open(path)?;
+        Ok(UringFile {
+            file: monoio::fs::File::from_std(std_file)?,
+        })
+    }
+
     async fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
         std::fs::rename(from, to) // blocking: rare metadata op (see module doc)
     }
