@@ -29,6 +29,9 @@ use crate::io::{LogFile, LogIo};
 use crate::log::{Chunk, IndexOp, Log, LsnRange, Poison, State};
 use crate::record::{check_bounds, encode_batch, record_bytes, BoundError, EncodeRecord};
 use crate::segment::SEGMENT_HEADER_BYTES;
+
+/// Zero bytes written after each flush's data (a batch length of 0 = end of data).
+const END_MARKER_BYTES: u64 = 8;
 use crate::Batch;
 
 /// Outcome of one poll of the wait loop.
@@ -185,6 +188,7 @@ impl<IO: LogIo> Log<IO> {
                 buf: Rc::new(Vec::with_capacity(bytes)),
                 batches: Vec::new(),
                 ops: Vec::new(),
+                data_len: 0,
             });
             st.tail_pos = pos;
         }
@@ -305,10 +309,19 @@ impl<IO: LogIo> Log<IO> {
         let (roll, pos, first_lsn, buf) = {
             let mut st = self.inner.state.borrow_mut();
             if st.inflight.is_none() {
-                let chunk = st
+                let mut chunk = st
                     .pending
                     .pop_front()
                     .expect("invariant: unacknowledged LSNs are pending or in flight");
+                let buf = Rc::get_mut(&mut chunk.buf)
+                    .expect("invariant: a pending chunk's buffer is not shared until taken");
+                chunk.data_len = buf.len() as u64;
+                // End marker: a zero batch length right after the data, so a scan stops here
+                // even over stale bytes of a recycled segment (the next write overwrites it).
+                if chunk.pos + chunk.data_len + END_MARKER_BYTES <= self.inner.config.segment_bytes
+                {
+                    buf.extend_from_slice(&[0u8; END_MARKER_BYTES as usize]);
+                }
                 st.inflight = Some(chunk);
             }
             let c = st.inflight.as_ref().expect("invariant: set just above");
@@ -323,7 +336,6 @@ impl<IO: LogIo> Log<IO> {
             debug_assert_eq!(a.end_lsn, first_lsn, "a chunk continues its segment");
             (Rc::clone(&a.file), a.path.clone(), a.write_through)
         };
-        let len = buf.len() as u64;
         if let Err(source) = file.write_all_at(buf, pos).await {
             return Err(self.poison("write", path, pos, source));
         }
@@ -347,6 +359,7 @@ impl<IO: LogIo> Log<IO> {
             .inflight
             .take()
             .expect("invariant: only the leader completes the in-flight chunk");
+        let len = chunk.data_len;
         {
             let seg = st.active_mut();
             for &(lsn, rel) in &chunk.batches {

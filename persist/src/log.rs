@@ -117,6 +117,9 @@ pub(crate) struct Chunk {
     /// `(first_lsn, offset relative to pos)` of each batch.
     pub batches: Vec<(u64, u64)>,
     pub ops: Vec<IndexOp>,
+    /// Bytes of batches in `buf` (set when a flusher takes the chunk; `buf` may then carry an
+    /// end marker after them).
+    pub data_len: u64,
 }
 
 /// What poisoned the log.
@@ -430,9 +433,14 @@ impl<IO: LogIo> Log<IO> {
             created_ms: inner.io.now_ms(),
             segment_bytes: seg_bytes,
         });
-        file.write_all_at(Rc::new(header.to_vec()), 0)
-            .await
-            .map_err(io_err("write segment header", &tmp, 0))?;
+        // Header plus an end marker: a recycled file's stale bytes start after it.
+        let mut first = header.to_vec();
+        first.extend_from_slice(&[0u8; 8]);
+        file.write_all_at(Rc::new(first), 0).await.map_err(io_err(
+            "write segment header",
+            &tmp,
+            0,
+        ))?;
         file.sync_data()
             .await
             .map_err(io_err("fdatasync new segment", &tmp, 0))?;

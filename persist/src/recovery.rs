@@ -17,8 +17,8 @@ use crate::io::{LogFile, LogIo};
 use crate::log::{account, AccountRecord, Segment};
 use crate::record::{record_bytes, Invalid};
 use crate::segment::{
-    decode_header, find_valid_after, nonzero_end, parse_segment_name, scan_batches, HeaderError,
-    FORMAT_VERSION, QUARANTINE_DIR, SEGMENT_HEADER_BYTES, SEGMENT_MAGIC, TMP_SUFFIX,
+    decode_header, find_valid_after, parse_segment_name, scan_batches, HeaderError, FORMAT_VERSION,
+    QUARANTINE_DIR, SEGMENT_HEADER_BYTES, SEGMENT_MAGIC, TMP_SUFFIX,
 };
 
 /// A torn tail that recovery removed.
@@ -151,7 +151,7 @@ pub(crate) async fn recover<IO: LogIo>(
         report.segments += 1;
         let header = match decode_header(&bytes) {
             Ok(h) => h,
-            Err(HeaderError::Blank) if is_last && nonzero_end(&bytes) == 0 => {
+            Err(HeaderError::Blank) if is_last && bytes.iter().all(|&b| b == 0) => {
                 tracing::warn!(file = %path.display(), "removing blank last segment");
                 drop(file);
                 io.remove(&path).await.map_err(repair(&path, 0))?;
@@ -203,15 +203,16 @@ pub(crate) async fn recover<IO: LogIo>(
         let scanned_end_lsn = scan.batches.last().map_or(header.base_lsn, |(_, b)| {
             b.first_lsn + b.records.len() as u64
         });
-        // Non-zero bytes after the verified batches are damage too (e.g. a torn write whose
-        // first sector was lost but later sectors landed).
-        let stop = scan.stop.or_else(|| {
-            (nonzero_end(&bytes) as u64 > scan.end_offset)
-                .then_some((scan.end_offset, Invalid::Truncated))
-        });
+        // Verified batches after the stop point that continue the LSN sequence are pieces of an
+        // interrupted write or good data after damage (a zeroed or garbled sector). Stale bytes
+        // of a recycled segment carry lower LSNs and are ignored, as is unverifiable garbage
+        // after a clean end marker.
+        let later = find_valid_after(&bytes, scan.end_offset, scanned_end_lsn);
+        let stop = scan
+            .stop
+            .or_else(|| later.map(|_| (scan.end_offset, Invalid::Truncated)));
         let mut end_offset = scan.end_offset;
         if let Some((offset, reason)) = stop {
-            let later = find_valid_after(&bytes, offset, scanned_end_lsn);
             // A torn tail: the last segment, and no later batch records that the damaged
             // bytes had been synced (they were an unacknowledged, interrupted write).
             let torn_tail = is_last && later.is_none_or(|l| l.synced_max <= offset);
@@ -225,7 +226,16 @@ pub(crate) async fn recover<IO: LogIo>(
                     })
                 }
                 (true, _) => {
-                    let end = nonzero_end(&bytes) as u64;
+                    // Zero the damaged frame and every later verifiable piece, so that neither
+                    // can be taken for data by a later recovery.
+                    let file_end = bytes.len() as u64;
+                    let declared = bytes
+                        .get(offset as usize..offset as usize + 4)
+                        .map_or(0, |b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as u64);
+                    let end = (offset + declared)
+                        .min(file_end)
+                        .max((offset + 8).min(file_end))
+                        .max(later.map_or(0, |l| l.end_offset));
                     let n = end - offset;
                     let zeros = Rc::new(vec![0u8; n as usize]);
                     file.write_all_at(zeros, offset)

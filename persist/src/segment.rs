@@ -171,6 +171,8 @@ pub(crate) struct Later {
     pub end_lsn: u64,
     /// Highest `synced_before` among them: damage below it had been made durable.
     pub synced_max: u64,
+    /// Offset just past the last of them.
+    pub end_offset: u64,
 }
 
 /// After a bad batch at `from`, looks for later verified batches with an LSN of at least
@@ -189,10 +191,12 @@ pub(crate) fn find_valid_after(bytes: &[u8], from: u64, min_lsn: u64) -> Option<
                     let prev = found.unwrap_or(Later {
                         end_lsn,
                         synced_max: 0,
+                        end_offset: 0,
                     });
                     found = Some(Later {
                         end_lsn: prev.end_lsn.max(end_lsn),
                         synced_max: prev.synced_max.max(b.synced_before),
+                        end_offset: (at + b.len) as u64,
                     });
                     at += b.len;
                     continue;
@@ -202,11 +206,6 @@ pub(crate) fn find_valid_after(bytes: &[u8], from: u64, min_lsn: u64) -> Option<
         at += BATCH_ALIGN;
     }
     found
-}
-
-/// Offset just past the last non-zero byte of `bytes` (0 when all zero).
-pub(crate) fn nonzero_end(bytes: &[u8]) -> usize {
-    bytes.iter().rposition(|&b| b != 0).map_or(0, |i| i + 1)
 }
 
 #[cfg(test)]
