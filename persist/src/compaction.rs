@@ -22,6 +22,7 @@ use crate::read::SegmentReader;
 use crate::record::{
     encode_batch, encoded_len, record_bytes, EncodeRecord, Record, FLAG_FORWARDED,
 };
+use crate::segment::spare_path;
 
 /// What [`Log::compact`] may do in one call.
 #[derive(Copy, Clone, Debug, PartialEq)]
@@ -125,14 +126,24 @@ impl<IO: LogIo> Log<IO> {
                     st.index.forget_range(seg.base_lsn, seg.end_lsn);
                 }
             }
-            self.inner
-                .io
-                .remove(&path)
-                .await
-                .map_err(|source| CompactError::Remove {
-                    file: path.clone(),
-                    source,
-                })?;
+            let keep = {
+                let st = self.inner.state.borrow();
+                st.spares.len() < self.inner.config.recycle_segments_max
+            };
+            let removed = if keep {
+                let spare = spare_path(&self.inner.config.dir, base);
+                let r = self.inner.io.rename(&path, &spare).await;
+                if r.is_ok() {
+                    self.inner.state.borrow_mut().spares.push(spare);
+                }
+                r
+            } else {
+                self.inner.io.remove(&path).await
+            };
+            removed.map_err(|source| CompactError::Remove {
+                file: path.clone(),
+                source,
+            })?;
             tracing::debug!(segment = %path.display(), "compaction removed segment");
             report.segments_deleted += 1;
             removed_any = true;

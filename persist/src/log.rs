@@ -61,6 +61,10 @@ pub struct LogStats {
     pub key_count: usize,
     /// Flushes (writes) performed since open.
     pub flush_count: u64,
+    /// Segments created by reusing a spare file since open.
+    pub segments_recycled: u64,
+    /// Spare segment files kept for reuse.
+    pub spare_count: usize,
     /// Flushes made durable since open: `fdatasync` calls, or write-through writes
     /// ([`crate::LogConfig::write_through`]).
     pub sync_count: u64,
@@ -154,6 +158,9 @@ pub(crate) struct State<F> {
     pub waiters: Vec<Waker>,
     pub flush_count: u64,
     pub sync_count: u64,
+    /// Spare segment files available for reuse (bounded by `recycle_segments_max`).
+    pub spares: Vec<PathBuf>,
+    pub segments_recycled: u64,
 }
 
 impl<F> State<F> {
@@ -291,6 +298,12 @@ impl<IO: LogIo> Log<IO> {
                 expected: "at least 4096",
             });
         }
+        if config.segment_bytes % 4096 != 0 {
+            return Err(OpenError::InvalidConfig {
+                field: "segment_bytes",
+                expected: "a multiple of 4096",
+            });
+        }
         if config.segment_bytes > u32::MAX as u64 {
             return Err(OpenError::InvalidConfig {
                 field: "segment_bytes",
@@ -328,6 +341,8 @@ impl<IO: LogIo> Log<IO> {
             waiters: Vec::new(),
             flush_count: 0,
             sync_count: 0,
+            spares: recovered.report.spares.clone(),
+            segments_recycled: 0,
         };
         let log = Log {
             inner: Rc::new(Inner {
@@ -397,18 +412,31 @@ impl<IO: LogIo> Log<IO> {
                 source,
             }
         };
+        let spare = inner.state.borrow_mut().spares.pop();
+        let recycled = spare.is_some();
+        if let Some(spare) = spare {
+            // A spare's blocks are written already; its stale batches carry older LSNs and sit
+            // behind the end marker written with the header, so recovery never takes them.
+            inner.io.rename(&spare, &tmp).await.map_err(io_err(
+                "reuse spare segment",
+                &spare,
+                0,
+            ))?;
+        }
         let file = inner
             .io
             .open(&tmp, true)
             .await
             .map_err(io_err("create segment", &tmp, 0))?;
-        file.set_len(0)
-            .await
-            .map_err(io_err("truncate segment", &tmp, 0))?;
-        file.allocate(seg_bytes)
-            .await
-            .map_err(io_err("fallocate segment", &tmp, 0))?;
-        if inner.config.preallocate == Preallocate::ZeroFill {
+        if !recycled {
+            file.set_len(0)
+                .await
+                .map_err(io_err("truncate segment", &tmp, 0))?;
+            file.allocate(seg_bytes)
+                .await
+                .map_err(io_err("fallocate segment", &tmp, 0))?;
+        }
+        if !recycled && inner.config.preallocate == Preallocate::ZeroFill {
             let zeros = Rc::new(vec![0u8; ZERO_CHUNK_BYTES]);
             let mut pos = 0;
             while pos < seg_bytes {
@@ -454,7 +482,10 @@ impl<IO: LogIo> Log<IO> {
             .sync_dir(dir)
             .await
             .map_err(io_err("fsync log directory", dir, 0))?;
-        tracing::debug!(segment = %path.display(), base_lsn, "created segment");
+        tracing::debug!(segment = %path.display(), base_lsn, recycled, "created segment");
+        if recycled {
+            inner.state.borrow_mut().segments_recycled += 1;
+        }
         let write_through = self.wants_write_through();
         let file = if write_through {
             drop(file);
@@ -502,6 +533,8 @@ impl<IO: LogIo> Log<IO> {
             key_count: st.index.key_count(),
             flush_count: st.flush_count,
             sync_count: st.sync_count,
+            segments_recycled: st.segments_recycled,
+            spare_count: st.spares.len(),
         }
     }
 

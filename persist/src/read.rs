@@ -204,6 +204,11 @@ impl<IO: LogIo> Scanner<IO> {
             }
             let (_, reader, offset) = self.cursor.as_mut().expect("checked above");
             let (records, len) = reader.batch_at(*offset, data_end).await?;
+            if !self.log.inner.state.borrow().segments.contains_key(&base) {
+                // Compacted (and possibly reused) while we read: relocate, keep nothing.
+                self.cursor = None;
+                continue;
+            }
             *offset += len;
             let from = self.next_lsn;
             if let Some(last) = records.last() {

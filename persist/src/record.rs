@@ -346,16 +346,17 @@ fn u64_at(b: &[u8], at: usize) -> u64 {
 /// Decodes the batch that starts at `buf[0]`. Never panics on any input; yields records only
 /// when the checksum over the whole frame matches and every record is well-formed.
 pub(crate) fn decode_batch(buf: &[u8]) -> Decoded<'_> {
-    if buf.len() < BATCH_HEADER_BYTES {
-        if buf.iter().all(|&b| b == 0) {
-            return Decoded::End;
-        }
-        return Decoded::Invalid(Invalid::Truncated);
+    if buf.len() < 4 {
+        return Decoded::End; // no room for a frame
     }
     let batch_len = u32_at(buf, 0) as usize;
     if batch_len == 0 {
-        // Preallocated space is zero; a real frame never has length 0.
+        // An end marker or preallocated zeros; a real frame never has length 0. What follows
+        // may be stale bytes of a recycled segment.
         return Decoded::End;
+    }
+    if buf.len() < BATCH_HEADER_BYTES {
+        return Decoded::Invalid(Invalid::Truncated);
     }
     if batch_len < BATCH_HEADER_BYTES + RECORD_HEADER_BYTES || batch_len & (BATCH_ALIGN - 1) != 0 {
         return Decoded::Invalid(Invalid::BadLength);
@@ -500,8 +501,14 @@ mod tests {
         assert_eq!(decode_batch(&[]), Decoded::End);
         assert_eq!(
             decode_batch(&[1, 0, 0]),
+            Decoded::End,
+            "no room for a frame"
+        );
+        assert_eq!(
+            decode_batch(&[1, 0, 0, 0, 9]),
             Decoded::Invalid(Invalid::Truncated)
         );
+        assert_eq!(decode_batch(&[0, 0, 0, 0, 9, 9]), Decoded::End);
         let mut b = Batch::new();
         b.event(b"k", b"v");
         let bytes = enc(1, &b);

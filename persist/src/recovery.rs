@@ -18,7 +18,7 @@ use crate::log::{account, AccountRecord, Segment};
 use crate::record::{record_bytes, Invalid};
 use crate::segment::{
     decode_header, find_valid_after, parse_segment_name, scan_batches, HeaderError, FORMAT_VERSION,
-    QUARANTINE_DIR, SEGMENT_HEADER_BYTES, SEGMENT_MAGIC, TMP_SUFFIX,
+    QUARANTINE_DIR, SEGMENT_HEADER_BYTES, SEGMENT_MAGIC, SPARE_SUFFIX, TMP_SUFFIX,
 };
 
 /// A torn tail that recovery removed.
@@ -65,6 +65,8 @@ pub struct RecoveryReport {
     pub quarantined: Vec<QuarantinedSegment>,
     /// Leftover files of interrupted segment creation that were removed.
     pub removed_incomplete: Vec<PathBuf>,
+    /// Spare segment files found (kept for reuse).
+    pub spares: Vec<PathBuf>,
 }
 
 pub(crate) struct Recovered<F> {
@@ -115,6 +117,21 @@ pub(crate) async fn recover<IO: LogIo>(
             tracing::warn!(file = %path.display(), "removing segment left by an interrupted creation");
             io.remove(&path).await.map_err(repair(&path, 0))?;
             report.removed_incomplete.push(path);
+            continue;
+        }
+        if name.ends_with(SPARE_SUFFIX) {
+            let len = io
+                .open(&path, false)
+                .await
+                .map_err(unreadable(&path, 0))?
+                .file_len()
+                .await
+                .map_err(unreadable(&path, 0))?;
+            if report.spares.len() < config.recycle_segments_max && len == config.segment_bytes {
+                report.spares.push(path);
+            } else {
+                io.remove(&path).await.map_err(repair(&path, 0))?;
+            }
             continue;
         }
         if let Some(base) = parse_segment_name(&path) {

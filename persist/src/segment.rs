@@ -15,6 +15,8 @@ pub const FORMAT_VERSION: u32 = 1;
 pub(crate) const SEGMENT_SUFFIX: &str = ".seg";
 /// File name suffix of a segment being created (removed at open if left by a crash).
 pub(crate) const TMP_SUFFIX: &str = ".seg.tmp";
+/// File name suffix of a spare segment kept for reuse.
+pub(crate) const SPARE_SUFFIX: &str = ".seg.free";
 /// Subdirectory where quarantined segments are moved.
 pub const QUARANTINE_DIR: &str = "quarantine";
 
@@ -105,6 +107,11 @@ pub(crate) fn segment_path(dir: &Path, base_lsn: u64) -> PathBuf {
 /// Temporary name used while creating that segment.
 pub(crate) fn segment_tmp_path(dir: &Path, base_lsn: u64) -> PathBuf {
     dir.join(format!("{base_lsn:020}{TMP_SUFFIX}"))
+}
+
+/// Name of a spare (recycled) segment file.
+pub(crate) fn spare_path(dir: &Path, base_lsn: u64) -> PathBuf {
+    dir.join(format!("{base_lsn:020}{SPARE_SUFFIX}"))
 }
 
 /// Parses a segment file name; `None` for other files.

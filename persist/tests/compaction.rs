@@ -55,10 +55,22 @@ fn overwriting_the_same_keys_keeps_disk_use_bounded() {
         assert!(log.stats().next_lsn > 40_000);
         assert!(max_segments <= 4, "disk grew to {max_segments} segments");
         assert_eq!(log.stats().segment_count, seg_files(&cfg.dir));
+        // Deleted segments were kept as spares and reused instead of zero-filling new ones.
+        let stats = log.stats();
+        assert!(stats.segments_recycled > 100, "{stats:?}");
+        assert!(stats.spare_count <= cfg.recycle_segments_max);
+        let all_files = std::fs::read_dir(&cfg.dir).expect("read_dir").count();
+        assert!(
+            all_files <= 4 + cfg.recycle_segments_max,
+            "{all_files} files"
+        );
         log.close().await.expect("close");
     });
     block_on(async {
-        let (log, _) = Log::open(StdIo, cfg.clone()).await.expect("reopen");
+        let (log, report) = Log::open(StdIo, cfg.clone()).await.expect("reopen");
+        // Stale batches in reused segments are neither data nor damage.
+        assert!(report.truncated.is_empty(), "{report:?}");
+        assert!(!report.spares.is_empty());
         for (k, key) in keys.iter().enumerate() {
             let lsns = log.key_lsns(key);
             assert_eq!(lsns.len(), 1, "only the latest snapshot is live");
