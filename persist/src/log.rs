@@ -298,7 +298,7 @@ impl<IO: LogIo> Log<IO> {
                 expected: "at least 4096",
             });
         }
-        if config.segment_bytes % 4096 != 0 {
+        if config.segment_bytes & 4095 != 0 {
             return Err(OpenError::InvalidConfig {
                 field: "segment_bytes",
                 expected: "a multiple of 4096",
