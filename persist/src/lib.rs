@@ -1,1 +1,68 @@
 //! Quark: the per-shard durable log (segments, group commit, recovery, compaction).
+//!
+//! Each shard owns one [`Log`]: a directory of preallocated segment files into which
+//! journaling, durable jobs, the outbox/inbox and workflows write atomic [`Batch`]es. An append
+//! resolves with the batch's [`LsnRange`] once it is durable under the [`FsyncPolicy`]; batches
+//! that arrive while a flush is in flight share the next write and `fdatasync` (group commit,
+//! no timer, no spawned task). Open recovers the log under a [`RecoveryMode`], verifying every
+//! checksum and rebuilding the key index.
+//!
+//! The log never names an executor: all I/O goes through the [`LogIo`] seam. [`StdIo`] is the
+//! blocking backend for tests and tools (drive it with [`block_on`]);
+//! `quark_shard::rt::log_io` is the io_uring backend used on shard threads.
+//!
+//! See `docs/PERSIST.md` for the guide and `docs/LOG_FORMAT.md` for the bytes.
+#![deny(missing_docs)]
+
+mod compaction;
+mod config;
+mod error;
+mod group_commit;
+mod index;
+mod io;
+mod log;
+mod read;
+mod record;
+mod recovery;
+mod segment;
+
+pub use compaction::{CompactionPolicy, CompactionReport};
+pub use config::{FsyncPolicy, LogConfig, Preallocate, RecoveryMode};
+pub use error::{AppendError, CompactError, OpenError, ReadError, RecoverError};
+pub use io::{block_on, fallocate, LogFile, LogIo, StdFile, StdIo};
+pub use log::{Log, LogStats, LsnRange};
+pub use read::Scanner;
+pub use record::{Batch, Invalid, NewRecord, Record, RecordKind, FLAG_FORWARDED};
+pub use recovery::{QuarantinedSegment, RecoveryReport, TruncatedTail};
+pub use segment::{
+    SegmentHeader, FORMAT_VERSION, QUARANTINE_DIR, SEGMENT_HEADER_BYTES, SEGMENT_MAGIC,
+};
+
+/// Decoder entry points exposed for property tests and fuzzing of outside bytes.
+#[doc(hidden)]
+pub mod fuzz {
+    /// Decodes one batch frame at the start of `bytes`; returns the records (owned) only when
+    /// the frame verified, and the frame length.
+    pub fn decode_batch(bytes: &[u8]) -> Option<(usize, Vec<crate::Record>)> {
+        match crate::record::decode_batch(bytes) {
+            crate::record::Decoded::Batch(b) => {
+                Some((b.len, b.records.iter().map(|r| r.to_record()).collect()))
+            }
+            _ => None,
+        }
+    }
+
+    /// Scans a whole segment image as recovery does (header, then batches); returns the verified
+    /// batches as (offset, frame length, records).
+    pub fn scan_segment(bytes: &[u8]) -> Vec<(u64, usize, Vec<crate::Record>)> {
+        let Ok(h) = crate::segment::decode_header(bytes) else {
+            return Vec::new();
+        };
+        let scan = crate::segment::scan_batches(bytes, h.base_lsn);
+        let _ = crate::segment::find_valid_after(bytes, scan.end_offset, h.base_lsn);
+        scan.batches
+            .iter()
+            .map(|(o, b)| (*o, b.len, b.records.iter().map(|r| r.to_record()).collect()))
+            .collect()
+    }
+}

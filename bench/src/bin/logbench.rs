@@ -1,0 +1,473 @@
+//! Durable log benchmark (issue 3) with its same-run baseline.
+//!
+//! Each run measures, on the same disk and directory:
+//! 1. Baseline: a plain blocking `pwrite` + `fdatasync` loop (128 B, 4 KiB, 1 MiB writes) into
+//!    a preallocated (zero-filled) file and into a growing file.
+//! 2. `quark_persist::Log` on the io_uring backend (`quark_shard::rt::log_io::UringIo`) in a
+//!    monoio runtime, `FsyncPolicy::Always`:
+//!    - one appender, one 128-byte-payload record per batch: latency p50/p99;
+//!    - N concurrent appender tasks (default 64), 128-byte records: durable records/s;
+//!    - one appender, 1 MiB batches (8 records of 128 KiB): MB/s;
+//! 3. Recovery: open of a ~1 GiB log (1 KiB records) through io_uring: seconds and MB/s.
+//!
+//! Prints every run, then median [min .. max] per measure, then one JSON line.
+//! `cargo run --release -p quark-bench --bin logbench -- --runs 3`
+
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use clap::Parser;
+use hdrhistogram::Histogram;
+use quark_persist::{Batch, FsyncPolicy, Log, LogConfig, Preallocate};
+use quark_shard::rt::log_io::UringIo;
+
+#[derive(Parser, Debug)]
+#[command(about = "Durable log benchmark with a same-run pwrite+fdatasync baseline")]
+struct Args {
+    /// Scratch directory (must be on the disk under test, not tmpfs).
+    #[arg(long, default_value = "target/logbench")]
+    dir: PathBuf,
+    #[arg(long, default_value_t = 3)]
+    runs: usize,
+    /// Synced writes per latency measurement (baseline 128 B / 4 KiB and single appender).
+    #[arg(long, default_value_t = 3000)]
+    ops: u64,
+    /// Concurrent appender tasks.
+    #[arg(long, default_value_t = 64)]
+    appenders: u64,
+    /// Records per appender task in the concurrent measurement.
+    #[arg(long, default_value_t = 3000)]
+    per_appender: u64,
+    /// MiB written by the bandwidth measurements.
+    #[arg(long, default_value_t = 256)]
+    bandwidth_mib: u64,
+    /// MiB of log for the recovery measurement (0 skips it).
+    #[arg(long, default_value_t = 1024)]
+    recovery_mib: u64,
+    /// Segment size of the benchmarked log, MiB.
+    #[arg(long, default_value_t = 64)]
+    segment_mib: u64,
+}
+
+/// One named figure of one run.
+#[derive(Clone, Debug)]
+struct Figure {
+    name: String,
+    value: f64,
+    unit: &'static str,
+}
+
+fn us(h: &Histogram<u64>, q: f64) -> f64 {
+    h.value_at_quantile(q) as f64 / 1000.0
+}
+
+fn hist() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 60_000_000_000, 3).expect("valid histogram bounds")
+}
+
+fn zero_filled(path: &Path, bytes: u64) -> Result<File> {
+    let f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(path)
+        .with_context(|| format!("create {}", path.display()))?;
+    let zeros = vec![0u8; 1 << 20];
+    let mut pos = 0;
+    while pos < bytes {
+        f.write_all_at(&zeros, pos)?;
+        pos += zeros.len() as u64;
+    }
+    f.sync_all()?;
+    Ok(f)
+}
+
+fn growing(path: &Path) -> Result<File> {
+    let f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(path)
+        .with_context(|| format!("create {}", path.display()))?;
+    f.sync_all()?;
+    Ok(f)
+}
+
+/// pwrite+fdatasync loop; returns the latency histogram (ns) and the elapsed time.
+fn pwrite_loop(f: &File, size: usize, count: u64) -> Result<(Histogram<u64>, Duration)> {
+    let buf = vec![0xA5u8; size];
+    let mut h = hist();
+    let start = Instant::now();
+    for i in 0..count {
+        let t = Instant::now();
+        f.write_all_at(&buf, i * size as u64)?;
+        f.sync_data()?;
+        h.record(t.elapsed().as_nanos() as u64)?;
+    }
+    Ok((h, start.elapsed()))
+}
+
+fn baseline(args: &Args, out: &mut Vec<Figure>) -> Result<()> {
+    let dir = args.dir.join("baseline");
+    std::fs::create_dir_all(&dir)?;
+    for (size, label, count) in [
+        (128usize, "128B", args.ops),
+        (4096, "4KiB", args.ops),
+        (1 << 20, "1MiB", args.bandwidth_mib),
+    ] {
+        let bytes = size as u64 * count;
+        let fill_start = Instant::now();
+        let pre = zero_filled(&dir.join("pre"), bytes.max(1 << 20))?;
+        let fill = fill_start.elapsed();
+        for (kind, f) in [("prealloc", pre), ("growing", growing(&dir.join("grow"))?)] {
+            let (h, el) = pwrite_loop(&f, size, count)?;
+            if size == 1 << 20 {
+                out.push(Figure {
+                    name: format!("baseline {label} {kind} bandwidth"),
+                    value: bytes as f64 / 1e6 / el.as_secs_f64(),
+                    unit: "MB/s",
+                });
+                if kind == "prealloc" {
+                    out.push(Figure {
+                        name: format!("baseline {label} prealloc bandwidth incl. zero-fill"),
+                        value: bytes as f64 / 1e6 / (el + fill).as_secs_f64(),
+                        unit: "MB/s",
+                    });
+                }
+            } else {
+                out.push(Figure {
+                    name: format!("baseline {label} {kind} p50"),
+                    value: us(&h, 0.5),
+                    unit: "us",
+                });
+                out.push(Figure {
+                    name: format!("baseline {label} {kind} p99"),
+                    value: us(&h, 0.99),
+                    unit: "us",
+                });
+            }
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
+
+fn log_config(args: &Args, dir: &Path, preallocate: Preallocate) -> LogConfig {
+    let mut c = LogConfig::new(dir, 0);
+    c.segment_bytes = args.segment_mib << 20;
+    c.fsync = FsyncPolicy::Always;
+    c.preallocate = preallocate;
+    c.pending_bytes_max = 4 << 20;
+    c
+}
+
+fn runtime() -> Result<monoio::Runtime<monoio::IoUringDriver>> {
+    monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
+        .with_entries(256)
+        .build()
+        .context("io_uring runtime")
+}
+
+fn fresh(dir: &Path) -> Result<()> {
+    let _ = std::fs::remove_dir_all(dir);
+    std::fs::create_dir_all(dir)?;
+    Ok(())
+}
+
+/// The executor's own cost: 128 B writes + `fdatasync` through monoio/io_uring on a
+/// preallocated file, and the same with one `O_DSYNC` write instead of write + sync.
+fn uring_raw(args: &Args, out: &mut Vec<Figure>) -> Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let dir = args.dir.join("uring_raw");
+    fresh(&dir)?;
+    let ops = args.ops;
+    for dsync in [false, true] {
+        let path = dir.join(if dsync { "dsync" } else { "plain" });
+        drop(zero_filled(&path, (ops * 128).max(1 << 20))?);
+        let mut opts = OpenOptions::new();
+        opts.read(true).write(true);
+        if dsync {
+            opts.custom_flags(libc::O_DSYNC);
+        }
+        let std_file = opts.open(&path)?;
+        let h = runtime()?.block_on(async move {
+            let file = monoio::fs::File::from_std(std_file)?;
+            let mut h = hist();
+            let mut buf = vec![0x77u8; 128];
+            for i in 0..ops {
+                let t = Instant::now();
+                let (res, b) = file.write_all_at(buf, i * 128).await;
+                buf = b;
+                res?;
+                if !dsync {
+                    file.sync_data().await?;
+                }
+                h.record(t.elapsed().as_nanos() as u64)?;
+            }
+            anyhow::Ok(h)
+        })?;
+        let label = if dsync {
+            "O_DSYNC write"
+        } else {
+            "write+fdatasync"
+        };
+        out.push(Figure {
+            name: format!("uring raw 128B {label} p50"),
+            value: us(&h, 0.5),
+            unit: "us",
+        });
+        out.push(Figure {
+            name: format!("uring raw 128B {label} p99"),
+            value: us(&h, 0.99),
+            unit: "us",
+        });
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
+
+fn log_single(args: &Args, out: &mut Vec<Figure>, write_through: bool) -> Result<()> {
+    let dir = args.dir.join("single");
+    fresh(&dir)?;
+    let mut cfg = log_config(args, &dir, Preallocate::ZeroFill);
+    cfg.write_through = write_through;
+    let mode = if write_through {
+        "write-through"
+    } else {
+        "write+fdatasync"
+    };
+    let ops = args.ops;
+    let h = runtime()?.block_on(async move {
+        let (log, _) = Log::open(UringIo, cfg).await?;
+        let payload = vec![0x5Au8; 128];
+        let mut h = hist();
+        for i in 0..ops + 200 {
+            let mut b = Batch::new();
+            b.event(b"actor-1", &payload);
+            let t = Instant::now();
+            log.append(&b).await?;
+            if i >= 200 {
+                h.record(t.elapsed().as_nanos() as u64)?;
+            }
+        }
+        log.close().await?;
+        anyhow::Ok(h)
+    })?;
+    out.push(Figure {
+        name: format!("log 1 appender 128B Always ({mode}) p50"),
+        value: us(&h, 0.5),
+        unit: "us",
+    });
+    out.push(Figure {
+        name: format!("log 1 appender 128B Always ({mode}) p99"),
+        value: us(&h, 0.99),
+        unit: "us",
+    });
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
+
+fn log_concurrent(args: &Args, out: &mut Vec<Figure>) -> Result<()> {
+    let dir = args.dir.join("concurrent");
+    fresh(&dir)?;
+    let cfg = log_config(args, &dir, Preallocate::ZeroFill);
+    let (tasks, per) = (args.appenders, args.per_appender);
+    let (rate, per_sync, p99) = runtime()?.block_on(async move {
+        let (log, _) = Log::open(UringIo, cfg).await?;
+        let log = Rc::new(log);
+        let before = log.stats();
+        let start = Instant::now();
+        let mut handles = Vec::new();
+        for t in 0..tasks {
+            let log = Rc::clone(&log);
+            handles.push(monoio::spawn(async move {
+                let payload = vec![t as u8; 128];
+                let key = format!("actor-{t}");
+                let mut h = hist();
+                for _ in 0..per {
+                    let mut b = Batch::new();
+                    b.event(key.as_bytes(), &payload);
+                    let s = Instant::now();
+                    log.append(&b).await?;
+                    h.record(s.elapsed().as_nanos() as u64)?;
+                }
+                anyhow::Ok(h)
+            }));
+        }
+        let mut all = hist();
+        for h in handles {
+            all.add(h.await?)?;
+        }
+        let el = start.elapsed();
+        let after = log.stats();
+        let records = (tasks * per) as f64;
+        let syncs = (after.sync_count - before.sync_count).max(1) as f64;
+        log.close().await?;
+        anyhow::Ok((records / el.as_secs_f64(), records / syncs, us(&all, 0.99)))
+    })?;
+    out.push(Figure {
+        name: format!("log {tasks} appenders 128B Always throughput"),
+        value: rate,
+        unit: "records/s",
+    });
+    out.push(Figure {
+        name: format!("log {tasks} appenders records per fdatasync"),
+        value: per_sync,
+        unit: "records",
+    });
+    out.push(Figure {
+        name: format!("log {tasks} appenders append p99"),
+        value: p99,
+        unit: "us",
+    });
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
+
+fn log_bandwidth(args: &Args, out: &mut Vec<Figure>, prealloc: Preallocate) -> Result<()> {
+    let dir = args.dir.join("bandwidth");
+    fresh(&dir)?;
+    let cfg = log_config(args, &dir, prealloc);
+    let batches = args.bandwidth_mib;
+    let mbs = runtime()?.block_on(async move {
+        let (log, _) = Log::open(UringIo, cfg).await?;
+        let payload = vec![0xC3u8; (128 << 10) - 64];
+        let mut b = Batch::new();
+        for i in 0..8 {
+            b.event(format!("blob-{i}").as_bytes(), &payload);
+        }
+        let bytes = b.encoded_bytes() as f64 * batches as f64;
+        let start = Instant::now();
+        for _ in 0..batches {
+            log.append(&b).await?;
+        }
+        let el = start.elapsed();
+        log.close().await?;
+        anyhow::Ok(bytes / 1e6 / el.as_secs_f64())
+    })?;
+    out.push(Figure {
+        name: format!("log 1MiB batches Always bandwidth ({prealloc:?})"),
+        value: mbs,
+        unit: "MB/s",
+    });
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
+
+fn drop_caches() -> bool {
+    // Needs root; best effort (the figure says whether the cache was dropped).
+    // SAFETY: sync(2) takes no arguments and cannot fail.
+    unsafe { libc::sync() };
+    std::fs::write("/proc/sys/vm/drop_caches", b"3").is_ok()
+}
+
+fn recovery(args: &Args, out: &mut Vec<Figure>) -> Result<()> {
+    if args.recovery_mib == 0 {
+        return Ok(());
+    }
+    let dir = args.dir.join("recovery");
+    fresh(&dir)?;
+    let mut cfg = log_config(args, &dir, Preallocate::Fallocate);
+    cfg.fsync = FsyncPolicy::Never;
+    let target = args.recovery_mib << 20;
+    let mut rt = runtime()?;
+    let cfg2 = cfg.clone();
+    rt.block_on(async move {
+        let (log, _) = Log::open(UringIo, cfg2).await?;
+        let payload = vec![0x3Cu8; 1000];
+        let mut written = 0u64;
+        let mut n = 0u64;
+        while written < target {
+            let mut b = Batch::new();
+            for _ in 0..256 {
+                b.event(format!("actor-{}", n % 10_000).as_bytes(), &payload);
+                n += 1;
+            }
+            written += b.encoded_bytes() as u64;
+            log.append(&b).await?;
+        }
+        log.close().await?;
+        anyhow::Ok(())
+    })?;
+    for cold in [false, true] {
+        let dropped = cold && drop_caches();
+        if cold && !dropped {
+            continue;
+        }
+        let cfg = cfg.clone();
+        let (secs, bytes, records) = rt.block_on(async move {
+            let start = Instant::now();
+            let (log, report) = Log::open(UringIo, cfg).await?;
+            let secs = start.elapsed().as_secs_f64();
+            drop(log);
+            anyhow::Ok((secs, report.bytes_read, report.records))
+        })?;
+        let label = if cold { "cold cache" } else { "warm cache" };
+        out.push(Figure {
+            name: format!(
+                "recovery {} MiB ({records} records) {label} time",
+                bytes >> 20
+            ),
+            value: secs,
+            unit: "s",
+        });
+        out.push(Figure {
+            name: format!("recovery {label} rate"),
+            value: bytes as f64 / 1e6 / secs,
+            unit: "MB/s",
+        });
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
+
+fn median_min_max(mut v: Vec<f64>) -> (f64, f64, f64) {
+    v.sort_by(f64::total_cmp);
+    (v[v.len() / 2], v[0], v[v.len() - 1])
+}
+
+fn main() -> Result<()> {
+    let args = Args::parse();
+    std::fs::create_dir_all(&args.dir)?;
+    let mut runs: Vec<Vec<Figure>> = Vec::new();
+    for run in 0..args.runs {
+        let mut out = Vec::new();
+        baseline(&args, &mut out)?;
+        uring_raw(&args, &mut out)?;
+        log_single(&args, &mut out, true)?;
+        log_single(&args, &mut out, false)?;
+        log_concurrent(&args, &mut out)?;
+        log_bandwidth(&args, &mut out, Preallocate::ZeroFill)?;
+        log_bandwidth(&args, &mut out, Preallocate::Fallocate)?;
+        recovery(&args, &mut out)?;
+        println!("run {run}:");
+        for f in &out {
+            println!("  {:<60} {:>12.1} {}", f.name, f.value, f.unit);
+        }
+        runs.push(out);
+    }
+    println!("\nmedian [min .. max] over {} runs:", runs.len());
+    let mut json = Vec::new();
+    for (i, f) in runs[0].iter().enumerate() {
+        let vals: Vec<f64> = runs
+            .iter()
+            .filter_map(|r| r.get(i).filter(|g| g.name == f.name).map(|g| g.value))
+            .collect();
+        let (med, min, max) = median_min_max(vals);
+        println!(
+            "  {:<60} {:>12.1} [{:.1} .. {:.1}] {}",
+            f.name, med, min, max, f.unit
+        );
+        json.push(serde_json::json!({
+            "name": f.name, "unit": f.unit, "median": med, "min": min, "max": max
+        }));
+    }
+    println!("{}", serde_json::Value::Array(json));
+    Ok(())
+}

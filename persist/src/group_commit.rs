@@ -1,0 +1,469 @@
+//! Group commit without a timer and without spawned tasks.
+//!
+//! An append encodes its batch into the pending queue (LSNs are assigned there, so file order
+//! is LSN order). If no flush is in flight, that appender becomes the *leader*: it takes the
+//! oldest pending chunk (all batches queued so far for one segment), writes it with one
+//! `write`, issues one `fdatasync` (policy permitting), acknowledges every batch in it and wakes
+//! all waiters. It keeps flushing until its own batch is acknowledged, then gives up
+//! leadership; a woken waiter whose batch is still pending becomes the next leader. At low
+//! load an append costs one write + one sync; at high load the flush is shared by every batch
+//! that arrived while the previous one was in flight.
+//!
+//! Cancel safety:
+//! - Dropping an `append` future before its batch was queued (while waiting for pending
+//!   space) leaves no trace.
+//! - Dropping it after the batch was queued does not remove the batch: it is written by the
+//!   next flush (another append, [`Log::sync`] or [`Log::close`]) exactly like the others,
+//!   atomically, at the LSNs already assigned. It is simply not acknowledged to anyone.
+//! - Dropping the leader mid-flush keeps the chunk it was writing as the in-flight chunk and
+//!   releases leadership (waking every waiter); the next leader rewrites the same bytes at the
+//!   same offset (idempotent) and syncs. No waiter is stranded while another task waits.
+
+use std::future::poll_fn;
+use std::rc::Rc;
+use std::task::Poll;
+
+use crate::config::FsyncPolicy;
+use crate::error::AppendError;
+use crate::io::{LogFile, LogIo};
+use crate::log::{Chunk, IndexOp, Log, LsnRange, Poison, State};
+use crate::record::{check_bounds, encode_batch, record_bytes, BoundError, EncodeRecord};
+use crate::segment::SEGMENT_HEADER_BYTES;
+
+/// Zero bytes written after each flush's data (a batch length of 0 = end of data).
+const END_MARKER_BYTES: u64 = 8;
+use crate::Batch;
+
+/// Outcome of one poll of the wait loop.
+enum Turn {
+    Done,
+    Lead,
+}
+
+/// Releases leadership when the leader finishes or is dropped mid-flush.
+struct Leadership<'a, IO: LogIo>(&'a Log<IO>);
+
+impl<IO: LogIo> Drop for Leadership<'_, IO> {
+    fn drop(&mut self) {
+        let mut st = self.0.inner.state.borrow_mut();
+        st.flushing = false;
+        st.wake_all();
+    }
+}
+
+impl<IO: LogIo> Log<IO> {
+    /// Appends `batch` atomically and resolves with its LSN range once it is acknowledged:
+    /// written and, under [`FsyncPolicy::Always`], covered by an `fdatasync`.
+    ///
+    /// Waits (without blocking the thread) while `pending_bytes_max` bytes are queued.
+    /// Errors: bound violations are reported before anything is queued; an I/O error poisons
+    /// the log (see [`AppendError::Io`]). Cancel safety: see the module documentation of
+    /// `group_commit` (a batch is either written whole at its assigned LSNs or not at all).
+    pub async fn append(&self, batch: &Batch) -> Result<LsnRange, AppendError> {
+        check_bounds(&batch.records).map_err(|e| match e {
+            BoundError::Empty => AppendError::EmptyBatch,
+            BoundError::KeyTooLong { index, key_bytes } => {
+                AppendError::KeyTooLong { index, key_bytes }
+            }
+            BoundError::PayloadTooLong {
+                index,
+                payload_bytes,
+            } => AppendError::PayloadTooLong {
+                index,
+                payload_bytes,
+            },
+        })?;
+        let bytes = batch.encoded_bytes();
+        let now = self.inner.io.now_ms();
+        let range = self
+            .enqueue(bytes, batch.records.len(), |buf, first, synced| {
+                encode_batch(
+                    buf,
+                    first,
+                    synced,
+                    batch.records.iter().map(|r| EncodeRecord {
+                        kind: r.kind,
+                        flags: 0,
+                        origin_lsn: None,
+                        timestamp_ms: now,
+                        expires_at_ms: r.expires_at_ms,
+                        key: &r.key,
+                        payload: &r.payload,
+                    }),
+                )
+            })
+            .await?;
+        // Index updates travel with the chunk and are applied when it is acknowledged.
+        {
+            let mut st = self.inner.state.borrow_mut();
+            let chunk = chunk_holding(&mut st, range.first);
+            for (i, r) in batch.records.iter().enumerate() {
+                let lsn = range.first + i as u64;
+                chunk.ops.push(IndexOp {
+                    key: r.key.clone(),
+                    kind: r.kind,
+                    origin: lsn,
+                    lsn,
+                    bytes: record_bytes(r.key.len(), r.payload.len()),
+                    expires_at_ms: r.expires_at_ms,
+                });
+            }
+        }
+        self.wait_acked(range.end, false).await?;
+        Ok(range)
+    }
+
+    /// Queues an encoded batch of `bytes` bytes and `count` records, waiting for pending
+    /// space. `encode(buf, first_lsn, synced_before)` appends exactly `bytes` bytes to `buf`.
+    pub(crate) async fn enqueue(
+        &self,
+        bytes: usize,
+        count: usize,
+        encode: impl FnOnce(&mut Vec<u8>, u64, u32) -> usize,
+    ) -> Result<LsnRange, AppendError> {
+        let seg_bytes = self.inner.config.segment_bytes;
+        let max_bytes = (seg_bytes as usize).saturating_sub(SEGMENT_HEADER_BYTES);
+        if bytes > max_bytes {
+            return Err(AppendError::BatchTooLarge {
+                batch_bytes: bytes,
+                max_bytes,
+            });
+        }
+        let limit = self.inner.config.pending_bytes_max;
+        loop {
+            let room = poll_fn(|cx| {
+                let mut st = self.inner.state.borrow_mut();
+                if let Some(err) = refusal(&st) {
+                    return Poll::Ready(Err(err));
+                }
+                if st.pending_bytes == 0 || st.pending_bytes + bytes <= limit {
+                    Poll::Ready(Ok(Some(())))
+                } else if !st.flushing {
+                    // Full and nobody flushing (the appenders of the queued batches were
+                    // dropped): flush them ourselves rather than wait forever.
+                    Poll::Ready(Ok(None))
+                } else {
+                    st.waiters.push(cx.waker().clone());
+                    Poll::Pending
+                }
+            })
+            .await?;
+            match room {
+                Some(()) => break,
+                None => {
+                    let queued = self.inner.state.borrow().next_lsn;
+                    self.wait_acked(queued, false).await?;
+                }
+            }
+        }
+        // No await from here to the end: queueing is atomic with respect to other tasks.
+        let mut st = self.inner.state.borrow_mut();
+        let first = st.next_lsn;
+        let end = first + count as u64;
+        let fits = st.tail_pos + bytes as u64 <= seg_bytes;
+        let reuse_tail = fits && st.pending.back().is_some();
+        // What this batch may claim is durable in its target segment (a lower bound).
+        let future_segment = !fits
+            || st.pending.iter().any(|c| c.roll)
+            || st
+                .inflight
+                .as_ref()
+                .is_some_and(|c| c.roll && c.first_lsn != st.active().base_lsn);
+        let synced_before = if future_segment {
+            SEGMENT_HEADER_BYTES as u64
+        } else {
+            st.active().synced_end
+        };
+        if !reuse_tail {
+            let (roll, pos) = if fits {
+                (false, st.tail_pos)
+            } else {
+                (true, SEGMENT_HEADER_BYTES as u64)
+            };
+            st.pending.push_back(Chunk {
+                roll,
+                pos,
+                first_lsn: first,
+                end_lsn: first,
+                buf: Rc::new(Vec::with_capacity(bytes)),
+                batches: Vec::new(),
+                ops: Vec::new(),
+                data_len: 0,
+            });
+            st.tail_pos = pos;
+        }
+        let tail_pos = st.tail_pos;
+        let chunk = st
+            .pending
+            .back_mut()
+            .expect("invariant: a chunk was just ensured at the back");
+        debug_assert_eq!(chunk.end_lsn, first, "LSNs are contiguous within a chunk");
+        let buf = Rc::get_mut(&mut chunk.buf)
+            .expect("invariant: a pending chunk's buffer is not shared until taken");
+        let rel = buf.len() as u64;
+        debug_assert_eq!(chunk.pos + rel, tail_pos);
+        let synced_before = u32::try_from(synced_before)
+            .expect("invariant: segment_bytes < 4 GiB, checked at open");
+        let written = encode(buf, first, synced_before);
+        assert_eq!(
+            written, bytes,
+            "encoded size must match the precomputed size"
+        );
+        chunk.batches.push((first, rel));
+        chunk.end_lsn = end;
+        st.tail_pos += bytes as u64;
+        st.next_lsn = end;
+        st.pending_bytes += bytes;
+        Ok(LsnRange { first, end })
+    }
+
+    /// Writes every batch queued so far and `fdatasync`s the active segment, whatever the
+    /// policy. Resolves when all batches appended before the call are durable.
+    pub async fn sync(&self) -> Result<(), AppendError> {
+        let target = self.inner.state.borrow().next_lsn;
+        self.wait_acked(target, true).await
+    }
+
+    /// Flushes and syncs everything queued, then refuses further appends
+    /// ([`AppendError::Closed`]). Reads keep working on remaining handles.
+    pub async fn close(&self) -> Result<(), AppendError> {
+        self.sync().await?;
+        let mut st = self.inner.state.borrow_mut();
+        st.closed = true;
+        st.wake_all();
+        Ok(())
+    }
+
+    /// Waits until batches below `end_lsn` are acknowledged (and synced when `force_sync`),
+    /// leading flushes when no one else is.
+    pub(crate) async fn wait_acked(
+        &self,
+        end_lsn: u64,
+        force_sync: bool,
+    ) -> Result<(), AppendError> {
+        loop {
+            let turn = poll_fn(|cx| {
+                let mut st = self.inner.state.borrow_mut();
+                let done = st.acked_lsn >= end_lsn && (!force_sync || st.synced_lsn >= end_lsn);
+                if done {
+                    return Poll::Ready(Ok(Turn::Done));
+                }
+                if let Some(p) = &st.poisoned {
+                    return Poll::Ready(Err(poisoned(p)));
+                }
+                if !st.flushing {
+                    st.flushing = true;
+                    return Poll::Ready(Ok(Turn::Lead));
+                }
+                st.waiters.push(cx.waker().clone());
+                Poll::Pending
+            })
+            .await?;
+            match turn {
+                Turn::Done => return Ok(()),
+                Turn::Lead => {
+                    let _leadership = Leadership(self);
+                    self.lead(end_lsn, force_sync).await?;
+                }
+            }
+        }
+    }
+
+    /// Flushes chunks until `end_lsn` is acknowledged (and synced if `force_sync`).
+    async fn lead(&self, end_lsn: u64, force_sync: bool) -> Result<(), AppendError> {
+        loop {
+            let acked = self.inner.state.borrow().acked_lsn;
+            if acked >= end_lsn {
+                break;
+            }
+            self.flush_one().await?;
+        }
+        let (file, path, offset, synced) = {
+            let st = self.inner.state.borrow();
+            let a = st.active();
+            (
+                Rc::clone(&a.file),
+                a.path.clone(),
+                a.data_end,
+                st.synced_lsn,
+            )
+        };
+        if force_sync && synced < end_lsn {
+            let target = self.inner.state.borrow().acked_lsn;
+            if let Err(source) = file.sync_data().await {
+                return Err(self.poison("fdatasync", path, offset, source));
+            }
+            let mut st = self.inner.state.borrow_mut();
+            st.active_mut().synced_end = offset;
+            st.synced_lsn = st.synced_lsn.max(target);
+            st.last_sync_ms = self.inner.io.now_ms();
+            st.sync_count += 1;
+            st.wake_all();
+        }
+        Ok(())
+    }
+
+    /// Takes the in-flight chunk (left by a dropped leader) or the oldest pending one, writes
+    /// it, syncs per policy and acknowledges it.
+    async fn flush_one(&self) -> Result<(), AppendError> {
+        let (roll, pos, first_lsn, buf) = {
+            let mut st = self.inner.state.borrow_mut();
+            if st.inflight.is_none() {
+                let mut chunk = st
+                    .pending
+                    .pop_front()
+                    .expect("invariant: unacknowledged LSNs are pending or in flight");
+                let buf = Rc::get_mut(&mut chunk.buf)
+                    .expect("invariant: a pending chunk's buffer is not shared until taken");
+                chunk.data_len = buf.len() as u64;
+                // End marker: a zero batch length right after the data, so a scan stops here
+                // even over stale bytes of a recycled segment (the next write overwrites it).
+                if chunk.pos + chunk.data_len + END_MARKER_BYTES <= self.inner.config.segment_bytes
+                {
+                    buf.extend_from_slice(&[0u8; END_MARKER_BYTES as usize]);
+                }
+                st.inflight = Some(chunk);
+            }
+            let c = st.inflight.as_ref().expect("invariant: set just above");
+            (c.roll, c.pos, c.first_lsn, Rc::clone(&c.buf))
+        };
+        if roll && self.inner.state.borrow().active().base_lsn != first_lsn {
+            self.roll(first_lsn).await?;
+        }
+        let (file, path, write_through) = {
+            let st = self.inner.state.borrow();
+            let a = st.active();
+            debug_assert_eq!(a.end_lsn, first_lsn, "a chunk continues its segment");
+            (Rc::clone(&a.file), a.path.clone(), a.write_through)
+        };
+        if let Err(source) = file.write_all_at(buf, pos).await {
+            return Err(self.poison("write", path, pos, source));
+        }
+        let now = self.inner.io.now_ms();
+        let sync = match self.inner.config.fsync {
+            FsyncPolicy::Always => !write_through,
+            FsyncPolicy::IntervalMs(ms) => {
+                now.saturating_sub(self.inner.state.borrow().last_sync_ms) >= ms
+            }
+            FsyncPolicy::Never => false,
+        };
+        if sync {
+            if let Err(source) = file.sync_data().await {
+                return Err(self.poison("fdatasync", path, pos, source));
+            }
+        }
+        // A completed write-through write is as durable as write + fdatasync.
+        let sync = sync || write_through;
+        let mut st = self.inner.state.borrow_mut();
+        let chunk = st
+            .inflight
+            .take()
+            .expect("invariant: only the leader completes the in-flight chunk");
+        let len = chunk.data_len;
+        {
+            let seg = st.active_mut();
+            for &(lsn, rel) in &chunk.batches {
+                seg.note_batch(lsn, pos + rel);
+            }
+            seg.data_end = pos + len;
+            seg.end_lsn = chunk.end_lsn;
+            if sync {
+                seg.synced_end = seg.data_end;
+            }
+        }
+        let mut dead = Vec::new();
+        for op in &chunk.ops {
+            st.account(op, &mut dead);
+        }
+        st.acked_lsn = chunk.end_lsn;
+        if sync {
+            st.synced_lsn = chunk.end_lsn;
+            st.last_sync_ms = now;
+            st.sync_count += 1;
+        }
+        st.flush_count += 1;
+        st.pending_bytes -= len as usize;
+        st.wake_all();
+        Ok(())
+    }
+
+    /// Seals the active segment (fdatasync, whatever the policy, so that damage in a sealed
+    /// segment is never a torn tail) and creates the next one at `base_lsn`.
+    async fn roll(&self, base_lsn: u64) -> Result<(), AppendError> {
+        let (file, path, offset) = {
+            let st = self.inner.state.borrow();
+            let a = st.active();
+            (Rc::clone(&a.file), a.path.clone(), a.data_end)
+        };
+        if let Err(source) = file.sync_data().await {
+            return Err(self.poison("fdatasync before roll", path, offset, source));
+        }
+        {
+            let mut st = self.inner.state.borrow_mut();
+            st.synced_lsn = st.acked_lsn;
+            st.active_mut().synced_end = offset;
+        }
+        if let Err(e) = self.create_segment(base_lsn).await {
+            if let AppendError::Io {
+                op,
+                file,
+                offset,
+                source,
+            } = e
+            {
+                return Err(self.poison(op, file, offset, source));
+            }
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    fn poison(
+        &self,
+        op: &'static str,
+        file: std::path::PathBuf,
+        offset: u64,
+        source: std::io::Error,
+    ) -> AppendError {
+        tracing::error!(op, file = %file.display(), offset, error = %source, "log I/O failed; log poisoned");
+        let mut st = self.inner.state.borrow_mut();
+        st.poisoned = Some(Poison {
+            op,
+            file: file.clone(),
+            offset,
+            kind: source.kind(),
+        });
+        st.wake_all();
+        AppendError::Io {
+            op,
+            file,
+            offset,
+            source,
+        }
+    }
+}
+
+fn poisoned(p: &Poison) -> AppendError {
+    AppendError::Poisoned {
+        op: p.op,
+        file: p.file.clone(),
+        offset: p.offset,
+        kind: p.kind,
+    }
+}
+
+fn refusal<F>(st: &State<F>) -> Option<AppendError> {
+    if let Some(p) = &st.poisoned {
+        return Some(poisoned(p));
+    }
+    st.closed.then_some(AppendError::Closed)
+}
+
+/// The pending chunk that holds `lsn` (it was queued with no await since).
+fn chunk_holding<F>(st: &mut State<F>, lsn: u64) -> &mut Chunk {
+    st.pending
+        .iter_mut()
+        .rev()
+        .find(|c| c.first_lsn <= lsn && lsn < c.end_lsn)
+        .expect("invariant: a batch stays pending until the next await")
+}

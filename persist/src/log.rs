@@ -1,0 +1,545 @@
+//! The log handle and its shard-local state: segments, key index, group-commit queues.
+
+use std::cell::RefCell;
+use std::collections::{BTreeMap, VecDeque};
+use std::io;
+use std::path::PathBuf;
+use std::rc::Rc;
+use std::task::Waker;
+
+use crate::config::{LogConfig, Preallocate};
+use crate::error::{AppendError, OpenError};
+use crate::index::{Dead, KeyIndex, SegmentStats};
+use crate::io::{LogFile, LogIo};
+use crate::record::{RecordKind, BATCH_HEADER_BYTES, RECORD_HEADER_BYTES};
+use crate::recovery::{recover, RecoveryReport};
+use crate::segment::{
+    encode_header, segment_path, segment_tmp_path, SegmentHeader, FORMAT_VERSION,
+    SEGMENT_HEADER_BYTES,
+};
+
+/// A sparse read index entry is kept per this many bytes of a segment.
+pub(crate) const SPARSE_STEP_BYTES: u64 = 16 * 1024;
+/// Size of the zero buffer used to zero-fill new segments.
+const ZERO_CHUNK_BYTES: usize = 1 << 20;
+
+/// Half-open range of LSNs `[first, end)` assigned to one batch.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
+pub struct LsnRange {
+    /// First LSN of the batch.
+    pub first: u64,
+    /// One past the last LSN of the batch.
+    pub end: u64,
+}
+
+impl LsnRange {
+    /// Number of records.
+    pub fn len(&self) -> u64 {
+        self.end - self.first
+    }
+
+    /// True when empty (never for a range returned by append).
+    pub fn is_empty(&self) -> bool {
+        self.end == self.first
+    }
+}
+
+/// Counters and sizes of a log (cheap to read).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LogStats {
+    /// Segment files in the log directory.
+    pub segment_count: usize,
+    /// Bytes the segment files occupy (segment count × `segment_bytes`).
+    pub disk_bytes: u64,
+    /// Next LSN to be assigned.
+    pub next_lsn: u64,
+    /// Batches with LSN below this are acknowledged (readable; durable under the policy).
+    pub acked_lsn: u64,
+    /// Batches with LSN below this were covered by an `fdatasync`.
+    pub synced_lsn: u64,
+    /// Keys in the index.
+    pub key_count: usize,
+    /// Flushes (writes) performed since open.
+    pub flush_count: u64,
+    /// Segments created by reusing a spare file since open.
+    pub segments_recycled: u64,
+    /// Spare segment files kept for reuse.
+    pub spare_count: usize,
+    /// Flushes made durable since open: `fdatasync` calls, or write-through writes
+    /// ([`crate::LogConfig::write_through`]).
+    pub sync_count: u64,
+}
+
+/// One segment file and what the log knows about it.
+pub(crate) struct Segment<F> {
+    pub base_lsn: u64,
+    pub path: PathBuf,
+    pub file: Rc<F>,
+    /// One past the last LSN written to this segment.
+    pub end_lsn: u64,
+    /// Offset just after the last written batch.
+    pub data_end: u64,
+    /// Offset below which the segment is known durable (covered by an `fdatasync`).
+    pub synced_end: u64,
+    /// `file` was opened write-through (`O_DSYNC`): a completed write is durable.
+    pub write_through: bool,
+    /// `(first_lsn, offset)` of some batches, at least one per [`SPARSE_STEP_BYTES`].
+    pub sparse: Vec<(u64, u64)>,
+    pub stats: SegmentStats,
+}
+
+impl<F> Segment<F> {
+    pub(crate) fn note_batch(&mut self, first_lsn: u64, offset: u64) {
+        if self
+            .sparse
+            .last()
+            .is_none_or(|&(_, o)| offset >= o + SPARSE_STEP_BYTES)
+        {
+            self.sparse.push((first_lsn, offset));
+        }
+    }
+}
+
+/// An index update carried with a chunk until its batches are acknowledged.
+pub(crate) struct IndexOp {
+    pub key: Vec<u8>,
+    pub kind: RecordKind,
+    pub origin: u64,
+    pub lsn: u64,
+    pub bytes: u64,
+    pub expires_at_ms: Option<u64>,
+}
+
+/// Encoded batches that go out in one write at one position of one segment.
+pub(crate) struct Chunk {
+    /// Starts a new segment whose base LSN is `first_lsn`.
+    pub roll: bool,
+    pub pos: u64,
+    pub first_lsn: u64,
+    pub end_lsn: u64,
+    pub buf: Rc<Vec<u8>>,
+    /// `(first_lsn, offset relative to pos)` of each batch.
+    pub batches: Vec<(u64, u64)>,
+    pub ops: Vec<IndexOp>,
+    /// Bytes of batches in `buf` (set when a flusher takes the chunk; `buf` may then carry an
+    /// end marker after them).
+    pub data_len: u64,
+}
+
+/// What poisoned the log.
+#[derive(Clone, Debug)]
+pub(crate) struct Poison {
+    pub op: &'static str,
+    pub file: PathBuf,
+    pub offset: u64,
+    pub kind: io::ErrorKind,
+}
+
+pub(crate) struct State<F> {
+    pub segments: BTreeMap<u64, Segment<F>>,
+    pub index: KeyIndex,
+    pub next_lsn: u64,
+    pub acked_lsn: u64,
+    pub synced_lsn: u64,
+    pub last_sync_ms: u64,
+    /// Chunks accepted but not taken by a flusher, in LSN order.
+    pub pending: VecDeque<Chunk>,
+    /// Bytes in `pending` and `inflight`.
+    pub pending_bytes: usize,
+    /// Offset after the last assigned byte in the segment the newest chunk targets.
+    pub tail_pos: u64,
+    /// The chunk a flusher took and has not completed (kept when a flusher is dropped).
+    pub inflight: Option<Chunk>,
+    /// A leader is flushing.
+    pub flushing: bool,
+    pub poisoned: Option<Poison>,
+    pub closed: bool,
+    /// Tasks waiting for a flush to complete, for leadership or for pending space.
+    pub waiters: Vec<Waker>,
+    pub flush_count: u64,
+    pub sync_count: u64,
+    /// Spare segment files available for reuse (bounded by `recycle_segments_max`).
+    pub spares: Vec<PathBuf>,
+    pub segments_recycled: u64,
+}
+
+impl<F> State<F> {
+    pub(crate) fn wake_all(&mut self) {
+        for w in self.waiters.drain(..) {
+            w.wake();
+        }
+    }
+
+    pub(crate) fn active(&self) -> &Segment<F> {
+        self.segments
+            .values()
+            .next_back()
+            .expect("invariant: an open log always has an active segment")
+    }
+
+    pub(crate) fn active_mut(&mut self) -> &mut Segment<F> {
+        self.segments
+            .values_mut()
+            .next_back()
+            .expect("invariant: an open log always has an active segment")
+    }
+
+    /// Applies one acknowledged record to the index and segment stats.
+    pub(crate) fn account(&mut self, op: &IndexOp, dead: &mut Vec<Dead>) {
+        let rec = AccountRecord {
+            key: &op.key,
+            kind: op.kind,
+            origin: op.origin,
+            lsn: op.lsn,
+            bytes: op.bytes,
+            expires_at_ms: op.expires_at_ms,
+        };
+        account(&mut self.segments, &mut self.index, &rec, dead);
+    }
+}
+
+/// A record to account, borrowed.
+pub(crate) struct AccountRecord<'a> {
+    pub key: &'a [u8],
+    pub kind: RecordKind,
+    pub origin: u64,
+    pub lsn: u64,
+    pub bytes: u64,
+    pub expires_at_ms: Option<u64>,
+}
+
+fn segment_of<F>(segments: &mut BTreeMap<u64, Segment<F>>, lsn: u64) -> Option<&mut Segment<F>> {
+    segments
+        .range_mut(..=lsn)
+        .next_back()
+        .map(|(_, s)| s)
+        .filter(|s| lsn < s.end_lsn)
+}
+
+/// Applies one record (in LSN order) to the key index and the liveness stats of the segments
+/// holding it and the records it supersedes.
+pub(crate) fn account<F>(
+    segments: &mut BTreeMap<u64, Segment<F>>,
+    index: &mut KeyIndex,
+    r: &AccountRecord<'_>,
+    dead: &mut Vec<Dead>,
+) {
+    dead.clear();
+    let live = index.apply(r.key, r.kind, r.origin, r.lsn, r.bytes, dead);
+    if let Some(seg) = segment_of(segments, r.lsn) {
+        seg.stats.add(r.bytes, live, r.expires_at_ms);
+    }
+    for d in dead.iter() {
+        if d.lsn == r.lsn {
+            continue; // dead on arrival: never counted live
+        }
+        if let Some(seg) = segment_of(segments, d.lsn) {
+            seg.stats.kill(d.bytes);
+        }
+    }
+}
+
+pub(crate) struct Inner<IO: LogIo> {
+    pub io: IO,
+    pub config: LogConfig,
+    pub state: RefCell<State<IO::File>>,
+}
+
+/// A shard's durable log: a directory of preallocated segment files with group commit.
+///
+/// The handle is cheap to clone (`Rc`) and is used from tasks of one thread; it is not `Send`.
+/// Guarantees:
+/// - LSNs are assigned in append order, are contiguous and never reused (not even after
+///   quarantine or compaction).
+/// - A batch is atomic: after any crash it is either entirely recovered or absent.
+/// - [`Log::append`] resolves only once its batch is written and, under
+///   [`crate::FsyncPolicy::Always`], covered by an `fdatasync`; batches that arrive while a
+///   flush is in flight share the next write and `fdatasync`.
+///
+/// ```
+/// use quark_persist::{block_on, Batch, Log, LogConfig, StdIo};
+/// let dir = tempfile::tempdir().unwrap();
+/// let mut config = LogConfig::new(dir.path().join("log"), 0);
+/// config.segment_bytes = 1 << 20;
+/// block_on(async {
+///     let (log, _report) = Log::open(StdIo, config).await.unwrap();
+///     let mut batch = Batch::new();
+///     batch.event(b"actor-1", b"hello");
+///     let range = log.append(&batch).await.unwrap();
+///     let rec = log.read(range.first).await.unwrap().unwrap();
+///     assert_eq!(rec.payload, b"hello");
+///     log.close().await.unwrap();
+/// });
+/// ```
+pub struct Log<IO: LogIo> {
+    pub(crate) inner: Rc<Inner<IO>>,
+}
+
+impl<IO: LogIo> Clone for Log<IO> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: Rc::clone(&self.inner),
+        }
+    }
+}
+
+impl<IO: LogIo> Log<IO> {
+    /// Opens (or creates) the log in `config.dir`: recovers every segment under
+    /// `config.recovery` (verifying every checksum and rebuilding the key index), then makes
+    /// the last segment the active one (creating a first segment if the directory is empty).
+    ///
+    /// Errors: [`OpenError::Recover`] names the file and offset of any damage the recovery mode
+    /// does not accept, a wrong magic, a newer format version or an unreadable file.
+    pub async fn open(io: IO, config: LogConfig) -> Result<(Self, RecoveryReport), OpenError> {
+        let min_segment = (SEGMENT_HEADER_BYTES + BATCH_HEADER_BYTES + RECORD_HEADER_BYTES) as u64;
+        if config.segment_bytes < min_segment.max(4096) {
+            return Err(OpenError::InvalidConfig {
+                field: "segment_bytes",
+                expected: "at least 4096",
+            });
+        }
+        if config.segment_bytes & 4095 != 0 {
+            return Err(OpenError::InvalidConfig {
+                field: "segment_bytes",
+                expected: "a multiple of 4096",
+            });
+        }
+        if config.segment_bytes > u32::MAX as u64 {
+            return Err(OpenError::InvalidConfig {
+                field: "segment_bytes",
+                expected: "at most 4 GiB - 1",
+            });
+        }
+        if config.pending_bytes_max == 0 {
+            return Err(OpenError::InvalidConfig {
+                field: "pending_bytes_max",
+                expected: "greater than 0",
+            });
+        }
+        io.create_dir_all(&config.dir)
+            .await
+            .map_err(|source| OpenError::Dir {
+                dir: config.dir.clone(),
+                source,
+            })?;
+        let recovered = recover(&io, &config).await?;
+        let now = io.now_ms();
+        let state = State {
+            segments: recovered.segments,
+            index: recovered.index,
+            next_lsn: recovered.next_lsn,
+            acked_lsn: recovered.next_lsn,
+            synced_lsn: recovered.next_lsn,
+            last_sync_ms: now,
+            pending: VecDeque::new(),
+            pending_bytes: 0,
+            tail_pos: 0,
+            inflight: None,
+            flushing: false,
+            poisoned: None,
+            closed: false,
+            waiters: Vec::new(),
+            flush_count: 0,
+            sync_count: 0,
+            spares: recovered.report.spares.clone(),
+            segments_recycled: 0,
+        };
+        let log = Log {
+            inner: Rc::new(Inner {
+                io,
+                config,
+                state: RefCell::new(state),
+            }),
+        };
+        let need_new = {
+            let st = log.inner.state.borrow();
+            st.segments
+                .values()
+                .next_back()
+                .is_none_or(|s| s.end_lsn != st.next_lsn)
+        };
+        if need_new {
+            let base = log.inner.state.borrow().next_lsn;
+            log.create_segment(base).await.map_err(OpenError::Create)?;
+        }
+        if log.wants_write_through() && !log.inner.state.borrow().active().write_through {
+            let path = log.inner.state.borrow().active().path.clone();
+            let file = log
+                .inner
+                .io
+                .open_write_through(&path)
+                .await
+                .map_err(|source| {
+                    OpenError::Create(AppendError::Io {
+                        op: "open segment write-through",
+                        file: path.clone(),
+                        offset: 0,
+                        source,
+                    })
+                })?;
+            let mut st = log.inner.state.borrow_mut();
+            let active = st.active_mut();
+            active.file = Rc::new(file);
+            active.write_through = true;
+        }
+        {
+            let mut st = log.inner.state.borrow_mut();
+            st.tail_pos = st.active().data_end;
+        }
+        Ok((log, recovered.report))
+    }
+
+    /// Whether active segments are opened write-through (`O_DSYNC`).
+    pub(crate) fn wants_write_through(&self) -> bool {
+        self.inner.config.write_through && self.inner.config.fsync == crate::FsyncPolicy::Always
+    }
+
+    /// Creates, preallocates and installs a new active segment starting at `base_lsn`.
+    /// Crash-safe: the file is prepared under a temporary name, synced, then renamed and the
+    /// directory synced. Idempotent if a previous attempt was interrupted.
+    pub(crate) async fn create_segment(&self, base_lsn: u64) -> Result<(), AppendError> {
+        let inner = &self.inner;
+        let dir = &inner.config.dir;
+        let tmp = segment_tmp_path(dir, base_lsn);
+        let path = segment_path(dir, base_lsn);
+        let seg_bytes = inner.config.segment_bytes;
+        let io_err = |op: &'static str, file: &PathBuf, offset: u64| {
+            let file = file.clone();
+            move |source| AppendError::Io {
+                op,
+                file,
+                offset,
+                source,
+            }
+        };
+        let spare = inner.state.borrow_mut().spares.pop();
+        let recycled = spare.is_some();
+        if let Some(spare) = spare {
+            // A spare's blocks are written already; its stale batches carry older LSNs and sit
+            // behind the end marker written with the header, so recovery never takes them.
+            inner.io.rename(&spare, &tmp).await.map_err(io_err(
+                "reuse spare segment",
+                &spare,
+                0,
+            ))?;
+        }
+        let file = inner
+            .io
+            .open(&tmp, true)
+            .await
+            .map_err(io_err("create segment", &tmp, 0))?;
+        if !recycled {
+            file.set_len(0)
+                .await
+                .map_err(io_err("truncate segment", &tmp, 0))?;
+            file.allocate(seg_bytes)
+                .await
+                .map_err(io_err("fallocate segment", &tmp, 0))?;
+        }
+        if !recycled && inner.config.preallocate == Preallocate::ZeroFill {
+            let zeros = Rc::new(vec![0u8; ZERO_CHUNK_BYTES]);
+            let mut pos = 0;
+            while pos < seg_bytes {
+                let n = (seg_bytes - pos).min(ZERO_CHUNK_BYTES as u64) as usize;
+                let buf = if n == ZERO_CHUNK_BYTES {
+                    Rc::clone(&zeros)
+                } else {
+                    Rc::new(vec![0u8; n])
+                };
+                file.write_all_at(buf, pos).await.map_err(io_err(
+                    "zero-fill segment",
+                    &tmp,
+                    pos,
+                ))?;
+                pos += n as u64;
+            }
+        }
+        let header = encode_header(&SegmentHeader {
+            format_version: FORMAT_VERSION,
+            shard_id: inner.config.shard_id,
+            base_lsn,
+            created_ms: inner.io.now_ms(),
+            segment_bytes: seg_bytes,
+        });
+        // Header plus an end marker: a recycled file's stale bytes start after it.
+        let mut first = header.to_vec();
+        first.extend_from_slice(&[0u8; 8]);
+        file.write_all_at(Rc::new(first), 0).await.map_err(io_err(
+            "write segment header",
+            &tmp,
+            0,
+        ))?;
+        file.sync_data()
+            .await
+            .map_err(io_err("fdatasync new segment", &tmp, 0))?;
+        inner
+            .io
+            .rename(&tmp, &path)
+            .await
+            .map_err(io_err("rename new segment", &path, 0))?;
+        inner
+            .io
+            .sync_dir(dir)
+            .await
+            .map_err(io_err("fsync log directory", dir, 0))?;
+        tracing::debug!(segment = %path.display(), base_lsn, recycled, "created segment");
+        if recycled {
+            inner.state.borrow_mut().segments_recycled += 1;
+        }
+        let write_through = self.wants_write_through();
+        let file = if write_through {
+            drop(file);
+            inner.io.open_write_through(&path).await.map_err(io_err(
+                "open segment write-through",
+                &path,
+                0,
+            ))?
+        } else {
+            file
+        };
+        let mut st = inner.state.borrow_mut();
+        st.segments.insert(
+            base_lsn,
+            Segment {
+                base_lsn,
+                path,
+                file: Rc::new(file),
+                end_lsn: base_lsn,
+                data_end: SEGMENT_HEADER_BYTES as u64,
+                synced_end: SEGMENT_HEADER_BYTES as u64,
+                write_through,
+                sparse: Vec::new(),
+                stats: SegmentStats::default(),
+            },
+        );
+        Ok(())
+    }
+
+    /// Physical LSNs of the live records of `key`, in logical order: the latest snapshot (if
+    /// any) first, then the records after it. Only acknowledged records are included.
+    pub fn key_lsns(&self, key: &[u8]) -> Vec<u64> {
+        self.inner.state.borrow().index.lsns(key)
+    }
+
+    /// Current counters.
+    pub fn stats(&self) -> LogStats {
+        let st = self.inner.state.borrow();
+        LogStats {
+            segment_count: st.segments.len(),
+            disk_bytes: st.segments.len() as u64 * self.inner.config.segment_bytes,
+            next_lsn: st.next_lsn,
+            acked_lsn: st.acked_lsn,
+            synced_lsn: st.synced_lsn,
+            key_count: st.index.key_count(),
+            flush_count: st.flush_count,
+            sync_count: st.sync_count,
+            segments_recycled: st.segments_recycled,
+            spare_count: st.spares.len(),
+        }
+    }
+
+    /// The configuration the log was opened with.
+    pub fn config(&self) -> &LogConfig {
+        &self.inner.config
+    }
+}
