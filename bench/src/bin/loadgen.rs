@@ -23,6 +23,7 @@ use std::cell::{Cell, RefCell};
 use std::future::Future;
 use std::path::PathBuf;
 use std::pin::Pin;
+use std::process::ExitCode;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -393,8 +394,32 @@ fn print_table(r: &Report) {
     }
 }
 
-fn main() -> Result<()> {
-    let args = Args::parse();
+fn main() -> ExitCode {
+    match run(Args::parse()) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => {
+            eprintln!("loadgen: no request succeeded in the measured window");
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            // The cause chain, without the causes an outer message already quotes.
+            let mut text = String::new();
+            for cause in e.chain().map(ToString::to_string) {
+                if !text.contains(&cause) {
+                    if !text.is_empty() {
+                        text.push_str(": ");
+                    }
+                    text.push_str(&cause);
+                }
+            }
+            eprintln!("loadgen: {text}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Runs the load and prints the report; `Ok(false)` if no request succeeded.
+fn run(args: Args) -> Result<bool> {
     if args.actors == 0 {
         bail!("--actors must be at least 1");
     }
@@ -420,9 +445,7 @@ fn main() -> Result<()> {
 
     let mut builder = Node::builder();
     if let Some(path) = &args.config {
-        builder = builder
-            .config_file(path)
-            .with_context(|| format!("loading {}", path.display()))?;
+        builder = builder.config_file(path)?;
     }
     let node = builder
         .register(ActorType::new(|_| Echo::new()))
@@ -581,5 +604,5 @@ fn main() -> Result<()> {
     } else {
         print_table(&r);
     }
-    Ok(())
+    Ok(r.ops > 0)
 }
