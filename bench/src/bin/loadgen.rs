@@ -138,6 +138,7 @@ struct ShardResult {
     hist: Histogram<u64>,
     slip: Histogram<u64>,
     errors: u64,
+    errors_total: u64,
     first_error: Option<String>,
 }
 
@@ -154,6 +155,8 @@ struct Driver {
     /// Open loop: how late each request was sent (actual send - scheduled send).
     slip: RefCell<Histogram<u64>>,
     errors: Cell<u64>,
+    /// Errors of the whole run (warm-up and the tail after the end included).
+    errors_total: Cell<u64>,
     first_error: RefCell<Option<String>>,
 }
 
@@ -171,6 +174,13 @@ impl Driver {
         self.plan.progress[self.plan.shard]
             .completed
             .store(n, Ordering::Relaxed);
+        if let Err(e) = &outcome {
+            self.errors_total.set(self.errors_total.get() + 1);
+            let mut first = self.first_error.borrow_mut();
+            if first.is_none() {
+                *first = Some(e.to_string());
+            }
+        }
         if done < self.plan.warm_end || done >= self.plan.end {
             return;
         }
@@ -187,13 +197,7 @@ impl Driver {
                         .saturating_record(slip.clamp(1, LATENCY_NS_MAX));
                 }
             }
-            Err(e) => {
-                self.errors.set(self.errors.get() + 1);
-                let mut first = self.first_error.borrow_mut();
-                if first.is_none() {
-                    *first = Some(e.to_string());
-                }
-            }
+            Err(_) => self.errors.set(self.errors.get() + 1),
         }
     }
 
@@ -282,6 +286,7 @@ async fn drive(plan: Plan) -> ShardResult {
         hist: RefCell::new(latency_histogram()),
         slip: RefCell::new(latency_histogram()),
         errors: Cell::new(0),
+        errors_total: Cell::new(0),
         first_error: RefCell::new(None),
     });
     let tasks: Vec<_> = (0..loops)
@@ -295,6 +300,7 @@ async fn drive(plan: Plan) -> ShardResult {
         hist: d.hist.replace(latency_histogram()),
         slip: d.slip.replace(latency_histogram()),
         errors: d.errors.get(),
+        errors_total: d.errors_total.get(),
         first_error: d.first_error.take(),
     }
 }
@@ -329,6 +335,7 @@ struct Report {
     /// Open loop: p99 of (actual send - scheduled send).
     send_slip_p99_ns: u64,
     errors: u64,
+    errors_total: u64,
     first_error: Option<String>,
 }
 
@@ -377,7 +384,10 @@ fn print_table(r: &Report) {
         ("p99.9", fmt_ns(r.p999_ns)),
         ("max", fmt_ns(r.max_ns)),
         ("mean", fmt_ns(r.mean_ns as u64)),
-        ("errors", r.errors.to_string()),
+        (
+            "errors",
+            format!("{} ({} in the whole run)", r.errors, r.errors_total),
+        ),
     ];
     for (k, v) in rows {
         println!("  {k:<11} {v}");
@@ -543,6 +553,7 @@ fn run(args: Args) -> Result<bool> {
     let mut hist = latency_histogram();
     let mut slip = latency_histogram();
     let mut errors = 0;
+    let mut errors_total = 0;
     let mut first_error = None;
     for (shard, h) in handles.into_iter().enumerate() {
         let r = h
@@ -551,6 +562,7 @@ fn run(args: Args) -> Result<bool> {
         hist.add(&r.hist).expect("histograms of equal bounds merge");
         slip.add(&r.slip).expect("histograms of equal bounds merge");
         errors += r.errors;
+        errors_total += r.errors_total;
         first_error = first_error.or(r.first_error);
     }
     let report = node.shutdown();
@@ -597,6 +609,7 @@ fn run(args: Args) -> Result<bool> {
         send_slip_p50_ns: slip.value_at_quantile(0.5),
         send_slip_p99_ns: slip.value_at_quantile(0.99),
         errors,
+        errors_total,
         first_error,
     };
     if args.json {
