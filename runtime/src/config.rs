@@ -76,6 +76,7 @@ pub enum ConfigError {
 struct RawFile {
     #[serde(default)]
     node: RawNode,
+    log: Option<RawLog>,
     #[serde(default)]
     actors: BTreeMap<String, RawActorType>,
 }
@@ -95,6 +96,26 @@ struct RawNode {
     shutdown_timeout_ms: Option<u64>,
     idle_timeout_ms: Option<u64>,
     uring_entries: Option<u64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLog {
+    data_dir: Option<PathBuf>,
+    segment_bytes: Option<u64>,
+    fsync: Option<RawFsync>,
+    recovery: Option<String>,
+    preallocate: Option<String>,
+    write_through: Option<bool>,
+    recycle_segments_max: Option<u64>,
+    pending_bytes_max: Option<u64>,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum RawFsync {
+    Word(String),
+    Interval { interval_ms: u64 },
 }
 
 #[derive(Deserialize, Default)]
@@ -293,6 +314,9 @@ impl NodeConfig {
             engine.uring_entries =
                 check.range("node.uring_entries", v, 8, 32_768, "8 to 32768")? as u32;
         }
+        if let Some(l) = raw.log {
+            engine.log = Some(log_config(l, &check)?);
+        }
         let mut actors = BTreeMap::new();
         for (name, a) in raw.actors {
             let mut t = ActorTypeConfig::default();
@@ -314,6 +338,100 @@ impl NodeConfig {
         }
         Ok(NodeConfig { engine, actors })
     }
+}
+
+fn log_config(l: RawLog, check: &Check<'_>) -> Result<quark_persist::LogConfig, ConfigError> {
+    use quark_persist::{FsyncPolicy, Preallocate, RecoveryMode};
+    let invalid = |key: &str, value: String, reason: &'static str| ConfigError::Invalid {
+        file: check.file.to_path_buf(),
+        key: key.to_owned(),
+        value,
+        reason,
+    };
+    let Some(dir) = l.data_dir else {
+        return Err(invalid(
+            "log.data_dir",
+            "(missing)".into(),
+            "a [log] section needs data_dir, the node's data directory",
+        ));
+    };
+    let mut c = quark_persist::LogConfig::new(dir, 0);
+    if let Some(v) = l.segment_bytes {
+        let v = check.range(
+            "log.segment_bytes",
+            v,
+            1 << 20,
+            1 << 40,
+            "1 MiB to 1 TiB, a multiple of 4096",
+        )?;
+        if v % 4096 != 0 {
+            return Err(invalid(
+                "log.segment_bytes",
+                v.to_string(),
+                "1 MiB to 1 TiB, a multiple of 4096",
+            ));
+        }
+        c.segment_bytes = v;
+    }
+    if let Some(f) = l.fsync {
+        c.fsync = match f {
+            RawFsync::Word(w) if w == "always" => FsyncPolicy::Always,
+            RawFsync::Word(w) if w == "never" => FsyncPolicy::Never,
+            RawFsync::Word(w) => {
+                return Err(invalid(
+                    "log.fsync",
+                    format!("{w:?}"),
+                    "\"always\", \"never\" or { interval_ms = N }",
+                ))
+            }
+            RawFsync::Interval { interval_ms } => FsyncPolicy::IntervalMs(check.range(
+                "log.fsync.interval_ms",
+                interval_ms,
+                1,
+                3_600_000,
+                "1 ms to 1 hour",
+            )?),
+        };
+    }
+    if let Some(r) = l.recovery {
+        c.recovery = match r.as_str() {
+            "strict" => RecoveryMode::Strict,
+            "truncate_tail" => RecoveryMode::TruncateTail,
+            "quarantine" => RecoveryMode::Quarantine,
+            _ => {
+                return Err(invalid(
+                    "log.recovery",
+                    format!("{r:?}"),
+                    "\"strict\", \"truncate_tail\" or \"quarantine\"",
+                ))
+            }
+        };
+    }
+    if let Some(p) = l.preallocate {
+        c.preallocate = match p.as_str() {
+            "zero_fill" => Preallocate::ZeroFill,
+            "fallocate" => Preallocate::Fallocate,
+            _ => {
+                return Err(invalid(
+                    "log.preallocate",
+                    format!("{p:?}"),
+                    "\"zero_fill\" or \"fallocate\"",
+                ))
+            }
+        };
+    }
+    if let Some(v) = l.write_through {
+        c.write_through = v;
+    }
+    if let Some(v) = l.recycle_segments_max {
+        c.recycle_segments_max =
+            check.range("log.recycle_segments_max", v, 0, 1024, "0 to 1024")? as usize;
+    }
+    if let Some(v) = l.pending_bytes_max {
+        c.pending_bytes_max =
+            check.range("log.pending_bytes_max", v, 4096, 1 << 34, "4 KiB to 16 GiB")? as usize;
+    }
+    Ok(c)
 }
 
 fn parse_error(e: toml::de::Error, text: &str, file: &Path) -> ConfigError {

@@ -131,3 +131,45 @@ fn config_sections_must_name_registered_types() {
         .expect("max_local_workers on a stateful type is refused");
     assert!(matches!(err, quark::NodeError::NotStateless { .. }));
 }
+
+#[test]
+fn log_section() {
+    let c = NodeConfig::from_toml(
+        "[log]\ndata_dir = \"/d\"\nfsync = { interval_ms = 7 }\nrecovery = \"quarantine\"\n",
+        "q.toml",
+    )
+    .unwrap();
+    let log = c.engine.log.expect("a log is configured");
+    assert_eq!(log.dir, std::path::PathBuf::from("/d"));
+    assert_eq!(log.fsync, quark_persist::FsyncPolicy::IntervalMs(7));
+    assert_eq!(log.recovery, quark_persist::RecoveryMode::Quarantine);
+    assert!(NodeConfig::from_toml("", "q.toml")
+        .unwrap()
+        .engine
+        .log
+        .is_none());
+
+    let e = NodeConfig::from_toml("[log]\nfsync = \"always\"\n", "q.toml").unwrap_err();
+    assert!(
+        matches!(e, ConfigError::Invalid { ref key, .. } if key == "log.data_dir"),
+        "{e}"
+    );
+    let e = NodeConfig::from_toml(
+        "[log]\ndata_dir = \"/d\"\nfsync = \"sometimes\"\n",
+        "q.toml",
+    )
+    .unwrap_err();
+    assert!(
+        matches!(e, ConfigError::Invalid { ref key, .. } if key == "log.fsync"),
+        "{e}"
+    );
+    let e = NodeConfig::from_toml(
+        "[log]\ndata_dir = \"/d\"\nsegment_bytes = 1048577\n",
+        "q.toml",
+    )
+    .unwrap_err();
+    assert!(
+        matches!(e, ConfigError::Invalid { ref key, .. } if key == "log.segment_bytes"),
+        "{e}"
+    );
+}

@@ -86,6 +86,8 @@ pub(crate) struct ShardCore {
     poked: Cell<bool>,
     pub(crate) stats: ShardStats,
     pub(crate) exec: crate::executor::Executor,
+    /// The shard's durable log, if the node has a data directory.
+    pub(crate) log: Option<Rc<quark_persist::Log<crate::rt::log_io::UringIo>>>,
 }
 
 impl ShardCore {
@@ -94,6 +96,7 @@ impl ShardCore {
         node: Arc<NodeShared>,
         outboxes: Vec<Option<RefCell<Outbox>>>,
         inbound: Vec<Consumer<CrossBox>>,
+        log: Option<Rc<quark_persist::Log<crate::rt::log_io::UringIo>>>,
     ) -> Self {
         let n = node.shards.len();
         let default_idle = node.config.idle_timeout;
@@ -121,6 +124,7 @@ impl ShardCore {
             poked: Cell::new(false),
             stats: ShardStats::default(),
             exec: crate::executor::Executor::new(id, node.clone()),
+            log,
             node,
         }
     }
@@ -339,6 +343,8 @@ impl ShardCore {
             calls_in_flight: self.calls.borrow().live() as u64,
             timers: self.timers.borrow().len() as u64,
             tasks: self.exec.live() as u64,
+            log_next_lsn: self.log.as_ref().map(|l| l.stats().next_lsn),
+            log_disk_bytes: self.log.as_ref().map(|l| l.stats().disk_bytes),
         }
     }
 }
@@ -418,6 +424,7 @@ pub(crate) async fn pump(
     let mut reported = Phase::Running;
     let mut next_deactivate_push = Instant::now();
     let my_bell = &core.node.shards[usize::from(core.id)].bell;
+    start_log_syncer(&core);
     loop {
         let now = Instant::now();
         core.now.set(now);
@@ -536,6 +543,28 @@ pub(crate) async fn pump(
     }
     core.flush();
     core.exec.clear();
+    if let Some(log) = &core.log {
+        if let Err(e) = log.close().await {
+            tracing::error!(shard = core.id, error = %e, "closing the log failed");
+        }
+    }
+}
+
+/// Under `fsync = { interval_ms = N }` the log syncs only when asked: ask every N ms.
+fn start_log_syncer(core: &Rc<ShardCore>) {
+    let Some(log) = core.log.clone() else { return };
+    let quark_persist::FsyncPolicy::IntervalMs(ms) = log.config().fsync else {
+        return;
+    };
+    let shard = core.id;
+    core.exec.spawn(async move {
+        loop {
+            crate::rt::sleep(Duration::from_millis(ms.max(1))).await;
+            if let Err(e) = log.sync().await {
+                tracing::error!(shard, error = %e, "periodic log sync failed");
+            }
+        }
+    });
 }
 
 /// One trip through the executor's wait: ring our own bell and park on it, so the executor

@@ -60,6 +60,10 @@ pub struct EngineConfig {
     pub idle_timeout: Duration,
     /// io_uring submission queue entries per shard.
     pub uring_entries: u32,
+    /// The durable log each shard opens at start-up (`None`: the node keeps nothing on disk).
+    /// `dir` is the node's data directory: shard `i` uses `dir/shard-i`; `shard_id` is set per
+    /// shard.
+    pub log: Option<quark_persist::LogConfig>,
 }
 
 impl Default for EngineConfig {
@@ -77,6 +81,7 @@ impl Default for EngineConfig {
             shutdown_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(600),
             uring_entries: 256,
+            log: None,
         }
     }
 }
@@ -109,6 +114,15 @@ pub enum StartError {
         /// The type name.
         name: &'static str,
     },
+    /// A shard's durable log could not be opened (damage, permissions, wrong format).
+    #[error("shard {shard}: cannot open its log: {source}")]
+    Log {
+        /// The shard.
+        shard: usize,
+        /// The cause (names the file and offset where it applies).
+        #[source]
+        source: quark_persist::OpenError,
+    },
     /// A shard thread could not start (thread spawn, runtime or doorbell creation).
     #[error("shard {shard} failed to start: {source}")]
     Shard {
@@ -132,6 +146,7 @@ pub(crate) enum Phase {
 
 pub(crate) enum ShardEvent {
     Ready(ShardId, Vec<Producer<CrossBox>>),
+    LogFailed(ShardId, quark_persist::OpenError),
     Drained(ShardId),
     Deactivated(ShardId),
 }
@@ -240,6 +255,10 @@ pub struct ShardStatsSnapshot {
     pub timers: u64,
     /// Tasks alive on the shard's scheduler (activations and spawned tasks).
     pub tasks: u64,
+    /// The shard log's next LSN (`None` without a log).
+    pub log_next_lsn: Option<u64>,
+    /// Bytes the shard log's segment files occupy (`None` without a log).
+    pub log_disk_bytes: Option<u64>,
 }
 
 /// Registers actor types and starts an [`Engine`].
@@ -429,12 +448,23 @@ impl Engine {
                     }
                     ready += 1;
                 }
+                Some(ShardEvent::LogFailed(shard, source)) => {
+                    // Shards waiting for their producers see the channel close and exit.
+                    drop(producer_txs);
+                    self_stop(&shared, threads);
+                    return Err(StartError::Log {
+                        shard: usize::from(shard),
+                        source,
+                    });
+                }
                 Some(_) => {}
                 None => {
+                    drop(producer_txs);
+                    self_stop(&shared, threads);
                     return Err(StartError::Shard {
                         shard: ready,
                         source: std::io::Error::other("a shard thread exited during start-up"),
-                    })
+                    });
                 }
             }
         }
@@ -600,6 +630,14 @@ impl<T> Future for SpawnHandle<T> {
     }
 }
 
+/// Stops the shards of a node whose start failed, and waits for them.
+fn self_stop(shared: &Arc<NodeShared>, threads: Vec<JoinHandle<()>>) {
+    shared.set_phase(Phase::Stopped);
+    for t in threads {
+        let _ = t.join();
+    }
+}
+
 fn shard_main(
     id: ShardId,
     core_id: usize,
@@ -628,6 +666,35 @@ fn shard_main(
         io_uring = crate::rt::is_uring(&rt),
         "shard started"
     );
+    // The durable log: recovered before the shard takes any message.
+    let log = match &shared.config.log {
+        None => None,
+        Some(template) => {
+            let mut config = template.clone();
+            config.dir = template.dir.join(format!("shard-{id}"));
+            config.shard_id = u32::from(id);
+            match rt.block_on(crate::rt::log_io::open_log(config)) {
+                Ok((log, report)) => {
+                    tracing::info!(
+                        shard = id,
+                        segments = report.segments,
+                        batches = report.batches,
+                        records = report.records,
+                        bytes_read = report.bytes_read,
+                        truncated_tails = report.truncated.len(),
+                        quarantined = report.quarantined.len(),
+                        "log recovered"
+                    );
+                    Some(Rc::new(log))
+                }
+                Err(e) => {
+                    tracing::error!(shard = id, error = %e, "cannot open the shard's log");
+                    let _ = events.send(ShardEvent::LogFailed(id, e));
+                    return;
+                }
+            }
+        }
+    };
     // Inbound rings are allocated here, after pinning: first touch by the consumer.
     let cap = shared.config.ring_capacity;
     let mut consumers: Vec<Consumer<CrossBox>> = Vec::with_capacity(n.saturating_sub(1));
@@ -649,7 +716,7 @@ fn shard_main(
         .into_iter()
         .map(|p| p.map(|p| RefCell::new(Outbox::new(p))))
         .collect();
-    let core = Rc::new(ShardCore::new(id, shared.clone(), outboxes, consumers));
+    let core = Rc::new(ShardCore::new(id, shared.clone(), outboxes, consumers, log));
     CURRENT.with(|c| {
         let _ = c.set(core.clone());
     });
