@@ -11,6 +11,10 @@
 //!   shard is due at `t0 + i / rate_per_shard` and its latency is measured from that *scheduled*
 //!   time (coordinated-omission correction). At most `--inflight` requests per shard are in
 //!   flight: when every slot is busy the schedule slips, and the slip shows in the latency.
+//!   The pacer is one task per shard that yields in a loop for the last 2 ms before a request is
+//!   due (the executor's timer has millisecond resolution). A task that keeps yielding changes
+//!   how the shard's executor waits, and raised the service time of cross-shard asks in our runs
+//!   (see `send_slip` in the output for the pacer's own lateness, which is small).
 //! - `--op tell`: latency is the time until the `tell` future resolved (the message was admitted:
 //!   mailbox room or cross-shard credit), not until it was handled.
 //!
