@@ -373,8 +373,10 @@ impl<A: Actor> Activation<A> {
     pub(crate) fn push(&self, item: Box<dyn MailItem<A>>) {
         self.mailbox.borrow_mut().push_back(item);
         if self.waiting.replace(false) {
-            if let Some(w) = self.waker.borrow_mut().take() {
-                w.wake();
+            // The activation task's waker stays stored (it does not change between waits), so
+            // a wake costs no reference-count traffic.
+            if let Some(w) = self.waker.borrow().as_ref() {
+                w.wake_by_ref();
             }
         }
     }
@@ -394,8 +396,8 @@ impl<A: Actor> Activation<A> {
     pub(crate) fn request_deactivation(&self) {
         self.deactivate.set(true);
         if self.waiting.replace(false) {
-            if let Some(w) = self.waker.borrow_mut().take() {
-                w.wake();
+            if let Some(w) = self.waker.borrow().as_ref() {
+                w.wake_by_ref();
             }
         }
     }
