@@ -580,3 +580,43 @@ fn shutdown_drains_in_flight_turns_and_deactivates_everything() {
         })
     );
 }
+
+// ---- park / wake ----
+
+#[test]
+fn parked_shards_never_miss_a_wake_up() {
+    // No spinning: every message to an idle shard goes through the doorbell. A lost wake-up
+    // would leave an ask waiting for its 20 s deadline and fail the test.
+    let engine = EngineBuilder::new(EngineConfig {
+        idle_spin: Duration::ZERO,
+        ..config(2)
+    })
+    .register(ActorType::new(|_| Fragile { n: 0 }))
+    .start()
+    .unwrap();
+    let target = (0..)
+        .map(|k: u64| engine.actor_ref::<Fragile>(k))
+        .find(|r| r.owner_shard() == 1)
+        .unwrap();
+    let t2 = target.clone();
+    let n = engine
+        .spawn_on(0, move || async move {
+            let mut last = 0;
+            for _ in 0..5_000 {
+                last = t2.ask(Add(1)).await.unwrap();
+            }
+            last
+        })
+        .join()
+        .unwrap();
+    assert_eq!(n, 5_000);
+    for i in 0..2_000u64 {
+        assert_eq!(block_on(target.ask(Add(1))).unwrap(), 5_001 + i);
+    }
+    let parks: u64 = engine.stats().iter().map(|s| s.parks).sum();
+    assert!(
+        parks > 100,
+        "the shards parked between messages ({parks} parks)"
+    );
+    engine.shutdown();
+}
