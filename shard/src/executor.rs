@@ -23,7 +23,7 @@ use std::task::{Context, Poll, Wake, Waker};
 
 use quark_placement::ShardId;
 
-use crate::node::{current_core, NodeShared};
+use crate::node::{with_core_of, NodeShared};
 
 type BoxFuture = Pin<Box<dyn Future<Output = ()>>>;
 
@@ -67,15 +67,14 @@ impl Wake for TaskWaker {
     }
 
     fn wake_by_ref(self: &Arc<Self>) {
-        if let Some(core) = current_core(&self.node) {
-            if core.id == self.shard {
-                core.exec.schedule(self.task);
-                core.poke();
-                return;
-            }
+        let task = self.task;
+        if with_core_of(&self.node, self.shard, |core| {
+            core.exec.schedule(task);
+            core.poke();
+        }) {
+            return;
         }
         // Another thread: hand the wake to the owning shard.
-        let task = self.task;
         self.node.inject(
             self.shard,
             Box::new(crate::envelope::RunMsg(Box::new(move |core| {

@@ -220,6 +220,23 @@ pub(crate) fn current_core(node: &Arc<NodeShared>) -> Option<Rc<ShardCore>> {
     })
 }
 
+/// Runs `f` with the calling thread's shard core if it is shard `shard` of `node` (no
+/// reference-count traffic); returns whether it ran.
+#[inline]
+pub(crate) fn with_core_of(
+    node: &Arc<NodeShared>,
+    shard: ShardId,
+    f: impl FnOnce(&Rc<ShardCore>),
+) -> bool {
+    CURRENT.with(|c| match c.get() {
+        Some(core) if core.id == shard && Arc::ptr_eq(&core.node, node) => {
+            f(core);
+            true
+        }
+        _ => false,
+    })
+}
+
 /// A snapshot of one shard's counters.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ShardStatsSnapshot {
