@@ -104,11 +104,7 @@ impl<A: Actor> ActorRef<A> {
         A: Handler<M>,
         M: Message,
     {
-        let Some(type_idx) = self.type_idx else {
-            return Err(CallError::UnknownActorType {
-                type_name: A::TYPE_NAME,
-            });
-        };
+        let type_idx = self.type_index()?;
         match current_core(&self.node) {
             Some(core) => self.ask_on_shard(&core, type_idx, msg, timeout).await,
             None => self.ask_external(type_idx, msg, timeout).await,
@@ -123,38 +119,15 @@ impl<A: Actor> ActorRef<A> {
         A: Handler<M>,
         M: Message,
     {
-        let Some(type_idx) = self.type_idx else {
-            return Err(CallError::UnknownActorType {
-                type_name: A::TYPE_NAME,
-            });
-        };
+        let type_idx = self.type_index()?;
         match current_core(&self.node) {
             Some(core) => {
                 let target = self.target_on(&core);
-                if target == core.id {
-                    let item = Box::new(Deliver::<A, M>::new(
-                        type_idx,
-                        self.id.key.clone(),
-                        msg,
-                        ReplyTo::None,
-                        Origin::Local,
-                    ));
-                    if let Err(item) = try_send_local::<A>(&core, type_idx, item) {
-                        send_local::<A>(&core, type_idx, item).await;
-                    }
-                } else {
+                if target != core.id {
                     core.acquire_credit(target).await;
-                    core.send_to(
-                        target,
-                        Box::new(Deliver::<A, M>::new(
-                            type_idx,
-                            self.id.key.clone(),
-                            msg,
-                            ReplyTo::None,
-                            Origin::Shard(core.id),
-                        )),
-                    );
                 }
+                self.dispatch::<M>(&core, type_idx, target, msg, ReplyTo::None)
+                    .await;
                 Ok(())
             }
             None => {
@@ -170,6 +143,12 @@ impl<A: Actor> ActorRef<A> {
                 Ok(())
             }
         }
+    }
+
+    fn type_index(&self) -> Result<u16, CallError> {
+        self.type_idx.ok_or(CallError::UnknownActorType {
+            type_name: A::TYPE_NAME,
+        })
     }
 
     #[inline]
@@ -193,51 +172,58 @@ impl<A: Actor> ActorRef<A> {
         M: Message,
     {
         let target = self.target_on(core);
-        let outcome = if target == core.id {
-            let call = core
-                .calls
-                .borrow_mut()
-                .register(core.now() + timeout, Waiter::Task(None));
-            let wait = CallWait {
-                core,
-                call,
-                done: false,
-            };
-            let item = Box::new(Deliver::<A, M>::new(
-                type_idx,
-                self.id.key.clone(),
-                msg,
-                ReplyTo::Local(call),
-                Origin::Local,
-            ));
-            if let Err(item) = try_send_local::<A>(core, type_idx, item) {
-                send_local::<A>(core, type_idx, item).await;
-            }
-            wait.await
-        } else {
+        if target != core.id {
             core.acquire_credit(target).await;
-            let call = core
-                .calls
-                .borrow_mut()
-                .register(core.now() + timeout, Waiter::Task(None));
-            let wait = CallWait {
-                core,
-                call,
-                done: false,
-            };
-            core.send_to(
-                target,
-                Box::new(Deliver::<A, M>::new(
-                    type_idx,
-                    self.id.key.clone(),
-                    msg,
-                    ReplyTo::Shard(core.id, call),
-                    Origin::Shard(core.id),
-                )),
-            );
-            wait.await
+        }
+        let call = core
+            .calls
+            .borrow_mut()
+            .register(core.now() + timeout, Waiter::Task(None));
+        let wait = CallWait {
+            core,
+            call,
+            done: false,
         };
-        outcome_into(outcome, || self.id.clone(), timeout)
+        let reply = if target == core.id {
+            ReplyTo::Local(call)
+        } else {
+            ReplyTo::Shard(core.id, call)
+        };
+        self.dispatch::<M>(core, type_idx, target, msg, reply).await;
+        outcome_into(wait.await, || self.id.clone(), timeout)
+    }
+
+    /// Hands `msg` to `target` from `core`'s shard: straight into the mailbox when the target
+    /// is this shard, else into the ring (the caller holds a credit for `target`).
+    #[inline]
+    async fn dispatch<M>(
+        &self,
+        core: &Rc<ShardCore>,
+        type_idx: u16,
+        target: ShardId,
+        msg: M,
+        reply: ReplyTo,
+    ) where
+        A: Handler<M>,
+        M: Message,
+    {
+        let origin = if target == core.id {
+            Origin::Local
+        } else {
+            Origin::Shard(core.id)
+        };
+        let item = Box::new(Deliver::<A, M>::new(
+            type_idx,
+            self.id.key.clone(),
+            msg,
+            reply,
+            origin,
+        ));
+        if target != core.id {
+            core.send_to(target, item);
+        } else if let Err(item) = try_send_local::<A>(core, type_idx, item) {
+            send_local::<A>(core, type_idx, item).await;
+        }
     }
 
     fn external_admit(&self) -> Result<(), CallError> {

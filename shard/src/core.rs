@@ -14,7 +14,7 @@ use quark_placement::ShardId;
 
 use crate::activation::{ErasedTable, TypeTable};
 use crate::actor::Actor;
-use crate::calls::CallTable;
+use crate::calls::{CallOutcome, CallTable};
 use crate::envelope::{CreditMsg, CrossBox, Origin, ReplyTo};
 use crate::node::{NodeShared, Phase};
 use crate::ring::{Consumer, Producer};
@@ -196,6 +196,15 @@ impl ShardCore {
         }
     }
 
+    /// Completes call `call` of this shard; a reply for a caller that stopped waiting is
+    /// dropped and counted.
+    pub(crate) fn complete_call(&self, call: crate::calls::CallId, outcome: CallOutcome) {
+        if !self.calls.borrow_mut().complete(call, outcome) {
+            let c = &self.stats.replies_dropped;
+            c.set(c.get() + 1);
+        }
+    }
+
     /// Bookkeeping after a turn (or an aborted message): flow-control credits.
     #[inline]
     pub(crate) fn turn_done(&self, origin: Origin, reply: ReplyTo) {
@@ -300,7 +309,7 @@ impl ShardCore {
     fn sweep_calls(&self, now: Instant) {
         let expired = self.calls.borrow_mut().sweep(now);
         for fwd in expired {
-            fwd.complete(crate::calls::CallOutcome::TimedOut);
+            fwd.complete(CallOutcome::TimedOut);
         }
     }
 

@@ -167,15 +167,7 @@ impl<R: Send + 'static> CrossMsg for ReplyMsg<R> {
         core.return_credits(self.from, 1);
         let call = self.call;
         let any: Box<dyn Any + Send> = self;
-        if !core
-            .calls
-            .borrow_mut()
-            .complete(call, CallOutcome::Reply(any))
-        {
-            core.stats
-                .replies_dropped
-                .set(core.stats.replies_dropped.get() + 1);
-        }
+        core.complete_call(call, CallOutcome::Reply(any));
     }
 }
 
@@ -189,15 +181,7 @@ pub(crate) struct FailMsg {
 impl CrossMsg for FailMsg {
     fn run(self: Box<Self>, core: &Rc<ShardCore>) {
         core.return_credits(self.from, 1);
-        if !core
-            .calls
-            .borrow_mut()
-            .complete(self.call, CallOutcome::Failed(self.err))
-        {
-            core.stats
-                .replies_dropped
-                .set(core.stats.replies_dropped.get() + 1);
-        }
+        core.complete_call(self.call, CallOutcome::Failed(self.err));
     }
 }
 
@@ -236,15 +220,7 @@ pub(crate) fn send_reply<R: Send + 'static>(core: &ShardCore, reply: ReplyTo, va
                 from: core.id,
                 value,
             });
-            if !core
-                .calls
-                .borrow_mut()
-                .complete(call, CallOutcome::Reply(msg))
-            {
-                core.stats
-                    .replies_dropped
-                    .set(core.stats.replies_dropped.get() + 1);
-            }
+            core.complete_call(call, CallOutcome::Reply(msg));
         }
         ReplyTo::Shard(shard, call) => core.send_to(
             shard,
@@ -261,17 +237,7 @@ pub(crate) fn send_reply<R: Send + 'static>(core: &ShardCore, reply: ReplyTo, va
 pub(crate) fn fail_reply(core: &ShardCore, reply: ReplyTo, err: CallError) {
     match reply {
         ReplyTo::None => {}
-        ReplyTo::Local(call) => {
-            if !core
-                .calls
-                .borrow_mut()
-                .complete(call, CallOutcome::Failed(err))
-            {
-                core.stats
-                    .replies_dropped
-                    .set(core.stats.replies_dropped.get() + 1);
-            }
-        }
+        ReplyTo::Local(call) => core.complete_call(call, CallOutcome::Failed(err)),
         ReplyTo::Shard(shard, call) => core.send_to(
             shard,
             Box::new(FailMsg {
