@@ -341,6 +341,19 @@ struct Report {
     errors: u64,
     errors_total: u64,
     first_error: Option<String>,
+    /// The engine's counters summed over the shards, for the whole run (warm-up included).
+    engine: EngineCounters,
+}
+
+/// Engine counters summed over the shards (see `quark::ShardStatsSnapshot`).
+#[derive(Default, serde::Serialize)]
+struct EngineCounters {
+    activations: u64,
+    parks: u64,
+    mailbox_waits: u64,
+    credit_waits: u64,
+    ring_msgs_in: u64,
+    replies_dropped: u64,
 }
 
 fn fmt_ns(ns: u64) -> String {
@@ -406,6 +419,12 @@ fn print_table(r: &Report) {
     if let Some(e) = &r.first_error {
         println!("  first error: {e}");
     }
+    let e = &r.engine;
+    println!(
+        "engine (whole run, all shards): {} activations, {} parks, {} mailbox waits, \
+         {} credit waits, {} ring messages in, {} replies dropped",
+        e.activations, e.parks, e.mailbox_waits, e.credit_waits, e.ring_msgs_in, e.replies_dropped
+    );
 }
 
 fn main() -> ExitCode {
@@ -569,6 +588,15 @@ fn run(args: Args) -> Result<bool> {
         errors_total += r.errors_total;
         first_error = first_error.or(r.first_error);
     }
+    let mut engine = EngineCounters::default();
+    for st in node.stats() {
+        engine.activations += st.activations;
+        engine.parks += st.parks;
+        engine.mailbox_waits += st.mailbox_waits;
+        engine.credit_waits += st.credit_waits;
+        engine.ring_msgs_in += st.ring_msgs_in;
+        engine.replies_dropped += st.replies_dropped;
+    }
     let report = node.shutdown();
     if report != quark::ShutdownReport::default() {
         eprintln!("loadgen: shutdown did not complete cleanly: {report:?}");
@@ -615,6 +643,7 @@ fn run(args: Args) -> Result<bool> {
         errors,
         errors_total,
         first_error,
+        engine,
     };
     if args.json {
         println!("{}", serde_json::to_string(&r)?);
