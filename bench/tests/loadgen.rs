@@ -33,7 +33,7 @@ fn closed_loop_ask_reports_throughput_and_latency() {
 }
 
 #[test]
-fn open_loop_tell_keeps_the_rate() {
+fn open_loop_tell_never_runs_ahead_of_the_schedule() {
     let r = run(&["--op", "tell", "--rate", "2000"]);
     assert_eq!(r["op"], "tell");
     assert_eq!(r["mode"], "open loop");
