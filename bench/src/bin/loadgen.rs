@@ -11,10 +11,12 @@
 //!   shard is due at `t0 + i / rate_per_shard` and its latency is measured from that *scheduled*
 //!   time (coordinated-omission correction). At most `--inflight` requests per shard are in
 //!   flight: when every slot is busy the schedule slips, and the slip shows in the latency.
-//!   The pacer is one task per shard that yields in a loop for the last 2 ms before a request is
-//!   due (the executor's timer has millisecond resolution). A task that keeps yielding changes
-//!   how the shard's executor waits, and raised the service time of cross-shard asks in our runs
-//!   (see `send_slip` in the output for the pacer's own lateness, which is small).
+//!   The pacer is one task per shard. `--pacer spin` (default) yields in a loop for the last 2 ms
+//!   before a request is due (the executor's timer has millisecond resolution): sends are on
+//!   time, but a task that keeps yielding changes how the shard's executor waits, and raised the
+//!   service time of cross-shard asks in our runs. `--pacer timer` only sleeps on the executor's
+//!   timer: the shard is left alone, but sends are up to ~1 ms late, and that lateness counts in
+//!   the latency. `send_slip` in the output is the pacer's own lateness.
 //! - `--op tell`: latency is the time until the `tell` future resolved (the message was admitted:
 //!   mailbox room or cross-shard credit), not until it was handled.
 //!
@@ -55,6 +57,16 @@ enum Op {
     Tell,
 }
 
+/// How the open loop waits for a request's scheduled time.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+enum Pacer {
+    /// The executor's timer, then yield until due (precise sends; the yielding perturbs the shard).
+    Spin,
+    /// The executor's timer only (millisecond resolution; sends up to ~1 ms late).
+    Timer,
+}
+
 #[derive(Parser, Debug)]
 #[command(about = "End-to-end load against an in-process Quark node")]
 struct Args {
@@ -82,6 +94,9 @@ struct Args {
     /// Total requests per second (open loop); 0 = closed loop.
     #[arg(long, default_value_t = 0.0)]
     rate: f64,
+    /// Open loop: how to wait for each request's scheduled time.
+    #[arg(long, value_enum, default_value_t = Pacer::Spin)]
+    pacer: Pacer,
     /// Print one JSON object at the end instead of the table.
     #[arg(long)]
     json: bool,
@@ -132,6 +147,7 @@ struct Plan {
     end: Instant,
     /// Nanoseconds between scheduled requests on this shard; `None` = closed loop.
     interval_ns: Option<f64>,
+    pacer: Pacer,
     seed: u64,
     progress: Arc<Vec<ShardProgress>>,
     shard: usize,
@@ -223,7 +239,7 @@ impl Driver {
                 if due >= self.plan.end {
                     return None;
                 }
-                wait_until(due).await;
+                wait_until(due, self.plan.pacer).await;
                 Some(due)
             }
         }
@@ -231,15 +247,17 @@ impl Driver {
 }
 
 /// Waits until `t`: the executor's timer for the coarse part (it has millisecond resolution),
-/// then yields to the shard's other tasks until `t` passes.
-async fn wait_until(t: Instant) {
+/// then (`Pacer::Spin`) yields to the shard's other tasks until `t` passes.
+async fn wait_until(t: Instant, pacer: Pacer) {
     loop {
         let now = Instant::now();
         if now >= t {
             return;
         }
         let left = t - now;
-        if left > Duration::from_millis(2) {
+        if pacer == Pacer::Timer {
+            monoio::time::sleep(left).await;
+        } else if left > Duration::from_millis(2) {
             monoio::time::sleep(left - Duration::from_millis(1)).await;
         } else {
             YieldNow(false).await;
@@ -322,6 +340,8 @@ struct Report {
     msg_bytes: usize,
     actors: u64,
     rate: f64,
+    /// Open loop only: how sends were paced.
+    pacer: Option<Pacer>,
     seed: u64,
     allocator: &'static str,
     warmup_s: f64,
@@ -380,8 +400,8 @@ fn print_table(r: &Report) {
         r.inflight_per_shard,
         r.msg_bytes,
         r.actors,
-        if r.rate > 0.0 {
-            format!("{} req/s", r.rate)
+        if let Some(p) = r.pacer {
+            format!("{} req/s ({p:?} pacer)", r.rate)
         } else {
             "0 (closed loop)".to_owned()
         },
@@ -534,12 +554,13 @@ fn run(args: Args) -> Result<bool> {
                 warm_end,
                 end,
                 interval_ns,
+                pacer: args.pacer,
                 seed: args.seed,
                 progress: progress.clone(),
                 shard: usize::from(shard),
             };
             node.spawn_on(shard, move || async move {
-                wait_until(start).await;
+                wait_until(start, Pacer::Timer).await;
                 drive(plan).await
             })
         })
@@ -626,6 +647,7 @@ fn run(args: Args) -> Result<bool> {
         msg_bytes: args.msg_bytes,
         actors: args.actors,
         rate: args.rate,
+        pacer: (args.rate > 0.0).then_some(args.pacer),
         seed: args.seed,
         allocator: "mimalloc",
         warmup_s: args.warmup_s,
