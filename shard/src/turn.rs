@@ -16,7 +16,7 @@ use std::task::{Context, Poll};
 pub(crate) const TURN_INLINE_BYTES: usize = 256;
 
 #[repr(C, align(16))]
-struct Storage([MaybeUninit<u8>; TURN_INLINE_BYTES]);
+struct Storage(MaybeUninit<[u8; TURN_INLINE_BYTES]>);
 
 /// A type-erased `Future<Output = ()>` that borrows for `'a` and is pinned in place once polled.
 pub(crate) struct Turn<'a> {
@@ -51,7 +51,7 @@ impl<'a> Turn<'a> {
     /// left uninitialised.
     pub(crate) fn empty() -> Self {
         Turn {
-            storage: Storage([MaybeUninit::uninit(); TURN_INLINE_BYTES]),
+            storage: Storage(MaybeUninit::uninit()),
             fns: None,
             _borrow: PhantomData,
             _pin: PhantomPinned,

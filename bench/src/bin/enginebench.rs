@@ -264,7 +264,8 @@ fn main() -> Result<()> {
     };
 
     let want = |name: &str| args.only.as_deref().is_none_or(|o| name.contains(o));
-    let base_a: Vec<f64> = (0..args.runs)
+    let runs_of = |name: &str| if want(name) { args.runs } else { 0 };
+    let base_a: Vec<f64> = (0..runs_of("baseline boxed"))
         .map(|_| baseline_boxed_queue(args.tells) / 1e6)
         .collect();
     record(
@@ -272,7 +273,7 @@ fn main() -> Result<()> {
         "M msg/s",
         base_a,
     );
-    let rtts: Vec<(f64, f64)> = (0..args.runs)
+    let rtts: Vec<(f64, f64)> = (0..runs_of("baseline cache-line"))
         .map(|_| baseline_cacheline_rtt(200_000))
         .collect();
     record(
