@@ -23,7 +23,7 @@ use crate::timers::Timers;
 
 /// Pump iterations between two forced trips through the executor's wait (which reaps I/O
 /// completions and fires executor timers even when the shard never runs out of work).
-const REAP_EVERY_ITERATIONS: u32 = 64;
+const REAP_EVERY_ITERATIONS: u32 = 256;
 /// The longest a busy pump goes without a trip through the executor's wait (a reap costs a
 /// few system calls, so a busy shard makes them rarely; I/O completions wait at most this).
 const REAP_INTERVAL_BUSY: Duration = Duration::from_micros(100);
@@ -446,7 +446,7 @@ pub(crate) async fn pump(
             }
             next_idle_sweep = now + idle_every;
         }
-        let polled = core.exec.run_ready(RUN_BATCH);
+        let polled = core.exec.run_ready(RUN_BATCH, || core.has_inbound());
         work += polled;
         let st = &core.stats;
         st.task_polls.set(st.task_polls.get() + polled as u64);
@@ -502,7 +502,9 @@ pub(crate) async fn pump(
         if now.duration_since(spinning_since) < idle_spin {
             // Spin without leaving the pump (a return to the executor costs a system call):
             // watch the rings and the local queues until something arrives or a reap is due.
-            let slice_end = last_reap + REAP_INTERVAL_SPIN;
+            // First reap after REAP_INTERVAL_SPIN of idleness (not at once when the last reap
+            // is old: a shard that waits a moment for its peer should not pay a reap for it).
+            let slice_end = spinning_since.max(last_reap) + REAP_INTERVAL_SPIN;
             let mut spins = 0u32;
             loop {
                 if core.has_inbound() || core.exec.has_ready() || core.dirty.get() {

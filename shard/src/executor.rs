@@ -153,47 +153,63 @@ impl Executor {
         self.ready.borrow_mut().push_back(task_ref);
     }
 
-    /// Polls up to `budget` ready tasks. Returns how many were polled.
-    pub(crate) fn run_ready(&self, budget: usize) -> usize {
+    /// Polls ready tasks in rounds (a round: the tasks ready when it starts; a task woken during
+    /// a round runs in the next one) until none is ready, `budget` polls were made, or
+    /// `interrupt()` says other work is waiting (checked between rounds). So a task that keeps
+    /// waking itself gets one poll per round and cannot hold the pump away from its rings.
+    /// Returns how many tasks were polled.
+    pub(crate) fn run_ready(&self, budget: usize, mut interrupt: impl FnMut() -> bool) -> usize {
         let mut polled = 0;
-        while polled < budget {
-            let Some(task_ref) = self.ready.borrow_mut().pop_front() else {
-                break;
-            };
-            let task = {
-                let slots = self.slots.borrow();
-                match slots.get(task_ref.index as usize) {
-                    Some(Slot {
-                        gen,
-                        task: Some(task),
-                    }) if *gen == task_ref.gen => task.clone(),
-                    _ => continue,
-                }
-            };
-            task.queued.set(false);
-            polled += 1;
-            let done = {
-                let mut slot = task.future.borrow_mut();
-                let Some(fut) = slot.as_mut() else { continue };
-                let mut cx = Context::from_waker(&task.waker);
-                match catch_unwind(AssertUnwindSafe(|| fut.as_mut().poll(&mut cx))) {
-                    Ok(Poll::Ready(())) => true,
-                    Ok(Poll::Pending) => false,
-                    Err(payload) => {
-                        tracing::error!(
-                            shard = self.shard,
-                            panic = %crate::turn::panic_message(&*payload),
-                            "a task spawned on the shard panicked; it is dropped"
-                        );
-                        true
-                    }
-                }
-            };
-            if done {
-                self.finish(task_ref, &task);
+        loop {
+            let round = self.ready.borrow().len();
+            if round == 0 || polled >= budget {
+                return polled;
+            }
+            for _ in 0..round {
+                let Some(task_ref) = self.ready.borrow_mut().pop_front() else {
+                    break;
+                };
+                polled += 1;
+                self.poll_one(task_ref);
+            }
+            if interrupt() {
+                return polled;
             }
         }
-        polled
+    }
+
+    fn poll_one(&self, task_ref: TaskRef) {
+        let task = {
+            let slots = self.slots.borrow();
+            match slots.get(task_ref.index as usize) {
+                Some(Slot {
+                    gen,
+                    task: Some(task),
+                }) if *gen == task_ref.gen => task.clone(),
+                _ => return,
+            }
+        };
+        task.queued.set(false);
+        let done = {
+            let mut slot = task.future.borrow_mut();
+            let Some(fut) = slot.as_mut() else { return };
+            let mut cx = Context::from_waker(&task.waker);
+            match catch_unwind(AssertUnwindSafe(|| fut.as_mut().poll(&mut cx))) {
+                Ok(Poll::Ready(())) => true,
+                Ok(Poll::Pending) => false,
+                Err(payload) => {
+                    tracing::error!(
+                        shard = self.shard,
+                        panic = %crate::turn::panic_message(&*payload),
+                        "a task spawned on the shard panicked; it is dropped"
+                    );
+                    true
+                }
+            }
+        };
+        if done {
+            self.finish(task_ref, &task);
+        }
     }
 
     fn finish(&self, task_ref: TaskRef, task: &Rc<Task>) {
