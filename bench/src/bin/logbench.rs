@@ -468,6 +468,62 @@ fn recovery(args: &Args, out: &mut Vec<Figure>) -> Result<()> {
     Ok(())
 }
 
+/// Same-run ratios (the comparable figures on a noisy machine): numerator / denominator,
+/// both looked up by name prefix in this run's figures.
+fn add_ratios(out: &mut Vec<Figure>) {
+    const RATIOS: &[(&str, &str, &str)] = &[
+        (
+            "ratio log 1 appender p50 / baseline 128B prealloc p50",
+            "log 1 appender 128B Always (write-through) p50",
+            "baseline 128B prealloc p50",
+        ),
+        (
+            "ratio log 1 appender p99 / baseline 128B prealloc p99",
+            "log 1 appender 128B Always (write-through) p99",
+            "baseline 128B prealloc p99",
+        ),
+        (
+            "ratio log 1 appender p99 / baseline 128B growing p99",
+            "log 1 appender 128B Always (write-through) p99",
+            "baseline 128B growing p99",
+        ),
+        (
+            "ratio log 1 appender p99 / uring raw write+fdatasync p99",
+            "log 1 appender 128B Always (write-through) p99",
+            "uring raw 128B write+fdatasync p99",
+        ),
+        (
+            "ratio bandwidth recycled / baseline 1MiB prealloc",
+            "log 1MiB batches Always bandwidth (recycled segments)",
+            "baseline 1MiB prealloc bandwidth",
+        ),
+        (
+            "ratio bandwidth new ZeroFill / baseline 1MiB prealloc incl. zero-fill",
+            "log 1MiB batches Always bandwidth (new segments, ZeroFill)",
+            "baseline 1MiB prealloc bandwidth incl. zero-fill",
+        ),
+        (
+            "ratio bandwidth new ZeroFill / baseline 1MiB growing",
+            "log 1MiB batches Always bandwidth (new segments, ZeroFill)",
+            "baseline 1MiB growing bandwidth",
+        ),
+    ];
+    let find = |out: &[Figure], name: &str| {
+        out.iter()
+            .find(|f| f.name.starts_with(name))
+            .map(|f| f.value)
+    };
+    for (name, num, den) in RATIOS {
+        if let (Some(n), Some(d)) = (find(out, num), find(out, den)) {
+            out.push(Figure {
+                name: (*name).to_string(),
+                value: n / d,
+                unit: "x",
+            });
+        }
+    }
+}
+
 fn median_min_max(mut v: Vec<f64>) -> (f64, f64, f64) {
     v.sort_by(f64::total_cmp);
     (v[v.len() / 2], v[0], v[v.len() - 1])
@@ -488,9 +544,10 @@ fn main() -> Result<()> {
         log_bandwidth(&args, &mut out, Preallocate::Fallocate, false)?;
         log_bandwidth(&args, &mut out, Preallocate::ZeroFill, true)?;
         recovery(&args, &mut out)?;
+        add_ratios(&mut out);
         println!("run {run}:");
         for f in &out {
-            println!("  {:<60} {:>12.1} {}", f.name, f.value, f.unit);
+            println!("  {:<70} {:>12.2} {}", f.name, f.value, f.unit);
         }
         runs.push(out);
     }
@@ -503,7 +560,7 @@ fn main() -> Result<()> {
             .collect();
         let (med, min, max) = median_min_max(vals);
         println!(
-            "  {:<60} {:>12.1} [{:.1} .. {:.1}] {}",
+            "  {:<70} {:>12.2} [{:.2} .. {:.2}] {}",
             f.name, med, min, max, f.unit
         );
         json.push(serde_json::json!({
