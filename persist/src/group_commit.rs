@@ -26,7 +26,7 @@ use std::task::Poll;
 use crate::config::FsyncPolicy;
 use crate::error::AppendError;
 use crate::io::{LogFile, LogIo};
-use crate::log::{Chunk, IndexOp, Log, LsnRange, Poison, State};
+use crate::log::{Chunk, IndexOp, Log, LsnRange, Poison, State, FREE_BUFS_MAX};
 use crate::record::{check_bounds, encode_batch, record_bytes, BoundError, EncodeRecord};
 use crate::segment::SEGMENT_HEADER_BYTES;
 
@@ -180,12 +180,15 @@ impl<IO: LogIo> Log<IO> {
             } else {
                 (true, SEGMENT_HEADER_BYTES as u64)
             };
+            let mut buf = st.free_bufs.pop().unwrap_or_default();
+            debug_assert!(buf.is_empty());
+            buf.reserve(bytes);
             st.pending.push_back(Chunk {
                 roll,
                 pos,
                 first_lsn: first,
                 end_lsn: first,
-                buf: Rc::new(Vec::with_capacity(bytes)),
+                buf: Rc::new(buf),
                 batches: Vec::new(),
                 ops: Vec::new(),
                 data_len: 0,
@@ -383,6 +386,15 @@ impl<IO: LogIo> Log<IO> {
         }
         st.flush_count += 1;
         st.pending_bytes -= len as usize;
+        // The backend has returned its clone of the buffer once the write completed.
+        if let Ok(mut buf) = Rc::try_unwrap(chunk.buf) {
+            if st.free_bufs.len() < FREE_BUFS_MAX
+                && buf.capacity() <= 2 * self.inner.config.pending_bytes_max.max(1 << 20)
+            {
+                buf.clear();
+                st.free_bufs.push(buf);
+            }
+        }
         st.wake_all();
         Ok(())
     }

@@ -48,6 +48,9 @@ struct Args {
     /// MiB of log for the recovery measurement (0 skips it).
     #[arg(long, default_value_t = 1024)]
     recovery_mib: u64,
+    /// Write-through (`O_DSYNC`) active segments for the concurrent and bandwidth runs.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    write_through: bool,
     /// Segment size of the benchmarked log, MiB.
     #[arg(long, default_value_t = 64)]
     segment_mib: u64,
@@ -163,6 +166,7 @@ fn log_config(args: &Args, dir: &Path, preallocate: Preallocate) -> LogConfig {
     c.segment_bytes = args.segment_mib << 20;
     c.fsync = FsyncPolicy::Always;
     c.preallocate = preallocate;
+    c.write_through = args.write_through;
     c.pending_bytes_max = 4 << 20;
     c
 }
@@ -338,6 +342,7 @@ fn log_bandwidth(
     out: &mut Vec<Figure>,
     prealloc: Preallocate,
     recycled: bool,
+    appenders: u64,
 ) -> Result<()> {
     let dir = args.dir.join("bandwidth");
     fresh(&dir)?;
@@ -373,9 +378,24 @@ fn log_bandwidth(
             b.event(format!("blob-{i}").as_bytes(), &payload);
         }
         let bytes = b.encoded_bytes() as f64 * batches as f64;
+        let log = Rc::new(log);
+        let b = Rc::new(b);
         let start = Instant::now();
-        for _ in 0..batches {
-            log.append(&b).await?;
+        // `appenders` tasks share the batches: with more than one, encoding of the next
+        // batches overlaps the write in flight and group commit merges them.
+        let mut handles = Vec::new();
+        for t in 0..appenders {
+            let (log, b) = (Rc::clone(&log), Rc::clone(&b));
+            let mine = batches / appenders + u64::from(t < batches % appenders);
+            handles.push(monoio::spawn(async move {
+                for _ in 0..mine {
+                    log.append(&b).await?;
+                }
+                anyhow::Ok(())
+            }));
+        }
+        for h in handles {
+            h.await?;
         }
         let el = start.elapsed();
         if recycled {
@@ -388,9 +408,9 @@ fn log_bandwidth(
         anyhow::Ok(bytes / 1e6 / el.as_secs_f64())
     })?;
     let what = if recycled {
-        "recycled segments".to_string()
+        format!("recycled segments, {appenders} appender(s)")
     } else {
-        format!("new segments, {prealloc:?}")
+        format!("new segments, {prealloc:?}, {appenders} appender(s)")
     };
     out.push(Figure {
         name: format!("log 1MiB batches Always bandwidth ({what})"),
@@ -493,8 +513,13 @@ fn add_ratios(out: &mut Vec<Figure>) {
             "uring raw 128B write+fdatasync p99",
         ),
         (
-            "ratio bandwidth recycled / baseline 1MiB prealloc",
-            "log 1MiB batches Always bandwidth (recycled segments)",
+            "ratio bandwidth recycled, 1 appender / baseline 1MiB prealloc",
+            "log 1MiB batches Always bandwidth (recycled segments, 1 ",
+            "baseline 1MiB prealloc bandwidth",
+        ),
+        (
+            "ratio bandwidth recycled, 4 appenders / baseline 1MiB prealloc",
+            "log 1MiB batches Always bandwidth (recycled segments, 4 ",
             "baseline 1MiB prealloc bandwidth",
         ),
         (
@@ -540,9 +565,10 @@ fn main() -> Result<()> {
         log_single(&args, &mut out, true)?;
         log_single(&args, &mut out, false)?;
         log_concurrent(&args, &mut out)?;
-        log_bandwidth(&args, &mut out, Preallocate::ZeroFill, false)?;
-        log_bandwidth(&args, &mut out, Preallocate::Fallocate, false)?;
-        log_bandwidth(&args, &mut out, Preallocate::ZeroFill, true)?;
+        log_bandwidth(&args, &mut out, Preallocate::ZeroFill, false, 1)?;
+        log_bandwidth(&args, &mut out, Preallocate::Fallocate, false, 1)?;
+        log_bandwidth(&args, &mut out, Preallocate::ZeroFill, true, 1)?;
+        log_bandwidth(&args, &mut out, Preallocate::ZeroFill, true, 4)?;
         recovery(&args, &mut out)?;
         add_ratios(&mut out);
         println!("run {run}:");
