@@ -51,7 +51,7 @@ impl LsnRange {
 pub struct LogStats {
     /// Segment files in the log directory.
     pub segment_count: usize,
-    /// Bytes the segment files occupy (segment count × `segment_bytes`).
+    /// Bytes the segment files and spares occupy ((segments + spares) × `segment_bytes`).
     pub disk_bytes: u64,
     /// Next LSN to be assigned.
     pub next_lsn: u64,
@@ -532,7 +532,8 @@ impl<IO: LogIo> Log<IO> {
         let st = self.inner.state.borrow();
         LogStats {
             segment_count: st.segments.len(),
-            disk_bytes: st.segments.len() as u64 * self.inner.config.segment_bytes,
+            disk_bytes: (st.segments.len() + st.spares.len()) as u64
+                * self.inner.config.segment_bytes,
             next_lsn: st.next_lsn,
             acked_lsn: st.acked_lsn,
             synced_lsn: st.synced_lsn,
