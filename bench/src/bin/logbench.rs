@@ -533,12 +533,12 @@ fn add_ratios(out: &mut Vec<Figure>) {
         ),
         (
             "ratio bandwidth new ZeroFill / baseline 1MiB prealloc incl. zero-fill",
-            "log 1MiB batches Always bandwidth (new segments, ZeroFill)",
+            "log 1MiB batches Always bandwidth (new segments, ZeroFill, 1 ",
             "baseline 1MiB prealloc bandwidth incl. zero-fill",
         ),
         (
             "ratio bandwidth new ZeroFill / baseline 1MiB growing",
-            "log 1MiB batches Always bandwidth (new segments, ZeroFill)",
+            "log 1MiB batches Always bandwidth (new segments, ZeroFill, 1 ",
             "baseline 1MiB growing bandwidth",
         ),
     ];
