@@ -3,7 +3,8 @@
 //! An append encodes its batch into the pending queue (LSNs are assigned there, so file order
 //! is LSN order). If no flush is in flight, that appender becomes the *leader*: it takes the
 //! oldest pending chunk (all batches queued so far for one segment), writes it with one
-//! `write`, issues one `fdatasync` (policy permitting), acknowledges every batch in it and wakes
+//! `write` followed by an 8-byte end marker, makes it durable per policy (one `fdatasync`, or
+//! nothing more when the segment is write-through), acknowledges every batch in it and wakes
 //! all waiters. It keeps flushing until its own batch is acknowledged, then gives up
 //! leadership; a woken waiter whose batch is still pending becomes the next leader. At low
 //! load an append costs one write + one sync; at high load the flush is shared by every batch
@@ -17,7 +18,11 @@
 //!   atomically, at the LSNs already assigned. It is simply not acknowledged to anyone.
 //! - Dropping the leader mid-flush keeps the chunk it was writing as the in-flight chunk and
 //!   releases leadership (waking every waiter); the next leader rewrites the same bytes at the
-//!   same offset (idempotent) and syncs. No waiter is stranded while another task waits.
+//!   same offset (idempotent) and syncs. No waiter is stranded while another task waits, and
+//!   an appender that finds the pending bound full with nobody flushing (its appenders were
+//!   dropped) leads that flush itself.
+//! - An I/O error poisons the log: the failing leader gets [`AppendError::Io`], every other
+//!   waiter and later caller [`AppendError::Poisoned`]; reopen to recover.
 
 use std::future::poll_fn;
 use std::rc::Rc;
