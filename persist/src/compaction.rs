@@ -62,12 +62,18 @@ impl<IO: LogIo> Log<IO> {
     /// run concurrently; copied records go through the normal group commit and are synced
     /// before their source segment is removed.
     ///
+    /// Starts with [`Log::sync`], so every record that supersedes another is durable before
+    /// the superseded one can be deleted, whatever the fsync policy.
+    ///
     /// Cancel safety: dropping the future may leave copies written and their source segment
     /// still present; the next pass or recovery resolves that (the copy wins).
     pub async fn compact(
         &self,
         policy: CompactionPolicy,
     ) -> Result<CompactionReport, CompactError> {
+        // Supersession must be durable before what it supersedes is deleted: under `Never` or
+        // `IntervalMs` an acknowledged snapshot may still be only in the page cache.
+        self.sync().await?;
         let now = self.inner.io.now_ms();
         let mut report = CompactionReport::default();
         let candidates: Vec<u64> = {

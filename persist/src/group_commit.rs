@@ -3,7 +3,8 @@
 //! An append encodes its batch into the pending queue (LSNs are assigned there, so file order
 //! is LSN order). If no flush is in flight, that appender becomes the *leader*: it takes the
 //! oldest pending chunk (all batches queued so far for one segment), writes it with one
-//! `write`, issues one `fdatasync` (policy permitting), acknowledges every batch in it and wakes
+//! `write` followed by an 8-byte end marker, makes it durable per policy (one `fdatasync`, or
+//! nothing more when the segment is write-through), acknowledges every batch in it and wakes
 //! all waiters. It keeps flushing until its own batch is acknowledged, then gives up
 //! leadership; a woken waiter whose batch is still pending becomes the next leader. At low
 //! load an append costs one write + one sync; at high load the flush is shared by every batch
@@ -17,7 +18,11 @@
 //!   atomically, at the LSNs already assigned. It is simply not acknowledged to anyone.
 //! - Dropping the leader mid-flush keeps the chunk it was writing as the in-flight chunk and
 //!   releases leadership (waking every waiter); the next leader rewrites the same bytes at the
-//!   same offset (idempotent) and syncs. No waiter is stranded while another task waits.
+//!   same offset (idempotent) and syncs. No waiter is stranded while another task waits, and
+//!   an appender that finds the pending bound full with nobody flushing (its appenders were
+//!   dropped) leads that flush itself.
+//! - An I/O error poisons the log: the failing leader gets [`AppendError::Io`], every other
+//!   waiter and later caller [`AppendError::Poisoned`]; reopen to recover.
 
 use std::future::poll_fn;
 use std::rc::Rc;
@@ -26,7 +31,7 @@ use std::task::Poll;
 use crate::config::FsyncPolicy;
 use crate::error::AppendError;
 use crate::io::{LogFile, LogIo};
-use crate::log::{Chunk, IndexOp, Log, LsnRange, Poison, State};
+use crate::log::{Chunk, IndexOp, Log, LsnRange, Poison, State, FREE_BUFS_MAX};
 use crate::record::{check_bounds, encode_batch, record_bytes, BoundError, EncodeRecord};
 use crate::segment::SEGMENT_HEADER_BYTES;
 
@@ -180,12 +185,15 @@ impl<IO: LogIo> Log<IO> {
             } else {
                 (true, SEGMENT_HEADER_BYTES as u64)
             };
+            let mut buf = st.free_bufs.pop().unwrap_or_default();
+            debug_assert!(buf.is_empty());
+            buf.reserve(bytes);
             st.pending.push_back(Chunk {
                 roll,
                 pos,
                 first_lsn: first,
                 end_lsn: first,
-                buf: Rc::new(Vec::with_capacity(bytes)),
+                buf: Rc::new(buf),
                 batches: Vec::new(),
                 ops: Vec::new(),
                 data_len: 0,
@@ -383,6 +391,15 @@ impl<IO: LogIo> Log<IO> {
         }
         st.flush_count += 1;
         st.pending_bytes -= len as usize;
+        // The backend has returned its clone of the buffer once the write completed.
+        if let Ok(mut buf) = Rc::try_unwrap(chunk.buf) {
+            if st.free_bufs.len() < FREE_BUFS_MAX
+                && buf.capacity() <= 2 * self.inner.config.pending_bytes_max.max(1 << 20)
+            {
+                buf.clear();
+                st.free_bufs.push(buf);
+            }
+        }
         st.wake_all();
         Ok(())
     }

@@ -20,6 +20,8 @@ use crate::segment::{
 
 /// A sparse read index entry is kept per this many bytes of a segment.
 pub(crate) const SPARSE_STEP_BYTES: u64 = 16 * 1024;
+/// Completed flush buffers kept for reuse.
+pub(crate) const FREE_BUFS_MAX: usize = 2;
 /// Size of the zero buffer used to zero-fill new segments.
 const ZERO_CHUNK_BYTES: usize = 1 << 20;
 
@@ -49,7 +51,7 @@ impl LsnRange {
 pub struct LogStats {
     /// Segment files in the log directory.
     pub segment_count: usize,
-    /// Bytes the segment files occupy (segment count × `segment_bytes`).
+    /// Bytes the segment files and spares occupy ((segments + spares) × `segment_bytes`).
     pub disk_bytes: u64,
     /// Next LSN to be assigned.
     pub next_lsn: u64,
@@ -160,6 +162,9 @@ pub(crate) struct State<F> {
     pub sync_count: u64,
     /// Spare segment files available for reuse (bounded by `recycle_segments_max`).
     pub spares: Vec<PathBuf>,
+    /// Write buffers of completed flushes kept for reuse (at most [`FREE_BUFS_MAX`]): large
+    /// batches then cost no fresh allocation and page faults per flush.
+    pub free_bufs: Vec<Vec<u8>>,
     pub segments_recycled: u64,
 }
 
@@ -342,6 +347,7 @@ impl<IO: LogIo> Log<IO> {
             flush_count: 0,
             sync_count: 0,
             spares: recovered.report.spares.clone(),
+            free_bufs: Vec::new(),
             segments_recycled: 0,
         };
         let log = Log {
@@ -526,7 +532,8 @@ impl<IO: LogIo> Log<IO> {
         let st = self.inner.state.borrow();
         LogStats {
             segment_count: st.segments.len(),
-            disk_bytes: st.segments.len() as u64 * self.inner.config.segment_bytes,
+            disk_bytes: (st.segments.len() + st.spares.len()) as u64
+                * self.inner.config.segment_bytes,
             next_lsn: st.next_lsn,
             acked_lsn: st.acked_lsn,
             synced_lsn: st.synced_lsn,

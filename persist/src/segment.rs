@@ -3,7 +3,10 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::record::{decode_batch, Decoded, DecodedBatch, Invalid, BATCH_ALIGN};
+use crate::record::{
+    decode_batch, Decoded, DecodedBatch, Invalid, BATCH_ALIGN, BATCH_HEADER_BYTES,
+    RECORD_HEADER_BYTES,
+};
 
 /// Bytes of the segment header; the first batch starts at this offset.
 pub const SEGMENT_HEADER_BYTES: usize = 64;
@@ -188,10 +191,20 @@ pub(crate) struct Later {
 pub(crate) fn find_valid_after(bytes: &[u8], from: u64, min_lsn: u64) -> Option<Later> {
     let mut at = (from as usize + BATCH_ALIGN).div_ceil(BATCH_ALIGN) * BATCH_ALIGN;
     let mut found: Option<Later> = None;
-    while at + 8 <= bytes.len() {
-        // Cheap pre-filter: a plausible length and LSN before computing a checksum.
+    // A batch holds at least one 40-byte record per LSN, so no batch in this file can start
+    // beyond this LSN: a cheap filter that keeps stale and random bytes (old batches of a
+    // reused segment, payload bytes) from costing a checksum each.
+    let lsn_max = min_lsn.saturating_add(bytes.len() as u64 / RECORD_HEADER_BYTES as u64);
+    while at + BATCH_HEADER_BYTES <= bytes.len() {
         let len = u32::from_le_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]]);
-        if len != 0 && len as usize & (BATCH_ALIGN - 1) == 0 && at + len as usize <= bytes.len() {
+        let mut lsn = [0u8; 8];
+        lsn.copy_from_slice(&bytes[at + 8..at + 16]);
+        let first_lsn = u64::from_le_bytes(lsn);
+        if len as usize >= BATCH_HEADER_BYTES + RECORD_HEADER_BYTES
+            && len as usize & (BATCH_ALIGN - 1) == 0
+            && at + len as usize <= bytes.len()
+            && (min_lsn..=lsn_max).contains(&first_lsn)
+        {
             if let Decoded::Batch(b) = decode_batch(&bytes[at..]) {
                 if b.first_lsn >= min_lsn {
                     let end_lsn = b.first_lsn + b.records.len() as u64;

@@ -383,3 +383,39 @@ fn write_through_segments_need_no_fdatasync_under_always() {
         assert_eq!(report.records, 200);
     });
 }
+
+#[test]
+fn interval_policy_syncs_at_the_first_flush_after_the_interval() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut cfg = config(dir.path());
+    cfg.fsync = FsyncPolicy::IntervalMs(100);
+    let io = YieldIo::default();
+    io.knobs.now_ms.set(10_000);
+    let knobs = io.knobs.clone();
+    block_on(async {
+        let (log, _) = Log::open(io, cfg).await.expect("open");
+        let r1 = log.append(&batch_of(b"k", 1, 1, 10)).await.expect("append");
+        let s = log.stats();
+        assert_eq!(s.acked_lsn, r1.end);
+        assert!(s.synced_lsn < r1.end, "no sync within the interval");
+        knobs.now_ms.set(10_099);
+        log.append(&batch_of(b"k", 2, 1, 10)).await.expect("append");
+        assert!(
+            log.stats().synced_lsn < log.stats().acked_lsn,
+            "99 ms < 100 ms"
+        );
+        knobs.now_ms.set(10_100);
+        let r3 = log.append(&batch_of(b"k", 3, 1, 10)).await.expect("append");
+        assert_eq!(
+            log.stats().synced_lsn,
+            r3.end,
+            "synced once the interval passed"
+        );
+        // An explicit sync covers what the interval has not.
+        knobs.now_ms.set(10_150);
+        let r4 = log.append(&batch_of(b"k", 4, 1, 10)).await.expect("append");
+        assert!(log.stats().synced_lsn < r4.end);
+        log.sync().await.expect("sync");
+        assert_eq!(log.stats().synced_lsn, r4.end);
+    });
+}

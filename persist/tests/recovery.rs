@@ -377,3 +377,54 @@ fn damage_followed_only_by_unsynced_batches_is_a_torn_tail() {
         "{err}"
     );
 }
+
+#[test]
+fn torn_tail_in_a_reused_segment_is_truncated_and_stale_bytes_stay_ignored() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut cfg = config(dir.path());
+    cfg.fsync = quark_persist::FsyncPolicy::Never;
+    let mut last_first = 0;
+    block_on(async {
+        let (log, _) = Log::open(StdIo, cfg.clone()).await.expect("open");
+        // Overwrite one key until segments are compacted into spares and reused.
+        let mut i = 0;
+        while log.stats().segments_recycled < 3 {
+            let mut b = Batch::new();
+            b.snapshot(b"k", &payload(i, 300));
+            last_first = log.append(&b).await.expect("append").first;
+            i += 1;
+            if i % 20 == 0 {
+                log.compact(quark_persist::CompactionPolicy::default())
+                    .await
+                    .expect("compact");
+            }
+        }
+        // Not closed: the last batch's bytes may be torn.
+    });
+    // Tear the last batch of the active (reused) segment: flip bytes inside its payload.
+    let seg = segments(&cfg.dir).pop().expect("segment");
+    let bytes = std::fs::read(&seg).expect("read");
+    let lsn_bytes = last_first.to_le_bytes();
+    let at = (0..bytes.len() - 8)
+        .step_by(8)
+        .find(|&o| bytes[o + 8..o + 16] == lsn_bytes && o >= SEGMENT_HEADER_BYTES)
+        .expect("last batch found by its first_lsn");
+    write_at(&seg, at as u64 + 100, &[0x42; 4]);
+    block_on(async {
+        let (log, report) = Log::open(StdIo, cfg.clone()).await.expect("open");
+        assert_eq!(report.truncated.len(), 1, "{report:?}");
+        assert_eq!(report.truncated[0].offset, at as u64);
+        assert_eq!(log.stats().next_lsn, last_first);
+        let lsns = log.key_lsns(b"k");
+        assert_eq!(lsns.len(), 1);
+        assert_eq!(
+            lsns[0],
+            last_first - 1,
+            "the previous snapshot is the latest again"
+        );
+    });
+    block_on(async {
+        let (_log, report) = Log::open(StdIo, cfg.clone()).await.expect("reopen");
+        assert!(report.truncated.is_empty(), "{report:?}");
+    });
+}

@@ -48,6 +48,9 @@ struct Args {
     /// MiB of log for the recovery measurement (0 skips it).
     #[arg(long, default_value_t = 1024)]
     recovery_mib: u64,
+    /// Write-through (`O_DSYNC`) active segments for the concurrent and bandwidth runs.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    write_through: bool,
     /// Segment size of the benchmarked log, MiB.
     #[arg(long, default_value_t = 64)]
     segment_mib: u64,
@@ -163,6 +166,7 @@ fn log_config(args: &Args, dir: &Path, preallocate: Preallocate) -> LogConfig {
     c.segment_bytes = args.segment_mib << 20;
     c.fsync = FsyncPolicy::Always;
     c.preallocate = preallocate;
+    c.write_through = args.write_through;
     c.pending_bytes_max = 4 << 20;
     c
 }
@@ -330,29 +334,86 @@ fn log_concurrent(args: &Args, out: &mut Vec<Figure>) -> Result<()> {
     Ok(())
 }
 
-fn log_bandwidth(args: &Args, out: &mut Vec<Figure>, prealloc: Preallocate) -> Result<()> {
+/// Large-batch bandwidth. `recycled`: first fill and compact enough segments that every
+/// segment the measured writes need is a reused spare (the steady state of a log whose
+/// compaction keeps up), so no segment is zero-filled during the measurement.
+fn log_bandwidth(
+    args: &Args,
+    out: &mut Vec<Figure>,
+    prealloc: Preallocate,
+    recycled: bool,
+    appenders: u64,
+) -> Result<()> {
     let dir = args.dir.join("bandwidth");
     fresh(&dir)?;
-    let cfg = log_config(args, &dir, prealloc);
+    let mut cfg = log_config(args, &dir, prealloc);
     let batches = args.bandwidth_mib;
+    let spares_needed = (args.bandwidth_mib / args.segment_mib + 2) as usize;
+    if recycled {
+        cfg.recycle_segments_max = spares_needed;
+    }
     let mbs = runtime()?.block_on(async move {
         let (log, _) = Log::open(UringIo, cfg).await?;
         let payload = vec![0xC3u8; (128 << 10) - 64];
+        if recycled {
+            // Snapshots of one key: every sealed segment becomes garbage, then a spare.
+            let mut s = Batch::new();
+            for _ in 0..8 {
+                s.snapshot(b"warm-up", &payload);
+            }
+            // Fill enough segments first (a roll would consume a spare), then compact once.
+            while log.stats().segment_count <= spares_needed {
+                log.append(&s).await?;
+            }
+            log.compact(quark_persist::CompactionPolicy::default())
+                .await?;
+            anyhow::ensure!(
+                log.stats().spare_count == spares_needed,
+                "warm-up left {} spares, wanted {spares_needed}",
+                log.stats().spare_count
+            );
+        }
         let mut b = Batch::new();
         for i in 0..8 {
             b.event(format!("blob-{i}").as_bytes(), &payload);
         }
         let bytes = b.encoded_bytes() as f64 * batches as f64;
+        let log = Rc::new(log);
+        let b = Rc::new(b);
         let start = Instant::now();
-        for _ in 0..batches {
-            log.append(&b).await?;
+        // `appenders` tasks share the batches: with more than one, encoding of the next
+        // batches overlaps the write in flight and group commit merges them.
+        let mut handles = Vec::new();
+        for t in 0..appenders {
+            let (log, b) = (Rc::clone(&log), Rc::clone(&b));
+            let mine = batches / appenders + u64::from(t < batches % appenders);
+            handles.push(monoio::spawn(async move {
+                for _ in 0..mine {
+                    log.append(&b).await?;
+                }
+                anyhow::Ok(())
+            }));
+        }
+        for h in handles {
+            h.await?;
         }
         let el = start.elapsed();
+        if recycled {
+            anyhow::ensure!(
+                log.stats().segments_recycled as usize + 1 >= spares_needed - 1,
+                "measured writes did not run on recycled segments"
+            );
+        }
         log.close().await?;
         anyhow::Ok(bytes / 1e6 / el.as_secs_f64())
     })?;
+    let what = if recycled {
+        format!("recycled segments, {appenders} appender(s)")
+    } else {
+        format!("new segments, {prealloc:?}, {appenders} appender(s)")
+    };
     out.push(Figure {
-        name: format!("log 1MiB batches Always bandwidth ({prealloc:?})"),
+        name: format!("log 1MiB batches Always bandwidth ({what})"),
         value: mbs,
         unit: "MB/s",
     });
@@ -371,14 +432,23 @@ fn recovery(args: &Args, out: &mut Vec<Figure>) -> Result<()> {
     if args.recovery_mib == 0 {
         return Ok(());
     }
+    // The log is written once (first run) and recovered in every run: the runs measure
+    // recovery, and rewriting 1 GiB per run only exhausts the virtual disk's burst budget.
     let dir = args.dir.join("recovery");
-    fresh(&dir)?;
+    let done = args.dir.join("recovery.complete");
     let mut cfg = log_config(args, &dir, Preallocate::Fallocate);
     cfg.fsync = FsyncPolicy::Never;
     let target = args.recovery_mib << 20;
     let mut rt = runtime()?;
     let cfg2 = cfg.clone();
+    if !done.exists() {
+        fresh(&dir)?;
+    }
+    let write = !done.exists();
     rt.block_on(async move {
+        if !write {
+            return anyhow::Ok(());
+        }
         let (log, _) = Log::open(UringIo, cfg2).await?;
         let payload = vec![0x3Cu8; 1000];
         let mut written = 0u64;
@@ -395,6 +465,7 @@ fn recovery(args: &Args, out: &mut Vec<Figure>) -> Result<()> {
         log.close().await?;
         anyhow::Ok(())
     })?;
+    std::fs::write(&done, b"")?;
     for cold in [false, true] {
         let dropped = cold && drop_caches();
         if cold && !dropped {
@@ -423,8 +494,68 @@ fn recovery(args: &Args, out: &mut Vec<Figure>) -> Result<()> {
             unit: "MB/s",
         });
     }
-    let _ = std::fs::remove_dir_all(&dir);
     Ok(())
+}
+
+/// Same-run ratios (the comparable figures on a noisy machine): numerator / denominator,
+/// both looked up by name prefix in this run's figures.
+fn add_ratios(out: &mut Vec<Figure>) {
+    const RATIOS: &[(&str, &str, &str)] = &[
+        (
+            "ratio log 1 appender p50 / baseline 128B prealloc p50",
+            "log 1 appender 128B Always (write-through) p50",
+            "baseline 128B prealloc p50",
+        ),
+        (
+            "ratio log 1 appender p99 / baseline 128B prealloc p99",
+            "log 1 appender 128B Always (write-through) p99",
+            "baseline 128B prealloc p99",
+        ),
+        (
+            "ratio log 1 appender p99 / baseline 128B growing p99",
+            "log 1 appender 128B Always (write-through) p99",
+            "baseline 128B growing p99",
+        ),
+        (
+            "ratio log 1 appender p99 / uring raw write+fdatasync p99",
+            "log 1 appender 128B Always (write-through) p99",
+            "uring raw 128B write+fdatasync p99",
+        ),
+        (
+            "ratio bandwidth recycled, 1 appender / baseline 1MiB prealloc",
+            "log 1MiB batches Always bandwidth (recycled segments, 1 ",
+            "baseline 1MiB prealloc bandwidth",
+        ),
+        (
+            "ratio bandwidth recycled, 4 appenders / baseline 1MiB prealloc",
+            "log 1MiB batches Always bandwidth (recycled segments, 4 ",
+            "baseline 1MiB prealloc bandwidth",
+        ),
+        (
+            "ratio bandwidth new ZeroFill / baseline 1MiB prealloc incl. zero-fill",
+            "log 1MiB batches Always bandwidth (new segments, ZeroFill, 1 ",
+            "baseline 1MiB prealloc bandwidth incl. zero-fill",
+        ),
+        (
+            "ratio bandwidth new ZeroFill / baseline 1MiB growing",
+            "log 1MiB batches Always bandwidth (new segments, ZeroFill, 1 ",
+            "baseline 1MiB growing bandwidth",
+        ),
+    ];
+    let find = |out: &[Figure], name: &str| {
+        out.iter()
+            .find(|f| f.name.starts_with(name))
+            .map(|f| f.value)
+    };
+    for (name, num, den) in RATIOS {
+        if let (Some(n), Some(d)) = (find(out, num), find(out, den)) {
+            out.push(Figure {
+                name: (*name).to_string(),
+                value: n / d,
+                unit: "x",
+            });
+        }
+    }
 }
 
 fn median_min_max(mut v: Vec<f64>) -> (f64, f64, f64) {
@@ -443,15 +574,20 @@ fn main() -> Result<()> {
         log_single(&args, &mut out, true)?;
         log_single(&args, &mut out, false)?;
         log_concurrent(&args, &mut out)?;
-        log_bandwidth(&args, &mut out, Preallocate::ZeroFill)?;
-        log_bandwidth(&args, &mut out, Preallocate::Fallocate)?;
+        log_bandwidth(&args, &mut out, Preallocate::ZeroFill, false, 1)?;
+        log_bandwidth(&args, &mut out, Preallocate::Fallocate, false, 1)?;
+        log_bandwidth(&args, &mut out, Preallocate::ZeroFill, true, 1)?;
+        log_bandwidth(&args, &mut out, Preallocate::ZeroFill, true, 4)?;
         recovery(&args, &mut out)?;
+        add_ratios(&mut out);
         println!("run {run}:");
         for f in &out {
-            println!("  {:<60} {:>12.1} {}", f.name, f.value, f.unit);
+            println!("  {:<70} {:>12.2} {}", f.name, f.value, f.unit);
         }
         runs.push(out);
     }
+    let _ = std::fs::remove_dir_all(args.dir.join("recovery"));
+    let _ = std::fs::remove_file(args.dir.join("recovery.complete"));
     println!("\nmedian [min .. max] over {} runs:", runs.len());
     let mut json = Vec::new();
     for (i, f) in runs[0].iter().enumerate() {
@@ -461,7 +597,7 @@ fn main() -> Result<()> {
             .collect();
         let (med, min, max) = median_min_max(vals);
         println!(
-            "  {:<60} {:>12.1} [{:.1} .. {:.1}] {}",
+            "  {:<70} {:>12.2} [{:.2} .. {:.2}] {}",
             f.name, med, min, max, f.unit
         );
         json.push(serde_json::json!({

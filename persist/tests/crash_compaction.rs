@@ -1,0 +1,193 @@
+//! Crash test with compaction and segment reuse running: a child process overwrites three
+//! keys with snapshots (`FsyncPolicy::Always`, 16 KiB segments, compaction every 10 appends, so
+//! segments are constantly compacted into spares and reused); the parent SIGKILLs it at random
+//! moments (60 rounds) and checks after every reopen that each key's live snapshot is at least
+//! as new as the last one acknowledged for it, that it and every other record read back is
+//! exactly what was written at its original LSN, and that stale bytes of reused segments never
+//! surface.
+
+mod common;
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Write};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::payload;
+use quark_persist::{
+    block_on, Batch, CompactionPolicy, FsyncPolicy, Log, LogConfig, Preallocate, RecordKind, StdIo,
+};
+
+const CHILD_ENV: &str = "QUARK_CRASH_COMPACT_CHILD_DIR";
+const ROUNDS: u64 = 60;
+const KEYS: u64 = 3;
+
+fn config(dir: &Path) -> LogConfig {
+    let mut c = LogConfig::new(dir, 4);
+    c.segment_bytes = 16 * 1024;
+    c.fsync = FsyncPolicy::Always;
+    c.preallocate = Preallocate::ZeroFill;
+    c.recycle_segments_max = 2;
+    c
+}
+
+fn key_of(lsn: u64) -> Vec<u8> {
+    format!("k{}", lsn % KEYS).into_bytes()
+}
+
+fn payload_of(lsn: u64) -> Vec<u8> {
+    payload(lsn, 200 + (lsn * 7919 % 400) as usize)
+}
+
+/// The child: one snapshot per batch, LSN-determined content, compaction every 10 appends.
+#[test]
+fn crash_compaction_child() {
+    let Ok(dir) = std::env::var(CHILD_ENV) else {
+        return;
+    };
+    block_on(async {
+        let (log, _) = Log::open(StdIo, config(Path::new(&dir)))
+            .await
+            .expect("child open");
+        let mut out = std::io::stdout().lock();
+        let mut until_compaction = 10u32;
+        loop {
+            let lsn = log.stats().next_lsn;
+            let mut b = Batch::new();
+            b.snapshot(&key_of(lsn), &payload_of(lsn));
+            let r = log.append(&b).await.expect("child append");
+            assert_eq!(r.first, lsn);
+            writeln!(out, "ACK {lsn}").expect("stdout");
+            out.flush().expect("stdout");
+            until_compaction -= 1;
+            if until_compaction == 0 {
+                until_compaction = 10;
+                log.compact(CompactionPolicy::default())
+                    .await
+                    .expect("child compact");
+            }
+        }
+    });
+}
+
+#[test]
+fn compaction_and_segment_reuse_survive_sigkill() {
+    if std::env::var(CHILD_ENV).is_ok() {
+        return;
+    }
+    let started = Instant::now();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log_dir = dir.path().join("log");
+    let mut seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0x5EED, |d| d.as_nanos() as u64)
+        | 1;
+    eprintln!("crash/compaction test seed {seed}");
+    let mut rand = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    let exe = std::env::current_exe().expect("current_exe");
+    // Last acknowledged LSN per key.
+    let mut acked: HashMap<Vec<u8>, u64> = HashMap::new();
+    let mut recycled_seen = false;
+    for round in 0..ROUNDS {
+        let kill_after = rand() % 400;
+        let mut child = Command::new(&exe)
+            .args([
+                "--exact",
+                "crash_compaction_child",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env(CHILD_ENV, &log_dir)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn child");
+        let pid = child.id();
+        let done = Arc::new(AtomicBool::new(false));
+        let watchdog = {
+            let done = Arc::clone(&done);
+            std::thread::spawn(move || {
+                let deadline = Instant::now() + Duration::from_secs(30);
+                while !done.load(Ordering::Acquire) {
+                    if Instant::now() > deadline {
+                        // SAFETY: plain kill(2) of our own child's pid.
+                        unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+                        return true;
+                    }
+                    std::thread::park_timeout(Duration::from_millis(50));
+                }
+                false
+            })
+        };
+        let stdout = child.stdout.take().expect("piped stdout");
+        let mut seen = 0;
+        if kill_after == 0 {
+            child.kill().expect("SIGKILL");
+        }
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if let Some(rest) = line.strip_prefix("ACK ") {
+                let lsn: u64 = rest.parse().expect("ACK carries an LSN");
+                let e = acked.entry(key_of(lsn)).or_insert(0);
+                *e = (*e).max(lsn);
+                seen += 1;
+                if seen == kill_after {
+                    child.kill().expect("SIGKILL");
+                }
+            }
+        }
+        let status = child.wait().expect("wait");
+        assert_eq!(
+            std::os::unix::process::ExitStatusExt::signal(&status),
+            Some(libc::SIGKILL),
+            "round {round}: the child must die by SIGKILL, not by an error ({status})"
+        );
+        done.store(true, Ordering::Release);
+        watchdog.thread().unpark();
+        assert!(
+            !watchdog.join().expect("watchdog"),
+            "round {round}: child hung"
+        );
+
+        block_on(async {
+            let (log, report) = Log::open(StdIo, config(&log_dir)).await.expect("reopen");
+            recycled_seen |= !report.spares.is_empty();
+            for (key, &last) in &acked {
+                let lsns = log.key_lsns(key);
+                assert_eq!(lsns.len(), 1, "round {round}: one live snapshot per key");
+                let r = log.read(lsns[0]).await.expect("read").expect("present");
+                assert_eq!(r.kind, RecordKind::Snapshot);
+                assert!(
+                    r.origin_lsn >= last,
+                    "round {round}: key {key:?} went back from acknowledged LSN {last} to {}",
+                    r.origin_lsn
+                );
+                assert_eq!(&r.key, key);
+                assert_eq!(r.payload, payload_of(r.origin_lsn), "round {round}");
+            }
+            let mut scan = log.scan(1);
+            while let Some(r) = scan.next().await.expect("scan") {
+                assert_eq!(
+                    r.key,
+                    key_of(r.origin_lsn),
+                    "round {round}: stale or foreign record"
+                );
+                assert_eq!(r.payload, payload_of(r.origin_lsn), "round {round}");
+            }
+        });
+    }
+    assert!(acked.len() as u64 == KEYS, "the child made progress");
+    assert!(recycled_seen, "segments were reused during the test");
+    eprintln!(
+        "crash/compaction test: {ROUNDS} rounds in {:?}",
+        started.elapsed()
+    );
+}
