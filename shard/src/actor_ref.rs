@@ -190,7 +190,7 @@ impl<A: Actor> ActorRef<A> {
             ReplyTo::Shard(core.id, call)
         };
         self.dispatch::<M>(core, type_idx, target, msg, reply).await;
-        outcome_into(wait.await, || self.id.clone(), timeout)
+        outcome_into::<A, M>(wait.await, || self.id.clone(), timeout)
     }
 
     /// Hands `msg` to `target` from `core`'s shard: straight into the mailbox when the target
@@ -268,10 +268,11 @@ impl<A: Actor> ActorRef<A> {
             Origin::External,
         );
         d.external = Some(External {
-            forward: Box::new(ExtForward {
+            forward: Box::new(ExtForward::<A, M> {
                 tx,
                 actor: self.id.clone(),
                 timeout,
+                _types: std::marker::PhantomData,
             }),
             timeout,
         });

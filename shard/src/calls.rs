@@ -34,7 +34,8 @@ impl CallId {
 
 /// How a call ended.
 pub(crate) enum CallOutcome {
-    /// The reply message (a `ReplyMsg<R>`, downcast by the caller).
+    /// The returned message box with the reply inside (a `Deliver<A, M>`, downcast by the
+    /// caller).
     Reply(Box<dyn Any + Send>),
     /// The callee failed the call.
     Failed(CallError),

@@ -2,11 +2,10 @@
 //!
 //! A message to an actor is one allocation, [`Deliver`], from the sender to the handler: the
 //! same box goes through the ring (as a [`CrossMsg`]) and into the mailbox (as a
-//! [`MailItem`]); the handler's turn takes the message out of it. A reply from another shard
-//! is one more allocation, [`ReplyMsg`], which the caller's shard stores in its call table as
-//! is until the caller takes the value.
+//! [`MailItem`]); the handler's turn takes the message out of it. For an ask, the same box
+//! then carries the reply back and the caller's shard stores it in its call table until the
+//! caller takes the value: one allocation per call, freed by the thread that made it.
 
-use std::any::Any;
 use std::marker::PhantomData;
 use std::rc::Rc;
 use std::time::Duration;
@@ -72,18 +71,27 @@ pub(crate) struct External {
     pub(crate) timeout: Duration,
 }
 
-/// A message for actor `(A, key)` with its reply address.
-pub(crate) struct Deliver<A, M> {
+/// A message for actor `(A, key)` with its reply address, and, once handled, its reply.
+///
+/// For an `ask` the same box makes the round trip: the caller allocates it, the callee takes
+/// the message out, writes the reply into it and sends it back (through the ring, or straight
+/// into the call table for a local call), and the caller frees it. One allocation per call, and
+/// it is freed by the thread that allocated it (no cross-thread free).
+pub(crate) struct Deliver<A, M: Message> {
     pub(crate) type_idx: u16,
     pub(crate) key: ActorKey,
-    pub(crate) msg: M,
+    msg: Option<M>,
     pub(crate) reply: ReplyTo,
     pub(crate) origin: Origin,
     pub(crate) external: Option<External>,
+    /// The handler's reply, on the way back.
+    value: Option<M::Reply>,
+    /// The shard that handled the message (set on the way back).
+    from: ShardId,
     _actor: PhantomData<fn() -> A>,
 }
 
-impl<A, M> Deliver<A, M> {
+impl<A, M: Message> Deliver<A, M> {
     pub(crate) fn new(
         type_idx: u16,
         key: ActorKey,
@@ -94,12 +102,19 @@ impl<A, M> Deliver<A, M> {
         Deliver {
             type_idx,
             key,
-            msg,
+            msg: Some(msg),
             reply,
             origin,
             external: None,
+            value: None,
+            from: 0,
             _actor: PhantomData,
         }
+    }
+
+    /// Takes the reply out of a box that came back.
+    pub(crate) fn take_value(&mut self) -> Option<M::Reply> {
+        self.value.take()
     }
 }
 
@@ -120,17 +135,39 @@ where
 
     #[inline]
     fn start<'a>(
-        self: Box<Self>,
+        mut self: Box<Self>,
         actor: &'a mut A,
         ctx: &'a Context<A>,
         turn: std::pin::Pin<&mut Turn<'a>>,
     ) {
-        let reply = self.reply;
-        let msg = self.msg;
-        turn.set(async move {
-            let value = actor.handle(msg, ctx).await;
-            send_reply(&ctx.core, reply, value);
-        });
+        let msg = self.msg.take().expect("a message is handled once");
+        if self.reply == ReplyTo::None {
+            drop(self);
+            turn.set(async move {
+                actor.handle(msg, ctx).await;
+            });
+        } else {
+            turn.set(async move {
+                let value = actor.handle(msg, ctx).await;
+                self.value = Some(value);
+                send_back(&ctx.core, self);
+            });
+        }
+    }
+}
+
+/// Returns a handled ask's box, reply inside, to its caller.
+#[inline]
+fn send_back<A, M>(core: &ShardCore, mut d: Box<Deliver<A, M>>)
+where
+    A: Handler<M>,
+    M: Message,
+{
+    d.from = core.id;
+    match d.reply {
+        ReplyTo::None => {}
+        ReplyTo::Local(call) => core.complete_call(call, CallOutcome::Reply(d)),
+        ReplyTo::Shard(shard, _) => core.send_to(shard, d),
     }
 }
 
@@ -140,6 +177,14 @@ where
     M: Message,
 {
     fn run(mut self: Box<Self>, core: &Rc<ShardCore>) {
+        if self.value.is_some() {
+            // A reply coming back to the caller's shard.
+            core.return_credits(self.from, 1);
+            if let ReplyTo::Shard(_, call) = self.reply {
+                core.complete_call(call, CallOutcome::Reply(self));
+            }
+            return;
+        }
         if let Some(ext) = self.external.take() {
             // An external caller waits on a channel: register the call here, on the owner
             // shard, so that its deadline is enforced by this shard's clock.
@@ -151,23 +196,6 @@ where
             self.reply = ReplyTo::Local(call);
         }
         crate::activation::deliver::<A>(core, self.type_idx, self);
-    }
-}
-
-/// A reply travelling back to the caller's shard (and, as `Box<dyn Any>`, stored in its call
-/// table until the caller takes it).
-pub(crate) struct ReplyMsg<R> {
-    pub(crate) call: CallId,
-    pub(crate) from: ShardId,
-    pub(crate) value: R,
-}
-
-impl<R: Send + 'static> CrossMsg for ReplyMsg<R> {
-    fn run(self: Box<Self>, core: &Rc<ShardCore>) {
-        core.return_credits(self.from, 1);
-        let call = self.call;
-        let any: Box<dyn Any + Send> = self;
-        core.complete_call(call, CallOutcome::Reply(any));
     }
 }
 
@@ -209,30 +237,6 @@ impl CrossMsg for RunMsg {
     }
 }
 
-/// Sends a turn's reply.
-#[inline]
-pub(crate) fn send_reply<R: Send + 'static>(core: &ShardCore, reply: ReplyTo, value: R) {
-    match reply {
-        ReplyTo::None => {}
-        ReplyTo::Local(call) => {
-            let msg = Box::new(ReplyMsg {
-                call,
-                from: core.id,
-                value,
-            });
-            core.complete_call(call, CallOutcome::Reply(msg));
-        }
-        ReplyTo::Shard(shard, call) => core.send_to(
-            shard,
-            Box::new(ReplyMsg {
-                call,
-                from: core.id,
-                value,
-            }),
-        ),
-    }
-}
-
 /// Fails a call without a typed value (panic, abort, shutdown).
 pub(crate) fn fail_reply(core: &ShardCore, reply: ReplyTo, err: CallError) {
     match reply {
@@ -250,14 +254,20 @@ pub(crate) fn fail_reply(core: &ShardCore, reply: ReplyTo, err: CallError) {
 }
 
 /// Turns a call outcome into the caller's result.
-pub(crate) fn outcome_into<R: Send + 'static>(
+pub(crate) fn outcome_into<A, M>(
     outcome: CallOutcome,
     actor: impl FnOnce() -> ActorId,
     timeout: Duration,
-) -> Result<R, CallError> {
+) -> Result<M::Reply, CallError>
+where
+    A: Handler<M>,
+    M: Message,
+{
     match outcome {
-        CallOutcome::Reply(any) => match any.downcast::<ReplyMsg<R>>() {
-            Ok(msg) => Ok(msg.value),
+        CallOutcome::Reply(any) => match any.downcast::<Deliver<A, M>>() {
+            Ok(mut d) => Ok(d
+                .take_value()
+                .expect("a returned message carries its reply")),
             Err(_) => unreachable!("a call's reply has the type its ask expects"),
         },
         CallOutcome::Failed(err) => Err(err),
@@ -269,16 +279,23 @@ pub(crate) fn outcome_into<R: Send + 'static>(
 }
 
 /// Forwards an outcome to an external caller's channel.
-pub(crate) struct ExtForward<R> {
-    pub(crate) tx: futures::channel::oneshot::Sender<Result<R, CallError>>,
+pub(crate) struct ExtForward<A, M: Message> {
+    pub(crate) tx: futures::channel::oneshot::Sender<Result<M::Reply, CallError>>,
     pub(crate) actor: ActorId,
     pub(crate) timeout: Duration,
+    pub(crate) _types: PhantomData<fn() -> (A, M)>,
 }
 
-impl<R: Send + 'static> Forward for ExtForward<R> {
+impl<A, M> Forward for ExtForward<A, M>
+where
+    A: Handler<M>,
+    M: Message,
+{
     fn complete(self: Box<Self>, outcome: CallOutcome) {
-        let ExtForward { tx, actor, timeout } = *self;
+        let ExtForward {
+            tx, actor, timeout, ..
+        } = *self;
         // A closed channel means the caller stopped waiting; nothing to do.
-        let _ = tx.send(outcome_into(outcome, || actor, timeout));
+        let _ = tx.send(outcome_into::<A, M>(outcome, || actor, timeout));
     }
 }
