@@ -109,6 +109,7 @@ struct RawLog {
     write_through: Option<bool>,
     recycle_segments_max: Option<u64>,
     pending_bytes_max: Option<u64>,
+    compact_interval_ms: Option<u64>,
 }
 
 #[derive(Deserialize)]
@@ -315,6 +316,16 @@ impl NodeConfig {
                 check.range("node.uring_entries", v, 8, 32_768, "8 to 32768")? as u32;
         }
         if let Some(l) = raw.log {
+            if let Some(ms) = l.compact_interval_ms {
+                let ms = check.range(
+                    "log.compact_interval_ms",
+                    ms,
+                    0,
+                    86_400_000,
+                    "0 (never) to 1 day",
+                )?;
+                engine.log_compact_interval = (ms > 0).then(|| Duration::from_millis(ms));
+            }
             engine.log = Some(log_config(l, &check)?);
         }
         let mut actors = BTreeMap::new();

@@ -561,21 +561,36 @@ pub(crate) async fn pump(
     }
 }
 
-/// Under `fsync = { interval_ms = N }` the log syncs only when asked: ask every N ms.
+/// The log's periodic work, as shard tasks: under `fsync = { interval_ms = N }` the log syncs
+/// only when asked, so ask every N ms; and a compaction pass every `log_compact_interval`.
 fn start_log_syncer(core: &Rc<ShardCore>) {
     let Some(log) = core.log.clone() else { return };
-    let quark_persist::FsyncPolicy::IntervalMs(ms) = log.config().fsync else {
-        return;
-    };
     let shard = core.id;
-    core.exec.spawn(async move {
-        loop {
-            crate::rt::sleep(Duration::from_millis(ms.max(1))).await;
-            if let Err(e) = log.sync().await {
-                tracing::error!(shard, error = %e, "periodic log sync failed");
+    if let quark_persist::FsyncPolicy::IntervalMs(ms) = log.config().fsync {
+        let log = log.clone();
+        core.exec.spawn(async move {
+            loop {
+                crate::rt::sleep(Duration::from_millis(ms.max(1))).await;
+                if let Err(e) = log.sync().await {
+                    tracing::error!(shard, error = %e, "periodic log sync failed");
+                }
             }
-        }
-    });
+        });
+    }
+    if let Some(every) = core.node.config.log_compact_interval {
+        core.exec.spawn(async move {
+            loop {
+                crate::rt::sleep(every).await;
+                match log
+                    .compact(quark_persist::CompactionPolicy::default())
+                    .await
+                {
+                    Ok(report) => tracing::debug!(shard, ?report, "log compaction pass"),
+                    Err(e) => tracing::error!(shard, error = %e, "log compaction failed"),
+                }
+            }
+        });
+    }
 }
 
 /// One trip through the executor's wait: ring our own bell and park on it, so the executor

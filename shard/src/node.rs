@@ -64,6 +64,8 @@ pub struct EngineConfig {
     /// `dir` is the node's data directory: shard `i` uses `dir/shard-i`; `shard_id` is set per
     /// shard.
     pub log: Option<quark_persist::LogConfig>,
+    /// How often each shard runs a compaction pass over its log (`None`: never).
+    pub log_compact_interval: Option<Duration>,
 }
 
 impl Default for EngineConfig {
@@ -82,6 +84,7 @@ impl Default for EngineConfig {
             idle_timeout: Duration::from_secs(600),
             uring_entries: 256,
             log: None,
+            log_compact_interval: Some(Duration::from_secs(10)),
         }
     }
 }
