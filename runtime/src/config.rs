@@ -96,6 +96,7 @@ struct RawNode {
     shutdown_timeout_ms: Option<u64>,
     idle_timeout_ms: Option<u64>,
     uring_entries: Option<u64>,
+    force_legacy_driver: Option<bool>,
 }
 
 #[derive(Deserialize)]
@@ -310,6 +311,9 @@ impl NodeConfig {
                 31_536_000_000,
                 "1 ms to 1 year",
             )?);
+        }
+        if let Some(v) = n.force_legacy_driver {
+            engine.force_legacy_driver = v;
         }
         if let Some(v) = n.uring_entries {
             engine.uring_entries =

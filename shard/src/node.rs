@@ -60,6 +60,9 @@ pub struct EngineConfig {
     pub idle_timeout: Duration,
     /// io_uring submission queue entries per shard.
     pub uring_entries: u32,
+    /// Run the shards on the epoll driver even where io_uring is available (for kernels or
+    /// sandboxes that forbid io_uring, and to test the fallback).
+    pub force_legacy_driver: bool,
     /// The durable log each shard opens at start-up (`None`: the node keeps nothing on disk).
     /// `dir` is the node's data directory: shard `i` uses `dir/shard-i`; `shard_id` is set per
     /// shard.
@@ -83,6 +86,7 @@ impl Default for EngineConfig {
             shutdown_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(600),
             uring_entries: 256,
+            force_legacy_driver: false,
             log: None,
             log_compact_interval: Some(Duration::from_secs(10)),
         }
@@ -672,7 +676,10 @@ fn shard_main(
             tracing::warn!(shard = id, core = core_id, error = %e, "could not pin the shard thread");
         }
     }
-    let mut rt = match crate::rt::build_runtime(shared.config.uring_entries) {
+    let mut rt = match crate::rt::build_runtime(
+        shared.config.uring_entries,
+        shared.config.force_legacy_driver,
+    ) {
         Ok(rt) => rt,
         Err(e) => {
             tracing::error!(shard = id, error = %e, "cannot build the shard's runtime");

@@ -620,3 +620,43 @@ fn parked_shards_never_miss_a_wake_up() {
     );
     engine.shutdown();
 }
+
+#[test]
+fn the_epoll_fallback_driver_runs_the_same_engine() {
+    let counters = Arc::new(Counters::default());
+    for spin in [Duration::ZERO, Duration::from_micros(20)] {
+        let engine = recorder_engine(
+            EngineConfig {
+                force_legacy_driver: true,
+                idle_spin: spin,
+                ..config(2)
+            },
+            &counters,
+            Duration::from_secs(60),
+        );
+        let target = (0..)
+            .map(|k: u64| engine.actor_ref::<Recorder>(k))
+            .find(|r| r.owner_shard() == 1)
+            .unwrap();
+        let t2 = target.clone();
+        let seen = engine
+            .spawn_on(0, move || async move {
+                for i in 0..2_000 {
+                    t2.tell(Push(i)).await.unwrap();
+                }
+                t2.ask(Seen).await.unwrap()
+            })
+            .join()
+            .unwrap();
+        assert_eq!(seen, (0..2_000).collect::<Vec<_>>());
+        let h = engine.actor_ref::<TimerHolder>(1u64);
+        let before = counters.ticks.load(Ordering::SeqCst);
+        block_on(h.ask(TimerCmd::Once(Duration::from_millis(5)))).unwrap();
+        eventually(
+            Duration::from_secs(5),
+            "a timer tick on the epoll driver",
+            || counters.ticks.load(Ordering::SeqCst) == before + 1,
+        );
+        assert_eq!(engine.shutdown(), Default::default());
+    }
+}

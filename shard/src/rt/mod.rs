@@ -30,16 +30,25 @@ pub(crate) type Runtime = monoio::FusionRuntime<
 static LEGACY_WARNING: Once = Once::new();
 
 /// Builds the runtime of one shard thread: io_uring with `entries` submission slots when the
-/// kernel allows it, else the legacy epoll driver (logged once per process, loudly).
-pub(crate) fn build_runtime(entries: u32) -> io::Result<Runtime> {
-    let rt = monoio::RuntimeBuilder::<monoio::FusionDriver>::new()
-        .with_entries(entries)
-        .enable_timer()
-        .build()?;
+/// kernel allows it (and `force_legacy` is false), else the legacy epoll driver (logged once per
+/// process, loudly).
+pub(crate) fn build_runtime(entries: u32, force_legacy: bool) -> io::Result<Runtime> {
+    let rt: Runtime = if force_legacy {
+        monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
+            .enable_timer()
+            .build()?
+            .into()
+    } else {
+        monoio::RuntimeBuilder::<monoio::FusionDriver>::new()
+            .with_entries(entries)
+            .enable_timer()
+            .build()?
+    };
     if matches!(rt, monoio::FusionRuntime::Legacy(_)) {
         LEGACY_WARNING.call_once(|| {
             tracing::warn!(
-                "io_uring is unavailable: shards run on the epoll fallback driver; \
+                forced = force_legacy,
+                "shards run on the epoll fallback driver, not io_uring; \
                  expect lower throughput and higher latency for log and network I/O"
             );
         });
