@@ -9,12 +9,9 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::path::Path;
-use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use common::payload;
 use quark_persist::{block_on, Batch, FsyncPolicy, Log, LogConfig, Preallocate, StdIo};
@@ -125,7 +122,6 @@ fn acknowledged_batches_survive_sigkill() {
         });
     eprintln!("crash test seed {seed} (set QUARK_CRASH_SEED to replay)");
     let mut rng = Rng(seed | 1);
-    let exe = std::env::current_exe().expect("current_exe");
     // Every acknowledged batch ever: first -> (end, hash).
     let mut acked: BTreeMap<u64, (u64, u64)> = BTreeMap::new();
     let mut truncations = 0;
@@ -134,62 +130,20 @@ fn acknowledged_batches_survive_sigkill() {
             0 => 0, // kill during open/recovery or the first append
             _ => rng.next() % 120,
         };
-        let mut child = Command::new(&exe)
-            .args(["--exact", "crash_child", "--nocapture", "--test-threads=1"])
-            .env(CHILD_ENV, &log_dir)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn child");
-        let pid = child.id();
-        // Watchdog: a hung child fails the test instead of hanging it.
-        let done = Arc::new(AtomicBool::new(false));
-        let watchdog = {
-            let done = Arc::clone(&done);
-            std::thread::spawn(move || {
-                let deadline = Instant::now() + Duration::from_secs(30);
-                while !done.load(Ordering::Acquire) {
-                    if Instant::now() > deadline {
-                        // SAFETY: plain kill(2) of our own child's pid.
-                        unsafe { libc::kill(pid as i32, libc::SIGKILL) };
-                        return true;
-                    }
-                    std::thread::park_timeout(Duration::from_millis(50));
-                }
-                false
-            })
-        };
-        let stdout = child.stdout.take().expect("piped stdout");
-        let mut lines = BufReader::new(stdout).lines();
-        let mut seen = 0;
-        if kill_after == 0 {
-            child.kill().expect("SIGKILL");
-        }
-        while let Some(Ok(line)) = lines.next() {
-            if let Some(rest) = line.strip_prefix("ACK ") {
+        common::run_child_until_killed(
+            "crash_child",
+            CHILD_ENV,
+            &log_dir,
+            kill_after,
+            round as u32,
+            |rest| {
                 let v: Vec<u64> = rest
                     .split(' ')
                     .map(|x| x.parse().expect("ACK fields are numbers"))
                     .collect();
-                assert_eq!(v.len(), 3, "ACK line {line:?}");
+                assert_eq!(v.len(), 3, "ACK line {rest:?}");
                 acked.insert(v[0], (v[1], v[2]));
-                seen += 1;
-                if seen == kill_after {
-                    child.kill().expect("SIGKILL");
-                }
-            }
-        }
-        let status = child.wait().expect("wait");
-        done.store(true, Ordering::Release);
-        watchdog.thread().unpark();
-        assert!(
-            !watchdog.join().expect("watchdog"),
-            "round {round}: child hung"
-        );
-        assert_eq!(
-            std::os::unix::process::ExitStatusExt::signal(&status),
-            Some(libc::SIGKILL),
-            "round {round}: the child must die by SIGKILL, not by an error ({status})"
+            },
         );
 
         // Reopen and verify everything.

@@ -9,12 +9,9 @@
 mod common;
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::path::Path;
-use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use common::payload;
 use quark_persist::{
@@ -92,69 +89,22 @@ fn compaction_and_segment_reuse_survive_sigkill() {
         seed ^= seed << 17;
         seed
     };
-    let exe = std::env::current_exe().expect("current_exe");
     // Last acknowledged LSN per key.
     let mut acked: HashMap<Vec<u8>, u64> = HashMap::new();
     let mut recycled_seen = false;
     for round in 0..ROUNDS {
         let kill_after = rand() % 400;
-        let mut child = Command::new(&exe)
-            .args([
-                "--exact",
-                "crash_compaction_child",
-                "--nocapture",
-                "--test-threads=1",
-            ])
-            .env(CHILD_ENV, &log_dir)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn child");
-        let pid = child.id();
-        let done = Arc::new(AtomicBool::new(false));
-        let watchdog = {
-            let done = Arc::clone(&done);
-            std::thread::spawn(move || {
-                let deadline = Instant::now() + Duration::from_secs(30);
-                while !done.load(Ordering::Acquire) {
-                    if Instant::now() > deadline {
-                        // SAFETY: plain kill(2) of our own child's pid.
-                        unsafe { libc::kill(pid as i32, libc::SIGKILL) };
-                        return true;
-                    }
-                    std::thread::park_timeout(Duration::from_millis(50));
-                }
-                false
-            })
-        };
-        let stdout = child.stdout.take().expect("piped stdout");
-        let mut seen = 0;
-        if kill_after == 0 {
-            child.kill().expect("SIGKILL");
-        }
-        for line in BufReader::new(stdout).lines() {
-            let Ok(line) = line else { break };
-            if let Some(rest) = line.strip_prefix("ACK ") {
+        common::run_child_until_killed(
+            "crash_compaction_child",
+            CHILD_ENV,
+            &log_dir,
+            kill_after,
+            round as u32,
+            |rest| {
                 let lsn: u64 = rest.parse().expect("ACK carries an LSN");
                 let e = acked.entry(key_of(lsn)).or_insert(0);
                 *e = (*e).max(lsn);
-                seen += 1;
-                if seen == kill_after {
-                    child.kill().expect("SIGKILL");
-                }
-            }
-        }
-        let status = child.wait().expect("wait");
-        assert_eq!(
-            std::os::unix::process::ExitStatusExt::signal(&status),
-            Some(libc::SIGKILL),
-            "round {round}: the child must die by SIGKILL, not by an error ({status})"
-        );
-        done.store(true, Ordering::Release);
-        watchdog.thread().unpark();
-        assert!(
-            !watchdog.join().expect("watchdog"),
-            "round {round}: child hung"
+            },
         );
 
         block_on(async {

@@ -161,3 +161,75 @@ pub fn payload(seed: u64, len: usize) -> Vec<u8> {
         })
         .collect()
 }
+
+/// Runs this test binary's test `child_test` as a child process (with `env_key=env_value`),
+/// hands every stdout line starting with `ACK ` to `on_ack` (without the prefix), SIGKILLs the
+/// child after `kill_after` acknowledgements (at once for 0), and checks that it died by that
+/// SIGKILL (not by an error) and did not hang (a 30 s watchdog kills a hung child and fails).
+pub fn run_child_until_killed(
+    child_test: &str,
+    env_key: &str,
+    env_value: &Path,
+    kill_after: u64,
+    round: u32,
+    mut on_ack: impl FnMut(&str),
+) {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+
+    let exe = std::env::current_exe().expect("test binary path");
+    let mut child = Command::new(&exe)
+        .args(["--exact", child_test, "--nocapture", "--test-threads=1"])
+        .env(env_key, env_value)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn child");
+    let pid = child.id();
+    let done = Arc::new(AtomicBool::new(false));
+    let watchdog = {
+        let done = Arc::clone(&done);
+        std::thread::spawn(move || {
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while !done.load(Ordering::Acquire) {
+                if Instant::now() > deadline {
+                    // SAFETY: plain kill(2) of our own child's pid.
+                    unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+                    return true;
+                }
+                std::thread::park_timeout(Duration::from_millis(50));
+            }
+            false
+        })
+    };
+    let stdout = child.stdout.take().expect("piped stdout");
+    let mut seen = 0;
+    if kill_after == 0 {
+        child.kill().expect("SIGKILL");
+    }
+    for line in BufReader::new(stdout).lines() {
+        let Ok(line) = line else { break };
+        if let Some(rest) = line.strip_prefix("ACK ") {
+            on_ack(rest);
+            seen += 1;
+            if seen == kill_after {
+                child.kill().expect("SIGKILL");
+            }
+        }
+    }
+    let status = child.wait().expect("wait");
+    done.store(true, Ordering::Release);
+    watchdog.thread().unpark();
+    assert!(
+        !watchdog.join().expect("watchdog"),
+        "round {round}: child hung"
+    );
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&status),
+        Some(libc::SIGKILL),
+        "round {round}: the child must die by SIGKILL, not by an error ({status})"
+    );
+}
