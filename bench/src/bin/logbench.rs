@@ -144,21 +144,23 @@ fn baseline(args: &Args, out: &mut Vec<Figure>) -> Result<()> {
                     });
                 }
             } else {
-                out.push(Figure {
-                    name: format!("baseline {label} {kind} p50"),
-                    value: us(&h, 0.5),
-                    unit: "us",
-                });
-                out.push(Figure {
-                    name: format!("baseline {label} {kind} p99"),
-                    value: us(&h, 0.99),
-                    unit: "us",
-                });
+                push_p50_p99(out, format!("baseline {label} {kind}"), &h);
             }
         }
     }
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
+}
+
+/// Pushes the p50 and p99 (µs) of `h` as `<name> p50` and `<name> p99`.
+fn push_p50_p99(out: &mut Vec<Figure>, name: String, h: &Histogram<u64>) {
+    for (q, tag) in [(0.5, "p50"), (0.99, "p99")] {
+        out.push(Figure {
+            name: format!("{name} {tag}"),
+            value: us(h, q),
+            unit: "us",
+        });
+    }
 }
 
 fn log_config(args: &Args, dir: &Path, preallocate: Preallocate) -> LogConfig {
@@ -221,16 +223,7 @@ fn uring_raw(args: &Args, out: &mut Vec<Figure>) -> Result<()> {
         } else {
             "write+fdatasync"
         };
-        out.push(Figure {
-            name: format!("uring raw 128B {label} p50"),
-            value: us(&h, 0.5),
-            unit: "us",
-        });
-        out.push(Figure {
-            name: format!("uring raw 128B {label} p99"),
-            value: us(&h, 0.99),
-            unit: "us",
-        });
+        push_p50_p99(out, format!("uring raw 128B {label}"), &h);
     }
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
@@ -263,16 +256,7 @@ fn log_single(args: &Args, out: &mut Vec<Figure>, write_through: bool) -> Result
         log.close().await?;
         anyhow::Ok(h)
     })?;
-    out.push(Figure {
-        name: format!("log 1 appender 128B Always ({mode}) p50"),
-        value: us(&h, 0.5),
-        unit: "us",
-    });
-    out.push(Figure {
-        name: format!("log 1 appender 128B Always ({mode}) p99"),
-        value: us(&h, 0.99),
-        unit: "us",
-    });
+    push_p50_p99(out, format!("log 1 appender 128B Always ({mode})"), &h);
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }
