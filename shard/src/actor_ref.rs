@@ -172,14 +172,12 @@ impl<A: Actor> ActorRef<A> {
         M: Message,
     {
         let target = self.target_on(core);
-        if target != core.id {
-            core.acquire_credit(target).await;
-        }
+        // The deadline starts now and covers waiting for a credit or for mailbox room.
         let call = core
             .calls
             .borrow_mut()
             .register(core.now() + timeout, Waiter::Task(None));
-        let wait = CallWait {
+        let mut wait = CallWait {
             core,
             call,
             done: false,
@@ -189,8 +187,26 @@ impl<A: Actor> ActorRef<A> {
         } else {
             ReplyTo::Shard(core.id, call)
         };
-        self.dispatch::<M>(core, type_idx, target, msg, reply).await;
-        outcome_into::<A, M>(wait.await, || self.id.clone(), timeout)
+        let send = async {
+            if target != core.id {
+                core.acquire_credit(target).await;
+            }
+            self.dispatch::<M>(core, type_idx, target, msg, reply).await;
+        };
+        let mut send = std::pin::pin!(send);
+        let early = std::future::poll_fn(|cx| {
+            if send.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(None);
+            }
+            // Before the message is sent, the call can only end by its deadline.
+            Pin::new(&mut wait).poll(cx).map(Some)
+        })
+        .await;
+        let outcome = match early {
+            Some(timed_out) => timed_out,
+            None => wait.await,
+        };
+        outcome_into::<A, M>(outcome, || self.id.clone(), timeout)
     }
 
     /// Hands `msg` to `target` from `core`'s shard: straight into the mailbox when the target

@@ -75,7 +75,8 @@ pub(crate) struct ShardCore {
     outboxes: Vec<Option<RefCell<Outbox>>>,
     inbound: RefCell<Vec<Consumer<CrossBox>>>,
     credits: Vec<Cell<u32>>,
-    credit_waiters: RefCell<Vec<VecDeque<Waker>>>,
+    credit_waiters: RefCell<Vec<VecDeque<(u64, Waker)>>>,
+    next_credit_ticket: Cell<u64>,
     owed: Vec<Cell<u32>>,
     dirty: Cell<bool>,
     pub(crate) calls: RefCell<CallTable>,
@@ -114,6 +115,7 @@ impl ShardCore {
             inbound: RefCell::new(inbound),
             credits: (0..n).map(|_| Cell::new(credit)).collect(),
             credit_waiters: RefCell::new((0..n).map(|_| VecDeque::new()).collect()),
+            next_credit_ticket: Cell::new(0),
             owed: (0..n).map(|_| Cell::new(0)).collect(),
             dirty: Cell::new(false),
             calls: RefCell::new(CallTable::new()),
@@ -179,7 +181,8 @@ impl ShardCore {
         CreditWait {
             core: self,
             to,
-            registered: false,
+            ticket: None,
+            done: false,
         }
     }
 
@@ -190,7 +193,7 @@ impl ShardCore {
         let mut waiters = self.credit_waiters.borrow_mut();
         for _ in 0..count {
             match waiters[usize::from(from)].pop_front() {
-                Some(w) => w.wake(),
+                Some((_, w)) => w.wake(),
                 None => break,
             }
         }
@@ -358,30 +361,75 @@ impl ShardCore {
     }
 }
 
-/// The future of [`ShardCore::acquire_credit`].
+/// The future of [`ShardCore::acquire_credit`]: FIFO among waiters. Cancel safe: a waiter
+/// dropped before it got its credit leaves the queue, and if it had been woken for a credit it
+/// did not take, it passes the wake-up on.
 pub(crate) struct CreditWait<'a> {
     core: &'a ShardCore,
     to: ShardId,
-    registered: bool,
+    /// Our place in the waiter queue, once we waited.
+    ticket: Option<u64>,
+    done: bool,
 }
 
 impl Future for CreditWait<'_> {
     type Output = ();
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        let cell = &self.core.credits[usize::from(self.to)];
-        let waiters_empty = self.core.credit_waiters.borrow()[usize::from(self.to)].is_empty();
-        // Waiters go first (FIFO), unless we are the one that was just woken.
-        if cell.get() > 0 && (waiters_empty || self.registered) {
+        let to = usize::from(self.to);
+        let core = self.core;
+        let cell = &core.credits[to];
+        let mut all = core.credit_waiters.borrow_mut();
+        let queue = &mut all[to];
+        let queued_at = self
+            .ticket
+            .and_then(|t| queue.iter().position(|(x, _)| *x == t));
+        // Our turn: nobody waits, or we were woken (popped from the queue), or we are first.
+        let my_turn = match (self.ticket, queued_at) {
+            (None, _) => queue.is_empty(),
+            (Some(_), None) | (Some(_), Some(0)) => true,
+            (Some(_), Some(_)) => false,
+        };
+        if cell.get() > 0 && my_turn {
             cell.set(cell.get() - 1);
+            if let Some(i) = queued_at {
+                queue.remove(i);
+            }
+            self.done = true;
             return Poll::Ready(());
         }
-        if !self.registered {
-            let s = &self.core.stats.credit_waits;
-            s.set(s.get() + 1);
+        match (queued_at, self.ticket) {
+            (Some(i), _) => queue[i].1.clone_from(cx.waker()),
+            // Woken but beaten to the credit: back to the front, we were first.
+            (None, Some(t)) => queue.push_front((t, cx.waker().clone())),
+            (None, None) => {
+                let s = &core.stats.credit_waits;
+                s.set(s.get() + 1);
+                let t = core.next_credit_ticket.get();
+                core.next_credit_ticket.set(t + 1);
+                self.ticket = Some(t);
+                queue.push_back((t, cx.waker().clone()));
+            }
         }
-        self.registered = true;
-        self.core.credit_waiters.borrow_mut()[usize::from(self.to)].push_back(cx.waker().clone());
         Poll::Pending
+    }
+}
+
+impl Drop for CreditWait<'_> {
+    fn drop(&mut self) {
+        let (Some(ticket), false) = (self.ticket, self.done) else {
+            return;
+        };
+        let to = usize::from(self.to);
+        let mut all = self.core.credit_waiters.borrow_mut();
+        let queue = &mut all[to];
+        if let Some(i) = queue.iter().position(|(x, _)| *x == ticket) {
+            queue.remove(i);
+        } else if self.core.credits[to].get() > 0 {
+            // We were woken for a credit we will not take: wake the next waiter instead.
+            if let Some((_, w)) = queue.pop_front() {
+                w.wake();
+            }
+        }
     }
 }
 

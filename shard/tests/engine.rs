@@ -660,3 +660,98 @@ fn the_epoll_fallback_driver_runs_the_same_engine() {
         assert_eq!(engine.shutdown(), Default::default());
     }
 }
+
+#[test]
+fn a_sender_that_gives_up_waiting_for_a_credit_does_not_strand_the_next_one() {
+    use std::future::Future;
+    let engine = EngineBuilder::new(EngineConfig {
+        cross_shard_inflight_max: 1,
+        ..config(2)
+    })
+    .register(ActorType::new(|_| Slow))
+    .start()
+    .unwrap();
+    let slow = (0..)
+        .map(|k: u64| engine.actor_ref::<Slow>(k))
+        .find(|r| r.owner_shard() == 1)
+        .unwrap();
+    let ready = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (r1, s1) = (ready.clone(), slow.clone());
+    let a = engine.spawn_on(0, move || async move {
+        // The only credit towards shard 1 is taken by a 50 ms call.
+        let mut first = Box::pin(s1.ask_timeout(Nap(50), Duration::from_secs(10)));
+        std::future::poll_fn(|cx| {
+            assert!(first.as_mut().poll(cx).is_pending());
+            std::task::Poll::Ready(())
+        })
+        .await;
+        // A second sender waits for the credit, then gives up (its future is dropped).
+        let second = s1.ask(Nap(1));
+        assert!(futures::FutureExt::now_or_never(second).is_none());
+        r1.store(true, Ordering::SeqCst);
+        first.await
+    });
+    // A third sender, in another task, must get the credit when the first call returns it.
+    let b = engine.spawn_on(0, move || async move {
+        while !ready.load(Ordering::SeqCst) {
+            let mut yielded = false;
+            std::future::poll_fn(|cx| {
+                if yielded {
+                    return std::task::Poll::Ready(());
+                }
+                yielded = true;
+                cx.waker().wake_by_ref();
+                std::task::Poll::Pending
+            })
+            .await;
+        }
+        slow.ask_timeout(Nap(1), Duration::from_secs(3)).await
+    });
+    let (first, third) = (a.join().unwrap(), b.join().unwrap());
+    assert_eq!(first, Ok(50));
+    assert_eq!(third, Ok(1), "the returned credit reached the live waiter");
+    engine.shutdown();
+}
+
+#[test]
+fn an_ask_deadline_covers_the_wait_for_a_credit() {
+    let engine = EngineBuilder::new(EngineConfig {
+        cross_shard_inflight_max: 1,
+        ..config(2)
+    })
+    .register(ActorType::new(|_| Slow))
+    .start()
+    .unwrap();
+    let slow = (0..)
+        .map(|k: u64| engine.actor_ref::<Slow>(k))
+        .find(|r| r.owner_shard() == 1)
+        .unwrap();
+    let id = slow.id().clone();
+    let (first, second, waited) = engine
+        .spawn_on(0, move || async move {
+            // The only credit is held for 2 s; the second ask must give up after 50 ms.
+            let first = slow.ask_timeout(Nap(2_000), Duration::from_secs(10));
+            let second = async {
+                let t0 = Instant::now();
+                let r = slow.ask_timeout(Nap(1), Duration::from_millis(50)).await;
+                (r, t0.elapsed())
+            };
+            let (first, (second, waited)) = futures::future::join(first, second).await;
+            (first, second, waited)
+        })
+        .join()
+        .unwrap();
+    assert_eq!(first, Ok(2_000));
+    assert_eq!(
+        second,
+        Err(CallError::Timeout {
+            actor: id,
+            timeout: Duration::from_millis(50)
+        })
+    );
+    assert!(
+        waited < Duration::from_millis(1_500),
+        "gave up after {waited:?}"
+    );
+    engine.shutdown();
+}
