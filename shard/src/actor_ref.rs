@@ -86,29 +86,41 @@ impl<A: Actor> ActorRef<A> {
         self.owner
     }
 
-    /// Sends `msg` and waits for the reply, for at most the node's `ask_timeout`.
+    /// Sends `msg` and waits for the reply, for at most the node's `ask_timeout` (the deadline
+    /// also covers waiting for room to send). Which path the call takes (same shard, another
+    /// shard, outside the node) is decided when `ask` is called; nothing is sent before the
+    /// future is first polled.
     ///
     /// Cancel safety: dropping the future before it resolves forgets the call; the message may
     /// still be (or have been) handled, and its reply is then dropped and counted.
-    pub async fn ask<M>(&self, msg: M) -> Result<M::Reply, CallError>
+    pub fn ask<M>(&self, msg: M) -> impl Future<Output = Result<M::Reply, CallError>> + '_
     where
         A: Handler<M>,
         M: Message,
     {
-        self.ask_timeout(msg, self.node.config.ask_timeout).await
+        // Not an `async fn`: one state machine less per call.
+        self.ask_timeout(msg, self.node.config.ask_timeout)
     }
 
     /// Like [`ActorRef::ask`] with an explicit deadline.
-    pub async fn ask_timeout<M>(&self, msg: M, timeout: Duration) -> Result<M::Reply, CallError>
+    pub fn ask_timeout<M>(
+        &self,
+        msg: M,
+        timeout: Duration,
+    ) -> impl Future<Output = Result<M::Reply, CallError>> + '_
     where
         A: Handler<M>,
         M: Message,
     {
-        let type_idx = self.type_index()?;
-        match current_core(&self.node) {
-            Some(core) => self.ask_on_shard(&core, type_idx, msg, timeout).await,
-            None => self.ask_external(type_idx, msg, timeout).await,
-        }
+        use futures::future::Either;
+        let type_idx = match self.type_index() {
+            Ok(t) => t,
+            Err(e) => return Either::Left(std::future::ready(Err(e))),
+        };
+        Either::Right(match current_core(&self.node) {
+            Some(core) => Either::Left(self.ask_on_shard(core, type_idx, msg, timeout)),
+            None => Either::Right(self.ask_external(type_idx, msg, timeout)),
+        })
     }
 
     /// Sends `msg` without waiting for its handling. Waits only for room (mailbox, cross-shard
@@ -162,7 +174,7 @@ impl<A: Actor> ActorRef<A> {
 
     async fn ask_on_shard<M>(
         &self,
-        core: &Rc<ShardCore>,
+        core: Rc<ShardCore>,
         type_idx: u16,
         msg: M,
         timeout: Duration,
@@ -171,6 +183,7 @@ impl<A: Actor> ActorRef<A> {
         A: Handler<M>,
         M: Message,
     {
+        let core = &core;
         let target = self.target_on(core);
         // The deadline starts now and covers waiting for a credit or for mailbox room.
         let call = core
