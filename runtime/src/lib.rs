@@ -14,5 +14,5 @@ pub use node::{Node, NodeBuilder, NodeError};
 pub use quark_shard::{
     allowed_cores, block_on, Actor, ActorId, ActorKey, ActorRef, ActorType, CallError, Context,
     EngineConfig, Handler, Message, ShardId, ShardSpec, ShardStatsSnapshot, ShutdownReport,
-    SpawnHandle, StartError, TimerId,
+    SpawnHandle, StartError, Tell, TimerId,
 };

@@ -402,8 +402,20 @@ impl<A: Actor> Activation<A> {
         }
     }
 
-    fn wake_space_waiter(&self) {
-        if let Some(w) = self.space_waiters.borrow_mut().pop_front() {
+    /// Wakes the senders waiting for room once the mailbox is down to half its capacity (not
+    /// at every free slot: a sender then refills in a batch instead of waking once per
+    /// message).
+    fn wake_space_waiters(&self, cap: usize) {
+        if self.mailbox.borrow().len() > cap / 2 {
+            return;
+        }
+        let mut waiters = self.space_waiters.borrow_mut();
+        if waiters.is_empty() {
+            return;
+        }
+        let woken: Vec<Waker> = waiters.drain(..).collect();
+        drop(waiters);
+        for w in woken {
             w.wake();
         }
     }
@@ -446,6 +458,7 @@ impl<A: Actor> Future for MailWait<'_, A> {
 /// place if mail arrived during deactivation.
 async fn run_activation<A: Actor>(act: Rc<Activation<A>>, info: Arc<TypeInfo<A>>) {
     let core = act.ctx.core.clone();
+    let mailbox_cap = core.node.config.mailbox_capacity;
     let table = || core.table::<A>(act.ctx.type_idx);
     loop {
         let mut actor = (info.spec.factory)(&act.ctx.id);
@@ -477,7 +490,7 @@ async fn run_activation<A: Actor>(act: Rc<Activation<A>>, info: Arc<TypeInfo<A>>
                 MailWait { act: &act }.await;
                 continue;
             };
-            act.wake_space_waiter();
+            act.wake_space_waiters(mailbox_cap);
             let reply = item.reply_to();
             let origin = item.origin();
             if origin != Origin::Timer {

@@ -125,36 +125,83 @@ impl<A: Actor> ActorRef<A> {
 
     /// Sends `msg` without waiting for its handling. Waits only for room (mailbox, cross-shard
     /// credit or injection queue): a `tell` is never dropped silently. Errors only if the type
-    /// is unknown or the node is shutting down.
-    pub async fn tell<M>(&self, msg: M) -> Result<(), CallError>
+    /// is unknown or the node is shutting down. Nothing is sent before the future is polled; in
+    /// the common case (room available) the first poll sends and resolves.
+    pub fn tell<M>(&self, msg: M) -> Tell<'_, A, M>
     where
         A: Handler<M>,
         M: Message,
     {
-        let type_idx = self.type_index()?;
-        match current_core(&self.node) {
-            Some(core) => {
-                let target = self.target_on(&core);
-                if target != core.id {
-                    core.acquire_credit(target).await;
-                }
-                self.dispatch::<M>(&core, type_idx, target, msg, ReplyTo::None)
-                    .await;
-                Ok(())
-            }
-            None => {
-                self.external_admit()?;
-                let d = Deliver::<A, M>::new(
-                    type_idx,
-                    self.id.key.clone(),
-                    msg,
-                    ReplyTo::None,
-                    Origin::External,
-                );
-                self.node.inject(self.owner, Box::new(d));
-                Ok(())
-            }
+        Tell {
+            target: self,
+            msg: Some(msg),
+            slow: None,
         }
+    }
+
+    /// The first poll of a [`Tell`]: sends at once when there is room; otherwise returns the
+    /// message for the waiting path.
+    #[inline]
+    fn tell_now<M>(&self, msg: M) -> Result<Result<(), CallError>, SlowTell<'_>>
+    where
+        A: Handler<M>,
+        M: Message,
+    {
+        let type_idx = match self.type_index() {
+            Ok(t) => t,
+            Err(e) => return Ok(Err(e)),
+        };
+        let Some(core) = current_core(&self.node) else {
+            return Ok(self.tell_external(type_idx, msg));
+        };
+        let target = self.target_on(&core);
+        let origin = if target == core.id {
+            Origin::Local
+        } else {
+            Origin::Shard(core.id)
+        };
+        let item = Box::new(Deliver::<A, M>::new(
+            type_idx,
+            self.id.key.clone(),
+            msg,
+            ReplyTo::None,
+            origin,
+        ));
+        if target == core.id {
+            match try_send_local::<A>(&core, type_idx, item) {
+                Ok(()) => Ok(Ok(())),
+                Err(item) => Err(Box::pin(async move {
+                    send_local::<A>(&core, type_idx, item).await;
+                    Ok(())
+                })),
+            }
+        } else if core.try_acquire_credit(target) {
+            core.send_to(target, item);
+            Ok(Ok(()))
+        } else {
+            Err(Box::pin(async move {
+                core.acquire_credit(target).await;
+                core.send_to(target, item);
+                Ok(())
+            }))
+        }
+    }
+
+    fn tell_external<M>(&self, type_idx: u16, msg: M) -> Result<(), CallError>
+    where
+        A: Handler<M>,
+        M: Message,
+    {
+        self.external_admit()?;
+        let d = Deliver::<A, M>::new(
+            type_idx,
+            self.id.key.clone(),
+            msg,
+            ReplyTo::None,
+            Origin::External,
+        );
+        self.node.inject(self.owner, Box::new(d));
+        Ok(())
     }
 
     fn type_index(&self) -> Result<u16, CallError> {
@@ -313,6 +360,46 @@ impl<A: Actor> ActorRef<A> {
                 actor: self.id.clone(),
             }),
         }
+    }
+}
+
+/// The waiting part of a `tell` that found no room at once (boxed: the rare path).
+type SlowTell<'a> = Pin<Box<dyn Future<Output = Result<(), CallError>> + 'a>>;
+
+/// The future of [`ActorRef::tell`]. Cancel safety: dropped before its first poll, nothing is
+/// sent; dropped while waiting for room, the message is not sent.
+pub struct Tell<'a, A, M> {
+    target: &'a ActorRef<A>,
+    msg: Option<M>,
+    slow: Option<SlowTell<'a>>,
+}
+
+// The message is never pinned (it is moved out on the first poll), so `Tell` can move freely.
+impl<A, M> Unpin for Tell<'_, A, M> {}
+
+impl<A, M> Future for Tell<'_, A, M>
+where
+    A: Handler<M>,
+    M: Message,
+{
+    type Output = Result<(), CallError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        if self.slow.is_none() {
+            let msg = self
+                .msg
+                .take()
+                .expect("a Tell is not polled after it completed");
+            match self.target.tell_now(msg) {
+                Ok(done) => return Poll::Ready(done),
+                Err(slow) => self.slow = Some(slow),
+            }
+        }
+        self.slow
+            .as_mut()
+            .expect("the waiting path was set just above")
+            .as_mut()
+            .poll(cx)
     }
 }
 

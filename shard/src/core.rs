@@ -186,6 +186,18 @@ impl ShardCore {
         }
     }
 
+    /// Takes one credit for `to` if one is free and nobody waits for one (no future needed).
+    #[inline]
+    pub(crate) fn try_acquire_credit(&self, to: ShardId) -> bool {
+        let cell = &self.credits[usize::from(to)];
+        if cell.get() > 0 && self.credit_waiters.borrow()[usize::from(to)].is_empty() {
+            cell.set(cell.get() - 1);
+            true
+        } else {
+            false
+        }
+    }
+
     /// `count` requests to `from` are finished: their credits come back.
     pub(crate) fn return_credits(&self, from: ShardId, count: u32) {
         let cell = &self.credits[usize::from(from)];

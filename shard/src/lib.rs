@@ -39,7 +39,7 @@ mod turn;
 
 pub use activation::ActorType;
 pub use actor::{Actor, Context, Handler, Message};
-pub use actor_ref::ActorRef;
+pub use actor_ref::{ActorRef, Tell};
 pub use error::CallError;
 pub use node::{
     allowed_cores, Engine, EngineBuilder, EngineConfig, ShardSpec, ShardStatsSnapshot,

@@ -755,3 +755,23 @@ fn an_ask_deadline_covers_the_wait_for_a_credit() {
     );
     engine.shutdown();
 }
+
+#[test]
+fn a_tell_future_dropped_before_its_first_poll_sends_nothing() {
+    let counters = Arc::new(Counters::default());
+    let engine = recorder_engine(config(2), &counters, Duration::from_secs(60));
+    let r = engine.actor_ref::<Recorder>(3u64);
+    let r2 = r.clone();
+    let seen = engine
+        .spawn_on(r.owner_shard(), move || async move {
+            drop(r2.tell(Push(1)));
+            r2.tell(Push(2)).await.unwrap();
+            r2.ask(Seen).await.unwrap()
+        })
+        .join()
+        .unwrap();
+    assert_eq!(seen, vec![2]);
+    drop(r.tell(Push(3)));
+    assert_eq!(block_on(r.ask(Seen)).unwrap(), vec![2]);
+    engine.shutdown();
+}
