@@ -155,18 +155,7 @@ impl<A: Actor> ActorRef<A> {
             return Ok(self.tell_external(type_idx, msg));
         };
         let target = self.target_on(&core);
-        let origin = if target == core.id {
-            Origin::Local
-        } else {
-            Origin::Shard(core.id)
-        };
-        let item = Box::new(Deliver::<A, M>::new(
-            type_idx,
-            self.id.key.clone(),
-            msg,
-            ReplyTo::None,
-            origin,
-        ));
+        let item = self.envelope::<M>(&core, type_idx, target, msg, ReplyTo::None);
         if target == core.id {
             match try_send_local::<A>(&core, type_idx, item) {
                 Ok(()) => Ok(Ok(())),
@@ -202,6 +191,34 @@ impl<A: Actor> ActorRef<A> {
         );
         self.node.inject(self.owner, Box::new(d));
         Ok(())
+    }
+
+    /// The one box a message travels in from shard `core` to shard `target`.
+    #[inline]
+    fn envelope<M>(
+        &self,
+        core: &ShardCore,
+        type_idx: u16,
+        target: ShardId,
+        msg: M,
+        reply: ReplyTo,
+    ) -> Box<Deliver<A, M>>
+    where
+        A: Handler<M>,
+        M: Message,
+    {
+        let origin = if target == core.id {
+            Origin::Local
+        } else {
+            Origin::Shard(core.id)
+        };
+        Box::new(Deliver::<A, M>::new(
+            type_idx,
+            self.id.key.clone(),
+            msg,
+            reply,
+            origin,
+        ))
     }
 
     fn type_index(&self) -> Result<u16, CallError> {
@@ -283,18 +300,7 @@ impl<A: Actor> ActorRef<A> {
         A: Handler<M>,
         M: Message,
     {
-        let origin = if target == core.id {
-            Origin::Local
-        } else {
-            Origin::Shard(core.id)
-        };
-        let item = Box::new(Deliver::<A, M>::new(
-            type_idx,
-            self.id.key.clone(),
-            msg,
-            reply,
-            origin,
-        ));
+        let item = self.envelope::<M>(core, type_idx, target, msg, reply);
         if target != core.id {
             core.send_to(target, item);
         } else if let Err(item) = try_send_local::<A>(core, type_idx, item) {

@@ -18,6 +18,25 @@ fn config(shards: usize) -> EngineConfig {
     }
 }
 
+/// A reference to the first `A` (by u64 key) owned by `shard`.
+fn on_shard<A: Actor>(engine: &Engine, shard: u16) -> quark_shard::ActorRef<A> {
+    (0..)
+        .map(|k: u64| engine.actor_ref::<A>(k))
+        .find(|r| r.owner_shard() == shard)
+        .expect("some key maps to every shard")
+}
+
+/// Two shards with a single cross-shard credit each way, and the `Slow` actor.
+fn one_credit_engine() -> Engine {
+    EngineBuilder::new(EngineConfig {
+        cross_shard_inflight_max: 1,
+        ..config(2)
+    })
+    .register(ActorType::new(|_| Slow))
+    .start()
+    .unwrap()
+}
+
 /// Polls `cond` until it holds or `limit` passes (then fails with `what`).
 fn eventually(limit: Duration, what: &str, mut cond: impl FnMut() -> bool) {
     let deadline = Instant::now() + limit;
@@ -594,10 +613,7 @@ fn parked_shards_never_miss_a_wake_up() {
     .register(ActorType::new(|_| Fragile { n: 0 }))
     .start()
     .unwrap();
-    let target = (0..)
-        .map(|k: u64| engine.actor_ref::<Fragile>(k))
-        .find(|r| r.owner_shard() == 1)
-        .unwrap();
+    let target = on_shard::<Fragile>(&engine, 1);
     let t2 = target.clone();
     let n = engine
         .spawn_on(0, move || async move {
@@ -634,10 +650,7 @@ fn the_epoll_fallback_driver_runs_the_same_engine() {
             &counters,
             Duration::from_secs(60),
         );
-        let target = (0..)
-            .map(|k: u64| engine.actor_ref::<Recorder>(k))
-            .find(|r| r.owner_shard() == 1)
-            .unwrap();
+        let target = on_shard::<Recorder>(&engine, 1);
         let t2 = target.clone();
         let seen = engine
             .spawn_on(0, move || async move {
@@ -664,17 +677,8 @@ fn the_epoll_fallback_driver_runs_the_same_engine() {
 #[test]
 fn a_sender_that_gives_up_waiting_for_a_credit_does_not_strand_the_next_one() {
     use std::future::Future;
-    let engine = EngineBuilder::new(EngineConfig {
-        cross_shard_inflight_max: 1,
-        ..config(2)
-    })
-    .register(ActorType::new(|_| Slow))
-    .start()
-    .unwrap();
-    let slow = (0..)
-        .map(|k: u64| engine.actor_ref::<Slow>(k))
-        .find(|r| r.owner_shard() == 1)
-        .unwrap();
+    let engine = one_credit_engine();
+    let slow = on_shard::<Slow>(&engine, 1);
     let ready = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let (r1, s1) = (ready.clone(), slow.clone());
     let a = engine.spawn_on(0, move || async move {
@@ -715,17 +719,8 @@ fn a_sender_that_gives_up_waiting_for_a_credit_does_not_strand_the_next_one() {
 
 #[test]
 fn an_ask_deadline_covers_the_wait_for_a_credit() {
-    let engine = EngineBuilder::new(EngineConfig {
-        cross_shard_inflight_max: 1,
-        ..config(2)
-    })
-    .register(ActorType::new(|_| Slow))
-    .start()
-    .unwrap();
-    let slow = (0..)
-        .map(|k: u64| engine.actor_ref::<Slow>(k))
-        .find(|r| r.owner_shard() == 1)
-        .unwrap();
+    let engine = one_credit_engine();
+    let slow = on_shard::<Slow>(&engine, 1);
     let id = slow.id().clone();
     let (first, second, waited) = engine
         .spawn_on(0, move || async move {
