@@ -186,10 +186,7 @@ fn dropped_leader_does_not_strand_waiters_and_its_batch_is_written_whole() {
         log.close().await.expect("close");
     });
     // Everything survives reopen.
-    block_on(async {
-        let (_log, report) = Log::open(StdIo, cfg).await.expect("reopen");
-        assert_eq!(report.records, 5);
-    });
+    assert_reopens_with_records(cfg, 5);
 }
 
 #[test]
@@ -378,10 +375,7 @@ fn write_through_segments_need_no_fdatasync_under_always() {
             "{fdatasyncs} fdatasyncs"
         );
     });
-    block_on(async {
-        let (_log, report) = Log::open(StdIo, cfg).await.expect("reopen");
-        assert_eq!(report.records, 200);
-    });
+    assert_reopens_with_records(cfg, 200);
 }
 
 #[test]
@@ -417,5 +411,13 @@ fn interval_policy_syncs_at_the_first_flush_after_the_interval() {
         assert!(log.stats().synced_lsn < r4.end);
         log.sync().await.expect("sync");
         assert_eq!(log.stats().synced_lsn, r4.end);
+    });
+}
+
+/// Reopens the log of `cfg` and checks that recovery finds `records` records.
+fn assert_reopens_with_records(cfg: LogConfig, records: u64) {
+    block_on(async {
+        let (_log, report) = Log::open(StdIo, cfg).await.expect("reopen");
+        assert_eq!(report.records, records);
     });
 }
