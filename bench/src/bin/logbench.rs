@@ -72,14 +72,19 @@ fn hist() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 60_000_000_000, 3).expect("valid histogram bounds")
 }
 
-fn zero_filled(path: &Path, bytes: u64) -> Result<File> {
-    let f = OpenOptions::new()
+/// A new, empty file at `path` (truncated if it exists).
+fn create_empty(path: &Path) -> Result<File> {
+    OpenOptions::new()
         .read(true)
         .write(true)
         .create(true)
         .truncate(true)
         .open(path)
-        .with_context(|| format!("create {}", path.display()))?;
+        .with_context(|| format!("create {}", path.display()))
+}
+
+fn zero_filled(path: &Path, bytes: u64) -> Result<File> {
+    let f = create_empty(path)?;
     let zeros = vec![0u8; 1 << 20];
     let mut pos = 0;
     while pos < bytes {
@@ -91,13 +96,7 @@ fn zero_filled(path: &Path, bytes: u64) -> Result<File> {
 }
 
 fn growing(path: &Path) -> Result<File> {
-    let f = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .open(path)
-        .with_context(|| format!("create {}", path.display()))?;
+    let f = create_empty(path)?;
     f.sync_all()?;
     Ok(f)
 }
