@@ -29,6 +29,21 @@ pub struct ActorTypeConfig {
     pub idle_timeout: Option<Duration>,
     /// For a stateless worker type: activations per key and shard.
     pub max_local_workers: Option<usize>,
+    /// For a journaled type: snapshot after this many events.
+    pub snapshot_every_events: Option<u64>,
+    /// For a journaled type: snapshot after this many event bytes.
+    pub snapshot_every_bytes: Option<u64>,
+    /// For a journaled type: drop events that precede a snapshot older than this.
+    pub retention_age: Option<Duration>,
+}
+
+impl ActorTypeConfig {
+    /// True if a journal-only key is set.
+    pub(crate) fn has_journal_keys(&self) -> bool {
+        self.snapshot_every_events.is_some()
+            || self.snapshot_every_bytes.is_some()
+            || self.retention_age.is_some()
+    }
 }
 
 /// Why a configuration was refused.
@@ -125,6 +140,9 @@ enum RawFsync {
 struct RawActorType {
     idle_timeout_ms: Option<u64>,
     max_local_workers: Option<u64>,
+    snapshot_every_events: Option<u64>,
+    snapshot_every_bytes: Option<u64>,
+    retention_age_ms: Option<u64>,
 }
 
 enum RawShards {
@@ -348,6 +366,26 @@ impl NodeConfig {
             if let Some(v) = a.max_local_workers {
                 let key = format!("actors.{name}.max_local_workers");
                 t.max_local_workers = Some(check.range(&key, v, 1, 4096, "1 to 4096")? as usize);
+            }
+            if let Some(v) = a.snapshot_every_events {
+                let key = format!("actors.{name}.snapshot_every_events");
+                t.snapshot_every_events =
+                    Some(check.range(&key, v, 1, 1 << 40, "1 to 2^40 events")?);
+            }
+            if let Some(v) = a.snapshot_every_bytes {
+                let key = format!("actors.{name}.snapshot_every_bytes");
+                t.snapshot_every_bytes =
+                    Some(check.range(&key, v, 1, 1 << 50, "1 byte to 2^50 bytes")?);
+            }
+            if let Some(v) = a.retention_age_ms {
+                let key = format!("actors.{name}.retention_age_ms");
+                t.retention_age = Some(Duration::from_millis(check.range(
+                    &key,
+                    v,
+                    1,
+                    3_153_600_000_000,
+                    "1 ms to 100 years",
+                )?));
             }
             actors.insert(name, t);
         }

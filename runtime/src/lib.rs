@@ -7,6 +7,7 @@
 #![deny(missing_docs)]
 
 mod config;
+pub mod journal;
 mod node;
 
 pub use config::{ActorTypeConfig, ConfigError, NodeConfig};
@@ -14,5 +15,5 @@ pub use node::{Node, NodeBuilder, NodeError};
 pub use quark_shard::{
     allowed_cores, block_on, Actor, ActorId, ActorKey, ActorRef, ActorType, CallError, Context,
     EngineConfig, Handler, Message, ShardId, ShardSpec, ShardStatsSnapshot, ShutdownReport,
-    SpawnHandle, StartError, Tell, TimerId,
+    EngineHandle, SpawnHandle, StartError, Tell, TimerId,
 };

@@ -8,7 +8,8 @@ use quark_shard::{
     ShardStatsSnapshot, ShutdownReport, SpawnHandle, StartError,
 };
 
-use crate::config::{ConfigError, NodeConfig};
+use crate::config::{ActorTypeConfig, ConfigError, NodeConfig};
+use crate::journal::{journaled, EventSourced, Journal, JournalPolicy};
 
 /// Why a node did not start.
 #[derive(Debug, thiserror::Error)]
@@ -23,6 +24,13 @@ pub enum NodeError {
     #[error("config section [actors.{name}] names an actor type that is not registered")]
     UnknownActorType {
         /// The name in the config.
+        name: String,
+    },
+    /// A journal key (`snapshot_every_*`, `retention_age_ms`) is set for a type that is not
+    /// registered as journaled.
+    #[error("config section [actors.{name}] sets journal keys, but {name:?} is not registered with register_journaled")]
+    NotJournaled {
+        /// The type name.
         name: String,
     },
     /// `max_local_workers` is set for a type that is not a stateless worker.
@@ -61,13 +69,47 @@ impl NodeBuilder {
 
     /// Registers actor type `A`. Settings in `[actors.<A::TYPE_NAME>]` override the ones given
     /// here.
-    pub fn register<A: Actor>(mut self, spec: ActorType<A>) -> Self {
+    pub fn register<A: Actor>(self, spec: ActorType<A>) -> Self {
+        self.register_spec(move |_| spec, false)
+    }
+
+    /// Registers event-sourced actor type `A` (see [`crate::journal`]): its activations are
+    /// loaded from the journal. `snapshot_every_events`, `snapshot_every_bytes` and
+    /// `retention_age_ms` in `[actors.<A::TYPE_NAME>]` override `policy`.
+    pub fn register_journaled<A: EventSourced>(self, policy: JournalPolicy) -> Self {
+        self.register_spec(
+            move |t| {
+                let mut policy = policy;
+                if let Some(t) = t {
+                    policy.snapshot_every_events =
+                        t.snapshot_every_events.or(policy.snapshot_every_events);
+                    policy.snapshot_every_bytes =
+                        t.snapshot_every_bytes.or(policy.snapshot_every_bytes);
+                    policy.retention_age = t.retention_age.or(policy.retention_age);
+                }
+                journaled::<A>(policy)
+            },
+            true,
+        )
+    }
+
+    fn register_spec<A: Actor>(
+        mut self,
+        make: impl FnOnce(Option<&ActorTypeConfig>) -> ActorType<A> + 'static,
+        journaled: bool,
+    ) -> Self {
         let name = A::TYPE_NAME;
         self.registrations.push((
             name,
             Box::new(move |builder, config| {
-                let mut spec = spec;
-                if let Some(t) = config.actors.get(name) {
+                let t = config.actors.get(name);
+                let mut spec = make(t);
+                if let Some(t) = t {
+                    if t.has_journal_keys() && !journaled {
+                        return Err(NodeError::NotJournaled {
+                            name: name.to_owned(),
+                        });
+                    }
                     if let Some(idle) = t.idle_timeout {
                         spec = spec.idle_timeout(idle);
                     }
@@ -80,7 +122,7 @@ impl NodeBuilder {
                         spec = spec.stateless(workers);
                     }
                 }
-                Ok(builder.register(spec))
+        Ok(builder.register(spec))
             }),
         ));
         self
@@ -168,6 +210,17 @@ impl Node {
         Fut::Output: Send + 'static,
     {
         self.engine.spawn_on(shard, make)
+    }
+
+    /// The journals of this node's event-sourced actors (reads, time travel, external
+    /// appends, erasure).
+    pub fn journal(&self) -> Journal {
+        Journal::new(self.engine.handle())
+    }
+
+    /// A `Send + Clone` handle to this node's shards.
+    pub fn handle(&self) -> quark_shard::EngineHandle {
+        self.engine.handle()
     }
 
     /// Every shard's counters.

@@ -33,7 +33,7 @@ const TURN_BUDGET: u32 = 64;
 /// let t = ActorType::new(|_id| Cart { items: Vec::new() }).idle_timeout(Duration::from_secs(60));
 /// ```
 pub struct ActorType<A: Actor> {
-    pub(crate) factory: Box<dyn Fn(&ActorId) -> A + Send + Sync>,
+    pub(crate) factory: Factory<A>,
     pub(crate) idle_timeout: Option<Duration>,
     pub(crate) stateless_workers: Option<usize>,
 }
@@ -43,7 +43,24 @@ impl<A: Actor> ActorType<A> {
     /// thread, once per activation).
     pub fn new(factory: impl Fn(&ActorId) -> A + Send + Sync + 'static) -> Self {
         ActorType {
-            factory: Box::new(factory),
+            factory: Factory::Plain(Box::new(factory)),
+            idle_timeout: None,
+            stateless_workers: None,
+        }
+    }
+
+    /// An actor type whose activations are *loaded*: `loader` runs on the owning shard, once per
+    /// activation and before [`Actor::on_activate`], and may await (read the shard's log, say).
+    /// The activation's first message waits for it. If it fails (or panics), every call queued
+    /// for the activation fails with [`CallError::ActivationFailed`] and the activation is
+    /// discarded; the next message tries again.
+    ///
+    /// This is how event-sourced actors rebuild their state from the journal.
+    pub fn loaded(
+        loader: impl for<'a> Fn(&'a Context<A>) -> LoadFuture<'a, A> + Send + Sync + 'static,
+    ) -> Self {
+        ActorType {
+            factory: Factory::Loaded(Box::new(loader)),
             idle_timeout: None,
             stateless_workers: None,
         }
@@ -69,6 +86,23 @@ impl<A: Actor> ActorType<A> {
     pub fn is_stateless(&self) -> bool {
         self.stateless_workers.is_some()
     }
+}
+
+/// The future an [`ActorType::loaded`] loader returns.
+pub type LoadFuture<'a, A> = Pin<Box<dyn Future<Output = Result<A, LoadError>> + 'a>>;
+
+/// Why a loader could not build an activation (shown to callers as
+/// [`CallError::ActivationFailed`]).
+pub type LoadError = Box<dyn std::error::Error + Send + Sync>;
+
+type Loader<A> = Box<dyn for<'a> Fn(&'a Context<A>) -> LoadFuture<'a, A> + Send + Sync>;
+
+/// How an activation's state is built.
+pub(crate) enum Factory<A: Actor> {
+    /// Synchronously, from the id.
+    Plain(Box<dyn Fn(&ActorId) -> A + Send + Sync>),
+    /// By an async loader that may fail.
+    Loaded(Loader<A>),
 }
 
 /// The registry's type-erased view of an actor type.
@@ -176,6 +210,7 @@ impl<A: Actor> TypeTable<A> {
                 type_idx: self.type_idx,
                 this: this.clone(),
                 timers: RefCell::new(Vec::new()),
+                extensions: RefCell::new(Vec::new()),
             },
             mailbox: RefCell::new(VecDeque::new()),
             waker: RefCell::new(None),
@@ -461,7 +496,10 @@ async fn run_activation<A: Actor>(act: Rc<Activation<A>>, info: Arc<TypeInfo<A>>
     let mailbox_cap = core.node.config.mailbox_capacity;
     let table = || core.table::<A>(act.ctx.type_idx);
     loop {
-        let mut actor = (info.spec.factory)(&act.ctx.id);
+        let Some(mut actor) = build_actor(&act, &info).await else {
+            table().remove(&act);
+            return;
+        };
         act.running.set(true);
         let activated = {
             let turn = crate::turn::Turn::new(actor.on_activate(&act.ctx));
@@ -557,4 +595,44 @@ async fn run_activation<A: Actor>(act: Rc<Activation<A>>, info: Arc<TypeInfo<A>>
             return;
         }
     }
+}
+
+/// Builds the state of a new activation with the type's factory or loader. On a failed or
+/// panicking loader, fails every queued call and returns `None` (the caller removes the
+/// activation from the table).
+async fn build_actor<A: Actor>(act: &Rc<Activation<A>>, info: &TypeInfo<A>) -> Option<A> {
+    let loader = match &info.spec.factory {
+        Factory::Plain(make) => return Some(make(&act.ctx.id)),
+        Factory::Loaded(loader) => loader,
+    };
+    let core = &act.ctx.core;
+    let mut loaded: Option<Result<A, LoadError>> = None;
+    act.running.set(true);
+    let ran = {
+        let slot = &mut loaded;
+        let ctx = &act.ctx;
+        let turn = crate::turn::Turn::new(async move {
+            *slot = Some(loader(ctx).await);
+        });
+        let mut turn = std::pin::pin!(turn);
+        RunTurn {
+            turn: turn.as_mut(),
+        }
+        .await
+    };
+    act.running.set(false);
+    let detail = match (ran, loaded) {
+        (Ok(()), Some(Ok(actor))) => return Some(actor),
+        (Ok(()), Some(Err(e))) => e.to_string(),
+        (Ok(()), None) => "the loader did not finish".to_owned(),
+        (Err(panic), _) => format!("the loader panicked: {panic}"),
+    };
+    tracing::error!(shard = core.id, actor = %act.ctx.id, %detail, "activation failed; failing queued calls");
+    act.gone.set(true);
+    act.fail_queued(core, |actor| CallError::ActivationFailed {
+        actor,
+        detail: detail.clone(),
+    });
+    act.ctx.cancel_all_timers();
+    None
 }

@@ -79,6 +79,7 @@ pub struct Context<A: Actor> {
     pub(crate) type_idx: u16,
     pub(crate) this: Weak<Activation<A>>,
     pub(crate) timers: std::cell::RefCell<Vec<TimerId>>,
+    pub(crate) extensions: std::cell::RefCell<Vec<(std::any::TypeId, Box<dyn std::any::Any>)>>,
 }
 
 impl<A: Actor> Context<A> {
@@ -142,6 +143,40 @@ impl<A: Actor> Context<A> {
         self.core.timers.borrow_mut().cancel(id)
     }
 
+    /// The shard's durable log, if the node has a data directory (`[log]` in the config). Every
+    /// actor of this shard appends to the same log; see `docs/PERSIST.md`.
+    pub fn log(&self) -> Option<&crate::ShardLog> {
+        self.core.log.as_ref()
+    }
+
+    /// A `Send` handle to this node's shards (to run work on another shard).
+    pub fn engine(&self) -> crate::EngineHandle {
+        crate::EngineHandle {
+            shared: Arc::clone(&self.core.node),
+        }
+    }
+
+    /// Runs `f` on this activation's value of type `T` (created with `T::default()` on first
+    /// use): per-activation storage for runtime features such as the journal's version
+    /// counter. Dropped with the activation. `f` must not call `extension` again (that would
+    /// panic: the storage is borrowed).
+    pub fn extension<T: Default + 'static, R>(&self, f: impl FnOnce(&mut T) -> R) -> R {
+        let tid = std::any::TypeId::of::<T>();
+        let mut exts = self.extensions.borrow_mut();
+        let i = match exts.iter().position(|(t, _)| *t == tid) {
+            Some(i) => i,
+            None => {
+                exts.push((tid, Box::new(T::default())));
+                exts.len() - 1
+            }
+        };
+        let value = exts[i]
+            .1
+            .downcast_mut::<T>()
+            .expect("invariant: the slot of TypeId T holds a T");
+        f(value)
+    }
+
     /// Asks for this activation to be deactivated as soon as its mailbox is empty.
     pub fn deactivate_when_idle(&self) {
         if let Some(act) = self.this.upgrade() {
@@ -195,5 +230,38 @@ impl<A: Actor> Context<A> {
         for id in ids {
             timers.cancel(id);
         }
+    }
+}
+
+/// A function to run inside an actor's turn: the message behind [`crate::ActorRef::invoke`].
+///
+/// Every actor type handles it (a blanket implementation), so runtime features can act on an
+/// activation's state through its mailbox, in order with its other messages.
+pub struct Invoke<A: Actor, R> {
+    f: InvokeFn<A, R>,
+}
+
+type InvokeFn<A, R> =
+    Box<dyn for<'a> FnOnce(&'a mut A, &'a Context<A>) -> InvokeFuture<'a, R> + Send>;
+
+/// The future an [`Invoke`] function returns.
+pub type InvokeFuture<'a, R> = std::pin::Pin<Box<dyn Future<Output = R> + 'a>>;
+
+impl<A: Actor, R> Invoke<A, R> {
+    /// Wraps `f`; it runs as one turn of the target activation.
+    pub fn new(
+        f: impl for<'a> FnOnce(&'a mut A, &'a Context<A>) -> InvokeFuture<'a, R> + Send + 'static,
+    ) -> Self {
+        Invoke { f: Box::new(f) }
+    }
+}
+
+impl<A: Actor, R: Send + 'static> Message for Invoke<A, R> {
+    type Reply = R;
+}
+
+impl<A: Actor, R: Send + 'static> Handler<Invoke<A, R>> for A {
+    async fn handle(&mut self, msg: Invoke<A, R>, ctx: &Context<Self>) -> R {
+        (msg.f)(self, ctx).await
     }
 }

@@ -20,6 +20,15 @@ pub enum CallError {
         /// The actor whose activation was discarded.
         actor: ActorId,
     },
+    /// The actor's state could not be loaded (its type's loader failed or panicked, e.g. the
+    /// journal could not be read); the call had no effect. `detail` is for humans.
+    #[error("actor {actor} could not be activated: {detail}")]
+    ActivationFailed {
+        /// The actor that failed to activate.
+        actor: ActorId,
+        /// What the loader reported.
+        detail: String,
+    },
     /// No actor type of this name is registered on the node.
     #[error("actor type {type_name:?} is not registered on this node")]
     UnknownActorType {
@@ -49,7 +58,8 @@ impl CallError {
             CallError::ActorPanicked { actor }
             | CallError::ActivationAborted { actor }
             | CallError::Timeout { actor, .. }
-            | CallError::ShuttingDown { actor } => Some(actor),
+            | CallError::ShuttingDown { actor }
+            | CallError::ActivationFailed { actor, .. } => Some(actor),
             CallError::UnknownActorType { .. } => None,
         }
     }

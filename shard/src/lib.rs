@@ -37,16 +37,19 @@ pub mod rt;
 mod timers;
 mod turn;
 
-pub use activation::ActorType;
-pub use actor::{Actor, Context, Handler, Message};
+pub use activation::{ActorType, LoadError, LoadFuture};
+pub use actor::{Actor, Context, Handler, Invoke, InvokeFuture, Message};
 pub use actor_ref::{ActorRef, Tell};
 pub use error::CallError;
 pub use node::{
-    allowed_cores, Engine, EngineBuilder, EngineConfig, ShardSpec, ShardStatsSnapshot,
+    allowed_cores, current_shard_log, Engine, EngineBuilder, EngineHandle, EngineConfig, ShardSpec, ShardStatsSnapshot,
     ShutdownReport, SpawnHandle, StartError,
 };
 pub use quark_placement::{ActorId, ActorKey, ShardId};
 pub use timers::TimerId;
+
+/// A shard's durable log on the io_uring backend (see [`Context::log`]).
+pub type ShardLog = std::rc::Rc<quark_persist::Log<rt::log_io::UringIo>>;
 
 /// Runs a future to completion on the calling thread (for callers outside the node's shards:
 /// `main`, tests, other runtimes' blocking sections). Never call it on a shard thread.

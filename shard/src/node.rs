@@ -529,17 +529,14 @@ impl Engine {
         Fut: Future + 'static,
         Fut::Output: Send + 'static,
     {
-        let (tx, rx) = futures::channel::oneshot::channel();
-        self.shared.inject(
-            shard,
-            Box::new(RunMsg(Box::new(move |core| {
-                core.exec.spawn(async move {
-                    let out = make().await;
-                    let _ = tx.send(out);
-                });
-            }))),
-        );
-        SpawnHandle { rx }
+        self.handle().spawn_on(shard, make)
+    }
+
+    /// A `Send + Clone` handle to this node's shards.
+    pub fn handle(&self) -> EngineHandle {
+        EngineHandle {
+            shared: self.shared.clone(),
+        }
     }
 
     /// Every shard's counters (asks each shard; waits up to one second per shard).
@@ -629,6 +626,65 @@ pub struct ShutdownReport {
     pub shards_not_deactivated: usize,
     /// Shard threads that panicked (a bug in Quark; handler panics never do this).
     pub shard_threads_panicked: usize,
+}
+
+/// A `Send + Clone` handle to a node's shards, usable from any thread (from [`Engine::handle`]
+/// or [`crate::Context::engine`]): runs work on a chosen shard, where that shard's actors and
+/// log live.
+#[derive(Clone)]
+pub struct EngineHandle {
+    pub(crate) shared: Arc<NodeShared>,
+}
+
+impl std::fmt::Debug for EngineHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "EngineHandle({} shards)", self.shared.shard_count())
+    }
+}
+
+impl EngineHandle {
+    /// Number of shards.
+    pub fn shard_count(&self) -> u16 {
+        self.shared.shard_count()
+    }
+
+    /// The shard of this node that owns `id` (the placement function).
+    pub fn shard_of(&self, id: &quark_placement::ActorId) -> ShardId {
+        quark_placement::shard_for(id, self.shared.shard_count())
+    }
+
+    /// A reference to actor `(A, key)`.
+    pub fn actor_ref<A: Actor>(&self, key: impl Into<ActorKey>) -> ActorRef<A> {
+        ActorRef::new(self.shared.clone(), key.into())
+    }
+
+    /// Runs `make()` on shard `shard` and spawns the future it returns there; the returned
+    /// handle resolves with its output, or `None` if the shard stopped first. `make` runs on
+    /// the shard's thread, so the future need not be `Send` (it may use [`current_shard_log`]).
+    pub fn spawn_on<F, Fut>(&self, shard: ShardId, make: F) -> SpawnHandle<Fut::Output>
+    where
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: Future + 'static,
+        Fut::Output: Send + 'static,
+    {
+        let (tx, rx) = futures::channel::oneshot::channel();
+        self.shared.inject(
+            shard,
+            Box::new(RunMsg(Box::new(move |core| {
+                core.exec.spawn(async move {
+                    let out = make().await;
+                    let _ = tx.send(out);
+                });
+            }))),
+        );
+        SpawnHandle { rx }
+    }
+}
+
+/// The durable log of the shard the calling thread runs, if it is a shard thread of a node
+/// with a log (for code spawned with [`EngineHandle::spawn_on`]).
+pub fn current_shard_log() -> Option<crate::ShardLog> {
+    CURRENT.with(|c| c.get().and_then(|core| core.log.clone()))
 }
 
 /// Resolves with the output of a future spawned by [`Engine::spawn_on`].

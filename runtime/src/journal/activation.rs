@@ -1,0 +1,313 @@
+//! The live side of journaling: loading an activation from the journal, and persisting a
+//! turn's events.
+
+use std::collections::VecDeque;
+use std::future::Future;
+
+use quark_persist::{Batch, NewRecord, RecordKind};
+use quark_shard::ActorType;
+
+use super::format::{self, Hash, Stream, GENESIS};
+use super::reader::{rebuild, RebuildTarget};
+use super::{
+    now_ms, EventSourced, JournalEvent, JournalPolicy, LogPosition, PersistError, Persisted,
+};
+use crate::Context;
+
+/// Per-activation journal bookkeeping, kept in the activation's [`Context::extension`] slot.
+#[derive(Default)]
+pub(crate) struct JournalState {
+    /// Set by the loader; `persist` refuses otherwise.
+    pub loaded: bool,
+    pub policy: JournalPolicy,
+    pub events_key: Vec<u8>,
+    pub snapshots_key: Vec<u8>,
+    /// Events applied (the actor's version).
+    pub version: u64,
+    /// Chain hash of the event at `version` ([`GENESIS`] at 0).
+    pub last_hash: Hash,
+    /// Version of the latest snapshot (0 = none).
+    pub snapshot_version: u64,
+    pub since_snapshot_events: u64,
+    pub since_snapshot_bytes: u64,
+    /// Retained snapshots newer than the retention floor: (timestamp ms, LSN), oldest first.
+    pub snapshots: VecDeque<(u64, u64)>,
+    /// Records of this actor below this LSN are already truncated (or being truncated).
+    pub floor_lsn: u64,
+}
+
+impl JournalState {
+    /// The retention floor to append with the next batch, if a snapshot aged past the policy.
+    fn due_truncation(&mut self, now_ms: u64) -> Option<u64> {
+        let age = self.policy.retention_age?.as_millis() as u64;
+        let cutoff = now_ms.saturating_sub(age);
+        let mut floor = None;
+        while let Some(&(ts, lsn)) = self.snapshots.front() {
+            if ts > cutoff {
+                break;
+            }
+            floor = Some(lsn);
+            self.snapshots.pop_front();
+        }
+        floor.filter(|&f| f > self.floor_lsn)
+    }
+
+    fn snapshot_due(&self) -> bool {
+        self.version > self.snapshot_version
+            && (self
+                .policy
+                .snapshot_every_events
+                .is_some_and(|n| self.since_snapshot_events >= n)
+                || self
+                    .policy
+                    .snapshot_every_bytes
+                    .is_some_and(|n| self.since_snapshot_bytes >= n))
+    }
+}
+
+/// The [`ActorType`] of an event-sourced actor: activations are built from the journal (latest
+/// snapshot, then the events after it, checking their hash chain) under `policy`.
+///
+/// Without a log (no `[log]` section) activations start from [`EventSourced::initial`] and
+/// every `persist` fails with [`PersistError::NoLog`].
+pub fn journaled<A: EventSourced>(policy: JournalPolicy) -> ActorType<A> {
+    ActorType::loaded(move |ctx| Box::pin(load::<A>(ctx, policy)))
+}
+
+async fn load<A: EventSourced>(
+    ctx: &Context<A>,
+    policy: JournalPolicy,
+) -> Result<A, quark_shard::LoadError> {
+    let key = &ctx.id().key;
+    let events_key = format::stream_key(Stream::Events, A::TYPE_NAME, key);
+    let snapshots_key = format::stream_key(Stream::Snapshots, A::TYPE_NAME, key);
+    let Some(log) = ctx.log() else {
+        ctx.extension(|s: &mut JournalState| {
+            *s = JournalState {
+                loaded: true,
+                policy,
+                events_key,
+                snapshots_key,
+                ..JournalState::default()
+            }
+        });
+        return Ok(A::initial(key));
+    };
+    let rebuilt = rebuild::<A>(
+        log,
+        &ctx.id().to_string(),
+        key,
+        &events_key,
+        &snapshots_key,
+        RebuildTarget::Latest,
+        policy.retention_age.is_some(),
+        &mut |_| {},
+    )
+    .await?;
+    let floor_lsn = rebuilt.first_event_lsn.unwrap_or(0);
+    ctx.extension(|s: &mut JournalState| {
+        *s = JournalState {
+            loaded: true,
+            policy,
+            events_key,
+            snapshots_key,
+            version: rebuilt.version,
+            last_hash: rebuilt.hash,
+            snapshot_version: rebuilt.snapshot_version,
+            since_snapshot_events: rebuilt.events_applied,
+            since_snapshot_bytes: rebuilt.event_bytes,
+            snapshots: rebuilt.snapshots.into(),
+            floor_lsn,
+        }
+    });
+    Ok(rebuilt.state)
+}
+
+/// Persisting events from an event-sourced actor's handler.
+pub trait Persist<A: EventSourced> {
+    /// Appends `events` to the shard's log as one atomic batch, waits until it is durable under
+    /// the log's fsync policy, then applies them to `state` in order and returns the new
+    /// version. Pass the handler's `self` as `state` (the context cannot hold it: the handler
+    /// borrows it).
+    ///
+    /// On error nothing is applied and the actor's version is unchanged. If a snapshot is due
+    /// under the type's [`JournalPolicy`], the state *before* these events is stored in the
+    /// same batch (no extra write).
+    ///
+    /// Cancel safety: if the future is dropped after the batch was submitted, the events may
+    /// become durable without being applied to this activation; the activation is then
+    /// discarded on its next persist (version conflict) — do not drop it.
+    fn persist<I>(
+        &self,
+        state: &mut A,
+        events: I,
+    ) -> impl Future<Output = Result<Persisted, PersistError>>
+    where
+        I: IntoIterator<Item = A::Event>;
+}
+
+impl<A: EventSourced> Persist<A> for Context<A> {
+    async fn persist<I>(&self, state: &mut A, events: I) -> Result<Persisted, PersistError>
+    where
+        I: IntoIterator<Item = A::Event>,
+    {
+        persist_events(self, state, events.into_iter().collect(), None).await
+    }
+}
+
+/// Persists `events` for the activation of `ctx`; with `expected`, only if the actor is at
+/// that version.
+pub(crate) async fn persist_events<A: EventSourced>(
+    ctx: &Context<A>,
+    state: &mut A,
+    events: Vec<A::Event>,
+    expected: Option<u64>,
+) -> Result<Persisted, PersistError> {
+    let actor = || ctx.id().clone();
+    let Some(log) = ctx.log() else {
+        return Err(PersistError::NoLog { actor: actor() });
+    };
+    let now = now_ms();
+    // Build the batch from the bookkeeping without holding the extension across the await.
+    let built = ctx.extension(|s: &mut JournalState| {
+        if !s.loaded {
+            return Err(PersistError::NotJournaled { actor: actor() });
+        }
+        if let Some(expected) = expected {
+            if expected != s.version {
+                return Err(PersistError::VersionConflict {
+                    actor: actor(),
+                    expected,
+                    actual: s.version,
+                });
+            }
+        }
+        let mut batch = Batch::new();
+        let snapshot = s.snapshot_due();
+        if snapshot {
+            let data = postcard::to_allocvec(&state.snapshot()).map_err(|e| {
+                PersistError::Encode {
+                    actor: actor(),
+                    event_type: "snapshot",
+                    detail: e.to_string(),
+                }
+            })?;
+            let mut payload = Vec::new();
+            format::encode_snapshot(
+                &mut payload,
+                A::SNAPSHOT_SCHEMA_VERSION,
+                s.version,
+                now,
+                &s.last_hash,
+                &data,
+            );
+            batch.push(NewRecord {
+                kind: RecordKind::Event,
+                key: s.snapshots_key.clone(),
+                payload,
+                expires_at_ms: None,
+            });
+        }
+        let truncate = s.due_truncation(now);
+        if let Some(floor) = truncate {
+            batch.truncate(&s.events_key, floor);
+            batch.truncate(&s.snapshots_key, floor);
+        }
+        let mut hash = s.last_hash;
+        let mut event_bytes = 0u64;
+        for (i, e) in events.iter().enumerate() {
+            let data = postcard::to_allocvec(e).map_err(|err| PersistError::Encode {
+                actor: actor(),
+                event_type: e.type_name(),
+                detail: err.to_string(),
+            })?;
+            let mut payload = Vec::with_capacity(64 + data.len());
+            format::encode_event(
+                &mut payload,
+                A::Event::SCHEMA_VERSION,
+                s.version + 1 + i as u64,
+                now,
+                e.type_name(),
+                &data,
+                &hash,
+            );
+            hash = format::event_hash(&s.events_key, &payload);
+            event_bytes += payload.len() as u64;
+            batch.push(NewRecord {
+                kind: RecordKind::Event,
+                key: s.events_key.clone(),
+                payload,
+                expires_at_ms: None,
+            });
+        }
+        Ok((batch, snapshot, truncate, hash, event_bytes, s.version))
+    })?;
+    let (batch, snapshot, truncate, hash, event_bytes, version) = built;
+    let n = events.len() as u64;
+    if batch.is_empty() {
+        return Ok(Persisted {
+            first_version: version,
+            version,
+            position: LogPosition {
+                shard: ctx.shard(),
+                lsn: log.stats().acked_lsn,
+            },
+        });
+    }
+    let range = log
+        .append(&batch)
+        .await
+        .map_err(|source| PersistError::Append {
+            actor: actor(),
+            source,
+        })?;
+    for e in &events {
+        state.apply(e);
+    }
+    ctx.extension(|s: &mut JournalState| {
+        debug_assert_eq!(s.version, version, "one persist at a time per activation");
+        s.version += n;
+        s.last_hash = hash;
+        if snapshot {
+            s.snapshot_version = version;
+            s.since_snapshot_events = n;
+            s.since_snapshot_bytes = event_bytes;
+            s.snapshots.push_back((now, range.first));
+        } else {
+            s.since_snapshot_events += n;
+            s.since_snapshot_bytes += event_bytes;
+        }
+        if let Some(floor) = truncate {
+            s.floor_lsn = floor;
+        }
+    });
+    Ok(Persisted {
+        first_version: version + n.min(1),
+        version: version + n,
+        position: LogPosition {
+            shard: ctx.shard(),
+            lsn: range.end,
+        },
+    })
+}
+
+/// Resets the activation's journal bookkeeping after its stream was erased.
+pub(crate) fn reset_after_erase<A: EventSourced>(ctx: &Context<A>, floor: u64) {
+    ctx.extension(|s: &mut JournalState| {
+        s.version = 0;
+        s.last_hash = GENESIS;
+        s.snapshot_version = 0;
+        s.since_snapshot_events = 0;
+        s.since_snapshot_bytes = 0;
+        s.snapshots.clear();
+        s.floor_lsn = floor;
+    });
+}
+
+/// The journal keys and version of a loaded activation.
+pub(crate) fn stream_info<A: EventSourced>(ctx: &Context<A>) -> Option<(Vec<u8>, Vec<u8>, u64)> {
+    ctx.extension(|s: &mut JournalState| {
+        s.loaded
+            .then(|| (s.events_key.clone(), s.snapshots_key.clone(), s.version))
+    })
+}

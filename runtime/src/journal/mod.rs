@@ -1,0 +1,359 @@
+//! Journaling: event-sourced actors on the shard's durable log.
+//!
+//! An [`EventSourced`] actor changes its state only by applying events. In a handler,
+//! [`Persist::persist`] appends the turn's events to the owning shard's log as one atomic batch
+//! and applies them to the state only once they are durable; when the actor is activated, its
+//! state is rebuilt from its latest snapshot plus the events after it. Every actor's events
+//! carry a hash chain (tamper evidence), a version, a timestamp, their type name and schema
+//! version (upcasting). [`Journal`] reads streams by version or time, computes past states
+//! (time travel), replays dry, appends with an expected version (optimistic concurrency) and
+//! erases a stream. The guide is `docs/JOURNALING.md`.
+//!
+//! ```
+//! use quark::journal::{EventSourced, JournalEvent, JournalPolicy, Persist, PersistError};
+//! use quark::{Actor, ActorKey, Context, Handler, Message};
+//! use serde::{Deserialize, Serialize};
+//!
+//! #[derive(Default)]
+//! struct Account { balance: i64 }
+//! impl Actor for Account { const TYPE_NAME: &'static str = "account"; }
+//!
+//! #[derive(Serialize, Deserialize)]
+//! enum AccountEvent { Deposited(i64), Withdrew(i64) }
+//! impl JournalEvent for AccountEvent {
+//!     fn type_name(&self) -> &'static str {
+//!         match self { Self::Deposited(_) => "Deposited", Self::Withdrew(_) => "Withdrew" }
+//!     }
+//! }
+//!
+//! impl EventSourced for Account {
+//!     type Event = AccountEvent;
+//!     type Snapshot = i64;
+//!     fn initial(_key: &ActorKey) -> Self { Account::default() }
+//!     fn apply(&mut self, e: &AccountEvent) {
+//!         match e { AccountEvent::Deposited(n) => self.balance += n, AccountEvent::Withdrew(n) => self.balance -= n }
+//!     }
+//!     fn snapshot(&self) -> i64 { self.balance }
+//!     fn restore(_key: &ActorKey, balance: i64) -> Self { Account { balance } }
+//! }
+//!
+//! struct Deposit(i64);
+//! impl Message for Deposit { type Reply = Result<i64, PersistError>; }
+//! impl Handler<Deposit> for Account {
+//!     async fn handle(&mut self, m: Deposit, ctx: &Context<Self>) -> Result<i64, PersistError> {
+//!         ctx.persist(self, [AccountEvent::Deposited(m.0)]).await?;
+//!         Ok(self.balance)
+//!     }
+//! }
+//! # let _ = JournalPolicy::default();
+//! ```
+
+mod activation;
+pub mod format;
+mod reader;
+
+use std::time::Duration;
+
+use quark_persist::{AppendError, ReadError};
+use quark_placement::{ActorId, ActorKey, ShardId};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+pub use activation::{journaled, Persist};
+pub use reader::{
+    At, EraseReport, EventEnvelope, Journal, ReplayProgress, ReplayReport, TimeRange,
+};
+
+use crate::Actor;
+
+/// An event type of an event-sourced actor: serialisable, with a stable type name and a schema
+/// version, and an upcaster for older versions.
+///
+/// Events are stored with [postcard](https://docs.rs/postcard) (serde), tagged with
+/// [`JournalEvent::type_name`] and [`JournalEvent::SCHEMA_VERSION`]. When a stored event's
+/// schema version differs from the current one, [`JournalEvent::upcast`] converts it.
+pub trait JournalEvent: Serialize + DeserializeOwned + Send + 'static {
+    /// The schema version written with new events. Bump it when the encoding of any event
+    /// changes, and teach [`JournalEvent::upcast`] to read the old one.
+    const SCHEMA_VERSION: u16 = 1;
+
+    /// A stable name for this event (for an enum: the variant), stored with it; tools filter
+    /// on it and [`JournalEvent::upcast`] receives it.
+    fn type_name(&self) -> &'static str;
+
+    /// Converts an event stored with an older (or unknown) `schema_version`. The default
+    /// refuses, naming the versions.
+    fn upcast(event_type: &str, schema_version: u16, data: &[u8]) -> Result<Self, UpcastError> {
+        let _ = data;
+        Err(UpcastError::Unsupported {
+            what: event_type.to_owned(),
+            found: schema_version,
+            current: Self::SCHEMA_VERSION,
+        })
+    }
+}
+
+/// An actor whose state is the fold of its events.
+///
+/// Register it with [`journaled`] (or `NodeBuilder::register_journaled`): activations are then
+/// loaded from the journal. Handlers change state only through [`Persist::persist`].
+pub trait EventSourced: Actor {
+    /// The events this actor persists.
+    type Event: JournalEvent;
+    /// The form of the state stored in snapshots and returned by time travel.
+    type Snapshot: Serialize + DeserializeOwned + Send + 'static;
+    /// Schema version written with new snapshots.
+    const SNAPSHOT_SCHEMA_VERSION: u16 = 1;
+
+    /// The state of an actor with no events.
+    fn initial(key: &ActorKey) -> Self;
+
+    /// Applies one durable event. Must be deterministic and must not fail: it runs again on
+    /// every activation and in time travel.
+    fn apply(&mut self, event: &Self::Event);
+
+    /// The state to store in a snapshot.
+    fn snapshot(&self) -> Self::Snapshot;
+
+    /// Rebuilds the state from a snapshot.
+    fn restore(key: &ActorKey, snapshot: Self::Snapshot) -> Self;
+
+    /// Converts a snapshot stored with another schema version. The default refuses; the loader
+    /// then falls back to replaying events (if they were retained).
+    fn upcast_snapshot(schema_version: u16, data: &[u8]) -> Result<Self::Snapshot, UpcastError> {
+        let _ = data;
+        Err(UpcastError::Unsupported {
+            what: "snapshot".to_owned(),
+            found: schema_version,
+            current: Self::SNAPSHOT_SCHEMA_VERSION,
+        })
+    }
+}
+
+/// How a journaled actor type snapshots and retains its events (per type; `[actors.<name>]`
+/// in the config overrides it).
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Default)]
+pub struct JournalPolicy {
+    /// Write a snapshot once this many events were persisted since the last one.
+    pub snapshot_every_events: Option<u64>,
+    /// Write a snapshot once this many event bytes were persisted since the last one.
+    pub snapshot_every_bytes: Option<u64>,
+    /// Drop the events (and older snapshots) that precede a snapshot older than this. `None`
+    /// keeps every event.
+    pub retention_age: Option<Duration>,
+}
+
+impl JournalPolicy {
+    /// A policy that snapshots every `n` events.
+    pub fn snapshot_every(n: u64) -> Self {
+        JournalPolicy {
+            snapshot_every_events: Some(n),
+            ..Self::default()
+        }
+    }
+}
+
+/// A position in one shard's log: where a write ended. Wait for a projection to reach it for
+/// read-your-writes.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct LogPosition {
+    /// The shard whose log holds the write.
+    pub shard: ShardId,
+    /// One past the LSN of the write's last record.
+    pub lsn: u64,
+}
+
+/// What a successful [`Persist::persist`] wrote.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub struct Persisted {
+    /// The actor's version after the first persisted event.
+    pub first_version: u64,
+    /// The actor's version now (after the last persisted event).
+    pub version: u64,
+    /// Where the batch ended in the shard's log.
+    pub position: LogPosition,
+}
+
+/// Why an event or snapshot stored with another schema version could not be read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum UpcastError {
+    /// No conversion from this version.
+    #[error("{what} schema version {found} cannot be read (current version {current})")]
+    Unsupported {
+        /// What was being read (event type name, or "snapshot").
+        what: String,
+        /// Stored version.
+        found: u16,
+        /// Current version.
+        current: u16,
+    },
+    /// The bytes did not decode.
+    #[error("{what} did not decode: {detail}")]
+    Decode {
+        /// What was being read.
+        what: String,
+        /// The decoder's message.
+        detail: String,
+    },
+}
+
+/// Why [`Persist::persist`] did not persist. The events were not applied and the state is
+/// unchanged.
+#[derive(Debug, thiserror::Error)]
+pub enum PersistError {
+    /// The node has no data directory (`[log]` section), so nothing can be durable.
+    #[error("actor {actor}: the node has no log (configure [log] data_dir) so events cannot be persisted")]
+    NoLog {
+        /// The actor.
+        actor: ActorId,
+    },
+    /// The actor type was registered without [`journaled`], so its journal was never loaded.
+    #[error("actor {actor} is not registered as journaled (use journaled() / register_journaled)")]
+    NotJournaled {
+        /// The actor.
+        actor: ActorId,
+    },
+    /// An event did not serialise.
+    #[error("actor {actor}: event {event_type} did not serialise: {detail}")]
+    Encode {
+        /// The actor.
+        actor: ActorId,
+        /// The event's type name.
+        event_type: &'static str,
+        /// The serialiser's message.
+        detail: String,
+    },
+    /// The append failed: the batch is not durable (if the log reports an I/O error, the log
+    /// refuses further appends until the node restarts; recovery then decides whether the
+    /// batch is in the log).
+    #[error("actor {actor}: appending events failed: {source}")]
+    Append {
+        /// The actor.
+        actor: ActorId,
+        /// The log's error.
+        #[source]
+        source: AppendError,
+    },
+    /// An external append named an expected version that is not the actor's version.
+    #[error("actor {actor}: expected version {expected}, but the actor is at version {actual}")]
+    VersionConflict {
+        /// The actor.
+        actor: ActorId,
+        /// The version the writer expected.
+        expected: u64,
+        /// The actor's version.
+        actual: u64,
+    },
+    /// The call to the actor failed (shutdown, activation failure, timeout).
+    #[error(transparent)]
+    Call(#[from] crate::CallError),
+}
+
+/// Why reading a journal failed.
+#[derive(Debug, thiserror::Error)]
+pub enum JournalError {
+    /// The node has no log.
+    #[error("the node has no log (configure [log] data_dir)")]
+    NoLog,
+    /// The log could not be read.
+    #[error("reading the journal of {actor} failed: {source}")]
+    Read {
+        /// The actor.
+        actor: String,
+        /// The log's error.
+        #[source]
+        source: ReadError,
+    },
+    /// A record the log's index listed was gone when read (compaction moved it meanwhile;
+    /// retrying reads its new place).
+    #[error("journal of {actor}: the record at LSN {lsn} is no longer in the log")]
+    Missing {
+        /// The actor.
+        actor: String,
+        /// The LSN.
+        lsn: u64,
+    },
+    /// A stored record did not decode.
+    #[error("journal of {actor}, record at LSN {lsn}: {source}")]
+    Format {
+        /// The actor.
+        actor: String,
+        /// The record's LSN.
+        lsn: u64,
+        /// What was wrong.
+        #[source]
+        source: format::FormatError,
+    },
+    /// A stored event or snapshot could not be converted to the current type.
+    #[error("journal of {actor}, version {version}: {source}")]
+    Upcast {
+        /// The actor.
+        actor: String,
+        /// The version being read.
+        version: u64,
+        /// What was wrong.
+        #[source]
+        source: UpcastError,
+    },
+    /// The hash chain is broken: an event does not link to the one before it.
+    #[error("journal of {actor}: the hash chain is broken at version {version} (LSN {lsn})")]
+    BrokenChain {
+        /// The actor.
+        actor: String,
+        /// The first event whose link is wrong.
+        version: u64,
+        /// Its LSN.
+        lsn: u64,
+    },
+    /// Versions in the log are not consecutive.
+    #[error("journal of {actor}: expected version {expected} at LSN {lsn}, found {found}")]
+    VersionGap {
+        /// The actor.
+        actor: String,
+        /// The version expected.
+        expected: u64,
+        /// The version found.
+        found: u64,
+        /// The record's LSN.
+        lsn: u64,
+    },
+    /// The requested version is not in the journal (dropped by retention, erased, or not yet
+    /// written).
+    #[error("journal of {actor}: version {version} is not available (retained versions {first}..={last})")]
+    VersionUnavailable {
+        /// The actor.
+        actor: String,
+        /// The version asked for.
+        version: u64,
+        /// First retained version (0 = none).
+        first: u64,
+        /// Last version.
+        last: u64,
+    },
+    /// The shard stopped before answering.
+    #[error("the shard stopped before answering")]
+    ShardStopped,
+    /// Compaction after erasure failed.
+    #[error("scrubbing the log after erasure failed: {detail}")]
+    Scrub {
+        /// The log's message.
+        detail: String,
+    },
+}
+
+/// Decodes stored event or snapshot data written with the journal's encoding (postcard) into
+/// `T`: for upcasters, which decode the old type and convert it.
+pub fn decode<T: DeserializeOwned>(what: &str, data: &[u8]) -> Result<T, UpcastError> {
+    postcard::from_bytes(data).map_err(|e| UpcastError::Decode {
+        what: what.to_owned(),
+        detail: e.to_string(),
+    })
+}
+
+/// Milliseconds since the Unix epoch (the journal's timestamps).
+pub(crate) fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
