@@ -20,7 +20,7 @@ use crate::io::LogIo;
 use crate::log::{IndexOp, Log};
 use crate::read::SegmentReader;
 use crate::record::{
-    encode_batch, encoded_len, record_bytes, EncodeRecord, Record, FLAG_FORWARDED,
+    encode_batch, encoded_len, floor_of, record_bytes, EncodeRecord, Record, FLAG_FORWARDED,
 };
 use crate::segment::spare_path;
 
@@ -226,6 +226,7 @@ impl<IO: LogIo> Log<IO> {
                         key: r.key.clone(),
                         kind: r.kind,
                         origin: r.origin_lsn,
+                        floor: floor_of(r.kind, r.origin_lsn, &r.payload),
                         lsn: range.first + i as u64,
                         bytes: record_bytes(r.key.len(), r.payload.len()),
                         expires_at_ms: r.expires_at_ms,

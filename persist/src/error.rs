@@ -139,6 +139,15 @@ pub enum AppendError {
         /// Payload length.
         payload_bytes: usize,
     },
+    /// A [`crate::RecordKind::Truncate`] record's payload is not the 8-byte bound (build it
+    /// with [`crate::Batch::truncate`]).
+    #[error("record {index}: truncate payload of {payload_bytes} bytes, expected 8")]
+    BadTruncate {
+        /// Record index in the batch.
+        index: usize,
+        /// Payload length.
+        payload_bytes: usize,
+    },
     /// The encoded batch does not fit in one segment.
     #[error("batch of {batch_bytes} encoded bytes exceeds the {max_bytes} bytes a segment holds")]
     BatchTooLarge {

@@ -32,7 +32,7 @@ use crate::config::FsyncPolicy;
 use crate::error::AppendError;
 use crate::io::{LogFile, LogIo};
 use crate::log::{Chunk, IndexOp, Log, LsnRange, Poison, State, FREE_BUFS_MAX};
-use crate::record::{check_bounds, encode_batch, record_bytes, BoundError, EncodeRecord};
+use crate::record::{check_bounds, encode_batch, floor_of, record_bytes, BoundError, EncodeRecord};
 use crate::segment::SEGMENT_HEADER_BYTES;
 
 /// Zero bytes written after each flush's data (a batch length of 0 = end of data).
@@ -77,6 +77,13 @@ impl<IO: LogIo> Log<IO> {
                 index,
                 payload_bytes,
             },
+            BoundError::BadTruncate {
+                index,
+                payload_bytes,
+            } => AppendError::BadTruncate {
+                index,
+                payload_bytes,
+            },
         })?;
         let bytes = batch.encoded_bytes();
         let now = self.inner.io.now_ms();
@@ -108,6 +115,7 @@ impl<IO: LogIo> Log<IO> {
                     key: r.key.clone(),
                     kind: r.kind,
                     origin: lsn,
+                    floor: floor_of(r.kind, lsn, &r.payload),
                     lsn,
                     bytes: record_bytes(r.key.len(), r.payload.len()),
                     expires_at_ms: r.expires_at_ms,

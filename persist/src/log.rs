@@ -107,6 +107,8 @@ pub(crate) struct IndexOp {
     pub key: Vec<u8>,
     pub kind: RecordKind,
     pub origin: u64,
+    /// [`crate::record::floor_of`] of the record.
+    pub floor: u64,
     pub lsn: u64,
     pub bytes: u64,
     pub expires_at_ms: Option<u64>,
@@ -195,6 +197,7 @@ impl<F> State<F> {
             key: &op.key,
             kind: op.kind,
             origin: op.origin,
+            floor: op.floor,
             lsn: op.lsn,
             bytes: op.bytes,
             expires_at_ms: op.expires_at_ms,
@@ -208,6 +211,8 @@ pub(crate) struct AccountRecord<'a> {
     pub key: &'a [u8],
     pub kind: RecordKind,
     pub origin: u64,
+    /// [`crate::record::floor_of`] of the record.
+    pub floor: u64,
     pub lsn: u64,
     pub bytes: u64,
     pub expires_at_ms: Option<u64>,
@@ -230,7 +235,7 @@ pub(crate) fn account<F>(
     dead: &mut Vec<Dead>,
 ) {
     dead.clear();
-    let live = index.apply(r.key, r.kind, r.origin, r.lsn, r.bytes, dead);
+    let live = index.apply(r.key, r.kind, r.origin, r.lsn, r.bytes, r.floor, dead);
     if let Some(seg) = segment_of(segments, r.lsn) {
         seg.stats.add(r.bytes, live, r.expires_at_ms);
     }

@@ -18,15 +18,21 @@ pub const FLAG_FORWARDED: u8 = 0x01;
 /// Mask of the flags this format version knows; a record with other bits set is rejected.
 const FLAGS_KNOWN: u8 = FLAG_FORWARDED;
 
-/// What a record means to the log. The log only interprets [`RecordKind::Snapshot`]: it
-/// supersedes every earlier record of the same key (those become garbage for compaction and
-/// disappear from [`crate::Log::key_lsns`]).
+/// What a record means to the log. The log interprets [`RecordKind::Snapshot`] (supersedes
+/// every earlier record of the same key) and [`RecordKind::Truncate`] (supersedes the records
+/// of its key below a bound); superseded records become garbage for compaction and disappear
+/// from [`crate::Log::key_lsns`].
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
 pub enum RecordKind {
     /// An ordinary record (an event, a state change, an outbox message...).
     Event,
     /// A snapshot: the full state of its key; earlier records of the key are superseded.
     Snapshot,
+    /// A truncation barrier (on-disk kind 3, see [`Batch::truncate`]): every record of its key
+    /// whose origin LSN is below `min(bound, own origin LSN)` is superseded, where the bound
+    /// is the payload (exactly 8 bytes, a little-endian `u64`). Never listed by
+    /// [`crate::Log::key_lsns`].
+    Truncate,
 }
 
 impl RecordKind {
@@ -34,6 +40,7 @@ impl RecordKind {
         match self {
             RecordKind::Event => 1,
             RecordKind::Snapshot => 2,
+            RecordKind::Truncate => 3,
         }
     }
 
@@ -41,8 +48,29 @@ impl RecordKind {
         match v {
             1 => Some(RecordKind::Event),
             2 => Some(RecordKind::Snapshot),
+            3 => Some(RecordKind::Truncate),
             _ => None,
         }
+    }
+}
+
+/// Payload bytes of a [`RecordKind::Truncate`] record (the bound, `u64` little-endian).
+pub(crate) const TRUNCATE_PAYLOAD_BYTES: usize = 8;
+
+/// The bound of a truncate record's payload; `None` if it is not exactly 8 bytes.
+pub(crate) fn truncate_bound(payload: &[u8]) -> Option<u64> {
+    let b: [u8; TRUNCATE_PAYLOAD_BYTES] = payload.try_into().ok()?;
+    Some(u64::from_le_bytes(b))
+}
+
+/// The floor a record sets for its key: records of the key with a smaller origin LSN are
+/// superseded. A snapshot's floor is its origin; a truncate's is `min(bound, origin)` (a
+/// truncate never reaches records appended after it); an event sets none (0).
+pub(crate) fn floor_of(kind: RecordKind, origin: u64, payload: &[u8]) -> u64 {
+    match kind {
+        RecordKind::Event => 0,
+        RecordKind::Snapshot => origin,
+        RecordKind::Truncate => truncate_bound(payload).unwrap_or(0).min(origin),
     }
 }
 
@@ -104,6 +132,33 @@ impl Batch {
             kind: RecordKind::Snapshot,
             key: key.to_vec(),
             payload: payload.to_vec(),
+            expires_at_ms: None,
+        })
+    }
+
+    /// Adds a [`RecordKind::Truncate`] record: once appended, every record of `key` whose
+    /// origin LSN is below `before_lsn` is superseded (dead for compaction, gone from
+    /// [`crate::Log::key_lsns`], also after recovery); records of the key from `before_lsn` on
+    /// stay live. The bound is capped at the truncate record's own LSN: a truncate never
+    /// supersedes records appended after it, so `truncate(key, u64::MAX)` erases everything
+    /// of the key written so far and the key can be written again afterwards.
+    ///
+    /// The truncate record itself stays live (it is copied forward by compaction) while it is
+    /// the key's latest barrier: a later truncate with a higher bound or a later snapshot
+    /// supersedes it. Use [`crate::Log::scrub`] to also remove the superseded bytes from disk.
+    ///
+    /// ```
+    /// use quark_persist::{Batch, RecordKind};
+    /// let mut batch = Batch::new();
+    /// batch.truncate(b"actor-1", 1_000); // drop the events before LSN 1000
+    /// assert_eq!(batch.records()[0].kind, RecordKind::Truncate);
+    /// assert_eq!(batch.records()[0].payload, 1_000u64.to_le_bytes());
+    /// ```
+    pub fn truncate(&mut self, key: &[u8], before_lsn: u64) -> &mut Self {
+        self.push(NewRecord {
+            kind: RecordKind::Truncate,
+            key: key.to_vec(),
+            payload: before_lsn.to_le_bytes().to_vec(),
             expires_at_ms: None,
         })
     }
@@ -187,6 +242,7 @@ pub(crate) fn record_bytes(key_len: usize, payload_len: usize) -> u64 {
 //   { record_len u32 | kind u8 | flags u8 | key_len u16 | lsn u64 | origin_lsn u64
 //     | timestamp_ms u64 | expires_at_ms u64 (0 = never) | key [key_len] | payload [..] }
 //   record_len counts the 40-byte header, key and payload. lsn = first_lsn + index.
+//   kind: 1 = Event, 2 = Snapshot, 3 = Truncate (payload = { before_lsn u64 }, exactly 8 bytes).
 /// Appends the encoded batch to `out`; returns its encoded length. The caller has checked the
 /// key/payload bounds ([`check_bounds`]).
 pub(crate) fn encode_batch<'a>(
@@ -231,6 +287,7 @@ pub(crate) enum BoundError {
     Empty,
     KeyTooLong { index: usize, key_bytes: usize },
     PayloadTooLong { index: usize, payload_bytes: usize },
+    BadTruncate { index: usize, payload_bytes: usize },
 }
 
 /// Checks the per-field bounds of a batch before encoding.
@@ -247,6 +304,12 @@ pub(crate) fn check_bounds(records: &[NewRecord]) -> Result<(), BoundError> {
         }
         if RECORD_HEADER_BYTES + r.key.len() + r.payload.len() > u32::MAX as usize / 2 {
             return Err(BoundError::PayloadTooLong {
+                index,
+                payload_bytes: r.payload.len(),
+            });
+        }
+        if r.kind == RecordKind::Truncate && r.payload.len() != TRUNCATE_PAYLOAD_BYTES {
+            return Err(BoundError::BadTruncate {
                 index,
                 payload_bytes: r.payload.len(),
             });
@@ -395,6 +458,8 @@ pub(crate) fn decode_batch(buf: &[u8]) -> Decoded<'_> {
             || flags & !FLAGS_KNOWN != 0
             || lsn != first_lsn + i as u64
             || origin_lsn > lsn
+            || (kind == RecordKind::Truncate
+                && record_len != RECORD_HEADER_BYTES + key_len + TRUNCATE_PAYLOAD_BYTES)
         {
             return Decoded::Invalid(Invalid::BadRecord);
         }
@@ -516,6 +581,40 @@ mod tests {
             decode_batch(&bytes[..bytes.len() - 1]),
             Decoded::Invalid(Invalid::Truncated)
         );
+    }
+
+    #[test]
+    fn truncate_round_trips_and_a_bad_payload_is_invalid() {
+        let mut b = Batch::new();
+        b.truncate(b"k", 99);
+        let bytes = enc(5, &b);
+        let Decoded::Batch(d) = decode_batch(&bytes) else {
+            panic!("valid batch must decode")
+        };
+        assert_eq!(d.records[0].kind, RecordKind::Truncate);
+        assert_eq!(truncate_bound(d.records[0].payload), Some(99));
+        assert_eq!(floor_of(RecordKind::Truncate, 5, d.records[0].payload), 5);
+        assert_eq!(
+            floor_of(RecordKind::Truncate, 500, d.records[0].payload),
+            99
+        );
+        // A checksummed frame whose truncate payload is not 8 bytes is rejected.
+        let mut bad = Batch::new();
+        bad.push(NewRecord {
+            kind: RecordKind::Truncate,
+            key: b"k".to_vec(),
+            payload: vec![1; 7],
+            expires_at_ms: None,
+        });
+        assert_eq!(
+            check_bounds(bad.records()),
+            Err(BoundError::BadTruncate {
+                index: 0,
+                payload_bytes: 7
+            })
+        );
+        let bytes = enc(5, &bad);
+        assert_eq!(decode_batch(&bytes), Decoded::Invalid(Invalid::BadRecord));
     }
 
     #[test]

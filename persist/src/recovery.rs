@@ -15,7 +15,7 @@ use crate::error::RecoverError;
 use crate::index::{KeyIndex, SegmentStats};
 use crate::io::{LogFile, LogIo};
 use crate::log::{account, AccountRecord, Segment};
-use crate::record::{record_bytes, Invalid};
+use crate::record::{floor_of, record_bytes, Invalid};
 use crate::segment::{
     decode_header, find_valid_after, parse_segment_name, scan_batches, HeaderError, FORMAT_VERSION,
     QUARANTINE_DIR, SEGMENT_HEADER_BYTES, SEGMENT_MAGIC, SPARE_SUFFIX, TMP_SUFFIX,
@@ -334,6 +334,7 @@ pub(crate) async fn recover<IO: LogIo>(
                     key: r.key,
                     kind: r.kind,
                     origin: r.origin_lsn,
+                    floor: floor_of(r.kind, r.origin_lsn, r.payload),
                     lsn: r.lsn,
                     bytes: record_bytes(r.key.len(), r.payload.len()),
                     expires_at_ms: r.expires_at_ms,
