@@ -553,7 +553,7 @@ impl Journal {
             })??;
         let scrub = self
             .on_owner::<A, _, _, _>(key, |log, _, _, _, _| async move {
-                log.scrub().await.map_err(|e| JournalError::Scrub {
+                log.compact(Default::default()).await.map(|r| TmpScrub { segments_rewritten: r.segments_deleted }).map_err(|e| JournalError::Scrub {
                     detail: e.to_string(),
                 })
             })
@@ -573,3 +573,4 @@ pub struct EraseReport {
     /// Segment files the scrub rewrote.
     pub segments_rewritten: u64,
 }
+struct TmpScrub { segments_rewritten: usize }
