@@ -14,6 +14,6 @@ pub use config::{ActorTypeConfig, ConfigError, NodeConfig};
 pub use node::{Node, NodeBuilder, NodeError};
 pub use quark_shard::{
     allowed_cores, block_on, Actor, ActorId, ActorKey, ActorRef, ActorType, CallError, Context,
-    EngineConfig, Handler, Message, ShardId, ShardSpec, ShardStatsSnapshot, ShutdownReport,
-    EngineHandle, SpawnHandle, StartError, Tell, TimerId,
+    EngineConfig, EngineHandle, Handler, Message, ShardId, ShardSpec, ShardStatsSnapshot,
+    ShutdownReport, SpawnHandle, StartError, Tell, TimerId,
 };

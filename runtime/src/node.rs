@@ -9,7 +9,10 @@ use quark_shard::{
 };
 
 use crate::config::{ActorTypeConfig, ConfigError, NodeConfig};
-use crate::journal::{journaled, EventSourced, Journal, JournalPolicy};
+use crate::journal::{
+    journaled, projection_type, start_feeders, EventSourced, Journal, JournalPolicy, Projection,
+    ProjectionConfig, ProjectionHandle,
+};
 
 /// Why a node did not start.
 #[derive(Debug, thiserror::Error)]
@@ -43,10 +46,14 @@ pub enum NodeError {
 
 type Registration = Box<dyn FnOnce(EngineBuilder, &NodeConfig) -> Result<EngineBuilder, NodeError>>;
 
+/// Work to start once the engine runs (projection feeders).
+type AfterStart = Box<dyn FnOnce(&quark_shard::EngineHandle)>;
+
 /// Builds a [`Node`]: configuration (from a file or in code) and actor types.
 pub struct NodeBuilder {
     config: NodeConfig,
     registrations: Vec<(&'static str, Registration)>,
+    after_start: Vec<AfterStart>,
 }
 
 impl NodeBuilder {
@@ -93,6 +100,15 @@ impl NodeBuilder {
         )
     }
 
+    /// Registers projection `P` (see [`crate::journal::Projection`]): its actor, and a feeder
+    /// per shard started with the node. Needs a log (`[log]`).
+    pub fn register_projection<P: Projection>(mut self, config: ProjectionConfig) -> Self {
+        self = self.register_spec(|_| projection_type::<P>(), false);
+        self.after_start
+            .push(Box::new(move |engine| start_feeders::<P>(engine, config)));
+        self
+    }
+
     fn register_spec<A: Actor>(
         mut self,
         make: impl FnOnce(Option<&ActorTypeConfig>) -> ActorType<A> + 'static,
@@ -122,7 +138,7 @@ impl NodeBuilder {
                         spec = spec.stateless(workers);
                     }
                 }
-        Ok(builder.register(spec))
+                Ok(builder.register(spec))
             }),
         ));
         self
@@ -139,8 +155,13 @@ impl NodeBuilder {
         for (_, register) in self.registrations {
             builder = register(builder, &self.config)?;
         }
+        let engine = builder.start()?;
+        let handle = engine.handle();
+        for start in self.after_start {
+            start(&handle);
+        }
         Ok(Node {
-            engine: builder.start()?,
+            engine,
             config: self.config,
         })
     }
@@ -179,6 +200,7 @@ impl Node {
         NodeBuilder {
             config: NodeConfig::default(),
             registrations: Vec::new(),
+            after_start: Vec::new(),
         }
     }
 
@@ -216,6 +238,11 @@ impl Node {
     /// appends, erasure).
     pub fn journal(&self) -> Journal {
         Journal::new(self.engine.handle())
+    }
+
+    /// The handle of projection `P` (registered with [`NodeBuilder::register_projection`]).
+    pub fn projection<P: Projection>(&self) -> ProjectionHandle<P> {
+        ProjectionHandle::new(self.engine.handle())
     }
 
     /// A `Send + Clone` handle to this node's shards.

@@ -5,8 +5,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use quark::journal::{
-    At, EventSourced, JournalError, JournalEvent, JournalPolicy, Persist, PersistError,
-    UpcastError,
+    At, EventSourced, JournalError, JournalEvent, JournalPolicy, Persist, PersistError, UpcastError,
 };
 use quark::{block_on, Actor, ActorKey, CallError, Context, Handler, Message, Node, NodeConfig};
 use serde::{Deserialize, Serialize};
@@ -194,9 +193,7 @@ fn external_appends_check_the_expected_version() {
     let node = start(tmp.path(), JournalPolicy::default(), "");
     let journal = node.journal();
     deposit(&node, "ann", 5);
-    let ev = || {
-        vec![AccountEvent::Withdrew { amount: 2 }]
-    };
+    let ev = || vec![AccountEvent::Withdrew { amount: 2 }];
     match block_on(journal.append::<Account>("ann", 0, ev())) {
         Err(PersistError::VersionConflict {
             expected, actual, ..
@@ -207,7 +204,9 @@ fn external_appends_check_the_expected_version() {
     assert_eq!((p.first_version, p.version), (2, 2));
     assert_eq!(block_on(journal.version::<Account>("ann")).unwrap(), 2);
     assert_eq!(
-        block_on(node.actor_ref::<Account>("ann").ask(Get)).unwrap().0,
+        block_on(node.actor_ref::<Account>("ann").ask(Get))
+            .unwrap()
+            .0,
         3
     );
     node.shutdown();
@@ -269,15 +268,17 @@ fn reading_by_version_and_time_and_time_travel() {
     ));
     // Time travel does not touch the live activation.
     assert_eq!(
-        block_on(node.actor_ref::<Account>("ann").ask(Get)).unwrap().0,
+        block_on(node.actor_ref::<Account>("ann").ask(Get))
+            .unwrap()
+            .0,
         55
     );
 
     let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
     let s2 = seen.clone();
-    let report = block_on(journal.replay::<Account>("ann", At::Version(7), move |p| {
-        s2.lock().unwrap().push(p)
-    }))
+    let report = block_on(
+        journal.replay::<Account>("ann", At::Version(7), move |p| s2.lock().unwrap().push(p)),
+    )
     .unwrap();
     assert_eq!((report.state, report.version), (28, 7));
     assert_eq!(report.from_snapshot, 0, "a dry run starts from scratch");
@@ -320,12 +321,12 @@ impl JournalEvent for AccountEventV2 {
             ("Deposited", 1) => {
                 let old: AccountEvent = quark::journal::decode(event_type, data)?;
                 match old {
-                    AccountEvent::Deposited { amount, .. } => {
-                        Ok(AccountEventV2::DepositedCents { cents: amount * 100 })
-                    }
-                    AccountEvent::Withdrew { amount } => {
-                        Ok(AccountEventV2::DepositedCents { cents: -amount * 100 })
-                    }
+                    AccountEvent::Deposited { amount, .. } => Ok(AccountEventV2::DepositedCents {
+                        cents: amount * 100,
+                    }),
+                    AccountEvent::Withdrew { amount } => Ok(AccountEventV2::DepositedCents {
+                        cents: -amount * 100,
+                    }),
                 }
             }
             _ => Err(UpcastError::Unsupported {
@@ -458,7 +459,10 @@ fn retention_drops_events_before_an_old_snapshot() {
     let journal = node.journal();
     let retained = block_on(journal.events_by_version::<Account>("ann", 0..=u64::MAX)).unwrap();
     let first = retained.first().unwrap().version;
-    assert!(first > 1, "early events were dropped (first retained {first})");
+    assert!(
+        first > 1,
+        "early events were dropped (first retained {first})"
+    );
     assert_eq!(retained.last().unwrap().version, 22);
     assert!(matches!(
         block_on(journal.state_at::<Account>("ann", At::Version(1))),
@@ -467,11 +471,21 @@ fn retention_drops_events_before_an_old_snapshot() {
     node.shutdown();
     let node = start(tmp.path(), JournalPolicy::default(), extra);
     assert_eq!(
-        block_on(node.actor_ref::<Account>("ann").ask(Get)).unwrap().0,
+        block_on(node.actor_ref::<Account>("ann").ask(Get))
+            .unwrap()
+            .0,
         (1..=22).sum::<i64>()
     );
-    let after = block_on(node.journal().events_by_version::<Account>("ann", 0..=u64::MAX)).unwrap();
-    assert_eq!(after.first().unwrap().version, first, "the truncation is durable");
+    let after = block_on(
+        node.journal()
+            .events_by_version::<Account>("ann", 0..=u64::MAX),
+    )
+    .unwrap();
+    assert_eq!(
+        after.first().unwrap().version,
+        first,
+        "the truncation is durable"
+    );
     node.shutdown();
 }
 
@@ -507,20 +521,33 @@ fn erasure_removes_the_stream_from_every_file() {
     assert!(!files_containing(tmp.path(), secret).is_empty());
     let report = block_on(node.journal().erase::<Account>("erase-me")).unwrap();
     assert!(report.records_erased >= 10, "{report:?}");
-    assert_eq!(files_containing(tmp.path(), secret), Vec::<std::path::PathBuf>::new());
     assert_eq!(
-        block_on(node.actor_ref::<Account>("erase-me").ask(Get)).unwrap().0,
+        files_containing(tmp.path(), secret),
+        Vec::<std::path::PathBuf>::new()
+    );
+    assert_eq!(
+        block_on(node.actor_ref::<Account>("erase-me").ask(Get))
+            .unwrap()
+            .0,
         0
     );
-    assert_eq!(deposit(&node, "erase-me", 1), 1, "a new stream starts at version 1");
+    assert_eq!(
+        deposit(&node, "erase-me", 1),
+        1,
+        "a new stream starts at version 1"
+    );
     node.shutdown();
     let node = start(tmp.path(), JournalPolicy::snapshot_every(4), "");
     assert_eq!(
-        block_on(node.actor_ref::<Account>("erase-me").ask(Get)).unwrap().0,
+        block_on(node.actor_ref::<Account>("erase-me").ask(Get))
+            .unwrap()
+            .0,
         1
     );
     assert_eq!(
-        block_on(node.actor_ref::<Account>("keep-me").ask(Get)).unwrap().0,
+        block_on(node.actor_ref::<Account>("keep-me").ask(Get))
+            .unwrap()
+            .0,
         55
     );
     assert!(files_containing(tmp.path(), secret).is_empty());
@@ -534,7 +561,11 @@ fn without_a_log_persist_fails_clearly() {
         .register_journaled::<Account>(JournalPolicy::default())
         .start()
         .unwrap();
-    let r = block_on(node.actor_ref::<Account>("a").ask(Deposit(1, String::new()))).unwrap();
+    let r = block_on(
+        node.actor_ref::<Account>("a")
+            .ask(Deposit(1, String::new())),
+    )
+    .unwrap();
     assert!(matches!(r, Err(PersistError::NoLog { .. })), "{r:?}");
     node.shutdown();
 }

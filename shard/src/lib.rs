@@ -42,11 +42,17 @@ pub use actor::{Actor, Context, Handler, Invoke, InvokeFuture, Message};
 pub use actor_ref::{ActorRef, Tell};
 pub use error::CallError;
 pub use node::{
-    allowed_cores, current_shard_log, Engine, EngineBuilder, EngineHandle, EngineConfig, ShardSpec, ShardStatsSnapshot,
-    ShutdownReport, SpawnHandle, StartError,
+    allowed_cores, current_shard_log, Engine, EngineBuilder, EngineConfig, EngineHandle, ShardSpec,
+    ShardStatsSnapshot, ShutdownReport, SpawnHandle, StartError,
 };
 pub use quark_placement::{ActorId, ActorKey, ShardId};
 pub use timers::TimerId;
+
+/// Waits for `d` on the calling shard's timers without blocking the shard. Only for code running
+/// on a shard thread (handlers, tasks spawned with [`EngineHandle::spawn_on`]).
+pub fn sleep(d: std::time::Duration) -> impl std::future::Future<Output = ()> {
+    rt::sleep(d)
+}
 
 /// A shard's durable log on the io_uring backend (see [`Context::log`]).
 pub type ShardLog = std::rc::Rc<quark_persist::Log<rt::log_io::UringIo>>;

@@ -648,6 +648,11 @@ impl EngineHandle {
         self.shared.shard_count()
     }
 
+    /// True until the node starts shutting down (background tasks stop when it turns false).
+    pub fn is_running(&self) -> bool {
+        self.shared.phase() == Phase::Running
+    }
+
     /// The shard of this node that owns `id` (the placement function).
     pub fn shard_of(&self, id: &quark_placement::ActorId) -> ShardId {
         quark_placement::shard_for(id, self.shared.shard_count())

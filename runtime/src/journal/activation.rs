@@ -185,13 +185,12 @@ pub(crate) async fn persist_events<A: EventSourced>(
         let mut batch = Batch::new();
         let snapshot = s.snapshot_due();
         if snapshot {
-            let data = postcard::to_allocvec(&state.snapshot()).map_err(|e| {
-                PersistError::Encode {
+            let data =
+                postcard::to_allocvec(&state.snapshot()).map_err(|e| PersistError::Encode {
                     actor: actor(),
                     event_type: "snapshot",
                     detail: e.to_string(),
-                }
-            })?;
+                })?;
             let mut payload = Vec::new();
             format::encode_snapshot(
                 &mut payload,

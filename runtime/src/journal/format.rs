@@ -66,7 +66,9 @@ pub enum FormatError {
         len: usize,
     },
     /// The format byte is not one this version reads.
-    #[error("journal record format {found} is not supported (this build reads format {RECORD_FORMAT})")]
+    #[error(
+        "journal record format {found} is not supported (this build reads format {RECORD_FORMAT})"
+    )]
     UnknownFormat {
         /// The format byte found.
         found: u8,
@@ -325,15 +327,21 @@ impl<'a> Reader<'a> {
     }
 
     fn u16(&mut self) -> Result<u16, FormatError> {
-        Ok(u16::from_le_bytes(self.take(2)?.try_into().expect("took 2")))
+        Ok(u16::from_le_bytes(
+            self.take(2)?.try_into().expect("took 2"),
+        ))
     }
 
     fn u32(&mut self) -> Result<u32, FormatError> {
-        Ok(u32::from_le_bytes(self.take(4)?.try_into().expect("took 4")))
+        Ok(u32::from_le_bytes(
+            self.take(4)?.try_into().expect("took 4"),
+        ))
     }
 
     fn u64(&mut self) -> Result<u64, FormatError> {
-        Ok(u64::from_le_bytes(self.take(8)?.try_into().expect("took 8")))
+        Ok(u64::from_le_bytes(
+            self.take(8)?.try_into().expect("took 8"),
+        ))
     }
 
     fn finish(self) -> Result<(), FormatError> {
@@ -373,10 +381,23 @@ mod tests {
     #[test]
     fn event_round_trip_and_every_truncation_is_an_error() {
         let mut p = Vec::new();
-        encode_event(&mut p, 3, 42, 1_700_000_000_000, "Deposited", b"data", &[9; 32]);
+        encode_event(
+            &mut p,
+            3,
+            42,
+            1_700_000_000_000,
+            "Deposited",
+            b"data",
+            &[9; 32],
+        );
         let e = decode_event(&p).unwrap();
         assert_eq!(
-            (e.schema_version, e.version, e.event_type.as_str(), &e.data[..]),
+            (
+                e.schema_version,
+                e.version,
+                e.event_type.as_str(),
+                &e.data[..]
+            ),
             (3, 42, "Deposited", &b"data"[..])
         );
         assert_eq!(e.prev_hash, [9; 32]);
@@ -392,7 +413,10 @@ mod tests {
         let mut p = Vec::new();
         encode_snapshot(&mut p, 1, 1000, 5, &[1; 32], b"state");
         let s = decode_snapshot(&p).unwrap();
-        assert_eq!((s.version, s.timestamp_ms, &s.data[..]), (1000, 5, &b"state"[..]));
+        assert_eq!(
+            (s.version, s.timestamp_ms, &s.data[..]),
+            (1000, 5, &b"state"[..])
+        );
         p[0] = 9;
         assert_eq!(
             decode_snapshot(&p),

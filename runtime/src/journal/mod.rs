@@ -50,6 +50,7 @@
 
 mod activation;
 pub mod format;
+mod projection;
 mod reader;
 
 use std::time::Duration;
@@ -60,6 +61,11 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 pub use activation::{journaled, Persist};
+pub(crate) use projection::{projection_type, start_feeders};
+pub use projection::{
+    EventMeta, Projection, ProjectionActor, ProjectionConfig, ProjectionError, ProjectionHandle,
+    Subscriptions,
+};
 pub use reader::{
     At, EraseReport, EventEnvelope, Journal, ReplayProgress, ReplayReport, TimeRange,
 };

@@ -206,13 +206,12 @@ pub(crate) async fn rebuild<A: EventSourced>(
         };
         for lsn in order {
             let rec = read_record(log, actor, lsn).await?;
-            let snap = format::decode_snapshot(&rec.payload).map_err(|source| {
-                JournalError::Format {
+            let snap =
+                format::decode_snapshot(&rec.payload).map_err(|source| JournalError::Format {
                     actor: actor.to_owned(),
                     lsn,
                     source,
-                }
-            })?;
+                })?;
             if collect_snapshots {
                 snapshots.push((snap.timestamp_ms, rec.origin_lsn));
             }
@@ -286,7 +285,7 @@ pub(crate) async fn rebuild<A: EventSourced>(
             version = ev.version;
             applied += 1;
             bytes += rec.payload.len() as u64;
-            if applied % 10_000 == 0 {
+            if applied.is_multiple_of(10_000) {
                 progress(ReplayProgress {
                     events_applied: applied,
                     events_total: total as u64,
@@ -536,11 +535,9 @@ impl Journal {
                         let floor = log.stats().next_lsn;
                         let mut batch = Batch::new();
                         batch.truncate(&ek, floor).truncate(&sk, floor);
-                        log.append(&batch)
-                            .await
-                            .map_err(|e| JournalError::Scrub {
-                                detail: e.to_string(),
-                            })?;
+                        log.append(&batch).await.map_err(|e| JournalError::Scrub {
+                            detail: e.to_string(),
+                        })?;
                         *state = A::initial(&ctx.id().key);
                         reset_after_erase(ctx, floor);
                         Ok(records)
@@ -553,9 +550,14 @@ impl Journal {
             })??;
         let scrub = self
             .on_owner::<A, _, _, _>(key, |log, _, _, _, _| async move {
-                log.compact(Default::default()).await.map(|r| TmpScrub { segments_rewritten: r.segments_deleted }).map_err(|e| JournalError::Scrub {
-                    detail: e.to_string(),
-                })
+                log.compact(Default::default())
+                    .await
+                    .map(|r| TmpScrub {
+                        segments_rewritten: r.segments_deleted,
+                    })
+                    .map_err(|e| JournalError::Scrub {
+                        detail: e.to_string(),
+                    })
             })
             .await?;
         Ok(EraseReport {
@@ -573,4 +575,6 @@ pub struct EraseReport {
     /// Segment files the scrub rewrote.
     pub segments_rewritten: u64,
 }
-struct TmpScrub { segments_rewritten: usize }
+struct TmpScrub {
+    segments_rewritten: usize,
+}
