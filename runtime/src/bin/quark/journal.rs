@@ -24,7 +24,6 @@ use anyhow::{bail, Context as _, Result};
 use quark::journal::format::{self, EventRecord, FormatError, Hash, SnapshotRecord, Stream};
 use quark::ActorKey;
 use quark_persist::{inspect_dir, RecordKind, QUARANTINE_DIR};
-use serde_json::json;
 
 // ---- command line ----
 
@@ -840,69 +839,136 @@ enum Row<'a> {
     Snapshot(&'a Stored, &'a SnapshotRecord),
 }
 
-fn key_json(key: &ActorKey) -> (serde_json::Value, &'static str) {
+/// An actor key in JSON: a number for u64 keys (exact: serde_json keeps u64), the string for
+/// string keys, `0x` + hex for byte keys; `key_kind` says which.
+#[derive(serde::Serialize)]
+#[serde(untagged)]
+enum JsonKey<'a> {
+    U64(u64),
+    Str(&'a str),
+    Hex(String),
+}
+
+fn key_json(key: &ActorKey) -> (JsonKey<'_>, &'static str) {
     match key {
-        ActorKey::U64(k) => (json!(k), "u64"),
-        ActorKey::Str(s) => (json!(&**s), "str"),
-        ActorKey::Bytes(b) => (json!(format!("0x{}", hex(b))), "bytes"),
+        ActorKey::U64(k) => (JsonKey::U64(*k), "u64"),
+        ActorKey::Str(s) => (JsonKey::Str(s), "str"),
+        ActorKey::Bytes(b) => (JsonKey::Hex(format!("0x{}", hex(b))), "bytes"),
     }
 }
 
-// Format (one JSON object per line, see docs/JOURNALING.md): record ("event" | "snapshot"),
-// actor, type, key, key_kind, shard, version, timestamp_ms, timestamp, [event_type], schema_version,
-// lsn, origin_lsn, file, offset, batch_offset, data_bytes, data (hex), [prev_hash, hash] |
-// [chain_hash].
+// Format (export / inspect --json, one object per line; full table in docs/JOURNALING.md):
+//   { record: "event" | "snapshot", actor, type, key, key_kind, shard, version, timestamp_ms,
+//     timestamp, event_type (events), schema_version, lsn, origin_lsn, file, offset,
+//     batch_offset, data_bytes, data (hex), prev_hash + hash (events) | chain_hash (snapshots) }
+/// One event or snapshot as a JSON line.
+#[derive(serde::Serialize)]
+struct RecordLine<'a> {
+    record: &'static str,
+    actor: &'a str,
+    #[serde(rename = "type")]
+    type_name: &'a str,
+    key: &'a JsonKey<'a>,
+    key_kind: &'static str,
+    shard: u32,
+    version: u64,
+    timestamp_ms: u64,
+    timestamp: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    event_type: Option<&'a str>,
+    schema_version: u16,
+    lsn: u64,
+    origin_lsn: u64,
+    file: &'a str,
+    offset: u64,
+    batch_offset: u64,
+    data_bytes: u64,
+    data: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    prev_hash: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    hash: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    chain_hash: Option<String>,
+}
+
+// Format (inspect --json without --actor, one object per stream):
+//   { record: "stream", actor, type, key, key_kind, shard, events, first_version, last_version,
+//     snapshots, bytes }
+/// One stream of the summary as a JSON line.
+#[derive(serde::Serialize)]
+struct StreamLine<'a> {
+    record: &'static str,
+    actor: &'a str,
+    #[serde(rename = "type")]
+    type_name: &'a str,
+    key: &'a JsonKey<'a>,
+    key_kind: &'static str,
+    shard: u32,
+    events: u64,
+    first_version: Option<u64>,
+    last_version: Option<u64>,
+    snapshots: u64,
+    bytes: u64,
+}
+
+fn write_json_line(out: &mut impl Write, line: &impl serde::Serialize) -> Result<()> {
+    serde_json::to_writer(&mut *out, line)?;
+    out.write_all(b"\n")?;
+    Ok(())
+}
+
 fn write_json_lines(scan: &Scan, a: &ActorStream, f: &Filters, out: &mut impl Write) -> Result<()> {
     let (key, key_kind) = key_json(&a.key);
+    let actor = a.actor();
     for row in selected(a, f) {
-        let (s, mut v) = match row {
-            Row::Event(s, e, h) => (
-                s,
-                json!({
-                    "record": "event",
-                    "version": e.version,
-                    "timestamp_ms": e.timestamp_ms,
-                    "timestamp": format_time(e.timestamp_ms),
-                    "event_type": e.event_type,
-                    "schema_version": e.schema_version,
-                    "data": hex(&e.data),
-                    "prev_hash": hex(&e.prev_hash),
-                    "hash": hex(h),
-                }),
-            ),
-            Row::Snapshot(s, snap) => (
-                s,
-                json!({
-                    "record": "snapshot",
-                    "version": snap.version,
-                    "timestamp_ms": snap.timestamp_ms,
-                    "timestamp": format_time(snap.timestamp_ms),
-                    "schema_version": snap.schema_version,
-                    "data": hex(&snap.data),
-                    "chain_hash": hex(&snap.chain_hash),
-                }),
-            ),
+        let s = match row {
+            Row::Event(s, _, _) | Row::Snapshot(s, _) => s,
         };
-        let obj = v
-            .as_object_mut()
-            .expect("invariant: json!({..}) builds an object");
-        for (k, val) in [
-            ("actor", json!(a.actor())),
-            ("type", json!(a.type_name)),
-            ("key", key.clone()),
-            ("key_kind", json!(key_kind)),
-            ("shard", json!(a.shard)),
-            ("lsn", json!(s.place.lsn)),
-            ("origin_lsn", json!(s.place.origin_lsn)),
-            ("file", json!(scan.files[s.place.file])),
-            ("offset", json!(s.place.offset)),
-            ("batch_offset", json!(s.place.batch_offset)),
-            ("data_bytes", json!(s.data_bytes)),
-        ] {
-            obj.insert(k.to_owned(), val);
+        let mut line = RecordLine {
+            record: "event",
+            actor: &actor,
+            type_name: &a.type_name,
+            key: &key,
+            key_kind,
+            shard: a.shard,
+            version: 0,
+            timestamp_ms: 0,
+            timestamp: String::new(),
+            event_type: None,
+            schema_version: 0,
+            lsn: s.place.lsn,
+            origin_lsn: s.place.origin_lsn,
+            file: &scan.files[s.place.file],
+            offset: s.place.offset,
+            batch_offset: s.place.batch_offset,
+            data_bytes: s.data_bytes,
+            data: String::new(),
+            prev_hash: None,
+            hash: None,
+            chain_hash: None,
+        };
+        match row {
+            Row::Event(_, e, h) => {
+                line.version = e.version;
+                line.timestamp_ms = e.timestamp_ms;
+                line.event_type = Some(&e.event_type);
+                line.schema_version = e.schema_version;
+                line.data = hex(&e.data);
+                line.prev_hash = Some(hex(&e.prev_hash));
+                line.hash = Some(hex(h));
+            }
+            Row::Snapshot(_, snap) => {
+                line.record = "snapshot";
+                line.version = snap.version;
+                line.timestamp_ms = snap.timestamp_ms;
+                line.schema_version = snap.schema_version;
+                line.data = hex(&snap.data);
+                line.chain_hash = Some(hex(&snap.chain_hash));
+            }
         }
-        serde_json::to_writer(&mut *out, &v)?;
-        out.write_all(b"\n")?;
+        line.timestamp = format_time(line.timestamp_ms);
+        write_json_line(out, &line)?;
     }
     Ok(())
 }
@@ -1027,21 +1093,20 @@ fn write_summary(
         snapshots_total += snapshots;
         if json {
             let (key, key_kind) = key_json(&a.key);
-            let v = json!({
-                "record": "stream",
-                "actor": a.actor(),
-                "type": a.type_name,
-                "key": key,
-                "key_kind": key_kind,
-                "shard": a.shard,
-                "events": events.len(),
-                "first_version": first,
-                "last_version": last,
-                "snapshots": snapshots,
-                "bytes": bytes,
-            });
-            serde_json::to_writer(&mut *out, &v)?;
-            out.write_all(b"\n")?;
+            let line = StreamLine {
+                record: "stream",
+                actor: &a.actor(),
+                type_name: &a.type_name,
+                key: &key,
+                key_kind,
+                shard: a.shard,
+                events: events.len() as u64,
+                first_version: first,
+                last_version: last,
+                snapshots,
+                bytes,
+            };
+            write_json_line(out, &line)?;
         } else {
             rows.push(vec![
                 a.actor(),
@@ -1320,8 +1385,7 @@ fn verify(args: &VerifyArgs, out: &mut impl Write) -> Result<Outcome> {
     for d in &scan.damage {
         writeln!(
             out,
-            "DAMAGE {} offset {}: {} (records there are unreadable; the node would refuse \
-             to open the log or quarantine the segment)",
+            "DAMAGE {} offset {}: {}",
             scan.files[d.file], d.offset, d.what
         )?;
     }
