@@ -15,7 +15,7 @@
 
 use std::rc::Rc;
 
-use crate::error::CompactError;
+use crate::error::{AppendError, CompactError, ReadError};
 use crate::io::LogIo;
 use crate::log::{IndexOp, Log};
 use crate::read::SegmentReader;
@@ -67,12 +67,16 @@ impl<IO: LogIo> Log<IO> {
     ///
     /// Cancel safety: dropping the future may leave copies written and their source segment
     /// still present; the next pass or recovery resolves that (the copy wins).
+    ///
+    /// One compaction or [`Log::scrub`] runs at a time: a call made while another runs waits
+    /// for it to finish.
     pub async fn compact(
         &self,
         policy: CompactionPolicy,
     ) -> Result<CompactionReport, CompactError> {
         // Supersession must be durable before what it supersedes is deleted: under `Never` or
         // `IntervalMs` an acknowledged snapshot may still be only in the page cache.
+        let _maintenance = self.maintenance().await;
         self.sync().await?;
         let now = self.inner.io.now_ms();
         let mut report = CompactionReport::default();
@@ -109,18 +113,9 @@ impl<IO: LogIo> Log<IO> {
                 {
                     continue;
                 }
-                let mut reader = SegmentReader::new(file, path.clone());
-                let mut live = Vec::new();
-                let mut offset = first_offset;
-                while offset < data_end {
-                    let (records, len) = reader.batch_at(offset, data_end).await?;
-                    offset += len;
-                    let st = self.inner.state.borrow();
-                    live.extend(records.into_iter().filter(|r| {
-                        let expired = r.expires_at_ms.is_some_and(|e| e <= now);
-                        !expired && (r.key.is_empty() || st.index.is_live(&r.key, r.lsn))
-                    }));
-                }
+                let live = self
+                    .live_records(file, path.clone(), first_offset, data_end, now)
+                    .await?;
                 let (n, bytes) = self.copy_forward(&live, policy.copy_batch_bytes).await?;
                 report.records_copied += n;
                 report.bytes_copied += bytes;
@@ -168,12 +163,37 @@ impl<IO: LogIo> Log<IO> {
         Ok(report)
     }
 
+    /// Reads the batches of a sealed segment in `[first_offset, data_end)` and returns its
+    /// records that are live (in the index, or key-less) and not expired at `now`.
+    pub(crate) async fn live_records(
+        &self,
+        file: Rc<IO::File>,
+        path: std::path::PathBuf,
+        first_offset: u64,
+        data_end: u64,
+        now: u64,
+    ) -> Result<Vec<Record>, ReadError> {
+        let mut reader = SegmentReader::new(file, path);
+        let mut live = Vec::new();
+        let mut offset = first_offset;
+        while offset < data_end {
+            let (records, len) = reader.batch_at(offset, data_end).await?;
+            offset += len;
+            let st = self.inner.state.borrow();
+            live.extend(records.into_iter().filter(|r| {
+                let expired = r.expires_at_ms.is_some_and(|e| e <= now);
+                !expired && (r.key.is_empty() || st.index.is_live(&r.key, r.lsn))
+            }));
+        }
+        Ok(live)
+    }
+
     /// Appends copies of `records` in batches of about `batch_bytes`, then syncs.
-    async fn copy_forward(
+    pub(crate) async fn copy_forward(
         &self,
         records: &[Record],
         batch_bytes: usize,
-    ) -> Result<(u64, u64), CompactError> {
+    ) -> Result<(u64, u64), AppendError> {
         if records.is_empty() {
             return Ok((0, 0));
         }

@@ -190,6 +190,13 @@ pub enum AppendError {
 /// Errors of reads and scans.
 #[derive(Debug, thiserror::Error)]
 pub enum ReadError {
+    /// [`crate::Log::read_many`]: no acknowledged record has this LSN (not yet written, or
+    /// compacted away since the caller got it: ask [`crate::Log::key_lsns`] again).
+    #[error("no record at LSN {lsn} (not yet acknowledged, or compacted away)")]
+    NotFound {
+        /// The first missing LSN (in LSN order).
+        lsn: u64,
+    },
     /// Reading the file failed.
     #[error("read failed on {file} at offset {offset}: {source}")]
     Io {
@@ -226,6 +233,37 @@ pub enum CompactError {
     Remove {
         /// The file.
         file: PathBuf,
+        /// The I/O error.
+        source: io::Error,
+    },
+}
+
+/// Errors of [`crate::Log::scrub`]. After any of them the scrub's guarantee does not hold:
+/// call it again (the log stays consistent).
+#[derive(Debug, thiserror::Error)]
+pub enum ScrubError {
+    /// Syncing, sealing the active segment or copying live records forward failed (an I/O
+    /// error there poisons the log, see [`AppendError::Io`]).
+    #[error(transparent)]
+    Append(#[from] AppendError),
+    /// Reading a segment to copy its live records failed.
+    #[error(transparent)]
+    Read(#[from] ReadError),
+    /// Unlinking a segment or spare, or syncing the directory, failed.
+    #[error("scrub: removing {file}: {source}")]
+    Remove {
+        /// The file (or the directory, for its sync).
+        file: PathBuf,
+        /// The I/O error.
+        source: io::Error,
+    },
+    /// Zero-filling the unused tail of a kept segment failed.
+    #[error("scrub: zero-filling {file} at offset {offset}: {source}")]
+    Zero {
+        /// The segment file.
+        file: PathBuf,
+        /// Offset of the failed write or sync.
+        offset: u64,
         /// The I/O error.
         source: io::Error,
     },

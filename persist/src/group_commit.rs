@@ -344,7 +344,7 @@ impl<IO: LogIo> Log<IO> {
             (c.roll, c.pos, c.first_lsn, Rc::clone(&c.buf))
         };
         if roll && self.inner.state.borrow().active().base_lsn != first_lsn {
-            self.roll(first_lsn).await?;
+            self.roll_to(first_lsn).await?;
         }
         let (file, path, write_through) = {
             let st = self.inner.state.borrow();
@@ -414,7 +414,7 @@ impl<IO: LogIo> Log<IO> {
 
     /// Seals the active segment (fdatasync, whatever the policy, so that damage in a sealed
     /// segment is never a torn tail) and creates the next one at `base_lsn`.
-    async fn roll(&self, base_lsn: u64) -> Result<(), AppendError> {
+    async fn roll_to(&self, base_lsn: u64) -> Result<(), AppendError> {
         let (file, path, offset) = {
             let st = self.inner.state.borrow();
             let a = st.active();
@@ -441,6 +441,88 @@ impl<IO: LogIo> Log<IO> {
             return Err(e);
         }
         Ok(())
+    }
+
+    /// Seals the active segment and starts a new one: flushes everything queued, `fdatasync`s
+    /// the active segment (whatever the policy) and creates the next segment at the next LSN
+    /// (reusing a spare if one is kept). Later appends go to the new segment. Does nothing
+    /// when the active segment holds no record yet.
+    ///
+    /// Appends may run concurrently: batches queued while the roll is in progress go to the
+    /// new segment. Errors: like [`Log::append`] (an I/O error poisons the log; a closed log
+    /// refuses). Cancel safety: dropping the future before the new segment is installed
+    /// leaves the active segment in place and the next batch queued starts the new segment;
+    /// nothing is lost or written twice.
+    pub async fn roll(&self) -> Result<(), AppendError> {
+        self.seal_active(false).await.map(|_| ())
+    }
+
+    /// [`Log::roll`]; when the active segment is empty and `zero_empty_tail`, zero-fills its
+    /// bytes after the header instead (a reused spare's stale bytes) unless known clean.
+    /// Returns the bytes zeroed.
+    pub(crate) async fn seal_active(&self, zero_empty_tail: bool) -> Result<u64, AppendError> {
+        // Become the leader: nobody else flushes while the active segment changes.
+        poll_fn(|cx| {
+            let mut st = self.inner.state.borrow_mut();
+            if let Some(err) = refusal(&st) {
+                return Poll::Ready(Err(err));
+            }
+            if st.flushing {
+                st.waiters.push(cx.waker().clone());
+                return Poll::Pending;
+            }
+            st.flushing = true;
+            Poll::Ready(Ok(()))
+        })
+        .await?;
+        let _leadership = Leadership(self);
+        loop {
+            let (acked, end) = {
+                let st = self.inner.state.borrow();
+                (st.acked_lsn, st.next_lsn)
+            };
+            if acked >= end {
+                break;
+            }
+            self.lead(end, false).await?;
+        }
+        // No await from here to `roll_to`: nothing is queued, so the active segment ends at
+        // `next_lsn`.
+        let (base, empty, file, path, data_end, tail_clean) = {
+            let st = self.inner.state.borrow();
+            let a = st.active();
+            debug_assert!(st.pending.is_empty() && st.inflight.is_none());
+            debug_assert_eq!(a.end_lsn, st.next_lsn, "everything queued was flushed");
+            (
+                st.next_lsn,
+                a.end_lsn == a.base_lsn,
+                Rc::clone(&a.file),
+                a.path.clone(),
+                a.data_end,
+                a.tail_clean,
+            )
+        };
+        if empty {
+            if !zero_empty_tail || tail_clean {
+                return Ok(0);
+            }
+            // No flush runs while we lead, and flushes write only at or after `data_end`.
+            let zeroed = crate::scrub::zero_tail(&*file, &path, data_end)
+                .await
+                .map_err(|(offset, source)| self.poison("zero-fill tail", path, offset, source))?;
+            self.inner.state.borrow_mut().active_mut().tail_clean = true;
+            return Ok(zeroed);
+        }
+        // Any batch queued from now on cannot fit: it starts a chunk for the new segment,
+        // whose base is `base` (see `enqueue`).
+        self.inner.state.borrow_mut().tail_pos = self.inner.config.segment_bytes;
+        self.roll_to(base).await?;
+        let mut st = self.inner.state.borrow_mut();
+        if st.pending.is_empty() {
+            st.tail_pos = SEGMENT_HEADER_BYTES as u64;
+        }
+        debug_assert_eq!(st.active().base_lsn, base);
+        Ok(0)
     }
 
     fn poison(

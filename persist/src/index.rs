@@ -197,6 +197,8 @@ pub(crate) struct SegmentStats {
     pub live_bytes: u64,
     /// Latest expiry of any record (`u64::MAX` if one never expires; 0 when empty).
     pub expiry_max_ms: u64,
+    /// Earliest expiry of any record (`None` when no record has one).
+    pub expiry_min_ms: Option<u64>,
 }
 
 impl SegmentStats {
@@ -209,6 +211,9 @@ impl SegmentStats {
             self.live_bytes += bytes;
         }
         self.expiry_max_ms = self.expiry_max_ms.max(expires_at_ms.unwrap_or(u64::MAX));
+        if let Some(e) = expires_at_ms {
+            self.expiry_min_ms = Some(self.expiry_min_ms.map_or(e, |m| m.min(e)));
+        }
     }
 
     /// Marks one record dead.
@@ -216,6 +221,12 @@ impl SegmentStats {
         debug_assert!(self.live_records > 0 && self.live_bytes >= bytes);
         self.live_records = self.live_records.saturating_sub(1);
         self.live_bytes = self.live_bytes.saturating_sub(bytes);
+    }
+
+    /// True when every record of the segment is live and none has expired at `now_ms`: the
+    /// segment holds no byte that [`crate::Log::scrub`] must remove.
+    pub fn is_all_live(&self, now_ms: u64) -> bool {
+        self.live_records == self.records && self.expiry_min_ms.is_none_or(|e| e > now_ms)
     }
 
     /// True when no record of the segment is needed any more at wall time `now_ms`.
@@ -399,6 +410,7 @@ mod tests {
         s.add(10, true, Some(100));
         s.add(10, true, Some(200));
         assert!(!s.is_garbage(150));
+        assert!(s.is_all_live(99) && !s.is_all_live(100));
         assert!(s.is_garbage(200));
         s.add(10, true, None);
         assert!(!s.is_garbage(u64::MAX - 1));

@@ -19,21 +19,28 @@ mod config;
 mod error;
 mod group_commit;
 mod index;
+mod inspect;
 mod io;
 mod log;
 mod read;
 mod record;
 mod recovery;
+mod scrub;
 mod segment;
 
 pub use compaction::{CompactionPolicy, CompactionReport};
 pub use config::{FsyncPolicy, LogConfig, Preallocate, RecoveryMode};
-pub use error::{AppendError, CompactError, OpenError, ReadError, RecoverError};
+pub use error::{AppendError, CompactError, OpenError, ReadError, RecoverError, ScrubError};
+pub use inspect::{
+    inspect_dir, inspect_segment, Damage, DamageKind, DirInspection, InspectError, InspectedRecord,
+    SegmentInspection,
+};
 pub use io::{block_on, fallocate, LogFile, LogIo, StdFile, StdIo};
 pub use log::{Log, LogStats, LsnRange};
 pub use read::Scanner;
 pub use record::{Batch, Invalid, NewRecord, Record, RecordKind, FLAG_FORWARDED};
 pub use recovery::{QuarantinedSegment, RecoveryReport, TruncatedTail};
+pub use scrub::ScrubReport;
 pub use segment::{
     SegmentHeader, FORMAT_VERSION, QUARANTINE_DIR, SEGMENT_HEADER_BYTES, SEGMENT_MAGIC,
 };
@@ -50,6 +57,28 @@ pub mod fuzz {
             }
             _ => None,
         }
+    }
+
+    /// Recomputes and rewrites the checksum of the batch frame at `offset` of `bytes` (a
+    /// segment image or a frame), for tests that simulate deliberate tampering: edit a
+    /// payload, reseal, and the batch verifies again. Returns false (and changes nothing)
+    /// when no plausible frame header is there (length < 64, not a multiple of 8, or past the
+    /// end of `bytes`).
+    pub fn reseal_batch_at(bytes: &mut [u8], offset: usize) -> bool {
+        let Some(h) = bytes.get(offset..offset.saturating_add(4)) else {
+            return false;
+        };
+        let len = u32::from_le_bytes([h[0], h[1], h[2], h[3]]) as usize;
+        let min = crate::record::BATCH_HEADER_BYTES + crate::record::RECORD_HEADER_BYTES;
+        if len < min || !len.is_multiple_of(crate::record::BATCH_ALIGN) {
+            return false;
+        }
+        let Some(frame) = bytes.get_mut(offset..offset.saturating_add(len)) else {
+            return false;
+        };
+        let crc = crc32c::crc32c(&frame[8..]);
+        frame[4..8].copy_from_slice(&crc.to_le_bytes());
+        true
     }
 
     /// Scans a whole segment image as recovery does (header, then batches); returns the verified

@@ -88,6 +88,9 @@ pub(crate) struct Segment<F> {
     /// `(first_lsn, offset)` of some batches, at least one per [`SPARSE_STEP_BYTES`].
     pub sparse: Vec<(u64, u64)>,
     pub stats: SegmentStats,
+    /// Every byte after `data_end` is known to be zero (a fresh file, or zeroed by
+    /// [`Log::scrub`]); false for a reused spare or a recovered segment with other bytes there.
+    pub tail_clean: bool,
 }
 
 impl<F> Segment<F> {
@@ -168,6 +171,19 @@ pub(crate) struct State<F> {
     /// batches then cost no fresh allocation and page faults per flush.
     pub free_bufs: Vec<Vec<u8>>,
     pub segments_recycled: u64,
+    /// A compaction or scrub is running (they exclude each other, see [`Log::maintenance`]).
+    pub maintenance: bool,
+}
+
+/// Held by the one compaction or scrub running; releases and wakes waiters when dropped.
+pub(crate) struct Maintenance<'a, IO: LogIo>(&'a Log<IO>);
+
+impl<IO: LogIo> Drop for Maintenance<'_, IO> {
+    fn drop(&mut self) {
+        let mut st = self.0.inner.state.borrow_mut();
+        st.maintenance = false;
+        st.wake_all();
+    }
 }
 
 impl<F> State<F> {
@@ -354,6 +370,7 @@ impl<IO: LogIo> Log<IO> {
             spares: recovered.report.spares.clone(),
             free_bufs: Vec::new(),
             segments_recycled: 0,
+            maintenance: false,
         };
         let log = Log {
             inner: Rc::new(Inner {
@@ -398,6 +415,23 @@ impl<IO: LogIo> Log<IO> {
             st.tail_pos = st.active().data_end;
         }
         Ok((log, recovered.report))
+    }
+
+    /// Waits until no compaction or scrub runs, then holds that right until the guard drops:
+    /// compaction turning segments into spares during a scrub would put stale bytes back.
+    pub(crate) async fn maintenance(&self) -> Maintenance<'_, IO> {
+        std::future::poll_fn(|cx| {
+            let mut st = self.inner.state.borrow_mut();
+            if st.maintenance {
+                st.waiters.push(cx.waker().clone());
+                std::task::Poll::Pending
+            } else {
+                st.maintenance = true;
+                std::task::Poll::Ready(())
+            }
+        })
+        .await;
+        Maintenance(self)
     }
 
     /// Whether active segments are opened write-through (`O_DSYNC`).
@@ -521,6 +555,7 @@ impl<IO: LogIo> Log<IO> {
                 write_through,
                 sparse: Vec::new(),
                 stats: SegmentStats::default(),
+                tail_clean: !recycled,
             },
         );
         Ok(())

@@ -1,14 +1,14 @@
 //! Reads by LSN and forward scans. Only acknowledged batches are visible; every batch read is
 //! verified again (a checksum failure here means the disk changed after recovery).
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::path::PathBuf;
 use std::rc::Rc;
 
 use crate::error::ReadError;
 use crate::io::{LogFile, LogIo};
 use crate::log::Log;
-use crate::record::{decode_batch, Decoded, Invalid, Record, BATCH_HEADER_BYTES};
+use crate::record::{decode_batch, Decoded, DecodedBatch, Invalid, Record, BATCH_HEADER_BYTES};
 
 /// Bytes read per refill of a segment reader.
 const READ_WINDOW_BYTES: usize = 256 * 1024;
@@ -55,40 +55,42 @@ impl<F: LogFile> SegmentReader<F> {
         offset: u64,
         data_end: u64,
     ) -> Result<(Vec<Record>, u64), ReadError> {
+        let b = self.frame_at(offset, READ_WINDOW_BYTES, data_end).await?;
+        let records = b.records.iter().map(|r| r.to_record()).collect();
+        Ok((records, b.len as u64))
+    }
+
+    /// Decodes and verifies the batch at `offset` (below `data_end`), reading `window` bytes
+    /// from `offset` when the buffer does not hold it (more if the frame is longer).
+    pub(crate) async fn frame_at(
+        &mut self,
+        offset: u64,
+        window: usize,
+        data_end: u64,
+    ) -> Result<DecodedBatch<'_>, ReadError> {
         let avail = data_end.saturating_sub(offset) as usize;
-        for attempt in 0..2 {
-            let in_buf = offset >= self.buf_offset
-                && offset + BATCH_HEADER_BYTES as u64 <= self.buf_offset + self.buf.len() as u64;
-            if !in_buf || attempt == 1 {
-                let want = if attempt == 0 {
-                    READ_WINDOW_BYTES
-                } else {
-                    self.declared_len(offset).max(READ_WINDOW_BYTES)
-                };
-                self.fill(offset, want.min(avail)).await?;
-            }
-            let start = (offset - self.buf_offset) as usize;
-            let end = (start + avail).min(self.buf.len());
-            match decode_batch(&self.buf[start..end]) {
-                Decoded::Batch(b) => {
-                    let records = b.records.iter().map(|r| r.to_record()).collect();
-                    return Ok((records, b.len as u64));
-                }
-                Decoded::Invalid(Invalid::Truncated) if attempt == 0 => continue,
-                Decoded::Invalid(reason) => {
-                    return Err(ReadError::Corrupt {
-                        file: self.path.clone(),
-                        offset,
-                        reason,
-                    })
-                }
-                Decoded::End => break,
-            }
+        let holds = |r: &Self, len: usize| {
+            offset >= r.buf_offset && offset + len as u64 <= r.buf_offset + r.buf.len() as u64
+        };
+        if !holds(self, BATCH_HEADER_BYTES.min(avail)) || self.buf.is_empty() {
+            self.fill(offset, window.max(BATCH_HEADER_BYTES).min(avail))
+                .await?;
         }
+        let declared = self.declared_len(offset);
+        if declared > 0 && declared <= avail && !holds(self, declared) {
+            self.fill(offset, declared.max(window).min(avail)).await?;
+        }
+        let start = (offset - self.buf_offset) as usize;
+        let end = (start + avail).min(self.buf.len());
+        let reason = match decode_batch(&self.buf[start..end]) {
+            Decoded::Batch(b) => return Ok(b),
+            Decoded::Invalid(reason) => reason,
+            Decoded::End => Invalid::Truncated,
+        };
         Err(ReadError::Corrupt {
             file: self.path.clone(),
             offset,
-            reason: Invalid::Truncated,
+            reason,
         })
     }
 
@@ -99,6 +101,23 @@ impl<F: LogFile> SegmentReader<F> {
             None => 0,
         }
     }
+}
+
+/// Largest single read issued by [`Log::read_many`].
+const READ_MANY_BYTES_MAX: usize = 1 << 20;
+
+/// A byte range of one segment that holds some wanted LSNs (see [`Log::read_many`]).
+struct Region<F> {
+    base: u64,
+    file: Rc<F>,
+    path: PathBuf,
+    /// Offset of a batch boundary at or before the first wanted LSN's batch.
+    start: u64,
+    /// Every wanted LSN's batch starts before this offset.
+    end: u64,
+    data_end: u64,
+    /// Range of indices into the sorted wanted LSNs.
+    wanted: (usize, usize),
 }
 
 /// Where to start reading for `lsn`: the segment's file, path, a batch offset at or before
@@ -147,6 +166,120 @@ impl<IO: LogIo> Log<IO> {
             offset += len;
         }
         Ok(None)
+    }
+
+    /// Reads the records at `lsns` and returns them in the same order (a repeated LSN is
+    /// returned again). Meant for replaying a key: `log.read_many(&log.key_lsns(key))`.
+    ///
+    /// Each segment region holding a wanted LSN is read once, and regions that touch are
+    /// coalesced into reads of up to 1 MiB, so the records of adjacent batches cost one read
+    /// per MiB instead of one per record (`read` in a loop reads a window per record).
+    /// Memory: the returned records plus one read buffer.
+    ///
+    /// Errors: [`ReadError::NotFound`] names the first requested LSN (in LSN order) that no
+    /// acknowledged record has: not yet written, or compacted or scrubbed away since the
+    /// caller got it (a copy has a new LSN: call [`Log::key_lsns`] again and retry). Nothing
+    /// is skipped silently. [`ReadError::Corrupt`] / [`ReadError::Io`] as for [`Log::read`].
+    pub async fn read_many(&self, lsns: &[u64]) -> Result<Vec<Record>, ReadError> {
+        let mut wanted = lsns.to_vec();
+        wanted.sort_unstable();
+        wanted.dedup();
+        let regions = self.plan_regions(&wanted)?;
+        let mut found: HashMap<u64, Record> = HashMap::with_capacity(wanted.len());
+        for region in regions {
+            let mut reader = SegmentReader::new(Rc::clone(&region.file), region.path.clone());
+            let want = &wanted[region.wanted.0..region.wanted.1];
+            let mut offset = region.start;
+            while offset < region.end {
+                let window = ((region.end - offset) as usize).min(READ_MANY_BYTES_MAX);
+                let batch = match reader.frame_at(offset, window, region.data_end).await {
+                    Ok(b) => b,
+                    Err(e) => {
+                        // A segment compacted (and its file reused) while we read is not
+                        // corruption: its records moved.
+                        let gone = !self
+                            .inner
+                            .state
+                            .borrow()
+                            .segments
+                            .contains_key(&region.base);
+                        if gone {
+                            break;
+                        }
+                        return Err(e);
+                    }
+                };
+                offset += batch.len as u64;
+                let first = batch.first_lsn;
+                let end = first + batch.records.len() as u64;
+                let lo = want.partition_point(|&l| l < first);
+                for &lsn in want[lo..].iter().take_while(|&&l| l < end) {
+                    let r = &batch.records[(lsn - first) as usize];
+                    debug_assert_eq!(r.lsn, lsn, "record LSNs are contiguous in a batch");
+                    found.insert(lsn, r.to_record());
+                }
+                if want.last().is_some_and(|&l| l < end) {
+                    break; // everything wanted from this region is in hand
+                }
+            }
+        }
+        if let Some(&lsn) = wanted.iter().find(|l| !found.contains_key(l)) {
+            return Err(ReadError::NotFound { lsn });
+        }
+        let mut out = Vec::with_capacity(lsns.len());
+        if wanted.len() == lsns.len() {
+            // No repeats: move each record out.
+            for lsn in lsns {
+                out.push(
+                    found
+                        .remove(lsn)
+                        .expect("invariant: every wanted LSN was found"),
+                );
+            }
+        } else {
+            for lsn in lsns {
+                out.push(found[lsn].clone());
+            }
+        }
+        Ok(out)
+    }
+
+    /// Groups sorted, distinct `wanted` LSNs into segment regions to read, merging regions
+    /// that touch or overlap. Fails with `NotFound` for an LSN no segment holds.
+    fn plan_regions(&self, wanted: &[u64]) -> Result<Vec<Region<IO::File>>, ReadError> {
+        let st = self.inner.state.borrow();
+        let mut regions: Vec<Region<IO::File>> = Vec::new();
+        for (i, &lsn) in wanted.iter().enumerate() {
+            let seg = match st.segments.range(..=lsn).next_back() {
+                Some((_, s)) if lsn < s.end_lsn && lsn < st.acked_lsn => s,
+                _ => return Err(ReadError::NotFound { lsn }),
+            };
+            // The batch holding `lsn` starts at or after the sparse entry at or before it, and
+            // before the next sparse entry (whose first LSN is above `lsn`).
+            let at = seg.sparse.partition_point(|&(l, _)| l <= lsn);
+            let start = match at {
+                0 => seg.sparse.first().map_or(seg.data_end, |&(_, o)| o),
+                _ => seg.sparse[at - 1].1,
+            };
+            let end = seg.sparse.get(at).map_or(seg.data_end, |&(_, o)| o);
+            if let Some(r) = regions.last_mut() {
+                if r.base == seg.base_lsn && start <= r.end {
+                    r.end = r.end.max(end);
+                    r.wanted.1 = i + 1;
+                    continue;
+                }
+            }
+            regions.push(Region {
+                base: seg.base_lsn,
+                file: Rc::clone(&seg.file),
+                path: seg.path.clone(),
+                start,
+                end,
+                data_end: seg.data_end,
+                wanted: (i, i + 1),
+            });
+        }
+        Ok(regions)
     }
 
     /// A forward scan of acknowledged records with LSN ≥ `from_lsn`, in LSN order. Records of

@@ -319,6 +319,9 @@ pub(crate) async fn recover<IO: LogIo>(
             write_through: false,
             sparse: Vec::new(),
             stats: SegmentStats::default(),
+            tail_clean: bytes
+                .get(end_offset as usize..)
+                .is_none_or(|t| t.iter().all(|&b| b == 0)),
         };
         for (offset, batch) in &scan.batches {
             seg.note_batch(batch.first_lsn, *offset);

@@ -228,6 +228,32 @@ pub(crate) fn find_valid_after(bytes: &[u8], from: u64, min_lsn: u64) -> Option<
     found
 }
 
+/// The first 8-byte-aligned offset after `from` holding a verified batch whose first LSN is
+/// at least `min_lsn` (any LSN when `None`): where listing resumes after damage. Applies the
+/// same cheap filters as [`find_valid_after`] before checksumming.
+pub(crate) fn next_valid_batch(bytes: &[u8], from: usize, min_lsn: Option<u64>) -> Option<usize> {
+    let mut at = (from + BATCH_ALIGN).div_ceil(BATCH_ALIGN) * BATCH_ALIGN;
+    let lsn_range =
+        min_lsn.map(|m| m..=m.saturating_add(bytes.len() as u64 / RECORD_HEADER_BYTES as u64));
+    while at + BATCH_HEADER_BYTES <= bytes.len() {
+        let len =
+            u32::from_le_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]]) as usize;
+        let mut lsn = [0u8; 8];
+        lsn.copy_from_slice(&bytes[at + 8..at + 16]);
+        let first_lsn = u64::from_le_bytes(lsn);
+        if len >= BATCH_HEADER_BYTES + RECORD_HEADER_BYTES
+            && len & (BATCH_ALIGN - 1) == 0
+            && at + len <= bytes.len()
+            && lsn_range.as_ref().is_none_or(|r| r.contains(&first_lsn))
+            && matches!(decode_batch(&bytes[at..]), Decoded::Batch(_))
+        {
+            return Some(at);
+        }
+        at += BATCH_ALIGN;
+    }
+    None
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
