@@ -173,3 +173,34 @@ fn log_section() {
         "{e}"
     );
 }
+
+#[test]
+fn journal_keys_parse_and_are_checked() {
+    let c = NodeConfig::from_toml(
+        "[actors.acct]\nsnapshot_every_events = 1000\nsnapshot_every_bytes = 65536\nretention_age_ms = 86400000\n",
+        "q.toml",
+    )
+    .unwrap();
+    let t = &c.actors["acct"];
+    assert_eq!(t.snapshot_every_events, Some(1000));
+    assert_eq!(t.snapshot_every_bytes, Some(65536));
+    assert_eq!(t.retention_age, Some(Duration::from_secs(86400)));
+    let e =
+        NodeConfig::from_toml("[actors.acct]\nsnapshot_every_events = 0\n", "q.toml").unwrap_err();
+    assert!(
+        matches!(e, ConfigError::Invalid { ref key, .. } if key == "actors.acct.snapshot_every_events"),
+        "{e}"
+    );
+    // Journal keys on a type that is not journaled are refused at start-up.
+    struct A;
+    impl quark::Actor for A {
+        const TYPE_NAME: &'static str = "acct";
+    }
+    let err = quark::Node::builder()
+        .config(c)
+        .register(quark::ActorType::new(|_| A))
+        .start()
+        .err()
+        .expect("journal keys on a plain type are refused");
+    assert!(matches!(err, quark::NodeError::NotJournaled { ref name } if name == "acct"));
+}

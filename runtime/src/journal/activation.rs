@@ -34,6 +34,9 @@ pub(crate) struct JournalState {
     pub snapshots: VecDeque<(u64, u64)>,
     /// Records of this actor below this LSN are already truncated (or being truncated).
     pub floor_lsn: u64,
+    /// A persist was submitted and has not completed (set while the append is in flight; still
+    /// set if its future was dropped, in which case the live state may be behind the log).
+    pub in_flight: bool,
 }
 
 impl JournalState {
@@ -118,6 +121,7 @@ async fn load<A: EventSourced>(
             since_snapshot_bytes: rebuilt.event_bytes,
             snapshots: rebuilt.snapshots.into(),
             floor_lsn,
+            in_flight: false,
         }
     });
     Ok(rebuilt.state)
@@ -135,8 +139,10 @@ pub trait Persist<A: EventSourced> {
     /// same batch (no extra write).
     ///
     /// Cancel safety: if the future is dropped after the batch was submitted, the events may
-    /// become durable without being applied to this activation; the activation is then
-    /// discarded on its next persist (version conflict) — do not drop it.
+    /// become durable without being applied to this activation. The next `persist` of the
+    /// activation then fails with [`PersistError::Interrupted`] and the activation is
+    /// deactivated, so it is rebuilt from the log on its next message. Do not race it in a
+    /// `select`.
     fn persist<I>(
         &self,
         state: &mut A,
@@ -172,6 +178,9 @@ pub(crate) async fn persist_events<A: EventSourced>(
     let built = ctx.extension(|s: &mut JournalState| {
         if !s.loaded {
             return Err(PersistError::NotJournaled { actor: actor() });
+        }
+        if s.in_flight {
+            return Err(PersistError::Interrupted { actor: actor() });
         }
         if let Some(expected) = expected {
             if expected != s.version {
@@ -239,11 +248,25 @@ pub(crate) async fn persist_events<A: EventSourced>(
                 expires_at_ms: None,
             });
         }
+        s.in_flight = true;
         Ok((batch, snapshot, truncate, hash, event_bytes, s.version))
-    })?;
+    });
+    let built = match built {
+        Err(PersistError::Interrupted { actor }) => {
+            // The abandoned batch is queued in the log: have it written (and acknowledged) now,
+            // so the reloaded activation sees it and no version is ever written twice.
+            if let Err(e) = log.sync().await {
+                tracing::error!(%actor, error = %e, "flushing an abandoned persist failed");
+            }
+            ctx.deactivate_when_idle();
+            return Err(PersistError::Interrupted { actor });
+        }
+        other => other?,
+    };
     let (batch, snapshot, truncate, hash, event_bytes, version) = built;
     let n = events.len() as u64;
     if batch.is_empty() {
+        ctx.extension(|s: &mut JournalState| s.in_flight = false);
         return Ok(Persisted {
             first_version: version,
             version,
@@ -253,13 +276,12 @@ pub(crate) async fn persist_events<A: EventSourced>(
             },
         });
     }
-    let range = log
-        .append(&batch)
-        .await
-        .map_err(|source| PersistError::Append {
-            actor: actor(),
-            source,
-        })?;
+    let appended = log.append(&batch).await;
+    ctx.extension(|s: &mut JournalState| s.in_flight = false);
+    let range = appended.map_err(|source| PersistError::Append {
+        actor: actor(),
+        source,
+    })?;
     for e in &events {
         state.apply(e);
     }

@@ -240,6 +240,14 @@ pub enum PersistError {
         #[source]
         source: AppendError,
     },
+    /// An earlier persist of this activation was abandoned (its future dropped) after its batch
+    /// was submitted, so the live state may be behind the log; the activation is being
+    /// deactivated and will be rebuilt from the log on its next message. Retry the call.
+    #[error("actor {actor}: an earlier persist was abandoned mid-flight; the activation reloads from the journal, retry")]
+    Interrupted {
+        /// The actor.
+        actor: ActorId,
+    },
     /// An external append named an expected version that is not the actor's version.
     #[error("actor {actor}: expected version {expected}, but the actor is at version {actual}")]
     VersionConflict {

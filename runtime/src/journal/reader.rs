@@ -12,6 +12,9 @@ use super::format::{self, Hash, SnapshotRecord, Stream, GENESIS};
 use super::{EventSourced, JournalError, JournalEvent, PersistError, Persisted, UpcastError};
 use crate::{ActorId, ActorKey, Context};
 
+/// Records read per `read_many` call while rebuilding (bounds the memory of a replay).
+const READ_CHUNK_RECORDS: usize = 4096;
+
 /// A point in an actor's history.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
 pub enum At {
@@ -258,39 +261,48 @@ pub(crate) async fn rebuild<A: EventSourced>(
             At::Version(v) => (v.saturating_sub(version) as usize).min(todo.len()),
             _ => todo.len(),
         };
-        for &lsn in &todo[..total] {
-            let rec = read_record(log, actor, lsn).await?;
-            let ev = decode_event_at(actor, &rec)?;
-            if !fits(at, ev.version, ev.timestamp_ms) {
-                break;
-            }
-            if ev.version != version + 1 {
-                return Err(JournalError::VersionGap {
+        'chunks: for chunk in todo[..total].chunks(READ_CHUNK_RECORDS) {
+            let records = log
+                .read_many(chunk)
+                .await
+                .map_err(|source| JournalError::Read {
                     actor: actor.to_owned(),
-                    expected: version + 1,
-                    found: ev.version,
-                    lsn,
-                });
-            }
-            if ev.prev_hash != hash {
-                return Err(JournalError::BrokenChain {
-                    actor: actor.to_owned(),
-                    version: ev.version,
-                    lsn,
-                });
-            }
-            hash = format::event_hash(events_key, &rec.payload);
-            let event: A::Event = event_from(actor, &ev)?;
-            state.apply(&event);
-            version = ev.version;
-            applied += 1;
-            bytes += rec.payload.len() as u64;
-            if applied.is_multiple_of(10_000) {
-                progress(ReplayProgress {
-                    events_applied: applied,
-                    events_total: total as u64,
-                    version,
-                });
+                    source,
+                })?;
+            for rec in records {
+                let lsn = rec.lsn;
+                let ev = decode_event_at(actor, &rec)?;
+                if !fits(at, ev.version, ev.timestamp_ms) {
+                    break 'chunks;
+                }
+                if ev.version != version + 1 {
+                    return Err(JournalError::VersionGap {
+                        actor: actor.to_owned(),
+                        expected: version + 1,
+                        found: ev.version,
+                        lsn,
+                    });
+                }
+                if ev.prev_hash != hash {
+                    return Err(JournalError::BrokenChain {
+                        actor: actor.to_owned(),
+                        version: ev.version,
+                        lsn,
+                    });
+                }
+                hash = format::event_hash(events_key, &rec.payload);
+                let event: A::Event = event_from(actor, &ev)?;
+                state.apply(&event);
+                version = ev.version;
+                applied += 1;
+                bytes += rec.payload.len() as u64;
+                if applied.is_multiple_of(10_000) {
+                    progress(ReplayProgress {
+                        events_applied: applied,
+                        events_total: total as u64,
+                        version,
+                    });
+                }
             }
         }
         progress(ReplayProgress {
@@ -396,18 +408,26 @@ impl Journal {
     ) -> Result<Vec<EventEnvelope<A::Event>>, JournalError> {
         self.on_owner::<A, _, _, _>(key, move |log, actor, _key, ek, _sk| async move {
             let mut out = Vec::new();
-            for lsn in log.key_lsns(&ek) {
-                let rec = read_record(&log, &actor, lsn).await?;
-                let ev = decode_event_at(&actor, &rec)?;
-                if keep(&ev) {
-                    out.push(EventEnvelope {
-                        version: ev.version,
-                        timestamp_ms: ev.timestamp_ms,
-                        event: event_from(&actor, &ev)?,
-                        event_type: ev.event_type,
-                        schema_version: ev.schema_version,
-                        lsn,
-                    });
+            for chunk in log.key_lsns(&ek).chunks(READ_CHUNK_RECORDS) {
+                let records = log
+                    .read_many(chunk)
+                    .await
+                    .map_err(|source| JournalError::Read {
+                        actor: actor.clone(),
+                        source,
+                    })?;
+                for rec in records {
+                    let ev = decode_event_at(&actor, &rec)?;
+                    if keep(&ev) {
+                        out.push(EventEnvelope {
+                            version: ev.version,
+                            timestamp_ms: ev.timestamp_ms,
+                            event: event_from(&actor, &ev)?,
+                            event_type: ev.event_type,
+                            schema_version: ev.schema_version,
+                            lsn: rec.lsn,
+                        });
+                    }
                 }
             }
             Ok(out)
@@ -550,14 +570,9 @@ impl Journal {
             })??;
         let scrub = self
             .on_owner::<A, _, _, _>(key, |log, _, _, _, _| async move {
-                log.compact(Default::default())
-                    .await
-                    .map(|r| TmpScrub {
-                        segments_rewritten: r.segments_deleted,
-                    })
-                    .map_err(|e| JournalError::Scrub {
-                        detail: e.to_string(),
-                    })
+                log.scrub().await.map_err(|e| JournalError::Scrub {
+                    detail: e.to_string(),
+                })
             })
             .await?;
         Ok(EraseReport {
@@ -574,7 +589,4 @@ pub struct EraseReport {
     pub records_erased: u64,
     /// Segment files the scrub rewrote.
     pub segments_rewritten: u64,
-}
-struct TmpScrub {
-    segments_rewritten: usize,
 }
