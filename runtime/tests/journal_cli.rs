@@ -462,7 +462,7 @@ fn verify_passes_on_a_clean_log() -> Result<()> {
     assert!(
         r.stdout.contains("OK: 3 actors in 2 shards")
             && r.stdout
-                .contains("15 events and 2 snapshots checked; 3 OK, 0 broken; 0 damaged"),
+                .contains("15 events and 2 snapshots read; 3 OK, 0 broken; 0 damaged"),
         "{}",
         r.stdout
     );

@@ -23,7 +23,7 @@ use std::process::ExitCode;
 use anyhow::{bail, Context as _, Result};
 use quark::journal::format::{self, EventRecord, FormatError, Hash, SnapshotRecord, Stream};
 use quark::ActorKey;
-use quark_persist::{inspect_dir, RecordKind, QUARANTINE_DIR};
+use quark_persist::{inspect_dir, DamageKind, RecordKind, QUARANTINE_DIR};
 
 // ---- command line ----
 
@@ -602,7 +602,14 @@ fn scan(
             out.damage.extend(segment.damage.iter().map(|d| DamageAt {
                 file,
                 offset: d.offset,
-                what: d.what.to_string(),
+                what: match d.what {
+                    DamageKind::LsnGap { expected, found } if found > expected => format!(
+                        "batch starts at LSN {found}, expected {expected}: LSNs {expected}..={} \
+                         are missing here",
+                        found - 1
+                    ),
+                    ref other => other.to_string(),
+                },
             }));
             for r in segment.records {
                 if !keys.contains_key(&r.key) {
@@ -1174,7 +1181,11 @@ struct StreamCheck {
 }
 
 fn check_stream(scan: &Scan, a: &ActorStream) -> StreamCheck {
-    let mut c = StreamCheck::default();
+    let mut c = StreamCheck {
+        events: a.events.len() as u64,
+        snapshots: a.snapshots.len() as u64,
+        ..StreamCheck::default()
+    };
     let mut problems: Vec<Broken> = Vec::new();
     let snapshots: Vec<_> = a.decoded_snapshots().collect();
     // version → chain hash of the verified prefix of the chain.
@@ -1196,7 +1207,6 @@ fn check_stream(scan: &Scan, a: &ActorStream) -> StreamCheck {
                 break;
             }
         };
-        c.events += 1;
         let problem = match prev {
             None => {
                 first_version = Some(e.version);
@@ -1280,7 +1290,6 @@ fn check_stream(scan: &Scan, a: &ActorStream) -> StreamCheck {
             }
             Body::Event { .. } => continue,
         };
-        c.snapshots += 1;
         let v = snap.version;
         let expected = if v == 0 {
             Some(format::GENESIS)
@@ -1360,9 +1369,9 @@ fn verify(args: &VerifyArgs, out: &mut impl Write) -> Result<Outcome> {
         if let Some(Anchor::Trusted { first }) = c.anchor {
             writeln!(
                 out,
-                "note: {} (shard {}): events before version {first} are not retained and no \
-                 snapshot at version {} is; the prev_hash of version {first} is accepted as \
-                 the anchor",
+                "note: {} (shard {}): no event before version {first} is readable (dropped by \
+                 retention, or lost to damage) and no snapshot at version {} is; the \
+                 prev_hash of version {first} is accepted as the anchor",
                 a.actor(),
                 a.shard,
                 first.saturating_sub(1)
@@ -1389,6 +1398,22 @@ fn verify(args: &VerifyArgs, out: &mut impl Write) -> Result<Outcome> {
             scan.files[d.file], d.offset, d.what
         )?;
     }
+    // An actor owned by one shard has its stream there; streams in several shards mean the
+    // shard count changed (the runtime reads only the owner's).
+    let mut by_actor: BTreeMap<(&str, &ActorKey), Vec<u32>> = BTreeMap::new();
+    for a in scan.actors.values() {
+        by_actor
+            .entry((&a.type_name, &a.key))
+            .or_default()
+            .push(a.shard);
+    }
+    for ((type_name, key), shards) in by_actor.iter().filter(|(_, s)| s.len() > 1) {
+        writeln!(
+            out,
+            "note: {type_name}/{key} has streams in shards {shards:?} (did the shard count \
+             change?); each was checked on its own, and the node reads only its owner's"
+        )?;
+    }
     for q in &scan.quarantined {
         writeln!(
             out,
@@ -1413,7 +1438,7 @@ fn verify(args: &VerifyArgs, out: &mut impl Write) -> Result<Outcome> {
     writeln!(
         out,
         "{}: {} actors in {} shards ({} segment files), {events} events and {snapshots} \
-         snapshots checked; {ok} OK, {broken} broken; {} damaged positions in {damaged_files} \
+         snapshots read; {ok} OK, {broken} broken; {} damaged positions in {damaged_files} \
          files",
         if clean { "OK" } else { "FAILED" },
         scan.actors.len(),
