@@ -1154,7 +1154,7 @@ enum Anchor {
     /// Version 1 links to GENESIS.
     Genesis,
     /// Earlier events were dropped; the first retained one links to a retained snapshot.
-    Snapshot { version: u64 },
+    Snapshot,
     /// Earlier events were dropped and no snapshot marks their end: the first retained
     /// event's prev_hash is taken on trust.
     Trusted { first: u64 },
@@ -1178,6 +1178,41 @@ struct StreamCheck {
     more_problems: u64,
     /// Snapshots older than the retained events (cannot be checked).
     unchecked_snapshots: u64,
+}
+
+/// Checks the link of a stream's first retained event `e`: to GENESIS (version 1), or to the
+/// retained snapshot at the version before it (earlier events dropped); with neither, there is
+/// nothing to check it against and its `prev_hash` is trusted.
+fn check_first(
+    scan: &Scan,
+    e: &EventRecord,
+    snapshots: &[(&Stored, &SnapshotRecord)],
+) -> (Anchor, Option<String>) {
+    let prev = format::hex(&e.prev_hash);
+    if e.version == 0 {
+        let why = "version 0 is not a valid event version (the first event is version 1)";
+        return (Anchor::Genesis, Some(why.to_owned()));
+    }
+    if e.version == 1 {
+        let problem = (e.prev_hash != format::GENESIS)
+            .then(|| format!("prev_hash {prev} of version 1 is not GENESIS (32 zero bytes)"));
+        return (Anchor::Genesis, problem);
+    }
+    match snapshots.iter().find(|(_, s)| s.version == e.version - 1) {
+        Some((at, snap)) => {
+            let problem = (e.prev_hash != snap.chain_hash).then(|| {
+                format!(
+                    "prev_hash {prev} of the first retained event does not match the chain hash \
+                     {} of the snapshot at version {} ({})",
+                    format::hex(&snap.chain_hash),
+                    snap.version,
+                    scan.place(&at.place)
+                )
+            });
+            (Anchor::Snapshot, problem)
+        }
+        None => (Anchor::Trusted { first: e.version }, None),
+    }
 }
 
 fn check_stream(scan: &Scan, a: &ActorStream) -> StreamCheck {
@@ -1210,42 +1245,9 @@ fn check_stream(scan: &Scan, a: &ActorStream) -> StreamCheck {
         let problem = match prev {
             None => {
                 first_version = Some(e.version);
-                let anchor = if e.version == 0 {
-                    c.anchor = Some(Anchor::Trusted { first: 0 });
-                    Some((
-                        format::GENESIS,
-                        "(version 0 is not a valid event version)".into(),
-                    ))
-                } else if e.version == 1 {
-                    c.anchor = Some(Anchor::Genesis);
-                    Some((format::GENESIS, "GENESIS (32 zero bytes)".to_owned()))
-                } else if let Some((ss, snap)) = snapshots
-                    .iter()
-                    .find(|(_, snap)| snap.version == e.version - 1)
-                {
-                    c.anchor = Some(Anchor::Snapshot {
-                        version: snap.version,
-                    });
-                    Some((
-                        snap.chain_hash,
-                        format!(
-                            "the chain hash {} of the snapshot at version {} ({})",
-                            format::hex(&snap.chain_hash),
-                            snap.version,
-                            scan.place(&ss.place)
-                        ),
-                    ))
-                } else {
-                    c.anchor = Some(Anchor::Trusted { first: e.version });
-                    None
-                };
-                match anchor {
-                    Some((h, what)) if e.version == 0 || e.prev_hash != h => Some(format!(
-                        "prev_hash {} of the first retained event does not match {what}",
-                        format::hex(&e.prev_hash)
-                    )),
-                    _ => None,
-                }
+                let (anchor, problem) = check_first(scan, e, &snapshots);
+                c.anchor = Some(anchor);
+                problem
             }
             Some((pv, _, ps)) if e.version != pv + 1 => Some(format!(
                 "expected version {} after version {pv} ({}), found version {}",
@@ -1513,5 +1515,173 @@ mod tests {
         ] {
             assert!(parse_time(bad).is_err(), "{bad}");
         }
+    }
+
+    // ---- liveness and verification on hand-built streams ----
+
+    const KEY: &[u8] = b"test-key";
+
+    fn place(lsn: u64, origin_lsn: u64) -> Place {
+        Place {
+            file: 0,
+            batch_offset: 0,
+            offset: lsn * 100,
+            lsn,
+            origin_lsn,
+        }
+    }
+
+    fn test_scan() -> Scan {
+        Scan {
+            files: vec!["shard-0/00000000000000000001.seg".into()],
+            shard_count: 1,
+            actors: BTreeMap::new(),
+            damage: Vec::new(),
+            quarantined: Vec::new(),
+        }
+    }
+
+    /// An event at `version` linking to `prev`, stored at `lsn`; and its hash.
+    fn event(version: u64, prev: &Hash, data: &[u8], lsn: u64) -> (Stored, Hash) {
+        let mut p = Vec::new();
+        format::encode_event(&mut p, 1, version, 0, "E", data, prev);
+        let hash = format::event_hash(KEY, &p);
+        let body = Body::Event {
+            decoded: format::decode_event(&p),
+            hash,
+        };
+        let stored = Stored {
+            place: place(lsn, lsn),
+            payload_bytes: p.len() as u64,
+            data_bytes: data.len() as u64,
+            body,
+        };
+        (stored, hash)
+    }
+
+    fn snapshot(version: u64, chain_hash: &Hash, lsn: u64) -> Stored {
+        let mut p = Vec::new();
+        format::encode_snapshot(&mut p, 1, version, 0, chain_hash, b"s");
+        Stored {
+            place: place(lsn, lsn),
+            payload_bytes: p.len() as u64,
+            data_bytes: 1,
+            body: Body::Snapshot(format::decode_snapshot(&p)),
+        }
+    }
+
+    /// A correct chain of versions `1..=n`; hashes[v] is the hash of version v (hashes[0] =
+    /// GENESIS). Event v is at LSN 10 * v.
+    fn chain(n: u64) -> (Vec<Stored>, Vec<Hash>) {
+        let mut hashes = vec![format::GENESIS];
+        let mut events = Vec::new();
+        for v in 1..=n {
+            let (e, h) = event(v, &hashes[v as usize - 1], b"data", 10 * v);
+            events.push(e);
+            hashes.push(h);
+        }
+        (events, hashes)
+    }
+
+    fn stream(events: Vec<Stored>, snapshots: Vec<Stored>) -> ActorStream {
+        ActorStream {
+            type_name: "t".into(),
+            key: ActorKey::U64(1),
+            shard: 0,
+            events,
+            snapshots,
+        }
+    }
+
+    fn broken_at(c: &StreamCheck) -> Option<(Option<u64>, u64, &str)> {
+        c.broken
+            .as_ref()
+            .map(|b| (b.version, b.place.lsn, b.what.as_str()))
+    }
+
+    #[test]
+    fn an_intact_chain_with_snapshots_verifies() {
+        let (events, h) = chain(5);
+        let snaps = vec![snapshot(0, &format::GENESIS, 1), snapshot(3, &h[3], 35)];
+        let c = check_stream(&test_scan(), &stream(events, snaps));
+        assert!(c.broken.is_none(), "{:?}", broken_at(&c));
+        assert_eq!(c.anchor, Some(Anchor::Genesis));
+        assert_eq!(c.head, Some((5, h[5])));
+        assert_eq!((c.events, c.snapshots), (5, 2));
+    }
+
+    #[test]
+    fn a_retained_stream_is_anchored_on_its_snapshot_or_trusted() {
+        let (_, h) = chain(6);
+        let tail = || chain(6).0.into_iter().skip(3).collect::<Vec<_>>();
+        let c = check_stream(&test_scan(), &stream(tail(), vec![snapshot(3, &h[3], 35)]));
+        assert!(c.broken.is_none(), "{:?}", broken_at(&c));
+        assert_eq!(c.anchor, Some(Anchor::Snapshot));
+        // A snapshot whose chain hash is not the first event's link: broken at version 4.
+        let c = check_stream(&test_scan(), &stream(tail(), vec![snapshot(3, &h[2], 35)]));
+        let (v, lsn, what) = broken_at(&c).unwrap();
+        assert_eq!((v, lsn), (Some(4), 40));
+        assert!(what.contains("snapshot at version 3"), "{what}");
+        // No snapshot at version 3: the link of version 4 is trusted; older ones unchecked.
+        let c = check_stream(&test_scan(), &stream(tail(), vec![snapshot(1, &h[1], 15)]));
+        assert!(c.broken.is_none());
+        assert_eq!(c.anchor, Some(Anchor::Trusted { first: 4 }));
+        assert_eq!(c.unchecked_snapshots, 1);
+    }
+
+    #[test]
+    fn the_first_broken_link_is_reported() {
+        // A missing version.
+        let (mut events, _) = chain(5);
+        events.remove(2);
+        let c = check_stream(&test_scan(), &stream(events, vec![]));
+        let (v, lsn, what) = broken_at(&c).unwrap();
+        assert_eq!((v, lsn), (Some(4), 40));
+        assert!(what.contains("expected version 3"), "{what}");
+        // Event 3 altered (same link, other data): the link of version 4 breaks.
+        let (mut events, h) = chain(5);
+        events[2] = event(3, &h[2], b"DATA", 30).0;
+        let c = check_stream(&test_scan(), &stream(events, vec![]));
+        let (v, lsn, what) = broken_at(&c).unwrap();
+        assert_eq!((v, lsn), (Some(4), 40));
+        assert!(what.contains("of version 3 (LSN 30, shard-0/"), "{what}");
+        assert_eq!(c.head, Some((3, event(3, &h[2], b"DATA", 30).1)));
+        // Version 1 not linked to GENESIS.
+        let (mut events, _) = chain(2);
+        events[0] = event(1, &[1; 32], b"data", 10).0;
+        let c = check_stream(&test_scan(), &stream(events, vec![]));
+        assert_eq!(broken_at(&c).unwrap().0, Some(1));
+        // A snapshot that disagrees with the chain, or is ahead of it.
+        let (events, h) = chain(5);
+        let snaps = vec![snapshot(2, &h[1], 25), snapshot(9, &h[5], 95)];
+        let c = check_stream(&test_scan(), &stream(events, snaps));
+        let (v, lsn, what) = broken_at(&c).unwrap();
+        assert_eq!((v, lsn), (Some(2), 25));
+        assert!(what.contains("chain_hash"), "{what}");
+        assert_eq!(c.more_problems, 1, "the snapshot ahead of the events");
+    }
+
+    #[test]
+    fn liveness_follows_barriers_and_copies() {
+        let stored = |lsn, origin| {
+            let mut s = event(1, &format::GENESIS, b"d", lsn).0;
+            s.place = place(lsn, origin);
+            s
+        };
+        let mut k = KeyRecords::default();
+        for lsn in 1..=3 {
+            k.record(false, stored(lsn, lsn));
+        }
+        k.truncate(5, 3); // supersedes origins 1 and 2
+        assert_eq!(k.live.keys().copied().collect::<Vec<_>>(), [3]);
+        k.record(false, stored(7, 3)); // a compaction copy replaces the original
+        k.record(false, stored(8, 2)); // an old copy below the floor stays dead
+        assert_eq!(k.live.len(), 1);
+        assert_eq!(k.live[&3].place.lsn, 7);
+        k.truncate(9, 2); // below the floor: no effect
+        assert_eq!(k.live.len(), 1);
+        k.record(false, stored(10, 10));
+        k.record(true, stored(11, 11)); // a snapshot-kind record supersedes what precedes it
+        assert_eq!(k.live.keys().copied().collect::<Vec<_>>(), [11]);
     }
 }
