@@ -281,10 +281,15 @@ fn inspect_bytes(path: &Path, bytes: &[u8], out: &mut SegmentInspection) {
         }
     };
     let mut at = SEGMENT_HEADER_BYTES;
+    // Set after resynchronising past damage: the LSNs of the lost batches are unknown, so the
+    // next batch may start anywhere at or above `expected` (the probe checked that).
+    let mut resumed = false;
     while at < bytes.len() {
         match decode_batch(&bytes[at..]) {
             Decoded::Batch(b) => {
-                if let Some(e) = expected.filter(|&e| e != b.first_lsn) {
+                let gap = expected.filter(|&e| e != b.first_lsn && !(resumed && b.first_lsn > e));
+                resumed = false;
+                if let Some(e) = gap {
                     out.damage.push(damage(
                         path,
                         at as u64,
@@ -298,6 +303,7 @@ fn inspect_bytes(path: &Path, bytes: &[u8], out: &mut SegmentInspection) {
                         match next_valid_batch(bytes, at, expected) {
                             Some(next) => {
                                 at = next;
+                                resumed = true;
                                 continue;
                             }
                             None => break,
@@ -338,6 +344,7 @@ fn inspect_bytes(path: &Path, bytes: &[u8], out: &mut SegmentInspection) {
                             },
                         ));
                         at = next;
+                        resumed = true;
                     }
                     _ => break,
                 }
@@ -346,7 +353,10 @@ fn inspect_bytes(path: &Path, bytes: &[u8], out: &mut SegmentInspection) {
                 out.damage
                     .push(damage(path, at as u64, DamageKind::Batch(why)));
                 match next_valid_batch(bytes, at, expected) {
-                    Some(next) => at = next,
+                    Some(next) => {
+                        at = next;
+                        resumed = true;
+                    }
                     None => break,
                 }
             }
