@@ -252,6 +252,21 @@ fn damage(path: &Path, offset: u64, what: DamageKind) -> Damage {
     }
 }
 
+/// Inspects an in-memory segment image as [`inspect_segment`] would (for property tests).
+pub(crate) fn inspect_image(path: &Path, bytes: &[u8]) -> SegmentInspection {
+    let mut out = SegmentInspection {
+        path: path.to_path_buf(),
+        file_bytes: bytes.len() as u64,
+        header: None,
+        batches: 0,
+        records: Vec::new(),
+        damage: Vec::new(),
+        data_end: SEGMENT_HEADER_BYTES as u64,
+    };
+    inspect_bytes(path, bytes, &mut out);
+    out
+}
+
 /// Walks a whole segment image (see the module documentation).
 fn inspect_bytes(path: &Path, bytes: &[u8], out: &mut SegmentInspection) {
     let mut expected = match decode_header(bytes) {
