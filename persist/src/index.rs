@@ -374,9 +374,9 @@ mod tests {
     fn keys_with_prefix_lists_keys_with_live_records() {
         let mut ix = KeyIndex::default();
         let mut dead = Vec::new();
-        ix.apply(b"qa1", Event, 1, 1, 10, &mut dead);
-        ix.apply(b"qa2", Event, 2, 2, 10, &mut dead);
-        ix.apply(b"qb1", Event, 3, 3, 10, &mut dead);
+        ix.apply(b"qa1", Event, 1, 1, 10, 0, &mut dead);
+        ix.apply(b"qa2", Event, 2, 2, 10, 0, &mut dead);
+        ix.apply(b"qb1", Event, 3, 3, 10, 0, &mut dead);
         let mut keys = ix.keys_with_prefix(b"qa");
         keys.sort();
         assert_eq!(keys, vec![b"qa1".to_vec(), b"qa2".to_vec()]);
