@@ -1,5 +1,5 @@
-//! Compaction: delete sealed segments whose records are all superseded (by a later snapshot of
-//! the same key) or expired, and copy the few live records of nearly-dead segments forward so
+//! Compaction: delete sealed segments whose records are all superseded (by a later snapshot or
+//! truncate of the same key) or expired, and copy the few live records of nearly-dead segments forward so
 //! those can be deleted too. Disk use then stays bounded for a workload that keeps
 //! overwriting the same keys.
 //!

@@ -151,6 +151,16 @@ impl KeyIndex {
         })
     }
 
+    /// The keys starting with `prefix` that have at least one live record (in no particular
+    /// order). Walks every key: for periodic maintenance, not for hot paths.
+    pub fn keys_with_prefix(&self, prefix: &[u8]) -> Vec<Vec<u8>> {
+        self.keys
+            .iter()
+            .filter(|(k, ks)| k.starts_with(prefix) && !ks.entries.is_empty())
+            .map(|(k, _)| k.to_vec())
+            .collect()
+    }
+
     /// Number of indexed keys (a key erased by a truncate stays counted while its barrier is
     /// live).
     pub fn key_count(&self) -> usize {
@@ -358,6 +368,19 @@ mod tests {
         assert!(!apply(&mut ix, b"a", Snapshot, 10, 40, 5, &mut dead));
         assert_eq!(ix.lsns(b"a"), vec![11]);
         assert!(ix.is_live(b"a", 12));
+    }
+
+    #[test]
+    fn keys_with_prefix_lists_keys_with_live_records() {
+        let mut ix = KeyIndex::default();
+        let mut dead = Vec::new();
+        ix.apply(b"qa1", Event, 1, 1, 10, 0, &mut dead);
+        ix.apply(b"qa2", Event, 2, 2, 10, 0, &mut dead);
+        ix.apply(b"qb1", Event, 3, 3, 10, 0, &mut dead);
+        let mut keys = ix.keys_with_prefix(b"qa");
+        keys.sort();
+        assert_eq!(keys, vec![b"qa1".to_vec(), b"qa2".to_vec()]);
+        assert_eq!(ix.keys_with_prefix(b"x"), Vec::<Vec<u8>>::new());
     }
 
     #[test]

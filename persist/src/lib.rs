@@ -81,6 +81,11 @@ pub mod fuzz {
         true
     }
 
+    /// Inspects a segment image in memory as [`crate::inspect_segment`] does a file.
+    pub fn inspect_image(bytes: &[u8]) -> crate::SegmentInspection {
+        crate::inspect::inspect_image(std::path::Path::new("image.seg"), bytes)
+    }
+
     /// Scans a whole segment image as recovery does (header, then batches); returns the verified
     /// batches as (offset, frame length, records).
     pub fn scan_segment(bytes: &[u8]) -> Vec<(u64, usize, Vec<crate::Record>)> {

@@ -567,6 +567,12 @@ impl<IO: LogIo> Log<IO> {
         self.inner.state.borrow().index.lsns(key)
     }
 
+    /// The keys starting with `prefix` that have live records, in no particular order. Walks
+    /// the whole key index (O(keys)): meant for periodic maintenance such as retention sweeps.
+    pub fn keys_with_prefix(&self, prefix: &[u8]) -> Vec<Vec<u8>> {
+        self.inner.state.borrow().index.keys_with_prefix(prefix)
+    }
+
     /// Current counters.
     pub fn stats(&self) -> LogStats {
         let st = self.inner.state.borrow();

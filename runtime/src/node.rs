@@ -10,8 +10,8 @@ use quark_shard::{
 
 use crate::config::{ActorTypeConfig, ConfigError, NodeConfig};
 use crate::journal::{
-    journaled, projection_type, start_feeders, EventSourced, Journal, JournalPolicy, Projection,
-    ProjectionConfig, ProjectionHandle,
+    journaled, projection_type, start_feeders, start_retention_sweeps, EventSourced, Journal,
+    JournalPolicy, Projection, ProjectionConfig, ProjectionHandle,
 };
 
 /// Why a node did not start.
@@ -47,7 +47,7 @@ pub enum NodeError {
 type Registration = Box<dyn FnOnce(EngineBuilder, &NodeConfig) -> Result<EngineBuilder, NodeError>>;
 
 /// Work to start once the engine runs (projection feeders).
-type AfterStart = Box<dyn FnOnce(&quark_shard::EngineHandle)>;
+type AfterStart = Box<dyn FnOnce(&quark_shard::EngineHandle, &NodeConfig)>;
 
 /// Builds a [`Node`]: configuration (from a file or in code) and actor types.
 pub struct NodeBuilder {
@@ -82,30 +82,37 @@ impl NodeBuilder {
 
     /// Registers event-sourced actor type `A` (see [`crate::journal`]): its activations are
     /// loaded from the journal. `snapshot_every_events`, `snapshot_every_bytes` and
-    /// `retention_age_ms` in `[actors.<A::TYPE_NAME>]` override `policy`.
-    pub fn register_journaled<A: EventSourced>(self, policy: JournalPolicy) -> Self {
-        self.register_spec(
-            move |t| {
-                let mut policy = policy;
-                if let Some(t) = t {
-                    policy.snapshot_every_events =
-                        t.snapshot_every_events.or(policy.snapshot_every_events);
-                    policy.snapshot_every_bytes =
-                        t.snapshot_every_bytes.or(policy.snapshot_every_bytes);
-                    policy.retention_age = t.retention_age.or(policy.retention_age);
-                }
-                journaled::<A>(policy)
-            },
-            true,
-        )
+    /// `retention_age_ms` in `[actors.<A::TYPE_NAME>]` override `policy`. With a retention age,
+    /// each shard also runs a retention sweep (every quarter of the age, between 100 ms and
+    /// 15 min) that applies it to actors that are not active.
+    pub fn register_journaled<A: EventSourced>(mut self, policy: JournalPolicy) -> Self {
+        fn merged(policy: JournalPolicy, t: Option<&ActorTypeConfig>) -> JournalPolicy {
+            let mut policy = policy;
+            if let Some(t) = t {
+                policy.snapshot_every_events =
+                    t.snapshot_every_events.or(policy.snapshot_every_events);
+                policy.snapshot_every_bytes =
+                    t.snapshot_every_bytes.or(policy.snapshot_every_bytes);
+                policy.retention_age = t.retention_age.or(policy.retention_age);
+            }
+            policy
+        }
+        self.after_start.push(Box::new(move |engine, config| {
+            let policy = merged(policy, config.actors.get(A::TYPE_NAME));
+            if let Some(age) = policy.retention_age {
+                start_retention_sweeps::<A>(engine, age);
+            }
+        }));
+        self.register_spec(move |t| journaled::<A>(merged(policy, t)), true)
     }
 
     /// Registers projection `P` (see [`crate::journal::Projection`]): its actor, and a feeder
     /// per shard started with the node. Needs a log (`[log]`).
     pub fn register_projection<P: Projection>(mut self, config: ProjectionConfig) -> Self {
         self = self.register_spec(|_| projection_type::<P>(), false);
-        self.after_start
-            .push(Box::new(move |engine| start_feeders::<P>(engine, config)));
+        self.after_start.push(Box::new(move |engine, _| {
+            start_feeders::<P>(engine, config)
+        }));
         self
     }
 
@@ -158,7 +165,7 @@ impl NodeBuilder {
         let engine = builder.start()?;
         let handle = engine.handle();
         for start in self.after_start {
-            start(&handle);
+            start(&handle, &self.config);
         }
         Ok(Node {
             engine,

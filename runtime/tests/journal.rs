@@ -608,3 +608,36 @@ fn an_abandoned_persist_makes_the_activation_reload() {
     assert_eq!(deposit(&node, "ann", 1), 3);
     node.shutdown();
 }
+
+#[test]
+fn the_retention_sweep_covers_actors_that_stay_idle() {
+    let tmp = tempfile::tempdir().unwrap();
+    let extra = "[actors.account]\nsnapshot_every_events = 5\nretention_age_ms = 300\n";
+    let node = start(tmp.path(), JournalPolicy::default(), extra);
+    for i in 1..=12 {
+        deposit(&node, "idle", i);
+    }
+    // No more writes to the actor: only the per-shard sweep (every 100 ms here) can drop its
+    // events once its version-10 snapshot is older than 300 ms.
+    let journal = node.journal();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let evs = block_on(journal.events_by_version::<Account>("idle", 0..=u64::MAX)).unwrap();
+        let first = evs.first().unwrap().version;
+        if first == 11 {
+            assert_eq!(evs.last().unwrap().version, 12);
+            break;
+        }
+        assert!(
+            first == 1 || first == 6,
+            "events are dropped only up to a snapshot (first retained {first})"
+        );
+        assert!(std::time::Instant::now() < deadline, "the sweep never ran");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(
+        block_on(journal.state_at::<Account>("idle", At::Latest)).unwrap(),
+        ((1..=12).sum::<i64>(), 12)
+    );
+    node.shutdown();
+}

@@ -163,7 +163,7 @@ pub fn payload(seed: u64, len: usize) -> Vec<u8> {
 }
 
 /// Runs this test binary's test `child_test` as a child process (with `env_key=env_value`),
-/// hands every stdout line starting with `ACK ` to `on_ack` (without the prefix), SIGKILLs the
+/// hands every stdout line holding `ACK ` to `on_ack` (what follows it), SIGKILLs the
 /// child after `kill_after` acknowledgements (at once for 0), and checks that it died by that
 /// SIGKILL (not by an error) and did not hang (a 30 s watchdog kills a hung child and fails).
 pub fn run_child_until_killed(
@@ -212,7 +212,9 @@ pub fn run_child_until_killed(
     }
     for line in BufReader::new(stdout).lines() {
         let Ok(line) = line else { break };
-        if let Some(rest) = line.strip_prefix("ACK ") {
+        // The harness prints "test <name> ... " without a newline before the child's first
+        // line, so an acknowledgement may follow it on the same line.
+        if let Some((_, rest)) = line.split_once("ACK ") {
             on_ack(rest);
             seen += 1;
             if seen == kill_after {

@@ -118,6 +118,26 @@ pub fn stream_key(stream: Stream, type_name: &str, key: &ActorKey) -> Vec<u8> {
     out
 }
 
+/// The common prefix of the `stream` keys of every actor of type `type_name`.
+pub fn type_prefix(stream: Stream, type_name: &str) -> Vec<u8> {
+    let mut k = stream_key(stream, type_name, &ActorKey::U64(0));
+    k.truncate(4 + type_name.len().min(u8::MAX as usize));
+    k
+}
+
+/// The key of the other stream of the same actor (events ↔ snapshots).
+pub fn sibling_key(key: &[u8], stream: Stream) -> Option<Vec<u8>> {
+    if key.len() < 3 || &key[..2] != KEY_MAGIC {
+        return None;
+    }
+    let mut k = key.to_vec();
+    k[2] = match stream {
+        Stream::Events => STREAM_EVENTS,
+        Stream::Snapshots => STREAM_SNAPSHOTS,
+    };
+    Some(k)
+}
+
 /// Parses a log key written by [`stream_key`]; `Err(NotJournalKey)` for other keys.
 pub fn parse_stream_key(bytes: &[u8]) -> Result<StreamKey, FormatError> {
     let bad = FormatError::NotJournalKey;
@@ -375,6 +395,19 @@ mod tests {
         assert_eq!(
             parse_stream_key(b"other-key"),
             Err(FormatError::NotJournalKey)
+        );
+    }
+
+    #[test]
+    fn type_prefix_and_sibling_keys() {
+        let k = stream_key(Stream::Snapshots, "account", &ActorKey::from("ann"));
+        assert!(k.starts_with(&type_prefix(Stream::Snapshots, "account")));
+        assert!(!k.starts_with(&type_prefix(Stream::Snapshots, "accoun")));
+        assert!(!k.starts_with(&type_prefix(Stream::Events, "account")));
+        let e = sibling_key(&k, Stream::Events).unwrap();
+        assert_eq!(
+            e,
+            stream_key(Stream::Events, "account", &ActorKey::from("ann"))
         );
     }
 

@@ -52,6 +52,7 @@ mod activation;
 pub mod format;
 mod projection;
 mod reader;
+mod retention;
 
 use std::time::Duration;
 
@@ -69,6 +70,7 @@ pub use projection::{
 pub use reader::{
     At, EraseReport, EventEnvelope, Journal, ReplayProgress, ReplayReport, TimeRange,
 };
+pub(crate) use retention::start_retention_sweeps;
 
 use crate::Actor;
 
@@ -347,6 +349,13 @@ pub enum JournalError {
     /// The shard stopped before answering.
     #[error("the shard stopped before answering")]
     ShardStopped,
+    /// Appending truncation records (erasure, retention) failed.
+    #[error("appending truncation records failed: {source}")]
+    Append {
+        /// The log's error.
+        #[source]
+        source: AppendError,
+    },
     /// Compaction after erasure failed.
     #[error("scrubbing the log after erasure failed: {detail}")]
     Scrub {
