@@ -1003,6 +1003,14 @@ fn write_table(out: &mut impl Write, header: &[&str], rows: &[Vec<String>]) -> i
     Ok(())
 }
 
+/// `1 actor`, `3 actors`.
+fn count(n: u64, what: &str) -> String {
+    match n {
+        1 => format!("1 {what}"),
+        n => format!("{n} {what}s"),
+    }
+}
+
 fn versions(a: &ActorStream) -> String {
     let mut v = a.decoded_events().map(|(_, e, _)| e.version);
     match (v.next(), v.last()) {
@@ -1136,11 +1144,12 @@ fn write_summary(
         )?;
         writeln!(
             out,
-            "{} actors, {events_total} events, {snapshots_total} snapshots in {} shards ({} \
-             segment files)",
-            streams.len(),
-            scan.shard_count,
-            scan.files.len()
+            "{}, {}, {} in {} ({})",
+            count(streams.len() as u64, "actor"),
+            count(events_total, "event"),
+            count(snapshots_total, "snapshot"),
+            count(scan.shard_count as u64, "shard"),
+            count(scan.files.len() as u64, "segment file"),
         )?;
     }
     Ok(())
@@ -1439,14 +1448,15 @@ fn verify(args: &VerifyArgs, out: &mut impl Write) -> Result<Outcome> {
     let clean = broken == 0 && scan.damage.is_empty();
     writeln!(
         out,
-        "{}: {} actors in {} shards ({} segment files), {events} events and {snapshots} \
-         snapshots read; {ok} OK, {broken} broken; {} damaged positions in {damaged_files} \
-         files",
+        "{}: {} in {} ({}), {} and {} read; {ok} OK, {broken} broken; {} in {}",
         if clean { "OK" } else { "FAILED" },
-        scan.actors.len(),
-        scan.shard_count,
-        scan.files.len(),
-        scan.damage.len(),
+        count(scan.actors.len() as u64, "actor"),
+        count(scan.shard_count as u64, "shard"),
+        count(scan.files.len() as u64, "segment file"),
+        count(events, "event"),
+        count(snapshots, "snapshot"),
+        count(scan.damage.len() as u64, "damaged position"),
+        count(damaged_files as u64, "file"),
     )?;
     Ok(if clean {
         Outcome::Clean
