@@ -57,18 +57,71 @@ impl Handler<Add> for Counter {
     }
 }
 
+/// A second journaled type the projection also consumes.
+#[derive(Default)]
+struct Penalty {
+    n: i64,
+}
+
+impl Actor for Penalty {
+    const TYPE_NAME: &'static str = "penalty";
+}
+
+#[derive(Serialize, Deserialize)]
+struct Fined(i64);
+
+impl JournalEvent for Fined {
+    fn type_name(&self) -> &'static str {
+        "Fined"
+    }
+}
+
+impl EventSourced for Penalty {
+    type Event = Fined;
+    type Snapshot = i64;
+    fn initial(_: &ActorKey) -> Self {
+        Penalty::default()
+    }
+    fn apply(&mut self, e: &Fined) {
+        self.n += e.0;
+    }
+    fn snapshot(&self) -> i64 {
+        self.n
+    }
+    fn restore(_: &ActorKey, n: i64) -> Self {
+        Penalty { n }
+    }
+}
+
+struct Fine(i64);
+impl Message for Fine {
+    type Reply = Result<Persisted, PersistError>;
+}
+impl Handler<Fine> for Penalty {
+    async fn handle(&mut self, m: Fine, ctx: &Context<Self>) -> Result<Persisted, PersistError> {
+        ctx.persist(self, [Fined(m.0)]).await
+    }
+}
+
 /// Sum per key, and the number of events seen.
 struct Totals;
 impl Projection for Totals {
     const NAME: &'static str = "totals";
     type State = (BTreeMap<String, i64>, u64);
     fn subscriptions() -> Subscriptions<Self> {
-        Subscriptions::new().on::<Counter>(
-            |s: &mut (BTreeMap<String, i64>, u64), meta: &EventMeta, e: &Added| {
-                *s.0.entry(meta.key.to_string()).or_default() += e.0;
-                s.1 += 1;
-            },
-        )
+        Subscriptions::new()
+            .on::<Counter>(
+                |s: &mut (BTreeMap<String, i64>, u64), meta: &EventMeta, e: &Added| {
+                    *s.0.entry(meta.key.to_string()).or_default() += e.0;
+                    s.1 += 1;
+                },
+            )
+            .on::<Penalty>(
+                |s: &mut (BTreeMap<String, i64>, u64), meta: &EventMeta, e: &Fined| {
+                    *s.0.entry(meta.key.to_string()).or_default() -= e.0;
+                    s.1 += 1;
+                },
+            )
     }
 }
 
@@ -80,6 +133,7 @@ fn start(dir: &Path) -> Node {
     Node::builder()
         .config(NodeConfig::from_toml(&text, "test.toml").unwrap())
         .register_journaled::<Counter>(JournalPolicy::snapshot_every(8))
+        .register_journaled::<Penalty>(JournalPolicy::default())
         .register_projection::<Totals>(ProjectionConfig::default())
         .start()
         .unwrap()
@@ -120,12 +174,20 @@ fn a_projection_sees_every_shard_and_resumes_after_a_restart() {
         last.push(add(&node, key, 1));
         *expected.entry(key.to_string()).or_default() += 1;
     }
+    // Events of a second subscribed type, on both shards.
+    for key in 0..10u64 {
+        let p = block_on(node.actor_ref::<Penalty>(key).ask(Fine(3)))
+            .unwrap()
+            .unwrap();
+        last.push(p);
+        *expected.entry(key.to_string()).or_default() -= 3;
+    }
     for p in &last {
         block_on(totals.wait_for(p.position, Duration::from_secs(10))).unwrap();
     }
     let (sums, events) = block_on(totals.query(|s| s.clone())).unwrap();
     assert_eq!(sums, expected);
-    assert_eq!(events, 5 * 20 + 20, "every event applied exactly once");
+    assert_eq!(events, 5 * 20 + 20 + 10, "every event applied exactly once");
     node.shutdown();
 }
 

@@ -491,7 +491,8 @@ async fn feeder<P: Projection>(engine: EngineHandle, shard: ShardId, config: Pro
                     }
                 }
                 Ok(None) => {
-                    pos = pos.max(log.stats().acked_lsn);
+                    // Positions advance only over records actually read: a write's position
+                    // is one past its last record, which the scan has then seen.
                     at_end = true;
                     break;
                 }
