@@ -10,87 +10,8 @@ use quark::journal::{
 use quark::{block_on, Actor, ActorKey, CallError, Context, Handler, Message, Node, NodeConfig};
 use serde::{Deserialize, Serialize};
 
-// ---- the test actor: an account ----
-
-#[derive(Default)]
-struct Account {
-    balance: i64,
-    /// Events applied since this activation was built (not part of the state).
-    applied: u64,
-}
-
-impl Actor for Account {
-    const TYPE_NAME: &'static str = "account";
-}
-
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-enum AccountEvent {
-    Deposited { amount: i64, memo: String },
-    Withdrew { amount: i64 },
-}
-
-impl JournalEvent for AccountEvent {
-    fn type_name(&self) -> &'static str {
-        match self {
-            AccountEvent::Deposited { .. } => "Deposited",
-            AccountEvent::Withdrew { .. } => "Withdrew",
-        }
-    }
-}
-
-impl EventSourced for Account {
-    type Event = AccountEvent;
-    type Snapshot = i64;
-    fn initial(_key: &ActorKey) -> Self {
-        Account::default()
-    }
-    fn apply(&mut self, e: &AccountEvent) {
-        self.applied += 1;
-        match e {
-            AccountEvent::Deposited { amount, .. } => self.balance += amount,
-            AccountEvent::Withdrew { amount } => self.balance -= amount,
-        }
-    }
-    fn snapshot(&self) -> i64 {
-        self.balance
-    }
-    fn restore(_key: &ActorKey, balance: i64) -> Self {
-        Account {
-            balance,
-            applied: 0,
-        }
-    }
-}
-
-struct Deposit(i64, String);
-impl Message for Deposit {
-    type Reply = Result<u64, PersistError>;
-}
-impl Handler<Deposit> for Account {
-    async fn handle(&mut self, m: Deposit, ctx: &Context<Self>) -> Result<u64, PersistError> {
-        let p = ctx
-            .persist(
-                self,
-                [AccountEvent::Deposited {
-                    amount: m.0,
-                    memo: m.1,
-                }],
-            )
-            .await?;
-        Ok(p.version)
-    }
-}
-
-/// Reply: balance, events applied since activation.
-struct Get;
-impl Message for Get {
-    type Reply = (i64, u64);
-}
-impl Handler<Get> for Account {
-    async fn handle(&mut self, _: Get, _: &Context<Self>) -> (i64, u64) {
-        (self.balance, self.applied)
-    }
-}
+mod common;
+use common::{Account, AccountEvent, Deposit, Get};
 
 fn config(dir: &Path, extra: &str) -> NodeConfig {
     let text = format!(

@@ -8,81 +8,12 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 use anyhow::{bail, Context as _, Result};
-use quark::journal::{EventSourced, JournalEvent, JournalPolicy, Persist, PersistError};
-use quark::{block_on, Actor, ActorKey, Context, Handler, Message, Node, NodeConfig};
-use serde::{Deserialize, Serialize};
+use quark::journal::JournalPolicy;
+use quark::{block_on, Node, NodeConfig};
 use serde_json::Value;
 
-// ---- the test actor: an account (as in tests/journal.rs) ----
-
-#[derive(Default)]
-struct Account {
-    balance: i64,
-}
-
-impl Actor for Account {
-    const TYPE_NAME: &'static str = "account";
-}
-
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-enum AccountEvent {
-    Deposited { amount: i64, memo: String },
-    Withdrew { amount: i64 },
-}
-
-impl JournalEvent for AccountEvent {
-    fn type_name(&self) -> &'static str {
-        match self {
-            AccountEvent::Deposited { .. } => "Deposited",
-            AccountEvent::Withdrew { .. } => "Withdrew",
-        }
-    }
-}
-
-impl EventSourced for Account {
-    type Event = AccountEvent;
-    type Snapshot = i64;
-    fn initial(_key: &ActorKey) -> Self {
-        Account::default()
-    }
-    fn apply(&mut self, e: &AccountEvent) {
-        match e {
-            AccountEvent::Deposited { amount, .. } => self.balance += amount,
-            AccountEvent::Withdrew { amount } => self.balance -= amount,
-        }
-    }
-    fn snapshot(&self) -> i64 {
-        self.balance
-    }
-    fn restore(_key: &ActorKey, balance: i64) -> Self {
-        Account { balance }
-    }
-}
-
-struct Deposit(i64, String);
-impl Message for Deposit {
-    type Reply = Result<u64, PersistError>;
-}
-impl Handler<Deposit> for Account {
-    async fn handle(&mut self, m: Deposit, ctx: &Context<Self>) -> Result<u64, PersistError> {
-        let event = AccountEvent::Deposited {
-            amount: m.0,
-            memo: m.1,
-        };
-        Ok(ctx.persist(self, [event]).await?.version)
-    }
-}
-
-struct Withdraw(i64);
-impl Message for Withdraw {
-    type Reply = Result<u64, PersistError>;
-}
-impl Handler<Withdraw> for Account {
-    async fn handle(&mut self, m: Withdraw, ctx: &Context<Self>) -> Result<u64, PersistError> {
-        let event = AccountEvent::Withdrew { amount: m.0 };
-        Ok(ctx.persist(self, [event]).await?.version)
-    }
-}
+mod common;
+use common::{Account, Deposit, Withdraw};
 
 // ---- the data directory ----
 
@@ -404,51 +335,27 @@ fn errors_name_the_thing_and_exit_2() -> Result<()> {
     assert!(r.stderr.contains(dir_arg(&missing)), "{}", r.stderr);
 
     std::fs::write(tmp.path().join("notes.txt"), "hello")?;
-    let r = quark(&["inspect", "--data-dir", dir_arg(tmp.path())])?;
-    assert_eq!(r.code, 2);
-    assert!(
-        r.stderr.contains("not a Quark data directory"),
-        "{}",
-        r.stderr
-    );
-
-    let r = quark(&[
-        "inspect",
-        "--data-dir",
-        dir_arg(tmp.path()),
-        "--actor",
-        "account",
-    ])?;
-    assert_eq!(r.code, 2);
-    assert!(
-        r.stderr.contains("\"account\" is not TYPE/KEY"),
-        "{}",
-        r.stderr
-    );
-    let r = quark(&[
-        "inspect",
-        "--data-dir",
-        dir_arg(tmp.path()),
-        "--since",
-        "soon",
-    ])?;
-    assert_eq!(r.code, 2);
-    assert!(r.stderr.contains("soon"), "{}", r.stderr);
-
+    let dir = dir_arg(tmp.path());
+    let refused = |args: &[&str], says: &str| -> Result<()> {
+        let r = quark(args)?;
+        assert_eq!(r.code, 2, "{args:?}: {}", r.stderr);
+        assert!(r.stderr.contains(says), "{args:?}: {}", r.stderr);
+        Ok(())
+    };
+    refused(
+        &["inspect", "--data-dir", dir],
+        "not a Quark data directory",
+    )?;
+    refused(
+        &["inspect", "--data-dir", dir, "--actor", "account"],
+        "\"account\" is not TYPE/KEY",
+    )?;
+    refused(&["inspect", "--data-dir", dir, "--since", "soon"], "soon")?;
     populate(tmp.path())?;
-    let r = quark(&[
-        "inspect",
-        "--data-dir",
-        dir_arg(tmp.path()),
-        "--actor",
-        "account/zed",
-    ])?;
-    assert_eq!(r.code, 2);
-    assert!(
-        r.stderr.contains("account/\"zed\" has no journal records"),
-        "{}",
-        r.stderr
-    );
+    refused(
+        &["inspect", "--data-dir", dir, "--actor", "account/zed"],
+        "account/\"zed\" has no journal records",
+    )?;
     Ok(())
 }
 

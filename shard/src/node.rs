@@ -517,7 +517,7 @@ impl Engine {
     /// A reference to actor `(A, key)`. Calls fail with `UnknownActorType` if `A` is not
     /// registered.
     pub fn actor_ref<A: Actor>(&self, key: impl Into<ActorKey>) -> ActorRef<A> {
-        ActorRef::new(self.shared.clone(), key.into())
+        self.handle().actor_ref(key)
     }
 
     /// Runs `make()` on shard `shard` and spawns the future it returns there; the returned

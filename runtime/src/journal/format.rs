@@ -207,10 +207,7 @@ pub fn encode_event(
 ) {
     let name = &event_type.as_bytes()[..event_type.len().min(u8::MAX as usize)];
     out.reserve(1 + 2 + 8 + 8 + 1 + name.len() + 4 + data.len() + HASH_BYTES);
-    out.push(RECORD_FORMAT);
-    out.extend_from_slice(&schema_version.to_le_bytes());
-    out.extend_from_slice(&version.to_le_bytes());
-    out.extend_from_slice(&timestamp_ms.to_le_bytes());
+    put_head(out, schema_version, version, timestamp_ms);
     out.push(name.len() as u8);
     out.extend_from_slice(name);
     out.extend_from_slice(&(data.len() as u32).to_le_bytes());
@@ -221,13 +218,7 @@ pub fn encode_event(
 /// Decodes an event record's payload.
 pub fn decode_event(payload: &[u8]) -> Result<EventRecord, FormatError> {
     let mut r = Reader::new(payload);
-    let format = r.u8()?;
-    if format != RECORD_FORMAT {
-        return Err(FormatError::UnknownFormat { found: format });
-    }
-    let schema_version = r.u16()?;
-    let version = r.u64()?;
-    let timestamp_ms = r.u64()?;
+    let (schema_version, version, timestamp_ms) = r.head()?;
     let name_len = r.u8()? as usize;
     let event_type = std::str::from_utf8(r.take(name_len)?)
         .map_err(|_| FormatError::BadName)?
@@ -281,10 +272,7 @@ pub fn encode_snapshot(
     data: &[u8],
 ) {
     out.reserve(1 + 2 + 8 + 8 + HASH_BYTES + 4 + data.len());
-    out.push(RECORD_FORMAT);
-    out.extend_from_slice(&schema_version.to_le_bytes());
-    out.extend_from_slice(&version.to_le_bytes());
-    out.extend_from_slice(&timestamp_ms.to_le_bytes());
+    put_head(out, schema_version, version, timestamp_ms);
     out.extend_from_slice(chain_hash);
     out.extend_from_slice(&(data.len() as u32).to_le_bytes());
     out.extend_from_slice(data);
@@ -293,13 +281,7 @@ pub fn encode_snapshot(
 /// Decodes a snapshot record's payload.
 pub fn decode_snapshot(payload: &[u8]) -> Result<SnapshotRecord, FormatError> {
     let mut r = Reader::new(payload);
-    let format = r.u8()?;
-    if format != RECORD_FORMAT {
-        return Err(FormatError::UnknownFormat { found: format });
-    }
-    let schema_version = r.u16()?;
-    let version = r.u64()?;
-    let timestamp_ms = r.u64()?;
+    let (schema_version, version, timestamp_ms) = r.head()?;
     let chain_hash: Hash = r.take(HASH_BYTES)?.try_into().expect("took HASH_BYTES");
     let data_len = r.u32()? as usize;
     let data = r.take(data_len)?.to_vec();
@@ -316,6 +298,15 @@ pub fn decode_snapshot(payload: &[u8]) -> Result<SnapshotRecord, FormatError> {
 /// Lowercase hex of a hash (for reports).
 pub fn hex(hash: &Hash) -> String {
     hash.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+// Format (head shared by event and snapshot payloads):
+//   { format u8 = 1 | schema_version u16 | version u64 | timestamp_ms u64 }
+fn put_head(out: &mut Vec<u8>, schema_version: u16, version: u64, timestamp_ms: u64) {
+    out.push(RECORD_FORMAT);
+    out.extend_from_slice(&schema_version.to_le_bytes());
+    out.extend_from_slice(&version.to_le_bytes());
+    out.extend_from_slice(&timestamp_ms.to_le_bytes());
 }
 
 struct Reader<'a> {
@@ -362,6 +353,15 @@ impl<'a> Reader<'a> {
         Ok(u64::from_le_bytes(
             self.take(8)?.try_into().expect("took 8"),
         ))
+    }
+
+    /// Reads the shared head: (schema version, version, timestamp).
+    fn head(&mut self) -> Result<(u16, u64, u64), FormatError> {
+        let format = self.u8()?;
+        if format != RECORD_FORMAT {
+            return Err(FormatError::UnknownFormat { found: format });
+        }
+        Ok((self.u16()?, self.u64()?, self.u64()?))
     }
 
     fn finish(self) -> Result<(), FormatError> {

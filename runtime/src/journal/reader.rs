@@ -128,6 +128,19 @@ async fn read_record(log: &ShardLog, actor: &str, lsn: u64) -> Result<Record, Jo
     }
 }
 
+async fn read_chunk(
+    log: &ShardLog,
+    actor: &str,
+    lsns: &[u64],
+) -> Result<Vec<Record>, JournalError> {
+    log.read_many(lsns)
+        .await
+        .map_err(|source| JournalError::Read {
+            actor: actor.to_owned(),
+            source,
+        })
+}
+
 fn decode_event_at(actor: &str, rec: &Record) -> Result<format::EventRecord, JournalError> {
     format::decode_event(&rec.payload).map_err(|source| JournalError::Format {
         actor: actor.to_owned(),
@@ -262,13 +275,7 @@ pub(crate) async fn rebuild<A: EventSourced>(
             _ => todo.len(),
         };
         'chunks: for chunk in todo[..total].chunks(READ_CHUNK_RECORDS) {
-            let records = log
-                .read_many(chunk)
-                .await
-                .map_err(|source| JournalError::Read {
-                    actor: actor.to_owned(),
-                    source,
-                })?;
+            let records = read_chunk(log, actor, chunk).await?;
             for rec in records {
                 let lsn = rec.lsn;
                 let ev = decode_event_at(actor, &rec)?;
@@ -409,13 +416,7 @@ impl Journal {
         self.on_owner::<A, _, _, _>(key, move |log, actor, _key, ek, _sk| async move {
             let mut out = Vec::new();
             for chunk in log.key_lsns(&ek).chunks(READ_CHUNK_RECORDS) {
-                let records = log
-                    .read_many(chunk)
-                    .await
-                    .map_err(|source| JournalError::Read {
-                        actor: actor.clone(),
-                        source,
-                    })?;
+                let records = read_chunk(&log, &actor, chunk).await?;
                 for rec in records {
                     let ev = decode_event_at(&actor, &rec)?;
                     if keep(&ev) {
