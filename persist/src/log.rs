@@ -573,6 +573,14 @@ impl<IO: LogIo> Log<IO> {
         self.inner.state.borrow().index.keys_with_prefix(prefix)
     }
 
+    /// True while a flush (a write and, under `fsync = always`, its sync) is being carried out
+    /// by the kernel. A shard then parks instead of spinning: the write may be executed by an
+    /// io_uring worker thread that shares the shard's core.
+    pub fn flush_in_flight(&self) -> bool {
+        let st = self.inner.state.borrow();
+        st.flushing || st.inflight.is_some()
+    }
+
     /// Current counters.
     pub fn stats(&self) -> LogStats {
         let st = self.inner.state.borrow();

@@ -559,7 +559,12 @@ pub(crate) async fn pump(
             continue;
         }
         let spinning_since = *idle_since.get_or_insert(now);
-        if now.duration_since(spinning_since) < idle_spin {
+        // Do not spin while this shard's own log write is in the kernel: a write-through or
+        // synced write is run by an io_uring worker thread that inherits this shard's core, so
+        // spinning here would only delay it (measured: persist p99 2.6x the raw fdatasync with
+        // spinning, 1.3x parked; docs/BENCHMARKS.md, journaling).
+        let disk_wait = core.log.as_ref().is_some_and(|l| l.flush_in_flight());
+        if !disk_wait && now.duration_since(spinning_since) < idle_spin {
             // Spin without leaving the pump (a return to the executor costs a system call):
             // watch the rings and the local queues until something arrives or a reap is due.
             // First reap after REAP_INTERVAL_SPIN of idleness (not at once when the last reap
