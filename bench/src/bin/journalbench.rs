@@ -488,6 +488,55 @@ fn write_stream(args: &Args, dir: &Path, policy: JournalPolicy) -> Result<Option
     Ok(Some(rate))
 }
 
+/// What the current rebuild's reads cost and what a sequential one would: on `BIG`'s shard,
+/// (a) `Log::read` of each of the last `tail` event LSNs (what an activation after a snapshot
+/// `tail` events back does, without decoding), and (b) one forward scan of the shard's log from
+/// the stream's first LSN, decoding every event, checking the hash chain and applying it (a
+/// lower bound for a rebuild of the whole stream). Returns (ms for (a), ms for (b)).
+fn read_costs(node: &Node, total: u64, tail: usize) -> Result<(f64, f64)> {
+    use quark::journal::format::{self, Stream};
+    let shard = node.actor_ref::<Ledger>(BIG).owner_shard();
+    node.spawn_on(shard, move || async move {
+        let log = quark_shard::current_shard_log().context("the node has a log")?;
+        let ek = format::stream_key(Stream::Events, "ledger", &quark::ActorKey::from(BIG));
+        let lsns = log.key_lsns(&ek);
+        ensure!(lsns.len() as u64 == total, "{} event LSNs", lsns.len());
+        let t = Instant::now();
+        for &lsn in &lsns[lsns.len() - tail.min(lsns.len())..] {
+            let rec = log.read(lsn).await?.context("indexed record readable")?;
+            std::hint::black_box(rec);
+        }
+        let reads = t.elapsed().as_secs_f64() * 1e3;
+        let t = Instant::now();
+        let mut scan = log.scan(lsns[0]);
+        let (mut hash, mut version, mut state) = (format::GENESIS, 0u64, Ledger::default());
+        while let Some(rec) = scan.next().await? {
+            if rec.key != ek {
+                continue;
+            }
+            let ev = format::decode_event(&rec.payload)?;
+            ensure!(
+                ev.version == version + 1 && ev.prev_hash == hash,
+                "chain at {version}"
+            );
+            hash = format::event_hash(&ek, &rec.payload);
+            let e: quark_bench::journal_actors::LedgerEvent =
+                quark::journal::decode(&ev.event_type, &ev.data)?;
+            quark::journal::EventSourced::apply(&mut state, &e);
+            version = ev.version;
+        }
+        let scan_ms = t.elapsed().as_secs_f64() * 1e3;
+        ensure!(version == total, "scan reached version {version}");
+        ensure!(
+            quark::journal::EventSourced::snapshot(&state) == total as i64,
+            "scan state"
+        );
+        anyhow::Ok((reads, scan_ms))
+    })
+    .join()
+    .context("scan task")?
+}
+
 fn drop_caches() -> bool {
     // Needs root; best effort (the figure is left out when it fails).
     // SAFETY: sync(2) takes no arguments and cannot fail.
@@ -587,6 +636,20 @@ fn activation(args: &Args, out: &mut Out) -> Result<()> {
                     el.as_secs_f64() * 1e3,
                     "ms",
                 );
+                if policy == JournalPolicy::default() {
+                    let tail = args.snapshot_every as usize;
+                    let (reads, scan) = read_costs(&node, total, tail)?;
+                    out.push(
+                        format!("{k}k-event stream, warm: Log::read of the last {tail} event LSNs, no decode"),
+                        reads,
+                        "ms",
+                    );
+                    out.push(
+                        format!("{k}k-event stream, warm: sequential Log::scan + decode + chain check + apply of all (lower bound)"),
+                        scan,
+                        "ms",
+                    );
+                }
             }
             node.shutdown();
         }
