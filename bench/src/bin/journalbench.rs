@@ -83,6 +83,9 @@ struct Args {
     /// Idle spin of the shards, µs (the node's default is 50).
     #[arg(long, default_value_t = 50)]
     idle_spin_us: u64,
+    /// Run the external-caller single-actor measurement before the on-shard one.
+    #[arg(long)]
+    external_first: bool,
     /// Shards of the node.
     #[arg(long, default_value_t = 2)]
     shards: u16,
@@ -282,15 +285,28 @@ fn log_stats(node: &Node) -> Result<Vec<LogStats>> {
 
 // ---- 1. one actor, sequential ----
 
+const SINGLE_WARMUP: u64 = 200;
+
 fn single(args: &Args, out: &mut Out) -> Result<()> {
     let dir = args.dir.join("single");
     fresh(&dir)?;
     let node = start_node(args, &dir, JournalPolicy::default())?;
-    let ops = args.ops;
-    let warmup = 200;
+    if args.external_first {
+        single_external(&node, args.ops, out)?;
+        single_on_shard(&node, args.ops, out)?;
+    } else {
+        single_on_shard(&node, args.ops, out)?;
+        single_external(&node, args.ops, out)?;
+    }
+    node.shutdown();
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
 
-    // Driver on the actor's shard: no cross-thread hop in the ask.
-    let r = node.actor_ref::<Ledger>(key_on(&node, 0, "solo", 0).as_str());
+/// Driver on the actor's shard: no cross-thread hop in the ask.
+fn single_on_shard(node: &Node, ops: u64, out: &mut Out) -> Result<()> {
+    let warmup = SINGLE_WARMUP;
+    let r = node.actor_ref::<Ledger>(key_on(node, 0, "solo", 0).as_str());
     let (persist, ask, last) = node
         .spawn_on(0, move || async move {
             let (mut persist, mut ask) = (hist(), hist());
@@ -314,7 +330,7 @@ fn single(args: &Args, out: &mut Out) -> Result<()> {
         "version {last} after {} persists",
         warmup + ops
     );
-    let r = node.actor_ref::<Ledger>(key_on(&node, 0, "solo", 0).as_str());
+    let r = node.actor_ref::<Ledger>(key_on(node, 0, "solo", 0).as_str());
     let (balance, applied) = block_on(r.ask(Balance))?;
     ensure!(
         balance == (warmup + ops) as i64 && applied == warmup + ops,
@@ -322,9 +338,13 @@ fn single(args: &Args, out: &mut Out) -> Result<()> {
     );
     out.latency("1 actor, driver on shard: persist", &persist);
     out.latency("1 actor, driver on shard: ask", &ask);
+    Ok(())
+}
 
-    // Caller outside the node (another thread): adds two cross-thread hand-offs.
-    let r = node.actor_ref::<Ledger>(key_on(&node, 0, "outside", 0).as_str());
+/// Caller outside the node (another thread): adds two cross-thread hand-offs.
+fn single_external(node: &Node, ops: u64, out: &mut Out) -> Result<()> {
+    let warmup = SINGLE_WARMUP;
+    let r = node.actor_ref::<Ledger>(key_on(node, 0, "outside", 0).as_str());
     let (mut persist, mut ask) = (hist(), hist());
     let mut last = 0;
     for i in 0..warmup + ops {
@@ -344,8 +364,6 @@ fn single(args: &Args, out: &mut Out) -> Result<()> {
     );
     out.latency("1 actor, external caller: persist", &persist);
     out.latency("1 actor, external caller: ask", &ask);
-    node.shutdown();
-    let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }
 
