@@ -598,7 +598,8 @@ fn activation(args: &Args, out: &mut Out) -> Result<()> {
             );
             let r = node.actor_ref::<Ledger>(BIG);
             let t = Instant::now();
-            let (balance, applied) = block_on(r.ask(Balance))?;
+            // A replay of a long stream can outlast the default ask timeout (10 s).
+            let (balance, applied) = block_on(r.ask_timeout(Balance, Duration::from_secs(300)))?;
             let el = t.elapsed();
             ensure!(
                 balance == total as i64,
