@@ -681,7 +681,6 @@ fn activation(args: &Args, out: &mut Out) -> Result<()> {
 /// Same-run ratios: (name, numerator, denominator), looked up in one run's figures.
 fn ratios(args: &Args, out: &mut Out) {
     let b = format!("baseline {}B", args.baseline_bytes);
-    let n = format!("{} actors, 2 shards", args.actors);
     let table = [
         (
             "ratio: persist p99 (driver on shard) / baseline pwrite+fdatasync prealloc p99 [target <= 1.5]".to_string(),
@@ -723,20 +722,10 @@ fn ratios(args: &Args, out: &mut Out) {
             "1 actor, external caller: ask p99".to_string(),
             format!("{b} pwrite+fdatasync prealloc p99"),
         ),
-        (
-            "ratio: concurrent durable writes/s x baseline prealloc p50 (disk busy fraction)".to_string(),
-            format!("{n}: durable writes (fdatasync or O_DSYNC) /s"),
-            format!("{b} pwrite+fdatasync prealloc p50"),
-        ),
     ];
     for (name, num, den) in table {
         if let (Some(x), Some(y)) = (out.get(&num), out.get(&den)) {
-            let v = if name.contains(" x ") {
-                x * y / 1e6
-            } else {
-                x / y
-            };
-            out.push(name, v, "x");
+            out.push(name, x / y, "x");
         }
     }
 }
