@@ -46,8 +46,8 @@ struct Args {
     /// Repetitions of every measurement.
     #[arg(long, default_value_t = 3)]
     runs: usize,
-    /// Run only the groups whose name contains this text: baseline, single, concurrent,
-    /// activation.
+    /// Run only the groups whose name contains this text (or one of these, comma-separated):
+    /// baseline, single, concurrent, activation.
     #[arg(long)]
     only: Option<String>,
     /// Print one JSON array at the end.
@@ -739,7 +739,11 @@ fn load_note() -> String {
 fn main() -> Result<()> {
     let args = Args::parse();
     std::fs::create_dir_all(&args.dir)?;
-    let want = |group: &str| args.only.as_deref().is_none_or(|o| group.contains(o));
+    let want = |group: &str| {
+        args.only
+            .as_deref()
+            .is_none_or(|o| o.split(',').any(|o| group.contains(o)))
+    };
     let mut runs: Vec<Vec<Figure>> = Vec::new();
     for run in 0..args.runs {
         let load_before = load_note();
