@@ -1,4 +1,5 @@
 //! Quark benchmarks support code: the actors the benchmarks drive, and summary statistics.
 
 pub mod actors;
+pub mod journal_actors;
 pub mod summary;

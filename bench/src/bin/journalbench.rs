@@ -1,0 +1,797 @@
+//! Journaling benchmark (issue 4) with same-run `fdatasync` baselines.
+//!
+//! Each run measures, in one process, on the same filesystem and directory:
+//! 1. Baselines: a plain blocking `pwrite` + `fdatasync` loop of `--baseline-bytes` writes at
+//!    the end of the written data of a preallocated (zero-filled, like the log's segments) file
+//!    and of a growing file; the same write + `fdatasync` through monoio/io_uring, and one
+//!    `O_DSYNC` write through io_uring (what the log does: its segments are write-through).
+//! 2. One event-sourced actor persisting one 100-byte event per turn, `fsync = "always"`:
+//!    sequential asks from a driver task on the actor's shard (`Node::spawn_on`) and from a
+//!    thread outside the node. Latency of the handler's `persist` and of the whole ask.
+//! 3. `--actors` actors on 2 shards, each driven closed-loop by its own task on its owner shard
+//!    (all in flight): durable events/s, `fdatasync`s/s and events per sync (from the shard
+//!    logs' counters), latency.
+//! 4. Activation of one actor with `--stream-events` events (written 100 per turn, once), after
+//!    a node restart, with a snapshot every `--snapshot-every` events and without snapshots,
+//!    warm page cache and (as root) cold; time travel to the middle of the stream and a
+//!    dry-run replay of the whole stream.
+//!
+//! Prints every run, then median [min .. max] per figure (and with `--json`, one JSON line).
+//! `cargo run --release -p quark-bench --bin journalbench -- --runs 3 [--only NAME] [--json]`
+
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{ensure, Context as _, Result};
+use clap::Parser;
+use hdrhistogram::Histogram;
+use quark::journal::{At, JournalPolicy};
+use quark::{block_on, Node, NodeConfig};
+use quark_bench::journal_actors::{Balance, Deposit, DepositMany, Ledger, EVENT_BYTES};
+use quark_bench::summary::spread;
+use quark_persist::LogStats;
+
+// The same allocator as the other benchmarks (see enginebench).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+#[derive(Parser, Debug)]
+#[command(about = "Journaling benchmark with same-run fdatasync baselines")]
+struct Args {
+    /// Scratch directory (must be on the disk under test, not tmpfs).
+    #[arg(long, default_value = "target/journalbench")]
+    dir: PathBuf,
+    /// Repetitions of every measurement.
+    #[arg(long, default_value_t = 3)]
+    runs: usize,
+    /// Run only the groups whose name contains this text (or one of these, comma-separated):
+    /// baseline, single, concurrent, activation.
+    #[arg(long)]
+    only: Option<String>,
+    /// Print one JSON array at the end.
+    #[arg(long)]
+    json: bool,
+    /// Synced writes per baseline latency figure.
+    #[arg(long, default_value_t = 3000)]
+    baseline_ops: u64,
+    /// Bytes per baseline write (a persisted 100-byte event is ~250 bytes on disk).
+    #[arg(long, default_value_t = 256)]
+    baseline_bytes: usize,
+    /// Sequential persists per single-actor latency figure (after 200 warm-up ones).
+    #[arg(long, default_value_t = 3000)]
+    ops: u64,
+    /// Actors in the concurrent measurement (all in flight).
+    #[arg(long, default_value_t = 1000)]
+    actors: u64,
+    /// Measured time of the concurrent run, ms (after `--warmup-ms`).
+    #[arg(long, default_value_t = 2000)]
+    concurrent_ms: u64,
+    /// Warm-up of the concurrent run, ms.
+    #[arg(long, default_value_t = 300)]
+    warmup_ms: u64,
+    /// Events in the stream of the activation measurement.
+    #[arg(long, default_value_t = 100_000)]
+    stream_events: u64,
+    /// Events persisted per turn while writing that stream.
+    #[arg(long, default_value_t = 100)]
+    events_per_turn: u64,
+    /// Snapshot policy of the snapshotted stream.
+    #[arg(long, default_value_t = 1000)]
+    snapshot_every: u64,
+    /// Idle spin of the shards, µs (the node's default is 50).
+    #[arg(long, default_value_t = 50)]
+    idle_spin_us: u64,
+    /// Run the external-caller single-actor measurement before the on-shard one.
+    #[arg(long)]
+    external_first: bool,
+    /// Shards of the node.
+    #[arg(long, default_value_t = 2)]
+    shards: u16,
+}
+
+/// One named figure of one run.
+#[derive(Clone, Debug)]
+struct Figure {
+    name: String,
+    value: f64,
+    unit: &'static str,
+}
+
+struct Out(Vec<Figure>);
+
+impl Out {
+    fn push(&mut self, name: impl Into<String>, value: f64, unit: &'static str) {
+        self.0.push(Figure {
+            name: name.into(),
+            value,
+            unit,
+        });
+    }
+
+    /// p50, p99 and p99.9 of `h` (ns) in µs.
+    fn latency(&mut self, name: &str, h: &Histogram<u64>) {
+        for (q, tag) in [(0.5, "p50"), (0.99, "p99"), (0.999, "p99.9")] {
+            self.push(format!("{name} {tag}"), us(h, q), "us");
+        }
+    }
+
+    fn get(&self, name: &str) -> Option<f64> {
+        self.0.iter().find(|f| f.name == name).map(|f| f.value)
+    }
+}
+
+fn us(h: &Histogram<u64>, q: f64) -> f64 {
+    h.value_at_quantile(q) as f64 / 1000.0
+}
+
+fn hist() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 60_000_000_000, 3).expect("valid histogram bounds")
+}
+
+fn fresh(dir: &Path) -> Result<()> {
+    let _ = std::fs::remove_dir_all(dir);
+    std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))
+}
+
+// ---- baselines ----
+
+/// A new, empty file at `path` (truncated if it exists).
+fn create_empty(path: &Path) -> Result<File> {
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(path)
+        .with_context(|| format!("create {}", path.display()))
+}
+
+/// A file of `bytes` zeros, synced: the log's `Preallocate::ZeroFill` segments.
+fn zero_filled(path: &Path, bytes: u64) -> Result<File> {
+    let f = create_empty(path)?;
+    let zeros = vec![0u8; 1 << 20];
+    let mut pos = 0;
+    while pos < bytes {
+        f.write_all_at(&zeros, pos)?;
+        pos += zeros.len() as u64;
+    }
+    f.sync_all()?;
+    Ok(f)
+}
+
+/// Blocking `pwrite` + `fdatasync` of `size` bytes, each write after the previous one.
+fn pwrite_loop(f: &File, size: usize, count: u64) -> Result<Histogram<u64>> {
+    let buf = vec![0xA5u8; size];
+    let mut h = hist();
+    for i in 0..count {
+        let t = Instant::now();
+        f.write_all_at(&buf, i * size as u64)?;
+        f.sync_data()?;
+        h.record(t.elapsed().as_nanos() as u64)?;
+    }
+    Ok(h)
+}
+
+/// The same through monoio/io_uring on a preallocated file: write + `fdatasync`, or (with
+/// `dsync`) one write on an `O_DSYNC` descriptor.
+fn uring_loop(path: &Path, size: usize, count: u64, dsync: bool) -> Result<Histogram<u64>> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut opts = OpenOptions::new();
+    opts.read(true).write(true);
+    if dsync {
+        opts.custom_flags(libc::O_DSYNC);
+    }
+    let std_file = opts
+        .open(path)
+        .with_context(|| format!("open {}", path.display()))?;
+    let mut rt = monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
+        .with_entries(256)
+        .build()
+        .context("io_uring runtime")?;
+    rt.block_on(async move {
+        let file = monoio::fs::File::from_std(std_file)?;
+        let mut h = hist();
+        let mut buf = vec![0x77u8; size];
+        for i in 0..count {
+            let t = Instant::now();
+            let (res, b) = file.write_all_at(buf, i * size as u64).await;
+            buf = b;
+            res?;
+            if !dsync {
+                file.sync_data().await?;
+            }
+            h.record(t.elapsed().as_nanos() as u64)?;
+        }
+        anyhow::Ok(h)
+    })
+}
+
+fn baselines(args: &Args, out: &mut Out) -> Result<()> {
+    let dir = args.dir.join("baseline");
+    fresh(&dir)?;
+    let (size, n) = (args.baseline_bytes, args.baseline_ops);
+    let bytes = (size as u64 * n).max(1 << 20);
+    let label = format!("{size}B");
+    let pre = zero_filled(&dir.join("pre"), bytes)?;
+    out.latency(
+        &format!("baseline {label} pwrite+fdatasync prealloc"),
+        &pwrite_loop(&pre, size, n)?,
+    );
+    drop(pre);
+    let grow = create_empty(&dir.join("grow"))?;
+    grow.sync_all()?;
+    out.latency(
+        &format!("baseline {label} pwrite+fdatasync growing"),
+        &pwrite_loop(&grow, size, n)?,
+    );
+    drop(grow);
+    for dsync in [false, true] {
+        let path = dir.join(if dsync { "dsync" } else { "uring" });
+        drop(zero_filled(&path, bytes)?);
+        let what = if dsync {
+            "O_DSYNC write"
+        } else {
+            "write+fdatasync"
+        };
+        out.latency(
+            &format!("baseline {label} io_uring {what} prealloc"),
+            &uring_loop(&path, size, n, dsync)?,
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
+
+// ---- the node ----
+
+fn start_node(args: &Args, data_dir: &Path, policy: JournalPolicy) -> Result<Node> {
+    // Log defaults otherwise: 64 MiB zero-filled segments, write-through.
+    let text = format!(
+        "[node]\nshards = {}\nidle_spin_us = {}\n[log]\ndata_dir = {:?}\nfsync = \"always\"\n",
+        args.shards,
+        args.idle_spin_us,
+        data_dir.to_str().context("data dir is UTF-8")?
+    );
+    let config = NodeConfig::from_toml(&text, "journalbench.toml")?;
+    Ok(Node::builder()
+        .config(config)
+        .register_journaled::<Ledger>(policy)
+        .start()?)
+}
+
+/// A key of a `Ledger` owned by `shard`, starting the search at `prefix-from`.
+fn key_on(node: &Node, shard: u16, prefix: &str, from: u64) -> String {
+    (from..)
+        .map(|i| format!("{prefix}-{i}"))
+        .find(|k| node.actor_ref::<Ledger>(k.as_str()).owner_shard() == shard)
+        .expect("some key maps to every shard")
+}
+
+/// The log counters of every shard.
+fn log_stats(node: &Node) -> Result<Vec<LogStats>> {
+    (0..node.shard_count())
+        .map(|s| {
+            node.spawn_on(s, || async {
+                quark_shard::current_shard_log().map(|l| l.stats())
+            })
+            .join()
+            .flatten()
+            .context("shard log stats")
+        })
+        .collect()
+}
+
+// ---- 1. one actor, sequential ----
+
+const SINGLE_WARMUP: u64 = 200;
+
+fn single(args: &Args, out: &mut Out) -> Result<()> {
+    let dir = args.dir.join("single");
+    fresh(&dir)?;
+    let node = start_node(args, &dir, JournalPolicy::default())?;
+    if args.external_first {
+        single_external(&node, args.ops, out)?;
+        single_on_shard(&node, args.ops, out)?;
+    } else {
+        single_on_shard(&node, args.ops, out)?;
+        single_external(&node, args.ops, out)?;
+    }
+    node.shutdown();
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
+
+/// Driver on the actor's shard: no cross-thread hop in the ask.
+fn single_on_shard(node: &Node, ops: u64, out: &mut Out) -> Result<()> {
+    let warmup = SINGLE_WARMUP;
+    let r = node.actor_ref::<Ledger>(key_on(node, 0, "solo", 0).as_str());
+    let (persist, ask, last) = node
+        .spawn_on(0, move || async move {
+            let (mut persist, mut ask) = (hist(), hist());
+            let mut last = 0;
+            for i in 0..warmup + ops {
+                let t = Instant::now();
+                let d = r.ask(Deposit(1)).await??;
+                let el = t.elapsed().as_nanos() as u64;
+                last = d.version;
+                if i >= warmup {
+                    ask.record(el)?;
+                    persist.record(d.persist_ns)?;
+                }
+            }
+            anyhow::Ok((persist, ask, last))
+        })
+        .join()
+        .context("driver task")??;
+    ensure!(
+        last == warmup + ops,
+        "version {last} after {} persists",
+        warmup + ops
+    );
+    let r = node.actor_ref::<Ledger>(key_on(node, 0, "solo", 0).as_str());
+    let (balance, applied) = block_on(r.ask(Balance))?;
+    ensure!(
+        balance == (warmup + ops) as i64 && applied == warmup + ops,
+        "balance {balance}, applied {applied}"
+    );
+    out.latency("1 actor, driver on shard: persist", &persist);
+    out.latency("1 actor, driver on shard: ask", &ask);
+    Ok(())
+}
+
+/// Caller outside the node (another thread): adds two cross-thread hand-offs.
+fn single_external(node: &Node, ops: u64, out: &mut Out) -> Result<()> {
+    let warmup = SINGLE_WARMUP;
+    let r = node.actor_ref::<Ledger>(key_on(node, 0, "outside", 0).as_str());
+    let (mut persist, mut ask) = (hist(), hist());
+    let mut last = 0;
+    for i in 0..warmup + ops {
+        let t = Instant::now();
+        let d = block_on(r.ask(Deposit(1)))??;
+        let el = t.elapsed().as_nanos() as u64;
+        last = d.version;
+        if i >= warmup {
+            ask.record(el)?;
+            persist.record(d.persist_ns)?;
+        }
+    }
+    ensure!(
+        last == warmup + ops,
+        "version {last} after {} persists",
+        warmup + ops
+    );
+    out.latency("1 actor, external caller: persist", &persist);
+    out.latency("1 actor, external caller: ask", &ask);
+    Ok(())
+}
+
+// ---- 2. many actors, concurrent ----
+
+fn concurrent(args: &Args, out: &mut Out) -> Result<()> {
+    let dir = args.dir.join("concurrent");
+    fresh(&dir)?;
+    let node = start_node(args, &dir, JournalPolicy::default())?;
+    let n = args.actors;
+    let measure_from = Instant::now() + Duration::from_millis(args.warmup_ms + 100);
+    let stop = measure_from + Duration::from_millis(args.concurrent_ms);
+    let mut tasks = Vec::new();
+    for i in 0..n {
+        let key = format!("acct-{i}");
+        let r = node.actor_ref::<Ledger>(key.as_str());
+        let shard = r.owner_shard();
+        tasks.push(node.spawn_on(shard, move || async move {
+            let (mut persist, mut ask) = (hist(), hist());
+            let (mut done, mut measured, mut last) = (0u64, 0u64, 0u64);
+            loop {
+                let t = Instant::now();
+                if t >= stop {
+                    break;
+                }
+                let d = r.ask(Deposit(1)).await??;
+                let end = Instant::now();
+                done += 1;
+                last = d.version;
+                if t >= measure_from && end <= stop {
+                    measured += 1;
+                    ask.record((end - t).as_nanos() as u64)?;
+                    persist.record(d.persist_ns)?;
+                }
+            }
+            anyhow::Ok((persist, ask, done, measured, last))
+        }));
+    }
+    // Log counters at the window's edges (read on each shard; a few µs of skew).
+    std::thread::sleep(measure_from.saturating_duration_since(Instant::now()));
+    let before = log_stats(&node)?;
+    std::thread::sleep(stop.saturating_duration_since(Instant::now()));
+    let after = log_stats(&node)?;
+    let (mut persist, mut ask) = (hist(), hist());
+    let (mut done, mut measured) = (0u64, 0u64);
+    for t in tasks {
+        let (p, a, d, m, last) = t.join().context("driver task")??;
+        ensure!(last == d, "an actor's version {last} after {d} persists");
+        persist.add(p)?;
+        ask.add(a)?;
+        done += d;
+        measured += m;
+    }
+    // Every persisted event was applied: the balances add up to the persists.
+    let mut total = 0i64;
+    for i in 0..n {
+        let key = format!("acct-{i}");
+        total += block_on(node.actor_ref::<Ledger>(key.as_str()).ask(Balance))?.0;
+    }
+    ensure!(
+        total == done as i64,
+        "balances add up to {total}, {done} persists"
+    );
+    let secs = args.concurrent_ms as f64 / 1e3;
+    let records: u64 = after
+        .iter()
+        .zip(&before)
+        .map(|(a, b)| a.next_lsn - b.next_lsn)
+        .sum();
+    let syncs: u64 = after
+        .iter()
+        .zip(&before)
+        .map(|(a, b)| a.sync_count - b.sync_count)
+        .sum();
+    let name = format!("{n} actors, 2 shards");
+    out.push(
+        format!("{name}: durable events/s (acked asks)"),
+        measured as f64 / secs,
+        "events/s",
+    );
+    out.push(
+        format!("{name}: log records/s"),
+        records as f64 / secs,
+        "records/s",
+    );
+    out.push(
+        format!("{name}: durable writes (fdatasync or O_DSYNC) /s"),
+        syncs as f64 / secs,
+        "syncs/s",
+    );
+    out.push(
+        format!("{name}: events per durable write"),
+        records as f64 / syncs.max(1) as f64,
+        "events",
+    );
+    out.latency(&format!("{name}: persist"), &persist);
+    out.latency(&format!("{name}: ask"), &ask);
+    node.shutdown();
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
+
+// ---- 3. activation of a long stream ----
+
+const BIG: &str = "big";
+
+/// Writes `--stream-events` events to actor `BIG` under `policy` into `dir` once (kept for the
+/// later runs, marked complete by a file); returns the write rate of this call, if it wrote.
+fn write_stream(args: &Args, dir: &Path, policy: JournalPolicy) -> Result<Option<f64>> {
+    let done = dir.with_extension("complete");
+    if done.exists() {
+        return Ok(None);
+    }
+    fresh(dir)?;
+    let node = start_node(args, dir, policy)?;
+    let r = node.actor_ref::<Ledger>(BIG);
+    let (per, total) = (args.events_per_turn, args.stream_events);
+    ensure!(
+        total % per == 0,
+        "--stream-events is a multiple of --events-per-turn"
+    );
+    let t = Instant::now();
+    let version = node
+        .spawn_on(r.owner_shard(), move || async move {
+            let mut v = 0;
+            for _ in 0..total / per {
+                v = r.ask(DepositMany(per)).await??;
+            }
+            anyhow::Ok(v)
+        })
+        .join()
+        .context("writer task")??;
+    let rate = total as f64 / t.elapsed().as_secs_f64();
+    ensure!(
+        version == total,
+        "stream at version {version}, wanted {total}"
+    );
+    node.shutdown();
+    std::fs::write(&done, b"")?;
+    Ok(Some(rate))
+}
+
+/// What the current rebuild's reads cost and what a sequential one would: on `BIG`'s shard,
+/// (a) `Log::read` of each of the last `tail` event LSNs (what an activation after a snapshot
+/// `tail` events back does, without decoding), and (b) one forward scan of the shard's log from
+/// the stream's first LSN, decoding every event, checking the hash chain and applying it (a
+/// lower bound for a rebuild of the whole stream). Returns (ms for (a), ms for (b)).
+fn read_costs(node: &Node, total: u64, tail: usize) -> Result<(f64, f64)> {
+    use quark::journal::format::{self, Stream};
+    let shard = node.actor_ref::<Ledger>(BIG).owner_shard();
+    node.spawn_on(shard, move || async move {
+        let log = quark_shard::current_shard_log().context("the node has a log")?;
+        let ek = format::stream_key(Stream::Events, "ledger", &quark::ActorKey::from(BIG));
+        let lsns = log.key_lsns(&ek);
+        ensure!(lsns.len() as u64 == total, "{} event LSNs", lsns.len());
+        let t = Instant::now();
+        for &lsn in &lsns[lsns.len() - tail.min(lsns.len())..] {
+            let rec = log.read(lsn).await?.context("indexed record readable")?;
+            std::hint::black_box(rec);
+        }
+        let reads = t.elapsed().as_secs_f64() * 1e3;
+        let t = Instant::now();
+        let mut scan = log.scan(lsns[0]);
+        let (mut hash, mut version, mut state) = (format::GENESIS, 0u64, Ledger::default());
+        while let Some(rec) = scan.next().await? {
+            if rec.key != ek {
+                continue;
+            }
+            let ev = format::decode_event(&rec.payload)?;
+            ensure!(
+                ev.version == version + 1 && ev.prev_hash == hash,
+                "chain at {version}"
+            );
+            hash = format::event_hash(&ek, &rec.payload);
+            let e: quark_bench::journal_actors::LedgerEvent =
+                quark::journal::decode(&ev.event_type, &ev.data)?;
+            quark::journal::EventSourced::apply(&mut state, &e);
+            version = ev.version;
+        }
+        let scan_ms = t.elapsed().as_secs_f64() * 1e3;
+        ensure!(version == total, "scan reached version {version}");
+        ensure!(
+            quark::journal::EventSourced::snapshot(&state) == total as i64,
+            "scan state"
+        );
+        anyhow::Ok((reads, scan_ms))
+    })
+    .join()
+    .context("scan task")?
+}
+
+fn drop_caches() -> bool {
+    // Needs root; best effort (the figure is left out when it fails).
+    // SAFETY: sync(2) takes no arguments and cannot fail.
+    unsafe { libc::sync() };
+    std::fs::write("/proc/sys/vm/drop_caches", b"3").is_ok()
+}
+
+fn activation(args: &Args, out: &mut Out) -> Result<()> {
+    let total = args.stream_events;
+    let k = total / 1000;
+    for (tag, policy) in [
+        (
+            format!("snapshot every {}", args.snapshot_every),
+            JournalPolicy::snapshot_every(args.snapshot_every),
+        ),
+        ("no snapshots".to_string(), JournalPolicy::default()),
+    ] {
+        let dir = args.dir.join(if policy == JournalPolicy::default() {
+            "stream-plain"
+        } else {
+            "stream-snap"
+        });
+        if let Some(rate) = write_stream(args, &dir, policy)? {
+            println!(
+                "  (wrote {total} events, {} per turn, {tag}: {rate:.0} events/s)",
+                args.events_per_turn
+            );
+        }
+        for cold in [false, true] {
+            if cold && !drop_caches() {
+                println!("  (cannot drop the page cache: not root; cold figures skipped)");
+                continue;
+            }
+            let cache = if cold { "cold" } else { "warm" };
+            let t = Instant::now();
+            let node = start_node(args, &dir, policy)?;
+            out.push(
+                format!("{k}k-event stream, {tag}, {cache}: node start (log recovery)"),
+                t.elapsed().as_secs_f64() * 1e3,
+                "ms",
+            );
+            let r = node.actor_ref::<Ledger>(BIG);
+            let t = Instant::now();
+            // A replay of a long stream can outlast the default ask timeout (10 s).
+            let (balance, applied) = block_on(r.ask_timeout(Balance, Duration::from_secs(300)))?;
+            let el = t.elapsed();
+            ensure!(
+                balance == total as i64,
+                "balance {balance} after activation"
+            );
+            if policy.snapshot_every_events.is_some() {
+                ensure!(
+                    applied <= args.snapshot_every,
+                    "{applied} events replayed despite snapshots"
+                );
+            } else {
+                ensure!(
+                    applied == total,
+                    "{applied} events replayed, wanted {total}"
+                );
+            }
+            out.push(
+                format!("{k}k-event stream, {tag}, {cache}: activation (first ask)"),
+                el.as_secs_f64() * 1e3,
+                "ms",
+            );
+            out.push(
+                format!("{k}k-event stream, {tag}, {cache}: events replayed"),
+                applied as f64,
+                "events",
+            );
+            if !cold {
+                let journal = node.journal();
+                let mid = total / 2;
+                let t = Instant::now();
+                let (state, v) = block_on(journal.state_at::<Ledger>(BIG, At::Version(mid)))?;
+                let el = t.elapsed();
+                ensure!(
+                    (state, v) == (mid as i64, mid),
+                    "state_at({mid}) = {state} at {v}"
+                );
+                out.push(
+                    format!("{k}k-event stream, {tag}, warm: state_at(version {mid})"),
+                    el.as_secs_f64() * 1e3,
+                    "ms",
+                );
+                let t = Instant::now();
+                let rep = block_on(journal.replay::<Ledger>(BIG, At::Latest, |_| {}))?;
+                let el = t.elapsed();
+                ensure!(
+                    rep.state == total as i64 && rep.events_applied == total,
+                    "replay reached {} with {} events",
+                    rep.state,
+                    rep.events_applied
+                );
+                out.push(
+                    format!("{k}k-event stream, {tag}, warm: dry-run replay of all"),
+                    el.as_secs_f64() * 1e3,
+                    "ms",
+                );
+                if policy == JournalPolicy::default() {
+                    let tail = args.snapshot_every as usize;
+                    let (reads, scan) = read_costs(&node, total, tail)?;
+                    out.push(
+                        format!("{k}k-event stream, warm: Log::read of the last {tail} event LSNs, no decode"),
+                        reads,
+                        "ms",
+                    );
+                    out.push(
+                        format!("{k}k-event stream, warm: sequential Log::scan + decode + chain check + apply of all (lower bound)"),
+                        scan,
+                        "ms",
+                    );
+                }
+            }
+            node.shutdown();
+        }
+    }
+    Ok(())
+}
+
+// ---- ratios and summary ----
+
+/// Same-run ratios: (name, numerator, denominator), looked up in one run's figures.
+fn ratios(args: &Args, out: &mut Out) {
+    let b = format!("baseline {}B", args.baseline_bytes);
+    let table = [
+        (
+            "ratio: persist p99 (driver on shard) / baseline pwrite+fdatasync prealloc p99 [target <= 1.5]".to_string(),
+            "1 actor, driver on shard: persist p99".to_string(),
+            format!("{b} pwrite+fdatasync prealloc p99"),
+        ),
+        (
+            "ratio: persist p99 (driver on shard) / baseline pwrite+fdatasync growing p99".to_string(),
+            "1 actor, driver on shard: persist p99".to_string(),
+            format!("{b} pwrite+fdatasync growing p99"),
+        ),
+        (
+            "ratio: persist p99 (driver on shard) / baseline io_uring O_DSYNC write p99".to_string(),
+            "1 actor, driver on shard: persist p99".to_string(),
+            format!("{b} io_uring O_DSYNC write prealloc p99"),
+        ),
+        (
+            "ratio: persist p99 (driver on shard) / baseline io_uring write+fdatasync p99".to_string(),
+            "1 actor, driver on shard: persist p99".to_string(),
+            format!("{b} io_uring write+fdatasync prealloc p99"),
+        ),
+        (
+            "ratio: persist p50 (driver on shard) / baseline pwrite+fdatasync prealloc p50".to_string(),
+            "1 actor, driver on shard: persist p50".to_string(),
+            format!("{b} pwrite+fdatasync prealloc p50"),
+        ),
+        (
+            "ratio: ask p99 (driver on shard) / baseline pwrite+fdatasync prealloc p99".to_string(),
+            "1 actor, driver on shard: ask p99".to_string(),
+            format!("{b} pwrite+fdatasync prealloc p99"),
+        ),
+        (
+            "ratio: persist p99 (external caller) / baseline pwrite+fdatasync prealloc p99".to_string(),
+            "1 actor, external caller: persist p99".to_string(),
+            format!("{b} pwrite+fdatasync prealloc p99"),
+        ),
+        (
+            "ratio: ask p99 (external caller) / baseline pwrite+fdatasync prealloc p99".to_string(),
+            "1 actor, external caller: ask p99".to_string(),
+            format!("{b} pwrite+fdatasync prealloc p99"),
+        ),
+    ];
+    for (name, num, den) in table {
+        if let (Some(x), Some(y)) = (out.get(&num), out.get(&den)) {
+            out.push(name, x / y, "x");
+        }
+    }
+}
+
+fn load_note() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|_| "?".into())
+}
+
+fn main() -> Result<()> {
+    let args = Args::parse();
+    std::fs::create_dir_all(&args.dir)?;
+    let want = |group: &str| {
+        args.only
+            .as_deref()
+            .is_none_or(|o| o.split(',').any(|o| group.contains(o)))
+    };
+    let mut runs: Vec<Vec<Figure>> = Vec::new();
+    for run in 0..args.runs {
+        let load_before = load_note();
+        let mut out = Out(Vec::new());
+        if want("baseline") {
+            baselines(&args, &mut out)?;
+        }
+        if want("single") {
+            single(&args, &mut out)?;
+        }
+        if want("concurrent") {
+            concurrent(&args, &mut out)?;
+        }
+        if want("activation") {
+            activation(&args, &mut out)?;
+        }
+        ratios(&args, &mut out);
+        println!(
+            "run {run} (load average before: {load_before}, after: {}):",
+            load_note()
+        );
+        for f in &out.0 {
+            println!("  {:<96} {:>12.2} {}", f.name, f.value, f.unit);
+        }
+        runs.push(out.0);
+    }
+    println!(
+        "\nmedian [min .. max] over {} runs (event data {EVENT_BYTES} B):",
+        runs.len()
+    );
+    let mut json = Vec::new();
+    for f in &runs[0] {
+        let vals: Vec<f64> = runs
+            .iter()
+            .filter_map(|r| r.iter().find(|g| g.name == f.name).map(|g| g.value))
+            .collect();
+        let s = spread(&vals);
+        println!(
+            "  {:<96} {:>12.2} [{:.2} .. {:.2}] {}",
+            f.name, s.median, s.min, s.max, f.unit
+        );
+        json.push(serde_json::json!({
+            "name": f.name, "unit": f.unit, "median": s.median, "min": s.min, "max": s.max,
+            "runs": vals,
+        }));
+    }
+    if args.json {
+        println!("{}", serde_json::Value::Array(json));
+    }
+    Ok(())
+}
