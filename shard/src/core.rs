@@ -89,6 +89,11 @@ pub(crate) struct ShardCore {
     pub(crate) exec: crate::executor::Executor,
     /// The shard's durable log, if the node has a data directory.
     pub(crate) log: Option<Rc<quark_persist::Log<crate::rt::log_io::UringIo>>>,
+    /// The shard's cluster transport, if the engine is part of a cluster (or a client).
+    pub(crate) net: Option<crate::net::NetShard>,
+    /// Set when a task queued network I/O: the pump makes a trip through the executor's wait
+    /// at once (the submission happens there) instead of at its next periodic reap.
+    io_kick: Cell<bool>,
 }
 
 impl ShardCore {
@@ -127,6 +132,8 @@ impl ShardCore {
             stats: ShardStats::default(),
             exec: crate::executor::Executor::new(id, node.clone()),
             log,
+            net: node.config.net.as_ref().map(crate::net::NetShard::new),
+            io_kick: Cell::new(false),
             node,
         }
     }
@@ -154,6 +161,12 @@ impl ShardCore {
                 w.wake_by_ref();
             }
         }
+    }
+
+    /// Asks the pump to submit queued I/O now (see `io_kick`).
+    #[inline]
+    pub(crate) fn kick_io(&self) {
+        self.io_kick.set(true);
     }
 
     /// Queues `msg` for shard `to`; it becomes visible to `to` at the pump's next flush.
@@ -369,6 +382,7 @@ impl ShardCore {
             tasks: self.exec.live() as u64,
             log_next_lsn: self.log.as_ref().map(|l| l.stats().next_lsn),
             log_disk_bytes: self.log.as_ref().map(|l| l.stats().disk_bytes),
+            net: self.net.as_ref().map(crate::net::NetShard::snapshot),
         }
     }
 }
@@ -515,6 +529,11 @@ pub(crate) async fn pump(
             core.flush();
             work += 1;
         }
+        if core.io_kick.replace(false) {
+            reap(&core, &mut bell, my_bell).await;
+            since_reap = 0;
+            last_reap = Instant::now();
+        }
 
         let phase = core.node.phase();
         if phase != phase_seen {
@@ -567,7 +586,11 @@ pub(crate) async fn pump(
             let slice_end = spinning_since.max(last_reap) + REAP_INTERVAL_SPIN;
             let mut spins = 0u32;
             loop {
-                if core.has_inbound() || core.exec.has_ready() || core.dirty.get() {
+                if core.has_inbound()
+                    || core.exec.has_ready()
+                    || core.dirty.get()
+                    || core.io_kick.get()
+                {
                     break;
                 }
                 spins = spins.wrapping_add(1);
@@ -613,6 +636,7 @@ pub(crate) async fn pump(
         t.abort_all(&core);
     }
     core.flush();
+    crate::net::close_all(&core);
     core.exec.clear();
     if let Some(log) = &core.log {
         if let Err(e) = log.close().await {

@@ -9,6 +9,7 @@
 //! wait (io_uring_enter / epoll_wait) together with its file and socket I/O.
 
 pub mod log_io;
+pub(crate) mod tcp;
 
 use std::future::Future;
 use std::io;
