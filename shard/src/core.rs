@@ -30,6 +30,9 @@ const REAP_INTERVAL_BUSY: Duration = Duration::from_micros(100);
 /// The same for a spinning (idle) pump: reaps are cheap relative to idle time, and a shard
 /// waiting for its own I/O should see the completion soon.
 const REAP_INTERVAL_SPIN: Duration = Duration::from_micros(20);
+/// How often a spinning pump of a node with network connections looks for completed socket
+/// reads (a non-blocking trip through the executor: one system call).
+const NET_POLL_SPIN: Duration = Duration::from_micros(2);
 /// Ready tasks polled per pump iteration before the pump looks at its rings again.
 const RUN_BATCH: usize = 256;
 
@@ -506,6 +509,7 @@ pub(crate) async fn pump(
     let mut phase_seen = Phase::Running;
     let mut reported = Phase::Running;
     let mut next_deactivate_push = Instant::now();
+    let mut kick_seen = false;
     let my_bell = &core.node.shards[usize::from(core.id)].bell;
     start_log_syncer(&core);
     loop {
@@ -528,11 +532,6 @@ pub(crate) async fn pump(
         if core.dirty.get() {
             core.flush();
             work += 1;
-        }
-        if core.io_kick.replace(false) {
-            // Hand the queued submissions to the kernel (and pick up completions) without
-            // waiting: one system call, no doorbell round trip.
-            crate::rt::submit_io().await;
         }
 
         let phase = core.node.phase();
@@ -568,6 +567,18 @@ pub(crate) async fn pump(
         since_reap += 1;
         if work > 0 {
             idle_since = None;
+            // Network writes queued: hand them to the kernel without waiting (one system
+            // call), but only if this shard stays busy; a shard about to park submits them in
+            // its park anyway.
+            if core.io_kick.get() {
+                if kick_seen {
+                    core.io_kick.set(false);
+                    crate::rt::submit_io().await;
+                    kick_seen = false;
+                } else {
+                    kick_seen = true;
+                }
+            }
             if since_reap >= REAP_EVERY_ITERATIONS
                 || now.duration_since(last_reap) >= REAP_INTERVAL_BUSY
             {
@@ -577,13 +588,20 @@ pub(crate) async fn pump(
             }
             continue;
         }
+        kick_seen = false;
         let spinning_since = *idle_since.get_or_insert(now);
         if now.duration_since(spinning_since) < idle_spin {
+            if core.io_kick.replace(false) {
+                crate::rt::submit_io().await;
+            }
             // Spin without leaving the pump (a return to the executor costs a system call):
             // watch the rings and the local queues until something arrives or a reap is due.
             // First reap after REAP_INTERVAL_SPIN of idleness (not at once when the last reap
             // is old: a shard that waits a moment for its peer should not pay a reap for it).
             let slice_end = spinning_since.max(last_reap) + REAP_INTERVAL_SPIN;
+            // With network connections, completions (bytes received) are only seen when the
+            // executor looks at its completion queue: look every NET_POLL_SPIN while spinning.
+            let poll_end = core.net.as_ref().map(|_| Instant::now() + NET_POLL_SPIN);
             let mut spins = 0u32;
             loop {
                 if core.has_inbound()
@@ -595,17 +613,26 @@ pub(crate) async fn pump(
                 }
                 spins = spins.wrapping_add(1);
                 // Reading the clock costs more than a look at the rings: do it 1 time in 32.
-                if spins.is_multiple_of(32) && Instant::now() >= slice_end {
-                    reap(&core, &mut bell, my_bell).await;
-                    since_reap = 0;
-                    last_reap = Instant::now();
-                    break;
+                if spins.is_multiple_of(32) {
+                    let t = Instant::now();
+                    if t >= slice_end {
+                        reap(&core, &mut bell, my_bell).await;
+                        since_reap = 0;
+                        last_reap = Instant::now();
+                        break;
+                    }
+                    if poll_end.is_some_and(|p| t >= p) {
+                        crate::rt::submit_io().await;
+                        break;
+                    }
                 }
                 std::hint::spin_loop();
             }
             continue;
         }
-        // Park: announce it, then re-check everything a waker could have changed.
+        // Park: announce it, then re-check everything a waker could have changed. Queued
+        // network writes are submitted by the park's own wait.
+        core.io_kick.set(false);
         my_bell.arm();
         core.parked.set(true);
         if core.has_inbound() || core.dirty.get() || core.poked.get() || core.exec.has_ready() {

@@ -24,6 +24,10 @@ use crate::error::CallError;
 use crate::node::Phase;
 use crate::rt::tcp::{self, TcpReader, TcpWriter};
 
+/// Requests from one connection served at once; the connection is not read while this many
+/// replies are outstanding.
+const REQUESTS_INFLIGHT_MAX: usize = 4096;
+
 /// The outgoing side of one connection (or one connection attempt): the frame buffer senders
 /// append to, the writer's waker, and the calls waiting for a reply on it.
 pub(crate) struct Wire {
@@ -39,6 +43,10 @@ pub(crate) struct Wire {
     pub(crate) frames_queued: Cell<u64>,
     detector: RefCell<Option<FailureDetector>>,
     pub(crate) out_bytes_max: usize,
+    /// Requests from the peer being served (replies not yet queued).
+    serving: Cell<usize>,
+    serving_max: usize,
+    reader: RefCell<Option<Waker>>,
 }
 
 impl Wire {
@@ -54,7 +62,38 @@ impl Wire {
             frames_queued: Cell::new(0),
             detector: RefCell::new(None),
             out_bytes_max,
+            serving: Cell::new(0),
+            serving_max: REQUESTS_INFLIGHT_MAX,
+            reader: RefCell::new(None),
         }
+    }
+
+    pub(crate) fn request_started(&self) {
+        self.serving.set(self.serving.get() + 1);
+    }
+
+    pub(crate) fn request_done(&self) {
+        let n = self.serving.get().saturating_sub(1);
+        self.serving.set(n);
+        if n < self.serving_max {
+            if let Some(w) = self.reader.borrow_mut().take() {
+                w.wake();
+            }
+        }
+    }
+
+    /// Waits while `serving_max` requests from the peer are in progress (backpressure: the
+    /// peer's writes then wait for TCP's window).
+    async fn serving_room(&self) {
+        poll_fn(|cx| {
+            if self.closed.get() || self.serving.get() < self.serving_max {
+                Poll::Ready(())
+            } else {
+                *self.reader.borrow_mut() = Some(cx.waker().clone());
+                Poll::Pending
+            }
+        })
+        .await
     }
 
     pub(crate) fn is_closed(&self) -> bool {
@@ -100,6 +139,9 @@ impl Wire {
         }
         self.wake_writer();
         for w in self.room.borrow_mut().drain(..) {
+            w.wake();
+        }
+        if let Some(w) = self.reader.borrow_mut().take() {
             w.wake();
         }
     }
@@ -554,6 +596,10 @@ async fn serve(
             } else {
                 CloseReason::Shutdown
             };
+        }
+        if wire.serving.get() >= wire.serving_max {
+            wire.serving_room().await;
+            continue;
         }
         let (res, back) = rd.read(buf).await;
         buf = back;

@@ -15,6 +15,7 @@ use crate::actor::{Handler, Message};
 use crate::actor_ref::ActorRef;
 use crate::calls::{CallId, CallOutcome, RemoteReply, Waiter};
 use crate::core::ShardCore;
+use crate::envelope::{Origin, ReplyTo};
 use crate::error::CallError;
 use crate::node::Phase;
 
@@ -273,13 +274,29 @@ where
     Ok(())
 }
 
-/// Where the reply to a request from the network goes: the connection it came on.
+/// Where the reply to a request from the network goes: the connection it came on. Counts as
+/// one request in progress on that connection until dropped (the reader stops reading while
+/// `requests_inflight_max` are in progress).
 pub(crate) struct ReplySink {
     wire: Rc<Wire>,
     head: FrameHead,
 }
 
+impl Drop for ReplySink {
+    fn drop(&mut self) {
+        self.wire.request_done();
+    }
+}
+
 impl ReplySink {
+    fn new(wire: &Rc<Wire>, head: FrameHead) -> ReplySink {
+        wire.request_started();
+        ReplySink {
+            wire: wire.clone(),
+            head,
+        }
+    }
+
     fn send_value<R: WireOwned>(self, core: &ShardCore, value: &R) {
         if self.wire.is_closed() {
             return lost(core);
@@ -316,6 +333,40 @@ impl ReplySink {
             .frames_queued
             .set(self.wire.frames_queued.get() + 1);
         self.wire.wake_writer();
+    }
+}
+
+/// Completes a request from the network that was delivered straight into a local mailbox:
+/// the call table hands it the outcome (reply, failure or deadline).
+struct WireForward<A, M> {
+    core: std::rc::Weak<ShardCore>,
+    sink: ReplySink,
+    _types: std::marker::PhantomData<fn() -> (A, M)>,
+}
+
+impl<A, M> crate::calls::Forward for WireForward<A, M>
+where
+    A: Handler<M>,
+    M: Message,
+    M::Reply: WireOwned,
+{
+    fn complete(self: Box<Self>, outcome: CallOutcome) {
+        let WireForward { core, sink, .. } = *self;
+        let Some(core) = core.upgrade() else { return };
+        match outcome {
+            CallOutcome::Reply(any) => match any.downcast::<crate::envelope::Deliver<A, M>>() {
+                Ok(mut d) => match d.take_value() {
+                    Some(v) => sink.send_value(&core, &v),
+                    None => sink.send_error(&core, &RemoteError::ActorPanicked),
+                },
+                Err(_) => unreachable!("a call's reply has the type its request carried"),
+            },
+            CallOutcome::Failed(e) => sink.send_error(&core, &call_error_to_remote(e)),
+            CallOutcome::TimedOut => sink.send_error(&core, &RemoteError::Timeout),
+            CallOutcome::Remote(_) => {
+                unreachable!("a request from the network is served on this node")
+            }
+        }
     }
 }
 
@@ -359,6 +410,50 @@ where
     let msg = M::from_wire(body).map_err(|_| RemoteError::BadPayload {
         message_type: M::WIRE_NAME.to_owned(),
     })?;
+    // Fast path: this shard owns the actor. The message goes straight into its mailbox, the
+    // reply straight from the call table onto the connection (no task, no ring).
+    let node = &core.node;
+    if let Some(&type_idx) = node.type_index.get(&std::any::TypeId::of::<A>()) {
+        let ty = &node.types[usize::from(type_idx)];
+        let owner = if ty.stateless() {
+            core.id
+        } else {
+            quark_placement::shard_for(
+                &ActorId {
+                    type_name: A::TYPE_NAME,
+                    key: key.clone(),
+                },
+                node.shard_count(),
+            )
+        };
+        if owner == core.id {
+            let reply = match sink {
+                Some(sink) => {
+                    let fwd = WireForward::<A, M> {
+                        core: Rc::downgrade(core),
+                        sink,
+                        _types: std::marker::PhantomData,
+                    };
+                    let deadline = core.now() + timeout;
+                    let call = core
+                        .calls
+                        .borrow_mut()
+                        .register(deadline, Waiter::Forward(Box::new(fwd)));
+                    ReplyTo::Local(call)
+                }
+                None => ReplyTo::None,
+            };
+            let d = Box::new(crate::envelope::Deliver::<A, M>::new(
+                type_idx,
+                key,
+                msg,
+                reply,
+                Origin::Local,
+            ));
+            crate::activation::deliver::<A>(core, type_idx, d);
+            return Ok(());
+        }
+    }
     let aref = ActorRef::<A>::new_local(core.node.clone(), key);
     let core2 = core.clone();
     match sink {
@@ -387,10 +482,7 @@ pub(crate) fn dispatch(core: &Rc<ShardCore>, wire: &Rc<Wire>, frame: &Frame<'_>)
         .expect("connections exist only with a NetConfig");
     net.stats.requests_in.set(net.stats.requests_in.get() + 1);
     let head = frame.header.head;
-    let sink = (head.kind == FrameKind::Request).then(|| ReplySink {
-        wire: wire.clone(),
-        head,
-    });
+    let sink = (head.kind == FrameKind::Request).then(|| ReplySink::new(wire, head));
     let refuse = |sink: Option<ReplySink>, e: RemoteError| {
         net.stats
             .requests_refused
@@ -436,13 +528,10 @@ pub(crate) fn dispatch(core: &Rc<ShardCore>, wire: &Rc<Wire>, frame: &Frame<'_>)
         ms => Duration::from_millis(u64::from(ms)),
     };
     let key = actor_key(&req.envelope.key);
-    // The sink is moved into the handler on success; on refusal we need a second one.
-    let sink2 = sink.as_ref().map(|s| ReplySink {
-        wire: s.wire.clone(),
-        head: s.head,
-    });
+    // The sink is moved into the handler; a refusal (bad payload) answers on a second one.
+    let refusal_sink = (head.kind == FrameKind::Request).then(|| ReplySink::new(wire, head));
     if let Err(e) = handler(core, key, req.body, timeout, sink) {
-        refuse(sink2, e);
+        refuse(refusal_sink, e);
     }
 }
 
