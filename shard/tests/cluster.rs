@@ -331,3 +331,132 @@ fn handshake_refusals_fail_calls_with_node_unavailable() {
         );
     }
 }
+
+/// A raw, handshaken connection to a node (a hand-written client speaking the protocol).
+fn raw_connection(addr: std::net::SocketAddr, cluster: &str) -> std::net::TcpStream {
+    use quark_net::{FrameDecoder, HandshakeConfig, HandshakeStatus, Initiator, OutBuf};
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let cfg = HandshakeConfig {
+        role: PeerRole::Client,
+        ..HandshakeConfig::member(cluster, 77, None)
+    };
+    let mut init = Initiator::new(cfg, [9; 32], None);
+    let mut out = OutBuf::new();
+    init.start(&mut out).unwrap();
+    let mut dec = FrameDecoder::new(4096);
+    let mut buf = [0u8; 4096];
+    loop {
+        s.write_all(out.pending()).unwrap();
+        out.clear();
+        let n = s.read(&mut buf).unwrap();
+        assert!(n > 0, "node closed during the handshake");
+        dec.feed(&buf[..n]).unwrap();
+        while let Some(f) = dec.next_frame() {
+            if let HandshakeStatus::Established(_) = init.on_frame(&f, &mut out).unwrap() {
+                return s;
+            }
+        }
+    }
+}
+
+/// Reads until the node closes the connection (`true`) or 5 s pass (`false`).
+fn closed_by_peer(s: &mut std::net::TcpStream) -> bool {
+    use std::io::Read;
+    let mut buf = [0u8; 4096];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => return true,
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return true,
+            Err(_) => return false,
+        }
+    }
+}
+
+#[test]
+fn bad_frames_close_that_connection_only_and_are_counted() {
+    use quark_net::{CloseReason, FrameHead, FrameKind, OutBuf};
+    use std::io::Write;
+    let nodes = cluster(2);
+    let addr = nodes[1].listen_addr().unwrap();
+    let good = nodes[0].actor_ref::<Counter>(key_on(&nodes[0], 2));
+    eventually("link up", Duration::from_secs(5), || {
+        block_on(good.ask(Add(0))).ok()
+    });
+    let closed = |reason| {
+        nodes[1].stats()[0]
+            .net
+            .as_ref()
+            .unwrap()
+            .peers
+            .closed(reason)
+    };
+
+    // Unknown frame kind (byte 3 = 0x7f).
+    let mut s = raw_connection(addr, "test");
+    let mut out = OutBuf::new();
+    out.push_empty(FrameHead::new(FrameKind::Heartbeat))
+        .unwrap();
+    let mut bytes = out.pending().to_vec();
+    bytes[3] = 0x7f;
+    s.write_all(&bytes).unwrap();
+    assert!(closed_by_peer(&mut s));
+
+    // Oversized: a header announcing more than frame_bytes_max.
+    let mut s = raw_connection(addr, "test");
+    let mut bytes = out.pending().to_vec();
+    bytes[4..8].copy_from_slice(&(64u32 << 20).to_le_bytes());
+    s.write_all(&bytes).unwrap();
+    assert!(closed_by_peer(&mut s));
+
+    // Truncated: half a frame, then the end of the stream.
+    let mut s = raw_connection(addr, "test");
+    s.write_all(&out.pending()[..20]).unwrap();
+    s.shutdown(std::net::Shutdown::Write).unwrap();
+    assert!(closed_by_peer(&mut s));
+
+    // A request whose body fails validation: an error reply, the connection stays up.
+    let mut s = raw_connection(addr, "test");
+    let mut out = OutBuf::new();
+    let head = FrameHead {
+        correlation: 5,
+        ..FrameHead::new(FrameKind::Request)
+    };
+    // A valid envelope naming `test.Add` (an 8-byte archive), with an empty body.
+    let env =
+        quark_net::RequestEnvelope::new("counter", quark_net::WireKey::U64(1), "test.Add", 1000);
+    quark_net::encode_request(&mut out, head, &env, &(), 4096).unwrap();
+    s.write_all(out.pending()).unwrap();
+    let mut dec = quark_net::FrameDecoder::new(1 << 20);
+    let mut buf = [0u8; 4096];
+    let reply = loop {
+        use std::io::Read;
+        let n = s.read(&mut buf).unwrap();
+        assert!(n > 0, "the connection must stay up");
+        dec.feed(&buf[..n]).unwrap();
+        if let Some(f) = dec.next_frame() {
+            if f.header.head.kind == FrameKind::HeartbeatAck
+                || f.header.head.kind == FrameKind::Heartbeat
+            {
+                continue;
+            }
+            break quark_net::decode_response(&f)
+                .map(|r| format!("{r:?}"))
+                .unwrap();
+        }
+    };
+    assert!(reply.contains("BadPayload"), "{reply}");
+
+    let total = closed(CloseReason::BadFrame) + closed(CloseReason::Oversized);
+    assert!(total >= 2, "bad frames are counted");
+    eventually("truncation counted", Duration::from_secs(5), || {
+        (closed(CloseReason::Truncated) >= 1).then_some(())
+    });
+    // The node goes on: the cluster link still works.
+    assert!(block_on(good.ask(Add(1))).is_ok());
+    for e in nodes {
+        e.shutdown();
+    }
+}
