@@ -66,6 +66,9 @@ struct Args {
     pipelined_s: f64,
     #[arg(long, default_value_t = 3)]
     runs: usize,
+    /// Run both nodes on the epoll driver instead of io_uring.
+    #[arg(long)]
+    legacy: bool,
     /// Print one JSON line with every run at the end.
     #[arg(long)]
     json: bool,
@@ -86,9 +89,10 @@ fn start_node(
     node2: SocketAddr,
     cpu: usize,
     spin: u64,
+    legacy: bool,
 ) -> Result<Node> {
     let text = format!(
-        "[node]\nshards = [{cpu}]\nidle_spin_us = {spin}\n\n[cluster]\ncluster_id = \"netbench\"\n\
+        "[node]\nshards = [{cpu}]\nidle_spin_us = {spin}\nforce_legacy_driver = {legacy}\n\n[cluster]\ncluster_id = \"netbench\"\n\
          node_id = {id}\n\n[[cluster.nodes]]\nid = 1\naddr = \"{node1}\"\n\n\
          [[cluster.nodes]]\nid = 2\naddr = \"{node2}\"\n"
     );
@@ -107,7 +111,7 @@ fn server(args: &Args) -> Result<()> {
     let (Some(n1), Some(n2)) = (args.node1, args.node2) else {
         bail!("--mode server needs --node1 and --node2");
     };
-    let node = start_node(2, n1, n2, args.server_cpu, args.idle_spin_us)?;
+    let node = start_node(2, n1, n2, args.server_cpu, args.idle_spin_us, args.legacy)?;
     let echo = TcpListener::bind("127.0.0.1:0")?;
     let echo_addr = echo.local_addr()?;
     let cpu = args.server_cpu;
@@ -138,6 +142,7 @@ fn spawn_server(args: &Args, n1: SocketAddr, n2: SocketAddr) -> Result<(Child, S
         .arg(format!("--node2={n2}"))
         .arg(format!("--server-cpu={}", args.server_cpu))
         .arg(format!("--idle-spin-us={}", args.idle_spin_us))
+        .args(args.legacy.then_some("--legacy"))
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()?;
@@ -275,7 +280,7 @@ fn main() -> Result<()> {
         (a.local_addr()?, b.local_addr()?)
     };
     let (mut child, echo) = spawn_server(&args, n1, n2)?;
-    let node = start_node(1, n1, n2, args.client_cpu, args.idle_spin_us)?;
+    let node = start_node(1, n1, n2, args.client_cpu, args.idle_spin_us, args.legacy)?;
     let key = (0..100_000u64)
         .find(|k| node.actor_ref::<Echo>(*k).remote_node() == Some(2))
         .context("no key placed on node 2")?;

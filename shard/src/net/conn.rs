@@ -718,9 +718,18 @@ async fn writer(core: Rc<ShardCore>, wire: Rc<Wire>, mut wr: TcpWriter) {
         if let Some(d) = wire.detector.borrow_mut().as_mut() {
             d.on_sent(Instant::now());
         }
-        core.kick_io();
-        let (res, back) = wr.write_all(spare).await;
-        spare = back;
+        // Usually the socket takes it all at once; otherwise the rest goes through the
+        // executor, which waits for room.
+        let res = match wr.try_write(&mut spare) {
+            Ok(true) => Ok(()),
+            Ok(false) => {
+                core.kick_io();
+                let (res, back) = wr.write_all(spare).await;
+                spare = back;
+                res
+            }
+            Err(e) => Err(e),
+        };
         spare.clear();
         if let Err(e) = res {
             tracing::debug!(shard = core.id, error = %e, "write failed; closing the connection");

@@ -1,44 +1,45 @@
 //! TCP glue over the executor (monoio, io_uring): what the cluster transport needs and nothing
 //! more. Connections are split into a read half and a write half so that one shard task can
-//! wait for bytes while another writes a batch.
+//! wait for bytes while another writes a batch. Bytes move with direct non-blocking
+//! `recv`/`send` system calls; the executor is used only to wait for readiness (and for
+//! connect/accept), see [`TcpReader::read`] and [`TcpWriter::try_write`].
 
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, RawFd};
+use std::rc::Rc;
 use std::time::Duration;
 
-use monoio::io::{AsyncReadRent, AsyncWriteRentExt, Splitable};
 use quark_net::OutBuf;
 
 /// The read half of a connection.
-pub(crate) struct TcpReader(monoio::io::OwnedReadHalf<monoio::net::TcpStream>);
+pub(crate) struct TcpReader {
+    stream: Rc<monoio::net::TcpStream>,
+    fd: RawFd,
+}
+
 /// The write half of a connection.
-pub(crate) struct TcpWriter(monoio::io::OwnedWriteHalf<monoio::net::TcpStream>);
+pub(crate) struct TcpWriter {
+    stream: Rc<monoio::net::TcpStream>,
+    fd: RawFd,
+}
 
 /// A listening socket registered with the shard's executor.
 pub(crate) struct Listener(monoio::net::TcpListener);
 
-/// An [`OutBuf`] handed to the kernel for one write.
-struct WriteBuf(OutBuf);
-
-// SAFETY: `read_ptr`/`bytes_init` describe `OutBuf::pending`, which is not mutated while the
-// buffer is owned by the write operation (monoio keeps it in place until the op completes and
-// only then gives it back), so the pointer stays valid and the bytes initialized.
-unsafe impl monoio::buf::IoBuf for WriteBuf {
-    fn read_ptr(&self) -> *const u8 {
-        self.0.pending().as_ptr()
-    }
-    fn bytes_init(&self) -> usize {
-        self.0.len()
-    }
-}
-
 fn split(stream: monoio::net::TcpStream) -> io::Result<(TcpReader, TcpWriter, RawFd)> {
     stream.set_nodelay(true)?;
     let fd = stream.as_raw_fd();
-    let (r, w) = stream.into_split();
-    Ok((TcpReader(r), TcpWriter(w), fd))
+    let stream = Rc::new(stream);
+    Ok((
+        TcpReader {
+            stream: stream.clone(),
+            fd,
+        },
+        TcpWriter { stream, fd },
+        fd,
+    ))
 }
 
 /// Connects to `addr` within `timeout`; TCP_NODELAY is set (frames are batched by the caller).
@@ -73,31 +74,90 @@ impl Listener {
 
 impl TcpReader {
     /// Reads into `buf` (its whole length is offered); `Ok(0)` at end of stream.
-    pub(crate) async fn read(&mut self, buf: Vec<u8>) -> (io::Result<usize>, Vec<u8>) {
-        let mut buf = buf;
-        // SAFETY: the vector's allocation is initialized up to its capacity by the caller
-        // (it is created with `vec![0; n]` and never shrunk), so exposing it as length
-        // `capacity` for the read is sound.
-        let cap = buf.capacity();
-        unsafe { buf.set_len(0) };
-        let (res, mut buf) = self.0.read(buf).await;
-        unsafe { buf.set_len(cap) };
-        (res, buf)
+    ///
+    /// A direct non-blocking `recv`; only when the socket is empty does it wait for
+    /// readability through the executor (an io_uring poll). A busy shard thus takes bytes
+    /// without a completion round trip, and a parked one wakes on the readiness poll.
+    pub(crate) async fn read(&mut self, mut buf: Vec<u8>) -> (io::Result<usize>, Vec<u8>) {
+        loop {
+            // SAFETY: `buf` is a valid, initialized, exclusively borrowed buffer for the call;
+            // the descriptor belongs to this live connection.
+            let n = unsafe {
+                libc::recv(
+                    self.fd,
+                    buf.as_mut_ptr().cast(),
+                    buf.len(),
+                    libc::MSG_DONTWAIT,
+                )
+            };
+            if n >= 0 {
+                return (Ok(n as usize), buf);
+            }
+            let e = io::Error::last_os_error();
+            match e.kind() {
+                io::ErrorKind::Interrupted => continue,
+                io::ErrorKind::WouldBlock => {
+                    if let Err(e) = self.stream.readable(false).await {
+                        return (Err(e), buf);
+                    }
+                }
+                _ => return (Err(e), buf),
+            }
+        }
     }
 }
 
 impl TcpWriter {
-    /// Writes every pending byte of `out` (one write call unless the kernel takes less) and
-    /// gives the buffer back, consumed.
-    pub(crate) async fn write_all(&mut self, out: OutBuf) -> (io::Result<()>, OutBuf) {
-        let (res, buf) = self.0.write_all(WriteBuf(out)).await;
-        let mut out = buf.0;
-        match res {
-            Ok(n) => {
-                out.consume(n.min(out.len()));
-                (Ok(()), out)
+    /// Writes what the socket takes now, without waiting: one non-blocking `send` system call
+    /// (repeated only while the kernel takes everything offered and more is left). Returns
+    /// `Ok(true)` if `out` is empty afterwards.
+    ///
+    /// Why not an io_uring write: a write to a TCP socket with room completes at once, and an
+    /// io_uring write would then cost a completion (and a wake-up of a parked shard) on top of
+    /// the submission; a direct send costs one system call and nothing more.
+    pub(crate) fn try_write(&mut self, out: &mut OutBuf) -> io::Result<bool> {
+        while !out.is_empty() {
+            let (ptr, len) = (out.pending().as_ptr(), out.len());
+            // SAFETY: `ptr..ptr+len` is `out.pending()`, valid and initialized, and `out` is not
+            // touched during the call; the descriptor belongs to this live connection.
+            let n = unsafe {
+                libc::send(
+                    self.fd,
+                    ptr.cast(),
+                    len,
+                    libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+                )
+            };
+            if n < 0 {
+                let e = io::Error::last_os_error();
+                return match e.kind() {
+                    io::ErrorKind::WouldBlock => Ok(false),
+                    io::ErrorKind::Interrupted => continue,
+                    _ => Err(e),
+                };
             }
-            Err(e) => (Err(e), out),
+            let n = n as usize;
+            out.consume(n);
+            if n < len {
+                return Ok(out.is_empty());
+            }
+        }
+        Ok(true)
+    }
+
+    /// Writes every pending byte of `out`, waiting for room in the socket through the executor
+    /// (an io_uring poll) when it is full, and gives the buffer back, consumed.
+    pub(crate) async fn write_all(&mut self, mut out: OutBuf) -> (io::Result<()>, OutBuf) {
+        loop {
+            match self.try_write(&mut out) {
+                Ok(true) => return (Ok(()), out),
+                Ok(false) => {
+                    if let Err(e) = self.stream.writable(false).await {
+                        return (Err(e), out);
+                    }
+                }
+                Err(e) => return (Err(e), out),
+            }
         }
     }
 }
