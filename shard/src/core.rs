@@ -33,6 +33,8 @@ const REAP_INTERVAL_SPIN: Duration = Duration::from_micros(20);
 /// How often a spinning pump of a node with network connections looks for completed socket
 /// reads (a non-blocking trip through the executor: one system call).
 const NET_POLL_SPIN: Duration = Duration::from_micros(2);
+/// How often a busy pump of a node with network connections looks for socket readiness.
+const NET_POLL_BUSY: Duration = Duration::from_micros(5);
 /// Ready tasks polled per pump iteration before the pump looks at its rings again.
 const RUN_BATCH: usize = 256;
 
@@ -510,6 +512,8 @@ pub(crate) async fn pump(
     let mut reported = Phase::Running;
     let mut next_deactivate_push = Instant::now();
     let mut kick_seen = false;
+    let has_net = core.net.is_some();
+    let mut last_io_poll = Instant::now();
     let my_bell = &core.node.shards[usize::from(core.id)].bell;
     start_log_syncer(&core);
     loop {
@@ -524,7 +528,13 @@ pub(crate) async fn pump(
             }
             next_idle_sweep = now + idle_every;
         }
-        let polled = core.exec.run_ready(RUN_BATCH, || core.has_inbound());
+        // With connections, also stop between rounds when a look at the sockets is due: a task
+        // that keeps yielding (a pacer) would otherwise fill the whole batch of rounds and
+        // hold received bytes back for tens of microseconds.
+        let net_due = last_io_poll + NET_POLL_BUSY;
+        let polled = core.exec.run_ready(RUN_BATCH, || {
+            core.has_inbound() || (has_net && Instant::now() >= net_due)
+        });
         work += polled;
         let st = &core.stats;
         st.task_polls.set(st.task_polls.get() + polled as u64);
@@ -574,10 +584,17 @@ pub(crate) async fn pump(
                 if kick_seen {
                     core.io_kick.set(false);
                     crate::rt::submit_io().await;
+                    last_io_poll = Instant::now();
                     kick_seen = false;
                 } else {
                     kick_seen = true;
                 }
+            }
+            // A busy shard with connections looks for socket readiness often (a non-blocking
+            // trip through the executor), not only at its periodic reap.
+            if has_net && now.duration_since(last_io_poll) >= NET_POLL_BUSY {
+                crate::rt::submit_io().await;
+                last_io_poll = Instant::now();
             }
             if since_reap >= REAP_EVERY_ITERATIONS
                 || now.duration_since(last_reap) >= REAP_INTERVAL_BUSY
