@@ -197,6 +197,13 @@ fn asks_cross_nodes_and_state_is_on_the_owner() {
     )
     .unwrap();
     assert!(where_.starts_with("counter/"));
+    // Tells cross too, and are handled in order with the sender's asks.
+    let t = nodes[1].actor_ref::<Counter>(key_on(&nodes[1], 3));
+    let base = block_on(t.ask(Add(0))).unwrap();
+    for _ in 0..100 {
+        block_on(t.tell(Add(1))).unwrap();
+    }
+    assert_eq!(block_on(t.ask(Add(0))).unwrap(), base + 100);
     let stats = nodes[0].stats();
     let net = stats[0].net.as_ref().unwrap();
     assert_eq!(net.links_up, 2);

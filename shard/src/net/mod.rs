@@ -93,13 +93,8 @@ type EncodeFn =
 
 /// Handles a request that arrived from the network for one (actor type, message type): decodes
 /// the body and starts the call on this node.
-pub(crate) type RemoteHandler = fn(
-    &Rc<ShardCore>,
-    ActorKey,
-    &[u8],
-    Duration,
-    Option<remote::ReplySink>,
-) -> Result<(), RemoteError>;
+pub(crate) type RemoteHandler =
+    fn(&Rc<ShardCore>, ActorKey, &[u8], Duration, remote::ReplySink) -> Result<(), RemoteError>;
 
 /// The node's wire registry: codecs by message type, handlers by (actor type, wire name).
 #[derive(Default)]

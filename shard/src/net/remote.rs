@@ -280,6 +280,8 @@ where
 pub(crate) struct ReplySink {
     wire: Rc<Wire>,
     head: FrameHead,
+    /// False for a tell: the sink only holds the request slot.
+    reply: bool,
 }
 
 impl Drop for ReplySink {
@@ -294,10 +296,14 @@ impl ReplySink {
         ReplySink {
             wire: wire.clone(),
             head,
+            reply: head.kind == FrameKind::Request,
         }
     }
 
     fn send_value<R: WireOwned>(self, core: &ShardCore, value: &R) {
+        if !self.reply {
+            return;
+        }
         if self.wire.is_closed() {
             return lost(core);
         }
@@ -318,6 +324,9 @@ impl ReplySink {
     }
 
     fn send_error(self, core: &ShardCore, e: &RemoteError) {
+        if !self.reply {
+            return;
+        }
         if self.wire.is_closed() {
             return lost(core);
         }
@@ -400,7 +409,7 @@ pub(crate) fn handle<A, M>(
     key: ActorKey,
     body: &[u8],
     timeout: Duration,
-    sink: Option<ReplySink>,
+    sink: ReplySink,
 ) -> Result<(), RemoteError>
 where
     A: Handler<M>,
@@ -427,46 +436,63 @@ where
             )
         };
         if owner == core.id {
-            let reply = match sink {
-                Some(sink) => {
-                    let fwd = WireForward::<A, M> {
-                        core: Rc::downgrade(core),
-                        sink,
-                        _types: std::marker::PhantomData,
-                    };
-                    let deadline = core.now() + timeout;
-                    let call = core
-                        .calls
-                        .borrow_mut()
-                        .register(deadline, Waiter::Forward(Box::new(fwd)));
-                    ReplyTo::Local(call)
+            if !sink.reply {
+                // A tell: into the mailbox if it has room; otherwise a task waits for room,
+                // holding the connection's request slot (so the reader stops reading when
+                // too many wait).
+                let d = Box::new(crate::envelope::Deliver::<A, M>::new(
+                    type_idx,
+                    key,
+                    msg,
+                    ReplyTo::None,
+                    Origin::Local,
+                ));
+                if let Err(d) = crate::activation::try_send_local::<A>(core, type_idx, d) {
+                    let core2 = core.clone();
+                    core.exec.spawn(async move {
+                        crate::activation::send_local::<A>(&core2, type_idx, d).await;
+                        drop(sink);
+                    });
                 }
-                None => ReplyTo::None,
+                return Ok(());
+            }
+            let fwd = WireForward::<A, M> {
+                core: Rc::downgrade(core),
+                sink,
+                _types: std::marker::PhantomData,
             };
+            let deadline = core.now() + timeout;
+            let call = core
+                .calls
+                .borrow_mut()
+                .register(deadline, Waiter::Forward(Box::new(fwd)));
             let d = Box::new(crate::envelope::Deliver::<A, M>::new(
                 type_idx,
                 key,
                 msg,
-                reply,
+                ReplyTo::Local(call),
                 Origin::Local,
             ));
+            // Never waits: the connection's request bound (4096 in progress) bounds the
+            // mailbox growth from the network.
             crate::activation::deliver::<A>(core, type_idx, d);
             return Ok(());
         }
     }
     let aref = ActorRef::<A>::new_local(core.node.clone(), key);
     let core2 = core.clone();
-    match sink {
-        Some(sink) => core.exec.spawn(async move {
+    match sink.reply {
+        true => core.exec.spawn(async move {
             match aref.ask_timeout(msg, timeout).await {
                 Ok(v) => sink.send_value(&core2, &v),
                 Err(e) => sink.send_error(&core2, &call_error_to_remote(e)),
             }
         }),
-        None => core.exec.spawn(async move {
+        false => core.exec.spawn(async move {
             if let Err(e) = aref.tell(msg).await {
                 tracing::debug!(shard = core2.id, error = %e, "tell from the network failed");
             }
+            drop(sink);
         }),
     }
     Ok(())
@@ -482,15 +508,13 @@ pub(crate) fn dispatch(core: &Rc<ShardCore>, wire: &Rc<Wire>, frame: &Frame<'_>)
         .expect("connections exist only with a NetConfig");
     net.stats.requests_in.set(net.stats.requests_in.get() + 1);
     let head = frame.header.head;
-    let sink = (head.kind == FrameKind::Request).then(|| ReplySink::new(wire, head));
-    let refuse = |sink: Option<ReplySink>, e: RemoteError| {
+    let sink = ReplySink::new(wire, head);
+    let refuse = |sink: ReplySink, e: RemoteError| {
         net.stats
             .requests_refused
             .set(net.stats.requests_refused.get() + 1);
         tracing::debug!(shard = core.id, error = %e, "request from the network refused");
-        if let Some(s) = sink {
-            s.send_error(core, &e);
-        }
+        sink.send_error(core, &e);
     };
     let req = match quark_net::decode_request(frame) {
         Ok(r) => r,
@@ -529,7 +553,7 @@ pub(crate) fn dispatch(core: &Rc<ShardCore>, wire: &Rc<Wire>, frame: &Frame<'_>)
     };
     let key = actor_key(&req.envelope.key);
     // The sink is moved into the handler; a refusal (bad payload) answers on a second one.
-    let refusal_sink = (head.kind == FrameKind::Request).then(|| ReplySink::new(wire, head));
+    let refusal_sink = ReplySink::new(wire, head);
     if let Err(e) = handler(core, key, req.body, timeout, sink) {
         refuse(refusal_sink, e);
     }
