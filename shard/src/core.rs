@@ -34,7 +34,10 @@ const REAP_INTERVAL_SPIN: Duration = Duration::from_micros(20);
 /// reads (a non-blocking trip through the executor: one system call).
 const NET_POLL_SPIN: Duration = Duration::from_micros(2);
 /// How often a busy pump of a node with network connections looks for socket readiness.
-const NET_POLL_BUSY: Duration = Duration::from_micros(5);
+const NET_POLL_BUSY: Duration = Duration::from_micros(20);
+/// Rounds of task polls after which a pump with connections stops early when a look at the
+/// sockets is due (a task that keeps yielding makes many rounds; ordinary work makes few).
+const NET_POLL_ROUNDS: u32 = 8;
 /// Ready tasks polled per pump iteration before the pump looks at its rings again.
 const RUN_BATCH: usize = 256;
 
@@ -532,8 +535,11 @@ pub(crate) async fn pump(
         // that keeps yielding (a pacer) would otherwise fill the whole batch of rounds and
         // hold received bytes back for tens of microseconds.
         let net_due = last_io_poll + NET_POLL_BUSY;
+        let mut rounds = 0u32;
         let polled = core.exec.run_ready(RUN_BATCH, || {
-            core.has_inbound() || (has_net && Instant::now() >= net_due)
+            rounds += 1;
+            core.has_inbound()
+                || (has_net && rounds >= NET_POLL_ROUNDS && Instant::now() >= net_due)
         });
         work += polled;
         let st = &core.stats;

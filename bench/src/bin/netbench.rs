@@ -189,11 +189,10 @@ struct RunResult {
     pipelined_errors: u64,
 }
 
-fn run_once(args: &Args, node: &Node, key: u64, echo: SocketAddr) -> Result<RunResult> {
-    let b = baseline(echo, args.round_trips)?;
-    let n = args.round_trips;
+/// Sequential asks from node 1's shard: `n` measured after `n / 10` warm-up.
+fn sequential(node: &Node, key: u64, n: u64) -> Result<Histogram<u64>> {
     let r = node.actor_ref::<Echo>(key);
-    let seq = node
+    let (h, errors) = node
         .spawn_on(0, move || async move {
             let mut h = hist();
             let payload = vec![0xA5u8; MSG_BYTES];
@@ -214,9 +213,23 @@ fn run_once(args: &Args, node: &Node, key: u64, echo: SocketAddr) -> Result<RunR
         })
         .join()
         .context("node 1's shard stopped")?;
-    if seq.1 > 0 {
-        bail!("{} sequential asks failed", seq.1);
+    if errors > 0 {
+        bail!("{errors} sequential asks failed");
     }
+    Ok(h)
+}
+
+fn run_once(args: &Args, node: &Node, key: u64, echo: SocketAddr) -> Result<RunResult> {
+    // Baseline and Quark alternate in 10 blocks, so that both see the same machine load.
+    let blocks = 10;
+    let per = (args.round_trips / blocks).max(1);
+    let mut b = hist();
+    let mut q = hist();
+    for _ in 0..blocks {
+        b.add(baseline(echo, per)?).expect("same bounds");
+        q.add(sequential(node, key, per)?).expect("same bounds");
+    }
+    let seq = (q, 0u64);
     let r = node.actor_ref::<Echo>(key);
     let inflight = args.inflight;
     let dur = Duration::from_secs_f64(args.pipelined_s);
