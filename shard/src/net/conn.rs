@@ -584,6 +584,8 @@ async fn serve(
     }
     wire.wake_writer();
     let mut buf = vec![0u8; READ_CHUNK_BYTES];
+    let spin = core.node.config.idle_spin;
+    let mut last_data = Instant::now();
     // Frames that arrived together with the end of the handshake.
     if let Err(r) = drain_frames(core, wire, &mut dec, peer, addr) {
         net.stats.peers.borrow_mut().record_close(r);
@@ -601,8 +603,25 @@ async fn serve(
             wire.serving_room().await;
             continue;
         }
-        let (res, back) = rd.read(buf).await;
-        buf = back;
+        // Busy-poll while the shard would spin anyway: a shard configured to spin
+        // (`idle_spin_us`) that received bytes within that time retries `recv` from the task
+        // (no io_uring round trip) instead of waiting for a readiness completion.
+        let res = match rd.try_read(&mut buf) {
+            Ok(None) => {
+                if !spin.is_zero() && core.now().duration_since(last_data) < spin {
+                    crate::rt::yield_now().await;
+                } else if let Err(e) = rd.readable().await {
+                    tracing::debug!(shard = core.id, peer, %addr, error = %e, "poll failed");
+                    break CloseReason::Io;
+                }
+                continue;
+            }
+            Ok(Some(n)) => {
+                last_data = core.now();
+                Ok(n)
+            }
+            Err(e) => Err(e),
+        };
         let n = match res {
             Ok(0) => match dec.finish() {
                 Ok(()) => break CloseReason::PeerClosed,

@@ -73,6 +73,37 @@ impl Listener {
 }
 
 impl TcpReader {
+    /// One non-blocking `recv` into `buf`: `Ok(Some(n))` (0 at end of stream), or `Ok(None)`
+    /// if the socket has nothing now.
+    pub(crate) fn try_read(&mut self, buf: &mut [u8]) -> io::Result<Option<usize>> {
+        loop {
+            // SAFETY: `buf` is a valid, exclusively borrowed buffer for the call; the
+            // descriptor belongs to this live connection.
+            let n = unsafe {
+                libc::recv(
+                    self.fd,
+                    buf.as_mut_ptr().cast(),
+                    buf.len(),
+                    libc::MSG_DONTWAIT,
+                )
+            };
+            if n >= 0 {
+                return Ok(Some(n as usize));
+            }
+            let e = io::Error::last_os_error();
+            match e.kind() {
+                io::ErrorKind::Interrupted => continue,
+                io::ErrorKind::WouldBlock => return Ok(None),
+                _ => return Err(e),
+            }
+        }
+    }
+
+    /// Waits until the socket is readable (an io_uring poll; the epoll driver's readiness).
+    pub(crate) async fn readable(&self) -> io::Result<()> {
+        self.stream.readable(false).await
+    }
+
     /// Reads into `buf` (its whole length is offered); `Ok(0)` at end of stream.
     ///
     /// A direct non-blocking `recv`; only when the socket is empty does it wait for
