@@ -116,6 +116,11 @@ struct Args {
     /// With `--target`: the client's shards (threads driving the load).
     #[arg(long, default_value_t = 1)]
     client_shards: usize,
+    /// With `--target`: how long an idle client shard spins (and busy-polls its sockets)
+    /// before it parks, µs. 0 by default: with the spin pacer the client shard is never idle,
+    /// and busy-polling its sockets as well made it fall behind its schedule in our runs.
+    #[arg(long, default_value_t = 0)]
+    client_idle_spin_us: u64,
     /// Print one JSON object at the end instead of the table.
     #[arg(long)]
     json: bool,
@@ -415,7 +420,10 @@ fn start_runner(args: &Args) -> Result<(Runner, Vec<usize>, Duration)> {
         .cluster_id(args.cluster_id.clone())
         .secret(secret)
         .message::<Ping>()
-        .engine(|e| e.shards = quark::ShardSpec::Count(args.client_shards.max(1)));
+        .engine(|e| {
+            e.shards = quark::ShardSpec::Count(args.client_shards.max(1));
+            e.idle_spin = Duration::from_micros(args.client_idle_spin_us);
+        });
     for t in &args.target {
         b = b.target(*t);
     }
