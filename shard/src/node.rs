@@ -133,6 +133,12 @@ pub enum StartError {
         #[source]
         source: quark_persist::OpenError,
     },
+    /// The cluster settings are inconsistent (`NetConfig`).
+    #[error("cluster settings: {reason}")]
+    NetConfig {
+        /// What is wrong.
+        reason: &'static str,
+    },
     /// A shard thread could not start (thread spawn, runtime or doorbell creation).
     #[error("shard {shard} failed to start: {source}")]
     Shard {
@@ -408,6 +414,19 @@ impl Engine {
         types: Vec<(TypeId, Arc<dyn ErasedType>)>,
         registry: crate::net::Registry,
     ) -> Result<Engine, StartError> {
+        if let Some(net) = &config.net {
+            let d = net.detector;
+            if !(d.heartbeat_interval < d.suspect_after && d.suspect_after <= d.dead_after) {
+                return Err(StartError::NetConfig {
+                    reason: "needs heartbeat_interval < suspect_after <= dead_after",
+                });
+            }
+            if net.frame_bytes_max < quark_net::HANDSHAKE_FRAME_BYTES_MAX {
+                return Err(StartError::NetConfig {
+                    reason: "frame_bytes_max must be at least 4096",
+                });
+            }
+        }
         let allowed = allowed_cores();
         let cores: Vec<usize> = match &config.shards {
             ShardSpec::Auto => allowed.clone(),

@@ -467,3 +467,18 @@ fn bad_frames_close_that_connection_only_and_are_counted() {
         e.shutdown();
     }
 }
+
+#[test]
+fn inconsistent_net_config_is_a_start_error() {
+    let ls = listeners(1);
+    let m = membership("test", &ls);
+    let mut c = net_config(1, &m, None);
+    c.detector.suspect_after = c.detector.heartbeat_interval;
+    let config = EngineConfig {
+        shards: ShardSpec::Count(1),
+        net: Some(c),
+        ..EngineConfig::default()
+    };
+    let e = EngineBuilder::new(config).start().err().expect("refused");
+    assert!(e.to_string().contains("heartbeat_interval"), "{e}");
+}
