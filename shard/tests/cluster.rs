@@ -482,3 +482,26 @@ fn inconsistent_net_config_is_a_start_error() {
     let e = EngineBuilder::new(config).start().err().expect("refused");
     assert!(e.to_string().contains("heartbeat_interval"), "{e}");
 }
+
+#[test]
+fn a_silent_peer_is_declared_dead_and_disconnected() {
+    let nodes = cluster(1);
+    let addr = nodes[0].listen_addr().unwrap();
+    // A client that completes the handshake and then never sends a byte (no heartbeat acks):
+    // the node's failure detector closes the connection after dead_after (300 ms here).
+    let mut s = raw_connection(addr, "test");
+    let t0 = Instant::now();
+    assert!(closed_by_peer(&mut s), "the node keeps a silent peer");
+    let took = t0.elapsed();
+    assert!(
+        took >= Duration::from_millis(200) && took < Duration::from_secs(3),
+        "closed after {took:?}"
+    );
+    eventually("heartbeat timeout counted", Duration::from_secs(5), || {
+        let s = nodes[0].stats()[0].net.clone().unwrap();
+        (s.peers.closed(quark_net::CloseReason::HeartbeatTimeout) >= 1).then_some(())
+    });
+    for e in nodes {
+        e.shutdown();
+    }
+}
