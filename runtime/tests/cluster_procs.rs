@@ -20,6 +20,7 @@ const SECRET_VAR: &str = "QUARK_TEST_CLUSTER_SECRET";
 struct Proc {
     child: Child,
     stderr: Arc<Mutex<String>>,
+    stdout: mpsc::Receiver<String>,
 }
 
 impl Drop for Proc {
@@ -95,7 +96,11 @@ fn serve(config: &Path, id: u64) -> Proc {
             ),
         }
     }
-    Proc { child, stderr: log }
+    Proc {
+        child,
+        stderr: log,
+        stdout: rx,
+    }
 }
 
 fn eventually<T>(what: &str, within: Duration, mut f: impl FnMut() -> Option<T>) -> T {
@@ -223,4 +228,23 @@ fn three_processes_kill_one_restart_it() {
     )
     .unwrap();
     assert!(!n1.stderr.lock().unwrap().contains(SECRET));
+
+    // SIGTERM: the node drains, says so, and exits successfully.
+    let mut n1 = n1;
+    // SAFETY: kill(2) on our own child's pid.
+    assert_eq!(
+        unsafe { libc::kill(n1.child.id() as i32, libc::SIGTERM) },
+        0
+    );
+    let status = eventually(
+        "node 1 to exit after SIGTERM",
+        Duration::from_secs(10),
+        || n1.child.try_wait().unwrap(),
+    );
+    assert!(status.success(), "{status:?}");
+    let stopped = n1
+        .stdout
+        .recv_timeout(Duration::from_secs(5))
+        .expect("a line after the ready line");
+    assert!(stopped.contains("quark: stopped"), "{stopped}");
 }
