@@ -157,6 +157,17 @@ impl FrameDecoder {
         self.frame_bytes_max as usize - (self.end - self.start)
     }
 
+    /// Raises the frame bound to `frame_bytes_max` (e.g. from the handshake bound to the
+    /// connection's bound once the peer is authenticated), keeping what is buffered. A lower
+    /// value leaves the bound as it is: frames already accepted stay valid.
+    pub fn raise_frame_bytes_max(&mut self, frame_bytes_max: u32) {
+        let max = frame_bytes_max.clamp(HEADER_BYTES as u32, FRAME_BYTES_MAX_LIMIT);
+        let max = max - max % FRAME_ALIGN as u32;
+        if max > self.frame_bytes_max {
+            self.frame_bytes_max = max;
+        }
+    }
+
     /// Bytes needed to complete the header or frame at `ready` (always > 0).
     fn want(&self) -> usize {
         let have = self.end - self.ready;

@@ -42,5 +42,5 @@ pub use wire::{
     decode_message, decode_request, decode_response, encode_error_reply, encode_message,
     encode_request, encode_response, ArchivedRemoteError, ArchivedRequestEnvelope, ArchivedWireKey,
     PayloadSerializer, RemoteError, RequestEnvelope, RequestView, ResponseView, WireError, WireKey,
-    WireMessage,
+    WireMessage, WireOwned,
 };

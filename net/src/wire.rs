@@ -3,7 +3,7 @@
 
 use std::borrow::Cow;
 
-use rkyv::api::high::{HighSerializer, HighValidator};
+use rkyv::api::high::{HighDeserializer, HighSerializer, HighValidator};
 use rkyv::bytecheck::CheckBytes;
 use rkyv::rancor;
 use rkyv::ser::allocator::ArenaHandle;
@@ -29,6 +29,49 @@ pub trait WireMessage:
 {
     /// Stable name of the type on the wire.
     const WIRE_NAME: &'static str;
+}
+
+macro_rules! wire_primitive {
+    ($($t:ty => $name:literal),* $(,)?) => {$(
+        impl WireMessage for $t {
+            const WIRE_NAME: &'static str = $name;
+        }
+    )*};
+}
+
+// Common reply types, so that a message can answer with a plain value.
+wire_primitive! {
+    () => "unit",
+    bool => "bool",
+    u32 => "u32",
+    u64 => "u64",
+    i64 => "i64",
+    String => "string",
+    Vec<u8> => "bytes",
+    Option<u64> => "option.u64",
+    Option<Vec<u8>> => "option.bytes",
+}
+
+/// A [`WireMessage`] that can also be turned back into an owned value (every type deriving
+/// `rkyv::Deserialize` as well). Implemented for all such types.
+pub trait WireOwned: WireMessage + Sized {
+    /// Validates `payload` as an archived `Self` (see [`decode_message`]) and deserializes it.
+    fn from_wire(payload: &[u8]) -> Result<Self, WireError>;
+}
+
+impl<M> WireOwned for M
+where
+    M: WireMessage,
+    M::Archived: Deserialize<M, HighDeserializer<rancor::Error>>,
+{
+    fn from_wire(payload: &[u8]) -> Result<M, WireError> {
+        let archived = decode_message::<M>(payload)?;
+        rkyv::deserialize::<M, rancor::Error>(archived).map_err(|source| WireError::Invalid {
+            wire_name: M::WIRE_NAME,
+            len: payload.len(),
+            source,
+        })
+    }
 }
 
 /// Why a payload could not be used. The sender is not trusted: answer a request with a
@@ -165,6 +208,9 @@ pub enum RemoteError {
     /// The callee's bounded queue for the target was full.
     #[error("the callee is overloaded")]
     Overloaded,
+    /// The call was queued behind one whose handler panicked; it never ran (safe to retry).
+    #[error("the activation was discarded after a panic before this call ran")]
+    ActivationAborted,
 }
 
 impl WireMessage for RemoteError {

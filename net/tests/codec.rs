@@ -507,4 +507,46 @@ proptest! {
         }
         prop_assert!(dec.capacity_bytes() <= bound);
     }
+
+    /// As the transport uses it: the handshake bound first, raised to the connection's bound
+    /// part way (after Welcome). Never panics; never holds or allocates more than the bound in
+    /// force; frames accepted under the first bound stay readable.
+    #[test]
+    fn prop_raised_bound_stays_bounded(
+        data in prop::collection::vec(any::<u8>(), 0..20_000),
+        split in 0usize..20_000,
+        first in 32u32..4096,
+        second in 32u32..70_000,
+    ) {
+        let mut dec = FrameDecoder::new(first);
+        let split = split.min(data.len());
+        let mut bound = dec.frame_bytes_max() as usize;
+        for (i, part) in [&data[..split], &data[split..]].into_iter().enumerate() {
+            if i == 1 {
+                dec.raise_frame_bytes_max(second);
+                prop_assert!(dec.frame_bytes_max() as usize >= bound);
+                bound = dec.frame_bytes_max() as usize;
+            }
+            let mut piece = part;
+            while !piece.is_empty() {
+                match dec.feed(piece) {
+                    Ok(n) => {
+                        piece = &piece[n..];
+                        let mut drained = 0;
+                        while let Some(f) = dec.next_frame() {
+                            prop_assert!(f.raw.len() <= bound);
+                            drained += 1;
+                        }
+                        prop_assert!(n > 0 || drained > 0, "no progress");
+                    }
+                    Err(_) => break,
+                }
+                prop_assert!(dec.capacity_bytes() <= bound);
+            }
+            if dec.error().is_some() {
+                break;
+            }
+        }
+        prop_assert!(dec.capacity_bytes() <= bound);
+    }
 }

@@ -20,6 +20,8 @@ pub struct NodeConfig {
     pub engine: EngineConfig,
     /// Per actor type settings (`[actors.<type name>]`), by type name.
     pub actors: BTreeMap<String, ActorTypeConfig>,
+    /// The node's cluster (`[cluster]`); `None`: a standalone node.
+    pub cluster: Option<crate::cluster::ClusterSettings>,
 }
 
 /// Settings of one actor type (`[actors.<type name>]`).
@@ -84,6 +86,24 @@ pub enum ConfigError {
         /// The accepted range.
         reason: &'static str,
     },
+    /// The `[cluster]` membership is invalid (names the entry).
+    #[error("{}: {source}", file.display())]
+    Cluster {
+        /// The file.
+        file: PathBuf,
+        /// What is wrong.
+        #[source]
+        source: quark_net::MembershipError,
+    },
+    /// The cluster secret is unusable (too short, not UTF-8 in the environment).
+    #[error("{}: {source}", file.display())]
+    Secret {
+        /// The file.
+        file: PathBuf,
+        /// What is wrong (never the secret itself).
+        #[source]
+        source: quark_net::SecretError,
+    },
 }
 
 #[derive(Deserialize, Default)]
@@ -94,6 +114,7 @@ struct RawFile {
     log: Option<RawLog>,
     #[serde(default)]
     actors: BTreeMap<String, RawActorType>,
+    cluster: Option<crate::cluster::RawCluster>,
 }
 
 #[derive(Deserialize, Default)]
@@ -182,12 +203,12 @@ impl<'de> Deserialize<'de> for RawShards {
 }
 
 /// Checks `value` against `lo..=hi` for key `key`.
-struct Check<'a> {
-    file: &'a Path,
+pub(crate) struct Check<'a> {
+    pub(crate) file: &'a Path,
 }
 
 impl Check<'_> {
-    fn range(
+    pub(crate) fn range(
         &self,
         key: &str,
         value: u64,
@@ -389,7 +410,15 @@ impl NodeConfig {
             }
             actors.insert(name, t);
         }
-        Ok(NodeConfig { engine, actors })
+        let cluster = raw
+            .cluster
+            .map(|c| crate::cluster::cluster_settings(c, &check))
+            .transpose()?;
+        Ok(NodeConfig {
+            engine,
+            actors,
+            cluster,
+        })
     }
 }
 

@@ -6,14 +6,21 @@
 //! `docs/ARCHITECTURE.md` for the design and `docs/CONFIG.md` for every setting.
 #![deny(missing_docs)]
 
+pub mod builtin;
+mod client;
+mod cluster;
 mod config;
 pub mod journal;
 mod node;
 
+pub use client::{probe, Client, ClientBuilder, ClientError};
+pub use cluster::ClusterSettings;
 pub use config::{ActorTypeConfig, ConfigError, NodeConfig};
 pub use node::{Node, NodeBuilder, NodeError};
+pub use quark_net::{ClusterSecret, HandshakeConfig, PeerRole, WireMessage, WireOwned};
 pub use quark_shard::{
     allowed_cores, block_on, Actor, ActorId, ActorKey, ActorRef, ActorType, CallError, Context,
     EngineConfig, EngineHandle, Handler, Message, ShardId, ShardSpec, ShardStatsSnapshot,
     ShutdownReport, SpawnHandle, StartError, Tell, TimerId,
 };
+pub use quark_shard::{NetConfig, NetStatsSnapshot};

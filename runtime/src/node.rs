@@ -36,6 +36,18 @@ pub enum NodeError {
         /// The type name.
         name: String,
     },
+    /// The node has no cluster secret and its listen address is not loopback.
+    #[error(transparent)]
+    Listen(#[from] quark_net::ListenError),
+    /// The cluster listen address could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: std::net::SocketAddr,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
     /// `max_local_workers` is set for a type that is not a stateless worker.
     #[error("config key actors.{name}.max_local_workers is set, but {name:?} is not registered as a stateless worker")]
     NotStateless {
@@ -54,7 +66,10 @@ pub struct NodeBuilder {
     config: NodeConfig,
     registrations: Vec<(&'static str, Registration)>,
     after_start: Vec<AfterStart>,
+    wire: Vec<WireRegistration>,
 }
+
+type WireRegistration = Box<dyn FnOnce(EngineBuilder) -> EngineBuilder>;
 
 impl NodeBuilder {
     /// Uses `config` (replacing what was set before).
@@ -151,8 +166,35 @@ impl NodeBuilder {
         self
     }
 
-    /// Starts the node's shards; returns when every shard is ready.
-    pub fn start(self) -> Result<Node, NodeError> {
+    /// Lets actors of type `A` on this node receive `M` from other nodes and from clients, and
+    /// lets this node send `M` to actors of other nodes. `M` and its reply travel as rkyv
+    /// archives under `M::WIRE_NAME` (see `docs/CLUSTER.md`).
+    pub fn remote<A, M>(mut self) -> Self
+    where
+        A: quark_shard::Handler<M>,
+        M: quark_shard::Message + quark_net::WireOwned,
+        M::Reply: quark_net::WireOwned,
+    {
+        self.wire.push(Box::new(|b| b.remote::<A, M>()));
+        self
+    }
+
+    /// Starts the node's shards; returns when every shard is ready (and, in a cluster, listens
+    /// on its cluster address).
+    pub fn start(mut self) -> Result<Node, NodeError> {
+        if let Some(c) = &mut self.config.cluster {
+            let mode = quark_net::check_listen_addr(c.listen, c.net.secret.as_ref())?;
+            let l = std::net::TcpListener::bind(c.listen).map_err(|source| NodeError::Bind {
+                addr: c.listen,
+                source,
+            })?;
+            let addr = l.local_addr().unwrap_or(c.listen);
+            if mode == quark_net::ListenMode::LoopbackOnly {
+                tracing::warn!(%addr, "{}", quark_net::ListenMode::NO_SECRET_NOTICE);
+            }
+            c.net.listener = Some(std::sync::Arc::new(l));
+            self.config.engine.net = Some(c.net.clone());
+        }
         for name in self.config.actors.keys() {
             if !self.registrations.iter().any(|(n, _)| n == name) {
                 return Err(NodeError::UnknownActorType { name: name.clone() });
@@ -161,6 +203,9 @@ impl NodeBuilder {
         let mut builder = EngineBuilder::new(self.config.engine.clone());
         for (_, register) in self.registrations {
             builder = register(builder, &self.config)?;
+        }
+        for wire in self.wire {
+            builder = wire(builder);
         }
         let engine = builder.start()?;
         let handle = engine.handle();
@@ -208,6 +253,7 @@ impl Node {
             config: NodeConfig::default(),
             registrations: Vec::new(),
             after_start: Vec::new(),
+            wire: Vec::new(),
         }
     }
 
@@ -255,6 +301,16 @@ impl Node {
     /// A `Send + Clone` handle to this node's shards.
     pub fn handle(&self) -> quark_shard::EngineHandle {
         self.engine.handle()
+    }
+
+    /// This node's id in its cluster (`None`: standalone).
+    pub fn node_id(&self) -> Option<u64> {
+        self.engine.node_id()
+    }
+
+    /// The address the node accepts cluster connections on (`None`: standalone).
+    pub fn listen_addr(&self) -> Option<std::net::SocketAddr> {
+        self.engine.listen_addr()
     }
 
     /// Every shard's counters.

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use quark_placement::{shard_for, ActorId, ActorKey, ShardId};
+use quark_placement::{node_for, shard_for, ActorId, ActorKey, NodeId, ShardId};
 
 use crate::activation::{send_local, try_send_local};
 use crate::actor::{Actor, Handler, Message};
@@ -34,6 +34,8 @@ pub struct ActorRef<A> {
     type_idx: Option<u16>,
     stateless: bool,
     owner: ShardId,
+    /// The owner node when it is not this one (computed once, by the cluster's placement).
+    remote: Option<NodeId>,
     _actor: PhantomData<fn() -> A>,
 }
 
@@ -45,6 +47,7 @@ impl<A> Clone for ActorRef<A> {
             type_idx: self.type_idx,
             stateless: self.stateless,
             owner: self.owner,
+            remote: self.remote,
             _actor: PhantomData,
         }
     }
@@ -58,6 +61,19 @@ impl<A> std::fmt::Debug for ActorRef<A> {
 
 impl<A: Actor> ActorRef<A> {
     pub(crate) fn new(node: Arc<NodeShared>, key: ActorKey) -> Self {
+        let mut r = Self::new_local(node, key);
+        if let Some(net) = &r.node.net {
+            match node_for(&r.id, &net.members) {
+                Some(n) if n != net.node_id => r.remote = Some(n),
+                _ => {}
+            }
+        }
+        r
+    }
+
+    /// A reference that always targets this node (for requests that arrived from the
+    /// network: the sender already chose this node).
+    pub(crate) fn new_local(node: Arc<NodeShared>, key: ActorKey) -> Self {
         let id = ActorId {
             type_name: A::TYPE_NAME,
             key,
@@ -71,8 +87,14 @@ impl<A: Actor> ActorRef<A> {
             type_idx,
             stateless,
             owner,
+            remote: None,
             _actor: PhantomData,
         }
+    }
+
+    /// The node that owns this actor, if it is not the local one.
+    pub fn remote_node(&self) -> Option<NodeId> {
+        self.remote
     }
 
     /// The actor's id.
@@ -113,13 +135,90 @@ impl<A: Actor> ActorRef<A> {
         M: Message,
     {
         use futures::future::Either;
+        if let Some(node) = self.remote {
+            return Either::Right(Either::Right(Either::Right(
+                self.ask_remote_any(node, msg, timeout),
+            )));
+        }
         let type_idx = match self.type_index() {
             Ok(t) => t,
             Err(e) => return Either::Left(std::future::ready(Err(e))),
         };
         Either::Right(match current_core(&self.node) {
             Some(core) => Either::Left(self.ask_on_shard(core, type_idx, msg, timeout)),
-            None => Either::Right(self.ask_external(type_idx, msg, timeout)),
+            None => Either::Right(Either::Left(self.ask_external(type_idx, msg, timeout))),
+        })
+    }
+
+    /// An ask to another node: from a shard, straight onto that shard's connection; from
+    /// outside the node, through a task on a local shard (which owns the connections).
+    async fn ask_remote_any<M>(
+        &self,
+        node: NodeId,
+        msg: M,
+        timeout: Duration,
+    ) -> Result<M::Reply, CallError>
+    where
+        A: Handler<M>,
+        M: Message,
+    {
+        if let Some(core) = current_core(&self.node) {
+            return crate::net::ask_remote(self, core, node, msg, timeout).await;
+        }
+        self.external_admit_any()?;
+        let (tx, rx) = futures::channel::oneshot::channel();
+        let me = self.clone();
+        let shard = self.owner;
+        self.node.inject(
+            shard,
+            Box::new(crate::envelope::RunMsg(Box::new(move |core| {
+                let core2 = core.clone();
+                core.exec.spawn(async move {
+                    let r = crate::net::ask_remote(&me, core2.clone(), node, msg, timeout).await;
+                    core2.node.shards[usize::from(core2.id)]
+                        .ext_inflight
+                        .fetch_sub(1, Ordering::Relaxed);
+                    let _ = tx.send(r);
+                });
+            }))),
+        );
+        match rx.await {
+            Ok(r) => r,
+            Err(_canceled) => Err(CallError::ShuttingDown {
+                actor: self.id.clone(),
+            }),
+        }
+    }
+
+    /// A tell to another node (see [`ActorRef::tell`]).
+    async fn tell_remote_any<M>(&self, node: NodeId, msg: M) -> Result<(), CallError>
+    where
+        A: Handler<M>,
+        M: Message,
+    {
+        if let Some(core) = current_core(&self.node) {
+            return crate::net::tell_remote(self, core, node, msg).await;
+        }
+        self.external_admit_any()?;
+        let (tx, rx) = futures::channel::oneshot::channel();
+        let me = self.clone();
+        self.node.inject(
+            self.owner,
+            Box::new(crate::envelope::RunMsg(Box::new(move |core| {
+                let core2 = core.clone();
+                core.exec.spawn(async move {
+                    let r = crate::net::tell_remote(&me, core2.clone(), node, msg).await;
+                    core2.node.shards[usize::from(core2.id)]
+                        .ext_inflight
+                        .fetch_sub(1, Ordering::Relaxed);
+                    let _ = tx.send(r);
+                });
+            }))),
+        );
+        rx.await.unwrap_or_else(|_| {
+            Err(CallError::ShuttingDown {
+                actor: self.id.clone(),
+            })
         })
     }
 
@@ -147,6 +246,9 @@ impl<A: Actor> ActorRef<A> {
         A: Handler<M>,
         M: Message,
     {
+        if let Some(node) = self.remote {
+            return Err(Box::pin(self.tell_remote_any(node, msg)));
+        }
         let type_idx = match self.type_index() {
             Ok(t) => t,
             Err(e) => return Ok(Err(e)),
@@ -306,6 +408,10 @@ impl<A: Actor> ActorRef<A> {
         } else if let Err(item) = try_send_local::<A>(core, type_idx, item) {
             send_local::<A>(core, type_idx, item).await;
         }
+    }
+
+    fn external_admit_any(&self) -> Result<(), CallError> {
+        self.external_admit()
     }
 
     fn external_admit(&self) -> Result<(), CallError> {

@@ -21,6 +21,14 @@ use crate::error::CallError;
 pub(crate) struct CallId(u64);
 
 impl CallId {
+    /// The id as it travels in a frame's correlation field.
+    pub(crate) fn to_u64(self) -> u64 {
+        self.0
+    }
+    /// An id read back from a frame (checked against the table like any other id).
+    pub(crate) fn from_u64(v: u64) -> Self {
+        CallId(v)
+    }
     fn new(index: u32, gen: u32) -> Self {
         CallId((u64::from(gen) << 32) | u64::from(index))
     }
@@ -41,6 +49,15 @@ pub(crate) enum CallOutcome {
     Failed(CallError),
     /// The deadline passed first.
     TimedOut,
+    /// The reply to a call sent to another node.
+    Remote(RemoteReply),
+}
+
+/// What came back from another node: the reply archive (a 16-aligned copy of the frame's body,
+/// validated and decoded by the caller, which knows its type), or the callee's error.
+pub(crate) enum RemoteReply {
+    Value(quark_net::rkyv::util::AlignedVec<16>),
+    Error(quark_net::RemoteError),
 }
 
 /// Who waits for a call: a task on this shard, or a forwarder (an external caller's channel).

@@ -30,6 +30,14 @@ const REAP_INTERVAL_BUSY: Duration = Duration::from_micros(100);
 /// The same for a spinning (idle) pump: reaps are cheap relative to idle time, and a shard
 /// waiting for its own I/O should see the completion soon.
 const REAP_INTERVAL_SPIN: Duration = Duration::from_micros(20);
+/// How often a spinning pump of a node with network connections looks for completed socket
+/// reads (a non-blocking trip through the executor: one system call).
+const NET_POLL_SPIN: Duration = Duration::from_micros(2);
+/// How often a busy pump of a node with network connections looks for socket readiness.
+const NET_POLL_BUSY: Duration = Duration::from_micros(20);
+/// Rounds of task polls after which a pump with connections stops early when a look at the
+/// sockets is due (a task that keeps yielding makes many rounds; ordinary work makes few).
+const NET_POLL_ROUNDS: u32 = 8;
 /// Ready tasks polled per pump iteration before the pump looks at its rings again.
 const RUN_BATCH: usize = 256;
 
@@ -89,6 +97,11 @@ pub(crate) struct ShardCore {
     pub(crate) exec: crate::executor::Executor,
     /// The shard's durable log, if the node has a data directory.
     pub(crate) log: Option<Rc<quark_persist::Log<crate::rt::log_io::UringIo>>>,
+    /// The shard's cluster transport, if the engine is part of a cluster (or a client).
+    pub(crate) net: Option<crate::net::NetShard>,
+    /// Set when a task queued network I/O: the pump makes a trip through the executor's wait
+    /// at once (the submission happens there) instead of at its next periodic reap.
+    io_kick: Cell<bool>,
 }
 
 impl ShardCore {
@@ -127,6 +140,8 @@ impl ShardCore {
             stats: ShardStats::default(),
             exec: crate::executor::Executor::new(id, node.clone()),
             log,
+            net: node.config.net.as_ref().map(crate::net::NetShard::new),
+            io_kick: Cell::new(false),
             node,
         }
     }
@@ -154,6 +169,12 @@ impl ShardCore {
                 w.wake_by_ref();
             }
         }
+    }
+
+    /// Asks the pump to submit queued I/O now (see `io_kick`).
+    #[inline]
+    pub(crate) fn kick_io(&self) {
+        self.io_kick.set(true);
     }
 
     /// Queues `msg` for shard `to`; it becomes visible to `to` at the pump's next flush.
@@ -369,6 +390,7 @@ impl ShardCore {
             tasks: self.exec.live() as u64,
             log_next_lsn: self.log.as_ref().map(|l| l.stats().next_lsn),
             log_disk_bytes: self.log.as_ref().map(|l| l.stats().disk_bytes),
+            net: self.net.as_ref().map(crate::net::NetShard::snapshot),
         }
     }
 }
@@ -492,6 +514,9 @@ pub(crate) async fn pump(
     let mut phase_seen = Phase::Running;
     let mut reported = Phase::Running;
     let mut next_deactivate_push = Instant::now();
+    let mut kick_seen = false;
+    let has_net = core.net.is_some();
+    let mut last_io_poll = Instant::now();
     let my_bell = &core.node.shards[usize::from(core.id)].bell;
     start_log_syncer(&core);
     loop {
@@ -506,7 +531,16 @@ pub(crate) async fn pump(
             }
             next_idle_sweep = now + idle_every;
         }
-        let polled = core.exec.run_ready(RUN_BATCH, || core.has_inbound());
+        // With connections, also stop between rounds when a look at the sockets is due: a task
+        // that keeps yielding (a pacer) would otherwise fill the whole batch of rounds and
+        // hold received bytes back for tens of microseconds.
+        let net_due = last_io_poll + NET_POLL_BUSY;
+        let mut rounds = 0u32;
+        let polled = core.exec.run_ready(RUN_BATCH, || {
+            rounds += 1;
+            core.has_inbound()
+                || (has_net && rounds >= NET_POLL_ROUNDS && Instant::now() >= net_due)
+        });
         work += polled;
         let st = &core.stats;
         st.task_polls.set(st.task_polls.get() + polled as u64);
@@ -549,6 +583,25 @@ pub(crate) async fn pump(
         since_reap += 1;
         if work > 0 {
             idle_since = None;
+            // Network writes queued: hand them to the kernel without waiting (one system
+            // call), but only if this shard stays busy; a shard about to park submits them in
+            // its park anyway.
+            if core.io_kick.get() {
+                if kick_seen {
+                    core.io_kick.set(false);
+                    crate::rt::submit_io().await;
+                    last_io_poll = Instant::now();
+                    kick_seen = false;
+                } else {
+                    kick_seen = true;
+                }
+            }
+            // A busy shard with connections looks for socket readiness often (a non-blocking
+            // trip through the executor), not only at its periodic reap.
+            if has_net && now.duration_since(last_io_poll) >= NET_POLL_BUSY {
+                crate::rt::submit_io().await;
+                last_io_poll = Instant::now();
+            }
             if since_reap >= REAP_EVERY_ITERATIONS
                 || now.duration_since(last_reap) >= REAP_INTERVAL_BUSY
             {
@@ -558,6 +611,7 @@ pub(crate) async fn pump(
             }
             continue;
         }
+        kick_seen = false;
         let spinning_since = *idle_since.get_or_insert(now);
         // Do not spin while this shard's own log write is in the kernel: a write-through or
         // synced write is run by an io_uring worker thread that inherits this shard's core, so
@@ -565,29 +619,48 @@ pub(crate) async fn pump(
         // spinning, 1.3x parked; docs/BENCHMARKS.md, journaling).
         let disk_wait = core.log.as_ref().is_some_and(|l| l.flush_in_flight());
         if !disk_wait && now.duration_since(spinning_since) < idle_spin {
+            if core.io_kick.replace(false) {
+                crate::rt::submit_io().await;
+            }
             // Spin without leaving the pump (a return to the executor costs a system call):
             // watch the rings and the local queues until something arrives or a reap is due.
             // First reap after REAP_INTERVAL_SPIN of idleness (not at once when the last reap
             // is old: a shard that waits a moment for its peer should not pay a reap for it).
             let slice_end = spinning_since.max(last_reap) + REAP_INTERVAL_SPIN;
+            // With network connections, completions (bytes received) are only seen when the
+            // executor looks at its completion queue: look every NET_POLL_SPIN while spinning.
+            let poll_end = core.net.as_ref().map(|_| Instant::now() + NET_POLL_SPIN);
             let mut spins = 0u32;
             loop {
-                if core.has_inbound() || core.exec.has_ready() || core.dirty.get() {
+                if core.has_inbound()
+                    || core.exec.has_ready()
+                    || core.dirty.get()
+                    || core.io_kick.get()
+                {
                     break;
                 }
                 spins = spins.wrapping_add(1);
                 // Reading the clock costs more than a look at the rings: do it 1 time in 32.
-                if spins.is_multiple_of(32) && Instant::now() >= slice_end {
-                    reap(&core, &mut bell, my_bell).await;
-                    since_reap = 0;
-                    last_reap = Instant::now();
-                    break;
+                if spins.is_multiple_of(32) {
+                    let t = Instant::now();
+                    if t >= slice_end {
+                        reap(&core, &mut bell, my_bell).await;
+                        since_reap = 0;
+                        last_reap = Instant::now();
+                        break;
+                    }
+                    if poll_end.is_some_and(|p| t >= p) {
+                        crate::rt::submit_io().await;
+                        break;
+                    }
                 }
                 std::hint::spin_loop();
             }
             continue;
         }
-        // Park: announce it, then re-check everything a waker could have changed.
+        // Park: announce it, then re-check everything a waker could have changed. Queued
+        // network writes are submitted by the park's own wait.
+        core.io_kick.set(false);
         my_bell.arm();
         core.parked.set(true);
         if core.has_inbound() || core.dirty.get() || core.poked.get() || core.exec.has_ready() {
@@ -618,6 +691,7 @@ pub(crate) async fn pump(
         t.abort_all(&core);
     }
     core.flush();
+    crate::net::close_all(&core);
     core.exec.clear();
     if let Some(log) = &core.log {
         if let Err(e) = log.close().await {

@@ -271,6 +271,9 @@ where
             Err(_) => unreachable!("a call's reply has the type its ask expects"),
         },
         CallOutcome::Failed(err) => Err(err),
+        CallOutcome::Remote(_) => {
+            unreachable!("only calls sent to another node are completed with a remote reply")
+        }
         CallOutcome::TimedOut => Err(CallError::Timeout {
             actor: actor(),
             timeout,

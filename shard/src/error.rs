@@ -43,6 +43,65 @@ pub enum CallError {
         /// The deadline that passed.
         timeout: Duration,
     },
+    /// The node that owns the actor is unreachable (not connected, or the connection dropped
+    /// before the reply came). The call may have run if the connection dropped after sending.
+    #[error("node {node} is unavailable{}", actor.as_ref().map(|a| format!(" (call to {a})")).unwrap_or_default())]
+    NodeUnavailable {
+        /// The owner node.
+        node: u64,
+        /// The callee, where known.
+        actor: Option<ActorId>,
+    },
+    /// The message type is not registered for the wire on this engine
+    /// (`EngineBuilder::remote` / `wire_message`), so it cannot go to another node.
+    #[error("message type {message_type} is not registered as a wire message; it cannot be sent to another node")]
+    NotWireMessage {
+        /// The Rust type name.
+        message_type: &'static str,
+    },
+    /// The encoded message exceeds the connection's `frame_bytes_max`.
+    #[error(
+        "message {message_type} to {actor} is {bytes} bytes encoded, over frame_bytes_max {max}"
+    )]
+    MessageTooLarge {
+        /// The callee.
+        actor: ActorId,
+        /// Wire name of the message.
+        message_type: &'static str,
+        /// Encoded frame size.
+        bytes: u64,
+        /// The bound.
+        max: u64,
+    },
+    /// rkyv could not archive the message.
+    #[error("message {message_type} to {actor} could not be serialized")]
+    NotSerializable {
+        /// The callee.
+        actor: ActorId,
+        /// Wire name of the message.
+        message_type: &'static str,
+    },
+    /// The reply from the remote node failed validation as the expected type.
+    #[error("invalid {message_type} reply from node {node} for {actor}")]
+    BadReply {
+        /// The callee.
+        actor: ActorId,
+        /// The node that sent it.
+        node: u64,
+        /// Wire name of the request's message type.
+        message_type: &'static str,
+    },
+    /// The remote node refused the request (unknown actor or message type, bad payload,
+    /// overloaded).
+    #[error("node {node} refused the call to {actor}: {error}")]
+    Remote {
+        /// The callee.
+        actor: ActorId,
+        /// The node that refused.
+        node: u64,
+        /// Its reason.
+        error: quark_net::RemoteError,
+    },
     /// The node is shutting down and accepts no new calls (or dropped this one unprocessed).
     #[error("the node is shutting down; the call to {actor} was not accepted")]
     ShuttingDown {
@@ -59,8 +118,13 @@ impl CallError {
             | CallError::ActivationAborted { actor }
             | CallError::Timeout { actor, .. }
             | CallError::ShuttingDown { actor }
-            | CallError::ActivationFailed { actor, .. } => Some(actor),
-            CallError::UnknownActorType { .. } => None,
+            | CallError::ActivationFailed { actor, .. }
+            | CallError::MessageTooLarge { actor, .. }
+            | CallError::NotSerializable { actor, .. }
+            | CallError::BadReply { actor, .. }
+            | CallError::Remote { actor, .. } => Some(actor),
+            CallError::NodeUnavailable { actor, .. } => actor.as_ref(),
+            CallError::UnknownActorType { .. } | CallError::NotWireMessage { .. } => None,
         }
     }
 }

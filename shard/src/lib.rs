@@ -31,6 +31,7 @@ mod core;
 mod envelope;
 mod error;
 mod executor;
+mod net;
 mod node;
 mod ring;
 pub mod rt;
@@ -41,6 +42,7 @@ pub use activation::{ActorType, LoadError, LoadFuture};
 pub use actor::{Actor, Context, Handler, Invoke, InvokeFuture, Message};
 pub use actor_ref::{ActorRef, Tell};
 pub use error::CallError;
+pub use net::{NetConfig, NetStatsSnapshot};
 pub use node::{
     allowed_cores, current_shard_log, Engine, EngineBuilder, EngineConfig, EngineHandle, ShardSpec,
     ShardStatsSnapshot, ShutdownReport, SpawnHandle, StartError,

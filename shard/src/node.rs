@@ -69,6 +69,8 @@ pub struct EngineConfig {
     pub log: Option<quark_persist::LogConfig>,
     /// How often each shard runs a compaction pass over its log (`None`: never).
     pub log_compact_interval: Option<Duration>,
+    /// Cluster membership and transport (`None`: a standalone node).
+    pub net: Option<crate::net::NetConfig>,
 }
 
 impl Default for EngineConfig {
@@ -89,6 +91,7 @@ impl Default for EngineConfig {
             force_legacy_driver: false,
             log: None,
             log_compact_interval: Some(Duration::from_secs(10)),
+            net: None,
         }
     }
 }
@@ -129,6 +132,12 @@ pub enum StartError {
         /// The cause (names the file and offset where it applies).
         #[source]
         source: quark_persist::OpenError,
+    },
+    /// The cluster settings are inconsistent (`NetConfig`).
+    #[error("cluster settings: {reason}")]
+    NetConfig {
+        /// What is wrong.
+        reason: &'static str,
     },
     /// A shard thread could not start (thread spawn, runtime or doorbell creation).
     #[error("shard {shard} failed to start: {source}")]
@@ -172,6 +181,16 @@ pub(crate) struct NodeShared {
     pub(crate) type_index: FxHashMap<TypeId, u16>,
     pub(crate) shards: Vec<ShardHandle>,
     phase: AtomicU8,
+    /// Message types that cross nodes.
+    pub(crate) registry: crate::net::Registry,
+    /// This node's id and the members, for placement (`None`: standalone).
+    pub(crate) net: Option<NetPlacement>,
+}
+
+/// What placement needs of the cluster.
+pub(crate) struct NetPlacement {
+    pub(crate) node_id: quark_placement::NodeId,
+    pub(crate) members: Vec<quark_placement::NodeId>,
 }
 
 impl NodeShared {
@@ -283,12 +302,15 @@ pub struct ShardStatsSnapshot {
     pub log_next_lsn: Option<u64>,
     /// Bytes the shard log's segment files occupy (`None` without a log).
     pub log_disk_bytes: Option<u64>,
+    /// The shard's cluster transport counters (`None` for a standalone node).
+    pub net: Option<crate::net::NetStatsSnapshot>,
 }
 
 /// Registers actor types and starts an [`Engine`].
 pub struct EngineBuilder {
     config: EngineConfig,
     types: Vec<(TypeId, Arc<dyn ErasedType>)>,
+    registry: crate::net::Registry,
 }
 
 impl EngineBuilder {
@@ -297,7 +319,33 @@ impl EngineBuilder {
         EngineBuilder {
             config,
             types: Vec::new(),
+            registry: crate::net::Registry::default(),
         }
+    }
+
+    /// Lets actors of type `A` on this node receive `M` from other nodes and clients, and lets
+    /// this node send `M` to actors on other nodes. `M` and its reply cross the wire as rkyv
+    /// archives under `M::WIRE_NAME`; a request naming a type this node does not handle gets
+    /// an error reply.
+    pub fn remote<A, M>(mut self) -> Self
+    where
+        A: crate::Handler<M>,
+        M: crate::Message + quark_net::WireOwned,
+        M::Reply: quark_net::WireOwned,
+    {
+        self.registry.add_handler::<A, M>();
+        self
+    }
+
+    /// Lets this engine send `M` to actors on other nodes without handling it here (for
+    /// clients, and for nodes that do not host the receiving type).
+    pub fn wire_message<M>(mut self) -> Self
+    where
+        M: crate::Message + quark_net::WireOwned,
+        M::Reply: quark_net::WireOwned,
+    {
+        self.registry.add_codec::<M>();
+        self
     }
 
     /// Registers actor type `A`.
@@ -309,7 +357,7 @@ impl EngineBuilder {
 
     /// Starts the shard threads; returns once every shard is ready to take messages.
     pub fn start(self) -> Result<Engine, StartError> {
-        Engine::start(self.config, self.types)
+        Engine::start(self.config, self.types, self.registry)
     }
 }
 
@@ -364,7 +412,21 @@ impl Engine {
     fn start(
         config: EngineConfig,
         types: Vec<(TypeId, Arc<dyn ErasedType>)>,
+        registry: crate::net::Registry,
     ) -> Result<Engine, StartError> {
+        if let Some(net) = &config.net {
+            let d = net.detector;
+            if !(d.heartbeat_interval < d.suspect_after && d.suspect_after <= d.dead_after) {
+                return Err(StartError::NetConfig {
+                    reason: "needs heartbeat_interval < suspect_after <= dead_after",
+                });
+            }
+            if net.frame_bytes_max < quark_net::HANDSHAKE_FRAME_BYTES_MAX {
+                return Err(StartError::NetConfig {
+                    reason: "frame_bytes_max must be at least 4096",
+                });
+            }
+        }
         let allowed = allowed_cores();
         let cores: Vec<usize> = match &config.shards {
             ShardSpec::Auto => allowed.clone(),
@@ -405,16 +467,16 @@ impl Engine {
             });
         }
         let mut type_index = FxHashMap::default();
-        let mut registry = Vec::new();
+        let mut type_registry = Vec::new();
         for (tid, t) in types {
-            if registry
+            if type_registry
                 .iter()
                 .any(|r: &Arc<dyn ErasedType>| r.name() == t.name())
             {
                 return Err(StartError::DuplicateType { name: t.name() });
             }
-            type_index.insert(tid, registry.len() as u16);
-            registry.push(t);
+            type_index.insert(tid, type_registry.len() as u16);
+            type_registry.push(t);
         }
         let n = cores.len();
         let mut handles = Vec::with_capacity(n);
@@ -429,12 +491,18 @@ impl Engine {
             });
             bell_rx.push(rx);
         }
+        let net = config.net.as_ref().map(|c| NetPlacement {
+            node_id: c.node_id,
+            members: crate::net::member_ids(&c.membership),
+        });
         let shared = Arc::new(NodeShared {
             config,
-            types: registry,
+            types: type_registry,
             type_index,
             shards: handles,
             phase: AtomicU8::new(Phase::Running as u8),
+            registry,
+            net,
         });
 
         let (event_tx, event_rx) = mpsc::channel::<ShardEvent>();
@@ -537,6 +605,17 @@ impl Engine {
         EngineHandle {
             shared: self.shared.clone(),
         }
+    }
+
+    /// This engine's node id, if it is part of a cluster.
+    pub fn node_id(&self) -> Option<u64> {
+        self.shared.net.as_ref().map(|n| n.node_id)
+    }
+
+    /// The address the node accepts cluster connections on, if it listens.
+    pub fn listen_addr(&self) -> Option<std::net::SocketAddr> {
+        let l = self.shared.config.net.as_ref()?.listener.as_ref()?;
+        l.local_addr().ok()
     }
 
     /// Every shard's counters (asks each shard; waits up to one second per shard).
@@ -808,6 +887,17 @@ fn shard_main(
     CURRENT.with(|c| {
         let _ = c.set(core.clone());
     });
+    // Shard 0 accepts the node's incoming connections.
+    let listener = match shared.config.net.as_ref().and_then(|n| n.listener.as_ref()) {
+        Some(l) if id == 0 => match l.try_clone() {
+            Ok(l) => Some(l),
+            Err(e) => {
+                tracing::error!(shard = id, error = %e, "cannot take the listening socket");
+                None
+            }
+        },
+        _ => None,
+    };
     rt.block_on(async move {
         let bell = match BellReceiver::new(bell_rx) {
             Ok(b) => b,
@@ -816,6 +906,7 @@ fn shard_main(
                 return;
             }
         };
+        crate::net::start(&core, listener);
         let pump = crate::rt::spawn_joined(crate::core::pump(core, bell, events));
         pump.await;
     });

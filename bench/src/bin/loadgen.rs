@@ -1,9 +1,15 @@
-//! `loadgen`: end-to-end load against an in-process Quark node.
+//! `loadgen`: end-to-end load against an in-process Quark node, or over TCP against a cluster.
 //!
-//! Starts a node (from `--config quark.toml`, or the default configuration) with the `Echo`
-//! actor, and drives it from inside its own shards: each shard runs `--inflight` concurrent
-//! request loops that pick a random actor among `--actors` (so most requests cross shards, as in
-//! production) and send it a `Ping` of `--msg-bytes`.
+//! In-process (the default): starts a node (from `--config quark.toml`, or the default
+//! configuration) with the built-in `echo` actor, and drives it from inside its own shards:
+//! each shard runs `--inflight` concurrent request loops that pick a random actor among
+//! `--actors` (so most requests cross shards, as in production) and send it a `Ping` of
+//! `--msg-bytes`.
+//!
+//! Over TCP (`--target host:port[,host:port...]`, every node of the cluster, e.g. nodes started
+//! with `quark serve`): the same request loops run inside the shards of a `quark::Client`
+//! (`--client-shards`, default 1), which sends each request straight to the node that owns the
+//! actor. `--cluster-id` and `--secret-env` must match the nodes' `[cluster]` settings.
 //!
 //! - Closed loop (`--rate 0`, the default): each loop sends its next request when the previous
 //!   one completed. Latency is measured from the actual send.
@@ -39,8 +45,8 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context as _, Result};
 use clap::{Parser, ValueEnum};
 use hdrhistogram::Histogram;
-use quark::{ActorRef, ActorType, Node};
-use quark_bench::actors::{Echo, Ping};
+use quark::builtin::{Echo, Ping};
+use quark::{ActorRef, ActorType, Client, Node, ShardStatsSnapshot};
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -97,6 +103,24 @@ struct Args {
     /// Open loop: how to wait for each request's scheduled time.
     #[arg(long, value_enum, default_value_t = Pacer::Spin)]
     pacer: Pacer,
+    /// Drive a cluster over TCP through a `Client`: every node's address, comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    target: Vec<std::net::SocketAddr>,
+    /// With `--target`: the cluster id of the nodes.
+    #[arg(long, default_value = "local")]
+    cluster_id: String,
+    /// With `--target`: the environment variable holding the cluster secret (none: the nodes
+    /// have no secret).
+    #[arg(long)]
+    secret_env: Option<String>,
+    /// With `--target`: the client's shards (threads driving the load).
+    #[arg(long, default_value_t = 1)]
+    client_shards: usize,
+    /// With `--target`: how long an idle client shard spins (and busy-polls its sockets)
+    /// before it parks, µs. 0 by default: with the spin pacer the client shard is never idle,
+    /// and busy-polling its sockets as well made it fall behind its schedule in our runs.
+    #[arg(long, default_value_t = 0)]
+    client_idle_spin_us: u64,
     /// Print one JSON object at the end instead of the table.
     #[arg(long)]
     json: bool,
@@ -327,6 +351,86 @@ async fn drive(plan: Plan) -> ShardResult {
     }
 }
 
+/// What drives the load: an in-process node, or a client of a remote cluster.
+enum Runner {
+    Node(Box<Node>),
+    Client(Client),
+}
+
+impl Runner {
+    fn shard_count(&self) -> u16 {
+        match self {
+            Runner::Node(n) => n.shard_count(),
+            Runner::Client(c) => c.shard_count(),
+        }
+    }
+    fn actor_ref(&self, key: u64) -> ActorRef<Echo> {
+        match self {
+            Runner::Node(n) => n.actor_ref(key),
+            Runner::Client(c) => c.actor_ref(key),
+        }
+    }
+    fn spawn_on<F, Fut>(&self, shard: u16, make: F) -> quark::SpawnHandle<Fut::Output>
+    where
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: Future + 'static,
+        Fut::Output: Send + 'static,
+    {
+        match self {
+            Runner::Node(n) => n.spawn_on(shard, make),
+            Runner::Client(c) => c.spawn_on(shard, make),
+        }
+    }
+    fn stats(&self) -> Vec<ShardStatsSnapshot> {
+        match self {
+            Runner::Node(n) => n.stats(),
+            Runner::Client(c) => c.stats(),
+        }
+    }
+    fn shutdown(self) -> quark::ShutdownReport {
+        match self {
+            Runner::Node(n) => (*n).shutdown(),
+            Runner::Client(c) => c.shutdown(),
+        }
+    }
+}
+
+fn start_runner(args: &Args) -> Result<(Runner, Vec<usize>, Duration)> {
+    if args.target.is_empty() {
+        let mut builder = Node::builder();
+        if let Some(path) = &args.config {
+            builder = builder.config_file(path)?;
+        }
+        let node = builder
+            .register(ActorType::new(|_| Echo::default()))
+            .start()
+            .context("starting the node")?;
+        let cores = node.cores().to_vec();
+        let spin = node.config().engine.idle_spin;
+        return Ok((Runner::Node(Box::new(node)), cores, spin));
+    }
+    let secret = match &args.secret_env {
+        None => None,
+        Some(var) => Some(
+            quark::ClusterSecret::from_env(var)?
+                .with_context(|| format!("environment variable {var} is not set"))?,
+        ),
+    };
+    let mut b = Client::builder()
+        .cluster_id(args.cluster_id.clone())
+        .secret(secret)
+        .message::<Ping>()
+        .engine(|e| {
+            e.shards = quark::ShardSpec::Count(args.client_shards.max(1));
+            e.idle_spin = Duration::from_micros(args.client_idle_spin_us);
+        });
+    for t in &args.target {
+        b = b.target(*t);
+    }
+    let client = b.connect().context("connecting to the cluster")?;
+    Ok((Runner::Client(client), Vec::new(), Duration::ZERO))
+}
+
 #[derive(serde::Serialize)]
 struct Report {
     shards: u16,
@@ -335,6 +439,8 @@ struct Report {
     idle_spin_effective_us: u64,
     op: Op,
     mode: &'static str,
+    /// `in-process`, or the `--target` addresses.
+    target: String,
     latency_measured: &'static str,
     inflight_per_shard: usize,
     msg_bytes: usize,
@@ -407,6 +513,7 @@ fn print_table(r: &Report) {
         },
         r.allocator,
     );
+    println!("target: {}", r.target);
     println!("latency: {}", r.latency_measured);
     let rows: [(&str, String); 10] = [
         ("ops", r.ops.to_string()),
@@ -496,17 +603,8 @@ fn run(args: Args) -> Result<bool> {
         .with_writer(std::io::stderr)
         .try_init();
 
-    let mut builder = Node::builder();
-    if let Some(path) = &args.config {
-        builder = builder.config_file(path)?;
-    }
-    let node = builder
-        .register(ActorType::new(|_| Echo::new()))
-        .start()
-        .context("starting the node")?;
+    let (node, cores, idle_spin) = start_runner(&args)?;
     let shards = node.shard_count();
-    let cores = node.cores().to_vec();
-    let idle_spin = node.config().engine.idle_spin;
     let mut distinct = cores.clone();
     distinct.sort_unstable();
     distinct.dedup();
@@ -518,6 +616,23 @@ fn run(args: Args) -> Result<bool> {
     };
 
     let refs: Vec<ActorRef<Echo>> = (0..args.actors).map(|k| node.actor_ref(k)).collect();
+    if !args.target.is_empty() {
+        // The client's links come up in the background: wait (up to 10 s) until one ask per
+        // node succeeds, so that the run does not start with connection set-up.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut seen = std::collections::BTreeSet::new();
+        for r in &refs {
+            if !seen.insert(r.remote_node()) {
+                continue;
+            }
+            while let Err(e) = quark::block_on(r.ask(Ping(Vec::new()))) {
+                if Instant::now() > deadline {
+                    bail!("node {:?} does not answer: {e}", r.remote_node());
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+    }
     let progress: Arc<Vec<ShardProgress>> =
         Arc::new((0..shards).map(|_| ShardProgress::default()).collect());
     let interval_ns = (args.rate > 0.0).then(|| 1e9 * f64::from(shards) / args.rate);
@@ -634,6 +749,11 @@ fn run(args: Args) -> Result<bool> {
             "open loop"
         } else {
             "closed loop"
+        },
+        target: if args.target.is_empty() {
+            "in-process".to_owned()
+        } else {
+            format!("tcp {:?} via Client", args.target)
         },
         latency_measured: match (args.op, args.rate > 0.0) {
             (Op::Ask, false) => "send to reply",

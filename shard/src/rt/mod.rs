@@ -9,6 +9,7 @@
 //! wait (io_uring_enter / epoll_wait) together with its file and socket I/O.
 
 pub mod log_io;
+pub(crate) mod tcp;
 
 use std::future::Future;
 use std::io;
@@ -73,6 +74,16 @@ where
 /// Sleeps for `d` on the executor's timer (millisecond resolution).
 pub(crate) fn sleep(d: Duration) -> impl Future<Output = ()> {
     monoio::time::sleep(d)
+}
+
+/// Returns to the executor long enough for it to submit queued I/O operations and reap
+/// completions without blocking (monoio's run loop does that, with one `io_uring_enter`, after
+/// it has polled the ready tasks up to twice their number; the pump is the executor's only
+/// task, so three yields in a row reach it).
+pub(crate) async fn submit_io() {
+    for _ in 0..3 {
+        yield_now().await;
+    }
 }
 
 /// Lets every other ready task of this thread run once, then resumes.

@@ -1,21 +1,26 @@
-//! `quark`: the Quark command-line tool.
+//! `quark`: the Quark command line.
 //!
-//! A thin dispatcher: each subcommand lives in its own module with its own `Args` and `run`.
+//! - `quark serve --config quark.toml`: runs a node (see `docs/CLUSTER.md`).
+//! - `quark journal inspect|export|verify --data-dir DIR`: reads a stopped node's journals (see
+//!   `docs/JOURNALING.md`, "The quark journal tool").
 //!
-//! - `quark journal inspect|export|verify --data-dir DIR`: read a stopped node's journals
-//!   (see `docs/JOURNALING.md`, "The quark journal tool").
-//!
-//! Exit codes: 0 success, 1 an integrity problem was found (`journal verify`), 2 a usage error
-//! or a failure to run (bad arguments, missing or foreign directory, unreadable file).
+//! Each subcommand lives in its own module next to this file; this file only dispatches.
+//! Exit codes: 0 success; `serve` 1 on failure; `journal` 1 when an integrity problem was found,
+//! 2 for a usage error or a failure to run (bad arguments, missing directory, unreadable file).
 
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
 mod journal;
+mod serve;
 
 #[derive(Parser, Debug)]
-#[command(name = "quark", version, about = "Quark virtual-actor runtime tool")]
+#[command(
+    name = "quark",
+    version,
+    about = "Quark: a thread-per-core virtual-actor runtime"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -23,13 +28,30 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// Run a node with the built-in benchmark actors (echo, counter, kv).
+    Serve(serve::Args),
     /// Inspect, export and verify the journals in a stopped node's data directory.
     Journal(journal::Args),
 }
 
 fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
     let cli = Cli::parse();
     match cli.command {
+        Command::Serve(args) => match serve::run(args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("quark: error: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
         Command::Journal(args) => journal::run(args),
     }
 }

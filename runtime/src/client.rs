@@ -1,0 +1,304 @@
+//! [`Client`]: an external, non-member handle to a cluster. It hosts no actors; it dials every
+//! node (handshake role `Client`) and sends to actors by id with the cluster's placement
+//! function, straight to the owner node.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
+
+use quark_net::{
+    ClusterSecret, FrameDecoder, HandshakeConfig, HandshakeError, HandshakeStatus, Initiator,
+    Membership, OutBuf, PeerInfo, PeerRole, HANDSHAKE_FRAME_BYTES_MAX, PROTOCOL_VERSION,
+};
+use quark_shard::{
+    Actor, ActorKey, ActorRef, Engine, EngineBuilder, EngineConfig, NetConfig, ShardId, ShardSpec,
+    ShardStatsSnapshot, ShutdownReport, SpawnHandle, StartError,
+};
+
+/// Why a [`Client`] could not be built, or a [`probe`] failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// No node address was given.
+    #[error("a client needs at least one node address")]
+    NoNodes,
+    /// A node could not be reached.
+    #[error("cannot connect to {addr}: {source}")]
+    Connect {
+        /// The address.
+        addr: SocketAddr,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The handshake with a node failed (the cause names both sides' claims).
+    #[error("handshake with {addr}: {source}")]
+    Handshake {
+        /// The address.
+        addr: SocketAddr,
+        /// The cause.
+        #[source]
+        source: HandshakeError,
+    },
+    /// The node closed the connection or sent an invalid frame during the handshake.
+    #[error("handshake with {addr}: the peer closed the connection or sent an invalid frame")]
+    HandshakeBroken {
+        /// The address.
+        addr: SocketAddr,
+    },
+    /// The nodes' ids do not form a valid membership (e.g. two addresses answered with the
+    /// same node id).
+    #[error(transparent)]
+    Membership(#[from] quark_net::MembershipError),
+    /// The client's engine could not start.
+    #[error(transparent)]
+    Start(#[from] StartError),
+}
+
+/// Dials `addr` and runs the handshake as `cfg` says, blocking, within `timeout`; returns the
+/// node's identity. Used by [`ClientBuilder::connect`] to learn node ids from addresses, and
+/// to check a node's settings (cluster id, secret, version) from tools and tests.
+pub fn probe(
+    addr: SocketAddr,
+    cfg: HandshakeConfig,
+    timeout: Duration,
+) -> Result<PeerInfo, ClientError> {
+    let connect = |source| ClientError::Connect { addr, source };
+    let mut s = TcpStream::connect_timeout(&addr, timeout).map_err(connect)?;
+    let deadline = Instant::now() + timeout;
+    let mut init = Initiator::new(cfg, rand::random(), None);
+    let mut out = OutBuf::new();
+    init.start(&mut out)
+        .map_err(|source| ClientError::Handshake { addr, source })?;
+    let mut dec = FrameDecoder::new(HANDSHAKE_FRAME_BYTES_MAX);
+    let mut buf = [0u8; 4096];
+    loop {
+        if !out.is_empty() {
+            s.write_all(out.pending()).map_err(connect)?;
+            out.clear();
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            let source = init.on_timeout(&mut out);
+            let _ = s.write_all(out.pending());
+            return Err(ClientError::Handshake { addr, source });
+        }
+        s.set_read_timeout(Some(left)).map_err(connect)?;
+        let n = match s.read(&mut buf) {
+            Ok(0) => return Err(ClientError::HandshakeBroken { addr }),
+            Ok(n) => n,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                continue
+            }
+            Err(e) => return Err(connect(e)),
+        };
+        let mut off = 0;
+        while off < n {
+            let took = dec
+                .feed(&buf[off..n])
+                .map_err(|_| ClientError::HandshakeBroken { addr })?;
+            off += took;
+            while let Some(frame) = dec.next_frame() {
+                match init.on_frame(&frame, &mut out) {
+                    Ok(HandshakeStatus::Continue) => {}
+                    Ok(HandshakeStatus::Established(peer)) => {
+                        let _ = s.write_all(out.pending());
+                        return Ok(peer);
+                    }
+                    Err(source) => {
+                        let _ = s.write_all(out.pending());
+                        return Err(ClientError::Handshake { addr, source });
+                    }
+                }
+            }
+            if took == 0 {
+                break;
+            }
+        }
+    }
+}
+
+/// Builds a [`Client`].
+pub struct ClientBuilder {
+    cluster_id: String,
+    secret: Option<ClusterSecret>,
+    nodes: Vec<(Option<u64>, SocketAddr)>,
+    engine: EngineConfig,
+    net: Box<dyn FnOnce(&mut NetConfig)>,
+    wire: Vec<Box<dyn FnOnce(EngineBuilder) -> EngineBuilder>>,
+    probe_timeout: Duration,
+}
+
+impl ClientBuilder {
+    /// The cluster id the nodes expect.
+    pub fn cluster_id(mut self, id: impl Into<String>) -> Self {
+        self.cluster_id = id.into();
+        self
+    }
+
+    /// The cluster secret (`None`: the nodes have none; loopback only).
+    pub fn secret(mut self, secret: Option<ClusterSecret>) -> Self {
+        self.secret = secret;
+        self
+    }
+
+    /// A node by id and address (as in the nodes' `[[cluster.nodes]]`).
+    pub fn node(mut self, id: u64, addr: SocketAddr) -> Self {
+        self.nodes.push((Some(id), addr));
+        self
+    }
+
+    /// A node by address only: its id is learned with a handshake at
+    /// [`connect`](Self::connect) (the node must be up then). List every node of the
+    /// cluster: placement is computed over the listed nodes.
+    pub fn target(mut self, addr: SocketAddr) -> Self {
+        self.nodes.push((None, addr));
+        self
+    }
+
+    /// Lets the client send `M` (and read its reply).
+    pub fn message<M>(mut self) -> Self
+    where
+        M: quark_shard::Message + quark_net::WireOwned,
+        M::Reply: quark_net::WireOwned,
+    {
+        self.wire.push(Box::new(|b| b.wire_message::<M>()));
+        self
+    }
+
+    /// Changes the client's engine settings (by default one unpinned shard that parks when
+    /// idle).
+    pub fn engine(mut self, f: impl FnOnce(&mut EngineConfig)) -> Self {
+        f(&mut self.engine);
+        self
+    }
+
+    /// Changes the transport settings (heartbeats, backoff, bounds).
+    pub fn transport(mut self, f: impl FnOnce(&mut NetConfig) + 'static) -> Self {
+        self.net = Box::new(f);
+        self
+    }
+
+    /// Starts the client: learns the ids of nodes given by address only, then dials every
+    /// node from its shard(s). Returns once the client's engine runs; links come up in the
+    /// background (asks sent meanwhile wait for them, within their deadline).
+    pub fn connect(self) -> Result<Client, ClientError> {
+        if self.nodes.is_empty() {
+            return Err(ClientError::NoNodes);
+        }
+        let client_id: u64 = rand::random::<u64>() | (1 << 63);
+        let mut nodes = Vec::with_capacity(self.nodes.len());
+        for (id, addr) in self.nodes {
+            let id = match id {
+                Some(id) => id,
+                None => {
+                    let cfg = HandshakeConfig {
+                        protocol_version: PROTOCOL_VERSION,
+                        cluster_id: self.cluster_id.clone(),
+                        node_id: client_id,
+                        role: PeerRole::Client,
+                        secret: self.secret.clone(),
+                        shard: 0,
+                    };
+                    probe(addr, cfg, self.probe_timeout)?.node_id
+                }
+            };
+            nodes.push(quark_net::NodeConfig {
+                id,
+                addr: addr.to_string(),
+            });
+        }
+        let membership = Membership::from_config(&quark_net::ClusterConfig {
+            cluster_id: self.cluster_id,
+            nodes,
+        })?;
+        let mut net = NetConfig::new(client_id, PeerRole::Client, membership);
+        net.secret = self.secret;
+        (self.net)(&mut net);
+        let mut engine = self.engine;
+        engine.net = Some(net);
+        let mut b = EngineBuilder::new(engine);
+        for w in self.wire {
+            b = w(b);
+        }
+        Ok(Client { engine: b.start()? })
+    }
+}
+
+/// An external handle to a cluster: it hosts no actors and is not a member; it holds one
+/// connection per node (per client shard) and sends each message straight to the node that
+/// owns the actor, computed with the same placement function as the nodes.
+///
+/// ```no_run
+/// use quark::builtin::{Counter, Add};
+/// let client = quark::Client::builder()
+///     .cluster_id("local")
+///     .target("127.0.0.1:7100".parse().unwrap())
+///     .message::<Add>()
+///     .connect()
+///     .unwrap();
+/// let c = client.actor_ref::<Counter>("visits");
+/// let n = quark::block_on(c.ask(Add(1))).unwrap();
+/// assert!(n >= 1);
+/// client.shutdown();
+/// ```
+pub struct Client {
+    engine: Engine,
+}
+
+impl Client {
+    /// A builder with cluster id `"local"`, no secret and no nodes.
+    pub fn builder() -> ClientBuilder {
+        ClientBuilder {
+            cluster_id: "local".into(),
+            secret: None,
+            nodes: Vec::new(),
+            engine: EngineConfig {
+                shards: ShardSpec::Count(1),
+                pin_threads: false,
+                idle_spin: Duration::ZERO,
+                ..EngineConfig::default()
+            },
+            net: Box::new(|_| {}),
+            wire: Vec::new(),
+            probe_timeout: Duration::from_secs(2),
+        }
+    }
+
+    /// A reference to actor `(A, key)` on its owner node. `ask`/`tell` fail with
+    /// `NodeUnavailable` while the owner is unreachable, and with `NotWireMessage` for a
+    /// message type not registered with [`ClientBuilder::message`].
+    pub fn actor_ref<A: Actor>(&self, key: impl Into<ActorKey>) -> ActorRef<A> {
+        self.engine.actor_ref(key)
+    }
+
+    /// Runs `make()` on one of the client's shards and spawns its future there: sends made
+    /// from it go straight onto the shard's connections (no cross-thread hop per message).
+    pub fn spawn_on<F, Fut>(&self, shard: ShardId, make: F) -> SpawnHandle<Fut::Output>
+    where
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: std::future::Future + 'static,
+        Fut::Output: Send + 'static,
+    {
+        self.engine.spawn_on(shard, make)
+    }
+
+    /// Number of client shards.
+    pub fn shard_count(&self) -> u16 {
+        self.engine.shard_count()
+    }
+
+    /// The client's counters (per shard, with the transport's).
+    pub fn stats(&self) -> Vec<ShardStatsSnapshot> {
+        self.engine.stats()
+    }
+
+    /// Closes the connections and stops the client's threads.
+    pub fn shutdown(self) -> ShutdownReport {
+        self.engine.shutdown()
+    }
+}

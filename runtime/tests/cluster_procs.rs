@@ -1,0 +1,250 @@
+//! Three `quark serve` processes on loopback ports, driven by a `Client`: asks to every node, a
+//! node killed with SIGKILL (calls to its actors fail fast, the others go on), the node
+//! restarted (it serves again), and handshakes refused for a wrong secret, cluster id and
+//! protocol version, with the cause named on both sides.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use quark::builtin::{Add, Counter};
+use quark::{CallError, Client, ClientError, ClusterSecret, HandshakeConfig, PeerRole};
+
+const SECRET: &str = "test-secret-0123456789";
+const SECRET_VAR: &str = "QUARK_TEST_CLUSTER_SECRET";
+
+struct Proc {
+    child: Child,
+    stderr: Arc<Mutex<String>>,
+    stdout: mpsc::Receiver<String>,
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_addrs(n: usize) -> Vec<SocketAddr> {
+    // Bound together so that the ports differ; released just before the nodes bind them.
+    let ls: Vec<_> = (0..n)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
+        .collect();
+    ls.iter().map(|l| l.local_addr().unwrap()).collect()
+}
+
+fn write_config(dir: &Path, addrs: &[SocketAddr]) -> std::path::PathBuf {
+    let mut text = format!(
+        "[node]\nshards = 1\nidle_spin_us = 0\nshutdown_timeout_ms = 2000\n\n\
+         [cluster]\ncluster_id = \"procs\"\nnode_id = 1\nsecret_env = \"{SECRET_VAR}\"\n\
+         heartbeat_interval_ms = 20\nsuspect_after_ms = 100\ndead_after_ms = 300\n\
+         reconnect_base_ms = 10\nreconnect_max_ms = 100\n"
+    );
+    for (i, a) in addrs.iter().enumerate() {
+        text.push_str(&format!(
+            "\n[[cluster.nodes]]\nid = {}\naddr = \"{a}\"\n",
+            i + 1
+        ));
+    }
+    let path = dir.join("cluster.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// Starts node `id` and waits (at most 10 s) for its ready line.
+fn serve(config: &Path, id: u64) -> Proc {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_quark"))
+        .args(["serve", "--config"])
+        .arg(config)
+        .args(["--node-id", &id.to_string()])
+        .env(SECRET_VAR, SECRET)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn quark serve");
+    let stdout = child.stdout.take().unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let log = Arc::new(Mutex::new(String::new()));
+    let log2 = log.clone();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            log2.lock().unwrap().push_str(&line);
+            log2.lock().unwrap().push('\n');
+        }
+    });
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let end = Instant::now() + Duration::from_secs(10);
+    loop {
+        let left = end.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(line) if line.contains("listening on") => break,
+            Ok(_) => {}
+            Err(_) => panic!(
+                "node {id} did not print its ready line within 10 s; stderr:\n{}",
+                log.lock().unwrap()
+            ),
+        }
+    }
+    Proc {
+        child,
+        stderr: log,
+        stdout: rx,
+    }
+}
+
+fn eventually<T>(what: &str, within: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let end = Instant::now() + within;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < end, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+fn client(addrs: &[SocketAddr]) -> Client {
+    let mut b = Client::builder()
+        .cluster_id("procs")
+        .secret(Some(
+            ClusterSecret::new(SECRET.as_bytes().to_vec(), "test").unwrap(),
+        ))
+        .transport(|n| {
+            n.backoff.base = Duration::from_millis(10);
+            n.backoff.max = Duration::from_millis(100);
+        });
+    for (i, a) in addrs.iter().enumerate() {
+        b = b.node(i as u64 + 1, *a);
+    }
+    quark::builtin::builtin_messages(b).connect().unwrap()
+}
+
+/// A counter key whose owner is `node`.
+fn key_on(c: &Client, node: u64) -> u64 {
+    (0..10_000u64)
+        .find(|k| c.actor_ref::<Counter>(*k).remote_node() == Some(node))
+        .unwrap()
+}
+
+#[test]
+fn three_processes_kill_one_restart_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let addrs = free_addrs(3);
+    let config = write_config(dir.path(), &addrs);
+    let n1 = serve(&config, 1);
+    let _n2 = serve(&config, 2);
+    let n3 = serve(&config, 3);
+    let c = client(&addrs);
+    let refs: Vec<_> = (1..=3)
+        .map(|n| c.actor_ref::<Counter>(key_on(&c, n)))
+        .collect();
+    for r in &refs {
+        let v = eventually("an ask to every node", Duration::from_secs(10), || {
+            quark::block_on(r.ask(Add(1))).ok()
+        });
+        assert_eq!(v, 1);
+    }
+    // SIGKILL node 3.
+    drop(n3);
+    let took = eventually(
+        "NodeUnavailable from node 3",
+        Duration::from_secs(10),
+        || {
+            let t0 = Instant::now();
+            match quark::block_on(refs[2].ask_timeout(Add(1), Duration::from_secs(5))) {
+                Err(CallError::NodeUnavailable { node: 3, .. }) => Some(t0.elapsed()),
+                _ => None,
+            }
+        },
+    );
+    assert!(
+        took < Duration::from_millis(500),
+        "a call to a dead node took {took:?}"
+    );
+    // The other nodes go on, and keep their state.
+    assert_eq!(quark::block_on(refs[0].ask(Add(1))).unwrap(), 2);
+    assert_eq!(quark::block_on(refs[1].ask(Add(1))).unwrap(), 2);
+    // Restart node 3: it rejoins and serves again (a fresh activation).
+    let _n3 = serve(&config, 3);
+    let v = eventually("node 3 serving again", Duration::from_secs(10), || {
+        quark::block_on(refs[2].ask(Add(5))).ok()
+    });
+    assert_eq!(v, 5);
+    c.shutdown();
+
+    // Handshake refusals, named on both sides.
+    let secret = |s: &str| Some(ClusterSecret::new(s.as_bytes().to_vec(), "test").unwrap());
+    let cfg = |cluster: &str, secret: Option<ClusterSecret>, version: u16| HandshakeConfig {
+        protocol_version: version,
+        cluster_id: cluster.into(),
+        node_id: 999,
+        role: PeerRole::Client,
+        secret,
+        shard: 0,
+    };
+    let cases = [
+        (
+            cfg("procs", secret("wrong-secret-0123456789"), 1),
+            "wrong proof",
+            "wrong proof",
+        ),
+        (
+            cfg("other", secret(SECRET), 1),
+            "refused the handshake: cluster id mismatch",
+            "cluster id mismatch",
+        ),
+        (
+            cfg("procs", secret(SECRET), 7),
+            "refused the handshake: protocol version mismatch",
+            "protocol version mismatch",
+        ),
+    ];
+    for (cfg, ours, theirs) in cases {
+        let e = quark::probe(addrs[0], cfg, Duration::from_secs(5)).unwrap_err();
+        assert!(matches!(e, ClientError::Handshake { .. }), "{e:?}");
+        assert!(e.to_string().contains(ours), "client side: {e}");
+        eventually(
+            &format!("node 1 logging {theirs:?}"),
+            Duration::from_secs(5),
+            || n1.stderr.lock().unwrap().contains(theirs).then_some(()),
+        );
+    }
+    // The right settings still work, and the secret never shows in a log.
+    quark::probe(
+        addrs[0],
+        cfg("procs", secret(SECRET), 1),
+        Duration::from_secs(5),
+    )
+    .unwrap();
+    assert!(!n1.stderr.lock().unwrap().contains(SECRET));
+
+    // SIGTERM: the node drains, says so, and exits successfully.
+    let mut n1 = n1;
+    // SAFETY: kill(2) on our own child's pid.
+    assert_eq!(
+        unsafe { libc::kill(n1.child.id() as i32, libc::SIGTERM) },
+        0
+    );
+    let status = eventually(
+        "node 1 to exit after SIGTERM",
+        Duration::from_secs(10),
+        || n1.child.try_wait().unwrap(),
+    );
+    assert!(status.success(), "{status:?}");
+    let stopped = n1
+        .stdout
+        .recv_timeout(Duration::from_secs(5))
+        .expect("a line after the ready line");
+    assert!(stopped.contains("quark: stopped"), "{stopped}");
+}

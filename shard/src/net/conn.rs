@@ -1,0 +1,821 @@
+//! Connections: the dialed link to each peer node (connect, handshake, serve, reconnect with
+//! backoff), the accept loop, and the tasks of one established connection (reader, writer,
+//! heartbeat). Every task runs on the shard's own scheduler.
+
+use std::cell::{Cell, RefCell};
+use std::future::poll_fn;
+use std::net::SocketAddr;
+use std::os::fd::RawFd;
+use std::rc::Rc;
+use std::task::{Poll, Waker};
+use std::time::{Duration, Instant};
+
+use quark_net::{
+    Acceptor, Backoff, CloseReason, FailureDetector, FrameDecoder, FrameError, FrameHead,
+    FrameKind, HandshakeConfig, HandshakeError, HandshakeStatus, Initiator, Liveness, OutBuf,
+    PeerInfo, PeerRole, HANDSHAKE_FRAME_BYTES_MAX, PROTOCOL_VERSION, READ_CHUNK_BYTES,
+};
+use quark_placement::NodeId;
+use rustc_hash::FxHashSet;
+
+use crate::calls::{CallId, CallOutcome};
+use crate::core::ShardCore;
+use crate::error::CallError;
+use crate::node::Phase;
+use crate::rt::tcp::{self, TcpReader, TcpWriter};
+
+/// Requests from one connection served at once; the connection is not read while this many
+/// replies are outstanding.
+const REQUESTS_INFLIGHT_MAX: usize = 4096;
+
+/// The outgoing side of one connection (or one connection attempt): the frame buffer senders
+/// append to, the writer's waker, and the calls waiting for a reply on it.
+pub(crate) struct Wire {
+    pub(crate) out: RefCell<OutBuf>,
+    writer: RefCell<Option<Waker>>,
+    room: RefCell<Vec<Waker>>,
+    /// Set once the handshake completed; frames queued before are flushed then.
+    ready: Cell<bool>,
+    closed: Cell<bool>,
+    fd: Cell<Option<RawFd>>,
+    /// Correlation ids of asks sent on this connection and not yet answered.
+    pub(crate) pending: RefCell<FxHashSet<u64>>,
+    pub(crate) frames_queued: Cell<u64>,
+    detector: RefCell<Option<FailureDetector>>,
+    pub(crate) out_bytes_max: usize,
+    /// Requests from the peer being served (replies not yet queued).
+    serving: Cell<usize>,
+    serving_max: usize,
+    reader: RefCell<Option<Waker>>,
+}
+
+impl Wire {
+    fn new(out_bytes_max: usize) -> Wire {
+        Wire {
+            out: RefCell::new(OutBuf::with_capacity(64 * 1024)),
+            writer: RefCell::new(None),
+            room: RefCell::new(Vec::new()),
+            ready: Cell::new(false),
+            closed: Cell::new(false),
+            fd: Cell::new(None),
+            pending: RefCell::new(FxHashSet::default()),
+            frames_queued: Cell::new(0),
+            detector: RefCell::new(None),
+            out_bytes_max,
+            serving: Cell::new(0),
+            serving_max: REQUESTS_INFLIGHT_MAX,
+            reader: RefCell::new(None),
+        }
+    }
+
+    pub(crate) fn request_started(&self) {
+        self.serving.set(self.serving.get() + 1);
+    }
+
+    pub(crate) fn request_done(&self) {
+        let n = self.serving.get().saturating_sub(1);
+        self.serving.set(n);
+        if n < self.serving_max {
+            if let Some(w) = self.reader.borrow_mut().take() {
+                w.wake();
+            }
+        }
+    }
+
+    /// Waits while `serving_max` requests from the peer are in progress (backpressure: the
+    /// peer's writes then wait for TCP's window).
+    async fn serving_room(&self) {
+        poll_fn(|cx| {
+            if self.closed.get() || self.serving.get() < self.serving_max {
+                Poll::Ready(())
+            } else {
+                *self.reader.borrow_mut() = Some(cx.waker().clone());
+                Poll::Pending
+            }
+        })
+        .await
+    }
+
+    pub(crate) fn is_closed(&self) -> bool {
+        self.closed.get()
+    }
+
+    /// Tells the writer there is something to send.
+    pub(crate) fn wake_writer(&self) {
+        if let Some(w) = self.writer.borrow_mut().take() {
+            w.wake();
+        }
+    }
+
+    /// Waits until the outgoing buffer is under its bound (or the connection closed).
+    pub(crate) async fn room(&self) {
+        poll_fn(|cx| {
+            if self.closed.get() || self.out.borrow().len() < self.out_bytes_max {
+                Poll::Ready(())
+            } else {
+                self.room.borrow_mut().push(cx.waker().clone());
+                Poll::Pending
+            }
+        })
+        .await
+    }
+
+    /// Appends an empty-payload frame (heartbeats).
+    fn push_empty(&self, head: FrameHead) {
+        if self.out.borrow_mut().push_empty(head).is_ok() {
+            self.frames_queued.set(self.frames_queued.get() + 1);
+            self.wake_writer();
+        }
+    }
+
+    /// Closes the connection: the socket is shut down (its reader sees the end), the writer
+    /// and everyone waiting for room wake up.
+    pub(crate) fn close(&self) {
+        if self.closed.replace(true) {
+            return;
+        }
+        if let Some(fd) = self.fd.take() {
+            tcp::shutdown(fd);
+        }
+        self.wake_writer();
+        for w in self.room.borrow_mut().drain(..) {
+            w.wake();
+        }
+        if let Some(w) = self.reader.borrow_mut().take() {
+            w.wake();
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum LinkState {
+    /// A connect and handshake are in progress: requests queue (bounded) and are sent once
+    /// the handshake completes, or fail if it does not.
+    Connecting,
+    /// Established.
+    Up,
+    /// The last attempt failed; waiting for the next (backoff). Requests fail at once.
+    Down,
+}
+
+/// This shard's dialed connection to one peer node, across reconnects.
+pub(crate) struct Link {
+    pub(crate) peer: NodeId,
+    pub(crate) addr: SocketAddr,
+    state: Cell<LinkState>,
+    wire: RefCell<Option<Rc<Wire>>>,
+    pub(crate) last_drop_log: Cell<Option<Instant>>,
+    pub(crate) dropped_since_log: Cell<u64>,
+}
+
+impl Link {
+    pub(crate) fn new(peer: NodeId, addr: SocketAddr) -> Link {
+        Link {
+            peer,
+            addr,
+            state: Cell::new(LinkState::Connecting),
+            wire: RefCell::new(None),
+            last_drop_log: Cell::new(None),
+            dropped_since_log: Cell::new(0),
+        }
+    }
+
+    pub(crate) fn is_up(&self) -> bool {
+        self.state.get() == LinkState::Up
+    }
+
+    /// The connection to send on, unless the peer is known to be unreachable.
+    pub(crate) fn wire(&self) -> Option<Rc<Wire>> {
+        if self.state.get() == LinkState::Down {
+            return None;
+        }
+        self.wire
+            .borrow()
+            .as_ref()
+            .filter(|w| !w.is_closed())
+            .cloned()
+    }
+}
+
+/// Starts the shard's transport tasks: one link manager per peer, and the accept loop on the
+/// shard that owns the listener.
+pub(crate) fn start(core: &Rc<ShardCore>, listener: Option<std::net::TcpListener>) {
+    let Some(net) = &core.net else { return };
+    for link in net.links.values() {
+        // The first attempt's wire exists before the task runs, so that sends made right after
+        // start-up queue instead of failing.
+        *link.wire.borrow_mut() = Some(Rc::new(Wire::new(net.cfg.out_bytes_max)));
+        let (core2, link) = (core.clone(), link.clone());
+        core.exec.spawn(async move { run_link(core2, link).await });
+    }
+    if let Some(l) = listener {
+        match tcp::Listener::from_std(l) {
+            Ok(l) => {
+                let core2 = core.clone();
+                core.exec.spawn(async move { accept_loop(core2, l).await });
+            }
+            Err(e) => tracing::error!(shard = core.id, error = %e, "cannot register the listener"),
+        }
+    }
+}
+
+fn handshake_config(core: &ShardCore) -> HandshakeConfig {
+    let cfg = &core
+        .net
+        .as_ref()
+        .expect("transport tasks run only with a NetConfig")
+        .cfg;
+    HandshakeConfig {
+        protocol_version: PROTOCOL_VERSION,
+        cluster_id: cfg.membership.cluster_id().to_owned(),
+        node_id: cfg.node_id,
+        role: cfg.role,
+        secret: cfg.secret.clone(),
+        shard: core.id,
+    }
+}
+
+fn running(core: &ShardCore) -> bool {
+    core.node.phase() == Phase::Running || core.node.phase() == Phase::Draining
+}
+
+/// Why a connection attempt or a connection ended (for logs and counters).
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum LinkError {
+    #[error("connect to {addr}: {source}")]
+    Connect {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("handshake with {addr}: {source}")]
+    Handshake {
+        addr: SocketAddr,
+        #[source]
+        source: HandshakeError,
+    },
+    #[error("handshake with {addr}: connection closed by the peer")]
+    HandshakeClosed { addr: SocketAddr },
+    #[error("handshake with {addr}: {source}")]
+    HandshakeFrame {
+        addr: SocketAddr,
+        #[source]
+        source: FrameError,
+    },
+    #[error("handshake with {addr}: {source}")]
+    HandshakeIo {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl LinkError {
+    fn close_reason(&self) -> CloseReason {
+        match self {
+            LinkError::Connect { .. } | LinkError::HandshakeIo { .. } => CloseReason::Io,
+            LinkError::HandshakeFrame { source, .. } => CloseReason::from_frame_error(source),
+            _ => CloseReason::HandshakeFailed,
+        }
+    }
+}
+
+/// The role the handshake plays.
+enum Side {
+    Dial(Initiator),
+    Accept(Acceptor),
+}
+
+/// Runs a handshake on a fresh connection. On success, returns the peer and the decoder,
+/// raised to the connection's frame bound (it may already hold frames that followed the
+/// handshake).
+async fn handshake(
+    mut side: Side,
+    addr: SocketAddr,
+    rd: &mut TcpReader,
+    wr: &mut TcpWriter,
+    frame_bytes_max: u32,
+    timeout: Duration,
+) -> Result<(PeerInfo, FrameDecoder), LinkError> {
+    let mut out = OutBuf::new();
+    let mut dec = FrameDecoder::new(HANDSHAKE_FRAME_BYTES_MAX);
+    if let Side::Dial(init) = &mut side {
+        init.start(&mut out)
+            .map_err(|source| LinkError::Handshake { addr, source })?;
+    }
+    let run = async {
+        let mut buf = vec![0u8; 4096];
+        loop {
+            if !out.is_empty() {
+                let (res, back) = wr.write_all(std::mem::take(&mut out)).await;
+                out = back;
+                out.clear();
+                res.map_err(|source| LinkError::HandshakeIo { addr, source })?;
+            }
+            let (res, back) = rd.read(buf).await;
+            buf = back;
+            let n = res.map_err(|source| LinkError::HandshakeIo { addr, source })?;
+            if n == 0 {
+                return Err(LinkError::HandshakeClosed { addr });
+            }
+            let mut off = 0;
+            while off < n {
+                let took = dec
+                    .feed(&buf[off..n])
+                    .map_err(|source| LinkError::HandshakeFrame { addr, source })?;
+                off += took;
+                while let Some(frame) = dec.next_frame() {
+                    let status = match &mut side {
+                        Side::Dial(i) => i.on_frame(&frame, &mut out),
+                        Side::Accept(a) => a.on_frame(&frame, &mut out),
+                    };
+                    match status {
+                        Ok(HandshakeStatus::Continue) => {}
+                        Ok(HandshakeStatus::Established(peer)) => {
+                            if !out.is_empty() {
+                                let (res, _) = wr.write_all(std::mem::take(&mut out)).await;
+                                res.map_err(|source| LinkError::HandshakeIo { addr, source })?;
+                            }
+                            // Bytes after the last handshake frame stay in the decoder;
+                            // only whole remaining input is fed below.
+                            if off < n {
+                                dec.raise_frame_bytes_max(frame_bytes_max);
+                                dec.feed(&buf[off..n])
+                                    .map_err(|source| LinkError::HandshakeFrame { addr, source })?;
+                            }
+                            return Ok((peer, dec));
+                        }
+                        Err(source) => {
+                            if !out.is_empty() {
+                                // Best effort: the Reject tells the peer why.
+                                let _ = wr.write_all(std::mem::take(&mut out)).await;
+                            }
+                            return Err(LinkError::Handshake { addr, source });
+                        }
+                    }
+                }
+                if took == 0 {
+                    break;
+                }
+            }
+        }
+    };
+    match tcp::timeout(timeout, run).await {
+        Some(Ok((peer, mut dec))) => {
+            dec.raise_frame_bytes_max(frame_bytes_max);
+            Ok((peer, dec))
+        }
+        Some(Err(e)) => Err(e),
+        None => {
+            let mut out = OutBuf::new();
+            let source = match &mut side {
+                Side::Dial(i) => i.on_timeout(&mut out),
+                Side::Accept(a) => a.on_timeout(&mut out),
+            };
+            let _ = tcp::timeout(Duration::from_millis(100), wr.write_all(out)).await;
+            Err(LinkError::Handshake { addr, source })
+        }
+    }
+}
+
+fn nonce() -> [u8; quark_net::NONCE_BYTES] {
+    rand::random()
+}
+
+/// The link manager of one peer: connect, handshake, serve until the connection ends, then
+/// fail what waited on it and reconnect after a backoff with jitter. Runs until the shard
+/// stops.
+async fn run_link(core: Rc<ShardCore>, link: Rc<Link>) {
+    let net = core
+        .net
+        .as_ref()
+        .expect("links exist only with a NetConfig");
+    let cfg = net.cfg.clone();
+    let mut backoff = Backoff::new(cfg.backoff);
+    let mut last_log: Cell<Option<Instant>> = Cell::new(None);
+    let mut was_up = false;
+    while running(&core) {
+        let wire = {
+            let mut slot = link.wire.borrow_mut();
+            match slot.as_ref() {
+                Some(w) if !w.is_closed() => w.clone(),
+                _ => {
+                    let w = Rc::new(Wire::new(cfg.out_bytes_max));
+                    *slot = Some(w.clone());
+                    w
+                }
+            }
+        };
+        link.state.set(LinkState::Connecting);
+        let attempt = async {
+            let (mut rd, mut wr, fd) =
+                tcp::connect(link.addr, cfg.connect_timeout)
+                    .await
+                    .map_err(|source| LinkError::Connect {
+                        addr: link.addr,
+                        source,
+                    })?;
+            let init = Initiator::new(handshake_config(&core), nonce(), Some(link.peer));
+            let (_peer, dec) = handshake(
+                Side::Dial(init),
+                link.addr,
+                &mut rd,
+                &mut wr,
+                cfg.frame_bytes_max,
+                cfg.handshake_timeout,
+            )
+            .await?;
+            Ok::<_, LinkError>((rd, wr, fd, dec))
+        };
+        match attempt.await {
+            Ok((rd, wr, fd, dec)) => {
+                backoff.reset();
+                net.stats.peers.borrow_mut().connects += 1;
+                net.stats.peers.borrow_mut().handshakes_ok += 1;
+                tracing::info!(shard = core.id, peer = link.peer, addr = %link.addr,
+                    reconnect = was_up, "link to peer established");
+                was_up = true;
+                link.state.set(LinkState::Up);
+                let reason = serve(&core, &wire, rd, wr, fd, dec, link.peer, link.addr).await;
+                link.state.set(LinkState::Down);
+                wire.close();
+                fail_pending(&core, &wire, link.peer);
+                tracing::warn!(shard = core.id, peer = link.peer, addr = %link.addr,
+                    ?reason, "link to peer closed; reconnecting");
+                *last_log.get_mut() = None;
+            }
+            Err(e) => {
+                link.state.set(LinkState::Down);
+                wire.close();
+                fail_pending(&core, &wire, link.peer);
+                net.stats.peers.borrow_mut().record_close(e.close_reason());
+                let now = Instant::now();
+                let quiet = matches!(e, LinkError::Connect { .. })
+                    && !super::log_due(&last_log, now, Duration::from_secs(5));
+                if !quiet {
+                    tracing::warn!(shard = core.id, peer = link.peer, error = %e,
+                        attempt = backoff.attempts(), "cannot reach peer");
+                }
+            }
+        }
+        if !running(&core) {
+            break;
+        }
+        let delay = backoff
+            .next_delay(rand::random())
+            .unwrap_or(cfg.backoff.max);
+        crate::rt::sleep(delay.max(Duration::from_millis(1))).await;
+    }
+}
+
+/// Fails every ask still waiting for a reply on `wire` with `NodeUnavailable`.
+fn fail_pending(core: &ShardCore, wire: &Wire, peer: NodeId) {
+    let pending: Vec<u64> = wire.pending.borrow_mut().drain().collect();
+    let net = core
+        .net
+        .as_ref()
+        .expect("links exist only with a NetConfig");
+    for corr in pending {
+        net.stats
+            .asks_unavailable
+            .set(net.stats.asks_unavailable.get() + 1);
+        core.complete_call(
+            CallId::from_u64(corr),
+            CallOutcome::Failed(CallError::NodeUnavailable {
+                node: peer,
+                actor: None,
+            }),
+        );
+    }
+}
+
+async fn accept_loop(core: Rc<ShardCore>, listener: tcp::Listener) {
+    let net = core
+        .net
+        .as_ref()
+        .expect("the listener exists only with a NetConfig");
+    let cfg = net.cfg.clone();
+    while running(&core) {
+        let (mut rd, mut wr, fd, addr) = match listener.accept().await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(shard = core.id, error = %e, "accept failed");
+                crate::rt::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        let core2 = core.clone();
+        let cfg = cfg.clone();
+        core.exec.spawn(async move {
+            let core = core2;
+            let net = core.net.as_ref().expect("checked above");
+            net.stats.peers.borrow_mut().connects += 1;
+            let acc = Acceptor::new(handshake_config(&core), nonce());
+            let (peer, dec) = match handshake(
+                Side::Accept(acc),
+                addr,
+                &mut rd,
+                &mut wr,
+                cfg.frame_bytes_max,
+                cfg.handshake_timeout,
+            )
+            .await
+            {
+                Ok(p) => p,
+                Err(e) => {
+                    net.stats.peers.borrow_mut().record_close(e.close_reason());
+                    tracing::warn!(shard = core.id, %addr, error = %e,
+                        "refused an incoming connection");
+                    return;
+                }
+            };
+            if peer.role == PeerRole::Member && !cfg.membership.contains(peer.node_id) {
+                net.stats
+                    .peers
+                    .borrow_mut()
+                    .record_close(CloseReason::HandshakeFailed);
+                tracing::warn!(shard = core.id, %addr, peer = peer.node_id,
+                    "refused an incoming connection: node id is not a member of the cluster");
+                return;
+            }
+            net.stats.peers.borrow_mut().handshakes_ok += 1;
+            tracing::debug!(shard = core.id, %addr, peer = peer.node_id, role = ?peer.role,
+                "accepted a connection");
+            let wire = Rc::new(Wire::new(cfg.out_bytes_max));
+            net.accepted.borrow_mut().retain(|w| w.strong_count() > 0);
+            net.accepted.borrow_mut().push(Rc::downgrade(&wire));
+            let reason = serve(&core, &wire, rd, wr, fd, dec, peer.node_id, addr).await;
+            wire.close();
+            tracing::debug!(shard = core.id, %addr, peer = peer.node_id, ?reason,
+                "incoming connection closed");
+        });
+    }
+}
+
+/// Serves one established connection until it ends: this task reads and dispatches frames;
+/// a writer task flushes `wire` (one write per flush); a heartbeat task watches the peer.
+#[allow(clippy::too_many_arguments)]
+async fn serve(
+    core: &Rc<ShardCore>,
+    wire: &Rc<Wire>,
+    mut rd: TcpReader,
+    wr: TcpWriter,
+    fd: RawFd,
+    mut dec: FrameDecoder,
+    peer: NodeId,
+    addr: SocketAddr,
+) -> CloseReason {
+    let net = core
+        .net
+        .as_ref()
+        .expect("connections exist only with a NetConfig");
+    let cfg = &net.cfg;
+    wire.fd.set(Some(fd));
+    *wire.detector.borrow_mut() = Some(FailureDetector::new(cfg.detector, Instant::now()));
+    wire.ready.set(true);
+    {
+        let (core2, wire2) = (core.clone(), wire.clone());
+        core.exec
+            .spawn(async move { writer(core2, wire2, wr).await });
+        let (core2, wire2) = (core.clone(), wire.clone());
+        let beat = cfg.detector.heartbeat_interval;
+        core.exec
+            .spawn(async move { heartbeat(core2, wire2, beat, peer, addr).await });
+    }
+    wire.wake_writer();
+    let mut buf = vec![0u8; READ_CHUNK_BYTES];
+    let spin = core.node.config.idle_spin;
+    let mut last_data = Instant::now();
+    // Frames that arrived together with the end of the handshake.
+    if let Err(r) = drain_frames(core, wire, &mut dec, peer, addr) {
+        net.stats.peers.borrow_mut().record_close(r);
+        return r;
+    }
+    let reason = loop {
+        if wire.is_closed() {
+            break if running(core) {
+                CloseReason::HeartbeatTimeout
+            } else {
+                CloseReason::Shutdown
+            };
+        }
+        if wire.serving.get() >= wire.serving_max {
+            wire.serving_room().await;
+            continue;
+        }
+        // Busy-poll while the shard would spin anyway: a shard configured to spin
+        // (`idle_spin_us`) that received bytes within that time retries `recv` from the task
+        // (no io_uring round trip) instead of waiting for a readiness completion.
+        let res = match rd.try_read(&mut buf) {
+            Ok(None) => {
+                if !spin.is_zero() && core.now().duration_since(last_data) < spin {
+                    crate::rt::yield_now().await;
+                } else if let Err(e) = rd.readable().await {
+                    tracing::debug!(shard = core.id, peer, %addr, error = %e, "poll failed");
+                    break CloseReason::Io;
+                }
+                continue;
+            }
+            Ok(Some(n)) => {
+                last_data = core.now();
+                Ok(n)
+            }
+            Err(e) => Err(e),
+        };
+        let n = match res {
+            Ok(0) => match dec.finish() {
+                Ok(()) => break CloseReason::PeerClosed,
+                Err(e) => {
+                    tracing::warn!(shard = core.id, peer, %addr, error = %e,
+                        "connection ended inside a frame");
+                    break CloseReason::from_frame_error(&e);
+                }
+            },
+            Ok(n) => n,
+            Err(e) => {
+                if !wire.is_closed() {
+                    tracing::debug!(shard = core.id, peer, %addr, error = %e, "read failed");
+                }
+                break if wire.is_closed() {
+                    CloseReason::HeartbeatTimeout
+                } else {
+                    CloseReason::Io
+                };
+            }
+        };
+        if let Some(d) = wire.detector.borrow_mut().as_mut() {
+            d.on_heard(Instant::now());
+        }
+        let mut off = 0;
+        let mut failed = None;
+        while off < n {
+            match dec.feed(&buf[off..n]) {
+                Ok(took) => off += took,
+                Err(e) => {
+                    tracing::warn!(shard = core.id, peer, %addr, error = %e,
+                        "invalid frame; closing the connection");
+                    failed = Some(CloseReason::from_frame_error(&e));
+                    break;
+                }
+            }
+            if let Err(r) = drain_frames(core, wire, &mut dec, peer, addr) {
+                failed = Some(r);
+                break;
+            }
+        }
+        if let Some(r) = failed {
+            break r;
+        }
+    };
+    net.stats.peers.borrow_mut().record_close(reason);
+    wire.close();
+    reason
+}
+
+/// Dispatches every complete frame in the decoder.
+fn drain_frames(
+    core: &Rc<ShardCore>,
+    wire: &Rc<Wire>,
+    dec: &mut FrameDecoder,
+    peer: NodeId,
+    addr: SocketAddr,
+) -> Result<(), CloseReason> {
+    let net = core
+        .net
+        .as_ref()
+        .expect("connections exist only with a NetConfig");
+    while let Some(frame) = dec.next_frame() {
+        net.stats.peers.borrow_mut().frame_in(frame.raw.len());
+        let head = frame.header.head;
+        match head.kind {
+            FrameKind::Request | FrameKind::OneWay => {
+                super::remote::dispatch(core, wire, &frame);
+            }
+            FrameKind::Response | FrameKind::ErrorReply => {
+                super::remote::complete(core, wire, &frame, peer);
+            }
+            FrameKind::Heartbeat => wire.push_empty(head.reply(FrameKind::HeartbeatAck)),
+            FrameKind::HeartbeatAck => {}
+            FrameKind::Goodbye => return Err(CloseReason::Goodbye),
+            kind => {
+                tracing::warn!(shard = core.id, peer, %addr, ?kind,
+                    "handshake frame after the handshake; closing the connection");
+                return Err(CloseReason::BadFrame);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Flushes the wire: takes everything queued, writes it with one call, repeats.
+async fn writer(core: Rc<ShardCore>, wire: Rc<Wire>, mut wr: TcpWriter) {
+    let net = core
+        .net
+        .as_ref()
+        .expect("connections exist only with a NetConfig");
+    let mut spare = OutBuf::with_capacity(64 * 1024);
+    loop {
+        poll_fn(|cx| {
+            if wire.is_closed() || (wire.ready.get() && !wire.out.borrow().is_empty()) {
+                Poll::Ready(())
+            } else {
+                *wire.writer.borrow_mut() = Some(cx.waker().clone());
+                Poll::Pending
+            }
+        })
+        .await;
+        if wire.is_closed() {
+            break;
+        }
+        std::mem::swap(&mut *wire.out.borrow_mut(), &mut spare);
+        for w in wire.room.borrow_mut().drain(..) {
+            w.wake();
+        }
+        let bytes = spare.len();
+        let frames = wire.frames_queued.replace(0);
+        net.stats.peers.borrow_mut().frames_out(frames, bytes);
+        if let Some(d) = wire.detector.borrow_mut().as_mut() {
+            d.on_sent(Instant::now());
+        }
+        // Usually the socket takes it all at once; otherwise the rest goes through the
+        // executor, which waits for room.
+        let res = match wr.try_write(&mut spare) {
+            Ok(true) => Ok(()),
+            Ok(false) => {
+                core.kick_io();
+                let (res, back) = wr.write_all(spare).await;
+                spare = back;
+                res
+            }
+            Err(e) => Err(e),
+        };
+        spare.clear();
+        if let Err(e) = res {
+            tracing::debug!(shard = core.id, error = %e, "write failed; closing the connection");
+            wire.close();
+            break;
+        }
+    }
+}
+
+/// Sends heartbeats when the connection is quiet and closes it when the peer is silent for
+/// `dead_after`.
+async fn heartbeat(
+    core: Rc<ShardCore>,
+    wire: Rc<Wire>,
+    every: Duration,
+    peer: NodeId,
+    addr: SocketAddr,
+) {
+    let tick = (every / 2).max(Duration::from_millis(1));
+    while !wire.is_closed() {
+        crate::rt::sleep(tick).await;
+        if wire.is_closed() || !running(&core) {
+            break;
+        }
+        let now = Instant::now();
+        let (due, transition) = {
+            let mut d = wire.detector.borrow_mut();
+            let Some(d) = d.as_mut() else { break };
+            let t = d.tick(now);
+            (d.heartbeat_due(now), t)
+        };
+        if let Some(t) = transition {
+            match t.to {
+                Liveness::Dead => {
+                    tracing::warn!(shard = core.id, peer, %addr, silent_for = ?t.silent_for,
+                        "peer silent for too long: declared dead, closing the connection");
+                    wire.close();
+                    break;
+                }
+                Liveness::Suspect => tracing::info!(shard = core.id, peer, %addr,
+                    silent_for = ?t.silent_for, "peer suspected"),
+                Liveness::Alive => tracing::info!(shard = core.id, peer, %addr, "peer alive again"),
+            }
+        }
+        if due {
+            wire.push_empty(FrameHead {
+                source_shard: core.id,
+                ..FrameHead::new(FrameKind::Heartbeat)
+            });
+        }
+    }
+}
+
+/// Closes every connection of the shard (at shutdown).
+pub(crate) fn close_all(core: &ShardCore) {
+    let Some(net) = &core.net else { return };
+    for link in net.links.values() {
+        if let Some(w) = link.wire.borrow().as_ref() {
+            w.close();
+        }
+    }
+    for w in net
+        .accepted
+        .borrow()
+        .iter()
+        .filter_map(std::rc::Weak::upgrade)
+    {
+        w.close();
+    }
+}

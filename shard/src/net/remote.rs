@@ -1,0 +1,587 @@
+//! Messages across nodes: sending an ask or a tell to an actor owned by another node, handling
+//! requests that arrive from the network, and matching replies to calls.
+
+use std::rc::Rc;
+use std::time::Duration;
+
+use quark_net::{
+    ArchivedWireKey, EncodeError, Frame, FrameHead, FrameKind, RemoteError, RequestEnvelope,
+    ResponseView, WireKey, WireMessage, WireOwned,
+};
+use quark_placement::{ActorId, ActorKey, NodeId};
+
+use super::conn::Wire;
+use crate::actor::{Handler, Message};
+use crate::actor_ref::ActorRef;
+use crate::calls::{CallId, CallOutcome, RemoteReply, Waiter};
+use crate::core::ShardCore;
+use crate::envelope::{Origin, ReplyTo};
+use crate::error::CallError;
+use crate::node::Phase;
+
+fn wire_key(key: &ActorKey) -> WireKey<'_> {
+    match key {
+        ActorKey::U64(k) => WireKey::U64(*k),
+        ActorKey::Str(s) => WireKey::Str(std::borrow::Cow::Borrowed(s)),
+        ActorKey::Bytes(b) => WireKey::Bytes(std::borrow::Cow::Borrowed(b)),
+    }
+}
+
+fn actor_key(key: &ArchivedWireKey<'_>) -> ActorKey {
+    match key {
+        ArchivedWireKey::U64(k) => ActorKey::U64(k.to_native()),
+        ArchivedWireKey::Str(s) => ActorKey::from(s.as_str()),
+        ArchivedWireKey::Bytes(b) => ActorKey::from(b.as_slice()),
+    }
+}
+
+fn deadline_ms(timeout: Duration) -> u32 {
+    u32::try_from(timeout.as_millis())
+        .unwrap_or(u32::MAX)
+        .max(1)
+}
+
+fn unavailable(core: &ShardCore, node: NodeId, id: &ActorId) -> CallError {
+    if let Some(net) = &core.net {
+        let s = &net.stats.asks_unavailable;
+        s.set(s.get() + 1);
+    }
+    CallError::NodeUnavailable {
+        node,
+        actor: Some(id.clone()),
+    }
+}
+
+fn encode_error(id: &ActorId, message_type: &'static str, e: EncodeError) -> CallError {
+    match e {
+        EncodeError::TooLarge { len, max } => CallError::MessageTooLarge {
+            actor: id.clone(),
+            message_type,
+            bytes: len,
+            max,
+        },
+        EncodeError::Serialize { .. } | EncodeError::UnknownFlags { .. } => {
+            CallError::NotSerializable {
+                actor: id.clone(),
+                message_type,
+            }
+        }
+    }
+}
+
+/// Maps the callee's error to the caller's.
+fn remote_error(e: RemoteError, id: &ActorId, timeout: Duration, node: NodeId) -> CallError {
+    match e {
+        RemoteError::ActorPanicked => CallError::ActorPanicked { actor: id.clone() },
+        RemoteError::ActivationAborted => CallError::ActivationAborted { actor: id.clone() },
+        RemoteError::Timeout => CallError::Timeout {
+            actor: id.clone(),
+            timeout,
+        },
+        RemoteError::ShuttingDown => CallError::ShuttingDown { actor: id.clone() },
+        error => CallError::Remote {
+            actor: id.clone(),
+            node,
+            error,
+        },
+    }
+}
+
+/// An ask from shard `core` to actor `id` owned by node `node`: the message is archived into
+/// this shard's connection to `node`, and the reply comes back on it, matched by the call id.
+pub(crate) async fn ask_remote<A, M>(
+    aref: &ActorRef<A>,
+    core: Rc<ShardCore>,
+    node: NodeId,
+    msg: M,
+    timeout: Duration,
+) -> Result<M::Reply, CallError>
+where
+    A: Handler<M>,
+    M: Message,
+{
+    let id = aref.id();
+    let Some(codec) = core.node.registry.codec::<M>() else {
+        return Err(CallError::NotWireMessage {
+            message_type: std::any::type_name::<M>(),
+        });
+    };
+    let Some(link) = core.net.as_ref().and_then(|n| n.links.get(&node)) else {
+        return Err(unavailable(&core, node, id));
+    };
+    let deadline = core.now() + timeout;
+    let Some(wire) = link.wire() else {
+        return Err(unavailable(&core, node, id));
+    };
+    if wire.out.borrow().len() >= wire.out_bytes_max {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if crate::rt::tcp::timeout(left, wire.room()).await.is_none() {
+            return Err(CallError::Timeout {
+                actor: id.clone(),
+                timeout,
+            });
+        }
+        if wire.is_closed() {
+            return Err(unavailable(&core, node, id));
+        }
+    }
+    let call = core
+        .calls
+        .borrow_mut()
+        .register(deadline, Waiter::Task(None));
+    let corr = call.to_u64();
+    let mut wait = CallWait {
+        core: &core,
+        call,
+        wire: &wire,
+        corr,
+        done: false,
+    };
+    let env = RequestEnvelope::new(
+        A::TYPE_NAME,
+        wire_key(&id.key),
+        codec.wire_name,
+        deadline_ms(timeout),
+    );
+    let head = FrameHead {
+        source_shard: core.id,
+        correlation: corr,
+        ..FrameHead::new(FrameKind::Request)
+    };
+    let max = core.net.as_ref().map_or(0, |n| n.cfg.frame_bytes_max);
+    let encoded = (codec.encode)(&msg, &mut wire.out.borrow_mut(), head, &env, max);
+    if let Err(e) = encoded {
+        return Err(encode_error(id, codec.wire_name, e));
+    }
+    drop(msg);
+    wire.frames_queued.set(wire.frames_queued.get() + 1);
+    wire.pending.borrow_mut().insert(corr);
+    wire.wake_writer();
+    let outcome = std::future::poll_fn(|cx| {
+        let r = core.calls.borrow_mut().poll(wait.call, cx);
+        if r.is_ready() {
+            wait.done = true;
+        }
+        r
+    })
+    .await;
+    drop(wait);
+    match outcome {
+        CallOutcome::Remote(RemoteReply::Value(bytes)) => match (codec.decode_reply)(&bytes) {
+            Ok(any) => match any.downcast::<M::Reply>() {
+                Ok(v) => Ok(*v),
+                Err(_) => unreachable!("a codec decodes the reply type of its message"),
+            },
+            Err(e) => {
+                tracing::warn!(shard = core.id, peer = node, actor = %id, error = %e,
+                    "invalid reply from peer");
+                Err(CallError::BadReply {
+                    actor: id.clone(),
+                    node,
+                    message_type: codec.wire_name,
+                })
+            }
+        },
+        CallOutcome::Remote(RemoteReply::Error(e)) => Err(remote_error(e, id, timeout, node)),
+        CallOutcome::Failed(CallError::NodeUnavailable { node, .. }) => {
+            Err(CallError::NodeUnavailable {
+                node,
+                actor: Some(id.clone()),
+            })
+        }
+        CallOutcome::Failed(e) => Err(e),
+        CallOutcome::TimedOut => Err(CallError::Timeout {
+            actor: id.clone(),
+            timeout,
+        }),
+        CallOutcome::Reply(_) => unreachable!("a remote call is completed with a remote outcome"),
+    }
+}
+
+/// Forgets a remote call if its future is dropped (or after it completed).
+struct CallWait<'a> {
+    core: &'a ShardCore,
+    call: CallId,
+    wire: &'a Wire,
+    corr: u64,
+    done: bool,
+}
+
+impl Drop for CallWait<'_> {
+    fn drop(&mut self) {
+        self.wire.pending.borrow_mut().remove(&self.corr);
+        if !self.done {
+            self.core.calls.borrow_mut().cancel(self.call);
+        }
+    }
+}
+
+/// A tell from shard `core` to actor `id` owned by node `node`. If the node is unreachable the
+/// tell is counted as dropped, logged (at a bounded rate) and reported as `NodeUnavailable`.
+pub(crate) async fn tell_remote<A, M>(
+    aref: &ActorRef<A>,
+    core: Rc<ShardCore>,
+    node: NodeId,
+    msg: M,
+) -> Result<(), CallError>
+where
+    A: Handler<M>,
+    M: Message,
+{
+    let id = aref.id();
+    let Some(codec) = core.node.registry.codec::<M>() else {
+        return Err(CallError::NotWireMessage {
+            message_type: std::any::type_name::<M>(),
+        });
+    };
+    let net = core.net.as_ref();
+    let link = net.and_then(|n| n.links.get(&node));
+    let wire = link.and_then(|l| l.wire());
+    let Some(wire) = wire else {
+        if let (Some(net), Some(link)) = (net, link) {
+            let s = &net.stats.tells_dropped;
+            s.set(s.get() + 1);
+            link.dropped_since_log.set(link.dropped_since_log.get() + 1);
+            if super::log_due(
+                &link.last_drop_log,
+                std::time::Instant::now(),
+                net.cfg.drop_log_interval,
+            ) {
+                tracing::warn!(shard = core.id, peer = node, addr = %link.addr,
+                    dropped = link.dropped_since_log.replace(0),
+                    dropped_total = s.get(),
+                    "tells to an unreachable node dropped");
+            }
+        }
+        return Err(CallError::NodeUnavailable {
+            node,
+            actor: Some(id.clone()),
+        });
+    };
+    if wire.out.borrow().len() >= wire.out_bytes_max {
+        wire.room().await;
+    }
+    let env = RequestEnvelope::new(A::TYPE_NAME, wire_key(&id.key), codec.wire_name, 0);
+    let head = FrameHead {
+        source_shard: core.id,
+        ..FrameHead::new(FrameKind::OneWay)
+    };
+    let max = net.map_or(0, |n| n.cfg.frame_bytes_max);
+    let encoded = (codec.encode)(&msg, &mut wire.out.borrow_mut(), head, &env, max);
+    encoded.map_err(|e| encode_error(id, codec.wire_name, e))?;
+    wire.frames_queued.set(wire.frames_queued.get() + 1);
+    wire.wake_writer();
+    Ok(())
+}
+
+/// Where the reply to a request from the network goes: the connection it came on. Counts as
+/// one request in progress on that connection until dropped (the reader stops reading while
+/// `requests_inflight_max` are in progress).
+pub(crate) struct ReplySink {
+    wire: Rc<Wire>,
+    head: FrameHead,
+    /// False for a tell: the sink only holds the request slot.
+    reply: bool,
+}
+
+impl Drop for ReplySink {
+    fn drop(&mut self) {
+        self.wire.request_done();
+    }
+}
+
+impl ReplySink {
+    fn new(wire: &Rc<Wire>, head: FrameHead) -> ReplySink {
+        wire.request_started();
+        ReplySink {
+            wire: wire.clone(),
+            head,
+            reply: head.kind == FrameKind::Request,
+        }
+    }
+
+    fn send_value<R: WireOwned>(self, core: &ShardCore, value: &R) {
+        if !self.reply {
+            return;
+        }
+        if self.wire.is_closed() {
+            return lost(core);
+        }
+        let max = core.net.as_ref().map_or(0, |n| n.cfg.frame_bytes_max);
+        let r = quark_net::encode_response(&mut self.wire.out.borrow_mut(), &self.head, value, max);
+        match r {
+            Ok(_) => self.queued(),
+            Err(e) => {
+                tracing::warn!(shard = core.id, error = %e, "reply cannot be encoded");
+                self.send_error(
+                    core,
+                    &RemoteError::BadPayload {
+                        message_type: R::WIRE_NAME.to_owned(),
+                    },
+                );
+            }
+        }
+    }
+
+    fn send_error(self, core: &ShardCore, e: &RemoteError) {
+        if !self.reply {
+            return;
+        }
+        if self.wire.is_closed() {
+            return lost(core);
+        }
+        let max = core.net.as_ref().map_or(0, |n| n.cfg.frame_bytes_max);
+        let r = quark_net::encode_error_reply(&mut self.wire.out.borrow_mut(), &self.head, e, max);
+        if r.is_ok() {
+            self.queued();
+        }
+    }
+
+    fn queued(self) {
+        self.wire
+            .frames_queued
+            .set(self.wire.frames_queued.get() + 1);
+        self.wire.wake_writer();
+    }
+}
+
+/// Completes a request from the network that was delivered straight into a local mailbox:
+/// the call table hands it the outcome (reply, failure or deadline).
+struct WireForward<A, M> {
+    core: std::rc::Weak<ShardCore>,
+    sink: ReplySink,
+    _types: std::marker::PhantomData<fn() -> (A, M)>,
+}
+
+impl<A, M> crate::calls::Forward for WireForward<A, M>
+where
+    A: Handler<M>,
+    M: Message,
+    M::Reply: WireOwned,
+{
+    fn complete(self: Box<Self>, outcome: CallOutcome) {
+        let WireForward { core, sink, .. } = *self;
+        let Some(core) = core.upgrade() else { return };
+        match outcome {
+            CallOutcome::Reply(any) => match any.downcast::<crate::envelope::Deliver<A, M>>() {
+                Ok(mut d) => match d.take_value() {
+                    Some(v) => sink.send_value(&core, &v),
+                    None => sink.send_error(&core, &RemoteError::ActorPanicked),
+                },
+                Err(_) => unreachable!("a call's reply has the type its request carried"),
+            },
+            CallOutcome::Failed(e) => sink.send_error(&core, &call_error_to_remote(e)),
+            CallOutcome::TimedOut => sink.send_error(&core, &RemoteError::Timeout),
+            CallOutcome::Remote(_) => {
+                unreachable!("a request from the network is served on this node")
+            }
+        }
+    }
+}
+
+fn lost(core: &ShardCore) {
+    if let Some(net) = &core.net {
+        let s = &net.stats.replies_lost;
+        s.set(s.get() + 1);
+    }
+}
+
+fn call_error_to_remote(e: CallError) -> RemoteError {
+    match e {
+        CallError::ActorPanicked { .. } => RemoteError::ActorPanicked,
+        CallError::ActivationAborted { .. } => RemoteError::ActivationAborted,
+        CallError::Timeout { .. } => RemoteError::Timeout,
+        CallError::ShuttingDown { .. } => RemoteError::ShuttingDown,
+        CallError::UnknownActorType { type_name } => RemoteError::UnknownActorType {
+            actor_type: type_name.to_owned(),
+        },
+        // A request from the network is served on this node only; the rest cannot happen for
+        // it, but a typed answer is better than none.
+        _ => RemoteError::Overloaded,
+    }
+}
+
+/// The handler of (actor `A`, message `M`) for requests from the network: decodes the body,
+/// then asks (or tells) the actor on this node, from a task on this shard; the ask takes the
+/// local path to the owner shard (a ring hop if another shard owns it).
+pub(crate) fn handle<A, M>(
+    core: &Rc<ShardCore>,
+    key: ActorKey,
+    body: &[u8],
+    timeout: Duration,
+    sink: ReplySink,
+) -> Result<(), RemoteError>
+where
+    A: Handler<M>,
+    M: Message + WireOwned,
+    M::Reply: WireOwned,
+{
+    let msg = M::from_wire(body).map_err(|_| RemoteError::BadPayload {
+        message_type: M::WIRE_NAME.to_owned(),
+    })?;
+    // Fast path: this shard owns the actor. The message goes straight into its mailbox, the
+    // reply straight from the call table onto the connection (no task, no ring).
+    let node = &core.node;
+    if let Some(&type_idx) = node.type_index.get(&std::any::TypeId::of::<A>()) {
+        let ty = &node.types[usize::from(type_idx)];
+        let owner = if ty.stateless() {
+            core.id
+        } else {
+            quark_placement::shard_for(
+                &ActorId {
+                    type_name: A::TYPE_NAME,
+                    key: key.clone(),
+                },
+                node.shard_count(),
+            )
+        };
+        if owner == core.id {
+            if !sink.reply {
+                // A tell: into the mailbox if it has room; otherwise a task waits for room,
+                // holding the connection's request slot (so the reader stops reading when
+                // too many wait).
+                let d = Box::new(crate::envelope::Deliver::<A, M>::new(
+                    type_idx,
+                    key,
+                    msg,
+                    ReplyTo::None,
+                    Origin::Local,
+                ));
+                if let Err(d) = crate::activation::try_send_local::<A>(core, type_idx, d) {
+                    let core2 = core.clone();
+                    core.exec.spawn(async move {
+                        crate::activation::send_local::<A>(&core2, type_idx, d).await;
+                        drop(sink);
+                    });
+                }
+                return Ok(());
+            }
+            let fwd = WireForward::<A, M> {
+                core: Rc::downgrade(core),
+                sink,
+                _types: std::marker::PhantomData,
+            };
+            let deadline = core.now() + timeout;
+            let call = core
+                .calls
+                .borrow_mut()
+                .register(deadline, Waiter::Forward(Box::new(fwd)));
+            let d = Box::new(crate::envelope::Deliver::<A, M>::new(
+                type_idx,
+                key,
+                msg,
+                ReplyTo::Local(call),
+                Origin::Local,
+            ));
+            // Never waits: the connection's request bound (4096 in progress) bounds the
+            // mailbox growth from the network.
+            crate::activation::deliver::<A>(core, type_idx, d);
+            return Ok(());
+        }
+    }
+    let aref = ActorRef::<A>::new_local(core.node.clone(), key);
+    let core2 = core.clone();
+    match sink.reply {
+        true => core.exec.spawn(async move {
+            match aref.ask_timeout(msg, timeout).await {
+                Ok(v) => sink.send_value(&core2, &v),
+                Err(e) => sink.send_error(&core2, &call_error_to_remote(e)),
+            }
+        }),
+        false => core.exec.spawn(async move {
+            if let Err(e) = aref.tell(msg).await {
+                tracing::debug!(shard = core2.id, error = %e, "tell from the network failed");
+            }
+            drop(sink);
+        }),
+    }
+    Ok(())
+}
+
+/// Handles a Request or OneWay frame from the network. Never closes the connection: a frame
+/// that passed the decoder is well formed; what is wrong with its payload gets an ErrorReply
+/// (for a request) and is counted.
+pub(crate) fn dispatch(core: &Rc<ShardCore>, wire: &Rc<Wire>, frame: &Frame<'_>) {
+    let net = core
+        .net
+        .as_ref()
+        .expect("connections exist only with a NetConfig");
+    net.stats.requests_in.set(net.stats.requests_in.get() + 1);
+    let head = frame.header.head;
+    let sink = ReplySink::new(wire, head);
+    let refuse = |sink: ReplySink, e: RemoteError| {
+        net.stats
+            .requests_refused
+            .set(net.stats.requests_refused.get() + 1);
+        tracing::debug!(shard = core.id, error = %e, "request from the network refused");
+        sink.send_error(core, &e);
+    };
+    let req = match quark_net::decode_request(frame) {
+        Ok(r) => r,
+        Err(_) => {
+            return refuse(
+                sink,
+                RemoteError::BadPayload {
+                    message_type: <RequestEnvelope<'_> as WireMessage>::WIRE_NAME.to_owned(),
+                },
+            )
+        }
+    };
+    if core.node.phase() != Phase::Running {
+        return refuse(sink, RemoteError::ShuttingDown);
+    }
+    let actor_type = req.envelope.actor_type.as_str();
+    let message_type = req.envelope.message_type.as_str();
+    let Some(handler) = core.node.registry.handler(actor_type, message_type) else {
+        let known_type = core.node.registry.handles_type(actor_type)
+            || core.node.types.iter().any(|t| t.name() == actor_type);
+        let e = if known_type {
+            RemoteError::UnknownMessageType {
+                actor_type: actor_type.to_owned(),
+                message_type: message_type.to_owned(),
+            }
+        } else {
+            RemoteError::UnknownActorType {
+                actor_type: actor_type.to_owned(),
+            }
+        };
+        return refuse(sink, e);
+    };
+    let timeout = match req.envelope.deadline_ms.to_native() {
+        0 => core.node.config.ask_timeout,
+        ms => Duration::from_millis(u64::from(ms)),
+    };
+    let key = actor_key(&req.envelope.key);
+    // The sink is moved into the handler; a refusal (bad payload) answers on a second one.
+    let refusal_sink = ReplySink::new(wire, head);
+    if let Err(e) = handler(core, key, req.body, timeout, sink) {
+        refuse(refusal_sink, e);
+    }
+}
+
+/// Handles a Response or ErrorReply frame: completes the call it answers, if it is still
+/// waiting on this connection.
+pub(crate) fn complete(core: &Rc<ShardCore>, wire: &Rc<Wire>, frame: &Frame<'_>, peer: NodeId) {
+    let corr = frame.header.head.correlation;
+    if !wire.pending.borrow_mut().remove(&corr) {
+        // Timed out or cancelled already (or never ours): dropped and counted.
+        let c = &core.stats.replies_dropped;
+        c.set(c.get() + 1);
+        return;
+    }
+    let outcome = match quark_net::decode_response(frame) {
+        Ok(ResponseView::Reply(bytes)) => {
+            let mut v = quark_net::rkyv::util::AlignedVec::<16>::with_capacity(bytes.len());
+            v.extend_from_slice(bytes);
+            CallOutcome::Remote(RemoteReply::Value(v))
+        }
+        Ok(ResponseView::Error(e)) => CallOutcome::Remote(RemoteReply::Error(e)),
+        Err(e) => {
+            tracing::warn!(shard = core.id, peer, error = %e, "invalid error reply from peer");
+            CallOutcome::Remote(RemoteReply::Error(RemoteError::BadPayload {
+                message_type: <RemoteError as WireMessage>::WIRE_NAME.to_owned(),
+            }))
+        }
+    };
+    core.complete_call(CallId::from_u64(corr), outcome);
+}
