@@ -505,3 +505,78 @@ fn a_silent_peer_is_declared_dead_and_disconnected() {
         e.shutdown();
     }
 }
+
+/// A fake member for `listener`: accepts one connection, completes the member handshake as
+/// node `id`, then neither reads nor writes until the test ends (a stalled peer).
+fn stalled_member(
+    listener: std::net::TcpListener,
+    cluster: &'static str,
+    id: u64,
+) -> std::thread::JoinHandle<std::net::TcpStream> {
+    std::thread::spawn(move || {
+        use quark_net::{Acceptor, FrameDecoder, HandshakeConfig, HandshakeStatus, OutBuf};
+        use std::io::{Read, Write};
+        let (mut s, _) = listener.accept().unwrap();
+        let mut acc = Acceptor::new(HandshakeConfig::member(cluster, id, None), [7; 32]);
+        let mut out = OutBuf::new();
+        let mut dec = FrameDecoder::new(4096);
+        let mut buf = [0u8; 4096];
+        loop {
+            let n = s.read(&mut buf).unwrap();
+            assert!(n > 0, "node closed during the handshake");
+            dec.feed(&buf[..n]).unwrap();
+            while let Some(f) = dec.next_frame() {
+                let status = acc.on_frame(&f, &mut out).unwrap();
+                s.write_all(out.pending()).unwrap();
+                out.clear();
+                if let HandshakeStatus::Established(_) = status {
+                    return s;
+                }
+            }
+        }
+    })
+}
+
+#[test]
+fn tells_queued_for_a_peer_that_dies_are_counted_as_dropped() {
+    let ls = listeners(2);
+    let m = membership("test", &ls);
+    let mut ls = ls.into_iter();
+    let l1 = ls.next().unwrap();
+    let l2 = ls.next().unwrap();
+    let fake = stalled_member(l2, "test", 2);
+    let mut cfg = net_config(1, &m, Some(l1));
+    // Long enough for the telling task below to fill the socket and the link's buffer.
+    cfg.detector.suspect_after = Duration::from_millis(500);
+    cfg.detector.dead_after = Duration::from_millis(1500);
+    let node = start(cfg);
+    let r = node.actor_ref::<Counter>(key_on(&node, 2));
+    eventually("link up", Duration::from_secs(10), || {
+        block_on(r.tell(Add(0))).ok()
+    });
+    // From a task on the node's shard, tell as fast as the link takes them: the peer reads
+    // nothing and sends no heartbeat, so the socket fills, then the link's buffer, then the
+    // failure detector closes the connection.
+    let (accepted, refused) = node
+        .spawn_on(0, move || async move {
+            let mut accepted = 0u64;
+            loop {
+                match r.tell(Add(1)).await {
+                    Ok(()) => accepted += 1,
+                    Err(CallError::NodeUnavailable { .. }) => return (accepted, 1u64),
+                    Err(e) => panic!("unexpected {e}"),
+                }
+            }
+        })
+        .join()
+        .unwrap();
+    let _peer = fake.join().unwrap();
+    let dropped = node.stats()[0].net.clone().unwrap().tells_dropped;
+    // Tells the link accepted but never wrote are in the count, not silently lost: at most the
+    // few hundred KB the kernel's socket buffers took can have been written.
+    assert!(
+        dropped > refused,
+        "accepted {accepted}, refused {refused}, counted dropped {dropped}"
+    );
+    node.shutdown();
+}

@@ -41,6 +41,10 @@ pub(crate) struct Wire {
     /// Correlation ids of asks sent on this connection and not yet answered.
     pub(crate) pending: RefCell<FxHashSet<u64>>,
     pub(crate) frames_queued: Cell<u64>,
+    /// Tells appended to `out` since the writer last took it.
+    pub(crate) tells_queued: Cell<u64>,
+    /// Tells in the flush the writer is carrying out (0 once it was written).
+    tells_writing: Cell<u64>,
     detector: RefCell<Option<FailureDetector>>,
     pub(crate) out_bytes_max: usize,
     /// Requests from the peer being served (replies not yet queued).
@@ -60,6 +64,8 @@ impl Wire {
             fd: Cell::new(None),
             pending: RefCell::new(FxHashSet::default()),
             frames_queued: Cell::new(0),
+            tells_queued: Cell::new(0),
+            tells_writing: Cell::new(0),
             detector: RefCell::new(None),
             out_bytes_max,
             serving: Cell::new(0),
@@ -468,13 +474,26 @@ async fn run_link(core: Rc<ShardCore>, link: Rc<Link>) {
     }
 }
 
-/// Fails every ask still waiting for a reply on `wire` with `NodeUnavailable`.
+/// Fails every ask still waiting for a reply on `wire` with `NodeUnavailable`, and counts the
+/// tells that were queued on it but not written (or whose write failed) as dropped.
 fn fail_pending(core: &ShardCore, wire: &Wire, peer: NodeId) {
     let pending: Vec<u64> = wire.pending.borrow_mut().drain().collect();
     let net = core
         .net
         .as_ref()
         .expect("links exist only with a NetConfig");
+    let lost = wire.tells_queued.replace(0) + wire.tells_writing.replace(0);
+    if lost > 0 {
+        let s = &net.stats.tells_dropped;
+        s.set(s.get() + lost);
+        tracing::warn!(
+            shard = core.id,
+            peer,
+            lost,
+            dropped_total = s.get(),
+            "tells queued for the peer were not written before its connection closed"
+        );
+    }
     for corr in pending {
         net.stats
             .asks_unavailable
@@ -733,6 +752,7 @@ async fn writer(core: Rc<ShardCore>, wire: Rc<Wire>, mut wr: TcpWriter) {
         }
         let bytes = spare.len();
         let frames = wire.frames_queued.replace(0);
+        wire.tells_writing.set(wire.tells_queued.replace(0));
         net.stats.peers.borrow_mut().frames_out(frames, bytes);
         if let Some(d) = wire.detector.borrow_mut().as_mut() {
             d.on_sent(Instant::now());
@@ -750,6 +770,9 @@ async fn writer(core: Rc<ShardCore>, wire: Rc<Wire>, mut wr: TcpWriter) {
             Err(e) => Err(e),
         };
         spare.clear();
+        if res.is_ok() {
+            wire.tells_writing.set(0);
+        }
         if let Err(e) = res {
             tracing::debug!(shard = core.id, error = %e, "write failed; closing the connection");
             wire.close();

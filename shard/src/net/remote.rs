@@ -260,6 +260,17 @@ where
     };
     if wire.out.borrow().len() >= wire.out_bytes_max {
         wire.room().await;
+        if wire.is_closed() {
+            // The connection ended while this tell waited for room: it was never queued.
+            if let Some(net) = net {
+                let s = &net.stats.tells_dropped;
+                s.set(s.get() + 1);
+            }
+            return Err(CallError::NodeUnavailable {
+                node,
+                actor: Some(id.clone()),
+            });
+        }
     }
     let env = RequestEnvelope::new(A::TYPE_NAME, wire_key(&id.key), codec.wire_name, 0);
     let head = FrameHead {
@@ -270,6 +281,7 @@ where
     let encoded = (codec.encode)(&msg, &mut wire.out.borrow_mut(), head, &env, max);
     encoded.map_err(|e| encode_error(id, codec.wire_name, e))?;
     wire.frames_queued.set(wire.frames_queued.get() + 1);
+    wire.tells_queued.set(wire.tells_queued.get() + 1);
     wire.wake_writer();
     Ok(())
 }
