@@ -31,6 +31,7 @@ pub(crate) struct RawCluster {
     secret_env: Option<String>,
     frame_bytes_max: Option<u64>,
     out_bytes_max: Option<u64>,
+    requests_inflight_max: Option<u64>,
     heartbeat_interval_ms: Option<u64>,
     suspect_after_ms: Option<u64>,
     dead_after_ms: Option<u64>,
@@ -129,6 +130,15 @@ pub(crate) fn cluster_settings(
             u64::from(quark_net::FRAME_BYTES_MAX_LIMIT),
             "4 KiB to 1 GiB",
         )? as u32;
+    }
+    if let Some(v) = raw.requests_inflight_max {
+        net.requests_inflight_max = check.range(
+            "cluster.requests_inflight_max",
+            v,
+            1,
+            1 << 20,
+            "1 to 1048576",
+        )? as usize;
     }
     if let Some(v) = raw.out_bytes_max {
         net.out_bytes_max =

@@ -35,6 +35,7 @@ fn example_files_parse() {
     assert_eq!(c.net.backoff, d.backoff);
     assert_eq!(c.net.frame_bytes_max, d.frame_bytes_max);
     assert_eq!(c.net.out_bytes_max, d.out_bytes_max);
+    assert_eq!(c.net.requests_inflight_max, d.requests_inflight_max);
     assert_eq!(c.net.connect_timeout, d.connect_timeout);
     assert_eq!(c.net.handshake_timeout, d.handshake_timeout);
 }

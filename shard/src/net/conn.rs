@@ -24,10 +24,6 @@ use crate::error::CallError;
 use crate::node::Phase;
 use crate::rt::tcp::{self, TcpReader, TcpWriter};
 
-/// Requests from one connection served at once; the connection is not read while this many
-/// replies are outstanding.
-const REQUESTS_INFLIGHT_MAX: usize = 4096;
-
 /// The outgoing side of one connection (or one connection attempt): the frame buffer senders
 /// append to, the writer's waker, and the calls waiting for a reply on it.
 pub(crate) struct Wire {
@@ -54,7 +50,7 @@ pub(crate) struct Wire {
 }
 
 impl Wire {
-    fn new(out_bytes_max: usize) -> Wire {
+    fn new(out_bytes_max: usize, requests_inflight_max: usize) -> Wire {
         Wire {
             out: RefCell::new(OutBuf::with_capacity(64 * 1024)),
             writer: RefCell::new(None),
@@ -69,7 +65,7 @@ impl Wire {
             detector: RefCell::new(None),
             out_bytes_max,
             serving: Cell::new(0),
-            serving_max: REQUESTS_INFLIGHT_MAX,
+            serving_max: requests_inflight_max.max(1),
             reader: RefCell::new(None),
         }
     }
@@ -210,7 +206,10 @@ pub(crate) fn start(core: &Rc<ShardCore>, listener: Option<std::net::TcpListener
     for link in net.links.values() {
         // The first attempt's wire exists before the task runs, so that sends made right after
         // start-up queue instead of failing.
-        *link.wire.borrow_mut() = Some(Rc::new(Wire::new(net.cfg.out_bytes_max)));
+        *link.wire.borrow_mut() = Some(Rc::new(Wire::new(
+            net.cfg.out_bytes_max,
+            net.cfg.requests_inflight_max,
+        )));
         let (core2, link) = (core.clone(), link.clone());
         core.exec.spawn(async move { run_link(core2, link).await });
     }
@@ -406,7 +405,7 @@ async fn run_link(core: Rc<ShardCore>, link: Rc<Link>) {
             match slot.as_ref() {
                 Some(w) if !w.is_closed() => w.clone(),
                 _ => {
-                    let w = Rc::new(Wire::new(cfg.out_bytes_max));
+                    let w = Rc::new(Wire::new(cfg.out_bytes_max, cfg.requests_inflight_max));
                     *slot = Some(w.clone());
                     w
                 }
@@ -560,7 +559,7 @@ async fn accept_loop(core: Rc<ShardCore>, listener: tcp::Listener) {
             net.stats.peers.borrow_mut().handshakes_ok += 1;
             tracing::debug!(shard = core.id, %addr, peer = peer.node_id, role = ?peer.role,
                 "accepted a connection");
-            let wire = Rc::new(Wire::new(cfg.out_bytes_max));
+            let wire = Rc::new(Wire::new(cfg.out_bytes_max, cfg.requests_inflight_max));
             net.accepted.borrow_mut().retain(|w| w.strong_count() > 0);
             net.accepted.borrow_mut().push(Rc::downgrade(&wire));
             let reason = serve(&core, &wire, rd, wr, fd, dec, peer.node_id, addr).await;

@@ -46,6 +46,9 @@ pub struct NetConfig {
     pub frame_bytes_max: u32,
     /// Bytes a connection's outgoing buffer may hold before senders wait.
     pub out_bytes_max: usize,
+    /// Requests from one connection served at once; the connection is not read while this
+    /// many replies are outstanding (backpressure onto the peer through TCP).
+    pub requests_inflight_max: usize,
     /// Heartbeats and failure detection.
     pub detector: DetectorConfig,
     /// Reconnect backoff.
@@ -69,6 +72,7 @@ impl NetConfig {
             secret: None,
             frame_bytes_max: quark_net::DEFAULT_FRAME_BYTES_MAX,
             out_bytes_max: 4 << 20,
+            requests_inflight_max: 4096,
             detector: DetectorConfig::default(),
             backoff: BackoffConfig::default(),
             connect_timeout: Duration::from_millis(1000),
