@@ -19,8 +19,7 @@
 //! Prints every run, then median [min .. max] per figure (and with `--json`, one JSON line).
 //! `cargo run --release -p quark-bench --bin journalbench -- --runs 3 [--only NAME] [--json]`
 
-use std::fs::{File, OpenOptions};
-use std::os::unix::fs::FileExt;
+use std::fs::OpenOptions;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -29,6 +28,7 @@ use clap::Parser;
 use hdrhistogram::Histogram;
 use quark::journal::{At, JournalPolicy};
 use quark::{block_on, Node, NodeConfig};
+use quark_bench::files::{create_empty, hist, pwrite_loop, zero_filled};
 use quark_bench::journal_actors::{Balance, Deposit, DepositMany, Ledger, EVENT_BYTES};
 use quark_bench::summary::spread;
 use quark_persist::LogStats;
@@ -126,53 +126,12 @@ fn us(h: &Histogram<u64>, q: f64) -> f64 {
     h.value_at_quantile(q) as f64 / 1000.0
 }
 
-fn hist() -> Histogram<u64> {
-    Histogram::new_with_bounds(1, 60_000_000_000, 3).expect("valid histogram bounds")
-}
-
 fn fresh(dir: &Path) -> Result<()> {
     let _ = std::fs::remove_dir_all(dir);
     std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))
 }
 
 // ---- baselines ----
-
-/// A new, empty file at `path` (truncated if it exists).
-fn create_empty(path: &Path) -> Result<File> {
-    OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .open(path)
-        .with_context(|| format!("create {}", path.display()))
-}
-
-/// A file of `bytes` zeros, synced: the log's `Preallocate::ZeroFill` segments.
-fn zero_filled(path: &Path, bytes: u64) -> Result<File> {
-    let f = create_empty(path)?;
-    let zeros = vec![0u8; 1 << 20];
-    let mut pos = 0;
-    while pos < bytes {
-        f.write_all_at(&zeros, pos)?;
-        pos += zeros.len() as u64;
-    }
-    f.sync_all()?;
-    Ok(f)
-}
-
-/// Blocking `pwrite` + `fdatasync` of `size` bytes, each write after the previous one.
-fn pwrite_loop(f: &File, size: usize, count: u64) -> Result<Histogram<u64>> {
-    let buf = vec![0xA5u8; size];
-    let mut h = hist();
-    for i in 0..count {
-        let t = Instant::now();
-        f.write_all_at(&buf, i * size as u64)?;
-        f.sync_data()?;
-        h.record(t.elapsed().as_nanos() as u64)?;
-    }
-    Ok(h)
-}
 
 /// The same through monoio/io_uring on a preallocated file: write + `fdatasync`, or (with
 /// `dsync`) one write on an `O_DSYNC` descriptor.
@@ -217,14 +176,14 @@ fn baselines(args: &Args, out: &mut Out) -> Result<()> {
     let pre = zero_filled(&dir.join("pre"), bytes)?;
     out.latency(
         &format!("baseline {label} pwrite+fdatasync prealloc"),
-        &pwrite_loop(&pre, size, n)?,
+        &pwrite_loop(&pre, size, n)?.0,
     );
     drop(pre);
     let grow = create_empty(&dir.join("grow"))?;
     grow.sync_all()?;
     out.latency(
         &format!("baseline {label} pwrite+fdatasync growing"),
-        &pwrite_loop(&grow, size, n)?,
+        &pwrite_loop(&grow, size, n)?.0,
     );
     drop(grow);
     for dsync in [false, true] {

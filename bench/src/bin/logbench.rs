@@ -14,14 +14,14 @@
 //! `cargo run --release -p quark-bench --bin logbench -- --runs 3`
 
 use std::fs::{File, OpenOptions};
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::{Context, Result};
 use clap::Parser;
 use hdrhistogram::Histogram;
+use quark_bench::files::{create_empty, hist, pwrite_loop, zero_filled};
 use quark_persist::{Batch, FsyncPolicy, Log, LogConfig, Preallocate};
 use quark_shard::rt::log_io::UringIo;
 
@@ -68,51 +68,10 @@ fn us(h: &Histogram<u64>, q: f64) -> f64 {
     h.value_at_quantile(q) as f64 / 1000.0
 }
 
-fn hist() -> Histogram<u64> {
-    Histogram::new_with_bounds(1, 60_000_000_000, 3).expect("valid histogram bounds")
-}
-
-/// A new, empty file at `path` (truncated if it exists).
-fn create_empty(path: &Path) -> Result<File> {
-    OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .open(path)
-        .with_context(|| format!("create {}", path.display()))
-}
-
-fn zero_filled(path: &Path, bytes: u64) -> Result<File> {
-    let f = create_empty(path)?;
-    let zeros = vec![0u8; 1 << 20];
-    let mut pos = 0;
-    while pos < bytes {
-        f.write_all_at(&zeros, pos)?;
-        pos += zeros.len() as u64;
-    }
-    f.sync_all()?;
-    Ok(f)
-}
-
 fn growing(path: &Path) -> Result<File> {
     let f = create_empty(path)?;
     f.sync_all()?;
     Ok(f)
-}
-
-/// pwrite+fdatasync loop; returns the latency histogram (ns) and the elapsed time.
-fn pwrite_loop(f: &File, size: usize, count: u64) -> Result<(Histogram<u64>, Duration)> {
-    let buf = vec![0xA5u8; size];
-    let mut h = hist();
-    let start = Instant::now();
-    for i in 0..count {
-        let t = Instant::now();
-        f.write_all_at(&buf, i * size as u64)?;
-        f.sync_data()?;
-        h.record(t.elapsed().as_nanos() as u64)?;
-    }
-    Ok((h, start.elapsed()))
 }
 
 fn baseline(args: &Args, out: &mut Vec<Figure>) -> Result<()> {
