@@ -80,15 +80,7 @@ impl<IO: LogIo> Log<IO> {
         self.sync().await?;
         let now = self.inner.io.now_ms();
         let mut report = CompactionReport::default();
-        let candidates: Vec<u64> = {
-            let st = self.inner.state.borrow();
-            let active = st.active().base_lsn;
-            st.segments
-                .keys()
-                .copied()
-                .filter(|&b| b != active)
-                .collect()
-        };
+        let candidates = self.sealed_bases();
         let mut removed_any = false;
         for base in candidates {
             let info = {

@@ -573,6 +573,17 @@ impl<IO: LogIo> Log<IO> {
         self.inner.state.borrow().index.keys_with_prefix(prefix)
     }
 
+    /// Base LSNs of the sealed segments (every segment but the active one), in LSN order.
+    pub(crate) fn sealed_bases(&self) -> Vec<u64> {
+        let st = self.inner.state.borrow();
+        let active = st.active().base_lsn;
+        st.segments
+            .keys()
+            .copied()
+            .filter(|&b| b != active)
+            .collect()
+    }
+
     /// True while a flush (a write and, under `fsync = always`, its sync) is being carried out
     /// by the kernel. A shard then parks instead of spinning: the write may be executed by an
     /// io_uring worker thread that shares the shard's core.

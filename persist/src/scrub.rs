@@ -118,15 +118,7 @@ impl<IO: LogIo> Log<IO> {
             report.spares_deleted += 1;
         }
         report.bytes_zeroed += self.seal_active(true).await?;
-        let sealed: Vec<u64> = {
-            let st = self.inner.state.borrow();
-            let active = st.active().base_lsn;
-            st.segments
-                .keys()
-                .copied()
-                .filter(|&b| b != active)
-                .collect()
-        };
+        let sealed = self.sealed_bases();
         let mut unlinked_any = false;
         for base in sealed {
             let info = {
