@@ -136,9 +136,11 @@ impl<A: Actor> ActorRef<A> {
     {
         use futures::future::Either;
         if let Some(node) = self.remote {
-            return Either::Right(Either::Right(Either::Right(
+            // Boxed: the remote path's state machine is large; inline, it would grow every
+            // local ask's future. A box is small next to a network round trip.
+            return Either::Right(Either::Right(Either::Right(Box::pin(
                 self.ask_remote_any(node, msg, timeout),
-            )));
+            ))));
         }
         let type_idx = match self.type_index() {
             Ok(t) => t,
