@@ -150,10 +150,11 @@ fn three_processes_kill_one_restart_it() {
         .map(|n| c.actor_ref::<Counter>(key_on(&c, n)))
         .collect();
     for r in &refs {
-        let v = eventually("an ask to every node", Duration::from_secs(10), || {
-            quark::block_on(r.ask(Add(1))).ok()
+        // Wait with a read (Add(0)): a retried write that timed out could have run twice.
+        eventually("an ask to every node", Duration::from_secs(10), || {
+            quark::block_on(r.ask(Add(0))).ok()
         });
-        assert_eq!(v, 1);
+        assert_eq!(quark::block_on(r.ask(Add(1))).unwrap(), 1);
     }
     // SIGKILL node 3.
     drop(n3);
@@ -178,9 +179,10 @@ fn three_processes_kill_one_restart_it() {
     // Restart node 3: it rejoins and serves again (a fresh activation).
     let _n3 = serve(&config, 3);
     let v = eventually("node 3 serving again", Duration::from_secs(10), || {
-        quark::block_on(refs[2].ask(Add(5))).ok()
+        quark::block_on(refs[2].ask(Add(0))).ok()
     });
-    assert_eq!(v, 5);
+    assert_eq!(v, 0, "a fresh activation after the restart");
+    assert_eq!(quark::block_on(refs[2].ask(Add(5))).unwrap(), 5);
     c.shutdown();
 
     // Handshake refusals, named on both sides.
