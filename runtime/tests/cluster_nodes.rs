@@ -49,9 +49,11 @@ fn three_nodes_in_one_process() {
     // Every node adds to every counter; each counter ends at 3 (one owner, found by all).
     for key in 0..20u64 {
         for n in &nodes {
+            // Wait with a read (Add(0)), then write once: a retried write could run twice.
             eventually("ask across nodes", Duration::from_secs(10), || {
-                quark::block_on(n.actor_ref::<Counter>(key).ask(Add(1))).ok()
+                quark::block_on(n.actor_ref::<Counter>(key).ask(Add(0))).ok()
             });
+            quark::block_on(n.actor_ref::<Counter>(key).ask(Add(1))).unwrap();
         }
     }
     let client = quark::builtin::builtin_messages(

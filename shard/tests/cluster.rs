@@ -277,10 +277,12 @@ fn stopped_node_fails_fast_and_restarted_node_serves_again() {
         std::net::TcpListener::bind(addr3).ok()
     });
     let e3 = start(net_config(3, &m, Some(l3)));
+    // Wait with a read (Add(0)), then write once: a retried write could have run twice.
     let v = eventually("node 3 serves again", Duration::from_secs(5), || {
-        block_on(on3.ask(Add(5))).ok()
+        block_on(on3.ask(Add(0))).ok()
     });
-    assert_eq!(v, 5, "a fresh activation on the restarted node");
+    assert_eq!(v, 0, "a fresh activation on the restarted node");
+    assert_eq!(block_on(on3.ask(Add(5))).unwrap(), 5);
     for e in [e1, e2, e3] {
         e.shutdown();
     }
