@@ -4,6 +4,9 @@
 
 use std::time::{Duration, Instant};
 
+mod ports;
+use ports::free_addrs;
+
 use quark::builtin::{Add, Counter, Get, Kv, Put};
 use quark::{Client, Node, NodeConfig};
 
@@ -20,10 +23,7 @@ fn eventually<T>(what: &str, within: Duration, mut f: impl FnMut() -> Option<T>)
 
 #[test]
 fn three_nodes_in_one_process() {
-    let addrs: Vec<_> = (0..3)
-        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
-        .map(|l| l.local_addr().unwrap())
-        .collect();
+    let addrs = free_addrs(3);
     let mut nodes_toml = String::new();
     for (i, a) in addrs.iter().enumerate() {
         nodes_toml.push_str(&format!(

@@ -11,6 +11,9 @@ use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+mod ports;
+use ports::free_addrs;
+
 use quark::builtin::{Add, Counter};
 use quark::{CallError, Client, ClientError, ClusterSecret, HandshakeConfig, PeerRole};
 
@@ -28,14 +31,6 @@ impl Drop for Proc {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-fn free_addrs(n: usize) -> Vec<SocketAddr> {
-    // Bound together so that the ports differ; released just before the nodes bind them.
-    let ls: Vec<_> = (0..n)
-        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
-        .collect();
-    ls.iter().map(|l| l.local_addr().unwrap()).collect()
 }
 
 fn write_config(dir: &Path, addrs: &[SocketAddr]) -> std::path::PathBuf {
@@ -56,8 +51,9 @@ fn write_config(dir: &Path, addrs: &[SocketAddr]) -> std::path::PathBuf {
     path
 }
 
-/// Starts node `id` and waits (at most 10 s) for its ready line.
-fn serve(config: &Path, id: u64) -> Proc {
+/// Starts node `id` and waits (at most 10 s) for its ready line; `Err(stderr)` if the process
+/// exits first.
+fn try_serve(config: &Path, id: u64) -> Result<Proc, String> {
     let mut child = Command::new(env!("CARGO_BIN_EXE_quark"))
         .args(["serve", "--config"])
         .arg(config)
@@ -90,16 +86,38 @@ fn serve(config: &Path, id: u64) -> Proc {
         match rx.recv_timeout(left) {
             Ok(line) if line.contains("listening on") => break,
             Ok(_) => {}
-            Err(_) => panic!(
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                // The process exited before it was ready.
+                let _ = child.wait();
+                // Give the stderr reader a moment to collect the last line.
+                std::thread::sleep(Duration::from_millis(50));
+                return Err(log.lock().unwrap().clone());
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => panic!(
                 "node {id} did not print its ready line within 10 s; stderr:\n{}",
                 log.lock().unwrap()
             ),
         }
     }
-    Proc {
+    Ok(Proc {
         child,
         stderr: log,
         stdout: rx,
+    })
+}
+
+/// Starts node `id`, retrying (for up to 10 s) while its address is still held by the sockets
+/// of a node killed just before on the same port (they linger until the peers close theirs).
+fn serve(config: &Path, id: u64) -> Proc {
+    let end = Instant::now() + Duration::from_secs(10);
+    loop {
+        match try_serve(config, id) {
+            Ok(p) => return p,
+            Err(stderr) if stderr.contains("Address already in use") && Instant::now() < end => {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            Err(stderr) => panic!("node {id} exited before it was ready; stderr:\n{stderr}"),
+        }
     }
 }
 
