@@ -12,22 +12,15 @@ use std::io::Write;
 use std::path::Path;
 use std::time::Instant;
 
-use common::payload;
-use quark_persist::{
-    block_on, Batch, CompactionPolicy, FsyncPolicy, Log, LogConfig, Preallocate, RecordKind, StdIo,
-};
+use common::{payload, small_segments_config};
+use quark_persist::{block_on, Batch, CompactionPolicy, Log, LogConfig, RecordKind, StdIo};
 
 const CHILD_ENV: &str = "QUARK_CRASH_TRUNCATE_CHILD_DIR";
 const ROUNDS: u64 = 40;
 const KEYS: u64 = 3;
 
 fn config(dir: &Path) -> LogConfig {
-    let mut c = LogConfig::new(dir, 5);
-    c.segment_bytes = 16 * 1024;
-    c.fsync = FsyncPolicy::Always;
-    c.preallocate = Preallocate::ZeroFill;
-    c.recycle_segments_max = 2;
-    c
+    small_segments_config(dir, 5)
 }
 
 fn key_of(i: u64) -> Vec<u8> {

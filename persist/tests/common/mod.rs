@@ -11,7 +11,7 @@ use std::pin::Pin;
 use std::rc::Rc;
 use std::task::Poll;
 
-use quark_persist::{LogFile, LogIo, StdFile, StdIo};
+use quark_persist::{FsyncPolicy, LogConfig, LogFile, LogIo, Preallocate, StdFile, StdIo};
 
 /// Counters and knobs shared by a [`YieldIo`] and its files.
 #[derive(Default)]
@@ -234,4 +234,16 @@ pub fn run_child_until_killed(
         Some(libc::SIGKILL),
         "round {round}: the child must die by SIGKILL, not by an error ({status})"
     );
+}
+
+/// The log of the crash tests with compaction: 16 KiB zero-filled segments (so segments roll,
+/// are compacted into spares and reused constantly), every append synced, two spares kept.
+#[allow(dead_code)] // not every test crate uses it
+pub fn small_segments_config(dir: &Path, shard_id: u32) -> LogConfig {
+    let mut c = LogConfig::new(dir, shard_id);
+    c.segment_bytes = 16 * 1024;
+    c.fsync = FsyncPolicy::Always;
+    c.preallocate = Preallocate::ZeroFill;
+    c.recycle_segments_max = 2;
+    c
 }
