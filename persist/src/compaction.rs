@@ -83,21 +83,16 @@ impl<IO: LogIo> Log<IO> {
         let candidates = self.sealed_bases();
         let mut removed_any = false;
         for base in candidates {
-            let info = {
-                let st = self.inner.state.borrow();
-                st.segments.get(&base).map(|s| {
-                    (
-                        s.stats,
-                        Rc::clone(&s.file),
-                        s.path.clone(),
-                        s.sparse.first().map(|&(_, o)| o).unwrap_or(s.data_end),
-                        s.data_end,
-                    )
-                })
-            };
-            let Some((stats, file, path, first_offset, data_end)) = info else {
+            let Some(seg) = self.segment_view(base) else {
                 continue;
             };
+            let (stats, file, path, first_offset, data_end) = (
+                seg.stats,
+                seg.file,
+                seg.path,
+                seg.first_offset,
+                seg.data_end,
+            );
             if !stats.is_garbage(now) {
                 let ratio = stats.live_bytes as f64 / stats.record_bytes.max(1) as f64;
                 if ratio > policy.live_ratio_max

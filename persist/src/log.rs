@@ -309,6 +309,17 @@ impl<IO: LogIo> Clone for Log<IO> {
     }
 }
 
+/// A copy of a segment's bookkeeping (see [`Log::segment_view`]).
+pub(crate) struct SegmentView<F> {
+    pub stats: SegmentStats,
+    pub file: Rc<F>,
+    pub path: PathBuf,
+    /// Offset of the first batch (where a scan of the whole segment starts).
+    pub first_offset: u64,
+    pub data_end: u64,
+    pub tail_clean: bool,
+}
+
 impl<IO: LogIo> Log<IO> {
     /// Opens (or creates) the log in `config.dir`: recovers every segment under
     /// `config.recovery` (verifying every checksum and rebuilding the key index), then makes
@@ -571,6 +582,19 @@ impl<IO: LogIo> Log<IO> {
     /// the whole key index (O(keys)): meant for periodic maintenance such as retention sweeps.
     pub fn keys_with_prefix(&self, prefix: &[u8]) -> Vec<Vec<u8>> {
         self.inner.state.borrow().index.keys_with_prefix(prefix)
+    }
+
+    /// What compaction and scrub need of the segment at `base`, read under one borrow.
+    pub(crate) fn segment_view(&self, base: u64) -> Option<SegmentView<IO::File>> {
+        let st = self.inner.state.borrow();
+        st.segments.get(&base).map(|s| SegmentView {
+            stats: s.stats,
+            file: Rc::clone(&s.file),
+            path: s.path.clone(),
+            first_offset: s.sparse.first().map(|&(_, o)| o).unwrap_or(s.data_end),
+            data_end: s.data_end,
+            tail_clean: s.tail_clean,
+        })
     }
 
     /// Base LSNs of the sealed segments (every segment but the active one), in LSN order.

@@ -121,22 +121,17 @@ impl<IO: LogIo> Log<IO> {
         let sealed = self.sealed_bases();
         let mut unlinked_any = false;
         for base in sealed {
-            let info = {
-                let st = self.inner.state.borrow();
-                st.segments.get(&base).map(|s| {
-                    (
-                        s.stats,
-                        Rc::clone(&s.file),
-                        s.path.clone(),
-                        s.sparse.first().map(|&(_, o)| o).unwrap_or(s.data_end),
-                        s.data_end,
-                        s.tail_clean,
-                    )
-                })
-            };
-            let Some((stats, file, path, first_offset, data_end, tail_clean)) = info else {
+            let Some(seg) = self.segment_view(base) else {
                 continue; // cannot happen while we hold maintenance; harmless if it did
             };
+            let (stats, file, path, first_offset, data_end, tail_clean) = (
+                seg.stats,
+                seg.file,
+                seg.path,
+                seg.first_offset,
+                seg.data_end,
+                seg.tail_clean,
+            );
             if stats.is_all_live(now) {
                 if !tail_clean {
                     let n =
