@@ -66,6 +66,13 @@ struct Run {
 }
 
 /// Runs `quark journal <args>`; fails the test if it takes more than 30 s.
+/// `quark journal <command> --data-dir <dir> <rest…>`.
+fn quark_on(dir: &Path, command: &str, rest: &[&str]) -> Result<Run> {
+    let mut args = vec![command, "--data-dir", dir_arg(dir)];
+    args.extend_from_slice(rest);
+    quark(&args)
+}
+
 fn quark(args: &[&str]) -> Result<Run> {
     let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_quark"));
     cmd.arg("journal").args(args);
@@ -363,7 +370,7 @@ fn errors_name_the_thing_and_exit_2() -> Result<()> {
 fn verify_passes_on_a_clean_log() -> Result<()> {
     let tmp = tempfile::tempdir()?;
     populate(tmp.path())?;
-    let r = quark(&["verify", "--data-dir", dir_arg(tmp.path()), "--print-heads"])?;
+    let r = quark_on(tmp.path(), "verify", &["--print-heads"])?;
     assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
     assert!(r.stdout.starts_with("head "), "{}", r.stdout);
     assert!(
@@ -374,13 +381,7 @@ fn verify_passes_on_a_clean_log() -> Result<()> {
         r.stdout
     );
     // The head of ann is the hash of its last event.
-    let export = quark(&[
-        "export",
-        "--data-dir",
-        dir_arg(tmp.path()),
-        "--actor",
-        "account/ann",
-    ])?;
+    let export = quark_on(tmp.path(), "export", &["--actor", "account/ann"])?;
     let last = json_lines(&export.stdout)?.pop().context("no events")?;
     let hash = last["hash"].as_str().unwrap();
     assert!(
@@ -408,7 +409,7 @@ fn verify_reports_a_resealed_tampered_event_as_a_broken_link() -> Result<()> {
     ));
     std::fs::write(&file, &bytes)?;
 
-    let r = quark(&["verify", "--data-dir", dir_arg(tmp.path())])?;
+    let r = quark_on(tmp.path(), "verify", &[])?;
     assert_eq!(r.code, 1, "{}{}", r.stdout, r.stderr);
     let broken: Vec<&str> = r
         .stdout
@@ -436,13 +437,7 @@ fn verify_reports_a_resealed_tampered_event_as_a_broken_link() -> Result<()> {
     );
 
     // Only ann is checked with --actor; bob alone passes.
-    let r = quark(&[
-        "verify",
-        "--data-dir",
-        dir_arg(tmp.path()),
-        "--actor",
-        "account/bob",
-    ])?;
+    let r = quark_on(tmp.path(), "verify", &["--actor", "account/bob"])?;
     assert_eq!(r.code, 0, "{}", r.stdout);
     Ok(())
 }
@@ -457,7 +452,7 @@ fn verify_reports_checksum_damage_with_file_and_offset() -> Result<()> {
     bytes[at + 2] ^= 1;
     std::fs::write(&file, &bytes)?;
 
-    let r = quark(&["verify", "--data-dir", dir_arg(tmp.path())])?;
+    let r = quark_on(tmp.path(), "verify", &[])?;
     assert_eq!(r.code, 1, "{}{}", r.stdout, r.stderr);
     let f = rel(tmp.path(), &file);
     assert!(
@@ -472,7 +467,7 @@ fn verify_reports_checksum_damage_with_file_and_offset() -> Result<()> {
         r.stdout
     );
     // Inspect still lists what verifies and warns about the damage.
-    let r = quark(&["inspect", "--data-dir", dir_arg(tmp.path())])?;
+    let r = quark_on(tmp.path(), "inspect", &[])?;
     assert_eq!(r.code, 0);
     assert!(
         r.stderr.contains(&format!("{f} at offset {batch}")),
@@ -519,7 +514,7 @@ fn verify_follows_retention_and_erasure() -> Result<()> {
     // are not shown, and the retained stream is anchored on the snapshot at first - 1.
     assert!(find_bytes(tmp.path(), memo("ann", 1).as_bytes()).is_ok());
     let streams = || -> Result<Vec<Value>> {
-        let r = quark(&["inspect", "--data-dir", dir_arg(tmp.path()), "--json"])?;
+        let r = quark_on(tmp.path(), "inspect", &["--json"])?;
         assert_eq!(r.code, 0, "{}", r.stderr);
         json_lines(&r.stdout)
     };
@@ -534,7 +529,7 @@ fn verify_follows_retention_and_erasure() -> Result<()> {
     assert_eq!(field_u64(&of(&s, "ann"), "first_version"), first);
     assert_eq!(field_u64(&of(&s, "ann"), "last_version"), 17);
     let verify = || -> Result<()> {
-        let r = quark(&["verify", "--data-dir", dir_arg(tmp.path())])?;
+        let r = quark_on(tmp.path(), "verify", &[])?;
         assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
         assert!(!r.stdout.contains("note:"), "{}", r.stdout);
         assert!(r.stdout.contains("2 OK, 0 broken"), "{}", r.stdout);
