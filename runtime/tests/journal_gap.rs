@@ -2,7 +2,8 @@
 //! skipped: activation rebuilds from the latest snapshot plus every event after it *by
 //! version*, loads fine when the lost events all precede that snapshot, and refuses with
 //! `CallError::ActivationFailed` naming the missing versions when an event it needs is gone.
-//! A refused activation writes nothing, so no version is ever written twice.
+//! A refused activation writes nothing, so no version is ever written twice; the operator can
+//! give such a stream up with `Journal::erase`.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -225,5 +226,25 @@ fn a_gap_after_the_latest_usable_snapshot_refuses_activation_and_names_it() {
     .collect();
     let expected: Vec<u64> = (1..=EVENTS).filter(|v| !lost.contains(v)).collect();
     assert_eq!(versions, expected, "no version written twice, none added");
+
+    // The operator gives the stream up: erasure works although the actor cannot be loaded,
+    // and the actor then starts again from version 0.
+    let report = block_on(node.journal().erase::<Account>("ann")).unwrap();
+    assert!(report.records_erased >= expected.len() as u64, "{report:?}");
+    assert_eq!(
+        block_on(
+            node.actor_ref::<Account>("ann")
+                .ask(Deposit(7, "fresh".into()))
+        )
+        .unwrap()
+        .unwrap(),
+        1
+    );
+    node.shutdown();
+    let node = start(tmp.path());
+    assert_eq!(
+        block_on(node.actor_ref::<Account>("ann").ask(Get)).unwrap(),
+        (7, 1)
+    );
     node.shutdown();
 }

@@ -624,13 +624,18 @@ impl Journal {
     /// [`EventSourced::initial`] at version 0, then scrubs the owner shard's log so that no
     /// segment file holds the erased bytes any more (see `docs/JOURNALING.md`). The actor
     /// id itself stays in the truncation records.
+    ///
+    /// An actor whose journal cannot be loaded (its activation fails, e.g. on a
+    /// [`JournalError::VersionGap`]) has no live activation: its stream is then truncated on
+    /// the owner shard directly, and its next activation starts from version 0. This is how an
+    /// operator gives up a stream whose missing events cannot be restored.
     pub async fn erase<A: EventSourced>(
         &self,
         key: impl Into<ActorKey>,
     ) -> Result<EraseReport, JournalError> {
         let key = key.into();
         let actor = self.engine.actor_ref::<A>(key.clone());
-        let erased = actor
+        let live = actor
             .ask(Invoke::new(
                 |state: &mut A, ctx: &Context<A>| -> InvokeFuture<'_, _> {
                     Box::pin(async move {
@@ -640,23 +645,31 @@ impl Journal {
                         let Some((ek, sk, _)) = stream_info(ctx) else {
                             return Err(JournalError::NoLog);
                         };
-                        let records = (log.key_lsns(&ek).len() + log.key_lsns(&sk).len()) as u64;
-                        let floor = log.stats().next_lsn;
-                        let mut batch = Batch::new();
-                        batch.truncate(&ek, floor).truncate(&sk, floor);
-                        log.append(&batch).await.map_err(|e| JournalError::Scrub {
-                            detail: e.to_string(),
-                        })?;
+                        let (records, floor) = truncate_stream(log, &ek, &sk).await?;
                         *state = A::initial(&ctx.id().key);
                         reset_after_erase(ctx, floor);
                         Ok(records)
                     })
                 },
             ))
-            .await
-            .map_err(|e| JournalError::Scrub {
-                detail: e.to_string(),
-            })??;
+            .await;
+        let erased = match live {
+            Ok(r) => r?,
+            // Not loadable, so not live: nothing to reset, truncate where the log is. (A
+            // message racing this activates either before the truncation, and fails as
+            // before, or after it, from version 0.)
+            Err(crate::CallError::ActivationFailed { .. }) => {
+                self.on_owner::<A, _, _, _>(key.clone(), |log, _, _, ek, sk| async move {
+                    Ok(truncate_stream(&log, &ek, &sk).await?.0)
+                })
+                .await?
+            }
+            Err(e) => {
+                return Err(JournalError::Scrub {
+                    detail: e.to_string(),
+                })
+            }
+        };
         let scrub = self
             .on_owner::<A, _, _, _>(key, |log, _, _, _, _| async move {
                 log.scrub().await.map_err(|e| JournalError::Scrub {
@@ -669,6 +682,25 @@ impl Journal {
             segments_rewritten: scrub.segments_rewritten as u64,
         })
     }
+}
+
+/// Appends truncation records superseding every record of an actor's two streams; returns
+/// the number of live records they superseded and the truncation floor (LSN).
+async fn truncate_stream(
+    log: &ShardLog,
+    events_key: &[u8],
+    snapshots_key: &[u8],
+) -> Result<(u64, u64), JournalError> {
+    let records = (log.key_lsns(events_key).len() + log.key_lsns(snapshots_key).len()) as u64;
+    let floor = log.stats().next_lsn;
+    let mut batch = Batch::new();
+    batch
+        .truncate(events_key, floor)
+        .truncate(snapshots_key, floor);
+    log.append(&batch)
+        .await
+        .map_err(|source| JournalError::Append { source })?;
+    Ok((records, floor))
 }
 
 /// What [`Journal::erase`] did.
