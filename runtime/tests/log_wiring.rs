@@ -37,17 +37,16 @@ impl Handler<Append> for Scribe {
     }
 }
 
-/// Reads back every live record of a key: (LSN, payload), in log order.
+/// Records as read back: (LSN, payload), in log order.
+type Records = Vec<(u64, Vec<u8>)>;
+
+/// Reads back every live record of a key.
 struct ReadKey(Vec<u8>);
 impl Message for ReadKey {
-    type Reply = Result<Vec<(u64, Vec<u8>)>, String>;
+    type Reply = Result<Records, String>;
 }
 impl Handler<ReadKey> for Scribe {
-    async fn handle(
-        &mut self,
-        m: ReadKey,
-        ctx: &Context<Self>,
-    ) -> Result<Vec<(u64, Vec<u8>)>, String> {
+    async fn handle(&mut self, m: ReadKey, ctx: &Context<Self>) -> Result<Records, String> {
         let log = ctx.log().ok_or("no log")?;
         let mut out = Vec::new();
         for lsn in log.key_lsns(&m.0) {
@@ -159,7 +158,7 @@ fn what_an_actor_appends_to_its_shard_log_reads_back_and_survives_a_restart() {
         .map(|s| s.log_next_lsn.unwrap())
         .collect();
     // Scribe k appends "<scribe k round i>" under key "k/<k>", i = 0..3.
-    let mut written: BTreeMap<u64, (ShardId, Vec<(u64, Vec<u8>)>)> = BTreeMap::new();
+    let mut written: BTreeMap<u64, (ShardId, Records)> = BTreeMap::new();
     for round in 0..3 {
         for k in 0..16u64 {
             let payload = format!("<scribe {k} round {round}>").into_bytes();
