@@ -8,7 +8,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use quark::journal::{JournalError, JournalPolicy};
+use quark::journal::{At, JournalError, JournalPolicy};
 use quark::{block_on, ActorKey, CallError, Node, NodeConfig};
 
 mod common;
@@ -141,6 +141,41 @@ fn lost_events_before_the_latest_snapshot_do_not_matter() {
         block_on(node.journal().version::<Account>("ann")).unwrap(),
         EVENTS
     );
+    // Time travel: to a point whose events are all there, fine; into the gap, refused naming it.
+    let journal = node.journal();
+    let before_gap = lost[0] - 1;
+    assert_eq!(
+        block_on(journal.state_at::<Account>("ann", At::Version(before_gap))).unwrap(),
+        ((1..=before_gap as i64).sum(), before_gap)
+    );
+    assert_eq!(
+        block_on(journal.state_at::<Account>("ann", At::Version(LAST_SNAPSHOT))).unwrap(),
+        ((1..=LAST_SNAPSHOT as i64).sum(), LAST_SNAPSHOT)
+    );
+    let (first, last) = (lost[0], *lost.last().unwrap());
+    // (The snapshots taken within the lost versions are lost with them: each is stored with
+    // the event after its version.)
+    match block_on(journal.state_at::<Account>("ann", At::Version(first))) {
+        Err(JournalError::VersionGap {
+            first_missing,
+            last_missing,
+            next_version,
+            ..
+        }) => assert_eq!(
+            (first_missing, last_missing, next_version),
+            (first, last, last + 1)
+        ),
+        other => panic!("time travel into the gap: expected a version gap, got {other:?}"),
+    }
+    // A dry-run replay from version 1 meets the gap too.
+    match block_on(journal.replay::<Account>("ann", At::Latest, |_| {})) {
+        Err(JournalError::VersionGap {
+            first_missing,
+            last_missing,
+            ..
+        }) => assert_eq!((first_missing, last_missing), (first, last)),
+        other => panic!("replay across the gap: expected a version gap, got {other:?}"),
+    }
     // Versions continue after the last intact one, never re-issuing one.
     assert_eq!(deposit(&node, 1000), EVENTS + 1);
     node.shutdown();
@@ -201,10 +236,7 @@ fn a_gap_after_the_latest_usable_snapshot_refuses_activation_and_names_it() {
         }
     }
     // The journal API reports the same gap, as a structured error.
-    match block_on(
-        node.journal()
-            .state_at::<Account>("ann", quark::journal::At::Latest),
-    ) {
+    match block_on(node.journal().state_at::<Account>("ann", At::Latest)) {
         Err(JournalError::VersionGap {
             first_missing,
             last_missing,
