@@ -279,8 +279,10 @@ pub(crate) async fn rebuild<A: EventSourced>(
                     lsn: event_lsns[0],
                 });
             }
-            let last = event_lsns.last().copied().unwrap_or(event_lsns[0]);
-            let last = decode_event_at(actor, &read_record(log, actor, last).await?)?.version;
+            let last_lsn = *event_lsns
+                .last()
+                .expect("first_version was read from a non-empty list");
+            let last = decode_event_at(actor, &read_record(log, actor, last_lsn).await?)?.version;
             return Err(JournalError::VersionUnavailable {
                 actor: actor.to_owned(),
                 version: want,
