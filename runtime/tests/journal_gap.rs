@@ -280,3 +280,42 @@ fn a_gap_after_the_latest_usable_snapshot_refuses_activation_and_names_it() {
     );
     node.shutdown();
 }
+
+#[test]
+fn restoring_the_quarantined_segment_closes_the_gap() {
+    let tmp = tempfile::tempdir().unwrap();
+    let segs = write_stream(tmp.path());
+    let (seg, _) = &segs[segs.len() - 2];
+    let original = std::fs::read(seg).unwrap();
+    damage(seg);
+    let node = start(tmp.path());
+    assert_eq!(
+        quarantined(tmp.path()),
+        1,
+        "recovery quarantined the segment"
+    );
+    let r = block_on(node.actor_ref::<Account>("ann").ask(Get));
+    assert!(
+        matches!(r, Err(CallError::ActivationFailed { .. })),
+        "{r:?}"
+    );
+    node.shutdown();
+
+    // The operator restores the segment from a backup (here: its bytes before the damage) and
+    // removes the quarantined copy.
+    let moved = tmp
+        .path()
+        .join("shard-0")
+        .join("quarantine")
+        .join(seg.file_name().unwrap());
+    std::fs::remove_file(&moved).unwrap();
+    std::fs::write(seg, original).unwrap();
+    let node = start(tmp.path());
+    let total: i64 = (1..=EVENTS as i64).sum();
+    assert_eq!(
+        block_on(node.actor_ref::<Account>("ann").ask(Get)).unwrap(),
+        (total, EVENTS - LAST_SNAPSHOT)
+    );
+    assert_eq!(deposit(&node, 1), EVENTS + 1);
+    node.shutdown();
+}
