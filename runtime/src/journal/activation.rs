@@ -24,6 +24,9 @@ pub(crate) struct JournalState {
     pub snapshots_key: Vec<u8>,
     /// Events applied (the actor's version).
     pub version: u64,
+    /// The highest version of this actor's events in the log (read at load, raised by each
+    /// persist). A persist writes only versions above it: no version is ever written twice.
+    pub logged_version: u64,
     /// Chain hash of the event at `version` ([`GENESIS`] at 0).
     pub last_hash: Hash,
     /// Version of the latest snapshot (0 = none).
@@ -107,6 +110,18 @@ async fn load<A: EventSourced>(
         &mut |_| {},
     )
     .await?;
+    // The rebuild applies every event after its snapshot by version and refuses a gap, so it
+    // ends at the newest event in the log.
+    if rebuilt.last_logged_version > rebuilt.version {
+        return Err(format!(
+            "actor {}: rebuilt to version {} but the log holds version {}; refusing to load \
+             (a persist would write a version twice)",
+            ctx.id(),
+            rebuilt.version,
+            rebuilt.last_logged_version
+        )
+        .into());
+    }
     let floor_lsn = rebuilt.first_event_lsn.unwrap_or(0);
     ctx.extension(|s: &mut JournalState| {
         *s = JournalState {
@@ -115,6 +130,7 @@ async fn load<A: EventSourced>(
             events_key,
             snapshots_key,
             version: rebuilt.version,
+            logged_version: rebuilt.last_logged_version,
             last_hash: rebuilt.hash,
             snapshot_version: rebuilt.snapshot_version,
             since_snapshot_events: rebuilt.events_applied,
@@ -191,6 +207,14 @@ pub(crate) async fn persist_events<A: EventSourced>(
                 });
             }
         }
+        // Never write a version the log already holds (that would fork the stream).
+        assert!(
+            s.version >= s.logged_version,
+            "actor {}: persisting after version {} but the log already holds version {}",
+            actor(),
+            s.version,
+            s.logged_version
+        );
         let mut batch = Batch::new();
         let snapshot = s.snapshot_due();
         if snapshot {
@@ -288,6 +312,7 @@ pub(crate) async fn persist_events<A: EventSourced>(
     ctx.extension(|s: &mut JournalState| {
         debug_assert_eq!(s.version, version, "one persist at a time per activation");
         s.version += n;
+        s.logged_version = s.logged_version.max(s.version);
         s.last_hash = hash;
         if snapshot {
             s.snapshot_version = version;
@@ -316,6 +341,7 @@ pub(crate) async fn persist_events<A: EventSourced>(
 pub(crate) fn reset_after_erase<A: EventSourced>(ctx: &Context<A>, floor: u64) {
     ctx.extension(|s: &mut JournalState| {
         s.version = 0;
+        s.logged_version = 0;
         s.last_hash = GENESIS;
         s.snapshot_version = 0;
         s.since_snapshot_events = 0;

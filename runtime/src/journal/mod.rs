@@ -321,15 +321,36 @@ pub enum JournalError {
         /// Its LSN.
         lsn: u64,
     },
-    /// Versions in the log are not consecutive.
-    #[error("journal of {actor}: expected version {expected} at LSN {lsn}, found {found}")]
+    /// Events the rebuild needs are missing from the log: versions
+    /// `first_missing..=last_missing` are not there although a later event (or nothing usable
+    /// before them) is, e.g. because recovery quarantined the segment holding them, or a
+    /// segment file was deleted. The actor is not activated (a rebuild never skips an event),
+    /// so nothing is written to its stream until the operator restores the events or
+    /// decides to give them up; see `docs/JOURNALING.md`.
+    #[error("journal of {actor}: versions {first_missing}..={last_missing} are missing (the next retained event, version {next_version}, is at LSN {lsn}); was a log segment quarantined or deleted?")]
     VersionGap {
         /// The actor.
         actor: String,
-        /// The version expected.
-        expected: u64,
+        /// The first missing version.
+        first_missing: u64,
+        /// The last missing version.
+        last_missing: u64,
+        /// The version of the retained event after the gap.
+        next_version: u64,
+        /// That event's LSN.
+        lsn: u64,
+    },
+    /// A version appears twice in the stream (the later event does not follow the one
+    /// before it): the stream forked, e.g. written by a build that skipped a gap on
+    /// activation. The actor is not activated.
+    #[error("journal of {actor}: version {version} at LSN {lsn} repeats or precedes version {previous} read before it; the stream forked")]
+    VersionRepeated {
+        /// The actor.
+        actor: String,
         /// The version found.
-        found: u64,
+        version: u64,
+        /// The version of the event read before it.
+        previous: u64,
         /// The record's LSN.
         lsn: u64,
     },

@@ -110,6 +110,9 @@ pub(crate) struct Rebuilt<A> {
     pub event_bytes: u64,
     /// (timestamp ms, origin LSN) of the retained snapshots, oldest first (when collected).
     pub snapshots: Vec<(u64, u64)>,
+    /// Version of the newest event record in the log (only for [`RebuildTarget::Latest`];
+    /// 0 otherwise or when there is none).
+    pub last_logged_version: u64,
     /// Origin LSN of the first retained event.
     pub first_event_lsn: Option<u64>,
 }
@@ -259,17 +262,38 @@ pub(crate) async fn rebuild<A: EventSourced>(
     };
     let mut applied = 0u64;
     let mut bytes = 0u64;
+    let mut last_logged_version = 0;
+    let mut last_read: Option<(u64, u64)> = None;
     if let Some(v0) = first_version {
-        if v0 > version + 1 {
+        // Events are applied by version, never by position: a quarantined or deleted segment
+        // leaves holes in `event_lsns`, so the event after the start is looked up by its
+        // version and every later one must follow it without a gap.
+        let want = version + 1;
+        if v0 > want {
+            if matches!(target, RebuildTarget::Latest) {
+                return Err(JournalError::VersionGap {
+                    actor: actor.to_owned(),
+                    first_missing: want,
+                    last_missing: v0 - 1,
+                    next_version: v0,
+                    lsn: event_lsns[0],
+                });
+            }
+            let last_lsn = *event_lsns
+                .last()
+                .expect("first_version was read from a non-empty list");
+            let last = decode_event_at(actor, &read_record(log, actor, last_lsn).await?)?.version;
             return Err(JournalError::VersionUnavailable {
                 actor: actor.to_owned(),
-                version: version + 1,
+                version: want,
                 first: v0,
-                last: v0 + event_lsns.len() as u64 - 1,
+                last,
             });
         }
-        let skip = (version + 1 - v0) as usize;
-        let todo = &event_lsns[skip.min(event_lsns.len())..];
+        let start_at = first_at_or_after(log, actor, &event_lsns, v0, want).await?;
+        let todo = &event_lsns[start_at..];
+        // Versions advance at least as fast as positions, so the events up to version `v`
+        // lie within the next `v - version` records.
         let total = match at {
             At::Version(v) => (v.saturating_sub(version) as usize).min(todo.len()),
             _ => todo.len(),
@@ -279,17 +303,29 @@ pub(crate) async fn rebuild<A: EventSourced>(
             for rec in records {
                 let lsn = rec.lsn;
                 let ev = decode_event_at(actor, &rec)?;
-                if !fits(at, ev.version, ev.timestamp_ms) {
-                    break 'chunks;
-                }
-                if ev.version != version + 1 {
+                // A gap is an error even where the target's time would stop here: the
+                // missing events may precede it.
+                if ev.version > version + 1 {
                     return Err(JournalError::VersionGap {
                         actor: actor.to_owned(),
-                        expected: version + 1,
-                        found: ev.version,
+                        first_missing: version + 1,
+                        last_missing: ev.version - 1,
+                        next_version: ev.version,
                         lsn,
                     });
                 }
+                if ev.version <= version {
+                    return Err(JournalError::VersionRepeated {
+                        actor: actor.to_owned(),
+                        version: ev.version,
+                        previous: version,
+                        lsn,
+                    });
+                }
+                if !fits(at, ev.version, ev.timestamp_ms) {
+                    break 'chunks;
+                }
+                last_read = Some((lsn, ev.version));
                 if ev.prev_hash != hash {
                     return Err(JournalError::BrokenChain {
                         actor: actor.to_owned(),
@@ -317,6 +353,18 @@ pub(crate) async fn rebuild<A: EventSourced>(
             events_total: total as u64,
             version,
         });
+        if matches!(target, RebuildTarget::Latest) {
+            // The version of the newest event record in the log's index (activation keeps it
+            // so that a persist can never write a version already in the log): the last one
+            // applied when that was the index's last record, else read.
+            last_logged_version = match (last_read, event_lsns.last()) {
+                (Some((lsn, v)), Some(&last)) if lsn == last => v,
+                (_, Some(&last)) => {
+                    decode_event_at(actor, &read_record(log, actor, last).await?)?.version
+                }
+                (_, None) => 0,
+            };
+        }
     }
     if let At::Version(v) = at {
         if v > version {
@@ -335,9 +383,51 @@ pub(crate) async fn rebuild<A: EventSourced>(
         snapshot_version,
         events_applied: applied,
         event_bytes: bytes,
+        last_logged_version,
         snapshots,
         first_event_lsn: first.map(|(_, lsn)| lsn),
     })
+}
+
+/// The index in `lsns` (one actor's event records in log order, so in increasing version
+/// order, the first of version `v0`) of the first event whose version is ≥ `want`, or
+/// `lsns.len()` if there is none. One read when versions are dense (the usual case), else a
+/// binary search (O(log n) reads).
+async fn first_at_or_after(
+    log: &ShardLog,
+    actor: &str,
+    lsns: &[u64],
+    v0: u64,
+    want: u64,
+) -> Result<usize, JournalError> {
+    debug_assert!(
+        v0 <= want,
+        "the caller checked that version {want} is reachable"
+    );
+    // Versions only increase and never skip fewer than one per record, so the version at
+    // index i is at least v0 + i: the answer is at most `want - v0`.
+    let guess = (want - v0) as usize;
+    let (mut lo, mut hi) = (0, lsns.len());
+    if guess < lsns.len() {
+        let v = decode_event_at(actor, &read_record(log, actor, lsns[guess]).await?)?.version;
+        match v.cmp(&want) {
+            std::cmp::Ordering::Equal => return Ok(guess),
+            std::cmp::Ordering::Greater => hi = guess,
+            // Only in a forked stream (a version written twice): look after it (best
+            // effort; the rebuild refuses where it meets a repeated version).
+            std::cmp::Ordering::Less => lo = guess + 1,
+        }
+    }
+    while lo < hi {
+        let mid = lo + (hi - lo) / 2;
+        let v = decode_event_at(actor, &read_record(log, actor, lsns[mid]).await?)?.version;
+        if v < want {
+            lo = mid + 1;
+        } else {
+            hi = mid;
+        }
+    }
+    Ok(lo)
 }
 
 /// Reads and acts on the journals of one node's actors, from any thread.
@@ -536,13 +626,18 @@ impl Journal {
     /// [`EventSourced::initial`] at version 0, then scrubs the owner shard's log so that no
     /// segment file holds the erased bytes any more (see `docs/JOURNALING.md`). The actor
     /// id itself stays in the truncation records.
+    ///
+    /// An actor whose journal cannot be loaded (its activation fails, e.g. on a
+    /// [`JournalError::VersionGap`]) has no live activation: its stream is then truncated on
+    /// the owner shard directly, and its next activation starts from version 0. This is how an
+    /// operator gives up a stream whose missing events cannot be restored.
     pub async fn erase<A: EventSourced>(
         &self,
         key: impl Into<ActorKey>,
     ) -> Result<EraseReport, JournalError> {
         let key = key.into();
         let actor = self.engine.actor_ref::<A>(key.clone());
-        let erased = actor
+        let live = actor
             .ask(Invoke::new(
                 |state: &mut A, ctx: &Context<A>| -> InvokeFuture<'_, _> {
                     Box::pin(async move {
@@ -552,23 +647,31 @@ impl Journal {
                         let Some((ek, sk, _)) = stream_info(ctx) else {
                             return Err(JournalError::NoLog);
                         };
-                        let records = (log.key_lsns(&ek).len() + log.key_lsns(&sk).len()) as u64;
-                        let floor = log.stats().next_lsn;
-                        let mut batch = Batch::new();
-                        batch.truncate(&ek, floor).truncate(&sk, floor);
-                        log.append(&batch).await.map_err(|e| JournalError::Scrub {
-                            detail: e.to_string(),
-                        })?;
+                        let (records, floor) = truncate_stream(log, &ek, &sk).await?;
                         *state = A::initial(&ctx.id().key);
                         reset_after_erase(ctx, floor);
                         Ok(records)
                     })
                 },
             ))
-            .await
-            .map_err(|e| JournalError::Scrub {
-                detail: e.to_string(),
-            })??;
+            .await;
+        let erased = match live {
+            Ok(r) => r?,
+            // Not loadable, so not live: nothing to reset, truncate where the log is. (A
+            // message racing this activates either before the truncation, and fails as
+            // before, or after it, from version 0.)
+            Err(crate::CallError::ActivationFailed { .. }) => {
+                self.on_owner::<A, _, _, _>(key.clone(), |log, _, _, ek, sk| async move {
+                    Ok(truncate_stream(&log, &ek, &sk).await?.0)
+                })
+                .await?
+            }
+            Err(e) => {
+                return Err(JournalError::Scrub {
+                    detail: e.to_string(),
+                })
+            }
+        };
         let scrub = self
             .on_owner::<A, _, _, _>(key, |log, _, _, _, _| async move {
                 log.scrub().await.map_err(|e| JournalError::Scrub {
@@ -581,6 +684,25 @@ impl Journal {
             segments_rewritten: scrub.segments_rewritten as u64,
         })
     }
+}
+
+/// Appends truncation records superseding every record of an actor's two streams; returns
+/// the number of live records they superseded and the truncation floor (LSN).
+async fn truncate_stream(
+    log: &ShardLog,
+    events_key: &[u8],
+    snapshots_key: &[u8],
+) -> Result<(u64, u64), JournalError> {
+    let records = (log.key_lsns(events_key).len() + log.key_lsns(snapshots_key).len()) as u64;
+    let floor = log.stats().next_lsn;
+    let mut batch = Batch::new();
+    batch
+        .truncate(events_key, floor)
+        .truncate(snapshots_key, floor);
+    log.append(&batch)
+        .await
+        .map_err(|source| JournalError::Append { source })?;
+    Ok((records, floor))
 }
 
 /// What [`Journal::erase`] did.
