@@ -56,6 +56,7 @@ fn main() -> std::process::ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let result = ServeOptions::from_args(std::env::args().skip(1)).and_then(|options| {
         let builder = Node::builder()
