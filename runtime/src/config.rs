@@ -165,16 +165,16 @@ struct RawFile {
 struct RawNode {
     shards: Option<RawShards>,
     pin_threads: Option<bool>,
-    idle_spin_us: Option<i64>,
-    ring_capacity: Option<i64>,
-    cross_shard_inflight_max: Option<i64>,
-    external_queue_capacity: Option<i64>,
-    external_inflight_max: Option<i64>,
-    mailbox_capacity: Option<i64>,
-    ask_timeout_ms: Option<i64>,
-    shutdown_timeout_ms: Option<i64>,
-    idle_timeout_ms: Option<i64>,
-    uring_entries: Option<i64>,
+    idle_spin_us: Option<Int>,
+    ring_capacity: Option<Int>,
+    cross_shard_inflight_max: Option<Int>,
+    external_queue_capacity: Option<Int>,
+    external_inflight_max: Option<Int>,
+    mailbox_capacity: Option<Int>,
+    ask_timeout_ms: Option<Int>,
+    shutdown_timeout_ms: Option<Int>,
+    idle_timeout_ms: Option<Int>,
+    uring_entries: Option<Int>,
     force_legacy_driver: Option<bool>,
 }
 
@@ -182,14 +182,14 @@ struct RawNode {
 #[serde(deny_unknown_fields)]
 struct RawLog {
     data_dir: Option<PathBuf>,
-    segment_bytes: Option<i64>,
+    segment_bytes: Option<Int>,
     fsync: Option<RawFsync>,
     recovery: Option<String>,
     preallocate: Option<String>,
     write_through: Option<bool>,
-    recycle_segments_max: Option<i64>,
-    pending_bytes_max: Option<i64>,
-    compact_interval_ms: Option<i64>,
+    recycle_segments_max: Option<Int>,
+    pending_bytes_max: Option<Int>,
+    compact_interval_ms: Option<Int>,
 }
 
 /// `fsync = "always" | "never" | { interval_ms = N }`.
@@ -201,7 +201,7 @@ enum RawFsync {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawInterval {
-    interval_ms: i64,
+    interval_ms: Int,
 }
 
 impl<'de> Deserialize<'de> for RawFsync {
@@ -228,17 +228,48 @@ impl<'de> Deserialize<'de> for RawFsync {
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct RawActorType {
-    idle_timeout_ms: Option<i64>,
-    max_local_workers: Option<i64>,
-    snapshot_every_events: Option<i64>,
-    snapshot_every_bytes: Option<i64>,
-    retention_age_ms: Option<i64>,
+    idle_timeout_ms: Option<Int>,
+    max_local_workers: Option<Int>,
+    snapshot_every_events: Option<Int>,
+    snapshot_every_bytes: Option<Int>,
+    retention_age_ms: Option<Int>,
 }
 
 enum RawShards {
     Auto,
     Count(i64),
-    Cores(Vec<i64>),
+    Cores(Vec<Int>),
+}
+
+/// A TOML integer (refused with "expected an integer", whatever its range).
+#[derive(Clone, Copy, Debug)]
+struct Int(i64);
+
+impl From<Int> for i64 {
+    fn from(v: Int) -> i64 {
+        v.0
+    }
+}
+
+impl<'de> Deserialize<'de> for Int {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = Int;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("an integer")
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Int, E> {
+                Ok(Int(v))
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Int, E> {
+                i64::try_from(v)
+                    .map(Int)
+                    .map_err(|_| E::invalid_value(de::Unexpected::Unsigned(v), &self))
+            }
+        }
+        d.deserialize_i64(V)
+    }
 }
 
 impl<'de> Deserialize<'de> for RawShards {
@@ -261,7 +292,7 @@ impl<'de> Deserialize<'de> for RawShards {
             }
             fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<RawShards, A::Error> {
                 let mut cores = Vec::new();
-                while let Some(c) = seq.next_element::<i64>()? {
+                while let Some(c) = seq.next_element::<Int>()? {
                     cores.push(c);
                 }
                 Ok(RawShards::Cores(cores))
@@ -298,11 +329,12 @@ impl Check<'_> {
     fn int(
         &self,
         key: &str,
-        value: i64,
+        value: impl Into<i64>,
         lo: u64,
         hi: u64,
         reason: &'static str,
     ) -> Result<u64, ConfigError> {
+        let value: i64 = value.into();
         match u64::try_from(value) {
             Ok(v) if (lo..=hi).contains(&v) => Ok(v),
             _ => Err(self.invalid(key, value, reason)),
