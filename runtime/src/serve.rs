@@ -150,7 +150,9 @@ pub enum ServeError {
 ///    `quark: node <id> listening on <ip:port> (<n> shards)`;
 /// 5. waits for SIGINT or SIGTERM (one received during start-up counts), then drains the
 ///    node ([`crate::Node::shutdown`]: queued and running turns finish, activations
-///    deactivate, within `node.shutdown_timeout_ms`) and prints `quark: stopped`.
+///    deactivate, within `node.shutdown_timeout_ms`) and prints `quark: stopped`. Further
+///    signals during the drain are ignored (the drain is bounded by that timeout); SIGKILL
+///    stops the process at once.
 ///
 /// Logs go through `tracing`: install a subscriber (e.g. `tracing_subscriber::fmt()`) to see
 /// them. Only one `serve` runs per process at a time ([`ServeError::AlreadyServing`]).

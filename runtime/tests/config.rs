@@ -132,6 +132,12 @@ fn config_sections_must_name_registered_types() {
         .err()
         .expect("max_local_workers on a stateful type is refused");
     assert!(matches!(err, quark::NodeError::NotStateless { .. }));
+    // Start-up errors about a config section name the file the section is in.
+    assert!(
+        err.to_string()
+            .starts_with("q.toml: config key actors.a.max_local_workers"),
+        "{err}"
+    );
 }
 
 #[test]
