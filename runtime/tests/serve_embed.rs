@@ -194,6 +194,43 @@ fn my_node_serves_its_own_actor_and_stops_cleanly_on_sigterm() {
 }
 
 #[test]
+fn my_node_stops_cleanly_on_sigint() {
+    let bin = example_binary();
+    let tmp = tempfile::tempdir().unwrap();
+    let addrs = ports::free_addrs(2);
+    let config = tmp.path().join("two.toml");
+    // A two-node file, run as its second node (`--node-id` picks the member and its address).
+    std::fs::write(
+        &config,
+        format!(
+            "[node]\nshards = 1\nidle_spin_us = 0\n\n[cluster]\ncluster_id = \"embed\"\nnode_id = 1\n\n\
+             [[cluster.nodes]]\nid = 1\naddr = \"{}\"\n\n[[cluster.nodes]]\nid = 2\naddr = \"{}\"\n",
+            addrs[0], addrs[1]
+        ),
+    )
+    .unwrap();
+    let mut node = start(
+        &bin,
+        &["--config", config.to_str().unwrap(), "--node-id", "2"],
+    );
+    let ready = wait_line(&node, "listening on", Duration::from_secs(20)).unwrap();
+    assert_eq!(
+        ready,
+        format!("quark: node 2 listening on {} (1 shards)", addrs[1])
+    );
+    // SAFETY: kill(2) with the pid of our own child process.
+    let rc = unsafe { libc::kill(node.child.id() as libc::pid_t, libc::SIGINT) };
+    assert_eq!(rc, 0, "SIGINT sent");
+    wait_line(&node, "quark: stopped", Duration::from_secs(20)).unwrap();
+    let status = wait_exit(&mut node, Duration::from_secs(20));
+    assert!(
+        status.success(),
+        "exit status {status}; stderr:\n{}",
+        stderr_of(&node)
+    );
+}
+
+#[test]
 fn my_node_refuses_a_bad_config_naming_the_file_and_key() {
     let bin = example_binary();
     let tmp = tempfile::tempdir().unwrap();
