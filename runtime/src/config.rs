@@ -1,8 +1,13 @@
 //! The node's configuration file (`quark.toml`): parsing, validation and defaults.
 //!
 //! Every key is documented in `docs/CONFIG.md`; `docs/examples/quark.toml` is a commented
-//! example. Unknown keys, wrong types and out-of-range values are errors that name the file,
-//! the key and (for syntax and type errors) the line.
+//! example. Syntax errors, unknown keys (in every table), wrong types and out-of-range values
+//! are errors that name the file, the full key path (`log.fsync.interval_ms`) and what is wrong
+//! with the value as written; syntax and type errors also give the line and column.
+//!
+//! Parsing runs in three passes over the (small) text: the TOML parser (syntax), a key tree
+//! with the span of every key and value (`spans`), then the typed structs below; an error of
+//! the last pass is mapped back to its key through the tree.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -13,6 +18,9 @@ use quark_shard::{EngineConfig, ShardSpec};
 use serde::de::{self, Deserializer, SeqAccess, Visitor};
 use serde::Deserialize;
 
+mod spans;
+use spans::Doc;
+
 /// A node's whole configuration: the engine settings and per-actor-type overrides.
 #[derive(Debug, Clone, Default)]
 pub struct NodeConfig {
@@ -22,6 +30,8 @@ pub struct NodeConfig {
     pub actors: BTreeMap<String, ActorTypeConfig>,
     /// The node's cluster (`[cluster]`); `None`: a standalone node.
     pub cluster: Option<crate::cluster::ClusterSettings>,
+    /// The file it was read from (named in start-up errors about it).
+    file: Option<PathBuf>,
 }
 
 /// Settings of one actor type (`[actors.<type name>]`).
@@ -48,8 +58,10 @@ impl ActorTypeConfig {
     }
 }
 
-/// Why a configuration was refused.
+/// Why a configuration was refused. Every message names the file and, where one key is at
+/// fault, its full path (`log.fsync`, `actors.account.retention_age_ms`).
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum ConfigError {
     /// The file could not be read.
     #[error("cannot read config file {}: {source}", file.display())]
@@ -60,18 +72,33 @@ pub enum ConfigError {
         #[source]
         source: std::io::Error,
     },
-    /// The file is not valid TOML, has an unknown key, or a value of the wrong type.
-    #[error("{}:{line}:{column}: {}{detail}", file.display(), key.as_deref().map(|k| format!("key `{k}`: ")).unwrap_or_default())]
+    /// The file is not valid TOML (a syntax error, or a key given twice).
+    #[error("{}", located(file, *line, *column, key.as_deref(), detail))]
+    Syntax {
+        /// The file.
+        file: PathBuf,
+        /// 1-based line of the offending text (0: unknown).
+        line: usize,
+        /// 1-based column (0: unknown).
+        column: usize,
+        /// The full path of the key on that line, when the line has one.
+        key: Option<String>,
+        /// The parser's explanation.
+        detail: String,
+    },
+    /// A key is unknown (the message lists the valid keys of its table), a value has the wrong
+    /// type, or a required key is missing.
+    #[error("{}", located(file, *line, *column, key.as_deref(), detail))]
     Parse {
         /// The file.
         file: PathBuf,
-        /// 1-based line of the offending text.
+        /// 1-based line of the offending text (0: unknown).
         line: usize,
-        /// 1-based column.
+        /// 1-based column (0: unknown).
         column: usize,
-        /// The key at fault, where the parser points at one.
+        /// The full path of the key at fault (`log.fsync.interval_ms`, `cluster.nodes[1].id`).
         key: Option<String>,
-        /// The parser's explanation (unknown field, expected type, syntax).
+        /// What is wrong: the unknown key and the valid ones, or the type given and expected.
         detail: String,
     },
     /// A value is of the right type but out of range.
@@ -79,9 +106,9 @@ pub enum ConfigError {
     Invalid {
         /// The file.
         file: PathBuf,
-        /// The dotted key.
+        /// The full dotted key.
         key: String,
-        /// The value given.
+        /// The value as written in the file.
         value: String,
         /// The accepted range.
         reason: &'static str,
@@ -106,6 +133,20 @@ pub enum ConfigError {
     },
 }
 
+/// `file:line:column: key `k`: detail`, leaving out what is unknown.
+fn located(file: &Path, line: usize, column: usize, key: Option<&str>, detail: &str) -> String {
+    let mut s = file.display().to_string();
+    if line > 0 {
+        s.push_str(&format!(":{line}:{column}"));
+    }
+    s.push_str(": ");
+    if let Some(k) = key {
+        s.push_str(&format!("key `{k}`: "));
+    }
+    s.push_str(detail);
+    s
+}
+
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct RawFile {
@@ -117,21 +158,23 @@ struct RawFile {
     cluster: Option<crate::cluster::RawCluster>,
 }
 
+// Integers are read as i64 (TOML's integer type) and range-checked here, so that a negative
+// value is refused with its key, the value as written and the accepted range.
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct RawNode {
     shards: Option<RawShards>,
     pin_threads: Option<bool>,
-    idle_spin_us: Option<u64>,
-    ring_capacity: Option<u64>,
-    cross_shard_inflight_max: Option<u64>,
-    external_queue_capacity: Option<u64>,
-    external_inflight_max: Option<u64>,
-    mailbox_capacity: Option<u64>,
-    ask_timeout_ms: Option<u64>,
-    shutdown_timeout_ms: Option<u64>,
-    idle_timeout_ms: Option<u64>,
-    uring_entries: Option<u64>,
+    idle_spin_us: Option<Int>,
+    ring_capacity: Option<Int>,
+    cross_shard_inflight_max: Option<Int>,
+    external_queue_capacity: Option<Int>,
+    external_inflight_max: Option<Int>,
+    mailbox_capacity: Option<Int>,
+    ask_timeout_ms: Option<Int>,
+    shutdown_timeout_ms: Option<Int>,
+    idle_timeout_ms: Option<Int>,
+    uring_entries: Option<Int>,
     force_legacy_driver: Option<bool>,
 }
 
@@ -139,37 +182,94 @@ struct RawNode {
 #[serde(deny_unknown_fields)]
 struct RawLog {
     data_dir: Option<PathBuf>,
-    segment_bytes: Option<u64>,
+    segment_bytes: Option<Int>,
     fsync: Option<RawFsync>,
     recovery: Option<String>,
     preallocate: Option<String>,
     write_through: Option<bool>,
-    recycle_segments_max: Option<u64>,
-    pending_bytes_max: Option<u64>,
-    compact_interval_ms: Option<u64>,
+    recycle_segments_max: Option<Int>,
+    pending_bytes_max: Option<Int>,
+    compact_interval_ms: Option<Int>,
+}
+
+/// `fsync = "always" | "never" | { interval_ms = N }`.
+enum RawFsync {
+    Word(String),
+    Interval(RawInterval),
 }
 
 #[derive(Deserialize)]
-#[serde(untagged)]
-enum RawFsync {
-    Word(String),
-    Interval { interval_ms: u64 },
+#[serde(deny_unknown_fields)]
+struct RawInterval {
+    interval_ms: Int,
+}
+
+impl<'de> Deserialize<'de> for RawFsync {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = RawFsync;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("\"always\", \"never\" or { interval_ms = N }")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<RawFsync, E> {
+                Ok(RawFsync::Word(v.to_owned()))
+            }
+            fn visit_map<A: de::MapAccess<'de>>(self, map: A) -> Result<RawFsync, A::Error> {
+                // The derived struct refuses unknown keys at the key (`log.fsync.bogus`).
+                RawInterval::deserialize(de::value::MapAccessDeserializer::new(map))
+                    .map(RawFsync::Interval)
+            }
+        }
+        d.deserialize_any(V)
+    }
 }
 
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct RawActorType {
-    idle_timeout_ms: Option<u64>,
-    max_local_workers: Option<u64>,
-    snapshot_every_events: Option<u64>,
-    snapshot_every_bytes: Option<u64>,
-    retention_age_ms: Option<u64>,
+    idle_timeout_ms: Option<Int>,
+    max_local_workers: Option<Int>,
+    snapshot_every_events: Option<Int>,
+    snapshot_every_bytes: Option<Int>,
+    retention_age_ms: Option<Int>,
 }
 
 enum RawShards {
     Auto,
     Count(i64),
-    Cores(Vec<i64>),
+    Cores(Vec<Int>),
+}
+
+/// A TOML integer (refused with "expected an integer", whatever its range).
+#[derive(Clone, Copy, Debug)]
+struct Int(i64);
+
+impl From<Int> for i64 {
+    fn from(v: Int) -> i64 {
+        v.0
+    }
+}
+
+impl<'de> Deserialize<'de> for Int {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = Int;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("an integer")
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Int, E> {
+                Ok(Int(v))
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Int, E> {
+                i64::try_from(v)
+                    .map(Int)
+                    .map_err(|_| E::invalid_value(de::Unexpected::Unsigned(v), &self))
+            }
+        }
+        d.deserialize_i64(V)
+    }
 }
 
 impl<'de> Deserialize<'de> for RawShards {
@@ -192,7 +292,7 @@ impl<'de> Deserialize<'de> for RawShards {
             }
             fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<RawShards, A::Error> {
                 let mut cores = Vec::new();
-                while let Some(c) = seq.next_element::<i64>()? {
+                while let Some(c) = seq.next_element::<Int>()? {
                     cores.push(c);
                 }
                 Ok(RawShards::Cores(cores))
@@ -202,12 +302,15 @@ impl<'de> Deserialize<'de> for RawShards {
     }
 }
 
-/// Checks `value` against `lo..=hi` for key `key`.
+/// Range checks that report the key and the value as written in the file.
 pub(crate) struct Check<'a> {
     pub(crate) file: &'a Path,
+    text: &'a str,
+    doc: &'a Doc,
 }
 
 impl Check<'_> {
+    /// Checks `value` (the value of `key`) against `lo..=hi`.
     pub(crate) fn range(
         &self,
         key: &str,
@@ -217,16 +320,53 @@ impl Check<'_> {
         reason: &'static str,
     ) -> Result<u64, ConfigError> {
         if value < lo || value > hi {
-            return Err(ConfigError::Invalid {
-                file: self.file.to_path_buf(),
-                key: key.to_owned(),
-                value: value.to_string(),
-                reason,
-            });
+            return Err(self.invalid(key, value, reason));
         }
         Ok(value)
     }
+
+    /// Checks a TOML integer (possibly negative) against `lo..=hi`.
+    fn int(
+        &self,
+        key: &str,
+        value: impl Into<i64>,
+        lo: u64,
+        hi: u64,
+        reason: &'static str,
+    ) -> Result<u64, ConfigError> {
+        let value: i64 = value.into();
+        match u64::try_from(value) {
+            Ok(v) if (lo..=hi).contains(&v) => Ok(v),
+            _ => Err(self.invalid(key, value, reason)),
+        }
+    }
+
+    /// An [`ConfigError::Invalid`] for `key`, quoting its value as written in the file
+    /// (`fallback` when the file does not have it).
+    pub(crate) fn invalid(
+        &self,
+        key: &str,
+        fallback: impl fmt::Display,
+        reason: &'static str,
+    ) -> ConfigError {
+        let value = self
+            .doc
+            .value_span(key)
+            .and_then(|s| self.text.get(s))
+            .map(|t| t.trim().to_owned())
+            .unwrap_or_else(|| fallback.to_string());
+        ConfigError::Invalid {
+            file: self.file.to_path_buf(),
+            key: key.to_owned(),
+            value,
+            reason,
+        }
+    }
 }
+
+/// The largest segment the log opens: at most `u32::MAX` bytes (record offsets are u32) and a
+/// multiple of 4096, as `quark_persist::Log::open` checks.
+const SEGMENT_BYTES_MAX: u64 = (u32::MAX as u64) & !4095;
 
 impl NodeConfig {
     /// Reads and validates `path`.
@@ -239,43 +379,64 @@ impl NodeConfig {
         Self::from_toml(&text, path)
     }
 
+    /// The file this configuration was read from (the name given to [`NodeConfig::from_toml`]);
+    /// `None` for a configuration built in code.
+    pub fn file(&self) -> Option<&Path> {
+        self.file.as_deref()
+    }
+
     /// Parses and validates TOML `text`; `file` names it in errors.
     pub fn from_toml(text: &str, file: impl AsRef<Path>) -> Result<NodeConfig, ConfigError> {
         let file = file.as_ref();
-        let raw: RawFile = toml::from_str(text).map_err(|e| parse_error(e, text, file))?;
-        let check = Check { file };
+        if let Err(e) = text.parse::<toml::Table>() {
+            return Err(syntax_error(&e, text, file));
+        }
+        let doc = Doc::parse(text).map_err(|e| syntax_error(&e, text, file))?;
+        let raw: RawFile = toml::from_str(text).map_err(|e| {
+            let (line, column) = e.span().map_or((0, 0), |s| line_column(text, s.start));
+            ConfigError::Parse {
+                file: file.to_path_buf(),
+                line,
+                column,
+                key: e.span().and_then(|s| doc.path_at(&s)),
+                detail: e.message().trim().to_owned(),
+            }
+        })?;
+        let check = Check {
+            file,
+            text,
+            doc: &doc,
+        };
         let mut engine = EngineConfig::default();
         let n = raw.node;
         if let Some(s) = n.shards {
             engine.shards = match s {
                 RawShards::Auto => ShardSpec::Auto,
-                RawShards::Count(c) => {
-                    let c = u64::try_from(c).unwrap_or(0);
-                    ShardSpec::Count(check.range(
-                        "node.shards",
-                        c,
-                        1,
-                        256,
-                        "a shard count is 1 to 256",
-                    )? as usize)
-                }
+                RawShards::Count(c) => ShardSpec::Count(check.int(
+                    "node.shards",
+                    c,
+                    1,
+                    256,
+                    "a shard count is 1 to 256",
+                )? as usize),
                 RawShards::Cores(list) => {
                     if list.is_empty() || list.len() > 256 {
-                        return Err(ConfigError::Invalid {
-                            file: file.to_path_buf(),
-                            key: "node.shards".into(),
-                            value: format!("{list:?}"),
-                            reason: "a core list has 1 to 256 entries",
-                        });
+                        return Err(check.invalid(
+                            "node.shards",
+                            format!("{list:?}"),
+                            "a core list has 1 to 256 entries",
+                        ));
                     }
                     let mut cores = Vec::with_capacity(list.len());
-                    for c in list {
-                        let c = u64::try_from(c).map_err(|_| ConfigError::Invalid {
-                            file: file.to_path_buf(),
-                            key: "node.shards".into(),
-                            value: c.to_string(),
-                            reason: "a core id is a non-negative integer",
-                        })?;
+                    for (i, c) in list.into_iter().enumerate() {
+                        let key = format!("node.shards[{i}]");
+                        let c = check.int(
+                            &key,
+                            c,
+                            0,
+                            u64::from(u32::MAX),
+                            "a core id is a non-negative integer",
+                        )?;
                         cores.push(c as usize);
                     }
                     ShardSpec::Cores(cores)
@@ -286,7 +447,7 @@ impl NodeConfig {
             engine.pin_threads = v;
         }
         if let Some(v) = n.idle_spin_us {
-            engine.idle_spin = Duration::from_micros(check.range(
+            engine.idle_spin = Duration::from_micros(check.int(
                 "node.idle_spin_us",
                 v,
                 0,
@@ -296,10 +457,10 @@ impl NodeConfig {
         }
         if let Some(v) = n.ring_capacity {
             engine.ring_capacity =
-                check.range("node.ring_capacity", v, 2, 1 << 20, "2 to 1048576 slots")? as usize;
+                check.int("node.ring_capacity", v, 2, 1 << 20, "2 to 1048576 slots")? as usize;
         }
         if let Some(v) = n.cross_shard_inflight_max {
-            engine.cross_shard_inflight_max = check.range(
+            engine.cross_shard_inflight_max = check.int(
                 "node.cross_shard_inflight_max",
                 v,
                 1,
@@ -308,7 +469,7 @@ impl NodeConfig {
             )? as u32;
         }
         if let Some(v) = n.external_queue_capacity {
-            engine.external_queue_capacity = check.range(
+            engine.external_queue_capacity = check.int(
                 "node.external_queue_capacity",
                 v,
                 1,
@@ -318,14 +479,14 @@ impl NodeConfig {
         }
         if let Some(v) = n.external_inflight_max {
             engine.external_inflight_max =
-                check.range("node.external_inflight_max", v, 1, 1 << 24, "1 to 16777216")? as usize;
+                check.int("node.external_inflight_max", v, 1, 1 << 24, "1 to 16777216")? as usize;
         }
         if let Some(v) = n.mailbox_capacity {
             engine.mailbox_capacity =
-                check.range("node.mailbox_capacity", v, 1, 1 << 24, "1 to 16777216")? as usize;
+                check.int("node.mailbox_capacity", v, 1, 1 << 24, "1 to 16777216")? as usize;
         }
         if let Some(v) = n.ask_timeout_ms {
-            engine.ask_timeout = Duration::from_millis(check.range(
+            engine.ask_timeout = Duration::from_millis(check.int(
                 "node.ask_timeout_ms",
                 v,
                 1,
@@ -334,7 +495,7 @@ impl NodeConfig {
             )?);
         }
         if let Some(v) = n.shutdown_timeout_ms {
-            engine.shutdown_timeout = Duration::from_millis(check.range(
+            engine.shutdown_timeout = Duration::from_millis(check.int(
                 "node.shutdown_timeout_ms",
                 v,
                 0,
@@ -343,7 +504,7 @@ impl NodeConfig {
             )?);
         }
         if let Some(v) = n.idle_timeout_ms {
-            engine.idle_timeout = Duration::from_millis(check.range(
+            engine.idle_timeout = Duration::from_millis(check.int(
                 "node.idle_timeout_ms",
                 v,
                 1,
@@ -356,11 +517,11 @@ impl NodeConfig {
         }
         if let Some(v) = n.uring_entries {
             engine.uring_entries =
-                check.range("node.uring_entries", v, 8, 32_768, "8 to 32768")? as u32;
+                check.int("node.uring_entries", v, 8, 32_768, "8 to 32768")? as u32;
         }
         if let Some(l) = raw.log {
             if let Some(ms) = l.compact_interval_ms {
-                let ms = check.range(
+                let ms = check.int(
                     "log.compact_interval_ms",
                     ms,
                     0,
@@ -373,11 +534,11 @@ impl NodeConfig {
         }
         let mut actors = BTreeMap::new();
         for (name, a) in raw.actors {
+            let key = |k: &str| format!("actors.{name}.{k}");
             let mut t = ActorTypeConfig::default();
             if let Some(v) = a.idle_timeout_ms {
-                let key = format!("actors.{name}.idle_timeout_ms");
-                t.idle_timeout = Some(Duration::from_millis(check.range(
-                    &key,
+                t.idle_timeout = Some(Duration::from_millis(check.int(
+                    &key("idle_timeout_ms"),
                     v,
                     1,
                     31_536_000_000,
@@ -385,23 +546,30 @@ impl NodeConfig {
                 )?));
             }
             if let Some(v) = a.max_local_workers {
-                let key = format!("actors.{name}.max_local_workers");
-                t.max_local_workers = Some(check.range(&key, v, 1, 4096, "1 to 4096")? as usize);
+                t.max_local_workers =
+                    Some(check.int(&key("max_local_workers"), v, 1, 4096, "1 to 4096")? as usize);
             }
             if let Some(v) = a.snapshot_every_events {
-                let key = format!("actors.{name}.snapshot_every_events");
-                t.snapshot_every_events =
-                    Some(check.range(&key, v, 1, 1 << 40, "1 to 2^40 events")?);
+                t.snapshot_every_events = Some(check.int(
+                    &key("snapshot_every_events"),
+                    v,
+                    1,
+                    1 << 40,
+                    "1 to 2^40 events",
+                )?);
             }
             if let Some(v) = a.snapshot_every_bytes {
-                let key = format!("actors.{name}.snapshot_every_bytes");
-                t.snapshot_every_bytes =
-                    Some(check.range(&key, v, 1, 1 << 50, "1 byte to 2^50 bytes")?);
+                t.snapshot_every_bytes = Some(check.int(
+                    &key("snapshot_every_bytes"),
+                    v,
+                    1,
+                    1 << 50,
+                    "1 byte to 2^50 bytes",
+                )?);
             }
             if let Some(v) = a.retention_age_ms {
-                let key = format!("actors.{name}.retention_age_ms");
-                t.retention_age = Some(Duration::from_millis(check.range(
-                    &key,
+                t.retention_age = Some(Duration::from_millis(check.int(
+                    &key("retention_age_ms"),
                     v,
                     1,
                     3_153_600_000_000,
@@ -418,40 +586,33 @@ impl NodeConfig {
             engine,
             actors,
             cluster,
+            file: Some(file.to_path_buf()),
         })
     }
 }
 
 fn log_config(l: RawLog, check: &Check<'_>) -> Result<quark_persist::LogConfig, ConfigError> {
     use quark_persist::{FsyncPolicy, Preallocate, RecoveryMode};
-    let invalid = |key: &str, value: String, reason: &'static str| ConfigError::Invalid {
-        file: check.file.to_path_buf(),
-        key: key.to_owned(),
-        value,
-        reason,
-    };
     let Some(dir) = l.data_dir else {
-        return Err(invalid(
+        return Err(check.invalid(
             "log.data_dir",
-            "(missing)".into(),
+            "(missing)",
             "a [log] section needs data_dir, the node's data directory",
         ));
     };
+    if dir.as_os_str().is_empty() {
+        return Err(check.invalid(
+            "log.data_dir",
+            "\"\"",
+            "must name a directory (an empty path would put the log in the current directory)",
+        ));
+    }
     let mut c = quark_persist::LogConfig::new(dir, 0);
     if let Some(v) = l.segment_bytes {
-        let v = check.range(
-            "log.segment_bytes",
-            v,
-            1 << 20,
-            1 << 40,
-            "1 MiB to 1 TiB, a multiple of 4096",
-        )?;
+        const REASON: &str = "1 MiB to 4294963200 (4 GiB - 4 KiB), a multiple of 4096";
+        let v = check.int("log.segment_bytes", v, 1 << 20, SEGMENT_BYTES_MAX, REASON)?;
         if v % 4096 != 0 {
-            return Err(invalid(
-                "log.segment_bytes",
-                v.to_string(),
-                "1 MiB to 1 TiB, a multiple of 4096",
-            ));
+            return Err(check.invalid("log.segment_bytes", v, REASON));
         }
         c.segment_bytes = v;
     }
@@ -460,15 +621,15 @@ fn log_config(l: RawLog, check: &Check<'_>) -> Result<quark_persist::LogConfig, 
             RawFsync::Word(w) if w == "always" => FsyncPolicy::Always,
             RawFsync::Word(w) if w == "never" => FsyncPolicy::Never,
             RawFsync::Word(w) => {
-                return Err(invalid(
+                return Err(check.invalid(
                     "log.fsync",
                     format!("{w:?}"),
                     "\"always\", \"never\" or { interval_ms = N }",
                 ))
             }
-            RawFsync::Interval { interval_ms } => FsyncPolicy::IntervalMs(check.range(
+            RawFsync::Interval(i) => FsyncPolicy::IntervalMs(check.int(
                 "log.fsync.interval_ms",
-                interval_ms,
+                i.interval_ms,
                 1,
                 3_600_000,
                 "1 ms to 1 hour",
@@ -481,7 +642,7 @@ fn log_config(l: RawLog, check: &Check<'_>) -> Result<quark_persist::LogConfig, 
             "truncate_tail" => RecoveryMode::TruncateTail,
             "quarantine" => RecoveryMode::Quarantine,
             _ => {
-                return Err(invalid(
+                return Err(check.invalid(
                     "log.recovery",
                     format!("{r:?}"),
                     "\"strict\", \"truncate_tail\" or \"quarantine\"",
@@ -494,7 +655,7 @@ fn log_config(l: RawLog, check: &Check<'_>) -> Result<quark_persist::LogConfig, 
             "zero_fill" => Preallocate::ZeroFill,
             "fallocate" => Preallocate::Fallocate,
             _ => {
-                return Err(invalid(
+                return Err(check.invalid(
                     "log.preallocate",
                     format!("{p:?}"),
                     "\"zero_fill\" or \"fallocate\"",
@@ -507,47 +668,77 @@ fn log_config(l: RawLog, check: &Check<'_>) -> Result<quark_persist::LogConfig, 
     }
     if let Some(v) = l.recycle_segments_max {
         c.recycle_segments_max =
-            check.range("log.recycle_segments_max", v, 0, 1024, "0 to 1024")? as usize;
+            check.int("log.recycle_segments_max", v, 0, 1024, "0 to 1024")? as usize;
     }
     if let Some(v) = l.pending_bytes_max {
         c.pending_bytes_max =
-            check.range("log.pending_bytes_max", v, 4096, 1 << 34, "4 KiB to 16 GiB")? as usize;
+            check.int("log.pending_bytes_max", v, 4096, 1 << 34, "4 KiB to 16 GiB")? as usize;
     }
     Ok(c)
 }
 
-fn parse_error(e: toml::de::Error, text: &str, file: &Path) -> ConfigError {
+/// 1-based line and column of byte `offset` of `text`.
+fn line_column(text: &str, offset: usize) -> (usize, usize) {
+    let before = text.get(..offset.min(text.len())).unwrap_or(text);
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    (line, column)
+}
+
+/// A TOML syntax error, with the full path of the key on the offending line when the line is
+/// `key = value` or a table header (the document did not parse, so there is no key tree: the
+/// path is the last table header above the line followed by the line's key).
+fn syntax_error(e: &toml::de::Error, text: &str, file: &Path) -> ConfigError {
     let (line, column, key) = match e.span() {
         Some(span) => {
-            let before = &text[..span.start.min(text.len())];
-            let line = before.matches('\n').count() + 1;
-            let column = before.rsplit('\n').next().map_or(0, str::len) + 1;
-            let snippet = text.get(span.clone()).unwrap_or("").trim();
-            // The parser's span covers the key for unknown-field errors and the value for type
-            // errors; report the key name when the span is a bare key.
-            let key = if !snippet.is_empty()
-                && snippet
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
-            {
-                Some(snippet.to_owned())
-            } else {
-                // For a value, the key is what stands before `=` on that line.
-                let line_text = text.lines().nth(line - 1).unwrap_or("");
-                line_text
-                    .split_once('=')
-                    .map(|(k, _)| k.trim().to_owned())
-                    .filter(|k| !k.is_empty() && !k.starts_with('['))
-            };
-            (line, column, key)
+            let (line, column) = line_column(text, span.start);
+            (line, column, key_on_line(text, line))
         }
         None => (0, 0, None),
     };
-    ConfigError::Parse {
+    ConfigError::Syntax {
         file: file.to_path_buf(),
         line,
         column,
         key,
         detail: e.message().trim().to_owned(),
     }
+}
+
+/// `[a.b]` or `[[a.b]]` on its own line: `a.b`.
+fn header_path(line: &str) -> Option<String> {
+    let l = line.split('#').next().unwrap_or("").trim();
+    let inner = l
+        .strip_prefix("[[")
+        .and_then(|r| r.strip_suffix("]]"))
+        .or_else(|| l.strip_prefix('[').and_then(|r| r.strip_suffix(']')))?;
+    key_path(inner)
+}
+
+/// A dotted key as written (`a . "b"`) as a path `a.b`, if it looks like a key at all.
+fn key_path(written: &str) -> Option<String> {
+    let parts: Vec<String> = written
+        .split('.')
+        .map(|p| p.trim().trim_matches(|c| c == '"' || c == '\'').to_owned())
+        .collect();
+    let bare = |p: &String| {
+        !p.is_empty()
+            && p.chars()
+                .all(|c| c.is_alphanumeric() || c == '_' || c == '-' || c == ' ')
+    };
+    parts.iter().all(bare).then(|| parts.join("."))
+}
+
+fn key_on_line(text: &str, line: usize) -> Option<String> {
+    let lines: Vec<&str> = text.lines().collect();
+    let this = *lines.get(line.checked_sub(1)?)?;
+    if let Some(h) = header_path(this) {
+        return Some(h);
+    }
+    let key = key_path(this.split_once('=')?.0)?;
+    let table = lines[..line - 1].iter().rev().find_map(|l| header_path(l));
+    Some(match table {
+        Some(t) => format!("{t}.{key}"),
+        None => key,
+    })
 }

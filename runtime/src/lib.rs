@@ -12,11 +12,15 @@ mod cluster;
 mod config;
 pub mod journal;
 mod node;
+mod serve;
 
 pub use client::{probe, Client, ClientBuilder, ClientError};
 pub use cluster::ClusterSettings;
 pub use config::{ActorTypeConfig, ConfigError, NodeConfig};
 pub use node::{Node, NodeBuilder, NodeError};
+/// The `rkyv` that wire messages derive with (`#[rkyv(crate = quark::rkyv)]`), so that a crate
+/// using Quark needs no `rkyv` dependency of its own (see `runtime/examples/my_node.rs`).
+pub use quark_net::rkyv;
 pub use quark_net::{ClusterSecret, HandshakeConfig, PeerRole, WireMessage, WireOwned};
 pub use quark_shard::{
     allowed_cores, block_on, Actor, ActorId, ActorKey, ActorRef, ActorType, CallError, Context,
@@ -24,3 +28,4 @@ pub use quark_shard::{
     ShutdownReport, SpawnHandle, StartError, Tell, TimerId,
 };
 pub use quark_shard::{NetConfig, NetStatsSnapshot};
+pub use serve::{serve, ServeError, ServeOptions};

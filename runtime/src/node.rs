@@ -2,6 +2,7 @@
 //! actor types.
 
 use std::future::Future;
+use std::path::PathBuf;
 
 use quark_shard::{
     Actor, ActorKey, ActorRef, ActorType, Engine, EngineBuilder, EngineConfig, ShardId,
@@ -24,17 +25,23 @@ pub enum NodeError {
     #[error(transparent)]
     Start(#[from] StartError),
     /// `[actors.<name>]` names a type that is not registered.
-    #[error("config section [actors.{name}] names an actor type that is not registered")]
+    #[error("{}config section [actors.{name}] names an actor type that is not registered (registered types: {})", in_file(file), names(registered))]
     UnknownActorType {
         /// The name in the config.
         name: String,
+        /// The config file (`None`: a configuration built in code).
+        file: Option<PathBuf>,
+        /// The registered type names.
+        registered: Vec<&'static str>,
     },
     /// A journal key (`snapshot_every_*`, `retention_age_ms`) is set for a type that is not
     /// registered as journaled.
-    #[error("config section [actors.{name}] sets journal keys, but {name:?} is not registered with register_journaled")]
+    #[error("{}config section [actors.{name}] sets journal keys, but {name:?} is not registered with register_journaled", in_file(file))]
     NotJournaled {
         /// The type name.
         name: String,
+        /// The config file (`None`: a configuration built in code).
+        file: Option<PathBuf>,
     },
     /// The node has no cluster secret and its listen address is not loopback.
     #[error(transparent)]
@@ -49,11 +56,28 @@ pub enum NodeError {
         source: std::io::Error,
     },
     /// `max_local_workers` is set for a type that is not a stateless worker.
-    #[error("config key actors.{name}.max_local_workers is set, but {name:?} is not registered as a stateless worker")]
+    #[error("{}config key actors.{name}.max_local_workers is set, but {name:?} is not registered as a stateless worker", in_file(file))]
     NotStateless {
         /// The type name.
         name: String,
+        /// The config file (`None`: a configuration built in code).
+        file: Option<PathBuf>,
     },
+}
+
+/// `"file: "`, or nothing for a configuration built in code.
+fn in_file(file: &Option<PathBuf>) -> String {
+    file.as_ref()
+        .map(|f| format!("{}: ", f.display()))
+        .unwrap_or_default()
+}
+
+fn names(registered: &[&'static str]) -> String {
+    if registered.is_empty() {
+        "none".to_owned()
+    } else {
+        registered.join(", ")
+    }
 }
 
 type Registration = Box<dyn FnOnce(EngineBuilder, &NodeConfig) -> Result<EngineBuilder, NodeError>>;
@@ -62,8 +86,27 @@ type Registration = Box<dyn FnOnce(EngineBuilder, &NodeConfig) -> Result<EngineB
 type AfterStart = Box<dyn FnOnce(&quark_shard::EngineHandle, &NodeConfig)>;
 
 /// Builds a [`Node`]: configuration (from a file or in code) and actor types.
+///
+/// # Which setting wins
+///
+/// Settings are applied at [`NodeBuilder::start`] in one order, whatever the order of the
+/// calls:
+///
+/// 1. the defaults ([`EngineConfig::default`]);
+/// 2. the configuration file: [`NodeBuilder::config_file`] or [`NodeBuilder::config`] (if
+///    both are called, or one twice, the last call wins: it replaces the whole file layer);
+/// 3. the code overrides: every [`NodeBuilder::engine`] closure, in the order they were
+///    given (so `.engine(..)` wins over `[node]` and `[log]` even when called before
+///    `.config_file(..)`).
+///
+/// Actor types: what a registration gives in code (an [`ActorType`]'s idle timeout and
+/// stateless workers, a [`JournalPolicy`]) is the type's default, and a key set in the file's
+/// `[actors.<name>]` section overrides it, so an operator can tune a type without a rebuild.
 pub struct NodeBuilder {
+    /// The file layer (defaults when no file was given).
     config: NodeConfig,
+    /// The code overrides, applied over the file layer at start, in call order.
+    engine_overrides: Vec<EngineOverride>,
     registrations: Vec<(&'static str, Registration)>,
     after_start: Vec<AfterStart>,
     wire: Vec<WireRegistration>,
@@ -71,33 +114,42 @@ pub struct NodeBuilder {
 
 type WireRegistration = Box<dyn FnOnce(EngineBuilder) -> EngineBuilder>;
 
+type EngineOverride = Box<dyn FnOnce(&mut EngineConfig)>;
+
 impl NodeBuilder {
-    /// Uses `config` (replacing what was set before).
+    /// Uses `config` as the file layer (replacing an earlier `config` or `config_file`). The
+    /// [`NodeBuilder::engine`] overrides, given before or after, still apply over it (see
+    /// "Which setting wins" above).
     pub fn config(mut self, config: NodeConfig) -> Self {
         self.config = config;
         self
     }
 
-    /// Reads the configuration from a TOML file (see `docs/CONFIG.md`).
+    /// Reads the file layer from a TOML file (see `docs/CONFIG.md`); same as
+    /// `.config(NodeConfig::from_file(path)?)`.
     pub fn config_file(self, path: impl AsRef<std::path::Path>) -> Result<Self, ConfigError> {
         Ok(self.config(NodeConfig::from_file(path)?))
     }
 
-    /// Changes engine settings in code (applied after the file, so code wins).
-    pub fn engine(mut self, f: impl FnOnce(&mut EngineConfig)) -> Self {
-        f(&mut self.config.engine);
+    /// Changes engine settings in code. The closure runs at [`NodeBuilder::start`], after the
+    /// file layer is in place, so what it sets wins over the file whatever the order of the
+    /// calls; several closures run in the order given.
+    pub fn engine(mut self, f: impl FnOnce(&mut EngineConfig) + 'static) -> Self {
+        self.engine_overrides.push(Box::new(f));
         self
     }
 
-    /// Registers actor type `A`. Settings in `[actors.<A::TYPE_NAME>]` override the ones given
-    /// here.
+    /// Registers actor type `A`. Keys set in `[actors.<A::TYPE_NAME>]` (`idle_timeout_ms`,
+    /// `max_local_workers`) override what `spec` sets.
     pub fn register<A: Actor>(self, spec: ActorType<A>) -> Self {
         self.register_spec(move |_| spec, false)
     }
 
     /// Registers event-sourced actor type `A` (see [`crate::journal`]): its activations are
-    /// loaded from the journal. `snapshot_every_events`, `snapshot_every_bytes` and
-    /// `retention_age_ms` in `[actors.<A::TYPE_NAME>]` override `policy`. With a retention age,
+    /// loaded from the journal. `policy` is the type's default: each of
+    /// `snapshot_every_events`, `snapshot_every_bytes` and `retention_age_ms` set in
+    /// `[actors.<A::TYPE_NAME>]` overrides the matching field of `policy` (the file wins; a key
+    /// the file does not set keeps the policy's value). With a retention age,
     /// each shard also runs a retention sweep (every quarter of the age, between 100 ms and
     /// 15 min) that applies it to actors that are not active.
     pub fn register_journaled<A: EventSourced>(mut self, policy: JournalPolicy) -> Self {
@@ -146,6 +198,7 @@ impl NodeBuilder {
                     if t.has_journal_keys() && !journaled {
                         return Err(NodeError::NotJournaled {
                             name: name.to_owned(),
+                            file: config.file().map(PathBuf::from),
                         });
                     }
                     if let Some(idle) = t.idle_timeout {
@@ -155,6 +208,7 @@ impl NodeBuilder {
                         if !spec.is_stateless() {
                             return Err(NodeError::NotStateless {
                                 name: name.to_owned(),
+                                file: config.file().map(PathBuf::from),
                             });
                         }
                         spec = spec.stateless(workers);
@@ -182,6 +236,9 @@ impl NodeBuilder {
     /// Starts the node's shards; returns when every shard is ready (and, in a cluster, listens
     /// on its cluster address).
     pub fn start(mut self) -> Result<Node, NodeError> {
+        for f in self.engine_overrides.drain(..) {
+            f(&mut self.config.engine);
+        }
         if let Some(c) = &mut self.config.cluster {
             let mode = quark_net::check_listen_addr(c.listen, c.net.secret.as_ref())?;
             let l = std::net::TcpListener::bind(c.listen).map_err(|source| NodeError::Bind {
@@ -197,7 +254,11 @@ impl NodeBuilder {
         }
         for name in self.config.actors.keys() {
             if !self.registrations.iter().any(|(n, _)| n == name) {
-                return Err(NodeError::UnknownActorType { name: name.clone() });
+                return Err(NodeError::UnknownActorType {
+                    name: name.clone(),
+                    file: self.config.file().map(PathBuf::from),
+                    registered: self.registrations.iter().map(|(n, _)| *n).collect(),
+                });
             }
         }
         let mut builder = EngineBuilder::new(self.config.engine.clone());
@@ -251,13 +312,14 @@ impl Node {
     pub fn builder() -> NodeBuilder {
         NodeBuilder {
             config: NodeConfig::default(),
+            engine_overrides: Vec::new(),
             registrations: Vec::new(),
             after_start: Vec::new(),
             wire: Vec::new(),
         }
     }
 
-    /// The configuration the node runs with.
+    /// The configuration the node runs with (the file layer with the code overrides applied).
     pub fn config(&self) -> &NodeConfig {
         &self.config
     }

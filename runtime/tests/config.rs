@@ -4,6 +4,8 @@ use std::time::Duration;
 
 use quark::{ConfigError, NodeConfig, ShardSpec};
 
+mod common;
+
 #[test]
 fn the_example_file_parses_to_the_defaults_it_documents() {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/examples/quark.toml");
@@ -47,7 +49,7 @@ fn unknown_key_names_file_key_and_line() {
         } => {
             assert_eq!(file.to_str(), Some("conf/quark.toml"));
             assert_eq!(*line, 3);
-            assert_eq!(key.as_deref(), Some("ring_capacty"));
+            assert_eq!(key.as_deref(), Some("node.ring_capacty"));
         }
         other => panic!("expected a parse error, got {other:?}"),
     }
@@ -64,7 +66,7 @@ fn wrong_type_names_the_key_and_line() {
     match &e {
         ConfigError::Parse { line, key, .. } => {
             assert_eq!(*line, 3);
-            assert_eq!(key.as_deref(), Some("idle_spin_us"));
+            assert_eq!(key.as_deref(), Some("node.idle_spin_us"));
         }
         other => panic!("expected a parse error, got {other:?}"),
     }
@@ -121,7 +123,7 @@ fn config_sections_must_name_registered_types() {
         .start()
         .err()
         .expect("an unregistered type in the config is refused");
-    assert!(matches!(err, quark::NodeError::UnknownActorType { ref name } if name == "b"));
+    assert!(matches!(err, quark::NodeError::UnknownActorType { ref name, .. } if name == "b"));
     let config = NodeConfig::from_toml("[actors.a]\nmax_local_workers = 2\n", "q.toml").unwrap();
     let err = quark::Node::builder()
         .config(config)
@@ -130,6 +132,12 @@ fn config_sections_must_name_registered_types() {
         .err()
         .expect("max_local_workers on a stateful type is refused");
     assert!(matches!(err, quark::NodeError::NotStateless { .. }));
+    // Start-up errors about a config section name the file the section is in.
+    assert!(
+        err.to_string()
+            .starts_with("q.toml: config key actors.a.max_local_workers"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -202,5 +210,324 @@ fn journal_keys_parse_and_are_checked() {
         .start()
         .err()
         .expect("journal keys on a plain type are refused");
-    assert!(matches!(err, quark::NodeError::NotJournaled { ref name } if name == "acct"));
+    assert!(matches!(err, quark::NodeError::NotJournaled { ref name, .. } if name == "acct"));
+}
+
+/// The error of `text` (named `q.toml`).
+fn err(text: &str) -> ConfigError {
+    NodeConfig::from_toml(text, "q.toml").expect_err("the config is refused")
+}
+
+/// The key an error names (`None` for errors without one).
+fn key_of(e: &ConfigError) -> Option<&str> {
+    match e {
+        ConfigError::Syntax { key, .. } | ConfigError::Parse { key, .. } => key.as_deref(),
+        ConfigError::Invalid { key, .. } => Some(key),
+        _ => None,
+    }
+}
+
+#[test]
+fn a_duplicate_key_is_named_by_its_full_path() {
+    let e = err("[node]\nshards = 2\nshards = 3\n");
+    assert!(matches!(e, ConfigError::Syntax { line: 3, .. }), "{e:?}");
+    assert_eq!(key_of(&e), Some("node.shards"), "{e}");
+    let msg = e.to_string();
+    assert!(msg.starts_with("q.toml:3:1: key `node.shards`: "), "{msg}");
+    assert!(msg.contains("duplicate key"), "{msg}");
+    // A duplicate table header is named too.
+    let e = err("[node]\nshards = 2\n[log]\ndata_dir = \"/d\"\n[node]\n");
+    assert_eq!(key_of(&e), Some("node"), "{e}");
+}
+
+#[test]
+fn a_value_is_never_reported_as_a_key() {
+    for (text, key, value) in [
+        ("[node]\nring_capacity = -5\n", "node.ring_capacity", "-5"),
+        ("[node]\nshards = -1\n", "node.shards", "-1"),
+        ("[node]\nshards = [0, -3]\n", "node.shards[1]", "-3"),
+        (
+            "[node]\nidle_spin_us = 2_000_000\n",
+            "node.idle_spin_us",
+            "2_000_000",
+        ),
+        (
+            "[log]\ndata_dir = \"/d\"\nfsync = { interval_ms = -7 }\n",
+            "log.fsync.interval_ms",
+            "-7",
+        ),
+        (
+            "[actors.x]\nidle_timeout_ms = 0x0\n",
+            "actors.x.idle_timeout_ms",
+            "0x0",
+        ),
+    ] {
+        let e = err(text);
+        match &e {
+            ConfigError::Invalid {
+                key: k, value: v, ..
+            } => {
+                assert_eq!((k.as_str(), v.as_str()), (key, value), "{text}: {e}");
+            }
+            other => panic!("{text}: expected a range error, got {other:?}"),
+        }
+        assert!(
+            e.to_string()
+                .starts_with(&format!("q.toml: key `{key}` = {value}: ")),
+            "{e}"
+        );
+    }
+}
+
+#[test]
+fn a_value_of_the_wrong_type_names_its_key_and_the_accepted_forms() {
+    let e = err("[log]\ndata_dir = \"/d\"\nfsync = 5\n");
+    assert_eq!(key_of(&e), Some("log.fsync"), "{e}");
+    let msg = e.to_string();
+    assert!(msg.starts_with("q.toml:3:9: key `log.fsync`: "), "{msg}");
+    assert!(msg.contains("integer `5`"), "{msg}");
+    assert!(
+        msg.contains("\"always\", \"never\" or { interval_ms = N }"),
+        "{msg}"
+    );
+    assert!(!msg.contains("untagged"), "{msg}");
+    let e = err("[cluster]\ncluster_id = \"c\"\nnode_id = 1\n[[cluster.nodes]]\nid = 1\naddr = \"127.0.0.1:1\"\n[[cluster.nodes]]\nid = \"two\"\naddr = \"127.0.0.1:2\"\n");
+    assert_eq!(key_of(&e), Some("cluster.nodes[1].id"), "{e}");
+    assert!(matches!(e, ConfigError::Parse { line: 8, .. }), "{e:?}");
+}
+
+#[test]
+fn unknown_keys_are_refused_in_every_table_with_the_valid_ones() {
+    const CLUSTER: &str = "[cluster]\ncluster_id = \"c\"\nnode_id = 1\n";
+    const NODES: &str = "[[cluster.nodes]]\nid = 1\naddr = \"127.0.0.1:1\"\n";
+    for (text, key, a_valid_key) in [
+        ("bogus = 1\n".to_owned(), "bogus", "node"),
+        (
+            "[node]\nbogus = 1\n".to_owned(),
+            "node.bogus",
+            "ring_capacity",
+        ),
+        (
+            "[log]\ndata_dir = \"/d\"\nbogus = 1\n".to_owned(),
+            "log.bogus",
+            "segment_bytes",
+        ),
+        (
+            "[log]\ndata_dir = \"/d\"\nfsync = { interval_ms = 5, bogus = 1 }\n".to_owned(),
+            "log.fsync.bogus",
+            "interval_ms",
+        ),
+        (
+            "[actors.x]\nbogus = 1\n".to_owned(),
+            "actors.x.bogus",
+            "idle_timeout_ms",
+        ),
+        (
+            format!("{CLUSTER}bogus = 1\n{NODES}"),
+            "cluster.bogus",
+            "secret_env",
+        ),
+        (
+            format!("{CLUSTER}{NODES}bogus = 1\n"),
+            "cluster.nodes[0].bogus",
+            "addr",
+        ),
+    ] {
+        let e = err(&text);
+        assert!(matches!(e, ConfigError::Parse { .. }), "{text}: {e:?}");
+        assert_eq!(key_of(&e), Some(key), "{text}: {e}");
+        let msg = e.to_string();
+        assert!(msg.contains("unknown field `bogus`"), "{msg}");
+        assert!(
+            msg.contains(&format!("`{a_valid_key}`")),
+            "lists the valid keys: {msg}"
+        );
+    }
+}
+
+#[test]
+fn an_empty_data_dir_is_refused() {
+    let e = err("[log]\ndata_dir = \"\"\n");
+    assert_eq!(key_of(&e), Some("log.data_dir"), "{e}");
+    assert!(
+        e.to_string()
+            .starts_with("q.toml: key `log.data_dir` = \"\": "),
+        "{e}"
+    );
+}
+
+#[test]
+fn a_segment_larger_than_the_log_accepts_is_refused_at_config_time() {
+    // 8 GiB is a multiple of 4096, but a segment is at most 4 GiB - 4 KiB (u32 offsets).
+    let e = err("[log]\ndata_dir = \"/d\"\nsegment_bytes = 8589934592\n");
+    assert_eq!(key_of(&e), Some("log.segment_bytes"), "{e}");
+    assert!(e.to_string().contains("= 8589934592: "), "{e}");
+    // The largest accepted value opens.
+    let c = NodeConfig::from_toml(
+        "[log]\ndata_dir = \"/d\"\nsegment_bytes = 4294963200\n",
+        "q.toml",
+    )
+    .unwrap();
+    assert_eq!(c.engine.log.unwrap().segment_bytes, 4_294_963_200);
+}
+
+struct Plain;
+impl quark::Actor for Plain {
+    const TYPE_NAME: &'static str = "plain";
+}
+
+fn write_config(dir: &std::path::Path, text: &str) -> std::path::PathBuf {
+    let path = dir.join("node.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+#[test]
+fn engine_overrides_win_over_the_file_whatever_the_call_order() {
+    let tmp = tempfile::tempdir().unwrap();
+    let path = write_config(
+        tmp.path(),
+        "[node]\nshards = 2\nidle_spin_us = 0\nmailbox_capacity = 77\n",
+    );
+    // Code override first, file second: the override still applies, and the file's other
+    // settings too.
+    let node = quark::Node::builder()
+        .engine(|e| e.shards = ShardSpec::Count(1))
+        .config_file(&path)
+        .unwrap()
+        .register(quark::ActorType::new(|_| Plain))
+        .start()
+        .unwrap();
+    assert_eq!(node.shard_count(), 1);
+    assert_eq!(node.config().engine.mailbox_capacity, 77);
+    node.shutdown();
+    // File first, code second: the same.
+    let node = quark::Node::builder()
+        .config_file(&path)
+        .unwrap()
+        .engine(|e| e.shards = ShardSpec::Count(1))
+        .register(quark::ActorType::new(|_| Plain))
+        .start()
+        .unwrap();
+    assert_eq!(node.shard_count(), 1);
+    assert_eq!(node.config().engine.mailbox_capacity, 77);
+    node.shutdown();
+    // Several overrides apply in the order given.
+    let node = quark::Node::builder()
+        .engine(|e| e.mailbox_capacity = 5)
+        .config_file(&path)
+        .unwrap()
+        .engine(|e| e.mailbox_capacity += 1)
+        .engine(|e| e.shards = ShardSpec::Count(1))
+        .start()
+        .unwrap();
+    assert_eq!(node.config().engine.mailbox_capacity, 6);
+    node.shutdown();
+}
+
+#[test]
+fn an_unregistered_actor_section_names_the_file_and_the_registered_types() {
+    struct Other;
+    impl quark::Actor for Other {
+        const TYPE_NAME: &'static str = "other";
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let path = write_config(
+        tmp.path(),
+        "[node]\nshards = 1\n[actors.plian]\nidle_timeout_ms = 5\n",
+    );
+    let err = quark::Node::builder()
+        .config_file(&path)
+        .unwrap()
+        .register(quark::ActorType::new(|_| Plain))
+        .register(quark::ActorType::new(|_| Other))
+        .start()
+        .err()
+        .expect("a section for an unregistered type is refused");
+    match &err {
+        quark::NodeError::UnknownActorType {
+            name,
+            file,
+            registered,
+        } => {
+            assert_eq!(name, "plian");
+            assert_eq!(file.as_deref(), Some(path.as_path()));
+            assert_eq!(registered, &["plain", "other"]);
+        }
+        other => panic!("expected UnknownActorType, got {other:?}"),
+    }
+    let msg = err.to_string();
+    assert!(msg.starts_with(&format!("{}: ", path.display())), "{msg}");
+    assert!(msg.contains("[actors.plian]"), "{msg}");
+    assert!(msg.contains("registered types: plain, other"), "{msg}");
+}
+
+#[test]
+fn a_secret_variable_that_is_not_set_refuses_the_node() {
+    const VAR: &str = "QUARK_CONFIG_TEST_SECRET_NEVER_SET";
+    assert!(
+        std::env::var_os(VAR).is_none(),
+        "{VAR} must not be set for this test"
+    );
+    let tmp = tempfile::tempdir().unwrap();
+    let path = write_config(
+        tmp.path(),
+        &format!(
+            "[cluster]\ncluster_id = \"c\"\nnode_id = 1\nsecret_env = \"{VAR}\"\n\
+             [[cluster.nodes]]\nid = 1\naddr = \"127.0.0.1:1\"\n"
+        ),
+    );
+    // Refused when the builder reads the file: the node never starts without its secret (and
+    // so never falls back to the loopback-only, secret-less mode).
+    let e = quark::Node::builder()
+        .config_file(&path)
+        .err()
+        .expect("an unset secret variable is refused");
+    assert_eq!(key_of(&e), Some("cluster.secret_env"), "{e}");
+    let msg = e.to_string();
+    assert!(msg.contains(VAR) && msg.contains("not set"), "{msg}");
+    assert!(msg.starts_with(&path.display().to_string()), "{msg}");
+}
+
+#[test]
+fn the_file_wins_over_the_journal_policy_given_in_code_whatever_the_call_order() {
+    use quark::journal::JournalPolicy;
+    use quark::{block_on, Node};
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let path = write_config(
+        tmp.path(),
+        &format!(
+            "[node]\nshards = 1\nidle_spin_us = 0\n[log]\ndata_dir = {:?}\nsegment_bytes = 1048576\n\
+             [actors.account]\nsnapshot_every_events = 4\n",
+            data.to_str().unwrap()
+        ),
+    );
+    // Code says "snapshot every 1000 events", the file says 4; registered before the file.
+    let node = Node::builder()
+        .register_journaled::<common::Account>(JournalPolicy::snapshot_every(1000))
+        .config_file(&path)
+        .unwrap()
+        .start()
+        .unwrap();
+    for i in 1..=10 {
+        block_on(
+            node.actor_ref::<common::Account>("k")
+                .ask(common::Deposit(i, String::new())),
+        )
+        .unwrap()
+        .unwrap();
+    }
+    node.shutdown();
+    let node = Node::builder()
+        .config_file(&path)
+        .unwrap()
+        .register_journaled::<common::Account>(JournalPolicy::snapshot_every(1000))
+        .start()
+        .unwrap();
+    // Snapshots at versions 4 and 8 (the file's policy): the activation replays 2 events.
+    let (balance, applied) =
+        block_on(node.actor_ref::<common::Account>("k").ask(common::Get)).unwrap();
+    assert_eq!((balance, applied), (55, 2));
+    node.shutdown();
 }

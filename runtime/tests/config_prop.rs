@@ -2,7 +2,7 @@
 //! accepted is within its documented range.
 
 use proptest::prelude::*;
-use quark::NodeConfig;
+use quark::{ConfigError, NodeConfig};
 
 /// Keys of `[node]` with a value generator each, to build files that are mostly well formed.
 fn node_line() -> impl Strategy<Value = String> {
@@ -56,6 +56,18 @@ proptest! {
             Err(err) => {
                 // Every error names the file.
                 prop_assert!(err.to_string().contains("fuzz.toml"), "{}", err);
+                // A key an error names is a key of the file (`node.<key>`, `node.shards[i]`),
+                // never a value or a piece of one.
+                let key = match &err {
+                    ConfigError::Syntax { key, .. } | ConfigError::Parse { key, .. } => key.clone(),
+                    ConfigError::Invalid { key, .. } => Some(key.clone()),
+                    _ => None,
+                };
+                if let Some(key) = key {
+                    let name = key.strip_prefix("node.").map(|k| k.split('[').next().unwrap_or(k));
+                    let in_file = lines.iter().any(|l| l.split(" = ").next() == name);
+                    prop_assert!(in_file, "key `{}` is not a key of the file: {}\n{}", key, err, text);
+                }
             }
         }
     }

@@ -61,10 +61,11 @@ struct Args {
 }
 
 fn node(args: &Args) -> Result<Node> {
+    let idle_spin = Duration::from_micros(args.idle_spin_us);
     Ok(Node::builder()
-        .engine(|e| {
+        .engine(move |e| {
             e.shards = ShardSpec::Count(2);
-            e.idle_spin = Duration::from_micros(args.idle_spin_us);
+            e.idle_spin = idle_spin;
         })
         .register(ActorType::new(|_| Echo::new()))
         .start()?)
