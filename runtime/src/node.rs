@@ -40,7 +40,7 @@ pub enum NodeError {
     #[error(transparent)]
     Listen(#[from] quark_net::ListenError),
     /// The cluster listen address could not be bound.
-    #[error("cannot listen on {addr}: {source}")]
+    #[error("cannot listen on {addr}")]
     Bind {
         /// The address.
         addr: std::net::SocketAddr,

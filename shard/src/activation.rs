@@ -344,6 +344,22 @@ pub(crate) fn try_send_local<A: Actor>(
     Err(item)
 }
 
+/// Delivers `item` from a sender on this shard at once: activates the target if needed;
+/// gives the item back if its mailbox is at `mailbox_capacity`.
+pub(crate) fn send_local_now<A: Actor>(
+    core: &Rc<ShardCore>,
+    type_idx: u16,
+    item: Box<dyn MailItemKeyed<A>>,
+) -> Result<(), Box<dyn MailItemKeyed<A>>> {
+    let act = core.table::<A>(type_idx).route(core, item.key());
+    if act.queue_len() < core.node.config.mailbox_capacity {
+        act.push(item.into_item());
+        Ok(())
+    } else {
+        Err(item)
+    }
+}
+
 /// Delivers `item` from a sender on this shard: activates the target if needed and waits
 /// while its mailbox is at `mailbox_capacity`.
 pub(crate) async fn send_local<A: Actor>(

@@ -20,7 +20,7 @@ use rustc_hash::FxHashSet;
 
 use crate::calls::{CallId, CallOutcome};
 use crate::core::ShardCore;
-use crate::error::CallError;
+use crate::error::{CallError, LinkDown};
 use crate::node::Phase;
 use crate::rt::tcp::{self, TcpReader, TcpWriter};
 
@@ -235,6 +235,9 @@ pub(crate) struct Link {
     state: Cell<LinkState>,
     wire: RefCell<Option<Rc<Wire>>>,
     pub(crate) last_drop_log: Cell<Option<Instant>>,
+    /// The last connection or handshake error (or why the last connection closed); `None`
+    /// while up or before the first attempt ended.
+    last_error: RefCell<Option<LinkDown>>,
     pub(crate) dropped_since_log: Cell<u64>,
 }
 
@@ -246,8 +249,14 @@ impl Link {
             state: Cell::new(LinkState::Connecting),
             wire: RefCell::new(None),
             last_drop_log: Cell::new(None),
+            last_error: RefCell::new(None),
             dropped_since_log: Cell::new(0),
         }
+    }
+
+    /// Why the link is down, where known (the source of `NodeUnavailable`).
+    pub(crate) fn cause(&self) -> Option<LinkDown> {
+        self.last_error.borrow().clone()
     }
 
     pub(crate) fn is_up(&self) -> bool {
@@ -316,13 +325,13 @@ fn running(core: &ShardCore) -> bool {
 /// Why a connection attempt or a connection ended (for logs and counters).
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum LinkError {
-    #[error("connect to {addr}: {source}")]
+    #[error("connect to {addr}")]
     Connect {
         addr: SocketAddr,
         #[source]
         source: std::io::Error,
     },
-    #[error("handshake with {addr}: {source}")]
+    #[error("handshake with {addr}")]
     Handshake {
         addr: SocketAddr,
         #[source]
@@ -330,13 +339,18 @@ pub(crate) enum LinkError {
     },
     #[error("handshake with {addr}: connection closed by the peer")]
     HandshakeClosed { addr: SocketAddr },
-    #[error("handshake with {addr}: {source}")]
+    #[error("connection to {addr} closed ({reason:?})")]
+    Closed {
+        addr: SocketAddr,
+        reason: CloseReason,
+    },
+    #[error("handshake with {addr}")]
     HandshakeFrame {
         addr: SocketAddr,
         #[source]
         source: FrameError,
     },
-    #[error("handshake with {addr}: {source}")]
+    #[error("handshake with {addr}")]
     HandshakeIo {
         addr: SocketAddr,
         #[source]
@@ -513,27 +527,36 @@ async fn run_link(core: Rc<ShardCore>, link: Rc<Link>) {
                 tracing::info!(shard = core.id, peer = link.peer, addr = %link.addr,
                     reconnect = was_up, "link to peer established");
                 was_up = true;
+                *link.last_error.borrow_mut() = None;
                 link.state.set(LinkState::Up);
                 let reason = serve(&core, &wire, rd, wr, fd, dec, link.peer, link.addr).await;
+                let cause = LinkDown::new(LinkError::Closed {
+                    addr: link.addr,
+                    reason,
+                });
+                *link.last_error.borrow_mut() = Some(cause.clone());
                 link.state.set(LinkState::Down);
                 wire.close();
-                fail_pending(&core, &wire, link.peer);
+                fail_pending(&core, &wire, link.peer, Some(cause));
                 tracing::warn!(shard = core.id, peer = link.peer, addr = %link.addr,
                     ?reason, "link to peer closed; reconnecting");
                 *last_log.get_mut() = None;
             }
             Err(e) => {
-                link.state.set(LinkState::Down);
-                wire.close();
-                fail_pending(&core, &wire, link.peer);
                 net.stats.peers.borrow_mut().record_close(e.close_reason());
                 let now = Instant::now();
                 let quiet = matches!(e, LinkError::Connect { .. })
                     && !super::log_due(&last_log, now, Duration::from_secs(5));
                 if !quiet {
-                    tracing::warn!(shard = core.id, peer = link.peer, error = %e,
+                    tracing::warn!(shard = core.id, peer = link.peer,
+                        error = %crate::error::ErrorChain(&e),
                         attempt = backoff.attempts(), "cannot reach peer");
                 }
+                let cause = LinkDown::new(e);
+                *link.last_error.borrow_mut() = Some(cause.clone());
+                link.state.set(LinkState::Down);
+                wire.close();
+                fail_pending(&core, &wire, link.peer, Some(cause));
             }
         }
         if !running(&core) {
@@ -548,7 +571,7 @@ async fn run_link(core: Rc<ShardCore>, link: Rc<Link>) {
 
 /// Fails every ask still waiting for a reply on `wire` with `NodeUnavailable`, and counts the
 /// tells that were queued on it but not written (or whose write failed) as dropped.
-fn fail_pending(core: &ShardCore, wire: &Wire, peer: NodeId) {
+fn fail_pending(core: &ShardCore, wire: &Wire, peer: NodeId, cause: Option<LinkDown>) {
     let pending: Vec<u64> = wire.pending.borrow_mut().drain().collect();
     let net = core
         .net
@@ -575,6 +598,7 @@ fn fail_pending(core: &ShardCore, wire: &Wire, peer: NodeId) {
             CallOutcome::Failed(CallError::NodeUnavailable {
                 node: peer,
                 actor: None,
+                cause: cause.clone(),
             }),
         );
     }
@@ -615,7 +639,7 @@ async fn accept_loop(core: Rc<ShardCore>, listener: tcp::Listener) {
                 Ok(p) => p,
                 Err(e) => {
                     net.stats.peers.borrow_mut().record_close(e.close_reason());
-                    tracing::warn!(shard = core.id, %addr, error = %e,
+                    tracing::warn!(shard = core.id, %addr, error = %crate::error::ErrorChain(&e),
                         "refused an incoming connection");
                     return;
                 }

@@ -24,7 +24,7 @@ use crate::actor::{Handler, Message};
 use crate::core::ShardCore;
 
 pub(crate) use conn::{close_all, start, Link};
-pub(crate) use remote::{ask_remote, tell_remote};
+pub(crate) use remote::{ask_remote, tell_remote, tell_remote_now};
 
 /// Cluster settings of an engine: who it is, who the members are, and the transport's bounds
 /// (the `[cluster]` table of `quark.toml`; see `docs/CONFIG.md`).
