@@ -325,6 +325,14 @@ pub enum RemoteError {
     /// The call was queued behind one whose handler panicked; it never ran (safe to retry).
     #[error("the activation was discarded after a panic before this call ran")]
     ActivationAborted,
+    /// The handler panicked with `message` (the panic's text and, where known, its location);
+    /// the activation was stopped. Sent instead of `ActorPanicked` since protocol v1.1 (added
+    /// last: the tags of the variants above are unchanged).
+    #[error("the actor panicked while handling the message: {message}")]
+    Panicked {
+        /// The panic message, e.g. `"overdrawn at src/bank.rs:12:9"`.
+        message: String,
+    },
 }
 
 impl WireMessage for RemoteError {

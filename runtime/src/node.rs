@@ -238,7 +238,7 @@ impl NodeBuilder {
 ///     .start()
 ///     .unwrap();
 /// let g = node.actor_ref::<Greeter>("ann");
-/// assert_eq!(quark::block_on(g.ask(Hello("bob".into()))).unwrap(), "hello bob from greeter/\"ann\"");
+/// assert_eq!(quark::block_on(g.ask(Hello("bob".into()))).unwrap(), "hello bob from greeter/ann");
 /// node.shutdown();
 /// ```
 pub struct Node {

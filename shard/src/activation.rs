@@ -529,7 +529,10 @@ async fn run_activation<A: Actor>(act: Rc<Activation<A>>, info: Arc<TypeInfo<A>>
         if let Err(panic) = activated {
             tracing::error!(shard = core.id, actor = %act.ctx.id, panic = %panic, "on_activate panicked; failing queued calls");
             act.gone.set(true);
-            act.fail_queued(&core, |actor| CallError::ActorPanicked { actor });
+            act.fail_queued(&core, |actor| CallError::ActorPanicked {
+                actor,
+                panic: panic.clone(),
+            });
             act.ctx.cancel_all_timers();
             table().remove(&act);
             return;
@@ -569,6 +572,7 @@ async fn run_activation<A: Actor>(act: Rc<Activation<A>>, info: Arc<TypeInfo<A>>
                     reply,
                     CallError::ActorPanicked {
                         actor: act.ctx.id.clone(),
+                        panic,
                     },
                 );
                 act.gone.set(true);

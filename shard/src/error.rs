@@ -54,10 +54,16 @@ impl Eq for LinkDown {}
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum CallError {
     /// The handler panicked while handling this call; the activation was deactivated.
-    #[error("actor {actor} panicked while handling this call; its activation was discarded")]
+    #[error(
+        "actor {actor} panicked while handling this call ({panic}); its activation was discarded"
+    )]
     ActorPanicked {
         /// The actor whose handler panicked.
         actor: ActorId,
+        /// The panic's message and, where known, its location (`"boom at src/lib.rs:7:9"`).
+        /// Locations are recorded by a panic hook the engine installs at start (chained to the
+        /// hook in place then); a hook set later by the application replaces it.
+        panic: String,
     },
     /// The call was queued behind a call that panicked; the activation was discarded before this
     /// call ran, so it had no effect. Safe to retry.
@@ -177,7 +183,7 @@ impl CallError {
     /// The actor the failed call was addressed to, where known.
     pub fn actor(&self) -> Option<&ActorId> {
         match self {
-            CallError::ActorPanicked { actor }
+            CallError::ActorPanicked { actor, .. }
             | CallError::ActivationAborted { actor }
             | CallError::Timeout { actor, .. }
             | CallError::ShuttingDown { actor }

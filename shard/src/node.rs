@@ -357,6 +357,7 @@ impl EngineBuilder {
 
     /// Starts the shard threads; returns once every shard is ready to take messages.
     pub fn start(self) -> Result<Engine, StartError> {
+        crate::turn::install_panic_location_hook();
         Engine::start(self.config, self.types, self.registry)
     }
 }

@@ -78,7 +78,14 @@ fn encode_error(id: &ActorId, message_type: &'static str, e: EncodeError) -> Cal
 /// Maps the callee's error to the caller's.
 fn remote_error(e: RemoteError, id: &ActorId, timeout: Duration, node: NodeId) -> CallError {
     match e {
-        RemoteError::ActorPanicked => CallError::ActorPanicked { actor: id.clone() },
+        RemoteError::ActorPanicked => CallError::ActorPanicked {
+            actor: id.clone(),
+            panic: format!("on node {node}; its message was not sent"),
+        },
+        RemoteError::Panicked { message } => CallError::ActorPanicked {
+            actor: id.clone(),
+            panic: format!("{message}, on node {node}"),
+        },
         RemoteError::ActivationAborted => CallError::ActivationAborted { actor: id.clone() },
         RemoteError::Timeout => CallError::Timeout {
             actor: id.clone(),
@@ -464,7 +471,7 @@ fn lost(core: &ShardCore) {
 
 fn call_error_to_remote(e: CallError) -> RemoteError {
     match e {
-        CallError::ActorPanicked { .. } => RemoteError::ActorPanicked,
+        CallError::ActorPanicked { panic, .. } => RemoteError::Panicked { message: panic },
         CallError::ActivationAborted { .. } => RemoteError::ActivationAborted,
         CallError::Timeout { .. } => RemoteError::Timeout,
         CallError::ShuttingDown { .. } => RemoteError::ShuttingDown,
