@@ -291,6 +291,11 @@ impl<A: Actor> ActorRef<A> {
             if let Some(core) = current_core(&self.node) {
                 return crate::net::tell_remote_now(self, &core, node, msg);
             }
+            if self.node.registry.codec::<M>().is_none() {
+                return Err(CallError::NotWireMessage {
+                    message_type: std::any::type_name::<M>(),
+                });
+            }
             self.external_admit_now()?;
             let me = self.clone();
             self.node.inject(
@@ -326,11 +331,6 @@ impl<A: Actor> ActorRef<A> {
             self.node.inject(self.owner, Box::new(d));
             return Ok(());
         };
-        if core.node.phase() != Phase::Running {
-            return Err(CallError::ShuttingDown {
-                actor: self.id.clone(),
-            });
-        }
         let target = self.target_on(&core);
         let item = self.envelope::<M>(&core, type_idx, target, msg, ReplyTo::None);
         if target == core.id {
