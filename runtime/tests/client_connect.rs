@@ -196,3 +196,25 @@ fn a_bind_failure_prints_its_os_cause_once() {
     }
     drop(taken);
 }
+
+#[test]
+fn out_stall_timeout_is_read_from_the_cluster_table() {
+    let text = |extra: &str| {
+        format!(
+            "[cluster]\ncluster_id = \"c\"\nnode_id = 1\n{extra}\
+             [[cluster.nodes]]\nid = 1\naddr = \"127.0.0.1:7999\"\n"
+        )
+    };
+    let c = NodeConfig::from_toml(&text(""), "a.toml").unwrap();
+    assert_eq!(
+        c.cluster.unwrap().net.out_stall_timeout,
+        Duration::from_secs(5)
+    );
+    let c = NodeConfig::from_toml(&text("out_stall_timeout_ms = 250\n"), "b.toml").unwrap();
+    assert_eq!(
+        c.cluster.unwrap().net.out_stall_timeout,
+        Duration::from_millis(250)
+    );
+    let e = NodeConfig::from_toml(&text("out_stall_timeout_ms = 0\n"), "c.toml").unwrap_err();
+    assert!(e.to_string().contains("out_stall_timeout_ms"), "{e}");
+}
