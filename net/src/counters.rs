@@ -25,11 +25,14 @@ pub enum CloseReason {
     Io,
     /// This node is shutting down.
     Shutdown,
+    /// The connection's outgoing bytes stayed over `out_bytes_max` for longer than
+    /// `out_stall_timeout`: the peer does not read what it asked for.
+    OutStalled,
 }
 
 impl CloseReason {
     /// Every reason, in counter order.
-    pub const ALL: [CloseReason; 10] = [
+    pub const ALL: [CloseReason; 11] = [
         CloseReason::PeerClosed,
         CloseReason::Goodbye,
         CloseReason::Oversized,
@@ -40,6 +43,7 @@ impl CloseReason {
         CloseReason::HeartbeatTimeout,
         CloseReason::Io,
         CloseReason::Shutdown,
+        CloseReason::OutStalled,
     ];
 
     /// The reason to count for a decoder error.

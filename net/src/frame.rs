@@ -377,7 +377,7 @@ pub enum EncodeError {
         max: u64,
     },
     /// rkyv could not serialize the value.
-    #[error("serializing {wire_name}: {source}")]
+    #[error("serializing {wire_name}")]
     Serialize {
         /// Wire name of the value's type.
         wire_name: &'static str,

@@ -251,7 +251,7 @@ pub enum HandshakeError {
         kind: FrameKind,
     },
     /// A handshake payload failed validation.
-    #[error("invalid handshake payload: {0}")]
+    #[error("invalid handshake payload")]
     BadPayload(#[source] WireError),
     /// The caller's timer fired before the handshake completed.
     #[error("handshake timed out while {state}{}", peer.as_ref().map(|p| format!(" (peer {p})")).unwrap_or_default())]

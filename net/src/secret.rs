@@ -23,6 +23,12 @@ pub enum SecretError {
         /// The minimum.
         min: usize,
     },
+    /// The environment variable named for the secret is not set (or empty).
+    #[error("environment variable {var} (named for the cluster secret) is not set")]
+    EnvUnset {
+        /// The variable's name.
+        var: String,
+    },
     /// The environment variable is set but is not valid UTF-8.
     #[error("environment variable {var} is not valid UTF-8")]
     NotUnicode {
@@ -48,8 +54,17 @@ impl ClusterSecret {
         Ok(ClusterSecret(bytes.into_boxed_slice()))
     }
 
+    /// Reads the secret from environment variable `var`, which must be set: a variable named
+    /// for the secret but unset (or empty) is [`SecretError::EnvUnset`], never "no secret".
+    pub fn require_env(var: &str) -> Result<ClusterSecret, SecretError> {
+        Self::from_env(var)?.ok_or_else(|| SecretError::EnvUnset {
+            var: var.to_owned(),
+        })
+    }
+
     /// Reads the secret from environment variable `var`: `Ok(None)` when it is unset or
-    /// empty (no secret configured).
+    /// empty. Prefer [`ClusterSecret::require_env`] when a variable was named in
+    /// configuration: unset must then be an error, not "no secret".
     pub fn from_env(var: &str) -> Result<Option<ClusterSecret>, SecretError> {
         match std::env::var(var) {
             Err(std::env::VarError::NotPresent) => Ok(None),

@@ -43,13 +43,127 @@ macro_rules! wire_primitive {
 wire_primitive! {
     () => "unit",
     bool => "bool",
+    u16 => "u16",
     u32 => "u32",
     u64 => "u64",
+    i16 => "i16",
+    i32 => "i32",
     i64 => "i64",
+    f32 => "f32",
+    f64 => "f64",
     String => "string",
     Vec<u8> => "bytes",
-    Option<u64> => "option.u64",
-    Option<Vec<u8>> => "option.bytes",
+}
+
+/// Longest generated wire name (of `Option<T>`, `Result<T, E>`, `Vec<T>`, tuples); a longer
+/// one is cut at a character boundary. Generated names appear in error messages only: what a
+/// request names on the wire is its message type's own `WIRE_NAME`.
+pub(crate) const GENERATED_WIRE_NAME_BYTES_MAX: usize = 128;
+
+/// A wire name built at compile time from parts.
+pub(crate) struct WireName {
+    bytes: [u8; GENERATED_WIRE_NAME_BYTES_MAX],
+    len: usize,
+}
+
+impl WireName {
+    /// The concatenation of `parts`, cut at [`GENERATED_WIRE_NAME_BYTES_MAX`] bytes.
+    pub(crate) const fn concat(parts: &[&str]) -> WireName {
+        let mut bytes = [0u8; GENERATED_WIRE_NAME_BYTES_MAX];
+        let mut len = 0;
+        let mut p = 0;
+        'outer: while p < parts.len() {
+            let part = parts[p].as_bytes();
+            let mut i = 0;
+            while i < part.len() {
+                if len == GENERATED_WIRE_NAME_BYTES_MAX {
+                    // Back off to a character boundary.
+                    while len > 0 && (bytes[len - 1] & 0xC0) == 0x80 {
+                        len -= 1;
+                    }
+                    if len > 0 && bytes[len - 1] >= 0xC0 {
+                        len -= 1;
+                    }
+                    break 'outer;
+                }
+                bytes[len] = part[i];
+                len += 1;
+                i += 1;
+            }
+            p += 1;
+        }
+        WireName { bytes, len }
+    }
+
+    /// The name.
+    pub(crate) const fn as_str(&self) -> &str {
+        match std::str::from_utf8(self.bytes.split_at(self.len).0) {
+            Ok(s) => s,
+            Err(_) => panic!("a wire name is cut at a character boundary"),
+        }
+    }
+}
+
+/// Generated names of the generic wire types.
+struct Named<T: ?Sized>(std::marker::PhantomData<T>);
+
+impl<T: WireMessage> Named<Option<T>> {
+    const NAME: WireName = WireName::concat(&["option<", T::WIRE_NAME, ">"]);
+}
+
+impl<T: WireMessage> Named<Vec<T>> {
+    const NAME: WireName = WireName::concat(&["vec<", T::WIRE_NAME, ">"]);
+}
+
+impl<T: WireMessage, E: WireMessage> Named<Result<T, E>> {
+    const NAME: WireName = WireName::concat(&["result<", T::WIRE_NAME, ",", E::WIRE_NAME, ">"]);
+}
+
+impl<A: WireMessage, B: WireMessage> Named<(A, B)> {
+    const NAME: WireName = WireName::concat(&["(", A::WIRE_NAME, ",", B::WIRE_NAME, ")"]);
+}
+
+impl<A: WireMessage, B: WireMessage, C: WireMessage> Named<(A, B, C)> {
+    const NAME: WireName =
+        WireName::concat(&["(", A::WIRE_NAME, ",", B::WIRE_NAME, ",", C::WIRE_NAME, ")"]);
+}
+
+impl<A: WireMessage, B: WireMessage, C: WireMessage, D: WireMessage> Named<(A, B, C, D)> {
+    const NAME: WireName = WireName::concat(&[
+        "(",
+        A::WIRE_NAME,
+        ",",
+        B::WIRE_NAME,
+        ",",
+        C::WIRE_NAME,
+        ",",
+        D::WIRE_NAME,
+        ")",
+    ]);
+}
+
+/// `Option<T>`, `Vec<T>`, `Result<T, E>` and tuples of up to four wire types are wire types
+/// themselves (replies such as `Result<u64, MyError>` need no wrapper). Their `WIRE_NAME` is
+/// generated, e.g. `"result<u64,bank.Error>"`.
+macro_rules! wire_generic {
+    ($(<$($p:ident),+> $t:ty;)*) => {$(
+        impl<$($p: WireMessage),+> WireMessage for $t
+        where
+            $t: Archive<Archived: Portable + for<'v> CheckBytes<HighValidator<'v, rancor::Error>>>
+                + for<'w, 'a> Serialize<PayloadSerializer<'w, 'a>>,
+        {
+            const WIRE_NAME: &'static str = Named::<$t>::NAME.as_str();
+        }
+    )*};
+}
+
+wire_generic! {
+    <T> Option<T>;
+    <T> Vec<T>;
+    <T, E> Result<T, E>;
+    <A, B> (A, B);
+    <A, B, C> (A, B, C);
+    <A, B, C, D> (A, B, C, D);
 }
 
 /// A [`WireMessage`] that can also be turned back into an owned value (every type deriving
@@ -79,7 +193,7 @@ where
 #[derive(Debug, thiserror::Error)]
 pub enum WireError {
     /// Bytes are not a valid archive of the expected type (bytecheck failed).
-    #[error("payload of {len} bytes is not a valid {wire_name}: {source}")]
+    #[error("payload of {len} bytes is not a valid {wire_name}")]
     Invalid {
         /// Wire name of the expected type.
         wire_name: &'static str,
@@ -211,6 +325,14 @@ pub enum RemoteError {
     /// The call was queued behind one whose handler panicked; it never ran (safe to retry).
     #[error("the activation was discarded after a panic before this call ran")]
     ActivationAborted,
+    /// The handler panicked with `message` (the panic's text and, where known, its location);
+    /// the activation was stopped. Sent instead of `ActorPanicked` since protocol v1.1 (added
+    /// last: the tags of the variants above are unchanged).
+    #[error("the actor panicked while handling the message: {message}")]
+    Panicked {
+        /// The panic message, e.g. `"overdrawn at src/bank.rs:12:9"`.
+        message: String,
+    },
 }
 
 impl WireMessage for RemoteError {

@@ -17,17 +17,25 @@ pub enum ActorKey {
     Bytes(Arc<[u8]>),
 }
 
+/// The unambiguous form: a string key quoted and escaped (`"c3"`), a number bare (`7`),
+/// bytes as `0x…`. The `quark journal` tools print and read keys in this form.
 impl fmt::Debug for ActorKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Display::fmt(self, f)
+        match self {
+            ActorKey::Str(s) => write!(f, "{s:?}"),
+            _ => fmt::Display::fmt(self, f),
+        }
     }
 }
 
+/// The key as the application wrote it: a string key as is (`c3`), a number in decimal,
+/// bytes as `0x…` in hex. `Str("7")` and `U64(7)` both show as `7`: use the `Debug` form
+/// where the two must be told apart.
 impl fmt::Display for ActorKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             ActorKey::U64(k) => write!(f, "{k}"),
-            ActorKey::Str(s) => write!(f, "{s:?}"),
+            ActorKey::Str(s) => f.write_str(s),
             ActorKey::Bytes(b) => {
                 f.write_str("0x")?;
                 for byte in b.iter() {
@@ -90,12 +98,14 @@ impl ActorId {
     }
 }
 
+/// `type/key` with the key's unambiguous `Debug` form (`account/"ann"`).
 impl fmt::Debug for ActorId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Display::fmt(self, f)
+        write!(f, "{}/{:?}", self.type_name, self.key)
     }
 }
 
+/// `type/key` with the key as written (`account/ann`).
 impl fmt::Display for ActorId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}/{}", self.type_name, self.key)
@@ -154,7 +164,11 @@ mod tests {
     #[test]
     fn display_names_type_and_key() {
         assert_eq!(ActorId::new("acct", 12u64).to_string(), "acct/12");
-        assert_eq!(ActorId::new("acct", "bob").to_string(), "acct/\"bob\"");
+        assert_eq!(ActorId::new("acct", "bob").to_string(), "acct/bob");
+        assert_eq!(ActorKey::from("c3").to_string(), "c3");
+        assert_eq!(format!("{:?}", ActorKey::from("c3")), "\"c3\"");
+        assert_eq!(format!("{:?}", ActorId::new("acct", "bob")), "acct/\"bob\"");
+        assert_eq!(format!("{:?}", ActorId::new("acct", 12u64)), "acct/12");
         assert_eq!(
             ActorId::new("acct", &[1u8, 255][..]).to_string(),
             "acct/0x01ff"

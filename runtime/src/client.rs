@@ -22,7 +22,7 @@ pub enum ClientError {
     #[error("a client needs at least one node address")]
     NoNodes,
     /// A node could not be reached.
-    #[error("cannot connect to {addr}: {source}")]
+    #[error("cannot connect to {addr}")]
     Connect {
         /// The address.
         addr: SocketAddr,
@@ -31,7 +31,7 @@ pub enum ClientError {
         source: std::io::Error,
     },
     /// The handshake with a node failed (the cause names both sides' claims).
-    #[error("handshake with {addr}: {source}")]
+    #[error("handshake with {addr}")]
     Handshake {
         /// The address.
         addr: SocketAddr,
@@ -45,6 +45,20 @@ pub enum ClientError {
         /// The address.
         addr: SocketAddr,
     },
+    /// The node at `addr` answered with another node id than the one it was listed with.
+    #[error("node at {addr} is node {found}, but it was listed as node {expected}")]
+    WrongNode {
+        /// The address.
+        addr: SocketAddr,
+        /// The id it was listed with ([`ClientBuilder::node`]).
+        expected: u64,
+        /// The id it presented.
+        found: u64,
+    },
+    /// The cluster secret could not be read (e.g. [`ClientBuilder::secret_env`] names a
+    /// variable that is not set).
+    #[error("cluster secret")]
+    Secret(#[source] quark_net::SecretError),
     /// The nodes' ids do not form a valid membership (e.g. two addresses answered with the
     /// same node id).
     #[error(transparent)]
@@ -126,6 +140,8 @@ pub fn probe(
 pub struct ClientBuilder {
     cluster_id: String,
     secret: Option<ClusterSecret>,
+    secret_env: Option<String>,
+    require_all_nodes: bool,
     nodes: Vec<(Option<u64>, SocketAddr)>,
     engine: EngineConfig,
     net: Box<dyn FnOnce(&mut NetConfig)>,
@@ -143,6 +159,23 @@ impl ClientBuilder {
     /// The cluster secret (`None`: the nodes have none; loopback only).
     pub fn secret(mut self, secret: Option<ClusterSecret>) -> Self {
         self.secret = secret;
+        self.secret_env = None;
+        self
+    }
+
+    /// Reads the cluster secret from environment variable `var` at
+    /// [`connect`](Self::connect); the variable must be set (unset or empty:
+    /// [`ClientError::Secret`]), as for a node's `cluster.secret_env`.
+    pub fn secret_env(mut self, var: impl Into<String>) -> Self {
+        self.secret_env = Some(var.into());
+        self
+    }
+
+    /// `true`: [`connect`](Self::connect) fails unless the handshake succeeds with every
+    /// listed node. `false` (default): at least one node must complete it, and none may
+    /// refuse it.
+    pub fn require_all_nodes(mut self, yes: bool) -> Self {
+        self.require_all_nodes = yes;
         self
     }
 
@@ -183,41 +216,93 @@ impl ClientBuilder {
         self
     }
 
-    /// Starts the client: learns the ids of nodes given by address only, then dials every
-    /// node from its shard(s). Returns once the client's engine runs; links come up in the
-    /// background (asks sent meanwhile wait for them, within their deadline).
+    /// Starts the client. First it runs one handshake with every listed node (in parallel,
+    /// each within the probe timeout, 2 s), which checks the cluster id, the secret, the
+    /// protocol version and the node id, and learns the ids of nodes given by address only:
+    ///
+    /// - a node that refuses the handshake (or answers with another node id) fails `connect`
+    ///   with that node's cause ([`ClientError::Handshake`] names what differs, e.g. the
+    ///   secrets or the cluster ids);
+    /// - a node that cannot be reached is tolerated if it was listed with its id and at least
+    ///   one node completed the handshake (unless [`require_all_nodes`](Self::require_all_nodes));
+    ///   calls to its actors fail with `CallError::NodeUnavailable`, whose `source()` is the
+    ///   connection error, until it is up;
+    /// - no node reached: the first node's connection error.
+    ///
+    /// Then it starts the client's engine, which dials every node from its shard(s); links come
+    /// up in the background (asks sent meanwhile wait for them, within their deadline).
     pub fn connect(self) -> Result<Client, ClientError> {
         if self.nodes.is_empty() {
             return Err(ClientError::NoNodes);
         }
+        let secret = match &self.secret_env {
+            Some(var) => Some(ClusterSecret::require_env(var).map_err(ClientError::Secret)?),
+            None => self.secret.clone(),
+        };
         let client_id: u64 = rand::random::<u64>() | (1 << 63);
+        let hs = HandshakeConfig {
+            protocol_version: PROTOCOL_VERSION,
+            cluster_id: self.cluster_id.clone(),
+            node_id: client_id,
+            role: PeerRole::Client,
+            secret: secret.clone(),
+            shard: 0,
+        };
+        let timeout = self.probe_timeout;
+        let probes: Vec<Result<PeerInfo, ClientError>> = std::thread::scope(|s| {
+            let handles: Vec<_> = self
+                .nodes
+                .iter()
+                .map(|&(_, addr)| {
+                    let cfg = hs.clone();
+                    s.spawn(move || probe(addr, cfg, timeout))
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().expect("a probe thread does not panic"))
+                .collect()
+        });
         let mut nodes = Vec::with_capacity(self.nodes.len());
-        for (id, addr) in self.nodes {
-            let id = match id {
-                Some(id) => id,
-                None => {
-                    let cfg = HandshakeConfig {
-                        protocol_version: PROTOCOL_VERSION,
-                        cluster_id: self.cluster_id.clone(),
-                        node_id: client_id,
-                        role: PeerRole::Client,
-                        secret: self.secret.clone(),
-                        shard: 0,
-                    };
-                    probe(addr, cfg, self.probe_timeout)?.node_id
+        let mut first_unreachable = None;
+        let mut reached = 0;
+        for (&(id, addr), probe) in self.nodes.iter().zip(probes) {
+            let id = match (id, probe) {
+                (Some(expected), Ok(peer)) if peer.node_id != expected => {
+                    return Err(ClientError::WrongNode {
+                        addr,
+                        expected,
+                        found: peer.node_id,
+                    })
                 }
+                (_, Ok(peer)) => {
+                    reached += 1;
+                    peer.node_id
+                }
+                (Some(id), Err(e @ ClientError::Connect { .. })) => {
+                    first_unreachable.get_or_insert(e);
+                    id
+                }
+                (_, Err(e)) => return Err(e),
             };
             nodes.push(quark_net::NodeConfig {
                 id,
                 addr: addr.to_string(),
             });
         }
+        if let Some(e) = first_unreachable {
+            if reached == 0 || self.require_all_nodes {
+                return Err(e);
+            }
+            tracing::warn!(error = %quark_shard::ErrorChain(&e),
+                "a node is unreachable; the client starts with the others");
+        }
         let membership = Membership::from_config(&quark_net::ClusterConfig {
             cluster_id: self.cluster_id,
             nodes,
         })?;
         let mut net = NetConfig::new(client_id, PeerRole::Client, membership);
-        net.secret = self.secret;
+        net.secret = secret;
         (self.net)(&mut net);
         let mut engine = self.engine;
         engine.net = Some(net);
@@ -256,6 +341,8 @@ impl Client {
         ClientBuilder {
             cluster_id: "local".into(),
             secret: None,
+            secret_env: None,
+            require_all_nodes: false,
             nodes: Vec::new(),
             engine: EngineConfig {
                 shards: ShardSpec::Count(1),

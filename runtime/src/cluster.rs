@@ -31,6 +31,7 @@ pub(crate) struct RawCluster {
     secret_env: Option<String>,
     frame_bytes_max: Option<u64>,
     out_bytes_max: Option<u64>,
+    out_stall_timeout_ms: Option<u64>,
     requests_inflight_max: Option<u64>,
     heartbeat_interval_ms: Option<u64>,
     suspect_after_ms: Option<u64>,
@@ -152,6 +153,15 @@ pub(crate) fn cluster_settings(
         })
         .transpose()
     };
+    if let Some(d) = ms(
+        "cluster.out_stall_timeout_ms",
+        raw.out_stall_timeout_ms,
+        1,
+        3_600_000,
+        "1 ms to 1 h",
+    )? {
+        net.out_stall_timeout = d;
+    }
     if let Some(d) = ms(
         "cluster.heartbeat_interval_ms",
         raw.heartbeat_interval_ms,

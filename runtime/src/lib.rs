@@ -18,14 +18,18 @@ pub use client::{probe, Client, ClientBuilder, ClientError};
 pub use cluster::ClusterSettings;
 pub use config::{ActorTypeConfig, ConfigError, NodeConfig};
 pub use node::{Node, NodeBuilder, NodeError};
-/// The `rkyv` that wire messages derive with (`#[rkyv(crate = quark::rkyv)]`), so that a crate
-/// using Quark needs no `rkyv` dependency of its own (see `runtime/examples/my_node.rs`).
+/// The rkyv version wire types are archived with. Derive a wire type through it, with no
+/// direct rkyv dependency:
+/// `#[derive(quark::rkyv::Archive, quark::rkyv::Serialize, quark::rkyv::Deserialize)]` and
+/// `#[rkyv(crate = quark::rkyv)]`, then `impl quark::WireMessage for T { const WIRE_NAME: ... }`.
 pub use quark_net::rkyv;
-pub use quark_net::{ClusterSecret, HandshakeConfig, PeerRole, WireMessage, WireOwned};
+pub use quark_net::{
+    ClusterSecret, HandshakeConfig, PeerRole, RemoteError, SecretError, WireMessage, WireOwned,
+};
 pub use quark_shard::{
     allowed_cores, block_on, Actor, ActorId, ActorKey, ActorRef, ActorType, CallError, Context,
-    EngineConfig, EngineHandle, Handler, Message, ShardId, ShardSpec, ShardStatsSnapshot,
-    ShutdownReport, SpawnHandle, StartError, Tell, TimerId,
+    EngineConfig, EngineHandle, ErrorChain, Handler, LinkDown, Message, ShardId, ShardSpec,
+    ShardStatsSnapshot, ShutdownReport, SpawnHandle, StartError, Tell, TimerId,
 };
 pub use quark_shard::{NetConfig, NetStatsSnapshot};
 pub use serve::{serve, ServeError, ServeOptions};

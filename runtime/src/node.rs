@@ -47,7 +47,7 @@ pub enum NodeError {
     #[error(transparent)]
     Listen(#[from] quark_net::ListenError),
     /// The cluster listen address could not be bound.
-    #[error("cannot listen on {addr}: {source}")]
+    #[error("cannot listen on {addr}")]
     Bind {
         /// The address.
         addr: std::net::SocketAddr,
@@ -299,7 +299,7 @@ impl NodeBuilder {
 ///     .start()
 ///     .unwrap();
 /// let g = node.actor_ref::<Greeter>("ann");
-/// assert_eq!(quark::block_on(g.ask(Hello("bob".into()))).unwrap(), "hello bob from greeter/\"ann\"");
+/// assert_eq!(quark::block_on(g.ask(Hello("bob".into()))).unwrap(), "hello bob from greeter/ann");
 /// node.shutdown();
 /// ```
 pub struct Node {

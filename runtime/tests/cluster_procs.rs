@@ -233,7 +233,8 @@ fn three_processes_kill_one_restart_it() {
     for (cfg, ours, theirs) in cases {
         let e = quark::probe(addrs[0], cfg, Duration::from_secs(5)).unwrap_err();
         assert!(matches!(e, ClientError::Handshake { .. }), "{e:?}");
-        assert!(e.to_string().contains(ours), "client side: {e}");
+        let chain = quark::ErrorChain(&e).to_string();
+        assert!(chain.contains(ours), "client side: {chain}");
         eventually(
             &format!("node 1 logging {theirs:?}"),
             Duration::from_secs(5),

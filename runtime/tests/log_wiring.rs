@@ -140,7 +140,8 @@ fn a_damaged_log_stops_start_up_with_the_file_named() {
         NodeError::Start(StartError::Log { shard, .. }) => assert_eq!(*shard, 1),
         other => panic!("expected a log error, got {other}"),
     }
-    let msg = err.to_string();
+    // The message names the shard; its cause (the source chain) names the file.
+    let msg = quark::ErrorChain(&err).to_string();
     assert!(
         msg.contains(seg.file_name().unwrap().to_str().unwrap()),
         "{msg}"

@@ -344,6 +344,22 @@ pub(crate) fn try_send_local<A: Actor>(
     Err(item)
 }
 
+/// Delivers `item` from a sender on this shard at once: activates the target if needed;
+/// gives the item back if its mailbox is at `mailbox_capacity`.
+pub(crate) fn send_local_now<A: Actor>(
+    core: &Rc<ShardCore>,
+    type_idx: u16,
+    item: Box<dyn MailItemKeyed<A>>,
+) -> Result<(), Box<dyn MailItemKeyed<A>>> {
+    let act = core.table::<A>(type_idx).route(core, item.key());
+    if act.queue_len() < core.node.config.mailbox_capacity {
+        act.push(item.into_item());
+        Ok(())
+    } else {
+        Err(item)
+    }
+}
+
 /// Delivers `item` from a sender on this shard: activates the target if needed and waits
 /// while its mailbox is at `mailbox_capacity`.
 pub(crate) async fn send_local<A: Actor>(
@@ -513,7 +529,10 @@ async fn run_activation<A: Actor>(act: Rc<Activation<A>>, info: Arc<TypeInfo<A>>
         if let Err(panic) = activated {
             tracing::error!(shard = core.id, actor = %act.ctx.id, panic = %panic, "on_activate panicked; failing queued calls");
             act.gone.set(true);
-            act.fail_queued(&core, |actor| CallError::ActorPanicked { actor });
+            act.fail_queued(&core, |actor| CallError::ActorPanicked {
+                actor,
+                panic: panic.clone(),
+            });
             act.ctx.cancel_all_timers();
             table().remove(&act);
             return;
@@ -553,6 +572,7 @@ async fn run_activation<A: Actor>(act: Rc<Activation<A>>, info: Arc<TypeInfo<A>>
                     reply,
                     CallError::ActorPanicked {
                         actor: act.ctx.id.clone(),
+                        panic,
                     },
                 );
                 act.gone.set(true);

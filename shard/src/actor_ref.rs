@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use quark_placement::{node_for, shard_for, ActorId, ActorKey, NodeId, ShardId};
 
-use crate::activation::{send_local, try_send_local};
+use crate::activation::{send_local, send_local_now, try_send_local};
 use crate::actor::{Actor, Handler, Message};
 use crate::calls::{CallId, CallOutcome, Waiter};
 use crate::core::ShardCore;
@@ -228,6 +228,9 @@ impl<A: Actor> ActorRef<A> {
     /// credit or injection queue): a `tell` is never dropped silently. Errors only if the type
     /// is unknown or the node is shutting down. Nothing is sent before the future is polled; in
     /// the common case (room available) the first poll sends and resolves.
+    ///
+    /// **The returned [`Tell`] must be awaited** (or polled): `r.tell(msg);` alone sends
+    /// nothing (the compiler warns). To send without awaiting, use [`ActorRef::tell_now`].
     pub fn tell<M>(&self, msg: M) -> Tell<'_, A, M>
     where
         A: Handler<M>,
@@ -240,10 +243,110 @@ impl<A: Actor> ActorRef<A> {
         }
     }
 
+    /// Sends `msg` at once, without a future: for synchronous code, and for a loop of tells
+    /// that must not wait. Never waits and never drops a message silently:
+    ///
+    /// - `Ok(())`: the message is on its way (in the actor's mailbox, in the cross-shard ring,
+    ///   in the owner shard's injection queue, or in the connection's buffer to the owner
+    ///   node), in order with this sender's earlier `tell_now`s and awaited `tell`s.
+    /// - `Err(CallError::Full { .. })`: no room at once (the mailbox is at
+    ///   `mailbox_capacity`, no cross-shard credit, `external_inflight_max` injections in
+    ///   flight, or the connection buffer at `out_bytes_max`); the message was not sent.
+    ///   Retry later or `tell(msg).await`.
+    /// - `Err(CallError::NodeUnavailable { .. })`: the owner node is unreachable (counted in
+    ///   `tells_dropped`).
+    /// - Other errors as [`ActorRef::tell`] (unknown type, not a wire message, shutting down).
+    ///
+    /// From outside the node (any thread that is not one of its shards) to an actor of another
+    /// node, the message is handed to a shard of this node, which appends it to its connection
+    /// to the owner: if that connection is then down or full, the tell is counted in
+    /// `NetStatsSnapshot::tells_dropped` and logged (this call has already returned `Ok`).
+    ///
+    /// ```no_run
+    /// # use quark_shard::{Actor, ActorRef, Context, Handler, Message};
+    /// # struct Counter(u64);
+    /// # impl Actor for Counter { const TYPE_NAME: &'static str = "counter"; }
+    /// # struct Inc;
+    /// # impl Message for Inc { type Reply = (); }
+    /// # impl Handler<Inc> for Counter {
+    /// #     async fn handle(&mut self, _: Inc, _: &Context<Self>) { self.0 += 1; }
+    /// # }
+    /// # fn demo(c: &ActorRef<Counter>) -> Result<(), quark_shard::CallError> {
+    /// for _ in 0..3 {
+    ///     c.tell_now(Inc)?;
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn tell_now<M>(&self, msg: M) -> Result<(), CallError>
+    where
+        A: Handler<M>,
+        M: Message,
+    {
+        let full = |place| CallError::Full {
+            actor: self.id.clone(),
+            place,
+        };
+        if let Some(node) = self.remote {
+            if let Some(core) = current_core(&self.node) {
+                return crate::net::tell_remote_now(self, &core, node, msg);
+            }
+            if self.node.registry.codec::<M>().is_none() {
+                return Err(CallError::NotWireMessage {
+                    message_type: std::any::type_name::<M>(),
+                });
+            }
+            self.external_admit_now()?;
+            let me = self.clone();
+            self.node.inject(
+                self.owner,
+                Box::new(crate::envelope::RunMsg(Box::new(move |core| {
+                    // Errors are counted (tells_dropped) and logged by the transport.
+                    let r = crate::net::tell_remote_now(&me, core, node, msg);
+                    if let Err(e) = r {
+                        if let (CallError::Full { .. }, Some(net)) = (&e, &core.net) {
+                            let s = &net.stats.tells_dropped;
+                            s.set(s.get() + 1);
+                        }
+                        tracing::warn!(shard = core.id, actor = %me.id, error = %e,
+                            "tell_now from outside the node could not be sent");
+                    }
+                    core.node.shards[usize::from(core.id)]
+                        .ext_inflight
+                        .fetch_sub(1, Ordering::Relaxed);
+                }))),
+            );
+            return Ok(());
+        }
+        let type_idx = self.type_index()?;
+        let Some(core) = current_core(&self.node) else {
+            self.external_admit_now()?;
+            let d = Deliver::<A, M>::new(
+                type_idx,
+                self.id.key.clone(),
+                msg,
+                ReplyTo::None,
+                Origin::External,
+            );
+            self.node.inject(self.owner, Box::new(d));
+            return Ok(());
+        };
+        let target = self.target_on(&core);
+        let item = self.envelope::<M>(&core, type_idx, target, msg, ReplyTo::None);
+        if target == core.id {
+            send_local_now::<A>(&core, type_idx, item).map_err(|_| full("mailbox"))
+        } else if core.try_acquire_credit(target) {
+            core.send_to(target, item);
+            Ok(())
+        } else {
+            Err(full("cross-shard credits"))
+        }
+    }
+
     /// The first poll of a [`Tell`]: sends at once when there is room; otherwise returns the
     /// message for the waiting path.
     #[inline]
-    fn tell_now<M>(&self, msg: M) -> Result<Result<(), CallError>, SlowTell<'_>>
+    fn tell_first<M>(&self, msg: M) -> Result<Result<(), CallError>, SlowTell<'_>>
     where
         A: Handler<M>,
         M: Message,
@@ -412,6 +515,26 @@ impl<A: Actor> ActorRef<A> {
         }
     }
 
+    /// Like `external_admit`, without waiting: `Full` if `external_inflight_max` messages
+    /// from outside the node are in flight to the owner shard.
+    fn external_admit_now(&self) -> Result<(), CallError> {
+        if self.node.phase() != Phase::Running {
+            return Err(CallError::ShuttingDown {
+                actor: self.id.clone(),
+            });
+        }
+        let counter = &self.node.shards[usize::from(self.owner)].ext_inflight;
+        if counter.fetch_add(1, Ordering::Relaxed) < self.node.config.external_inflight_max {
+            Ok(())
+        } else {
+            counter.fetch_sub(1, Ordering::Relaxed);
+            Err(CallError::Full {
+                actor: self.id.clone(),
+                place: "injection queue",
+            })
+        }
+    }
+
     fn external_admit_any(&self) -> Result<(), CallError> {
         self.external_admit()
     }
@@ -480,8 +603,46 @@ impl<A: Actor> ActorRef<A> {
 /// The waiting part of a `tell` that found no room at once (boxed: the rare path).
 type SlowTell<'a> = Pin<Box<dyn Future<Output = Result<(), CallError>> + 'a>>;
 
-/// The future of [`ActorRef::tell`]. Cancel safety: dropped before its first poll, nothing is
-/// sent; dropped while waiting for room, the message is not sent.
+/// The future of [`ActorRef::tell`]. It sends nothing until it is awaited (or polled):
+/// `r.tell(msg);` on its own is a bug the compiler warns about. Use
+/// [`ActorRef::tell_now`] to send without a future.
+///
+/// Cancel safety: dropped before its first poll, nothing is sent; dropped while waiting for
+/// room, the message is not sent.
+///
+/// ```compile_fail
+/// #![deny(unused_must_use)]
+/// # use quark_shard::{Actor, ActorRef, Context, Handler, Message};
+/// # struct Counter(u64);
+/// # impl Actor for Counter { const TYPE_NAME: &'static str = "counter"; }
+/// # struct Inc;
+/// # impl Message for Inc { type Reply = (); }
+/// # impl Handler<Inc> for Counter {
+/// #     async fn handle(&mut self, _: Inc, _: &Context<Self>) { self.0 += 1; }
+/// # }
+/// fn forgot_to_await(c: &ActorRef<Counter>) {
+///     c.tell(Inc); // error: unused `Tell` that must be used
+/// }
+/// ```
+///
+/// The same code awaiting the tell compiles:
+///
+/// ```
+/// #![deny(unused_must_use)]
+/// # use quark_shard::{Actor, ActorRef, Context, Handler, Message};
+/// # struct Counter(u64);
+/// # impl Actor for Counter { const TYPE_NAME: &'static str = "counter"; }
+/// # struct Inc;
+/// # impl Message for Inc { type Reply = (); }
+/// # impl Handler<Inc> for Counter {
+/// #     async fn handle(&mut self, _: Inc, _: &Context<Self>) { self.0 += 1; }
+/// # }
+/// async fn awaited(c: &ActorRef<Counter>) {
+///     c.tell(Inc).await.unwrap();
+/// }
+/// ```
+#[must_use = "a Tell sends nothing unless it is awaited; `.await` it, or use `tell_now` to send \
+              at once"]
 pub struct Tell<'a, A, M> {
     target: &'a ActorRef<A>,
     msg: Option<M>,
@@ -504,7 +665,7 @@ where
                 .msg
                 .take()
                 .expect("a Tell is not polled after it completed");
-            match self.target.tell_now(msg) {
+            match self.target.tell_first(msg) {
                 Ok(done) => return Poll::Ready(done),
                 Err(slow) => self.slow = Some(slow),
             }

@@ -1,17 +1,69 @@
 //! Errors a caller of an actor can act on.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use quark_placement::ActorId;
+
+/// Why a shard's link to a node is down: its last connection or handshake error (cheap to
+/// clone; shared by every call that fails on it). Read it through
+/// [`std::error::Error::source`] of a [`CallError::NodeUnavailable`].
+#[derive(Clone)]
+pub struct LinkDown(Arc<dyn std::error::Error + Send + Sync>);
+
+impl LinkDown {
+    /// Wraps an error.
+    pub fn new(e: impl std::error::Error + Send + Sync + 'static) -> LinkDown {
+        LinkDown(Arc::new(e))
+    }
+
+    /// The error.
+    pub fn error(&self) -> &(dyn std::error::Error + Send + Sync + 'static) {
+        &*self.0
+    }
+}
+
+impl std::fmt::Debug for LinkDown {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(&*self.0, f)
+    }
+}
+
+impl std::fmt::Display for LinkDown {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Display::fmt(&*self.0, f)
+    }
+}
+
+impl std::error::Error for LinkDown {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.0.source()
+    }
+}
+
+/// Two causes are equal when they are the same shared error.
+impl PartialEq for LinkDown {
+    fn eq(&self, other: &LinkDown) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+impl Eq for LinkDown {}
 
 /// Why an `ask` or a `tell` did not produce a reply.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum CallError {
     /// The handler panicked while handling this call; the activation was deactivated.
-    #[error("actor {actor} panicked while handling this call; its activation was discarded")]
+    #[error(
+        "actor {actor} panicked while handling this call ({panic}); its activation was discarded"
+    )]
     ActorPanicked {
         /// The actor whose handler panicked.
         actor: ActorId,
+        /// The panic's message and, where known, its location (`"boom at src/lib.rs:7:9"`).
+        /// Locations are recorded by a panic hook the engine installs at start (chained to the
+        /// hook in place then); a hook set later by the application replaces it.
+        panic: String,
     },
     /// The call was queued behind a call that panicked; the activation was discarded before this
     /// call ran, so it had no effect. Safe to retry.
@@ -45,12 +97,17 @@ pub enum CallError {
     },
     /// The node that owns the actor is unreachable (not connected, or the connection dropped
     /// before the reply came). The call may have run if the connection dropped after sending.
+    /// `cause` (also [`std::error::Error::source`]) is the last connection or handshake error
+    /// of this shard's link to the node, where known (e.g. the secrets differ).
     #[error("node {node} is unavailable{}", actor.as_ref().map(|a| format!(" (call to {a})")).unwrap_or_default())]
     NodeUnavailable {
         /// The owner node.
         node: u64,
         /// The callee, where known.
         actor: Option<ActorId>,
+        /// Why the link to the node is down, where known.
+        #[source]
+        cause: Option<LinkDown>,
     },
     /// The message type is not registered for the wire on this engine
     /// (`EngineBuilder::remote` / `wire_message`), so it cannot go to another node.
@@ -102,6 +159,18 @@ pub enum CallError {
         /// Its reason.
         error: quark_net::RemoteError,
     },
+    /// [`ActorRef::tell_now`](crate::ActorRef::tell_now) found no room on the way to the
+    /// actor (its mailbox, the cross-shard ring's credits, the node's injection bound or the
+    /// connection's outgoing buffer): the message was not sent. Retry later, or `tell(..).await`
+    /// to wait for room.
+    #[error("no room to send to {actor} at once ({place} full); the message was not sent")]
+    Full {
+        /// The callee.
+        actor: ActorId,
+        /// What was full: `"mailbox"`, `"cross-shard credits"`, `"injection queue"` or
+        /// `"connection buffer"`.
+        place: &'static str,
+    },
     /// The node is shutting down and accepts no new calls (or dropped this one unprocessed).
     #[error("the node is shutting down; the call to {actor} was not accepted")]
     ShuttingDown {
@@ -114,7 +183,7 @@ impl CallError {
     /// The actor the failed call was addressed to, where known.
     pub fn actor(&self) -> Option<&ActorId> {
         match self {
-            CallError::ActorPanicked { actor }
+            CallError::ActorPanicked { actor, .. }
             | CallError::ActivationAborted { actor }
             | CallError::Timeout { actor, .. }
             | CallError::ShuttingDown { actor }
@@ -122,9 +191,26 @@ impl CallError {
             | CallError::MessageTooLarge { actor, .. }
             | CallError::NotSerializable { actor, .. }
             | CallError::BadReply { actor, .. }
-            | CallError::Remote { actor, .. } => Some(actor),
+            | CallError::Remote { actor, .. }
+            | CallError::Full { actor, .. } => Some(actor),
             CallError::NodeUnavailable { actor, .. } => actor.as_ref(),
             CallError::UnknownActorType { .. } | CallError::NotWireMessage { .. } => None,
         }
+    }
+}
+
+/// Displays an error with its chain of causes, `outer: cause: cause's cause`, each once (for
+/// logs and printed reports; error messages name the thing and leave the cause to `source`).
+pub struct ErrorChain<'a>(pub &'a (dyn std::error::Error + 'static));
+
+impl std::fmt::Display for ErrorChain<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut next = self.0.source();
+        while let Some(e) = next {
+            write!(f, ": {e}")?;
+            next = e.source();
+        }
+        Ok(())
     }
 }

@@ -41,7 +41,7 @@ mod turn;
 pub use activation::{ActorType, LoadError, LoadFuture};
 pub use actor::{Actor, Context, Handler, Invoke, InvokeFuture, Message};
 pub use actor_ref::{ActorRef, Tell};
-pub use error::CallError;
+pub use error::{CallError, ErrorChain, LinkDown};
 pub use net::{NetConfig, NetStatsSnapshot};
 pub use node::{
     allowed_cores, current_shard_log, Engine, EngineBuilder, EngineConfig, EngineHandle, ShardSpec,

@@ -125,7 +125,7 @@ pub enum StartError {
         name: &'static str,
     },
     /// A shard's durable log could not be opened (damage, permissions, wrong format).
-    #[error("shard {shard}: cannot open its log: {source}")]
+    #[error("shard {shard}: cannot open its log")]
     Log {
         /// The shard.
         shard: usize,
@@ -140,7 +140,7 @@ pub enum StartError {
         reason: &'static str,
     },
     /// A shard thread could not start (thread spawn, runtime or doorbell creation).
-    #[error("shard {shard} failed to start: {source}")]
+    #[error("shard {shard} failed to start")]
     Shard {
         /// The shard.
         shard: usize,
@@ -357,6 +357,7 @@ impl EngineBuilder {
 
     /// Starts the shard threads; returns once every shard is ready to take messages.
     pub fn start(self) -> Result<Engine, StartError> {
+        crate::turn::install_panic_location_hook();
         Engine::start(self.config, self.types, self.registry)
     }
 }

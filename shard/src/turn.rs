@@ -110,7 +110,14 @@ impl<'a> Turn<'a> {
         match catch_unwind(AssertUnwindSafe(|| unsafe { (fns.poll)(ptr, cx) })) {
             Ok(Poll::Ready(())) => Poll::Ready(Ok(())),
             Ok(Poll::Pending) => Poll::Pending,
-            Err(payload) => Poll::Ready(Err(panic_message(&*payload))),
+            Err(payload) => {
+                let mut msg = panic_message(&*payload);
+                if let Some(at) = PANIC_LOCATION.with(|l| l.borrow_mut().take()) {
+                    msg.push_str(" at ");
+                    msg.push_str(&at);
+                }
+                Poll::Ready(Err(msg))
+            }
         }
     }
 }
@@ -123,6 +130,30 @@ impl Drop for Turn<'_> {
         // of a future that already panicked is contained so that it cannot take the shard down.
         let _ = catch_unwind(AssertUnwindSafe(|| unsafe { (fns.drop)(ptr) }));
     }
+}
+
+thread_local! {
+    /// Where the last panic on this thread happened (set by the hook of
+    /// [`install_panic_location_hook`], taken when a turn's panic is caught).
+    static PANIC_LOCATION: std::cell::RefCell<Option<String>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// Installs (once per process) a panic hook that records the location of each panic for the
+/// thread's next caught turn, then runs the hook that was in place. Called when an engine
+/// starts. An application that sets its own hook later loses the locations, not the messages.
+pub(crate) fn install_panic_location_hook() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let prev = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if let Some(l) = info.location() {
+                let at = format!("{}:{}:{}", l.file(), l.line(), l.column());
+                let _ = PANIC_LOCATION.try_with(|p| *p.borrow_mut() = Some(at));
+            }
+            prev(info);
+        }));
+    });
 }
 
 /// The text of a panic payload, for logs and errors.
@@ -198,6 +229,10 @@ mod tests {
         let t = Turn::new(async { panic!("boom {}", 7) });
         let mut t = std::pin::pin!(t);
         let r = noop_cx(|cx| t.as_mut().poll_catching(cx));
-        assert_eq!(r, Poll::Ready(Err("boom 7".to_owned())));
+        // Other tests of this process may have installed the location hook.
+        match r {
+            Poll::Ready(Err(m)) => assert!(m.starts_with("boom 7"), "{m}"),
+            other => panic!("expected the panic as an error, got {other:?}"),
+        }
     }
 }

@@ -46,9 +46,10 @@ pub struct StreamKey {
 }
 
 impl StreamKey {
-    /// The actor id as `type/key`, the way [`quark_placement::ActorId`] displays it.
+    /// The actor id as `type/key` with the key in its unambiguous form (`account/"ann"`),
+    /// the way [`quark_placement::ActorId`]'s `Debug` shows it.
     pub fn actor(&self) -> String {
-        format!("{}/{}", self.type_name, self.key)
+        format!("{}/{:?}", self.type_name, self.key)
     }
 }
 

@@ -20,7 +20,7 @@ use rustc_hash::FxHashSet;
 
 use crate::calls::{CallId, CallOutcome};
 use crate::core::ShardCore;
-use crate::error::CallError;
+use crate::error::{CallError, LinkDown};
 use crate::node::Phase;
 use crate::rt::tcp::{self, TcpReader, TcpWriter};
 
@@ -47,10 +47,24 @@ pub(crate) struct Wire {
     serving: Cell<usize>,
     serving_max: usize,
     reader: RefCell<Option<Waker>>,
+    /// Bytes of the flush the writer is carrying out (taken from `out`, not yet written).
+    writing: Cell<usize>,
+    /// True for a connection the peer sends requests on (accepted): it is not read while its
+    /// backlog (`out` + `writing`) is at or over `out_bytes_max`. A dialed link is always
+    /// read: what arrives there are replies, which free the senders.
+    pause_reads_when_full: bool,
+    /// Since when the backlog has been seen at or over `out_bytes_max` (`None`: under it).
+    over_since: Cell<Option<Instant>>,
+    /// Why the connection was closed from inside (heartbeat timeout, stalled peer).
+    close_reason: Cell<Option<CloseReason>>,
 }
 
 impl Wire {
-    fn new(out_bytes_max: usize, requests_inflight_max: usize) -> Wire {
+    fn new(
+        out_bytes_max: usize,
+        requests_inflight_max: usize,
+        pause_reads_when_full: bool,
+    ) -> Wire {
         Wire {
             out: RefCell::new(OutBuf::with_capacity(64 * 1024)),
             writer: RefCell::new(None),
@@ -67,7 +81,61 @@ impl Wire {
             serving: Cell::new(0),
             serving_max: requests_inflight_max.max(1),
             reader: RefCell::new(None),
+            writing: Cell::new(0),
+            pause_reads_when_full,
+            over_since: Cell::new(None),
+            close_reason: Cell::new(None),
         }
+    }
+
+    /// Bytes queued for the peer and not yet written: the outgoing buffer plus the flush in
+    /// progress.
+    pub(crate) fn backlog(&self) -> usize {
+        self.out.borrow().len() + self.writing.get()
+    }
+
+    /// True if the reader must not read now: the peer has not taken `out_bytes_max` bytes
+    /// of what it was sent.
+    fn reads_blocked(&self) -> bool {
+        self.pause_reads_when_full && self.backlog() >= self.out_bytes_max
+    }
+
+    /// Waits until the backlog is under its bound (or the connection closed). Woken by the
+    /// writer when it takes the buffer and when a flush completes.
+    async fn backlog_room(&self) {
+        poll_fn(|cx| {
+            if self.closed.get() || self.backlog() < self.out_bytes_max {
+                Poll::Ready(())
+            } else {
+                self.room.borrow_mut().push(cx.waker().clone());
+                Poll::Pending
+            }
+        })
+        .await
+    }
+
+    /// Checks the stall bound at `now`: returns true if the backlog has been at or over
+    /// `out_bytes_max` for at least `stall` (the caller closes the connection).
+    fn stalled(&self, now: Instant, stall: Duration) -> bool {
+        if self.backlog() < self.out_bytes_max {
+            self.over_since.set(None);
+            return false;
+        }
+        match self.over_since.get() {
+            None => {
+                self.over_since.set(Some(now));
+                false
+            }
+            Some(t) => now.duration_since(t) >= stall,
+        }
+    }
+
+    /// Closes the connection, recording why (the reader reports the first reason).
+    fn close_for(&self, reason: CloseReason) {
+        if !self.closed.get() {
+            self.close_reason.set(Some(reason));
+        }
+        self.close();
     }
 
     pub(crate) fn request_started(&self) {
@@ -167,6 +235,9 @@ pub(crate) struct Link {
     state: Cell<LinkState>,
     wire: RefCell<Option<Rc<Wire>>>,
     pub(crate) last_drop_log: Cell<Option<Instant>>,
+    /// The last connection or handshake error (or why the last connection closed); `None`
+    /// while up or before the first attempt ended.
+    last_error: RefCell<Option<LinkDown>>,
     pub(crate) dropped_since_log: Cell<u64>,
 }
 
@@ -178,8 +249,14 @@ impl Link {
             state: Cell::new(LinkState::Connecting),
             wire: RefCell::new(None),
             last_drop_log: Cell::new(None),
+            last_error: RefCell::new(None),
             dropped_since_log: Cell::new(0),
         }
+    }
+
+    /// Why the link is down, where known (the source of `NodeUnavailable`).
+    pub(crate) fn cause(&self) -> Option<LinkDown> {
+        self.last_error.borrow().clone()
     }
 
     pub(crate) fn is_up(&self) -> bool {
@@ -209,6 +286,7 @@ pub(crate) fn start(core: &Rc<ShardCore>, listener: Option<std::net::TcpListener
         *link.wire.borrow_mut() = Some(Rc::new(Wire::new(
             net.cfg.out_bytes_max,
             net.cfg.requests_inflight_max,
+            false,
         )));
         let (core2, link) = (core.clone(), link.clone());
         core.exec.spawn(async move { run_link(core2, link).await });
@@ -247,13 +325,13 @@ fn running(core: &ShardCore) -> bool {
 /// Why a connection attempt or a connection ended (for logs and counters).
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum LinkError {
-    #[error("connect to {addr}: {source}")]
+    #[error("connect to {addr}")]
     Connect {
         addr: SocketAddr,
         #[source]
         source: std::io::Error,
     },
-    #[error("handshake with {addr}: {source}")]
+    #[error("handshake with {addr}")]
     Handshake {
         addr: SocketAddr,
         #[source]
@@ -261,13 +339,18 @@ pub(crate) enum LinkError {
     },
     #[error("handshake with {addr}: connection closed by the peer")]
     HandshakeClosed { addr: SocketAddr },
-    #[error("handshake with {addr}: {source}")]
+    #[error("connection to {addr} closed ({reason:?})")]
+    Closed {
+        addr: SocketAddr,
+        reason: CloseReason,
+    },
+    #[error("handshake with {addr}")]
     HandshakeFrame {
         addr: SocketAddr,
         #[source]
         source: FrameError,
     },
-    #[error("handshake with {addr}: {source}")]
+    #[error("handshake with {addr}")]
     HandshakeIo {
         addr: SocketAddr,
         #[source]
@@ -405,7 +488,11 @@ async fn run_link(core: Rc<ShardCore>, link: Rc<Link>) {
             match slot.as_ref() {
                 Some(w) if !w.is_closed() => w.clone(),
                 _ => {
-                    let w = Rc::new(Wire::new(cfg.out_bytes_max, cfg.requests_inflight_max));
+                    let w = Rc::new(Wire::new(
+                        cfg.out_bytes_max,
+                        cfg.requests_inflight_max,
+                        false,
+                    ));
                     *slot = Some(w.clone());
                     w
                 }
@@ -440,27 +527,36 @@ async fn run_link(core: Rc<ShardCore>, link: Rc<Link>) {
                 tracing::info!(shard = core.id, peer = link.peer, addr = %link.addr,
                     reconnect = was_up, "link to peer established");
                 was_up = true;
+                *link.last_error.borrow_mut() = None;
                 link.state.set(LinkState::Up);
                 let reason = serve(&core, &wire, rd, wr, fd, dec, link.peer, link.addr).await;
+                let cause = LinkDown::new(LinkError::Closed {
+                    addr: link.addr,
+                    reason,
+                });
+                *link.last_error.borrow_mut() = Some(cause.clone());
                 link.state.set(LinkState::Down);
                 wire.close();
-                fail_pending(&core, &wire, link.peer);
+                fail_pending(&core, &wire, link.peer, Some(cause));
                 tracing::warn!(shard = core.id, peer = link.peer, addr = %link.addr,
                     ?reason, "link to peer closed; reconnecting");
                 *last_log.get_mut() = None;
             }
             Err(e) => {
-                link.state.set(LinkState::Down);
-                wire.close();
-                fail_pending(&core, &wire, link.peer);
                 net.stats.peers.borrow_mut().record_close(e.close_reason());
                 let now = Instant::now();
                 let quiet = matches!(e, LinkError::Connect { .. })
                     && !super::log_due(&last_log, now, Duration::from_secs(5));
                 if !quiet {
-                    tracing::warn!(shard = core.id, peer = link.peer, error = %e,
+                    tracing::warn!(shard = core.id, peer = link.peer,
+                        error = %crate::error::ErrorChain(&e),
                         attempt = backoff.attempts(), "cannot reach peer");
                 }
+                let cause = LinkDown::new(e);
+                *link.last_error.borrow_mut() = Some(cause.clone());
+                link.state.set(LinkState::Down);
+                wire.close();
+                fail_pending(&core, &wire, link.peer, Some(cause));
             }
         }
         if !running(&core) {
@@ -475,7 +571,7 @@ async fn run_link(core: Rc<ShardCore>, link: Rc<Link>) {
 
 /// Fails every ask still waiting for a reply on `wire` with `NodeUnavailable`, and counts the
 /// tells that were queued on it but not written (or whose write failed) as dropped.
-fn fail_pending(core: &ShardCore, wire: &Wire, peer: NodeId) {
+fn fail_pending(core: &ShardCore, wire: &Wire, peer: NodeId, cause: Option<LinkDown>) {
     let pending: Vec<u64> = wire.pending.borrow_mut().drain().collect();
     let net = core
         .net
@@ -502,6 +598,7 @@ fn fail_pending(core: &ShardCore, wire: &Wire, peer: NodeId) {
             CallOutcome::Failed(CallError::NodeUnavailable {
                 node: peer,
                 actor: None,
+                cause: cause.clone(),
             }),
         );
     }
@@ -542,7 +639,7 @@ async fn accept_loop(core: Rc<ShardCore>, listener: tcp::Listener) {
                 Ok(p) => p,
                 Err(e) => {
                     net.stats.peers.borrow_mut().record_close(e.close_reason());
-                    tracing::warn!(shard = core.id, %addr, error = %e,
+                    tracing::warn!(shard = core.id, %addr, error = %crate::error::ErrorChain(&e),
                         "refused an incoming connection");
                     return;
                 }
@@ -559,7 +656,11 @@ async fn accept_loop(core: Rc<ShardCore>, listener: tcp::Listener) {
             net.stats.peers.borrow_mut().handshakes_ok += 1;
             tracing::debug!(shard = core.id, %addr, peer = peer.node_id, role = ?peer.role,
                 "accepted a connection");
-            let wire = Rc::new(Wire::new(cfg.out_bytes_max, cfg.requests_inflight_max));
+            let wire = Rc::new(Wire::new(
+                cfg.out_bytes_max,
+                cfg.requests_inflight_max,
+                true,
+            ));
             net.accepted.borrow_mut().retain(|w| w.strong_count() > 0);
             net.accepted.borrow_mut().push(Rc::downgrade(&wire));
             let reason = serve(&core, &wire, rd, wr, fd, dec, peer.node_id, addr).await;
@@ -597,28 +698,43 @@ async fn serve(
             .spawn(async move { writer(core2, wire2, wr).await });
         let (core2, wire2) = (core.clone(), wire.clone());
         let beat = cfg.detector.heartbeat_interval;
+        let stall = cfg.out_stall_timeout;
         core.exec
-            .spawn(async move { heartbeat(core2, wire2, beat, peer, addr).await });
+            .spawn(async move { heartbeat(core2, wire2, beat, stall, peer, addr).await });
     }
     wire.wake_writer();
     let mut buf = vec![0u8; READ_CHUNK_BYTES];
     let spin = core.node.config.idle_spin;
     let mut last_data = Instant::now();
     // Frames that arrived together with the end of the handshake.
-    if let Err(r) = drain_frames(core, wire, &mut dec, peer, addr) {
-        net.stats.peers.borrow_mut().record_close(r);
-        return r;
+    loop {
+        match drain_frames(core, wire, &mut dec, peer, addr) {
+            Ok(Drained::All) => break,
+            Ok(Drained::Paused) => wire.backlog_room().await,
+            Err(r) => {
+                net.stats.peers.borrow_mut().record_close(r);
+                wire.close();
+                return r;
+            }
+        }
+        if wire.is_closed() {
+            let r = closed_reason(core, wire);
+            net.stats.peers.borrow_mut().record_close(r);
+            return r;
+        }
     }
     let reason = loop {
         if wire.is_closed() {
-            break if running(core) {
-                CloseReason::HeartbeatTimeout
-            } else {
-                CloseReason::Shutdown
-            };
+            break closed_reason(core, wire);
         }
         if wire.serving.get() >= wire.serving_max {
             wire.serving_room().await;
+            continue;
+        }
+        // Backpressure: the peer has not read its replies; it may send more once it has
+        // (the heartbeat task closes the connection if it stays so past out_stall_timeout).
+        if wire.reads_blocked() {
+            wire.backlog_room().await;
             continue;
         }
         // Busy-poll while the shard would spin anyway: a shard configured to spin
@@ -655,7 +771,7 @@ async fn serve(
                     tracing::debug!(shard = core.id, peer, %addr, error = %e, "read failed");
                 }
                 break if wire.is_closed() {
-                    CloseReason::HeartbeatTimeout
+                    closed_reason(core, wire)
                 } else {
                     CloseReason::Io
                 };
@@ -676,8 +792,25 @@ async fn serve(
                     break;
                 }
             }
-            if let Err(r) = drain_frames(core, wire, &mut dec, peer, addr) {
-                failed = Some(r);
+            // Frames left in the decoder while the backlog is full are dispatched once the
+            // peer has read enough (one read's worth of requests at most is in the decoder).
+            loop {
+                match drain_frames(core, wire, &mut dec, peer, addr) {
+                    Ok(Drained::All) => break,
+                    Ok(Drained::Paused) => {
+                        wire.backlog_room().await;
+                        if wire.is_closed() {
+                            failed = Some(closed_reason(core, wire));
+                            break;
+                        }
+                    }
+                    Err(r) => {
+                        failed = Some(r);
+                        break;
+                    }
+                }
+            }
+            if failed.is_some() {
                 break;
             }
         }
@@ -690,19 +823,42 @@ async fn serve(
     reason
 }
 
-/// Dispatches every complete frame in the decoder.
+/// Why a connection closed from inside ended (heartbeat timeout, stalled peer, shutdown).
+fn closed_reason(core: &ShardCore, wire: &Wire) -> CloseReason {
+    if !running(core) {
+        CloseReason::Shutdown
+    } else {
+        wire.close_reason
+            .get()
+            .unwrap_or(CloseReason::HeartbeatTimeout)
+    }
+}
+
+/// Whether [`drain_frames`] emptied the decoder.
+enum Drained {
+    All,
+    /// Stopped because the connection's backlog is full; frames remain in the decoder.
+    Paused,
+}
+
+/// Dispatches every complete frame in the decoder, or stops early while the connection's
+/// backlog is at its bound (so that one read cannot queue replies without limit).
 fn drain_frames(
     core: &Rc<ShardCore>,
     wire: &Rc<Wire>,
     dec: &mut FrameDecoder,
     peer: NodeId,
     addr: SocketAddr,
-) -> Result<(), CloseReason> {
+) -> Result<Drained, CloseReason> {
     let net = core
         .net
         .as_ref()
         .expect("connections exist only with a NetConfig");
-    while let Some(frame) = dec.next_frame() {
+    loop {
+        if wire.reads_blocked() && !wire.is_closed() {
+            return Ok(Drained::Paused);
+        }
+        let Some(frame) = dec.next_frame() else { break };
         net.stats.peers.borrow_mut().frame_in(frame.raw.len());
         let head = frame.header.head;
         match head.kind {
@@ -722,7 +878,7 @@ fn drain_frames(
             }
         }
     }
-    Ok(())
+    Ok(Drained::All)
 }
 
 /// Flushes the wire: takes everything queued, writes it with one call, repeats.
@@ -750,6 +906,7 @@ async fn writer(core: Rc<ShardCore>, wire: Rc<Wire>, mut wr: TcpWriter) {
             w.wake();
         }
         let bytes = spare.len();
+        wire.writing.set(bytes);
         let frames = wire.frames_queued.replace(0);
         wire.tells_writing.set(wire.tells_queued.replace(0));
         net.stats.peers.borrow_mut().frames_out(frames, bytes);
@@ -769,6 +926,10 @@ async fn writer(core: Rc<ShardCore>, wire: Rc<Wire>, mut wr: TcpWriter) {
             Err(e) => Err(e),
         };
         spare.clear();
+        wire.writing.set(0);
+        for w in wire.room.borrow_mut().drain(..) {
+            w.wake();
+        }
         if res.is_ok() {
             wire.tells_writing.set(0);
         }
@@ -780,12 +941,14 @@ async fn writer(core: Rc<ShardCore>, wire: Rc<Wire>, mut wr: TcpWriter) {
     }
 }
 
-/// Sends heartbeats when the connection is quiet and closes it when the peer is silent for
-/// `dead_after`.
+/// Sends heartbeats when the connection is quiet, closes it when the peer is silent for
+/// `dead_after`, and closes it when its outgoing bytes stay at or over `out_bytes_max` for
+/// `stall` (a peer that does not read).
 async fn heartbeat(
     core: Rc<ShardCore>,
     wire: Rc<Wire>,
     every: Duration,
+    stall: Duration,
     peer: NodeId,
     addr: SocketAddr,
 ) {
@@ -796,9 +959,21 @@ async fn heartbeat(
             break;
         }
         let now = Instant::now();
+        if wire.stalled(now, stall) {
+            tracing::warn!(shard = core.id, peer, %addr, backlog = wire.backlog(),
+                out_bytes_max = wire.out_bytes_max, ?stall,
+                "peer does not read what it was sent: closing the connection");
+            wire.close_for(CloseReason::OutStalled);
+            break;
+        }
         let (due, transition) = {
             let mut d = wire.detector.borrow_mut();
             let Some(d) = d.as_mut() else { break };
+            if wire.reads_blocked() {
+                // Not reading is this node's choice (backpressure); the peer's bytes wait in
+                // the socket. The stall bound above decides, not the failure detector.
+                d.on_heard(now);
+            }
             let t = d.tick(now);
             (d.heartbeat_due(now), t)
         };
@@ -807,7 +982,7 @@ async fn heartbeat(
                 Liveness::Dead => {
                     tracing::warn!(shard = core.id, peer, %addr, silent_for = ?t.silent_for,
                         "peer silent for too long: declared dead, closing the connection");
-                    wire.close();
+                    wire.close_for(CloseReason::HeartbeatTimeout);
                     break;
                 }
                 Liveness::Suspect => tracing::info!(shard = core.id, peer, %addr,

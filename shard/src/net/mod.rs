@@ -24,7 +24,7 @@ use crate::actor::{Handler, Message};
 use crate::core::ShardCore;
 
 pub(crate) use conn::{close_all, start, Link};
-pub(crate) use remote::{ask_remote, tell_remote};
+pub(crate) use remote::{ask_remote, tell_remote, tell_remote_now};
 
 /// Cluster settings of an engine: who it is, who the members are, and the transport's bounds
 /// (the `[cluster]` table of `quark.toml`; see `docs/CONFIG.md`).
@@ -44,8 +44,14 @@ pub struct NetConfig {
     pub secret: Option<ClusterSecret>,
     /// Largest frame sent or accepted, header and padding included.
     pub frame_bytes_max: u32,
-    /// Bytes a connection's outgoing buffer may hold before senders wait.
+    /// Bytes a connection's outgoing buffer may hold before senders wait. A connection that
+    /// sends requests is not read while its outgoing bytes (queued and being written) are at
+    /// or over this bound: the peer must read its replies before it may send more.
     pub out_bytes_max: usize,
+    /// How long a connection's outgoing bytes may stay at or over `out_bytes_max` (the peer
+    /// reads less than that in this time) before the connection is closed
+    /// (`CloseReason::OutStalled`). Default 5 s.
+    pub out_stall_timeout: Duration,
     /// Requests from one connection served at once; the connection is not read while this
     /// many replies are outstanding (backpressure onto the peer through TCP).
     pub requests_inflight_max: usize,
@@ -72,6 +78,7 @@ impl NetConfig {
             secret: None,
             frame_bytes_max: quark_net::DEFAULT_FRAME_BYTES_MAX,
             out_bytes_max: 4 << 20,
+            out_stall_timeout: Duration::from_secs(5),
             requests_inflight_max: 4096,
             detector: DetectorConfig::default(),
             backoff: BackoffConfig::default(),

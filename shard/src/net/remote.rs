@@ -41,6 +41,11 @@ fn deadline_ms(timeout: Duration) -> u32 {
         .max(1)
 }
 
+/// The cause of `NodeUnavailable` for `node`: its link's last error.
+fn link_cause(core: &ShardCore, node: NodeId) -> Option<crate::error::LinkDown> {
+    core.net.as_ref()?.links.get(&node)?.cause()
+}
+
 fn unavailable(core: &ShardCore, node: NodeId, id: &ActorId) -> CallError {
     if let Some(net) = &core.net {
         let s = &net.stats.asks_unavailable;
@@ -49,6 +54,7 @@ fn unavailable(core: &ShardCore, node: NodeId, id: &ActorId) -> CallError {
     CallError::NodeUnavailable {
         node,
         actor: Some(id.clone()),
+        cause: link_cause(core, node),
     }
 }
 
@@ -72,7 +78,14 @@ fn encode_error(id: &ActorId, message_type: &'static str, e: EncodeError) -> Cal
 /// Maps the callee's error to the caller's.
 fn remote_error(e: RemoteError, id: &ActorId, timeout: Duration, node: NodeId) -> CallError {
     match e {
-        RemoteError::ActorPanicked => CallError::ActorPanicked { actor: id.clone() },
+        RemoteError::ActorPanicked => CallError::ActorPanicked {
+            actor: id.clone(),
+            panic: format!("on node {node}; its message was not sent"),
+        },
+        RemoteError::Panicked { message } => CallError::ActorPanicked {
+            actor: id.clone(),
+            panic: format!("{message}, on node {node}"),
+        },
         RemoteError::ActivationAborted => CallError::ActivationAborted { actor: id.clone() },
         RemoteError::Timeout => CallError::Timeout {
             actor: id.clone(),
@@ -173,7 +186,7 @@ where
                 Err(_) => unreachable!("a codec decodes the reply type of its message"),
             },
             Err(e) => {
-                tracing::warn!(shard = core.id, peer = node, actor = %id, error = %e,
+                tracing::warn!(shard = core.id, peer = node, actor = %id, error = %crate::error::ErrorChain(&e),
                     "invalid reply from peer");
                 Err(CallError::BadReply {
                     actor: id.clone(),
@@ -183,10 +196,11 @@ where
             }
         },
         CallOutcome::Remote(RemoteReply::Error(e)) => Err(remote_error(e, id, timeout, node)),
-        CallOutcome::Failed(CallError::NodeUnavailable { node, .. }) => {
+        CallOutcome::Failed(CallError::NodeUnavailable { node, cause, .. }) => {
             Err(CallError::NodeUnavailable {
                 node,
                 actor: Some(id.clone()),
+                cause,
             })
         }
         CallOutcome::Failed(e) => Err(e),
@@ -216,6 +230,68 @@ impl Drop for CallWait<'_> {
     }
 }
 
+/// The connection a tell to `node` goes on, or `NodeUnavailable` (counted as a dropped tell,
+/// logged at a bounded rate) if the node is unreachable.
+fn tell_wire<A: crate::actor::Actor>(
+    aref: &ActorRef<A>,
+    core: &ShardCore,
+    node: NodeId,
+) -> Result<Rc<Wire>, CallError> {
+    let id = aref.id();
+    let net = core.net.as_ref();
+    let link = net.and_then(|n| n.links.get(&node));
+    if let Some(wire) = link.and_then(|l| l.wire()) {
+        return Ok(wire);
+    }
+    if let (Some(net), Some(link)) = (net, link) {
+        let s = &net.stats.tells_dropped;
+        s.set(s.get() + 1);
+        link.dropped_since_log.set(link.dropped_since_log.get() + 1);
+        if super::log_due(
+            &link.last_drop_log,
+            std::time::Instant::now(),
+            net.cfg.drop_log_interval,
+        ) {
+            tracing::warn!(shard = core.id, peer = node, addr = %link.addr,
+                dropped = link.dropped_since_log.replace(0),
+                dropped_total = s.get(),
+                "tells to an unreachable node dropped");
+        }
+    }
+    Err(CallError::NodeUnavailable {
+        node,
+        actor: Some(id.clone()),
+        cause: link.and_then(|l| l.cause()),
+    })
+}
+
+/// Appends the tell's frame to `wire` (whatever its fill) and wakes the writer.
+fn queue_tell<A, M>(
+    aref: &ActorRef<A>,
+    core: &ShardCore,
+    wire: &Wire,
+    codec: &super::WireCodec,
+    msg: M,
+) -> Result<(), CallError>
+where
+    A: Handler<M>,
+    M: Message,
+{
+    let id = aref.id();
+    let env = RequestEnvelope::new(A::TYPE_NAME, wire_key(&id.key), codec.wire_name, 0);
+    let head = FrameHead {
+        source_shard: core.id,
+        ..FrameHead::new(FrameKind::OneWay)
+    };
+    let max = core.net.as_ref().map_or(0, |n| n.cfg.frame_bytes_max);
+    let encoded = (codec.encode)(&msg, &mut wire.out.borrow_mut(), head, &env, max);
+    encoded.map_err(|e| encode_error(id, codec.wire_name, e))?;
+    wire.frames_queued.set(wire.frames_queued.get() + 1);
+    wire.tells_queued.set(wire.tells_queued.get() + 1);
+    wire.wake_writer();
+    Ok(())
+}
+
 /// A tell from shard `core` to actor `id` owned by node `node`. If the node is unreachable the
 /// tell is counted as dropped, logged (at a bounded rate) and reported as `NodeUnavailable`.
 pub(crate) async fn tell_remote<A, M>(
@@ -234,56 +310,51 @@ where
             message_type: std::any::type_name::<M>(),
         });
     };
-    let net = core.net.as_ref();
-    let link = net.and_then(|n| n.links.get(&node));
-    let wire = link.and_then(|l| l.wire());
-    let Some(wire) = wire else {
-        if let (Some(net), Some(link)) = (net, link) {
-            let s = &net.stats.tells_dropped;
-            s.set(s.get() + 1);
-            link.dropped_since_log.set(link.dropped_since_log.get() + 1);
-            if super::log_due(
-                &link.last_drop_log,
-                std::time::Instant::now(),
-                net.cfg.drop_log_interval,
-            ) {
-                tracing::warn!(shard = core.id, peer = node, addr = %link.addr,
-                    dropped = link.dropped_since_log.replace(0),
-                    dropped_total = s.get(),
-                    "tells to an unreachable node dropped");
-            }
-        }
-        return Err(CallError::NodeUnavailable {
-            node,
-            actor: Some(id.clone()),
-        });
-    };
+    let wire = tell_wire(aref, &core, node)?;
     if wire.out.borrow().len() >= wire.out_bytes_max {
         wire.room().await;
         if wire.is_closed() {
             // The connection ended while this tell waited for room: it was never queued.
-            if let Some(net) = net {
+            if let Some(net) = core.net.as_ref() {
                 let s = &net.stats.tells_dropped;
                 s.set(s.get() + 1);
             }
             return Err(CallError::NodeUnavailable {
                 node,
                 actor: Some(id.clone()),
+                cause: link_cause(&core, node),
             });
         }
     }
-    let env = RequestEnvelope::new(A::TYPE_NAME, wire_key(&id.key), codec.wire_name, 0);
-    let head = FrameHead {
-        source_shard: core.id,
-        ..FrameHead::new(FrameKind::OneWay)
+    queue_tell(aref, &core, &wire, codec, msg)
+}
+
+/// A tell from shard `core` to actor `id` owned by node `node`, at once: `Full` if the
+/// connection's outgoing buffer is at `out_bytes_max`, `NodeUnavailable` (counted as dropped)
+/// if the node is unreachable.
+pub(crate) fn tell_remote_now<A, M>(
+    aref: &ActorRef<A>,
+    core: &ShardCore,
+    node: NodeId,
+    msg: M,
+) -> Result<(), CallError>
+where
+    A: Handler<M>,
+    M: Message,
+{
+    let Some(codec) = core.node.registry.codec::<M>() else {
+        return Err(CallError::NotWireMessage {
+            message_type: std::any::type_name::<M>(),
+        });
     };
-    let max = net.map_or(0, |n| n.cfg.frame_bytes_max);
-    let encoded = (codec.encode)(&msg, &mut wire.out.borrow_mut(), head, &env, max);
-    encoded.map_err(|e| encode_error(id, codec.wire_name, e))?;
-    wire.frames_queued.set(wire.frames_queued.get() + 1);
-    wire.tells_queued.set(wire.tells_queued.get() + 1);
-    wire.wake_writer();
-    Ok(())
+    let wire = tell_wire(aref, core, node)?;
+    if wire.out.borrow().len() >= wire.out_bytes_max {
+        return Err(CallError::Full {
+            actor: aref.id().clone(),
+            place: "connection buffer",
+        });
+    }
+    queue_tell(aref, core, &wire, codec, msg)
 }
 
 /// Where the reply to a request from the network goes: the connection it came on. Counts as
@@ -324,7 +395,7 @@ impl ReplySink {
         match r {
             Ok(_) => self.queued(),
             Err(e) => {
-                tracing::warn!(shard = core.id, error = %e, "reply cannot be encoded");
+                tracing::warn!(shard = core.id, error = %crate::error::ErrorChain(&e), "reply cannot be encoded");
                 self.send_error(
                     core,
                     &RemoteError::BadPayload {
@@ -400,7 +471,7 @@ fn lost(core: &ShardCore) {
 
 fn call_error_to_remote(e: CallError) -> RemoteError {
     match e {
-        CallError::ActorPanicked { .. } => RemoteError::ActorPanicked,
+        CallError::ActorPanicked { panic, .. } => RemoteError::Panicked { message: panic },
         CallError::ActivationAborted { .. } => RemoteError::ActivationAborted,
         CallError::Timeout { .. } => RemoteError::Timeout,
         CallError::ShuttingDown { .. } => RemoteError::ShuttingDown,
@@ -589,7 +660,7 @@ pub(crate) fn complete(core: &Rc<ShardCore>, wire: &Rc<Wire>, frame: &Frame<'_>,
         }
         Ok(ResponseView::Error(e)) => CallOutcome::Remote(RemoteReply::Error(e)),
         Err(e) => {
-            tracing::warn!(shard = core.id, peer, error = %e, "invalid error reply from peer");
+            tracing::warn!(shard = core.id, peer, error = %crate::error::ErrorChain(&e), "invalid error reply from peer");
             CallOutcome::Remote(RemoteReply::Error(RemoteError::BadPayload {
                 message_type: <RemoteError as WireMessage>::WIRE_NAME.to_owned(),
             }))

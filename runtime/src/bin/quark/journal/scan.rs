@@ -85,7 +85,7 @@ pub(super) struct ActorStream {
 
 impl ActorStream {
     pub(super) fn actor(&self) -> String {
-        format!("{}/{}", self.type_name, self.key)
+        format!("{}/{:?}", self.type_name, self.key)
     }
 
     pub(super) fn decoded_events(&self) -> impl Iterator<Item = (&Stored, &EventRecord, &Hash)> {

@@ -72,7 +72,7 @@ pub(super) struct ActorSel {
 
 impl fmt::Display for ActorSel {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.type_name, self.key)
+        write!(f, "{}/{:?}", self.type_name, self.key)
     }
 }
 
@@ -189,7 +189,7 @@ mod tests {
             ActorKey::from("42"),
             ActorKey::from(&b"\x01\x02"[..]),
         ] {
-            assert_eq!(k(&key.to_string()), key, "{key}");
+            assert_eq!(k(&format!("{key:?}")), key, "{key:?}");
         }
         let a = parse_actor("account/ann/x").unwrap();
         assert_eq!(

@@ -292,7 +292,7 @@ pub(super) fn verify(args: &VerifyArgs, out: &mut impl Write) -> Result<Outcome>
     for ((type_name, key), shards) in by_actor.iter().filter(|(_, s)| s.len() > 1) {
         writeln!(
             out,
-            "note: {type_name}/{key} has streams in shards {shards:?} (did the shard count \
+            "note: {type_name}/{key:?} has streams in shards {shards:?} (did the shard count \
              change?); each was checked on its own, and the node reads only its owner's"
         )?;
     }
