@@ -626,7 +626,9 @@ impl LogFile for SimFile {
         let mut d = self.disk.borrow_mut();
         d.op()?;
         let ino = d.inode(self.inode)?;
-        ino.durable = ino.cache.clone();
+        // Everything reads see becomes durable (write-through writes already were).
+        ino.durable.clear();
+        ino.durable.extend_from_slice(&ino.cache);
         ino.pending.clear();
         Ok(())
     }
