@@ -149,6 +149,49 @@ struct Totals {
     truncated_tails: u64,
     acked_batches: u64,
     surviving_unacked: u64,
+    /// Coverage: appends acknowledged, flushes (writes) that carried them, segments reused,
+    /// segments compaction removed, records it copied forward, scrubs completed.
+    appends: u64,
+    flushes: u64,
+    recycled: u64,
+    compacted_segments: u64,
+    copied_records: u64,
+    scrubs: u64,
+}
+
+impl Totals {
+    fn describe(&self) -> String {
+        format!(
+            "{} power losses ({} at a crash point mid-operation, {} of them in recovery), {} durable batches checked, {} batches survived that were not known durable (unacknowledged, or acknowledged unsynced under fsync = never), {} torn tails truncated; {} appends in {} flushes, {} segments reused, {} compacted away ({} records copied), {} scrubs",
+            self.power_losses,
+            self.mid_op_crashes,
+            self.recovery_crashes,
+            self.acked_batches,
+            self.surviving_unacked,
+            self.truncated_tails,
+            self.appends,
+            self.flushes,
+            self.recycled,
+            self.compacted_segments,
+            self.copied_records,
+            self.scrubs
+        )
+    }
+
+    fn add(&mut self, t: &Totals) {
+        self.power_losses += t.power_losses;
+        self.mid_op_crashes += t.mid_op_crashes;
+        self.recovery_crashes += t.recovery_crashes;
+        self.truncated_tails += t.truncated_tails;
+        self.acked_batches += t.acked_batches;
+        self.surviving_unacked += t.surviving_unacked;
+        self.appends += t.appends;
+        self.flushes += t.flushes;
+        self.recycled += t.recycled;
+        self.compacted_segments += t.compacted_segments;
+        self.copied_records += t.copied_records;
+        self.scrubs += t.scrubs;
+    }
 }
 
 fn payload_bytes(id: u64, idx: usize, len: usize) -> Vec<u8> {
@@ -197,6 +240,7 @@ struct Ctx {
     rng: RefCell<SimRng>,
     model: RefCell<Model>,
     failure: RefCell<Option<Failure>>,
+    coverage: RefCell<Totals>,
 }
 
 impl Ctx {
@@ -222,6 +266,7 @@ async fn appender(ctx: &Ctx, log: &Log<SimIo>, io: &SimIo) {
         let spec = ctx.model.borrow().specs[id as usize].clone();
         match log.append(&spec.batch()).await {
             Ok(r) => {
+                ctx.coverage.borrow_mut().appends += 1;
                 let mut m = ctx.model.borrow_mut();
                 if r.len() != spec.recs.len() as u64 || r.first < m.lsn_floor {
                     ctx.fail(format!(
@@ -253,10 +298,10 @@ async fn covered_by_sync<T, E: std::fmt::Display>(
     io: &SimIo,
     what: &str,
     op: impl Future<Output = Result<T, E>>,
-) {
+) -> Option<T> {
     let before: Vec<(u64, u64)> = ctx.model.borrow().acked_unsynced.clone();
     match op.await {
-        Ok(_) => {
+        Ok(v) => {
             let mut m = ctx.model.borrow_mut();
             for (id, first) in before {
                 m.durable.insert(id, first);
@@ -264,11 +309,13 @@ async fn covered_by_sync<T, E: std::fmt::Display>(
             let m = &mut *m;
             let durable = &m.durable;
             m.acked_unsynced.retain(|(id, _)| !durable.contains_key(id));
+            Some(v)
         }
         Err(e) => {
             if !io.crashed() {
                 ctx.fail(format!("{what} failed without a crash: {e}"));
             }
+            None
         }
     }
 }
@@ -291,9 +338,20 @@ async fn maintenance(ctx: &Ctx, log: &Log<SimIo>, io: &SimIo, running: &Cell<u64
                     copy_batch_bytes: 2048,
                     ..CompactionPolicy::default()
                 };
-                covered_by_sync(ctx, io, "compact", log.compact(policy)).await;
+                if let Some(r) = covered_by_sync(ctx, io, "compact", log.compact(policy)).await {
+                    let mut c = ctx.coverage.borrow_mut();
+                    c.compacted_segments += r.segments_deleted as u64;
+                    c.copied_records += r.records_copied;
+                }
             }
-            2 => covered_by_sync(ctx, io, "scrub", log.scrub()).await,
+            2 => {
+                if covered_by_sync(ctx, io, "scrub", log.scrub())
+                    .await
+                    .is_some()
+                {
+                    ctx.coverage.borrow_mut().scrubs += 1;
+                }
+            }
             3 => {
                 if let Err(e) = log.roll().await {
                     if !io.crashed() {
@@ -301,7 +359,9 @@ async fn maintenance(ctx: &Ctx, log: &Log<SimIo>, io: &SimIo, running: &Cell<u64
                     }
                 }
             }
-            4 => covered_by_sync(ctx, io, "sync", log.sync()).await,
+            4 => {
+                covered_by_sync(ctx, io, "sync", log.sync()).await;
+            }
             _ => common::yield_once().await,
         }
         if io.crashed() {
@@ -464,6 +524,7 @@ fn run_seed(seed: u64, totals: &mut Totals) -> Result<(), Failure> {
         rng: RefCell::new(SimRng::new(rng.next_u64())),
         model: RefCell::new(Model::default()),
         failure: RefCell::new(None),
+        coverage: RefCell::new(Totals::default()),
     };
     let mut io = SimIo::new(rng.next_u64());
     for epoch in 0..EPOCHS {
@@ -478,6 +539,10 @@ fn run_seed(seed: u64, totals: &mut Totals) -> Result<(), Failure> {
                     return Err(format!("epoch {epoch}: quarantine under truncate-tail"));
                 }
                 block_on(workload(&ctx, &log, &io));
+                let stats = log.stats();
+                let mut c = ctx.coverage.borrow_mut();
+                c.flushes += stats.flush_count;
+                c.recycled += stats.segments_recycled;
                 if let Some(f) = ctx.failure.borrow_mut().take() {
                     return Err(format!("epoch {epoch}: {f}"));
                 }
@@ -515,6 +580,7 @@ fn run_seed(seed: u64, totals: &mut Totals) -> Result<(), Failure> {
         drop(m);
         drop(log);
     }
+    totals.add(&ctx.coverage.borrow());
     Ok(())
 }
 
@@ -532,6 +598,7 @@ fn acknowledged_batches_survive_power_loss() {
         if let Err(f) = run_seed(seed, &mut totals) {
             panic!("SEED={seed} cargo test -p quark-persist --test power_loss: {f}");
         }
+        eprintln!("SEED={seed}: {}", totals.describe());
         return;
     }
     let seeds = env_u64("POWER_LOSS_SEEDS").unwrap_or(SEEDS_DEFAULT);
@@ -560,26 +627,14 @@ fn acknowledged_batches_survive_power_loss() {
     let mut failures = Vec::new();
     for h in handles {
         match h.join().expect("seed thread panicked") {
-            Ok(t) => {
-                sum.power_losses += t.power_losses;
-                sum.mid_op_crashes += t.mid_op_crashes;
-                sum.recovery_crashes += t.recovery_crashes;
-                sum.truncated_tails += t.truncated_tails;
-                sum.acked_batches += t.acked_batches;
-                sum.surviving_unacked += t.surviving_unacked;
-            }
+            Ok(t) => sum.add(&t),
             Err(f) => failures.push(f),
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
     eprintln!(
-        "power loss: {seeds} seeds, {} power losses ({} at a crash point mid-operation, {} of them in recovery), {} durable batches checked, {} unacknowledged batches survived, {} torn tails truncated, {:?}",
-        sum.power_losses,
-        sum.mid_op_crashes,
-        sum.recovery_crashes,
-        sum.acked_batches,
-        sum.surviving_unacked,
-        sum.truncated_tails,
+        "power loss: {seeds} seeds, {}, {:?}",
+        sum.describe(),
         started.elapsed()
     );
     assert!(
@@ -588,6 +643,18 @@ fn acknowledged_batches_survive_power_loss() {
         sum.mid_op_crashes
     );
     assert!(sum.truncated_tails > 0, "no torn tail was ever truncated");
+    assert!(
+        sum.flushes < sum.appends,
+        "group commit never merged batches ({} flushes for {} appends)",
+        sum.flushes,
+        sum.appends
+    );
+    assert!(sum.recycled > 0, "no spare segment was reused");
+    assert!(
+        sum.compacted_segments > 0 && sum.copied_records > 0,
+        "compaction never removed a segment or copied a record"
+    );
+    assert!(sum.scrubs > 0, "no scrub completed");
     assert!(
         sum.surviving_unacked > 0,
         "no unacknowledged batch ever survived"
