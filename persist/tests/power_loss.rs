@@ -8,8 +8,8 @@
 //! ratio, scrub, roll, sync) on small segments, cuts the power at a random operation (or
 //! after the workload), keeps none / an in-order prefix / a random subset of the unsynced
 //! writes (a torn last write at 512-byte sectors, possibly the write the crash interrupted)
-//! and a prefix of the unsynced directory operations; a quarter of the recoveries are crashed
-//! too. Every batch carries an event on a ledger key first (never truncated), naming the
+//! and a prefix of the unsynced directory operations. The next epoch's crash point falls
+//! inside its open (the recovery of that loss) about one time in ten. Every batch carries an event on a ledger key first (never truncated), naming the
 //! batch, so the surviving batches and their LSNs are known. After each recovery:
 //! - every batch acknowledged under `fsync = always` (or covered by a completed `sync`,
 //!   compaction or scrub under `fsync = never`), and every batch that survived an earlier
@@ -26,7 +26,7 @@
 //! (the failing seed is printed in that form). `POWER_LOSS_SEEDS=n` changes the seed count,
 //! `POWER_LOSS_BASE=b` the first seed.
 //!
-//! Checked against broken builds (100 seeds each, every one failed in under 2 s):
+//! Checked against broken builds (`POWER_LOSS_SEEDS=100` to 1000; each failed within 2 s):
 //! - `sync_data` skipped after a flush (`group_commit.rs`, `flush_one`: `if sync && false`):
 //!   "SEED=10 ...: epoch 2: acknowledged batch 63 (LSN 146) lost" (seeds with
 //!   `write_through = false`; others fail recovery on a sealed segment that was never synced);
@@ -34,9 +34,9 @@
 //!   "SEED=0 ...: epoch 1: acknowledged batch 0 (LSN 1) lost" (the segment's name is lost);
 //! - the batch checksum check skipped (`record.rs`, `decode_batch`: `if false && crc32c..`):
 //!   "SEED=12 ...: record 1 of batch 43 (origin 102) not bit-exact" (a torn batch recovered);
-//! - spares made reusable before compaction's directory sync (the code before this test
-//!   existed): "SEED=74 ...: recovery failed: bad segment header in .../255.seg: base LSN in
-//!   header differs from the file name".
+//! - spares made reusable before compaction's directory sync (`compaction.rs` before this
+//!   test existed): "SEED=25 ...: epoch 1: recovery failed: bad segment header in
+//!   .../00000000000000000757.seg: base LSN in header differs from the file name".
 
 mod common;
 
