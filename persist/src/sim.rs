@@ -659,3 +659,134 @@ impl LogFile for SimFile {
         Ok(d.inode(self.inode)?.cache.len() as u64)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::io::block_on;
+
+    fn p(s: &str) -> PathBuf {
+        PathBuf::from(s)
+    }
+
+    /// A disk with `/d/f` created and synced (name and empty contents durable).
+    fn disk() -> (SimIo, SimFile) {
+        let io = SimIo::new(1);
+        io.set_yield_permille(0);
+        let f = block_on(async {
+            io.create_dir_all(&p("/d")).await.unwrap();
+            let f = io.open(&p("/d/f"), true).await.unwrap();
+            io.sync_dir(&p("/d")).await.unwrap();
+            f
+        });
+        (io, f)
+    }
+
+    fn contents(io: &SimIo, path: &str) -> Option<Vec<u8>> {
+        io.file_contents(&p(path))
+    }
+
+    #[test]
+    fn only_synced_data_survives_drop_unsynced() {
+        let (io, f) = disk();
+        block_on(async {
+            f.write_all_at(Rc::new(b"durable".to_vec()), 0)
+                .await
+                .unwrap();
+            f.sync_data().await.unwrap();
+            f.write_all_at(Rc::new(b"volatile".to_vec()), 7)
+                .await
+                .unwrap();
+        });
+        assert_eq!(contents(&io, "/d/f").unwrap(), b"durablevolatile");
+        let after = io.power_loss(LossMode::DropUnsynced, 9);
+        assert_eq!(contents(&after, "/d/f").unwrap(), b"durable");
+    }
+
+    #[test]
+    fn write_through_writes_are_durable_on_completion() {
+        let (io, _) = disk();
+        block_on(async {
+            let f = io.open_write_through(&p("/d/f")).await.unwrap();
+            f.write_all_at(Rc::new(b"wt".to_vec()), 0).await.unwrap();
+        });
+        let after = io.power_loss(LossMode::DropUnsynced, 9);
+        assert_eq!(contents(&after, "/d/f").unwrap(), b"wt");
+    }
+
+    #[test]
+    fn directory_operations_need_a_directory_sync() {
+        let (io, f) = disk();
+        block_on(async {
+            f.sync_data().await.unwrap();
+            io.rename(&p("/d/f"), &p("/d/g")).await.unwrap();
+            io.open(&p("/d/new"), true).await.unwrap();
+        });
+        let after = io.power_loss(LossMode::DropUnsynced, 9);
+        assert!(
+            contents(&after, "/d/f").is_some(),
+            "the rename was not synced"
+        );
+        assert!(contents(&after, "/d/g").is_none());
+        assert!(
+            contents(&after, "/d/new").is_none(),
+            "the creation was not synced"
+        );
+        block_on(async { after.rename(&p("/d/f"), &p("/d/g")).await.unwrap() });
+        block_on(async { after.sync_dir(&p("/d")).await.unwrap() });
+        let again = after.power_loss(LossMode::DropUnsynced, 9);
+        assert!(contents(&again, "/d/f").is_none());
+        assert!(contents(&again, "/d/g").is_some(), "synced rename survives");
+    }
+
+    #[test]
+    fn an_interrupted_write_survives_as_a_sector_prefix_at_most() {
+        let mut torn = 0;
+        for seed in 0..64 {
+            let (io, f) = disk();
+            let data: Vec<u8> = (0..4096u32).map(|i| (i % 251 + 1) as u8).collect();
+            block_on(async {
+                f.sync_data().await.unwrap();
+                io.crash_at_op(io.ops() + 1);
+                assert!(f.write_all_at(Rc::new(data.clone()), 100).await.is_err());
+                assert!(io.crashed());
+                assert!(f.sync_data().await.is_err(), "nothing works after the cut");
+            });
+            let after = io.power_loss(LossMode::ALL[seed % 3], seed as u64);
+            let got = contents(&after, "/d/f").unwrap();
+            if got.is_empty() {
+                continue;
+            }
+            torn += 1;
+            let end = got.len();
+            assert!(
+                end == 100 + 4096 || end % SECTOR_BYTES as usize == 0,
+                "cut at {end}"
+            );
+            assert!(got[..100].iter().all(|&b| b == 0));
+            assert_eq!(&got[100..], &data[..end - 100]);
+        }
+        assert!(torn > 0, "some interrupted writes land torn");
+    }
+
+    #[test]
+    fn reorder_keeps_some_unsynced_writes_and_not_others() {
+        let mut kinds = BTreeSet::new();
+        for seed in 0..32 {
+            let (io, f) = disk();
+            block_on(async {
+                f.write_all_at(Rc::new(vec![1; 512]), 0).await.unwrap();
+                f.write_all_at(Rc::new(vec![2; 512]), 512).await.unwrap();
+            });
+            let got = contents(&io.power_loss(LossMode::Reorder, seed), "/d/f").unwrap();
+            let first = got.first().copied().unwrap_or(0);
+            let second = got.get(512).copied().unwrap_or(0);
+            kinds.insert((first, second));
+        }
+        assert!(
+            kinds.contains(&(0, 2)),
+            "a later write survived an earlier lost one"
+        );
+        assert!(kinds.contains(&(1, 0)));
+    }
+}
