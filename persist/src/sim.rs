@@ -760,7 +760,7 @@ mod tests {
             torn += 1;
             let end = got.len();
             assert!(
-                end == 100 + 4096 || end % SECTOR_BYTES as usize == 0,
+                end == 100 + 4096 || end.is_multiple_of(SECTOR_BYTES as usize),
                 "cut at {end}"
             );
             assert!(got[..100].iter().all(|&b| b == 0));
