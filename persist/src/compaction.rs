@@ -82,6 +82,11 @@ impl<IO: LogIo> Log<IO> {
         let mut report = CompactionReport::default();
         let candidates = self.sealed_bases();
         let mut removed_any = false;
+        // Spares become reusable only once their renaming is durable (after the directory
+        // sync below): a roll that rewrote the header of a reused spare while its old segment
+        // name could still come back after a power loss would leave a segment whose header
+        // contradicts its name, and recovery would refuse the log.
+        let mut new_spares = Vec::new();
         for base in candidates {
             let Some(seg) = self.segment_view(base) else {
                 continue;
@@ -116,13 +121,13 @@ impl<IO: LogIo> Log<IO> {
             }
             let keep = {
                 let st = self.inner.state.borrow();
-                st.spares.len() < self.inner.config.recycle_segments_max
+                st.spares.len() + new_spares.len() < self.inner.config.recycle_segments_max
             };
             let removed = if keep {
                 let spare = spare_path(&self.inner.config.dir, base);
                 let r = self.inner.io.rename(&path, &spare).await;
                 if r.is_ok() {
-                    self.inner.state.borrow_mut().spares.push(spare);
+                    new_spares.push(spare);
                 }
                 r
             } else {
@@ -146,6 +151,7 @@ impl<IO: LogIo> Log<IO> {
                     file: dir.clone(),
                     source,
                 })?;
+            self.inner.state.borrow_mut().spares.extend(new_spares);
         }
         Ok(report)
     }

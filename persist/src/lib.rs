@@ -27,6 +27,7 @@ mod record;
 mod recovery;
 mod scrub;
 mod segment;
+pub mod sim;
 
 pub use compaction::{CompactionPolicy, CompactionReport};
 pub use config::{FsyncPolicy, LogConfig, Preallocate, RecoveryMode};
