@@ -602,10 +602,37 @@ fn shutdown_drains_in_flight_turns_and_deactivates_everything() {
 
 // ---- park / wake ----
 
+/// The longest one ask may take in `parked_shards_never_miss_a_wake_up`. A parked shard wakes
+/// by its doorbell, or else only at its next deadline: with no timers and 20 s call deadlines,
+/// that is the idle sweep, once a second. A lost wake-up therefore stalls an ask for up to 1 s
+/// (longer than this three times in four); a working doorbell answers within a millisecond
+/// or so, and 250 ms leaves room for a thread descheduled on a loaded machine (the slowest ask
+/// seen on a 2-core machine at load 10 took 80 ms).
+const WAKE_UP_ASK_MAX: Duration = Duration::from_millis(250);
+
+/// How asks went: how many, the slowest, and how many took longer than `WAKE_UP_ASK_MAX`.
+#[derive(Debug, Default)]
+struct AskTimes {
+    asks: u64,
+    slowest: Duration,
+    slow: u64,
+}
+
+impl AskTimes {
+    fn record(&mut self, took: Duration) {
+        self.asks += 1;
+        self.slowest = self.slowest.max(took);
+        if took > WAKE_UP_ASK_MAX {
+            self.slow += 1;
+        }
+    }
+}
+
 #[test]
 fn parked_shards_never_miss_a_wake_up() {
     // No spinning: every message to an idle shard goes through the doorbell. A lost wake-up
-    // would leave an ask waiting for its 20 s deadline and fail the test.
+    // leaves the ask waiting until the idle sweep (up to 1 s), so every ask is timed: a test
+    // that only checked the answers would pass with one wake-up in a thousand lost.
     let engine = EngineBuilder::new(EngineConfig {
         idle_spin: Duration::ZERO,
         ..config(2)
@@ -615,25 +642,39 @@ fn parked_shards_never_miss_a_wake_up() {
     .unwrap();
     let target = on_shard::<Fragile>(&engine, 1);
     let t2 = target.clone();
-    let n = engine
+    // Shard 0 to shard 1 and back: both shards park between messages.
+    let (n, from_shard) = engine
         .spawn_on(0, move || async move {
+            let mut times = AskTimes::default();
             let mut last = 0;
             for _ in 0..5_000 {
+                let t0 = Instant::now();
                 last = t2.ask(Add(1)).await.unwrap();
+                times.record(t0.elapsed());
             }
-            last
+            (last, times)
         })
         .join()
         .unwrap();
     assert_eq!(n, 5_000);
+    // From a thread outside the node: the target shard parks between asks.
+    let mut from_outside = AskTimes::default();
     for i in 0..2_000u64 {
+        let t0 = Instant::now();
         assert_eq!(block_on(target.ask(Add(1))).unwrap(), 5_001 + i);
+        from_outside.record(t0.elapsed());
     }
     let parks: u64 = engine.stats().iter().map(|s| s.parks).sum();
     assert!(
         parks > 100,
         "the shards parked between messages ({parks} parks)"
     );
+    for (path, times) in [("shard to shard", &from_shard), ("outside", &from_outside)] {
+        assert_eq!(
+            times.slow, 0,
+            "asks ({path}) stalled past {WAKE_UP_ASK_MAX:?}, as a lost wake-up does: {times:?}"
+        );
+    }
     engine.shutdown();
 }
 
