@@ -465,6 +465,22 @@ fn stateless_workers_run_concurrently_up_to_the_limit_on_the_callers_shard() {
 
 // ---- backpressure ----
 
+/// A `Push` payload naming its sender and its place in that sender's sequence.
+fn tagged(sender: u64, seq: u64) -> u64 {
+    (sender << 32) | seq
+}
+
+/// Splits what a `Recorder` saw into one sequence per sender (see [`tagged`]).
+fn per_sender(seen: &[u64], senders: usize) -> Vec<Vec<u64>> {
+    let mut out = vec![Vec::new(); senders];
+    for v in seen {
+        let sender = usize::try_from(v >> 32).unwrap();
+        assert!(sender < senders, "a message from no sender: {v:#x}");
+        out[sender].push(v & 0xffff_ffff);
+    }
+    out
+}
+
 #[test]
 fn tiny_rings_and_mailboxes_lose_nothing() {
     let counters = Arc::new(Counters::default());
@@ -479,13 +495,15 @@ fn tiny_rings_and_mailboxes_lose_nothing() {
     let engine = recorder_engine(cfg, &counters, Duration::from_secs(60));
     const N: u64 = 100_000;
     let target = engine.actor_ref::<Recorder>(9u64);
-    // Two in-node senders (one per shard: one local, one remote) and one outside thread.
+    // Two in-node senders (one per shard: one local, one remote) and one outside thread. Each
+    // tags its messages with its number and a sequence number, so that what arrived can be
+    // checked per sender: complete, each message once, in the order sent.
     let mut handles = Vec::new();
     for shard in [0u16, 1] {
         let t = target.clone();
         handles.push(engine.spawn_on(shard, move || async move {
             for i in 0..N {
-                t.tell(Push(i)).await.unwrap();
+                t.tell(Push(tagged(u64::from(shard), i))).await.unwrap();
             }
             // An ask after the tells returns only once they were all handled (per-sender FIFO).
             t.ask(Len).await.unwrap();
@@ -494,7 +512,7 @@ fn tiny_rings_and_mailboxes_lose_nothing() {
     let t = target.clone();
     let outside = std::thread::spawn(move || {
         for i in 0..N / 10 {
-            block_on(t.tell(Push(i))).unwrap();
+            block_on(t.tell(Push(tagged(2, i)))).unwrap();
         }
         block_on(t.ask(Len)).unwrap();
     });
@@ -502,11 +520,20 @@ fn tiny_rings_and_mailboxes_lose_nothing() {
         h.join().unwrap();
     }
     outside.join().unwrap();
-    assert_eq!(
-        block_on(target.ask(Len)).unwrap() as u64,
-        2 * N + N / 10,
-        "every message sent was handled"
-    );
+    let seen = block_on(target.ask(Seen)).unwrap();
+    assert_eq!(seen.len() as u64, 2 * N + N / 10, "every message handled");
+    for (sender, got) in per_sender(&seen, 3).into_iter().enumerate() {
+        let sent = if sender == 2 { N / 10 } else { N };
+        if let Some(at) = (0..sent).zip(&got).position(|(want, got)| want != *got) {
+            panic!(
+                "sender {sender}: message {at} of {sent} is #{}, not #{at} (lost, repeated or \
+                 reordered); {} arrived",
+                got[at],
+                got.len()
+            );
+        }
+        assert_eq!(got.len() as u64, sent, "sender {sender}: all sent, once");
+    }
     let stats = engine.stats();
     let waits: u64 = stats.iter().map(|s| s.credit_waits + s.mailbox_waits).sum();
     assert!(waits > 0, "the tiny bounds were hit: {stats:?}");
