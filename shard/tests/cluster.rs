@@ -152,44 +152,58 @@ fn key_on(e: &Engine, node: u64) -> u64 {
 #[test]
 fn asks_cross_nodes_and_state_is_on_the_owner() {
     let nodes = cluster(3);
+    // Every value below is exact: a request handled twice (or not at all) shows.
+    let owner_keys: Vec<u64> = (1..=3u64).map(|owner| key_on(&nodes[0], owner)).collect();
     for (i, from) in nodes.iter().enumerate() {
         for owner in 1..=3u64 {
             let k = key_on(from, owner);
+            assert_eq!(k, owner_keys[owner as usize - 1], "all nodes agree on the owner");
             let r = from.actor_ref::<Counter>(k);
             let expect_remote = owner != i as u64 + 1;
             assert_eq!(r.remote_node().is_some(), expect_remote);
             // The first ask may race the link's handshake: it queues until the link is up.
-            let v = eventually("an ask across nodes", Duration::from_secs(5), || {
-                block_on(r.ask(Add(1))).ok()
+            // Wait with a read (Add(0)), then write once: a retried write could run twice.
+            eventually("an ask across nodes", Duration::from_secs(5), || {
+                block_on(r.ask(Add(0))).ok()
             });
-            assert!(v >= 1);
+            // Node i is the (i + 1)th to add to this counter.
+            assert_eq!(block_on(r.ask(Add(1))).unwrap(), i as u64 + 1);
         }
     }
-    // All three nodes agree on the owner: adding through each node hits one counter.
-    let k = key_on(&nodes[0], 2);
+    // Adding through each node hits one counter.
+    let k = owner_keys[1];
     let before = block_on(nodes[1].actor_ref::<Counter>(k).ask(Add(0))).unwrap();
-    for e in &nodes {
-        block_on(e.actor_ref::<Counter>(k).ask(Add(10))).unwrap();
+    assert_eq!(before, 3);
+    for (i, e) in nodes.iter().enumerate() {
+        let v = block_on(e.actor_ref::<Counter>(k).ask(Add(10))).unwrap();
+        assert_eq!(v, before + 10 * (i as u64 + 1));
     }
     let after = block_on(nodes[1].actor_ref::<Counter>(k).ask(Add(0))).unwrap();
     assert_eq!(after, before + 30);
-    // Asks from inside a shard (the connection's own thread) also work, many in flight.
-    let r = nodes[0].actor_ref::<Counter>(key_on(&nodes[0], 3));
-    let sum = nodes[0]
+    // Asks from inside a shard (the connection's own thread) also work, many in flight: each
+    // is handled once, so the replies are exactly the counts 4 ..= 1003, in the order sent.
+    let r = nodes[0].actor_ref::<Counter>(owner_keys[2]);
+    let replies = nodes[0]
         .spawn_on(0, move || async move {
             let mut futs = Vec::new();
             for _ in 0..1000 {
                 futs.push(r.ask(Add(1)));
             }
-            let mut last = 0;
+            let mut replies = Vec::new();
             for f in futs {
-                last = last.max(f.await.unwrap());
+                replies.push(f.await.unwrap());
             }
-            last
+            replies
         })
         .join()
         .unwrap();
-    assert!(sum >= 1000);
+    if let Some(at) = (4..=1003u64).zip(&replies).position(|(want, got)| want != *got) {
+        panic!(
+            "reply {at} of 1000 is {}, not {} (a request handled twice or lost)",
+            replies[at],
+            at + 4
+        );
+    }
     let where_ = block_on(
         nodes[2]
             .actor_ref::<Counter>(key_on(&nodes[2], 1))
@@ -198,8 +212,9 @@ fn asks_cross_nodes_and_state_is_on_the_owner() {
     .unwrap();
     assert!(where_.starts_with("counter/"));
     // Tells cross too, and are handled in order with the sender's asks.
-    let t = nodes[1].actor_ref::<Counter>(key_on(&nodes[1], 3));
+    let t = nodes[1].actor_ref::<Counter>(owner_keys[2]);
     let base = block_on(t.ask(Add(0))).unwrap();
+    assert_eq!(base, 1003);
     for _ in 0..100 {
         block_on(t.tell(Add(1))).unwrap();
     }
