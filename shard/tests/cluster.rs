@@ -254,6 +254,11 @@ fn unknown_message_type_gets_an_error_reply() {
     }
 }
 
+/// How soon after a node stops (or its connection drops) calls to its actors must fail with
+/// `NodeUnavailable`. The closed connection is seen at once (the failure detector would take
+/// `dead_after`, 300 ms here); 250 ms leaves room for a loaded machine.
+const FAILOVER_MAX: Duration = Duration::from_millis(250);
+
 #[test]
 fn stopped_node_fails_fast_and_restarted_node_serves_again() {
     let ls = listeners(3);
@@ -269,15 +274,23 @@ fn stopped_node_fails_fast_and_restarted_node_serves_again() {
         block_on(on3.ask(Add(1))).ok()
     });
     e3.shutdown();
-    // Calls to node 3's actors fail fast (well within the 2 s ask deadline) ...
-    let failed = eventually("NodeUnavailable", Duration::from_secs(5), || {
+    let stopped = Instant::now();
+    // Calls to node 3's actors fail fast, from the first one on: with `NodeUnavailable`, never
+    // by their 2 s deadline.
+    for i in 0..20 {
         let t0 = Instant::now();
         match block_on(on3.ask_timeout(Add(1), Duration::from_secs(2))) {
-            Err(CallError::NodeUnavailable { node: 3, .. }) => Some(t0.elapsed()),
-            _ => None,
+            Err(CallError::NodeUnavailable { node: 3, .. }) => {}
+            other => panic!("call {i} to the stopped node: {other:?} after {:?}", t0.elapsed()),
         }
-    });
-    assert!(failed < Duration::from_millis(500), "took {failed:?}");
+        if i == 0 {
+            let took = stopped.elapsed();
+            assert!(
+                took < FAILOVER_MAX,
+                "the first NodeUnavailable came {took:?} after the node stopped"
+            );
+        }
+    }
     // ... tells are refused and counted ...
     assert!(matches!(
         block_on(on3.tell(Add(1))),
@@ -594,6 +607,71 @@ fn tells_queued_for_a_peer_that_dies_are_counted_as_dropped() {
     assert!(
         dropped > refused,
         "accepted {accepted}, refused {refused}, counted dropped {dropped}"
+    );
+    node.shutdown();
+}
+
+/// A fake member for `listener`: accepts one connection, completes the member handshake as
+/// node `id`, reads until a request arrives, then closes the connection (as a killed node's
+/// kernel does) and returns when it did.
+fn member_dying_with_a_request(
+    listener: std::net::TcpListener,
+    cluster: &'static str,
+    id: u64,
+) -> std::thread::JoinHandle<Instant> {
+    std::thread::spawn(move || {
+        use quark_net::{Acceptor, FrameDecoder, FrameKind, HandshakeConfig, HandshakeStatus};
+        use quark_net::OutBuf;
+        use std::io::{Read, Write};
+        let (mut s, _) = listener.accept().unwrap();
+        let mut acc = Acceptor::new(HandshakeConfig::member(cluster, id, None), [7; 32]);
+        let mut out = OutBuf::new();
+        let mut dec = FrameDecoder::new(1 << 20);
+        let mut buf = [0u8; 4096];
+        let mut established = false;
+        loop {
+            let n = s.read(&mut buf).unwrap();
+            assert!(n > 0, "the node closed the connection first");
+            dec.feed(&buf[..n]).unwrap();
+            while let Some(f) = dec.next_frame() {
+                if established {
+                    if f.header.head.kind == FrameKind::Request {
+                        drop(s);
+                        return Instant::now();
+                    }
+                    continue;
+                }
+                let status = acc.on_frame(&f, &mut out).unwrap();
+                s.write_all(out.pending()).unwrap();
+                out.clear();
+                established = matches!(status, HandshakeStatus::Established(_));
+            }
+        }
+    })
+}
+
+#[test]
+fn an_ask_in_flight_when_its_node_dies_fails_fast() {
+    let ls = listeners(2);
+    let m = membership("test", &ls);
+    let mut ls = ls.into_iter();
+    let l1 = ls.next().unwrap();
+    let fake = member_dying_with_a_request(ls.next().unwrap(), "test", 2);
+    let node = start(net_config(1, &m, Some(l1)));
+    let r = node.actor_ref::<Counter>(key_on(&node, 2));
+    // The ask queues until the link is up, is written, and is in flight when node 2 dies: it
+    // must fail with NodeUnavailable as the connection drops, not wait for its 2 s deadline.
+    let r = block_on(r.ask_timeout(Add(1), Duration::from_secs(2)));
+    let failed_at = Instant::now();
+    let died_at = fake.join().unwrap();
+    assert!(
+        matches!(r, Err(CallError::NodeUnavailable { node: 2, .. })),
+        "an ask in flight to a node that died: {r:?}"
+    );
+    let took = failed_at.saturating_duration_since(died_at);
+    assert!(
+        took < FAILOVER_MAX,
+        "the ask failed {took:?} after its node died"
     );
     node.shutdown();
 }
