@@ -157,7 +157,11 @@ fn asks_cross_nodes_and_state_is_on_the_owner() {
     for (i, from) in nodes.iter().enumerate() {
         for owner in 1..=3u64 {
             let k = key_on(from, owner);
-            assert_eq!(k, owner_keys[owner as usize - 1], "all nodes agree on the owner");
+            assert_eq!(
+                k,
+                owner_keys[owner as usize - 1],
+                "all nodes agree on the owner"
+            );
             let r = from.actor_ref::<Counter>(k);
             let expect_remote = owner != i as u64 + 1;
             assert_eq!(r.remote_node().is_some(), expect_remote);
@@ -197,7 +201,10 @@ fn asks_cross_nodes_and_state_is_on_the_owner() {
         })
         .join()
         .unwrap();
-    if let Some(at) = (4..=1003u64).zip(&replies).position(|(want, got)| want != *got) {
+    if let Some(at) = (4..=1003u64)
+        .zip(&replies)
+        .position(|(want, got)| want != *got)
+    {
         panic!(
             "reply {at} of 1000 is {}, not {} (a request handled twice or lost)",
             replies[at],
@@ -281,7 +288,10 @@ fn stopped_node_fails_fast_and_restarted_node_serves_again() {
         let t0 = Instant::now();
         match block_on(on3.ask_timeout(Add(1), Duration::from_secs(2))) {
             Err(CallError::NodeUnavailable { node: 3, .. }) => {}
-            other => panic!("call {i} to the stopped node: {other:?} after {:?}", t0.elapsed()),
+            other => panic!(
+                "call {i} to the stopped node: {other:?} after {:?}",
+                t0.elapsed()
+            ),
         }
         if i == 0 {
             let took = stopped.elapsed();
@@ -620,8 +630,8 @@ fn member_dying_with_a_request(
     id: u64,
 ) -> std::thread::JoinHandle<Instant> {
     std::thread::spawn(move || {
-        use quark_net::{Acceptor, FrameDecoder, FrameKind, HandshakeConfig, HandshakeStatus};
         use quark_net::OutBuf;
+        use quark_net::{Acceptor, FrameDecoder, FrameKind, HandshakeConfig, HandshakeStatus};
         use std::io::{Read, Write};
         let (mut s, _) = listener.accept().unwrap();
         let mut acc = Acceptor::new(HandshakeConfig::member(cluster, id, None), [7; 32]);
