@@ -621,9 +621,16 @@ fn tells_queued_for_a_peer_that_dies_are_counted_as_dropped() {
         .join()
         .unwrap();
     let _peer = fake.join().unwrap();
-    let dropped = node.stats()[0].net.clone().unwrap().tells_dropped;
     // Tells the link accepted but never wrote are in the count, not silently lost: at most the
-    // few hundred KB the kernel's socket buffers took can have been written.
+    // few hundred KB the kernel's socket buffers took can have been written. The link manager
+    // counts them once the connection has ended, which may be just after the refused tell
+    // returned: wait for the count (a bounded wait, then the assertion).
+    let dropped = || node.stats()[0].net.clone().unwrap().tells_dropped;
+    let end = Instant::now() + Duration::from_secs(5);
+    while dropped() <= refused && Instant::now() < end {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let dropped = dropped();
     assert!(
         dropped > refused,
         "accepted {accepted}, refused {refused}, counted dropped {dropped}"
