@@ -98,9 +98,9 @@ pub enum LockMode {
 pub struct DirLock {
     dir: PathBuf,
     mode: LockMode,
-    /// `None` only for a shared lock on a directory whose lock file does not exist and cannot
+    /// Held open for the lock (closing it releases the lock). `None` only for a shared lock on a directory whose lock file does not exist and cannot
     /// be created (a read-only directory: no process can hold an exclusive lock there either).
-    file: Option<File>,
+    _file: Option<File>,
 }
 
 impl DirLock {
@@ -148,7 +148,7 @@ impl DirLock {
         Ok(DirLock {
             dir: dir.to_path_buf(),
             mode: LockMode::Exclusive,
-            file: Some(file),
+            _file: Some(file),
         })
     }
 
@@ -187,7 +187,7 @@ impl DirLock {
                         return Ok(DirLock {
                             dir: dir.to_path_buf(),
                             mode: LockMode::Shared,
-                            file: None,
+                            _file: None,
                         })
                     }
                     Err(e) => return Err(io_err(e)),
@@ -209,7 +209,7 @@ impl DirLock {
         Ok(DirLock {
             dir: dir.to_path_buf(),
             mode: LockMode::Shared,
-            file: Some(file),
+            _file: Some(file),
         })
     }
 
