@@ -90,14 +90,21 @@ impl Projection for Totals {
 const KEYS: u64 = 12;
 
 fn start(dir: &Path, shards: u16) -> Result<Node> {
+    start_with(dir, shards, true)
+}
+
+fn start_with(dir: &Path, shards: u16, projection: bool) -> Result<Node> {
     let text = format!(
         "[node]\nshards = {shards}\nidle_spin_us = 0\n[log]\ndata_dir = {:?}\nsegment_bytes = 1048576\nfsync = \"always\"\n",
         dir.to_str().context("temp dir path is UTF-8")?
     );
-    Ok(Node::builder()
+    let mut builder = Node::builder()
         .config(NodeConfig::from_toml(&text, "test.toml")?)
-        .register_journaled::<Tally>(JournalPolicy::snapshot_every(3))
-        .register_projection::<Totals>(ProjectionConfig::default())
+        .register_journaled::<Tally>(JournalPolicy::snapshot_every(3));
+    if projection {
+        builder = builder.register_projection::<Totals>(ProjectionConfig::default());
+    }
+    Ok(builder
         .start()
         .with_context(|| format!("starting a node with {shards} shards on {}", dir.display()))?)
 }
@@ -285,6 +292,32 @@ fn reshard_moves_every_stream_both_ways() -> Result<()> {
     // Same count again: nothing to do.
     let out = succeeded(&reshard(&dir, 2, None)?)?;
     assert!(out.contains("nothing to do"), "{out}");
+    Ok(())
+}
+
+#[test]
+fn a_projection_that_had_not_read_every_event_is_rebuilt() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let dir = tmp.path().join("data");
+    let mut exp = populate(&dir, 2)?;
+    // More events while the projection is not running: its stored checkpoints fall behind.
+    let node = start_with(&dir, 2, false)?;
+    for k in 0..KEYS {
+        let p = block_on(node.actor_ref::<Tally>(k).ask(Add(7)))??;
+        let e = exp.keys.get_mut(&k).context("populated key")?;
+        *e = (p.version, e.1 + 7);
+        exp.totals = (exp.totals.0 + 1, exp.totals.1 + 7);
+    }
+    node.shutdown();
+    let out = succeeded(&reshard(&dir, 3, None)?)?;
+    assert!(
+        out.contains(
+            "projection tally-totals: it had not read every event; its read model was dropped"
+        ),
+        "{out}"
+    );
+    verify(&dir)?;
+    check(&dir, 3, &mut exp)?; // rebuilt from the journals: every event counted once
     Ok(())
 }
 
