@@ -27,7 +27,8 @@ pub const LOCK_FILE: &str = ".lock";
 pub enum LockHolder {
     /// An exclusive holder that wrote its pid (a node, a log, or `quark data reshard`).
     Pid(u32),
-    /// An exclusive holder whose pid could not be read (it is still writing it).
+    /// An exclusive holder whose pid could not be read (it is still writing it, or the lock was
+    /// taken by a process that does not write one).
     Unknown,
     /// One or more shared holders (offline readers such as `quark journal verify`).
     Readers,
@@ -37,7 +38,7 @@ impl std::fmt::Display for LockHolder {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             LockHolder::Pid(pid) => write!(f, "process {pid}"),
-            LockHolder::Unknown => f.write_str("another process (pid not yet written)"),
+            LockHolder::Unknown => f.write_str("another process (its pid is unknown)"),
             LockHolder::Readers => {
                 f.write_str("an offline reader such as `quark journal` (shared lock)")
             }
@@ -238,12 +239,18 @@ fn flock(file: &File, op: libc::c_int) -> io::Result<()> {
     }
 }
 
-/// The pid an exclusive holder wrote (`None` while it is still writing it).
+/// The pid an exclusive holder wrote (`None` while it is still writing it, or when the pid in
+/// the file is of a process that no longer exists: left by an earlier holder).
 fn read_pid(file: &mut File) -> Option<u32> {
     let mut s = String::new();
     file.seek(SeekFrom::Start(0)).ok()?;
     file.take(32).read_to_string(&mut s).ok()?;
-    s.trim().parse().ok()
+    let pid: u32 = s.trim().parse().ok()?;
+    let raw = libc::pid_t::try_from(pid).ok().filter(|&p| p > 0)?;
+    // SAFETY: kill with signal 0 sends nothing; it only checks that the process exists.
+    let alive = unsafe { libc::kill(raw, 0) } == 0
+        || io::Error::last_os_error().raw_os_error() == Some(libc::EPERM);
+    alive.then_some(pid)
 }
 
 #[cfg(test)]

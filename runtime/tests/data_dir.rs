@@ -13,6 +13,7 @@ use quark::{block_on, Node, NodeConfig, NodeError};
 
 mod common;
 use common::{Account, Deposit};
+mod ports;
 
 fn config(dir: &Path, shards: u16) -> Result<NodeConfig> {
     let text = format!(
@@ -168,5 +169,99 @@ fn a_directory_without_manifest_is_adopted_only_with_its_shard_count() -> Result
     node.shutdown();
     let manifest = std::fs::read_to_string(dir.join("MANIFEST"))?;
     assert!(manifest.contains("shards = 2"), "adopted: {manifest}");
+    Ok(())
+}
+
+const SECRET_VAR: &str = "QUARK_TEST_CLUSTER_SECRET";
+
+/// A `quark serve` child, killed (SIGKILL) when dropped.
+struct Serve(std::process::Child);
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn serve_command(config: &Path, id: u64) -> std::process::Command {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_quark"));
+    cmd.args(["serve", "--config"])
+        .arg(config)
+        .args(["--node-id", &id.to_string()])
+        .env(SECRET_VAR, "test-secret-0123456789")
+        .stdin(std::process::Stdio::null());
+    cmd
+}
+
+/// Runs `quark serve` expecting it to fail at start-up; returns its stderr.
+fn serve_refused(config: &Path, id: u64) -> Result<String> {
+    let mut cmd = serve_command(config, id);
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || tx.send(cmd.output()));
+    let out = rx
+        .recv_timeout(Duration::from_secs(30))
+        .context("a refused quark serve did not exit within 30 s")??;
+    let stderr = String::from_utf8(out.stderr)?;
+    anyhow::ensure!(!out.status.success(), "quark serve started: {stderr}");
+    Ok(stderr)
+}
+
+#[test]
+fn a_second_quark_serve_process_on_the_same_data_dir_is_refused() -> Result<()> {
+    use std::io::{BufRead as _, BufReader};
+    let tmp = tempfile::tempdir()?;
+    let dir = tmp.path().join("data");
+    let addrs = ports::free_addrs(2);
+    let mut text = format!(
+        "[node]\nshards = 1\nidle_spin_us = 0\n[log]\ndata_dir = {:?}\nsegment_bytes = 1048576\n\
+         [cluster]\ncluster_id = \"lock\"\nnode_id = 1\nsecret_env = \"{SECRET_VAR}\"\n",
+        dir.to_str().context("UTF-8 path")?
+    );
+    for (i, a) in addrs.iter().enumerate() {
+        text.push_str(&format!(
+            "\n[[cluster.nodes]]\nid = {}\naddr = \"{a}\"\n",
+            i + 1
+        ));
+    }
+    let config = tmp.path().join("cluster.toml");
+    std::fs::write(&config, text)?;
+
+    let mut first = serve_command(&config, 1)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()?;
+    let stdout = first.stdout.take().context("piped stdout")?;
+    let first = Serve(first);
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let line = rx
+            .recv_timeout(left)
+            .context("node 1 did not print its ready line within 10 s")?;
+        if line.contains("listening on") {
+            break;
+        }
+    }
+    // Another process (node 2 of the same file, so another port) on the same directory.
+    let stderr = serve_refused(&config, 2)?;
+    assert!(
+        stderr.contains(&format!("in use by process {}", first.0.id())),
+        "{stderr}"
+    );
+    assert!(stderr.contains(&dir.display().to_string()), "{stderr}");
+    // The kernel drops a killed holder's lock; the data still belongs to node 1.
+    drop(first);
+    let stderr = serve_refused(&config, 2)?;
+    assert!(
+        stderr.contains("belongs to node 1") && stderr.contains("node 2"),
+        "{stderr}"
+    );
     Ok(())
 }

@@ -272,6 +272,15 @@ pub enum DataDirError {
         /// Shard count configured.
         now: u16,
     },
+    /// An offline tool was pointed at a directory with neither a manifest nor a shard log.
+    #[error(
+        "{dir} is not a Quark data directory: it has no {MANIFEST_FILE} and no shard-<N>/ log \
+         (pass the node's [log] data_dir)"
+    )]
+    NotADataDir {
+        /// The directory.
+        dir: PathBuf,
+    },
     /// The reshard's new layout is missing after its commit (the directory was altered by hand).
     #[error(
         "data directory {dir}: an interrupted reshard (manifest phase {phase}) cannot be \
@@ -372,21 +381,19 @@ impl DataDir {
     /// `step` after each durable step. A directory without a manifest gets one describing its
     /// `shard-<N>` logs (not written until the tool commits).
     pub fn open_offline(dir: &Path, step: StepHook<'_>) -> Result<DataDir, DataDirError> {
-        std::fs::metadata(dir).map_err(|source| DataDirError::Io {
-            op: "open",
-            path: dir.to_path_buf(),
-            source,
-        })?;
+        if !dir.is_dir() {
+            return Err(DataDirError::NotADataDir {
+                dir: dir.to_path_buf(),
+            });
+        }
         let (lock, found) = open_locked(dir, step)?;
         let manifest = match found {
             Some(m) => m,
             None => {
                 let shards = highest_shard_dir(dir)?.map_or(0, |h| h + 1);
                 if shards == 0 {
-                    return Err(DataDirError::ReshardBroken {
+                    return Err(DataDirError::NotADataDir {
                         dir: dir.to_path_buf(),
-                        phase: ReshardPhase::Done.name(),
-                        what: "it holds no manifest and no shard-<N> log: nothing to do".into(),
                     });
                 }
                 Manifest::new(shards, None)

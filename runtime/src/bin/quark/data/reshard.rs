@@ -27,7 +27,7 @@ use anyhow::{bail, Context as _, Result};
 use quark::journal::format::{self, Stream};
 use quark::{ActorId, ActorKey};
 use quark_persist::{block_on, Batch, FsyncPolicy, Log, LogConfig, NewRecord, Preallocate, StdIo};
-use quark_shard::data_dir::{self, DataDir, RESHARD_TMP_DIR};
+use quark_shard::data_dir::{self, DataDir, DataDirError, RESHARD_TMP_DIR};
 
 /// Arguments of `quark data reshard`.
 #[derive(clap::Args, Debug)]
@@ -127,11 +127,12 @@ pub fn reshard(a: &ReshardArgs) -> Result<()> {
     }
     let mut steps = Steps::from_env()?;
     let dir = &a.data_dir;
-    let mut dd = DataDir::open_offline(dir, &mut |w| steps.step(w)).with_context(|| {
-        format!(
+    let mut dd = DataDir::open_offline(dir, &mut |w| steps.step(w)).map_err(|e| match e {
+        DataDirError::Lock(_) => anyhow::Error::new(e).context(format!(
             "quark data reshard needs the stopped node's data directory {} to itself",
             dir.display()
-        )
+        )),
+        other => anyhow::Error::new(other),
     })?;
     let old = dd.manifest().clone();
     if old.shards == a.shards && old.placement_version == quark_placement::PLACEMENT_VERSION {
