@@ -696,6 +696,23 @@ mod tests {
     }
 
     #[test]
+    fn another_placement_version_is_refused_with_the_reshard_hint() {
+        let d = tempfile::tempdir().unwrap();
+        let old = Manifest {
+            placement_version: quark_placement::PLACEMENT_VERSION + 1,
+            ..Manifest::new(2, None)
+        };
+        write_manifest(d.path(), &old).unwrap();
+        let err = DataDir::open_for_node(d.path(), 2, None).unwrap_err();
+        assert!(
+            matches!(err, DataDirError::PlacementChanged { shards: 2, .. }),
+            "{err}"
+        );
+        assert!(err.to_string().contains("--shards 2"), "{err}");
+        assert_eq!(read_manifest(d.path()).unwrap().unwrap(), old, "unchanged");
+    }
+
+    #[test]
     fn legacy_directories_are_adopted_only_with_their_shard_count() {
         let d = tempfile::tempdir().unwrap();
         std::fs::create_dir_all(d.path().join("shard-0")).unwrap();
