@@ -368,6 +368,17 @@ fn a_reshard_killed_at_any_step_leaves_the_old_or_the_new_layout() -> Result<()>
         let now = manifest_shards(&dir)?;
         *saw.entry(now).or_insert(0) += 1;
         check(&dir, now, &mut exp).with_context(|| format!("round {k}: after the kill"))?;
+        // The start rolled the interrupted run back (uncommitted) or forward (committed).
+        let m = quark_shard::data_dir::read_manifest(&dir)?.context("a manifest")?;
+        assert_eq!(
+            m.reshard,
+            quark_shard::data_dir::ReshardPhase::Done,
+            "round {k}"
+        );
+        assert!(
+            !dir.join(".reshard-tmp").exists() && !dir.join(".reshard-old").exists(),
+            "round {k}: a node start leaves no temporary layout"
+        );
         verify(&dir).with_context(|| format!("round {k}: after the kill"))?;
         // A re-run finishes the job.
         succeeded(&reshard(&dir, target, None)?).with_context(|| format!("round {k}: re-run"))?;
