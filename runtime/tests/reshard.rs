@@ -19,6 +19,9 @@ use quark::journal::{
 use quark::{block_on, Actor, ActorKey, Context, Handler, Message, Node, NodeConfig};
 use serde::{Deserialize, Serialize};
 
+mod common;
+use common::{Account, Deposit, Get};
+
 #[derive(Default)]
 struct Tally {
     sum: i64,
@@ -100,7 +103,8 @@ fn start_with(dir: &Path, shards: u16, projection: bool) -> Result<Node> {
     );
     let mut builder = Node::builder()
         .config(NodeConfig::from_toml(&text, "test.toml")?)
-        .register_journaled::<Tally>(JournalPolicy::snapshot_every(3));
+        .register_journaled::<Tally>(JournalPolicy::snapshot_every(3))
+        .register_journaled::<Account>(JournalPolicy::snapshot_every(20));
     if projection {
         builder = builder.register_projection::<Totals>(ProjectionConfig::default());
     }
@@ -109,18 +113,36 @@ fn start_with(dir: &Path, shards: u16, projection: bool) -> Result<Node> {
         .with_context(|| format!("starting a node with {shards} shards on {}", dir.display()))
 }
 
-/// What was acknowledged: per key (version, sum), and the projection's (count, sum).
+/// What was acknowledged: per tally (version, sum), per account (version, balance), and the
+/// projection's (count, sum).
 #[derive(Clone, Debug, Default)]
 struct Expected {
     keys: BTreeMap<u64, (u64, i64)>,
+    accounts: BTreeMap<u64, (u64, i64)>,
     totals: (u64, i64),
 }
 
-/// Writes 2 to 5 events to each of `KEYS` tallies with a `shards`-shard node, and waits until
-/// the projection has read them all.
+/// Accounts written with 8 KiB memos: several MiB in all, so that the old and the new logs
+/// span several 1 MiB segments and a reshard appends many batches.
+const ACCOUNTS: u64 = 8;
+const DEPOSITS: u64 = 50;
+
+/// Writes `DEPOSITS` large events to each of `ACCOUNTS` accounts, then 2 to 5 events to each
+/// of `KEYS` tallies with a `shards`-shard node, and waits until the projection has read them
+/// all.
 fn populate(dir: &Path, shards: u16) -> Result<Expected> {
     let node = start(dir, shards)?;
     let mut exp = Expected::default();
+    for k in 0..ACCOUNTS {
+        let account = node.actor_ref::<Account>(k);
+        for v in 1..=DEPOSITS {
+            let amount = (100 * k + v) as i64;
+            let memo = format!("{k}:{v}:").repeat(2048)[..8192].to_string();
+            let version = block_on(account.ask(Deposit(amount, memo)))??;
+            let e = exp.accounts.entry(k).or_default();
+            *e = (version, e.1 + amount);
+        }
+    }
     let mut last = Vec::new();
     for k in 0..KEYS {
         let tally = node.actor_ref::<Tally>(k);
@@ -155,6 +177,18 @@ fn check(dir: &Path, shards: u16, exp: &mut Expected) -> Result<()> {
         );
         let got = block_on(node.actor_ref::<Tally>(k).ask(Sum))?;
         ensure!(got == sum, "tally {k}: sum {got}, expected {sum}");
+    }
+    for (&k, &(version, balance)) in &exp.accounts {
+        let got = block_on(journal.version::<Account>(k))?;
+        ensure!(
+            got == version,
+            "account {k}: version {got}, expected {version}"
+        );
+        let (got, _) = block_on(node.actor_ref::<Account>(k).ask(Get))?;
+        ensure!(
+            got == balance,
+            "account {k}: balance {got}, expected {balance}"
+        );
     }
     wait_totals(&node, exp.totals)?;
     block_on(node.actor_ref::<Tally>("probe").ask(Add(1)))??;
