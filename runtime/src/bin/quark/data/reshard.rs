@@ -45,6 +45,8 @@ pub struct ReshardArgs {
 
 /// Encoded bytes of records per appended batch (also bounded by a quarter segment).
 const BATCH_BYTES_MAX: usize = 256 * 1024;
+/// Records of one key read at once (a long stream is copied in pieces).
+const READ_RECORDS_MAX: usize = 1024;
 /// Projection state key prefix (`runtime/src/journal/projection.rs`).
 const PROJECTION_PREFIX: &[u8] = b"qp";
 /// The shard limit of the engine.
@@ -260,13 +262,13 @@ async fn build(
                     d.display()
                 );
             };
-            let records = log
-                .read_many(&lsns)
-                .await
-                .with_context(|| format!("cannot read key {} in {}", hex(&key), d.display()))?;
+            let read_err = || format!("cannot read key {} in {}", hex(&key), d.display());
             match owner {
                 Owner::Projection { name, shard } => {
-                    let Some(rec) = records.into_iter().last() else {
+                    // Only the latest state record counts.
+                    let last = &lsns[lsns.len() - 1..];
+                    let records = log.read_many(last).await.with_context(read_err)?;
+                    let Some(rec) = records.into_iter().next() else {
                         continue;
                     };
                     let id = ActorId::new(names.get(&name), ActorKey::U64(0));
@@ -282,27 +284,30 @@ async fn build(
                     let events =
                         format::parse_stream_key(&key).is_ok_and(|k| k.stream == Stream::Events);
                     summary.keys += 1;
-                    for rec in records {
-                        if events && rec.kind == quark_persist::RecordKind::Event {
-                            let l = &mut last_event[usize::from(i)];
-                            *l = Some(l.map_or(rec.lsn, |x| x.max(rec.lsn)));
-                        }
-                        summary.records += 1;
-                        let (batch, bytes) = &mut pending[usize::from(j)];
-                        *bytes += rec.key.len() + rec.payload.len() + 64;
-                        batch.push(NewRecord {
-                            kind: rec.kind,
-                            key: rec.key,
-                            payload: rec.payload,
-                            expires_at_ms: rec.expires_at_ms,
-                        });
-                        if *bytes >= batch_max {
-                            flush(
-                                &new_logs[usize::from(j)],
-                                &mut pending[usize::from(j)],
-                                steps,
-                            )
-                            .await?;
+                    for chunk in lsns.chunks(READ_RECORDS_MAX) {
+                        let records = log.read_many(chunk).await.with_context(read_err)?;
+                        for rec in records {
+                            if events && rec.kind == quark_persist::RecordKind::Event {
+                                let l = &mut last_event[usize::from(i)];
+                                *l = Some(l.map_or(rec.lsn, |x| x.max(rec.lsn)));
+                            }
+                            summary.records += 1;
+                            let (batch, bytes) = &mut pending[usize::from(j)];
+                            *bytes += rec.key.len() + rec.payload.len() + 64;
+                            batch.push(NewRecord {
+                                kind: rec.kind,
+                                key: rec.key,
+                                payload: rec.payload,
+                                expires_at_ms: rec.expires_at_ms,
+                            });
+                            if *bytes >= batch_max {
+                                flush(
+                                    &new_logs[usize::from(j)],
+                                    &mut pending[usize::from(j)],
+                                    steps,
+                                )
+                                .await?;
+                            }
                         }
                     }
                 }
