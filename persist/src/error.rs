@@ -24,6 +24,9 @@ pub enum OpenError {
         /// The I/O error.
         source: io::Error,
     },
+    /// Another process (or another open `Log`) holds the directory's lock.
+    #[error(transparent)]
+    Lock(#[from] crate::lock::LockError),
     /// Recovery refused the existing data.
     #[error(transparent)]
     Recover(#[from] RecoverError),

@@ -241,11 +241,13 @@ impl<IO: LogIo> Log<IO> {
     }
 
     /// Flushes and syncs everything queued, then refuses further appends
-    /// ([`AppendError::Closed`]). Reads keep working on remaining handles.
+    /// ([`AppendError::Closed`]) and releases the directory's lock. Reads keep working on
+    /// remaining handles.
     pub async fn close(&self) -> Result<(), AppendError> {
         self.sync().await?;
         let mut st = self.inner.state.borrow_mut();
         st.closed = true;
+        st.lock = None; // another process may open the directory now
         st.wake_all();
         Ok(())
     }

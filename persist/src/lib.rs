@@ -21,6 +21,7 @@ mod group_commit;
 mod index;
 mod inspect;
 mod io;
+mod lock;
 mod log;
 mod read;
 mod record;
@@ -37,6 +38,7 @@ pub use inspect::{
     SegmentInspection,
 };
 pub use io::{block_on, fallocate, LogFile, LogIo, StdFile, StdIo};
+pub use lock::{DirLock, LockError, LockHolder, LockMode, LOCK_FILE};
 pub use log::{Log, LogStats, LsnRange};
 pub use read::Scanner;
 pub use record::{Batch, Invalid, NewRecord, Record, RecordKind, FLAG_FORWARDED};

@@ -173,6 +173,8 @@ pub(crate) struct State<F> {
     pub segments_recycled: u64,
     /// A compaction or scrub is running (they exclude each other, see [`Log::maintenance`]).
     pub maintenance: bool,
+    /// The directory's exclusive lock: released by [`Log::close`] or when the last handle drops.
+    pub lock: Option<crate::lock::DirLock>,
 }
 
 /// Held by the one compaction or scrub running; releases and wakes waiters when dropped.
@@ -326,7 +328,10 @@ impl<IO: LogIo> Log<IO> {
     /// the last segment the active one (creating a first segment if the directory is empty).
     ///
     /// Errors: [`OpenError::Recover`] names the file and offset of any damage the recovery mode
-    /// does not accept, a wrong magic, a newer format version or an unreadable file.
+    /// does not accept, a wrong magic, a newer format version or an unreadable file;
+    /// [`OpenError::Lock`] when another process (or another open `Log`) holds the directory:
+    /// the log keeps an exclusive [`crate::DirLock`] on `config.dir` until [`Log::close`] or until
+    /// its last handle drops.
     pub async fn open(io: IO, config: LogConfig) -> Result<(Self, RecoveryReport), OpenError> {
         let min_segment = (SEGMENT_HEADER_BYTES + BATCH_HEADER_BYTES + RECORD_HEADER_BYTES) as u64;
         if config.segment_bytes < min_segment.max(4096) {
@@ -359,6 +364,7 @@ impl<IO: LogIo> Log<IO> {
                 dir: config.dir.clone(),
                 source,
             })?;
+        let lock = crate::lock::DirLock::exclusive(&config.dir)?;
         let recovered = recover(&io, &config).await?;
         let now = io.now_ms();
         let state = State {
@@ -382,6 +388,7 @@ impl<IO: LogIo> Log<IO> {
             free_bufs: Vec::new(),
             segments_recycled: 0,
             maintenance: false,
+            lock: Some(lock),
         };
         let log = Log {
             inner: Rc::new(Inner {

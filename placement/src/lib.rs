@@ -19,3 +19,9 @@ mod ring;
 
 pub use id::{stable_hash, ActorId, ActorKey};
 pub use ring::{jump_hash, node_for, shard_for, NodeId, Placement, ShardId};
+
+/// Version of the placement functions ([`stable_hash`], [`shard_for`], [`node_for`]). A data
+/// directory records the version its logs were laid out with (its manifest); a build whose
+/// functions place actors differently must raise it, and a node then refuses that directory
+/// until `quark data reshard` has moved every stream to the shard the new version picks.
+pub const PLACEMENT_VERSION: u32 = 1;

@@ -28,6 +28,7 @@ mod actor;
 mod actor_ref;
 mod calls;
 mod core;
+pub mod data_dir;
 mod envelope;
 mod error;
 mod executor;

@@ -133,6 +133,10 @@ pub enum StartError {
         #[source]
         source: quark_persist::OpenError,
     },
+    /// The data directory is held by another process, or its manifest does not match the
+    /// configuration (names what changed and what to do).
+    #[error(transparent)]
+    DataDir(#[from] crate::data_dir::DataDirError),
     /// The cluster settings are inconsistent (`NetConfig`).
     #[error("cluster settings: {reason}")]
     NetConfig {
@@ -370,6 +374,9 @@ pub struct Engine {
     threads: Vec<JoinHandle<()>>,
     events: mpsc::Receiver<ShardEvent>,
     cores: Vec<usize>,
+    /// The data directory's lock, released after the shard threads have stopped (dropped
+    /// after `Drop::drop` joined them).
+    _data_dir: Option<crate::data_dir::DataDir>,
 }
 
 /// The cores in this process's affinity mask.
@@ -467,6 +474,15 @@ impl Engine {
                 max: MAX_SHARDS,
             });
         }
+        // Before any shard touches the data directory: lock it and check its manifest.
+        let data_dir = match &config.log {
+            Some(log) => Some(crate::data_dir::DataDir::open_for_node(
+                &log.dir,
+                cores.len() as u16,
+                config.net.as_ref().map(|n| n.node_id),
+            )?),
+            None => None,
+        };
         let mut type_index = FxHashMap::default();
         let mut type_registry = Vec::new();
         for (tid, t) in types {
@@ -570,6 +586,7 @@ impl Engine {
             threads,
             events: event_rx,
             cores,
+            _data_dir: data_dir,
         })
     }
 

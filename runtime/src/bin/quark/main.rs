@@ -3,15 +3,19 @@
 //! - `quark serve --config quark.toml`: runs a node (see `docs/CLUSTER.md`).
 //! - `quark journal inspect|export|verify --data-dir DIR`: reads a stopped node's journals (see
 //!   `docs/JOURNALING.md`, "The quark journal tool").
+//! - `quark data reshard --data-dir DIR --shards N`: moves a stopped node's data to a new shard
+//!   count (see `docs/PERSIST.md`, "Manifest and locking").
 //!
 //! Each subcommand lives in its own module next to this file; this file only dispatches.
 //! Exit codes: 0 success; `serve` 1 on failure; `journal` 1 when an integrity problem was found,
-//! 2 for a usage error or a failure to run (bad arguments, missing directory, unreadable file).
+//! 2 for a usage error or a failure to run (bad arguments, missing directory, unreadable file,
+//! a directory locked by a running node); `data` 2 for any failure.
 
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod data;
 mod journal;
 mod serve;
 
@@ -32,6 +36,8 @@ enum Command {
     Serve(serve::Args),
     /// Inspect, export and verify the journals in a stopped node's data directory.
     Journal(journal::Args),
+    /// Offline maintenance of a stopped node's data directory (`reshard`).
+    Data(data::Args),
 }
 
 fn main() -> ExitCode {
@@ -53,5 +59,6 @@ fn main() -> ExitCode {
             }
         },
         Command::Journal(args) => journal::run(args),
+        Command::Data(args) => data::run(args),
     }
 }

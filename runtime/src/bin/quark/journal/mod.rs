@@ -6,7 +6,10 @@
 //! - `verify`: checks every stream's versions and hash chain, the snapshots' chain hashes, and
 //!   reports log damage (checksum failures) with file and offset.
 //!
-//! Files are opened read-only through `quark_persist::inspect_dir`; nothing is ever written.
+//! Files are opened read-only through `quark_persist::inspect_dir`; nothing is written but the
+//! directory's lock file: the walk holds a shared `quark_persist::DirLock` on the data
+//! directory, so it is refused (with the holder's pid) while a node or `quark data reshard`
+//! holds the directory, and readers never see a log a writer is changing.
 //! The walk applies the log's liveness rules (snapshot and truncate barriers, compaction
 //! copies) itself, so it shows what the runtime would load. Memory: the decoded records of
 //! the selected actors (event data only when it is printed).
@@ -51,7 +54,8 @@ enum JournalCommand {
 
 #[derive(clap::Args, Debug)]
 struct Source {
-    /// The node's data directory (its `[log] data_dir`, holding `shard-<N>/`), opened read-only.
+    /// The node's data directory (its `[log] data_dir`, holding `shard-<N>/`), opened read-only
+    /// under a shared lock (refused while a node holds it).
     #[arg(long, value_name = "DIR")]
     data_dir: PathBuf,
 }

@@ -192,6 +192,29 @@ fn shard_dirs(data_dir: &Path) -> Result<Vec<(u32, PathBuf)>> {
     Ok(shards)
 }
 
+/// Takes `data_dir`'s shared lock (held while the walk reads) and refuses a directory a node
+/// or `quark data reshard` holds, or one whose reshard was interrupted (its shard logs are
+/// then half moved).
+fn lock_for_reading(data_dir: &Path) -> Result<quark_persist::DirLock> {
+    let lock = quark_persist::DirLock::shared(data_dir).with_context(|| {
+        format!(
+            "quark journal reads only a stopped node's data directory: stop the node using {} \
+             (or wait for `quark data reshard` to finish) and run it again",
+            data_dir.display()
+        )
+    })?;
+    let manifest = quark_shard::data_dir::read_manifest(data_dir)?;
+    if let Some(m) = manifest.filter(|m| m.reshard != quark_shard::data_dir::ReshardPhase::Done) {
+        bail!(
+            "{} holds an interrupted `quark data reshard` (to {} shards): run it again, or start \
+             the node, to finish it before reading",
+            data_dir.display(),
+            m.shards
+        );
+    }
+    Ok(lock)
+}
+
 /// Walks every shard log of `data_dir` and collects the live journal records of the actors
 /// `select` accepts. With `keep_data` false the event and snapshot data are dropped after
 /// hashing (verify and summaries do not print them).
@@ -200,7 +223,9 @@ pub(super) fn scan(
     select: &dyn Fn(&str, &ActorKey) -> bool,
     keep_data: bool,
 ) -> Result<Scan> {
-    let shards = shard_dirs(data_dir)?;
+    shard_dirs(data_dir)?; // a clear error for a path that is no data directory
+    let _lock = lock_for_reading(data_dir)?;
+    let shards = shard_dirs(data_dir)?; // again, under the lock
     let mut out = Scan {
         files: Vec::new(),
         shard_count: shards.len(),
