@@ -140,6 +140,8 @@ struct RawNode {
 struct RawLog {
     data_dir: Option<PathBuf>,
     segment_bytes: Option<u64>,
+    segment_bytes_initial: Option<u64>,
+    accept_short_segments: Option<bool>,
     fsync: Option<RawFsync>,
     recovery: Option<String>,
     preallocate: Option<String>,
@@ -501,6 +503,26 @@ fn log_config(l: RawLog, check: &Check<'_>) -> Result<quark_persist::LogConfig, 
                 ))
             }
         };
+    }
+    if let Some(v) = l.segment_bytes_initial {
+        let v = check.range(
+            "log.segment_bytes_initial",
+            v,
+            4096,
+            1 << 40,
+            "4 KiB to 1 TiB, a multiple of 4096 (capped at segment_bytes)",
+        )?;
+        if v % 4096 != 0 {
+            return Err(invalid(
+                "log.segment_bytes_initial",
+                v.to_string(),
+                "4 KiB to 1 TiB, a multiple of 4096 (capped at segment_bytes)",
+            ));
+        }
+        c.segment_bytes_initial = v;
+    }
+    if let Some(v) = l.accept_short_segments {
+        c.accept_short_segments = v;
     }
     if let Some(v) = l.write_through {
         c.write_through = v;
