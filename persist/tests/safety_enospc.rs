@@ -114,6 +114,8 @@ impl LogFile for FullDiskFile {
     }
 }
 
+type AppendFuture<'a> = Pin<Box<dyn Future<Output = Result<LsnRange, AppendError>> + 'a>>;
+
 const SEGMENT_BYTES: u64 = 16 * 1024;
 /// About 3 KiB encoded: five fit in a 16 KiB segment, the sixth needs a new one.
 const PAYLOAD_BYTES: usize = 3000;
@@ -227,7 +229,7 @@ fn every_batch_waiting_for_the_segment_fails_and_its_lsns_go_to_later_batches() 
         io.0.alloc_failures.set(1);
         // Three appends that all need the new segment, queued while the first one leads.
         let (b0, b1, b2) = (batch(200), batch(201), batch(202));
-        let futs: Vec<Pin<Box<dyn Future<Output = Result<LsnRange, AppendError>> + '_>>> = vec![
+        let futs: Vec<AppendFuture<'_>> = vec![
             Box::pin(log.append(&b0)),
             Box::pin(log.append(&b1)),
             Box::pin(log.append(&b2)),
