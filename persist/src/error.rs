@@ -153,12 +153,14 @@ pub enum RecoverError {
         /// Size found.
         actual_bytes: u64,
     },
-    /// A segment file has no header: zero-length, shorter than a header, or all zeros. A
+    /// A segment file has no header: shorter than a header (zero-length included), or all
+    /// zeros. A
     /// segment is renamed into place only after its header is synced, so this is lost data,
     /// not an interrupted creation (that leaves a `.seg.tmp` file).
     #[error(
-        "segment {file} has no header ({actual_bytes} bytes, all zero): it was emptied or \
-         truncated after creation and its records are lost; refusing to open. To accept the \
+        "segment {file} has no header ({actual_bytes} bytes: shorter than a header, or all \
+         zero): it was emptied or truncated after creation and its records are lost; refusing \
+         to open. To accept the \
          loss set `accept_short_segments` (LogConfig; `log.accept_short_segments` in \
          quark.toml) for one open: the file is moved to quarantine/ and its LSNs are never \
          reused"

@@ -281,7 +281,9 @@ pub(crate) async fn recover<IO: LogIo>(
         report.segments += 1;
         let header = match decode_header(&bytes) {
             Ok(h) => h,
-            Err(HeaderError::Blank) if bytes.iter().all(|&b| b == 0) => {
+            Err(HeaderError::Blank)
+                if bytes.len() < SEGMENT_HEADER_BYTES || bytes.iter().all(|&b| b == 0) =>
+            {
                 // Renamed into place only after its header was synced: this is lost data.
                 if !config.accept_short_segments {
                     return Err(RecoverError::NoHeader {

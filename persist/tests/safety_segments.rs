@@ -544,3 +544,40 @@ fn spares_are_recycled_once_segments_reach_full_size() {
         assert_eq!(log.key_lsns(b"k1").len(), 1);
     });
 }
+
+#[test]
+fn a_sealed_segment_cut_inside_its_header_is_refused_then_accepted_up_to_the_next_segment() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = config(dir.path());
+    let (segs, last_acked) = fill(&cfg, 200);
+    let victim = segs[1].clone();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&victim)
+        .and_then(|f| f.set_len(30))
+        .expect("truncate into the header");
+    let err = open_err(&cfg);
+    assert!(
+        matches!(&err, OpenError::Recover(RecoverError::NoHeader { file, actual_bytes: 30 }) if *file == victim),
+        "{err}"
+    );
+    let mut accept = cfg.clone();
+    accept.accept_short_segments = true;
+    block_on(async {
+        let (log, report) = Log::open(StdIo, accept).await.expect("accepted");
+        assert_eq!(
+            report.short_segments[0].lost_lsns,
+            (base_of(&victim), base_of(&segs[2]))
+        );
+        let r = log.append(&batch(1)).await.expect("append");
+        assert_eq!(
+            r.first,
+            last_acked + 1,
+            "only the lost segment's LSNs are skipped"
+        );
+        log.close().await.expect("close");
+    });
+    let recs = all_records(&cfg);
+    let lost = base_of(&segs[2]) - base_of(&victim);
+    assert_eq!(recs.len() as u64, 200 - lost + 1);
+}
