@@ -27,8 +27,9 @@ pub enum OpenError {
     /// Recovery refused the existing data.
     #[error(transparent)]
     Recover(#[from] RecoverError),
-    /// Creating the first segment failed.
-    #[error("creating segment: {0}")]
+    /// Preparing the active segment failed: creating one (an empty directory, or after a
+    /// loss recovery accepted) or reopening the last one write-through.
+    #[error("preparing the active segment: {0}")]
     Create(#[source] AppendError),
 }
 
@@ -274,7 +275,8 @@ pub enum AppendError {
     },
     /// A write, sync or segment creation failed. The log is now poisoned: every later append
     /// fails with [`AppendError::Poisoned`]; reopen it to recover (after an `fdatasync` error
-    /// the page cache cannot be trusted).
+    /// the page cache cannot be trusted). Running out of space while preallocating a new
+    /// segment is [`AppendError::NoSpace`] instead, which does not poison.
     #[error("{op} failed on {file} at offset {offset}: {source}")]
     Io {
         /// The operation (`write`, `fdatasync`, `create segment`...).
