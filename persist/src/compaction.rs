@@ -112,16 +112,35 @@ impl<IO: LogIo> Log<IO> {
                 report.records_copied += n;
                 report.bytes_copied += bytes;
             }
-            // Every record of the segment is now dead or copied: drop it.
-            {
+            // Every record of the segment is now dead or copied: drop it, after recording
+            // its LSN range as removed on purpose (so recovery does not take it for lost).
+            let end_lsn = self
+                .inner
+                .state
+                .borrow()
+                .segments
+                .get(&base)
+                .map_or(base, |s| s.end_lsn);
+            self.record_removal(base, end_lsn)
+                .await
+                .map_err(|(file, source)| CompactError::RecordGap {
+                    segment: path.clone(),
+                    file,
+                    source,
+                })?;
+            let capacity = {
                 let mut st = self.inner.state.borrow_mut();
-                if let Some(seg) = st.segments.remove(&base) {
+                let seg = st.segments.remove(&base);
+                if let Some(seg) = &seg {
                     st.index.forget_range(seg.base_lsn, seg.end_lsn);
                 }
-            }
+                seg.map_or(0, |s| s.capacity)
+            };
+            // Only full-size segments are kept as spares (a reused spare is a full segment).
             let keep = {
                 let st = self.inner.state.borrow();
                 st.spares.len() + new_spares.len() < self.inner.config.recycle_segments_max
+                    && capacity == self.inner.config.segment_bytes
             };
             let removed = if keep {
                 let spare = spare_path(&self.inner.config.dir, base);
@@ -147,8 +166,8 @@ impl<IO: LogIo> Log<IO> {
                 .io
                 .sync_dir(dir)
                 .await
-                .map_err(|source| CompactError::Remove {
-                    file: dir.clone(),
+                .map_err(|source| CompactError::SyncDir {
+                    dir: dir.clone(),
                     source,
                 })?;
             self.inner.state.borrow_mut().spares.extend(new_spares);
@@ -195,6 +214,9 @@ impl<IO: LogIo> Log<IO> {
         let mut copied = 0;
         let mut bytes = 0;
         let mut start = 0;
+        // Chunks holding the copies: if one is dropped unwritten (no space for a new
+        // segment), the copy failed and the source must stay.
+        let mut tokens: Vec<Rc<std::cell::Cell<bool>>> = Vec::new();
         while start < records.len() {
             let mut end = start + 1;
             while end < records.len()
@@ -245,6 +267,9 @@ impl<IO: LogIo> Log<IO> {
                         expires_at_ms: r.expires_at_ms,
                     });
                 }
+                if !tokens.last().is_some_and(|t| Rc::ptr_eq(t, &chunk.dropped)) {
+                    tokens.push(Rc::clone(&chunk.dropped));
+                }
             }
             copied += group.len() as u64;
             bytes += group
@@ -254,7 +279,11 @@ impl<IO: LogIo> Log<IO> {
             start = end;
         }
         let end = self.inner.state.borrow().next_lsn;
-        self.wait_acked(end, true).await?;
+        let result = self.wait_acked(end, true).await;
+        if tokens.iter().any(|t| t.get()) {
+            return Err(self.no_space_error());
+        }
+        result?;
         Ok((copied, bytes))
     }
 }

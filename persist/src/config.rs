@@ -28,8 +28,10 @@ pub enum RecoveryMode {
     #[default]
     TruncateTail,
     /// Like `TruncateTail`, but a segment damaged before the tail is moved to the
-    /// `quarantine/` subdirectory and reported as lost instead of failing open. Records after
-    /// it stay readable; LSNs are never reused.
+    /// `quarantine/` subdirectory and reported as lost instead of failing open, and so is a
+    /// hole in the LSN sequence (a sealed segment lost or shortened, see `docs/PERSIST.md`):
+    /// the missing range is reported and recorded. Records after it stay readable; LSNs are
+    /// never reused.
     Quarantine,
 }
 
@@ -53,8 +55,14 @@ pub struct LogConfig {
     pub dir: PathBuf,
     /// Owner shard, written in every segment header and checked at open.
     pub shard_id: u32,
-    /// Size of each segment file (default 64 MiB). A batch must fit in one segment.
+    /// Size of each segment file once the log is past its first segments (default 64 MiB):
+    /// the largest size a segment is created with. A batch must fit in one segment.
     pub segment_bytes: u64,
+    /// Size of the first segment a log creates (default 1 MiB; a multiple of 4096). Each new
+    /// segment doubles the previous size up to `segment_bytes`, so a new, quiet node does not
+    /// preallocate `segment_bytes` per shard; a segment is always big enough for the batch
+    /// that starts it. Set it to `segment_bytes` for fixed-size segments.
+    pub segment_bytes_initial: u64,
     /// Durability policy (default [`FsyncPolicy::Always`]).
     pub fsync: FsyncPolicy,
     /// Recovery behaviour on damage (default [`RecoveryMode::TruncateTail`]).
@@ -69,6 +77,16 @@ pub struct LogConfig {
     /// reused segment needs no zero-fill: its blocks are already written, so appends get the
     /// cheap `fdatasync` of [`Preallocate::ZeroFill`] at no creation cost. 0 disables reuse.
     pub recycle_segments_max: usize,
+    /// Operator override (default false): accept, at open, segment files that are shorter than
+    /// the size written in their header, or that lost their header (emptied or zero-length).
+    /// Segments are preallocated and renamed into place only after their header is synced, so
+    /// a crash never shortens one: a short segment means the filesystem or an operator lost
+    /// data, and open refuses it ([`crate::RecoverError::ShortSegment`],
+    /// [`crate::RecoverError::NoHeader`]). When set, the verified records before the cut are
+    /// kept, the rest is reported as lost ([`crate::RecoveryReport::short_segments`]) and
+    /// recorded, and new LSNs start above any the lost bytes could have held (LSNs are never
+    /// reused). Turn it off again after the open that accepted the loss.
+    pub accept_short_segments: bool,
     /// Bound on encoded bytes accepted but not yet written (default 4 MiB): appenders wait
     /// while it is full. One batch larger than the bound is accepted when nothing is pending.
     pub pending_bytes_max: usize,
@@ -81,12 +99,14 @@ impl LogConfig {
             dir: dir.into(),
             shard_id,
             segment_bytes: 64 << 20,
+            segment_bytes_initial: 1 << 20,
             fsync: FsyncPolicy::Always,
             recovery: RecoveryMode::TruncateTail,
             preallocate: Preallocate::ZeroFill,
             write_through: true,
             recycle_segments_max: 2,
             pending_bytes_max: 4 << 20,
+            accept_short_segments: false,
         }
     }
 }

@@ -30,16 +30,35 @@ pub enum OpenError {
     /// Recovery refused the existing data.
     #[error(transparent)]
     Recover(#[from] RecoverError),
-    /// Creating the first segment failed.
-    #[error("creating segment: {0}")]
+    /// Preparing the active segment failed: creating one (an empty directory, or after a
+    /// loss recovery accepted) or reopening the last one write-through.
+    #[error("preparing the active segment: {0}")]
     Create(#[source] AppendError),
 }
 
 /// Why recovery refused to open the log.
 #[derive(Debug, thiserror::Error)]
 pub enum RecoverError {
-    /// A file could not be opened or read: never skipped silently.
-    #[error("cannot read segment {file} at offset {offset}: {source}")]
+    /// Listing the log directory failed.
+    #[error("cannot list log directory {dir}: {source}")]
+    ListDir {
+        /// The directory.
+        dir: PathBuf,
+        /// The I/O error.
+        source: io::Error,
+    },
+    /// A file of the log could not be opened (for reading and writing: recovery may repair
+    /// it): never skipped silently.
+    #[error("cannot open {file} for reading and writing: {source}")]
+    CannotOpen {
+        /// The file.
+        file: PathBuf,
+        /// The I/O error.
+        source: io::Error,
+    },
+    /// A file of the log could not be read (or its length not be queried): never skipped
+    /// silently.
+    #[error("cannot read {file} at offset {offset}: {source}")]
     Unreadable {
         /// The file.
         file: PathBuf,
@@ -48,8 +67,9 @@ pub enum RecoverError {
         /// The I/O error.
         source: io::Error,
     },
-    /// Writing the repair (tail truncation or quarantine move) failed.
-    #[error("cannot repair segment {file} at offset {offset}: {source}")]
+    /// Writing the repair of a file (tail truncation, quarantine move, removal of a
+    /// leftover) failed.
+    #[error("cannot repair {file} at offset {offset}: {source}")]
     Repair {
         /// The file.
         file: PathBuf,
@@ -108,6 +128,103 @@ pub enum RecoverError {
         /// What is wrong.
         reason: &'static str,
     },
+    /// A directory operation of a repair (creating `quarantine/`, syncing the log
+    /// directory) failed.
+    #[error("cannot {op} directory {dir}: {source}")]
+    RepairDir {
+        /// The operation (`create`, `fsync`).
+        op: &'static str,
+        /// The directory.
+        dir: PathBuf,
+        /// The I/O error.
+        source: io::Error,
+    },
+    /// A segment file is shorter than the size its header says it was created with.
+    /// Segments are preallocated to that size before they are renamed into place, so a crash
+    /// cannot shorten one: records past the cut were lost (possibly acknowledged ones).
+    #[error(
+        "segment {file} is {actual_bytes} bytes but was created with {expected_bytes} \
+         (its header): the file was shortened and the records past byte {actual_bytes} are \
+         lost; refusing to open. To accept the loss set `accept_short_segments` \
+         (LogConfig; `log.accept_short_segments` in quark.toml) for one open: the records \
+         before the cut are kept and the lost LSNs are never reused"
+    )]
+    ShortSegment {
+        /// The segment file.
+        file: PathBuf,
+        /// Size in its header.
+        expected_bytes: u64,
+        /// Size found.
+        actual_bytes: u64,
+    },
+    /// A segment file has no header: shorter than a header (zero-length included), or all
+    /// zeros. A
+    /// segment is renamed into place only after its header is synced, so this is lost data,
+    /// not an interrupted creation (that leaves a `.seg.tmp` file).
+    #[error(
+        "segment {file} has no header ({actual_bytes} bytes: shorter than a header, or all \
+         zero): it was emptied or truncated after creation and its records are lost; refusing \
+         to open. To accept the \
+         loss set `accept_short_segments` (LogConfig; `log.accept_short_segments` in \
+         quark.toml) for one open: the file is moved to quarantine/ and its LSNs are never \
+         reused"
+    )]
+    NoHeader {
+        /// The segment file.
+        file: PathBuf,
+        /// Its length.
+        actual_bytes: u64,
+    },
+    /// LSNs are missing between two segments (or before the first one) and no compaction,
+    /// scrub or accepted loss recorded their removal in `lsn-gaps`: a sealed segment was lost,
+    /// or shortened at a batch boundary.
+    #[error(
+        "LSNs [{first}, {end}) are missing: no segment holds them between {} and {file}, and \
+         their removal was never recorded in lsn-gaps (a sealed segment was lost or \
+         shortened); refusing to open. Recovery mode `quarantine` accepts the loss (reported \
+         and recorded)",
+        before.as_ref().map_or_else(|| "the start of the log".to_string(), |p| p.display().to_string())
+    )]
+    MissingLsns {
+        /// First missing LSN.
+        first: u64,
+        /// One past the last missing LSN.
+        end: u64,
+        /// The segment before the hole (`None`: the hole is before the first segment).
+        before: Option<PathBuf>,
+        /// The segment after the hole.
+        file: PathBuf,
+    },
+    /// The LSN gap record (`lsn-gaps`) is damaged.
+    #[error("bad LSN gap record {file}: {reason}")]
+    BadGaps {
+        /// The file.
+        file: PathBuf,
+        /// What is wrong.
+        reason: &'static str,
+    },
+    /// The LSN gap record (`lsn-gaps`) is missing although segments of format version 2 or
+    /// later exist (this build keeps it since version 2): holes in the LSN sequence could not
+    /// be told from lost segments.
+    #[error(
+        "{file} is missing but {segment} was written by a build that keeps it: cannot tell \
+         segments removed by compaction from lost ones; refusing to open (recovery mode \
+         `quarantine` opens without the check and starts a new record)"
+    )]
+    GapsMissing {
+        /// The missing file.
+        file: PathBuf,
+        /// A segment of format version 2 or later.
+        segment: PathBuf,
+    },
+    /// Recording accepted losses in `lsn-gaps` failed.
+    #[error("cannot record accepted LSN gaps in {file}: {source}")]
+    StoreGaps {
+        /// The file of the failed operation.
+        file: PathBuf,
+        /// The I/O error.
+        source: io::Error,
+    },
     /// Segments overlap in LSN (a segment starts before the previous one ends).
     #[error("{file} starts at LSN {base_lsn} but the previous segment ends at LSN {expected}")]
     LsnOverlap {
@@ -161,7 +278,8 @@ pub enum AppendError {
     },
     /// A write, sync or segment creation failed. The log is now poisoned: every later append
     /// fails with [`AppendError::Poisoned`]; reopen it to recover (after an `fdatasync` error
-    /// the page cache cannot be trusted).
+    /// the page cache cannot be trusted). Running out of space while preallocating a new
+    /// segment is [`AppendError::NoSpace`] instead, which does not poison.
     #[error("{op} failed on {file} at offset {offset}: {source}")]
     Io {
         /// The operation (`write`, `fdatasync`, `create segment`...).
@@ -172,6 +290,20 @@ pub enum AppendError {
         offset: u64,
         /// The I/O error.
         source: io::Error,
+    },
+    /// No space for a new segment: preallocating it (`fallocate` or zero-fill) failed with
+    /// `ENOSPC` (or `EDQUOT`). Nothing of the batch was written and it never will be: the
+    /// batches waiting for that segment fail with this error, their LSNs are given to later
+    /// batches. The log is **not** poisoned: appends resume once space is freed.
+    #[error(
+        "no space left for a new log segment in {dir}: it needs {bytes_needed} bytes; the \
+         batch was not written (appends resume once space is freed)"
+    )]
+    NoSpace {
+        /// The log directory.
+        dir: PathBuf,
+        /// Size of the segment that could not be preallocated.
+        bytes_needed: u64,
     },
     /// An earlier I/O failure poisoned the log; this batch is not durable.
     #[error("log poisoned by an earlier {op} failure on {file} at offset {offset} ({kind})")]
@@ -239,6 +371,25 @@ pub enum CompactError {
         /// The I/O error.
         source: io::Error,
     },
+    /// Recording a segment's LSN range in `lsn-gaps` before removing it failed (the segment
+    /// was kept).
+    #[error("recording the removal of {segment} in {file}: {source}")]
+    RecordGap {
+        /// The segment that was to be removed.
+        segment: PathBuf,
+        /// The file of the failed operation.
+        file: PathBuf,
+        /// The I/O error.
+        source: io::Error,
+    },
+    /// Syncing the log directory after removing segments failed.
+    #[error("fsync of log directory {dir} after removing segments: {source}")]
+    SyncDir {
+        /// The directory.
+        dir: PathBuf,
+        /// The I/O error.
+        source: io::Error,
+    },
 }
 
 /// Errors of [`crate::Log::scrub`]. After any of them the scrub's guarantee does not hold:
@@ -252,11 +403,30 @@ pub enum ScrubError {
     /// Reading a segment to copy its live records failed.
     #[error(transparent)]
     Read(#[from] ReadError),
-    /// Unlinking a segment or spare, or syncing the directory, failed.
+    /// Unlinking a segment or spare failed.
     #[error("scrub: removing {file}: {source}")]
     Remove {
-        /// The file (or the directory, for its sync).
+        /// The file.
         file: PathBuf,
+        /// The I/O error.
+        source: io::Error,
+    },
+    /// Recording a segment's LSN range in `lsn-gaps` before unlinking it failed (the segment
+    /// was kept).
+    #[error("scrub: recording the removal of {segment} in {file}: {source}")]
+    RecordGap {
+        /// The segment that was to be removed.
+        segment: PathBuf,
+        /// The file of the failed operation.
+        file: PathBuf,
+        /// The I/O error.
+        source: io::Error,
+    },
+    /// Syncing the log directory after unlinking files failed.
+    #[error("scrub: fsync of log directory {dir}: {source}")]
+    SyncDir {
+        /// The directory.
+        dir: PathBuf,
         /// The I/O error.
         source: io::Error,
     },

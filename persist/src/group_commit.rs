@@ -23,7 +23,14 @@
 //!   dropped) leads that flush itself.
 //! - An I/O error poisons the log: the failing leader gets [`AppendError::Io`], every other
 //!   waiter and later caller [`AppendError::Poisoned`]; reopen to recover.
+//! - No space to preallocate a new segment (`ENOSPC` before anything of it was written) does
+//!   not poison: the chunk that needed the segment and every chunk queued after it are
+//!   dropped unwritten, their appenders fail with [`AppendError::NoSpace`], `next_lsn` goes
+//!   back to the first dropped LSN (never written nor acknowledged, so nothing is reused) and
+//!   later appends proceed (into the active segment while they fit, then retrying the new
+//!   segment).
 
+use std::cell::Cell;
 use std::future::poll_fn;
 use std::rc::Rc;
 use std::task::Poll;
@@ -106,7 +113,7 @@ impl<IO: LogIo> Log<IO> {
             })
             .await?;
         // Index updates travel with the chunk and are applied when it is acknowledged.
-        {
+        let dropped = {
             let mut st = self.inner.state.borrow_mut();
             let chunk = chunk_holding(&mut st, range.first);
             for (i, r) in batch.records.iter().enumerate() {
@@ -121,8 +128,10 @@ impl<IO: LogIo> Log<IO> {
                     expires_at_ms: r.expires_at_ms,
                 });
             }
-        }
-        self.wait_acked(range.end, false).await?;
+            Rc::clone(&chunk.dropped)
+        };
+        self.wait_acked_for(range.end, false, Some(&dropped))
+            .await?;
         Ok(range)
     }
 
@@ -173,7 +182,7 @@ impl<IO: LogIo> Log<IO> {
         let mut st = self.inner.state.borrow_mut();
         let first = st.next_lsn;
         let end = first + count as u64;
-        let fits = st.tail_pos + bytes as u64 <= seg_bytes;
+        let fits = st.tail_pos + bytes as u64 <= st.tail_cap;
         let reuse_tail = fits && st.pending.back().is_some();
         // What this batch may claim is durable in its target segment (a lower bound).
         let future_segment = !fits
@@ -188,17 +197,24 @@ impl<IO: LogIo> Log<IO> {
             st.active().synced_end
         };
         if !reuse_tail {
-            let (roll, pos) = if fits {
-                (false, st.tail_pos)
+            let (roll, pos, cap) = if fits {
+                (false, st.tail_pos, st.tail_cap)
             } else {
-                (true, SEGMENT_HEADER_BYTES as u64)
+                let cap = st.take_cap(bytes, seg_bytes);
+                (true, SEGMENT_HEADER_BYTES as u64, cap)
             };
+            debug_assert!(
+                pos + bytes as u64 <= cap,
+                "a batch fits in its chunk's segment"
+            );
             let mut buf = st.free_bufs.pop().unwrap_or_default();
             debug_assert!(buf.is_empty());
             buf.reserve(bytes);
             st.pending.push_back(Chunk {
                 roll,
                 pos,
+                cap,
+                dropped: Rc::new(Cell::new(false)),
                 first_lsn: first,
                 end_lsn: first,
                 buf: Rc::new(buf),
@@ -207,6 +223,7 @@ impl<IO: LogIo> Log<IO> {
                 data_len: 0,
             });
             st.tail_pos = pos;
+            st.tail_cap = cap;
         }
         let tail_pos = st.tail_pos;
         let chunk = st
@@ -259,9 +276,25 @@ impl<IO: LogIo> Log<IO> {
         end_lsn: u64,
         force_sync: bool,
     ) -> Result<(), AppendError> {
+        self.wait_acked_for(end_lsn, force_sync, None).await
+    }
+
+    /// [`Log::wait_acked`] for a batch whose chunk carries `dropped`: fails with
+    /// [`AppendError::NoSpace`] once the chunk was dropped unwritten (its LSNs may then be
+    /// acknowledged for other batches).
+    pub(crate) async fn wait_acked_for(
+        &self,
+        end_lsn: u64,
+        force_sync: bool,
+        dropped: Option<&Cell<bool>>,
+    ) -> Result<(), AppendError> {
         loop {
             let turn = poll_fn(|cx| {
                 let mut st = self.inner.state.borrow_mut();
+                if dropped.is_some_and(Cell::get) || end_lsn > st.next_lsn {
+                    // Dropped unwritten (for lack of space), or LSNs waited for were.
+                    return Poll::Ready(Err(no_space(&st, &self.inner.config.dir)));
+                }
                 let done = st.acked_lsn >= end_lsn && (!force_sync || st.synced_lsn >= end_lsn);
                 if done {
                     return Poll::Ready(Ok(Turn::Done));
@@ -281,6 +314,9 @@ impl<IO: LogIo> Log<IO> {
                 Turn::Done => return Ok(()),
                 Turn::Lead => {
                     let _leadership = Leadership(self);
+                    if dropped.is_some_and(Cell::get) {
+                        return Err(no_space(&self.inner.state.borrow(), &self.inner.config.dir));
+                    }
                     self.lead(end_lsn, force_sync).await?;
                 }
             }
@@ -290,9 +326,16 @@ impl<IO: LogIo> Log<IO> {
     /// Flushes chunks until `end_lsn` is acknowledged (and synced if `force_sync`).
     async fn lead(&self, end_lsn: u64, force_sync: bool) -> Result<(), AppendError> {
         loop {
-            let acked = self.inner.state.borrow().acked_lsn;
+            let (acked, next) = {
+                let st = self.inner.state.borrow();
+                (st.acked_lsn, st.next_lsn)
+            };
             if acked >= end_lsn {
                 break;
+            }
+            if end_lsn > next {
+                // Chunks were dropped unwritten (no space) since the caller queued.
+                return Err(no_space(&self.inner.state.borrow(), &self.inner.config.dir));
             }
             self.flush_one().await?;
         }
@@ -324,7 +367,7 @@ impl<IO: LogIo> Log<IO> {
     /// Takes the in-flight chunk (left by a dropped leader) or the oldest pending one, writes
     /// it, syncs per policy and acknowledges it.
     async fn flush_one(&self) -> Result<(), AppendError> {
-        let (roll, pos, first_lsn, buf) = {
+        let (roll, pos, cap, first_lsn, buf) = {
             let mut st = self.inner.state.borrow_mut();
             if st.inflight.is_none() {
                 let mut chunk = st
@@ -336,22 +379,45 @@ impl<IO: LogIo> Log<IO> {
                 chunk.data_len = buf.len() as u64;
                 // End marker: a zero batch length right after the data, so a scan stops here
                 // even over stale bytes of a recycled segment (the next write overwrites it).
-                if chunk.pos + chunk.data_len + END_MARKER_BYTES <= self.inner.config.segment_bytes
-                {
+                if chunk.pos + chunk.data_len + END_MARKER_BYTES <= chunk.cap {
                     buf.extend_from_slice(&[0u8; END_MARKER_BYTES as usize]);
                 }
                 st.inflight = Some(chunk);
             }
             let c = st.inflight.as_ref().expect("invariant: set just above");
-            (c.roll, c.pos, c.first_lsn, Rc::clone(&c.buf))
+            (c.roll, c.pos, c.cap, c.first_lsn, Rc::clone(&c.buf))
         };
-        if roll && self.inner.state.borrow().active().base_lsn != first_lsn {
-            self.roll_to(first_lsn).await?;
+        if roll {
+            let (active_base, active_cap) = {
+                let st = self.inner.state.borrow();
+                (st.active().base_lsn, st.active().capacity)
+            };
+            let rolled = if active_base != first_lsn {
+                self.roll_to(first_lsn, cap).await
+            } else if active_cap < cap {
+                // The active segment is empty (created by `roll`/`scrub` or at open, at this
+                // base) and smaller than this chunk needs: replace it with a bigger one.
+                self.create_segment(first_lsn, cap)
+                    .await
+                    .map_err(|e| self.poison_io(e))
+            } else {
+                Ok(())
+            };
+            if let Err(e) = rolled {
+                if matches!(e, AppendError::NoSpace { .. }) {
+                    self.drop_unwritten(cap);
+                }
+                return Err(e);
+            }
         }
         let (file, path, write_through) = {
             let st = self.inner.state.borrow();
             let a = st.active();
             debug_assert_eq!(a.end_lsn, first_lsn, "a chunk continues its segment");
+            assert!(
+                pos + buf.len() as u64 <= a.capacity,
+                "invariant: a chunk fits in its segment"
+            );
             (Rc::clone(&a.file), a.path.clone(), a.write_through)
         };
         if let Err(source) = file.write_all_at(buf, pos).await {
@@ -414,9 +480,59 @@ impl<IO: LogIo> Log<IO> {
         Ok(())
     }
 
+    /// Drops the in-flight chunk (whose new segment could not be preallocated) and every
+    /// pending chunk unwritten: marks them so their appenders fail with
+    /// [`AppendError::NoSpace`], gives their LSNs back, and points the queue at the active
+    /// segment again. The next new segment retries the size `cap`.
+    fn drop_unwritten(&self, cap: u64) {
+        let mut st = self.inner.state.borrow_mut();
+        let inflight = st.inflight.take();
+        let dropped: Vec<Chunk> = inflight.into_iter().chain(st.pending.drain(..)).collect();
+        for c in &dropped {
+            c.dropped.set(true);
+        }
+        let first = dropped.first().map_or(st.next_lsn, |c| c.first_lsn);
+        debug_assert_eq!(
+            first, st.acked_lsn,
+            "the in-flight chunk is the oldest unacked"
+        );
+        tracing::warn!(
+            first_lsn = first,
+            end_lsn = st.next_lsn,
+            chunks = dropped.len(),
+            "dropped unwritten batches: no space for a new segment"
+        );
+        st.next_lsn = first;
+        st.pending_bytes = 0;
+        st.tail_pos = st.active().data_end;
+        st.tail_cap = st.active().capacity;
+        st.next_cap = st.next_cap.min(cap);
+        st.wake_all();
+    }
+
+    /// The [`AppendError::NoSpace`] of batches dropped unwritten.
+    pub(crate) fn no_space_error(&self) -> AppendError {
+        no_space(&self.inner.state.borrow(), &self.inner.config.dir)
+    }
+
+    /// Poisons the log for an [`AppendError::Io`]; other errors pass through.
+    fn poison_io(&self, e: AppendError) -> AppendError {
+        if let AppendError::Io {
+            op,
+            file,
+            offset,
+            source,
+        } = e
+        {
+            return self.poison(op, file, offset, source);
+        }
+        e
+    }
+
     /// Seals the active segment (fdatasync, whatever the policy, so that damage in a sealed
-    /// segment is never a torn tail) and creates the next one at `base_lsn`.
-    async fn roll_to(&self, base_lsn: u64) -> Result<(), AppendError> {
+    /// segment is never a torn tail) and creates the next one at `base_lsn`, of `cap` bytes.
+    /// Running out of space for it ([`AppendError::NoSpace`]) does not poison the log.
+    async fn roll_to(&self, base_lsn: u64, cap: u64) -> Result<(), AppendError> {
         let (file, path, offset) = {
             let st = self.inner.state.borrow();
             let a = st.active();
@@ -430,19 +546,9 @@ impl<IO: LogIo> Log<IO> {
             st.synced_lsn = st.acked_lsn;
             st.active_mut().synced_end = offset;
         }
-        if let Err(e) = self.create_segment(base_lsn).await {
-            if let AppendError::Io {
-                op,
-                file,
-                offset,
-                source,
-            } = e
-            {
-                return Err(self.poison(op, file, offset, source));
-            }
-            return Err(e);
-        }
-        Ok(())
+        self.create_segment(base_lsn, cap)
+            .await
+            .map_err(|e| self.poison_io(e))
     }
 
     /// Seals the active segment and starts a new one: flushes everything queued, `fdatasync`s
@@ -516,12 +622,27 @@ impl<IO: LogIo> Log<IO> {
             return Ok(zeroed);
         }
         // Any batch queued from now on cannot fit: it starts a chunk for the new segment,
-        // whose base is `base` (see `enqueue`).
-        self.inner.state.borrow_mut().tail_pos = self.inner.config.segment_bytes;
-        self.roll_to(base).await?;
+        // whose base is `base` (see `enqueue`; `flush_one` replaces the new segment if it is
+        // smaller than that chunk needs).
+        let cap = {
+            let mut st = self.inner.state.borrow_mut();
+            st.tail_pos = st.tail_cap;
+            st.take_cap(0, self.inner.config.segment_bytes)
+        };
+        let rolled = self.roll_to(base, cap).await;
         let mut st = self.inner.state.borrow_mut();
+        if let Err(e) = rolled {
+            if st.pending.is_empty() && st.active().base_lsn != base {
+                // Nothing was queued for the new segment: continue in the active one.
+                st.tail_pos = st.active().data_end;
+                st.tail_cap = st.active().capacity;
+                st.next_cap = st.next_cap.min(cap);
+            }
+            return Err(e);
+        }
         if st.pending.is_empty() {
             st.tail_pos = SEGMENT_HEADER_BYTES as u64;
+            st.tail_cap = st.active().capacity;
         }
         debug_assert_eq!(st.active().base_lsn, base);
         Ok(0)
@@ -550,6 +671,15 @@ impl<IO: LogIo> Log<IO> {
             source,
         }
     }
+}
+
+/// The error of a batch dropped unwritten for lack of space.
+fn no_space<F>(st: &State<F>, dir: &std::path::Path) -> AppendError {
+    let (dir, bytes_needed) = st
+        .no_space
+        .clone()
+        .unwrap_or_else(|| (dir.to_path_buf(), 0));
+    AppendError::NoSpace { dir, bytes_needed }
 }
 
 fn poisoned(p: &Poison) -> AppendError {

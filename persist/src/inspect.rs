@@ -283,7 +283,7 @@ fn inspect_bytes(path: &Path, bytes: &[u8], out: &mut SegmentInspection) {
         }
         Err(e) => {
             let why = match e {
-                HeaderError::Blank => "blank (creation never completed)",
+                HeaderError::Blank => "no header (emptied or truncated after creation)",
                 HeaderError::BadMagic(_) => "not a Quark log segment (magic)",
                 HeaderError::NewerVersion(_) => "newer format version",
                 HeaderError::Checksum => "header checksum mismatch",

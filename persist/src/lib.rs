@@ -17,6 +17,7 @@
 mod compaction;
 mod config;
 mod error;
+mod gaps;
 mod group_commit;
 mod index;
 mod inspect;
@@ -33,6 +34,7 @@ pub mod sim;
 pub use compaction::{CompactionPolicy, CompactionReport};
 pub use config::{FsyncPolicy, LogConfig, Preallocate, RecoveryMode};
 pub use error::{AppendError, CompactError, OpenError, ReadError, RecoverError, ScrubError};
+pub use gaps::GAPS_FILE;
 pub use inspect::{
     inspect_dir, inspect_segment, Damage, DamageKind, DirInspection, InspectError, InspectedRecord,
     SegmentInspection,
@@ -42,7 +44,7 @@ pub use lock::{DirLock, LockError, LockHolder, LockMode, LOCK_FILE};
 pub use log::{Log, LogStats, LsnRange};
 pub use read::Scanner;
 pub use record::{Batch, Invalid, NewRecord, Record, RecordKind, FLAG_FORWARDED};
-pub use recovery::{QuarantinedSegment, RecoveryReport, TruncatedTail};
+pub use recovery::{MissingRange, QuarantinedSegment, RecoveryReport, ShortSegment, TruncatedTail};
 pub use scrub::ScrubReport;
 pub use segment::{
     SegmentHeader, FORMAT_VERSION, QUARANTINE_DIR, SEGMENT_HEADER_BYTES, SEGMENT_MAGIC,

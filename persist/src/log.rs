@@ -1,6 +1,6 @@
 //! The log handle and its shard-local state: segments, key index, group-commit queues.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, VecDeque};
 use std::io;
 use std::path::PathBuf;
@@ -9,6 +9,7 @@ use std::task::Waker;
 
 use crate::config::{LogConfig, Preallocate};
 use crate::error::{AppendError, OpenError};
+use crate::gaps::Gaps;
 use crate::index::{Dead, KeyIndex, SegmentStats};
 use crate::io::{LogFile, LogIo};
 use crate::record::{RecordKind, BATCH_HEADER_BYTES, RECORD_HEADER_BYTES};
@@ -51,7 +52,7 @@ impl LsnRange {
 pub struct LogStats {
     /// Segment files in the log directory.
     pub segment_count: usize,
-    /// Bytes the segment files and spares occupy ((segments + spares) × `segment_bytes`).
+    /// Bytes the segment files and spares occupy (the sum of their preallocated sizes).
     pub disk_bytes: u64,
     /// Next LSN to be assigned.
     pub next_lsn: u64,
@@ -77,6 +78,9 @@ pub(crate) struct Segment<F> {
     pub base_lsn: u64,
     pub path: PathBuf,
     pub file: Rc<F>,
+    /// Size the file was preallocated to (its header's `segment_bytes`): batches end at or
+    /// before it.
+    pub capacity: u64,
     /// One past the last LSN written to this segment.
     pub end_lsn: u64,
     /// Offset just after the last written batch.
@@ -122,6 +126,12 @@ pub(crate) struct Chunk {
     /// Starts a new segment whose base LSN is `first_lsn`.
     pub roll: bool,
     pub pos: u64,
+    /// Capacity of the segment the chunk goes to, at least (a new segment for a roll chunk
+    /// is created at least this big): `pos` + bytes stay within it.
+    pub cap: u64,
+    /// Set when the chunk was dropped unwritten (no space for its new segment): its
+    /// appenders fail with [`AppendError::NoSpace`]; its LSNs go to later batches.
+    pub dropped: Rc<Cell<bool>>,
     pub first_lsn: u64,
     pub end_lsn: u64,
     pub buf: Rc<Vec<u8>>,
@@ -155,6 +165,16 @@ pub(crate) struct State<F> {
     pub pending_bytes: usize,
     /// Offset after the last assigned byte in the segment the newest chunk targets.
     pub tail_pos: u64,
+    /// Capacity of the segment the newest chunk targets (the active one when none is queued).
+    pub tail_cap: u64,
+    /// Size the next new segment gets at least (doubles per new segment up to
+    /// `segment_bytes`).
+    pub next_cap: u64,
+    /// What the last [`AppendError::NoSpace`] was about (directory, bytes needed), for the
+    /// appenders whose chunks were dropped with it.
+    pub no_space: Option<(PathBuf, u64)>,
+    /// LSN ranges absent on purpose (`lsn-gaps`, see `gaps.rs`), as last stored.
+    pub gaps: Gaps,
     /// The chunk a flusher took and has not completed (kept when a flusher is dropped).
     pub inflight: Option<Chunk>,
     /// A leader is flushing.
@@ -200,6 +220,15 @@ impl<F> State<F> {
             .values()
             .next_back()
             .expect("invariant: an open log always has an active segment")
+    }
+
+    /// Capacity for a new segment that starts with a batch of `batch_bytes` encoded bytes: at
+    /// least `next_cap`, at least big enough for the batch, at most `max`; advances `next_cap`.
+    pub(crate) fn take_cap(&mut self, batch_bytes: usize, max: u64) -> u64 {
+        let need = (SEGMENT_HEADER_BYTES + batch_bytes + 8).next_multiple_of(4096) as u64;
+        let cap = self.next_cap.max(need).min(max);
+        self.next_cap = cap.saturating_mul(2).min(max);
+        cap
     }
 
     pub(crate) fn active_mut(&mut self) -> &mut Segment<F> {
@@ -352,6 +381,12 @@ impl<IO: LogIo> Log<IO> {
                 expected: "at most 4 GiB - 1",
             });
         }
+        if config.segment_bytes_initial < 4096 || config.segment_bytes_initial & 4095 != 0 {
+            return Err(OpenError::InvalidConfig {
+                field: "segment_bytes_initial",
+                expected: "a multiple of 4096, at least 4096",
+            });
+        }
         if config.pending_bytes_max == 0 {
             return Err(OpenError::InvalidConfig {
                 field: "pending_bytes_max",
@@ -367,6 +402,17 @@ impl<IO: LogIo> Log<IO> {
         let lock = crate::lock::DirLock::exclusive(&config.dir)?;
         let recovered = recover(&io, &config).await?;
         let now = io.now_ms();
+        let max = config.segment_bytes;
+        // Sizes keep doubling from the last segment's (a restarted node does not start over).
+        let next_cap = recovered
+            .segments
+            .values()
+            .next_back()
+            .map_or(config.segment_bytes_initial, |s| {
+                s.capacity.saturating_mul(2)
+            })
+            .max(config.segment_bytes_initial)
+            .min(max);
         let state = State {
             segments: recovered.segments,
             index: recovered.index,
@@ -377,6 +423,10 @@ impl<IO: LogIo> Log<IO> {
             pending: VecDeque::new(),
             pending_bytes: 0,
             tail_pos: 0,
+            tail_cap: 0,
+            next_cap,
+            no_space: None,
+            gaps: recovered.gaps,
             inflight: None,
             flushing: false,
             poisoned: None,
@@ -405,8 +455,13 @@ impl<IO: LogIo> Log<IO> {
                 .is_none_or(|s| s.end_lsn != st.next_lsn)
         };
         if need_new {
-            let base = log.inner.state.borrow().next_lsn;
-            log.create_segment(base).await.map_err(OpenError::Create)?;
+            let (base, cap) = {
+                let mut st = log.inner.state.borrow_mut();
+                (st.next_lsn, st.take_cap(0, max))
+            };
+            log.create_segment(base, cap)
+                .await
+                .map_err(OpenError::Create)?;
         }
         if log.wants_write_through() && !log.inner.state.borrow().active().write_through {
             let path = log.inner.state.borrow().active().path.clone();
@@ -431,6 +486,7 @@ impl<IO: LogIo> Log<IO> {
         {
             let mut st = log.inner.state.borrow_mut();
             st.tail_pos = st.active().data_end;
+            st.tail_cap = st.active().capacity;
         }
         Ok((log, recovered.report))
     }
@@ -457,15 +513,22 @@ impl<IO: LogIo> Log<IO> {
         self.inner.config.write_through && self.inner.config.fsync == crate::FsyncPolicy::Always
     }
 
-    /// Creates, preallocates and installs a new active segment starting at `base_lsn`.
-    /// Crash-safe: the file is prepared under a temporary name, synced, then renamed and the
-    /// directory synced. Idempotent if a previous attempt was interrupted.
-    pub(crate) async fn create_segment(&self, base_lsn: u64) -> Result<(), AppendError> {
+    /// Creates, preallocates and installs a new active segment starting at `base_lsn`, of
+    /// `cap` bytes (a reused spare has `segment_bytes`, never less). Crash-safe: the file is
+    /// prepared under a temporary name, synced, then renamed (replacing an empty active
+    /// segment of the same base that is too small) and the directory synced. Idempotent if a
+    /// previous attempt was interrupted.
+    ///
+    /// `ENOSPC`/`EDQUOT` while preallocating (before anything of the segment counts) removes
+    /// the temporary file and returns [`AppendError::NoSpace`]; other errors are
+    /// [`AppendError::Io`].
+    pub(crate) async fn create_segment(&self, base_lsn: u64, cap: u64) -> Result<(), AppendError> {
         let inner = &self.inner;
         let dir = &inner.config.dir;
         let tmp = segment_tmp_path(dir, base_lsn);
         let path = segment_path(dir, base_lsn);
-        let seg_bytes = inner.config.segment_bytes;
+        let no_space =
+            |e: &io::Error| matches!(e.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT));
         let io_err = |op: &'static str, file: &PathBuf, offset: u64| {
             let file = file.clone();
             move |source| AppendError::Io {
@@ -477,6 +540,11 @@ impl<IO: LogIo> Log<IO> {
         };
         let spare = inner.state.borrow_mut().spares.pop();
         let recycled = spare.is_some();
+        let seg_bytes = if recycled {
+            inner.config.segment_bytes.max(cap)
+        } else {
+            cap
+        };
         if let Some(spare) = spare {
             // A spare's blocks are written already; its stale batches carry older LSNs and sit
             // behind the end marker written with the header, so recovery never takes them.
@@ -495,9 +563,12 @@ impl<IO: LogIo> Log<IO> {
             file.set_len(0)
                 .await
                 .map_err(io_err("truncate segment", &tmp, 0))?;
-            file.allocate(seg_bytes)
-                .await
-                .map_err(io_err("fallocate segment", &tmp, 0))?;
+            if let Err(e) = file.allocate(seg_bytes).await {
+                if no_space(&e) {
+                    return Err(self.no_space_cleanup(file, &tmp, seg_bytes, e).await);
+                }
+                return Err(io_err("fallocate segment", &tmp, 0)(e));
+            }
         }
         if !recycled && inner.config.preallocate == Preallocate::ZeroFill {
             let zeros = Rc::new(vec![0u8; ZERO_CHUNK_BYTES]);
@@ -509,11 +580,12 @@ impl<IO: LogIo> Log<IO> {
                 } else {
                     Rc::new(vec![0u8; n])
                 };
-                file.write_all_at(buf, pos).await.map_err(io_err(
-                    "zero-fill segment",
-                    &tmp,
-                    pos,
-                ))?;
+                if let Err(e) = file.write_all_at(buf, pos).await {
+                    if no_space(&e) {
+                        return Err(self.no_space_cleanup(file, &tmp, seg_bytes, e).await);
+                    }
+                    return Err(io_err("zero-fill segment", &tmp, pos)(e));
+                }
                 pos += n as u64;
             }
         }
@@ -567,6 +639,7 @@ impl<IO: LogIo> Log<IO> {
                 base_lsn,
                 path,
                 file: Rc::new(file),
+                capacity: seg_bytes,
                 end_lsn: base_lsn,
                 data_end: SEGMENT_HEADER_BYTES as u64,
                 synced_end: SEGMENT_HEADER_BYTES as u64,
@@ -576,6 +649,53 @@ impl<IO: LogIo> Log<IO> {
                 tail_clean: !recycled,
             },
         );
+        Ok(())
+    }
+
+    /// Removes the temporary file of a segment whose preallocation ran out of space (so the
+    /// partial allocation is freed) and builds the [`AppendError::NoSpace`].
+    async fn no_space_cleanup(
+        &self,
+        file: IO::File,
+        tmp: &std::path::Path,
+        seg_bytes: u64,
+        source: io::Error,
+    ) -> AppendError {
+        drop(file);
+        let dir = self.inner.config.dir.clone();
+        tracing::warn!(
+            dir = %dir.display(), bytes_needed = seg_bytes, error = %source,
+            "no space for a new log segment; appends fail until space is freed"
+        );
+        if let Err(e) = self.inner.io.remove(tmp).await {
+            tracing::warn!(file = %tmp.display(), error = %e, "cannot remove partial segment");
+        }
+        self.inner.state.borrow_mut().no_space = Some((dir.clone(), seg_bytes));
+        AppendError::NoSpace {
+            dir,
+            bytes_needed: seg_bytes,
+        }
+    }
+
+    /// Records `[first, end)` (a sealed segment about to be removed) as absent on purpose in
+    /// `lsn-gaps`, durably, before the caller unlinks it. Returns the file of a failed
+    /// operation.
+    pub(crate) async fn record_removal(
+        &self,
+        first: u64,
+        end: u64,
+    ) -> Result<(), (PathBuf, io::Error)> {
+        let gaps = {
+            let st = self.inner.state.borrow();
+            let mut g = st.gaps.clone();
+            g.add(first, end);
+            if let Some(&b) = st.segments.keys().find(|&&b| b != first) {
+                g.prune_below(b);
+            }
+            g
+        };
+        crate::gaps::store(&self.inner.io, &self.inner.config.dir, &gaps).await?;
+        self.inner.state.borrow_mut().gaps = gaps;
         Ok(())
     }
 
@@ -628,8 +748,8 @@ impl<IO: LogIo> Log<IO> {
         let st = self.inner.state.borrow();
         LogStats {
             segment_count: st.segments.len(),
-            disk_bytes: (st.segments.len() + st.spares.len()) as u64
-                * self.inner.config.segment_bytes,
+            disk_bytes: st.segments.values().map(|s| s.capacity).sum::<u64>()
+                + st.spares.len() as u64 * self.inner.config.segment_bytes,
             next_lsn: st.next_lsn,
             acked_lsn: st.acked_lsn,
             synced_lsn: st.synced_lsn,

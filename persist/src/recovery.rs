@@ -12,13 +12,15 @@ use std::rc::Rc;
 
 use crate::config::{LogConfig, RecoveryMode};
 use crate::error::RecoverError;
+use crate::gaps::{self, gaps_path, Gaps, LoadError};
 use crate::index::{KeyIndex, SegmentStats};
 use crate::io::{LogFile, LogIo};
 use crate::log::{account, AccountRecord, Segment};
-use crate::record::{floor_of, record_bytes, Invalid};
+use crate::record::{floor_of, record_bytes, DecodedBatch, Invalid, RECORD_HEADER_BYTES};
 use crate::segment::{
-    decode_header, find_valid_after, parse_segment_name, scan_batches, HeaderError, FORMAT_VERSION,
-    QUARANTINE_DIR, SEGMENT_HEADER_BYTES, SEGMENT_MAGIC, SPARE_SUFFIX, TMP_SUFFIX,
+    decode_header, find_valid_after, parse_segment_name, scan_batches, HeaderError, SegmentHeader,
+    FORMAT_VERSION, GAPS_FORMAT_VERSION, QUARANTINE_DIR, SEGMENT_HEADER_BYTES, SEGMENT_MAGIC,
+    SPARE_SUFFIX, TMP_SUFFIX,
 };
 
 /// A torn tail that recovery removed.
@@ -48,6 +50,36 @@ pub struct QuarantinedSegment {
     pub lost_lsns: (u64, u64),
 }
 
+/// A segment file found shorter than it was created (or without its header) and accepted
+/// under [`crate::LogConfig::accept_short_segments`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ShortSegment {
+    /// The segment file.
+    pub file: PathBuf,
+    /// Where it was moved (`quarantine/`) when it had no header; `None` when it was kept
+    /// (its verified records stay readable, the file is extended back to its size).
+    pub moved_to: Option<PathBuf>,
+    /// Size in its header (`None`: no header).
+    pub expected_bytes: Option<u64>,
+    /// Size found.
+    pub actual_bytes: u64,
+    /// LSNs `[first, end)` lost with the missing bytes (an upper bound: as many records as the
+    /// lost bytes could hold, or up to the next segment); never reused.
+    pub lost_lsns: (u64, u64),
+}
+
+/// A hole in the LSN sequence that no removal recorded, accepted under
+/// [`RecoveryMode::Quarantine`] (a sealed segment was lost or shortened at a batch boundary).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MissingRange {
+    /// LSNs `[first, end)` that no segment holds.
+    pub lsns: (u64, u64),
+    /// The segment before the hole (`None`: the hole is before the first segment).
+    pub before: Option<PathBuf>,
+    /// The segment after the hole.
+    pub file: PathBuf,
+}
+
 /// What recovery found and did.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct RecoveryReport {
@@ -63,6 +95,10 @@ pub struct RecoveryReport {
     pub truncated: Vec<TruncatedTail>,
     /// Segments quarantined.
     pub quarantined: Vec<QuarantinedSegment>,
+    /// Short or header-less segments accepted ([`crate::LogConfig::accept_short_segments`]).
+    pub short_segments: Vec<ShortSegment>,
+    /// Unrecorded holes in the LSN sequence accepted ([`RecoveryMode::Quarantine`]).
+    pub missing: Vec<MissingRange>,
     /// Leftover files of interrupted segment creation that were removed.
     pub removed_incomplete: Vec<PathBuf>,
     /// Spare segment files found (kept for reuse).
@@ -73,6 +109,7 @@ pub(crate) struct Recovered<F> {
     pub segments: BTreeMap<u64, Segment<F>>,
     pub index: KeyIndex,
     pub next_lsn: u64,
+    pub gaps: Gaps,
     pub report: RecoveryReport,
 }
 
@@ -82,6 +119,11 @@ fn mode_name(mode: RecoveryMode) -> &'static str {
         RecoveryMode::TruncateTail => "truncate-tail",
         RecoveryMode::Quarantine => "quarantine",
     }
+}
+
+fn cannot_open(file: &Path) -> impl FnOnce(std::io::Error) -> RecoverError {
+    let file = file.to_path_buf();
+    move |source| RecoverError::CannotOpen { file, source }
 }
 
 fn unreadable(file: &Path, offset: u64) -> impl FnOnce(std::io::Error) -> RecoverError {
@@ -102,6 +144,41 @@ fn repair(file: &Path, offset: u64) -> impl FnOnce(std::io::Error) -> RecoverErr
     }
 }
 
+fn repair_dir(op: &'static str, dir: &Path) -> impl FnOnce(std::io::Error) -> RecoverError {
+    let dir = dir.to_path_buf();
+    move |source| RecoverError::RepairDir { op, dir, source }
+}
+
+/// Moves `path` into `<dir>/quarantine/` durably; returns where it went.
+async fn quarantine_file<IO: LogIo>(
+    io: &IO,
+    config: &LogConfig,
+    path: &Path,
+) -> Result<PathBuf, RecoverError> {
+    let qdir = config.dir.join(QUARANTINE_DIR);
+    io.create_dir_all(&qdir)
+        .await
+        .map_err(repair_dir("create", &qdir))?;
+    let name = path
+        .file_name()
+        .map(|n| n.to_os_string())
+        .unwrap_or_default();
+    let moved_to = qdir.join(name);
+    io.rename(path, &moved_to).await.map_err(repair(path, 0))?;
+    io.sync_dir(&qdir)
+        .await
+        .map_err(repair_dir("fsync", &qdir))?;
+    io.sync_dir(&config.dir)
+        .await
+        .map_err(repair_dir("fsync", &config.dir))?;
+    Ok(moved_to)
+}
+
+/// Most LSNs `bytes` bytes of batches can hold (every record takes at least a record header).
+fn lsns_in(bytes: u64) -> u64 {
+    bytes.div_ceil(RECORD_HEADER_BYTES as u64)
+}
+
 /// Scans the directory and every segment in LSN order.
 pub(crate) async fn recover<IO: LogIo>(
     io: &IO,
@@ -109,7 +186,13 @@ pub(crate) async fn recover<IO: LogIo>(
 ) -> Result<Recovered<IO::File>, RecoverError> {
     let dir = &config.dir;
     let mut report = RecoveryReport::default();
-    let entries = io.list_dir(dir).await.map_err(unreadable(dir, 0))?;
+    let entries = io
+        .list_dir(dir)
+        .await
+        .map_err(|source| RecoverError::ListDir {
+            dir: dir.clone(),
+            source,
+        })?;
     let mut paths: Vec<(u64, PathBuf)> = Vec::new();
     for path in entries {
         let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
@@ -123,7 +206,7 @@ pub(crate) async fn recover<IO: LogIo>(
             let len = io
                 .open(&path, false)
                 .await
-                .map_err(unreadable(&path, 0))?
+                .map_err(cannot_open(&path))?
                 .file_len()
                 .await
                 .map_err(unreadable(&path, 0))?;
@@ -139,14 +222,44 @@ pub(crate) async fn recover<IO: LogIo>(
         }
     }
     paths.sort();
+    let gaps_file = gaps_path(dir);
+    let loaded = match gaps::load(io, dir).await {
+        Ok(g) => g,
+        Err(LoadError::Open(source)) => {
+            return Err(RecoverError::CannotOpen {
+                file: gaps_file,
+                source,
+            })
+        }
+        Err(LoadError::Read(source)) => {
+            return Err(RecoverError::Unreadable {
+                file: gaps_file,
+                offset: 0,
+                source,
+            })
+        }
+        Err(LoadError::Bad(reason)) => {
+            return Err(RecoverError::BadGaps {
+                file: gaps_file,
+                reason,
+            })
+        }
+    };
+    // Without a record (a log written before format version 2), holes are not checked.
+    let mut gaps = loaded.clone().unwrap_or(Gaps {
+        tracked_from: u64::MAX,
+        ranges: Vec::new(),
+    });
     let mut segments = BTreeMap::new();
     let mut index = KeyIndex::default();
     let mut dead = Vec::new();
     let mut next_lsn: u64 = 1;
-    let last_index = paths.len().checked_sub(1);
-    for (i, (name_base, path)) in paths.into_iter().enumerate() {
-        let is_last = Some(i) == last_index;
-        let file = io.open(&path, false).await.map_err(unreadable(&path, 0))?;
+    let mut before: Option<PathBuf> = None;
+    for i in 0..paths.len() {
+        let (name_base, path) = paths[i].clone();
+        let next_base = paths.get(i + 1).map(|&(b, _)| b);
+        let is_last = next_base.is_none();
+        let file = io.open(&path, false).await.map_err(cannot_open(&path))?;
         let len = file.file_len().await.map_err(unreadable(&path, 0))?;
         let want = usize::try_from(len).map_err(|_| RecoverError::BadHeader {
             file: path.clone(),
@@ -168,11 +281,53 @@ pub(crate) async fn recover<IO: LogIo>(
         report.segments += 1;
         let header = match decode_header(&bytes) {
             Ok(h) => h,
-            Err(HeaderError::Blank) if is_last && bytes.iter().all(|&b| b == 0) => {
-                tracing::warn!(file = %path.display(), "removing blank last segment");
+            Err(HeaderError::Blank)
+                if bytes.len() < SEGMENT_HEADER_BYTES || bytes.iter().all(|&b| b == 0) =>
+            {
+                // Renamed into place only after its header was synced: this is lost data.
+                if !config.accept_short_segments {
+                    return Err(RecoverError::NoHeader {
+                        file: path,
+                        actual_bytes: len,
+                    });
+                }
+                if name_base < next_lsn {
+                    return Err(RecoverError::LsnOverlap {
+                        file: path,
+                        base_lsn: name_base,
+                        expected: next_lsn,
+                    });
+                }
+                check_hole(
+                    config,
+                    &mut gaps,
+                    &mut report,
+                    &before,
+                    &path,
+                    next_lsn,
+                    name_base,
+                )?;
+                // Its size is unknown: skip as many LSNs as the largest segment can hold.
+                let lost_end = next_base
+                    .unwrap_or_else(|| name_base.saturating_add(lsns_in(u32::MAX as u64)))
+                    .max(name_base);
                 drop(file);
-                io.remove(&path).await.map_err(repair(&path, 0))?;
-                report.removed_incomplete.push(path);
+                let moved_to = quarantine_file(io, config, &path).await?;
+                tracing::error!(
+                    file = %path.display(), moved_to = %moved_to.display(), bytes = len,
+                    lost_first = name_base, lost_end,
+                    "accepted a segment without header (accept_short_segments): its records are lost"
+                );
+                gaps.add(name_base, lost_end);
+                report.short_segments.push(ShortSegment {
+                    file: path.clone(),
+                    moved_to: Some(moved_to),
+                    expected_bytes: None,
+                    actual_bytes: len,
+                    lost_lsns: (name_base, lost_end),
+                });
+                next_lsn = next_lsn.max(lost_end);
+                before = Some(path);
                 continue;
             }
             Err(HeaderError::BadMagic(found)) => {
@@ -215,6 +370,61 @@ pub(crate) async fn recover<IO: LogIo>(
                 base_lsn: header.base_lsn,
                 expected: next_lsn,
             });
+        }
+        if loaded.is_none() && header.format_version >= GAPS_FORMAT_VERSION {
+            if config.recovery != RecoveryMode::Quarantine {
+                return Err(RecoverError::GapsMissing {
+                    file: gaps_file,
+                    segment: path,
+                });
+            }
+            tracing::error!(
+                file = %gaps_file.display(), segment = %path.display(),
+                "LSN gap record missing; opening without checking for lost segments (quarantine mode)"
+            );
+        }
+        check_hole(
+            config,
+            &mut gaps,
+            &mut report,
+            &before,
+            &path,
+            next_lsn,
+            header.base_lsn,
+        )?;
+        let capacity = header.segment_bytes;
+        if len < capacity {
+            if !config.accept_short_segments {
+                return Err(RecoverError::ShortSegment {
+                    file: path,
+                    expected_bytes: capacity,
+                    actual_bytes: len,
+                });
+            }
+            let kept = accept_short(
+                &file,
+                &path,
+                &header,
+                &bytes,
+                next_base,
+                &mut gaps,
+                &mut report,
+            )
+            .await?;
+            let lost_end = kept.lost_end;
+            // Every verified batch lies before the kept end (where the scan stopped).
+            let scan = scan_batches(&bytes, header.base_lsn);
+            let mut seg = kept.into_segment(path.clone(), file);
+            for (offset, batch) in &scan.batches {
+                seg.note_batch(batch.first_lsn, *offset);
+            }
+            segments.insert(seg.base_lsn, seg);
+            for (_, batch) in &scan.batches {
+                account_batch(&mut segments, &mut index, &mut dead, &mut report, batch);
+            }
+            next_lsn = lost_end;
+            before = Some(path);
+            continue;
         }
         let scan = scan_batches(&bytes, header.base_lsn);
         let scanned_end_lsn = scan.batches.last().map_or(header.base_lsn, |(_, b)| {
@@ -271,35 +481,27 @@ pub(crate) async fn recover<IO: LogIo>(
                     end_offset = offset;
                 }
                 (false, RecoveryMode::Quarantine) => {
-                    let qdir = config.dir.join(QUARANTINE_DIR);
-                    io.create_dir_all(&qdir).await.map_err(repair(&qdir, 0))?;
-                    let name = path
-                        .file_name()
-                        .map(|n| n.to_os_string())
-                        .unwrap_or_default();
-                    let moved_to = qdir.join(name);
                     drop(file);
-                    io.rename(&path, &moved_to)
-                        .await
-                        .map_err(repair(&path, offset))?;
-                    io.sync_dir(&config.dir)
-                        .await
-                        .map_err(repair(&config.dir, 0))?;
-                    let lost_end =
-                        later.map_or(scanned_end_lsn, |l| l.end_lsn.max(scanned_end_lsn));
+                    let moved_to = quarantine_file(io, config, &path).await?;
+                    // Everything up to the next segment was in this file.
+                    let lost_end = later
+                        .map_or(scanned_end_lsn, |l| l.end_lsn.max(scanned_end_lsn))
+                        .max(next_base.unwrap_or(0));
                     tracing::error!(
                         file = %path.display(), moved_to = %moved_to.display(), offset, %reason,
                         lost_first = header.base_lsn, lost_end,
                         "quarantined a damaged log segment"
                     );
+                    gaps.add(header.base_lsn, lost_end);
                     report.quarantined.push(QuarantinedSegment {
-                        file: path,
+                        file: path.clone(),
                         moved_to,
                         offset,
                         reason,
                         lost_lsns: (header.base_lsn, lost_end),
                     });
                     next_lsn = lost_end.max(next_lsn);
+                    before = Some(path);
                     continue;
                 }
             }
@@ -311,8 +513,9 @@ pub(crate) async fn recover<IO: LogIo>(
         }
         let mut seg = Segment {
             base_lsn: header.base_lsn,
-            path,
+            path: path.clone(),
             file: Rc::new(file),
+            capacity,
             end_lsn: scanned_end_lsn,
             data_end: end_offset,
             synced_end: end_offset,
@@ -330,22 +533,25 @@ pub(crate) async fn recover<IO: LogIo>(
         debug_assert!(seg.data_end >= SEGMENT_HEADER_BYTES as u64);
         segments.insert(base, seg);
         for (_, batch) in &scan.batches {
-            report.batches += 1;
-            for r in &batch.records {
-                report.records += 1;
-                let rec = AccountRecord {
-                    key: r.key,
-                    kind: r.kind,
-                    origin: r.origin_lsn,
-                    floor: floor_of(r.kind, r.origin_lsn, r.payload),
-                    lsn: r.lsn,
-                    bytes: record_bytes(r.key.len(), r.payload.len()),
-                    expires_at_ms: r.expires_at_ms,
-                };
-                account(&mut segments, &mut index, &rec, &mut dead);
-            }
+            account_batch(&mut segments, &mut index, &mut dead, &mut report, batch);
         }
         next_lsn = scanned_end_lsn;
+        before = Some(path);
+    }
+    // A log without a record starts one: holes from here on are checked.
+    if loaded.is_none() {
+        gaps = Gaps {
+            tracked_from: next_lsn,
+            ranges: Vec::new(),
+        };
+    }
+    // LSNs never go below what the record knows was used.
+    next_lsn = next_lsn.max(gaps.end());
+    gaps.prune_below(segments.keys().next().copied().unwrap_or(next_lsn));
+    if loaded.as_ref() != Some(&gaps) {
+        gaps::store(io, dir, &gaps)
+            .await
+            .map_err(|(file, source)| RecoverError::StoreGaps { file, source })?;
     }
     tracing::info!(
         dir = %dir.display(), segments = report.segments, batches = report.batches,
@@ -355,6 +561,146 @@ pub(crate) async fn recover<IO: LogIo>(
         segments,
         index,
         next_lsn,
+        gaps,
         report,
+    })
+}
+
+/// Applies one verified batch to the index and the report.
+fn account_batch<F>(
+    segments: &mut BTreeMap<u64, Segment<F>>,
+    index: &mut KeyIndex,
+    dead: &mut Vec<crate::index::Dead>,
+    report: &mut RecoveryReport,
+    batch: &DecodedBatch<'_>,
+) {
+    report.batches += 1;
+    for r in &batch.records {
+        report.records += 1;
+        let rec = AccountRecord {
+            key: r.key,
+            kind: r.kind,
+            origin: r.origin_lsn,
+            floor: floor_of(r.kind, r.origin_lsn, r.payload),
+            lsn: r.lsn,
+            bytes: record_bytes(r.key.len(), r.payload.len()),
+            expires_at_ms: r.expires_at_ms,
+        };
+        account(segments, index, &rec, dead);
+    }
+}
+
+/// Checks that LSNs `[expected, base)` (between the previous segment and `path`) are absent
+/// on purpose; under [`RecoveryMode::Quarantine`] an unrecorded hole is accepted, recorded and
+/// reported, otherwise it is [`RecoverError::MissingLsns`].
+fn check_hole(
+    config: &LogConfig,
+    gaps: &mut Gaps,
+    report: &mut RecoveryReport,
+    before: &Option<PathBuf>,
+    path: &Path,
+    expected: u64,
+    base: u64,
+) -> Result<(), RecoverError> {
+    if base <= expected || gaps.covers(expected, base) {
+        return Ok(());
+    }
+    if config.recovery != RecoveryMode::Quarantine {
+        return Err(RecoverError::MissingLsns {
+            first: expected,
+            end: base,
+            before: before.clone(),
+            file: path.to_path_buf(),
+        });
+    }
+    tracing::error!(
+        file = %path.display(), first = expected, end = base,
+        "LSNs missing before this segment (a sealed segment was lost); accepted in quarantine mode"
+    );
+    gaps.add(expected, base);
+    report.missing.push(MissingRange {
+        lsns: (expected, base),
+        before: before.clone(),
+        file: path.to_path_buf(),
+    });
+    Ok(())
+}
+
+/// A short segment accepted: what is kept of it.
+struct Kept {
+    /// One past the last LSN the lost bytes could have held.
+    lost_end: u64,
+    base_lsn: u64,
+    capacity: u64,
+    end_lsn: u64,
+    data_end: u64,
+}
+
+impl Kept {
+    fn into_segment<F>(self, path: PathBuf, file: F) -> Segment<F> {
+        Segment {
+            base_lsn: self.base_lsn,
+            path,
+            file: Rc::new(file),
+            capacity: self.capacity,
+            end_lsn: self.end_lsn,
+            data_end: self.data_end,
+            synced_end: self.data_end,
+            write_through: false,
+            sparse: Vec::new(),
+            stats: SegmentStats::default(),
+            tail_clean: true,
+        }
+    }
+}
+
+/// Accepts a segment shorter than its header says ([`LogConfig::accept_short_segments`]):
+/// keeps the verified batches before the first damage, zeroes everything after them and
+/// extends the file back to its size (so the next open sees a whole segment), records the
+/// LSNs the lost bytes could have held as a gap and reports them.
+async fn accept_short<F: LogFile>(
+    file: &F,
+    path: &Path,
+    header: &SegmentHeader,
+    bytes: &[u8],
+    next_base: Option<u64>,
+    gaps: &mut Gaps,
+    report: &mut RecoveryReport,
+) -> Result<Kept, RecoverError> {
+    let scan = scan_batches(bytes, header.base_lsn);
+    let end_lsn = scan.batches.last().map_or(header.base_lsn, |(_, b)| {
+        b.first_lsn + b.records.len() as u64
+    });
+    let data_end = scan.end_offset;
+    let capacity = header.segment_bytes;
+    let lost_end = next_base
+        .unwrap_or_else(|| end_lsn.saturating_add(lsns_in(capacity - data_end)))
+        .max(end_lsn);
+    file.set_len(data_end)
+        .await
+        .map_err(repair(path, data_end))?;
+    file.set_len(capacity)
+        .await
+        .map_err(repair(path, data_end))?;
+    file.sync_data().await.map_err(repair(path, data_end))?;
+    tracing::error!(
+        file = %path.display(), expected_bytes = capacity, actual_bytes = bytes.len(),
+        lost_first = end_lsn, lost_end,
+        "accepted a shortened segment (accept_short_segments): records past the cut are lost"
+    );
+    gaps.add(end_lsn, lost_end);
+    report.short_segments.push(ShortSegment {
+        file: path.to_path_buf(),
+        moved_to: None,
+        expected_bytes: Some(capacity),
+        actual_bytes: bytes.len() as u64,
+        lost_lsns: (end_lsn, lost_end),
+    });
+    Ok(Kept {
+        lost_end,
+        base_lsn: header.base_lsn,
+        capacity,
+        end_lsn,
+        data_end,
     })
 }

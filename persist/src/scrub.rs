@@ -169,7 +169,7 @@ impl<IO: LogIo> Log<IO> {
                 .io
                 .sync_dir(&dir)
                 .await
-                .map_err(|source| ScrubError::Remove { file: dir, source })?;
+                .map_err(|source| ScrubError::SyncDir { dir, source })?;
         }
         tracing::info!(
             segments_rewritten = report.segments_rewritten,
@@ -183,6 +183,20 @@ impl<IO: LogIo> Log<IO> {
 
     /// Drops a sealed segment from the log and unlinks its file (never kept as a spare).
     async fn unlink_segment(&self, base: u64, path: &Path) -> Result<(), ScrubError> {
+        let end_lsn = self
+            .inner
+            .state
+            .borrow()
+            .segments
+            .get(&base)
+            .map_or(base, |s| s.end_lsn);
+        self.record_removal(base, end_lsn)
+            .await
+            .map_err(|(file, source)| ScrubError::RecordGap {
+                segment: path.to_path_buf(),
+                file,
+                source,
+            })?;
         {
             let mut st = self.inner.state.borrow_mut();
             debug_assert_ne!(

@@ -12,8 +12,13 @@ use crate::record::{
 pub const SEGMENT_HEADER_BYTES: usize = 64;
 /// Magic at offset 0 of every segment.
 pub const SEGMENT_MAGIC: [u8; 8] = *b"QRKLOG\x00\x01";
-/// The format version this code writes and the newest it reads.
-pub const FORMAT_VERSION: u32 = 1;
+/// The format version this code writes and the newest it reads. Version 2 (same bytes as 1)
+/// marks a log whose directory keeps the LSN gap record (`lsn-gaps`): a build that does not
+/// know it must not open the log (its compaction would remove segments without recording
+/// them, and the next open would refuse the holes).
+pub const FORMAT_VERSION: u32 = 2;
+/// First format version whose logs keep `lsn-gaps`.
+pub(crate) const GAPS_FORMAT_VERSION: u32 = 2;
 /// File name suffix of a live segment.
 pub(crate) const SEGMENT_SUFFIX: &str = ".seg";
 /// File name suffix of a segment being created (removed at open if left by a crash).

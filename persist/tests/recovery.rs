@@ -316,9 +316,16 @@ fn bad_magic_newer_version_shard_mismatch_and_unreadable_are_clear_errors() {
         .err()
         .expect("unreadable");
     assert!(
-        matches!(err, OpenError::Recover(RecoverError::Unreadable { ref file, .. }) if *file == bogus),
+        matches!(err, OpenError::Recover(RecoverError::CannotOpen { ref file, .. }) if *file == bogus),
         "{err}"
     );
+    // The open (read-write) failed: the message says so, and does not claim a read failed.
+    let text = err.to_string();
+    assert!(
+        text.contains("cannot open") && text.contains("for reading and writing"),
+        "{text}"
+    );
+    assert!(!text.contains("cannot read"), "{text}");
 }
 
 #[test]

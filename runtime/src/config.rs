@@ -183,6 +183,8 @@ struct RawNode {
 struct RawLog {
     data_dir: Option<PathBuf>,
     segment_bytes: Option<Int>,
+    segment_bytes_initial: Option<Int>,
+    accept_short_segments: Option<bool>,
     fsync: Option<RawFsync>,
     recovery: Option<String>,
     preallocate: Option<String>,
@@ -662,6 +664,17 @@ fn log_config(l: RawLog, check: &Check<'_>) -> Result<quark_persist::LogConfig, 
                 ))
             }
         };
+    }
+    if let Some(v) = l.segment_bytes_initial {
+        const REASON: &str = "4 KiB to 4294963200 (4 GiB - 4 KiB), a multiple of 4096 (capped at segment_bytes)";
+        let v = check.int("log.segment_bytes_initial", v, 4096, SEGMENT_BYTES_MAX, REASON)?;
+        if v % 4096 != 0 {
+            return Err(check.invalid("log.segment_bytes_initial", v, REASON));
+        }
+        c.segment_bytes_initial = v;
+    }
+    if let Some(v) = l.accept_short_segments {
+        c.accept_short_segments = v;
     }
     if let Some(v) = l.write_through {
         c.write_through = v;

@@ -124,6 +124,9 @@ fn push_p50_p99(out: &mut Vec<Figure>, name: String, h: &Histogram<u64>) {
 fn log_config(args: &Args, dir: &Path, preallocate: Preallocate) -> LogConfig {
     let mut c = LogConfig::new(dir, 0);
     c.segment_bytes = args.segment_mib << 20;
+    // Steady state: full-size segments from the start (the adaptive first sizes of a new log
+    // would not become spares, which the recycled bandwidth warm-up relies on).
+    c.segment_bytes_initial = c.segment_bytes;
     c.fsync = FsyncPolicy::Always;
     c.preallocate = preallocate;
     c.write_through = args.write_through;
