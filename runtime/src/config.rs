@@ -666,8 +666,15 @@ fn log_config(l: RawLog, check: &Check<'_>) -> Result<quark_persist::LogConfig, 
         };
     }
     if let Some(v) = l.segment_bytes_initial {
-        const REASON: &str = "4 KiB to 4294963200 (4 GiB - 4 KiB), a multiple of 4096 (capped at segment_bytes)";
-        let v = check.int("log.segment_bytes_initial", v, 4096, SEGMENT_BYTES_MAX, REASON)?;
+        const REASON: &str =
+            "4 KiB to 4294963200 (4 GiB - 4 KiB), a multiple of 4096 (capped at segment_bytes)";
+        let v = check.int(
+            "log.segment_bytes_initial",
+            v,
+            4096,
+            SEGMENT_BYTES_MAX,
+            REASON,
+        )?;
         if v % 4096 != 0 {
             return Err(check.invalid("log.segment_bytes_initial", v, REASON));
         }
