@@ -374,12 +374,14 @@ impl Rows {
             return;
         }
         let s = spread(&runs);
+        // Nanoseconds are whole numbers; rates and ratios keep three decimals.
+        let d = if unit == "ns" { 0 } else { 3 };
         println!(
-            "{name:<62} median {:>10.3} {unit:<8} [{:.3} .. {:.3}]  runs: {}",
+            "{name:<62} median {:>10.d$} {unit:<8} [{:.d$} .. {:.d$}]  runs: {}",
             s.median,
             s.min,
             s.max,
-            format_runs(&runs, 3)
+            format_runs(&runs, d)
         );
         self.0.push(Row {
             name: name.to_owned(),
