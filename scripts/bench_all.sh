@@ -5,8 +5,9 @@
 # commands.txt. Every binary also prints its own machine line and commit.
 #
 # Usage: scripts/bench_all.sh [OUT_DIR]
-# Runtime: about 10-12 minutes on the 2-vCPU machine of docs/BENCHMARKS.md, plus the release
-# build (each step's seconds are written to env.txt). Run it on a quiet machine: the figures
+# Runtime: about 7 minutes on a quiet 2-vCPU machine (estimated from the parameters: the
+# step comments give each one's share; up to ~12 minutes on a loaded or disk-throttled
+# one), plus the release build. Each step's seconds are written to env.txt. Run it on a quiet machine: the figures
 # compare same-run baselines, but other load still widens every spread. Needs root for the
 # cold-cache figures (drop_caches); without it they say what they did instead.
 set -u
@@ -41,7 +42,7 @@ step() {
   echo "$name: $(( $(date +%s) - t0 )) s; after: $(uptime)" >> "$out/env.txt"
 }
 
-# Shard engine: targets with same-run baselines, and the same-run tokio comparison (~2 min).
+# Shard engine: targets with same-run baselines, and the same-run tokio comparison (~1.5 min).
 step enginebench target/release/enginebench --runs 5 --json
 # loadgen in-process: default closed loop (x3), open loop at 600k req/s, tell (~1 min).
 for i in 1 2 3; do
@@ -49,12 +50,12 @@ for i in 1 2 3; do
 done
 step loadgen-open-600k target/release/loadgen --rate 600000 --duration-s 5 --json
 step loadgen-tell target/release/loadgen --op tell --duration-s 3 --warmup-s 1 --json
-# Durable log (~3 min; writes a 1 GiB log once under target/logbench).
+# Durable log (~1 min; writes a 1 GiB log once under target/logbench).
 step logbench target/release/logbench --runs 5 --bandwidth-mib 128
-# Across nodes: plain TCP baseline, then netbench and loadgen --target (~2 min).
+# Across nodes: plain TCP baseline (~0.5 min), then netbench and loadgen --target (~2 min).
 step tcp_baseline target/release/tcp_baseline --runs 7
 step net_targets scripts/net_targets.sh "$out/net" --no-build
-# Journaling (~3 min): the latency groups apart from the ones that write hundreds of MB.
+# Journaling (~1 min): the latency groups apart from the ones that write hundreds of MB.
 step journalbench-single target/release/journalbench --runs 5 --ops 10000 --baseline-ops 10000 --only baseline,single --json
 step journalbench-activation target/release/journalbench --runs 3 --only activation,concurrent --json
 

@@ -3,6 +3,9 @@
 
 use std::process::Command;
 
+/// The commit this crate was built from (see `build.rs`).
+const BUILD_COMMIT: &str = env!("QUARK_BENCH_BUILD_COMMIT");
+
 /// Cores, kernel, CPU model, memory and load average of this machine, and the date (UTC).
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Machine {
@@ -19,6 +22,8 @@ pub struct Machine {
     /// The git commit (`git rev-parse --short HEAD` in the current directory at run time),
     /// with `-dirty` when the work tree has uncommitted changes; `unknown` outside a checkout.
     pub commit: String,
+    /// The commit the binary was built from (`git rev-parse --short HEAD` at build time).
+    pub build_commit: String,
     /// UTC date and time (`date -u +%FT%TZ`).
     pub date_utc: String,
 }
@@ -79,20 +84,28 @@ impl Machine {
                 .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
                 .unwrap_or_else(|_| "?".to_owned()),
             commit: git_commit(),
+            build_commit: BUILD_COMMIT.to_owned(),
             date_utc: first_line_of("date", &["-u", "+%FT%TZ"]).unwrap_or_default(),
         }
     }
 
-    /// One line: `machine: 2 cores, kernel …, CPU …, 24.0 GiB, load … | commit … | date …`.
+    /// One line: `machine: 2 cores, kernel …, CPU …, 24.0 GiB, load … | commit … | date …`;
+    /// the commit says `(binary built from …)` when the build's commit differs.
     pub fn line(&self) -> String {
+        let stale = if self.commit.trim_end_matches("-dirty") == self.build_commit {
+            String::new()
+        } else {
+            format!(" (binary built from {})", self.build_commit)
+        };
         format!(
-            "machine: {} cores, kernel {}, CPU {}, {:.1} GiB, load average {} | commit {} | {}",
+            "machine: {} cores, kernel {}, CPU {}, {:.1} GiB, load average {} | commit {}{} | {}",
             self.cores,
             self.kernel,
             self.cpu_model,
             self.mem_gib,
             self.load_average,
             self.commit,
+            stale,
             self.date_utc
         )
     }
