@@ -845,3 +845,63 @@ fn a_tell_future_dropped_before_its_first_poll_sends_nothing() {
     assert_eq!(block_on(r.ask(Seen)).unwrap(), vec![2]);
     engine.shutdown();
 }
+
+/// Found with `loadgen --op tell` (issue 11): a sender woken for a returned credit must get
+/// it, even when another sender of the same task runs before it and finds the credit free
+/// (loadgen's request loops are joined in one task per shard).
+#[test]
+fn a_credit_waiter_is_not_starved_by_a_sender_that_runs_first_on_each_returned_credit() {
+    let engine = one_credit_engine();
+    let slow = on_shard::<Slow>(&engine, 1);
+    let handle = engine.spawn_on(0, move || async move {
+        let sent = std::cell::Cell::new(0u64);
+        let busy = async {
+            // Yields, then tells: each tell needs the only credit towards shard 1.
+            for _ in 0..300 {
+                let mut yielded = false;
+                std::future::poll_fn(|cx| {
+                    if yielded {
+                        return std::task::Poll::Ready(());
+                    }
+                    yielded = true;
+                    cx.waker().wake_by_ref();
+                    std::task::Poll::Pending
+                })
+                .await;
+                slow.tell(Nap(0)).await?;
+                sent.set(sent.get() + 1);
+            }
+            Ok::<(), CallError>(())
+        };
+        let waiter = async {
+            while sent.get() < 3 {
+                let mut yielded = false;
+                std::future::poll_fn(|cx| {
+                    if yielded {
+                        return std::task::Poll::Ready(());
+                    }
+                    yielded = true;
+                    cx.waker().wake_by_ref();
+                    std::task::Poll::Pending
+                })
+                .await;
+            }
+            slow.tell(Nap(0)).await?;
+            Ok::<u64, CallError>(sent.get())
+        };
+        let (b, w) = futures::future::join(busy, waiter).await;
+        b.map(|()| w)
+    });
+    let at = handle
+        .join()
+        .unwrap()
+        .expect("every tell")
+        .expect("the waiter's tell");
+    // FIFO: the waiter queued while the busy sender's tell held the credit, so it gets the
+    // credit after at most a couple more of the busy sender's tells, not after all 300.
+    assert!(
+        at <= 6,
+        "the waiter got a credit only after {at} of the busy sender's tells"
+    );
+    engine.shutdown();
+}
