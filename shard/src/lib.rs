@@ -44,10 +44,11 @@ pub use actor::{Actor, Context, Handler, Invoke, InvokeFuture, Message};
 pub use actor_ref::{ActorRef, Tell};
 pub use affinity::{allowed_cores, pin_current_thread, PinError};
 pub use error::{CallError, ErrorChain, LinkDown};
+pub use executor::{JoinError, SpawnHandle};
 pub use net::{NetConfig, NetStatsSnapshot};
 pub use node::{
     current_shard_log, Engine, EngineBuilder, EngineConfig, EngineHandle, IoDriver, Pinning,
-    ShardInfo, ShardSpec, ShardStatsSnapshot, ShutdownReport, SpawnHandle, StartError,
+    ShardInfo, ShardSpec, ShardStatsSnapshot, ShutdownReport, StartError, StatsError,
 };
 #[doc(hidden)]
 pub use node::{StartFault, StartStep};

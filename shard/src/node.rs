@@ -19,6 +19,7 @@ use crate::actor_ref::ActorRef;
 use crate::affinity::{allowed_cores, current_cpu, numa_node_of, pin_current_thread};
 use crate::core::{Outbox, ShardCore};
 use crate::envelope::{CrossBox, RunMsg};
+use crate::executor::SpawnHandle;
 use crate::ring::{ring, Consumer, Producer};
 use crate::rt::{Bell, BellReceiver};
 
@@ -349,6 +350,24 @@ impl NodeShared {
         self.shards.len() as u16
     }
 
+    /// Pushes `msg` into shard `to`'s injection queue, retrying while it is full until
+    /// `deadline`; returns whether it went in.
+    fn inject_until(&self, to: ShardId, mut msg: CrossBox, deadline: Instant) -> bool {
+        let handle = &self.shards[usize::from(to)];
+        loop {
+            match handle.inject.push(msg) {
+                Ok(()) => break,
+                Err(back) if Instant::now() < deadline => {
+                    msg = back;
+                    std::thread::yield_now();
+                }
+                Err(_) => return false,
+            }
+        }
+        handle.bell.ring();
+        true
+    }
+
     /// Pushes `msg` into shard `to`'s injection queue from a thread outside the node's shards,
     /// spinning (with `yield_now`) while it is full.
     pub(crate) fn inject(&self, to: ShardId, mut msg: CrossBox) {
@@ -429,6 +448,9 @@ pub struct ShardStatsSnapshot {
     pub calls_in_flight: u64,
     /// Live actor timers.
     pub timers: u64,
+    /// Entries in the shard's timer heap, live and cancelled-but-not-yet-dropped (at most about
+    /// twice `timers`: cancelled entries are dropped as they accumulate).
+    pub timer_heap_entries: u64,
     /// Tasks alive on the shard's scheduler (activations and spawned tasks).
     pub tasks: u64,
     /// The shard log's next LSN (`None` without a log).
@@ -708,18 +730,38 @@ impl Engine {
         l.local_addr().ok()
     }
 
-    /// Every shard's counters (asks each shard; waits up to one second per shard).
-    pub fn stats(&self) -> Vec<ShardStatsSnapshot> {
-        (0..self.shard_count())
-            .map(|s| {
-                let (tx, rx) = mpsc::channel();
-                self.shared.inject(
-                    s,
-                    Box::new(RunMsg(Box::new(move |core| {
-                        let _ = tx.send(core.stats_snapshot());
-                    }))),
-                );
-                rx.recv_timeout(Duration::from_secs(1)).unwrap_or_default()
+    /// Every shard's counters, index = shard id. Asks every shard at once and waits up to
+    /// one second in all; a shard that does not answer by then (stuck in a handler that blocks
+    /// its thread, or stopped) is an error naming it, never a zeroed snapshot.
+    pub fn stats(&self) -> Result<Vec<ShardStatsSnapshot>, StatsError> {
+        self.stats_within(Duration::from_secs(1))
+    }
+
+    fn stats_within(&self, wait: Duration) -> Result<Vec<ShardStatsSnapshot>, StatsError> {
+        let deadline = Instant::now() + wait;
+        let mut answers = Vec::with_capacity(usize::from(self.shard_count()));
+        for s in 0..self.shard_count() {
+            let (tx, rx) = mpsc::channel();
+            let msg: CrossBox = Box::new(RunMsg(Box::new(move |core| {
+                let _ = tx.send(core.stats_snapshot());
+            })));
+            if !self.shared.inject_until(s, msg, deadline) {
+                return Err(StatsError::NoAnswer {
+                    shard: s,
+                    waited: wait,
+                });
+            }
+            answers.push(rx);
+        }
+        answers
+            .into_iter()
+            .enumerate()
+            .map(|(s, rx)| {
+                let left = deadline.saturating_duration_since(Instant::now());
+                rx.recv_timeout(left).map_err(|_| StatsError::NoAnswer {
+                    shard: s as ShardId,
+                    waited: wait,
+                })
             })
             .collect()
     }
@@ -859,6 +901,21 @@ impl Drop for Engine {
     }
 }
 
+/// Why [`Engine::stats`] returned no snapshot.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum StatsError {
+    /// A shard did not answer in time: its thread is blocked (a handler that blocks instead of
+    /// awaiting) or has stopped.
+    #[error("shard {shard} did not report its counters within {waited:?}")]
+    NoAnswer {
+        /// The shard.
+        shard: ShardId,
+        /// How long the call waited.
+        waited: Duration,
+    },
+}
+
 /// What a shutdown could not finish within `shutdown_timeout`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ShutdownReport {
@@ -906,7 +963,8 @@ impl EngineHandle {
     }
 
     /// Runs `make()` on shard `shard` and spawns the future it returns there; the returned
-    /// handle resolves with its output, or `None` if the shard stopped first. `make` runs on
+    /// handle resolves with its output, or a [`JoinError`](crate::JoinError) if it panicked
+    /// (`make` or the future) or the shard stopped first. `make` runs on
     /// the shard's thread, so the future need not be `Send` (it may use [`current_shard_log`]).
     pub fn spawn_on<F, Fut>(&self, shard: ShardId, make: F) -> SpawnHandle<Fut::Output>
     where
@@ -918,13 +976,10 @@ impl EngineHandle {
         self.shared.inject(
             shard,
             Box::new(RunMsg(Box::new(move |core| {
-                core.exec.spawn(async move {
-                    let out = make().await;
-                    let _ = tx.send(out);
-                });
+                core.exec.spawn(crate::executor::run_caught(make, tx));
             }))),
         );
-        SpawnHandle { rx }
+        SpawnHandle::new(shard, rx)
     }
 }
 
@@ -932,29 +987,6 @@ impl EngineHandle {
 /// with a log (for code spawned with [`EngineHandle::spawn_on`]).
 pub fn current_shard_log() -> Option<crate::ShardLog> {
     CURRENT.with(|c| c.get().and_then(|core| core.log.clone()))
-}
-
-/// Resolves with the output of a future spawned by [`Engine::spawn_on`].
-pub struct SpawnHandle<T> {
-    rx: futures::channel::oneshot::Receiver<T>,
-}
-
-impl<T> SpawnHandle<T> {
-    /// Blocks the calling thread (not a shard thread) until the future finished; `None` if the
-    /// shard stopped before it did.
-    pub fn join(self) -> Option<T> {
-        futures::executor::block_on(self.rx).ok()
-    }
-}
-
-impl<T> Future for SpawnHandle<T> {
-    type Output = Option<T>;
-    fn poll(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<T>> {
-        std::pin::Pin::new(&mut self.rx).poll(cx).map(Result::ok)
-    }
 }
 
 /// Stops the shards of a node whose start failed, and waits for them.
