@@ -59,9 +59,9 @@ fn shard_threads_now() -> usize {
 
 /// The shard threads once the joined ones have left /proc: a joined thread's task entry goes
 /// a moment after `join` returns (the kernel wakes the joiner before it releases the task),
-/// so this looks again for up to 1 s while the count is above `want`.
+/// so this looks again for up to 5 s while the count is above `want`.
 fn shard_threads(want: usize) -> usize {
-    let deadline = Instant::now() + Duration::from_secs(1);
+    let deadline = Instant::now() + Duration::from_secs(5);
     loop {
         let n = shard_threads_now();
         if n <= want || Instant::now() >= deadline {
