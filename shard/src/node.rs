@@ -159,7 +159,7 @@ pub enum StartError {
     #[error("shard {shard}: cannot open its log")]
     Log {
         /// The shard.
-        shard: usize,
+        shard: ShardId,
         /// The cause (names the file and offset where it applies).
         #[source]
         source: quark_persist::OpenError,
@@ -174,7 +174,7 @@ pub enum StartError {
     #[error("shard {shard} failed to start")]
     Shard {
         /// The shard.
-        shard: usize,
+        shard: ShardId,
         /// The cause.
         #[source]
         source: std::io::Error,
@@ -183,7 +183,7 @@ pub enum StartError {
     #[error("shard {shard}: cannot build its runtime")]
     Runtime {
         /// The shard.
-        shard: usize,
+        shard: ShardId,
         /// The cause.
         #[source]
         source: std::io::Error,
@@ -192,7 +192,7 @@ pub enum StartError {
     #[error("shard {shard}: cannot register its doorbell")]
     Doorbell {
         /// The shard.
-        shard: usize,
+        shard: ShardId,
         /// The cause.
         #[source]
         source: std::io::Error,
@@ -201,7 +201,7 @@ pub enum StartError {
     #[error("shard {shard}: cannot take the listening socket")]
     Listener {
         /// The shard.
-        shard: usize,
+        shard: ShardId,
         /// The cause.
         #[source]
         source: std::io::Error,
@@ -210,7 +210,7 @@ pub enum StartError {
     #[error("shard {shard} exited during start-up")]
     ShardExited {
         /// The shard.
-        shard: usize,
+        shard: ShardId,
     },
 }
 
@@ -247,7 +247,6 @@ pub(crate) enum StartFailure {
 
 impl StartFailure {
     fn into_error(self, shard: ShardId) -> StartError {
-        let shard = usize::from(shard);
         match self {
             StartFailure::Runtime(source) => StartError::Runtime { shard, source },
             StartFailure::Doorbell(source) => StartError::Doorbell { shard, source },
@@ -604,8 +603,10 @@ impl Engine {
         let mut handles = Vec::with_capacity(n);
         let mut bell_rx = Vec::with_capacity(n);
         for shard in 0..n {
-            let (bell, rx) =
-                crate::rt::bell_pair().map_err(|source| StartError::Shard { shard, source })?;
+            let (bell, rx) = crate::rt::bell_pair().map_err(|source| StartError::Shard {
+                shard: shard as ShardId,
+                source,
+            })?;
             handles.push(ShardHandle {
                 bell,
                 inject: ArrayQueue::new(config.external_queue_capacity.max(1)),
@@ -644,7 +645,10 @@ impl Engine {
                 Err(source) => {
                     drop(producer_txs);
                     self_stop(&shared, threads);
-                    return Err(StartError::Shard { shard, source });
+                    return Err(StartError::Shard {
+                        shard: shard as ShardId,
+                        source,
+                    });
                 }
             }
         }
@@ -857,7 +861,9 @@ impl Startup<'_> {
         }
         for (shard, (tx, out)) in self.producer_txs.drain(..).zip(outgoing).enumerate() {
             if tx.send(out).is_err() {
-                return Err(StartError::ShardExited { shard });
+                return Err(StartError::ShardExited {
+                    shard: shard as ShardId,
+                });
             }
         }
         let mut info: Vec<Option<ShardInfo>> = (0..n).map(|_| None).collect();
@@ -879,14 +885,9 @@ impl Startup<'_> {
     /// The next event, or the start-up error a failure or an exit stands for.
     fn next_event(&self) -> Result<ShardEvent, StartError> {
         match self.events.recv() {
-            Ok(ShardEvent::LogFailed(shard, source)) => Err(StartError::Log {
-                shard: usize::from(shard),
-                source,
-            }),
+            Ok(ShardEvent::LogFailed(shard, source)) => Err(StartError::Log { shard, source }),
             Ok(ShardEvent::Failed(shard, cause)) => Err(cause.into_error(shard)),
-            Ok(ShardEvent::Exited(shard)) => Err(StartError::ShardExited {
-                shard: usize::from(shard),
-            }),
+            Ok(ShardEvent::Exited(shard)) => Err(StartError::ShardExited { shard }),
             Ok(e) => Ok(e),
             // Every thread exited (each sends `Exited` first, so this is not reached in
             // practice).
