@@ -633,6 +633,9 @@ impl Journal {
     /// [`JournalError::VersionGap`]) has no live activation: its stream is then truncated on
     /// the owner shard directly, and its next activation starts from version 0. This is how an
     /// operator gives up a stream whose missing events cannot be restored.
+    ///
+    /// Errors say how far it got ([`EraseError`]): nothing changed (`Call`, `NotRun`,
+    /// `Append`), or erased but not scrubbed (`Scrub`, `ScrubNotRun`: call `erase` again).
     pub async fn erase<A: EventSourced>(
         &self,
         key: impl Into<ActorKey>,
