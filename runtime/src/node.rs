@@ -375,8 +375,17 @@ impl Node {
         self.engine.listen_addr()
     }
 
+    /// How each shard runs (index = shard id): the core it runs on, whether pinning worked, its
+    /// I/O driver (io_uring or the epoll fallback) and its effective idle spin. See
+    /// [`quark_shard::ShardInfo`].
+    pub fn info(&self) -> &[quark_shard::ShardInfo] {
+        self.engine.info()
+    }
+
     /// Every shard's counters.
-    pub fn stats(&self) -> Vec<ShardStatsSnapshot> {
+    /// Fails naming the first shard that did not answer within one second (see
+    /// [`quark_shard::Engine::stats`]).
+    pub fn stats(&self) -> Result<Vec<ShardStatsSnapshot>, quark_shard::StatsError> {
         self.engine.stats()
     }
 

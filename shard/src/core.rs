@@ -406,6 +406,7 @@ impl ShardCore {
             ring_msgs_in: s.ring_msgs_in.get(),
             calls_in_flight: self.calls.borrow().live() as u64,
             timers: self.timers.borrow().len() as u64,
+            timer_heap_entries: self.timers.borrow().heap_len() as u64,
             tasks: self.exec.live() as u64,
             log_next_lsn: self.log.as_ref().map(|l| l.stats().next_lsn),
             log_disk_bytes: self.log.as_ref().map(|l| l.stats().disk_bytes),

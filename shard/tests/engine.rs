@@ -308,7 +308,12 @@ fn a_panic_fails_the_call_and_queued_calls_and_the_shard_goes_on() {
     assert_eq!(block_on(f.ask(Add(2))).unwrap(), 2);
     let other = engine.actor_ref::<Fragile>(2u64);
     assert_eq!(block_on(other.ask(Add(3))).unwrap(), 3);
-    let panics: u64 = engine.stats().iter().map(|s| s.panics).sum();
+    let panics: u64 = engine
+        .stats()
+        .expect("stats")
+        .iter()
+        .map(|s| s.panics)
+        .sum();
     assert_eq!(panics, 1);
     engine.shutdown();
 }
@@ -468,7 +473,12 @@ fn stateless_workers_run_concurrently_up_to_the_limit_on_the_callers_shard() {
         4,
         "4 workers ran at once, never more"
     );
-    let live: u64 = engine.stats().iter().map(|s| s.live_activations).sum();
+    let live: u64 = engine
+        .stats()
+        .expect("stats")
+        .iter()
+        .map(|s| s.live_activations)
+        .sum();
     assert_eq!(live, 8, "4 workers per shard");
     engine.shutdown();
 }
@@ -544,7 +554,7 @@ fn tiny_rings_and_mailboxes_lose_nothing() {
         }
         assert_eq!(got.len() as u64, sent, "sender {sender}: all sent, once");
     }
-    let stats = engine.stats();
+    let stats = engine.stats().expect("stats");
     let waits: u64 = stats.iter().map(|s| s.credit_waits + s.mailbox_waits).sum();
     assert!(waits > 0, "the tiny bounds were hit: {stats:?}");
     engine.shutdown();
@@ -701,7 +711,7 @@ fn parked_shards_never_miss_a_wake_up() {
         assert_eq!(block_on(target.ask(Add(1))).unwrap(), 5_001 + i);
         from_outside.record(t0.elapsed());
     }
-    let parks: u64 = engine.stats().iter().map(|s| s.parks).sum();
+    let parks: u64 = engine.stats().expect("stats").iter().map(|s| s.parks).sum();
     assert!(
         parks > 100,
         "the shards parked between messages ({parks} parks)"

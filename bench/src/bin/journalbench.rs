@@ -238,6 +238,7 @@ fn log_stats(node: &Node) -> Result<Vec<LogStats>> {
                 quark_shard::current_shard_log().map(|l| l.stats())
             })
             .join()
+            .ok()
             .flatten()
             .context("shard log stats")
         })

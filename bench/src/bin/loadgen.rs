@@ -225,8 +225,8 @@ impl Runner {
     }
     fn stats(&self) -> Vec<ShardStatsSnapshot> {
         match self {
-            Runner::Node(n) => n.stats(),
-            Runner::Client(c) => c.stats(),
+            Runner::Node(n) => n.stats().expect("every shard reports its counters"),
+            Runner::Client(c) => c.stats().expect("every shard reports its counters"),
         }
     }
     fn shutdown(self) -> quark::ShutdownReport {

@@ -61,17 +61,9 @@ struct Args {
 }
 
 fn pin(cpu: usize) {
-    // SAFETY: `set` is a plain bitmask owned by this frame; sched_setaffinity reads
-    // size_of::<cpu_set_t>() bytes from it. Failure (e.g. cpu out of range) is reported only.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(cpu, &mut set);
-        if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
-            eprintln!(
-                "warning: could not pin to cpu {cpu}: {}",
-                std::io::Error::last_os_error()
-            );
-        }
+    // A benchmark still runs unpinned, with a warning (its figures are then suspect).
+    if let Err(e) = quark_shard::pin_current_thread(cpu) {
+        eprintln!("warning: {}", quark_shard::ErrorChain(&e));
     }
 }
 
