@@ -8,7 +8,7 @@ set -u
 cd "$(dirname "$0")/.."
 out=${1:-target/net-targets/$(date -u +%Y%m%dT%H%M)}
 mkdir -p "$out"
-cargo build --release -p quark-bench --bins -p quark --bin quark
+cargo build --release -p quark-bench --bins -p quark-cli
 { date -u; nproc; uname -r; git rev-parse --short HEAD; uptime; } > "$out/env.txt"
 target/release/netbench --runs 5 > "$out/netbench.txt" 2>&1
 uptime >> "$out/env.txt"
