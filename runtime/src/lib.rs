@@ -24,12 +24,32 @@ pub use node::{Node, NodeBuilder, NodeError};
 /// `#[rkyv(crate = quark::rkyv)]`, then `impl quark::WireMessage for T { const WIRE_NAME: ... }`.
 pub use quark_net::rkyv;
 pub use quark_net::{
-    ClusterSecret, HandshakeConfig, PeerRole, RemoteError, SecretError, WireMessage, WireOwned,
+    ClusterSecret, HandshakeConfig, Membership, MembershipError, PeerRole, RemoteError,
+    SecretError, WireMessage, WireOwned,
 };
+pub use quark_placement::NodeId;
 pub use quark_shard::{
-    allowed_cores, block_on, Actor, ActorId, ActorKey, ActorRef, ActorType, CallError, Context,
-    EngineConfig, EngineHandle, ErrorChain, Handler, LinkDown, Message, ShardId, ShardSpec,
-    ShardStatsSnapshot, ShutdownReport, SpawnHandle, StartError, Tell, TimerId,
+    allowed_cores, block_on, sleep, Actor, ActorId, ActorKey, ActorRef, ActorType, CallError,
+    Context, EngineConfig, EngineHandle, ErrorChain, Handler, LinkDown, LoadError, LoadFuture,
+    Message, ShardId, ShardSpec, ShardStatsSnapshot, ShutdownReport, SpawnHandle, StartError, Tell,
+    TimerId,
 };
+
+/// The per-shard durable log, as [`Context::log`] and [`log::current_shard_log`] return it
+/// (re-exported from `quark-persist`, so that a user depends on `quark` alone; the guide is
+/// `docs/PERSIST.md`).
+///
+/// A turn appends one atomic [`log::Batch`] and awaits its durability:
+/// `log.append(&batch).await` gives the [`log::LsnRange`] it was written at.
+pub mod log {
+    pub use quark_persist::{block_on, LogIo, StdIo};
+    pub use quark_persist::{
+        AppendError, Batch, CompactError, CompactionPolicy, CompactionReport, FsyncPolicy, Invalid,
+        Log, LogConfig, LogStats, LsnRange, NewRecord, OpenError, Preallocate, ReadError, Record,
+        RecordKind, RecoverError, RecoveryMode, RecoveryReport, Scanner, ScrubError, ScrubReport,
+    };
+    pub use quark_shard::rt::log_io::{open_log, UringIo};
+    pub use quark_shard::{current_shard_log, ShardLog};
+}
 pub use quark_shard::{NetConfig, NetStatsSnapshot};
 pub use serve::{serve, ServeError, ServeOptions};

@@ -149,8 +149,8 @@ fn log_section() {
     .unwrap();
     let log = c.engine.log.expect("a log is configured");
     assert_eq!(log.dir, std::path::PathBuf::from("/d"));
-    assert_eq!(log.fsync, quark_persist::FsyncPolicy::IntervalMs(7));
-    assert_eq!(log.recovery, quark_persist::RecoveryMode::Quarantine);
+    assert_eq!(log.fsync, quark::log::FsyncPolicy::IntervalMs(7));
+    assert_eq!(log.recovery, quark::log::RecoveryMode::Quarantine);
     assert!(NodeConfig::from_toml("", "q.toml")
         .unwrap()
         .engine
