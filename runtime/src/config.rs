@@ -389,9 +389,9 @@ impl NodeConfig {
     pub fn from_toml(text: &str, file: impl AsRef<Path>) -> Result<NodeConfig, ConfigError> {
         let file = file.as_ref();
         if let Err(e) = text.parse::<toml::Table>() {
-            return Err(syntax_error(&e, text, file));
+            return Err(syntax_error(e.span(), e.message(), text, file));
         }
-        let doc = Doc::parse(text).map_err(|e| syntax_error(&e, text, file))?;
+        let doc = Doc::parse(text).map_err(|e| syntax_error(e.span(), e.message(), text, file))?;
         let raw: RawFile = toml::from_str(text).map_err(|e| {
             let (line, column) = e.span().map_or((0, 0), |s| line_column(text, s.start));
             ConfigError::Parse {
@@ -688,8 +688,13 @@ fn line_column(text: &str, offset: usize) -> (usize, usize) {
 /// A TOML syntax error, with the full path of the key on the offending line when the line is
 /// `key = value` or a table header (the document did not parse, so there is no key tree: the
 /// path is the last table header above the line followed by the line's key).
-fn syntax_error(e: &toml::de::Error, text: &str, file: &Path) -> ConfigError {
-    let (line, column, key) = match e.span() {
+fn syntax_error(
+    span: Option<std::ops::Range<usize>>,
+    message: &str,
+    text: &str,
+    file: &Path,
+) -> ConfigError {
+    let (line, column, key) = match span {
         Some(span) => {
             let (line, column) = line_column(text, span.start);
             (line, column, key_on_line(text, line))
@@ -701,7 +706,7 @@ fn syntax_error(e: &toml::de::Error, text: &str, file: &Path) -> ConfigError {
         line,
         column,
         key,
-        detail: e.message().trim().to_owned(),
+        detail: message.trim().to_owned(),
     }
 }
 
