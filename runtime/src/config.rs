@@ -64,7 +64,7 @@ impl ActorTypeConfig {
 #[non_exhaustive]
 pub enum ConfigError {
     /// The file could not be read.
-    #[error("cannot read config file {}: {source}", file.display())]
+    #[error("cannot read config file {}", file.display())]
     Read {
         /// The file.
         file: PathBuf,
@@ -113,8 +113,8 @@ pub enum ConfigError {
         /// The accepted range.
         reason: &'static str,
     },
-    /// The `[cluster]` membership is invalid (names the entry).
-    #[error("{}: {source}", file.display())]
+    /// The `[cluster]` membership is invalid (the source names the entry).
+    #[error("{}: invalid [cluster] membership", file.display())]
     Cluster {
         /// The file.
         file: PathBuf,
@@ -123,7 +123,7 @@ pub enum ConfigError {
         source: quark_net::MembershipError,
     },
     /// The cluster secret is unusable (too short, not UTF-8 in the environment).
-    #[error("{}: {source}", file.display())]
+    #[error("{}: unusable cluster secret", file.display())]
     Secret {
         /// The file.
         file: PathBuf,

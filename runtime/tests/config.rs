@@ -108,6 +108,10 @@ fn unknown_section_and_missing_file() {
     let e = NodeConfig::from_file("/nonexistent/quark.toml").unwrap_err();
     assert!(matches!(e, ConfigError::Read { .. }));
     assert!(e.to_string().contains("/nonexistent/quark.toml"), "{e}");
+    // The message names the file; the cause is the source, said once in the chain.
+    assert!(!e.to_string().contains("os error"), "{e}");
+    let chain = quark::ErrorChain(&e).to_string();
+    assert_eq!(chain.matches("(os error 2)").count(), 1, "{chain}");
 }
 
 #[test]
