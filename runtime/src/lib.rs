@@ -53,3 +53,25 @@ pub mod log {
 }
 pub use quark_shard::{NetConfig, NetStatsSnapshot};
 pub use serve::{serve, ServeError, ServeOptions};
+
+/// The smallest `u64` key whose `A` a node of `shards` shards places on `shard`
+/// (`node.shard_count()` gives `shards`): `node.actor_ref::<A>(quark::key_for_shard::<A>(1, n))`
+/// is an actor on shard 1. For tests and benchmarks that need an actor on a known shard (the
+/// same thread as a driver, or another one). In a cluster the key's node is chosen first: the
+/// actor is on `shard` of whichever node owns the key.
+///
+/// # Panics
+/// If `shard >= shards`.
+pub fn key_for_shard<A: Actor>(shard: ShardId, shards: u16) -> u64 {
+    quark_placement::key_for_shard(A::TYPE_NAME, shard, shards)
+}
+
+/// Every `u64` key (ascending) whose `A` a node of `shards` shards places on `shard`, about
+/// one in `shards`: `keys_for_shard::<A>(s, n).take(100)` gives 100 actors on shard `s`.
+/// See [`key_for_shard`].
+///
+/// # Panics
+/// If `shard >= shards`.
+pub fn keys_for_shard<A: Actor>(shard: ShardId, shards: u16) -> impl Iterator<Item = u64> {
+    quark_placement::keys_for_shard(A::TYPE_NAME, shard, shards)
+}
