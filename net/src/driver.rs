@@ -223,20 +223,27 @@ mod tests {
         assert!(pass(&mut acc, &mut dial, 4096)
             .expect("challenge")
             .is_none());
-        // The dialer's last handshake frame and a heartbeat in one read.
+        // The dialer's last handshake frame and 200 heartbeats in one read: more than the
+        // handshake's frame bound holds, so part of them is taken after the handshake.
         let mut bytes = dial.out().pending().to_vec();
         dial.out().clear();
-        let mut beat = OutBuf::new();
-        beat.push_empty(FrameHead::new(FrameKind::Heartbeat))
-            .expect("a heartbeat");
-        bytes.extend_from_slice(beat.pending());
+        let mut beats = OutBuf::new();
+        for _ in 0..200 {
+            beats
+                .push_empty(FrameHead::new(FrameKind::Heartbeat))
+                .expect("a heartbeat");
+        }
+        bytes.extend_from_slice(beats.pending());
+        assert!(bytes.len() > HANDSHAKE_FRAME_BYTES_MAX as usize);
         let peer = acc.on_bytes(&bytes).expect("established");
         assert_eq!(peer.map(|p| p.node_id), Some(1));
         let mut dec = acc.into_decoder();
-        let frame = dec
-            .next_frame()
-            .expect("the heartbeat followed the handshake");
-        assert_eq!(frame.header.head.kind, FrameKind::Heartbeat);
+        let mut n = 0;
+        while let Some(frame) = dec.next_frame() {
+            assert_eq!(frame.header.head.kind, FrameKind::Heartbeat);
+            n += 1;
+        }
+        assert_eq!(n, 200, "every frame after the handshake is kept");
     }
 
     #[test]
