@@ -67,7 +67,7 @@ fn node(args: &Args) -> Result<Node> {
             e.shards = ShardSpec::Count(2);
             e.idle_spin = idle_spin;
         })
-        .register(ActorType::new(|_| Echo::new()))
+        .register(ActorType::new(|_| Echo::default()))
         .start()?)
 }
 
@@ -150,7 +150,7 @@ fn same_shard_tell(node: &Node, n: u64) -> f64 {
         let before = r.ask(Handled).await.expect("echo answers");
         let t0 = Instant::now();
         for _ in 0..n {
-            r.tell(Bump).await.expect("tell");
+            r.tell(Bump(Vec::new())).await.expect("tell");
         }
         let after = r.ask(Handled).await.expect("echo answers");
         assert_eq!(after - before, n, "every tell was handled");
