@@ -74,8 +74,9 @@ impl HandshakeDriver {
     }
 
     /// Feeds bytes read from the peer. `Ok(Some(peer))` once the handshake completed: bytes of
-    /// `input` after its last frame stay in the decoder, which [`into_decoder`]
-    /// (Self::into_decoder) hands over with the connection's frame bound. `Ok(None)`: read on.
+    /// `input` after its last frame stay in the decoder, which
+    /// [`into_decoder`](Self::into_decoder) hands over with the connection's frame bound.
+    /// `Ok(None)`: read on.
     pub fn on_bytes(&mut self, input: &[u8]) -> Result<Option<PeerInfo>, DriveError> {
         let mut off = 0;
         while off < input.len() {
