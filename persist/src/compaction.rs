@@ -114,14 +114,7 @@ impl<IO: LogIo> Log<IO> {
             }
             // Every record of the segment is now dead or copied: drop it, after recording
             // its LSN range as removed on purpose (so recovery does not take it for lost).
-            let end_lsn = self
-                .inner
-                .state
-                .borrow()
-                .segments
-                .get(&base)
-                .map_or(base, |s| s.end_lsn);
-            self.record_removal(base, end_lsn)
+            self.record_removal(base)
                 .await
                 .map_err(|(file, source)| CompactError::RecordGap {
                     segment: path.clone(),

@@ -677,14 +677,17 @@ impl<IO: LogIo> Log<IO> {
         }
     }
 
-    /// Records `[first, end)` (a sealed segment about to be removed) as absent on purpose in
-    /// `lsn-gaps`, durably, before the caller unlinks it. Returns the file of a failed
-    /// operation.
-    pub(crate) async fn record_removal(
-        &self,
-        first: u64,
-        end: u64,
-    ) -> Result<(), (PathBuf, io::Error)> {
+    /// Records the LSN range of the sealed segment starting at `first` (about to be removed) as
+    /// absent on purpose in `lsn-gaps`, durably, before the caller unlinks it. Returns the file
+    /// of a failed operation.
+    pub(crate) async fn record_removal(&self, first: u64) -> Result<(), (PathBuf, io::Error)> {
+        let end = self
+            .inner
+            .state
+            .borrow()
+            .segments
+            .get(&first)
+            .map_or(first, |s| s.end_lsn);
         let gaps = {
             let st = self.inner.state.borrow();
             let mut g = st.gaps.clone();

@@ -183,14 +183,7 @@ impl<IO: LogIo> Log<IO> {
 
     /// Drops a sealed segment from the log and unlinks its file (never kept as a spare).
     async fn unlink_segment(&self, base: u64, path: &Path) -> Result<(), ScrubError> {
-        let end_lsn = self
-            .inner
-            .state
-            .borrow()
-            .segments
-            .get(&base)
-            .map_or(base, |s| s.end_lsn);
-        self.record_removal(base, end_lsn)
+        self.record_removal(base)
             .await
             .map_err(|(file, source)| ScrubError::RecordGap {
                 segment: path.to_path_buf(),

@@ -176,7 +176,10 @@ fn same_shard_tell(node: &Node, n: u64) -> f64 {
     let r = node.actor_ref::<Echo>(key);
     node.spawn_on(0, move || async move {
         let before = r.ask(Handled).await.expect("echo answers");
-        let rate = measure::stream(n, |_| async { r.tell(Bump(Vec::new())).await.expect("tell") }).await;
+        let rate = measure::stream(n, |_| async {
+            r.tell(Bump(Vec::new())).await.expect("tell")
+        })
+        .await;
         let after = r.ask(Handled).await.expect("echo answers");
         assert_eq!(after - before, n, "every tell was handled");
         rate
