@@ -27,6 +27,7 @@ mod activation;
 mod actor;
 mod actor_ref;
 mod calls;
+mod clock;
 mod core;
 mod envelope;
 mod error;
@@ -35,12 +36,15 @@ mod net;
 mod node;
 mod ring;
 pub mod rt;
+mod sync;
 mod timers;
 mod turn;
 
 pub use activation::{ActorType, LoadError, LoadFuture};
 pub use actor::{Actor, Context, Handler, Invoke, InvokeFuture, Message};
 pub use actor_ref::{ActorRef, Tell};
+#[doc(hidden)]
+pub use clock::{Clock, ManualClock};
 pub use error::{CallError, ErrorChain, LinkDown};
 pub use net::{NetConfig, NetStatsSnapshot};
 pub use node::{

@@ -71,6 +71,9 @@ pub struct EngineConfig {
     pub log_compact_interval: Option<Duration>,
     /// Cluster membership and transport (`None`: a standalone node).
     pub net: Option<crate::net::NetConfig>,
+    /// Where shards read their time (timers, deadlines); tests set a `ManualClock`.
+    #[doc(hidden)]
+    pub clock: crate::clock::Clock,
 }
 
 impl Default for EngineConfig {
@@ -92,6 +95,7 @@ impl Default for EngineConfig {
             log: None,
             log_compact_interval: Some(Duration::from_secs(10)),
             net: None,
+            clock: crate::clock::Clock::default(),
         }
     }
 }

@@ -14,13 +14,15 @@
 //!
 //! Both handles own an `Arc` of the ring; the ring drops the messages still in it when the last
 //! handle goes away (only published messages can be in it: the producer publishes on drop).
+//!
+//! The atomics, the `Arc` and the slot cells come from [`crate::sync`], so the loom model tests
+//! at the end of this file (`loom_*`) check this very code.
 
-use std::cell::UnsafeCell;
 use std::mem::MaybeUninit;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
 
 use crossbeam_utils::CachePadded;
+
+use crate::sync::{Arc, AtomicUsize, Ordering, UnsafeCell};
 
 struct Ring<T> {
     slots: Box<[UnsafeCell<MaybeUninit<T>>]>,
@@ -41,12 +43,16 @@ unsafe impl<T: Send> Sync for Ring<T> {}
 
 impl<T> Drop for Ring<T> {
     fn drop(&mut self) {
-        let head = *self.head.get_mut();
-        let tail = *self.tail.get_mut();
-        for pos in head..tail {
+        // Relaxed is enough: we are the last owner (`&mut self`), and the last `Arc` drop
+        // synchronised with the other handle's.
+        let head = self.head.load(Ordering::Relaxed);
+        let tail = self.tail.load(Ordering::Relaxed);
+        let mut pos = head;
+        while pos != tail {
             // SAFETY: slots in [head, tail) hold initialised values that nobody read; we are the
-            // last owner (`&mut self`).
-            unsafe { (*self.slots[pos & self.mask].get()).assume_init_drop() };
+            // last owner.
+            self.slots[pos & self.mask].with_mut(|p| unsafe { (*p).assume_init_drop() });
+            pos = pos.wrapping_add(1);
         }
     }
 }
@@ -112,7 +118,7 @@ impl<T> Producer<T> {
         debug_assert!(self.tail.wrapping_sub(self.head_cache) < cap);
         // SAFETY: the slot at `tail` is outside [head, tail) as seen by the consumer (the ring is
         // not full), so the consumer does not read it until we publish a tail past it.
-        unsafe { (*self.ring.slots[self.tail & self.ring.mask].get()).write(value) };
+        self.ring.slots[self.tail & self.ring.mask].with_mut(|p| unsafe { (*p).write(value) });
         self.tail = self.tail.wrapping_add(1);
         Ok(())
     }
@@ -155,8 +161,8 @@ impl<T> Consumer<T> {
         // SAFETY: head < tail as published by the producer (Acquire above, or an earlier one),
         // so the slot holds an initialised value that the producer will not touch until we
         // release a head past it.
-        let value =
-            unsafe { (*self.ring.slots[self.head & self.ring.mask].get()).assume_init_read() };
+        let value = self.ring.slots[self.head & self.ring.mask]
+            .with_mut(|p| unsafe { (*p).assume_init_read() });
         self.head = self.head.wrapping_add(1);
         Some(value)
     }
@@ -258,5 +264,91 @@ mod tests {
         }
         producer.join().unwrap();
         assert_eq!(c.pop(), None);
+    }
+}
+
+/// Model tests (run under loom: `RUSTFLAGS="--cfg loom" cargo test -p quark-shard --release
+/// --lib loom_`). Loom runs each closure under every interleaving and every reordering the
+/// memory model allows (within the preemption bound), and fails on a slot access that is not
+/// ordered after the write it reads (a missing Release/Acquire pair).
+#[cfg(all(test, loom))]
+mod loom_tests {
+    use super::*;
+    use loom::thread;
+
+    /// Loom's default is unbounded; 3 preemptions find the known classes of ordering bugs and
+    /// keep the run short. `LOOM_MAX_PREEMPTIONS` overrides it.
+    fn model(f: impl Fn() + Sync + Send + 'static) {
+        let mut b = loom::model::Builder::new();
+        if b.preemption_bound.is_none() {
+            b.preemption_bound = Some(3);
+        }
+        b.check(f);
+    }
+
+    /// Four values through a ring of two slots (so it wraps around twice and fills up), the
+    /// producer publishing every second push (batching) and when full, the consumer releasing
+    /// after each pop: each value arrives exactly once, in order.
+    #[test]
+    fn loom_spsc_ring_never_loses_or_duplicates_a_slot() {
+        const N: usize = 4;
+        model(|| {
+            let (mut p, mut c) = ring::<Box<usize>>(2);
+            let producer = thread::spawn(move || {
+                for i in 0..N {
+                    let mut v = Box::new(i);
+                    while let Err(back) = p.try_push(v) {
+                        v = back;
+                        p.publish();
+                        thread::yield_now();
+                    }
+                    if i % 2 == 1 {
+                        p.publish();
+                    }
+                }
+                // Dropping the producer publishes the rest.
+            });
+            let mut got = Vec::with_capacity(N);
+            while got.len() < N {
+                match c.pop() {
+                    Some(v) => {
+                        got.push(*v);
+                        c.release();
+                    }
+                    None => thread::yield_now(),
+                }
+            }
+            producer.join().expect("the producer does not panic");
+            assert_eq!(got, (0..N).collect::<Vec<_>>());
+            assert!(c.pop().is_none(), "nothing is delivered twice");
+        });
+    }
+
+    /// Values still in the ring when both handles go away (on two threads, in either order)
+    /// are dropped exactly once, and popped ones are not dropped again.
+    #[test]
+    fn loom_ring_drops_each_unread_value_once() {
+        struct Counted(crate::sync::Arc<crate::sync::AtomicUsize>);
+        impl Drop for Counted {
+            fn drop(&mut self) {
+                self.0.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        model(|| {
+            let drops = crate::sync::Arc::new(crate::sync::AtomicUsize::new(0));
+            let (mut p, mut c) = ring::<Counted>(2);
+            let d = drops.clone();
+            let producer = thread::spawn(move || {
+                for _ in 0..2 {
+                    assert!(p.try_push(Counted(d.clone())).is_ok(), "two slots are free");
+                }
+                // Dropped here: publishes both.
+            });
+            let popped = c.pop();
+            drop(c);
+            producer.join().expect("the producer does not panic");
+            drop(popped);
+            assert_eq!(drops.load(Ordering::Relaxed), 2);
+        });
     }
 }
