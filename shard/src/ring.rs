@@ -228,6 +228,129 @@ mod tests {
     }
 
     #[test]
+    fn capacity_rounds_up_to_a_power_of_two_of_at_least_two() {
+        for (asked, holds) in [(0, 2), (1, 2), (2, 2), (3, 4), (5, 8), (8, 8)] {
+            let (mut p, _c) = ring::<usize>(asked);
+            let pushed = (0..holds + 1)
+                .take_while(|&i| p.try_push(i).is_ok())
+                .count();
+            assert_eq!(pushed, holds, "ring({asked}) holds {holds}");
+        }
+    }
+
+    #[test]
+    fn empty_ring_and_has_pending_follow_publication() {
+        let (mut p, mut c) = ring::<u32>(4);
+        assert!(!c.has_pending());
+        assert_eq!(c.pop(), None);
+        p.try_push(1).unwrap();
+        assert!(!c.has_pending(), "an unpublished push is invisible");
+        p.publish();
+        assert!(c.has_pending());
+        assert_eq!(c.pop(), Some(1));
+        assert!(!c.has_pending(), "popped everything");
+        assert_eq!(c.pop(), None);
+    }
+
+    #[test]
+    fn publish_batches_pushes_into_one_store() {
+        let (mut p, mut c) = ring::<u32>(8);
+        assert!(!p.publish(), "nothing to publish: no bell to ring");
+        for i in 0..5 {
+            p.try_push(i).unwrap();
+            assert_eq!(p.unpublished(), i as usize + 1);
+        }
+        assert_eq!(
+            c.ring.tail.load(Ordering::Relaxed),
+            0,
+            "no store before publish"
+        );
+        assert!(p.publish());
+        assert_eq!(
+            c.ring.tail.load(Ordering::Relaxed),
+            5,
+            "one store for the batch"
+        );
+        assert_eq!(p.unpublished(), 0);
+        assert!(!p.publish(), "publishing twice is a no-op");
+        let got: Vec<u32> = std::iter::from_fn(|| c.pop()).collect();
+        assert_eq!(got, vec![0, 1, 2, 3, 4]);
+    }
+
+    #[test]
+    fn release_batches_pops_and_returns_slots_only_then() {
+        let (mut p, mut c) = ring::<u32>(2);
+        p.try_push(0).unwrap();
+        p.try_push(1).unwrap();
+        p.publish();
+        assert_eq!((c.pop(), c.pop()), (Some(0), Some(1)));
+        assert_eq!(p.try_push(2), Err(2), "popped but not released");
+        assert_eq!(c.ring.head.load(Ordering::Relaxed), 0);
+        c.release();
+        assert_eq!(
+            c.ring.head.load(Ordering::Relaxed),
+            2,
+            "one store for both pops"
+        );
+        p.try_push(2).unwrap();
+        p.try_push(3).unwrap();
+        assert_eq!(p.try_push(4), Err(4));
+    }
+
+    #[test]
+    fn wraps_around_many_times_in_order() {
+        let (mut p, mut c) = ring::<u64>(4);
+        let mut next_in = 0u64;
+        let mut next_out = 0u64;
+        // Uneven batches so that batches straddle the end of the slot array.
+        for batch in (1..=4).cycle().take(1_000) {
+            for _ in 0..batch {
+                p.try_push(next_in).unwrap();
+                next_in += 1;
+            }
+            p.publish();
+            while let Some(v) = c.pop() {
+                assert_eq!(v, next_out);
+                next_out += 1;
+            }
+            c.release();
+        }
+        assert_eq!(next_out, next_in);
+        assert!(next_in > 100 * 4, "went around the ring many times");
+    }
+
+    /// Positions are free-running: a ring whose positions overflow `usize` keeps working, and
+    /// drops the values left in it (the drop used `head..tail`, an empty range once the tail
+    /// had wrapped past `usize::MAX` and the head had not: those values leaked).
+    #[test]
+    fn positions_wrap_past_usize_max() {
+        let value = Arc::new(());
+        let (mut p, mut c) = ring::<Arc<()>>(4);
+        let start = usize::MAX - 1;
+        p.ring.head.store(start, Ordering::Relaxed);
+        p.ring.tail.store(start, Ordering::Relaxed);
+        (p.tail, p.head_cache, p.published) = (start, start, start);
+        (c.head, c.tail_cache, c.released) = (start, start, start);
+        for _ in 0..4 {
+            p.try_push(value.clone()).unwrap();
+        }
+        assert!(p.try_push(value.clone()).is_err(), "full across the wrap");
+        p.publish();
+        assert!(c.pop().is_some());
+        c.release();
+        p.try_push(value.clone()).unwrap();
+        p.publish();
+        assert_eq!(Arc::strong_count(&value), 5, "four in the ring, one here");
+        drop(p);
+        drop(c);
+        assert_eq!(
+            Arc::strong_count(&value),
+            1,
+            "the ring dropped what it held"
+        );
+    }
+
+    #[test]
     fn two_threads_transfer_everything_in_order() {
         const N: u64 = 2_000_000;
         let (mut p, mut c) = ring::<u64>(64);
