@@ -558,13 +558,13 @@ pub(crate) async fn pump(
     start_log_syncer(&core);
     loop {
         let now = Instant::now();
-        core.now.set(now);
+        core.now.set(core.node.config.clock.at(now)); // shard time: real unless a test moves it
         let mut work = core.drain_inbound();
-        core.fire_timers(now);
-        core.sweep_calls(now);
+        core.fire_timers(core.now());
+        core.sweep_calls(core.now());
         if now >= next_idle_sweep {
             for t in &core.tables {
-                t.sweep_idle(now);
+                t.sweep_idle(core.now());
             }
             next_idle_sweep = now + idle_every;
         }

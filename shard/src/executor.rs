@@ -325,3 +325,205 @@ impl<T> Future for SpawnHandle<T> {
             .map(|r| Self::outcome(shard, r))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{EngineBuilder, EngineConfig, ShardSpec};
+
+    /// The log of a test: what ran, and `|` at each end of a round.
+    type Log = Rc<RefCell<Vec<String>>>;
+
+    /// A scheduler driven by the test, on the test thread. Its tasks never call their
+    /// wakers (those would route to the engine's shard); a wake is `schedule(task_ref)`, which
+    /// is what the waker does on the owning thread.
+    fn with_executor(f: impl FnOnce(&Rc<Executor>)) {
+        let engine = EngineBuilder::new(EngineConfig {
+            shards: ShardSpec::Count(1),
+            pin_threads: false,
+            idle_spin: std::time::Duration::ZERO,
+            ..EngineConfig::default()
+        })
+        .start()
+        .expect("the engine starts");
+        let exec = Rc::new(Executor::new(0, engine.handle().shared.clone()));
+        f(&exec);
+        exec.clear();
+        engine.shutdown();
+    }
+
+    /// Spawns a task and returns its identity (the task just queued).
+    fn spawn(exec: &Executor, fut: impl Future<Output = ()> + 'static) -> TaskRef {
+        exec.spawn(fut);
+        *exec
+            .ready
+            .borrow()
+            .back()
+            .expect("a spawned task is queued")
+    }
+
+    /// A task that logs `name#n` at its n-th poll, runs `on_poll(n)` and finishes at poll
+    /// `polls` (never, for `u32::MAX`).
+    fn task(
+        log: &Log,
+        name: &'static str,
+        polls: u32,
+        mut on_poll: impl FnMut(u32) + 'static,
+    ) -> impl Future<Output = ()> + 'static {
+        let log = log.clone();
+        let mut n = 0;
+        std::future::poll_fn(move |_| {
+            n += 1;
+            log.borrow_mut().push(format!("{name}#{n}"));
+            on_poll(n);
+            if n >= polls {
+                Poll::Ready(())
+            } else {
+                Poll::Pending
+            }
+        })
+    }
+
+    fn run(exec: &Executor, log: &Log, budget: usize) -> usize {
+        exec.run_ready(budget, || {
+            log.borrow_mut().push("|".into());
+            false
+        })
+    }
+
+    fn taken(log: &Log) -> Vec<String> {
+        std::mem::take(&mut *log.borrow_mut())
+    }
+
+    #[test]
+    fn ready_tasks_run_in_fifo_order() {
+        with_executor(|exec| {
+            let log = Log::default();
+            for name in ["a", "b", "c"] {
+                exec.spawn(task(&log, name, 1, |_| {}));
+            }
+            assert_eq!(exec.live(), 3);
+            assert_eq!(run(exec, &log, 100), 3);
+            assert_eq!(taken(&log), ["a#1", "b#1", "c#1", "|"]);
+            assert_eq!(exec.live(), 0, "finished tasks are freed");
+            assert!(!exec.has_ready());
+        });
+    }
+
+    #[test]
+    fn a_task_woken_during_a_round_runs_in_the_next_round() {
+        with_executor(|exec| {
+            let log = Log::default();
+            let b = spawn(exec, task(&log, "b", 2, |_| {}));
+            let waker = exec.clone();
+            exec.spawn(task(&log, "a", 1, move |_| {
+                // Wake b twice: it is queued once.
+                waker.schedule(b);
+                waker.schedule(b);
+            }));
+            assert_eq!(run(exec, &log, 100), 3);
+            assert_eq!(taken(&log), ["b#1", "a#1", "|", "b#2", "|"]);
+            assert_eq!(exec.live(), 0);
+        });
+    }
+
+    #[test]
+    fn a_self_waking_task_gets_one_poll_per_round() {
+        with_executor(|exec| {
+            let log = Log::default();
+            let me = Rc::new(Cell::new(None));
+            let (waker, slot) = (exec.clone(), me.clone());
+            me.set(Some(spawn(
+                exec,
+                task(&log, "spin", u32::MAX, move |_| {
+                    waker.schedule(slot.get().expect("set after spawn"))
+                }),
+            )));
+            // The pump's interrupt (work in its rings) is consulted after every poll of the
+            // spinning task: here the third look finds work.
+            let mut looks = 0;
+            let polled = exec.run_ready(100, || {
+                looks += 1;
+                log.borrow_mut().push("|".into());
+                looks == 3
+            });
+            assert_eq!(polled, 3);
+            assert_eq!(taken(&log), ["spin#1", "|", "spin#2", "|", "spin#3", "|"]);
+            assert!(exec.has_ready(), "it runs again at the next batch");
+        });
+    }
+
+    #[test]
+    fn the_budget_is_checked_between_rounds() {
+        with_executor(|exec| {
+            let log = Log::default();
+            for name in ["a", "b", "c"] {
+                let me = Rc::new(Cell::new(None));
+                let (waker, slot) = (exec.clone(), me.clone());
+                me.set(Some(spawn(
+                    exec,
+                    task(&log, name, u32::MAX, move |_| {
+                        waker.schedule(slot.get().expect("set after spawn"))
+                    }),
+                )));
+            }
+            // Budget 4 with rounds of 3: a second round starts (3 < 4) and is not cut short.
+            assert_eq!(run(exec, &log, 4), 6);
+            assert_eq!(
+                taken(&log),
+                ["a#1", "b#1", "c#1", "|", "a#2", "b#2", "c#2", "|"]
+            );
+            assert!(exec.has_ready(), "the tasks stay queued for the next batch");
+            assert_eq!(run(exec, &log, 1), 3, "one more round");
+            assert_eq!(
+                exec.run_ready(0, || false),
+                0,
+                "a zero budget polls nothing"
+            );
+        });
+    }
+
+    #[test]
+    fn an_interrupt_stops_between_rounds() {
+        with_executor(|exec| {
+            let log = Log::default();
+            let b = spawn(exec, task(&log, "b", 2, |_| {}));
+            let waker = exec.clone();
+            exec.spawn(task(&log, "a", 1, move |_| waker.schedule(b)));
+            assert_eq!(exec.run_ready(100, || true), 2, "one round, then stop");
+            assert_eq!(taken(&log), ["b#1", "a#1"]);
+            assert!(exec.has_ready(), "b waits for the next batch");
+        });
+    }
+
+    #[test]
+    fn a_stale_wake_does_not_reach_a_reused_slot() {
+        with_executor(|exec| {
+            let log = Log::default();
+            let old = spawn(exec, task(&log, "old", 1, |_| {}));
+            run(exec, &log, 100);
+            let new = spawn(exec, task(&log, "new", 2, |_| {}));
+            assert_eq!(new.index, old.index, "the slot is reused");
+            assert_ne!(new.gen, old.gen);
+            taken(&log);
+            run(exec, &log, 100);
+            exec.schedule(old);
+            assert!(!exec.has_ready(), "a wake of the finished task is ignored");
+            exec.schedule(new);
+            run(exec, &log, 100);
+            assert_eq!(taken(&log), ["new#1", "|", "new#2", "|"]);
+        });
+    }
+
+    #[test]
+    fn a_panicking_task_is_dropped_and_the_others_run() {
+        with_executor(|exec| {
+            let log = Log::default();
+            exec.spawn(task(&log, "boom", 1, |_| panic!("task panic")));
+            exec.spawn(task(&log, "ok", 1, |_| {}));
+            assert_eq!(run(exec, &log, 100), 2);
+            assert_eq!(taken(&log), ["boom#1", "ok#1", "|"]);
+            assert_eq!(exec.live(), 0, "the panicked task was freed");
+        });
+    }
+}

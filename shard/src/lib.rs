@@ -28,6 +28,7 @@ mod actor;
 mod actor_ref;
 pub mod affinity;
 mod calls;
+mod clock;
 mod core;
 pub mod data_dir;
 mod envelope;
@@ -37,6 +38,7 @@ mod net;
 mod node;
 mod ring;
 pub mod rt;
+mod sync;
 mod timers;
 mod turn;
 
@@ -44,6 +46,8 @@ pub use activation::{ActorType, LoadError, LoadFuture};
 pub use actor::{Actor, Context, Handler, Invoke, InvokeFuture, Message};
 pub use actor_ref::{ActorRef, Tell};
 pub use affinity::{allowed_cores, pin_current_thread, PinError};
+#[doc(hidden)]
+pub use clock::{Clock, ManualClock};
 pub use error::{CallError, ErrorChain, LinkDown};
 pub use executor::{JoinError, SpawnHandle};
 pub use net::{NetConfig, NetStatsSnapshot};

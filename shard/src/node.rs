@@ -73,6 +73,9 @@ pub struct EngineConfig {
     pub log_compact_interval: Option<Duration>,
     /// Cluster membership and transport (`None`: a standalone node).
     pub net: Option<crate::net::NetConfig>,
+    /// Where shards read their time (timers, deadlines); tests set a `ManualClock`.
+    #[doc(hidden)]
+    pub clock: crate::clock::Clock,
     /// Test hook: makes one shard fail one start-up step, to test that a failed start returns
     /// an error and stops the other shards. Always `None` outside tests.
     #[doc(hidden)]
@@ -121,6 +124,7 @@ impl Default for EngineConfig {
             log_compact_interval: Some(Duration::from_secs(10)),
             net: None,
             start_fault: None,
+            clock: crate::clock::Clock::default(),
         }
     }
 }

@@ -246,4 +246,151 @@ mod tests {
             other => panic!("expected the panic as an error, got {other:?}"),
         }
     }
+
+    /// A future that records its own address when polled, and its drops.
+    #[repr(C)]
+    struct Probe<const PAD: usize> {
+        seen_at: Rc<Cell<usize>>,
+        drops: Rc<Cell<u32>>,
+        pad: [u8; PAD],
+    }
+
+    impl<const PAD: usize> Future for Probe<PAD> {
+        type Output = ();
+        fn poll(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<()> {
+            self.seen_at.set(&*self as *const Self as usize);
+            Poll::Pending
+        }
+    }
+
+    impl<const PAD: usize> Drop for Probe<PAD> {
+        fn drop(&mut self) {
+            self.drops.set(self.drops.get() + 1);
+        }
+    }
+
+    /// A 32-byte-aligned future (over the inline storage's 16).
+    #[repr(C, align(32))]
+    struct Aligned32(Probe<0>);
+
+    impl Future for Aligned32 {
+        type Output = ();
+        fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+            // SAFETY: structural pinning of the only field; it is never moved out.
+            unsafe { self.map_unchecked_mut(|a| &mut a.0) }.poll(cx)
+        }
+    }
+
+    /// Polls `fut` once inside a pinned turn; returns whether it ran inside the turn's own
+    /// storage, and the number of drops after the turn is dropped.
+    fn stored_inline<F: Future<Output = ()>>(
+        make: impl FnOnce(Rc<Cell<usize>>, Rc<Cell<u32>>) -> F,
+    ) -> (bool, u32) {
+        let seen_at = Rc::new(Cell::new(0));
+        let drops = Rc::new(Cell::new(0));
+        let inline = {
+            let turn = Turn::new(make(seen_at.clone(), drops.clone()));
+            let mut turn = std::pin::pin!(turn);
+            assert_eq!(noop_cx(|cx| turn.as_mut().poll_catching(cx)), Poll::Pending);
+            assert_eq!(drops.get(), 0, "not dropped while live");
+            let start = &turn.storage as *const Storage as usize;
+            (start..start + TURN_INLINE_BYTES).contains(&seen_at.get())
+        };
+        (inline, drops.get())
+    }
+
+    fn probe<const PAD: usize>(seen_at: Rc<Cell<usize>>, drops: Rc<Cell<u32>>) -> Probe<PAD> {
+        Probe {
+            seen_at,
+            drops,
+            pad: [0; PAD],
+        }
+    }
+
+    #[test]
+    fn futures_up_to_the_inline_size_are_stored_inline_larger_ones_boxed() {
+        assert_eq!(mem::size_of::<Probe<240>>(), TURN_INLINE_BYTES);
+        assert_eq!(stored_inline(probe::<0>), (true, 1), "a small future");
+        assert_eq!(
+            stored_inline(probe::<240>),
+            (true, 1),
+            "exactly the inline size"
+        );
+        assert_eq!(
+            stored_inline(probe::<241>),
+            (false, 1),
+            "one byte over: boxed"
+        );
+        assert_eq!(stored_inline(probe::<4096>), (false, 1), "a large future");
+        assert_eq!(
+            stored_inline(|s, d| Aligned32(probe::<0>(s, d))),
+            (false, 1),
+            "over-aligned: boxed"
+        );
+    }
+
+    #[test]
+    fn dropping_a_turn_drops_its_future_once_polled_or_not() {
+        for polled in [false, true] {
+            let drops = Rc::new(Cell::new(0));
+            {
+                let small = Turn::new(probe::<0>(Rc::default(), drops.clone()));
+                let big = Turn::new(probe::<1024>(Rc::default(), drops.clone()));
+                let mut small = std::pin::pin!(small);
+                let mut big = std::pin::pin!(big);
+                if polled {
+                    noop_cx(|cx| {
+                        assert!(small.as_mut().poll_catching(cx).is_pending());
+                        assert!(big.as_mut().poll_catching(cx).is_pending());
+                    });
+                }
+                assert_eq!(drops.get(), 0);
+            }
+            assert_eq!(
+                drops.get(),
+                2,
+                "each dropped exactly once (polled: {polled})"
+            );
+        }
+    }
+
+    #[test]
+    fn an_empty_turn_completes_and_takes_one_future() {
+        let drops = Rc::new(Cell::new(0));
+        {
+            let turn = Turn::empty();
+            let mut turn = std::pin::pin!(turn);
+            assert_eq!(
+                noop_cx(|cx| turn.as_mut().poll_catching(cx)),
+                Poll::Ready(Ok(()))
+            );
+            turn.as_mut().set(probe::<0>(Rc::default(), drops.clone()));
+            let again = catch_unwind(AssertUnwindSafe(|| {
+                turn.as_mut().set(probe::<0>(Rc::default(), drops.clone()))
+            }));
+            assert!(again.is_err(), "a second future is refused");
+            assert_eq!(
+                drops.get(),
+                1,
+                "the refused future was dropped, the first is live"
+            );
+        }
+        assert_eq!(drops.get(), 2);
+    }
+
+    #[test]
+    fn a_panicking_destructor_is_contained() {
+        struct Bomb;
+        impl Drop for Bomb {
+            fn drop(&mut self) {
+                panic!("bomb");
+            }
+        }
+        let bomb = Bomb;
+        let turn = Turn::new(async move {
+            let _b = bomb;
+            std::future::pending::<()>().await;
+        });
+        drop(turn); // must not unwind into the shard
+    }
 }

@@ -15,12 +15,13 @@ use std::future::Future;
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Once;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use monoio::io::AsyncReadRent;
+
+use crate::sync::{fence, AtomicBool, Ordering};
 
 /// A shard thread's runtime.
 pub(crate) type Runtime = monoio::FusionRuntime<
@@ -110,24 +111,19 @@ impl Future for YieldNow {
 
 /// The cross-thread half of a shard's doorbell: any thread may ring it.
 ///
-/// `sleeping` is set by the shard just before it parks and cleared when it wakes. A ringer
-/// writes the socket only when it is the one that clears `sleeping` (a `swap`), so a burst of
-/// messages to a parked shard costs one system call, and messages to a running shard cost none.
+/// The wake-up protocol lives in [`SleepFlag`]; the bell adds the socket write.
 pub(crate) struct Bell {
-    sleeping: AtomicBool,
+    flag: SleepFlag,
     fd: OwnedFd,
 }
 
 impl Bell {
     /// Wakes the shard if it is parked (or about to park).
     ///
-    /// Callers publish their messages first; the `SeqCst` fence here pairs with the one in
-    /// [`Bell::arm`] (a Dekker pair): either the shard sees the messages in its re-check, or we
-    /// see `sleeping` and write.
+    /// Callers publish their messages first (see [`SleepFlag::claim_wake`]).
     #[inline]
     pub(crate) fn ring(&self) {
-        std::sync::atomic::fence(Ordering::SeqCst);
-        if self.sleeping.load(Ordering::Relaxed) && self.sleeping.swap(false, Ordering::AcqRel) {
+        if self.flag.claim_wake() {
             self.write();
         }
     }
@@ -145,8 +141,53 @@ impl Bell {
     /// call [`Bell::disarm`] if it finds work.
     #[inline]
     pub(crate) fn arm(&self) {
+        self.flag.arm();
+    }
+
+    /// Marks the shard as awake.
+    #[inline]
+    pub(crate) fn disarm(&self) {
+        self.flag.disarm();
+    }
+}
+
+/// The doorbell's sleeping flag: the protocol that lets a shard park without losing a wake-up,
+/// and lets senders skip the system call when the shard is awake.
+///
+/// `sleeping` is set by the shard just before it parks and cleared when it wakes. A ringer
+/// writes the socket only when it is the one that clears `sleeping` (a `swap`), so a burst of
+/// messages to a parked shard costs one system call, and messages to a running shard cost none.
+///
+/// It is a Dekker pair. The shard: `arm` (store `sleeping`, `SeqCst` fence), re-check the
+/// rings, park only if they are empty. A sender: publish (a `Release` store of the ring's
+/// tail), then [`SleepFlag::claim_wake`] (`SeqCst` fence, read `sleeping`). The two fences
+/// order each side's store before its load, so at least one side sees the other's store:
+/// either the shard's re-check sees the message, or the sender sees `sleeping` and rings. The
+/// `loom_` model tests in this module check this with the real ring.
+pub(crate) struct SleepFlag {
+    sleeping: AtomicBool,
+}
+
+impl SleepFlag {
+    pub(crate) fn new() -> Self {
+        SleepFlag {
+            sleeping: AtomicBool::new(false),
+        }
+    }
+
+    /// For a sender that has just published: true if the shard is parked (or about to park)
+    /// and this caller must wake it. At most one of several concurrent callers gets true.
+    #[inline]
+    pub(crate) fn claim_wake(&self) -> bool {
+        fence(Ordering::SeqCst);
+        self.sleeping.load(Ordering::Relaxed) && self.sleeping.swap(false, Ordering::AcqRel)
+    }
+
+    /// Marks the shard as about to sleep (then it re-checks its queues before it parks).
+    #[inline]
+    pub(crate) fn arm(&self) {
         self.sleeping.store(true, Ordering::SeqCst);
-        std::sync::atomic::fence(Ordering::SeqCst);
+        fence(Ordering::SeqCst);
     }
 
     /// Marks the shard as awake.
@@ -173,7 +214,7 @@ pub(crate) fn bell_pair() -> io::Result<(Bell, std::os::unix::net::UnixStream)> 
     b.set_nonblocking(true)?;
     Ok((
         Bell {
-            sleeping: AtomicBool::new(false),
+            flag: SleepFlag::new(),
             fd: OwnedFd::from(a),
         },
         b,
@@ -217,5 +258,97 @@ impl BellReceiver {
             }
             Poll::Pending => Poll::Pending,
         }
+    }
+}
+
+/// Model tests of the doorbell protocol with the real ring (run under loom: see `ring`'s).
+#[cfg(all(test, loom))]
+mod loom_tests {
+    use super::SleepFlag;
+    use crate::ring::ring;
+    use crate::sync::{Arc, AtomicUsize, Ordering};
+    use loom::thread;
+
+    fn model(f: impl Fn() + Sync + Send + 'static) {
+        let mut b = loom::model::Builder::new();
+        if b.preemption_bound.is_none() {
+            b.preemption_bound = Some(3);
+        }
+        b.check(f);
+    }
+
+    /// A sender as the engine's flush does it: publish the ring's tail, then ring the bell;
+    /// "ringing" (the socket write) is counted in `rings`.
+    fn send(
+        flag: &Arc<SleepFlag>,
+        rings: &Arc<AtomicUsize>,
+    ) -> impl FnOnce(crate::ring::Producer<u32>) + 'static {
+        let (flag, rings) = (flag.clone(), rings.clone());
+        move |mut p| {
+            p.try_push(7).expect("the ring has room");
+            p.publish();
+            if flag.claim_wake() {
+                rings.fetch_add(1, Ordering::Release);
+            }
+        }
+    }
+
+    /// The shard parks while a sender publishes: either the shard's re-check after `arm`
+    /// sees the message, or the sender sees `sleeping` and rings. Never neither.
+    #[test]
+    fn loom_no_lost_wakeup_when_a_shard_parks_while_a_sender_publishes() {
+        model(|| {
+            let (p, mut c) = ring::<u32>(2);
+            let flag = Arc::new(SleepFlag::new());
+            let rings = Arc::new(AtomicUsize::new(0));
+            let sender = send(&flag, &rings);
+            let sender = thread::spawn(move || sender(p));
+            // The pump with nothing to do: arm, re-check the rings, park unless they have work.
+            flag.arm();
+            let found = c.has_pending();
+            if found {
+                flag.disarm();
+            }
+            sender.join().expect("the sender does not panic");
+            if !found {
+                // Parked: only the doorbell wakes the shard.
+                assert_eq!(
+                    rings.load(Ordering::Acquire),
+                    1,
+                    "lost wake-up: the shard parked with a message in its ring and nobody rang"
+                );
+                flag.disarm();
+            }
+            assert_eq!(c.pop(), Some(7), "the woken shard finds the message");
+        });
+    }
+
+    /// Two senders (two rings) and one parking shard: the shard sees a message or is rung, and
+    /// a burst costs at most one ring per park.
+    #[test]
+    fn loom_two_senders_one_parking_shard_at_most_one_ring() {
+        model(|| {
+            let (p1, mut c1) = ring::<u32>(2);
+            let (p2, mut c2) = ring::<u32>(2);
+            let flag = Arc::new(SleepFlag::new());
+            let rings = Arc::new(AtomicUsize::new(0));
+            let s1 = send(&flag, &rings);
+            let s1 = thread::spawn(move || s1(p1));
+            let s2 = send(&flag, &rings);
+            let s2 = thread::spawn(move || s2(p2));
+            flag.arm();
+            let found = c1.has_pending() || c2.has_pending();
+            if found {
+                flag.disarm();
+            }
+            s1.join().expect("sender 1 does not panic");
+            s2.join().expect("sender 2 does not panic");
+            let rung = rings.load(Ordering::Acquire);
+            assert!(rung <= 1, "one ring per park, got {rung}");
+            if !found {
+                assert_eq!(rung, 1, "lost wake-up with two senders");
+            }
+            assert_eq!((c1.pop(), c2.pop()), (Some(7), Some(7)));
+        });
     }
 }

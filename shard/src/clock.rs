@@ -1,0 +1,207 @@
+//! The shard clock: where a shard's *time* comes from (the `now` of timers, call deadlines and
+//! idle sweeps, and [`crate::Context::now`]).
+//!
+//! By default it is the real monotonic clock. A test can give the engine a [`ManualClock`]
+//! instead (`EngineConfig::clock`) and move shard time forward with [`ManualClock::advance`],
+//! so timer, deadline and retry tests advance time instead of sleeping.
+//!
+//! Shard time under a manual clock is real time plus everything advanced so far: it still
+//! flows, so a test picks periods long enough that real time alone cannot reach the next due
+//! (a test that runs for milliseconds and uses one-hour intervals is exact). The pump's own
+//! pacing (idle spin, reaps, socket polls) stays on real time whatever the clock.
+//!
+//! Advancing does not wake a parked shard: it sees the new time at its next pump iteration,
+//! which any message to it starts (an `ask` or `tell`), and which happens anyway within the
+//! shard's idle-sweep period (at most one second).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// The clock shards read their time from (see the module doc). `Clock::default()` is the real
+/// clock.
+#[derive(Clone, Debug, Default)]
+pub struct Clock {
+    manual: Option<ManualClock>,
+}
+
+impl Clock {
+    /// The real monotonic clock (`Instant::now()`).
+    pub fn real() -> Self {
+        Clock { manual: None }
+    }
+
+    /// True if this is the real clock.
+    pub fn is_real(&self) -> bool {
+        self.manual.is_none()
+    }
+
+    /// Shard time now.
+    pub fn now(&self) -> Instant {
+        self.at(Instant::now())
+    }
+
+    /// Shard time at the real instant `real` (the pump reads the real clock once per iteration
+    /// and maps it here).
+    #[inline]
+    pub(crate) fn at(&self, real: Instant) -> Instant {
+        match &self.manual {
+            None => real,
+            Some(m) => real + m.advanced(),
+        }
+    }
+}
+
+impl From<ManualClock> for Clock {
+    fn from(manual: ManualClock) -> Self {
+        Clock {
+            manual: Some(manual),
+        }
+    }
+}
+
+/// A clock that a test moves forward (see the module doc). Clones share the same time.
+#[derive(Clone, Debug, Default)]
+pub struct ManualClock {
+    /// Nanoseconds advanced so far.
+    advanced_ns: Arc<AtomicU64>,
+}
+
+impl ManualClock {
+    /// A clock that reads real time until advanced.
+    pub fn new() -> Self {
+        ManualClock::default()
+    }
+
+    /// Moves time forward by `by` for every shard that uses this clock.
+    ///
+    /// # Panics
+    /// If the total advanced exceeds `u64::MAX` nanoseconds (about 584 years).
+    pub fn advance(&self, by: Duration) {
+        let ns = u64::try_from(by.as_nanos()).expect("advance by less than 584 years");
+        let before = self.advanced_ns.fetch_add(ns, Ordering::SeqCst);
+        assert!(
+            before.checked_add(ns).is_some(),
+            "a manual clock advanced by more than 584 years in total"
+        );
+    }
+
+    /// How far this clock has been advanced in total.
+    pub fn advanced(&self) -> Duration {
+        Duration::from_nanos(self.advanced_ns.load(Ordering::SeqCst))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn real_clock_is_the_identity() {
+        let c = Clock::default();
+        assert!(c.is_real());
+        let t = Instant::now();
+        assert_eq!(c.at(t), t);
+    }
+
+    #[test]
+    fn manual_clock_adds_what_was_advanced_for_every_clone() {
+        let m = ManualClock::new();
+        let c = Clock::from(m.clone());
+        let t = Instant::now();
+        assert_eq!(c.at(t), t);
+        m.advance(Duration::from_secs(3));
+        m.clone().advance(Duration::from_millis(500));
+        assert_eq!(c.at(t), t + Duration::from_millis(3_500));
+        assert_eq!(m.advanced(), Duration::from_millis(3_500));
+        assert!(c.now() >= t + Duration::from_millis(3_500));
+    }
+
+    /// An interval timer driven by a manual clock: one-hour ticks, ten hours advanced in
+    /// steps, exactly ten ticks, with no sleep and in milliseconds of real time.
+    #[test]
+    fn interval_ticks_follow_the_manual_clock() {
+        use crate::{
+            block_on, Actor, ActorType, Context, EngineBuilder, EngineConfig, Handler, Message,
+            ShardSpec,
+        };
+
+        const HOUR: Duration = Duration::from_secs(3600);
+        struct Ticker(u32);
+        impl Actor for Ticker {
+            const TYPE_NAME: &'static str = "clock-ticker";
+        }
+        #[derive(Clone)]
+        struct Tick;
+        impl Message for Tick {
+            type Reply = ();
+        }
+        struct Start;
+        impl Message for Start {
+            type Reply = ();
+        }
+        struct Count;
+        impl Message for Count {
+            type Reply = u32;
+        }
+        impl Handler<Start> for Ticker {
+            async fn handle(&mut self, _: Start, ctx: &Context<Self>) {
+                ctx.set_interval(HOUR, Tick);
+            }
+        }
+        impl Handler<Tick> for Ticker {
+            async fn handle(&mut self, _: Tick, _: &Context<Self>) {
+                self.0 += 1;
+            }
+        }
+        impl Handler<Count> for Ticker {
+            async fn handle(&mut self, _: Count, _: &Context<Self>) -> u32 {
+                self.0
+            }
+        }
+
+        let clock = ManualClock::new();
+        let engine = EngineBuilder::new(EngineConfig {
+            shards: ShardSpec::Count(1),
+            pin_threads: false,
+            idle_spin: Duration::ZERO,
+            clock: clock.clone().into(),
+            ..EngineConfig::default()
+        })
+        .register(ActorType::new(|_| Ticker(0)).idle_timeout(1000 * HOUR))
+        .start()
+        .expect("the engine starts");
+        let ticker = engine.actor_ref::<Ticker>(1u64);
+        block_on(ticker.ask(Start)).expect("start");
+        let real_start = Instant::now();
+        // Each ask wakes the shard, which reads the clock and fires due timers; the tick is
+        // queued behind the ask that woke the shard, so ask until it shows (bounded).
+        let count_until = |want: u32| loop {
+            let got = block_on(ticker.ask(Count)).expect("count");
+            assert!(got <= want, "{got} ticks with only {want} hours advanced");
+            if got == want {
+                return;
+            }
+            assert!(
+                real_start.elapsed() < Duration::from_secs(20),
+                "tick {want} did not come after the clock moved (have {got})"
+            );
+        };
+        clock.advance(HOUR - Duration::from_secs(60));
+        count_until(0);
+        assert_eq!(
+            block_on(ticker.ask(Count)),
+            Ok(0),
+            "not due one minute early"
+        );
+        for hour in 1..=10 {
+            clock.advance(HOUR);
+            count_until(hour);
+        }
+        for _ in 0..3 {
+            assert_eq!(block_on(ticker.ask(Count)), Ok(10), "no tick without time");
+        }
+        assert!(real_start.elapsed() < HOUR, "no real hour went by");
+        engine.shutdown();
+    }
+}
