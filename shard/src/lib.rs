@@ -23,6 +23,7 @@
 //! ```
 #![deny(missing_docs)]
 
+mod admission;
 mod activation;
 mod actor;
 mod actor_ref;
