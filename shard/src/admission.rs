@@ -71,12 +71,18 @@ impl Injector {
 
     /// Queues `msg` for the owner shard. Never waits (see the module doc); the caller rings
     /// the owner's doorbell.
-    pub(crate) fn push(&self, msg: CrossBox) {
-        if let Err(msg) = self.queue.push(msg) {
-            let mut o = lock(&self.overflow);
-            o.push_back(msg);
-            self.overflowed.store(o.len(), Ordering::Release);
+    /// Order: one thread's messages are popped in the order it pushed them (once something
+    /// overflowed, later messages follow it into the overflow until the owner emptied it).
+    pub(crate) fn push(&self, mut msg: CrossBox) {
+        if self.overflowed.load(Ordering::Acquire) == 0 {
+            match self.queue.push(msg) {
+                Ok(()) => return,
+                Err(back) => msg = back,
+            }
         }
+        let mut o = lock(&self.overflow);
+        o.push_back(msg);
+        self.overflowed.store(o.len(), Ordering::Release);
     }
 
     /// The next message for the owner shard (the queue first, then the overflow).
