@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 use quark_placement::{node_for, shard_for, ActorId, ActorKey, NodeId, ShardId};
 
 use crate::activation::{send_local, send_local_now, try_send_local};
-use crate::admission::{block_on_until, DeadlineTimer};
 use crate::actor::{Actor, Handler, Message};
+use crate::admission::{block_on_until, DeadlineTimer};
 use crate::calls::{CallId, CallOutcome, Waiter};
 use crate::core::ShardCore;
 use crate::envelope::{outcome_into, Deliver, ExtForward, External, Origin, ReplyTo};
@@ -197,9 +197,12 @@ impl<A: Actor> ActorRef<A> {
         if let Some(node) = self.remote {
             // Boxed: the remote path's state machine is large; inline, it would grow every
             // local ask's future. A box is small next to a network round trip.
-            return Either::Right(Either::Right(Either::Right(Box::pin(
-                self.ask_remote_any(node, msg, timeout, timer_thread),
-            ))));
+            return Either::Right(Either::Right(Either::Right(Box::pin(self.ask_remote_any(
+                node,
+                msg,
+                timeout,
+                timer_thread,
+            )))));
         }
         let type_idx = match self.type_index() {
             Ok(t) => t,
@@ -698,6 +701,7 @@ impl<A: Actor> ActorRef<A> {
                 tx,
                 actor: self.id.clone(),
                 timeout,
+                deadline,
                 _types: std::marker::PhantomData,
             }),
             deadline,

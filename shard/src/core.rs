@@ -326,8 +326,7 @@ impl ShardCore {
     }
 
     fn has_inbound(&self) -> bool {
-        self.inbound.borrow().iter().any(Consumer::has_pending)
-            || !self.injector().is_empty()
+        self.inbound.borrow().iter().any(Consumer::has_pending) || !self.injector().is_empty()
     }
 
     /// Publishes every outbox and sends owed credits; rings the bell of parked peers.

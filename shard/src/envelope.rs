@@ -280,7 +280,9 @@ pub(crate) fn expire_reply(core: &ShardCore, reply: ReplyTo) {
     match reply {
         ReplyTo::None => {}
         ReplyTo::Local(call) => {
-            core.calls.borrow_mut().complete(call, CallOutcome::TimedOut);
+            core.calls
+                .borrow_mut()
+                .complete(call, CallOutcome::TimedOut);
         }
         ReplyTo::Shard(shard, call) => core.send_to(
             shard,
@@ -326,6 +328,9 @@ pub(crate) struct ExtForward<A, M: Message> {
     pub(crate) tx: futures::channel::oneshot::Sender<Result<M::Reply, CallError>>,
     pub(crate) actor: ActorId,
     pub(crate) timeout: Duration,
+    /// The caller's deadline: an answer produced after it is a `Timeout` (the caller may be
+    /// polled late; it then still never sees an answer that came after its deadline).
+    pub(crate) deadline: Instant,
     pub(crate) _types: PhantomData<fn() -> (A, M)>,
 }
 
@@ -340,9 +345,20 @@ where
 
     fn complete(self: Box<Self>, outcome: CallOutcome) {
         let ExtForward {
-            tx, actor, timeout, ..
+            tx,
+            actor,
+            timeout,
+            deadline,
+            ..
         } = *self;
-        // A closed channel means the caller stopped waiting; nothing to do.
+        if tx.is_canceled() {
+            // The caller stopped waiting; nothing to do.
+            return;
+        }
+        let outcome = match outcome {
+            CallOutcome::Reply(_) if Instant::now() > deadline => CallOutcome::TimedOut,
+            o => o,
+        };
         let _ = tx.send(outcome_into::<A, M>(outcome, || actor, timeout));
     }
 }

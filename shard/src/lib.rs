@@ -23,10 +23,10 @@
 //! ```
 #![deny(missing_docs)]
 
-mod admission;
 mod activation;
 mod actor;
 mod actor_ref;
+mod admission;
 mod calls;
 mod core;
 mod envelope;
