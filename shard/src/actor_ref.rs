@@ -210,6 +210,8 @@ impl<A: Actor> ActorRef<A> {
         };
         Either::Right(match current_core(&self.node) {
             Some(core) => Either::Left(self.ask_on_shard(core, type_idx, msg, timeout)),
+            // Boxed: the outside path (admission wait, deadline timer) would grow every
+            // on-shard ask's future; it allocates a channel and an envelope anyway.
             None => Either::Right(Either::Left(Box::pin(self.ask_external(
                 type_idx,
                 msg,

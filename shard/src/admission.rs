@@ -404,6 +404,7 @@ pub(crate) fn block_on_until<F: Future>(fut: F, deadline: Option<Instant>) -> F:
     let waker = Waker::from(unpark.clone());
     let mut cx = Context::from_waker(&waker);
     let mut fut = std::pin::pin!(fut);
+    let mut deadline = deadline;
     loop {
         if let Poll::Ready(out) = fut.as_mut().poll(&mut cx) {
             return out;
@@ -414,6 +415,9 @@ pub(crate) fn block_on_until<F: Future>(fut: F, deadline: Option<Instant>) -> F:
                 Some(at) => {
                     let now = Instant::now();
                     if now >= at {
+                        // Poll once more at the deadline; after that, only wake-ups count
+                        // (never a loop of polls).
+                        deadline = None;
                         break;
                     }
                     std::thread::park_timeout(at - now);
