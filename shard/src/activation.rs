@@ -23,7 +23,8 @@ use crate::turn::RunTurn;
 /// Turns an activation runs before it lets other tasks of the shard run.
 const TURN_BUDGET: u32 = 64;
 /// Time after which an activation lets the pump run (flush replies, take new mail) even
-/// before `TURN_BUDGET` turns: measured at the start of asks, which read the clock anyway.
+/// before `TURN_BUDGET` turns: measured at the start of asks, against the shard's clock as
+/// asks refresh it (so at the resolution of the coarse clock, a few ms).
 const TURN_TIME_BUDGET: Duration = Duration::from_millis(1);
 
 /// How actors of one type are built and managed; registered on the node builder.
@@ -557,10 +558,9 @@ async fn run_activation<A: Actor>(act: Rc<Activation<A>>, info: Arc<TypeInfo<A>>
             let mut yield_after = false;
             if let Some(deadline) = item.deadline() {
                 // An ask: not run if its caller stopped waiting (an overloaded actor catches up
-                // instead of working for nobody). One clock read per ask turn.
-                let now = Instant::now();
-                core.refresh_now(now);
-                if now >= deadline || !core.is_awaited(reply) {
+                // instead of working for nobody). Judged with a clock fresh enough for this
+                // deadline (see `ShardCore::deadline_passed`).
+                if core.deadline_passed(deadline) || !core.is_awaited(reply) {
                     drop(item);
                     crate::envelope::expire_reply(&core, reply);
                     core.turn_done(origin, reply);
@@ -568,6 +568,7 @@ async fn run_activation<A: Actor>(act: Rc<Activation<A>>, info: Arc<TypeInfo<A>>
                     s.set(s.get() + 1);
                     continue;
                 }
+                let now = core.now();
                 if now.saturating_duration_since(slice_start) >= TURN_TIME_BUDGET {
                     yield_after = true;
                     slice_start = now;
