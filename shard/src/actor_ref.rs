@@ -141,7 +141,7 @@ impl<A: Actor> ActorRef<A> {
         A: Handler<M>,
         M: Message,
     {
-        self.ask_with(msg, timeout, true)
+        self.ask_with(msg, timeout, None)
     }
 
     /// Like [`ActorRef::ask`], for a plain thread that may block: parks the calling thread
@@ -167,7 +167,7 @@ impl<A: Actor> ActorRef<A> {
     {
         assert_not_on_shard("ask_blocking");
         let deadline = Instant::now() + timeout;
-        block_on_until(self.ask_with(msg, timeout, false), Some(deadline))
+        block_on_until(self.ask_with(msg, timeout, Some(deadline)), Some(deadline))
     }
 
     /// Like [`ActorRef::tell`], blocking the calling thread (parked, not spinning) while there
@@ -181,13 +181,14 @@ impl<A: Actor> ActorRef<A> {
         block_on_until(self.tell(msg), None)
     }
 
-    /// `ask_timeout`; `timer_thread`: outside the node, wake at the deadline through the
-    /// deadline thread (false: the caller parks with a timeout itself).
+    /// `ask_timeout`. `parked_until`: outside the node, `None` wakes the caller at its
+    /// deadline through the deadline thread; `Some(deadline)` is the deadline of a blocking
+    /// caller that parks until it by itself.
     fn ask_with<M>(
         &self,
         msg: M,
         timeout: Duration,
-        timer_thread: bool,
+        parked_until: Option<Instant>,
     ) -> impl Future<Output = Result<M::Reply, CallError>> + '_
     where
         A: Handler<M>,
@@ -201,7 +202,7 @@ impl<A: Actor> ActorRef<A> {
                 node,
                 msg,
                 timeout,
-                timer_thread,
+                parked_until,
             )))));
         }
         let type_idx = match self.type_index() {
@@ -216,7 +217,7 @@ impl<A: Actor> ActorRef<A> {
                 type_idx,
                 msg,
                 timeout,
-                timer_thread,
+                parked_until,
             )))),
         })
     }
@@ -228,7 +229,7 @@ impl<A: Actor> ActorRef<A> {
         node: NodeId,
         msg: M,
         timeout: Duration,
-        timer_thread: bool,
+        parked_until: Option<Instant>,
     ) -> Result<M::Reply, CallError>
     where
         A: Handler<M>,
@@ -237,7 +238,7 @@ impl<A: Actor> ActorRef<A> {
         if let Some(core) = current_core(&self.node) {
             return crate::net::ask_remote(self, core, node, msg, timeout).await;
         }
-        let mut timer = DeadlineTimer::after(timeout, timer_thread);
+        let mut timer = DeadlineTimer::new(timeout, parked_until);
         self.external_admit(Some(&mut timer)).await?;
         let (tx, rx) = futures::channel::oneshot::channel();
         let me = self.clone();
@@ -681,13 +682,13 @@ impl<A: Actor> ActorRef<A> {
         type_idx: u16,
         msg: M,
         timeout: Duration,
-        timer_thread: bool,
+        parked_until: Option<Instant>,
     ) -> Result<M::Reply, CallError>
     where
         A: Handler<M>,
         M: Message,
     {
-        let mut timer = DeadlineTimer::after(timeout, timer_thread);
+        let mut timer = DeadlineTimer::new(timeout, parked_until);
         let deadline = timer.at();
         self.external_admit(Some(&mut timer)).await?;
         let (tx, rx) = futures::channel::oneshot::channel();

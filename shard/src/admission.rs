@@ -316,12 +316,14 @@ pub(crate) struct DeadlineTimer {
 }
 
 impl DeadlineTimer {
-    /// A deadline `timeout` from now.
-    pub(crate) fn after(timeout: Duration, use_thread: bool) -> Self {
+    /// A deadline `timeout` from now, woken through the deadline thread; or, with
+    /// `parked_until`, that deadline, for a caller that parks until it by itself
+    /// ([`block_on_until`] with the same deadline).
+    pub(crate) fn new(timeout: Duration, parked_until: Option<Instant>) -> Self {
         DeadlineTimer {
-            at: Instant::now() + timeout,
+            at: parked_until.unwrap_or_else(|| Instant::now() + timeout),
             timeout,
-            use_thread,
+            use_thread: parked_until.is_none(),
             key: None,
         }
     }
@@ -472,7 +474,7 @@ mod tests {
 
     #[test]
     fn the_deadline_thread_wakes_a_blocked_poller() {
-        let mut timer = DeadlineTimer::after(Duration::from_millis(20), true);
+        let mut timer = DeadlineTimer::new(Duration::from_millis(20), None);
         let at = timer.at();
         futures::executor::block_on(std::future::poll_fn(|cx| timer.poll_expired(cx)));
         assert!(Instant::now() >= at);
