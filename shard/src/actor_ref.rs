@@ -314,9 +314,11 @@ impl<A: Actor> ActorRef<A> {
     }
 
     /// Sends `msg` without waiting for its handling. Waits only for room (mailbox, cross-shard
-    /// credit or injection queue): a `tell` is never dropped silently. Errors only if the type
+    /// credit, or from outside the node an admission slot; the wait is asynchronous and never
+    /// spins, and has no deadline): a `tell` is never dropped silently. Errors only if the type
     /// is unknown or the node is shutting down. Nothing is sent before the future is polled; in
-    /// the common case (room available) the first poll sends and resolves.
+    /// the common case (room available) the first poll sends and resolves. For a plain thread
+    /// without an executor, [`ActorRef::tell_blocking`].
     ///
     /// **The returned [`Tell`] must be awaited** (or polled): `r.tell(msg);` alone sends
     /// nothing (the compiler warns). To send without awaiting, use [`ActorRef::tell_now`].
