@@ -22,6 +22,10 @@ use crate::turn::RunTurn;
 
 /// Turns an activation runs before it lets other tasks of the shard run.
 const TURN_BUDGET: u32 = 64;
+/// Time after which an activation lets the pump run (flush replies, take new mail) even
+/// before `TURN_BUDGET` turns: measured at the start of asks, against the shard's clock as
+/// asks refresh it (so at the resolution of the coarse clock, a few ms).
+const TURN_TIME_BUDGET: Duration = Duration::from_millis(1);
 
 /// How actors of one type are built and managed; registered on the node builder.
 ///
@@ -538,6 +542,7 @@ async fn run_activation<A: Actor>(act: Rc<Activation<A>>, info: Arc<TypeInfo<A>>
             return;
         }
         let mut budget = TURN_BUDGET;
+        let mut slice_start = core.now();
         loop {
             let item = act.mailbox.borrow_mut().pop_front();
             let Some(item) = item else {
@@ -550,6 +555,25 @@ async fn run_activation<A: Actor>(act: Rc<Activation<A>>, info: Arc<TypeInfo<A>>
             act.wake_space_waiters(mailbox_cap);
             let reply = item.reply_to();
             let origin = item.origin();
+            let mut yield_after = false;
+            if let Some(deadline) = item.deadline() {
+                // An ask: not run if its caller stopped waiting (an overloaded actor catches up
+                // instead of working for nobody). Judged with a clock fresh enough for this
+                // deadline (see `ShardCore::deadline_passed`).
+                if core.deadline_passed(deadline) || !core.is_awaited(reply) {
+                    drop(item);
+                    crate::envelope::expire_reply(&core, reply);
+                    core.turn_done(origin, reply);
+                    let s = &core.stats.asks_expired_skipped;
+                    s.set(s.get() + 1);
+                    continue;
+                }
+                let now = core.now();
+                if now.saturating_duration_since(slice_start) >= TURN_TIME_BUDGET {
+                    yield_after = true;
+                    slice_start = now;
+                }
+            }
             if origin != Origin::Timer {
                 act.last_active.set(core.now());
             }
@@ -583,7 +607,7 @@ async fn run_activation<A: Actor>(act: Rc<Activation<A>>, info: Arc<TypeInfo<A>>
                 return;
             }
             budget -= 1;
-            if budget == 0 {
+            if budget == 0 || yield_after {
                 budget = TURN_BUDGET;
                 crate::rt::yield_now().await;
             }

@@ -4,15 +4,15 @@ use std::future::Future;
 use std::marker::PhantomData;
 use std::pin::Pin;
 use std::rc::Rc;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use quark_placement::{node_for, shard_for, ActorId, ActorKey, NodeId, ShardId};
 
 use crate::activation::{send_local, send_local_now, try_send_local};
 use crate::actor::{Actor, Handler, Message};
+use crate::admission::{block_on_until, DeadlineTimer};
 use crate::calls::{CallId, CallOutcome, Waiter};
 use crate::core::ShardCore;
 use crate::envelope::{outcome_into, Deliver, ExtForward, External, Origin, ReplyTo};
@@ -125,6 +125,13 @@ impl<A: Actor> ActorRef<A> {
     }
 
     /// Like [`ActorRef::ask`] with an explicit deadline.
+    ///
+    /// The deadline runs from this call and covers everything: waiting for room to send (an
+    /// admission slot, a credit, mailbox room), the queue at the actor, the turn, the reply.
+    /// When it passes, the future resolves with [`CallError::Timeout`] whatever the actor's
+    /// shard is doing (outside the node, a process-wide `quark-deadlines` thread wakes the
+    /// waiting task; no executor timer is needed, so any executor can poll it). An ask whose
+    /// deadline passed before its turn is not run.
     pub fn ask_timeout<M>(
         &self,
         msg: M,
@@ -134,13 +141,69 @@ impl<A: Actor> ActorRef<A> {
         A: Handler<M>,
         M: Message,
     {
+        self.ask_with(msg, timeout, None)
+    }
+
+    /// Like [`ActorRef::ask`], for a plain thread that may block: parks the calling thread
+    /// (no spinning, no executor) until the reply or the deadline (`ask_timeout`).
+    ///
+    /// # Panics
+    /// On a shard thread (inside a handler or a task spawned on a shard): blocking there would
+    /// stop the shard, and with it possibly the very actor it waits for. Use `ask(..).await`.
+    pub fn ask_blocking<M>(&self, msg: M) -> Result<M::Reply, CallError>
+    where
+        A: Handler<M>,
+        M: Message,
+    {
+        self.ask_timeout_blocking(msg, self.node.config.ask_timeout)
+    }
+
+    /// Like [`ActorRef::ask_timeout`], blocking the calling thread (see
+    /// [`ActorRef::ask_blocking`]; panics on a shard thread).
+    pub fn ask_timeout_blocking<M>(&self, msg: M, timeout: Duration) -> Result<M::Reply, CallError>
+    where
+        A: Handler<M>,
+        M: Message,
+    {
+        assert_not_on_shard("ask_blocking");
+        let deadline = Instant::now() + timeout;
+        block_on_until(self.ask_with(msg, timeout, Some(deadline)), Some(deadline))
+    }
+
+    /// Like [`ActorRef::tell`], blocking the calling thread (parked, not spinning) while there
+    /// is no room to send. Panics on a shard thread (see [`ActorRef::ask_blocking`]).
+    pub fn tell_blocking<M>(&self, msg: M) -> Result<(), CallError>
+    where
+        A: Handler<M>,
+        M: Message,
+    {
+        assert_not_on_shard("tell_blocking");
+        block_on_until(self.tell(msg), None)
+    }
+
+    /// `ask_timeout`. `parked_until`: outside the node, `None` wakes the caller at its
+    /// deadline through the deadline thread; `Some(deadline)` is the deadline of a blocking
+    /// caller that parks until it by itself.
+    fn ask_with<M>(
+        &self,
+        msg: M,
+        timeout: Duration,
+        parked_until: Option<Instant>,
+    ) -> impl Future<Output = Result<M::Reply, CallError>> + '_
+    where
+        A: Handler<M>,
+        M: Message,
+    {
         use futures::future::Either;
         if let Some(node) = self.remote {
             // Boxed: the remote path's state machine is large; inline, it would grow every
             // local ask's future. A box is small next to a network round trip.
-            return Either::Right(Either::Right(Either::Right(Box::pin(
-                self.ask_remote_any(node, msg, timeout),
-            ))));
+            return Either::Right(Either::Right(Either::Right(Box::pin(self.ask_remote_any(
+                node,
+                msg,
+                timeout,
+                parked_until,
+            )))));
         }
         let type_idx = match self.type_index() {
             Ok(t) => t,
@@ -148,7 +211,14 @@ impl<A: Actor> ActorRef<A> {
         };
         Either::Right(match current_core(&self.node) {
             Some(core) => Either::Left(self.ask_on_shard(core, type_idx, msg, timeout)),
-            None => Either::Right(Either::Left(self.ask_external(type_idx, msg, timeout))),
+            // Boxed: the outside path (admission wait, deadline timer) would grow every
+            // on-shard ask's future; it allocates a channel and an envelope anyway.
+            None => Either::Right(Either::Left(Box::pin(self.ask_external(
+                type_idx,
+                msg,
+                timeout,
+                parked_until,
+            )))),
         })
     }
 
@@ -159,6 +229,7 @@ impl<A: Actor> ActorRef<A> {
         node: NodeId,
         msg: M,
         timeout: Duration,
+        parked_until: Option<Instant>,
     ) -> Result<M::Reply, CallError>
     where
         A: Handler<M>,
@@ -167,7 +238,8 @@ impl<A: Actor> ActorRef<A> {
         if let Some(core) = current_core(&self.node) {
             return crate::net::ask_remote(self, core, node, msg, timeout).await;
         }
-        self.external_admit_any()?;
+        let mut timer = DeadlineTimer::new(timeout, parked_until);
+        self.external_admit(Some(&mut timer)).await?;
         let (tx, rx) = futures::channel::oneshot::channel();
         let me = self.clone();
         let shard = self.owner;
@@ -177,17 +249,36 @@ impl<A: Actor> ActorRef<A> {
                 let core2 = core.clone();
                 core.exec.spawn(async move {
                     let r = crate::net::ask_remote(&me, core2.clone(), node, msg, timeout).await;
-                    core2.node.shards[usize::from(core2.id)]
-                        .ext_inflight
-                        .fetch_sub(1, Ordering::Relaxed);
+                    core2.injector().release();
                     let _ = tx.send(r);
                 });
             }))),
         );
-        match rx.await {
-            Ok(r) => r,
-            Err(_canceled) => Err(CallError::ShuttingDown {
+        self.reply_by_deadline(rx, &mut timer).await
+    }
+
+    /// Waits for an external caller's reply channel until the deadline.
+    async fn reply_by_deadline<T>(
+        &self,
+        mut rx: futures::channel::oneshot::Receiver<Result<T, CallError>>,
+        timer: &mut DeadlineTimer,
+    ) -> Result<T, CallError> {
+        let got = std::future::poll_fn(|cx| {
+            if let Poll::Ready(r) = Pin::new(&mut rx).poll(cx) {
+                return Poll::Ready(Some(r));
+            }
+            timer.poll_expired(cx).map(|()| None)
+        })
+        .await;
+        match got {
+            Some(Ok(r)) => r,
+            // The owner shard dropped the message unhandled: it is stopping.
+            Some(Err(_canceled)) => Err(CallError::ShuttingDown {
                 actor: self.id.clone(),
+            }),
+            None => Err(CallError::Timeout {
+                actor: self.id.clone(),
+                timeout: timer.timeout(),
             }),
         }
     }
@@ -201,7 +292,7 @@ impl<A: Actor> ActorRef<A> {
         if let Some(core) = current_core(&self.node) {
             return crate::net::tell_remote(self, core, node, msg).await;
         }
-        self.external_admit_any()?;
+        self.external_admit(None).await?;
         let (tx, rx) = futures::channel::oneshot::channel();
         let me = self.clone();
         self.node.inject(
@@ -210,9 +301,7 @@ impl<A: Actor> ActorRef<A> {
                 let core2 = core.clone();
                 core.exec.spawn(async move {
                     let r = crate::net::tell_remote(&me, core2.clone(), node, msg).await;
-                    core2.node.shards[usize::from(core2.id)]
-                        .ext_inflight
-                        .fetch_sub(1, Ordering::Relaxed);
+                    core2.injector().release();
                     let _ = tx.send(r);
                 });
             }))),
@@ -225,9 +314,11 @@ impl<A: Actor> ActorRef<A> {
     }
 
     /// Sends `msg` without waiting for its handling. Waits only for room (mailbox, cross-shard
-    /// credit or injection queue): a `tell` is never dropped silently. Errors only if the type
+    /// credit, or from outside the node an admission slot; the wait is asynchronous and never
+    /// spins, and has no deadline): a `tell` is never dropped silently. Errors only if the type
     /// is unknown or the node is shutting down. Nothing is sent before the future is polled; in
-    /// the common case (room available) the first poll sends and resolves.
+    /// the common case (room available) the first poll sends and resolves. For a plain thread
+    /// without an executor, [`ActorRef::tell_blocking`].
     ///
     /// **The returned [`Tell`] must be awaited** (or polled): `r.tell(msg);` alone sends
     /// nothing (the compiler warns). To send without awaiting, use [`ActorRef::tell_now`].
@@ -311,9 +402,7 @@ impl<A: Actor> ActorRef<A> {
                         tracing::warn!(shard = core.id, actor = %me.id, error = %e,
                             "tell_now from outside the node could not be sent");
                     }
-                    core.node.shards[usize::from(core.id)]
-                        .ext_inflight
-                        .fetch_sub(1, Ordering::Relaxed);
+                    core.injector().release();
                 }))),
             );
             return Ok(());
@@ -359,7 +448,18 @@ impl<A: Actor> ActorRef<A> {
             Err(e) => return Ok(Err(e)),
         };
         let Some(core) = current_core(&self.node) else {
-            return Ok(self.tell_external(type_idx, msg));
+            return match self.external_admit_now() {
+                Ok(()) => {
+                    self.inject_tell(type_idx, msg);
+                    Ok(Ok(()))
+                }
+                Err(CallError::Full { .. }) => Err(Box::pin(async move {
+                    self.external_admit(None).await?;
+                    self.inject_tell(type_idx, msg);
+                    Ok(())
+                })),
+                Err(e) => Ok(Err(e)),
+            };
         };
         let target = self.target_on(&core);
         let item = self.envelope::<M>(&core, type_idx, target, msg, ReplyTo::None);
@@ -383,12 +483,12 @@ impl<A: Actor> ActorRef<A> {
         }
     }
 
-    fn tell_external<M>(&self, type_idx: u16, msg: M) -> Result<(), CallError>
+    /// Queues a tell from outside the node (the caller holds an admission slot).
+    fn inject_tell<M>(&self, type_idx: u16, msg: M)
     where
         A: Handler<M>,
         M: Message,
     {
-        self.external_admit()?;
         let d = Deliver::<A, M>::new(
             type_idx,
             self.id.key.clone(),
@@ -397,7 +497,6 @@ impl<A: Actor> ActorRef<A> {
             Origin::External,
         );
         self.node.inject(self.owner, Box::new(d));
-        Ok(())
     }
 
     /// The one box a message travels in from shard `core` to shard `target`.
@@ -456,11 +555,13 @@ impl<A: Actor> ActorRef<A> {
     {
         let core = &core;
         let target = self.target_on(core);
-        // The deadline starts now and covers waiting for a credit or for mailbox room.
+        // The deadline starts now and covers waiting for a credit or for mailbox room; it
+        // travels with the message, so the callee does not run the ask once it passed.
+        let deadline = core.now() + timeout;
         let call = core
             .calls
             .borrow_mut()
-            .register(core.now() + timeout, Waiter::Task(None));
+            .register(deadline, Waiter::Task(None));
         let mut wait = CallWait {
             core,
             call,
@@ -475,7 +576,8 @@ impl<A: Actor> ActorRef<A> {
             if target != core.id {
                 core.acquire_credit(target).await;
             }
-            self.dispatch::<M>(core, type_idx, target, msg, reply).await;
+            self.dispatch::<M>(core, type_idx, target, msg, reply, deadline)
+                .await;
         };
         let mut send = std::pin::pin!(send);
         let early = std::future::poll_fn(|cx| {
@@ -503,11 +605,13 @@ impl<A: Actor> ActorRef<A> {
         target: ShardId,
         msg: M,
         reply: ReplyTo,
+        deadline: Instant,
     ) where
         A: Handler<M>,
         M: Message,
     {
-        let item = self.envelope::<M>(core, type_idx, target, msg, reply);
+        let mut item = self.envelope::<M>(core, type_idx, target, msg, reply);
+        item.deadline = Some(deadline);
         if target != core.id {
             core.send_to(target, item);
         } else if let Err(item) = try_send_local::<A>(core, type_idx, item) {
@@ -516,18 +620,12 @@ impl<A: Actor> ActorRef<A> {
     }
 
     /// Like `external_admit`, without waiting: `Full` if `external_inflight_max` messages
-    /// from outside the node are in flight to the owner shard.
+    /// from outside the node are in flight to the owner shard (or callers wait for a slot).
     fn external_admit_now(&self) -> Result<(), CallError> {
-        if self.node.phase() != Phase::Running {
-            return Err(CallError::ShuttingDown {
-                actor: self.id.clone(),
-            });
-        }
-        let counter = &self.node.shards[usize::from(self.owner)].ext_inflight;
-        if counter.fetch_add(1, Ordering::Relaxed) < self.node.config.external_inflight_max {
+        self.check_running()?;
+        if self.node.shards[usize::from(self.owner)].inject.try_admit() {
             Ok(())
         } else {
-            counter.fetch_sub(1, Ordering::Relaxed);
             Err(CallError::Full {
                 actor: self.id.clone(),
                 place: "injection queue",
@@ -535,30 +633,50 @@ impl<A: Actor> ActorRef<A> {
         }
     }
 
-    fn external_admit_any(&self) -> Result<(), CallError> {
-        self.external_admit()
+    fn check_running(&self) -> Result<(), CallError> {
+        if self.node.phase() == Phase::Running {
+            Ok(())
+        } else {
+            Err(CallError::ShuttingDown {
+                actor: self.id.clone(),
+            })
+        }
     }
 
-    fn external_admit(&self) -> Result<(), CallError> {
-        if self.node.phase() != Phase::Running {
-            return Err(CallError::ShuttingDown {
-                actor: self.id.clone(),
-            });
+    /// Takes one of the owner shard's `external_inflight_max` slots for a message from outside
+    /// the node, waiting (asynchronously, FIFO, woken when a slot frees up) while none is free;
+    /// until `timer`'s deadline, if given (then `Timeout`). `ShuttingDown` once the node
+    /// stops taking calls.
+    async fn external_admit(&self, mut timer: Option<&mut DeadlineTimer>) -> Result<(), CallError> {
+        self.check_running()?;
+        let inj = &self.node.shards[usize::from(self.owner)].inject;
+        if inj.try_admit() {
+            return Ok(());
         }
-        let max = self.node.config.external_inflight_max;
-        let counter = &self.node.shards[usize::from(self.owner)].ext_inflight;
-        loop {
-            if counter.fetch_add(1, Ordering::Relaxed) < max {
-                return Ok(());
+        let mut admit = std::pin::pin!(inj.admit());
+        let admitted = std::future::poll_fn(|cx| {
+            if admit.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(Ok(()));
             }
-            counter.fetch_sub(1, Ordering::Relaxed);
-            if self.node.phase() != Phase::Running {
-                return Err(CallError::ShuttingDown {
-                    actor: self.id.clone(),
-                });
+            // Looked at after registering: a phase change wakes every waiter.
+            self.check_running()?;
+            match timer.as_deref_mut() {
+                Some(t) => t.poll_expired(cx).map(|()| {
+                    Err(CallError::Timeout {
+                        actor: self.id.clone(),
+                        timeout: t.timeout(),
+                    })
+                }),
+                None => Poll::Pending,
             }
-            std::thread::yield_now();
+        })
+        .await;
+        admitted?;
+        if let Err(e) = self.check_running() {
+            inj.release();
+            return Err(e);
         }
+        Ok(())
     }
 
     async fn ask_external<M>(
@@ -566,12 +684,15 @@ impl<A: Actor> ActorRef<A> {
         type_idx: u16,
         msg: M,
         timeout: Duration,
+        parked_until: Option<Instant>,
     ) -> Result<M::Reply, CallError>
     where
         A: Handler<M>,
         M: Message,
     {
-        self.external_admit()?;
+        let mut timer = DeadlineTimer::new(timeout, parked_until);
+        let deadline = timer.at();
+        self.external_admit(Some(&mut timer)).await?;
         let (tx, rx) = futures::channel::oneshot::channel();
         let mut d = Deliver::<A, M>::new(
             type_idx,
@@ -585,18 +706,14 @@ impl<A: Actor> ActorRef<A> {
                 tx,
                 actor: self.id.clone(),
                 timeout,
+                deadline,
                 _types: std::marker::PhantomData,
             }),
-            timeout,
+            deadline,
         });
+        d.deadline = Some(deadline);
         self.node.inject(self.owner, Box::new(d));
-        match rx.await {
-            Ok(result) => result,
-            // The owner shard dropped the message unhandled: it is stopping.
-            Err(_canceled) => Err(CallError::ShuttingDown {
-                actor: self.id.clone(),
-            }),
-        }
+        self.reply_by_deadline(rx, &mut timer).await
     }
 }
 
@@ -703,4 +820,14 @@ impl Drop for CallWait<'_> {
             self.core.calls.borrow_mut().cancel(self.call);
         }
     }
+}
+
+/// Panics if the calling thread is a shard thread (of any node): a blocking call there would
+/// stop the shard.
+fn assert_not_on_shard(what: &str) {
+    assert!(
+        !crate::core::on_shard_thread(),
+        "{what} called on a shard thread: it would block the shard (and perhaps the actor it \
+         waits for); use the async call with .await"
+    );
 }

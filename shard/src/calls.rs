@@ -72,6 +72,10 @@ pub(crate) enum Waiter {
 pub(crate) trait Forward {
     /// Delivers the outcome.
     fn complete(self: Box<Self>, outcome: CallOutcome);
+    /// True if nobody will read the outcome any more (the caller gave up).
+    fn abandoned(&self) -> bool {
+        false
+    }
 }
 
 enum State {
@@ -207,6 +211,19 @@ impl CallTable {
             State::Waiting(Waiter::Forward(_)) | State::Free => {
                 unreachable!("a polled call is a task-waited call")
             }
+        }
+    }
+
+    /// True if call `id` still has a caller waiting for its outcome (not timed out, not
+    /// cancelled, not abandoned by a caller outside the node).
+    pub(crate) fn is_awaited(&self, id: CallId) -> bool {
+        match self.slots.get(id.index()) {
+            Some(slot) if slot.gen == id.gen() => match &slot.state {
+                State::Waiting(Waiter::Task(_)) => true,
+                State::Waiting(Waiter::Forward(f)) => !f.abandoned(),
+                State::Done(_) | State::Free => false,
+            },
+            _ => false,
         }
     }
 

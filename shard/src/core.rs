@@ -40,6 +40,49 @@ const NET_POLL_BUSY: Duration = Duration::from_micros(20);
 const NET_POLL_ROUNDS: u32 = 8;
 /// Ready tasks polled per pump iteration before the pump looks at its rings again.
 const RUN_BATCH: usize = 256;
+/// How long a batch of task polls may run before the pump takes its turn (checked between
+/// rounds, against the clock as refreshed by asks' turns).
+const BATCH_TIME: Duration = Duration::from_millis(1);
+
+thread_local! {
+    /// True on a thread that runs a shard's pump (of any node in the process).
+    static ON_SHARD: Cell<bool> = const { Cell::new(false) };
+}
+
+/// True if the calling thread is a shard thread (blocking calls are refused there).
+pub(crate) fn on_shard_thread() -> bool {
+    ON_SHARD.with(Cell::get)
+}
+
+/// The coarse monotonic clock (`CLOCK_MONOTONIC_COARSE`) in ns: cheap, advances in ticks.
+#[inline]
+fn coarse_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid timespec to write; the clock id is a constant Linux provides.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
+    (ts.tv_sec as u64)
+        .wrapping_mul(1_000_000_000)
+        .wrapping_add(ts.tv_nsec as u64)
+}
+
+/// Two ticks of the coarse clock: while it shows the same value, less than one tick passed
+/// (`None`: resolution unknown, never trust it).
+fn coarse_slack() -> Option<Duration> {
+    static SLACK: std::sync::OnceLock<Option<Duration>> = std::sync::OnceLock::new();
+    *SLACK.get_or_init(|| {
+        let mut ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: as in `coarse_ns`.
+        let ok = unsafe { libc::clock_getres(libc::CLOCK_MONOTONIC_COARSE, &mut ts) } == 0;
+        let tick = Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32);
+        (ok && tick > Duration::ZERO && tick <= Duration::from_millis(100)).then(|| 2 * tick)
+    })
+}
 
 /// Per-shard counters (plain cells: only the shard's thread writes them; read through
 /// [`crate::Engine::stats`], which asks each shard).
@@ -49,6 +92,7 @@ pub(crate) struct ShardStats {
     pub(crate) deactivations: Cell<u64>,
     pub(crate) panics: Cell<u64>,
     pub(crate) replies_dropped: Cell<u64>,
+    pub(crate) asks_expired_skipped: Cell<u64>,
     pub(crate) mailbox_waits: Cell<u64>,
     pub(crate) credit_waits: Cell<u64>,
     pub(crate) parks: Cell<u64>,
@@ -80,6 +124,8 @@ pub(crate) struct ShardCore {
     pub(crate) id: ShardId,
     pub(crate) node: Arc<NodeShared>,
     now: Cell<Instant>,
+    /// `coarse_ns()` read just after `now`.
+    coarse_at_now: Cell<u64>,
     outboxes: Vec<Option<RefCell<Outbox>>>,
     inbound: RefCell<Vec<Consumer<CrossBox>>>,
     credits: Vec<Cell<u32>>,
@@ -127,6 +173,7 @@ impl ShardCore {
         ShardCore {
             id,
             now: Cell::new(Instant::now()),
+            coarse_at_now: Cell::new(coarse_ns()),
             outboxes,
             inbound: RefCell::new(inbound),
             credits: (0..n).map(|_| Cell::new(credit)).collect(),
@@ -150,10 +197,54 @@ impl ShardCore {
         }
     }
 
-    /// The shard's clock, read once per pump iteration.
+    /// The shard's clock, read once per pump iteration (and refreshed by every ask's turn).
     #[inline]
     pub(crate) fn now(&self) -> Instant {
         self.now.get()
+    }
+
+    /// Sets the shard's clock to `now` (just read), noting the coarse clock with it.
+    #[inline]
+    fn set_now(&self, now: Instant) {
+        self.now.set(now);
+        self.coarse_at_now.set(coarse_ns());
+    }
+
+    /// True if `deadline` has passed, judged with a clock fresh enough for it, cheaply: the
+    /// shard's clock may be stale (read at the start of the pump's iteration), but if the
+    /// coarse clock (about 8 ns to read, against about 25-70 ns for `Instant::now`) has not
+    /// ticked since, it is stale by less than a tick; only a deadline within two ticks of it, or
+    /// a tick since, costs a precise reading (which refreshes the shard's clock).
+    #[inline]
+    pub(crate) fn deadline_passed(&self, deadline: Instant) -> bool {
+        if let Some(slack) = coarse_slack() {
+            if coarse_ns() == self.coarse_at_now.get() && deadline > self.now.get() + slack {
+                return false;
+            }
+        }
+        let now = Instant::now();
+        let shard_now = self.node.config.clock.at(now);
+        if shard_now > self.now.get() {
+            self.set_now(shard_now);
+        }
+        now >= deadline
+    }
+
+    /// True unless the caller of the ask that replies to `reply` is known to have stopped
+    /// waiting (timed out, dropped its future, or gave up outside the node). A caller on
+    /// another shard is not asked: its deadline, carried in the message, covers that case.
+    #[inline]
+    pub(crate) fn is_awaited(&self, reply: ReplyTo) -> bool {
+        match reply {
+            ReplyTo::Local(call) => self.calls.borrow().is_awaited(call),
+            ReplyTo::Shard(..) | ReplyTo::None => true,
+        }
+    }
+
+    /// This shard's injection queue and admission bound.
+    #[inline]
+    pub(crate) fn injector(&self) -> &crate::admission::Injector {
+        &self.node.shards[usize::from(self.id)].inject
     }
 
     /// This shard's table of actor type `A` (registered at index `type_idx`).
@@ -272,11 +363,7 @@ impl ShardCore {
                     self.poke();
                 }
             }
-            Origin::External => {
-                self.node.shards[usize::from(self.id)]
-                    .ext_inflight
-                    .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
-            }
+            Origin::External => self.injector().release(),
             _ => {}
         }
     }
@@ -297,7 +384,7 @@ impl ShardCore {
             }
             self.inbound.borrow_mut()[i].release();
         }
-        let inject = &self.node.shards[usize::from(self.id)].inject;
+        let inject = self.injector();
         for _ in 0..cap {
             let Some(msg) = inject.pop() else { break };
             msg.run(self);
@@ -310,8 +397,7 @@ impl ShardCore {
     }
 
     fn has_inbound(&self) -> bool {
-        self.inbound.borrow().iter().any(Consumer::has_pending)
-            || !self.node.shards[usize::from(self.id)].inject.is_empty()
+        self.inbound.borrow().iter().any(Consumer::has_pending) || !self.injector().is_empty()
     }
 
     /// Publishes every outbox and sends owed credits; rings the bell of parked peers.
@@ -397,6 +483,7 @@ impl ShardCore {
             deactivations: s.deactivations.get(),
             panics: s.panics.get(),
             replies_dropped: s.replies_dropped.get(),
+            asks_expired_skipped: s.asks_expired_skipped.get(),
             mailbox_waits: s.mailbox_waits.get(),
             credit_waits: s.credit_waits.get(),
             parks: s.parks.get(),
@@ -555,13 +642,16 @@ pub(crate) async fn pump(
     let has_net = core.net.is_some();
     let mut last_io_poll = Instant::now();
     let my_bell = &core.node.shards[usize::from(core.id)].bell;
+    ON_SHARD.with(|s| s.set(true));
     start_log_syncer(&core);
     loop {
         let now = Instant::now();
-        core.now.set(core.node.config.clock.at(now)); // shard time: real unless a test moves it
+        core.set_now(core.node.config.clock.at(now)); // shard time: real unless a test moves it
+                                                      // Deadlines first: a reply that comes in after its call's deadline finds the call timed
+                                                      // out (the caller gets `Timeout`, never a late `Ok`).
+        core.sweep_calls(core.now());
         let mut work = core.drain_inbound();
         core.fire_timers(core.now());
-        core.sweep_calls(core.now());
         if now >= next_idle_sweep {
             for t in &core.tables {
                 t.sweep_idle(core.now());
@@ -573,9 +663,14 @@ pub(crate) async fn pump(
         // hold received bytes back for tens of microseconds.
         let net_due = last_io_poll + NET_POLL_BUSY;
         let mut rounds = 0u32;
+        // Also stop once the batch has run for BATCH_TIME (long turns): replies it produced are
+        // published at the flush below, and deadlines are swept. `core.now()` is refreshed by
+        // each ask's turn, so this costs no clock read.
+        let batch_end = now + BATCH_TIME;
         let polled = core.exec.run_ready(RUN_BATCH, || {
             rounds += 1;
             core.has_inbound()
+                || core.now() >= batch_end
                 || (has_net && rounds >= NET_POLL_ROUNDS && Instant::now() >= net_due)
         });
         work += polled;
@@ -590,6 +685,8 @@ pub(crate) async fn pump(
         let phase = core.node.phase();
         if phase != phase_seen {
             phase_seen = phase;
+            // Callers outside the node waiting for admission look at the phase and give up.
+            core.injector().wake_all();
             if phase == Phase::Deactivating {
                 next_deactivate_push = now;
             }

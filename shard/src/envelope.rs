@@ -8,7 +8,7 @@
 
 use std::marker::PhantomData;
 use std::rc::Rc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use quark_placement::{ActorId, ActorKey, ShardId};
 
@@ -56,6 +56,9 @@ pub(crate) type CrossBox = Box<dyn CrossMsg>;
 pub(crate) trait MailItem<A: Actor>: Send {
     fn reply_to(&self) -> ReplyTo;
     fn origin(&self) -> Origin;
+    /// For an ask: the moment its caller stops waiting (absolute, set when the call was made).
+    /// A turn is not started for an ask whose deadline has passed.
+    fn deadline(&self) -> Option<Instant>;
     /// Starts the turn: moves the message into the handler's future, stored in `turn`.
     fn start<'a>(
         self: Box<Self>,
@@ -68,7 +71,8 @@ pub(crate) trait MailItem<A: Actor>: Send {
 /// The reply channel of a caller outside the node's shards.
 pub(crate) struct External {
     pub(crate) forward: Box<dyn Forward + Send>,
-    pub(crate) timeout: Duration,
+    /// When the caller stops waiting (from the moment it called, not from admission).
+    pub(crate) deadline: Instant,
 }
 
 /// A message for actor `(A, key)` with its reply address, and, once handled, its reply.
@@ -84,6 +88,8 @@ pub(crate) struct Deliver<A, M: Message> {
     pub(crate) reply: ReplyTo,
     pub(crate) origin: Origin,
     pub(crate) external: Option<External>,
+    /// An ask's deadline (absolute; `None` for a tell).
+    pub(crate) deadline: Option<Instant>,
     /// The handler's reply, on the way back.
     value: Option<M::Reply>,
     /// The shard that handled the message (set on the way back).
@@ -106,6 +112,7 @@ impl<A, M: Message> Deliver<A, M> {
             reply,
             origin,
             external: None,
+            deadline: None,
             value: None,
             from: 0,
             _actor: PhantomData,
@@ -131,6 +138,11 @@ where
     #[inline]
     fn origin(&self) -> Origin {
         self.origin
+    }
+
+    #[inline]
+    fn deadline(&self) -> Option<Instant> {
+        self.deadline
     }
 
     #[inline]
@@ -186,13 +198,13 @@ where
             return;
         }
         if let Some(ext) = self.external.take() {
-            // An external caller waits on a channel: register the call here, on the owner
-            // shard, so that its deadline is enforced by this shard's clock.
-            let deadline = core.now() + ext.timeout;
+            // An external caller waits on a channel (and enforces its deadline itself): register
+            // the call here, on the owner shard, so the reply finds its way to the channel.
             let call = core
                 .calls
                 .borrow_mut()
-                .register(deadline, Waiter::Forward(ext.forward));
+                .register(ext.deadline, Waiter::Forward(ext.forward));
+            self.deadline = Some(ext.deadline);
             self.reply = ReplyTo::Local(call);
         }
         crate::activation::deliver::<A>(core, self.type_idx, self);
@@ -203,13 +215,22 @@ where
 pub(crate) struct FailMsg {
     call: CallId,
     from: ShardId,
-    err: CallError,
+    /// `None`: the call's deadline passed before its turn (it was not run).
+    err: Option<CallError>,
 }
 
 impl CrossMsg for FailMsg {
     fn run(self: Box<Self>, core: &Rc<ShardCore>) {
         core.return_credits(self.from, 1);
-        core.complete_call(self.call, CallOutcome::Failed(self.err));
+        match self.err {
+            Some(err) => core.complete_call(self.call, CallOutcome::Failed(err)),
+            // The caller has most likely timed out already: not a dropped reply.
+            None => {
+                core.calls
+                    .borrow_mut()
+                    .complete(self.call, CallOutcome::TimedOut);
+            }
+        }
     }
 }
 
@@ -247,7 +268,28 @@ pub(crate) fn fail_reply(core: &ShardCore, reply: ReplyTo, err: CallError) {
             Box::new(FailMsg {
                 call,
                 from: core.id,
-                err,
+                err: Some(err),
+            }),
+        ),
+    }
+}
+
+/// Fails an ask that was not run because its deadline passed: its caller sees `Timeout`
+/// (the credit of a cross-shard ask goes back with the failure).
+pub(crate) fn expire_reply(core: &ShardCore, reply: ReplyTo) {
+    match reply {
+        ReplyTo::None => {}
+        ReplyTo::Local(call) => {
+            core.calls
+                .borrow_mut()
+                .complete(call, CallOutcome::TimedOut);
+        }
+        ReplyTo::Shard(shard, call) => core.send_to(
+            shard,
+            Box::new(FailMsg {
+                call,
+                from: core.id,
+                err: None,
             }),
         ),
     }
@@ -286,6 +328,9 @@ pub(crate) struct ExtForward<A, M: Message> {
     pub(crate) tx: futures::channel::oneshot::Sender<Result<M::Reply, CallError>>,
     pub(crate) actor: ActorId,
     pub(crate) timeout: Duration,
+    /// The caller's deadline: an answer produced after it is a `Timeout` (the caller may be
+    /// polled late; it then still never sees an answer that came after its deadline).
+    pub(crate) deadline: Instant,
     pub(crate) _types: PhantomData<fn() -> (A, M)>,
 }
 
@@ -294,11 +339,26 @@ where
     A: Handler<M>,
     M: Message,
 {
+    fn abandoned(&self) -> bool {
+        self.tx.is_canceled()
+    }
+
     fn complete(self: Box<Self>, outcome: CallOutcome) {
         let ExtForward {
-            tx, actor, timeout, ..
+            tx,
+            actor,
+            timeout,
+            deadline,
+            ..
         } = *self;
-        // A closed channel means the caller stopped waiting; nothing to do.
+        if tx.is_canceled() {
+            // The caller stopped waiting; nothing to do.
+            return;
+        }
+        let outcome = match outcome {
+            CallOutcome::Reply(_) if Instant::now() > deadline => CallOutcome::TimedOut,
+            o => o,
+        };
         let _ = tx.send(outcome_into::<A, M>(outcome, || actor, timeout));
     }
 }

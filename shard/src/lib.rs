@@ -26,6 +26,7 @@
 mod activation;
 mod actor;
 mod actor_ref;
+mod admission;
 pub mod affinity;
 mod calls;
 mod clock;

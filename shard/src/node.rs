@@ -4,12 +4,11 @@ use std::any::TypeId;
 use std::cell::RefCell;
 use std::future::Future;
 use std::rc::Rc;
-use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{mpsc, Arc};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crossbeam_queue::ArrayQueue;
 use quark_placement::{ActorKey, ShardId};
 use rustc_hash::FxHashMap;
 
@@ -308,11 +307,11 @@ pub enum IoDriver {
     Epoll,
 }
 
-/// What every thread may touch of a shard: its doorbell and its injection queue.
+/// What every thread may touch of a shard: its doorbell and its injection queue (with the
+/// admission bound for callers outside the node; `crate::admission`).
 pub(crate) struct ShardHandle {
     pub(crate) bell: Bell,
-    pub(crate) inject: ArrayQueue<CrossBox>,
-    pub(crate) ext_inflight: AtomicUsize,
+    pub(crate) inject: crate::admission::Injector,
 }
 
 /// State shared by every shard thread and every handle of one node (read-mostly).
@@ -357,37 +356,11 @@ impl NodeShared {
         self.shards.len() as u16
     }
 
-    /// Pushes `msg` into shard `to`'s injection queue, retrying while it is full until
-    /// `deadline`; returns whether it went in.
-    fn inject_until(&self, to: ShardId, mut msg: CrossBox, deadline: Instant) -> bool {
+    /// Pushes `msg` into shard `to`'s injection queue from any thread. Never waits (a full
+    /// queue overflows into a list; see `crate::admission`), so a shard's pump never blocks.
+    pub(crate) fn inject(&self, to: ShardId, msg: CrossBox) {
         let handle = &self.shards[usize::from(to)];
-        loop {
-            match handle.inject.push(msg) {
-                Ok(()) => break,
-                Err(back) if Instant::now() < deadline => {
-                    msg = back;
-                    std::thread::yield_now();
-                }
-                Err(_) => return false,
-            }
-        }
-        handle.bell.ring();
-        true
-    }
-
-    /// Pushes `msg` into shard `to`'s injection queue from a thread outside the node's shards,
-    /// spinning (with `yield_now`) while it is full.
-    pub(crate) fn inject(&self, to: ShardId, mut msg: CrossBox) {
-        let handle = &self.shards[usize::from(to)];
-        loop {
-            match handle.inject.push(msg) {
-                Ok(()) => break,
-                Err(back) => {
-                    msg = back;
-                    std::thread::yield_now();
-                }
-            }
-        }
+        handle.inject.push(msg);
         handle.bell.ring();
     }
 }
@@ -437,6 +410,9 @@ pub struct ShardStatsSnapshot {
     pub panics: u64,
     /// Replies that arrived after their caller stopped waiting.
     pub replies_dropped: u64,
+    /// Asks not run because their deadline had passed (or their caller had given up) when
+    /// their turn came; each was failed with `Timeout` instead.
+    pub asks_expired_skipped: u64,
     /// Times a local sender waited for mailbox space.
     pub mailbox_waits: u64,
     /// Times a sender waited for a cross-shard credit.
@@ -629,8 +605,10 @@ impl Engine {
             })?;
             handles.push(ShardHandle {
                 bell,
-                inject: ArrayQueue::new(config.external_queue_capacity.max(1)),
-                ext_inflight: AtomicUsize::new(0),
+                inject: crate::admission::Injector::new(
+                    config.external_queue_capacity,
+                    config.external_inflight_max,
+                ),
             });
             bell_rx.push(rx);
         }
@@ -770,12 +748,8 @@ impl Engine {
             let msg: CrossBox = Box::new(RunMsg(Box::new(move |core| {
                 let _ = tx.send(core.stats_snapshot());
             })));
-            if !self.shared.inject_until(s, msg, deadline) {
-                return Err(StatsError::NoAnswer {
-                    shard: s,
-                    waited: wait,
-                });
-            }
+            // Never waits: a full injection queue overflows (crate::admission).
+            self.shared.inject(s, msg);
             answers.push(rx);
         }
         answers
