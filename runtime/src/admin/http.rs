@@ -9,6 +9,9 @@ use std::thread::JoinHandle;
 
 use super::{AdminError, Phase, Shared, CONNECTIONS_MAX, IO_TIMEOUT, REQUEST_BYTES_MAX};
 
+/// How long the accept thread lingers on a connection it refuses (over `CONNECTIONS_MAX`).
+const REJECT_LINGER: std::time::Duration = std::time::Duration::from_millis(100);
+
 /// The running server: its address, stop flag and accept thread.
 pub(super) struct Server {
     addr: SocketAddr,
@@ -87,9 +90,13 @@ fn accept_loop(listener: TcpListener, shared: Arc<Shared>, stop: Arc<AtomicBool>
             let _ = w.join();
         }
         if workers.len() >= CONNECTIONS_MAX {
+            // Answered here, with short deadlines: the accept thread waits at most
+            // REJECT_LINGER for this client.
             let mut s = stream;
-            let _ = s.set_write_timeout(Some(IO_TIMEOUT));
+            let _ = s.set_write_timeout(Some(REJECT_LINGER));
+            let _ = s.set_read_timeout(Some(REJECT_LINGER));
             let _ = write_response(&mut s, 503, "text/plain", b"too many admin connections\n");
+            linger_close(s);
             continue;
         }
         let shared = shared.clone();
