@@ -14,7 +14,9 @@ use ports::free_addrs;
 
 use quark::admin::{fetch, fetch_status, Status, CONNECTIONS_MAX, REQUEST_BYTES_MAX};
 use quark::builtin::{Add, Counter};
-use quark::{Actor, ActorType, AdminConfig, AdminError, Handler, Message, Node, NodeConfig, NodeError};
+use quark::{
+    Actor, ActorType, AdminConfig, AdminError, Handler, Message, Node, NodeConfig, NodeError,
+};
 
 const T: Duration = Duration::from_secs(5);
 
@@ -40,7 +42,10 @@ fn two_nodes(dir: &std::path::Path) -> Vec<Node> {
     let addrs = free_addrs(2);
     let mut members = String::new();
     for (i, a) in addrs.iter().enumerate() {
-        members.push_str(&format!("[[cluster.nodes]]\nid = {}\naddr = \"{a}\"\n", i + 1));
+        members.push_str(&format!(
+            "[[cluster.nodes]]\nid = {}\naddr = \"{a}\"\n",
+            i + 1
+        ));
     }
     let nodes: Vec<Node> = (1..=2)
         .map(|id| {
@@ -103,7 +108,11 @@ fn metrics_exposition_passes_promtool_and_is_documented() {
     assert_eq!(nodes[1].admin_addr(), None, "no [admin] table: no endpoint");
     let r = fetch(addr, "/metrics", T).unwrap();
     assert_eq!(r.status, 200);
-    assert!(r.content_type.starts_with("text/plain; version=0.0.4"), "{}", r.content_type);
+    assert!(
+        r.content_type.starts_with("text/plain; version=0.0.4"),
+        "{}",
+        r.content_type
+    );
     let text = r.body;
     // Per-shard series from the snapshots: shards, activations, log and net counters.
     for needle in [
@@ -130,7 +139,10 @@ fn metrics_exposition_passes_promtool_and_is_documented() {
     // Every exported metric is documented.
     let doc = operations_doc();
     for name in metric_names(&text) {
-        assert!(doc.contains(&format!("`{name}`")), "{name} is not in docs/OPERATIONS.md");
+        assert!(
+            doc.contains(&format!("`{name}`")),
+            "{name} is not in docs/OPERATIONS.md"
+        );
     }
     for n in nodes {
         n.shutdown();
@@ -190,7 +202,14 @@ fn status_reports_what_node_stats_reports() {
         assert_eq!(st.log_next_lsn, s.log_next_lsn);
         assert_eq!(st.links_up, s.net.as_ref().map(|n| n.links_up));
     }
-    assert!(status.shards.iter().map(|s| s.live_activations).sum::<u64>() > 0);
+    assert!(
+        status
+            .shards
+            .iter()
+            .map(|s| s.live_activations)
+            .sum::<u64>()
+            > 0
+    );
     assert_eq!(status.peers.len(), 1);
     assert_eq!(status.peers[0].node_id, 2);
     assert_eq!(Some(status.peers[0].addr), nodes[1].listen_addr());
@@ -251,7 +270,10 @@ fn ready_after_start_not_ready_during_drain_gone_after_shutdown() {
     });
     assert_eq!(body, "not ready: draining\n");
     assert_eq!(get(addr, "/healthz").0, 200, "alive while draining");
-    assert!(!stopper.is_finished(), "the drain is held open by the handler");
+    assert!(
+        !stopper.is_finished(),
+        "the drain is held open by the handler"
+    );
     release_tx.send(()).unwrap();
     let report = stopper.join().unwrap();
     assert_eq!(report, quark::ShutdownReport::default());
@@ -265,11 +287,17 @@ fn admin_is_off_by_default_and_non_loopback_is_refused() {
     let c = NodeConfig::from_toml("[node]\nshards = 1\n", "a.toml").unwrap();
     assert_eq!(c.admin, None);
     let c = NodeConfig::from_toml("[admin]\nlisten = \"127.0.0.1:9100\"\n", "a.toml").unwrap();
-    assert_eq!(c.admin, Some(AdminConfig::new("127.0.0.1:9100".parse().unwrap())));
+    assert_eq!(
+        c.admin,
+        Some(AdminConfig::new("127.0.0.1:9100".parse().unwrap()))
+    );
     let e = NodeConfig::from_toml("[admin]\nlisten = \"0.0.0.0:9100\"\n", "a.toml")
         .unwrap_err()
         .to_string();
-    assert!(e.contains("admin.listen") && e.contains("allow_remote"), "{e}");
+    assert!(
+        e.contains("admin.listen") && e.contains("allow_remote"),
+        "{e}"
+    );
     let c = NodeConfig::from_toml(
         "[admin]\nlisten = \"0.0.0.0:9100\"\nallow_remote = true\n",
         "a.toml",

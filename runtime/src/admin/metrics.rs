@@ -53,7 +53,7 @@ pub const SHARD_METRICS: &[ShardMetric] = &[
     m!("quark_activations_live", Gauge, "activations", "Activations alive on the shard now.", |s| Some(s.live_activations)),
     m!("quark_activations_created_total", Counter, "activations", "Activations created since the node started.", |s| Some(s.activations)),
     m!("quark_activations_deactivated_total", Counter, "activations", "Deactivations completed since the node started.", |s| Some(s.deactivations)),
-    m!("quark_handler_panics_total", Counter, "panics", "Handler panics caught (the activation is dropped, its caller gets an error).", |s| Some(s.panics)),
+    m!("quark_handler_panics_total", Counter, "panics", "Handler panics caught on the shard.", |s| Some(s.panics)),
     m!("quark_replies_dropped_total", Counter, "replies", "Replies that arrived after their caller stopped waiting (deadline or cancellation).", |s| Some(s.replies_dropped)),
     m!("quark_mailbox_waits_total", Counter, "waits", "Times a sender on the same shard waited for mailbox room.", |s| Some(s.mailbox_waits)),
     m!("quark_credit_waits_total", Counter, "waits", "Times a sender waited for a cross-shard credit (cross_shard_inflight_max reached).", |s| Some(s.credit_waits)),

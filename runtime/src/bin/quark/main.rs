@@ -18,6 +18,7 @@ use clap::{Parser, Subcommand};
 mod data;
 mod journal;
 mod serve;
+mod status;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -38,6 +39,8 @@ enum Command {
     Journal(journal::Args),
     /// Offline maintenance of a stopped node's data directory (`reshard`).
     Data(data::Args),
+    /// Print a running node's status from its admin endpoint (`[admin]`).
+    Status(status::Args),
 }
 
 fn main() -> ExitCode {
@@ -60,5 +63,6 @@ fn main() -> ExitCode {
         },
         Command::Journal(args) => journal::run(args),
         Command::Data(args) => data::run(args),
+        Command::Status(args) => status::run(args),
     }
 }
