@@ -366,15 +366,28 @@ fn request_size_and_connections_are_bounded() {
     eventually("the served connections' slots to free up", T, || {
         (fetch(addr, "/healthz", T).ok()?.status == 200).then_some(())
     });
-    // CONNECTIONS_MAX clients that send nothing occupy every slot; the next one gets 503.
-    let idle: Vec<TcpStream> = (0..CONNECTIONS_MAX)
-        .map(|_| TcpStream::connect(addr).unwrap())
+    // Clients that send half a request head: each one served holds a slot until the read
+    // deadline drops it (it then sees the connection close with no answer); a client over the
+    // limit is answered 503 at once. Two more than the limit: at least two get 503, and no
+    // more than CONNECTIONS_MAX are ever held (a slot still held by the request above only
+    // turns one more into a 503).
+    let clients: Vec<TcpStream> = (0..CONNECTIONS_MAX + 2)
+        .map(|_| {
+            let mut s = TcpStream::connect(addr).unwrap();
+            s.write_all(b"GET /healthz HTTP/1.1\r\n").unwrap();
+            s
+        })
         .collect();
-    let mut extra = TcpStream::connect(addr).unwrap();
-    extra.write_all(b"GET /healthz HTTP/1.1\r\n\r\n").unwrap();
-    let answer = read_all(&mut extra);
-    assert!(answer.starts_with("HTTP/1.1 503 "), "{answer}");
-    drop(idle);
+    let answers: Vec<String> = clients.into_iter().map(|mut s| read_all(&mut s)).collect();
+    let held = answers.iter().filter(|a| a.is_empty()).count();
+    let refused = answers
+        .iter()
+        .filter(|a| a.starts_with("HTTP/1.1 503 "))
+        .count();
+    assert_eq!(held + refused, answers.len(), "{answers:?}");
+    assert!(held <= CONNECTIONS_MAX, "{answers:?}");
+    assert!(refused >= 2, "{answers:?}");
+    // The slots free up again.
     eventually("a slot to free up", T, || {
         (fetch(addr, "/healthz", T).ok()?.status == 200).then_some(())
     });
