@@ -193,12 +193,12 @@ fn serve_connection(mut stream: TcpStream, shared: &Shared) {
         }
     };
     let (status, content_type, body) = route(&req, shared);
-    let body = if req.method == "HEAD" {
-        Vec::new()
+    let _ = if req.method == "HEAD" {
+        // The head a GET would get (its Content-Length included), without the body.
+        write_head(&mut stream, status, content_type, body.len())
     } else {
-        body
+        write_response(&mut stream, status, content_type, &body)
     };
-    let _ = write_response(&mut stream, status, content_type, &body);
     linger_close(stream);
 }
 
@@ -257,13 +257,22 @@ fn write_response(
     content_type: &str,
     body: &[u8],
 ) -> std::io::Result<()> {
+    write_head(w, status, content_type, body.len())?;
+    w.write_all(body)?;
+    w.flush()
+}
+
+fn write_head(
+    w: &mut impl Write,
+    status: u16,
+    content_type: &str,
+    content_length: usize,
+) -> std::io::Result<()> {
     let head = format!(
-        "HTTP/1.1 {status} {}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nCache-Control: no-store\r\nConnection: close\r\n\r\n",
+        "HTTP/1.1 {status} {}\r\nContent-Type: {content_type}\r\nContent-Length: {content_length}\r\nCache-Control: no-store\r\nConnection: close\r\n\r\n",
         reason(status),
-        body.len()
     );
     w.write_all(head.as_bytes())?;
-    w.write_all(body)?;
     w.flush()
 }
 

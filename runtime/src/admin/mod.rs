@@ -283,6 +283,15 @@ mod tests {
         assert_eq!(get("/readyz"), 503);
         assert_eq!(get("/healthz"), 200);
         assert_eq!(get("/nope"), 404);
+        // HEAD: a GET's head (its length), no body.
+        use std::io::{Read, Write};
+        let mut c = std::net::TcpStream::connect(s.addr()).unwrap();
+        c.write_all(b"HEAD /healthz HTTP/1.1\r\n\r\n").unwrap();
+        let mut answer = String::new();
+        c.read_to_string(&mut answer).unwrap();
+        assert!(answer.starts_with("HTTP/1.1 200 OK\r\n"), "{answer}");
+        assert!(answer.contains("Content-Length: 3\r\n"), "{answer}");
+        assert!(answer.ends_with("\r\n\r\n"), "{answer}");
         s.stop();
     }
 }
