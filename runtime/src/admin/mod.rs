@@ -292,6 +292,7 @@ mod tests {
         assert!(answer.starts_with("HTTP/1.1 200 OK\r\n"), "{answer}");
         assert!(answer.contains("Content-Length: 3\r\n"), "{answer}");
         assert!(answer.ends_with("\r\n\r\n"), "{answer}");
+        drop(c);
         s.stop();
     }
 }
