@@ -1,18 +1,19 @@
 #!/usr/bin/env bash
-# The issue-5 ("across nodes") benchmark set, as recorded in docs/BENCHMARKS.md: netbench
-# (5 runs with parking shards, 5 with the default 50 us spin), then loadgen --target against a
+# The issue-5 ("across nodes") benchmark set, as cited in docs/BENCHMARKS.md: netbench (5 runs;
+# parked and spinning shards against the same baselines), then loadgen --target against a
 # `quark serve` node on core 1 (client on core 0): 3 closed-loop runs for the maximum rate,
 # 3 open-loop runs at half the median maximum. Writes everything to the directory given
 # (default: target/net-targets/<UTC time>), with `uptime` between the steps.
+# Usage: scripts/net_targets.sh [OUT_DIR] [--no-build]   (~2 minutes)
 set -u
 cd "$(dirname "$0")/.."
 out=${1:-target/net-targets/$(date -u +%Y%m%dT%H%M)}
 mkdir -p "$out"
-cargo build --release -p quark-bench --bins -p quark --bin quark
+if [ "${2:-}" != "--no-build" ]; then
+  cargo build --release -p quark-bench --bins -p quark --bin quark || exit 1
+fi
 { date -u; nproc; uname -r; git rev-parse --short HEAD; uptime; } > "$out/env.txt"
-target/release/netbench --runs 5 > "$out/netbench.txt" 2>&1
-uptime >> "$out/env.txt"
-target/release/netbench --runs 5 --idle-spin-us 50 > "$out/netbench50.txt" 2>&1
+target/release/netbench --runs 5 --json > "$out/netbench.txt" 2>&1
 uptime >> "$out/env.txt"
 cat > "$out/serve.toml" <<'T'
 [node]
@@ -41,5 +42,5 @@ for _ in 1 2 3; do
 done
 kill -TERM "$qp"; wait "$qp"
 uptime >> "$out/env.txt"
-grep -h median "$out"/netbench*.txt
+grep -h -A20 '^median' "$out"/netbench.txt
 echo "results in $out"

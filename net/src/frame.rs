@@ -174,6 +174,7 @@ pub struct FrameHeader {
 /// Why a frame was refused. Each of these means the byte stream can no longer be trusted:
 /// the connection is to be closed (and counted); the decoder stays failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum FrameError {
     /// The header announces a frame larger than the configured bound.
     #[error("frame of {len} bytes exceeds frame_bytes_max {max}")]
@@ -366,6 +367,7 @@ impl std::fmt::Debug for OutBuf {
 
 /// Errors while encoding one frame. The buffer is left as it was before the frame.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum EncodeError {
     /// The frame would exceed the largest frame length the header can carry, or the bound the
     /// caller passed.

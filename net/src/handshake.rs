@@ -201,6 +201,7 @@ impl std::fmt::Display for PeerClaim {
 /// Why a handshake failed. Whenever this side detected the failure, it has also appended a
 /// Reject frame (with the matching [`RejectReason`]) to the output buffer: flush it, then close.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum HandshakeError {
     /// Protocol versions differ.
     #[error("protocol version mismatch: we speak v{ours}, peer {peer} speaks v{}", peer.protocol_version)]

@@ -37,6 +37,7 @@ pub struct NodeConfig {
 /// Why a membership config was refused. Each names the offending entry (its index in
 /// `nodes`, counting from 0) and what was expected.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum MembershipError {
     /// `cluster_id` is empty or longer than [`CLUSTER_ID_BYTES_MAX`](crate::CLUSTER_ID_BYTES_MAX).
     #[error("cluster.cluster_id must be 1..={max} bytes, got {len}")]

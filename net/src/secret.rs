@@ -12,6 +12,7 @@ pub struct ClusterSecret(Box<[u8]>);
 
 /// Why a secret was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum SecretError {
     /// The secret is shorter than [`ClusterSecret::MIN_BYTES`].
     #[error("cluster secret from {source_name} is {len} bytes; at least {min} are required")]
@@ -121,6 +122,7 @@ impl ListenMode {
 
 /// A listen address refused by [`check_listen_addr`].
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum ListenError {
     /// No secret is configured and the address is not loopback (this includes `0.0.0.0` and
     /// `[::]`).

@@ -191,6 +191,7 @@ where
 /// Why a payload could not be used. The sender is not trusted: answer a request with a
 /// [`RemoteError::BadPayload`] reply, or close the connection for control frames.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum WireError {
     /// Bytes are not a valid archive of the expected type (bytecheck failed).
     #[error("payload of {len} bytes is not a valid {wire_name}")]
@@ -287,8 +288,14 @@ impl WireMessage for RequestEnvelope<'_> {
 }
 
 /// Why a remote call failed, as the callee reports it. Travels in an `ErrorReply` frame.
+///
+/// Each of the engine's call errors has its own code here, so a caller on another node gets
+/// the same error it would get locally (see the "Call errors" table in `docs/ARCHITECTURE.md`).
+/// New variants are only ever appended (the archived tag of a variant is its position), and a
+/// peer that reads a tag it does not know rejects the frame as invalid.
 #[derive(Debug, Clone, PartialEq, Eq, Archive, Serialize, Deserialize, thiserror::Error)]
 #[rkyv(derive(Debug))]
+#[non_exhaustive]
 pub enum RemoteError {
     /// The receiving node has no actor type of this name.
     #[error("unknown actor type {actor_type:?}")]
@@ -319,7 +326,8 @@ pub enum RemoteError {
     /// The callee node is stopping and takes no new work.
     #[error("the callee node is shutting down")]
     ShuttingDown,
-    /// The callee's bounded queue for the target was full.
+    /// The callee's bounded queue for the target was full. Not sent since protocol v1.2
+    /// (which sends [`RemoteError::Full`]); kept so that older peers' replies still decode.
     #[error("the callee is overloaded")]
     Overloaded,
     /// The call was queued behind one whose handler panicked; it never ran (safe to retry).
@@ -332,6 +340,58 @@ pub enum RemoteError {
     Panicked {
         /// The panic message, e.g. `"overdrawn at src/bank.rs:12:9"`.
         message: String,
+    },
+    // Protocol v1.2: one code per engine call error (appended; tags above unchanged).
+    /// The actor's state could not be loaded on the callee; the call had no effect.
+    #[error("the actor could not be activated: {detail}")]
+    ActivationFailed {
+        /// What the callee's loader reported.
+        detail: String,
+    },
+    /// The callee could not reach the node it forwarded the call to.
+    #[error("node {node} is unavailable to the callee")]
+    NodeUnavailable {
+        /// The node the callee could not reach.
+        node: u64,
+    },
+    /// The callee has no wire codec for a message type it needed to send on.
+    #[error("message type {message_type} is not registered as a wire message on the callee")]
+    NotWireMessage {
+        /// The Rust type name.
+        message_type: String,
+    },
+    /// A frame the callee had to send (e.g. the reply) exceeded its `frame_bytes_max`.
+    #[error(
+        "message {message_type} is {bytes} bytes encoded, over the callee's frame_bytes_max {max}"
+    )]
+    MessageTooLarge {
+        /// Wire name of the message.
+        message_type: String,
+        /// Encoded frame size.
+        bytes: u64,
+        /// The bound.
+        max: u64,
+    },
+    /// The callee could not archive a message it had to send (e.g. the reply).
+    #[error("message {message_type} could not be serialized on the callee")]
+    NotSerializable {
+        /// Wire name of the message.
+        message_type: String,
+    },
+    /// A reply the callee received from a third node failed validation.
+    #[error("invalid {message_type} reply from node {node} to the callee")]
+    BadReply {
+        /// The node that sent the invalid reply.
+        node: u64,
+        /// Wire name of the request's message type.
+        message_type: String,
+    },
+    /// No room on the callee's way to the actor; the message was not delivered.
+    #[error("no room on the callee ({place} full)")]
+    Full {
+        /// What was full (`"mailbox"`, `"cross-shard credits"`, `"injection queue"`,
+        /// `"connection buffer"`).
+        place: String,
     },
 }
 

@@ -17,6 +17,8 @@ use std::sync::Arc;
 use std::task::{Context, Poll, Wake, Waker};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use crate::lock::{DirLock, LockError};
+
 /// A directory-level backend: opens files and performs the rare metadata operations.
 pub trait LogIo {
     /// The file handle type.
@@ -38,6 +40,13 @@ pub trait LogIo {
     async fn create_dir_all(&self, dir: &Path) -> io::Result<()>;
     /// Makes the directory's entries (creations, renames, removals) durable (fsync of the dir).
     async fn sync_dir(&self, dir: &Path) -> io::Result<()>;
+    /// Takes the log directory's exclusive lock for the life of the log, so that no other
+    /// process opens the same log (`Log::open` calls it once the directory exists). The default
+    /// is an `flock` on `<dir>/.lock` ([`DirLock::exclusive`]); a backend whose files no other
+    /// process can see (the in-memory [`crate::sim::SimIo`]) returns `Ok(None)`.
+    fn lock_dir(&self, dir: &Path) -> Result<Option<DirLock>, LockError> {
+        DirLock::exclusive(dir).map(Some)
+    }
     /// Wall-clock milliseconds since the Unix epoch: the log's only clock (record timestamps,
     /// `IntervalMs` fsync policy, expiry). A backend may return its executor's cached clock.
     fn now_ms(&self) -> u64 {

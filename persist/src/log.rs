@@ -399,7 +399,7 @@ impl<IO: LogIo> Log<IO> {
                 dir: config.dir.clone(),
                 source,
             })?;
-        let lock = crate::lock::DirLock::exclusive(&config.dir)?;
+        let lock = io.lock_dir(&config.dir)?;
         let recovered = recover(&io, &config).await?;
         let now = io.now_ms();
         let max = config.segment_bytes;
@@ -438,7 +438,7 @@ impl<IO: LogIo> Log<IO> {
             free_bufs: Vec::new(),
             segments_recycled: 0,
             maintenance: false,
-            lock: Some(lock),
+            lock,
         };
         let log = Log {
             inner: Rc::new(Inner {

@@ -456,6 +456,11 @@ impl SimIo {
 impl LogIo for SimIo {
     type File = SimFile;
 
+    /// The simulated disk is private to this process: there is nobody to lock out.
+    fn lock_dir(&self, _dir: &Path) -> Result<Option<crate::DirLock>, crate::LockError> {
+        Ok(None)
+    }
+
     async fn open(&self, path: &Path, create: bool) -> io::Result<SimFile> {
         let mut d = self.disk.borrow_mut();
         d.op()?;

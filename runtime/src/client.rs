@@ -380,7 +380,9 @@ impl Client {
     }
 
     /// The client's counters (per shard, with the transport's).
-    pub fn stats(&self) -> Vec<ShardStatsSnapshot> {
+    /// Fails naming the first shard that did not answer within one second (see
+    /// [`quark_shard::Engine::stats`]).
+    pub fn stats(&self) -> Result<Vec<ShardStatsSnapshot>, quark_shard::StatsError> {
         self.engine.stats()
     }
 

@@ -30,8 +30,9 @@ pub use quark_net::{
 };
 pub use quark_shard::{
     allowed_cores, block_on, Actor, ActorId, ActorKey, ActorRef, ActorType, CallError, Context,
-    EngineConfig, EngineHandle, ErrorChain, Handler, LinkDown, Message, ShardId, ShardSpec,
-    ShardStatsSnapshot, ShutdownReport, SpawnHandle, StartError, Tell, TimerId,
+    EngineConfig, EngineHandle, ErrorChain, Handler, IoDriver, JoinError, LinkDown, Message,
+    Pinning, ShardId, ShardInfo, ShardSpec, ShardStatsSnapshot, ShutdownReport, SpawnHandle,
+    StartError, StatsError, Tell, TimerId,
 };
 pub use quark_shard::{NetConfig, NetStatsSnapshot};
 pub use serve::{serve, ServeError, ServeOptions};

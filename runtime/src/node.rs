@@ -289,13 +289,7 @@ impl NodeBuilder {
             node_id: engine.node_id(),
             cluster_listen: engine.listen_addr(),
             cores: engine.cores().to_vec(),
-            pinned: self.config.engine.pin_threads,
-            driver_requested: if self.config.engine.force_legacy_driver {
-                "epoll"
-            } else {
-                "io_uring"
-            },
-            idle_spin_us: self.config.engine.idle_spin.as_micros() as u64,
+            shards: engine.info().to_vec(),
             peers: self
                 .config
                 .cluster
@@ -429,8 +423,17 @@ impl Node {
         self.info.cluster_listen
     }
 
-    /// Every shard's counters (see [`Engine::stats`]; waits while an admin scrape reads them).
-    pub fn stats(&self) -> Vec<ShardStatsSnapshot> {
+    /// How each shard runs (index = shard id): the core it runs on, whether pinning worked, its
+    /// I/O driver (io_uring or the epoll fallback) and its effective idle spin. See
+    /// [`quark_shard::ShardInfo`].
+    pub fn info(&self) -> &[quark_shard::ShardInfo] {
+        &self.info.shards
+    }
+
+    /// Every shard's counters.
+    /// Fails naming the first shard that did not answer within one second (see
+    /// [`quark_shard::Engine::stats`]). Waits while an admin scrape reads them.
+    pub fn stats(&self) -> Result<Vec<ShardStatsSnapshot>, quark_shard::StatsError> {
         self.engine()
             .as_ref()
             .expect("the engine is in its slot until shutdown consumes the node")

@@ -128,7 +128,12 @@ fn metrics_exposition_passes_promtool_and_is_documented() {
         assert!(text.contains(needle), "missing {needle:?} in\n{text}");
     }
     // The node's own figure: live activations summed over shards equals Node::stats().
-    let live: u64 = nodes[0].stats().iter().map(|s| s.live_activations).sum();
+    let live: u64 = nodes[0]
+        .stats()
+        .unwrap()
+        .iter()
+        .map(|s| s.live_activations)
+        .sum();
     let exported: u64 = text
         .lines()
         .filter(|l| l.starts_with("quark_activations_live{"))
@@ -183,17 +188,27 @@ fn status_reports_what_node_stats_reports() {
     let nodes = two_nodes(dir.path());
     let addr = nodes[0].admin_addr().unwrap();
     let status: Status = fetch_status(addr, T).unwrap();
-    let stats = nodes[0].stats();
+    let stats = nodes[0].stats().unwrap();
     assert_eq!(status.node_id, Some(1));
     assert_eq!(status.version, env!("CARGO_PKG_VERSION"));
     assert_eq!(status.state, "ready");
     assert!(status.ready);
+    assert_eq!(status.stats_error, None);
     assert_eq!(status.cluster_listen, nodes[0].listen_addr());
     assert_eq!(status.shards.len(), stats.len());
     for (st, s) in status.shards.iter().zip(&stats) {
         assert!(st.answered);
         assert_eq!(st.shard, s.shard);
-        assert_eq!(st.core, nodes[0].cores().get(usize::from(s.shard)).copied());
+        let info = &nodes[0].info()[usize::from(s.shard)];
+        assert_eq!(st.core, Some(info.core));
+        assert_eq!(st.running_on, info.running_on);
+        assert_eq!(st.pinning, "off", "pin_threads = false");
+        let driver = match info.driver {
+            quark::IoDriver::IoUring => "io_uring",
+            _ => "epoll",
+        };
+        assert_eq!(st.driver, driver);
+        assert_eq!(st.idle_spin_us, Some(info.idle_spin.as_micros() as u64));
         // No traffic since: the activation and log figures are the same in both.
         assert_eq!(st.live_activations, s.live_activations);
         assert_eq!(st.activations, s.activations);

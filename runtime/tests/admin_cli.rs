@@ -30,7 +30,12 @@ fn quark_status_prints_the_nodes_table_and_json() {
         quark::block_on(node.actor_ref::<Counter>(key).ask(Add(1))).unwrap();
     }
     let addr = node.admin_addr().unwrap().to_string();
-    let live: Vec<u64> = node.stats().iter().map(|s| s.live_activations).collect();
+    let live: Vec<u64> = node
+        .stats()
+        .unwrap()
+        .iter()
+        .map(|s| s.live_activations)
+        .collect();
     assert_eq!(live.iter().sum::<u64>(), 10);
 
     let out = quark(&["status", "--addr", &addr]);
@@ -51,7 +56,7 @@ fn quark_status_prints_the_nodes_table_and_json() {
     for (i, row) in rows.iter().enumerate() {
         assert_eq!(row[0], i.to_string(), "{text}");
         assert_eq!(
-            row[3],
+            row[5],
             live[i].to_string(),
             "live activations of shard {i}: {text}"
         );

@@ -102,7 +102,7 @@ fn shards_open_their_logs_and_reopen_them() {
             .register(ActorType::new(|_| Nop))
             .start()
             .unwrap_or_else(|e| panic!("round {round}: {e}"));
-        let stats = node.stats();
+        let stats = node.stats().expect("stats");
         assert!(stats.iter().all(|s| s.log_next_lsn.is_some()), "{stats:?}");
         node.shutdown();
         for shard in 0..2 {
@@ -155,6 +155,7 @@ fn what_an_actor_appends_to_its_shard_log_reads_back_and_survives_a_restart() {
     let node = start_scribes(&c);
     let before: Vec<u64> = node
         .stats()
+        .expect("stats")
         .iter()
         .map(|s| s.log_next_lsn.unwrap())
         .collect();
@@ -183,6 +184,7 @@ fn what_an_actor_appends_to_its_shard_log_reads_back_and_survives_a_restart() {
     assert_eq!(shards.len(), 2, "scribes on both shards");
     let after: Vec<u64> = node
         .stats()
+        .expect("stats")
         .iter()
         .map(|s| s.log_next_lsn.unwrap())
         .collect();

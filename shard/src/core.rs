@@ -84,6 +84,9 @@ pub(crate) struct ShardCore {
     inbound: RefCell<Vec<Consumer<CrossBox>>>,
     credits: Vec<Cell<u32>>,
     credit_waiters: RefCell<Vec<VecDeque<(u64, Waker)>>>,
+    /// Per target shard: tickets of woken waiters a returned credit was handed to (already
+    /// taken from `credits`), until they are polled. At most `cross_shard_inflight_max`.
+    credit_granted: RefCell<Vec<Vec<u64>>>,
     next_credit_ticket: Cell<u64>,
     owed: Vec<Cell<u32>>,
     dirty: Cell<bool>,
@@ -128,6 +131,7 @@ impl ShardCore {
             inbound: RefCell::new(inbound),
             credits: (0..n).map(|_| Cell::new(credit)).collect(),
             credit_waiters: RefCell::new((0..n).map(|_| VecDeque::new()).collect()),
+            credit_granted: RefCell::new((0..n).map(|_| Vec::new()).collect()),
             next_credit_ticket: Cell::new(0),
             owed: (0..n).map(|_| Cell::new(0)).collect(),
             dirty: Cell::new(false),
@@ -219,16 +223,31 @@ impl ShardCore {
         }
     }
 
-    /// `count` requests to `from` are finished: their credits come back.
+    /// `count` requests to `from` are finished: their credits come back. Each goes to the
+    /// first waiter, if any, directly (taken from the count on its behalf): a sender of this
+    /// shard that runs before the woken waiter is polled cannot take it (issue 11: such a
+    /// sender took every returned credit, and a waiter starved for seconds).
     pub(crate) fn return_credits(&self, from: ShardId, count: u32) {
-        let cell = &self.credits[usize::from(from)];
+        let to = usize::from(from);
+        let cell = &self.credits[to];
         cell.set(cell.get() + count);
-        let mut waiters = self.credit_waiters.borrow_mut();
-        for _ in 0..count {
-            match waiters[usize::from(from)].pop_front() {
-                Some((_, w)) => w.wake(),
-                None => break,
+        let mut woken = Vec::new();
+        {
+            let mut waiters = self.credit_waiters.borrow_mut();
+            let mut granted = self.credit_granted.borrow_mut();
+            for _ in 0..count {
+                match waiters[to].pop_front() {
+                    Some((ticket, w)) => {
+                        cell.set(cell.get() - 1);
+                        granted[to].push(ticket);
+                        woken.push(w);
+                    }
+                    None => break,
+                }
             }
+        }
+        for w in woken {
+            w.wake();
         }
     }
 
@@ -387,6 +406,7 @@ impl ShardCore {
             ring_msgs_in: s.ring_msgs_in.get(),
             calls_in_flight: self.calls.borrow().live() as u64,
             timers: self.timers.borrow().len() as u64,
+            timer_heap_entries: self.timers.borrow().heap_len() as u64,
             tasks: self.exec.live() as u64,
             log_next_lsn: self.log.as_ref().map(|l| l.stats().next_lsn),
             log_disk_bytes: self.log.as_ref().map(|l| l.stats().disk_bytes),
@@ -411,6 +431,15 @@ impl Future for CreditWait<'_> {
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
         let to = usize::from(self.to);
         let core = self.core;
+        if let Some(t) = self.ticket {
+            // A returned credit was handed to us (see `return_credits`).
+            let mut granted = core.credit_granted.borrow_mut();
+            if let Some(i) = granted[to].iter().position(|x| *x == t) {
+                granted[to].swap_remove(i);
+                self.done = true;
+                return Poll::Ready(());
+            }
+        }
         let cell = &core.credits[to];
         let mut all = core.credit_waiters.borrow_mut();
         let queue = &mut all[to];
@@ -458,8 +487,16 @@ impl Drop for CreditWait<'_> {
         let queue = &mut all[to];
         if let Some(i) = queue.iter().position(|(x, _)| *x == ticket) {
             queue.remove(i);
+            return;
+        }
+        let mut granted = self.core.credit_granted.borrow_mut();
+        if let Some(i) = granted[to].iter().position(|x| *x == ticket) {
+            // We were handed a credit we will not use: it goes to the next waiter, or back.
+            granted[to].swap_remove(i);
+            drop((granted, all));
+            self.core.return_credits(self.to, 1);
         } else if self.core.credits[to].get() > 0 {
-            // We were woken for a credit we will not take: wake the next waiter instead.
+            // We were woken for a credit we did not take: wake the next waiter instead.
             if let Some((_, w)) = queue.pop_front() {
                 w.wake();
             }

@@ -50,8 +50,11 @@ impl PartialEq for LinkDown {
 
 impl Eq for LinkDown {}
 
-/// Why an `ask` or a `tell` did not produce a reply.
+/// Why an `ask` or a `tell` did not produce a reply. Each variant crosses nodes as its own
+/// wire code, so a remote caller gets the variant a local caller would; what a caller should
+/// do about each is tabled in `docs/ARCHITECTURE.md` ("Call errors").
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum CallError {
     /// The handler panicked while handling this call; the activation was deactivated.
     #[error(
@@ -148,8 +151,9 @@ pub enum CallError {
         /// Wire name of the request's message type.
         message_type: &'static str,
     },
-    /// The remote node refused the request (unknown actor or message type, bad payload,
-    /// overloaded).
+    /// The remote node refused the request for a reason that is not one of the variants above
+    /// (its actor type has no handler for the message type, the payload failed validation, or
+    /// an older peer reported itself overloaded).
     #[error("node {node} refused the call to {actor}: {error}")]
     Remote {
         /// The callee.

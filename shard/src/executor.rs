@@ -241,3 +241,87 @@ impl Executor {
         self.live.set(0);
     }
 }
+
+/// Why a future spawned with [`EngineHandle::spawn_on`](crate::EngineHandle::spawn_on) produced
+/// no output.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum JoinError {
+    /// The future (or the closure that made it) panicked; the shard dropped it and runs on.
+    #[error("the task spawned on shard {shard} panicked: {message}")]
+    Panicked {
+        /// The shard it ran on.
+        shard: ShardId,
+        /// The panic's message and, where known, its location (`"boom at src/lib.rs:7:9"`).
+        message: String,
+    },
+    /// The shard stopped (node shutdown, or a stopped shard thread) before the future finished;
+    /// it was dropped unfinished, or never started.
+    #[error("shard {shard} stopped before the spawned task finished")]
+    ShardStopped {
+        /// The shard.
+        shard: ShardId,
+    },
+}
+
+/// Runs `make()` and awaits its future, sending the output, or the panic's message, to `tx`.
+/// A dropped `tx` (the shard stopped first) tells the handle the shard stopped.
+pub(crate) async fn run_caught<F, Fut>(
+    make: F,
+    tx: futures::channel::oneshot::Sender<Result<Fut::Output, String>>,
+) where
+    F: FnOnce() -> Fut,
+    Fut: Future,
+{
+    use futures::FutureExt;
+    let out = match catch_unwind(AssertUnwindSafe(make)) {
+        Ok(fut) => AssertUnwindSafe(fut).catch_unwind().await,
+        Err(payload) => Err(payload),
+    };
+    let out = out.map_err(|payload| crate::turn::caught_panic_message(&*payload));
+    let _ = tx.send(out);
+}
+
+/// Resolves with the output of a future spawned by
+/// [`EngineHandle::spawn_on`](crate::EngineHandle::spawn_on) (await it, or [`SpawnHandle::join`]
+/// from a plain thread). Dropping it detaches the task: it still runs to completion.
+pub struct SpawnHandle<T> {
+    shard: ShardId,
+    rx: futures::channel::oneshot::Receiver<Result<T, String>>,
+}
+
+impl<T> SpawnHandle<T> {
+    pub(crate) fn new(
+        shard: ShardId,
+        rx: futures::channel::oneshot::Receiver<Result<T, String>>,
+    ) -> Self {
+        SpawnHandle { shard, rx }
+    }
+
+    /// Blocks the calling thread (not a shard thread) until the future finished: its output,
+    /// or why there is none (it panicked, or its shard stopped first).
+    pub fn join(self) -> Result<T, JoinError> {
+        futures::executor::block_on(self)
+    }
+
+    fn outcome(
+        shard: ShardId,
+        r: Result<Result<T, String>, futures::channel::oneshot::Canceled>,
+    ) -> Result<T, JoinError> {
+        match r {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(message)) => Err(JoinError::Panicked { shard, message }),
+            Err(futures::channel::oneshot::Canceled) => Err(JoinError::ShardStopped { shard }),
+        }
+    }
+}
+
+impl<T> Future for SpawnHandle<T> {
+    type Output = Result<T, JoinError>;
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<T, JoinError>> {
+        let shard = self.shard;
+        Pin::new(&mut self.rx)
+            .poll(cx)
+            .map(|r| Self::outcome(shard, r))
+    }
+}

@@ -26,6 +26,7 @@
 mod activation;
 mod actor;
 mod actor_ref;
+pub mod affinity;
 mod calls;
 mod core;
 pub mod data_dir;
@@ -42,12 +43,16 @@ mod turn;
 pub use activation::{ActorType, LoadError, LoadFuture};
 pub use actor::{Actor, Context, Handler, Invoke, InvokeFuture, Message};
 pub use actor_ref::{ActorRef, Tell};
+pub use affinity::{allowed_cores, pin_current_thread, PinError};
 pub use error::{CallError, ErrorChain, LinkDown};
+pub use executor::{JoinError, SpawnHandle};
 pub use net::{NetConfig, NetStatsSnapshot};
 pub use node::{
-    allowed_cores, current_shard_log, Engine, EngineBuilder, EngineConfig, EngineHandle, ShardSpec,
-    ShardStatsSnapshot, ShutdownReport, SpawnHandle, StartError,
+    current_shard_log, Engine, EngineBuilder, EngineConfig, EngineHandle, IoDriver, Pinning,
+    ShardInfo, ShardSpec, ShardStatsSnapshot, ShutdownReport, StartError, StatsError,
 };
+#[doc(hidden)]
+pub use node::{StartFault, StartStep};
 pub use quark_placement::{ActorId, ActorKey, ShardId};
 pub use timers::TimerId;
 

@@ -16,8 +16,10 @@ use rustc_hash::FxHashMap;
 use crate::activation::{ActorType, ErasedType, TypeInfo};
 use crate::actor::Actor;
 use crate::actor_ref::ActorRef;
+use crate::affinity::{allowed_cores, current_cpu, numa_node_of, pin_current_thread};
 use crate::core::{Outbox, ShardCore};
 use crate::envelope::{CrossBox, RunMsg};
+use crate::executor::SpawnHandle;
 use crate::ring::{ring, Consumer, Producer};
 use crate::rt::{Bell, BellReceiver};
 
@@ -71,6 +73,32 @@ pub struct EngineConfig {
     pub log_compact_interval: Option<Duration>,
     /// Cluster membership and transport (`None`: a standalone node).
     pub net: Option<crate::net::NetConfig>,
+    /// Test hook: makes one shard fail one start-up step, to test that a failed start returns
+    /// an error and stops the other shards. Always `None` outside tests.
+    #[doc(hidden)]
+    pub start_fault: Option<StartFault>,
+}
+
+/// Test hook (see [`EngineConfig::start_fault`]): which shard fails which start-up step.
+#[doc(hidden)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StartFault {
+    /// The shard that fails.
+    pub shard: ShardId,
+    /// The step it fails.
+    pub step: StartStep,
+}
+
+/// Test hook: a start-up step of a shard thread (see [`StartFault`]).
+#[doc(hidden)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StartStep {
+    /// Building the shard's runtime fails.
+    Runtime,
+    /// Registering the shard's doorbell fails.
+    Doorbell,
+    /// The shard thread panics after every shard reported ready (rings exchanged).
+    PanicAfterReady,
 }
 
 impl Default for EngineConfig {
@@ -92,12 +120,15 @@ impl Default for EngineConfig {
             log: None,
             log_compact_interval: Some(Duration::from_secs(10)),
             net: None,
+            start_fault: None,
         }
     }
 }
 
-/// Errors starting an engine.
+/// Errors starting an engine. When a shard fails to start, the shards already started are
+/// stopped and joined before the error is returned: no shard is left running.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum StartError {
     /// The affinity mask could not be read, or a listed core is not in it.
     #[error("shard core {core} is not available to this process (allowed cores: {allowed:?})")]
@@ -128,7 +159,7 @@ pub enum StartError {
     #[error("shard {shard}: cannot open its log")]
     Log {
         /// The shard.
-        shard: usize,
+        shard: ShardId,
         /// The cause (names the file and offset where it applies).
         #[source]
         source: quark_persist::OpenError,
@@ -143,14 +174,47 @@ pub enum StartError {
         /// What is wrong.
         reason: &'static str,
     },
-    /// A shard thread could not start (thread spawn, runtime or doorbell creation).
+    /// A shard's thread or doorbell socket pair could not be created.
     #[error("shard {shard} failed to start")]
     Shard {
         /// The shard.
-        shard: usize,
+        shard: ShardId,
         /// The cause.
         #[source]
         source: std::io::Error,
+    },
+    /// A shard's executor runtime (io_uring or epoll driver) could not be built.
+    #[error("shard {shard}: cannot build its runtime")]
+    Runtime {
+        /// The shard.
+        shard: ShardId,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A shard's doorbell could not be registered with its runtime.
+    #[error("shard {shard}: cannot register its doorbell")]
+    Doorbell {
+        /// The shard.
+        shard: ShardId,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Shard 0 could not take the node's listening socket.
+    #[error("shard {shard}: cannot take the listening socket")]
+    Listener {
+        /// The shard.
+        shard: ShardId,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A shard thread exited (panicked) during start-up without reporting a cause.
+    #[error("shard {shard} exited during start-up")]
+    ShardExited {
+        /// The shard.
+        shard: ShardId,
     },
 }
 
@@ -165,10 +229,79 @@ pub(crate) enum Phase {
 }
 
 pub(crate) enum ShardEvent {
+    /// The shard built its inbound rings: the producer ends, one per other shard.
     Ready(ShardId, Vec<Producer<CrossBox>>),
+    /// The shard got its outbound rings and runs its pump.
+    Started(ShardInfo),
     LogFailed(ShardId, quark_persist::OpenError),
+    /// A start-up step failed (the shard thread then exits).
+    Failed(ShardId, StartFailure),
     Drained(ShardId),
     Deactivated(ShardId),
+    /// The shard thread exited (sent on every exit, also by a panic).
+    Exited(ShardId),
+}
+
+/// Why a shard thread could not start (mapped to a [`StartError`] naming the shard).
+pub(crate) enum StartFailure {
+    Runtime(std::io::Error),
+    Doorbell(std::io::Error),
+    Listener(std::io::Error),
+}
+
+impl StartFailure {
+    fn into_error(self, shard: ShardId) -> StartError {
+        match self {
+            StartFailure::Runtime(source) => StartError::Runtime { shard, source },
+            StartFailure::Doorbell(source) => StartError::Doorbell { shard, source },
+            StartFailure::Listener(source) => StartError::Listener { shard, source },
+        }
+    }
+}
+
+/// How a shard thread runs: reported by [`Engine::info`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ShardInfo {
+    /// The shard.
+    pub shard: ShardId,
+    /// The core the shard was assigned (from [`ShardSpec`]).
+    pub core: usize,
+    /// The CPU the shard thread was running on when it started (`None` if the kernel does not
+    /// say). Equal to `core` when pinning succeeded.
+    pub running_on: Option<usize>,
+    /// Whether the thread is pinned to `core`.
+    pub pinning: Pinning,
+    /// The I/O driver the shard's runtime uses.
+    pub driver: IoDriver,
+    /// The idle spin in effect (zero when more shards than cores share them, whatever the
+    /// configuration says).
+    pub idle_spin: Duration,
+}
+
+/// Whether a shard thread is pinned to its core.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Pinning {
+    /// `pin_threads` is off: the thread may run on any allowed core.
+    Off,
+    /// The thread is pinned to its core.
+    Pinned,
+    /// Pinning was asked for but the system refused; the thread runs unpinned.
+    Failed {
+        /// The OS error number, where there is one.
+        os_error: Option<i32>,
+    },
+}
+
+/// The I/O driver of a shard's runtime.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum IoDriver {
+    /// io_uring.
+    IoUring,
+    /// The epoll fallback (io_uring unavailable, or `force_legacy_driver`).
+    Epoll,
 }
 
 /// What every thread may touch of a shard: its doorbell and its injection queue.
@@ -218,6 +351,24 @@ impl NodeShared {
 
     pub(crate) fn shard_count(&self) -> u16 {
         self.shards.len() as u16
+    }
+
+    /// Pushes `msg` into shard `to`'s injection queue, retrying while it is full until
+    /// `deadline`; returns whether it went in.
+    fn inject_until(&self, to: ShardId, mut msg: CrossBox, deadline: Instant) -> bool {
+        let handle = &self.shards[usize::from(to)];
+        loop {
+            match handle.inject.push(msg) {
+                Ok(()) => break,
+                Err(back) if Instant::now() < deadline => {
+                    msg = back;
+                    std::thread::yield_now();
+                }
+                Err(_) => return false,
+            }
+        }
+        handle.bell.ring();
+        true
     }
 
     /// Pushes `msg` into shard `to`'s injection queue from a thread outside the node's shards,
@@ -300,6 +451,9 @@ pub struct ShardStatsSnapshot {
     pub calls_in_flight: u64,
     /// Live actor timers.
     pub timers: u64,
+    /// Entries in the shard's timer heap, live and cancelled-but-not-yet-dropped (at most about
+    /// twice `timers`: cancelled entries are dropped as they accumulate).
+    pub timer_heap_entries: u64,
     /// Tasks alive on the shard's scheduler (activations and spawned tasks).
     pub tasks: u64,
     /// The shard log's next LSN (`None` without a log).
@@ -377,41 +531,7 @@ pub struct Engine {
     /// The data directory's lock, released after the shard threads have stopped (dropped
     /// after `Drop::drop` joined them).
     _data_dir: Option<crate::data_dir::DataDir>,
-}
-
-/// The cores in this process's affinity mask.
-pub fn allowed_cores() -> Vec<usize> {
-    // SAFETY: a zeroed cpu_set_t is a valid empty set; sched_getaffinity writes at most
-    // sizeof(cpu_set_t) bytes into it.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) != 0 {
-            let n = std::thread::available_parallelism().map_or(1, |n| n.get());
-            return (0..n).collect();
-        }
-        (0..libc::CPU_SETSIZE as usize)
-            .filter(|&c| libc::CPU_ISSET(c, &set))
-            .collect()
-    }
-}
-
-fn pin_to(core: usize) -> std::io::Result<()> {
-    // SAFETY: as in `allowed_cores`; CPU_SET writes inside the set for core < CPU_SETSIZE.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(core, &mut set);
-        if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-    }
-    Ok(())
-}
-
-fn numa_node_of(core: usize) -> Option<usize> {
-    let dir = std::fs::read_dir(format!("/sys/devices/system/cpu/cpu{core}")).ok()?;
-    dir.filter_map(Result::ok)
-        .filter_map(|e| e.file_name().into_string().ok())
-        .find_map(|name| name.strip_prefix("node")?.parse().ok())
+    info: Vec<ShardInfo>,
 }
 
 const MAX_SHARDS: usize = 256;
@@ -499,8 +619,10 @@ impl Engine {
         let mut handles = Vec::with_capacity(n);
         let mut bell_rx = Vec::with_capacity(n);
         for shard in 0..n {
-            let (bell, rx) =
-                crate::rt::bell_pair().map_err(|source| StartError::Shard { shard, source })?;
+            let (bell, rx) = crate::rt::bell_pair().map_err(|source| StartError::Shard {
+                shard: shard as ShardId,
+                source,
+            })?;
             handles.push(ShardHandle {
                 bell,
                 inject: ArrayQueue::new(config.external_queue_capacity.max(1)),
@@ -528,65 +650,51 @@ impl Engine {
         for (shard, rx) in bell_rx.into_iter().enumerate() {
             let (ptx, prx) = mpsc::channel::<Vec<Option<Producer<CrossBox>>>>();
             producer_txs.push(ptx);
-            let shared = shared.clone();
+            let shared2 = shared.clone();
             let events = event_tx.clone();
             let core_id = cores[shard];
-            let thread = std::thread::Builder::new()
+            let spawned = std::thread::Builder::new()
                 .name(format!("quark-shard-{shard}"))
-                .spawn(move || shard_main(shard as ShardId, core_id, shared, rx, events, prx))
-                .map_err(|source| StartError::Shard { shard, source })?;
-            threads.push(thread);
-        }
-        drop(event_tx);
-
-        // Start-up exchange: each shard built its inbound rings (first touch by the consumer)
-        // and sent us the producer ends; hand each producer to its sending shard.
-        let mut outgoing: Vec<Vec<Option<Producer<CrossBox>>>> =
-            (0..n).map(|_| (0..n).map(|_| None).collect()).collect();
-        let mut ready = 0;
-        while ready < n {
-            match event_rx.recv().ok() {
-                Some(ShardEvent::Ready(consumer_shard, producers)) => {
-                    // producers[j] is the producer for ring j -> consumer_shard (skipping self).
-                    let mut it = producers.into_iter();
-                    for (from, out) in outgoing.iter_mut().enumerate() {
-                        if from != usize::from(consumer_shard) {
-                            out[usize::from(consumer_shard)] =
-                                Some(it.next().expect("one producer per other shard"));
-                        }
-                    }
-                    ready += 1;
-                }
-                Some(ShardEvent::LogFailed(shard, source)) => {
-                    // Shards waiting for their producers see the channel close and exit.
-                    drop(producer_txs);
-                    self_stop(&shared, threads);
-                    return Err(StartError::Log {
-                        shard: usize::from(shard),
-                        source,
-                    });
-                }
-                Some(_) => {}
-                None => {
+                .spawn(move || shard_main(shard as ShardId, core_id, shared2, rx, events, prx));
+            match spawned {
+                Ok(thread) => threads.push(thread),
+                Err(source) => {
                     drop(producer_txs);
                     self_stop(&shared, threads);
                     return Err(StartError::Shard {
-                        shard: ready,
-                        source: std::io::Error::other("a shard thread exited during start-up"),
+                        shard: shard as ShardId,
+                        source,
                     });
                 }
             }
         }
-        for (tx, out) in producer_txs.into_iter().zip(outgoing) {
-            // A send error means that shard died; its join reports it at shutdown.
-            let _ = tx.send(out);
-        }
+        drop(event_tx);
+        let mut start = Startup {
+            events: &event_rx,
+            threads,
+            producer_txs,
+        };
+        let info = match start.exchange(n) {
+            Ok(info) => info,
+            Err(e) => {
+                let Startup {
+                    threads,
+                    producer_txs,
+                    ..
+                } = start;
+                drop(producer_txs);
+                self_stop(&shared, threads);
+                return Err(e);
+            }
+        };
+        let threads = start.threads;
         Ok(Engine {
             shared,
             threads,
             events: event_rx,
             cores,
             _data_dir: data_dir,
+            info,
         })
     }
 
@@ -598,6 +706,13 @@ impl Engine {
     /// The core each shard is pinned to.
     pub fn cores(&self) -> &[usize] {
         &self.cores
+    }
+
+    /// How each shard runs (index = shard id): the core it runs on, whether pinning worked,
+    /// its I/O driver and its effective idle spin. A degraded start (pinning refused, epoll
+    /// fallback, spinning off) shows here, not only in a log line.
+    pub fn info(&self) -> &[ShardInfo] {
+        &self.info
     }
 
     /// A reference to actor `(A, key)`. Calls fail with `UnknownActorType` if `A` is not
@@ -636,18 +751,38 @@ impl Engine {
         l.local_addr().ok()
     }
 
-    /// Every shard's counters (asks each shard; waits up to one second per shard).
-    pub fn stats(&self) -> Vec<ShardStatsSnapshot> {
-        (0..self.shard_count())
-            .map(|s| {
-                let (tx, rx) = mpsc::channel();
-                self.shared.inject(
-                    s,
-                    Box::new(RunMsg(Box::new(move |core| {
-                        let _ = tx.send(core.stats_snapshot());
-                    }))),
-                );
-                rx.recv_timeout(Duration::from_secs(1)).unwrap_or_default()
+    /// Every shard's counters, index = shard id. Asks every shard at once and waits up to
+    /// one second in all; a shard that does not answer by then (stuck in a handler that blocks
+    /// its thread, or stopped) is an error naming it, never a zeroed snapshot.
+    pub fn stats(&self) -> Result<Vec<ShardStatsSnapshot>, StatsError> {
+        self.stats_within(Duration::from_secs(1))
+    }
+
+    fn stats_within(&self, wait: Duration) -> Result<Vec<ShardStatsSnapshot>, StatsError> {
+        let deadline = Instant::now() + wait;
+        let mut answers = Vec::with_capacity(usize::from(self.shard_count()));
+        for s in 0..self.shard_count() {
+            let (tx, rx) = mpsc::channel();
+            let msg: CrossBox = Box::new(RunMsg(Box::new(move |core| {
+                let _ = tx.send(core.stats_snapshot());
+            })));
+            if !self.shared.inject_until(s, msg, deadline) {
+                return Err(StatsError::NoAnswer {
+                    shard: s,
+                    waited: wait,
+                });
+            }
+            answers.push(rx);
+        }
+        answers
+            .into_iter()
+            .enumerate()
+            .map(|(s, rx)| {
+                let left = deadline.saturating_duration_since(Instant::now());
+                rx.recv_timeout(left).map_err(|_| StatsError::NoAnswer {
+                    shard: s as ShardId,
+                    waited: wait,
+                })
             })
             .collect()
     }
@@ -708,10 +843,95 @@ impl Engine {
     }
 }
 
+/// The start-up exchange with the shard threads (see [`Engine::start`]).
+struct Startup<'a> {
+    events: &'a mpsc::Receiver<ShardEvent>,
+    threads: Vec<JoinHandle<()>>,
+    producer_txs: Vec<mpsc::Sender<Vec<Option<Producer<CrossBox>>>>>,
+}
+
+impl Startup<'_> {
+    /// Two rounds: each shard builds its inbound rings (first touch by the consumer) and sends
+    /// the producer ends, which go to their sending shards; then each shard reports that it
+    /// runs. Every shard thread reports a failure, or at least its exit (a drop guard), so this
+    /// never waits for a shard that is gone: the first failure ends the start.
+    fn exchange(&mut self, n: usize) -> Result<Vec<ShardInfo>, StartError> {
+        let mut outgoing: Vec<Vec<Option<Producer<CrossBox>>>> =
+            (0..n).map(|_| (0..n).map(|_| None).collect()).collect();
+        let mut ready = 0;
+        while ready < n {
+            match self.next_event()? {
+                ShardEvent::Ready(consumer_shard, producers) => {
+                    // producers[j] is the producer for ring j -> consumer_shard (skipping self).
+                    let mut it = producers.into_iter();
+                    for (from, out) in outgoing.iter_mut().enumerate() {
+                        if from != usize::from(consumer_shard) {
+                            out[usize::from(consumer_shard)] =
+                                Some(it.next().expect("one producer per other shard"));
+                        }
+                    }
+                    ready += 1;
+                }
+                ShardEvent::Started(_) => unreachable!("a shard starts after the exchange"),
+                _ => {}
+            }
+        }
+        for (shard, (tx, out)) in self.producer_txs.drain(..).zip(outgoing).enumerate() {
+            if tx.send(out).is_err() {
+                return Err(StartError::ShardExited {
+                    shard: shard as ShardId,
+                });
+            }
+        }
+        let mut info: Vec<Option<ShardInfo>> = (0..n).map(|_| None).collect();
+        let mut started = 0;
+        while started < n {
+            if let ShardEvent::Started(i) = self.next_event()? {
+                let slot = &mut info[usize::from(i.shard)];
+                assert!(slot.is_none(), "a shard starts once");
+                *slot = Some(i);
+                started += 1;
+            }
+        }
+        Ok(info
+            .into_iter()
+            .map(|i| i.expect("every shard reported"))
+            .collect())
+    }
+
+    /// The next event, or the start-up error a failure or an exit stands for.
+    fn next_event(&self) -> Result<ShardEvent, StartError> {
+        match self.events.recv() {
+            Ok(ShardEvent::LogFailed(shard, source)) => Err(StartError::Log { shard, source }),
+            Ok(ShardEvent::Failed(shard, cause)) => Err(cause.into_error(shard)),
+            Ok(ShardEvent::Exited(shard)) => Err(StartError::ShardExited { shard }),
+            Ok(e) => Ok(e),
+            // Every thread exited (each sends `Exited` first, so this is not reached in
+            // practice).
+            Err(mpsc::RecvError) => Err(StartError::ShardExited { shard: 0 }),
+        }
+    }
+}
+
 impl Drop for Engine {
     fn drop(&mut self) {
         self.shutdown_inner();
     }
+}
+
+/// Why [`Engine::stats`] returned no snapshot.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum StatsError {
+    /// A shard did not answer in time: its thread is blocked (a handler that blocks instead of
+    /// awaiting) or has stopped.
+    #[error("shard {shard} did not report its counters within {waited:?}")]
+    NoAnswer {
+        /// The shard.
+        shard: ShardId,
+        /// How long the call waited.
+        waited: Duration,
+    },
 }
 
 /// What a shutdown could not finish within `shutdown_timeout`.
@@ -761,7 +981,8 @@ impl EngineHandle {
     }
 
     /// Runs `make()` on shard `shard` and spawns the future it returns there; the returned
-    /// handle resolves with its output, or `None` if the shard stopped first. `make` runs on
+    /// handle resolves with its output, or a [`JoinError`](crate::JoinError) if it panicked
+    /// (`make` or the future) or the shard stopped first. `make` runs on
     /// the shard's thread, so the future need not be `Send` (it may use [`current_shard_log`]).
     pub fn spawn_on<F, Fut>(&self, shard: ShardId, make: F) -> SpawnHandle<Fut::Output>
     where
@@ -773,13 +994,10 @@ impl EngineHandle {
         self.shared.inject(
             shard,
             Box::new(RunMsg(Box::new(move |core| {
-                core.exec.spawn(async move {
-                    let out = make().await;
-                    let _ = tx.send(out);
-                });
+                core.exec.spawn(crate::executor::run_caught(make, tx));
             }))),
         );
-        SpawnHandle { rx }
+        SpawnHandle::new(shard, rx)
     }
 }
 
@@ -789,34 +1007,41 @@ pub fn current_shard_log() -> Option<crate::ShardLog> {
     CURRENT.with(|c| c.get().and_then(|core| core.log.clone()))
 }
 
-/// Resolves with the output of a future spawned by [`Engine::spawn_on`].
-pub struct SpawnHandle<T> {
-    rx: futures::channel::oneshot::Receiver<T>,
-}
-
-impl<T> SpawnHandle<T> {
-    /// Blocks the calling thread (not a shard thread) until the future finished; `None` if the
-    /// shard stopped before it did.
-    pub fn join(self) -> Option<T> {
-        futures::executor::block_on(self.rx).ok()
-    }
-}
-
-impl<T> Future for SpawnHandle<T> {
-    type Output = Option<T>;
-    fn poll(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<T>> {
-        std::pin::Pin::new(&mut self.rx).poll(cx).map(Result::ok)
-    }
-}
-
 /// Stops the shards of a node whose start failed, and waits for them.
 fn self_stop(shared: &Arc<NodeShared>, threads: Vec<JoinHandle<()>>) {
     shared.set_phase(Phase::Stopped);
     for t in threads {
         let _ = t.join();
+    }
+}
+
+/// Sends [`ShardEvent::Exited`] when a shard thread ends, however it ends (a panic too), so
+/// that the start-up exchange never waits for a thread that is gone.
+struct ExitNotice {
+    shard: ShardId,
+    events: mpsc::Sender<ShardEvent>,
+}
+
+impl Drop for ExitNotice {
+    fn drop(&mut self) {
+        let _ = self.events.send(ShardEvent::Exited(self.shard));
+    }
+}
+
+fn pin_shard(id: ShardId, core_id: usize, pin: bool) -> Pinning {
+    if !pin {
+        return Pinning::Off;
+    }
+    match pin_current_thread(core_id) {
+        Ok(()) => Pinning::Pinned,
+        Err(e) => {
+            tracing::warn!(shard = id, core = core_id, error = %crate::ErrorChain(&e), "could not pin the shard thread; it runs unpinned");
+            let os_error = match &e {
+                crate::affinity::PinError::Refused { source, .. } => source.raw_os_error(),
+                _ => None,
+            };
+            Pinning::Failed { os_error }
+        }
     }
 }
 
@@ -828,21 +1053,42 @@ fn shard_main(
     events: mpsc::Sender<ShardEvent>,
     producers_rx: mpsc::Receiver<Vec<Option<Producer<CrossBox>>>>,
 ) {
+    let _exit = ExitNotice {
+        shard: id,
+        events: events.clone(),
+    };
     let n = shared.shards.len();
-    if shared.config.pin_threads {
-        if let Err(e) = pin_to(core_id) {
-            tracing::warn!(shard = id, core = core_id, error = %e, "could not pin the shard thread");
-        }
-    }
-    let mut rt = match crate::rt::build_runtime(
-        shared.config.uring_entries,
-        shared.config.force_legacy_driver,
-    ) {
+    let fault = shared
+        .config
+        .start_fault
+        .filter(|f| f.shard == id)
+        .map(|f| f.step);
+    let fail = |cause: StartFailure| {
+        let _ = events.send(ShardEvent::Failed(id, cause));
+    };
+    let pinning = pin_shard(id, core_id, shared.config.pin_threads);
+    let running_on = current_cpu();
+    let built = if fault == Some(StartStep::Runtime) {
+        Err(std::io::Error::other(
+            "injected runtime failure (test hook)",
+        ))
+    } else {
+        crate::rt::build_runtime(
+            shared.config.uring_entries,
+            shared.config.force_legacy_driver,
+        )
+    };
+    let mut rt = match built {
         Ok(rt) => rt,
         Err(e) => {
             tracing::error!(shard = id, error = %e, "cannot build the shard's runtime");
-            return;
+            return fail(StartFailure::Runtime(e));
         }
+    };
+    let driver = if crate::rt::is_uring(&rt) {
+        IoDriver::IoUring
+    } else {
+        IoDriver::Epoll
     };
     tracing::info!(
         shard = id,
@@ -851,6 +1097,23 @@ fn shard_main(
         io_uring = crate::rt::is_uring(&rt),
         "shard started"
     );
+    // The doorbell is registered before the shard reports ready: a shard that could not be
+    // woken would look started and never take a message.
+    let bell = rt.block_on(async {
+        if fault == Some(StartStep::Doorbell) {
+            return Err(std::io::Error::other(
+                "injected doorbell failure (test hook)",
+            ));
+        }
+        BellReceiver::new(bell_rx)
+    });
+    let bell = match bell {
+        Ok(b) => b,
+        Err(e) => {
+            tracing::error!(shard = id, error = %e, "cannot register the doorbell");
+            return fail(StartFailure::Doorbell(e));
+        }
+    };
     // The durable log: recovered before the shard takes any message.
     let log = match &shared.config.log {
         None => None,
@@ -880,6 +1143,17 @@ fn shard_main(
             }
         }
     };
+    // Shard 0 accepts the node's incoming connections.
+    let listener = match shared.config.net.as_ref().and_then(|n| n.listener.as_ref()) {
+        Some(l) if id == 0 => match l.try_clone() {
+            Ok(l) => Some(l),
+            Err(e) => {
+                tracing::error!(shard = id, error = %e, "cannot take the listening socket");
+                return fail(StartFailure::Listener(e));
+            }
+        },
+        _ => None,
+    };
     // Inbound rings are allocated here, after pinning: first touch by the consumer.
     let cap = shared.config.ring_capacity;
     let mut consumers: Vec<Consumer<CrossBox>> = Vec::with_capacity(n.saturating_sub(1));
@@ -894,9 +1168,13 @@ fn shard_main(
     if events.send(ShardEvent::Ready(id, producers)).is_err() {
         return;
     }
+    // A closed channel: another shard failed to start; this one exits.
     let Ok(outgoing) = producers_rx.recv() else {
         return;
     };
+    if fault == Some(StartStep::PanicAfterReady) {
+        panic!("shard {id}: injected panic after the ready exchange (test hook)");
+    }
     let outboxes = outgoing
         .into_iter()
         .map(|p| p.map(|p| RefCell::new(Outbox::new(p))))
@@ -905,26 +1183,19 @@ fn shard_main(
     CURRENT.with(|c| {
         let _ = c.set(core.clone());
     });
-    // Shard 0 accepts the node's incoming connections.
-    let listener = match shared.config.net.as_ref().and_then(|n| n.listener.as_ref()) {
-        Some(l) if id == 0 => match l.try_clone() {
-            Ok(l) => Some(l),
-            Err(e) => {
-                tracing::error!(shard = id, error = %e, "cannot take the listening socket");
-                None
-            }
-        },
-        _ => None,
+    let info = ShardInfo {
+        shard: id,
+        core: core_id,
+        running_on,
+        pinning,
+        driver,
+        idle_spin: shared.config.idle_spin,
     };
     rt.block_on(async move {
-        let bell = match BellReceiver::new(bell_rx) {
-            Ok(b) => b,
-            Err(e) => {
-                tracing::error!(shard = id, error = %e, "cannot register the doorbell");
-                return;
-            }
-        };
         crate::net::start(&core, listener);
+        if events.send(ShardEvent::Started(info)).is_err() {
+            return;
+        }
         let pump = crate::rt::spawn_joined(crate::core::pump(core, bell, events));
         pump.await;
     });

@@ -21,6 +21,9 @@ struct Entry {
     fire: Fire,
 }
 
+/// Stale heap entries tolerated beyond the live timers before a cancel rebuilds the heap.
+const HEAP_SLACK: usize = 64;
+
 /// The shard's timers (see the module doc).
 pub(crate) struct Timers {
     heap: BinaryHeap<Reverse<(Instant, u64)>>,
@@ -46,14 +49,36 @@ impl Timers {
         TimerId(id)
     }
 
-    /// Cancels a timer; returns whether it existed.
+    /// Cancels a timer; returns whether it existed. Its heap entry becomes stale; once stale
+    /// entries outnumber live timers (plus a small slack), the heap is rebuilt from the live
+    /// timers, so the heap holds at most about twice the live timers whatever the churn
+    /// (amortised O(1) per cancel).
     pub(crate) fn cancel(&mut self, id: TimerId) -> bool {
-        self.entries.remove(&id.0).is_some()
+        let existed = self.entries.remove(&id.0).is_some();
+        if existed && self.heap.len() > 2 * self.entries.len() + HEAP_SLACK {
+            self.rebuild_heap();
+        }
+        existed
+    }
+
+    /// Drops the stale heap entries: one entry per live timer, at its due time.
+    fn rebuild_heap(&mut self) {
+        let live: Vec<Reverse<(Instant, u64)>> = self
+            .entries
+            .iter()
+            .map(|(&id, e)| Reverse((e.due, id)))
+            .collect();
+        self.heap = BinaryHeap::from(live);
     }
 
     /// Number of live timers.
     pub(crate) fn len(&self) -> usize {
         self.entries.len()
+    }
+
+    /// Number of heap entries, live and stale (bounded by `2 * len() + HEAP_SLACK`).
+    pub(crate) fn heap_len(&self) -> usize {
+        self.heap.len()
     }
 
     /// The next due time, if any (may be a cancelled timer's: firing it is a no-op).
@@ -105,6 +130,21 @@ mod tests {
     use super::*;
     use std::cell::Cell;
     use std::rc::Rc;
+
+    #[test]
+    fn set_cancel_churn_keeps_the_heap_bounded() {
+        let mut t = Timers::new();
+        let t0 = Instant::now();
+        let keep = t.add(t0 + Duration::from_secs(1), None, Box::new(|| true));
+        for i in 0..1_000_000u64 {
+            let id = t.add(t0 + Duration::from_secs(60 + i), None, Box::new(|| true));
+            assert!(t.cancel(id));
+            assert!(t.heap_len() <= 2 * t.len() + HEAP_SLACK + 1);
+        }
+        assert_eq!(t.len(), 1);
+        assert_eq!(t.next_due(), Some(t0 + Duration::from_secs(1)));
+        assert!(t.cancel(keep));
+    }
 
     #[test]
     fn one_shot_interval_and_cancel() {

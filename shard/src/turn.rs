@@ -156,6 +156,17 @@ pub(crate) fn install_panic_location_hook() {
     });
 }
 
+/// The text of a caught panic with its location where the hook recorded one
+/// (`"boom at src/lib.rs:7:9"`); takes the recorded location.
+pub(crate) fn caught_panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    let mut msg = panic_message(payload);
+    if let Some(at) = PANIC_LOCATION.with(|l| l.borrow_mut().take()) {
+        msg.push_str(" at ");
+        msg.push_str(&at);
+    }
+    msg
+}
+
 /// The text of a panic payload, for logs and errors.
 pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
     if let Some(s) = payload.downcast_ref::<&str>() {

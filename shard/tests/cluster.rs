@@ -226,7 +226,7 @@ fn asks_cross_nodes_and_state_is_on_the_owner() {
         block_on(t.tell(Add(1))).unwrap();
     }
     assert_eq!(block_on(t.ask(Add(0))).unwrap(), base + 100);
-    let stats = nodes[0].stats();
+    let stats = nodes[0].stats().expect("stats");
     let net = stats[0].net.as_ref().unwrap();
     assert_eq!(net.links_up, 2);
     for e in nodes {
@@ -324,7 +324,11 @@ fn stopped_node_fails_fast_and_restarted_node_serves_again() {
         "every tell counted as dropped",
         Duration::from_secs(5),
         || {
-            let dropped = e1.stats()[0].net.as_ref().unwrap().tells_dropped;
+            let dropped = e1.stats().expect("stats")[0]
+                .net
+                .as_ref()
+                .unwrap()
+                .tells_dropped;
             (dropped >= tells).then_some(())
         },
     );
@@ -374,7 +378,7 @@ fn handshake_refusal(
         block_on(r.ask(Add(1))).err()
     });
     eventually("refusal counted", Duration::from_secs(5), || {
-        let s = server.stats()[0].net.clone().unwrap();
+        let s = server.stats().expect("stats")[0].net.clone().unwrap();
         (s.peers.closed(quark_net::CloseReason::HandshakeFailed) > 0).then_some(())
     });
     client.shutdown();
@@ -453,7 +457,7 @@ fn bad_frames_close_that_connection_only_and_are_counted() {
         block_on(good.ask(Add(0))).ok()
     });
     let closed = |reason| {
-        nodes[1].stats()[0]
+        nodes[1].stats().expect("stats")[0]
             .net
             .as_ref()
             .unwrap()
@@ -561,7 +565,7 @@ fn a_silent_peer_is_declared_dead_and_disconnected() {
         "closed after {took:?}"
     );
     eventually("heartbeat timeout counted", Duration::from_secs(5), || {
-        let s = nodes[0].stats()[0].net.clone().unwrap();
+        let s = nodes[0].stats().expect("stats")[0].net.clone().unwrap();
         (s.peers.closed(quark_net::CloseReason::HeartbeatTimeout) >= 1).then_some(())
     });
     for e in nodes {
@@ -638,7 +642,13 @@ fn tells_queued_for_a_peer_that_dies_are_counted_as_dropped() {
     // few hundred KB the kernel's socket buffers took can have been written. The link manager
     // counts them once the connection has ended, which may be just after the refused tell
     // returned: wait for the count (a bounded wait, then the assertion).
-    let dropped = || node.stats()[0].net.clone().unwrap().tells_dropped;
+    let dropped = || {
+        node.stats().expect("stats")[0]
+            .net
+            .clone()
+            .unwrap()
+            .tells_dropped
+    };
     let end = Instant::now() + Duration::from_secs(5);
     while dropped() <= refused && Instant::now() < end {
         std::thread::sleep(Duration::from_millis(5));

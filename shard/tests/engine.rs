@@ -308,7 +308,12 @@ fn a_panic_fails_the_call_and_queued_calls_and_the_shard_goes_on() {
     assert_eq!(block_on(f.ask(Add(2))).unwrap(), 2);
     let other = engine.actor_ref::<Fragile>(2u64);
     assert_eq!(block_on(other.ask(Add(3))).unwrap(), 3);
-    let panics: u64 = engine.stats().iter().map(|s| s.panics).sum();
+    let panics: u64 = engine
+        .stats()
+        .expect("stats")
+        .iter()
+        .map(|s| s.panics)
+        .sum();
     assert_eq!(panics, 1);
     engine.shutdown();
 }
@@ -468,7 +473,12 @@ fn stateless_workers_run_concurrently_up_to_the_limit_on_the_callers_shard() {
         4,
         "4 workers ran at once, never more"
     );
-    let live: u64 = engine.stats().iter().map(|s| s.live_activations).sum();
+    let live: u64 = engine
+        .stats()
+        .expect("stats")
+        .iter()
+        .map(|s| s.live_activations)
+        .sum();
     assert_eq!(live, 8, "4 workers per shard");
     engine.shutdown();
 }
@@ -544,7 +554,7 @@ fn tiny_rings_and_mailboxes_lose_nothing() {
         }
         assert_eq!(got.len() as u64, sent, "sender {sender}: all sent, once");
     }
-    let stats = engine.stats();
+    let stats = engine.stats().expect("stats");
     let waits: u64 = stats.iter().map(|s| s.credit_waits + s.mailbox_waits).sum();
     assert!(waits > 0, "the tiny bounds were hit: {stats:?}");
     engine.shutdown();
@@ -701,7 +711,7 @@ fn parked_shards_never_miss_a_wake_up() {
         assert_eq!(block_on(target.ask(Add(1))).unwrap(), 5_001 + i);
         from_outside.record(t0.elapsed());
     }
-    let parks: u64 = engine.stats().iter().map(|s| s.parks).sum();
+    let parks: u64 = engine.stats().expect("stats").iter().map(|s| s.parks).sum();
     assert!(
         parks > 100,
         "the shards parked between messages ({parks} parks)"
@@ -843,5 +853,65 @@ fn a_tell_future_dropped_before_its_first_poll_sends_nothing() {
     assert_eq!(seen, vec![2]);
     drop(r.tell(Push(3)));
     assert_eq!(block_on(r.ask(Seen)).unwrap(), vec![2]);
+    engine.shutdown();
+}
+
+/// Found with `loadgen --op tell` (issue 11): a sender woken for a returned credit must get
+/// it, even when another sender of the same task runs before it and finds the credit free
+/// (loadgen's request loops are joined in one task per shard).
+#[test]
+fn a_credit_waiter_is_not_starved_by_a_sender_that_runs_first_on_each_returned_credit() {
+    let engine = one_credit_engine();
+    let slow = on_shard::<Slow>(&engine, 1);
+    let handle = engine.spawn_on(0, move || async move {
+        let sent = std::cell::Cell::new(0u64);
+        let busy = async {
+            // Yields, then tells: each tell needs the only credit towards shard 1.
+            for _ in 0..300 {
+                let mut yielded = false;
+                std::future::poll_fn(|cx| {
+                    if yielded {
+                        return std::task::Poll::Ready(());
+                    }
+                    yielded = true;
+                    cx.waker().wake_by_ref();
+                    std::task::Poll::Pending
+                })
+                .await;
+                slow.tell(Nap(0)).await?;
+                sent.set(sent.get() + 1);
+            }
+            Ok::<(), CallError>(())
+        };
+        let waiter = async {
+            while sent.get() < 3 {
+                let mut yielded = false;
+                std::future::poll_fn(|cx| {
+                    if yielded {
+                        return std::task::Poll::Ready(());
+                    }
+                    yielded = true;
+                    cx.waker().wake_by_ref();
+                    std::task::Poll::Pending
+                })
+                .await;
+            }
+            slow.tell(Nap(0)).await?;
+            Ok::<u64, CallError>(sent.get())
+        };
+        let (b, w) = futures::future::join(busy, waiter).await;
+        b.map(|()| w)
+    });
+    let at = handle
+        .join()
+        .unwrap()
+        .expect("every tell")
+        .expect("the waiter's tell");
+    // FIFO: the waiter queued while the busy sender's tell held the credit, so it gets the
+    // credit after at most a couple more of the busy sender's tells, not after all 300.
+    assert!(
+        at <= 6,
+        "the waiter got a credit only after {at} of the busy sender's tells"
+    );
     engine.shutdown();
 }

@@ -244,7 +244,7 @@ fn a_connection_that_never_reads_is_bounded_then_closed_and_others_are_served() 
         attached_for >= STALL,
         "closed after {attached_for:?}, before out_stall_timeout {STALL:?}"
     );
-    let stats = node.stats()[0].net.clone().unwrap();
+    let stats = node.stats().expect("stats")[0].net.clone().unwrap();
     assert_eq!(stats.peers.closed(CloseReason::OutStalled), 1, "{stats:?}");
     assert!(
         during.len() >= 10,

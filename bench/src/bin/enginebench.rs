@@ -1,17 +1,28 @@
-//! The shard engine's targets (foundation issue), each with a same-run baseline.
+//! The shard engine's targets (foundation issue), each with a same-run baseline, and a
+//! same-run comparison with a tokio actor.
 //!
 //! Measures, `--runs` times each, and prints every run, the median and the spread:
 //! - baseline A: one boxed message through a `VecDeque` on one core (allocation + queue);
 //! - baseline B: cross-core round trip of one cache line (two threads spinning on atomics);
-//! - same-shard `tell` to one actor (messages/s);
-//! - same-shard sequential `ask` (asks/s);
-//! - cross-shard `ask`, both shards calling actors on the other, `--inflight` per shard (asks/s
-//!   in total);
-//! - cross-shard sequential `ask` latency with spinning on (p50/p99/p99.9).
+//! - the targets, on a node whose shards spin for `--idle-spin-us` (1 s: always) when idle:
+//!   same-shard `tell` to one actor (messages/s); same-shard sequential `ask` (asks/s);
+//!   cross-shard `ask`, both shards calling actors on the other, `--inflight` per shard (asks/s
+//!   in total); cross-shard sequential `ask` latency (p50/p99/p99.9);
+//! - the tokio comparison, on a node whose shards park at once (`idle_spin_us = 0`): the same
+//!   operations on Quark and on a tokio task fed by `tokio::sync::mpsc::channel(64)` with
+//!   `oneshot` replies (`quark_bench::tokio_actor`), measured by the same code
+//!   (`quark_bench::measure`), alternately, in the same run, on the same pinned cores:
+//!   same-shard tell; same-shard sequential ask (rate and p99); 100 asks in flight to 100
+//!   actors on one core; sequential ask across two cores (Quark: shard 0 to an actor of shard
+//!   1; tokio: two current-thread runtimes on two threads pinned to the shards' cores). Each
+//!   run prints the Quark / tokio ratio; the summary gives median [min .. max] of the per-run
+//!   ratios.
 //!
+//! Prints the machine line (cores, kernel, CPU, commit) first.
 //! `cargo run --release -p quark-bench --bin enginebench -- --runs 5`
 
 use std::collections::VecDeque;
+use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -19,9 +30,11 @@ use std::time::{Duration, Instant};
 use anyhow::Result;
 use clap::Parser;
 use hdrhistogram::Histogram;
-use quark::{ActorType, Node, ShardSpec};
+use quark::{ActorRef, ActorType, Node, ShardSpec};
 use quark_bench::actors::{Bump, Echo, Handled, Tiny};
-use quark_bench::summary::{spread, Spread};
+use quark_bench::machine::Machine;
+use quark_bench::summary::{format_runs, per_run_ratios, spread, Spread};
+use quark_bench::{measure, tokio_actor};
 
 // The same allocator for the engine and the baselines (glibc's malloc falls off its per-thread
 // cache once more than a few blocks of one size are live, e.g. a full mailbox).
@@ -43,29 +56,35 @@ struct Args {
     /// Asks in flight per shard in the pipelined cross-shard run.
     #[arg(long, default_value_t = 100)]
     inflight: u64,
-    /// Duration of each pipelined cross-shard run, in ms.
+    /// Duration of each pipelined cross-shard run, in ms (and of each in-flight run of the
+    /// tokio comparison).
     #[arg(long, default_value_t = 2_000)]
     pipelined_ms: u64,
     /// Round trips per latency run.
     #[arg(long, default_value_t = 300_000)]
     latency_asks: u64,
-    /// Idle spin of the shards, in µs, for every engine measurement.
+    /// Round trips per cross-core sequential-ask run of the tokio comparison (parked: each
+    /// one sleeps and wakes a core, ~10-50 µs).
+    #[arg(long, default_value_t = 50_000)]
+    cross_asks: u64,
+    /// Idle spin of the shards, in µs, for the target measurements (the tokio comparison
+    /// always runs with 0).
     #[arg(long, default_value_t = 1_000_000)]
     idle_spin_us: u64,
     /// Print one JSON object at the end.
     #[arg(long)]
     json: bool,
-    /// Run only the measurements whose name contains this text (for profiling one of them).
+    /// Run only the measurements whose name contains this text (for profiling one of them);
+    /// `tokio` selects the tokio comparison.
     #[arg(long)]
     only: Option<String>,
 }
 
-fn node(args: &Args) -> Result<Node> {
-    let idle_spin = Duration::from_micros(args.idle_spin_us);
+fn node(idle_spin_us: u64) -> Result<Node> {
     Ok(Node::builder()
         .engine(move |e| {
             e.shards = ShardSpec::Count(2);
-            e.idle_spin = idle_spin;
+            e.idle_spin = Duration::from_micros(idle_spin_us);
         })
         .register(ActorType::new(|_| Echo::new()))
         .start()?)
@@ -100,12 +119,21 @@ fn baseline_boxed_queue(n: u64) -> f64 {
 }
 
 fn pin(core: usize) {
-    // SAFETY: a zeroed cpu_set_t is valid; CPU_SET stays inside it for core < CPU_SETSIZE.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(core, &mut set);
-        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+    // A benchmark still runs unpinned, with a warning (its figures are then suspect).
+    if let Err(e) = quark_shard::pin_current_thread(core) {
+        eprintln!("warning: {}", quark_shard::ErrorChain(&e));
     }
+}
+
+/// Runs `f` on a new thread pinned to `core` (the caller's affinity is left alone: threads
+/// inherit their creator's).
+fn on_core<T: Send + 'static>(core: usize, f: impl FnOnce() -> T + Send + 'static) -> T {
+    std::thread::spawn(move || {
+        pin(core);
+        f()
+    })
+    .join()
+    .expect("benchmark thread")
 }
 
 /// p50 and p99 (ns) of a cache-line ping-pong between cores 0 and 1.
@@ -121,9 +149,7 @@ fn baseline_cacheline_rtt(n: u64) -> (f64, f64) {
             f2.store(2 * i + 2, Ordering::Release);
         }
     });
-    // Pin a helper thread, not the caller: threads inherit their creator's affinity.
-    let me = std::thread::spawn(move || {
-        pin(0);
+    let (p50, p99) = on_core(0, move || {
         let mut h =
             Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3).expect("valid histogram");
         for i in 0..n {
@@ -140,36 +166,59 @@ fn baseline_cacheline_rtt(n: u64) -> (f64, f64) {
         )
     });
     peer.join().expect("peer thread");
-    me.join().expect("timing thread")
+    (p50, p99)
 }
+
+// ---- Quark ----
 
 fn same_shard_tell(node: &Node, n: u64) -> f64 {
     let key = key_on(node, 0, 1);
     let r = node.actor_ref::<Echo>(key);
     node.spawn_on(0, move || async move {
         let before = r.ask(Handled).await.expect("echo answers");
-        let t0 = Instant::now();
-        for _ in 0..n {
-            r.tell(Bump).await.expect("tell");
-        }
+        let rate = measure::stream(n, |_| async { r.tell(Bump).await.expect("tell") }).await;
         let after = r.ask(Handled).await.expect("echo answers");
         assert_eq!(after - before, n, "every tell was handled");
-        n as f64 / t0.elapsed().as_secs_f64()
+        rate
     })
     .join()
     .expect("bench task finished")
 }
 
-fn same_shard_ask(node: &Node, n: u64) -> f64 {
-    let key = key_on(node, 0, 1);
-    let r = node.actor_ref::<Echo>(key);
+/// Sequential asks from shard 0 to an actor of `to_shard`: rate and latency.
+fn sequential_ask(node: &Node, to_shard: u16, warmup: u64, n: u64) -> measure::Sequential {
+    let r = node.actor_ref::<Echo>(key_on(node, to_shard, 1));
     node.spawn_on(0, move || async move {
-        let t0 = Instant::now();
-        for i in 0..n {
-            let v = r.ask(Tiny(i)).await.expect("ask");
-            debug_assert_eq!(v, i + 1);
-        }
-        n as f64 / t0.elapsed().as_secs_f64()
+        measure::sequential(warmup, n, |i| {
+            let r = &r;
+            async move {
+                let v = r.ask(Tiny(i)).await.expect("ask");
+                debug_assert_eq!(v, i + 1);
+            }
+        })
+        .await
+    })
+    .join()
+    .expect("bench task finished")
+}
+
+/// `actors` request loops on shard 0, loop j asking its own actor (also on shard 0).
+fn same_shard_inflight(node: &Node, actors: usize, run: Duration) -> f64 {
+    let mut refs: Vec<ActorRef<Echo>> = Vec::new();
+    let mut k = 1;
+    while refs.len() < actors {
+        k = key_on(node, 0, k) + 1;
+        refs.push(node.actor_ref::<Echo>(k - 1));
+    }
+    node.spawn_on(0, move || async move {
+        let refs = Rc::new(refs);
+        measure::inflight(actors, run / 4, run, |j, k| {
+            let refs = refs.clone();
+            async move {
+                refs[j].ask(Tiny(k)).await.expect("ask");
+            }
+        })
+        .await
     })
     .join()
     .expect("bench task finished")
@@ -207,83 +256,254 @@ fn cross_shard_pipelined(node: &Node, inflight: u64, run: Duration) -> f64 {
     total as f64 / span.as_secs_f64()
 }
 
-fn cross_shard_latency(node: &Node, n: u64) -> (f64, f64, f64) {
-    let r = node.actor_ref::<Echo>(key_on(node, 1, 1));
-    node.spawn_on(0, move || async move {
-        for i in 0..n / 10 {
-            r.ask(Tiny(i)).await.expect("ask");
-        }
-        let mut h =
-            Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3).expect("valid histogram");
-        for i in 0..n {
-            let t0 = Instant::now();
-            r.ask(Tiny(i)).await.expect("ask");
-            h.saturating_record(t0.elapsed().as_nanos() as u64);
-        }
-        eprintln!(
-            "latency: n={} mean={:.0}ns max={}ns",
-            h.len(),
-            h.mean(),
-            h.max()
-        );
-        (
-            h.value_at_quantile(0.5) as f64,
-            h.value_at_quantile(0.99) as f64,
-            h.value_at_quantile(0.999) as f64,
-        )
+// ---- tokio baseline (same measuring code) ----
+
+fn tokio_tell(core: usize, n: u64) -> f64 {
+    on_core(core, move || {
+        let rt = tokio_actor::current_thread();
+        rt.block_on(async move {
+            let (r, actor) = tokio_actor::actor();
+            let task = tokio::task::spawn(actor);
+            let before = r.handled().await;
+            let rate = measure::stream(n, |_| r.tell()).await;
+            let after = r.handled().await;
+            assert_eq!(after - before - 1, n, "every tell was handled");
+            drop(r);
+            task.await.expect("actor task");
+            rate
+        })
     })
-    .join()
-    .expect("bench task finished")
 }
+
+fn tokio_same_thread_ask(core: usize, warmup: u64, n: u64) -> measure::Sequential {
+    on_core(core, move || {
+        let rt = tokio_actor::current_thread();
+        rt.block_on(async move {
+            let (r, actor) = tokio_actor::actor();
+            let task = tokio::task::spawn(actor);
+            let s = measure::sequential(warmup, n, |i| {
+                let r = &r;
+                async move {
+                    let v = r.ask(i).await;
+                    debug_assert_eq!(v, i + 1);
+                }
+            })
+            .await;
+            drop(r);
+            task.await.expect("actor task");
+            s
+        })
+    })
+}
+
+fn tokio_inflight(core: usize, actors: usize, run: Duration) -> f64 {
+    on_core(core, move || {
+        let rt = tokio_actor::current_thread();
+        rt.block_on(async move {
+            let mut refs = Vec::new();
+            let mut tasks = Vec::new();
+            for _ in 0..actors {
+                let (r, actor) = tokio_actor::actor();
+                refs.push(r);
+                tasks.push(tokio::task::spawn(actor));
+            }
+            let refs = Rc::new(refs);
+            let rate = measure::inflight(actors, run / 4, run, |j, k| {
+                let refs = refs.clone();
+                async move {
+                    refs[j].ask(k).await;
+                }
+            })
+            .await;
+            drop(refs);
+            for t in tasks {
+                t.await.expect("actor task");
+            }
+            rate
+        })
+    })
+}
+
+/// Sequential asks from a current-thread runtime on `client_core` to an actor on another
+/// current-thread runtime on `actor_core`.
+fn tokio_cross_thread_ask(
+    client_core: usize,
+    actor_core: usize,
+    warmup: u64,
+    n: u64,
+) -> measure::Sequential {
+    let (r, actor) = tokio_actor::actor();
+    let server = std::thread::spawn(move || {
+        pin(actor_core);
+        tokio_actor::current_thread().block_on(actor);
+    });
+    let s = on_core(client_core, move || {
+        tokio_actor::current_thread().block_on(async move {
+            measure::sequential(warmup, n, |i| {
+                let r = &r;
+                async move {
+                    let v = r.ask(i).await;
+                    debug_assert_eq!(v, i + 1);
+                }
+            })
+            .await
+        })
+    });
+    server.join().expect("actor thread");
+    s
+}
+
+// ---- reporting ----
 
 #[derive(serde::Serialize)]
 struct Row {
-    name: &'static str,
+    name: String,
     unit: &'static str,
     runs: Vec<f64>,
     spread: Spread,
 }
 
-fn main() -> Result<()> {
-    let args = Args::parse();
-    let mut rows: Vec<Row> = Vec::new();
-    let mut record = |name, unit, runs: Vec<f64>| {
+#[derive(Default)]
+struct Rows(Vec<Row>);
+
+impl Rows {
+    fn record(&mut self, name: &str, unit: &'static str, runs: Vec<f64>) {
         if runs.is_empty() {
             return;
         }
         let s = spread(&runs);
-        eprintln!(
-            "{name:<44} median {:>12.3} {unit:<8} [{:.3} .. {:.3}]",
-            s.median, s.min, s.max
+        // Nanoseconds are whole numbers; rates and ratios keep three decimals.
+        let d = if unit == "ns" { 0 } else { 3 };
+        println!(
+            "{name:<62} median {:>10.d$} {unit:<8} [{:.d$} .. {:.d$}]  runs: {}",
+            s.median,
+            s.min,
+            s.max,
+            format_runs(&runs, d)
         );
-        rows.push(Row {
-            name,
+        self.0.push(Row {
+            name: name.to_owned(),
             unit,
             runs,
             spread: s,
         });
+    }
+}
+
+fn q(h: &Histogram<u64>, q: f64) -> f64 {
+    h.value_at_quantile(q) as f64
+}
+
+/// Quark's figure of every run, and tokio's.
+type Pair = (Vec<f64>, Vec<f64>);
+
+/// One run of the tokio comparison: Quark's figure, tokio's, alternately, per measure.
+#[derive(Default)]
+struct Comparison {
+    tell: Pair,
+    ask_rate: Pair,
+    ask_p99: Pair,
+    inflight: Pair,
+    cross_p50: Pair,
+    cross_p99: Pair,
+}
+
+fn compare_once(args: &Args, run: usize, c: &mut Comparison) -> Result<()> {
+    let node = node(0)?;
+    let cores = node.cores().to_vec();
+    let (c0, c1) = (cores[0], cores[cores.len() - 1]);
+    let run_len = Duration::from_millis(args.pipelined_ms);
+    let warm = args.asks / 10;
+
+    let (qt, tt) = (
+        same_shard_tell(&node, args.tells) / 1e6,
+        tokio_tell(c0, args.tells) / 1e6,
+    );
+    let qa = sequential_ask(&node, 0, warm, args.asks);
+    let ta = tokio_same_thread_ask(c0, warm, args.asks);
+    let (qi, ti) = (
+        same_shard_inflight(&node, 100, run_len) / 1e6,
+        tokio_inflight(c0, 100, run_len) / 1e6,
+    );
+    let cw = args.cross_asks / 10;
+    let qx = sequential_ask(&node, 1, cw, args.cross_asks);
+    let tx = tokio_cross_thread_ask(c0, c1, cw, args.cross_asks);
+    node.shutdown();
+
+    println!(
+        "tokio comparison run {run} (Quark / tokio, idle_spin_us = 0, cores {c0} and {c1}): \
+         same-shard tell {qt:.2} / {tt:.2} M/s = {:.2}x; sequential ask {:.2} / {:.2} M/s = \
+         {:.2}x, p99 {:.0} / {:.0} ns = {:.2}x; 100 in flight to 100 actors {qi:.2} / {ti:.2} \
+         M/s = {:.2}x; cross-core sequential ask p50 {:.0} / {:.0} ns = {:.2}x, p99 {:.0} / \
+         {:.0} ns = {:.2}x",
+        qt / tt,
+        qa.per_s / 1e6,
+        ta.per_s / 1e6,
+        qa.per_s / ta.per_s,
+        q(&qa.hist, 0.99),
+        q(&ta.hist, 0.99),
+        q(&qa.hist, 0.99) / q(&ta.hist, 0.99),
+        qi / ti,
+        q(&qx.hist, 0.5),
+        q(&tx.hist, 0.5),
+        q(&qx.hist, 0.5) / q(&tx.hist, 0.5),
+        q(&qx.hist, 0.99),
+        q(&tx.hist, 0.99),
+        q(&qx.hist, 0.99) / q(&tx.hist, 0.99),
+    );
+    let push = |pair: &mut Pair, a: f64, b: f64| {
+        pair.0.push(a);
+        pair.1.push(b);
     };
+    push(&mut c.tell, qt, tt);
+    push(&mut c.ask_rate, qa.per_s / 1e6, ta.per_s / 1e6);
+    push(&mut c.ask_p99, q(&qa.hist, 0.99), q(&ta.hist, 0.99));
+    push(&mut c.inflight, qi, ti);
+    push(&mut c.cross_p50, q(&qx.hist, 0.5), q(&tx.hist, 0.5));
+    push(&mut c.cross_p99, q(&qx.hist, 0.99), q(&tx.hist, 0.99));
+    Ok(())
+}
+
+fn main() -> Result<()> {
+    let args = Args::parse();
+    let machine = Machine::describe();
+    println!("{}", machine.line());
+    println!(
+        "enginebench: --runs {} --tells {} --asks {} --inflight {} --pipelined-ms {} \
+         --latency-asks {} --cross-asks {} --idle-spin-us {} (targets; the tokio comparison \
+         runs with 0)",
+        args.runs,
+        args.tells,
+        args.asks,
+        args.inflight,
+        args.pipelined_ms,
+        args.latency_asks,
+        args.cross_asks,
+        args.idle_spin_us
+    );
+    let mut rows = Rows::default();
 
     let want = |name: &str| args.only.as_deref().is_none_or(|o| name.contains(o));
     let runs_of = |name: &str| if want(name) { args.runs } else { 0 };
+    let tells = args.tells;
     let base_a: Vec<f64> = (0..runs_of("baseline boxed"))
-        .map(|_| baseline_boxed_queue(args.tells) / 1e6)
+        .map(|_| on_core(0, move || baseline_boxed_queue(tells)) / 1e6)
         .collect();
-    record(
-        "baseline: boxed msg via VecDeque, 1 core",
-        "M msg/s",
-        base_a,
-    );
     let rtts: Vec<(f64, f64)> = (0..runs_of("baseline cache-line"))
         .map(|_| baseline_cacheline_rtt(200_000))
         .collect();
-    record(
-        "baseline: cache-line RTT core0<->core1 p50",
+    rows.record(
+        "baseline A: boxed msg via VecDeque, 1 core",
+        "M msg/s",
+        base_a,
+    );
+    rows.record(
+        "baseline B: cache-line RTT core0<->core1 p50",
         "ns",
         rtts.iter().map(|r| r.0).collect(),
     );
-    record(
-        "baseline: cache-line RTT core0<->core1 p99",
+    rows.record(
+        "baseline B: cache-line RTT core0<->core1 p99",
         "ns",
         rtts.iter().map(|r| r.1).collect(),
     );
@@ -293,15 +513,21 @@ fn main() -> Result<()> {
     let mut pipe = Vec::new();
     let mut lat = Vec::new();
     for _ in 0..args.runs {
-        let node = node(&args)?;
+        if !["tell", "sequential ask", "inflight", "latency"]
+            .iter()
+            .any(|n| want(n))
+        {
+            break;
+        }
+        let node = node(args.idle_spin_us)?;
         if want("tell") {
             tell.push(same_shard_tell(&node, args.tells) / 1e6);
         }
         if want("sequential ask") {
-            ask.push(same_shard_ask(&node, args.asks) / 1e6);
+            ask.push(sequential_ask(&node, 0, 0, args.asks).per_s / 1e6);
         }
         if want("inflight") {
-            let before = node.stats();
+            let before = node.stats().expect("stats");
             pipe.push(
                 cross_shard_pipelined(
                     &node,
@@ -309,7 +535,7 @@ fn main() -> Result<()> {
                     Duration::from_millis(args.pipelined_ms),
                 ) / 1e6,
             );
-            for (b, a) in before.iter().zip(node.stats()) {
+            for (b, a) in before.iter().zip(node.stats().expect("stats")) {
                 let msgs = (a.ring_msgs_in - b.ring_msgs_in).max(1) as f64;
                 eprintln!(
                     "  shard {}: {} ring msgs in, per msg: {:.3} pump iterations, {:.3} task polls, {:.4} reaps, {:.4} parks",
@@ -323,30 +549,94 @@ fn main() -> Result<()> {
             }
         }
         if want("latency") {
-            lat.push(cross_shard_latency(&node, args.latency_asks));
+            let s = sequential_ask(&node, 1, args.latency_asks / 10, args.latency_asks);
+            eprintln!(
+                "latency: n={} mean={:.0}ns max={}ns",
+                s.hist.len(),
+                s.hist.mean(),
+                s.hist.max()
+            );
+            lat.push((q(&s.hist, 0.5), q(&s.hist, 0.99), q(&s.hist, 0.999)));
         }
         node.shutdown();
     }
-    record("same-shard tell, 1 actor", "M msg/s", tell);
-    record("same-shard sequential ask", "M ask/s", ask);
-    record("cross-shard ask, 2 shards, inflight/shard", "M ask/s", pipe);
-    record(
-        "cross-shard sequential ask p50 (spinning)",
-        "ns",
-        lat.iter().map(|l| l.0).collect(),
+    let spin = args.idle_spin_us;
+    rows.record("same-shard tell, 1 actor", "M msg/s", tell.clone());
+    rows.record("same-shard sequential ask", "M ask/s", ask);
+    rows.record(
+        &format!(
+            "cross-shard ask, 2 shards, {} in flight per shard",
+            args.inflight
+        ),
+        "M ask/s",
+        pipe,
     );
-    record(
-        "cross-shard sequential ask p99 (spinning)",
-        "ns",
-        lat.iter().map(|l| l.1).collect(),
-    );
-    record(
-        "cross-shard sequential ask p99.9 (spinning)",
-        "ns",
-        lat.iter().map(|l| l.2).collect(),
-    );
+    for (i, tag) in [(0, "p50"), (1, "p99"), (2, "p99.9")] {
+        rows.record(
+            &format!("cross-shard sequential ask {tag} (idle_spin_us {spin})"),
+            "ns",
+            lat.iter().map(|l| [l.0, l.1, l.2][i]).collect::<Vec<f64>>(),
+        );
+    }
+    // Same-run ratios against the baselines (per run: run i of each figure).
+    let base_a_runs = rows
+        .0
+        .iter()
+        .find(|r| r.name.starts_with("baseline A"))
+        .map(|r| r.runs.clone());
+    if let Some(a) = base_a_runs.filter(|a| a.len() == tell.len()) {
+        rows.record(
+            "ratio: same-shard tell / baseline A",
+            "x",
+            per_run_ratios(&tell, &a),
+        );
+    }
+    let base_b: Vec<f64> = rtts.iter().map(|r| r.0).collect();
+    if !lat.is_empty() && base_b.len() == lat.len() {
+        let p50: Vec<f64> = lat.iter().map(|l| l.0).collect();
+        rows.record(
+            "ratio: cross-shard sequential ask p50 / baseline B p50",
+            "x",
+            per_run_ratios(&p50, &base_b),
+        );
+    }
+
+    if want("tokio") {
+        let mut c = Comparison::default();
+        for run in 0..args.runs {
+            compare_once(&args, run, &mut c)?;
+        }
+        println!(
+            "\ntokio comparison, median [min .. max] over {} runs (ratio = Quark / tokio, per run):",
+            args.runs
+        );
+        let pairs: [(&str, &'static str, &Pair); 6] = [
+            ("same-shard tell", "M msg/s", &c.tell),
+            ("same-shard sequential ask", "M ask/s", &c.ask_rate),
+            ("same-shard sequential ask p99", "ns", &c.ask_p99),
+            (
+                "100 asks in flight to 100 actors, one core",
+                "M ask/s",
+                &c.inflight,
+            ),
+            ("cross-core sequential ask p50 (parked)", "ns", &c.cross_p50),
+            ("cross-core sequential ask p99 (parked)", "ns", &c.cross_p99),
+        ];
+        for (name, unit, (quark, tokio)) in pairs {
+            rows.record(&format!("quark: {name}"), unit, quark.clone());
+            rows.record(&format!("tokio: {name}"), unit, tokio.clone());
+            rows.record(
+                &format!("ratio quark / tokio: {name}"),
+                "x",
+                per_run_ratios(quark, tokio),
+            );
+        }
+    }
     if args.json {
-        println!("{}", serde_json::to_string(&rows)?);
+        println!(
+            "{}",
+            serde_json::json!({"machine": machine, "rows": rows.0})
+        );
     }
     Ok(())
 }

@@ -28,9 +28,12 @@ use clap::Parser;
 use hdrhistogram::Histogram;
 use quark::journal::{At, JournalPolicy};
 use quark::{block_on, Node, NodeConfig};
-use quark_bench::files::{create_empty, hist, pwrite_loop, zero_filled};
+use quark_bench::files::{
+    create_empty, evict_from_page_cache, hist, pwrite_loop, pwrite_loop_from, zero_filled,
+};
 use quark_bench::journal_actors::{Balance, Deposit, DepositMany, Ledger, EVENT_BYTES};
-use quark_bench::summary::spread;
+use quark_bench::machine::Machine;
+use quark_bench::summary::{format_runs, spread};
 use quark_persist::LogStats;
 
 // The same allocator as the other benchmarks (see enginebench).
@@ -53,13 +56,15 @@ struct Args {
     /// Print one JSON array at the end.
     #[arg(long)]
     json: bool,
-    /// Synced writes per baseline latency figure.
+    /// Synced writes per baseline latency figure (the group `baseline`; the single-actor
+    /// group measures its own baseline (a) interleaved with the persists, `--ops` writes).
     #[arg(long, default_value_t = 3000)]
     baseline_ops: u64,
     /// Bytes per baseline write (a persisted 100-byte event is ~250 bytes on disk).
     #[arg(long, default_value_t = 256)]
     baseline_bytes: usize,
-    /// Sequential persists per single-actor latency figure (after 200 warm-up ones).
+    /// Sequential persists per single-actor latency figure (after 200 warm-up ones), in 10
+    /// blocks interleaved with as many baseline writes.
     #[arg(long, default_value_t = 3000)]
     ops: u64,
     /// Actors in the concurrent measurement (all in flight).
@@ -83,9 +88,6 @@ struct Args {
     /// Idle spin of the shards, µs (the node's default is 50).
     #[arg(long, default_value_t = 50)]
     idle_spin_us: u64,
-    /// Run the external-caller single-actor measurement before the on-shard one.
-    #[arg(long)]
-    external_first: bool,
     /// Shards of the node.
     #[arg(long, default_value_t = 2)]
     shards: u16,
@@ -236,6 +238,7 @@ fn log_stats(node: &Node) -> Result<Vec<LogStats>> {
                 quark_shard::current_shard_log().map(|l| l.stats())
             })
             .join()
+            .ok()
             .flatten()
             .context("shard log stats")
         })
@@ -245,85 +248,125 @@ fn log_stats(node: &Node) -> Result<Vec<LogStats>> {
 // ---- 1. one actor, sequential ----
 
 const SINGLE_WARMUP: u64 = 200;
+/// Blocks the single-actor measurements and their baseline alternate in.
+const SINGLE_BLOCKS: u64 = 10;
 
+/// Name of the baseline measured interleaved with the single-actor persists.
+fn interleaved_baseline(args: &Args) -> String {
+    format!(
+        "baseline {}B pwrite+fdatasync prealloc, interleaved with the persists",
+        args.baseline_bytes
+    )
+}
+
+/// One actor, sequential persists, interleaved with baseline (a): the same warm-up for each
+/// (`SINGLE_WARMUP` writes or persists, not measured), then `SINGLE_BLOCKS` rounds of (a
+/// block of baseline writes, a block of persists from a driver on the actor's shard, a block
+/// from a caller outside the node), the order rotated every round, so that disk stalls fall
+/// on the three evenly.
 fn single(args: &Args, out: &mut Out) -> Result<()> {
     let dir = args.dir.join("single");
     fresh(&dir)?;
-    let node = start_node(args, &dir, JournalPolicy::default())?;
-    if args.external_first {
-        single_external(&node, args.ops, out)?;
-        single_on_shard(&node, args.ops, out)?;
-    } else {
-        single_on_shard(&node, args.ops, out)?;
-        single_external(&node, args.ops, out)?;
+    std::fs::create_dir_all(dir.join("node"))?;
+    let node = start_node(args, &dir.join("node"), JournalPolicy::default())?;
+    let size = args.baseline_bytes;
+    let per = (args.ops / SINGLE_BLOCKS).max(1);
+    let total = SINGLE_WARMUP + per * SINGLE_BLOCKS;
+    let pre = zero_filled(
+        &dir.join("baseline-pre"),
+        (size as u64 * total).max(1 << 20),
+    )?;
+    let on_key = key_on(&node, 0, "solo", 0);
+    let ext_key = key_on(&node, 0, "outside", 0);
+
+    pwrite_loop_from(&pre, size, 0, SINGLE_WARMUP)?;
+    let mut base_next = SINGLE_WARMUP;
+    on_shard_block(&node, &on_key, SINGLE_WARMUP)?;
+    external_block(&node, &ext_key, SINGLE_WARMUP)?;
+
+    let mut base = hist();
+    let (mut on_persist, mut on_ask) = (hist(), hist());
+    let (mut ext_persist, mut ext_ask) = (hist(), hist());
+    let (mut on_last, mut ext_last) = (0, 0);
+    for block in 0..SINGLE_BLOCKS {
+        for step in 0..3 {
+            match (block + step) % 3 {
+                0 => {
+                    base.add(pwrite_loop_from(&pre, size, base_next, per)?.0)?;
+                    base_next += per;
+                }
+                1 => {
+                    let (p, a, last) = on_shard_block(&node, &on_key, per)?;
+                    on_persist.add(p)?;
+                    on_ask.add(a)?;
+                    on_last = last;
+                }
+                _ => {
+                    let (p, a, last) = external_block(&node, &ext_key, per)?;
+                    ext_persist.add(p)?;
+                    ext_ask.add(a)?;
+                    ext_last = last;
+                }
+            }
+        }
     }
+    drop(pre);
+    for (key, last) in [(&on_key, on_last), (&ext_key, ext_last)] {
+        ensure!(
+            last == total,
+            "{key}: version {last} after {total} persists"
+        );
+        let r = node.actor_ref::<Ledger>(key.as_str());
+        let (balance, applied) = block_on(r.ask(Balance))?;
+        ensure!(
+            balance == total as i64 && applied == total,
+            "{key}: balance {balance}, applied {applied}"
+        );
+    }
+    out.latency(&interleaved_baseline(args), &base);
+    out.latency("1 actor, driver on shard: persist", &on_persist);
+    out.latency("1 actor, driver on shard: ask", &on_ask);
+    out.latency("1 actor, external caller: persist", &ext_persist);
+    out.latency("1 actor, external caller: ask", &ext_ask);
     node.shutdown();
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }
 
-/// Driver on the actor's shard: no cross-thread hop in the ask.
-fn single_on_shard(node: &Node, ops: u64, out: &mut Out) -> Result<()> {
-    let warmup = SINGLE_WARMUP;
-    let r = node.actor_ref::<Ledger>(key_on(node, 0, "solo", 0).as_str());
-    let (persist, ask, last) = node
-        .spawn_on(0, move || async move {
-            let (mut persist, mut ask) = (hist(), hist());
-            let mut last = 0;
-            for i in 0..warmup + ops {
-                let t = Instant::now();
-                let d = r.ask(Deposit(1)).await??;
-                let el = t.elapsed().as_nanos() as u64;
-                last = d.version;
-                if i >= warmup {
-                    ask.record(el)?;
-                    persist.record(d.persist_ns)?;
-                }
-            }
-            anyhow::Ok((persist, ask, last))
-        })
-        .join()
-        .context("driver task")??;
-    ensure!(
-        last == warmup + ops,
-        "version {last} after {} persists",
-        warmup + ops
-    );
-    let r = node.actor_ref::<Ledger>(key_on(node, 0, "solo", 0).as_str());
-    let (balance, applied) = block_on(r.ask(Balance))?;
-    ensure!(
-        balance == (warmup + ops) as i64 && applied == warmup + ops,
-        "balance {balance}, applied {applied}"
-    );
-    out.latency("1 actor, driver on shard: persist", &persist);
-    out.latency("1 actor, driver on shard: ask", &ask);
-    Ok(())
+/// `n` sequential persists from a driver task on the actor's shard (no cross-thread hop in
+/// the ask): persist and ask latency, and the version of the last one.
+fn on_shard_block(node: &Node, key: &str, n: u64) -> Result<(Histogram<u64>, Histogram<u64>, u64)> {
+    let r = node.actor_ref::<Ledger>(key);
+    node.spawn_on(0, move || async move {
+        let (mut persist, mut ask) = (hist(), hist());
+        let mut last = 0;
+        for _ in 0..n {
+            let t = Instant::now();
+            let d = r.ask(Deposit(1)).await??;
+            ask.record(t.elapsed().as_nanos() as u64)?;
+            persist.record(d.persist_ns)?;
+            last = d.version;
+        }
+        anyhow::Ok((persist, ask, last))
+    })
+    .join()
+    .context("driver task")?
 }
 
-/// Caller outside the node (another thread): adds two cross-thread hand-offs.
-fn single_external(node: &Node, ops: u64, out: &mut Out) -> Result<()> {
-    let warmup = SINGLE_WARMUP;
-    let r = node.actor_ref::<Ledger>(key_on(node, 0, "outside", 0).as_str());
+/// `n` sequential persists from this thread, outside the node (two cross-thread hand-offs
+/// per ask).
+fn external_block(node: &Node, key: &str, n: u64) -> Result<(Histogram<u64>, Histogram<u64>, u64)> {
+    let r = node.actor_ref::<Ledger>(key);
     let (mut persist, mut ask) = (hist(), hist());
     let mut last = 0;
-    for i in 0..warmup + ops {
+    for _ in 0..n {
         let t = Instant::now();
         let d = block_on(r.ask(Deposit(1)))??;
-        let el = t.elapsed().as_nanos() as u64;
+        ask.record(t.elapsed().as_nanos() as u64)?;
+        persist.record(d.persist_ns)?;
         last = d.version;
-        if i >= warmup {
-            ask.record(el)?;
-            persist.record(d.persist_ns)?;
-        }
     }
-    ensure!(
-        last == warmup + ops,
-        "version {last} after {} persists",
-        warmup + ops
-    );
-    out.latency("1 actor, external caller: persist", &persist);
-    out.latency("1 actor, external caller: ask", &ask);
-    Ok(())
+    Ok((persist, ask, last))
 }
 
 // ---- 2. many actors, concurrent ----
@@ -543,18 +586,35 @@ fn activation(args: &Args, out: &mut Out) -> Result<()> {
             );
         }
         for cold in [false, true] {
-            if cold && !drop_caches() {
-                println!("  (cannot drop the page cache: not root; cold figures skipped)");
-                continue;
+            // Cold: the page cache is dropped before the node starts (as root), and the
+            // segments are evicted again after the node's start (its log recovery read them
+            // back), so that the activation reads the disk.
+            let dropped = cold && drop_caches();
+            if cold && !dropped {
+                println!(
+                    "  (cannot drop the whole page cache: not root; cold = segments evicted \
+                     with posix_fadvise, node start is then from a warm cache)"
+                );
+                evict_from_page_cache(&dir)?;
             }
             let cache = if cold { "cold" } else { "warm" };
             let t = Instant::now();
             let node = start_node(args, &dir, policy)?;
             out.push(
-                format!("{k}k-event stream, {tag}, {cache}: node start (log recovery)"),
+                format!(
+                    "{k}k-event stream, {tag}, {cache}: node start (log recovery{})",
+                    match (cold, dropped) {
+                        (false, _) => "",
+                        (true, true) => ", page cache dropped",
+                        (true, false) => ", warm cache",
+                    }
+                ),
                 t.elapsed().as_secs_f64() * 1e3,
                 "ms",
             );
+            if cold {
+                evict_from_page_cache(&dir)?;
+            }
             let r = node.actor_ref::<Ledger>(BIG);
             let t = Instant::now();
             // A replay of a long stream can outlast the default ask timeout (10 s).
@@ -576,7 +636,14 @@ fn activation(args: &Args, out: &mut Out) -> Result<()> {
                 );
             }
             out.push(
-                format!("{k}k-event stream, {tag}, {cache}: activation (first ask)"),
+                format!(
+                    "{k}k-event stream, {tag}, {cache}: activation (first ask{})",
+                    if cold {
+                        ", segments evicted from the page cache"
+                    } else {
+                        ""
+                    }
+                ),
                 el.as_secs_f64() * 1e3,
                 "ms",
             );
@@ -637,49 +704,47 @@ fn activation(args: &Args, out: &mut Out) -> Result<()> {
 
 // ---- ratios and summary ----
 
-/// Same-run ratios: (name, numerator, denominator), looked up in one run's figures.
+/// Same-run ratios: (name, numerator, denominator), looked up in one run's figures. The
+/// single-actor figures are divided by the baseline measured interleaved with them; the
+/// ratios to the `baseline` group's figures (measured before, not interleaved) say so.
 fn ratios(args: &Args, out: &mut Out) {
     let b = format!("baseline {}B", args.baseline_bytes);
+    let il = interleaved_baseline(args);
     let table = [
         (
-            "ratio: persist p99 (driver on shard) / baseline pwrite+fdatasync prealloc p99 [target <= 1.5]".to_string(),
+            "ratio: persist p99 (driver on shard) / interleaved baseline (a) p99 [target <= 1.5]".to_string(),
             "1 actor, driver on shard: persist p99".to_string(),
-            format!("{b} pwrite+fdatasync prealloc p99"),
+            format!("{il} p99"),
         ),
         (
-            "ratio: persist p99 (driver on shard) / baseline pwrite+fdatasync growing p99".to_string(),
+            "ratio: persist p50 (driver on shard) / interleaved baseline (a) p50".to_string(),
+            "1 actor, driver on shard: persist p50".to_string(),
+            format!("{il} p50"),
+        ),
+        (
+            "ratio: ask p99 (driver on shard) / interleaved baseline (a) p99".to_string(),
+            "1 actor, driver on shard: ask p99".to_string(),
+            format!("{il} p99"),
+        ),
+        (
+            "ratio: persist p99 (external caller) / interleaved baseline (a) p99".to_string(),
+            "1 actor, external caller: persist p99".to_string(),
+            format!("{il} p99"),
+        ),
+        (
+            "ratio: ask p99 (external caller) / interleaved baseline (a) p99".to_string(),
+            "1 actor, external caller: ask p99".to_string(),
+            format!("{il} p99"),
+        ),
+        (
+            "ratio: persist p99 (driver on shard) / baseline (b) growing p99 (not interleaved)".to_string(),
             "1 actor, driver on shard: persist p99".to_string(),
             format!("{b} pwrite+fdatasync growing p99"),
         ),
         (
-            "ratio: persist p99 (driver on shard) / baseline io_uring O_DSYNC write p99".to_string(),
+            "ratio: persist p99 (driver on shard) / baseline (d) io_uring O_DSYNC p99 (not interleaved)".to_string(),
             "1 actor, driver on shard: persist p99".to_string(),
             format!("{b} io_uring O_DSYNC write prealloc p99"),
-        ),
-        (
-            "ratio: persist p99 (driver on shard) / baseline io_uring write+fdatasync p99".to_string(),
-            "1 actor, driver on shard: persist p99".to_string(),
-            format!("{b} io_uring write+fdatasync prealloc p99"),
-        ),
-        (
-            "ratio: persist p50 (driver on shard) / baseline pwrite+fdatasync prealloc p50".to_string(),
-            "1 actor, driver on shard: persist p50".to_string(),
-            format!("{b} pwrite+fdatasync prealloc p50"),
-        ),
-        (
-            "ratio: ask p99 (driver on shard) / baseline pwrite+fdatasync prealloc p99".to_string(),
-            "1 actor, driver on shard: ask p99".to_string(),
-            format!("{b} pwrite+fdatasync prealloc p99"),
-        ),
-        (
-            "ratio: persist p99 (external caller) / baseline pwrite+fdatasync prealloc p99".to_string(),
-            "1 actor, external caller: persist p99".to_string(),
-            format!("{b} pwrite+fdatasync prealloc p99"),
-        ),
-        (
-            "ratio: ask p99 (external caller) / baseline pwrite+fdatasync prealloc p99".to_string(),
-            "1 actor, external caller: ask p99".to_string(),
-            format!("{b} pwrite+fdatasync prealloc p99"),
         ),
     ];
     for (name, num, den) in table {
@@ -697,6 +762,9 @@ fn load_note() -> String {
 
 fn main() -> Result<()> {
     let args = Args::parse();
+    let machine = Machine::describe();
+    println!("{}", machine.line());
+    println!("journalbench: {args:?}");
     std::fs::create_dir_all(&args.dir)?;
     let want = |group: &str| {
         args.only
@@ -730,7 +798,7 @@ fn main() -> Result<()> {
         runs.push(out.0);
     }
     println!(
-        "\nmedian [min .. max] over {} runs (event data {EVENT_BYTES} B):",
+        "\nmedian [min .. max] over {} runs (event data {EVENT_BYTES} B), then every run's value:",
         runs.len()
     );
     let mut json = Vec::new();
@@ -741,8 +809,13 @@ fn main() -> Result<()> {
             .collect();
         let s = spread(&vals);
         println!(
-            "  {:<96} {:>12.2} [{:.2} .. {:.2}] {}",
-            f.name, s.median, s.min, s.max, f.unit
+            "  {:<96} {:>12.2} [{:.2} .. {:.2}] {} | {}",
+            f.name,
+            s.median,
+            s.min,
+            s.max,
+            f.unit,
+            format_runs(&vals, 2)
         );
         json.push(serde_json::json!({
             "name": f.name, "unit": f.unit, "median": s.median, "min": s.min, "max": s.max,
@@ -750,7 +823,10 @@ fn main() -> Result<()> {
         }));
     }
     if args.json {
-        println!("{}", serde_json::Value::Array(json));
+        println!(
+            "{}",
+            serde_json::json!({"machine": machine, "figures": serde_json::Value::Array(json)})
+        );
     }
     Ok(())
 }

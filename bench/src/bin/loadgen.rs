@@ -26,33 +26,38 @@
 //! - `--op tell`: latency is the time until the `tell` future resolved (the message was admitted:
 //!   mailbox room or cross-shard credit), not until it was handled.
 //!
-//! Only requests completed after `--warmup-s` and before the end count. Prints a table (or one
-//! JSON object with `--json`); progress goes to stderr once per second.
+//! Which requests count (`quark_bench::window`): those whose latency starts in the measured
+//! window, i.e. scheduled (open loop) or sent (closed loop) after `--warmup-s` and before the
+//! end, however late they complete. After the end the run waits up to `--grace-s` for them;
+//! a counted request still incomplete then is *late*: it enters the percentiles at the
+//! latency it had reached (a lower bound) and is counted in `late`. Requests of the warm-up
+//! never count, but the longest latency of the whole run is reported apart
+//! (`max_whole_run_ns`, with the time its request started), so a request starved since the
+//! warm-up is not hidden. Throughput is the counted successful requests over the time from
+//! the window's start to the last counted completion (at least the window).
+//!
+//! Prints the machine line (cores, kernel, CPU, commit) on stderr, then a table (or one JSON
+//! object with `--json`, which includes it); progress goes to stderr once per second.
 //!
 //! `cargo run --release -p quark-bench --bin loadgen -- --duration-s 5`
 
-use std::cell::{Cell, RefCell};
 use std::future::Future;
 use std::path::PathBuf;
-use std::pin::Pin;
 use std::process::ExitCode;
-use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _, Result};
 use clap::{Parser, ValueEnum};
-use hdrhistogram::Histogram;
 use quark::builtin::{Echo, Ping};
 use quark::{ActorRef, ActorType, Client, Node, ShardStatsSnapshot};
+use quark_bench::driver::{self, Pacer};
+use quark_bench::machine::Machine;
+use quark_bench::window::{Recorder, Window};
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
-/// Highest latency the histograms hold (60 s, in ns); above it a value is clamped.
-const LATENCY_NS_MAX: u64 = 60_000_000_000;
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -61,16 +66,6 @@ enum Op {
     Ask,
     /// Fire and forget (latency = until the send was admitted).
     Tell,
-}
-
-/// How the open loop waits for a request's scheduled time.
-#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-enum Pacer {
-    /// The executor's timer, then yield until due (precise sends; the yielding perturbs the shard).
-    Spin,
-    /// The executor's timer only (millisecond resolution; sends up to ~1 ms late).
-    Timer,
 }
 
 #[derive(Parser, Debug)]
@@ -94,9 +89,14 @@ struct Args {
     /// Measured duration, in seconds (after the warm-up).
     #[arg(long, default_value_t = 10.0)]
     duration_s: f64,
-    /// Warm-up, in seconds: requests completed before its end are not counted.
+    /// Warm-up, in seconds: requests scheduled (open loop) or sent (closed loop) before its
+    /// end are not counted.
     #[arg(long, default_value_t = 2.0)]
     warmup_s: f64,
+    /// After the end, how long to wait for counted requests still in flight; those still
+    /// incomplete then are counted as late, at the latency they had reached.
+    #[arg(long, default_value_t = 1.0)]
+    grace_s: f64,
     /// Total requests per second (open loop); 0 = closed loop.
     #[arg(long, default_value_t = 0.0)]
     rate: f64,
@@ -129,11 +129,6 @@ struct Args {
     seed: u64,
 }
 
-/// An empty latency histogram: 1 ns to 60 s, 3 significant digits.
-fn latency_histogram() -> Histogram<u64> {
-    Histogram::new_with_bounds(1, LATENCY_NS_MAX, 3).expect("constant bounds are valid")
-}
-
 /// A small, fast PRNG (SplitMix64): enough to spread requests over actors.
 struct SplitMix(u64);
 
@@ -160,195 +155,42 @@ struct ShardProgress {
     completed: AtomicU64,
 }
 
-/// What one shard's driver needs.
-struct Plan {
+/// Runs on a shard: the shard's request loops, until the run is over.
+async fn drive_shard(
+    plan: driver::Plan,
     refs: Vec<ActorRef<Echo>>,
     op: Op,
-    inflight: usize,
     msg_bytes: usize,
-    start: Instant,
-    warm_end: Instant,
-    end: Instant,
-    /// Nanoseconds between scheduled requests on this shard; `None` = closed loop.
-    interval_ns: Option<f64>,
-    pacer: Pacer,
     seed: u64,
     progress: Arc<Vec<ShardProgress>>,
     shard: usize,
-}
-
-/// What one shard's driver measured.
-struct ShardResult {
-    hist: Histogram<u64>,
-    slip: Histogram<u64>,
-    errors: u64,
-    errors_total: u64,
-    first_error: Option<String>,
-}
-
-/// Shard-local state shared by the shard's request loops.
-struct Driver {
-    plan: Plan,
-    payload: Vec<u8>,
-    /// Open loop: index of the next request to schedule.
-    next: Cell<u64>,
-    /// Open loop: held by the loop waiting for the next scheduled time.
-    pacer: futures::lock::Mutex<()>,
-    completed: Cell<u64>,
-    hist: RefCell<Histogram<u64>>,
-    /// Open loop: how late each request was sent (actual send - scheduled send).
-    slip: RefCell<Histogram<u64>>,
-    errors: Cell<u64>,
-    /// Errors of the whole run (warm-up and the tail after the end included).
-    errors_total: Cell<u64>,
-    first_error: RefCell<Option<String>>,
-}
-
-impl Driver {
-    fn record(
-        &self,
-        from: Instant,
-        sent: Instant,
-        done: Instant,
-        outcome: Result<(), quark::CallError>,
-    ) {
-        let n = self.completed.get() + 1;
-        self.completed.set(n);
-        // Single writer: a plain store, no read-modify-write.
-        self.plan.progress[self.plan.shard]
-            .completed
-            .store(n, Ordering::Relaxed);
-        if let Err(e) = &outcome {
-            self.errors_total.set(self.errors_total.get() + 1);
-            let mut first = self.first_error.borrow_mut();
-            if first.is_none() {
-                *first = Some(e.to_string());
-            }
-        }
-        if done < self.plan.warm_end || done >= self.plan.end {
-            return;
-        }
-        match outcome {
-            Ok(()) => {
-                let ns = done.saturating_duration_since(from).as_nanos() as u64;
-                self.hist
-                    .borrow_mut()
-                    .saturating_record(ns.clamp(1, LATENCY_NS_MAX));
-                if self.plan.interval_ns.is_some() {
-                    let slip = sent.saturating_duration_since(from).as_nanos() as u64;
-                    self.slip
-                        .borrow_mut()
-                        .saturating_record(slip.clamp(1, LATENCY_NS_MAX));
-                }
-            }
-            Err(_) => self.errors.set(self.errors.get() + 1),
-        }
-    }
-
-    /// The time the loop's next request is due, or `None` when the run is over. Open loop: waits
-    /// until then.
-    async fn next_due(&self) -> Option<Instant> {
-        match self.plan.interval_ns {
-            None => {
-                let now = Instant::now();
-                (now < self.plan.end).then_some(now)
-            }
-            Some(interval) => {
-                // One free loop at a time takes the next slot of the schedule and waits for it;
-                // the others queue behind it, so a shard has at most one waiter spinning.
-                let _turn = self.pacer.lock().await;
-                let i = self.next.get();
-                self.next.set(i + 1);
-                let due = self.plan.start + Duration::from_nanos((i as f64 * interval) as u64);
-                if due >= self.plan.end {
-                    return None;
-                }
-                wait_until(due, self.plan.pacer).await;
-                Some(due)
-            }
-        }
-    }
-}
-
-/// Waits until `t`: the executor's timer for the coarse part (it has millisecond resolution),
-/// then (`Pacer::Spin`) yields to the shard's other tasks until `t` passes.
-async fn wait_until(t: Instant, pacer: Pacer) {
-    loop {
-        let now = Instant::now();
-        if now >= t {
-            return;
-        }
-        let left = t - now;
-        if pacer == Pacer::Timer {
-            monoio::time::sleep(left).await;
-        } else if left > Duration::from_millis(2) {
-            monoio::time::sleep(left - Duration::from_millis(1)).await;
-        } else {
-            YieldNow(false).await;
-        }
-    }
-}
-
-/// Returns `Pending` once (after waking itself), so other tasks of the shard run.
-struct YieldNow(bool);
-
-impl Future for YieldNow {
-    type Output = ();
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        if self.0 {
-            Poll::Ready(())
-        } else {
-            self.0 = true;
-            cx.waker().wake_by_ref();
-            Poll::Pending
-        }
-    }
-}
-
-async fn request_loop(d: Rc<Driver>, mut rng: SplitMix) {
-    let n = d.plan.refs.len();
-    while let Some(from) = d.next_due().await {
-        let r = &d.plan.refs[rng.below(n)];
-        let msg = Ping(d.payload.clone());
-        let sent = Instant::now();
-        let outcome = match d.plan.op {
-            Op::Ask => r.ask(msg).await.map(drop),
-            Op::Tell => r.tell(msg).await,
-        };
-        d.record(from, sent, Instant::now(), outcome);
-    }
-}
-
-/// Runs on a shard: the shard's request loops, until the end of the run.
-async fn drive(plan: Plan) -> ShardResult {
-    let loops = plan.inflight;
-    let seed = plan.seed ^ (plan.shard as u64).wrapping_mul(0xA076_1D64_78BD_642F);
-    let d = Rc::new(Driver {
-        payload: vec![0xA5; plan.msg_bytes],
+) -> driver::Outcome {
+    let seed = seed ^ (shard as u64).wrapping_mul(0xA076_1D64_78BD_642F);
+    let payload = vec![0xA5; msg_bytes];
+    let (refs, payload) = (&refs, &payload);
+    let n = refs.len();
+    // Single writer per counter: a plain store, no read-modify-write.
+    let on_complete = |done: u64| progress[shard].completed.store(done, Ordering::Relaxed);
+    driver::drive(
         plan,
-        next: Cell::new(0),
-        pacer: futures::lock::Mutex::new(()),
-        completed: Cell::new(0),
-        hist: RefCell::new(latency_histogram()),
-        slip: RefCell::new(latency_histogram()),
-        errors: Cell::new(0),
-        errors_total: Cell::new(0),
-        first_error: RefCell::new(None),
-    });
-    let tasks: Vec<_> = (0..loops)
-        .map(|i| {
-            let rng = SplitMix(seed ^ (i as u64).wrapping_mul(0xE703_7ED1_A0B4_28DB));
-            request_loop(d.clone(), rng)
-        })
-        .collect();
-    futures::future::join_all(tasks).await;
-    ShardResult {
-        hist: d.hist.replace(latency_histogram()),
-        slip: d.slip.replace(latency_histogram()),
-        errors: d.errors.get(),
-        errors_total: d.errors_total.get(),
-        first_error: d.first_error.take(),
-    }
+        move |slot: usize, k: u64, _from: Instant| {
+            // Stateless choice: the same (seed, shard, loop, k) picks the same actor.
+            let mut rng = SplitMix(
+                seed ^ (slot as u64).wrapping_mul(0xE703_7ED1_A0B4_28DB)
+                    ^ k.wrapping_mul(0x8EBC_6AF0_9C88_C6E3),
+            );
+            let r = &refs[rng.below(n)];
+            let msg = Ping(payload.clone());
+            async move {
+                match op {
+                    Op::Ask => r.ask(msg).await.map(drop),
+                    Op::Tell => r.tell(msg).await,
+                }
+            }
+        },
+        &on_complete,
+    )
+    .await
 }
 
 /// What drives the load: an in-process node, or a client of a remote cluster.
@@ -383,8 +225,8 @@ impl Runner {
     }
     fn stats(&self) -> Vec<ShardStatsSnapshot> {
         match self {
-            Runner::Node(n) => n.stats(),
-            Runner::Client(c) => c.stats(),
+            Runner::Node(n) => n.stats().expect("every shard reports its counters"),
+            Runner::Client(c) => c.stats().expect("every shard reports its counters"),
         }
     }
     fn shutdown(self) -> quark::ShutdownReport {
@@ -433,6 +275,8 @@ fn start_runner(args: &Args) -> Result<(Runner, Vec<usize>, Duration)> {
 
 #[derive(serde::Serialize)]
 struct Report {
+    /// Where and from what commit the figures were measured.
+    machine: Machine,
     shards: u16,
     cores: Vec<usize>,
     idle_spin_us: u64,
@@ -452,7 +296,13 @@ struct Report {
     allocator: &'static str,
     warmup_s: f64,
     duration_s: f64,
+    grace_s: f64,
+    /// Counted requests that completed (successfully).
     ops: u64,
+    /// Counted requests still incomplete `grace_s` after the end (in the percentiles at the
+    /// latency they had reached then).
+    late: u64,
+    /// `ops` over the time from the window's start to the last counted completion.
     throughput_rps: f64,
     p50_ns: u64,
     p90_ns: u64,
@@ -464,6 +314,11 @@ struct Report {
     send_slip_p50_ns: u64,
     /// Open loop: p99 of (actual send - scheduled send).
     send_slip_p99_ns: u64,
+    /// The longest latency of any request of the run, counted or not (warm-up included).
+    max_whole_run_ns: u64,
+    /// When that request started, seconds after the run's start (the warm-up is
+    /// `0..warmup_s`).
+    max_whole_run_started_s: f64,
     errors: u64,
     errors_total: u64,
     first_error: Option<String>,
@@ -491,6 +346,7 @@ fn fmt_ns(ns: u64) -> String {
 }
 
 fn print_table(r: &Report) {
+    println!("{}", r.machine.line());
     println!(
         "loadgen: {} shards (cores {:?}), idle_spin {} µs (effective {} µs), op {}, {}, \
          inflight {}/shard, msg {} B, actors {}, rate {}, allocator {}",
@@ -515,8 +371,15 @@ fn print_table(r: &Report) {
     );
     println!("target: {}", r.target);
     println!("latency: {}", r.latency_measured);
-    let rows: [(&str, String); 10] = [
+    let rows: [(&str, String); 12] = [
         ("ops", r.ops.to_string()),
+        (
+            "late",
+            format!(
+                "{} (incomplete {:.1} s after the end; in the percentiles at a lower bound)",
+                r.late, r.grace_s
+            ),
+        ),
         (
             "duration",
             format!("{:.3} s (after {:.3} s warm-up)", r.duration_s, r.warmup_s),
@@ -527,6 +390,14 @@ fn print_table(r: &Report) {
         ("p99", fmt_ns(r.p99_ns)),
         ("p99.9", fmt_ns(r.p999_ns)),
         ("max", fmt_ns(r.max_ns)),
+        (
+            "max (run)",
+            format!(
+                "{} (any request of the run, warm-up included; started at {:.3} s)",
+                fmt_ns(r.max_whole_run_ns),
+                r.max_whole_run_started_s
+            ),
+        ),
         ("mean", fmt_ns(r.mean_ns as u64)),
         (
             "errors",
@@ -592,6 +463,9 @@ fn run(args: Args) -> Result<bool> {
     if !(args.warmup_s >= 0.0 && args.warmup_s.is_finite()) {
         bail!("--warmup-s must be zero or a positive number of seconds");
     }
+    if !(args.grace_s >= 0.0 && args.grace_s.is_finite()) {
+        bail!("--grace-s must be zero or a positive number of seconds");
+    }
     if !(args.rate >= 0.0 && args.rate.is_finite()) {
         bail!("--rate must be zero (closed loop) or a positive number of requests per second");
     }
@@ -603,6 +477,8 @@ fn run(args: Args) -> Result<bool> {
         .with_writer(std::io::stderr)
         .try_init();
 
+    let machine = Machine::describe();
+    eprintln!("{}", machine.line());
     let (node, cores, idle_spin) = start_runner(&args)?;
     let shards = node.shard_count();
     let mut distinct = cores.clone();
@@ -642,6 +518,11 @@ fn run(args: Args) -> Result<bool> {
     let start = Instant::now() + Duration::from_millis(20);
     let warm_end = start + warmup;
     let end = warm_end + duration;
+    let window = Window {
+        warm_end,
+        end,
+        grace: Duration::from_secs_f64(args.grace_s),
+    };
     eprintln!(
         "loadgen: {shards} shards, op {:?}, inflight {}/shard, {} actors, {} B, {}; \
          warm-up {:.1} s, measuring {:.1} s",
@@ -660,23 +541,25 @@ fn run(args: Args) -> Result<bool> {
 
     let handles: Vec<_> = (0..shards)
         .map(|shard| {
-            let plan = Plan {
-                refs: refs.clone(),
-                op: args.op,
-                inflight: args.inflight,
-                msg_bytes: args.msg_bytes,
+            let plan = driver::Plan {
                 start,
-                warm_end,
-                end,
+                window,
                 interval_ns,
                 pacer: args.pacer,
-                seed: args.seed,
-                progress: progress.clone(),
-                shard: usize::from(shard),
+                loops: args.inflight,
             };
-            node.spawn_on(shard, move || async move {
-                wait_until(start, Pacer::Timer).await;
-                drive(plan).await
+            let (refs, progress) = (refs.clone(), progress.clone());
+            let (op, msg_bytes, seed) = (args.op, args.msg_bytes, args.seed);
+            node.spawn_on(shard, move || {
+                drive_shard(
+                    plan,
+                    refs,
+                    op,
+                    msg_bytes,
+                    seed,
+                    progress,
+                    usize::from(shard),
+                )
             })
         })
         .collect();
@@ -709,18 +592,20 @@ fn run(args: Args) -> Result<bool> {
         tick += Duration::from_secs(1);
     }
 
-    let mut hist = latency_histogram();
-    let mut slip = latency_histogram();
-    let mut errors = 0;
+    let mut rec = Recorder::new(window);
+    let mut max_any: Option<(u64, Instant)> = None;
     let mut errors_total = 0;
     let mut first_error = None;
     for (shard, h) in handles.into_iter().enumerate() {
         let r = h
             .join()
             .with_context(|| format!("shard {shard} stopped before its driver finished"))?;
-        hist.add(&r.hist).expect("histograms of equal bounds merge");
-        slip.add(&r.slip).expect("histograms of equal bounds merge");
-        errors += r.errors;
+        rec.merge(&r.rec);
+        if let Some(m) = r.max_any {
+            if max_any.is_none_or(|a| m.0 > a.0) {
+                max_any = Some(m);
+            }
+        }
         errors_total += r.errors_total;
         first_error = first_error.or(r.first_error);
     }
@@ -738,8 +623,10 @@ fn run(args: Args) -> Result<bool> {
         eprintln!("loadgen: shutdown did not complete cleanly: {report:?}");
     }
 
-    let ops = hist.len();
+    let (hist, slip) = (&rec.hist, &rec.slip);
+    let ops = hist.len() - rec.late;
     let r = Report {
+        machine,
         shards,
         cores,
         idle_spin_us: idle_spin.as_micros() as u64,
@@ -772,8 +659,10 @@ fn run(args: Args) -> Result<bool> {
         allocator: "mimalloc",
         warmup_s: args.warmup_s,
         duration_s: args.duration_s,
+        grace_s: args.grace_s,
         ops,
-        throughput_rps: ops as f64 / args.duration_s,
+        late: rec.late,
+        throughput_rps: rec.throughput_rps(),
         p50_ns: hist.value_at_quantile(0.5),
         p90_ns: hist.value_at_quantile(0.9),
         p99_ns: hist.value_at_quantile(0.99),
@@ -782,7 +671,10 @@ fn run(args: Args) -> Result<bool> {
         mean_ns: hist.mean(),
         send_slip_p50_ns: slip.value_at_quantile(0.5),
         send_slip_p99_ns: slip.value_at_quantile(0.99),
-        errors,
+        max_whole_run_ns: max_any.map_or(0, |m| m.0),
+        max_whole_run_started_s: max_any
+            .map_or(0.0, |m| m.1.saturating_duration_since(start).as_secs_f64()),
+        errors: rec.errors,
         errors_total,
         first_error,
         engine,

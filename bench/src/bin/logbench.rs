@@ -10,7 +10,9 @@
 //!    - one appender, 1 MiB batches (8 records of 128 KiB): MB/s;
 //! 3. Recovery: open of a ~1 GiB log (1 KiB records) through io_uring: seconds and MB/s.
 //!
-//! Prints every run, then median [min .. max] per measure, then one JSON line.
+//! Prints the machine line (cores, kernel, CPU, commit), every run, then median [min .. max]
+//! per measure with every run's value (ratios are taken per run, then summarised: every ratio
+//! docs/BENCHMARKS.md cites is one of the `ratio` rows), then one JSON line.
 //! `cargo run --release -p quark-bench --bin logbench -- --runs 3`
 
 use std::fs::{File, OpenOptions};
@@ -22,6 +24,8 @@ use anyhow::{Context, Result};
 use clap::Parser;
 use hdrhistogram::Histogram;
 use quark_bench::files::{create_empty, hist, pwrite_loop, zero_filled};
+use quark_bench::machine::Machine;
+use quark_bench::summary::{format_runs, spread};
 use quark_persist::{Batch, FsyncPolicy, Log, LogConfig, Preallocate};
 use quark_shard::rt::log_io::UringIo;
 
@@ -445,35 +449,69 @@ fn recovery(args: &Args, out: &mut Vec<Figure>) -> Result<()> {
 /// Same-run ratios (the comparable figures on a noisy machine): numerator / denominator,
 /// both looked up by name prefix in this run's figures.
 fn add_ratios(out: &mut Vec<Figure>) {
+    const LOG_P50: &str = "log 1 appender 128B Always (write-through) p50";
+    const LOG_P99: &str = "log 1 appender 128B Always (write-through) p99";
+    const RECYCLED_1: &str = "log 1MiB batches Always bandwidth (recycled segments, 1 ";
+    const RECYCLED_4: &str = "log 1MiB batches Always bandwidth (recycled segments, 4 ";
     const RATIOS: &[(&str, &str, &str)] = &[
         (
             "ratio log 1 appender p50 / baseline 128B prealloc p50",
-            "log 1 appender 128B Always (write-through) p50",
+            LOG_P50,
             "baseline 128B prealloc p50",
         ),
         (
-            "ratio log 1 appender p99 / baseline 128B prealloc p99",
-            "log 1 appender 128B Always (write-through) p99",
+            "ratio log 1 appender p50 / baseline 128B prealloc p99 [target < 1]",
+            LOG_P50,
+            "baseline 128B prealloc p99",
+        ),
+        (
+            "ratio log 1 appender p50 / baseline 128B growing p50",
+            LOG_P50,
+            "baseline 128B growing p50",
+        ),
+        (
+            "ratio log 1 appender p50 / uring raw O_DSYNC write p50",
+            LOG_P50,
+            "uring raw 128B O_DSYNC write p50",
+        ),
+        (
+            "ratio log 1 appender p99 / uring raw O_DSYNC write p99",
+            LOG_P99,
+            "uring raw 128B O_DSYNC write p99",
+        ),
+        (
+            "ratio bandwidth recycled, 1 appender / baseline 1MiB growing",
+            RECYCLED_1,
+            "baseline 1MiB growing bandwidth",
+        ),
+        (
+            "ratio bandwidth recycled, 4 appenders / baseline 1MiB growing",
+            RECYCLED_4,
+            "baseline 1MiB growing bandwidth",
+        ),
+        (
+            "ratio log 1 appender p99 / baseline 128B prealloc p99 [target <= 1.2]",
+            LOG_P99,
             "baseline 128B prealloc p99",
         ),
         (
             "ratio log 1 appender p99 / baseline 128B growing p99",
-            "log 1 appender 128B Always (write-through) p99",
+            LOG_P99,
             "baseline 128B growing p99",
         ),
         (
             "ratio log 1 appender p99 / uring raw write+fdatasync p99",
-            "log 1 appender 128B Always (write-through) p99",
+            LOG_P99,
             "uring raw 128B write+fdatasync p99",
         ),
         (
-            "ratio bandwidth recycled, 1 appender / baseline 1MiB prealloc",
-            "log 1MiB batches Always bandwidth (recycled segments, 1 ",
+            "ratio bandwidth recycled, 1 appender / baseline 1MiB prealloc [target >= 0.8]",
+            RECYCLED_1,
             "baseline 1MiB prealloc bandwidth",
         ),
         (
-            "ratio bandwidth recycled, 4 appenders / baseline 1MiB prealloc",
-            "log 1MiB batches Always bandwidth (recycled segments, 4 ",
+            "ratio bandwidth recycled, 4 appenders / baseline 1MiB prealloc [target >= 0.8]",
+            RECYCLED_4,
             "baseline 1MiB prealloc bandwidth",
         ),
         (
@@ -503,13 +541,11 @@ fn add_ratios(out: &mut Vec<Figure>) {
     }
 }
 
-fn median_min_max(mut v: Vec<f64>) -> (f64, f64, f64) {
-    v.sort_by(f64::total_cmp);
-    (v[v.len() / 2], v[0], v[v.len() - 1])
-}
-
 fn main() -> Result<()> {
     let args = Args::parse();
+    let machine = Machine::describe();
+    println!("{}", machine.line());
+    println!("logbench: {args:?}");
     std::fs::create_dir_all(&args.dir)?;
     let mut runs: Vec<Vec<Figure>> = Vec::new();
     for run in 0..args.runs {
@@ -533,22 +569,34 @@ fn main() -> Result<()> {
     }
     let _ = std::fs::remove_dir_all(args.dir.join("recovery"));
     let _ = std::fs::remove_file(args.dir.join("recovery.complete"));
-    println!("\nmedian [min .. max] over {} runs:", runs.len());
+    println!(
+        "\nmedian [min .. max] over {} runs, then every run's value:",
+        runs.len()
+    );
     let mut json = Vec::new();
     for (i, f) in runs[0].iter().enumerate() {
         let vals: Vec<f64> = runs
             .iter()
             .filter_map(|r| r.get(i).filter(|g| g.name == f.name).map(|g| g.value))
             .collect();
-        let (med, min, max) = median_min_max(vals);
+        let s = spread(&vals);
         println!(
-            "  {:<70} {:>12.2} [{:.2} .. {:.2}] {}",
-            f.name, med, min, max, f.unit
+            "  {:<70} {:>12.2} [{:.2} .. {:.2}] {} | {}",
+            f.name,
+            s.median,
+            s.min,
+            s.max,
+            f.unit,
+            format_runs(&vals, 2)
         );
         json.push(serde_json::json!({
-            "name": f.name, "unit": f.unit, "median": med, "min": min, "max": max
+            "name": f.name, "unit": f.unit, "median": s.median, "min": s.min, "max": s.max,
+            "runs": vals,
         }));
     }
-    println!("{}", serde_json::Value::Array(json));
+    println!(
+        "{}",
+        serde_json::json!({"machine": machine, "figures": serde_json::Value::Array(json)})
+    );
     Ok(())
 }

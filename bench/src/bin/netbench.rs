@@ -1,17 +1,23 @@
 //! `netbench`: the across-nodes targets (issue 5) with their same-run baseline.
 //!
-//! Two processes, two nodes of one cluster with one shard each: this process is node 1 (its
-//! shard pinned to `--client-cpu`), and it starts itself again as node 2 (`--mode server`,
-//! shard pinned to `--server-cpu`). Node 2's process also runs a plain blocking TCP echo
-//! thread on the same core: the baseline is a blocking ping-pong of 64-byte messages between
-//! the same two processes and cores, measured in the same run, just before the Quark figures.
+//! Two processes on two cores. This process holds node 1 of two clusters, each node with one
+//! shard pinned to `--client-cpu`: the *parked* cluster (`idle_spin_us = 0`: shards park as
+//! soon as idle) and the *spinning* cluster (`idle_spin_us = --spin-us`, 50 by default, the
+//! engine's default: spin, busy-polling sockets, then park). It starts itself again
+//! (`--mode server`) as node 2 of both clusters, shards pinned to `--server-cpu`, and a plain
+//! blocking TCP echo thread pinned to the same core. The baseline is a blocking ping-pong of
+//! 64-byte messages between the same two processes and cores: its client is a thread of this
+//! process pinned to `--client-cpu`, like node 1's shards.
 //!
-//! Each run measures:
-//! 1. baseline: blocking 64 B ping-pong round trips (p50, p99);
-//! 2. sequential remote ask: one `ask(Ping(64 B))` at a time from node 1's shard to an `echo`
-//!    actor owned by node 2 (p50, p99);
-//! 3. pipelined remote asks: `--inflight` asks in flight from node 1's shard, asks/s.
+//! Each run alternates 10 blocks of (baseline round trips, sequential asks on the parked
+//! cluster, sequential asks on the spinning cluster), the order rotated every block, so that
+//! the three see the same machine load; a sequential ask is one `ask(Ping(64 B))` at a time
+//! from node 1's shard to an `echo` actor owned by node 2. Then `--pipelined-s` of
+//! `--inflight` asks in flight from node 1's shard, on each cluster. Both configurations are
+//! compared with the same baselines, and a target is reported as met for a configuration
+//! only when that configuration meets it.
 //!
+//! Prints the machine line (cores, kernel, CPU, commit) first.
 //! `cargo build --release -p quark-bench --bins && target/release/netbench --runs 5`
 
 use std::io::{BufRead, BufReader, Read, Write};
@@ -25,6 +31,8 @@ use clap::{Parser, ValueEnum};
 use hdrhistogram::Histogram;
 use quark::builtin::{Echo, Ping};
 use quark::{ActorType, Node};
+use quark_bench::machine::Machine;
+use quark_bench::summary::{format_runs, format_spread, spread, Spread};
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -42,19 +50,19 @@ enum Mode {
 struct Args {
     #[arg(long, value_enum, default_value = "both")]
     mode: Mode,
-    /// Node 1's cluster address (this process).
-    #[arg(long)]
-    node1: Option<SocketAddr>,
-    /// Node 2's cluster address (the server process).
-    #[arg(long)]
-    node2: Option<SocketAddr>,
+    /// Server mode: the parked cluster's node 1 and node 2 addresses.
+    #[arg(long, value_delimiter = ',')]
+    parked_addrs: Vec<SocketAddr>,
+    /// Server mode: the spinning cluster's node 1 and node 2 addresses.
+    #[arg(long, value_delimiter = ',')]
+    spinning_addrs: Vec<SocketAddr>,
     #[arg(long, default_value_t = 1)]
     server_cpu: usize,
     #[arg(long, default_value_t = 0)]
     client_cpu: usize,
-    /// Shard idle spin of both nodes, µs (0: park at once).
-    #[arg(long, default_value_t = 0)]
-    idle_spin_us: u64,
+    /// Shard idle spin of the spinning cluster's nodes, µs (the parked cluster's is 0).
+    #[arg(long, default_value_t = 50)]
+    spin_us: u64,
     /// Round trips per run for the baseline and the sequential asks (after 10% warm-up).
     #[arg(long, default_value_t = 50_000)]
     round_trips: u64,
@@ -75,24 +83,34 @@ struct Args {
 }
 
 fn pin(cpu: usize) {
-    // SAFETY: a zeroed cpu_set_t is a valid empty set; CPU_SET writes inside it.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(cpu, &mut set);
-        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+    // A benchmark still runs unpinned, with a warning (its figures are then suspect).
+    if let Err(e) = quark_shard::pin_current_thread(cpu) {
+        eprintln!("warning: {}", quark_shard::ErrorChain(&e));
     }
 }
 
-fn start_node(
-    id: u64,
+/// The two configurations compared with the same baselines.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+enum Config {
+    Parked,
+    Spinning,
+}
+
+/// The cluster addresses of one configuration.
+#[derive(Copy, Clone, Debug)]
+struct Pair {
     node1: SocketAddr,
     node2: SocketAddr,
-    cpu: usize,
-    spin: u64,
-    legacy: bool,
-) -> Result<Node> {
+}
+
+fn start_node(id: u64, pair: Pair, config: Config, cpu: usize, args: &Args) -> Result<Node> {
+    let (Pair { node1, node2 }, legacy) = (pair, args.legacy);
+    let (spin, name) = match config {
+        Config::Parked => (0, "netbench-parked"),
+        Config::Spinning => (args.spin_us, "netbench-spinning"),
+    };
     let text = format!(
-        "[node]\nshards = [{cpu}]\nidle_spin_us = {spin}\nforce_legacy_driver = {legacy}\n\n[cluster]\ncluster_id = \"netbench\"\n\
+        "[node]\nshards = [{cpu}]\nidle_spin_us = {spin}\nforce_legacy_driver = {legacy}\n\n[cluster]\ncluster_id = \"{name}\"\n\
          node_id = {id}\n\n[[cluster.nodes]]\nid = 1\naddr = \"{node1}\"\n\n\
          [[cluster.nodes]]\nid = 2\naddr = \"{node2}\"\n"
     );
@@ -105,13 +123,23 @@ fn start_node(
     Ok(node)
 }
 
-/// Node 2: the Quark node and the blocking echo thread; prints the echo address and waits
+fn pair_of(addrs: &[SocketAddr]) -> Result<Pair> {
+    match addrs {
+        [node1, node2] => Ok(Pair {
+            node1: *node1,
+            node2: *node2,
+        }),
+        _ => bail!("expected two addresses (node 1, node 2), got {addrs:?}"),
+    }
+}
+
+/// Node 2 of both clusters and the blocking echo thread; prints the echo address and waits
 /// for stdin to close.
 fn server(args: &Args) -> Result<()> {
-    let (Some(n1), Some(n2)) = (args.node1, args.node2) else {
-        bail!("--mode server needs --node1 and --node2");
-    };
-    let node = start_node(2, n1, n2, args.server_cpu, args.idle_spin_us, args.legacy)?;
+    let parked = pair_of(&args.parked_addrs)?;
+    let spinning = pair_of(&args.spinning_addrs)?;
+    let a = start_node(2, parked, Config::Parked, args.server_cpu, args)?;
+    let b = start_node(2, spinning, Config::Spinning, args.server_cpu, args)?;
     let echo = TcpListener::bind("127.0.0.1:0")?;
     let echo_addr = echo.local_addr()?;
     let cpu = args.server_cpu;
@@ -131,17 +159,21 @@ fn server(args: &Args) -> Result<()> {
     println!("ready {echo_addr}");
     let mut line = String::new();
     let _ = std::io::stdin().read_line(&mut line);
-    node.shutdown();
+    a.shutdown();
+    b.shutdown();
     Ok(())
 }
 
-fn spawn_server(args: &Args, n1: SocketAddr, n2: SocketAddr) -> Result<(Child, SocketAddr)> {
+fn spawn_server(args: &Args, parked: Pair, spinning: Pair) -> Result<(Child, SocketAddr)> {
     let mut child = Command::new(std::env::current_exe()?)
         .args(["--mode", "server"])
-        .arg(format!("--node1={n1}"))
-        .arg(format!("--node2={n2}"))
+        .arg(format!("--parked-addrs={},{}", parked.node1, parked.node2))
+        .arg(format!(
+            "--spinning-addrs={},{}",
+            spinning.node1, spinning.node2
+        ))
         .arg(format!("--server-cpu={}", args.server_cpu))
-        .arg(format!("--idle-spin-us={}", args.idle_spin_us))
+        .arg(format!("--spin-us={}", args.spin_us))
         .args(args.legacy.then_some("--legacy"))
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -161,32 +193,50 @@ fn hist() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 60_000_000_000, 3).expect("constant bounds")
 }
 
-fn baseline(addr: SocketAddr, n: u64) -> Result<Histogram<u64>> {
-    let mut s = TcpStream::connect(addr)?;
-    s.set_nodelay(true)?;
-    let mut h = hist();
-    let mut buf = [7u8; MSG_BYTES];
-    let warm = n / 10;
-    for i in 0..warm + n {
-        let t0 = Instant::now();
-        s.write_all(&buf)?;
-        s.read_exact(&mut buf)?;
-        if i >= warm {
-            h.saturating_record(t0.elapsed().as_nanos() as u64);
+/// Blocking ping-pong from a thread pinned to `cpu` (node 1's core): `n` measured round trips
+/// after `n / 10` warm-up, like the sequential asks.
+fn baseline(addr: SocketAddr, n: u64, cpu: usize) -> Result<Histogram<u64>> {
+    std::thread::spawn(move || -> Result<Histogram<u64>> {
+        pin(cpu);
+        let mut s = TcpStream::connect(addr)?;
+        s.set_nodelay(true)?;
+        let mut h = hist();
+        let mut buf = [7u8; MSG_BYTES];
+        let warm = n / 10;
+        for i in 0..warm + n {
+            let t0 = Instant::now();
+            s.write_all(&buf)?;
+            s.read_exact(&mut buf)?;
+            if i >= warm {
+                h.saturating_record(t0.elapsed().as_nanos() as u64);
+            }
         }
-    }
-    Ok(h)
+        Ok(h)
+    })
+    .join()
+    .map_err(|_| anyhow::anyhow!("baseline thread panicked"))?
+}
+
+/// One configuration's figures of one run.
+#[derive(Debug, Clone, serde::Serialize)]
+struct ConfigResult {
+    ask_p50_ns: u64,
+    ask_p99_ns: u64,
+    ask_p999_ns: u64,
+    /// ask p50 / the same run's baseline p50.
+    ratio_p50: f64,
+    /// ask p99 / the same run's baseline p99.
+    ratio_p99: f64,
+    pipelined_asks_per_s: f64,
+    pipelined_errors: u64,
 }
 
 #[derive(Debug, Clone, serde::Serialize)]
 struct RunResult {
     baseline_p50_ns: u64,
     baseline_p99_ns: u64,
-    ask_p50_ns: u64,
-    ask_p99_ns: u64,
-    ask_p999_ns: u64,
-    pipelined_asks_per_s: f64,
-    pipelined_errors: u64,
+    parked: ConfigResult,
+    spinning: ConfigResult,
 }
 
 /// Sequential asks from node 1's shard: `n` measured after `n / 10` warm-up.
@@ -219,20 +269,11 @@ fn sequential(node: &Node, key: u64, n: u64) -> Result<Histogram<u64>> {
     Ok(h)
 }
 
-fn run_once(args: &Args, node: &Node, key: u64, echo: SocketAddr) -> Result<RunResult> {
-    // Baseline and Quark alternate in 10 blocks, so that both see the same machine load.
-    let blocks = 10;
-    let per = (args.round_trips / blocks).max(1);
-    let mut b = hist();
-    let mut q = hist();
-    for _ in 0..blocks {
-        b.add(baseline(echo, per)?).expect("same bounds");
-        q.add(sequential(node, key, per)?).expect("same bounds");
-    }
-    let seq = (q, 0u64);
+/// `inflight` asks in flight from node 1's shard for `pipelined_s` (after a warm-up of a
+/// quarter of it, at most 0.5 s): asks/s and errors.
+fn pipelined(node: &Node, key: u64, inflight: usize, pipelined_s: f64) -> Result<(f64, u64)> {
     let r = node.actor_ref::<Echo>(key);
-    let inflight = args.inflight;
-    let dur = Duration::from_secs_f64(args.pipelined_s);
+    let dur = Duration::from_secs_f64(pipelined_s);
     let (count, errors) = node
         .spawn_on(0, move || async move {
             let r = Rc::new(r);
@@ -264,16 +305,78 @@ fn run_once(args: &Args, node: &Node, key: u64, echo: SocketAddr) -> Result<RunR
         })
         .join()
         .context("node 1's shard stopped")?;
+    Ok((count as f64 / pipelined_s, errors))
+}
+
+/// Node 1 of one configuration, and the key of an `echo` actor on its node 2.
+struct Client {
+    node: Node,
+    key: u64,
+}
+
+fn run_once(
+    args: &Args,
+    parked: &Client,
+    spinning: &Client,
+    echo: SocketAddr,
+) -> Result<RunResult> {
+    // Baseline and both configurations alternate in 10 blocks (order rotated each block), so
+    // that the three see the same machine load.
+    let blocks = 10;
+    let per = (args.round_trips / blocks).max(1);
+    let (mut b, mut p, mut s) = (hist(), hist(), hist());
+    for block in 0..blocks {
+        for step in 0..3 {
+            match (block + step) % 3 {
+                0 => b.add(baseline(echo, per, args.client_cpu)?),
+                1 => p.add(sequential(&parked.node, parked.key, per)?),
+                _ => s.add(sequential(&spinning.node, spinning.key, per)?),
+            }
+            .expect("same bounds");
+        }
+    }
+    let (b50, b99) = (b.value_at_quantile(0.5), b.value_at_quantile(0.99));
+    let config = |h: &Histogram<u64>, c: &Client| -> Result<ConfigResult> {
+        let (tput, errors) = pipelined(&c.node, c.key, args.inflight, args.pipelined_s)?;
+        Ok(ConfigResult {
+            ask_p50_ns: h.value_at_quantile(0.5),
+            ask_p99_ns: h.value_at_quantile(0.99),
+            ask_p999_ns: h.value_at_quantile(0.999),
+            ratio_p50: h.value_at_quantile(0.5) as f64 / b50 as f64,
+            ratio_p99: h.value_at_quantile(0.99) as f64 / b99 as f64,
+            pipelined_asks_per_s: tput,
+            pipelined_errors: errors,
+        })
+    };
     Ok(RunResult {
-        baseline_p50_ns: b.value_at_quantile(0.5),
-        baseline_p99_ns: b.value_at_quantile(0.99),
-        ask_p50_ns: seq.0.value_at_quantile(0.5),
-        ask_p99_ns: seq.0.value_at_quantile(0.99),
-        ask_p999_ns: seq.0.value_at_quantile(0.999),
-        pipelined_asks_per_s: count as f64 / args.pipelined_s,
-        pipelined_errors: errors,
+        baseline_p50_ns: b50,
+        baseline_p99_ns: b99,
+        parked: config(&p, parked)?,
+        spinning: config(&s, spinning)?,
     })
 }
+
+fn connect(args: &Args, pair: Pair, config: Config) -> Result<Client> {
+    let node = start_node(1, pair, config, args.client_cpu, args)?;
+    let key = (0..100_000u64)
+        .find(|k| node.actor_ref::<Echo>(*k).remote_node() == Some(2))
+        .context("no key placed on node 2")?;
+    // Wait for the link (the first ask queues until the handshake is done).
+    let r = node.actor_ref::<Echo>(key);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while quark::block_on(r.ask(Ping(vec![0; MSG_BYTES]))).is_err() {
+        if Instant::now() > deadline {
+            bail!("node 2 of the {config:?} cluster did not answer within 10 s");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    Ok(Client { node, key })
+}
+
+/// Sequential remote ask p50 ≤ 1.5 × the same-run baseline p50.
+const TARGET_RATIO_P50: f64 = 1.5;
+/// Pipelined remote asks ≥ 1 M asks/s.
+const TARGET_PIPELINED: f64 = 1e6;
 
 fn main() -> Result<()> {
     let args = Args::parse();
@@ -287,88 +390,146 @@ fn main() -> Result<()> {
     if args.mode == Mode::Server {
         return server(&args);
     }
-    let (n1, n2) = {
+    let machine = Machine::describe();
+    println!("{}", machine.line());
+    let free_pair = || -> Result<Pair> {
         let a = TcpListener::bind("127.0.0.1:0")?;
         let b = TcpListener::bind("127.0.0.1:0")?;
-        (a.local_addr()?, b.local_addr()?)
+        Ok(Pair {
+            node1: a.local_addr()?,
+            node2: b.local_addr()?,
+        })
     };
-    let (mut child, echo) = spawn_server(&args, n1, n2)?;
-    let node = start_node(1, n1, n2, args.client_cpu, args.idle_spin_us, args.legacy)?;
-    let key = (0..100_000u64)
-        .find(|k| node.actor_ref::<Echo>(*k).remote_node() == Some(2))
-        .context("no key placed on node 2")?;
-    // Wait for the link (the first ask queues until the handshake is done).
-    let r = node.actor_ref::<Echo>(key);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while quark::block_on(r.ask(Ping(vec![0; MSG_BYTES]))).is_err() {
-        if Instant::now() > deadline {
-            bail!("node 2 did not answer within 10 s");
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    let (pp, sp) = (free_pair()?, free_pair()?);
+    let (mut child, echo) = spawn_server(&args, pp, sp)?;
+    let parked = connect(&args, pp, Config::Parked)?;
+    let spinning = connect(&args, sp, Config::Spinning)?;
     println!(
-        "netbench: 2 nodes x 1 shard, cores {} (node 1) and {} (node 2), idle_spin {} µs, \
-         msg {MSG_BYTES} B, {} round trips, {} in flight for {} s",
+        "netbench: 2 processes, node 1 on core {} (baseline client thread pinned there too), \
+         node 2 and the echo thread on core {}; parked cluster idle_spin_us 0, spinning \
+         cluster idle_spin_us {}; msg {MSG_BYTES} B, {} round trips per run, {} in flight for \
+         {} s",
         args.client_cpu,
         args.server_cpu,
-        args.idle_spin_us,
+        args.spin_us,
         args.round_trips,
         args.inflight,
         args.pipelined_s
     );
     let mut runs = Vec::new();
     for i in 0..args.runs {
-        let r = run_once(&args, &node, key, echo)?;
+        let r = run_once(&args, &parked, &spinning, echo)?;
+        let cfg = |name: &str, c: &ConfigResult| {
+            format!(
+                "{name}: ask p50 {:.1} µs ({:.2}x) p99 {:.1} µs ({:.2}x) p99.9 {:.1} µs, \
+                 pipelined {:.0} asks/s ({} errors)",
+                c.ask_p50_ns as f64 / 1e3,
+                c.ratio_p50,
+                c.ask_p99_ns as f64 / 1e3,
+                c.ratio_p99,
+                c.ask_p999_ns as f64 / 1e3,
+                c.pipelined_asks_per_s,
+                c.pipelined_errors
+            )
+        };
         println!(
-            "run {i}: baseline p50 {:.1} µs p99 {:.1} µs | remote ask p50 {:.1} µs \
-             ({:.2}x baseline) p99 {:.1} µs p99.9 {:.1} µs | pipelined {:.0} asks/s ({} errors)",
+            "run {i}: baseline p50 {:.1} µs p99 {:.1} µs | {} | {}",
             r.baseline_p50_ns as f64 / 1e3,
             r.baseline_p99_ns as f64 / 1e3,
-            r.ask_p50_ns as f64 / 1e3,
-            r.ask_p50_ns as f64 / r.baseline_p50_ns as f64,
-            r.ask_p99_ns as f64 / 1e3,
-            r.ask_p999_ns as f64 / 1e3,
-            r.pipelined_asks_per_s,
-            r.pipelined_errors
+            cfg("parked", &r.parked),
+            cfg("spinning", &r.spinning),
         );
         runs.push(r);
     }
-    let s = |f: &dyn Fn(&RunResult) -> f64| {
-        quark_bench::summary::spread(&runs.iter().map(f).collect::<Vec<_>>())
+    let s = |f: &dyn Fn(&RunResult) -> f64| -> (Spread, Vec<f64>) {
+        let v: Vec<f64> = runs.iter().map(f).collect();
+        (spread(&v), v)
     };
-    let base = s(&|r| r.baseline_p50_ns as f64);
-    let ask = s(&|r| r.ask_p50_ns as f64);
-    let ratio = s(&|r| r.ask_p50_ns as f64 / r.baseline_p50_ns as f64);
-    let tput = s(&|r| r.pipelined_asks_per_s);
     println!(
-        "median [min .. max] over {} runs: baseline p50 {:.1} µs [{:.1} .. {:.1}], remote ask \
-         p50 {:.1} µs [{:.1} .. {:.1}], ratio {:.2} [{:.2} .. {:.2}], pipelined {:.0} asks/s \
-         [{:.0} .. {:.0}]",
-        runs.len(),
-        base.median / 1e3,
-        base.min / 1e3,
-        base.max / 1e3,
-        ask.median / 1e3,
-        ask.min / 1e3,
-        ask.max / 1e3,
-        ratio.median,
-        ratio.min,
-        ratio.max,
-        tput.median,
-        tput.min,
-        tput.max
+        "median [min .. max] over {} runs (runs in order after the bar):",
+        runs.len()
     );
-    if args.json {
-        println!("{}", serde_json::to_string(&runs)?);
-    }
-    let stats = node.stats();
-    if let Some(net) = &stats[0].net {
+    let line = |name: &str, (sp, v): (Spread, Vec<f64>), d: usize| {
         println!(
-            "node 1 transport: {} frames out in {} writes-worth of bytes {}, {} frames in",
-            net.peers.frames_out, net.peers.bytes_out, net.peers.bytes_out, net.peers.frames_in
+            "  {name:<44} {} | {}",
+            format_spread(&sp, d),
+            format_runs(&v, d)
+        );
+    };
+    line(
+        "baseline p50, µs",
+        s(&|r| r.baseline_p50_ns as f64 / 1e3),
+        1,
+    );
+    line(
+        "baseline p99, µs",
+        s(&|r| r.baseline_p99_ns as f64 / 1e3),
+        1,
+    );
+    let mut verdicts = Vec::new();
+    for (name, get) in [
+        (
+            "parked",
+            (|r: &RunResult| &r.parked) as fn(&RunResult) -> &ConfigResult,
+        ),
+        ("spinning", |r: &RunResult| &r.spinning),
+    ] {
+        line(
+            &format!("{name}: remote ask p50, µs"),
+            s(&|r| get(r).ask_p50_ns as f64 / 1e3),
+            1,
+        );
+        line(
+            &format!("{name}: remote ask p99, µs"),
+            s(&|r| get(r).ask_p99_ns as f64 / 1e3),
+            1,
+        );
+        let ratio = s(&|r| get(r).ratio_p50);
+        let ratio_median = ratio.0.median;
+        line(&format!("{name}: ratio ask p50 / baseline p50"), ratio, 2);
+        line(
+            &format!("{name}: ratio ask p99 / baseline p99"),
+            s(&|r| get(r).ratio_p99),
+            2,
+        );
+        let tput = s(&|r| get(r).pipelined_asks_per_s / 1e6);
+        let tput_median = tput.0.median;
+        line(&format!("{name}: pipelined, M asks/s"), tput, 3);
+        verdicts.push(format!(
+            "  {name}: sequential ask p50 <= {TARGET_RATIO_P50} x baseline: {} (median ratio \
+             {ratio_median:.2}); pipelined >= 1 M asks/s: {} (median {tput_median:.3} M/s)",
+            if ratio_median <= TARGET_RATIO_P50 {
+                "met"
+            } else {
+                "NOT met"
+            },
+            if tput_median * 1e6 >= TARGET_PIPELINED {
+                "met"
+            } else {
+                "NOT met"
+            },
+        ));
+    }
+    println!("targets, per configuration (a target is met only by the configuration named):");
+    for v in verdicts {
+        println!("{v}");
+    }
+    if args.json {
+        println!(
+            "{}",
+            serde_json::json!({"machine": machine, "args": format!("{args:?}"), "runs": runs})
         );
     }
-    node.shutdown();
+    for (name, c) in [("parked", &parked), ("spinning", &spinning)] {
+        if let Some(net) = &c.node.stats().expect("stats")[0].net {
+            println!(
+                "node 1 ({name}) transport: {} frames out, {} bytes out, {} frames in",
+                net.peers.frames_out, net.peers.bytes_out, net.peers.frames_in
+            );
+        }
+    }
+    parked.node.shutdown();
+    spinning.node.shutdown();
     drop(child.stdin.take());
     let _ = child.wait();
     Ok(())

@@ -61,17 +61,9 @@ struct Args {
 }
 
 fn pin(cpu: usize) {
-    // SAFETY: `set` is a plain bitmask owned by this frame; sched_setaffinity reads
-    // size_of::<cpu_set_t>() bytes from it. Failure (e.g. cpu out of range) is reported only.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(cpu, &mut set);
-        if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
-            eprintln!(
-                "warning: could not pin to cpu {cpu}: {}",
-                std::io::Error::last_os_error()
-            );
-        }
+    // A benchmark still runs unpinned, with a warning (its figures are then suspect).
+    if let Err(e) = quark_shard::pin_current_thread(cpu) {
+        eprintln!("warning: {}", quark_shard::ErrorChain(&e));
     }
 }
 
@@ -261,12 +253,8 @@ fn client_run(addr: SocketAddr, args: &Args) -> Result<RunResult> {
 /// A summary row: JSON name, accessor, display scale, display unit.
 type Field = (&'static str, fn(&RunResult) -> f64, f64, &'static str);
 
-fn median_spread(mut v: Vec<f64>) -> (f64, f64, f64) {
-    v.sort_by(|a, b| a.total_cmp(b));
-    (v[v.len() / 2], v[0], v[v.len() - 1])
-}
-
 fn client(addr: SocketAddr, args: &Args) -> Result<()> {
+    println!("{}", quark_bench::machine::Machine::describe().line());
     pin(args.client_cpu);
     let mut runs = Vec::new();
     for i in 0..args.runs {
@@ -308,7 +296,8 @@ fn client(addr: SocketAddr, args: &Args) -> Result<()> {
         ),
     ];
     for (name, get, scale, unit) in fields {
-        let (med, lo, hi) = median_spread(runs.iter().map(get).collect());
+        let s = quark_bench::summary::spread(&runs.iter().map(get).collect::<Vec<_>>());
+        let (med, lo, hi) = (s.median, s.min, s.max);
         println!(
             "  {name:<26} {:>8.2} [{:.2} .. {:.2}] {unit}",
             med / scale,

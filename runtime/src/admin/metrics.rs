@@ -93,7 +93,7 @@ pub const NODE_METRICS: &[(&str, Kind, &str, &str)] = &[
     ("quark_node_ready", Kind::Gauge, "boolean", "1 while the node accepts work (as /readyz), 0 during start-up and drain."),
     ("quark_node_uptime_seconds", Kind::Gauge, "seconds", "Seconds since the admin endpoint started (with the node)."),
     ("quark_shards", Kind::Gauge, "shards", "Shards of the node."),
-    ("quark_admin_stats_missing_shards", Kind::Gauge, "shards", "Shards that did not answer this scrape's stats request within a second (their series are left out)."),
+    ("quark_admin_stats_failed", Kind::Gauge, "boolean", "1 if a shard did not answer this scrape's stats request within a second (the per-shard series are then left out)."),
 ];
 
 /// The label value of a close reason.
@@ -141,15 +141,11 @@ fn help(help: &str, unit: &str) -> String {
     format!("{help} Unit: {unit}.")
 }
 
-/// True if `s` is a real answer of shard `i` (a shard that did not answer in time is reported
-/// by the engine as an all-zero snapshot of shard 0; a running shard has iterated).
-pub(crate) fn answered(i: usize, s: &ShardStatsSnapshot) -> bool {
-    usize::from(s.shard) == i && s.iterations > 0
-}
-
-/// The exposition of `snapshots` (`None`: the engine is not running) for a node in `phase`.
+/// The exposition for a node in `phase` with `shards` shards (`None`: the engine is not
+/// running); `snapshots` is `Err` when the shards' stats request failed.
 pub(crate) fn encode(
-    snapshots: Option<&[ShardStatsSnapshot]>,
+    shards: Option<usize>,
+    snapshots: Result<&[ShardStatsSnapshot], ()>,
     phase: Phase,
     uptime_seconds: f64,
     mono: &mut Monotonic,
@@ -186,30 +182,23 @@ pub(crate) fn encode(
     uptime.with_label_values(&[] as &[&str]).set(uptime_seconds);
     registry.register(Box::new(uptime))?;
 
-    if let Some(snaps) = snapshots {
-        let shards = IntGaugeVec::new(Opts::new("quark_shards", node_help("quark_shards")), &[])?;
-        shards
-            .with_label_values(&[] as &[&str])
-            .set(snaps.len() as i64);
-        registry.register(Box::new(shards))?;
-        let live: Vec<&ShardStatsSnapshot> = snaps
-            .iter()
-            .enumerate()
-            .filter(|(i, s)| answered(*i, s))
-            .map(|(_, s)| s)
-            .collect();
-        let missing = IntGaugeVec::new(
+    if let Some(n) = shards {
+        let g = IntGaugeVec::new(Opts::new("quark_shards", node_help("quark_shards")), &[])?;
+        g.with_label_values(&[] as &[&str]).set(n as i64);
+        registry.register(Box::new(g))?;
+        let failed = IntGaugeVec::new(
             Opts::new(
-                "quark_admin_stats_missing_shards",
-                node_help("quark_admin_stats_missing_shards"),
+                "quark_admin_stats_failed",
+                node_help("quark_admin_stats_failed"),
             ),
             &[],
         )?;
-        missing
+        failed
             .with_label_values(&[] as &[&str])
-            .set((snaps.len() - live.len()) as i64);
-        registry.register(Box::new(missing))?;
-
+            .set(i64::from(snapshots.is_err()));
+        registry.register(Box::new(failed))?;
+    }
+    if let (Some(_), Ok(live)) = (shards, snapshots) {
         for m in SHARD_METRICS {
             let rows: Vec<(u16, u64)> = live
                 .iter()
@@ -263,10 +252,24 @@ pub(crate) fn encode(
 /// The exposition for a scrape now.
 pub(crate) fn render(shared: &Shared) -> Result<String, RenderError> {
     let phase = shared.phase();
-    let snaps = shared.stats();
+    let stats = shared.stats();
+    let shards = match &stats {
+        None => None,
+        Some(Ok(v)) => Some(v.len()),
+        Some(Err(_)) => Some(shared.info.get().map_or(0, |i| i.shards.len())),
+    };
+    let snaps = match &stats {
+        Some(Ok(v)) => Ok(v.as_slice()),
+        Some(Err(e)) => {
+            tracing::warn!(error = %e, "admin endpoint: a scrape got no shard counters");
+            Err(())
+        }
+        None => Ok(&[][..]),
+    };
     let mut mono = shared.monotonic.lock().unwrap_or_else(|p| p.into_inner());
     encode(
-        snaps.as_deref(),
+        shards,
+        snaps,
         phase,
         shared.started.elapsed().as_secs_f64(),
         &mut mono,
@@ -290,28 +293,21 @@ mod tests {
     #[test]
     fn counters_never_go_down() {
         let mut mono = Monotonic::default();
-        let a = encode(Some(&[snap(0, 7)]), Phase::Ready, 1.0, &mut mono).unwrap();
+        let a = encode(Some(1), Ok(&[snap(0, 7)]), Phase::Ready, 1.0, &mut mono).unwrap();
         assert!(a.contains("quark_shard_parks_total{shard=\"0\"} 7"), "{a}");
         // An older snapshot (fewer parks) does not lower the exported counter.
-        let b = encode(Some(&[snap(0, 5)]), Phase::Ready, 1.0, &mut mono).unwrap();
+        let b = encode(Some(1), Ok(&[snap(0, 5)]), Phase::Ready, 1.0, &mut mono).unwrap();
         assert!(b.contains("quark_shard_parks_total{shard=\"0\"} 7"), "{b}");
         assert!(b.contains("quark_activations_live{shard=\"0\"} 3"), "{b}");
+        assert!(b.contains("quark_admin_stats_failed 0"), "{b}");
     }
 
     #[test]
-    fn a_shard_that_did_not_answer_is_left_out() {
+    fn a_failed_stats_request_leaves_the_shard_series_out() {
         let mut mono = Monotonic::default();
-        let text = encode(
-            Some(&[snap(0, 1), ShardStatsSnapshot::default()]),
-            Phase::Ready,
-            1.0,
-            &mut mono,
-        )
-        .unwrap();
-        assert!(
-            text.contains("quark_admin_stats_missing_shards 1"),
-            "{text}"
-        );
-        assert!(!text.contains("shard=\"1\""), "{text}");
+        let text = encode(Some(2), Err(()), Phase::Ready, 1.0, &mut mono).unwrap();
+        assert!(text.contains("quark_admin_stats_failed 1"), "{text}");
+        assert!(text.contains("quark_shards 2"), "{text}");
+        assert!(!text.contains("shard=\""), "{text}");
     }
 }

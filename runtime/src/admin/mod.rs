@@ -29,7 +29,7 @@ use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use quark_shard::{Engine, ShardStatsSnapshot};
+use quark_shard::{Engine, ShardStatsSnapshot, StatsError};
 
 pub use client::{fetch, fetch_status, FetchError, Response};
 pub use status::{PeerStatus, ShardStatus, Status};
@@ -135,13 +135,8 @@ pub(crate) struct NodeInfo {
     pub(crate) node_id: Option<u64>,
     pub(crate) cluster_listen: Option<SocketAddr>,
     pub(crate) cores: Vec<usize>,
-    pub(crate) pinned: bool,
-    /// The driver the configuration asks for (`"io_uring"`, or `"epoll"` when forced). The
-    /// driver a shard actually runs is not reported by the engine yet.
-    // EXTENSION POINT (issue 20): when the engine reports per-shard info (core, pinning,
-    // driver in use, idle spin), fill `ShardStatus` from it in `status::build`.
-    pub(crate) driver_requested: &'static str,
-    pub(crate) idle_spin_us: u64,
+    /// How each shard runs (core, pinning, driver, idle spin), from `Engine::info`.
+    pub(crate) shards: Vec<quark_shard::ShardInfo>,
     pub(crate) peers: Vec<(u64, SocketAddr)>,
 }
 
@@ -161,8 +156,8 @@ impl Shared {
     }
 
     /// Every shard's counters, or `None` when the engine is not running (starting, or taken
-    /// by shutdown). Holds the slot's lock while the shards answer (at most a second each).
-    fn stats(&self) -> Option<Vec<ShardStatsSnapshot>> {
+    /// by shutdown). Holds the slot's lock while the shards answer (at most a second).
+    fn stats(&self) -> Option<Result<Vec<ShardStatsSnapshot>, StatsError>> {
         let slot = self.engine.lock().unwrap_or_else(|p| p.into_inner());
         slot.as_ref().map(|e| e.stats())
     }
@@ -273,9 +268,7 @@ mod tests {
             node_id: None,
             cluster_listen: None,
             cores: vec![],
-            pinned: false,
-            driver_requested: "io_uring",
-            idle_spin_us: 0,
+            shards: vec![],
             peers: vec![],
         });
         assert_eq!(get("/readyz"), 200);

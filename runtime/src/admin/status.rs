@@ -2,14 +2,14 @@
 
 use std::net::SocketAddr;
 
+use quark_shard::ShardStatsSnapshot;
 use serde::{Deserialize, Serialize};
 
 use super::Shared;
 
 /// The JSON document `/quark/status` serves.
 ///
-/// Fields the node does not know are `null` (a standalone node has no `node_id`; the driver
-/// a shard runs is not reported by the engine yet).
+/// Fields the node does not know are `null` (a standalone node has no `node_id`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[non_exhaustive]
 pub struct Status {
@@ -25,10 +25,9 @@ pub struct Status {
     pub uptime_seconds: f64,
     /// Where the node accepts cluster connections (`None`: standalone).
     pub cluster_listen: Option<SocketAddr>,
-    /// Whether shard threads are pinned to their cores.
-    pub pinned: bool,
-    /// How long an idle shard spins before it parks, µs.
-    pub idle_spin_us: u64,
+    /// Why the shards' counters are missing from `shards` (a shard did not answer within a
+    /// second: a handler blocks its thread); `None` when they are there.
+    pub stats_error: Option<String>,
     /// One entry per shard (empty while starting or draining: the shards do not answer then).
     pub shards: Vec<ShardStatus>,
     /// The other members of the cluster, from the membership.
@@ -41,12 +40,17 @@ pub struct Status {
 pub struct ShardStatus {
     /// The shard id.
     pub shard: u16,
-    /// The core the shard runs on.
+    /// The core the shard was assigned.
     pub core: Option<usize>,
-    /// The I/O driver: `"io_uring"` or `"epoll"`. The engine does not report the driver each
-    /// shard ended up with yet: this is the one the configuration asks for.
+    /// The CPU its thread was running on when it started (`None`: unknown).
+    pub running_on: Option<usize>,
+    /// `"pinned"`, `"off"` (`pin_threads = false`) or `"failed"` (the system refused).
+    pub pinning: String,
+    /// The I/O driver the shard runs: `"io_uring"` or `"epoll"` (the fallback).
     pub driver: String,
-    /// Whether the shard answered the stats request (false: the counters below are zero).
+    /// The idle spin in effect, µs (0 when shards share cores, whatever the configuration).
+    pub idle_spin_us: Option<u64>,
+    /// Whether the counters below are the shard's (false: the stats request failed, they are 0).
     pub answered: bool,
     /// Activations alive now.
     pub live_activations: u64,
@@ -82,26 +86,54 @@ pub struct PeerStatus {
 
 /// The status now.
 pub(crate) fn build(shared: &Shared) -> Status {
+    use quark_shard::{IoDriver, Pinning};
     let phase = shared.phase();
     let info = shared.info.get();
-    let snaps = shared.stats().unwrap_or_default();
-    let shards = snaps
-        .iter()
-        .enumerate()
-        .map(|(i, s)| ShardStatus {
-            shard: i as u16,
-            core: info.and_then(|n| n.cores.get(i).copied()),
-            driver: info.map_or("io_uring", |n| n.driver_requested).to_owned(),
-            answered: super::metrics::answered(i, s),
-            live_activations: s.live_activations,
-            activations: s.activations,
-            deactivations: s.deactivations,
-            tasks: s.tasks,
-            calls_in_flight: s.calls_in_flight,
-            panics: s.panics,
-            log_next_lsn: s.log_next_lsn,
-            log_disk_bytes: s.log_disk_bytes,
-            links_up: s.net.as_ref().map(|n| n.links_up),
+    let (snaps, stats_error) = match shared.stats() {
+        None => (Vec::new(), None),
+        Some(Ok(v)) => (v, None),
+        Some(Err(e)) => (Vec::new(), Some(e.to_string())),
+    };
+    let shard_ids: Vec<usize> = if stats_error.is_some() {
+        (0..info.map_or(0, |n| n.shards.len())).collect()
+    } else {
+        (0..snaps.len()).collect()
+    };
+    let shards = shard_ids
+        .into_iter()
+        .map(|i| {
+            let zero = ShardStatsSnapshot::default();
+            let s = snaps.get(i).unwrap_or(&zero);
+            let si = info.and_then(|n| n.shards.get(i));
+            ShardStatus {
+                shard: i as u16,
+                core: si.map(|x| x.core),
+                running_on: si.and_then(|x| x.running_on),
+                pinning: match si.map(|x| x.pinning) {
+                    Some(Pinning::Pinned) => "pinned",
+                    Some(Pinning::Off) => "off",
+                    Some(Pinning::Failed { .. }) => "failed",
+                    Some(_) | None => "unknown",
+                }
+                .to_owned(),
+                driver: match si.map(|x| x.driver) {
+                    Some(IoDriver::IoUring) => "io_uring",
+                    Some(IoDriver::Epoll) => "epoll",
+                    Some(_) | None => "unknown",
+                }
+                .to_owned(),
+                idle_spin_us: si.map(|x| x.idle_spin.as_micros() as u64),
+                answered: snaps.get(i).is_some(),
+                live_activations: s.live_activations,
+                activations: s.activations,
+                deactivations: s.deactivations,
+                tasks: s.tasks,
+                calls_in_flight: s.calls_in_flight,
+                panics: s.panics,
+                log_next_lsn: s.log_next_lsn,
+                log_disk_bytes: s.log_disk_bytes,
+                links_up: s.net.as_ref().map(|n| n.links_up),
+            }
         })
         .collect();
     Status {
@@ -111,8 +143,7 @@ pub(crate) fn build(shared: &Shared) -> Status {
         ready: phase == super::Phase::Ready,
         uptime_seconds: shared.started.elapsed().as_secs_f64(),
         cluster_listen: info.and_then(|n| n.cluster_listen),
-        pinned: info.is_some_and(|n| n.pinned),
-        idle_spin_us: info.map_or(0, |n| n.idle_spin_us),
+        stats_error,
         shards,
         peers: info
             .map(|n| {

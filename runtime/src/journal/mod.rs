@@ -56,7 +56,7 @@ mod retention;
 
 use std::time::Duration;
 
-use quark_persist::{AppendError, ReadError};
+use quark_persist::{AppendError, ReadError, ScrubError};
 use quark_placement::{ActorId, ActorKey, ShardId};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -377,12 +377,91 @@ pub enum JournalError {
         #[source]
         source: AppendError,
     },
-    /// Compaction after erasure failed.
-    #[error("scrubbing the log after erasure failed: {detail}")]
-    Scrub {
-        /// The log's message.
-        detail: String,
+}
+
+/// Why [`Journal::erase`] failed, and how far it got: nothing changed (`Call`, `NotRun`,
+/// `Append`), or the erasure is durable but the erased bytes may still be in segment files
+/// (`Scrub`, `ScrubNotRun`: erase again, which truncates nothing new and scrubs).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum EraseError {
+    /// The activation never ran the erasure (timeout, shutdown, ...): nothing changed.
+    #[error("erasing {actor}: the activation did not run it")]
+    Call {
+        /// The actor.
+        actor: ActorId,
+        /// Why the call failed.
+        #[source]
+        source: crate::CallError,
     },
+    /// The erasure did not run for another reason (the node has no log, the owner shard
+    /// stopped): nothing changed.
+    #[error("erasing {actor}: nothing was erased")]
+    NotRun {
+        /// The actor.
+        actor: ActorId,
+        /// Why.
+        #[source]
+        source: JournalError,
+    },
+    /// Appending the truncation records failed: nothing was erased.
+    #[error("erasing {actor}: appending the truncation records failed; nothing was erased")]
+    Append {
+        /// The actor.
+        actor: ActorId,
+        /// The log's error.
+        #[source]
+        source: AppendError,
+    },
+    /// The erasure is durable (the stream reads as empty) but rewriting the segments failed:
+    /// the erased bytes may still be on disk. Erase again to scrub.
+    #[error("erasing {actor}: erased, but scrubbing the log failed")]
+    Scrub {
+        /// The actor.
+        actor: ActorId,
+        /// The scrub's error.
+        #[source]
+        source: ScrubError,
+    },
+    /// The erasure is durable but the scrub could not be started (the owner shard stopped):
+    /// the erased bytes may still be on disk. Erase again to scrub.
+    #[error("erasing {actor}: erased, but the scrub did not run")]
+    ScrubNotRun {
+        /// The actor.
+        actor: ActorId,
+        /// Why.
+        #[source]
+        source: JournalError,
+    },
+}
+
+impl EraseError {
+    /// The actor whose erasure failed.
+    pub fn actor(&self) -> &ActorId {
+        match self {
+            EraseError::Call { actor, .. }
+            | EraseError::NotRun { actor, .. }
+            | EraseError::Append { actor, .. }
+            | EraseError::Scrub { actor, .. }
+            | EraseError::ScrubNotRun { actor, .. } => actor,
+        }
+    }
+
+    /// True if the stream is erased (durably) and only the scrub failed.
+    pub fn is_erased(&self) -> bool {
+        matches!(
+            self,
+            EraseError::Scrub { .. } | EraseError::ScrubNotRun { .. }
+        )
+    }
+
+    /// Classifies a failure before or during the truncation: nothing was erased.
+    fn truncation(actor: ActorId, e: JournalError) -> EraseError {
+        match e {
+            JournalError::Append { source } => EraseError::Append { actor, source },
+            source => EraseError::NotRun { actor, source },
+        }
+    }
 }
 
 /// Decodes stored event or snapshot data written with the journal's encoding (postcard) into

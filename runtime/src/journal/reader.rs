@@ -9,7 +9,9 @@ use quark_shard::{current_shard_log, EngineHandle, Invoke, InvokeFuture, ShardLo
 
 use super::activation::{persist_events, reset_after_erase, stream_info};
 use super::format::{self, Hash, SnapshotRecord, Stream, GENESIS};
-use super::{EventSourced, JournalError, JournalEvent, PersistError, Persisted, UpcastError};
+use super::{
+    EraseError, EventSourced, JournalError, JournalEvent, PersistError, Persisted, UpcastError,
+};
 use crate::{ActorId, ActorKey, Context};
 
 /// Records read per `read_many` call while rebuilding (bounds the memory of a replay).
@@ -631,11 +633,15 @@ impl Journal {
     /// [`JournalError::VersionGap`]) has no live activation: its stream is then truncated on
     /// the owner shard directly, and its next activation starts from version 0. This is how an
     /// operator gives up a stream whose missing events cannot be restored.
+    ///
+    /// Errors say how far it got ([`EraseError`]): nothing changed (`Call`, `NotRun`,
+    /// `Append`), or erased but not scrubbed (`Scrub`, `ScrubNotRun`: call `erase` again).
     pub async fn erase<A: EventSourced>(
         &self,
         key: impl Into<ActorKey>,
-    ) -> Result<EraseReport, JournalError> {
+    ) -> Result<EraseReport, EraseError> {
         let key = key.into();
+        let id = Self::id::<A>(&key);
         let actor = self.engine.actor_ref::<A>(key.clone());
         let live = actor
             .ask(Invoke::new(
@@ -656,7 +662,7 @@ impl Journal {
             ))
             .await;
         let erased = match live {
-            Ok(r) => r?,
+            Ok(r) => r,
             // Not loadable, so not live: nothing to reset, truncate where the log is. (A
             // message racing this activates either before the truncation, and fails as
             // before, or after it, from version 0.)
@@ -664,21 +670,22 @@ impl Journal {
                 self.on_owner::<A, _, _, _>(key.clone(), |log, _, _, ek, sk| async move {
                     Ok(truncate_stream(&log, &ek, &sk).await?.0)
                 })
-                .await?
+                .await
             }
-            Err(e) => {
-                return Err(JournalError::Scrub {
-                    detail: e.to_string(),
-                })
-            }
+            Err(source) => return Err(EraseError::Call { actor: id, source }),
         };
+        let erased = erased.map_err(|e| EraseError::truncation(id.clone(), e))?;
         let scrub = self
-            .on_owner::<A, _, _, _>(key, |log, _, _, _, _| async move {
-                log.scrub().await.map_err(|e| JournalError::Scrub {
-                    detail: e.to_string(),
-                })
-            })
-            .await?;
+            .on_owner::<A, _, _, _>(key, |log, _, _, _, _| async move { Ok(log.scrub().await) })
+            .await
+            .map_err(|source| EraseError::ScrubNotRun {
+                actor: id.clone(),
+                source,
+            })?
+            .map_err(|source| EraseError::Scrub {
+                actor: id.clone(),
+                source,
+            })?;
         Ok(EraseReport {
             records_erased: erased,
             segments_rewritten: scrub.segments_rewritten as u64,

@@ -66,37 +66,94 @@ fn encode_error(id: &ActorId, message_type: &'static str, e: EncodeError) -> Cal
             bytes: len,
             max,
         },
-        EncodeError::Serialize { .. } | EncodeError::UnknownFlags { .. } => {
-            CallError::NotSerializable {
-                actor: id.clone(),
-                message_type,
-            }
-        }
+        _ => CallError::NotSerializable {
+            actor: id.clone(),
+            message_type,
+        },
     }
 }
 
-/// Maps the callee's error to the caller's.
-fn remote_error(e: RemoteError, id: &ActorId, timeout: Duration, node: NodeId) -> CallError {
+/// What the caller knows of a remote call, to rebuild the callee's error as a [`CallError`].
+pub(crate) struct CallSite<'a> {
+    pub(crate) actor: &'a ActorId,
+    pub(crate) node: NodeId,
+    pub(crate) timeout: Duration,
+    /// Wire name of the request's message type.
+    pub(crate) message_type: &'static str,
+    /// Rust type name of the request's message type.
+    pub(crate) rust_type: &'static str,
+}
+
+/// The places a [`CallError::Full`] names, to turn a wire `place` back into a static name.
+const FULL_PLACES: [&str; 4] = [
+    "mailbox",
+    "cross-shard credits",
+    "injection queue",
+    "connection buffer",
+];
+
+/// Maps the callee's error to the caller's: each wire code to its own [`CallError`] variant
+/// (the inverse of [`call_error_to_remote`]); refusals that are not call errors
+/// (`UnknownMessageType`, `BadPayload`, `Overloaded`) become [`CallError::Remote`].
+pub(crate) fn remote_error(e: RemoteError, site: &CallSite<'_>) -> CallError {
+    let actor = site.actor.clone();
+    let node = site.node;
     match e {
         RemoteError::ActorPanicked => CallError::ActorPanicked {
-            actor: id.clone(),
+            actor,
             panic: format!("on node {node}; its message was not sent"),
         },
         RemoteError::Panicked { message } => CallError::ActorPanicked {
-            actor: id.clone(),
+            actor,
             panic: format!("{message}, on node {node}"),
         },
-        RemoteError::ActivationAborted => CallError::ActivationAborted { actor: id.clone() },
+        RemoteError::ActivationAborted => CallError::ActivationAborted { actor },
+        RemoteError::ActivationFailed { detail } => CallError::ActivationFailed {
+            actor,
+            detail: format!("{detail} (on node {node})"),
+        },
+        RemoteError::UnknownActorType { actor_type } if actor_type == site.actor.type_name => {
+            CallError::UnknownActorType {
+                type_name: site.actor.type_name,
+            }
+        }
         RemoteError::Timeout => CallError::Timeout {
-            actor: id.clone(),
-            timeout,
+            actor,
+            timeout: site.timeout,
         },
-        RemoteError::ShuttingDown => CallError::ShuttingDown { actor: id.clone() },
-        error => CallError::Remote {
-            actor: id.clone(),
+        RemoteError::ShuttingDown => CallError::ShuttingDown { actor },
+        RemoteError::NodeUnavailable { node } => CallError::NodeUnavailable {
             node,
-            error,
+            actor: Some(actor),
+            cause: None,
         },
+        RemoteError::NotWireMessage { .. } => CallError::NotWireMessage {
+            message_type: site.rust_type,
+        },
+        RemoteError::MessageTooLarge { bytes, max, .. } => CallError::MessageTooLarge {
+            actor,
+            message_type: site.message_type,
+            bytes,
+            max,
+        },
+        RemoteError::NotSerializable { .. } => CallError::NotSerializable {
+            actor,
+            message_type: site.message_type,
+        },
+        RemoteError::BadReply { node, .. } => CallError::BadReply {
+            actor,
+            node,
+            message_type: site.message_type,
+        },
+        RemoteError::Full { place } => CallError::Full {
+            actor,
+            place: FULL_PLACES
+                .iter()
+                .find(|p| **p == place)
+                .copied()
+                .unwrap_or("callee queue"),
+        },
+        error => CallError::Remote { actor, node, error },
     }
 }
 
@@ -195,7 +252,16 @@ where
                 })
             }
         },
-        CallOutcome::Remote(RemoteReply::Error(e)) => Err(remote_error(e, id, timeout, node)),
+        CallOutcome::Remote(RemoteReply::Error(e)) => {
+            let site = CallSite {
+                actor: id,
+                node,
+                timeout,
+                message_type: codec.wire_name,
+                rust_type: std::any::type_name::<M>(),
+            };
+            Err(remote_error(e, &site))
+        }
         CallOutcome::Failed(CallError::NodeUnavailable { node, cause, .. }) => {
             Err(CallError::NodeUnavailable {
                 node,
@@ -469,18 +535,46 @@ fn lost(core: &ShardCore) {
     }
 }
 
-fn call_error_to_remote(e: CallError) -> RemoteError {
+/// The wire code of a [`CallError`] met while serving a request from the network: one code
+/// per variant (the inverse of [`remote_error`]; the match is exhaustive, so a new variant
+/// needs a code). A `Remote` error (from a third node) travels as the error it wraps.
+pub(crate) fn call_error_to_remote(e: CallError) -> RemoteError {
     match e {
         CallError::ActorPanicked { panic, .. } => RemoteError::Panicked { message: panic },
         CallError::ActivationAborted { .. } => RemoteError::ActivationAborted,
-        CallError::Timeout { .. } => RemoteError::Timeout,
-        CallError::ShuttingDown { .. } => RemoteError::ShuttingDown,
+        CallError::ActivationFailed { detail, .. } => RemoteError::ActivationFailed { detail },
         CallError::UnknownActorType { type_name } => RemoteError::UnknownActorType {
             actor_type: type_name.to_owned(),
         },
-        // A request from the network is served on this node only; the rest cannot happen for
-        // it, but a typed answer is better than none.
-        _ => RemoteError::Overloaded,
+        CallError::Timeout { .. } => RemoteError::Timeout,
+        CallError::NodeUnavailable { node, .. } => RemoteError::NodeUnavailable { node },
+        CallError::NotWireMessage { message_type } => RemoteError::NotWireMessage {
+            message_type: message_type.to_owned(),
+        },
+        CallError::MessageTooLarge {
+            message_type,
+            bytes,
+            max,
+            ..
+        } => RemoteError::MessageTooLarge {
+            message_type: message_type.to_owned(),
+            bytes,
+            max,
+        },
+        CallError::NotSerializable { message_type, .. } => RemoteError::NotSerializable {
+            message_type: message_type.to_owned(),
+        },
+        CallError::BadReply {
+            node, message_type, ..
+        } => RemoteError::BadReply {
+            node,
+            message_type: message_type.to_owned(),
+        },
+        CallError::Remote { error, .. } => error,
+        CallError::Full { place, .. } => RemoteError::Full {
+            place: place.to_owned(),
+        },
+        CallError::ShuttingDown { .. } => RemoteError::ShuttingDown,
     }
 }
 
@@ -667,4 +761,147 @@ pub(crate) fn complete(core: &Rc<ShardCore>, wire: &Rc<Wire>, frame: &Frame<'_>,
         }
     };
     core.complete_call(CallId::from_u64(corr), outcome);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use quark_net::{decode_response, encode_error_reply, FrameDecoder, OutBuf};
+
+    /// One of each [`CallError`] variant. The match in `index` is exhaustive, so a new variant
+    /// fails to compile here until it is added to this list (and so gets a wire code).
+    fn every_call_error(actor: &ActorId) -> Vec<CallError> {
+        let a = || actor.clone();
+        vec![
+            CallError::ActorPanicked {
+                actor: a(),
+                panic: "boom at src/x.rs:1:1".into(),
+            },
+            CallError::ActivationAborted { actor: a() },
+            CallError::ActivationFailed {
+                actor: a(),
+                detail: "journal unreadable".into(),
+            },
+            CallError::UnknownActorType { type_name: "t" },
+            CallError::Timeout {
+                actor: a(),
+                timeout: Duration::from_millis(250),
+            },
+            CallError::NodeUnavailable {
+                node: 9,
+                actor: Some(a()),
+                cause: None,
+            },
+            CallError::NotWireMessage {
+                message_type: "my_crate::Msg",
+            },
+            CallError::MessageTooLarge {
+                actor: a(),
+                message_type: "t.Msg",
+                bytes: 5000,
+                max: 4096,
+            },
+            CallError::NotSerializable {
+                actor: a(),
+                message_type: "t.Msg",
+            },
+            CallError::BadReply {
+                actor: a(),
+                node: 9,
+                message_type: "t.Msg",
+            },
+            CallError::Remote {
+                actor: a(),
+                node: 2,
+                error: RemoteError::UnknownMessageType {
+                    actor_type: "t".into(),
+                    message_type: "t.Other".into(),
+                },
+            },
+            CallError::Full {
+                actor: a(),
+                place: "cross-shard credits",
+            },
+            CallError::ShuttingDown { actor: a() },
+        ]
+    }
+
+    fn index(e: &CallError) -> usize {
+        match e {
+            CallError::ActorPanicked { .. } => 0,
+            CallError::ActivationAborted { .. } => 1,
+            CallError::ActivationFailed { .. } => 2,
+            CallError::UnknownActorType { .. } => 3,
+            CallError::Timeout { .. } => 4,
+            CallError::NodeUnavailable { .. } => 5,
+            CallError::NotWireMessage { .. } => 6,
+            CallError::MessageTooLarge { .. } => 7,
+            CallError::NotSerializable { .. } => 8,
+            CallError::BadReply { .. } => 9,
+            CallError::Remote { .. } => 10,
+            CallError::Full { .. } => 11,
+            CallError::ShuttingDown { .. } => 12,
+        }
+    }
+
+    #[test]
+    fn every_call_error_round_trips_through_its_own_wire_code() {
+        let actor = ActorId::new("t", 7u64);
+        let all = every_call_error(&actor);
+        let mut seen: Vec<usize> = all.iter().map(index).collect();
+        seen.sort_unstable();
+        seen.dedup();
+        assert_eq!(seen, (0..=12).collect::<Vec<_>>(), "one of each variant");
+
+        let site = CallSite {
+            actor: &actor,
+            node: 2,
+            timeout: Duration::from_millis(250),
+            message_type: "t.Msg",
+            rust_type: "my_crate::Msg",
+        };
+        let mut codes = Vec::new();
+        for e in all {
+            let code = call_error_to_remote(e.clone());
+            // Through the bytes of an ErrorReply frame, as a peer receives it.
+            let mut out = OutBuf::new();
+            let req = FrameHead::new(FrameKind::Request);
+            encode_error_reply(&mut out, &req, &code, 1 << 20).expect("encodes");
+            let mut dec = FrameDecoder::new(1 << 20);
+            dec.feed(out.pending()).expect("one frame");
+            let frame = dec.next_frame().expect("a frame");
+            let ResponseView::Error(got) = decode_response(&frame).expect("decodes") else {
+                panic!("an error reply");
+            };
+            assert_eq!(got, code);
+            let back = remote_error(got, &site);
+            assert_eq!(index(&back), index(&e), "{e:?} came back as {back:?}");
+            assert_eq!(back.actor(), e.actor(), "{e:?}");
+            match (&e, &back) {
+                // The node is added to the text.
+                (
+                    CallError::ActivationFailed { detail: a, .. },
+                    CallError::ActivationFailed { detail: b, .. },
+                )
+                | (
+                    CallError::ActorPanicked { panic: a, .. },
+                    CallError::ActorPanicked { panic: b, .. },
+                ) => {
+                    assert!(b.starts_with(a.as_str()), "{b:?} keeps {a:?}")
+                }
+                _ => assert_eq!(back, e),
+            }
+            codes.push(code);
+        }
+        // Distinct codes: no two call errors share one.
+        for (i, a) in codes.iter().enumerate() {
+            for b in &codes[i + 1..] {
+                assert_ne!(
+                    std::mem::discriminant(a),
+                    std::mem::discriminant(b),
+                    "{a:?} and {b:?} share a wire code"
+                );
+            }
+        }
+    }
 }

@@ -62,19 +62,22 @@ fn table(s: &Status) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "node {}  version {}  state {}  uptime {:.0}s  cluster {}  pinned {}  idle_spin {}us",
+        "node {}  version {}  state {}  uptime {:.0}s  cluster {}",
         opt(s.node_id),
         s.version,
         s.state,
         s.uptime_seconds,
         opt(s.cluster_listen),
-        s.pinned,
-        s.idle_spin_us
     );
+    if let Some(e) = &s.stats_error {
+        let _ = writeln!(out, "counters missing: {e}");
+    }
     let head = [
         "shard",
         "core",
+        "pinning",
         "driver",
+        "spin_us",
         "live",
         "created",
         "deact",
@@ -90,7 +93,9 @@ fn table(s: &Status) -> String {
         rows.push(vec![
             sh.shard.to_string(),
             opt(sh.core),
+            sh.pinning.clone(),
             sh.driver.clone(),
+            opt(sh.idle_spin_us),
             if sh.answered {
                 sh.live_activations.to_string()
             } else {
