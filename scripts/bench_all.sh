@@ -14,7 +14,7 @@ set -u
 cd "$(dirname "$0")/.."
 out=${1:-target/bench-all/$(date -u +%Y%m%dT%H%M%SZ)}
 mkdir -p "$out"
-nice_build() { cargo build --release -p quark-bench --bins -p quark --bin quark; }
+nice_build() { cargo build --release -p quark-bench --bins -p quark-cli; }
 nice_build || { echo "release build failed" >&2; exit 1; }
 {
   echo "date: $(date -u +%FT%TZ)"

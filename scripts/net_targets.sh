@@ -10,7 +10,7 @@ cd "$(dirname "$0")/.."
 out=${1:-target/net-targets/$(date -u +%Y%m%dT%H%M)}
 mkdir -p "$out"
 if [ "${2:-}" != "--no-build" ]; then
-  cargo build --release -p quark-bench --bins -p quark --bin quark || exit 1
+  cargo build --release -p quark-bench --bins -p quark-cli || exit 1
 fi
 { date -u; nproc; uname -r; git rev-parse --short HEAD; uptime; } > "$out/env.txt"
 target/release/netbench --runs 5 --json > "$out/netbench.txt" 2>&1

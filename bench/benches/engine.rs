@@ -23,7 +23,7 @@ fn node() -> Node {
             e.shards = ShardSpec::Count(2);
             e.idle_spin = Duration::from_millis(100);
         })
-        .register(ActorType::new(|_| Echo::new()))
+        .register(ActorType::new(|_| Echo::default()))
         .start()
         .expect("a two-shard node starts")
 }
@@ -43,7 +43,9 @@ fn tell_stream(node: &Node, target: &ActorRef<Echo>, iters: u64) -> Duration {
     node.spawn_on(0, move || async move {
         let t0 = Instant::now();
         for _ in 0..iters {
-            r.tell(Bump).await.expect("tell to a registered actor");
+            r.tell(Bump(Vec::new()))
+                .await
+                .expect("tell to a registered actor");
         }
         r.ask(Handled).await.expect("echo answers");
         t0.elapsed()

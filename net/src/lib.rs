@@ -13,6 +13,7 @@ mod backoff;
 mod counters;
 mod decoder;
 mod detector;
+mod driver;
 mod frame;
 mod handshake;
 mod membership;
@@ -23,6 +24,7 @@ pub use backoff::{Backoff, BackoffConfig};
 pub use counters::{CloseReason, PeerCounters};
 pub use decoder::{decode_frame, Frame, FrameDecoder, READ_CHUNK_BYTES};
 pub use detector::{DetectorConfig, FailureDetector, Liveness, Transition};
+pub use driver::{DriveError, HandshakeDriver};
 pub use frame::{
     EncodeError, FrameBuilder, FrameError, FrameHead, FrameHeader, FrameKind, OutBuf,
     PayloadWriter, DEFAULT_FRAME_BYTES_MAX, FRAME_ALIGN, FRAME_BYTES_MAX_LIMIT,

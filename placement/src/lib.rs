@@ -18,7 +18,9 @@ mod id;
 mod ring;
 
 pub use id::{stable_hash, ActorId, ActorKey};
-pub use ring::{jump_hash, node_for, shard_for, NodeId, Placement, ShardId};
+pub use ring::{
+    jump_hash, key_for_shard, keys_for_shard, node_for, shard_for, NodeId, Placement, ShardId,
+};
 
 /// Version of the placement functions ([`stable_hash`], [`shard_for`], [`node_for`]). A data
 /// directory records the version its logs were laid out with (its manifest); a build whose

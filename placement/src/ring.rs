@@ -5,9 +5,12 @@
 //!   not depend on the order members are listed in.
 //! - Shard within a node: jump consistent hash over the node's shard count, so that growing a
 //!   node from n to n+1 shards moves about 1/(n+1) of its actors.
-//! - Overrides: a directory of explicit placements (migrations, hints) consulted first.
-
-use std::collections::HashMap;
+//! - Keys for a shard: [`keys_for_shard`] lists the keys of a type that a node places on a
+//!   given shard (for tests and benchmarks that need an actor on a known shard).
+//!
+//! There are no per-actor overrides: every node, client and offline tool (`quark data
+//! reshard`) must find an actor's shard from its id alone, because the shard also holds the
+//! actor's journal.
 
 use crate::id::{mix64, ActorId};
 
@@ -55,7 +58,36 @@ pub fn node_for(id: &ActorId, members: &[NodeId]) -> Option<NodeId> {
         .max_by_key(|node| (mix64(h ^ mix64(*node)), *node))
 }
 
-/// A cluster's placement: members, their shard counts, and overrides.
+/// The `u64` keys, ascending from 0, whose actor of type `type_name` a node with `shards`
+/// shards places on `shard` (by [`shard_for`]; about one key in `shards`). In a cluster the
+/// key's node is chosen first ([`node_for`]): the key is on `shard` of whichever node owns it.
+///
+/// # Panics
+/// If `shard >= shards`.
+pub fn keys_for_shard(
+    type_name: &'static str,
+    shard: ShardId,
+    shards: u16,
+) -> impl Iterator<Item = u64> {
+    assert!(
+        shard < shards,
+        "shard {shard} does not exist on a node of {shards} shards"
+    );
+    (0..=u64::MAX).filter(move |&k| shard_for(&ActorId::new(type_name, k), shards) == shard)
+}
+
+/// The smallest `u64` key whose actor of type `type_name` a node with `shards` shards places
+/// on `shard`: `keys_for_shard(type_name, shard, shards).next()`.
+///
+/// # Panics
+/// If `shard >= shards`.
+pub fn key_for_shard(type_name: &'static str, shard: ShardId, shards: u16) -> u64 {
+    keys_for_shard(type_name, shard, shards)
+        .next()
+        .expect("jump hash reaches every shard")
+}
+
+/// A cluster's placement: members and their shard counts.
 ///
 /// Pure data; cheap to clone for a small cluster. Every node and client that holds the same
 /// `Placement` computes the same owners.
@@ -63,7 +95,6 @@ pub fn node_for(id: &ActorId, members: &[NodeId]) -> Option<NodeId> {
 pub struct Placement {
     members: Vec<(NodeId, u16)>,
     node_ids: Vec<NodeId>,
-    overrides: HashMap<ActorId, (NodeId, ShardId)>,
 }
 
 impl Placement {
@@ -83,11 +114,7 @@ impl Placement {
             "a node needs at least one shard"
         );
         let node_ids = members.iter().map(|m| m.0).collect();
-        Placement {
-            members,
-            node_ids,
-            overrides: HashMap::new(),
-        }
+        Placement { members, node_ids }
     }
 
     /// A single node with `shards` shards.
@@ -100,21 +127,8 @@ impl Placement {
         &self.members
     }
 
-    /// Pin `id` to `(node, shard)`, overriding the hash (used after a migration).
-    pub fn set_override(&mut self, id: ActorId, node: NodeId, shard: ShardId) {
-        self.overrides.insert(id, (node, shard));
-    }
-
-    /// Remove an override; returns whether there was one.
-    pub fn clear_override(&mut self, id: &ActorId) -> bool {
-        self.overrides.remove(id).is_some()
-    }
-
     /// The owner `(node, shard)` of `id`; `None` if the cluster has no members.
     pub fn locate(&self, id: &ActorId) -> Option<(NodeId, ShardId)> {
-        if let Some(o) = self.overrides.get(id) {
-            return Some(*o);
-        }
         let node = node_for(id, &self.node_ids)?;
         let shards = self
             .members
@@ -176,15 +190,40 @@ mod tests {
     }
 
     #[test]
-    fn overrides_win() {
-        let mut p = Placement::new([(1, 2), (2, 2)]);
+    fn locate_is_node_then_shard() {
+        let p = Placement::new([(1, 2), (2, 3)]);
         let id = ActorId::new("a", ActorKey::from("k"));
-        let natural = p.locate(&id).unwrap();
-        let other = if natural.0 == 1 { 2 } else { 1 };
-        p.set_override(id.clone(), other, 1);
-        assert_eq!(p.locate(&id), Some((other, 1)));
-        assert!(p.clear_override(&id));
-        assert_eq!(p.locate(&id), Some(natural));
+        let (node, shard) = p.locate(&id).unwrap();
+        assert_eq!(Some(node), node_for(&id, &[1, 2]));
+        assert_eq!(shard, shard_for(&id, if node == 1 { 2 } else { 3 }));
         assert_eq!(Placement::new([]).locate(&id), None);
+    }
+
+    #[test]
+    fn keys_for_shard_land_on_that_shard() {
+        for shards in [1u16, 2, 7, 64] {
+            for shard in 0..shards {
+                let keys: Vec<u64> = keys_for_shard("echo", shard, shards).take(5).collect();
+                assert_eq!(keys.len(), 5);
+                assert!(keys.windows(2).all(|w| w[0] < w[1]), "ascending: {keys:?}");
+                for k in &keys {
+                    assert_eq!(shard_for(&ActorId::new("echo", *k), shards), shard);
+                }
+                let first = key_for_shard("echo", shard, shards);
+                assert_eq!(first, keys[0]);
+                // The smallest: no smaller key is on that shard.
+                assert!((0..first).all(|k| shard_for(&ActorId::new("echo", k), shards) != shard));
+            }
+        }
+        // The type name is part of the id: another type's keys differ.
+        let a: Vec<u64> = keys_for_shard("a", 1, 8).take(8).collect();
+        let b: Vec<u64> = keys_for_shard("b", 1, 8).take(8).collect();
+        assert_ne!(a, b);
+    }
+
+    #[test]
+    #[should_panic(expected = "does not exist")]
+    fn keys_for_a_missing_shard_panic() {
+        let _ = key_for_shard("echo", 4, 4);
     }
 }

@@ -67,7 +67,7 @@ fn main() -> std::process::ExitCode {
     match result {
         Ok(_report) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("my_node: {e}");
+            eprintln!("my_node: {}", quark::ErrorChain(&e));
             std::process::ExitCode::FAILURE
         }
     }

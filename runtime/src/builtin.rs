@@ -54,6 +54,24 @@ impl Handler<Bump> for Echo {
     }
 }
 
+/// A fixed-size message for [`Echo`] (no allocation of its own, for the engine
+/// micro-benchmarks): the reply is the value plus one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+#[rkyv(crate = quark_net::rkyv)]
+pub struct Tiny(pub u64);
+impl Message for Tiny {
+    type Reply = u64;
+}
+impl WireMessage for Tiny {
+    const WIRE_NAME: &'static str = "quark.builtin.Tiny";
+}
+impl Handler<Tiny> for Echo {
+    async fn handle(&mut self, msg: Tiny, _: &Context<Self>) -> u64 {
+        self.handled += 1;
+        msg.0.wrapping_add(1)
+    }
+}
+
 /// Asks an [`Echo`] how many messages it handled.
 #[derive(Debug, Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 #[rkyv(crate = quark_net::rkyv)]
@@ -153,6 +171,7 @@ pub fn register_builtin(b: NodeBuilder) -> NodeBuilder {
         .remote::<Echo, Ping>()
         .remote::<Echo, Bump>()
         .remote::<Echo, Handled>()
+        .remote::<Echo, Tiny>()
         .remote::<Counter, Add>()
         .remote::<Kv, Put>()
         .remote::<Kv, Get>()
@@ -163,6 +182,7 @@ pub fn builtin_messages(b: crate::ClientBuilder) -> crate::ClientBuilder {
     b.message::<Ping>()
         .message::<Bump>()
         .message::<Handled>()
+        .message::<Tiny>()
         .message::<Add>()
         .message::<Put>()
         .message::<Get>()

@@ -7,7 +7,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
 use quark_net::{
-    ClusterSecret, FrameDecoder, HandshakeConfig, HandshakeError, HandshakeStatus, Initiator,
+    ClusterSecret, DriveError, HandshakeConfig, HandshakeDriver, HandshakeError, Initiator,
     Membership, OutBuf, PeerInfo, PeerRole, HANDSHAKE_FRAME_BYTES_MAX, PROTOCOL_VERSION,
 };
 use quark_shard::{
@@ -79,21 +79,17 @@ pub fn probe(
     let connect = |source| ClientError::Connect { addr, source };
     let mut s = TcpStream::connect_timeout(&addr, timeout).map_err(connect)?;
     let deadline = Instant::now() + timeout;
-    let mut init = Initiator::new(cfg, rand::random(), None);
-    let mut out = OutBuf::new();
-    init.start(&mut out)
-        .map_err(|source| ClientError::Handshake { addr, source })?;
-    let mut dec = FrameDecoder::new(HANDSHAKE_FRAME_BYTES_MAX);
+    let init = Initiator::new(cfg, rand::random(), None);
+    // The same driver the nodes' connections use; here over a blocking socket.
+    let mut hs = HandshakeDriver::dial(init, HANDSHAKE_FRAME_BYTES_MAX)
+        .map_err(|e| handshake_error(addr, e))?;
     let mut buf = [0u8; 4096];
     loop {
-        if !out.is_empty() {
-            s.write_all(out.pending()).map_err(connect)?;
-            out.clear();
-        }
+        flush(&mut s, hs.out()).map_err(connect)?;
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
-            let source = init.on_timeout(&mut out);
-            let _ = s.write_all(out.pending());
+            let source = hs.on_timeout();
+            let _ = flush(&mut s, hs.out());
             return Err(ClientError::Handshake { addr, source });
         }
         s.set_read_timeout(Some(left)).map_err(connect)?;
@@ -110,29 +106,33 @@ pub fn probe(
             }
             Err(e) => return Err(connect(e)),
         };
-        let mut off = 0;
-        while off < n {
-            let took = dec
-                .feed(&buf[off..n])
-                .map_err(|_| ClientError::HandshakeBroken { addr })?;
-            off += took;
-            while let Some(frame) = dec.next_frame() {
-                match init.on_frame(&frame, &mut out) {
-                    Ok(HandshakeStatus::Continue) => {}
-                    Ok(HandshakeStatus::Established(peer)) => {
-                        let _ = s.write_all(out.pending());
-                        return Ok(peer);
-                    }
-                    Err(source) => {
-                        let _ = s.write_all(out.pending());
-                        return Err(ClientError::Handshake { addr, source });
-                    }
-                }
-            }
-            if took == 0 {
-                break;
-            }
+        let done = hs.on_bytes(&buf[..n]);
+        if !matches!(done, Ok(None)) {
+            // Best effort: the last frame (a Welcome's answer, or a Reject saying why).
+            let _ = flush(&mut s, hs.out());
         }
+        match done {
+            Ok(None) => {}
+            Ok(Some(peer)) => return Ok(peer),
+            Err(e) => return Err(handshake_error(addr, e)),
+        }
+    }
+}
+
+/// Writes what the handshake has to send.
+fn flush(s: &mut TcpStream, out: &mut OutBuf) -> std::io::Result<()> {
+    if !out.is_empty() {
+        s.write_all(out.pending())?;
+        out.clear();
+    }
+    Ok(())
+}
+
+fn handshake_error(addr: SocketAddr, e: DriveError) -> ClientError {
+    match e {
+        DriveError::Handshake(source) => ClientError::Handshake { addr, source },
+        // An invalid frame: not a Quark node, or a broken stream.
+        _ => ClientError::HandshakeBroken { addr },
     }
 }
 

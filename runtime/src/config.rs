@@ -66,7 +66,7 @@ impl ActorTypeConfig {
 #[non_exhaustive]
 pub enum ConfigError {
     /// The file could not be read.
-    #[error("cannot read config file {}: {source}", file.display())]
+    #[error("cannot read config file {}", file.display())]
     Read {
         /// The file.
         file: PathBuf,
@@ -115,8 +115,8 @@ pub enum ConfigError {
         /// The accepted range.
         reason: &'static str,
     },
-    /// The `[cluster]` membership is invalid (names the entry).
-    #[error("{}: {source}", file.display())]
+    /// The `[cluster]` membership is invalid (the source names the entry).
+    #[error("{}: invalid [cluster] membership", file.display())]
     Cluster {
         /// The file.
         file: PathBuf,
@@ -125,7 +125,7 @@ pub enum ConfigError {
         source: quark_net::MembershipError,
     },
     /// The cluster secret is unusable (too short, not UTF-8 in the environment).
-    #[error("{}: {source}", file.display())]
+    #[error("{}: unusable cluster secret", file.display())]
     Secret {
         /// The file.
         file: PathBuf,
@@ -401,9 +401,9 @@ impl NodeConfig {
     pub fn from_toml(text: &str, file: impl AsRef<Path>) -> Result<NodeConfig, ConfigError> {
         let file = file.as_ref();
         if let Err(e) = text.parse::<toml::Table>() {
-            return Err(syntax_error(&e, text, file));
+            return Err(syntax_error(e.span(), e.message(), text, file));
         }
-        let doc = Doc::parse(text).map_err(|e| syntax_error(&e, text, file))?;
+        let doc = Doc::parse(text).map_err(|e| syntax_error(e.span(), e.message(), text, file))?;
         let raw: RawFile = toml::from_str(text).map_err(|e| {
             let (line, column) = e.span().map_or((0, 0), |s| line_column(text, s.start));
             ConfigError::Parse {
@@ -742,8 +742,13 @@ fn line_column(text: &str, offset: usize) -> (usize, usize) {
 /// A TOML syntax error, with the full path of the key on the offending line when the line is
 /// `key = value` or a table header (the document did not parse, so there is no key tree: the
 /// path is the last table header above the line followed by the line's key).
-fn syntax_error(e: &toml::de::Error, text: &str, file: &Path) -> ConfigError {
-    let (line, column, key) = match e.span() {
+fn syntax_error(
+    span: Option<std::ops::Range<usize>>,
+    message: &str,
+    text: &str,
+    file: &Path,
+) -> ConfigError {
+    let (line, column, key) = match span {
         Some(span) => {
             let (line, column) = line_column(text, span.start);
             (line, column, key_on_line(text, line))
@@ -755,7 +760,7 @@ fn syntax_error(e: &toml::de::Error, text: &str, file: &Path) -> ConfigError {
         line,
         column,
         key,
-        detail: e.message().trim().to_owned(),
+        detail: message.trim().to_owned(),
     }
 }
 

@@ -26,13 +26,54 @@ pub use node::{Node, NodeBuilder, NodeError};
 /// `#[rkyv(crate = quark::rkyv)]`, then `impl quark::WireMessage for T { const WIRE_NAME: ... }`.
 pub use quark_net::rkyv;
 pub use quark_net::{
-    ClusterSecret, HandshakeConfig, PeerRole, RemoteError, SecretError, WireMessage, WireOwned,
+    ClusterSecret, HandshakeConfig, Membership, MembershipError, PeerRole, RemoteError,
+    SecretError, WireMessage, WireOwned,
 };
+pub use quark_placement::NodeId;
 pub use quark_shard::{
-    allowed_cores, block_on, Actor, ActorId, ActorKey, ActorRef, ActorType, CallError, Context,
-    EngineConfig, EngineHandle, ErrorChain, Handler, IoDriver, JoinError, LinkDown, Message,
-    Pinning, ShardId, ShardInfo, ShardSpec, ShardStatsSnapshot, ShutdownReport, SpawnHandle,
-    StartError, StatsError, Tell, TimerId,
+    allowed_cores, block_on, sleep, Actor, ActorId, ActorKey, ActorRef, ActorType, CallError,
+    Context, EngineConfig, EngineHandle, ErrorChain, Handler, IoDriver, JoinError, LinkDown,
+    LoadError, LoadFuture, Message, Pinning, ShardId, ShardInfo, ShardSpec, ShardStatsSnapshot,
+    ShutdownReport, SpawnHandle, StartError, StatsError, Tell, TimerId,
 };
+
+/// The per-shard durable log, as [`Context::log`] and [`log::current_shard_log`] return it
+/// (re-exported from `quark-persist`, so that a user depends on `quark` alone; the guide is
+/// `docs/PERSIST.md`).
+///
+/// A turn appends one atomic [`log::Batch`] and awaits its durability:
+/// `log.append(&batch).await` gives the [`log::LsnRange`] it was written at.
+pub mod log {
+    pub use quark_persist::{block_on, LogIo, StdIo};
+    pub use quark_persist::{
+        AppendError, Batch, CompactError, CompactionPolicy, CompactionReport, FsyncPolicy, Invalid,
+        Log, LogConfig, LogStats, LsnRange, NewRecord, OpenError, Preallocate, ReadError, Record,
+        RecordKind, RecoverError, RecoveryMode, RecoveryReport, Scanner, ScrubError, ScrubReport,
+    };
+    pub use quark_shard::rt::log_io::{open_log, UringIo};
+    pub use quark_shard::{current_shard_log, ShardLog};
+}
 pub use quark_shard::{NetConfig, NetStatsSnapshot};
 pub use serve::{serve, ServeError, ServeOptions};
+
+/// The smallest `u64` key whose `A` a node of `shards` shards places on `shard`
+/// (`node.shard_count()` gives `shards`): `node.actor_ref::<A>(quark::key_for_shard::<A>(1, n))`
+/// is an actor on shard 1. For tests and benchmarks that need an actor on a known shard (the
+/// same thread as a driver, or another one). In a cluster the key's node is chosen first: the
+/// actor is on `shard` of whichever node owns the key.
+///
+/// # Panics
+/// If `shard >= shards`.
+pub fn key_for_shard<A: Actor>(shard: ShardId, shards: u16) -> u64 {
+    quark_placement::key_for_shard(A::TYPE_NAME, shard, shards)
+}
+
+/// Every `u64` key (ascending) whose `A` a node of `shards` shards places on `shard`, about
+/// one in `shards`: `keys_for_shard::<A>(s, n).take(100)` gives 100 actors on shard `s`.
+/// See [`key_for_shard`].
+///
+/// # Panics
+/// If `shard >= shards`.
+pub fn keys_for_shard<A: Actor>(shard: ShardId, shards: u16) -> impl Iterator<Item = u64> {
+    quark_placement::keys_for_shard(A::TYPE_NAME, shard, shards)
+}

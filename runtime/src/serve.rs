@@ -117,7 +117,7 @@ pub enum ServeError {
         id: u64,
     },
     /// The SIGINT/SIGTERM handlers could not be installed.
-    #[error("cannot install the SIGINT/SIGTERM handlers: {source}")]
+    #[error("cannot install the SIGINT/SIGTERM handlers")]
     Signals {
         /// The cause.
         #[source]
@@ -127,7 +127,7 @@ pub enum ServeError {
     #[error("another quark::serve is already running in this process")]
     AlreadyServing,
     /// The node did not start (actor sections, cores, listen address, ...).
-    #[error("starting the node from {}: {source}", file.display())]
+    #[error("starting the node from {}", file.display())]
     Start {
         /// The configuration file.
         file: PathBuf,

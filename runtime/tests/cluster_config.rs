@@ -4,10 +4,10 @@ use std::time::Duration;
 
 use quark::{ConfigError, NodeConfig};
 
+/// The error's whole chain: the message names the file, the source says what is wrong.
 fn err(text: &str) -> String {
-    NodeConfig::from_toml(text, "c.toml")
-        .unwrap_err()
-        .to_string()
+    let e = NodeConfig::from_toml(text, "c.toml").unwrap_err();
+    quark::ErrorChain(&e).to_string()
 }
 
 const NODES: &str = "[[cluster.nodes]]\nid = 1\naddr = \"127.0.0.1:7100\"\n\

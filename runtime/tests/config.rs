@@ -108,6 +108,10 @@ fn unknown_section_and_missing_file() {
     let e = NodeConfig::from_file("/nonexistent/quark.toml").unwrap_err();
     assert!(matches!(e, ConfigError::Read { .. }));
     assert!(e.to_string().contains("/nonexistent/quark.toml"), "{e}");
+    // The message names the file; the cause is the source, said once in the chain.
+    assert!(!e.to_string().contains("os error"), "{e}");
+    let chain = quark::ErrorChain(&e).to_string();
+    assert_eq!(chain.matches("(os error 2)").count(), 1, "{chain}");
 }
 
 #[test]
@@ -149,8 +153,8 @@ fn log_section() {
     .unwrap();
     let log = c.engine.log.expect("a log is configured");
     assert_eq!(log.dir, std::path::PathBuf::from("/d"));
-    assert_eq!(log.fsync, quark_persist::FsyncPolicy::IntervalMs(7));
-    assert_eq!(log.recovery, quark_persist::RecoveryMode::Quarantine);
+    assert_eq!(log.fsync, quark::log::FsyncPolicy::IntervalMs(7));
+    assert_eq!(log.recovery, quark::log::RecoveryMode::Quarantine);
     assert!(NodeConfig::from_toml("", "q.toml")
         .unwrap()
         .engine

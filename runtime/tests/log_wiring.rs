@@ -4,11 +4,11 @@
 
 use std::collections::BTreeMap;
 
+use quark::log::Batch;
 use quark::{
     block_on, Actor, ActorType, Context, Handler, Message, Node, NodeConfig, NodeError, ShardId,
     ShardSpec, StartError,
 };
-use quark_persist::Batch;
 
 struct Nop;
 impl Actor for Nop {

@@ -643,7 +643,8 @@ async fn build_actor<A: Actor>(act: &Rc<Activation<A>>, info: &TypeInfo<A>) -> O
     act.running.set(false);
     let detail = match (ran, loaded) {
         (Ok(()), Some(Ok(actor))) => return Some(actor),
-        (Ok(()), Some(Err(e))) => e.to_string(),
+        // The whole chain: a loader's error names the thing, its sources say why.
+        (Ok(()), Some(Err(e))) => crate::ErrorChain(&*e).to_string(),
         (Ok(()), None) => "the loader did not finish".to_owned(),
         (Err(panic), _) => format!("the loader panicked: {panic}"),
     };

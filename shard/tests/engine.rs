@@ -20,10 +20,8 @@ fn config(shards: usize) -> EngineConfig {
 
 /// A reference to the first `A` (by u64 key) owned by `shard`.
 fn on_shard<A: Actor>(engine: &Engine, shard: u16) -> quark_shard::ActorRef<A> {
-    (0..)
-        .map(|k: u64| engine.actor_ref::<A>(k))
-        .find(|r| r.owner_shard() == shard)
-        .expect("some key maps to every shard")
+    let key = quark_placement::key_for_shard(A::TYPE_NAME, shard, engine.shard_count());
+    engine.actor_ref::<A>(key)
 }
 
 /// Two shards with a single cross-shard credit each way, and the `Slow` actor.

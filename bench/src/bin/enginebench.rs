@@ -86,7 +86,7 @@ fn node(idle_spin_us: u64) -> Result<Node> {
             e.shards = ShardSpec::Count(2);
             e.idle_spin = Duration::from_micros(idle_spin_us);
         })
-        .register(ActorType::new(|_| Echo::new()))
+        .register(ActorType::new(|_| Echo::default()))
         .start()?)
 }
 
@@ -176,7 +176,10 @@ fn same_shard_tell(node: &Node, n: u64) -> f64 {
     let r = node.actor_ref::<Echo>(key);
     node.spawn_on(0, move || async move {
         let before = r.ask(Handled).await.expect("echo answers");
-        let rate = measure::stream(n, |_| async { r.tell(Bump).await.expect("tell") }).await;
+        let rate = measure::stream(n, |_| async {
+            r.tell(Bump(Vec::new())).await.expect("tell")
+        })
+        .await;
         let after = r.ask(Handled).await.expect("echo answers");
         assert_eq!(after - before, n, "every tell was handled");
         rate

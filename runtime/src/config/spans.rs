@@ -2,26 +2,14 @@
 //! read once the TOML parser accepted the text, so that an error can name a key's full path
 //! (`log.fsync.interval_ms`, `cluster.nodes[1].addr`) and quote a value as written.
 //!
-//! The spans come from the `toml` deserializer's span protocol (the one `toml::Spanned` uses).
-//! Keys of implicit tables (`actors` in `[actors.x]`) and dotted keys may come without a span;
-//! the tree keeps them (with `None`) so paths stay whole.
+//! The spans come from `toml_edit`'s public API (`ImDocument::parse`, `Key::span`,
+//! `Item::span`), the parser `toml` 0.8 itself uses (the same version, so one copy is compiled).
+//! Keys the parser gives no span (keys of implicit tables, in some versions) are kept with
+//! `None`, so paths stay whole.
 
-use std::fmt;
 use std::ops::Range;
 
-use serde::de::{self, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
-use serde::Deserialize;
-
-// The names of the `toml` span protocol (serde_spanned 0.6, which `toml` 0.8 speaks). A value
-// asked for as this struct is handed over as the map { start, end, value } when the parser
-// knows its span, and as itself otherwise.
-const SPANNED: &str = "$__serde_spanned_private_Spanned";
-const START: &str = "$__serde_spanned_private_start";
-const END: &str = "$__serde_spanned_private_end";
-const VALUE: &str = "$__serde_spanned_private_value";
-const SPANNED_FIELDS: &[&str] = &[START, END, VALUE];
-/// The key under which `toml` hands over a date-time (as a one-entry map).
-const DATETIME: &str = "$__toml_private_datetime";
+use toml_edit::{ImDocument, Item as TomlItem, TableLike, Value};
 
 /// The key tree of one document, with spans.
 #[derive(Debug)]
@@ -51,12 +39,11 @@ enum Kind {
 
 impl Doc {
     /// Reads the key tree of `text` (which the TOML parser already accepted).
-    pub(crate) fn parse(text: &str) -> Result<Doc, toml::de::Error> {
-        match toml::from_str::<Item>(text)?.kind {
-            Kind::Table(root) => Ok(Doc { root }),
-            // A document is always a table.
-            Kind::Array(_) | Kind::Scalar => Ok(Doc { root: Vec::new() }),
-        }
+    pub(crate) fn parse(text: &str) -> Result<Doc, toml_edit::TomlError> {
+        let doc = ImDocument::parse(text)?;
+        Ok(Doc {
+            root: entries(doc.as_table()),
+        })
     }
 
     /// The full path of the deepest key whose name or value covers `span` (the span a parser
@@ -155,152 +142,52 @@ fn find_in_item(
     }
 }
 
-/// A key, with its span when the parser gives one.
-struct Key {
-    text: String,
-    span: Option<Range<usize>>,
-}
-
-impl<'de> Deserialize<'de> for Key {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = Key;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a key")
-            }
-            fn visit_str<E: de::Error>(self, v: &str) -> Result<Key, E> {
-                Ok(Key {
-                    text: v.to_owned(),
-                    span: None,
-                })
-            }
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Key, A::Error> {
-                let (span, text) = spanned_body::<A, String>(&mut map)?;
-                Ok(Key {
-                    text,
-                    span: Some(span),
-                })
-            }
-        }
-        d.deserialize_struct(SPANNED, SPANNED_FIELDS, V)
-    }
-}
-
-/// Reads `{ start, end, value }` of the span protocol, the `start` key already consumed.
-fn spanned_rest<'de, A: MapAccess<'de>, T: Deserialize<'de>>(
-    map: &mut A,
-) -> Result<(Range<usize>, T), A::Error> {
-    let start: usize = map.next_value()?;
-    let end_key: Option<String> = map.next_key()?;
-    if end_key.as_deref() != Some(END) {
-        return Err(de::Error::custom("malformed span"));
-    }
-    let end: usize = map.next_value()?;
-    let value_key: Option<String> = map.next_key()?;
-    if value_key.as_deref() != Some(VALUE) {
-        return Err(de::Error::custom("malformed span"));
-    }
-    let value = map.next_value()?;
-    Ok((start..end, value))
-}
-
-fn spanned_body<'de, A: MapAccess<'de>, T: Deserialize<'de>>(
-    map: &mut A,
-) -> Result<(Range<usize>, T), A::Error> {
-    let start_key: Option<String> = map.next_key()?;
-    if start_key.as_deref() != Some(START) {
-        return Err(de::Error::custom("malformed span"));
-    }
-    spanned_rest(map)
-}
-
-/// An item asked for without the span protocol (the `value` of a spanned item: asking for it
-/// spanned again would be answered with the same span, forever).
-struct Unspanned(Item);
-
-impl<'de> Deserialize<'de> for Unspanned {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        d.deserialize_any(ItemVisitor).map(Unspanned)
-    }
-}
-
-impl<'de> Deserialize<'de> for Item {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        d.deserialize_struct(SPANNED, SPANNED_FIELDS, ItemVisitor)
-    }
-}
-
-struct ItemVisitor;
-
-impl<'de> Visitor<'de> for ItemVisitor {
-    type Value = Item;
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("a TOML value")
-    }
-    fn visit_bool<E>(self, _: bool) -> Result<Item, E> {
-        Ok(scalar())
-    }
-    fn visit_i64<E>(self, _: i64) -> Result<Item, E> {
-        Ok(scalar())
-    }
-    fn visit_u64<E>(self, _: u64) -> Result<Item, E> {
-        Ok(scalar())
-    }
-    fn visit_f64<E>(self, _: f64) -> Result<Item, E> {
-        Ok(scalar())
-    }
-    fn visit_str<E>(self, _: &str) -> Result<Item, E> {
-        Ok(scalar())
-    }
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Item, A::Error> {
-        let mut items = Vec::new();
-        while let Some(it) = seq.next_element::<Item>()? {
-            items.push(it);
-        }
-        Ok(Item {
-            span: None,
-            kind: Kind::Array(items),
+/// The entries of a table (a `[table]`, an inline table, or the document), in file order.
+fn entries(table: &dyn TableLike) -> Vec<Entry> {
+    table
+        .iter()
+        .map(|(name, item)| Entry {
+            key: name.to_owned(),
+            key_span: table.get_key_value(name).and_then(|(k, _)| k.span()),
+            value: item_of(item),
         })
-    }
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Item, A::Error> {
-        let Some(first) = map.next_key::<Key>()? else {
-            return Ok(Item {
-                span: None,
-                kind: Kind::Table(Vec::new()),
-            });
-        };
-        if first.text == START {
-            let (span, Unspanned(mut item)) = spanned_rest(&mut map)?;
-            item.span = Some(span);
-            return Ok(item);
-        }
-        if first.text == DATETIME {
-            map.next_value::<IgnoredAny>()?;
-            return Ok(scalar());
-        }
-        let mut entries = Vec::new();
-        let mut key = Some(first);
-        while let Some(k) = key {
-            let value = map.next_value::<Item>()?;
-            entries.push(Entry {
-                key: k.text,
-                key_span: k.span,
-                value,
-            });
-            key = map.next_key::<Key>()?;
-        }
-        Ok(Item {
+        .collect()
+}
+
+fn item_of(item: &TomlItem) -> Item {
+    match item {
+        TomlItem::Value(v) => value_of(v),
+        TomlItem::Table(t) => Item {
+            span: t.span(),
+            kind: Kind::Table(entries(t)),
+        },
+        TomlItem::ArrayOfTables(a) => Item {
+            span: a.span(),
+            kind: Kind::Array(
+                a.iter()
+                    .map(|t| Item {
+                        span: t.span(),
+                        kind: Kind::Table(entries(t)),
+                    })
+                    .collect(),
+            ),
+        },
+        TomlItem::None => Item {
             span: None,
-            kind: Kind::Table(entries),
-        })
+            kind: Kind::Scalar,
+        },
     }
 }
 
-fn scalar() -> Item {
+fn value_of(v: &Value) -> Item {
+    let kind = match v {
+        Value::Array(a) => Kind::Array(a.iter().map(value_of).collect()),
+        Value::InlineTable(t) => Kind::Table(entries(t)),
+        _ => Kind::Scalar,
+    };
     Item {
-        span: None,
-        kind: Kind::Scalar,
+        span: v.span(),
+        kind,
     }
 }
 
@@ -347,5 +234,23 @@ mod tests {
         assert_eq!(text("log.fsync.interval_ms"), Some("5"));
         assert_eq!(text("log.fsync"), Some("{ interval_ms = 5 }"));
         assert_eq!(text("node.nothing"), None);
+    }
+
+    #[test]
+    fn dotted_keys_and_arrays() {
+        let text = "log.fsync.interval_ms = 7\n[cluster]\nseeds = [\"a\", { id = 3 }]\n";
+        let doc = Doc::parse(text).expect("valid TOML");
+        let seven = text.find('7').expect("7");
+        assert_eq!(
+            doc.path_at(&(seven..seven + 1)).as_deref(),
+            Some("log.fsync.interval_ms")
+        );
+        let three = text.find('3').expect("3");
+        assert_eq!(
+            doc.path_at(&(three..three + 1)).as_deref(),
+            Some("cluster.seeds[1].id")
+        );
+        let span = doc.value_span("cluster.seeds[0]").expect("a span");
+        assert_eq!(&text[span], "\"a\"");
     }
 }

@@ -234,7 +234,7 @@ pub enum PersistError {
     /// The append failed: the batch is not durable (if the log reports an I/O error, the log
     /// refuses further appends until the node restarts; recovery then decides whether the
     /// batch is in the log).
-    #[error("actor {actor}: appending events failed: {source}")]
+    #[error("actor {actor}: appending events failed")]
     Append {
         /// The actor.
         actor: ActorId,
@@ -272,7 +272,7 @@ pub enum JournalError {
     #[error("the node has no log (configure [log] data_dir)")]
     NoLog,
     /// The log could not be read.
-    #[error("reading the journal of {actor} failed: {source}")]
+    #[error("reading the journal of {actor} failed")]
     Read {
         /// The actor.
         actor: String,
@@ -290,7 +290,7 @@ pub enum JournalError {
         lsn: u64,
     },
     /// A stored record did not decode.
-    #[error("journal of {actor}, record at LSN {lsn}: {source}")]
+    #[error("journal of {actor}: the record at LSN {lsn} did not decode")]
     Format {
         /// The actor.
         actor: String,
@@ -301,7 +301,7 @@ pub enum JournalError {
         source: format::FormatError,
     },
     /// A stored event or snapshot could not be converted to the current type.
-    #[error("journal of {actor}, version {version}: {source}")]
+    #[error("journal of {actor}: version {version} could not be converted to the current type")]
     Upcast {
         /// The actor.
         actor: String,
@@ -371,7 +371,7 @@ pub enum JournalError {
     #[error("the shard stopped before answering")]
     ShardStopped,
     /// Appending truncation records (erasure, retention) failed.
-    #[error("appending truncation records failed: {source}")]
+    #[error("appending truncation records failed")]
     Append {
         /// The log's error.
         #[source]
@@ -479,4 +479,42 @@ pub(crate) fn now_ms() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Each error's message names the thing; its source says why, and the chain says it once.
+    #[test]
+    fn messages_do_not_repeat_their_source() {
+        let source = UpcastError::Decode {
+            what: "Deposited".to_owned(),
+            detail: "unexpected end of input".to_owned(),
+        };
+        let e = JournalError::Upcast {
+            actor: "account/7".to_owned(),
+            version: 3,
+            source,
+        };
+        assert!(!e.to_string().contains("end of input"), "{e}");
+        let chain = crate::ErrorChain(&e).to_string();
+        assert_eq!(
+            chain.matches("unexpected end of input").count(),
+            1,
+            "{chain}"
+        );
+        assert!(
+            chain.starts_with("journal of account/7: version 3"),
+            "{chain}"
+        );
+
+        let e = JournalError::Format {
+            actor: "account/7".to_owned(),
+            lsn: 9,
+            source: format::FormatError::NotJournalKey,
+        };
+        let chain = crate::ErrorChain(&e).to_string();
+        assert_eq!(chain.matches("not a journal key").count(), 1, "{chain}");
+    }
 }

@@ -11,9 +11,9 @@ use std::task::{Poll, Waker};
 use std::time::{Duration, Instant};
 
 use quark_net::{
-    Acceptor, Backoff, CloseReason, FailureDetector, FrameDecoder, FrameError, FrameHead,
-    FrameKind, HandshakeConfig, HandshakeError, HandshakeStatus, Initiator, Liveness, OutBuf,
-    PeerInfo, PeerRole, HANDSHAKE_FRAME_BYTES_MAX, PROTOCOL_VERSION, READ_CHUNK_BYTES,
+    Acceptor, Backoff, CloseReason, DriveError, FailureDetector, FrameDecoder, FrameError,
+    FrameHead, FrameKind, HandshakeConfig, HandshakeDriver, HandshakeError, Initiator, Liveness,
+    OutBuf, PeerInfo, PeerRole, PROTOCOL_VERSION, READ_CHUNK_BYTES,
 };
 use quark_placement::NodeId;
 use rustc_hash::FxHashSet;
@@ -374,96 +374,82 @@ enum Side {
     Accept(Acceptor),
 }
 
-/// Runs a handshake on a fresh connection. On success, returns the peer and the decoder,
-/// raised to the connection's frame bound (it may already hold frames that followed the
-/// handshake).
+/// Runs a handshake on a fresh connection, through the sans-IO driver `quark::probe` uses
+/// too. On success, returns the peer and the decoder, raised to the connection's frame bound
+/// (it may already hold frames that followed the handshake).
 async fn handshake(
-    mut side: Side,
+    side: Side,
     addr: SocketAddr,
     rd: &mut TcpReader,
     wr: &mut TcpWriter,
     frame_bytes_max: u32,
     timeout: Duration,
 ) -> Result<(PeerInfo, FrameDecoder), LinkError> {
-    let mut out = OutBuf::new();
-    let mut dec = FrameDecoder::new(HANDSHAKE_FRAME_BYTES_MAX);
-    if let Side::Dial(init) = &mut side {
-        init.start(&mut out)
-            .map_err(|source| LinkError::Handshake { addr, source })?;
-    }
+    let drive_error = |e| match e {
+        DriveError::Handshake(source) => LinkError::Handshake { addr, source },
+        DriveError::Frame(source) => LinkError::HandshakeFrame { addr, source },
+        DriveError::Overflow { bytes, .. } => LinkError::HandshakeFrame {
+            addr,
+            source: FrameError::Oversized {
+                len: bytes as u64,
+                max: frame_bytes_max,
+            },
+        },
+        _ => LinkError::HandshakeClosed { addr },
+    };
+    let mut hs = match side {
+        Side::Dial(init) => HandshakeDriver::dial(init, frame_bytes_max).map_err(drive_error)?,
+        Side::Accept(acc) => HandshakeDriver::accept(acc, frame_bytes_max),
+    };
     let run = async {
         let mut buf = vec![0u8; 4096];
         loop {
-            if !out.is_empty() {
-                let (res, back) = wr.write_all(std::mem::take(&mut out)).await;
-                out = back;
-                out.clear();
-                res.map_err(|source| LinkError::HandshakeIo { addr, source })?;
-            }
+            send_handshake(wr, hs.out(), addr).await?;
             let (res, back) = rd.read(buf).await;
             buf = back;
             let n = res.map_err(|source| LinkError::HandshakeIo { addr, source })?;
             if n == 0 {
                 return Err(LinkError::HandshakeClosed { addr });
             }
-            let mut off = 0;
-            while off < n {
-                let took = dec
-                    .feed(&buf[off..n])
-                    .map_err(|source| LinkError::HandshakeFrame { addr, source })?;
-                off += took;
-                while let Some(frame) = dec.next_frame() {
-                    let status = match &mut side {
-                        Side::Dial(i) => i.on_frame(&frame, &mut out),
-                        Side::Accept(a) => a.on_frame(&frame, &mut out),
-                    };
-                    match status {
-                        Ok(HandshakeStatus::Continue) => {}
-                        Ok(HandshakeStatus::Established(peer)) => {
-                            if !out.is_empty() {
-                                let (res, _) = wr.write_all(std::mem::take(&mut out)).await;
-                                res.map_err(|source| LinkError::HandshakeIo { addr, source })?;
-                            }
-                            // Bytes after the last handshake frame stay in the decoder;
-                            // only whole remaining input is fed below.
-                            if off < n {
-                                dec.raise_frame_bytes_max(frame_bytes_max);
-                                dec.feed(&buf[off..n])
-                                    .map_err(|source| LinkError::HandshakeFrame { addr, source })?;
-                            }
-                            return Ok((peer, dec));
-                        }
-                        Err(source) => {
-                            if !out.is_empty() {
-                                // Best effort: the Reject tells the peer why.
-                                let _ = wr.write_all(std::mem::take(&mut out)).await;
-                            }
-                            return Err(LinkError::Handshake { addr, source });
-                        }
-                    }
+            match hs.on_bytes(&buf[..n]) {
+                Ok(None) => {}
+                Ok(Some(peer)) => {
+                    send_handshake(wr, hs.out(), addr).await?;
+                    return Ok(peer);
                 }
-                if took == 0 {
-                    break;
+                Err(e) => {
+                    // Best effort: the Reject tells the peer why.
+                    let _ = send_handshake(wr, hs.out(), addr).await;
+                    return Err(drive_error(e));
                 }
             }
         }
     };
     match tcp::timeout(timeout, run).await {
-        Some(Ok((peer, mut dec))) => {
-            dec.raise_frame_bytes_max(frame_bytes_max);
-            Ok((peer, dec))
-        }
+        Some(Ok(peer)) => Ok((peer, hs.into_decoder())),
         Some(Err(e)) => Err(e),
         None => {
-            let mut out = OutBuf::new();
-            let source = match &mut side {
-                Side::Dial(i) => i.on_timeout(&mut out),
-                Side::Accept(a) => a.on_timeout(&mut out),
-            };
+            let source = hs.on_timeout();
+            let out = std::mem::take(hs.out());
             let _ = tcp::timeout(Duration::from_millis(100), wr.write_all(out)).await;
             Err(LinkError::Handshake { addr, source })
         }
     }
+}
+
+/// Writes what the handshake has to send.
+async fn send_handshake(
+    wr: &mut TcpWriter,
+    out: &mut OutBuf,
+    addr: SocketAddr,
+) -> Result<(), LinkError> {
+    if out.is_empty() {
+        return Ok(());
+    }
+    let (res, mut back) = wr.write_all(std::mem::take(out)).await;
+    back.clear();
+    *out = back;
+    res.map_err(|source| LinkError::HandshakeIo { addr, source })
 }
 
 fn nonce() -> [u8; quark_net::NONCE_BYTES] {

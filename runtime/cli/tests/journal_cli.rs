@@ -12,6 +12,7 @@ use quark::journal::JournalPolicy;
 use quark::{block_on, Node, NodeConfig};
 use serde_json::Value;
 
+#[path = "../../tests/common/mod.rs"]
 mod common;
 use common::{Account, Deposit, Withdraw};
 

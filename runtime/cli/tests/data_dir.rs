@@ -11,8 +11,10 @@ use anyhow::{Context as _, Result};
 use quark::journal::JournalPolicy;
 use quark::{block_on, Node, NodeConfig, NodeError};
 
+#[path = "../../tests/common/mod.rs"]
 mod common;
 use common::{Account, Deposit};
+#[path = "../../tests/ports/mod.rs"]
 mod ports;
 
 fn config(dir: &Path, shards: u16) -> Result<NodeConfig> {

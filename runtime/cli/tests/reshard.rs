@@ -19,6 +19,7 @@ use quark::journal::{
 use quark::{block_on, Actor, ActorKey, Context, Handler, Message, Node, NodeConfig};
 use serde::{Deserialize, Serialize};
 
+#[path = "../../tests/common/mod.rs"]
 mod common;
 use common::{Account, Deposit, Get};
 

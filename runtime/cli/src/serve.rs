@@ -25,7 +25,7 @@ pub fn run(args: Args) -> Result<()> {
         node_id: args.node_id,
     };
     let builder = quark::builtin::register_builtin(quark::Node::builder());
-    // The error's message names the file and the cause (its sources are already in it).
-    quark::serve(builder, &options).map_err(|e| anyhow::anyhow!("{e}"))?;
+    // The message names what failed; its sources say why, each once.
+    quark::serve(builder, &options).map_err(|e| anyhow::anyhow!("{}", quark::ErrorChain(&e)))?;
     Ok(())
 }
