@@ -30,6 +30,8 @@ pub struct NodeConfig {
     pub actors: BTreeMap<String, ActorTypeConfig>,
     /// The node's cluster (`[cluster]`); `None`: a standalone node.
     pub cluster: Option<crate::cluster::ClusterSettings>,
+    /// The admin endpoint (`[admin]`); `None` (the default): no endpoint.
+    pub admin: Option<crate::admin::AdminConfig>,
     /// The file it was read from (named in start-up errors about it).
     file: Option<PathBuf>,
 }
@@ -156,6 +158,14 @@ struct RawFile {
     #[serde(default)]
     actors: BTreeMap<String, RawActorType>,
     cluster: Option<crate::cluster::RawCluster>,
+    admin: Option<RawAdmin>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAdmin {
+    listen: String,
+    allow_remote: Option<bool>,
 }
 
 // Integers are read as i64 (TOML's integer type) and range-checked here, so that a negative
@@ -584,13 +594,37 @@ impl NodeConfig {
             .cluster
             .map(|c| crate::cluster::cluster_settings(c, &check))
             .transpose()?;
+        let admin = raw.admin.map(|a| admin_config(a, &check)).transpose()?;
         Ok(NodeConfig {
             engine,
             actors,
             cluster,
+            admin,
             file: Some(file.to_path_buf()),
         })
     }
+}
+
+fn admin_config(a: RawAdmin, check: &Check<'_>) -> Result<crate::admin::AdminConfig, ConfigError> {
+    let listen: std::net::SocketAddr = a.listen.parse().map_err(|_| {
+        check.invalid(
+            "admin.listen",
+            format!("{:?}", a.listen),
+            "an ip:port address",
+        )
+    })?;
+    let config = crate::admin::AdminConfig {
+        listen,
+        allow_remote: a.allow_remote.unwrap_or(false),
+    };
+    if crate::admin::check_listen(&config).is_err() {
+        return Err(check.invalid(
+            "admin.listen",
+            listen,
+            "not a loopback address: set admin.allow_remote = true to expose the admin endpoint (it has no authentication and shows the node's internals)",
+        ));
+    }
+    Ok(config)
 }
 
 fn log_config(l: RawLog, check: &Check<'_>) -> Result<quark_persist::LogConfig, ConfigError> {

@@ -6,6 +6,7 @@
 //! `docs/ARCHITECTURE.md` for the design and `docs/CONFIG.md` for every setting.
 #![deny(missing_docs)]
 
+pub mod admin;
 pub mod builtin;
 mod client;
 mod cluster;
@@ -14,6 +15,7 @@ pub mod journal;
 mod node;
 mod serve;
 
+pub use admin::{AdminConfig, AdminError};
 pub use client::{probe, Client, ClientBuilder, ClientError};
 pub use cluster::ClusterSettings;
 pub use config::{ActorTypeConfig, ConfigError, NodeConfig};

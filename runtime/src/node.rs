@@ -3,12 +3,14 @@
 
 use std::future::Future;
 use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 
 use quark_shard::{
     Actor, ActorKey, ActorRef, ActorType, Engine, EngineBuilder, EngineConfig, ShardId,
     ShardStatsSnapshot, ShutdownReport, SpawnHandle, StartError,
 };
 
+use crate::admin::{AdminError, AdminServer, EngineSlot, NodeInfo};
 use crate::config::{ActorTypeConfig, ConfigError, NodeConfig};
 use crate::journal::{
     journaled, projection_type, start_feeders, start_retention_sweeps, EventSourced, Journal,
@@ -55,6 +57,10 @@ pub enum NodeError {
         #[source]
         source: std::io::Error,
     },
+    /// The admin endpoint (`[admin]`) could not start: a non-loopback address without
+    /// `allow_remote`, or the address could not be bound.
+    #[error(transparent)]
+    Admin(#[from] AdminError),
     /// `max_local_workers` is set for a type that is not a stateless worker.
     #[error("{}config key actors.{name}.max_local_workers is set, but {name:?} is not registered as a stateless worker", in_file(file))]
     NotStateless {
@@ -239,6 +245,12 @@ impl NodeBuilder {
         for f in self.engine_overrides.drain(..) {
             f(&mut self.config.engine);
         }
+        // The admin endpoint starts first, so that it answers (not ready) during recovery.
+        let slot: EngineSlot = Arc::new(Mutex::new(None));
+        let admin = match &self.config.admin {
+            Some(a) => Some(AdminServer::start(a, slot.clone())?),
+            None => None,
+        };
         if let Some(c) = &mut self.config.cluster {
             let mode = quark_net::check_listen_addr(c.listen, c.net.secret.as_ref())?;
             let l = std::net::TcpListener::bind(c.listen).map_err(|source| NodeError::Bind {
@@ -273,8 +285,33 @@ impl NodeBuilder {
         for start in self.after_start {
             start(&handle, &self.config);
         }
+        let info = NodeInfo {
+            node_id: engine.node_id(),
+            cluster_listen: engine.listen_addr(),
+            cores: engine.cores().to_vec(),
+            shards: engine.info().to_vec(),
+            peers: self
+                .config
+                .cluster
+                .as_ref()
+                .map(|c| {
+                    c.net
+                        .membership
+                        .nodes()
+                        .filter(|(id, _)| Some(*id) != engine.node_id())
+                        .collect()
+                })
+                .unwrap_or_default(),
+        };
+        *slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(engine);
+        if let Some(a) = &admin {
+            a.set_ready(info.clone());
+        }
         Ok(Node {
-            engine,
+            admin,
+            engine: slot,
+            handle,
+            info,
             config: self.config,
         })
     }
@@ -303,7 +340,12 @@ impl NodeBuilder {
 /// node.shutdown();
 /// ```
 pub struct Node {
-    engine: Engine,
+    /// Dropped first: the endpoint stops before the engine does.
+    admin: Option<AdminServer>,
+    /// The engine, shared with the admin endpoint's scrapes; `Some` until shutdown.
+    engine: EngineSlot,
+    handle: quark_shard::EngineHandle,
+    info: NodeInfo,
     config: NodeConfig,
 }
 
@@ -326,17 +368,23 @@ impl Node {
 
     /// Number of shards.
     pub fn shard_count(&self) -> u16 {
-        self.engine.shard_count()
+        self.handle.shard_count()
     }
 
     /// The core each shard is pinned to.
     pub fn cores(&self) -> &[usize] {
-        self.engine.cores()
+        &self.info.cores
+    }
+
+    /// The address the admin endpoint listens on (`None`: no `[admin]` table). With port 0 in
+    /// `admin.listen`, this is the port the system picked.
+    pub fn admin_addr(&self) -> Option<std::net::SocketAddr> {
+        self.admin.as_ref().map(|a| a.addr())
     }
 
     /// A reference to actor `(A, key)`.
     pub fn actor_ref<A: Actor>(&self, key: impl Into<ActorKey>) -> ActorRef<A> {
-        self.engine.actor_ref(key)
+        self.handle.actor_ref(key)
     }
 
     /// Runs `make()` on `shard` and spawns its future there (see [`Engine::spawn_on`]).
@@ -346,51 +394,72 @@ impl Node {
         Fut: Future + 'static,
         Fut::Output: Send + 'static,
     {
-        self.engine.spawn_on(shard, make)
+        self.handle.spawn_on(shard, make)
     }
 
     /// The journals of this node's event-sourced actors (reads, time travel, external
     /// appends, erasure).
     pub fn journal(&self) -> Journal {
-        Journal::new(self.engine.handle())
+        Journal::new(self.handle.clone())
     }
 
     /// The handle of projection `P` (registered with [`NodeBuilder::register_projection`]).
     pub fn projection<P: Projection>(&self) -> ProjectionHandle<P> {
-        ProjectionHandle::new(self.engine.handle())
+        ProjectionHandle::new(self.handle.clone())
     }
 
     /// A `Send + Clone` handle to this node's shards.
     pub fn handle(&self) -> quark_shard::EngineHandle {
-        self.engine.handle()
+        self.handle.clone()
     }
 
     /// This node's id in its cluster (`None`: standalone).
     pub fn node_id(&self) -> Option<u64> {
-        self.engine.node_id()
+        self.info.node_id
     }
 
     /// The address the node accepts cluster connections on (`None`: standalone).
     pub fn listen_addr(&self) -> Option<std::net::SocketAddr> {
-        self.engine.listen_addr()
+        self.info.cluster_listen
     }
 
     /// How each shard runs (index = shard id): the core it runs on, whether pinning worked, its
     /// I/O driver (io_uring or the epoll fallback) and its effective idle spin. See
     /// [`quark_shard::ShardInfo`].
     pub fn info(&self) -> &[quark_shard::ShardInfo] {
-        self.engine.info()
+        &self.info.shards
     }
 
     /// Every shard's counters.
     /// Fails naming the first shard that did not answer within one second (see
-    /// [`quark_shard::Engine::stats`]).
+    /// [`quark_shard::Engine::stats`]). Waits while an admin scrape reads them.
     pub fn stats(&self) -> Result<Vec<ShardStatsSnapshot>, quark_shard::StatsError> {
-        self.engine.stats()
+        self.engine()
+            .as_ref()
+            .expect("the engine is in its slot until shutdown consumes the node")
+            .stats()
     }
 
-    /// Drains and stops the node (see [`Engine::shutdown`]).
+    fn engine(&self) -> std::sync::MutexGuard<'_, Option<Engine>> {
+        self.engine.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Drains and stops the node (see [`Engine::shutdown`]). The admin endpoint, if any,
+    /// answers `/readyz` with 503 from the start of the drain, and is stopped and joined once
+    /// the shards have stopped.
     pub fn shutdown(self) -> ShutdownReport {
-        self.engine.shutdown()
+        if let Some(a) = &self.admin {
+            a.set_draining();
+        }
+        // Taking the engine waits for a scrape in progress (it holds the slot's lock).
+        let engine = self
+            .engine()
+            .take()
+            .expect("the engine is in its slot until shutdown consumes the node");
+        let report = engine.shutdown();
+        if let Some(a) = self.admin {
+            a.stop();
+        }
+        report
     }
 }

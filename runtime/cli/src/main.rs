@@ -5,6 +5,8 @@
 //!   `docs/JOURNALING.md`, "The quark journal tool").
 //! - `quark data reshard --data-dir DIR --shards N`: moves a stopped node's data to a new shard
 //!   count (see `docs/PERSIST.md`, "Manifest and locking").
+//! - `quark status --addr HOST:PORT [--json]`: a running node's status from its admin endpoint
+//!   (see `docs/OPERATIONS.md`); exit 1 when it cannot be read.
 //!
 //! Each subcommand lives in its own module next to this file; this file only dispatches.
 //! Exit codes: 0 success; `serve` 1 on failure; `journal` 1 when an integrity problem was found,
@@ -18,6 +20,7 @@ use clap::{Parser, Subcommand};
 mod data;
 mod journal;
 mod serve;
+mod status;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -38,6 +41,8 @@ enum Command {
     Journal(journal::Args),
     /// Offline maintenance of a stopped node's data directory (`reshard`).
     Data(data::Args),
+    /// Print a running node's status from its admin endpoint (`[admin]`).
+    Status(status::Args),
 }
 
 fn main() -> ExitCode {
@@ -60,5 +65,6 @@ fn main() -> ExitCode {
         },
         Command::Journal(args) => journal::run(args),
         Command::Data(args) => data::run(args),
+        Command::Status(args) => status::run(args),
     }
 }

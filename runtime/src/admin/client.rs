@@ -1,0 +1,116 @@
+//! A small client of the admin endpoint (for `quark status` and tests).
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::Duration;
+
+use super::Status;
+
+/// The largest response [`fetch`] reads.
+const RESPONSE_BYTES_MAX: u64 = 16 << 20;
+
+/// A response of the admin endpoint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Response {
+    /// The HTTP status code.
+    pub status: u16,
+    /// The `Content-Type` header (empty if absent).
+    pub content_type: String,
+    /// The body.
+    pub body: String,
+}
+
+/// Why [`fetch`] or [`fetch_status`] failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum FetchError {
+    /// Connecting, writing or reading failed (or timed out).
+    #[error("admin endpoint {addr}: {source}")]
+    Io {
+        /// The endpoint.
+        addr: SocketAddr,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The answer is not an HTTP response this client understands.
+    #[error("admin endpoint {addr}: malformed HTTP response")]
+    Malformed {
+        /// The endpoint.
+        addr: SocketAddr,
+    },
+    /// The endpoint answered with a status other than 200.
+    #[error("admin endpoint {addr}{path}: HTTP {status}: {body}")]
+    Status {
+        /// The endpoint.
+        addr: SocketAddr,
+        /// The path asked for.
+        path: String,
+        /// The status code.
+        status: u16,
+        /// The body (trimmed).
+        body: String,
+    },
+    /// `/quark/status` did not hold a status document.
+    #[error("admin endpoint {addr}: /quark/status is not a status document")]
+    Json {
+        /// The endpoint.
+        addr: SocketAddr,
+        /// The cause.
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
+/// `GET path` from the admin endpoint at `addr`; `timeout` bounds the connect and each read
+/// and write. Any status code is returned as a [`Response`].
+pub fn fetch(addr: SocketAddr, path: &str, timeout: Duration) -> Result<Response, FetchError> {
+    let io = |source| FetchError::Io { addr, source };
+    let mut s = TcpStream::connect_timeout(&addr, timeout).map_err(io)?;
+    s.set_read_timeout(Some(timeout)).map_err(io)?;
+    s.set_write_timeout(Some(timeout)).map_err(io)?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .map_err(io)?;
+    let mut raw = Vec::new();
+    s.take(RESPONSE_BYTES_MAX)
+        .read_to_end(&mut raw)
+        .map_err(io)?;
+    let text = String::from_utf8(raw).map_err(|_| FetchError::Malformed { addr })?;
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .ok_or(FetchError::Malformed { addr })?;
+    let mut lines = head.split("\r\n");
+    let status = lines
+        .next()
+        .and_then(|l| l.split(' ').nth(1))
+        .and_then(|c| c.parse().ok())
+        .ok_or(FetchError::Malformed { addr })?;
+    let content_type = lines
+        .filter_map(|l| l.split_once(':'))
+        .find(|(k, _)| k.eq_ignore_ascii_case("content-type"))
+        .map(|(_, v)| v.trim().to_owned())
+        .unwrap_or_default();
+    Ok(Response {
+        status,
+        content_type,
+        body: body.to_owned(),
+    })
+}
+
+/// The node's [`Status`] from `/quark/status`.
+pub fn fetch_status(addr: SocketAddr, timeout: Duration) -> Result<Status, FetchError> {
+    let path = "/quark/status";
+    let r = fetch(addr, path, timeout)?;
+    if r.status != 200 {
+        return Err(FetchError::Status {
+            addr,
+            path: path.to_owned(),
+            status: r.status,
+            body: r.body.trim().to_owned(),
+        });
+    }
+    serde_json::from_str(&r.body).map_err(|source| FetchError::Json { addr, source })
+}

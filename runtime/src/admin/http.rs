@@ -1,0 +1,322 @@
+//! The admin endpoint's HTTP/1.1 server: one accept thread, a bounded number of requests
+//! served at once, bounded request heads, one request per connection.
+
+use std::io::{Read, Write};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use super::{AdminError, Phase, Shared, CONNECTIONS_MAX, IO_TIMEOUT, REQUEST_BYTES_MAX};
+
+/// How long the accept thread lingers on a connection it refuses (over `CONNECTIONS_MAX`).
+const REJECT_LINGER: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// The running server: its address, stop flag and accept thread.
+pub(super) struct Server {
+    addr: SocketAddr,
+    stop: Arc<AtomicBool>,
+    accept: JoinHandle<()>,
+}
+
+impl Server {
+    /// Binds `listen` and starts the accept thread.
+    pub(super) fn start(listen: SocketAddr, shared: Arc<Shared>) -> Result<Server, AdminError> {
+        let listener = TcpListener::bind(listen).map_err(|source| AdminError::Bind {
+            addr: listen,
+            source,
+        })?;
+        let addr = listener.local_addr().map_err(|source| AdminError::Bind {
+            addr: listen,
+            source,
+        })?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let stop2 = stop.clone();
+        let accept = std::thread::Builder::new()
+            .name("quark-admin".into())
+            .spawn(move || accept_loop(listener, shared, stop2))
+            .map_err(AdminError::Thread)?;
+        Ok(Server { addr, stop, accept })
+    }
+
+    pub(super) fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Stops accepting, waits for the requests being served (each bounded by `IO_TIMEOUT`
+    /// for its reads and writes) and joins the accept thread.
+    pub(super) fn stop(self) {
+        self.stop.store(true, Ordering::Release);
+        // Wake the blocked `accept` with a connection of our own; the loop sees the flag.
+        let wake = match self.addr.ip() {
+            IpAddr::V4(ip) if ip.is_unspecified() => {
+                SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), self.addr.port())
+            }
+            IpAddr::V6(ip) if ip.is_unspecified() => {
+                SocketAddr::new(IpAddr::V6(Ipv6Addr::LOCALHOST), self.addr.port())
+            }
+            _ => self.addr,
+        };
+        if let Err(e) = TcpStream::connect_timeout(&wake, IO_TIMEOUT) {
+            // The accept thread stays blocked; leave it rather than hang the shutdown.
+            tracing::warn!(addr = %wake, error = %e, "cannot wake the admin endpoint's thread; leaving it");
+            return;
+        }
+        if self.accept.join().is_err() {
+            tracing::error!("the admin endpoint's thread panicked");
+        }
+    }
+}
+
+fn accept_loop(listener: TcpListener, shared: Arc<Shared>, stop: Arc<AtomicBool>) {
+    let mut workers: Vec<JoinHandle<()>> = Vec::with_capacity(CONNECTIONS_MAX);
+    loop {
+        let accepted = listener.accept();
+        if stop.load(Ordering::Acquire) {
+            break;
+        }
+        let stream = match accepted {
+            Ok((s, _)) => s,
+            Err(e) => {
+                // Out of descriptors and the like: back off instead of spinning.
+                tracing::warn!(error = %e, "admin endpoint: accept failed");
+                std::thread::sleep(std::time::Duration::from_millis(50));
+                continue;
+            }
+        };
+        let (done, running): (Vec<_>, Vec<_>) = workers.drain(..).partition(|w| w.is_finished());
+        workers = running;
+        for w in done {
+            let _ = w.join();
+        }
+        if workers.len() >= CONNECTIONS_MAX {
+            // Answered here, with short deadlines: the accept thread waits at most
+            // REJECT_LINGER for this client.
+            let mut s = stream;
+            let _ = s.set_write_timeout(Some(REJECT_LINGER));
+            let _ = s.set_read_timeout(Some(REJECT_LINGER));
+            let _ = write_response(&mut s, 503, "text/plain", b"too many admin connections\n");
+            linger_close(s);
+            continue;
+        }
+        let shared = shared.clone();
+        match std::thread::Builder::new()
+            .name("quark-admin-conn".into())
+            .spawn(move || serve_connection(stream, &shared))
+        {
+            Ok(h) => workers.push(h),
+            Err(e) => {
+                tracing::warn!(error = %e, "admin endpoint: cannot start a connection thread")
+            }
+        }
+    }
+    for w in workers {
+        let _ = w.join();
+    }
+}
+
+/// A parsed request head: what the router needs.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) struct Request {
+    pub(super) method: String,
+    pub(super) path: String,
+}
+
+/// Why a request head was not read.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum HeadError {
+    /// Over `REQUEST_BYTES_MAX` bytes without the blank line that ends a head.
+    TooLarge,
+    /// Not `METHOD SP TARGET SP HTTP/1.x`.
+    Malformed,
+    /// The peer closed, stalled past `IO_TIMEOUT`, or the socket failed.
+    Gone,
+}
+
+/// Reads one request head (at most `REQUEST_BYTES_MAX` bytes).
+pub(super) fn read_head(r: &mut impl Read) -> Result<Request, HeadError> {
+    let mut buf = vec![0u8; REQUEST_BYTES_MAX];
+    let mut len = 0;
+    loop {
+        if len == buf.len() {
+            return Err(HeadError::TooLarge);
+        }
+        let n = r.read(&mut buf[len..]).map_err(|_| HeadError::Gone)?;
+        if n == 0 {
+            return Err(HeadError::Gone);
+        }
+        len += n;
+        if let Some(end) = find(&buf[..len], b"\r\n\r\n") {
+            return parse_head(&buf[..end]);
+        }
+    }
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+fn parse_head(head: &[u8]) -> Result<Request, HeadError> {
+    let head = std::str::from_utf8(head).map_err(|_| HeadError::Malformed)?;
+    let line = head.split("\r\n").next().ok_or(HeadError::Malformed)?;
+    let mut parts = line.split(' ');
+    let (Some(method), Some(target), Some(version), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(HeadError::Malformed);
+    };
+    if !version.starts_with("HTTP/1.") || method.is_empty() || !target.starts_with('/') {
+        return Err(HeadError::Malformed);
+    }
+    let path = target.split(['?', '#']).next().unwrap_or(target);
+    Ok(Request {
+        method: method.to_owned(),
+        path: path.to_owned(),
+    })
+}
+
+fn serve_connection(mut stream: TcpStream, shared: &Shared) {
+    let _ = stream.set_read_timeout(Some(IO_TIMEOUT));
+    let _ = stream.set_write_timeout(Some(IO_TIMEOUT));
+    let req = match read_head(&mut stream) {
+        Ok(r) => r,
+        Err(HeadError::Gone) => return,
+        Err(HeadError::TooLarge) => {
+            let _ = write_response(&mut stream, 431, "text/plain", b"request head too large\n");
+            linger_close(stream);
+            return;
+        }
+        Err(HeadError::Malformed) => {
+            let _ = write_response(&mut stream, 400, "text/plain", b"bad request\n");
+            linger_close(stream);
+            return;
+        }
+    };
+    let (status, content_type, body) = route(&req, shared);
+    let _ = if req.method == "HEAD" {
+        // The head a GET would get (its Content-Length included), without the body.
+        write_head(&mut stream, status, content_type, body.len())
+    } else {
+        write_response(&mut stream, status, content_type, &body)
+    };
+    linger_close(stream);
+}
+
+/// The Prometheus text format's content type.
+const METRICS_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// Answers one request: `(status, content type, body)`.
+fn route(req: &Request, shared: &Shared) -> (u16, &'static str, Vec<u8>) {
+    if req.method != "GET" && req.method != "HEAD" {
+        return (405, "text/plain", b"only GET and HEAD\n".to_vec());
+    }
+    match req.path.as_str() {
+        "/healthz" => (200, "text/plain", b"ok\n".to_vec()),
+        "/readyz" => match shared.phase() {
+            Phase::Ready => (200, "text/plain", b"ready\n".to_vec()),
+            p => (
+                503,
+                "text/plain",
+                format!("not ready: {}\n", p.name()).into_bytes(),
+            ),
+        },
+        "/metrics" => match super::metrics::render(shared) {
+            Ok(text) => (200, METRICS_CONTENT_TYPE, text.into_bytes()),
+            Err(e) => {
+                tracing::warn!(error = %e, "admin endpoint: cannot encode the metrics");
+                (500, "text/plain", b"cannot encode the metrics\n".to_vec())
+            }
+        },
+        "/quark/status" => {
+            let status = super::status::build(shared);
+            match serde_json::to_vec_pretty(&status) {
+                Ok(body) => (200, "application/json", body),
+                Err(_) => (500, "text/plain", b"cannot encode the status\n".to_vec()),
+            }
+        }
+        _ => (404, "text/plain", b"not found\n".to_vec()),
+    }
+}
+
+fn reason(status: u16) -> &'static str {
+    match status {
+        200 => "OK",
+        400 => "Bad Request",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        431 => "Request Header Fields Too Large",
+        500 => "Internal Server Error",
+        503 => "Service Unavailable",
+        _ => "Unknown",
+    }
+}
+
+fn write_response(
+    w: &mut impl Write,
+    status: u16,
+    content_type: &str,
+    body: &[u8],
+) -> std::io::Result<()> {
+    write_head(w, status, content_type, body.len())?;
+    w.write_all(body)?;
+    w.flush()
+}
+
+fn write_head(
+    w: &mut impl Write,
+    status: u16,
+    content_type: &str,
+    content_length: usize,
+) -> std::io::Result<()> {
+    let head = format!(
+        "HTTP/1.1 {status} {}\r\nContent-Type: {content_type}\r\nContent-Length: {content_length}\r\nCache-Control: no-store\r\nConnection: close\r\n\r\n",
+        reason(status),
+    );
+    w.write_all(head.as_bytes())?;
+    w.flush()
+}
+
+/// Closes our side, then reads (and drops) what the client still sends, up to a bound, so
+/// that unread bytes do not turn the close into a reset that destroys the response.
+fn linger_close(mut stream: TcpStream) {
+    let _ = stream.shutdown(Shutdown::Write);
+    let mut sink = [0u8; 4096];
+    let mut left = 16 * REQUEST_BYTES_MAX;
+    while left > 0 {
+        match stream.read(&mut sink) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => left = left.saturating_sub(n),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn head_parsing() {
+        let r = read_head(&mut &b"GET /metrics?x=1 HTTP/1.1\r\nHost: a\r\n\r\n"[..]).unwrap();
+        assert_eq!(r.path, "/metrics");
+        assert_eq!(r.method, "GET");
+        assert_eq!(
+            read_head(&mut &b"GET /metrics\r\n\r\n"[..]),
+            Err(HeadError::Malformed)
+        );
+        assert_eq!(
+            read_head(&mut &b"GET / HTTP/1.1\r\n"[..]),
+            Err(HeadError::Gone)
+        );
+        let big = format!(
+            "GET / HTTP/1.1\r\nX: {}\r\n\r\n",
+            "a".repeat(REQUEST_BYTES_MAX)
+        );
+        assert_eq!(read_head(&mut big.as_bytes()), Err(HeadError::TooLarge));
+        // Just under the bound is read.
+        let fits = format!(
+            "GET / HTTP/1.1\r\nX: {}\r\n\r\n",
+            "a".repeat(REQUEST_BYTES_MAX - 40)
+        );
+        assert!(read_head(&mut fits.as_bytes()).is_ok());
+    }
+}

@@ -1,0 +1,313 @@
+//! `/metrics`: the Prometheus text exposition, built at scrape time from every shard's stats
+//! snapshot. Nothing here runs unless someone scrapes: the shards keep their plain counters,
+//! and this module merges their snapshots into a fresh registry per scrape.
+//!
+//! Every metric is in [`SHARD_METRICS`] or [`NODE_METRICS`] (name, kind, unit, help) and
+//! documented in `docs/OPERATIONS.md` (a test checks both lists match).
+
+use std::collections::HashMap;
+
+use prometheus::{Encoder, GaugeVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder};
+use quark_net::CloseReason;
+use quark_shard::ShardStatsSnapshot;
+
+use super::{Phase, Shared};
+
+/// Counter (monotonic since the node started) or gauge (a level).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// Only goes up while the node runs (restarts from zero with the process).
+    Counter,
+    /// A level: may go up and down.
+    Gauge,
+}
+
+/// A metric exported per shard (label `shard`).
+pub struct ShardMetric {
+    /// The metric name.
+    pub name: &'static str,
+    /// Counter or gauge.
+    pub kind: Kind,
+    /// The unit of the value.
+    pub unit: &'static str,
+    /// The help text (without the unit, which is appended).
+    pub help: &'static str,
+    /// The value in a snapshot (`None`: the shard does not have it, e.g. no log).
+    get: fn(&ShardStatsSnapshot) -> Option<u64>,
+}
+
+macro_rules! m {
+    ($name:literal, $kind:ident, $unit:literal, $help:literal, $get:expr) => {
+        ShardMetric {
+            name: $name,
+            kind: Kind::$kind,
+            unit: $unit,
+            help: $help,
+            get: $get,
+        }
+    };
+}
+
+/// The per-shard metrics, with label `shard` (and `reason` for closed connections).
+pub const SHARD_METRICS: &[ShardMetric] = &[
+    m!("quark_activations_live", Gauge, "activations", "Activations alive on the shard now.", |s| Some(s.live_activations)),
+    m!("quark_activations_created_total", Counter, "activations", "Activations created since the node started.", |s| Some(s.activations)),
+    m!("quark_activations_deactivated_total", Counter, "activations", "Deactivations completed since the node started.", |s| Some(s.deactivations)),
+    m!("quark_handler_panics_total", Counter, "panics", "Handler panics caught on the shard.", |s| Some(s.panics)),
+    m!("quark_replies_dropped_total", Counter, "replies", "Replies that arrived after their caller stopped waiting (deadline or cancellation).", |s| Some(s.replies_dropped)),
+    m!("quark_mailbox_waits_total", Counter, "waits", "Times a sender on the same shard waited for mailbox room.", |s| Some(s.mailbox_waits)),
+    m!("quark_credit_waits_total", Counter, "waits", "Times a sender waited for a cross-shard credit (cross_shard_inflight_max reached).", |s| Some(s.credit_waits)),
+    m!("quark_shard_parks_total", Counter, "parks", "Times the shard thread parked (slept waiting for work).", |s| Some(s.parks)),
+    m!("quark_shard_iterations_total", Counter, "iterations", "Iterations of the shard's pump loop.", |s| Some(s.iterations)),
+    m!("quark_shard_reaps_total", Counter, "reaps", "Trips through the executor's wait to reap I/O completions.", |s| Some(s.reaps)),
+    m!("quark_task_polls_total", Counter, "polls", "Polls of tasks on the shard's scheduler.", |s| Some(s.task_polls)),
+    m!("quark_ring_messages_received_total", Counter, "messages", "Messages received from cross-shard rings and the external injection queue.", |s| Some(s.ring_msgs_in)),
+    m!("quark_calls_in_flight", Gauge, "calls", "Calls made from the shard that await a reply.", |s| Some(s.calls_in_flight)),
+    m!("quark_timers", Gauge, "timers", "Live actor timers.", |s| Some(s.timers)),
+    m!("quark_tasks", Gauge, "tasks", "Tasks alive on the shard's scheduler (activations and spawned tasks).", |s| Some(s.tasks)),
+    m!("quark_log_next_lsn", Gauge, "lsn", "The shard log's next log sequence number (absent without a log).", |s| s.log_next_lsn),
+    m!("quark_log_disk_bytes", Gauge, "bytes", "Bytes the shard log's segment files occupy (absent without a log).", |s| s.log_disk_bytes),
+    m!("quark_net_frames_received_total", Counter, "frames", "Frames received on the shard's cluster connections.", |s| s.net.as_ref().map(|n| n.peers.frames_in)),
+    m!("quark_net_frames_sent_total", Counter, "frames", "Frames sent on the shard's cluster connections.", |s| s.net.as_ref().map(|n| n.peers.frames_out)),
+    m!("quark_net_received_bytes_total", Counter, "bytes", "Frame bytes received (padding included).", |s| s.net.as_ref().map(|n| n.peers.bytes_in)),
+    m!("quark_net_sent_bytes_total", Counter, "bytes", "Frame bytes sent (padding included).", |s| s.net.as_ref().map(|n| n.peers.bytes_out)),
+    m!("quark_net_handshakes_total", Counter, "handshakes", "Cluster handshakes completed.", |s| s.net.as_ref().map(|n| n.peers.handshakes_ok)),
+    m!("quark_net_connections_opened_total", Counter, "connections", "Cluster connections opened (dialed or accepted).", |s| s.net.as_ref().map(|n| n.peers.connects)),
+    m!("quark_net_requests_received_total", Counter, "requests", "Requests (asks and tells) received from the network.", |s| s.net.as_ref().map(|n| n.requests_in)),
+    m!("quark_net_requests_refused_total", Counter, "requests", "Requests answered with an error without running (unknown actor or message type, bad payload, shutting down).", |s| s.net.as_ref().map(|n| n.requests_refused)),
+    m!("quark_net_asks_unavailable_total", Counter, "asks", "Asks failed with NodeUnavailable (owner unreachable, or its connection dropped before the reply).", |s| s.net.as_ref().map(|n| n.asks_unavailable)),
+    m!("quark_net_tells_dropped_total", Counter, "tells", "Tells not sent because their owner node was unreachable.", |s| s.net.as_ref().map(|n| n.tells_dropped)),
+    m!("quark_net_replies_lost_total", Counter, "replies", "Replies not sent because the requester's connection had closed.", |s| s.net.as_ref().map(|n| n.replies_lost)),
+    m!("quark_net_links_up", Gauge, "links", "Peer nodes whose link dialed by this shard is up now.", |s| s.net.as_ref().map(|n| n.links_up)),
+];
+
+/// Closed connections, labelled `shard` and `reason`.
+pub const CLOSED_METRIC: (&str, &str) = (
+    "quark_net_connections_closed_total",
+    "Cluster connections closed, by reason. Unit: connections.",
+);
+
+/// Node-level metrics: `(name, kind, unit, help)`.
+pub const NODE_METRICS: &[(&str, Kind, &str, &str)] = &[
+    ("quark_build_info", Kind::Gauge, "info", "Always 1; label version is the quark version."),
+    ("quark_node_ready", Kind::Gauge, "boolean", "1 while the node accepts work (as /readyz), 0 during start-up and drain."),
+    ("quark_node_uptime_seconds", Kind::Gauge, "seconds", "Seconds since the admin endpoint started (with the node)."),
+    ("quark_shards", Kind::Gauge, "shards", "Shards of the node."),
+    ("quark_admin_stats_failed", Kind::Gauge, "boolean", "1 if a shard did not answer this scrape's stats request within a second (the per-shard series are then left out)."),
+];
+
+/// The label value of a close reason.
+pub fn reason_label(r: CloseReason) -> &'static str {
+    match r {
+        CloseReason::PeerClosed => "peer_closed",
+        CloseReason::Goodbye => "goodbye",
+        CloseReason::Oversized => "oversized",
+        CloseReason::Truncated => "truncated",
+        CloseReason::BadFrame => "bad_frame",
+        CloseReason::BadPayload => "bad_payload",
+        CloseReason::HandshakeFailed => "handshake_failed",
+        CloseReason::HeartbeatTimeout => "heartbeat_timeout",
+        CloseReason::Io => "io",
+        CloseReason::Shutdown => "shutdown",
+        CloseReason::OutStalled => "out_stalled",
+    }
+}
+
+/// The last value exported for every counter series, so an exported counter never goes
+/// down within the node's life, even if a shard's snapshot were older than the last one.
+#[derive(Default)]
+pub(crate) struct Monotonic {
+    last: HashMap<(&'static str, u16, &'static str), u64>,
+}
+
+impl Monotonic {
+    fn clamp(&mut self, name: &'static str, shard: u16, extra: &'static str, v: u64) -> u64 {
+        let last = self.last.entry((name, shard, extra)).or_insert(0);
+        *last = (*last).max(v);
+        *last
+    }
+}
+
+/// Why the exposition could not be produced.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum RenderError {
+    #[error("building the metrics registry")]
+    Prometheus(#[from] prometheus::Error),
+    #[error("the encoded exposition is not UTF-8")]
+    Utf8(#[from] std::string::FromUtf8Error),
+}
+
+fn help(help: &str, unit: &str) -> String {
+    format!("{help} Unit: {unit}.")
+}
+
+/// The exposition for a node in `phase` with `shards` shards (`None`: the engine is not
+/// running); `snapshots` is `Err` when the shards' stats request failed.
+pub(crate) fn encode(
+    shards: Option<usize>,
+    snapshots: Result<&[ShardStatsSnapshot], ()>,
+    phase: Phase,
+    uptime_seconds: f64,
+    mono: &mut Monotonic,
+) -> Result<String, RenderError> {
+    let registry = Registry::new();
+    let node_help = |name: &str| {
+        let (_, _, unit, h) = NODE_METRICS
+            .iter()
+            .find(|m| m.0 == name)
+            .expect("every node metric is in NODE_METRICS");
+        help(h, unit)
+    };
+    let build = IntGaugeVec::new(
+        Opts::new("quark_build_info", node_help("quark_build_info")),
+        &["version"],
+    )?;
+    build.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+    registry.register(Box::new(build))?;
+    let ready = IntGaugeVec::new(
+        Opts::new("quark_node_ready", node_help("quark_node_ready")),
+        &[],
+    )?;
+    ready
+        .with_label_values(&[] as &[&str])
+        .set(i64::from(phase == Phase::Ready));
+    registry.register(Box::new(ready))?;
+    let uptime = GaugeVec::new(
+        Opts::new(
+            "quark_node_uptime_seconds",
+            node_help("quark_node_uptime_seconds"),
+        ),
+        &[],
+    )?;
+    uptime.with_label_values(&[] as &[&str]).set(uptime_seconds);
+    registry.register(Box::new(uptime))?;
+
+    if let Some(n) = shards {
+        let g = IntGaugeVec::new(Opts::new("quark_shards", node_help("quark_shards")), &[])?;
+        g.with_label_values(&[] as &[&str]).set(n as i64);
+        registry.register(Box::new(g))?;
+        let failed = IntGaugeVec::new(
+            Opts::new(
+                "quark_admin_stats_failed",
+                node_help("quark_admin_stats_failed"),
+            ),
+            &[],
+        )?;
+        failed
+            .with_label_values(&[] as &[&str])
+            .set(i64::from(snapshots.is_err()));
+        registry.register(Box::new(failed))?;
+    }
+    if let (Some(_), Ok(live)) = (shards, snapshots) {
+        for m in SHARD_METRICS {
+            let rows: Vec<(u16, u64)> = live
+                .iter()
+                .filter_map(|s| (m.get)(s).map(|v| (s.shard, v)))
+                .collect();
+            if rows.is_empty() {
+                continue;
+            }
+            let opts = Opts::new(m.name, help(m.help, m.unit));
+            match m.kind {
+                Kind::Counter => {
+                    let c = IntCounterVec::new(opts, &["shard"])?;
+                    for (shard, v) in rows {
+                        let v = mono.clamp(m.name, shard, "", v);
+                        c.with_label_values(&[&shard.to_string()]).inc_by(v);
+                    }
+                    registry.register(Box::new(c))?;
+                }
+                Kind::Gauge => {
+                    let g = IntGaugeVec::new(opts, &["shard"])?;
+                    for (shard, v) in rows {
+                        g.with_label_values(&[&shard.to_string()])
+                            .set(i64::try_from(v).unwrap_or(i64::MAX));
+                    }
+                    registry.register(Box::new(g))?;
+                }
+            }
+        }
+        let with_net: Vec<_> = live
+            .iter()
+            .filter_map(|s| s.net.as_ref().map(|n| (s.shard, n)))
+            .collect();
+        if !with_net.is_empty() {
+            let (name, h) = CLOSED_METRIC;
+            let c = IntCounterVec::new(Opts::new(name, h), &["shard", "reason"])?;
+            for (shard, n) in with_net {
+                for r in CloseReason::ALL {
+                    let label = reason_label(r);
+                    let v = mono.clamp(name, shard, label, n.peers.closed(r));
+                    c.with_label_values(&[&shard.to_string(), label]).inc_by(v);
+                }
+            }
+            registry.register(Box::new(c))?;
+        }
+    }
+    let mut out = Vec::with_capacity(16 * 1024);
+    TextEncoder::new().encode(&registry.gather(), &mut out)?;
+    Ok(String::from_utf8(out)?)
+}
+
+/// The exposition for a scrape now.
+pub(crate) fn render(shared: &Shared) -> Result<String, RenderError> {
+    let phase = shared.phase();
+    let stats = shared.stats();
+    let shards = match &stats {
+        None => None,
+        Some(Ok(v)) => Some(v.len()),
+        Some(Err(_)) => Some(shared.info.get().map_or(0, |i| i.shards.len())),
+    };
+    let snaps = match &stats {
+        Some(Ok(v)) => Ok(v.as_slice()),
+        Some(Err(e)) => {
+            tracing::warn!(error = %e, "admin endpoint: a scrape got no shard counters");
+            Err(())
+        }
+        None => Ok(&[][..]),
+    };
+    let mut mono = shared.monotonic.lock().unwrap_or_else(|p| p.into_inner());
+    encode(
+        shards,
+        snaps,
+        phase,
+        shared.started.elapsed().as_secs_f64(),
+        &mut mono,
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn snap(shard: u16, parks: u64) -> ShardStatsSnapshot {
+        ShardStatsSnapshot {
+            shard,
+            iterations: 10,
+            parks,
+            live_activations: 3,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn counters_never_go_down() {
+        let mut mono = Monotonic::default();
+        let a = encode(Some(1), Ok(&[snap(0, 7)]), Phase::Ready, 1.0, &mut mono).unwrap();
+        assert!(a.contains("quark_shard_parks_total{shard=\"0\"} 7"), "{a}");
+        // An older snapshot (fewer parks) does not lower the exported counter.
+        let b = encode(Some(1), Ok(&[snap(0, 5)]), Phase::Ready, 1.0, &mut mono).unwrap();
+        assert!(b.contains("quark_shard_parks_total{shard=\"0\"} 7"), "{b}");
+        assert!(b.contains("quark_activations_live{shard=\"0\"} 3"), "{b}");
+        assert!(b.contains("quark_admin_stats_failed 0"), "{b}");
+    }
+
+    #[test]
+    fn a_failed_stats_request_leaves_the_shard_series_out() {
+        let mut mono = Monotonic::default();
+        let text = encode(Some(2), Err(()), Phase::Ready, 1.0, &mut mono).unwrap();
+        assert!(text.contains("quark_admin_stats_failed 1"), "{text}");
+        assert!(text.contains("quark_shards 2"), "{text}");
+        assert!(!text.contains("shard=\""), "{text}");
+    }
+}

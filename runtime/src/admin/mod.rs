@@ -1,0 +1,291 @@
+//! The admin endpoint: Prometheus metrics, health, readiness and status over HTTP.
+//!
+//! Off by default. With `[admin] listen = "127.0.0.1:9100"` the node serves, on one small
+//! thread of its own (never on a shard, so a scrape cannot delay a turn):
+//!
+//! - `GET /metrics`: Prometheus text exposition (format 0.0.4), built at scrape time from every
+//!   shard's counters ([`crate::Node::stats`]); nothing is counted for it on the hot path.
+//! - `GET /healthz`: `200` while the process serves HTTP at all.
+//! - `GET /readyz`: `200` while the node accepts work; `503` during start-up (log recovery)
+//!   and from the moment shutdown begins (drain).
+//! - `GET /quark/status`: a JSON [`Status`] (node id, version, state, shards, peers).
+//!
+//! Only a loopback address is accepted unless `allow_remote = true`: the status page shows
+//! internals and there is no authentication yet (see `docs/OPERATIONS.md`).
+//!
+//! The server is a minimal HTTP/1.1 server on `std::net`: one accept thread, at most
+//! [`CONNECTIONS_MAX`] requests served at once (each on a short-lived thread; a connection
+//! over the limit gets `503` at once), a request head of at most [`REQUEST_BYTES_MAX`] bytes
+//! (`431` beyond), read and write deadlines of [`IO_TIMEOUT`], one request per connection
+//! (`Connection: close`). It stops, and is joined, when the node shuts down.
+
+mod client;
+mod http;
+mod metrics;
+mod status;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use quark_shard::{Engine, ShardStatsSnapshot, StatsError};
+
+pub use client::{fetch, fetch_status, FetchError, Response};
+pub use status::{PeerStatus, ShardStatus, Status};
+
+/// Requests served at once; a connection beyond it is answered `503` and closed.
+pub const CONNECTIONS_MAX: usize = 4;
+/// Largest request head (request line and headers) read; a larger one is answered `431`.
+pub const REQUEST_BYTES_MAX: usize = 8 * 1024;
+/// Read and write deadline of one connection (a client that stalls is dropped).
+pub const IO_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The `[admin]` settings (see `docs/CONFIG.md`). No `[admin]` table: no endpoint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdminConfig {
+    /// Where the endpoint listens (port 0: any free port, see [`crate::Node::admin_addr`]).
+    pub listen: SocketAddr,
+    /// Accept a non-loopback `listen` address. Off by default: the endpoint has no
+    /// authentication and its status page shows the node's internals.
+    pub allow_remote: bool,
+}
+
+impl AdminConfig {
+    /// Loopback-only settings for `listen`.
+    pub fn new(listen: SocketAddr) -> AdminConfig {
+        AdminConfig {
+            listen,
+            allow_remote: false,
+        }
+    }
+}
+
+/// Why the admin endpoint did not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum AdminError {
+    /// `listen` is not a loopback address and `allow_remote` is off.
+    #[error("admin.listen = {addr} is not a loopback address; set admin.allow_remote = true to expose the admin endpoint (it has no authentication)")]
+    RemoteRefused {
+        /// The address.
+        addr: SocketAddr,
+    },
+    /// The address could not be bound.
+    #[error("cannot listen on admin address {addr}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The server thread could not be started.
+    #[error("cannot start the admin endpoint's thread")]
+    Thread(#[source] std::io::Error),
+}
+
+/// Checks the loopback rule for `config`.
+pub(crate) fn check_listen(config: &AdminConfig) -> Result<(), AdminError> {
+    if !config.allow_remote && !config.listen.ip().is_loopback() {
+        return Err(AdminError::RemoteRefused {
+            addr: config.listen,
+        });
+    }
+    Ok(())
+}
+
+/// The node's life as the admin endpoint reports it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub(crate) enum Phase {
+    /// The shards are starting (log recovery): alive, not ready.
+    Starting = 0,
+    /// Accepting work.
+    Ready = 1,
+    /// Shutdown began: draining, then stopping.
+    Draining = 2,
+}
+
+impl Phase {
+    fn from_u8(v: u8) -> Phase {
+        match v {
+            0 => Phase::Starting,
+            1 => Phase::Ready,
+            _ => Phase::Draining,
+        }
+    }
+
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Phase::Starting => "starting",
+            Phase::Ready => "ready",
+            Phase::Draining => "draining",
+        }
+    }
+}
+
+/// The engine, shared by the node (its own methods) and the admin endpoint (scrapes). `None`
+/// before the engine started and once shutdown took it.
+pub(crate) type EngineSlot = Arc<Mutex<Option<Engine>>>;
+
+/// What a node knows of itself that does not change while it runs.
+#[derive(Debug, Clone)]
+pub(crate) struct NodeInfo {
+    pub(crate) node_id: Option<u64>,
+    pub(crate) cluster_listen: Option<SocketAddr>,
+    pub(crate) cores: Vec<usize>,
+    /// How each shard runs (core, pinning, driver, idle spin), from `Engine::info`.
+    pub(crate) shards: Vec<quark_shard::ShardInfo>,
+    pub(crate) peers: Vec<(u64, SocketAddr)>,
+}
+
+/// State shared by the node and the server's threads.
+pub(crate) struct Shared {
+    phase: AtomicU8,
+    engine: EngineSlot,
+    info: OnceLock<NodeInfo>,
+    started: Instant,
+    /// The last value exported for each counter (see `metrics::Monotonic`).
+    monotonic: Mutex<metrics::Monotonic>,
+}
+
+impl Shared {
+    pub(crate) fn phase(&self) -> Phase {
+        Phase::from_u8(self.phase.load(Ordering::Acquire))
+    }
+
+    /// Every shard's counters, or `None` when the engine is not running (starting, or taken
+    /// by shutdown). Holds the slot's lock while the shards answer (at most a second).
+    fn stats(&self) -> Option<Result<Vec<ShardStatsSnapshot>, StatsError>> {
+        let slot = self.engine.lock().unwrap_or_else(|p| p.into_inner());
+        slot.as_ref().map(|e| e.stats())
+    }
+}
+
+/// The running endpoint. Dropping it stops and joins it.
+pub(crate) struct AdminServer {
+    shared: Arc<Shared>,
+    server: Option<http::Server>,
+}
+
+impl AdminServer {
+    /// Binds `config.listen` and starts serving, in [`Phase::Starting`].
+    pub(crate) fn start(
+        config: &AdminConfig,
+        engine: EngineSlot,
+    ) -> Result<AdminServer, AdminError> {
+        check_listen(config)?;
+        let shared = Arc::new(Shared {
+            phase: AtomicU8::new(Phase::Starting as u8),
+            engine,
+            info: OnceLock::new(),
+            started: Instant::now(),
+            monotonic: Mutex::new(metrics::Monotonic::default()),
+        });
+        let server = http::Server::start(config.listen, shared.clone())?;
+        tracing::info!(addr = %server.addr(), "admin endpoint listening");
+        Ok(AdminServer {
+            shared,
+            server: Some(server),
+        })
+    }
+
+    /// The bound address.
+    pub(crate) fn addr(&self) -> SocketAddr {
+        self.server
+            .as_ref()
+            .map(|s| s.addr())
+            .expect("the server is there until stop consumes the AdminServer")
+    }
+
+    /// The engine runs: the node is ready.
+    pub(crate) fn set_ready(&self, info: NodeInfo) {
+        let _ = self.shared.info.set(info);
+        self.set_phase(Phase::Ready);
+    }
+
+    /// Shutdown began: not ready any more.
+    pub(crate) fn set_draining(&self) {
+        self.set_phase(Phase::Draining);
+    }
+
+    fn set_phase(&self, to: Phase) {
+        let from = self.shared.phase.swap(to as u8, Ordering::AcqRel);
+        // Lifecycle: Starting -> Ready -> Draining, or Starting -> Draining; never back.
+        debug_assert!(from <= to as u8, "admin phase goes forward only");
+    }
+
+    /// Stops the server and waits for its threads.
+    pub(crate) fn stop(mut self) {
+        if let Some(s) = self.server.take() {
+            s.stop();
+        }
+    }
+}
+
+impl Drop for AdminServer {
+    fn drop(&mut self) {
+        if let Some(s) = self.server.take() {
+            s.stop();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn slot() -> EngineSlot {
+        Arc::new(Mutex::new(None))
+    }
+
+    #[test]
+    fn non_loopback_refused_without_allow_remote() {
+        let c = AdminConfig::new("0.0.0.0:0".parse().unwrap());
+        assert!(matches!(
+            AdminServer::start(&c, slot()),
+            Err(AdminError::RemoteRefused { .. })
+        ));
+        let c = AdminConfig {
+            allow_remote: true,
+            ..c
+        };
+        let s = AdminServer::start(&c, slot()).expect("allowed with allow_remote");
+        s.stop();
+    }
+
+    #[test]
+    fn readiness_follows_the_phase() {
+        let s =
+            AdminServer::start(&AdminConfig::new("127.0.0.1:0".parse().unwrap()), slot()).unwrap();
+        let get = |path| fetch(s.addr(), path, IO_TIMEOUT).unwrap().status;
+        // Starting (recovery): alive, not ready; no stats to export yet.
+        assert_eq!(get("/healthz"), 200);
+        assert_eq!(get("/readyz"), 503);
+        assert_eq!(get("/metrics"), 200);
+        s.set_ready(NodeInfo {
+            node_id: None,
+            cluster_listen: None,
+            cores: vec![],
+            shards: vec![],
+            peers: vec![],
+        });
+        assert_eq!(get("/readyz"), 200);
+        s.set_draining();
+        assert_eq!(get("/readyz"), 503);
+        assert_eq!(get("/healthz"), 200);
+        assert_eq!(get("/nope"), 404);
+        // HEAD: a GET's head (its length), no body.
+        use std::io::{Read, Write};
+        let mut c = std::net::TcpStream::connect(s.addr()).unwrap();
+        c.write_all(b"HEAD /healthz HTTP/1.1\r\n\r\n").unwrap();
+        let mut answer = String::new();
+        c.read_to_string(&mut answer).unwrap();
+        assert!(answer.starts_with("HTTP/1.1 200 OK\r\n"), "{answer}");
+        assert!(answer.contains("Content-Length: 3\r\n"), "{answer}");
+        assert!(answer.ends_with("\r\n\r\n"), "{answer}");
+        drop(c);
+        s.stop();
+    }
+}

@@ -1,0 +1,161 @@
+//! `/quark/status`: the node's state as JSON, and the type `quark status` reads it into.
+
+use std::net::SocketAddr;
+
+use quark_shard::ShardStatsSnapshot;
+use serde::{Deserialize, Serialize};
+
+use super::Shared;
+
+/// The JSON document `/quark/status` serves.
+///
+/// Fields the node does not know are `null` (a standalone node has no `node_id`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct Status {
+    /// The node's id in its cluster (`None`: standalone).
+    pub node_id: Option<u64>,
+    /// The quark version the node runs.
+    pub version: String,
+    /// `"starting"` (log recovery), `"ready"` or `"draining"` (shutdown began).
+    pub state: String,
+    /// Whether `/readyz` answers 200.
+    pub ready: bool,
+    /// Seconds since the node's admin endpoint started.
+    pub uptime_seconds: f64,
+    /// Where the node accepts cluster connections (`None`: standalone).
+    pub cluster_listen: Option<SocketAddr>,
+    /// Why the shards' counters are missing from `shards` (a shard did not answer within a
+    /// second: a handler blocks its thread); `None` when they are there.
+    pub stats_error: Option<String>,
+    /// One entry per shard (empty while starting or draining: the shards do not answer then).
+    pub shards: Vec<ShardStatus>,
+    /// The other members of the cluster, from the membership.
+    pub peers: Vec<PeerStatus>,
+}
+
+/// One shard in [`Status`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct ShardStatus {
+    /// The shard id.
+    pub shard: u16,
+    /// The core the shard was assigned.
+    pub core: Option<usize>,
+    /// The CPU its thread was running on when it started (`None`: unknown).
+    pub running_on: Option<usize>,
+    /// `"pinned"`, `"off"` (`pin_threads = false`) or `"failed"` (the system refused).
+    pub pinning: String,
+    /// The I/O driver the shard runs: `"io_uring"` or `"epoll"` (the fallback).
+    pub driver: String,
+    /// The idle spin in effect, µs (0 when shards share cores, whatever the configuration).
+    pub idle_spin_us: Option<u64>,
+    /// Whether the counters below are the shard's (false: the stats request failed, they are 0).
+    pub answered: bool,
+    /// Activations alive now.
+    pub live_activations: u64,
+    /// Activations created since start.
+    pub activations: u64,
+    /// Deactivations completed since start.
+    pub deactivations: u64,
+    /// Tasks alive on the shard's scheduler.
+    pub tasks: u64,
+    /// Calls awaiting a reply.
+    pub calls_in_flight: u64,
+    /// Handler panics since start.
+    pub panics: u64,
+    /// The shard log's next LSN (`None`: no log).
+    pub log_next_lsn: Option<u64>,
+    /// Bytes of the shard log's segment files (`None`: no log).
+    pub log_disk_bytes: Option<u64>,
+    /// Peer links dialed by this shard that are up (`None`: standalone).
+    pub links_up: Option<u64>,
+}
+
+/// A member of the cluster other than this node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct PeerStatus {
+    /// Its node id.
+    pub node_id: u64,
+    /// Its cluster address.
+    pub addr: SocketAddr,
+    /// Shards whose link to it is up: not reported per peer by the transport yet (`None`).
+    pub links_up: Option<u64>,
+}
+
+/// The status now.
+pub(crate) fn build(shared: &Shared) -> Status {
+    use quark_shard::{IoDriver, Pinning};
+    let phase = shared.phase();
+    let info = shared.info.get();
+    let (snaps, stats_error) = match shared.stats() {
+        None => (Vec::new(), None),
+        Some(Ok(v)) => (v, None),
+        Some(Err(e)) => (Vec::new(), Some(e.to_string())),
+    };
+    let shard_ids: Vec<usize> = if stats_error.is_some() {
+        (0..info.map_or(0, |n| n.shards.len())).collect()
+    } else {
+        (0..snaps.len()).collect()
+    };
+    let shards = shard_ids
+        .into_iter()
+        .map(|i| {
+            let zero = ShardStatsSnapshot::default();
+            let s = snaps.get(i).unwrap_or(&zero);
+            let si = info.and_then(|n| n.shards.get(i));
+            ShardStatus {
+                shard: i as u16,
+                core: si.map(|x| x.core),
+                running_on: si.and_then(|x| x.running_on),
+                pinning: match si.map(|x| x.pinning) {
+                    Some(Pinning::Pinned) => "pinned",
+                    Some(Pinning::Off) => "off",
+                    Some(Pinning::Failed { .. }) => "failed",
+                    Some(_) | None => "unknown",
+                }
+                .to_owned(),
+                driver: match si.map(|x| x.driver) {
+                    Some(IoDriver::IoUring) => "io_uring",
+                    Some(IoDriver::Epoll) => "epoll",
+                    Some(_) | None => "unknown",
+                }
+                .to_owned(),
+                idle_spin_us: si.map(|x| x.idle_spin.as_micros() as u64),
+                answered: snaps.get(i).is_some(),
+                live_activations: s.live_activations,
+                activations: s.activations,
+                deactivations: s.deactivations,
+                tasks: s.tasks,
+                calls_in_flight: s.calls_in_flight,
+                panics: s.panics,
+                log_next_lsn: s.log_next_lsn,
+                log_disk_bytes: s.log_disk_bytes,
+                links_up: s.net.as_ref().map(|n| n.links_up),
+            }
+        })
+        .collect();
+    Status {
+        node_id: info.and_then(|n| n.node_id),
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+        state: phase.name().to_owned(),
+        ready: phase == super::Phase::Ready,
+        uptime_seconds: shared.started.elapsed().as_secs_f64(),
+        cluster_listen: info.and_then(|n| n.cluster_listen),
+        stats_error,
+        shards,
+        peers: info
+            .map(|n| {
+                n.peers
+                    .iter()
+                    .map(|&(node_id, addr)| PeerStatus {
+                        node_id,
+                        addr,
+                        links_up: None,
+                    })
+                    .collect()
+            })
+            .unwrap_or_default(),
+    }
+}
