@@ -26,7 +26,20 @@
 //!   open its log: corrupt log data in .../shard-0/00000000000000000001.seg at offset 64:
 //!   truncated batch" (acknowledged batches were lost under later ones that claim them
 //!   durable);
-//! BROKEN_WRITER_NOTES
+//! - the journal writer broken in `JournalState::build_batch` (`runtime/src/journal/
+//!   activation.rs`), each alone, fails seed 0 at the first load on the sim log:
+//!   events numbered `self.version + 2 + i` (one off): "actor tally/a0: the loader refused
+//!   (sim log): journal of tally/a0: the hash chain is broken at version 39 (LSN 87)";
+//!   the snapshot labelled with the version after the batch's events
+//!   (`self.version + events.len()`): "... hash chain is broken at version 40 (LSN 94)";
+//!   the snapshot's chain hash `GENESIS` instead of `last_hash`: "... hash chain is broken at
+//!   version 39 (LSN 93)".
+//!
+//! `persist` appends the builder's batch with exactly one `log.append`, so a turn's layout is
+//! all in the builder this test runs. Splitting it (a snapshot-only batch of the state before
+//! the events, then the events) would not fail this test, rightly: a snapshot-only batch is a
+//! state the journal may hold after a cut (`persist` writes one when a snapshot is due and no
+//! event is given), and the test checks exactly that case.
 
 use std::cell::RefCell;
 use std::future::Future;
