@@ -22,10 +22,10 @@
 //!
 //! Checked against broken builds:
 //! - the log's post-flush `fdatasync` skipped (`group_commit.rs`, `flush_one`:
-//!   `if sync && false`): seed 0 fails: "node start on the surviving image: shard 0: cannot
-//!   open its log: corrupt log data in .../shard-0/00000000000000000001.seg at offset 64:
-//!   truncated batch" (acknowledged batches were lost under later ones that claim them
-//!   durable);
+//!   `if sync && false`): seed 0 fails: "sim log open on the surviving image: corrupt log
+//!   data in /data/shard-0/00000000000000000001.seg at offset 64: truncated batch (recovery
+//!   mode truncate-tail)" (acknowledged batches were lost under later ones that claim them
+//!   durable; before the direct load on the sim log, the node's start failed the same way);
 //! - the journal writer broken in `JournalState::build_batch` (`runtime/src/journal/
 //!   activation.rs`), each alone, fails seed 0 at the first load on the sim log:
 //!   events numbered `self.version + 2 + i` (one off): "actor tally/a0: the loader refused
@@ -287,8 +287,7 @@ fn check_on_sim_log(
             .await
             .map_err(|e| format!("sim log open on the surviving image: {e}"))?;
         for w in writers {
-            let w = w.borrow();
-            let name = actor_name(w.a);
+            let name = actor_name(w.borrow().a);
             let (state, journal) = StreamJournal::<Tally>::load(
                 &log,
                 ActorKey::from(name.as_str()),
@@ -296,7 +295,7 @@ fn check_on_sim_log(
             )
             .await
             .map_err(|e| format!("actor tally/{name}: the loader refused (sim log): {e}"))?;
-            check_loaded(&w, journal.version(), state.sum, state.applied)
+            check_loaded(&w.borrow(), journal.version(), state.sum, state.applied)
                 .map_err(|e| format!("{e} (sim log)"))?;
         }
         Ok(())
