@@ -1,9 +1,12 @@
-//! Journal power-loss test: journal batches (events with their hash chain, snapshots in the
-//! batch of the events after them, snapshot-only batches) are appended by concurrent writers
-//! to a shard log on the simulated disk of `quark_persist::sim` (a volatile cache that a power
-//! cut drops, tears or reorders); the power is cut at a seeded operation; the surviving image
-//! is copied to a real data directory and a real node (io_uring shard, its own log recovery,
-//! the journal's loader) activates every actor from it. Checked per actor:
+//! Journal power-loss test: the journal's own writer (`StreamJournal::build`, the batch
+//! builder `persist` runs: a snapshot of the state before the batch's events when one is due,
+//! then the events with their versions and hash chain) builds every batch that concurrent
+//! writers append to a shard log on the simulated disk of `quark_persist::sim` (a volatile
+//! cache that a power cut drops, tears or reorders); the power is cut at a seeded operation.
+//! The surviving image is then loaded twice: directly on the simulated disk with the journal's
+//! loader (`StreamJournal::load`, the activation's rebuild), and after copying it to a real
+//! data directory by a real node (io_uring shard, its own log recovery, the journal's loader),
+//! which activates every actor. Checked per actor:
 //! - the loader accepts the journal (no version gap, no broken hash chain, snapshot usable);
 //! - its version is the last acknowledged one, or that plus the batch in flight at the cut
 //!   (a batch is all or nothing), and never less;
@@ -11,23 +14,32 @@
 //! - it was rebuilt from the latest surviving snapshot (events applied = version - snapshot);
 //! - a dry replay from version 1 (`Journal::replay`, the whole hash chain) agrees.
 //!
+//! The test counts versions and snapshots itself (it does not trust the writer's bookkeeping).
 //! Over the run, actors must have been loaded from a snapshot with no event after it (the
 //! power cut between a snapshot-only batch and the events after it) and with events after it.
 //!
-//! How the journal is written: the loader is real, the writer is not. The journal's writer
-//! (`persist_events`) and loader (`reader::rebuild`) are tied to the shard's io_uring log
-//! (`ShardLog = Rc<Log<UringIo>>`), so this test writes journal batches itself, with the
-//! public record format (`quark::journal::format`) and the batch layout `persist_events`
-//! uses (snapshot of the state before the batch's events, then the events, chained). Running
-//! the real writer on the simulated disk needs `persist_events` and `rebuild` generic over
-//! the log's `LogIo` (see the report of issue 12).
-//!
 //! Replay one seed: `SEED=n cargo test -p quark --test journal_power_loss -- --nocapture`.
-//! Checked against a broken build: with the log's post-flush `fdatasync` skipped
-//! (`group_commit.rs`, `flush_one`: `if sync && false`), seed 0 fails: "node start on the
-//! surviving image: shard 0: cannot open its log: corrupt log data in .../shard-0/
-//! 00000000000000000001.seg at offset 64: truncated batch" (acknowledged batches were lost
-//! under later ones that claim them durable).
+//!
+//! Checked against broken builds:
+//! - the log's post-flush `fdatasync` skipped (`group_commit.rs`, `flush_one`:
+//!   `if sync && false`): seed 0 fails: "sim log open on the surviving image: corrupt log
+//!   data in /data/shard-0/00000000000000000001.seg at offset 64: truncated batch (recovery
+//!   mode truncate-tail)" (acknowledged batches were lost under later ones that claim them
+//!   durable; before the direct load on the sim log, the node's start failed the same way);
+//! - the journal writer broken in `JournalState::build_batch` (`runtime/src/journal/
+//!   activation.rs`), each alone, fails seed 0 at the first load on the sim log:
+//!   events numbered `self.version + 2 + i` (one off): "actor tally/a0: the loader refused
+//!   (sim log): journal of tally/a0: the hash chain is broken at version 39 (LSN 87)";
+//!   the snapshot labelled with the version after the batch's events
+//!   (`self.version + events.len()`): "... hash chain is broken at version 40 (LSN 94)";
+//!   the snapshot's chain hash `GENESIS` instead of `last_hash`: "... hash chain is broken at
+//!   version 39 (LSN 93)".
+//!
+//! `persist` appends the builder's batch with exactly one `log.append`, so a turn's layout is
+//! all in the builder this test runs. Splitting it (a snapshot-only batch of the state before
+//! the events, then the events) would not fail this test, rightly: a snapshot-only batch is a
+//! state the journal may hold after a cut (`persist` writes one when a snapshot is due and no
+//! event is given), and the test checks exactly that case.
 
 use std::cell::RefCell;
 use std::future::Future;
@@ -35,11 +47,10 @@ use std::path::Path;
 use std::pin::Pin;
 use std::rc::Rc;
 
-use quark::journal::format::{self, Hash, Stream, GENESIS};
-use quark::journal::{At, EventSourced, JournalEvent, JournalPolicy};
+use quark::journal::{At, EventSourced, JournalEvent, JournalPolicy, StreamJournal};
 use quark::{block_on, Actor, ActorKey, Context, Handler, Message, Node, NodeConfig};
 use quark_persist::sim::{LossMode, SimIo, SimRng};
-use quark_persist::{Batch, FsyncPolicy, Log, LogConfig, LogIo, NewRecord, RecordKind};
+use quark_persist::{FsyncPolicy, Log, LogConfig, LogIo};
 use serde::{Deserialize, Serialize};
 
 const SEEDS_DEFAULT: u64 = 120;
@@ -118,83 +129,33 @@ struct InFlight {
     snapshot: bool,
 }
 
-/// One actor's journal as its writer knows it.
-#[derive(Debug)]
+/// One actor's writer: the journal's own batch builder and bookkeeping
+/// ([`StreamJournal`], what `persist` runs), and what the test expects from it.
 struct Writer {
     a: u64,
-    events_key: Vec<u8>,
-    snapshots_key: Vec<u8>,
-    /// Acknowledged version and chain hash.
+    policy: JournalPolicy,
+    /// Loaded from the (empty) log when the writer starts.
+    journal: Option<StreamJournal<Tally>>,
+    /// The acknowledged state (the fold of the acknowledged events).
+    state: Tally,
+    /// Acknowledged version, counted by the test.
     version: u64,
-    hash: Hash,
-    /// Version of the latest acknowledged snapshot (0 = none).
+    /// Version of the latest acknowledged snapshot (0 = none), counted by the test.
     snapshot_version: u64,
-    since_snapshot: u64,
-    snapshot_every: u64,
     in_flight: Option<InFlight>,
-    /// The last acknowledged batch held only a snapshot.
-    last_was_snapshot_only: bool,
 }
 
 impl Writer {
     fn new(a: u64, snapshot_every: u64) -> Self {
-        let key = ActorKey::from(actor_name(a).as_str());
         Self {
             a,
-            events_key: format::stream_key(Stream::Events, Tally::TYPE_NAME, &key),
-            snapshots_key: format::stream_key(Stream::Snapshots, Tally::TYPE_NAME, &key),
+            policy: JournalPolicy::snapshot_every(snapshot_every),
+            journal: None,
+            state: Tally::default(),
             version: 0,
-            hash: GENESIS,
             snapshot_version: 0,
-            since_snapshot: 0,
-            snapshot_every,
             in_flight: None,
-            last_was_snapshot_only: false,
         }
-    }
-
-    /// The batch `persist_events` builds for `n` events: a snapshot of the state before them
-    /// when one is due, then the events, each chained to the one before.
-    fn batch(&self, n: u64, now_ms: u64) -> (Batch, bool, Hash) {
-        let mut batch = Batch::new();
-        let snapshot =
-            self.version > self.snapshot_version && self.since_snapshot >= self.snapshot_every;
-        if snapshot {
-            let data = postcard::to_allocvec(&expected_sum(self.a, self.version)).expect("encode");
-            let mut payload = Vec::new();
-            format::encode_snapshot(
-                &mut payload,
-                Tally::SNAPSHOT_SCHEMA_VERSION,
-                self.version,
-                now_ms,
-                &self.hash,
-                &data,
-            );
-            batch.push(NewRecord {
-                kind: RecordKind::Event,
-                key: self.snapshots_key.clone(),
-                payload,
-                expires_at_ms: None,
-            });
-        }
-        let mut hash = self.hash;
-        for v in self.version + 1..=self.version + n {
-            let data =
-                postcard::to_allocvec(&TallyEvent::Added(amount(self.a, v))).expect("encode");
-            let mut payload = Vec::new();
-            format::encode_event(
-                &mut payload,
-                TallyEvent::SCHEMA_VERSION,
-                v,
-                now_ms,
-                "Added",
-                &data,
-                &hash,
-            );
-            hash = format::event_hash(&self.events_key, &payload);
-            batch.event(&self.events_key, &payload);
-        }
-        (batch, snapshot, hash)
     }
 }
 
@@ -204,31 +165,65 @@ async fn write_journal(
     io: &SimIo,
     rng: Rc<RefCell<SimRng>>,
 ) {
+    let (a, policy) = {
+        let w = w.borrow();
+        (w.a, w.policy)
+    };
+    match StreamJournal::<Tally>::load(log, ActorKey::from(actor_name(a).as_str()), policy).await {
+        Ok((state, journal)) => {
+            assert_eq!(journal.version(), 0, "a new log holds no event");
+            let mut w = w.borrow_mut();
+            w.state = state;
+            w.journal = Some(journal);
+        }
+        Err(e) => {
+            assert!(
+                io.crashed(),
+                "loading from the new log failed without a crash: {e}"
+            );
+            return;
+        }
+    }
     loop {
         let (n, now) = {
             let mut r = rng.borrow_mut();
             (r.below(4), io.now_ms())
         };
-        let (batch, snapshot, hash) = w.borrow().batch(n, now);
-        if batch.is_empty() {
-            continue; // no event and no snapshot due: persist writes nothing
-        }
-        w.borrow_mut().in_flight = Some(InFlight {
-            events: n,
-            snapshot,
-        });
-        match log.append(&batch).await {
-            Ok(_) => {
-                let mut w = w.borrow_mut();
+        let built = {
+            let mut guard = w.borrow_mut();
+            let w = &mut *guard;
+            let events: Vec<TallyEvent> = (w.version + 1..=w.version + n)
+                .map(|v| TallyEvent::Added(amount(a, v)))
+                .collect();
+            let journal = w.journal.as_mut().expect("loaded above");
+            assert_eq!(journal.version(), w.version, "the writer's version");
+            let built = journal.build(&w.state, &events, now).expect("encode");
+            if built.batch().is_empty() {
+                continue; // no event and no snapshot due: persist writes nothing
+            }
+            w.in_flight = Some(InFlight {
+                events: built.events(),
+                snapshot: built.has_snapshot(),
+            });
+            (built, events)
+        };
+        let (built, events) = built;
+        match log.append(built.batch()).await {
+            Ok(range) => {
+                let mut guard = w.borrow_mut();
+                let w = &mut *guard;
+                w.journal
+                    .as_mut()
+                    .expect("loaded above")
+                    .acknowledge(&built, range.first);
+                for e in &events {
+                    w.state.apply(e);
+                }
                 w.in_flight = None;
-                if snapshot {
+                if built.has_snapshot() {
                     w.snapshot_version = w.version;
-                    w.since_snapshot = 0;
                 }
                 w.version += n;
-                w.since_snapshot += n;
-                w.hash = hash;
-                w.last_was_snapshot_only = snapshot && n == 0;
             }
             Err(e) => {
                 assert!(io.crashed(), "append failed without a crash: {e}");
@@ -236,6 +231,75 @@ async fn write_journal(
             }
         }
     }
+}
+
+/// Checks one actor as loaded from the surviving image (`version`, its state `sum`, and
+/// `applied` events on top of its snapshot) against what its writer knows.
+fn check_loaded(w: &Writer, version: u64, sum: i64, applied: u64) -> Result<(), String> {
+    let name = actor_name(w.a);
+    let in_flight = w.in_flight.unwrap_or(InFlight {
+        events: 0,
+        snapshot: false,
+    });
+    if version < w.version {
+        return Err(format!(
+            "actor tally/{name}: version {version} below the acknowledged {}",
+            w.version
+        ));
+    }
+    if version != w.version && version != w.version + in_flight.events {
+        return Err(format!(
+            "actor tally/{name}: version {version}, acknowledged {} + in flight {in_flight:?}: half a batch",
+            w.version
+        ));
+    }
+    if sum != expected_sum(w.a, version) {
+        return Err(format!(
+            "actor tally/{name}: state {sum} is not the fold of versions 1..={version}"
+        ));
+    }
+    // Rebuilt from the latest surviving snapshot: the acknowledged one, or the one in the
+    // batch in flight if that batch survived.
+    let mut snapshots = vec![w.snapshot_version];
+    if in_flight.snapshot {
+        snapshots.push(w.version);
+    }
+    let from = version.checked_sub(applied).ok_or_else(|| {
+        format!("actor tally/{name}: {applied} events applied to reach version {version}")
+    })?;
+    if !snapshots.contains(&from) {
+        return Err(format!(
+            "actor tally/{name}: rebuilt from version {from}, latest snapshots {snapshots:?}"
+        ));
+    }
+    Ok(())
+}
+
+/// Loads every actor directly from the surviving image with the journal's loader on the
+/// simulated disk (no node) and checks it.
+fn check_on_sim_log(
+    survived: &SimIo,
+    config: &LogConfig,
+    writers: &[Rc<RefCell<Writer>>],
+) -> Result<(), String> {
+    quark_persist::block_on(async {
+        let (log, _) = Log::open(survived.clone(), config.clone())
+            .await
+            .map_err(|e| format!("sim log open on the surviving image: {e}"))?;
+        for w in writers {
+            let name = actor_name(w.borrow().a);
+            let (state, journal) = StreamJournal::<Tally>::load(
+                &log,
+                ActorKey::from(name.as_str()),
+                JournalPolicy::default(),
+            )
+            .await
+            .map_err(|e| format!("actor tally/{name}: the loader refused (sim log): {e}"))?;
+            check_loaded(&w.borrow(), journal.version(), state.sum, state.applied)
+                .map_err(|e| format!("{e} (sim log)"))?;
+        }
+        Ok(())
+    })
 }
 
 /// Polls all futures round-robin until every one completes.
@@ -328,6 +392,8 @@ fn run_seed(seed: u64, totals: &mut Totals) -> Result<(), String> {
     totals.power_losses += 1;
     let tmp = tempfile::tempdir().map_err(|e| format!("tempdir: {e}"))?;
     materialize(&survived, tmp.path());
+    // After the copy: opening the sim log recovers (and may repair) the image in place.
+    check_on_sim_log(&survived, &config, &writers)?;
     let node = Node::builder()
         .config(node_config(tmp.path()))
         .register_journaled::<Tally>(JournalPolicy::default())
@@ -341,41 +407,10 @@ fn run_seed(seed: u64, totals: &mut Totals) -> Result<(), String> {
         let check = (|| -> Result<(), String> {
             let version = block_on(journal.version::<Tally>(name.as_str()))
                 .map_err(|e| format!("actor tally/{name}: the loader refused: {e}"))?;
-            let in_flight = w.in_flight.unwrap_or(InFlight {
-                events: 0,
-                snapshot: false,
-            });
-            if version < w.version {
-                return Err(format!(
-                    "actor tally/{name}: version {version} below the acknowledged {}",
-                    w.version
-                ));
-            }
-            if version != w.version && version != w.version + in_flight.events {
-                return Err(format!(
-                    "actor tally/{name}: version {version}, acknowledged {} + in flight {in_flight:?}: half a batch",
-                    w.version
-                ));
-            }
             let (sum, applied) = block_on(node.actor_ref::<Tally>(name.as_str()).ask(Get))
                 .map_err(|e| format!("actor tally/{name}: ask: {e}"))?;
-            if sum != expected_sum(w.a, version) {
-                return Err(format!(
-                    "actor tally/{name}: state {sum} is not the fold of versions 1..={version}"
-                ));
-            }
-            // Rebuilt from the latest surviving snapshot: the acknowledged one, or the one in
-            // the batch in flight if that batch survived.
-            let mut snapshots = vec![w.snapshot_version];
-            if in_flight.snapshot {
-                snapshots.push(w.version);
-            }
+            check_loaded(&w, version, sum, applied)?;
             let from = version - applied;
-            if !snapshots.contains(&from) {
-                return Err(format!(
-                    "actor tally/{name}: rebuilt from version {from}, latest snapshots {snapshots:?}"
-                ));
-            }
             if from > 0 && applied == 0 {
                 totals.from_snapshot_alone += 1;
             } else if from > 0 {

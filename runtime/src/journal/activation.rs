@@ -3,8 +3,10 @@
 
 use std::collections::VecDeque;
 use std::future::Future;
+use std::marker::PhantomData;
 
-use quark_persist::{Batch, NewRecord, RecordKind};
+use quark_persist::{Batch, Log, LogIo, NewRecord, RecordKind};
+use quark_placement::{ActorId, ActorKey};
 use quark_shard::ActorType;
 
 use super::format::{self, Hash, Stream, GENESIS};
@@ -84,24 +86,37 @@ async fn load<A: EventSourced>(
     ctx: &Context<A>,
     policy: JournalPolicy,
 ) -> Result<A, quark_shard::LoadError> {
-    let key = &ctx.id().key;
-    let events_key = format::stream_key(Stream::Events, A::TYPE_NAME, key);
-    let snapshots_key = format::stream_key(Stream::Snapshots, A::TYPE_NAME, key);
     let Some(log) = ctx.log() else {
+        let key = &ctx.id().key;
         ctx.extension(|s: &mut JournalState| {
             *s = JournalState {
                 loaded: true,
                 policy,
-                events_key,
-                snapshots_key,
+                events_key: format::stream_key(Stream::Events, A::TYPE_NAME, key),
+                snapshots_key: format::stream_key(Stream::Snapshots, A::TYPE_NAME, key),
                 ..JournalState::default()
             }
         });
         return Ok(A::initial(key));
     };
-    let rebuilt = rebuild::<A>(
+    let (state, journal) = load_from::<A, _>(log, ctx.id(), policy).await?;
+    ctx.extension(|s: &mut JournalState| *s = journal);
+    Ok(state)
+}
+
+/// Rebuilds the actor `actor` from its journal in `log` (the latest snapshot, then the events
+/// after it) and returns its state with the bookkeeping its persists continue from.
+async fn load_from<A: EventSourced, IO: LogIo>(
+    log: &Log<IO>,
+    actor: &ActorId,
+    policy: JournalPolicy,
+) -> Result<(A, JournalState), quark_shard::LoadError> {
+    let key = &actor.key;
+    let events_key = format::stream_key(Stream::Events, A::TYPE_NAME, key);
+    let snapshots_key = format::stream_key(Stream::Snapshots, A::TYPE_NAME, key);
+    let rebuilt = rebuild::<A, IO>(
         log,
-        &ctx.id().to_string(),
+        &actor.to_string(),
         key,
         &events_key,
         &snapshots_key,
@@ -114,33 +129,111 @@ async fn load<A: EventSourced>(
     // ends at the newest event in the log.
     if rebuilt.last_logged_version > rebuilt.version {
         return Err(format!(
-            "actor {}: rebuilt to version {} but the log holds version {}; refusing to load \
+            "actor {actor}: rebuilt to version {} but the log holds version {}; refusing to load \
              (a persist would write a version twice)",
-            ctx.id(),
-            rebuilt.version,
-            rebuilt.last_logged_version
+            rebuilt.version, rebuilt.last_logged_version
         )
         .into());
     }
     let floor_lsn = rebuilt.first_event_lsn.unwrap_or(0);
-    ctx.extension(|s: &mut JournalState| {
-        *s = JournalState {
-            loaded: true,
-            policy,
-            events_key,
-            snapshots_key,
-            version: rebuilt.version,
-            logged_version: rebuilt.last_logged_version,
-            last_hash: rebuilt.hash,
-            snapshot_version: rebuilt.snapshot_version,
-            since_snapshot_events: rebuilt.events_applied,
-            since_snapshot_bytes: rebuilt.event_bytes,
-            snapshots: rebuilt.snapshots.into(),
-            floor_lsn,
-            in_flight: false,
-        }
-    });
-    Ok(rebuilt.state)
+    let journal = JournalState {
+        loaded: true,
+        policy,
+        events_key,
+        snapshots_key,
+        version: rebuilt.version,
+        logged_version: rebuilt.last_logged_version,
+        last_hash: rebuilt.hash,
+        snapshot_version: rebuilt.snapshot_version,
+        since_snapshot_events: rebuilt.events_applied,
+        since_snapshot_bytes: rebuilt.event_bytes,
+        snapshots: rebuilt.snapshots.into(),
+        floor_lsn,
+        in_flight: false,
+    };
+    Ok((rebuilt.state, journal))
+}
+
+/// One actor's journal on any [`Log`], outside a node: the loader and the batch builder that
+/// activations use, without the shard. For tests that run the journal on another log than the
+/// shard's io_uring one, such as the simulated disk of `quark_persist::sim` (the power-loss
+/// test, `runtime/tests/journal_power_loss.rs`). Not a way to write to a node's journal: use
+/// [`Persist::persist`] or `Journal::append`.
+#[doc(hidden)]
+pub struct StreamJournal<A: EventSourced> {
+    actor: ActorId,
+    state: JournalState,
+    _actor: PhantomData<fn() -> A>,
+}
+
+/// A batch built by [`StreamJournal::build`], to append to the log.
+#[doc(hidden)]
+pub struct StreamBatch(BuiltBatch);
+
+impl StreamBatch {
+    /// The records and truncations to append, as one atomic batch.
+    pub fn batch(&self) -> &Batch {
+        &self.0.batch
+    }
+
+    /// The batch starts with a snapshot (of the state before its events).
+    pub fn has_snapshot(&self) -> bool {
+        self.0.snapshot
+    }
+
+    /// The number of events in the batch.
+    pub fn events(&self) -> u64 {
+        self.0.events
+    }
+}
+
+impl<A: EventSourced> StreamJournal<A> {
+    /// Loads the actor with `key` from `log` exactly as an activation does.
+    pub async fn load<IO: LogIo>(
+        log: &Log<IO>,
+        key: ActorKey,
+        policy: JournalPolicy,
+    ) -> Result<(A, Self), quark_shard::LoadError> {
+        let actor = ActorId::new(A::TYPE_NAME, key);
+        let (state, journal) = load_from::<A, IO>(log, &actor, policy).await?;
+        Ok((
+            state,
+            Self {
+                actor,
+                state: journal,
+                _actor: PhantomData,
+            },
+        ))
+    }
+
+    /// The batch a persist of `events` after `state` (the actor at [`StreamJournal::version`])
+    /// appends, stamped `now_ms`. Once it is durable, call [`StreamJournal::acknowledge`] and
+    /// apply the events to `state`.
+    pub fn build(
+        &mut self,
+        state: &A,
+        events: &[A::Event],
+        now_ms: u64,
+    ) -> Result<StreamBatch, PersistError> {
+        self.state
+            .build_batch(&self.actor, state, events, now_ms)
+            .map(StreamBatch)
+    }
+
+    /// Records that `batch` is durable, starting at LSN `first_lsn`.
+    pub fn acknowledge(&mut self, batch: &StreamBatch, first_lsn: u64) {
+        self.state.acknowledge(&batch.0, first_lsn);
+    }
+
+    /// The actor's version (events applied).
+    pub fn version(&self) -> u64 {
+        self.state.version
+    }
+
+    /// The version of the latest snapshot (0 = none).
+    pub fn snapshot_version(&self) -> u64 {
+        self.state.snapshot_version
+    }
 }
 
 /// Persisting events from an event-sourced actor's handler.
@@ -207,73 +300,9 @@ pub(crate) async fn persist_events<A: EventSourced>(
                 });
             }
         }
-        // Never write a version the log already holds (that would fork the stream).
-        assert!(
-            s.version >= s.logged_version,
-            "actor {}: persisting after version {} but the log already holds version {}",
-            actor(),
-            s.version,
-            s.logged_version
-        );
-        let mut batch = Batch::new();
-        let snapshot = s.snapshot_due();
-        if snapshot {
-            let data =
-                postcard::to_allocvec(&state.snapshot()).map_err(|e| PersistError::Encode {
-                    actor: actor(),
-                    event_type: "snapshot",
-                    detail: e.to_string(),
-                })?;
-            let mut payload = Vec::new();
-            format::encode_snapshot(
-                &mut payload,
-                A::SNAPSHOT_SCHEMA_VERSION,
-                s.version,
-                now,
-                &s.last_hash,
-                &data,
-            );
-            batch.push(NewRecord {
-                kind: RecordKind::Event,
-                key: s.snapshots_key.clone(),
-                payload,
-                expires_at_ms: None,
-            });
-        }
-        let truncate = s.due_truncation(now);
-        if let Some(floor) = truncate {
-            batch.truncate(&s.events_key, floor);
-            batch.truncate(&s.snapshots_key, floor);
-        }
-        let mut hash = s.last_hash;
-        let mut event_bytes = 0u64;
-        for (i, e) in events.iter().enumerate() {
-            let data = postcard::to_allocvec(e).map_err(|err| PersistError::Encode {
-                actor: actor(),
-                event_type: e.type_name(),
-                detail: err.to_string(),
-            })?;
-            let mut payload = Vec::with_capacity(64 + data.len());
-            format::encode_event(
-                &mut payload,
-                A::Event::SCHEMA_VERSION,
-                s.version + 1 + i as u64,
-                now,
-                e.type_name(),
-                &data,
-                &hash,
-            );
-            hash = format::event_hash(&s.events_key, &payload);
-            event_bytes += payload.len() as u64;
-            batch.push(NewRecord {
-                kind: RecordKind::Event,
-                key: s.events_key.clone(),
-                payload,
-                expires_at_ms: None,
-            });
-        }
+        let built = s.build_batch(ctx.id(), &*state, &events, now)?;
         s.in_flight = true;
-        Ok((batch, snapshot, truncate, hash, event_bytes, s.version))
+        Ok(built)
     });
     let built = match built {
         Err(PersistError::Interrupted { actor }) => {
@@ -287,9 +316,9 @@ pub(crate) async fn persist_events<A: EventSourced>(
         }
         other => other?,
     };
-    let (batch, snapshot, truncate, hash, event_bytes, version) = built;
-    let n = events.len() as u64;
-    if batch.is_empty() {
+    let version = built.version;
+    let n = built.events;
+    if built.batch.is_empty() {
         ctx.extension(|s: &mut JournalState| s.in_flight = false);
         return Ok(Persisted {
             first_version: version,
@@ -300,7 +329,7 @@ pub(crate) async fn persist_events<A: EventSourced>(
             },
         });
     }
-    let appended = log.append(&batch).await;
+    let appended = log.append(&built.batch).await;
     ctx.extension(|s: &mut JournalState| s.in_flight = false);
     let range = appended.map_err(|source| PersistError::Append {
         actor: actor(),
@@ -309,24 +338,7 @@ pub(crate) async fn persist_events<A: EventSourced>(
     for e in &events {
         state.apply(e);
     }
-    ctx.extension(|s: &mut JournalState| {
-        debug_assert_eq!(s.version, version, "one persist at a time per activation");
-        s.version += n;
-        s.logged_version = s.logged_version.max(s.version);
-        s.last_hash = hash;
-        if snapshot {
-            s.snapshot_version = version;
-            s.since_snapshot_events = n;
-            s.since_snapshot_bytes = event_bytes;
-            s.snapshots.push_back((now, range.first));
-        } else {
-            s.since_snapshot_events += n;
-            s.since_snapshot_bytes += event_bytes;
-        }
-        if let Some(floor) = truncate {
-            s.floor_lsn = floor;
-        }
-    });
+    ctx.extension(|s: &mut JournalState| s.acknowledge(&built, range.first));
     Ok(Persisted {
         first_version: version + n.min(1),
         version: version + n,
@@ -335,6 +347,140 @@ pub(crate) async fn persist_events<A: EventSourced>(
             lsn: range.end,
         },
     })
+}
+
+/// A journal batch built from an activation's bookkeeping, not yet appended.
+pub(crate) struct BuiltBatch {
+    pub batch: Batch,
+    /// The batch starts with a snapshot of the state at `version`.
+    pub snapshot: bool,
+    /// The retention floor the batch truncates the actor's streams to.
+    pub truncate: Option<u64>,
+    /// Chain hash of the batch's last event (the bookkeeping's hash if it has none).
+    pub hash: Hash,
+    pub event_bytes: u64,
+    /// The actor's version before the batch.
+    pub version: u64,
+    /// Number of events in the batch.
+    pub events: u64,
+    /// The timestamp written into the batch's records.
+    pub now_ms: u64,
+}
+
+impl JournalState {
+    /// Builds the batch that persists `events` after `state` (the actor at `self.version`):
+    /// a snapshot of `state` first if one is due under the policy, the retention floor if a
+    /// snapshot aged past it, then the events with versions `version + 1 ..` chained to
+    /// `last_hash`. The whole turn is one batch, so it is durable all or nothing. Only the
+    /// retention queue (`snapshots`) changes here; [`JournalState::acknowledge`] applies the
+    /// rest once the batch is durable.
+    pub(crate) fn build_batch<A: EventSourced>(
+        &mut self,
+        actor: &ActorId,
+        state: &A,
+        events: &[A::Event],
+        now: u64,
+    ) -> Result<BuiltBatch, PersistError> {
+        // Never write a version the log already holds (that would fork the stream).
+        assert!(
+            self.version >= self.logged_version,
+            "actor {actor}: persisting after version {} but the log already holds version {}",
+            self.version,
+            self.logged_version
+        );
+        let mut batch = Batch::new();
+        let snapshot = self.snapshot_due();
+        if snapshot {
+            let data =
+                postcard::to_allocvec(&state.snapshot()).map_err(|e| PersistError::Encode {
+                    actor: actor.clone(),
+                    event_type: "snapshot",
+                    detail: e.to_string(),
+                })?;
+            let mut payload = Vec::new();
+            format::encode_snapshot(
+                &mut payload,
+                A::SNAPSHOT_SCHEMA_VERSION,
+                self.version,
+                now,
+                &self.last_hash,
+                &data,
+            );
+            batch.push(NewRecord {
+                kind: RecordKind::Event,
+                key: self.snapshots_key.clone(),
+                payload,
+                expires_at_ms: None,
+            });
+        }
+        let truncate = self.due_truncation(now);
+        if let Some(floor) = truncate {
+            batch.truncate(&self.events_key, floor);
+            batch.truncate(&self.snapshots_key, floor);
+        }
+        let mut hash = self.last_hash;
+        let mut event_bytes = 0u64;
+        for (i, e) in events.iter().enumerate() {
+            let data = postcard::to_allocvec(e).map_err(|err| PersistError::Encode {
+                actor: actor.clone(),
+                event_type: e.type_name(),
+                detail: err.to_string(),
+            })?;
+            let mut payload = Vec::with_capacity(64 + data.len());
+            format::encode_event(
+                &mut payload,
+                A::Event::SCHEMA_VERSION,
+                self.version + 1 + i as u64,
+                now,
+                e.type_name(),
+                &data,
+                &hash,
+            );
+            hash = format::event_hash(&self.events_key, &payload);
+            event_bytes += payload.len() as u64;
+            batch.push(NewRecord {
+                kind: RecordKind::Event,
+                key: self.events_key.clone(),
+                payload,
+                expires_at_ms: None,
+            });
+        }
+        Ok(BuiltBatch {
+            batch,
+            snapshot,
+            truncate,
+            hash,
+            event_bytes,
+            version: self.version,
+            events: events.len() as u64,
+            now_ms: now,
+        })
+    }
+
+    /// Applies a durable batch to the bookkeeping; `first_lsn` is where the batch starts in
+    /// the log.
+    pub(crate) fn acknowledge(&mut self, built: &BuiltBatch, first_lsn: u64) {
+        let n = built.events;
+        debug_assert_eq!(
+            self.version, built.version,
+            "one persist at a time per activation"
+        );
+        self.version += n;
+        self.logged_version = self.logged_version.max(self.version);
+        self.last_hash = built.hash;
+        if built.snapshot {
+            self.snapshot_version = built.version;
+            self.since_snapshot_events = n;
+            self.since_snapshot_bytes = built.event_bytes;
+            self.snapshots.push_back((built.now_ms, first_lsn));
+        } else {
+            self.since_snapshot_events += n;
+            self.since_snapshot_bytes += built.event_bytes;
+        }
+        if let Some(floor) = built.truncate {
+            self.floor_lsn = floor;
+        }
+    }
 }
 
 /// Resets the activation's journal bookkeeping after its stream was erased.

@@ -62,6 +62,8 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 pub use activation::{journaled, Persist};
+#[doc(hidden)]
+pub use activation::{StreamBatch, StreamJournal};
 pub(crate) use projection::{projection_type, start_feeders};
 pub use projection::{
     EventMeta, Projection, ProjectionActor, ProjectionConfig, ProjectionError, ProjectionHandle,

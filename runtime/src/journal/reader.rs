@@ -4,7 +4,7 @@
 use std::ops::RangeInclusive;
 use std::time::{Duration, Instant};
 
-use quark_persist::{Batch, Record};
+use quark_persist::{Batch, Log, LogIo, Record};
 use quark_shard::{current_shard_log, EngineHandle, Invoke, InvokeFuture, ShardLog};
 
 use super::activation::{persist_events, reset_after_erase, stream_info};
@@ -119,7 +119,11 @@ pub(crate) struct Rebuilt<A> {
     pub first_event_lsn: Option<u64>,
 }
 
-async fn read_record(log: &ShardLog, actor: &str, lsn: u64) -> Result<Record, JournalError> {
+async fn read_record<IO: LogIo>(
+    log: &Log<IO>,
+    actor: &str,
+    lsn: u64,
+) -> Result<Record, JournalError> {
     match log.read(lsn).await {
         Ok(Some(r)) => Ok(r),
         Ok(None) => Err(JournalError::Missing {
@@ -133,8 +137,8 @@ async fn read_record(log: &ShardLog, actor: &str, lsn: u64) -> Result<Record, Jo
     }
 }
 
-async fn read_chunk(
-    log: &ShardLog,
+async fn read_chunk<IO: LogIo>(
+    log: &Log<IO>,
     actor: &str,
     lsns: &[u64],
 ) -> Result<Vec<Record>, JournalError> {
@@ -191,8 +195,8 @@ fn snapshot_from<A: EventSourced>(snap: &SnapshotRecord) -> Result<A::Snapshot, 
 /// usable snapshot that fits the target, then the events after it, checking versions and the
 /// hash chain. `progress` is called every 10,000 events and at the end.
 #[allow(clippy::too_many_arguments)]
-pub(crate) async fn rebuild<A: EventSourced>(
-    log: &ShardLog,
+pub(crate) async fn rebuild<A: EventSourced, IO: LogIo>(
+    log: &Log<IO>,
     actor: &str,
     key: &ActorKey,
     events_key: &[u8],
@@ -395,8 +399,8 @@ pub(crate) async fn rebuild<A: EventSourced>(
 /// order, the first of version `v0`) of the first event whose version is ≥ `want`, or
 /// `lsns.len()` if there is none. One read when versions are dense (the usual case), else a
 /// binary search (O(log n) reads).
-async fn first_at_or_after(
-    log: &ShardLog,
+async fn first_at_or_after<IO: LogIo>(
+    log: &Log<IO>,
     actor: &str,
     lsns: &[u64],
     v0: u64,
@@ -537,7 +541,7 @@ impl Journal {
         at: At,
     ) -> Result<(A::Snapshot, u64), JournalError> {
         self.on_owner::<A, _, _, _>(key.into(), move |log, actor, key, ek, sk| async move {
-            let r = rebuild::<A>(
+            let r = rebuild::<A, _>(
                 &log,
                 &actor,
                 &key,
@@ -565,7 +569,7 @@ impl Journal {
     ) -> Result<ReplayReport<A::Snapshot>, JournalError> {
         self.on_owner::<A, _, _, _>(key.into(), move |log, actor, key, ek, sk| async move {
             let started = Instant::now();
-            let r = rebuild::<A>(
+            let r = rebuild::<A, _>(
                 &log,
                 &actor,
                 &key,
