@@ -15,8 +15,8 @@ use quark_placement::ShardId;
 use crate::activation::{ErasedTable, TypeTable};
 use crate::actor::Actor;
 use crate::calls::{CallOutcome, CallTable};
+use crate::engine::shared::{NodeShared, Phase};
 use crate::envelope::{CreditMsg, CrossBox, Origin, ReplyTo};
-use crate::node::{NodeShared, Phase};
 use crate::ring::{Consumer, Producer};
 use crate::rt::BellReceiver;
 use crate::timers::Timers;
@@ -474,9 +474,9 @@ impl ShardCore {
         t
     }
 
-    pub(crate) fn stats_snapshot(&self) -> crate::node::ShardStatsSnapshot {
+    pub(crate) fn stats_snapshot(&self) -> crate::engine::ShardStatsSnapshot {
         let s = &self.stats;
-        crate::node::ShardStatsSnapshot {
+        crate::engine::ShardStatsSnapshot {
             shard: self.id,
             live_activations: self.live_activations() as u64,
             activations: s.activations.get(),
@@ -627,7 +627,7 @@ impl Future for Park<'_> {
 pub(crate) async fn pump(
     core: Rc<ShardCore>,
     mut bell: BellReceiver,
-    events: std::sync::mpsc::Sender<crate::node::ShardEvent>,
+    events: std::sync::mpsc::Sender<crate::engine::events::ShardEvent>,
 ) {
     let idle_spin = core.node.config.idle_spin;
     let idle_every = idle_sweep_interval(&core);
@@ -696,7 +696,7 @@ pub(crate) async fn pump(
             Phase::Draining => {
                 if reported != Phase::Draining && core.quiescent() {
                     reported = Phase::Draining;
-                    let _ = events.send(crate::node::ShardEvent::Drained(core.id));
+                    let _ = events.send(crate::engine::events::ShardEvent::Drained(core.id));
                 }
             }
             Phase::Deactivating => {
@@ -708,7 +708,7 @@ pub(crate) async fn pump(
                 }
                 if reported != Phase::Deactivating && core.live_activations() == 0 {
                     reported = Phase::Deactivating;
-                    let _ = events.send(crate::node::ShardEvent::Deactivated(core.id));
+                    let _ = events.send(crate::engine::events::ShardEvent::Deactivated(core.id));
                 }
             }
             Phase::Stopped => break,
