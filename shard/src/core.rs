@@ -17,6 +17,7 @@ use crate::actor::Actor;
 use crate::calls::{CallOutcome, CallTable};
 use crate::engine::shared::{NodeShared, Phase};
 use crate::envelope::{CreditMsg, CrossBox, Origin, ReplyTo};
+use crate::log_tasks::LogTasks;
 use crate::ring::{Consumer, Producer};
 use crate::rt::BellReceiver;
 use crate::timers::Timers;
@@ -643,7 +644,12 @@ pub(crate) async fn pump(
     let mut last_io_poll = Instant::now();
     let my_bell = &core.node.shards[usize::from(core.id)].bell;
     ON_SHARD.with(|s| s.set(true));
-    start_log_syncer(&core);
+    let mut log_tasks = match &core.log {
+        Some(log) => LogTasks::start(log, core.id, core.node.config.log_compact_interval, |f| {
+            core.exec.spawn(f)
+        }),
+        None => LogTasks::none(),
+    };
     loop {
         let now = Instant::now();
         core.set_now(core.node.config.clock.at(now)); // shard time: real unless a test moves it
@@ -711,7 +717,14 @@ pub(crate) async fn pump(
                     let _ = events.send(crate::engine::events::ShardEvent::Deactivated(core.id));
                 }
             }
-            Phase::Stopped => break,
+            Phase::Stopped => {
+                // The log's periodic tasks end (a pass under way finishes) before the shard
+                // stops and closes the log; until then the pump keeps running them.
+                log_tasks.stop();
+                if log_tasks.finished() {
+                    break;
+                }
+            }
         }
 
         since_reap += 1;
@@ -826,43 +839,15 @@ pub(crate) async fn pump(
     }
     core.flush();
     crate::net::close_all(&core);
+    debug_assert!(
+        log_tasks.finished(),
+        "the log's tasks ended before the close"
+    );
     core.exec.clear();
     if let Some(log) = &core.log {
         if let Err(e) = log.close().await {
             tracing::error!(shard = core.id, error = %e, "closing the log failed");
         }
-    }
-}
-
-/// The log's periodic work, as shard tasks: under `fsync = { interval_ms = N }` the log syncs
-/// only when asked, so ask every N ms; and a compaction pass every `log_compact_interval`.
-fn start_log_syncer(core: &Rc<ShardCore>) {
-    let Some(log) = core.log.clone() else { return };
-    let shard = core.id;
-    if let quark_persist::FsyncPolicy::IntervalMs(ms) = log.config().fsync {
-        let log = log.clone();
-        core.exec.spawn(async move {
-            loop {
-                crate::rt::sleep(Duration::from_millis(ms.max(1))).await;
-                if let Err(e) = log.sync().await {
-                    tracing::error!(shard, error = %e, "periodic log sync failed");
-                }
-            }
-        });
-    }
-    if let Some(every) = core.node.config.log_compact_interval {
-        core.exec.spawn(async move {
-            loop {
-                crate::rt::sleep(every).await;
-                match log
-                    .compact(quark_persist::CompactionPolicy::default())
-                    .await
-                {
-                    Ok(report) => tracing::debug!(shard, ?report, "log compaction pass"),
-                    Err(e) => tracing::error!(shard, error = %e, "log compaction failed"),
-                }
-            }
-        });
     }
 }
 

@@ -36,6 +36,7 @@ mod engine;
 mod envelope;
 mod error;
 mod executor;
+mod log_tasks;
 mod net;
 mod ring;
 pub mod rt;
