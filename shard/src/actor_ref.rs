@@ -15,9 +15,9 @@ use crate::actor::{Actor, Handler, Message};
 use crate::admission::{block_on_until, DeadlineTimer};
 use crate::calls::{CallId, CallOutcome, Waiter};
 use crate::core::ShardCore;
+use crate::engine::shared::{current_core, NodeShared, Phase};
 use crate::envelope::{outcome_into, Deliver, ExtForward, External, Origin, ReplyTo};
 use crate::error::CallError;
-use crate::node::{current_core, NodeShared, Phase};
 
 /// A reference to a virtual actor of type `A`: cheap to clone, `Send`, usable on any shard of
 /// its node and from any thread outside it.

@@ -15,8 +15,9 @@ use quark_placement::ShardId;
 use crate::activation::{ErasedTable, TypeTable};
 use crate::actor::Actor;
 use crate::calls::{CallOutcome, CallTable};
+use crate::engine::shared::{NodeShared, Phase};
 use crate::envelope::{CreditMsg, CrossBox, Origin, ReplyTo};
-use crate::node::{NodeShared, Phase};
+use crate::log_tasks::LogTasks;
 use crate::ring::{Consumer, Producer};
 use crate::rt::BellReceiver;
 use crate::timers::Timers;
@@ -474,9 +475,9 @@ impl ShardCore {
         t
     }
 
-    pub(crate) fn stats_snapshot(&self) -> crate::node::ShardStatsSnapshot {
+    pub(crate) fn stats_snapshot(&self) -> crate::engine::ShardStatsSnapshot {
         let s = &self.stats;
-        crate::node::ShardStatsSnapshot {
+        crate::engine::ShardStatsSnapshot {
             shard: self.id,
             live_activations: self.live_activations() as u64,
             activations: s.activations.get(),
@@ -627,7 +628,7 @@ impl Future for Park<'_> {
 pub(crate) async fn pump(
     core: Rc<ShardCore>,
     mut bell: BellReceiver,
-    events: std::sync::mpsc::Sender<crate::node::ShardEvent>,
+    events: std::sync::mpsc::Sender<crate::engine::events::ShardEvent>,
 ) {
     let idle_spin = core.node.config.idle_spin;
     let idle_every = idle_sweep_interval(&core);
@@ -643,7 +644,12 @@ pub(crate) async fn pump(
     let mut last_io_poll = Instant::now();
     let my_bell = &core.node.shards[usize::from(core.id)].bell;
     ON_SHARD.with(|s| s.set(true));
-    start_log_syncer(&core);
+    let mut log_tasks = match &core.log {
+        Some(log) => LogTasks::start(log, core.id, core.node.config.log_compact_interval, |f| {
+            core.exec.spawn(f)
+        }),
+        None => LogTasks::none(),
+    };
     loop {
         let now = Instant::now();
         core.set_now(core.node.config.clock.at(now)); // shard time: real unless a test moves it
@@ -696,7 +702,7 @@ pub(crate) async fn pump(
             Phase::Draining => {
                 if reported != Phase::Draining && core.quiescent() {
                     reported = Phase::Draining;
-                    let _ = events.send(crate::node::ShardEvent::Drained(core.id));
+                    let _ = events.send(crate::engine::events::ShardEvent::Drained(core.id));
                 }
             }
             Phase::Deactivating => {
@@ -708,10 +714,17 @@ pub(crate) async fn pump(
                 }
                 if reported != Phase::Deactivating && core.live_activations() == 0 {
                     reported = Phase::Deactivating;
-                    let _ = events.send(crate::node::ShardEvent::Deactivated(core.id));
+                    let _ = events.send(crate::engine::events::ShardEvent::Deactivated(core.id));
                 }
             }
-            Phase::Stopped => break,
+            Phase::Stopped => {
+                // The log's periodic tasks end (a pass under way finishes) before the shard
+                // stops and closes the log; until then the pump keeps running them.
+                log_tasks.stop();
+                if log_tasks.finished() {
+                    break;
+                }
+            }
         }
 
         since_reap += 1;
@@ -826,43 +839,15 @@ pub(crate) async fn pump(
     }
     core.flush();
     crate::net::close_all(&core);
+    debug_assert!(
+        log_tasks.finished(),
+        "the log's tasks ended before the close"
+    );
     core.exec.clear();
     if let Some(log) = &core.log {
         if let Err(e) = log.close().await {
             tracing::error!(shard = core.id, error = %e, "closing the log failed");
         }
-    }
-}
-
-/// The log's periodic work, as shard tasks: under `fsync = { interval_ms = N }` the log syncs
-/// only when asked, so ask every N ms; and a compaction pass every `log_compact_interval`.
-fn start_log_syncer(core: &Rc<ShardCore>) {
-    let Some(log) = core.log.clone() else { return };
-    let shard = core.id;
-    if let quark_persist::FsyncPolicy::IntervalMs(ms) = log.config().fsync {
-        let log = log.clone();
-        core.exec.spawn(async move {
-            loop {
-                crate::rt::sleep(Duration::from_millis(ms.max(1))).await;
-                if let Err(e) = log.sync().await {
-                    tracing::error!(shard, error = %e, "periodic log sync failed");
-                }
-            }
-        });
-    }
-    if let Some(every) = core.node.config.log_compact_interval {
-        core.exec.spawn(async move {
-            loop {
-                crate::rt::sleep(every).await;
-                match log
-                    .compact(quark_persist::CompactionPolicy::default())
-                    .await
-                {
-                    Ok(report) => tracing::debug!(shard, ?report, "log compaction pass"),
-                    Err(e) => tracing::error!(shard, error = %e, "log compaction failed"),
-                }
-            }
-        });
     }
 }
 

@@ -23,7 +23,7 @@ use std::task::{Context, Poll, Wake, Waker};
 
 use quark_placement::ShardId;
 
-use crate::node::{with_core_of, NodeShared};
+use crate::engine::shared::{with_core_of, NodeShared};
 
 type BoxFuture = Pin<Box<dyn Future<Output = ()>>>;
 

@@ -32,11 +32,12 @@ mod calls;
 mod clock;
 mod core;
 pub mod data_dir;
+mod engine;
 mod envelope;
 mod error;
 mod executor;
+mod log_tasks;
 mod net;
-mod node;
 mod ring;
 pub mod rt;
 mod sync;
@@ -49,15 +50,15 @@ pub use actor_ref::{ActorRef, Tell};
 pub use affinity::{allowed_cores, pin_current_thread, PinError};
 #[doc(hidden)]
 pub use clock::{Clock, ManualClock};
-pub use error::{CallError, ErrorChain, LinkDown};
-pub use executor::{JoinError, SpawnHandle};
-pub use net::{NetConfig, NetStatsSnapshot};
-pub use node::{
+pub use engine::{
     current_shard_log, Engine, EngineBuilder, EngineConfig, EngineHandle, IoDriver, Pinning,
     ShardInfo, ShardSpec, ShardStatsSnapshot, ShutdownReport, StartError, StatsError,
 };
 #[doc(hidden)]
-pub use node::{StartFault, StartStep};
+pub use engine::{StartFault, StartStep};
+pub use error::{CallError, ErrorChain, LinkDown};
+pub use executor::{JoinError, SpawnHandle};
+pub use net::{NetConfig, NetStatsSnapshot};
 pub use quark_placement::{ActorId, ActorKey, ShardId};
 pub use timers::TimerId;
 

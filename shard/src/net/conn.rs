@@ -20,8 +20,8 @@ use rustc_hash::FxHashSet;
 
 use crate::calls::{CallId, CallOutcome};
 use crate::core::ShardCore;
+use crate::engine::shared::Phase;
 use crate::error::{CallError, LinkDown};
-use crate::node::Phase;
 use crate::rt::tcp::{self, TcpReader, TcpWriter};
 
 /// The outgoing side of one connection (or one connection attempt): the frame buffer senders

@@ -15,9 +15,9 @@ use crate::actor::{Handler, Message};
 use crate::actor_ref::ActorRef;
 use crate::calls::{CallId, CallOutcome, RemoteReply, Waiter};
 use crate::core::ShardCore;
+use crate::engine::shared::Phase;
 use crate::envelope::{Origin, ReplyTo};
 use crate::error::CallError;
-use crate::node::Phase;
 
 fn wire_key(key: &ActorKey) -> WireKey<'_> {
     match key {

@@ -1,0 +1,69 @@
+//! [`EngineHandle`]: the `Send + Clone` handle to a node's shards.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use quark_placement::{ActorKey, ShardId};
+
+use super::shared::{NodeShared, Phase};
+use crate::actor::Actor;
+use crate::actor_ref::ActorRef;
+use crate::envelope::RunMsg;
+use crate::executor::SpawnHandle;
+
+/// A `Send + Clone` handle to a node's shards, usable from any thread (from [`Engine::handle`](super::Engine::handle)
+/// or [`crate::Context::engine`]): runs work on a chosen shard, where that shard's actors and
+/// log live.
+#[derive(Clone)]
+pub struct EngineHandle {
+    pub(crate) shared: Arc<NodeShared>,
+}
+
+impl std::fmt::Debug for EngineHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "EngineHandle({} shards)", self.shared.shard_count())
+    }
+}
+
+impl EngineHandle {
+    /// Number of shards.
+    pub fn shard_count(&self) -> u16 {
+        self.shared.shard_count()
+    }
+
+    /// True until the node starts shutting down (background tasks stop when it turns false).
+    pub fn is_running(&self) -> bool {
+        self.shared.phase() == Phase::Running
+    }
+
+    /// The shard of this node that owns `id` (the placement function).
+    pub fn shard_of(&self, id: &quark_placement::ActorId) -> ShardId {
+        quark_placement::shard_for(id, self.shared.shard_count())
+    }
+
+    /// A reference to actor `(A, key)`.
+    pub fn actor_ref<A: Actor>(&self, key: impl Into<ActorKey>) -> ActorRef<A> {
+        ActorRef::new(self.shared.clone(), key.into())
+    }
+
+    /// Runs `make()` on shard `shard` and spawns the future it returns there; the returned
+    /// handle resolves with its output, or a [`JoinError`](crate::JoinError) if it panicked
+    /// (`make` or the future) or the shard stopped first. `make` runs on
+    /// the shard's thread, so the future need not be `Send` (it may use
+    /// [`current_shard_log`](super::current_shard_log)).
+    pub fn spawn_on<F, Fut>(&self, shard: ShardId, make: F) -> SpawnHandle<Fut::Output>
+    where
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: Future + 'static,
+        Fut::Output: Send + 'static,
+    {
+        let (tx, rx) = futures::channel::oneshot::channel();
+        self.shared.inject(
+            shard,
+            Box::new(RunMsg(Box::new(move |core| {
+                core.exec.spawn(crate::executor::run_caught(make, tx));
+            }))),
+        );
+        SpawnHandle::new(shard, rx)
+    }
+}

@@ -1,0 +1,149 @@
+//! State every shard thread and every handle of one node share ([`NodeShared`], one
+//! [`ShardHandle`] per shard, the node's [`Phase`]), and the thread-local that tells a shard
+//! thread its own [`ShardCore`] (`current_core`, `with_core_of`, [`current_shard_log`]).
+
+use std::any::TypeId;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::Arc;
+
+use quark_placement::ShardId;
+use rustc_hash::FxHashMap;
+
+use super::config::EngineConfig;
+use crate::activation::ErasedType;
+use crate::core::ShardCore;
+use crate::envelope::CrossBox;
+use crate::rt::Bell;
+
+/// The node's phase, advanced by [`Engine::shutdown`](super::Engine::shutdown).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub(crate) enum Phase {
+    Running = 0,
+    Draining = 1,
+    Deactivating = 2,
+    Stopped = 3,
+}
+
+/// What every thread may touch of a shard: its doorbell and its injection queue (with the
+/// admission bound for callers outside the node; `crate::admission`).
+pub(crate) struct ShardHandle {
+    pub(crate) bell: Bell,
+    pub(crate) inject: crate::admission::Injector,
+}
+
+/// State shared by every shard thread and every handle of one node (read-mostly).
+pub(crate) struct NodeShared {
+    pub(crate) config: EngineConfig,
+    pub(crate) types: Vec<Arc<dyn ErasedType>>,
+    pub(crate) type_index: FxHashMap<TypeId, u16>,
+    pub(crate) shards: Vec<ShardHandle>,
+    phase: AtomicU8,
+    /// Message types that cross nodes.
+    pub(crate) registry: crate::net::Registry,
+    /// This node's id and the members, for placement (`None`: standalone).
+    pub(crate) net: Option<NetPlacement>,
+}
+
+/// What placement needs of the cluster.
+pub(crate) struct NetPlacement {
+    pub(crate) node_id: quark_placement::NodeId,
+    pub(crate) members: Vec<quark_placement::NodeId>,
+}
+
+impl NodeShared {
+    /// The state of a node that starts running.
+    pub(super) fn new(
+        config: EngineConfig,
+        types: Vec<Arc<dyn ErasedType>>,
+        type_index: FxHashMap<TypeId, u16>,
+        shards: Vec<ShardHandle>,
+        registry: crate::net::Registry,
+        net: Option<NetPlacement>,
+    ) -> NodeShared {
+        NodeShared {
+            config,
+            types,
+            type_index,
+            shards,
+            phase: AtomicU8::new(Phase::Running as u8),
+            registry,
+            net,
+        }
+    }
+
+    #[inline]
+    pub(crate) fn phase(&self) -> Phase {
+        match self.phase.load(Ordering::Acquire) {
+            0 => Phase::Running,
+            1 => Phase::Draining,
+            2 => Phase::Deactivating,
+            _ => Phase::Stopped,
+        }
+    }
+
+    /// Moves the node to `phase` and wakes every shard to see it.
+    pub(super) fn set_phase(&self, phase: Phase) {
+        self.phase.store(phase as u8, Ordering::Release);
+        for s in &self.shards {
+            s.bell.ring();
+            s.bell.write();
+        }
+    }
+
+    pub(crate) fn shard_count(&self) -> u16 {
+        self.shards.len() as u16
+    }
+
+    /// Pushes `msg` into shard `to`'s injection queue from any thread. Never waits (a full
+    /// queue overflows into a list; see `crate::admission`), so a shard's pump never blocks.
+    pub(crate) fn inject(&self, to: ShardId, msg: CrossBox) {
+        let handle = &self.shards[usize::from(to)];
+        handle.inject.push(msg);
+        handle.bell.ring();
+    }
+}
+
+thread_local! {
+    static CURRENT: std::cell::OnceCell<Rc<ShardCore>> = const { std::cell::OnceCell::new() };
+}
+
+/// Makes `core` the calling thread's shard core (once, when a shard thread starts its pump).
+pub(super) fn set_current(core: Rc<ShardCore>) {
+    CURRENT.with(|c| {
+        let _ = c.set(core);
+    });
+}
+
+/// The shard core of the calling thread, if it is a shard thread of `node`.
+#[inline]
+pub(crate) fn current_core(node: &Arc<NodeShared>) -> Option<Rc<ShardCore>> {
+    CURRENT.with(|c| match c.get() {
+        Some(core) if Arc::ptr_eq(&core.node, node) => Some(core.clone()),
+        _ => None,
+    })
+}
+
+/// Runs `f` with the calling thread's shard core if it is shard `shard` of `node` (no
+/// reference-count traffic); returns whether it ran.
+#[inline]
+pub(crate) fn with_core_of(
+    node: &Arc<NodeShared>,
+    shard: ShardId,
+    f: impl FnOnce(&Rc<ShardCore>),
+) -> bool {
+    CURRENT.with(|c| match c.get() {
+        Some(core) if core.id == shard && Arc::ptr_eq(&core.node, node) => {
+            f(core);
+            true
+        }
+        _ => false,
+    })
+}
+
+/// The durable log of the shard the calling thread runs, if it is a shard thread of a node
+/// with a log (for code spawned with [`EngineHandle::spawn_on`](super::EngineHandle::spawn_on)).
+pub fn current_shard_log() -> Option<crate::ShardLog> {
+    CURRENT.with(|c| c.get().and_then(|core| core.log.clone()))
+}
