@@ -10,6 +10,7 @@ pub mod builtin;
 mod client;
 mod cluster;
 mod config;
+pub mod jobs;
 pub mod journal;
 mod node;
 

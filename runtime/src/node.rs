@@ -67,6 +67,7 @@ pub struct NodeBuilder {
     registrations: Vec<(&'static str, Registration)>,
     after_start: Vec<AfterStart>,
     wire: Vec<WireRegistration>,
+    jobs: crate::jobs::JobsSetup,
 }
 
 type WireRegistration = Box<dyn FnOnce(EngineBuilder) -> EngineBuilder>;
@@ -179,6 +180,24 @@ impl NodeBuilder {
         self
     }
 
+    /// Registers job type `J` with its handler (see [`crate::jobs`]). Jobs run when the node
+    /// has a log (`[log]`); each shard recovers its jobs before `start` returns.
+    pub fn register_job<J, F, Fut>(mut self, config: crate::jobs::JobTypeConfig, handler: F) -> Self
+    where
+        J: crate::jobs::Job,
+        F: Fn(J, crate::jobs::JobContext) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<(), crate::jobs::JobFailure>> + 'static,
+    {
+        self.jobs.register::<J, F, Fut>(config, handler);
+        self
+    }
+
+    /// Node-wide job settings (clock, aging, limits; see [`crate::jobs::JobsConfig`]).
+    pub fn jobs_config(mut self, config: crate::jobs::JobsConfig) -> Self {
+        self.jobs.config(config);
+        self
+    }
+
     /// Starts the node's shards; returns when every shard is ready (and, in a cluster, listens
     /// on its cluster address).
     pub fn start(mut self) -> Result<Node, NodeError> {
@@ -212,9 +231,11 @@ impl NodeBuilder {
         for start in self.after_start {
             start(&handle, &self.config);
         }
+        let jobs = self.jobs.start(&handle, self.config.engine.log.is_some());
         Ok(Node {
             engine,
             config: self.config,
+            jobs,
         })
     }
 }
@@ -244,6 +265,7 @@ impl NodeBuilder {
 pub struct Node {
     engine: Engine,
     config: NodeConfig,
+    jobs: crate::jobs::Jobs,
 }
 
 impl Node {
@@ -254,6 +276,7 @@ impl Node {
             registrations: Vec::new(),
             after_start: Vec::new(),
             wire: Vec::new(),
+            jobs: Default::default(),
         }
     }
 
@@ -296,6 +319,11 @@ impl Node {
     /// The handle of projection `P` (registered with [`NodeBuilder::register_projection`]).
     pub fn projection<P: Projection>(&self) -> ProjectionHandle<P> {
         ProjectionHandle::new(self.engine.handle())
+    }
+
+    /// This node's durable jobs (see [`crate::jobs`]).
+    pub fn jobs(&self) -> crate::jobs::Jobs {
+        self.jobs.clone()
     }
 
     /// A `Send + Clone` handle to this node's shards.
