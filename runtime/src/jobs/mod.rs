@@ -86,7 +86,9 @@ impl std::str::FromStr for JobId {
     fn from_str(s: &str) -> Result<Self, String> {
         if let Some((a, b)) = s.split_once('.') {
             let shard: ShardId = a.parse().map_err(|e| format!("job id {s:?}: shard: {e}"))?;
-            let seq: u64 = b.parse().map_err(|e| format!("job id {s:?}: sequence: {e}"))?;
+            let seq: u64 = b
+                .parse()
+                .map_err(|e| format!("job id {s:?}: sequence: {e}"))?;
             return Ok(JobId::new(shard, seq));
         }
         s.parse()
@@ -158,7 +160,10 @@ impl RetryPolicy {
             return Err(format!("retry.factor must be ≥ 1.0, got {}", self.factor));
         }
         if !(0.0..=1.0).contains(&self.jitter) {
-            return Err(format!("retry.jitter must be in 0..=1, got {}", self.jitter));
+            return Err(format!(
+                "retry.jitter must be in 0..=1, got {}",
+                self.jitter
+            ));
         }
         Ok(())
     }
@@ -399,7 +404,10 @@ pub enum JobState {
 impl JobState {
     /// Completed, cancelled or dead.
     pub fn is_final(self) -> bool {
-        matches!(self, JobState::Completed | JobState::Cancelled | JobState::Dead)
+        matches!(
+            self,
+            JobState::Completed | JobState::Cancelled | JobState::Dead
+        )
     }
 
     /// Parses the lower-case name.
@@ -481,7 +489,9 @@ pub enum EnqueueError {
     #[error("empty batch")]
     EmptyBatch,
     /// The node has no log (`[log]` section) or no job type registered: jobs are not running.
-    #[error("jobs are not running on this node (needs a [log] data_dir and a registered job type)")]
+    #[error(
+        "jobs are not running on this node (needs a [log] data_dir and a registered job type)"
+    )]
     NotRunning,
     /// Appending the records failed (nothing acknowledged).
     #[error("appending the job records failed: {0}")]
@@ -510,7 +520,9 @@ pub enum JobsError {
         needs: &'static str,
     },
     /// See [`EnqueueError::NotRunning`].
-    #[error("jobs are not running on this node (needs a [log] data_dir and a registered job type)")]
+    #[error(
+        "jobs are not running on this node (needs a [log] data_dir and a registered job type)"
+    )]
     NotRunning,
     /// Appending failed.
     #[error("appending the job records failed: {0}")]
@@ -562,7 +574,11 @@ impl NewJob {
 
     /// A job of the type named `type_name` with a JSON payload (CLI, tools); the enqueue
     /// converts it with the registered type and refuses it if that fails.
-    pub fn json(type_name: impl Into<String>, json: impl Into<String>, options: JobOptions) -> Self {
+    pub fn json(
+        type_name: impl Into<String>,
+        json: impl Into<String>,
+        options: JobOptions,
+    ) -> Self {
         NewJob {
             type_name: type_name.into(),
             payload: Payload::Json(json.into()),
@@ -630,15 +646,16 @@ impl JobsSetup {
         F: Fn(J, JobContext) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Result<(), JobFailure>> + 'static,
     {
-        let handler: DynHandler = Arc::new(move |bytes: &[u8], ctx: JobContext| {
-            match postcard::from_bytes::<J>(bytes) {
-                Ok(job) => Box::pin(handler(job, ctx)) as HandlerFuture,
-                Err(e) => {
-                    let msg = format!("payload of {} does not decode: {e}", J::TYPE_NAME);
-                    Box::pin(async move { Err(JobFailure::fatal(msg)) })
-                }
-            }
-        });
+        let handler: DynHandler =
+            Arc::new(
+                move |bytes: &[u8], ctx: JobContext| match postcard::from_bytes::<J>(bytes) {
+                    Ok(job) => Box::pin(handler(job, ctx)) as HandlerFuture,
+                    Err(e) => {
+                        let msg = format!("payload of {} does not decode: {e}", J::TYPE_NAME);
+                        Box::pin(async move { Err(JobFailure::fatal(msg)) })
+                    }
+                },
+            );
         let validate: Validate = Arc::new(|bytes: &[u8]| {
             postcard::from_bytes::<J>(bytes)
                 .map(|_| ())
@@ -796,7 +813,11 @@ impl Jobs {
     /// Enqueues one job of type `J`; resolves with its id once it is durable. With a unique
     /// key that an unfinished job holds, resolves with that job's id instead (see
     /// [`JobOptions::unique_key`]).
-    pub async fn enqueue<J: Job>(&self, job: &J, options: JobOptions) -> Result<JobId, EnqueueError> {
+    pub async fn enqueue<J: Job>(
+        &self,
+        job: &J,
+        options: JobOptions,
+    ) -> Result<JobId, EnqueueError> {
         let ids = self.enqueue_batch(vec![NewJob::new(job, options)]).await?;
         Ok(ids[0])
     }
@@ -846,7 +867,9 @@ impl Jobs {
     async fn on_owner<R: Send + 'static>(
         &self,
         id: JobId,
-        f: impl FnOnce(std::rc::Rc<queue::ShardQueue>) -> Pin<Box<dyn Future<Output = Result<R, JobsError>>>>
+        f: impl FnOnce(
+                std::rc::Rc<queue::ShardQueue>,
+            ) -> Pin<Box<dyn Future<Output = Result<R, JobsError>>>>
             + Send
             + 'static,
     ) -> Result<R, JobsError> {
@@ -934,7 +957,9 @@ impl Jobs {
         for s in 0..self.engine.shard_count() {
             let c = self
                 .engine
-                .spawn_on(s, move || async move { queue::local_queue().map(|q| q.counts()) })
+                .spawn_on(s, move || async move {
+                    queue::local_queue().map(|q| q.counts())
+                })
                 .await
                 .ok_or(JobsError::ShardStopped)?
                 .ok_or(JobsError::NotRunning)?;
@@ -947,7 +972,11 @@ impl Jobs {
 
     /// Pauses (true) or resumes (false) starting jobs of `type_name` (`None`: all types) on
     /// every shard. Running jobs continue. Not durable: a restart resumes.
-    pub async fn set_paused(&self, type_name: Option<String>, paused: bool) -> Result<(), JobsError> {
+    pub async fn set_paused(
+        &self,
+        type_name: Option<String>,
+        paused: bool,
+    ) -> Result<(), JobsError> {
         if !self.shared.started {
             return Err(JobsError::NotRunning);
         }

@@ -209,10 +209,24 @@ impl Entry {
 /// A decision made when building a round's batch, applied once the batch is durable.
 enum Decision {
     Start(u64),
-    Complete { id: u64, result: Option<Vec<u8>>, follow_ups: Vec<(u64, StoredJob)> },
-    Requeue { id: u64, run_at: u64 },
-    Retry { id: u64, at: u64, error: String },
-    Dead { id: u64, error: String },
+    Complete {
+        id: u64,
+        result: Option<Vec<u8>>,
+        follow_ups: Vec<(u64, StoredJob)>,
+    },
+    Requeue {
+        id: u64,
+        run_at: u64,
+    },
+    Retry {
+        id: u64,
+        at: u64,
+        error: String,
+    },
+    Dead {
+        id: u64,
+        error: String,
+    },
     Cancel(u64),
 }
 
@@ -385,13 +399,16 @@ impl ShardQueue {
         st.reserved = st.next_seq;
         drop(st);
         if undecodable > 0 {
-            tracing::warn!(shard = self.shard, undecodable, "job records that did not decode were skipped");
+            tracing::warn!(
+                shard = self.shard,
+                undecodable,
+                "job records that did not decode were skipped"
+            );
         }
         if !interrupted.is_empty() {
-            self.log
-                .append(&interrupted)
-                .await
-                .map_err(|e| format!("shard {}: recording interrupted attempts: {e}", self.shard))?;
+            self.log.append(&interrupted).await.map_err(|e| {
+                format!("shard {}: recording interrupted attempts: {e}", self.shard)
+            })?;
         }
         Ok(())
     }
@@ -431,7 +448,10 @@ impl ShardQueue {
                     }
                 }
                 let id = st.alloc(self.shard, &mut batch);
-                batch.event(&job_key(id), &record::encode(&JobRecord::Enqueued(job.clone())));
+                batch.event(
+                    &job_key(id),
+                    &record::encode(&JobRecord::Enqueued(job.clone())),
+                );
                 if let Some(uk) = &job.unique_key {
                     st.unique.insert(uk.clone(), id);
                 }
@@ -543,7 +563,15 @@ impl ShardQueue {
         }
         let now = self.now();
         let mut b = Batch::new();
-        self.terminal(&mut b, id.0, &JobRecord::Cancelled { at_ms: now, attempt: 0 }, now);
+        self.terminal(
+            &mut b,
+            id.0,
+            &JobRecord::Cancelled {
+                at_ms: now,
+                attempt: 0,
+            },
+            now,
+        );
         // Mark it before the await so the scheduler never starts it.
         self.st
             .borrow_mut()
@@ -552,7 +580,11 @@ impl ShardQueue {
             .map(|e| e.state = JobState::Cancelled);
         self.log.append(&b).await.map_err(JobsError::Append)?;
         let mut st = self.st.borrow_mut();
-        st.finish(id.0, JobState::Cancelled, self.jobs.shared.config.finished_kept);
+        st.finish(
+            id.0,
+            JobState::Cancelled,
+            self.jobs.shared.config.finished_kept,
+        );
         st.entries
             .get(&id.0)
             .map(|e| status_of(id.0, e))
@@ -579,7 +611,10 @@ impl ShardQueue {
         let mut b = Batch::new();
         b.event(
             &job_key(id.0),
-            &record::encode(&JobRecord::Requeued { base, run_at_ms: now }),
+            &record::encode(&JobRecord::Requeued {
+                base,
+                run_at_ms: now,
+            }),
         );
         self.log.append(&b).await.map_err(JobsError::Append)?;
         let mut st = self.st.borrow_mut();
@@ -632,8 +667,7 @@ impl ShardQueue {
                     && q.after.is_none_or(|a| **id > a.0)
                     && q.state.is_none_or(|s| s == e.state)
                     && q.type_name.as_ref().is_none_or(|t| *t == e.job.type_name)
-                    && q
-                        .concurrency_key
+                    && q.concurrency_key
                         .as_ref()
                         .is_none_or(|k| Some(k) == e.job.concurrency_key.as_ref())
             })
@@ -727,7 +761,9 @@ impl ShardQueue {
         let mut rng_state = rand::random::<u64>();
         for (id, outcome) in outcomes {
             let mut st = self.st.borrow_mut();
-            let Some(e) = st.entries.get(&id) else { continue };
+            let Some(e) = st.entries.get(&id) else {
+                continue;
+            };
             let a = e.attempt;
             let ctl = e.ctl.clone();
             let key = job_key(id);
@@ -757,7 +793,11 @@ impl ShardQueue {
                         let fid = st.alloc(self.shard, &mut b);
                         follow_ups.push((fid, j));
                     }
-                    Decision::Complete { id, result, follow_ups }
+                    Decision::Complete {
+                        id,
+                        result,
+                        follow_ups,
+                    }
                 }
                 Outcome::Failed(f) => retry_or_dead(e, f.message, f.retry, &mut rng_state),
                 Outcome::TimedOut(ms) => retry_or_dead(
@@ -770,10 +810,15 @@ impl ShardQueue {
             };
             drop(st);
             match &d {
-                Decision::Complete { result, follow_ups, .. } => {
+                Decision::Complete {
+                    result, follow_ups, ..
+                } => {
                     let mut st = self.st.borrow_mut();
                     for (fid, j) in follow_ups {
-                        b.event(&job_key(*fid), &record::encode(&JobRecord::Enqueued(j.clone())));
+                        b.event(
+                            &job_key(*fid),
+                            &record::encode(&JobRecord::Enqueued(j.clone())),
+                        );
                         if let Some(uk) = &j.unique_key {
                             st.unique.entry(uk.clone()).or_insert(*fid);
                         }
@@ -786,27 +831,53 @@ impl ShardQueue {
                     self.terminal(
                         &mut b,
                         id,
-                        &JobRecord::Completed { at_ms: now, attempt: a, result: result.clone() },
+                        &JobRecord::Completed {
+                            at_ms: now,
+                            attempt: a,
+                            result: result.clone(),
+                        },
                         now,
                     );
                 }
                 Decision::Requeue { run_at, .. } => {
-                    b.event(&key, &record::encode(&JobRecord::Requeued { base: a, run_at_ms: *run_at }));
+                    b.event(
+                        &key,
+                        &record::encode(&JobRecord::Requeued {
+                            base: a,
+                            run_at_ms: *run_at,
+                        }),
+                    );
                 }
                 Decision::Retry { at, error, .. } => {
                     b.event(
                         &key,
-                        &record::encode(&JobRecord::Failed { attempt: a, error: error.clone(), retry_at_ms: Some(*at) }),
+                        &record::encode(&JobRecord::Failed {
+                            attempt: a,
+                            error: error.clone(),
+                            retry_at_ms: Some(*at),
+                        }),
                     );
                 }
                 Decision::Dead { error, .. } => {
                     b.event(
                         &key,
-                        &record::encode(&JobRecord::Failed { attempt: a, error: error.clone(), retry_at_ms: None }),
+                        &record::encode(&JobRecord::Failed {
+                            attempt: a,
+                            error: error.clone(),
+                            retry_at_ms: None,
+                        }),
                     );
                 }
                 Decision::Cancel(_) => {
-                    self.terminal(&mut b, id, &JobRecord::Cancelled { at_ms: now, attempt: a }, now);
+                    self.terminal(
+                        &mut b,
+                        id,
+                        &JobRecord::Cancelled {
+                            at_ms: now,
+                            attempt: a,
+                        },
+                        now,
+                    );
                 }
                 Decision::Start(_) => {}
             }
@@ -815,7 +886,13 @@ impl ShardQueue {
         // Starts.
         let starts = self.st.borrow_mut().pick(now, &self.jobs, self.aging_ms());
         for (id, attempt) in starts {
-            b.event(&job_key(id), &record::encode(&JobRecord::Started { attempt, at_ms: now }));
+            b.event(
+                &job_key(id),
+                &record::encode(&JobRecord::Started {
+                    attempt,
+                    at_ms: now,
+                }),
+            );
             decisions.push(Decision::Start(id));
         }
         (b, decisions)
@@ -829,7 +906,9 @@ impl ShardQueue {
         for d in decisions {
             match d {
                 Decision::Start(id) => {
-                    let Some(e) = st.entries.get_mut(&id) else { continue };
+                    let Some(e) = st.entries.get_mut(&id) else {
+                        continue;
+                    };
                     let Some(ti) = e.type_idx else { continue };
                     let ctl = Rc::new(RunCtl {
                         id: JobId(id),
@@ -851,7 +930,11 @@ impl ShardQueue {
                     st.to_run.push((ctl, handler, payload, timeout));
                     started = true;
                 }
-                Decision::Complete { id, result, follow_ups } => {
+                Decision::Complete {
+                    id,
+                    result,
+                    follow_ups,
+                } => {
                     st.release(id);
                     if let Some(e) = st.entries.get_mut(&id) {
                         e.result = result;
@@ -947,7 +1030,9 @@ async fn run_attempt(
     timeout_ms: u64,
 ) -> (u64, Outcome) {
     let id = ctl.id.0;
-    let ctx = JobContext { ctl: Rc::clone(&ctl) };
+    let ctx = JobContext {
+        ctl: Rc::clone(&ctl),
+    };
     let work = std::panic::AssertUnwindSafe(handler(&payload, ctx)).catch_unwind();
     let c2 = Rc::clone(&ctl);
     let cancelled = futures::future::poll_fn(move |cx| {
@@ -963,7 +1048,12 @@ async fn run_attempt(
             cancelled.await;
             None
         } else {
-            match select(Box::pin(cancelled), Box::pin(quark_shard::sleep(Duration::from_millis(timeout_ms)))).await {
+            match select(
+                Box::pin(cancelled),
+                Box::pin(quark_shard::sleep(Duration::from_millis(timeout_ms))),
+            )
+            .await
+            {
                 Either::Left(_) => None,
                 Either::Right(_) => Some(timeout_ms),
             }
@@ -1010,7 +1100,11 @@ fn fold(e: &mut Option<Entry>, rec: JobRecord, jobs: &Jobs, now: u64) {
                 e.checkpoint = Some(data);
             }
         }
-        JobRecord::Failed { attempt, error, retry_at_ms } => {
+        JobRecord::Failed {
+            attempt,
+            error,
+            retry_at_ms,
+        } => {
             if let Some(e) = e {
                 e.attempt = e.attempt.max(attempt);
                 e.last_error = Some(error);
@@ -1023,7 +1117,9 @@ fn fold(e: &mut Option<Entry>, rec: JobRecord, jobs: &Jobs, now: u64) {
                 }
             }
         }
-        JobRecord::Completed { attempt, result, .. } => {
+        JobRecord::Completed {
+            attempt, result, ..
+        } => {
             // A snapshot: the job's earlier records are gone; keep what the status needs.
             let mut done = e.take().unwrap_or_else(|| Entry::new(placeholder(), None));
             done.attempt = done.attempt.max(attempt);
@@ -1120,7 +1216,9 @@ impl State {
     /// Puts a scheduled or queued job where the scheduler finds it: the timer set if its time
     /// has not come, else the ready set of its type (or its key's waiting set).
     fn place(&mut self, id: u64, aging: i64) {
-        let Some(e) = self.entries.get_mut(&id) else { return };
+        let Some(e) = self.entries.get_mut(&id) else {
+            return;
+        };
         if e.state.is_final() || e.state == JobState::Running {
             return;
         }
@@ -1130,7 +1228,9 @@ impl State {
     }
 
     fn make_ready(&mut self, id: u64, aging: i64) {
-        let Some(e) = self.entries.get_mut(&id) else { return };
+        let Some(e) = self.entries.get_mut(&id) else {
+            return;
+        };
         e.state = JobState::Queued;
         e.order = e.run_at_ms as i64 - i64::from(e.job.priority) * aging;
         let Some(ti) = e.type_idx else {
@@ -1142,7 +1242,9 @@ impl State {
 
     /// Removes a queued or scheduled job from the scheduler's sets.
     fn unplace(&mut self, id: u64) {
-        let Some(e) = self.entries.get(&id) else { return };
+        let Some(e) = self.entries.get(&id) else {
+            return;
+        };
         self.scheduled.remove(&(e.run_at_ms, id));
         if let Some(ti) = e.type_idx {
             self.ready[ti].remove(&(e.order, id));
@@ -1177,12 +1279,19 @@ impl State {
             }
             let limit = jobs.shared.types[t].config.max_running_per_shard;
             while self.running < max && self.type_running[t] < limit {
-                let Some((order, id)) = self.ready[t].pop_first() else { break };
-                let Some(e) = self.entries.get_mut(&id) else { continue };
+                let Some((order, id)) = self.ready[t].pop_first() else {
+                    break;
+                };
+                let Some(e) = self.entries.get_mut(&id) else {
+                    continue;
+                };
                 if let Some(key) = &e.job.concurrency_key {
                     let r = self.key_running.get(key).copied().unwrap_or(0);
                     if r >= e.job.concurrency_limit {
-                        self.key_waiting.entry(key.clone()).or_default().insert((order, id));
+                        self.key_waiting
+                            .entry(key.clone())
+                            .or_default()
+                            .insert((order, id));
                         continue;
                     }
                     *self.key_running.entry(key.clone()).or_insert(0) += 1;
@@ -1200,7 +1309,9 @@ impl State {
 
     /// Frees the slots of a job whose attempt ended; readies one job waiting for its key.
     fn release(&mut self, id: u64) {
-        let Some(e) = self.entries.get_mut(&id) else { return };
+        let Some(e) = self.entries.get_mut(&id) else {
+            return;
+        };
         e.ctl = None;
         if let Some(ti) = e.type_idx {
             self.type_running[ti] = self.type_running[ti].saturating_sub(1);
@@ -1229,7 +1340,9 @@ impl State {
     /// Moves a job to a final state: wakes its waiters, frees its unique key, and forgets the
     /// oldest finished jobs beyond `kept`.
     fn finish(&mut self, id: u64, state: JobState, kept: usize) {
-        let Some(e) = self.entries.get_mut(&id) else { return };
+        let Some(e) = self.entries.get_mut(&id) else {
+            return;
+        };
         e.state = state;
         e.ctl = None;
         if state != JobState::Dead {
