@@ -351,6 +351,33 @@ impl ShardQueue {
             }
         }
         let mut interrupted = Batch::new();
+        let aging = self.aging_ms();
+        self.rebuild(by_key, hw, now, aging, &mut interrupted);
+        if undecodable > 0 {
+            tracing::warn!(
+                shard = self.shard,
+                undecodable,
+                "job records that did not decode were skipped"
+            );
+        }
+        if !interrupted.is_empty() {
+            self.log.append(&interrupted).await.map_err(|e| {
+                format!("shard {}: recording interrupted attempts: {e}", self.shard)
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Folds the recovered records into the jobs (sync: no borrow across an await); the
+    /// interrupted attempts' failure records go into `interrupted`.
+    fn rebuild(
+        &self,
+        mut by_key: HashMap<u64, Vec<(Option<u64>, JobRecord)>>,
+        hw: u64,
+        now: u64,
+        aging: i64,
+        interrupted: &mut Batch,
+    ) {
         let mut st = self.st.borrow_mut();
         let mut max_seq = 0u64;
         let mut ids: Vec<u64> = by_key.keys().copied().collect();
@@ -393,24 +420,10 @@ impl ShardQueue {
                     None => e.state = JobState::Dead,
                 }
             }
-            st.insert_recovered(id, e, self.aging_ms());
+            st.insert_recovered(id, e, aging);
         }
         st.next_seq = hw.max(max_seq + 1);
         st.reserved = st.next_seq;
-        drop(st);
-        if undecodable > 0 {
-            tracing::warn!(
-                shard = self.shard,
-                undecodable,
-                "job records that did not decode were skipped"
-            );
-        }
-        if !interrupted.is_empty() {
-            self.log.append(&interrupted).await.map_err(|e| {
-                format!("shard {}: recording interrupted attempts: {e}", self.shard)
-            })?;
-        }
-        Ok(())
     }
 
     /// Stores new jobs; resolves with their ids once durable.
@@ -573,11 +586,9 @@ impl ShardQueue {
             now,
         );
         // Mark it before the await so the scheduler never starts it.
-        self.st
-            .borrow_mut()
-            .entries
-            .get_mut(&id.0)
-            .map(|e| e.state = JobState::Cancelled);
+        if let Some(e) = self.st.borrow_mut().entries.get_mut(&id.0) {
+            e.state = JobState::Cancelled;
+        }
         self.log.append(&b).await.map_err(JobsError::Append)?;
         let mut st = self.st.borrow_mut();
         st.finish(

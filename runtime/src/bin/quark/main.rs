@@ -3,6 +3,7 @@
 //! - `quark serve --config quark.toml`: runs a node (see `docs/CLUSTER.md`).
 //! - `quark journal inspect|export|verify --data-dir DIR`: reads a stopped node's journals (see
 //!   `docs/JOURNALING.md`, "The quark journal tool").
+//! - `quark jobs inspect --data-dir DIR`: lists a stopped node's durable jobs (`docs/JOBS.md`).
 //!
 //! Each subcommand lives in its own module next to this file; this file only dispatches.
 //! Exit codes: 0 success; `serve` 1 on failure; `journal` 1 when an integrity problem was found,
@@ -12,6 +13,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod jobs;
 mod journal;
 mod serve;
 
@@ -32,6 +34,8 @@ enum Command {
     Serve(serve::Args),
     /// Inspect, export and verify the journals in a stopped node's data directory.
     Journal(journal::Args),
+    /// List the durable jobs in a stopped node's data directory.
+    Jobs(jobs::Args),
 }
 
 fn main() -> ExitCode {
@@ -53,5 +57,6 @@ fn main() -> ExitCode {
             }
         },
         Command::Journal(args) => journal::run(args),
+        Command::Jobs(args) => jobs::run(args),
     }
 }
