@@ -768,3 +768,82 @@ fn follow_up_jobs_are_stored_with_the_completion_only_if_it_succeeds() {
     assert_eq!(*children.lock().unwrap(), vec![10]);
     node.shutdown();
 }
+
+fn completed_and_queued(jobs: &Jobs) -> (u64, u64) {
+    let c = block_on(jobs.counts()).unwrap();
+    let get = |s| c.get(&s).copied().unwrap_or(0);
+    (
+        get(JobState::Completed),
+        get(JobState::Queued) + get(JobState::Scheduled),
+    )
+}
+
+#[test]
+fn rate_limits_per_type_and_per_key_pace_starts_on_the_jobs_clock() {
+    use quark::jobs::RateLimit;
+    let tmp = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(T0);
+    let node = builder(tmp.path(), 1)
+        .jobs_config(manual(&clock))
+        .register_job::<Work, _, _>(
+            JobTypeConfig {
+                rate_limit: Some(RateLimit::per(10, Duration::from_secs(1))),
+                ..JobTypeConfig::default()
+            },
+            |_w: Work, _ctx: JobContext| async { Ok(()) },
+        )
+        .register_job::<Parent, _, _>(
+            JobTypeConfig::default(),
+            |_p: Parent, _ctx: JobContext| async { Ok(()) },
+        )
+        .start()
+        .unwrap();
+    let jobs = node.jobs();
+    // Per type: a burst of 10, then 10 per second.
+    for n in 0..35 {
+        block_on(jobs.enqueue(&work(n), JobOptions::default())).unwrap();
+    }
+    until("the first burst", || {
+        (completed_and_queued(&jobs) == (10, 25)).then_some(())
+    });
+    clock.advance(Duration::from_millis(500));
+    jobs.poke();
+    until("half a second of tokens", || {
+        (completed_and_queued(&jobs) == (15, 20)).then_some(())
+    });
+    clock.advance(Duration::from_millis(1_000));
+    jobs.poke();
+    until("a second of tokens", || {
+        (completed_and_queued(&jobs) == (25, 10)).then_some(())
+    });
+    clock.advance(Duration::from_millis(1_000));
+    jobs.poke();
+    until("the rest", || {
+        (completed_and_queued(&jobs) == (35, 0)).then_some(())
+    });
+
+    // Per key: 2 per second per key, keys independent.
+    let limit = RateLimit::per(2, Duration::from_secs(1));
+    for n in 0..12u64 {
+        let key = format!("k{}", n % 2);
+        let opts = JobOptions::default().concurrency(key, 100).key_rate(limit);
+        block_on(jobs.enqueue(&Parent(n), opts)).unwrap();
+    }
+    until("two per key", || {
+        (completed_and_queued(&jobs) == (39, 8)).then_some(())
+    });
+    clock.advance(Duration::from_millis(1_000));
+    jobs.poke();
+    until("two more per key", || {
+        (completed_and_queued(&jobs) == (43, 4)).then_some(())
+    });
+    clock.advance(Duration::from_millis(1_000));
+    jobs.poke();
+    until("the rest", || {
+        (completed_and_queued(&jobs) == (47, 0)).then_some(())
+    });
+    // A key rate limit needs a key.
+    let e = block_on(jobs.enqueue(&Parent(99), JobOptions::default().key_rate(limit))).unwrap_err();
+    assert!(e.to_string().contains("needs a concurrency_key"), "{e}");
+    node.shutdown();
+}

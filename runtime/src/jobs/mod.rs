@@ -169,6 +169,33 @@ impl RetryPolicy {
     }
 }
 
+/// A rate limit: at most `tokens` starts per `interval` (a token bucket of `tokens`
+/// capacity, refilled continuously), so bursts up to `tokens` are allowed.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RateLimit {
+    /// Starts per interval (and the burst size). At least 1.
+    pub tokens: u32,
+    /// The interval, in ms. At least 1.
+    pub interval_ms: u64,
+}
+
+impl RateLimit {
+    /// `tokens` starts per `interval`.
+    pub fn per(tokens: u32, interval: Duration) -> Self {
+        RateLimit {
+            tokens,
+            interval_ms: interval.as_millis() as u64,
+        }
+    }
+
+    fn check(&self, what: &str) -> Result<(), String> {
+        if self.tokens == 0 || self.interval_ms == 0 {
+            return Err(format!("{what}: tokens and interval must be at least 1"));
+        }
+        Ok(())
+    }
+}
+
 /// When a job may first run.
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Default)]
 pub enum Schedule {
@@ -201,6 +228,9 @@ pub struct JobOptions {
     pub concurrency_key: Option<String>,
     /// Limit for the concurrency key (default 1).
     pub concurrency_limit: Option<u32>,
+    /// Rate limit of the concurrency key: starts of jobs with this key (needs
+    /// `concurrency_key`; the bucket is per key, its size taken from the job being started).
+    pub key_rate_limit: Option<RateLimit>,
 }
 
 impl JobOptions {
@@ -240,6 +270,11 @@ impl JobOptions {
         self.concurrency_limit = Some(limit);
         self
     }
+    /// Sets the rate limit of the concurrency key.
+    pub fn key_rate(mut self, limit: RateLimit) -> Self {
+        self.key_rate_limit = Some(limit);
+        self
+    }
 }
 
 /// Settings of one job type (given at registration).
@@ -251,6 +286,8 @@ pub struct JobTypeConfig {
     pub retry: RetryPolicy,
     /// Default timeout of one attempt (default 5 min; zero: none).
     pub timeout: Duration,
+    /// Starts of this type per shard (default none).
+    pub rate_limit: Option<RateLimit>,
 }
 
 impl Default for JobTypeConfig {
@@ -259,6 +296,7 @@ impl Default for JobTypeConfig {
             max_running_per_shard: 1024,
             retry: RetryPolicy::default(),
             timeout: Duration::from_secs(300),
+            rate_limit: None,
         }
     }
 }
@@ -773,6 +811,15 @@ impl Jobs {
         retry
             .check()
             .map_err(|detail| EnqueueError::BadOptions { detail })?;
+        if let Some(r) = &o.key_rate_limit {
+            r.check("key_rate_limit")
+                .map_err(|detail| EnqueueError::BadOptions { detail })?;
+            if o.concurrency_key.is_none() {
+                return Err(EnqueueError::BadOptions {
+                    detail: "key_rate_limit needs a concurrency_key".into(),
+                });
+            }
+        }
         if o.concurrency_limit == Some(0) {
             return Err(EnqueueError::BadOptions {
                 detail: "concurrency_limit must be at least 1".into(),
@@ -804,6 +851,7 @@ impl Jobs {
                 unique_key: o.unique_key,
                 concurrency_key: o.concurrency_key,
                 concurrency_limit: o.concurrency_limit.unwrap_or(1),
+                key_rate_limit: o.key_rate_limit,
             },
             shard,
             placed_by_key,

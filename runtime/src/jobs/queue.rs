@@ -184,6 +184,8 @@ struct Entry {
     ctl: Option<Rc<RunCtl>>,
     /// Not yet durable (its enqueue's append is in flight).
     pending: bool,
+    /// When waiting for a token of its key's rate limit: the time in `rate_waiting`.
+    rate_wait_ms: Option<u64>,
 }
 
 impl Entry {
@@ -202,6 +204,7 @@ impl Entry {
             rerun: false,
             ctl: None,
             pending: false,
+            rate_wait_ms: None,
         }
     }
 }
@@ -230,6 +233,46 @@ enum Decision {
     Cancel(u64),
 }
 
+/// A token bucket (see [`super::RateLimit`]).
+#[derive(Clone, Copy, Debug)]
+struct Bucket {
+    available: f64,
+    last_ms: u64,
+}
+
+impl Bucket {
+    fn full(limit: &super::RateLimit, now: u64) -> Self {
+        Bucket {
+            available: f64::from(limit.tokens),
+            last_ms: now,
+        }
+    }
+
+    fn refill(&mut self, limit: &super::RateLimit, now: u64) {
+        let cap = f64::from(limit.tokens);
+        let dt = now.saturating_sub(self.last_ms) as f64;
+        self.available = (self.available + dt * cap / limit.interval_ms as f64).min(cap);
+        self.last_ms = self.last_ms.max(now);
+    }
+
+    /// Takes a token if there is one.
+    fn take(&mut self) -> bool {
+        if self.available >= 1.0 - 1e-9 {
+            self.available -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+
+    /// When the next token is there (ms).
+    fn next_token_ms(&self, limit: &super::RateLimit) -> u64 {
+        let missing = (1.0 - self.available).max(0.0);
+        let ms = (missing * limit.interval_ms as f64 / f64::from(limit.tokens)).ceil() as u64;
+        self.last_ms + ms.max(1)
+    }
+}
+
 #[derive(Default)]
 struct State {
     entries: HashMap<u64, Entry>,
@@ -240,6 +283,11 @@ struct State {
     /// Ready jobs whose concurrency key is at its limit: (order, id).
     key_waiting: HashMap<String, BTreeSet<(i64, u64)>>,
     key_running: HashMap<String, u32>,
+    /// Ready jobs whose key's rate limit has no token: (next token ms, id).
+    rate_waiting: BTreeSet<(u64, u64)>,
+    key_buckets: HashMap<String, Bucket>,
+    /// Per type: its rate limit's bucket.
+    type_buckets: Vec<Option<Bucket>>,
     type_running: Vec<u32>,
     running: u32,
     unique: HashMap<String, u64>,
@@ -278,6 +326,7 @@ pub(crate) async fn start_shard(jobs: Jobs, shard: ShardId) -> Result<(), String
         st: RefCell::new(State {
             ready: vec![BTreeSet::new(); ntypes],
             type_running: vec![0; ntypes],
+            type_buckets: vec![None; ntypes],
             ..State::default()
         }),
         sched: Notify::default(),
@@ -755,7 +804,7 @@ impl ShardQueue {
                 }
                 continue;
             }
-            let next_due = self.st.borrow().scheduled.first().map(|&(t, _)| t);
+            let next_due = self.st.borrow().next_wake(&self.jobs);
             let wait = match next_due {
                 Some(t) => Duration::from_millis(t.saturating_sub(now).max(1)).min(idle),
                 None => idle,
@@ -1175,6 +1224,7 @@ fn placeholder() -> StoredJob {
         unique_key: None,
         concurrency_key: None,
         concurrency_limit: 1,
+        key_rate_limit: None,
     }
 }
 
@@ -1257,6 +1307,9 @@ impl State {
             return;
         };
         self.scheduled.remove(&(e.run_at_ms, id));
+        if let Some(t) = e.rate_wait_ms {
+            self.rate_waiting.remove(&(t, id));
+        }
         if let Some(ti) = e.type_idx {
             self.ready[ti].remove(&(e.order, id));
         }
@@ -1277,6 +1330,18 @@ impl State {
             self.scheduled.pop_first();
             self.make_ready(id, aging);
         }
+        while let Some(&(t, id)) = self.rate_waiting.first() {
+            if t > now {
+                break;
+            }
+            self.rate_waiting.pop_first();
+            if let Some(e) = self.entries.get_mut(&id) {
+                e.rate_wait_ms = None;
+                if let Some(ti) = e.type_idx {
+                    self.ready[ti].insert((e.order, id));
+                }
+            }
+        }
         let mut out = Vec::new();
         if self.paused_all || self.stopped {
             return out;
@@ -1289,7 +1354,16 @@ impl State {
                 continue;
             }
             let limit = jobs.shared.types[t].config.max_running_per_shard;
+            let type_rate = jobs.shared.types[t].config.rate_limit;
+            if let Some(r) = &type_rate {
+                self.type_buckets[t]
+                    .get_or_insert_with(|| Bucket::full(r, now))
+                    .refill(r, now);
+            }
             while self.running < max && self.type_running[t] < limit {
+                if self.type_buckets[t].is_some_and(|b| b.available < 1.0 - 1e-9) {
+                    break;
+                }
                 let Some((order, id)) = self.ready[t].pop_first() else {
                     break;
                 };
@@ -1305,7 +1379,23 @@ impl State {
                             .insert((order, id));
                         continue;
                     }
+                    if let Some(limit) = &e.job.key_rate_limit {
+                        let b = self
+                            .key_buckets
+                            .entry(key.clone())
+                            .or_insert_with(|| Bucket::full(limit, now));
+                        b.refill(limit, now);
+                        if !b.take() {
+                            let at = b.next_token_ms(limit);
+                            e.rate_wait_ms = Some(at);
+                            self.rate_waiting.insert((at, id));
+                            continue;
+                        }
+                    }
                     *self.key_running.entry(key.clone()).or_insert(0) += 1;
+                }
+                if let Some(b) = self.type_buckets[t].as_mut() {
+                    b.take();
                 }
                 e.state = JobState::Running;
                 e.attempt += 1;
@@ -1316,6 +1406,24 @@ impl State {
         }
         self.rr = self.rr.wrapping_add(1);
         out
+    }
+
+    /// The earliest time something becomes startable without an event: a scheduled job, a
+    /// key's next rate token, or the next token of a rate-limited type with ready jobs.
+    fn next_wake(&self, jobs: &Jobs) -> Option<u64> {
+        let mut t = self.scheduled.first().map(|&(t, _)| t);
+        let mut consider = |x: u64| t = Some(t.map_or(x, |t| t.min(x)));
+        if let Some(&(x, _)) = self.rate_waiting.first() {
+            consider(x);
+        }
+        for (i, b) in self.type_buckets.iter().enumerate() {
+            if let (Some(b), Some(r)) = (b, &jobs.shared.types[i].config.rate_limit) {
+                if !self.ready[i].is_empty() && b.available < 1.0 {
+                    consider(b.next_token_ms(r));
+                }
+            }
+        }
+        t
     }
 
     /// Frees the slots of a job whose attempt ended; readies one job waiting for its key.

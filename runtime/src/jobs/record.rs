@@ -8,7 +8,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::RetryPolicy;
+use super::{RateLimit, RetryPolicy};
 
 /// Prefix of every job record key.
 pub const JOB_KEY_PREFIX: &[u8] = b"jobs/j/";
@@ -54,6 +54,8 @@ pub struct StoredJob {
     pub concurrency_key: Option<String>,
     /// Maximum running jobs with the same concurrency key.
     pub concurrency_limit: u32,
+    /// Rate limit of the concurrency key.
+    pub key_rate_limit: Option<RateLimit>,
 }
 
 /// One state change of a job.
