@@ -196,6 +196,27 @@ impl RateLimit {
     }
 }
 
+/// A job a new job depends on: it runs only after that one completed, and reads its result
+/// ([`JobContext::parent_results`]).
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum Dep {
+    /// An existing job (owned by the same shard: the new job is placed there when it has no
+    /// key of its own).
+    Job(JobId),
+    /// The job at this index of the same [`Jobs::enqueue_batch`] call.
+    InBatch(usize),
+}
+
+/// What happens to a job when a job it depends on is cancelled or dead.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub enum OnParentFailure {
+    /// It is cancelled (and so are its own dependents).
+    #[default]
+    Cancel,
+    /// It is dead ("parent X failed"), so it can be inspected and replayed.
+    Fail,
+}
+
 /// When a job may first run.
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Default)]
 pub enum Schedule {
@@ -228,6 +249,10 @@ pub struct JobOptions {
     pub concurrency_key: Option<String>,
     /// Limit for the concurrency key (default 1).
     pub concurrency_limit: Option<u32>,
+    /// Jobs that must complete first (a DAG; cycles are refused at enqueue).
+    pub depends_on: Vec<Dep>,
+    /// What a cancelled or dead parent does to this job.
+    pub on_parent_failure: OnParentFailure,
     /// Rate limit of the concurrency key: starts of jobs with this key (needs
     /// `concurrency_key`; the bucket is per key, its size taken from the job being started).
     pub key_rate_limit: Option<RateLimit>,
@@ -268,6 +293,16 @@ impl JobOptions {
     pub fn concurrency(mut self, key: impl Into<String>, limit: u32) -> Self {
         self.concurrency_key = Some(key.into());
         self.concurrency_limit = Some(limit);
+        self
+    }
+    /// Adds a dependency.
+    pub fn depends_on(mut self, dep: Dep) -> Self {
+        self.depends_on.push(dep);
+        self
+    }
+    /// Sets what a failed parent does to this job.
+    pub fn on_parent_failure(mut self, p: OnParentFailure) -> Self {
+        self.on_parent_failure = p;
         self
     }
     /// Sets the rate limit of the concurrency key.
@@ -425,6 +460,8 @@ impl<E: std::error::Error> From<E> for JobFailure {
 /// Where a job is in its life.
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum JobState {
+    /// Waiting for the jobs it depends on.
+    Blocked,
     /// Waiting for its time or its retry time.
     Scheduled,
     /// Ready, waiting for a slot (type, shard or concurrency key).
@@ -451,6 +488,7 @@ impl JobState {
     /// Parses the lower-case name.
     pub fn parse(s: &str) -> Option<Self> {
         Some(match s {
+            "blocked" => JobState::Blocked,
             "scheduled" => JobState::Scheduled,
             "queued" => JobState::Queued,
             "running" => JobState::Running,
@@ -526,6 +564,21 @@ pub enum EnqueueError {
     /// The batch is empty.
     #[error("empty batch")]
     EmptyBatch,
+    /// The dependencies within the batch form a cycle.
+    #[error("the batch's dependencies form a cycle through jobs {jobs:?} (batch indices)")]
+    DependencyCycle {
+        /// The batch indices on the cycle.
+        jobs: Vec<usize>,
+    },
+    /// A dependency is not usable: out of the batch, unknown, on another shard, or dead or
+    /// cancelled.
+    #[error("bad dependency of batch job {index}: {detail}")]
+    BadDependency {
+        /// The job's index in the batch.
+        index: usize,
+        /// What is wrong.
+        detail: String,
+    },
     /// The node has no log (`[log]` section) or no job type registered: jobs are not running.
     #[error(
         "jobs are not running on this node (needs a [log] data_dir and a registered job type)"
@@ -774,6 +827,7 @@ impl std::fmt::Debug for Jobs {
 /// A job after validation: what will be stored, and its owner.
 pub(crate) struct Prepared {
     pub stored: StoredJob,
+    pub deps: Vec<Dep>,
     pub shard: ShardId,
     pub placed_by_key: bool,
 }
@@ -852,7 +906,10 @@ impl Jobs {
                 concurrency_key: o.concurrency_key,
                 concurrency_limit: o.concurrency_limit.unwrap_or(1),
                 key_rate_limit: o.key_rate_limit,
+                depends_on: Vec::new(),
+                on_parent_failure: o.on_parent_failure,
             },
+            deps: o.depends_on,
             shard,
             placed_by_key,
         })
@@ -886,11 +943,35 @@ impl Jobs {
         for j in jobs {
             prepared.push(self.prepare(j, now)?);
         }
+        check_batch_deps(&prepared)?;
         let owner = prepared
             .iter()
             .find(|p| p.placed_by_key)
             .map(|p| p.shard)
+            .or_else(|| {
+                prepared.iter().find_map(|p| {
+                    p.deps.iter().find_map(|d| match d {
+                        Dep::Job(id) => Some(id.shard()),
+                        Dep::InBatch(_) => None,
+                    })
+                })
+            })
             .unwrap_or(prepared[0].shard);
+        for (index, p) in prepared.iter().enumerate() {
+            for d in &p.deps {
+                if let Dep::Job(id) = d {
+                    if id.shard() != owner {
+                        return Err(EnqueueError::BadDependency {
+                            index,
+                            detail: format!(
+                                "job {id} is owned by shard {}, this batch by shard {owner}; a job and its dependencies must share a shard (same concurrency key, or one batch)",
+                                id.shard()
+                            ),
+                        });
+                    }
+                }
+            }
+        }
         if let Some(p) = prepared
             .iter()
             .find(|p| p.placed_by_key && p.shard != owner)
@@ -900,7 +981,8 @@ impl Jobs {
                 other: p.shard,
             });
         }
-        let stored: Vec<StoredJob> = prepared.into_iter().map(|p| p.stored).collect();
+        let stored: Vec<(StoredJob, Vec<Dep>)> =
+            prepared.into_iter().map(|p| (p.stored, p.deps)).collect();
         self.engine
             .spawn_on(owner, move || async move {
                 let Some(q) = queue::local_queue() else {
@@ -1055,6 +1137,57 @@ impl Jobs {
             }));
         }
     }
+}
+
+/// Refuses dependencies on batch indices that do not exist or form a cycle.
+fn check_batch_deps(prepared: &[Prepared]) -> Result<(), EnqueueError> {
+    let n = prepared.len();
+    for (index, p) in prepared.iter().enumerate() {
+        for d in &p.deps {
+            if let Dep::InBatch(j) = d {
+                if *j >= n {
+                    return Err(EnqueueError::BadDependency {
+                        index,
+                        detail: format!("batch index {j} is out of the batch (size {n})"),
+                    });
+                }
+            }
+        }
+    }
+    // Depth-first search; 0 = new, 1 = on the path, 2 = done.
+    let mut mark = vec![0u8; n];
+    let mut path = Vec::new();
+    fn visit(
+        i: usize,
+        prepared: &[Prepared],
+        mark: &mut [u8],
+        path: &mut Vec<usize>,
+    ) -> Result<(), EnqueueError> {
+        match mark[i] {
+            2 => return Ok(()),
+            1 => {
+                let from = path.iter().position(|&p| p == i).unwrap_or(0);
+                return Err(EnqueueError::DependencyCycle {
+                    jobs: path[from..].to_vec(),
+                });
+            }
+            _ => {}
+        }
+        mark[i] = 1;
+        path.push(i);
+        for d in &prepared[i].deps {
+            if let Dep::InBatch(j) = d {
+                visit(*j, prepared, mark, path)?;
+            }
+        }
+        path.pop();
+        mark[i] = 2;
+        Ok(())
+    }
+    for i in 0..n {
+        visit(i, prepared, &mut mark, &mut path)?;
+    }
+    Ok(())
 }
 
 /// The shard that owns a concurrency or unique key (FNV-1a over its bytes).

@@ -18,8 +18,8 @@ use quark_shard::{current_shard_log, EngineHandle, ShardId, ShardLog};
 
 use super::record::{self, job_key, JobRecord, StoredJob, HW_KEY, JOB_KEY_PREFIX};
 use super::{
-    DynHandler, EnqueueError, JobFailure, JobId, JobState, JobStatus, Jobs, JobsError, ListQuery,
-    NewJob,
+    Dep, DynHandler, EnqueueError, JobFailure, JobId, JobState, JobStatus, Jobs, JobsError,
+    ListQuery, NewJob,
 };
 
 /// Sequence numbers reserved per reservation record.
@@ -72,6 +72,7 @@ pub(crate) struct RunCtl {
     checkpoint: RefCell<Option<Vec<u8>>>,
     result: RefCell<Option<Vec<u8>>>,
     follow_ups: RefCell<Vec<StoredJob>>,
+    parent_results: Vec<(u64, Option<Vec<u8>>)>,
     log: ShardLog,
     jobs: Jobs,
 }
@@ -147,6 +148,16 @@ impl JobContext {
         Ok(())
     }
 
+    /// The results of the jobs this one depends on ([`super::JobOptions::depends_on`]), in
+    /// the order they completed.
+    pub fn parent_results(&self) -> Vec<(JobId, Option<Vec<u8>>)> {
+        self.ctl
+            .parent_results
+            .iter()
+            .map(|(p, r)| (JobId(*p), r.clone()))
+            .collect()
+    }
+
     /// The node's jobs (to enqueue elsewhere, not atomically with this attempt).
     pub fn jobs(&self) -> Jobs {
         self.ctl.jobs.clone()
@@ -186,6 +197,10 @@ struct Entry {
     pending: bool,
     /// When waiting for a token of its key's rate limit: the time in `rate_waiting`.
     rate_wait_ms: Option<u64>,
+    /// Parents that have not completed yet.
+    waiting_on: HashSet<u64>,
+    /// Completed parents' results, in completion order.
+    parent_results: Vec<(u64, Option<Vec<u8>>)>,
 }
 
 impl Entry {
@@ -205,17 +220,42 @@ impl Entry {
             ctl: None,
             pending: false,
             rate_wait_ms: None,
+            waiting_on: HashSet::new(),
+            parent_results: Vec::new(),
         }
     }
 }
 
+/// A notice to a dependent job, written by the next scheduler round.
+enum Late {
+    /// Its parent completed with this result.
+    Done {
+        child: u64,
+        parent: u64,
+        result: Option<Vec<u8>>,
+    },
+    /// Its parent was cancelled (or is dead).
+    Failed { child: u64, parent: u64, dead: bool },
+}
+
 /// A decision made when building a round's batch, applied once the batch is durable.
 enum Decision {
+    ParentDone {
+        child: u64,
+        parent: u64,
+        result: Option<Vec<u8>>,
+    },
+    ParentFailed {
+        child: u64,
+        error: String,
+        dead: bool,
+    },
     Start(u64),
     Complete {
         id: u64,
         result: Option<Vec<u8>>,
         follow_ups: Vec<(u64, StoredJob)>,
+        notified: Vec<u64>,
     },
     Requeue {
         id: u64,
@@ -286,6 +326,10 @@ struct State {
     /// Ready jobs whose key's rate limit has no token: (next token ms, id).
     rate_waiting: BTreeSet<(u64, u64)>,
     key_buckets: HashMap<String, Bucket>,
+    /// Parent → the jobs waiting for it.
+    dependents: HashMap<u64, Vec<u64>>,
+    /// Notices to dependents, written by the next round.
+    late: Vec<Late>,
     /// Per type: its rate limit's bucket.
     type_buckets: Vec<Option<Bucket>>,
     type_running: Vec<u32>,
@@ -471,25 +515,95 @@ impl ShardQueue {
             }
             st.insert_recovered(id, e, aging);
         }
+        // Jobs waiting for parents: register them, or tell them now about parents that ended
+        // before the notice was written (a crash between the two).
+        let blocked: Vec<(u64, Vec<u64>)> = st
+            .entries
+            .iter()
+            .filter(|(_, e)| e.state == JobState::Blocked)
+            .map(|(id, e)| (*id, e.waiting_on.iter().copied().collect()))
+            .collect();
+        for (child, parents) in blocked {
+            for parent in parents {
+                let late = match st.entries.get(&parent).map(|e| (e.state, e.result.clone())) {
+                    Some((JobState::Completed, result)) => Late::Done {
+                        child,
+                        parent,
+                        result,
+                    },
+                    Some((JobState::Dead, _)) => Late::Failed {
+                        child,
+                        parent,
+                        dead: true,
+                    },
+                    Some((JobState::Cancelled, _)) => Late::Failed {
+                        child,
+                        parent,
+                        dead: false,
+                    },
+                    Some(_) => {
+                        st.dependents.entry(parent).or_default().push(child);
+                        continue;
+                    }
+                    None => {
+                        tracing::warn!(shard = self.shard, job = %JobId(child), parent = %JobId(parent),
+                            "a job's parent is no longer in the log; treating it as completed without a result");
+                        Late::Done {
+                            child,
+                            parent,
+                            result: None,
+                        }
+                    }
+                };
+                st.late.push(late);
+            }
+        }
         st.next_seq = hw.max(max_seq + 1);
         st.reserved = st.next_seq;
     }
 
     /// Stores new jobs; resolves with their ids once durable.
-    pub(crate) async fn enqueue(&self, jobs: Vec<StoredJob>) -> Result<Vec<JobId>, EnqueueError> {
+    pub(crate) async fn enqueue(
+        &self,
+        jobs: Vec<(StoredJob, Vec<Dep>)>,
+    ) -> Result<Vec<JobId>, EnqueueError> {
         let mut batch = Batch::new();
-        let mut ids = Vec::with_capacity(jobs.len());
-        let mut created = Vec::new();
+        let mut ids: Vec<u64> = Vec::with_capacity(jobs.len());
+        let mut created: Vec<usize> = Vec::new();
         let mut reruns = Vec::new();
+        let aging = self.aging_ms();
         {
             let mut st = self.st.borrow_mut();
-            for job in jobs {
+            // Dependencies on existing jobs: check them before anything changes.
+            for (index, (_, deps)) in jobs.iter().enumerate() {
+                for d in deps {
+                    if let Dep::Job(p) = d {
+                        match st.entries.get(&p.0).map(|e| e.state) {
+                            None => {
+                                return Err(EnqueueError::BadDependency {
+                                    index,
+                                    detail: format!("job {p} is not known (never existed, or finished and forgotten)"),
+                                })
+                            }
+                            Some(state @ (JobState::Dead | JobState::Cancelled)) => {
+                                return Err(EnqueueError::BadDependency {
+                                    index,
+                                    detail: format!("job {p} is {state:?}"),
+                                })
+                            }
+                            Some(_) => {}
+                        }
+                    }
+                }
+            }
+            // Ids: an existing one for a unique key that is taken, else a new one.
+            for (i, (job, _)) in jobs.iter().enumerate() {
                 if let Some(uk) = &job.unique_key {
                     if let Some(&existing) = st.unique.get(uk) {
                         if let Some(e) = st.entries.get_mut(&existing) {
                             match e.state {
-                                JobState::Queued | JobState::Scheduled => {
-                                    ids.push(JobId(existing));
+                                JobState::Queued | JobState::Scheduled | JobState::Blocked => {
+                                    ids.push(existing);
                                     continue;
                                 }
                                 JobState::Running => {
@@ -501,7 +615,7 @@ impl ShardQueue {
                                             &record::encode(&JobRecord::RerunRequested),
                                         );
                                     }
-                                    ids.push(JobId(existing));
+                                    ids.push(existing);
                                     continue;
                                 }
                                 _ => {}
@@ -510,30 +624,69 @@ impl ShardQueue {
                     }
                 }
                 let id = st.alloc(self.shard, &mut batch);
+                if let Some(uk) = &job.unique_key {
+                    st.unique.insert(uk.clone(), id);
+                }
+                ids.push(id);
+                created.push(i);
+            }
+            let mut jobs: Vec<Option<(StoredJob, Vec<Dep>)>> = jobs.into_iter().map(Some).collect();
+            for &i in &created {
+                let Some((mut job, deps)) = jobs[i].take() else {
+                    continue;
+                };
+                let id = ids[i];
+                job.depends_on = deps
+                    .iter()
+                    .map(|d| match d {
+                        Dep::Job(p) => p.0,
+                        Dep::InBatch(j) => ids[*j],
+                    })
+                    .filter(|p| *p != id)
+                    .collect();
+                job.depends_on.sort_unstable();
+                job.depends_on.dedup();
                 batch.event(
                     &job_key(id),
                     &record::encode(&JobRecord::Enqueued(job.clone())),
                 );
-                if let Some(uk) = &job.unique_key {
-                    st.unique.insert(uk.clone(), id);
-                }
                 let ti = self.jobs.shared.type_index(&job.type_name);
                 let mut e = Entry::new(job, ti);
                 e.pending = true;
+                for &p in &e.job.depends_on {
+                    match st.entries.get(&p) {
+                        Some(pe) if pe.state == JobState::Completed => {
+                            // Already done: its result goes into this job's records.
+                            batch.event(
+                                &job_key(id),
+                                &record::encode(&JobRecord::ParentDone {
+                                    parent: p,
+                                    result: pe.result.clone(),
+                                }),
+                            );
+                            e.parent_results.push((p, pe.result.clone()));
+                        }
+                        _ => {
+                            e.waiting_on.insert(p);
+                        }
+                    }
+                }
+                for &p in &e.waiting_on {
+                    st.dependents.entry(p).or_default().push(id);
+                }
                 st.entries.insert(id, e);
-                created.push(id);
-                ids.push(JobId(id));
             }
         }
+        let out: Vec<JobId> = ids.iter().map(|&i| JobId(i)).collect();
         if batch.is_empty() {
-            return Ok(ids);
+            return Ok(out);
         }
         let res = self.log.append(&batch).await;
         let mut st = self.st.borrow_mut();
         match res {
             Ok(_) => {
-                let aging = self.aging_ms();
-                for id in created {
+                for &i in &created {
+                    let id = ids[i];
                     if let Some(e) = st.entries.get_mut(&id) {
                         e.pending = false;
                     }
@@ -541,13 +694,19 @@ impl ShardQueue {
                 }
                 drop(st);
                 self.sched.notify();
-                Ok(ids)
+                Ok(out)
             }
             Err(err) => {
-                for id in created {
+                for &i in &created {
+                    let id = ids[i];
                     if let Some(e) = st.entries.remove(&id) {
                         if let Some(uk) = e.job.unique_key {
                             st.unique.remove(&uk);
+                        }
+                        for p in e.waiting_on {
+                            if let Some(c) = st.dependents.get_mut(&p) {
+                                c.retain(|c| *c != id);
+                            }
                         }
                     }
                 }
@@ -605,7 +764,7 @@ impl ShardQueue {
                     st.waiters.entry(id.0).or_default().push(tx);
                     Some(rx)
                 }
-                JobState::Queued | JobState::Scheduled if !e.pending => {
+                JobState::Queued | JobState::Scheduled | JobState::Blocked if !e.pending => {
                     st.unplace(id.0);
                     None
                 }
@@ -614,7 +773,7 @@ impl ShardQueue {
                         id,
                         state,
                         op: "cancel",
-                        needs: "scheduled, queued or running",
+                        needs: "blocked, scheduled, queued or running",
                     })
                 }
             }
@@ -817,6 +976,76 @@ impl ShardQueue {
     fn build_round(&self, now: u64) -> (Batch, Vec<Decision>) {
         let mut b = Batch::new();
         let mut decisions = Vec::new();
+        let late = std::mem::take(&mut self.st.borrow_mut().late);
+        for l in late {
+            let st = self.st.borrow();
+            match l {
+                Late::Done {
+                    child,
+                    parent,
+                    result,
+                } => {
+                    if st.entries.get(&child).map(|e| e.state) != Some(JobState::Blocked) {
+                        continue;
+                    }
+                    b.event(
+                        &job_key(child),
+                        &record::encode(&JobRecord::ParentDone {
+                            parent,
+                            result: result.clone(),
+                        }),
+                    );
+                    decisions.push(Decision::ParentDone {
+                        child,
+                        parent,
+                        result,
+                    });
+                }
+                Late::Failed {
+                    child,
+                    parent,
+                    dead,
+                } => {
+                    let Some(e) = st.entries.get(&child) else {
+                        continue;
+                    };
+                    if e.state.is_final() || e.state == JobState::Running {
+                        continue;
+                    }
+                    let (dead, what) = match (dead, e.job.on_parent_failure) {
+                        (_, super::OnParentFailure::Fail) => {
+                            (true, if dead { "is dead" } else { "was cancelled" })
+                        }
+                        (true, super::OnParentFailure::Cancel) => (false, "is dead"),
+                        (false, super::OnParentFailure::Cancel) => (false, "was cancelled"),
+                    };
+                    let error = format!("job {} it depends on {what}", JobId(parent));
+                    let attempt = e.attempt;
+                    drop(st);
+                    if dead {
+                        b.event(
+                            &job_key(child),
+                            &record::encode(&JobRecord::Failed {
+                                attempt,
+                                error: error.clone(),
+                                retry_at_ms: None,
+                            }),
+                        );
+                    } else {
+                        self.terminal(
+                            &mut b,
+                            child,
+                            &JobRecord::Cancelled {
+                                at_ms: now,
+                                attempt,
+                            },
+                            now,
+                        );
+                    }
+                    decisions.push(Decision::ParentFailed { child, error, dead });
+                }
+            }
+        }
         let outcomes = std::mem::take(&mut self.st.borrow_mut().outcomes);
         let mut rng_state = rand::random::<u64>();
         for (id, outcome) in outcomes {
@@ -853,10 +1082,25 @@ impl ShardQueue {
                         let fid = st.alloc(self.shard, &mut b);
                         follow_ups.push((fid, j));
                     }
+                    let notified = st
+                        .dependents
+                        .get(&id)
+                        .map(|c| {
+                            c.iter()
+                                .copied()
+                                .filter(|c| {
+                                    st.entries
+                                        .get(c)
+                                        .is_some_and(|e| e.state == JobState::Blocked)
+                                })
+                                .collect()
+                        })
+                        .unwrap_or_default();
                     Decision::Complete {
                         id,
                         result,
                         follow_ups,
+                        notified,
                     }
                 }
                 Outcome::Failed(f) => retry_or_dead(e, f.message, f.retry, &mut rng_state),
@@ -871,8 +1115,20 @@ impl ShardQueue {
             drop(st);
             match &d {
                 Decision::Complete {
-                    result, follow_ups, ..
+                    result,
+                    follow_ups,
+                    notified,
+                    ..
                 } => {
+                    for child in notified {
+                        b.event(
+                            &job_key(*child),
+                            &record::encode(&JobRecord::ParentDone {
+                                parent: id,
+                                result: result.clone(),
+                            }),
+                        );
+                    }
                     let mut st = self.st.borrow_mut();
                     for (fid, j) in follow_ups {
                         b.event(
@@ -939,7 +1195,9 @@ impl ShardQueue {
                         now,
                     );
                 }
-                Decision::Start(_) => {}
+                Decision::Start(_)
+                | Decision::ParentDone { .. }
+                | Decision::ParentFailed { .. } => {}
             }
             decisions.push(d);
         }
@@ -980,6 +1238,7 @@ impl ShardQueue {
                         checkpoint: RefCell::new(e.checkpoint.clone()),
                         result: RefCell::new(None),
                         follow_ups: RefCell::new(Vec::new()),
+                        parent_results: e.parent_results.clone(),
                         log: Rc::clone(&self.log),
                         jobs: self.jobs.clone(),
                     });
@@ -990,14 +1249,40 @@ impl ShardQueue {
                     st.to_run.push((ctl, handler, payload, timeout));
                     started = true;
                 }
+                Decision::ParentDone {
+                    child,
+                    parent,
+                    result,
+                } => {
+                    st.parent_done(child, parent, result, aging);
+                }
+                Decision::ParentFailed { child, error, dead } => {
+                    st.unplace(child);
+                    if let Some(e) = st.entries.get_mut(&child) {
+                        e.last_error = Some(error);
+                    }
+                    let state = if dead {
+                        JobState::Dead
+                    } else {
+                        JobState::Cancelled
+                    };
+                    st.finish(child, state, kept);
+                }
                 Decision::Complete {
                     id,
                     result,
                     follow_ups,
+                    notified,
                 } => {
                     st.release(id);
                     if let Some(e) = st.entries.get_mut(&id) {
-                        e.result = result;
+                        e.result = result.clone();
+                    }
+                    if let Some(children) = st.dependents.get_mut(&id) {
+                        children.retain(|c| !notified.contains(c));
+                    }
+                    for child in notified {
+                        st.parent_done(child, id, result.clone(), aging);
                     }
                     st.finish(id, JobState::Completed, kept);
                     for (fid, _) in follow_ups {
@@ -1147,7 +1432,9 @@ fn fold(e: &mut Option<Entry>, rec: JobRecord, jobs: &Jobs, now: u64) {
     match rec {
         JobRecord::Enqueued(job) => {
             let ti = jobs.shared.type_index(&job.type_name);
-            *e = Some(Entry::new(job, ti));
+            let mut n = Entry::new(job, ti);
+            n.waiting_on = n.job.depends_on.iter().copied().collect();
+            *e = Some(n);
         }
         JobRecord::Started { attempt, .. } => {
             if let Some(e) = e {
@@ -1208,6 +1495,13 @@ fn fold(e: &mut Option<Entry>, rec: JobRecord, jobs: &Jobs, now: u64) {
                 e.rerun = true;
             }
         }
+        JobRecord::ParentDone { parent, result } => {
+            if let Some(e) = e {
+                if e.waiting_on.remove(&parent) {
+                    e.parent_results.push((parent, result));
+                }
+            }
+        }
     }
     let _ = now;
 }
@@ -1225,6 +1519,8 @@ fn placeholder() -> StoredJob {
         concurrency_key: None,
         concurrency_limit: 1,
         key_rate_limit: None,
+        depends_on: Vec::new(),
+        on_parent_failure: super::OnParentFailure::Cancel,
     }
 }
 
@@ -1283,6 +1579,10 @@ impl State {
         if e.state.is_final() || e.state == JobState::Running {
             return;
         }
+        if !e.waiting_on.is_empty() {
+            e.state = JobState::Blocked;
+            return;
+        }
         e.state = JobState::Scheduled;
         self.scheduled.insert((e.run_at_ms, id));
         let _ = aging;
@@ -1299,6 +1599,19 @@ impl State {
             return;
         };
         self.ready[ti].insert((e.order, id));
+    }
+
+    /// Parent `parent` of `child` completed (durably recorded for the child).
+    fn parent_done(&mut self, child: u64, parent: u64, result: Option<Vec<u8>>, aging: i64) {
+        let Some(e) = self.entries.get_mut(&child) else {
+            return;
+        };
+        if e.waiting_on.remove(&parent) {
+            e.parent_results.push((parent, result));
+        }
+        if e.waiting_on.is_empty() && e.state == JobState::Blocked {
+            self.place(child, aging);
+        }
     }
 
     /// Removes a queued or scheduled job from the scheduler's sets.
@@ -1475,6 +1788,21 @@ impl State {
         }
         for w in self.waiters.remove(&id).unwrap_or_default() {
             let _ = w.send(status.clone());
+        }
+        // Dependents not told in this job's own batch hear of it in the next round.
+        for child in self.dependents.remove(&id).unwrap_or_default() {
+            self.late.push(match state {
+                JobState::Completed => Late::Done {
+                    child,
+                    parent: id,
+                    result: status.result.clone(),
+                },
+                _ => Late::Failed {
+                    child,
+                    parent: id,
+                    dead: state == JobState::Dead,
+                },
+            });
         }
         if state != JobState::Dead {
             self.finished.push_back(id);

@@ -8,7 +8,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{RateLimit, RetryPolicy};
+use super::{OnParentFailure, RateLimit, RetryPolicy};
 
 /// Prefix of every job record key.
 pub const JOB_KEY_PREFIX: &[u8] = b"jobs/j/";
@@ -56,6 +56,10 @@ pub struct StoredJob {
     pub concurrency_limit: u32,
     /// Rate limit of the concurrency key.
     pub key_rate_limit: Option<RateLimit>,
+    /// Jobs that must complete before this one runs.
+    pub depends_on: Vec<u64>,
+    /// What a cancelled or dead parent does to this job.
+    pub on_parent_failure: OnParentFailure,
 }
 
 /// One state change of a job.
@@ -110,6 +114,14 @@ pub enum JobRecord {
     },
     /// A unique enqueue arrived while the job ran: run it once more after the current run.
     RerunRequested,
+    /// A job this one depends on completed (written with that job's completion when
+    /// possible), with its result.
+    ParentDone {
+        /// The parent.
+        parent: u64,
+        /// Its result.
+        result: Option<Vec<u8>>,
+    },
 }
 
 /// Why a stored record could not be read.

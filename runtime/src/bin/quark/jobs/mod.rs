@@ -62,6 +62,8 @@ struct Job {
     concurrency_key: Option<String>,
     unique_key: Option<String>,
     last_error: Option<String>,
+    /// Jobs it waits for.
+    waiting_on: Vec<String>,
     records: usize,
 }
 
@@ -237,7 +239,12 @@ fn read_jobs(data_dir: &Path) -> Result<Vec<Job>> {
 fn fold(j: &mut Job, rec: JobRecord) {
     match rec {
         JobRecord::Enqueued(s) => {
-            j.state = Some(JobState::Scheduled);
+            j.waiting_on = s.depends_on.iter().map(|p| JobId(*p).to_string()).collect();
+            j.state = Some(if j.waiting_on.is_empty() {
+                JobState::Scheduled
+            } else {
+                JobState::Blocked
+            });
             j.type_name = s.type_name;
             j.priority = s.priority;
             j.run_at_ms = s.run_at_ms;
@@ -249,6 +256,13 @@ fn fold(j: &mut Job, rec: JobRecord) {
             j.attempt = attempt;
         }
         JobRecord::Checkpoint { .. } | JobRecord::RerunRequested => {}
+        JobRecord::ParentDone { parent, .. } => {
+            let p = JobId(parent).to_string();
+            j.waiting_on.retain(|w| *w != p);
+            if j.waiting_on.is_empty() && j.state == Some(JobState::Blocked) {
+                j.state = Some(JobState::Scheduled);
+            }
+        }
         JobRecord::Failed {
             attempt,
             error,
