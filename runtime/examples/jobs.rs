@@ -4,6 +4,8 @@
 //!   of a customer's images are resized at once) and a retry policy with backoff (the fake
 //!   resizer fails the first attempt of every third image);
 //! - on completion, a `Thumbnail` follow-up written atomically with the resize's completion;
+//! - an `Album` job per customer that depends on all of the customer's resizes (fan-in, in
+//!   one atomic batch) and receives their results;
 //! - a unique `Report` job per customer: triggers while it is queued collapse into one.
 //!
 //! `cargo run -p quark --example jobs`
@@ -14,7 +16,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use quark::jobs::{
-    Job, JobContext, JobFailure, JobOptions, JobState, JobTypeConfig, NewJob, RetryPolicy,
+    Dep, Job, JobContext, JobFailure, JobOptions, JobState, JobTypeConfig, NewJob, RetryPolicy,
 };
 use quark::{block_on, Node, NodeConfig};
 use serde::{Deserialize, Serialize};
@@ -35,6 +37,14 @@ struct Thumbnail {
 }
 impl Job for Thumbnail {
     const TYPE_NAME: &'static str = "thumbnail";
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug)]
+struct Album {
+    customer: String,
+}
+impl Job for Album {
+    const TYPE_NAME: &'static str = "album";
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug)]
@@ -118,6 +128,20 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 async { Ok(()) }
             },
         )
+        .register_job::<Album, _, _>(
+            JobTypeConfig::default(),
+            |a: Album, ctx: JobContext| async move {
+                let pages: Vec<String> = ctx
+                    .parent_results()
+                    .into_iter()
+                    .filter_map(|(_, r)| r.map(|r| String::from_utf8_lossy(&r).into_owned()))
+                    .collect();
+                ctx.set_result(
+                    format!("album of {} with {} pages", a.customer, pages.len()).into_bytes(),
+                );
+                Ok(())
+            },
+        )
         .register_job::<Report, _, _>(
             JobTypeConfig::default(),
             move |_j: Report, _ctx: JobContext| {
@@ -130,14 +154,27 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let mut ids = Vec::new();
     for customer in ["acme", "globex", "initech"] {
+        // Six resizes and the album that waits for them, in one atomic batch.
+        let mut batch = Vec::new();
+        let mut album = JobOptions::default();
         for image in 0..6 {
             let job = Resize {
                 customer: customer.into(),
                 image,
             };
-            let options = JobOptions::default().concurrency(customer, 2);
-            ids.push(block_on(jobs.enqueue(&job, options))?);
+            batch.push(NewJob::new(
+                &job,
+                JobOptions::default().concurrency(customer, 2),
+            ));
+            album = album.depends_on(Dep::InBatch(image as usize));
         }
+        batch.push(NewJob::new(
+            &Album {
+                customer: customer.into(),
+            },
+            album,
+        ));
+        ids.extend(block_on(jobs.enqueue_batch(batch))?);
         // Three triggers, one report (scheduled a little later so they collapse).
         let report = JobOptions::default()
             .unique(format!("report-{customer}"))
@@ -190,6 +227,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         reports.load(Ordering::Relaxed)
     );
     println!("counts: {:?}", block_on(jobs.counts())?);
+    println!("inspect the log after a stop with: quark jobs inspect --data-dir <dir>");
     node.shutdown();
     Ok(())
 }
