@@ -32,6 +32,7 @@
 //! println!("{id}: {:?}", status.state);
 //! ```
 
+pub mod cron;
 mod queue;
 pub mod record;
 
