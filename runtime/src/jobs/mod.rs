@@ -218,6 +218,51 @@ pub enum OnParentFailure {
     Fail,
 }
 
+/// What a cron schedule does with occurrences it missed (node down, schedule paused): those
+/// more than [`JobsConfig::cron_grace`] late.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub enum MissedTicks {
+    /// One job for all the missed occurrences.
+    #[default]
+    FireOnce,
+    /// One job per missed occurrence (at most 1000).
+    FireAll,
+    /// None; the schedule continues with the next occurrence.
+    Skip,
+}
+
+/// A recurring job: `job` is enqueued at every occurrence of `cron` in `time_zone`.
+#[derive(Clone, Debug)]
+pub struct CronSchedule {
+    /// Its name (unique per node; scheduling the same name again replaces it).
+    pub name: String,
+    /// Five-field cron expression (see [`cron::CronExpr`]).
+    pub cron: String,
+    /// Time zone name (e.g. `Europe/Paris`, `UTC`), from the system's zone database.
+    pub time_zone: String,
+    /// The job enqueued at each occurrence.
+    pub job: NewJob,
+    /// Missed-occurrence policy.
+    pub missed: MissedTicks,
+}
+
+/// A stored schedule's state.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ScheduleStatus {
+    /// Its name.
+    pub name: String,
+    /// The cron expression.
+    pub cron: String,
+    /// The time zone.
+    pub time_zone: String,
+    /// Paused.
+    pub paused: bool,
+    /// The last occurrence handled (Unix ms).
+    pub last_ms: i64,
+    /// The next occurrence (Unix ms), if any.
+    pub next_ms: Option<i64>,
+}
+
 /// When a job may first run.
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Default)]
 pub enum Schedule {
@@ -399,6 +444,9 @@ pub struct JobsConfig {
     pub finished_retention: Duration,
     /// Longest wait of a shard's scheduler between looks at its schedule (default 100 ms).
     pub idle_poll: Duration,
+    /// A cron occurrence later than this when the scheduler handles it counts as *missed*
+    /// (its schedule's [`MissedTicks`] policy applies); default 60 s.
+    pub cron_grace: Duration,
 }
 
 impl Default for JobsConfig {
@@ -410,6 +458,7 @@ impl Default for JobsConfig {
             finished_kept: 10_000,
             finished_retention: Duration::ZERO,
             idle_poll: Duration::from_millis(100),
+            cron_grace: Duration::from_secs(60),
         }
     }
 }
@@ -571,6 +620,9 @@ pub enum EnqueueError {
         /// The batch indices on the cycle.
         jobs: Vec<usize>,
     },
+    /// A cron expression or time zone was refused.
+    #[error("bad schedule: {0}")]
+    BadSchedule(#[from] cron::CronError),
     /// A dependency is not usable: out of the batch, unknown, on another shard, or dead or
     /// cancelled.
     #[error("bad dependency of batch job {index}: {detail}")]
@@ -611,6 +663,9 @@ pub enum JobsError {
         /// The states it needs.
         needs: &'static str,
     },
+    /// No schedule of this name.
+    #[error("no schedule named {0:?}")]
+    NoSchedule(String),
     /// See [`EnqueueError::NotRunning`].
     #[error(
         "jobs are not running on this node (needs a [log] data_dir and a registered job type)"
@@ -1123,6 +1178,138 @@ impl Jobs {
                 .ok_or(JobsError::ShardStopped)?;
         }
         Ok(())
+    }
+
+    /// Creates (or replaces) the cron schedule `s`, durably, on the shard that owns its job
+    /// (its concurrency or unique key, else its name). Its first occurrence is the first one
+    /// after now.
+    pub async fn schedule(&self, s: CronSchedule) -> Result<(), EnqueueError> {
+        if !self.shared.started {
+            return Err(EnqueueError::NotRunning);
+        }
+        let expr = cron::CronExpr::parse(&s.cron)?;
+        let tz = cron::TimeZone::load(&s.time_zone)?;
+        let now = self.shared.config.clock.now_ms();
+        let p = self.prepare(s.job, now)?;
+        if !p.deps.is_empty() {
+            return Err(EnqueueError::BadOptions {
+                detail: "a scheduled job cannot have dependencies".into(),
+            });
+        }
+        let shard = if p.placed_by_key {
+            p.shard
+        } else {
+            shard_of_key(&s.name, self.engine.shard_count())
+        };
+        let stored = record::StoredSchedule {
+            name: s.name,
+            expr: s.cron,
+            time_zone: s.time_zone,
+            job: p.stored,
+            missed: s.missed,
+            paused: false,
+            last_ms: now as i64,
+        };
+        drop((expr, tz));
+        // Any shard may hold an older version of this name (another owner): remove it.
+        for other in 0..self.engine.shard_count() {
+            if other != shard {
+                let name = stored.name.clone();
+                self.engine
+                    .spawn_on(other, move || async move {
+                        match queue::local_queue() {
+                            Some(q) => q.unschedule(&name).await.map(|_| ()),
+                            None => Ok(()),
+                        }
+                    })
+                    .await
+                    .unwrap_or(Ok(()))
+                    .map_err(|e| match e {
+                        JobsError::Append(a) => EnqueueError::Append(a),
+                        _ => EnqueueError::ShardStopped,
+                    })?;
+            }
+        }
+        self.engine
+            .spawn_on(shard, move || async move {
+                match queue::local_queue() {
+                    Some(q) => q.put_schedule(stored).await,
+                    None => Err(EnqueueError::NotRunning),
+                }
+            })
+            .await
+            .unwrap_or(Err(EnqueueError::ShardStopped))
+    }
+
+    async fn on_every_shard<R: Send + 'static>(
+        &self,
+        f: impl Fn(
+                std::rc::Rc<queue::ShardQueue>,
+            ) -> Pin<Box<dyn Future<Output = Result<R, JobsError>>>>
+            + Send
+            + Sync
+            + Clone
+            + 'static,
+    ) -> Result<Vec<R>, JobsError> {
+        if !self.shared.started {
+            return Err(JobsError::NotRunning);
+        }
+        let mut out = Vec::new();
+        for s in 0..self.engine.shard_count() {
+            let f = f.clone();
+            let r = self
+                .engine
+                .spawn_on(s, move || async move {
+                    match queue::local_queue() {
+                        Some(q) => f(q).await,
+                        None => Err(JobsError::NotRunning),
+                    }
+                })
+                .await
+                .unwrap_or(Err(JobsError::ShardStopped))?;
+            out.push(r);
+        }
+        Ok(out)
+    }
+
+    /// Removes a schedule (jobs it already enqueued stay). Resolves with whether it existed.
+    pub async fn unschedule(&self, name: &str) -> Result<bool, JobsError> {
+        let name = name.to_owned();
+        let found = self
+            .on_every_shard(move |q| {
+                let name = name.clone();
+                Box::pin(async move { q.unschedule(&name).await })
+            })
+            .await?;
+        Ok(found.into_iter().any(|f| f))
+    }
+
+    /// Pauses (true) or resumes (false) a schedule, durably. Occurrences while paused are
+    /// handled by its [`MissedTicks`] policy when it resumes.
+    pub async fn pause_schedule(&self, name: &str, paused: bool) -> Result<(), JobsError> {
+        let missing = name.to_owned();
+        let name = name.to_owned();
+        let found = self
+            .on_every_shard(move |q| {
+                let name = name.clone();
+                Box::pin(async move { q.pause_schedule(&name, paused).await })
+            })
+            .await?;
+        if found.into_iter().any(|f| f) {
+            Ok(())
+        } else {
+            Err(JobsError::NoSchedule(missing))
+        }
+    }
+
+    /// Every schedule of the node.
+    pub async fn schedules(&self) -> Result<Vec<ScheduleStatus>, JobsError> {
+        let all = self
+            .on_every_shard(|q| Box::pin(async move { Ok(q.schedules()) }))
+            .await?;
+        let mut v: Vec<ScheduleStatus> = all.into_iter().flatten().collect();
+        v.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(v)
     }
 
     /// Makes every shard look at its schedule now (after moving a [`ManualClock`]).

@@ -16,7 +16,11 @@ use futures::FutureExt;
 use quark_persist::{AppendError, Batch, NewRecord, RecordKind};
 use quark_shard::{current_shard_log, EngineHandle, ShardId, ShardLog};
 
-use super::record::{self, job_key, JobRecord, StoredJob, HW_KEY, JOB_KEY_PREFIX};
+use super::cron::{CronExpr, TimeZone};
+use super::record::{
+    self, job_key, schedule_key, JobRecord, StoredJob, StoredSchedule, HW_KEY, JOB_KEY_PREFIX,
+    SCHEDULE_KEY_PREFIX,
+};
 use super::{
     Dep, DynHandler, EnqueueError, JobFailure, JobId, JobState, JobStatus, Jobs, JobsError,
     ListQuery, NewJob,
@@ -226,6 +230,40 @@ impl Entry {
     }
 }
 
+/// A live cron schedule.
+struct Sched {
+    stored: StoredSchedule,
+    expr: CronExpr,
+    tz: TimeZone,
+    /// The next occurrence after `stored.last_ms`.
+    next_ms: Option<i64>,
+}
+
+impl Sched {
+    fn new(stored: StoredSchedule) -> Result<Self, super::cron::CronError> {
+        let expr = CronExpr::parse(&stored.expr)?;
+        let tz = TimeZone::load(&stored.time_zone)?;
+        let next_ms = expr.next_after(&tz, stored.last_ms);
+        Ok(Sched {
+            stored,
+            expr,
+            tz,
+            next_ms,
+        })
+    }
+
+    fn status(&self) -> super::ScheduleStatus {
+        super::ScheduleStatus {
+            name: self.stored.name.clone(),
+            cron: self.stored.expr.clone(),
+            time_zone: self.stored.time_zone.clone(),
+            paused: self.stored.paused,
+            last_ms: self.stored.last_ms,
+            next_ms: self.next_ms,
+        }
+    }
+}
+
 /// A notice to a dependent job, written by the next scheduler round.
 enum Late {
     /// Its parent completed with this result.
@@ -240,6 +278,11 @@ enum Late {
 
 /// A decision made when building a round's batch, applied once the batch is durable.
 enum Decision {
+    Fire {
+        name: String,
+        last_ms: i64,
+        jobs: Vec<u64>,
+    },
     ParentDone {
         child: u64,
         parent: u64,
@@ -330,6 +373,8 @@ struct State {
     dependents: HashMap<u64, Vec<u64>>,
     /// Notices to dependents, written by the next round.
     late: Vec<Late>,
+    /// Cron schedules by name.
+    schedules: HashMap<String, Sched>,
     /// Per type: its rate limit's bucket.
     type_buckets: Vec<Option<Bucket>>,
     type_running: Vec<u32>,
@@ -440,6 +485,36 @@ impl ShardQueue {
                 Err(e) => {
                     undecodable += 1;
                     tracing::warn!(shard = self.shard, job = %JobId(id), error = %e, "skipping a job record");
+                }
+            }
+        }
+        // Schedules: the latest snapshot of each.
+        let skeys = self.log.keys_with_prefix(SCHEDULE_KEY_PREFIX);
+        let mut slsns = Vec::new();
+        for k in &skeys {
+            slsns.extend(self.log.key_lsns(k));
+        }
+        let srecs = self
+            .log
+            .read_many(&slsns)
+            .await
+            .map_err(|e| format!("shard {}: reading the schedules: {e}", self.shard))?;
+        for r in srecs {
+            let Some(body) = r.payload.strip_prefix(&[record::FORMAT]) else {
+                continue;
+            };
+            match postcard::from_bytes::<StoredSchedule>(body)
+                .map_err(|e| e.to_string())
+                .and_then(|s| Sched::new(s).map_err(|e| e.to_string()))
+            {
+                Ok(s) => {
+                    self.st
+                        .borrow_mut()
+                        .schedules
+                        .insert(s.stored.name.clone(), s);
+                }
+                Err(e) => {
+                    tracing::warn!(shard = self.shard, error = %e, "skipping a schedule record")
                 }
             }
         }
@@ -717,6 +792,129 @@ impl ShardQueue {
                 }
                 Err(EnqueueError::Append(err))
             }
+        }
+    }
+
+    fn schedule_record(s: &StoredSchedule) -> NewRecord {
+        let mut payload = vec![record::FORMAT];
+        payload.extend(postcard::to_allocvec(s).unwrap_or_default());
+        NewRecord {
+            kind: RecordKind::Snapshot,
+            key: schedule_key(&s.name),
+            payload,
+            expires_at_ms: None,
+        }
+    }
+
+    pub(crate) async fn put_schedule(&self, s: StoredSchedule) -> Result<(), EnqueueError> {
+        let sched = Sched::new(s.clone())?;
+        let mut b = Batch::new();
+        b.push(Self::schedule_record(&s));
+        self.log.append(&b).await.map_err(EnqueueError::Append)?;
+        self.st.borrow_mut().schedules.insert(s.name.clone(), sched);
+        self.sched.notify();
+        Ok(())
+    }
+
+    pub(crate) async fn unschedule(&self, name: &str) -> Result<bool, JobsError> {
+        if !self.st.borrow().schedules.contains_key(name) {
+            return Ok(false);
+        }
+        let mut b = Batch::new();
+        b.truncate(&schedule_key(name), u64::MAX);
+        self.log.append(&b).await.map_err(JobsError::Append)?;
+        self.st.borrow_mut().schedules.remove(name);
+        Ok(true)
+    }
+
+    pub(crate) async fn pause_schedule(&self, name: &str, paused: bool) -> Result<bool, JobsError> {
+        let Some(mut s) = self
+            .st
+            .borrow()
+            .schedules
+            .get(name)
+            .map(|s| s.stored.clone())
+        else {
+            return Ok(false);
+        };
+        s.paused = paused;
+        let mut b = Batch::new();
+        b.push(Self::schedule_record(&s));
+        self.log.append(&b).await.map_err(JobsError::Append)?;
+        if let Some(x) = self.st.borrow_mut().schedules.get_mut(name) {
+            x.stored.paused = paused;
+        }
+        self.sched.notify();
+        Ok(true)
+    }
+
+    pub(crate) fn schedules(&self) -> Vec<super::ScheduleStatus> {
+        self.st
+            .borrow()
+            .schedules
+            .values()
+            .map(Sched::status)
+            .collect()
+    }
+
+    /// The cron occurrences due at `now`: per schedule, the jobs to enqueue under its policy
+    /// and the new last occurrence; records go into `b`.
+    fn fire_due(&self, now: u64, b: &mut Batch, decisions: &mut Vec<Decision>) {
+        let grace = self.jobs.shared.config.cron_grace.as_millis() as i64;
+        let now_i = now as i64;
+        let mut st = self.st.borrow_mut();
+        let due: Vec<String> = st
+            .schedules
+            .values()
+            .filter(|s| !s.stored.paused && s.next_ms.is_some_and(|t| t <= now_i))
+            .map(|s| s.stored.name.clone())
+            .collect();
+        for name in due {
+            let Some(s) = st.schedules.get(&name) else {
+                continue;
+            };
+            let mut occurrences = Vec::new();
+            let mut t = s.next_ms;
+            while let Some(x) = t {
+                if x > now_i || occurrences.len() >= 1000 {
+                    break;
+                }
+                occurrences.push(x);
+                t = s.expr.next_after(&s.tz, x);
+            }
+            let Some(&last) = occurrences.last() else {
+                continue;
+            };
+            let on_time = occurrences.iter().filter(|&&x| now_i - x <= grace).count();
+            let n = match s.stored.missed {
+                super::MissedTicks::FireAll => occurrences.len(),
+                super::MissedTicks::FireOnce => usize::from(!occurrences.is_empty()),
+                super::MissedTicks::Skip => usize::from(on_time > 0),
+            };
+            let mut template = s.stored.job.clone();
+            template.run_at_ms = now;
+            template.enqueued_ms = now;
+            let mut stored = s.stored.clone();
+            stored.last_ms = last;
+            let mut ids = Vec::new();
+            for _ in 0..n {
+                let id = st.alloc(self.shard, b);
+                b.event(
+                    &job_key(id),
+                    &record::encode(&JobRecord::Enqueued(template.clone())),
+                );
+                let ti = self.jobs.shared.type_index(&template.type_name);
+                let mut e = Entry::new(template.clone(), ti);
+                e.pending = true;
+                st.entries.insert(id, e);
+                ids.push(id);
+            }
+            b.push(Self::schedule_record(&stored));
+            decisions.push(Decision::Fire {
+                name,
+                last_ms: last,
+                jobs: ids,
+            });
         }
     }
 
@@ -1196,11 +1394,13 @@ impl ShardQueue {
                     );
                 }
                 Decision::Start(_)
+                | Decision::Fire { .. }
                 | Decision::ParentDone { .. }
                 | Decision::ParentFailed { .. } => {}
             }
             decisions.push(d);
         }
+        self.fire_due(now, &mut b, &mut decisions);
         // Starts.
         let starts = self.st.borrow_mut().pick(now, &self.jobs, self.aging_ms());
         for (id, attempt) in starts {
@@ -1223,6 +1423,22 @@ impl ShardQueue {
         let mut started = false;
         for d in decisions {
             match d {
+                Decision::Fire {
+                    name,
+                    last_ms,
+                    jobs,
+                } => {
+                    if let Some(s) = st.schedules.get_mut(&name) {
+                        s.stored.last_ms = last_ms;
+                        s.next_ms = s.expr.next_after(&s.tz, last_ms);
+                    }
+                    for id in jobs {
+                        if let Some(e) = st.entries.get_mut(&id) {
+                            e.pending = false;
+                        }
+                        st.place(id, aging);
+                    }
+                }
                 Decision::Start(id) => {
                     let Some(e) = st.entries.get_mut(&id) else {
                         continue;
@@ -1726,6 +1942,11 @@ impl State {
     fn next_wake(&self, jobs: &Jobs) -> Option<u64> {
         let mut t = self.scheduled.first().map(|&(t, _)| t);
         let mut consider = |x: u64| t = Some(t.map_or(x, |t| t.min(x)));
+        for s in self.schedules.values() {
+            if let (false, Some(n)) = (s.stored.paused, s.next_ms) {
+                consider(n.max(0) as u64);
+            }
+        }
         if let Some(&(x, _)) = self.rate_waiting.first() {
             consider(x);
         }

@@ -12,6 +12,8 @@ use super::{OnParentFailure, RateLimit, RetryPolicy};
 
 /// Prefix of every job record key.
 pub const JOB_KEY_PREFIX: &[u8] = b"jobs/j/";
+/// Prefix of the cron schedule records (`jobs/c/<name>`, snapshots of [`StoredSchedule`]).
+pub const SCHEDULE_KEY_PREFIX: &[u8] = b"jobs/c/";
 /// Key of the sequence reservation record (payload: the reserved bound, postcard `u64`).
 pub const HW_KEY: &[u8] = b"jobs/hw";
 /// The format byte in front of every record payload.
@@ -60,6 +62,32 @@ pub struct StoredJob {
     pub depends_on: Vec<u64>,
     /// What a cancelled or dead parent does to this job.
     pub on_parent_failure: OnParentFailure,
+}
+
+/// A cron schedule as stored (the latest snapshot of its key wins).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct StoredSchedule {
+    /// Its name.
+    pub name: String,
+    /// The cron expression.
+    pub expr: String,
+    /// The time zone name.
+    pub time_zone: String,
+    /// The job each occurrence enqueues.
+    pub job: StoredJob,
+    /// What to do with occurrences missed while the node was down or the schedule paused.
+    pub missed: super::MissedTicks,
+    /// Paused: no occurrence fires.
+    pub paused: bool,
+    /// The last occurrence handled (fired or skipped), Unix ms.
+    pub last_ms: i64,
+}
+
+/// The key of schedule `name`.
+pub fn schedule_key(name: &str) -> Vec<u8> {
+    let mut k = SCHEDULE_KEY_PREFIX.to_vec();
+    k.extend_from_slice(name.as_bytes());
+    k
 }
 
 /// One state change of a job.
