@@ -201,6 +201,8 @@ struct Entry {
     pending: bool,
     /// When waiting for a token of its key's rate limit: the time in `rate_waiting`.
     rate_wait_ms: Option<u64>,
+    /// Cancelled while its start was being written: the attempt ends as cancelled at once.
+    cancel_requested: bool,
     /// Parents that have not completed yet.
     waiting_on: HashSet<u64>,
     /// Completed parents' results, in completion order.
@@ -224,6 +226,7 @@ impl Entry {
             ctl: None,
             pending: false,
             rate_wait_ms: None,
+            cancel_requested: false,
             waiting_on: HashSet::new(),
             parent_results: Vec::new(),
         }
@@ -721,10 +724,7 @@ impl ShardQueue {
                     .collect();
                 job.depends_on.sort_unstable();
                 job.depends_on.dedup();
-                batch.event(
-                    &job_key(id),
-                    &record::encode(&JobRecord::Enqueued(job.clone())),
-                );
+                batch.event(&job_key(id), &record::encode_enqueued(&job));
                 let ti = self.jobs.shared.type_index(&job.type_name);
                 let mut e = Entry::new(job, ti);
                 e.pending = true;
@@ -899,10 +899,7 @@ impl ShardQueue {
             let mut ids = Vec::new();
             for _ in 0..n {
                 let id = st.alloc(self.shard, b);
-                b.event(
-                    &job_key(id),
-                    &record::encode(&JobRecord::Enqueued(template.clone())),
-                );
+                b.event(&job_key(id), &record::encode_enqueued(&template));
                 let ti = self.jobs.shared.type_index(&template.type_name);
                 let mut e = Entry::new(template.clone(), ti);
                 e.pending = true;
@@ -947,16 +944,20 @@ impl ShardQueue {
     pub(crate) async fn cancel(&self, id: JobId) -> Result<JobStatus, JobsError> {
         let rx = {
             let mut st = self.st.borrow_mut();
-            let Some(e) = st.entries.get(&id.0) else {
+            let Some(e) = st.entries.get_mut(&id.0) else {
                 return Err(JobsError::NotFound(id));
             };
             match e.state {
                 JobState::Running => {
-                    if let Some(ctl) = &e.ctl {
-                        ctl.cancelled.set(true);
-                        if let Some(w) = ctl.cancel_waker.borrow_mut().take() {
-                            w.wake();
+                    match &e.ctl {
+                        Some(ctl) => {
+                            ctl.cancelled.set(true);
+                            if let Some(w) = ctl.cancel_waker.borrow_mut().take() {
+                                w.wake();
+                            }
                         }
+                        // Its start record is being written; the handler has not started.
+                        None => e.cancel_requested = true,
                     }
                     let (tx, rx) = futures::channel::oneshot::channel();
                     st.waiters.entry(id.0).or_default().push(tx);
@@ -1329,10 +1330,7 @@ impl ShardQueue {
                     }
                     let mut st = self.st.borrow_mut();
                     for (fid, j) in follow_ups {
-                        b.event(
-                            &job_key(*fid),
-                            &record::encode(&JobRecord::Enqueued(j.clone())),
-                        );
+                        b.event(&job_key(*fid), &record::encode_enqueued(j));
                         if let Some(uk) = &j.unique_key {
                             st.unique.entry(uk.clone()).or_insert(*fid);
                         }
@@ -1443,6 +1441,11 @@ impl ShardQueue {
                     let Some(e) = st.entries.get_mut(&id) else {
                         continue;
                     };
+                    if std::mem::take(&mut e.cancel_requested) {
+                        st.outcomes.push((id, Outcome::Cancelled));
+                        self.sched.notify();
+                        continue;
+                    }
                     let Some(ti) = e.type_idx else { continue };
                     let ctl = Rc::new(RunCtl {
                         id: JobId(id),

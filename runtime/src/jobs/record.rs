@@ -152,6 +152,33 @@ pub enum JobRecord {
     },
 }
 
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn encode_enqueued_is_the_enqueued_record() {
+        let job = StoredJob {
+            type_name: "t".into(),
+            payload: vec![1, 2, 3],
+            priority: -4,
+            run_at_ms: 5,
+            enqueued_ms: 6,
+            retry: RetryPolicy::default(),
+            timeout_ms: 7,
+            unique_key: Some("u".into()),
+            concurrency_key: None,
+            concurrency_limit: 1,
+            key_rate_limit: None,
+            depends_on: vec![9],
+            on_parent_failure: OnParentFailure::Fail,
+        };
+        let direct = encode_enqueued(&job);
+        assert_eq!(direct, encode(&JobRecord::Enqueued(job.clone())));
+        assert_eq!(decode(&direct), Ok(JobRecord::Enqueued(job)));
+    }
+}
+
 /// Why a stored record could not be read.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RecordError {
@@ -172,6 +199,14 @@ pub fn encode(r: &JobRecord) -> Vec<u8> {
     // Serialising plain data into a Vec cannot fail.
     let body = postcard::to_allocvec(r).unwrap_or_default();
     out.extend_from_slice(&body);
+    out
+}
+
+/// Encodes `JobRecord::Enqueued(job)` without cloning the job (postcard writes an enum as
+/// its variant index, a varint, then the fields; `Enqueued` is variant 0).
+pub fn encode_enqueued(job: &StoredJob) -> Vec<u8> {
+    let mut out = vec![FORMAT, 0];
+    out.extend(postcard::to_allocvec(job).unwrap_or_default());
     out
 }
 
