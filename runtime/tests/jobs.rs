@@ -764,14 +764,17 @@ fn follow_up_jobs_are_stored_with_the_completion_only_if_it_succeeds() {
     let bad = block_on(jobs.enqueue(&Parent(2), JobOptions::default())).unwrap();
     assert_eq!(block_on(jobs.wait(ok)).unwrap().state, JobState::Completed);
     assert_eq!(block_on(jobs.wait(bad)).unwrap().state, JobState::Dead);
-    until("the child to run", || {
-        (!children.lock().unwrap().is_empty()).then_some(())
+    // Parent 1 and its child complete (the child's completion is durable when it counts).
+    until("the child to complete", || {
+        let c = block_on(jobs.counts()).unwrap();
+        (c.get(&JobState::Completed) == Some(&2)).then_some(())
     });
     let counts = block_on(jobs.counts()).unwrap();
+    assert_eq!(counts.get(&JobState::Dead), Some(&1), "{counts:?}");
     assert_eq!(
-        counts.get(&JobState::Completed),
-        Some(&2),
-        "parent 1 and its child: {counts:?}"
+        counts.values().sum::<u64>(),
+        3,
+        "no child of the failed parent: {counts:?}"
     );
     assert_eq!(*children.lock().unwrap(), vec![10]);
     node.shutdown();

@@ -216,11 +216,10 @@ fn latency(args: &Args) -> Result<()> {
                 inflight.push(async move { jobs.enqueue_batch(batch).await });
             }
             let tick = Box::pin(quark_shard::sleep(Duration::from_micros(100)));
-            match futures::future::select(inflight.next(), tick).await {
-                futures::future::Either::Left((Some(r), _)) => {
-                    r.map_err(|e| e.to_string())?;
-                }
-                _ => {}
+            if let futures::future::Either::Left((Some(r), _)) =
+                futures::future::select(inflight.next(), tick).await
+            {
+                r.map_err(|e| e.to_string())?;
             }
         }
         Ok::<(), String>(())

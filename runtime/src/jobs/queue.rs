@@ -26,6 +26,10 @@ use super::{
     ListQuery, NewJob,
 };
 
+/// Jobs one `FireAll` schedule enqueues for its missed occurrences at most (the rest are
+/// skipped).
+const MAX_FIRE_ALL: usize = 1000;
+
 /// Sequence numbers reserved per reservation record.
 const RESERVE: u64 = 1 << 20;
 
@@ -873,22 +877,27 @@ impl ShardQueue {
             let Some(s) = st.schedules.get(&name) else {
                 continue;
             };
-            let mut occurrences = Vec::new();
+            // Every occurrence up to now (a long downtime of a frequent schedule is counted,
+            // not collected): how many, the last, and how many are on time.
+            let (mut count, mut on_time, mut last) = (0usize, 0usize, None);
             let mut t = s.next_ms;
             while let Some(x) = t {
-                if x > now_i || occurrences.len() >= 1000 {
+                if x > now_i {
                     break;
                 }
-                occurrences.push(x);
+                count += 1;
+                if now_i - x <= grace {
+                    on_time += 1;
+                }
+                last = Some(x);
                 t = s.expr.next_after(&s.tz, x);
             }
-            let Some(&last) = occurrences.last() else {
+            let Some(last) = last else {
                 continue;
             };
-            let on_time = occurrences.iter().filter(|&&x| now_i - x <= grace).count();
             let n = match s.stored.missed {
-                super::MissedTicks::FireAll => occurrences.len(),
-                super::MissedTicks::FireOnce => usize::from(!occurrences.is_empty()),
+                super::MissedTicks::FireAll => count.min(MAX_FIRE_ALL),
+                super::MissedTicks::FireOnce => 1,
                 super::MissedTicks::Skip => usize::from(on_time > 0),
             };
             let mut template = s.stored.job.clone();
