@@ -11,6 +11,7 @@ pub mod builtin;
 mod client;
 mod cluster;
 mod config;
+pub mod jobs;
 pub mod journal;
 mod node;
 mod serve;

@@ -116,6 +116,7 @@ pub struct NodeBuilder {
     registrations: Vec<(&'static str, Registration)>,
     after_start: Vec<AfterStart>,
     wire: Vec<WireRegistration>,
+    jobs: crate::jobs::JobsSetup,
 }
 
 type WireRegistration = Box<dyn FnOnce(EngineBuilder) -> EngineBuilder>;
@@ -239,6 +240,24 @@ impl NodeBuilder {
         self
     }
 
+    /// Registers job type `J` with its handler (see [`crate::jobs`]). Jobs run when the node
+    /// has a log (`[log]`); each shard recovers its jobs before `start` returns.
+    pub fn register_job<J, F, Fut>(mut self, config: crate::jobs::JobTypeConfig, handler: F) -> Self
+    where
+        J: crate::jobs::Job,
+        F: Fn(J, crate::jobs::JobContext) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<(), crate::jobs::JobFailure>> + 'static,
+    {
+        self.jobs.register::<J, F, Fut>(config, handler);
+        self
+    }
+
+    /// Node-wide job settings (clock, aging, limits; see [`crate::jobs::JobsConfig`]).
+    pub fn jobs_config(mut self, config: crate::jobs::JobsConfig) -> Self {
+        self.jobs.config(config);
+        self
+    }
+
     /// Starts the node's shards; returns when every shard is ready (and, in a cluster, listens
     /// on its cluster address).
     pub fn start(mut self) -> Result<Node, NodeError> {
@@ -285,6 +304,7 @@ impl NodeBuilder {
         for start in self.after_start {
             start(&handle, &self.config);
         }
+        let jobs = self.jobs.start(&handle, self.config.engine.log.is_some());
         let info = NodeInfo {
             node_id: engine.node_id(),
             cluster_listen: engine.listen_addr(),
@@ -313,6 +333,7 @@ impl NodeBuilder {
             handle,
             info,
             config: self.config,
+            jobs,
         })
     }
 }
@@ -347,6 +368,7 @@ pub struct Node {
     handle: quark_shard::EngineHandle,
     info: NodeInfo,
     config: NodeConfig,
+    jobs: crate::jobs::Jobs,
 }
 
 impl Node {
@@ -358,6 +380,7 @@ impl Node {
             registrations: Vec::new(),
             after_start: Vec::new(),
             wire: Vec::new(),
+            jobs: Default::default(),
         }
     }
 
@@ -406,6 +429,11 @@ impl Node {
     /// The handle of projection `P` (registered with [`NodeBuilder::register_projection`]).
     pub fn projection<P: Projection>(&self) -> ProjectionHandle<P> {
         ProjectionHandle::new(self.handle.clone())
+    }
+
+    /// This node's durable jobs (see [`crate::jobs`]).
+    pub fn jobs(&self) -> crate::jobs::Jobs {
+        self.jobs.clone()
     }
 
     /// A `Send + Clone` handle to this node's shards.

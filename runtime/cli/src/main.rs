@@ -7,6 +7,7 @@
 //!   count (see `docs/PERSIST.md`, "Manifest and locking").
 //! - `quark status --addr HOST:PORT [--json]`: a running node's status from its admin endpoint
 //!   (see `docs/OPERATIONS.md`); exit 1 when it cannot be read.
+//! - `quark jobs inspect --data-dir DIR`: lists a stopped node's durable jobs (`docs/JOBS.md`).
 //!
 //! Each subcommand lives in its own module next to this file; this file only dispatches.
 //! Exit codes: 0 success; `serve` 1 on failure; `journal` 1 when an integrity problem was found,
@@ -18,6 +19,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod data;
+mod jobs;
 mod journal;
 mod serve;
 mod status;
@@ -43,6 +45,8 @@ enum Command {
     Data(data::Args),
     /// Print a running node's status from its admin endpoint (`[admin]`).
     Status(status::Args),
+    /// List the durable jobs in a stopped node's data directory.
+    Jobs(jobs::Args),
 }
 
 fn main() -> ExitCode {
@@ -66,5 +70,6 @@ fn main() -> ExitCode {
         Command::Journal(args) => journal::run(args),
         Command::Data(args) => data::run(args),
         Command::Status(args) => status::run(args),
+        Command::Jobs(args) => jobs::run(args),
     }
 }
