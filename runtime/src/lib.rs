@@ -12,6 +12,7 @@ mod cluster;
 mod config;
 pub mod journal;
 mod node;
+pub mod outbox;
 mod serve;
 
 pub use client::{probe, Client, ClientBuilder, ClientError};

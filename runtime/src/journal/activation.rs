@@ -287,7 +287,9 @@ pub(crate) async fn persist_events<A: EventSourced>(
         }
         other => other?,
     };
-    let (batch, snapshot, truncate, hash, event_bytes, version) = built;
+    let (mut batch, snapshot, truncate, hash, event_bytes, version) = built;
+    // The turn's durable messages and inbox receipt ride in the same batch (docs/OUTBOX.md).
+    let staged = crate::outbox::stage_into(ctx, &mut batch);
     let n = events.len() as u64;
     if batch.is_empty() {
         ctx.extension(|s: &mut JournalState| s.in_flight = false);
@@ -302,6 +304,10 @@ pub(crate) async fn persist_events<A: EventSourced>(
     }
     let appended = log.append(&batch).await;
     ctx.extension(|s: &mut JournalState| s.in_flight = false);
+    match &appended {
+        Ok(range) => crate::outbox::committed(ctx, staged, range),
+        Err(_) => crate::outbox::aborted(ctx, staged),
+    }
     let range = appended.map_err(|source| PersistError::Append {
         actor: actor(),
         source,
