@@ -304,18 +304,20 @@ pub(crate) fn start(engine: &EngineHandle, config: OutboxConfig, registry: Arc<R
                 }),
                 wake: Notify::default(),
             });
+            // Installed before recovery: a turn that sends meanwhile (a message from another
+            // node) is queued in LSN order with the recovered ones; nothing is delivered
+            // before recovery finished, so the order per pair holds.
             CURRENT.with(|c| *c.borrow_mut() = Some(d.clone()));
-            // Installed before any turn can send: the node's handle is returned only after
-            // this start-up finishes (see the wait below).
-            let _ = tx.send(());
             if let Err(e) = d.recover().await {
                 tracing::error!(shard, error = %e, "outbox recovery failed; pending messages are sent after the next successful start");
             }
+            // The node's start returns once every shard recovered (see the wait below).
+            let _ = tx.send(());
             d.run().await;
             CURRENT.with(|c| *c.borrow_mut() = None);
         }));
         // Wait until the dispatcher is installed (bounded: a shard that stopped drops tx).
-        let _ = rx.recv_timeout(Duration::from_secs(30));
+        let _ = rx.recv_timeout(Duration::from_secs(120));
     }
 }
 
@@ -505,6 +507,16 @@ impl Dispatcher {
                 Woke::Other => {}
             }
         }
+        // Stopping: write the acknowledgements and dead letters gathered so far (best effort;
+        // what is lost is redelivered after the restart and deduplicated).
+        if let Some(f) = ack_flush {
+            f.await;
+        }
+        if let Some(b) = self.ack_batch() {
+            if let Err(e) = self.log.append(&b).await {
+                tracing::warn!(shard = self.shard, error = %e, "outbox: final acknowledgements not written");
+            }
+        }
     }
 
     /// Starts deliveries of ready pairs up to `inflight_max`; returns the earliest backoff due.
@@ -578,6 +590,7 @@ impl Dispatcher {
         let mut st = self.st.borrow_mut();
         let Some(pair) = st.pairs.get_mut(&pk) else { return };
         pair.busy = false;
+        let duplicate = outcome == Outcome::Duplicate;
         let (done, cause) = match outcome {
             Outcome::Applied => (true, None),
             Outcome::Duplicate => (true, None),
@@ -614,6 +627,7 @@ impl Dispatcher {
             st.pairs.remove(&pk);
         }
         match cause {
+            None if duplicate => st.stats.duplicates += 1,
             None => st.stats.delivered += 1,
             Some(cause) => {
                 tracing::warn!(shard = self.shard, lsn, %cause, "outbox message moved to the dead-letter list");
