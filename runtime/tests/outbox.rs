@@ -191,6 +191,20 @@ fn a_receiver_that_crashes_applies_the_message_once_after_retry() {
 }
 
 #[test]
+fn a_handler_that_fails_after_changing_memory_is_reloaded_before_the_retry() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = builder(dir.path(), fast_retries()).start().unwrap();
+    let (a, b) = cross_shard_pair(&node, 450);
+    set_behaviour(b, Some(Behaviour::FailAfterMutate(2)));
+    transfer(&node, a, b, 5, 1);
+    eventually("ack", WITHIN, || (stats_sum(&node).delivered == 1).then_some(()));
+    let got = get(&node, b);
+    assert_eq!(got.balance, 5, "the failed attempts' changes were not saved");
+    assert_eq!(got.applied.len(), 1);
+    node.shutdown();
+}
+
+#[test]
 fn many_messages_of_one_pair_arrive_in_order_and_once() {
     let dir = tempfile::tempdir().unwrap();
     let node = builder(dir.path(), fast_retries()).start().unwrap();

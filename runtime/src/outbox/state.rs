@@ -91,6 +91,13 @@ pub enum SaveError {
         /// The actor.
         actor: ActorId,
     },
+    /// An earlier save or durable turn of this activation failed, so its memory may be ahead
+    /// of the log; it is being reloaded. Retry the call.
+    #[error("actor {actor}: an earlier save or durable turn failed; the activation reloads from the log, retry")]
+    Stale {
+        /// The actor.
+        actor: ActorId,
+    },
     /// The state did not serialise.
     #[error("actor {actor}: the state did not serialise: {detail}")]
     Encode {
@@ -139,6 +146,9 @@ async fn save_at<A: DurableState>(
     if !loaded {
         return Err(SaveError::NotDurable { actor: actor() });
     }
+    if turn::is_stale(ctx) {
+        return Err(SaveError::Stale { actor: actor() });
+    }
     if let Some(expected) = expected {
         if expected != version {
             return Err(SaveError::VersionConflict {
@@ -167,7 +177,7 @@ async fn save_at<A: DurableState>(
             Ok(version + 1)
         }
         Err(e) => {
-            ctx.deactivate_when_idle();
+            turn::mark_stale(ctx);
             Err(e.into())
         }
     }

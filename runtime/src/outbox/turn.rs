@@ -86,6 +86,20 @@ pub(crate) struct Staged {
     receipt_committed: bool,
     /// The id of the durable message this turn handles (for [`Durable::message_id`]).
     current: Option<MessageId>,
+    /// A durable turn failed after its handler ran: the memory may be ahead of the log. No
+    /// durable message is handled and no state saved until the activation is reloaded.
+    stale: bool,
+}
+
+/// Marks the activation stale and asks for its deactivation (it reloads from the log).
+pub(crate) fn mark_stale<A: Actor>(ctx: &Context<A>) {
+    ctx.extension(|s: &mut Staged| s.stale = true);
+    ctx.deactivate_when_idle();
+}
+
+/// True once [`mark_stale`] was called for this activation.
+pub(crate) fn is_stale<A: Actor>(ctx: &Context<A>) -> bool {
+    ctx.extension(|s: &mut Staged| s.stale)
 }
 
 impl Drop for Staged {
@@ -302,6 +316,16 @@ where
     A: DurableHandler<M>,
     M: DurableMessage,
 {
+    if dispatcher::current().is_none() {
+        // The receiving shard's dispatcher is still being installed (the node is starting).
+        return Outcome::Failed(format!("the outbox of {}'s shard is starting", ctx.id()));
+    }
+    if is_stale(ctx) {
+        return Outcome::Failed(format!(
+            "{} is reloading after a failed durable turn",
+            ctx.id()
+        ));
+    }
     if let Err(e) = inbox::ensure_loaded(ctx).await {
         return Outcome::Failed(e);
     }
@@ -336,16 +360,20 @@ where
             Ok(_) => Outcome::Applied,
             Err(e) => {
                 ctx.extension(|s: &mut Staged| s.receipt = None);
+                mark_stale(ctx);
                 Outcome::Failed(e.to_string())
             }
         },
         Err(retry) => {
-            // Nothing was committed: drop what the handler staged, and the receipt.
+            // Nothing was committed: drop what the handler staged, and the receipt. The
+            // handler may have changed the state in memory before failing, so the activation
+            // reloads from the log before the message is handled again.
             let dropped = ctx.extension(|s: &mut Staged| {
                 s.receipt = None;
                 std::mem::take(&mut s.msgs)
             });
             dispatcher::release(dropped.iter().map(|m| m.reserved).sum());
+            mark_stale(ctx);
             Outcome::Failed(retry.to_string())
         }
     }

@@ -20,6 +20,8 @@ pub enum Behaviour {
     Retry,
     /// Panic this many more times.
     Panic(u32),
+    /// Apply the credit in memory, then ask for a retry, this many more times.
+    FailAfterMutate(u32),
 }
 
 pub static BEHAVIOUR: Mutex<Option<HashMap<u64, Behaviour>>> = Mutex::new(None);
@@ -37,12 +39,17 @@ fn behaviour(key: u64) -> Option<Behaviour> {
     let mut g = BEHAVIOUR.lock().unwrap();
     let m = g.get_or_insert_with(HashMap::new);
     let b = m.get(&key).copied();
-    if let Some(Behaviour::Panic(n)) = b {
-        if n <= 1 {
-            m.remove(&key);
-        } else {
+    match b {
+        Some(Behaviour::Panic(n)) if n > 1 => {
             m.insert(key, Behaviour::Panic(n - 1));
         }
+        Some(Behaviour::FailAfterMutate(n)) if n > 1 => {
+            m.insert(key, Behaviour::FailAfterMutate(n - 1));
+        }
+        Some(Behaviour::Panic(_) | Behaviour::FailAfterMutate(_)) => {
+            m.remove(&key);
+        }
+        _ => {}
     }
     b
 }
@@ -133,18 +140,24 @@ impl DurableMessage for Credit {
 }
 impl DurableHandler<Credit> for Account {
     async fn handle_durable(&mut self, m: Credit, ctx: &Context<Self>) -> Result<(), Retry> {
-        match behaviour(key_u64(ctx)) {
+        let b = behaviour(key_u64(ctx));
+        match b {
             Some(Behaviour::Retry) => {
                 return Err(Retry {
                     reason: "receiver paused".into(),
                 })
             }
             Some(Behaviour::Panic(_)) => panic!("receiver crashed while handling a credit"),
-            None => {}
+            _ => {}
         }
         self.balance += m.amount;
         self.applied.push(ctx.message_id().expect("a durable turn has an id"));
         self.seqs.push(m.seq);
+        if let Some(Behaviour::FailAfterMutate(_)) = b {
+            return Err(Retry {
+                reason: "failed after changing the state in memory".into(),
+            });
+        }
         ctx.save(self).await.map_err(|e| Retry {
             reason: e.to_string(),
         })?;
