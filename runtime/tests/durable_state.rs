@@ -5,9 +5,7 @@
 use std::time::Duration;
 
 use quark::journal::{EventSourced, JournalEvent, JournalPolicy, Persist};
-use quark::outbox::{
-    Durable, DurableStates, OutboxConfig, SaveError, StateError, Versioned,
-};
+use quark::outbox::{Durable, DurableStates, OutboxConfig, SaveError, StateError, Versioned};
 use quark::{block_on, Actor, ActorKey, Context, Handler, Message};
 use serde::{Deserialize, Serialize};
 
@@ -18,13 +16,17 @@ use outbox_common::*;
 fn state_survives_a_restart_and_versions_count_saves() {
     let dir = tempfile::tempdir().unwrap();
     {
-        let node = builder(dir.path(), OutboxConfig::default()).start().unwrap();
+        let node = builder(dir.path(), OutboxConfig::default())
+            .start()
+            .unwrap();
         let a = node.actor_ref::<Account>(1u64);
         assert_eq!(block_on(a.ask(Deposit(5))).unwrap(), Ok(1));
         assert_eq!(block_on(a.ask(Deposit(6))).unwrap(), Ok(2));
         node.shutdown();
     }
-    let node = builder(dir.path(), OutboxConfig::default()).start().unwrap();
+    let node = builder(dir.path(), OutboxConfig::default())
+        .start()
+        .unwrap();
     let states = DurableStates::<Account>::new(node.handle());
     let v = block_on(states.read(1u64)).unwrap();
     assert_eq!(v.version, 2);
@@ -44,7 +46,9 @@ fn state_survives_a_restart_and_versions_count_saves() {
 #[test]
 fn outside_writes_need_the_current_version() {
     let dir = tempfile::tempdir().unwrap();
-    let node = builder(dir.path(), OutboxConfig::default()).start().unwrap();
+    let node = builder(dir.path(), OutboxConfig::default())
+        .start()
+        .unwrap();
     let states = DurableStates::<Account>::new(node.handle());
     block_on(node.actor_ref::<Account>(7u64).ask(Deposit(1)))
         .unwrap()
@@ -70,7 +74,9 @@ fn outside_writes_need_the_current_version() {
     // The live activation sees the write, and so does a restart.
     assert_eq!(get(&node, 7).balance, 100);
     node.shutdown();
-    let node = builder(dir.path(), OutboxConfig::default()).start().unwrap();
+    let node = builder(dir.path(), OutboxConfig::default())
+        .start()
+        .unwrap();
     let v = block_on(DurableStates::<Account>::new(node.handle()).read(7u64)).unwrap();
     assert_eq!((v.version, v.state.balance), (2, 100));
     node.shutdown();
@@ -119,9 +125,15 @@ impl Message for Pay {
 }
 impl Handler<Pay> for Ledger {
     async fn handle(&mut self, m: Pay, ctx: &Context<Self>) -> Result<i64, String> {
-        ctx.send_durable::<Account, Credit>(m.to, Credit { amount: m.amount, seq: 0 })
-            .await
-            .map_err(|e| e.to_string())?;
+        ctx.send_durable::<Account, Credit>(
+            m.to,
+            Credit {
+                amount: m.amount,
+                seq: 0,
+            },
+        )
+        .await
+        .map_err(|e| e.to_string())?;
         ctx.persist(self, [LedgerEvent::Paid(m.amount)])
             .await
             .map_err(|e| e.to_string())?;

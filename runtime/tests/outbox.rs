@@ -65,9 +65,16 @@ fn crash_before_commit_sends_nothing() {
         let acc = get(&node, b);
         (!acc.seqs.is_empty()).then_some(acc)
     });
-    assert_eq!(got.balance, 1, "the staged credits of the crashed turn were not sent");
+    assert_eq!(
+        got.balance, 1,
+        "the staged credits of the crashed turn were not sent"
+    );
     assert_eq!(got.seqs.len(), 1);
-    assert_eq!(get(&node, a).balance, -1, "the crashed turn's debit was not saved");
+    assert_eq!(
+        get(&node, a).balance,
+        -1,
+        "the crashed turn's debit was not saved"
+    );
     node.shutdown();
 }
 
@@ -197,9 +204,14 @@ fn a_handler_that_fails_after_changing_memory_is_reloaded_before_the_retry() {
     let (a, b) = cross_shard_pair(&node, 450);
     set_behaviour(b, Some(Behaviour::FailAfterMutate(2)));
     transfer(&node, a, b, 5, 1);
-    eventually("ack", WITHIN, || (stats_sum(&node).delivered == 1).then_some(()));
+    eventually("ack", WITHIN, || {
+        (stats_sum(&node).delivered == 1).then_some(())
+    });
     let got = get(&node, b);
-    assert_eq!(got.balance, 5, "the failed attempts' changes were not saved");
+    assert_eq!(
+        got.balance, 5,
+        "the failed attempts' changes were not saved"
+    );
     assert_eq!(got.applied.len(), 1);
     node.shutdown();
 }
@@ -327,7 +339,11 @@ fn replaying_a_message_that_failed_applies_it_once() {
         (d.len() == 1).then_some(d)
     });
     assert_eq!(dead[0].attempts, 3);
-    assert!(dead[0].cause.contains("receiver paused"), "{}", dead[0].cause);
+    assert!(
+        dead[0].cause.contains("receiver paused"),
+        "{}",
+        dead[0].cause
+    );
     set_behaviour(b, None);
     let rid = block_on(outbox.replay(dead[0].shard, dead[0].id)).unwrap();
     let got = eventually("the replayed credit", WITHIN, || {
@@ -360,7 +376,11 @@ fn a_full_outbox_fails_or_waits_by_policy() {
     .unwrap();
     let err = r.unwrap_err();
     assert!(err.contains("pending bytes"), "{err}");
-    assert_eq!(get(&node, a).balance, -1, "the refused turn changed nothing");
+    assert_eq!(
+        get(&node, a).balance,
+        -1,
+        "the refused turn changed nothing"
+    );
     set_behaviour(b, None);
     eventually("the first credit", WITHIN, || {
         (get(&node, b).balance == 1).then_some(())

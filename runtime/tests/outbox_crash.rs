@@ -56,7 +56,7 @@ impl DurableState for Acct {
 }
 
 fn frozen(key: u64) -> bool {
-    key % 37 == 0
+    key.is_multiple_of(37)
 }
 
 fn key_of(ctx: &Context<Acct>) -> u64 {
@@ -193,7 +193,10 @@ fn child_node() {
     }
     let id: u64 = env("QUARK_CRASH_NODE").parse().unwrap();
     let dir = PathBuf::from(env("QUARK_CRASH_DIR"));
-    let addrs: Vec<String> = env("QUARK_CRASH_ADDRS").split(',').map(String::from).collect();
+    let addrs: Vec<String> = env("QUARK_CRASH_ADDRS")
+        .split(',')
+        .map(String::from)
+        .collect();
     let mode = env("QUARK_CRASH_MODE");
     let round: u64 = env("QUARK_CRASH_ROUND").parse().unwrap();
     let node = Node::builder()
@@ -229,9 +232,11 @@ fn child_node() {
                         }
                         let tid = (id << 56) | (round << 40) | (t << 32) | n;
                         let amount = rng.gen_range(1..=20);
-                        let _ = quark::block_on(
-                            h.actor_ref::<Acct>(from).ask(Transfer { tid, to, amount }),
-                        );
+                        let _ = quark::block_on(h.actor_ref::<Acct>(from).ask(Transfer {
+                            tid,
+                            to,
+                            amount,
+                        }));
                     }
                 })
             })
@@ -292,7 +297,13 @@ impl Drop for Proc {
 
 fn spawn(id: u64, dir: &Path, addrs: &str, mode: &str, round: u64, dump: &Path) -> Proc {
     let mut child = Command::new(std::env::current_exe().unwrap())
-        .args(["child_node", "--exact", "--ignored", "--nocapture", "--test-threads=1"])
+        .args([
+            "child_node",
+            "--exact",
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
         .env("QUARK_CRASH_CHILD", "1")
         .env("QUARK_CRASH_NODE", id.to_string())
         .env("QUARK_CRASH_DIR", dir)
@@ -345,7 +356,10 @@ fn start_child(id: u64, dir: &Path, addrs: &str, mode: &str, round: u64, dump: &
             Err(e) => panic!("child {id}: no ready line: {e}"),
         }
     }
-    panic!("child {id} did not start in 100 tries (see its stderr next to {})", dir.display())
+    panic!(
+        "child {id} did not start in 100 tries (see its stderr next to {})",
+        dir.display()
+    )
 }
 
 fn expect_line(p: &Proc, what: &str, within: Duration) -> String {
@@ -414,7 +428,16 @@ fn crash_rounds_keep_money_and_apply_each_message_once() {
     }
     // Restart both without load; wait until both outboxes are empty for a while.
     let mut ps: Vec<Proc> = (0..2)
-        .map(|i| start_child(i as u64 + 1, &dirs[i], &addrs, "drain", rounds as u64, &dumps[i]))
+        .map(|i| {
+            start_child(
+                i as u64 + 1,
+                &dirs[i],
+                &addrs,
+                "drain",
+                rounds as u64,
+                &dumps[i],
+            )
+        })
         .collect();
     let end = Instant::now() + Duration::from_secs(120);
     let mut quiet = 0;
@@ -451,7 +474,11 @@ fn crash_rounds_keep_money_and_apply_each_message_once() {
     // dumped, so all accounts are here.
     assert_eq!(accounts.len() as u64, ACCOUNTS, "every account dumped once");
     let total: i64 = accounts.values().map(|a| a.balance).sum();
-    assert_eq!(total, START_BALANCE * ACCOUNTS as i64, "money created or lost");
+    assert_eq!(
+        total,
+        START_BALANCE * ACCOUNTS as i64,
+        "money created or lost"
+    );
     let mut debited = HashSet::new();
     let mut settled: HashMap<u64, u32> = HashMap::new();
     for (k, a) in &accounts {
@@ -484,11 +511,19 @@ fn crash_rounds_keep_money_and_apply_each_message_once() {
             "transfer {t} is neither credited nor refunded exactly once"
         );
     }
-    assert_eq!(settled.len(), debited.len(), "a credit or refund without a debit");
+    assert_eq!(
+        settled.len(),
+        debited.len(),
+        "a credit or refund without a debit"
+    );
     let refunded: usize = accounts.values().map(|a| a.refunded.len()).sum();
     println!(
         "crash test: {rounds} rounds, {kills} SIGKILLs, {} transfers ({refunded} refunded), {duplicates} duplicate deliveries acknowledged without effect",
         debited.len()
     );
-    assert!(debited.len() > 100, "the workload ran: {} transfers", debited.len());
+    assert!(
+        debited.len() > 100,
+        "the workload ran: {} transfers",
+        debited.len()
+    );
 }

@@ -18,7 +18,9 @@ use quark_placement::{ActorId, ActorKey, ShardId};
 use quark_shard::{current_shard_log, CallError, EngineHandle, Invoke, ShardLog};
 
 use super::format::{self, OutboxRecord, Reader, Target, DEAD_LETTER_KEY, OUTBOX_PREFIX};
-use super::{now_ms, remote, DurableHandler, DurableMessage, MessageId, OutboxConfig, Outcome, Registry};
+use super::{
+    now_ms, remote, DurableHandler, DurableMessage, MessageId, OutboxConfig, Outcome, Registry,
+};
 
 /// One delivery attempt's message, as the receiver's turn sees it.
 pub(crate) struct Delivery {
@@ -51,7 +53,10 @@ pub(crate) fn release(bytes: u64) {
 pub(crate) fn enqueue(sender: Rc<[u8]>, lsn: u64, record: OutboxRecord, bytes: u64) {
     match current() {
         Some(d) => d.enqueue(sender, lsn, Rc::new(record), bytes),
-        None => tracing::error!(lsn, "outbox message committed on a shard without a dispatcher; it is sent after a restart"),
+        None => tracing::error!(
+            lsn,
+            "outbox message committed on a shard without a dispatcher; it is sent after a restart"
+        ),
     }
 }
 
@@ -150,7 +155,9 @@ fn decode_dead(shard: ShardId, bytes: &[u8]) -> Result<Vec<DeadLetter>, format::
         let cause = String::from_utf8_lossy(r.take(c)?).into_owned();
         let l = r.u32()? as usize;
         let record = r.take(l)?.to_vec();
-        out.push(dead_letter(shard, sender_key, id, &record, cause, attempts, dead_ms));
+        out.push(dead_letter(
+            shard, sender_key, id, &record, cause, attempts, dead_ms,
+        ));
     }
     Ok(out)
 }
@@ -276,7 +283,12 @@ type Event = (Rc<[u8]>, u64, Outcome);
 type EventFut = Pin<Box<dyn Future<Output = Event>>>;
 
 /// Starts a dispatcher on every shard of a node with a log.
-pub(crate) fn start(engine: &EngineHandle, config: OutboxConfig, registry: Arc<Registry>, node_id: u64) {
+pub(crate) fn start(
+    engine: &EngineHandle,
+    config: OutboxConfig,
+    registry: Arc<Registry>,
+    node_id: u64,
+) {
     for shard in 0..engine.shard_count() {
         let e = engine.clone();
         let config = config.clone();
@@ -328,7 +340,9 @@ impl Dispatcher {
 
     /// The id stream of messages sent by `id` from this shard of this node.
     pub(crate) fn stream_of(&self, id: &ActorId) -> u64 {
-        let mut h = id.stable_hash() ^ self.node_id.rotate_left(32) ^ (self.shard as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        let mut h = id.stable_hash()
+            ^ self.node_id.rotate_left(32)
+            ^ (self.shard as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
         h = (h ^ (h >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
         h = (h ^ (h >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
         h ^ (h >> 31)
@@ -340,7 +354,9 @@ impl Dispatcher {
             let rx = {
                 let mut st = self.st.borrow_mut();
                 // A message larger than the bound alone still goes when nothing is pending.
-                if st.pending_bytes == 0 || st.pending_bytes + bytes <= self.config.pending_bytes_max {
+                if st.pending_bytes == 0
+                    || st.pending_bytes + bytes <= self.config.pending_bytes_max
+                {
                     st.pending_bytes += bytes;
                     return Ok(());
                 }
@@ -393,7 +409,8 @@ impl Dispatcher {
     async fn recover(&self) -> Result<(), String> {
         if let Some(&lsn) = self.log.key_lsns(DEAD_LETTER_KEY).last() {
             if let Some(r) = self.log.read(lsn).await.map_err(|e| e.to_string())? {
-                let list = decode_dead(self.shard, &r.payload).map_err(|e| format!("dead-letter list at LSN {lsn}: {e}"))?;
+                let list = decode_dead(self.shard, &r.payload)
+                    .map_err(|e| format!("dead-letter list at LSN {lsn}: {e}"))?;
                 self.st.borrow_mut().dead = list;
             }
         }
@@ -416,8 +433,19 @@ impl Dispatcher {
                         let mut st = self.st.borrow_mut();
                         let acks = st.senders.entry(sender.clone()).or_default();
                         acks.max_seen = acks.max_seen.max(r.origin_lsn);
-                        let id = MessageId { stream: 0, seq: r.origin_lsn };
-                        let d = dead_letter(self.shard, sender.to_vec(), id, &r.payload, format!("outbox record does not decode: {e}"), 0, now_ms());
+                        let id = MessageId {
+                            stream: 0,
+                            seq: r.origin_lsn,
+                        };
+                        let d = dead_letter(
+                            self.shard,
+                            sender.to_vec(),
+                            id,
+                            &r.payload,
+                            format!("outbox record does not decode: {e}"),
+                            0,
+                            now_ms(),
+                        );
                         st.dead.push(d);
                         st.dead_dirty = true;
                         st.acks_due.insert(sender.clone());
@@ -427,7 +455,11 @@ impl Dispatcher {
         }
         self.st.borrow_mut().stats.recovered = n;
         if n > 0 {
-            tracing::info!(shard = self.shard, messages = n, "outbox: resuming delivery of messages found in the log");
+            tracing::info!(
+                shard = self.shard,
+                messages = n,
+                "outbox: resuming delivery of messages found in the log"
+            );
         }
         Ok(())
     }
@@ -492,14 +524,18 @@ impl Dispatcher {
                 match futures::future::select(ev, futures::future::select(ack, other)).await {
                     futures::future::Either::Left((w, _)) => w,
                     futures::future::Either::Right((futures::future::Either::Left((w, _)), _)) => w,
-                    futures::future::Either::Right((futures::future::Either::Right((w, _)), _)) => w,
+                    futures::future::Either::Right((futures::future::Either::Right((w, _)), _)) => {
+                        w
+                    }
                 }
             };
             match woke {
                 Woke::Event((pair, lsn, outcome)) => {
                     self.finish(pair, lsn, outcome);
                     // Drain whatever else completed without waiting.
-                    while let Some(Some((p, l, o))) = futures::FutureExt::now_or_never(inflight.next()) {
+                    while let Some(Some((p, l, o))) =
+                        futures::FutureExt::now_or_never(inflight.next())
+                    {
                         self.finish(p, l, o);
                     }
                 }
@@ -520,7 +556,11 @@ impl Dispatcher {
     }
 
     /// Starts deliveries of ready pairs up to `inflight_max`; returns the earliest backoff due.
-    fn launch(self: &Rc<Self>, inflight: &mut FuturesUnordered<EventFut>, now: Instant) -> Option<Instant> {
+    fn launch(
+        self: &Rc<Self>,
+        inflight: &mut FuturesUnordered<EventFut>,
+        now: Instant,
+    ) -> Option<Instant> {
         let mut st = self.st.borrow_mut();
         let mut next_due = None;
         let mut i = 0;
@@ -529,28 +569,45 @@ impl Dispatcher {
                 let (_, p) = st.backoff.swap_remove(i);
                 st.ready.push_back(p);
             } else {
-                next_due = Some(next_due.map_or(st.backoff[i].0, |d: Instant| d.min(st.backoff[i].0)));
+                next_due =
+                    Some(next_due.map_or(st.backoff[i].0, |d: Instant| d.min(st.backoff[i].0)));
                 i += 1;
             }
         }
         while inflight.len() < self.config.inflight_max {
-            let Some(pk) = st.ready.pop_front() else { break };
-            let Some(pair) = st.pairs.get_mut(&pk) else { continue };
+            let Some(pk) = st.ready.pop_front() else {
+                break;
+            };
+            let Some(pair) = st.pairs.get_mut(&pk) else {
+                continue;
+            };
             pair.scheduled = false;
-            let Some((&lsn, msg)) = pair.queue.first_key_value() else { continue };
+            let Some((&lsn, msg)) = pair.queue.first_key_value() else {
+                continue;
+            };
             pair.busy = true;
             let rec = msg.rec.clone();
             let id = rec
                 .id_override
                 .map(|(stream, seq)| MessageId { stream, seq })
-                .unwrap_or(MessageId { stream: rec.stream, seq: lsn });
+                .unwrap_or(MessageId {
+                    stream: rec.stream,
+                    seq: lsn,
+                });
             let sender = pair.sender.clone();
             inflight.push(self.deliver(pk, lsn, id, sender, rec));
         }
         next_due
     }
 
-    fn deliver(self: &Rc<Self>, pair: Rc<[u8]>, lsn: u64, id: MessageId, sender: Rc<[u8]>, rec: Rc<OutboxRecord>) -> EventFut {
+    fn deliver(
+        self: &Rc<Self>,
+        pair: Rc<[u8]>,
+        lsn: u64,
+        id: MessageId,
+        sender: Rc<[u8]>,
+        rec: Rc<OutboxRecord>,
+    ) -> EventFut {
         let delivery = Delivery {
             id,
             message: rec.message.clone(),
@@ -588,7 +645,9 @@ impl Dispatcher {
 
     fn finish(&self, pk: Rc<[u8]>, lsn: u64, outcome: Outcome) {
         let mut st = self.st.borrow_mut();
-        let Some(pair) = st.pairs.get_mut(&pk) else { return };
+        let Some(pair) = st.pairs.get_mut(&pk) else {
+            return;
+        };
         pair.busy = false;
         let duplicate = outcome == Outcome::Duplicate;
         let (done, cause) = match outcome {
@@ -599,9 +658,14 @@ impl Dispatcher {
                 pair.attempts += 1;
                 let created = pair.queue.get(&lsn).map(|m| m.rec.created_ms).unwrap_or(0);
                 let age = now_ms().saturating_sub(created);
-                let give_up = pair.attempts >= self.config.attempts_max || age >= self.config.give_up_after.as_millis() as u64;
-                if give_up && st_dead_room(&st_len(&st.dead), self.config.dead_letters_max) {
-                    (true, Some(format!("{c} (after {} attempts)", st.pairs[&pk].attempts)))
+                let give_up = pair.attempts >= self.config.attempts_max
+                    || age >= self.config.give_up_after.as_millis() as u64;
+                let room = st.dead.len() < self.config.dead_letters_max;
+                if give_up && room {
+                    (
+                        true,
+                        Some(format!("{c} (after {} attempts)", st.pairs[&pk].attempts)),
+                    )
                 } else {
                     let pair = st.pairs.get_mut(&pk).expect("invariant: looked up above");
                     let delay = self.config.backoff(pair.attempts);
@@ -617,7 +681,9 @@ impl Dispatcher {
         let pair = st.pairs.get_mut(&pk).expect("invariant: looked up above");
         let attempts = pair.attempts.max(1);
         pair.attempts = 0;
-        let Some(msg) = pair.queue.remove(&lsn) else { return };
+        let Some(msg) = pair.queue.remove(&lsn) else {
+            return;
+        };
         let sender = pair.sender.clone();
         let more = !pair.queue.is_empty();
         if more {
@@ -635,10 +701,21 @@ impl Dispatcher {
                     .rec
                     .id_override
                     .map(|(stream, seq)| MessageId { stream, seq })
-                    .unwrap_or(MessageId { stream: msg.rec.stream, seq: lsn });
+                    .unwrap_or(MessageId {
+                        stream: msg.rec.stream,
+                        seq: lsn,
+                    });
                 let mut payload = Vec::new();
                 format::encode_outbox(&mut payload, &msg.rec);
-                let d = dead_letter(self.shard, sender.to_vec(), id, &payload, cause, attempts, now_ms());
+                let d = dead_letter(
+                    self.shard,
+                    sender.to_vec(),
+                    id,
+                    &payload,
+                    cause,
+                    attempts,
+                    now_ms(),
+                );
                 st.dead.push(d);
                 st.dead_dirty = true;
                 st.stats.dead_lettered += 1;
@@ -663,7 +740,9 @@ impl Dispatcher {
         let mut batch = Batch::new();
         let due: Vec<Rc<[u8]>> = st.acks_due.drain().collect();
         for s in due {
-            let Some(a) = st.senders.get_mut(&s) else { continue };
+            let Some(a) = st.senders.get_mut(&s) else {
+                continue;
+            };
             let floor = a.unacked.first().copied().unwrap_or(a.max_seen + 1);
             if floor > a.floor {
                 a.floor = floor;
@@ -690,20 +769,15 @@ impl Dispatcher {
 
     fn proxy_key(&self, node: u64, salt: u64) -> Option<u64> {
         let mut st = self.st.borrow_mut();
-        let keys = st.proxies.entry(node).or_insert_with(|| remote::proxy_keys(&self.engine, node));
+        let keys = st
+            .proxies
+            .entry(node)
+            .or_insert_with(|| remote::proxy_keys(&self.engine, node));
         if keys.is_empty() {
             return None;
         }
         Some(keys[(salt % keys.len() as u64) as usize])
     }
-}
-
-fn st_len(d: &[DeadLetter]) -> usize {
-    d.len()
-}
-
-fn st_dead_room(len: &usize, max: usize) -> bool {
-    *len < max
 }
 
 /// The proxy key to reach `node` for messages of `stream`.
@@ -713,7 +787,11 @@ pub(crate) fn proxy_key(node: u64, stream: u64) -> Option<u64> {
 
 /// Delivers `d` to actor `(A, key)`: as a turn of its activation on this node, or through the
 /// inbound proxy of the node that owns it.
-pub(crate) fn deliver_to<A, M>(engine: EngineHandle, key: ActorKey, d: Delivery) -> Pin<Box<dyn Future<Output = Outcome>>>
+pub(crate) fn deliver_to<A, M>(
+    engine: EngineHandle,
+    key: ActorKey,
+    d: Delivery,
+) -> Pin<Box<dyn Future<Output = Outcome>>>
 where
     A: DurableHandler<M>,
     M: DurableMessage,
@@ -785,7 +863,9 @@ impl Outbox {
     async fn on_shard<T: Send + 'static>(
         &self,
         shard: ShardId,
-        f: impl FnOnce(Rc<Dispatcher>) -> Pin<Box<dyn Future<Output = Result<T, OutboxError>>>> + Send + 'static,
+        f: impl FnOnce(Rc<Dispatcher>) -> Pin<Box<dyn Future<Output = Result<T, OutboxError>>>>
+            + Send
+            + 'static,
     ) -> Result<T, OutboxError> {
         self.engine
             .spawn_on(shard, move || async move {
@@ -823,8 +903,10 @@ impl Outbox {
         let mut out = Vec::new();
         for shard in 0..self.engine.shard_count() {
             out.extend(
-                self.on_shard(shard, |d| Box::pin(async move { Ok(d.st.borrow().dead.clone()) }))
-                    .await?,
+                self.on_shard(shard, |d| {
+                    Box::pin(async move { Ok(d.st.borrow().dead.clone()) })
+                })
+                .await?,
             );
         }
         Ok(out)
@@ -856,7 +938,11 @@ impl Outbox {
                 let mut batch = Batch::new();
                 batch.event(&sender, &payload);
                 batch.snapshot(DEAD_LETTER_KEY, &encode_dead(&rest));
-                let range = d.log.append(&batch).await.map_err(|source| OutboxError::Append { shard, source })?;
+                let range = d
+                    .log
+                    .append(&batch)
+                    .await
+                    .map_err(|source| OutboxError::Append { shard, source })?;
                 d.st.borrow_mut().dead.retain(|x| x.id != id);
                 let bytes = record_bytes(&rec);
                 d.st.borrow_mut().pending_bytes += bytes;
@@ -880,7 +966,10 @@ impl Outbox {
                 };
                 let mut batch = Batch::new();
                 batch.snapshot(DEAD_LETTER_KEY, &encode_dead(&rest));
-                d.log.append(&batch).await.map_err(|source| OutboxError::Append { shard, source })?;
+                d.log
+                    .append(&batch)
+                    .await
+                    .map_err(|source| OutboxError::Append { shard, source })?;
                 d.st.borrow_mut().dead.retain(|x| x.id != id);
                 Ok(())
             })
@@ -905,7 +994,15 @@ mod tests {
         };
         let mut payload = Vec::new();
         format::encode_outbox(&mut payload, &rec);
-        let d = dead_letter(3, b"qo\x01a\x00\x01\0\0\0\0\0\0\0".to_vec(), MessageId { stream: 2, seq: 5 }, &payload, "why".into(), 4, 6);
+        let d = dead_letter(
+            3,
+            b"qo\x01a\x00\x01\0\0\0\0\0\0\0".to_vec(),
+            MessageId { stream: 2, seq: 5 },
+            &payload,
+            "why".into(),
+            4,
+            6,
+        );
         let list = vec![d.clone(), d];
         assert_eq!(decode_dead(3, &encode_dead(&list)).unwrap(), list);
         assert_eq!(list[0].target, "sink:pg");

@@ -245,7 +245,11 @@ pub fn decode_outbox(bytes: &[u8]) -> Result<OutboxRecord, FormatError> {
     let id_override = match r.u8()? {
         0 => None,
         1 => Some((r.u64()?, r.u64()?)),
-        _ => return Err(FormatError::Invalid { what: "id override" }),
+        _ => {
+            return Err(FormatError::Invalid {
+                what: "id override",
+            })
+        }
     };
     let kind = r.u8()?;
     let n = r.u32()? as usize;
@@ -260,7 +264,11 @@ pub fn decode_outbox(bytes: &[u8]) -> Result<OutboxRecord, FormatError> {
                 .map_err(|_| FormatError::Invalid { what: "sink name" })?
                 .to_owned(),
         ),
-        _ => return Err(FormatError::Invalid { what: "target kind" }),
+        _ => {
+            return Err(FormatError::Invalid {
+                what: "target kind",
+            })
+        }
     };
     let n = r.u8()? as usize;
     let message = std::str::from_utf8(r.take(n)?)

@@ -115,7 +115,11 @@ pub(crate) fn seen<A: Actor>(ctx: &Context<A>, id: MessageId) -> bool {
 
 /// Adds the receipt of `id` to `batch`: a receipt record, or every `inbox_snapshot_every`
 /// receipts the whole table (with `id`) as a snapshot record that supersedes the receipts.
-pub(crate) fn stage_receipt<A: Actor>(ctx: &Context<A>, id: MessageId, batch: &mut Batch) -> StagedReceipt {
+pub(crate) fn stage_receipt<A: Actor>(
+    ctx: &Context<A>,
+    id: MessageId,
+    batch: &mut Batch,
+) -> StagedReceipt {
     let every = dispatcher::current()
         .map(|d| d.config().inbox_snapshot_every)
         .unwrap_or(256);

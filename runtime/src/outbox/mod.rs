@@ -23,6 +23,7 @@ mod dispatcher;
 pub mod format;
 mod inbox;
 mod remote;
+pub mod saga;
 mod sink;
 mod state;
 mod turn;
@@ -38,12 +39,14 @@ use serde::Serialize;
 
 pub use config::{FullPolicy, OutboxConfig, OutboxConfigError};
 pub use dispatcher::{DeadLetter, Outbox, OutboxError, OutboxStats};
+pub use inbox::BYTES_PER_ENTRY as INBOX_BYTES_PER_ENTRY;
 pub use remote::{DurableWire, InboundProxy, WireOutcome};
 pub use sink::{Sink, SinkError, SinkMessage};
-pub use state::{durable_state, DurableState, DurableStates, Save, SaveError, StateError, Versioned};
-pub use inbox::BYTES_PER_ENTRY as INBOX_BYTES_PER_ENTRY;
-pub use turn::{CommitError, Durable, SendError};
+pub use state::{
+    durable_state, DurableState, DurableStates, Save, SaveError, StateError, Versioned,
+};
 pub(crate) use turn::{aborted, committed, stage_into};
+pub use turn::{CommitError, Durable, SendError};
 
 pub(crate) use dispatcher::Delivery;
 
@@ -83,7 +86,9 @@ pub struct Retry {
 /// The stable id of a durable message: the sender's id stream (a 64-bit fingerprint of sender
 /// actor, node and shard) and a sequence number (the LSN of the outbox record in the
 /// sender's shard log), increasing per stream in send order.
-#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Copy, Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 pub struct MessageId {
     /// The sender's stream.
     pub stream: u64,

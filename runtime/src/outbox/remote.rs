@@ -85,7 +85,9 @@ fn from_wire(w: WireOutcome) -> Outcome {
 impl Handler<DurableWire> for InboundProxy {
     async fn handle(&mut self, m: DurableWire, ctx: &Context<Self>) -> WireOutcome {
         let Some(d) = dispatcher::current() else {
-            return to_wire(Outcome::Failed("the receiving node runs no outbox dispatcher".into()));
+            return to_wire(Outcome::Failed(
+                "the receiving node runs no outbox dispatcher".into(),
+            ));
         };
         let mut enc = vec![m.target_type.len() as u8];
         enc.extend_from_slice(m.target_type.as_bytes());

@@ -12,8 +12,8 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use super::format::{self, STATE_PREFIX};
-use super::turn::{self, CommitError};
 use super::now_ms;
+use super::turn::{self, CommitError};
 
 /// An actor whose whole state is saved as one record (postcard) and loaded at activation.
 pub trait DurableState: Actor + Serialize + DeserializeOwned {
@@ -55,15 +55,15 @@ async fn load<A: DurableState>(ctx: &Context<A>) -> Result<A, quark_shard::LoadE
     let mut state = None;
     if let Some(log) = ctx.log() {
         if let Some(&lsn) = log.key_lsns(&key).last() {
-            let r = log
-                .read(lsn)
-                .await?
-                .ok_or_else(|| format!("state of {} at LSN {lsn} is gone from the log", ctx.id()))?;
+            let r = log.read(lsn).await?.ok_or_else(|| {
+                format!("state of {} at LSN {lsn} is gone from the log", ctx.id())
+            })?;
             let (schema, v, _, data) = format::decode_state(&r.payload)
                 .map_err(|e| format!("state of {} at LSN {lsn}: {e}", ctx.id()))?;
             let s = if schema == A::SCHEMA_VERSION {
-                postcard::from_bytes(data)
-                    .map_err(|e| format!("state of {} at LSN {lsn} did not decode: {e}", ctx.id()))?
+                postcard::from_bytes(data).map_err(|e| {
+                    format!("state of {} at LSN {lsn} did not decode: {e}", ctx.id())
+                })?
             } else {
                 A::upcast(schema, data).map_err(|e| format!("state of {}: {e}", ctx.id()))?
             };
@@ -163,7 +163,13 @@ async fn save_at<A: DurableState>(
         detail: e.to_string(),
     })?;
     let mut payload = Vec::with_capacity(24 + data.len());
-    format::encode_state(&mut payload, A::SCHEMA_VERSION, version + 1, now_ms(), &data);
+    format::encode_state(
+        &mut payload,
+        A::SCHEMA_VERSION,
+        version + 1,
+        now_ms(),
+        &data,
+    );
     let mut batch = Batch::new();
     batch.push(NewRecord {
         kind: RecordKind::Snapshot,
@@ -242,7 +248,8 @@ impl<A: DurableState> DurableStates<A> {
             actor: r.id().clone(),
             detail,
         };
-        let state = postcard::from_bytes(&bytes.map_err(decode)?).map_err(|e| decode(e.to_string()))?;
+        let state =
+            postcard::from_bytes(&bytes.map_err(decode)?).map_err(|e| decode(e.to_string()))?;
         Ok(Versioned { version, state })
     }
 

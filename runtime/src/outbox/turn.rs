@@ -16,7 +16,9 @@ use super::{now_ms, DurableHandler, DurableMessage, MessageId, Outcome};
 #[derive(Debug, thiserror::Error)]
 pub enum SendError {
     /// The node has no log (`[log]`), so nothing can be durable.
-    #[error("actor {actor}: the node has no log (configure [log] data_dir), durable messages need one")]
+    #[error(
+        "actor {actor}: the node has no log (configure [log] data_dir), durable messages need one"
+    )]
     NoLog {
         /// The sender.
         actor: ActorId,
@@ -122,7 +124,8 @@ pub(crate) struct Taken {
 /// Moves the turn's staged messages and receipt into `batch` (for commits built elsewhere,
 /// e.g. the journal's `persist`). Call [`committed`] or [`aborted`] with the result.
 pub(crate) fn stage_into<A: Actor>(ctx: &Context<A>, batch: &mut Batch) -> Taken {
-    let (msgs, receipt) = ctx.extension(|s: &mut Staged| (std::mem::take(&mut s.msgs), s.receipt.take()));
+    let (msgs, receipt) =
+        ctx.extension(|s: &mut Staged| (std::mem::take(&mut s.msgs), s.receipt.take()));
     let outbox_key = if msgs.is_empty() {
         Vec::new()
     } else {
@@ -245,12 +248,17 @@ impl<A: Actor> Durable for Context<A> {
         B: DurableHandler<M>,
         M: DurableMessage,
     {
-        self.stage(Target::Actor(B::TYPE_NAME.to_owned(), key.into()), M::NAME, &msg)
-            .await
+        self.stage(
+            Target::Actor(B::TYPE_NAME.to_owned(), key.into()),
+            M::NAME,
+            &msg,
+        )
+        .await
     }
 
     async fn send_to_sink<M: DurableMessage>(&self, sink: &str, msg: M) -> Result<(), SendError> {
-        self.stage(Target::Sink(sink.to_owned()), M::NAME, &msg).await
+        self.stage(Target::Sink(sink.to_owned()), M::NAME, &msg)
+            .await
     }
 
     async fn commit(&self) -> Result<(), CommitError> {
@@ -299,11 +307,13 @@ impl<A: Actor> Stage for Context<A> {
             data,
         };
         let reserved = dispatcher::record_bytes(&record);
-        d.reserve(reserved).await.map_err(|(pending_bytes, max)| SendError::Full {
-            actor: actor(),
-            pending_bytes,
-            max,
-        })?;
+        d.reserve(reserved)
+            .await
+            .map_err(|(pending_bytes, max)| SendError::Full {
+                actor: actor(),
+                pending_bytes,
+                max,
+            })?;
         self.extension(|s: &mut Staged| s.msgs.push(StagedMsg { record, reserved }));
         Ok(())
     }

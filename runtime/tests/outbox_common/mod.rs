@@ -106,9 +106,15 @@ impl Message for Transfer {
 impl Handler<Transfer> for Account {
     async fn handle(&mut self, m: Transfer, ctx: &Context<Self>) -> Result<u64, String> {
         for seq in 0..m.count {
-            ctx.send_durable::<Account, Credit>(m.to, Credit { amount: m.amount, seq })
-                .await
-                .map_err(|e| e.to_string())?;
+            ctx.send_durable::<Account, Credit>(
+                m.to,
+                Credit {
+                    amount: m.amount,
+                    seq,
+                },
+            )
+            .await
+            .map_err(|e| e.to_string())?;
         }
         // Change the state only once every send was staged (a refused send leaves it as it was).
         self.balance -= m.amount * m.count as i64;
@@ -151,7 +157,8 @@ impl DurableHandler<Credit> for Account {
             _ => {}
         }
         self.balance += m.amount;
-        self.applied.push(ctx.message_id().expect("a durable turn has an id"));
+        self.applied
+            .push(ctx.message_id().expect("a durable turn has an id"));
         self.seqs.push(m.seq);
         if let Some(Behaviour::FailAfterMutate(_)) = b {
             return Err(Retry {
