@@ -22,6 +22,7 @@ mod config;
 mod dispatcher;
 pub mod format;
 mod inbox;
+mod postgres;
 mod remote;
 pub mod saga;
 mod sink;
@@ -41,6 +42,7 @@ pub use config::{FullPolicy, OutboxConfig, OutboxConfigError};
 pub use dispatcher::{DeadLetter, Outbox, OutboxError, OutboxStats};
 pub use inbox::BYTES_PER_ENTRY as INBOX_BYTES_PER_ENTRY;
 pub use remote::{DurableWire, InboundProxy, WireOutcome};
+pub use postgres::PostgresSink;
 pub use sink::{Sink, SinkError, SinkMessage};
 pub use state::{
     durable_state, DurableState, DurableStates, Save, SaveError, StateError, Versioned,
