@@ -101,7 +101,7 @@ fn every_committed_message_lands_once_even_when_redelivered() {
         .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let node = start(dir.path(), &url, &table);
-    const N: u64 = 20_000;
+    const N: u64 = 10_000;
     let t0 = Instant::now();
     let emitters = 8u64;
     for e in 0..emitters {
