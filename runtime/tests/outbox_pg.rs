@@ -63,7 +63,10 @@ fn start(dir: &std::path::Path, url: &str, table: &str) -> Node {
         .config(NodeConfig::from_toml(&text, "pg.toml").unwrap())
         .register(ActorType::new(|_| Emitter))
         .outbox(OutboxConfig::default())
-        .sink("pg", PostgresSink::connect(url, table).expect("connect to PostgreSQL"))
+        .sink(
+            "pg",
+            PostgresSink::connect(url, table).expect("connect to PostgreSQL"),
+        )
         .start()
         .unwrap()
 }
@@ -106,9 +109,12 @@ fn every_committed_message_lands_once_even_when_redelivered() {
     let emitters = 8u64;
     for e in 0..emitters {
         let per = N / emitters;
-        block_on(node.actor_ref::<Emitter>(e).ask(Emit(e * per, (e + 1) * per)))
-            .unwrap()
-            .unwrap();
+        block_on(
+            node.actor_ref::<Emitter>(e)
+                .ask(Emit(e * per, (e + 1) * per)),
+        )
+        .unwrap()
+        .unwrap();
     }
     wait_rows(&mut client, &table, N as i64);
     let secs = t0.elapsed().as_secs_f64();
@@ -174,5 +180,8 @@ fn every_committed_message_lands_once_even_when_redelivered() {
 fn a_bad_table_name_is_refused() {
     let Some(url) = pg_url() else { return };
     let e = PostgresSink::connect(&url, "x; DROP TABLE y").unwrap_err();
-    assert!(e.permanent && e.detail.contains("not a plain identifier"), "{e}");
+    assert!(
+        e.permanent && e.detail.contains("not a plain identifier"),
+        "{e}"
+    );
 }

@@ -26,7 +26,9 @@ use futures::stream::{FuturesUnordered, StreamExt};
 use quark::outbox::{
     Durable, DurableHandler, DurableMessage, DurableState, Outbox, OutboxConfig, Retry, Save,
 };
-use quark::{block_on, Actor, ActorId, ActorKey, ActorType, Context, Handler, Message, Node, NodeConfig};
+use quark::{
+    block_on, Actor, ActorId, ActorKey, ActorType, Context, Handler, Message, Node, NodeConfig,
+};
 use quark_bench::files::{pwrite_loop, zero_filled};
 use serde::{Deserialize, Serialize};
 
@@ -158,19 +160,28 @@ fn main() -> Result<()> {
     let f = zero_filled(&args.dir.join("baseline"), 64 << 20)?;
     let (h, _) = pwrite_loop(&f, 256, 2000)?;
     let sync_p50 = Duration::from_nanos(h.value_at_quantile(0.5));
-    println!("baseline: pwrite+fdatasync 256 B p50 {sync_p50:?} p99 {:?}", Duration::from_nanos(h.value_at_quantile(0.99)));
+    println!(
+        "baseline: pwrite+fdatasync 256 B p50 {sync_p50:?} p99 {:?}",
+        Duration::from_nanos(h.value_at_quantile(0.99))
+    );
 
     // 2. Throughput.
     let node = start(&args.dir.join("node"))?;
     let h = node.handle();
     let shard = |t: &'static str, k: u64| h.shard_of(&ActorId::new(t, k));
     let receivers: Vec<Vec<u64>> = (0..2u16)
-        .map(|s| (0..args.receivers).filter(|k| shard("ob.receiver", *k) == s).collect())
+        .map(|s| {
+            (0..args.receivers)
+                .filter(|k| shard("ob.receiver", *k) == s)
+                .collect()
+        })
         .collect();
     let end = Instant::now() + Duration::from_secs(args.secs + 1);
     let mut handles = Vec::new();
     for s in 0..2u16 {
-        let senders: Vec<u64> = (0..args.senders).filter(|k| shard("ob.sender", *k) == s).collect();
+        let senders: Vec<u64> = (0..args.senders)
+            .filter(|k| shard("ob.sender", *k) == s)
+            .collect();
         // Receivers on the other shard: every message crosses shards.
         let to = std::sync::Arc::new(receivers[1 - s as usize].clone());
         let engine = node.handle();
@@ -185,7 +196,12 @@ fn main() -> Result<()> {
                     let mut offset = i * 7;
                     let mut errors = 0u64;
                     while Instant::now() < end {
-                        let b = Burst { to: to.clone(), offset, count: burst, mark: false };
+                        let b = Burst {
+                            to: to.clone(),
+                            offset,
+                            count: burst,
+                            mark: false,
+                        };
                         if !matches!(r.ask(b).await, Ok(Ok(_))) {
                             errors += 1;
                         }
@@ -220,17 +236,28 @@ fn main() -> Result<()> {
     // 3. Latency.
     let node = start(&args.dir.join("latency"))?;
     let h = node.handle();
-    let a = (0..).find(|k| h.shard_of(&ActorId::new("ob.sender", *k)) == 0).unwrap_or(0);
-    let b = (0..).find(|k| h.shard_of(&ActorId::new("ob.receiver", *k)) == 1).unwrap_or(0);
+    let a = (0..)
+        .find(|k| h.shard_of(&ActorId::new("ob.sender", *k)) == 0)
+        .unwrap_or(0);
+    let b = (0..)
+        .find(|k| h.shard_of(&ActorId::new("ob.receiver", *k)) == 1)
+        .unwrap_or(0);
     let (tx, rx) = sync_channel(1);
     *EFFECT.lock().expect("not poisoned") = Some(tx);
     let to = std::sync::Arc::new(vec![b]);
     let sender = node.actor_ref::<Sender>(a);
     let mut lat = Vec::with_capacity(args.latency_ops as usize);
     for i in 0..args.latency_ops + 100 {
-        let b = Burst { to: to.clone(), offset: 0, count: 1, mark: true };
+        let b = Burst {
+            to: to.clone(),
+            offset: 0,
+            count: 1,
+            mark: true,
+        };
         let t0 = block_on(sender.ask(b))?.map_err(anyhow::Error::msg)?;
-        let t1 = rx.recv_timeout(Duration::from_secs(10)).context("no effect within 10 s")?;
+        let t1 = rx
+            .recv_timeout(Duration::from_secs(10))
+            .context("no effect within 10 s")?;
         if i >= 100 {
             lat.push(t1 - t0);
         }

@@ -22,6 +22,9 @@ use super::{
     now_ms, remote, DurableHandler, DurableMessage, MessageId, OutboxConfig, Outcome, Registry,
 };
 
+/// Deliveries in flight at once per (sender, sink) pair.
+const SINK_PAIR_WINDOW: usize = 512;
+
 /// One delivery attempt's message, as the receiver's turn sees it.
 pub(crate) struct Delivery {
     pub id: MessageId,
@@ -240,7 +243,12 @@ struct Msg {
 struct Pair {
     sender: Rc<[u8]>,
     queue: BTreeMap<u64, Msg>,
-    busy: bool,
+    /// LSNs of this pair's messages being delivered now (at most `window`).
+    inflight: BTreeSet<u64>,
+    /// Deliveries in flight at once: 1 for actors (order per pair), `SINK_PAIR_WINDOW` for
+    /// sinks (which write batches in queue order and dedupe by id).
+    window: usize,
+    /// In the ready queue or the backoff list.
     scheduled: bool,
     attempts: u32,
 }
@@ -393,12 +401,16 @@ impl Dispatcher {
         let pair = st.pairs.entry(pair_key.clone()).or_insert_with(|| Pair {
             sender,
             queue: BTreeMap::new(),
-            busy: false,
+            inflight: BTreeSet::new(),
+            window: match rec.target {
+                Target::Sink(_) => SINK_PAIR_WINDOW,
+                Target::Actor(..) => 1,
+            },
             scheduled: false,
             attempts: 0,
         });
         pair.queue.insert(lsn, Msg { rec, bytes });
-        if !pair.busy && !pair.scheduled {
+        if pair.inflight.len() < pair.window && !pair.scheduled {
             pair.scheduled = true;
             st.ready.push_back(pair_key);
             drop(st);
@@ -582,20 +594,29 @@ impl Dispatcher {
                 continue;
             };
             pair.scheduled = false;
-            let Some((&lsn, msg)) = pair.queue.first_key_value() else {
-                continue;
-            };
-            pair.busy = true;
-            let rec = msg.rec.clone();
-            let id = rec
-                .id_override
-                .map(|(stream, seq)| MessageId { stream, seq })
-                .unwrap_or(MessageId {
-                    stream: rec.stream,
-                    seq: lsn,
-                });
-            let sender = pair.sender.clone();
-            inflight.push(self.deliver(pk, lsn, id, sender, rec));
+            let room = pair
+                .window
+                .saturating_sub(pair.inflight.len())
+                .min(self.config.inflight_max - inflight.len());
+            let next: Vec<(u64, Rc<OutboxRecord>)> = pair
+                .queue
+                .iter()
+                .filter(|(l, _)| !pair.inflight.contains(l))
+                .take(room)
+                .map(|(l, m)| (*l, m.rec.clone()))
+                .collect();
+            for (lsn, rec) in next {
+                pair.inflight.insert(lsn);
+                let id = rec
+                    .id_override
+                    .map(|(stream, seq)| MessageId { stream, seq })
+                    .unwrap_or(MessageId {
+                        stream: rec.stream,
+                        seq: lsn,
+                    });
+                let sender = pair.sender.clone();
+                inflight.push(self.deliver(pk.clone(), lsn, id, sender, rec));
+            }
         }
         next_due
     }
@@ -648,7 +669,7 @@ impl Dispatcher {
         let Some(pair) = st.pairs.get_mut(&pk) else {
             return;
         };
-        pair.busy = false;
+        pair.inflight.remove(&lsn);
         let duplicate = outcome == Outcome::Duplicate;
         let (done, cause) = match outcome {
             Outcome::Applied => (true, None),
@@ -667,12 +688,14 @@ impl Dispatcher {
                         Some(format!("{c} (after {} attempts)", st.pairs[&pk].attempts)),
                     )
                 } else {
+                    st.stats.retries += 1;
                     let pair = st.pairs.get_mut(&pk).expect("invariant: looked up above");
                     let delay = self.config.backoff(pair.attempts);
-                    pair.scheduled = true;
-                    st.stats.retries += 1;
                     tracing::debug!(shard = self.shard, lsn, error = %c, ?delay, "outbox delivery failed; retrying");
-                    st.backoff.push((Instant::now() + delay, pk));
+                    if !pair.scheduled {
+                        pair.scheduled = true;
+                        st.backoff.push((Instant::now() + delay, pk));
+                    }
                     return;
                 }
             }
@@ -685,12 +708,11 @@ impl Dispatcher {
             return;
         };
         let sender = pair.sender.clone();
-        let more = !pair.queue.is_empty();
-        if more {
+        if pair.queue.is_empty() && pair.inflight.is_empty() {
+            st.pairs.remove(&pk);
+        } else if !pair.scheduled && pair.queue.len() > pair.inflight.len() {
             pair.scheduled = true;
             st.ready.push_back(pk.clone());
-        } else {
-            st.pairs.remove(&pk);
         }
         match cause {
             None if duplicate => st.stats.duplicates += 1,

@@ -41,8 +41,8 @@ use serde::Serialize;
 pub use config::{FullPolicy, OutboxConfig, OutboxConfigError};
 pub use dispatcher::{DeadLetter, Outbox, OutboxError, OutboxStats};
 pub use inbox::BYTES_PER_ENTRY as INBOX_BYTES_PER_ENTRY;
-pub use remote::{DurableWire, InboundProxy, WireOutcome};
 pub use postgres::PostgresSink;
+pub use remote::{DurableWire, InboundProxy, WireOutcome};
 pub use sink::{Sink, SinkError, SinkMessage};
 pub use state::{
     durable_state, DurableState, DurableStates, Save, SaveError, StateError, Versioned,

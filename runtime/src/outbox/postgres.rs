@@ -55,7 +55,8 @@ impl PostgresSink {
 
     fn client(&mut self) -> Result<&mut postgres::Client, SinkError> {
         if self.client.as_ref().is_none_or(|c| c.is_closed()) {
-            let mut c = postgres::Client::connect(&self.url, postgres::NoTls).map_err(err(false))?;
+            let mut c =
+                postgres::Client::connect(&self.url, postgres::NoTls).map_err(err(false))?;
             c.batch_execute(&format!(
                 "CREATE TABLE IF NOT EXISTS {} (stream BIGINT NOT NULL, seq BIGINT NOT NULL, \
                  sender TEXT NOT NULL, message TEXT NOT NULL, data BYTEA NOT NULL, \
@@ -65,7 +66,10 @@ impl PostgresSink {
             .map_err(err(false))?;
             self.client = Some(c);
         }
-        Ok(self.client.as_mut().expect("invariant: connected just above"))
+        Ok(self
+            .client
+            .as_mut()
+            .expect("invariant: connected just above"))
     }
 }
 
