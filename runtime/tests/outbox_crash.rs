@@ -5,6 +5,10 @@
 //! outboxes drained: the sum of balances is unchanged, every transfer is either credited or
 //! refunded exactly once, and no account applied a message id twice.
 //!
+//! With `QUARK_TEST_PG` (see `scripts/pg.sh`) every debit also goes to the PostgreSQL sink in
+//! the debit's batch, and the test checks that the table holds each debited transfer exactly
+//! once; under `CI=true` a missing `QUARK_TEST_PG` fails the test.
+//!
 //! The children are this test binary, started with `--ignored --exact child_node`.
 
 use std::collections::{HashMap, HashSet};
@@ -66,6 +70,19 @@ fn key_of(ctx: &Context<Acct>) -> u64 {
     }
 }
 
+/// Set in a child whose node has the PostgreSQL sink.
+static SINK: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+
+/// What the sink receives for each debit.
+#[derive(Serialize, Deserialize)]
+struct Debited {
+    tid: u64,
+    amount: i64,
+}
+impl DurableMessage for Debited {
+    const NAME: &'static str = "crash.Debited";
+}
+
 struct Transfer {
     tid: u64,
     to: u64,
@@ -89,6 +106,17 @@ impl Handler<Transfer> for Acct {
         )
         .await
         .map_err(|e| e.to_string())?;
+        if SINK.get().copied().unwrap_or(false) {
+            ctx.send_to_sink(
+                "pg",
+                Debited {
+                    tid: m.tid,
+                    amount: m.amount,
+                },
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+        }
         self.balance -= m.amount;
         self.debited.push(m.tid);
         ctx.save(self).await.map_err(|e| e.to_string())?;
@@ -199,7 +227,16 @@ fn child_node() {
         .collect();
     let mode = env("QUARK_CRASH_MODE");
     let round: u64 = env("QUARK_CRASH_ROUND").parse().unwrap();
-    let node = Node::builder()
+    let mut builder = Node::builder();
+    if let (Ok(url), Ok(table)) = (
+        std::env::var("QUARK_TEST_PG"),
+        std::env::var("QUARK_CRASH_PG_TABLE"),
+    ) {
+        let sink = quark::outbox::PostgresSink::connect(&url, &table).expect("PostgreSQL");
+        builder = builder.sink("pg", sink);
+        let _ = SINK.set(true);
+    }
+    let node = builder
         .config(child_config(id, &dir, &addrs))
         .register(quark::outbox::durable_state::<Acct>())
         .outbox(OutboxConfig {
@@ -311,6 +348,7 @@ fn spawn(id: u64, dir: &Path, addrs: &str, mode: &str, round: u64, dump: &Path) 
         .env("QUARK_CRASH_MODE", mode)
         .env("QUARK_CRASH_ROUND", round.to_string())
         .env("QUARK_CRASH_DUMP", dump)
+        .env("QUARK_CRASH_PG_TABLE", pg_table())
         .env("RUST_LOG", "error")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -374,8 +412,35 @@ fn expect_line(p: &Proc, what: &str, within: Duration) -> String {
     }
 }
 
+fn pg_table() -> String {
+    format!("crash_sink_{}", std::process::id())
+}
+
+/// The PostgreSQL connection string, if the sink part runs.
+fn pg_url() -> Option<String> {
+    match std::env::var("QUARK_TEST_PG") {
+        Ok(u) => Some(u),
+        Err(_) if std::env::var("CI").as_deref() == Ok("true") => {
+            panic!("QUARK_TEST_PG is not set under CI=true: run the tests with scripts/test, which starts PostgreSQL")
+        }
+        Err(_) => {
+            eprintln!(
+                "SKIPPED the PostgreSQL sink part: QUARK_TEST_PG is not set (run scripts/test)"
+            );
+            None
+        }
+    }
+}
+
 #[test]
 fn crash_rounds_keep_money_and_apply_each_message_once() {
+    let pg = pg_url();
+    let mut pg_client = pg.as_ref().map(|url| {
+        let mut c = postgres::Client::connect(url, postgres::NoTls).expect("connect to PostgreSQL");
+        c.batch_execute(&format!("DROP TABLE IF EXISTS {}", pg_table()))
+            .unwrap();
+        c
+    });
     let rounds: usize = std::env::var("QUARK_CRASH_ROUNDS")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -526,4 +591,29 @@ fn crash_rounds_keep_money_and_apply_each_message_once() {
         "the workload ran: {} transfers",
         debited.len()
     );
+    if let Some(c) = pg_client.as_mut() {
+        let rows = c
+            .query(&format!("SELECT data FROM {}", pg_table()), &[])
+            .unwrap();
+        let mut in_table: HashMap<u64, u32> = HashMap::new();
+        for r in &rows {
+            let data: Vec<u8> = r.get(0);
+            let d: Debited = postcard::from_bytes(&data).unwrap();
+            *in_table.entry(d.tid).or_default() += 1;
+        }
+        for t in &debited {
+            assert_eq!(
+                in_table.get(t).copied().unwrap_or(0),
+                1,
+                "debit {t} is not in the PostgreSQL table exactly once"
+            );
+        }
+        assert_eq!(in_table.len(), debited.len(), "a row without a debit");
+        println!(
+            "crash test: {} rows in PostgreSQL, one per debit",
+            rows.len()
+        );
+        c.batch_execute(&format!("DROP TABLE IF EXISTS {}", pg_table()))
+            .unwrap();
+    }
 }
