@@ -435,3 +435,31 @@ fn a_give_up_age_at_or_past_the_dedupe_window_is_refused_at_start() {
         "{err}"
     );
 }
+
+#[test]
+fn a_receiver_over_dedupe_count_max_forgets_its_oldest_streams_and_counts_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = OutboxConfig {
+        dedupe_count_max: 2,
+        ..fast_retries()
+    };
+    let node = builder(dir.path(), cfg).start().unwrap();
+    let (_, b) = cross_shard_pair(&node, 1100);
+    // Three senders: three streams at one receiver that remembers two.
+    for (i, a) in [1200u64, 1201, 1202].into_iter().enumerate() {
+        transfer(&node, a, b, 1, 1);
+        eventually("the credit", WITHIN, || {
+            (get(&node, b).applied.len() == i + 1).then_some(())
+        });
+    }
+    let s = eventually("the eviction counted", WITHIN, || {
+        let s = stats_sum(&node);
+        (s.inbox_evicted > 0).then_some(s)
+    });
+    assert_eq!(
+        s.inbox_evicted, 1,
+        "one stream over the bound was forgotten"
+    );
+    assert_eq!(get(&node, b).balance, 3);
+    node.shutdown();
+}
