@@ -22,6 +22,9 @@ use super::{
     now_ms, remote, DurableHandler, DurableMessage, MessageId, OutboxConfig, Outcome, Registry,
 };
 
+/// How often acknowledgements (and dead-letter changes) are written at most.
+const ACK_FLUSH_INTERVAL: Duration = Duration::from_millis(20);
+
 /// Deliveries in flight at once per (sender, sink) pair.
 const SINK_PAIR_WINDOW: usize = 512;
 
@@ -479,10 +482,15 @@ impl Dispatcher {
     async fn run(self: &Rc<Self>) {
         let mut inflight: FuturesUnordered<EventFut> = FuturesUnordered::new();
         let mut ack_flush: Option<Pin<Box<dyn Future<Output = ()>>>> = None;
+        let mut last_flush = Instant::now();
         while self.engine.is_running() {
             let now = Instant::now();
             let next_due = self.launch(&mut inflight, now);
-            if ack_flush.is_none() {
+            // Acknowledgements are written at most every ACK_FLUSH_INTERVAL: one truncation per
+            // sender per flush, however many of its messages were acknowledged meanwhile.
+            let flush_due = last_flush.elapsed() >= ACK_FLUSH_INTERVAL;
+            if ack_flush.is_none() && flush_due {
+                last_flush = Instant::now();
                 ack_flush = self.ack_batch().map(|b| {
                     let log = self.log.clone();
                     let shard = self.shard;
@@ -493,10 +501,13 @@ impl Dispatcher {
                     }) as Pin<Box<dyn Future<Output = ()>>>
                 });
             }
-            let sleep_for = next_due
+            let mut sleep_for = next_due
                 .map(|t| t.saturating_duration_since(now))
                 .unwrap_or(Duration::from_millis(100))
                 .min(Duration::from_millis(100));
+            if ack_flush.is_none() && self.acks_pending() {
+                sleep_for = sleep_for.min(ACK_FLUSH_INTERVAL.saturating_sub(last_flush.elapsed()));
+            }
             enum Woke {
                 Event(Event),
                 Acked,
@@ -729,18 +740,21 @@ impl Dispatcher {
                     });
                 let mut payload = Vec::new();
                 format::encode_outbox(&mut payload, &msg.rec);
-                let d = dead_letter(
-                    self.shard,
-                    sender.to_vec(),
-                    id,
-                    &payload,
-                    cause,
-                    attempts,
-                    now_ms(),
-                );
-                st.dead.push(d);
-                st.dead_dirty = true;
-                st.stats.dead_lettered += 1;
+                // Already listed when its acknowledgement was lost in a crash: list it once.
+                if !st.dead.iter().any(|d| d.id == id) {
+                    let d = dead_letter(
+                        self.shard,
+                        sender.to_vec(),
+                        id,
+                        &payload,
+                        cause,
+                        attempts,
+                        now_ms(),
+                    );
+                    st.dead.push(d);
+                    st.dead_dirty = true;
+                    st.stats.dead_lettered += 1;
+                }
             }
         }
         st.stats.pending = st.stats.pending.saturating_sub(1);
@@ -750,6 +764,11 @@ impl Dispatcher {
         st.acks_due.insert(sender);
         drop(st);
         self.release_bytes(msg.bytes);
+    }
+
+    fn acks_pending(&self) -> bool {
+        let st = self.st.borrow();
+        !st.acks_due.is_empty() || st.dead_dirty
     }
 
     /// Builds the batch of acknowledgements (truncations of the senders' outbox keys below
@@ -957,7 +976,9 @@ impl Outbox {
                 rec.id_override = Some((rid.stream, rid.seq));
                 let mut payload = Vec::new();
                 format::encode_outbox(&mut payload, &rec);
-                let mut batch = Batch::new();
+                // Pending acknowledgements go in the same batch, so that a dead letter removed
+                // from the list never comes back from an unacknowledged outbox record.
+                let mut batch = d.ack_batch().unwrap_or_default();
                 batch.event(&sender, &payload);
                 batch.snapshot(DEAD_LETTER_KEY, &encode_dead(&rest));
                 let range = d
@@ -986,7 +1007,7 @@ impl Outbox {
                     }
                     st.dead.iter().filter(|x| x.id != id).cloned().collect()
                 };
-                let mut batch = Batch::new();
+                let mut batch = d.ack_batch().unwrap_or_default();
                 batch.snapshot(DEAD_LETTER_KEY, &encode_dead(&rest));
                 d.log
                     .append(&batch)
