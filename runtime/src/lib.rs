@@ -14,6 +14,7 @@ mod config;
 pub mod jobs;
 pub mod journal;
 mod node;
+pub mod outbox;
 mod serve;
 
 pub use admin::{AdminConfig, AdminError};

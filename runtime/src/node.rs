@@ -61,6 +61,9 @@ pub enum NodeError {
     /// `allow_remote`, or the address could not be bound.
     #[error(transparent)]
     Admin(#[from] AdminError),
+    /// The outbox configuration was refused (see `docs/OUTBOX.md`).
+    #[error(transparent)]
+    Outbox(#[from] crate::outbox::OutboxConfigError),
     /// `max_local_workers` is set for a type that is not a stateless worker.
     #[error("{}config key actors.{name}.max_local_workers is set, but {name:?} is not registered as a stateless worker", in_file(file))]
     NotStateless {
@@ -117,6 +120,7 @@ pub struct NodeBuilder {
     after_start: Vec<AfterStart>,
     wire: Vec<WireRegistration>,
     jobs: crate::jobs::JobsSetup,
+    outbox: crate::outbox::Setup,
 }
 
 type WireRegistration = Box<dyn FnOnce(EngineBuilder) -> EngineBuilder>;
@@ -258,6 +262,32 @@ impl NodeBuilder {
         self
     }
 
+    /// Runs the outbox on this node with `config` (the defaults otherwise; see
+    /// `docs/OUTBOX.md`). Start-up refuses a config whose `give_up_after` is not below its
+    /// `dedupe_window`.
+    pub fn outbox(mut self, config: crate::outbox::OutboxConfig) -> Self {
+        self.outbox.set_config(config);
+        self
+    }
+
+    /// Lets actors of type `A` receive durable message `M` through the outbox, from this node
+    /// and others (register it on every node that sends or receives it).
+    pub fn durable<A, M>(mut self) -> Self
+    where
+        A: crate::outbox::DurableHandler<M>,
+        M: crate::outbox::DurableMessage,
+    {
+        self.outbox.add_handler::<A, M>();
+        self
+    }
+
+    /// Registers external sink `sink` under `name` (`ctx.send_to_sink(name, msg)`); it runs
+    /// on its own thread.
+    pub fn sink(mut self, name: &str, sink: impl crate::outbox::Sink) -> Self {
+        self.outbox.add_sink(name, sink);
+        self
+    }
+
     /// Starts the node's shards; returns when every shard is ready (and, in a cluster, listens
     /// on its cluster address).
     pub fn start(mut self) -> Result<Node, NodeError> {
@@ -299,8 +329,12 @@ impl NodeBuilder {
         for wire in self.wire {
             builder = wire(builder);
         }
+        let (builder, outbox) = self.outbox.register(builder)?;
         let engine = builder.start()?;
         let handle = engine.handle();
+        if let Some(outbox) = outbox {
+            outbox.start(&handle, engine.node_id().unwrap_or(0));
+        }
         for start in self.after_start {
             start(&handle, &self.config);
         }
@@ -381,6 +415,7 @@ impl Node {
             after_start: Vec::new(),
             wire: Vec::new(),
             jobs: Default::default(),
+            outbox: crate::outbox::Setup::default(),
         }
     }
 

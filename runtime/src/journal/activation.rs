@@ -316,8 +316,11 @@ pub(crate) async fn persist_events<A: EventSourced>(
         }
         other => other?,
     };
+    let mut built = built;
     let version = built.version;
     let n = built.events;
+    // The turn's durable messages and inbox receipt ride in the same batch (docs/OUTBOX.md).
+    let staged = crate::outbox::stage_into(ctx, &mut built.batch);
     if built.batch.is_empty() {
         ctx.extension(|s: &mut JournalState| s.in_flight = false);
         return Ok(Persisted {
@@ -331,6 +334,10 @@ pub(crate) async fn persist_events<A: EventSourced>(
     }
     let appended = log.append(&built.batch).await;
     ctx.extension(|s: &mut JournalState| s.in_flight = false);
+    match &appended {
+        Ok(range) => crate::outbox::committed(ctx, staged, range),
+        Err(_) => crate::outbox::aborted(ctx, staged),
+    }
     let range = appended.map_err(|source| PersistError::Append {
         actor: actor(),
         source,

@@ -1,0 +1,300 @@
+//! Outbox benchmark (issue 15), `fsync = "always"`, with a same-run `fdatasync` baseline.
+//!
+//! 1. Baseline: `pwrite` + `fdatasync` of 256 bytes into a preallocated file in `--dir`: p50.
+//! 2. Throughput: `--senders` sender actors and `--receivers` receiver actors on 2 shards; each
+//!    sender, driven closed-loop by a task on its own shard, commits `--burst` durable messages
+//!    per turn to receivers on the *other* shard; each receiver applies a message by saving
+//!    its durable state (a counter) with the inbox receipt. A message counts when its
+//!    acknowledgement reached the sender's dispatcher: sender commit + delivery + receiver
+//!    commit with dedupe + ack. Messages/s over `--secs`.
+//! 3. Latency: one sender, one receiver on the other shard, sequential: from the start of the
+//!    sender's commit to the end of the receiver's save (the effect is durable): p50, p99, and
+//!    p50 in units of the baseline's `fdatasync` p50.
+//! 4. Inbox memory: bytes per remembered sender stream (a receiver remembers one entry per
+//!    sender stream, not one per id: see docs/OUTBOX.md).
+//!
+//! `cargo run --release -p quark-bench --bin outboxbench -- --secs 5`
+
+use std::path::PathBuf;
+use std::sync::mpsc::{sync_channel, SyncSender};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result};
+use clap::Parser;
+use futures::stream::{FuturesUnordered, StreamExt};
+use quark::outbox::{
+    Durable, DurableHandler, DurableMessage, DurableState, Outbox, OutboxConfig, Retry, Save,
+};
+use quark::{
+    block_on, Actor, ActorId, ActorKey, ActorType, Context, Handler, Message, Node, NodeConfig,
+};
+use quark_bench::files::{pwrite_loop, zero_filled};
+use serde::{Deserialize, Serialize};
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+#[derive(Parser, Debug)]
+#[command(about = "Outbox benchmark with a same-run fdatasync baseline")]
+struct Args {
+    /// Scratch directory (on the disk under test, not tmpfs).
+    #[arg(long, default_value = "target/outboxbench")]
+    dir: PathBuf,
+    /// Seconds of the throughput run.
+    #[arg(long, default_value_t = 5)]
+    secs: u64,
+    /// Sender actors.
+    #[arg(long, default_value_t = 1000)]
+    senders: u64,
+    /// Receiver actors.
+    #[arg(long, default_value_t = 1000)]
+    receivers: u64,
+    /// Messages a sender commits per turn.
+    #[arg(long, default_value_t = 8)]
+    burst: u32,
+    /// Sequential messages of the latency run.
+    #[arg(long, default_value_t = 2000)]
+    latency_ops: u64,
+}
+
+struct Sender;
+impl Actor for Sender {
+    const TYPE_NAME: &'static str = "ob.sender";
+}
+
+#[derive(Serialize, Deserialize, Default)]
+struct Receiver {
+    applied: u64,
+}
+impl Actor for Receiver {
+    const TYPE_NAME: &'static str = "ob.receiver";
+}
+impl DurableState for Receiver {
+    fn initial(_key: &ActorKey) -> Self {
+        Receiver::default()
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+struct Ping {
+    mark: bool,
+}
+impl DurableMessage for Ping {
+    const NAME: &'static str = "ob.Ping";
+}
+
+/// Where the latency run's receiver reports the instant its save finished.
+static EFFECT: Mutex<Option<SyncSender<Instant>>> = Mutex::new(None);
+
+impl DurableHandler<Ping> for Receiver {
+    async fn handle_durable(&mut self, m: Ping, ctx: &Context<Self>) -> Result<(), Retry> {
+        self.applied += 1;
+        ctx.save(self).await.map_err(|e| Retry {
+            reason: e.to_string(),
+        })?;
+        if m.mark {
+            if let Some(tx) = EFFECT.lock().expect("not poisoned").as_ref() {
+                let _ = tx.send(Instant::now());
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Commits `count` pings to `to[offset..]` (cyclic); replies with the instant the commit
+/// started.
+struct Burst {
+    to: std::sync::Arc<Vec<u64>>,
+    offset: usize,
+    count: u32,
+    mark: bool,
+}
+impl Message for Burst {
+    type Reply = Result<Instant, String>;
+}
+impl Handler<Burst> for Sender {
+    async fn handle(&mut self, m: Burst, ctx: &Context<Self>) -> Result<Instant, String> {
+        for i in 0..m.count as usize {
+            let to = m.to[(m.offset + i) % m.to.len()];
+            ctx.send_durable::<Receiver, Ping>(to, Ping { mark: m.mark })
+                .await
+                .map_err(|e| e.to_string())?;
+        }
+        let t0 = Instant::now();
+        ctx.commit().await.map_err(|e| e.to_string())?;
+        Ok(t0)
+    }
+}
+
+fn start(dir: &std::path::Path) -> Result<Node> {
+    let text = format!(
+        "[node]\nshards = 2\nidle_spin_us = 50\n[log]\ndata_dir = {:?}\nfsync = \"always\"\nsegment_bytes = 268435456\n",
+        dir.to_str().context("utf-8 dir")?
+    );
+    Ok(Node::builder()
+        .config(NodeConfig::from_toml(&text, "outboxbench.toml")?)
+        .register(ActorType::new(|_| Sender))
+        .register(quark::outbox::durable_state::<Receiver>())
+        .outbox(OutboxConfig::default())
+        .durable::<Receiver, Ping>()
+        .start()?)
+}
+
+fn delivered(node: &Node) -> Result<u64> {
+    let s = block_on(Outbox::new(node.handle()).stats())?;
+    Ok(s.iter().map(|x| x.delivered).sum())
+}
+
+/// The process's resident set in bytes (Linux).
+fn rss_bytes() -> Result<u64> {
+    let status = std::fs::read_to_string("/proc/self/status")?;
+    let kb = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .context("VmRSS in /proc/self/status")?;
+    Ok(kb * 1024)
+}
+
+fn pct(v: &mut [Duration], p: f64) -> Duration {
+    v.sort();
+    v[((v.len() as f64 - 1.0) * p) as usize]
+}
+
+fn main() -> Result<()> {
+    let args = Args::parse();
+    let _ = std::fs::remove_dir_all(&args.dir);
+    std::fs::create_dir_all(&args.dir)?;
+
+    // 1. Baseline.
+    let f = zero_filled(&args.dir.join("baseline"), 64 << 20)?;
+    let (h, _) = pwrite_loop(&f, 256, 2000)?;
+    let sync_p50 = Duration::from_nanos(h.value_at_quantile(0.5));
+    println!(
+        "baseline: pwrite+fdatasync 256 B p50 {sync_p50:?} p99 {:?}",
+        Duration::from_nanos(h.value_at_quantile(0.99))
+    );
+
+    // 2. Throughput.
+    let node = start(&args.dir.join("node"))?;
+    let h = node.handle();
+    let shard = |t: &'static str, k: u64| h.shard_of(&ActorId::new(t, k));
+    let receivers: Vec<Vec<u64>> = (0..2u16)
+        .map(|s| {
+            (0..args.receivers)
+                .filter(|k| shard("ob.receiver", *k) == s)
+                .collect()
+        })
+        .collect();
+    let end = Instant::now() + Duration::from_secs(args.secs + 1);
+    let mut handles = Vec::new();
+    for s in 0..2u16 {
+        let senders: Vec<u64> = (0..args.senders)
+            .filter(|k| shard("ob.sender", *k) == s)
+            .collect();
+        // Receivers on the other shard: every message crosses shards.
+        let to = std::sync::Arc::new(receivers[1 - s as usize].clone());
+        let engine = node.handle();
+        let burst = args.burst;
+        handles.push(node.spawn_on(s, move || async move {
+            let mut run = FuturesUnordered::new();
+            for (i, k) in senders.into_iter().enumerate() {
+                let engine = engine.clone();
+                let to = to.clone();
+                run.push(async move {
+                    let r = engine.actor_ref::<Sender>(k);
+                    let mut offset = i * 7;
+                    let mut errors = 0u64;
+                    while Instant::now() < end {
+                        let b = Burst {
+                            to: to.clone(),
+                            offset,
+                            count: burst,
+                            mark: false,
+                        };
+                        if !matches!(r.ask(b).await, Ok(Ok(_))) {
+                            errors += 1;
+                        }
+                        offset += burst as usize;
+                    }
+                    errors
+                });
+            }
+            let mut errors = 0;
+            while let Some(e) = run.next().await {
+                errors += e;
+            }
+            errors
+        }));
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    let d0 = delivered(&node)?;
+    let t0 = Instant::now();
+    std::thread::sleep(Duration::from_secs(args.secs));
+    let d1 = delivered(&node)?;
+    let secs = t0.elapsed().as_secs_f64();
+    let errors: u64 = handles.into_iter().map(|h| h.join().unwrap_or(0)).sum();
+    let stats = node.stats()?;
+    let syncs: u64 = stats.iter().filter_map(|s| s.log_next_lsn).sum();
+    let rate = (d1 - d0) as f64 / secs;
+    println!(
+        "throughput: {} senders -> {} receivers (cross-shard), burst {}: {:.0} exactly-once messages/s ({} in {secs:.1} s; {errors} sender errors; log records written {syncs})",
+        args.senders, args.receivers, args.burst, rate, d1 - d0
+    );
+    node.shutdown();
+
+    // 3. Latency.
+    let node = start(&args.dir.join("latency"))?;
+    let h = node.handle();
+    let a = (0..)
+        .find(|k| h.shard_of(&ActorId::new("ob.sender", *k)) == 0)
+        .unwrap_or(0);
+    let b = (0..)
+        .find(|k| h.shard_of(&ActorId::new("ob.receiver", *k)) == 1)
+        .unwrap_or(0);
+    let (tx, rx) = sync_channel(1);
+    *EFFECT.lock().expect("not poisoned") = Some(tx);
+    let to = std::sync::Arc::new(vec![b]);
+    let sender = node.actor_ref::<Sender>(a);
+    let mut lat = Vec::with_capacity(args.latency_ops as usize);
+    for i in 0..args.latency_ops + 100 {
+        let b = Burst {
+            to: to.clone(),
+            offset: 0,
+            count: 1,
+            mark: true,
+        };
+        let t0 = block_on(sender.ask(b))?.map_err(anyhow::Error::msg)?;
+        let t1 = rx
+            .recv_timeout(Duration::from_secs(10))
+            .context("no effect within 10 s")?;
+        if i >= 100 {
+            lat.push(t1 - t0);
+        }
+    }
+    let p50 = pct(&mut lat, 0.5);
+    let p99 = pct(&mut lat, 0.99);
+    println!(
+        "latency: send-commit -> receiver effect durable, sequential, cross-shard: p50 {p50:?} p99 {p99:?} = {:.2}x the fdatasync p50",
+        p50.as_secs_f64() / sync_p50.as_secs_f64()
+    );
+    node.shutdown();
+
+    // 4. Inbox memory: the resident-set growth of a table of the inbox's layout with 10 M
+    // entries (one per remembered sender stream).
+    let before = rss_bytes()?;
+    let mut table: std::collections::HashMap<u64, (u64, u64)> = std::collections::HashMap::new();
+    for i in 0..10_000_000u64 {
+        table.insert(i.wrapping_mul(0x9e37_79b9_7f4a_7c15), (i, i));
+    }
+    let after = rss_bytes()?;
+    println!(
+        "inbox: 10 M remembered sender streams take {:.1} bytes each in memory (RSS growth; entry {} bytes + hash-table slack); ids themselves are not kept",
+        (after.saturating_sub(before)) as f64 / table.len() as f64,
+        quark::outbox::INBOX_BYTES_PER_ENTRY
+    );
+    drop(table);
+    let _ = std::fs::remove_dir_all(&args.dir);
+    Ok(())
+}

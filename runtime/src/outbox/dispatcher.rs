@@ -1,0 +1,1062 @@
+//! The per-shard dispatcher: delivers committed outbox messages, one at a time per (sender,
+//! receiver) pair in log order, retrying with exponential backoff until acknowledged; writes
+//! acknowledgements as truncation records of the sender's outbox key; moves messages that
+//! cannot be delivered to the shard's dead-letter list; recovers its queue from the log.
+
+use std::cell::{Cell, RefCell};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
+use std::future::Future;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::task::{Poll, Waker};
+use std::time::{Duration, Instant};
+
+use futures::stream::{FuturesUnordered, StreamExt};
+use quark_persist::Batch;
+use quark_placement::{ActorId, ActorKey, ShardId};
+use quark_shard::{current_shard_log, CallError, EngineHandle, Invoke, ShardLog};
+
+use super::format::{self, OutboxRecord, Reader, Target, DEAD_LETTER_KEY, OUTBOX_PREFIX};
+use super::{
+    now_ms, remote, DurableHandler, DurableMessage, MessageId, OutboxConfig, Outcome, Registry,
+};
+
+/// How often acknowledgements (and dead-letter changes) are written at most.
+const ACK_FLUSH_INTERVAL: Duration = Duration::from_millis(20);
+
+/// Deliveries in flight at once per (sender, sink) pair.
+const SINK_PAIR_WINDOW: usize = 512;
+
+/// One delivery attempt's message, as the receiver's turn sees it.
+pub(crate) struct Delivery {
+    pub id: MessageId,
+    pub message: String,
+    pub data: Vec<u8>,
+    pub timeout: Duration,
+}
+
+thread_local! {
+    static CURRENT: RefCell<Option<Rc<Dispatcher>>> = const { RefCell::new(None) };
+}
+
+/// This shard's dispatcher, if the node runs the outbox.
+pub(crate) fn current() -> Option<Rc<Dispatcher>> {
+    CURRENT.with(|c| c.borrow().clone())
+}
+
+/// Bytes a message counts against `pending_bytes_max`.
+pub(crate) fn record_bytes(r: &OutboxRecord) -> u64 {
+    (64 + r.data.len() + r.message.len()) as u64
+}
+
+pub(crate) fn release(bytes: u64) {
+    if let Some(d) = current() {
+        d.release_bytes(bytes);
+    }
+}
+
+pub(crate) fn enqueue(sender: Rc<[u8]>, lsn: u64, record: OutboxRecord, bytes: u64) {
+    match current() {
+        Some(d) => d.enqueue(sender, lsn, Rc::new(record), bytes),
+        None => tracing::error!(
+            lsn,
+            "outbox message committed on a shard without a dispatcher; it is sent after a restart"
+        ),
+    }
+}
+
+pub(crate) fn count_evicted(n: u64) {
+    if let Some(d) = current() {
+        d.st.borrow_mut().stats.inbox_evicted += n;
+    }
+}
+
+/// Counters of one shard's outbox.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct OutboxStats {
+    /// The shard.
+    pub shard: ShardId,
+    /// Messages acknowledged as applied.
+    pub delivered: u64,
+    /// Messages acknowledged as duplicates (the receiver had applied them already).
+    pub duplicates: u64,
+    /// Failed attempts that were retried.
+    pub retries: u64,
+    /// Messages moved to the dead-letter list.
+    pub dead_lettered: u64,
+    /// Messages committed and not yet acknowledged (or dead-lettered).
+    pub pending: u64,
+    /// Bytes counted against `pending_bytes_max` (pending and staged messages).
+    pub pending_bytes: u64,
+    /// Sender streams receivers on this shard forgot because of `dedupe_count_max`.
+    pub inbox_evicted: u64,
+    /// Messages found in the log at start-up.
+    pub recovered: u64,
+    /// Dead letters on the list now.
+    pub dead_letters: u64,
+}
+
+/// A message the dispatcher gave up on, with why.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DeadLetter {
+    /// The shard whose log holds it.
+    pub shard: ShardId,
+    /// The message's id.
+    pub id: MessageId,
+    /// The sender (`type/key`).
+    pub sender: String,
+    /// The receiver (`type/key`, or `sink:name`).
+    pub target: String,
+    /// The message's durable name.
+    pub message: String,
+    /// Why it was given up.
+    pub cause: String,
+    /// Attempts made.
+    pub attempts: u32,
+    /// Wall-clock ms the sending turn staged it.
+    pub created_ms: u64,
+    /// Wall-clock ms it was dead-lettered.
+    pub dead_ms: u64,
+    sender_key: Vec<u8>,
+    record: Vec<u8>,
+}
+
+// Format (dead-letter list payload, kind Snapshot, key "qd"): { format u8 = 1 | count u32 |
+//   (sender_key_len u32 | sender key | id stream u64 | id seq u64 | attempts u32 | dead_ms u64 |
+//    cause_len u32 | cause | record_len u32 | outbox record payload) * count }
+fn encode_dead(list: &[DeadLetter]) -> Vec<u8> {
+    let mut out = vec![format::RECORD_FORMAT];
+    out.extend_from_slice(&(list.len() as u32).to_le_bytes());
+    for d in list {
+        out.extend_from_slice(&(d.sender_key.len() as u32).to_le_bytes());
+        out.extend_from_slice(&d.sender_key);
+        out.extend_from_slice(&d.id.stream.to_le_bytes());
+        out.extend_from_slice(&d.id.seq.to_le_bytes());
+        out.extend_from_slice(&d.attempts.to_le_bytes());
+        out.extend_from_slice(&d.dead_ms.to_le_bytes());
+        out.extend_from_slice(&(d.cause.len() as u32).to_le_bytes());
+        out.extend_from_slice(d.cause.as_bytes());
+        out.extend_from_slice(&(d.record.len() as u32).to_le_bytes());
+        out.extend_from_slice(&d.record);
+    }
+    out
+}
+
+fn decode_dead(shard: ShardId, bytes: &[u8]) -> Result<Vec<DeadLetter>, format::FormatError> {
+    let mut r = Reader::new(bytes);
+    r.format()?;
+    let n = r.u32()? as usize;
+    let mut out = Vec::with_capacity(n.min(1 << 16));
+    for _ in 0..n {
+        let k = r.u32()? as usize;
+        let sender_key = r.take(k)?.to_vec();
+        let id = MessageId {
+            stream: r.u64()?,
+            seq: r.u64()?,
+        };
+        let attempts = r.u32()?;
+        let dead_ms = r.u64()?;
+        let c = r.u32()? as usize;
+        let cause = String::from_utf8_lossy(r.take(c)?).into_owned();
+        let l = r.u32()? as usize;
+        let record = r.take(l)?.to_vec();
+        out.push(dead_letter(
+            shard, sender_key, id, &record, cause, attempts, dead_ms,
+        ));
+    }
+    Ok(out)
+}
+
+fn sender_name(key: &[u8]) -> String {
+    match format::decode_actor(key.get(2..).unwrap_or_default()) {
+        Ok((t, k)) => format!("{t}/{k}"),
+        Err(_) => format!("{key:?}"),
+    }
+}
+
+fn dead_letter(
+    shard: ShardId,
+    sender_key: Vec<u8>,
+    id: MessageId,
+    record: &[u8],
+    cause: String,
+    attempts: u32,
+    dead_ms: u64,
+) -> DeadLetter {
+    let (target, message, created_ms) = match format::decode_outbox(record) {
+        Ok(r) => (r.target.to_string(), r.message, r.created_ms),
+        Err(e) => (format!("(undecodable: {e})"), String::new(), 0),
+    };
+    DeadLetter {
+        shard,
+        id,
+        sender: sender_name(&sender_key),
+        target,
+        message,
+        cause,
+        attempts,
+        created_ms,
+        dead_ms,
+        sender_key,
+        record: record.to_vec(),
+    }
+}
+
+/// The id a replay of `id` is sent under: derived, so replaying the same dead letter twice is
+/// applied once, and distinct from the original's stream, whose receiver may have moved past it.
+fn replay_id(id: MessageId) -> MessageId {
+    let mut h = id.stream ^ 0x5245_504c_4159_0000 ^ id.seq.rotate_left(29);
+    h = (h ^ (h >> 33)).wrapping_mul(0xff51_afd7_ed55_8ccd);
+    h ^= h >> 33;
+    MessageId { stream: h, seq: 1 }
+}
+
+/// A wake-up flag for the dispatcher's loop.
+#[derive(Default)]
+struct Notify {
+    set: Cell<bool>,
+    waker: RefCell<Option<Waker>>,
+}
+
+impl Notify {
+    fn notify(&self) {
+        self.set.set(true);
+        if let Some(w) = self.waker.borrow_mut().take() {
+            w.wake();
+        }
+    }
+    fn notified(&self) -> impl Future<Output = ()> + '_ {
+        futures::future::poll_fn(move |cx| {
+            if self.set.replace(false) {
+                Poll::Ready(())
+            } else {
+                *self.waker.borrow_mut() = Some(cx.waker().clone());
+                Poll::Pending
+            }
+        })
+    }
+}
+
+struct Msg {
+    rec: Rc<OutboxRecord>,
+    bytes: u64,
+}
+
+struct Pair {
+    sender: Rc<[u8]>,
+    queue: BTreeMap<u64, Msg>,
+    /// LSNs of this pair's messages being delivered now (at most `window`).
+    inflight: BTreeSet<u64>,
+    /// Deliveries in flight at once: 1 for actors (order per pair), `SINK_PAIR_WINDOW` for
+    /// sinks (which write batches in queue order and dedupe by id).
+    window: usize,
+    /// In the ready queue or the backoff list.
+    scheduled: bool,
+    attempts: u32,
+}
+
+#[derive(Default)]
+struct SenderAcks {
+    unacked: BTreeSet<u64>,
+    max_seen: u64,
+    floor: u64,
+}
+
+#[derive(Default)]
+struct DState {
+    pairs: HashMap<Rc<[u8]>, Pair>,
+    ready: VecDeque<Rc<[u8]>>,
+    backoff: Vec<(Instant, Rc<[u8]>)>,
+    senders: HashMap<Rc<[u8]>, SenderAcks>,
+    acks_due: HashSet<Rc<[u8]>>,
+    pending_bytes: u64,
+    space_waiters: VecDeque<futures::channel::oneshot::Sender<()>>,
+    dead: Vec<DeadLetter>,
+    dead_dirty: bool,
+    stats: OutboxStats,
+    proxies: HashMap<u64, Vec<u64>>,
+}
+
+/// One shard's dispatcher.
+pub(crate) struct Dispatcher {
+    shard: ShardId,
+    node_id: u64,
+    engine: EngineHandle,
+    config: OutboxConfig,
+    registry: Arc<Registry>,
+    log: ShardLog,
+    st: RefCell<DState>,
+    wake: Notify,
+}
+
+type Event = (Rc<[u8]>, u64, Outcome);
+type EventFut = Pin<Box<dyn Future<Output = Event>>>;
+
+/// Starts a dispatcher on every shard of a node with a log.
+pub(crate) fn start(
+    engine: &EngineHandle,
+    config: OutboxConfig,
+    registry: Arc<Registry>,
+    node_id: u64,
+) {
+    for shard in 0..engine.shard_count() {
+        let e = engine.clone();
+        let config = config.clone();
+        let registry = registry.clone();
+        let (tx, rx) = std::sync::mpsc::sync_channel::<()>(1);
+        drop(engine.spawn_on(shard, move || async move {
+            let Some(log) = current_shard_log() else {
+                tracing::warn!(shard, "the outbox needs a log ([log] data_dir): durable messages are refused on this node");
+                let _ = tx.send(());
+                return;
+            };
+            let d = Rc::new(Dispatcher {
+                shard,
+                node_id,
+                engine: e,
+                config,
+                registry,
+                log,
+                st: RefCell::new(DState {
+                    stats: OutboxStats {
+                        shard,
+                        ..OutboxStats::default()
+                    },
+                    ..DState::default()
+                }),
+                wake: Notify::default(),
+            });
+            // Installed before recovery: a turn that sends meanwhile (a message from another
+            // node) is queued in LSN order with the recovered ones; nothing is delivered
+            // before recovery finished, so the order per pair holds.
+            CURRENT.with(|c| *c.borrow_mut() = Some(d.clone()));
+            if let Err(e) = d.recover().await {
+                tracing::error!(shard, error = %e, "outbox recovery failed; pending messages are sent after the next successful start");
+            }
+            // The node's start returns once every shard recovered (see the wait below).
+            let _ = tx.send(());
+            d.run().await;
+            CURRENT.with(|c| *c.borrow_mut() = None);
+        }));
+        // Wait until the dispatcher is installed (bounded: a shard that stopped drops tx).
+        let _ = rx.recv_timeout(Duration::from_secs(120));
+    }
+}
+
+impl Dispatcher {
+    pub(crate) fn config(&self) -> &OutboxConfig {
+        &self.config
+    }
+
+    /// The id stream of messages sent by `id` from this shard of this node.
+    pub(crate) fn stream_of(&self, id: &ActorId) -> u64 {
+        let mut h = id.stable_hash()
+            ^ self.node_id.rotate_left(32)
+            ^ (self.shard as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        h = (h ^ (h >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        h = (h ^ (h >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        h ^ (h >> 31)
+    }
+
+    /// Takes `bytes` of the pending bound, waiting (or failing, by policy) while full.
+    pub(crate) async fn reserve(&self, bytes: u64) -> Result<(), (u64, u64)> {
+        loop {
+            let rx = {
+                let mut st = self.st.borrow_mut();
+                // A message larger than the bound alone still goes when nothing is pending.
+                if st.pending_bytes == 0
+                    || st.pending_bytes + bytes <= self.config.pending_bytes_max
+                {
+                    st.pending_bytes += bytes;
+                    return Ok(());
+                }
+                if self.config.full_policy == super::FullPolicy::Fail {
+                    return Err((st.pending_bytes, self.config.pending_bytes_max));
+                }
+                let (tx, rx) = futures::channel::oneshot::channel();
+                st.space_waiters.push_back(tx);
+                rx
+            };
+            let _ = rx.await;
+        }
+    }
+
+    fn release_bytes(&self, bytes: u64) {
+        let mut st = self.st.borrow_mut();
+        debug_assert!(st.pending_bytes >= bytes, "released more than reserved");
+        st.pending_bytes = st.pending_bytes.saturating_sub(bytes);
+        for w in st.space_waiters.drain(..) {
+            let _ = w.send(());
+        }
+    }
+
+    fn enqueue(&self, sender: Rc<[u8]>, lsn: u64, rec: Rc<OutboxRecord>, bytes: u64) {
+        let mut st = self.st.borrow_mut();
+        let mut pair_key = sender.to_vec();
+        pair_key.push(0xff);
+        pair_key.extend_from_slice(&rec.target.encode());
+        let pair_key: Rc<[u8]> = pair_key.into();
+        let acks = st.senders.entry(sender.clone()).or_default();
+        acks.unacked.insert(lsn);
+        acks.max_seen = acks.max_seen.max(lsn);
+        st.stats.pending += 1;
+        let pair = st.pairs.entry(pair_key.clone()).or_insert_with(|| Pair {
+            sender,
+            queue: BTreeMap::new(),
+            inflight: BTreeSet::new(),
+            window: match rec.target {
+                Target::Sink(_) => SINK_PAIR_WINDOW,
+                Target::Actor(..) => 1,
+            },
+            scheduled: false,
+            attempts: 0,
+        });
+        pair.queue.insert(lsn, Msg { rec, bytes });
+        if pair.inflight.len() < pair.window && !pair.scheduled {
+            pair.scheduled = true;
+            st.ready.push_back(pair_key);
+            drop(st);
+            self.wake.notify();
+        }
+    }
+
+    async fn recover(&self) -> Result<(), String> {
+        if let Some(&lsn) = self.log.key_lsns(DEAD_LETTER_KEY).last() {
+            if let Some(r) = self.log.read(lsn).await.map_err(|e| e.to_string())? {
+                let list = decode_dead(self.shard, &r.payload)
+                    .map_err(|e| format!("dead-letter list at LSN {lsn}: {e}"))?;
+                self.st.borrow_mut().dead = list;
+            }
+        }
+        let keys = self.log.keys_with_prefix(OUTBOX_PREFIX);
+        let mut n = 0u64;
+        for key in keys {
+            let lsns = self.log.key_lsns(&key);
+            let records = self.log.read_many(&lsns).await.map_err(|e| e.to_string())?;
+            let sender: Rc<[u8]> = key.into();
+            for r in records {
+                match format::decode_outbox(&r.payload) {
+                    Ok(rec) => {
+                        let bytes = record_bytes(&rec);
+                        self.st.borrow_mut().pending_bytes += bytes;
+                        self.enqueue(sender.clone(), r.origin_lsn, Rc::new(rec), bytes);
+                        n += 1;
+                    }
+                    Err(e) => {
+                        tracing::error!(shard = self.shard, lsn = r.lsn, error = %e, "undecodable outbox record: dead-lettered");
+                        let mut st = self.st.borrow_mut();
+                        let acks = st.senders.entry(sender.clone()).or_default();
+                        acks.max_seen = acks.max_seen.max(r.origin_lsn);
+                        let id = MessageId {
+                            stream: 0,
+                            seq: r.origin_lsn,
+                        };
+                        let d = dead_letter(
+                            self.shard,
+                            sender.to_vec(),
+                            id,
+                            &r.payload,
+                            format!("outbox record does not decode: {e}"),
+                            0,
+                            now_ms(),
+                        );
+                        st.dead.push(d);
+                        st.dead_dirty = true;
+                        st.acks_due.insert(sender.clone());
+                    }
+                }
+            }
+        }
+        self.st.borrow_mut().stats.recovered = n;
+        if n > 0 {
+            tracing::info!(
+                shard = self.shard,
+                messages = n,
+                "outbox: resuming delivery of messages found in the log"
+            );
+        }
+        Ok(())
+    }
+
+    async fn run(self: &Rc<Self>) {
+        let mut inflight: FuturesUnordered<EventFut> = FuturesUnordered::new();
+        let mut ack_flush: Option<Pin<Box<dyn Future<Output = ()>>>> = None;
+        let mut last_flush = Instant::now();
+        while self.engine.is_running() {
+            let now = Instant::now();
+            let next_due = self.launch(&mut inflight, now);
+            // Acknowledgements are written at most every ACK_FLUSH_INTERVAL: one truncation per
+            // sender per flush, however many of its messages were acknowledged meanwhile.
+            let flush_due = last_flush.elapsed() >= ACK_FLUSH_INTERVAL;
+            if ack_flush.is_none() && flush_due {
+                last_flush = Instant::now();
+                ack_flush = self.ack_batch().map(|b| {
+                    let log = self.log.clone();
+                    let shard = self.shard;
+                    Box::pin(async move {
+                        if let Err(e) = log.append(&b).await {
+                            tracing::warn!(shard, error = %e, "outbox: writing acknowledgements failed; those messages are delivered again after a restart (and deduplicated)");
+                        }
+                    }) as Pin<Box<dyn Future<Output = ()>>>
+                });
+            }
+            let mut sleep_for = next_due
+                .map(|t| t.saturating_duration_since(now))
+                .unwrap_or(Duration::from_millis(100))
+                .min(Duration::from_millis(100));
+            if ack_flush.is_none() && self.acks_pending() {
+                sleep_for = sleep_for.min(ACK_FLUSH_INTERVAL.saturating_sub(last_flush.elapsed()));
+            }
+            enum Woke {
+                Event(Event),
+                Acked,
+                Other,
+            }
+            let woke = {
+                let ev = async {
+                    if inflight.is_empty() {
+                        futures::future::pending::<()>().await;
+                        unreachable!("pending never resolves")
+                    }
+                    match inflight.next().await {
+                        Some(e) => Woke::Event(e),
+                        None => Woke::Other,
+                    }
+                };
+                let ack = async {
+                    match ack_flush.as_mut() {
+                        Some(f) => {
+                            f.await;
+                            Woke::Acked
+                        }
+                        None => futures::future::pending().await,
+                    }
+                };
+                let other = async {
+                    futures::future::select(
+                        Box::pin(self.wake.notified()),
+                        Box::pin(quark_shard::sleep(sleep_for)),
+                    )
+                    .await;
+                    Woke::Other
+                };
+                let ev = std::pin::pin!(ev);
+                let ack = std::pin::pin!(ack);
+                let other = std::pin::pin!(other);
+                match futures::future::select(ev, futures::future::select(ack, other)).await {
+                    futures::future::Either::Left((w, _)) => w,
+                    futures::future::Either::Right((futures::future::Either::Left((w, _)), _)) => w,
+                    futures::future::Either::Right((futures::future::Either::Right((w, _)), _)) => {
+                        w
+                    }
+                }
+            };
+            match woke {
+                Woke::Event((pair, lsn, outcome)) => {
+                    self.finish(pair, lsn, outcome);
+                    // Drain whatever else completed without waiting.
+                    while let Some(Some((p, l, o))) =
+                        futures::FutureExt::now_or_never(inflight.next())
+                    {
+                        self.finish(p, l, o);
+                    }
+                }
+                Woke::Acked => ack_flush = None,
+                Woke::Other => {}
+            }
+        }
+        // Stopping: write the acknowledgements and dead letters gathered so far (best effort;
+        // what is lost is redelivered after the restart and deduplicated).
+        if let Some(f) = ack_flush {
+            f.await;
+        }
+        if let Some(b) = self.ack_batch() {
+            if let Err(e) = self.log.append(&b).await {
+                tracing::warn!(shard = self.shard, error = %e, "outbox: final acknowledgements not written");
+            }
+        }
+    }
+
+    /// Starts deliveries of ready pairs up to `inflight_max`; returns the earliest backoff due.
+    fn launch(
+        self: &Rc<Self>,
+        inflight: &mut FuturesUnordered<EventFut>,
+        now: Instant,
+    ) -> Option<Instant> {
+        let mut st = self.st.borrow_mut();
+        let mut next_due = None;
+        let mut i = 0;
+        while i < st.backoff.len() {
+            if st.backoff[i].0 <= now {
+                let (_, p) = st.backoff.swap_remove(i);
+                st.ready.push_back(p);
+            } else {
+                next_due =
+                    Some(next_due.map_or(st.backoff[i].0, |d: Instant| d.min(st.backoff[i].0)));
+                i += 1;
+            }
+        }
+        while inflight.len() < self.config.inflight_max {
+            let Some(pk) = st.ready.pop_front() else {
+                break;
+            };
+            let Some(pair) = st.pairs.get_mut(&pk) else {
+                continue;
+            };
+            pair.scheduled = false;
+            let room = pair
+                .window
+                .saturating_sub(pair.inflight.len())
+                .min(self.config.inflight_max - inflight.len());
+            let next: Vec<(u64, Rc<OutboxRecord>)> = pair
+                .queue
+                .iter()
+                .filter(|(l, _)| !pair.inflight.contains(l))
+                .take(room)
+                .map(|(l, m)| (*l, m.rec.clone()))
+                .collect();
+            for (lsn, rec) in next {
+                pair.inflight.insert(lsn);
+                let id = rec
+                    .id_override
+                    .map(|(stream, seq)| MessageId { stream, seq })
+                    .unwrap_or(MessageId {
+                        stream: rec.stream,
+                        seq: lsn,
+                    });
+                let sender = pair.sender.clone();
+                inflight.push(self.deliver(pk.clone(), lsn, id, sender, rec));
+            }
+        }
+        next_due
+    }
+
+    fn deliver(
+        self: &Rc<Self>,
+        pair: Rc<[u8]>,
+        lsn: u64,
+        id: MessageId,
+        sender: Rc<[u8]>,
+        rec: Rc<OutboxRecord>,
+    ) -> EventFut {
+        let delivery = Delivery {
+            id,
+            message: rec.message.clone(),
+            data: rec.data.clone(),
+            timeout: self.config.delivery_timeout,
+        };
+        match &rec.target {
+            Target::Actor(t, key) => match self.registry.handler(t, &rec.message) {
+                Some(f) => {
+                    let fut = f(self.engine.clone(), key.clone(), delivery);
+                    Box::pin(async move { (pair, lsn, fut.await) })
+                }
+                None => {
+                    let cause = format!("no durable handler for message {} on actor type {t} (unknown receiver type or message)", rec.message);
+                    Box::pin(async move { (pair, lsn, Outcome::Rejected(cause)) })
+                }
+            },
+            Target::Sink(name) => match self.registry.sinks.get(name) {
+                Some(s) => {
+                    let fut = s.deliver(super::SinkMessage {
+                        id,
+                        sender: sender_name(&sender),
+                        message: rec.message.clone(),
+                        data: rec.data.clone(),
+                    });
+                    Box::pin(async move { (pair, lsn, fut.await) })
+                }
+                None => {
+                    let cause = format!("no sink named {name:?} is registered");
+                    Box::pin(async move { (pair, lsn, Outcome::Rejected(cause)) })
+                }
+            },
+        }
+    }
+
+    fn finish(&self, pk: Rc<[u8]>, lsn: u64, outcome: Outcome) {
+        let mut st = self.st.borrow_mut();
+        let Some(pair) = st.pairs.get_mut(&pk) else {
+            return;
+        };
+        pair.inflight.remove(&lsn);
+        let duplicate = outcome == Outcome::Duplicate;
+        let (done, cause) = match outcome {
+            Outcome::Applied => (true, None),
+            Outcome::Duplicate => (true, None),
+            Outcome::Rejected(c) => (true, Some(c)),
+            Outcome::Failed(c) => {
+                pair.attempts += 1;
+                let created = pair.queue.get(&lsn).map(|m| m.rec.created_ms).unwrap_or(0);
+                let age = now_ms().saturating_sub(created);
+                let give_up = pair.attempts >= self.config.attempts_max
+                    || age >= self.config.give_up_after.as_millis() as u64;
+                let room = st.dead.len() < self.config.dead_letters_max;
+                if give_up && room {
+                    (
+                        true,
+                        Some(format!("{c} (after {} attempts)", st.pairs[&pk].attempts)),
+                    )
+                } else {
+                    st.stats.retries += 1;
+                    let pair = st.pairs.get_mut(&pk).expect("invariant: looked up above");
+                    let delay = self.config.backoff(pair.attempts);
+                    tracing::debug!(shard = self.shard, lsn, error = %c, ?delay, "outbox delivery failed; retrying");
+                    if !pair.scheduled {
+                        pair.scheduled = true;
+                        st.backoff.push((Instant::now() + delay, pk));
+                    }
+                    return;
+                }
+            }
+        };
+        debug_assert!(done, "only finished deliveries get here");
+        let pair = st.pairs.get_mut(&pk).expect("invariant: looked up above");
+        let attempts = pair.attempts.max(1);
+        pair.attempts = 0;
+        let Some(msg) = pair.queue.remove(&lsn) else {
+            return;
+        };
+        let sender = pair.sender.clone();
+        if pair.queue.is_empty() && pair.inflight.is_empty() {
+            st.pairs.remove(&pk);
+        } else if !pair.scheduled && pair.queue.len() > pair.inflight.len() {
+            pair.scheduled = true;
+            st.ready.push_back(pk.clone());
+        }
+        match cause {
+            None if duplicate => st.stats.duplicates += 1,
+            None => st.stats.delivered += 1,
+            Some(cause) => {
+                tracing::warn!(shard = self.shard, lsn, %cause, "outbox message moved to the dead-letter list");
+                let id = msg
+                    .rec
+                    .id_override
+                    .map(|(stream, seq)| MessageId { stream, seq })
+                    .unwrap_or(MessageId {
+                        stream: msg.rec.stream,
+                        seq: lsn,
+                    });
+                let mut payload = Vec::new();
+                format::encode_outbox(&mut payload, &msg.rec);
+                // Already listed when its acknowledgement was lost in a crash: list it once.
+                if !st.dead.iter().any(|d| d.id == id) {
+                    let d = dead_letter(
+                        self.shard,
+                        sender.to_vec(),
+                        id,
+                        &payload,
+                        cause,
+                        attempts,
+                        now_ms(),
+                    );
+                    st.dead.push(d);
+                    st.dead_dirty = true;
+                    st.stats.dead_lettered += 1;
+                }
+            }
+        }
+        st.stats.pending = st.stats.pending.saturating_sub(1);
+        if let Some(a) = st.senders.get_mut(&sender) {
+            a.unacked.remove(&lsn);
+        }
+        st.acks_due.insert(sender);
+        drop(st);
+        self.release_bytes(msg.bytes);
+    }
+
+    fn acks_pending(&self) -> bool {
+        let st = self.st.borrow();
+        !st.acks_due.is_empty() || st.dead_dirty
+    }
+
+    /// Builds the batch of acknowledgements (truncations of the senders' outbox keys below
+    /// their lowest unacknowledged message) and the dead-letter list if it changed.
+    fn ack_batch(&self) -> Option<Batch> {
+        let mut st = self.st.borrow_mut();
+        if st.acks_due.is_empty() && !st.dead_dirty {
+            return None;
+        }
+        let mut batch = Batch::new();
+        let due: Vec<Rc<[u8]>> = st.acks_due.drain().collect();
+        for s in due {
+            let Some(a) = st.senders.get_mut(&s) else {
+                continue;
+            };
+            let floor = a.unacked.first().copied().unwrap_or(a.max_seen + 1);
+            if floor > a.floor {
+                a.floor = floor;
+                batch.truncate(&s, floor);
+            }
+            if a.unacked.is_empty() {
+                st.senders.remove(&s);
+            }
+        }
+        if st.dead_dirty {
+            st.dead_dirty = false;
+            batch.snapshot(DEAD_LETTER_KEY, &encode_dead(&st.dead));
+        }
+        (!batch.is_empty()).then_some(batch)
+    }
+
+    pub(crate) fn registry_handler(&self, t: &str, m: &str) -> Option<super::DeliverFn> {
+        self.registry.handler(t, m)
+    }
+
+    pub(crate) fn engine(&self) -> &EngineHandle {
+        &self.engine
+    }
+
+    fn proxy_key(&self, node: u64, salt: u64) -> Option<u64> {
+        let mut st = self.st.borrow_mut();
+        let keys = st
+            .proxies
+            .entry(node)
+            .or_insert_with(|| remote::proxy_keys(&self.engine, node));
+        if keys.is_empty() {
+            return None;
+        }
+        Some(keys[(salt % keys.len() as u64) as usize])
+    }
+}
+
+/// The proxy key to reach `node` for messages of `stream`.
+pub(crate) fn proxy_key(node: u64, stream: u64) -> Option<u64> {
+    current().and_then(|d| d.proxy_key(node, stream))
+}
+
+/// Delivers `d` to actor `(A, key)`: as a turn of its activation on this node, or through the
+/// inbound proxy of the node that owns it.
+pub(crate) fn deliver_to<A, M>(
+    engine: EngineHandle,
+    key: ActorKey,
+    d: Delivery,
+) -> Pin<Box<dyn Future<Output = Outcome>>>
+where
+    A: DurableHandler<M>,
+    M: DurableMessage,
+{
+    Box::pin(async move {
+        let r = engine.actor_ref::<A>(key);
+        if let Some(node) = r.remote_node() {
+            return remote::deliver(node, A::TYPE_NAME, r.id().key.clone(), d).await;
+        }
+        let timeout = d.timeout;
+        let call = r.ask_timeout(
+            Invoke::new(move |a: &mut A, ctx| Box::pin(super::turn::apply::<A, M>(a, ctx, d))),
+            timeout,
+        );
+        match call.await {
+            Ok(o) => o,
+            Err(e @ CallError::UnknownActorType { .. }) => Outcome::Rejected(e.to_string()),
+            Err(e) => Outcome::Failed(e.to_string()),
+        }
+    })
+}
+
+/// Why an [`Outbox`] operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum OutboxError {
+    /// The shard does not run the outbox (no log, or no outbox on the node).
+    #[error("shard {shard} runs no outbox dispatcher")]
+    NoDispatcher {
+        /// The shard.
+        shard: ShardId,
+    },
+    /// The shard stopped before answering.
+    #[error("shard {shard} stopped before answering")]
+    ShardStopped {
+        /// The shard.
+        shard: ShardId,
+    },
+    /// No dead letter has this id on the shard.
+    #[error("shard {shard} has no dead letter {id}")]
+    NoSuchDeadLetter {
+        /// The shard.
+        shard: ShardId,
+        /// The id asked for.
+        id: MessageId,
+    },
+    /// Writing the change failed.
+    #[error("shard {shard}: appending failed: {source}")]
+    Append {
+        /// The shard.
+        shard: ShardId,
+        /// The log's error.
+        #[source]
+        source: quark_persist::AppendError,
+    },
+}
+
+/// The node's outboxes: counters and the dead-letter lists (inspect, replay, purge).
+#[derive(Clone, Debug)]
+pub struct Outbox {
+    engine: EngineHandle,
+}
+
+impl Outbox {
+    /// The outboxes of the node behind `engine` (`node.handle()`).
+    pub fn new(engine: EngineHandle) -> Self {
+        Outbox { engine }
+    }
+
+    async fn on_shard<T: Send + 'static>(
+        &self,
+        shard: ShardId,
+        f: impl FnOnce(Rc<Dispatcher>) -> Pin<Box<dyn Future<Output = Result<T, OutboxError>>>>
+            + Send
+            + 'static,
+    ) -> Result<T, OutboxError> {
+        self.engine
+            .spawn_on(shard, move || async move {
+                match current() {
+                    Some(d) => f(d).await,
+                    None => Err(OutboxError::NoDispatcher { shard }),
+                }
+            })
+            .await
+            .map_err(|_| OutboxError::ShardStopped { shard })?
+    }
+
+    /// Every shard's counters.
+    pub async fn stats(&self) -> Result<Vec<OutboxStats>, OutboxError> {
+        let mut out = Vec::new();
+        for shard in 0..self.engine.shard_count() {
+            out.push(
+                self.on_shard(shard, |d| {
+                    Box::pin(async move {
+                        let st = d.st.borrow();
+                        let mut s = st.stats.clone();
+                        s.pending_bytes = st.pending_bytes;
+                        s.dead_letters = st.dead.len() as u64;
+                        Ok(s)
+                    })
+                })
+                .await?,
+            );
+        }
+        Ok(out)
+    }
+
+    /// Every shard's dead letters, oldest first per shard.
+    pub async fn dead_letters(&self) -> Result<Vec<DeadLetter>, OutboxError> {
+        let mut out = Vec::new();
+        for shard in 0..self.engine.shard_count() {
+            out.extend(
+                self.on_shard(shard, |d| {
+                    Box::pin(async move { Ok(d.st.borrow().dead.clone()) })
+                })
+                .await?,
+            );
+        }
+        Ok(out)
+    }
+
+    /// Sends dead letter `id` of `shard` again, under a replay id derived from `id` (so two
+    /// replays of it are applied once); removes it from the list in the same batch. Returns
+    /// the replay's id. Ordering with the pair's other messages is not kept for a replay.
+    pub async fn replay(&self, shard: ShardId, id: MessageId) -> Result<MessageId, OutboxError> {
+        self.on_shard(shard, move |d| {
+            Box::pin(async move {
+                let (sender, mut rec, rest) = {
+                    let st = d.st.borrow();
+                    let Some(i) = st.dead.iter().position(|x| x.id == id) else {
+                        return Err(OutboxError::NoSuchDeadLetter { shard, id });
+                    };
+                    let dl = &st.dead[i];
+                    let Ok(rec) = format::decode_outbox(&dl.record) else {
+                        return Err(OutboxError::NoSuchDeadLetter { shard, id });
+                    };
+                    let mut rest = st.dead.clone();
+                    rest.remove(i);
+                    (dl.sender_key.clone(), rec, rest)
+                };
+                let rid = replay_id(id);
+                rec.id_override = Some((rid.stream, rid.seq));
+                let mut payload = Vec::new();
+                format::encode_outbox(&mut payload, &rec);
+                // Pending acknowledgements go in the same batch, so that a dead letter removed
+                // from the list never comes back from an unacknowledged outbox record.
+                let mut batch = d.ack_batch().unwrap_or_default();
+                batch.event(&sender, &payload);
+                batch.snapshot(DEAD_LETTER_KEY, &encode_dead(&rest));
+                let range = d
+                    .log
+                    .append(&batch)
+                    .await
+                    .map_err(|source| OutboxError::Append { shard, source })?;
+                d.st.borrow_mut().dead.retain(|x| x.id != id);
+                let bytes = record_bytes(&rec);
+                d.st.borrow_mut().pending_bytes += bytes;
+                d.enqueue(sender.into(), range.first, Rc::new(rec), bytes);
+                Ok(rid)
+            })
+        })
+        .await
+    }
+
+    /// Removes dead letter `id` of `shard` for good.
+    pub async fn purge(&self, shard: ShardId, id: MessageId) -> Result<(), OutboxError> {
+        self.on_shard(shard, move |d| {
+            Box::pin(async move {
+                let rest: Vec<DeadLetter> = {
+                    let st = d.st.borrow();
+                    if !st.dead.iter().any(|x| x.id == id) {
+                        return Err(OutboxError::NoSuchDeadLetter { shard, id });
+                    }
+                    st.dead.iter().filter(|x| x.id != id).cloned().collect()
+                };
+                let mut batch = d.ack_batch().unwrap_or_default();
+                batch.snapshot(DEAD_LETTER_KEY, &encode_dead(&rest));
+                d.log
+                    .append(&batch)
+                    .await
+                    .map_err(|source| OutboxError::Append { shard, source })?;
+                d.st.borrow_mut().dead.retain(|x| x.id != id);
+                Ok(())
+            })
+        })
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dead_letter_list_round_trips() {
+        let rec = OutboxRecord {
+            created_ms: 1,
+            stream: 2,
+            id_override: None,
+            target: Target::Sink("pg".into()),
+            message: "m".into(),
+            data: vec![9],
+        };
+        let mut payload = Vec::new();
+        format::encode_outbox(&mut payload, &rec);
+        let d = dead_letter(
+            3,
+            b"qo\x01a\x00\x01\0\0\0\0\0\0\0".to_vec(),
+            MessageId { stream: 2, seq: 5 },
+            &payload,
+            "why".into(),
+            4,
+            6,
+        );
+        let list = vec![d.clone(), d];
+        assert_eq!(decode_dead(3, &encode_dead(&list)).unwrap(), list);
+        assert_eq!(list[0].target, "sink:pg");
+        assert_eq!(list[0].sender, "a/1");
+    }
+
+    #[test]
+    fn replay_ids_are_stable_and_leave_the_stream() {
+        let id = MessageId { stream: 7, seq: 9 };
+        assert_eq!(replay_id(id), replay_id(id));
+        assert_ne!(replay_id(id).stream, id.stream);
+        assert_ne!(replay_id(id), replay_id(MessageId { stream: 7, seq: 10 }));
+    }
+}

@@ -1,0 +1,390 @@
+//! A turn's staged durable effects: outgoing messages and the inbox receipt of the message
+//! being handled, written into the turn's one batch by whichever commit comes first.
+
+use std::future::Future;
+
+use quark_persist::{AppendError, Batch, LsnRange, NewRecord, RecordKind};
+use quark_placement::{ActorId, ActorKey};
+use quark_shard::{Actor, Context};
+
+use super::dispatcher::{self, Delivery};
+use super::format::{self, OutboxRecord, Target, OUTBOX_PREFIX};
+use super::inbox::{self, StagedReceipt};
+use super::{now_ms, DurableHandler, DurableMessage, MessageId, Outcome};
+
+/// Why [`Durable::send_durable`] did not stage a message. Nothing was staged.
+#[derive(Debug, thiserror::Error)]
+pub enum SendError {
+    /// The node has no log (`[log]`), so nothing can be durable.
+    #[error(
+        "actor {actor}: the node has no log (configure [log] data_dir), durable messages need one"
+    )]
+    NoLog {
+        /// The sender.
+        actor: ActorId,
+    },
+    /// The node was built without the outbox (`NodeBuilder::outbox` / `durable` / `sink`).
+    #[error("actor {actor}: the node has no outbox (register a durable handler or call NodeBuilder::outbox)")]
+    NoOutbox {
+        /// The sender.
+        actor: ActorId,
+    },
+    /// The message did not serialise.
+    #[error("actor {actor}: durable message {message} did not serialise: {detail}")]
+    Encode {
+        /// The sender.
+        actor: ActorId,
+        /// The message's durable name.
+        message: &'static str,
+        /// The serialiser's message.
+        detail: String,
+    },
+    /// The shard's pending outbox bytes are at `pending_bytes_max` and the policy is
+    /// [`super::FullPolicy::Fail`].
+    #[error("actor {actor}: the shard's outbox holds {pending_bytes} pending bytes (bound {max}); try later")]
+    Full {
+        /// The sender.
+        actor: ActorId,
+        /// Bytes pending on the shard.
+        pending_bytes: u64,
+        /// The bound.
+        max: u64,
+    },
+}
+
+/// Why a commit of a turn's durable effects failed. Nothing of the batch was applied or sent.
+#[derive(Debug, thiserror::Error)]
+pub enum CommitError {
+    /// The node has no log.
+    #[error("actor {actor}: the node has no log (configure [log] data_dir)")]
+    NoLog {
+        /// The actor.
+        actor: ActorId,
+    },
+    /// The append failed; the batch is not durable.
+    #[error("actor {actor}: appending the turn's batch failed: {source}")]
+    Append {
+        /// The actor.
+        actor: ActorId,
+        /// The log's error.
+        #[source]
+        source: AppendError,
+    },
+}
+
+/// One staged outgoing message and the pending-bytes reservation it holds.
+pub(crate) struct StagedMsg {
+    pub record: OutboxRecord,
+    pub reserved: u64,
+}
+
+/// Per-activation staging (a [`Context::extension`] slot).
+#[derive(Default)]
+pub(crate) struct Staged {
+    msgs: Vec<StagedMsg>,
+    /// The id of the durable message this turn handles, until a commit carried its receipt.
+    receipt: Option<MessageId>,
+    /// The receipt of the current delivery is durable.
+    receipt_committed: bool,
+    /// The id of the durable message this turn handles (for [`Durable::message_id`]).
+    current: Option<MessageId>,
+    /// A durable turn failed after its handler ran: the memory may be ahead of the log. No
+    /// durable message is handled and no state saved until the activation is reloaded.
+    stale: bool,
+}
+
+/// Marks the activation stale and asks for its deactivation (it reloads from the log).
+pub(crate) fn mark_stale<A: Actor>(ctx: &Context<A>) {
+    ctx.extension(|s: &mut Staged| s.stale = true);
+    ctx.deactivate_when_idle();
+}
+
+/// True once [`mark_stale`] was called for this activation.
+pub(crate) fn is_stale<A: Actor>(ctx: &Context<A>) -> bool {
+    ctx.extension(|s: &mut Staged| s.stale)
+}
+
+impl Drop for Staged {
+    fn drop(&mut self) {
+        let bytes: u64 = self.msgs.iter().map(|m| m.reserved).sum();
+        if bytes > 0 {
+            dispatcher::release(bytes);
+        }
+    }
+}
+
+/// What a commit took from the staging area.
+pub(crate) struct Taken {
+    msgs: Vec<StagedMsg>,
+    receipt: Option<StagedReceipt>,
+    first_index: usize,
+    outbox_key: Vec<u8>,
+}
+
+/// Moves the turn's staged messages and receipt into `batch` (for commits built elsewhere,
+/// e.g. the journal's `persist`). Call [`committed`] or [`aborted`] with the result.
+pub(crate) fn stage_into<A: Actor>(ctx: &Context<A>, batch: &mut Batch) -> Taken {
+    let (msgs, receipt) =
+        ctx.extension(|s: &mut Staged| (std::mem::take(&mut s.msgs), s.receipt.take()));
+    let outbox_key = if msgs.is_empty() {
+        Vec::new()
+    } else {
+        format::actor_key(OUTBOX_PREFIX, ctx.id())
+    };
+    let first_index = batch.len();
+    for m in &msgs {
+        let mut payload = Vec::with_capacity(64 + m.record.data.len());
+        format::encode_outbox(&mut payload, &m.record);
+        batch.push(NewRecord {
+            kind: RecordKind::Event,
+            key: outbox_key.clone(),
+            payload,
+            expires_at_ms: None,
+        });
+    }
+    let receipt = receipt.map(|id| inbox::stage_receipt(ctx, id, batch));
+    Taken {
+        msgs,
+        receipt,
+        first_index,
+        outbox_key,
+    }
+}
+
+/// The batch holding `taken` is durable at `range`: hand the messages to the dispatcher and
+/// record the receipt.
+pub(crate) fn committed<A: Actor>(ctx: &Context<A>, taken: Taken, range: &LsnRange) {
+    if !taken.msgs.is_empty() {
+        let key: std::rc::Rc<[u8]> = taken.outbox_key.into();
+        for (i, m) in taken.msgs.into_iter().enumerate() {
+            let lsn = range.first + (taken.first_index + i) as u64;
+            debug_assert!(lsn < range.end, "the outbox records are inside the batch");
+            dispatcher::enqueue(key.clone(), lsn, m.record, m.reserved);
+        }
+    }
+    if let Some(r) = taken.receipt {
+        inbox::committed(ctx, r);
+        ctx.extension(|s: &mut Staged| s.receipt_committed = true);
+    }
+}
+
+/// The batch holding `taken` failed: the messages are dropped (never sent) and the receipt is
+/// staged again (the delivery then reports a failure and is retried).
+pub(crate) fn aborted<A: Actor>(ctx: &Context<A>, taken: Taken) {
+    let bytes: u64 = taken.msgs.iter().map(|m| m.reserved).sum();
+    dispatcher::release(bytes);
+    if let Some(r) = taken.receipt {
+        ctx.extension(|s: &mut Staged| s.receipt = Some(r.id));
+    }
+}
+
+/// Appends `batch` plus the turn's staged effects; `Ok(None)` when there was nothing to write.
+pub(crate) async fn commit_with<A: Actor>(
+    ctx: &Context<A>,
+    mut batch: Batch,
+) -> Result<Option<LsnRange>, CommitError> {
+    let Some(log) = ctx.log() else {
+        return Err(CommitError::NoLog {
+            actor: ctx.id().clone(),
+        });
+    };
+    let taken = stage_into(ctx, &mut batch);
+    if batch.is_empty() {
+        return Ok(None);
+    }
+    match log.append(&batch).await {
+        Ok(range) => {
+            committed(ctx, taken, &range);
+            Ok(Some(range))
+        }
+        Err(source) => {
+            aborted(ctx, taken);
+            Err(CommitError::Append {
+                actor: ctx.id().clone(),
+                source,
+            })
+        }
+    }
+}
+
+/// Durable messaging from a handler (implemented for every [`Context`]).
+pub trait Durable {
+    /// Stages durable message `msg` to actor `(B, key)` (any shard, any node). It is written
+    /// with this turn's next commit ([`super::Save::save`], the journal's `persist`, or
+    /// [`Durable::commit`]) and sent only once that batch is durable; if the batch fails, the
+    /// message is dropped with it. Waits while the shard's pending outbox bytes are at the
+    /// bound (or fails, by [`super::FullPolicy`]).
+    ///
+    /// Staged messages that no commit carries are dropped with the activation.
+    fn send_durable<B, M>(
+        &self,
+        key: impl Into<ActorKey>,
+        msg: M,
+    ) -> impl Future<Output = Result<(), SendError>>
+    where
+        B: DurableHandler<M>,
+        M: DurableMessage;
+
+    /// Stages durable message `msg` to the external sink registered as `sink`
+    /// (`NodeBuilder::sink`); delivered exactly once into it by message id.
+    fn send_to_sink<M: DurableMessage>(
+        &self,
+        sink: &str,
+        msg: M,
+    ) -> impl Future<Output = Result<(), SendError>>;
+
+    /// Commits the staged messages (and the inbox receipt of the message being handled) as one
+    /// batch, for turns that change no durable state. Cancel safety: do not drop it midway (a
+    /// batch that became durable anyway is delivered after the next restart).
+    fn commit(&self) -> impl Future<Output = Result<(), CommitError>>;
+
+    /// The id of the durable message this turn is handling (`None` in other turns).
+    fn message_id(&self) -> Option<MessageId>;
+}
+
+impl<A: Actor> Durable for Context<A> {
+    async fn send_durable<B, M>(&self, key: impl Into<ActorKey>, msg: M) -> Result<(), SendError>
+    where
+        B: DurableHandler<M>,
+        M: DurableMessage,
+    {
+        self.stage(
+            Target::Actor(B::TYPE_NAME.to_owned(), key.into()),
+            M::NAME,
+            &msg,
+        )
+        .await
+    }
+
+    async fn send_to_sink<M: DurableMessage>(&self, sink: &str, msg: M) -> Result<(), SendError> {
+        self.stage(Target::Sink(sink.to_owned()), M::NAME, &msg)
+            .await
+    }
+
+    async fn commit(&self) -> Result<(), CommitError> {
+        commit_with(self, Batch::new()).await.map(|_| ())
+    }
+
+    fn message_id(&self) -> Option<MessageId> {
+        self.extension(|s: &mut Staged| s.current)
+    }
+}
+
+trait Stage {
+    fn stage<M: serde::Serialize>(
+        &self,
+        target: Target,
+        name: &'static str,
+        msg: &M,
+    ) -> impl Future<Output = Result<(), SendError>>;
+}
+
+impl<A: Actor> Stage for Context<A> {
+    async fn stage<M: serde::Serialize>(
+        &self,
+        target: Target,
+        name: &'static str,
+        msg: &M,
+    ) -> Result<(), SendError> {
+        let actor = || self.id().clone();
+        if self.log().is_none() {
+            return Err(SendError::NoLog { actor: actor() });
+        }
+        let Some(d) = dispatcher::current() else {
+            return Err(SendError::NoOutbox { actor: actor() });
+        };
+        let data = postcard::to_allocvec(msg).map_err(|e| SendError::Encode {
+            actor: actor(),
+            message: name,
+            detail: e.to_string(),
+        })?;
+        let record = OutboxRecord {
+            created_ms: now_ms(),
+            stream: d.stream_of(self.id()),
+            id_override: None,
+            target,
+            message: name.to_owned(),
+            data,
+        };
+        let reserved = dispatcher::record_bytes(&record);
+        d.reserve(reserved)
+            .await
+            .map_err(|(pending_bytes, max)| SendError::Full {
+                actor: actor(),
+                pending_bytes,
+                max,
+            })?;
+        self.extension(|s: &mut Staged| s.msgs.push(StagedMsg { record, reserved }));
+        Ok(())
+    }
+}
+
+/// Runs durable message `d` as a turn of `a`: the inbox check, the handler, and the receipt's
+/// commit.
+pub(crate) async fn apply<A, M>(a: &mut A, ctx: &Context<A>, d: Delivery) -> Outcome
+where
+    A: DurableHandler<M>,
+    M: DurableMessage,
+{
+    if dispatcher::current().is_none() {
+        // The receiving shard's dispatcher is still being installed (the node is starting).
+        return Outcome::Failed(format!("the outbox of {}'s shard is starting", ctx.id()));
+    }
+    if is_stale(ctx) {
+        return Outcome::Failed(format!(
+            "{} is reloading after a failed durable turn",
+            ctx.id()
+        ));
+    }
+    if let Err(e) = inbox::ensure_loaded(ctx).await {
+        return Outcome::Failed(e);
+    }
+    if inbox::seen(ctx, d.id) {
+        return Outcome::Duplicate;
+    }
+    let msg: M = match postcard::from_bytes(&d.data) {
+        Ok(m) => m,
+        Err(e) => {
+            return Outcome::Rejected(format!(
+                "message {} to {} did not decode: {e}",
+                d.message,
+                ctx.id()
+            ))
+        }
+    };
+    ctx.extension(|s: &mut Staged| {
+        s.receipt = Some(d.id);
+        s.receipt_committed = false;
+        s.current = Some(d.id);
+    });
+    let result = a.handle_durable(msg, ctx).await;
+    let committed = ctx.extension(|s: &mut Staged| {
+        s.current = None;
+        s.receipt_committed
+    });
+    if committed {
+        return Outcome::Applied;
+    }
+    match result {
+        Ok(()) => match commit_with(ctx, Batch::new()).await {
+            Ok(_) => Outcome::Applied,
+            Err(e) => {
+                ctx.extension(|s: &mut Staged| s.receipt = None);
+                mark_stale(ctx);
+                Outcome::Failed(e.to_string())
+            }
+        },
+        Err(retry) => {
+            // Nothing was committed: drop what the handler staged, and the receipt. The
+            // handler may have changed the state in memory before failing, so the activation
+            // reloads from the log before the message is handled again.
+            let dropped = ctx.extension(|s: &mut Staged| {
+                s.receipt = None;
+                std::mem::take(&mut s.msgs)
+            });
+            dispatcher::release(dropped.iter().map(|m| m.reserved).sum());
+            mark_stale(ctx);
+            Outcome::Failed(retry.to_string())
+        }
+    }
+}
