@@ -59,6 +59,10 @@ step net_targets scripts/net_targets.sh "$out/net" --no-build
 step journalbench-single target/release/journalbench --runs 5 --ops 10000 --baseline-ops 10000 --only baseline,single --json
 step journalbench-activation target/release/journalbench --runs 3 --only activation,concurrent --json
 
+# Durable jobs and the outbox (~1.5 min; fsync always, under target/).
+step jobbench target/release/jobbench --dir target/jobbench --jobs 400000
+step outboxbench target/release/outboxbench --secs 5
+
 echo "uptime at the end: $(uptime)" >> "$out/env.txt"
 echo "results in $out" >&2
 exit $failed
