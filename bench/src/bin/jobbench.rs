@@ -126,7 +126,8 @@ fn syncs(node: &Node) -> u64 {
                 quark_shard::current_shard_log().map(|l| l.stats().sync_count)
             })
             .join()
-            .ok().flatten()
+            .ok()
+            .flatten()
         })
         .sum()
 }
