@@ -233,7 +233,7 @@ impl<A: Actor> Context<A> {
     }
 }
 
-/// A function to run inside an actor's turn: the message behind [`crate::ActorRef::invoke`].
+/// A function to run inside an actor's turn, sent as a message (`actor_ref.ask(Invoke::new(..))`).
 ///
 /// Every actor type handles it (a blanket implementation), so runtime features can act on an
 /// activation's state through its mailbox, in order with its other messages.
