@@ -386,6 +386,10 @@ fn never_reading_connections(n: usize) {
         during.len()
     );
     let p99_during = p99(during);
+    // The 100 ms floor: on the shared 2-core test machine the other client's p99 alone swings
+    // between ~0.13 ms and ~4.6 ms from run to run (with or without abusers: e.g. 0.15 ms
+    // before and 7 ms during in one run, 4.6 ms before and 0.28 ms during in another), so a
+    // bare 2x fails by noise; the floor still catches a node that stops serving others.
     assert!(
         p99_during <= (p99_before * 2).max(Duration::from_millis(100)),
         "another client's p99 went from {p99_before:?} to {p99_during:?} with the abuser attached"
