@@ -1,5 +1,6 @@
 //! A connection that sends requests and never reads its replies: the node stops reading it once
-//! its outgoing bytes reach `out_bytes_max` (backpressure), so its memory stays bounded; it
+//! its outgoing bytes plus the expected replies of its requests in progress reach
+//! `out_bytes_max` (backpressure), so its memory stays bounded; it
 //! closes the connection once the backlog stays over the bound for `out_stall_timeout`; and
 //! another client's asks keep being answered meanwhile.
 //!
