@@ -1,13 +1,17 @@
 //! A connection that sends requests and never reads its replies: the node stops reading it once
-//! its outgoing bytes reach `out_bytes_max` (backpressure), so its memory stays bounded; it
+//! its outgoing bytes plus the expected replies of its requests in progress reach
+//! `out_bytes_max` (backpressure), so its memory stays bounded; it
 //! closes the connection once the backlog stays over the bound for `out_stall_timeout`; and
 //! another client's asks keep being answered meanwhile.
 //!
-//! One test in this file: it measures the process's resident memory (the node is in-process).
+//! The abusive clients are separate processes (this test binary re-executed with
+//! `QUARK_SLOW_READER_ADDR` set), so the resident memory measured in the test process is the
+//! node's (and the well-behaved client's, which is warmed up before the baseline). The two
+//! tests take a lock so that one's memory is not measured while the other runs.
 
-use std::io::Write;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Child, Command, Stdio};
+use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use quark_net::rkyv;
@@ -46,10 +50,28 @@ const OUT_BYTES_MAX: usize = 1 << 20;
 const STALL: Duration = Duration::from_millis(1000);
 /// Reply size of the abuser's requests: each ~100-byte request makes 4 KiB of reply.
 const REPLY_BYTES: u32 = 4096;
-/// Growth of the resident set at which the abuser is stopped (the test then fails).
+/// Growth of the resident set at which the abusers are killed (the test then fails).
 const RSS_ABORT_BYTES: u64 = 96 << 20;
-/// The bound the test asserts: the node's memory grows by less than this with the abuser.
-const RSS_BOUND_BYTES: u64 = 40 << 20;
+/// The bound the test asserts per abusive connection: the node's resident memory grows by at
+/// most this times the number of connections that never read.
+const RSS_BOUND_PER_CONN_BYTES: u64 = 8 << 20;
+/// Set in a re-executed child: the node's address; the child is then an abuser.
+const ADDR_VAR: &str = "QUARK_SLOW_READER_ADDR";
+/// Set in a re-executed child: its client node id.
+const ID_VAR: &str = "QUARK_SLOW_READER_ID";
+/// How long an abuser keeps going if the node never closes it.
+const ABUSE_MAX: Duration = Duration::from_secs(20);
+/// Serialises the tests of this file (each measures the process's resident memory).
+static RSS_LOCK: Mutex<()> = Mutex::new(());
+
+/// Returns the memory glibc's allocator keeps but does not use to the system, so that memory
+/// freed before a measurement does not hide growth after it.
+fn trim() {
+    // SAFETY: malloc_trim only walks the allocator's own free lists.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
 
 fn rss_bytes() -> u64 {
     let status = std::fs::read_to_string("/proc/self/status").expect("read /proc/self/status");
@@ -83,13 +105,13 @@ fn engine(net: NetConfig) -> Engine {
 }
 
 /// A raw connection that completes the client handshake.
-fn handshaken(addr: std::net::SocketAddr) -> std::net::TcpStream {
+fn handshaken(addr: std::net::SocketAddr, id: u64) -> std::net::TcpStream {
     use std::io::Read;
     let mut s = std::net::TcpStream::connect(addr).expect("connect to the node");
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     let cfg = HandshakeConfig {
         role: PeerRole::Client,
-        ..HandshakeConfig::member("slow", 0x8000_0000_0000_0077, None)
+        ..HandshakeConfig::member("slow", id, None)
     };
     let mut init = Initiator::new(cfg, [9; 32], None);
     let mut out = OutBuf::new();
@@ -110,17 +132,9 @@ fn handshaken(addr: std::net::SocketAddr) -> std::net::TcpStream {
     }
 }
 
-/// How the abuser ended.
-#[derive(Debug, PartialEq)]
-enum Abuse {
-    /// The node closed the connection (a write failed).
-    Closed,
-    /// The test told it to stop (memory over the abort bound, or deadline).
-    Stopped,
-}
-
-/// Sends pipelined `Blob` requests as fast as the node takes them, never reading.
-fn abuser(mut s: std::net::TcpStream, stop: Arc<AtomicBool>) -> Abuse {
+/// Sends pipelined `Blob` requests as fast as the node takes them, never reading. Returns
+/// `true` if the node closed the connection (a write failed), `false` after `ABUSE_MAX`.
+fn abuse(mut s: std::net::TcpStream) -> bool {
     s.set_write_timeout(Some(Duration::from_millis(200)))
         .unwrap();
     let env = RequestEnvelope::new("store", WireKey::U64(1), "test.Blob", 10_000);
@@ -128,7 +142,8 @@ fn abuser(mut s: std::net::TcpStream, stop: Arc<AtomicBool>) -> Abuse {
     let mut pending: Vec<u8> = Vec::new();
     let mut off = 0;
     let mut corr = 1u64;
-    while !stop.load(Ordering::Relaxed) {
+    let deadline = Instant::now() + ABUSE_MAX;
+    while Instant::now() < deadline {
         if off == pending.len() {
             out.clear();
             for _ in 0..64 {
@@ -144,17 +159,96 @@ fn abuser(mut s: std::net::TcpStream, stop: Arc<AtomicBool>) -> Abuse {
             off = 0;
         }
         match s.write(&pending[off..]) {
-            Ok(0) => return Abuse::Closed,
+            Ok(0) => return true,
             Ok(n) => off += n,
             Err(e)
                 if matches!(
                     e.kind(),
                     std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
                 ) => {}
-            Err(_) => return Abuse::Closed,
+            Err(_) => return true,
         }
     }
-    Abuse::Stopped
+    false
+}
+
+/// The abuser process: connects to the node at `QUARK_SLOW_READER_ADDR`, prints `ATTACHED`
+/// once handshaken, abuses, then prints `CLOSED` (the node closed it) or `STOPPED`. Does
+/// nothing when the variable is not set (a normal test run).
+#[test]
+fn abuser_child_entry() {
+    let Ok(addr) = std::env::var(ADDR_VAR) else {
+        return;
+    };
+    let id: u64 = std::env::var(ID_VAR)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .expect("the abuser's client id");
+    let s = handshaken(addr.parse().expect("a socket address"), id);
+    println!("ATTACHED");
+    std::io::stdout().flush().unwrap();
+    let closed = abuse(s);
+    println!("{}", if closed { "CLOSED" } else { "STOPPED" });
+    std::io::stdout().flush().unwrap();
+}
+
+/// A running abuser process.
+struct Abuser {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+    /// How it ended (`CLOSED`, `STOPPED`, `KILLED`) once it exited.
+    ended: Option<String>,
+}
+
+impl Drop for Abuser {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn spawn_abuser(addr: std::net::SocketAddr, id: u64) -> Abuser {
+    let mut child = Command::new(std::env::current_exe().expect("the test binary's path"))
+        .args([
+            "--exact",
+            "abuser_child_entry",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(ADDR_VAR, addr.to_string())
+        .env(ID_VAR, id.to_string())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawn the abuser");
+    let stdout = child.stdout.take().expect("piped stdout");
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    // The test harness prints its own lines first, and `test abuser_child_entry ... ` before
+    // the test's first line.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(line) if line.ends_with("ATTACHED") => break,
+            Ok(_) => {}
+            Err(e) => panic!(
+                "waiting for the abuser to handshake: {e:?} (abuser: {:?})",
+                child.wait()
+            ),
+        }
+    }
+    Abuser {
+        child,
+        lines: rx,
+        ended: None,
+    }
 }
 
 fn p99(mut v: Vec<Duration>) -> Duration {
@@ -162,8 +256,15 @@ fn p99(mut v: Vec<Duration>) -> Duration {
     v[(v.len() * 99 / 100).min(v.len() - 1)]
 }
 
-#[test]
-fn a_connection_that_never_reads_is_bounded_then_closed_and_others_are_served() {
+fn mib(b: u64) -> f64 {
+    b as f64 / (1 << 20) as f64
+}
+
+/// Attaches `n` abusive connections (one process each) to a node with `out_bytes_max` 1 MiB
+/// and checks: the node's resident memory grows by at most `n` x 8 MiB, every abuser is
+/// closed for stalling after `out_stall_timeout`, and another client's p99 stays within 2x.
+fn never_reading_connections(n: usize) {
+    let _serial = RSS_LOCK.lock().unwrap_or_else(|e| e.into_inner());
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
     let m = Membership::from_config(&ClusterConfig {
@@ -204,58 +305,106 @@ fn a_connection_that_never_reads_is_bounded_then_closed_and_others_are_served() 
     }
     let p99_before = p99(before);
 
+    trim();
     let rss0 = rss_bytes();
-    let stop = Arc::new(AtomicBool::new(false));
-    let s = handshaken(addr);
-    let stop2 = stop.clone();
     let t_attach = Instant::now();
-    let abuse = std::thread::spawn(move || abuser(s, stop2));
+    let mut abusers: Vec<Abuser> = (0..n as u64)
+        .map(|i| spawn_abuser(addr, 0x8000_0000_0000_0070 + i))
+        .collect();
 
     let mut during = Vec::new();
     let mut rss_max = rss0;
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !abuse.is_finished() {
+    let mut samples = Vec::new();
+    let mut last_sample = Instant::now();
+    let mut first_closed_after: Option<Duration> = None;
+    while abusers.iter().any(|a| a.ended.is_none()) {
         let t = Instant::now();
         block_on(other.ask(Blob(8))).expect("another client's ask while the abuser is attached");
         during.push(t.elapsed());
-        rss_max = rss_max.max(rss_bytes());
-        if rss_max.saturating_sub(rss0) > RSS_ABORT_BYTES || Instant::now() > deadline {
-            stop.store(true, Ordering::Relaxed);
+        let rss = rss_bytes();
+        rss_max = rss_max.max(rss);
+        if last_sample.elapsed() >= Duration::from_millis(100) {
+            samples.push(rss.saturating_sub(rss0) >> 20);
+            last_sample = Instant::now();
+        }
+        if rss_max.saturating_sub(rss0) > RSS_ABORT_BYTES {
+            for a in &mut abusers {
+                let _ = a.child.kill();
+            }
+        }
+        for a in &mut abusers {
+            if a.ended.is_none() {
+                if let Ok(Some(_)) = a.child.try_wait() {
+                    a.ended = Some(
+                        a.lines
+                            .try_iter()
+                            .find(|l| l == "CLOSED" || l == "STOPPED")
+                            .unwrap_or_else(|| "KILLED".into()),
+                    );
+                    first_closed_after.get_or_insert(t_attach.elapsed());
+                }
+            }
         }
     }
-    let attached_for = t_attach.elapsed();
-    let ended = abuse.join().expect("abuser thread");
     let grew = rss_max.saturating_sub(rss0);
+    let bound = RSS_BOUND_PER_CONN_BYTES * n as u64;
+    eprintln!(
+        "{n} abusive connection(s): the node's RSS grew by {:.1} MiB at most (samples, MiB: \
+         {samples:?}); another client's p99 {p99_before:?} before, {:?} during ({} asks)",
+        mib(grew),
+        p99(during.clone()),
+        during.len()
+    );
     assert!(
-        grew < RSS_BOUND_BYTES,
-        "the node's memory grew by {} MiB with one connection that never reads (bound {} MiB, \
-         out_bytes_max {} KiB)",
-        grew >> 20,
-        RSS_BOUND_BYTES >> 20,
+        grew <= bound,
+        "the node's memory grew by {:.1} MiB with {n} connection(s) that never read (bound {} \
+         MiB, out_bytes_max {} KiB)",
+        mib(grew),
+        bound >> 20,
         OUT_BYTES_MAX >> 10
     );
-    assert_eq!(
-        ended,
-        Abuse::Closed,
-        "the node must close a peer that stays over out_bytes_max for out_stall_timeout \
-         (attached for {attached_for:?})"
-    );
+    for a in &abusers {
+        assert_eq!(
+            a.ended.as_deref(),
+            Some("CLOSED"),
+            "the node must close a peer that stays over out_bytes_max for out_stall_timeout"
+        );
+    }
+    let attached_for = first_closed_after.expect("an abuser ended");
     assert!(
         attached_for >= STALL,
         "closed after {attached_for:?}, before out_stall_timeout {STALL:?}"
     );
     let stats = node.stats().expect("stats")[0].net.clone().unwrap();
-    assert_eq!(stats.peers.closed(CloseReason::OutStalled), 1, "{stats:?}");
+    assert_eq!(
+        stats.peers.closed(CloseReason::OutStalled),
+        n as u64,
+        "{stats:?}"
+    );
     assert!(
         during.len() >= 10,
         "another client's asks while the abuser was attached: {}",
         during.len()
     );
     let p99_during = p99(during);
+    // The 100 ms floor: on the shared 2-core test machine the other client's p99 alone swings
+    // between ~0.13 ms and ~4.6 ms from run to run (with or without abusers: e.g. 0.15 ms
+    // before and 7 ms during in one run, 4.6 ms before and 0.28 ms during in another), so a
+    // bare 2x fails by noise; the floor still catches a node that stops serving others.
     assert!(
         p99_during <= (p99_before * 2).max(Duration::from_millis(100)),
         "another client's p99 went from {p99_before:?} to {p99_during:?} with the abuser attached"
     );
     client.shutdown();
     node.shutdown();
+}
+
+#[test]
+fn a_connection_that_never_reads_is_bounded_then_closed_and_others_are_served() {
+    never_reading_connections(1);
+}
+
+#[test]
+fn four_connections_that_never_read_are_bounded_then_closed_and_others_are_served() {
+    never_reading_connections(4);
 }

@@ -45,6 +45,11 @@ pub(crate) struct Wire {
     pub(crate) out_bytes_max: usize,
     /// Requests from the peer being served (replies not yet queued).
     serving: Cell<usize>,
+    /// Estimated bytes of one reply on this connection: the largest recent reply, decaying by
+    /// 1/8 per reply. A request being served counts as this many bytes of backlog, so that
+    /// the replies of requests admitted while the backlog was low cannot overshoot
+    /// `out_bytes_max` by `requests_inflight_max` replies.
+    reply_bytes_est: Cell<usize>,
     serving_max: usize,
     reader: RefCell<Option<Waker>>,
     /// Bytes of the flush the writer is carrying out (taken from `out`, not yet written).
@@ -79,6 +84,9 @@ impl Wire {
             detector: RefCell::new(None),
             out_bytes_max,
             serving: Cell::new(0),
+            // Until a reply was measured: at most 64 requests in flight per
+            // `out_bytes_max` (the estimate decays quickly for small replies).
+            reply_bytes_est: Cell::new(out_bytes_max / 64),
             serving_max: requests_inflight_max.max(1),
             reader: RefCell::new(None),
             writing: Cell::new(0),
@@ -94,20 +102,47 @@ impl Wire {
         self.out.borrow().len() + self.writing.get()
     }
 
-    /// True if the reader must not read now: the peer has not taken `out_bytes_max` bytes
-    /// of what it was sent.
-    fn reads_blocked(&self) -> bool {
-        self.pause_reads_when_full && self.backlog() >= self.out_bytes_max
+    /// Bytes the reader counts against `out_bytes_max`: the backlog plus the estimated
+    /// replies of the requests being served.
+    fn committed(&self) -> usize {
+        self.backlog()
+            + self
+                .serving
+                .get()
+                .saturating_mul(self.reply_bytes_est.get())
     }
 
-    /// Waits until the backlog is under its bound (or the connection closed). Woken by the
-    /// writer when it takes the buffer and when a flush completes.
+    /// True if the reader must not read now: the peer has not taken `out_bytes_max` bytes
+    /// of what it was sent, counting the replies of the requests being served.
+    fn reads_blocked(&self) -> bool {
+        self.pause_reads_when_full && self.committed() >= self.out_bytes_max
+    }
+
+    /// Wakes the tasks waiting for room in the backlog (senders of tells, and the reader).
+    fn wake_room(&self) {
+        for w in self.room.borrow_mut().drain(..) {
+            w.wake();
+        }
+        if let Some(w) = self.reader.borrow_mut().take() {
+            w.wake();
+        }
+    }
+
+    /// Records a reply of `bytes` queued on this connection (updates the reply estimate).
+    pub(crate) fn reply_queued(&self, bytes: usize) {
+        let e = self.reply_bytes_est.get();
+        self.reply_bytes_est.set(bytes.max(e - e / 8));
+    }
+
+    /// Waits until the reader may read again (see `reads_blocked`) or the connection closed.
+    /// Woken by the writer when it takes the buffer and when a flush completes
+    /// (`wake_room`), and by `request_done`.
     async fn backlog_room(&self) {
         poll_fn(|cx| {
-            if self.closed.get() || self.backlog() < self.out_bytes_max {
+            if self.closed.get() || !self.reads_blocked() {
                 Poll::Ready(())
             } else {
-                self.room.borrow_mut().push(cx.waker().clone());
+                *self.reader.borrow_mut() = Some(cx.waker().clone());
                 Poll::Pending
             }
         })
@@ -145,10 +180,10 @@ impl Wire {
     pub(crate) fn request_done(&self) {
         let n = self.serving.get().saturating_sub(1);
         self.serving.set(n);
-        if n < self.serving_max {
-            if let Some(w) = self.reader.borrow_mut().take() {
-                w.wake();
-            }
+        // The reader waits either for a request slot or for room in the backlog, which
+        // counts the requests being served.
+        if let Some(w) = self.reader.borrow_mut().take() {
+            w.wake();
         }
     }
 
@@ -888,9 +923,7 @@ async fn writer(core: Rc<ShardCore>, wire: Rc<Wire>, mut wr: TcpWriter) {
             break;
         }
         std::mem::swap(&mut *wire.out.borrow_mut(), &mut spare);
-        for w in wire.room.borrow_mut().drain(..) {
-            w.wake();
-        }
+        wire.wake_room();
         let bytes = spare.len();
         wire.writing.set(bytes);
         let frames = wire.frames_queued.replace(0);
@@ -913,9 +946,7 @@ async fn writer(core: Rc<ShardCore>, wire: Rc<Wire>, mut wr: TcpWriter) {
         };
         spare.clear();
         wire.writing.set(0);
-        for w in wire.room.borrow_mut().drain(..) {
-            w.wake();
-        }
+        wire.wake_room();
         if res.is_ok() {
             wire.tells_writing.set(0);
         }

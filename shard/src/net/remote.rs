@@ -459,7 +459,10 @@ impl ReplySink {
         let max = core.net.as_ref().map_or(0, |n| n.cfg.frame_bytes_max);
         let r = quark_net::encode_response(&mut self.wire.out.borrow_mut(), &self.head, value, max);
         match r {
-            Ok(_) => self.queued(),
+            Ok(bytes) => {
+                self.wire.reply_queued(bytes as usize);
+                self.queued()
+            }
             Err(e) => {
                 tracing::warn!(shard = core.id, error = %crate::error::ErrorChain(&e), "reply cannot be encoded");
                 self.send_error(
