@@ -7,6 +7,7 @@ use crate::record::Invalid;
 
 /// Errors of [`crate::Log::open`].
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum OpenError {
     /// A configuration value is out of range.
     #[error("invalid log config: {field} {expected}")]
@@ -38,6 +39,7 @@ pub enum OpenError {
 
 /// Why recovery refused to open the log.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum RecoverError {
     /// Listing the log directory failed.
     #[error("cannot list log directory {dir}: {source}")]
@@ -239,6 +241,7 @@ pub enum RecoverError {
 
 /// Errors of [`crate::Log::append`] and [`crate::Log::sync`].
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum AppendError {
     /// The batch has no record.
     #[error("empty batch")]
@@ -324,6 +327,7 @@ pub enum AppendError {
 
 /// Errors of reads and scans.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum ReadError {
     /// [`crate::Log::read_many`]: no acknowledged record has this LSN (not yet written, or
     /// compacted away since the caller got it: ask [`crate::Log::key_lsns`] again).
@@ -356,6 +360,7 @@ pub enum ReadError {
 
 /// Errors of [`crate::Log::compact`].
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum CompactError {
     /// Reading a segment to copy its live records failed.
     #[error(transparent)]
@@ -395,6 +400,7 @@ pub enum CompactError {
 /// Errors of [`crate::Log::scrub`]. After any of them the scrub's guarantee does not hold:
 /// call it again (the log stays consistent).
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum ScrubError {
     /// Syncing, sealing the active segment or copying live records forward failed (an I/O
     /// error there poisons the log, see [`AppendError::Io`]).

@@ -48,6 +48,7 @@ impl std::fmt::Display for LockHolder {
 
 /// Why a directory could not be locked.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum LockError {
     /// Another open file description holds a conflicting lock.
     #[error(

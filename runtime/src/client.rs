@@ -17,6 +17,7 @@ use quark_shard::{
 
 /// Why a [`Client`] could not be built, or a [`probe`] failed.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum ClientError {
     /// No node address was given.
     #[error("a client needs at least one node address")]

@@ -19,6 +19,7 @@ use crate::journal::{
 
 /// Why a node did not start.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum NodeError {
     /// The configuration was refused.
     #[error(transparent)]

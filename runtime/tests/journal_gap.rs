@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use quark::journal::{At, JournalError, JournalPolicy};
-use quark::{block_on, ActorKey, CallError, Node, NodeConfig};
+use quark::{block_on, ActorId, ActorKey, CallError, Node, NodeConfig};
 
 mod common;
 use common::{Account, Deposit, Get};
@@ -235,13 +235,27 @@ fn a_gap_after_the_latest_usable_snapshot_refuses_activation_and_names_it() {
             other => panic!("attempt {attempt}: expected ActivationFailed, got {other:?}"),
         }
     }
-    // The journal API reports the same gap, as a structured error.
+    // The journal API reports the same gap, as a structured error naming the actor by its
+    // typed id (shown in the message with the key as written).
     match block_on(node.journal().state_at::<Account>("ann", At::Latest)) {
-        Err(JournalError::VersionGap {
-            first_missing,
-            last_missing,
-            ..
-        }) => assert_eq!((first_missing, last_missing), (first, last)),
+        Err(
+            e @ JournalError::VersionGap {
+                first_missing,
+                last_missing,
+                ..
+            },
+        ) => {
+            assert_eq!((first_missing, last_missing), (first, last));
+            let JournalError::VersionGap { actor, .. } = &e else {
+                unreachable!("matched above")
+            };
+            assert_eq!(*actor, ActorId::new("account", "ann"));
+            assert!(
+                e.to_string()
+                    .starts_with("journal of account/ann: versions "),
+                "{e}"
+            );
+        }
         other => panic!("expected a version gap, got {other:?}"),
     }
     node.shutdown();

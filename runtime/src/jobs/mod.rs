@@ -579,6 +579,7 @@ pub struct JobStatus {
 
 /// Why an enqueue was refused. Nothing was stored.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum EnqueueError {
     /// No job type of this name is registered on the node.
     #[error("job type {name:?} is not registered on this node (registered: {registered:?})")]
@@ -647,6 +648,7 @@ pub enum EnqueueError {
 
 /// Why a job operation (cancel, replay, purge, list) failed.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum JobsError {
     /// No such job (never existed, or finished and forgotten).
     #[error("job {0} is not known")]

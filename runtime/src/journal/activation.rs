@@ -116,7 +116,7 @@ async fn load_from<A: EventSourced, IO: LogIo>(
     let snapshots_key = format::stream_key(Stream::Snapshots, A::TYPE_NAME, key);
     let rebuilt = rebuild::<A, IO>(
         log,
-        &actor.to_string(),
+        actor,
         key,
         &events_key,
         &snapshots_key,

@@ -55,6 +55,7 @@ impl StreamKey {
 
 /// Why journal bytes could not be decoded.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum FormatError {
     /// The record is shorter than its fields say.
     #[error("journal record truncated: needed {needed} bytes at offset {at}, have {len}")]

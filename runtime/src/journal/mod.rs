@@ -186,6 +186,7 @@ pub struct Persisted {
 
 /// Why an event or snapshot stored with another schema version could not be read.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum UpcastError {
     /// No conversion from this version.
     #[error("{what} schema version {found} cannot be read (current version {current})")]
@@ -210,6 +211,7 @@ pub enum UpcastError {
 /// Why [`Persist::persist`] did not persist. The events were not applied and the state is
 /// unchanged.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum PersistError {
     /// The node has no data directory (`[log]` section), so nothing can be durable.
     #[error("actor {actor}: the node has no log (configure [log] data_dir) so events cannot be persisted")]
@@ -269,6 +271,7 @@ pub enum PersistError {
 
 /// Why reading a journal failed.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum JournalError {
     /// The node has no log.
     #[error("the node has no log (configure [log] data_dir)")]
@@ -277,7 +280,7 @@ pub enum JournalError {
     #[error("reading the journal of {actor} failed")]
     Read {
         /// The actor.
-        actor: String,
+        actor: ActorId,
         /// The log's error.
         #[source]
         source: ReadError,
@@ -287,7 +290,7 @@ pub enum JournalError {
     #[error("journal of {actor}: the record at LSN {lsn} is no longer in the log")]
     Missing {
         /// The actor.
-        actor: String,
+        actor: ActorId,
         /// The LSN.
         lsn: u64,
     },
@@ -295,7 +298,7 @@ pub enum JournalError {
     #[error("journal of {actor}: the record at LSN {lsn} did not decode")]
     Format {
         /// The actor.
-        actor: String,
+        actor: ActorId,
         /// The record's LSN.
         lsn: u64,
         /// What was wrong.
@@ -306,7 +309,7 @@ pub enum JournalError {
     #[error("journal of {actor}: version {version} could not be converted to the current type")]
     Upcast {
         /// The actor.
-        actor: String,
+        actor: ActorId,
         /// The version being read.
         version: u64,
         /// What was wrong.
@@ -317,7 +320,7 @@ pub enum JournalError {
     #[error("journal of {actor}: the hash chain is broken at version {version} (LSN {lsn})")]
     BrokenChain {
         /// The actor.
-        actor: String,
+        actor: ActorId,
         /// The first event whose link is wrong.
         version: u64,
         /// Its LSN.
@@ -332,7 +335,7 @@ pub enum JournalError {
     #[error("journal of {actor}: versions {first_missing}..={last_missing} are missing (the next retained event, version {next_version}, is at LSN {lsn}); was a log segment quarantined or deleted?")]
     VersionGap {
         /// The actor.
-        actor: String,
+        actor: ActorId,
         /// The first missing version.
         first_missing: u64,
         /// The last missing version.
@@ -348,7 +351,7 @@ pub enum JournalError {
     #[error("journal of {actor}: version {version} at LSN {lsn} repeats or precedes version {previous} read before it; the stream forked")]
     VersionRepeated {
         /// The actor.
-        actor: String,
+        actor: ActorId,
         /// The version found.
         version: u64,
         /// The version of the event read before it.
@@ -361,7 +364,7 @@ pub enum JournalError {
     #[error("journal of {actor}: version {version} is not available (retained versions {first}..={last})")]
     VersionUnavailable {
         /// The actor.
-        actor: String,
+        actor: ActorId,
         /// The version asked for.
         version: u64,
         /// First retained version (0 = none).
@@ -495,7 +498,7 @@ mod tests {
             detail: "unexpected end of input".to_owned(),
         };
         let e = JournalError::Upcast {
-            actor: "account/7".to_owned(),
+            actor: ActorId::new("account", 7u64),
             version: 3,
             source,
         };
@@ -512,7 +515,7 @@ mod tests {
         );
 
         let e = JournalError::Format {
-            actor: "account/7".to_owned(),
+            actor: ActorId::new("account", 7u64),
             lsn: 9,
             source: format::FormatError::NotJournalKey,
         };

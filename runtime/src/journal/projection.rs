@@ -22,7 +22,7 @@ use serde::Serialize;
 use super::format::{self, EventRecord, Stream};
 use super::reader::event_from;
 use super::{EventSourced, JournalError, LogPosition};
-use crate::{Actor, ActorKey, CallError, Context, Handler, Message};
+use crate::{Actor, ActorId, ActorKey, CallError, Context, Handler, Message};
 
 /// A read model built from the events of one or more event-sourced actor types.
 ///
@@ -79,7 +79,7 @@ pub struct EventMeta {
 
 type Decoded<S> = Box<dyn FnOnce(&mut S, &EventMeta)>;
 type DecodeFn<S> =
-    Box<dyn Fn(&str, &EventRecord) -> Result<Decoded<S>, JournalError> + Send + Sync>;
+    Box<dyn Fn(&ActorId, &EventRecord) -> Result<Decoded<S>, JournalError> + Send + Sync>;
 
 /// The event handlers of a [`Projection`], one per consumed actor type.
 pub struct Subscriptions<P: Projection> {
@@ -112,7 +112,7 @@ impl<P: Projection> Subscriptions<P> {
         let f = std::sync::Arc::new(f);
         self.handlers.push((
             A::TYPE_NAME,
-            Box::new(move |actor: &str, rec: &EventRecord| {
+            Box::new(move |actor: &ActorId, rec: &EventRecord| {
                 let event: A::Event = event_from(actor, rec)?;
                 let f = f.clone();
                 Ok(
@@ -153,6 +153,7 @@ impl Default for ProjectionConfig {
 
 /// Why a projection call failed.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum ProjectionError {
     /// The projection did not reach the position within the deadline.
     #[error("projection {name} did not reach {position:?} within {timeout:?} (it is at LSN {reached} on shard {})", position.shard)]
@@ -333,7 +334,7 @@ impl<P: Projection> Handler<Feed> for ProjectionActor<P> {
             let mut decoded = Vec::with_capacity(feed.items.len());
             for item in feed.items.iter().filter(|i| i.lsn >= checkpoint) {
                 let (name, decode) = &self.subscriptions.handlers[usize::from(item.type_idx)];
-                let actor = format!("{name}/{}", item.key);
+                let actor = ActorId::new(name, item.key.clone());
                 let rec =
                     format::decode_event(&item.payload).map_err(|source| JournalError::Format {
                         actor: actor.clone(),

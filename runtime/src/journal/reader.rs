@@ -121,17 +121,17 @@ pub(crate) struct Rebuilt<A> {
 
 async fn read_record<IO: LogIo>(
     log: &Log<IO>,
-    actor: &str,
+    actor: &ActorId,
     lsn: u64,
 ) -> Result<Record, JournalError> {
     match log.read(lsn).await {
         Ok(Some(r)) => Ok(r),
         Ok(None) => Err(JournalError::Missing {
-            actor: actor.to_owned(),
+            actor: actor.clone(),
             lsn,
         }),
         Err(source) => Err(JournalError::Read {
-            actor: actor.to_owned(),
+            actor: actor.clone(),
             source,
         }),
     }
@@ -139,20 +139,20 @@ async fn read_record<IO: LogIo>(
 
 async fn read_chunk<IO: LogIo>(
     log: &Log<IO>,
-    actor: &str,
+    actor: &ActorId,
     lsns: &[u64],
 ) -> Result<Vec<Record>, JournalError> {
     log.read_many(lsns)
         .await
         .map_err(|source| JournalError::Read {
-            actor: actor.to_owned(),
+            actor: actor.clone(),
             source,
         })
 }
 
-fn decode_event_at(actor: &str, rec: &Record) -> Result<format::EventRecord, JournalError> {
+fn decode_event_at(actor: &ActorId, rec: &Record) -> Result<format::EventRecord, JournalError> {
     format::decode_event(&rec.payload).map_err(|source| JournalError::Format {
-        actor: actor.to_owned(),
+        actor: actor.clone(),
         lsn: rec.lsn,
         source,
     })
@@ -160,11 +160,11 @@ fn decode_event_at(actor: &str, rec: &Record) -> Result<format::EventRecord, Jou
 
 /// Decodes a stored event into the current type (upcasting older schema versions).
 pub(crate) fn event_from<E: JournalEvent>(
-    actor: &str,
+    actor: &ActorId,
     rec: &format::EventRecord,
 ) -> Result<E, JournalError> {
     let upcast_err = |source| JournalError::Upcast {
-        actor: actor.to_owned(),
+        actor: actor.clone(),
         version: rec.version,
         source,
     };
@@ -197,7 +197,7 @@ fn snapshot_from<A: EventSourced>(snap: &SnapshotRecord) -> Result<A::Snapshot, 
 #[allow(clippy::too_many_arguments)]
 pub(crate) async fn rebuild<A: EventSourced, IO: LogIo>(
     log: &Log<IO>,
-    actor: &str,
+    actor: &ActorId,
     key: &ActorKey,
     events_key: &[u8],
     snapshots_key: &[u8],
@@ -233,7 +233,7 @@ pub(crate) async fn rebuild<A: EventSourced, IO: LogIo>(
             let rec = read_record(log, actor, lsn).await?;
             let snap =
                 format::decode_snapshot(&rec.payload).map_err(|source| JournalError::Format {
-                    actor: actor.to_owned(),
+                    actor: actor.clone(),
                     lsn,
                     source,
                 })?;
@@ -278,7 +278,7 @@ pub(crate) async fn rebuild<A: EventSourced, IO: LogIo>(
         if v0 > want {
             if matches!(target, RebuildTarget::Latest) {
                 return Err(JournalError::VersionGap {
-                    actor: actor.to_owned(),
+                    actor: actor.clone(),
                     first_missing: want,
                     last_missing: v0 - 1,
                     next_version: v0,
@@ -290,7 +290,7 @@ pub(crate) async fn rebuild<A: EventSourced, IO: LogIo>(
                 .expect("first_version was read from a non-empty list");
             let last = decode_event_at(actor, &read_record(log, actor, last_lsn).await?)?.version;
             return Err(JournalError::VersionUnavailable {
-                actor: actor.to_owned(),
+                actor: actor.clone(),
                 version: want,
                 first: v0,
                 last,
@@ -313,7 +313,7 @@ pub(crate) async fn rebuild<A: EventSourced, IO: LogIo>(
                 // missing events may precede it.
                 if ev.version > version + 1 {
                     return Err(JournalError::VersionGap {
-                        actor: actor.to_owned(),
+                        actor: actor.clone(),
                         first_missing: version + 1,
                         last_missing: ev.version - 1,
                         next_version: ev.version,
@@ -322,7 +322,7 @@ pub(crate) async fn rebuild<A: EventSourced, IO: LogIo>(
                 }
                 if ev.version <= version {
                     return Err(JournalError::VersionRepeated {
-                        actor: actor.to_owned(),
+                        actor: actor.clone(),
                         version: ev.version,
                         previous: version,
                         lsn,
@@ -334,7 +334,7 @@ pub(crate) async fn rebuild<A: EventSourced, IO: LogIo>(
                 last_read = Some((lsn, ev.version));
                 if ev.prev_hash != hash {
                     return Err(JournalError::BrokenChain {
-                        actor: actor.to_owned(),
+                        actor: actor.clone(),
                         version: ev.version,
                         lsn,
                     });
@@ -375,7 +375,7 @@ pub(crate) async fn rebuild<A: EventSourced, IO: LogIo>(
     if let At::Version(v) = at {
         if v > version {
             return Err(JournalError::VersionUnavailable {
-                actor: actor.to_owned(),
+                actor: actor.clone(),
                 version: v,
                 first: first_version.unwrap_or(0),
                 last: version,
@@ -401,7 +401,7 @@ pub(crate) async fn rebuild<A: EventSourced, IO: LogIo>(
 /// binary search (O(log n) reads).
 async fn first_at_or_after<IO: LogIo>(
     log: &Log<IO>,
-    actor: &str,
+    actor: &ActorId,
     lsns: &[u64],
     v0: u64,
     want: u64,
@@ -463,12 +463,12 @@ impl Journal {
     where
         A: EventSourced,
         T: Send + 'static,
-        F: FnOnce(ShardLog, String, ActorKey, Vec<u8>, Vec<u8>) -> Fut + Send + 'static,
+        F: FnOnce(ShardLog, ActorId, ActorKey, Vec<u8>, Vec<u8>) -> Fut + Send + 'static,
         Fut: std::future::Future<Output = Result<T, JournalError>> + 'static,
     {
         let id = Self::id::<A>(&key);
         let shard = self.engine.shard_of(&id);
-        let actor = id.to_string();
+        let actor = id.clone();
         self.engine
             .spawn_on(shard, move || async move {
                 let Some(log) = current_shard_log() else {

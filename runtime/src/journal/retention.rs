@@ -8,6 +8,7 @@ use quark_shard::{current_shard_log, EngineHandle, ShardLog};
 
 use super::format::{self, Stream};
 use super::{now_ms, EventSourced, JournalError};
+use crate::{ActorId, ActorKey};
 
 /// Truncation records per appended batch of one sweep.
 const SWEEP_KEYS_PER_BATCH: usize = 256;
@@ -62,9 +63,12 @@ pub(crate) async fn sweep<A: EventSourced>(
         let mut floor = None;
         for &lsn in snapshots.iter().rev() {
             let Some(rec) = log.read(lsn).await.map_err(|source| JournalError::Read {
-                actor: format::parse_stream_key(&sk)
-                    .map(|k| k.actor())
-                    .unwrap_or_default(),
+                actor: ActorId::new(
+                    A::TYPE_NAME,
+                    format::parse_stream_key(&sk)
+                        .map(|k| k.key)
+                        .unwrap_or_else(|_| ActorKey::from(&sk[..])),
+                ),
                 source,
             })?
             else {

@@ -68,6 +68,7 @@ impl Default for OutboxConfig {
 
 /// Why an outbox configuration was refused at start-up.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum OutboxConfigError {
     /// A sender could still redeliver a message after the receiver forgot its id: a duplicate
     /// would be applied.

@@ -857,6 +857,7 @@ where
 
 /// Why an [`Outbox`] operation failed.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum OutboxError {
     /// The shard does not run the outbox (no log, or no outbox on the node).
     #[error("shard {shard} runs no outbox dispatcher")]

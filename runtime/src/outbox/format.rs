@@ -23,6 +23,7 @@ const KEY_BYTES: u8 = 2;
 
 /// Why outbox bytes could not be decoded.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum FormatError {
     /// Shorter than its fields say.
     #[error("outbox record truncated: needed {needed} bytes at offset {at}, have {len}")]

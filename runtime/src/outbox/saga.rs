@@ -160,6 +160,7 @@ pub fn register<D: SagaDef>(builder: crate::NodeBuilder) -> crate::NodeBuilder {
 
 /// Why a saga could not be started or read.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum SagaError {
     /// The call to the saga actor failed.
     #[error(transparent)]

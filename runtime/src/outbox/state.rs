@@ -84,6 +84,7 @@ async fn load<A: DurableState>(ctx: &Context<A>) -> Result<A, quark_shard::LoadE
 /// Why a save failed. Nothing of the batch is durable; the activation is deactivated when
 /// idle (its memory may be ahead of the log) and reloads on its next message.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum SaveError {
     /// The type was not registered with [`durable_state`].
     #[error("actor {actor} is not registered with durable_state()")]
@@ -200,6 +201,7 @@ pub struct Versioned<T> {
 
 /// Why a [`DurableStates`] call failed.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum StateError {
     /// The call to the actor failed (activation failure, shutdown, timeout).
     #[error(transparent)]

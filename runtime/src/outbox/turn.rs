@@ -14,6 +14,7 @@ use super::{now_ms, DurableHandler, DurableMessage, MessageId, Outcome};
 
 /// Why [`Durable::send_durable`] did not stage a message. Nothing was staged.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum SendError {
     /// The node has no log (`[log]`), so nothing can be durable.
     #[error(
@@ -54,6 +55,7 @@ pub enum SendError {
 
 /// Why a commit of a turn's durable effects failed. Nothing of the batch was applied or sent.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum CommitError {
     /// The node has no log.
     #[error("actor {actor}: the node has no log (configure [log] data_dir)")]
