@@ -855,6 +855,94 @@ mod tests {
         Gone.step(New, &"cart/1");
     }
 
+    // ---- end to end: mail that arrives during `on_deactivate` rebuilds the activation in place
+
+    use crate::{
+        block_on, Actor, Context, EngineBuilder, EngineConfig, Handler, Message, ShardSpec,
+    };
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+
+    #[derive(Default)]
+    struct Counts {
+        activations: AtomicU64,
+        deactivations: AtomicU64,
+    }
+
+    /// Asks to be deactivated after `Push(1)`; its first `on_deactivate` tells itself
+    /// `Push(2)`, so the mailbox is not empty when `on_deactivate` ends.
+    struct Phoenix {
+        seen: Vec<u64>,
+        counts: Arc<Counts>,
+    }
+    impl Actor for Phoenix {
+        const TYPE_NAME: &'static str = "phoenix";
+        async fn on_activate(&mut self, _: &Context<Self>) {
+            self.counts.activations.fetch_add(1, Ordering::SeqCst);
+        }
+        async fn on_deactivate(&mut self, ctx: &Context<Self>) {
+            if self.counts.deactivations.fetch_add(1, Ordering::SeqCst) == 0 {
+                ctx.self_ref().tell(Push(2)).await.expect("tell to self");
+            }
+        }
+    }
+    struct Push(u64);
+    impl Message for Push {
+        type Reply = ();
+    }
+    impl Handler<Push> for Phoenix {
+        async fn handle(&mut self, m: Push, ctx: &Context<Self>) {
+            self.seen.push(m.0);
+            if m.0 == 1 {
+                ctx.deactivate_when_idle();
+            }
+        }
+    }
+    struct Seen;
+    impl Message for Seen {
+        type Reply = Vec<u64>;
+    }
+    impl Handler<Seen> for Phoenix {
+        async fn handle(&mut self, _: Seen, _: &Context<Self>) -> Vec<u64> {
+            self.seen.clone()
+        }
+    }
+
+    #[test]
+    fn mail_during_deactivation_reactivates_in_place() {
+        let counts = Arc::new(Counts::default());
+        let c = counts.clone();
+        let engine = EngineBuilder::new(EngineConfig {
+            shards: ShardSpec::Count(1),
+            ask_timeout: Duration::from_secs(20),
+            ..EngineConfig::default()
+        })
+        .register(crate::ActorType::new(move |_| Phoenix {
+            seen: Vec::new(),
+            counts: c.clone(),
+        }))
+        .start()
+        .expect("engine starts");
+        let r = engine.actor_ref::<Phoenix>(7u64);
+        block_on(r.tell(Push(1))).expect("tell");
+        // Polls the counters (the rebuild happens on the shard thread).
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while counts.activations.load(Ordering::SeqCst) < 2 {
+            assert!(
+                Instant::now() < deadline,
+                "the mail queued during on_deactivate never reactivated the actor"
+            );
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        // The rebuilt activation has fresh state and handled the mail queued meanwhile.
+        assert_eq!(block_on(r.ask(Seen)).expect("ask"), vec![2]);
+        assert_eq!(counts.deactivations.load(Ordering::SeqCst), 1);
+        assert_eq!(counts.activations.load(Ordering::SeqCst), 2);
+        assert_eq!(engine.shutdown(), Default::default());
+        assert_eq!(counts.deactivations.load(Ordering::SeqCst), 2);
+    }
+
     #[test]
     fn busy_exactly_while_a_turn_runs() {
         let busy: Vec<Life> = ALL.into_iter().filter(|l| l.is_busy()).collect();
