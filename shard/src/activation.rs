@@ -219,9 +219,8 @@ impl<A: Actor> TypeTable<A> {
             mailbox: RefCell::new(VecDeque::new()),
             waker: RefCell::new(None),
             waiting: Cell::new(false),
-            running: Cell::new(false),
-            deactivate: Cell::new(false),
-            gone: Cell::new(false),
+            life: Cell::new(Life::New),
+            stop_requested: Cell::new(false),
             last_active: Cell::new(core.now()),
             space_waiters: RefCell::new(VecDeque::new()),
         });
@@ -283,11 +282,8 @@ impl<A: Actor> ErasedTable for TypeTable<A> {
     }
 
     fn abort_all(&self, core: &ShardCore) {
-        self.each(|act| {
-            act.gone.set(true);
-            act.fail_queued(core, |actor| CallError::ShuttingDown { actor });
-            act.ctx.cancel_all_timers();
-        });
+        // The tables are cleared as a whole below (removing one by one would re-borrow them).
+        self.each(|act| act.discard_at_shutdown(core));
         self.actors.borrow_mut().clear();
         self.workers.borrow_mut().clear();
     }
@@ -410,15 +406,85 @@ impl<A: Actor> Future for SpaceWait<'_, A> {
     }
 }
 
+/// Where an activation is in its life. Every change its task makes goes through
+/// [`Activation::enter`], which asserts that the change is one of [`Life::allowed_from`].
+///
+/// ```text
+/// New          -> Loading (loaded types) | Activating (plain factories)
+/// Loading      -> Activating | Gone (the loader failed or panicked)
+/// Activating   -> Idle | Gone (on_activate panicked)
+/// Idle         -> Running (a turn) | Deactivating (asked to, mailbox empty)
+/// Running      -> Idle | Gone (the handler panicked)
+/// Deactivating -> Gone (mailbox empty) | New (mail arrived meanwhile: rebuild in place)
+/// any          -> Gone (shard shutdown, `Activation::discard_at_shutdown`, unchecked)
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Life {
+    /// Created (or about to be rebuilt in place); its task has not started building the state.
+    New,
+    /// The type's loader is running.
+    Loading,
+    /// `on_activate` is running.
+    Activating,
+    /// Between turns: the state is built and no turn runs (mail may be queued).
+    Idle,
+    /// A handler's turn is running.
+    Running,
+    /// `on_deactivate` is running; mail that arrives now is queued and, if any is left when it
+    /// ends, the activation goes back to `New` and rebuilds in place.
+    Deactivating,
+    /// Discarded: out of its table, queued calls failed, timers cancelled. Final.
+    Gone,
+}
+
+impl Life {
+    /// The states from which `self` may be entered (shutdown's discard, allowed from any
+    /// state, does not go through this table).
+    fn allowed_from(self) -> &'static [Life] {
+        use Life::*;
+        match self {
+            New => &[Deactivating],
+            Loading => &[New],
+            Activating => &[New, Loading],
+            Idle => &[Activating, Running],
+            Running => &[Idle],
+            Deactivating => &[Idle],
+            Gone => &[Loading, Activating, Running, Deactivating],
+        }
+    }
+
+    /// Checks that moving from `self` to `to` is allowed and returns `to`; panics naming the
+    /// transition (and `who`) otherwise.
+    fn step(self, to: Life, who: &dyn std::fmt::Display) -> Life {
+        assert!(
+            to.allowed_from().contains(&self),
+            "activation {who}: lifecycle transition {self:?} -> {to:?} is not allowed"
+        );
+        to
+    }
+
+    /// Whether a turn (loader, `on_activate`, a handler, `on_deactivate`) is running.
+    fn is_busy(self) -> bool {
+        matches!(
+            self,
+            Life::Loading | Life::Activating | Life::Running | Life::Deactivating
+        )
+    }
+}
+
 /// One live activation.
 pub(crate) struct Activation<A: Actor> {
     pub(crate) ctx: Context<A>,
     mailbox: RefCell<VecDeque<Box<dyn MailItem<A>>>>,
     waker: RefCell<Option<Waker>>,
+    /// The task is parked in [`MailWait`] with its waker stored (a wake-up optimisation, not a
+    /// lifecycle state: it is only ever true in `Idle`).
     waiting: Cell<bool>,
-    running: Cell<bool>,
-    deactivate: Cell<bool>,
-    gone: Cell<bool>,
+    life: Cell<Life>,
+    /// Deactivation was asked for (idle sweep or shutdown); the task deactivates once its
+    /// mailbox is empty. A request, not a state: it may arrive in any state and is consumed
+    /// when `on_deactivate` ends.
+    stop_requested: Cell<bool>,
     last_active: Cell<Instant>,
     space_waiters: RefCell<VecDeque<Waker>>,
 }
@@ -441,15 +507,44 @@ impl<A: Actor> Activation<A> {
     }
 
     fn is_idle(&self) -> bool {
-        !self.running.get() && self.mailbox.borrow().is_empty()
+        !self.life.get().is_busy() && self.mailbox.borrow().is_empty()
     }
 
     pub(crate) fn is_gone(&self) -> bool {
-        self.gone.get()
+        self.life.get() == Life::Gone
+    }
+
+    /// Moves to `to`, asserting the move is allowed (see [`Life::allowed_from`]).
+    fn enter(&self, to: Life) {
+        self.life.set(self.life.get().step(to, &self.ctx.id));
+    }
+
+    /// The discard sequence of an activation's own task (its load failed, a turn panicked, or
+    /// it deactivated with an empty mailbox): enters `Gone` (asserted), then [`Self::release`].
+    /// The task then drops the state, if one was built, and takes the activation out of its
+    /// table (see `end_activation`).
+    fn discard(&self, core: &ShardCore, err: impl Fn(ActorId) -> CallError) {
+        self.enter(Life::Gone);
+        self.release(core, err);
+    }
+
+    /// Shutdown's discard: the shard stops and catches the activation in whatever state it is
+    /// (the task is never polled again), so `Gone` is entered from any state. The caller clears
+    /// the tables as a whole.
+    fn discard_at_shutdown(&self, core: &ShardCore) {
+        self.life.set(Life::Gone);
+        self.release(core, |actor| CallError::ShuttingDown { actor });
+    }
+
+    /// What every discard does once `Gone`: fails every queued call with `err`, wakes the
+    /// senders waiting for room and cancels the activation's timers.
+    fn release(&self, core: &ShardCore, err: impl Fn(ActorId) -> CallError) {
+        self.fail_queued(core, err);
+        self.ctx.cancel_all_timers();
     }
 
     pub(crate) fn request_deactivation(&self) {
-        self.deactivate.set(true);
+        self.stop_requested.set(true);
         if self.waiting.replace(false) {
             if let Some(w) = self.waker.borrow().as_ref() {
                 w.wake_by_ref();
@@ -496,7 +591,7 @@ impl<A: Actor> Future for MailWait<'_, A> {
     type Output = ();
     fn poll(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<()> {
         let act = self.act;
-        if !act.mailbox.borrow().is_empty() || act.deactivate.get() {
+        if !act.mailbox.borrow().is_empty() || act.stop_requested.get() {
             return Poll::Ready(());
         }
         act.waiting.set(true);
@@ -516,11 +611,18 @@ async fn run_activation<A: Actor>(act: Rc<Activation<A>>, info: Arc<TypeInfo<A>>
     let mailbox_cap = core.node.config.mailbox_capacity;
     let table = || core.table::<A>(act.ctx.type_idx);
     loop {
-        let Some(mut actor) = build_actor(&act, &info).await else {
-            table().remove(&act);
-            return;
+        let mut actor = match build_actor(&act, &info).await {
+            Ok(actor) => actor,
+            Err(detail) => {
+                tracing::error!(shard = core.id, actor = %act.ctx.id, %detail, "activation failed; failing queued calls");
+                end_activation(&act, table(), None, |actor| CallError::ActivationFailed {
+                    actor,
+                    detail: detail.clone(),
+                });
+                return;
+            }
         };
-        act.running.set(true);
+        act.enter(Life::Activating);
         let activated = {
             let turn = crate::turn::Turn::new(actor.on_activate(&act.ctx));
             let mut turn = std::pin::pin!(turn);
@@ -529,24 +631,23 @@ async fn run_activation<A: Actor>(act: Rc<Activation<A>>, info: Arc<TypeInfo<A>>
             }
             .await
         };
-        act.running.set(false);
         if let Err(panic) = activated {
             tracing::error!(shard = core.id, actor = %act.ctx.id, panic = %panic, "on_activate panicked; failing queued calls");
-            act.gone.set(true);
-            act.fail_queued(&core, |actor| CallError::ActorPanicked {
-                actor,
-                panic: panic.clone(),
+            end_activation(&act, table(), Some(actor), |actor| {
+                CallError::ActorPanicked {
+                    actor,
+                    panic: panic.clone(),
+                }
             });
-            act.ctx.cancel_all_timers();
-            table().remove(&act);
             return;
         }
+        act.enter(Life::Idle);
         let mut budget = TURN_BUDGET;
         let mut slice_start = core.now();
         loop {
             let item = act.mailbox.borrow_mut().pop_front();
             let Some(item) = item else {
-                if act.deactivate.get() {
+                if act.stop_requested.get() {
                     break;
                 }
                 MailWait { act: &act }.await;
@@ -577,7 +678,7 @@ async fn run_activation<A: Actor>(act: Rc<Activation<A>>, info: Arc<TypeInfo<A>>
             if origin != Origin::Timer {
                 act.last_active.set(core.now());
             }
-            act.running.set(true);
+            act.enter(Life::Running);
             let result = {
                 let mut turn = std::pin::pin!(crate::turn::Turn::empty());
                 item.start(&mut actor, &act.ctx, turn.as_mut());
@@ -586,9 +687,8 @@ async fn run_activation<A: Actor>(act: Rc<Activation<A>>, info: Arc<TypeInfo<A>>
                 }
                 .await
             };
-            act.running.set(false);
-            core.turn_done(origin, reply);
             if let Err(panic) = result {
+                core.turn_done(origin, reply);
                 tracing::error!(shard = core.id, actor = %act.ctx.id, panic = %panic, "handler panicked; discarding the activation");
                 core.stats.panics.set(core.stats.panics.get() + 1);
                 fail_reply(
@@ -599,13 +699,13 @@ async fn run_activation<A: Actor>(act: Rc<Activation<A>>, info: Arc<TypeInfo<A>>
                         panic,
                     },
                 );
-                act.gone.set(true);
-                act.fail_queued(&core, |actor| CallError::ActivationAborted { actor });
-                act.ctx.cancel_all_timers();
-                drop(actor);
-                table().remove(&act);
+                end_activation(&act, table(), Some(actor), |actor| {
+                    CallError::ActivationAborted { actor }
+                });
                 return;
             }
+            act.enter(Life::Idle);
+            core.turn_done(origin, reply);
             budget -= 1;
             if budget == 0 || yield_after {
                 budget = TURN_BUDGET;
@@ -615,7 +715,7 @@ async fn run_activation<A: Actor>(act: Rc<Activation<A>>, info: Arc<TypeInfo<A>>
         // Deactivation: the activation stays in the table (mail that arrives now is queued and
         // triggers a reactivation in place, so two activations of one actor never coexist).
         act.ctx.cancel_all_timers();
-        act.running.set(true);
+        act.enter(Life::Deactivating);
         let deactivated = {
             let turn = crate::turn::Turn::new(actor.on_deactivate(&act.ctx));
             let mut turn = std::pin::pin!(turn);
@@ -624,7 +724,6 @@ async fn run_activation<A: Actor>(act: Rc<Activation<A>>, info: Arc<TypeInfo<A>>
             }
             .await
         };
-        act.running.set(false);
         if let Err(panic) = deactivated {
             tracing::error!(shard = core.id, actor = %act.ctx.id, panic = %panic, "on_deactivate panicked");
         }
@@ -632,26 +731,43 @@ async fn run_activation<A: Actor>(act: Rc<Activation<A>>, info: Arc<TypeInfo<A>>
         core.stats
             .deactivations
             .set(core.stats.deactivations.get() + 1);
-        act.deactivate.set(false);
+        act.stop_requested.set(false);
         if act.mailbox.borrow().is_empty() {
-            act.gone.set(true);
-            table().remove(&act);
+            // Nothing is queued, so nothing fails: the discard only leaves the table (and
+            // cancels any timer `on_deactivate` set, which could never fire into a gone
+            // activation anyway).
+            end_activation(&act, table(), None, |actor| CallError::ActivationAborted {
+                actor,
+            });
             return;
         }
+        act.enter(Life::New);
     }
 }
 
-/// Builds the state of a new activation with the type's factory or loader. On a failed or
-/// panicking loader, fails every queued call and returns `None` (the caller removes the
-/// activation from the table).
-async fn build_actor<A: Actor>(act: &Rc<Activation<A>>, info: &TypeInfo<A>) -> Option<A> {
+/// Ends an activation from its own task: the discard sequence ([`Activation::discard`]), then
+/// drops the state (if one was built) and takes the activation out of its table.
+fn end_activation<A: Actor>(
+    act: &Rc<Activation<A>>,
+    table: &TypeTable<A>,
+    actor: Option<A>,
+    err: impl Fn(ActorId) -> CallError,
+) {
+    act.discard(&act.ctx.core, err);
+    drop(actor);
+    table.remove(act);
+}
+
+/// Builds the state of a new activation with the type's factory or loader; on a failed or
+/// panicking loader, returns what went wrong (the caller discards the activation). Leaves the
+/// activation in `Loading` (loaded types) or `New` (plain factories).
+async fn build_actor<A: Actor>(act: &Rc<Activation<A>>, info: &TypeInfo<A>) -> Result<A, String> {
     let loader = match &info.spec.factory {
-        Factory::Plain(make) => return Some(make(&act.ctx.id)),
+        Factory::Plain(make) => return Ok(make(&act.ctx.id)),
         Factory::Loaded(loader) => loader,
     };
-    let core = &act.ctx.core;
     let mut loaded: Option<Result<A, LoadError>> = None;
-    act.running.set(true);
+    act.enter(Life::Loading);
     let ran = {
         let slot = &mut loaded;
         let ctx = &act.ctx;
@@ -664,20 +780,172 @@ async fn build_actor<A: Actor>(act: &Rc<Activation<A>>, info: &TypeInfo<A>) -> O
         }
         .await
     };
-    act.running.set(false);
-    let detail = match (ran, loaded) {
-        (Ok(()), Some(Ok(actor))) => return Some(actor),
+    match (ran, loaded) {
+        (Ok(()), Some(Ok(actor))) => Ok(actor),
         // The whole chain: a loader's error names the thing, its sources say why.
-        (Ok(()), Some(Err(e))) => crate::ErrorChain(&*e).to_string(),
-        (Ok(()), None) => "the loader did not finish".to_owned(),
-        (Err(panic), _) => format!("the loader panicked: {panic}"),
+        (Ok(()), Some(Err(e))) => Err(crate::ErrorChain(&*e).to_string()),
+        (Ok(()), None) => Err("the loader did not finish".to_owned()),
+        (Err(panic), _) => Err(format!("the loader panicked: {panic}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Life::{self, *};
+
+    const ALL: [Life; 7] = [New, Loading, Activating, Idle, Running, Deactivating, Gone];
+
+    /// The transitions the activation task makes (the diagram on [`Life`]), written out edge by
+    /// edge rather than derived from `allowed_from`.
+    const EDGES: [(Life, Life); 12] = [
+        (New, Loading),
+        (New, Activating),
+        (Loading, Activating),
+        (Loading, Gone),
+        (Activating, Idle),
+        (Activating, Gone),
+        (Idle, Running),
+        (Running, Idle),
+        (Running, Gone),
+        (Idle, Deactivating),
+        (Deactivating, Gone),
+        (Deactivating, New),
+    ];
+
+    #[test]
+    fn allowed_transitions_pass() {
+        for (from, to) in EDGES {
+            assert_eq!(from.step(to, &"cart/1"), to, "{from:?} -> {to:?}");
+        }
+    }
+
+    #[test]
+    fn every_other_transition_panics_naming_it() {
+        for from in ALL {
+            for to in ALL {
+                if EDGES.contains(&(from, to)) {
+                    continue;
+                }
+                let err = std::panic::catch_unwind(|| from.step(to, &"cart/1"))
+                    .expect_err(&format!("{from:?} -> {to:?} must be refused"));
+                let msg = err
+                    .downcast_ref::<String>()
+                    .expect("a formatted panic message");
+                assert_eq!(
+                    msg,
+                    &format!(
+                        "activation cart/1: lifecycle transition {from:?} -> {to:?} is not allowed"
+                    )
+                );
+            }
+        }
+    }
+
+    #[test]
+    #[should_panic(
+        expected = "activation cart/1: lifecycle transition Idle -> Gone is not allowed"
+    )]
+    fn idle_cannot_be_discarded_by_its_own_task() {
+        Idle.step(Gone, &"cart/1");
+    }
+
+    #[test]
+    #[should_panic(expected = "lifecycle transition Gone -> New is not allowed")]
+    fn gone_is_final() {
+        Gone.step(New, &"cart/1");
+    }
+
+    // ---- end to end: mail that arrives during `on_deactivate` rebuilds the activation in place
+
+    use crate::{
+        block_on, Actor, Context, EngineBuilder, EngineConfig, Handler, Message, ShardSpec,
     };
-    tracing::error!(shard = core.id, actor = %act.ctx.id, %detail, "activation failed; failing queued calls");
-    act.gone.set(true);
-    act.fail_queued(core, |actor| CallError::ActivationFailed {
-        actor,
-        detail: detail.clone(),
-    });
-    act.ctx.cancel_all_timers();
-    None
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+
+    #[derive(Default)]
+    struct Counts {
+        activations: AtomicU64,
+        deactivations: AtomicU64,
+    }
+
+    /// Asks to be deactivated after `Push(1)`; its first `on_deactivate` tells itself
+    /// `Push(2)`, so the mailbox is not empty when `on_deactivate` ends.
+    struct Phoenix {
+        seen: Vec<u64>,
+        counts: Arc<Counts>,
+    }
+    impl Actor for Phoenix {
+        const TYPE_NAME: &'static str = "phoenix";
+        async fn on_activate(&mut self, _: &Context<Self>) {
+            self.counts.activations.fetch_add(1, Ordering::SeqCst);
+        }
+        async fn on_deactivate(&mut self, ctx: &Context<Self>) {
+            if self.counts.deactivations.fetch_add(1, Ordering::SeqCst) == 0 {
+                ctx.self_ref().tell(Push(2)).await.expect("tell to self");
+            }
+        }
+    }
+    struct Push(u64);
+    impl Message for Push {
+        type Reply = ();
+    }
+    impl Handler<Push> for Phoenix {
+        async fn handle(&mut self, m: Push, ctx: &Context<Self>) {
+            self.seen.push(m.0);
+            if m.0 == 1 {
+                ctx.deactivate_when_idle();
+            }
+        }
+    }
+    struct Seen;
+    impl Message for Seen {
+        type Reply = Vec<u64>;
+    }
+    impl Handler<Seen> for Phoenix {
+        async fn handle(&mut self, _: Seen, _: &Context<Self>) -> Vec<u64> {
+            self.seen.clone()
+        }
+    }
+
+    #[test]
+    fn mail_during_deactivation_reactivates_in_place() {
+        let counts = Arc::new(Counts::default());
+        let c = counts.clone();
+        let engine = EngineBuilder::new(EngineConfig {
+            shards: ShardSpec::Count(1),
+            ask_timeout: Duration::from_secs(20),
+            ..EngineConfig::default()
+        })
+        .register(crate::ActorType::new(move |_| Phoenix {
+            seen: Vec::new(),
+            counts: c.clone(),
+        }))
+        .start()
+        .expect("engine starts");
+        let r = engine.actor_ref::<Phoenix>(7u64);
+        block_on(r.tell(Push(1))).expect("tell");
+        // Polls the counters (the rebuild happens on the shard thread).
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while counts.activations.load(Ordering::SeqCst) < 2 {
+            assert!(
+                Instant::now() < deadline,
+                "the mail queued during on_deactivate never reactivated the actor"
+            );
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        // The rebuilt activation has fresh state and handled the mail queued meanwhile.
+        assert_eq!(block_on(r.ask(Seen)).expect("ask"), vec![2]);
+        assert_eq!(counts.deactivations.load(Ordering::SeqCst), 1);
+        assert_eq!(counts.activations.load(Ordering::SeqCst), 2);
+        assert_eq!(engine.shutdown(), Default::default());
+        assert_eq!(counts.deactivations.load(Ordering::SeqCst), 2);
+    }
+
+    #[test]
+    fn busy_exactly_while_a_turn_runs() {
+        let busy: Vec<Life> = ALL.into_iter().filter(|l| l.is_busy()).collect();
+        assert_eq!(busy, [Loading, Activating, Running, Deactivating]);
+    }
 }
