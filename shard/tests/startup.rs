@@ -80,7 +80,11 @@ fn fault(shard: u16, step: StartStep) -> EngineConfig {
 
 fn expect_failure(config: EngineConfig) -> StartError {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    assert_eq!(shard_threads(0), 0, "no shard thread left over before the start");
+    assert_eq!(
+        shard_threads(0),
+        0,
+        "no shard thread left over before the start"
+    );
     let err = match start_within_5s(config) {
         Ok(_) => panic!("start succeeded although a shard failed"),
         Err(e) => e,
@@ -140,7 +144,11 @@ fn log_failure_fails_the_start() {
 fn a_clean_start_still_starts_and_stops() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     // A previous test's joined threads may linger in /proc for a moment: wait them out first.
-    assert_eq!(shard_threads(0), 0, "no shard thread left over before the start");
+    assert_eq!(
+        shard_threads(0),
+        0,
+        "no shard thread left over before the start"
+    );
     let engine = start_within_5s(config(3)).expect("a clean start");
     assert_eq!(shard_threads(3), 3);
     assert_eq!(engine.info().len(), 3);
