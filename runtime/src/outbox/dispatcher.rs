@@ -488,7 +488,10 @@ impl Dispatcher {
             let next_due = self.launch(&mut inflight, now);
             // Acknowledgements are written at most every ACK_FLUSH_INTERVAL: one truncation per
             // sender per flush, however many of its messages were acknowledged meanwhile.
-            let flush_due = last_flush.elapsed() >= ACK_FLUSH_INTERVAL;
+            // A new dead letter is written at once (they are rare, and the list must survive a
+            // shutdown that comes before the next periodic flush).
+            let flush_due =
+                last_flush.elapsed() >= ACK_FLUSH_INTERVAL || self.st.borrow().dead_dirty;
             if ack_flush.is_none() && flush_due {
                 last_flush = Instant::now();
                 ack_flush = self.ack_batch().map(|b| {
