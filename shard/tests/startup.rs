@@ -150,7 +150,12 @@ fn a_clean_start_still_starts_and_stops() {
         "no shard thread left over before the start"
     );
     let engine = start_within_5s(config(3)).expect("a clean start");
-    assert_eq!(shard_threads(3), 3);
+    // Named threads appear in /proc a moment after they run: look until all 3 are seen.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while shard_threads_now() != 3 && Instant::now() < deadline {
+        std::thread::yield_now();
+    }
+    assert_eq!(shard_threads_now(), 3);
     assert_eq!(engine.info().len(), 3);
     assert_eq!(engine.shutdown(), Default::default());
     assert_eq!(shard_threads(0), 0);
