@@ -100,23 +100,8 @@ pub fn stream_key(stream: Stream, type_name: &str, key: &ActorKey) -> Vec<u8> {
         Stream::Events => STREAM_EVENTS,
         Stream::Snapshots => STREAM_SNAPSHOTS,
     });
-    let name = &type_name.as_bytes()[..type_name.len().min(u8::MAX as usize)];
-    out.push(name.len() as u8);
-    out.extend_from_slice(name);
-    match key {
-        ActorKey::U64(k) => {
-            out.push(KEY_U64);
-            out.extend_from_slice(&k.to_le_bytes());
-        }
-        ActorKey::Str(s) => {
-            out.push(KEY_STR);
-            out.extend_from_slice(s.as_bytes());
-        }
-        ActorKey::Bytes(b) => {
-            out.push(KEY_BYTES);
-            out.extend_from_slice(b);
-        }
-    }
+    // The same `type_len | type | key tag | key` layout as every actor reference in the log.
+    crate::outbox::format::encode_actor(&mut out, type_name, key);
     out
 }
 
