@@ -227,6 +227,21 @@ fn route(req: &Request, shared: &Shared) -> (u16, &'static str, Vec<u8>) {
                 (500, "text/plain", b"cannot encode the metrics\n".to_vec())
             }
         },
+        "/quark/shards" => {
+            let report = super::shards::build(shared);
+            match serde_json::to_vec(&report) {
+                Ok(body) => (200, "application/json", body),
+                Err(_) => (
+                    500,
+                    "text/plain",
+                    b"cannot encode the shards report\n".to_vec(),
+                ),
+            }
+        }
+        path if super::dashboard::asset(path).is_some() => {
+            let (content_type, body) = super::dashboard::asset(path).expect("checked by the guard");
+            (200, content_type, body.as_bytes().to_vec())
+        }
         "/quark/status" => {
             let status = super::status::build(shared);
             match serde_json::to_vec_pretty(&status) {

@@ -9,6 +9,10 @@
 //! - `GET /readyz`: `200` while the node accepts work; `503` during start-up (log recovery)
 //!   and from the moment shutdown begins (drain).
 //! - `GET /quark/status`: a JSON [`Status`] (node id, version, state, shards, peers).
+//! - `GET /quark/shards`: a JSON [`ShardsReport`]: every shard's load counters, its log's,
+//!   its job queue's and its outbox's figures (read on the shards at request time).
+//! - `GET /` (or `/dashboard`): the dashboard, a page whose script polls the two JSON
+//!   documents above while it is open (and visible); its assets are compiled into the binary.
 //!
 //! Only a loopback address is accepted unless `allow_remote = true`: the status page shows
 //! internals and there is no authentication yet (see `docs/OPERATIONS.md`).
@@ -20,8 +24,11 @@
 //! (`Connection: close`). It stops, and is joined, when the node shuts down.
 
 mod client;
+mod dashboard;
 mod http;
 mod metrics;
+mod probe;
+mod shards;
 mod status;
 
 use std::net::SocketAddr;
@@ -32,6 +39,8 @@ use std::time::{Duration, Instant};
 use quark_shard::{Engine, ShardStatsSnapshot, StatsError};
 
 pub use client::{fetch, fetch_status, FetchError, Response};
+pub use probe::{LogFigures, OutboxFigures};
+pub use shards::{ShardLoad, ShardsReport};
 pub use status::{PeerStatus, ShardStatus, Status};
 
 /// Requests served at once; a connection beyond it is answered `503` and closed.
@@ -160,6 +169,16 @@ impl Shared {
     fn stats(&self) -> Option<Result<Vec<ShardStatsSnapshot>, StatsError>> {
         let slot = self.engine.lock().unwrap_or_else(|p| p.into_inner());
         slot.as_ref().map(|e| e.stats())
+    }
+
+    /// Every shard's figures outside the engine (log, jobs, outbox), or `None` when the
+    /// engine is not running. The slot's lock is held only to take a handle.
+    fn probe(&self) -> Option<Result<Vec<probe::ShardProbe>, probe::ProbeError>> {
+        let handle = {
+            let slot = self.engine.lock().unwrap_or_else(|p| p.into_inner());
+            slot.as_ref().map(|e| e.handle())?
+        };
+        Some(probe::probe_all(&handle))
     }
 }
 
