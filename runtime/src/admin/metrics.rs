@@ -181,6 +181,27 @@ pub const PROBE_METRICS: &[ProbeMetric] = &[
             .map(|l| l.acked_lsn.saturating_sub(l.synced_lsn))
     ),
     p!(
+        "quark_journal_persists_total",
+        Counter,
+        "batches",
+        "Successful persists of event-sourced actors (one log batch each).",
+        |p| p.journal.as_ref().map(|j| j.persists)
+    ),
+    p!(
+        "quark_journal_events_total",
+        Counter,
+        "events",
+        "Events persisted by event-sourced actors.",
+        |p| p.journal.as_ref().map(|j| j.events)
+    ),
+    p!(
+        "quark_journal_snapshots_total",
+        Counter,
+        "snapshots",
+        "Snapshots written with those persists (snapshot_every).",
+        |p| p.journal.as_ref().map(|j| j.snapshots)
+    ),
+    p!(
         "quark_outbox_delivered_total",
         Counter,
         "messages",
@@ -249,6 +270,12 @@ pub const PROBE_METRICS: &[ProbeMetric] = &[
 pub const JOBS_METRIC: (&str, &str) = (
     "quark_jobs",
     "Durable jobs known to the shard's queue, by state (blocked, scheduled, queued, running, completed, cancelled, dead). Unit: jobs.",
+);
+
+/// Projection lag, per shard and projection: `(name, help)`.
+pub const PROJECTION_LAG_METRIC: (&str, &str) = (
+    "quark_projection_lag_lsns",
+    "LSNs of the shard's log not yet delivered to the projection (acknowledged log tail minus its feeder's position). Unit: lsns.",
 );
 
 /// The group-commit size histogram, per shard: `(name, help)`.
@@ -497,6 +524,24 @@ fn register_probes(
         for (shard, l) in logs {
             g.with_label_values(&[&shard.to_string()])
                 .set(l.recovery_us as f64 / 1e6);
+        }
+        registry.register(Box::new(g))?;
+    }
+    let lags: Vec<(u16, &str, u64)> = probes
+        .iter()
+        .filter_map(|p| p.journal.as_ref().map(|j| (p.shard, j)))
+        .flat_map(|(shard, j)| {
+            j.projection_lag
+                .iter()
+                .map(move |(name, lag)| (shard, name.as_str(), *lag))
+        })
+        .collect();
+    if !lags.is_empty() {
+        let (name, h) = PROJECTION_LAG_METRIC;
+        let g = IntGaugeVec::new(Opts::new(name, h), &["shard", "projection"])?;
+        for (shard, projection, lag) in lags {
+            g.with_label_values(&[&shard.to_string(), projection])
+                .set(i64::try_from(lag).unwrap_or(i64::MAX));
         }
         registry.register(Box::new(g))?;
     }

@@ -39,7 +39,8 @@ use std::time::{Duration, Instant};
 use quark_shard::{Engine, ShardStatsSnapshot, StatsError};
 
 pub use client::{fetch, fetch_status, FetchError, Response};
-pub use probe::{LogFigures, OutboxFigures};
+pub(crate) use probe::{journal_persisted, projection_fed};
+pub use probe::{JournalFigures, LogFigures, OutboxFigures};
 pub use shards::{ShardLoad, ShardsReport};
 pub use status::{PeerStatus, ShardStatus, Status};
 

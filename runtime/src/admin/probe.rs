@@ -5,6 +5,7 @@
 //! dashboard poll) runs one small closure per shard through [`quark_shard::EngineHandle::spawn_on`]
 //! and waits for the answers with a deadline. Nothing runs when nobody asks.
 
+use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
@@ -15,6 +16,66 @@ use serde::{Deserialize, Serialize};
 
 use crate::jobs::JobState;
 use crate::outbox::OutboxStats;
+
+/// Counters that features running on a shard keep for the probe, in the shard thread's own
+/// storage (plain cells: only that thread touches them, so no atomics), read at scrape time.
+struct ShardCounters {
+    /// Successful journal persists (batches appended by event-sourced actors).
+    journal_persists: Cell<u64>,
+    /// Events in those batches.
+    journal_events: Cell<u64>,
+    /// Snapshots written with them.
+    journal_snapshots: Cell<u64>,
+    /// Per projection (by name): the position of this shard's log its feeder has delivered
+    /// (the projection acknowledged everything below it).
+    projection_fed: RefCell<Vec<(&'static str, u64)>>,
+}
+
+thread_local! {
+    static COUNTERS: ShardCounters = const {
+        ShardCounters {
+            journal_persists: Cell::new(0),
+            journal_events: Cell::new(0),
+            journal_snapshots: Cell::new(0),
+            projection_fed: RefCell::new(Vec::new()),
+        }
+    };
+}
+
+/// Notes a journal persist of `events` events (and a snapshot when `snapshot`) on this shard.
+pub(crate) fn journal_persisted(events: u64, snapshot: bool) {
+    COUNTERS.with(|c| {
+        c.journal_persists.set(c.journal_persists.get() + 1);
+        c.journal_events.set(c.journal_events.get() + events);
+        c.journal_snapshots
+            .set(c.journal_snapshots.get() + u64::from(snapshot));
+    });
+}
+
+/// Notes that projection `name`'s feeder on this shard delivered the log below `lsn`.
+pub(crate) fn projection_fed(name: &'static str, lsn: u64) {
+    COUNTERS.with(|c| {
+        let mut fed = c.projection_fed.borrow_mut();
+        match fed.iter_mut().find(|(n, _)| *n == name) {
+            Some((_, at)) => *at = (*at).max(lsn),
+            None => fed.push((name, lsn)),
+        }
+    });
+}
+
+/// A shard's journal figures.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JournalFigures {
+    /// Successful persists (batches) of event-sourced actors since the node started.
+    pub persists: u64,
+    /// Events persisted since the node started.
+    pub events: u64,
+    /// Snapshots written since the node started.
+    pub snapshots: u64,
+    /// Per projection: LSNs of this shard's log not yet delivered to it (acknowledged log
+    /// tail minus the feeder's position).
+    pub projection_lag: BTreeMap<String, u64>,
+}
 
 /// How long a request waits for all shards' probes together.
 pub(crate) const PROBE_WAIT: Duration = Duration::from_secs(1);
@@ -29,6 +90,8 @@ pub(crate) struct ShardProbe {
     pub(crate) jobs: Option<BTreeMap<&'static str, u64>>,
     /// The outbox's counters (`None`: the node does not run the outbox).
     pub(crate) outbox: Option<OutboxStats>,
+    /// The journal's counters and projection lags (`None`: the node has no log).
+    pub(crate) journal: Option<JournalFigures>,
 }
 
 /// The lower-case name of a job state (as `JobState::parse` reads it).
@@ -63,11 +126,26 @@ fn probe_here(shard: ShardId) -> ShardProbe {
             .map(|&s| (job_state_name(s), counts.get(&s).copied().unwrap_or(0)))
             .collect()
     });
+    let log = quark_shard::current_shard_log().map(|l| l.stats());
+    let journal = log.as_ref().map(|l| {
+        COUNTERS.with(|c| JournalFigures {
+            persists: c.journal_persists.get(),
+            events: c.journal_events.get(),
+            snapshots: c.journal_snapshots.get(),
+            projection_lag: c
+                .projection_fed
+                .borrow()
+                .iter()
+                .map(|&(name, fed)| (name.to_owned(), l.acked_lsn.saturating_sub(fed)))
+                .collect(),
+        })
+    });
     ShardProbe {
         shard,
-        log: quark_shard::current_shard_log().map(|l| l.stats()),
+        log,
         jobs,
         outbox: crate::outbox::local_stats(),
+        journal,
     }
 }
 

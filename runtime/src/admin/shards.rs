@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use quark_shard::ShardStatsSnapshot;
 use serde::{Deserialize, Serialize};
 
-use super::probe::{LogFigures, OutboxFigures, ShardProbe};
+use super::probe::{JournalFigures, LogFigures, OutboxFigures, ShardProbe};
 use super::Shared;
 
 /// The JSON document `/quark/shards` serves.
@@ -64,6 +64,9 @@ pub struct ShardLoad {
     pub jobs: Option<BTreeMap<String, u64>>,
     /// The outbox (`None`: the node does not run the outbox).
     pub outbox: Option<OutboxFigures>,
+    /// The journal's persists and snapshots, and each projection's lag on this shard
+    /// (`None`: no log).
+    pub journal: Option<JournalFigures>,
 }
 
 fn load(s: &ShardStatsSnapshot, p: Option<&ShardProbe>) -> ShardLoad {
@@ -90,6 +93,7 @@ fn load(s: &ShardStatsSnapshot, p: Option<&ShardProbe>) -> ShardLoad {
                 .collect::<BTreeMap<_, _>>()
         }),
         outbox: p.and_then(|p| p.outbox.as_ref()).map(OutboxFigures::from),
+        journal: p.and_then(|p| p.journal.clone()),
     }
 }
 

@@ -98,6 +98,11 @@ function renderShards(rep, cores) {
       cell(r, fmt(br === null ? null : br / 1024));
       cell(r, fmt(rate(l.fsyncs, bl.fsyncs, secs)));
       cell(r, l.flushes ? fmt(l.flushed_batches / l.flushes) : "–");
+      const j = s.journal, bj = b.journal || {};
+      cell(r, j ? fmt(rate(j.persists, bj.persists, secs)) : "–");
+      cell(r, j ? fmt(j.snapshots) : "–");
+      const lags = j ? Object.values(j.projection_lag) : [];
+      cell(r, lags.length ? fmt(Math.max(...lags)) : "–", { class: "projection-lag" });
       cell(r, fmt(l.segments));
       cell(r, fmt(l.disk_bytes / 1048576));
       cell(r, fmt(l.recovery_us / 1000));
