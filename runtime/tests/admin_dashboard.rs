@@ -15,28 +15,18 @@ use std::sync::{mpsc, Arc};
 use std::time::Duration;
 
 use quark::builtin::{Add, Counter};
-use quark::jobs::{Job, JobContext, JobOptions, JobState, JobTypeConfig};
+use quark::jobs::{JobContext, JobOptions, JobState, JobTypeConfig};
+use quark::journal::{JournalPolicy, ProjectionConfig};
 use quark::{Node, NodeConfig};
-use serde::{Deserialize, Serialize};
+
+mod admin_common;
+use admin_common::{chromium, Chore, Count, Sums, Tally};
 
 /// How long one Chromium run may take before the test fails (it usually takes 1–3 s).
 const CHROMIUM_DEADLINE: Duration = Duration::from_secs(60);
 const KEYS: u64 = 24;
 const JOBS: u64 = 5;
-
-#[derive(Serialize, Deserialize)]
-struct Chore(u64);
-impl Job for Chore {
-    const TYPE_NAME: &'static str = "chore";
-}
-
-fn chromium() -> Option<PathBuf> {
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .flat_map(|d| [d.join("chromium"), d.join("chromium-browser")])
-        .chain([PathBuf::from("/usr/bin/chromium")])
-        .find(|f| f.is_file())
-}
+const TALLIES: u64 = 4;
 
 /// Runs Chromium headless on `url` with `extra` arguments; returns its stdout. Fails the test
 /// if it does not exit within [`CHROMIUM_DEADLINE`] or exits with an error.
@@ -149,11 +139,18 @@ fn dashboard_shows_the_nodes_live_figures_in_headless_chromium() {
             JobTypeConfig::default(),
             |_: Chore, _: JobContext| async move { Ok(()) },
         )
+        .register_journaled::<Tally>(JournalPolicy::snapshot_every(4))
+        .register_projection::<Sums>(ProjectionConfig::default())
         .start()
         .unwrap();
     let node = Arc::new(node);
     for key in 0..KEYS {
         quark::block_on(node.actor_ref::<Counter>(key).ask(Add(1))).unwrap();
+    }
+    for key in 0..TALLIES {
+        quark::block_on(node.actor_ref::<Tally>(key).ask(Count(1)))
+            .unwrap()
+            .unwrap();
     }
     let jobs = node.jobs();
     for n in 0..JOBS {
@@ -163,7 +160,8 @@ fn dashboard_shows_the_nodes_live_figures_in_headless_chromium() {
     }
     let stats = node.stats().unwrap();
     let live: u64 = stats.iter().map(|s| s.live_activations).sum();
-    assert_eq!(live, KEYS, "one activation per key");
+    // One activation per counter and tally key, and the projection's own.
+    assert_eq!(live, KEYS + TALLIES + 1);
 
     // Traffic to the same keys while the page is open: rates, but no new activations.
     let stop = Arc::new(AtomicBool::new(false));
@@ -174,6 +172,14 @@ fn dashboard_shows_the_nodes_live_figures_in_headless_chromium() {
             while !stop.load(Ordering::Relaxed) {
                 let i = asked.load(Ordering::Relaxed);
                 quark::block_on(node.actor_ref::<Counter>(i % KEYS).ask(Add(1))).unwrap();
+                if i % 16 == 0 {
+                    // A journal persist now and then (the same few tallies: no new
+                    // activations after the first round).
+                    let key = (i / 16) % TALLIES;
+                    quark::block_on(node.actor_ref::<Tally>(key).ask(Count(1)))
+                        .unwrap()
+                        .unwrap();
+                }
                 asked.store(i + 1, Ordering::Relaxed);
             }
         })
@@ -227,6 +233,10 @@ fn dashboard_shows_the_nodes_live_figures_in_headless_chromium() {
     assert_eq!(logs.len(), 2, "{dom}");
     let lsn_total: f64 = logs.iter().map(|r| number(&r[1])).sum();
     assert!(lsn_total >= JOBS as f64, "next LSNs {logs:?}");
+    // The projection's lag column holds a number on every shard (its feeders run there).
+    for r in &logs {
+        number(&r[11]);
+    }
     // The jobs panel: the completed jobs, summed over shards.
     let jobs_row = rows_of(&dom, "job-states");
     assert_eq!(jobs_row.len(), 1, "{dom}");

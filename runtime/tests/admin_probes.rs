@@ -10,32 +10,17 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use quark::admin::{fetch, ShardsReport};
-use quark::jobs::{Job, JobContext, JobOptions, JobState, JobTypeConfig};
-use quark::journal::{
-    EventMeta, EventSourced, JournalEvent, JournalPolicy, Persist, PersistError, Persisted,
-    Projection, ProjectionConfig, Subscriptions,
-};
-use quark::{block_on, Actor, ActorKey, AdminConfig, Context, Handler, Message, Node, NodeConfig};
-use serde::{Deserialize, Serialize};
+use quark::jobs::{JobContext, JobOptions, JobState, JobTypeConfig};
+use quark::journal::{JournalPolicy, ProjectionConfig};
+use quark::{block_on, AdminConfig, Node, NodeConfig};
 
 mod outbox_common;
 use outbox_common::*;
 
+mod admin_common;
+use admin_common::{promtool, Chore, Count, Sums, Tally};
+
 const T: Duration = Duration::from_secs(5);
-
-#[derive(Serialize, Deserialize)]
-struct Chore(u64);
-impl Job for Chore {
-    const TYPE_NAME: &'static str = "chore";
-}
-
-fn promtool() -> Option<PathBuf> {
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .map(|d| d.join("promtool"))
-        .chain([PathBuf::from("/usr/bin/promtool")])
-        .find(|f| f.is_file())
-}
 
 /// `name{labels} value` lines of an exposition, as `(name, labels, value)`.
 fn samples(text: &str) -> Vec<(String, BTreeMap<String, String>, f64)> {
@@ -246,54 +231,6 @@ fn log_jobs_and_outbox_figures_are_exported_as_the_features_report_them() {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-}
-
-/// An event-sourced tally and a projection summing every tally.
-#[derive(Default)]
-struct Tally(i64);
-impl Actor for Tally {
-    const TYPE_NAME: &'static str = "tally";
-}
-#[derive(Serialize, Deserialize)]
-struct Counted(i64);
-impl JournalEvent for Counted {
-    fn type_name(&self) -> &'static str {
-        "Counted"
-    }
-}
-impl EventSourced for Tally {
-    type Event = Counted;
-    type Snapshot = i64;
-    fn initial(_: &ActorKey) -> Self {
-        Tally(0)
-    }
-    fn apply(&mut self, e: &Counted) {
-        self.0 += e.0;
-    }
-    fn snapshot(&self) -> i64 {
-        self.0
-    }
-    fn restore(_: &ActorKey, n: i64) -> Self {
-        Tally(n)
-    }
-}
-struct Count(i64);
-impl Message for Count {
-    type Reply = Result<Persisted, PersistError>;
-}
-impl Handler<Count> for Tally {
-    async fn handle(&mut self, m: Count, ctx: &Context<Self>) -> Result<Persisted, PersistError> {
-        // Two events per persist.
-        ctx.persist(self, [Counted(m.0), Counted(1)]).await
-    }
-}
-struct Sums;
-impl Projection for Sums {
-    const NAME: &'static str = "sums";
-    type State = i64;
-    fn subscriptions() -> Subscriptions<Self> {
-        Subscriptions::new().on::<Tally>(|s: &mut i64, _: &EventMeta, e: &Counted| *s += e.0)
-    }
 }
 
 #[test]

@@ -284,6 +284,21 @@ mod tests {
         assert_eq!(get("/healthz"), 200);
         assert_eq!(get("/readyz"), 503);
         assert_eq!(get("/metrics"), 200);
+        // The dashboard and its JSON answer while starting (no shard figures yet).
+        let page = fetch(s.addr(), "/", IO_TIMEOUT).unwrap();
+        assert_eq!(page.status, 200);
+        assert!(
+            page.content_type.starts_with("text/html"),
+            "{}",
+            page.content_type
+        );
+        assert!(page.body.contains("/dashboard.js"));
+        let js = fetch(s.addr(), "/dashboard.js", IO_TIMEOUT).unwrap();
+        assert!(js.content_type.starts_with("text/javascript"));
+        let shards = fetch(s.addr(), "/quark/shards", IO_TIMEOUT).unwrap();
+        assert_eq!(shards.status, 200);
+        let report: ShardsReport = serde_json::from_str(&shards.body).unwrap();
+        assert!(report.shards.is_empty() && report.error.is_none());
         s.set_ready(NodeInfo {
             node_id: None,
             cluster_listen: None,
