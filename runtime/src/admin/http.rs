@@ -238,10 +238,6 @@ fn route(req: &Request, shared: &Shared) -> (u16, &'static str, Vec<u8>) {
                 ),
             }
         }
-        path if super::dashboard::asset(path).is_some() => {
-            let (content_type, body) = super::dashboard::asset(path).expect("checked by the guard");
-            (200, content_type, body.as_bytes().to_vec())
-        }
         "/quark/status" => {
             let status = super::status::build(shared);
             match serde_json::to_vec_pretty(&status) {
@@ -249,7 +245,10 @@ fn route(req: &Request, shared: &Shared) -> (u16, &'static str, Vec<u8>) {
                 Err(_) => (500, "text/plain", b"cannot encode the status\n".to_vec()),
             }
         }
-        _ => (404, "text/plain", b"not found\n".to_vec()),
+        path => match super::dashboard::asset(path) {
+            Some((content_type, body)) => (200, content_type, body.as_bytes().to_vec()),
+            None => (404, "text/plain", b"not found\n".to_vec()),
+        },
     }
 }
 
