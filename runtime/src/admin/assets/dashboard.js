@@ -82,6 +82,8 @@ function renderShards(rep, cores) {
     cell(tr, fmt(s.mailbox_waits));
     cell(tr, fmt(s.credit_waits));
     cell(tr, fmt(s.panics));
+    cell(tr, s.net_frames_in === null ? "–" : fmt(rate(s.net_frames_in, b.net_frames_in, secs)));
+    cell(tr, s.net_frames_out === null ? "–" : fmt(rate(s.net_frames_out, b.net_frames_out, secs)));
     loadRows.push(tr);
     if (s.log) {
       const l = s.log, bl = b.log || {};
