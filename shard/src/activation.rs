@@ -225,7 +225,7 @@ impl<A: Actor> TypeTable<A> {
             space_waiters: RefCell::new(VecDeque::new()),
         });
         core.stats.activations.set(core.stats.activations.get() + 1);
-        core.exec
+        core.sched
             .spawn(run_activation(act.clone(), self.info.clone()));
         act
     }

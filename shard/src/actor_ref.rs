@@ -247,7 +247,7 @@ impl<A: Actor> ActorRef<A> {
             shard,
             Box::new(crate::envelope::RunMsg(Box::new(move |core| {
                 let core2 = core.clone();
-                core.exec.spawn(async move {
+                core.sched.spawn(async move {
                     let r = crate::net::ask_remote(&me, core2.clone(), node, msg, timeout).await;
                     core2.injector().release();
                     let _ = tx.send(r);
@@ -299,7 +299,7 @@ impl<A: Actor> ActorRef<A> {
             self.owner,
             Box::new(crate::envelope::RunMsg(Box::new(move |core| {
                 let core2 = core.clone();
-                core.exec.spawn(async move {
+                core.sched.spawn(async move {
                     let r = crate::net::tell_remote(&me, core2.clone(), node, msg).await;
                     core2.injector().release();
                     let _ = tx.send(r);
@@ -562,7 +562,7 @@ impl<A: Actor> ActorRef<A> {
             .calls
             .borrow_mut()
             .register(deadline, Waiter::Task(None));
-        let mut wait = CallWait {
+        let mut wait = LocalCallWait {
             core,
             call,
             done: false,
@@ -796,13 +796,13 @@ where
 }
 
 /// Waits for call `call` of `core`'s call table; forgets it if dropped first.
-struct CallWait<'a> {
+struct LocalCallWait<'a> {
     core: &'a ShardCore,
     call: CallId,
     done: bool,
 }
 
-impl Future for CallWait<'_> {
+impl Future for LocalCallWait<'_> {
     type Output = CallOutcome;
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<CallOutcome> {
         let call = self.call;
@@ -814,7 +814,7 @@ impl Future for CallWait<'_> {
     }
 }
 
-impl Drop for CallWait<'_> {
+impl Drop for LocalCallWait<'_> {
     fn drop(&mut self) {
         if !self.done {
             self.core.calls.borrow_mut().cancel(self.call);

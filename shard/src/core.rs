@@ -144,7 +144,7 @@ pub(crate) struct ShardCore {
     parked: Cell<bool>,
     poked: Cell<bool>,
     pub(crate) stats: ShardStats,
-    pub(crate) exec: crate::executor::Executor,
+    pub(crate) sched: crate::scheduler::Scheduler,
     /// The shard's durable log, if the node has a data directory.
     pub(crate) log: Option<Rc<quark_persist::Log<crate::rt::log_io::UringIo>>>,
     /// The shard's cluster transport, if the engine is part of a cluster (or a client).
@@ -190,7 +190,7 @@ impl ShardCore {
             parked: Cell::new(false),
             poked: Cell::new(false),
             stats: ShardStats::default(),
-            exec: crate::executor::Executor::new(id, node.clone()),
+            sched: crate::scheduler::Scheduler::new(id, node.clone()),
             log,
             net: node.config.net.as_ref().map(crate::net::NetShard::new),
             io_kick: Cell::new(false),
@@ -495,7 +495,7 @@ impl ShardCore {
             calls_in_flight: self.calls.borrow().live() as u64,
             timers: self.timers.borrow().len() as u64,
             timer_heap_entries: self.timers.borrow().heap_len() as u64,
-            tasks: self.exec.live() as u64,
+            tasks: self.sched.live() as u64,
             log_next_lsn: self.log.as_ref().map(|l| l.stats().next_lsn),
             log_disk_bytes: self.log.as_ref().map(|l| l.stats().disk_bytes),
             net: self.net.as_ref().map(crate::net::NetShard::snapshot),
@@ -646,7 +646,7 @@ pub(crate) async fn pump(
     ON_SHARD.with(|s| s.set(true));
     let mut log_tasks = match &core.log {
         Some(log) => LogTasks::start(log, core.id, core.node.config.log_compact_interval, |f| {
-            core.exec.spawn(f)
+            core.sched.spawn(f)
         }),
         None => LogTasks::none(),
     };
@@ -673,7 +673,7 @@ pub(crate) async fn pump(
         // published at the flush below, and deadlines are swept. `core.now()` is refreshed by
         // each ask's turn, so this costs no clock read.
         let batch_end = now + BATCH_TIME;
-        let polled = core.exec.run_ready(RUN_BATCH, || {
+        let polled = core.sched.run_ready(RUN_BATCH, || {
             rounds += 1;
             core.has_inbound()
                 || core.now() >= batch_end
@@ -780,7 +780,7 @@ pub(crate) async fn pump(
             let mut spins = 0u32;
             loop {
                 if core.has_inbound()
-                    || core.exec.has_ready()
+                    || core.sched.has_ready()
                     || core.dirty.get()
                     || core.io_kick.get()
                 {
@@ -810,7 +810,7 @@ pub(crate) async fn pump(
         core.io_kick.set(false);
         my_bell.arm();
         core.parked.set(true);
-        if core.has_inbound() || core.dirty.get() || core.poked.get() || core.exec.has_ready() {
+        if core.has_inbound() || core.dirty.get() || core.poked.get() || core.sched.has_ready() {
             my_bell.disarm();
             core.parked.set(false);
             core.poked.set(false);
@@ -843,7 +843,7 @@ pub(crate) async fn pump(
         log_tasks.finished(),
         "the log's tasks ended before the close"
     );
-    core.exec.clear();
+    core.sched.clear();
     if let Some(log) = &core.log {
         if let Err(e) = log.close().await {
             tracing::error!(shard = core.id, error = %e, "closing the log failed");

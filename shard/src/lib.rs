@@ -35,11 +35,11 @@ pub mod data_dir;
 mod engine;
 mod envelope;
 mod error;
-mod executor;
 mod log_tasks;
 mod net;
 mod ring;
 pub mod rt;
+mod scheduler;
 mod sync;
 mod timers;
 mod turn;
@@ -57,9 +57,9 @@ pub use engine::{
 #[doc(hidden)]
 pub use engine::{StartFault, StartStep};
 pub use error::{CallError, ErrorChain, LinkDown};
-pub use executor::{JoinError, SpawnHandle};
 pub use net::{NetConfig, NetStatsSnapshot};
 pub use quark_placement::{ActorId, ActorKey, ShardId};
+pub use scheduler::{JoinError, SpawnHandle};
 pub use timers::TimerId;
 
 /// Waits for `d` on the calling shard's timers without blocking the shard. Only for code running

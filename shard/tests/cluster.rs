@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use quark_net::rkyv;
-use quark_net::{ClusterConfig, ClusterSecret, Membership, NodeConfig, PeerRole, WireMessage};
+use quark_net::{ClusterConfig, ClusterSecret, MemberAddr, Membership, PeerRole, WireMessage};
 use quark_shard::{
     block_on, Actor, ActorType, CallError, Context, Engine, EngineBuilder, EngineConfig, Handler,
     Message, NetConfig, ShardSpec,
@@ -76,7 +76,7 @@ fn membership(cluster_id: &str, ls: &[std::net::TcpListener]) -> Membership {
     let nodes = ls
         .iter()
         .enumerate()
-        .map(|(i, l)| NodeConfig {
+        .map(|(i, l)| MemberAddr {
             id: i as u64 + 1,
             addr: l.local_addr().unwrap().to_string(),
         })
@@ -360,7 +360,7 @@ fn handshake_refusal(
     let m_server = membership(server_cluster, &ls);
     let m_client = Membership::from_config(&ClusterConfig {
         cluster_id: client_cluster.into(),
-        nodes: vec![NodeConfig {
+        nodes: vec![MemberAddr {
             id: 1,
             addr: ls[0].local_addr().unwrap().to_string(),
         }],

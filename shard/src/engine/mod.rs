@@ -20,7 +20,7 @@ use quark_placement::{ActorKey, ShardId};
 use crate::actor::Actor;
 use crate::actor_ref::ActorRef;
 use crate::envelope::{CrossBox, RunMsg};
-use crate::executor::SpawnHandle;
+use crate::scheduler::SpawnHandle;
 
 mod builder;
 mod config;

@@ -26,7 +26,7 @@ use crate::rt::tcp::{self, TcpReader, TcpWriter};
 
 /// The outgoing side of one connection (or one connection attempt): the frame buffer senders
 /// append to, the writer's waker, and the calls waiting for a reply on it.
-pub(crate) struct Wire {
+pub(crate) struct Outbound {
     pub(crate) out: RefCell<OutBuf>,
     writer: RefCell<Option<Waker>>,
     room: RefCell<Vec<Waker>>,
@@ -64,13 +64,13 @@ pub(crate) struct Wire {
     close_reason: Cell<Option<CloseReason>>,
 }
 
-impl Wire {
+impl Outbound {
     fn new(
         out_bytes_max: usize,
         requests_inflight_max: usize,
         pause_reads_when_full: bool,
-    ) -> Wire {
-        Wire {
+    ) -> Outbound {
+        Outbound {
             out: RefCell::new(OutBuf::with_capacity(64 * 1024)),
             writer: RefCell::new(None),
             room: RefCell::new(Vec::new()),
@@ -268,7 +268,7 @@ pub(crate) struct Link {
     pub(crate) peer: NodeId,
     pub(crate) addr: SocketAddr,
     state: Cell<LinkState>,
-    wire: RefCell<Option<Rc<Wire>>>,
+    wire: RefCell<Option<Rc<Outbound>>>,
     pub(crate) last_drop_log: Cell<Option<Instant>>,
     /// The last connection or handshake error (or why the last connection closed); `None`
     /// while up or before the first attempt ended.
@@ -299,7 +299,7 @@ impl Link {
     }
 
     /// The connection to send on, unless the peer is known to be unreachable.
-    pub(crate) fn wire(&self) -> Option<Rc<Wire>> {
+    pub(crate) fn wire(&self) -> Option<Rc<Outbound>> {
         if self.state.get() == LinkState::Down {
             return None;
         }
@@ -318,19 +318,19 @@ pub(crate) fn start(core: &Rc<ShardCore>, listener: Option<std::net::TcpListener
     for link in net.links.values() {
         // The first attempt's wire exists before the task runs, so that sends made right after
         // start-up queue instead of failing.
-        *link.wire.borrow_mut() = Some(Rc::new(Wire::new(
+        *link.wire.borrow_mut() = Some(Rc::new(Outbound::new(
             net.cfg.out_bytes_max,
             net.cfg.requests_inflight_max,
             false,
         )));
         let (core2, link) = (core.clone(), link.clone());
-        core.exec.spawn(async move { run_link(core2, link).await });
+        core.sched.spawn(async move { run_link(core2, link).await });
     }
     if let Some(l) = listener {
         match tcp::Listener::from_std(l) {
             Ok(l) => {
                 let core2 = core.clone();
-                core.exec.spawn(async move { accept_loop(core2, l).await });
+                core.sched.spawn(async move { accept_loop(core2, l).await });
             }
             Err(e) => tracing::error!(shard = core.id, error = %e, "cannot register the listener"),
         }
@@ -509,7 +509,7 @@ async fn run_link(core: Rc<ShardCore>, link: Rc<Link>) {
             match slot.as_ref() {
                 Some(w) if !w.is_closed() => w.clone(),
                 _ => {
-                    let w = Rc::new(Wire::new(
+                    let w = Rc::new(Outbound::new(
                         cfg.out_bytes_max,
                         cfg.requests_inflight_max,
                         false,
@@ -592,7 +592,7 @@ async fn run_link(core: Rc<ShardCore>, link: Rc<Link>) {
 
 /// Fails every ask still waiting for a reply on `wire` with `NodeUnavailable`, and counts the
 /// tells that were queued on it but not written (or whose write failed) as dropped.
-fn fail_pending(core: &ShardCore, wire: &Wire, peer: NodeId, cause: Option<LinkDown>) {
+fn fail_pending(core: &ShardCore, wire: &Outbound, peer: NodeId, cause: Option<LinkDown>) {
     let pending: Vec<u64> = wire.pending.borrow_mut().drain().collect();
     let net = core
         .net
@@ -642,7 +642,7 @@ async fn accept_loop(core: Rc<ShardCore>, listener: tcp::Listener) {
         };
         let core2 = core.clone();
         let cfg = cfg.clone();
-        core.exec.spawn(async move {
+        core.sched.spawn(async move {
             let core = core2;
             let net = core.net.as_ref().expect("checked above");
             net.stats.peers.borrow_mut().connects += 1;
@@ -677,7 +677,7 @@ async fn accept_loop(core: Rc<ShardCore>, listener: tcp::Listener) {
             net.stats.peers.borrow_mut().handshakes_ok += 1;
             tracing::debug!(shard = core.id, %addr, peer = peer.node_id, role = ?peer.role,
                 "accepted a connection");
-            let wire = Rc::new(Wire::new(
+            let wire = Rc::new(Outbound::new(
                 cfg.out_bytes_max,
                 cfg.requests_inflight_max,
                 true,
@@ -697,7 +697,7 @@ async fn accept_loop(core: Rc<ShardCore>, listener: tcp::Listener) {
 #[allow(clippy::too_many_arguments)]
 async fn serve(
     core: &Rc<ShardCore>,
-    wire: &Rc<Wire>,
+    wire: &Rc<Outbound>,
     mut rd: TcpReader,
     wr: TcpWriter,
     fd: RawFd,
@@ -715,12 +715,12 @@ async fn serve(
     wire.ready.set(true);
     {
         let (core2, wire2) = (core.clone(), wire.clone());
-        core.exec
+        core.sched
             .spawn(async move { writer(core2, wire2, wr).await });
         let (core2, wire2) = (core.clone(), wire.clone());
         let beat = cfg.detector.heartbeat_interval;
         let stall = cfg.out_stall_timeout;
-        core.exec
+        core.sched
             .spawn(async move { heartbeat(core2, wire2, beat, stall, peer, addr).await });
     }
     wire.wake_writer();
@@ -845,7 +845,7 @@ async fn serve(
 }
 
 /// Why a connection closed from inside ended (heartbeat timeout, stalled peer, shutdown).
-fn closed_reason(core: &ShardCore, wire: &Wire) -> CloseReason {
+fn closed_reason(core: &ShardCore, wire: &Outbound) -> CloseReason {
     if !running(core) {
         CloseReason::Shutdown
     } else {
@@ -866,7 +866,7 @@ enum Drained {
 /// backlog is at its bound (so that one read cannot queue replies without limit).
 fn drain_frames(
     core: &Rc<ShardCore>,
-    wire: &Rc<Wire>,
+    wire: &Rc<Outbound>,
     dec: &mut FrameDecoder,
     peer: NodeId,
     addr: SocketAddr,
@@ -903,7 +903,7 @@ fn drain_frames(
 }
 
 /// Flushes the wire: takes everything queued, writes it with one call, repeats.
-async fn writer(core: Rc<ShardCore>, wire: Rc<Wire>, mut wr: TcpWriter) {
+async fn writer(core: Rc<ShardCore>, wire: Rc<Outbound>, mut wr: TcpWriter) {
     let net = core
         .net
         .as_ref()
@@ -963,7 +963,7 @@ async fn writer(core: Rc<ShardCore>, wire: Rc<Wire>, mut wr: TcpWriter) {
 /// `stall` (a peer that does not read).
 async fn heartbeat(
     core: Rc<ShardCore>,
-    wire: Rc<Wire>,
+    wire: Rc<Outbound>,
     every: Duration,
     stall: Duration,
     peer: NodeId,

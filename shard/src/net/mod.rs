@@ -212,7 +212,7 @@ pub(crate) struct NetShard {
     pub(crate) links: FxHashMap<NodeId, Rc<Link>>,
     pub(crate) stats: NetStats,
     /// Accepted connections' outgoing sides, to close at shutdown.
-    pub(crate) accepted: RefCell<Vec<std::rc::Weak<conn::Wire>>>,
+    pub(crate) accepted: RefCell<Vec<std::rc::Weak<conn::Outbound>>>,
 }
 
 impl NetShard {

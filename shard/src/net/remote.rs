@@ -10,7 +10,7 @@ use quark_net::{
 };
 use quark_placement::{ActorId, ActorKey, NodeId};
 
-use super::conn::Wire;
+use super::conn::Outbound;
 use crate::actor::{Handler, Message};
 use crate::actor_ref::ActorRef;
 use crate::calls::{CallId, CallOutcome, RemoteReply, Waiter};
@@ -200,7 +200,7 @@ where
         .borrow_mut()
         .register(deadline, Waiter::Task(None));
     let corr = call.to_u64();
-    let mut wait = CallWait {
+    let mut wait = RemoteCallGuard {
         core: &core,
         call,
         wire: &wire,
@@ -279,15 +279,15 @@ where
 }
 
 /// Forgets a remote call if its future is dropped (or after it completed).
-struct CallWait<'a> {
+struct RemoteCallGuard<'a> {
     core: &'a ShardCore,
     call: CallId,
-    wire: &'a Wire,
+    wire: &'a Outbound,
     corr: u64,
     done: bool,
 }
 
-impl Drop for CallWait<'_> {
+impl Drop for RemoteCallGuard<'_> {
     fn drop(&mut self) {
         self.wire.pending.borrow_mut().remove(&self.corr);
         if !self.done {
@@ -302,7 +302,7 @@ fn tell_wire<A: crate::actor::Actor>(
     aref: &ActorRef<A>,
     core: &ShardCore,
     node: NodeId,
-) -> Result<Rc<Wire>, CallError> {
+) -> Result<Rc<Outbound>, CallError> {
     let id = aref.id();
     let net = core.net.as_ref();
     let link = net.and_then(|n| n.links.get(&node));
@@ -335,7 +335,7 @@ fn tell_wire<A: crate::actor::Actor>(
 fn queue_tell<A, M>(
     aref: &ActorRef<A>,
     core: &ShardCore,
-    wire: &Wire,
+    wire: &Outbound,
     codec: &super::WireCodec,
     msg: M,
 ) -> Result<(), CallError>
@@ -427,7 +427,7 @@ where
 /// one request in progress on that connection until dropped (the reader stops reading while
 /// `requests_inflight_max` are in progress).
 pub(crate) struct ReplySink {
-    wire: Rc<Wire>,
+    wire: Rc<Outbound>,
     head: FrameHead,
     /// False for a tell: the sink only holds the request slot.
     reply: bool,
@@ -440,7 +440,7 @@ impl Drop for ReplySink {
 }
 
 impl ReplySink {
-    fn new(wire: &Rc<Wire>, head: FrameHead) -> ReplySink {
+    fn new(wire: &Rc<Outbound>, head: FrameHead) -> ReplySink {
         wire.request_started();
         ReplySink {
             wire: wire.clone(),
@@ -629,7 +629,7 @@ where
                 ));
                 if let Err(d) = crate::activation::try_send_local::<A>(core, type_idx, d) {
                     let core2 = core.clone();
-                    core.exec.spawn(async move {
+                    core.sched.spawn(async move {
                         crate::activation::send_local::<A>(&core2, type_idx, d).await;
                         drop(sink);
                     });
@@ -662,13 +662,13 @@ where
     let aref = ActorRef::<A>::new_local(core.node.clone(), key);
     let core2 = core.clone();
     match sink.reply {
-        true => core.exec.spawn(async move {
+        true => core.sched.spawn(async move {
             match aref.ask_timeout(msg, timeout).await {
                 Ok(v) => sink.send_value(&core2, &v),
                 Err(e) => sink.send_error(&core2, &call_error_to_remote(e)),
             }
         }),
-        false => core.exec.spawn(async move {
+        false => core.sched.spawn(async move {
             if let Err(e) = aref.tell(msg).await {
                 tracing::debug!(shard = core2.id, error = %e, "tell from the network failed");
             }
@@ -681,7 +681,7 @@ where
 /// Handles a Request or OneWay frame from the network. Never closes the connection: a frame
 /// that passed the decoder is well formed; what is wrong with its payload gets an ErrorReply
 /// (for a request) and is counted.
-pub(crate) fn dispatch(core: &Rc<ShardCore>, wire: &Rc<Wire>, frame: &Frame<'_>) {
+pub(crate) fn dispatch(core: &Rc<ShardCore>, wire: &Rc<Outbound>, frame: &Frame<'_>) {
     let net = core
         .net
         .as_ref()
@@ -741,7 +741,7 @@ pub(crate) fn dispatch(core: &Rc<ShardCore>, wire: &Rc<Wire>, frame: &Frame<'_>)
 
 /// Handles a Response or ErrorReply frame: completes the call it answers, if it is still
 /// waiting on this connection.
-pub(crate) fn complete(core: &Rc<ShardCore>, wire: &Rc<Wire>, frame: &Frame<'_>, peer: NodeId) {
+pub(crate) fn complete(core: &Rc<ShardCore>, wire: &Rc<Outbound>, frame: &Frame<'_>, peer: NodeId) {
     let corr = frame.header.head.correlation;
     if !wire.pending.borrow_mut().remove(&corr) {
         // Timed out or cancelled already (or never ours): dropped and counted.

@@ -46,7 +46,7 @@ struct TaskRef {
 }
 
 /// The scheduler of one shard (see the module doc).
-pub(crate) struct Executor {
+pub(crate) struct Scheduler {
     shard: ShardId,
     node: Arc<NodeShared>,
     ready: RefCell<VecDeque<TaskRef>>,
@@ -69,7 +69,7 @@ impl Wake for TaskWaker {
     fn wake_by_ref(self: &Arc<Self>) {
         let task = self.task;
         if with_core_of(&self.node, self.shard, |core| {
-            core.exec.schedule(task);
+            core.sched.schedule(task);
             core.poke();
         }) {
             return;
@@ -78,15 +78,15 @@ impl Wake for TaskWaker {
         self.node.inject(
             self.shard,
             Box::new(crate::envelope::RunMsg(Box::new(move |core| {
-                core.exec.schedule(task)
+                core.sched.schedule(task)
             }))),
         );
     }
 }
 
-impl Executor {
+impl Scheduler {
     pub(crate) fn new(shard: ShardId, node: Arc<NodeShared>) -> Self {
-        Executor {
+        Scheduler {
             shard,
             node,
             ready: RefCell::new(VecDeque::new()),
@@ -337,7 +337,7 @@ mod tests {
     /// A scheduler driven by the test, on the test thread. Its tasks never call their
     /// wakers (those would route to the engine's shard); a wake is `schedule(task_ref)`, which
     /// is what the waker does on the owning thread.
-    fn with_executor(f: impl FnOnce(&Rc<Executor>)) {
+    fn with_scheduler(f: impl FnOnce(&Rc<Scheduler>)) {
         let engine = EngineBuilder::new(EngineConfig {
             shards: ShardSpec::Count(1),
             pin_threads: false,
@@ -346,14 +346,14 @@ mod tests {
         })
         .start()
         .expect("the engine starts");
-        let exec = Rc::new(Executor::new(0, engine.handle().shared.clone()));
+        let exec = Rc::new(Scheduler::new(0, engine.handle().shared.clone()));
         f(&exec);
         exec.clear();
         engine.shutdown();
     }
 
     /// Spawns a task and returns its identity (the task just queued).
-    fn spawn(exec: &Executor, fut: impl Future<Output = ()> + 'static) -> TaskRef {
+    fn spawn(exec: &Scheduler, fut: impl Future<Output = ()> + 'static) -> TaskRef {
         exec.spawn(fut);
         *exec
             .ready
@@ -384,7 +384,7 @@ mod tests {
         })
     }
 
-    fn run(exec: &Executor, log: &Log, budget: usize) -> usize {
+    fn run(exec: &Scheduler, log: &Log, budget: usize) -> usize {
         exec.run_ready(budget, || {
             log.borrow_mut().push("|".into());
             false
@@ -397,7 +397,7 @@ mod tests {
 
     #[test]
     fn ready_tasks_run_in_fifo_order() {
-        with_executor(|exec| {
+        with_scheduler(|exec| {
             let log = Log::default();
             for name in ["a", "b", "c"] {
                 exec.spawn(task(&log, name, 1, |_| {}));
@@ -412,7 +412,7 @@ mod tests {
 
     #[test]
     fn a_task_woken_during_a_round_runs_in_the_next_round() {
-        with_executor(|exec| {
+        with_scheduler(|exec| {
             let log = Log::default();
             let b = spawn(exec, task(&log, "b", 2, |_| {}));
             let waker = exec.clone();
@@ -429,7 +429,7 @@ mod tests {
 
     #[test]
     fn a_self_waking_task_gets_one_poll_per_round() {
-        with_executor(|exec| {
+        with_scheduler(|exec| {
             let log = Log::default();
             let me = Rc::new(Cell::new(None));
             let (waker, slot) = (exec.clone(), me.clone());
@@ -455,7 +455,7 @@ mod tests {
 
     #[test]
     fn the_budget_is_checked_between_rounds() {
-        with_executor(|exec| {
+        with_scheduler(|exec| {
             let log = Log::default();
             for name in ["a", "b", "c"] {
                 let me = Rc::new(Cell::new(None));
@@ -485,7 +485,7 @@ mod tests {
 
     #[test]
     fn an_interrupt_stops_between_rounds() {
-        with_executor(|exec| {
+        with_scheduler(|exec| {
             let log = Log::default();
             let b = spawn(exec, task(&log, "b", 2, |_| {}));
             let waker = exec.clone();
@@ -498,7 +498,7 @@ mod tests {
 
     #[test]
     fn a_stale_wake_does_not_reach_a_reused_slot() {
-        with_executor(|exec| {
+        with_scheduler(|exec| {
             let log = Log::default();
             let old = spawn(exec, task(&log, "old", 1, |_| {}));
             run(exec, &log, 100);
@@ -517,7 +517,7 @@ mod tests {
 
     #[test]
     fn a_panicking_task_is_dropped_and_the_others_run() {
-        with_executor(|exec| {
+        with_scheduler(|exec| {
             let log = Log::default();
             exec.spawn(task(&log, "boom", 1, |_| panic!("task panic")));
             exec.spawn(task(&log, "ok", 1, |_| {}));
