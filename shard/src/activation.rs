@@ -15,9 +15,9 @@ use quark_placement::{ActorId, ActorKey};
 use rustc_hash::FxHashMap;
 
 use crate::actor::{Actor, Context};
-use crate::core::ShardCore;
 use crate::envelope::{fail_reply, MailItem, Origin};
 use crate::error::CallError;
+use crate::shard::Shard;
 use crate::turn::RunTurn;
 
 /// Turns an activation runs before it lets other tasks of the shard run.
@@ -152,7 +152,62 @@ pub(crate) trait ErasedTable {
     /// Number of live activations.
     fn len(&self) -> usize;
     /// Drops every activation now, failing queued calls with `ShuttingDown`.
-    fn abort_all(&self, core: &ShardCore);
+    fn abort_all(&self, core: &Shard);
+}
+
+/// A shard's actor tables, one per registered actor type (indexed by the type's registry
+/// index).
+pub(crate) struct ActorTables(Vec<Box<dyn ErasedTable>>);
+
+impl ActorTables {
+    pub(crate) fn new(types: &[Arc<dyn ErasedType>], default_idle: Duration) -> Self {
+        ActorTables(
+            types
+                .iter()
+                .enumerate()
+                .map(|(i, t)| t.clone().make_table(i as u16, default_idle))
+                .collect(),
+        )
+    }
+
+    /// The table of actor type `A` (registered at index `type_idx`).
+    #[inline]
+    pub(crate) fn get<A: Actor>(&self, type_idx: u16) -> &TypeTable<A> {
+        self.0[usize::from(type_idx)]
+            .as_any()
+            .downcast_ref::<TypeTable<A>>()
+            .expect("type index and actor type come from the same registry")
+    }
+
+    /// Live activations of every type.
+    pub(crate) fn live(&self) -> usize {
+        self.0.iter().map(|t| t.len()).sum()
+    }
+
+    /// True if no activation is running a turn or has mail.
+    pub(crate) fn quiescent(&self) -> bool {
+        self.0.iter().all(|t| t.quiescent())
+    }
+
+    /// Asks idle activations whose idle timeout passed to deactivate.
+    pub(crate) fn sweep_idle(&self, now: Instant) {
+        self.0.iter().for_each(|t| t.sweep_idle(now));
+    }
+
+    /// Asks every activation to deactivate once its mailbox is empty.
+    pub(crate) fn deactivate_all(&self) {
+        self.0.iter().for_each(|t| t.deactivate_all());
+    }
+
+    /// Drops every activation now, failing queued calls with `ShuttingDown`.
+    pub(crate) fn abort_all(&self, shard: &Shard) {
+        self.0.iter().for_each(|t| t.abort_all(shard));
+    }
+
+    /// The shortest idle timeout of any type.
+    pub(crate) fn min_idle_timeout(&self) -> Option<Duration> {
+        self.0.iter().map(|t| t.idle_timeout()).min()
+    }
 }
 
 pub(crate) struct TypeTable<A: Actor> {
@@ -173,7 +228,7 @@ impl<A: Actor> TypeTable<A> {
 
     /// The activation that should get the next message for `key`, activating one if needed.
     #[inline]
-    fn route(&self, core: &Rc<ShardCore>, key: &ActorKey) -> Rc<Activation<A>> {
+    fn route(&self, core: &Rc<Shard>, key: &ActorKey) -> Rc<Activation<A>> {
         match self.info.spec.stateless_workers {
             None => {
                 if let Some(act) = self.actors.borrow().get(key) {
@@ -202,7 +257,7 @@ impl<A: Actor> TypeTable<A> {
         }
     }
 
-    fn activate(&self, core: &Rc<ShardCore>, key: &ActorKey) -> Rc<Activation<A>> {
+    fn activate(&self, core: &Rc<Shard>, key: &ActorKey) -> Rc<Activation<A>> {
         let id = ActorId {
             type_name: A::TYPE_NAME,
             key: key.clone(),
@@ -281,7 +336,7 @@ impl<A: Actor> ErasedTable for TypeTable<A> {
         self.actors.borrow().len() + self.workers.borrow().values().map(Vec::len).sum::<usize>()
     }
 
-    fn abort_all(&self, core: &ShardCore) {
+    fn abort_all(&self, core: &Shard) {
         // The tables are cleared as a whole below (removing one by one would re-borrow them).
         self.each(|act| act.discard_at_shutdown(core));
         self.actors.borrow_mut().clear();
@@ -293,11 +348,7 @@ impl<A: Actor> ErasedTable for TypeTable<A> {
 ///
 /// Deliveries from rings and timers never wait: their senders are bounded by credits. Local
 /// senders wait for mailbox space *before* calling this (see [`wait_for_space`]).
-pub(crate) fn deliver<A: Actor>(
-    core: &Rc<ShardCore>,
-    type_idx: u16,
-    item: Box<dyn MailItemKeyed<A>>,
-) {
+pub(crate) fn deliver<A: Actor>(core: &Rc<Shard>, type_idx: u16, item: Box<dyn MailItemKeyed<A>>) {
     let table = core.table::<A>(type_idx);
     let act = table.route(core, item.key());
     act.push(item.into_item());
@@ -328,7 +379,7 @@ where
 /// case: no future, no reference-count traffic); gives the item back otherwise.
 #[inline]
 pub(crate) fn try_send_local<A: Actor>(
-    core: &ShardCore,
+    core: &Shard,
     type_idx: u16,
     item: Box<dyn MailItemKeyed<A>>,
 ) -> Result<(), Box<dyn MailItemKeyed<A>>> {
@@ -347,7 +398,7 @@ pub(crate) fn try_send_local<A: Actor>(
 /// Delivers `item` from a sender on this shard at once: activates the target if needed;
 /// gives the item back if its mailbox is at `mailbox_capacity`.
 pub(crate) fn send_local_now<A: Actor>(
-    core: &Rc<ShardCore>,
+    core: &Rc<Shard>,
     type_idx: u16,
     item: Box<dyn MailItemKeyed<A>>,
 ) -> Result<(), Box<dyn MailItemKeyed<A>>> {
@@ -363,7 +414,7 @@ pub(crate) fn send_local_now<A: Actor>(
 /// Delivers `item` from a sender on this shard: activates the target if needed and waits
 /// while its mailbox is at `mailbox_capacity`.
 pub(crate) async fn send_local<A: Actor>(
-    core: &Rc<ShardCore>,
+    core: &Rc<Shard>,
     type_idx: u16,
     item: Box<dyn MailItemKeyed<A>>,
 ) {
@@ -523,7 +574,7 @@ impl<A: Actor> Activation<A> {
     /// it deactivated with an empty mailbox): enters `Gone` (asserted), then [`Self::release`].
     /// The task then drops the state, if one was built, and takes the activation out of its
     /// table (see `end_activation`).
-    fn discard(&self, core: &ShardCore, err: impl Fn(ActorId) -> CallError) {
+    fn discard(&self, core: &Shard, err: impl Fn(ActorId) -> CallError) {
         self.enter(Life::Gone);
         self.release(core, err);
     }
@@ -531,14 +582,14 @@ impl<A: Actor> Activation<A> {
     /// Shutdown's discard: the shard stops and catches the activation in whatever state it is
     /// (the task is never polled again), so `Gone` is entered from any state. The caller clears
     /// the tables as a whole.
-    fn discard_at_shutdown(&self, core: &ShardCore) {
+    fn discard_at_shutdown(&self, core: &Shard) {
         self.life.set(Life::Gone);
         self.release(core, |actor| CallError::ShuttingDown { actor });
     }
 
     /// What every discard does once `Gone`: fails every queued call with `err`, wakes the
     /// senders waiting for room and cancels the activation's timers.
-    fn release(&self, core: &ShardCore, err: impl Fn(ActorId) -> CallError) {
+    fn release(&self, core: &Shard, err: impl Fn(ActorId) -> CallError) {
         self.fail_queued(core, err);
         self.ctx.cancel_all_timers();
     }
@@ -570,7 +621,7 @@ impl<A: Actor> Activation<A> {
         }
     }
 
-    fn fail_queued(&self, core: &ShardCore, err: impl Fn(ActorId) -> CallError) {
+    fn fail_queued(&self, core: &Shard, err: impl Fn(ActorId) -> CallError) {
         let items: Vec<_> = self.mailbox.borrow_mut().drain(..).collect();
         for item in items {
             fail_reply(core, item.reply_to(), err(self.ctx.id.clone()));
@@ -660,7 +711,7 @@ async fn run_activation<A: Actor>(act: Rc<Activation<A>>, info: Arc<TypeInfo<A>>
             if let Some(deadline) = item.deadline() {
                 // An ask: not run if its caller stopped waiting (an overloaded actor catches up
                 // instead of working for nobody). Judged with a clock fresh enough for this
-                // deadline (see `ShardCore::deadline_passed`).
+                // deadline (see `Shard::deadline_passed`).
                 if core.deadline_passed(deadline) || !core.is_awaited(reply) {
                     drop(item);
                     crate::envelope::expire_reply(&core, reply);

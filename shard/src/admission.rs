@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_queue::ArrayQueue;
 
-use crate::envelope::CrossBox;
+use crate::envelope::CrossMsg;
 
 /// Locks `m`, ignoring poisoning (no code holding these locks can panic half-way).
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -38,8 +38,8 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 /// One shard's door for messages from other threads (see the module doc).
 pub(crate) struct Injector {
-    queue: ArrayQueue<CrossBox>,
-    overflow: Mutex<VecDeque<CrossBox>>,
+    queue: ArrayQueue<CrossMsg>,
+    overflow: Mutex<VecDeque<CrossMsg>>,
     /// Length of `overflow`, readable without the lock.
     overflowed: AtomicUsize,
     /// Messages from callers outside the node admitted and not yet done.
@@ -73,7 +73,7 @@ impl Injector {
     /// the owner's doorbell.
     /// Order: one thread's messages are popped in the order it pushed them (once something
     /// overflowed, later messages follow it into the overflow until the owner emptied it).
-    pub(crate) fn push(&self, mut msg: CrossBox) {
+    pub(crate) fn push(&self, mut msg: CrossMsg) {
         if self.overflowed.load(Ordering::Acquire) == 0 {
             match self.queue.push(msg) {
                 Ok(()) => return,
@@ -86,7 +86,7 @@ impl Injector {
     }
 
     /// The next message for the owner shard (the queue first, then the overflow).
-    pub(crate) fn pop(&self) -> Option<CrossBox> {
+    pub(crate) fn pop(&self) -> Option<CrossMsg> {
         if let Some(m) = self.queue.pop() {
             return Some(m);
         }
@@ -460,12 +460,8 @@ mod tests {
     #[test]
     fn push_never_waits_and_pop_keeps_the_order_per_path() {
         let inj = Injector::new(1, 1);
-        struct Nop;
-        impl crate::envelope::CrossMsg for Nop {
-            fn run(self: Box<Self>, _: &std::rc::Rc<crate::core::ShardCore>) {}
-        }
         for _ in 0..3 {
-            inj.push(Box::new(Nop));
+            inj.push(crate::envelope::CrossMsg::Credit { from: 0, count: 1 });
         }
         assert!(!inj.is_empty());
         assert!(inj.pop().is_some() && inj.pop().is_some() && inj.pop().is_some());

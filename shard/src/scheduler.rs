@@ -77,9 +77,7 @@ impl Wake for TaskWaker {
         // Another thread: hand the wake to the owning shard.
         self.node.inject(
             self.shard,
-            Box::new(crate::envelope::RunMsg(Box::new(move |core| {
-                core.sched.schedule(task)
-            }))),
+            crate::envelope::CrossMsg::run_on(move |core| core.sched.schedule(task)),
         );
     }
 }

@@ -8,7 +8,7 @@ use quark_placement::{ActorKey, ShardId};
 use super::shared::{NodeShared, Phase};
 use crate::actor::Actor;
 use crate::actor_ref::ActorRef;
-use crate::envelope::RunMsg;
+
 use crate::scheduler::SpawnHandle;
 
 /// A `Send + Clone` handle to a node's shards, usable from any thread (from [`Engine::handle`](super::Engine::handle)
@@ -60,9 +60,9 @@ impl EngineHandle {
         let (tx, rx) = futures::channel::oneshot::channel();
         self.shared.inject(
             shard,
-            Box::new(RunMsg(Box::new(move |core| {
+            crate::envelope::CrossMsg::run_on(move |core| {
                 core.sched.spawn(crate::scheduler::run_caught(make, tx));
-            }))),
+            }),
         );
         SpawnHandle::new(shard, rx)
     }

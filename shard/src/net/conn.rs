@@ -19,10 +19,10 @@ use quark_placement::NodeId;
 use rustc_hash::FxHashSet;
 
 use crate::calls::{CallId, CallOutcome};
-use crate::core::ShardCore;
 use crate::engine::shared::Phase;
 use crate::error::{CallError, LinkDown};
 use crate::rt::tcp::{self, TcpReader, TcpWriter};
+use crate::shard::Shard;
 
 /// The outgoing side of one connection (or one connection attempt): the frame buffer senders
 /// append to, the writer's waker, and the calls waiting for a reply on it.
@@ -313,7 +313,7 @@ impl Link {
 
 /// Starts the shard's transport tasks: one link manager per peer, and the accept loop on the
 /// shard that owns the listener.
-pub(crate) fn start(core: &Rc<ShardCore>, listener: Option<std::net::TcpListener>) {
+pub(crate) fn start(core: &Rc<Shard>, listener: Option<std::net::TcpListener>) {
     let Some(net) = &core.net else { return };
     for link in net.links.values() {
         // The first attempt's wire exists before the task runs, so that sends made right after
@@ -337,7 +337,7 @@ pub(crate) fn start(core: &Rc<ShardCore>, listener: Option<std::net::TcpListener
     }
 }
 
-fn handshake_config(core: &ShardCore) -> HandshakeConfig {
+fn handshake_config(core: &Shard) -> HandshakeConfig {
     let cfg = &core
         .net
         .as_ref()
@@ -353,7 +353,7 @@ fn handshake_config(core: &ShardCore) -> HandshakeConfig {
     }
 }
 
-fn running(core: &ShardCore) -> bool {
+fn running(core: &Shard) -> bool {
     core.node.phase() == Phase::Running || core.node.phase() == Phase::Draining
 }
 
@@ -494,7 +494,7 @@ fn nonce() -> [u8; quark_net::NONCE_BYTES] {
 /// The link manager of one peer: connect, handshake, serve until the connection ends, then
 /// fail what waited on it and reconnect after a backoff with jitter. Runs until the shard
 /// stops.
-async fn run_link(core: Rc<ShardCore>, link: Rc<Link>) {
+async fn run_link(core: Rc<Shard>, link: Rc<Link>) {
     let net = core
         .net
         .as_ref()
@@ -592,7 +592,7 @@ async fn run_link(core: Rc<ShardCore>, link: Rc<Link>) {
 
 /// Fails every ask still waiting for a reply on `wire` with `NodeUnavailable`, and counts the
 /// tells that were queued on it but not written (or whose write failed) as dropped.
-fn fail_pending(core: &ShardCore, wire: &Outbound, peer: NodeId, cause: Option<LinkDown>) {
+fn fail_pending(core: &Shard, wire: &Outbound, peer: NodeId, cause: Option<LinkDown>) {
     let pending: Vec<u64> = wire.pending.borrow_mut().drain().collect();
     let net = core
         .net
@@ -625,7 +625,7 @@ fn fail_pending(core: &ShardCore, wire: &Outbound, peer: NodeId, cause: Option<L
     }
 }
 
-async fn accept_loop(core: Rc<ShardCore>, listener: tcp::Listener) {
+async fn accept_loop(core: Rc<Shard>, listener: tcp::Listener) {
     let net = core
         .net
         .as_ref()
@@ -696,7 +696,7 @@ async fn accept_loop(core: Rc<ShardCore>, listener: tcp::Listener) {
 /// a writer task flushes `wire` (one write per flush); a heartbeat task watches the peer.
 #[allow(clippy::too_many_arguments)]
 async fn serve(
-    core: &Rc<ShardCore>,
+    core: &Rc<Shard>,
     wire: &Rc<Outbound>,
     mut rd: TcpReader,
     wr: TcpWriter,
@@ -845,7 +845,7 @@ async fn serve(
 }
 
 /// Why a connection closed from inside ended (heartbeat timeout, stalled peer, shutdown).
-fn closed_reason(core: &ShardCore, wire: &Outbound) -> CloseReason {
+fn closed_reason(core: &Shard, wire: &Outbound) -> CloseReason {
     if !running(core) {
         CloseReason::Shutdown
     } else {
@@ -865,7 +865,7 @@ enum Drained {
 /// Dispatches every complete frame in the decoder, or stops early while the connection's
 /// backlog is at its bound (so that one read cannot queue replies without limit).
 fn drain_frames(
-    core: &Rc<ShardCore>,
+    core: &Rc<Shard>,
     wire: &Rc<Outbound>,
     dec: &mut FrameDecoder,
     peer: NodeId,
@@ -903,7 +903,7 @@ fn drain_frames(
 }
 
 /// Flushes the wire: takes everything queued, writes it with one call, repeats.
-async fn writer(core: Rc<ShardCore>, wire: Rc<Outbound>, mut wr: TcpWriter) {
+async fn writer(core: Rc<Shard>, wire: Rc<Outbound>, mut wr: TcpWriter) {
     let net = core
         .net
         .as_ref()
@@ -962,7 +962,7 @@ async fn writer(core: Rc<ShardCore>, wire: Rc<Outbound>, mut wr: TcpWriter) {
 /// `dead_after`, and closes it when its outgoing bytes stay at or over `out_bytes_max` for
 /// `stall` (a peer that does not read).
 async fn heartbeat(
-    core: Rc<ShardCore>,
+    core: Rc<Shard>,
     wire: Rc<Outbound>,
     every: Duration,
     stall: Duration,
@@ -1017,7 +1017,7 @@ async fn heartbeat(
 }
 
 /// Closes every connection of the shard (at shutdown).
-pub(crate) fn close_all(core: &ShardCore) {
+pub(crate) fn close_all(core: &Shard) {
     let Some(net) = &core.net else { return };
     for link in net.links.values() {
         if let Some(w) = link.wire.borrow().as_ref() {

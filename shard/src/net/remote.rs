@@ -14,10 +14,10 @@ use super::conn::Outbound;
 use crate::actor::{Handler, Message};
 use crate::actor_ref::ActorRef;
 use crate::calls::{CallId, CallOutcome, RemoteReply, Waiter};
-use crate::core::ShardCore;
 use crate::engine::shared::Phase;
 use crate::envelope::{Origin, ReplyTo};
 use crate::error::CallError;
+use crate::shard::Shard;
 
 fn wire_key(key: &ActorKey) -> WireKey<'_> {
     match key {
@@ -42,11 +42,11 @@ fn deadline_ms(timeout: Duration) -> u32 {
 }
 
 /// The cause of `NodeUnavailable` for `node`: its link's last error.
-fn link_cause(core: &ShardCore, node: NodeId) -> Option<crate::error::LinkDown> {
+fn link_cause(core: &Shard, node: NodeId) -> Option<crate::error::LinkDown> {
     core.net.as_ref()?.links.get(&node)?.cause()
 }
 
-fn unavailable(core: &ShardCore, node: NodeId, id: &ActorId) -> CallError {
+fn unavailable(core: &Shard, node: NodeId, id: &ActorId) -> CallError {
     if let Some(net) = &core.net {
         let s = &net.stats.asks_unavailable;
         s.set(s.get() + 1);
@@ -161,7 +161,7 @@ pub(crate) fn remote_error(e: RemoteError, site: &CallSite<'_>) -> CallError {
 /// this shard's connection to `node`, and the reply comes back on it, matched by the call id.
 pub(crate) async fn ask_remote<A, M>(
     aref: &ActorRef<A>,
-    core: Rc<ShardCore>,
+    core: Rc<Shard>,
     node: NodeId,
     msg: M,
     timeout: Duration,
@@ -280,7 +280,7 @@ where
 
 /// Forgets a remote call if its future is dropped (or after it completed).
 struct RemoteCallGuard<'a> {
-    core: &'a ShardCore,
+    core: &'a Shard,
     call: CallId,
     wire: &'a Outbound,
     corr: u64,
@@ -300,7 +300,7 @@ impl Drop for RemoteCallGuard<'_> {
 /// logged at a bounded rate) if the node is unreachable.
 fn tell_wire<A: crate::actor::Actor>(
     aref: &ActorRef<A>,
-    core: &ShardCore,
+    core: &Shard,
     node: NodeId,
 ) -> Result<Rc<Outbound>, CallError> {
     let id = aref.id();
@@ -334,7 +334,7 @@ fn tell_wire<A: crate::actor::Actor>(
 /// Appends the tell's frame to `wire` (whatever its fill) and wakes the writer.
 fn queue_tell<A, M>(
     aref: &ActorRef<A>,
-    core: &ShardCore,
+    core: &Shard,
     wire: &Outbound,
     codec: &super::WireCodec,
     msg: M,
@@ -362,7 +362,7 @@ where
 /// tell is counted as dropped, logged (at a bounded rate) and reported as `NodeUnavailable`.
 pub(crate) async fn tell_remote<A, M>(
     aref: &ActorRef<A>,
-    core: Rc<ShardCore>,
+    core: Rc<Shard>,
     node: NodeId,
     msg: M,
 ) -> Result<(), CallError>
@@ -400,7 +400,7 @@ where
 /// if the node is unreachable.
 pub(crate) fn tell_remote_now<A, M>(
     aref: &ActorRef<A>,
-    core: &ShardCore,
+    core: &Shard,
     node: NodeId,
     msg: M,
 ) -> Result<(), CallError>
@@ -449,7 +449,7 @@ impl ReplySink {
         }
     }
 
-    fn send_value<R: WireOwned>(self, core: &ShardCore, value: &R) {
+    fn send_value<R: WireOwned>(self, core: &Shard, value: &R) {
         if !self.reply {
             return;
         }
@@ -475,7 +475,7 @@ impl ReplySink {
         }
     }
 
-    fn send_error(self, core: &ShardCore, e: &RemoteError) {
+    fn send_error(self, core: &Shard, e: &RemoteError) {
         if !self.reply {
             return;
         }
@@ -500,7 +500,7 @@ impl ReplySink {
 /// Completes a request from the network that was delivered straight into a local mailbox:
 /// the call table hands it the outcome (reply, failure or deadline).
 struct WireForward<A, M> {
-    core: std::rc::Weak<ShardCore>,
+    core: std::rc::Weak<Shard>,
     sink: ReplySink,
     _types: std::marker::PhantomData<fn() -> (A, M)>,
 }
@@ -531,7 +531,7 @@ where
     }
 }
 
-fn lost(core: &ShardCore) {
+fn lost(core: &Shard) {
     if let Some(net) = &core.net {
         let s = &net.stats.replies_lost;
         s.set(s.get() + 1);
@@ -585,7 +585,7 @@ pub(crate) fn call_error_to_remote(e: CallError) -> RemoteError {
 /// then asks (or tells) the actor on this node, from a task on this shard; the ask takes the
 /// local path to the owner shard (a ring hop if another shard owns it).
 pub(crate) fn handle<A, M>(
-    core: &Rc<ShardCore>,
+    core: &Rc<Shard>,
     key: ActorKey,
     body: &[u8],
     timeout: Duration,
@@ -681,7 +681,7 @@ where
 /// Handles a Request or OneWay frame from the network. Never closes the connection: a frame
 /// that passed the decoder is well formed; what is wrong with its payload gets an ErrorReply
 /// (for a request) and is counted.
-pub(crate) fn dispatch(core: &Rc<ShardCore>, wire: &Rc<Outbound>, frame: &Frame<'_>) {
+pub(crate) fn dispatch(core: &Rc<Shard>, wire: &Rc<Outbound>, frame: &Frame<'_>) {
     let net = core
         .net
         .as_ref()
@@ -741,7 +741,7 @@ pub(crate) fn dispatch(core: &Rc<ShardCore>, wire: &Rc<Outbound>, frame: &Frame<
 
 /// Handles a Response or ErrorReply frame: completes the call it answers, if it is still
 /// waiting on this connection.
-pub(crate) fn complete(core: &Rc<ShardCore>, wire: &Rc<Outbound>, frame: &Frame<'_>, peer: NodeId) {
+pub(crate) fn complete(core: &Rc<Shard>, wire: &Rc<Outbound>, frame: &Frame<'_>, peer: NodeId) {
     let corr = frame.header.head.correlation;
     if !wire.pending.borrow_mut().remove(&corr) {
         // Timed out or cancelled already (or never ours): dropped and counted.
