@@ -23,7 +23,12 @@ use std::task::{Context, Poll, Wake, Waker};
 
 use quark_placement::ShardId;
 
-use crate::engine::shared::{with_core_of, NodeShared};
+/// Where the wake-up of a shard's task goes: the engine implements it (on the owning shard's
+/// thread, into its scheduler; from any other thread, through the shard's injection queue).
+/// The scheduler itself knows nothing of the engine.
+pub(crate) trait WakeRoute: Send + Sync + 'static {
+    fn wake(&self, shard: ShardId, task: TaskRef);
+}
 
 type BoxFuture = Pin<Box<dyn Future<Output = ()>>>;
 
@@ -40,7 +45,7 @@ struct Slot {
 
 /// A task's identity on its shard: slot index and generation.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct TaskRef {
+pub(crate) struct TaskRef {
     index: u32,
     gen: u32,
 }
@@ -48,7 +53,7 @@ struct TaskRef {
 /// The scheduler of one shard (see the module doc).
 pub(crate) struct Scheduler {
     shard: ShardId,
-    node: Arc<NodeShared>,
+    route: Arc<dyn WakeRoute>,
     ready: RefCell<VecDeque<TaskRef>>,
     slots: RefCell<Vec<Slot>>,
     free: RefCell<Vec<u32>>,
@@ -56,7 +61,7 @@ pub(crate) struct Scheduler {
 }
 
 struct TaskWaker {
-    node: Arc<NodeShared>,
+    route: Arc<dyn WakeRoute>,
     shard: ShardId,
     task: TaskRef,
 }
@@ -67,26 +72,15 @@ impl Wake for TaskWaker {
     }
 
     fn wake_by_ref(self: &Arc<Self>) {
-        let task = self.task;
-        if with_core_of(&self.node, self.shard, |core| {
-            core.sched.schedule(task);
-            core.poke();
-        }) {
-            return;
-        }
-        // Another thread: hand the wake to the owning shard.
-        self.node.inject(
-            self.shard,
-            crate::envelope::CrossMsg::run_on(move |core| core.sched.schedule(task)),
-        );
+        self.route.wake(self.shard, self.task);
     }
 }
 
 impl Scheduler {
-    pub(crate) fn new(shard: ShardId, node: Arc<NodeShared>) -> Self {
+    pub(crate) fn new(shard: ShardId, route: Arc<dyn WakeRoute>) -> Self {
         Scheduler {
             shard,
-            node,
+            route,
             ready: RefCell::new(VecDeque::new()),
             slots: RefCell::new(Vec::new()),
             free: RefCell::new(Vec::new()),
@@ -121,7 +115,7 @@ impl Scheduler {
             gen: slot.gen,
         };
         let waker = Waker::from(Arc::new(TaskWaker {
-            node: self.node.clone(),
+            route: self.route.clone(),
             shard: self.shard,
             task: task_ref,
         }));
@@ -135,7 +129,8 @@ impl Scheduler {
         self.ready.borrow_mut().push_back(task_ref);
     }
 
-    fn schedule(&self, task_ref: TaskRef) {
+    /// Queues task `task_ref` (woken) to run at the next batch, unless it is queued or gone.
+    pub(crate) fn schedule(&self, task_ref: TaskRef) {
         let slots = self.slots.borrow();
         let Some(Slot {
             gen,

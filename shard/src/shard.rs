@@ -106,7 +106,7 @@ impl Shard {
 
     /// This shard's injection queue and admission bound.
     #[inline]
-    pub(crate) fn injector(&self) -> &crate::admission::Injector {
+    pub(crate) fn injector(&self) -> &crate::admission::Injector<CrossMsg> {
         &self.node.shards[usize::from(self.id)].inject
     }
 

@@ -1,6 +1,6 @@
 //! State every shard thread and every handle of one node share ([`NodeShared`], one
 //! [`ShardHandle`] per shard, the node's [`Phase`]), and the thread-local that tells a shard
-//! thread its own [`Shard`] (`current_core`, `with_core_of`, [`current_shard_log`]).
+//! thread its own [`Shard`] (`current_core`, [`current_shard_log`]).
 
 use std::any::TypeId;
 use std::rc::Rc;
@@ -30,7 +30,7 @@ pub(crate) enum Phase {
 /// admission bound for callers outside the node; `crate::admission`).
 pub(crate) struct ShardHandle {
     pub(crate) bell: Bell,
-    pub(crate) inject: crate::admission::Injector,
+    pub(crate) inject: crate::admission::Injector<CrossMsg>,
 }
 
 /// State shared by every shard thread and every handle of one node (read-mostly).
@@ -125,21 +125,24 @@ pub(crate) fn current_core(node: &Arc<NodeShared>) -> Option<Rc<Shard>> {
     })
 }
 
-/// Runs `f` with the calling thread's shard core if it is shard `shard` of `node` (no
-/// reference-count traffic); returns whether it ran.
-#[inline]
-pub(crate) fn with_core_of(
-    node: &Arc<NodeShared>,
-    shard: ShardId,
-    f: impl FnOnce(&Rc<Shard>),
-) -> bool {
-    CURRENT.with(|c| match c.get() {
-        Some(core) if core.id == shard && Arc::ptr_eq(&core.node, node) => {
-            f(core);
-            true
+impl crate::scheduler::WakeRoute for NodeShared {
+    fn wake(&self, shard: ShardId, task: crate::scheduler::TaskRef) {
+        let here = CURRENT.with(|c| match c.get() {
+            Some(core) if core.id == shard && std::ptr::eq(Arc::as_ptr(&core.node), self) => {
+                core.sched.schedule(task);
+                core.poke();
+                true
+            }
+            _ => false,
+        });
+        if !here {
+            // Another thread: hand the wake to the owning shard.
+            self.inject(
+                shard,
+                CrossMsg::run_on(move |core| core.sched.schedule(task)),
+            );
         }
-        _ => false,
-    })
+    }
 }
 
 /// The durable log of the shard the calling thread runs, if it is a shard thread of a node

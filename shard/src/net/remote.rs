@@ -646,13 +646,16 @@ where
                 .calls
                 .borrow_mut()
                 .register(deadline, Waiter::Forward(Box::new(fwd)));
-            let d = Box::new(crate::envelope::Deliver::<A, M>::new(
+            let mut d = Box::new(crate::envelope::Deliver::<A, M>::new(
                 type_idx,
                 key,
                 msg,
                 ReplyTo::Local(call),
                 Origin::Local,
             ));
+            // The caller's deadline travels with the message: once it passed, the turn is
+            // not run (the caller gets `Timeout` either way).
+            d.deadline = Some(deadline);
             // Never waits: the connection's request bound (4096 in progress) bounds the
             // mailbox growth from the network.
             crate::activation::deliver::<A>(core, type_idx, d);
