@@ -15,7 +15,7 @@ use quark_placement::{ActorId, ActorKey};
 use rustc_hash::FxHashMap;
 
 use crate::actor::{Actor, Context};
-use crate::envelope::{fail_reply, MailItem, Origin};
+use crate::envelope::{fail_reply, MailItem, Origin, ReplyTo};
 use crate::error::CallError;
 use crate::shard::Shard;
 use crate::turn::RunTurn;
@@ -658,142 +658,182 @@ impl<A: Actor> Future for MailWait<'_, A> {
 /// The task of one activation: activate, run turns one at a time, deactivate; reactivate in
 /// place if mail arrived during deactivation.
 async fn run_activation<A: Actor>(act: Rc<Activation<A>>, info: Arc<TypeInfo<A>>) {
-    let core = act.ctx.core.clone();
-    let mailbox_cap = core.node.config.mailbox_capacity;
-    let table = || core.table::<A>(act.ctx.type_idx);
     loop {
-        let mut actor = match build_actor(&act, &info).await {
-            Ok(actor) => actor,
-            Err(detail) => {
-                tracing::error!(shard = core.id, actor = %act.ctx.id, %detail, "activation failed; failing queued calls");
-                end_activation(&act, table(), None, |actor| CallError::ActivationFailed {
-                    actor,
-                    detail: detail.clone(),
-                });
-                return;
-            }
+        let Some(mut actor) = activate(&act, &info).await else {
+            return;
         };
-        act.enter(Life::Activating);
-        let activated = {
-            let turn = crate::turn::Turn::new(actor.on_activate(&act.ctx));
-            let mut turn = std::pin::pin!(turn);
+        if let Err((reply, panic)) = serve_mailbox(&act, &mut actor).await {
+            turn_panicked(&act, actor, reply, panic);
+            return;
+        }
+        if !deactivate(&act, actor).await {
+            return;
+        }
+    }
+}
+
+/// Builds the actor and runs `on_activate`; on failure, ends the activation (queued calls
+/// fail with the cause) and returns `None`.
+async fn activate<A: Actor>(act: &Rc<Activation<A>>, info: &Arc<TypeInfo<A>>) -> Option<A> {
+    let core = &act.ctx.core;
+    let table = || core.table::<A>(act.ctx.type_idx);
+    let mut actor = match build_actor(act, info).await {
+        Ok(actor) => actor,
+        Err(detail) => {
+            tracing::error!(shard = core.id, actor = %act.ctx.id, %detail, "activation failed; failing queued calls");
+            end_activation(act, table(), None, |actor| CallError::ActivationFailed {
+                actor,
+                detail: detail.clone(),
+            });
+            return None;
+        }
+    };
+    act.enter(Life::Activating);
+    let activated = {
+        let turn = crate::turn::Turn::new(actor.on_activate(&act.ctx));
+        let mut turn = std::pin::pin!(turn);
+        RunTurn {
+            turn: turn.as_mut(),
+        }
+        .await
+    };
+    if let Err(panic) = activated {
+        tracing::error!(shard = core.id, actor = %act.ctx.id, panic = %panic, "on_activate panicked; failing queued calls");
+        end_activation(act, table(), Some(actor), |actor| {
+            CallError::ActorPanicked {
+                actor,
+                panic: panic.clone(),
+            }
+        });
+        return None;
+    }
+    act.enter(Life::Idle);
+    Some(actor)
+}
+
+/// Runs turns from the mailbox until a deactivation is asked for and the mailbox is empty
+/// (`Ok`), or a handler panicked (`Err`: the panicked call's reply address and the message).
+async fn serve_mailbox<A: Actor>(
+    act: &Rc<Activation<A>>,
+    actor: &mut A,
+) -> Result<(), (ReplyTo, String)> {
+    let core = &act.ctx.core;
+    let mailbox_cap = core.node.config.mailbox_capacity;
+    let mut budget = TURN_BUDGET;
+    let mut slice_start = core.now();
+    loop {
+        let item = act.mailbox.borrow_mut().pop_front();
+        let Some(item) = item else {
+            if act.stop_requested.get() {
+                return Ok(());
+            }
+            MailWait { act }.await;
+            continue;
+        };
+        act.wake_space_waiters(mailbox_cap);
+        let reply = item.reply_to();
+        let origin = item.origin();
+        let mut yield_after = false;
+        if let Some(deadline) = item.deadline() {
+            // An ask: not run if its caller stopped waiting (an overloaded actor catches up
+            // instead of working for nobody). Judged with a clock fresh enough for this
+            // deadline (see `Shard::deadline_passed`).
+            if core.deadline_passed(deadline) || !core.is_awaited(reply) {
+                drop(item);
+                crate::envelope::expire_reply(core, reply);
+                core.turn_done(origin, reply);
+                let s = &core.stats.asks_expired_skipped;
+                s.set(s.get() + 1);
+                continue;
+            }
+            let now = core.now();
+            if now.saturating_duration_since(slice_start) >= TURN_TIME_BUDGET {
+                yield_after = true;
+                slice_start = now;
+            }
+        }
+        if origin != Origin::Timer {
+            act.last_active.set(core.now());
+        }
+        act.enter(Life::Running);
+        let result = {
+            let mut turn = std::pin::pin!(crate::turn::Turn::empty());
+            item.start(actor, &act.ctx, turn.as_mut());
             RunTurn {
                 turn: turn.as_mut(),
             }
             .await
         };
-        if let Err(panic) = activated {
-            tracing::error!(shard = core.id, actor = %act.ctx.id, panic = %panic, "on_activate panicked; failing queued calls");
-            end_activation(&act, table(), Some(actor), |actor| {
-                CallError::ActorPanicked {
-                    actor,
-                    panic: panic.clone(),
-                }
-            });
-            return;
+        core.turn_done(origin, reply);
+        if let Err(panic) = result {
+            return Err((reply, panic));
         }
         act.enter(Life::Idle);
-        let mut budget = TURN_BUDGET;
-        let mut slice_start = core.now();
-        loop {
-            let item = act.mailbox.borrow_mut().pop_front();
-            let Some(item) = item else {
-                if act.stop_requested.get() {
-                    break;
-                }
-                MailWait { act: &act }.await;
-                continue;
-            };
-            act.wake_space_waiters(mailbox_cap);
-            let reply = item.reply_to();
-            let origin = item.origin();
-            let mut yield_after = false;
-            if let Some(deadline) = item.deadline() {
-                // An ask: not run if its caller stopped waiting (an overloaded actor catches up
-                // instead of working for nobody). Judged with a clock fresh enough for this
-                // deadline (see `Shard::deadline_passed`).
-                if core.deadline_passed(deadline) || !core.is_awaited(reply) {
-                    drop(item);
-                    crate::envelope::expire_reply(&core, reply);
-                    core.turn_done(origin, reply);
-                    let s = &core.stats.asks_expired_skipped;
-                    s.set(s.get() + 1);
-                    continue;
-                }
-                let now = core.now();
-                if now.saturating_duration_since(slice_start) >= TURN_TIME_BUDGET {
-                    yield_after = true;
-                    slice_start = now;
-                }
-            }
-            if origin != Origin::Timer {
-                act.last_active.set(core.now());
-            }
-            act.enter(Life::Running);
-            let result = {
-                let mut turn = std::pin::pin!(crate::turn::Turn::empty());
-                item.start(&mut actor, &act.ctx, turn.as_mut());
-                RunTurn {
-                    turn: turn.as_mut(),
-                }
-                .await
-            };
-            if let Err(panic) = result {
-                core.turn_done(origin, reply);
-                tracing::error!(shard = core.id, actor = %act.ctx.id, panic = %panic, "handler panicked; discarding the activation");
-                core.stats.panics.set(core.stats.panics.get() + 1);
-                fail_reply(
-                    &core,
-                    reply,
-                    CallError::ActorPanicked {
-                        actor: act.ctx.id.clone(),
-                        panic,
-                    },
-                );
-                end_activation(&act, table(), Some(actor), |actor| {
-                    CallError::ActivationAborted { actor }
-                });
-                return;
-            }
-            act.enter(Life::Idle);
-            core.turn_done(origin, reply);
-            budget -= 1;
-            if budget == 0 || yield_after {
-                budget = TURN_BUDGET;
-                crate::rt::yield_now().await;
-            }
+        budget -= 1;
+        if budget == 0 || yield_after {
+            budget = TURN_BUDGET;
+            crate::rt::yield_now().await;
         }
-        // Deactivation: the activation stays in the table (mail that arrives now is queued and
-        // triggers a reactivation in place, so two activations of one actor never coexist).
-        act.ctx.cancel_all_timers();
-        act.enter(Life::Deactivating);
-        let deactivated = {
-            let turn = crate::turn::Turn::new(actor.on_deactivate(&act.ctx));
-            let mut turn = std::pin::pin!(turn);
-            RunTurn {
-                turn: turn.as_mut(),
-            }
-            .await
-        };
-        if let Err(panic) = deactivated {
-            tracing::error!(shard = core.id, actor = %act.ctx.id, panic = %panic, "on_deactivate panicked");
-        }
-        drop(actor);
-        core.stats
-            .deactivations
-            .set(core.stats.deactivations.get() + 1);
-        act.stop_requested.set(false);
-        if act.mailbox.borrow().is_empty() {
-            // Nothing is queued, so nothing fails: the discard only leaves the table (and
-            // cancels any timer `on_deactivate` set, which could never fire into a gone
-            // activation anyway).
-            end_activation(&act, table(), None, |actor| CallError::ActivationAborted {
-                actor,
-            });
-            return;
-        }
-        act.enter(Life::New);
     }
+}
+
+/// A handler panicked: its caller gets `ActorPanicked`, queued calls `ActivationAborted`, and
+/// the activation (whose state may be half-updated) is discarded.
+fn turn_panicked<A: Actor>(act: &Rc<Activation<A>>, actor: A, reply: ReplyTo, panic: String) {
+    let core = &act.ctx.core;
+    tracing::error!(shard = core.id, actor = %act.ctx.id, panic = %panic, "handler panicked; discarding the activation");
+    core.stats.panics.set(core.stats.panics.get() + 1);
+    fail_reply(
+        core,
+        reply,
+        CallError::ActorPanicked {
+            actor: act.ctx.id.clone(),
+            panic,
+        },
+    );
+    end_activation(
+        act,
+        core.table::<A>(act.ctx.type_idx),
+        Some(actor),
+        |actor| CallError::ActivationAborted { actor },
+    );
+}
+
+/// Runs `on_deactivate` and drops the state. Returns true if mail arrived meanwhile (the
+/// activation reactivates in place), false once it left its table.
+async fn deactivate<A: Actor>(act: &Rc<Activation<A>>, mut actor: A) -> bool {
+    let core = &act.ctx.core;
+    // Deactivation: the activation stays in the table (mail that arrives now is queued and
+    // triggers a reactivation in place, so two activations of one actor never coexist).
+    act.ctx.cancel_all_timers();
+    act.enter(Life::Deactivating);
+    let deactivated = {
+        let turn = crate::turn::Turn::new(actor.on_deactivate(&act.ctx));
+        let mut turn = std::pin::pin!(turn);
+        RunTurn {
+            turn: turn.as_mut(),
+        }
+        .await
+    };
+    if let Err(panic) = deactivated {
+        tracing::error!(shard = core.id, actor = %act.ctx.id, panic = %panic, "on_deactivate panicked");
+    }
+    drop(actor);
+    core.stats
+        .deactivations
+        .set(core.stats.deactivations.get() + 1);
+    act.stop_requested.set(false);
+    if act.mailbox.borrow().is_empty() {
+        // Nothing is queued, so nothing fails: the discard only leaves the table (and
+        // cancels any timer `on_deactivate` set, which could never fire into a gone
+        // activation anyway).
+        end_activation(act, core.table::<A>(act.ctx.type_idx), None, |actor| {
+            CallError::ActivationAborted { actor }
+        });
+        return false;
+    }
+    act.enter(Life::New);
+    true
 }
 
 /// Ends an activation from its own task: the discard sequence ([`Activation::discard`]), then

@@ -335,9 +335,12 @@ fn never_reading_connections(n: usize) {
         for a in &mut abusers {
             if a.ended.is_none() {
                 if let Ok(Some(_)) = a.child.try_wait() {
+                    // The child has exited: its stdout reader ends at EOF, so this blocking
+                    // read sees every line it printed (`try_iter` raced the reader thread
+                    // and reported a child that printed CLOSED as KILLED).
                     a.ended = Some(
                         a.lines
-                            .try_iter()
+                            .iter()
                             .find(|l| l == "CLOSED" || l == "STOPPED")
                             .unwrap_or_else(|| "KILLED".into()),
                     );

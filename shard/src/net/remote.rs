@@ -236,6 +236,18 @@ where
     })
     .await;
     drop(wait);
+    remote_outcome::<M>(&core, codec, id, node, timeout, outcome)
+}
+
+/// Turns what came back for a remote ask into the caller's result.
+fn remote_outcome<M: Message>(
+    core: &Shard,
+    codec: &super::WireCodec,
+    id: &ActorId,
+    node: NodeId,
+    timeout: Duration,
+    outcome: CallOutcome,
+) -> Result<M::Reply, CallError> {
     match outcome {
         CallOutcome::Remote(RemoteReply::Value(bytes)) => match (codec.decode_reply)(&bytes) {
             Ok(any) => match any.downcast::<M::Reply>() {
@@ -601,6 +613,43 @@ where
     })?;
     // Fast path: this shard owns the actor. The message goes straight into its mailbox, the
     // reply straight from the call table onto the connection (no task, no ring).
+    let (key, msg, sink) = match deliver_here::<A, M>(core, key, msg, timeout, sink) {
+        Ok(()) => return Ok(()),
+        Err(back) => back,
+    };
+    let aref = ActorRef::<A>::new_local(core.node.clone(), key);
+    let core2 = core.clone();
+    match sink.reply {
+        true => core.sched.spawn(async move {
+            match aref.ask_timeout(msg, timeout).await {
+                Ok(v) => sink.send_value(&core2, &v),
+                Err(e) => sink.send_error(&core2, &call_error_to_remote(e)),
+            }
+        }),
+        false => core.sched.spawn(async move {
+            if let Err(e) = aref.tell(msg).await {
+                tracing::debug!(shard = core2.id, error = %e, "tell from the network failed");
+            }
+            drop(sink);
+        }),
+    }
+    Ok(())
+}
+
+/// Delivers a request from the network to its actor if this shard owns it; otherwise gives
+/// the request back (the caller forwards it through an `ActorRef`).
+fn deliver_here<A, M>(
+    core: &Rc<Shard>,
+    key: ActorKey,
+    msg: M,
+    timeout: Duration,
+    sink: ReplySink,
+) -> Result<(), (ActorKey, M, ReplySink)>
+where
+    A: Handler<M>,
+    M: Message + WireOwned,
+    M::Reply: WireOwned,
+{
     let node = &core.node;
     if let Some(&type_idx) = node.type_index.get(&std::any::TypeId::of::<A>()) {
         let ty = &node.types[usize::from(type_idx)];
@@ -662,23 +711,7 @@ where
             return Ok(());
         }
     }
-    let aref = ActorRef::<A>::new_local(core.node.clone(), key);
-    let core2 = core.clone();
-    match sink.reply {
-        true => core.sched.spawn(async move {
-            match aref.ask_timeout(msg, timeout).await {
-                Ok(v) => sink.send_value(&core2, &v),
-                Err(e) => sink.send_error(&core2, &call_error_to_remote(e)),
-            }
-        }),
-        false => core.sched.spawn(async move {
-            if let Err(e) = aref.tell(msg).await {
-                tracing::debug!(shard = core2.id, error = %e, "tell from the network failed");
-            }
-            drop(sink);
-        }),
-    }
-    Ok(())
+    Err((key, msg, sink))
 }
 
 /// Handles a Request or OneWay frame from the network. Never closes the connection: a frame
