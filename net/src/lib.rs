@@ -35,7 +35,7 @@ pub use handshake::{
     PeerRole, RejectReason, CLUSTER_ID_BYTES_MAX, HANDSHAKE_FRAME_BYTES_MAX, NONCE_BYTES,
     PROTOCOL_VERSION,
 };
-pub use membership::{ClusterConfig, Membership, MembershipError, NodeConfig};
+pub use membership::{ClusterConfig, MemberAddr, Membership, MembershipError};
 /// The rkyv version this crate archives with (derive `rkyv::Archive`/`Serialize` through it
 /// so the versions match).
 pub use rkyv;

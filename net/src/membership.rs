@@ -21,13 +21,13 @@ pub struct ClusterConfig {
     /// The cluster id every member and client must present in the handshake.
     pub cluster_id: String,
     /// The members.
-    pub nodes: Vec<NodeConfig>,
+    pub nodes: Vec<MemberAddr>,
 }
 
-/// One `nodes` entry.
+/// One `nodes` entry: a member's id and the address it listens on.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct NodeConfig {
+pub struct MemberAddr {
     /// The node's id, unique in the cluster.
     pub id: u64,
     /// `ip:port` the node listens on (a literal address; names are resolved by the caller).

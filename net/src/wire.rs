@@ -228,7 +228,10 @@ pub enum WireError {
 /// before anything is read; this never panics.
 pub fn decode_message<M: WireMessage>(payload: &[u8]) -> Result<&M::Archived, WireError> {
     let addr = payload.as_ptr() as usize;
-    if addr & (FRAME_ALIGN - 1) != 0 {
+    // An empty payload (the archive of `()` or of an empty struct) has no bytes to align, and
+    // an empty buffer's address is a dangling 0x1: refusing it made every remote ask with a
+    // `()` reply fail with `BadReply`.
+    if !payload.is_empty() && addr & (FRAME_ALIGN - 1) != 0 {
         return Err(WireError::Misaligned {
             wire_name: M::WIRE_NAME,
             addr,

@@ -203,6 +203,16 @@ fn misaligned_payload_is_rejected() {
     ));
 }
 
+/// The archive of `()` is empty, and an empty buffer's address is not aligned: it still
+/// decodes (a remote ask with a `()` reply failed with `BadReply` before).
+#[test]
+fn an_empty_archive_decodes_wherever_it_lies() {
+    let empty = rkyv::util::AlignedVec::<16>::new();
+    assert_eq!(rkyv::to_bytes::<rkyv::rancor::Error>(&()).unwrap().len(), 0);
+    <()>::from_wire(&empty).expect("() decodes from an empty buffer");
+    <()>::from_wire(&[0u8; 0][..]).expect("() decodes from any empty slice");
+}
+
 #[test]
 fn remote_errors_round_trip() {
     let all = [

@@ -286,7 +286,7 @@ impl ClientBuilder {
                 }
                 (_, Err(e)) => return Err(e),
             };
-            nodes.push(quark_net::NodeConfig {
+            nodes.push(quark_net::MemberAddr {
                 id,
                 addr: addr.to_string(),
             });

@@ -41,7 +41,7 @@ pub(crate) struct RawCluster {
     connect_timeout_ms: Option<u64>,
     handshake_timeout_ms: Option<u64>,
     #[serde(default)]
-    nodes: Vec<quark_net::NodeConfig>,
+    nodes: Vec<quark_net::MemberAddr>,
 }
 
 fn invalid(file: &Path, key: &str, value: String, reason: &'static str) -> ConfigError {

@@ -15,9 +15,9 @@ use quark_placement::{ActorId, ActorKey};
 use rustc_hash::FxHashMap;
 
 use crate::actor::{Actor, Context};
-use crate::core::ShardCore;
-use crate::envelope::{fail_reply, MailItem, Origin};
+use crate::envelope::{fail_reply, MailItem, Origin, ReplyTo};
 use crate::error::CallError;
+use crate::shard::Shard;
 use crate::turn::RunTurn;
 
 /// Turns an activation runs before it lets other tasks of the shard run.
@@ -152,7 +152,62 @@ pub(crate) trait ErasedTable {
     /// Number of live activations.
     fn len(&self) -> usize;
     /// Drops every activation now, failing queued calls with `ShuttingDown`.
-    fn abort_all(&self, core: &ShardCore);
+    fn abort_all(&self, core: &Shard);
+}
+
+/// A shard's actor tables, one per registered actor type (indexed by the type's registry
+/// index).
+pub(crate) struct ActorTables(Vec<Box<dyn ErasedTable>>);
+
+impl ActorTables {
+    pub(crate) fn new(types: &[Arc<dyn ErasedType>], default_idle: Duration) -> Self {
+        ActorTables(
+            types
+                .iter()
+                .enumerate()
+                .map(|(i, t)| t.clone().make_table(i as u16, default_idle))
+                .collect(),
+        )
+    }
+
+    /// The table of actor type `A` (registered at index `type_idx`).
+    #[inline]
+    pub(crate) fn get<A: Actor>(&self, type_idx: u16) -> &TypeTable<A> {
+        self.0[usize::from(type_idx)]
+            .as_any()
+            .downcast_ref::<TypeTable<A>>()
+            .expect("type index and actor type come from the same registry")
+    }
+
+    /// Live activations of every type.
+    pub(crate) fn live(&self) -> usize {
+        self.0.iter().map(|t| t.len()).sum()
+    }
+
+    /// True if no activation is running a turn or has mail.
+    pub(crate) fn quiescent(&self) -> bool {
+        self.0.iter().all(|t| t.quiescent())
+    }
+
+    /// Asks idle activations whose idle timeout passed to deactivate.
+    pub(crate) fn sweep_idle(&self, now: Instant) {
+        self.0.iter().for_each(|t| t.sweep_idle(now));
+    }
+
+    /// Asks every activation to deactivate once its mailbox is empty.
+    pub(crate) fn deactivate_all(&self) {
+        self.0.iter().for_each(|t| t.deactivate_all());
+    }
+
+    /// Drops every activation now, failing queued calls with `ShuttingDown`.
+    pub(crate) fn abort_all(&self, shard: &Shard) {
+        self.0.iter().for_each(|t| t.abort_all(shard));
+    }
+
+    /// The shortest idle timeout of any type.
+    pub(crate) fn min_idle_timeout(&self) -> Option<Duration> {
+        self.0.iter().map(|t| t.idle_timeout()).min()
+    }
 }
 
 pub(crate) struct TypeTable<A: Actor> {
@@ -173,7 +228,7 @@ impl<A: Actor> TypeTable<A> {
 
     /// The activation that should get the next message for `key`, activating one if needed.
     #[inline]
-    fn route(&self, core: &Rc<ShardCore>, key: &ActorKey) -> Rc<Activation<A>> {
+    fn route(&self, core: &Rc<Shard>, key: &ActorKey) -> Rc<Activation<A>> {
         match self.info.spec.stateless_workers {
             None => {
                 if let Some(act) = self.actors.borrow().get(key) {
@@ -202,7 +257,7 @@ impl<A: Actor> TypeTable<A> {
         }
     }
 
-    fn activate(&self, core: &Rc<ShardCore>, key: &ActorKey) -> Rc<Activation<A>> {
+    fn activate(&self, core: &Rc<Shard>, key: &ActorKey) -> Rc<Activation<A>> {
         let id = ActorId {
             type_name: A::TYPE_NAME,
             key: key.clone(),
@@ -225,7 +280,7 @@ impl<A: Actor> TypeTable<A> {
             space_waiters: RefCell::new(VecDeque::new()),
         });
         core.stats.activations.set(core.stats.activations.get() + 1);
-        core.exec
+        core.sched
             .spawn(run_activation(act.clone(), self.info.clone()));
         act
     }
@@ -281,7 +336,7 @@ impl<A: Actor> ErasedTable for TypeTable<A> {
         self.actors.borrow().len() + self.workers.borrow().values().map(Vec::len).sum::<usize>()
     }
 
-    fn abort_all(&self, core: &ShardCore) {
+    fn abort_all(&self, core: &Shard) {
         // The tables are cleared as a whole below (removing one by one would re-borrow them).
         self.each(|act| act.discard_at_shutdown(core));
         self.actors.borrow_mut().clear();
@@ -293,11 +348,7 @@ impl<A: Actor> ErasedTable for TypeTable<A> {
 ///
 /// Deliveries from rings and timers never wait: their senders are bounded by credits. Local
 /// senders wait for mailbox space *before* calling this (see [`wait_for_space`]).
-pub(crate) fn deliver<A: Actor>(
-    core: &Rc<ShardCore>,
-    type_idx: u16,
-    item: Box<dyn MailItemKeyed<A>>,
-) {
+pub(crate) fn deliver<A: Actor>(core: &Rc<Shard>, type_idx: u16, item: Box<dyn MailItemKeyed<A>>) {
     let table = core.table::<A>(type_idx);
     let act = table.route(core, item.key());
     act.push(item.into_item());
@@ -328,7 +379,7 @@ where
 /// case: no future, no reference-count traffic); gives the item back otherwise.
 #[inline]
 pub(crate) fn try_send_local<A: Actor>(
-    core: &ShardCore,
+    core: &Shard,
     type_idx: u16,
     item: Box<dyn MailItemKeyed<A>>,
 ) -> Result<(), Box<dyn MailItemKeyed<A>>> {
@@ -347,7 +398,7 @@ pub(crate) fn try_send_local<A: Actor>(
 /// Delivers `item` from a sender on this shard at once: activates the target if needed;
 /// gives the item back if its mailbox is at `mailbox_capacity`.
 pub(crate) fn send_local_now<A: Actor>(
-    core: &Rc<ShardCore>,
+    core: &Rc<Shard>,
     type_idx: u16,
     item: Box<dyn MailItemKeyed<A>>,
 ) -> Result<(), Box<dyn MailItemKeyed<A>>> {
@@ -363,7 +414,7 @@ pub(crate) fn send_local_now<A: Actor>(
 /// Delivers `item` from a sender on this shard: activates the target if needed and waits
 /// while its mailbox is at `mailbox_capacity`.
 pub(crate) async fn send_local<A: Actor>(
-    core: &Rc<ShardCore>,
+    core: &Rc<Shard>,
     type_idx: u16,
     item: Box<dyn MailItemKeyed<A>>,
 ) {
@@ -523,7 +574,7 @@ impl<A: Actor> Activation<A> {
     /// it deactivated with an empty mailbox): enters `Gone` (asserted), then [`Self::release`].
     /// The task then drops the state, if one was built, and takes the activation out of its
     /// table (see `end_activation`).
-    fn discard(&self, core: &ShardCore, err: impl Fn(ActorId) -> CallError) {
+    fn discard(&self, core: &Shard, err: impl Fn(ActorId) -> CallError) {
         self.enter(Life::Gone);
         self.release(core, err);
     }
@@ -531,14 +582,14 @@ impl<A: Actor> Activation<A> {
     /// Shutdown's discard: the shard stops and catches the activation in whatever state it is
     /// (the task is never polled again), so `Gone` is entered from any state. The caller clears
     /// the tables as a whole.
-    fn discard_at_shutdown(&self, core: &ShardCore) {
+    fn discard_at_shutdown(&self, core: &Shard) {
         self.life.set(Life::Gone);
         self.release(core, |actor| CallError::ShuttingDown { actor });
     }
 
     /// What every discard does once `Gone`: fails every queued call with `err`, wakes the
     /// senders waiting for room and cancels the activation's timers.
-    fn release(&self, core: &ShardCore, err: impl Fn(ActorId) -> CallError) {
+    fn release(&self, core: &Shard, err: impl Fn(ActorId) -> CallError) {
         self.fail_queued(core, err);
         self.ctx.cancel_all_timers();
     }
@@ -570,7 +621,7 @@ impl<A: Actor> Activation<A> {
         }
     }
 
-    fn fail_queued(&self, core: &ShardCore, err: impl Fn(ActorId) -> CallError) {
+    fn fail_queued(&self, core: &Shard, err: impl Fn(ActorId) -> CallError) {
         let items: Vec<_> = self.mailbox.borrow_mut().drain(..).collect();
         for item in items {
             fail_reply(core, item.reply_to(), err(self.ctx.id.clone()));
@@ -607,142 +658,182 @@ impl<A: Actor> Future for MailWait<'_, A> {
 /// The task of one activation: activate, run turns one at a time, deactivate; reactivate in
 /// place if mail arrived during deactivation.
 async fn run_activation<A: Actor>(act: Rc<Activation<A>>, info: Arc<TypeInfo<A>>) {
-    let core = act.ctx.core.clone();
-    let mailbox_cap = core.node.config.mailbox_capacity;
-    let table = || core.table::<A>(act.ctx.type_idx);
     loop {
-        let mut actor = match build_actor(&act, &info).await {
-            Ok(actor) => actor,
-            Err(detail) => {
-                tracing::error!(shard = core.id, actor = %act.ctx.id, %detail, "activation failed; failing queued calls");
-                end_activation(&act, table(), None, |actor| CallError::ActivationFailed {
-                    actor,
-                    detail: detail.clone(),
-                });
-                return;
-            }
+        let Some(mut actor) = activate(&act, &info).await else {
+            return;
         };
-        act.enter(Life::Activating);
-        let activated = {
-            let turn = crate::turn::Turn::new(actor.on_activate(&act.ctx));
-            let mut turn = std::pin::pin!(turn);
+        if let Err((reply, panic)) = serve_mailbox(&act, &mut actor).await {
+            turn_panicked(&act, actor, reply, panic);
+            return;
+        }
+        if !deactivate(&act, actor).await {
+            return;
+        }
+    }
+}
+
+/// Builds the actor and runs `on_activate`; on failure, ends the activation (queued calls
+/// fail with the cause) and returns `None`.
+async fn activate<A: Actor>(act: &Rc<Activation<A>>, info: &Arc<TypeInfo<A>>) -> Option<A> {
+    let core = &act.ctx.core;
+    let table = || core.table::<A>(act.ctx.type_idx);
+    let mut actor = match build_actor(act, info).await {
+        Ok(actor) => actor,
+        Err(detail) => {
+            tracing::error!(shard = core.id, actor = %act.ctx.id, %detail, "activation failed; failing queued calls");
+            end_activation(act, table(), None, |actor| CallError::ActivationFailed {
+                actor,
+                detail: detail.clone(),
+            });
+            return None;
+        }
+    };
+    act.enter(Life::Activating);
+    let activated = {
+        let turn = crate::turn::Turn::new(actor.on_activate(&act.ctx));
+        let mut turn = std::pin::pin!(turn);
+        RunTurn {
+            turn: turn.as_mut(),
+        }
+        .await
+    };
+    if let Err(panic) = activated {
+        tracing::error!(shard = core.id, actor = %act.ctx.id, panic = %panic, "on_activate panicked; failing queued calls");
+        end_activation(act, table(), Some(actor), |actor| {
+            CallError::ActorPanicked {
+                actor,
+                panic: panic.clone(),
+            }
+        });
+        return None;
+    }
+    act.enter(Life::Idle);
+    Some(actor)
+}
+
+/// Runs turns from the mailbox until a deactivation is asked for and the mailbox is empty
+/// (`Ok`), or a handler panicked (`Err`: the panicked call's reply address and the message).
+async fn serve_mailbox<A: Actor>(
+    act: &Rc<Activation<A>>,
+    actor: &mut A,
+) -> Result<(), (ReplyTo, String)> {
+    let core = &act.ctx.core;
+    let mailbox_cap = core.node.config.mailbox_capacity;
+    let mut budget = TURN_BUDGET;
+    let mut slice_start = core.now();
+    loop {
+        let item = act.mailbox.borrow_mut().pop_front();
+        let Some(item) = item else {
+            if act.stop_requested.get() {
+                return Ok(());
+            }
+            MailWait { act }.await;
+            continue;
+        };
+        act.wake_space_waiters(mailbox_cap);
+        let reply = item.reply_to();
+        let origin = item.origin();
+        let mut yield_after = false;
+        if let Some(deadline) = item.deadline() {
+            // An ask: not run if its caller stopped waiting (an overloaded actor catches up
+            // instead of working for nobody). Judged with a clock fresh enough for this
+            // deadline (see `Shard::deadline_passed`).
+            if core.deadline_passed(deadline) || !core.is_awaited(reply) {
+                drop(item);
+                crate::envelope::expire_reply(core, reply);
+                core.turn_done(origin, reply);
+                let s = &core.stats.asks_expired_skipped;
+                s.set(s.get() + 1);
+                continue;
+            }
+            let now = core.now();
+            if now.saturating_duration_since(slice_start) >= TURN_TIME_BUDGET {
+                yield_after = true;
+                slice_start = now;
+            }
+        }
+        if origin != Origin::Timer {
+            act.last_active.set(core.now());
+        }
+        act.enter(Life::Running);
+        let result = {
+            let mut turn = std::pin::pin!(crate::turn::Turn::empty());
+            item.start(actor, &act.ctx, turn.as_mut());
             RunTurn {
                 turn: turn.as_mut(),
             }
             .await
         };
-        if let Err(panic) = activated {
-            tracing::error!(shard = core.id, actor = %act.ctx.id, panic = %panic, "on_activate panicked; failing queued calls");
-            end_activation(&act, table(), Some(actor), |actor| {
-                CallError::ActorPanicked {
-                    actor,
-                    panic: panic.clone(),
-                }
-            });
-            return;
+        core.turn_done(origin, reply);
+        if let Err(panic) = result {
+            return Err((reply, panic));
         }
         act.enter(Life::Idle);
-        let mut budget = TURN_BUDGET;
-        let mut slice_start = core.now();
-        loop {
-            let item = act.mailbox.borrow_mut().pop_front();
-            let Some(item) = item else {
-                if act.stop_requested.get() {
-                    break;
-                }
-                MailWait { act: &act }.await;
-                continue;
-            };
-            act.wake_space_waiters(mailbox_cap);
-            let reply = item.reply_to();
-            let origin = item.origin();
-            let mut yield_after = false;
-            if let Some(deadline) = item.deadline() {
-                // An ask: not run if its caller stopped waiting (an overloaded actor catches up
-                // instead of working for nobody). Judged with a clock fresh enough for this
-                // deadline (see `ShardCore::deadline_passed`).
-                if core.deadline_passed(deadline) || !core.is_awaited(reply) {
-                    drop(item);
-                    crate::envelope::expire_reply(&core, reply);
-                    core.turn_done(origin, reply);
-                    let s = &core.stats.asks_expired_skipped;
-                    s.set(s.get() + 1);
-                    continue;
-                }
-                let now = core.now();
-                if now.saturating_duration_since(slice_start) >= TURN_TIME_BUDGET {
-                    yield_after = true;
-                    slice_start = now;
-                }
-            }
-            if origin != Origin::Timer {
-                act.last_active.set(core.now());
-            }
-            act.enter(Life::Running);
-            let result = {
-                let mut turn = std::pin::pin!(crate::turn::Turn::empty());
-                item.start(&mut actor, &act.ctx, turn.as_mut());
-                RunTurn {
-                    turn: turn.as_mut(),
-                }
-                .await
-            };
-            if let Err(panic) = result {
-                core.turn_done(origin, reply);
-                tracing::error!(shard = core.id, actor = %act.ctx.id, panic = %panic, "handler panicked; discarding the activation");
-                core.stats.panics.set(core.stats.panics.get() + 1);
-                fail_reply(
-                    &core,
-                    reply,
-                    CallError::ActorPanicked {
-                        actor: act.ctx.id.clone(),
-                        panic,
-                    },
-                );
-                end_activation(&act, table(), Some(actor), |actor| {
-                    CallError::ActivationAborted { actor }
-                });
-                return;
-            }
-            act.enter(Life::Idle);
-            core.turn_done(origin, reply);
-            budget -= 1;
-            if budget == 0 || yield_after {
-                budget = TURN_BUDGET;
-                crate::rt::yield_now().await;
-            }
+        budget -= 1;
+        if budget == 0 || yield_after {
+            budget = TURN_BUDGET;
+            crate::rt::yield_now().await;
         }
-        // Deactivation: the activation stays in the table (mail that arrives now is queued and
-        // triggers a reactivation in place, so two activations of one actor never coexist).
-        act.ctx.cancel_all_timers();
-        act.enter(Life::Deactivating);
-        let deactivated = {
-            let turn = crate::turn::Turn::new(actor.on_deactivate(&act.ctx));
-            let mut turn = std::pin::pin!(turn);
-            RunTurn {
-                turn: turn.as_mut(),
-            }
-            .await
-        };
-        if let Err(panic) = deactivated {
-            tracing::error!(shard = core.id, actor = %act.ctx.id, panic = %panic, "on_deactivate panicked");
-        }
-        drop(actor);
-        core.stats
-            .deactivations
-            .set(core.stats.deactivations.get() + 1);
-        act.stop_requested.set(false);
-        if act.mailbox.borrow().is_empty() {
-            // Nothing is queued, so nothing fails: the discard only leaves the table (and
-            // cancels any timer `on_deactivate` set, which could never fire into a gone
-            // activation anyway).
-            end_activation(&act, table(), None, |actor| CallError::ActivationAborted {
-                actor,
-            });
-            return;
-        }
-        act.enter(Life::New);
     }
+}
+
+/// A handler panicked: its caller gets `ActorPanicked`, queued calls `ActivationAborted`, and
+/// the activation (whose state may be half-updated) is discarded.
+fn turn_panicked<A: Actor>(act: &Rc<Activation<A>>, actor: A, reply: ReplyTo, panic: String) {
+    let core = &act.ctx.core;
+    tracing::error!(shard = core.id, actor = %act.ctx.id, panic = %panic, "handler panicked; discarding the activation");
+    core.stats.panics.set(core.stats.panics.get() + 1);
+    fail_reply(
+        core,
+        reply,
+        CallError::ActorPanicked {
+            actor: act.ctx.id.clone(),
+            panic,
+        },
+    );
+    end_activation(
+        act,
+        core.table::<A>(act.ctx.type_idx),
+        Some(actor),
+        |actor| CallError::ActivationAborted { actor },
+    );
+}
+
+/// Runs `on_deactivate` and drops the state. Returns true if mail arrived meanwhile (the
+/// activation reactivates in place), false once it left its table.
+async fn deactivate<A: Actor>(act: &Rc<Activation<A>>, mut actor: A) -> bool {
+    let core = &act.ctx.core;
+    // Deactivation: the activation stays in the table (mail that arrives now is queued and
+    // triggers a reactivation in place, so two activations of one actor never coexist).
+    act.ctx.cancel_all_timers();
+    act.enter(Life::Deactivating);
+    let deactivated = {
+        let turn = crate::turn::Turn::new(actor.on_deactivate(&act.ctx));
+        let mut turn = std::pin::pin!(turn);
+        RunTurn {
+            turn: turn.as_mut(),
+        }
+        .await
+    };
+    if let Err(panic) = deactivated {
+        tracing::error!(shard = core.id, actor = %act.ctx.id, panic = %panic, "on_deactivate panicked");
+    }
+    drop(actor);
+    core.stats
+        .deactivations
+        .set(core.stats.deactivations.get() + 1);
+    act.stop_requested.set(false);
+    if act.mailbox.borrow().is_empty() {
+        // Nothing is queued, so nothing fails: the discard only leaves the table (and
+        // cancels any timer `on_deactivate` set, which could never fire into a gone
+        // activation anyway).
+        end_activation(act, core.table::<A>(act.ctx.type_idx), None, |actor| {
+            CallError::ActivationAborted { actor }
+        });
+        return false;
+    }
+    act.enter(Life::New);
+    true
 }
 
 /// Ends an activation from its own task: the discard sequence ([`Activation::discard`]), then

@@ -10,8 +10,8 @@ use quark_placement::{ActorId, ActorKey, ShardId};
 
 use crate::activation::Activation;
 use crate::actor_ref::ActorRef;
-use crate::core::ShardCore;
 use crate::envelope::{Deliver, Origin, ReplyTo};
+use crate::shard::Shard;
 use crate::timers::TimerId;
 
 /// A message an actor can handle, and the type of its reply.
@@ -75,7 +75,7 @@ pub trait Handler<M: Message>: Actor {
 /// timers and the shard's clock. One `Context` per activation.
 pub struct Context<A: Actor> {
     pub(crate) id: ActorId,
-    pub(crate) core: Rc<ShardCore>,
+    pub(crate) core: Rc<Shard>,
     pub(crate) type_idx: u16,
     pub(crate) this: Weak<Activation<A>>,
     pub(crate) timers: std::cell::RefCell<Vec<TimerId>>,

@@ -14,10 +14,10 @@ use crate::activation::{send_local, send_local_now, try_send_local};
 use crate::actor::{Actor, Handler, Message};
 use crate::admission::{block_on_until, DeadlineTimer};
 use crate::calls::{CallId, CallOutcome, Waiter};
-use crate::core::ShardCore;
 use crate::engine::shared::{current_core, NodeShared, Phase};
-use crate::envelope::{outcome_into, Deliver, ExtForward, External, Origin, ReplyTo};
+use crate::envelope::{outcome_into, CrossMsg, Deliver, ExtForward, External, Origin, ReplyTo};
 use crate::error::CallError;
+use crate::shard::Shard;
 
 /// A reference to a virtual actor of type `A`: cheap to clone, `Send`, usable on any shard of
 /// its node and from any thread outside it.
@@ -245,14 +245,14 @@ impl<A: Actor> ActorRef<A> {
         let shard = self.owner;
         self.node.inject(
             shard,
-            Box::new(crate::envelope::RunMsg(Box::new(move |core| {
+            crate::envelope::CrossMsg::run_on(move |core| {
                 let core2 = core.clone();
-                core.exec.spawn(async move {
+                core.sched.spawn(async move {
                     let r = crate::net::ask_remote(&me, core2.clone(), node, msg, timeout).await;
                     core2.injector().release();
                     let _ = tx.send(r);
                 });
-            }))),
+            }),
         );
         self.reply_by_deadline(rx, &mut timer).await
     }
@@ -297,14 +297,14 @@ impl<A: Actor> ActorRef<A> {
         let me = self.clone();
         self.node.inject(
             self.owner,
-            Box::new(crate::envelope::RunMsg(Box::new(move |core| {
+            crate::envelope::CrossMsg::run_on(move |core| {
                 let core2 = core.clone();
-                core.exec.spawn(async move {
+                core.sched.spawn(async move {
                     let r = crate::net::tell_remote(&me, core2.clone(), node, msg).await;
                     core2.injector().release();
                     let _ = tx.send(r);
                 });
-            }))),
+            }),
         );
         rx.await.unwrap_or_else(|_| {
             Err(CallError::ShuttingDown {
@@ -391,7 +391,7 @@ impl<A: Actor> ActorRef<A> {
             let me = self.clone();
             self.node.inject(
                 self.owner,
-                Box::new(crate::envelope::RunMsg(Box::new(move |core| {
+                crate::envelope::CrossMsg::run_on(move |core| {
                     // Errors are counted (tells_dropped) and logged by the transport.
                     let r = crate::net::tell_remote_now(&me, core, node, msg);
                     if let Err(e) = r {
@@ -403,7 +403,7 @@ impl<A: Actor> ActorRef<A> {
                             "tell_now from outside the node could not be sent");
                     }
                     core.injector().release();
-                }))),
+                }),
             );
             return Ok(());
         }
@@ -417,7 +417,7 @@ impl<A: Actor> ActorRef<A> {
                 ReplyTo::None,
                 Origin::External,
             );
-            self.node.inject(self.owner, Box::new(d));
+            self.node.inject(self.owner, CrossMsg::Request(Box::new(d)));
             return Ok(());
         };
         let target = self.target_on(&core);
@@ -425,7 +425,7 @@ impl<A: Actor> ActorRef<A> {
         if target == core.id {
             send_local_now::<A>(&core, type_idx, item).map_err(|_| full("mailbox"))
         } else if core.try_acquire_credit(target) {
-            core.send_to(target, item);
+            core.send_to(target, CrossMsg::Request(item));
             Ok(())
         } else {
             Err(full("cross-shard credits"))
@@ -472,12 +472,12 @@ impl<A: Actor> ActorRef<A> {
                 })),
             }
         } else if core.try_acquire_credit(target) {
-            core.send_to(target, item);
+            core.send_to(target, CrossMsg::Request(item));
             Ok(Ok(()))
         } else {
             Err(Box::pin(async move {
                 core.acquire_credit(target).await;
-                core.send_to(target, item);
+                core.send_to(target, CrossMsg::Request(item));
                 Ok(())
             }))
         }
@@ -496,14 +496,14 @@ impl<A: Actor> ActorRef<A> {
             ReplyTo::None,
             Origin::External,
         );
-        self.node.inject(self.owner, Box::new(d));
+        self.node.inject(self.owner, CrossMsg::Request(Box::new(d)));
     }
 
     /// The one box a message travels in from shard `core` to shard `target`.
     #[inline]
     fn envelope<M>(
         &self,
-        core: &ShardCore,
+        core: &Shard,
         type_idx: u16,
         target: ShardId,
         msg: M,
@@ -534,7 +534,7 @@ impl<A: Actor> ActorRef<A> {
     }
 
     #[inline]
-    fn target_on(&self, core: &ShardCore) -> ShardId {
+    fn target_on(&self, core: &Shard) -> ShardId {
         if self.stateless {
             core.id
         } else {
@@ -544,7 +544,7 @@ impl<A: Actor> ActorRef<A> {
 
     async fn ask_on_shard<M>(
         &self,
-        core: Rc<ShardCore>,
+        core: Rc<Shard>,
         type_idx: u16,
         msg: M,
         timeout: Duration,
@@ -562,7 +562,7 @@ impl<A: Actor> ActorRef<A> {
             .calls
             .borrow_mut()
             .register(deadline, Waiter::Task(None));
-        let mut wait = CallWait {
+        let mut wait = LocalCallWait {
             core,
             call,
             done: false,
@@ -600,7 +600,7 @@ impl<A: Actor> ActorRef<A> {
     #[inline]
     async fn dispatch<M>(
         &self,
-        core: &Rc<ShardCore>,
+        core: &Rc<Shard>,
         type_idx: u16,
         target: ShardId,
         msg: M,
@@ -613,7 +613,7 @@ impl<A: Actor> ActorRef<A> {
         let mut item = self.envelope::<M>(core, type_idx, target, msg, reply);
         item.deadline = Some(deadline);
         if target != core.id {
-            core.send_to(target, item);
+            core.send_to(target, CrossMsg::Request(item));
         } else if let Err(item) = try_send_local::<A>(core, type_idx, item) {
             send_local::<A>(core, type_idx, item).await;
         }
@@ -712,7 +712,7 @@ impl<A: Actor> ActorRef<A> {
             deadline,
         });
         d.deadline = Some(deadline);
-        self.node.inject(self.owner, Box::new(d));
+        self.node.inject(self.owner, CrossMsg::Request(Box::new(d)));
         self.reply_by_deadline(rx, &mut timer).await
     }
 }
@@ -796,13 +796,13 @@ where
 }
 
 /// Waits for call `call` of `core`'s call table; forgets it if dropped first.
-struct CallWait<'a> {
-    core: &'a ShardCore,
+struct LocalCallWait<'a> {
+    core: &'a Shard,
     call: CallId,
     done: bool,
 }
 
-impl Future for CallWait<'_> {
+impl Future for LocalCallWait<'_> {
     type Output = CallOutcome;
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<CallOutcome> {
         let call = self.call;
@@ -814,7 +814,7 @@ impl Future for CallWait<'_> {
     }
 }
 
-impl Drop for CallWait<'_> {
+impl Drop for LocalCallWait<'_> {
     fn drop(&mut self) {
         if !self.done {
             self.core.calls.borrow_mut().cancel(self.call);
@@ -826,7 +826,7 @@ impl Drop for CallWait<'_> {
 /// stop the shard.
 fn assert_not_on_shard(what: &str) {
     assert!(
-        !crate::core::on_shard_thread(),
+        !crate::pump::on_shard_thread(),
         "{what} called on a shard thread: it would block the shard (and perhaps the actor it \
          waits for); use the async call with .await"
     );

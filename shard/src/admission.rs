@@ -29,17 +29,15 @@ use std::time::{Duration, Instant};
 
 use crossbeam_queue::ArrayQueue;
 
-use crate::envelope::CrossBox;
-
 /// Locks `m`, ignoring poisoning (no code holding these locks can panic half-way).
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// One shard's door for messages from other threads (see the module doc).
-pub(crate) struct Injector {
-    queue: ArrayQueue<CrossBox>,
-    overflow: Mutex<VecDeque<CrossBox>>,
+/// One shard's door for messages `M` from other threads (see the module doc).
+pub(crate) struct Injector<M> {
+    queue: ArrayQueue<M>,
+    overflow: Mutex<VecDeque<M>>,
     /// Length of `overflow`, readable without the lock.
     overflowed: AtomicUsize,
     /// Messages from callers outside the node admitted and not yet done.
@@ -56,7 +54,7 @@ struct Waiters {
     list: VecDeque<(u64, Waker)>,
 }
 
-impl Injector {
+impl<M> Injector<M> {
     pub(crate) fn new(queue_capacity: usize, inflight_max: usize) -> Self {
         Injector {
             queue: ArrayQueue::new(queue_capacity.max(1)),
@@ -73,7 +71,7 @@ impl Injector {
     /// the owner's doorbell.
     /// Order: one thread's messages are popped in the order it pushed them (once something
     /// overflowed, later messages follow it into the overflow until the owner emptied it).
-    pub(crate) fn push(&self, mut msg: CrossBox) {
+    pub(crate) fn push(&self, mut msg: M) {
         if self.overflowed.load(Ordering::Acquire) == 0 {
             match self.queue.push(msg) {
                 Ok(()) => return,
@@ -86,7 +84,7 @@ impl Injector {
     }
 
     /// The next message for the owner shard (the queue first, then the overflow).
-    pub(crate) fn pop(&self) -> Option<CrossBox> {
+    pub(crate) fn pop(&self) -> Option<M> {
         if let Some(m) = self.queue.pop() {
             return Some(m);
         }
@@ -118,7 +116,7 @@ impl Injector {
     }
 
     /// Waits for an admission slot (FIFO among waiters). Cancel safe.
-    pub(crate) fn admit(&self) -> Admit<'_> {
+    pub(crate) fn admit(&self) -> Admit<'_, M> {
         Admit {
             inj: self,
             ticket: None,
@@ -166,14 +164,14 @@ impl Injector {
 
 /// The future of [`Injector::admit`]. Resolves once the caller holds a slot; the caller
 /// returns it with [`Injector::release`] when the message is done.
-pub(crate) struct Admit<'a> {
-    inj: &'a Injector,
+pub(crate) struct Admit<'a, M> {
+    inj: &'a Injector<M>,
     /// Our place in the waiter list, once we waited.
     ticket: Option<u64>,
     done: bool,
 }
 
-impl Future for Admit<'_> {
+impl<M> Future for Admit<'_, M> {
     type Output = ();
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
         let inj = self.inj;
@@ -223,7 +221,7 @@ impl Future for Admit<'_> {
     }
 }
 
-impl Drop for Admit<'_> {
+impl<M> Drop for Admit<'_, M> {
     fn drop(&mut self) {
         let (Some(ticket), false) = (self.ticket, self.done) else {
             return;
@@ -440,7 +438,7 @@ mod tests {
 
     #[test]
     fn waiters_get_slots_in_order_and_a_dropped_woken_waiter_passes_it_on() {
-        let inj = Injector::new(4, 1);
+        let inj = Injector::<u8>::new(4, 1);
         assert!(inj.try_admit());
         let mut a = Box::pin(inj.admit());
         let mut b = Box::pin(inj.admit());
@@ -459,13 +457,9 @@ mod tests {
 
     #[test]
     fn push_never_waits_and_pop_keeps_the_order_per_path() {
-        let inj = Injector::new(1, 1);
-        struct Nop;
-        impl crate::envelope::CrossMsg for Nop {
-            fn run(self: Box<Self>, _: &std::rc::Rc<crate::core::ShardCore>) {}
-        }
+        let inj = Injector::<u8>::new(1, 1);
         for _ in 0..3 {
-            inj.push(Box::new(Nop));
+            inj.push(0u8);
         }
         assert!(!inj.is_empty());
         assert!(inj.pop().is_some() && inj.pop().is_some() && inj.pop().is_some());

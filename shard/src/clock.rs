@@ -92,6 +92,96 @@ impl ManualClock {
     }
 }
 
+/// A shard's reading of its [`Clock`]: the time read once per pump iteration (refreshed by
+/// asks' turns), and a cheap test of whether a deadline has passed. Lives on the shard's
+/// thread (plain cells).
+pub(crate) struct ShardClock {
+    clock: Clock,
+    now: std::cell::Cell<Instant>,
+    /// `coarse_ns()` read just after `now`.
+    coarse_at_now: std::cell::Cell<u64>,
+}
+
+impl ShardClock {
+    pub(crate) fn new(clock: Clock) -> Self {
+        ShardClock {
+            now: std::cell::Cell::new(clock.now()),
+            coarse_at_now: std::cell::Cell::new(coarse_ns()),
+            clock,
+        }
+    }
+
+    /// Shard time as last read (see [`Self::refresh`]).
+    #[inline]
+    pub(crate) fn now(&self) -> Instant {
+        self.now.get()
+    }
+
+    /// Reads the clock: `real` is the real instant just read; returns shard time at it.
+    #[inline]
+    pub(crate) fn refresh(&self, real: Instant) -> Instant {
+        let now = self.clock.at(real);
+        self.set(now);
+        now
+    }
+
+    #[inline]
+    fn set(&self, now: Instant) {
+        self.now.set(now);
+        self.coarse_at_now.set(coarse_ns());
+    }
+
+    /// True if `deadline` (a real instant: deadlines are taken from the real clock) has passed,
+    /// judged cheaply: the shard's reading may be stale, but if the coarse clock (about 8 ns
+    /// to read, against about 25-70 ns for `Instant::now`) has not ticked since, it is stale by
+    /// less than a tick; only a deadline within two ticks of it, or a tick since, costs a
+    /// precise reading (which refreshes the shard's reading).
+    #[inline]
+    pub(crate) fn deadline_passed(&self, deadline: Instant) -> bool {
+        if let Some(slack) = coarse_slack() {
+            if coarse_ns() == self.coarse_at_now.get() && deadline > self.now.get() + slack {
+                return false;
+            }
+        }
+        let now = Instant::now();
+        let shard_now = self.clock.at(now);
+        if shard_now > self.now.get() {
+            self.set(shard_now);
+        }
+        now >= deadline
+    }
+}
+
+/// The coarse monotonic clock (`CLOCK_MONOTONIC_COARSE`) in ns: cheap, advances in ticks.
+#[inline]
+fn coarse_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid timespec to write; the clock id is a constant Linux provides.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
+    (ts.tv_sec as u64)
+        .wrapping_mul(1_000_000_000)
+        .wrapping_add(ts.tv_nsec as u64)
+}
+
+/// Two ticks of the coarse clock: while it shows the same value, less than one tick passed
+/// (`None`: resolution unknown, never trust it).
+fn coarse_slack() -> Option<Duration> {
+    static SLACK: std::sync::OnceLock<Option<Duration>> = std::sync::OnceLock::new();
+    *SLACK.get_or_init(|| {
+        let mut ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: as in `coarse_ns`.
+        let ok = unsafe { libc::clock_getres(libc::CLOCK_MONOTONIC_COARSE, &mut ts) } == 0;
+        let tick = Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32);
+        (ok && tick > Duration::ZERO && tick <= Duration::from_millis(100)).then(|| 2 * tick)
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

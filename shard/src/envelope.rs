@@ -6,6 +6,7 @@
 //! then carries the reply back and the caller's shard stores it in its call table until the
 //! caller takes the value: one allocation per call, freed by the thread that made it.
 
+use std::any::Any;
 use std::marker::PhantomData;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
@@ -14,8 +15,8 @@ use quark_placement::{ActorId, ActorKey, ShardId};
 
 use crate::actor::{Actor, Context, Handler, Message};
 use crate::calls::{CallId, CallOutcome, Forward, Waiter};
-use crate::core::ShardCore;
 use crate::error::CallError;
+use crate::shard::Shard;
 use crate::turn::Turn;
 
 /// Where a turn's reply goes. `Copy`, so the activation keeps a copy to fail the call if the
@@ -43,14 +44,46 @@ pub(crate) enum Origin {
     Timer,
 }
 
-/// A message that crosses to another shard (through a ring or the injection queue). `run` is
-/// called on the receiving shard's thread by its pump.
-pub(crate) trait CrossMsg: Send {
-    fn run(self: Box<Self>, core: &Rc<ShardCore>);
+/// A message that crosses to another shard (through a ring or the injection queue), by the
+/// service of the receiving shard it is for (`Shard::receive` hands it over).
+pub(crate) enum CrossMsg {
+    /// A tell or ask for an actor of the receiving shard: handed to the actor host.
+    Request(Box<dyn Request>),
+    /// The reply to a call of the receiving shard: completes the call, returns a credit.
+    Reply(Box<dyn ReplyMsg>),
+    /// A call of the receiving shard failed (`err`), or expired before its turn (`None`).
+    Fail {
+        call: CallId,
+        from: ShardId,
+        err: Option<Box<CallError>>,
+    },
+    /// Credits for `count` tells that shard `from` finished handling.
+    Credit { from: ShardId, count: u32 },
+    /// A closure run on the receiving shard (spawning tasks, control messages).
+    Run(OnShard),
 }
 
-/// The box type every ring carries.
-pub(crate) type CrossBox = Box<dyn CrossMsg>;
+impl CrossMsg {
+    /// A closure to run on the receiving shard.
+    pub(crate) fn run_on(f: impl FnOnce(&Rc<Shard>) + Send + 'static) -> Self {
+        CrossMsg::Run(Box::new(f))
+    }
+}
+
+/// A request for an actor, handed to the receiving shard's actor host.
+pub(crate) trait Request: Send {
+    fn deliver(self: Box<Self>, shard: &Rc<Shard>);
+}
+
+/// A reply on its way back to the calling shard: the handled message's own box.
+pub(crate) trait ReplyMsg: Send {
+    /// The call it answers (in the receiving shard's call table).
+    fn call(&self) -> CallId;
+    /// The shard that handled the call (its credit comes back with the reply).
+    fn from(&self) -> ShardId;
+    /// The box, for the call table (downcast by the caller, who knows its type).
+    fn into_any(self: Box<Self>) -> Box<dyn Any + Send>;
+}
 
 /// A message in an activation's mailbox.
 pub(crate) trait MailItem<A: Actor>: Send {
@@ -170,7 +203,7 @@ where
 
 /// Returns a handled ask's box, reply inside, to its caller.
 #[inline]
-fn send_back<A, M>(core: &ShardCore, mut d: Box<Deliver<A, M>>)
+fn send_back<A, M>(core: &Shard, mut d: Box<Deliver<A, M>>)
 where
     A: Handler<M>,
     M: Message,
@@ -179,104 +212,75 @@ where
     match d.reply {
         ReplyTo::None => {}
         ReplyTo::Local(call) => core.complete_call(call, CallOutcome::Reply(d)),
-        ReplyTo::Shard(shard, _) => core.send_to(shard, d),
+        ReplyTo::Shard(shard, _) => core.send_to(shard, CrossMsg::Reply(d)),
     }
 }
 
-impl<A, M> CrossMsg for Deliver<A, M>
+impl<A, M> Request for Deliver<A, M>
 where
     A: Handler<M>,
     M: Message,
 {
-    fn run(mut self: Box<Self>, core: &Rc<ShardCore>) {
-        if self.value.is_some() {
-            // A reply coming back to the caller's shard.
-            core.return_credits(self.from, 1);
-            if let ReplyTo::Shard(_, call) = self.reply {
-                core.complete_call(call, CallOutcome::Reply(self));
-            }
-            return;
-        }
+    fn deliver(mut self: Box<Self>, shard: &Rc<Shard>) {
         if let Some(ext) = self.external.take() {
             // An external caller waits on a channel (and enforces its deadline itself): register
             // the call here, on the owner shard, so the reply finds its way to the channel.
-            let call = core
+            let call = shard
                 .calls
                 .borrow_mut()
                 .register(ext.deadline, Waiter::Forward(ext.forward));
             self.deadline = Some(ext.deadline);
             self.reply = ReplyTo::Local(call);
         }
-        crate::activation::deliver::<A>(core, self.type_idx, self);
+        crate::activation::deliver::<A>(shard, self.type_idx, self);
     }
 }
 
-/// A failed call travelling back to the caller's shard.
-pub(crate) struct FailMsg {
-    call: CallId,
-    from: ShardId,
-    /// `None`: the call's deadline passed before its turn (it was not run).
-    err: Option<CallError>,
-}
-
-impl CrossMsg for FailMsg {
-    fn run(self: Box<Self>, core: &Rc<ShardCore>) {
-        core.return_credits(self.from, 1);
-        match self.err {
-            Some(err) => core.complete_call(self.call, CallOutcome::Failed(err)),
-            // The caller has most likely timed out already: not a dropped reply.
-            None => {
-                core.calls
-                    .borrow_mut()
-                    .complete(self.call, CallOutcome::TimedOut);
+impl<A, M> ReplyMsg for Deliver<A, M>
+where
+    A: Handler<M>,
+    M: Message,
+{
+    fn call(&self) -> CallId {
+        match self.reply {
+            ReplyTo::Shard(_, call) => call,
+            ReplyTo::Local(_) | ReplyTo::None => {
+                unreachable!("only a call from another shard is answered through a ring")
             }
         }
     }
-}
 
-/// Credits for `tell`s that `from` finished handling.
-pub(crate) struct CreditMsg {
-    pub(crate) from: ShardId,
-    pub(crate) count: u32,
-}
+    fn from(&self) -> ShardId {
+        self.from
+    }
 
-impl CrossMsg for CreditMsg {
-    fn run(self: Box<Self>, core: &Rc<ShardCore>) {
-        core.return_credits(self.from, self.count);
+    fn into_any(self: Box<Self>) -> Box<dyn Any + Send> {
+        self
     }
 }
 
-/// A closure run on a shard's thread with its core.
-pub(crate) type OnShard = Box<dyn FnOnce(&Rc<ShardCore>) + Send>;
-
-/// A closure to run on the receiving shard (spawning tasks, control messages).
-pub(crate) struct RunMsg(pub(crate) OnShard);
-
-impl CrossMsg for RunMsg {
-    fn run(self: Box<Self>, core: &Rc<ShardCore>) {
-        (self.0)(core)
-    }
-}
+/// A closure run on a shard's thread with its shard.
+pub(crate) type OnShard = Box<dyn FnOnce(&Rc<Shard>) + Send>;
 
 /// Fails a call without a typed value (panic, abort, shutdown).
-pub(crate) fn fail_reply(core: &ShardCore, reply: ReplyTo, err: CallError) {
+pub(crate) fn fail_reply(core: &Shard, reply: ReplyTo, err: CallError) {
     match reply {
         ReplyTo::None => {}
         ReplyTo::Local(call) => core.complete_call(call, CallOutcome::Failed(err)),
         ReplyTo::Shard(shard, call) => core.send_to(
             shard,
-            Box::new(FailMsg {
+            CrossMsg::Fail {
                 call,
                 from: core.id,
-                err: Some(err),
-            }),
+                err: Some(Box::new(err)),
+            },
         ),
     }
 }
 
 /// Fails an ask that was not run because its deadline passed: its caller sees `Timeout`
 /// (the credit of a cross-shard ask goes back with the failure).
-pub(crate) fn expire_reply(core: &ShardCore, reply: ReplyTo) {
+pub(crate) fn expire_reply(core: &Shard, reply: ReplyTo) {
     match reply {
         ReplyTo::None => {}
         ReplyTo::Local(call) => {
@@ -286,11 +290,11 @@ pub(crate) fn expire_reply(core: &ShardCore, reply: ReplyTo) {
         }
         ReplyTo::Shard(shard, call) => core.send_to(
             shard,
-            Box::new(FailMsg {
+            CrossMsg::Fail {
                 call,
                 from: core.id,
                 err: None,
-            }),
+            },
         ),
     }
 }

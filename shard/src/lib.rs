@@ -30,16 +30,20 @@ mod admission;
 pub mod affinity;
 mod calls;
 mod clock;
-mod core;
+mod cross;
 pub mod data_dir;
 mod engine;
 mod envelope;
 mod error;
-mod executor;
 mod log_tasks;
 mod net;
+mod pump;
 mod ring;
 pub mod rt;
+mod scheduler;
+mod shard;
+mod signal;
+mod stats;
 mod sync;
 mod timers;
 mod turn;
@@ -57,9 +61,9 @@ pub use engine::{
 #[doc(hidden)]
 pub use engine::{StartFault, StartStep};
 pub use error::{CallError, ErrorChain, LinkDown};
-pub use executor::{JoinError, SpawnHandle};
 pub use net::{NetConfig, NetStatsSnapshot};
 pub use quark_placement::{ActorId, ActorKey, ShardId};
+pub use scheduler::{JoinError, SpawnHandle};
 pub use timers::TimerId;
 
 /// Waits for `d` on the calling shard's timers without blocking the shard. Only for code running

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use quark_net::{ClusterConfig, ClusterSecret, Membership, NodeConfig, PeerRole};
+use quark_net::{ClusterConfig, ClusterSecret, MemberAddr, Membership, PeerRole};
 use quark_shard::{
     block_on, Actor, ActorType, CallError, Context, Engine, EngineBuilder, EngineConfig,
     ErrorChain, Handler, Message, NetConfig, ShardSpec,
@@ -192,7 +192,7 @@ fn node_unavailable_carries_the_handshake_refusal() {
     let addr = listener.local_addr().unwrap();
     let m = Membership::from_config(&ClusterConfig {
         cluster_id: "edges".into(),
-        nodes: vec![NodeConfig {
+        nodes: vec![MemberAddr {
             id: 1,
             addr: addr.to_string(),
         }],

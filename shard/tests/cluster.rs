@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use quark_net::rkyv;
-use quark_net::{ClusterConfig, ClusterSecret, Membership, NodeConfig, PeerRole, WireMessage};
+use quark_net::{ClusterConfig, ClusterSecret, MemberAddr, Membership, PeerRole, WireMessage};
 use quark_shard::{
     block_on, Actor, ActorType, CallError, Context, Engine, EngineBuilder, EngineConfig, Handler,
     Message, NetConfig, ShardSpec,
@@ -50,6 +50,24 @@ impl Handler<Where> for Counter {
     }
 }
 
+/// Takes 5 ms of the owner's thread (a busy owner); counts its runs.
+#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+#[rkyv(crate = quark_net::rkyv)]
+struct Slow;
+impl Message for Slow {
+    type Reply = ();
+}
+impl WireMessage for Slow {
+    const WIRE_NAME: &'static str = "test.Slow";
+}
+static SLOW_RUNS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+impl Handler<Slow> for Counter {
+    async fn handle(&mut self, _: Slow, _: &Context<Self>) {
+        SLOW_RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
 /// Registered for the wire on senders, but not handled by `Counter` on any node.
 #[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 #[rkyv(crate = quark_net::rkyv)]
@@ -76,7 +94,7 @@ fn membership(cluster_id: &str, ls: &[std::net::TcpListener]) -> Membership {
     let nodes = ls
         .iter()
         .enumerate()
-        .map(|(i, l)| NodeConfig {
+        .map(|(i, l)| MemberAddr {
             id: i as u64 + 1,
             addr: l.local_addr().unwrap().to_string(),
         })
@@ -113,6 +131,7 @@ fn start(net: NetConfig) -> Engine {
         .register(ActorType::new(|_| Counter { n: 0 }))
         .remote::<Counter, Add>()
         .remote::<Counter, Where>()
+        .remote::<Counter, Slow>()
         .wire_message::<Unknown>()
         .start()
         .expect("engine starts")
@@ -229,6 +248,58 @@ fn asks_cross_nodes_and_state_is_on_the_owner() {
     let stats = nodes[0].stats().expect("stats");
     let net = stats[0].net.as_ref().unwrap();
     assert_eq!(net.links_up, 2);
+    for e in nodes {
+        e.shutdown();
+    }
+}
+
+/// An ask from another node carries its deadline to the owner: once its caller has given up,
+/// its turn is not run (counted as skipped), so a busy owner catches up instead of working for
+/// nobody; every caller gets its answer or `Timeout`.
+#[test]
+fn remote_asks_past_their_deadline_are_not_run() {
+    let nodes = cluster(2);
+    let k = key_on(&nodes[0], 2);
+    let r = nodes[0].actor_ref::<Counter>(k);
+    eventually("link up", Duration::from_secs(5), || {
+        block_on(r.ask(Add(0))).ok()
+    });
+    SLOW_RUNS.store(0, std::sync::atomic::Ordering::Relaxed);
+    const ASKS: usize = 200;
+    let timeout = Duration::from_millis(20);
+    // 200 asks of 5 ms each in flight at once: 1 s of turns against a 20 ms deadline.
+    let outcomes = nodes[0]
+        .spawn_on(0, move || async move {
+            // Polled together (an ask is sent when first polled).
+            futures::future::join_all((0..ASKS).map(|_| r.ask_timeout(Slow, timeout))).await
+        })
+        .join()
+        .unwrap();
+    let answered = outcomes.iter().filter(|o| o.is_ok()).count();
+    for o in &outcomes {
+        assert!(
+            matches!(o, Ok(()) | Err(CallError::Timeout { .. })),
+            "an ask ends with its answer or Timeout, got {o:?}"
+        );
+    }
+    // Let the owner work through its mailbox (skipping what expired).
+    let skipped = eventually(
+        "the owner's mailbox drained",
+        Duration::from_secs(10),
+        || {
+            let s = nodes[1].stats().expect("stats");
+            let skipped: u64 = s.iter().map(|s| s.asks_expired_skipped).sum();
+            let ran = SLOW_RUNS.load(std::sync::atomic::Ordering::Relaxed);
+            (ran + skipped == ASKS as u64).then_some(skipped)
+        },
+    );
+    let ran = SLOW_RUNS.load(std::sync::atomic::Ordering::Relaxed);
+    eprintln!("{ASKS} remote asks: {answered} answered, {ran} run, {skipped} skipped unrun");
+    assert!(skipped > 0, "expired remote asks were skipped, not run");
+    assert!(
+        ran < ASKS as u64 / 2,
+        "the owner ran {ran} of {ASKS} asks for nobody"
+    );
     for e in nodes {
         e.shutdown();
     }
@@ -360,7 +431,7 @@ fn handshake_refusal(
     let m_server = membership(server_cluster, &ls);
     let m_client = Membership::from_config(&ClusterConfig {
         cluster_id: client_cluster.into(),
-        nodes: vec![NodeConfig {
+        nodes: vec![MemberAddr {
             id: 1,
             addr: ls[0].local_addr().unwrap().to_string(),
         }],

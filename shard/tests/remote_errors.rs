@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use quark_net::rkyv;
-use quark_net::{ClusterConfig, Membership, NodeConfig, PeerRole, WireMessage};
+use quark_net::{ClusterConfig, MemberAddr, Membership, PeerRole, WireMessage};
 use quark_shard::{
     block_on, Actor, ActorKey, ActorType, CallError, Context, Engine, EngineBuilder, EngineConfig,
     Handler, Message, NetConfig, ShardSpec,
@@ -55,7 +55,7 @@ fn cluster() -> Vec<Engine> {
         nodes: ls
             .iter()
             .enumerate()
-            .map(|(i, l)| NodeConfig {
+            .map(|(i, l)| MemberAddr {
                 id: i as u64 + 1,
                 addr: l.local_addr().expect("bound").to_string(),
             })

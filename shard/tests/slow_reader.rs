@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use quark_net::rkyv;
 use quark_net::{
     CloseReason, ClusterConfig, FrameDecoder, FrameHead, FrameKind, HandshakeConfig,
-    HandshakeStatus, Initiator, Membership, NodeConfig, OutBuf, PeerRole, RequestEnvelope, WireKey,
+    HandshakeStatus, Initiator, MemberAddr, Membership, OutBuf, PeerRole, RequestEnvelope, WireKey,
     WireMessage,
 };
 use quark_shard::{
@@ -269,7 +269,7 @@ fn never_reading_connections(n: usize) {
     let addr = listener.local_addr().unwrap();
     let m = Membership::from_config(&ClusterConfig {
         cluster_id: "slow".into(),
-        nodes: vec![NodeConfig {
+        nodes: vec![MemberAddr {
             id: 1,
             addr: addr.to_string(),
         }],
@@ -335,9 +335,12 @@ fn never_reading_connections(n: usize) {
         for a in &mut abusers {
             if a.ended.is_none() {
                 if let Ok(Some(_)) = a.child.try_wait() {
+                    // The child has exited: its stdout reader ends at EOF, so this blocking
+                    // read sees every line it printed (`try_iter` raced the reader thread
+                    // and reported a child that printed CLOSED as KILLED).
                     a.ended = Some(
                         a.lines
-                            .try_iter()
+                            .iter()
                             .find(|l| l == "CLOSED" || l == "STOPPED")
                             .unwrap_or_else(|| "KILLED".into()),
                     );

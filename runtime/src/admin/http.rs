@@ -3,7 +3,7 @@
 
 use std::io::{Read, Write};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
@@ -70,6 +70,7 @@ impl Server {
 
 fn accept_loop(listener: TcpListener, shared: Arc<Shared>, stop: Arc<AtomicBool>) {
     let mut workers: Vec<JoinHandle<()>> = Vec::with_capacity(CONNECTIONS_MAX);
+    let busy = Arc::new(AtomicUsize::new(0));
     loop {
         let accepted = listener.accept();
         if stop.load(Ordering::Acquire) {
@@ -89,7 +90,7 @@ fn accept_loop(listener: TcpListener, shared: Arc<Shared>, stop: Arc<AtomicBool>
         for w in done {
             let _ = w.join();
         }
-        if workers.len() >= CONNECTIONS_MAX {
+        if busy.load(Ordering::Acquire) >= CONNECTIONS_MAX {
             // Answered here, with short deadlines: the accept thread waits at most
             // REJECT_LINGER for this client.
             let mut s = stream;
@@ -100,9 +101,11 @@ fn accept_loop(listener: TcpListener, shared: Arc<Shared>, stop: Arc<AtomicBool>
             continue;
         }
         let shared = shared.clone();
+        busy.fetch_add(1, Ordering::AcqRel);
+        let slot = Slot(busy.clone());
         match std::thread::Builder::new()
             .name("quark-admin-conn".into())
-            .spawn(move || serve_connection(stream, &shared))
+            .spawn(move || serve_connection(stream, &shared, slot))
         {
             Ok(h) => workers.push(h),
             Err(e) => {
@@ -175,7 +178,19 @@ fn parse_head(head: &[u8]) -> Result<Request, HeadError> {
     })
 }
 
-fn serve_connection(mut stream: TcpStream, shared: &Shared) {
+/// One of the `CONNECTIONS_MAX` connection slots: given back on drop. A connection gives it
+/// back *before* it closes its socket, so a client that saw its answer end can connect again
+/// at once (counting finished threads instead refused a fast sequential client with 503 while
+/// the previous threads were still exiting).
+struct Slot(Arc<AtomicUsize>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+fn serve_connection(mut stream: TcpStream, shared: &Shared, slot: Slot) {
     let _ = stream.set_read_timeout(Some(IO_TIMEOUT));
     let _ = stream.set_write_timeout(Some(IO_TIMEOUT));
     let req = match read_head(&mut stream) {
@@ -183,11 +198,13 @@ fn serve_connection(mut stream: TcpStream, shared: &Shared) {
         Err(HeadError::Gone) => return,
         Err(HeadError::TooLarge) => {
             let _ = write_response(&mut stream, 431, "text/plain", b"request head too large\n");
+            drop(slot);
             linger_close(stream);
             return;
         }
         Err(HeadError::Malformed) => {
             let _ = write_response(&mut stream, 400, "text/plain", b"bad request\n");
+            drop(slot);
             linger_close(stream);
             return;
         }
@@ -199,6 +216,7 @@ fn serve_connection(mut stream: TcpStream, shared: &Shared) {
     } else {
         write_response(&mut stream, status, content_type, &body)
     };
+    drop(slot);
     linger_close(stream);
 }
 

@@ -48,8 +48,8 @@
 //! # let _ = JournalPolicy::default();
 //! ```
 
-mod activation;
 pub mod format;
+mod loader;
 mod projection;
 mod reader;
 mod retention;
@@ -61,9 +61,9 @@ use quark_placement::{ActorId, ActorKey, ShardId};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-pub use activation::{journaled, Persist};
+pub use loader::{journaled, Persist};
 #[doc(hidden)]
-pub use activation::{StreamBatch, StreamJournal};
+pub use loader::{StreamBatch, StreamJournal};
 pub(crate) use projection::{projection_type, start_feeders};
 pub use projection::{
     EventMeta, Projection, ProjectionActor, ProjectionConfig, ProjectionError, ProjectionHandle,

@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 use quark_persist::{Batch, Log, LogIo, Record};
 use quark_shard::{current_shard_log, EngineHandle, Invoke, InvokeFuture, ShardLog};
 
-use super::activation::{persist_events, reset_after_erase, stream_info};
 use super::format::{self, Hash, SnapshotRecord, Stream, GENESIS};
+use super::loader::{persist_events, reset_after_erase, stream_info};
 use super::{
     EraseError, EventSourced, JournalError, JournalEvent, PersistError, Persisted, UpcastError,
 };

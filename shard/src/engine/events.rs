@@ -5,12 +5,12 @@ use quark_placement::ShardId;
 
 use super::info::ShardInfo;
 use super::StartError;
-use crate::envelope::CrossBox;
+use crate::envelope::CrossMsg;
 use crate::ring::Producer;
 
 pub(crate) enum ShardEvent {
     /// The shard built its inbound rings: the producer ends, one per other shard.
-    Ready(ShardId, Vec<Producer<CrossBox>>),
+    Ready(ShardId, Vec<Producer<CrossMsg>>),
     /// The shard got its outbound rings and runs its pump.
     Started(ShardInfo),
     LogFailed(ShardId, quark_persist::OpenError),

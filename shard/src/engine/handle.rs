@@ -8,8 +8,8 @@ use quark_placement::{ActorKey, ShardId};
 use super::shared::{NodeShared, Phase};
 use crate::actor::Actor;
 use crate::actor_ref::ActorRef;
-use crate::envelope::RunMsg;
-use crate::executor::SpawnHandle;
+
+use crate::scheduler::SpawnHandle;
 
 /// A `Send + Clone` handle to a node's shards, usable from any thread (from [`Engine::handle`](super::Engine::handle)
 /// or [`crate::Context::engine`]): runs work on a chosen shard, where that shard's actors and
@@ -60,9 +60,9 @@ impl EngineHandle {
         let (tx, rx) = futures::channel::oneshot::channel();
         self.shared.inject(
             shard,
-            Box::new(RunMsg(Box::new(move |core| {
-                core.exec.spawn(crate::executor::run_caught(make, tx));
-            }))),
+            crate::envelope::CrossMsg::run_on(move |core| {
+                core.sched.spawn(crate::scheduler::run_caught(make, tx));
+            }),
         );
         SpawnHandle::new(shard, rx)
     }

@@ -19,8 +19,8 @@ use quark_placement::{ActorKey, ShardId};
 
 use crate::actor::Actor;
 use crate::actor_ref::ActorRef;
-use crate::envelope::{CrossBox, RunMsg};
-use crate::executor::SpawnHandle;
+use crate::envelope::CrossMsg;
+use crate::scheduler::SpawnHandle;
 
 mod builder;
 mod config;
@@ -213,9 +213,9 @@ impl Engine {
         let mut answers = Vec::with_capacity(usize::from(self.shard_count()));
         for s in 0..self.shard_count() {
             let (tx, rx) = mpsc::channel();
-            let msg: CrossBox = Box::new(RunMsg(Box::new(move |core| {
+            let msg: CrossMsg = crate::envelope::CrossMsg::run_on(move |core| {
                 let _ = tx.send(core.stats_snapshot());
-            })));
+            });
             // Never waits: a full injection queue overflows (crate::admission).
             self.shared.inject(s, msg);
             answers.push(rx);

@@ -1,8 +1,7 @@
 //! The body of a shard thread: pins it, builds its runtime, registers its doorbell, opens its
 //! log, takes the listening socket (shard 0), builds its inbound rings and joins the start-up
-//! exchange, then runs its pump (`crate::core::pump`) until the node stops.
+//! exchange, then runs its pump (`crate::shard::pump`) until the node stops.
 
-use std::cell::RefCell;
 use std::net::TcpListener;
 use std::os::unix::net::UnixStream;
 use std::rc::Rc;
@@ -15,10 +14,10 @@ use super::events::{ShardEvent, StartFailure};
 use super::info::{IoDriver, Pinning, ShardInfo};
 use super::shared::{set_current, NodeShared};
 use crate::affinity::{current_cpu, numa_node_of, pin_current_thread};
-use crate::core::{Outbox, ShardCore};
-use crate::envelope::CrossBox;
+use crate::envelope::CrossMsg;
 use crate::ring::{ring, Consumer, Producer};
 use crate::rt::{BellReceiver, Runtime};
+use crate::shard::Shard;
 
 /// Sends [`ShardEvent::Exited`] when a shard thread ends, however it ends (a panic too), so
 /// that the start-up exchange never waits for a thread that is gone.
@@ -58,7 +57,7 @@ pub(super) fn shard_main(
     shared: Arc<NodeShared>,
     bell_rx: UnixStream,
     events: mpsc::Sender<ShardEvent>,
-    producers_rx: mpsc::Receiver<Vec<Option<Producer<CrossBox>>>>,
+    producers_rx: mpsc::Receiver<Vec<Option<Producer<CrossMsg>>>>,
 ) {
     let _exit = ExitNotice {
         shard: id,
@@ -108,11 +107,7 @@ pub(super) fn shard_main(
     if fault == Some(StartStep::PanicAfterReady) {
         panic!("shard {id}: injected panic after the ready exchange (test hook)");
     }
-    let outboxes = outgoing
-        .into_iter()
-        .map(|p| p.map(|p| RefCell::new(Outbox::new(p))))
-        .collect();
-    let core = Rc::new(ShardCore::new(id, shared.clone(), outboxes, consumers, log));
+    let core = Rc::new(Shard::new(id, shared.clone(), outgoing, consumers, log));
     set_current(core.clone());
     let info = ShardInfo {
         shard: id,
@@ -127,7 +122,7 @@ pub(super) fn shard_main(
         if events.send(ShardEvent::Started(info)).is_err() {
             return;
         }
-        let pump = crate::rt::spawn_joined(crate::core::pump(core, bell, events));
+        let pump = crate::rt::spawn_joined(crate::pump::pump(core, bell, events));
         pump.await;
     });
 }
@@ -245,12 +240,12 @@ fn inbound_rings(
     id: ShardId,
     n: usize,
     cap: usize,
-) -> (Vec<Consumer<CrossBox>>, Vec<Producer<CrossBox>>) {
-    let mut consumers: Vec<Consumer<CrossBox>> = Vec::with_capacity(n.saturating_sub(1));
+) -> (Vec<Consumer<CrossMsg>>, Vec<Producer<CrossMsg>>) {
+    let mut consumers: Vec<Consumer<CrossMsg>> = Vec::with_capacity(n.saturating_sub(1));
     let mut producers = Vec::with_capacity(n.saturating_sub(1));
     for from in 0..n {
         if from != usize::from(id) {
-            let (p, c) = ring::<CrossBox>(cap);
+            let (p, c) = ring::<CrossMsg>(cap);
             producers.push(p);
             consumers.push(c);
         }

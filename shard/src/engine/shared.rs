@@ -1,6 +1,6 @@
 //! State every shard thread and every handle of one node share ([`NodeShared`], one
 //! [`ShardHandle`] per shard, the node's [`Phase`]), and the thread-local that tells a shard
-//! thread its own [`ShardCore`] (`current_core`, `with_core_of`, [`current_shard_log`]).
+//! thread its own [`Shard`] (`current_core`, [`current_shard_log`]).
 
 use std::any::TypeId;
 use std::rc::Rc;
@@ -12,9 +12,9 @@ use rustc_hash::FxHashMap;
 
 use super::config::EngineConfig;
 use crate::activation::ErasedType;
-use crate::core::ShardCore;
-use crate::envelope::CrossBox;
+use crate::envelope::CrossMsg;
 use crate::rt::Bell;
+use crate::shard::Shard;
 
 /// The node's phase, advanced by [`Engine::shutdown`](super::Engine::shutdown).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -30,7 +30,7 @@ pub(crate) enum Phase {
 /// admission bound for callers outside the node; `crate::admission`).
 pub(crate) struct ShardHandle {
     pub(crate) bell: Bell,
-    pub(crate) inject: crate::admission::Injector,
+    pub(crate) inject: crate::admission::Injector<CrossMsg>,
 }
 
 /// State shared by every shard thread and every handle of one node (read-mostly).
@@ -98,7 +98,7 @@ impl NodeShared {
 
     /// Pushes `msg` into shard `to`'s injection queue from any thread. Never waits (a full
     /// queue overflows into a list; see `crate::admission`), so a shard's pump never blocks.
-    pub(crate) fn inject(&self, to: ShardId, msg: CrossBox) {
+    pub(crate) fn inject(&self, to: ShardId, msg: CrossMsg) {
         let handle = &self.shards[usize::from(to)];
         handle.inject.push(msg);
         handle.bell.ring();
@@ -106,11 +106,11 @@ impl NodeShared {
 }
 
 thread_local! {
-    static CURRENT: std::cell::OnceCell<Rc<ShardCore>> = const { std::cell::OnceCell::new() };
+    static CURRENT: std::cell::OnceCell<Rc<Shard>> = const { std::cell::OnceCell::new() };
 }
 
 /// Makes `core` the calling thread's shard core (once, when a shard thread starts its pump).
-pub(super) fn set_current(core: Rc<ShardCore>) {
+pub(super) fn set_current(core: Rc<Shard>) {
     CURRENT.with(|c| {
         let _ = c.set(core);
     });
@@ -118,28 +118,31 @@ pub(super) fn set_current(core: Rc<ShardCore>) {
 
 /// The shard core of the calling thread, if it is a shard thread of `node`.
 #[inline]
-pub(crate) fn current_core(node: &Arc<NodeShared>) -> Option<Rc<ShardCore>> {
+pub(crate) fn current_core(node: &Arc<NodeShared>) -> Option<Rc<Shard>> {
     CURRENT.with(|c| match c.get() {
         Some(core) if Arc::ptr_eq(&core.node, node) => Some(core.clone()),
         _ => None,
     })
 }
 
-/// Runs `f` with the calling thread's shard core if it is shard `shard` of `node` (no
-/// reference-count traffic); returns whether it ran.
-#[inline]
-pub(crate) fn with_core_of(
-    node: &Arc<NodeShared>,
-    shard: ShardId,
-    f: impl FnOnce(&Rc<ShardCore>),
-) -> bool {
-    CURRENT.with(|c| match c.get() {
-        Some(core) if core.id == shard && Arc::ptr_eq(&core.node, node) => {
-            f(core);
-            true
+impl crate::scheduler::WakeRoute for NodeShared {
+    fn wake(&self, shard: ShardId, task: crate::scheduler::TaskRef) {
+        let here = CURRENT.with(|c| match c.get() {
+            Some(core) if core.id == shard && std::ptr::eq(Arc::as_ptr(&core.node), self) => {
+                core.sched.schedule(task);
+                core.poke();
+                true
+            }
+            _ => false,
+        });
+        if !here {
+            // Another thread: hand the wake to the owning shard.
+            self.inject(
+                shard,
+                CrossMsg::run_on(move |core| core.sched.schedule(task)),
+            );
         }
-        _ => false,
-    })
+    }
 }
 
 /// The durable log of the shard the calling thread runs, if it is a shard thread of a node

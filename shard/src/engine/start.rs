@@ -19,7 +19,7 @@ use super::shared::{NetPlacement, NodeShared, Phase, ShardHandle};
 use super::{Engine, StartError};
 use crate::activation::ErasedType;
 use crate::affinity::allowed_cores;
-use crate::envelope::CrossBox;
+use crate::envelope::CrossMsg;
 use crate::ring::Producer;
 
 const MAX_SHARDS: usize = 256;
@@ -197,7 +197,7 @@ fn shared_state(
 }
 
 /// The sending end of the channel that hands a shard its outbound rings.
-type ProducersTx = mpsc::Sender<Vec<Option<Producer<CrossBox>>>>;
+type ProducersTx = mpsc::Sender<Vec<Option<Producer<CrossMsg>>>>;
 
 /// Spawns one thread per shard. If a thread cannot be spawned, the ones already spawned are
 /// stopped and joined before the error is returned.
@@ -211,7 +211,7 @@ fn spawn_shards(
     let mut producer_txs = Vec::with_capacity(n);
     let mut threads = Vec::with_capacity(n);
     for (shard, rx) in bell_rx.into_iter().enumerate() {
-        let (ptx, prx) = mpsc::channel::<Vec<Option<Producer<CrossBox>>>>();
+        let (ptx, prx) = mpsc::channel::<Vec<Option<Producer<CrossMsg>>>>();
         producer_txs.push(ptx);
         let shared2 = shared.clone();
         let events = event_tx.clone();
@@ -247,7 +247,7 @@ impl Startup<'_> {
     /// runs. Every shard thread reports a failure, or at least its exit (a drop guard), so this
     /// never waits for a shard that is gone: the first failure ends the start.
     fn exchange(&mut self, n: usize) -> Result<Vec<ShardInfo>, StartError> {
-        let mut outgoing: Vec<Vec<Option<Producer<CrossBox>>>> =
+        let mut outgoing: Vec<Vec<Option<Producer<CrossMsg>>>> =
             (0..n).map(|_| (0..n).map(|_| None).collect()).collect();
         let mut ready = 0;
         while ready < n {

@@ -19,14 +19,14 @@ use quark_placement::NodeId;
 use rustc_hash::FxHashSet;
 
 use crate::calls::{CallId, CallOutcome};
-use crate::core::ShardCore;
 use crate::engine::shared::Phase;
 use crate::error::{CallError, LinkDown};
 use crate::rt::tcp::{self, TcpReader, TcpWriter};
+use crate::shard::Shard;
 
 /// The outgoing side of one connection (or one connection attempt): the frame buffer senders
 /// append to, the writer's waker, and the calls waiting for a reply on it.
-pub(crate) struct Wire {
+pub(crate) struct Outbound {
     pub(crate) out: RefCell<OutBuf>,
     writer: RefCell<Option<Waker>>,
     room: RefCell<Vec<Waker>>,
@@ -64,13 +64,13 @@ pub(crate) struct Wire {
     close_reason: Cell<Option<CloseReason>>,
 }
 
-impl Wire {
+impl Outbound {
     fn new(
         out_bytes_max: usize,
         requests_inflight_max: usize,
         pause_reads_when_full: bool,
-    ) -> Wire {
-        Wire {
+    ) -> Outbound {
+        Outbound {
             out: RefCell::new(OutBuf::with_capacity(64 * 1024)),
             writer: RefCell::new(None),
             room: RefCell::new(Vec::new()),
@@ -268,7 +268,7 @@ pub(crate) struct Link {
     pub(crate) peer: NodeId,
     pub(crate) addr: SocketAddr,
     state: Cell<LinkState>,
-    wire: RefCell<Option<Rc<Wire>>>,
+    wire: RefCell<Option<Rc<Outbound>>>,
     pub(crate) last_drop_log: Cell<Option<Instant>>,
     /// The last connection or handshake error (or why the last connection closed); `None`
     /// while up or before the first attempt ended.
@@ -299,7 +299,7 @@ impl Link {
     }
 
     /// The connection to send on, unless the peer is known to be unreachable.
-    pub(crate) fn wire(&self) -> Option<Rc<Wire>> {
+    pub(crate) fn wire(&self) -> Option<Rc<Outbound>> {
         if self.state.get() == LinkState::Down {
             return None;
         }
@@ -313,31 +313,31 @@ impl Link {
 
 /// Starts the shard's transport tasks: one link manager per peer, and the accept loop on the
 /// shard that owns the listener.
-pub(crate) fn start(core: &Rc<ShardCore>, listener: Option<std::net::TcpListener>) {
+pub(crate) fn start(core: &Rc<Shard>, listener: Option<std::net::TcpListener>) {
     let Some(net) = &core.net else { return };
     for link in net.links.values() {
         // The first attempt's wire exists before the task runs, so that sends made right after
         // start-up queue instead of failing.
-        *link.wire.borrow_mut() = Some(Rc::new(Wire::new(
+        *link.wire.borrow_mut() = Some(Rc::new(Outbound::new(
             net.cfg.out_bytes_max,
             net.cfg.requests_inflight_max,
             false,
         )));
         let (core2, link) = (core.clone(), link.clone());
-        core.exec.spawn(async move { run_link(core2, link).await });
+        core.sched.spawn(async move { run_link(core2, link).await });
     }
     if let Some(l) = listener {
         match tcp::Listener::from_std(l) {
             Ok(l) => {
                 let core2 = core.clone();
-                core.exec.spawn(async move { accept_loop(core2, l).await });
+                core.sched.spawn(async move { accept_loop(core2, l).await });
             }
             Err(e) => tracing::error!(shard = core.id, error = %e, "cannot register the listener"),
         }
     }
 }
 
-fn handshake_config(core: &ShardCore) -> HandshakeConfig {
+fn handshake_config(core: &Shard) -> HandshakeConfig {
     let cfg = &core
         .net
         .as_ref()
@@ -353,7 +353,7 @@ fn handshake_config(core: &ShardCore) -> HandshakeConfig {
     }
 }
 
-fn running(core: &ShardCore) -> bool {
+fn running(core: &Shard) -> bool {
     core.node.phase() == Phase::Running || core.node.phase() == Phase::Draining
 }
 
@@ -494,92 +494,53 @@ fn nonce() -> [u8; quark_net::NONCE_BYTES] {
 /// The link manager of one peer: connect, handshake, serve until the connection ends, then
 /// fail what waited on it and reconnect after a backoff with jitter. Runs until the shard
 /// stops.
-async fn run_link(core: Rc<ShardCore>, link: Rc<Link>) {
-    let net = core
+async fn run_link(core: Rc<Shard>, link: Rc<Link>) {
+    let cfg = core
         .net
         .as_ref()
-        .expect("links exist only with a NetConfig");
-    let cfg = net.cfg.clone();
+        .expect("links exist only with a NetConfig")
+        .cfg
+        .clone();
     let mut backoff = Backoff::new(cfg.backoff);
     let mut last_log: Cell<Option<Instant>> = Cell::new(None);
     let mut was_up = false;
     while running(&core) {
-        let wire = {
-            let mut slot = link.wire.borrow_mut();
-            match slot.as_ref() {
-                Some(w) if !w.is_closed() => w.clone(),
-                _ => {
-                    let w = Rc::new(Wire::new(
-                        cfg.out_bytes_max,
-                        cfg.requests_inflight_max,
-                        false,
-                    ));
-                    *slot = Some(w.clone());
-                    w
-                }
-            }
-        };
+        let wire = link_wire(&link, &cfg);
         link.state.set(LinkState::Connecting);
-        let attempt = async {
-            let (mut rd, mut wr, fd) =
-                tcp::connect(link.addr, cfg.connect_timeout)
-                    .await
-                    .map_err(|source| LinkError::Connect {
-                        addr: link.addr,
-                        source,
-                    })?;
-            let init = Initiator::new(handshake_config(&core), nonce(), Some(link.peer));
-            let (_peer, dec) = handshake(
-                Side::Dial(init),
-                link.addr,
-                &mut rd,
-                &mut wr,
-                cfg.frame_bytes_max,
-                cfg.handshake_timeout,
-            )
-            .await?;
-            Ok::<_, LinkError>((rd, wr, fd, dec))
-        };
-        match attempt.await {
+        let cause = match dial(&core, &link, &cfg).await {
             Ok((rd, wr, fd, dec)) => {
                 backoff.reset();
-                net.stats.peers.borrow_mut().connects += 1;
-                net.stats.peers.borrow_mut().handshakes_ok += 1;
-                tracing::info!(shard = core.id, peer = link.peer, addr = %link.addr,
-                    reconnect = was_up, "link to peer established");
+                link_up(&core, &link, was_up);
                 was_up = true;
-                *link.last_error.borrow_mut() = None;
-                link.state.set(LinkState::Up);
                 let reason = serve(&core, &wire, rd, wr, fd, dec, link.peer, link.addr).await;
-                let cause = LinkDown::new(LinkError::Closed {
-                    addr: link.addr,
-                    reason,
-                });
-                *link.last_error.borrow_mut() = Some(cause.clone());
-                link.state.set(LinkState::Down);
-                wire.close();
-                fail_pending(&core, &wire, link.peer, Some(cause));
                 tracing::warn!(shard = core.id, peer = link.peer, addr = %link.addr,
                     ?reason, "link to peer closed; reconnecting");
                 *last_log.get_mut() = None;
+                LinkDown::new(LinkError::Closed {
+                    addr: link.addr,
+                    reason,
+                })
             }
             Err(e) => {
+                let net = core
+                    .net
+                    .as_ref()
+                    .expect("links exist only with a NetConfig");
                 net.stats.peers.borrow_mut().record_close(e.close_reason());
-                let now = Instant::now();
                 let quiet = matches!(e, LinkError::Connect { .. })
-                    && !super::log_due(&last_log, now, Duration::from_secs(5));
+                    && !super::log_due(&last_log, Instant::now(), Duration::from_secs(5));
                 if !quiet {
                     tracing::warn!(shard = core.id, peer = link.peer,
                         error = %crate::error::ErrorChain(&e),
                         attempt = backoff.attempts(), "cannot reach peer");
                 }
-                let cause = LinkDown::new(e);
-                *link.last_error.borrow_mut() = Some(cause.clone());
-                link.state.set(LinkState::Down);
-                wire.close();
-                fail_pending(&core, &wire, link.peer, Some(cause));
+                LinkDown::new(e)
             }
-        }
+        };
+        *link.last_error.borrow_mut() = Some(cause.clone());
+        link.state.set(LinkState::Down);
+        wire.close();
+        fail_pending(&core, &wire, link.peer, Some(cause));
         if !running(&core) {
             break;
         }
@@ -590,9 +551,70 @@ async fn run_link(core: Rc<ShardCore>, link: Rc<Link>) {
     }
 }
 
+/// The link's outbound side for the next connection: the current one if it is still open
+/// (senders may have queued frames on it while the link was down), else a new one.
+fn link_wire(link: &Link, cfg: &super::NetConfig) -> Rc<Outbound> {
+    let mut slot = link.wire.borrow_mut();
+    match slot.as_ref() {
+        Some(w) if !w.is_closed() => w.clone(),
+        _ => {
+            let w = Rc::new(Outbound::new(
+                cfg.out_bytes_max,
+                cfg.requests_inflight_max,
+                false,
+            ));
+            *slot = Some(w.clone());
+            w
+        }
+    }
+}
+
+/// Connects to the link's peer and runs the handshake as the dialing side.
+async fn dial(
+    core: &Rc<Shard>,
+    link: &Link,
+    cfg: &super::NetConfig,
+) -> Result<(TcpReader, TcpWriter, RawFd, FrameDecoder), LinkError> {
+    let (mut rd, mut wr, fd) =
+        tcp::connect(link.addr, cfg.connect_timeout)
+            .await
+            .map_err(|source| LinkError::Connect {
+                addr: link.addr,
+                source,
+            })?;
+    let init = Initiator::new(handshake_config(core), nonce(), Some(link.peer));
+    let (_peer, dec) = handshake(
+        Side::Dial(init),
+        link.addr,
+        &mut rd,
+        &mut wr,
+        cfg.frame_bytes_max,
+        cfg.handshake_timeout,
+    )
+    .await?;
+    Ok((rd, wr, fd, dec))
+}
+
+/// Counts and logs an established link.
+fn link_up(core: &Shard, link: &Link, reconnect: bool) {
+    let net = core
+        .net
+        .as_ref()
+        .expect("links exist only with a NetConfig");
+    {
+        let mut peers = net.stats.peers.borrow_mut();
+        peers.connects += 1;
+        peers.handshakes_ok += 1;
+    }
+    tracing::info!(shard = core.id, peer = link.peer, addr = %link.addr,
+        reconnect, "link to peer established");
+    *link.last_error.borrow_mut() = None;
+    link.state.set(LinkState::Up);
+}
+
 /// Fails every ask still waiting for a reply on `wire` with `NodeUnavailable`, and counts the
 /// tells that were queued on it but not written (or whose write failed) as dropped.
-fn fail_pending(core: &ShardCore, wire: &Wire, peer: NodeId, cause: Option<LinkDown>) {
+fn fail_pending(core: &Shard, wire: &Outbound, peer: NodeId, cause: Option<LinkDown>) {
     let pending: Vec<u64> = wire.pending.borrow_mut().drain().collect();
     let net = core
         .net
@@ -625,7 +647,7 @@ fn fail_pending(core: &ShardCore, wire: &Wire, peer: NodeId, cause: Option<LinkD
     }
 }
 
-async fn accept_loop(core: Rc<ShardCore>, listener: tcp::Listener) {
+async fn accept_loop(core: Rc<Shard>, listener: tcp::Listener) {
     let net = core
         .net
         .as_ref()
@@ -642,7 +664,7 @@ async fn accept_loop(core: Rc<ShardCore>, listener: tcp::Listener) {
         };
         let core2 = core.clone();
         let cfg = cfg.clone();
-        core.exec.spawn(async move {
+        core.sched.spawn(async move {
             let core = core2;
             let net = core.net.as_ref().expect("checked above");
             net.stats.peers.borrow_mut().connects += 1;
@@ -677,7 +699,7 @@ async fn accept_loop(core: Rc<ShardCore>, listener: tcp::Listener) {
             net.stats.peers.borrow_mut().handshakes_ok += 1;
             tracing::debug!(shard = core.id, %addr, peer = peer.node_id, role = ?peer.role,
                 "accepted a connection");
-            let wire = Rc::new(Wire::new(
+            let wire = Rc::new(Outbound::new(
                 cfg.out_bytes_max,
                 cfg.requests_inflight_max,
                 true,
@@ -696,8 +718,8 @@ async fn accept_loop(core: Rc<ShardCore>, listener: tcp::Listener) {
 /// a writer task flushes `wire` (one write per flush); a heartbeat task watches the peer.
 #[allow(clippy::too_many_arguments)]
 async fn serve(
-    core: &Rc<ShardCore>,
-    wire: &Rc<Wire>,
+    core: &Rc<Shard>,
+    wire: &Rc<Outbound>,
     mut rd: TcpReader,
     wr: TcpWriter,
     fd: RawFd,
@@ -709,44 +731,15 @@ async fn serve(
         .net
         .as_ref()
         .expect("connections exist only with a NetConfig");
-    let cfg = &net.cfg;
-    wire.fd.set(Some(fd));
-    *wire.detector.borrow_mut() = Some(FailureDetector::new(cfg.detector, Instant::now()));
-    wire.ready.set(true);
-    {
-        let (core2, wire2) = (core.clone(), wire.clone());
-        core.exec
-            .spawn(async move { writer(core2, wire2, wr).await });
-        let (core2, wire2) = (core.clone(), wire.clone());
-        let beat = cfg.detector.heartbeat_interval;
-        let stall = cfg.out_stall_timeout;
-        core.exec
-            .spawn(async move { heartbeat(core2, wire2, beat, stall, peer, addr).await });
-    }
-    wire.wake_writer();
+    start_conn_tasks(core, wire, wr, fd, peer, addr);
     let mut buf = vec![0u8; READ_CHUNK_BYTES];
-    let spin = core.node.config.idle_spin;
     let mut last_data = Instant::now();
-    // Frames that arrived together with the end of the handshake.
-    loop {
-        match drain_frames(core, wire, &mut dec, peer, addr) {
-            Ok(Drained::All) => break,
-            Ok(Drained::Paused) => wire.backlog_room().await,
-            Err(r) => {
-                net.stats.peers.borrow_mut().record_close(r);
-                wire.close();
-                return r;
-            }
-        }
+    // Frames that arrived together with the end of the handshake first.
+    let mut ended = dispatch_decoded(core, wire, &mut dec, peer, addr).await;
+    while ended.is_ok() {
         if wire.is_closed() {
-            let r = closed_reason(core, wire);
-            net.stats.peers.borrow_mut().record_close(r);
-            return r;
-        }
-    }
-    let reason = loop {
-        if wire.is_closed() {
-            break closed_reason(core, wire);
+            ended = Err(closed_reason(core, wire));
+            break;
         }
         if wire.serving.get() >= wire.serving_max {
             wire.serving_room().await;
@@ -758,94 +751,150 @@ async fn serve(
             wire.backlog_room().await;
             continue;
         }
-        // Busy-poll while the shard would spin anyway: a shard configured to spin
-        // (`idle_spin_us`) that received bytes within that time retries `recv` from the task
-        // (no io_uring round trip) instead of waiting for a readiness completion.
-        let res = match rd.try_read(&mut buf) {
-            Ok(None) => {
-                if !spin.is_zero() && core.now().duration_since(last_data) < spin {
-                    crate::rt::yield_now().await;
-                } else if let Err(e) = rd.readable().await {
-                    tracing::debug!(shard = core.id, peer, %addr, error = %e, "poll failed");
-                    break CloseReason::Io;
-                }
-                continue;
-            }
-            Ok(Some(n)) => {
-                last_data = core.now();
-                Ok(n)
-            }
-            Err(e) => Err(e),
+        ended = match read_chunk(core, wire, &mut rd, &mut buf, &mut last_data, peer, addr).await {
+            Ok(None) => continue,
+            Ok(Some(0)) => Err(end_of_stream(core, &mut dec, peer, addr)),
+            Ok(Some(n)) => feed(core, wire, &mut dec, &buf[..n], peer, addr).await,
+            Err(r) => Err(r),
         };
-        let n = match res {
-            Ok(0) => match dec.finish() {
-                Ok(()) => break CloseReason::PeerClosed,
-                Err(e) => {
-                    tracing::warn!(shard = core.id, peer, %addr, error = %e,
-                        "connection ended inside a frame");
-                    break CloseReason::from_frame_error(&e);
-                }
-            },
-            Ok(n) => n,
-            Err(e) => {
-                if !wire.is_closed() {
-                    tracing::debug!(shard = core.id, peer, %addr, error = %e, "read failed");
-                }
-                break if wire.is_closed() {
-                    closed_reason(core, wire)
-                } else {
-                    CloseReason::Io
-                };
-            }
-        };
-        if let Some(d) = wire.detector.borrow_mut().as_mut() {
-            d.on_heard(Instant::now());
-        }
-        let mut off = 0;
-        let mut failed = None;
-        while off < n {
-            match dec.feed(&buf[off..n]) {
-                Ok(took) => off += took,
-                Err(e) => {
-                    tracing::warn!(shard = core.id, peer, %addr, error = %e,
-                        "invalid frame; closing the connection");
-                    failed = Some(CloseReason::from_frame_error(&e));
-                    break;
-                }
-            }
-            // Frames left in the decoder while the backlog is full are dispatched once the
-            // peer has read enough (one read's worth of requests at most is in the decoder).
-            loop {
-                match drain_frames(core, wire, &mut dec, peer, addr) {
-                    Ok(Drained::All) => break,
-                    Ok(Drained::Paused) => {
-                        wire.backlog_room().await;
-                        if wire.is_closed() {
-                            failed = Some(closed_reason(core, wire));
-                            break;
-                        }
-                    }
-                    Err(r) => {
-                        failed = Some(r);
-                        break;
-                    }
-                }
-            }
-            if failed.is_some() {
-                break;
-            }
-        }
-        if let Some(r) = failed {
-            break r;
-        }
-    };
+    }
+    let reason = ended.expect_err("the loop ends with a reason");
     net.stats.peers.borrow_mut().record_close(reason);
     wire.close();
     reason
 }
 
+/// Marks `wire` ready on socket `fd` and starts the connection's writer and heartbeat tasks.
+fn start_conn_tasks(
+    core: &Rc<Shard>,
+    wire: &Rc<Outbound>,
+    wr: TcpWriter,
+    fd: RawFd,
+    peer: NodeId,
+    addr: SocketAddr,
+) {
+    let cfg = &core.net.as_ref().expect("a connection has a NetConfig").cfg;
+    wire.fd.set(Some(fd));
+    *wire.detector.borrow_mut() = Some(FailureDetector::new(cfg.detector, Instant::now()));
+    wire.ready.set(true);
+    let (core2, wire2) = (core.clone(), wire.clone());
+    core.sched
+        .spawn(async move { writer(core2, wire2, wr).await });
+    let (core2, wire2) = (core.clone(), wire.clone());
+    let beat = cfg.detector.heartbeat_interval;
+    let stall = cfg.out_stall_timeout;
+    core.sched
+        .spawn(async move { heartbeat(core2, wire2, beat, stall, peer, addr).await });
+    wire.wake_writer();
+}
+
+/// Reads what the socket has: `Some(n)` bytes (0: the peer closed), or `None` after waiting
+/// for readiness (or yielding, while the shard would spin anyway: a shard configured to spin
+/// (`idle_spin_us`) that received bytes within that time retries `recv` from the task, with
+/// no io_uring round trip).
+async fn read_chunk(
+    core: &Rc<Shard>,
+    wire: &Outbound,
+    rd: &mut TcpReader,
+    buf: &mut [u8],
+    last_data: &mut Instant,
+    peer: NodeId,
+    addr: SocketAddr,
+) -> Result<Option<usize>, CloseReason> {
+    let spin = core.node.config.idle_spin;
+    match rd.try_read(buf) {
+        Ok(None) => {
+            if !spin.is_zero() && core.now().duration_since(*last_data) < spin {
+                crate::rt::yield_now().await;
+            } else if let Err(e) = rd.readable().await {
+                tracing::debug!(shard = core.id, peer, %addr, error = %e, "poll failed");
+                return Err(CloseReason::Io);
+            }
+            Ok(None)
+        }
+        Ok(Some(n)) => {
+            *last_data = core.now();
+            if let Some(d) = wire.detector.borrow_mut().as_mut() {
+                d.on_heard(Instant::now());
+            }
+            Ok(Some(n))
+        }
+        Err(e) => {
+            if wire.is_closed() {
+                Err(closed_reason(core, wire))
+            } else {
+                tracing::debug!(shard = core.id, peer, %addr, error = %e, "read failed");
+                Err(CloseReason::Io)
+            }
+        }
+    }
+}
+
+/// The peer closed its side: a clean end between frames, or an error inside one.
+fn end_of_stream(
+    core: &Shard,
+    dec: &mut FrameDecoder,
+    peer: NodeId,
+    addr: SocketAddr,
+) -> CloseReason {
+    match dec.finish() {
+        Ok(()) => CloseReason::PeerClosed,
+        Err(e) => {
+            tracing::warn!(shard = core.id, peer, %addr, error = %e,
+                "connection ended inside a frame");
+            CloseReason::from_frame_error(&e)
+        }
+    }
+}
+
+/// Feeds received bytes to the decoder and dispatches the frames they complete.
+async fn feed(
+    core: &Rc<Shard>,
+    wire: &Rc<Outbound>,
+    dec: &mut FrameDecoder,
+    mut bytes: &[u8],
+    peer: NodeId,
+    addr: SocketAddr,
+) -> Result<(), CloseReason> {
+    while !bytes.is_empty() {
+        match dec.feed(bytes) {
+            Ok(took) => bytes = &bytes[took..],
+            Err(e) => {
+                tracing::warn!(shard = core.id, peer, %addr, error = %e,
+                    "invalid frame; closing the connection");
+                return Err(CloseReason::from_frame_error(&e));
+            }
+        }
+        dispatch_decoded(core, wire, dec, peer, addr).await?;
+    }
+    Ok(())
+}
+
+/// Dispatches every complete frame in the decoder. Frames left in the decoder while the
+/// reply backlog is full are dispatched once the peer has read enough (one read's worth of
+/// requests at most is in the decoder).
+async fn dispatch_decoded(
+    core: &Rc<Shard>,
+    wire: &Rc<Outbound>,
+    dec: &mut FrameDecoder,
+    peer: NodeId,
+    addr: SocketAddr,
+) -> Result<(), CloseReason> {
+    loop {
+        match drain_frames(core, wire, dec, peer, addr)? {
+            Drained::All => return Ok(()),
+            Drained::Paused => {
+                wire.backlog_room().await;
+                if wire.is_closed() {
+                    return Err(closed_reason(core, wire));
+                }
+            }
+        }
+    }
+}
+
 /// Why a connection closed from inside ended (heartbeat timeout, stalled peer, shutdown).
-fn closed_reason(core: &ShardCore, wire: &Wire) -> CloseReason {
+fn closed_reason(core: &Shard, wire: &Outbound) -> CloseReason {
     if !running(core) {
         CloseReason::Shutdown
     } else {
@@ -865,8 +914,8 @@ enum Drained {
 /// Dispatches every complete frame in the decoder, or stops early while the connection's
 /// backlog is at its bound (so that one read cannot queue replies without limit).
 fn drain_frames(
-    core: &Rc<ShardCore>,
-    wire: &Rc<Wire>,
+    core: &Rc<Shard>,
+    wire: &Rc<Outbound>,
     dec: &mut FrameDecoder,
     peer: NodeId,
     addr: SocketAddr,
@@ -903,7 +952,7 @@ fn drain_frames(
 }
 
 /// Flushes the wire: takes everything queued, writes it with one call, repeats.
-async fn writer(core: Rc<ShardCore>, wire: Rc<Wire>, mut wr: TcpWriter) {
+async fn writer(core: Rc<Shard>, wire: Rc<Outbound>, mut wr: TcpWriter) {
     let net = core
         .net
         .as_ref()
@@ -962,8 +1011,8 @@ async fn writer(core: Rc<ShardCore>, wire: Rc<Wire>, mut wr: TcpWriter) {
 /// `dead_after`, and closes it when its outgoing bytes stay at or over `out_bytes_max` for
 /// `stall` (a peer that does not read).
 async fn heartbeat(
-    core: Rc<ShardCore>,
-    wire: Rc<Wire>,
+    core: Rc<Shard>,
+    wire: Rc<Outbound>,
     every: Duration,
     stall: Duration,
     peer: NodeId,
@@ -1017,7 +1066,7 @@ async fn heartbeat(
 }
 
 /// Closes every connection of the shard (at shutdown).
-pub(crate) fn close_all(core: &ShardCore) {
+pub(crate) fn close_all(core: &Shard) {
     let Some(net) = &core.net else { return };
     for link in net.links.values() {
         if let Some(w) = link.wire.borrow().as_ref() {

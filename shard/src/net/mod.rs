@@ -21,7 +21,7 @@ use quark_placement::{ActorKey, NodeId};
 use rustc_hash::FxHashMap;
 
 use crate::actor::{Handler, Message};
-use crate::core::ShardCore;
+use crate::shard::Shard;
 
 pub(crate) use conn::{close_all, start, Link};
 pub(crate) use remote::{ask_remote, tell_remote, tell_remote_now};
@@ -105,7 +105,7 @@ type EncodeFn =
 /// Handles a request that arrived from the network for one (actor type, message type): decodes
 /// the body and starts the call on this node.
 pub(crate) type RemoteHandler =
-    fn(&Rc<ShardCore>, ActorKey, &[u8], Duration, remote::ReplySink) -> Result<(), RemoteError>;
+    fn(&Rc<Shard>, ActorKey, &[u8], Duration, remote::ReplySink) -> Result<(), RemoteError>;
 
 /// The node's wire registry: codecs by message type, handlers by (actor type, wire name).
 #[derive(Default)]
@@ -212,7 +212,7 @@ pub(crate) struct NetShard {
     pub(crate) links: FxHashMap<NodeId, Rc<Link>>,
     pub(crate) stats: NetStats,
     /// Accepted connections' outgoing sides, to close at shutdown.
-    pub(crate) accepted: RefCell<Vec<std::rc::Weak<conn::Wire>>>,
+    pub(crate) accepted: RefCell<Vec<std::rc::Weak<conn::Outbound>>>,
 }
 
 impl NetShard {

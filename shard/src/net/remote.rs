@@ -10,14 +10,14 @@ use quark_net::{
 };
 use quark_placement::{ActorId, ActorKey, NodeId};
 
-use super::conn::Wire;
+use super::conn::Outbound;
 use crate::actor::{Handler, Message};
 use crate::actor_ref::ActorRef;
 use crate::calls::{CallId, CallOutcome, RemoteReply, Waiter};
-use crate::core::ShardCore;
 use crate::engine::shared::Phase;
 use crate::envelope::{Origin, ReplyTo};
 use crate::error::CallError;
+use crate::shard::Shard;
 
 fn wire_key(key: &ActorKey) -> WireKey<'_> {
     match key {
@@ -42,11 +42,11 @@ fn deadline_ms(timeout: Duration) -> u32 {
 }
 
 /// The cause of `NodeUnavailable` for `node`: its link's last error.
-fn link_cause(core: &ShardCore, node: NodeId) -> Option<crate::error::LinkDown> {
+fn link_cause(core: &Shard, node: NodeId) -> Option<crate::error::LinkDown> {
     core.net.as_ref()?.links.get(&node)?.cause()
 }
 
-fn unavailable(core: &ShardCore, node: NodeId, id: &ActorId) -> CallError {
+fn unavailable(core: &Shard, node: NodeId, id: &ActorId) -> CallError {
     if let Some(net) = &core.net {
         let s = &net.stats.asks_unavailable;
         s.set(s.get() + 1);
@@ -161,7 +161,7 @@ pub(crate) fn remote_error(e: RemoteError, site: &CallSite<'_>) -> CallError {
 /// this shard's connection to `node`, and the reply comes back on it, matched by the call id.
 pub(crate) async fn ask_remote<A, M>(
     aref: &ActorRef<A>,
-    core: Rc<ShardCore>,
+    core: Rc<Shard>,
     node: NodeId,
     msg: M,
     timeout: Duration,
@@ -200,7 +200,7 @@ where
         .borrow_mut()
         .register(deadline, Waiter::Task(None));
     let corr = call.to_u64();
-    let mut wait = CallWait {
+    let mut wait = RemoteCallGuard {
         core: &core,
         call,
         wire: &wire,
@@ -236,6 +236,18 @@ where
     })
     .await;
     drop(wait);
+    remote_outcome::<M>(&core, codec, id, node, timeout, outcome)
+}
+
+/// Turns what came back for a remote ask into the caller's result.
+fn remote_outcome<M: Message>(
+    core: &Shard,
+    codec: &super::WireCodec,
+    id: &ActorId,
+    node: NodeId,
+    timeout: Duration,
+    outcome: CallOutcome,
+) -> Result<M::Reply, CallError> {
     match outcome {
         CallOutcome::Remote(RemoteReply::Value(bytes)) => match (codec.decode_reply)(&bytes) {
             Ok(any) => match any.downcast::<M::Reply>() {
@@ -279,15 +291,15 @@ where
 }
 
 /// Forgets a remote call if its future is dropped (or after it completed).
-struct CallWait<'a> {
-    core: &'a ShardCore,
+struct RemoteCallGuard<'a> {
+    core: &'a Shard,
     call: CallId,
-    wire: &'a Wire,
+    wire: &'a Outbound,
     corr: u64,
     done: bool,
 }
 
-impl Drop for CallWait<'_> {
+impl Drop for RemoteCallGuard<'_> {
     fn drop(&mut self) {
         self.wire.pending.borrow_mut().remove(&self.corr);
         if !self.done {
@@ -300,9 +312,9 @@ impl Drop for CallWait<'_> {
 /// logged at a bounded rate) if the node is unreachable.
 fn tell_wire<A: crate::actor::Actor>(
     aref: &ActorRef<A>,
-    core: &ShardCore,
+    core: &Shard,
     node: NodeId,
-) -> Result<Rc<Wire>, CallError> {
+) -> Result<Rc<Outbound>, CallError> {
     let id = aref.id();
     let net = core.net.as_ref();
     let link = net.and_then(|n| n.links.get(&node));
@@ -334,8 +346,8 @@ fn tell_wire<A: crate::actor::Actor>(
 /// Appends the tell's frame to `wire` (whatever its fill) and wakes the writer.
 fn queue_tell<A, M>(
     aref: &ActorRef<A>,
-    core: &ShardCore,
-    wire: &Wire,
+    core: &Shard,
+    wire: &Outbound,
     codec: &super::WireCodec,
     msg: M,
 ) -> Result<(), CallError>
@@ -362,7 +374,7 @@ where
 /// tell is counted as dropped, logged (at a bounded rate) and reported as `NodeUnavailable`.
 pub(crate) async fn tell_remote<A, M>(
     aref: &ActorRef<A>,
-    core: Rc<ShardCore>,
+    core: Rc<Shard>,
     node: NodeId,
     msg: M,
 ) -> Result<(), CallError>
@@ -400,7 +412,7 @@ where
 /// if the node is unreachable.
 pub(crate) fn tell_remote_now<A, M>(
     aref: &ActorRef<A>,
-    core: &ShardCore,
+    core: &Shard,
     node: NodeId,
     msg: M,
 ) -> Result<(), CallError>
@@ -427,7 +439,7 @@ where
 /// one request in progress on that connection until dropped (the reader stops reading while
 /// `requests_inflight_max` are in progress).
 pub(crate) struct ReplySink {
-    wire: Rc<Wire>,
+    wire: Rc<Outbound>,
     head: FrameHead,
     /// False for a tell: the sink only holds the request slot.
     reply: bool,
@@ -440,7 +452,7 @@ impl Drop for ReplySink {
 }
 
 impl ReplySink {
-    fn new(wire: &Rc<Wire>, head: FrameHead) -> ReplySink {
+    fn new(wire: &Rc<Outbound>, head: FrameHead) -> ReplySink {
         wire.request_started();
         ReplySink {
             wire: wire.clone(),
@@ -449,7 +461,7 @@ impl ReplySink {
         }
     }
 
-    fn send_value<R: WireOwned>(self, core: &ShardCore, value: &R) {
+    fn send_value<R: WireOwned>(self, core: &Shard, value: &R) {
         if !self.reply {
             return;
         }
@@ -475,7 +487,7 @@ impl ReplySink {
         }
     }
 
-    fn send_error(self, core: &ShardCore, e: &RemoteError) {
+    fn send_error(self, core: &Shard, e: &RemoteError) {
         if !self.reply {
             return;
         }
@@ -500,7 +512,7 @@ impl ReplySink {
 /// Completes a request from the network that was delivered straight into a local mailbox:
 /// the call table hands it the outcome (reply, failure or deadline).
 struct WireForward<A, M> {
-    core: std::rc::Weak<ShardCore>,
+    core: std::rc::Weak<Shard>,
     sink: ReplySink,
     _types: std::marker::PhantomData<fn() -> (A, M)>,
 }
@@ -531,7 +543,7 @@ where
     }
 }
 
-fn lost(core: &ShardCore) {
+fn lost(core: &Shard) {
     if let Some(net) = &core.net {
         let s = &net.stats.replies_lost;
         s.set(s.get() + 1);
@@ -585,7 +597,7 @@ pub(crate) fn call_error_to_remote(e: CallError) -> RemoteError {
 /// then asks (or tells) the actor on this node, from a task on this shard; the ask takes the
 /// local path to the owner shard (a ring hop if another shard owns it).
 pub(crate) fn handle<A, M>(
-    core: &Rc<ShardCore>,
+    core: &Rc<Shard>,
     key: ActorKey,
     body: &[u8],
     timeout: Duration,
@@ -601,6 +613,43 @@ where
     })?;
     // Fast path: this shard owns the actor. The message goes straight into its mailbox, the
     // reply straight from the call table onto the connection (no task, no ring).
+    let (key, msg, sink) = match deliver_here::<A, M>(core, key, msg, timeout, sink) {
+        Ok(()) => return Ok(()),
+        Err(back) => back,
+    };
+    let aref = ActorRef::<A>::new_local(core.node.clone(), key);
+    let core2 = core.clone();
+    match sink.reply {
+        true => core.sched.spawn(async move {
+            match aref.ask_timeout(msg, timeout).await {
+                Ok(v) => sink.send_value(&core2, &v),
+                Err(e) => sink.send_error(&core2, &call_error_to_remote(e)),
+            }
+        }),
+        false => core.sched.spawn(async move {
+            if let Err(e) = aref.tell(msg).await {
+                tracing::debug!(shard = core2.id, error = %e, "tell from the network failed");
+            }
+            drop(sink);
+        }),
+    }
+    Ok(())
+}
+
+/// Delivers a request from the network to its actor if this shard owns it; otherwise gives
+/// the request back (the caller forwards it through an `ActorRef`).
+fn deliver_here<A, M>(
+    core: &Rc<Shard>,
+    key: ActorKey,
+    msg: M,
+    timeout: Duration,
+    sink: ReplySink,
+) -> Result<(), (ActorKey, M, ReplySink)>
+where
+    A: Handler<M>,
+    M: Message + WireOwned,
+    M::Reply: WireOwned,
+{
     let node = &core.node;
     if let Some(&type_idx) = node.type_index.get(&std::any::TypeId::of::<A>()) {
         let ty = &node.types[usize::from(type_idx)];
@@ -629,7 +678,7 @@ where
                 ));
                 if let Err(d) = crate::activation::try_send_local::<A>(core, type_idx, d) {
                     let core2 = core.clone();
-                    core.exec.spawn(async move {
+                    core.sched.spawn(async move {
                         crate::activation::send_local::<A>(&core2, type_idx, d).await;
                         drop(sink);
                     });
@@ -646,42 +695,29 @@ where
                 .calls
                 .borrow_mut()
                 .register(deadline, Waiter::Forward(Box::new(fwd)));
-            let d = Box::new(crate::envelope::Deliver::<A, M>::new(
+            let mut d = Box::new(crate::envelope::Deliver::<A, M>::new(
                 type_idx,
                 key,
                 msg,
                 ReplyTo::Local(call),
                 Origin::Local,
             ));
+            // The caller's deadline travels with the message: once it passed, the turn is
+            // not run (the caller gets `Timeout` either way).
+            d.deadline = Some(deadline);
             // Never waits: the connection's request bound (4096 in progress) bounds the
             // mailbox growth from the network.
             crate::activation::deliver::<A>(core, type_idx, d);
             return Ok(());
         }
     }
-    let aref = ActorRef::<A>::new_local(core.node.clone(), key);
-    let core2 = core.clone();
-    match sink.reply {
-        true => core.exec.spawn(async move {
-            match aref.ask_timeout(msg, timeout).await {
-                Ok(v) => sink.send_value(&core2, &v),
-                Err(e) => sink.send_error(&core2, &call_error_to_remote(e)),
-            }
-        }),
-        false => core.exec.spawn(async move {
-            if let Err(e) = aref.tell(msg).await {
-                tracing::debug!(shard = core2.id, error = %e, "tell from the network failed");
-            }
-            drop(sink);
-        }),
-    }
-    Ok(())
+    Err((key, msg, sink))
 }
 
 /// Handles a Request or OneWay frame from the network. Never closes the connection: a frame
 /// that passed the decoder is well formed; what is wrong with its payload gets an ErrorReply
 /// (for a request) and is counted.
-pub(crate) fn dispatch(core: &Rc<ShardCore>, wire: &Rc<Wire>, frame: &Frame<'_>) {
+pub(crate) fn dispatch(core: &Rc<Shard>, wire: &Rc<Outbound>, frame: &Frame<'_>) {
     let net = core
         .net
         .as_ref()
@@ -741,7 +777,7 @@ pub(crate) fn dispatch(core: &Rc<ShardCore>, wire: &Rc<Wire>, frame: &Frame<'_>)
 
 /// Handles a Response or ErrorReply frame: completes the call it answers, if it is still
 /// waiting on this connection.
-pub(crate) fn complete(core: &Rc<ShardCore>, wire: &Rc<Wire>, frame: &Frame<'_>, peer: NodeId) {
+pub(crate) fn complete(core: &Rc<Shard>, wire: &Rc<Outbound>, frame: &Frame<'_>, peer: NodeId) {
     let corr = frame.header.head.correlation;
     if !wire.pending.borrow_mut().remove(&corr) {
         // Timed out or cancelled already (or never ours): dropped and counted.

@@ -23,7 +23,12 @@ use std::task::{Context, Poll, Wake, Waker};
 
 use quark_placement::ShardId;
 
-use crate::engine::shared::{with_core_of, NodeShared};
+/// Where the wake-up of a shard's task goes: the engine implements it (on the owning shard's
+/// thread, into its scheduler; from any other thread, through the shard's injection queue).
+/// The scheduler itself knows nothing of the engine.
+pub(crate) trait WakeRoute: Send + Sync + 'static {
+    fn wake(&self, shard: ShardId, task: TaskRef);
+}
 
 type BoxFuture = Pin<Box<dyn Future<Output = ()>>>;
 
@@ -40,15 +45,15 @@ struct Slot {
 
 /// A task's identity on its shard: slot index and generation.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct TaskRef {
+pub(crate) struct TaskRef {
     index: u32,
     gen: u32,
 }
 
 /// The scheduler of one shard (see the module doc).
-pub(crate) struct Executor {
+pub(crate) struct Scheduler {
     shard: ShardId,
-    node: Arc<NodeShared>,
+    route: Arc<dyn WakeRoute>,
     ready: RefCell<VecDeque<TaskRef>>,
     slots: RefCell<Vec<Slot>>,
     free: RefCell<Vec<u32>>,
@@ -56,7 +61,7 @@ pub(crate) struct Executor {
 }
 
 struct TaskWaker {
-    node: Arc<NodeShared>,
+    route: Arc<dyn WakeRoute>,
     shard: ShardId,
     task: TaskRef,
 }
@@ -67,28 +72,15 @@ impl Wake for TaskWaker {
     }
 
     fn wake_by_ref(self: &Arc<Self>) {
-        let task = self.task;
-        if with_core_of(&self.node, self.shard, |core| {
-            core.exec.schedule(task);
-            core.poke();
-        }) {
-            return;
-        }
-        // Another thread: hand the wake to the owning shard.
-        self.node.inject(
-            self.shard,
-            Box::new(crate::envelope::RunMsg(Box::new(move |core| {
-                core.exec.schedule(task)
-            }))),
-        );
+        self.route.wake(self.shard, self.task);
     }
 }
 
-impl Executor {
-    pub(crate) fn new(shard: ShardId, node: Arc<NodeShared>) -> Self {
-        Executor {
+impl Scheduler {
+    pub(crate) fn new(shard: ShardId, route: Arc<dyn WakeRoute>) -> Self {
+        Scheduler {
             shard,
-            node,
+            route,
             ready: RefCell::new(VecDeque::new()),
             slots: RefCell::new(Vec::new()),
             free: RefCell::new(Vec::new()),
@@ -123,7 +115,7 @@ impl Executor {
             gen: slot.gen,
         };
         let waker = Waker::from(Arc::new(TaskWaker {
-            node: self.node.clone(),
+            route: self.route.clone(),
             shard: self.shard,
             task: task_ref,
         }));
@@ -137,7 +129,8 @@ impl Executor {
         self.ready.borrow_mut().push_back(task_ref);
     }
 
-    fn schedule(&self, task_ref: TaskRef) {
+    /// Queues task `task_ref` (woken) to run at the next batch, unless it is queued or gone.
+    pub(crate) fn schedule(&self, task_ref: TaskRef) {
         let slots = self.slots.borrow();
         let Some(Slot {
             gen,
@@ -337,7 +330,7 @@ mod tests {
     /// A scheduler driven by the test, on the test thread. Its tasks never call their
     /// wakers (those would route to the engine's shard); a wake is `schedule(task_ref)`, which
     /// is what the waker does on the owning thread.
-    fn with_executor(f: impl FnOnce(&Rc<Executor>)) {
+    fn with_scheduler(f: impl FnOnce(&Rc<Scheduler>)) {
         let engine = EngineBuilder::new(EngineConfig {
             shards: ShardSpec::Count(1),
             pin_threads: false,
@@ -346,14 +339,14 @@ mod tests {
         })
         .start()
         .expect("the engine starts");
-        let exec = Rc::new(Executor::new(0, engine.handle().shared.clone()));
+        let exec = Rc::new(Scheduler::new(0, engine.handle().shared.clone()));
         f(&exec);
         exec.clear();
         engine.shutdown();
     }
 
     /// Spawns a task and returns its identity (the task just queued).
-    fn spawn(exec: &Executor, fut: impl Future<Output = ()> + 'static) -> TaskRef {
+    fn spawn(exec: &Scheduler, fut: impl Future<Output = ()> + 'static) -> TaskRef {
         exec.spawn(fut);
         *exec
             .ready
@@ -384,7 +377,7 @@ mod tests {
         })
     }
 
-    fn run(exec: &Executor, log: &Log, budget: usize) -> usize {
+    fn run(exec: &Scheduler, log: &Log, budget: usize) -> usize {
         exec.run_ready(budget, || {
             log.borrow_mut().push("|".into());
             false
@@ -397,7 +390,7 @@ mod tests {
 
     #[test]
     fn ready_tasks_run_in_fifo_order() {
-        with_executor(|exec| {
+        with_scheduler(|exec| {
             let log = Log::default();
             for name in ["a", "b", "c"] {
                 exec.spawn(task(&log, name, 1, |_| {}));
@@ -412,7 +405,7 @@ mod tests {
 
     #[test]
     fn a_task_woken_during_a_round_runs_in_the_next_round() {
-        with_executor(|exec| {
+        with_scheduler(|exec| {
             let log = Log::default();
             let b = spawn(exec, task(&log, "b", 2, |_| {}));
             let waker = exec.clone();
@@ -429,7 +422,7 @@ mod tests {
 
     #[test]
     fn a_self_waking_task_gets_one_poll_per_round() {
-        with_executor(|exec| {
+        with_scheduler(|exec| {
             let log = Log::default();
             let me = Rc::new(Cell::new(None));
             let (waker, slot) = (exec.clone(), me.clone());
@@ -455,7 +448,7 @@ mod tests {
 
     #[test]
     fn the_budget_is_checked_between_rounds() {
-        with_executor(|exec| {
+        with_scheduler(|exec| {
             let log = Log::default();
             for name in ["a", "b", "c"] {
                 let me = Rc::new(Cell::new(None));
@@ -485,7 +478,7 @@ mod tests {
 
     #[test]
     fn an_interrupt_stops_between_rounds() {
-        with_executor(|exec| {
+        with_scheduler(|exec| {
             let log = Log::default();
             let b = spawn(exec, task(&log, "b", 2, |_| {}));
             let waker = exec.clone();
@@ -498,7 +491,7 @@ mod tests {
 
     #[test]
     fn a_stale_wake_does_not_reach_a_reused_slot() {
-        with_executor(|exec| {
+        with_scheduler(|exec| {
             let log = Log::default();
             let old = spawn(exec, task(&log, "old", 1, |_| {}));
             run(exec, &log, 100);
@@ -517,7 +510,7 @@ mod tests {
 
     #[test]
     fn a_panicking_task_is_dropped_and_the_others_run() {
-        with_executor(|exec| {
+        with_scheduler(|exec| {
             let log = Log::default();
             exec.spawn(task(&log, "boom", 1, |_| panic!("task panic")));
             exec.spawn(task(&log, "ok", 1, |_| {}));

@@ -1,0 +1,293 @@
+//! The shard: a container of services, one per concern, owned by the shard's thread (in an
+//! `Rc`). Each service keeps its state private behind narrow methods:
+//!
+//! | service | type | module |
+//! |---|---|---|
+//! | clock (time of timers and deadlines) | [`ShardClock`] | `clock` |
+//! | cross-shard transport (rings, credits) | [`CrossShard`] | `cross` |
+//! | call table (asks waiting for a reply) | [`CallTable`] | `calls` |
+//! | actor tables and lifecycles | [`ActorTables`] | `activation` |
+//! | timers | [`Timers`] | `timers` |
+//! | scheduler (the shard's tasks) | [`Scheduler`] | `scheduler` |
+//! | pump wake-ups | [`PumpSignal`] | `signal` |
+//! | durable log | `quark_persist::Log` | `quark-persist`, `log_tasks` |
+//! | network | [`crate::net::NetShard`] | `net` |
+//! | counters | [`ShardStats`] | `stats` |
+//!
+//! The services do not know the container; the container's methods below are the glue that
+//! needs two of them at once (a reply completes a call *and* returns a credit). The pump that
+//! drives them is in `pump`.
+
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Instant;
+
+use quark_placement::ShardId;
+
+use crate::activation::{ActorTables, TypeTable};
+use crate::actor::Actor;
+use crate::calls::{CallId, CallOutcome, CallTable};
+use crate::clock::ShardClock;
+use crate::cross::{CreditWait, CrossShard};
+use crate::engine::shared::NodeShared;
+use crate::envelope::{CrossMsg, Origin, ReplyTo};
+use crate::ring::{Consumer, Producer};
+use crate::scheduler::Scheduler;
+use crate::signal::PumpSignal;
+use crate::stats::ShardStats;
+use crate::timers::Timers;
+
+/// Everything one shard owns (see the module doc).
+pub(crate) struct Shard {
+    pub(crate) id: ShardId,
+    pub(crate) node: Arc<NodeShared>,
+    pub(crate) clock: ShardClock,
+    pub(crate) cross: CrossShard<CrossMsg>,
+    pub(crate) calls: RefCell<CallTable>,
+    pub(crate) tables: ActorTables,
+    pub(crate) timers: RefCell<Timers>,
+    pub(crate) signal: PumpSignal,
+    pub(crate) stats: ShardStats,
+    pub(crate) sched: Scheduler,
+    /// The shard's durable log, if the node has a data directory.
+    pub(crate) log: Option<Rc<quark_persist::Log<crate::rt::log_io::UringIo>>>,
+    /// The shard's cluster transport, if the engine is part of a cluster (or a client).
+    pub(crate) net: Option<crate::net::NetShard>,
+}
+
+impl Shard {
+    pub(crate) fn new(
+        id: ShardId,
+        node: Arc<NodeShared>,
+        outgoing: Vec<Option<Producer<CrossMsg>>>,
+        incoming: Vec<Consumer<CrossMsg>>,
+        log: Option<Rc<quark_persist::Log<crate::rt::log_io::UringIo>>>,
+    ) -> Self {
+        let config = &node.config;
+        Shard {
+            id,
+            clock: ShardClock::new(config.clock.clone()),
+            cross: CrossShard::new(id, outgoing, incoming, config.cross_shard_inflight_max),
+            calls: RefCell::new(CallTable::new()),
+            tables: ActorTables::new(&node.types, config.idle_timeout),
+            timers: RefCell::new(Timers::new()),
+            signal: PumpSignal::default(),
+            stats: ShardStats::default(),
+            sched: Scheduler::new(id, node.clone()),
+            log,
+            net: config.net.as_ref().map(crate::net::NetShard::new),
+            node,
+        }
+    }
+
+    /// The shard's time, read once per pump iteration (and refreshed by every ask's turn).
+    #[inline]
+    pub(crate) fn now(&self) -> Instant {
+        self.clock.now()
+    }
+
+    /// True if `deadline` has passed (see [`ShardClock::deadline_passed`]).
+    #[inline]
+    pub(crate) fn deadline_passed(&self, deadline: Instant) -> bool {
+        self.clock.deadline_passed(deadline)
+    }
+
+    /// True unless the caller of the ask that replies to `reply` is known to have stopped
+    /// waiting (timed out, dropped its future, or gave up outside the node). A caller on
+    /// another shard is not asked: its deadline, carried in the message, covers that case.
+    #[inline]
+    pub(crate) fn is_awaited(&self, reply: ReplyTo) -> bool {
+        match reply {
+            ReplyTo::Local(call) => self.calls.borrow().is_awaited(call),
+            ReplyTo::Shard(..) | ReplyTo::None => true,
+        }
+    }
+
+    /// This shard's injection queue and admission bound.
+    #[inline]
+    pub(crate) fn injector(&self) -> &crate::admission::Injector<CrossMsg> {
+        &self.node.shards[usize::from(self.id)].inject
+    }
+
+    /// This shard's table of actor type `A` (registered at index `type_idx`).
+    #[inline]
+    pub(crate) fn table<A: Actor>(&self, type_idx: u16) -> &TypeTable<A> {
+        self.tables.get::<A>(type_idx)
+    }
+
+    /// Wakes the pump if it is parked (something needs flushing or its deadline changed).
+    #[inline]
+    pub(crate) fn poke(&self) {
+        self.signal.poke();
+    }
+
+    /// Asks the pump to submit queued I/O now.
+    #[inline]
+    pub(crate) fn kick_io(&self) {
+        self.signal.kick_io();
+    }
+
+    /// Queues `msg` for shard `to`; it becomes visible to `to` at the pump's next flush.
+    #[inline]
+    pub(crate) fn send_to(&self, to: ShardId, msg: CrossMsg) {
+        if self.cross.send(to, msg) {
+            self.signal.poke();
+        }
+    }
+
+    /// Takes one credit to send a request to `to`, waiting while none is left.
+    #[inline]
+    pub(crate) fn acquire_credit(&self, to: ShardId) -> CreditWait<'_, CrossMsg> {
+        self.cross.acquire_credit(to)
+    }
+
+    /// Takes one credit for `to` if one is free and nobody waits for one.
+    #[inline]
+    pub(crate) fn try_acquire_credit(&self, to: ShardId) -> bool {
+        self.cross.try_acquire_credit(to)
+    }
+
+    /// Completes call `call` of this shard; a reply for a caller that stopped waiting is
+    /// dropped and counted.
+    pub(crate) fn complete_call(&self, call: CallId, outcome: CallOutcome) {
+        if !self.calls.borrow_mut().complete(call, outcome) {
+            let c = &self.stats.replies_dropped;
+            c.set(c.get() + 1);
+        }
+    }
+
+    /// Bookkeeping after a turn (or an aborted message): flow-control credits.
+    #[inline]
+    pub(crate) fn turn_done(&self, origin: Origin, reply: ReplyTo) {
+        match origin {
+            // A tell from another shard: owe it a credit (an ask's reply carries its own).
+            Origin::Shard(from) if reply == ReplyTo::None && self.cross.owe_credit(from) => {
+                self.signal.poke();
+            }
+            Origin::External => self.injector().release(),
+            _ => {}
+        }
+    }
+
+    /// Runs one message that came from another shard (or from outside the node), handing it
+    /// to the service it is for.
+    #[inline]
+    pub(crate) fn receive(self: &Rc<Self>, msg: CrossMsg) {
+        match msg {
+            CrossMsg::Request(req) => req.deliver(self),
+            CrossMsg::Reply(reply) => {
+                self.cross.return_credits(reply.from(), 1);
+                let call = reply.call();
+                self.complete_call(call, CallOutcome::Reply(reply.into_any()));
+            }
+            CrossMsg::Fail { call, from, err } => {
+                self.cross.return_credits(from, 1);
+                match err {
+                    Some(err) => self.complete_call(call, CallOutcome::Failed(*err)),
+                    // Expired unrun: the caller has most likely timed out already, so this is
+                    // not a dropped reply.
+                    None => {
+                        self.calls
+                            .borrow_mut()
+                            .complete(call, CallOutcome::TimedOut);
+                    }
+                }
+            }
+            CrossMsg::Credit { from, count } => self.cross.return_credits(from, count),
+            CrossMsg::Run(f) => f(self),
+        }
+    }
+
+    /// Runs every message waiting in the inbound rings and the injection queue. Returns the
+    /// number handled.
+    pub(crate) fn drain_inbound(self: &Rc<Self>) -> usize {
+        let cap = self.node.config.ring_capacity;
+        let mut handled = self.cross.drain(cap, |msg| self.receive(msg));
+        let inject = self.injector();
+        for _ in 0..cap {
+            let Some(msg) = inject.pop() else { break };
+            self.receive(msg);
+            handled += 1;
+        }
+        let st = &self.stats.ring_msgs_in;
+        st.set(st.get() + handled as u64);
+        handled
+    }
+
+    /// True if a message waits in an inbound ring or the injection queue.
+    pub(crate) fn has_inbound(&self) -> bool {
+        self.cross.has_incoming() || !self.injector().is_empty()
+    }
+
+    /// Publishes the outgoing rings and owed credits; rings the bell of parked peers.
+    pub(crate) fn flush(&self) {
+        let shards = &self.node.shards;
+        self.cross.flush(
+            |from, count| CrossMsg::Credit { from, count },
+            |to| shards[to].bell.ring(),
+        );
+    }
+
+    /// Fires the timers due at `now`.
+    pub(crate) fn fire_timers(&self, now: Instant) {
+        loop {
+            let due = self.timers.borrow_mut().pop_due(now);
+            let Some((id, mut fire)) = due else { break };
+            let alive = fire();
+            self.timers.borrow_mut().rearm(id, fire, alive, now);
+        }
+    }
+
+    /// Times out the calls whose deadline passed.
+    pub(crate) fn sweep_calls(&self, now: Instant) {
+        let expired = self.calls.borrow_mut().sweep(now);
+        for fwd in expired {
+            fwd.complete(CallOutcome::TimedOut);
+        }
+    }
+
+    /// True if no activation has work and no call waits.
+    pub(crate) fn quiescent(&self) -> bool {
+        self.tables.quiescent() && self.calls.borrow().live() == 0
+    }
+
+    /// The earliest moment the pump must wake up by itself.
+    pub(crate) fn next_deadline(&self, next_idle_sweep: Instant) -> Instant {
+        let mut t = next_idle_sweep;
+        if let Some(c) = self.calls.borrow().next_deadline() {
+            t = t.min(c);
+        }
+        if let Some(d) = self.timers.borrow().next_due() {
+            t = t.min(d);
+        }
+        t
+    }
+
+    pub(crate) fn stats_snapshot(&self) -> crate::engine::ShardStatsSnapshot {
+        let s = &self.stats;
+        crate::engine::ShardStatsSnapshot {
+            shard: self.id,
+            live_activations: self.tables.live() as u64,
+            activations: s.activations.get(),
+            deactivations: s.deactivations.get(),
+            panics: s.panics.get(),
+            replies_dropped: s.replies_dropped.get(),
+            asks_expired_skipped: s.asks_expired_skipped.get(),
+            mailbox_waits: s.mailbox_waits.get(),
+            credit_waits: self.cross.credit_waits(),
+            parks: s.parks.get(),
+            iterations: s.iterations.get(),
+            reaps: s.reaps.get(),
+            task_polls: s.task_polls.get(),
+            ring_msgs_in: s.ring_msgs_in.get(),
+            calls_in_flight: self.calls.borrow().live() as u64,
+            timers: self.timers.borrow().len() as u64,
+            timer_heap_entries: self.timers.borrow().heap_len() as u64,
+            tasks: self.sched.live() as u64,
+            log_next_lsn: self.log.as_ref().map(|l| l.stats().next_lsn),
+            log_disk_bytes: self.log.as_ref().map(|l| l.stats().disk_bytes),
+            net: self.net.as_ref().map(crate::net::NetShard::snapshot),
+        }
+    }
+}
