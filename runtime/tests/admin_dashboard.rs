@@ -228,6 +228,22 @@ fn dashboard_shows_the_nodes_live_figures_in_headless_chromium() {
     );
     let rate = number(text_of(&dom, "total-msg-rate"));
     assert!(rate > 0.0, "messages in/s {rate}:\n{dom}");
+    // The traffic comes from this thread: external messages per second, on some shard.
+    let external: f64 = shards.iter().map(|r| number(&r[7])).sum();
+    assert!(external > 0.0, "external/s {shards:?}");
+    // Actor types: live activations per type, summed over shards.
+    let types: Vec<(String, f64)> = rows_of(&dom, "actor-types")
+        .into_iter()
+        .map(|r| (r[0].clone(), number(&r[1])))
+        .collect();
+    assert!(
+        types.contains(&("counter".to_owned(), KEYS as f64)),
+        "{types:?}"
+    );
+    assert!(
+        types.contains(&("tally".to_owned(), TALLIES as f64)),
+        "{types:?}"
+    );
     // The log panel: a row per shard, its next LSN past the jobs' records.
     let logs = rows_of(&dom, "logs");
     assert_eq!(logs.len(), 2, "{dom}");

@@ -235,7 +235,7 @@ fn log_jobs_and_outbox_figures_are_exported_as_the_features_report_them() {
 
 #[test]
 fn journal_persists_snapshots_and_projection_lag_are_exported() {
-    const KEYS: u64 = 6;
+    const KEYS: u64 = 7;
     const ROUNDS: u64 = 5;
     let dir = tempfile::tempdir().unwrap();
     let text = format!(
@@ -300,6 +300,18 @@ fn journal_persists_snapshots_and_projection_lag_are_exported() {
     });
     let report: ShardsReport =
         serde_json::from_str(&fetch(addr, "/quark/shards", T).unwrap().body).unwrap();
+    // Counted on the shard of each tally: ROUNDS persists per key it owns.
+    for l in &report.shards {
+        let owned = (0..KEYS)
+            .filter(|&k| node.actor_ref::<Tally>(k).owner_shard() == l.shard)
+            .count() as u64;
+        assert_eq!(
+            l.journal.as_ref().unwrap().persists,
+            owned * ROUNDS,
+            "shard {}",
+            l.shard
+        );
+    }
     let persists: u64 = report
         .shards
         .iter()

@@ -9,7 +9,7 @@ use std::collections::HashMap;
 
 use prometheus::{Encoder, GaugeVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder};
 use quark_net::CloseReason;
-use quark_shard::ShardStatsSnapshot;
+use quark_shard::{MessageCounts, ShardStatsSnapshot, ASK_LATENCY_BUCKETS};
 
 use super::probe::{job_state_name, ShardProbe, JOB_STATES};
 use super::{Phase, Shared};
@@ -80,6 +80,27 @@ pub const SHARD_METRICS: &[ShardMetric] = &[
     m!("quark_net_tells_dropped_total", Counter, "tells", "Tells not sent because their owner node was unreachable.", |s| s.net.as_ref().map(|n| n.tells_dropped)),
     m!("quark_net_replies_lost_total", Counter, "replies", "Replies not sent because the requester's connection had closed.", |s| s.net.as_ref().map(|n| n.replies_lost)),
     m!("quark_net_links_up", Gauge, "links", "Peer nodes whose link dialed by this shard is up now.", |s| s.net.as_ref().map(|n| n.links_up)),
+    m!(
+        "quark_mailbox_depth",
+        Gauge,
+        "messages",
+        "Messages queued in the mailboxes of the shard's activations now.",
+        |s| Some(s.mailbox_depth)
+    ),
+    m!(
+        "quark_mailbox_depth_max",
+        Gauge,
+        "messages",
+        "The longest mailbox of the shard now.",
+        |s| Some(s.mailbox_depth_max)
+    ),
+    m!(
+        "quark_ring_overflow",
+        Gauge,
+        "messages",
+        "Messages waiting in the shard's overflow queues because the ring to their target shard was full.",
+        |s| Some(s.ring_overflow)
+    ),
 ];
 
 /// A metric read from a shard's probe (its log, jobs and outbox), label `shard`.
@@ -290,6 +311,24 @@ pub const RECOVERY_METRIC: (&str, &str) = (
     "How long opening the shard log took at start-up (scanning segments, rebuilding the index). Unit: seconds.",
 );
 
+/// Messages by kind and call, labelled `shard`, `kind` and `call`: `(name, help)`.
+pub const MESSAGES_METRIC: (&str, &str) = (
+    "quark_messages_total",
+    "Messages by kind (local: to the same shard, cross_shard: to another shard of the node, remote: to another node; these counted by the sending shard; external: from outside the node, counted by the owner shard when it took the message) and call (tell or ask). Unit: messages.",
+);
+
+/// Ask latency, labelled `shard` and `kind`: `(name, help)`.
+pub const ASK_LATENCY_METRIC: (&str, &str) = (
+    "quark_ask_latency_seconds",
+    "Latency of the asks made from the shard, by kind (local, cross_shard, remote), from the send to the reply (or the deadline), on the shard clock (read once per pump iteration). Unit: seconds.",
+);
+
+/// Live activations per actor type, labelled `shard` and `actor_type`: `(name, help)`.
+pub const LIVE_BY_TYPE_METRIC: (&str, &str) = (
+    "quark_activations_live_by_type",
+    "Activations alive on the shard now, by actor type. Unit: activations.",
+);
+
 /// Closed connections, labelled `shard` and `reason`.
 pub const CLOSED_METRIC: (&str, &str) = (
     "quark_net_connections_closed_total",
@@ -454,6 +493,7 @@ pub(crate) fn encode(
             }
             registry.register(Box::new(c))?;
         }
+        register_engine_extras(&registry, live, mono)?;
     }
     if let Some(n) = shards {
         let failed = IntGaugeVec::new(
@@ -474,10 +514,133 @@ pub(crate) fn encode(
     };
     register_probes(&registry, with_probes, mono)?;
     let mut families = registry.gather();
+    if let (Some(_), Ok(live)) = (shards, snapshots) {
+        families.extend(ask_latency_family(live));
+    }
     families.extend(group_commit_family(with_probes));
     let mut out = Vec::with_capacity(16 * 1024);
     TextEncoder::new().encode(&families, &mut out)?;
     Ok(String::from_utf8(out)?)
+}
+
+/// The message kinds of a snapshot: `(kind label, counts)`.
+fn message_kinds(s: &ShardStatsSnapshot) -> [(&'static str, MessageCounts); 4] {
+    [
+        ("local", s.messages_local),
+        ("cross_shard", s.messages_cross_shard),
+        ("remote", s.messages_remote),
+        ("external", s.messages_external),
+    ]
+}
+
+/// Registers the engine's messages by kind and activations by type (the ask latency
+/// histograms are families of their own, see [`ask_latency_family`]).
+fn register_engine_extras(
+    registry: &Registry,
+    live: &[ShardStatsSnapshot],
+    mono: &mut Monotonic,
+) -> Result<(), RenderError> {
+    let (name, h) = MESSAGES_METRIC;
+    let c = IntCounterVec::new(Opts::new(name, h), &["shard", "kind", "call"])?;
+    for s in live {
+        let shard = s.shard.to_string();
+        for (kind, counts) in message_kinds(s) {
+            for (call, v, key) in [
+                ("tell", counts.tells, TELL_KEYS),
+                ("ask", counts.asks, ASK_KEYS),
+            ] {
+                let key = key[kind_index(kind)];
+                let v = mono.clamp(name, s.shard, key, v);
+                c.with_label_values(&[&shard, kind, call]).inc_by(v);
+            }
+        }
+    }
+    registry.register(Box::new(c))?;
+    let (name, h) = LIVE_BY_TYPE_METRIC;
+    let g = IntGaugeVec::new(Opts::new(name, h), &["shard", "actor_type"])?;
+    let mut any = false;
+    for s in live {
+        for (ty, n) in &s.live_per_type {
+            any = true;
+            g.with_label_values(&[s.shard.to_string().as_str(), ty])
+                .set(i64::try_from(*n).unwrap_or(i64::MAX));
+        }
+    }
+    if any {
+        registry.register(Box::new(g))?;
+    }
+    Ok(())
+}
+
+/// The clamp keys of [`Monotonic`] for the message counters (one per kind and call).
+const TELL_KEYS: [&str; 4] = [
+    "local/tell",
+    "cross_shard/tell",
+    "remote/tell",
+    "external/tell",
+];
+const ASK_KEYS: [&str; 4] = ["local/ask", "cross_shard/ask", "remote/ask", "external/ask"];
+
+fn kind_index(kind: &str) -> usize {
+    match kind {
+        "local" => 0,
+        "cross_shard" => 1,
+        "remote" => 2,
+        _ => 3,
+    }
+}
+
+/// The ask latency histograms of `live`, labelled `shard` and `kind`, from the shards' bucket
+/// counts (power-of-two microseconds, exported in seconds).
+fn ask_latency_family(live: &[ShardStatsSnapshot]) -> Option<prometheus::proto::MetricFamily> {
+    use prometheus::proto::{Bucket, Histogram, LabelPair, Metric, MetricFamily, MetricType};
+    let label = |name: &str, value: String| {
+        let mut l = LabelPair::default();
+        l.set_name(name.to_owned());
+        l.set_value(value);
+        l
+    };
+    let mut metrics = Vec::new();
+    for s in live {
+        for (kind, lat) in [
+            ("local", &s.ask_latency_local),
+            ("cross_shard", &s.ask_latency_cross_shard),
+            ("remote", &s.ask_latency_remote),
+        ] {
+            let mut cumulative = 0;
+            let buckets = lat.buckets[..ASK_LATENCY_BUCKETS - 1]
+                .iter()
+                .enumerate()
+                .map(|(i, n)| {
+                    cumulative += n;
+                    let mut b = Bucket::default();
+                    b.set_upper_bound((1u64 << i) as f64 / 1e6);
+                    b.set_cumulative_count(cumulative);
+                    b
+                })
+                .collect();
+            let mut h = Histogram::default();
+            h.set_bucket(buckets);
+            h.set_sample_count(lat.count());
+            h.set_sample_sum(lat.sum_us as f64 / 1e6);
+            let mut m = Metric::from_label(vec![
+                label("kind", kind.to_owned()),
+                label("shard", s.shard.to_string()),
+            ]);
+            m.set_histogram(h);
+            metrics.push(m);
+        }
+    }
+    if metrics.is_empty() {
+        return None;
+    }
+    let (name, h) = ASK_LATENCY_METRIC;
+    let mut f = MetricFamily::default();
+    f.set_name(name.to_owned());
+    f.set_help(h.to_owned());
+    f.set_field_type(MetricType::HISTOGRAM);
+    f.set_metric(metrics);
+    Some(f)
 }
 
 /// Registers the probe metrics (log, outbox, jobs, recovery time) of `probes`.

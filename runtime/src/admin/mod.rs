@@ -41,7 +41,7 @@ use quark_shard::{Engine, ShardStatsSnapshot, StatsError};
 pub use client::{fetch, fetch_status, FetchError, Response};
 pub(crate) use probe::{journal_persisted, projection_fed};
 pub use probe::{JournalFigures, LogFigures, OutboxFigures};
-pub use shards::{ShardLoad, ShardsReport};
+pub use shards::{CallCounts, ShardLoad, ShardsReport};
 pub use status::{PeerStatus, ShardStatus, Status};
 
 /// Requests served at once; a connection beyond it is answered `503` and closed.

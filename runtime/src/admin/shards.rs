@@ -67,6 +67,30 @@ pub struct ShardLoad {
     /// The journal's persists and snapshots, and each projection's lag on this shard
     /// (`None`: no log).
     pub journal: Option<JournalFigures>,
+    /// Tells and asks by kind since start: `local`, `cross_shard`, `remote` (sent from this
+    /// shard) and `external` (from outside the node, handled here).
+    pub messages: BTreeMap<String, CallCounts>,
+    /// Latency of the asks made from this shard (all kinds together) since start:
+    /// `buckets[i]` counts asks that took at most `2^i` µs (not cumulative; the last bucket,
+    /// any longer ask).
+    pub ask_latency_buckets: Vec<u64>,
+    /// Live activations per actor type.
+    pub live_per_type: BTreeMap<String, u64>,
+    /// Messages queued in the shard's mailboxes now.
+    pub mailbox_depth: u64,
+    /// The longest mailbox now.
+    pub mailbox_depth_max: u64,
+    /// Messages waiting because the ring to their target shard was full.
+    pub ring_overflow: u64,
+}
+
+/// Tells and asks of one kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CallCounts {
+    /// Tells.
+    pub tells: u64,
+    /// Asks.
+    pub asks: u64,
 }
 
 fn load(s: &ShardStatsSnapshot, p: Option<&ShardProbe>) -> ShardLoad {
@@ -94,6 +118,36 @@ fn load(s: &ShardStatsSnapshot, p: Option<&ShardProbe>) -> ShardLoad {
         }),
         outbox: p.and_then(|p| p.outbox.as_ref()).map(OutboxFigures::from),
         journal: p.and_then(|p| p.journal.clone()),
+        messages: [
+            ("local", s.messages_local),
+            ("cross_shard", s.messages_cross_shard),
+            ("remote", s.messages_remote),
+            ("external", s.messages_external),
+        ]
+        .into_iter()
+        .map(|(k, c)| {
+            let counts = CallCounts {
+                tells: c.tells,
+                asks: c.asks,
+            };
+            (k.to_owned(), counts)
+        })
+        .collect(),
+        ask_latency_buckets: (0..quark_shard::ASK_LATENCY_BUCKETS)
+            .map(|i| {
+                s.ask_latency_local.buckets[i]
+                    + s.ask_latency_cross_shard.buckets[i]
+                    + s.ask_latency_remote.buckets[i]
+            })
+            .collect(),
+        live_per_type: s
+            .live_per_type
+            .iter()
+            .map(|(t, n)| ((*t).to_owned(), *n))
+            .collect(),
+        mailbox_depth: s.mailbox_depth,
+        mailbox_depth_max: s.mailbox_depth_max,
+        ring_overflow: s.ring_overflow,
     }
 }
 

@@ -24,6 +24,34 @@ function fill(tbody, rows) {
   tbody.replaceChildren(...rows);
 }
 
+// Messages per second of `kind` (tells and asks) between two polls.
+function kindRate(s, b, kind, secs) {
+  const now = s.messages[kind], was = (b.messages || {})[kind];
+  if (!was) return null;
+  return rate(now.tells + now.asks, was.tells + was.asks, secs);
+}
+
+// The p-quantile (0..1) of the asks between two polls, from the power-of-two µs buckets:
+// the upper bound of the bucket that reaches it ("> 2^(n-2)" for the last one).
+function quantile(now, was, p) {
+  if (!was) return null;
+  const d = now.map((n, i) => n - (was[i] || 0));
+  const total = d.reduce((a, b) => a + b, 0);
+  if (total <= 0) return null;
+  let seen = 0;
+  for (let i = 0; i < d.length; i++) {
+    seen += d[i];
+    if (seen >= p * total) return i === d.length - 1 ? Infinity : 2 ** i;
+  }
+  return Infinity;
+}
+
+function micros(us) {
+  if (us === null) return "–";
+  if (us === Infinity) return "> 16 s";
+  return us >= 1e6 ? `≤ ${fmt(us / 1e6)} s` : us >= 1000 ? `≤ ${fmt(us / 1000)} ms` : `≤ ${us} µs`;
+}
+
 function duration(secs) {
   const s = Math.floor(secs);
   const h = Math.floor(s / 3600), m = Math.floor((s % 3600) / 60);
@@ -58,6 +86,7 @@ function renderShards(rep, cores) {
   let live = 0, msgs = 0, msgRate = 0, pollRate = 0, appendRate = 0, haveRate = false;
   const loadRows = [], logRows = [], outRows = [];
   const jobTotals = new Map();
+  const types = new Map(), typeTotals = new Map();
   let anyJobs = false;
   for (const s of rep.shards) {
     const b = before.get(s.shard) || {};
@@ -74,12 +103,16 @@ function renderShards(rep, cores) {
     cell(tr, info.core ?? "–");
     cell(tr, info.driver ?? "–");
     cell(tr, fmt(s.live_activations), { class: "live" });
-    cell(tr, fmt(mr), { class: "msg-rate" });
+    for (const kind of ["local", "cross_shard", "remote", "external"]) {
+      cell(tr, fmt(kindRate(s, b, kind, secs)), { "data-kind": kind });
+    }
+    cell(tr, micros(quantile(s.ask_latency_buckets, b.ask_latency_buckets, 0.5)), { class: "p50" });
+    cell(tr, micros(quantile(s.ask_latency_buckets, b.ask_latency_buckets, 0.99)), { class: "p99" });
+    cell(tr, fmt(s.mailbox_depth));
+    cell(tr, fmt(s.mailbox_depth_max));
     cell(tr, fmt(pr));
     cell(tr, fmt(kr));
-    cell(tr, fmt(s.tasks));
     cell(tr, fmt(s.calls_in_flight));
-    cell(tr, fmt(s.mailbox_waits));
     cell(tr, fmt(s.credit_waits));
     cell(tr, fmt(s.panics));
     cell(tr, s.net_frames_in === null ? "–" : fmt(rate(s.net_frames_in, b.net_frames_in, secs)));
@@ -110,6 +143,12 @@ function renderShards(rep, cores) {
       cell(r, fmt(l.recovery_us / 1000));
       logRows.push(r);
     }
+    for (const [t, n] of Object.entries(s.live_per_type)) {
+      const e = types.get(t) || [];
+      e.push(`${s.shard}: ${n}`);
+      types.set(t, e);
+      typeTotals.set(t, (typeTotals.get(t) || 0) + n);
+    }
     if (s.jobs) {
       anyJobs = true;
       for (const [k, v] of Object.entries(s.jobs)) jobTotals.set(k, (jobTotals.get(k) || 0) + v);
@@ -135,6 +174,14 @@ function renderShards(rep, cores) {
   $("total-msg-rate").textContent = haveRate ? fmt(msgRate) : "…";
   $("total-poll-rate").textContent = haveRate ? fmt(pollRate) : "…";
   fill(document.querySelector("#shards tbody"), loadRows);
+  fill(document.querySelector("#actor-types tbody"), [...typeTotals.keys()].sort().map((t) => {
+    const tr = document.createElement("tr");
+    tr.dataset.type = t;
+    cell(tr, t);
+    cell(tr, fmt(typeTotals.get(t)), { class: "type-live" });
+    cell(tr, types.get(t).join(" · "));
+    return tr;
+  }));
   fill(document.querySelector("#logs tbody"), logRows);
   $("log-none").hidden = logRows.length > 0 || rep.shards.length === 0;
   fill(document.querySelector("#outboxes tbody"), outRows);
