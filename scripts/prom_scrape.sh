@@ -141,7 +141,9 @@ both_nodes() {
 
 status=0
 for q in 'up{job="quark"} == 1' 'quark_node_ready == 1' 'quark_shards == 2' \
-    'quark_net_frames_sent_total{shard="0"}' 'quark_log_recovery_seconds{shard="1"}'; do
+    'quark_net_frames_sent_total{shard="0"}' 'quark_log_recovery_seconds{shard="1"}' \
+    'quark_ask_latency_seconds_bucket{kind="remote",le="+Inf"}' \
+    'quark_messages_total{kind="local",call="ask"}'; do
     if wait_for "both_nodes '$q'" 20; then
         echo "ok    $q: a series from each node"
     else
