@@ -48,8 +48,8 @@ fn leaf_services_name_no_engine_container_or_actor_module() {
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
     let mut bad = Vec::new();
     for (file, allowed) in LEAVES {
-        let text = std::fs::read_to_string(src.join(file))
-            .unwrap_or_else(|e| panic!("read {file}: {e}"));
+        let text =
+            std::fs::read_to_string(src.join(file)).unwrap_or_else(|e| panic!("read {file}: {e}"));
         let own = file.trim_end_matches(".rs").trim_end_matches("/mod");
         for m in named_modules(&text) {
             if own.starts_with(&m) || own.ends_with(&m) || allowed.contains(&m.as_str()) {
