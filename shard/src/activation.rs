@@ -721,14 +721,7 @@ async fn activate<A: Actor>(act: &Rc<Activation<A>>, info: &Arc<TypeInfo<A>>) ->
         }
     };
     act.enter(Life::Activating);
-    let activated = {
-        let turn = crate::turn::Turn::new(actor.on_activate(&act.ctx));
-        let mut turn = std::pin::pin!(turn);
-        RunTurn {
-            turn: turn.as_mut(),
-        }
-        .await
-    };
+    let activated = crate::turn::run_turn(actor.on_activate(&act.ctx)).await;
     if let Err(panic) = activated {
         tracing::error!(shard = core.id, actor = %act.ctx.id, panic = %panic, "on_activate panicked; failing queued calls");
         end_activation(act, table(), Some(actor), |actor| {
@@ -839,14 +832,7 @@ async fn deactivate<A: Actor>(act: &Rc<Activation<A>>, mut actor: A) -> bool {
     // triggers a reactivation in place, so two activations of one actor never coexist).
     act.ctx.cancel_all_timers();
     act.enter(Life::Deactivating);
-    let deactivated = {
-        let turn = crate::turn::Turn::new(actor.on_deactivate(&act.ctx));
-        let mut turn = std::pin::pin!(turn);
-        RunTurn {
-            turn: turn.as_mut(),
-        }
-        .await
-    };
+    let deactivated = crate::turn::run_turn(actor.on_deactivate(&act.ctx)).await;
     if let Err(panic) = deactivated {
         tracing::error!(shard = core.id, actor = %act.ctx.id, panic = %panic, "on_deactivate panicked");
     }
@@ -894,13 +880,9 @@ async fn build_actor<A: Actor>(act: &Rc<Activation<A>>, info: &TypeInfo<A>) -> R
     let ran = {
         let slot = &mut loaded;
         let ctx = &act.ctx;
-        let turn = crate::turn::Turn::new(async move {
+        crate::turn::run_turn(async move {
             *slot = Some(loader(ctx).await);
-        });
-        let mut turn = std::pin::pin!(turn);
-        RunTurn {
-            turn: turn.as_mut(),
-        }
+        })
         .await
     };
     match (ran, loaded) {

@@ -190,6 +190,16 @@ impl Future for RunTurn<'_, '_> {
     }
 }
 
+/// Runs `fut` as one turn stored inline (a lifecycle hook, a loader): `Err` carries the
+/// message of a panic, caught.
+pub(crate) async fn run_turn<'a>(fut: impl Future<Output = ()> + 'a) -> Result<(), String> {
+    let mut turn = std::pin::pin!(Turn::new(fut));
+    RunTurn {
+        turn: turn.as_mut(),
+    }
+    .await
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
