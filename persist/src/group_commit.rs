@@ -247,6 +247,9 @@ impl<IO: LogIo> Log<IO> {
         st.tail_pos += bytes as u64;
         st.next_lsn = end;
         st.pending_bytes += bytes;
+        st.append_count += 1;
+        st.appended_records += count as u64;
+        st.appended_bytes += bytes as u64;
         Ok(LsnRange { first, end })
     }
 
@@ -466,6 +469,9 @@ impl<IO: LogIo> Log<IO> {
             st.sync_count += 1;
         }
         st.flush_count += 1;
+        st.flushed_batches += chunk.batches.len() as u64;
+        st.flushed_bytes += len;
+        st.group_commit_sizes[crate::log::group_commit_bucket(chunk.batches.len())] += 1;
         st.pending_bytes -= len as usize;
         // The backend has returned its clone of the buffer once the write completed.
         if let Ok(mut buf) = Rc::try_unwrap(chunk.buf) {

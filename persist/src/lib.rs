@@ -41,7 +41,7 @@ pub use inspect::{
 };
 pub use io::{block_on, fallocate, LogFile, LogIo, StdFile, StdIo};
 pub use lock::{DirLock, LockError, LockHolder, LockMode, LOCK_FILE};
-pub use log::{Log, LogStats, LsnRange};
+pub use log::{group_commit_bucket, Log, LogStats, LsnRange, GROUP_COMMIT_BUCKETS};
 pub use read::Scanner;
 pub use record::{Batch, Invalid, NewRecord, Record, RecordKind, FLAG_FORWARDED};
 pub use recovery::{MissingRange, QuarantinedSegment, RecoveryReport, ShortSegment, TruncatedTail};

@@ -71,6 +71,33 @@ pub struct LogStats {
     /// Flushes made durable since open: `fdatasync` calls, or write-through writes
     /// ([`crate::LogConfig::write_through`]).
     pub sync_count: u64,
+    /// Batches appended (queued) since open.
+    pub append_count: u64,
+    /// Records in the batches appended since open.
+    pub appended_records: u64,
+    /// Encoded bytes of the batches appended since open (headers included).
+    pub appended_bytes: u64,
+    /// Batches written by the flushes since open: `flushed_batches / flush_count` is the mean
+    /// group-commit size (batches per write).
+    pub flushed_batches: u64,
+    /// Data bytes written by the flushes since open (without the end marker).
+    pub flushed_bytes: u64,
+    /// Flushes by group-commit size (batches per write): bucket `i` counts flushes of at most
+    /// `2^i` batches (the last bucket: any larger flush). See [`GROUP_COMMIT_BUCKETS`].
+    pub group_commit_sizes: [u64; GROUP_COMMIT_BUCKETS],
+    /// How long opening the log took (recovery: scanning the segments and rebuilding the
+    /// index), in microseconds.
+    pub recovery_us: u64,
+}
+
+/// Buckets of [`LogStats::group_commit_sizes`]: at most 1, 2, 4, … 512 batches, and more.
+pub const GROUP_COMMIT_BUCKETS: usize = 11;
+
+/// The bucket of [`LogStats::group_commit_sizes`] for a flush of `batches` batches.
+pub fn group_commit_bucket(batches: usize) -> usize {
+    // ceil(log2(batches)), clamped to the last bucket; 0 and 1 batch land in bucket 0.
+    let b = batches.max(1).next_power_of_two().trailing_zeros() as usize;
+    b.min(GROUP_COMMIT_BUCKETS - 1)
 }
 
 /// One segment file and what the log knows about it.
@@ -185,6 +212,14 @@ pub(crate) struct State<F> {
     pub waiters: Vec<Waker>,
     pub flush_count: u64,
     pub sync_count: u64,
+    /// Counters of [`LogStats`] (plain fields: the log is shard-local, read at scrape time).
+    pub append_count: u64,
+    pub appended_records: u64,
+    pub appended_bytes: u64,
+    pub flushed_batches: u64,
+    pub flushed_bytes: u64,
+    pub group_commit_sizes: [u64; GROUP_COMMIT_BUCKETS],
+    pub recovery_us: u64,
     /// Spare segment files available for reuse (bounded by `recycle_segments_max`).
     pub spares: Vec<PathBuf>,
     /// Write buffers of completed flushes kept for reuse (at most [`FREE_BUFS_MAX`]): large
@@ -400,7 +435,9 @@ impl<IO: LogIo> Log<IO> {
                 source,
             })?;
         let lock = io.lock_dir(&config.dir)?;
+        let recovery_started = std::time::Instant::now();
         let recovered = recover(&io, &config).await?;
+        let recovery_us = u64::try_from(recovery_started.elapsed().as_micros()).unwrap_or(u64::MAX);
         let now = io.now_ms();
         let max = config.segment_bytes;
         // Sizes keep doubling from the last segment's (a restarted node does not start over).
@@ -434,6 +471,13 @@ impl<IO: LogIo> Log<IO> {
             waiters: Vec::new(),
             flush_count: 0,
             sync_count: 0,
+            append_count: 0,
+            appended_records: 0,
+            appended_bytes: 0,
+            flushed_batches: 0,
+            flushed_bytes: 0,
+            group_commit_sizes: [0; GROUP_COMMIT_BUCKETS],
+            recovery_us,
             spares: recovered.report.spares.clone(),
             free_bufs: Vec::new(),
             segments_recycled: 0,
@@ -761,6 +805,13 @@ impl<IO: LogIo> Log<IO> {
             sync_count: st.sync_count,
             segments_recycled: st.segments_recycled,
             spare_count: st.spares.len(),
+            append_count: st.append_count,
+            appended_records: st.appended_records,
+            appended_bytes: st.appended_bytes,
+            flushed_batches: st.flushed_batches,
+            flushed_bytes: st.flushed_bytes,
+            group_commit_sizes: st.group_commit_sizes,
+            recovery_us: st.recovery_us,
         }
     }
 

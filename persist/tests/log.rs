@@ -421,3 +421,70 @@ fn assert_reopens_with_records(cfg: LogConfig, records: u64) {
         assert_eq!(report.records, records);
     });
 }
+
+#[test]
+fn stats_count_appends_bytes_and_group_commit_sizes() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = config(dir.path());
+    let io = YieldIo::default();
+    block_on(async {
+        let (log, _) = Log::open(io, cfg.clone()).await.expect("open");
+        let at_open = log.stats();
+        assert_eq!(at_open.append_count, 0);
+        // Three records of one batch, alone: one flush of one batch.
+        let first = batch_of(b"a", 1, 3, 100);
+        log.append(&first).await.expect("append");
+        // 32 concurrent one-record batches: shared flushes.
+        type Out = Result<quark_persist::LsnRange, AppendError>;
+        let log = &log;
+        let futs: Vec<Pin<Box<dyn Future<Output = Out>>>> = (0..32u64)
+            .map(|i| {
+                Box::pin(async move { log.append(&batch_of(b"k", i, 1, 64)).await })
+                    as Pin<Box<dyn Future<Output = Out>>>
+            })
+            .collect();
+        for r in join_all(futs).await {
+            r.expect("append ok");
+        }
+        let s = log.stats();
+        assert_eq!(s.append_count, 33);
+        assert_eq!(s.appended_records, 3 + 32);
+        let bytes =
+            first.encoded_bytes() as u64 + 32 * batch_of(b"k", 0, 1, 64).encoded_bytes() as u64;
+        assert_eq!(s.appended_bytes, bytes);
+        assert_eq!(
+            s.flushed_batches, 33,
+            "every appended batch was written once"
+        );
+        assert_eq!(s.flushed_bytes, bytes);
+        assert_eq!(
+            s.group_commit_sizes.iter().sum::<u64>(),
+            s.flush_count,
+            "one bucket count per flush"
+        );
+        assert!(
+            s.group_commit_sizes[0] >= 1,
+            "the lone first batch: a flush of one"
+        );
+        assert!(
+            s.flush_count < 33,
+            "concurrent appends share flushes ({} flushes)",
+            s.flush_count
+        );
+        assert!(
+            s.group_commit_sizes[1..].iter().sum::<u64>() > 0,
+            "some flush carried more than one batch: {:?}",
+            s.group_commit_sizes
+        );
+    });
+    // The bucket edges: at most 1, 2, 4, … batches; the last bucket takes the rest.
+    assert_eq!(quark_persist::group_commit_bucket(1), 0);
+    assert_eq!(quark_persist::group_commit_bucket(2), 1);
+    assert_eq!(quark_persist::group_commit_bucket(3), 2);
+    assert_eq!(quark_persist::group_commit_bucket(4), 2);
+    assert_eq!(quark_persist::group_commit_bucket(5), 3);
+    assert_eq!(
+        quark_persist::group_commit_bucket(1 << 20),
+        quark_persist::GROUP_COMMIT_BUCKETS - 1
+    );
+}

@@ -12,6 +12,9 @@ use std::time::{Duration, Instant};
 mod ports;
 use ports::free_addrs;
 
+mod admin_common;
+use admin_common::promtool;
+
 use quark::admin::{fetch, fetch_status, Status, CONNECTIONS_MAX, REQUEST_BYTES_MAX};
 use quark::builtin::{Add, Counter};
 use quark::{
@@ -72,18 +75,6 @@ fn two_nodes(dir: &std::path::Path) -> Vec<Node> {
         });
     }
     nodes
-}
-
-fn promtool() -> Option<PathBuf> {
-    let on_path = std::env::var_os("PATH").and_then(|p| {
-        std::env::split_paths(&p)
-            .map(|d| d.join("promtool"))
-            .find(|f| f.is_file())
-    });
-    on_path.or_else(|| {
-        let f = PathBuf::from("/usr/bin/promtool");
-        f.is_file().then_some(f)
-    })
 }
 
 fn operations_doc() -> String {

@@ -151,6 +151,10 @@ pub(crate) trait ErasedTable {
     fn quiescent(&self) -> bool;
     /// Number of live activations.
     fn len(&self) -> usize;
+    /// The actor type's name.
+    fn name(&self) -> &'static str;
+    /// Messages queued in the activations' mailboxes: `(total, longest)`.
+    fn mailbox_depth(&self) -> (usize, usize);
     /// Drops every activation now, failing queued calls with `ShuttingDown`.
     fn abort_all(&self, core: &Shard);
 }
@@ -182,6 +186,20 @@ impl ActorTables {
     /// Live activations of every type.
     pub(crate) fn live(&self) -> usize {
         self.0.iter().map(|t| t.len()).sum()
+    }
+
+    /// Live activations per type, in registration order (for the stats snapshot).
+    pub(crate) fn live_per_type(&self) -> Vec<(&'static str, u64)> {
+        self.0.iter().map(|t| (t.name(), t.len() as u64)).collect()
+    }
+
+    /// Messages queued in every mailbox of the shard: `(total, longest)` (walks the tables:
+    /// for the stats snapshot, not for the hot path).
+    pub(crate) fn mailbox_depth(&self) -> (u64, u64) {
+        self.0.iter().fold((0, 0), |(total, max), t| {
+            let (n, m) = t.mailbox_depth();
+            (total + n as u64, max.max(m as u64))
+        })
     }
 
     /// True if no activation is running a turn or has mail.
@@ -334,6 +352,20 @@ impl<A: Actor> ErasedTable for TypeTable<A> {
 
     fn len(&self) -> usize {
         self.actors.borrow().len() + self.workers.borrow().values().map(Vec::len).sum::<usize>()
+    }
+
+    fn name(&self) -> &'static str {
+        A::TYPE_NAME
+    }
+
+    fn mailbox_depth(&self) -> (usize, usize) {
+        let actors = self.actors.borrow();
+        let workers = self.workers.borrow();
+        actors
+            .values()
+            .chain(workers.values().flatten())
+            .map(|a| a.queue_len())
+            .fold((0, 0), |(total, max), n| (total + n, max.max(n)))
     }
 
     fn abort_all(&self, core: &Shard) {

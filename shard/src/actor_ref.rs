@@ -421,6 +421,7 @@ impl<A: Actor> ActorRef<A> {
             return Ok(());
         };
         let target = self.target_on(&core);
+        crate::stats::add(&core.stats.tells[usize::from(target != core.id)], 1);
         let item = self.envelope::<M>(&core, type_idx, target, msg, ReplyTo::None);
         if target == core.id {
             send_local_now::<A>(&core, type_idx, item).map_err(|_| full("mailbox"))
@@ -462,6 +463,7 @@ impl<A: Actor> ActorRef<A> {
             };
         };
         let target = self.target_on(&core);
+        crate::stats::add(&core.stats.tells[usize::from(target != core.id)], 1);
         let item = self.envelope::<M>(&core, type_idx, target, msg, ReplyTo::None);
         if target == core.id {
             match try_send_local::<A>(&core, type_idx, item) {
@@ -555,6 +557,7 @@ impl<A: Actor> ActorRef<A> {
     {
         let core = &core;
         let target = self.target_on(core);
+        crate::stats::add(&core.stats.asks[usize::from(target != core.id)], 1);
         // The deadline starts now and covers waiting for a credit or for mailbox room; it
         // travels with the message, so the callee does not run the ask once it passed.
         let deadline = core.now() + timeout;
@@ -592,6 +595,8 @@ impl<A: Actor> ActorRef<A> {
             Some(timed_out) => timed_out,
             None => wait.await,
         };
+        core.stats.ask_latency[usize::from(target != core.id)]
+            .record((core.now() + timeout).saturating_duration_since(deadline));
         outcome_into::<A, M>(outcome, || self.id.clone(), timeout)
     }
 

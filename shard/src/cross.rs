@@ -233,6 +233,15 @@ impl<M> CrossShard<M> {
         self.credit_waits.get()
     }
 
+    /// Messages waiting in the overflow queues (their ring was full when they were sent).
+    pub(crate) fn overflow_len(&self) -> usize {
+        self.outgoing
+            .iter()
+            .flatten()
+            .map(|o| o.borrow().overflow.len())
+            .sum()
+    }
+
     #[cfg(test)]
     fn credits_free(&self, to: ShardId) -> u32 {
         self.credits[usize::from(to)].get()

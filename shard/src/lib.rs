@@ -55,8 +55,9 @@ pub use affinity::{allowed_cores, pin_current_thread, PinError};
 #[doc(hidden)]
 pub use clock::{Clock, ManualClock};
 pub use engine::{
-    current_shard_log, Engine, EngineBuilder, EngineConfig, EngineHandle, IoDriver, Pinning,
-    ShardInfo, ShardSpec, ShardStatsSnapshot, ShutdownReport, StartError, StatsError,
+    current_shard_log, AskLatency, Engine, EngineBuilder, EngineConfig, EngineHandle, IoDriver,
+    MessageCounts, Pinning, ShardInfo, ShardSpec, ShardStatsSnapshot, ShutdownReport, StartError,
+    StatsError,
 };
 #[doc(hidden)]
 pub use engine::{StartFault, StartStep};
@@ -64,6 +65,7 @@ pub use error::{CallError, ErrorChain, LinkDown};
 pub use net::{NetConfig, NetStatsSnapshot};
 pub use quark_placement::{ActorId, ActorKey, ShardId};
 pub use scheduler::{JoinError, SpawnHandle};
+pub use stats::ASK_LATENCY_BUCKETS;
 pub use timers::TimerId;
 
 /// Waits for `d` on the calling shard's timers without blocking the shard. Only for code running

@@ -35,7 +35,7 @@ use crate::envelope::{CrossMsg, Origin, ReplyTo};
 use crate::ring::{Consumer, Producer};
 use crate::scheduler::Scheduler;
 use crate::signal::PumpSignal;
-use crate::stats::ShardStats;
+use crate::stats::{self, ShardStats};
 use crate::timers::Timers;
 
 /// Everything one shard owns (see the module doc).
@@ -165,7 +165,15 @@ impl Shard {
             Origin::Shard(from) if reply == ReplyTo::None && self.cross.owe_credit(from) => {
                 self.signal.poke();
             }
-            Origin::External => self.injector().release(),
+            Origin::External => {
+                let kind = if reply == ReplyTo::None {
+                    &self.stats.tells
+                } else {
+                    &self.stats.asks
+                };
+                stats::add(&kind[stats::EXTERNAL], 1);
+                self.injector().release()
+            }
             _ => {}
         }
     }
@@ -266,6 +274,7 @@ impl Shard {
 
     pub(crate) fn stats_snapshot(&self) -> crate::engine::ShardStatsSnapshot {
         let s = &self.stats;
+        let (mailbox_depth, mailbox_depth_max) = self.tables.mailbox_depth();
         crate::engine::ShardStatsSnapshot {
             shard: self.id,
             live_activations: self.tables.live() as u64,
@@ -288,6 +297,31 @@ impl Shard {
             log_next_lsn: self.log.as_ref().map(|l| l.stats().next_lsn),
             log_disk_bytes: self.log.as_ref().map(|l| l.stats().disk_bytes),
             net: self.net.as_ref().map(crate::net::NetShard::snapshot),
+            messages_local: messages(s, stats::LOCAL),
+            messages_cross_shard: messages(s, stats::CROSS_SHARD),
+            messages_remote: messages(s, stats::REMOTE),
+            messages_external: messages(s, stats::EXTERNAL),
+            ask_latency_local: latency(s, stats::LOCAL),
+            ask_latency_cross_shard: latency(s, stats::CROSS_SHARD),
+            ask_latency_remote: latency(s, stats::REMOTE),
+            live_per_type: self.tables.live_per_type(),
+            mailbox_depth,
+            mailbox_depth_max,
+            ring_overflow: self.cross.overflow_len() as u64,
         }
     }
+}
+
+/// The tells and asks of kind `kind` in `s`.
+fn messages(s: &stats::ShardStats, kind: usize) -> crate::engine::MessageCounts {
+    crate::engine::MessageCounts {
+        tells: s.tells[kind].get(),
+        asks: s.asks[kind].get(),
+    }
+}
+
+/// The ask latency histogram of kind `kind` in `s`.
+fn latency(s: &stats::ShardStats, kind: usize) -> crate::engine::AskLatency {
+    let (buckets, sum_us) = s.ask_latency[kind].snapshot();
+    crate::engine::AskLatency { buckets, sum_us }
 }

@@ -1,6 +1,7 @@
 //! `quark`: the Quark command line.
 //!
-//! - `quark serve --config quark.toml`: runs a node (see `docs/CLUSTER.md`).
+//! - `quark serve --config quark.toml [--log-format json]`: runs a node (see `docs/CLUSTER.md`;
+//!   the log format in `docs/OPERATIONS.md`).
 //! - `quark journal inspect|export|verify --data-dir DIR`: reads a stopped node's journals (see
 //!   `docs/JOURNALING.md`, "The quark journal tool").
 //! - `quark data reshard --data-dir DIR --shards N`: moves a stopped node's data to a new shard
@@ -49,16 +50,32 @@ enum Command {
     Jobs(jobs::Args),
 }
 
+/// Installs the log subscriber: `RUST_LOG` filters (default `info`), lines go to stderr.
+fn init_logs(format: serve::LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        serve::LogFormat::Text => builder
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+        serve::LogFormat::Json => builder
+            .json()
+            .with_current_span(true)
+            .with_span_list(true)
+            .with_thread_names(true)
+            .init(),
+    }
+}
+
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
     let cli = Cli::parse();
+    init_logs(match &cli.command {
+        Command::Serve(args) => args.log_format,
+        _ => serve::LogFormat::Text,
+    });
     match cli.command {
         Command::Serve(args) => match serve::run(args) {
             Ok(()) => ExitCode::SUCCESS,

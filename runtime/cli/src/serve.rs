@@ -16,6 +16,20 @@ pub struct Args {
     /// that node's address), so that one file can describe a whole cluster.
     #[arg(long)]
     node_id: Option<u64>,
+    /// How log lines are written to stderr: `text` (human-readable) or `json` (one JSON
+    /// object per line, for log shippers; fields in docs/OPERATIONS.md, "Logs").
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+/// The format of the log lines `quark serve` writes to stderr.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human-readable lines (colours on a terminal).
+    Text,
+    /// One JSON object per line: `timestamp`, `level`, `target`, `fields` (with `message`),
+    /// `threadName`, and the enclosing spans.
+    Json,
 }
 
 /// Runs the node.

@@ -245,6 +245,17 @@ fn route(req: &Request, shared: &Shared) -> (u16, &'static str, Vec<u8>) {
                 (500, "text/plain", b"cannot encode the metrics\n".to_vec())
             }
         },
+        "/quark/shards" => {
+            let report = super::shards::build(shared);
+            match serde_json::to_vec(&report) {
+                Ok(body) => (200, "application/json", body),
+                Err(_) => (
+                    500,
+                    "text/plain",
+                    b"cannot encode the shards report\n".to_vec(),
+                ),
+            }
+        }
         "/quark/status" => {
             let status = super::status::build(shared);
             match serde_json::to_vec_pretty(&status) {
@@ -252,7 +263,10 @@ fn route(req: &Request, shared: &Shared) -> (u16, &'static str, Vec<u8>) {
                 Err(_) => (500, "text/plain", b"cannot encode the status\n".to_vec()),
             }
         }
-        _ => (404, "text/plain", b"not found\n".to_vec()),
+        path => match super::dashboard::asset(path) {
+            Some((content_type, body)) => (200, content_type, body.as_bytes().to_vec()),
+            None => (404, "text/plain", b"not found\n".to_vec()),
+        },
     }
 }
 

@@ -9,8 +9,9 @@ use std::collections::HashMap;
 
 use prometheus::{Encoder, GaugeVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder};
 use quark_net::CloseReason;
-use quark_shard::ShardStatsSnapshot;
+use quark_shard::{MessageCounts, ShardStatsSnapshot, ASK_LATENCY_BUCKETS};
 
+use super::probe::{job_state_name, ShardProbe, JOB_STATES};
 use super::{Phase, Shared};
 
 /// Counter (monotonic since the node started) or gauge (a level).
@@ -79,7 +80,254 @@ pub const SHARD_METRICS: &[ShardMetric] = &[
     m!("quark_net_tells_dropped_total", Counter, "tells", "Tells not sent because their owner node was unreachable.", |s| s.net.as_ref().map(|n| n.tells_dropped)),
     m!("quark_net_replies_lost_total", Counter, "replies", "Replies not sent because the requester's connection had closed.", |s| s.net.as_ref().map(|n| n.replies_lost)),
     m!("quark_net_links_up", Gauge, "links", "Peer nodes whose link dialed by this shard is up now.", |s| s.net.as_ref().map(|n| n.links_up)),
+    m!(
+        "quark_mailbox_depth",
+        Gauge,
+        "messages",
+        "Messages queued in the mailboxes of the shard's activations now.",
+        |s| Some(s.mailbox_depth)
+    ),
+    m!(
+        "quark_mailbox_depth_max",
+        Gauge,
+        "messages",
+        "The longest mailbox of the shard now.",
+        |s| Some(s.mailbox_depth_max)
+    ),
+    m!(
+        "quark_ring_overflow",
+        Gauge,
+        "messages",
+        "Messages waiting in the shard's overflow queues because the ring to their target shard was full.",
+        |s| Some(s.ring_overflow)
+    ),
 ];
+
+/// A metric read from a shard's probe (its log, jobs and outbox), label `shard`.
+pub struct ProbeMetric {
+    /// The metric name.
+    pub name: &'static str,
+    /// Counter or gauge.
+    pub kind: Kind,
+    /// The unit of the value.
+    pub unit: &'static str,
+    /// The help text (without the unit, which is appended).
+    pub help: &'static str,
+    /// The value in a probe (`None`: the shard does not have it, e.g. no log).
+    get: fn(&ShardProbe) -> Option<u64>,
+}
+
+macro_rules! p {
+    ($name:literal, $kind:ident, $unit:literal, $help:literal, $get:expr) => {
+        ProbeMetric {
+            name: $name,
+            kind: Kind::$kind,
+            unit: $unit,
+            help: $help,
+            get: $get,
+        }
+    };
+}
+
+/// The per-shard metrics of the log, the outbox and the jobs, read on the shards at scrape
+/// time (label `shard`; `quark_jobs` also has `state`).
+pub const PROBE_METRICS: &[ProbeMetric] = &[
+    p!(
+        "quark_log_appends_total",
+        Counter,
+        "batches",
+        "Batches appended to the shard log.",
+        |p| p.log.as_ref().map(|l| l.append_count)
+    ),
+    p!(
+        "quark_log_appended_records_total",
+        Counter,
+        "records",
+        "Records in the batches appended to the shard log.",
+        |p| p.log.as_ref().map(|l| l.appended_records)
+    ),
+    p!(
+        "quark_log_appended_bytes_total",
+        Counter,
+        "bytes",
+        "Encoded bytes appended to the shard log (batch and record headers included).",
+        |p| p.log.as_ref().map(|l| l.appended_bytes)
+    ),
+    p!(
+        "quark_log_flushes_total",
+        Counter,
+        "writes",
+        "Flushes (one write each) of the shard log's group commit.",
+        |p| p.log.as_ref().map(|l| l.flush_count)
+    ),
+    p!(
+        "quark_log_fsyncs_total",
+        Counter,
+        "syncs",
+        "Flushes made durable: fdatasync calls, or write-through writes.",
+        |p| p.log.as_ref().map(|l| l.sync_count)
+    ),
+    p!(
+        "quark_log_flushed_bytes_total",
+        Counter,
+        "bytes",
+        "Data bytes written by the shard log's flushes.",
+        |p| p.log.as_ref().map(|l| l.flushed_bytes)
+    ),
+    p!(
+        "quark_log_segments",
+        Gauge,
+        "segments",
+        "Segment files of the shard log.",
+        |p| p.log.as_ref().map(|l| l.segment_count as u64)
+    ),
+    p!(
+        "quark_log_unacked_lsns",
+        Gauge,
+        "lsns",
+        "LSNs assigned but not yet acknowledged (queued for a flush).",
+        |p| p
+            .log
+            .as_ref()
+            .map(|l| l.next_lsn.saturating_sub(l.acked_lsn))
+    ),
+    p!(
+        "quark_log_unsynced_lsns",
+        Gauge,
+        "lsns",
+        "LSNs acknowledged but not yet covered by an fsync (fsync = interval or never).",
+        |p| p
+            .log
+            .as_ref()
+            .map(|l| l.acked_lsn.saturating_sub(l.synced_lsn))
+    ),
+    p!(
+        "quark_journal_persists_total",
+        Counter,
+        "batches",
+        "Successful persists of event-sourced actors (one log batch each).",
+        |p| p.journal.as_ref().map(|j| j.persists)
+    ),
+    p!(
+        "quark_journal_events_total",
+        Counter,
+        "events",
+        "Events persisted by event-sourced actors.",
+        |p| p.journal.as_ref().map(|j| j.events)
+    ),
+    p!(
+        "quark_journal_snapshots_total",
+        Counter,
+        "snapshots",
+        "Snapshots written with those persists (snapshot_every).",
+        |p| p.journal.as_ref().map(|j| j.snapshots)
+    ),
+    p!(
+        "quark_outbox_delivered_total",
+        Counter,
+        "messages",
+        "Outbox messages acknowledged as applied by their receiver.",
+        |p| p.outbox.as_ref().map(|o| o.delivered)
+    ),
+    p!(
+        "quark_outbox_duplicates_total",
+        Counter,
+        "messages",
+        "Outbox messages acknowledged as duplicates (applied before).",
+        |p| p.outbox.as_ref().map(|o| o.duplicates)
+    ),
+    p!(
+        "quark_outbox_retries_total",
+        Counter,
+        "attempts",
+        "Failed outbox delivery attempts that were retried.",
+        |p| p.outbox.as_ref().map(|o| o.retries)
+    ),
+    p!(
+        "quark_outbox_dead_lettered_total",
+        Counter,
+        "messages",
+        "Outbox messages moved to the dead letters.",
+        |p| p.outbox.as_ref().map(|o| o.dead_lettered)
+    ),
+    p!(
+        "quark_outbox_inbox_evicted_total",
+        Counter,
+        "streams",
+        "Sender streams the shard's inbox forgot because of dedupe_count_max.",
+        |p| p.outbox.as_ref().map(|o| o.inbox_evicted)
+    ),
+    p!(
+        "quark_outbox_pending",
+        Gauge,
+        "messages",
+        "Outbox messages committed and not yet acknowledged.",
+        |p| p.outbox.as_ref().map(|o| o.pending)
+    ),
+    p!(
+        "quark_outbox_pending_bytes",
+        Gauge,
+        "bytes",
+        "Bytes counted against the outbox's pending_bytes_max.",
+        |p| p.outbox.as_ref().map(|o| o.pending_bytes)
+    ),
+    p!(
+        "quark_outbox_dead_letters",
+        Gauge,
+        "messages",
+        "Outbox dead letters on the list now.",
+        |p| p.outbox.as_ref().map(|o| o.dead_letters)
+    ),
+    p!(
+        "quark_outbox_recovered",
+        Gauge,
+        "messages",
+        "Outbox messages found in the log at start-up.",
+        |p| p.outbox.as_ref().map(|o| o.recovered)
+    ),
+];
+
+/// Jobs per shard and state: `(name, help)`.
+pub const JOBS_METRIC: (&str, &str) = (
+    "quark_jobs",
+    "Durable jobs known to the shard's queue, by state (blocked, scheduled, queued, running, completed, cancelled, dead). Unit: jobs.",
+);
+
+/// Projection lag, per shard and projection: `(name, help)`.
+pub const PROJECTION_LAG_METRIC: (&str, &str) = (
+    "quark_projection_lag_lsns",
+    "LSNs of the shard's log not yet delivered to the projection (acknowledged log tail minus its feeder's position). Unit: lsns.",
+);
+
+/// The group-commit size histogram, per shard: `(name, help)`.
+pub const GROUP_COMMIT_METRIC: (&str, &str) = (
+    "quark_log_group_commit_batches",
+    "Batches written per flush of the shard log (group-commit size); _sum is the batches flushed, _count the flushes. Unit: batches.",
+);
+
+/// The log's recovery time, per shard: `(name, help)`.
+pub const RECOVERY_METRIC: (&str, &str) = (
+    "quark_log_recovery_seconds",
+    "How long opening the shard log took at start-up (scanning segments, rebuilding the index). Unit: seconds.",
+);
+
+/// Messages by kind and call, labelled `shard`, `kind` and `call`: `(name, help)`.
+pub const MESSAGES_METRIC: (&str, &str) = (
+    "quark_messages_total",
+    "Messages by kind (local: to the same shard, cross_shard: to another shard of the node, remote: to another node; these counted by the sending shard; external: from outside the node, counted by the owner shard when it took the message) and call (tell or ask). Unit: messages.",
+);
+
+/// Ask latency, labelled `shard` and `kind`: `(name, help)`.
+pub const ASK_LATENCY_METRIC: (&str, &str) = (
+    "quark_ask_latency_seconds",
+    "Latency of the asks made from the shard, by kind (local, cross_shard, remote), from the send to the reply (or the deadline), on the shard clock (read once per pump iteration). Unit: seconds.",
+);
+
+/// Live activations per actor type, labelled `shard` and `actor_type`: `(name, help)`.
+pub const LIVE_BY_TYPE_METRIC: (&str, &str) = (
+    "quark_activations_live_by_type",
+    "Activations alive on the shard now, by actor type. Unit: activations.",
+);
 
 /// Closed connections, labelled `shard` and `reason`.
 pub const CLOSED_METRIC: (&str, &str) = (
@@ -94,6 +342,7 @@ pub const NODE_METRICS: &[(&str, Kind, &str, &str)] = &[
     ("quark_node_uptime_seconds", Kind::Gauge, "seconds", "Seconds since the admin endpoint started (with the node)."),
     ("quark_shards", Kind::Gauge, "shards", "Shards of the node."),
     ("quark_admin_stats_failed", Kind::Gauge, "boolean", "1 if a shard did not answer this scrape's stats request within a second (the per-shard series are then left out)."),
+    ("quark_admin_probe_failed", Kind::Gauge, "boolean", "1 if a shard did not answer this scrape's log/jobs/outbox probe within a second (those series are then left out)."),
 ];
 
 /// The label value of a close reason.
@@ -146,6 +395,7 @@ fn help(help: &str, unit: &str) -> String {
 pub(crate) fn encode(
     shards: Option<usize>,
     snapshots: Result<&[ShardStatsSnapshot], ()>,
+    probes: Result<&[ShardProbe], ()>,
     phase: Phase,
     uptime_seconds: f64,
     mono: &mut Monotonic,
@@ -243,10 +493,283 @@ pub(crate) fn encode(
             }
             registry.register(Box::new(c))?;
         }
+        register_engine_extras(&registry, live, mono)?;
     }
+    if let Some(n) = shards {
+        let failed = IntGaugeVec::new(
+            Opts::new(
+                "quark_admin_probe_failed",
+                node_help("quark_admin_probe_failed"),
+            ),
+            &[],
+        )?;
+        failed
+            .with_label_values(&[] as &[&str])
+            .set(i64::from(n > 0 && probes.is_err()));
+        registry.register(Box::new(failed))?;
+    }
+    let with_probes = match (shards, probes) {
+        (Some(_), Ok(p)) => p,
+        _ => &[],
+    };
+    register_probes(&registry, with_probes, mono)?;
+    let mut families = registry.gather();
+    if let (Some(_), Ok(live)) = (shards, snapshots) {
+        families.extend(ask_latency_family(live));
+    }
+    families.extend(group_commit_family(with_probes));
     let mut out = Vec::with_capacity(16 * 1024);
-    TextEncoder::new().encode(&registry.gather(), &mut out)?;
+    TextEncoder::new().encode(&families, &mut out)?;
     Ok(String::from_utf8(out)?)
+}
+
+/// The message kinds of a snapshot: `(kind label, counts)`.
+fn message_kinds(s: &ShardStatsSnapshot) -> [(&'static str, MessageCounts); 4] {
+    [
+        ("local", s.messages_local),
+        ("cross_shard", s.messages_cross_shard),
+        ("remote", s.messages_remote),
+        ("external", s.messages_external),
+    ]
+}
+
+/// Registers the engine's messages by kind and activations by type (the ask latency
+/// histograms are families of their own, see [`ask_latency_family`]).
+fn register_engine_extras(
+    registry: &Registry,
+    live: &[ShardStatsSnapshot],
+    mono: &mut Monotonic,
+) -> Result<(), RenderError> {
+    let (name, h) = MESSAGES_METRIC;
+    let c = IntCounterVec::new(Opts::new(name, h), &["shard", "kind", "call"])?;
+    for s in live {
+        let shard = s.shard.to_string();
+        for (kind, counts) in message_kinds(s) {
+            for (call, v, key) in [
+                ("tell", counts.tells, TELL_KEYS),
+                ("ask", counts.asks, ASK_KEYS),
+            ] {
+                let key = key[kind_index(kind)];
+                let v = mono.clamp(name, s.shard, key, v);
+                c.with_label_values(&[&shard, kind, call]).inc_by(v);
+            }
+        }
+    }
+    registry.register(Box::new(c))?;
+    let (name, h) = LIVE_BY_TYPE_METRIC;
+    let g = IntGaugeVec::new(Opts::new(name, h), &["shard", "actor_type"])?;
+    let mut any = false;
+    for s in live {
+        for (ty, n) in &s.live_per_type {
+            any = true;
+            g.with_label_values(&[s.shard.to_string().as_str(), ty])
+                .set(i64::try_from(*n).unwrap_or(i64::MAX));
+        }
+    }
+    if any {
+        registry.register(Box::new(g))?;
+    }
+    Ok(())
+}
+
+/// The clamp keys of [`Monotonic`] for the message counters (one per kind and call).
+const TELL_KEYS: [&str; 4] = [
+    "local/tell",
+    "cross_shard/tell",
+    "remote/tell",
+    "external/tell",
+];
+const ASK_KEYS: [&str; 4] = ["local/ask", "cross_shard/ask", "remote/ask", "external/ask"];
+
+fn kind_index(kind: &str) -> usize {
+    match kind {
+        "local" => 0,
+        "cross_shard" => 1,
+        "remote" => 2,
+        _ => 3,
+    }
+}
+
+/// The ask latency histograms of `live`, labelled `shard` and `kind`, from the shards' bucket
+/// counts (power-of-two microseconds, exported in seconds).
+fn ask_latency_family(live: &[ShardStatsSnapshot]) -> Option<prometheus::proto::MetricFamily> {
+    use prometheus::proto::{Bucket, Histogram, LabelPair, Metric, MetricFamily, MetricType};
+    let label = |name: &str, value: String| {
+        let mut l = LabelPair::default();
+        l.set_name(name.to_owned());
+        l.set_value(value);
+        l
+    };
+    let mut metrics = Vec::new();
+    for s in live {
+        for (kind, lat) in [
+            ("local", &s.ask_latency_local),
+            ("cross_shard", &s.ask_latency_cross_shard),
+            ("remote", &s.ask_latency_remote),
+        ] {
+            let mut cumulative = 0;
+            let buckets = lat.buckets[..ASK_LATENCY_BUCKETS - 1]
+                .iter()
+                .enumerate()
+                .map(|(i, n)| {
+                    cumulative += n;
+                    let mut b = Bucket::default();
+                    b.set_upper_bound((1u64 << i) as f64 / 1e6);
+                    b.set_cumulative_count(cumulative);
+                    b
+                })
+                .collect();
+            let mut h = Histogram::default();
+            h.set_bucket(buckets);
+            h.set_sample_count(lat.count());
+            h.set_sample_sum(lat.sum_us as f64 / 1e6);
+            let mut m = Metric::from_label(vec![
+                label("kind", kind.to_owned()),
+                label("shard", s.shard.to_string()),
+            ]);
+            m.set_histogram(h);
+            metrics.push(m);
+        }
+    }
+    if metrics.is_empty() {
+        return None;
+    }
+    let (name, h) = ASK_LATENCY_METRIC;
+    let mut f = MetricFamily::default();
+    f.set_name(name.to_owned());
+    f.set_help(h.to_owned());
+    f.set_field_type(MetricType::HISTOGRAM);
+    f.set_metric(metrics);
+    Some(f)
+}
+
+/// Registers the probe metrics (log, outbox, jobs, recovery time) of `probes`.
+fn register_probes(
+    registry: &Registry,
+    probes: &[ShardProbe],
+    mono: &mut Monotonic,
+) -> Result<(), RenderError> {
+    for m in PROBE_METRICS {
+        let rows: Vec<(u16, u64)> = probes
+            .iter()
+            .filter_map(|p| (m.get)(p).map(|v| (p.shard, v)))
+            .collect();
+        if rows.is_empty() {
+            continue;
+        }
+        let opts = Opts::new(m.name, help(m.help, m.unit));
+        match m.kind {
+            Kind::Counter => {
+                let c = IntCounterVec::new(opts, &["shard"])?;
+                for (shard, v) in rows {
+                    let v = mono.clamp(m.name, shard, "", v);
+                    c.with_label_values(&[&shard.to_string()]).inc_by(v);
+                }
+                registry.register(Box::new(c))?;
+            }
+            Kind::Gauge => {
+                let g = IntGaugeVec::new(opts, &["shard"])?;
+                for (shard, v) in rows {
+                    g.with_label_values(&[&shard.to_string()])
+                        .set(i64::try_from(v).unwrap_or(i64::MAX));
+                }
+                registry.register(Box::new(g))?;
+            }
+        }
+    }
+    let logs: Vec<_> = probes
+        .iter()
+        .filter_map(|p| p.log.as_ref().map(|l| (p.shard, l)))
+        .collect();
+    if !logs.is_empty() {
+        let (name, h) = RECOVERY_METRIC;
+        let g = GaugeVec::new(Opts::new(name, h), &["shard"])?;
+        for (shard, l) in logs {
+            g.with_label_values(&[&shard.to_string()])
+                .set(l.recovery_us as f64 / 1e6);
+        }
+        registry.register(Box::new(g))?;
+    }
+    let lags: Vec<(u16, &str, u64)> = probes
+        .iter()
+        .filter_map(|p| p.journal.as_ref().map(|j| (p.shard, j)))
+        .flat_map(|(shard, j)| {
+            j.projection_lag
+                .iter()
+                .map(move |(name, lag)| (shard, name.as_str(), *lag))
+        })
+        .collect();
+    if !lags.is_empty() {
+        let (name, h) = PROJECTION_LAG_METRIC;
+        let g = IntGaugeVec::new(Opts::new(name, h), &["shard", "projection"])?;
+        for (shard, projection, lag) in lags {
+            g.with_label_values(&[&shard.to_string(), projection])
+                .set(i64::try_from(lag).unwrap_or(i64::MAX));
+        }
+        registry.register(Box::new(g))?;
+    }
+    let jobs: Vec<_> = probes
+        .iter()
+        .filter_map(|p| p.jobs.as_ref().map(|j| (p.shard, j)))
+        .collect();
+    if !jobs.is_empty() {
+        let (name, h) = JOBS_METRIC;
+        let g = IntGaugeVec::new(Opts::new(name, h), &["shard", "state"])?;
+        for (shard, counts) in jobs {
+            for s in JOB_STATES {
+                let state = job_state_name(s);
+                let v = counts.get(state).copied().unwrap_or(0);
+                g.with_label_values(&[&shard.to_string(), state])
+                    .set(i64::try_from(v).unwrap_or(i64::MAX));
+            }
+        }
+        registry.register(Box::new(g))?;
+    }
+    Ok(())
+}
+
+/// The group-commit histogram, built from the logs' bucket counts (the `prometheus` crate's
+/// `Histogram` observes values one by one; the log keeps the buckets itself, so the family is
+/// assembled here). `None` without a log.
+fn group_commit_family(probes: &[ShardProbe]) -> Option<prometheus::proto::MetricFamily> {
+    use prometheus::proto::{Bucket, Histogram, LabelPair, Metric, MetricFamily, MetricType};
+    let mut metrics = Vec::new();
+    for p in probes {
+        let Some(l) = p.log.as_ref() else { continue };
+        let mut buckets = Vec::with_capacity(quark_persist::GROUP_COMMIT_BUCKETS - 1);
+        let mut cumulative = 0;
+        // The last bucket (more than 2^(n-2) batches) is the +Inf bucket: the sample count.
+        for (i, n) in l.group_commit_sizes[..quark_persist::GROUP_COMMIT_BUCKETS - 1]
+            .iter()
+            .enumerate()
+        {
+            cumulative += n;
+            let mut b = Bucket::default();
+            b.set_upper_bound((1u64 << i) as f64);
+            b.set_cumulative_count(cumulative);
+            buckets.push(b);
+        }
+        let mut h = Histogram::default();
+        h.set_bucket(buckets);
+        h.set_sample_count(l.group_commit_sizes.iter().sum());
+        h.set_sample_sum(l.flushed_batches as f64);
+        let mut label = LabelPair::default();
+        label.set_name("shard".to_owned());
+        label.set_value(p.shard.to_string());
+        let mut m = Metric::from_label(vec![label]);
+        m.set_histogram(h);
+        metrics.push(m);
+    }
+    if metrics.is_empty() {
+        return None;
+    }
+    let (name, h) = GROUP_COMMIT_METRIC;
+    let mut f = MetricFamily::default();
+    f.set_name(name.to_owned());
+    f.set_help(h.to_owned());
+    f.set_field_type(MetricType::HISTOGRAM);
+    f.set_metric(metrics);
+    Some(f)
 }
 
 /// The exposition for a scrape now.
@@ -266,10 +789,20 @@ pub(crate) fn render(shared: &Shared) -> Result<String, RenderError> {
         }
         None => Ok(&[][..]),
     };
+    let probed = shared.probe();
+    let probes = match &probed {
+        Some(Ok(v)) => Ok(v.as_slice()),
+        Some(Err(e)) => {
+            tracing::warn!(error = %e, "admin endpoint: a scrape got no log/jobs/outbox figures");
+            Err(())
+        }
+        None => Ok(&[][..]),
+    };
     let mut mono = shared.monotonic.lock().unwrap_or_else(|p| p.into_inner());
     encode(
         shards,
         snaps,
+        probes,
         phase,
         shared.started.elapsed().as_secs_f64(),
         &mut mono,
@@ -293,10 +826,26 @@ mod tests {
     #[test]
     fn counters_never_go_down() {
         let mut mono = Monotonic::default();
-        let a = encode(Some(1), Ok(&[snap(0, 7)]), Phase::Ready, 1.0, &mut mono).unwrap();
+        let a = encode(
+            Some(1),
+            Ok(&[snap(0, 7)]),
+            Ok(&[]),
+            Phase::Ready,
+            1.0,
+            &mut mono,
+        )
+        .unwrap();
         assert!(a.contains("quark_shard_parks_total{shard=\"0\"} 7"), "{a}");
         // An older snapshot (fewer parks) does not lower the exported counter.
-        let b = encode(Some(1), Ok(&[snap(0, 5)]), Phase::Ready, 1.0, &mut mono).unwrap();
+        let b = encode(
+            Some(1),
+            Ok(&[snap(0, 5)]),
+            Ok(&[]),
+            Phase::Ready,
+            1.0,
+            &mut mono,
+        )
+        .unwrap();
         assert!(b.contains("quark_shard_parks_total{shard=\"0\"} 7"), "{b}");
         assert!(b.contains("quark_activations_live{shard=\"0\"} 3"), "{b}");
         assert!(b.contains("quark_admin_stats_failed 0"), "{b}");
@@ -305,7 +854,7 @@ mod tests {
     #[test]
     fn a_failed_stats_request_leaves_the_shard_series_out() {
         let mut mono = Monotonic::default();
-        let text = encode(Some(2), Err(()), Phase::Ready, 1.0, &mut mono).unwrap();
+        let text = encode(Some(2), Err(()), Err(()), Phase::Ready, 1.0, &mut mono).unwrap();
         assert!(text.contains("quark_admin_stats_failed 1"), "{text}");
         assert!(text.contains("quark_shards 2"), "{text}");
         assert!(!text.contains("shard=\""), "{text}");

@@ -9,6 +9,10 @@
 //! - `GET /readyz`: `200` while the node accepts work; `503` during start-up (log recovery)
 //!   and from the moment shutdown begins (drain).
 //! - `GET /quark/status`: a JSON [`Status`] (node id, version, state, shards, peers).
+//! - `GET /quark/shards`: a JSON [`ShardsReport`]: every shard's load counters, its log's,
+//!   its job queue's and its outbox's figures (read on the shards at request time).
+//! - `GET /` (or `/dashboard`): the dashboard, a page whose script polls the two JSON
+//!   documents above while it is open (and visible); its assets are compiled into the binary.
 //!
 //! Only a loopback address is accepted unless `allow_remote = true`: the status page shows
 //! internals and there is no authentication yet (see `docs/OPERATIONS.md`).
@@ -20,8 +24,11 @@
 //! (`Connection: close`). It stops, and is joined, when the node shuts down.
 
 mod client;
+mod dashboard;
 mod http;
 mod metrics;
+mod probe;
+mod shards;
 mod status;
 
 use std::net::SocketAddr;
@@ -32,6 +39,9 @@ use std::time::{Duration, Instant};
 use quark_shard::{Engine, ShardStatsSnapshot, StatsError};
 
 pub use client::{fetch, fetch_status, FetchError, Response};
+pub(crate) use probe::{journal_persisted, projection_fed};
+pub use probe::{JournalFigures, LogFigures, OutboxFigures};
+pub use shards::{CallCounts, ShardLoad, ShardsReport};
 pub use status::{PeerStatus, ShardStatus, Status};
 
 /// Requests served at once; a connection beyond it is answered `503` and closed.
@@ -161,6 +171,16 @@ impl Shared {
         let slot = self.engine.lock().unwrap_or_else(|p| p.into_inner());
         slot.as_ref().map(|e| e.stats())
     }
+
+    /// Every shard's figures outside the engine (log, jobs, outbox), or `None` when the
+    /// engine is not running. The slot's lock is held only to take a handle.
+    fn probe(&self) -> Option<Result<Vec<probe::ShardProbe>, probe::ProbeError>> {
+        let handle = {
+            let slot = self.engine.lock().unwrap_or_else(|p| p.into_inner());
+            slot.as_ref().map(|e| e.handle())?
+        };
+        Some(probe::probe_all(&handle))
+    }
 }
 
 /// The running endpoint. Dropping it stops and joins it.
@@ -264,6 +284,21 @@ mod tests {
         assert_eq!(get("/healthz"), 200);
         assert_eq!(get("/readyz"), 503);
         assert_eq!(get("/metrics"), 200);
+        // The dashboard and its JSON answer while starting (no shard figures yet).
+        let page = fetch(s.addr(), "/", IO_TIMEOUT).unwrap();
+        assert_eq!(page.status, 200);
+        assert!(
+            page.content_type.starts_with("text/html"),
+            "{}",
+            page.content_type
+        );
+        assert!(page.body.contains("/dashboard.js"));
+        let js = fetch(s.addr(), "/dashboard.js", IO_TIMEOUT).unwrap();
+        assert!(js.content_type.starts_with("text/javascript"));
+        let shards = fetch(s.addr(), "/quark/shards", IO_TIMEOUT).unwrap();
+        assert_eq!(shards.status, 200);
+        let report: ShardsReport = serde_json::from_str(&shards.body).unwrap();
+        assert!(report.shards.is_empty() && report.error.is_none());
         s.set_ready(NodeInfo {
             node_id: None,
             cluster_listen: None,

@@ -49,6 +49,12 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 pub use queue::JobContext;
+
+/// This shard's job counts per state, if the node runs jobs (for the admin endpoint, which
+/// reads them on the shard at scrape time).
+pub(crate) fn local_counts() -> Option<HashMap<JobState, u64>> {
+    queue::local_queue().map(|q| q.counts())
+}
 use record::StoredJob;
 
 /// A job type: its payload (serde) and its stable name (stored with every job: never rename a

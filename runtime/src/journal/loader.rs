@@ -346,6 +346,7 @@ pub(crate) async fn persist_events<A: EventSourced>(
         state.apply(e);
     }
     ctx.extension(|s: &mut JournalState| s.acknowledge(&built, range.first));
+    crate::admin::journal_persisted(n, built.snapshot);
     Ok(Persisted {
         first_version: version + n.min(1),
         version: version + n,

@@ -464,6 +464,7 @@ async fn feeder<P: Projection>(engine: EngineHandle, shard: ShardId, config: Pro
         }
     };
     let mut sent = pos;
+    crate::admin::projection_fed(P::NAME, sent);
     let mut scanner = log.scan(pos);
     while engine.is_running() {
         let mut items = Vec::new();
@@ -536,6 +537,7 @@ async fn feeder<P: Projection>(engine: EngineHandle, shard: ShardId, config: Pro
                 quark_shard::sleep(config.retry_interval).await;
             }
             sent = pos;
+            crate::admin::projection_fed(P::NAME, sent);
         }
         if at_end {
             quark_shard::sleep(config.poll_interval).await;

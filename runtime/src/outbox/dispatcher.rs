@@ -45,6 +45,12 @@ pub(crate) fn current() -> Option<Rc<Dispatcher>> {
     CURRENT.with(|c| c.borrow().clone())
 }
 
+/// This shard's outbox counters, if the node runs the outbox (for the admin endpoint, which
+/// reads them on the shard at scrape time).
+pub(crate) fn local_stats() -> Option<OutboxStats> {
+    current().map(|d| d.stats_now())
+}
+
 /// Bytes a message counts against `pending_bytes_max`.
 pub(crate) fn record_bytes(r: &OutboxRecord) -> u64 {
     (64 + r.data.len() + r.message.len()) as u64
@@ -345,6 +351,15 @@ pub(crate) fn start(
 }
 
 impl Dispatcher {
+    /// This shard's counters now.
+    fn stats_now(&self) -> OutboxStats {
+        let st = self.st.borrow();
+        let mut s = st.stats.clone();
+        s.pending_bytes = st.pending_bytes;
+        s.dead_letters = st.dead.len() as u64;
+        s
+    }
+
     pub(crate) fn config(&self) -> &OutboxConfig {
         &self.config
     }
@@ -928,16 +943,8 @@ impl Outbox {
         let mut out = Vec::new();
         for shard in 0..self.engine.shard_count() {
             out.push(
-                self.on_shard(shard, |d| {
-                    Box::pin(async move {
-                        let st = d.st.borrow();
-                        let mut s = st.stats.clone();
-                        s.pending_bytes = st.pending_bytes;
-                        s.dead_letters = st.dead.len() as u64;
-                        Ok(s)
-                    })
-                })
-                .await?,
+                self.on_shard(shard, |d| Box::pin(async move { Ok(d.stats_now()) }))
+                    .await?,
             );
         }
         Ok(out)

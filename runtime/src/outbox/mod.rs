@@ -39,6 +39,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 pub use config::{FullPolicy, OutboxConfig, OutboxConfigError};
+pub(crate) use dispatcher::local_stats;
 pub use dispatcher::{DeadLetter, Outbox, OutboxError, OutboxStats};
 pub use inbox::BYTES_PER_ENTRY as INBOX_BYTES_PER_ENTRY;
 pub use postgres::PostgresSink;

@@ -98,6 +98,67 @@ pub struct ShardStatsSnapshot {
     pub log_disk_bytes: Option<u64>,
     /// The shard's cluster transport counters (`None` for a standalone node).
     pub net: Option<crate::net::NetStatsSnapshot>,
+    /// Messages to actors of this shard (sent from it).
+    pub messages_local: MessageCounts,
+    /// Messages sent from this shard to actors of other shards of the node.
+    pub messages_cross_shard: MessageCounts,
+    /// Messages sent from this shard to actors of other nodes.
+    pub messages_remote: MessageCounts,
+    /// Messages from threads outside the node, counted when this shard (their owner) handled
+    /// them.
+    pub messages_external: MessageCounts,
+    /// Latency of the asks made from this shard to actors of the same shard.
+    pub ask_latency_local: AskLatency,
+    /// Latency of the asks made from this shard to other shards of the node.
+    pub ask_latency_cross_shard: AskLatency,
+    /// Latency of the asks made from this shard to other nodes.
+    pub ask_latency_remote: AskLatency,
+    /// Live activations per actor type (registered types, in registration order).
+    pub live_per_type: Vec<(&'static str, u64)>,
+    /// Messages queued in the mailboxes of this shard's activations now.
+    pub mailbox_depth: u64,
+    /// The longest mailbox of this shard now.
+    pub mailbox_depth_max: u64,
+    /// Messages waiting in this shard's overflow queues because the ring to their target
+    /// shard was full.
+    pub ring_overflow: u64,
+}
+
+/// Tells and asks of one kind, since the node started.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct MessageCounts {
+    /// Tells.
+    pub tells: u64,
+    /// Asks.
+    pub asks: u64,
+}
+
+/// An ask latency histogram, since the node started: `buckets[i]` counts the asks that took
+/// at most `2^i` µs and more than `2^(i-1)` µs (not cumulative); the last bucket, any longer
+/// ask. Asks that timed out count with their timeout. Measured with the shard clock, which is
+/// read once per pump iteration: a latency is exact to about one iteration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AskLatency {
+    /// Counts per bucket ([`crate::ASK_LATENCY_BUCKETS`] of them).
+    pub buckets: [u64; crate::ASK_LATENCY_BUCKETS],
+    /// The sum of the latencies, µs.
+    pub sum_us: u64,
+}
+
+impl Default for AskLatency {
+    fn default() -> Self {
+        AskLatency {
+            buckets: [0; crate::ASK_LATENCY_BUCKETS],
+            sum_us: 0,
+        }
+    }
+}
+
+impl AskLatency {
+    /// Asks counted.
+    pub fn count(&self) -> u64 {
+        self.buckets.iter().sum()
+    }
 }
 
 /// What a shutdown could not finish within `shutdown_timeout`.

@@ -34,7 +34,9 @@ mod start;
 pub use builder::EngineBuilder;
 pub use config::{EngineConfig, ShardSpec, StartFault, StartStep};
 pub use handle::EngineHandle;
-pub use info::{IoDriver, Pinning, ShardInfo, ShardStatsSnapshot, ShutdownReport};
+pub use info::{
+    AskLatency, IoDriver, MessageCounts, Pinning, ShardInfo, ShardStatsSnapshot, ShutdownReport,
+};
 pub use shared::current_shard_log;
 
 use events::ShardEvent;

@@ -227,6 +227,7 @@ where
     wire.frames_queued.set(wire.frames_queued.get() + 1);
     wire.pending.borrow_mut().insert(corr);
     wire.wake_writer();
+    crate::stats::add(&core.stats.asks[crate::stats::REMOTE], 1);
     let outcome = std::future::poll_fn(|cx| {
         let r = core.calls.borrow_mut().poll(wait.call, cx);
         if r.is_ready() {
@@ -236,6 +237,8 @@ where
     })
     .await;
     drop(wait);
+    core.stats.ask_latency[crate::stats::REMOTE]
+        .record((core.now() + timeout).saturating_duration_since(deadline));
     remote_outcome::<M>(&core, codec, id, node, timeout, outcome)
 }
 
@@ -366,6 +369,7 @@ where
     encoded.map_err(|e| encode_error(id, codec.wire_name, e))?;
     wire.frames_queued.set(wire.frames_queued.get() + 1);
     wire.tells_queued.set(wire.tells_queued.get() + 1);
+    crate::stats::add(&core.stats.tells[crate::stats::REMOTE], 1);
     wire.wake_writer();
     Ok(())
 }

@@ -1,0 +1,255 @@
+// The Quark node dashboard. Polls /quark/status and /quark/shards every POLL_MS while the page
+// is visible (nothing when hidden or closed), and turns counter deltas into rates.
+"use strict";
+const POLL_MS = 1000;
+const HISTORY = 120; // points of the messages/s sparkline
+let prev = null; // the last /quark/shards report
+let polls = 0;
+let timer = null;
+let busy = false; // a poll is in flight (at most one at a time)
+const history = [];
+
+const $ = (id) => document.getElementById(id);
+const fmt = (n) => (n === null || n === undefined ? "–" : Number(n).toLocaleString("en-US", { maximumFractionDigits: 1 }));
+const rate = (now, before, secs) => (before === undefined || secs <= 0 ? null : Math.max(0, (now - before) / secs));
+
+function cell(tr, text, attrs) {
+  const td = document.createElement("td");
+  td.textContent = text;
+  if (attrs) for (const [k, v] of Object.entries(attrs)) td.setAttribute(k, v);
+  tr.appendChild(td);
+}
+
+function fill(tbody, rows) {
+  tbody.replaceChildren(...rows);
+}
+
+// Messages per second of `kind` (tells and asks) between two polls.
+function kindRate(s, b, kind, secs) {
+  const now = s.messages[kind], was = (b.messages || {})[kind];
+  if (!was) return null;
+  return rate(now.tells + now.asks, was.tells + was.asks, secs);
+}
+
+// The p-quantile (0..1) of the asks between two polls, from the power-of-two µs buckets:
+// the upper bound of the bucket that reaches it ("> 2^(n-2)" for the last one).
+function quantile(now, was, p) {
+  if (!was) return null;
+  const d = now.map((n, i) => n - (was[i] || 0));
+  const total = d.reduce((a, b) => a + b, 0);
+  if (total <= 0) return null;
+  let seen = 0;
+  for (let i = 0; i < d.length; i++) {
+    seen += d[i];
+    if (seen >= p * total) return i === d.length - 1 ? Infinity : 2 ** i;
+  }
+  return Infinity;
+}
+
+function micros(us) {
+  if (us === null) return "–";
+  if (us === Infinity) return "> 16 s";
+  return us >= 1e6 ? `≤ ${fmt(us / 1e6)} s` : us >= 1000 ? `≤ ${fmt(us / 1000)} ms` : `≤ ${us} µs`;
+}
+
+function duration(secs) {
+  const s = Math.floor(secs);
+  const h = Math.floor(s / 3600), m = Math.floor((s % 3600) / 60);
+  return h ? `${h}h ${m}m` : m ? `${m}m ${s % 60}s` : `${s}s`;
+}
+
+function renderStatus(st) {
+  $("node-title").textContent = st.node_id === null ? "standalone node" : `node ${st.node_id}`;
+  $("node-id").textContent = st.node_id === null ? "standalone" : st.node_id;
+  $("node-state").textContent = st.state;
+  $("node-state").className = "state " + st.state;
+  $("node-version").textContent = st.version;
+  $("node-uptime").textContent = duration(st.uptime_seconds);
+  $("node-listen").textContent = st.cluster_listen || "–";
+  $("shard-count").textContent = st.shards.length;
+  const cores = new Map(st.shards.map((s) => [s.shard, s]));
+  const peers = st.peers.map((p) => {
+    const tr = document.createElement("tr");
+    cell(tr, p.node_id);
+    cell(tr, p.addr);
+    return tr;
+  });
+  fill(document.querySelector("#peers tbody"), peers);
+  $("peers").hidden = peers.length === 0;
+  $("peers-none").hidden = peers.length > 0;
+  return cores;
+}
+
+function renderShards(rep, cores) {
+  const secs = prev ? rep.uptime_seconds - prev.uptime_seconds : 0;
+  const before = new Map((prev ? prev.shards : []).map((s) => [s.shard, s]));
+  let live = 0, msgs = 0, msgRate = 0, pollRate = 0, appendRate = 0, haveRate = false;
+  const loadRows = [], logRows = [], outRows = [];
+  const jobTotals = new Map();
+  const types = new Map(), typeTotals = new Map();
+  let anyJobs = false;
+  for (const s of rep.shards) {
+    const b = before.get(s.shard) || {};
+    const info = cores.get(s.shard) || {};
+    const mr = rate(s.ring_messages_in, b.ring_messages_in, secs);
+    const pr = rate(s.task_polls, b.task_polls, secs);
+    const kr = rate(s.parks, b.parks, secs);
+    live += s.live_activations;
+    msgs += s.ring_messages_in;
+    if (mr !== null) { msgRate += mr; pollRate += pr; haveRate = true; }
+    const tr = document.createElement("tr");
+    tr.dataset.shard = s.shard;
+    cell(tr, s.shard);
+    cell(tr, info.core ?? "–");
+    cell(tr, info.driver ?? "–");
+    cell(tr, fmt(s.live_activations), { class: "live" });
+    for (const kind of ["local", "cross_shard", "remote", "external"]) {
+      cell(tr, fmt(kindRate(s, b, kind, secs)), { "data-kind": kind });
+    }
+    cell(tr, micros(quantile(s.ask_latency_buckets, b.ask_latency_buckets, 0.5)), { class: "p50" });
+    cell(tr, micros(quantile(s.ask_latency_buckets, b.ask_latency_buckets, 0.99)), { class: "p99" });
+    cell(tr, fmt(s.mailbox_depth));
+    cell(tr, fmt(s.mailbox_depth_max));
+    cell(tr, fmt(pr));
+    cell(tr, fmt(kr));
+    cell(tr, fmt(s.calls_in_flight));
+    cell(tr, fmt(s.credit_waits));
+    cell(tr, fmt(s.panics));
+    cell(tr, s.net_frames_in === null ? "–" : fmt(rate(s.net_frames_in, b.net_frames_in, secs)));
+    cell(tr, s.net_frames_out === null ? "–" : fmt(rate(s.net_frames_out, b.net_frames_out, secs)));
+    loadRows.push(tr);
+    if (s.log) {
+      const l = s.log, bl = b.log || {};
+      const r = document.createElement("tr");
+      r.dataset.shard = s.shard;
+      cell(r, s.shard);
+      cell(r, fmt(l.next_lsn), { class: "next-lsn" });
+      cell(r, fmt(l.next_lsn - l.acked_lsn));
+      cell(r, fmt(l.acked_lsn - l.synced_lsn));
+      const ar = rate(l.appends, bl.appends, secs);
+      if (ar !== null) appendRate += ar;
+      cell(r, fmt(ar), { class: "append-rate" });
+      const br = rate(l.appended_bytes, bl.appended_bytes, secs);
+      cell(r, fmt(br === null ? null : br / 1024));
+      cell(r, fmt(rate(l.fsyncs, bl.fsyncs, secs)));
+      cell(r, l.flushes ? fmt(l.flushed_batches / l.flushes) : "–");
+      const j = s.journal, bj = b.journal || {};
+      cell(r, j ? fmt(rate(j.persists, bj.persists, secs)) : "–");
+      cell(r, j ? fmt(j.snapshots) : "–");
+      const lags = j ? Object.values(j.projection_lag) : [];
+      cell(r, lags.length ? fmt(Math.max(...lags)) : "–", { class: "projection-lag" });
+      cell(r, fmt(l.segments));
+      cell(r, fmt(l.disk_bytes / 1048576));
+      cell(r, fmt(l.recovery_us / 1000));
+      logRows.push(r);
+    }
+    for (const [t, n] of Object.entries(s.live_per_type)) {
+      const e = types.get(t) || [];
+      e.push(`${s.shard}: ${n}`);
+      types.set(t, e);
+      typeTotals.set(t, (typeTotals.get(t) || 0) + n);
+    }
+    if (s.jobs) {
+      anyJobs = true;
+      for (const [k, v] of Object.entries(s.jobs)) jobTotals.set(k, (jobTotals.get(k) || 0) + v);
+    }
+    if (s.outbox) {
+      const o = s.outbox, bo = b.outbox || {};
+      const r = document.createElement("tr");
+      r.dataset.shard = s.shard;
+      cell(r, s.shard);
+      cell(r, fmt(o.delivered));
+      cell(r, fmt(rate(o.delivered, bo.delivered, secs)));
+      cell(r, fmt(o.duplicates));
+      cell(r, fmt(o.retries));
+      cell(r, fmt(o.pending));
+      cell(r, fmt(o.pending_bytes / 1024));
+      cell(r, fmt(o.dead_letters));
+      outRows.push(r);
+    }
+  }
+  $("total-live").textContent = live;
+  $("total-msgs").textContent = msgs;
+  $("total-append-rate").textContent = haveRate ? fmt(appendRate) : "…";
+  $("total-msg-rate").textContent = haveRate ? fmt(msgRate) : "…";
+  $("total-poll-rate").textContent = haveRate ? fmt(pollRate) : "…";
+  fill(document.querySelector("#shards tbody"), loadRows);
+  fill(document.querySelector("#actor-types tbody"), [...typeTotals.keys()].sort().map((t) => {
+    const tr = document.createElement("tr");
+    tr.dataset.type = t;
+    cell(tr, t);
+    cell(tr, fmt(typeTotals.get(t)), { class: "type-live" });
+    cell(tr, types.get(t).join(" · "));
+    return tr;
+  }));
+  fill(document.querySelector("#logs tbody"), logRows);
+  $("log-none").hidden = logRows.length > 0 || rep.shards.length === 0;
+  fill(document.querySelector("#outboxes tbody"), outRows);
+  $("outbox-none").hidden = outRows.length > 0 || rep.shards.length === 0;
+  const head = document.querySelector("#job-states thead tr");
+  const body = document.querySelector("#job-states tbody");
+  if (anyJobs) {
+    const order = ["blocked", "scheduled", "queued", "running", "completed", "cancelled", "dead"];
+    const names = [...order.filter((n) => jobTotals.has(n)), ...[...jobTotals.keys()].filter((n) => !order.includes(n))];
+    head.replaceChildren(...names.map((n) => { const th = document.createElement("th"); th.textContent = n; return th; }));
+    const tr = document.createElement("tr");
+    for (const n of names) cell(tr, fmt(jobTotals.get(n)), { "data-state": n });
+    body.replaceChildren(tr);
+  } else {
+    head.replaceChildren();
+    body.replaceChildren();
+  }
+  $("jobs-none").hidden = anyJobs || rep.shards.length === 0;
+  if (haveRate) {
+    history.push(msgRate);
+    if (history.length > HISTORY) history.shift();
+    const max = Math.max(1, ...history);
+    const pts = history.map((v, i) => `${(i * 300) / (HISTORY - 1)},${40 - (v / max) * 38}`).join(" ");
+    document.querySelector("#spark polyline").setAttribute("points", pts);
+  }
+}
+
+async function getJson(path) {
+  const r = await fetch(path, { cache: "no-store" });
+  if (!r.ok) throw new Error(`${path}: HTTP ${r.status}`);
+  return r.json();
+}
+
+async function poll() {
+  timer = null;
+  busy = true;
+  try {
+    const [st, rep] = await Promise.all([getJson("/quark/status"), getJson("/quark/shards")]);
+    const cores = renderStatus(st);
+    renderShards(rep, cores);
+    prev = rep;
+    polls += 1;
+    $("polls").textContent = polls;
+    const err = $("poll-error");
+    err.hidden = !rep.error;
+    err.textContent = rep.error || "";
+  } catch (e) {
+    const err = $("poll-error");
+    err.hidden = false;
+    err.textContent = String(e.message || e);
+  }
+  busy = false;
+  schedule(POLL_MS);
+}
+
+function schedule(delayMs) {
+  if (timer === null && !busy && !document.hidden) timer = setTimeout(poll, delayMs);
+}
+
+// Hidden (another tab, minimised): stop polling; the next poll starts afresh on return (rates
+// need two polls again, so a stale baseline is not mixed in).
+document.addEventListener("visibilitychange", () => {
+  if (document.hidden) {
+    if (timer !== null) clearTimeout(timer);
+    timer = null;
+    prev = null;
+  } else {
+    schedule(0);
+  }
+});
+schedule(0);

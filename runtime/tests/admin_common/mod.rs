@@ -1,0 +1,87 @@
+//! Types and helpers shared by the admin endpoint's tests: a job type, an event-sourced
+//! tally with a projection, and where the external tools (promtool, Chromium) are.
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+
+use quark::jobs::Job;
+use quark::journal::{
+    EventMeta, EventSourced, JournalEvent, Persist, PersistError, Persisted, Projection,
+    Subscriptions,
+};
+use quark::{Actor, ActorKey, Context, Handler, Message};
+use serde::{Deserialize, Serialize};
+
+/// A job that does nothing.
+#[derive(Serialize, Deserialize)]
+pub struct Chore(pub u64);
+impl Job for Chore {
+    const TYPE_NAME: &'static str = "chore";
+}
+
+/// The first of `names` found on `PATH`, or at `fallback`.
+fn tool(names: &[&str], fallback: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .flat_map(|d| names.iter().map(move |n| d.join(n)))
+        .chain([PathBuf::from(fallback)])
+        .find(|f| f.is_file())
+}
+
+/// Prometheus's `promtool` (scripts/promtool.sh installs it).
+pub fn promtool() -> Option<PathBuf> {
+    tool(&["promtool"], "/usr/bin/promtool")
+}
+
+/// Chromium (scripts/chromium.sh installs it).
+pub fn chromium() -> Option<PathBuf> {
+    tool(&["chromium", "chromium-browser"], "/usr/bin/chromium")
+}
+
+/// An event-sourced tally (two events per persist) and a projection summing every tally.
+#[derive(Default)]
+pub struct Tally(pub i64);
+impl Actor for Tally {
+    const TYPE_NAME: &'static str = "tally";
+}
+#[derive(Serialize, Deserialize)]
+pub struct Counted(pub i64);
+impl JournalEvent for Counted {
+    fn type_name(&self) -> &'static str {
+        "Counted"
+    }
+}
+impl EventSourced for Tally {
+    type Event = Counted;
+    type Snapshot = i64;
+    fn initial(_: &ActorKey) -> Self {
+        Tally(0)
+    }
+    fn apply(&mut self, e: &Counted) {
+        self.0 += e.0;
+    }
+    fn snapshot(&self) -> i64 {
+        self.0
+    }
+    fn restore(_: &ActorKey, n: i64) -> Self {
+        Tally(n)
+    }
+}
+pub struct Count(pub i64);
+impl Message for Count {
+    type Reply = Result<Persisted, PersistError>;
+}
+impl Handler<Count> for Tally {
+    async fn handle(&mut self, m: Count, ctx: &Context<Self>) -> Result<Persisted, PersistError> {
+        // Two events per persist.
+        ctx.persist(self, [Counted(m.0), Counted(1)]).await
+    }
+}
+pub struct Sums;
+impl Projection for Sums {
+    const NAME: &'static str = "sums";
+    type State = i64;
+    fn subscriptions() -> Subscriptions<Self> {
+        Subscriptions::new().on::<Tally>(|s: &mut i64, _: &EventMeta, e: &Counted| *s += e.0)
+    }
+}
