@@ -22,6 +22,7 @@ mod config;
 mod dispatcher;
 pub mod format;
 mod inbox;
+pub mod offline;
 mod postgres;
 mod remote;
 pub mod saga;
@@ -85,6 +86,20 @@ pub struct Retry {
     pub reason: String,
 }
 
+impl std::str::FromStr for MessageId {
+    type Err = String;
+
+    /// Parses the display form `<stream as 16 hex digits>-<seq>`.
+    fn from_str(s: &str) -> Result<Self, String> {
+        let bad = || format!("{s:?} is not a message id (<16 hex digits>-<sequence>)");
+        let (stream, seq) = s.split_once('-').ok_or_else(bad)?;
+        Ok(MessageId {
+            stream: u64::from_str_radix(stream, 16).map_err(|_| bad())?,
+            seq: seq.parse().map_err(|_| bad())?,
+        })
+    }
+}
+
 /// The stable id of a durable message: the sender's id stream (a 64-bit fingerprint of sender
 /// actor, node and shard) and a sequence number (the LSN of the outbox record in the
 /// sender's shard log), increasing per stream in send order.
@@ -117,9 +132,11 @@ pub(crate) enum Outcome {
     Failed(String),
 }
 
-type DeliverFut = std::pin::Pin<Box<dyn Future<Output = Outcome>>>;
-/// Delivers one message to an actor of a concrete type (local or remote).
-pub(crate) type DeliverFn = fn(EngineHandle, quark_placement::ActorKey, Delivery) -> DeliverFut;
+type DeliverFut = std::pin::Pin<Box<dyn Future<Output = Vec<Outcome>>>>;
+/// Delivers messages (one receiver, one message type) to an actor of a concrete type (local or
+/// remote); one outcome per message, in order.
+pub(crate) type DeliverFn =
+    fn(EngineHandle, quark_placement::ActorKey, Vec<Delivery>) -> DeliverFut;
 
 /// The node's durable-message routes and sinks (shared by its shards).
 #[derive(Default)]
@@ -148,6 +165,11 @@ impl Setup {
     pub(crate) fn set_config(&mut self, config: OutboxConfig) {
         self.used = true;
         self.config = config;
+    }
+
+    /// Sets the keys of the file's `[outbox]` section over the code's config (key by key).
+    pub(crate) fn apply_file(&mut self, section: &crate::config::OutboxSection) {
+        section.apply(&mut self.config);
     }
 
     pub(crate) fn add_handler<A, M>(&mut self)
@@ -200,6 +222,12 @@ impl Started {
     pub(crate) fn start(self, engine: &EngineHandle, node_id: u64) {
         dispatcher::start(engine, self.config, self.registry, node_id);
     }
+}
+
+/// Stops every shard's dispatcher and waits until each wrote its last acknowledgements
+/// (called by `Node::shutdown` before the engine stops).
+pub(crate) fn stop(engine: &EngineHandle) {
+    dispatcher::stop_all(engine);
 }
 
 /// Milliseconds since the Unix epoch.
