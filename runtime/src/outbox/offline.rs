@@ -54,6 +54,15 @@ pub enum OfflineError {
     },
 }
 
+/// Decodes a dead-letter list record's payload (the latest `qd` snapshot of a shard's log),
+/// for tools that read segment files directly.
+pub fn decode_dead_letters(
+    shard: ShardId,
+    payload: &[u8],
+) -> Result<Vec<DeadLetter>, format::FormatError> {
+    decode_dead(shard, payload)
+}
+
 /// The dead letters in shard `shard`'s log, oldest first.
 pub async fn dead_letters<IO: LogIo>(
     log: &Log<IO>,
