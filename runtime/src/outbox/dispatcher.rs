@@ -610,9 +610,9 @@ impl Dispatcher {
                 break;
             }
             let next = std::pin::pin!(inflight.next());
-            match futures::future::select(next, Box::pin(quark_shard::sleep(left))).await {
-                futures::future::Either::Left((Some(ev), _)) => self.finish_event(ev),
-                _ => {}
+            let woke = futures::future::select(next, Box::pin(quark_shard::sleep(left))).await;
+            if let futures::future::Either::Left((Some(ev), _)) = woke {
+                self.finish_event(ev);
             }
         }
         if let Some(b) = self.ack_batch() {

@@ -327,7 +327,7 @@ pub fn decode_inbox(bytes: &[u8], table: bool) -> Result<Vec<(u64, u64, u64)>, F
         r.u32()? as usize
     } else {
         let rest = r.remaining();
-        if rest == 0 || rest % 24 != 0 {
+        if rest == 0 || !rest.is_multiple_of(24) {
             return Err(FormatError::Invalid {
                 what: "inbox receipts length",
             });

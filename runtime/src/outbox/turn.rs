@@ -384,6 +384,15 @@ impl<A: Actor> Stage for Context<A> {
     }
 }
 
+/// Ends a delivery's deferring of commits when dropped.
+struct EndDeferring<'a, A: Actor>(&'a Context<A>);
+
+impl<A: Actor> Drop for EndDeferring<'_, A> {
+    fn drop(&mut self) {
+        self.0.extension(|s: &mut Staged| s.deferring = false);
+    }
+}
+
 /// Runs durable messages `ds` (one receiver, one message type, distinct sender streams) as
 /// one turn of `a`: per message the inbox check and the handler; then one commit carrying the
 /// handlers' state and sent messages and every applied message's receipt. Returns one outcome
@@ -412,6 +421,8 @@ where
         s.deferring = true;
         s.deferred_commits = 0;
     });
+    // Commits defer only inside this turn, also if a handler panics or the turn is dropped.
+    let deferring = EndDeferring(ctx);
     let mut out: Vec<Outcome> = Vec::with_capacity(n);
     // Indices in `out` of the messages whose receipts the final commit carries.
     let mut applied: Vec<usize> = Vec::with_capacity(n);
@@ -477,7 +488,7 @@ where
             }
         }
     }
-    ctx.extension(|s: &mut Staged| s.deferring = false);
+    drop(deferring);
     if let Err(e) = commit_with(ctx, Batch::new()).await {
         ctx.extension(|s: &mut Staged| s.receipts.clear());
         mark_stale(ctx);
