@@ -295,6 +295,8 @@ struct DState {
     /// `stop` was called: no new delivery starts.
     stopping: bool,
     stop_waiters: Vec<futures::channel::oneshot::Sender<()>>,
+    /// Callers of [`Outbox::wait_delivered`]: (count awaited, waiter).
+    delivered_waiters: Vec<(u64, futures::channel::oneshot::Sender<()>)>,
     ready: VecDeque<Rc<[u8]>>,
     backoff: Vec<(Instant, Rc<[u8]>)>,
     senders: HashMap<Rc<[u8]>, SenderAcks>,
@@ -644,6 +646,19 @@ impl Dispatcher {
     fn finish_event(&self, (group, results): Event) {
         for (pk, lsn, outcome) in results {
             self.finish(pk, lsn, outcome);
+        }
+        {
+            let mut st = self.st.borrow_mut();
+            if !st.delivered_waiters.is_empty() {
+                let delivered = st.stats.delivered;
+                let (due, rest): (Vec<_>, Vec<_>) = std::mem::take(&mut st.delivered_waiters)
+                    .into_iter()
+                    .partition(|(n, _)| *n <= delivered);
+                st.delivered_waiters = rest;
+                for (_, w) in due {
+                    let _ = w.send(());
+                }
+            }
         }
         if let Some(gk) = group {
             let mut st = self.st.borrow_mut();
@@ -1138,6 +1153,29 @@ impl Outbox {
                 s.pending_bytes = st.pending_bytes;
                 s.dead_letters = st.dead.len() as u64;
                 Ok(s)
+            })
+        })
+        .await
+    }
+
+    /// Waits until shard `shard`'s dispatcher counted at least `count` messages as delivered
+    /// (acknowledged as applied: the receiver's batch with the effect and the receipt is
+    /// durable); returns the count then. For benchmarks and tests.
+    pub async fn wait_delivered(&self, shard: ShardId, count: u64) -> Result<u64, OutboxError> {
+        self.on_shard(shard, move |d| {
+            Box::pin(async move {
+                let rx = {
+                    let mut st = d.st.borrow_mut();
+                    if st.stats.delivered >= count {
+                        return Ok(st.stats.delivered);
+                    }
+                    let (tx, rx) = futures::channel::oneshot::channel();
+                    st.delivered_waiters.push((count, tx));
+                    rx
+                };
+                rx.await.map_err(|_| OutboxError::ShardStopped { shard })?;
+                let delivered = d.st.borrow().stats.delivered;
+                Ok(delivered)
             })
         })
         .await

@@ -95,6 +95,9 @@ pub(crate) struct Staged {
     deferred: Vec<NewRecord>,
     /// Commits made while `deferring` (to tell whether a failing handler committed).
     deferred_commits: u32,
+    /// [`Durable::after_commit`] callbacks, run once the batch carrying this turn's staged
+    /// effects is durable.
+    after: Vec<Box<dyn FnOnce()>>,
     /// A durable turn failed after its handler ran: the memory may be ahead of the log. No
     /// durable message is handled and no state saved until the activation is reloaded.
     stale: bool,
@@ -123,6 +126,7 @@ impl Drop for Staged {
 /// What a commit took from the staging area.
 pub(crate) struct Taken {
     msgs: Vec<StagedMsg>,
+    after: Vec<Box<dyn FnOnce()>>,
     receipts: Option<StagedReceipt>,
     first_index: usize,
     outbox_key: Vec<u8>,
@@ -132,11 +136,12 @@ pub(crate) struct Taken {
 /// built elsewhere, e.g. the journal's `persist`). Call [`committed`] or [`aborted`] with the
 /// result.
 pub(crate) fn stage_into<A: Actor>(ctx: &Context<A>, batch: &mut Batch) -> Taken {
-    let (msgs, receipts, deferred) = ctx.extension(|s: &mut Staged| {
+    let (msgs, receipts, deferred, after) = ctx.extension(|s: &mut Staged| {
         (
             std::mem::take(&mut s.msgs),
             std::mem::take(&mut s.receipts),
             std::mem::take(&mut s.deferred),
+            std::mem::take(&mut s.after),
         )
     });
     if !deferred.is_empty() {
@@ -169,6 +174,7 @@ pub(crate) fn stage_into<A: Actor>(ctx: &Context<A>, batch: &mut Batch) -> Taken
     let receipts = (!receipts.is_empty()).then(|| inbox::stage_receipts(ctx, receipts, batch));
     Taken {
         msgs,
+        after,
         receipts,
         first_index,
         outbox_key,
@@ -211,6 +217,9 @@ pub(crate) fn committed<A: Actor>(ctx: &Context<A>, taken: Taken, range: &LsnRan
     }
     if let Some(r) = taken.receipts {
         inbox::committed(ctx, r);
+    }
+    for f in taken.after {
+        f();
     }
 }
 
@@ -255,6 +264,10 @@ pub(crate) async fn commit_with<A: Actor>(
     }
     let taken = stage_into(ctx, &mut batch);
     if batch.is_empty() {
+        // Nothing to wait for.
+        for f in taken.after {
+            f();
+        }
         return Ok(None);
     }
     match log.append(&batch).await {
@@ -305,6 +318,12 @@ pub trait Durable {
 
     /// The id of the durable message this turn is handling (`None` in other turns).
     fn message_id(&self) -> Option<MessageId>;
+
+    /// Runs `f` once the batch that carries this turn's staged effects (the next commit; in a
+    /// durable handler, the delivery's batch) is durable; drops it if that batch fails. The
+    /// place to start an effect outside the actor that must not happen unless the state is
+    /// durable (it runs at most once per call; a retried delivery registers it again).
+    fn after_commit(&self, f: impl FnOnce() + 'static);
 }
 
 impl<A: Actor> Durable for Context<A> {
@@ -332,6 +351,10 @@ impl<A: Actor> Durable for Context<A> {
 
     fn message_id(&self) -> Option<MessageId> {
         self.extension(|s: &mut Staged| s.current)
+    }
+
+    fn after_commit(&self, f: impl FnOnce() + 'static) {
+        self.extension(|s: &mut Staged| s.after.push(Box::new(f)));
     }
 }
 
@@ -448,10 +471,10 @@ where
                 continue;
             }
         };
-        let (commits_before, msgs_before) = ctx.extension(|s: &mut Staged| {
+        let (commits_before, msgs_before, after_before) = ctx.extension(|s: &mut Staged| {
             s.receipts.push(d.id);
             s.current = Some(d.id);
-            (s.deferred_commits, s.msgs.len())
+            (s.deferred_commits, s.msgs.len(), s.after.len())
         });
         let result = a.handle_durable(msg, ctx).await;
         // Committed: a (deferred) save or commit ran, or a journal persist took the receipt.
@@ -477,6 +500,7 @@ where
                 // the delivery is not handled and the activation reloads afterwards.
                 let dropped = ctx.extension(|s: &mut Staged| {
                     s.receipts.retain(|id| *id != d.id);
+                    s.after.truncate(after_before.min(s.after.len()));
                     s.msgs.split_off(msgs_before.min(s.msgs.len()))
                 });
                 dispatcher::release(dropped.iter().map(|m| m.reserved).sum());
