@@ -86,6 +86,12 @@ fn messages_waiting_for_one_receiver_are_applied_in_one_turn_and_one_batch() {
         1,
         "the 40 receipts were written as one inbox record (one batch)"
     );
+    let mut after = after_commit_ids(b);
+    after.sort();
+    assert_eq!(
+        after, ids,
+        "after_commit ran once per message, after the batch"
+    );
     node.shutdown();
 }
 
@@ -118,6 +124,11 @@ fn a_message_failing_in_the_middle_of_a_delivery_leaves_the_others_applied_once(
     let s = stats_sum(&node);
     assert_eq!(s.delivered, n as u64);
     assert!(s.retries >= 1, "the failed message was retried: {s:?}");
+    // `after_commit` ran once per applied message, only for committed attempts (the failed
+    // attempt's callback was dropped).
+    let mut after = after_commit_ids(b);
+    after.sort();
+    assert_eq!(after, ids, "after_commit once per applied id");
     node.shutdown();
     // After a restart the state is the same (what was acknowledged is durable).
     set_behaviour(b, None);

@@ -282,7 +282,7 @@ struct Pending {
 struct Group {
     busy: bool,
     queued: bool,
-    waiting: Vec<Pending>,
+    waiting: VecDeque<Pending>,
 }
 
 #[derive(Default)]
@@ -738,7 +738,7 @@ impl Dispatcher {
                         gk.extend_from_slice(rec.message.as_bytes());
                         let gk: Rc<[u8]> = gk.into();
                         let g = st.groups.entry(gk.clone()).or_default();
-                        g.waiting.push(Pending {
+                        g.waiting.push_back(Pending {
                             pair: pk.clone(),
                             lsn,
                             id,
