@@ -405,6 +405,15 @@ mod tests {
         let mut b = Vec::new();
         encode_inbox(&mut b, &[(1, 2, 3)], false);
         assert_eq!(decode_inbox(&b, false).unwrap(), vec![(1, 2, 3)]);
+        // A delivery's receipts: several entries in one record; a cut one is refused.
+        let mut b = Vec::new();
+        encode_inbox(&mut b, &[(1, 2, 3), (7, 8, 9), (4, 5, 6)], false);
+        assert_eq!(
+            decode_inbox(&b, false).unwrap(),
+            vec![(1, 2, 3), (7, 8, 9), (4, 5, 6)]
+        );
+        assert!(decode_inbox(&b[..b.len() - 1], false).is_err());
+        assert!(decode_inbox(&b[..1], false).is_err());
         let mut b = Vec::new();
         encode_state(&mut b, 3, 4, 5, b"xy");
         assert_eq!(decode_state(&b).unwrap(), (3, 4, 5, &b"xy"[..]));

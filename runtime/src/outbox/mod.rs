@@ -237,3 +237,21 @@ pub(crate) fn now_ms() -> u64 {
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::MessageId;
+
+    #[test]
+    fn message_ids_parse_from_their_display_form() {
+        let id = MessageId {
+            stream: 0xd3df_9ea9_0f47_c051,
+            seq: 17,
+        };
+        assert_eq!(id.to_string(), "d3df9ea90f47c051-17");
+        assert_eq!("d3df9ea90f47c051-17".parse::<MessageId>(), Ok(id));
+        assert!("d3df9ea90f47c051".parse::<MessageId>().is_err());
+        assert!("xyz-1".parse::<MessageId>().is_err());
+        assert!("12-".parse::<MessageId>().is_err());
+    }
+}
