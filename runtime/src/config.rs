@@ -18,7 +18,9 @@ use quark_shard::{EngineConfig, ShardSpec};
 use serde::de::{self, Deserializer, SeqAccess, Visitor};
 use serde::Deserialize;
 
+mod outbox;
 mod spans;
+pub use outbox::OutboxSection;
 use spans::Doc;
 
 /// A node's whole configuration: the engine settings and per-actor-type overrides.
@@ -32,6 +34,8 @@ pub struct NodeConfig {
     pub cluster: Option<crate::cluster::ClusterSettings>,
     /// The admin endpoint (`[admin]`); `None` (the default): no endpoint.
     pub admin: Option<crate::admin::AdminConfig>,
+    /// The outbox's knobs (`[outbox]`); `None`: the code's config (or the defaults).
+    pub outbox: Option<OutboxSection>,
     /// The file it was read from (named in start-up errors about it).
     file: Option<PathBuf>,
 }
@@ -159,6 +163,7 @@ struct RawFile {
     actors: BTreeMap<String, RawActorType>,
     cluster: Option<crate::cluster::RawCluster>,
     admin: Option<RawAdmin>,
+    outbox: Option<outbox::RawOutbox>,
 }
 
 #[derive(Deserialize)]
@@ -595,11 +600,16 @@ impl NodeConfig {
             .map(|c| crate::cluster::cluster_settings(c, &check))
             .transpose()?;
         let admin = raw.admin.map(|a| admin_config(a, &check)).transpose()?;
+        let outbox = raw
+            .outbox
+            .map(|o| outbox::outbox_section(o, &check))
+            .transpose()?;
         Ok(NodeConfig {
             engine,
             actors,
             cluster,
             admin,
+            outbox,
             file: Some(file.to_path_buf()),
         })
     }

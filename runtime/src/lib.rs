@@ -20,7 +20,7 @@ mod serve;
 pub use admin::{AdminConfig, AdminError};
 pub use client::{probe, Client, ClientBuilder, ClientError};
 pub use cluster::ClusterSettings;
-pub use config::{ActorTypeConfig, ConfigError, NodeConfig};
+pub use config::{ActorTypeConfig, ConfigError, NodeConfig, OutboxSection};
 pub use node::{Node, NodeBuilder, NodeError};
 /// The rkyv version wire types are archived with. Derive a wire type through it, with no
 /// direct rkyv dependency:

@@ -330,9 +330,13 @@ impl NodeBuilder {
         for wire in self.wire {
             builder = wire(builder);
         }
+        if let Some(section) = &self.config.outbox {
+            self.outbox.apply_file(section);
+        }
         let (builder, outbox) = self.outbox.register(builder)?;
         let engine = builder.start()?;
         let handle = engine.handle();
+        let outbox_running = outbox.is_some();
         if let Some(outbox) = outbox {
             outbox.start(&handle, engine.node_id().unwrap_or(0));
         }
@@ -369,6 +373,7 @@ impl NodeBuilder {
             info,
             config: self.config,
             jobs,
+            outbox_running,
         })
     }
 }
@@ -404,6 +409,9 @@ pub struct Node {
     info: NodeInfo,
     config: NodeConfig,
     jobs: crate::jobs::Jobs,
+    /// The outbox's dispatchers run: `shutdown` stops them (and waits for their last
+    /// acknowledgements) before the engine stops.
+    outbox_running: bool,
 }
 
 impl Node {
@@ -514,6 +522,9 @@ impl Node {
     pub fn shutdown(self) -> ShutdownReport {
         if let Some(a) = &self.admin {
             a.set_draining();
+        }
+        if self.outbox_running {
+            crate::outbox::stop(&self.handle);
         }
         // Taking the engine waits for a scrape in progress (it holds the slot's lock).
         let engine = self

@@ -10,6 +10,18 @@
 //! once; under `CI=true` a missing `QUARK_TEST_PG` fails the test.
 //!
 //! The children are this test binary, started with `--ignored --exact child_node`.
+//!
+//! Sizes: by default (the CI run) 30 rounds of 150–600 ms of load from 8 driver threads per
+//! node, about 10 k transfers in about a minute in debug. The full run of issue 15 keeps going
+//! until at least `QUARK_CRASH_TRANSFERS` transfers were acknowledged (and at least 30 rounds
+//! ran), with `QUARK_CRASH_DRIVERS` driver threads per node:
+//!
+//! ```text
+//! QUARK_CRASH_TRANSFERS=100000 QUARK_CRASH_DRIVERS=64 cargo test --release -p quark \
+//!     --test outbox_crash -- --nocapture
+//! ```
+//!
+//! (its figures are in docs/BENCHMARKS.md, "Outbox crash test at full scale").
 
 use std::collections::{HashMap, HashSet};
 use std::io::{BufRead, BufReader, Write};
@@ -32,6 +44,8 @@ const ACCOUNTS: u64 = 10_000;
 const START_BALANCE: i64 = 1_000;
 /// SIGKILL rounds (override with QUARK_CRASH_ROUNDS).
 const ROUNDS: usize = 30;
+/// Rounds at most when a transfer count is asked for (`QUARK_CRASH_TRANSFERS`).
+const ROUNDS_MAX: usize = 2_000;
 
 #[derive(Serialize, Deserialize, Default, Clone, Debug)]
 struct Acct {
@@ -255,10 +269,25 @@ fn child_node() {
         .collect();
     println!("QX ready");
     if mode == "run" {
-        let drivers: Vec<_> = (0..8u64)
+        let drivers: u64 = std::env::var("QUARK_CRASH_DRIVERS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(8);
+        // Transfers acknowledged (debit durable) by this process, reported every 10 ms.
+        let acked = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let report = acked.clone();
+        std::thread::spawn(move || loop {
+            std::thread::sleep(Duration::from_millis(10));
+            println!(
+                "QX acked {}",
+                report.load(std::sync::atomic::Ordering::Relaxed)
+            );
+        });
+        let drivers: Vec<_> = (0..drivers)
             .map(|t| {
                 let h = node.handle();
                 let local = local.clone();
+                let acked = acked.clone();
                 std::thread::spawn(move || {
                     let mut rng = rand::thread_rng();
                     for n in 0u64.. {
@@ -269,11 +298,14 @@ fn child_node() {
                         }
                         let tid = (id << 56) | (round << 40) | (t << 32) | n;
                         let amount = rng.gen_range(1..=20);
-                        let _ = quark::block_on(h.actor_ref::<Acct>(from).ask(Transfer {
+                        let r = quark::block_on(h.actor_ref::<Acct>(from).ask(Transfer {
                             tid,
                             to,
                             amount,
                         }));
+                        if matches!(r, Ok(Ok(true))) {
+                            acked.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        }
                     }
                 })
             })
@@ -349,6 +381,10 @@ fn spawn(id: u64, dir: &Path, addrs: &str, mode: &str, round: u64, dump: &Path) 
         .env("QUARK_CRASH_ROUND", round.to_string())
         .env("QUARK_CRASH_DUMP", dump)
         .env("QUARK_CRASH_PG_TABLE", pg_table())
+        .env(
+            "QUARK_CRASH_DRIVERS",
+            std::env::var("QUARK_CRASH_DRIVERS").unwrap_or_else(|_| "8".into()),
+        )
         .env("RUST_LOG", "error")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -385,7 +421,9 @@ fn spawn(id: u64, dir: &Path, addrs: &str, mode: &str, round: u64, dump: &Path) 
 fn start_child(id: u64, dir: &Path, addrs: &str, mode: &str, round: u64, dump: &Path) -> Proc {
     for _ in 0..100 {
         let p = spawn(id, dir, addrs, mode, round, dump);
-        match p.lines.recv_timeout(Duration::from_secs(60)) {
+        // A long run's logs grow (the children are killed before compaction catches up), so
+        // a start late in the full run recovers a large log: minutes in a debug build.
+        match p.lines.recv_timeout(Duration::from_secs(300)) {
             Ok(l) if l == "ready" => return p,
             Ok(l) => panic!("child {id}: unexpected first line {l:?}"),
             Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
@@ -410,6 +448,17 @@ fn expect_line(p: &Proc, what: &str, within: Duration) -> String {
             Err(e) => panic!("child: no {what:?} line within {within:?}: {e}"),
         }
     }
+}
+
+/// The last acknowledged-transfer count a (killed) child reported.
+fn last_acked(p: &Proc) -> u64 {
+    let mut n = 0;
+    while let Ok(l) = p.lines.try_recv() {
+        if let Some(v) = l.strip_prefix("acked ").and_then(|v| v.parse().ok()) {
+            n = v;
+        }
+    }
+    n
 }
 
 fn pg_table() -> String {
@@ -455,10 +504,18 @@ fn crash_rounds_keep_money_and_apply_each_message_once() {
     let dumps = [base.join("d1"), base.join("d2")];
     let addrs: Vec<String> = ports::free_addrs(2).iter().map(|a| a.to_string()).collect();
     let addrs = addrs.join(",");
+    // QUARK_CRASH_TRANSFERS=N: keep going until N transfers were acknowledged.
+    let target: u64 = std::env::var("QUARK_CRASH_TRANSFERS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    let started = Instant::now();
     let mut rng = rand::thread_rng();
     let mut procs: [Option<Proc>; 2] = [None, None];
     let mut kills = 0;
-    for round in 0..rounds {
+    let mut acked_total = 0u64;
+    let mut round = 0;
+    while round < rounds || (acked_total < target && round < ROUNDS_MAX) {
         for i in 0..2 {
             if procs[i].is_none() {
                 procs[i] = Some(start_child(
@@ -483,14 +540,25 @@ fn crash_rounds_keep_money_and_apply_each_message_once() {
             p.child.kill().expect("SIGKILL");
             p.child.wait().unwrap();
             kills += 1;
+            acked_total += last_acked(&p);
+        }
+        round += 1;
+        if target > 0 && round % 10 == 0 {
+            eprintln!(
+                "crash test: round {round}, {kills} SIGKILLs, {acked_total} transfers acknowledged, {:.0} s",
+                started.elapsed().as_secs_f64()
+            );
         }
     }
     for p in procs.iter_mut() {
         if let Some(mut p) = p.take() {
             p.child.kill().unwrap();
             p.child.wait().unwrap();
+            acked_total += last_acked(&p);
         }
     }
+    let rounds = round;
+    let load_secs = started.elapsed().as_secs_f64();
     // Restart both without load; wait until both outboxes are empty for a while.
     let mut ps: Vec<Proc> = (0..2)
         .map(|i| {
@@ -583,7 +651,8 @@ fn crash_rounds_keep_money_and_apply_each_message_once() {
     );
     let refunded: usize = accounts.values().map(|a| a.refunded.len()).sum();
     println!(
-        "crash test: {rounds} rounds, {kills} SIGKILLs, {} transfers ({refunded} refunded), {duplicates} duplicate deliveries acknowledged without effect",
+        "crash test: {rounds} rounds, {kills} SIGKILLs, {} accounts, {} transfers debited ({acked_total} acknowledged to the drivers before the kills; {refunded} refunded), {duplicates} duplicate deliveries acknowledged without effect, {load_secs:.0} s of rounds",
+        accounts.len(),
         debited.len()
     );
     assert!(
@@ -591,6 +660,17 @@ fn crash_rounds_keep_money_and_apply_each_message_once() {
         "the workload ran: {} transfers",
         debited.len()
     );
+    assert!(
+        debited.len() as u64 >= acked_total,
+        "every acknowledged transfer is debited: {} < {acked_total}",
+        debited.len()
+    );
+    if target > 0 {
+        assert!(
+            acked_total >= target,
+            "{acked_total} transfers acknowledged in {rounds} rounds, {target} asked for"
+        );
+    }
     if let Some(c) = pg_client.as_mut() {
         let rows = c
             .query(&format!("SELECT data FROM {}", pg_table()), &[])

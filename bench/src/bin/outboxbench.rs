@@ -8,8 +8,11 @@
 //!    acknowledgement reached the sender's dispatcher: sender commit + delivery + receiver
 //!    commit with dedupe + ack. Messages/s over `--secs`.
 //! 3. Latency: one sender, one receiver on the other shard, sequential: from the start of the
-//!    sender's commit to the end of the receiver's save (the effect is durable): p50, p99, and
-//!    p50 in units of the baseline's `fdatasync` p50.
+//!    sender's commit until the receiver's delivery batch (its state and the inbox receipt) is
+//!    durable (`Durable::after_commit` in the receiver's handler, reported to the bench thread
+//!    through a channel): p50, p99, and p50 in units of the baseline's `fdatasync` p50; and,
+//!    for the whole round trip, until the sender's dispatcher counted the acknowledgement
+//!    (`Outbox::wait_delivered`): p50.
 //! 4. Inbox memory: bytes per remembered sender stream (a receiver remembers one entry per
 //!    sender stream, not one per id: see docs/OUTBOX.md).
 //!
@@ -56,6 +59,13 @@ struct Args {
     /// Sequential messages of the latency run.
     #[arg(long, default_value_t = 2000)]
     latency_ops: u64,
+    /// `OutboxConfig::batch_max`: messages to one receiver applied in one turn and one batch
+    /// (1: one message per receiver turn, the delivery before batching).
+    #[arg(long, default_value_t = OutboxConfig::default().batch_max)]
+    batch_max: usize,
+    /// `OutboxConfig::inflight_max`: messages in deliveries in flight per shard.
+    #[arg(long, default_value_t = OutboxConfig::default().inflight_max)]
+    inflight_max: usize,
 }
 
 struct Sender;
@@ -84,7 +94,7 @@ impl DurableMessage for Ping {
     const NAME: &'static str = "ob.Ping";
 }
 
-/// Where the latency run's receiver reports the instant its save finished.
+/// Where the latency run's receiver reports the instant its effect became durable.
 static EFFECT: Mutex<Option<SyncSender<Instant>>> = Mutex::new(None);
 
 impl DurableHandler<Ping> for Receiver {
@@ -94,9 +104,12 @@ impl DurableHandler<Ping> for Receiver {
             reason: e.to_string(),
         })?;
         if m.mark {
-            if let Some(tx) = EFFECT.lock().expect("not poisoned").as_ref() {
-                let _ = tx.send(Instant::now());
-            }
+            // The delivery's batch (this state, the receipt) is durable.
+            ctx.after_commit(|| {
+                if let Some(tx) = EFFECT.lock().expect("not poisoned").as_ref() {
+                    let _ = tx.send(Instant::now());
+                }
+            });
         }
         Ok(())
     }
@@ -127,7 +140,7 @@ impl Handler<Burst> for Sender {
     }
 }
 
-fn start(dir: &std::path::Path) -> Result<Node> {
+fn start(dir: &std::path::Path, args: &Args) -> Result<Node> {
     let text = format!(
         "[node]\nshards = 2\nidle_spin_us = 50\n[log]\ndata_dir = {:?}\nfsync = \"always\"\nsegment_bytes = 268435456\n",
         dir.to_str().context("utf-8 dir")?
@@ -136,7 +149,11 @@ fn start(dir: &std::path::Path) -> Result<Node> {
         .config(NodeConfig::from_toml(&text, "outboxbench.toml")?)
         .register(ActorType::new(|_| Sender))
         .register(quark::outbox::durable_state::<Receiver>())
-        .outbox(OutboxConfig::default())
+        .outbox(OutboxConfig {
+            batch_max: args.batch_max,
+            inflight_max: args.inflight_max,
+            ..OutboxConfig::default()
+        })
         .durable::<Receiver, Ping>()
         .start()?)
 }
@@ -144,6 +161,41 @@ fn start(dir: &std::path::Path) -> Result<Node> {
 fn delivered(node: &Node) -> Result<u64> {
     let s = block_on(Outbox::new(node.handle()).stats())?;
     Ok(s.iter().map(|x| x.delivered).sum())
+}
+
+/// Every shard log's `fdatasync` and write counts, summed.
+fn log_counts(node: &Node) -> Result<(u64, u64)> {
+    let mut syncs = 0;
+    let mut flushes = 0;
+    for shard in 0..2u16 {
+        let (s, f) = node
+            .handle()
+            .spawn_on(shard, || async {
+                quark_shard::current_shard_log()
+                    .map(|l| {
+                        let st = l.stats();
+                        (st.sync_count, st.flush_count)
+                    })
+                    .unwrap_or((0, 0))
+            })
+            .join()
+            .map_err(|e| anyhow::anyhow!("shard {shard}: {e}"))?;
+        syncs += s;
+        flushes += f;
+    }
+    Ok((syncs, flushes))
+}
+
+/// CPU time (user + system) of the whole process so far.
+fn cpu_time() -> Result<Duration> {
+    let mut u = std::mem::MaybeUninit::<libc::rusage>::zeroed();
+    // SAFETY: getrusage writes a rusage into the pointer given.
+    let rc = unsafe { libc::getrusage(libc::RUSAGE_SELF, u.as_mut_ptr()) };
+    anyhow::ensure!(rc == 0, "getrusage: {}", std::io::Error::last_os_error());
+    // SAFETY: initialised by the successful call above.
+    let u = unsafe { u.assume_init() };
+    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
+    Ok(tv(u.ru_utime) + tv(u.ru_stime))
 }
 
 /// The process's resident set in bytes (Linux).
@@ -167,6 +219,8 @@ fn main() -> Result<()> {
     let _ = std::fs::remove_dir_all(&args.dir);
     std::fs::create_dir_all(&args.dir)?;
 
+    println!("{}", quark_bench::machine::Machine::describe().line());
+
     // 1. Baseline.
     let f = zero_filled(&args.dir.join("baseline"), 64 << 20)?;
     let (h, _) = pwrite_loop(&f, 256, 2000)?;
@@ -177,7 +231,7 @@ fn main() -> Result<()> {
     );
 
     // 2. Throughput.
-    let node = start(&args.dir.join("node"))?;
+    let node = start(&args.dir.join("node"), &args)?;
     let h = node.handle();
     let shard = |t: &'static str, k: u64| h.shard_of(&ActorId::new(t, k));
     let receivers: Vec<Vec<u64>> = (0..2u16)
@@ -230,10 +284,15 @@ fn main() -> Result<()> {
     }
     std::thread::sleep(Duration::from_secs(1));
     let d0 = delivered(&node)?;
+    let (syncs0, flushes0) = log_counts(&node)?;
+    let cpu0 = cpu_time()?;
     let t0 = Instant::now();
     std::thread::sleep(Duration::from_secs(args.secs));
     let d1 = delivered(&node)?;
+    let cpu1 = cpu_time()?;
+    let (syncs1, flushes1) = log_counts(&node)?;
     let secs = t0.elapsed().as_secs_f64();
+    let msgs = (d1 - d0).max(1) as f64;
     let errors: u64 = handles.into_iter().map(|h| h.join().unwrap_or(0)).sum();
     let stats = node.stats()?;
     let syncs: u64 = stats.iter().filter_map(|s| s.log_next_lsn).sum();
@@ -242,10 +301,21 @@ fn main() -> Result<()> {
         "throughput: {} senders -> {} receivers (cross-shard), burst {}: {:.0} exactly-once messages/s ({} in {secs:.1} s; {errors} sender errors; log records written {syncs})",
         args.senders, args.receivers, args.burst, rate, d1 - d0
     );
+    println!(
+        "throughput cost: {:.0} messages per durable log write ({} durable writes, each one fdatasync or one O_DSYNC write, {} log writes in the window), {:.1} µs CPU per message (process user+sys {:.2} s over {secs:.1} s on {} cores; batch_max {}, inflight_max {})",
+        msgs / (syncs1 - syncs0).max(1) as f64,
+        syncs1 - syncs0,
+        flushes1 - flushes0,
+        (cpu1 - cpu0).as_secs_f64() * 1e6 / msgs,
+        (cpu1 - cpu0).as_secs_f64(),
+        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+        args.batch_max,
+        args.inflight_max
+    );
     node.shutdown();
 
     // 3. Latency.
-    let node = start(&args.dir.join("latency"))?;
+    let node = start(&args.dir.join("latency"), &args)?;
     let h = node.handle();
     let a = (0..)
         .find(|k| h.shard_of(&ActorId::new("ob.sender", *k)) == 0)
@@ -253,11 +323,13 @@ fn main() -> Result<()> {
     let b = (0..)
         .find(|k| h.shard_of(&ActorId::new("ob.receiver", *k)) == 1)
         .unwrap_or(0);
-    let (tx, rx) = sync_channel(1);
-    *EFFECT.lock().expect("not poisoned") = Some(tx);
     let to = std::sync::Arc::new(vec![b]);
     let sender = node.actor_ref::<Sender>(a);
+    let (tx, rx) = sync_channel(1);
+    *EFFECT.lock().expect("not poisoned") = Some(tx);
+    let outbox = Outbox::new(node.handle());
     let mut lat = Vec::with_capacity(args.latency_ops as usize);
+    let mut lat_ack = Vec::with_capacity(args.latency_ops as usize);
     for i in 0..args.latency_ops + 100 {
         let b = Burst {
             to: to.clone(),
@@ -268,15 +340,21 @@ fn main() -> Result<()> {
         let t0 = block_on(sender.ask(b))?.map_err(anyhow::Error::msg)?;
         let t1 = rx
             .recv_timeout(Duration::from_secs(10))
-            .context("no effect within 10 s")?;
+            .context("no durable effect within 10 s")?;
+        block_on(outbox.wait_delivered(0, i + 1))?;
+        let t2 = Instant::now();
+        if i >= 100 {
+            lat_ack.push(t2 - t0);
+        }
         if i >= 100 {
             lat.push(t1 - t0);
         }
     }
     let p50 = pct(&mut lat, 0.5);
     let p99 = pct(&mut lat, 0.99);
+    let ack_p50 = pct(&mut lat_ack, 0.5);
     println!(
-        "latency: send-commit -> receiver effect durable, sequential, cross-shard: p50 {p50:?} p99 {p99:?} = {:.2}x the fdatasync p50",
+        "latency: send-commit -> receiver effect durable, sequential, cross-shard: p50 {p50:?} p99 {p99:?} = {:.2}x the fdatasync p50; -> acknowledgement counted by the sender's dispatcher: p50 {ack_p50:?}",
         p50.as_secs_f64() / sync_p50.as_secs_f64()
     );
     node.shutdown();

@@ -9,6 +9,8 @@
 //! - `quark status --addr HOST:PORT [--json]`: a running node's status from its admin endpoint
 //!   (see `docs/OPERATIONS.md`); exit 1 when it cannot be read.
 //! - `quark jobs inspect --data-dir DIR`: lists a stopped node's durable jobs (`docs/JOBS.md`).
+//! - `quark outbox dead-letters list|replay|purge --data-dir DIR`: a stopped node's outbox
+//!   dead letters (`docs/OUTBOX.md`); exit 1 when the named dead letter is not there.
 //!
 //! Each subcommand lives in its own module next to this file; this file only dispatches.
 //! Exit codes: 0 success; `serve` 1 on failure; `journal` 1 when an integrity problem was found,
@@ -22,6 +24,7 @@ use clap::{Parser, Subcommand};
 mod data;
 mod jobs;
 mod journal;
+mod outbox;
 mod serve;
 mod status;
 
@@ -48,6 +51,8 @@ enum Command {
     Status(status::Args),
     /// List the durable jobs in a stopped node's data directory.
     Jobs(jobs::Args),
+    /// The outbox's dead letters in a stopped node's data directory (list, replay, purge).
+    Outbox(outbox::Args),
 }
 
 /// Installs the log subscriber: `RUST_LOG` filters (default `info`), lines go to stderr.
@@ -88,5 +93,6 @@ fn main() -> ExitCode {
         Command::Data(args) => data::run(args),
         Command::Status(args) => status::run(args),
         Command::Jobs(args) => jobs::run(args),
+        Command::Outbox(args) => outbox::run(args),
     }
 }

@@ -21,7 +21,9 @@ pub struct OutboxConfig {
     pub pending_bytes_max: u64,
     /// What `send_durable` does at the bound. Default [`FullPolicy::Wait`].
     pub full_policy: FullPolicy,
-    /// Deliveries a shard's dispatcher has in flight at once. Default 4096.
+    /// Messages a shard's dispatcher has in deliveries in flight at once (messages waiting for
+    /// their receiver's current delivery to end do not count; `pending_bytes_max` bounds
+    /// them). Default 32,768.
     pub inflight_max: usize,
     /// Deadline of one delivery attempt. Default 10 s.
     pub delivery_timeout: Duration,
@@ -45,6 +47,13 @@ pub struct OutboxConfig {
     /// Dead letters a shard keeps; beyond it, failing messages stay pending and are retried
     /// (nothing is dropped). Default 10,000.
     pub dead_letters_max: usize,
+    /// Messages to one receiver (of one message type) handed to it in one delivery: the
+    /// receiver applies them in one turn and writes their effects and inbox receipts in one
+    /// batch. 1 delivers every message in its own turn and batch. Default 256.
+    pub batch_max: usize,
+    /// How often acknowledgements are written at most (one truncation record per sender per
+    /// write, however many of its messages were acknowledged meanwhile). Default 20 ms.
+    pub ack_flush_interval: Duration,
 }
 
 impl Default for OutboxConfig {
@@ -52,7 +61,7 @@ impl Default for OutboxConfig {
         OutboxConfig {
             pending_bytes_max: 64 << 20,
             full_policy: FullPolicy::Wait,
-            inflight_max: 4096,
+            inflight_max: 32_768,
             delivery_timeout: Duration::from_secs(10),
             retry_initial: Duration::from_millis(20),
             retry_max: Duration::from_secs(5),
@@ -62,6 +71,8 @@ impl Default for OutboxConfig {
             dedupe_count_max: 100_000,
             inbox_snapshot_every: 256,
             dead_letters_max: 10_000,
+            batch_max: 256,
+            ack_flush_interval: Duration::from_millis(20),
         }
     }
 }
@@ -110,6 +121,9 @@ impl OutboxConfig {
             ("attempts_max", self.attempts_max == 0),
             ("dedupe_count_max", self.dedupe_count_max == 0),
             ("inbox_snapshot_every", self.inbox_snapshot_every == 0),
+            ("dead_letters_max", self.dead_letters_max == 0),
+            ("batch_max", self.batch_max == 0),
+            ("ack_flush_interval", self.ack_flush_interval.is_zero()),
             ("delivery_timeout", self.delivery_timeout.is_zero()),
             ("retry_initial", self.retry_initial.is_zero()),
         ] {

@@ -22,8 +22,10 @@ use super::{
     now_ms, remote, DurableHandler, DurableMessage, MessageId, OutboxConfig, Outcome, Registry,
 };
 
-/// How often acknowledgements (and dead-letter changes) are written at most.
-const ACK_FLUSH_INTERVAL: Duration = Duration::from_millis(20);
+/// How long a stopping dispatcher waits for its deliveries in flight before it writes its
+/// last acknowledgements (a delivery cut short is sent again after the restart, and
+/// deduplicated).
+const STOP_DRAIN_MAX: Duration = Duration::from_secs(2);
 
 /// Deliveries in flight at once per (sender, sink) pair.
 const SINK_PAIR_WINDOW: usize = 512;
@@ -131,7 +133,7 @@ pub struct DeadLetter {
 // Format (dead-letter list payload, kind Snapshot, key "qd"): { format u8 = 1 | count u32 |
 //   (sender_key_len u32 | sender key | id stream u64 | id seq u64 | attempts u32 | dead_ms u64 |
 //    cause_len u32 | cause | record_len u32 | outbox record payload) * count }
-fn encode_dead(list: &[DeadLetter]) -> Vec<u8> {
+pub(crate) fn encode_dead(list: &[DeadLetter]) -> Vec<u8> {
     let mut out = vec![format::RECORD_FORMAT];
     out.extend_from_slice(&(list.len() as u32).to_le_bytes());
     for d in list {
@@ -149,7 +151,10 @@ fn encode_dead(list: &[DeadLetter]) -> Vec<u8> {
     out
 }
 
-fn decode_dead(shard: ShardId, bytes: &[u8]) -> Result<Vec<DeadLetter>, format::FormatError> {
+pub(crate) fn decode_dead(
+    shard: ShardId,
+    bytes: &[u8],
+) -> Result<Vec<DeadLetter>, format::FormatError> {
     let mut r = Reader::new(bytes);
     r.format()?;
     let n = r.u32()? as usize;
@@ -211,7 +216,7 @@ fn dead_letter(
 
 /// The id a replay of `id` is sent under: derived, so replaying the same dead letter twice is
 /// applied once, and distinct from the original's stream, whose receiver may have moved past it.
-fn replay_id(id: MessageId) -> MessageId {
+pub(crate) fn replay_id(id: MessageId) -> MessageId {
     let mut h = id.stream ^ 0x5245_504c_4159_0000 ^ id.seq.rotate_left(29);
     h = (h ^ (h >> 33)).wrapping_mul(0xff51_afd7_ed55_8ccd);
     h ^= h >> 33;
@@ -269,9 +274,35 @@ struct SenderAcks {
     floor: u64,
 }
 
+/// A message assigned to a delivery to its receiver.
+struct Pending {
+    pair: Rc<[u8]>,
+    lsn: u64,
+    id: MessageId,
+    rec: Rc<OutboxRecord>,
+}
+
+/// The messages for one receiver (and message type): at most one delivery in flight; what
+/// arrives meanwhile waits and goes in the next delivery (up to `batch_max` at once).
+#[derive(Default)]
+struct Group {
+    busy: bool,
+    queued: bool,
+    waiting: VecDeque<Pending>,
+}
+
 #[derive(Default)]
 struct DState {
     pairs: HashMap<Rc<[u8]>, Pair>,
+    groups: HashMap<Rc<[u8]>, Group>,
+    groups_ready: Vec<Rc<[u8]>>,
+    /// Messages assigned to deliveries (waiting in a group or in flight).
+    inflight_msgs: usize,
+    /// `stop` was called: no new delivery starts.
+    stopping: bool,
+    stop_waiters: Vec<futures::channel::oneshot::Sender<()>>,
+    /// Callers of [`Outbox::wait_delivered`]: (count awaited, waiter).
+    delivered_waiters: Vec<(u64, futures::channel::oneshot::Sender<()>)>,
     ready: VecDeque<Rc<[u8]>>,
     backoff: Vec<(Instant, Rc<[u8]>)>,
     senders: HashMap<Rc<[u8]>, SenderAcks>,
@@ -296,7 +327,8 @@ pub(crate) struct Dispatcher {
     wake: Notify,
 }
 
-type Event = (Rc<[u8]>, u64, Outcome);
+/// A finished delivery: its group (`None` for a sink) and each message's outcome.
+type Event = (Option<Rc<[u8]>>, Vec<(Rc<[u8]>, u64, Outcome)>);
 type EventFut = Pin<Box<dyn Future<Output = Event>>>;
 
 /// Starts a dispatcher on every shard of a node with a log.
@@ -498,15 +530,15 @@ impl Dispatcher {
         let mut inflight: FuturesUnordered<EventFut> = FuturesUnordered::new();
         let mut ack_flush: Option<Pin<Box<dyn Future<Output = ()>>>> = None;
         let mut last_flush = Instant::now();
-        while self.engine.is_running() {
+        let interval = self.config.ack_flush_interval;
+        while self.engine.is_running() && !self.st.borrow().stopping {
             let now = Instant::now();
             let next_due = self.launch(&mut inflight, now);
-            // Acknowledgements are written at most every ACK_FLUSH_INTERVAL: one truncation per
-            // sender per flush, however many of its messages were acknowledged meanwhile.
+            // Acknowledgements are written at most every `ack_flush_interval`: one truncation
+            // per sender per flush, however many of its messages were acknowledged meanwhile.
             // A new dead letter is written at once (they are rare, and the list must survive a
-            // shutdown that comes before the next periodic flush).
-            let flush_due =
-                last_flush.elapsed() >= ACK_FLUSH_INTERVAL || self.st.borrow().dead_dirty;
+            // crash that comes before the next periodic flush).
+            let flush_due = last_flush.elapsed() >= interval || self.st.borrow().dead_dirty;
             if ack_flush.is_none() && flush_due {
                 last_flush = Instant::now();
                 ack_flush = self.ack_batch().map(|b| {
@@ -524,7 +556,7 @@ impl Dispatcher {
                 .unwrap_or(Duration::from_millis(100))
                 .min(Duration::from_millis(100));
             if ack_flush.is_none() && self.acks_pending() {
-                sleep_for = sleep_for.min(ACK_FLUSH_INTERVAL.saturating_sub(last_flush.elapsed()));
+                sleep_for = sleep_for.min(interval.saturating_sub(last_flush.elapsed()));
             }
             enum Woke {
                 Event(Event),
@@ -571,38 +603,103 @@ impl Dispatcher {
                 }
             };
             match woke {
-                Woke::Event((pair, lsn, outcome)) => {
-                    self.finish(pair, lsn, outcome);
+                Woke::Event(ev) => {
+                    self.finish_event(ev);
                     // Drain whatever else completed without waiting.
-                    while let Some(Some((p, l, o))) =
-                        futures::FutureExt::now_or_never(inflight.next())
-                    {
-                        self.finish(p, l, o);
+                    while let Some(Some(ev)) = futures::FutureExt::now_or_never(inflight.next()) {
+                        self.finish_event(ev);
                     }
                 }
                 Woke::Acked => ack_flush = None,
                 Woke::Other => {}
             }
         }
-        // Stopping: write the acknowledgements and dead letters gathered so far (best effort;
-        // what is lost is redelivered after the restart and deduplicated).
+        // Stopping: let the deliveries in flight finish (bounded), then write every
+        // acknowledgement and dead letter gathered so far.
         if let Some(f) = ack_flush {
             f.await;
         }
+        let drain_until = Instant::now() + STOP_DRAIN_MAX;
+        while !inflight.is_empty() {
+            let left = drain_until.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                tracing::warn!(shard = self.shard, deliveries = inflight.len(), "outbox: deliveries still in flight at stop; they are sent again after the restart");
+                break;
+            }
+            let next = std::pin::pin!(inflight.next());
+            let woke = futures::future::select(next, Box::pin(quark_shard::sleep(left))).await;
+            if let futures::future::Either::Left((Some(ev), _)) = woke {
+                self.finish_event(ev);
+            }
+        }
         if let Some(b) = self.ack_batch() {
             if let Err(e) = self.log.append(&b).await {
-                tracing::warn!(shard = self.shard, error = %e, "outbox: final acknowledgements not written");
+                tracing::warn!(shard = self.shard, error = %e, "outbox: final acknowledgements not written; those messages are delivered again after the restart (and deduplicated)");
+            }
+        }
+        let waiters = std::mem::take(&mut self.st.borrow_mut().stop_waiters);
+        for w in waiters {
+            let _ = w.send(());
+        }
+    }
+
+    /// Stops this dispatcher: no new delivery starts, deliveries in flight finish (at most
+    /// `STOP_DRAIN_MAX`), and the last acknowledgements are written; returns after that.
+    pub(crate) async fn stop(&self) {
+        let rx = {
+            let mut st = self.st.borrow_mut();
+            st.stopping = true;
+            let (tx, rx) = futures::channel::oneshot::channel();
+            st.stop_waiters.push(tx);
+            rx
+        };
+        self.wake.notify();
+        // Err: the dispatcher's task is gone (its shard is stopping), nothing left to wait for.
+        let _ = rx.await;
+    }
+
+    fn finish_event(&self, (group, results): Event) {
+        for (pk, lsn, outcome) in results {
+            self.finish(pk, lsn, outcome);
+        }
+        {
+            let mut st = self.st.borrow_mut();
+            if !st.delivered_waiters.is_empty() {
+                let delivered = st.stats.delivered;
+                let (due, rest): (Vec<_>, Vec<_>) = std::mem::take(&mut st.delivered_waiters)
+                    .into_iter()
+                    .partition(|(n, _)| *n <= delivered);
+                st.delivered_waiters = rest;
+                for (_, w) in due {
+                    let _ = w.send(());
+                }
+            }
+        }
+        if let Some(gk) = group {
+            let mut st = self.st.borrow_mut();
+            let st = &mut *st;
+            if let Some(g) = st.groups.get_mut(&gk) {
+                g.busy = false;
+                if g.waiting.is_empty() {
+                    st.groups.remove(&gk);
+                } else if !g.queued {
+                    g.queued = true;
+                    st.groups_ready.push(gk);
+                }
             }
         }
     }
 
-    /// Starts deliveries of ready pairs up to `inflight_max`; returns the earliest backoff due.
+    /// Starts deliveries of ready pairs up to `inflight_max` messages: a sink's messages one
+    /// delivery each, an actor's gathered per receiver and message type, one delivery (one
+    /// receiver turn) per group at a time. Returns the earliest backoff due.
     fn launch(
         self: &Rc<Self>,
         inflight: &mut FuturesUnordered<EventFut>,
         now: Instant,
     ) -> Option<Instant> {
-        let mut st = self.st.borrow_mut();
+        let mut guard = self.st.borrow_mut();
+        let st = &mut *guard;
         let mut next_due = None;
         let mut i = 0;
         while i < st.backoff.len() {
@@ -615,7 +712,8 @@ impl Dispatcher {
                 i += 1;
             }
         }
-        while inflight.len() < self.config.inflight_max {
+        let max = self.config.inflight_max;
+        while st.inflight_msgs < max {
             let Some(pk) = st.ready.pop_front() else {
                 break;
             };
@@ -626,7 +724,7 @@ impl Dispatcher {
             let room = pair
                 .window
                 .saturating_sub(pair.inflight.len())
-                .min(self.config.inflight_max - inflight.len());
+                .min(max - st.inflight_msgs);
             let next: Vec<(u64, Rc<OutboxRecord>)> = pair
                 .queue
                 .iter()
@@ -643,14 +741,104 @@ impl Dispatcher {
                         stream: rec.stream,
                         seq: lsn,
                     });
-                let sender = pair.sender.clone();
-                inflight.push(self.deliver(pk.clone(), lsn, id, sender, rec));
+                match &rec.target {
+                    Target::Sink(_) => {
+                        st.inflight_msgs += 1;
+                        let sender = pair.sender.clone();
+                        inflight.push(self.deliver_sink(pk.clone(), lsn, id, sender, rec));
+                    }
+                    Target::Actor(..) => {
+                        let mut gk = rec.target.encode();
+                        gk.push(0xff);
+                        gk.extend_from_slice(rec.message.as_bytes());
+                        let gk: Rc<[u8]> = gk.into();
+                        let g = st.groups.entry(gk.clone()).or_default();
+                        g.waiting.push_back(Pending {
+                            pair: pk.clone(),
+                            lsn,
+                            id,
+                            rec,
+                        });
+                        if !g.busy && !g.queued {
+                            g.queued = true;
+                            st.groups_ready.push(gk);
+                        }
+                    }
+                }
             }
         }
+        // Groups whose turn did not come (the in-flight bound) stay ready for the next round.
+        let mut ready = std::mem::take(&mut st.groups_ready).into_iter();
+        for gk in ready.by_ref() {
+            if st.inflight_msgs >= max {
+                st.groups_ready.push(gk);
+                break;
+            }
+            let Some(g) = st.groups.get_mut(&gk) else {
+                continue;
+            };
+            g.queued = false;
+            if g.busy || g.waiting.is_empty() {
+                continue;
+            }
+            let n = g
+                .waiting
+                .len()
+                .min(self.config.batch_max)
+                .min(max - st.inflight_msgs);
+            let items: Vec<Pending> = g.waiting.drain(..n).collect();
+            g.busy = true;
+            st.inflight_msgs += n;
+            inflight.push(self.deliver_group(gk, items));
+        }
+        st.groups_ready.extend(ready);
         next_due
     }
 
-    fn deliver(
+    /// One delivery of `items` (one receiver, one message type) as one turn of the receiver.
+    fn deliver_group(self: &Rc<Self>, gk: Rc<[u8]>, items: Vec<Pending>) -> EventFut {
+        let rec = items[0].rec.clone();
+        let group = gk.clone();
+        let reject = move |cause: String, items: Vec<Pending>| -> EventFut {
+            let results = items
+                .into_iter()
+                .map(|p| (p.pair, p.lsn, Outcome::Rejected(cause.clone())))
+                .collect();
+            Box::pin(async move { (Some(group), results) })
+        };
+        let Target::Actor(t, key) = &rec.target else {
+            return reject("a sink message in an actor delivery".into(), items);
+        };
+        let Some(f) = self.registry.handler(t, &rec.message) else {
+            let cause = format!("no durable handler for message {} on actor type {t} (unknown receiver type or message)", rec.message);
+            return reject(cause, items);
+        };
+        let deliveries: Vec<Delivery> = items
+            .iter()
+            .map(|p| Delivery {
+                id: p.id,
+                message: p.rec.message.clone(),
+                data: p.rec.data.clone(),
+                timeout: self.config.delivery_timeout,
+            })
+            .collect();
+        let fut = f(self.engine.clone(), key.clone(), deliveries);
+        Box::pin(async move {
+            let mut outcomes = fut.await.into_iter();
+            let results = items
+                .into_iter()
+                .map(|p| {
+                    let o = outcomes.next().unwrap_or_else(|| {
+                        Outcome::Failed("the receiver answered fewer outcomes than messages".into())
+                    });
+                    (p.pair, p.lsn, o)
+                })
+                .collect();
+            (Some(gk), results)
+        })
+    }
+
+    fn deliver_sink(
         self: &Rc<Self>,
         pair: Rc<[u8]>,
         lsn: u64,
@@ -658,43 +846,34 @@ impl Dispatcher {
         sender: Rc<[u8]>,
         rec: Rc<OutboxRecord>,
     ) -> EventFut {
-        let delivery = Delivery {
-            id,
-            message: rec.message.clone(),
-            data: rec.data.clone(),
-            timeout: self.config.delivery_timeout,
+        let one = move |o: Outcome| (None, vec![(pair, lsn, o)]);
+        let Target::Sink(name) = &rec.target else {
+            return Box::pin(async move {
+                one(Outcome::Rejected(
+                    "an actor message in a sink delivery".into(),
+                ))
+            });
         };
-        match &rec.target {
-            Target::Actor(t, key) => match self.registry.handler(t, &rec.message) {
-                Some(f) => {
-                    let fut = f(self.engine.clone(), key.clone(), delivery);
-                    Box::pin(async move { (pair, lsn, fut.await) })
-                }
-                None => {
-                    let cause = format!("no durable handler for message {} on actor type {t} (unknown receiver type or message)", rec.message);
-                    Box::pin(async move { (pair, lsn, Outcome::Rejected(cause)) })
-                }
-            },
-            Target::Sink(name) => match self.registry.sinks.get(name) {
-                Some(s) => {
-                    let fut = s.deliver(super::SinkMessage {
-                        id,
-                        sender: sender_name(&sender),
-                        message: rec.message.clone(),
-                        data: rec.data.clone(),
-                    });
-                    Box::pin(async move { (pair, lsn, fut.await) })
-                }
-                None => {
-                    let cause = format!("no sink named {name:?} is registered");
-                    Box::pin(async move { (pair, lsn, Outcome::Rejected(cause)) })
-                }
-            },
+        match self.registry.sinks.get(name) {
+            Some(s) => {
+                let fut = s.deliver(super::SinkMessage {
+                    id,
+                    sender: sender_name(&sender),
+                    message: rec.message.clone(),
+                    data: rec.data.clone(),
+                });
+                Box::pin(async move { one(fut.await) })
+            }
+            None => {
+                let cause = format!("no sink named {name:?} is registered");
+                Box::pin(async move { one(Outcome::Rejected(cause)) })
+            }
         }
     }
 
     fn finish(&self, pk: Rc<[u8]>, lsn: u64, outcome: Outcome) {
         let mut st = self.st.borrow_mut();
+        st.inflight_msgs = st.inflight_msgs.saturating_sub(1);
         let Some(pair) = st.pairs.get_mut(&pk) else {
             return;
         };
@@ -844,13 +1023,13 @@ pub(crate) fn proxy_key(node: u64, stream: u64) -> Option<u64> {
     current().and_then(|d| d.proxy_key(node, stream))
 }
 
-/// Delivers `d` to actor `(A, key)`: as a turn of its activation on this node, or through the
-/// inbound proxy of the node that owns it.
+/// Delivers `ds` to actor `(A, key)`: as one turn of its activation on this node, or through
+/// the inbound proxy of the node that owns it (one message per hop). One outcome per message.
 pub(crate) fn deliver_to<A, M>(
     engine: EngineHandle,
     key: ActorKey,
-    d: Delivery,
-) -> Pin<Box<dyn Future<Output = Outcome>>>
+    ds: Vec<Delivery>,
+) -> Pin<Box<dyn Future<Output = Vec<Outcome>>>>
 where
     A: DurableHandler<M>,
     M: DurableMessage,
@@ -858,19 +1037,45 @@ where
     Box::pin(async move {
         let r = engine.actor_ref::<A>(key);
         if let Some(node) = r.remote_node() {
-            return remote::deliver(node, A::TYPE_NAME, r.id().key.clone(), d).await;
+            let key = r.id().key.clone();
+            return futures::future::join_all(
+                ds.into_iter()
+                    .map(|d| remote::deliver(node, A::TYPE_NAME, key.clone(), d)),
+            )
+            .await;
         }
-        let timeout = d.timeout;
+        let n = ds.len();
+        let timeout = ds.first().map(|d| d.timeout).unwrap_or_default();
         let call = r.ask_timeout(
-            Invoke::new(move |a: &mut A, ctx| Box::pin(super::turn::apply::<A, M>(a, ctx, d))),
+            Invoke::new(move |a: &mut A, ctx| Box::pin(super::turn::apply::<A, M>(a, ctx, ds))),
             timeout,
         );
         match call.await {
             Ok(o) => o,
-            Err(e @ CallError::UnknownActorType { .. }) => Outcome::Rejected(e.to_string()),
-            Err(e) => Outcome::Failed(e.to_string()),
+            Err(e @ CallError::UnknownActorType { .. }) => {
+                vec![Outcome::Rejected(e.to_string()); n]
+            }
+            Err(e) => vec![Outcome::Failed(e.to_string()); n],
         }
     })
+}
+
+/// Stops the dispatcher of every shard of `engine` and waits for each to write its last
+/// acknowledgements (see [`Dispatcher::stop`]). Shards without one answer at once.
+pub(crate) fn stop_all(engine: &EngineHandle) {
+    for shard in 0..engine.shard_count() {
+        let h = engine.spawn_on(shard, || async {
+            if let Some(d) = current() {
+                d.stop().await;
+            }
+        });
+        if h.join().is_err() {
+            tracing::debug!(
+                shard,
+                "outbox: the shard stopped before its dispatcher's stop"
+            );
+        }
+    }
 }
 
 /// Why an [`Outbox`] operation failed.
@@ -914,6 +1119,13 @@ pub struct Outbox {
     engine: EngineHandle,
 }
 
+impl DeadLetter {
+    /// The sender's outbox log key and the message's outbox record payload, for a replay.
+    pub(crate) fn parts(&self) -> (&[u8], &[u8]) {
+        (&self.sender_key, &self.record)
+    }
+}
+
 impl Outbox {
     /// The outboxes of the node behind `engine` (`node.handle()`).
     pub fn new(engine: EngineHandle) -> Self {
@@ -948,6 +1160,35 @@ impl Outbox {
             );
         }
         Ok(out)
+    }
+
+    /// The counters of shard `shard`.
+    pub async fn shard_stats(&self, shard: ShardId) -> Result<OutboxStats, OutboxError> {
+        self.on_shard(shard, |d| Box::pin(async move { Ok(d.stats_now()) }))
+            .await
+    }
+
+    /// Waits until shard `shard`'s dispatcher counted at least `count` messages as delivered
+    /// (acknowledged as applied: the receiver's batch with the effect and the receipt is
+    /// durable); returns the count then. For benchmarks and tests.
+    pub async fn wait_delivered(&self, shard: ShardId, count: u64) -> Result<u64, OutboxError> {
+        self.on_shard(shard, move |d| {
+            Box::pin(async move {
+                let rx = {
+                    let mut st = d.st.borrow_mut();
+                    if st.stats.delivered >= count {
+                        return Ok(st.stats.delivered);
+                    }
+                    let (tx, rx) = futures::channel::oneshot::channel();
+                    st.delivered_waiters.push((count, tx));
+                    rx
+                };
+                rx.await.map_err(|_| OutboxError::ShardStopped { shard })?;
+                let delivered = d.st.borrow().stats.delivered;
+                Ok(delivered)
+            })
+        })
+        .await
     }
 
     /// Every shard's dead letters, oldest first per shard.

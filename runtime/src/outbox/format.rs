@@ -230,6 +230,11 @@ impl<'a> Reader<'a> {
             found => Err(FormatError::UnknownFormat { found }),
         }
     }
+    /// Bytes not read yet.
+    pub(crate) fn remaining(&self) -> usize {
+        self.bytes.len() - self.at
+    }
+
     pub(crate) fn rest(&mut self) -> &'a [u8] {
         let s = &self.bytes[self.at..];
         self.at = self.bytes.len();
@@ -294,16 +299,18 @@ pub fn decode_outbox(bytes: &[u8]) -> Result<OutboxRecord, FormatError> {
     })
 }
 
-// Format (inbox receipt payload, kind Event): { format u8 = 1 | stream u64 | seq u64 | at_ms u64 }
+// Format (inbox receipts payload, kind Event): { format u8 = 1 | (stream u64 | seq u64 |
+//   at_ms u64) * n }, n >= 1 (the receipts of one delivery; a record written before deliveries
+//   were batched holds one, the same bytes)
 // Format (inbox table payload, kind Snapshot): { format u8 = 1 | count u32 |
 //   (stream u64 | seq u64 | at_ms u64) * count }
-/// Encodes inbox entries (one: a receipt; any number: a table snapshot).
+/// Encodes inbox entries (receipts: one or more; a table snapshot: any number).
 pub fn encode_inbox(out: &mut Vec<u8>, entries: &[(u64, u64, u64)], table: bool) {
     out.push(RECORD_FORMAT);
     if table {
         out.extend_from_slice(&(entries.len() as u32).to_le_bytes());
     } else {
-        debug_assert_eq!(entries.len(), 1, "a receipt is one entry");
+        debug_assert!(!entries.is_empty(), "a receipts record has an entry");
     }
     for (s, q, t) in entries {
         out.extend_from_slice(&s.to_le_bytes());
@@ -316,7 +323,17 @@ pub fn encode_inbox(out: &mut Vec<u8>, entries: &[(u64, u64, u64)], table: bool)
 pub fn decode_inbox(bytes: &[u8], table: bool) -> Result<Vec<(u64, u64, u64)>, FormatError> {
     let mut r = Reader::new(bytes);
     r.format()?;
-    let n = if table { r.u32()? as usize } else { 1 };
+    let n = if table {
+        r.u32()? as usize
+    } else {
+        let rest = r.remaining();
+        if rest == 0 || !rest.is_multiple_of(24) {
+            return Err(FormatError::Invalid {
+                what: "inbox receipts length",
+            });
+        }
+        rest / 24
+    };
     let mut out = Vec::with_capacity(n.min(1 << 20));
     for _ in 0..n {
         out.push((r.u64()?, r.u64()?, r.u64()?));
@@ -388,6 +405,15 @@ mod tests {
         let mut b = Vec::new();
         encode_inbox(&mut b, &[(1, 2, 3)], false);
         assert_eq!(decode_inbox(&b, false).unwrap(), vec![(1, 2, 3)]);
+        // A delivery's receipts: several entries in one record; a cut one is refused.
+        let mut b = Vec::new();
+        encode_inbox(&mut b, &[(1, 2, 3), (7, 8, 9), (4, 5, 6)], false);
+        assert_eq!(
+            decode_inbox(&b, false).unwrap(),
+            vec![(1, 2, 3), (7, 8, 9), (4, 5, 6)]
+        );
+        assert!(decode_inbox(&b[..b.len() - 1], false).is_err());
+        assert!(decode_inbox(&b[..1], false).is_err());
         let mut b = Vec::new();
         encode_state(&mut b, 3, 4, 5, b"xy");
         assert_eq!(decode_state(&b).unwrap(), (3, 4, 5, &b"xy"[..]));

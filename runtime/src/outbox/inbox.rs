@@ -26,9 +26,9 @@ pub(crate) struct Inbox {
     since_snapshot: u32,
 }
 
-/// A receipt written into a batch, to record once it is durable.
+/// Receipts written into a batch (one record), to record once it is durable.
 pub(crate) struct StagedReceipt {
-    pub id: MessageId,
+    pub ids: Vec<MessageId>,
     at_ms: u64,
     snapshot: bool,
 }
@@ -113,11 +113,12 @@ pub(crate) fn seen<A: Actor>(ctx: &Context<A>, id: MessageId) -> bool {
     ctx.extension(|i: &mut Inbox| i.table.get(&id.stream).is_some_and(|(q, _)| id.seq <= *q))
 }
 
-/// Adds the receipt of `id` to `batch`: a receipt record, or every `inbox_snapshot_every`
-/// receipts the whole table (with `id`) as a snapshot record that supersedes the receipts.
-pub(crate) fn stage_receipt<A: Actor>(
+/// Adds the receipts of `ids` to `batch` as one record: a receipt record listing them, or,
+/// once `inbox_snapshot_every` receipt records were written since the last snapshot, the whole
+/// table (with `ids`) as a snapshot record that supersedes the receipts.
+pub(crate) fn stage_receipts<A: Actor>(
     ctx: &Context<A>,
-    id: MessageId,
+    ids: Vec<MessageId>,
     batch: &mut Batch,
 ) -> StagedReceipt {
     let every = dispatcher::current()
@@ -131,13 +132,20 @@ pub(crate) fn stage_receipt<A: Actor>(
         let snapshot = i.since_snapshot + 1 >= every;
         let mut payload = Vec::new();
         if snapshot {
-            let mut entries: Vec<(u64, u64, u64)> =
-                i.table.iter().map(|(s, (q, t))| (*s, *q, *t)).collect();
-            entries.retain(|e| e.0 != id.stream);
-            entries.push((id.stream, id.seq, at_ms));
+            let mut table = i.table.clone();
+            for id in &ids {
+                let e = table.entry(id.stream).or_insert((id.seq, at_ms));
+                if id.seq >= e.0 {
+                    *e = (id.seq, at_ms);
+                }
+            }
+            let entries: Vec<(u64, u64, u64)> =
+                table.iter().map(|(s, (q, t))| (*s, *q, *t)).collect();
             format::encode_inbox(&mut payload, &entries, true);
         } else {
-            format::encode_inbox(&mut payload, &[(id.stream, id.seq, at_ms)], false);
+            let entries: Vec<(u64, u64, u64)> =
+                ids.iter().map(|id| (id.stream, id.seq, at_ms)).collect();
+            format::encode_inbox(&mut payload, &entries, false);
         }
         batch.push(NewRecord {
             kind: if snapshot {
@@ -150,20 +158,22 @@ pub(crate) fn stage_receipt<A: Actor>(
             expires_at_ms: None,
         });
         StagedReceipt {
-            id,
+            ids,
             at_ms,
             snapshot,
         }
     })
 }
 
-/// The batch with receipt `r` is durable.
+/// The batch with receipts `r` is durable.
 pub(crate) fn committed<A: Actor>(ctx: &Context<A>, r: StagedReceipt) {
     let (window, count_max) = limits();
     let evicted = ctx.extension(|i: &mut Inbox| {
-        let e = i.table.entry(r.id.stream).or_insert((r.id.seq, r.at_ms));
-        if r.id.seq >= e.0 {
-            *e = (r.id.seq, r.at_ms);
+        for id in &r.ids {
+            let e = i.table.entry(id.stream).or_insert((id.seq, r.at_ms));
+            if id.seq >= e.0 {
+                *e = (id.seq, r.at_ms);
+            }
         }
         if r.snapshot {
             i.since_snapshot = 0;

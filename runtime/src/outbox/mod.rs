@@ -22,6 +22,7 @@ mod config;
 mod dispatcher;
 pub mod format;
 mod inbox;
+pub mod offline;
 mod postgres;
 mod remote;
 pub mod saga;
@@ -86,6 +87,20 @@ pub struct Retry {
     pub reason: String,
 }
 
+impl std::str::FromStr for MessageId {
+    type Err = String;
+
+    /// Parses the display form `<stream as 16 hex digits>-<seq>`.
+    fn from_str(s: &str) -> Result<Self, String> {
+        let bad = || format!("{s:?} is not a message id (<16 hex digits>-<sequence>)");
+        let (stream, seq) = s.split_once('-').ok_or_else(bad)?;
+        Ok(MessageId {
+            stream: u64::from_str_radix(stream, 16).map_err(|_| bad())?,
+            seq: seq.parse().map_err(|_| bad())?,
+        })
+    }
+}
+
 /// The stable id of a durable message: the sender's id stream (a 64-bit fingerprint of sender
 /// actor, node and shard) and a sequence number (the LSN of the outbox record in the
 /// sender's shard log), increasing per stream in send order.
@@ -118,9 +133,11 @@ pub(crate) enum Outcome {
     Failed(String),
 }
 
-type DeliverFut = std::pin::Pin<Box<dyn Future<Output = Outcome>>>;
-/// Delivers one message to an actor of a concrete type (local or remote).
-pub(crate) type DeliverFn = fn(EngineHandle, quark_placement::ActorKey, Delivery) -> DeliverFut;
+type DeliverFut = std::pin::Pin<Box<dyn Future<Output = Vec<Outcome>>>>;
+/// Delivers messages (one receiver, one message type) to an actor of a concrete type (local or
+/// remote); one outcome per message, in order.
+pub(crate) type DeliverFn =
+    fn(EngineHandle, quark_placement::ActorKey, Vec<Delivery>) -> DeliverFut;
 
 /// The node's durable-message routes and sinks (shared by its shards).
 #[derive(Default)]
@@ -149,6 +166,11 @@ impl Setup {
     pub(crate) fn set_config(&mut self, config: OutboxConfig) {
         self.used = true;
         self.config = config;
+    }
+
+    /// Sets the keys of the file's `[outbox]` section over the code's config (key by key).
+    pub(crate) fn apply_file(&mut self, section: &crate::config::OutboxSection) {
+        section.apply(&mut self.config);
     }
 
     pub(crate) fn add_handler<A, M>(&mut self)
@@ -203,10 +225,34 @@ impl Started {
     }
 }
 
+/// Stops every shard's dispatcher and waits until each wrote its last acknowledgements
+/// (called by `Node::shutdown` before the engine stops).
+pub(crate) fn stop(engine: &EngineHandle) {
+    dispatcher::stop_all(engine);
+}
+
 /// Milliseconds since the Unix epoch.
 pub(crate) fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::MessageId;
+
+    #[test]
+    fn message_ids_parse_from_their_display_form() {
+        let id = MessageId {
+            stream: 0xd3df_9ea9_0f47_c051,
+            seq: 17,
+        };
+        assert_eq!(id.to_string(), "d3df9ea90f47c051-17");
+        assert_eq!("d3df9ea90f47c051-17".parse::<MessageId>(), Ok(id));
+        assert!("d3df9ea90f47c051".parse::<MessageId>().is_err());
+        assert!("xyz-1".parse::<MessageId>().is_err());
+        assert!("12-".parse::<MessageId>().is_err());
+    }
 }

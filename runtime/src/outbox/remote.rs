@@ -111,7 +111,10 @@ impl Handler<DurableWire> for InboundProxy {
             data: m.data,
             timeout: std::time::Duration::from_millis(m.timeout_ms),
         };
-        to_wire(f(ctx.engine(), key, delivery).await)
+        let outcome = f(ctx.engine(), key, vec![delivery]).await.pop();
+        to_wire(
+            outcome.unwrap_or_else(|| Outcome::Failed("the receiver answered no outcome".into())),
+        )
     }
 }
 

@@ -84,12 +84,20 @@ pub(crate) struct StagedMsg {
 #[derive(Default)]
 pub(crate) struct Staged {
     msgs: Vec<StagedMsg>,
-    /// The id of the durable message this turn handles, until a commit carried its receipt.
-    receipt: Option<MessageId>,
-    /// The receipt of the current delivery is durable.
-    receipt_committed: bool,
+    /// Ids of the durable messages this turn applied, until a commit carried their receipts.
+    receipts: Vec<MessageId>,
     /// The id of the durable message this turn handles (for [`Durable::message_id`]).
     current: Option<MessageId>,
+    /// A delivery's turn is running: commits (`save`, `commit`) stage their records in
+    /// `deferred`, and the delivery writes everything in one batch after its last handler.
+    deferring: bool,
+    /// Records of the commits made while `deferring`, in order.
+    deferred: Vec<NewRecord>,
+    /// Commits made while `deferring` (to tell whether a failing handler committed).
+    deferred_commits: u32,
+    /// [`Durable::after_commit`] callbacks, run once the batch carrying this turn's staged
+    /// effects is durable.
+    after: Vec<Box<dyn FnOnce()>>,
     /// A durable turn failed after its handler ran: the memory may be ahead of the log. No
     /// durable message is handled and no state saved until the activation is reloaded.
     stale: bool,
@@ -118,16 +126,35 @@ impl Drop for Staged {
 /// What a commit took from the staging area.
 pub(crate) struct Taken {
     msgs: Vec<StagedMsg>,
-    receipt: Option<StagedReceipt>,
+    after: Vec<Box<dyn FnOnce()>>,
+    receipts: Option<StagedReceipt>,
     first_index: usize,
     outbox_key: Vec<u8>,
 }
 
-/// Moves the turn's staged messages and receipt into `batch` (for commits built elsewhere,
-/// e.g. the journal's `persist`). Call [`committed`] or [`aborted`] with the result.
+/// Moves the turn's deferred records, staged messages and receipts into `batch` (for commits
+/// built elsewhere, e.g. the journal's `persist`). Call [`committed`] or [`aborted`] with the
+/// result.
 pub(crate) fn stage_into<A: Actor>(ctx: &Context<A>, batch: &mut Batch) -> Taken {
-    let (msgs, receipt) =
-        ctx.extension(|s: &mut Staged| (std::mem::take(&mut s.msgs), s.receipt.take()));
+    let (msgs, receipts, deferred, after) = ctx.extension(|s: &mut Staged| {
+        (
+            std::mem::take(&mut s.msgs),
+            std::mem::take(&mut s.receipts),
+            std::mem::take(&mut s.deferred),
+            std::mem::take(&mut s.after),
+        )
+    });
+    if !deferred.is_empty() {
+        // The deferred commits came first: their records go before this commit's own.
+        let mut all = Batch::new();
+        for r in deferred {
+            push_replacing(&mut all, r);
+        }
+        for r in batch.records() {
+            push_replacing(&mut all, r.clone());
+        }
+        *batch = all;
+    }
     let outbox_key = if msgs.is_empty() {
         Vec::new()
     } else {
@@ -144,17 +171,41 @@ pub(crate) fn stage_into<A: Actor>(ctx: &Context<A>, batch: &mut Batch) -> Taken
             expires_at_ms: None,
         });
     }
-    let receipt = receipt.map(|id| inbox::stage_receipt(ctx, id, batch));
+    let receipts = (!receipts.is_empty()).then(|| inbox::stage_receipts(ctx, receipts, batch));
     Taken {
         msgs,
-        receipt,
+        after,
+        receipts,
         first_index,
         outbox_key,
     }
 }
 
+/// Adds `r` to `batch`; a snapshot replaces an earlier snapshot of the same key in the batch
+/// (two saves of one state in a delivery write the last one only).
+fn push_replacing(batch: &mut Batch, r: NewRecord) {
+    if r.kind == RecordKind::Snapshot {
+        if let Some(i) = batch
+            .records()
+            .iter()
+            .position(|x| x.kind == RecordKind::Snapshot && x.key == r.key)
+        {
+            let mut rebuilt = Batch::new();
+            for (j, x) in batch.records().iter().enumerate() {
+                if j != i {
+                    rebuilt.push(x.clone());
+                }
+            }
+            rebuilt.push(r);
+            *batch = rebuilt;
+            return;
+        }
+    }
+    batch.push(r);
+}
+
 /// The batch holding `taken` is durable at `range`: hand the messages to the dispatcher and
-/// record the receipt.
+/// record the receipts.
 pub(crate) fn committed<A: Actor>(ctx: &Context<A>, taken: Taken, range: &LsnRange) {
     if !taken.msgs.is_empty() {
         let key: std::rc::Rc<[u8]> = taken.outbox_key.into();
@@ -164,23 +215,27 @@ pub(crate) fn committed<A: Actor>(ctx: &Context<A>, taken: Taken, range: &LsnRan
             dispatcher::enqueue(key.clone(), lsn, m.record, m.reserved);
         }
     }
-    if let Some(r) = taken.receipt {
+    if let Some(r) = taken.receipts {
         inbox::committed(ctx, r);
-        ctx.extension(|s: &mut Staged| s.receipt_committed = true);
+    }
+    for f in taken.after {
+        f();
     }
 }
 
-/// The batch holding `taken` failed: the messages are dropped (never sent) and the receipt is
-/// staged again (the delivery then reports a failure and is retried).
+/// The batch holding `taken` failed: the messages are dropped (never sent) and the receipts
+/// are staged again (the deliveries then report a failure and are retried).
 pub(crate) fn aborted<A: Actor>(ctx: &Context<A>, taken: Taken) {
     let bytes: u64 = taken.msgs.iter().map(|m| m.reserved).sum();
     dispatcher::release(bytes);
-    if let Some(r) = taken.receipt {
-        ctx.extension(|s: &mut Staged| s.receipt = Some(r.id));
+    if let Some(r) = taken.receipts {
+        ctx.extension(|s: &mut Staged| s.receipts = r.ids);
     }
 }
 
-/// Appends `batch` plus the turn's staged effects; `Ok(None)` when there was nothing to write.
+/// Appends `batch` plus the turn's staged effects; `Ok(None)` when there was nothing to write,
+/// or when a delivery's turn is running: the records are then deferred to the delivery's one
+/// batch, written after its last handler returned.
 pub(crate) async fn commit_with<A: Actor>(
     ctx: &Context<A>,
     mut batch: Batch,
@@ -190,8 +245,29 @@ pub(crate) async fn commit_with<A: Actor>(
             actor: ctx.id().clone(),
         });
     };
+    let deferred = ctx.extension(|s: &mut Staged| {
+        if !s.deferring {
+            return false;
+        }
+        s.deferred_commits += 1;
+        for r in batch.records() {
+            if r.kind == RecordKind::Snapshot {
+                s.deferred
+                    .retain(|x| !(x.kind == RecordKind::Snapshot && x.key == r.key));
+            }
+            s.deferred.push(r.clone());
+        }
+        true
+    });
+    if deferred {
+        return Ok(None);
+    }
     let taken = stage_into(ctx, &mut batch);
     if batch.is_empty() {
+        // Nothing to wait for.
+        for f in taken.after {
+            f();
+        }
         return Ok(None);
     }
     match log.append(&batch).await {
@@ -242,6 +318,12 @@ pub trait Durable {
 
     /// The id of the durable message this turn is handling (`None` in other turns).
     fn message_id(&self) -> Option<MessageId>;
+
+    /// Runs `f` once the batch that carries this turn's staged effects (the next commit; in a
+    /// durable handler, the delivery's batch) is durable; drops it if that batch fails. The
+    /// place to start an effect outside the actor that must not happen unless the state is
+    /// durable (it runs at most once per call; a retried delivery registers it again).
+    fn after_commit(&self, f: impl FnOnce() + 'static);
 }
 
 impl<A: Actor> Durable for Context<A> {
@@ -269,6 +351,10 @@ impl<A: Actor> Durable for Context<A> {
 
     fn message_id(&self) -> Option<MessageId> {
         self.extension(|s: &mut Staged| s.current)
+    }
+
+    fn after_commit(&self, f: impl FnOnce() + 'static) {
+        self.extension(|s: &mut Staged| s.after.push(Box::new(f)));
     }
 }
 
@@ -321,72 +407,120 @@ impl<A: Actor> Stage for Context<A> {
     }
 }
 
-/// Runs durable message `d` as a turn of `a`: the inbox check, the handler, and the receipt's
-/// commit.
-pub(crate) async fn apply<A, M>(a: &mut A, ctx: &Context<A>, d: Delivery) -> Outcome
+/// Ends a delivery's deferring of commits when dropped.
+struct EndDeferring<'a, A: Actor>(&'a Context<A>);
+
+impl<A: Actor> Drop for EndDeferring<'_, A> {
+    fn drop(&mut self) {
+        self.0.extension(|s: &mut Staged| s.deferring = false);
+    }
+}
+
+/// Runs durable messages `ds` (one receiver, one message type, distinct sender streams) as
+/// one turn of `a`: per message the inbox check and the handler; then one commit carrying the
+/// handlers' state and sent messages and every applied message's receipt. Returns one outcome
+/// per message, in order.
+pub(crate) async fn apply<A, M>(a: &mut A, ctx: &Context<A>, ds: Vec<Delivery>) -> Vec<Outcome>
 where
     A: DurableHandler<M>,
     M: DurableMessage,
 {
+    let n = ds.len();
+    let all_failed = |cause: String| vec![Outcome::Failed(cause); n];
     if dispatcher::current().is_none() {
         // The receiving shard's dispatcher is still being installed (the node is starting).
-        return Outcome::Failed(format!("the outbox of {}'s shard is starting", ctx.id()));
+        return all_failed(format!("the outbox of {}'s shard is starting", ctx.id()));
     }
     if is_stale(ctx) {
-        return Outcome::Failed(format!(
+        return all_failed(format!(
             "{} is reloading after a failed durable turn",
             ctx.id()
         ));
     }
     if let Err(e) = inbox::ensure_loaded(ctx).await {
-        return Outcome::Failed(e);
+        return all_failed(e);
     }
-    if inbox::seen(ctx, d.id) {
-        return Outcome::Duplicate;
-    }
-    let msg: M = match postcard::from_bytes(&d.data) {
-        Ok(m) => m,
-        Err(e) => {
-            return Outcome::Rejected(format!(
-                "message {} to {} did not decode: {e}",
-                d.message,
-                ctx.id()
-            ))
-        }
-    };
     ctx.extension(|s: &mut Staged| {
-        s.receipt = Some(d.id);
-        s.receipt_committed = false;
-        s.current = Some(d.id);
+        s.deferring = true;
+        s.deferred_commits = 0;
     });
-    let result = a.handle_durable(msg, ctx).await;
-    let committed = ctx.extension(|s: &mut Staged| {
-        s.current = None;
-        s.receipt_committed
-    });
-    if committed {
-        return Outcome::Applied;
-    }
-    match result {
-        Ok(()) => match commit_with(ctx, Batch::new()).await {
-            Ok(_) => Outcome::Applied,
+    // Commits defer only inside this turn, also if a handler panics or the turn is dropped.
+    let deferring = EndDeferring(ctx);
+    let mut out: Vec<Outcome> = Vec::with_capacity(n);
+    // Indices in `out` of the messages whose receipts the final commit carries.
+    let mut applied: Vec<usize> = Vec::with_capacity(n);
+    let mut stop: Option<String> = None;
+    for d in ds {
+        if let Some(cause) = &stop {
+            out.push(Outcome::Failed(cause.clone()));
+            continue;
+        }
+        let in_batch = ctx.extension(|s: &mut Staged| s.receipts.contains(&d.id));
+        if in_batch || inbox::seen(ctx, d.id) {
+            out.push(Outcome::Duplicate);
+            continue;
+        }
+        let msg: M = match postcard::from_bytes(&d.data) {
+            Ok(m) => m,
             Err(e) => {
-                ctx.extension(|s: &mut Staged| s.receipt = None);
-                mark_stale(ctx);
-                Outcome::Failed(e.to_string())
+                out.push(Outcome::Rejected(format!(
+                    "message {} to {} did not decode: {e}",
+                    d.message,
+                    ctx.id()
+                )));
+                continue;
             }
-        },
-        Err(retry) => {
-            // Nothing was committed: drop what the handler staged, and the receipt. The
-            // handler may have changed the state in memory before failing, so the activation
-            // reloads from the log before the message is handled again.
-            let dropped = ctx.extension(|s: &mut Staged| {
-                s.receipt = None;
-                std::mem::take(&mut s.msgs)
-            });
-            dispatcher::release(dropped.iter().map(|m| m.reserved).sum());
-            mark_stale(ctx);
-            Outcome::Failed(retry.to_string())
+        };
+        let (commits_before, msgs_before, after_before) = ctx.extension(|s: &mut Staged| {
+            s.receipts.push(d.id);
+            s.current = Some(d.id);
+            (s.deferred_commits, s.msgs.len(), s.after.len())
+        });
+        let result = a.handle_durable(msg, ctx).await;
+        // Committed: a (deferred) save or commit ran, or a journal persist took the receipt.
+        let committed = ctx.extension(|s: &mut Staged| {
+            s.current = None;
+            s.deferred_commits > commits_before || !s.receipts.contains(&d.id)
+        });
+        let failed = match result {
+            Ok(()) => None,
+            // A handler that committed and then failed: its commit carries its receipt, so it
+            // counts as applied (as it would have in a turn of its own).
+            Err(_) if committed => None,
+            Err(retry) => Some(retry),
+        };
+        match failed {
+            None => {
+                applied.push(out.len());
+                out.push(Outcome::Applied);
+            }
+            Some(retry) => {
+                // Nothing of this message was committed: drop what its handler staged and its
+                // receipt. The handler may have changed the state in memory, so the rest of
+                // the delivery is not handled and the activation reloads afterwards.
+                let dropped = ctx.extension(|s: &mut Staged| {
+                    s.receipts.retain(|id| *id != d.id);
+                    s.after.truncate(after_before.min(s.after.len()));
+                    s.msgs.split_off(msgs_before.min(s.msgs.len()))
+                });
+                dispatcher::release(dropped.iter().map(|m| m.reserved).sum());
+                let cause = retry.to_string();
+                out.push(Outcome::Failed(cause.clone()));
+                stop = Some(format!(
+                    "not handled: an earlier message of the delivery failed ({cause})"
+                ));
+            }
         }
     }
+    drop(deferring);
+    if let Err(e) = commit_with(ctx, Batch::new()).await {
+        ctx.extension(|s: &mut Staged| s.receipts.clear());
+        mark_stale(ctx);
+        for i in applied {
+            out[i] = Outcome::Failed(e.to_string());
+        }
+    } else if stop.is_some() {
+        mark_stale(ctx);
+    }
+    out
 }

@@ -144,8 +144,25 @@ pub struct Credit {
 impl DurableMessage for Credit {
     const NAME: &'static str = "test.Credit";
 }
+/// (receiver key, id) of every credit whose `after_commit` callback ran.
+pub static AFTER_COMMIT: Mutex<Vec<(u64, MessageId)>> = Mutex::new(Vec::new());
+
+/// Ids whose `after_commit` callback ran at receiver `key`, in order.
+pub fn after_commit_ids(key: u64) -> Vec<MessageId> {
+    AFTER_COMMIT
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(k, _)| *k == key)
+        .map(|(_, id)| *id)
+        .collect()
+}
+
 impl DurableHandler<Credit> for Account {
     async fn handle_durable(&mut self, m: Credit, ctx: &Context<Self>) -> Result<(), Retry> {
+        // Registered first, so that a failing attempt has one to drop.
+        let (key, id) = (key_u64(ctx), ctx.message_id().expect("a durable turn"));
+        ctx.after_commit(move || AFTER_COMMIT.lock().unwrap().push((key, id)));
         let b = behaviour(key_u64(ctx));
         match b {
             Some(Behaviour::Retry) => {
