@@ -690,13 +690,70 @@ impl<A: Actor> Future for MailWait<'_, A> {
 /// The task of one activation: activate, run turns one at a time, deactivate; reactivate in
 /// place if mail arrived during deactivation.
 async fn run_activation<A: Actor>(act: Rc<Activation<A>>, info: Arc<TypeInfo<A>>) {
+    // The mailbox loop stays in this function (not a nested async fn): it is on every
+    // message's path, and an extra future layer costs instructions per turn.
+    let core = act.ctx.core.clone();
     loop {
         let Some(mut actor) = activate(&act, &info).await else {
             return;
         };
-        if let Err((reply, panic)) = serve_mailbox(&act, &mut actor).await {
-            turn_panicked(&act, actor, reply, panic);
-            return;
+        let mailbox_cap = core.node.config.mailbox_capacity;
+        let mut budget = TURN_BUDGET;
+        let mut slice_start = core.now();
+        loop {
+            let item = act.mailbox.borrow_mut().pop_front();
+            let Some(item) = item else {
+                if act.stop_requested.get() {
+                    break;
+                }
+                MailWait { act: &act }.await;
+                continue;
+            };
+            act.wake_space_waiters(mailbox_cap);
+            let reply = item.reply_to();
+            let origin = item.origin();
+            let mut yield_after = false;
+            if let Some(deadline) = item.deadline() {
+                // An ask: not run if its caller stopped waiting (an overloaded actor catches up
+                // instead of working for nobody). Judged with a clock fresh enough for this
+                // deadline (see `Shard::deadline_passed`).
+                if core.deadline_passed(deadline) || !core.is_awaited(reply) {
+                    drop(item);
+                    crate::envelope::expire_reply(&core, reply);
+                    core.turn_done(origin, reply);
+                    let s = &core.stats.asks_expired_skipped;
+                    s.set(s.get() + 1);
+                    continue;
+                }
+                let now = core.now();
+                if now.saturating_duration_since(slice_start) >= TURN_TIME_BUDGET {
+                    yield_after = true;
+                    slice_start = now;
+                }
+            }
+            if origin != Origin::Timer {
+                act.last_active.set(core.now());
+            }
+            act.enter(Life::Running);
+            let result = {
+                let mut turn = std::pin::pin!(crate::turn::Turn::empty());
+                item.start(&mut actor, &act.ctx, turn.as_mut());
+                RunTurn {
+                    turn: turn.as_mut(),
+                }
+                .await
+            };
+            core.turn_done(origin, reply);
+            if let Err(panic) = result {
+                turn_panicked(&act, actor, reply, panic);
+                return;
+            }
+            act.enter(Life::Idle);
+            budget -= 1;
+            if budget == 0 || yield_after {
+                budget = TURN_BUDGET;
+                crate::rt::yield_now().await;
+            }
         }
         if !deactivate(&act, actor).await {
             return;
@@ -734,72 +791,6 @@ async fn activate<A: Actor>(act: &Rc<Activation<A>>, info: &Arc<TypeInfo<A>>) ->
     }
     act.enter(Life::Idle);
     Some(actor)
-}
-
-/// Runs turns from the mailbox until a deactivation is asked for and the mailbox is empty
-/// (`Ok`), or a handler panicked (`Err`: the panicked call's reply address and the message).
-async fn serve_mailbox<A: Actor>(
-    act: &Rc<Activation<A>>,
-    actor: &mut A,
-) -> Result<(), (ReplyTo, String)> {
-    let core = &act.ctx.core;
-    let mailbox_cap = core.node.config.mailbox_capacity;
-    let mut budget = TURN_BUDGET;
-    let mut slice_start = core.now();
-    loop {
-        let item = act.mailbox.borrow_mut().pop_front();
-        let Some(item) = item else {
-            if act.stop_requested.get() {
-                return Ok(());
-            }
-            MailWait { act }.await;
-            continue;
-        };
-        act.wake_space_waiters(mailbox_cap);
-        let reply = item.reply_to();
-        let origin = item.origin();
-        let mut yield_after = false;
-        if let Some(deadline) = item.deadline() {
-            // An ask: not run if its caller stopped waiting (an overloaded actor catches up
-            // instead of working for nobody). Judged with a clock fresh enough for this
-            // deadline (see `Shard::deadline_passed`).
-            if core.deadline_passed(deadline) || !core.is_awaited(reply) {
-                drop(item);
-                crate::envelope::expire_reply(core, reply);
-                core.turn_done(origin, reply);
-                let s = &core.stats.asks_expired_skipped;
-                s.set(s.get() + 1);
-                continue;
-            }
-            let now = core.now();
-            if now.saturating_duration_since(slice_start) >= TURN_TIME_BUDGET {
-                yield_after = true;
-                slice_start = now;
-            }
-        }
-        if origin != Origin::Timer {
-            act.last_active.set(core.now());
-        }
-        act.enter(Life::Running);
-        let result = {
-            let mut turn = std::pin::pin!(crate::turn::Turn::empty());
-            item.start(actor, &act.ctx, turn.as_mut());
-            RunTurn {
-                turn: turn.as_mut(),
-            }
-            .await
-        };
-        core.turn_done(origin, reply);
-        if let Err(panic) = result {
-            return Err((reply, panic));
-        }
-        act.enter(Life::Idle);
-        budget -= 1;
-        if budget == 0 || yield_after {
-            budget = TURN_BUDGET;
-            crate::rt::yield_now().await;
-        }
-    }
 }
 
 /// A handler panicked: its caller gets `ActorPanicked`, queued calls `ActivationAborted`, and

@@ -51,22 +51,24 @@ pub(crate) struct TaskRef {
 }
 
 /// The scheduler of one shard (see the module doc).
-pub(crate) struct Scheduler {
+pub(crate) struct Scheduler<R: WakeRoute> {
     shard: ShardId,
-    route: Arc<dyn WakeRoute>,
+    route: Arc<R>,
     ready: RefCell<VecDeque<TaskRef>>,
     slots: RefCell<Vec<Slot>>,
     free: RefCell<Vec<u32>>,
     live: Cell<usize>,
 }
 
-struct TaskWaker {
-    route: Arc<dyn WakeRoute>,
+/// Generic over the route (not `dyn`): a wake is on every ask's path, and the engine's route
+/// inlines here.
+struct TaskWaker<R: WakeRoute> {
+    route: Arc<R>,
     shard: ShardId,
     task: TaskRef,
 }
 
-impl Wake for TaskWaker {
+impl<R: WakeRoute> Wake for TaskWaker<R> {
     fn wake(self: Arc<Self>) {
         self.wake_by_ref();
     }
@@ -76,8 +78,8 @@ impl Wake for TaskWaker {
     }
 }
 
-impl Scheduler {
-    pub(crate) fn new(shard: ShardId, route: Arc<dyn WakeRoute>) -> Self {
+impl<R: WakeRoute> Scheduler<R> {
+    pub(crate) fn new(shard: ShardId, route: Arc<R>) -> Self {
         Scheduler {
             shard,
             route,
@@ -322,6 +324,7 @@ impl<T> Future for SpawnHandle<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::engine::shared::NodeShared;
     use crate::{EngineBuilder, EngineConfig, ShardSpec};
 
     /// The log of a test: what ran, and `|` at each end of a round.
@@ -330,7 +333,7 @@ mod tests {
     /// A scheduler driven by the test, on the test thread. Its tasks never call their
     /// wakers (those would route to the engine's shard); a wake is `schedule(task_ref)`, which
     /// is what the waker does on the owning thread.
-    fn with_scheduler(f: impl FnOnce(&Rc<Scheduler>)) {
+    fn with_scheduler(f: impl FnOnce(&Rc<Scheduler<NodeShared>>)) {
         let engine = EngineBuilder::new(EngineConfig {
             shards: ShardSpec::Count(1),
             pin_threads: false,
@@ -346,7 +349,7 @@ mod tests {
     }
 
     /// Spawns a task and returns its identity (the task just queued).
-    fn spawn(exec: &Scheduler, fut: impl Future<Output = ()> + 'static) -> TaskRef {
+    fn spawn(exec: &Scheduler<NodeShared>, fut: impl Future<Output = ()> + 'static) -> TaskRef {
         exec.spawn(fut);
         *exec
             .ready
@@ -377,7 +380,7 @@ mod tests {
         })
     }
 
-    fn run(exec: &Scheduler, log: &Log, budget: usize) -> usize {
+    fn run(exec: &Scheduler<NodeShared>, log: &Log, budget: usize) -> usize {
         exec.run_ready(budget, || {
             log.borrow_mut().push("|".into());
             false

@@ -49,7 +49,7 @@ pub(crate) struct Shard {
     pub(crate) timers: RefCell<Timers>,
     pub(crate) signal: PumpSignal,
     pub(crate) stats: ShardStats,
-    pub(crate) sched: Scheduler,
+    pub(crate) sched: Scheduler<NodeShared>,
     /// The shard's durable log, if the node has a data directory.
     pub(crate) log: Option<Rc<quark_persist::Log<crate::rt::log_io::UringIo>>>,
     /// The shard's cluster transport, if the engine is part of a cluster (or a client).

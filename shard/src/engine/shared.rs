@@ -126,6 +126,7 @@ pub(crate) fn current_core(node: &Arc<NodeShared>) -> Option<Rc<Shard>> {
 }
 
 impl crate::scheduler::WakeRoute for NodeShared {
+    #[inline]
     fn wake(&self, shard: ShardId, task: crate::scheduler::TaskRef) {
         let here = CURRENT.with(|c| match c.get() {
             Some(core) if core.id == shard && std::ptr::eq(Arc::as_ptr(&core.node), self) => {
