@@ -62,6 +62,12 @@ pub enum NodeError {
     /// `allow_remote`, or the address could not be bound.
     #[error(transparent)]
     Admin(#[from] AdminError),
+    /// A shard's jobs could not be recovered from its log (see `docs/JOBS.md`).
+    #[error(transparent)]
+    Jobs(#[from] crate::jobs::JobsStartError),
+    /// A shard's reminders could not be recovered, or their settings are out of range.
+    #[error(transparent)]
+    Reminders(#[from] crate::reminders::RemindersStartError),
     /// The outbox configuration was refused (see `docs/OUTBOX.md`).
     #[error(transparent)]
     Outbox(#[from] crate::outbox::OutboxConfigError),
@@ -121,6 +127,7 @@ pub struct NodeBuilder {
     after_start: Vec<AfterStart>,
     wire: Vec<WireRegistration>,
     jobs: crate::jobs::JobsSetup,
+    reminders: crate::reminders::Setup,
     outbox: crate::outbox::Setup,
 }
 
@@ -263,6 +270,23 @@ impl NodeBuilder {
         self
     }
 
+    /// Lets actors of type `A` have durable reminders (see [`crate::reminders`]): their ticks
+    /// are delivered after a restart too. Reminders run when the node has a log (`[log]`);
+    /// each shard recovers its reminders before `start` returns.
+    pub fn register_reminders<A>(mut self) -> Self
+    where
+        A: quark_shard::Handler<crate::reminders::ReminderTick>,
+    {
+        self.reminders.register::<A>();
+        self
+    }
+
+    /// Node-wide reminder settings (see [`crate::reminders::RemindersConfig`]).
+    pub fn reminders_config(mut self, config: crate::reminders::RemindersConfig) -> Self {
+        self.reminders.config(config);
+        self
+    }
+
     /// Runs the outbox on this node with `config` (the defaults otherwise; see
     /// `docs/OUTBOX.md`). Start-up refuses a config whose `give_up_after` is not below its
     /// `dedupe_window`.
@@ -339,7 +363,22 @@ impl NodeBuilder {
         for start in self.after_start {
             start(&handle, &self.config);
         }
-        let jobs = self.jobs.start(&handle, self.config.engine.log.is_some());
+        let has_log = self.config.engine.log.is_some();
+        // A feature that cannot recover its records is a start error: stop the shards first.
+        let jobs = match self.jobs.start(&handle, has_log) {
+            Ok(j) => j,
+            Err(e) => {
+                let _report = engine.shutdown();
+                return Err(e.into());
+            }
+        };
+        let reminders = match self.reminders.start(&handle, has_log) {
+            Ok(r) => r,
+            Err(e) => {
+                let _report = engine.shutdown();
+                return Err(e.into());
+            }
+        };
         let info = NodeInfo {
             node_id: engine.node_id(),
             cluster_listen: engine.listen_addr(),
@@ -369,6 +408,7 @@ impl NodeBuilder {
             info,
             config: self.config,
             jobs,
+            reminders,
         })
     }
 }
@@ -404,6 +444,7 @@ pub struct Node {
     info: NodeInfo,
     config: NodeConfig,
     jobs: crate::jobs::Jobs,
+    reminders: crate::reminders::Reminders,
 }
 
 impl Node {
@@ -416,6 +457,7 @@ impl Node {
             after_start: Vec::new(),
             wire: Vec::new(),
             jobs: Default::default(),
+            reminders: Default::default(),
             outbox: crate::outbox::Setup::default(),
         }
     }
@@ -470,6 +512,11 @@ impl Node {
     /// This node's durable jobs (see [`crate::jobs`]).
     pub fn jobs(&self) -> crate::jobs::Jobs {
         self.jobs.clone()
+    }
+
+    /// This node's durable reminders, seen from outside an actor (see [`crate::reminders`]).
+    pub fn reminders(&self) -> crate::reminders::Reminders {
+        self.reminders.clone()
     }
 
     /// A `Send + Clone` handle to this node's shards.

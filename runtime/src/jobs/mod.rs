@@ -646,6 +646,37 @@ pub enum EnqueueError {
     ShardStopped,
 }
 
+/// Why the node's jobs did not start (a start error of the node: the node does not run with a
+/// job queue it could not recover).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum JobsStartError {
+    /// Reading a shard's job records failed.
+    #[error("shard {shard}: reading the job records")]
+    Read {
+        /// The shard.
+        shard: ShardId,
+        /// Why.
+        #[source]
+        source: quark_persist::ReadError,
+    },
+    /// Recording the attempts the previous run left unfinished failed.
+    #[error("shard {shard}: recording the interrupted job attempts")]
+    Append {
+        /// The shard.
+        shard: ShardId,
+        /// Why.
+        #[source]
+        source: AppendError,
+    },
+    /// A shard's recovery did not run (the shard stopped).
+    #[error("shard {shard}: the job recovery did not run")]
+    ShardStopped {
+        /// The shard.
+        shard: ShardId,
+    },
+}
+
 /// Why a job operation (cancel, replay, purge, list) failed.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -830,7 +861,11 @@ impl JobsSetup {
 
     /// Starts the shard queues (when a type is registered and the node has a log) and waits
     /// until every shard recovered its jobs.
-    pub(crate) fn start(self, engine: &EngineHandle, has_log: bool) -> Jobs {
+    pub(crate) fn start(
+        self,
+        engine: &EngineHandle,
+        has_log: bool,
+    ) -> Result<Jobs, JobsStartError> {
         let by_name = self
             .types
             .iter()
@@ -856,17 +891,26 @@ impl JobsSetup {
                     engine.spawn_on(s, move || queue::start_shard(jobs, s))
                 })
                 .collect();
-            for w in waits {
-                match w.join() {
-                    Ok(Ok(())) => {}
-                    Ok(Err(e)) => {
-                        tracing::error!(error = %e, "a shard's job queue did not recover")
-                    }
-                    Err(e) => tracing::error!(error = %e, "a shard's job queue did not start"),
+            // Every shard's outcome is awaited (none is left running half-started); the first
+            // failure is the start error.
+            let mut first_error = None;
+            for (shard, w) in waits.into_iter().enumerate() {
+                let r = match w.join() {
+                    Ok(r) => r,
+                    Err(_) => Err(JobsStartError::ShardStopped {
+                        shard: shard as ShardId,
+                    }),
+                };
+                if let Err(e) = r {
+                    tracing::error!(error = %crate::ErrorChain(&e), "a shard's job queue did not recover");
+                    first_error.get_or_insert(e);
                 }
             }
+            if let Some(e) = first_error {
+                return Err(e);
+            }
         }
-        jobs
+        Ok(jobs)
     }
 }
 

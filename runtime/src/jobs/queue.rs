@@ -23,7 +23,7 @@ use super::record::{
 };
 use super::{
     Dep, DynHandler, EnqueueError, JobFailure, JobId, JobState, JobStatus, Jobs, JobsError,
-    ListQuery, NewJob,
+    JobsStartError, ListQuery, NewJob,
 };
 
 /// Jobs one `FireAll` schedule enqueues for its missed occurrences at most (the rest are
@@ -410,7 +410,7 @@ pub(crate) struct ShardQueue {
 }
 
 /// Recovers the calling shard's jobs from its log, then starts its scheduler and runner.
-pub(crate) async fn start_shard(jobs: Jobs, shard: ShardId) -> Result<(), String> {
+pub(crate) async fn start_shard(jobs: Jobs, shard: ShardId) -> Result<(), JobsStartError> {
     let Some(log) = current_shard_log() else {
         return Ok(());
     };
@@ -458,7 +458,7 @@ impl ShardQueue {
         self.sched.notify();
     }
 
-    async fn recover(&self) -> Result<(), String> {
+    async fn recover(&self) -> Result<(), JobsStartError> {
         let now = self.now();
         let keys = self.log.keys_with_prefix(JOB_KEY_PREFIX);
         let mut lsns = Vec::new();
@@ -472,7 +472,10 @@ impl ShardQueue {
             .log
             .read_many(&lsns)
             .await
-            .map_err(|e| format!("shard {}: reading the job records: {e}", self.shard))?;
+            .map_err(|source| JobsStartError::Read {
+                shard: self.shard,
+                source,
+            })?;
         // read_many returns records in LSN order; the per-key order is the same (the key's
         // snapshot, if any, comes before its later records).
         let mut by_key: HashMap<u64, Vec<(Option<u64>, JobRecord)>> = HashMap::new();
@@ -505,7 +508,10 @@ impl ShardQueue {
             .log
             .read_many(&slsns)
             .await
-            .map_err(|e| format!("shard {}: reading the schedules: {e}", self.shard))?;
+            .map_err(|source| JobsStartError::Read {
+                shard: self.shard,
+                source,
+            })?;
         for r in srecs {
             let Some(body) = r.payload.strip_prefix(&[record::FORMAT]) else {
                 continue;
@@ -536,9 +542,13 @@ impl ShardQueue {
             );
         }
         if !interrupted.is_empty() {
-            self.log.append(&interrupted).await.map_err(|e| {
-                format!("shard {}: recording interrupted attempts: {e}", self.shard)
-            })?;
+            self.log
+                .append(&interrupted)
+                .await
+                .map_err(|source| JobsStartError::Append {
+                    shard: self.shard,
+                    source,
+                })?;
         }
         Ok(())
     }
