@@ -33,6 +33,7 @@
 //! ```
 
 pub mod cron;
+mod node_limit;
 mod queue;
 pub mod record;
 
@@ -363,6 +364,10 @@ impl JobOptions {
 pub struct JobTypeConfig {
     /// Running jobs of this type per shard at most (default 1024).
     pub max_running_per_shard: u32,
+    /// Running jobs of this type on the whole node at most, all shards together (default
+    /// `None`: only the per-shard limits apply). A shard refused a slot is woken when another
+    /// shard frees one.
+    pub max_running_per_node: Option<u32>,
     /// Default retry policy.
     pub retry: RetryPolicy,
     /// Default timeout of one attempt (default 5 min; zero: none).
@@ -375,6 +380,7 @@ impl Default for JobTypeConfig {
     fn default() -> Self {
         JobTypeConfig {
             max_running_per_shard: 1024,
+            max_running_per_node: None,
             retry: RetryPolicy::default(),
             timeout: Duration::from_secs(300),
             rate_limit: None,
@@ -669,6 +675,18 @@ pub enum JobsStartError {
         #[source]
         source: AppendError,
     },
+    /// A record the queue needs to start does not decode (written by a newer version, or
+    /// damaged): the node refuses to run with a queue state it cannot read.
+    #[error("shard {shard}: {what} does not decode")]
+    BadRecord {
+        /// The shard.
+        shard: ShardId,
+        /// Which record.
+        what: &'static str,
+        /// Why.
+        #[source]
+        source: record::RecordError,
+    },
     /// A shard's recovery did not run (the shard stopped).
     #[error("shard {shard}: the job recovery did not run")]
     ShardStopped {
@@ -699,6 +717,9 @@ pub enum JobsError {
     /// No schedule of this name.
     #[error("no schedule named {0:?}")]
     NoSchedule(String),
+    /// No job type of this name is registered.
+    #[error("no job type named {0:?} is registered")]
+    UnknownType(String),
     /// See [`EnqueueError::NotRunning`].
     #[error(
         "jobs are not running on this node (needs a [log] data_dir and a registered job type)"
@@ -793,6 +814,8 @@ pub(crate) struct JobType {
     pub name: String,
     pub config: JobTypeConfig,
     pub handler: DynHandler,
+    /// The node-wide running count, if the type has a per-node limit.
+    pub node_slots: Option<Arc<node_limit::NodeSlots>>,
     validate: Validate,
     from_json: FromJson,
 }
@@ -846,10 +869,14 @@ impl JobsSetup {
             postcard::to_allocvec(&job).map_err(|e| e.to_string())
         });
         self.types.retain(|t| t.name != J::TYPE_NAME);
+        let node_slots = config
+            .max_running_per_node
+            .map(|n| Arc::new(node_limit::NodeSlots::new(n)));
         self.types.push(JobType {
             name: J::TYPE_NAME.to_owned(),
             config,
             handler,
+            node_slots,
             validate,
             from_json,
         });
@@ -1206,8 +1233,12 @@ impl Jobs {
         Ok(out)
     }
 
-    /// Pauses (true) or resumes (false) starting jobs of `type_name` (`None`: all types) on
-    /// every shard. Running jobs continue. Not durable: a restart resumes.
+    /// Pauses (true) or resumes (false) starting jobs of `type_name` (`None`: the whole
+    /// queue) on every shard, durably: the state is a record in each shard's log and survives
+    /// a restart. Running jobs continue; enqueues are still accepted. `None` and a type name
+    /// are separate switches (resuming the queue does not resume a paused type). An unknown
+    /// type name is refused. On an error, the shards before the failing one changed already:
+    /// call again.
     pub async fn set_paused(
         &self,
         type_name: Option<String>,
@@ -1216,18 +1247,41 @@ impl Jobs {
         if !self.shared.started {
             return Err(JobsError::NotRunning);
         }
+        if let Some(t) = &type_name {
+            if self.shared.type_index(t).is_none() {
+                return Err(JobsError::UnknownType(t.clone()));
+            }
+        }
         for s in 0..self.engine.shard_count() {
             let t = type_name.clone();
             self.engine
                 .spawn_on(s, move || async move {
-                    if let Some(q) = queue::local_queue() {
-                        q.set_paused(t, paused);
+                    match queue::local_queue() {
+                        Some(q) => q.set_paused(t, paused).await,
+                        None => Err(JobsError::NotRunning),
                     }
                 })
                 .await
-                .map_err(|_| JobsError::ShardStopped)?;
+                .map_err(|_| JobsError::ShardStopped)??;
         }
         Ok(())
+    }
+
+    /// Whether the whole queue is paused, and the paused job types (as shard 0 records them;
+    /// every shard gets the same changes).
+    pub async fn paused(&self) -> Result<(bool, Vec<String>), JobsError> {
+        if !self.shared.started {
+            return Err(JobsError::NotRunning);
+        }
+        let p = self
+            .engine
+            .spawn_on(0, || async move {
+                queue::local_queue().map(|q| q.pause_state())
+            })
+            .await
+            .map_err(|_| JobsError::ShardStopped)?
+            .ok_or(JobsError::NotRunning)?;
+        Ok((p.all, p.types))
     }
 
     /// Creates (or replaces) the cron schedule `s`, durably, on the shard that owns its job

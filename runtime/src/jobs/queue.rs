@@ -18,8 +18,8 @@ use quark_shard::{current_shard_log, EngineHandle, ShardId, ShardLog};
 
 use super::cron::{CronExpr, TimeZone};
 use super::record::{
-    self, job_key, schedule_key, JobRecord, StoredJob, StoredSchedule, HW_KEY, JOB_KEY_PREFIX,
-    SCHEDULE_KEY_PREFIX,
+    self, job_key, schedule_key, JobRecord, StoredJob, StoredPause, StoredSchedule, HW_KEY,
+    JOB_KEY_PREFIX, PAUSE_KEY, SCHEDULE_KEY_PREFIX,
 };
 use super::{
     Dep, DynHandler, EnqueueError, JobFailure, JobId, JobState, JobStatus, Jobs, JobsError,
@@ -395,6 +395,10 @@ struct State {
     reserved: u64,
     paused_all: bool,
     paused: HashSet<usize>,
+    /// Shards (bit `s % 64`) to wake: a node slot of a type they wait for was freed.
+    node_wake: u64,
+    /// The durable pause state (`paused_all` and `paused` are derived from it).
+    pause: StoredPause,
     rr: usize,
     stopped: bool,
 }
@@ -529,6 +533,28 @@ impl ShardQueue {
                 Err(e) => {
                     tracing::warn!(shard = self.shard, error = %e, "skipping a schedule record")
                 }
+            }
+        }
+        // The pause state: its latest snapshot.
+        if let Some(&lsn) = self.log.key_lsns(PAUSE_KEY).last() {
+            let r = self
+                .log
+                .read(lsn)
+                .await
+                .map_err(|source| JobsStartError::Read {
+                    shard: self.shard,
+                    source,
+                })?;
+            match r.map(|r| record::decode_pause(&r.payload)) {
+                Some(Ok(p)) => self.apply_pause(p),
+                Some(Err(e)) => {
+                    return Err(JobsStartError::BadRecord {
+                        shard: self.shard,
+                        what: "the queue's pause state",
+                        source: e,
+                    })
+                }
+                None => {}
             }
         }
         let mut interrupted = Batch::new();
@@ -1124,22 +1150,46 @@ impl ShardQueue {
         out
     }
 
-    pub(crate) fn set_paused(&self, type_name: Option<String>, paused: bool) {
-        let mut st = self.st.borrow_mut();
+    /// Pauses or resumes `type_name` (`None`: the whole queue), durably: resolves once the
+    /// shard's new pause state is in its log.
+    pub(crate) async fn set_paused(
+        &self,
+        type_name: Option<String>,
+        paused: bool,
+    ) -> Result<(), JobsError> {
+        let mut next = self.st.borrow().pause.clone();
         match type_name {
-            None => st.paused_all = paused,
+            None => next.all = paused,
             Some(t) => {
-                if let Some(i) = self.jobs.shared.type_index(&t) {
-                    if paused {
-                        st.paused.insert(i);
-                    } else {
-                        st.paused.remove(&i);
-                    }
+                next.types.retain(|n| *n != t);
+                if paused {
+                    next.types.push(t);
                 }
+                next.types.sort();
             }
         }
-        drop(st);
+        let mut b = Batch::new();
+        b.snapshot(PAUSE_KEY, &record::encode_pause(&next));
+        self.log.append(&b).await.map_err(JobsError::Append)?;
+        self.apply_pause(next);
         self.sched.notify();
+        Ok(())
+    }
+
+    /// The shard's pause state.
+    pub(crate) fn pause_state(&self) -> StoredPause {
+        self.st.borrow().pause.clone()
+    }
+
+    fn apply_pause(&self, p: StoredPause) {
+        let mut st = self.st.borrow_mut();
+        st.paused_all = p.all;
+        st.paused = p
+            .types
+            .iter()
+            .filter_map(|t| self.jobs.shared.type_index(t))
+            .collect();
+        st.pause = p;
     }
 
     /// Appends a terminal record of job `id` (a snapshot: supersedes its earlier records),
@@ -1419,7 +1469,11 @@ impl ShardQueue {
         }
         self.fire_due(now, &mut b, &mut decisions);
         // Starts.
-        let starts = self.st.borrow_mut().pick(now, &self.jobs, self.aging_ms());
+        let starts = self
+            .st
+            .borrow_mut()
+            .pick(now, &self.jobs, self.aging_ms(), self.shard);
+        self.wake_node_waiters();
         for (id, attempt) in starts {
             b.event(
                 &job_key(id),
@@ -1512,7 +1566,7 @@ impl ShardQueue {
                     follow_ups,
                     notified,
                 } => {
-                    st.release(id);
+                    st.release(id, &self.jobs);
                     if let Some(e) = st.entries.get_mut(&id) {
                         e.result = result.clone();
                     }
@@ -1531,7 +1585,7 @@ impl ShardQueue {
                     }
                 }
                 Decision::Requeue { id, run_at } => {
-                    st.release(id);
+                    st.release(id, &self.jobs);
                     if let Some(e) = st.entries.get_mut(&id) {
                         e.rerun = false;
                         e.base = e.attempt;
@@ -1541,7 +1595,7 @@ impl ShardQueue {
                     st.place(id, aging);
                 }
                 Decision::Retry { id, at, error } => {
-                    st.release(id);
+                    st.release(id, &self.jobs);
                     if let Some(e) = st.entries.get_mut(&id) {
                         e.last_error = Some(error);
                         e.run_at_ms = at;
@@ -1550,14 +1604,14 @@ impl ShardQueue {
                     st.place(id, aging);
                 }
                 Decision::Dead { id, error } => {
-                    st.release(id);
+                    st.release(id, &self.jobs);
                     if let Some(e) = st.entries.get_mut(&id) {
                         e.last_error = Some(error);
                     }
                     st.finish(id, JobState::Dead, kept);
                 }
                 Decision::Cancel(id) => {
-                    st.release(id);
+                    st.release(id, &self.jobs);
                     st.finish(id, JobState::Cancelled, kept);
                 }
             }
@@ -1566,6 +1620,28 @@ impl ShardQueue {
         drop(st);
         if started {
             self.runner.notify();
+        }
+        self.wake_node_waiters();
+    }
+
+    /// Wakes the schedulers of the shards waiting for a node slot this shard freed.
+    fn wake_node_waiters(&self) {
+        let mask = std::mem::take(&mut self.st.borrow_mut().node_wake);
+        if mask == 0 {
+            return;
+        }
+        for s in 0..self.jobs.engine.shard_count() {
+            if mask & (1u64 << (s % 64)) != 0 {
+                if s == self.shard {
+                    self.sched.notify();
+                    continue;
+                }
+                drop(self.jobs.engine.spawn_on(s, move || async move {
+                    if let Some(q) = local_queue() {
+                        q.wake();
+                    }
+                }));
+            }
         }
     }
 
@@ -1873,7 +1949,7 @@ impl State {
 
     /// Promotes due jobs and picks the jobs to start now: per type in turn, in aged priority
     /// order, within the shard, type and key limits. Returns (id, attempt).
-    fn pick(&mut self, now: u64, jobs: &Jobs, aging: i64) -> Vec<(u64, u32)> {
+    fn pick(&mut self, now: u64, jobs: &Jobs, aging: i64, shard: ShardId) -> Vec<(u64, u32)> {
         while let Some(&(t, id)) = self.scheduled.first() {
             if t > now {
                 break;
@@ -1906,6 +1982,7 @@ impl State {
             }
             let limit = jobs.shared.types[t].config.max_running_per_shard;
             let type_rate = jobs.shared.types[t].config.rate_limit;
+            let node_slots = jobs.shared.types[t].node_slots.as_deref();
             if let Some(r) = &type_rate {
                 self.type_buckets[t]
                     .get_or_insert_with(|| Bucket::full(r, now))
@@ -1921,6 +1998,13 @@ impl State {
                 let Some(e) = self.entries.get_mut(&id) else {
                     continue;
                 };
+                // The per-node limit: a refused shard is woken by the next release.
+                if let Some(ns) = node_slots {
+                    if !ns.try_acquire(shard) {
+                        self.ready[t].insert((order, id));
+                        break;
+                    }
+                }
                 if let Some(key) = &e.job.concurrency_key {
                     let r = self.key_running.get(key).copied().unwrap_or(0);
                     if r >= e.job.concurrency_limit {
@@ -1928,6 +2012,9 @@ impl State {
                             .entry(key.clone())
                             .or_default()
                             .insert((order, id));
+                        if let Some(ns) = node_slots {
+                            self.node_wake |= ns.release();
+                        }
                         continue;
                     }
                     if let Some(limit) = &e.job.key_rate_limit {
@@ -1940,6 +2027,9 @@ impl State {
                             let at = b.next_token_ms(limit);
                             e.rate_wait_ms = Some(at);
                             self.rate_waiting.insert((at, id));
+                            if let Some(ns) = node_slots {
+                                self.node_wake |= ns.release();
+                            }
                             continue;
                         }
                     }
@@ -1983,13 +2073,16 @@ impl State {
     }
 
     /// Frees the slots of a job whose attempt ended; readies one job waiting for its key.
-    fn release(&mut self, id: u64) {
+    fn release(&mut self, id: u64, jobs: &Jobs) {
         let Some(e) = self.entries.get_mut(&id) else {
             return;
         };
         e.ctl = None;
         if let Some(ti) = e.type_idx {
             self.type_running[ti] = self.type_running[ti].saturating_sub(1);
+            if let Some(ns) = &jobs.shared.types[ti].node_slots {
+                self.node_wake |= ns.release();
+            }
         }
         self.running = self.running.saturating_sub(1);
         if let Some(key) = e.job.concurrency_key.clone() {
