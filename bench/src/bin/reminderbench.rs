@@ -8,7 +8,7 @@
 //!    median and spread of the runs' p99.
 //! 3. `periodic`: `--periodic` reminders every `--period-ms` for `--periodic-secs`: lateness
 //!    (jitter) of every tick.
-//! 4. `rss`: resident memory of the process before and after registering `--registered`
+//! 4. `rss` (run first, in a fresh process): resident memory of the process before and after registering `--registered`
 //!    reminders due 1-2 hours ahead (`--per-actor` per actor, so actor activations are not
 //!    what is measured); the same-run figure of the node alone is the "before".
 //!
@@ -386,6 +386,10 @@ fn main() -> Result<()> {
     let args = Args::parse();
     println!("{}", Machine::describe().line());
     let only: Vec<&str> = args.only.split(',').map(str::trim).collect();
+    // First: the RSS figure is only meaningful in a process that has not run the others.
+    if only.contains(&"rss") {
+        rss(&args)?;
+    }
     if only.contains(&"baseline") {
         baseline(&args)?;
     }
@@ -394,9 +398,6 @@ fn main() -> Result<()> {
     }
     if only.contains(&"periodic") {
         periodic(&args)?;
-    }
-    if only.contains(&"rss") {
-        rss(&args)?;
     }
     let _ = std::fs::remove_dir_all(&args.dir);
     Ok(())

@@ -64,6 +64,14 @@ pub(crate) fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
+/// Wall-clock microseconds since the Unix epoch.
+fn wall_us() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(0)
+}
+
 /// A one-slot wake-up signal between tasks of one shard.
 #[derive(Default)]
 struct Notify {
@@ -931,7 +939,8 @@ impl Service {
             if self.st.borrow().stopped || !self.engine.is_running() {
                 return;
             }
-            let now = now_ms();
+            let now_us = wall_us();
+            let now = now_us / 1000;
             let mut next_due = None;
             {
                 let mut st = self.st.borrow_mut();
@@ -1004,7 +1013,11 @@ impl Service {
                 }
             }
             let wait = match next_due {
-                Some(t) => Duration::from_millis(t.saturating_sub(now).max(1)).min(IDLE_POLL),
+                // To the µs: the timer rounds up to its next millisecond tick, so a tick fires
+                // within that millisecond instead of a whole one later.
+                Some(t) => {
+                    Duration::from_micros((t * 1000).saturating_sub(now_us).max(1)).min(IDLE_POLL)
+                }
                 None => IDLE_POLL,
             };
             let sleep = Box::pin(quark_shard::sleep(wait));
