@@ -128,6 +128,18 @@ fn next(rx: &Receiver<Seen>, within: Duration, what: &str) -> Seen {
         .unwrap_or_else(|_| panic!("no tick within {within:?}: {what}"))
 }
 
+/// Waits for a tick of reminder `name` (other ticks are skipped), failing after 5 s.
+fn until_tick(rx: &Receiver<Seen>, name: &str) -> Seen {
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let s = next(rx, left, name);
+        if s.tick.name == name {
+            return s;
+        }
+    }
+}
+
 /// A bound on lateness (tick fired - due) on this shared, loaded 2-core machine: the tests
 /// guard against "fires at the next 100 ms poll" or "fires a bucket late", not against
 /// scheduling noise.
@@ -297,6 +309,35 @@ fn a_periodic_reminder_ticks_on_its_grid_across_a_restart_until_cancelled() {
         assert!(late <= LATE_MS_MAX, "tick {i} fired {late} ms late");
         last = Some(s.tick.clone());
     }
+    // Quick restarts at arbitrary moments: the reminder's durable occurrence must never
+    // be missing (a close that dropped the crossing of a reminder which had fired again in
+    // memory lost it here).
+    // A 1 ms reminder fires in the next bucket long before the current one closes.
+    set(&node, 4, "fast", Reminder::every(Duration::from_millis(1)));
+    let mut node = node;
+    let mut rx = rx;
+    for round in 0..6u64 {
+        until_tick(&rx, "fast");
+        // Registrations keep the writer busy (its rounds then close buckets later, while the
+        // 1 ms reminder keeps firing in memory).
+        for i in 0..200 {
+            set(
+                &node,
+                5,
+                &format!("churn{}", round * 1000 + i),
+                Reminder::once(Duration::from_secs(3600)),
+            );
+        }
+        node.shutdown();
+        let (n, r) = start(tmp.path(), 1, config.clone());
+        (node, rx) = (n, r);
+    }
+    until_tick(&rx, "fast");
+    assert!(
+        block_on(node.actor_ref::<Alarm>(4u64).ask(Cancel("fast".into())))
+            .unwrap()
+            .unwrap()
+    );
     node.shutdown();
     let down_from = now_ms();
     while now_ms() < down_from + 300 {
@@ -451,5 +492,65 @@ fn only_the_near_future_is_in_memory_and_a_crowded_bucket_fires_on_time() {
         0,
         "nothing far is loaded"
     );
+    node.shutdown();
+}
+
+/// Keys of the shards' logs starting with `prefix`.
+fn log_keys(node: &Node, prefix: &'static [u8]) -> usize {
+    (0..node.shard_count())
+        .map(|s| {
+            node.spawn_on(s, move || async move {
+                quark::log::current_shard_log().map_or(0, |l| l.keys_with_prefix(prefix).len())
+            })
+            .join()
+            .expect("ran on the shard")
+        })
+        .sum()
+}
+
+#[test]
+fn far_reminders_wait_in_coarse_buckets_and_fire_after_a_restart() {
+    let tmp = tempfile::tempdir().unwrap();
+    // 10 ms buckets, 100 ms coarse buckets: a reminder more than ~200 ms ahead is stored in
+    // its coarse bucket and spread into fine buckets shortly before its time.
+    let config = RemindersConfig {
+        bucket_ms: 10,
+        lookahead_ms: 10,
+        coarse_buckets: 10,
+        ..RemindersConfig::default()
+    };
+    let (node, rx) = start(tmp.path(), 2, config.clone());
+    let t = now_ms();
+    let due = |k: u64| t + 1_500 + k * 37;
+    for k in 0..20 {
+        set(&node, 100 + k, "far", Reminder::once_at_ms(due(k)));
+    }
+    set(&node, 99, "gone", Reminder::once_at_ms(t + 1_600));
+    assert!(
+        block_on(node.actor_ref::<Alarm>(99u64).ask(Cancel("gone".into())))
+            .unwrap()
+            .unwrap()
+    );
+    assert!(
+        log_keys(&node, b"qrc") >= 1,
+        "far reminders are in coarse buckets"
+    );
+    node.shutdown();
+    let (node, rx2) = start(tmp.path(), 2, config);
+    drop(rx);
+    let mut seen = Vec::new();
+    for _ in 0..20 {
+        let s = next(&rx2, Duration::from_secs(5), "a far reminder");
+        assert_eq!(
+            s.tick.name, "far",
+            "the cancelled one stays cancelled: {s:?}"
+        );
+        assert_eq!(s.tick.due_ms, due(s.key - 100));
+        let late = s.turn_ms - s.tick.due_ms;
+        assert!(late <= LATE_MS_MAX, "fired {late} ms late");
+        seen.push(s.key);
+    }
+    seen.sort_unstable();
+    assert_eq!(seen, (100..120).collect::<Vec<_>>(), "each fired once");
     node.shutdown();
 }

@@ -1,11 +1,13 @@
 //! The on-log records of durable reminders (see `docs/JOBS.md`, "Durable reminders").
 //!
-//! Four kinds of keys live in a shard's log, every payload starting with [`FORMAT`]:
+//! Six kinds of keys live in a shard's log, every payload starting with [`FORMAT`]:
 //!
 //! | key | kind | payload |
 //! |---|---|---|
 //! | `qrg` + group u32 BE | event / snapshot | a [`GroupRecord`]: the reminder table of the actors hashed to the group |
 //! | `qrb` + bucket u64 BE | event | a `Vec<`[`Slot`]`>`: reminders due in that time bucket |
+//! | `qrc` + coarse bucket u64 BE | event | a `Vec<`[`Slot`]`>`: reminders due in a coarse bucket not yet spread into fine ones |
+//! | `qrx` | snapshot | the coarse buckets below it were spread into fine buckets |
 //! | `qrw` | snapshot | the watermark: every bucket below it was delivered |
 //! | `qrr` | snapshot | the reminder-id high water (ids below it may be in use) |
 
@@ -17,6 +19,8 @@ pub(crate) const FORMAT: u8 = 1;
 pub(crate) const GROUP_PREFIX: &[u8] = b"qrg";
 pub(crate) const BUCKET_PREFIX: &[u8] = b"qrb";
 pub(crate) const WATERMARK_KEY: &[u8] = b"qrw";
+pub(crate) const COARSE_PREFIX: &[u8] = b"qrc";
+pub(crate) const EXPANDED_KEY: &[u8] = b"qrx";
 pub(crate) const RID_KEY: &[u8] = b"qrr";
 
 /// One reminder as the time index stores it: everything needed to deliver its tick.
@@ -109,6 +113,12 @@ pub(crate) fn group_key(group: u32) -> Vec<u8> {
 pub(crate) fn bucket_key(bucket: u64) -> Vec<u8> {
     let mut k = BUCKET_PREFIX.to_vec();
     k.extend_from_slice(&bucket.to_be_bytes());
+    k
+}
+
+pub(crate) fn coarse_key(coarse: u64) -> Vec<u8> {
+    let mut k = COARSE_PREFIX.to_vec();
+    k.extend_from_slice(&coarse.to_be_bytes());
     k
 }
 

@@ -157,6 +157,11 @@ pub struct RemindersConfig {
     pub bucket_ms: u64,
     /// How far ahead of its start a bucket is read from the log (default 1000 ms).
     pub lookahead_ms: u64,
+    /// Fine buckets per coarse bucket (default 3600: an hour). A reminder due more than about
+    /// one coarse bucket ahead is stored in its coarse bucket, which is spread into fine
+    /// buckets one coarse width before its time: the log's index then holds at most about two
+    /// coarse widths of fine buckets plus one key per coarse bucket with reminders.
+    pub coarse_buckets: u64,
     /// Tables of reminders per shard (actors are hashed to one; default 4096). More groups make
     /// each table smaller (cheaper to rewrite and read) and cost one key of the log's index
     /// each.
@@ -175,6 +180,7 @@ impl Default for RemindersConfig {
         RemindersConfig {
             bucket_ms: 1000,
             lookahead_ms: 1000,
+            coarse_buckets: 3600,
             groups_per_shard: 4096,
             ticks_inflight_max: 10_000,
             tick_timeout: Duration::from_secs(30),
@@ -194,6 +200,9 @@ impl RemindersConfig {
         };
         if self.bucket_ms == 0 {
             return bad("bucket_ms", 0, "at least 1");
+        }
+        if self.coarse_buckets == 0 {
+            return bad("coarse_buckets", 0, "at least 1");
         }
         if self.groups_per_shard == 0 {
             return bad("groups_per_shard", 0, "at least 1");

@@ -16,7 +16,7 @@
 //! when the group had a cancellation or replacement after the slot was written.
 
 use std::cell::{Cell, RefCell};
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::future::Future;
 use std::pin::Pin;
 use std::rc::Rc;
@@ -31,8 +31,8 @@ use quark_persist::{Batch, NewRecord, ReadError, RecordKind};
 use quark_shard::{current_shard_log, CallError, EngineHandle, ShardId, ShardLog};
 
 use super::format::{
-    self, bucket_key, bucket_of_key, group_key, group_of, Entry, GroupRecord, Slot, BUCKET_PREFIX,
-    RID_KEY, WATERMARK_KEY,
+    self, bucket_key, bucket_of_key, coarse_key, group_key, group_of, Entry, GroupRecord, Slot,
+    BUCKET_PREFIX, EXPANDED_KEY, RID_KEY, WATERMARK_KEY,
 };
 use super::{
     ReminderError, ReminderInfo, ReminderTick, RemindersStartError, ShardReminderStats, Shared,
@@ -44,6 +44,8 @@ const SNAPSHOT_AT: usize = 32;
 const RID_RESERVE: u64 = 1 << 20;
 /// Buckets closed per round at most (after a long downtime the rest follow in later rounds).
 const CLOSE_PER_ROUND: u64 = 100_000;
+/// Slots spread from a coarse bucket per round at most (about).
+const EXPAND_SLOTS_MAX: usize = 50_000;
 /// Longest sleep of either task between looks at the clock and the engine.
 const IDLE_POLL: Duration = Duration::from_millis(100);
 
@@ -190,8 +192,15 @@ struct State {
     closing: u64,
     /// Buckets below it were read into memory.
     loaded_to: u64,
-    /// Buckets with records found at recovery below `recovered_to` (the time then), ascending.
-    recovered_past: VecDeque<u64>,
+    /// Buckets with records found at recovery below `recovered_to` (the time then).
+    recovered_past: BTreeSet<u64>,
+    /// Fine buckets per coarse bucket.
+    coarse_buckets: u64,
+    /// Coarse buckets below it were spread into fine buckets (a slot due there is written to
+    /// its fine bucket; a later one to its coarse bucket).
+    expanded_to: u64,
+    /// The `expanded_to` the log knows.
+    expanded_durable: u64,
     recovered_to: u64,
     next_rid: u64,
     reserved_rid: u64,
@@ -214,6 +223,26 @@ struct State {
 impl State {
     fn bucket(&self, due_ms: u64) -> u64 {
         due_ms / self.bucket_ms
+    }
+
+    fn coarse_ms(&self) -> u64 {
+        self.bucket_ms.saturating_mul(self.coarse_buckets)
+    }
+
+    /// True if fine bucket `b` may be read: its coarse bucket was spread already.
+    fn expanded(&self, b: u64) -> bool {
+        b / self.coarse_buckets < self.expanded_to
+    }
+
+    /// Where a slot due at `due_ms` is written: its fine bucket, or its coarse bucket if that
+    /// was not spread yet.
+    fn index_key(&self, due_ms: u64) -> IndexKey {
+        let b = self.bucket(due_ms);
+        if b / self.coarse_buckets < self.expanded_to {
+            IndexKey::Fine(b)
+        } else {
+            IndexKey::Coarse(b / self.coarse_buckets)
+        }
     }
 
     /// Puts an occurrence into memory (if no other occurrence of its reminder is there).
@@ -268,6 +297,22 @@ impl State {
     }
 }
 
+/// A key of the time index.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum IndexKey {
+    Fine(u64),
+    Coarse(u64),
+}
+
+impl IndexKey {
+    fn key(self) -> Vec<u8> {
+        match self {
+            IndexKey::Fine(b) => bucket_key(b),
+            IndexKey::Coarse(c) => coarse_key(c),
+        }
+    }
+}
+
 /// One shard's reminders.
 pub(crate) struct Service {
     shard: ShardId,
@@ -294,7 +339,10 @@ pub(crate) async fn start_shard(
         watermark: 0,
         closing: 0,
         loaded_to: 0,
-        recovered_past: VecDeque::new(),
+        recovered_past: BTreeSet::new(),
+        coarse_buckets: c.coarse_buckets,
+        expanded_to: 0,
+        expanded_durable: 0,
         recovered_to: 0,
         next_rid: 1,
         reserved_rid: 1,
@@ -355,6 +403,7 @@ impl Service {
 
     async fn recover(&self) -> Result<(), ReadError> {
         let watermark = self.read_u64(WATERMARK_KEY).await?;
+        let expanded = self.read_u64(EXPANDED_KEY).await?;
         let rid = self.read_u64(RID_KEY).await?.unwrap_or(1);
         let now = now_ms();
         let mut st = self.st.borrow_mut();
@@ -377,6 +426,10 @@ impl Service {
             .collect();
         st.next_rid = rid;
         st.reserved_rid = rid;
+        // Without a record no coarse bucket was ever written: start at the watermark's.
+        let e = expanded.unwrap_or(w / st.coarse_buckets);
+        st.expanded_to = e;
+        st.expanded_durable = e;
         tracing::debug!(
             shard = self.shard,
             watermark = w,
@@ -549,7 +602,8 @@ impl Service {
     /// whether it did anything.
     async fn writer_round(&self) -> Result<bool, WriterError> {
         let now = now_ms();
-        let loaded = self.load_due(now).await?;
+        let expanded = self.expand_due(now).await?;
+        let loaded = self.load_due(now).await? || expanded;
         let cmds = std::mem::take(&mut self.st.borrow_mut().cmds);
         // Tables the commands need.
         let mut need = HashSet::new();
@@ -630,24 +684,32 @@ impl Service {
         let mut todo = Vec::new();
         {
             let mut st = self.st.borrow_mut();
-            while st.loaded_to < st.recovered_to {
-                match st.recovered_past.pop_front() {
-                    Some(b) if b < st.loaded_to => {}
-                    Some(b) => {
-                        todo.push(b);
-                        st.loaded_to = b + 1;
+            // A fine bucket is read only once its coarse bucket was spread into fine ones.
+            while todo.len() < 1024 {
+                if st.loaded_to < st.recovered_to {
+                    let next = st
+                        .recovered_past
+                        .range(st.loaded_to..st.recovered_to)
+                        .next()
+                        .copied();
+                    let b = next.unwrap_or(st.recovered_to - 1);
+                    if !st.expanded(b) {
+                        break;
                     }
-                    None => st.loaded_to = st.recovered_to,
+                    match next {
+                        Some(b) => {
+                            todo.push(b);
+                            st.loaded_to = b + 1;
+                        }
+                        None => st.loaded_to = st.recovered_to,
+                    }
+                    continue;
                 }
-                if todo.len() >= 1024 {
+                let b = st.loaded_to;
+                if (b * st.bucket_ms).saturating_sub(la) > now || !st.expanded(b) {
                     break;
                 }
-            }
-            while todo.len() < 1024
-                && st.loaded_to >= st.recovered_to
-                && (st.loaded_to * st.bucket_ms).saturating_sub(la) <= now
-            {
-                todo.push(st.loaded_to);
+                todo.push(b);
                 st.loaded_to += 1;
             }
         }
@@ -659,45 +721,12 @@ impl Service {
             lsns.extend(self.log.key_lsns(&bucket_key(*b)));
         }
         let records = self.log.read_many(&lsns).await.map_err(WriterError::Read)?;
-        let mut slots: Vec<(u64, Slot)> = Vec::new();
-        for r in records {
-            match format::decode::<Vec<Slot>>(&r.payload) {
-                Ok(v) => slots.extend(v.into_iter().map(|s| (r.origin_lsn, s))),
-                Err(e) => {
-                    tracing::warn!(shard = self.shard, lsn = r.lsn, error = %e, "skipping a reminder bucket record")
-                }
-            }
-        }
-        // Slots written before a destructive change of their group are checked against it.
-        let mut check = HashSet::new();
-        {
-            let st = self.st.borrow();
-            for (origin, s) in &slots {
-                let m = st.groups[self.group(&s.actor) as usize];
-                if needs_check(*origin, m) {
-                    check.insert(self.group(&s.actor));
-                }
-            }
-        }
-        let tables = if check.is_empty() {
-            HashMap::new()
-        } else {
-            self.read_groups(&check).await.map_err(WriterError::Read)?
-        };
+        let slots = self
+            .current_slots(records)
+            .await
+            .map_err(WriterError::Read)?;
         let mut st = self.st.borrow_mut();
-        for (origin, s) in slots {
-            let g = self.group(&s.actor);
-            let m = st.groups[g as usize];
-            if needs_check(origin, m) {
-                let current = tables.get(&g).is_some_and(|t| {
-                    t.iter()
-                        .any(|e| e.rid == s.rid && e.actor == s.actor && e.name == s.name)
-                });
-                if !current {
-                    st.counters.stale_dropped += 1;
-                    continue;
-                }
-            }
+        for s in slots {
             st.hold(s);
         }
         // Next occurrences fired but not yet written (their source bucket is not closed).
@@ -720,6 +749,137 @@ impl Service {
         Ok(true)
     }
 
+    /// Decodes time-index records and keeps the slots whose registration is still current:
+    /// a slot written before a destructive change of its group is checked against the group's
+    /// table (read 256 groups at a time, kept only as sets of registration ids).
+    async fn current_slots(
+        &self,
+        records: Vec<quark_persist::Record>,
+    ) -> Result<Vec<Slot>, ReadError> {
+        let mut slots: Vec<(u64, Slot)> = Vec::new();
+        for r in records {
+            match format::decode::<Vec<Slot>>(&r.payload) {
+                Ok(v) => slots.extend(v.into_iter().map(|s| (r.origin_lsn, s))),
+                Err(e) => {
+                    tracing::warn!(shard = self.shard, lsn = r.lsn, error = %e, "skipping a reminder index record")
+                }
+            }
+        }
+        let mut check: Vec<u32> = {
+            let st = self.st.borrow();
+            let set: HashSet<u32> = slots
+                .iter()
+                .map(|(o, s)| (*o, self.group(&s.actor)))
+                .filter(|(o, g)| needs_check(*o, st.groups[*g as usize]))
+                .map(|(_, g)| g)
+                .collect();
+            set.into_iter().collect()
+        };
+        check.sort_unstable();
+        let mut current: HashMap<u32, HashSet<u64>> = HashMap::new();
+        for chunk in check.chunks(256) {
+            let set: HashSet<u32> = chunk.iter().copied().collect();
+            for (g, t) in self.read_groups(&set).await? {
+                current.insert(g, t.into_iter().map(|e| e.rid).collect());
+            }
+        }
+        let mut st = self.st.borrow_mut();
+        let mut out = Vec::with_capacity(slots.len());
+        for (origin, s) in slots {
+            let g = self.group(&s.actor);
+            let checked = current.get(&g);
+            if (checked.is_some() || needs_check(origin, st.groups[g as usize]))
+                && !checked.is_some_and(|rids| rids.contains(&s.rid))
+            {
+                st.counters.stale_dropped += 1;
+                continue;
+            }
+            out.push(s);
+        }
+        Ok(out)
+    }
+
+    /// Spreads the coarse buckets that come within one coarse width (plus the look-ahead) of
+    /// now into fine buckets; a big one over several rounds (about `EXPAND_SLOTS_MAX` slots per
+    /// round, its records consumed in log order behind a truncate barrier).
+    async fn expand_due(&self, now: u64) -> Result<bool, WriterError> {
+        let la = self.shared.config.lookahead_ms;
+        let mut did = false;
+        for _ in 0..10_000 {
+            let (c, coarse_ms) = {
+                let st = self.st.borrow();
+                (st.expanded_to, st.coarse_ms())
+            };
+            if c.saturating_mul(coarse_ms) > now + la + coarse_ms {
+                break;
+            }
+            let key = coarse_key(c);
+            let lsns = self.log.key_lsns(&key);
+            if lsns.is_empty() {
+                // Nothing stored there: moving on needs no record (a restart looks again).
+                self.st.borrow_mut().expanded_to = c + 1;
+                did = true;
+                continue;
+            }
+            // A chunk of the key's records, in log order (a slot is about 40 bytes).
+            let mut records = Vec::new();
+            let mut taken = 0usize;
+            for l in &lsns {
+                if taken >= EXPAND_SLOTS_MAX {
+                    break;
+                }
+                if let Some(r) = self.log.read(*l).await.map_err(WriterError::Read)? {
+                    taken += r.payload.len() / 40 + 1;
+                    records.push(r);
+                }
+            }
+            let whole = records.len() == lsns.len();
+            let before = records.iter().map(|r| r.origin_lsn).max().unwrap_or(0) + 1;
+            let slots = self
+                .current_slots(records)
+                .await
+                .map_err(WriterError::Read)?;
+            let mut batch = Batch::new();
+            let mut fine: BTreeMap<u64, Vec<Slot>> = BTreeMap::new();
+            {
+                let st = self.st.borrow();
+                for s in slots {
+                    fine.entry(st.bucket(s.due_ms)).or_default().push(s);
+                }
+            }
+            for (b, v) in &fine {
+                batch.event(&bucket_key(*b), &format::encode(v));
+            }
+            if whole {
+                batch.push(NewRecord {
+                    kind: RecordKind::Snapshot,
+                    key,
+                    payload: format::encode(&Vec::<Slot>::new()),
+                    expires_at_ms: Some(now),
+                });
+                batch.snapshot(EXPANDED_KEY, &format::encode(&(c + 1)));
+            } else {
+                batch.truncate(&key, before);
+            }
+            self.log
+                .append(&batch)
+                .await
+                .map_err(|e| WriterError::Append(Arc::new(e)))?;
+            let mut st = self.st.borrow_mut();
+            for b in fine.keys() {
+                if *b < st.recovered_to {
+                    st.recovered_past.insert(*b);
+                }
+            }
+            if whole {
+                st.expanded_to = c + 1;
+                st.expanded_durable = c + 1;
+            }
+            did = true;
+        }
+        Ok(did)
+    }
+
     fn build_commands(
         &self,
         cmds: Vec<Cmd>,
@@ -730,7 +890,7 @@ impl Service {
     ) {
         let mut st = self.st.borrow_mut();
         let bms = st.bucket_ms;
-        let mut adds: BTreeMap<u64, Vec<Slot>> = BTreeMap::new();
+        let mut adds: BTreeMap<IndexKey, Vec<Slot>> = BTreeMap::new();
         let mut counts: HashMap<u32, usize> = HashMap::new();
         for Cmd { op, done } in cmds {
             match op {
@@ -800,7 +960,7 @@ impl Service {
                     if due / bms < st.loaded_to {
                         round.hold.push(slot.clone());
                     }
-                    adds.entry(due / bms).or_default().push(slot);
+                    adds.entry(st.index_key(due)).or_default().push(slot);
                     round.replies.push((done, Reply::Done));
                 }
                 Op::Del { actor, name } => {
@@ -852,8 +1012,17 @@ impl Service {
             }
         }
         // The time index comes after the tables in the batch (its origins are larger).
-        for (b, slots) in adds {
-            round.batch.event(&bucket_key(b), &format::encode(&slots));
+        let mut coarse = false;
+        for (k, slots) in adds {
+            coarse |= matches!(k, IndexKey::Coarse(_));
+            round.batch.event(&k.key(), &format::encode(&slots));
+        }
+        if coarse && st.expanded_durable != st.expanded_to {
+            // A restart must not take this coarse bucket for an already spread one.
+            round
+                .batch
+                .snapshot(EXPANDED_KEY, &format::encode(&st.expanded_to));
+            round.expanded = Some(st.expanded_to);
         }
         if let Some(hw) = round.rid_hw {
             round.batch.snapshot(RID_KEY, &format::encode(&hw));
@@ -867,18 +1036,32 @@ impl Service {
         if upto <= st.closing {
             return false;
         }
-        let bms = st.bucket_ms;
-        let mut next: BTreeMap<u64, Vec<Slot>> = BTreeMap::new();
+        let mut next: BTreeMap<IndexKey, Vec<Slot>> = BTreeMap::new();
         for (_, v) in st.crossings.range(st.closing..upto) {
             for s in v {
-                if st.live.get(&s.rid) == Some(&s.due_ms) && !round.dropped.contains(&s.rid) {
-                    next.entry(s.due_ms / bms).or_default().push(s.clone());
+                // Every crossing of a live reminder into a bucket that stays open is written,
+                // even if the reminder fired again since (in memory): until that bucket closes
+                // too, this record is the reminder's only durable occurrence. (A crossing into
+                // a bucket closed by this batch is superseded at once, so it is left out.)
+                if st.live.contains_key(&s.rid)
+                    && !round.dropped.contains(&s.rid)
+                    && st.bucket(s.due_ms) >= upto
+                {
+                    next.entry(st.index_key(s.due_ms))
+                        .or_default()
+                        .push(s.clone());
                 }
             }
         }
         let mut wrote = false;
-        for (b, slots) in next {
-            round.batch.event(&bucket_key(b), &format::encode(&slots));
+        for (k, slots) in next {
+            if matches!(k, IndexKey::Coarse(_)) && st.expanded_durable != st.expanded_to {
+                round
+                    .batch
+                    .snapshot(EXPANDED_KEY, &format::encode(&st.expanded_to));
+                round.expanded = Some(st.expanded_to);
+            }
+            round.batch.event(&k.key(), &format::encode(&slots));
             wrote = true;
         }
         // A closed bucket's records are superseded by an empty snapshot that expires at once:
@@ -915,6 +1098,9 @@ impl Service {
         }
         for s in round.hold {
             st.hold(s);
+        }
+        if let Some(e) = round.expanded {
+            st.expanded_durable = st.expanded_durable.max(e);
         }
         if upto > st.closing {
             let keep = st.crossings.split_off(&upto);
@@ -1094,6 +1280,8 @@ struct Round {
     /// New occurrences whose bucket is already in memory.
     hold: Vec<Slot>,
     rid_hw: Option<u64>,
+    /// The `expanded_to` this round records.
+    expanded: Option<u64>,
 }
 
 /// Applies one table record.
