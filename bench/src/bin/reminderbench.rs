@@ -9,8 +9,9 @@
 //! 3. `periodic`: `--periodic` reminders every `--period-ms` for `--periodic-secs`: lateness
 //!    (jitter) of every tick.
 //! 4. `rss` (run first, in a fresh process): resident memory of the process before and after registering `--registered`
-//!    reminders due 1-2 hours ahead (`--per-actor` per actor, so actor activations are not
-//!    what is measured); the same-run figure of the node alone is the "before".
+//!    reminders due over `--rss-spread-s` seconds from one hour ahead (`--per-actor` per actor,
+//!    so actor activations are not what is measured); the same-run figure of the node with its
+//!    actors active is the "before".
 //!
 //! `cargo run --release -p quark-bench --bin reminderbench -- --dir /tmp/reminderbench`
 
@@ -62,6 +63,10 @@ struct Args {
     /// Reminders registered for the `rss` part.
     #[arg(long, default_value_t = 1_000_000)]
     registered: u64,
+    /// The `rss` part's reminders are due over this many seconds, from one hour ahead
+    /// (default 30 days: mostly distinct seconds, so mostly distinct time buckets).
+    #[arg(long, default_value_t = 2_592_000)]
+    rss_spread_s: u64,
     /// Reminders per actor in the `rss` part.
     #[arg(long, default_value_t = 100)]
     per_actor: u64,
@@ -342,8 +347,9 @@ fn rss(args: &Args) -> Result<()> {
     let before = rss_bytes();
     let now_ms = now_us() / 1000;
     let n = args.registered;
+    let spread_ms = args.rss_spread_s * 1000;
     let took = arm(args, &node, n, per_actor, 0, |i| {
-        now_ms + 3_600_000 + i * 3_600_000 / n
+        now_ms + 3_600_000 + i * spread_ms / n
     })?;
     let after = rss_bytes();
     let loaded: u64 = block_on(node.reminders().stats())?
@@ -352,7 +358,8 @@ fn rss(args: &Args) -> Result<()> {
         .sum();
     let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
     println!(
-        "rss: {n} reminders ({per_actor} per actor on {actors} actors, due 1-2 h ahead) registered in {:.1} s ({:.0}/s durable): RSS {:.1} MiB before, {:.1} MiB after => +{:.1} MiB ({:.0} B per reminder); {loaded} held in memory",
+        "rss: {n} reminders ({per_actor} per actor on {actors} actors, due over {} s from 1 h ahead) registered in {:.1} s ({:.0}/s durable): RSS {:.1} MiB before, {:.1} MiB after => +{:.1} MiB ({:.0} B per reminder); {loaded} held in memory",
+        args.rss_spread_s,
         took.as_secs_f64(),
         n as f64 / took.as_secs_f64(),
         mib(before),

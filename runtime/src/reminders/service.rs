@@ -199,7 +199,7 @@ struct State {
     /// Coarse buckets below it were spread into fine buckets (a slot due there is written to
     /// its fine bucket; a later one to its coarse bucket).
     expanded_to: u64,
-    /// The `expanded_to` the log knows.
+    /// The `expanded_to` the log knows (`u64::MAX`: none yet).
     expanded_durable: u64,
     recovered_to: u64,
     next_rid: u64,
@@ -427,9 +427,9 @@ impl Service {
         st.next_rid = rid;
         st.reserved_rid = rid;
         // Without a record no coarse bucket was ever written: start at the watermark's.
-        let e = expanded.unwrap_or(w / st.coarse_buckets);
-        st.expanded_to = e;
-        st.expanded_durable = e;
+        st.expanded_to = expanded.unwrap_or(w / st.coarse_buckets);
+        // Unknown to the log (`MAX`): the first coarse record writes it in its batch.
+        st.expanded_durable = expanded.unwrap_or(u64::MAX);
         tracing::debug!(
             shard = self.shard,
             watermark = w,
@@ -1100,7 +1100,10 @@ impl Service {
             st.hold(s);
         }
         if let Some(e) = round.expanded {
-            st.expanded_durable = st.expanded_durable.max(e);
+            st.expanded_durable = match st.expanded_durable {
+                u64::MAX => e,
+                d => d.max(e),
+            };
         }
         if upto > st.closing {
             let keep = st.crossings.split_off(&upto);
