@@ -182,3 +182,26 @@ fn the_per_node_limit_of_a_type_holds_across_shards() {
     assert_eq!(max, 3, "the limit was reached (the test is meaningful)");
     node.shutdown();
 }
+
+#[test]
+fn batches_without_keys_are_spread_over_the_shards() {
+    let tmp = tempfile::tempdir().unwrap();
+    let runs: Runs = Arc::default();
+    let node = with_task(builder(tmp.path(), 2), &runs).start().unwrap();
+    let jobs = node.jobs();
+    let mut per_shard = [0u32; 2];
+    for b in 0..8u64 {
+        // Even batch sizes: each job of a batch takes a round-robin turn.
+        let batch = (0..2)
+            .map(|i| quark::jobs::NewJob::new(&Task(b * 2 + i), JobOptions::default()))
+            .collect();
+        let ids = block_on(jobs.enqueue_batch(batch)).unwrap();
+        assert!(
+            ids.iter().all(|i| i.shard() == ids[0].shard()),
+            "one batch, one shard"
+        );
+        per_shard[usize::from(ids[0].shard())] += 1;
+    }
+    assert_eq!(per_shard, [4, 4], "batches alternate between the shards");
+    node.shutdown();
+}

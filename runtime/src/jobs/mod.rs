@@ -961,6 +961,7 @@ impl std::fmt::Debug for Jobs {
 pub(crate) struct Prepared {
     pub stored: StoredJob,
     pub deps: Vec<Dep>,
+    /// The owner when `placed_by_key`; otherwise 0 (the batch picks its shard).
     pub shard: ShardId,
     pub placed_by_key: bool,
 }
@@ -1021,10 +1022,8 @@ impl Jobs {
         let place_key = o.concurrency_key.as_ref().or(o.unique_key.as_ref());
         let (shard, placed_by_key) = match place_key {
             Some(k) => (shard_of_key(k, shards), true),
-            None => (
-                (self.shared.rr.fetch_add(1, Ordering::Relaxed) % u64::from(shards)) as ShardId,
-                false,
-            ),
+            // Placed by its batch (one round-robin turn per batch, in `enqueue_batch`).
+            None => (0, false),
         };
         Ok(Prepared {
             stored: StoredJob {
@@ -1089,7 +1088,12 @@ impl Jobs {
                     })
                 })
             })
-            .unwrap_or(prepared[0].shard);
+            // One round-robin turn per batch. (Each job used to take a turn and the batch went to
+            // its first job's shard: with an even batch size every batch landed on shard 0.)
+            .unwrap_or_else(|| {
+                let shards = u64::from(self.engine.shard_count().max(1));
+                (self.shared.rr.fetch_add(1, Ordering::Relaxed) % shards) as ShardId
+            });
         for (index, p) in prepared.iter().enumerate() {
             for d in &p.deps {
                 if let Dep::Job(id) = d {
