@@ -260,6 +260,12 @@ impl NodeBuilder {
         F: Fn(J, crate::jobs::JobContext) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Result<(), crate::jobs::JobFailure>> + 'static,
     {
+        if !self.jobs.has_types() {
+            // The gateway of enqueues from other nodes and clients (`jobs::remote`).
+            self = self
+                .register(ActorType::new(|_| crate::jobs::remote::JobGateway))
+                .remote::<crate::jobs::remote::JobGateway, crate::jobs::remote::RemoteEnqueue>();
+        }
         self.jobs.register::<J, F, Fut>(config, handler);
         self
     }

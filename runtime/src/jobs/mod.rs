@@ -39,6 +39,7 @@ mod node_limit;
 mod options;
 mod queue;
 pub mod record;
+pub mod remote;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -274,6 +275,11 @@ impl JobsSetup {
             validate,
             from_json,
         });
+    }
+
+    /// True once a job type is registered.
+    pub(crate) fn has_types(&self) -> bool {
+        !self.types.is_empty()
     }
 
     pub(crate) fn config(&mut self, config: JobsConfig) {

@@ -470,6 +470,11 @@ impl ShardQueue {
         (self.jobs.shared.config.aging.as_millis() as i64).max(1)
     }
 
+    /// The node's jobs handle.
+    pub(crate) fn jobs(&self) -> Jobs {
+        self.jobs.clone()
+    }
+
     /// Wakes the scheduler (new work, or the clock moved).
     pub(crate) fn wake(&self) {
         self.sched.notify();
