@@ -15,6 +15,7 @@ pub mod jobs;
 pub mod journal;
 mod node;
 pub mod outbox;
+pub mod reminders;
 mod serve;
 
 pub use admin::{AdminConfig, AdminError};

@@ -62,6 +62,12 @@ pub enum NodeError {
     /// `allow_remote`, or the address could not be bound.
     #[error(transparent)]
     Admin(#[from] AdminError),
+    /// A shard's jobs could not be recovered from its log (see `docs/JOBS.md`).
+    #[error(transparent)]
+    Jobs(#[from] crate::jobs::JobsStartError),
+    /// A shard's reminders could not be recovered, or their settings are out of range.
+    #[error(transparent)]
+    Reminders(#[from] crate::reminders::RemindersStartError),
     /// The outbox configuration was refused (see `docs/OUTBOX.md`).
     #[error(transparent)]
     Outbox(#[from] crate::outbox::OutboxConfigError),
@@ -121,6 +127,7 @@ pub struct NodeBuilder {
     after_start: Vec<AfterStart>,
     wire: Vec<WireRegistration>,
     jobs: crate::jobs::JobsSetup,
+    reminders: crate::reminders::Setup,
     outbox: crate::outbox::Setup,
 }
 
@@ -253,6 +260,12 @@ impl NodeBuilder {
         F: Fn(J, crate::jobs::JobContext) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Result<(), crate::jobs::JobFailure>> + 'static,
     {
+        if !self.jobs.has_types() {
+            // The gateway of enqueues from other nodes and clients (`jobs::remote`).
+            self = self
+                .register(ActorType::new(|_| crate::jobs::remote::JobGateway))
+                .remote::<crate::jobs::remote::JobGateway, crate::jobs::remote::RemoteEnqueue>();
+        }
         self.jobs.register::<J, F, Fut>(config, handler);
         self
     }
@@ -260,6 +273,23 @@ impl NodeBuilder {
     /// Node-wide job settings (clock, aging, limits; see [`crate::jobs::JobsConfig`]).
     pub fn jobs_config(mut self, config: crate::jobs::JobsConfig) -> Self {
         self.jobs.config(config);
+        self
+    }
+
+    /// Lets actors of type `A` have durable reminders (see [`crate::reminders`]): their ticks
+    /// are delivered after a restart too. Reminders run when the node has a log (`[log]`);
+    /// each shard recovers its reminders before `start` returns.
+    pub fn register_reminders<A>(mut self) -> Self
+    where
+        A: quark_shard::Handler<crate::reminders::ReminderTick>,
+    {
+        self.reminders.register::<A>();
+        self
+    }
+
+    /// Node-wide reminder settings (see [`crate::reminders::RemindersConfig`]).
+    pub fn reminders_config(mut self, config: crate::reminders::RemindersConfig) -> Self {
+        self.reminders.config(config);
         self
     }
 
@@ -343,7 +373,22 @@ impl NodeBuilder {
         for start in self.after_start {
             start(&handle, &self.config);
         }
-        let jobs = self.jobs.start(&handle, self.config.engine.log.is_some());
+        let has_log = self.config.engine.log.is_some();
+        // A feature that cannot recover its records is a start error: stop the shards first.
+        let jobs = match self.jobs.start(&handle, has_log) {
+            Ok(j) => j,
+            Err(e) => {
+                let _report = engine.shutdown();
+                return Err(e.into());
+            }
+        };
+        let reminders = match self.reminders.start(&handle, has_log) {
+            Ok(r) => r,
+            Err(e) => {
+                let _report = engine.shutdown();
+                return Err(e.into());
+            }
+        };
         let info = NodeInfo {
             node_id: engine.node_id(),
             cluster_listen: engine.listen_addr(),
@@ -374,6 +419,7 @@ impl NodeBuilder {
             config: self.config,
             jobs,
             outbox_running,
+            reminders,
         })
     }
 }
@@ -412,6 +458,7 @@ pub struct Node {
     /// The outbox's dispatchers run: `shutdown` stops them (and waits for their last
     /// acknowledgements) before the engine stops.
     outbox_running: bool,
+    reminders: crate::reminders::Reminders,
 }
 
 impl Node {
@@ -424,6 +471,7 @@ impl Node {
             after_start: Vec::new(),
             wire: Vec::new(),
             jobs: Default::default(),
+            reminders: Default::default(),
             outbox: crate::outbox::Setup::default(),
         }
     }
@@ -478,6 +526,11 @@ impl Node {
     /// This node's durable jobs (see [`crate::jobs`]).
     pub fn jobs(&self) -> crate::jobs::Jobs {
         self.jobs.clone()
+    }
+
+    /// This node's durable reminders, seen from outside an actor (see [`crate::reminders`]).
+    pub fn reminders(&self) -> crate::reminders::Reminders {
+        self.reminders.clone()
     }
 
     /// A `Send + Clone` handle to this node's shards.

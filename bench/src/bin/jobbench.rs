@@ -12,6 +12,9 @@
 //!    batch, batches in flight concurrently); each handler records start − its scheduled
 //!    enqueue time (so a late driver is measured, not hidden).
 //!
+//! Repeated `--runs` times (each run: baseline, then the parts); the summary lines give the
+//! median [min .. max] of the runs and the per-run ratio of start latency to the baseline.
+//!
 //! `cargo run --release -p quark-bench --bin jobbench -- --dir /tmp/jobbench`
 
 use std::path::{Path, PathBuf};
@@ -26,6 +29,8 @@ use hdrhistogram::Histogram;
 use quark::jobs::{Job, JobContext, JobOptions, JobState, JobTypeConfig, JobsConfig, NewJob};
 use quark::{block_on, Node, NodeConfig};
 use quark_bench::files::{hist, pwrite_loop, zero_filled};
+use quark_bench::machine::Machine;
+use quark_bench::summary::{format_runs, format_spread, per_run_ratios, spread};
 use serde::{Deserialize, Serialize};
 
 #[global_allocator]
@@ -64,6 +69,9 @@ struct Args {
     /// Idle spin of the shards, µs.
     #[arg(long, default_value_t = 50)]
     idle_spin_us: u64,
+    /// Runs (each: baseline, then the parts).
+    #[arg(long, default_value_t = 3)]
+    runs: usize,
     /// Which parts to run (comma separated): baseline, throughput, latency.
     #[arg(long, default_value = "baseline,throughput,latency")]
     only: String,
@@ -140,7 +148,8 @@ fn open_jobs(node: &Node) -> Result<u64> {
         .sum())
 }
 
-fn throughput(args: &Args) -> Result<()> {
+/// Returns the end-to-end jobs/s.
+fn throughput(args: &Args) -> Result<f64> {
     let node = start_node(args, &args.dir.join("throughput"), None)?;
     let jobs = node.jobs();
     DONE.store(0, Ordering::SeqCst);
@@ -180,10 +189,11 @@ fn throughput(args: &Args) -> Result<()> {
         total as f64 / syncs.max(1) as f64
     );
     node.shutdown();
-    Ok(())
+    Ok(total as f64 / elapsed.as_secs_f64())
 }
 
-fn latency(args: &Args) -> Result<()> {
+/// Returns the enqueue-to-start p99, µs.
+fn latency(args: &Args) -> Result<f64> {
     let h = Arc::new(Mutex::new(hist()));
     let epoch = Instant::now();
     let node = start_node(
@@ -244,12 +254,14 @@ fn latency(args: &Args) -> Result<()> {
         us(0.999),
         h.max() as f64 / 1000.0
     );
+    let p99 = us(0.99);
     drop(h);
     node.shutdown();
-    Ok(())
+    Ok(p99)
 }
 
-fn baseline(args: &Args) -> Result<()> {
+/// Returns the fdatasync p50, µs.
+fn baseline(args: &Args) -> Result<f64> {
     let dir = args.dir.join("baseline");
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir)?;
@@ -264,20 +276,55 @@ fn baseline(args: &Args) -> Result<()> {
         h.value_at_quantile(0.99) as f64 / 1000.0,
         args.baseline_ops as f64 / elapsed.as_secs_f64()
     );
-    Ok(())
+    Ok(h.value_at_quantile(0.5) as f64 / 1000.0)
 }
 
 fn main() -> Result<()> {
     let args = Args::parse();
+    println!("{}", Machine::describe().line());
     let only: Vec<&str> = args.only.split(',').map(str::trim).collect();
-    if only.contains(&"baseline") {
-        baseline(&args)?;
+    let (mut base, mut thr, mut lat) = (Vec::new(), Vec::new(), Vec::new());
+    // Each run: the baseline, then the parts, so every run has its own baseline.
+    for run in 0..args.runs {
+        println!("run {run}:");
+        if only.contains(&"baseline") {
+            base.push(baseline(&args)?);
+        }
+        if only.contains(&"throughput") {
+            thr.push(throughput(&args)?);
+        }
+        if only.contains(&"latency") {
+            lat.push(latency(&args)?);
+        }
     }
-    if only.contains(&"throughput") {
-        throughput(&args)?;
+    if !base.is_empty() {
+        println!(
+            "summary: baseline fdatasync p50 (us): {} (runs: {})",
+            format_spread(&spread(&base), 0),
+            format_runs(&base, 0)
+        );
     }
-    if only.contains(&"latency") {
-        latency(&args)?;
+    if !thr.is_empty() {
+        println!(
+            "summary: end to end (jobs/s): {} (runs: {})",
+            format_spread(&spread(&thr), 0),
+            format_runs(&thr, 0)
+        );
+    }
+    if !lat.is_empty() {
+        println!(
+            "summary: enqueue-to-start p99 (us): {} (runs: {})",
+            format_spread(&spread(&lat), 0),
+            format_runs(&lat, 0)
+        );
+        if lat.len() == base.len() {
+            let r = per_run_ratios(&lat, &base);
+            println!(
+                "summary: enqueue-to-start p99 / same-run fdatasync p50: {} (runs: {})",
+                format_spread(&spread(&r), 2),
+                format_runs(&r, 2)
+            );
+        }
     }
     let _ = std::fs::remove_dir_all(&args.dir);
     Ok(())

@@ -16,6 +16,8 @@ pub const JOB_KEY_PREFIX: &[u8] = b"jobs/j/";
 pub const SCHEDULE_KEY_PREFIX: &[u8] = b"jobs/c/";
 /// Key of the sequence reservation record (payload: the reserved bound, postcard `u64`).
 pub const HW_KEY: &[u8] = b"jobs/hw";
+/// Key of the shard's pause state (a snapshot of [`StoredPause`]).
+pub const PAUSE_KEY: &[u8] = b"jobs/p";
 /// The format byte in front of every record payload.
 pub const FORMAT: u8 = 1;
 
@@ -81,6 +83,15 @@ pub struct StoredSchedule {
     pub paused: bool,
     /// The last occurrence handled (fired or skipped), Unix ms.
     pub last_ms: i64,
+}
+
+/// Which job types the shard does not start (durable: [`crate::jobs::Jobs::set_paused`]).
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct StoredPause {
+    /// Every type is paused.
+    pub all: bool,
+    /// These types are paused (by name; a name no longer registered is kept).
+    pub types: Vec<String>,
 }
 
 /// The key of schedule `name`.
@@ -212,6 +223,25 @@ pub fn encode_enqueued(job: &StoredJob) -> Vec<u8> {
 
 /// Decodes a record's payload.
 pub fn decode(bytes: &[u8]) -> Result<JobRecord, RecordError> {
+    match bytes.split_first() {
+        None => Err(RecordError::Empty),
+        Some((&FORMAT, body)) => {
+            postcard::from_bytes(body).map_err(|e| RecordError::Decode(e.to_string()))
+        }
+        Some((&f, _)) => Err(RecordError::Format(f)),
+    }
+}
+
+// Format: { FORMAT u8 | postcard(StoredPause) }
+/// Encodes the pause state.
+pub fn encode_pause(p: &StoredPause) -> Vec<u8> {
+    let mut out = vec![FORMAT];
+    out.extend(postcard::to_allocvec(p).unwrap_or_default());
+    out
+}
+
+/// Decodes the pause state.
+pub fn decode_pause(bytes: &[u8]) -> Result<StoredPause, RecordError> {
     match bytes.split_first() {
         None => Err(RecordError::Empty),
         Some((&FORMAT, body)) => {
