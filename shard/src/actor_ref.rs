@@ -561,6 +561,7 @@ impl<A: Actor> ActorRef<A> {
         // The deadline starts now and covers waiting for a credit or for mailbox room; it
         // travels with the message, so the callee does not run the ask once it passed.
         let deadline = core.now() + timeout;
+        let started_us = core.clock.now_us();
         let call = core
             .calls
             .borrow_mut()
@@ -596,7 +597,7 @@ impl<A: Actor> ActorRef<A> {
             None => wait.await,
         };
         core.stats.ask_latency[usize::from(target != core.id)]
-            .record((core.now() + timeout).saturating_duration_since(deadline));
+            .record_us(core.clock.now_us() - started_us);
         outcome_into::<A, M>(outcome, || self.id.clone(), timeout)
     }
 

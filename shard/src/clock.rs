@@ -98,17 +98,30 @@ impl ManualClock {
 pub(crate) struct ShardClock {
     clock: Clock,
     now: std::cell::Cell<Instant>,
+    /// `now` as µs since `origin`: an integer for cheap differences (ask latencies).
+    now_us: std::cell::Cell<u64>,
+    origin: Instant,
     /// `coarse_ns()` read just after `now`.
     coarse_at_now: std::cell::Cell<u64>,
 }
 
 impl ShardClock {
     pub(crate) fn new(clock: Clock) -> Self {
+        let now = clock.now();
         ShardClock {
-            now: std::cell::Cell::new(clock.now()),
+            now: std::cell::Cell::new(now),
+            now_us: std::cell::Cell::new(0),
+            origin: now,
             coarse_at_now: std::cell::Cell::new(coarse_ns()),
             clock,
         }
+    }
+
+    /// Shard time as last read, in µs since the shard started (for differences: two readings
+    /// subtract without `Instant` arithmetic).
+    #[inline]
+    pub(crate) fn now_us(&self) -> u64 {
+        self.now_us.get()
     }
 
     /// Shard time as last read (see [`Self::refresh`]).
@@ -128,6 +141,9 @@ impl ShardClock {
     #[inline]
     fn set(&self, now: Instant) {
         self.now.set(now);
+        let since = now.saturating_duration_since(self.origin);
+        self.now_us
+            .set(since.as_secs() * 1_000_000 + u64::from(since.subsec_micros()));
         self.coarse_at_now.set(coarse_ns());
     }
 

@@ -2,7 +2,6 @@
 //! [`crate::Engine::stats`] (which asks each shard for a snapshot).
 
 use std::cell::Cell;
-use std::time::Duration;
 
 /// Index of a message kind in [`ShardStats::tells`], [`ShardStats::asks`] and (the first
 /// three) [`ShardStats::ask_latency`]: to an actor of the same shard.
@@ -28,10 +27,9 @@ pub(crate) struct LatencyHistogram {
 }
 
 impl LatencyHistogram {
-    /// Counts one ask that took `took`.
+    /// Counts one ask that took `us` µs.
     #[inline]
-    pub(crate) fn record(&self, took: Duration) {
-        let us = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
+    pub(crate) fn record_us(&self, us: u64) {
         add(&self.buckets[latency_bucket(us)], 1);
         self.sum_us.set(self.sum_us.get().saturating_add(us));
     }
@@ -102,9 +100,9 @@ mod tests {
         assert_eq!(latency_bucket((1 << 24) + 1), 25);
         assert_eq!(latency_bucket(u64::MAX), ASK_LATENCY_BUCKETS - 1);
         let h = LatencyHistogram::default();
-        h.record(Duration::from_micros(3));
-        h.record(Duration::from_micros(100));
-        h.record(Duration::from_secs(60));
+        h.record_us(3);
+        h.record_us(100);
+        h.record_us(60_000_000);
         let (b, sum) = h.snapshot();
         assert_eq!(b[2], 1);
         assert_eq!(b[7], 1, "100 µs <= 128 µs");

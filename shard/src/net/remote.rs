@@ -180,6 +180,7 @@ where
         return Err(unavailable(&core, node, id));
     };
     let deadline = core.now() + timeout;
+    let started_us = core.clock.now_us();
     let Some(wire) = link.wire() else {
         return Err(unavailable(&core, node, id));
     };
@@ -237,8 +238,7 @@ where
     })
     .await;
     drop(wait);
-    core.stats.ask_latency[crate::stats::REMOTE]
-        .record((core.now() + timeout).saturating_duration_since(deadline));
+    core.stats.ask_latency[crate::stats::REMOTE].record_us(core.clock.now_us() - started_us);
     remote_outcome::<M>(&core, codec, id, node, timeout, outcome)
 }
 
