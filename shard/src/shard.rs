@@ -81,6 +81,16 @@ impl Shard {
         }
     }
 
+    /// The shard's network service. Its tasks, links and connections are only started when
+    /// the engine has a `NetConfig`, so the network code reaches it through here (one check
+    /// of that invariant, not one per call site).
+    #[inline]
+    pub(crate) fn net(&self) -> &crate::net::NetShard {
+        self.net
+            .as_ref()
+            .expect("the network service runs only with a NetConfig")
+    }
+
     /// The shard's time, read once per pump iteration (and refreshed by every ask's turn).
     #[inline]
     pub(crate) fn now(&self) -> Instant {

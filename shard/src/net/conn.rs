@@ -338,11 +338,7 @@ pub(crate) fn start(core: &Rc<Shard>, listener: Option<std::net::TcpListener>) {
 }
 
 fn handshake_config(core: &Shard) -> HandshakeConfig {
-    let cfg = &core
-        .net
-        .as_ref()
-        .expect("transport tasks run only with a NetConfig")
-        .cfg;
+    let cfg = &core.net().cfg;
     HandshakeConfig {
         protocol_version: PROTOCOL_VERSION,
         cluster_id: cfg.membership.cluster_id().to_owned(),
@@ -495,12 +491,7 @@ fn nonce() -> [u8; quark_net::NONCE_BYTES] {
 /// fail what waited on it and reconnect after a backoff with jitter. Runs until the shard
 /// stops.
 async fn run_link(core: Rc<Shard>, link: Rc<Link>) {
-    let cfg = core
-        .net
-        .as_ref()
-        .expect("links exist only with a NetConfig")
-        .cfg
-        .clone();
+    let cfg = core.net().cfg.clone();
     let mut backoff = Backoff::new(cfg.backoff);
     let mut last_log: Cell<Option<Instant>> = Cell::new(None);
     let mut was_up = false;
@@ -522,10 +513,7 @@ async fn run_link(core: Rc<Shard>, link: Rc<Link>) {
                 })
             }
             Err(e) => {
-                let net = core
-                    .net
-                    .as_ref()
-                    .expect("links exist only with a NetConfig");
+                let net = core.net();
                 net.stats.peers.borrow_mut().record_close(e.close_reason());
                 let quiet = matches!(e, LinkError::Connect { .. })
                     && !super::log_due(&last_log, Instant::now(), Duration::from_secs(5));
@@ -597,10 +585,7 @@ async fn dial(
 
 /// Counts and logs an established link.
 fn link_up(core: &Shard, link: &Link, reconnect: bool) {
-    let net = core
-        .net
-        .as_ref()
-        .expect("links exist only with a NetConfig");
+    let net = core.net();
     {
         let mut peers = net.stats.peers.borrow_mut();
         peers.connects += 1;
@@ -616,10 +601,7 @@ fn link_up(core: &Shard, link: &Link, reconnect: bool) {
 /// tells that were queued on it but not written (or whose write failed) as dropped.
 fn fail_pending(core: &Shard, wire: &Outbound, peer: NodeId, cause: Option<LinkDown>) {
     let pending: Vec<u64> = wire.pending.borrow_mut().drain().collect();
-    let net = core
-        .net
-        .as_ref()
-        .expect("links exist only with a NetConfig");
+    let net = core.net();
     let lost = wire.tells_queued.replace(0) + wire.tells_writing.replace(0);
     if lost > 0 {
         let s = &net.stats.tells_dropped;
@@ -648,10 +630,7 @@ fn fail_pending(core: &Shard, wire: &Outbound, peer: NodeId, cause: Option<LinkD
 }
 
 async fn accept_loop(core: Rc<Shard>, listener: tcp::Listener) {
-    let net = core
-        .net
-        .as_ref()
-        .expect("the listener exists only with a NetConfig");
+    let net = core.net();
     let cfg = net.cfg.clone();
     while running(&core) {
         let (mut rd, mut wr, fd, addr) = match listener.accept().await {
@@ -666,7 +645,7 @@ async fn accept_loop(core: Rc<Shard>, listener: tcp::Listener) {
         let cfg = cfg.clone();
         core.sched.spawn(async move {
             let core = core2;
-            let net = core.net.as_ref().expect("checked above");
+            let net = core.net();
             net.stats.peers.borrow_mut().connects += 1;
             let acc = Acceptor::new(handshake_config(&core), nonce());
             let (peer, dec) = match handshake(
@@ -727,10 +706,7 @@ async fn serve(
     peer: NodeId,
     addr: SocketAddr,
 ) -> CloseReason {
-    let net = core
-        .net
-        .as_ref()
-        .expect("connections exist only with a NetConfig");
+    let net = core.net();
     start_conn_tasks(core, wire, wr, fd, peer, addr);
     let mut buf = vec![0u8; READ_CHUNK_BYTES];
     let mut last_data = Instant::now();
@@ -773,7 +749,7 @@ fn start_conn_tasks(
     peer: NodeId,
     addr: SocketAddr,
 ) {
-    let cfg = &core.net.as_ref().expect("a connection has a NetConfig").cfg;
+    let cfg = &core.net().cfg;
     wire.fd.set(Some(fd));
     *wire.detector.borrow_mut() = Some(FailureDetector::new(cfg.detector, Instant::now()));
     wire.ready.set(true);
@@ -920,10 +896,7 @@ fn drain_frames(
     peer: NodeId,
     addr: SocketAddr,
 ) -> Result<Drained, CloseReason> {
-    let net = core
-        .net
-        .as_ref()
-        .expect("connections exist only with a NetConfig");
+    let net = core.net();
     loop {
         if wire.reads_blocked() && !wire.is_closed() {
             return Ok(Drained::Paused);
@@ -953,10 +926,7 @@ fn drain_frames(
 
 /// Flushes the wire: takes everything queued, writes it with one call, repeats.
 async fn writer(core: Rc<Shard>, wire: Rc<Outbound>, mut wr: TcpWriter) {
-    let net = core
-        .net
-        .as_ref()
-        .expect("connections exist only with a NetConfig");
+    let net = core.net();
     let mut spare = OutBuf::with_capacity(64 * 1024);
     loop {
         poll_fn(|cx| {

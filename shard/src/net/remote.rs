@@ -722,10 +722,7 @@ where
 /// that passed the decoder is well formed; what is wrong with its payload gets an ErrorReply
 /// (for a request) and is counted.
 pub(crate) fn dispatch(core: &Rc<Shard>, wire: &Rc<Outbound>, frame: &Frame<'_>) {
-    let net = core
-        .net
-        .as_ref()
-        .expect("connections exist only with a NetConfig");
+    let net = core.net();
     net.stats.requests_in.set(net.stats.requests_in.get() + 1);
     let head = frame.header.head;
     let sink = ReplySink::new(wire, head);
