@@ -100,11 +100,21 @@ fn log_jobs_and_outbox_figures_are_exported_as_the_features_report_them() {
         assert_eq!(block_on(jobs.wait(id)).unwrap().state, JobState::Completed);
     }
     let addr = node.admin_addr().unwrap();
-    let r = fetch(addr, "/metrics", T).unwrap();
-    assert_eq!(r.status, 200);
-    let text = r.body;
-    let s = samples(&text);
-    let shards = node.stats().unwrap();
+    // The outbox writes its acknowledgements (and the jobs their last records) a moment after
+    // the figures above move: compare a scrape with the node's own figures once the logs
+    // are quiet (a scrape whose log figures match the stats read just after it).
+    let (s, shards, text) = eventually("a scrape of quiet logs", T, || {
+        let r = fetch(addr, "/metrics", T).unwrap();
+        assert_eq!(r.status, 200);
+        let s = samples(&r.body);
+        let shards = node.stats().unwrap();
+        let quiet = shards.iter().all(|st| {
+            let sh = st.shard;
+            st.log_next_lsn.map(|n| n as f64) == Some(value(&s, "quark_log_next_lsn", sh, &[]))
+                && value(&s, "quark_log_unacked_lsns", sh, &[]) == 0.0
+        });
+        quiet.then_some((s, shards, r.body))
+    });
     let outbox: Vec<_> = block_on(quark::outbox::Outbox::new(node.handle()).stats()).unwrap();
     let counts = block_on(jobs.counts()).unwrap();
     let mut completed = 0.0;

@@ -457,25 +457,7 @@ pub(crate) fn encode(
             if rows.is_empty() {
                 continue;
             }
-            let opts = Opts::new(m.name, help(m.help, m.unit));
-            match m.kind {
-                Kind::Counter => {
-                    let c = IntCounterVec::new(opts, &["shard"])?;
-                    for (shard, v) in rows {
-                        let v = mono.clamp(m.name, shard, "", v);
-                        c.with_label_values(&[&shard.to_string()]).inc_by(v);
-                    }
-                    registry.register(Box::new(c))?;
-                }
-                Kind::Gauge => {
-                    let g = IntGaugeVec::new(opts, &["shard"])?;
-                    for (shard, v) in rows {
-                        g.with_label_values(&[&shard.to_string()])
-                            .set(i64::try_from(v).unwrap_or(i64::MAX));
-                    }
-                    registry.register(Box::new(g))?;
-                }
-            }
+            register_per_shard(&registry, mono, m.name, help(m.help, m.unit), m.kind, rows)?;
         }
         let with_net: Vec<_> = live
             .iter()
@@ -643,6 +625,38 @@ fn ask_latency_family(live: &[ShardStatsSnapshot]) -> Option<prometheus::proto::
     Some(f)
 }
 
+/// Registers one metric with a value per shard: a counter (kept monotonic across scrapes by
+/// `mono`) or a gauge.
+fn register_per_shard(
+    registry: &Registry,
+    mono: &mut Monotonic,
+    name: &'static str,
+    help_text: String,
+    kind: Kind,
+    rows: Vec<(u16, u64)>,
+) -> Result<(), RenderError> {
+    let opts = Opts::new(name, help_text);
+    match kind {
+        Kind::Counter => {
+            let c = IntCounterVec::new(opts, &["shard"])?;
+            for (shard, v) in rows {
+                let v = mono.clamp(name, shard, "", v);
+                c.with_label_values(&[&shard.to_string()]).inc_by(v);
+            }
+            registry.register(Box::new(c))?;
+        }
+        Kind::Gauge => {
+            let g = IntGaugeVec::new(opts, &["shard"])?;
+            for (shard, v) in rows {
+                g.with_label_values(&[&shard.to_string()])
+                    .set(i64::try_from(v).unwrap_or(i64::MAX));
+            }
+            registry.register(Box::new(g))?;
+        }
+    }
+    Ok(())
+}
+
 /// Registers the probe metrics (log, outbox, jobs, recovery time) of `probes`.
 fn register_probes(
     registry: &Registry,
@@ -657,25 +671,7 @@ fn register_probes(
         if rows.is_empty() {
             continue;
         }
-        let opts = Opts::new(m.name, help(m.help, m.unit));
-        match m.kind {
-            Kind::Counter => {
-                let c = IntCounterVec::new(opts, &["shard"])?;
-                for (shard, v) in rows {
-                    let v = mono.clamp(m.name, shard, "", v);
-                    c.with_label_values(&[&shard.to_string()]).inc_by(v);
-                }
-                registry.register(Box::new(c))?;
-            }
-            Kind::Gauge => {
-                let g = IntGaugeVec::new(opts, &["shard"])?;
-                for (shard, v) in rows {
-                    g.with_label_values(&[&shard.to_string()])
-                        .set(i64::try_from(v).unwrap_or(i64::MAX));
-                }
-                registry.register(Box::new(g))?;
-            }
-        }
+        register_per_shard(registry, mono, m.name, help(m.help, m.unit), m.kind, rows)?;
     }
     let logs: Vec<_> = probes
         .iter()
