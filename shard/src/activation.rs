@@ -638,14 +638,13 @@ impl<A: Actor> Activation<A> {
     /// Wakes the senders waiting for room once the mailbox is down to half its capacity (not
     /// at every free slot: a sender then refills in a batch instead of waking once per
     /// message).
+    #[inline]
     fn wake_space_waiters(&self, cap: usize) {
-        if self.mailbox.borrow().len() > cap / 2 {
+        // Nobody waits, the common case, first: one look on every message taken.
+        if self.space_waiters.borrow().is_empty() || self.mailbox.borrow().len() > cap / 2 {
             return;
         }
         let mut waiters = self.space_waiters.borrow_mut();
-        if waiters.is_empty() {
-            return;
-        }
         let woken: Vec<Waker> = waiters.drain(..).collect();
         drop(waiters);
         for w in woken {
