@@ -11,6 +11,8 @@
 //! - `GET /quark/status`: a JSON [`Status`] (node id, version, state, shards, peers).
 //! - `GET /quark/shards`: a JSON [`ShardsReport`]: every shard's load counters, its log's,
 //!   its job queue's and its outbox's figures (read on the shards at request time).
+//! - `/quark/jobs/...`: the durable jobs, listed and operated (`GET` reads, `POST`
+//!   operations; see [`JobsPage`] and `docs/JOBS.md`).
 //! - `GET /` (or `/dashboard`): the dashboard, a page whose script polls the two JSON
 //!   documents above while it is open (and visible); its assets are compiled into the binary.
 //!
@@ -26,6 +28,7 @@
 mod client;
 mod dashboard;
 mod http;
+mod jobs;
 mod metrics;
 mod probe;
 mod shards;
@@ -38,7 +41,11 @@ use std::time::{Duration, Instant};
 
 use quark_shard::{Engine, ShardStatsSnapshot, StatsError};
 
-pub use client::{fetch, fetch_status, FetchError, Response};
+pub use client::{fetch, fetch_status, request, FetchError, Response};
+pub use jobs::{
+    encode_component, ApiError, JobView, JobsPage, JobsSummary, PauseState, JOBS_PAGE_DEFAULT,
+    JOBS_PAGE_MAX,
+};
 pub(crate) use probe::{journal_persisted, projection_fed};
 pub use probe::{JournalFigures, LogFigures, OutboxFigures};
 pub use shards::{CallCounts, ShardLoad, ShardsReport};
