@@ -8,7 +8,9 @@
 //!   count (see `docs/PERSIST.md`, "Manifest and locking").
 //! - `quark status --addr HOST:PORT [--json]`: a running node's status from its admin endpoint
 //!   (see `docs/OPERATIONS.md`); exit 1 when it cannot be read.
-//! - `quark jobs inspect --data-dir DIR`: lists a stopped node's durable jobs (`docs/JOBS.md`).
+//! - `quark jobs inspect --data-dir DIR`: lists a stopped node's durable jobs; `quark jobs
+//!   list|status|cancel|pause|resume|summary|dead-letters --addr HOST:PORT`: a running node's,
+//!   through its admin endpoint (`docs/JOBS.md`).
 //! - `quark outbox dead-letters list|replay|purge --data-dir DIR`: a stopped node's outbox
 //!   dead letters (`docs/OUTBOX.md`); exit 1 when the named dead letter is not there.
 //!
@@ -49,7 +51,7 @@ enum Command {
     Data(data::Args),
     /// Print a running node's status from its admin endpoint (`[admin]`).
     Status(status::Args),
-    /// List the durable jobs in a stopped node's data directory.
+    /// A running node's durable jobs (via `[admin]`), or a stopped node's (`inspect`).
     Jobs(jobs::Args),
     /// The outbox's dead letters in a stopped node's data directory (list, replay, purge).
     Outbox(outbox::Args),
