@@ -100,8 +100,7 @@ pub fn run(args: Args) -> ExitCode {
         JobsCommand::DeadLetters(c) => return online::run(online::Online::Dead(c)),
     };
     let mut out = io::BufWriter::new(io::stdout().lock());
-    let result = inspect(&inspect_args, &mut out)
-    .and_then(|()| Ok(out.flush()?));
+    let result = inspect(&inspect_args, &mut out).and_then(|()| Ok(out.flush()?));
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
