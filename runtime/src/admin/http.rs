@@ -339,6 +339,7 @@ mod tests {
         let r = read_head(&mut &b"GET /metrics?x=1 HTTP/1.1\r\nHost: a\r\n\r\n"[..]).unwrap();
         assert_eq!(r.path, "/metrics");
         assert_eq!(r.method, "GET");
+        assert_eq!(r.query, "x=1");
         assert_eq!(
             read_head(&mut &b"GET /metrics\r\n\r\n"[..]),
             Err(HeadError::Malformed)
