@@ -119,9 +119,9 @@ pub struct ApiError {
 }
 
 /// `(status, content type, body)`, as the router answers.
-type Answer = (u16, &'static str, Vec<u8>);
+pub(super) type Answer = (u16, &'static str, Vec<u8>);
 
-fn fail(status: u16, error: impl Into<String>) -> Answer {
+pub(super) fn fail(status: u16, error: impl Into<String>) -> Answer {
     let body = serde_json::to_vec(&ApiError {
         error: error.into(),
     })
@@ -129,7 +129,7 @@ fn fail(status: u16, error: impl Into<String>) -> Answer {
     (status, "application/json", body)
 }
 
-fn ok<T: Serialize>(value: &T) -> Answer {
+pub(super) fn ok<T: Serialize>(value: &T) -> Answer {
     match serde_json::to_vec(value) {
         Ok(body) => (200, "application/json", body),
         Err(e) => fail(500, format!("cannot encode the answer: {e}")),

@@ -13,6 +13,7 @@
 //!   its job queue's and its outbox's figures (read on the shards at request time).
 //! - `/quark/jobs/...`: the durable jobs, listed and operated (`GET` reads, `POST`
 //!   operations; see [`JobsPage`] and `docs/JOBS.md`).
+//! - `GET /quark/reminders?type=T&key=K`: one actor's durable reminders ([`ActorReminders`]).
 //! - `GET /` (or `/dashboard`): the dashboard, a page whose script polls the two JSON
 //!   documents above while it is open (and visible); its assets are compiled into the binary.
 //!
@@ -31,6 +32,7 @@ mod http;
 mod jobs;
 mod metrics;
 mod probe;
+mod reminders;
 mod shards;
 mod status;
 
@@ -48,6 +50,7 @@ pub use jobs::{
 };
 pub(crate) use probe::{journal_persisted, projection_fed};
 pub use probe::{JournalFigures, LogFigures, OutboxFigures};
+pub use reminders::{ActorReminders, ReminderView};
 pub use shards::{CallCounts, ShardLoad, ShardsReport};
 pub use status::{PeerStatus, ShardStatus, Status};
 
