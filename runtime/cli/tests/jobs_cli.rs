@@ -340,3 +340,104 @@ fn online_commands_list_page_cancel_pause_and_replay() {
     );
     node.shutdown();
 }
+
+// ---- `quark reminders list --actor TYPE/KEY` against a running node. ----
+
+use quark::admin::ActorReminders;
+use quark::reminders::{self, Reminder, ReminderError, ReminderTick};
+use quark::{Actor, ActorType, Context, Handler, Message};
+
+struct Alarm;
+impl Actor for Alarm {
+    const TYPE_NAME: &'static str = "alarm";
+}
+struct Set(&'static str, Reminder);
+impl Message for Set {
+    type Reply = Result<(), ReminderError>;
+}
+impl Handler<Set> for Alarm {
+    async fn handle(&mut self, m: Set, ctx: &Context<Self>) -> Result<(), ReminderError> {
+        reminders::register(ctx, m.0, m.1).await
+    }
+}
+impl Handler<ReminderTick> for Alarm {
+    async fn handle(&mut self, _: ReminderTick, _: &Context<Self>) {}
+}
+
+#[test]
+fn reminders_list_shows_one_actors_reminders() {
+    let tmp = tempfile::tempdir().unwrap();
+    let text = format!(
+        "[node]\nshards = 2\nidle_spin_us = 0\n[log]\ndata_dir = {:?}\nsegment_bytes = 1048576\nfsync = \"never\"\n[admin]\nlisten = \"127.0.0.1:0\"\n",
+        tmp.path().to_str().unwrap()
+    );
+    let node = Node::builder()
+        .config(NodeConfig::from_toml(&text, "t.toml").unwrap())
+        .register(ActorType::new(|_| Alarm))
+        .register_reminders::<Alarm>()
+        .start()
+        .unwrap();
+    let hour = Duration::from_secs(3600);
+    let set = |key: quark::ActorKey, name, r| {
+        block_on(node.actor_ref::<Alarm>(key).ask(Set(name, r)))
+            .unwrap()
+            .unwrap()
+    };
+    set(7u64.into(), "ping", Reminder::every(hour));
+    set(7u64.into(), "bill", Reminder::once(2 * hour));
+    set(8u64.into(), "other", Reminder::once(hour));
+    set("7".into(), "string-key", Reminder::once(hour));
+    let addr = node.admin_addr().unwrap().to_string();
+
+    let v: ActorReminders = {
+        let out = quark(&[
+            "reminders",
+            "list",
+            "--actor",
+            "alarm/7",
+            "--addr",
+            &addr,
+            "--json",
+        ]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    assert_eq!(v.actor, "alarm/7");
+    let names: Vec<(&str, u64)> = v
+        .reminders
+        .iter()
+        .map(|r| (r.name.as_str(), r.period_ms))
+        .collect();
+    assert_eq!(names, vec![("bill", 0), ("ping", 3_600_000)]);
+    // The string key "7" is another actor.
+    let out = quark(&[
+        "reminders",
+        "list",
+        "--actor",
+        "alarm/\"7\"",
+        "--addr",
+        &addr,
+    ]);
+    let table = String::from_utf8(out.stdout).unwrap();
+    assert!(out.status.success());
+    assert!(
+        table.contains("string-key") && !table.contains("ping"),
+        "{table}"
+    );
+    assert!(table.ends_with("alarm/\"7\": 1 reminders\n"), "{table}");
+    // A type not registered for reminders, and a malformed actor.
+    let out = quark(&["reminders", "list", "--actor", "mail/1", "--addr", &addr]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("\"mail\" is not registered for reminders") && err.contains("HTTP 404"),
+        "{err}"
+    );
+    let out = quark(&["reminders", "list", "--actor", "alarm", "--addr", &addr]);
+    assert_eq!(out.status.code(), Some(2));
+    node.shutdown();
+}
