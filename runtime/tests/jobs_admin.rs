@@ -1,6 +1,7 @@
 //! Durable jobs, operator side: a paused queue stays paused across a restart, a queue that
-//! cannot be recovered is a start error, and the per-node limit of a job type holds across
-//! shards.
+//! cannot be recovered is a start error, the per-node limit of a job type holds across
+//! shards, and the admin endpoint's `/quark/jobs` routes refuse bad input with a status code
+//! and a message naming the cause.
 
 use std::path::Path;
 use std::sync::atomic::{AtomicU32, Ordering};
