@@ -1,6 +1,7 @@
 //! Durable jobs, operator side: a paused queue stays paused across a restart, a queue that
-//! cannot be recovered is a start error, and the per-node limit of a job type holds across
-//! shards.
+//! cannot be recovered is a start error, the per-node limit of a job type holds across
+//! shards, and the admin endpoint's `/quark/jobs` routes refuse bad input with a status code
+//! and a message naming the cause.
 
 use std::path::Path;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -203,5 +204,170 @@ fn batches_without_keys_are_spread_over_the_shards() {
         per_shard[usize::from(ids[0].shard())] += 1;
     }
     assert_eq!(per_shard, [4, 4], "batches alternate between the shards");
+    node.shutdown();
+}
+
+// ---- The admin endpoint's /quark/jobs routes: bad input and refused operations. ----
+
+fn with_admin(dir: &Path, shards: u16) -> NodeBuilder {
+    let text = format!(
+        "[node]\nshards = {shards}\nidle_spin_us = 0\n[log]\ndata_dir = {:?}\nsegment_bytes = 4194304\nfsync = \"never\"\n[admin]\nlisten = \"127.0.0.1:0\"\n",
+        dir.to_str().expect("temp dir path is UTF-8")
+    );
+    Node::builder().config(NodeConfig::from_toml(&text, "test.toml").expect("valid test config"))
+}
+
+/// `method path` on the node's admin endpoint: (status, the `error` of a JSON error body or
+/// the whole body).
+fn call(node: &Node, method: &str, path: &str) -> (u16, String) {
+    let r = quark::admin::request(
+        node.admin_addr().expect("the node has an admin endpoint"),
+        method,
+        path,
+        Duration::from_secs(5),
+    )
+    .expect("the endpoint answers");
+    assert_eq!(r.content_type, "application/json", "{path}: {}", r.body);
+    match serde_json::from_str::<quark::admin::ApiError>(&r.body) {
+        Ok(e) if r.status != 200 => (r.status, e.error),
+        _ => (r.status, r.body),
+    }
+}
+
+#[test]
+fn jobs_routes_refuse_bad_input_with_a_status_and_a_message() {
+    let tmp = tempfile::tempdir().unwrap();
+    let runs: Runs = Arc::default();
+    let node = with_task(with_admin(tmp.path(), 2), &runs).start().unwrap();
+    let jobs = node.jobs();
+    let done = block_on(jobs.enqueue(&Task(1), JobOptions::default())).unwrap();
+    assert_eq!(
+        block_on(jobs.wait(done)).unwrap().state,
+        JobState::Completed
+    );
+    let later = block_on(jobs.enqueue(
+        &Task(2),
+        JobOptions::default().after(Duration::from_secs(3600)),
+    ))
+    .unwrap();
+
+    let cases: &[(&str, &str, u16, &str)] = &[
+        (
+            "GET",
+            "/quark/jobs?state=sleeping",
+            400,
+            "bad state \"sleeping\"",
+        ),
+        ("GET", "/quark/jobs?limit=0", 400, "bad limit \"0\""),
+        ("GET", "/quark/jobs?limit=1001", 400, "bad limit \"1001\""),
+        ("GET", "/quark/jobs?cursor=x.y", 400, "bad cursor"),
+        (
+            "GET",
+            "/quark/jobs?colour=red",
+            400,
+            "unknown parameter \"colour\"",
+        ),
+        ("GET", "/quark/jobs?key=%zz", 400, "bad percent escape"),
+        (
+            "GET",
+            "/quark/jobs/dead-letters?state=queued",
+            400,
+            "unknown parameter \"state\"",
+        ),
+        ("GET", "/quark/jobs/not-an-id", 400, "bad job id"),
+        (
+            "GET",
+            "/quark/jobs/1.999999",
+            404,
+            "job 1.999999 is not known",
+        ),
+        ("GET", "/quark/jobs/77.1", 404, "job 77.1 is not known"),
+        ("POST", "/quark/jobs/1.999999/cancel", 404, "is not known"),
+        (
+            "GET",
+            &*format!("/quark/jobs/{done}/cancel"),
+            405,
+            "needs POST",
+        ),
+        ("POST", "/quark/jobs", 405, "needs GET"),
+        ("DELETE", "/quark/jobs/summary", 405, "needs GET"),
+        ("GET", "/quark/jobs/a/b/c/d", 404, "no route"),
+        (
+            "POST",
+            "/quark/jobs/pause?type=nope",
+            404,
+            "no job type named \"nope\"",
+        ),
+        (
+            "POST",
+            &*format!("/quark/jobs/{done}/cancel"),
+            409,
+            "Completed",
+        ),
+        (
+            "POST",
+            &*format!("/quark/jobs/dead-letters/{later}/replay"),
+            409,
+            "Scheduled",
+        ),
+        (
+            "POST",
+            &*format!("/quark/jobs/dead-letters/{done}/purge"),
+            409,
+            "not a dead letter",
+        ),
+    ];
+    for (method, path, status, needle) in cases {
+        let (got, msg) = call(&node, method, path);
+        assert_eq!(got, *status, "{method} {path}: {msg}");
+        assert!(
+            msg.contains(needle),
+            "{method} {path}: {msg:?} lacks {needle:?}"
+        );
+    }
+    // Nothing above changed a job: the completed one is still there, the scheduled one too.
+    assert_eq!(
+        block_on(jobs.status(done)).unwrap().state,
+        JobState::Completed
+    );
+    assert_eq!(
+        block_on(jobs.status(later)).unwrap().state,
+        JobState::Scheduled
+    );
+    // The summary counts them.
+    let (status, body) = call(&node, "GET", "/quark/jobs/summary");
+    assert_eq!(status, 200, "{body}");
+    let s: quark::admin::JobsSummary = serde_json::from_str(&body).unwrap();
+    assert_eq!(s.counts["completed"], 1);
+    assert_eq!(s.counts["scheduled"], 1);
+    assert_eq!(s.counts.values().sum::<u64>(), 2);
+    assert_eq!(s.types, vec!["task".to_owned()]);
+    assert!(!s.paused.all && s.paused.types.is_empty());
+    // Pausing the whole queue is reported, durably, and undone by resume.
+    let (status, body) = call(&node, "POST", "/quark/jobs/pause");
+    assert_eq!((status, body.as_str()), (200, r#"{"all":true,"types":[]}"#));
+    assert_eq!(block_on(jobs.paused()).unwrap(), (true, vec![]));
+    let (status, _) = call(&node, "POST", "/quark/jobs/resume");
+    assert_eq!(status, 200);
+    assert_eq!(block_on(jobs.paused()).unwrap(), (false, vec![]));
+    node.shutdown();
+}
+
+#[test]
+fn jobs_routes_on_a_node_without_a_job_queue_say_so() {
+    let tmp = tempfile::tempdir().unwrap();
+    // An admin endpoint, a log, no job type.
+    let node = with_admin(tmp.path(), 1).start().unwrap();
+    for (method, path) in [
+        ("GET", "/quark/jobs"),
+        ("GET", "/quark/jobs/0.1"),
+        ("POST", "/quark/jobs/pause"),
+    ] {
+        let (status, msg) = call(&node, method, path);
+        assert_eq!(status, 404, "{path}: {msg}");
+        assert!(msg.contains("this node runs no job queue"), "{path}: {msg}");
+    }
+    // Bad input is still a 400 (checked before the node is asked).
+    assert_eq!(call(&node, "GET", "/quark/jobs?state=x").0, 400);
     node.shutdown();
 }

@@ -8,7 +8,11 @@
 //!   count (see `docs/PERSIST.md`, "Manifest and locking").
 //! - `quark status --addr HOST:PORT [--json]`: a running node's status from its admin endpoint
 //!   (see `docs/OPERATIONS.md`); exit 1 when it cannot be read.
-//! - `quark jobs inspect --data-dir DIR`: lists a stopped node's durable jobs (`docs/JOBS.md`).
+//! - `quark jobs inspect --data-dir DIR`: lists a stopped node's durable jobs; `quark jobs
+//!   list|status|cancel|pause|resume|summary|dead-letters --addr HOST:PORT`: a running node's,
+//!   through its admin endpoint (`docs/JOBS.md`).
+//! - `quark reminders list --actor TYPE/KEY --addr HOST:PORT`: one actor's reminders on a
+//!   running node (`docs/JOBS.md`).
 //! - `quark outbox dead-letters list|replay|purge --data-dir DIR`: a stopped node's outbox
 //!   dead letters (`docs/OUTBOX.md`); exit 1 when the named dead letter is not there.
 //!
@@ -25,6 +29,7 @@ mod data;
 mod jobs;
 mod journal;
 mod outbox;
+mod reminders;
 mod serve;
 mod status;
 
@@ -49,10 +54,12 @@ enum Command {
     Data(data::Args),
     /// Print a running node's status from its admin endpoint (`[admin]`).
     Status(status::Args),
-    /// List the durable jobs in a stopped node's data directory.
+    /// A running node's durable jobs (via `[admin]`), or a stopped node's (`inspect`).
     Jobs(jobs::Args),
     /// The outbox's dead letters in a stopped node's data directory (list, replay, purge).
     Outbox(outbox::Args),
+    /// A running node's durable reminders of one actor (via `[admin]`).
+    Reminders(reminders::Args),
 }
 
 /// Installs the log subscriber: `RUST_LOG` filters (default `info`), lines go to stderr.
@@ -94,5 +101,6 @@ fn main() -> ExitCode {
         Command::Status(args) => status::run(args),
         Command::Jobs(args) => jobs::run(args),
         Command::Outbox(args) => outbox::run(args),
+        Command::Reminders(args) => reminders::run(args),
     }
 }

@@ -65,13 +65,23 @@ pub enum FetchError {
 /// `GET path` from the admin endpoint at `addr`; `timeout` bounds the connect and each read
 /// and write. Any status code is returned as a [`Response`].
 pub fn fetch(addr: SocketAddr, path: &str, timeout: Duration) -> Result<Response, FetchError> {
+    request(addr, "GET", path, timeout)
+}
+
+/// `method path` (no body) to the admin endpoint at `addr`, as [`fetch`] does a `GET`.
+pub fn request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    timeout: Duration,
+) -> Result<Response, FetchError> {
     let io = |source| FetchError::Io { addr, source };
     let mut s = TcpStream::connect_timeout(&addr, timeout).map_err(io)?;
     s.set_read_timeout(Some(timeout)).map_err(io)?;
     s.set_write_timeout(Some(timeout)).map_err(io)?;
     write!(
         s,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
     )
     .map_err(io)?;
     let mut raw = Vec::new();

@@ -123,6 +123,8 @@ fn accept_loop(listener: TcpListener, shared: Arc<Shared>, stop: Arc<AtomicBool>
 pub(super) struct Request {
     pub(super) method: String,
     pub(super) path: String,
+    /// What follows `?` in the target (empty without one).
+    pub(super) query: String,
 }
 
 /// Why a request head was not read.
@@ -171,10 +173,12 @@ fn parse_head(head: &[u8]) -> Result<Request, HeadError> {
     if !version.starts_with("HTTP/1.") || method.is_empty() || !target.starts_with('/') {
         return Err(HeadError::Malformed);
     }
-    let path = target.split(['?', '#']).next().unwrap_or(target);
+    let target = target.split('#').next().unwrap_or(target);
+    let (path, query) = target.split_once('?').unwrap_or((target, ""));
     Ok(Request {
         method: method.to_owned(),
         path: path.to_owned(),
+        query: query.to_owned(),
     })
 }
 
@@ -225,6 +229,12 @@ const METRICS_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 /// Answers one request: `(status, content type, body)`.
 fn route(req: &Request, shared: &Shared) -> (u16, &'static str, Vec<u8>) {
+    if req.path == "/quark/jobs" || req.path.starts_with("/quark/jobs/") {
+        return super::jobs::route(req, shared); // GET and POST: see jobs.rs
+    }
+    if req.path == "/quark/reminders" {
+        return super::reminders::route(req, shared);
+    }
     if req.method != "GET" && req.method != "HEAD" {
         return (405, "text/plain", b"only GET and HEAD\n".to_vec());
     }
@@ -276,6 +286,7 @@ fn reason(status: u16) -> &'static str {
         400 => "Bad Request",
         404 => "Not Found",
         405 => "Method Not Allowed",
+        409 => "Conflict",
         431 => "Request Header Fields Too Large",
         500 => "Internal Server Error",
         503 => "Service Unavailable",
@@ -331,6 +342,7 @@ mod tests {
         let r = read_head(&mut &b"GET /metrics?x=1 HTTP/1.1\r\nHost: a\r\n\r\n"[..]).unwrap();
         assert_eq!(r.path, "/metrics");
         assert_eq!(r.method, "GET");
+        assert_eq!(r.query, "x=1");
         assert_eq!(
             read_head(&mut &b"GET /metrics\r\n\r\n"[..]),
             Err(HeadError::Malformed)

@@ -11,6 +11,9 @@
 //! - `GET /quark/status`: a JSON [`Status`] (node id, version, state, shards, peers).
 //! - `GET /quark/shards`: a JSON [`ShardsReport`]: every shard's load counters, its log's,
 //!   its job queue's and its outbox's figures (read on the shards at request time).
+//! - `/quark/jobs/...`: the durable jobs, listed and operated (`GET` reads, `POST`
+//!   operations; see [`JobsPage`] and `docs/JOBS.md`).
+//! - `GET /quark/reminders?type=T&key=K`: one actor's durable reminders ([`ActorReminders`]).
 //! - `GET /` (or `/dashboard`): the dashboard, a page whose script polls the two JSON
 //!   documents above while it is open (and visible); its assets are compiled into the binary.
 //!
@@ -26,8 +29,10 @@
 mod client;
 mod dashboard;
 mod http;
+mod jobs;
 mod metrics;
 mod probe;
+mod reminders;
 mod shards;
 mod status;
 
@@ -38,9 +43,14 @@ use std::time::{Duration, Instant};
 
 use quark_shard::{Engine, ShardStatsSnapshot, StatsError};
 
-pub use client::{fetch, fetch_status, FetchError, Response};
+pub use client::{fetch, fetch_status, request, FetchError, Response};
+pub use jobs::{
+    encode_component, ApiError, JobView, JobsPage, JobsSummary, PauseState, JOBS_PAGE_DEFAULT,
+    JOBS_PAGE_MAX,
+};
 pub(crate) use probe::{journal_persisted, projection_fed};
 pub use probe::{JournalFigures, LogFigures, OutboxFigures};
+pub use reminders::{ActorReminders, ReminderView};
 pub use shards::{CallCounts, ShardLoad, ShardsReport};
 pub use status::{PeerStatus, ShardStatus, Status};
 

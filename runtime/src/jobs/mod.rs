@@ -62,6 +62,12 @@ pub use queue::JobContext;
 pub(crate) fn local_counts() -> Option<HashMap<JobState, u64>> {
     queue::local_queue().map(|q| q.counts())
 }
+
+/// This shard's `Jobs` handle, if the node runs jobs (the admin endpoint's `/quark/jobs`
+/// routes take it from shard 0).
+pub(crate) fn local_jobs() -> Option<Jobs> {
+    queue::local_queue().map(|q| q.jobs())
+}
 use record::StoredJob;
 
 /// A job type: its payload (serde) and its stable name (stored with every job: never rename a

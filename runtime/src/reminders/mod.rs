@@ -523,3 +523,36 @@ impl Reminders {
         Ok(out)
     }
 }
+
+/// The reminders of actor `type_name`/`key`, for callers that know the actor only by name (the
+/// admin endpoint's `/quark/reminders`): every shard of the node is asked (the owner answers
+/// with them, the others with none), so neither the actor's Rust type nor its shard is needed.
+/// Sorted by name. A type not registered for reminders is [`ReminderError::NotRegistered`].
+pub(crate) async fn list_by_name(
+    engine: &EngineHandle,
+    type_name: &str,
+    key: &ActorKey,
+) -> Result<Vec<ReminderInfo>, ReminderError> {
+    let mut actor = Vec::new();
+    crate::outbox::format::encode_actor(&mut actor, type_name, key);
+    let mut out = Vec::new();
+    for s in 0..engine.shard_count() {
+        let actor = actor.clone();
+        let type_name = type_name.to_owned();
+        let found = engine
+            .spawn_on(s, move || async move {
+                match service::local() {
+                    Some(svc) if !svc.delivers(&type_name) => Err(ReminderError::NotRegistered {
+                        actor_type: type_name,
+                    }),
+                    Some(svc) => svc.list(actor).await,
+                    None => Err(ReminderError::NotRunning),
+                }
+            })
+            .await
+            .unwrap_or(Err(ReminderError::Stopped))?;
+        out.extend(found);
+    }
+    out.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(out)
+}

@@ -1,4 +1,6 @@
-//! `quark jobs`: reads the durable jobs in a stopped node's data directory, offline.
+//! `quark jobs`: a running node's durable jobs through its admin endpoint (`list`, `status`,
+//! `cancel`, `pause`, `resume`, `summary`, `dead-letters`; see `online.rs`), and the jobs in a
+//! stopped node's data directory, offline (`inspect`).
 //!
 //! - `inspect`: every job the logs hold (state, attempt, type, keys, last error), as a table
 //!   or as JSON lines (`--json`), then the counts per state.
@@ -7,7 +9,10 @@
 //! walk applies the log's liveness rules (snapshot and truncate barriers, compaction copies,
 //! expiry) itself, so it shows what the node would recover.
 //!
-//! Exit codes: 0 success, 2 a usage error or a failure to run.
+//! Exit codes of `inspect`: 0 success, 2 a usage error or a failure to run (the online
+//! commands' are in `online.rs`).
+
+mod online;
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::{self, Write};
@@ -31,6 +36,21 @@ pub struct Args {
 enum JobsCommand {
     /// List the jobs in a stopped node's data directory.
     Inspect(InspectArgs),
+    /// List a running node's jobs, one page (filters: state, type, concurrency key).
+    List(online::ListArgs),
+    /// Show one job of a running node.
+    Status(online::IdArgs),
+    /// Cancel a queued, scheduled, blocked or running job.
+    Cancel(online::IdArgs),
+    /// Pause starting jobs (of one type, or the whole queue), durably.
+    Pause(online::PauseArgs),
+    /// Resume starting jobs (of one type, or the whole queue).
+    Resume(online::PauseArgs),
+    /// Counts per state, the pause switches and the job types of a running node.
+    Summary(online::SummaryArgs),
+    /// A running node's dead jobs: list, replay, purge.
+    #[command(subcommand)]
+    DeadLetters(online::DeadCommand),
 }
 
 #[derive(clap::Args, Debug)]
@@ -69,11 +89,18 @@ struct Job {
 
 /// Runs `quark jobs …`.
 pub fn run(args: Args) -> ExitCode {
+    let inspect_args = match args.command {
+        JobsCommand::Inspect(a) => a,
+        JobsCommand::List(a) => return online::run(online::Online::List(a)),
+        JobsCommand::Status(a) => return online::run(online::Online::Status(a)),
+        JobsCommand::Cancel(a) => return online::run(online::Online::Cancel(a)),
+        JobsCommand::Pause(a) => return online::run(online::Online::Pause(a, true)),
+        JobsCommand::Resume(a) => return online::run(online::Online::Pause(a, false)),
+        JobsCommand::Summary(a) => return online::run(online::Online::Summary(a)),
+        JobsCommand::DeadLetters(c) => return online::run(online::Online::Dead(c)),
+    };
     let mut out = io::BufWriter::new(io::stdout().lock());
-    let result = match args.command {
-        JobsCommand::Inspect(a) => inspect(&a, &mut out),
-    }
-    .and_then(|()| Ok(out.flush()?));
+    let result = inspect(&inspect_args, &mut out).and_then(|()| Ok(out.flush()?));
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
