@@ -282,6 +282,16 @@ impl Shard {
         t
     }
 
+    /// The first `want` activations of this shard that match `q` (see
+    /// [`crate::Engine::actors`]).
+    pub(crate) fn actor_rows(
+        &self,
+        q: &crate::engine::ActorQuery,
+        want: usize,
+    ) -> Vec<crate::engine::ActorRow> {
+        self.tables.rows(q, self.id, self.now(), want)
+    }
+
     pub(crate) fn stats_snapshot(&self) -> crate::engine::ShardStatsSnapshot {
         let s = &self.stats;
         let (mailbox_depth, mailbox_depth_max) = self.tables.mailbox_depth();
@@ -318,6 +328,7 @@ impl Shard {
             mailbox_depth,
             mailbox_depth_max,
             ring_overflow: self.cross.overflow_len() as u64,
+            ring_occupancy: self.cross.incoming_len() as u64,
         }
     }
 }
