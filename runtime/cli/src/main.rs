@@ -8,6 +8,9 @@
 //!   count (see `docs/PERSIST.md`, "Manifest and locking").
 //! - `quark status --addr HOST:PORT [--json]`: a running node's status from its admin endpoint
 //!   (see `docs/OPERATIONS.md`); exit 1 when it cannot be read.
+//! - `quark actors list --addr HOST:PORT [filters] [--json]` and `quark actors counts --addr A
+//!   [--addr B ..]`: a running node's live activations, and per-type counts over several nodes
+//!   (`docs/OPERATIONS.md`, "Actor queries"); exit 1 when a node cannot be read.
 //! - `quark jobs inspect --data-dir DIR`: lists a stopped node's durable jobs (`docs/JOBS.md`).
 //! - `quark outbox dead-letters list|replay|purge --data-dir DIR`: a stopped node's outbox
 //!   dead letters (`docs/OUTBOX.md`); exit 1 when the named dead letter is not there.
@@ -21,6 +24,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod actors;
 mod data;
 mod jobs;
 mod journal;
@@ -49,6 +53,8 @@ enum Command {
     Data(data::Args),
     /// Print a running node's status from its admin endpoint (`[admin]`).
     Status(status::Args),
+    /// List a running node's live activations, or count them per type across nodes.
+    Actors(actors::Args),
     /// List the durable jobs in a stopped node's data directory.
     Jobs(jobs::Args),
     /// The outbox's dead letters in a stopped node's data directory (list, replay, purge).
@@ -92,6 +98,7 @@ fn main() -> ExitCode {
         Command::Journal(args) => journal::run(args),
         Command::Data(args) => data::run(args),
         Command::Status(args) => status::run(args),
+        Command::Actors(args) => actors::run(args),
         Command::Jobs(args) => jobs::run(args),
         Command::Outbox(args) => outbox::run(args),
     }

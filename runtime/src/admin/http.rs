@@ -123,6 +123,8 @@ fn accept_loop(listener: TcpListener, shared: Arc<Shared>, stop: Arc<AtomicBool>
 pub(super) struct Request {
     pub(super) method: String,
     pub(super) path: String,
+    /// What follows `?` in the target (without a `#` fragment); empty if none.
+    pub(super) query: String,
 }
 
 /// Why a request head was not read.
@@ -171,10 +173,12 @@ fn parse_head(head: &[u8]) -> Result<Request, HeadError> {
     if !version.starts_with("HTTP/1.") || method.is_empty() || !target.starts_with('/') {
         return Err(HeadError::Malformed);
     }
-    let path = target.split(['?', '#']).next().unwrap_or(target);
+    let target = target.split('#').next().unwrap_or(target);
+    let (path, query) = target.split_once('?').unwrap_or((target, ""));
     Ok(Request {
         method: method.to_owned(),
         path: path.to_owned(),
+        query: query.to_owned(),
     })
 }
 
@@ -256,6 +260,8 @@ fn route(req: &Request, shared: &Shared) -> (u16, &'static str, Vec<u8>) {
                 ),
             }
         }
+        "/quark/actors" => super::actors::list(shared, &req.query),
+        "/quark/actors/counts" => super::actors::counts(shared),
         "/quark/status" => {
             let status = super::status::build(shared);
             match serde_json::to_vec_pretty(&status) {
@@ -330,7 +336,14 @@ mod tests {
     fn head_parsing() {
         let r = read_head(&mut &b"GET /metrics?x=1 HTTP/1.1\r\nHost: a\r\n\r\n"[..]).unwrap();
         assert_eq!(r.path, "/metrics");
+        assert_eq!(r.query, "x=1");
         assert_eq!(r.method, "GET");
+        let r =
+            read_head(&mut &b"GET /quark/actors?type=a&limit=2#frag HTTP/1.1\r\n\r\n"[..]).unwrap();
+        assert_eq!(
+            (r.path.as_str(), r.query.as_str()),
+            ("/quark/actors", "type=a&limit=2")
+        );
         assert_eq!(
             read_head(&mut &b"GET /metrics\r\n\r\n"[..]),
             Err(HeadError::Malformed)

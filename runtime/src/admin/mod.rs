@@ -11,6 +11,9 @@
 //! - `GET /quark/status`: a JSON [`Status`] (node id, version, state, shards, peers).
 //! - `GET /quark/shards`: a JSON [`ShardsReport`]: every shard's load counters, its log's,
 //!   its job queue's and its outbox's figures (read on the shards at request time).
+//! - `GET /quark/actors?type=..&prefix=..&shard=..&idle_ms=..&limit=..&cursor=..`: a page of
+//!   live activations ([`ActorsPage`]); `GET /quark/actors/counts`: live activations per type
+//!   and shard ([`ActorCounts`]). Both walk the shards at request time.
 //! - `GET /` (or `/dashboard`): the dashboard, a page whose script polls the two JSON
 //!   documents above while it is open (and visible); its assets are compiled into the binary.
 //!
@@ -23,6 +26,7 @@
 //! (`431` beyond), read and write deadlines of [`IO_TIMEOUT`], one request per connection
 //! (`Connection: close`). It stops, and is joined, when the node shuts down.
 
+mod actors;
 mod client;
 mod dashboard;
 mod http;
@@ -38,6 +42,10 @@ use std::time::{Duration, Instant};
 
 use quark_shard::{Engine, ShardStatsSnapshot, StatsError};
 
+pub use actors::{
+    fetch_actor_counts, fetch_actors, parse_query, query_string, ActorCounts, ActorEntry,
+    ActorsFetchError, ActorsPage, ParamError, TypeCount, ACTOR_QUERY_PARAMS,
+};
 pub use client::{fetch, fetch_status, FetchError, Response};
 pub(crate) use probe::{journal_persisted, projection_fed};
 pub use probe::{JournalFigures, LogFigures, OutboxFigures};
