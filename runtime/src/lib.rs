@@ -39,6 +39,10 @@ pub use quark_shard::{
     LoadError, LoadFuture, Message, Pinning, ShardId, ShardInfo, ShardSpec, ShardStatsSnapshot,
     ShutdownReport, SpawnHandle, StartError, StatsError, Tell, TimerId,
 };
+pub use quark_shard::{
+    ActorCursor, ActorPage, ActorQuery, ActorQueryError, ActorRow, CursorError,
+    ACTOR_QUERY_LIMIT_DEFAULT, ACTOR_QUERY_LIMIT_MAX,
+};
 
 /// The per-shard durable log, as [`Context::log`] and [`log::current_shard_log`] return it
 /// (re-exported from `quark-persist`, so that a user depends on `quark` alone; the guide is

@@ -565,6 +565,35 @@ impl Node {
             .stats()
     }
 
+    /// Lists this node's live activations that match `q`, in `(shard, type, key)` order, a
+    /// page at a time (see [`quark_shard::Engine::actors`] for the filters, the paging
+    /// guarantee and the cost to the shards). Waits while an admin scrape reads the counters.
+    ///
+    /// ```no_run
+    /// # fn f(node: &quark::Node) -> Result<(), quark::ActorQueryError> {
+    /// let q = quark::ActorQuery { actor_type: Some("cart".into()), ..Default::default() };
+    /// for row in node.actors(&q)?.rows {
+    ///     println!("shard {} key {} idle {:?}", row.shard, row.key, row.idle);
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub fn actors(
+        &self,
+        q: &quark_shard::ActorQuery,
+    ) -> Result<quark_shard::ActorPage, quark_shard::ActorQueryError> {
+        self.engine()
+            .as_ref()
+            .expect("the engine is in its slot until shutdown consumes the node")
+            .actors(q)
+    }
+
+    /// This node's live activations per actor type and shard (from [`Node::stats`]). For a
+    /// cluster, add up every node's with [`crate::admin::ActorCounts::merge`] (the nodes'
+    /// counts are read through their admin endpoints: [`crate::admin::fetch_actor_counts`]).
+    pub fn actor_counts(&self) -> Result<crate::admin::ActorCounts, quark_shard::StatsError> {
+        Ok(crate::admin::ActorCounts::from_snapshots(&self.stats()?))
+    }
+
     fn engine(&self) -> std::sync::MutexGuard<'_, Option<Engine>> {
         self.engine.lock().unwrap_or_else(|p| p.into_inner())
     }

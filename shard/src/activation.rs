@@ -11,10 +11,11 @@ use std::sync::Arc;
 use std::task::{Context as TaskContext, Poll, Waker};
 use std::time::{Duration, Instant};
 
-use quark_placement::{ActorId, ActorKey};
+use quark_placement::{ActorId, ActorKey, ShardId};
 use rustc_hash::FxHashMap;
 
 use crate::actor::{Actor, Context};
+use crate::engine::{ActorQuery, ActorRow};
 use crate::envelope::{fail_reply, MailItem, Origin, ReplyTo};
 use crate::error::CallError;
 use crate::shard::Shard;
@@ -157,6 +158,16 @@ pub(crate) trait ErasedTable {
     fn mailbox_depth(&self) -> (usize, usize);
     /// Drops every activation now, failing queued calls with `ShuttingDown`.
     fn abort_all(&self, core: &Shard);
+    /// The (at most `want`) rows with the smallest keys that match `q`'s key and idle filters
+    /// and come after `after`, in key order (walks the table: for queries, not the hot path).
+    fn rows(
+        &self,
+        q: &ActorQuery,
+        after: Option<&ActorKey>,
+        now: Instant,
+        want: usize,
+        shard: ShardId,
+    ) -> Vec<ActorRow>;
 }
 
 /// A shard's actor tables, one per registered actor type (indexed by the type's registry
@@ -205,6 +216,41 @@ impl ActorTables {
     /// True if no activation is running a turn or has mail.
     pub(crate) fn quiescent(&self) -> bool {
         self.0.iter().all(|t| t.quiescent())
+    }
+
+    /// The first `want` rows of shard `shard` that match `q`, in `(type name, key)` order,
+    /// after `q.after` when it points into this shard (none if it points past it).
+    /// Memory: at most `want` rows per type while walking.
+    pub(crate) fn rows(
+        &self,
+        q: &ActorQuery,
+        shard: ShardId,
+        now: Instant,
+        want: usize,
+    ) -> Vec<ActorRow> {
+        let after = match &q.after {
+            Some(c) if c.shard > shard => return Vec::new(),
+            Some(c) if c.shard == shard => Some(c),
+            _ => None,
+        };
+        let mut out = Vec::new();
+        for t in &self.0 {
+            if q.actor_type.as_deref().is_some_and(|name| name != t.name()) {
+                continue;
+            }
+            let after_key = match after {
+                Some(c) => match t.name().cmp(c.actor_type.as_str()) {
+                    std::cmp::Ordering::Less => continue,
+                    std::cmp::Ordering::Equal => Some(&c.key),
+                    std::cmp::Ordering::Greater => None,
+                },
+                None => None,
+            };
+            out.extend(t.rows(q, after_key, now, want, shard));
+        }
+        out.sort_by(|a, b| (a.actor_type, &a.key).cmp(&(b.actor_type, &b.key)));
+        out.truncate(want);
+        out
     }
 
     /// Asks idle activations whose idle timeout passed to deactivate.
@@ -368,11 +414,98 @@ impl<A: Actor> ErasedTable for TypeTable<A> {
             .fold((0, 0), |(total, max), n| (total + n, max.max(n)))
     }
 
+    fn rows(
+        &self,
+        q: &ActorQuery,
+        after: Option<&ActorKey>,
+        now: Instant,
+        want: usize,
+        shard: ShardId,
+    ) -> Vec<ActorRow> {
+        if want == 0 {
+            return Vec::new();
+        }
+        // A max-heap of the `want` smallest keys seen so far.
+        let mut best: std::collections::BinaryHeap<ByKey> =
+            std::collections::BinaryHeap::with_capacity(want + 1);
+        let stateless = self.info.spec.stateless_workers.is_some();
+        let mut consider = |key: &ActorKey, acts: &[Rc<Activation<A>>]| {
+            if after.is_some_and(|a| key <= a)
+                || acts.iter().all(|a| a.is_gone())
+                || q.key_prefix
+                    .as_deref()
+                    .is_some_and(|p| !key_starts_with(key, p))
+                || (best.len() == want && best.peek().is_some_and(|top| key >= &top.0.key))
+            {
+                return;
+            }
+            let acts = || acts.iter().filter(|a| !a.is_gone());
+            // The least idle worker's idle time; None if any is busy or has mail.
+            let idle = acts()
+                .map(|a| a.idle_for(now))
+                .try_fold(Duration::MAX, |min, i| i.map(|i| min.min(i)));
+            if q.idle_at_least
+                .is_some_and(|min| idle.is_none_or(|i| i < min))
+            {
+                return;
+            }
+            let workers = acts().count();
+            best.push(ByKey(ActorRow {
+                shard,
+                actor_type: A::TYPE_NAME,
+                key: key.clone(),
+                idle,
+                mailbox_len: acts().map(|a| a.queue_len()).sum(),
+                stateless_worker: stateless,
+                workers,
+                state_bytes_shallow: std::mem::size_of::<A>() * workers,
+            }));
+            if best.len() > want {
+                best.pop();
+            }
+        };
+        for (key, act) in self.actors.borrow().iter() {
+            consider(key, std::slice::from_ref(act));
+        }
+        for (key, pool) in self.workers.borrow().iter() {
+            consider(key, pool);
+        }
+        best.into_sorted_vec().into_iter().map(|b| b.0).collect()
+    }
+
     fn abort_all(&self, core: &Shard) {
         // The tables are cleared as a whole below (removing one by one would re-borrow them).
         self.each(|act| act.discard_at_shutdown(core));
         self.actors.borrow_mut().clear();
         self.workers.borrow_mut().clear();
+    }
+}
+
+/// Whether `key`'s display form starts with `prefix` (no allocation for string keys).
+fn key_starts_with(key: &ActorKey, prefix: &str) -> bool {
+    match key {
+        ActorKey::Str(s) => s.starts_with(prefix),
+        other => other.to_string().starts_with(prefix),
+    }
+}
+
+/// A row ordered by its key alone (rows of one type table have distinct keys).
+struct ByKey(ActorRow);
+
+impl PartialEq for ByKey {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.key == other.0.key
+    }
+}
+impl Eq for ByKey {}
+impl PartialOrd for ByKey {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for ByKey {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.0.key.cmp(&other.0.key)
     }
 }
 
@@ -591,6 +724,12 @@ impl<A: Actor> Activation<A> {
 
     fn is_idle(&self) -> bool {
         !self.life.get().is_busy() && self.mailbox.borrow().is_empty()
+    }
+
+    /// How long since its last message turn began, if it is idle now.
+    fn idle_for(&self, now: Instant) -> Option<Duration> {
+        self.is_idle()
+            .then(|| now.saturating_duration_since(self.last_active.get()))
     }
 
     pub(crate) fn is_gone(&self) -> bool {

@@ -233,6 +233,16 @@ impl<M> CrossShard<M> {
         self.credit_waits.get()
     }
 
+    /// Messages waiting in this shard's inbound rings: published by their sender, not yet
+    /// consumed here (read on this shard, for the stats snapshot).
+    pub(crate) fn incoming_len(&self) -> usize {
+        self.incoming
+            .borrow()
+            .iter()
+            .map(Consumer::published_unread)
+            .sum()
+    }
+
     /// Messages waiting in the overflow queues (their ring was full when they were sent).
     pub(crate) fn overflow_len(&self) -> usize {
         self.outgoing
@@ -380,6 +390,11 @@ mod tests {
             assert!(!a.send(1, Msg::Data(i)), "already dirty");
         }
         assert!(!b.has_incoming(), "nothing is visible before the flush");
+        assert_eq!(
+            b.incoming_len(),
+            0,
+            "unpublished messages are not in the ring yet"
+        );
         let rung = AtomicUsize::new(0);
         a.flush(credit, |to| {
             assert_eq!(to, 1);
@@ -387,7 +402,9 @@ mod tests {
         });
         assert_eq!(rung.load(Ordering::Relaxed), 1);
         assert!(a.is_dirty(), "six messages did not fit in the ring of four");
+        assert_eq!(b.incoming_len(), 4, "the ring of four is full, unread");
         let mut got = drain_all(&b);
+        assert_eq!(b.incoming_len(), 0, "drained");
         a.flush(credit, |_| {});
         got.extend(drain_all(&b));
         a.flush(credit, |_| {});

@@ -55,9 +55,10 @@ pub use affinity::{allowed_cores, pin_current_thread, PinError};
 #[doc(hidden)]
 pub use clock::{Clock, ManualClock};
 pub use engine::{
-    current_shard_log, AskLatency, Engine, EngineBuilder, EngineConfig, EngineHandle, IoDriver,
-    MessageCounts, Pinning, ShardInfo, ShardSpec, ShardStatsSnapshot, ShutdownReport, StartError,
-    StatsError,
+    current_shard_log, ActorCursor, ActorPage, ActorQuery, ActorQueryError, ActorRow, AskLatency,
+    CursorError, Engine, EngineBuilder, EngineConfig, EngineHandle, IoDriver, MessageCounts,
+    Pinning, ShardInfo, ShardSpec, ShardStatsSnapshot, ShutdownReport, StartError, StatsError,
+    ACTOR_QUERY_LIMIT_DEFAULT, ACTOR_QUERY_LIMIT_MAX,
 };
 #[doc(hidden)]
 pub use engine::{StartFault, StartStep};

@@ -176,6 +176,18 @@ impl<T> Consumer<T> {
         }
     }
 
+    /// Values the producer has published that this consumer has not popped yet (the ring's
+    /// occupancy as the consumer sees it; popped values whose slots are not released yet are
+    /// not counted). A read of the published tail: for stats, not for the hot path. `Relaxed`
+    /// is enough: the value is only reported, no slot is read on the strength of it, and the
+    /// tail only grows, so a stale read under-counts by what was published since.
+    pub(crate) fn published_unread(&self) -> usize {
+        self.ring
+            .tail
+            .load(Ordering::Relaxed)
+            .wrapping_sub(self.head)
+    }
+
     /// True if the producer has published values not yet popped (an `Acquire` read of the tail).
     #[inline]
     pub(crate) fn has_pending(&self) -> bool {
@@ -236,6 +248,27 @@ mod tests {
                 .count();
             assert_eq!(pushed, holds, "ring({asked}) holds {holds}");
         }
+    }
+
+    #[test]
+    fn published_unread_counts_published_values_not_yet_popped() {
+        let (mut p, mut c) = ring::<u32>(8);
+        assert_eq!(c.published_unread(), 0);
+        p.try_push(1).unwrap();
+        p.try_push(2).unwrap();
+        p.try_push(3).unwrap();
+        // Pushed but not published: not in the ring yet as the consumer sees it.
+        assert_eq!(c.published_unread(), 0);
+        p.publish();
+        assert_eq!(c.published_unread(), 3);
+        assert_eq!(c.pop(), Some(1));
+        // Popped (slot not released yet) no longer counts.
+        assert_eq!(c.published_unread(), 2);
+        c.release();
+        assert_eq!(c.published_unread(), 2);
+        assert_eq!(c.pop(), Some(2));
+        assert_eq!(c.pop(), Some(3));
+        assert_eq!(c.published_unread(), 0);
     }
 
     #[test]

@@ -282,6 +282,16 @@ impl Shard {
         t
     }
 
+    /// The first `want` activations of this shard that match `q` (see
+    /// [`crate::Engine::actors`]).
+    pub(crate) fn actor_rows(
+        &self,
+        q: &crate::engine::ActorQuery,
+        want: usize,
+    ) -> Vec<crate::engine::ActorRow> {
+        self.tables.rows(q, self.id, self.now(), want)
+    }
+
     pub(crate) fn stats_snapshot(&self) -> crate::engine::ShardStatsSnapshot {
         let s = &self.stats;
         let (mailbox_depth, mailbox_depth_max) = self.tables.mailbox_depth();
@@ -318,6 +328,7 @@ impl Shard {
             mailbox_depth,
             mailbox_depth_max,
             ring_overflow: self.cross.overflow_len() as u64,
+            ring_occupancy: self.cross.incoming_len() as u64,
         }
     }
 }
@@ -334,4 +345,99 @@ fn messages(s: &stats::ShardStats, kind: usize) -> crate::engine::MessageCounts 
 fn latency(s: &stats::ShardStats, kind: usize) -> crate::engine::AskLatency {
     let (buckets, sum_us) = s.ask_latency[kind].snapshot();
     crate::engine::AskLatency { buckets, sum_us }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::mpsc;
+    use std::time::{Duration, Instant};
+
+    use crate::{
+        Actor, ActorType, Context, EngineBuilder, EngineConfig, Handler, Message, ShardSpec,
+    };
+
+    /// Blocks its shard thread until told to go, then reports the inbound ring occupancy.
+    struct Gate;
+    impl Actor for Gate {
+        const TYPE_NAME: &'static str = "gate";
+    }
+    struct Hold {
+        started: mpsc::Sender<()>,
+        go: mpsc::Receiver<()>,
+        want: u64,
+    }
+    impl Message for Hold {
+        type Reply = (u64, u64);
+    }
+    impl Handler<Hold> for Gate {
+        async fn handle(&mut self, m: Hold, ctx: &Context<Self>) -> (u64, u64) {
+            m.started.send(()).expect("the test waits for the start");
+            m.go.recv().expect("the test says go");
+            // The senders' shard publishes at the end of its pump iteration: wait (bounded)
+            // until the count is there; it must then be exactly `want`.
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while (ctx.core.cross.incoming_len() as u64) < m.want && Instant::now() < deadline {
+                std::thread::yield_now();
+            }
+            (
+                ctx.core.cross.incoming_len() as u64,
+                ctx.core.stats_snapshot().ring_occupancy,
+            )
+        }
+    }
+    struct Sink;
+    impl Actor for Sink {
+        const TYPE_NAME: &'static str = "sink";
+    }
+    struct Nop;
+    impl Message for Nop {
+        type Reply = ();
+    }
+    impl Handler<Nop> for Sink {
+        async fn handle(&mut self, _: Nop, _: &Context<Self>) {}
+    }
+
+    /// Messages published into a shard's inbound ring while the shard is busy are its ring
+    /// occupancy, in the snapshot taken then; once it drains them, the occupancy is zero.
+    #[test]
+    fn ring_occupancy_counts_published_messages_the_shard_has_not_consumed() {
+        let engine = EngineBuilder::new(EngineConfig {
+            shards: ShardSpec::Count(2),
+            ask_timeout: Duration::from_secs(30),
+            ..EngineConfig::default()
+        })
+        .register(ActorType::new(|_| Gate))
+        .register(ActorType::new(|_| Sink))
+        .start()
+        .expect("engine starts");
+        let gate = engine.actor_ref::<Gate>(quark_placement::key_for_shard("gate", 1, 2));
+        let sink = engine.actor_ref::<Sink>(quark_placement::key_for_shard("sink", 1, 2));
+        let (started_tx, started) = mpsc::channel();
+        let (go, go_rx) = mpsc::channel();
+        const K: u64 = 10;
+        let held = std::thread::spawn(move || {
+            gate.ask_blocking(Hold {
+                started: started_tx,
+                go: go_rx,
+                want: K,
+            })
+        });
+        started
+            .recv_timeout(Duration::from_secs(10))
+            .expect("the gate's turn started on shard 1");
+        // Shard 1 is blocked in the gate's turn: ten tells from shard 0 wait in ring 0 -> 1.
+        engine
+            .spawn_on(0, move || async move {
+                for _ in 0..K {
+                    sink.tell(Nop).await.expect("tell");
+                }
+            })
+            .join()
+            .expect("the tells were sent");
+        go.send(()).expect("the gate waits");
+        let (read, snapshot) = held.join().expect("no panic").expect("the gate answers");
+        assert_eq!((read, snapshot), (K, K));
+        let after = engine.stats().expect("stats");
+        assert_eq!(after[1].ring_occupancy, 0, "drained once the turn ended");
+    }
 }

@@ -8,6 +8,9 @@
 //!   count (see `docs/PERSIST.md`, "Manifest and locking").
 //! - `quark status --addr HOST:PORT [--json]`: a running node's status from its admin endpoint
 //!   (see `docs/OPERATIONS.md`); exit 1 when it cannot be read.
+//! - `quark actors list --addr HOST:PORT [filters] [--json]` and `quark actors counts --addr A
+//!   [--addr B ..]`: a running node's live activations, and per-type counts over several nodes
+//!   (`docs/OPERATIONS.md`, "Actor queries"); exit 1 when a node cannot be read.
 //! - `quark jobs inspect --data-dir DIR`: lists a stopped node's durable jobs; `quark jobs
 //!   list|status|cancel|pause|resume|summary|dead-letters --addr HOST:PORT`: a running node's,
 //!   through its admin endpoint (`docs/JOBS.md`).
@@ -25,6 +28,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod actors;
 mod data;
 mod jobs;
 mod journal;
@@ -54,6 +58,8 @@ enum Command {
     Data(data::Args),
     /// Print a running node's status from its admin endpoint (`[admin]`).
     Status(status::Args),
+    /// List a running node's live activations, or count them per type across nodes.
+    Actors(actors::Args),
     /// A running node's durable jobs (via `[admin]`), or a stopped node's (`inspect`).
     Jobs(jobs::Args),
     /// The outbox's dead letters in a stopped node's data directory (list, replay, purge).
@@ -99,6 +105,7 @@ fn main() -> ExitCode {
         Command::Journal(args) => journal::run(args),
         Command::Data(args) => data::run(args),
         Command::Status(args) => status::run(args),
+        Command::Actors(args) => actors::run(args),
         Command::Jobs(args) => jobs::run(args),
         Command::Outbox(args) => outbox::run(args),
         Command::Reminders(args) => reminders::run(args),

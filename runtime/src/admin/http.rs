@@ -123,7 +123,7 @@ fn accept_loop(listener: TcpListener, shared: Arc<Shared>, stop: Arc<AtomicBool>
 pub(super) struct Request {
     pub(super) method: String,
     pub(super) path: String,
-    /// What follows `?` in the target (empty without one).
+    /// What follows `?` in the target (without a `#` fragment); empty if none.
     pub(super) query: String,
 }
 
@@ -266,6 +266,8 @@ fn route(req: &Request, shared: &Shared) -> (u16, &'static str, Vec<u8>) {
                 ),
             }
         }
+        "/quark/actors" => super::actors::list(shared, &req.query),
+        "/quark/actors/counts" => super::actors::counts(shared),
         "/quark/status" => {
             let status = super::status::build(shared);
             match serde_json::to_vec_pretty(&status) {
@@ -343,6 +345,12 @@ mod tests {
         assert_eq!(r.path, "/metrics");
         assert_eq!(r.method, "GET");
         assert_eq!(r.query, "x=1");
+        let r =
+            read_head(&mut &b"GET /quark/actors?type=a&limit=2#frag HTTP/1.1\r\n\r\n"[..]).unwrap();
+        assert_eq!(
+            (r.path.as_str(), r.query.as_str()),
+            ("/quark/actors", "type=a&limit=2")
+        );
         assert_eq!(
             read_head(&mut &b"GET /metrics\r\n\r\n"[..]),
             Err(HeadError::Malformed)

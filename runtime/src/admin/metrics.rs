@@ -101,6 +101,13 @@ pub const SHARD_METRICS: &[ShardMetric] = &[
         "Messages waiting in the shard's overflow queues because the ring to their target shard was full.",
         |s| Some(s.ring_overflow)
     ),
+    m!(
+        "quark_ring_occupancy",
+        Gauge,
+        "messages",
+        "Messages waiting in the shard's inbound cross-shard rings: published by the sending shards, not yet consumed by this one.",
+        |s| Some(s.ring_occupancy)
+    ),
 ];
 
 /// A metric read from a shard's probe (its log, jobs and outbox), label `shard`.

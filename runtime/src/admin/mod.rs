@@ -11,6 +11,9 @@
 //! - `GET /quark/status`: a JSON [`Status`] (node id, version, state, shards, peers).
 //! - `GET /quark/shards`: a JSON [`ShardsReport`]: every shard's load counters, its log's,
 //!   its job queue's and its outbox's figures (read on the shards at request time).
+//! - `GET /quark/actors?type=..&prefix=..&shard=..&idle_ms=..&limit=..&cursor=..`: a page of
+//!   live activations ([`ActorsPage`]); `GET /quark/actors/counts`: live activations per type
+//!   and shard ([`ActorCounts`]). Both walk the shards at request time.
 //! - `/quark/jobs/...`: the durable jobs, listed and operated (`GET` reads, `POST`
 //!   operations; see [`JobsPage`] and `docs/JOBS.md`).
 //! - `GET /quark/reminders?type=T&key=K`: one actor's durable reminders ([`ActorReminders`]).
@@ -26,6 +29,7 @@
 //! (`431` beyond), read and write deadlines of [`IO_TIMEOUT`], one request per connection
 //! (`Connection: close`). It stops, and is joined, when the node shuts down.
 
+mod actors;
 mod client;
 mod dashboard;
 mod http;
@@ -43,6 +47,10 @@ use std::time::{Duration, Instant};
 
 use quark_shard::{Engine, ShardStatsSnapshot, StatsError};
 
+pub use actors::{
+    fetch_actor_counts, fetch_actors, parse_query, query_string, ActorCounts, ActorEntry,
+    ActorsFetchError, ActorsPage, ParamError, TypeCount, ACTOR_QUERY_PARAMS,
+};
 pub use client::{fetch, fetch_status, request, FetchError, Response};
 pub use jobs::{
     encode_component, ApiError, JobView, JobsPage, JobsSummary, PauseState, JOBS_PAGE_DEFAULT,

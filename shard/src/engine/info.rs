@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use quark_placement::ShardId;
+use quark_placement::{ActorKey, ShardId};
 
 /// How a shard thread runs: reported by [`Engine::info`](super::Engine::info).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -122,6 +122,9 @@ pub struct ShardStatsSnapshot {
     /// Messages waiting in this shard's overflow queues because the ring to their target
     /// shard was full.
     pub ring_overflow: u64,
+    /// Messages waiting in this shard's inbound rings now: published by the sending shards,
+    /// not yet consumed by this one (read when the snapshot is taken).
+    pub ring_occupancy: u64,
 }
 
 /// Tells and asks of one kind, since the node started.
@@ -170,4 +173,228 @@ pub struct ShutdownReport {
     pub shards_not_deactivated: usize,
     /// Shard threads that panicked (a bug in Quark; handler panics never do this).
     pub shard_threads_panicked: usize,
+}
+
+/// Which live activations [`Engine::actors`](super::Engine::actors) lists, and how many.
+///
+/// Every filter given must match (they are ANDed); `None` matches everything. Rows come in
+/// the order `(shard, actor type name, key)` (keys ordered as [`ActorKey`]'s `Ord`: numbers
+/// first, numerically, then strings, then bytes); `after` continues a listing after a row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ActorQuery {
+    /// Only this actor type (its `TYPE_NAME`).
+    pub actor_type: Option<String>,
+    /// Only keys whose display form (`7`, `cart-3`, `0x00ff`) starts with this.
+    pub key_prefix: Option<String>,
+    /// Only this shard.
+    pub shard: Option<ShardId>,
+    /// Only activations idle for at least this long (see [`ActorRow::idle`]).
+    pub idle_at_least: Option<Duration>,
+    /// At most this many rows (1 ..= [`ACTOR_QUERY_LIMIT_MAX`]).
+    pub limit: usize,
+    /// Continue after this row (the `next` of the previous page).
+    pub after: Option<ActorCursor>,
+}
+
+/// The most rows one [`ActorQuery`] may ask for.
+pub const ACTOR_QUERY_LIMIT_MAX: usize = 1000;
+/// The limit of [`ActorQuery::default`].
+pub const ACTOR_QUERY_LIMIT_DEFAULT: usize = 100;
+
+impl Default for ActorQuery {
+    fn default() -> Self {
+        ActorQuery {
+            actor_type: None,
+            key_prefix: None,
+            shard: None,
+            idle_at_least: None,
+            limit: ACTOR_QUERY_LIMIT_DEFAULT,
+            after: None,
+        }
+    }
+}
+
+/// One live activation (or, for a stateless-worker type, the pool of workers of one key).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ActorRow {
+    /// The shard it lives on.
+    pub shard: ShardId,
+    /// Its actor type's `TYPE_NAME`.
+    pub actor_type: &'static str,
+    /// Its key (`Display` gives the form operators type).
+    pub key: ActorKey,
+    /// How long since its last message turn began, when it is idle now (no turn running, no
+    /// mail queued); `None` while it is busy or has mail. Timer turns do not count, as for
+    /// the idle timeout. For a worker pool: the least idle worker's, `None` if any is busy.
+    pub idle: Option<Duration>,
+    /// Messages queued in its mailbox (for a worker pool: in all its workers' mailboxes).
+    pub mailbox_len: usize,
+    /// Whether the type is a stateless worker (one row per key, `workers` activations).
+    pub stateless_worker: bool,
+    /// Activations behind this row: 1, or the size of a worker pool.
+    pub workers: usize,
+    /// `size_of` of the actor's state times `workers`: the *shallow* size, which leaves out
+    /// everything the state owns on the heap (vectors, maps, strings, boxes).
+    pub state_bytes_shallow: usize,
+}
+
+impl ActorRow {
+    /// The cursor that continues a listing after this row.
+    pub fn cursor(&self) -> ActorCursor {
+        ActorCursor {
+            shard: self.shard,
+            actor_type: self.actor_type.to_owned(),
+            key: self.key.clone(),
+        }
+    }
+}
+
+/// A page of [`Engine::actors`](super::Engine::actors).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ActorPage {
+    /// The rows, in `(shard, type, key)` order.
+    pub rows: Vec<ActorRow>,
+    /// Where the next page starts (`None`: this was the last page).
+    pub next: Option<ActorCursor>,
+}
+
+/// A position in the `(shard, actor type, key)` order of a listing: the next page holds the
+/// rows after it. It names a position, not an activation, so it stays valid while activations
+/// come and go: a row present during the whole listing is listed exactly once; one activated
+/// or deactivated meanwhile is listed at most once.
+///
+/// Its text form ([`Display`](std::fmt::Display) / [`FromStr`](std::str::FromStr)) is opaque
+/// to callers and safe in a URL: `<shard>.<type name in hex>.<u|s|b><key>` (a number key in
+/// decimal, a string or bytes key in hex).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ActorCursor {
+    /// The shard of the last row listed.
+    pub shard: ShardId,
+    /// Its actor type.
+    pub actor_type: String,
+    /// Its key.
+    pub key: ActorKey,
+}
+
+// Format: "{shard}.{hex(type name)}.{kind}{value}", kind u (decimal u64), s (hex UTF-8), b (hex).
+impl std::fmt::Display for ActorCursor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}.", self.shard)?;
+        write_hex(f, self.actor_type.as_bytes())?;
+        match &self.key {
+            ActorKey::U64(k) => write!(f, ".u{k}"),
+            ActorKey::Str(s) => {
+                f.write_str(".s")?;
+                write_hex(f, s.as_bytes())
+            }
+            ActorKey::Bytes(b) => {
+                f.write_str(".b")?;
+                write_hex(f, b)
+            }
+        }
+    }
+}
+
+fn write_hex(f: &mut std::fmt::Formatter<'_>, bytes: &[u8]) -> std::fmt::Result {
+    bytes.iter().try_for_each(|b| write!(f, "{b:02x}"))
+}
+
+fn read_hex(text: &str) -> Option<Vec<u8>> {
+    if !text.len().is_multiple_of(2) {
+        return None;
+    }
+    (0..text.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok())
+        .collect()
+}
+
+/// Why a cursor's text was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("bad actor cursor {cursor:?}: {part} is malformed (pass the `next` of a previous page)")]
+pub struct CursorError {
+    /// The text given.
+    pub cursor: String,
+    /// Which part is wrong: `shard`, `type`, `key` or `layout`.
+    pub part: &'static str,
+}
+
+impl std::str::FromStr for ActorCursor {
+    type Err = CursorError;
+
+    fn from_str(text: &str) -> Result<Self, CursorError> {
+        let bad = |part| CursorError {
+            cursor: text.to_owned(),
+            part,
+        };
+        let mut parts = text.split('.');
+        let (Some(shard), Some(ty), Some(key), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return Err(bad("layout"));
+        };
+        let shard: ShardId = shard.parse().map_err(|_| bad("shard"))?;
+        let actor_type = read_hex(ty)
+            .and_then(|b| String::from_utf8(b).ok())
+            .filter(|t| !t.is_empty())
+            .ok_or_else(|| bad("type"))?;
+        let key = match key.split_at_checked(1) {
+            Some(("u", n)) => ActorKey::U64(n.parse().map_err(|_| bad("key"))?),
+            Some(("s", h)) => {
+                let s = read_hex(h)
+                    .and_then(|b| String::from_utf8(b).ok())
+                    .ok_or_else(|| bad("key"))?;
+                ActorKey::Str(s.into())
+            }
+            Some(("b", h)) => ActorKey::Bytes(read_hex(h).ok_or_else(|| bad("key"))?.into()),
+            _ => return Err(bad("key")),
+        };
+        Ok(ActorCursor {
+            shard,
+            actor_type,
+            key,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cursor_text_round_trips_and_bad_text_names_the_part() {
+        for key in [
+            ActorKey::U64(0),
+            ActorKey::U64(u64::MAX),
+            ActorKey::Str("cart.7/é".into()),
+            ActorKey::Str("".into()),
+            ActorKey::Bytes(vec![0, 255, 16].into()),
+        ] {
+            let c = ActorCursor {
+                shard: 3,
+                actor_type: "bank::Account".into(),
+                key,
+            };
+            let text = c.to_string();
+            assert!(
+                text.chars()
+                    .all(|ch| ch.is_ascii_alphanumeric() || ch == '.'),
+                "{text}"
+            );
+            assert_eq!(text.parse::<ActorCursor>(), Ok(c));
+        }
+        let part = |t: &str| t.parse::<ActorCursor>().unwrap_err().part;
+        assert_eq!(part("1.61"), "layout");
+        assert_eq!(part("1.61.u1.x"), "layout");
+        assert_eq!(part("x.61.u1"), "shard");
+        assert_eq!(part("70000.61.u1"), "shard");
+        assert_eq!(part("1.6.u1"), "type");
+        assert_eq!(part("1..u1"), "type");
+        assert_eq!(part("1.61.x1"), "key");
+        assert_eq!(part("1.61.u-1"), "key");
+        assert_eq!(part("1.61.sff"), "key");
+        assert_eq!(part("1.61.b0"), "key");
+    }
 }

@@ -35,7 +35,9 @@ pub use builder::EngineBuilder;
 pub use config::{EngineConfig, ShardSpec, StartFault, StartStep};
 pub use handle::EngineHandle;
 pub use info::{
-    AskLatency, IoDriver, MessageCounts, Pinning, ShardInfo, ShardStatsSnapshot, ShutdownReport,
+    ActorCursor, ActorPage, ActorQuery, ActorRow, AskLatency, CursorError, IoDriver, MessageCounts,
+    Pinning, ShardInfo, ShardStatsSnapshot, ShutdownReport, ACTOR_QUERY_LIMIT_DEFAULT,
+    ACTOR_QUERY_LIMIT_MAX,
 };
 pub use shared::current_shard_log;
 
@@ -235,6 +237,93 @@ impl Engine {
             .collect()
     }
 
+    /// Lists live activations that match `q`, in `(shard, actor type, key)` order, at most
+    /// `q.limit` rows; [`ActorPage::next`] continues the listing (see [`ActorCursor`] for what
+    /// paging guarantees while activations come and go).
+    ///
+    /// The shards are asked one after another from the cursor's shard on, each walking its
+    /// actor tables on its own thread (between turns: a query of a shard with n activations
+    /// costs that shard O(n log limit) time, and no work at all when nobody queries), until
+    /// the page is full. Each shard has one second to answer.
+    ///
+    /// ```no_run
+    /// # fn f(engine: &quark_shard::Engine) -> Result<(), quark_shard::ActorQueryError> {
+    /// use quark_shard::ActorQuery;
+    /// let mut q = ActorQuery { actor_type: Some("cart".into()), ..ActorQuery::default() };
+    /// loop {
+    ///     let page = engine.actors(&q)?;
+    ///     for row in &page.rows {
+    ///         println!("{} {} {} {:?}", row.shard, row.actor_type, row.key, row.idle);
+    ///     }
+    ///     match page.next {
+    ///         Some(next) => q.after = Some(next),
+    ///         None => break,
+    ///     }
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub fn actors(&self, q: &ActorQuery) -> Result<ActorPage, ActorQueryError> {
+        let shards = self.shard_count();
+        if q.limit == 0 || q.limit > ACTOR_QUERY_LIMIT_MAX {
+            return Err(ActorQueryError::Limit {
+                limit: q.limit,
+                max: ACTOR_QUERY_LIMIT_MAX,
+            });
+        }
+        if let Some(shard) = q.shard.filter(|s| *s >= shards) {
+            return Err(ActorQueryError::UnknownShard { shard, shards });
+        }
+        if let Some(name) = &q.actor_type {
+            let known: Vec<&'static str> = self.shared.types.iter().map(|t| t.name()).collect();
+            if !known.contains(&name.as_str()) {
+                return Err(ActorQueryError::UnknownType {
+                    name: name.clone(),
+                    known,
+                });
+            }
+        }
+        let first = q
+            .after
+            .as_ref()
+            .map_or(0, |c| c.shard)
+            .max(q.shard.unwrap_or(0));
+        let last = q.shard.unwrap_or(shards.saturating_sub(1));
+        let wait = Duration::from_secs(1);
+        let mut rows: Vec<ActorRow> = Vec::new();
+        // One row more than the page: it tells whether there is a next page.
+        for s in first..=last.min(shards.saturating_sub(1)) {
+            let want = q.limit + 1 - rows.len();
+            let (tx, rx) = mpsc::channel();
+            let shard_q = q.clone();
+            let msg = CrossMsg::run_on(move |core| {
+                let _ = tx.send(core.actor_rows(&shard_q, want));
+            });
+            // Never waits: a full injection queue overflows (crate::admission).
+            self.shared.inject(s, msg);
+            let got = rx
+                .recv_timeout(wait)
+                .map_err(|_| ActorQueryError::NoAnswer {
+                    shard: s,
+                    waited: wait,
+                })?;
+            debug_assert!(
+                got.len() <= want,
+                "a shard returns at most the rows asked for"
+            );
+            rows.extend(got);
+            if rows.len() > q.limit {
+                break;
+            }
+        }
+        let next = if rows.len() > q.limit {
+            rows.truncate(q.limit);
+            rows.last().map(ActorRow::cursor)
+        } else {
+            None
+        };
+        Ok(ActorPage { rows, next })
+    }
+
     /// Shuts the node down and waits for it:
     /// 1. calls from outside the node are refused with `CallError::ShuttingDown`;
     /// 2. queued and in-flight turns finish (up to `shutdown_timeout`);
@@ -308,6 +397,44 @@ pub enum StatsError {
         /// The shard.
         shard: ShardId,
         /// How long the call waited.
+        waited: Duration,
+    },
+}
+
+/// Why [`Engine::actors`] returned no page.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ActorQueryError {
+    /// The limit is 0 or above [`ACTOR_QUERY_LIMIT_MAX`].
+    #[error("actor query limit {limit} is out of range (1 ..= {max})")]
+    Limit {
+        /// The limit asked for.
+        limit: usize,
+        /// The largest limit allowed.
+        max: usize,
+    },
+    /// The shard filter names a shard the node does not have.
+    #[error("shard {shard} does not exist (the node has {shards} shards)")]
+    UnknownShard {
+        /// The shard asked for.
+        shard: ShardId,
+        /// The node's shard count.
+        shards: u16,
+    },
+    /// The type filter names a type that is not registered.
+    #[error("actor type {name:?} is not registered (registered: {known:?})")]
+    UnknownType {
+        /// The name asked for.
+        name: String,
+        /// The registered type names.
+        known: Vec<&'static str>,
+    },
+    /// A shard did not answer in time (its thread is blocked or has stopped).
+    #[error("shard {shard} did not answer the actor query within {waited:?}")]
+    NoAnswer {
+        /// The shard.
+        shard: ShardId,
+        /// How long the query waited for it.
         waited: Duration,
     },
 }
