@@ -284,6 +284,24 @@ pub struct RequestEnvelope<'a> {
     /// Time left until the caller gives up, in milliseconds, measured when the frame was
     /// encoded (relative, so clocks need not agree). 0 for tells without deadline.
     pub deadline_ms: u32,
+    /// The sender's trace context (W3C `traceparent` parts), when the call is part of a trace;
+    /// `None` otherwise. Appended last; validated with the rest of the envelope.
+    pub trace: Option<WireTrace>,
+}
+
+/// A W3C trace context as it travels in a [`RequestEnvelope`]: the trace id, the id of the
+/// sender's span (the parent of the receiving turn) and the flags byte, as in `traceparent`
+/// (`00-<trace_id hex>-<span_id hex>-<flags hex>`; ids big-endian).
+// Format (archived): { trace_id [u8; 16] | span_id [u8; 8] | flags u8 } (25 bytes, align 1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Archive, Serialize, Deserialize)]
+#[rkyv(derive(Debug))]
+pub struct WireTrace {
+    /// The 128-bit trace id, big-endian; never all zeros.
+    pub trace_id: [u8; 16],
+    /// The parent span id, big-endian; never all zeros.
+    pub span_id: [u8; 8],
+    /// The W3C flags (bit 0: sampled).
+    pub flags: u8,
 }
 
 impl WireMessage for RequestEnvelope<'_> {
@@ -449,6 +467,7 @@ impl<'a> RequestEnvelope<'a> {
             key,
             message_type: Cow::Borrowed(message_type),
             deadline_ms,
+            trace: None,
         }
     }
 }

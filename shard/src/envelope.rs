@@ -17,6 +17,7 @@ use crate::actor::{Actor, Context, Handler, Message};
 use crate::calls::{CallId, CallOutcome, Forward, Waiter};
 use crate::error::CallError;
 use crate::shard::Shard;
+use crate::trace::TraceContext;
 use crate::turn::Turn;
 
 /// Where a turn's reply goes. `Copy`, so the activation keeps a copy to fail the call if the
@@ -125,6 +126,9 @@ pub(crate) struct Deliver<A, M: Message> {
     pub(crate) deadline: Option<Instant>,
     /// The handler's reply, on the way back.
     value: Option<M::Reply>,
+    /// The sender's trace context (the current one when the message was made; `None` when
+    /// the sender was not in a trace): the handler's turn runs as its child.
+    pub(crate) trace: Option<TraceContext>,
     /// The shard that handled the message (set on the way back).
     from: ShardId,
     _actor: PhantomData<fn() -> A>,
@@ -147,6 +151,7 @@ impl<A, M: Message> Deliver<A, M> {
             external: None,
             deadline: None,
             value: None,
+            trace: crate::trace::current(),
             from: 0,
             _actor: PhantomData,
         }
@@ -186,6 +191,11 @@ where
         turn: std::pin::Pin<&mut Turn<'a>>,
     ) {
         let msg = self.msg.take().expect("a message is handled once");
+        if let Some(parent) = self.trace {
+            // A traced call: the turn runs inside its span, its context current (the cold
+            // path; an untraced call pays only the test above).
+            return start_traced(self, msg, parent, actor, ctx, turn);
+        }
         if self.reply == ReplyTo::None {
             drop(self);
             turn.set(async move {
@@ -198,6 +208,41 @@ where
                 send_back(&ctx.core, self);
             });
         }
+    }
+}
+
+/// `MailItem::start` for a message that carries a trace context.
+#[inline(never)]
+fn start_traced<'a, A, M>(
+    mut d: Box<Deliver<A, M>>,
+    msg: M,
+    parent: TraceContext,
+    actor: &'a mut A,
+    ctx: &'a Context<A>,
+    turn: std::pin::Pin<&mut Turn<'a>>,
+) where
+    A: Handler<M>,
+    M: Message,
+{
+    let (id, shard, node) = (
+        &ctx.id,
+        ctx.core.id,
+        ctx.core.node.net.as_ref().map(|n| n.node_id),
+    );
+    let message = std::any::type_name::<M>();
+    if d.reply == ReplyTo::None {
+        drop(d);
+        let fut = async move {
+            actor.handle(msg, ctx).await;
+        };
+        turn.set(crate::trace::turn(parent, id, message, shard, node, fut));
+    } else {
+        let fut = async move {
+            let value = actor.handle(msg, ctx).await;
+            d.value = Some(value);
+            send_back(&ctx.core, d);
+        };
+        turn.set(crate::trace::turn(parent, id, message, shard, node, fut));
     }
 }
 
