@@ -41,7 +41,9 @@ impl WireMessage for Chain {
 impl Handler<Chain> for Hop {
     async fn handle(&mut self, m: Chain, ctx: &Context<Self>) -> String {
         tracing::info!(hop = %ctx.id(), "hop handled");
-        let mut out = ctx.trace().map_or_else(|| "none".to_owned(), |t| t.to_string());
+        let mut out = ctx
+            .trace()
+            .map_or_else(|| "none".to_owned(), |t| t.to_string());
         if let Some((next, rest)) = m.rest.split_first() {
             let next = ctx.actor_ref::<Hop>(*next);
             let rest = rest.to_vec();
@@ -221,7 +223,11 @@ fn one_trace_follows_a_call_chain_across_shards_and_nodes() {
     assert_eq!(untraced, "none;none;none;none");
     {
         let s = seen.lock().unwrap();
-        assert!(s.spans.is_empty(), "untraced calls make no span: {:?}", s.spans);
+        assert!(
+            s.spans.is_empty(),
+            "untraced calls make no span: {:?}",
+            s.spans
+        );
     }
 
     // Traced: continue an incoming `traceparent`.
@@ -236,6 +242,13 @@ fn one_trace_follows_a_call_chain_across_shards_and_nodes() {
 
     let s = seen.lock().unwrap();
     assert_eq!(s.spans.len(), 4, "one span per hop: {:?}", s.spans);
+    // Every turn is a span of its own: five distinct span ids (the caller's and four hops').
+    let mut ids: Vec<&str> = s.spans.iter().map(|sp| sp.get("span_id")).collect();
+    let root_span = root.span_id_hex();
+    ids.push(&root_span);
+    ids.sort_unstable();
+    ids.dedup();
+    assert_eq!(ids.len(), 5, "span ids are not distinct: {:?}", s.spans);
     let mut parent = root.span_id_hex();
     for (i, (key, node, shard)) in expect.iter().enumerate() {
         let actor = format!("hop/{key}");
@@ -255,7 +268,10 @@ fn one_trace_follows_a_call_chain_across_shards_and_nodes() {
         // The handler's log line was written inside this span.
         let logged: Vec<_> = s.events.iter().filter(|(h, _)| *h == actor).collect();
         assert_eq!(logged.len(), 2, "hop {i} logged once untraced, once traced");
-        assert_eq!(logged[0].1, None, "the untraced turn is in no quark.call span");
+        assert_eq!(
+            logged[0].1, None,
+            "the untraced turn is in no quark.call span"
+        );
         assert_eq!(logged[1].1.as_deref(), Some(span.get("span_id")), "hop {i}");
         parent = span.get("span_id").to_owned();
     }
