@@ -39,6 +39,9 @@ pub use quark_shard::{
     LoadError, LoadFuture, Message, Pinning, ShardId, ShardInfo, ShardSpec, ShardStatsSnapshot,
     ShutdownReport, SpawnHandle, StartError, StatsError, Tell, TimerId,
 };
+/// Trace contexts (W3C `traceparent`) that follow a request across shards and nodes; see the
+/// "Tracing" section of `docs/OPERATIONS.md`.
+pub use quark_shard::{current_trace, TraceContext, TraceFutureExt, TraceParseError, WithTrace};
 
 /// The per-shard durable log, as [`Context::log`] and [`log::current_shard_log`] return it
 /// (re-exported from `quark-persist`, so that a user depends on `quark` alone; the guide is
