@@ -563,3 +563,38 @@ pub fn decode_response<'a>(frame: &Frame<'a>) -> Result<ResponseView<'a>, WireEr
         }),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{FrameDecoder, DEFAULT_FRAME_BYTES_MAX};
+
+    /// The envelope's trace field survives encode -> validate, `Some` and `None`.
+    #[test]
+    fn the_trace_context_travels_in_the_request_envelope() {
+        let trace = WireTrace {
+            trace_id: *b"0123456789abcdef",
+            span_id: 0x00f0_67aa_0ba9_02b7_u64.to_be_bytes(),
+            flags: 1,
+        };
+        for t in [Some(trace), None] {
+            let mut env = RequestEnvelope::new("counter", WireKey::U64(7), "unit", 500);
+            env.trace = t;
+            let mut out = OutBuf::new();
+            let head = FrameHead::new(FrameKind::Request);
+            encode_request(&mut out, head, &env, &(), DEFAULT_FRAME_BYTES_MAX)
+                .expect("a small request encodes");
+            let mut dec = FrameDecoder::new(DEFAULT_FRAME_BYTES_MAX);
+            assert_eq!(dec.feed(out.pending()).expect("a valid frame"), out.len());
+            let frame = dec.next_frame().expect("one frame");
+            let req = decode_request(&frame).expect("the envelope validates");
+            let got = req.envelope.trace.as_ref().map(|w| WireTrace {
+                trace_id: w.trace_id,
+                span_id: w.span_id,
+                flags: w.flags,
+            });
+            assert_eq!(got, t);
+            assert_eq!(req.envelope.deadline_ms.to_native(), 500);
+        }
+    }
+}
