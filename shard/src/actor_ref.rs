@@ -712,7 +712,7 @@ impl<A: Actor> ActorRef<A> {
             ReplyTo::None,
             Origin::External,
         );
-        d.external = Some(External {
+        d.external = Some(Box::new(External {
             forward: Box::new(ExtForward::<A, M> {
                 tx,
                 actor: self.id.clone(),
@@ -721,7 +721,7 @@ impl<A: Actor> ActorRef<A> {
                 _types: std::marker::PhantomData,
             }),
             deadline,
-        });
+        }));
         d.deadline = Some(deadline);
         self.node.inject(self.owner, CrossMsg::Request(Box::new(d)));
         self.reply_by_deadline(rx, &mut timer).await

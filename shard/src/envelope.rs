@@ -121,20 +121,26 @@ pub(crate) struct Deliver<A, M: Message> {
     msg: Option<M>,
     pub(crate) reply: ReplyTo,
     pub(crate) origin: Origin,
-    pub(crate) external: Option<External>,
+    /// Boxed: only a caller outside the node has one, and inline it would make every
+    /// envelope 24 bytes larger (see `trace`).
+    pub(crate) external: Option<Box<External>>,
     /// An ask's deadline (absolute; `None` for a tell).
     pub(crate) deadline: Option<Instant>,
     /// The handler's reply, on the way back.
     value: Option<M::Reply>,
     /// The sender's trace context (the current one when the message was made; `None` when
-    /// the sender was not in a trace): the handler's turn runs as its child.
-    pub(crate) trace: Option<TraceContext>,
+    /// the sender was not in a trace): the handler's turn runs as its child. Boxed: an
+    /// untraced message pays for one null pointer. (A 26-byte inline field made the envelope
+    /// too large to be built in its box without a `memcpy` call: ~30 instructions per tell,
+    /// measured with callgrind; see docs/BENCHMARKS.md.)
+    pub(crate) trace: Option<Box<TraceContext>>,
     /// The shard that handled the message (set on the way back).
     from: ShardId,
     _actor: PhantomData<fn() -> A>,
 }
 
 impl<A, M: Message> Deliver<A, M> {
+    #[inline]
     pub(crate) fn new(
         type_idx: u16,
         key: ActorKey,
@@ -151,7 +157,7 @@ impl<A, M: Message> Deliver<A, M> {
             external: None,
             deadline: None,
             value: None,
-            trace: crate::trace::current(),
+            trace: crate::trace::current_boxed(),
             from: 0,
             _actor: PhantomData,
         }
@@ -191,7 +197,7 @@ where
         turn: std::pin::Pin<&mut Turn<'a>>,
     ) {
         let msg = self.msg.take().expect("a message is handled once");
-        if let Some(parent) = self.trace {
+        if let Some(parent) = self.trace.as_deref().copied() {
             // A traced call: the turn runs inside its span, its context current (the cold
             // path; an untraced call pays only the test above).
             return start_traced(self, msg, parent, actor, ctx, turn);

@@ -9,8 +9,9 @@
 //! `quark.call` (fields: `actor`, `message`, `trace_id`, `span_id`, `parent_span_id`, `shard`,
 //! `node`) with a fresh span id, and that becomes the current context while it runs.
 //!
-//! A message sent with no current trace carries `None`: the hot path then pays the copy of an
-//! `Option<TraceContext>` (26 bytes, alignment 1) and a thread-local read, nothing more.
+//! A message sent with no current trace carries `None`: the hot path then pays a thread-local
+//! read and a null pointer in the envelope (the envelope holds an `Option<Box<TraceContext>>`;
+//! a traced message pays one small allocation), nothing more.
 
 use std::cell::Cell;
 use std::fmt;
@@ -235,6 +236,12 @@ pub fn current() -> Option<TraceContext> {
     CURRENT.with(Cell::get)
 }
 
+/// The current trace context, boxed for an envelope (no allocation when there is none).
+#[inline]
+pub(crate) fn current_boxed() -> Option<Box<TraceContext>> {
+    CURRENT.with(|c| c.get().map(Box::new))
+}
+
 /// Runs `f` with `ctx` as the current trace context, restoring the previous one after (also
 /// on unwind).
 pub(crate) fn scoped<R>(ctx: Option<TraceContext>, f: impl FnOnce() -> R) -> R {
@@ -398,8 +405,9 @@ mod tests {
     }
 
     #[test]
-    fn the_envelope_field_is_26_bytes_unaligned() {
+    fn the_context_is_26_bytes_and_the_envelope_field_one_pointer() {
         assert_eq!(std::mem::size_of::<Option<TraceContext>>(), 26);
         assert_eq!(std::mem::align_of::<Option<TraceContext>>(), 1);
+        assert_eq!(std::mem::size_of::<Option<Box<TraceContext>>>(), 8);
     }
 }
