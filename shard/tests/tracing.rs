@@ -59,6 +59,22 @@ impl Handler<Chain> for Hop {
     }
 }
 
+/// A tell; the handler only logs.
+#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+#[rkyv(crate = quark_net::rkyv)]
+struct Note;
+impl Message for Note {
+    type Reply = ();
+}
+impl WireMessage for Note {
+    const WIRE_NAME: &'static str = "test.Note";
+}
+impl Handler<Note> for Hop {
+    async fn handle(&mut self, _: Note, ctx: &Context<Self>) {
+        tracing::info!(hop = %ctx.id(), "hop handled");
+    }
+}
+
 /// The fields of one `quark.call` span.
 #[derive(Clone, Debug, Default)]
 struct SpanRec {
@@ -155,6 +171,7 @@ fn start(id: u64, m: &Membership, l: std::net::TcpListener) -> Engine {
     EngineBuilder::new(config)
         .register(ActorType::new(|_| Hop))
         .remote::<Hop, Chain>()
+        .remote::<Hop, Note>()
         .start()
         .expect("engine starts")
 }
@@ -276,8 +293,37 @@ fn one_trace_follows_a_call_chain_across_shards_and_nodes() {
         parent = span.get("span_id").to_owned();
     }
     drop(s);
+
+    // A tell from outside the node to another node carries the trace too.
+    let e = key_on(&n1, 2, 0, &[b]);
+    let note_root = TraceContext::new_root();
+    block_on(n1.actor_ref::<Hop>(e).tell(Note).with_trace(note_root)).expect("the tell is sent");
+    let end = Instant::now() + Duration::from_secs(5);
+    let span = loop {
+        let s = seen.lock().unwrap();
+        let found = s
+            .spans
+            .iter()
+            .find(|sp| sp.get("actor") == format!("hop/{e}"));
+        if let Some(sp) = found {
+            break sp.clone();
+        }
+        drop(s);
+        assert!(Instant::now() < end, "the traced tell's turn made no span");
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    assert_eq!(span.get("trace_id"), note_root.trace_id_hex());
+    assert_eq!(span.get("parent_span_id"), note_root.span_id_hex());
+    assert_eq!(span.get("node"), "2");
+    assert!(span.get("message").ends_with("Note"), "{span:?}");
+
     // No trace leaks into later work: an untraced call after the traced one stays untraced.
     assert_eq!(block_on(entry.ask(chain())).unwrap(), "none;none;none;none");
+    assert_eq!(
+        seen.lock().unwrap().spans.len(),
+        5,
+        "the untraced ask made a span"
+    );
     n1.shutdown();
     n2.shutdown();
 }
