@@ -43,6 +43,6 @@ pub use secret::{check_listen_addr, ClusterSecret, ListenError, ListenMode, Secr
 pub use wire::{
     decode_message, decode_request, decode_response, encode_error_reply, encode_message,
     encode_request, encode_response, ArchivedRemoteError, ArchivedRequestEnvelope, ArchivedWireKey,
-    PayloadSerializer, RemoteError, RequestEnvelope, RequestView, ResponseView, WireError, WireKey,
-    WireMessage, WireOwned,
+    ArchivedWireTrace, PayloadSerializer, RemoteError, RequestEnvelope, RequestView, ResponseView,
+    WireError, WireKey, WireMessage, WireOwned, WireTrace,
 };

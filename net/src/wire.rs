@@ -284,6 +284,24 @@ pub struct RequestEnvelope<'a> {
     /// Time left until the caller gives up, in milliseconds, measured when the frame was
     /// encoded (relative, so clocks need not agree). 0 for tells without deadline.
     pub deadline_ms: u32,
+    /// The sender's trace context (W3C `traceparent` parts), when the call is part of a trace;
+    /// `None` otherwise. Appended last; validated with the rest of the envelope.
+    pub trace: Option<WireTrace>,
+}
+
+/// A W3C trace context as it travels in a [`RequestEnvelope`]: the trace id, the id of the
+/// sender's span (the parent of the receiving turn) and the flags byte, as in `traceparent`
+/// (`00-<trace_id hex>-<span_id hex>-<flags hex>`; ids big-endian).
+// Format (archived): { trace_id [u8; 16] | span_id [u8; 8] | flags u8 } (25 bytes, align 1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Archive, Serialize, Deserialize)]
+#[rkyv(derive(Debug))]
+pub struct WireTrace {
+    /// The 128-bit trace id, big-endian; never all zeros.
+    pub trace_id: [u8; 16],
+    /// The parent span id, big-endian; never all zeros.
+    pub span_id: [u8; 8],
+    /// The W3C flags (bit 0: sampled).
+    pub flags: u8,
 }
 
 impl WireMessage for RequestEnvelope<'_> {
@@ -449,6 +467,7 @@ impl<'a> RequestEnvelope<'a> {
             key,
             message_type: Cow::Borrowed(message_type),
             deadline_ms,
+            trace: None,
         }
     }
 }
@@ -542,5 +561,40 @@ pub fn decode_response<'a>(frame: &Frame<'a>) -> Result<ResponseView<'a>, WireEr
             expected: "Response or ErrorReply",
             found,
         }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{FrameDecoder, DEFAULT_FRAME_BYTES_MAX};
+
+    /// The envelope's trace field survives encode -> validate, `Some` and `None`.
+    #[test]
+    fn the_trace_context_travels_in_the_request_envelope() {
+        let trace = WireTrace {
+            trace_id: *b"0123456789abcdef",
+            span_id: 0x00f0_67aa_0ba9_02b7_u64.to_be_bytes(),
+            flags: 1,
+        };
+        for t in [Some(trace), None] {
+            let mut env = RequestEnvelope::new("counter", WireKey::U64(7), "unit", 500);
+            env.trace = t;
+            let mut out = OutBuf::new();
+            let head = FrameHead::new(FrameKind::Request);
+            encode_request(&mut out, head, &env, &(), DEFAULT_FRAME_BYTES_MAX)
+                .expect("a small request encodes");
+            let mut dec = FrameDecoder::new(DEFAULT_FRAME_BYTES_MAX);
+            assert_eq!(dec.feed(out.pending()).expect("a valid frame"), out.len());
+            let frame = dec.next_frame().expect("one frame");
+            let req = decode_request(&frame).expect("the envelope validates");
+            let got = req.envelope.trace.as_ref().map(|w| WireTrace {
+                trace_id: w.trace_id,
+                span_id: w.span_id,
+                flags: w.flags,
+            });
+            assert_eq!(got, t);
+            assert_eq!(req.envelope.deadline_ms.to_native(), 500);
+        }
     }
 }

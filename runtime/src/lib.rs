@@ -30,7 +30,7 @@ pub use node::{Node, NodeBuilder, NodeError};
 pub use quark_net::rkyv;
 pub use quark_net::{
     ClusterSecret, HandshakeConfig, Membership, MembershipError, PeerRole, RemoteError,
-    SecretError, WireMessage, WireOwned,
+    SecretError, WireMessage, WireOwned, PROTOCOL_VERSION,
 };
 pub use quark_placement::NodeId;
 pub use quark_shard::{
@@ -39,6 +39,9 @@ pub use quark_shard::{
     LoadError, LoadFuture, Message, Pinning, ShardId, ShardInfo, ShardSpec, ShardStatsSnapshot,
     ShutdownReport, SpawnHandle, StartError, StatsError, Tell, TimerId,
 };
+/// Trace contexts (W3C `traceparent`) that follow a request across shards and nodes; see the
+/// "Tracing" section of `docs/OPERATIONS.md`.
+pub use quark_shard::{current_trace, TraceContext, TraceFutureExt, TraceParseError, WithTrace};
 pub use quark_shard::{
     ActorCursor, ActorPage, ActorQuery, ActorQueryError, ActorRow, CursorError,
     ACTOR_QUERY_LIMIT_DEFAULT, ACTOR_QUERY_LIMIT_MAX,

@@ -93,6 +93,14 @@ impl<A: Actor> Context<A> {
         self.core.id
     }
 
+    /// The trace context of the running turn: `Some` when the message that started it
+    /// carried one (see [`TraceContext`](crate::TraceContext)), with this turn's own span id.
+    /// Messages this turn sends carry it, so their turns become children of this one; pass it
+    /// on (as a `traceparent`, its `Display` form) to systems outside Quark.
+    pub fn trace(&self) -> Option<crate::TraceContext> {
+        crate::trace::current()
+    }
+
     /// The shard's clock (read once per pump iteration; the time all timers and deadlines of
     /// this shard use).
     pub fn now(&self) -> Instant {

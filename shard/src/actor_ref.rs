@@ -243,15 +243,16 @@ impl<A: Actor> ActorRef<A> {
         let (tx, rx) = futures::channel::oneshot::channel();
         let me = self.clone();
         let shard = self.owner;
+        let trace = crate::trace::current();
         self.node.inject(
             shard,
             crate::envelope::CrossMsg::run_on(move |core| {
                 let core2 = core.clone();
-                core.sched.spawn(async move {
+                core.sched.spawn(crate::trace::carry(trace, async move {
                     let r = crate::net::ask_remote(&me, core2.clone(), node, msg, timeout).await;
                     core2.injector().release();
                     let _ = tx.send(r);
-                });
+                }));
             }),
         );
         self.reply_by_deadline(rx, &mut timer).await
@@ -295,15 +296,16 @@ impl<A: Actor> ActorRef<A> {
         self.external_admit(None).await?;
         let (tx, rx) = futures::channel::oneshot::channel();
         let me = self.clone();
+        let trace = crate::trace::current();
         self.node.inject(
             self.owner,
             crate::envelope::CrossMsg::run_on(move |core| {
                 let core2 = core.clone();
-                core.sched.spawn(async move {
+                core.sched.spawn(crate::trace::carry(trace, async move {
                     let r = crate::net::tell_remote(&me, core2.clone(), node, msg).await;
                     core2.injector().release();
                     let _ = tx.send(r);
-                });
+                }));
             }),
         );
         rx.await.unwrap_or_else(|_| {
@@ -389,11 +391,14 @@ impl<A: Actor> ActorRef<A> {
             }
             self.external_admit_now()?;
             let me = self.clone();
+            let trace = crate::trace::current();
             self.node.inject(
                 self.owner,
                 crate::envelope::CrossMsg::run_on(move |core| {
                     // Errors are counted (tells_dropped) and logged by the transport.
-                    let r = crate::net::tell_remote_now(&me, core, node, msg);
+                    let r = crate::trace::scoped(trace, || {
+                        crate::net::tell_remote_now(&me, core, node, msg)
+                    });
                     if let Err(e) = r {
                         if let (CallError::Full { .. }, Some(net)) = (&e, &core.net) {
                             let s = &net.stats.tells_dropped;
@@ -710,7 +715,7 @@ impl<A: Actor> ActorRef<A> {
             ReplyTo::None,
             Origin::External,
         );
-        d.external = Some(External {
+        d.external = Some(Box::new(External {
             forward: Box::new(ExtForward::<A, M> {
                 tx,
                 actor: self.id.clone(),
@@ -719,7 +724,7 @@ impl<A: Actor> ActorRef<A> {
                 _types: std::marker::PhantomData,
             }),
             deadline,
-        });
+        }));
         d.deadline = Some(deadline);
         self.node.inject(self.owner, CrossMsg::Request(Box::new(d)));
         self.reply_by_deadline(rx, &mut timer).await

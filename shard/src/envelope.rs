@@ -17,6 +17,7 @@ use crate::actor::{Actor, Context, Handler, Message};
 use crate::calls::{CallId, CallOutcome, Forward, Waiter};
 use crate::error::CallError;
 use crate::shard::Shard;
+use crate::trace::TraceContext;
 use crate::turn::Turn;
 
 /// Where a turn's reply goes. `Copy`, so the activation keeps a copy to fail the call if the
@@ -120,17 +121,26 @@ pub(crate) struct Deliver<A, M: Message> {
     msg: Option<M>,
     pub(crate) reply: ReplyTo,
     pub(crate) origin: Origin,
-    pub(crate) external: Option<External>,
+    /// Boxed: only a caller outside the node has one, and inline it would make every
+    /// envelope 24 bytes larger (see `trace`).
+    pub(crate) external: Option<Box<External>>,
     /// An ask's deadline (absolute; `None` for a tell).
     pub(crate) deadline: Option<Instant>,
     /// The handler's reply, on the way back.
     value: Option<M::Reply>,
+    /// The sender's trace context (the current one when the message was made; `None` when
+    /// the sender was not in a trace): the handler's turn runs as its child. Boxed: an
+    /// untraced message pays for one null pointer. (A 26-byte inline field made the envelope
+    /// too large to be built in its box without a `memcpy` call: ~30 instructions per tell,
+    /// measured with callgrind; see docs/BENCHMARKS.md.)
+    pub(crate) trace: Option<Box<TraceContext>>,
     /// The shard that handled the message (set on the way back).
     from: ShardId,
     _actor: PhantomData<fn() -> A>,
 }
 
 impl<A, M: Message> Deliver<A, M> {
+    #[inline]
     pub(crate) fn new(
         type_idx: u16,
         key: ActorKey,
@@ -147,6 +157,7 @@ impl<A, M: Message> Deliver<A, M> {
             external: None,
             deadline: None,
             value: None,
+            trace: crate::trace::current_boxed(),
             from: 0,
             _actor: PhantomData,
         }
@@ -186,6 +197,11 @@ where
         turn: std::pin::Pin<&mut Turn<'a>>,
     ) {
         let msg = self.msg.take().expect("a message is handled once");
+        if let Some(parent) = self.trace.as_deref().copied() {
+            // A traced call: the turn runs inside its span, its context current (the cold
+            // path; an untraced call pays only the test above).
+            return start_traced(self, msg, parent, actor, ctx, turn);
+        }
         if self.reply == ReplyTo::None {
             drop(self);
             turn.set(async move {
@@ -198,6 +214,41 @@ where
                 send_back(&ctx.core, self);
             });
         }
+    }
+}
+
+/// `MailItem::start` for a message that carries a trace context.
+#[inline(never)]
+fn start_traced<'a, A, M>(
+    mut d: Box<Deliver<A, M>>,
+    msg: M,
+    parent: TraceContext,
+    actor: &'a mut A,
+    ctx: &'a Context<A>,
+    turn: std::pin::Pin<&mut Turn<'a>>,
+) where
+    A: Handler<M>,
+    M: Message,
+{
+    let (id, shard, node) = (
+        &ctx.id,
+        ctx.core.id,
+        ctx.core.node.net.as_ref().map(|n| n.node_id),
+    );
+    let message = std::any::type_name::<M>();
+    if d.reply == ReplyTo::None {
+        drop(d);
+        let fut = async move {
+            actor.handle(msg, ctx).await;
+        };
+        turn.set(crate::trace::turn(parent, id, message, shard, node, fut));
+    } else {
+        let fut = async move {
+            let value = actor.handle(msg, ctx).await;
+            d.value = Some(value);
+            send_back(&ctx.core, d);
+        };
+        turn.set(crate::trace::turn(parent, id, message, shard, node, fut));
     }
 }
 

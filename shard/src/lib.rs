@@ -46,6 +46,7 @@ mod signal;
 mod stats;
 mod sync;
 mod timers;
+mod trace;
 mod turn;
 
 pub use activation::{ActorType, LoadError, LoadFuture};
@@ -68,6 +69,9 @@ pub use quark_placement::{ActorId, ActorKey, ShardId};
 pub use scheduler::{JoinError, SpawnHandle};
 pub use stats::ASK_LATENCY_BUCKETS;
 pub use timers::TimerId;
+pub use trace::{
+    current as current_trace, TraceContext, TraceFutureExt, TraceParseError, WithTrace,
+};
 
 /// Waits for `d` on the calling shard's timers without blocking the shard. Only for code running
 /// on a shard thread (handlers, tasks spawned with [`EngineHandle::spawn_on`]).

@@ -16,6 +16,7 @@ const LEAVES: &[(&str, &[&str])] = &[
     ("timers.rs", &[]),
     ("admission.rs", &[]),
     ("turn.rs", &[]),
+    ("trace.rs", &[]),
     ("sync.rs", &[]),
     ("log_tasks.rs", &["rt"]),
     ("rt/mod.rs", &["ring", "sync"]),

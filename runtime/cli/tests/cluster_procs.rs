@@ -279,12 +279,16 @@ fn three_processes_kill_one_restart_it() {
     };
     let cases = [
         (
-            cfg("procs", secret("wrong-secret-0123456789"), 1),
+            cfg(
+                "procs",
+                secret("wrong-secret-0123456789"),
+                quark::PROTOCOL_VERSION,
+            ),
             "wrong proof",
             "wrong proof",
         ),
         (
-            cfg("other", secret(SECRET), 1),
+            cfg("other", secret(SECRET), quark::PROTOCOL_VERSION),
             "refused the handshake: cluster id mismatch",
             "cluster id mismatch",
         ),
@@ -308,7 +312,7 @@ fn three_processes_kill_one_restart_it() {
     // The right settings still work, and the secret never shows in a log.
     quark::probe(
         addrs[0],
-        cfg("procs", secret(SECRET), 1),
+        cfg("procs", secret(SECRET), quark::PROTOCOL_VERSION),
         Duration::from_secs(5),
     )
     .unwrap();

@@ -208,12 +208,13 @@ where
         corr,
         done: false,
     };
-    let env = RequestEnvelope::new(
+    let mut env = RequestEnvelope::new(
         A::TYPE_NAME,
         wire_key(&id.key),
         codec.wire_name,
         deadline_ms(timeout),
     );
+    env.trace = crate::trace::current().map(crate::trace::to_wire);
     let head = FrameHead {
         source_shard: core.id,
         correlation: corr,
@@ -359,7 +360,8 @@ where
     M: Message,
 {
     let id = aref.id();
-    let env = RequestEnvelope::new(A::TYPE_NAME, wire_key(&id.key), codec.wire_name, 0);
+    let mut env = RequestEnvelope::new(A::TYPE_NAME, wire_key(&id.key), codec.wire_name, 0);
+    env.trace = crate::trace::current().map(crate::trace::to_wire);
     let head = FrameHead {
         source_shard: core.id,
         ..FrameHead::new(FrameKind::OneWay)
@@ -623,19 +625,20 @@ where
     };
     let aref = ActorRef::<A>::new_local(core.node.clone(), key);
     let core2 = core.clone();
+    let trace = crate::trace::current();
     match sink.reply {
-        true => core.sched.spawn(async move {
+        true => core.sched.spawn(crate::trace::carry(trace, async move {
             match aref.ask_timeout(msg, timeout).await {
                 Ok(v) => sink.send_value(&core2, &v),
                 Err(e) => sink.send_error(&core2, &call_error_to_remote(e)),
             }
-        }),
-        false => core.sched.spawn(async move {
+        })),
+        false => core.sched.spawn(crate::trace::carry(trace, async move {
             if let Err(e) = aref.tell(msg).await {
                 tracing::debug!(shard = core2.id, error = %e, "tell from the network failed");
             }
             drop(sink);
-        }),
+        })),
     }
     Ok(())
 }
@@ -771,7 +774,15 @@ pub(crate) fn dispatch(core: &Rc<Shard>, wire: &Rc<Outbound>, frame: &Frame<'_>)
     let key = actor_key(&req.envelope.key);
     // The sink is moved into the handler; a refusal (bad payload) answers on a second one.
     let refusal_sink = ReplySink::new(wire, head);
-    if let Err(e) = handler(core, key, req.body, timeout, sink) {
+    // The caller's trace context is current while the call starts, so the message (or the
+    // task that forwards it to the owner shard) carries it.
+    let trace = req
+        .envelope
+        .trace
+        .as_ref()
+        .and_then(crate::trace::from_wire);
+    let started = crate::trace::scoped(trace, || handler(core, key, req.body, timeout, sink));
+    if let Err(e) = started {
         refuse(refusal_sink, e);
     }
 }
