@@ -217,26 +217,9 @@ fn counts(args: &CountsArgs) -> anyhow::Result<String> {
     Ok(out)
 }
 
-/// Left-aligned columns, two spaces apart.
+/// Left-aligned columns, two spaces apart (the layout of `quark status`).
 fn columns(rows: &[Vec<String>]) -> String {
     let mut out = String::new();
-    let cols = rows.iter().map(Vec::len).max().unwrap_or(0);
-    let widths: Vec<usize> = (0..cols)
-        .map(|c| {
-            rows.iter()
-                .filter_map(|r| r.get(c))
-                .map(String::len)
-                .max()
-                .unwrap_or(0)
-        })
-        .collect();
-    for r in rows {
-        let line: Vec<String> = r
-            .iter()
-            .enumerate()
-            .map(|(c, v)| format!("{v:<w$}", w = widths[c]))
-            .collect();
-        let _ = writeln!(out, "{}", line.join("  ").trim_end());
-    }
+    crate::status::push_rows(&mut out, rows);
     out
 }

@@ -126,7 +126,7 @@ fn table(s: &Status) -> String {
 }
 
 /// Left-aligned columns, two spaces apart.
-fn push_rows(out: &mut String, rows: &[Vec<String>]) {
+pub(crate) fn push_rows(out: &mut String, rows: &[Vec<String>]) {
     let cols = rows.iter().map(Vec::len).max().unwrap_or(0);
     let widths: Vec<usize> = (0..cols)
         .map(|c| {
