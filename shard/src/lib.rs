@@ -45,6 +45,7 @@ mod shard;
 mod signal;
 mod stats;
 mod sync;
+mod tables;
 mod timers;
 mod trace;
 mod turn;

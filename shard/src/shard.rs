@@ -6,7 +6,7 @@
 //! | clock (time of timers and deadlines) | [`ShardClock`] | `clock` |
 //! | cross-shard transport (rings, credits) | [`CrossShard`] | `cross` |
 //! | call table (asks waiting for a reply) | [`CallTable`] | `calls` |
-//! | actor tables and lifecycles | [`ActorTables`] | `activation` |
+//! | actor tables and lifecycles | [`ActorTables`] | `tables`, `activation` |
 //! | timers | [`Timers`] | `timers` |
 //! | scheduler (the shard's tasks) | [`Scheduler`] | `scheduler` |
 //! | pump wake-ups | [`PumpSignal`] | `signal` |

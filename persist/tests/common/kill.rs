@@ -53,10 +53,19 @@ pub fn run_child_and_kill(
         .args(["--exact", child_test, "--nocapture", "--test-threads=1"])
         .env(env_key, env_value)
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(Stdio::piped())
         .spawn()
         .expect("spawn child");
     let pid = child.id() as i32;
+    // The child's stderr, kept to explain a child that failed (its panic message).
+    let stderr = {
+        let mut pipe = child.stderr.take().expect("piped stderr");
+        std::thread::spawn(move || {
+            let mut text = String::new();
+            let _ = std::io::Read::read_to_string(&mut pipe, &mut text);
+            text
+        })
+    };
     let done = Arc::new(AtomicBool::new(false));
     let watchdog = {
         let done = Arc::clone(&done);
@@ -118,14 +127,16 @@ pub fn run_child_and_kill(
         "round {round}: child hung (ready: {ready}, acks: {})",
         killed.acks
     );
+    let stderr = stderr.join().unwrap_or_default();
     assert!(
         ready,
-        "round {round}: the child never opened its log ({status})"
+        "round {round}: the child never opened its log ({status}); its stderr:\n{stderr}"
     );
     assert_eq!(
         std::os::unix::process::ExitStatusExt::signal(&status),
         Some(libc::SIGKILL),
-        "round {round}: the child must die by SIGKILL, not by an error ({status})"
+        "round {round}: the child must die by SIGKILL, not by an error ({status}); its \
+         stderr:\n{stderr}"
     );
     killed
 }

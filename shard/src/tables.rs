@@ -1,0 +1,399 @@
+//! A shard's actor tables: one per registered actor type, holding its live activations (keyed
+//! actors by key, stateless workers as pools per key), with the walks the shard does over them
+//! (idle sweeps, deactivation, shutdown, statistics and actor queries). The activations
+//! themselves, and their task, are in `activation`.
+
+use std::any::Any;
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use quark_placement::{ActorId, ActorKey, ShardId};
+use rustc_hash::FxHashMap;
+
+use crate::activation::{Activation, ActorType};
+use crate::actor::Actor;
+use crate::engine::{ActorQuery, ActorRow};
+use crate::shard::Shard;
+
+/// The registry's type-erased view of an actor type.
+pub(crate) trait ErasedType: Send + Sync {
+    fn name(&self) -> &'static str;
+    fn make_table(self: Arc<Self>, type_idx: u16, default_idle: Duration) -> Box<dyn ErasedTable>;
+    fn stateless(&self) -> bool;
+}
+
+pub(crate) struct TypeInfo<A: Actor> {
+    pub(crate) spec: ActorType<A>,
+}
+
+impl<A: Actor> ErasedType for TypeInfo<A> {
+    fn name(&self) -> &'static str {
+        A::TYPE_NAME
+    }
+    fn make_table(self: Arc<Self>, type_idx: u16, default_idle: Duration) -> Box<dyn ErasedTable> {
+        let idle = self.spec.idle_timeout.unwrap_or(default_idle);
+        Box::new(TypeTable::<A> {
+            info: self,
+            type_idx,
+            idle_timeout: idle,
+            actors: RefCell::new(FxHashMap::default()),
+            workers: RefCell::new(FxHashMap::default()),
+        })
+    }
+    fn stateless(&self) -> bool {
+        self.spec.stateless_workers.is_some()
+    }
+}
+
+/// A shard's table of one type's activations, seen without its type.
+pub(crate) trait ErasedTable {
+    fn as_any(&self) -> &dyn Any;
+    fn idle_timeout(&self) -> Duration;
+    /// Asks idle activations whose idle timeout passed to deactivate.
+    fn sweep_idle(&self, now: Instant);
+    /// Asks every activation to deactivate once its mailbox is empty.
+    fn deactivate_all(&self);
+    /// True if no activation is running a turn or has mail.
+    fn quiescent(&self) -> bool;
+    /// Number of live activations.
+    fn len(&self) -> usize;
+    /// The actor type's name.
+    fn name(&self) -> &'static str;
+    /// Messages queued in the activations' mailboxes: `(total, longest)`.
+    fn mailbox_depth(&self) -> (usize, usize);
+    /// Drops every activation now, failing queued calls with `ShuttingDown`.
+    fn abort_all(&self, core: &Shard);
+    /// The (at most `want`) rows with the smallest keys that match `q`'s key and idle filters
+    /// and come after `after`, in key order (walks the table: for queries, not the hot path).
+    fn rows(
+        &self,
+        q: &ActorQuery,
+        after: Option<&ActorKey>,
+        now: Instant,
+        want: usize,
+        shard: ShardId,
+    ) -> Vec<ActorRow>;
+}
+
+/// A shard's actor tables, one per registered actor type (indexed by the type's registry
+/// index).
+pub(crate) struct ActorTables(Vec<Box<dyn ErasedTable>>);
+
+impl ActorTables {
+    pub(crate) fn new(types: &[Arc<dyn ErasedType>], default_idle: Duration) -> Self {
+        ActorTables(
+            types
+                .iter()
+                .enumerate()
+                .map(|(i, t)| t.clone().make_table(i as u16, default_idle))
+                .collect(),
+        )
+    }
+
+    /// The table of actor type `A` (registered at index `type_idx`).
+    #[inline]
+    pub(crate) fn get<A: Actor>(&self, type_idx: u16) -> &TypeTable<A> {
+        self.0[usize::from(type_idx)]
+            .as_any()
+            .downcast_ref::<TypeTable<A>>()
+            .expect("type index and actor type come from the same registry")
+    }
+
+    /// Live activations of every type.
+    pub(crate) fn live(&self) -> usize {
+        self.0.iter().map(|t| t.len()).sum()
+    }
+
+    /// Live activations per type, in registration order (for the stats snapshot).
+    pub(crate) fn live_per_type(&self) -> Vec<(&'static str, u64)> {
+        self.0.iter().map(|t| (t.name(), t.len() as u64)).collect()
+    }
+
+    /// Messages queued in every mailbox of the shard: `(total, longest)` (walks the tables:
+    /// for the stats snapshot, not for the hot path).
+    pub(crate) fn mailbox_depth(&self) -> (u64, u64) {
+        self.0.iter().fold((0, 0), |(total, max), t| {
+            let (n, m) = t.mailbox_depth();
+            (total + n as u64, max.max(m as u64))
+        })
+    }
+
+    /// True if no activation is running a turn or has mail.
+    pub(crate) fn quiescent(&self) -> bool {
+        self.0.iter().all(|t| t.quiescent())
+    }
+
+    /// The first `want` rows of shard `shard` that match `q`, in `(type name, key)` order,
+    /// after `q.after` when it points into this shard (none if it points past it).
+    /// Memory: at most `want` rows per type while walking.
+    pub(crate) fn rows(
+        &self,
+        q: &ActorQuery,
+        shard: ShardId,
+        now: Instant,
+        want: usize,
+    ) -> Vec<ActorRow> {
+        let after = match &q.after {
+            Some(c) if c.shard > shard => return Vec::new(),
+            Some(c) if c.shard == shard => Some(c),
+            _ => None,
+        };
+        let mut out = Vec::new();
+        for t in &self.0 {
+            if q.actor_type.as_deref().is_some_and(|name| name != t.name()) {
+                continue;
+            }
+            let after_key = match after {
+                Some(c) => match t.name().cmp(c.actor_type.as_str()) {
+                    std::cmp::Ordering::Less => continue,
+                    std::cmp::Ordering::Equal => Some(&c.key),
+                    std::cmp::Ordering::Greater => None,
+                },
+                None => None,
+            };
+            out.extend(t.rows(q, after_key, now, want, shard));
+        }
+        out.sort_by(|a, b| (a.actor_type, &a.key).cmp(&(b.actor_type, &b.key)));
+        out.truncate(want);
+        out
+    }
+
+    /// Asks idle activations whose idle timeout passed to deactivate.
+    pub(crate) fn sweep_idle(&self, now: Instant) {
+        self.0.iter().for_each(|t| t.sweep_idle(now));
+    }
+
+    /// Asks every activation to deactivate once its mailbox is empty.
+    pub(crate) fn deactivate_all(&self) {
+        self.0.iter().for_each(|t| t.deactivate_all());
+    }
+
+    /// Drops every activation now, failing queued calls with `ShuttingDown`.
+    pub(crate) fn abort_all(&self, shard: &Shard) {
+        self.0.iter().for_each(|t| t.abort_all(shard));
+    }
+
+    /// The shortest idle timeout of any type.
+    pub(crate) fn min_idle_timeout(&self) -> Option<Duration> {
+        self.0.iter().map(|t| t.idle_timeout()).min()
+    }
+}
+
+pub(crate) struct TypeTable<A: Actor> {
+    pub(crate) info: Arc<TypeInfo<A>>,
+    type_idx: u16,
+    idle_timeout: Duration,
+    pub(crate) actors: RefCell<FxHashMap<ActorKey, Rc<Activation<A>>>>,
+    workers: RefCell<FxHashMap<ActorKey, Vec<Rc<Activation<A>>>>>,
+}
+
+impl<A: Actor> TypeTable<A> {
+    fn each(&self, mut f: impl FnMut(&Rc<Activation<A>>)) {
+        let actors: Vec<_> = self.actors.borrow().values().cloned().collect();
+        actors.iter().for_each(&mut f);
+        let workers: Vec<_> = self.workers.borrow().values().flatten().cloned().collect();
+        workers.iter().for_each(&mut f);
+    }
+
+    /// The activation that should get the next message for `key`, activating one if needed.
+    #[inline]
+    pub(crate) fn route(&self, core: &Rc<Shard>, key: &ActorKey) -> Rc<Activation<A>> {
+        match self.info.spec.stateless_workers {
+            None => {
+                if let Some(act) = self.actors.borrow().get(key) {
+                    return act.clone();
+                }
+                let act = self.activate(core, key);
+                self.actors.borrow_mut().insert(key.clone(), act.clone());
+                act
+            }
+            Some(max) => {
+                let mut workers = self.workers.borrow_mut();
+                let pool = workers.entry(key.clone()).or_default();
+                if let Some(idle) = pool.iter().find(|a| a.is_idle()) {
+                    return idle.clone();
+                }
+                if pool.len() < max {
+                    let act = self.activate(core, key);
+                    pool.push(act.clone());
+                    return act;
+                }
+                pool.iter()
+                    .min_by_key(|a| a.queue_len())
+                    .cloned()
+                    .expect("a full pool has at least one worker")
+            }
+        }
+    }
+
+    fn activate(&self, core: &Rc<Shard>, key: &ActorKey) -> Rc<Activation<A>> {
+        let id = ActorId {
+            type_name: A::TYPE_NAME,
+            key: key.clone(),
+        };
+        let act = Activation::start(core, id, self.type_idx, self.info.clone());
+        core.stats.activations.set(core.stats.activations.get() + 1);
+        act
+    }
+
+    pub(crate) fn remove(&self, act: &Rc<Activation<A>>) {
+        let key = &act.ctx.id.key;
+        if self.info.spec.stateless_workers.is_some() {
+            let mut workers = self.workers.borrow_mut();
+            if let Some(pool) = workers.get_mut(key) {
+                pool.retain(|a| !Rc::ptr_eq(a, act));
+                if pool.is_empty() {
+                    workers.remove(key);
+                }
+            }
+        } else {
+            let mut actors = self.actors.borrow_mut();
+            if actors.get(key).is_some_and(|a| Rc::ptr_eq(a, act)) {
+                actors.remove(key);
+            }
+        }
+    }
+}
+
+impl<A: Actor> ErasedTable for TypeTable<A> {
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+
+    fn idle_timeout(&self) -> Duration {
+        self.idle_timeout
+    }
+
+    fn sweep_idle(&self, now: Instant) {
+        let timeout = self.idle_timeout;
+        self.each(|act| {
+            if act.is_idle() && now.saturating_duration_since(act.last_active.get()) >= timeout {
+                act.request_deactivation();
+            }
+        });
+    }
+
+    fn deactivate_all(&self) {
+        self.each(|act| act.request_deactivation());
+    }
+
+    fn quiescent(&self) -> bool {
+        let mut quiet = true;
+        self.each(|act| quiet &= act.is_idle());
+        quiet
+    }
+
+    fn len(&self) -> usize {
+        self.actors.borrow().len() + self.workers.borrow().values().map(Vec::len).sum::<usize>()
+    }
+
+    fn name(&self) -> &'static str {
+        A::TYPE_NAME
+    }
+
+    fn mailbox_depth(&self) -> (usize, usize) {
+        let actors = self.actors.borrow();
+        let workers = self.workers.borrow();
+        actors
+            .values()
+            .chain(workers.values().flatten())
+            .map(|a| a.queue_len())
+            .fold((0, 0), |(total, max), n| (total + n, max.max(n)))
+    }
+
+    fn rows(
+        &self,
+        q: &ActorQuery,
+        after: Option<&ActorKey>,
+        now: Instant,
+        want: usize,
+        shard: ShardId,
+    ) -> Vec<ActorRow> {
+        if want == 0 {
+            return Vec::new();
+        }
+        // A max-heap of the `want` smallest keys seen so far.
+        let mut best: std::collections::BinaryHeap<ByKey> =
+            std::collections::BinaryHeap::with_capacity(want + 1);
+        let stateless = self.info.spec.stateless_workers.is_some();
+        let mut consider = |key: &ActorKey, acts: &[Rc<Activation<A>>]| {
+            if after.is_some_and(|a| key <= a)
+                || acts.iter().all(|a| a.is_gone())
+                || q.key_prefix
+                    .as_deref()
+                    .is_some_and(|p| !key_starts_with(key, p))
+                || (best.len() == want && best.peek().is_some_and(|top| key >= &top.0.key))
+            {
+                return;
+            }
+            let acts = || acts.iter().filter(|a| !a.is_gone());
+            // The least idle worker's idle time; None if any is busy or has mail.
+            let idle = acts()
+                .map(|a| a.idle_for(now))
+                .try_fold(Duration::MAX, |min, i| i.map(|i| min.min(i)));
+            if q.idle_at_least
+                .is_some_and(|min| idle.is_none_or(|i| i < min))
+            {
+                return;
+            }
+            let workers = acts().count();
+            best.push(ByKey(ActorRow {
+                shard,
+                actor_type: A::TYPE_NAME,
+                key: key.clone(),
+                idle,
+                mailbox_len: acts().map(|a| a.queue_len()).sum(),
+                stateless_worker: stateless,
+                workers,
+                state_bytes_shallow: std::mem::size_of::<A>() * workers,
+            }));
+            if best.len() > want {
+                best.pop();
+            }
+        };
+        for (key, act) in self.actors.borrow().iter() {
+            consider(key, std::slice::from_ref(act));
+        }
+        for (key, pool) in self.workers.borrow().iter() {
+            consider(key, pool);
+        }
+        best.into_sorted_vec().into_iter().map(|b| b.0).collect()
+    }
+
+    fn abort_all(&self, core: &Shard) {
+        // The tables are cleared as a whole below (removing one by one would re-borrow them).
+        self.each(|act| act.discard_at_shutdown(core));
+        self.actors.borrow_mut().clear();
+        self.workers.borrow_mut().clear();
+    }
+}
+
+/// Whether `key`'s display form starts with `prefix` (no allocation for string keys).
+fn key_starts_with(key: &ActorKey, prefix: &str) -> bool {
+    match key {
+        ActorKey::Str(s) => s.starts_with(prefix),
+        other => other.to_string().starts_with(prefix),
+    }
+}
+
+/// A row ordered by its key alone (rows of one type table have distinct keys).
+struct ByKey(ActorRow);
+
+impl PartialEq for ByKey {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.key == other.0.key
+    }
+}
+impl Eq for ByKey {}
+impl PartialOrd for ByKey {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for ByKey {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.0.key.cmp(&other.0.key)
+    }
+}
