@@ -427,6 +427,14 @@ impl<A: Actor> ActorRef<A> {
         };
         let target = self.target_on(&core);
         crate::stats::add(&core.stats.tells[usize::from(target != core.id)], 1);
+        let msg = if target == core.id {
+            match crate::direct::try_tell::<A, M>(&core, type_idx, &self.id.key, msg) {
+                Ok(()) => return Ok(()),
+                Err(msg) => msg,
+            }
+        } else {
+            msg
+        };
         let item = self.envelope::<M>(&core, type_idx, target, msg, ReplyTo::None);
         if target == core.id {
             send_local_now::<A>(&core, type_idx, item).map_err(|_| full("mailbox"))
@@ -469,6 +477,14 @@ impl<A: Actor> ActorRef<A> {
         };
         let target = self.target_on(&core);
         crate::stats::add(&core.stats.tells[usize::from(target != core.id)], 1);
+        let msg = if target == core.id {
+            match crate::direct::try_tell::<A, M>(&core, type_idx, &self.id.key, msg) {
+                Ok(()) => return Ok(Ok(())),
+                Err(msg) => msg,
+            }
+        } else {
+            msg
+        };
         let item = self.envelope::<M>(&core, type_idx, target, msg, ReplyTo::None);
         if target == core.id {
             match try_send_local::<A>(&core, type_idx, item) {
@@ -570,6 +586,28 @@ impl<A: Actor> ActorRef<A> {
         // travels with the message, so the callee does not run the ask once it passed.
         let deadline = core.now() + timeout;
         let started_us = core.clock.now_us();
+        let msg = if target == core.id {
+            use crate::direct::DirectAsk;
+            match crate::direct::try_ask::<A, M>(core, type_idx, &self.id.key, msg, deadline) {
+                DirectAsk::Done(r) => {
+                    core.stats.ask_latency[0].record_us(core.clock.now_us() - started_us);
+                    return r;
+                }
+                DirectAsk::Pending(call) => {
+                    let outcome = LocalCallWait {
+                        core,
+                        call,
+                        done: false,
+                    }
+                    .await;
+                    core.stats.ask_latency[0].record_us(core.clock.now_us() - started_us);
+                    return outcome_into::<A, M>(outcome, || self.id.clone(), timeout);
+                }
+                DirectAsk::Refused(msg) => msg,
+            }
+        } else {
+            msg
+        };
         let call = core
             .calls
             .borrow_mut()

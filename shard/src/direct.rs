@@ -1,0 +1,220 @@
+//! Direct turns: a sender on an actor's own shard runs the actor's turn itself, in its own
+//! poll, when the activation is idle with an empty mailbox, instead of queueing the message and
+//! switching to the activation's task (and, for an ask, back). Turn semantics hold: the
+//! activation is `Running` for the turn's whole length, so nothing else starts a turn on it
+//! meanwhile; and it only runs directly when nothing is queued before it, so per-sender order
+//! holds.
+//!
+//! A turn that does not finish in that first poll (its handler awaits) stays in its heap slot
+//! (`turn::TurnSlot`) as the activation's *pending turn*, and the activation's task finishes it
+//! before it takes more mail; a direct ask then waits for its reply through the call table like
+//! any other local ask.
+//!
+//! Not taken (the sender queues the message as before): for stateless workers, for a sender
+//! running in a trace (its turn needs the traced envelope's span), for a reply larger than
+//! `turn::REPLY_INLINE_BYTES`, past `DIRECT_DEPTH` nested direct turns (a handler telling an
+//! actor whose handler tells another...), and past `DIRECT_PER_POLL` direct turns in one task
+//! poll, so that a task sending in a loop still yields to the shard's other work.
+
+use std::cell::Cell;
+use std::rc::Rc;
+use std::task::{Context as TaskContext, Poll};
+use std::time::Instant;
+
+use quark_placement::ActorKey;
+
+use crate::activation::{Activation, PendingTurn};
+use crate::actor::{Actor, Handler, Message};
+use crate::calls::{CallId, CallOutcome, Waiter};
+use crate::envelope::Deliver;
+use crate::error::CallError;
+use crate::shard::Shard;
+use crate::turn::{TurnSlot, REPLY_INLINE_BYTES};
+
+/// Direct turns one task poll may run; past it, messages are queued (and the sender yields
+/// when it waits, as before).
+const DIRECT_PER_POLL: u32 = 64;
+/// Direct turns nested inside one another at most (each nests one handler's poll in the
+/// sender's stack).
+const DIRECT_DEPTH: u8 = 4;
+
+/// A shard's count of direct turns: per task poll, and nested.
+#[derive(Default)]
+pub(crate) struct DirectBudget {
+    /// The scheduler's poll count when `used` was last reset.
+    epoch: Cell<u64>,
+    used: Cell<u32>,
+    depth: Cell<u8>,
+}
+
+/// What a direct ask came to.
+pub(crate) enum DirectAsk<M: Message> {
+    /// The turn ran to its end: the reply (or the panic, as `ActorPanicked`).
+    Done(Result<M::Reply, CallError>),
+    /// The turn awaits: the reply will complete this call (registered with the deadline).
+    Pending(CallId),
+    /// Not run directly: the message, to be queued.
+    Refused(M),
+}
+
+/// The activation of `(A, key)` if a direct turn may run on it now (and takes one from the
+/// budget).
+#[inline]
+fn admit<A: Actor>(core: &Shard, type_idx: u16, key: &ActorKey) -> Option<Rc<Activation<A>>> {
+    let b = &core.direct;
+    let polls = core.sched.polls();
+    if b.epoch.get() != polls {
+        b.epoch.set(polls);
+        b.used.set(0);
+    }
+    if b.used.get() >= DIRECT_PER_POLL || b.depth.get() >= DIRECT_DEPTH {
+        return None;
+    }
+    let table = core.table::<A>(type_idx);
+    if table.info.spec.stateless_workers.is_some() || crate::trace::is_traced() {
+        return None;
+    }
+    let act = table.actors.borrow().get(key)?.clone();
+    if !act.can_run_direct() {
+        return None;
+    }
+    b.used.set(b.used.get() + 1);
+    Some(act)
+}
+
+/// Polls the turn in `slot` once, for the first time, from the sender, with the activation
+/// task's waker (if the turn awaits, what it waits for wakes the task that finishes it).
+#[inline]
+fn first_poll<A: Actor>(
+    core: &Shard,
+    act: &Activation<A>,
+    slot: &mut TurnSlot,
+) -> Poll<Result<(), String>> {
+    let depth = &core.direct.depth;
+    depth.set(depth.get() + 1);
+    let r = act.with_task_waker(|waker| {
+        let mut cx = TaskContext::from_waker(waker);
+        // SAFETY: the future in the slot borrows the activation's state and context; the
+        // caller keeps the activation alive until the turn is cleared or handed to it.
+        unsafe { slot.turn() }.poll_catching(&mut cx)
+    });
+    depth.set(depth.get() - 1);
+    r
+}
+
+/// Runs `msg` as a direct tell if the activation allows it now; gives the message back
+/// otherwise.
+#[inline]
+pub(crate) fn try_tell<A, M>(core: &Shard, type_idx: u16, key: &ActorKey, msg: M) -> Result<(), M>
+where
+    A: Handler<M>,
+    M: Message,
+{
+    let Some(act) = admit::<A>(core, type_idx, key) else {
+        return Err(msg);
+    };
+    act.begin_direct(core);
+    let mut slot = core.take_turn_slot();
+    {
+        // SAFETY: the state is the activation's, now `Running` for this turn alone; the
+        // future is cleared below, or handed to the activation that owns what it borrows.
+        let actor: &mut A = unsafe { act.state_mut() };
+        let ctx = &act.ctx;
+        let ctx: &'static crate::actor::Context<A> = unsafe { &*(ctx as *const _) };
+        let actor: &'static mut A = unsafe { &mut *(actor as *mut A) };
+        unsafe { slot.turn() }.set(async move {
+            actor.handle(msg, ctx).await;
+        });
+    }
+    match first_poll(core, &act, &mut slot) {
+        Poll::Ready(Ok(())) => {
+            slot.clear();
+            core.give_turn_slot(slot);
+            act.end_direct();
+        }
+        Poll::Ready(Err(panic)) => {
+            slot.clear();
+            core.give_turn_slot(slot);
+            act.direct_panicked(crate::envelope::ReplyTo::None, panic);
+        }
+        Poll::Pending => act.hand_over(PendingTurn::new(slot, None)),
+    }
+    Ok(())
+}
+
+/// Runs `msg` as a direct ask if the activation allows it now (see [`DirectAsk`]).
+#[inline]
+pub(crate) fn try_ask<A, M>(
+    core: &Shard,
+    type_idx: u16,
+    key: &ActorKey,
+    msg: M,
+    deadline: Instant,
+) -> DirectAsk<M>
+where
+    A: Handler<M>,
+    M: Message,
+{
+    if size_of::<Option<M::Reply>>() > REPLY_INLINE_BYTES || align_of::<Option<M::Reply>>() > 16 {
+        return DirectAsk::Refused(msg);
+    }
+    let Some(act) = admit::<A>(core, type_idx, key) else {
+        return DirectAsk::Refused(msg);
+    };
+    act.begin_direct(core);
+    let mut slot = core.take_turn_slot();
+    let out = slot.reply_ptr().cast::<Option<M::Reply>>();
+    {
+        // SAFETY: as in `try_tell`; `out` is the slot's reply room, large and aligned enough
+        // (checked above), in place while the slot lives.
+        unsafe { out.write(None) };
+        let actor: &'static mut A = unsafe { &mut *(act.state_mut() as *mut A) };
+        let ctx: &'static crate::actor::Context<A> = unsafe { &*(&act.ctx as *const _) };
+        unsafe { slot.turn() }.set(async move {
+            let value = actor.handle(msg, ctx).await;
+            unsafe { *out = Some(value) };
+        });
+    }
+    match first_poll(core, &act, &mut slot) {
+        Poll::Ready(Ok(())) => {
+            slot.clear();
+            // SAFETY: written by the finished turn.
+            let value = unsafe { (*out).take() };
+            core.give_turn_slot(slot);
+            act.end_direct();
+            DirectAsk::Done(Ok(value.expect("a finished ask turn wrote its reply")))
+        }
+        Poll::Ready(Err(panic)) => {
+            slot.clear();
+            core.give_turn_slot(slot);
+            let actor = act.ctx.id.clone();
+            act.direct_panicked(crate::envelope::ReplyTo::None, panic.clone());
+            DirectAsk::Done(Err(CallError::ActorPanicked { actor, panic }))
+        }
+        Poll::Pending => {
+            let call = core
+                .calls
+                .borrow_mut()
+                .register(deadline, Waiter::Task(None));
+            act.hand_over(PendingTurn::new(slot, Some((call, finish_ask::<A, M>))));
+            DirectAsk::Pending(call)
+        }
+    }
+}
+
+/// Completes `call` with the reply a direct ask's turn wrote into `slot` once the activation's
+/// task finished it.
+///
+/// # Safety
+/// `slot` held a direct ask turn for `(A, M)` that ran to its end.
+unsafe fn finish_ask<A, M>(slot: &mut TurnSlot, core: &Shard, call: CallId)
+where
+    A: Handler<M>,
+    M: Message,
+{
+    let out = slot.reply_ptr().cast::<Option<M::Reply>>();
+    // SAFETY: per the contract, the finished turn wrote its reply there.
+    let value = unsafe { (*out).take() }.expect("a finished ask turn wrote its reply");
+    let d = Deliver::<A, M>::with_value(value);
+    core.complete_call(call, CallOutcome::Reply(Box::new(d)));
+}
