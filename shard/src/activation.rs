@@ -236,6 +236,7 @@ impl<A: Actor> Future for SpaceWait<'_, A> {
 /// any          -> Gone (shard shutdown, `Activation::discard_at_shutdown`, unchecked)
 /// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
 enum Life {
     /// Created (or about to be rebuilt in place); its task has not started building the state.
     New,
@@ -254,10 +255,17 @@ enum Life {
     Gone,
 }
 
+/// Panics naming a refused lifecycle transition (out of line: never taken).
+#[cold]
+#[inline(never)]
+fn not_allowed(from: Life, to: Life, who: &dyn std::fmt::Display) -> ! {
+    panic!("activation {who}: lifecycle transition {from:?} -> {to:?} is not allowed")
+}
+
 impl Life {
     /// The states from which `self` may be entered (shutdown's discard, allowed from any
     /// state, does not go through this table).
-    fn allowed_from(self) -> &'static [Life] {
+    const fn allowed_from(self) -> &'static [Life] {
         use Life::*;
         match self {
             New => &[Deactivating],
@@ -272,11 +280,36 @@ impl Life {
 
     /// Checks that moving from `self` to `to` is allowed and returns `to`; panics naming the
     /// transition (and `who`) otherwise.
+    #[inline]
     fn step(self, to: Life, who: &dyn std::fmt::Display) -> Life {
-        assert!(
-            to.allowed_from().contains(&self),
-            "activation {who}: lifecycle transition {self:?} -> {to:?} is not allowed"
-        );
+        // The table as bit sets, built at compile time: the check is on every turn's path
+        // (twice), and a slice scan cost ~20 instructions a turn.
+        const ALLOWED: [u8; 7] = {
+            let all = [
+                Life::New,
+                Life::Loading,
+                Life::Activating,
+                Life::Idle,
+                Life::Running,
+                Life::Deactivating,
+                Life::Gone,
+            ];
+            let mut table = [0u8; 7];
+            let mut i = 0;
+            while i < all.len() {
+                let from = all[i].allowed_from();
+                let mut j = 0;
+                while j < from.len() {
+                    table[all[i] as usize] |= 1 << from[j] as u8;
+                    j += 1;
+                }
+                i += 1;
+            }
+            table
+        };
+        if ALLOWED[to as usize] & (1 << self as u8) == 0 {
+            not_allowed(self, to, who);
+        }
         to
     }
 

@@ -26,7 +26,7 @@ use quark_placement::ActorKey;
 use crate::activation::{Activation, PendingTurn};
 use crate::actor::{Actor, Handler, Message};
 use crate::calls::{CallId, CallOutcome, Waiter};
-use crate::envelope::Deliver;
+use crate::envelope::{Deliver, Origin, ReplyTo};
 use crate::error::CallError;
 use crate::shard::Shard;
 use crate::turn::{TurnSlot, REPLY_INLINE_BYTES};
@@ -47,39 +47,68 @@ pub(crate) struct DirectBudget {
     depth: Cell<u8>,
 }
 
+/// What a direct tell came to.
+pub(crate) enum DirectTell<M> {
+    /// Handled: the turn ran (or awaits, finished by the activation's task), or the message
+    /// was queued in the mailbox of a busy activation.
+    Sent,
+    /// The task used up its direct turns for this poll: yield, then try again.
+    Yield(M),
+    /// Not for this path (no live activation, a full mailbox, a stateless worker, a traced
+    /// sender, nested too deep): send it the ordinary way.
+    Refused(M),
+}
+
 /// What a direct ask came to.
 pub(crate) enum DirectAsk<M: Message> {
     /// The turn ran to its end: the reply (or the panic, as `ActorPanicked`).
     Done(Result<M::Reply, CallError>),
     /// The turn awaits: the reply will complete this call (registered with the deadline).
     Pending(CallId),
-    /// Not run directly: the message, to be queued.
+    /// The task used up its direct turns for this poll: yield, then try again.
+    Yield(M),
+    /// Not run directly: the message, to be sent the ordinary way.
     Refused(M),
 }
 
-/// The activation of `(A, key)` if a direct turn may run on it now (and takes one from the
-/// budget).
+/// Whether a direct turn may run on the activation of `(A, key)`.
+enum Admit<A: Actor> {
+    /// Yes (one was taken from the budget).
+    Run(Rc<Activation<A>>),
+    /// The activation is live but busy or has mail queued.
+    Busy(Rc<Activation<A>>),
+    /// The budget of this task poll is used up.
+    Yield,
+    /// No (see [`DirectTell::Refused`]).
+    No,
+}
+
 #[inline]
-fn admit<A: Actor>(core: &Shard, type_idx: u16, key: &ActorKey) -> Option<Rc<Activation<A>>> {
+fn admit<A: Actor>(core: &Shard, type_idx: u16, key: &ActorKey) -> Admit<A> {
     let b = &core.direct;
+    let table = core.table::<A>(type_idx);
+    if b.depth.get() >= DIRECT_DEPTH
+        || table.info.spec.stateless_workers.is_some()
+        || crate::trace::is_traced()
+    {
+        return Admit::No;
+    }
+    let Some(act) = table.actors.borrow().get(key).cloned() else {
+        return Admit::No;
+    };
+    if !act.can_run_direct() {
+        return Admit::Busy(act);
+    }
     let polls = core.sched.polls();
     if b.epoch.get() != polls {
         b.epoch.set(polls);
         b.used.set(0);
     }
-    if b.used.get() >= DIRECT_PER_POLL || b.depth.get() >= DIRECT_DEPTH {
-        return None;
-    }
-    let table = core.table::<A>(type_idx);
-    if table.info.spec.stateless_workers.is_some() || crate::trace::is_traced() {
-        return None;
-    }
-    let act = table.actors.borrow().get(key)?.clone();
-    if !act.can_run_direct() {
-        return None;
+    if b.used.get() >= DIRECT_PER_POLL {
+        return Admit::Yield;
     }
     b.used.set(b.used.get() + 1);
-    Some(act)
+    Admit::Run(act)
 }
 
 /// Polls the turn in `slot` once, for the first time, from the sender, with the activation
@@ -105,13 +134,30 @@ fn first_poll<A: Actor>(
 /// Runs `msg` as a direct tell if the activation allows it now; gives the message back
 /// otherwise.
 #[inline]
-pub(crate) fn try_tell<A, M>(core: &Shard, type_idx: u16, key: &ActorKey, msg: M) -> Result<(), M>
+pub(crate) fn try_tell<A, M>(core: &Shard, type_idx: u16, key: &ActorKey, msg: M) -> DirectTell<M>
 where
     A: Handler<M>,
     M: Message,
 {
-    let Some(act) = admit::<A>(core, type_idx, key) else {
-        return Err(msg);
+    let act = match admit::<A>(core, type_idx, key) {
+        Admit::Run(act) => act,
+        Admit::Busy(act) => {
+            // Queued behind what is there, as the ordinary path would (same origin, same
+            // envelope), without looking the activation up again.
+            if act.queue_len() >= core.node.config.mailbox_capacity {
+                return DirectTell::Refused(msg);
+            }
+            act.push(Box::new(Deliver::<A, M>::new(
+                type_idx,
+                key.clone(),
+                msg,
+                ReplyTo::None,
+                Origin::Local,
+            )));
+            return DirectTell::Sent;
+        }
+        Admit::Yield => return DirectTell::Yield(msg),
+        Admit::No => return DirectTell::Refused(msg),
     };
     act.begin_direct(core);
     let mut slot = core.take_turn_slot();
@@ -135,11 +181,11 @@ where
         Poll::Ready(Err(panic)) => {
             slot.clear();
             core.give_turn_slot(slot);
-            act.direct_panicked(crate::envelope::ReplyTo::None, panic);
+            act.direct_panicked(ReplyTo::None, panic);
         }
         Poll::Pending => act.hand_over(PendingTurn::new(slot, None)),
     }
-    Ok(())
+    DirectTell::Sent
 }
 
 /// Runs `msg` as a direct ask if the activation allows it now (see [`DirectAsk`]).
@@ -158,8 +204,10 @@ where
     if size_of::<Option<M::Reply>>() > REPLY_INLINE_BYTES || align_of::<Option<M::Reply>>() > 16 {
         return DirectAsk::Refused(msg);
     }
-    let Some(act) = admit::<A>(core, type_idx, key) else {
-        return DirectAsk::Refused(msg);
+    let act = match admit::<A>(core, type_idx, key) {
+        Admit::Run(act) => act,
+        Admit::Yield => return DirectAsk::Yield(msg),
+        Admit::Busy(_) | Admit::No => return DirectAsk::Refused(msg),
     };
     act.begin_direct(core);
     let mut slot = core.take_turn_slot();
@@ -188,7 +236,7 @@ where
             slot.clear();
             core.give_turn_slot(slot);
             let actor = act.ctx.id.clone();
-            act.direct_panicked(crate::envelope::ReplyTo::None, panic.clone());
+            act.direct_panicked(ReplyTo::None, panic.clone());
             DirectAsk::Done(Err(CallError::ActorPanicked { actor, panic }))
         }
         Poll::Pending => {

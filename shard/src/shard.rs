@@ -61,6 +61,7 @@ pub(crate) struct Shard {
     /// Turn slots not in use (see `turn::TurnSlot`): an activation's task holds one while it
     /// has mail, a direct turn while it runs.
     turn_slots: RefCell<Vec<TurnSlot>>,
+    spare_slot: std::cell::Cell<Option<TurnSlot>>,
     /// The budget of direct turns (`direct.rs`).
     pub(crate) direct: crate::direct::DirectBudget,
 }
@@ -88,6 +89,7 @@ impl Shard {
             net: config.net.as_ref().map(crate::net::NetShard::new),
             node,
             turn_slots: RefCell::new(Vec::new()),
+            spare_slot: std::cell::Cell::new(None),
             direct: Default::default(),
         }
     }
@@ -95,6 +97,9 @@ impl Shard {
     /// A turn slot from the pool (a new one if the pool is empty).
     #[inline]
     pub(crate) fn take_turn_slot(&self) -> TurnSlot {
+        if let Some(slot) = self.spare_slot.take() {
+            return slot;
+        }
         self.turn_slots.borrow_mut().pop().unwrap_or_default()
     }
 
@@ -102,6 +107,10 @@ impl Shard {
     #[inline]
     pub(crate) fn give_turn_slot(&self, slot: TurnSlot) {
         debug_assert!(slot.is_empty(), "a slot goes back to the pool empty");
+        // One spare in a `Cell` first: a direct turn takes and gives back one per message.
+        let Some(slot) = self.spare_slot.replace(Some(slot)) else {
+            return;
+        };
         let mut pool = self.turn_slots.borrow_mut();
         if pool.len() < TURN_SLOTS_KEPT {
             pool.push(slot);
