@@ -618,7 +618,10 @@ async fn run_activation<A: Actor>(act: Rc<Activation<A>>, info: Arc<TypeInfo<A>>
     })
     .await;
     loop {
-        if !activate(&act, &info).await {
+        // The lifecycle steps and a handed-over direct turn are boxed: they are rare, and
+        // inline they would make every activation's future (kept for its whole life) several
+        // hundred bytes larger.
+        if !Box::pin(activate(&act, &info)).await {
             return;
         }
         let mailbox_cap = core.node.config.mailbox_capacity;
@@ -631,7 +634,7 @@ async fn run_activation<A: Actor>(act: Rc<Activation<A>>, info: Arc<TypeInfo<A>>
             }
             let pending = act.pending.borrow_mut().take();
             if let Some(turn) = pending {
-                if !finish_direct(&act, turn).await {
+                if !Box::pin(finish_direct(&act, turn)).await {
                     return;
                 }
                 continue;
@@ -695,7 +698,7 @@ async fn run_activation<A: Actor>(act: Rc<Activation<A>>, info: Arc<TypeInfo<A>>
                 crate::rt::yield_now().await;
             }
         }
-        if !deactivate(&act).await {
+        if !Box::pin(deactivate(&act)).await {
             return;
         }
     }
@@ -738,8 +741,10 @@ async fn finish_direct<A: Actor>(act: &Rc<Activation<A>>, mut turn: PendingTurn)
 async fn activate<A: Actor>(act: &Rc<Activation<A>>, info: &Arc<TypeInfo<A>>) -> bool {
     let core = &act.ctx.core;
     let table = || core.table::<A>(act.ctx.type_idx);
-    let mut actor = match build_actor(act, info).await {
-        Ok(actor) => actor,
+    // The state goes straight into the activation (not into this task's future, which would
+    // then be as large as the state for the activation's whole life).
+    match build_actor(act, info).await {
+        Ok(()) => {}
         Err(detail) => {
             tracing::error!(shard = core.id, actor = %act.ctx.id, %detail, "activation failed; failing queued calls");
             end_activation(act, table(), None, |actor| CallError::ActivationFailed {
@@ -748,22 +753,39 @@ async fn activate<A: Actor>(act: &Rc<Activation<A>>, info: &Arc<TypeInfo<A>>) ->
             });
             return false;
         }
-    };
+    }
     act.enter(Life::Activating);
-    let activated = crate::turn::run_turn(actor.on_activate(&act.ctx)).await;
+    // SAFETY: the task runs `on_activate` (`Activating`: no other turn can start).
+    let actor: &mut A = unsafe { act.state_mut() };
+    let activated = run_pooled(core, actor.on_activate(&act.ctx)).await;
     if let Err(panic) = activated {
         tracing::error!(shard = core.id, actor = %act.ctx.id, panic = %panic, "on_activate panicked; failing queued calls");
-        end_activation(act, table(), Some(actor), |actor| {
-            CallError::ActorPanicked {
-                actor,
-                panic: panic.clone(),
-            }
+        let state = act.set_state(None);
+        end_activation(act, table(), state, |actor| CallError::ActorPanicked {
+            actor,
+            panic: panic.clone(),
         });
         return false;
     }
-    act.set_state(Some(actor));
     act.enter(Life::Idle);
     true
+}
+
+/// Runs `fut` as one turn in a turn slot of the shard's pool (a lifecycle hook, a loader), so
+/// that the awaiting task's future does not carry a turn's storage: `Err` carries the message
+/// of a panic, caught.
+async fn run_pooled<'a>(core: &Shard, fut: impl Future<Output = ()> + 'a) -> Result<(), String> {
+    let mut slot = core.take_turn_slot();
+    // SAFETY: the future borrows for 'a, which outlives this call; it is cleared before the
+    // slot goes back (or dropped with the slot if this future is dropped mid-turn).
+    unsafe { slot.turn() }.set(fut);
+    let result = RunTurn {
+        turn: unsafe { slot.turn() },
+    }
+    .await;
+    slot.clear();
+    core.give_turn_slot(slot);
+    result
 }
 
 /// A handler panicked: its caller (`reply`) gets `ActorPanicked`, queued calls
@@ -794,14 +816,13 @@ async fn deactivate<A: Actor>(act: &Rc<Activation<A>>) -> bool {
     // triggers a reactivation in place, so two activations of one actor never coexist).
     act.ctx.cancel_all_timers();
     act.enter(Life::Deactivating);
-    let mut actor = act
-        .set_state(None)
-        .expect("an idle activation has its state");
-    let deactivated = crate::turn::run_turn(actor.on_deactivate(&act.ctx)).await;
+    // SAFETY: the task runs `on_deactivate` (`Deactivating`: no other turn can start).
+    let actor: &mut A = unsafe { act.state_mut() };
+    let deactivated = run_pooled(core, actor.on_deactivate(&act.ctx)).await;
     if let Err(panic) = deactivated {
         tracing::error!(shard = core.id, actor = %act.ctx.id, panic = %panic, "on_deactivate panicked");
     }
-    drop(actor);
+    drop(act.set_state(None));
     core.stats
         .deactivations
         .set(core.stats.deactivations.get() + 1);
@@ -832,26 +853,32 @@ fn end_activation<A: Actor>(
     table.remove(act);
 }
 
-/// Builds the state of a new activation with the type's factory or loader; on a failed or
-/// panicking loader, returns what went wrong (the caller discards the activation). Leaves the
-/// activation in `Loading` (loaded types) or `New` (plain factories).
-async fn build_actor<A: Actor>(act: &Rc<Activation<A>>, info: &TypeInfo<A>) -> Result<A, String> {
+/// Builds the state of a new activation with the type's factory or loader and puts it in
+/// place; on a failed or panicking loader, returns what went wrong (the caller discards the
+/// activation). Leaves the activation in `Loading` (loaded types) or `New` (plain factories).
+async fn build_actor<A: Actor>(act: &Rc<Activation<A>>, info: &TypeInfo<A>) -> Result<(), String> {
     let loader = match &info.spec.factory {
-        Factory::Plain(make) => return Ok(make(&act.ctx.id)),
+        Factory::Plain(make) => {
+            act.set_state(Some(make(&act.ctx.id)));
+            return Ok(());
+        }
         Factory::Loaded(loader) => loader,
     };
-    let mut loaded: Option<Result<A, LoadError>> = None;
+    let mut loaded: Option<Result<(), LoadError>> = None;
     act.enter(Life::Loading);
     let ran = {
         let slot = &mut loaded;
+        let act2 = &**act;
         let ctx = &act.ctx;
-        crate::turn::run_turn(async move {
-            *slot = Some(loader(ctx).await);
+        run_pooled(&act.ctx.core, async move {
+            *slot = Some(loader(ctx).await.map(|actor| {
+                act2.set_state(Some(actor));
+            }));
         })
         .await
     };
     match (ran, loaded) {
-        (Ok(()), Some(Ok(actor))) => Ok(actor),
+        (Ok(()), Some(Ok(()))) => Ok(()),
         // The whole chain: a loader's error names the thing, its sources say why.
         (Ok(()), Some(Err(e))) => Err(crate::ErrorChain(&*e).to_string()),
         (Ok(()), None) => Err("the loader did not finish".to_owned()),

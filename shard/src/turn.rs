@@ -59,6 +59,7 @@ impl<'a> Turn<'a> {
     }
 
     /// A turn running `fut`.
+    #[cfg(test)]
     pub(crate) fn new<F: Future<Output = ()> + 'a>(fut: F) -> Self {
         let mut t = Self::empty();
         // SAFETY: `t` is not pinned yet and empty; `set` writes into its storage in place.
@@ -262,16 +263,6 @@ impl Future for RunTurn<'_, '_> {
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         self.turn.as_mut().poll_catching(cx)
     }
-}
-
-/// Runs `fut` as one turn stored inline (a lifecycle hook, a loader): `Err` carries the
-/// message of a panic, caught.
-pub(crate) async fn run_turn<'a>(fut: impl Future<Output = ()> + 'a) -> Result<(), String> {
-    let mut turn = std::pin::pin!(Turn::new(fut));
-    RunTurn {
-        turn: turn.as_mut(),
-    }
-    .await
 }
 
 #[cfg(test)]
