@@ -117,7 +117,16 @@ pub(crate) enum Factory<A: Actor> {
 pub(crate) fn deliver<A: Actor>(core: &Rc<Shard>, type_idx: u16, item: Box<dyn MailItemKeyed<A>>) {
     let table = core.table::<A>(type_idx);
     let act = table.route(core, item.key());
-    act.push(item.into_item());
+    let item = item.into_item();
+    // An idle activation with nothing queued runs the message at once, in the pump's hands,
+    // rather than through a wake and a poll of its task (see `direct.rs`).
+    if act.can_run_direct() && table.info.spec.stateless_workers.is_none() {
+        if let Err(item) = crate::direct::run_delivered(core, &act, item) {
+            act.push(item);
+        }
+    } else {
+        act.push(item);
+    }
 }
 
 /// A mail item that knows its key (so routing needs no second allocation).
@@ -352,6 +361,10 @@ pub(crate) struct PendingTurn {
     /// For a direct ask: the caller's call, and how to complete it with the reply the turn
     /// wrote into the slot.
     ask: Option<(CallId, FinishAsk)>,
+    /// For a delivered message (from a ring, a timer or outside the node): its origin and
+    /// reply address, for the bookkeeping when the turn ends (`Shard::turn_done`, a panic's
+    /// reply).
+    delivered: Option<(Origin, ReplyTo)>,
 }
 
 /// Completes a direct ask's call from its finished turn's slot (unsafe: the slot must hold the
@@ -360,12 +373,27 @@ pub(crate) type FinishAsk = unsafe fn(&mut TurnSlot, &Shard, CallId);
 
 impl PendingTurn {
     pub(crate) fn new(slot: TurnSlot, ask: Option<(CallId, FinishAsk)>) -> Self {
-        PendingTurn { slot, ask }
+        PendingTurn {
+            slot,
+            ask,
+            delivered: None,
+        }
+    }
+
+    pub(crate) fn delivered(slot: TurnSlot, origin: Origin, reply: ReplyTo) -> Self {
+        PendingTurn {
+            slot,
+            ask: None,
+            delivered: Some((origin, reply)),
+        }
     }
 
     fn reply(&self) -> ReplyTo {
-        self.ask
-            .map_or(ReplyTo::None, |(call, _)| ReplyTo::Local(call))
+        match (self.ask, self.delivered) {
+            (Some((call, _)), _) => ReplyTo::Local(call),
+            (None, Some((_, reply))) => reply,
+            (None, None) => ReplyTo::None,
+        }
     }
 }
 
@@ -723,6 +751,9 @@ async fn finish_direct<A: Actor>(act: &Rc<Activation<A>>, mut turn: PendingTurn)
     }
     turn.slot.clear();
     core.give_turn_slot(turn.slot);
+    if let Some((origin, reply)) = turn.delivered {
+        core.turn_done(origin, reply);
+    }
     match result {
         Ok(()) => {
             act.enter(Life::Idle);

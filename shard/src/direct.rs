@@ -26,7 +26,7 @@ use quark_placement::ActorKey;
 use crate::activation::{Activation, PendingTurn};
 use crate::actor::{Actor, Handler, Message};
 use crate::calls::{CallId, CallOutcome, Waiter};
-use crate::envelope::{Deliver, Origin, ReplyTo};
+use crate::envelope::{Deliver, MailItem, Origin, ReplyTo};
 use crate::error::CallError;
 use crate::shard::Shard;
 use crate::turn::{TurnSlot, REPLY_INLINE_BYTES};
@@ -99,16 +99,25 @@ fn admit<A: Actor>(core: &Shard, type_idx: u16, key: &ActorKey) -> Admit<A> {
     if !act.can_run_direct() {
         return Admit::Busy(act);
     }
+    if !take_budget(b, core) {
+        return Admit::Yield;
+    }
+    Admit::Run(act)
+}
+
+/// Takes one direct turn from the budget of the current task poll (false if it is used up).
+#[inline]
+fn take_budget(b: &DirectBudget, core: &Shard) -> bool {
     let polls = core.sched.polls();
     if b.epoch.get() != polls {
         b.epoch.set(polls);
         b.used.set(0);
     }
     if b.used.get() >= DIRECT_PER_POLL {
-        return Admit::Yield;
+        return false;
     }
     b.used.set(b.used.get() + 1);
-    Admit::Run(act)
+    true
 }
 
 /// Polls the turn in `slot` once, for the first time, from the sender, with the activation
@@ -248,6 +257,50 @@ where
             DirectAsk::Pending(call)
         }
     }
+}
+
+/// Runs a message delivered from a ring or from outside the node as a direct turn on `act`
+/// (idle, nothing queued: checked by the caller), from the pump; gives it back if it must go
+/// through the mailbox: an ask whose deadline has passed (the task skips it and says so), a
+/// timer tick, too deep a nesting, or when the pump has run turns long enough: the budget of
+/// direct turns is used up, or the coarse clock ticked since the pump's iteration began (the
+/// activation's task then runs it, and yields to the pump on its own time budget).
+pub(crate) fn run_delivered<A: Actor>(
+    core: &Shard,
+    act: &Rc<Activation<A>>,
+    item: Box<dyn MailItem<A>>,
+) -> Result<(), Box<dyn MailItem<A>>> {
+    let origin = item.origin();
+    if core.direct.depth.get() >= DIRECT_DEPTH
+        || origin == Origin::Timer
+        || core.clock.ticked_since_read()
+        || item.deadline().is_some_and(|d| core.deadline_passed(d))
+        || !take_budget(&core.direct, core)
+    {
+        return Err(item);
+    }
+    let reply = item.reply_to();
+    act.begin_direct(core);
+    let mut slot = core.take_turn_slot();
+    {
+        // SAFETY: as in `try_tell`.
+        let actor: &'static mut A = unsafe { &mut *(act.state_mut() as *mut A) };
+        let ctx: &'static crate::actor::Context<A> = unsafe { &*(&act.ctx as *const _) };
+        item.start(actor, ctx, unsafe { slot.turn() });
+    }
+    match first_poll(core, act, &mut slot) {
+        Poll::Ready(result) => {
+            slot.clear();
+            core.give_turn_slot(slot);
+            match result {
+                Ok(()) => act.end_direct(),
+                Err(panic) => act.direct_panicked(reply, panic),
+            }
+            core.turn_done(origin, reply);
+        }
+        Poll::Pending => act.hand_over(PendingTurn::delivered(slot, origin, reply)),
+    }
+    Ok(())
 }
 
 /// Completes `call` with the reply a direct ask's turn wrote into `slot` once the activation's
