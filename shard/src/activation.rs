@@ -1,7 +1,7 @@
 //! Activations: an actor's mailbox, its lifecycle, and the task that runs its turns one at a
 //! time. The per-type tables that hold them are in `tables`.
 
-use std::cell::{Cell, RefCell};
+use std::cell::{Cell, RefCell, UnsafeCell};
 use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
@@ -13,10 +13,11 @@ use std::time::{Duration, Instant};
 use quark_placement::{ActorId, ActorKey};
 
 use crate::actor::{Actor, Context};
+use crate::calls::CallId;
 use crate::envelope::{fail_reply, MailItem, Origin, ReplyTo};
 use crate::error::CallError;
 use crate::shard::Shard;
-use crate::turn::RunTurn;
+use crate::turn::{RunTurn, TurnSlot};
 
 pub(crate) use crate::tables::{ActorTables, ErasedType, TypeInfo, TypeTable};
 
@@ -116,7 +117,16 @@ pub(crate) enum Factory<A: Actor> {
 pub(crate) fn deliver<A: Actor>(core: &Rc<Shard>, type_idx: u16, item: Box<dyn MailItemKeyed<A>>) {
     let table = core.table::<A>(type_idx);
     let act = table.route(core, item.key());
-    act.push(item.into_item());
+    let item = item.into_item();
+    // An idle activation with nothing queued runs the message at once, in the pump's hands,
+    // rather than through a wake and a poll of its task (see `direct.rs`).
+    if act.can_run_direct() && table.info.spec.stateless_workers.is_none() {
+        if let Err(item) = crate::direct::run_delivered(core, &act, item) {
+            act.push(item);
+        }
+    } else {
+        act.push(item);
+    }
 }
 
 /// A mail item that knows its key (so routing needs no second allocation).
@@ -235,6 +245,7 @@ impl<A: Actor> Future for SpaceWait<'_, A> {
 /// any          -> Gone (shard shutdown, `Activation::discard_at_shutdown`, unchecked)
 /// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
 enum Life {
     /// Created (or about to be rebuilt in place); its task has not started building the state.
     New,
@@ -253,10 +264,17 @@ enum Life {
     Gone,
 }
 
+/// Panics naming a refused lifecycle transition (out of line: never taken).
+#[cold]
+#[inline(never)]
+fn not_allowed(from: Life, to: Life, who: &dyn std::fmt::Display) -> ! {
+    panic!("activation {who}: lifecycle transition {from:?} -> {to:?} is not allowed")
+}
+
 impl Life {
     /// The states from which `self` may be entered (shutdown's discard, allowed from any
     /// state, does not go through this table).
-    fn allowed_from(self) -> &'static [Life] {
+    const fn allowed_from(self) -> &'static [Life] {
         use Life::*;
         match self {
             New => &[Deactivating],
@@ -271,11 +289,36 @@ impl Life {
 
     /// Checks that moving from `self` to `to` is allowed and returns `to`; panics naming the
     /// transition (and `who`) otherwise.
+    #[inline]
     fn step(self, to: Life, who: &dyn std::fmt::Display) -> Life {
-        assert!(
-            to.allowed_from().contains(&self),
-            "activation {who}: lifecycle transition {self:?} -> {to:?} is not allowed"
-        );
+        // The table as bit sets, built at compile time: the check is on every turn's path
+        // (twice), and a slice scan cost ~20 instructions a turn.
+        const ALLOWED: [u8; 7] = {
+            let all = [
+                Life::New,
+                Life::Loading,
+                Life::Activating,
+                Life::Idle,
+                Life::Running,
+                Life::Deactivating,
+                Life::Gone,
+            ];
+            let mut table = [0u8; 7];
+            let mut i = 0;
+            while i < all.len() {
+                let from = all[i].allowed_from();
+                let mut j = 0;
+                while j < from.len() {
+                    table[all[i] as usize] |= 1 << from[j] as u8;
+                    j += 1;
+                }
+                i += 1;
+            }
+            table
+        };
+        if ALLOWED[to as usize] & (1 << self as u8) == 0 {
+            not_allowed(self, to, who);
+        }
         to
     }
 
@@ -303,6 +346,62 @@ pub(crate) struct Activation<A: Actor> {
     pub(crate) stop_requested: Cell<bool>,
     pub(crate) last_active: Cell<Instant>,
     pub(crate) space_waiters: RefCell<VecDeque<Waker>>,
+    /// The actor's state from `activate` to `deactivate` (`None` outside). Touched only by
+    /// whoever runs the current turn, the task or a sender's direct turn (`direct.rs`); the
+    /// lifecycle makes that one at a time (a turn starts only from `Idle`).
+    state: UnsafeCell<Option<A>>,
+    /// A direct turn that awaited in its sender's poll: the task finishes it before it takes
+    /// more mail (the activation is `Running` meanwhile).
+    pending: RefCell<Option<PendingTurn>>,
+}
+
+/// A direct turn handed to the activation's task (see `direct.rs`).
+pub(crate) struct PendingTurn {
+    slot: TurnSlot,
+    /// For a direct ask: the caller's call, and how to complete it with the reply the turn
+    /// wrote into the slot.
+    ask: Option<(CallId, FinishAsk)>,
+    /// For a delivered message (from a ring, a timer or outside the node): its origin and
+    /// reply address, for the bookkeeping when the turn ends (`Shard::turn_done`, a panic's
+    /// reply).
+    delivered: Option<(Origin, ReplyTo)>,
+}
+
+/// Completes a direct ask's call from its finished turn's slot (unsafe: the slot must hold the
+/// finished turn of the ask the function was made for).
+pub(crate) type FinishAsk = unsafe fn(&mut TurnSlot, &Shard, CallId);
+
+impl PendingTurn {
+    pub(crate) fn new(slot: TurnSlot, ask: Option<(CallId, FinishAsk)>) -> Self {
+        PendingTurn {
+            slot,
+            ask,
+            delivered: None,
+        }
+    }
+
+    pub(crate) fn delivered(slot: TurnSlot, origin: Origin, reply: ReplyTo) -> Self {
+        PendingTurn {
+            slot,
+            ask: None,
+            delivered: Some((origin, reply)),
+        }
+    }
+
+    fn reply(&self) -> ReplyTo {
+        match (self.ask, self.delivered) {
+            (Some((call, _)), _) => ReplyTo::Local(call),
+            (None, Some((_, reply))) => reply,
+            (None, None) => ReplyTo::None,
+        }
+    }
+}
+
+impl<A: Actor> Drop for Activation<A> {
+    fn drop(&mut self) {
+        // A pending turn borrows the state: it goes first.
+        drop(self.pending.get_mut().take());
+    }
 }
 
 impl<A: Actor> Activation<A> {
@@ -330,6 +429,8 @@ impl<A: Actor> Activation<A> {
             stop_requested: Cell::new(false),
             last_active: Cell::new(core.now()),
             space_waiters: RefCell::new(VecDeque::new()),
+            state: UnsafeCell::new(None),
+            pending: RefCell::new(None),
         });
         core.sched.spawn(run_activation(act.clone(), info));
         act
@@ -341,6 +442,80 @@ impl<A: Actor> Activation<A> {
         if self.waiting.replace(false) {
             // The activation task's waker stays stored (it does not change between waits), so
             // a wake costs no reference-count traffic.
+            if let Some(w) = self.waker.borrow().as_ref() {
+                w.wake_by_ref();
+            }
+        }
+    }
+
+    /// The actor's state.
+    ///
+    /// # Safety
+    /// Only for the runner of the current turn (the activation is built, and the caller
+    /// entered `Running` or is its task in a lifecycle step), and no other reference to the
+    /// state may be live.
+    #[allow(clippy::mut_from_ref)]
+    pub(crate) unsafe fn state_mut(&self) -> &mut A {
+        // SAFETY: per the contract.
+        unsafe { (*self.state.get()).as_mut() }.expect("the activation's state is built")
+    }
+
+    /// Puts the built state in place (`activate`), or takes it out (`deactivate`, discards).
+    fn set_state(&self, state: Option<A>) -> Option<A> {
+        // SAFETY: called by the task between turns (no turn, direct or not, can be running:
+        // the activation is not `Idle`).
+        unsafe { std::mem::replace(&mut *self.state.get(), state) }
+    }
+
+    /// Whether a sender may run a direct turn now: idle, nothing queued, not asked to stop.
+    #[inline]
+    pub(crate) fn can_run_direct(&self) -> bool {
+        self.life.get() == Life::Idle
+            && self.mailbox.borrow().is_empty()
+            && !self.stop_requested.get()
+    }
+
+    /// A direct turn starts (after [`Self::can_run_direct`]).
+    #[inline]
+    pub(crate) fn begin_direct(&self, core: &Shard) {
+        self.enter(Life::Running);
+        self.last_active.set(core.now());
+    }
+
+    /// A direct turn ended in its first poll: back to `Idle`; the task takes over if mail
+    /// arrived meanwhile (it was woken by the push) or a deactivation was asked for.
+    #[inline]
+    pub(crate) fn end_direct(&self) {
+        self.enter(Life::Idle);
+        if self.stop_requested.get() {
+            self.wake_task();
+        }
+    }
+
+    /// A direct turn awaited: the task finishes it.
+    /// Runs `f` with the activation task's waker (stored at the task's first poll, before the
+    /// activation can be idle).
+    #[inline]
+    pub(crate) fn with_task_waker<R>(&self, f: impl FnOnce(&Waker) -> R) -> R {
+        let w = self.waker.borrow();
+        f(w.as_ref().expect("an idle activation's task has polled"))
+    }
+
+    pub(crate) fn hand_over(&self, turn: PendingTurn) {
+        *self.pending.borrow_mut() = Some(turn);
+        self.wake_task();
+    }
+
+    /// A direct turn panicked in its first poll: the activation is discarded as when a turn
+    /// of its task panics (`reply`, if any, gets the panic; queued calls are aborted), and the
+    /// task, woken, ends.
+    pub(crate) fn direct_panicked(self: &Rc<Self>, reply: ReplyTo, panic: String) {
+        turn_panicked(self, reply, panic);
+        self.wake_task();
+    }
+
+    fn wake_task(&self) {
+        if self.waiting.replace(false) {
             if let Some(w) = self.waker.borrow().as_ref() {
                 w.wake_by_ref();
             }
@@ -396,11 +571,7 @@ impl<A: Actor> Activation<A> {
 
     pub(crate) fn request_deactivation(&self) {
         self.stop_requested.set(true);
-        if self.waiting.replace(false) {
-            if let Some(w) = self.waker.borrow().as_ref() {
-                w.wake_by_ref();
-            }
-        }
+        self.wake_task();
     }
 
     /// Wakes the senders waiting for room once the mailbox is down to half its capacity (not
@@ -441,7 +612,11 @@ impl<A: Actor> Future for MailWait<'_, A> {
     type Output = ();
     fn poll(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<()> {
         let act = self.act;
-        if !act.mailbox.borrow().is_empty() || act.stop_requested.get() {
+        if !act.mailbox.borrow().is_empty()
+            || act.stop_requested.get()
+            || act.pending.borrow().is_some()
+            || act.life.get() == Life::Gone
+        {
             return Poll::Ready(());
         }
         act.waiting.set(true);
@@ -460,16 +635,43 @@ async fn run_activation<A: Actor>(act: Rc<Activation<A>>, info: Arc<TypeInfo<A>>
     // The mailbox loop stays in this function (not a nested async fn): it is on every
     // message's path, and an extra future layer costs instructions per turn.
     let core = act.ctx.core.clone();
+    // The turn slot this task runs its turns in, held while it has mail (declared after
+    // `act`, so dropped first if the shard drops the task mid-turn).
+    let mut slot: Option<TurnSlot> = None;
+    // The task's waker, kept from its first poll: a direct turn polls with it (some futures
+    // keep the first waker they see: monoio's timers do), and `MailWait` finds it in place.
+    std::future::poll_fn(|cx| {
+        *act.waker.borrow_mut() = Some(cx.waker().clone());
+        Poll::Ready(())
+    })
+    .await;
     loop {
-        let Some(mut actor) = activate(&act, &info).await else {
+        // The lifecycle steps and a handed-over direct turn are boxed: they are rare, and
+        // inline they would make every activation's future (kept for its whole life) several
+        // hundred bytes larger.
+        if !Box::pin(activate(&act, &info)).await {
             return;
-        };
+        }
         let mailbox_cap = core.node.config.mailbox_capacity;
         let mut budget = TURN_BUDGET;
         let mut slice_start = core.now();
         loop {
+            if act.is_gone() {
+                // A sender's direct turn panicked: the activation was discarded.
+                return;
+            }
+            let pending = act.pending.borrow_mut().take();
+            if let Some(turn) = pending {
+                if !Box::pin(finish_direct(&act, turn)).await {
+                    return;
+                }
+                continue;
+            }
             let item = act.mailbox.borrow_mut().pop_front();
             let Some(item) = item else {
+                if let Some(s) = slot.take() {
+                    core.give_turn_slot(s);
+                }
                 if act.stop_requested.get() {
                     break;
                 }
@@ -502,17 +704,19 @@ async fn run_activation<A: Actor>(act: Rc<Activation<A>>, info: Arc<TypeInfo<A>>
                 act.last_active.set(core.now());
             }
             act.enter(Life::Running);
+            let s = slot.get_or_insert_with(|| core.take_turn_slot());
             let result = {
-                let mut turn = std::pin::pin!(crate::turn::Turn::empty());
-                item.start(&mut actor, &act.ctx, turn.as_mut());
-                RunTurn {
-                    turn: turn.as_mut(),
-                }
-                .await
+                // SAFETY: this task runs the turn (`Running`); the turn borrows the state and
+                // the context of `act`, which this task keeps alive, and is cleared below.
+                let actor: &mut A = unsafe { act.state_mut() };
+                let mut turn = unsafe { s.turn() };
+                item.start(actor, &act.ctx, turn.as_mut());
+                RunTurn { turn }.await
             };
+            s.clear();
             core.turn_done(origin, reply);
             if let Err(panic) = result {
-                turn_panicked(&act, actor, reply, panic);
+                turn_panicked(&act, reply, panic);
                 return;
             }
             act.enter(Life::Idle);
@@ -522,47 +726,102 @@ async fn run_activation<A: Actor>(act: Rc<Activation<A>>, info: Arc<TypeInfo<A>>
                 crate::rt::yield_now().await;
             }
         }
-        if !deactivate(&act, actor).await {
+        if !Box::pin(deactivate(&act)).await {
             return;
         }
     }
 }
 
+/// Finishes a direct turn a sender handed over (`direct.rs`): polls it to its end and answers
+/// its ask, if it is one. False if it panicked (the activation is then discarded).
+async fn finish_direct<A: Actor>(act: &Rc<Activation<A>>, mut turn: PendingTurn) -> bool {
+    let core = &act.ctx.core;
+    // SAFETY: the sender stored a turn borrowing this activation's state and context, which
+    // `act` keeps alive; it is cleared below.
+    let result = RunTurn {
+        turn: unsafe { turn.slot.turn() },
+    }
+    .await;
+    let reply = turn.reply();
+    if result.is_ok() {
+        if let Some((call, finish)) = turn.ask {
+            // SAFETY: the slot holds this ask's finished turn.
+            unsafe { finish(&mut turn.slot, core, call) };
+        }
+    }
+    turn.slot.clear();
+    core.give_turn_slot(turn.slot);
+    if let Some((origin, reply)) = turn.delivered {
+        core.turn_done(origin, reply);
+    }
+    match result {
+        Ok(()) => {
+            act.enter(Life::Idle);
+            true
+        }
+        Err(panic) => {
+            turn_panicked(act, reply, panic);
+            false
+        }
+    }
+}
+
 /// Builds the actor and runs `on_activate`; on failure, ends the activation (queued calls
-/// fail with the cause) and returns `None`.
-async fn activate<A: Actor>(act: &Rc<Activation<A>>, info: &Arc<TypeInfo<A>>) -> Option<A> {
+/// fail with the cause) and returns false. On success the state is in place and the
+/// activation `Idle`.
+async fn activate<A: Actor>(act: &Rc<Activation<A>>, info: &Arc<TypeInfo<A>>) -> bool {
     let core = &act.ctx.core;
     let table = || core.table::<A>(act.ctx.type_idx);
-    let mut actor = match build_actor(act, info).await {
-        Ok(actor) => actor,
+    // The state goes straight into the activation (not into this task's future, which would
+    // then be as large as the state for the activation's whole life).
+    match build_actor(act, info).await {
+        Ok(()) => {}
         Err(detail) => {
             tracing::error!(shard = core.id, actor = %act.ctx.id, %detail, "activation failed; failing queued calls");
             end_activation(act, table(), None, |actor| CallError::ActivationFailed {
                 actor,
                 detail: detail.clone(),
             });
-            return None;
+            return false;
         }
-    };
+    }
     act.enter(Life::Activating);
-    let activated = crate::turn::run_turn(actor.on_activate(&act.ctx)).await;
+    // SAFETY: the task runs `on_activate` (`Activating`: no other turn can start).
+    let actor: &mut A = unsafe { act.state_mut() };
+    let activated = run_pooled(core, actor.on_activate(&act.ctx)).await;
     if let Err(panic) = activated {
         tracing::error!(shard = core.id, actor = %act.ctx.id, panic = %panic, "on_activate panicked; failing queued calls");
-        end_activation(act, table(), Some(actor), |actor| {
-            CallError::ActorPanicked {
-                actor,
-                panic: panic.clone(),
-            }
+        let state = act.set_state(None);
+        end_activation(act, table(), state, |actor| CallError::ActorPanicked {
+            actor,
+            panic: panic.clone(),
         });
-        return None;
+        return false;
     }
     act.enter(Life::Idle);
-    Some(actor)
+    true
 }
 
-/// A handler panicked: its caller gets `ActorPanicked`, queued calls `ActivationAborted`, and
-/// the activation (whose state may be half-updated) is discarded.
-fn turn_panicked<A: Actor>(act: &Rc<Activation<A>>, actor: A, reply: ReplyTo, panic: String) {
+/// Runs `fut` as one turn in a turn slot of the shard's pool (a lifecycle hook, a loader), so
+/// that the awaiting task's future does not carry a turn's storage: `Err` carries the message
+/// of a panic, caught.
+async fn run_pooled<'a>(core: &Shard, fut: impl Future<Output = ()> + 'a) -> Result<(), String> {
+    let mut slot = core.take_turn_slot();
+    // SAFETY: the future borrows for 'a, which outlives this call; it is cleared before the
+    // slot goes back (or dropped with the slot if this future is dropped mid-turn).
+    unsafe { slot.turn() }.set(fut);
+    let result = RunTurn {
+        turn: unsafe { slot.turn() },
+    }
+    .await;
+    slot.clear();
+    core.give_turn_slot(slot);
+    result
+}
+
+/// A handler panicked: its caller (`reply`) gets `ActorPanicked`, queued calls
+/// `ActivationAborted`, and the activation (whose state may be half-updated) is discarded.
+fn turn_panicked<A: Actor>(act: &Rc<Activation<A>>, reply: ReplyTo, panic: String) {
     let core = &act.ctx.core;
     tracing::error!(shard = core.id, actor = %act.ctx.id, panic = %panic, "handler panicked; discarding the activation");
     core.stats.panics.set(core.stats.panics.get() + 1);
@@ -574,27 +833,27 @@ fn turn_panicked<A: Actor>(act: &Rc<Activation<A>>, actor: A, reply: ReplyTo, pa
             panic,
         },
     );
-    end_activation(
-        act,
-        core.table::<A>(act.ctx.type_idx),
-        Some(actor),
-        |actor| CallError::ActivationAborted { actor },
-    );
+    let state = act.set_state(None);
+    end_activation(act, core.table::<A>(act.ctx.type_idx), state, |actor| {
+        CallError::ActivationAborted { actor }
+    });
 }
 
 /// Runs `on_deactivate` and drops the state. Returns true if mail arrived meanwhile (the
 /// activation reactivates in place), false once it left its table.
-async fn deactivate<A: Actor>(act: &Rc<Activation<A>>, mut actor: A) -> bool {
+async fn deactivate<A: Actor>(act: &Rc<Activation<A>>) -> bool {
     let core = &act.ctx.core;
     // Deactivation: the activation stays in the table (mail that arrives now is queued and
     // triggers a reactivation in place, so two activations of one actor never coexist).
     act.ctx.cancel_all_timers();
     act.enter(Life::Deactivating);
-    let deactivated = crate::turn::run_turn(actor.on_deactivate(&act.ctx)).await;
+    // SAFETY: the task runs `on_deactivate` (`Deactivating`: no other turn can start).
+    let actor: &mut A = unsafe { act.state_mut() };
+    let deactivated = run_pooled(core, actor.on_deactivate(&act.ctx)).await;
     if let Err(panic) = deactivated {
         tracing::error!(shard = core.id, actor = %act.ctx.id, panic = %panic, "on_deactivate panicked");
     }
-    drop(actor);
+    drop(act.set_state(None));
     core.stats
         .deactivations
         .set(core.stats.deactivations.get() + 1);
@@ -625,26 +884,32 @@ fn end_activation<A: Actor>(
     table.remove(act);
 }
 
-/// Builds the state of a new activation with the type's factory or loader; on a failed or
-/// panicking loader, returns what went wrong (the caller discards the activation). Leaves the
-/// activation in `Loading` (loaded types) or `New` (plain factories).
-async fn build_actor<A: Actor>(act: &Rc<Activation<A>>, info: &TypeInfo<A>) -> Result<A, String> {
+/// Builds the state of a new activation with the type's factory or loader and puts it in
+/// place; on a failed or panicking loader, returns what went wrong (the caller discards the
+/// activation). Leaves the activation in `Loading` (loaded types) or `New` (plain factories).
+async fn build_actor<A: Actor>(act: &Rc<Activation<A>>, info: &TypeInfo<A>) -> Result<(), String> {
     let loader = match &info.spec.factory {
-        Factory::Plain(make) => return Ok(make(&act.ctx.id)),
+        Factory::Plain(make) => {
+            act.set_state(Some(make(&act.ctx.id)));
+            return Ok(());
+        }
         Factory::Loaded(loader) => loader,
     };
-    let mut loaded: Option<Result<A, LoadError>> = None;
+    let mut loaded: Option<Result<(), LoadError>> = None;
     act.enter(Life::Loading);
     let ran = {
         let slot = &mut loaded;
+        let act2 = &**act;
         let ctx = &act.ctx;
-        crate::turn::run_turn(async move {
-            *slot = Some(loader(ctx).await);
+        run_pooled(&act.ctx.core, async move {
+            *slot = Some(loader(ctx).await.map(|actor| {
+                act2.set_state(Some(actor));
+            }));
         })
         .await
     };
     match (ran, loaded) {
-        (Ok(()), Some(Ok(actor))) => Ok(actor),
+        (Ok(()), Some(Ok(()))) => Ok(()),
         // The whole chain: a loader's error names the thing, its sources say why.
         (Ok(()), Some(Err(e))) => Err(crate::ErrorChain(&*e).to_string()),
         (Ok(()), None) => Err("the loader did not finish".to_owned()),

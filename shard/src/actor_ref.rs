@@ -124,6 +124,66 @@ impl<A: Actor> ActorRef<A> {
         self.ask_timeout(msg, self.node.config.ask_timeout)
     }
 
+    /// The first poll of an [`Ask`]: a direct turn when the actor is on this shard and idle
+    /// (the reply at once); otherwise the ordinary path, boxed (so that the common case's
+    /// future stays small: moving a large one cost a `memcpy` per ask).
+    #[inline]
+    fn ask_first<M>(
+        &self,
+        msg: M,
+        timeout: Duration,
+    ) -> Result<Result<M::Reply, CallError>, SlowAsk<'_, M::Reply>>
+    where
+        A: Handler<M>,
+        M: Message,
+    {
+        use crate::direct::DirectAsk;
+        let slow =
+            |msg| -> SlowAsk<'_, M::Reply> { Box::pin(self.ask_with(msg, timeout, None, false)) };
+        if self.remote.is_some() || self.stateless {
+            return Err(slow(msg));
+        }
+        let Some(type_idx) = self.type_idx else {
+            return Err(slow(msg));
+        };
+        let Some(core) = current_core(&self.node) else {
+            return Err(slow(msg));
+        };
+        if self.owner != core.id {
+            return Err(slow(msg));
+        }
+        let deadline = core.now() + timeout;
+        let started_us = core.clock.now_us();
+        match crate::direct::try_ask::<A, M>(&core, type_idx, &self.id.key, msg, deadline) {
+            DirectAsk::Done(r) => {
+                crate::stats::add(&core.stats.asks[0], 1);
+                core.stats.ask_latency[0].record_us(core.clock.now_us() - started_us);
+                Ok(r)
+            }
+            DirectAsk::Pending(call) => {
+                crate::stats::add(&core.stats.asks[0], 1);
+                Err(Box::pin(async move {
+                    let core = &core;
+                    let outcome = LocalCallWait {
+                        core,
+                        call,
+                        done: false,
+                    }
+                    .await;
+                    core.stats.ask_latency[0].record_us(core.clock.now_us() - started_us);
+                    outcome_into::<A, M>(outcome, || self.id.clone(), timeout)
+                }))
+            }
+            // This task ran its direct turns for this poll: let the shard's other work run,
+            // then ask again.
+            DirectAsk::Yield(msg) => Err(Box::pin(async move {
+                crate::rt::yield_now().await;
+                self.ask_with(msg, timeout, None, true).await
+            })),
+            DirectAsk::Refused(msg) => Err(slow(msg)),
+        }
+    }
+
     /// Like [`ActorRef::ask`] with an explicit deadline.
     ///
     /// The deadline runs from this call and covers everything: waiting for room to send (an
@@ -141,7 +201,12 @@ impl<A: Actor> ActorRef<A> {
         A: Handler<M>,
         M: Message,
     {
-        self.ask_with(msg, timeout, None)
+        Ask {
+            target: self,
+            msg: Some(msg),
+            timeout,
+            slow: None,
+        }
     }
 
     /// Like [`ActorRef::ask`], for a plain thread that may block: parks the calling thread
@@ -167,7 +232,10 @@ impl<A: Actor> ActorRef<A> {
     {
         assert_not_on_shard("ask_blocking");
         let deadline = Instant::now() + timeout;
-        block_on_until(self.ask_with(msg, timeout, Some(deadline)), Some(deadline))
+        block_on_until(
+            self.ask_with(msg, timeout, Some(deadline), false),
+            Some(deadline),
+        )
     }
 
     /// Like [`ActorRef::tell`], blocking the calling thread (parked, not spinning) while there
@@ -183,12 +251,14 @@ impl<A: Actor> ActorRef<A> {
 
     /// `ask_timeout`. `parked_until`: outside the node, `None` wakes the caller at its
     /// deadline through the deadline thread; `Some(deadline)` is the deadline of a blocking
-    /// caller that parks until it by itself.
+    /// caller that parks until it by itself. `direct`: try a direct turn first (false when
+    /// the caller just tried one).
     fn ask_with<M>(
         &self,
         msg: M,
         timeout: Duration,
         parked_until: Option<Instant>,
+        direct: bool,
     ) -> impl Future<Output = Result<M::Reply, CallError>> + '_
     where
         A: Handler<M>,
@@ -210,7 +280,7 @@ impl<A: Actor> ActorRef<A> {
             Err(e) => return Either::Left(std::future::ready(Err(e))),
         };
         Either::Right(match current_core(&self.node) {
-            Some(core) => Either::Left(self.ask_on_shard(core, type_idx, msg, timeout)),
+            Some(core) => Either::Left(self.ask_on_shard(core, type_idx, msg, timeout, direct)),
             // Boxed: the outside path (admission wait, deadline timer) would grow every
             // on-shard ask's future; it allocates a channel and an envelope anyway.
             None => Either::Right(Either::Left(Box::pin(self.ask_external(
@@ -427,6 +497,16 @@ impl<A: Actor> ActorRef<A> {
         };
         let target = self.target_on(&core);
         crate::stats::add(&core.stats.tells[usize::from(target != core.id)], 1);
+        let msg = if target == core.id {
+            use crate::direct::DirectTell;
+            match crate::direct::try_tell::<A, M>(&core, type_idx, &self.id.key, msg) {
+                DirectTell::Sent => return Ok(()),
+                // No future to yield with: queue it (in order: nothing runs before it).
+                DirectTell::Yield(msg) | DirectTell::Refused(msg) => msg,
+            }
+        } else {
+            msg
+        };
         let item = self.envelope::<M>(&core, type_idx, target, msg, ReplyTo::None);
         if target == core.id {
             send_local_now::<A>(&core, type_idx, item).map_err(|_| full("mailbox"))
@@ -469,6 +549,23 @@ impl<A: Actor> ActorRef<A> {
         };
         let target = self.target_on(&core);
         crate::stats::add(&core.stats.tells[usize::from(target != core.id)], 1);
+        let msg = if target == core.id {
+            use crate::direct::DirectTell;
+            match crate::direct::try_tell::<A, M>(&core, type_idx, &self.id.key, msg) {
+                DirectTell::Sent => return Ok(Ok(())),
+                DirectTell::Yield(msg) => {
+                    // This task ran its direct turns for this poll: let the shard's other
+                    // work run, then send (rare: once per `DIRECT_PER_POLL` tells).
+                    return Err(Box::pin(async move {
+                        crate::rt::yield_now().await;
+                        self.tell(msg).await
+                    }));
+                }
+                DirectTell::Refused(msg) => msg,
+            }
+        } else {
+            msg
+        };
         let item = self.envelope::<M>(&core, type_idx, target, msg, ReplyTo::None);
         if target == core.id {
             match try_send_local::<A>(&core, type_idx, item) {
@@ -558,6 +655,7 @@ impl<A: Actor> ActorRef<A> {
         type_idx: u16,
         msg: M,
         timeout: Duration,
+        direct: bool,
     ) -> Result<M::Reply, CallError>
     where
         A: Handler<M>,
@@ -570,6 +668,38 @@ impl<A: Actor> ActorRef<A> {
         // travels with the message, so the callee does not run the ask once it passed.
         let deadline = core.now() + timeout;
         let started_us = core.clock.now_us();
+        let mut msg = msg;
+        if direct && target == core.id {
+            use crate::direct::DirectAsk;
+            loop {
+                match crate::direct::try_ask::<A, M>(core, type_idx, &self.id.key, msg, deadline) {
+                    DirectAsk::Done(r) => {
+                        core.stats.ask_latency[0].record_us(core.clock.now_us() - started_us);
+                        return r;
+                    }
+                    DirectAsk::Pending(call) => {
+                        let outcome = LocalCallWait {
+                            core,
+                            call,
+                            done: false,
+                        }
+                        .await;
+                        core.stats.ask_latency[0].record_us(core.clock.now_us() - started_us);
+                        return outcome_into::<A, M>(outcome, || self.id.clone(), timeout);
+                    }
+                    DirectAsk::Yield(m) => {
+                        // This task ran its direct turns for this poll: let the shard's other
+                        // work run first.
+                        msg = m;
+                        crate::rt::yield_now().await;
+                    }
+                    DirectAsk::Refused(m) => {
+                        msg = m;
+                        break;
+                    }
+                }
+            }
+        }
         let call = core
             .calls
             .borrow_mut()
@@ -733,6 +863,48 @@ impl<A: Actor> ActorRef<A> {
 
 /// The waiting part of a `tell` that found no room at once (boxed: the rare path).
 type SlowTell<'a> = Pin<Box<dyn Future<Output = Result<(), CallError>> + 'a>>;
+
+/// Every path of an ask other than a direct turn that ends in its first poll (boxed).
+type SlowAsk<'a, R> = Pin<Box<dyn Future<Output = Result<R, CallError>> + 'a>>;
+
+/// The future of [`ActorRef::ask`]: small, so that moving it costs little; its first poll
+/// runs a direct turn when it can (see `ActorRef::ask_first`), else boxes the ordinary path.
+struct Ask<'a, A, M: Message> {
+    target: &'a ActorRef<A>,
+    msg: Option<M>,
+    timeout: Duration,
+    slow: Option<SlowAsk<'a, M::Reply>>,
+}
+
+// The message is never pinned (it is moved out on the first poll).
+impl<A, M: Message> Unpin for Ask<'_, A, M> {}
+
+impl<A, M> Future for Ask<'_, A, M>
+where
+    A: Handler<M>,
+    M: Message,
+{
+    type Output = Result<M::Reply, CallError>;
+
+    #[inline]
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        if self.slow.is_none() {
+            let msg = self
+                .msg
+                .take()
+                .expect("an Ask is not polled after it completed");
+            match self.target.ask_first(msg, self.timeout) {
+                Ok(done) => return Poll::Ready(done),
+                Err(slow) => self.slow = Some(slow),
+            }
+        }
+        self.slow
+            .as_mut()
+            .expect("the slow path was set just above")
+            .as_mut()
+            .poll(cx)
+    }
+}
 
 /// The future of [`ActorRef::tell`]. It sends nothing until it is awaited (or polled):
 /// `r.tell(msg);` on its own is a bug the compiler warns about. Use

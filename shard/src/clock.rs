@@ -147,6 +147,13 @@ impl ShardClock {
         self.coarse_at_now.set(coarse_ns());
     }
 
+    /// True if the coarse clock ticked since the shard's time was last read: the shard has
+    /// been busy for about a tick (1-4 ms) or more since (about 8 ns to find out).
+    #[inline]
+    pub(crate) fn ticked_since_read(&self) -> bool {
+        coarse_ns() != self.coarse_at_now.get()
+    }
+
     /// True if `deadline` (a real instant: deadlines are taken from the real clock) has passed,
     /// judged cheaply: the shard's reading may be stale, but if the coarse clock (about 8 ns
     /// to read, against about 25-70 ns for `Instant::now`) has not ticked since, it is stale by

@@ -163,6 +163,24 @@ impl<A, M: Message> Deliver<A, M> {
         }
     }
 
+    /// A box carrying only a reply (a direct ask whose turn was finished by the activation's
+    /// task, completing the caller's call).
+    pub(crate) fn with_value(value: M::Reply) -> Self {
+        Deliver {
+            type_idx: 0,
+            key: ActorKey::U64(0),
+            msg: None,
+            reply: ReplyTo::None,
+            origin: Origin::Local,
+            external: None,
+            deadline: None,
+            value: Some(value),
+            trace: None,
+            from: 0,
+            _actor: PhantomData,
+        }
+    }
+
     /// Takes the reply out of a box that came back.
     pub(crate) fn take_value(&mut self) -> Option<M::Reply> {
         self.value.take()

@@ -32,6 +32,7 @@ mod calls;
 mod clock;
 mod cross;
 pub mod data_dir;
+mod direct;
 mod engine;
 mod envelope;
 mod error;

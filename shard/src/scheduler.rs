@@ -58,6 +58,9 @@ pub(crate) struct Scheduler<R: WakeRoute> {
     slots: RefCell<Vec<Slot>>,
     free: RefCell<Vec<u32>>,
     live: Cell<usize>,
+    /// Task polls made so far: a task's poll is an epoch for budgets counted per poll (the
+    /// direct turns a task may run before it must let other tasks run).
+    polls: Cell<u64>,
 }
 
 /// Generic over the route (not `dyn`): a wake is on every ask's path, and the engine's route
@@ -87,7 +90,14 @@ impl<R: WakeRoute> Scheduler<R> {
             slots: RefCell::new(Vec::new()),
             free: RefCell::new(Vec::new()),
             live: Cell::new(0),
+            polls: Cell::new(0),
         }
+    }
+
+    /// Task polls made so far (see the field).
+    #[inline]
+    pub(crate) fn polls(&self) -> u64 {
+        self.polls.get()
     }
 
     /// Number of tasks alive (spawned and not finished).
@@ -185,6 +195,7 @@ impl<R: WakeRoute> Scheduler<R> {
             }
         };
         task.queued.set(false);
+        self.polls.set(self.polls.get() + 1);
         let done = {
             let mut slot = task.future.borrow_mut();
             let Some(fut) = slot.as_mut() else { return };

@@ -37,8 +37,12 @@ use crate::scheduler::Scheduler;
 use crate::signal::PumpSignal;
 use crate::stats::{self, ShardStats};
 use crate::timers::Timers;
+use crate::turn::TurnSlot;
 
 /// Everything one shard owns (see the module doc).
+/// Turn slots a shard keeps for reuse (each is a few hundred bytes).
+const TURN_SLOTS_KEPT: usize = 256;
+
 pub(crate) struct Shard {
     pub(crate) id: ShardId,
     pub(crate) node: Arc<NodeShared>,
@@ -54,6 +58,12 @@ pub(crate) struct Shard {
     pub(crate) log: Option<Rc<quark_persist::Log<crate::rt::log_io::UringIo>>>,
     /// The shard's cluster transport, if the engine is part of a cluster (or a client).
     pub(crate) net: Option<crate::net::NetShard>,
+    /// Turn slots not in use (see `turn::TurnSlot`): an activation's task holds one while it
+    /// has mail, a direct turn while it runs.
+    turn_slots: RefCell<Vec<TurnSlot>>,
+    spare_slot: std::cell::Cell<Option<TurnSlot>>,
+    /// The budget of direct turns (`direct.rs`).
+    pub(crate) direct: crate::direct::DirectBudget,
 }
 
 impl Shard {
@@ -78,6 +88,32 @@ impl Shard {
             log,
             net: config.net.as_ref().map(crate::net::NetShard::new),
             node,
+            turn_slots: RefCell::new(Vec::new()),
+            spare_slot: std::cell::Cell::new(None),
+            direct: Default::default(),
+        }
+    }
+
+    /// A turn slot from the pool (a new one if the pool is empty).
+    #[inline]
+    pub(crate) fn take_turn_slot(&self) -> TurnSlot {
+        if let Some(slot) = self.spare_slot.take() {
+            return slot;
+        }
+        self.turn_slots.borrow_mut().pop().unwrap_or_default()
+    }
+
+    /// Gives an empty turn slot back to the pool (kept up to `TURN_SLOTS_KEPT`).
+    #[inline]
+    pub(crate) fn give_turn_slot(&self, slot: TurnSlot) {
+        debug_assert!(slot.is_empty(), "a slot goes back to the pool empty");
+        // One spare in a `Cell` first: a direct turn takes and gives back one per message.
+        let Some(slot) = self.spare_slot.replace(Some(slot)) else {
+            return;
+        };
+        let mut pool = self.turn_slots.borrow_mut();
+        if pool.len() < TURN_SLOTS_KEPT {
+            pool.push(slot);
         }
     }
 

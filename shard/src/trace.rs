@@ -236,6 +236,12 @@ pub fn current() -> Option<TraceContext> {
     CURRENT.with(Cell::get)
 }
 
+/// Whether a trace context is current on this thread.
+#[inline]
+pub(crate) fn is_traced() -> bool {
+    CURRENT.with(|c| c.get().is_some())
+}
+
 /// The current trace context, boxed for an envelope (no allocation when there is none).
 #[inline]
 pub(crate) fn current_boxed() -> Option<Box<TraceContext>> {

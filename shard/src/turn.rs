@@ -59,6 +59,7 @@ impl<'a> Turn<'a> {
     }
 
     /// A turn running `fut`.
+    #[cfg(test)]
     pub(crate) fn new<F: Future<Output = ()> + 'a>(fut: F) -> Self {
         let mut t = Self::empty();
         // SAFETY: `t` is not pinned yet and empty; `set` writes into its storage in place.
@@ -122,13 +123,87 @@ impl<'a> Turn<'a> {
     }
 }
 
-impl Drop for Turn<'_> {
-    fn drop(&mut self) {
+impl Turn<'_> {
+    /// Drops the future it holds, if any, leaving it empty (ready to be `set` again).
+    pub(crate) fn clear(&mut self) {
         let Some(fns) = self.fns.take() else { return };
         let ptr = self.storage.0.as_mut_ptr().cast::<u8>();
         // SAFETY: the F written by `store` is live until here, dropped once. A panic in a drop
         // of a future that already panicked is contained so that it cannot take the shard down.
         let _ = catch_unwind(AssertUnwindSafe(|| unsafe { (fns.drop)(ptr) }));
+    }
+
+    /// Whether it holds a future.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.fns.is_none()
+    }
+}
+
+impl Drop for Turn<'_> {
+    fn drop(&mut self) {
+        self.clear();
+    }
+}
+
+/// Room for a direct ask's reply next to its turn (a reply larger than this takes the mailbox
+/// path).
+pub(crate) const REPLY_INLINE_BYTES: usize = 64;
+
+/// A turn on the heap, with room for its reply: reused from a shard's pool, so that a turn
+/// that outlives the poll that started it (a sender ran it directly and it awaited) stays in
+/// place while its activation's task finishes it. An activation's task also runs its own turns
+/// in one, so its future does not carry a turn's storage (which would be zeroed per turn and
+/// would cost every activation its size).
+pub(crate) struct TurnSlot {
+    inner: Box<SlotInner>,
+}
+
+#[repr(C)]
+struct SlotInner {
+    turn: Turn<'static>,
+    reply: Storage64,
+}
+
+#[repr(C, align(16))]
+struct Storage64(MaybeUninit<[u8; REPLY_INLINE_BYTES]>);
+
+impl Default for TurnSlot {
+    fn default() -> Self {
+        TurnSlot {
+            inner: Box::new(SlotInner {
+                turn: Turn::empty(),
+                reply: Storage64(MaybeUninit::uninit()),
+            }),
+        }
+    }
+}
+
+impl TurnSlot {
+    /// The slot's turn, to store a future that borrows for `'a` (pinned: the slot's box never
+    /// moves its contents).
+    ///
+    /// # Safety
+    /// The future stored must be dropped ([`TurnSlot::clear`]) before anything it borrows
+    /// goes away, and the slot must not be dropped or reused while it holds it.
+    pub(crate) unsafe fn turn<'a>(&mut self) -> Pin<&mut Turn<'a>> {
+        let t: *mut Turn<'static> = &mut self.inner.turn;
+        // SAFETY: the lifetime is the caller's promise; the box keeps the turn in place.
+        unsafe { Pin::new_unchecked(&mut *t.cast::<Turn<'a>>()) }
+    }
+
+    /// Where a direct ask's turn writes its reply (`REPLY_INLINE_BYTES`, aligned to 16).
+    pub(crate) fn reply_ptr(&mut self) -> *mut u8 {
+        self.inner.reply.0.as_mut_ptr().cast()
+    }
+
+    /// Drops the turn's future, if any.
+    pub(crate) fn clear(&mut self) {
+        self.inner.turn.clear();
+    }
+
+    /// Whether the turn holds a future.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.inner.turn.is_empty()
     }
 }
 
@@ -188,16 +263,6 @@ impl Future for RunTurn<'_, '_> {
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         self.turn.as_mut().poll_catching(cx)
     }
-}
-
-/// Runs `fut` as one turn stored inline (a lifecycle hook, a loader): `Err` carries the
-/// message of a panic, caught.
-pub(crate) async fn run_turn<'a>(fut: impl Future<Output = ()> + 'a) -> Result<(), String> {
-    let mut turn = std::pin::pin!(Turn::new(fut));
-    RunTurn {
-        turn: turn.as_mut(),
-    }
-    .await
 }
 
 #[cfg(test)]
