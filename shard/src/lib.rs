@@ -71,7 +71,8 @@ pub use scheduler::{JoinError, SpawnHandle};
 pub use stats::ASK_LATENCY_BUCKETS;
 pub use timers::TimerId;
 pub use trace::{
-    current as current_trace, TraceContext, TraceFutureExt, TraceParseError, WithTrace,
+    current as current_trace, SpanKind, SpanRecord, SpanSink, SpanSinkHandle, SpanStatus,
+    TraceContext, TraceFutureExt, TraceParseError, WithTrace,
 };
 
 /// Waits for `d` on the calling shard's timers without blocking the shard. Only for code running
