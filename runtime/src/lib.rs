@@ -14,6 +14,7 @@ mod config;
 pub mod jobs;
 pub mod journal;
 mod node;
+pub mod otlp;
 pub mod outbox;
 pub mod reminders;
 mod serve;
@@ -21,7 +22,7 @@ mod serve;
 pub use admin::{AdminConfig, AdminError};
 pub use client::{probe, Client, ClientBuilder, ClientError};
 pub use cluster::ClusterSettings;
-pub use config::{ActorTypeConfig, ConfigError, NodeConfig, OutboxSection};
+pub use config::{ActorTypeConfig, ConfigError, NodeConfig, ObservabilityConfig, OutboxSection};
 pub use node::{Node, NodeBuilder, NodeError};
 /// The rkyv version wire types are archived with. Derive a wire type through it, with no
 /// direct rkyv dependency:

@@ -474,7 +474,6 @@ pub enum SpanStatus {
 
 /// One finished span, with Quark's own ids: handed to the engine's [`SpanSink`].
 #[derive(Clone, Debug, PartialEq, Eq)]
-#[non_exhaustive]
 pub struct SpanRecord {
     /// `quark.call` or `quark.task`.
     pub kind: SpanKind,
