@@ -502,15 +502,21 @@ async fn run_activation<A: Actor>(act: Rc<Activation<A>>, info: Arc<TypeInfo<A>>
                 act.last_active.set(core.now());
             }
             act.enter(Life::Running);
+            let sampled = core.stats.turn_begin(act.ctx.type_idx);
             let result = {
                 let mut turn = std::pin::pin!(crate::turn::Turn::empty());
                 item.start(&mut actor, &act.ctx, turn.as_mut());
                 RunTurn {
                     turn: turn.as_mut(),
+                    caller: crate::turn::caller(sampled, act.ctx.type_idx),
                 }
                 .await
             };
             core.turn_done(origin, reply);
+            if let Some(start) = sampled {
+                core.stats
+                    .turn_sampled(start, &act.ctx.id, act.ctx.type_idx);
+            }
             if let Err(panic) = result {
                 turn_panicked(&act, actor, reply, panic);
                 return;
