@@ -64,7 +64,11 @@ pub mod log {
     pub use quark_shard::rt::log_io::{open_log, UringIo};
     pub use quark_shard::{current_shard_log, ShardLog};
 }
-pub use quark_shard::{NetConfig, NetStatsSnapshot};
+pub use quark_shard::{
+    CallEdge, LoadSnapshot, SpanKind, SpanRecord, SpanSink, SpanSinkHandle, SpanStatus, TopActor,
+    TurnDurations, TypeLoad, TOP_ACTORS_PER_SHARD, TOP_WINDOW, TURN_SAMPLE_EVERY,
+};
+pub use quark_shard::{NetConfig, NetStatsSnapshot, PeerRtt};
 pub use serve::{serve, ServeError, ServeOptions};
 
 /// The smallest `u64` key whose `A` a node of `shards` shards places on `shard`

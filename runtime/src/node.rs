@@ -365,6 +365,9 @@ impl NodeBuilder {
             }
             None => None,
         };
+        if let (Some(a), Some(o)) = (&admin, &otlp) {
+            a.set_otlp(o.stats_handle());
+        }
         let mut builder = EngineBuilder::new(self.config.engine.clone());
         for (_, register) in self.registrations {
             builder = register(builder, &self.config)?;

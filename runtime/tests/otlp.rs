@@ -12,6 +12,8 @@ use std::time::{Duration, Instant};
 mod ports;
 use ports::free_addrs;
 
+mod admin_common;
+
 use prost::Message as _;
 use quark::otlp::proto::{ExportTraceServiceRequest, KeyValue, Span, SPAN_KIND_SERVER};
 use quark::rkyv;
@@ -189,8 +191,13 @@ fn two_nodes(endpoint: &str) -> Vec<Node> {
     }
     (1..=2)
         .map(|id| {
+            let admin = if id == 1 {
+                "[admin]\nlisten = \"127.0.0.1:0\"\n"
+            } else {
+                ""
+            };
             let text = format!(
-                "[node]\nshards = 2\npin_threads = false\nidle_spin_us = 0\n\
+                "[node]\nshards = 2\npin_threads = false\nidle_spin_us = 0\n{admin}\
                  [observability]\notlp_endpoint = \"{endpoint}\"\notlp_flush_interval_ms = 20\n\
                  [cluster]\ncluster_id = \"otlp\"\nnode_id = {id}\n{members}"
             );
@@ -345,6 +352,24 @@ fn the_spans_of_a_call_chain_across_two_nodes_are_exported_as_one_tree() {
         std::thread::sleep(Duration::from_millis(5));
     };
     assert_eq!(s1.spans_dropped_queue_full + s1.spans_failed, 0, "{s1:?}");
+    // The exporter's counters in /metrics (promtool-checked) and /quark/load.
+    let admin = n1.admin_addr().expect("node 1 has [admin]");
+    let metrics = quark::admin::fetch(admin, "/metrics", Duration::from_secs(5))
+        .unwrap()
+        .body;
+    for needle in [
+        "quark_otlp_spans_exported_total 3",
+        "quark_otlp_spans_dropped_total 0",
+        "quark_otlp_spans_failed_total 0",
+    ] {
+        assert!(metrics.contains(needle), "no {needle:?} in\n{metrics}");
+    }
+    let load = quark::admin::fetch(admin, "/quark/load", Duration::from_secs(5))
+        .unwrap()
+        .body;
+    let load: quark::admin::LoadReport = serde_json::from_str(&load).unwrap();
+    assert_eq!(load.otlp.map(|o| o.spans_exported), Some(3));
+    promtool_check(&metrics);
     for n in nodes {
         n.shutdown();
     }
@@ -422,6 +447,40 @@ fn a_stuck_collector_costs_the_calls_nothing_and_overflow_is_counted() {
     node.shutdown();
     release_tx.send(()).unwrap();
     collector.join().unwrap();
+}
+
+/// `promtool check metrics` on `text` (skipped without promtool, except under CI).
+fn promtool_check(text: &str) {
+    use std::process::{Command, Stdio};
+    let Some(promtool) = admin_common::promtool() else {
+        assert_ne!(
+            std::env::var("CI").as_deref(),
+            Ok("true"),
+            "promtool is missing under CI"
+        );
+        eprintln!("SKIPPED the promtool check: promtool is not installed");
+        return;
+    };
+    let mut child = Command::new(promtool)
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success() && out.stdout.is_empty() && out.stderr.is_empty(),
+        "promtool: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 fn hex(b: &[u8]) -> String {

@@ -220,6 +220,23 @@ impl SpanSink for QueueSink {
     }
 }
 
+/// A handle that reads an exporter's counters (for the admin endpoint).
+#[derive(Clone)]
+pub struct OtlpStatsHandle(Arc<Counters>);
+
+impl OtlpStatsHandle {
+    /// The counters now.
+    pub fn get(&self) -> OtlpStats {
+        self.0.snapshot()
+    }
+}
+
+impl std::fmt::Debug for OtlpStatsHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.get().fmt(f)
+    }
+}
+
 /// Why the exporter did not start.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -282,6 +299,11 @@ impl OtlpExporter {
     /// The sink to give the engine ([`quark_shard::EngineConfig::span_sink`]).
     pub fn sink(&self) -> SpanSinkHandle {
         self.sink.clone()
+    }
+
+    /// A handle reading the counters from elsewhere.
+    pub fn stats_handle(&self) -> OtlpStatsHandle {
+        OtlpStatsHandle(self.counters.clone())
     }
 
     /// The counters.
