@@ -18,8 +18,10 @@ use quark_shard::{EngineConfig, ShardSpec};
 use serde::de::{self, Deserializer, SeqAccess, Visitor};
 use serde::Deserialize;
 
+mod observability;
 mod outbox;
 mod spans;
+pub use observability::ObservabilityConfig;
 pub use outbox::OutboxSection;
 use spans::Doc;
 
@@ -36,6 +38,8 @@ pub struct NodeConfig {
     pub admin: Option<crate::admin::AdminConfig>,
     /// The outbox's knobs (`[outbox]`); `None`: the code's config (or the defaults).
     pub outbox: Option<OutboxSection>,
+    /// Trace export (`[observability]`); the default: none.
+    pub observability: ObservabilityConfig,
     /// The file it was read from (named in start-up errors about it).
     file: Option<PathBuf>,
 }
@@ -164,6 +168,7 @@ struct RawFile {
     cluster: Option<crate::cluster::RawCluster>,
     admin: Option<RawAdmin>,
     outbox: Option<outbox::RawOutbox>,
+    observability: Option<observability::RawObservability>,
 }
 
 #[derive(Deserialize)]
@@ -604,12 +609,18 @@ impl NodeConfig {
             .outbox
             .map(|o| outbox::outbox_section(o, &check))
             .transpose()?;
+        let observability = raw
+            .observability
+            .map(|o| observability::observability_section(o, &check))
+            .transpose()?
+            .unwrap_or_default();
         Ok(NodeConfig {
             engine,
             actors,
             cluster,
             admin,
             outbox,
+            observability,
             file: Some(file.to_path_buf()),
         })
     }

@@ -14,6 +14,7 @@ mod config;
 pub mod jobs;
 pub mod journal;
 mod node;
+pub mod otlp;
 pub mod outbox;
 pub mod reminders;
 mod serve;
@@ -21,7 +22,7 @@ mod serve;
 pub use admin::{AdminConfig, AdminError};
 pub use client::{probe, Client, ClientBuilder, ClientError};
 pub use cluster::ClusterSettings;
-pub use config::{ActorTypeConfig, ConfigError, NodeConfig, OutboxSection};
+pub use config::{ActorTypeConfig, ConfigError, NodeConfig, ObservabilityConfig, OutboxSection};
 pub use node::{Node, NodeBuilder, NodeError};
 /// The rkyv version wire types are archived with. Derive a wire type through it, with no
 /// direct rkyv dependency:
@@ -63,7 +64,11 @@ pub mod log {
     pub use quark_shard::rt::log_io::{open_log, UringIo};
     pub use quark_shard::{current_shard_log, ShardLog};
 }
-pub use quark_shard::{NetConfig, NetStatsSnapshot};
+pub use quark_shard::{
+    CallEdge, LoadSnapshot, SpanKind, SpanRecord, SpanSink, SpanSinkHandle, SpanStatus, TopActor,
+    TurnDurations, TypeLoad, TOP_ACTORS_PER_SHARD, TOP_WINDOW, TURN_SAMPLE_EVERY,
+};
+pub use quark_shard::{NetConfig, NetStatsSnapshot, PeerRtt};
 pub use serve::{serve, ServeError, ServeOptions};
 
 /// The smallest `u64` key whose `A` a node of `shards` shards places on `shard`

@@ -71,6 +71,9 @@ pub enum NodeError {
     /// The outbox configuration was refused (see `docs/OUTBOX.md`).
     #[error(transparent)]
     Outbox(#[from] crate::outbox::OutboxConfigError),
+    /// The OTLP trace exporter (`[observability]`) could not start.
+    #[error(transparent)]
+    Otlp(#[from] crate::otlp::OtlpStartError),
     /// `max_local_workers` is set for a type that is not a stateless worker.
     #[error("{}config key actors.{name}.max_local_workers is set, but {name:?} is not registered as a stateless worker", in_file(file))]
     NotStateless {
@@ -353,6 +356,18 @@ impl NodeBuilder {
                 });
             }
         }
+        // The exporter starts before the shards, which take its sink.
+        let otlp = match &self.config.observability.otlp {
+            Some(c) => {
+                let e = crate::otlp::OtlpExporter::start(c.clone())?;
+                self.config.engine.span_sink = Some(e.sink());
+                Some(e)
+            }
+            None => None,
+        };
+        if let (Some(a), Some(o)) = (&admin, &otlp) {
+            a.set_otlp(o.stats_handle());
+        }
         let mut builder = EngineBuilder::new(self.config.engine.clone());
         for (_, register) in self.registrations {
             builder = register(builder, &self.config)?;
@@ -413,6 +428,7 @@ impl NodeBuilder {
         }
         Ok(Node {
             admin,
+            otlp,
             engine: slot,
             handle,
             info,
@@ -449,6 +465,9 @@ impl NodeBuilder {
 pub struct Node {
     /// Dropped first: the endpoint stops before the engine does.
     admin: Option<AdminServer>,
+    /// The OTLP exporter (`[observability] otlp_endpoint`); stopped after the engine, so
+    /// that the spans of the drain are sent.
+    otlp: Option<crate::otlp::OtlpExporter>,
     /// The engine, shared with the admin endpoint's scrapes; `Some` until shutdown.
     engine: EngineSlot,
     handle: quark_shard::EngineHandle,
@@ -489,6 +508,11 @@ impl Node {
     /// The core each shard is pinned to.
     pub fn cores(&self) -> &[usize] {
         &self.info.cores
+    }
+
+    /// The OTLP trace exporter's counters (`None`: no `[observability] otlp_endpoint`).
+    pub fn otlp_stats(&self) -> Option<crate::otlp::OtlpStats> {
+        self.otlp.as_ref().map(crate::otlp::OtlpExporter::stats)
     }
 
     /// The address the admin endpoint listens on (`None`: no `[admin]` table). With port 0 in
@@ -616,6 +640,9 @@ impl Node {
         let report = engine.shutdown();
         if let Some(a) = self.admin {
             a.stop();
+        }
+        if let Some(o) = self.otlp {
+            o.stop();
         }
         report
     }

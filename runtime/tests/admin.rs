@@ -115,6 +115,10 @@ fn metrics_exposition_passes_promtool_and_is_documented() {
         "quark_net_frames_sent_total{shard=\"0\"}",
         "quark_net_connections_closed_total{reason=\"heartbeat_timeout\",shard=\"1\"}",
         "quark_build_info{version=\"",
+        "quark_messages_handled_total{actor_type=\"counter\",shard=\"0\"}",
+        "quark_turn_duration_seconds_bucket{actor_type=\"counter\",shard=\"0\",le=",
+        "quark_node_requests_sent_total{shard=\"0\",to_node=\"2\"}",
+        "quark_net_rtt_seconds{peer=\"2\",shard=\"0\"}",
     ] {
         assert!(text.contains(needle), "missing {needle:?} in\n{text}");
     }
@@ -171,6 +175,61 @@ fn metrics_exposition_passes_promtool_and_is_documented() {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+#[test]
+fn load_report_matches_node_stats_and_measures_the_peers_rtt() {
+    let dir = tempfile::tempdir().unwrap();
+    let nodes = two_nodes(dir.path());
+    let addr = nodes[0].admin_addr().unwrap();
+    let (status, body) = get(addr, "/quark/load");
+    assert_eq!(status, 200, "{body}");
+    let r: quark::admin::LoadReport = serde_json::from_str(&body).unwrap();
+    assert_eq!(r.error, None);
+    assert_eq!(r.sample_every, quark::TURN_SAMPLE_EVERY);
+    // No traffic since `two_nodes` returned: the node's counters did not move.
+    let stats = nodes[0].stats().unwrap();
+    let handled = |t: &str| -> u64 {
+        stats
+            .iter()
+            .flat_map(|s| &s.load.types)
+            .filter(|l| l.type_name == t)
+            .map(|l| l.handled)
+            .sum()
+    };
+    let counter = r
+        .types
+        .iter()
+        .find(|t| t.actor_type == "counter")
+        .expect("a counter row");
+    assert_eq!(counter.handled, handled("counter"));
+    assert!(counter.handled > 0);
+    // The asks for keys node 2 owns went there, counted by the shard that sent them.
+    let to2: u64 = stats
+        .iter()
+        .flat_map(|s| &s.load.to_nodes)
+        .filter(|(n, _)| *n == 2)
+        .map(|(_, c)| c)
+        .sum();
+    assert!(to2 > 0);
+    assert_eq!(
+        r.to_nodes
+            .iter()
+            .map(|t| (t.node, t.requests))
+            .collect::<Vec<_>>(),
+        vec![(2, to2)]
+    );
+    assert_eq!(r.shard_matrix.len(), 2);
+    // Every shard's link to node 2 is up and has a kernel RTT estimate.
+    let rtt: Vec<_> = r.peer_rtt.iter().filter(|p| p.node == 2).collect();
+    assert_eq!(rtt.len(), 2, "one per shard: {:?}", r.peer_rtt);
+    for p in rtt {
+        assert!(p.rtt_us > 0 && p.rtt_us < 1_000_000, "{p:?}");
+    }
+    assert_eq!(r.otlp, None, "no exporter configured");
+    for n in nodes {
+        n.shutdown();
+    }
 }
 
 #[test]

@@ -1,8 +1,9 @@
 //! The admin endpoint's dashboard, loaded in a real headless Chromium: a node with a log,
 //! durable jobs and traffic serves the page; Chromium runs its script (which polls
-//! `/quark/status` and `/quark/shards`) and dumps the DOM; the test checks the DOM shows the
-//! node's real figures (its live activations, one row per shard, the jobs it completed, live
-//! message rates), and saves a screenshot.
+//! `/quark/status`, `/quark/shards` and `/quark/load`) and dumps the DOM; the test checks the
+//! DOM shows the node's real figures (its live activations, one row per shard, the jobs it
+//! completed, live message rates, turns handled per type, the top actors, the call graph's
+//! relay -> counter edge), and saves a screenshot.
 //!
 //! Needs Chromium (`scripts/chromium.sh` installs Debian's package; `scripts/test` runs it).
 //! Without it the test prints why and passes, except under `CI=true`, where it fails.
@@ -17,7 +18,7 @@ use std::time::Duration;
 use quark::builtin::{Add, Counter};
 use quark::jobs::{JobContext, JobOptions, JobState, JobTypeConfig};
 use quark::journal::{JournalPolicy, ProjectionConfig};
-use quark::{Node, NodeConfig};
+use quark::{Actor, ActorType, Context, Handler, Message, Node, NodeConfig};
 
 mod admin_common;
 use admin_common::{chromium, Chore, Count, Sums, Tally};
@@ -27,6 +28,32 @@ const CHROMIUM_DEADLINE: Duration = Duration::from_secs(60);
 const KEYS: u64 = 24;
 const JOBS: u64 = 5;
 const TALLIES: u64 = 4;
+
+/// Asks counter `key` to add one: the edge relay -> counter of the communication graph.
+struct Relay;
+impl Actor for Relay {
+    const TYPE_NAME: &'static str = "relay";
+}
+struct Forward(u64);
+impl Message for Forward {
+    type Reply = i64;
+}
+impl Handler<Forward> for Relay {
+    async fn handle(&mut self, m: Forward, ctx: &Context<Self>) -> i64 {
+        ctx.actor_ref::<Counter>(m.0).ask(Add(1)).await.unwrap_or(0)
+    }
+}
+
+/// Turns of `type_name` handled on every shard, as `Node::stats` reports them.
+fn handled(node: &Node, type_name: &str) -> u64 {
+    node.stats()
+        .unwrap()
+        .iter()
+        .flat_map(|s| &s.load.types)
+        .filter(|t| t.type_name == type_name)
+        .map(|t| t.handled)
+        .sum()
+}
 
 /// Runs Chromium headless on `url` with `extra` arguments; returns its stdout. Fails the test
 /// if it does not exit within [`CHROMIUM_DEADLINE`] or exits with an error.
@@ -141,6 +168,7 @@ fn dashboard_shows_the_nodes_live_figures_in_headless_chromium() {
         )
         .register_journaled::<Tally>(JournalPolicy::snapshot_every(4))
         .register_projection::<Sums>(ProjectionConfig::default())
+        .register(ActorType::new(|_| Relay))
         .start()
         .unwrap();
     let node = Arc::new(node);
@@ -158,10 +186,15 @@ fn dashboard_shows_the_nodes_live_figures_in_headless_chromium() {
         let st = quark::block_on(jobs.wait(id)).unwrap();
         assert_eq!(st.state, JobState::Completed);
     }
+    // Two sampled turns of one relay (one in 64 is sampled), each asking a counter.
+    let relay = node.actor_ref::<Relay>(0u64);
+    for i in 0..2 * quark::TURN_SAMPLE_EVERY {
+        quark::block_on(relay.ask(Forward(i % KEYS))).unwrap();
+    }
     let stats = node.stats().unwrap();
     let live: u64 = stats.iter().map(|s| s.live_activations).sum();
-    // One activation per counter and tally key, and the projection's own.
-    assert_eq!(live, KEYS + TALLIES + 1);
+    // One activation per counter and tally key, the relay, and the projection's own.
+    assert_eq!(live, KEYS + TALLIES + 2);
 
     // Traffic to the same keys while the page is open: rates, but no new activations.
     let stop = Arc::new(AtomicBool::new(false));
@@ -191,6 +224,7 @@ fn dashboard_shows_the_nodes_live_figures_in_headless_chromium() {
         std::thread::yield_now();
     }
     let before = msgs_in(&node);
+    let counter_before = handled(&node, "counter");
     let addr = node.admin_addr().unwrap();
     let url = format!("http://{addr}/");
     let profile = tempfile::tempdir().unwrap();
@@ -221,6 +255,7 @@ fn dashboard_shows_the_nodes_live_figures_in_headless_chromium() {
     // Live: the total shown was read while the page was open (after `before`, before
     // `after`), and traffic kept it moving between polls.
     let after = msgs_in(&node);
+    let counter_after = handled(&node, "counter");
     let shown = number(text_of(&dom, "total-msgs"));
     assert!(
         (before as f64) < shown && shown <= after as f64,
@@ -247,6 +282,59 @@ fn dashboard_shows_the_nodes_live_figures_in_headless_chromium() {
     assert!(
         types.contains(&("tally".to_owned(), TALLIES as f64)),
         "{types:?}"
+    );
+    // Calls by type: the turns the node counted, read while the page was open.
+    let calls = rows_of(&dom, "type-calls");
+    let row = |t: &str| {
+        calls
+            .iter()
+            .find(|r| r[0] == t)
+            .unwrap_or_else(|| panic!("no {t} row in {calls:?}"))
+            .clone()
+    };
+    let counter = row("counter");
+    let shown = number(&counter[1]);
+    assert!(
+        (counter_before as f64) < shown && shown <= counter_after as f64,
+        "counter turns: {counter_before} < shown {shown} <= {counter_after}"
+    );
+    assert!(number(&counter[2]) >= 0.0, "a call rate: {counter:?}");
+    assert!(
+        number(&counter[6]) >= 1.0,
+        "sampled counter turns: {counter:?}"
+    );
+    assert!(
+        counter[3].contains("µs") || counter[3].contains("ms"),
+        "p50: {counter:?}"
+    );
+    assert_eq!(
+        number(&row("relay")[1]),
+        (2 * quark::TURN_SAMPLE_EVERY) as f64
+    );
+    // Top actors: counters, sampled, at least one sample's worth each.
+    let top = rows_of(&dom, "top-actors");
+    assert!(!top.is_empty(), "{}", tbody_of(&dom, "top-actors"));
+    for r in &top {
+        let ty = r[0].split('/').next().unwrap();
+        assert!(
+            calls.iter().any(|c| c[0] == ty),
+            "{r:?}: not a type of {calls:?}"
+        );
+        assert!(number(&r[2]) >= quark::TURN_SAMPLE_EVERY as f64, "{r:?}");
+    }
+    // The communication graph: relay -> counter, two sampled turns of one ask each.
+    let edges = rows_of(&dom, "call-edges");
+    assert!(
+        edges.iter().any(|r| r[0] == "relay"
+            && r[1] == "counter"
+            && number(&r[2]) == (2 * quark::TURN_SAMPLE_EVERY) as f64),
+        "{edges:?}"
+    );
+    assert!(dom.contains("<circle"), "the graph is drawn");
+    assert_eq!(
+        rows_of(&dom, "shard-matrix").len(),
+        2,
+        "a matrix row per shard"
     );
     // The log panel: a row per shard, its next LSN past the jobs' records.
     let logs = rows_of(&dom, "logs");

@@ -535,3 +535,50 @@ fn the_file_wins_over_the_journal_policy_given_in_code_whatever_the_call_order()
     assert_eq!((balance, applied), (55, 2));
     node.shutdown();
 }
+
+#[test]
+fn the_observability_section_sets_the_otlp_exporter_and_checks_its_keys() {
+    let c = NodeConfig::from_toml(
+        "[observability]\notlp_endpoint = \"http://collector:4318\"\notlp_sample_ratio = 0.25\n\
+         otlp_batch_spans_max = 64\notlp_flush_interval_ms = 250\notlp_queue_spans_max = 100\n\
+         otlp_export_timeout_ms = 900\notlp_service_name = \"shop\"\n",
+        "o.toml",
+    )
+    .unwrap();
+    let o = c.observability.otlp.expect("an exporter");
+    assert_eq!(o.endpoint.url(), "http://collector:4318/v1/traces");
+    assert_eq!(o.sample_ratio, 0.25);
+    assert_eq!(o.batch_spans_max, 64);
+    assert_eq!(o.flush_interval, Duration::from_millis(250));
+    assert_eq!(o.queue_spans_max, 100);
+    assert_eq!(o.export_timeout, Duration::from_millis(900));
+    assert_eq!(o.service_name, "shop");
+    assert_eq!(
+        NodeConfig::from_toml("", "o.toml")
+            .unwrap()
+            .observability
+            .otlp,
+        None
+    );
+    for (text, key) in [
+        (
+            "otlp_endpoint = \"https://c:4318\"\n",
+            "observability.otlp_endpoint",
+        ),
+        ("otlp_sample_ratio = 0.5\n", "observability.otlp_endpoint"),
+        (
+            "otlp_endpoint = \"http://c\"\notlp_sample_ratio = 1.5\n",
+            "observability.otlp_sample_ratio",
+        ),
+        (
+            "otlp_endpoint = \"http://c\"\notlp_queue_spans_max = 0\n",
+            "observability.otlp_queue_spans_max",
+        ),
+    ] {
+        let e = err(&format!("[observability]\n{text}"));
+        assert!(matches!(e, ConfigError::Invalid { .. }), "{text}: {e:?}");
+        assert_eq!(key_of(&e), Some(key), "{text}: {e}");
+    }
+    let e = err("[observability]\nbogus = 1\n");
+    assert_eq!(key_of(&e), Some("observability.bogus"), "{e}");
+}

@@ -365,6 +365,8 @@ pub(crate) struct PendingTurn {
     /// reply address, for the bookkeeping when the turn ends (`Shard::turn_done`, a panic's
     /// reply).
     delivered: Option<(Origin, ReplyTo)>,
+    /// When the turn began, if it is one of the sampled (timed) turns of its type.
+    sampled: Option<Instant>,
 }
 
 /// Completes a direct ask's call from its finished turn's slot (unsafe: the slot must hold the
@@ -377,6 +379,7 @@ impl PendingTurn {
             slot,
             ask,
             delivered: None,
+            sampled: None,
         }
     }
 
@@ -385,7 +388,14 @@ impl PendingTurn {
             slot,
             ask: None,
             delivered: Some((origin, reply)),
+            sampled: None,
         }
+    }
+
+    /// Marks the turn as a sampled one that began at `start` (see `ShardStats::turn_begin`).
+    pub(crate) fn sampled(mut self, start: Option<Instant>) -> Self {
+        self.sampled = start;
+        self
     }
 
     fn reply(&self) -> ReplyTo {
@@ -704,6 +714,7 @@ async fn run_activation<A: Actor>(act: Rc<Activation<A>>, info: Arc<TypeInfo<A>>
                 act.last_active.set(core.now());
             }
             act.enter(Life::Running);
+            let sampled = core.stats.turn_begin(act.ctx.type_idx);
             let s = slot.get_or_insert_with(|| core.take_turn_slot());
             let result = {
                 // SAFETY: this task runs the turn (`Running`); the turn borrows the state and
@@ -711,10 +722,18 @@ async fn run_activation<A: Actor>(act: Rc<Activation<A>>, info: Arc<TypeInfo<A>>
                 let actor: &mut A = unsafe { act.state_mut() };
                 let mut turn = unsafe { s.turn() };
                 item.start(actor, &act.ctx, turn.as_mut());
-                RunTurn { turn }.await
+                RunTurn {
+                    turn,
+                    caller: crate::turn::caller(sampled, act.ctx.type_idx),
+                }
+                .await
             };
             s.clear();
             core.turn_done(origin, reply);
+            if let Some(start) = sampled {
+                core.stats
+                    .turn_sampled(start, &act.ctx.id, act.ctx.type_idx);
+            }
             if let Err(panic) = result {
                 turn_panicked(&act, reply, panic);
                 return;
@@ -740,8 +759,13 @@ async fn finish_direct<A: Actor>(act: &Rc<Activation<A>>, mut turn: PendingTurn)
     // `act` keeps alive; it is cleared below.
     let result = RunTurn {
         turn: unsafe { turn.slot.turn() },
+        caller: crate::turn::caller(turn.sampled, act.ctx.type_idx),
     }
     .await;
+    if let Some(start) = turn.sampled {
+        core.stats
+            .turn_sampled(start, &act.ctx.id, act.ctx.type_idx);
+    }
     let reply = turn.reply();
     if result.is_ok() {
         if let Some((call, finish)) = turn.ask {
@@ -812,6 +836,7 @@ async fn run_pooled<'a>(core: &Shard, fut: impl Future<Output = ()> + 'a) -> Res
     unsafe { slot.turn() }.set(fut);
     let result = RunTurn {
         turn: unsafe { slot.turn() },
+        caller: crate::stats::NO_CALLER,
     }
     .await;
     slot.clear();

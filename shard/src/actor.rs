@@ -205,6 +205,8 @@ impl<A: Actor> Context<A> {
         let this = self.this.clone();
         let key = self.id.key.clone();
         let type_idx = self.type_idx;
+        // Set in a traced turn, every tick runs as a child of that turn.
+        let trace = crate::trace::current();
         let fire = Box::new(move || {
             let Some(act) = this.upgrade() else {
                 return false;
@@ -215,13 +217,10 @@ impl<A: Actor> Context<A> {
             let Some(msg) = next() else {
                 return false;
             };
-            act.push(Box::new(Deliver::<A, M>::new(
-                type_idx,
-                key.clone(),
-                msg,
-                ReplyTo::None,
-                Origin::Timer,
-            )));
+            let tick = crate::trace::scoped(trace, || {
+                Deliver::<A, M>::new(type_idx, key.clone(), msg, ReplyTo::None, Origin::Timer)
+            });
+            act.push(Box::new(tick));
             true
         });
         let due = self.core.now() + first;

@@ -122,11 +122,14 @@ fn take_budget(b: &DirectBudget, core: &Shard) -> bool {
 
 /// Polls the turn in `slot` once, for the first time, from the sender, with the activation
 /// task's waker (if the turn awaits, what it waits for wakes the task that finishes it).
+/// `sampled`: the turn is one of its type's sampled turns (see `ShardStats::turn_begin`): its
+/// sends count in the communication graph.
 #[inline]
 fn first_poll<A: Actor>(
     core: &Shard,
     act: &Activation<A>,
     slot: &mut TurnSlot,
+    sampled: Option<Instant>,
 ) -> Poll<Result<(), String>> {
     let depth = &core.direct.depth;
     depth.set(depth.get() + 1);
@@ -134,10 +137,23 @@ fn first_poll<A: Actor>(
         let mut cx = TaskContext::from_waker(waker);
         // SAFETY: the future in the slot borrows the activation's state and context; the
         // caller keeps the activation alive until the turn is cleared or handed to it.
-        unsafe { slot.turn() }.poll_catching(&mut cx)
+        let mut poll = || unsafe { slot.turn() }.poll_catching(&mut cx);
+        match sampled {
+            None => poll(),
+            Some(_) => crate::stats::with_caller(act.ctx.type_idx, poll),
+        }
     });
     depth.set(depth.get() - 1);
     r
+}
+
+/// Ends a direct turn's sample, if it is a sampled one that finished in its first poll.
+#[inline]
+fn end_sample<A: Actor>(core: &Shard, act: &Activation<A>, sampled: Option<Instant>) {
+    if let Some(start) = sampled {
+        core.stats
+            .turn_sampled(start, &act.ctx.id, act.ctx.type_idx);
+    }
 }
 
 /// Runs `msg` as a direct tell if the activation allows it now; gives the message back
@@ -168,6 +184,7 @@ where
         Admit::Yield => return DirectTell::Yield(msg),
         Admit::No => return DirectTell::Refused(msg),
     };
+    crate::stats::note_send(type_idx);
     act.begin_direct(core);
     let mut slot = core.take_turn_slot();
     {
@@ -181,10 +198,12 @@ where
             actor.handle(msg, ctx).await;
         });
     }
-    match first_poll(core, &act, &mut slot) {
+    let sampled = core.stats.turn_begin(act.ctx.type_idx);
+    match first_poll(core, &act, &mut slot, sampled) {
         Poll::Ready(Ok(())) => {
             slot.clear();
             core.give_turn_slot(slot);
+            end_sample(core, &act, sampled);
             act.end_direct();
         }
         Poll::Ready(Err(panic)) => {
@@ -192,7 +211,7 @@ where
             core.give_turn_slot(slot);
             act.direct_panicked(ReplyTo::None, panic);
         }
-        Poll::Pending => act.hand_over(PendingTurn::new(slot, None)),
+        Poll::Pending => act.hand_over(PendingTurn::new(slot, None).sampled(sampled)),
     }
     DirectTell::Sent
 }
@@ -218,6 +237,7 @@ where
         Admit::Yield => return DirectAsk::Yield(msg),
         Admit::Busy(_) | Admit::No => return DirectAsk::Refused(msg),
     };
+    crate::stats::note_send(type_idx);
     act.begin_direct(core);
     let mut slot = core.take_turn_slot();
     let out = slot.reply_ptr().cast::<Option<M::Reply>>();
@@ -232,12 +252,14 @@ where
             unsafe { *out = Some(value) };
         });
     }
-    match first_poll(core, &act, &mut slot) {
+    let sampled = core.stats.turn_begin(act.ctx.type_idx);
+    match first_poll(core, &act, &mut slot, sampled) {
         Poll::Ready(Ok(())) => {
             slot.clear();
             // SAFETY: written by the finished turn.
             let value = unsafe { (*out).take() };
             core.give_turn_slot(slot);
+            end_sample(core, &act, sampled);
             act.end_direct();
             DirectAsk::Done(Ok(value.expect("a finished ask turn wrote its reply")))
         }
@@ -253,7 +275,9 @@ where
                 .calls
                 .borrow_mut()
                 .register(deadline, Waiter::Task(None));
-            act.hand_over(PendingTurn::new(slot, Some((call, finish_ask::<A, M>))));
+            act.hand_over(
+                PendingTurn::new(slot, Some((call, finish_ask::<A, M>))).sampled(sampled),
+            );
             DirectAsk::Pending(call)
         }
     }
@@ -288,17 +312,21 @@ pub(crate) fn run_delivered<A: Actor>(
         let ctx: &'static crate::actor::Context<A> = unsafe { &*(&act.ctx as *const _) };
         item.start(actor, ctx, unsafe { slot.turn() });
     }
-    match first_poll(core, act, &mut slot) {
+    let sampled = core.stats.turn_begin(act.ctx.type_idx);
+    match first_poll(core, act, &mut slot, sampled) {
         Poll::Ready(result) => {
             slot.clear();
             core.give_turn_slot(slot);
+            end_sample(core, act, sampled);
             match result {
                 Ok(()) => act.end_direct(),
                 Err(panic) => act.direct_panicked(reply, panic),
             }
             core.turn_done(origin, reply);
         }
-        Poll::Pending => act.hand_over(PendingTurn::delivered(slot, origin, reply)),
+        Poll::Pending => {
+            act.hand_over(PendingTurn::delivered(slot, origin, reply).sampled(sampled));
+        }
     }
     Ok(())
 }

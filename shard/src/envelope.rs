@@ -148,6 +148,7 @@ impl<A, M: Message> Deliver<A, M> {
         reply: ReplyTo,
         origin: Origin,
     ) -> Self {
+        crate::stats::note_send(type_idx);
         Deliver {
             type_idx,
             key,

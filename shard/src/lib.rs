@@ -66,13 +66,17 @@ pub use engine::{
 #[doc(hidden)]
 pub use engine::{StartFault, StartStep};
 pub use error::{CallError, ErrorChain, LinkDown};
-pub use net::{NetConfig, NetStatsSnapshot};
+pub use net::{NetConfig, NetStatsSnapshot, PeerRtt};
 pub use quark_placement::{ActorId, ActorKey, ShardId};
 pub use scheduler::{JoinError, SpawnHandle};
-pub use stats::ASK_LATENCY_BUCKETS;
+pub use stats::{
+    CallEdge, LoadSnapshot, TopActor, TurnDurations, TypeLoad, ASK_LATENCY_BUCKETS,
+    TOP_ACTORS_PER_SHARD, TOP_WINDOW, TURN_SAMPLE_EVERY,
+};
 pub use timers::TimerId;
 pub use trace::{
-    current as current_trace, TraceContext, TraceFutureExt, TraceParseError, WithTrace,
+    current as current_trace, SpanKind, SpanRecord, SpanSink, SpanSinkHandle, SpanStatus,
+    TraceContext, TraceFutureExt, TraceParseError, WithTrace,
 };
 
 /// Waits for `d` on the calling shard's timers without blocking the shard. Only for code running

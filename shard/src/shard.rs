@@ -83,7 +83,7 @@ impl Shard {
             tables: ActorTables::new(&node.types, config.idle_timeout),
             timers: RefCell::new(Timers::new()),
             signal: PumpSignal::default(),
-            stats: ShardStats::default(),
+            stats: ShardStats::new(node.types.len(), node.shards.len()),
             sched: Scheduler::new(id, node.clone()),
             log,
             net: config.net.as_ref().map(crate::net::NetShard::new),
@@ -177,6 +177,9 @@ impl Shard {
     /// Queues `msg` for shard `to`; it becomes visible to `to` at the pump's next flush.
     #[inline]
     pub(crate) fn send_to(&self, to: ShardId, msg: CrossMsg) {
+        if let CrossMsg::Request(_) = msg {
+            self.stats.sent_to_shard(to);
+        }
         if self.cross.send(to, msg) {
             self.signal.poke();
         }
@@ -365,6 +368,7 @@ impl Shard {
             mailbox_depth_max,
             ring_overflow: self.cross.overflow_len() as u64,
             ring_occupancy: self.cross.incoming_len() as u64,
+            load: s.load_snapshot(&self.node.types.iter().map(|t| t.name()).collect::<Vec<_>>()),
         }
     }
 }

@@ -1,7 +1,18 @@
 //! A shard's counters: plain cells, written only by the shard's thread, read through
 //! [`crate::Engine::stats`] (which asks each shard for a snapshot).
+//!
+//! **Load by actor type** (see [`LoadSnapshot`]): every turn adds one to its type's
+//! `handled` counter; one turn in [`TURN_SAMPLE_EVERY`] of each type is *sampled*: it is timed
+//! (a turn-duration histogram per type), its actor is counted in a bounded top-k of the
+//! busiest actors (space-saving, over two windows of [`TOP_WINDOW`]), and every message it
+//! sends is counted as an edge of the communication graph (caller type -> callee type). The
+//! sampled figures are estimates: each sampled event stands for [`TURN_SAMPLE_EVERY`] of its
+//! kind. Requests sent to each other shard and to each other node are counted exactly.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
+use std::time::{Duration, Instant};
+
+use quark_placement::{ActorId, NodeId};
 
 /// Index of a message kind in [`ShardStats::tells`], [`ShardStats::asks`] and (the first
 /// three) [`ShardStats::ask_latency`]: to an actor of the same shard.
@@ -55,7 +66,6 @@ pub(crate) fn latency_bucket(us: u64) -> usize {
     i.min(ASK_LATENCY_BUCKETS - 1)
 }
 
-#[derive(Default)]
 pub(crate) struct ShardStats {
     pub(crate) activations: Cell<u64>,
     pub(crate) deactivations: Cell<u64>,
@@ -76,6 +86,351 @@ pub(crate) struct ShardStats {
     /// Latency of the asks made from this shard, by kind ([`LOCAL`], [`CROSS_SHARD`],
     /// [`REMOTE`]), measured with the shard clock (read once per pump iteration).
     pub(crate) ask_latency: [LatencyHistogram; 3],
+    /// Turns by actor type (index: the type's registration index).
+    pub(crate) by_type: Box<[TypeTurns]>,
+    /// Requests (tells and asks) sent through the rings to each shard (index: shard id).
+    pub(crate) to_shard: Box<[Cell<u64>]>,
+    /// Requests sent to each other node.
+    pub(crate) to_node: RefCell<Vec<(NodeId, u64)>>,
+    /// The busiest actors, from sampled turns.
+    top: RefCell<TopActors>,
+}
+
+/// The turns of one actor type on one shard.
+#[derive(Default)]
+pub(crate) struct TypeTurns {
+    /// Turns run (every one).
+    handled: Cell<u64>,
+    /// Duration of the sampled turns (from the message's hand-over to the handler's return).
+    duration: LatencyHistogram,
+}
+
+/// One turn in this many (of each actor type) is sampled. A power of two.
+pub const TURN_SAMPLE_EVERY: u64 = 64;
+const _: () = assert!(TURN_SAMPLE_EVERY.is_power_of_two());
+/// The span of one window of the top-actors counter; the figures cover the current window and
+/// the one before it (10 to 20 s).
+pub const TOP_WINDOW: Duration = Duration::from_secs(10);
+/// Actors tracked per window and shard (space-saving: an actor that sends more than 1/`K` of a
+/// shard's sampled turns is always in it).
+const TOP_TRACKED: usize = 32;
+/// Actors reported per shard.
+pub const TOP_ACTORS_PER_SHARD: usize = 10;
+/// Edges of the communication graph kept per shard (further edges are counted in
+/// `edges_dropped`).
+const EDGES_MAX: usize = 1024;
+/// `RunTurn::caller` of a turn that is not sampled.
+pub(crate) const NO_CALLER: u16 = u16::MAX;
+
+impl ShardStats {
+    pub(crate) fn new(types: usize, shards: usize) -> ShardStats {
+        ShardStats {
+            activations: Cell::default(),
+            deactivations: Cell::default(),
+            panics: Cell::default(),
+            replies_dropped: Cell::default(),
+            asks_expired_skipped: Cell::default(),
+            mailbox_waits: Cell::default(),
+            parks: Cell::default(),
+            iterations: Cell::default(),
+            reaps: Cell::default(),
+            task_polls: Cell::default(),
+            ring_msgs_in: Cell::default(),
+            tells: Default::default(),
+            asks: Default::default(),
+            ask_latency: Default::default(),
+            by_type: (0..types).map(|_| TypeTurns::default()).collect(),
+            to_shard: (0..shards).map(|_| Cell::new(0)).collect(),
+            to_node: RefCell::default(),
+            top: RefCell::default(),
+        }
+    }
+
+    /// Counts a turn of type `type_idx` about to run; `Some(start)` if it is sampled.
+    #[inline]
+    pub(crate) fn turn_begin(&self, type_idx: u16) -> Option<Instant> {
+        let t = &self.by_type[usize::from(type_idx)];
+        let n = t.handled.get() + 1;
+        t.handled.set(n);
+        if n & (TURN_SAMPLE_EVERY - 1) != 0 {
+            return None;
+        }
+        Some(Instant::now())
+    }
+
+    /// Ends a sampled turn of `actor` that began at `start`.
+    #[cold]
+    #[inline(never)]
+    pub(crate) fn turn_sampled(&self, start: Instant, actor: &ActorId, type_idx: u16) {
+        let now = Instant::now();
+        let us = now.saturating_duration_since(start).as_micros();
+        self.by_type[usize::from(type_idx)]
+            .duration
+            .record_us(u64::try_from(us).unwrap_or(u64::MAX));
+        self.top.borrow_mut().add(actor, now);
+    }
+
+    /// Counts a request sent through the rings to shard `to`.
+    #[inline]
+    pub(crate) fn sent_to_shard(&self, to: crate::ShardId) {
+        if let Some(c) = self.to_shard.get(usize::from(to)) {
+            add(c, 1);
+        }
+    }
+
+    /// Counts a request sent to node `to`.
+    pub(crate) fn sent_to_node(&self, to: NodeId) {
+        let mut v = self.to_node.borrow_mut();
+        match v.iter_mut().find(|(n, _)| *n == to) {
+            Some((_, c)) => *c += 1,
+            None => v.push((to, 1)),
+        }
+    }
+
+    /// The load figures; `names[i]` is the name of type `i`.
+    pub(crate) fn load_snapshot(&self, names: &[&'static str]) -> LoadSnapshot {
+        let name = |i: u16| names.get(usize::from(i)).copied().unwrap_or("?");
+        let (top_actors, top_window_ms) = self.top.borrow().snapshot(Instant::now());
+        let (edges, edges_dropped) = EDGES.with(|e| {
+            let e = e.borrow();
+            let list = e
+                .list
+                .iter()
+                .map(|&(from, to, n)| CallEdge {
+                    caller: name(from),
+                    callee: name(to),
+                    messages_est: n,
+                })
+                .collect();
+            (list, e.dropped)
+        });
+        LoadSnapshot {
+            sample_every: TURN_SAMPLE_EVERY,
+            types: self
+                .by_type
+                .iter()
+                .enumerate()
+                .map(|(i, t)| {
+                    let (buckets, sum_us) = t.duration.snapshot();
+                    TypeLoad {
+                        type_name: name(i as u16),
+                        handled: t.handled.get(),
+                        turn_duration: TurnDurations { buckets, sum_us },
+                    }
+                })
+                .collect(),
+            top_actors,
+            top_window_ms,
+            edges,
+            edges_dropped,
+            to_shards: self.to_shard.iter().map(Cell::get).collect(),
+            to_nodes: self.to_node.borrow().clone(),
+        }
+    }
+}
+
+thread_local! {
+    /// The type of the sampled turn being polled on this thread ([`NO_CALLER`] otherwise).
+    static CALLER: Cell<u16> = const { Cell::new(NO_CALLER) };
+    /// The communication graph of this (shard) thread's sampled turns.
+    static EDGES: RefCell<Edges> = const { RefCell::new(Edges { list: Vec::new(), dropped: 0 }) };
+}
+
+struct Edges {
+    /// (caller type, callee type, estimated messages).
+    list: Vec<(u16, u16, u64)>,
+    dropped: u64,
+}
+
+/// Polls `f` with `caller` as the current sampled caller type (restored after).
+#[inline]
+pub(crate) fn with_caller<R>(caller: u16, f: impl FnOnce() -> R) -> R {
+    struct Restore(u16);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            CALLER.with(|c| c.set(self.0));
+        }
+    }
+    let _restore = Restore(CALLER.with(|c| c.replace(caller)));
+    f()
+}
+
+/// Counts a message to an actor of type `callee` if a sampled turn is sending it.
+#[inline]
+pub(crate) fn note_send(callee: u16) {
+    let caller = CALLER.with(Cell::get);
+    if caller != NO_CALLER {
+        record_edge(caller, callee);
+    }
+}
+
+/// [`note_send`] for a message whose callee type index is found only if needed (remote sends).
+#[inline]
+pub(crate) fn note_send_by(callee: impl FnOnce() -> Option<u16>) {
+    let caller = CALLER.with(Cell::get);
+    if caller != NO_CALLER {
+        if let Some(t) = callee() {
+            record_edge(caller, t);
+        }
+    }
+}
+
+#[cold]
+#[inline(never)]
+fn record_edge(caller: u16, callee: u16) {
+    EDGES.with(|e| {
+        let mut e = e.borrow_mut();
+        if let Some(x) = e.list.iter_mut().find(|x| x.0 == caller && x.1 == callee) {
+            x.2 += TURN_SAMPLE_EVERY;
+        } else if e.list.len() < EDGES_MAX {
+            e.list.push((caller, callee, TURN_SAMPLE_EVERY));
+        } else {
+            e.dropped += TURN_SAMPLE_EVERY;
+        }
+    });
+}
+
+/// A space-saving top-k of actors by sampled turns, over two windows.
+#[derive(Default)]
+struct TopActors {
+    cur: Vec<(ActorId, u64)>,
+    prev: Vec<(ActorId, u64)>,
+    cur_start: Option<Instant>,
+}
+
+impl TopActors {
+    fn add(&mut self, id: &ActorId, now: Instant) {
+        let start = *self.cur_start.get_or_insert(now);
+        let age = now.saturating_duration_since(start);
+        if age >= TOP_WINDOW {
+            // Two windows or more without a sample: the previous window is stale too.
+            self.prev = if age >= 2 * TOP_WINDOW {
+                Vec::new()
+            } else {
+                std::mem::take(&mut self.cur)
+            };
+            self.cur.clear();
+            self.cur_start = Some(now);
+        }
+        if let Some(e) = self.cur.iter_mut().find(|e| e.0 == *id) {
+            e.1 += TURN_SAMPLE_EVERY;
+        } else if self.cur.len() < TOP_TRACKED {
+            self.cur.push((id.clone(), TURN_SAMPLE_EVERY));
+        } else if let Some(min) = self.cur.iter_mut().min_by_key(|e| e.1) {
+            // Space-saving: the newcomer takes the smallest counter's place and count.
+            min.0 = id.clone();
+            min.1 += TURN_SAMPLE_EVERY;
+        }
+    }
+
+    /// The busiest actors of the current and previous windows, and the time they cover (ms).
+    fn snapshot(&self, now: Instant) -> (Vec<TopActor>, u64) {
+        let Some(start) = self.cur_start else {
+            return (Vec::new(), 0);
+        };
+        let age = now.saturating_duration_since(start);
+        let (mut merged, span): (Vec<(ActorId, u64)>, Duration) = if age >= 2 * TOP_WINDOW {
+            (Vec::new(), Duration::ZERO)
+        } else if age >= TOP_WINDOW {
+            (self.cur.clone(), age)
+        } else {
+            let mut m = self.prev.clone();
+            for (id, n) in &self.cur {
+                match m.iter_mut().find(|e| e.0 == *id) {
+                    Some(e) => e.1 += n,
+                    None => m.push((id.clone(), *n)),
+                }
+            }
+            let span = if self.prev.is_empty() {
+                age
+            } else {
+                age + TOP_WINDOW
+            };
+            (m, span)
+        };
+        merged.sort_by(|a, b| {
+            b.1.cmp(&a.1)
+                .then_with(|| a.0.to_string().cmp(&b.0.to_string()))
+        });
+        merged.truncate(TOP_ACTORS_PER_SHARD);
+        let list = merged
+            .into_iter()
+            .map(|(actor, messages_est)| TopActor {
+                actor,
+                messages_est,
+            })
+            .collect();
+        (list, u64::try_from(span.as_millis()).unwrap_or(u64::MAX))
+    }
+}
+
+/// A shard's load by actor type, its busiest actors and its communication graph (see the
+/// module docs of `stats`: the per-type `handled` and the `to_*` counts are exact, the rest is
+/// estimated from one turn in [`LoadSnapshot::sample_every`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LoadSnapshot {
+    /// One turn in this many of each type is sampled ([`TURN_SAMPLE_EVERY`]).
+    pub sample_every: u64,
+    /// Per registered actor type, in registration order.
+    pub types: Vec<TypeLoad>,
+    /// The busiest actors of the last 10 to 20 s, most messages first (at most
+    /// [`TOP_ACTORS_PER_SHARD`]).
+    pub top_actors: Vec<TopActor>,
+    /// The time `top_actors` covers, ms.
+    pub top_window_ms: u64,
+    /// Messages sent by actors of one type to actors of another (or the same), since start.
+    pub edges: Vec<CallEdge>,
+    /// Estimated messages not in `edges` because the graph reached its bound.
+    pub edges_dropped: u64,
+    /// Requests (tells and asks) sent through the rings to each shard, index = shard id (this
+    /// shard's own entry stays 0), since start.
+    pub to_shards: Vec<u64>,
+    /// Requests sent to each other node, since start.
+    pub to_nodes: Vec<(NodeId, u64)>,
+}
+
+/// The turns of one actor type on one shard.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TypeLoad {
+    /// The type name.
+    pub type_name: &'static str,
+    /// Turns run (messages and timer ticks handled), since start. Exact.
+    pub handled: u64,
+    /// Duration of the sampled turns (one in [`TURN_SAMPLE_EVERY`]): from the hand-over of
+    /// the message to the handler's return, awaits included. Same buckets as the ask
+    /// latencies.
+    pub turn_duration: TurnDurations,
+}
+
+/// A histogram of turn durations: `buckets[i]` counts the turns that took at most `2^i` µs and
+/// more than `2^(i-1)` µs (not cumulative); the last bucket, any longer turn. The buckets of
+/// the ask latency histograms.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TurnDurations {
+    /// Counts per bucket.
+    pub buckets: [u64; ASK_LATENCY_BUCKETS],
+    /// Sum of the durations, µs.
+    pub sum_us: u64,
+}
+
+/// One of the busiest actors.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopActor {
+    /// The actor.
+    pub actor: ActorId,
+    /// Estimated messages it handled in the window ([`LoadSnapshot::top_window_ms`]).
+    pub messages_est: u64,
+}
+
+/// An edge of the communication graph.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CallEdge {
+    /// The sending actor's type.
+    pub caller: &'static str,
+    /// The receiving actor's type.
+    pub callee: &'static str,
+    /// Estimated messages sent (tells and asks).
+    pub messages_est: u64,
 }
 
 /// Adds `n` to a counter.

@@ -12,13 +12,28 @@
 //! A message sent with no current trace carries `None`: the hot path then pays a thread-local
 //! read and a null pointer in the envelope (the envelope holds an `Option<Box<TraceContext>>`;
 //! a traced message pays one small allocation), nothing more.
+//!
+//! **Export.** When the engine is given a [`SpanSink`] ([`crate::EngineConfig::span_sink`]),
+//! every traced turn, spawned task and timer tick also produces a [`SpanRecord`] with Quark's
+//! own ids (trace id, span id, parent span id: the same as the `quark.call` span's fields), so
+//! that an exporter (the `quark` crate's OTLP exporter) ships trees that stay whole across
+//! nodes. The sink is asked first whether it wants the trace ([`SpanSink::wants`]; a sampling
+//! decision made from the trace id alone, so that every node takes the same one), and a record
+//! is built only then. Untraced turns never reach this code.
+//!
+//! **Inheritance.** A task spawned from a traced turn ([`crate::EngineHandle::spawn_on`]) runs
+//! in a child span of the turn (`quark.task`), and the ticks of a timer set in a traced turn
+//! ([`crate::Context::set_timer`], [`crate::Context::set_interval`]) run as turns whose parent
+//! is the turn that set the timer.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 use std::str::FromStr;
+use std::sync::Arc;
 use std::task::{Context as TaskContext, Poll};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 /// A W3C trace context: trace id, parent span id and flags.
 ///
@@ -268,17 +283,57 @@ pub struct WithTrace<F> {
     inner: F,
     ctx: Option<TraceContext>,
     span: Option<tracing::Span>,
+    /// The record to export when the future ends (a traced turn or task, with a sink that
+    /// wants its trace); boxed: `None` costs one pointer.
+    record: Option<Box<SpanRecord>>,
 }
 
 impl<F: Future> Future for WithTrace<F> {
     type Output = F::Output;
     fn poll(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<F::Output> {
         // SAFETY: `inner` is structurally pinned (never moved out); the other fields are not
-        // pinned and are only read.
+        // pinned and are only read or taken.
         let this = unsafe { self.get_unchecked_mut() };
         let inner = unsafe { Pin::new_unchecked(&mut this.inner) };
+        if this.ctx.is_none() && this.span.is_none() {
+            // An untraced spawned task: polled by the scheduler, never inside a turn, so no
+            // context is current to clear (this keeps untraced tasks at their old cost).
+            return inner.poll(cx);
+        }
         let _entered = this.span.as_ref().map(tracing::Span::enter);
-        scoped(this.ctx, || inner.poll(cx))
+        // A handler that panics unwinds through here: the guard exports the span as failed.
+        let guard = PanicGuard(&mut this.record);
+        let r = scoped(this.ctx, || inner.poll(cx));
+        drop(guard);
+        if r.is_ready() {
+            if let Some(rec) = this.record.take() {
+                finish(rec, SpanStatus::Ok);
+            }
+        }
+        r
+    }
+}
+
+impl<F> Drop for WithTrace<F> {
+    fn drop(&mut self) {
+        // Dropped before it completed: the turn or task was cancelled (shutdown, deactivation
+        // of a spawned task's shard).
+        if let Some(rec) = self.record.take() {
+            finish(rec, SpanStatus::Cancelled);
+        }
+    }
+}
+
+/// Exports the pending record as [`SpanStatus::Panicked`] if dropped during an unwind.
+struct PanicGuard<'a>(&'a mut Option<Box<SpanRecord>>);
+
+impl Drop for PanicGuard<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            if let Some(rec) = self.0.take() {
+                finish(rec, SpanStatus::Panicked);
+            }
+        }
     }
 }
 
@@ -304,6 +359,7 @@ pub trait TraceFutureExt: Future + Sized {
             inner: self,
             ctx: Some(ctx),
             span: None,
+            record: None,
         }
     }
 }
@@ -317,6 +373,7 @@ pub(crate) fn carry<F: Future>(ctx: Option<TraceContext>, inner: F) -> WithTrace
         inner,
         ctx,
         span: None,
+        record: None,
     }
 }
 
@@ -341,11 +398,201 @@ pub(crate) fn turn<F: Future>(
         shard,
         node,
     );
+    let record = pending(
+        SpanKind::Call,
+        &ctx,
+        parent,
+        Some(actor),
+        message,
+        shard,
+        node,
+    );
     WithTrace {
         inner,
         ctx: Some(ctx),
         span: Some(span),
+        record,
     }
+}
+
+/// The future of a task spawned on behalf of a traced turn (`parent` is the turn's context):
+/// a child context with a new span id is current while it runs, inside a `quark.task` span.
+/// With no parent, the task runs untraced (only the current context is cleared while it
+/// runs, as for any spawned task).
+pub(crate) fn task<F: Future>(
+    parent: Option<TraceContext>,
+    shard: crate::ShardId,
+    node: Option<quark_placement::NodeId>,
+    inner: F,
+) -> WithTrace<F> {
+    let Some(parent) = parent else {
+        return carry(None, inner);
+    };
+    let ctx = parent.child(new_span_id());
+    let span = tracing::info_span!(
+        "quark.task",
+        trace_id = %format_args!("{:032x}", ctx.trace_id()),
+        span_id = %format_args!("{:016x}", ctx.span_id()),
+        parent_span_id = %format_args!("{:016x}", parent.span_id()),
+        shard,
+        node,
+    );
+    let record = pending(SpanKind::Task, &ctx, parent, None, "spawn_on", shard, node);
+    WithTrace {
+        inner,
+        ctx: Some(ctx),
+        span: Some(span),
+        record,
+    }
+}
+
+/// What a [`SpanRecord`] stands for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum SpanKind {
+    /// A turn of an actor (a message handled; a timer tick is one too): `quark.call`.
+    Call,
+    /// A task spawned from a traced turn with [`crate::EngineHandle::spawn_on`]: `quark.task`.
+    Task,
+}
+
+impl SpanKind {
+    /// The span's name (`quark.call`, `quark.task`), as in the logs.
+    pub fn name(self) -> &'static str {
+        match self {
+            SpanKind::Call => "quark.call",
+            SpanKind::Task => "quark.task",
+        }
+    }
+}
+
+/// How a span ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum SpanStatus {
+    /// The handler (or task) returned.
+    Ok,
+    /// The handler panicked (the activation ended; an ask got `CallError::Panicked`).
+    Panicked,
+    /// The turn or task was dropped before it finished (shutdown).
+    Cancelled,
+}
+
+/// One finished span, with Quark's own ids: handed to the engine's [`SpanSink`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SpanRecord {
+    /// `quark.call` or `quark.task`.
+    pub kind: SpanKind,
+    /// The trace id shared by every span of the request.
+    pub trace_id: u128,
+    /// This span's id (the `span_id` field of the `quark.call` span and of
+    /// [`crate::Context::trace`] in the handler).
+    pub span_id: u64,
+    /// The span that caused this one: the sending turn, the caller's context given with
+    /// [`TraceFutureExt::with_trace`], the turn that spawned the task or set the timer.
+    pub parent_span_id: u64,
+    /// The W3C flags of the trace.
+    pub flags: u8,
+    /// The actor (`type/key`) whose turn this is; `None` for a task.
+    pub actor: Option<String>,
+    /// The message type handled (its Rust type name); `"spawn_on"` for a task.
+    pub message: &'static str,
+    /// The shard it ran on.
+    pub shard: crate::ShardId,
+    /// The node it ran on (`None`: a standalone engine).
+    pub node: Option<quark_placement::NodeId>,
+    /// When the turn was started (handed its message), ns since the Unix epoch.
+    pub start_unix_ns: u64,
+    /// When it ended, ns since the Unix epoch.
+    pub end_unix_ns: u64,
+    /// How it ended.
+    pub status: SpanStatus,
+}
+
+/// Where a node's finished spans go (an exporter). Called on shard threads: both methods must
+/// be cheap and never block (queue the record, drop it when the queue is full).
+pub trait SpanSink: Send + Sync + 'static {
+    /// Whether spans of this trace are wanted (sampling). Must depend on the trace id alone,
+    /// so that every node of a cluster keeps or drops the same traces whole.
+    fn wants(&self, trace_id: u128) -> bool;
+    /// Takes one finished span.
+    fn record(&self, span: SpanRecord);
+}
+
+/// A [`SpanSink`] in the engine's config (a cloneable handle; `Debug` names no internals).
+#[derive(Clone)]
+pub struct SpanSinkHandle(pub Arc<dyn SpanSink>);
+
+impl fmt::Debug for SpanSinkHandle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("SpanSinkHandle(..)")
+    }
+}
+
+thread_local! {
+    /// The engine's span sink, set on each shard thread when it starts.
+    static SINK: RefCell<Option<Arc<dyn SpanSink>>> = const { RefCell::new(None) };
+}
+
+/// Makes `sink` the span sink of the calling (shard) thread.
+pub(crate) fn set_thread_sink(sink: Option<SpanSinkHandle>) {
+    SINK.with(|s| *s.borrow_mut() = sink.map(|h| h.0));
+}
+
+fn unix_ns() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+}
+
+/// The record of a span that starts now, if this thread has a sink that wants its trace (and
+/// the trace is sampled by its W3C flag).
+fn pending(
+    kind: SpanKind,
+    ctx: &TraceContext,
+    parent: TraceContext,
+    actor: Option<&quark_placement::ActorId>,
+    message: &'static str,
+    shard: crate::ShardId,
+    node: Option<quark_placement::NodeId>,
+) -> Option<Box<SpanRecord>> {
+    if !ctx.sampled() {
+        return None;
+    }
+    SINK.with(|s| {
+        let s = s.borrow();
+        let sink = s.as_ref()?;
+        sink.wants(ctx.trace_id()).then(|| {
+            let start = unix_ns();
+            Box::new(SpanRecord {
+                kind,
+                trace_id: ctx.trace_id(),
+                span_id: ctx.span_id(),
+                parent_span_id: parent.span_id(),
+                flags: ctx.flags(),
+                actor: actor.map(ToString::to_string),
+                message,
+                shard,
+                node,
+                start_unix_ns: start,
+                end_unix_ns: start,
+                status: SpanStatus::Ok,
+            })
+        })
+    })
+}
+
+/// Ends a record now and hands it to the thread's sink.
+fn finish(mut rec: Box<SpanRecord>, status: SpanStatus) {
+    rec.end_unix_ns = unix_ns().max(rec.start_unix_ns);
+    rec.status = status;
+    // `try_with`: a task dropped while the thread's locals are being destroyed exports
+    // nothing rather than panicking.
+    let _ = SINK.try_with(|s| {
+        if let Some(sink) = s.borrow().as_ref() {
+            sink.record(*rec);
+        }
+    });
 }
 
 #[cfg(test)]

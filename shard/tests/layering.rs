@@ -15,7 +15,7 @@ const LEAVES: &[(&str, &[&str])] = &[
     ("stats.rs", &[]),
     ("timers.rs", &[]),
     ("admission.rs", &[]),
-    ("turn.rs", &[]),
+    ("turn.rs", &["stats"]),
     ("trace.rs", &[]),
     ("sync.rs", &[]),
     ("log_tasks.rs", &["rt"]),

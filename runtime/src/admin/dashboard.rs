@@ -1,6 +1,6 @@
 //! The dashboard: one static page (HTML, CSS and a script) compiled into the binary with
 //! `include_str!` (no build step, no files to install). The node does no work for it beyond
-//! answering the page's polls of `/quark/status` and `/quark/shards`; the script polls only
+//! answering the page's polls of `/quark/status`, `/quark/shards` and `/quark/load`; the script polls only
 //! while the page is open and visible, once a second (`POLL_MS` in `assets/dashboard.js`),
 //! one poll at a time.
 
@@ -30,6 +30,7 @@ mod tests {
         assert!(html.contains("href=\"/dashboard.css\""));
         assert_eq!(asset("/dashboard"), asset("/"));
         assert!(JS.contains("/quark/shards") && JS.contains("/quark/status"));
+        assert!(JS.contains("/quark/load"));
         assert!(asset("/dashboard.json").is_none());
     }
 }

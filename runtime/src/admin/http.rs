@@ -267,6 +267,7 @@ fn route(req: &Request, shared: &Shared) -> (u16, &'static str, Vec<u8>) {
             }
         }
         "/quark/actors" => super::actors::list(shared, &req.query),
+        "/quark/load" => super::load::serve(shared),
         "/quark/actors/counts" => super::actors::counts(shared),
         "/quark/status" => {
             let status = super::status::build(shared);

@@ -505,6 +505,7 @@ pub(crate) fn encode(
     let mut families = registry.gather();
     if let (Some(_), Ok(live)) = (shards, snapshots) {
         families.extend(ask_latency_family(live));
+        families.extend(super::load::families(live));
     }
     families.extend(group_commit_family(with_probes));
     let mut out = Vec::with_capacity(16 * 1024);
@@ -802,14 +803,20 @@ pub(crate) fn render(shared: &Shared) -> Result<String, RenderError> {
         None => Ok(&[][..]),
     };
     let mut mono = shared.monotonic.lock().unwrap_or_else(|p| p.into_inner());
-    encode(
+    let mut text = encode(
         shards,
         snaps,
         probes,
         phase,
         shared.started.elapsed().as_secs_f64(),
         &mut mono,
-    )
+    )?;
+    if let Some(o) = shared.otlp.get() {
+        let mut out = Vec::new();
+        TextEncoder::new().encode(&super::load::otlp_families(o.get()), &mut out)?;
+        text.push_str(&String::from_utf8(out)?);
+    }
+    Ok(text)
 }
 
 #[cfg(test)]

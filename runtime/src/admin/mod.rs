@@ -11,6 +11,9 @@
 //! - `GET /quark/status`: a JSON [`Status`] (node id, version, state, shards, peers).
 //! - `GET /quark/shards`: a JSON [`ShardsReport`]: every shard's load counters, its log's,
 //!   its job queue's and its outbox's figures (read on the shards at request time).
+//! - `GET /quark/load`: a JSON [`LoadReport`]: turns and turn durations per actor type, the
+//!   busiest actors, the communication graph (between types, shards, nodes), the peers'
+//!   round-trip times and the trace exporter's counters.
 //! - `GET /quark/actors?type=..&prefix=..&shard=..&idle_ms=..&limit=..&cursor=..`: a page of
 //!   live activations ([`ActorsPage`]); `GET /quark/actors/counts`: live activations per type
 //!   and shard ([`ActorCounts`]). Both walk the shards at request time.
@@ -34,6 +37,7 @@ mod client;
 mod dashboard;
 mod http;
 mod jobs;
+mod load;
 mod metrics;
 mod probe;
 mod reminders;
@@ -55,6 +59,10 @@ pub use client::{fetch, fetch_status, request, FetchError, Response};
 pub use jobs::{
     encode_component, ApiError, JobView, JobsPage, JobsSummary, PauseState, JOBS_PAGE_DEFAULT,
     JOBS_PAGE_MAX,
+};
+pub use load::{
+    quantile_us, EdgeReport, LoadReport, NodeTraffic, OtlpReport, PeerRttReport, TopActorReport,
+    TypeReport, LOAD_METRICS, TOP_ACTORS_NODE,
 };
 pub(crate) use probe::{journal_persisted, projection_fed};
 pub use probe::{JournalFigures, LogFigures, OutboxFigures};
@@ -176,6 +184,8 @@ pub(crate) struct Shared {
     started: Instant,
     /// The last value exported for each counter (see `metrics::Monotonic`).
     monotonic: Mutex<metrics::Monotonic>,
+    /// The OTLP exporter's counters, once the node started one.
+    otlp: OnceLock<crate::otlp::OtlpStatsHandle>,
 }
 
 impl Shared {
@@ -220,6 +230,7 @@ impl AdminServer {
             info: OnceLock::new(),
             started: Instant::now(),
             monotonic: Mutex::new(metrics::Monotonic::default()),
+            otlp: OnceLock::new(),
         });
         let server = http::Server::start(config.listen, shared.clone())?;
         tracing::info!(addr = %server.addr(), "admin endpoint listening");
@@ -244,6 +255,11 @@ impl AdminServer {
     }
 
     /// Shutdown began: not ready any more.
+    /// Exports the OTLP exporter's counters from now on.
+    pub(crate) fn set_otlp(&self, stats: crate::otlp::OtlpStatsHandle) {
+        let _ = self.shared.otlp.set(stats);
+    }
+
     pub(crate) fn set_draining(&self) {
         self.set_phase(Phase::Draining);
     }

@@ -55,6 +55,9 @@ pub struct EngineConfig {
     pub log_compact_interval: Option<Duration>,
     /// Cluster membership and transport (`None`: a standalone node).
     pub net: Option<crate::net::NetConfig>,
+    /// Where finished spans of traced turns and tasks go (an exporter; see
+    /// [`crate::SpanSink`]). `None`: spans only go to the `tracing` subscriber.
+    pub span_sink: Option<crate::SpanSinkHandle>,
     /// Where shards read their time (timers, deadlines); tests set a `ManualClock`.
     #[doc(hidden)]
     pub clock: crate::clock::Clock,
@@ -105,6 +108,7 @@ impl Default for EngineConfig {
             log: None,
             log_compact_interval: Some(Duration::from_secs(10)),
             net: None,
+            span_sink: None,
             start_fault: None,
             clock: crate::clock::Clock::default(),
         }

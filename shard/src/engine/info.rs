@@ -125,6 +125,8 @@ pub struct ShardStatsSnapshot {
     /// Messages waiting in this shard's inbound rings now: published by the sending shards,
     /// not yet consumed by this one (read when the snapshot is taken).
     pub ring_occupancy: u64,
+    /// Turns by actor type, the busiest actors and the communication graph.
+    pub load: crate::LoadSnapshot,
 }
 
 /// Tells and asks of one kind, since the node started.

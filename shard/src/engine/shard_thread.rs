@@ -72,6 +72,7 @@ pub(super) fn shard_main(
     let fail = |cause: StartFailure| {
         let _ = events.send(ShardEvent::Failed(id, cause));
     };
+    crate::trace::set_thread_sink(shared.config.span_sink.clone());
     let pinning = pin_shard(id, core_id, shared.config.pin_threads);
     let running_on = current_cpu();
     let (mut rt, driver) = match build_runtime(id, core_id, &shared, fault) {

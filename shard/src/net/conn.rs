@@ -298,6 +298,36 @@ impl Link {
         self.state.get() == LinkState::Up
     }
 
+    /// The kernel's smoothed round-trip time of the link's TCP connection and its variation,
+    /// µs (`TCP_INFO`: measured from the acknowledgements of what was sent, heartbeats
+    /// included; no frame of Quark's own). `None` while the link is not up.
+    pub(crate) fn tcp_rtt_us(&self) -> Option<(u32, u32)> {
+        if !self.is_up() {
+            return None;
+        }
+        let wire = self.wire.borrow();
+        let w = wire.as_ref()?;
+        if w.closed.get() {
+            return None;
+        }
+        let fd = w.fd.get()?;
+        // SAFETY: `tcp_info` is plain data (all-zero is a valid value); `getsockopt` writes at
+        // most `len` bytes into it. `fd` is the open socket of this connection (not closed:
+        // checked above, and closing happens on this thread).
+        unsafe {
+            let mut info: libc::tcp_info = std::mem::zeroed();
+            let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+            let r = libc::getsockopt(
+                fd,
+                libc::IPPROTO_TCP,
+                libc::TCP_INFO,
+                std::ptr::addr_of_mut!(info).cast(),
+                &mut len,
+            );
+            (r == 0 && info.tcpi_rtt > 0).then_some((info.tcpi_rtt, info.tcpi_rttvar))
+        }
+    }
+
     /// The connection to send on, unless the peer is known to be unreachable.
     pub(crate) fn wire(&self) -> Option<Rc<Outbound>> {
         if self.state.get() == LinkState::Down {

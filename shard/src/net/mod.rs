@@ -204,6 +204,21 @@ pub struct NetStatsSnapshot {
     pub replies_lost: u64,
     /// Peer nodes whose dialed link is up now.
     pub links_up: u64,
+    /// Round-trip time to each peer whose dialed link is up, by node id.
+    pub peer_rtt: Vec<PeerRtt>,
+}
+
+/// The round-trip time of one shard's connection to a peer: the kernel's smoothed estimate
+/// (`TCP_INFO`), from the acknowledgements of the frames sent (heartbeats included), read when
+/// the snapshot is taken.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PeerRtt {
+    /// The peer node.
+    pub node: NodeId,
+    /// Smoothed round-trip time, µs.
+    pub rtt_us: u32,
+    /// Its mean deviation, µs.
+    pub rttvar_us: u32,
 }
 
 /// One shard's transport state.
@@ -241,6 +256,22 @@ impl NetShard {
             tells_dropped: s.tells_dropped.get(),
             replies_lost: s.replies_lost.get(),
             links_up: self.links.values().filter(|l| l.is_up()).count() as u64,
+            peer_rtt: {
+                let mut v: Vec<PeerRtt> = self
+                    .links
+                    .values()
+                    .filter_map(|l| {
+                        let (rtt_us, rttvar_us) = l.tcp_rtt_us()?;
+                        Some(PeerRtt {
+                            node: l.peer,
+                            rtt_us,
+                            rttvar_us,
+                        })
+                    })
+                    .collect();
+                v.sort_by_key(|p| p.node);
+                v
+            },
         }
     }
 }

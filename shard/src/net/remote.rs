@@ -1,6 +1,7 @@
 //! Messages across nodes: sending an ask or a tell to an actor owned by another node, handling
 //! requests that arrive from the network, and matching replies to calls.
 
+use std::any::TypeId;
 use std::rc::Rc;
 use std::time::Duration;
 
@@ -230,6 +231,8 @@ where
     wire.pending.borrow_mut().insert(corr);
     wire.wake_writer();
     crate::stats::add(&core.stats.asks[crate::stats::REMOTE], 1);
+    core.stats.sent_to_node(node);
+    crate::stats::note_send_by(|| core.node.type_index.get(&TypeId::of::<A>()).copied());
     let outcome = std::future::poll_fn(|cx| {
         let r = core.calls.borrow_mut().poll(wait.call, cx);
         if r.is_ready() {
@@ -372,6 +375,7 @@ where
     wire.frames_queued.set(wire.frames_queued.get() + 1);
     wire.tells_queued.set(wire.tells_queued.get() + 1);
     crate::stats::add(&core.stats.tells[crate::stats::REMOTE], 1);
+    crate::stats::note_send_by(|| core.node.type_index.get(&TypeId::of::<A>()).copied());
     wire.wake_writer();
     Ok(())
 }
@@ -410,7 +414,7 @@ where
             });
         }
     }
-    queue_tell(aref, &core, &wire, codec, msg)
+    queue_tell(aref, &core, &wire, codec, msg).inspect(|()| core.stats.sent_to_node(node))
 }
 
 /// A tell from shard `core` to actor `id` owned by node `node`, at once: `Full` if the
@@ -438,7 +442,7 @@ where
             place: "connection buffer",
         });
     }
-    queue_tell(aref, core, &wire, codec, msg)
+    queue_tell(aref, core, &wire, codec, msg).inspect(|()| core.stats.sent_to_node(node))
 }
 
 /// Where the reply to a request from the network goes: the connection it came on. Counts as

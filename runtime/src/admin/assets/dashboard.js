@@ -1,9 +1,11 @@
-// The Quark node dashboard. Polls /quark/status and /quark/shards every POLL_MS while the page
-// is visible (nothing when hidden or closed), and turns counter deltas into rates.
+// The Quark node dashboard. Polls /quark/status, /quark/shards and /quark/load every POLL_MS
+// while the page is visible (nothing when hidden or closed), and turns counter deltas into
+// rates.
 "use strict";
 const POLL_MS = 1000;
 const HISTORY = 120; // points of the messages/s sparkline
 let prev = null; // the last /quark/shards report
+let prevLoad = null; // the last /quark/load report
 let polls = 0;
 let timer = null;
 let busy = false; // a poll is in flight (at most one at a time)
@@ -70,6 +72,7 @@ function renderStatus(st) {
   const cores = new Map(st.shards.map((s) => [s.shard, s]));
   const peers = st.peers.map((p) => {
     const tr = document.createElement("tr");
+    tr.dataset.node = p.node_id;
     cell(tr, p.node_id);
     cell(tr, p.addr);
     return tr;
@@ -77,7 +80,7 @@ function renderStatus(st) {
   fill(document.querySelector("#peers tbody"), peers);
   $("peers").hidden = peers.length === 0;
   $("peers-none").hidden = peers.length > 0;
-  return cores;
+  return [cores, peers];
 }
 
 function renderShards(rep, cores) {
@@ -209,6 +212,130 @@ function renderShards(rep, cores) {
   }
 }
 
+// Quantiles come precomputed (bucket upper bounds, µs) in /quark/load.
+function renderLoad(ld, peers) {
+  const secs = prevLoad ? ld.uptime_seconds - prevLoad.uptime_seconds : 0;
+  const was = new Map((prevLoad ? prevLoad.types : []).map((t) => [t.actor_type, t]));
+  $("sample-every").textContent = ld.sample_every;
+  fill(document.querySelector("#type-calls tbody"), ld.types.map((t) => {
+    const tr = document.createElement("tr");
+    tr.dataset.type = t.actor_type;
+    cell(tr, t.actor_type);
+    cell(tr, fmt(t.handled), { class: "handled" });
+    cell(tr, fmt(rate(t.handled, (was.get(t.actor_type) || {}).handled, secs)), { class: "call-rate" });
+    cell(tr, t.p50_us === null ? "–" : micros(t.p50_us), { class: "turn-p50" });
+    cell(tr, t.p99_us === null ? "–" : micros(t.p99_us), { class: "turn-p99" });
+    cell(tr, t.mean_us === null ? "–" : `${fmt(t.mean_us)} µs`);
+    cell(tr, fmt(t.sampled), { class: "sampled" });
+    return tr;
+  }));
+  $("top-window").textContent = ld.top_actors.length ? "(last 10–20 s)" : "";
+  fill(document.querySelector("#top-actors tbody"), ld.top_actors.map((a) => {
+    const tr = document.createElement("tr");
+    cell(tr, a.actor, { class: "actor" });
+    cell(tr, a.shard);
+    cell(tr, fmt(a.messages_est), { class: "top-msgs" });
+    cell(tr, fmt(a.per_second_est));
+    return tr;
+  }));
+  $("top-none").hidden = ld.top_actors.length > 0 || !!ld.error;
+  const wasEdge = new Map((prevLoad ? prevLoad.edges : []).map((e) => [`${e.caller}>${e.callee}`, e.messages_est]));
+  fill(document.querySelector("#call-edges tbody"), ld.edges.map((e) => {
+    const tr = document.createElement("tr");
+    tr.dataset.edge = `${e.caller}>${e.callee}`;
+    cell(tr, e.caller);
+    cell(tr, e.callee);
+    cell(tr, fmt(e.messages_est), { class: "edge-msgs" });
+    cell(tr, fmt(rate(e.messages_est, wasEdge.get(`${e.caller}>${e.callee}`), secs)));
+    return tr;
+  }));
+  $("edges-none").hidden = ld.edges.length > 0 || !!ld.error;
+  drawGraph(ld.edges);
+  // The shard matrix: requests per second (totals before the second poll).
+  const n = ld.shard_matrix.length;
+  const head = document.querySelector("#shard-matrix thead tr");
+  const hs = ["from \\ to", ...ld.shard_matrix.map((_, i) => `shard ${i}`)].map((t) => { const th = document.createElement("th"); th.textContent = t; return th; });
+  head.replaceChildren(...hs);
+  fill(document.querySelector("#shard-matrix tbody"), ld.shard_matrix.map((row, from) => {
+    const tr = document.createElement("tr");
+    tr.dataset.shard = from;
+    cell(tr, `shard ${from}`);
+    row.slice(0, n).forEach((v, to) => {
+      const before = prevLoad && prevLoad.shard_matrix[from] ? prevLoad.shard_matrix[from][to] : undefined;
+      const r = rate(v, before, secs);
+      cell(tr, from === to ? "·" : fmt(r === null ? v : r), { "data-total": v });
+    });
+    return tr;
+  }));
+  const wasNode = new Map((prevLoad ? prevLoad.to_nodes : []).map((t) => [t.node, t.requests]));
+  fill(document.querySelector("#node-traffic tbody"), ld.to_nodes.map((t) => {
+    const tr = document.createElement("tr");
+    cell(tr, t.node);
+    cell(tr, fmt(t.requests), { class: "node-requests" });
+    cell(tr, fmt(rate(t.requests, wasNode.get(t.node), secs)));
+    return tr;
+  }));
+  // RTT and traffic per peer, in the cluster panel's peers table.
+  const rtt = new Map();
+  for (const p of ld.peer_rtt) {
+    const e = rtt.get(p.node);
+    if (!e || p.rtt_us < e.rtt_us) rtt.set(p.node, p);
+  }
+  for (const tr of peers) {
+    const node = Number(tr.dataset.node);
+    const p = rtt.get(node);
+    cell(tr, p ? micros(p.rtt_us).replace("≤ ", "") : "–", { class: "rtt" });
+    cell(tr, p ? micros(p.rttvar_us).replace("≤ ", "") : "–");
+    cell(tr, fmt(rate((ld.to_nodes.find((t) => t.node === node) || {}).requests, wasNode.get(node), secs)));
+  }
+  const o = ld.otlp;
+  const body = document.querySelector("#otlp tbody");
+  if (o) {
+    const tr = document.createElement("tr");
+    cell(tr, fmt(o.spans_queued));
+    cell(tr, fmt(o.spans_exported), { class: "otlp-exported" });
+    cell(tr, fmt(o.spans_dropped_queue_full));
+    cell(tr, fmt(o.spans_failed));
+    body.replaceChildren(tr);
+  } else {
+    body.replaceChildren();
+  }
+  $("otlp").hidden = !o;
+  $("otlp-none").hidden = !!o;
+}
+
+// The type graph: types on a circle, an arrow per edge, its width by messages.
+function drawGraph(edges) {
+  const svg = $("graph-svg");
+  const ns = "http://www.w3.org/2000/svg";
+  const names = [...new Set(edges.flatMap((e) => [e.caller, e.callee]))].sort();
+  const pos = new Map(names.map((n, i) => {
+    const a = (2 * Math.PI * i) / Math.max(1, names.length) - Math.PI / 2;
+    return [n, [210 + 150 * Math.cos(a), 110 + 80 * Math.sin(a)]];
+  }));
+  const max = Math.max(1, ...edges.map((e) => e.messages_est));
+  const kids = [];
+  for (const e of edges) {
+    const [x1, y1] = pos.get(e.caller), [x2, y2] = pos.get(e.callee);
+    const p = document.createElementNS(ns, "path");
+    p.setAttribute("d", e.caller === e.callee
+      ? `M${x1 - 8},${y1 - 12} C${x1 - 30},${y1 - 50} ${x1 + 30},${y1 - 50} ${x1 + 8},${y1 - 12}`
+      : `M${x1},${y1} L${x2},${y2}`);
+    p.setAttribute("stroke-width", 1 + 5 * (e.messages_est / max));
+    kids.push(p);
+  }
+  for (const n of names) {
+    const [x, y] = pos.get(n);
+    const c = document.createElementNS(ns, "circle");
+    c.setAttribute("cx", x); c.setAttribute("cy", y); c.setAttribute("r", 12);
+    const t = document.createElementNS(ns, "text");
+    t.setAttribute("x", x); t.setAttribute("y", y + 26);
+    t.textContent = n;
+    kids.push(c, t);
+  }
+  svg.replaceChildren(...kids);
+}
+
 async function getJson(path) {
   const r = await fetch(path, { cache: "no-store" });
   if (!r.ok) throw new Error(`${path}: HTTP ${r.status}`);
@@ -219,15 +346,17 @@ async function poll() {
   timer = null;
   busy = true;
   try {
-    const [st, rep] = await Promise.all([getJson("/quark/status"), getJson("/quark/shards")]);
-    const cores = renderStatus(st);
+    const [st, rep, ld] = await Promise.all([getJson("/quark/status"), getJson("/quark/shards"), getJson("/quark/load")]);
+    const [cores, peers] = renderStatus(st);
     renderShards(rep, cores);
+    renderLoad(ld, peers);
     prev = rep;
+    prevLoad = ld;
     polls += 1;
     $("polls").textContent = polls;
     const err = $("poll-error");
-    err.hidden = !rep.error;
-    err.textContent = rep.error || "";
+    err.hidden = !(rep.error || ld.error);
+    err.textContent = rep.error || ld.error || "";
   } catch (e) {
     const err = $("poll-error");
     err.hidden = false;
@@ -248,6 +377,7 @@ document.addEventListener("visibilitychange", () => {
     if (timer !== null) clearTimeout(timer);
     timer = null;
     prev = null;
+    prevLoad = null;
   } else {
     schedule(0);
   }
