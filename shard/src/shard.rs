@@ -54,6 +54,8 @@ pub(crate) struct Shard {
     pub(crate) log: Option<Rc<quark_persist::Log<crate::rt::log_io::UringIo>>>,
     /// The shard's cluster transport, if the engine is part of a cluster (or a client).
     pub(crate) net: Option<crate::net::NetShard>,
+    /// Placement directory and moves (`migrate`, `directory`).
+    pub(crate) migration: crate::migrate::Migrations,
 }
 
 impl Shard {
@@ -77,6 +79,7 @@ impl Shard {
             sched: Scheduler::new(id, node.clone()),
             log,
             net: config.net.as_ref().map(crate::net::NetShard::new),
+            migration: crate::migrate::Migrations::new(id),
             node,
         }
     }
@@ -329,6 +332,12 @@ impl Shard {
             mailbox_depth_max,
             ring_overflow: self.cross.overflow_len() as u64,
             ring_occupancy: self.cross.incoming_len() as u64,
+            migrations_started: s.migrations_started.get(),
+            migrations_done: s.migrations_done.get(),
+            migrations_aborted: s.migrations_aborted.get(),
+            migration_bytes: s.migration_bytes.get(),
+            migrate_forwarded: s.migrate_forwarded.get(),
+            directory_entries: self.migration.entries() as u64,
         }
     }
 }

@@ -125,6 +125,18 @@ pub struct ShardStatsSnapshot {
     /// Messages waiting in this shard's inbound rings now: published by the sending shards,
     /// not yet consumed by this one (read when the snapshot is taken).
     pub ring_occupancy: u64,
+    /// Moves ordered by this shard as the actors' home shard (docs/MIGRATION.md).
+    pub migrations_started: u64,
+    /// Moves that ended with the actor on its new shard.
+    pub migrations_done: u64,
+    /// Moves aborted at their deadline (or refused by the actor's shard); the actor stayed.
+    pub migrations_aborted: u64,
+    /// Bytes of dehydrated state moved (states moved as a box count 0).
+    pub migration_bytes: u64,
+    /// Messages this shard, as their home, forwarded to actors living on another shard.
+    pub migrate_forwarded: u64,
+    /// Actors of this home shard that live on another shard or are moving now.
+    pub directory_entries: u64,
 }
 
 /// Tells and asks of one kind, since the node started.
