@@ -16,7 +16,7 @@ fn config() -> EngineConfig {
     EngineConfig {
         shards: ShardSpec::Count(2),
         idle_spin: Duration::from_micros(20),
-        ask_timeout: Duration::from_secs(30),
+        ask_timeout: Duration::from_secs(10),
         ..EngineConfig::default()
     }
 }
@@ -26,6 +26,12 @@ fn id_of<A: Actor>(key: impl Into<ActorKey>) -> ActorId {
         type_name: A::TYPE_NAME,
         key: key.into(),
     }
+}
+
+/// Waits for `rx` at most `limit` (a hung shard fails the test instead of hanging it).
+fn within<T>(limit: Duration, what: &str, rx: mpsc::Receiver<T>) -> T {
+    rx.recv_timeout(limit)
+        .unwrap_or_else(|e| panic!("{what}: no answer within {limit:?} ({e})"))
 }
 
 /// Polls `cond` until it holds; fails naming `what` after `limit`.
@@ -283,10 +289,15 @@ fn concurrent_first_calls_from_every_shard_while_the_actor_moves() {
         let away = 1 - home;
         engine.migrate(&id, away).expect("move away");
         engine.migrate(&id, home).expect("move back");
-        for c in calls {
-            c.join().expect("caller");
-        }
-        outside.join().expect("outside caller");
+        let (done_tx, done) = mpsc::channel();
+        std::thread::spawn(move || {
+            for c in calls {
+                c.join().expect("caller");
+            }
+            outside.join().expect("outside caller");
+            let _ = done_tx.send(());
+        });
+        within(Duration::from_secs(30), "the callers", done);
         let n = block_on(engine.actor_ref::<Solo>(key).ask(Hit(round))).expect("count");
         assert_eq!(
             n,
