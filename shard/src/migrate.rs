@@ -371,8 +371,10 @@ struct Pause {
     cmd: Cmd,
     timer: TimerId,
     /// Puts the activation back in its table (abort).
-    undo: Box<dyn FnOnce(&Rc<Shard>)>,
+    undo: Undo,
 }
+
+type Undo = Box<dyn FnOnce(&Rc<Shard>)>;
 
 /// How a move ended, sent back to the home.
 enum Outcome {

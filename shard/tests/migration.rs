@@ -144,7 +144,7 @@ fn hundred_senders_while_the_actor_moves_a_thousand_times() {
                 seq += 1;
                 let m = Step { sender, seq };
                 // Odd senders tell seven messages out of eight, then wait for an answer.
-                let r = if sender % 2 == 1 && seq % 8 != 0 {
+                let r = if sender % 2 == 1 && !seq.is_multiple_of(8) {
                     r.tell(m).await
                 } else {
                     r.ask(m).await.map(drop)
