@@ -217,6 +217,16 @@ impl Engine {
         crate::migrate::migrate_blocking(&self.shared, actor, to)
     }
 
+    /// The registered name of the actor type called `name`, if one is (for callers that read
+    /// type names from outside, to build an [`quark_placement::ActorId`]).
+    pub fn registered_type(&self, name: &str) -> Option<&'static str> {
+        self.shared
+            .types
+            .iter()
+            .map(|t| t.name())
+            .find(|n| *n == name)
+    }
+
     /// Where `actor` lives on this node (asks its home shard; blocks the calling thread).
     pub fn placement(
         &self,
