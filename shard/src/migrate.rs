@@ -950,6 +950,19 @@ fn settle(core: &Rc<Shard>, slot: Slot, cmd: Cmd, outcome: Outcome) {
 
 // ---- the API
 
+/// `OtherNode` if `actor` belongs to another node of the cluster (by the cluster's placement).
+fn check_local(node: &NodeShared, actor: &ActorId) -> Result<(), MigrateError> {
+    match &node.net {
+        Some(net) => match quark_placement::node_for(actor, &net.members) {
+            Some(n) if n != net.node_id => Err(MigrateError::OtherNode {
+                actor: actor.clone(),
+            }),
+            _ => Ok(()),
+        },
+        None => Ok(()),
+    }
+}
+
 fn type_by_name(node: &NodeShared, type_name: &str) -> Result<u16, MigrateError> {
     node.types
         .iter()
@@ -967,6 +980,7 @@ pub(crate) fn migrate_blocking(
     to: ShardId,
 ) -> Result<Moved, MigrateError> {
     let type_idx = type_by_name(node, actor.type_name)?;
+    check_local(node, actor)?;
     let rx = request(node, type_idx, actor.key.clone(), to);
     crate::block_on(rx).unwrap_or_else(|_| {
         Err(MigrateError::ShuttingDown {
@@ -981,6 +995,7 @@ pub(crate) fn placement_blocking(
     actor: &ActorId,
 ) -> Result<Placement, MigrateError> {
     let type_idx = type_by_name(node, actor.type_name)?;
+    check_local(node, actor)?;
     let rx = request_placement(node, type_idx, actor.key.clone());
     crate::block_on(rx).map_err(|_| MigrateError::ShuttingDown {
         actor: actor.clone(),

@@ -519,3 +519,118 @@ fn dehydrated_state_moves_as_bytes_and_refusals_say_why() {
     ));
     engine.shutdown();
 }
+
+// ---- senders on another node
+
+struct Tally {
+    n: u64,
+}
+impl Actor for Tally {
+    const TYPE_NAME: &'static str = "mig-tally";
+}
+#[derive(quark_net::rkyv::Archive, quark_net::rkyv::Serialize, quark_net::rkyv::Deserialize)]
+#[rkyv(crate = quark_net::rkyv)]
+struct Add(u64);
+impl Message for Add {
+    type Reply = (u64, u16);
+}
+impl quark_net::WireMessage for Add {
+    const WIRE_NAME: &'static str = "migration-test.Add";
+}
+impl Handler<Add> for Tally {
+    async fn handle(&mut self, m: Add, ctx: &Context<Self>) -> (u64, u16) {
+        self.n += m.0;
+        (self.n, ctx.shard())
+    }
+}
+
+fn two_nodes() -> Vec<Engine> {
+    use quark_net::{ClusterConfig, MemberAddr, Membership, PeerRole};
+    let ls: Vec<std::net::TcpListener> = (0..2)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("bind loopback"))
+        .collect();
+    let members = Membership::from_config(&ClusterConfig {
+        cluster_id: "migration".into(),
+        nodes: ls
+            .iter()
+            .enumerate()
+            .map(|(i, l)| MemberAddr {
+                id: i as u64 + 1,
+                addr: l.local_addr().expect("bound").to_string(),
+            })
+            .collect(),
+    })
+    .expect("membership");
+    ls.into_iter()
+        .enumerate()
+        .map(|(i, l)| {
+            let mut net =
+                quark_shard::NetConfig::new(i as u64 + 1, PeerRole::Member, members.clone());
+            net.listener = Some(Arc::new(l));
+            EngineBuilder::new(EngineConfig {
+                pin_threads: false,
+                net: Some(net),
+                ..config()
+            })
+            .register(ActorType::new(|_| Tally { n: 0 }).movable())
+            .remote::<Tally, Add>()
+            .start()
+            .expect("engine starts")
+        })
+        .collect()
+}
+
+/// Asks from another node reach an actor moved away from its home shard (through the home,
+/// which relays the replies), exactly once each and in order; a node refuses to move an actor
+/// that another node owns.
+#[test]
+fn asks_from_another_node_follow_a_moved_actor() {
+    let nodes = two_nodes();
+    // A key node 1 owns, asked from node 2.
+    let key = (0..10_000u64)
+        .find(|k| nodes[1].actor_ref::<Tally>(*k).remote_node() == Some(1))
+        .expect("some key lands on node 1");
+    let id = id_of::<Tally>(key);
+    let from_2 = nodes[1].actor_ref::<Tally>(key);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    // The first ask waits for the link to come up.
+    let (n, home) = loop {
+        match from_2.ask_blocking(Add(1)) {
+            Ok(r) => break r,
+            Err(e) => assert!(Instant::now() < deadline, "node 1 never answered: {e}"),
+        }
+        std::thread::yield_now();
+    };
+    assert_eq!(n, 1);
+    let mut total = 1;
+    for round in 0..20u64 {
+        let to = if round % 2 == 0 { 1 - home } else { home };
+        let m = nodes[0].migrate(&id, to).expect("move on node 1");
+        assert_eq!(m.to, to);
+        for _ in 0..10 {
+            total += 1;
+            assert_eq!(
+                from_2.ask_blocking(Add(1)),
+                Ok((total, to)),
+                "round {round}"
+            );
+        }
+    }
+    assert!(matches!(
+        nodes[1].migrate(&id, 0),
+        Err(MigrateError::OtherNode { .. })
+    ));
+    let forwarded: u64 = nodes[0]
+        .stats()
+        .expect("stats")
+        .iter()
+        .map(|s| s.migrate_forwarded)
+        .sum();
+    assert_eq!(
+        forwarded, 100,
+        "every ask made while the actor was away went through its home"
+    );
+    for n in nodes {
+        n.shutdown();
+    }
+}
