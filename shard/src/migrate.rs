@@ -389,8 +389,9 @@ enum Outcome {
 pub(crate) struct Migrations {
     pub(crate) directory: RefCell<Directory<Box<dyn Relay>, Order>>,
     pauses: RefCell<FxHashMap<Slot, Pause>>,
-    /// Moves started in the current one-second window: (window start, count).
-    window: Cell<(Instant, u32)>,
+    /// Moves started in the current one-second window: (window start, count); no window
+    /// before the first move (the start is the shard clock's reading, not `Instant::now`).
+    window: Cell<(Option<Instant>, u32)>,
     next_ticket: Cell<u64>,
 }
 
@@ -399,7 +400,7 @@ impl Migrations {
         Migrations {
             directory: RefCell::new(Directory::new(home)),
             pauses: RefCell::new(FxHashMap::default()),
-            window: Cell::new((Instant::now(), 0)),
+            window: Cell::new((None, 0)),
             next_ticket: Cell::new(1),
         }
     }
@@ -423,17 +424,17 @@ impl Migrations {
         if limit == 0 {
             return true;
         }
-        let (start, n) = self.window.get();
-        let (start, n) = if now.saturating_duration_since(start) >= Duration::from_secs(1) {
-            (now, 0)
-        } else {
-            (start, n)
+        let (start, n) = match self.window.get() {
+            (Some(start), n) if now.saturating_duration_since(start) < Duration::from_secs(1) => {
+                (start, n)
+            }
+            _ => (now, 0),
         };
         if n >= limit {
-            self.window.set((start, n));
+            self.window.set((Some(start), n));
             return false;
         }
-        self.window.set((start, n + 1));
+        self.window.set((Some(start), n + 1));
         true
     }
 }
@@ -555,7 +556,9 @@ fn start(
         Ok(()) => {}
     }
     let limit = core.node.config.migrations_per_sec_max;
-    if !m.admit(core.now(), limit) {
+    // A fresh reading: the shard's reading is from before the batch of inbound messages
+    // this order came in (one batch can hold many orders).
+    if !m.admit(core.node.config.clock.now(), limit) {
         let _ = reply.send(Err(MigrateError::RateLimited {
             actor,
             shard: core.id,
@@ -805,7 +808,7 @@ pub(crate) fn pause_typed<A: Actor>(
     let mut on_timer = Some(slot.clone());
     let ticket = cmd.ticket;
     let timer = core.timers.borrow_mut().add(
-        core.now() + cmd.timeout,
+        core.node.config.clock.now() + cmd.timeout,
         None,
         Box::new(move || {
             if let (Some(core), Some(slot)) = (weak.upgrade(), on_timer.take()) {

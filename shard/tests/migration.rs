@@ -634,3 +634,86 @@ fn asks_from_another_node_follow_a_moved_actor() {
         n.shutdown();
     }
 }
+
+// ---- rate limit, and a moved actor's later life
+
+/// `migrations_per_sec_max` moves per home shard and second: the next one is refused until
+/// the shard's clock enters the next second.
+#[test]
+fn moves_beyond_the_rate_limit_are_refused_until_the_next_second() {
+    let clock = quark_shard::ManualClock::new();
+    let engine = EngineBuilder::new(EngineConfig {
+        migrations_per_sec_max: 2,
+        clock: clock.clone().into(),
+        ..config()
+    })
+    .register(ActorType::new(|_| Tally { n: 0 }).movable())
+    .start()
+    .expect("engine starts");
+    // Keys of one home shard (the limit is per home shard).
+    let keys: Vec<u64> = (0..100u64)
+        .filter(|k| engine.actor_ref::<Tally>(*k).owner_shard() == 0)
+        .take(4)
+        .collect();
+    let id = |i: usize| id_of::<Tally>(keys[i]);
+    assert_eq!(engine.migrate(&id(0), 1).map(|m| m.to), Ok(1));
+    assert_eq!(engine.migrate(&id(1), 1).map(|m| m.to), Ok(1));
+    assert!(matches!(
+        engine.migrate(&id(2), 1),
+        Err(MigrateError::RateLimited {
+            shard: 0,
+            limit: 2,
+            ..
+        })
+    ));
+    assert_eq!(
+        engine.placement(&id(2)).expect("placement").shard,
+        0,
+        "not moved"
+    );
+    clock.advance(Duration::from_secs(1));
+    assert_eq!(engine.migrate(&id(2), 1).map(|m| m.to), Ok(1));
+    let stats = engine.stats().expect("stats");
+    assert_eq!(
+        stats[0].migrations_started, 3,
+        "a refused move is not started"
+    );
+    engine.shutdown();
+}
+
+/// A moved actor that goes idle is deactivated on its new shard, and its next message
+/// activates it there again (it stays placed where it was moved, with fresh state).
+#[test]
+fn a_moved_actor_reactivates_where_it_was_moved() {
+    let engine = EngineBuilder::new(config())
+        .register(
+            ActorType::new(|_| Tally { n: 0 })
+                .movable()
+                .idle_timeout(Duration::from_millis(50)),
+        )
+        .start()
+        .expect("engine starts");
+    let key = quark_placement::key_for_shard(Tally::TYPE_NAME, 0, 2);
+    let r = engine.actor_ref::<Tally>(key);
+    assert_eq!(r.ask_blocking(Add(5)), Ok((5, 0)));
+    engine.migrate(&id_of::<Tally>(key), 1).expect("move");
+    assert_eq!(r.ask_blocking(Add(1)), Ok((6, 1)));
+    eventually(
+        Duration::from_secs(20),
+        "the idle deactivation on shard 1",
+        || engine.stats().expect("stats")[1].deactivations >= 1,
+    );
+    assert_eq!(
+        r.ask_blocking(Add(1)),
+        Ok((1, 1)),
+        "fresh state, on shard 1"
+    );
+    assert_eq!(
+        engine
+            .placement(&id_of::<Tally>(key))
+            .expect("placement")
+            .shard,
+        1
+    );
+    engine.shutdown();
+}
