@@ -717,3 +717,52 @@ fn a_moved_actor_reactivates_where_it_was_moved() {
     );
     engine.shutdown();
 }
+
+/// A node that shuts down while a move waits for its actor's turn to end stops normally, and
+/// the caller of the move gets an error (not a hang, and no move).
+#[test]
+fn shutdown_during_a_move_ends_it_with_an_error() {
+    let engine = EngineBuilder::new(EngineConfig {
+        migration_timeout: Duration::from_secs(60),
+        shutdown_timeout: Duration::from_millis(500),
+        ..config()
+    })
+    .register(ActorType::new(|_| Sloth { n: 0 }).movable())
+    .start()
+    .expect("engine starts");
+    let key = quark_placement::key_for_shard(Sloth::TYPE_NAME, 0, 2);
+    let r = engine.actor_ref::<Sloth>(key);
+    let (started_tx, started) = mpsc::channel();
+    let napper = {
+        let r = r.clone();
+        std::thread::spawn(move || {
+            r.ask_timeout_blocking(
+                Nap {
+                    started: started_tx,
+                    hold: Duration::from_secs(5),
+                },
+                Duration::from_secs(30),
+            )
+        })
+    };
+    started
+        .recv_timeout(Duration::from_secs(10))
+        .expect("the nap began");
+    let (moved_tx, moved) = mpsc::channel();
+    let mover = r.clone();
+    std::thread::spawn(move || {
+        let _ = moved_tx.send(block_on(mover.migrate(1)));
+    });
+    eventually(Duration::from_secs(10), "the move to start", || {
+        block_on(r.placement()).expect("placement").moving
+    });
+    let t0 = Instant::now();
+    engine.shutdown();
+    let result = within(Duration::from_secs(10), "the move's outcome", moved);
+    assert!(result.is_err(), "{result:?}");
+    assert!(t0.elapsed() < Duration::from_secs(10));
+    assert!(
+        napper.join().expect("napper").is_err(),
+        "the nap was cut by the shutdown"
+    );
+}
