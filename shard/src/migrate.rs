@@ -3,10 +3,11 @@
 //! Roles, for an actor whose home (hash placement) is shard H, living on shard X, moved to Y:
 //!
 //! 1. **H orders the move** ([`start`]): it is the one place every sender addresses, so it
-//!    orders every message to the actor. A move starts only when nothing waits in the actor's
-//!    directory entry; from then on, messages that miss H's table wait in the entry, in
-//!    arrival order. H sends the pause command to X through the H→X ring, *after* every
-//!    message it forwarded to X before, so X has them all when the command arrives.
+//!    orders every message to the actor. From the order on, messages that miss H's table
+//!    wait in the actor's directory entry, in arrival order. H sends the pause command to X
+//!    through the H→X ring *after* every message it forwarded to X before (if some still
+//!    wait there for a credit, the command waits behind them in the entry), so X has them
+//!    all when the command arrives.
 //! 2. **X pauses at a turn boundary** ([`pause_typed`], [`hand_over`]): it takes the
 //!    activation out of its table (nothing new can reach it: X's senders address H), asks it
 //!    to stop, and lets it handle what is already in its mailbox. When the mailbox is empty
@@ -174,8 +175,8 @@ pub enum MigrateError {
         /// The actor.
         actor: ActorId,
     },
-    /// A move of this actor is under way, or messages wait at its home for a credit: retry.
-    #[error("actor {actor}: a move or forwarded messages are under way at its home shard; retry")]
+    /// A move of this actor is under way: retry once it ended.
+    #[error("actor {actor}: a move of this actor is under way; retry once it ended")]
     Busy {
         /// The actor.
         actor: ActorId,
@@ -347,6 +348,15 @@ where
     }
 }
 
+/// What waits in a home shard's directory entry, in arrival order.
+pub(crate) enum Pending {
+    /// A message for the actor.
+    Msg(Box<dyn Relay>),
+    /// The pause command of the entry's move, sent to the actor's place once every message
+    /// before it has been sent there (only while the place is another shard).
+    Move,
+}
+
 /// A move ordered by a home shard, until the place's answer.
 pub(crate) struct Order {
     ticket: u64,
@@ -355,6 +365,19 @@ pub(crate) struct Order {
     timeout: Duration,
     started: Instant,
     reply: Option<oneshot::Sender<Result<Moved, MigrateError>>>,
+    /// The pause command went to the place (else it waits in the queue as `Pending::Move`).
+    sent: bool,
+}
+
+impl Order {
+    fn cmd(&self, home: ShardId) -> Cmd {
+        Cmd {
+            ticket: self.ticket,
+            home,
+            to: self.to,
+            timeout: self.timeout,
+        }
+    }
 }
 
 /// What the home sends to the actor's place.
@@ -387,7 +410,7 @@ enum Outcome {
 /// A shard's migration service: its directory (as a home) and its paused activations (as a
 /// place).
 pub(crate) struct Migrations {
-    pub(crate) directory: RefCell<Directory<Box<dyn Relay>, Order>>,
+    pub(crate) directory: RefCell<Directory<Pending, Order>>,
     pauses: RefCell<FxHashMap<Slot, Pause>>,
     /// Moves started in the current one-second window: (window start, count); no window
     /// before the first move (the start is the shard clock's reading, not `Instant::now`).
@@ -519,7 +542,7 @@ fn admissible(core: &Shard, slot: &Slot, actor: ActorId, to: ShardId) -> Result<
         return Err(MigrateError::ShuttingDown { actor });
     }
     let dir = core.migration.directory.borrow();
-    if dir.get(slot).is_some_and(|e| !e.is_quiet()) {
+    if dir.get(slot).is_some_and(|e| e.moving.is_some()) {
         return Err(MigrateError::Busy { actor });
     }
     Ok(())
@@ -569,28 +592,39 @@ fn start(
     let mut dir = m.directory.borrow_mut();
     let ticket = m.next_ticket.get();
     m.next_ticket.set(ticket + 1);
-    dir.entry(slot.clone()).moving = Some(Order {
+    let e = dir.entry(slot.clone());
+    // Messages waiting for a credit to the place go there first: the command waits behind
+    // them (they wait only while the place is another shard).
+    let now = e.queue.is_empty() && !e.flushing;
+    debug_assert!(now || from != core.id, "nothing waits for a credit to home");
+    let order = Order {
         ticket,
         from,
         to,
         timeout,
         started: Instant::now(),
         reply: Some(reply),
-    });
+        sent: now,
+    };
+    let cmd = order.cmd(core.id);
+    e.moving = Some(order);
+    if !now {
+        e.queue.push_back(Pending::Move);
+    }
     drop(dir);
     bump(&core.stats.migrations_started, 1);
-    let cmd = Cmd {
-        ticket,
-        home: core.id,
-        to,
-        timeout,
-    };
-    if from == core.id {
+    if now {
+        command(core, slot, cmd, from);
+    }
+}
+
+/// Sends a move's pause command to the actor's place `place` (after every message this home
+/// forwarded there: they are all in the activation's mailbox when the command arrives).
+fn command(core: &Rc<Shard>, slot: Slot, cmd: Cmd, place: ShardId) {
+    if place == core.id {
         pause(core, slot, cmd);
     } else {
-        // After every message this shard forwarded to `from`: they are all in the
-        // activation's mailbox when the command arrives.
-        core.send_to(from, CrossMsg::run_on(move |x| pause(x, slot, cmd)));
+        core.send_to(place, CrossMsg::run_on(move |x| pause(x, slot, cmd)));
     }
 }
 
@@ -607,7 +641,7 @@ pub(crate) fn divert<A: Actor>(core: &Rc<Shard>, type_idx: u16, item: Box<dyn Ma
         return r.deliver_here(core);
     };
     if !e.is_quiet() {
-        e.queue.push_back(r);
+        e.queue.push_back(Pending::Msg(r));
         return;
     }
     let to = e.place;
@@ -621,7 +655,7 @@ pub(crate) fn divert<A: Actor>(core: &Rc<Shard>, type_idx: u16, item: Box<dyn Ma
         drop(dir);
         r.forward(core, to);
     } else {
-        e.queue.push_back(r);
+        e.queue.push_back(Pending::Msg(r));
         e.flushing = true;
         drop(dir);
         spawn_flusher(core, slot, to);
@@ -693,64 +727,103 @@ fn done(core: &Rc<Shard>, slot: Slot, ticket: u64, outcome: Outcome) {
     flush(core, &slot);
 }
 
-/// On the home shard: sends what waits in `slot`'s entry on to the actor's place, in order
-/// (delivers it here, and drops the entry, if the place is home).
+/// On the home shard: sends what waits in `slot`'s entry on to the actor's place, in order,
+/// up to a pending move's command (sent then); delivers it here, and drops the entry, if the
+/// place is home.
 fn flush(core: &Rc<Shard>, slot: &Slot) {
     let mut dir = core.migration.directory.borrow_mut();
     let Some(e) = dir.get_mut(slot) else {
         return;
     };
-    if e.moving.is_some() || e.flushing {
+    if e.flushing || e.moving.as_ref().is_some_and(|o| o.sent) {
         return;
     }
     let to = e.place;
     if to == core.id {
         // Back at home: no entry any more (the common case costs nothing again). What waited
-        // is delivered now, in order, before any later message can reach the table.
+        // is delivered now, in order, before any later message can reach the table. (No
+        // move command waits here: one waits only behind messages for another shard.)
         let e = dir.remove(slot).expect("looked up above");
         drop(dir);
-        for r in e.queue {
-            r.deliver_here(core);
+        for p in e.queue {
+            match p {
+                Pending::Msg(r) => r.deliver_here(core),
+                Pending::Move => unreachable!("a move command waits only for another shard"),
+            }
         }
         return;
     }
-    while !e.queue.is_empty() {
-        if !core.try_acquire_credit(to) {
-            e.flushing = true;
-            drop(dir);
-            return spawn_flusher(core, slot.clone(), to);
+    loop {
+        match e.queue.front() {
+            None => return,
+            Some(Pending::Move) => {
+                e.queue.pop_front();
+                let cmd = send_order(e, core.id);
+                drop(dir);
+                return command(core, slot.clone(), cmd, to);
+            }
+            Some(Pending::Msg(_)) => {
+                if !core.try_acquire_credit(to) {
+                    e.flushing = true;
+                    drop(dir);
+                    return spawn_flusher(core, slot.clone(), to);
+                }
+                let Some(Pending::Msg(r)) = e.queue.pop_front() else {
+                    unreachable!("the front was a message")
+                };
+                r.forward(core, to);
+            }
         }
-        let r = e.queue.pop_front().expect("not empty");
-        r.forward(core, to);
     }
 }
 
-/// A task of the home shard that sends `slot`'s waiting messages to `to` as credits come back.
+/// Marks the entry's pending move as sent and returns its command.
+fn send_order(e: &mut crate::directory::Entry<Pending, Order>, home: ShardId) -> Cmd {
+    let o = e
+        .moving
+        .as_mut()
+        .expect("a queued move command has its order");
+    o.sent = true;
+    o.cmd(home)
+}
+
+/// A task of the home shard that sends `slot`'s waiting messages to `to` as credits come
+/// back, up to a pending move's command (which it sends, then stops).
 fn spawn_flusher(core: &Rc<Shard>, slot: Slot, to: ShardId) {
     let c = core.clone();
     core.sched.spawn(async move {
         loop {
+            let move_cmd = {
+                let mut dir = c.migration.directory.borrow_mut();
+                let e = dir
+                    .get_mut(&slot)
+                    .expect("an entry stays while its flusher runs (its place cannot change)");
+                match e.queue.front() {
+                    None => {
+                        e.flushing = false;
+                        return;
+                    }
+                    Some(Pending::Move) => {
+                        e.queue.pop_front();
+                        e.flushing = false;
+                        Some(send_order(e, c.id))
+                    }
+                    Some(Pending::Msg(_)) => None,
+                }
+            };
+            if let Some(cmd) = move_cmd {
+                return command(&c, slot, cmd, to);
+            }
             c.acquire_credit(to).await;
             let mut dir = c.migration.directory.borrow_mut();
-            let e = dir
-                .get_mut(&slot)
-                .expect("an entry stays while its flusher runs (no move starts meanwhile)");
-            match e.queue.pop_front() {
-                Some(r) => {
-                    r.forward(&c, to);
-                    if !e.queue.is_empty() {
-                        continue;
-                    }
-                    e.flushing = false;
-                }
-                None => {
-                    e.flushing = false;
-                    drop(dir);
-                    // The credit taken above is not used.
-                    c.cross.return_credits(to, 1);
-                }
-            }
-            return;
+            let e = dir.get_mut(&slot).expect("as above");
+            // Only this task takes from the queue while `flushing`: the front is the message
+            // looked at before the wait.
+            let Some(Pending::Msg(r)) = e.queue.pop_front() else {
+                unreachable!("the front was a message")
+            };
+            drop(dir);
+            r.forward(&c, to);
         }
     });
 }
