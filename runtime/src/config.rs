@@ -196,6 +196,8 @@ struct RawNode {
     idle_timeout_ms: Option<Int>,
     uring_entries: Option<Int>,
     force_legacy_driver: Option<bool>,
+    migration_timeout_ms: Option<Int>,
+    migrations_per_sec_max: Option<Int>,
 }
 
 #[derive(Deserialize)]
@@ -536,6 +538,24 @@ impl NodeConfig {
         }
         if let Some(v) = n.force_legacy_driver {
             engine.force_legacy_driver = v;
+        }
+        if let Some(v) = n.migration_timeout_ms {
+            engine.migration_timeout = Duration::from_millis(check.int(
+                "node.migration_timeout_ms",
+                v,
+                1,
+                3_600_000,
+                "1 ms to 1 hour",
+            )?);
+        }
+        if let Some(v) = n.migrations_per_sec_max {
+            engine.migrations_per_sec_max = check.int(
+                "node.migrations_per_sec_max",
+                v,
+                0,
+                u32::MAX.into(),
+                "0 (no limit) to 4294967295",
+            )? as u32;
         }
         if let Some(v) = n.uring_entries {
             engine.uring_entries =

@@ -611,6 +611,32 @@ impl Node {
             .actors(q)
     }
 
+    /// Moves `actor`'s activation live to shard `to` of this node (see
+    /// [`quark_shard::Engine::migrate`] and docs/MIGRATION.md); blocks until the move ended
+    /// (at most about `[node] migration_timeout_ms`). Never call it on a shard thread
+    /// (`ActorRef::migrate(..).await` there).
+    pub fn migrate(
+        &self,
+        actor: &quark_shard::ActorId,
+        to: quark_shard::ShardId,
+    ) -> Result<quark_shard::Moved, quark_shard::MigrateError> {
+        self.engine()
+            .as_ref()
+            .expect("the engine is in its slot until shutdown consumes the node")
+            .migrate(actor, to)
+    }
+
+    /// Where `actor` lives on this node (asks its home shard).
+    pub fn placement(
+        &self,
+        actor: &quark_shard::ActorId,
+    ) -> Result<quark_shard::Placement, quark_shard::MigrateError> {
+        self.engine()
+            .as_ref()
+            .expect("the engine is in its slot until shutdown consumes the node")
+            .placement(actor)
+    }
+
     /// This node's live activations per actor type and shard (from [`Node::stats`]). For a
     /// cluster, add up every node's with [`crate::admin::ActorCounts::merge`] (the nodes'
     /// counts are read through their admin endpoints: [`crate::admin::fetch_actor_counts`]).

@@ -23,6 +23,8 @@ fn the_example_file_parses_to_the_defaults_it_documents() {
     assert_eq!(c.engine.idle_timeout, d.idle_timeout);
     assert_eq!(c.engine.shutdown_timeout, d.shutdown_timeout);
     assert_eq!(c.engine.uring_entries, d.uring_entries);
+    assert_eq!(c.engine.migration_timeout, d.migration_timeout);
+    assert_eq!(c.engine.migrations_per_sec_max, d.migrations_per_sec_max);
     assert_eq!(
         c.actors["echo"].idle_timeout,
         Some(Duration::from_millis(60_000))

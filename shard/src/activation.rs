@@ -41,6 +41,8 @@ pub struct ActorType<A: Actor> {
     pub(crate) factory: Factory<A>,
     pub(crate) idle_timeout: Option<Duration>,
     pub(crate) stateless_workers: Option<usize>,
+    /// How the state moves between shards (`movable`/`migratable`, in `migrate`).
+    pub(crate) migration: Option<crate::migrate::Mover<A>>,
 }
 
 impl<A: Actor> ActorType<A> {
@@ -51,6 +53,7 @@ impl<A: Actor> ActorType<A> {
             factory: Factory::Plain(Box::new(factory)),
             idle_timeout: None,
             stateless_workers: None,
+            migration: None,
         }
     }
 
@@ -68,6 +71,7 @@ impl<A: Actor> ActorType<A> {
             factory: Factory::Loaded(Box::new(loader)),
             idle_timeout: None,
             stateless_workers: None,
+            migration: None,
         }
     }
 
@@ -116,7 +120,9 @@ pub(crate) enum Factory<A: Actor> {
 /// senders wait for mailbox space *before* calling this (see [`wait_for_space`]).
 pub(crate) fn deliver<A: Actor>(core: &Rc<Shard>, type_idx: u16, item: Box<dyn MailItemKeyed<A>>) {
     let table = core.table::<A>(type_idx);
-    let act = table.route(core, item.key());
+    let Some(act) = table.route(core, item.key()) else {
+        return crate::migrate::divert(core, type_idx, item);
+    };
     let item = item.into_item();
     // An idle activation with nothing queued runs the message at once, in the pump's hands,
     // rather than through a wake and a poll of its task (see `direct.rs`).
@@ -133,6 +139,8 @@ pub(crate) fn deliver<A: Actor>(core: &Rc<Shard>, type_idx: u16, item: Box<dyn M
 pub(crate) trait MailItemKeyed<A: Actor>: MailItem<A> {
     fn key(&self) -> &ActorKey;
     fn into_item(self: Box<Self>) -> Box<dyn MailItem<A>>;
+    /// For the home shard of a moved actor (`migrate`): the item as a message to forward.
+    fn into_relay(self: Box<Self>) -> Box<dyn crate::migrate::Relay>;
 }
 
 impl<A, M> MailItemKeyed<A> for crate::envelope::Deliver<A, M>
@@ -146,6 +154,9 @@ where
     }
     #[inline]
     fn into_item(self: Box<Self>) -> Box<dyn MailItem<A>> {
+        self
+    }
+    fn into_relay(self: Box<Self>) -> Box<dyn crate::migrate::Relay> {
         self
     }
 }
@@ -177,7 +188,10 @@ pub(crate) fn send_local_now<A: Actor>(
     type_idx: u16,
     item: Box<dyn MailItemKeyed<A>>,
 ) -> Result<(), Box<dyn MailItemKeyed<A>>> {
-    let act = core.table::<A>(type_idx).route(core, item.key());
+    let Some(act) = core.table::<A>(type_idx).route(core, item.key()) else {
+        crate::migrate::divert(core, type_idx, item);
+        return Ok(());
+    };
     if act.queue_len() < core.node.config.mailbox_capacity {
         act.push(item.into_item());
         Ok(())
@@ -196,7 +210,9 @@ pub(crate) async fn send_local<A: Actor>(
     let cap = core.node.config.mailbox_capacity;
     let table = core.table::<A>(type_idx);
     loop {
-        let act = table.route(core, item.key());
+        let Some(act) = table.route(core, item.key()) else {
+            return crate::migrate::divert(core, type_idx, item);
+        };
         if act.queue_len() < cap {
             act.push(item.into_item());
             return;
@@ -242,6 +258,8 @@ impl<A: Actor> Future for SpaceWait<'_, A> {
 /// Idle         -> Running (a turn) | Deactivating (asked to, mailbox empty)
 /// Running      -> Idle | Gone (the handler panicked)
 /// Deactivating -> Gone (mailbox empty) | New (mail arrived meanwhile: rebuild in place)
+/// New          -> Idle (a migrated state arrived: no build, no on_activate)
+/// Idle         -> Moved (its state was handed over to another shard; `migrate`)
 /// any          -> Gone (shard shutdown, `Activation::discard_at_shutdown`, unchecked)
 /// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -262,6 +280,9 @@ enum Life {
     Deactivating,
     /// Discarded: out of its table, queued calls failed, timers cancelled. Final.
     Gone,
+    /// Its state moved to another shard (`migrate`): out of its table, mailbox empty, timers
+    /// cancelled, task ended. Final.
+    Moved,
 }
 
 /// Panics naming a refused lifecycle transition (out of line: never taken).
@@ -280,10 +301,11 @@ impl Life {
             New => &[Deactivating],
             Loading => &[New],
             Activating => &[New, Loading],
-            Idle => &[Activating, Running],
+            Idle => &[Activating, Running, New],
             Running => &[Idle],
             Deactivating => &[Idle],
             Gone => &[Loading, Activating, Running, Deactivating],
+            Moved => &[Idle],
         }
     }
 
@@ -293,7 +315,7 @@ impl Life {
     fn step(self, to: Life, who: &dyn std::fmt::Display) -> Life {
         // The table as bit sets, built at compile time: the check is on every turn's path
         // (twice), and a slice scan cost ~20 instructions a turn.
-        const ALLOWED: [u8; 7] = {
+        const ALLOWED: [u8; 8] = {
             let all = [
                 Life::New,
                 Life::Loading,
@@ -302,8 +324,9 @@ impl Life {
                 Life::Running,
                 Life::Deactivating,
                 Life::Gone,
+                Life::Moved,
             ];
-            let mut table = [0u8; 7];
+            let mut table = [0u8; 8];
             let mut i = 0;
             while i < all.len() {
                 let from = all[i].allowed_from();
@@ -423,6 +446,28 @@ impl<A: Actor> Activation<A> {
         type_idx: u16,
         info: Arc<TypeInfo<A>>,
     ) -> Rc<Self> {
+        Self::start_with_state(core, id, type_idx, info, None)
+    }
+
+    /// A new activation of `id` whose state arrived from another shard (`migrate`): its task
+    /// starts at its turn loop (no factory, no `on_activate`).
+    pub(crate) fn start_with(
+        core: &Rc<Shard>,
+        id: ActorId,
+        type_idx: u16,
+        info: Arc<TypeInfo<A>>,
+        actor: A,
+    ) -> Rc<Self> {
+        Self::start_with_state(core, id, type_idx, info, Some(actor))
+    }
+
+    fn start_with_state(
+        core: &Rc<Shard>,
+        id: ActorId,
+        type_idx: u16,
+        info: Arc<TypeInfo<A>>,
+        arrived: Option<A>,
+    ) -> Rc<Self> {
         let act = Rc::new_cyclic(|this: &Weak<Activation<A>>| Activation {
             ctx: Context {
                 id,
@@ -442,7 +487,12 @@ impl<A: Actor> Activation<A> {
             state: UnsafeCell::new(None),
             pending: RefCell::new(None),
         });
-        core.sched.spawn(run_activation(act.clone(), info));
+        // An arrived state goes straight into the activation (in the task's future it would
+        // stay as large as the state for the activation's whole life).
+        let has_state = arrived.is_some();
+        act.set_state(arrived);
+        core.sched
+            .spawn(run_activation(act.clone(), info, has_state));
         act
     }
 
@@ -550,6 +600,16 @@ impl<A: Actor> Activation<A> {
         self.life.get() == Life::Gone
     }
 
+    /// `on_deactivate` is running (a move waits for the deactivation to end instead).
+    pub(crate) fn is_deactivating(&self) -> bool {
+        self.life.get() == Life::Deactivating
+    }
+
+    /// Its state was handed over to another shard (`migrate::hand_over`).
+    pub(crate) fn moved_out(&self) {
+        self.enter(Life::Moved);
+    }
+
     /// Moves to `to`, asserting the move is allowed (see [`Life::allowed_from`]).
     fn enter(&self, to: Life) {
         self.life.set(self.life.get().step(to, &self.ctx.id));
@@ -641,7 +701,11 @@ impl<A: Actor> Future for MailWait<'_, A> {
 
 /// The task of one activation: activate, run turns one at a time, deactivate; reactivate in
 /// place if mail arrived during deactivation.
-async fn run_activation<A: Actor>(act: Rc<Activation<A>>, info: Arc<TypeInfo<A>>) {
+async fn run_activation<A: Actor>(
+    act: Rc<Activation<A>>,
+    info: Arc<TypeInfo<A>>,
+    mut arrived: bool,
+) {
     // The mailbox loop stays in this function (not a nested async fn): it is on every
     // message's path, and an extra future layer costs instructions per turn.
     let core = act.ctx.core.clone();
@@ -659,7 +723,14 @@ async fn run_activation<A: Actor>(act: Rc<Activation<A>>, info: Arc<TypeInfo<A>>
         // The lifecycle steps and a handed-over direct turn are boxed: they are rare, and
         // inline they would make every activation's future (kept for its whole life) several
         // hundred bytes larger.
-        if !Box::pin(activate(&act, &info)).await {
+        let built = if std::mem::take(&mut arrived) {
+            // The state arrived from another shard (`migrate`): no build, no `on_activate`.
+            act.enter(Life::Idle);
+            true
+        } else {
+            Box::pin(activate(&act, &info)).await
+        };
+        if !built {
             return;
         }
         let mailbox_cap = core.node.config.mailbox_capacity;
@@ -745,6 +816,14 @@ async fn run_activation<A: Actor>(act: Rc<Activation<A>>, info: Arc<TypeInfo<A>>
                 crate::rt::yield_now().await;
             }
         }
+        // Paused for a move: the state goes to the new shard and the task ends here.
+        let actor = act
+            .set_state(None)
+            .expect("an activation between turns has its state");
+        let Some(actor) = crate::migrate::hand_over(&act, &info, actor) else {
+            return;
+        };
+        act.set_state(Some(actor));
         if !Box::pin(deactivate(&act)).await {
             return;
         }
@@ -946,11 +1025,20 @@ async fn build_actor<A: Actor>(act: &Rc<Activation<A>>, info: &TypeInfo<A>) -> R
 mod tests {
     use super::Life::{self, *};
 
-    const ALL: [Life; 7] = [New, Loading, Activating, Idle, Running, Deactivating, Gone];
+    const ALL: [Life; 8] = [
+        New,
+        Loading,
+        Activating,
+        Idle,
+        Running,
+        Deactivating,
+        Gone,
+        Moved,
+    ];
 
     /// The transitions the activation task makes (the diagram on [`Life`]), written out edge by
     /// edge rather than derived from `allowed_from`.
-    const EDGES: [(Life, Life); 12] = [
+    const EDGES: [(Life, Life); 14] = [
         (New, Loading),
         (New, Activating),
         (Loading, Activating),
@@ -963,6 +1051,8 @@ mod tests {
         (Idle, Deactivating),
         (Deactivating, Gone),
         (Deactivating, New),
+        (New, Idle),
+        (Idle, Moved),
     ];
 
     #[test]

@@ -92,6 +92,11 @@ impl<A: Actor> ActorRef<A> {
         }
     }
 
+    /// The node this reference was made on (for `migrate`).
+    pub(crate) fn node(&self) -> &Arc<NodeShared> {
+        &self.node
+    }
+
     /// The node that owns this actor, if it is not the local one.
     pub fn remote_node(&self) -> Option<NodeId> {
         self.remote

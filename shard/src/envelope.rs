@@ -134,8 +134,9 @@ pub(crate) struct Deliver<A, M: Message> {
     /// too large to be built in its box without a `memcpy` call: ~30 instructions per tell,
     /// measured with callgrind; see docs/BENCHMARKS.md.)
     pub(crate) trace: Option<Box<TraceContext>>,
-    /// The shard that handled the message (set on the way back).
-    from: ShardId,
+    /// The shard that handled the message (set on the way back; a home shard that relayed
+    /// the reply of a moved actor sets itself, `migrate`).
+    pub(crate) from: ShardId,
     _actor: PhantomData<fn() -> A>,
 }
 

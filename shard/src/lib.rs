@@ -33,10 +33,12 @@ mod clock;
 mod cross;
 pub mod data_dir;
 mod direct;
+mod directory;
 mod engine;
 mod envelope;
 mod error;
 mod log_tasks;
+mod migrate;
 mod net;
 mod pump;
 mod ring;
@@ -66,6 +68,7 @@ pub use engine::{
 #[doc(hidden)]
 pub use engine::{StartFault, StartStep};
 pub use error::{CallError, ErrorChain, LinkDown};
+pub use migrate::{MigrateError, Moved, Placement};
 pub use net::{NetConfig, NetStatsSnapshot, PeerRtt};
 pub use quark_placement::{ActorId, ActorKey, ShardId};
 pub use scheduler::{JoinError, SpawnHandle};

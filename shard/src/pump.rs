@@ -340,6 +340,7 @@ impl Pump {
 /// closes.
 async fn stop(shard: &Rc<Shard>, log_tasks: &LogTasks) {
     shard.drain_inbound();
+    crate::migrate::abort_all(shard);
     shard.tables.abort_all(shard);
     shard.flush();
     crate::net::close_all(shard);

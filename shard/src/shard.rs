@@ -64,6 +64,8 @@ pub(crate) struct Shard {
     spare_slot: std::cell::Cell<Option<TurnSlot>>,
     /// The budget of direct turns (`direct.rs`).
     pub(crate) direct: crate::direct::DirectBudget,
+    /// Placement directory and moves (`migrate`, `directory`).
+    pub(crate) migration: crate::migrate::Migrations,
 }
 
 impl Shard {
@@ -87,6 +89,7 @@ impl Shard {
             sched: Scheduler::new(id, node.clone()),
             log,
             net: config.net.as_ref().map(crate::net::NetShard::new),
+            migration: crate::migrate::Migrations::new(id),
             node,
             turn_slots: RefCell::new(Vec::new()),
             spare_slot: std::cell::Cell::new(None),
@@ -369,6 +372,12 @@ impl Shard {
             ring_overflow: self.cross.overflow_len() as u64,
             ring_occupancy: self.cross.incoming_len() as u64,
             load: s.load_snapshot(&self.node.types.iter().map(|t| t.name()).collect::<Vec<_>>()),
+            migrations_started: s.migrations_started.get(),
+            migrations_done: s.migrations_done.get(),
+            migrations_aborted: s.migrations_aborted.get(),
+            migration_bytes: s.migration_bytes.get(),
+            migrate_forwarded: s.migrate_forwarded.get(),
+            directory_entries: self.migration.entries() as u64,
         }
     }
 }

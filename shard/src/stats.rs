@@ -67,6 +67,16 @@ pub(crate) fn latency_bucket(us: u64) -> usize {
 }
 
 pub(crate) struct ShardStats {
+    /// Moves ordered by this shard as the actors' home (`migrate`).
+    pub(crate) migrations_started: Cell<u64>,
+    /// Moves that ended with the actor on its new shard.
+    pub(crate) migrations_done: Cell<u64>,
+    /// Moves aborted (deadline) or refused by the actor's place; the actor stayed.
+    pub(crate) migrations_aborted: Cell<u64>,
+    /// Bytes of dehydrated state moved (0 for states moved as a box).
+    pub(crate) migration_bytes: Cell<u64>,
+    /// Messages this shard forwarded to an actor of its that lives on another shard.
+    pub(crate) migrate_forwarded: Cell<u64>,
     pub(crate) activations: Cell<u64>,
     pub(crate) deactivations: Cell<u64>,
     pub(crate) panics: Cell<u64>,
@@ -136,6 +146,11 @@ impl ShardStats {
             reaps: Cell::default(),
             task_polls: Cell::default(),
             ring_msgs_in: Cell::default(),
+            migrations_started: Cell::default(),
+            migrations_done: Cell::default(),
+            migrations_aborted: Cell::default(),
+            migration_bytes: Cell::default(),
+            migrate_forwarded: Cell::default(),
             tells: Default::default(),
             asks: Default::default(),
             ask_latency: Default::default(),

@@ -22,6 +22,8 @@ pub(crate) trait ErasedType: Send + Sync {
     fn name(&self) -> &'static str;
     fn make_table(self: Arc<Self>, type_idx: u16, default_idle: Duration) -> Box<dyn ErasedTable>;
     fn stateless(&self) -> bool;
+    /// Registered with a mover (`ActorType::movable`/`migratable`), and not stateless.
+    fn migratable(&self) -> bool;
 }
 
 pub(crate) struct TypeInfo<A: Actor> {
@@ -44,6 +46,9 @@ impl<A: Actor> ErasedType for TypeInfo<A> {
     }
     fn stateless(&self) -> bool {
         self.spec.stateless_workers.is_some()
+    }
+    fn migratable(&self) -> bool {
+        self.spec.migration.is_some() && self.spec.stateless_workers.is_none()
     }
 }
 
@@ -75,6 +80,8 @@ pub(crate) trait ErasedTable {
         want: usize,
         shard: ShardId,
     ) -> Vec<ActorRow>;
+    /// Pauses `key`'s activation for a move (`migrate::pause_typed`).
+    fn pause_for_move(&self, core: &Rc<Shard>, key: ActorKey, cmd: crate::migrate::Cmd);
 }
 
 /// A shard's actor tables, one per registered actor type (indexed by the type's registry
@@ -105,6 +112,11 @@ impl ActorTables {
         // `A` (`NodeShared::type_index`), so it is a `TypeTable<A>`. (Checked in debug builds;
         // unchecked, the downcast's two virtual calls cost ~15 instructions per message.)
         unsafe { &*(table as *const dyn ErasedTable).cast::<TypeTable<A>>() }
+    }
+
+    /// The table of the type registered at `type_idx`, seen without its type.
+    pub(crate) fn erased(&self, type_idx: u16) -> &dyn ErasedTable {
+        &*self.0[usize::from(type_idx)]
     }
 
     /// Live activations of every type.
@@ -203,13 +215,19 @@ impl<A: Actor> TypeTable<A> {
         workers.iter().for_each(&mut f);
     }
 
-    /// The activation that should get the next message for `key`, activating one if needed.
+    /// The activation that should get the next message for `key`, activating one if needed;
+    /// `None` if the actor lives on another shard or is moving (the placement directory
+    /// says so, read only on a table miss): the caller hands the message to
+    /// `migrate::divert`.
     #[inline]
-    pub(crate) fn route(&self, core: &Rc<Shard>, key: &ActorKey) -> Rc<Activation<A>> {
-        match self.info.spec.stateless_workers {
+    pub(crate) fn route(&self, core: &Rc<Shard>, key: &ActorKey) -> Option<Rc<Activation<A>>> {
+        Some(match self.info.spec.stateless_workers {
             None => {
                 if let Some(act) = self.actors.borrow().get(key) {
-                    return act.clone();
+                    return Some(act.clone());
+                }
+                if core.migration.diverts(self.type_idx, key) {
+                    return None;
                 }
                 let act = self.activate(core, key);
                 self.actors.borrow_mut().insert(key.clone(), act.clone());
@@ -219,19 +237,19 @@ impl<A: Actor> TypeTable<A> {
                 let mut workers = self.workers.borrow_mut();
                 let pool = workers.entry(key.clone()).or_default();
                 if let Some(idle) = pool.iter().find(|a| a.is_idle()) {
-                    return idle.clone();
+                    return Some(idle.clone());
                 }
                 if pool.len() < max {
                     let act = self.activate(core, key);
                     pool.push(act.clone());
-                    return act;
+                    return Some(act);
                 }
                 pool.iter()
                     .min_by_key(|a| a.queue_len())
                     .cloned()
                     .expect("a full pool has at least one worker")
             }
-        }
+        })
     }
 
     fn activate(&self, core: &Rc<Shard>, key: &ActorKey) -> Rc<Activation<A>> {
@@ -366,6 +384,10 @@ impl<A: Actor> ErasedTable for TypeTable<A> {
             consider(key, pool);
         }
         best.into_sorted_vec().into_iter().map(|b| b.0).collect()
+    }
+
+    fn pause_for_move(&self, core: &Rc<Shard>, key: ActorKey, cmd: crate::migrate::Cmd) {
+        crate::migrate::pause_typed(core, self, self.type_idx, key, cmd);
     }
 
     fn abort_all(&self, core: &Shard) {

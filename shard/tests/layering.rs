@@ -14,6 +14,7 @@ const LEAVES: &[(&str, &[&str])] = &[
     ("signal.rs", &[]),
     ("stats.rs", &[]),
     ("timers.rs", &[]),
+    ("directory.rs", &[]),
     ("admission.rs", &[]),
     ("turn.rs", &["stats"]),
     ("trace.rs", &[]),

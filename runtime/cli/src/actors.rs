@@ -8,6 +8,14 @@
 //! - `quark actors counts --addr A [--addr B ...] [--json]`: live activations per type and
 //!   shard, added up over the nodes given (a cluster's counts when every node is given).
 //!
+//! - `quark actors where TYPE KEY --addr A [--json]`: the shard an actor lives on, its home
+//!   shard, and whether a move is under way (`GET /quark/actors/where`).
+//! - `quark actors move TYPE KEY --to-shard N --addr A [--json]`: moves the actor live to
+//!   shard `N` of that node and prints the move (`POST /quark/actors/move`; docs/MIGRATION.md).
+//!
+//! KEY reads as in `quark journal`: decimal digits are a u64 key, `"..."` a string key,
+//! `0x..` a bytes key, anything else the string as typed.
+//!
 //! Exit codes: 0 printed; 1 a node could not be reached or refused the query (its message is
 //! printed, e.g. an unknown actor type); 2 a usage error (from the argument parser).
 
@@ -33,6 +41,48 @@ enum Command {
     List(ListArgs),
     /// Live activations per actor type and shard, added up over the nodes given.
     Counts(CountsArgs),
+    /// The shard an actor lives on (and its home shard).
+    Where(WhereArgs),
+    /// Move an actor live to another shard of its node.
+    Move(MoveArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct WhereArgs {
+    /// The actor type (its `TYPE_NAME`).
+    actor_type: String,
+    /// The key (decimal = u64, "..." = string, 0x.. = bytes, else the string as typed).
+    key: String,
+    /// The node's admin endpoint (`[admin] listen`), e.g. `127.0.0.1:9100`.
+    #[arg(long)]
+    addr: String,
+    /// Print the answer as JSON.
+    #[arg(long)]
+    json: bool,
+    /// Deadline of the connect and of the read, in milliseconds.
+    #[arg(long, default_value_t = 5000)]
+    timeout_ms: u64,
+}
+
+#[derive(clap::Args, Debug)]
+struct MoveArgs {
+    /// The actor type (its `TYPE_NAME`; registered as movable or migratable).
+    actor_type: String,
+    /// The key (decimal = u64, "..." = string, 0x.. = bytes, else the string as typed).
+    key: String,
+    /// The shard of the node to move it to.
+    #[arg(long)]
+    to_shard: u16,
+    /// The node's admin endpoint (`[admin] listen`), e.g. `127.0.0.1:9100`.
+    #[arg(long)]
+    addr: String,
+    /// Print the answer as JSON.
+    #[arg(long)]
+    json: bool,
+    /// Deadline of the connect and of the read, in milliseconds (the move itself may take up
+    /// to the node's `migration_timeout_ms`).
+    #[arg(long, default_value_t = 15000)]
+    timeout_ms: u64,
 }
 
 #[derive(clap::Args, Debug)]
@@ -87,6 +137,8 @@ pub fn run(args: Args) -> ExitCode {
     let result = match args.command {
         Command::List(a) => list(&a),
         Command::Counts(a) => counts(&a),
+        Command::Where(a) => where_is(&a),
+        Command::Move(a) => move_actor(&a),
     };
     match result {
         Ok(text) => {
@@ -149,6 +201,50 @@ fn list(args: &ListArgs) -> anyhow::Result<String> {
             }
         }
     }
+}
+
+fn key_arg(key: &str) -> anyhow::Result<quark::ActorKey> {
+    crate::journal::select::parse_key(key).map_err(|e| anyhow::anyhow!("KEY: {e}"))
+}
+
+fn where_is(args: &WhereArgs) -> anyhow::Result<String> {
+    let addr = resolve(&args.addr)?;
+    let key = key_arg(&args.key)?;
+    let timeout = Duration::from_millis(args.timeout_ms.max(1));
+    let p = quark::admin::fetch_placement(addr, &args.actor_type, &key, timeout)?;
+    if args.json {
+        return Ok(serde_json::to_string(&p)? + "\n");
+    }
+    let home = if p.home == p.shard {
+        "its home".to_owned()
+    } else {
+        format!("home shard {}", p.home)
+    };
+    let moving = if p.moving { ", moving" } else { "" };
+    Ok(format!(
+        "{}/{}: shard {} ({home}{moving})\n",
+        p.actor_type, p.key, p.shard
+    ))
+}
+
+fn move_actor(args: &MoveArgs) -> anyhow::Result<String> {
+    let addr = resolve(&args.addr)?;
+    let key = key_arg(&args.key)?;
+    let timeout = Duration::from_millis(args.timeout_ms.max(1));
+    let m = quark::admin::request_move(addr, &args.actor_type, &key, args.to_shard, timeout)?;
+    if args.json {
+        return Ok(serde_json::to_string(&m)? + "\n");
+    }
+    if m.from == m.to {
+        return Ok(format!(
+            "{}/{}: already on shard {}\n",
+            m.actor_type, m.key, m.to
+        ));
+    }
+    Ok(format!(
+        "{}/{}: moved from shard {} to shard {} in {} µs ({} bytes of state serialized)\n",
+        m.actor_type, m.key, m.from, m.to, m.duration_us, m.bytes
+    ))
 }
 
 fn opt<T: ToString>(v: Option<T>) -> String {

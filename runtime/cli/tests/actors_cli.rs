@@ -203,3 +203,103 @@ fn quark_actors_lists_pages_and_counts_across_the_cluster() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains(&a1));
 }
+
+/// A counter whose activations may move between shards (docs/MIGRATION.md).
+struct Movable(u64);
+impl quark::Actor for Movable {
+    const TYPE_NAME: &'static str = "cli-movable";
+}
+struct Inc;
+impl quark::Message for Inc {
+    type Reply = u64;
+}
+impl quark::Handler<Inc> for Movable {
+    async fn handle(&mut self, _: Inc, _: &quark::Context<Self>) -> u64 {
+        self.0 += 1;
+        self.0
+    }
+}
+
+/// `quark actors where` and `quark actors move` against a running node: the actor moves to
+/// the shard asked for with its state, `where` follows it, and a type that cannot move (or
+/// an unknown one) is refused with the node's message and exit code 1.
+#[test]
+fn quark_actors_where_and_move() {
+    let text = "[node]\nshards = 2\npin_threads = false\nidle_spin_us = 0\n\
+                [admin]\nlisten = \"127.0.0.1:0\"\n";
+    let config = NodeConfig::from_toml(text, "move.toml").unwrap();
+    let node = quark::builtin::register_builtin(Node::builder().config(config))
+        .register(quark::ActorType::new(|_| Movable(0)).movable())
+        .start()
+        .unwrap();
+    let addr = node.admin_addr().unwrap().to_string();
+    let r = node.actor_ref::<Movable>(5u64);
+    assert_eq!(quark::block_on(r.ask(Inc)), Ok(1));
+    let home = r.owner_shard();
+    let away = 1 - home;
+    let out = stdout(&quark(&[
+        "actors",
+        "where",
+        "cli-movable",
+        "5",
+        "--addr",
+        &addr,
+    ]));
+    assert_eq!(out, format!("cli-movable/5: shard {home} (its home)\n"));
+    let to = away.to_string();
+    let out = stdout(&quark(&[
+        "actors",
+        "move",
+        "cli-movable",
+        "5",
+        "--to-shard",
+        &to,
+        "--addr",
+        &addr,
+    ]));
+    assert!(
+        out.starts_with(&format!(
+            "cli-movable/5: moved from shard {home} to shard {away} in "
+        )),
+        "{out}"
+    );
+    let out = stdout(&quark(&[
+        "actors",
+        "where",
+        "cli-movable",
+        "5",
+        "--addr",
+        &addr,
+        "--json",
+    ]));
+    let p: quark::admin::PlacementEntry = serde_json::from_str(&out).unwrap();
+    assert_eq!((p.home, p.shard, p.moving), (home, away, false));
+    assert_eq!(
+        quark::block_on(r.ask(Inc)),
+        Ok(2),
+        "the count moved with it"
+    );
+    assert_eq!(node.placement(r.id()).unwrap().shard, away);
+    for (args, want) in [
+        (
+            vec!["actors", "move", "counter", "5", "--to-shard", "1"],
+            "cannot migrate",
+        ),
+        (
+            vec!["actors", "where", "nope", "5"],
+            "no actor type \"nope\"",
+        ),
+        (
+            vec!["actors", "move", "cli-movable", "5", "--to-shard", "9"],
+            "there is no shard 9",
+        ),
+    ] {
+        let mut args = args;
+        args.extend(["--addr", &addr]);
+        let out = quark(&args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {err}");
+        assert!(err.contains(want), "{args:?}: {err}");
+    }
+    node.shutdown();
+}

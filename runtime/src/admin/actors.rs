@@ -9,12 +9,19 @@
 //! - `GET /quark/actors/counts`: live activations per type and shard ([`ActorCounts`]), from
 //!   the shards' counters. [`fetch_actor_counts`] on several nodes and [`ActorCounts::merge`]
 //!   give a cluster's counts (what `quark actors counts --addr A --addr B` prints).
+//! - `GET /quark/actors/where?type=T&key=K[&kind=u64|str|hex]`: where an actor lives
+//!   ([`PlacementEntry`]); `POST /quark/actors/move?type=T&key=K[&kind=..]&to=N`: moves it
+//!   live to shard `N` ([`MoveEntry`]; docs/MIGRATION.md). `kind` says how `key` reads
+//!   (default `str`; `hex`: pairs of hex digits for a bytes key). A bad parameter, an unknown
+//!   type or shard, or a type that cannot migrate is `400`; a move under way, refused or
+//!   aborted at its deadline is `409`; `503` while the engine is not running.
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use quark_shard::{
-    ActorCursor, ActorKey, ActorPage, ActorQuery, ActorQueryError, ActorRow, ShardStatsSnapshot,
+    ActorCursor, ActorId, ActorKey, ActorPage, ActorQuery, ActorQueryError, ActorRow, MigrateError,
+    ShardStatsSnapshot,
 };
 use serde::{Deserialize, Serialize};
 
@@ -387,6 +394,214 @@ pub fn fetch_actor_counts(
     timeout: Duration,
 ) -> Result<ActorCounts, ActorsFetchError> {
     get_json(addr, "/quark/actors/counts".to_owned(), timeout)
+}
+
+/// Where an actor lives (the JSON of `GET /quark/actors/where`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlacementEntry {
+    /// Its actor type's name.
+    #[serde(rename = "type")]
+    pub actor_type: String,
+    /// Its key in display form.
+    pub key: String,
+    /// Its home shard (hash placement), which every sender addresses.
+    pub home: u16,
+    /// The shard it lives on (or is activated on at its next message).
+    pub shard: u16,
+    /// A move is under way.
+    pub moving: bool,
+}
+
+/// A completed move (the JSON of `POST /quark/actors/move`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MoveEntry {
+    /// Its actor type's name.
+    #[serde(rename = "type")]
+    pub actor_type: String,
+    /// Its key in display form.
+    pub key: String,
+    /// The shard it lived on.
+    pub from: u16,
+    /// The shard it lives on now (equal to `from`: it was there already).
+    pub to: u16,
+    /// From the order at its home shard to the new shard's answer, µs.
+    pub duration_us: u64,
+    /// Bytes of dehydrated state (0 when the state moved as a box).
+    pub bytes: u64,
+}
+
+/// The actor a `where`/`move` query names: `type`, `key` and `kind`; `to` is returned apart.
+fn placement_params(query: &str) -> Result<(String, ActorKey, Option<u16>), String> {
+    let (mut t, mut key, mut kind, mut to) = (None, None, None, None);
+    for part in query.split('&').filter(|p| !p.is_empty()) {
+        let (name, value) = part.split_once('=').unwrap_or((part, ""));
+        let value =
+            decode(value).ok_or_else(|| format!("parameter {name}: bad percent-encoding"))?;
+        match name {
+            "type" => t = Some(value),
+            "key" => key = Some(value),
+            "kind" => kind = Some(value),
+            "to" => {
+                to = Some(
+                    value
+                        .parse::<u16>()
+                        .map_err(|_| format!("to={value:?} is not a shard number"))?,
+                )
+            }
+            other => {
+                return Err(format!(
+                    "unknown parameter {other:?} (known: type, key, kind, to)"
+                ))
+            }
+        }
+    }
+    let (Some(t), Some(key)) = (t, key) else {
+        return Err("type and key are required (?type=T&key=K)".to_owned());
+    };
+    let key = match kind.as_deref().unwrap_or("str") {
+        "str" => ActorKey::from(key.as_str()),
+        "u64" => ActorKey::U64(
+            key.parse::<u64>()
+                .map_err(|e| format!("key {key:?} is not a u64: {e}"))?,
+        ),
+        "hex" => {
+            let bytes: Option<Vec<u8>> = (key.len() % 2 == 0)
+                .then(|| {
+                    (0..key.len())
+                        .step_by(2)
+                        .map(|i| {
+                            key.get(i..i + 2)
+                                .and_then(|h| u8::from_str_radix(h, 16).ok())
+                        })
+                        .collect()
+                })
+                .flatten();
+            ActorKey::from(
+                &bytes.ok_or_else(|| format!("key {key:?} is not pairs of hex digits"))?[..],
+            )
+        }
+        other => return Err(format!("bad kind {other:?} (u64, str or hex)")),
+    };
+    Ok((t, key, to))
+}
+
+/// The query string of a `where`/`move` for `(type_name, key)`.
+fn placement_query(type_name: &str, key: &ActorKey) -> String {
+    let (kind, value) = match key {
+        ActorKey::U64(n) => ("u64", n.to_string()),
+        ActorKey::Str(s) => ("str", encode(s)),
+        ActorKey::Bytes(b) => ("hex", b.iter().map(|b| format!("{b:02x}")).collect()),
+    };
+    format!("type={}&key={value}&kind={kind}", encode(type_name))
+}
+
+/// The status a refused or failed move is answered with.
+fn migrate_status(e: &MigrateError) -> u16 {
+    match e {
+        MigrateError::UnknownType { .. }
+        | MigrateError::NotMigratable { .. }
+        | MigrateError::NoSuchShard { .. }
+        | MigrateError::OtherNode { .. } => 400,
+        MigrateError::ShuttingDown { .. } => 503,
+        _ => 409,
+    }
+}
+
+/// Answers `GET /quark/actors/where` and `POST /quark/actors/move`.
+pub(super) fn placement_route(
+    req: &super::http::Request,
+    shared: &Shared,
+) -> (u16, &'static str, Vec<u8>) {
+    let moving = req.path.ends_with("/move");
+    let method_ok = if moving {
+        req.method == "POST"
+    } else {
+        req.method == "GET" || req.method == "HEAD"
+    };
+    if !method_ok {
+        let need = if moving { "POST" } else { "GET" };
+        return text(405, &format!("{} needs {need}", req.path));
+    }
+    let (type_name, key, to) = match placement_params(&req.query) {
+        Ok(p) => p,
+        Err(e) => return text(400, &e),
+    };
+    let slot = shared.engine.lock().unwrap_or_else(|p| p.into_inner());
+    let Some(engine) = slot.as_ref() else {
+        return text(503, "the node is not running (starting or stopped)");
+    };
+    let Some(type_name) = engine.registered_type(&type_name) else {
+        let e = MigrateError::UnknownType { type_name };
+        return text(migrate_status(&e), &e.to_string());
+    };
+    let id = ActorId { type_name, key };
+    if moving {
+        let Some(to) = to else {
+            return text(400, "to=N (the target shard) is required");
+        };
+        match engine.migrate(&id, to) {
+            Ok(m) => json(&MoveEntry {
+                actor_type: m.actor.type_name.to_owned(),
+                key: m.actor.key.to_string(),
+                from: m.from,
+                to: m.to,
+                duration_us: u64::try_from(m.duration.as_micros()).unwrap_or(u64::MAX),
+                bytes: m.bytes,
+            }),
+            Err(e) => text(migrate_status(&e), &e.to_string()),
+        }
+    } else {
+        match engine.placement(&id) {
+            Ok(p) => json(&PlacementEntry {
+                actor_type: p.actor.type_name.to_owned(),
+                key: p.actor.key.to_string(),
+                home: p.home,
+                shard: p.shard,
+                moving: p.moving,
+            }),
+            Err(e) => text(migrate_status(&e), &e.to_string()),
+        }
+    }
+}
+
+/// `GET /quark/actors/where` for `(type_name, key)` from the admin endpoint at `addr`.
+pub fn fetch_placement(
+    addr: SocketAddr,
+    type_name: &str,
+    key: &ActorKey,
+    timeout: Duration,
+) -> Result<PlacementEntry, ActorsFetchError> {
+    get_json(
+        addr,
+        format!("/quark/actors/where?{}", placement_query(type_name, key)),
+        timeout,
+    )
+}
+
+/// `POST /quark/actors/move` of `(type_name, key)` to shard `to` at the admin endpoint at
+/// `addr` (waits for the move: give a `timeout` above the node's `migration_timeout_ms`).
+pub fn request_move(
+    addr: SocketAddr,
+    type_name: &str,
+    key: &ActorKey,
+    to: u16,
+    timeout: Duration,
+) -> Result<MoveEntry, ActorsFetchError> {
+    let path = format!(
+        "/quark/actors/move?{}&to={to}",
+        placement_query(type_name, key)
+    );
+    let r = super::request(addr, "POST", &path, timeout)?;
+    if r.status != 200 {
+        return Err(FetchError::Status {
+            addr,
+            path,
+            status: r.status,
+            body: r.body.trim().to_owned(),
+        }
+        .into());
+    }
+    serde_json::from_str(&r.body).map_err(|source| ActorsFetchError::Json { addr, path, source })
 }
 
 #[cfg(test)]

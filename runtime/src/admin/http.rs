@@ -235,6 +235,9 @@ fn route(req: &Request, shared: &Shared) -> (u16, &'static str, Vec<u8>) {
     if req.path == "/quark/reminders" {
         return super::reminders::route(req, shared);
     }
+    if req.path == "/quark/actors/where" || req.path == "/quark/actors/move" {
+        return super::actors::placement_route(req, shared); // GET where, POST move
+    }
     if req.method != "GET" && req.method != "HEAD" {
         return (405, "text/plain", b"only GET and HEAD\n".to_vec());
     }

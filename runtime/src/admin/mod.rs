@@ -52,8 +52,9 @@ use std::time::{Duration, Instant};
 use quark_shard::{Engine, ShardStatsSnapshot, StatsError};
 
 pub use actors::{
-    fetch_actor_counts, fetch_actors, parse_query, query_string, ActorCounts, ActorEntry,
-    ActorsFetchError, ActorsPage, ParamError, TypeCount, ACTOR_QUERY_PARAMS,
+    fetch_actor_counts, fetch_actors, fetch_placement, parse_query, query_string, request_move,
+    ActorCounts, ActorEntry, ActorsFetchError, ActorsPage, MoveEntry, ParamError, PlacementEntry,
+    TypeCount, ACTOR_QUERY_PARAMS,
 };
 pub use client::{fetch, fetch_status, request, FetchError, Response};
 pub use jobs::{

@@ -53,6 +53,12 @@ pub struct EngineConfig {
     pub log: Option<quark_persist::LogConfig>,
     /// How often each shard runs a compaction pass over its log (`None`: never).
     pub log_compact_interval: Option<Duration>,
+    /// Deadline of a live migration (docs/MIGRATION.md): a move whose activation has not
+    /// reached its hand-over by then is aborted and the actor keeps running where it was.
+    pub migration_timeout: Duration,
+    /// Moves each shard may start per second as the actors' home (0: no limit); more fail
+    /// with `MigrateError::RateLimited`.
+    pub migrations_per_sec_max: u32,
     /// Cluster membership and transport (`None`: a standalone node).
     pub net: Option<crate::net::NetConfig>,
     /// Where finished spans of traced turns and tasks go (an exporter; see
@@ -107,6 +113,8 @@ impl Default for EngineConfig {
             force_legacy_driver: false,
             log: None,
             log_compact_interval: Some(Duration::from_secs(10)),
+            migration_timeout: Duration::from_secs(5),
+            migrations_per_sec_max: 100_000,
             net: None,
             span_sink: None,
             start_fault: None,

@@ -127,6 +127,18 @@ pub struct ShardStatsSnapshot {
     pub ring_occupancy: u64,
     /// Turns by actor type, the busiest actors and the communication graph.
     pub load: crate::LoadSnapshot,
+    /// Moves ordered by this shard as the actors' home shard (docs/MIGRATION.md).
+    pub migrations_started: u64,
+    /// Moves that ended with the actor on its new shard.
+    pub migrations_done: u64,
+    /// Moves aborted at their deadline (or refused by the actor's shard); the actor stayed.
+    pub migrations_aborted: u64,
+    /// Bytes of dehydrated state moved (states moved as a box count 0).
+    pub migration_bytes: u64,
+    /// Messages this shard, as their home, forwarded to actors living on another shard.
+    pub migrate_forwarded: u64,
+    /// Actors of this home shard that live on another shard or are moving now.
+    pub directory_entries: u64,
 }
 
 /// Tells and asks of one kind, since the node started.

@@ -205,6 +205,36 @@ impl Engine {
         l.local_addr().ok()
     }
 
+    /// Moves `actor`'s activation live to shard `to` of this node and waits for the outcome
+    /// (at most about `migration_timeout`); see [`ActorRef::migrate`] and docs/MIGRATION.md.
+    /// Blocks the calling thread: never call it on a shard thread (use
+    /// `ActorRef::migrate(..).await` there).
+    pub fn migrate(
+        &self,
+        actor: &quark_placement::ActorId,
+        to: ShardId,
+    ) -> Result<crate::Moved, crate::MigrateError> {
+        crate::migrate::migrate_blocking(&self.shared, actor, to)
+    }
+
+    /// The registered name of the actor type called `name`, if one is (for callers that read
+    /// type names from outside, to build an [`quark_placement::ActorId`]).
+    pub fn registered_type(&self, name: &str) -> Option<&'static str> {
+        self.shared
+            .types
+            .iter()
+            .map(|t| t.name())
+            .find(|n| *n == name)
+    }
+
+    /// Where `actor` lives on this node (asks its home shard; blocks the calling thread).
+    pub fn placement(
+        &self,
+        actor: &quark_placement::ActorId,
+    ) -> Result<crate::Placement, crate::MigrateError> {
+        crate::migrate::placement_blocking(&self.shared, actor)
+    }
+
     /// Every shard's counters, index = shard id. Asks every shard at once and waits up to
     /// one second in all; a shard that does not answer by then (stuck in a handler that blocks
     /// its thread, or stopped) is an error naming it, never a zeroed snapshot.

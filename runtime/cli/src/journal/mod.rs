@@ -26,7 +26,7 @@ use anyhow::{bail, Result};
 mod inspect;
 mod output;
 mod scan;
-mod select;
+pub(crate) mod select;
 mod time;
 mod verify;
 

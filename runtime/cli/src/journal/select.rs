@@ -101,7 +101,7 @@ pub(super) fn parse_actor(s: &str) -> Result<ActorSel, String> {
 /// KEY syntax: decimal digits = u64; `"..."` = string (with `\"`, `\\`, `\n`, `\r`, `\t`, `\0`,
 /// `\u{..}` escapes, as `inspect` prints keys); `0x` + an even number of hex digits = bytes;
 /// anything else = the string as typed.
-fn parse_key(s: &str) -> Result<ActorKey, String> {
+pub(crate) fn parse_key(s: &str) -> Result<ActorKey, String> {
     if s.is_empty() {
         return Err("the key is empty (quote it, \"\", for an empty string key)".into());
     }

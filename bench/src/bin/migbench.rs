@@ -1,0 +1,352 @@
+//! Live migration between two shards of one node (issue 17; docs/MIGRATION.md), `--runs`
+//! times each, printing every run, the median and the spread:
+//!
+//! - **throughput**: `--actors` small actors (a `u64` of state, `ActorType::movable`), active,
+//!   half of them at home on each shard; a driver task on each shard moves its half to the
+//!   other shard and back, every move of a round in flight at once, for `--rounds` rounds.
+//!   Migrations/s = moves / wall time (target: at least 20,000/s).
+//! - **unavailability**: one actor with 1 KiB of state, moved back and forth `--moves` times
+//!   (one move at a time) while a task on each shard asks it in a closed loop. A move's
+//!   unavailability is `Moved::duration`: from the order at the actor's home (after which
+//!   new messages wait at the home) to the new shard's answer there (after which they are
+//!   sent on). p50 / p99 / max per run (target: p99 at most 200 µs). Twice: the state moved
+//!   as a box (`movable`) and dehydrated to 1,024 bytes (`migratable`). The probes' ask
+//!   latency p99 and max over the same run are printed beside it, with the same probes'
+//!   figures without moves (same run) as the baseline.
+//!
+//! Prints the machine line (cores, kernel, CPU, commit) first.
+//! `cargo run --release -p quark-bench --bin migbench -- --runs 5`
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Result};
+use clap::Parser;
+use futures::stream::{FuturesUnordered, StreamExt};
+use hdrhistogram::Histogram;
+use quark_bench::machine::Machine;
+use quark_bench::summary::{format_runs, format_spread, spread};
+use quark_shard::{
+    Actor, ActorId, ActorType, Context, Engine, EngineBuilder, EngineConfig, Handler, Message,
+    MigrateError, ShardSpec,
+};
+
+#[derive(Parser, Debug)]
+#[command(about = "Live migration between two shards: moves/s and unavailability")]
+struct Args {
+    /// Runs of each measurement.
+    #[arg(long, default_value_t = 5)]
+    runs: usize,
+    /// Small actors moved in the throughput measurement (half at home on each shard).
+    #[arg(long, default_value_t = 2_000)]
+    actors: u64,
+    /// Rounds of the throughput measurement (each moves every actor once).
+    #[arg(long, default_value_t = 20)]
+    rounds: u32,
+    /// Moves of the 1 KiB actor per run of the unavailability measurement.
+    #[arg(long, default_value_t = 2_000)]
+    moves: u32,
+    /// How long idle shards spin before parking, µs.
+    #[arg(long, default_value_t = 50)]
+    idle_spin_us: u64,
+    /// Only the measurements whose name contains this (throughput, unavailability).
+    #[arg(long)]
+    only: Option<String>,
+}
+
+struct Small(u64);
+impl Actor for Small {
+    const TYPE_NAME: &'static str = "bench-small";
+}
+struct Bump;
+impl Message for Bump {
+    type Reply = u64;
+}
+impl Handler<Bump> for Small {
+    async fn handle(&mut self, _: Bump, _: &Context<Self>) -> u64 {
+        self.0 += 1;
+        self.0
+    }
+}
+
+/// 1 KiB of state, moved as a box.
+struct Kib(Box<[u8; 1024]>);
+impl Actor for Kib {
+    const TYPE_NAME: &'static str = "bench-kib";
+}
+/// 1 KiB of state, dehydrated to bytes.
+struct KibBytes(Vec<u8>);
+impl Actor for KibBytes {
+    const TYPE_NAME: &'static str = "bench-kib-bytes";
+}
+struct Touch(u8);
+impl Message for Touch {
+    type Reply = u8;
+}
+impl Handler<Touch> for Kib {
+    async fn handle(&mut self, m: Touch, _: &Context<Self>) -> u8 {
+        self.0[usize::from(m.0)] = self.0[usize::from(m.0)].wrapping_add(1);
+        self.0[usize::from(m.0)]
+    }
+}
+impl Handler<Touch> for KibBytes {
+    async fn handle(&mut self, m: Touch, _: &Context<Self>) -> u8 {
+        self.0[usize::from(m.0)] = self.0[usize::from(m.0)].wrapping_add(1);
+        self.0[usize::from(m.0)]
+    }
+}
+
+fn engine(args: &Args) -> Result<Engine> {
+    Ok(EngineBuilder::new(EngineConfig {
+        shards: ShardSpec::Count(2),
+        idle_spin: Duration::from_micros(args.idle_spin_us),
+        migrations_per_sec_max: 0,
+        ..EngineConfig::default()
+    })
+    .register(ActorType::new(|_| Small(0)).movable())
+    .register(ActorType::new(|_| Kib(Box::new([0; 1024]))).movable())
+    .register(
+        ActorType::new(|_| KibBytes(vec![0; 1024]))
+            .migratable(|a: &KibBytes| a.0.clone(), |_, b| Ok(KibBytes(b.to_vec()))),
+    )
+    .start()?)
+}
+
+/// One throughput run: migrations/s.
+fn throughput(args: &Args) -> Result<f64> {
+    let engine = engine(args)?;
+    let mut halves: [Vec<u64>; 2] = [Vec::new(), Vec::new()];
+    for k in 0..args.actors {
+        let home = engine.actor_ref::<Small>(k).owner_shard();
+        halves[usize::from(home)].push(k);
+    }
+    // Activate them all first (a move of an inactive actor only changes its place).
+    for k in 0..args.actors {
+        engine.actor_ref::<Small>(k).ask_blocking(Bump)?;
+    }
+    let rounds = args.rounds;
+    let start = Instant::now();
+    let drivers: Vec<_> = (0..2u16)
+        .map(|shard| {
+            let refs: Vec<_> = halves[usize::from(shard)]
+                .iter()
+                .map(|k| engine.actor_ref::<Small>(*k))
+                .collect();
+            engine.spawn_on(shard, move || async move {
+                let mut moves = 0u64;
+                for round in 0..rounds {
+                    // Odd rounds move every actor away from home, even rounds back.
+                    let to = if round % 2 == 0 { 1 - shard } else { shard };
+                    let mut inflight: FuturesUnordered<_> =
+                        refs.iter().map(|r| r.migrate(to)).collect();
+                    while let Some(m) = inflight.next().await {
+                        let m = m.map_err(|e| e.to_string())?;
+                        if m.from == m.to {
+                            return Err(format!("{} did not move", m.actor));
+                        }
+                        moves += 1;
+                    }
+                }
+                Ok::<u64, String>(moves)
+            })
+        })
+        .collect();
+    let mut moves = 0;
+    for d in drivers {
+        match d.join() {
+            Ok(Ok(n)) => moves += n,
+            Ok(Err(e)) => bail!("a move failed: {e}"),
+            Err(e) => bail!("a driver failed: {e}"),
+        }
+    }
+    let secs = start.elapsed().as_secs_f64();
+    let stats = engine.stats()?;
+    let done: u64 = stats.iter().map(|s| s.migrations_done).sum();
+    if done != moves {
+        bail!("{moves} moves reported, {done} counted by the shards");
+    }
+    engine.shutdown();
+    Ok(moves as f64 / secs)
+}
+
+struct Unavailability {
+    p50_us: f64,
+    p99_us: f64,
+    max_us: f64,
+    probe_p99_us: f64,
+    probe_max_us: f64,
+    base_p99_us: f64,
+    base_max_us: f64,
+    bytes: u64,
+}
+
+/// Closed-loop probes from both shards until `stop`: their ask latency histogram.
+fn probes<A>(
+    engine: &Engine,
+    key: u64,
+    stop: Arc<AtomicBool>,
+) -> Vec<quark_shard::SpawnHandle<Histogram<u64>>>
+where
+    A: Handler<Touch>,
+{
+    (0..2u16)
+        .map(|shard| {
+            let r = engine.actor_ref::<A>(key);
+            let stop = stop.clone();
+            engine.spawn_on(shard, move || async move {
+                let mut h = Histogram::<u64>::new(3).expect("histogram");
+                let mut i = 0u8;
+                while !stop.load(Ordering::Relaxed) {
+                    let t = Instant::now();
+                    r.ask(Touch(i)).await.expect("probe");
+                    h.record(t.elapsed().as_nanos() as u64).expect("in range");
+                    i = i.wrapping_add(1);
+                }
+                h
+            })
+        })
+        .collect()
+}
+
+fn join_probes(p: Vec<quark_shard::SpawnHandle<Histogram<u64>>>) -> Result<Histogram<u64>> {
+    let mut all = Histogram::<u64>::new(3)?;
+    for h in p {
+        match h.join() {
+            Ok(h) => all.add(&h)?,
+            Err(e) => bail!("a probe failed: {e}"),
+        }
+    }
+    Ok(all)
+}
+
+/// One unavailability run for actor type `A`.
+fn unavailability<A>(args: &Args) -> Result<Unavailability>
+where
+    A: Handler<Touch>,
+{
+    let engine = engine(args)?;
+    let key = 7u64;
+    let id = ActorId {
+        type_name: A::TYPE_NAME,
+        key: key.into(),
+    };
+    engine.actor_ref::<A>(key).ask_blocking(Touch(0))?;
+    // Baseline: the same probes for a while without moves.
+    let stop = Arc::new(AtomicBool::new(false));
+    let p = probes::<A>(&engine, key, stop.clone());
+    std::thread::sleep(Duration::from_millis(300));
+    stop.store(true, Ordering::Relaxed);
+    let base = join_probes(p)?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let p = probes::<A>(&engine, key, stop.clone());
+    let mut moved = Histogram::<u64>::new(3)?;
+    let mut place = engine.placement(&id)?.shard;
+    let mut bytes = 0;
+    let mut n = 0;
+    while n < args.moves {
+        match engine.migrate(&id, 1 - place) {
+            Ok(m) => {
+                moved.record(m.duration.as_nanos() as u64)?;
+                place = m.to;
+                bytes = m.bytes;
+                n += 1;
+            }
+            Err(MigrateError::Busy { .. }) => std::thread::yield_now(),
+            Err(e) => bail!("move {n}: {e}"),
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    let probed = join_probes(p)?;
+    engine.shutdown();
+    let us = |h: &Histogram<u64>, q: f64| h.value_at_quantile(q) as f64 / 1e3;
+    Ok(Unavailability {
+        p50_us: us(&moved, 0.5),
+        p99_us: us(&moved, 0.99),
+        max_us: moved.max() as f64 / 1e3,
+        probe_p99_us: us(&probed, 0.99),
+        probe_max_us: probed.max() as f64 / 1e3,
+        base_p99_us: us(&base, 0.99),
+        base_max_us: base.max() as f64 / 1e3,
+        bytes,
+    })
+}
+
+fn report(name: &str, unit: &str, values: &[f64], decimals: usize) {
+    if values.is_empty() {
+        return;
+    }
+    println!(
+        "{name:<58} {unit:>10}  {}  runs: {}",
+        format_spread(&spread(values), decimals),
+        format_runs(values, decimals)
+    );
+}
+
+fn unavailability_rows<A: Handler<Touch>>(args: &Args, what: &str) -> Result<()> {
+    let runs: Vec<Unavailability> = (0..args.runs)
+        .map(|_| unavailability::<A>(args))
+        .collect::<Result<_>>()?;
+    let col = |f: fn(&Unavailability) -> f64| runs.iter().map(f).collect::<Vec<_>>();
+    let bytes = runs.first().map_or(0, |r| r.bytes);
+    println!("unavailability, 1 KiB state {what} ({bytes} bytes serialized per move):");
+    report(
+        "  move p50 (order at home -> answer at home)",
+        "µs",
+        &col(|r| r.p50_us),
+        1,
+    );
+    report("  move p99", "µs", &col(|r| r.p99_us), 1);
+    report("  move max", "µs", &col(|r| r.max_us), 1);
+    report(
+        "  probe ask p99 during moves",
+        "µs",
+        &col(|r| r.probe_p99_us),
+        1,
+    );
+    report(
+        "  probe ask p99 without moves (same run)",
+        "µs",
+        &col(|r| r.base_p99_us),
+        1,
+    );
+    report(
+        "  probe ask max during moves",
+        "µs",
+        &col(|r| r.probe_max_us),
+        1,
+    );
+    report(
+        "  probe ask max without moves (same run)",
+        "µs",
+        &col(|r| r.base_max_us),
+        1,
+    );
+    Ok(())
+}
+
+fn main() -> Result<()> {
+    let args = Args::parse();
+    println!("{}", Machine::describe().line());
+    println!(
+        "migbench: --runs {} --actors {} --rounds {} --moves {} --idle-spin-us {}",
+        args.runs, args.actors, args.rounds, args.moves, args.idle_spin_us
+    );
+    let want = |name: &str| args.only.as_deref().is_none_or(|o| name.contains(o));
+    if want("throughput") {
+        let rates: Vec<f64> = (0..args.runs)
+            .map(|_| throughput(&args))
+            .collect::<Result<_>>()?;
+        report(
+            "throughput: small actors moved between two shards",
+            "moves/s",
+            &rates,
+            0,
+        );
+    }
+    if want("unavailability") {
+        unavailability_rows::<Kib>(&args, "moved as a box (movable)")?;
+        unavailability_rows::<KibBytes>(&args, "dehydrated (migratable)")?;
+    }
+    Ok(())
+}

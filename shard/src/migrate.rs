@@ -1,0 +1,1131 @@
+//! Live migration of an activation between shards of one node (docs/MIGRATION.md).
+//!
+//! Roles, for an actor whose home (hash placement) is shard H, living on shard X, moved to Y:
+//!
+//! 1. **H orders the move** ([`start`]): it is the one place every sender addresses, so it
+//!    orders every message to the actor. From the order on, messages that miss H's table
+//!    wait in the actor's directory entry, in arrival order. H sends the pause command to X
+//!    through the H→X ring *after* every message it forwarded to X before (if some still
+//!    wait there for a credit, the command waits behind them in the entry), so X has them
+//!    all when the command arrives.
+//! 2. **X pauses at a turn boundary** ([`pause_typed`], [`hand_over`]): it takes the
+//!    activation out of its table (nothing new can reach it: X's senders address H), asks it
+//!    to stop, and lets it handle what is already in its mailbox. When the mailbox is empty
+//!    between turns, the activation's task hands its state over instead of deactivating: the
+//!    state moves as a box (same process: no serialization) or as bytes
+//!    ([`ActorType::migratable`]), and the task ends. No turn can run on X after that point,
+//!    and none runs on Y before it: at no moment do two activations of one id run turns.
+//!    A deadline timer on X aborts the pause if the hand-over did not happen in time: the
+//!    activation goes back into X's table and keeps running there.
+//! 3. **Y installs** ([`arrive`]) the state as a live activation (no `on_activate`: a move is
+//!    not a deactivation) and tells H.
+//! 4. **H records** the new place ([`done`]) and sends what waited on to Y, in order
+//!    ([`flush`]), with cross-shard credits like any sender.
+//!
+//! Messages queued at X are handled at X before the hand-over (X's credits and reply paths
+//! stay exact); messages that arrive later are forwarded by H ([`Relay`]). Per-sender FIFO
+//! holds because every message passes H in order and H forwards in order over one FIFO ring.
+
+use std::any::Any;
+use std::cell::{Cell, RefCell};
+use std::future::Future;
+use std::marker::PhantomData;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::channel::oneshot;
+use quark_placement::{shard_for, ActorId, ActorKey, ShardId};
+use rustc_hash::FxHashMap;
+
+use crate::activation::{Activation, ActorType, LoadError, MailItemKeyed, TypeInfo, TypeTable};
+use crate::actor::{Actor, Handler, Message};
+use crate::actor_ref::ActorRef;
+use crate::calls::{CallId, CallOutcome, Forward, Waiter};
+use crate::directory::{Directory, Slot};
+use crate::engine::shared::{current_core, NodeShared, Phase};
+use crate::envelope::{CrossMsg, Deliver, Origin, ReplyTo};
+use crate::shard::Shard;
+use crate::timers::TimerId;
+
+/// How an actor type's state moves (set with [`ActorType::movable`] or
+/// [`ActorType::migratable`]; a type without one cannot migrate).
+pub(crate) enum Mover<A> {
+    /// The state is `Send`: it moves between shard threads as a box, without serialization.
+    Boxed {
+        out: fn(A) -> Box<dyn Any + Send>,
+        back: fn(Box<dyn Any + Send>) -> A,
+    },
+    /// The state is dehydrated to bytes on the old shard and rehydrated on the new one.
+    Bytes {
+        dehydrate: Dehydrate<A>,
+        rehydrate: Rehydrate<A>,
+    },
+}
+
+type Dehydrate<A> = Box<dyn Fn(&A) -> Vec<u8> + Send + Sync>;
+type Rehydrate<A> = Box<dyn Fn(&ActorId, &[u8]) -> Result<A, LoadError> + Send + Sync>;
+
+fn box_out<A: Send + 'static>(a: A) -> Box<dyn Any + Send> {
+    Box::new(a)
+}
+
+fn box_back<A: 'static>(b: Box<dyn Any + Send>) -> A {
+    *b.downcast::<A>()
+        .expect("a boxed state arrives at a table of its own type")
+}
+
+impl<A: Actor> ActorType<A> {
+    /// Lets activations of this type migrate between shards ([`crate::Engine::migrate`]),
+    /// their state moving as it is, without serialization (the state must be `Send`: it
+    /// changes threads at a turn boundary, never during a turn).
+    pub fn movable(mut self) -> Self
+    where
+        A: Send,
+    {
+        self.migration = Some(Mover::Boxed {
+            out: box_out::<A>,
+            back: box_back::<A>,
+        });
+        self
+    }
+
+    /// Lets activations of this type migrate between shards, their state dehydrated to bytes
+    /// (`dehydrate`, on the old shard, between turns) and rehydrated (`rehydrate`, on the new
+    /// shard). For states that are not `Send`. If `rehydrate` fails, the move is done but the
+    /// state is lost: the actor starts afresh (its factory) at its next message, and the
+    /// caller of the move gets [`MigrateError::RehydrateFailed`].
+    pub fn migratable(
+        mut self,
+        dehydrate: impl Fn(&A) -> Vec<u8> + Send + Sync + 'static,
+        rehydrate: impl Fn(&ActorId, &[u8]) -> Result<A, LoadError> + Send + Sync + 'static,
+    ) -> Self {
+        self.migration = Some(Mover::Bytes {
+            dehydrate: Box::new(dehydrate),
+            rehydrate: Box::new(rehydrate),
+        });
+        self
+    }
+}
+
+/// A completed move ([`crate::Engine::migrate`], [`ActorRef::migrate`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Moved {
+    /// The actor.
+    pub actor: ActorId,
+    /// The shard it lived on.
+    pub from: ShardId,
+    /// The shard it lives on now (`from == to`: it was there already, nothing moved).
+    pub to: ShardId,
+    /// From the order at the actor's home shard to the new shard's answer: messages that
+    /// reached the home meanwhile waited this long at most.
+    pub duration: Duration,
+    /// Bytes of dehydrated state (0 when the state moved as a box, [`ActorType::movable`]).
+    pub bytes: u64,
+}
+
+/// Where an actor lives ([`crate::Engine::placement`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Placement {
+    /// The actor.
+    pub actor: ActorId,
+    /// Its home shard (hash placement): the shard every sender addresses.
+    pub home: ShardId,
+    /// The shard it lives on (or is activated on at its next message).
+    pub shard: ShardId,
+    /// A move is under way.
+    pub moving: bool,
+}
+
+/// Why a move did not happen (or did not keep the state).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum MigrateError {
+    /// No actor type of this name is registered on the node.
+    #[error("no actor type {type_name:?} is registered on this node")]
+    UnknownType {
+        /// The name asked for.
+        type_name: String,
+    },
+    /// The type was not registered with [`ActorType::movable`] or [`ActorType::migratable`]
+    /// (stateless worker types never migrate).
+    #[error(
+        "actor {actor} cannot migrate: its type is not registered with ActorType::movable or \
+         ActorType::migratable"
+    )]
+    NotMigratable {
+        /// The actor.
+        actor: ActorId,
+    },
+    /// The target shard does not exist.
+    #[error("actor {actor}: there is no shard {shard} (the node has {shards})")]
+    NoSuchShard {
+        /// The actor.
+        actor: ActorId,
+        /// The shard asked for.
+        shard: ShardId,
+        /// The node's shard count.
+        shards: u16,
+    },
+    /// The actor lives on another node (cross-node migration is not built yet).
+    #[error(
+        "actor {actor} lives on another node; only moves between shards of its node are supported"
+    )]
+    OtherNode {
+        /// The actor.
+        actor: ActorId,
+    },
+    /// A move of this actor is under way: retry once it ended.
+    #[error("actor {actor}: a move of this actor is under way; retry once it ended")]
+    Busy {
+        /// The actor.
+        actor: ActorId,
+    },
+    /// The home shard started `migrations_per_sec_max` moves in the current second.
+    #[error(
+        "actor {actor}: home shard {shard} already started {limit} migrations this second \
+         (migrations_per_sec_max); retry later"
+    )]
+    RateLimited {
+        /// The actor.
+        actor: ActorId,
+        /// Its home shard.
+        shard: ShardId,
+        /// The limit.
+        limit: u32,
+    },
+    /// The activation did not reach a turn boundary with an empty mailbox within the
+    /// deadline: the move was aborted and the actor keeps running on `from`.
+    #[error(
+        "actor {actor}: the move from shard {from} to shard {to} did not reach its hand-over \
+         within {timeout:?}; aborted, the actor runs on shard {from}"
+    )]
+    DeadlineExceeded {
+        /// The actor.
+        actor: ActorId,
+        /// Where it stays.
+        from: ShardId,
+        /// Where it was to go.
+        to: ShardId,
+        /// The deadline (`migration_timeout`).
+        timeout: Duration,
+    },
+    /// The activation was deactivating when the pause came: retry.
+    #[error("actor {actor}: the activation was deactivating on shard {shard}; retry")]
+    Deactivating {
+        /// The actor.
+        actor: ActorId,
+        /// Where.
+        shard: ShardId,
+    },
+    /// The move happened, but `rehydrate` failed on the new shard: the state is lost and the
+    /// actor starts afresh there at its next message.
+    #[error(
+        "actor {actor}: moved to shard {to}, but its state could not be rehydrated there: {detail}"
+    )]
+    RehydrateFailed {
+        /// The actor.
+        actor: ActorId,
+        /// Where it lives now.
+        to: ShardId,
+        /// The rehydrate error's chain.
+        detail: String,
+    },
+    /// The node is shutting down.
+    #[error("actor {actor}: the node is shutting down")]
+    ShuttingDown {
+        /// The actor.
+        actor: ActorId,
+    },
+}
+
+/// A message waiting in (or passing through) a home shard's directory entry: an envelope
+/// whose actor lives on another shard.
+pub(crate) trait Relay {
+    fn key(&self) -> &ActorKey;
+    /// Sends the message on to shard `to` (the caller holds a credit for `to`). The hop that
+    /// brought it to this shard is settled here (a tell's credit owed to its sender, an
+    /// external slot released), and an ask's reply is relayed back through this shard, so
+    /// that every sender's credits come back from the shard it sent to.
+    fn forward(self: Box<Self>, core: &Rc<Shard>, to: ShardId);
+    /// Delivers the message on this shard (the actor is back at home).
+    fn deliver_here(self: Box<Self>, core: &Rc<Shard>);
+}
+
+impl<A, M> Relay for Deliver<A, M>
+where
+    A: Handler<M>,
+    M: Message,
+{
+    fn key(&self) -> &ActorKey {
+        &self.key
+    }
+
+    fn forward(mut self: Box<Self>, core: &Rc<Shard>, to: ShardId) {
+        let here = core.id;
+        match self.reply {
+            ReplyTo::Shard(from, call) => {
+                let deadline = self
+                    .deadline
+                    .unwrap_or_else(|| core.now() + core.node.config.ask_timeout);
+                let relay = core.calls.borrow_mut().register(
+                    deadline,
+                    Waiter::Forward(Box::new(RelayReply::<A, M> {
+                        node: core.node.clone(),
+                        to: from,
+                        call,
+                        _types: PhantomData,
+                    })),
+                );
+                self.reply = ReplyTo::Shard(here, relay);
+            }
+            ReplyTo::Local(call) => {
+                if self.origin == Origin::External {
+                    core.turn_done(Origin::External, self.reply);
+                }
+                self.reply = ReplyTo::Shard(here, call);
+            }
+            ReplyTo::None => core.turn_done(self.origin, ReplyTo::None),
+        }
+        self.origin = Origin::Shard(here);
+        let s = &core.stats.migrate_forwarded;
+        s.set(s.get() + 1);
+        core.send_to(to, CrossMsg::Request(self));
+    }
+
+    fn deliver_here(self: Box<Self>, core: &Rc<Shard>) {
+        let type_idx = self.type_idx;
+        crate::activation::deliver::<A>(core, type_idx, self);
+    }
+}
+
+/// The reply of an ask this home shard forwarded, on its way back to the shard that asked.
+struct RelayReply<A, M> {
+    node: Arc<NodeShared>,
+    to: ShardId,
+    call: CallId,
+    _types: PhantomData<fn() -> (A, M)>,
+}
+
+impl<A, M> Forward for RelayReply<A, M>
+where
+    A: Handler<M>,
+    M: Message,
+{
+    fn complete(self: Box<Self>, outcome: CallOutcome) {
+        let core =
+            current_core(&self.node).expect("a relayed reply completes on its home shard's thread");
+        let (to, call, from) = (self.to, self.call, core.id);
+        match outcome {
+            CallOutcome::Reply(any) => {
+                let Ok(mut d) = any.downcast::<Deliver<A, M>>() else {
+                    unreachable!("a relayed reply has the type of the ask it answers")
+                };
+                d.reply = ReplyTo::Shard(to, call);
+                d.from = from;
+                core.send_to(to, CrossMsg::Reply(d));
+            }
+            CallOutcome::Failed(err) => core.send_to(
+                to,
+                CrossMsg::Fail {
+                    call,
+                    from,
+                    err: Some(Box::new(err)),
+                },
+            ),
+            CallOutcome::TimedOut => core.send_to(
+                to,
+                CrossMsg::Fail {
+                    call,
+                    from,
+                    err: None,
+                },
+            ),
+            CallOutcome::Remote(_) => {
+                unreachable!("a relayed ask goes to a shard of this node")
+            }
+        }
+    }
+}
+
+/// What waits in a home shard's directory entry, in arrival order.
+pub(crate) enum Pending {
+    /// A message for the actor.
+    Msg(Box<dyn Relay>),
+    /// The pause command of the entry's move, sent to the actor's place once every message
+    /// before it has been sent there (only while the place is another shard).
+    Move,
+}
+
+/// A move ordered by a home shard, until the place's answer.
+pub(crate) struct Order {
+    ticket: u64,
+    from: ShardId,
+    to: ShardId,
+    timeout: Duration,
+    started: Instant,
+    reply: Option<oneshot::Sender<Result<Moved, MigrateError>>>,
+    /// The pause command went to the place (else it waits in the queue as `Pending::Move`).
+    sent: bool,
+}
+
+impl Order {
+    fn cmd(&self, home: ShardId) -> Cmd {
+        Cmd {
+            ticket: self.ticket,
+            home,
+            to: self.to,
+            timeout: self.timeout,
+        }
+    }
+}
+
+/// What the home sends to the actor's place.
+#[derive(Clone, Copy)]
+pub(crate) struct Cmd {
+    ticket: u64,
+    home: ShardId,
+    to: ShardId,
+    timeout: Duration,
+}
+
+/// An activation paused for a move on its place (until hand-over or abort).
+struct Pause {
+    cmd: Cmd,
+    timer: TimerId,
+    /// Puts the activation back in its table (abort).
+    undo: Undo,
+}
+
+type Undo = Box<dyn FnOnce(&Rc<Shard>)>;
+
+/// How a move ended, sent back to the home.
+enum Outcome {
+    Moved { bytes: u64 },
+    Lost { bytes: u64, detail: String },
+    Aborted,
+    Refused(MigrateError),
+}
+
+/// A shard's migration service: its directory (as a home) and its paused activations (as a
+/// place).
+pub(crate) struct Migrations {
+    pub(crate) directory: RefCell<Directory<Pending, Order>>,
+    pauses: RefCell<FxHashMap<Slot, Pause>>,
+    /// Moves started in the current one-second window: (window start, count); no window
+    /// before the first move (the start is the shard clock's reading, not `Instant::now`).
+    window: Cell<(Option<Instant>, u32)>,
+    next_ticket: Cell<u64>,
+}
+
+impl Migrations {
+    pub(crate) fn new(home: ShardId) -> Self {
+        Migrations {
+            directory: RefCell::new(Directory::new(home)),
+            pauses: RefCell::new(FxHashMap::default()),
+            window: Cell::new((None, 0)),
+            next_ticket: Cell::new(1),
+        }
+    }
+
+    /// True if a message for `(type_idx, key)` that missed this shard's table must not
+    /// activate the actor here (it lives elsewhere, or is moving): see [`divert`]. Called on
+    /// table misses only; with no entry at all, one length test.
+    #[inline]
+    pub(crate) fn diverts(&self, type_idx: u16, key: &ActorKey) -> bool {
+        let dir = self.directory.borrow();
+        dir.len() != 0 && dir.has(&(type_idx, key.clone()))
+    }
+
+    /// Directory entries (actors of this home that are away or moving).
+    pub(crate) fn entries(&self) -> usize {
+        self.directory.borrow().len()
+    }
+
+    /// Takes one of `limit` starts of the current second (0 = no limit).
+    fn admit(&self, now: Instant, limit: u32) -> bool {
+        if limit == 0 {
+            return true;
+        }
+        let (start, n) = match self.window.get() {
+            (Some(start), n) if now.saturating_duration_since(start) < Duration::from_secs(1) => {
+                (start, n)
+            }
+            _ => (now, 0),
+        };
+        if n >= limit {
+            self.window.set((Some(start), n));
+            return false;
+        }
+        self.window.set((Some(start), n + 1));
+        true
+    }
+}
+
+fn actor_id(node: &NodeShared, slot: &Slot) -> ActorId {
+    ActorId {
+        type_name: node.types[usize::from(slot.0)].name(),
+        key: slot.1.clone(),
+    }
+}
+
+fn bump(c: &Cell<u64>, n: u64) {
+    c.set(c.get() + n);
+}
+
+// ---- the home shard: ordering moves, holding and forwarding messages
+
+/// Sends a move order for `(type_idx, key)` to its home shard; the receiver gets the outcome.
+pub(crate) fn request(
+    node: &Arc<NodeShared>,
+    type_idx: u16,
+    key: ActorKey,
+    to: ShardId,
+) -> oneshot::Receiver<Result<Moved, MigrateError>> {
+    let (tx, rx) = oneshot::channel();
+    let id = ActorId {
+        type_name: node.types[usize::from(type_idx)].name(),
+        key,
+    };
+    let home = shard_for(&id, node.shard_count());
+    let timeout = node.config.migration_timeout;
+    node.inject(
+        home,
+        CrossMsg::run_on(move |core| start(core, type_idx, id.key, to, timeout, tx)),
+    );
+    rx
+}
+
+/// Asks the home shard of `(type_idx, key)` where the actor lives.
+fn request_placement(
+    node: &Arc<NodeShared>,
+    type_idx: u16,
+    key: ActorKey,
+) -> oneshot::Receiver<Placement> {
+    let (tx, rx) = oneshot::channel();
+    let id = ActorId {
+        type_name: node.types[usize::from(type_idx)].name(),
+        key,
+    };
+    let home = shard_for(&id, node.shard_count());
+    node.inject(
+        home,
+        CrossMsg::run_on(move |core| {
+            let dir = core.migration.directory.borrow();
+            let slot = (type_idx, id.key.clone());
+            let moving = dir.get(&slot).is_some_and(|e| e.moving.is_some());
+            let _ = tx.send(Placement {
+                home: core.id,
+                shard: dir.place_of(&slot),
+                moving,
+                actor: id,
+            });
+        }),
+    );
+    rx
+}
+
+/// Whether a move of `slot` to `to` may start now (on its home shard).
+fn admissible(core: &Shard, slot: &Slot, actor: ActorId, to: ShardId) -> Result<(), MigrateError> {
+    let node = &core.node;
+    if !node.types[usize::from(slot.0)].migratable() {
+        return Err(MigrateError::NotMigratable { actor });
+    }
+    if to >= node.shard_count() {
+        return Err(MigrateError::NoSuchShard {
+            actor,
+            shard: to,
+            shards: node.shard_count(),
+        });
+    }
+    if node.phase() != Phase::Running {
+        return Err(MigrateError::ShuttingDown { actor });
+    }
+    let dir = core.migration.directory.borrow();
+    if dir.get(slot).is_some_and(|e| e.moving.is_some()) {
+        return Err(MigrateError::Busy { actor });
+    }
+    Ok(())
+}
+
+/// On the home shard: orders the move of `(type_idx, key)` to shard `to`.
+fn start(
+    core: &Rc<Shard>,
+    type_idx: u16,
+    key: ActorKey,
+    to: ShardId,
+    timeout: Duration,
+    reply: oneshot::Sender<Result<Moved, MigrateError>>,
+) {
+    let slot = (type_idx, key);
+    let actor = actor_id(&core.node, &slot);
+    let m = &core.migration;
+    let from = m.directory.borrow().place_of(&slot);
+    match admissible(core, &slot, actor.clone(), to) {
+        Err(e) => {
+            let _ = reply.send(Err(e));
+            return;
+        }
+        Ok(()) if from == to => {
+            let _ = reply.send(Ok(Moved {
+                actor,
+                from,
+                to,
+                duration: Duration::ZERO,
+                bytes: 0,
+            }));
+            return;
+        }
+        Ok(()) => {}
+    }
+    let limit = core.node.config.migrations_per_sec_max;
+    // A fresh reading: the shard's reading is from before the batch of inbound messages
+    // this order came in (one batch can hold many orders).
+    if !m.admit(core.node.config.clock.now(), limit) {
+        let _ = reply.send(Err(MigrateError::RateLimited {
+            actor,
+            shard: core.id,
+            limit,
+        }));
+        return;
+    }
+    let mut dir = m.directory.borrow_mut();
+    let ticket = m.next_ticket.get();
+    m.next_ticket.set(ticket + 1);
+    let e = dir.entry(slot.clone());
+    // Messages waiting for a credit to the place go there first: the command waits behind
+    // them (they wait only while the place is another shard).
+    let now = e.queue.is_empty() && !e.flushing;
+    debug_assert!(now || from != core.id, "nothing waits for a credit to home");
+    let order = Order {
+        ticket,
+        from,
+        to,
+        timeout,
+        started: Instant::now(),
+        reply: Some(reply),
+        sent: now,
+    };
+    let cmd = order.cmd(core.id);
+    e.moving = Some(order);
+    if !now {
+        e.queue.push_back(Pending::Move);
+    }
+    drop(dir);
+    bump(&core.stats.migrations_started, 1);
+    if now {
+        command(core, slot, cmd, from);
+    }
+}
+
+/// Sends a move's pause command to the actor's place `place` (after every message this home
+/// forwarded there: they are all in the activation's mailbox when the command arrives).
+fn command(core: &Rc<Shard>, slot: Slot, cmd: Cmd, place: ShardId) {
+    if place == core.id {
+        pause(core, slot, cmd);
+    } else {
+        core.send_to(place, CrossMsg::run_on(move |x| pause(x, slot, cmd)));
+    }
+}
+
+/// A message for `(type_idx, key)` missed this (home) shard's table and the directory has an
+/// entry for it: it waits in the entry (a move is under way, or earlier messages wait for a
+/// credit), or goes on to the actor's place.
+pub(crate) fn divert<A: Actor>(core: &Rc<Shard>, type_idx: u16, item: Box<dyn MailItemKeyed<A>>) {
+    let r = item.into_relay();
+    let slot = (type_idx, r.key().clone());
+    let mut dir = core.migration.directory.borrow_mut();
+    let Some(e) = dir.get_mut(&slot) else {
+        // No entry (a caller checked `diverts` first, on this thread): deliver here.
+        drop(dir);
+        return r.deliver_here(core);
+    };
+    if !e.is_quiet() {
+        e.queue.push_back(Pending::Msg(r));
+        return;
+    }
+    let to = e.place;
+    if to == core.id {
+        // An entry at home with nothing waiting is removed by `flush`; deliver here.
+        dir.remove(&slot);
+        drop(dir);
+        return r.deliver_here(core);
+    }
+    if core.try_acquire_credit(to) {
+        drop(dir);
+        r.forward(core, to);
+    } else {
+        e.queue.push_back(Pending::Msg(r));
+        e.flushing = true;
+        drop(dir);
+        spawn_flusher(core, slot, to);
+    }
+}
+
+/// On the home shard: a move ended. Records the new place, answers the caller, logs, and
+/// sends on what waited.
+fn done(core: &Rc<Shard>, slot: Slot, ticket: u64, outcome: Outcome) {
+    let mut dir = core.migration.directory.borrow_mut();
+    let Some(e) = dir.get_mut(&slot) else {
+        return;
+    };
+    if e.moving.as_ref().is_none_or(|o| o.ticket != ticket) {
+        return;
+    }
+    let mut order = e.moving.take().expect("checked just above");
+    let actor = actor_id(&core.node, &slot);
+    let duration = order.started.elapsed();
+    let (from, to) = (order.from, order.to);
+    let st = &core.stats;
+    let result = match outcome {
+        Outcome::Moved { bytes } => {
+            e.place = to;
+            bump(&st.migrations_done, 1);
+            bump(&st.migration_bytes, bytes);
+            tracing::info!(shard = core.id, actor = %actor, from, to,
+                duration_us = duration.as_micros() as u64, bytes, "actor migrated");
+            Ok(Moved {
+                actor,
+                from,
+                to,
+                duration,
+                bytes,
+            })
+        }
+        Outcome::Lost { bytes, detail } => {
+            e.place = to;
+            bump(&st.migrations_done, 1);
+            bump(&st.migration_bytes, bytes);
+            tracing::error!(shard = core.id, actor = %actor, from, to,
+                duration_us = duration.as_micros() as u64, bytes, %detail,
+                "actor migrated, but its state could not be rehydrated: it starts afresh");
+            Err(MigrateError::RehydrateFailed { actor, to, detail })
+        }
+        Outcome::Aborted => {
+            bump(&st.migrations_aborted, 1);
+            tracing::warn!(shard = core.id, actor = %actor, from, to,
+                duration_us = duration.as_micros() as u64,
+                "actor migration aborted at its deadline; the actor stays");
+            Err(MigrateError::DeadlineExceeded {
+                actor,
+                from,
+                to,
+                timeout: order.timeout,
+            })
+        }
+        Outcome::Refused(err) => {
+            bump(&st.migrations_aborted, 1);
+            tracing::warn!(shard = core.id, actor = %actor, from, to, error = %err,
+                "actor migration refused by its place; the actor stays");
+            Err(err)
+        }
+    };
+    drop(dir);
+    if let Some(tx) = order.reply.take() {
+        let _ = tx.send(result);
+    }
+    flush(core, &slot);
+}
+
+/// On the home shard: sends what waits in `slot`'s entry on to the actor's place, in order,
+/// up to a pending move's command (sent then); delivers it here, and drops the entry, if the
+/// place is home.
+fn flush(core: &Rc<Shard>, slot: &Slot) {
+    let mut dir = core.migration.directory.borrow_mut();
+    let Some(e) = dir.get_mut(slot) else {
+        return;
+    };
+    if e.flushing || e.moving.as_ref().is_some_and(|o| o.sent) {
+        return;
+    }
+    let to = e.place;
+    if to == core.id {
+        // Back at home: no entry any more (the common case costs nothing again). What waited
+        // is delivered now, in order, before any later message can reach the table. (No
+        // move command waits here: one waits only behind messages for another shard.)
+        let e = dir.remove(slot).expect("looked up above");
+        drop(dir);
+        for p in e.queue {
+            match p {
+                Pending::Msg(r) => r.deliver_here(core),
+                Pending::Move => unreachable!("a move command waits only for another shard"),
+            }
+        }
+        return;
+    }
+    loop {
+        match e.queue.front() {
+            None => return,
+            Some(Pending::Move) => {
+                e.queue.pop_front();
+                let cmd = send_order(e, core.id);
+                drop(dir);
+                return command(core, slot.clone(), cmd, to);
+            }
+            Some(Pending::Msg(_)) => {
+                if !core.try_acquire_credit(to) {
+                    e.flushing = true;
+                    drop(dir);
+                    return spawn_flusher(core, slot.clone(), to);
+                }
+                let Some(Pending::Msg(r)) = e.queue.pop_front() else {
+                    unreachable!("the front was a message")
+                };
+                r.forward(core, to);
+            }
+        }
+    }
+}
+
+/// Marks the entry's pending move as sent and returns its command.
+fn send_order(e: &mut crate::directory::Entry<Pending, Order>, home: ShardId) -> Cmd {
+    let o = e
+        .moving
+        .as_mut()
+        .expect("a queued move command has its order");
+    o.sent = true;
+    o.cmd(home)
+}
+
+/// A task of the home shard that sends `slot`'s waiting messages to `to` as credits come
+/// back, up to a pending move's command (which it sends, then stops).
+fn spawn_flusher(core: &Rc<Shard>, slot: Slot, to: ShardId) {
+    let c = core.clone();
+    core.sched.spawn(async move {
+        loop {
+            let move_cmd = {
+                let mut dir = c.migration.directory.borrow_mut();
+                let e = dir
+                    .get_mut(&slot)
+                    .expect("an entry stays while its flusher runs (its place cannot change)");
+                match e.queue.front() {
+                    None => {
+                        e.flushing = false;
+                        return;
+                    }
+                    Some(Pending::Move) => {
+                        e.queue.pop_front();
+                        e.flushing = false;
+                        Some(send_order(e, c.id))
+                    }
+                    Some(Pending::Msg(_)) => None,
+                }
+            };
+            if let Some(cmd) = move_cmd {
+                return command(&c, slot, cmd, to);
+            }
+            c.acquire_credit(to).await;
+            let mut dir = c.migration.directory.borrow_mut();
+            let e = dir.get_mut(&slot).expect("as above");
+            // Only this task takes from the queue while `flushing`: the front is the message
+            // looked at before the wait.
+            let Some(Pending::Msg(r)) = e.queue.pop_front() else {
+                unreachable!("the front was a message")
+            };
+            drop(dir);
+            r.forward(&c, to);
+        }
+    });
+}
+
+// ---- the old place: pausing and handing over
+
+/// On the actor's place: pauses its activation for the move `cmd` (see the module doc).
+fn pause(core: &Rc<Shard>, slot: Slot, cmd: Cmd) {
+    core.tables.erased(slot.0).pause_for_move(core, slot.1, cmd);
+}
+
+/// [`pause`] for a table of type `A` (called through `ErasedTable::pause_for_move`).
+pub(crate) fn pause_typed<A: Actor>(
+    core: &Rc<Shard>,
+    table: &TypeTable<A>,
+    type_idx: u16,
+    key: ActorKey,
+    cmd: Cmd,
+) {
+    let slot = (type_idx, key);
+    let act = table.actors.borrow().get(&slot.1).cloned();
+    let Some(act) = act else {
+        // Not active here: nothing to hand over; it starts at its new place.
+        return settle(core, slot, cmd, Outcome::Moved { bytes: 0 });
+    };
+    if act.is_deactivating() {
+        let err = MigrateError::Deactivating {
+            actor: act.ctx.id.clone(),
+            shard: core.id,
+        };
+        return settle(core, slot, cmd, Outcome::Refused(err));
+    }
+    // Out of the table: nothing new reaches it (this shard's senders address the home, and
+    // the home holds what comes now); it handles what its mailbox has, then hands over.
+    table.remove(&act);
+    let prev_stop = act.stop_requested.get();
+    let back = act.clone();
+    let key = slot.1.clone();
+    let undo = Box::new(move |core: &Rc<Shard>| {
+        if back.is_gone() {
+            return;
+        }
+        back.stop_requested.set(prev_stop);
+        let old = core
+            .table::<A>(type_idx)
+            .actors
+            .borrow_mut()
+            .insert(key, back);
+        assert!(
+            old.is_none(),
+            "single activation: an aborted move found another activation in its table"
+        );
+    });
+    let weak = Rc::downgrade(core);
+    let mut on_timer = Some(slot.clone());
+    let ticket = cmd.ticket;
+    let timer = core.timers.borrow_mut().add(
+        core.node.config.clock.now() + cmd.timeout,
+        None,
+        Box::new(move || {
+            if let (Some(core), Some(slot)) = (weak.upgrade(), on_timer.take()) {
+                abort(&core, &slot, ticket);
+            }
+            false
+        }),
+    );
+    core.migration
+        .pauses
+        .borrow_mut()
+        .insert(slot, Pause { cmd, timer, undo });
+    act.request_deactivation();
+    core.poke();
+}
+
+/// The deadline of a pause passed before its hand-over: the activation goes back into its
+/// table and keeps running here.
+fn abort(core: &Rc<Shard>, slot: &Slot, ticket: u64) {
+    let p = {
+        let mut pauses = core.migration.pauses.borrow_mut();
+        match pauses.get(slot) {
+            Some(p) if p.cmd.ticket == ticket => pauses.remove(slot),
+            _ => None,
+        }
+    };
+    let Some(p) = p else { return };
+    (p.undo)(core);
+    settle(core, slot.clone(), p.cmd, Outcome::Aborted);
+}
+
+/// Aborts every pause of this shard (it is stopping): the activations go back into their
+/// tables, to be discarded with them.
+pub(crate) fn abort_all(core: &Rc<Shard>) {
+    let pauses: Vec<(Slot, u64)> = core
+        .migration
+        .pauses
+        .borrow()
+        .iter()
+        .map(|(s, p)| (s.clone(), p.cmd.ticket))
+        .collect();
+    for (slot, ticket) in pauses {
+        abort(core, &slot, ticket);
+    }
+}
+
+/// Called by an activation's task when it leaves its turn loop (mailbox empty, stop asked):
+/// if the activation is paused for a move, hands its state over to the new shard and returns
+/// `None` (the task ends); otherwise gives the state back (the task deactivates).
+pub(crate) fn hand_over<A: Actor>(
+    act: &Rc<Activation<A>>,
+    info: &TypeInfo<A>,
+    actor: A,
+) -> Option<A> {
+    let core = &act.ctx.core;
+    let m = &core.migration;
+    if m.pauses.borrow().is_empty() {
+        return Some(actor);
+    }
+    let slot = (act.ctx.type_idx, act.ctx.id.key.clone());
+    let Some(p) = m.pauses.borrow_mut().remove(&slot) else {
+        return Some(actor);
+    };
+    core.timers.borrow_mut().cancel(p.timer);
+    drop(p.undo);
+    act.moved_out();
+    act.ctx.cancel_all_timers();
+    debug_assert_eq!(act.queue_len(), 0, "a turn loop ends with an empty mailbox");
+    for w in act.space_waiters.borrow_mut().drain(..) {
+        w.wake();
+    }
+    let (payload, bytes): (Box<dyn Any + Send>, u64) = match &info.spec.migration {
+        Some(Mover::Boxed { out, .. }) => (out(actor), 0),
+        Some(Mover::Bytes { dehydrate, .. }) => {
+            let b = dehydrate(&actor);
+            drop(actor);
+            let n = b.len() as u64;
+            (Box::new(b), n)
+        }
+        None => unreachable!("only types with a mover are paused"),
+    };
+    let cmd = p.cmd;
+    let id = act.ctx.id.clone();
+    core.send_to(
+        cmd.to,
+        CrossMsg::run_on(move |y| arrive::<A>(y, slot, id, cmd, payload, bytes)),
+    );
+    None
+}
+
+// ---- the new place: installing
+
+/// On the new shard: installs the state that arrived as a live activation, and tells home.
+fn arrive<A: Actor>(
+    core: &Rc<Shard>,
+    slot: Slot,
+    id: ActorId,
+    cmd: Cmd,
+    payload: Box<dyn Any + Send>,
+    bytes: u64,
+) {
+    let table = core.table::<A>(slot.0);
+    let info = table.info.clone();
+    let actor = match &info.spec.migration {
+        Some(Mover::Boxed { back, .. }) => Ok(back(payload)),
+        Some(Mover::Bytes { rehydrate, .. }) => {
+            let b = payload
+                .downcast::<Vec<u8>>()
+                .expect("dehydrated state travels as bytes");
+            rehydrate(&id, &b).map_err(|e| crate::ErrorChain(&*e).to_string())
+        }
+        None => unreachable!("only types with a mover are moved"),
+    };
+    let outcome = match actor {
+        Ok(actor) => {
+            let act = Activation::start_with(core, id, slot.0, info, actor);
+            let old = table.actors.borrow_mut().insert(slot.1.clone(), act);
+            assert!(
+                old.is_none(),
+                "single activation: a moved actor arrived on shard {} which has an activation of it",
+                core.id
+            );
+            Outcome::Moved { bytes }
+        }
+        Err(detail) => Outcome::Lost { bytes, detail },
+    };
+    settle(core, slot, cmd, outcome);
+}
+
+/// Sends a move's outcome to its home shard.
+fn settle(core: &Rc<Shard>, slot: Slot, cmd: Cmd, outcome: Outcome) {
+    if cmd.home == core.id {
+        done(core, slot, cmd.ticket, outcome);
+    } else {
+        let ticket = cmd.ticket;
+        core.send_to(
+            cmd.home,
+            CrossMsg::run_on(move |h| done(h, slot, ticket, outcome)),
+        );
+    }
+}
+
+// ---- the API
+
+/// `OtherNode` if `actor` belongs to another node of the cluster (by the cluster's placement).
+fn check_local(node: &NodeShared, actor: &ActorId) -> Result<(), MigrateError> {
+    match &node.net {
+        Some(net) => match quark_placement::node_for(actor, &net.members) {
+            Some(n) if n != net.node_id => Err(MigrateError::OtherNode {
+                actor: actor.clone(),
+            }),
+            _ => Ok(()),
+        },
+        None => Ok(()),
+    }
+}
+
+fn type_by_name(node: &NodeShared, type_name: &str) -> Result<u16, MigrateError> {
+    node.types
+        .iter()
+        .position(|t| t.name() == type_name)
+        .map(|i| i as u16)
+        .ok_or_else(|| MigrateError::UnknownType {
+            type_name: type_name.to_owned(),
+        })
+}
+
+/// `Engine::migrate`: blocks until the move ended (at most about `migration_timeout`).
+pub(crate) fn migrate_blocking(
+    node: &Arc<NodeShared>,
+    actor: &ActorId,
+    to: ShardId,
+) -> Result<Moved, MigrateError> {
+    let type_idx = type_by_name(node, actor.type_name)?;
+    check_local(node, actor)?;
+    let rx = request(node, type_idx, actor.key.clone(), to);
+    crate::block_on(rx).unwrap_or_else(|_| {
+        Err(MigrateError::ShuttingDown {
+            actor: actor.clone(),
+        })
+    })
+}
+
+/// `Engine::placement`: asks the actor's home shard.
+pub(crate) fn placement_blocking(
+    node: &Arc<NodeShared>,
+    actor: &ActorId,
+) -> Result<Placement, MigrateError> {
+    let type_idx = type_by_name(node, actor.type_name)?;
+    check_local(node, actor)?;
+    let rx = request_placement(node, type_idx, actor.key.clone());
+    crate::block_on(rx).map_err(|_| MigrateError::ShuttingDown {
+        actor: actor.clone(),
+    })
+}
+
+impl<A: Actor> ActorRef<A> {
+    /// Moves this actor's activation to shard `to` of its node, live: it finishes the turn it
+    /// is in and the messages already in its mailbox, hands its state over between turns,
+    /// and runs on `to` from then on; messages sent meanwhile wait at its home shard and are
+    /// delivered in order after the move (per-sender FIFO holds across it). If the
+    /// hand-over does not happen within `migration_timeout`, the move is aborted and the
+    /// actor keeps running where it was ([`MigrateError::DeadlineExceeded`]). If it is not
+    /// active, only its place changes (it activates on `to` at its next message).
+    ///
+    /// Usable from any thread, and from a shard (await it; never block a shard on it). The
+    /// type must be registered with [`ActorType::movable`] or [`ActorType::migratable`].
+    /// See docs/MIGRATION.md.
+    ///
+    /// Cancel safety: dropping the future does not cancel the move.
+    pub fn migrate(
+        &self,
+        to: ShardId,
+    ) -> impl Future<Output = Result<Moved, MigrateError>> + Send + 'static {
+        let id = self.id().clone();
+        let sent = if self.remote_node().is_some() {
+            Err(MigrateError::OtherNode { actor: id.clone() })
+        } else {
+            type_by_name(self.node(), A::TYPE_NAME)
+                .map(|t| request(self.node(), t, id.key.clone(), to))
+        };
+        async move {
+            sent?
+                .await
+                .unwrap_or(Err(MigrateError::ShuttingDown { actor: id }))
+        }
+    }
+
+    /// Where this actor lives now (asks its home shard). Usable from any thread and from a
+    /// shard (await it).
+    pub fn placement(
+        &self,
+    ) -> impl Future<Output = Result<Placement, MigrateError>> + Send + 'static {
+        let id = self.id().clone();
+        let sent = if self.remote_node().is_some() {
+            Err(MigrateError::OtherNode { actor: id.clone() })
+        } else {
+            type_by_name(self.node(), A::TYPE_NAME)
+                .map(|t| request_placement(self.node(), t, id.key.clone()))
+        };
+        async move {
+            sent?
+                .await
+                .map_err(|_| MigrateError::ShuttingDown { actor: id })
+        }
+    }
+}
