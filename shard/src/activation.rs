@@ -171,7 +171,7 @@ pub(crate) fn try_send_local<A: Actor>(
 ) -> Result<(), Box<dyn MailItemKeyed<A>>> {
     let table = core.table::<A>(type_idx);
     if table.info.spec.stateless_workers.is_none() {
-        if let Some(act) = table.actors.borrow().get(item.key()) {
+        if let Some(act) = table.lookup(item.key()) {
             if act.queue_len() < core.node.config.mailbox_capacity {
                 act.push(item.into_item());
                 return Ok(());

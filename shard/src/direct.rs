@@ -93,7 +93,7 @@ fn admit<A: Actor>(core: &Shard, type_idx: u16, key: &ActorKey) -> Admit<A> {
     {
         return Admit::No;
     }
-    let Some(act) = table.actors.borrow().get(key).cloned() else {
+    let Some(act) = table.lookup(key) else {
         return Admit::No;
     };
     if !act.can_run_direct() {
