@@ -32,6 +32,7 @@
 //! println!("{id}: {:?}", status.state);
 //! ```
 
+pub mod cluster;
 pub mod cron;
 mod error;
 mod handle;
@@ -77,8 +78,24 @@ pub trait Job: Serialize + DeserializeOwned + Send + 'static {
     const TYPE_NAME: &'static str;
 }
 
-/// A job's id: the owning shard in the top 16 bits, a per-shard sequence number below.
-#[derive(Copy, Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+/// A job's id on its node: the owning shard in the top 16 bits, a per-shard sequence number
+/// below. In a cluster, [`cluster::ClusterJobId`] adds the owning node.
+#[derive(
+    Copy,
+    Clone,
+    Debug,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Serialize,
+    Deserialize,
+    quark_net::rkyv::Archive,
+    quark_net::rkyv::Serialize,
+    quark_net::rkyv::Deserialize,
+)]
+#[rkyv(crate = quark_net::rkyv)]
 pub struct JobId(pub u64);
 
 impl JobId {
