@@ -288,6 +288,14 @@ impl NodeBuilder {
     where
         A: quark_shard::Handler<crate::reminders::ReminderTick>,
     {
+        if !self.reminders.has_types() {
+            // The gateway of cluster-wide listings and cancellations (`reminders::remote`).
+            use crate::reminders::remote as r;
+            self = self
+                .register(ActorType::new(|_| r::ReminderGateway))
+                .remote::<r::ReminderGateway, r::RemoteReminderList>()
+                .remote::<r::ReminderGateway, r::RemoteReminderCancel>();
+        }
         self.reminders.register::<A>();
         self
     }

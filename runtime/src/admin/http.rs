@@ -232,7 +232,7 @@ fn route(req: &Request, shared: &Shared) -> (u16, &'static str, Vec<u8>) {
     if req.path == "/quark/jobs" || req.path.starts_with("/quark/jobs/") {
         return super::jobs::route(req, shared); // GET and POST: see jobs.rs
     }
-    if req.path == "/quark/reminders" {
+    if req.path == "/quark/reminders" || req.path.starts_with("/quark/reminders/") {
         return super::reminders::route(req, shared);
     }
     if req.method != "GET" && req.method != "HEAD" {

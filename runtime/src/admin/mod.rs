@@ -16,7 +16,9 @@
 //!   and shard ([`ActorCounts`]). Both walk the shards at request time.
 //! - `/quark/jobs/...`: the durable jobs, listed and operated (`GET` reads, `POST`
 //!   operations; see [`JobsPage`] and `docs/JOBS.md`).
-//! - `GET /quark/reminders?type=T&key=K`: one actor's durable reminders ([`ActorReminders`]).
+//! - `GET /quark/reminders?type=T&key=K`: one actor's durable reminders ([`ActorReminders`]);
+//!   without a key, every actor's reminders in the cluster ([`RemindersPage`]);
+//!   `POST /quark/reminders/cancel`: cancels one ([`CancelledReminder`]).
 //! - `GET /` (or `/dashboard`): the dashboard, a page whose script polls the two JSON
 //!   documents above while it is open (and visible); its assets are compiled into the binary.
 //!
@@ -58,7 +60,9 @@ pub use jobs::{
 };
 pub(crate) use probe::{journal_persisted, projection_fed};
 pub use probe::{JournalFigures, LogFigures, OutboxFigures};
-pub use reminders::{ActorReminders, ReminderView};
+pub use reminders::{
+    ActorReminders, CancelledReminder, ListedReminderView, ReminderView, RemindersPage,
+};
 pub use shards::{CallCounts, ShardLoad, ShardsReport};
 pub use status::{PeerStatus, ShardStatus, Status};
 

@@ -26,7 +26,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use quark_placement::NodeId;
-use quark_shard::{ActorRef, CallError, EngineHandle};
+use quark_shard::{Actor, ActorRef, CallError, EngineHandle};
 
 use super::remote::{
     JobGateway, RemoteEnqueue, RemoteEnqueueError, RemoteJobCancel, RemoteJobError, RemoteJobList,
@@ -150,27 +150,18 @@ pub enum ClusterJobsError {
     Encode(#[source] serde_json::Error),
 }
 
-/// The jobs of a cluster, from one node or a client. `Send + Clone`; each method is one
-/// message per node it concerns (awaited on a shard, or from any thread with
-/// [`crate::block_on`]).
+/// The cluster's members and, per member, a key of a gateway actor type that the cluster's
+/// placement puts on that member (found on first use): how a handle addresses one chosen node.
+/// Shared by [`ClusterJobs`] and the admin endpoint's cluster-wide reminder routes.
 #[derive(Clone)]
-pub struct ClusterJobs {
+pub(crate) struct MemberGateways {
     handle: EngineHandle,
     /// This node's id (`None` on a client).
     local: Option<NodeId>,
     /// The members, ascending.
     members: Vec<NodeId>,
-    /// Per member, a gateway key that placement puts on it (found on first use).
-    keys: Arc<Mutex<HashMap<NodeId, u64>>>,
-}
-
-impl std::fmt::Debug for ClusterJobs {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ClusterJobs")
-            .field("local", &self.local)
-            .field("members", &self.members)
-            .finish_non_exhaustive()
-    }
+    /// (gateway type, member) → a key placed on it.
+    keys: Arc<Mutex<HashMap<(&'static str, NodeId), u64>>>,
 }
 
 /// How many gateway keys are tried to find one a node owns: rendezvous hashing gives each of
@@ -178,9 +169,9 @@ impl std::fmt::Debug for ClusterJobs {
 /// search ends long before.
 const KEY_SEARCH_MAX: u64 = 1 << 20;
 
-impl ClusterJobs {
-    /// A handle over `handle`'s engine. `local` is the node's own id (`None` for a client);
-    /// `members` the cluster's node ids (a standalone node: empty, it is then node 0).
+impl MemberGateways {
+    /// `local` is the node's own id (`None` for a client); `members` the cluster's node ids (a
+    /// standalone node: empty, it is then node 0).
     pub(crate) fn new(handle: EngineHandle, local: Option<NodeId>, members: Vec<NodeId>) -> Self {
         let mut members = members;
         if members.is_empty() {
@@ -188,7 +179,7 @@ impl ClusterJobs {
         }
         members.sort_unstable();
         members.dedup();
-        ClusterJobs {
+        MemberGateways {
             handle,
             local,
             members,
@@ -196,38 +187,75 @@ impl ClusterJobs {
         }
     }
 
-    /// The cluster's member ids, ascending.
-    pub fn members(&self) -> &[NodeId] {
+    /// The members, ascending.
+    pub(crate) fn members(&self) -> &[NodeId] {
         &self.members
     }
 
     /// The node an actor ref reaches.
-    fn node_of(&self, r: &ActorRef<JobGateway>) -> NodeId {
+    pub(crate) fn node_of<A: Actor>(&self, r: &ActorRef<A>) -> NodeId {
         r.remote_node().or(self.local).unwrap_or(0)
+    }
+
+    /// An actor of type `A` on member `node` (`None`: not a member).
+    pub(crate) fn on<A: Actor>(&self, node: NodeId) -> Option<ActorRef<A>> {
+        self.members.binary_search(&node).ok()?;
+        let mut keys = self.keys.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(&k) = keys.get(&(A::TYPE_NAME, node)) {
+            return Some(self.handle.actor_ref::<A>(k));
+        }
+        // Keys with the top bit set: clear of the small keys applications may use.
+        for k in (1u64 << 63)..(1u64 << 63) + KEY_SEARCH_MAX {
+            let r = self.handle.actor_ref::<A>(k);
+            if self.node_of(&r) == node {
+                keys.insert((A::TYPE_NAME, node), k);
+                return Some(r);
+            }
+        }
+        None
+    }
+}
+
+/// The jobs of a cluster, from one node or a client. `Send + Clone`; each method is one
+/// message per node it concerns (awaited on a shard, or from any thread with
+/// [`crate::block_on`]).
+#[derive(Clone)]
+pub struct ClusterJobs {
+    nodes: MemberGateways,
+    handle: EngineHandle,
+}
+
+impl std::fmt::Debug for ClusterJobs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClusterJobs")
+            .field("local", &self.nodes.local)
+            .field("members", &self.nodes.members)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ClusterJobs {
+    /// A handle over `handle`'s engine (see [`MemberGateways::new`]).
+    pub(crate) fn new(handle: EngineHandle, local: Option<NodeId>, members: Vec<NodeId>) -> Self {
+        ClusterJobs {
+            nodes: MemberGateways::new(handle.clone(), local, members),
+            handle,
+        }
+    }
+
+    /// The cluster's member ids, ascending.
+    pub fn members(&self) -> &[NodeId] {
+        self.nodes.members()
     }
 
     /// The gateway on `node`.
     fn gateway(&self, node: NodeId) -> Result<ActorRef<JobGateway>, ClusterJobsError> {
-        let unknown = || ClusterJobsError::UnknownNode {
-            node,
-            members: self.members.clone(),
-        };
-        if self.members.binary_search(&node).is_err() {
-            return Err(unknown());
-        }
-        let mut keys = self.keys.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(&k) = keys.get(&node) {
-            return Ok(self.handle.actor_ref::<JobGateway>(k));
-        }
-        // Keys with the top bit set: clear of the small keys applications may use.
-        for k in (1u64 << 63)..(1u64 << 63) + KEY_SEARCH_MAX {
-            let r = self.handle.actor_ref::<JobGateway>(k);
-            if self.node_of(&r) == node {
-                keys.insert(node, k);
-                return Ok(r);
-            }
-        }
-        Err(unknown())
+        self.nodes
+            .on::<JobGateway>(node)
+            .ok_or_else(|| ClusterJobsError::UnknownNode {
+                node,
+                members: self.nodes.members.clone(),
+            })
     }
 
     fn call_error(node: NodeId) -> impl FnOnce(CallError) -> ClusterJobsError {
@@ -257,7 +285,7 @@ impl ClusterJobs {
         msg: RemoteEnqueue,
     ) -> Result<ClusterJobId, ClusterJobsError> {
         let gw = self.handle.actor_ref::<JobGateway>(msg.gateway_key());
-        let node = self.node_of(&gw);
+        let node = self.nodes.node_of(&gw);
         let id = gw
             .ask(msg)
             .await
@@ -298,7 +326,7 @@ impl ClusterJobs {
             n => n.min(REMOTE_LIST_LIMIT_MAX),
         } as usize;
         let mut jobs = Vec::new();
-        for &node in &self.members {
+        for &node in self.nodes.members() {
             if query.node.is_some_and(|n| n != node) {
                 continue;
             }
@@ -349,8 +377,8 @@ impl ClusterJobs {
         type_name: Option<String>,
         paused: bool,
     ) -> Result<Vec<(NodeId, bool, Vec<String>)>, ClusterJobsError> {
-        let mut out = Vec::with_capacity(self.members.len());
-        for &node in &self.members {
+        let mut out = Vec::with_capacity(self.nodes.members().len());
+        for &node in self.nodes.members() {
             let gw = self.gateway(node)?;
             let (all, types) = gw
                 .ask(RemoteJobPause {
