@@ -19,6 +19,8 @@
 //! - `GET /quark/reminders?type=T&key=K`: one actor's durable reminders ([`ActorReminders`]);
 //!   without a key, every actor's reminders in the cluster ([`RemindersPage`]);
 //!   `POST /quark/reminders/cancel`: cancels one ([`CancelledReminder`]).
+//! - `/quark/outbox/dead-letters[/{shard}/{id}/replay|purge]`: the outbox's dead letters,
+//!   listed ([`DeadLettersPage`]), replayed or purged ([`DeadLetterDone`]).
 //! - `GET /` (or `/dashboard`): the dashboard, a page whose script polls the two JSON
 //!   documents above while it is open (and visible); its assets are compiled into the binary.
 //!
@@ -37,6 +39,7 @@ mod dashboard;
 mod http;
 mod jobs;
 mod metrics;
+mod outbox;
 mod probe;
 mod reminders;
 mod shards;
@@ -58,6 +61,7 @@ pub use jobs::{
     encode_component, ApiError, JobView, JobsPage, JobsSummary, PauseState, JOBS_PAGE_DEFAULT,
     JOBS_PAGE_MAX,
 };
+pub use outbox::{DeadLetterDone, DeadLetterView, DeadLettersPage};
 pub(crate) use probe::{journal_persisted, projection_fed};
 pub use probe::{JournalFigures, LogFigures, OutboxFigures};
 pub use reminders::{
