@@ -1106,7 +1106,8 @@ pub(crate) fn proxy_key(node: u64, stream: u64) -> Option<u64> {
 }
 
 /// Delivers `ds` to actor `(A, key)`: as one turn of its activation on this node, or through
-/// the inbound proxy of the node that owns it (one message per hop). One outcome per message.
+/// the inbound proxy of the node that owns it (one request for the batch, one turn there).
+/// One outcome per message.
 pub(crate) fn deliver_to<A, M>(
     engine: EngineHandle,
     key: ActorKey,
@@ -1120,11 +1121,7 @@ where
         let r = engine.actor_ref::<A>(key);
         if let Some(node) = r.remote_node() {
             let key = r.id().key.clone();
-            return futures::future::join_all(
-                ds.into_iter()
-                    .map(|d| remote::deliver(node, A::TYPE_NAME, key.clone(), d)),
-            )
-            .await;
+            return remote::deliver_batch(node, A::TYPE_NAME, key, ds).await;
         }
         let n = ds.len();
         let timeout = ds.first().map(|d| d.timeout).unwrap_or_default();
