@@ -28,7 +28,7 @@ use crate::wire::{decode_message, encode_message, WireError, WireMessage};
 
 /// The protocol version this build speaks (what frames and payloads mean). Peers must agree
 /// exactly.
-pub const PROTOCOL_VERSION: u16 = 2;
+pub const PROTOCOL_VERSION: u16 = 3;
 
 /// Bytes of a handshake nonce.
 pub const NONCE_BYTES: usize = 32;

@@ -302,6 +302,7 @@ impl ClientBuilder {
             cluster_id: self.cluster_id,
             nodes,
         })?;
+        let members = membership.nodes().map(|(id, _)| id).collect();
         let mut net = NetConfig::new(client_id, PeerRole::Client, membership);
         net.secret = secret;
         (self.net)(&mut net);
@@ -311,7 +312,20 @@ impl ClientBuilder {
         for w in self.wire {
             b = w(b);
         }
-        Ok(Client { engine: b.start()? })
+        // The job gateway's messages, for `Client::jobs`.
+        {
+            use crate::jobs::remote as r;
+            b = b
+                .wire_message::<r::RemoteEnqueue>()
+                .wire_message::<r::RemoteJobStatus>()
+                .wire_message::<r::RemoteJobCancel>()
+                .wire_message::<r::RemoteJobList>()
+                .wire_message::<r::RemoteJobPause>();
+        }
+        Ok(Client {
+            engine: b.start()?,
+            members,
+        })
     }
 }
 
@@ -334,6 +348,8 @@ impl ClientBuilder {
 /// ```
 pub struct Client {
     engine: Engine,
+    /// The cluster's node ids.
+    members: Vec<u64>,
 }
 
 impl Client {
@@ -373,6 +389,12 @@ impl Client {
         Fut::Output: Send + 'static,
     {
         self.engine.spawn_on(shard, make)
+    }
+
+    /// The cluster's jobs: enqueue, status, cancel, list and pause on any node (see
+    /// [`crate::jobs::cluster`]; the client knows the job gateway's messages already).
+    pub fn jobs(&self) -> crate::jobs::cluster::ClusterJobs {
+        crate::jobs::cluster::ClusterJobs::new(self.engine.handle(), None, self.members.clone())
     }
 
     /// Number of client shards.

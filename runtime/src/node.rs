@@ -265,9 +265,14 @@ impl NodeBuilder {
     {
         if !self.jobs.has_types() {
             // The gateway of enqueues from other nodes and clients (`jobs::remote`).
+            use crate::jobs::remote as r;
             self = self
-                .register(ActorType::new(|_| crate::jobs::remote::JobGateway))
-                .remote::<crate::jobs::remote::JobGateway, crate::jobs::remote::RemoteEnqueue>();
+                .register(ActorType::new(|_| r::JobGateway))
+                .remote::<r::JobGateway, r::RemoteEnqueue>()
+                .remote::<r::JobGateway, r::RemoteJobStatus>()
+                .remote::<r::JobGateway, r::RemoteJobCancel>()
+                .remote::<r::JobGateway, r::RemoteJobList>()
+                .remote::<r::JobGateway, r::RemoteJobPause>();
         }
         self.jobs.register::<J, F, Fut>(config, handler);
         self
@@ -286,6 +291,14 @@ impl NodeBuilder {
     where
         A: quark_shard::Handler<crate::reminders::ReminderTick>,
     {
+        if !self.reminders.has_types() {
+            // The gateway of cluster-wide listings and cancellations (`reminders::remote`).
+            use crate::reminders::remote as r;
+            self = self
+                .register(ActorType::new(|_| r::ReminderGateway))
+                .remote::<r::ReminderGateway, r::RemoteReminderList>()
+                .remote::<r::ReminderGateway, r::RemoteReminderCancel>();
+        }
         self.reminders.register::<A>();
         self
     }
@@ -550,6 +563,14 @@ impl Node {
     /// This node's durable jobs (see [`crate::jobs`]).
     pub fn jobs(&self) -> crate::jobs::Jobs {
         self.jobs.clone()
+    }
+
+    /// The jobs of the whole cluster, from this node: status, cancel, list and pause on any
+    /// node, by [`crate::jobs::cluster::ClusterJobId`] (see [`crate::jobs::cluster`]).
+    pub fn cluster_jobs(&self) -> crate::jobs::cluster::ClusterJobs {
+        let mut members: Vec<u64> = self.info.peers.iter().map(|(id, _)| *id).collect();
+        members.extend(self.info.node_id);
+        crate::jobs::cluster::ClusterJobs::new(self.handle.clone(), self.info.node_id, members)
     }
 
     /// This node's durable reminders, seen from outside an actor (see [`crate::reminders`]).

@@ -858,3 +858,74 @@ fn rate_limits_per_type_and_per_key_pace_starts_on_the_jobs_clock() {
     assert!(e.to_string().contains("needs a concurrency_key"), "{e}");
     node.shutdown();
 }
+
+/// `start_before_durable`: handlers start while their `Started` record is being written; each
+/// job still runs once, its outcome is recorded after its start, and a restart (in the usual
+/// mode) finds every job completed and runs none again; an attempt that was running at the
+/// shutdown runs again with the next number, as in the usual mode.
+#[test]
+fn starting_before_the_start_record_is_durable_runs_each_job_once_and_recovers() {
+    let tmp = tempfile::tempdir().unwrap();
+    let runs = Arc::new(Mutex::new(Vec::new()));
+    let start = |early: bool| {
+        let r = Arc::clone(&runs);
+        builder(tmp.path(), 2)
+            .jobs_config(JobsConfig {
+                start_before_durable: early,
+                // Completed jobs stay known after the restart.
+                finished_retention: Duration::from_secs(3600),
+                ..JobsConfig::default()
+            })
+            .register_job::<Work, _, _>(
+                JobTypeConfig::default(),
+                move |w: Work, ctx: JobContext| {
+                    r.lock().unwrap().push((w.n, ctx.attempt()));
+                    async move {
+                        if w.n == 0 {
+                            // Hangs until the shutdown: the attempt is interrupted.
+                            futures::future::pending::<()>().await;
+                        }
+                        Ok(())
+                    }
+                },
+            )
+            .start()
+            .unwrap()
+    };
+    let node = start(true);
+    let jobs = node.jobs();
+    let hang = block_on(jobs.enqueue(&work(0), JobOptions::default())).unwrap();
+    let batch: Vec<NewJob> = (1..=200)
+        .map(|n| NewJob::new(&work(n), JobOptions::default()))
+        .collect();
+    let ids = block_on(jobs.enqueue_batch(batch)).unwrap();
+    for id in &ids {
+        // With a deadline: a start that never happens fails here instead of hanging.
+        status_until(&jobs, *id, "the job to complete", |s| {
+            s.state == JobState::Completed
+        });
+    }
+    status_until(&jobs, hang, "job 0 to run", |s| {
+        s.state == JobState::Running
+    });
+    node.shutdown();
+    let mut first: Vec<(u64, u32)> = runs.lock().unwrap().clone();
+    first.sort_unstable();
+    let want: Vec<(u64, u32)> = (0..=200).map(|n| (n, 1)).collect();
+    assert_eq!(first, want, "each job ran once, attempt 1");
+
+    let node = start(false);
+    let jobs = node.jobs();
+    for id in &ids {
+        assert_eq!(
+            block_on(jobs.status(*id)).unwrap().state,
+            JobState::Completed
+        );
+    }
+    status_until(&jobs, hang, "job 0 to run again", |s| {
+        s.state == JobState::Running && s.attempt == 2
+    });
+    let again: Vec<(u64, u32)> = runs.lock().unwrap()[first.len()..].to_vec();
+    assert_eq!(again, vec![(0, 2)], "only the interrupted job ran again");
+    node.shutdown();
+}

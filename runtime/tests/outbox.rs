@@ -463,3 +463,82 @@ fn a_receiver_over_dedupe_count_max_forgets_its_oldest_streams_and_counts_it() {
     assert_eq!(get(&node, b).balance, 3);
     node.shutdown();
 }
+
+/// A dead letter that was replayed or purged is not delivered again after a restart, even while
+/// its original outbox record is still in the log (an older message of the same sender,
+/// retrying, keeps the sender's outbox from being truncated past it).
+#[test]
+fn a_replayed_or_purged_dead_letter_is_not_delivered_again_after_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = OutboxConfig {
+        attempts_max: 100_000,
+        ..fast_retries()
+    };
+    let node = builder(dir.path(), cfg.clone()).start().unwrap();
+    let (a, b) = cross_shard_pair(&node, 900);
+    let (c, _) = cross_shard_pair(&node, 950);
+    // The sender's oldest message keeps failing: its outbox stays live from there on.
+    set_behaviour(c, Some(Behaviour::Retry));
+    transfer(&node, a, c, 1, 1);
+    // Two messages nobody handles yet: dead-lettered at once.
+    for _ in 0..2 {
+        block_on(node.actor_ref::<Account>(a).ask(SendUnrouted(b)))
+            .unwrap()
+            .unwrap();
+    }
+    let outbox = Outbox::new(node.handle());
+    let dead = eventually("2 dead letters", WITHIN, || {
+        let d = block_on(outbox.dead_letters()).unwrap();
+        (d.len() == 2).then_some(d)
+    });
+    // Replay one (refused again: it comes back under its replay id), purge the other.
+    let rid = block_on(outbox.replay(dead[0].shard, dead[0].id)).unwrap();
+    block_on(outbox.purge(dead[1].shard, dead[1].id)).unwrap();
+    eventually("the replay dead-lettered again", WITHIN, || {
+        let d = block_on(outbox.dead_letters()).unwrap();
+        (d.len() == 1 && d[0].id == rid).then_some(())
+    });
+    node.shutdown();
+
+    // Now the message type has a handler. Only the credit to `c` is still to deliver.
+    let node = builder(dir.path(), cfg)
+        .durable::<Account, quark_outbox_unrouted::Unrouted>()
+        .start()
+        .unwrap();
+    let outbox = Outbox::new(node.handle());
+    let recovered = eventually("the outbox recovered", WITHIN, || {
+        let all = block_on(outbox.stats()).unwrap();
+        let n: u64 = all.iter().map(|s| s.recovered).sum();
+        (n > 0).then_some(n)
+    });
+    assert_eq!(
+        recovered, 1,
+        "only the retrying credit is pending; the replayed and the purged message are settled"
+    );
+    let dead = block_on(outbox.dead_letters()).unwrap();
+    assert_eq!(
+        dead.iter().map(|d| d.id).collect::<Vec<_>>(),
+        vec![rid],
+        "the replay's dead letter stays on the list, once"
+    );
+    // Replaying it now applies it: exactly one application of the message in all.
+    let rid2 = block_on(outbox.replay(dead[0].shard, rid)).unwrap();
+    let s = eventually("the replay delivered", WITHIN, || {
+        let s = stats_sum(&node);
+        (s.delivered >= 1 && s.pending == 1).then_some(s)
+    });
+    assert_eq!(
+        s.delivered, 1,
+        "delivered once ({rid2}), not again under the older ids"
+    );
+    assert!(block_on(outbox.dead_letters()).unwrap().is_empty());
+    set_behaviour(c, None);
+    eventually("the credit to c", WITHIN, || {
+        (get(&node, c).balance == 1).then_some(())
+    });
+    node.shutdown();
+}
+
+mod quark_outbox_unrouted {
+    pub use super::outbox_common::Unrouted;
+}

@@ -12,6 +12,9 @@
 //!    batch, batches in flight concurrently); each handler records start − its scheduled
 //!    enqueue time (so a late driver is measured, not hidden).
 //!
+//! 4. `latency-early`: part 3 with `JobsConfig::start_before_durable` (the handler starts while
+//!    its `Started` record is being made durable), in the same run as part 3.
+//!
 //! Repeated `--runs` times (each run: baseline, then the parts); the summary lines give the
 //! median [min .. max] of the runs and the per-run ratio of start latency to the baseline.
 //!
@@ -72,7 +75,7 @@ struct Args {
     /// Runs (each: baseline, then the parts).
     #[arg(long, default_value_t = 3)]
     runs: usize,
-    /// Which parts to run (comma separated): baseline, throughput, latency.
+    /// Which parts to run (comma separated): baseline, throughput, latency, latency-early.
     #[arg(long, default_value = "baseline,throughput,latency")]
     only: String,
 }
@@ -93,6 +96,7 @@ fn start_node(
     args: &Args,
     dir: &Path,
     lat: Option<(Instant, Arc<Mutex<Histogram<u64>>>)>,
+    early: bool,
 ) -> Result<Node> {
     let _ = std::fs::remove_dir_all(dir);
     std::fs::create_dir_all(dir)?;
@@ -108,6 +112,7 @@ fn start_node(
         .jobs_config(JobsConfig {
             finished_kept: 1_000,
             max_running_per_shard: 8_192,
+            start_before_durable: early,
             ..JobsConfig::default()
         })
         .register_job::<Noop, _, _>(
@@ -150,7 +155,7 @@ fn open_jobs(node: &Node) -> Result<u64> {
 
 /// Returns the end-to-end jobs/s.
 fn throughput(args: &Args) -> Result<f64> {
-    let node = start_node(args, &args.dir.join("throughput"), None)?;
+    let node = start_node(args, &args.dir.join("throughput"), None, false)?;
     let jobs = node.jobs();
     DONE.store(0, Ordering::SeqCst);
     let per_thread = args.jobs / args.threads / args.batch;
@@ -193,13 +198,14 @@ fn throughput(args: &Args) -> Result<f64> {
 }
 
 /// Returns the enqueue-to-start p99, µs.
-fn latency(args: &Args) -> Result<f64> {
+fn latency(args: &Args, early: bool) -> Result<f64> {
     let h = Arc::new(Mutex::new(hist()));
     let epoch = Instant::now();
     let node = start_node(
         args,
         &args.dir.join("latency"),
         Some((epoch, Arc::clone(&h))),
+        early,
     )?;
     DONE.store(0, Ordering::SeqCst);
     let jobs = node.jobs();
@@ -245,7 +251,8 @@ fn latency(args: &Args) -> Result<f64> {
     let h = h.lock().map_err(|_| anyhow::anyhow!("poisoned"))?;
     let us = |q: f64| h.value_at_quantile(q) as f64 / 1000.0;
     println!(
-        "latency: open loop {} jobs/s for {} s ({} jobs, fsync=always): enqueue-to-start p50 {:.0} us, p99 {:.0} us, p99.9 {:.0} us, max {:.0} us",
+        "latency{}: open loop {} jobs/s for {} s ({} jobs, fsync=always): enqueue-to-start p50 {:.0} us, p99 {:.0} us, p99.9 {:.0} us, max {:.0} us",
+        if early { " (start before durable)" } else { "" },
         args.rate,
         args.rate_secs,
         h.len(),
@@ -283,7 +290,7 @@ fn main() -> Result<()> {
     let args = Args::parse();
     println!("{}", Machine::describe().line());
     let only: Vec<&str> = args.only.split(',').map(str::trim).collect();
-    let (mut base, mut thr, mut lat) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut base, mut thr, mut lat, mut early) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     // Each run: the baseline, then the parts, so every run has its own baseline.
     for run in 0..args.runs {
         println!("run {run}:");
@@ -294,7 +301,10 @@ fn main() -> Result<()> {
             thr.push(throughput(&args)?);
         }
         if only.contains(&"latency") {
-            lat.push(latency(&args)?);
+            lat.push(latency(&args, false)?);
+        }
+        if only.contains(&"latency-early") {
+            early.push(latency(&args, true)?);
         }
     }
     if !base.is_empty() {
@@ -321,6 +331,21 @@ fn main() -> Result<()> {
             let r = per_run_ratios(&lat, &base);
             println!(
                 "summary: enqueue-to-start p99 / same-run fdatasync p50: {} (runs: {})",
+                format_spread(&spread(&r), 2),
+                format_runs(&r, 2)
+            );
+        }
+    }
+    if !early.is_empty() {
+        println!(
+            "summary: enqueue-to-start p99, start before durable (us): {} (runs: {})",
+            format_spread(&spread(&early), 0),
+            format_runs(&early, 0)
+        );
+        if early.len() == base.len() {
+            let r = per_run_ratios(&early, &base);
+            println!(
+                "summary: enqueue-to-start p99 (start before durable) / same-run fdatasync p50: {} (runs: {})",
                 format_spread(&spread(&r), 2),
                 format_runs(&r, 2)
             );

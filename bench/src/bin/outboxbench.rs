@@ -16,6 +16,10 @@
 //! 4. Inbox memory: bytes per remembered sender stream (a receiver remembers one entry per
 //!    sender stream, not one per id: see docs/OUTBOX.md).
 //!
+//! 5. With `--cross-node`, instead of 2-4: two nodes in this process over loopback TCP (2 shards
+//!    each), the senders on node 1 and the receivers on node 2; messages/s as in 2, and the
+//!    wire requests node 2 received per message delivered.
+//!
 //! `cargo run --release -p quark-bench --bin outboxbench -- --secs 5`
 
 use std::path::PathBuf;
@@ -66,6 +70,9 @@ struct Args {
     /// `OutboxConfig::inflight_max`: messages in deliveries in flight per shard.
     #[arg(long, default_value_t = OutboxConfig::default().inflight_max)]
     inflight_max: usize,
+    /// Run the cross-node throughput (two nodes over loopback) instead of runs 2-4.
+    #[arg(long)]
+    cross_node: bool,
 }
 
 struct Sender;
@@ -124,10 +131,15 @@ struct Burst {
     mark: bool,
 }
 impl Message for Burst {
-    type Reply = Result<Instant, String>;
+    /// The instants the commit started and ended (durable).
+    type Reply = Result<(Instant, Instant), String>;
 }
 impl Handler<Burst> for Sender {
-    async fn handle(&mut self, m: Burst, ctx: &Context<Self>) -> Result<Instant, String> {
+    async fn handle(
+        &mut self,
+        m: Burst,
+        ctx: &Context<Self>,
+    ) -> Result<(Instant, Instant), String> {
         for i in 0..m.count as usize {
             let to = m.to[(m.offset + i) % m.to.len()];
             ctx.send_durable::<Receiver, Ping>(to, Ping { mark: m.mark })
@@ -136,13 +148,18 @@ impl Handler<Burst> for Sender {
         }
         let t0 = Instant::now();
         ctx.commit().await.map_err(|e| e.to_string())?;
-        Ok(t0)
+        Ok((t0, Instant::now()))
     }
 }
 
 fn start(dir: &std::path::Path, args: &Args) -> Result<Node> {
+    start_with(dir, args, "")
+}
+
+/// A node whose config ends with `extra` (a `[cluster]` section, or nothing).
+fn start_with(dir: &std::path::Path, args: &Args, extra: &str) -> Result<Node> {
     let text = format!(
-        "[node]\nshards = 2\nidle_spin_us = 50\n[log]\ndata_dir = {:?}\nfsync = \"always\"\nsegment_bytes = 268435456\n",
+        "[node]\nshards = 2\nidle_spin_us = 50\n[log]\ndata_dir = {:?}\nfsync = \"always\"\nsegment_bytes = 268435456\n{extra}",
         dir.to_str().context("utf-8 dir")?
     );
     Ok(Node::builder()
@@ -229,6 +246,10 @@ fn main() -> Result<()> {
         "baseline: pwrite+fdatasync 256 B p50 {sync_p50:?} p99 {:?}",
         Duration::from_nanos(h.value_at_quantile(0.99))
     );
+
+    if args.cross_node {
+        return cross_node(&args);
+    }
 
     // 2. Throughput.
     let node = start(&args.dir.join("node"), &args)?;
@@ -330,6 +351,7 @@ fn main() -> Result<()> {
     let outbox = Outbox::new(node.handle());
     let mut lat = Vec::with_capacity(args.latency_ops as usize);
     let mut lat_ack = Vec::with_capacity(args.latency_ops as usize);
+    let mut lat_commit = Vec::with_capacity(args.latency_ops as usize);
     for i in 0..args.latency_ops + 100 {
         let b = Burst {
             to: to.clone(),
@@ -337,7 +359,7 @@ fn main() -> Result<()> {
             count: 1,
             mark: true,
         };
-        let t0 = block_on(sender.ask(b))?.map_err(anyhow::Error::msg)?;
+        let (t0, tc) = block_on(sender.ask(b))?.map_err(anyhow::Error::msg)?;
         let t1 = rx
             .recv_timeout(Duration::from_secs(10))
             .context("no durable effect within 10 s")?;
@@ -348,14 +370,21 @@ fn main() -> Result<()> {
         }
         if i >= 100 {
             lat.push(t1 - t0);
+            lat_commit.push(tc - t0);
         }
     }
     let p50 = pct(&mut lat, 0.5);
     let p99 = pct(&mut lat, 0.99);
     let ack_p50 = pct(&mut lat_ack, 0.5);
+    let commit_p50 = pct(&mut lat_commit, 0.5);
     println!(
         "latency: send-commit -> receiver effect durable, sequential, cross-shard: p50 {p50:?} p99 {p99:?} = {:.2}x the fdatasync p50; -> acknowledgement counted by the sender's dispatcher: p50 {ack_p50:?}",
         p50.as_secs_f64() / sync_p50.as_secs_f64()
+    );
+    println!(
+        "latency parts (p50): the sender's commit {commit_p50:?} = {:.2}x the fdatasync p50; the rest (dispatch, cross-shard delivery, receiver turn and commit, report) about {:?}",
+        commit_p50.as_secs_f64() / sync_p50.as_secs_f64(),
+        p50.saturating_sub(commit_p50)
     );
     node.shutdown();
 
@@ -373,6 +402,123 @@ fn main() -> Result<()> {
         quark::outbox::INBOX_BYTES_PER_ENTRY
     );
     drop(table);
+    let _ = std::fs::remove_dir_all(&args.dir);
+    Ok(())
+}
+
+/// Wire requests received by `node` (every shard).
+fn requests_in(node: &Node) -> Result<u64> {
+    Ok(node
+        .stats()?
+        .iter()
+        .filter_map(|s| s.net.as_ref().map(|n| n.requests_in))
+        .sum())
+}
+
+/// 5. Senders on node 1, receivers on node 2, over loopback TCP.
+fn cross_node(args: &Args) -> Result<()> {
+    let ports: Vec<std::net::SocketAddr> = (0..2)
+        .map(|_| {
+            let l = std::net::TcpListener::bind("127.0.0.1:0")?;
+            l.local_addr()
+        })
+        .collect::<std::io::Result<_>>()?;
+    let members: String = ports
+        .iter()
+        .enumerate()
+        .map(|(i, a)| format!("[[cluster.nodes]]\nid = {}\naddr = \"{a}\"\n", i + 1))
+        .collect();
+    let cluster = |id: u64| format!("[cluster]\ncluster_id = \"ob\"\nnode_id = {id}\n{members}");
+    let n1 = start_with(&args.dir.join("n1"), args, &cluster(1))?;
+    let n2 = start_with(&args.dir.join("n2"), args, &cluster(2))?;
+    let h = n1.handle();
+    // Receivers node 2 owns; senders of node 1, per shard.
+    let receivers: Vec<u64> = (0..)
+        .filter(|k| n1.actor_ref::<Receiver>(*k).remote_node() == Some(2))
+        .take(args.receivers as usize)
+        .collect();
+    let to = std::sync::Arc::new(receivers);
+    // Wait for the link: one message through.
+    let probe = n1.actor_ref::<Sender>(0u64);
+    let up = Instant::now() + Duration::from_secs(10);
+    loop {
+        let b = Burst {
+            to: to.clone(),
+            offset: 0,
+            count: 1,
+            mark: false,
+        };
+        if matches!(block_on(probe.ask(b)), Ok(Ok(_))) && delivered(&n1)? >= 1 {
+            break;
+        }
+        anyhow::ensure!(Instant::now() < up, "node 2 not reached within 10 s");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let end = Instant::now() + Duration::from_secs(args.secs + 1);
+    let mut handles = Vec::new();
+    for s in 0..2u16 {
+        let senders: Vec<u64> = (1..)
+            .filter(|k| n1.actor_ref::<Sender>(*k).remote_node().is_none())
+            .filter(|k| h.shard_of(&ActorId::new("ob.sender", *k)) == s)
+            .take((args.senders / 2) as usize)
+            .collect();
+        let to = to.clone();
+        let engine = n1.handle();
+        let burst = args.burst;
+        handles.push(n1.spawn_on(s, move || async move {
+            let mut run = FuturesUnordered::new();
+            for (i, k) in senders.into_iter().enumerate() {
+                let engine = engine.clone();
+                let to = to.clone();
+                run.push(async move {
+                    let r = engine.actor_ref::<Sender>(k);
+                    let mut offset = i * 7;
+                    let mut errors = 0u64;
+                    while Instant::now() < end {
+                        let b = Burst {
+                            to: to.clone(),
+                            offset,
+                            count: burst,
+                            mark: false,
+                        };
+                        if !matches!(r.ask(b).await, Ok(Ok(_))) {
+                            errors += 1;
+                        }
+                        offset += burst as usize;
+                    }
+                    errors
+                });
+            }
+            let mut errors = 0;
+            while let Some(e) = run.next().await {
+                errors += e;
+            }
+            errors
+        }));
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    let d0 = delivered(&n1)?;
+    let w0 = requests_in(&n2)?;
+    let t0 = Instant::now();
+    std::thread::sleep(Duration::from_secs(args.secs));
+    let d1 = delivered(&n1)?;
+    let w1 = requests_in(&n2)?;
+    let secs = t0.elapsed().as_secs_f64();
+    let errors: u64 = handles.into_iter().map(|h| h.join().unwrap_or(0)).sum();
+    println!(
+        "cross-node throughput: {} senders on node 1 -> {} receivers on node 2, burst {}: {:.0} exactly-once messages/s ({} in {secs:.1} s; {errors} sender errors); {:.3} wire requests per message ({} requests; batch_max {}, inflight_max {})",
+        args.senders,
+        args.receivers,
+        args.burst,
+        (d1 - d0) as f64 / secs,
+        d1 - d0,
+        (w1 - w0) as f64 / (d1 - d0).max(1) as f64,
+        w1 - w0,
+        args.batch_max,
+        args.inflight_max
+    );
+    n1.shutdown();
+    n2.shutdown();
     let _ = std::fs::remove_dir_all(&args.dir);
     Ok(())
 }

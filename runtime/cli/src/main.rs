@@ -14,8 +14,9 @@
 //! - `quark jobs inspect --data-dir DIR`: lists a stopped node's durable jobs; `quark jobs
 //!   list|status|cancel|pause|resume|summary|dead-letters --addr HOST:PORT`: a running node's,
 //!   through its admin endpoint (`docs/JOBS.md`).
-//! - `quark reminders list --actor TYPE/KEY --addr HOST:PORT`: one actor's reminders on a
-//!   running node (`docs/JOBS.md`).
+//! - `quark reminders list [--actor TYPE/KEY] --addr HOST:PORT` and `quark reminders cancel`:
+//!   one actor's reminders, every actor's reminders in the cluster, or a cancellation, on a
+//!   running cluster (`docs/JOBS.md`).
 //! - `quark outbox dead-letters list|replay|purge --data-dir DIR`: a stopped node's outbox
 //!   dead letters (`docs/OUTBOX.md`); exit 1 when the named dead letter is not there.
 //!
@@ -64,7 +65,7 @@ enum Command {
     Jobs(jobs::Args),
     /// The outbox's dead letters in a stopped node's data directory (list, replay, purge).
     Outbox(outbox::Args),
-    /// A running node's durable reminders of one actor (via `[admin]`).
+    /// A running cluster's durable reminders: list, cancel (via a node's `[admin]`).
     Reminders(reminders::Args),
 }
 

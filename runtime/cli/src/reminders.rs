@@ -1,19 +1,24 @@
-//! `quark reminders list --actor TYPE/KEY --addr HOST:PORT [--json]`: one actor's durable
-//! reminders on a running node, from its admin endpoint's `/quark/reminders` (see
-//! `docs/JOBS.md`, "Durable reminders").
+//! `quark reminders list|cancel --addr HOST:PORT`: durable reminders of a running cluster,
+//! through a node's admin endpoint (see `docs/JOBS.md`, "Durable reminders"):
+//!
+//! - `list --actor TYPE/KEY`: one actor's reminders on the node asked (`/quark/reminders?type&key`);
+//! - `list [--type T] [--limit N] [--cursor C]`: every actor's reminders on every node of the
+//!   cluster, one page (`/quark/reminders?type&limit&cursor`);
+//! - `cancel --actor TYPE/KEY --name N`: cancels the reminder wherever it is stored
+//!   (`POST /quark/reminders/cancel`).
 //!
 //! KEY: decimal digits are a `u64` key, `"..."` a string key (no escapes), `0x` + hex digits a
 //! byte key, anything else the string as typed.
 //!
-//! Exit codes: 0 printed; 1 the node could not be reached or refused (a type not registered
-//! for reminders, a node without reminders); 2 a usage error.
+//! Exit codes: 0 done; 1 the node could not be reached or refused (a type not registered for
+//! reminders, a node without reminders, no such reminder to cancel); 2 a usage error.
 
 use std::fmt::Write as _;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::process::ExitCode;
 use std::time::Duration;
 
-use quark::admin::{encode_component, ActorReminders, ApiError};
+use quark::admin::{encode_component, ActorReminders, ApiError, CancelledReminder, RemindersPage};
 
 /// `quark reminders` arguments.
 #[derive(clap::Args, Debug)]
@@ -24,15 +29,15 @@ pub struct Args {
 
 #[derive(clap::Subcommand, Debug)]
 enum RemindersCommand {
-    /// List one actor's reminders on a running node.
+    /// List one actor's reminders (`--actor`), or every actor's reminders in the cluster.
     List(ListArgs),
+    /// Cancel one actor's reminder by name, wherever it is stored.
+    Cancel(CancelArgs),
 }
 
+/// Where the node is, and how to print.
 #[derive(clap::Args, Debug)]
-struct ListArgs {
-    /// The actor, `TYPE/KEY` (e.g. `alarm/7`, `invoice/"ann"`, `blob/0x00ff`).
-    #[arg(long)]
-    actor: String,
+struct Conn {
     /// The node's admin endpoint (`[admin] listen`), e.g. `127.0.0.1:9100`.
     #[arg(long)]
     addr: String,
@@ -44,10 +49,47 @@ struct ListArgs {
     timeout_ms: u64,
 }
 
+#[derive(clap::Args, Debug)]
+struct ListArgs {
+    #[command(flatten)]
+    conn: Conn,
+    /// One actor, `TYPE/KEY` (e.g. `alarm/7`, `invoice/"ann"`, `blob/0x00ff`); without it,
+    /// every actor of the cluster.
+    #[arg(long, conflicts_with_all = ["type_name", "limit", "cursor"])]
+    actor: Option<String>,
+    /// Only actors of this type (the cluster-wide listing).
+    #[arg(long = "type", value_name = "TYPE")]
+    type_name: Option<String>,
+    /// Page size, 1 to 1000 (default 100).
+    #[arg(long)]
+    limit: Option<u32>,
+    /// Where the page starts: the cursor a previous page printed.
+    #[arg(long)]
+    cursor: Option<String>,
+}
+
+#[derive(clap::Args, Debug)]
+struct CancelArgs {
+    #[command(flatten)]
+    conn: Conn,
+    /// The actor, `TYPE/KEY`.
+    #[arg(long)]
+    actor: String,
+    /// The reminder's name.
+    #[arg(long)]
+    name: String,
+}
+
 /// Runs `quark reminders …`.
 pub fn run(args: Args) -> ExitCode {
-    let RemindersCommand::List(a) = args.command;
-    match list(&a) {
+    let r = match &args.command {
+        RemindersCommand::List(a) => match &a.actor {
+            Some(actor) => list_actor(&a.conn, actor),
+            None => list_all(a),
+        },
+        RemindersCommand::Cancel(a) => cancel(a),
+    };
+    match r {
         Ok(text) => {
             print!("{text}");
             ExitCode::SUCCESS
@@ -82,21 +124,16 @@ fn parse_actor(s: &str) -> Result<(&str, String, &'static str), String> {
     Ok((t, k.to_owned(), "str"))
 }
 
-fn list(a: &ListArgs) -> Result<String, (u8, String)> {
-    let (t, key, kind) = parse_actor(&a.actor).map_err(|e| (2, e))?;
-    let addr: SocketAddr = a
+/// Sends `method path` to the node; the body of a `200`, else the exit code and message.
+fn call(c: &Conn, method: &str, path: &str) -> Result<String, (u8, String)> {
+    let addr: SocketAddr = c
         .addr
         .to_socket_addrs()
-        .map_err(|e| (1, format!("--addr {}: {e}", a.addr)))?
+        .map_err(|e| (1, format!("--addr {}: {e}", c.addr)))?
         .next()
-        .ok_or_else(|| (1, format!("--addr {}: resolves to no address", a.addr)))?;
-    let path = format!(
-        "/quark/reminders?type={}&key={}&kind={kind}",
-        encode_component(t),
-        encode_component(&key)
-    );
-    let timeout = Duration::from_millis(a.timeout_ms.max(1));
-    let r = quark::admin::fetch(addr, &path, timeout).map_err(|e| (1, e.to_string()))?;
+        .ok_or_else(|| (1, format!("--addr {}: resolves to no address", c.addr)))?;
+    let timeout = Duration::from_millis(c.timeout_ms.max(1));
+    let r = quark::admin::request(addr, method, path, timeout).map_err(|e| (1, e.to_string()))?;
     if r.status != 200 {
         let msg = serde_json::from_str::<ApiError>(&r.body)
             .map(|e| e.error)
@@ -104,15 +141,30 @@ fn list(a: &ListArgs) -> Result<String, (u8, String)> {
         let code = if r.status == 400 { 2 } else { 1 };
         return Err((code, format!("{msg} (HTTP {} from {addr})", r.status)));
     }
-    if a.json {
-        return Ok(r.body + "\n");
-    }
-    let v: ActorReminders = serde_json::from_str(&r.body).map_err(|e| {
+    Ok(r.body)
+}
+
+fn parse<T: serde::de::DeserializeOwned>(body: &str) -> Result<T, (u8, String)> {
+    serde_json::from_str(body).map_err(|e| {
         (
             1,
             format!("the node's answer is not the expected JSON: {e}"),
         )
-    })?;
+    })
+}
+
+fn list_actor(c: &Conn, actor: &str) -> Result<String, (u8, String)> {
+    let (t, key, kind) = parse_actor(actor).map_err(|e| (2, e))?;
+    let path = format!(
+        "/quark/reminders?type={}&key={}&kind={kind}",
+        encode_component(t),
+        encode_component(&key)
+    );
+    let body = call(c, "GET", &path)?;
+    if c.json {
+        return Ok(body + "\n");
+    }
+    let v: ActorReminders = parse(&body)?;
     let mut out = String::new();
     let _ = writeln!(
         out,
@@ -128,4 +180,72 @@ fn list(a: &ListArgs) -> Result<String, (u8, String)> {
     }
     let _ = writeln!(out, "{}: {} reminders", v.actor, v.reminders.len());
     Ok(out)
+}
+
+fn list_all(a: &ListArgs) -> Result<String, (u8, String)> {
+    let mut q = Vec::new();
+    if let Some(t) = &a.type_name {
+        q.push(format!("type={}", encode_component(t)));
+    }
+    if let Some(n) = a.limit {
+        q.push(format!("limit={n}"));
+    }
+    if let Some(c) = &a.cursor {
+        q.push(format!("cursor={}", encode_component(c)));
+    }
+    let path = if q.is_empty() {
+        "/quark/reminders".to_owned()
+    } else {
+        format!("/quark/reminders?{}", q.join("&"))
+    };
+    let body = call(&a.conn, "GET", &path)?;
+    if a.conn.json {
+        return Ok(body + "\n");
+    }
+    let v: RemindersPage = parse(&body)?;
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{:>5} {:<24} {:<24} {:>15} {:>12} {:>15}",
+        "NODE", "ACTOR", "NAME", "NEXT DUE (ms)", "PERIOD (ms)", "FIRST DUE (ms)"
+    );
+    for r in &v.reminders {
+        let _ = writeln!(
+            out,
+            "{:>5} {:<24} {:<24} {:>15} {:>12} {:>15}",
+            r.node, r.actor, r.name, r.next_due_ms, r.period_ms, r.first_due_ms
+        );
+    }
+    match &v.next_cursor {
+        Some(c) => {
+            let _ = writeln!(
+                out,
+                "{} reminders; next page: --cursor {c}",
+                v.reminders.len()
+            );
+        }
+        None => {
+            let _ = writeln!(out, "{} reminders; last page", v.reminders.len());
+        }
+    }
+    Ok(out)
+}
+
+fn cancel(a: &CancelArgs) -> Result<String, (u8, String)> {
+    let (t, key, kind) = parse_actor(&a.actor).map_err(|e| (2, e))?;
+    if a.name.is_empty() {
+        return Err((2, "--name must not be empty".into()));
+    }
+    let path = format!(
+        "/quark/reminders/cancel?type={}&key={}&kind={kind}&name={}",
+        encode_component(t),
+        encode_component(&key),
+        encode_component(&a.name)
+    );
+    let body = call(&a.conn, "POST", &path)?;
+    if a.conn.json {
+        return Ok(body + "\n");
+    }
+    let v: CancelledReminder = parse(&body)?;
+    Ok(format!("{}: reminder {:?} cancelled\n", v.actor, v.name))
 }

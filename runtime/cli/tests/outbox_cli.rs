@@ -181,3 +181,143 @@ fn bad_arguments_exit_2() {
     );
     assert_eq!(out.status.code(), Some(2), "{out:?}");
 }
+
+/// `quark … --addr` runs the command on a running node (no data directory).
+fn quark_online(args: &[&str], addr: &str) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_quark"))
+        .args(args)
+        .args(["--addr", addr])
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn list_purge_and_replay_dead_letters_of_a_running_node() {
+    let tmp = tempfile::tempdir().unwrap();
+    let text = format!(
+        "[node]\nshards = 2\npin_threads = false\nidle_spin_us = 0\n[log]\ndata_dir = {:?}\nsegment_bytes = 4194304\nfsync = \"never\"\n[admin]\nlisten = \"127.0.0.1:0\"\n",
+        tmp.path().to_str().unwrap()
+    );
+    let node = quark::Node::builder()
+        .config(quark::NodeConfig::from_toml(&text, "t.toml").unwrap())
+        .register(quark::outbox::durable_state::<Account>())
+        .outbox(fast_retries())
+        .durable::<Account, Credit>()
+        .start()
+        .unwrap();
+    let addr = node.admin_addr().unwrap().to_string();
+    let (a, b) = cross_shard_pair(&node, 160);
+    for _ in 0..3 {
+        block_on(node.actor_ref::<Account>(a).ask(SendUnrouted(b)))
+            .unwrap()
+            .unwrap();
+    }
+    eventually("3 dead letters", Duration::from_secs(20), || {
+        (stats_sum(&node).dead_letters == 3).then_some(())
+    });
+    let outbox = Outbox::new(node.handle());
+    let expected = block_on(outbox.dead_letters()).unwrap();
+    // The list, as JSON lines and as a table.
+    let out = quark_online(&["outbox", "dead-letters", "list", "--json"], &addr);
+    assert!(out.status.success(), "{out:?}");
+    let rows = json_lines(&out);
+    assert_eq!(rows.len(), 3, "{rows:?}");
+    for (row, d) in rows.iter().zip(&expected) {
+        assert_eq!(row["id"], d.id.to_string());
+        assert_eq!(row["shard"], d.shard);
+        assert_eq!(row["sender"], format!("acct/{a}"));
+        assert_eq!(row["target"], format!("acct/{b}"));
+        assert_eq!(row["message"], "test.Unrouted");
+    }
+    let out = quark_online(&["outbox", "dead-letters", "list"], &addr);
+    let table = String::from_utf8(out.stdout).unwrap();
+    assert!(table.ends_with("3 dead letters\n"), "{table}");
+    let shard = expected[0].shard.to_string();
+    let id = |i: usize| expected[i].id.to_string();
+    // Purge the first: the node's list no longer has it; again: exit 1.
+    let purge = ["outbox", "dead-letters", "purge", "--shard", &shard, "--id"];
+    let out = quark_online(&[&purge[..], &[id(0).as_str()]].concat(), &addr);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(
+        String::from_utf8(out.stdout).unwrap(),
+        format!("shard {shard}: dead letter {} purged\n", id(0))
+    );
+    let ids: Vec<String> = block_on(outbox.dead_letters())
+        .unwrap()
+        .iter()
+        .map(|d| d.id.to_string())
+        .collect();
+    assert_eq!(ids, vec![id(1), id(2)]);
+    let out = quark_online(&[&purge[..], &[id(0).as_str()]].concat(), &addr);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!("has no dead letter {}", id(0))) && err.contains("HTTP 404"),
+        "{err}"
+    );
+    // Replay the second: the running node sends it at once (still unrouted: it is
+    // dead-lettered again, under its replay id).
+    let out = quark_online(
+        &[
+            "outbox",
+            "dead-letters",
+            "replay",
+            "--json",
+            "--shard",
+            &shard,
+            "--id",
+            &id(1),
+        ],
+        &addr,
+    );
+    assert!(out.status.success(), "{out:?}");
+    let done = &json_lines(&out)[0];
+    assert_eq!(done["action"], "replayed");
+    let rid = done["replay_id"].as_str().unwrap().to_owned();
+    assert_ne!(rid, id(1));
+    let ids = eventually(
+        "the replay dead-lettered again",
+        Duration::from_secs(20),
+        || {
+            let ids: Vec<String> = block_on(outbox.dead_letters())
+                .unwrap()
+                .iter()
+                .map(|d| d.id.to_string())
+                .collect();
+            (ids.len() == 2).then_some(ids)
+        },
+    );
+    assert_eq!(ids, vec![id(2), rid]);
+    // Bad input: an id that does not parse (exit 2), a shard the node does not have (exit 1),
+    // both --addr and --data-dir (exit 2).
+    let out = quark_online(&[&purge[..], &["nonsense"]].concat(), &addr);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let out = quark_online(
+        &[
+            "outbox",
+            "dead-letters",
+            "purge",
+            "--shard",
+            "9",
+            "--id",
+            &id(2),
+        ],
+        &addr,
+    );
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no shard 9"));
+    let out = Command::new(env!("CARGO_BIN_EXE_quark"))
+        .args([
+            "outbox",
+            "dead-letters",
+            "list",
+            "--addr",
+            &addr,
+            "--data-dir",
+        ])
+        .arg(tmp.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    node.shutdown();
+}

@@ -232,7 +232,10 @@ fn route(req: &Request, shared: &Shared) -> (u16, &'static str, Vec<u8>) {
     if req.path == "/quark/jobs" || req.path.starts_with("/quark/jobs/") {
         return super::jobs::route(req, shared); // GET and POST: see jobs.rs
     }
-    if req.path == "/quark/reminders" {
+    if req.path.starts_with("/quark/outbox/") {
+        return super::outbox::route(req, shared);
+    }
+    if req.path == "/quark/reminders" || req.path.starts_with("/quark/reminders/") {
         return super::reminders::route(req, shared);
     }
     if req.path == "/quark/actors/where" || req.path == "/quark/actors/move" {

@@ -19,7 +19,11 @@
 //!   and shard ([`ActorCounts`]). Both walk the shards at request time.
 //! - `/quark/jobs/...`: the durable jobs, listed and operated (`GET` reads, `POST`
 //!   operations; see [`JobsPage`] and `docs/JOBS.md`).
-//! - `GET /quark/reminders?type=T&key=K`: one actor's durable reminders ([`ActorReminders`]).
+//! - `GET /quark/reminders?type=T&key=K`: one actor's durable reminders ([`ActorReminders`]);
+//!   without a key, every actor's reminders in the cluster ([`RemindersPage`]);
+//!   `POST /quark/reminders/cancel`: cancels one ([`CancelledReminder`]).
+//! - `/quark/outbox/dead-letters[/{shard}/{id}/replay|purge]`: the outbox's dead letters,
+//!   listed ([`DeadLettersPage`]), replayed or purged ([`DeadLetterDone`]).
 //! - `GET /` (or `/dashboard`): the dashboard, a page whose script polls the two JSON
 //!   documents above while it is open (and visible); its assets are compiled into the binary.
 //!
@@ -39,6 +43,7 @@ mod http;
 mod jobs;
 mod load;
 mod metrics;
+mod outbox;
 mod probe;
 mod reminders;
 mod shards;
@@ -65,9 +70,12 @@ pub use load::{
     quantile_us, EdgeReport, LoadReport, NodeTraffic, OtlpReport, PeerRttReport, TopActorReport,
     TypeReport, LOAD_METRICS, TOP_ACTORS_NODE,
 };
+pub use outbox::{DeadLetterDone, DeadLetterView, DeadLettersPage};
 pub(crate) use probe::{journal_persisted, projection_fed};
 pub use probe::{JournalFigures, LogFigures, OutboxFigures};
-pub use reminders::{ActorReminders, ReminderView};
+pub use reminders::{
+    ActorReminders, CancelledReminder, ListedReminderView, ReminderView, RemindersPage,
+};
 pub use shards::{CallCounts, ShardLoad, ShardsReport};
 pub use status::{PeerStatus, ShardStatus, Status};
 

@@ -32,6 +32,7 @@
 //! println!("{id}: {:?}", status.state);
 //! ```
 
+pub mod cluster;
 pub mod cron;
 mod error;
 mod handle;
@@ -77,8 +78,24 @@ pub trait Job: Serialize + DeserializeOwned + Send + 'static {
     const TYPE_NAME: &'static str;
 }
 
-/// A job's id: the owning shard in the top 16 bits, a per-shard sequence number below.
-#[derive(Copy, Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+/// A job's id on its node: the owning shard in the top 16 bits, a per-shard sequence number
+/// below. In a cluster, [`cluster::ClusterJobId`] adds the owning node.
+#[derive(
+    Copy,
+    Clone,
+    Debug,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Serialize,
+    Deserialize,
+    quark_net::rkyv::Archive,
+    quark_net::rkyv::Serialize,
+    quark_net::rkyv::Deserialize,
+)]
+#[rkyv(crate = quark_net::rkyv)]
 pub struct JobId(pub u64);
 
 impl JobId {
@@ -182,6 +199,13 @@ pub struct JobsConfig {
     /// A cron occurrence later than this when the scheduler handles it counts as *missed*
     /// (its schedule's [`MissedTicks`] policy applies); default 60 s.
     pub cron_grace: Duration,
+    /// Start a job's handler while its `Started` record is being made durable, instead of
+    /// after (default `false`). It takes one `fdatasync` off the enqueue-to-start latency. The
+    /// job's outcome is still written after the `Started` record (the next round's batch). The
+    /// cost: after a crash that came before the `Started` record was durable, the job runs
+    /// again **with the same attempt number** (a handler may see an attempt number twice;
+    /// execution stays at least once). See `docs/JOBS.md`, "Guarantees".
+    pub start_before_durable: bool,
 }
 
 impl Default for JobsConfig {
@@ -194,6 +218,7 @@ impl Default for JobsConfig {
             finished_retention: Duration::ZERO,
             idle_poll: Duration::from_millis(100),
             cron_grace: Duration::from_secs(60),
+            start_before_durable: false,
         }
     }
 }
@@ -206,6 +231,7 @@ impl std::fmt::Debug for JobsConfig {
             .field("finished_kept", &self.finished_kept)
             .field("finished_retention", &self.finished_retention)
             .field("idle_poll", &self.idle_poll)
+            .field("start_before_durable", &self.start_before_durable)
             .finish_non_exhaustive()
     }
 }

@@ -325,7 +325,20 @@ impl<E: std::error::Error> From<E> for JobFailure {
 }
 
 /// Where a job is in its life.
-#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(
+    Copy,
+    Clone,
+    Debug,
+    PartialEq,
+    Eq,
+    Hash,
+    Serialize,
+    Deserialize,
+    quark_net::rkyv::Archive,
+    quark_net::rkyv::Serialize,
+    quark_net::rkyv::Deserialize,
+)]
+#[rkyv(crate = quark_net::rkyv)]
 pub enum JobState {
     /// Waiting for the jobs it depends on.
     Blocked,
@@ -367,8 +380,20 @@ impl JobState {
     }
 }
 
-/// What is known of one job.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// What is known of one job (also the reply of the cluster's job operations,
+/// [`super::cluster::ClusterJobs`]).
+#[derive(
+    Clone,
+    Debug,
+    PartialEq,
+    Eq,
+    Serialize,
+    Deserialize,
+    quark_net::rkyv::Archive,
+    quark_net::rkyv::Serialize,
+    quark_net::rkyv::Deserialize,
+)]
+#[rkyv(crate = quark_net::rkyv)]
 pub struct JobStatus {
     /// Its id.
     pub id: JobId,

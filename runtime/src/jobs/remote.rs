@@ -157,3 +157,189 @@ impl Handler<RemoteEnqueue> for JobGateway {
         }
     }
 }
+
+// ---- Operations on jobs from other nodes and clients (see `super::cluster`). ----
+//
+// Each message below goes to a gateway on the node that owns the job (or, for list and pause,
+// on each node): `ClusterJobs` picks a gateway key that the cluster's placement puts on the
+// wanted node. The gateway runs the operation with its node's `Jobs` handle.
+
+/// Why a job operation sent to a node's [`JobGateway`] failed there. It names the job or type;
+/// the owner's error does not cross the wire as a type.
+#[derive(
+    Debug, Clone, PartialEq, Eq, thiserror::Error, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize,
+)]
+#[rkyv(crate = quark_net::rkyv)]
+pub enum RemoteJobError {
+    /// No such job on that node (never existed, or finished and forgotten); the job's id on
+    /// its node.
+    #[error("job {} is not known there", JobId(*.0))]
+    NotFound(u64),
+    /// The job's state does not allow the operation (the owner's message).
+    #[error("{0}")]
+    WrongState(String),
+    /// No job type of this name is registered on that node.
+    #[error("no job type named {0:?} is registered there")]
+    UnknownType(String),
+    /// That node runs no job queue.
+    #[error("the node runs no job queue")]
+    NotRunning,
+    /// Writing the records failed, or a shard stopped (the owner's error, with its causes).
+    #[error("the node failed: {0}")]
+    Failed(String),
+}
+
+impl WireMessage for RemoteJobError {
+    const WIRE_NAME: &'static str = "quark.jobs.OpError";
+}
+
+impl From<super::JobsError> for RemoteJobError {
+    fn from(e: super::JobsError) -> Self {
+        use super::JobsError as E;
+        match e {
+            E::NotFound(id) => RemoteJobError::NotFound(id.0),
+            E::WrongState { .. } => RemoteJobError::WrongState(e.to_string()),
+            E::UnknownType(t) => RemoteJobError::UnknownType(t),
+            E::NotRunning => RemoteJobError::NotRunning,
+            other => RemoteJobError::Failed(crate::ErrorChain(&other).to_string()),
+        }
+    }
+}
+
+impl WireMessage for super::JobStatus {
+    const WIRE_NAME: &'static str = "quark.jobs.Status";
+}
+
+/// A job's status on its node ([`JobGateway`] of the owning node).
+#[derive(Debug, Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+#[rkyv(crate = quark_net::rkyv)]
+pub struct RemoteJobStatus {
+    /// The job's id on its node.
+    pub id: u64,
+}
+
+impl Message for RemoteJobStatus {
+    type Reply = Result<super::JobStatus, RemoteJobError>;
+}
+
+impl WireMessage for RemoteJobStatus {
+    const WIRE_NAME: &'static str = "quark.jobs.GetStatus";
+}
+
+/// Cancels a job on its node; the reply is the status once the cancellation is durable.
+#[derive(Debug, Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+#[rkyv(crate = quark_net::rkyv)]
+pub struct RemoteJobCancel {
+    /// The job's id on its node.
+    pub id: u64,
+}
+
+impl Message for RemoteJobCancel {
+    type Reply = Result<super::JobStatus, RemoteJobError>;
+}
+
+impl WireMessage for RemoteJobCancel {
+    const WIRE_NAME: &'static str = "quark.jobs.Cancel";
+}
+
+/// One page of a node's jobs, by id (as [`super::Jobs::list`]).
+#[derive(Debug, Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+#[rkyv(crate = quark_net::rkyv)]
+pub struct RemoteJobList {
+    /// Only jobs in this state.
+    pub state: Option<super::JobState>,
+    /// Only jobs of this type.
+    pub type_name: Option<String>,
+    /// Only jobs with this concurrency key.
+    pub concurrency_key: Option<String>,
+    /// Only ids above this one (the node's id).
+    pub after: Option<u64>,
+    /// Page size, 1 to [`REMOTE_LIST_LIMIT_MAX`].
+    pub limit: u32,
+}
+
+/// The largest page a [`RemoteJobList`] returns (a larger `limit` is cut to it).
+pub const REMOTE_LIST_LIMIT_MAX: u32 = 1000;
+
+impl Message for RemoteJobList {
+    type Reply = Result<Vec<super::JobStatus>, RemoteJobError>;
+}
+
+impl WireMessage for RemoteJobList {
+    const WIRE_NAME: &'static str = "quark.jobs.List";
+}
+
+/// Pauses (`paused: true`) or resumes a job type (`None`: the whole queue) on the node that
+/// receives it, durably; the reply is the node's switches after the change: whether the whole
+/// queue is paused, and the paused types.
+#[derive(Debug, Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+#[rkyv(crate = quark_net::rkyv)]
+pub struct RemoteJobPause {
+    /// The type (`None`: the whole queue).
+    pub type_name: Option<String>,
+    /// Pause (true) or resume (false).
+    pub paused: bool,
+}
+
+impl Message for RemoteJobPause {
+    type Reply = Result<(bool, Vec<String>), RemoteJobError>;
+}
+
+impl WireMessage for RemoteJobPause {
+    const WIRE_NAME: &'static str = "quark.jobs.Pause";
+}
+
+fn local_jobs() -> Result<super::Jobs, RemoteJobError> {
+    super::queue::local_queue()
+        .map(|q| q.jobs())
+        .ok_or(RemoteJobError::NotRunning)
+}
+
+impl Handler<RemoteJobStatus> for JobGateway {
+    async fn handle(
+        &mut self,
+        msg: RemoteJobStatus,
+        _: &Context<Self>,
+    ) -> Result<super::JobStatus, RemoteJobError> {
+        Ok(local_jobs()?.status(JobId(msg.id)).await?)
+    }
+}
+
+impl Handler<RemoteJobCancel> for JobGateway {
+    async fn handle(
+        &mut self,
+        msg: RemoteJobCancel,
+        _: &Context<Self>,
+    ) -> Result<super::JobStatus, RemoteJobError> {
+        Ok(local_jobs()?.cancel(JobId(msg.id)).await?)
+    }
+}
+
+impl Handler<RemoteJobList> for JobGateway {
+    async fn handle(
+        &mut self,
+        msg: RemoteJobList,
+        _: &Context<Self>,
+    ) -> Result<Vec<super::JobStatus>, RemoteJobError> {
+        let query = super::ListQuery {
+            state: msg.state,
+            type_name: msg.type_name,
+            concurrency_key: msg.concurrency_key,
+            after: msg.after.map(JobId),
+            limit: msg.limit.clamp(1, REMOTE_LIST_LIMIT_MAX) as usize,
+        };
+        Ok(local_jobs()?.list(query).await?)
+    }
+}
+
+impl Handler<RemoteJobPause> for JobGateway {
+    async fn handle(
+        &mut self,
+        msg: RemoteJobPause,
+        _: &Context<Self>,
+    ) -> Result<(bool, Vec<String>), RemoteJobError> {
+        let jobs = local_jobs()?;
+        jobs.set_paused(msg.type_name, msg.paused).await?;
+        Ok(jobs.paused().await?)
+    }
+}

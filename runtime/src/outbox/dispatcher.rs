@@ -132,8 +132,11 @@ pub struct DeadLetter {
 
 // Format (dead-letter list payload, kind Snapshot, key "qd"): { format u8 = 1 | count u32 |
 //   (sender_key_len u32 | sender key | id stream u64 | id seq u64 | attempts u32 | dead_ms u64 |
-//    cause_len u32 | cause | record_len u32 | outbox record payload) * count }
-pub(crate) fn encode_dead(list: &[DeadLetter]) -> Vec<u8> {
+//    cause_len u32 | cause | record_len u32 | outbox record payload) * count |
+//   [settled_count u32 | (id stream u64 | id seq u64) * settled_count] }
+// The settled part (ids of dead letters replayed or purged whose outbox record may still be in
+// the log) is optional: a list written before it existed has none.
+pub(crate) fn encode_dead(list: &[DeadLetter], settled: &[MessageId]) -> Vec<u8> {
     let mut out = vec![format::RECORD_FORMAT];
     out.extend_from_slice(&(list.len() as u32).to_le_bytes());
     for d in list {
@@ -148,13 +151,27 @@ pub(crate) fn encode_dead(list: &[DeadLetter]) -> Vec<u8> {
         out.extend_from_slice(&(d.record.len() as u32).to_le_bytes());
         out.extend_from_slice(&d.record);
     }
+    out.extend_from_slice(&(settled.len() as u32).to_le_bytes());
+    for id in settled {
+        out.extend_from_slice(&id.stream.to_le_bytes());
+        out.extend_from_slice(&id.seq.to_le_bytes());
+    }
     out
 }
 
+/// The dead letters of a list record.
 pub(crate) fn decode_dead(
     shard: ShardId,
     bytes: &[u8],
 ) -> Result<Vec<DeadLetter>, format::FormatError> {
+    decode_dead_list(shard, bytes).map(|(list, _)| list)
+}
+
+/// The dead letters and the settled ids of a list record.
+pub(crate) fn decode_dead_list(
+    shard: ShardId,
+    bytes: &[u8],
+) -> Result<(Vec<DeadLetter>, Vec<MessageId>), format::FormatError> {
     let mut r = Reader::new(bytes);
     r.format()?;
     let n = r.u32()? as usize;
@@ -176,7 +193,18 @@ pub(crate) fn decode_dead(
             shard, sender_key, id, &record, cause, attempts, dead_ms,
         ));
     }
-    Ok(out)
+    let mut settled = Vec::new();
+    if r.remaining() > 0 {
+        let m = r.u32()? as usize;
+        settled.reserve(m.min(1 << 16));
+        for _ in 0..m {
+            settled.push(MessageId {
+                stream: r.u64()?,
+                seq: r.u64()?,
+            });
+        }
+    }
+    Ok((out, settled))
 }
 
 fn sender_name(key: &[u8]) -> String {
@@ -212,6 +240,15 @@ fn dead_letter(
         sender_key,
         record: record.to_vec(),
     }
+}
+
+/// `settled` with `id` added (once).
+pub(crate) fn settle(settled: &[MessageId], id: MessageId) -> Vec<MessageId> {
+    let mut out = settled.to_vec();
+    if !out.contains(&id) {
+        out.push(id);
+    }
+    out
 }
 
 /// The id a replay of `id` is sent under: derived, so replaying the same dead letter twice is
@@ -310,6 +347,11 @@ struct DState {
     pending_bytes: u64,
     space_waiters: VecDeque<futures::channel::oneshot::Sender<()>>,
     dead: Vec<DeadLetter>,
+    /// Ids of dead letters replayed or purged whose outbox record may still be in the log
+    /// (the sender's outbox is truncated only below its oldest unacknowledged message): a
+    /// restart skips those records instead of delivering them again. Written with the list;
+    /// pruned at recovery to the ids whose record is still there.
+    settled: Vec<MessageId>,
     dead_dirty: bool,
     stats: OutboxStats,
     proxies: HashMap<u64, Vec<u64>>,
@@ -471,11 +513,24 @@ impl Dispatcher {
     async fn recover(&self) -> Result<(), String> {
         if let Some(&lsn) = self.log.key_lsns(DEAD_LETTER_KEY).last() {
             if let Some(r) = self.log.read(lsn).await.map_err(|e| e.to_string())? {
-                let list = decode_dead(self.shard, &r.payload)
+                let (list, settled) = decode_dead_list(self.shard, &r.payload)
                     .map_err(|e| format!("dead-letter list at LSN {lsn}: {e}"))?;
-                self.st.borrow_mut().dead = list;
+                let mut st = self.st.borrow_mut();
+                st.dead = list;
+                st.settled = settled;
             }
         }
+        // Ids of records that are done already: on the dead-letter list, or replayed or
+        // purged from it. Their records are acknowledged, not delivered again.
+        let done: HashSet<MessageId> = {
+            let st = self.st.borrow();
+            st.dead
+                .iter()
+                .map(|d| d.id)
+                .chain(st.settled.iter().copied())
+                .collect()
+        };
+        let mut settled_seen: HashSet<MessageId> = HashSet::new();
         let keys = self.log.keys_with_prefix(OUTBOX_PREFIX);
         let mut n = 0u64;
         for key in keys {
@@ -483,7 +538,29 @@ impl Dispatcher {
             let records = self.log.read_many(&lsns).await.map_err(|e| e.to_string())?;
             let sender: Rc<[u8]> = key.into();
             for r in records {
-                match format::decode_outbox(&r.payload) {
+                let decoded = format::decode_outbox(&r.payload);
+                let id = match &decoded {
+                    Ok(rec) => rec
+                        .id_override
+                        .map(|(stream, seq)| MessageId { stream, seq })
+                        .unwrap_or(MessageId {
+                            stream: rec.stream,
+                            seq: r.origin_lsn,
+                        }),
+                    Err(_) => MessageId {
+                        stream: 0,
+                        seq: r.origin_lsn,
+                    },
+                };
+                if done.contains(&id) {
+                    settled_seen.insert(id);
+                    let mut st = self.st.borrow_mut();
+                    let acks = st.senders.entry(sender.clone()).or_default();
+                    acks.max_seen = acks.max_seen.max(r.origin_lsn);
+                    st.acks_due.insert(sender.clone());
+                    continue;
+                }
+                match decoded {
                     Ok(rec) => {
                         let bytes = record_bytes(&rec);
                         self.st.borrow_mut().pending_bytes += bytes;
@@ -495,10 +572,6 @@ impl Dispatcher {
                         let mut st = self.st.borrow_mut();
                         let acks = st.senders.entry(sender.clone()).or_default();
                         acks.max_seen = acks.max_seen.max(r.origin_lsn);
-                        let id = MessageId {
-                            stream: 0,
-                            seq: r.origin_lsn,
-                        };
                         let d = dead_letter(
                             self.shard,
                             sender.to_vec(),
@@ -513,6 +586,15 @@ impl Dispatcher {
                         st.acks_due.insert(sender.clone());
                     }
                 }
+            }
+        }
+        {
+            // Settled ids whose record is gone need no remembering.
+            let mut st = self.st.borrow_mut();
+            let before = st.settled.len();
+            st.settled.retain(|id| settled_seen.contains(id));
+            if st.settled.len() != before {
+                st.dead_dirty = true;
             }
         }
         self.st.borrow_mut().stats.recovered = n;
@@ -992,7 +1074,7 @@ impl Dispatcher {
         }
         if st.dead_dirty {
             st.dead_dirty = false;
-            batch.snapshot(DEAD_LETTER_KEY, &encode_dead(&st.dead));
+            batch.snapshot(DEAD_LETTER_KEY, &encode_dead(&st.dead, &st.settled));
         }
         (!batch.is_empty()).then_some(batch)
     }
@@ -1024,7 +1106,8 @@ pub(crate) fn proxy_key(node: u64, stream: u64) -> Option<u64> {
 }
 
 /// Delivers `ds` to actor `(A, key)`: as one turn of its activation on this node, or through
-/// the inbound proxy of the node that owns it (one message per hop). One outcome per message.
+/// the inbound proxy of the node that owns it (one request for the batch, one turn there).
+/// One outcome per message.
 pub(crate) fn deliver_to<A, M>(
     engine: EngineHandle,
     key: ActorKey,
@@ -1038,11 +1121,7 @@ where
         let r = engine.actor_ref::<A>(key);
         if let Some(node) = r.remote_node() {
             let key = r.id().key.clone();
-            return futures::future::join_all(
-                ds.into_iter()
-                    .map(|d| remote::deliver(node, A::TYPE_NAME, key.clone(), d)),
-            )
-            .await;
+            return remote::deliver_batch(node, A::TYPE_NAME, key, ds).await;
         }
         let n = ds.len();
         let timeout = ds.first().map(|d| d.timeout).unwrap_or_default();
@@ -1211,7 +1290,7 @@ impl Outbox {
     pub async fn replay(&self, shard: ShardId, id: MessageId) -> Result<MessageId, OutboxError> {
         self.on_shard(shard, move |d| {
             Box::pin(async move {
-                let (sender, mut rec, rest) = {
+                let (sender, mut rec, rest, settled) = {
                     let st = d.st.borrow();
                     let Some(i) = st.dead.iter().position(|x| x.id == id) else {
                         return Err(OutboxError::NoSuchDeadLetter { shard, id });
@@ -1222,7 +1301,7 @@ impl Outbox {
                     };
                     let mut rest = st.dead.clone();
                     rest.remove(i);
-                    (dl.sender_key.clone(), rec, rest)
+                    (dl.sender_key.clone(), rec, rest, settle(&st.settled, id))
                 };
                 let rid = replay_id(id);
                 rec.id_override = Some((rid.stream, rid.seq));
@@ -1232,13 +1311,17 @@ impl Outbox {
                 // from the list never comes back from an unacknowledged outbox record.
                 let mut batch = d.ack_batch().unwrap_or_default();
                 batch.event(&sender, &payload);
-                batch.snapshot(DEAD_LETTER_KEY, &encode_dead(&rest));
+                batch.snapshot(DEAD_LETTER_KEY, &encode_dead(&rest, &settled));
                 let range = d
                     .log
                     .append(&batch)
                     .await
                     .map_err(|source| OutboxError::Append { shard, source })?;
-                d.st.borrow_mut().dead.retain(|x| x.id != id);
+                {
+                    let mut st = d.st.borrow_mut();
+                    st.dead.retain(|x| x.id != id);
+                    st.settled = settled;
+                }
                 let bytes = record_bytes(&rec);
                 d.st.borrow_mut().pending_bytes += bytes;
                 d.enqueue(sender.into(), range.first, Rc::new(rec), bytes);
@@ -1252,20 +1335,25 @@ impl Outbox {
     pub async fn purge(&self, shard: ShardId, id: MessageId) -> Result<(), OutboxError> {
         self.on_shard(shard, move |d| {
             Box::pin(async move {
-                let rest: Vec<DeadLetter> = {
+                let (rest, settled): (Vec<DeadLetter>, Vec<MessageId>) = {
                     let st = d.st.borrow();
                     if !st.dead.iter().any(|x| x.id == id) {
                         return Err(OutboxError::NoSuchDeadLetter { shard, id });
                     }
-                    st.dead.iter().filter(|x| x.id != id).cloned().collect()
+                    (
+                        st.dead.iter().filter(|x| x.id != id).cloned().collect(),
+                        settle(&st.settled, id),
+                    )
                 };
                 let mut batch = d.ack_batch().unwrap_or_default();
-                batch.snapshot(DEAD_LETTER_KEY, &encode_dead(&rest));
+                batch.snapshot(DEAD_LETTER_KEY, &encode_dead(&rest, &settled));
                 d.log
                     .append(&batch)
                     .await
                     .map_err(|source| OutboxError::Append { shard, source })?;
-                d.st.borrow_mut().dead.retain(|x| x.id != id);
+                let mut st = d.st.borrow_mut();
+                st.dead.retain(|x| x.id != id);
+                st.settled = settled;
                 Ok(())
             })
         })
@@ -1299,7 +1387,15 @@ mod tests {
             6,
         );
         let list = vec![d.clone(), d];
-        assert_eq!(decode_dead(3, &encode_dead(&list)).unwrap(), list);
+        let settled = vec![MessageId { stream: 8, seq: 1 }];
+        assert_eq!(
+            decode_dead_list(3, &encode_dead(&list, &settled)).unwrap(),
+            (list.clone(), settled)
+        );
+        // A list written before the settled part existed.
+        let mut old = encode_dead(&list, &[]);
+        old.truncate(old.len() - 4);
+        assert_eq!(decode_dead_list(3, &old).unwrap(), (list.clone(), vec![]));
         assert_eq!(list[0].target, "sink:pg");
         assert_eq!(list[0].sender, "a/1");
     }

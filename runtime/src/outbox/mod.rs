@@ -44,7 +44,7 @@ pub(crate) use dispatcher::local_stats;
 pub use dispatcher::{DeadLetter, Outbox, OutboxError, OutboxStats};
 pub use inbox::BYTES_PER_ENTRY as INBOX_BYTES_PER_ENTRY;
 pub use postgres::PostgresSink;
-pub use remote::{DurableWire, InboundProxy, WireOutcome};
+pub use remote::{DurableWire, DurableWireBatch, InboundProxy, WireItem, WireOutcome};
 pub use sink::{Sink, SinkError, SinkMessage};
 pub use state::{
     durable_state, DurableState, DurableStates, Save, SaveError, StateError, Versioned,

@@ -7,7 +7,7 @@
 use quark_persist::{Batch, Log, LogIo};
 use quark_placement::ShardId;
 
-use super::dispatcher::{decode_dead, encode_dead, replay_id};
+use super::dispatcher::{decode_dead, decode_dead_list, encode_dead, replay_id, settle};
 use super::format::{self, DEAD_LETTER_KEY};
 use super::{DeadLetter, MessageId};
 
@@ -68,17 +68,29 @@ pub async fn dead_letters<IO: LogIo>(
     log: &Log<IO>,
     shard: ShardId,
 ) -> Result<Vec<DeadLetter>, OfflineError> {
+    Ok(dead_list(log, shard).await?.0)
+}
+
+/// The dead letters and the settled ids (replayed or purged) of shard `shard`'s list.
+async fn dead_list<IO: LogIo>(
+    log: &Log<IO>,
+    shard: ShardId,
+) -> Result<(Vec<DeadLetter>, Vec<MessageId>), OfflineError> {
     let Some(&lsn) = log.key_lsns(DEAD_LETTER_KEY).last() else {
-        return Ok(Vec::new());
+        return Ok((Vec::new(), Vec::new()));
     };
     let Some(r) = log
         .read(lsn)
         .await
         .map_err(|source| OfflineError::Read { shard, source })?
     else {
-        return Ok(Vec::new());
+        return Ok((Vec::new(), Vec::new()));
     };
-    decode_dead(shard, &r.payload).map_err(|source| OfflineError::Format { shard, lsn, source })
+    decode_dead_list(shard, &r.payload).map_err(|source| OfflineError::Format {
+        shard,
+        lsn,
+        source,
+    })
 }
 
 /// Appends dead letter `id` again as an outbox message of its sender (under its replay id, as
@@ -89,7 +101,7 @@ pub async fn replay<IO: LogIo>(
     shard: ShardId,
     id: MessageId,
 ) -> Result<MessageId, OfflineError> {
-    let list = dead_letters(log, shard).await?;
+    let (list, settled) = dead_list(log, shard).await?;
     let Some(d) = list.iter().find(|d| d.id == id) else {
         return Err(OfflineError::NoSuchDeadLetter { shard, id });
     };
@@ -106,7 +118,7 @@ pub async fn replay<IO: LogIo>(
     let rest: Vec<DeadLetter> = list.iter().filter(|d| d.id != id).cloned().collect();
     let mut batch = Batch::new();
     batch.event(sender, &payload);
-    batch.snapshot(DEAD_LETTER_KEY, &encode_dead(&rest));
+    batch.snapshot(DEAD_LETTER_KEY, &encode_dead(&rest, &settle(&settled, id)));
     log.append(&batch)
         .await
         .map_err(|source| OfflineError::Append { shard, source })?;
@@ -119,13 +131,13 @@ pub async fn purge<IO: LogIo>(
     shard: ShardId,
     id: MessageId,
 ) -> Result<(), OfflineError> {
-    let list = dead_letters(log, shard).await?;
+    let (list, settled) = dead_list(log, shard).await?;
     if !list.iter().any(|d| d.id == id) {
         return Err(OfflineError::NoSuchDeadLetter { shard, id });
     }
     let rest: Vec<DeadLetter> = list.into_iter().filter(|d| d.id != id).collect();
     let mut batch = Batch::new();
-    batch.snapshot(DEAD_LETTER_KEY, &encode_dead(&rest));
+    batch.snapshot(DEAD_LETTER_KEY, &encode_dead(&rest, &settle(&settled, id)));
     log.append(&batch)
         .await
         .map_err(|source| OfflineError::Append { shard, source })?;

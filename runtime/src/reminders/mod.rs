@@ -38,6 +38,7 @@
 //! what is guaranteed is in `docs/JOBS.md`, "Durable reminders".
 
 pub(crate) mod format;
+pub mod remote;
 mod service;
 
 use std::collections::HashMap;
@@ -328,6 +329,11 @@ pub(crate) struct Setup {
 }
 
 impl Setup {
+    /// True once an actor type is registered for reminders.
+    pub(crate) fn has_types(&self) -> bool {
+        !self.deliver.is_empty()
+    }
+
     pub(crate) fn register<A: Handler<ReminderTick>>(&mut self) {
         self.deliver
             .insert(A::TYPE_NAME.to_owned(), deliver_to::<A> as DeliverFn);

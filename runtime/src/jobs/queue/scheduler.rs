@@ -15,8 +15,19 @@ impl ShardQueue {
                 return;
             }
             let now = self.now();
-            let (batch, decisions) = self.build_round(now);
+            let (batch, mut decisions) = self.build_round(now);
             if !batch.is_empty() {
+                if self.jobs.shared.config.start_before_durable {
+                    // The handlers start now; their outcomes go in a later round's batch, so
+                    // the log still has every `Started` before its outcome.
+                    let (starts, rest): (Vec<_>, Vec<_>) = decisions
+                        .into_iter()
+                        .partition(|d| matches!(d, Decision::Start(_)));
+                    decisions = rest;
+                    if !starts.is_empty() {
+                        self.apply(starts, now);
+                    }
+                }
                 match self.log.append(&batch).await {
                     Ok(_) => self.apply(decisions, now),
                     Err(e) => {

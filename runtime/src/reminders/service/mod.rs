@@ -123,12 +123,59 @@ enum Op {
     List {
         actor: Vec<u8>,
     },
+    /// A page of every actor's reminders from `from` on (the writer sets `to_group`: the end
+    /// of the groups it read for it).
+    ListAll {
+        from: ListPos,
+        type_prefix: Option<Vec<u8>>,
+        limit: usize,
+        to_group: u32,
+    },
 }
 
 enum Reply {
     Done,
     Existed(bool),
     List(Vec<ReminderInfo>),
+    Page(ShardPage),
+}
+
+/// Group records read at most for one listing page (a round with a listing stays short: the
+/// page ends early, with a cursor, when the groups it read hold no more).
+const LIST_READ_RECORDS_MAX: usize = 4096;
+
+/// A position in a shard's listing of every reminder, ordered by (group, actor, name); a page
+/// starts at it (inclusive).
+#[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) struct ListPos {
+    pub group: u32,
+    /// The actor, encoded as `outbox::format::encode_actor` writes it.
+    pub actor: Vec<u8>,
+    pub name: String,
+}
+
+impl ListPos {
+    /// The first position after this one (`name` + NUL is the next string).
+    pub(crate) fn successor(&self) -> ListPos {
+        let mut next = self.clone();
+        next.name.push('\0');
+        next
+    }
+}
+
+/// One reminder of a shard's listing.
+#[derive(Clone, Debug)]
+pub(crate) struct ListedReminder {
+    pub pos: ListPos,
+    pub info: ReminderInfo,
+}
+
+/// One page of a shard's listing; `next` is where the next page starts (`None`: the shard has
+/// no more).
+#[derive(Clone, Debug, Default)]
+pub(crate) struct ShardPage {
+    pub items: Vec<ListedReminder>,
+    pub next: Option<ListPos>,
 }
 
 struct Cmd {
@@ -492,6 +539,37 @@ impl Service {
         match self.submit(Op::List { actor }).await {
             Ok(Ok(Reply::List(v))) => Ok(v),
             Ok(Ok(_)) => Ok(Vec::new()),
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(ReminderError::Stopped),
+        }
+    }
+
+    /// Up to `limit` reminders of every actor (of type `type_name`, if given) from `from` on,
+    /// in (group, actor, name) order. A page may be short and still name a next position (the
+    /// groups read for it ended).
+    pub(crate) async fn list_all(
+        &self,
+        from: ListPos,
+        type_name: Option<&str>,
+        limit: usize,
+    ) -> Result<ShardPage, ReminderError> {
+        let type_prefix = type_name.map(|t| {
+            let mut p = Vec::new();
+            crate::outbox::format::encode_actor(&mut p, t, &quark_shard::ActorKey::U64(0));
+            // Keep the length byte and the name: the key follows.
+            let n = t.len().min(u8::MAX as usize);
+            p.truncate(1 + n);
+            p
+        });
+        let op = Op::ListAll {
+            from,
+            type_prefix,
+            limit: limit.max(1),
+            to_group: 0,
+        };
+        match self.submit(op).await {
+            Ok(Ok(Reply::Page(p))) => Ok(p),
+            Ok(Ok(_)) => Ok(ShardPage::default()),
             Ok(Err(e)) => Err(e),
             Err(_) => Err(ReminderError::Stopped),
         }

@@ -51,15 +51,15 @@ impl Service {
         let now = now_ms();
         let expanded = self.expand_due(now).await?;
         let loaded = self.load_due(now).await? || expanded;
-        let cmds = std::mem::take(&mut self.st.borrow_mut().cmds);
+        let mut cmds = std::mem::take(&mut self.st.borrow_mut().cmds);
         // Tables the commands need.
         let mut need = HashSet::new();
         {
             let st = self.st.borrow();
             let mut added: HashMap<u32, usize> = HashMap::new();
             let mut seen: HashSet<(&[u8], &str)> = HashSet::new();
-            for c in &cmds {
-                match &c.op {
+            for c in &mut cmds {
+                match &mut c.op {
                     Op::Set { actor, name, .. } => {
                         let g = self.group(actor);
                         let n = added
@@ -78,6 +78,21 @@ impl Service {
                     }
                     Op::Del { actor, .. } | Op::List { actor } => {
                         need.insert(self.group(actor));
+                    }
+                    Op::ListAll { from, to_group, .. } => {
+                        // The groups from the page's start on, until enough records.
+                        let groups = self.shared.config.groups_per_shard;
+                        let mut records = 0;
+                        let mut g = from.group;
+                        while g < groups && records < LIST_READ_RECORDS_MAX {
+                            let n = self.log.key_lsns(&group_key(g)).len();
+                            if n > 0 {
+                                need.insert(g);
+                                records += n;
+                            }
+                            g += 1;
+                        }
+                        *to_group = g.max(from.group);
                     }
                 }
             }
@@ -239,13 +254,7 @@ impl Service {
                             let mut v: Vec<ReminderInfo> = t
                                 .iter()
                                 .filter(|e| e.actor == actor)
-                                .filter(|e| {
-                                    // A one-shot reminder is gone once fired.
-                                    e.period_ms > 0
-                                        || st.live.contains_key(&e.rid)
-                                        || round.hold.iter().any(|h| h.rid == e.rid)
-                                        || e.first_due_ms / bms >= st.loaded_to.max(closing)
-                                })
+                                .filter(|e| is_pending(e, &st, round, closing))
                                 .map(|e| info(e, now))
                                 .collect();
                             v.sort_by(|a, b| a.name.cmp(&b.name));
@@ -253,6 +262,46 @@ impl Service {
                         })
                         .unwrap_or_default();
                     round.replies.push((done, Reply::List(v)));
+                }
+                Op::ListAll {
+                    from,
+                    type_prefix,
+                    limit,
+                    to_group,
+                } => {
+                    let closing = upto.max(st.closing);
+                    let mut items: Vec<ListedReminder> = (from.group..to_group)
+                        .filter_map(|g| tables.get(&g).map(|t| (g, t)))
+                        .flat_map(|(g, t)| t.iter().map(move |e| (g, e)))
+                        .filter(|(_, e)| {
+                            type_prefix.as_ref().is_none_or(|p| e.actor.starts_with(p))
+                        })
+                        .filter(|(_, e)| is_pending(e, &st, round, closing))
+                        .map(|(group, e)| ListedReminder {
+                            pos: ListPos {
+                                group,
+                                actor: e.actor.clone(),
+                                name: e.name.clone(),
+                            },
+                            info: info(e, now),
+                        })
+                        .filter(|r| r.pos >= from)
+                        .collect();
+                    items.sort_by(|a, b| a.pos.cmp(&b.pos));
+                    let next = if items.len() > limit {
+                        items.truncate(limit);
+                        items.last().map(|r| r.pos.successor())
+                    } else if to_group < self.shared.config.groups_per_shard {
+                        Some(ListPos {
+                            group: to_group,
+                            ..ListPos::default()
+                        })
+                    } else {
+                        None
+                    };
+                    round
+                        .replies
+                        .push((done, Reply::Page(ShardPage { items, next })));
                 }
             }
         }
@@ -364,4 +413,13 @@ impl Service {
         }
         self.firer.notify();
     }
+}
+
+/// Whether a table entry still has an occurrence to deliver (a one-shot reminder is gone once
+/// fired).
+fn is_pending(e: &Entry, st: &State, round: &Round, closing: u64) -> bool {
+    e.period_ms > 0
+        || st.live.contains_key(&e.rid)
+        || round.hold.iter().any(|h| h.rid == e.rid)
+        || e.first_due_ms / st.bucket_ms >= st.loaded_to.max(closing)
 }
