@@ -37,7 +37,9 @@ use quark_bench::summary::{format_runs, per_run_ratios, spread, Spread};
 use quark_bench::{measure, tokio_actor};
 
 // The same allocator for the engine and the baselines (glibc's malloc falls off its per-thread
-// cache once more than a few blocks of one size are live, e.g. a full mailbox).
+// cache once more than a few blocks of one size are live, e.g. a full mailbox). With the
+// `system-alloc` feature, both run on the system allocator (what a user gets by default).
+#[cfg(not(feature = "system-alloc"))]
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
@@ -474,7 +476,7 @@ fn main() -> Result<()> {
     println!(
         "enginebench: --runs {} --tells {} --asks {} --inflight {} --pipelined-ms {} \
          --latency-asks {} --cross-asks {} --idle-spin-us {} (targets; the tokio comparison \
-         runs with 0)",
+         runs with 0); allocator: {}",
         args.runs,
         args.tells,
         args.asks,
@@ -482,7 +484,12 @@ fn main() -> Result<()> {
         args.pipelined_ms,
         args.latency_asks,
         args.cross_asks,
-        args.idle_spin_us
+        args.idle_spin_us,
+        if cfg!(feature = "system-alloc") {
+            "system (glibc malloc)"
+        } else {
+            "mimalloc"
+        }
     );
     let mut rows = Rows::default();
 
