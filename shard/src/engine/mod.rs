@@ -217,6 +217,17 @@ impl Engine {
         crate::migrate::migrate_blocking(&self.shared, actor, to)
     }
 
+    /// Moves `actor` (homed on this node) to node `to_node` of the cluster, live, its state
+    /// as bytes ([`crate::ActorType::migratable`]); `to_node` may be this node (bring it
+    /// back). Blocks until the move ended; see docs/MIGRATION.md, "Moves between nodes".
+    pub fn migrate_to_node(
+        &self,
+        actor: &quark_placement::ActorId,
+        to_node: quark_placement::NodeId,
+    ) -> Result<crate::Moved, crate::MigrateError> {
+        crate::migrate::migrate_node_blocking(&self.shared, actor, to_node)
+    }
+
     /// The registered name of the actor type called `name`, if one is (for callers that read
     /// type names from outside, to build an [`quark_placement::ActorId`]).
     pub fn registered_type(&self, name: &str) -> Option<&'static str> {
