@@ -626,6 +626,21 @@ impl Node {
             .migrate(actor, to)
     }
 
+    /// Moves `actor` (homed on this node) live to node `to_node` of the cluster, its state
+    /// as bytes (the type must be registered with `ActorType::migratable`); see
+    /// [`quark_shard::Engine::migrate_to_node`] and docs/MIGRATION.md, "Moves between nodes".
+    /// Blocks until the move ended. Never call it on a shard thread.
+    pub fn migrate_to_node(
+        &self,
+        actor: &quark_shard::ActorId,
+        to_node: quark_placement::NodeId,
+    ) -> Result<quark_shard::Moved, quark_shard::MigrateError> {
+        self.engine()
+            .as_ref()
+            .expect("the engine is in its slot until shutdown consumes the node")
+            .migrate_to_node(actor, to_node)
+    }
+
     /// Where `actor` lives on this node (asks its home shard).
     pub fn placement(
         &self,

@@ -129,6 +129,9 @@ impl<F: FnOnce(&Rc<Shard>, SysOutcome) + 'static> Forward for SysReply<F> {
     }
 }
 
+/// Gets the target node's answer to a state sent to it.
+pub(crate) type OnArrival = Box<dyn FnOnce(&Rc<Shard>, Arrival)>;
+
 /// Asks `node` to pause `actor` and hand its state back (the outcome reaches
 /// `migrate::collected` with `ticket` on this shard).
 pub(crate) fn send_pause(
@@ -188,7 +191,7 @@ pub(crate) fn send_arrive(
     actor: &ActorId,
     state: &Option<Vec<u8>>,
     timeout: Duration,
-    on: Box<dyn FnOnce(&Rc<Shard>, Arrival)>,
+    on: OnArrival,
 ) -> Result<(), String> {
     let on = move |c: &Rc<Shard>, o: SysOutcome| {
         let a = match o {
@@ -445,6 +448,7 @@ where
 }
 
 /// Fails a message that could not be sent on to its actor's node.
+#[allow(clippy::boxed_local)] // the envelope's own box, sent on as it is
 fn fail<A, M: Message>(core: &Rc<Shard>, d: Box<Deliver<A, M>>, err: CallError) {
     core.turn_done(d.origin, d.reply);
     match d.reply {
