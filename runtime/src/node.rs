@@ -663,6 +663,23 @@ impl Node {
         self.engine.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Drains the node to the other nodes of its cluster before a stop (docs/MIGRATION.md,
+    /// "Drain"): the admin endpoint reports `draining` (`/quark/status`) and `/readyz` answers
+    /// 503 from now on; new activations of `migratable` actors homed here are placed on the
+    /// peers, and the active ones move there, the busiest first, for at most half of
+    /// `[node] shutdown_timeout_ms` (the stop that follows has its own). Blocks; returns what
+    /// moved. Call [`Node::shutdown`] after it. On a node without peers nothing moves.
+    pub fn drain(&self) -> quark_shard::DrainReport {
+        if let Some(a) = &self.admin {
+            a.set_draining();
+        }
+        let slot = self.engine();
+        let engine = slot
+            .as_ref()
+            .expect("the engine is in its slot until shutdown consumes the node");
+        engine.drain(engine.shutdown_timeout() / 2)
+    }
+
     /// Drains and stops the node (see [`Engine::shutdown`]). The admin endpoint, if any,
     /// answers `/readyz` with 503 from the start of the drain, and is stopped and joined once
     /// the shards have stopped.

@@ -503,6 +503,19 @@ pub(crate) struct Migrations {
     next_ticket: Cell<u64>,
     /// Who waits, on this shard, for a state handed back as bytes ([`collected`]), by ticket.
     collects: RefCell<FxHashMap<u64, OnCollected>>,
+    /// The node drains ([`drain_blocking`]): new activations of movable actors homed here
+    /// are placed on a peer.
+    draining: Cell<bool>,
+    drain: RefCell<Option<Drain>>,
+}
+
+/// Where a draining node places new activations.
+struct Drain {
+    me: NodeId,
+    members: Vec<NodeId>,
+    peers: Vec<NodeId>,
+    /// By type index: the type's name if its state moves as bytes (it may be placed on a peer).
+    types: Vec<Option<&'static str>>,
 }
 
 /// A state handed back as bytes by its place for a move between nodes: `Ok(None)` if the
@@ -519,7 +532,27 @@ impl Migrations {
             window: Cell::new((None, 0)),
             next_ticket: Cell::new(1),
             collects: RefCell::new(FxHashMap::default()),
+            draining: Cell::new(false),
+            drain: RefCell::new(None),
         }
+    }
+
+    /// While the node drains: the peer a new activation of `(type_idx, key)` goes to, if its
+    /// type may cross nodes and this node is its home node.
+    fn drain_peer(&self, type_idx: u16, key: &ActorKey) -> Option<NodeId> {
+        if !self.draining.get() {
+            return None;
+        }
+        let d = self.drain.borrow();
+        let d = d.as_ref()?;
+        let id = ActorId {
+            type_name: (*d.types.get(usize::from(type_idx))?)?,
+            key: key.clone(),
+        };
+        if quark_placement::node_for(&id, &d.members) != Some(d.me) {
+            return None;
+        }
+        quark_placement::node_for(&id, &d.peers)
     }
 
     /// A fresh ticket of this shard.
@@ -540,7 +573,11 @@ impl Migrations {
     #[inline]
     pub(crate) fn diverts(&self, type_idx: u16, key: &ActorKey) -> bool {
         let dir = self.directory.borrow();
-        dir.len() != 0 && dir.has(&(type_idx, key.clone()))
+        (dir.len() != 0 && dir.has(&(type_idx, key.clone())))
+            || (self.draining.get() && {
+                drop(dir);
+                self.drain_peer(type_idx, key).is_some()
+            })
     }
 
     /// Directory entries (actors of this home that are away or moving).
@@ -755,6 +792,12 @@ pub(crate) fn divert<A: Actor>(core: &Rc<Shard>, type_idx: u16, item: Box<dyn Ma
     let slot = (type_idx, r.key().clone());
     let mut dir = core.migration.directory.borrow_mut();
     let Some(e) = dir.get_mut(&slot) else {
+        // The node drains: a new activation goes to a peer, which the entry names from now.
+        if let Some(peer) = core.migration.drain_peer(slot.0, &slot.1) {
+            dir.entry(slot).node = Some(peer);
+            drop(dir);
+            return r.forward_node(core, peer);
+        }
         // No entry (a caller checked `diverts` first, on this thread): deliver here.
         drop(dir);
         return r.deliver_here(core);
@@ -1702,4 +1745,139 @@ fn finish_node(
         let _ = tx.send(result);
     }
     flush(core, slot);
+}
+
+// ---- drain
+
+/// What [`crate::Engine::drain`] did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DrainReport {
+    /// Activations moved to another node.
+    pub moved: u64,
+    /// Moves that failed (the actor stays here and is deactivated at the stop).
+    pub failed: u64,
+    /// Activations whose type cannot cross nodes (not `migratable`, or a stateless worker):
+    /// deactivated at the stop.
+    pub not_movable: u64,
+    /// Activations homed on another node (moved here earlier): their home coordinates moves,
+    /// so they stay and are deactivated at the stop.
+    pub guests: u64,
+    /// Moves not started because the deadline passed.
+    pub left: u64,
+    /// How long the drain took.
+    pub duration: Duration,
+}
+
+/// Moves at once (each one is a few messages; the rate limit still applies).
+const DRAIN_INFLIGHT: usize = 256;
+
+/// `Engine::drain`: from now on new activations of movable actors homed here are placed on
+/// the peers (each id on its rendezvous choice among them), and the active ones in `rows`
+/// (the busiest and most recently active first) move there, until `timeout`.
+pub(crate) fn drain_blocking(
+    node: &Arc<NodeShared>,
+    mut rows: Vec<crate::engine::ActorRow>,
+    timeout: Duration,
+) -> DrainReport {
+    let started = Instant::now();
+    let deadline = started + timeout;
+    let mut report = DrainReport::default();
+    let me = this_node(node);
+    let members = node
+        .net
+        .as_ref()
+        .map(|n| n.members.clone())
+        .unwrap_or_default();
+    let peers: Vec<NodeId> = members.iter().copied().filter(|m| *m != me).collect();
+    if peers.is_empty() {
+        report.not_movable = rows.len() as u64;
+        report.duration = started.elapsed();
+        return report;
+    }
+    let types: Vec<Option<&'static str>> = node
+        .types
+        .iter()
+        .map(|t| t.bytes_mover().then(|| t.name()))
+        .collect();
+    // Every shard places new activations on the peers before the listing is moved.
+    let acks: Vec<_> = (0..node.shard_count())
+        .map(|s| {
+            let (tx, rx) = oneshot::channel::<()>();
+            let d = Drain {
+                me,
+                members: members.clone(),
+                peers: peers.clone(),
+                types: types.clone(),
+            };
+            let d = std::sync::Mutex::new(Some(d));
+            node.inject(
+                s,
+                CrossMsg::run_on(move |c| {
+                    let d = d.lock().unwrap_or_else(|p| p.into_inner()).take();
+                    *c.migration.drain.borrow_mut() = d;
+                    c.migration.draining.set(true);
+                    let _ = tx.send(());
+                }),
+            );
+            rx
+        })
+        .collect();
+    for a in acks {
+        let _ = crate::block_on(a);
+    }
+    // Hot first: busy ones (no idle time), then by idle time, shortest first.
+    rows.sort_by_key(|r| r.idle.map_or((0, Duration::ZERO), |i| (1, i)));
+    let mut inflight = std::collections::VecDeque::new();
+    let wait_one = |inflight: &mut std::collections::VecDeque<oneshot::Receiver<_>>,
+                    report: &mut DrainReport| {
+        if let Some(rx) = inflight.pop_front() {
+            match crate::block_on(rx) {
+                Ok(Ok(_)) => report.moved += 1,
+                _ => report.failed += 1,
+            }
+        }
+    };
+    for row in rows {
+        let Some(type_idx) = node.types.iter().position(|t| t.name() == row.actor_type) else {
+            continue;
+        };
+        let type_idx = type_idx as u16;
+        if !node.types[usize::from(type_idx)].bytes_mover() {
+            report.not_movable += 1;
+            continue;
+        }
+        let id = ActorId {
+            type_name: row.actor_type,
+            key: row.key,
+        };
+        if quark_placement::node_for(&id, &members) != Some(me) {
+            report.guests += 1;
+            continue;
+        }
+        if Instant::now() >= deadline {
+            report.left += 1;
+            continue;
+        }
+        let Some(peer) = quark_placement::node_for(&id, &peers) else {
+            continue;
+        };
+        inflight.push_back(request_node(node, type_idx, id.key, peer));
+        if inflight.len() >= DRAIN_INFLIGHT {
+            wait_one(&mut inflight, &mut report);
+        }
+    }
+    while !inflight.is_empty() {
+        wait_one(&mut inflight, &mut report);
+    }
+    report.duration = started.elapsed();
+    tracing::info!(
+        moved = report.moved,
+        failed = report.failed,
+        not_movable = report.not_movable,
+        guests = report.guests,
+        left = report.left,
+        duration_ms = report.duration.as_millis() as u64,
+        "node drained"
+    );
+    report
 }

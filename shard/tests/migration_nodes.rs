@@ -276,3 +276,111 @@ fn a_move_to_a_stopped_node_is_refused_and_the_actor_stays() {
     );
     nodes.pop().expect("node 1").shutdown();
 }
+
+/// `Engine::drain` under traffic: senders on the peer keep asking actors homed on the draining
+/// node; every active one moves to the peer with its state, a new activation during the drain
+/// is placed on the peer, and every ask is answered (the home forwards while it runs).
+#[test]
+fn a_drain_moves_every_active_actor_to_the_peer_under_traffic() {
+    let nodes = nodes(2);
+    const ACTORS: u64 = 200;
+    let keys: Vec<u64> = (0..100_000u64)
+        .filter(|k| nodes[1].actor_ref::<Ledger>(*k).remote_node() == Some(1))
+        .take(ACTORS as usize + 1)
+        .collect();
+    let (fresh, keys) = keys.split_last().expect("keys");
+    let keys = Arc::new(keys.to_vec());
+    warm_up(&nodes, keys[0]);
+    // Every actor active on node 1.
+    for k in keys.iter() {
+        nodes[0]
+            .actor_ref::<Ledger>(*k)
+            .ask_blocking(Seq { sender: 0, seq: 0 })
+            .expect("activate");
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let done = Arc::new(AtomicU64::new(0));
+    const SENDERS: u32 = 4;
+    let handles: Vec<_> = (1..=SENDERS)
+        .map(|s| {
+            let e = nodes[1].handle();
+            let (stop, done, keys) = (stop.clone(), done.clone(), keys.clone());
+            std::thread::spawn(move || {
+                let mut seq = vec![0u64; keys.len()];
+                let mut i = s as usize;
+                while !stop.load(Ordering::Relaxed) {
+                    i = (i + 1) % keys.len();
+                    seq[i] += 1;
+                    let (_, faults) = e
+                        .actor_ref::<Ledger>(keys[i])
+                        .ask_blocking(Seq {
+                            sender: s,
+                            seq: seq[i],
+                        })
+                        .unwrap_or_else(|e| panic!("sender {s} key {}: {e}", keys[i]));
+                    assert_eq!(faults, 0, "FIFO broken for key {}", keys[i]);
+                    done.fetch_add(1, Ordering::Relaxed);
+                }
+                seq
+            })
+        })
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while done.load(Ordering::Relaxed) < 200 {
+        assert!(
+            Instant::now() < deadline,
+            "senders stalled before the drain"
+        );
+        std::thread::yield_now();
+    }
+    let report = nodes[0].drain(Duration::from_secs(30));
+    assert_eq!(
+        (report.moved, report.failed, report.left),
+        (ACTORS, 0, 0),
+        "{report:?}"
+    );
+    // A first message during the drain activates the actor on the peer.
+    let fresh_id = ActorId {
+        type_name: Ledger::TYPE_NAME,
+        key: (*fresh).into(),
+    };
+    assert_eq!(
+        nodes[1]
+            .actor_ref::<Ledger>(*fresh)
+            .ask_blocking(Seq { sender: 9, seq: 1 }),
+        Ok((1, 0))
+    );
+    assert_eq!(nodes[0].placement(&fresh_id).expect("placement").node, 2);
+    let after = done.load(Ordering::Relaxed);
+    while done.load(Ordering::Relaxed) < after + 200 {
+        assert!(Instant::now() < deadline, "senders stalled after the drain");
+        std::thread::yield_now();
+    }
+    stop.store(true, Ordering::Relaxed);
+    let seqs: Vec<Vec<u64>> = handles
+        .into_iter()
+        .map(|h| h.join().expect("sender"))
+        .collect();
+    for (i, k) in keys.iter().enumerate() {
+        let id = ActorId {
+            type_name: Ledger::TYPE_NAME,
+            key: (*k).into(),
+        };
+        assert_eq!(
+            nodes[0].placement(&id).expect("placement").node,
+            2,
+            "key {k}"
+        );
+        let sent: u64 = seqs.iter().map(|s| s[i]).sum();
+        assert_eq!(
+            nodes[1]
+                .actor_ref::<Ledger>(*k)
+                .ask_blocking(Seq { sender: 0, seq: 0 }),
+            Ok((sent, 0)),
+            "key {k}: every ask handled once, in order, state moved"
+        );
+    }
+    for n in nodes {
+        n.shutdown();
+    }
+}
