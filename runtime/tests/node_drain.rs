@@ -152,3 +152,17 @@ fn a_draining_node_moves_its_actors_to_the_peer_and_every_ask_is_answered() {
     n1.shutdown();
     n2.shutdown();
 }
+
+#[test]
+fn app_version_is_read_and_checked() {
+    let c =
+        NodeConfig::from_toml("[node]\napp_version = \"1.4.2-rc1\"\n", "v.toml").expect("valid");
+    assert_eq!(c.engine.app_version, "1.4.2-rc1");
+    let e = NodeConfig::from_toml("[node]\napp_version = \"1 4\"\n", "v.toml")
+        .expect_err("a space is refused");
+    let text = e.to_string();
+    assert!(
+        text.contains("node.app_version") && text.contains("v.toml"),
+        "{text}"
+    );
+}

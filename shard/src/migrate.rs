@@ -243,6 +243,24 @@ pub enum MigrateError {
         /// Why.
         detail: String,
     },
+    /// The target node runs an older application version than the actor ran on (`[node]
+    /// app_version`): refused; the actor runs on `runs_on`.
+    #[error(
+        "actor {actor}: node {node} runs app_version {version}, older than {ran_on} the actor \
+         ran on; a move never goes to an older version (the actor runs on node {runs_on})"
+    )]
+    OlderVersion {
+        /// The actor.
+        actor: ActorId,
+        /// The target node.
+        node: NodeId,
+        /// Its version.
+        version: String,
+        /// The version the actor ran on.
+        ran_on: String,
+        /// Where the actor runs now.
+        runs_on: NodeId,
+    },
     /// A move of this actor is under way: retry once it ended.
     #[error("actor {actor}: a move of this actor is under way; retry once it ended")]
     Busy {
@@ -522,7 +540,8 @@ struct Drain {
 /// actor was not active there (nothing to move), or why the place did not hand it over.
 pub(crate) type Collected = Result<Option<Vec<u8>>, MigrateError>;
 
-pub(crate) type OnCollected = Box<dyn FnOnce(&Rc<Shard>, Collected)>;
+/// Gets a state handed back, and the `app_version` of the node it ran on (`None`: this node).
+pub(crate) type OnCollected = Box<dyn FnOnce(&Rc<Shard>, Collected, Option<String>)>;
 
 impl Migrations {
     pub(crate) fn new(home: ShardId) -> Self {
@@ -1236,22 +1255,52 @@ fn settle(core: &Rc<Shard>, slot: Slot, cmd: Cmd, outcome: Outcome) {
 fn send_collected(core: &Rc<Shard>, cmd: Cmd, state: Collected) {
     let ticket = cmd.ticket;
     if cmd.home == core.id {
-        collected(core, ticket, state);
+        collected(core, ticket, state, None);
     } else {
         core.send_to(
             cmd.home,
-            CrossMsg::run_on(move |h| collected(h, ticket, state)),
+            CrossMsg::run_on(move |h| collected(h, ticket, state, None)),
         );
     }
 }
 
 /// On the shard that waits for it: a state handed back as bytes (or why not).
-pub(crate) fn collected(core: &Rc<Shard>, ticket: u64, state: Collected) {
+pub(crate) fn collected(core: &Rc<Shard>, ticket: u64, state: Collected, ran_on: Option<String>) {
     let f = core.migration.collects.borrow_mut().remove(&ticket);
     if let Some(f) = f {
-        f(core, state);
+        f(core, state, ran_on);
     }
 }
+
+/// True if application version `a` is older than `b` (docs/MIGRATION.md, "Versions"):
+/// dot-separated parts compared in order, as numbers where both are numbers, else as text; a
+/// missing part is older (`1.2` < `1.2.1`). An empty version (not configured) is never older
+/// or newer than any other.
+pub(crate) fn older(a: &str, b: &str) -> bool {
+    if a.is_empty() || b.is_empty() {
+        return false;
+    }
+    let (mut x, mut y) = (a.split('.'), b.split('.'));
+    loop {
+        match (x.next(), y.next()) {
+            (None, None) => return false,
+            (None, Some(_)) => return true,
+            (Some(_), None) => return false,
+            (Some(p), Some(q)) => {
+                let o = match (p.parse::<u64>(), q.parse::<u64>()) {
+                    (Ok(m), Ok(n)) => m.cmp(&n),
+                    _ => p.cmp(q),
+                };
+                if o != std::cmp::Ordering::Equal {
+                    return o == std::cmp::Ordering::Less;
+                }
+            }
+        }
+    }
+}
+
+/// The marker of a target's refusal for its older version (`net::migrate`).
+pub(crate) const OLDER_VERSION: &str = "quark.migrate.older-version";
 
 /// On a shard of the node the actor moves to: installs a state that arrived as bytes from
 /// another node as a live activation (`None`: the actor was not active, nothing to install).
@@ -1559,7 +1608,10 @@ fn start_node(
     drop(dir);
     bump(&core.stats.migrations_started, 1);
     let s = slot.clone();
-    m.on_collected(ticket, Box::new(move |c, state| ship(c, s, ticket, state)));
+    m.on_collected(
+        ticket,
+        Box::new(move |c, state, ran_on| ship(c, s, ticket, state, ran_on)),
+    );
     if !now {
         return;
     }
@@ -1574,6 +1626,7 @@ fn start_node(
                 node: from_node,
                 detail,
             }),
+            None,
         );
     }
 }
@@ -1590,9 +1643,9 @@ fn order_nodes(core: &Shard, slot: &Slot, ticket: u64) -> Option<(NodeId, NodeId
 }
 
 /// On the home shard: the place handed the state back (or did not): installs it here, or
-/// sends it to the target node.
-fn ship(core: &Rc<Shard>, slot: Slot, ticket: u64, state: Collected) {
-    let Some((_, to_node, timeout)) = order_nodes(core, &slot, ticket) else {
+/// sends it to the target node. `ran_on`: the version of the node it ran on (`None`: here).
+fn ship(core: &Rc<Shard>, slot: Slot, ticket: u64, state: Collected, ran_on: Option<String>) {
+    let Some((from_node, to_node, timeout)) = order_nodes(core, &slot, ticket) else {
         return;
     };
     let state = match state {
@@ -1601,29 +1654,178 @@ fn ship(core: &Rc<Shard>, slot: Slot, ticket: u64, state: Collected) {
         Err(e) => return finish_node(core, &slot, ticket, Err(e), None),
     };
     let here = this_node(&core.node);
+    let mine = core.node.config.app_version.clone();
+    let ran_on = ran_on.unwrap_or_else(|| mine.clone());
     let bytes = state.as_ref().map_or(0, |b| b.len() as u64);
+    let actor = actor_id(&core.node, &slot);
     if to_node == here {
+        if older(&mine, &ran_on) {
+            // Never onto an older version: back to where it ran.
+            let detail = format!("{OLDER_VERSION} {mine} {ran_on}");
+            return send_back(core, slot, ticket, state, from_node, ran_on, detail, bytes);
+        }
         let r = core
             .tables
             .erased(slot.0)
             .install_bytes(core, slot.1.clone(), state);
         return finish_node(core, &slot, ticket, r.map(|()| bytes), Some(None));
     }
-    let actor = actor_id(&core.node, &slot);
     let back = state.clone();
     let s = slot.clone();
+    let v = ran_on.clone();
     let sent = crate::net::send_arrive(
         core,
         to_node,
         &actor,
         &state,
+        &ran_on,
         timeout,
-        Box::new(move |c: &Rc<Shard>, r: Arrival| arrived(c, s, ticket, r, back, bytes)),
+        Box::new(move |c: &Rc<Shard>, r: Arrival| arrived(c, s, ticket, r, back, v, bytes)),
     );
     if let Err(detail) = sent {
-        // Never sent: the state comes back here.
-        let s = slot.clone();
-        arrived(core, s, ticket, Arrival::Refused(detail), state, bytes);
+        // Never sent: the state goes back to where it ran.
+        arrived(
+            core,
+            slot,
+            ticket,
+            Arrival::Refused(detail),
+            state,
+            ran_on,
+            bytes,
+        );
+    }
+}
+
+/// The error of a refused move: `OlderVersion` if the target refused for its version.
+fn refusal(
+    core: &Shard,
+    slot: &Slot,
+    to_node: NodeId,
+    runs_on: NodeId,
+    detail: String,
+) -> MigrateError {
+    let actor = actor_id(&core.node, slot);
+    if let Some(rest) = detail.split(OLDER_VERSION).nth(1) {
+        let mut w = rest.split_whitespace();
+        if let (Some(version), Some(ran_on)) = (w.next(), w.next()) {
+            return MigrateError::OlderVersion {
+                actor,
+                node: to_node,
+                version: version.to_owned(),
+                ran_on: ran_on.to_owned(),
+                runs_on,
+            };
+        }
+    }
+    MigrateError::NodeMoveAborted {
+        actor,
+        to_node,
+        runs_on,
+        detail,
+    }
+}
+
+/// On the home shard: a state the target did not take goes back to the node it ran on
+/// (`from_node`): installed here if that is this node, else sent there again; if that fails
+/// too, installed here unless this node is older than it ran on (else it is lost: the actor
+/// starts afresh on `from_node` at its next message).
+#[allow(clippy::too_many_arguments)]
+fn send_back(
+    core: &Rc<Shard>,
+    slot: Slot,
+    ticket: u64,
+    state: Option<Vec<u8>>,
+    from_node: NodeId,
+    ran_on: String,
+    detail: String,
+    _bytes: u64,
+) {
+    let Some((_, to_node, timeout)) = order_nodes(core, &slot, ticket) else {
+        return;
+    };
+    let here = this_node(&core.node);
+    let rv = ran_on.clone();
+    let install_here =
+        move |core: &Rc<Shard>, slot: &Slot, state: Option<Vec<u8>>, detail: String| {
+            let mine = &core.node.config.app_version;
+            let ran_on = &rv;
+            if older(mine, ran_on) {
+                let e = MigrateError::NodeMoveAborted {
+                    actor: actor_id(&core.node, slot),
+                    to_node,
+                    runs_on: from_node,
+                    detail: format!(
+                    "{detail}; the state could not go back to node {from_node} and this node's \
+                     app_version {mine} is older than {ran_on}: it is lost, the actor starts \
+                     afresh on node {from_node}"
+                ),
+                };
+                return finish_node(
+                    core,
+                    slot,
+                    ticket,
+                    Err(e),
+                    Some(Some(from_node).filter(|n| *n != here)),
+                );
+            }
+            let installed = core
+                .tables
+                .erased(slot.0)
+                .install_bytes(core, slot.1.clone(), state);
+            let detail = match installed {
+                Ok(()) => detail,
+                Err(e) => format!("{detail}; and back here: {e}"),
+            };
+            let e = refusal(core, slot, to_node, here, detail);
+            finish_node(core, slot, ticket, Err(e), Some(None))
+        };
+    if from_node == here {
+        return install_here(core, &slot, state, detail);
+    }
+    let actor = actor_id(&core.node, &slot);
+    let back = state.clone();
+    let s = slot.clone();
+    let d = detail.clone();
+    let sent = crate::net::send_arrive(
+        core,
+        from_node,
+        &actor,
+        &state,
+        &ran_on,
+        timeout,
+        Box::new(move |c: &Rc<Shard>, r: Arrival| match r {
+            Arrival::Installed(_) => {
+                let e = refusal(c, &s, to_node, from_node, d);
+                finish_node(c, &s, ticket, Err(e), Some(Some(from_node)))
+            }
+            Arrival::Refused(why) | Arrival::Unknown(why) => {
+                install_here(c, &s, back, format!("{d}; back to node {from_node}: {why}"))
+            }
+        }),
+    );
+    if let Err(why) = sent {
+        // `install_here` moved into the callback, which was dropped: redo it inline.
+        let mine = core.node.config.app_version.clone();
+        let e = if older(&mine, &ran_on) {
+            MigrateError::NodeMoveAborted {
+                actor,
+                to_node,
+                runs_on: from_node,
+                detail: format!("{detail}; back to node {from_node}: {why}; the state is lost"),
+            }
+        } else {
+            let r = core
+                .tables
+                .erased(slot.0)
+                .install_bytes(core, slot.1.clone(), state);
+            let detail = match r {
+                Ok(()) => format!("{detail}; back to node {from_node}: {why}"),
+                Err(e) => format!("{detail}; back here: {e}"),
+            };
+            let e = refusal(core, &slot, to_node, here, detail);
+            return finish_node(core, &slot, ticket, Err(e), Some(None));
+        };
+        finish_node(core, &slot, ticket, Err(e), Some(Some(from_node)))
     }
 }
 
@@ -1638,19 +1840,20 @@ pub(crate) enum Arrival {
 }
 
 /// On the home shard: the target node's answer to the state sent to it.
+#[allow(clippy::too_many_arguments)]
 fn arrived(
     core: &Rc<Shard>,
     slot: Slot,
     ticket: u64,
     r: Arrival,
     back: Option<Vec<u8>>,
+    ran_on: String,
     bytes: u64,
 ) {
-    let Some((_, to_node, _)) = order_nodes(core, &slot, ticket) else {
+    let Some((from_node, to_node, _)) = order_nodes(core, &slot, ticket) else {
         return;
     };
     let actor = actor_id(&core.node, &slot);
-    let here = this_node(&core.node);
     match r {
         Arrival::Installed(None) => {
             finish_node(core, &slot, ticket, Ok(bytes), Some(Some(to_node)))
@@ -1663,23 +1866,9 @@ fn arrived(
             };
             finish_node(core, &slot, ticket, Err(e), Some(Some(to_node)))
         }
+        // Not installed there: back to where it ran.
         Arrival::Refused(detail) => {
-            // The state was not installed there: it runs here (this home shard) again.
-            let installed = core
-                .tables
-                .erased(slot.0)
-                .install_bytes(core, slot.1.clone(), back);
-            let detail = match installed {
-                Ok(()) => detail,
-                Err(e) => format!("{detail}; and back here: {e}"),
-            };
-            let e = MigrateError::NodeMoveAborted {
-                actor,
-                to_node,
-                runs_on: here,
-                detail,
-            };
-            finish_node(core, &slot, ticket, Err(e), Some(None))
+            send_back(core, slot, ticket, back, from_node, ran_on, detail, bytes)
         }
         Arrival::Unknown(detail) => {
             let e = MigrateError::Unconfirmed {
@@ -1827,16 +2016,7 @@ pub(crate) fn drain_blocking(
     }
     // Hot first: busy ones (no idle time), then by idle time, shortest first.
     rows.sort_by_key(|r| r.idle.map_or((0, Duration::ZERO), |i| (1, i)));
-    let mut inflight = std::collections::VecDeque::new();
-    let wait_one = |inflight: &mut std::collections::VecDeque<oneshot::Receiver<_>>,
-                    report: &mut DrainReport| {
-        if let Some(rx) = inflight.pop_front() {
-            match crate::block_on(rx) {
-                Ok(Ok(_)) => report.moved += 1,
-                _ => report.failed += 1,
-            }
-        }
-    };
+    let mut todo: Vec<(u16, ActorId, NodeId)> = Vec::new();
     for row in rows {
         let Some(type_idx) = node.types.iter().position(|t| t.name() == row.actor_type) else {
             continue;
@@ -1854,20 +2034,41 @@ pub(crate) fn drain_blocking(
             report.guests += 1;
             continue;
         }
-        if Instant::now() >= deadline {
-            report.left += 1;
-            continue;
-        }
-        let Some(peer) = quark_placement::node_for(&id, &peers) else {
-            continue;
-        };
-        inflight.push_back(request_node(node, type_idx, id.key, peer));
-        if inflight.len() >= DRAIN_INFLIGHT {
-            wait_one(&mut inflight, &mut report);
+        if let Some(peer) = quark_placement::node_for(&id, &peers) {
+            todo.push((type_idx, id, peer));
         }
     }
-    while !inflight.is_empty() {
-        wait_one(&mut inflight, &mut report);
+    // Passes until everything moved or the deadline: a move refused for a reason that can
+    // pass (a shard's link to the peer not up yet, a move under way, the rate limit) is
+    // retried in the next pass.
+    loop {
+        let mut retry = Vec::new();
+        let mut inflight: std::collections::VecDeque<(DrainItem, MoveRx)> =
+            std::collections::VecDeque::new();
+        for item in todo {
+            if Instant::now() >= deadline {
+                report.left += 1;
+                continue;
+            }
+            let rx = request_node(node, item.0, item.1.key.clone(), item.2);
+            inflight.push_back((item, rx));
+            if inflight.len() >= DRAIN_INFLIGHT {
+                settle_drained(&mut inflight, &mut report, &mut retry);
+            }
+        }
+        while !inflight.is_empty() {
+            settle_drained(&mut inflight, &mut report, &mut retry);
+        }
+        if retry.is_empty() {
+            break;
+        }
+        if Instant::now() >= deadline {
+            report.failed += retry.len() as u64;
+            break;
+        }
+        // Back-off before the next pass (links reconnect within milliseconds).
+        std::thread::sleep(Duration::from_millis(5));
+        todo = retry;
     }
     report.duration = started.elapsed();
     tracing::info!(
@@ -1880,4 +2081,32 @@ pub(crate) fn drain_blocking(
         "node drained"
     );
     report
+}
+
+type DrainItem = (u16, ActorId, NodeId);
+type MoveRx = oneshot::Receiver<Result<Moved, MigrateError>>;
+
+/// Waits for the oldest move of a drain; one refused for a passing reason goes to `retry`.
+fn settle_drained(
+    inflight: &mut std::collections::VecDeque<(DrainItem, MoveRx)>,
+    report: &mut DrainReport,
+    retry: &mut Vec<DrainItem>,
+) {
+    let Some((item, rx)) = inflight.pop_front() else {
+        return;
+    };
+    match crate::block_on(rx) {
+        Ok(Ok(_)) => report.moved += 1,
+        Ok(Err(
+            MigrateError::NodeUnavailable { .. }
+            | MigrateError::Busy { .. }
+            | MigrateError::RateLimited { .. }
+            | MigrateError::Deactivating { .. },
+        )) => retry.push(item),
+        Ok(Err(e)) => {
+            tracing::warn!(actor = %item.1, error = %e, "drain: actor not moved");
+            report.failed += 1;
+        }
+        Err(_) => report.failed += 1,
+    }
 }

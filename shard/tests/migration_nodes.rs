@@ -84,6 +84,11 @@ impl Actor for Boxed {
 }
 
 fn nodes(n: usize) -> Vec<Engine> {
+    nodes_with_versions(&vec![""; n])
+}
+
+fn nodes_with_versions(versions: &[&str]) -> Vec<Engine> {
+    let n = versions.len();
     use quark_net::{ClusterConfig, MemberAddr, Membership, PeerRole};
     let ls: Vec<std::net::TcpListener> = (0..n)
         .map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("bind loopback"))
@@ -112,6 +117,7 @@ fn nodes(n: usize) -> Vec<Engine> {
                 ask_timeout: Duration::from_secs(10),
                 pin_threads: false,
                 net: Some(net),
+                app_version: versions[i].to_owned(),
                 ..EngineConfig::default()
             })
             .register(
@@ -380,6 +386,65 @@ fn a_drain_moves_every_active_actor_to_the_peer_under_traffic() {
             "key {k}: every ask handled once, in order, state moved"
         );
     }
+    for n in nodes {
+        n.shutdown();
+    }
+}
+
+/// A move never goes to a node of an older `app_version` than the actor ran on: refused with
+/// `OlderVersion`, the actor keeps running (with its state) where it was, including when it
+/// ran on the newer node and the state had already left it.
+#[test]
+fn a_move_never_goes_to_an_older_version() {
+    let nodes = nodes_with_versions(&["2.0", "2.10"]);
+    let key = key_on_node_1(&nodes);
+    warm_up(&nodes, key);
+    let id = ActorId {
+        type_name: Ledger::TYPE_NAME,
+        key: key.into(),
+    };
+    let r = nodes[1].actor_ref::<Ledger>(key);
+    for seq in 1..=5 {
+        r.ask_blocking(Seq { sender: 1, seq }).expect("ask");
+    }
+    // 2.0 -> 2.10: newer, allowed (2.10 > 2.9 > 2.0: numeric parts).
+    let m = nodes[0].migrate_to_node(&id, 2).expect("to the newer node");
+    assert_eq!(m.to_node, 2);
+    // 2.10 -> 2.0 (the home): older, refused; the state went back to node 2.
+    match nodes[0].migrate_to_node(&id, 1) {
+        Err(MigrateError::OlderVersion {
+            node: 1,
+            version,
+            ran_on,
+            runs_on: 2,
+            ..
+        }) => assert_eq!((version.as_str(), ran_on.as_str()), ("2.0", "2.10")),
+        other => panic!("move to the older home: {other:?}"),
+    }
+    assert_eq!(nodes[0].placement(&id).expect("placement").node, 2);
+    assert_eq!(r.ask_blocking(Seq { sender: 1, seq: 6 }), Ok((6, 0)));
+    for n in nodes {
+        n.shutdown();
+    }
+    // The target is older than the home, where the actor runs: refused before anything moved
+    // there, the actor stays at home.
+    let nodes = nodes_with_versions(&["3.1", "3.0.9"]);
+    let key = key_on_node_1(&nodes);
+    warm_up(&nodes, key);
+    let id = ActorId {
+        type_name: Ledger::TYPE_NAME,
+        key: key.into(),
+    };
+    let r = nodes[1].actor_ref::<Ledger>(key);
+    r.ask_blocking(Seq { sender: 1, seq: 1 }).expect("ask");
+    match nodes[0].migrate_to_node(&id, 2) {
+        Err(e @ MigrateError::OlderVersion { runs_on: 1, .. }) => {
+            assert!(e.to_string().contains("older than 3.1"), "{e}")
+        }
+        other => panic!("move to the older node: {other:?}"),
+    }
+    assert_eq!(nodes[0].placement(&id).expect("placement").node, 1);
+    assert_eq!(r.ask_blocking(Seq { sender: 1, seq: 2 }), Ok((2, 0)));
     for n in nodes {
         n.shutdown();
     }

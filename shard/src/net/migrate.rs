@@ -5,9 +5,11 @@
 //!
 //! Both are ordinary Request frames (no new frame kind, no archived type changed): the actor
 //! type and key travel in the request envelope, the message type names one of the two
-//! requests, and the bodies are `u64` (pause: the deadline in ms) and `Option<Vec<u8>>`
-//! (arrive: the dehydrated state, `None` if the actor was not active). The replies are
-//! `Option<Vec<u8>>` (pause) and `Option<String>` (arrive: `Some` = rehydrate failed there).
+//! requests, and the pause body is a `u64` (the deadline in ms). The replies are
+//! `(Option<Vec<u8>>, String)` (pause: the state and the place's `app_version`) and
+//! `Option<String>` (arrive: `Some` = rehydrate failed there). The arrive body is
+//! `(Option<Vec<u8>>, String)`: the state and the version it ran on; a target of an older
+//! version refuses it.
 
 use std::rc::Rc;
 use std::sync::Arc;
@@ -143,9 +145,13 @@ pub(crate) fn send_pause(
 ) -> Result<(), String> {
     let id = actor.clone();
     let on = move |c: &Rc<Shard>, o: SysOutcome| {
+        let mut ran_on = None;
         let state: Collected = match o {
-            SysOutcome::Value(b) => match Option::<Vec<u8>>::from_wire(&b) {
-                Ok(s) => Ok(s),
+            SysOutcome::Value(b) => match <(Option<Vec<u8>>, String)>::from_wire(&b) {
+                Ok((s, version)) => {
+                    ran_on = Some(version);
+                    Ok(s)
+                }
                 Err(e) => Err(MigrateError::NodeMoveAborted {
                     actor: id.clone(),
                     to_node: node,
@@ -166,7 +172,7 @@ pub(crate) fn send_pause(
                 detail,
             }),
         };
-        crate::migrate::collected(c, ticket, state);
+        crate::migrate::collected(c, ticket, state, ran_on);
     };
     // The place's own deadline aborts the pause; this one covers the round trip too.
     send_request(
@@ -190,6 +196,7 @@ pub(crate) fn send_arrive(
     node: NodeId,
     actor: &ActorId,
     state: &Option<Vec<u8>>,
+    ran_on: &str,
     timeout: Duration,
     on: OnArrival,
 ) -> Result<(), String> {
@@ -210,7 +217,7 @@ pub(crate) fn send_arrive(
         actor.type_name,
         &actor.key,
         ARRIVE,
-        state,
+        &(state.clone(), ran_on.to_owned()),
         timeout,
         Some(Box::new(SysReply {
             node: core.node.clone(),
@@ -264,8 +271,8 @@ pub(crate) fn serve(
             };
             core.migration.on_collected(
                 ticket,
-                Box::new(move |c, state: Collected| match state {
-                    Ok(s) => sink.send_value(c, &s),
+                Box::new(move |c, state: Collected, _| match state {
+                    Ok(s) => sink.send_value(c, &(s, c.node.config.app_version.clone())),
                     Err(e) => sink.send_error(
                         c,
                         &RemoteError::ActivationFailed {
@@ -302,12 +309,17 @@ pub(crate) fn serve(
             }
         }
         ARRIVE => {
-            let Ok(state) = Option::<Vec<u8>>::from_wire(body) else {
+            let Ok((state, ran_on)) = <(Option<Vec<u8>>, String)>::from_wire(body) else {
                 return refuse(sink, "bad arrive request".into());
             };
+            let mine = &node.config.app_version;
+            if crate::migrate::older(mine, &ran_on) {
+                let marker = crate::migrate::OLDER_VERSION;
+                return refuse(sink, format!("{marker} {mine} {ran_on}"));
+            }
             core.migration.on_collected(
                 ticket,
-                Box::new(move |c, r: Collected| match r {
+                Box::new(move |c, r: Collected, _| match r {
                     Ok(_) => sink.send_value(c, &Option::<String>::None),
                     Err(MigrateError::RehydrateFailed { detail, .. }) => {
                         sink.send_value(c, &Some(detail))
@@ -328,11 +340,11 @@ pub(crate) fn serve(
                     .install_bytes(x, slot.1, state)
                     .map(|()| None);
                 if x.id == home {
-                    crate::migrate::collected(x, ticket, r);
+                    crate::migrate::collected(x, ticket, r, None);
                 } else {
                     x.send_to(
                         home,
-                        CrossMsg::run_on(move |h| crate::migrate::collected(h, ticket, r)),
+                        CrossMsg::run_on(move |h| crate::migrate::collected(h, ticket, r, None)),
                     );
                 }
             };
