@@ -179,9 +179,11 @@ pub enum MigrateError {
         /// The node's shard count.
         shards: u16,
     },
-    /// The actor lives on another node (cross-node migration is not built yet).
+    /// The actor is homed on another node (ask that node), or lives on another node now (a
+    /// move between shards needs it back on its home node first: `migrate_to_node`).
     #[error(
-        "actor {actor} lives on another node; only moves between shards of its node are supported"
+        "actor {actor} is homed on or lives on another node: order its moves on its home node \
+         (migrate_to_node brings it back there)"
     )]
     OtherNode {
         /// The actor.
