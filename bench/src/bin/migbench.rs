@@ -210,6 +210,7 @@ struct NodeMoves {
     max_us: f64,
     probe_p99_us: f64,
     probes: u64,
+    base_p99_us: f64,
 }
 
 /// One node-unavailability run.
@@ -224,6 +225,14 @@ fn node_unavailability(args: &Args) -> Result<NodeMoves> {
     };
     reach(&nodes[0].actor_ref::<KibBytes>(key))?;
     reach(&nodes[1].actor_ref::<KibBytes>(key))?;
+    // Baseline, same run: the probe's asks from node 2 without moves (the actor at home).
+    let mut base = Histogram::<u64>::new(3)?;
+    let r2 = nodes[1].actor_ref::<KibBytes>(key);
+    for i in 0..1000u32 {
+        let t = Instant::now();
+        r2.ask_blocking(Poke(i as u8))?;
+        base.record(t.elapsed().as_nanos() as u64)?;
+    }
     let stop = Arc::new(AtomicBool::new(false));
     let probe = {
         let r = nodes[1].actor_ref::<KibBytes>(key);
@@ -267,6 +276,7 @@ fn node_unavailability(args: &Args) -> Result<NodeMoves> {
         max_us: h.max() as f64 / 1e3,
         probe_p99_us: ph.value_at_quantile(0.99) as f64 / 1e3,
         probes: ph.len(),
+        base_p99_us: base.value_at_quantile(0.99) as f64 / 1e3,
     })
 }
 
@@ -580,7 +590,13 @@ fn main() -> Result<()> {
             1,
         );
         report(
-            "  probe asks answered",
+            "  probe ask p99 without moves (same run, 1,000 asks)",
+            "µs",
+            &col(|r| r.base_p99_us),
+            1,
+        );
+        report(
+            "  probe asks answered during moves",
             "asks",
             &col(|r| r.probes as f64),
             0,
