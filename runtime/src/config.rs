@@ -198,6 +198,7 @@ struct RawNode {
     force_legacy_driver: Option<bool>,
     migration_timeout_ms: Option<Int>,
     migrations_per_sec_max: Option<Int>,
+    app_version: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -547,6 +548,19 @@ impl NodeConfig {
                 3_600_000,
                 "1 ms to 1 hour",
             )?);
+        }
+        if let Some(v) = n.app_version {
+            let ok = v.len() <= 64
+                && v.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '+' | '_'));
+            if !ok {
+                return Err(check.invalid(
+                    "node.app_version",
+                    format!("{v:?}"),
+                    "at most 64 characters of A-Z a-z 0-9 . - + _ (e.g. \"1.4.2\")",
+                ));
+            }
+            engine.app_version = v;
         }
         if let Some(v) = n.migrations_per_sec_max {
             engine.migrations_per_sec_max = check.int(

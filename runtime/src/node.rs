@@ -647,6 +647,21 @@ impl Node {
             .migrate(actor, to)
     }
 
+    /// Moves `actor` (homed on this node) live to node `to_node` of the cluster, its state
+    /// as bytes (the type must be registered with `ActorType::migratable`); see
+    /// [`quark_shard::Engine::migrate_to_node`] and docs/MIGRATION.md, "Moves between nodes".
+    /// Blocks until the move ended. Never call it on a shard thread.
+    pub fn migrate_to_node(
+        &self,
+        actor: &quark_shard::ActorId,
+        to_node: quark_placement::NodeId,
+    ) -> Result<quark_shard::Moved, quark_shard::MigrateError> {
+        self.engine()
+            .as_ref()
+            .expect("the engine is in its slot until shutdown consumes the node")
+            .migrate_to_node(actor, to_node)
+    }
+
     /// Where `actor` lives on this node (asks its home shard).
     pub fn placement(
         &self,
@@ -667,6 +682,23 @@ impl Node {
 
     fn engine(&self) -> std::sync::MutexGuard<'_, Option<Engine>> {
         self.engine.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Drains the node to the other nodes of its cluster before a stop (docs/MIGRATION.md,
+    /// "Drain"): the admin endpoint reports `draining` (`/quark/status`) and `/readyz` answers
+    /// 503 from now on; new activations of `migratable` actors homed here are placed on the
+    /// peers, and the active ones move there, the busiest first, for at most half of
+    /// `[node] shutdown_timeout_ms` (the stop that follows has its own). Blocks; returns what
+    /// moved. Call [`Node::shutdown`] after it. On a node without peers nothing moves.
+    pub fn drain(&self) -> quark_shard::DrainReport {
+        if let Some(a) = &self.admin {
+            a.set_draining();
+        }
+        let slot = self.engine();
+        let engine = slot
+            .as_ref()
+            .expect("the engine is in its slot until shutdown consumes the node");
+        engine.drain(engine.shutdown_timeout() / 2)
     }
 
     /// Drains and stops the node (see [`Engine::shutdown`]). The admin endpoint, if any,

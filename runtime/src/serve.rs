@@ -148,7 +148,9 @@ pub enum ServeError {
 ///    `config`/`config_file`), and the builder's `engine(..)` overrides apply over it;
 /// 4. prints the ready line to stdout, which scripts and tests wait for:
 ///    `quark: node <id> listening on <ip:port> (<n> shards)`;
-/// 5. waits for SIGINT or SIGTERM (one received during start-up counts), then drains the
+/// 5. waits for SIGINT or SIGTERM (one received during start-up counts), then moves the
+///    active migratable actors to the other nodes ([`crate::Node::drain`], at most half of
+///    `node.shutdown_timeout_ms`), then drains the
 ///    node ([`crate::Node::shutdown`]: queued and running turns finish, activations
 ///    deactivate, within `node.shutdown_timeout_ms`) and prints `quark: stopped`. Further
 ///    signals during the drain are ignored (the drain is bounded by that timeout); SIGKILL
@@ -189,6 +191,18 @@ pub fn serve(builder: NodeBuilder, options: &ServeOptions) -> Result<ShutdownRep
     ));
     let sig = signals.wait();
     tracing::info!(signal = sig, "signal received: draining");
+    if node.node_id().is_some() {
+        // Moves the active migratable actors to the other nodes first (a no-op without
+        // peers or without such actors).
+        let d = node.drain();
+        tracing::info!(
+            moved = d.moved,
+            failed = d.failed,
+            not_movable = d.not_movable,
+            duration_ms = d.duration.as_millis() as u64,
+            "drained to the other nodes"
+        );
+    }
     let report = node.shutdown();
     if report != ShutdownReport::default() {
         tracing::warn!(?report, "shutdown did not complete cleanly");

@@ -27,8 +27,11 @@ pub(crate) type Slot = (u16, ActorKey);
 
 /// Where one actor lives and what waits for it at home.
 pub(crate) struct Entry<T, O> {
-    /// The shard the actor lives on (or will be activated on at its next message).
+    /// The shard the actor lives on (or will be activated on at its next message); only
+    /// meaningful while `node` is `None`.
     pub(crate) place: ShardId,
+    /// The other node the actor lives on (`None`: this node, shard `place`).
+    pub(crate) node: Option<u64>,
     /// A move ordered and not answered yet: messages wait in `queue` meanwhile.
     pub(crate) moving: Option<O>,
     /// Messages waiting, in arrival order: during a move, or for a credit to `place`.
@@ -80,6 +83,7 @@ impl<T, O> Directory<T, O> {
         let home = self.home;
         self.entries.entry(slot).or_insert_with(|| Entry {
             place: home,
+            node: None,
             moving: None,
             queue: VecDeque::new(),
             flushing: false,

@@ -187,6 +187,17 @@ impl<A, M: Message> Deliver<A, M> {
     pub(crate) fn take_value(&mut self) -> Option<M::Reply> {
         self.value.take()
     }
+
+    /// Takes the message out (a home forwarding it to another node encodes it).
+    pub(crate) fn take_msg(&mut self) -> Option<M> {
+        self.msg.take()
+    }
+
+    /// Sets the reply (a reply that came back from another node, `net::migrate`).
+    pub(crate) fn set_value(&mut self, value: M::Reply) {
+        self.msg = None;
+        self.value = Some(value);
+    }
 }
 
 impl<A, M> MailItem<A> for Deliver<A, M>

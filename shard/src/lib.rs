@@ -68,7 +68,7 @@ pub use engine::{
 #[doc(hidden)]
 pub use engine::{StartFault, StartStep};
 pub use error::{CallError, ErrorChain, LinkDown};
-pub use migrate::{MigrateError, Moved, Placement};
+pub use migrate::{DrainReport, MigrateError, Moved, Placement};
 pub use net::{NetConfig, NetStatsSnapshot, PeerRtt};
 pub use quark_placement::{ActorId, ActorKey, ShardId};
 pub use scheduler::{JoinError, SpawnHandle};

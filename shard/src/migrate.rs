@@ -35,7 +35,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::channel::oneshot;
-use quark_placement::{shard_for, ActorId, ActorKey, ShardId};
+use quark_placement::{shard_for, ActorId, ActorKey, NodeId, ShardId};
 use rustc_hash::FxHashMap;
 
 use crate::activation::{Activation, ActorType, LoadError, MailItemKeyed, TypeInfo, TypeTable};
@@ -65,6 +65,11 @@ pub(crate) enum Mover<A> {
 
 type Dehydrate<A> = Box<dyn Fn(&A) -> Vec<u8> + Send + Sync>;
 type Rehydrate<A> = Box<dyn Fn(&ActorId, &[u8]) -> Result<A, LoadError> + Send + Sync>;
+
+/// True if `spec`'s state moves as bytes (it may cross nodes).
+pub(crate) fn moves_as_bytes<A: Actor>(spec: &ActorType<A>) -> bool {
+    matches!(spec.migration, Some(Mover::Bytes { .. }))
+}
 
 fn box_out<A: Send + 'static>(a: A) -> Box<dyn Any + Send> {
     Box::new(a)
@@ -122,6 +127,10 @@ pub struct Moved {
     pub duration: Duration,
     /// Bytes of dehydrated state (0 when the state moved as a box, [`ActorType::movable`]).
     pub bytes: u64,
+    /// The node it lived on (this node's id; 0 on a node without a cluster).
+    pub from_node: NodeId,
+    /// The node it lives on now.
+    pub to_node: NodeId,
 }
 
 /// Where an actor lives ([`crate::Engine::placement`]).
@@ -135,6 +144,9 @@ pub struct Placement {
     pub shard: ShardId,
     /// A move is under way.
     pub moving: bool,
+    /// The node it lives on (its home node's id unless moved to another node; 0 on a node
+    /// without a cluster). `shard` is a shard of this node only when `node` is the home node.
+    pub node: NodeId,
 }
 
 /// Why a move did not happen (or did not keep the state).
@@ -167,13 +179,89 @@ pub enum MigrateError {
         /// The node's shard count.
         shards: u16,
     },
-    /// The actor lives on another node (cross-node migration is not built yet).
+    /// The actor is homed on another node (ask that node), or lives on another node now (a
+    /// move between shards needs it back on its home node first: `migrate_to_node`).
     #[error(
-        "actor {actor} lives on another node; only moves between shards of its node are supported"
+        "actor {actor} is homed on or lives on another node: order its moves on its home node \
+         (migrate_to_node brings it back there)"
     )]
     OtherNode {
         /// The actor.
         actor: ActorId,
+    },
+    /// The type's state cannot cross nodes: it was registered with [`ActorType::movable`]
+    /// (a box, same process only), not [`ActorType::migratable`] (bytes).
+    #[error(
+        "actor {actor} cannot move to another node: its type is registered with \
+         ActorType::movable (state moved as a box, between shards of one node only); register it \
+         with ActorType::migratable(dehydrate, rehydrate) to move it across nodes"
+    )]
+    NotSerializable {
+        /// The actor.
+        actor: ActorId,
+    },
+    /// The target node is not a member of the cluster (or this node has no cluster).
+    #[error("actor {actor}: node {node} is not a member of this cluster")]
+    NoSuchNode {
+        /// The actor.
+        actor: ActorId,
+        /// The node asked for.
+        node: NodeId,
+    },
+    /// The target node could not be reached; the actor stays (and runs) where it was.
+    #[error("actor {actor}: node {node} is unreachable ({detail}); the actor stays where it was")]
+    NodeUnavailable {
+        /// The actor.
+        actor: ActorId,
+        /// The target node.
+        node: NodeId,
+        /// Why.
+        detail: String,
+    },
+    /// A move to or from another node was aborted; the actor runs on `runs_on`.
+    #[error("actor {actor}: the move to node {to_node} was aborted ({detail}); the actor runs on node {runs_on}")]
+    NodeMoveAborted {
+        /// The actor.
+        actor: ActorId,
+        /// Where it was to go.
+        to_node: NodeId,
+        /// Where it runs now.
+        runs_on: NodeId,
+        /// Why.
+        detail: String,
+    },
+    /// The state was sent to `node` but its answer did not come back (deadline, or the
+    /// connection dropped): the home now places the actor on `node` (it runs there if the
+    /// state arrived; else it starts afresh there at its next message). Never two activations.
+    #[error(
+        "actor {actor}: the state was sent to node {node} but the node did not confirm ({detail}); \
+         the actor is placed on node {node} (it starts afresh there if the state was lost)"
+    )]
+    Unconfirmed {
+        /// The actor.
+        actor: ActorId,
+        /// The target node.
+        node: NodeId,
+        /// Why.
+        detail: String,
+    },
+    /// The target node runs an older application version than the actor ran on (`[node]
+    /// app_version`): refused; the actor runs on `runs_on`.
+    #[error(
+        "actor {actor}: node {node} runs app_version {version}, older than {ran_on} the actor \
+         ran on; a move never goes to an older version (the actor runs on node {runs_on})"
+    )]
+    OlderVersion {
+        /// The actor.
+        actor: ActorId,
+        /// The target node.
+        node: NodeId,
+        /// Its version.
+        version: String,
+        /// The version the actor ran on.
+        ran_on: String,
+        /// Where the actor runs now.
+        runs_on: NodeId,
     },
     /// A move of this actor is under way: retry once it ended.
     #[error("actor {actor}: a move of this actor is under way; retry once it ended")]
@@ -250,6 +338,8 @@ pub(crate) trait Relay {
     fn forward(self: Box<Self>, core: &Rc<Shard>, to: ShardId);
     /// Delivers the message on this shard (the actor is back at home).
     fn deliver_here(self: Box<Self>, core: &Rc<Shard>);
+    /// Sends the message on to the actor on another node (`net::migrate::forward_node`).
+    fn forward_node(self: Box<Self>, core: &Rc<Shard>, node: NodeId);
 }
 
 impl<A, M> Relay for Deliver<A, M>
@@ -296,6 +386,12 @@ where
     fn deliver_here(self: Box<Self>, core: &Rc<Shard>) {
         let type_idx = self.type_idx;
         crate::activation::deliver::<A>(core, type_idx, self);
+    }
+
+    fn forward_node(self: Box<Self>, core: &Rc<Shard>, node: NodeId) {
+        let s = &core.stats.migrate_forwarded;
+        s.set(s.get() + 1);
+        crate::net::forward_node::<A, M>(core, self, node);
     }
 }
 
@@ -367,6 +463,9 @@ pub(crate) struct Order {
     reply: Option<oneshot::Sender<Result<Moved, MigrateError>>>,
     /// The pause command went to the place (else it waits in the queue as `Pending::Move`).
     sent: bool,
+    /// A move between nodes: `(from_node, to_node)`; the place hands its state back to this
+    /// home as bytes (`Cmd::collect`).
+    nodes: Option<(NodeId, NodeId)>,
 }
 
 impl Order {
@@ -376,6 +475,7 @@ impl Order {
             home,
             to: self.to,
             timeout: self.timeout,
+            collect: self.nodes.is_some(),
         }
     }
 }
@@ -383,10 +483,15 @@ impl Order {
 /// What the home sends to the actor's place.
 #[derive(Clone, Copy)]
 pub(crate) struct Cmd {
-    ticket: u64,
-    home: ShardId,
-    to: ShardId,
-    timeout: Duration,
+    pub(crate) ticket: u64,
+    /// The shard the outcome goes to (the home, or the shard serving a pause request from
+    /// another node).
+    pub(crate) home: ShardId,
+    pub(crate) to: ShardId,
+    pub(crate) timeout: Duration,
+    /// The state goes back to `home` as bytes ([`collected`]) instead of to shard `to`: a
+    /// move between nodes.
+    pub(crate) collect: bool,
 }
 
 /// An activation paused for a move on its place (until hand-over or abort).
@@ -416,7 +521,29 @@ pub(crate) struct Migrations {
     /// before the first move (the start is the shard clock's reading, not `Instant::now`).
     window: Cell<(Option<Instant>, u32)>,
     next_ticket: Cell<u64>,
+    /// Who waits, on this shard, for a state handed back as bytes ([`collected`]), by ticket.
+    collects: RefCell<FxHashMap<u64, OnCollected>>,
+    /// The node drains ([`drain_blocking`]): new activations of movable actors homed here
+    /// are placed on a peer.
+    draining: Cell<bool>,
+    drain: RefCell<Option<Drain>>,
 }
+
+/// Where a draining node places new activations.
+struct Drain {
+    me: NodeId,
+    members: Vec<NodeId>,
+    peers: Vec<NodeId>,
+    /// By type index: the type's name if its state moves as bytes (it may be placed on a peer).
+    types: Vec<Option<&'static str>>,
+}
+
+/// A state handed back as bytes by its place for a move between nodes: `Ok(None)` if the
+/// actor was not active there (nothing to move), or why the place did not hand it over.
+pub(crate) type Collected = Result<Option<Vec<u8>>, MigrateError>;
+
+/// Gets a state handed back, and the `app_version` of the node it ran on (`None`: this node).
+pub(crate) type OnCollected = Box<dyn FnOnce(&Rc<Shard>, Collected, Option<String>)>;
 
 impl Migrations {
     pub(crate) fn new(home: ShardId) -> Self {
@@ -425,7 +552,40 @@ impl Migrations {
             pauses: RefCell::new(FxHashMap::default()),
             window: Cell::new((None, 0)),
             next_ticket: Cell::new(1),
+            collects: RefCell::new(FxHashMap::default()),
+            draining: Cell::new(false),
+            drain: RefCell::new(None),
         }
+    }
+
+    /// While the node drains: the peer a new activation of `(type_idx, key)` goes to, if its
+    /// type may cross nodes and this node is its home node.
+    fn drain_peer(&self, type_idx: u16, key: &ActorKey) -> Option<NodeId> {
+        if !self.draining.get() {
+            return None;
+        }
+        let d = self.drain.borrow();
+        let d = d.as_ref()?;
+        let id = ActorId {
+            type_name: (*d.types.get(usize::from(type_idx))?)?,
+            key: key.clone(),
+        };
+        if quark_placement::node_for(&id, &d.members) != Some(d.me) {
+            return None;
+        }
+        quark_placement::node_for(&id, &d.peers)
+    }
+
+    /// A fresh ticket of this shard.
+    pub(crate) fn ticket(&self) -> u64 {
+        let t = self.next_ticket.get();
+        self.next_ticket.set(t + 1);
+        t
+    }
+
+    /// Registers who waits for the state of move `ticket` (see [`collected`]).
+    pub(crate) fn on_collected(&self, ticket: u64, f: OnCollected) {
+        self.collects.borrow_mut().insert(ticket, f);
     }
 
     /// True if a message for `(type_idx, key)` that missed this shard's table must not
@@ -434,7 +594,11 @@ impl Migrations {
     #[inline]
     pub(crate) fn diverts(&self, type_idx: u16, key: &ActorKey) -> bool {
         let dir = self.directory.borrow();
-        dir.len() != 0 && dir.has(&(type_idx, key.clone()))
+        (dir.len() != 0 && dir.has(&(type_idx, key.clone())))
+            || (self.draining.get() && {
+                drop(dir);
+                self.drain_peer(type_idx, key).is_some()
+            })
     }
 
     /// Directory entries (actors of this home that are away or moving).
@@ -514,10 +678,15 @@ fn request_placement(
             let dir = core.migration.directory.borrow();
             let slot = (type_idx, id.key.clone());
             let moving = dir.get(&slot).is_some_and(|e| e.moving.is_some());
+            let node = dir
+                .get(&slot)
+                .and_then(|e| e.node)
+                .unwrap_or_else(|| this_node(&core.node));
             let _ = tx.send(Placement {
                 home: core.id,
                 shard: dir.place_of(&slot),
                 moving,
+                node,
                 actor: id,
             });
         }),
@@ -545,6 +714,10 @@ fn admissible(core: &Shard, slot: &Slot, actor: ActorId, to: ShardId) -> Result<
     if dir.get(slot).is_some_and(|e| e.moving.is_some()) {
         return Err(MigrateError::Busy { actor });
     }
+    if dir.get(slot).is_some_and(|e| e.node.is_some()) {
+        // Living on another node: bring it back with a move to this node first.
+        return Err(MigrateError::OtherNode { actor });
+    }
     Ok(())
 }
 
@@ -567,12 +740,15 @@ fn start(
             return;
         }
         Ok(()) if from == to => {
+            let n = this_node(&core.node);
             let _ = reply.send(Ok(Moved {
                 actor,
                 from,
                 to,
                 duration: Duration::ZERO,
                 bytes: 0,
+                from_node: n,
+                to_node: n,
             }));
             return;
         }
@@ -605,6 +781,7 @@ fn start(
         started: Instant::now(),
         reply: Some(reply),
         sent: now,
+        nodes: None,
     };
     let cmd = order.cmd(core.id);
     e.moving = Some(order);
@@ -636,6 +813,12 @@ pub(crate) fn divert<A: Actor>(core: &Rc<Shard>, type_idx: u16, item: Box<dyn Ma
     let slot = (type_idx, r.key().clone());
     let mut dir = core.migration.directory.borrow_mut();
     let Some(e) = dir.get_mut(&slot) else {
+        // The node drains: a new activation goes to a peer, which the entry names from now.
+        if let Some(peer) = core.migration.drain_peer(slot.0, &slot.1) {
+            dir.entry(slot).node = Some(peer);
+            drop(dir);
+            return r.forward_node(core, peer);
+        }
         // No entry (a caller checked `diverts` first, on this thread): deliver here.
         drop(dir);
         return r.deliver_here(core);
@@ -643,6 +826,10 @@ pub(crate) fn divert<A: Actor>(core: &Rc<Shard>, type_idx: u16, item: Box<dyn Ma
     if !e.is_quiet() {
         e.queue.push_back(Pending::Msg(r));
         return;
+    }
+    if let Some(node) = e.node {
+        drop(dir);
+        return r.forward_node(core, node);
     }
     let to = e.place;
     if to == core.id {
@@ -684,12 +871,15 @@ fn done(core: &Rc<Shard>, slot: Slot, ticket: u64, outcome: Outcome) {
             bump(&st.migration_bytes, bytes);
             tracing::info!(shard = core.id, actor = %actor, from, to,
                 duration_us = duration.as_micros() as u64, bytes, "actor migrated");
+            let n = this_node(&core.node);
             Ok(Moved {
                 actor,
                 from,
                 to,
                 duration,
                 bytes,
+                from_node: n,
+                to_node: n,
             })
         }
         Outcome::Lost { bytes, detail } => {
@@ -736,6 +926,18 @@ fn flush(core: &Rc<Shard>, slot: &Slot) {
         return;
     };
     if e.flushing || e.moving.as_ref().is_some_and(|o| o.sent) {
+        return;
+    }
+    if let Some(node) = e.node {
+        // On another node: forwarded at once, in order (no credits: the connection's
+        // buffer holds them; a move command waits only for another shard of this node).
+        let queued: Vec<Pending> = e.queue.drain(..).collect();
+        drop(dir);
+        for p in queued {
+            if let Pending::Msg(r) = p {
+                r.forward_node(core, node);
+            }
+        }
         return;
     }
     let to = e.place;
@@ -953,6 +1155,19 @@ pub(crate) fn hand_over<A: Actor>(
     for w in act.space_waiters.borrow_mut().drain(..) {
         w.wake();
     }
+    if p.cmd.collect {
+        // A move between nodes: the state goes back to the home (or the shard serving the
+        // other node's request) as bytes.
+        let state = match &info.spec.migration {
+            Some(Mover::Bytes { dehydrate, .. }) => Ok(Some(dehydrate(&actor))),
+            _ => Err(MigrateError::NotSerializable {
+                actor: act.ctx.id.clone(),
+            }),
+        };
+        drop(actor);
+        send_collected(core, p.cmd, state);
+        return None;
+    }
     let (payload, bytes): (Box<dyn Any + Send>, u64) = match &info.spec.migration {
         Some(Mover::Boxed { out, .. }) => (out(actor), 0),
         Some(Mover::Bytes { dehydrate, .. }) => {
@@ -1013,6 +1228,20 @@ fn arrive<A: Actor>(
 
 /// Sends a move's outcome to its home shard.
 fn settle(core: &Rc<Shard>, slot: Slot, cmd: Cmd, outcome: Outcome) {
+    if cmd.collect {
+        let actor = actor_id(&core.node, &slot);
+        let state = match outcome {
+            Outcome::Moved { .. } | Outcome::Lost { .. } => Ok(None),
+            Outcome::Aborted => Err(MigrateError::DeadlineExceeded {
+                actor,
+                from: core.id,
+                to: core.id,
+                timeout: cmd.timeout,
+            }),
+            Outcome::Refused(e) => Err(e),
+        };
+        return send_collected(core, cmd, state);
+    }
     if cmd.home == core.id {
         done(core, slot, cmd.ticket, outcome);
     } else {
@@ -1022,6 +1251,97 @@ fn settle(core: &Rc<Shard>, slot: Slot, cmd: Cmd, outcome: Outcome) {
             CrossMsg::run_on(move |h| done(h, slot, ticket, outcome)),
         );
     }
+}
+
+/// Sends a state handed back as bytes to the shard that waits for it.
+fn send_collected(core: &Rc<Shard>, cmd: Cmd, state: Collected) {
+    let ticket = cmd.ticket;
+    if cmd.home == core.id {
+        collected(core, ticket, state, None);
+    } else {
+        core.send_to(
+            cmd.home,
+            CrossMsg::run_on(move |h| collected(h, ticket, state, None)),
+        );
+    }
+}
+
+/// On the shard that waits for it: a state handed back as bytes (or why not).
+pub(crate) fn collected(core: &Rc<Shard>, ticket: u64, state: Collected, ran_on: Option<String>) {
+    let f = core.migration.collects.borrow_mut().remove(&ticket);
+    if let Some(f) = f {
+        f(core, state, ran_on);
+    }
+}
+
+/// True if application version `a` is older than `b` (docs/MIGRATION.md, "Versions"):
+/// dot-separated parts compared in order, as numbers where both are numbers, else as text; a
+/// missing part is older (`1.2` < `1.2.1`). An empty version (not configured) is never older
+/// or newer than any other.
+pub(crate) fn older(a: &str, b: &str) -> bool {
+    if a.is_empty() || b.is_empty() {
+        return false;
+    }
+    let (mut x, mut y) = (a.split('.'), b.split('.'));
+    loop {
+        match (x.next(), y.next()) {
+            (None, None) => return false,
+            (None, Some(_)) => return true,
+            (Some(_), None) => return false,
+            (Some(p), Some(q)) => {
+                let o = match (p.parse::<u64>(), q.parse::<u64>()) {
+                    (Ok(m), Ok(n)) => m.cmp(&n),
+                    _ => p.cmp(q),
+                };
+                if o != std::cmp::Ordering::Equal {
+                    return o == std::cmp::Ordering::Less;
+                }
+            }
+        }
+    }
+}
+
+/// The marker of a target's refusal for its older version (`net::migrate`).
+pub(crate) const OLDER_VERSION: &str = "quark.migrate.older-version";
+
+/// On a shard of the node the actor moves to: installs a state that arrived as bytes from
+/// another node as a live activation (`None`: the actor was not active, nothing to install).
+pub(crate) fn install_typed<A: Actor>(
+    core: &Rc<Shard>,
+    table: &TypeTable<A>,
+    type_idx: u16,
+    key: ActorKey,
+    state: Option<Vec<u8>>,
+) -> Result<(), MigrateError> {
+    let id = ActorId {
+        type_name: A::TYPE_NAME,
+        key: key.clone(),
+    };
+    let Some(bytes) = state else { return Ok(()) };
+    let Some(Mover::Bytes { rehydrate, .. }) = &table.info.spec.migration else {
+        return Err(MigrateError::NotSerializable { actor: id });
+    };
+    match rehydrate(&id, &bytes) {
+        Ok(actor) => {
+            let act = Activation::start_with(core, id, type_idx, table.info.clone(), actor);
+            let old = table.actors.borrow_mut().insert(key, act);
+            assert!(
+                old.is_none(),
+                "single activation: a moved actor arrived on shard {} which has an activation of it",
+                core.id
+            );
+            Ok(())
+        }
+        Err(e) => Err(MigrateError::RehydrateFailed {
+            actor: id,
+            to: core.id,
+            detail: crate::ErrorChain(&*e).to_string(),
+        }),
+    }
+}
+
+pub(crate) fn this_node(node: &NodeShared) -> NodeId {
+    node.net.as_ref().map_or(0, |n| n.node_id)
 }
 
 // ---- the API
@@ -1127,5 +1447,668 @@ impl<A: Actor> ActorRef<A> {
                 .await
                 .map_err(|_| MigrateError::ShuttingDown { actor: id })
         }
+    }
+}
+
+// ---- moves between nodes (coordinated by the actor's home shard on its home node)
+
+/// Sends an order to move `(type_idx, key)` to node `to_node` to its home shard.
+pub(crate) fn request_node(
+    node: &Arc<NodeShared>,
+    type_idx: u16,
+    key: ActorKey,
+    to_node: NodeId,
+) -> oneshot::Receiver<Result<Moved, MigrateError>> {
+    let (tx, rx) = oneshot::channel();
+    let id = ActorId {
+        type_name: node.types[usize::from(type_idx)].name(),
+        key,
+    };
+    let home = shard_for(&id, node.shard_count());
+    let timeout = node.config.migration_timeout;
+    node.inject(
+        home,
+        CrossMsg::run_on(move |core| start_node(core, type_idx, id.key, to_node, timeout, tx)),
+    );
+    rx
+}
+
+/// `Engine::migrate_to_node`: blocks until the move ended.
+pub(crate) fn migrate_node_blocking(
+    node: &Arc<NodeShared>,
+    actor: &ActorId,
+    to_node: NodeId,
+) -> Result<Moved, MigrateError> {
+    let type_idx = type_by_name(node, actor.type_name)?;
+    check_local(node, actor)?;
+    let rx = request_node(node, type_idx, actor.key.clone(), to_node);
+    crate::block_on(rx).unwrap_or_else(|_| {
+        Err(MigrateError::ShuttingDown {
+            actor: actor.clone(),
+        })
+    })
+}
+
+/// Whether a move of `slot` to node `to_node` may start now (on its home shard).
+fn admissible_node(core: &Shard, slot: &Slot, to_node: NodeId) -> Result<(), MigrateError> {
+    let actor = actor_id(&core.node, slot);
+    let node = &core.node;
+    let ty = &node.types[usize::from(slot.0)];
+    if !ty.migratable() {
+        return Err(MigrateError::NotMigratable { actor });
+    }
+    if !ty.bytes_mover() {
+        return Err(MigrateError::NotSerializable { actor });
+    }
+    if node.phase() != Phase::Running {
+        return Err(MigrateError::ShuttingDown { actor });
+    }
+    let here = this_node(node);
+    if to_node != here {
+        let Some(net) = core.net.as_ref() else {
+            return Err(MigrateError::NoSuchNode {
+                actor,
+                node: to_node,
+            });
+        };
+        let Some(link) = net.links.get(&to_node) else {
+            return Err(MigrateError::NoSuchNode {
+                actor,
+                node: to_node,
+            });
+        };
+        if link.wire().is_none() {
+            let detail = link.cause().map_or_else(
+                || "no connection".to_owned(),
+                |c| crate::ErrorChain(&c).to_string(),
+            );
+            return Err(MigrateError::NodeUnavailable {
+                actor,
+                node: to_node,
+                detail,
+            });
+        }
+    }
+    if core
+        .migration
+        .directory
+        .borrow()
+        .get(slot)
+        .is_some_and(|e| e.moving.is_some())
+    {
+        return Err(MigrateError::Busy { actor });
+    }
+    Ok(())
+}
+
+/// On the home shard: orders the move of `(type_idx, key)` to node `to_node`. The place
+/// (a shard of this node, or another node) hands the state back here as bytes; this shard
+/// then installs it (`to_node` is this node) or sends it to `to_node`.
+fn start_node(
+    core: &Rc<Shard>,
+    type_idx: u16,
+    key: ActorKey,
+    to_node: NodeId,
+    timeout: Duration,
+    reply: oneshot::Sender<Result<Moved, MigrateError>>,
+) {
+    let slot = (type_idx, key);
+    let actor = actor_id(&core.node, &slot);
+    let here = this_node(&core.node);
+    if let Err(e) = admissible_node(core, &slot, to_node) {
+        let _ = reply.send(Err(e));
+        return;
+    }
+    let m = &core.migration;
+    let (from_node, from) = {
+        let dir = m.directory.borrow();
+        (
+            dir.get(&slot).and_then(|e| e.node).unwrap_or(here),
+            dir.place_of(&slot),
+        )
+    };
+    if from_node == to_node {
+        let _ = reply.send(Ok(Moved {
+            actor,
+            from,
+            to: from,
+            duration: Duration::ZERO,
+            bytes: 0,
+            from_node,
+            to_node,
+        }));
+        return;
+    }
+    let limit = core.node.config.migrations_per_sec_max;
+    if !m.admit(core.node.config.clock.now(), limit) {
+        let _ = reply.send(Err(MigrateError::RateLimited {
+            actor,
+            shard: core.id,
+            limit,
+        }));
+        return;
+    }
+    let ticket = m.ticket();
+    let mut dir = m.directory.borrow_mut();
+    let e = dir.entry(slot.clone());
+    let now = e.queue.is_empty() && !e.flushing;
+    let order = Order {
+        ticket,
+        from,
+        to: core.id,
+        timeout,
+        started: Instant::now(),
+        reply: Some(reply),
+        sent: now,
+        nodes: Some((from_node, to_node)),
+    };
+    let cmd = order.cmd(core.id);
+    e.moving = Some(order);
+    if !now {
+        e.queue.push_back(Pending::Move);
+    }
+    drop(dir);
+    bump(&core.stats.migrations_started, 1);
+    let s = slot.clone();
+    m.on_collected(
+        ticket,
+        Box::new(move |c, state, ran_on| ship(c, s, ticket, state, ran_on)),
+    );
+    if !now {
+        return;
+    }
+    if from_node == here {
+        command(core, slot, cmd, from);
+    } else if let Err(detail) = crate::net::send_pause(core, from_node, &actor, ticket, timeout) {
+        collected(
+            core,
+            ticket,
+            Err(MigrateError::NodeUnavailable {
+                actor,
+                node: from_node,
+                detail,
+            }),
+            None,
+        );
+    }
+}
+
+/// The move order of `slot` with this ticket, if it is still the entry's move.
+fn order_nodes(core: &Shard, slot: &Slot, ticket: u64) -> Option<(NodeId, NodeId, Duration)> {
+    let dir = core.migration.directory.borrow();
+    let o = dir.get(slot)?.moving.as_ref()?;
+    if o.ticket != ticket {
+        return None;
+    }
+    let (f, t) = o.nodes?;
+    Some((f, t, o.timeout))
+}
+
+/// On the home shard: the place handed the state back (or did not): installs it here, or
+/// sends it to the target node. `ran_on`: the version of the node it ran on (`None`: here).
+fn ship(core: &Rc<Shard>, slot: Slot, ticket: u64, state: Collected, ran_on: Option<String>) {
+    let Some((from_node, to_node, timeout)) = order_nodes(core, &slot, ticket) else {
+        return;
+    };
+    let state = match state {
+        Ok(s) => s,
+        // The place did not hand over: the actor stays where it was.
+        Err(e) => return finish_node(core, &slot, ticket, Err(e), None),
+    };
+    let here = this_node(&core.node);
+    let mine = core.node.config.app_version.clone();
+    let ran_on = ran_on.unwrap_or_else(|| mine.clone());
+    let bytes = state.as_ref().map_or(0, |b| b.len() as u64);
+    let actor = actor_id(&core.node, &slot);
+    if to_node == here {
+        if older(&mine, &ran_on) {
+            // Never onto an older version: back to where it ran.
+            let detail = format!("{OLDER_VERSION} {mine} {ran_on}");
+            return send_back(core, slot, ticket, state, from_node, ran_on, detail, bytes);
+        }
+        let r = core
+            .tables
+            .erased(slot.0)
+            .install_bytes(core, slot.1.clone(), state);
+        return finish_node(core, &slot, ticket, r.map(|()| bytes), Some(None));
+    }
+    let back = state.clone();
+    let s = slot.clone();
+    let v = ran_on.clone();
+    let sent = crate::net::send_arrive(
+        core,
+        to_node,
+        &actor,
+        &state,
+        &ran_on,
+        timeout,
+        Box::new(move |c: &Rc<Shard>, r: Arrival| arrived(c, s, ticket, r, back, v, bytes)),
+    );
+    if let Err(detail) = sent {
+        // Never sent: the state goes back to where it ran.
+        arrived(
+            core,
+            slot,
+            ticket,
+            Arrival::Refused(detail),
+            state,
+            ran_on,
+            bytes,
+        );
+    }
+}
+
+/// The error of a refused move: `OlderVersion` if the target refused for its version.
+fn refusal(
+    core: &Shard,
+    slot: &Slot,
+    to_node: NodeId,
+    runs_on: NodeId,
+    detail: String,
+) -> MigrateError {
+    let actor = actor_id(&core.node, slot);
+    if let Some(rest) = detail.split(OLDER_VERSION).nth(1) {
+        let mut w = rest.split_whitespace();
+        if let (Some(version), Some(ran_on)) = (w.next(), w.next()) {
+            return MigrateError::OlderVersion {
+                actor,
+                node: to_node,
+                version: version.to_owned(),
+                ran_on: ran_on.to_owned(),
+                runs_on,
+            };
+        }
+    }
+    MigrateError::NodeMoveAborted {
+        actor,
+        to_node,
+        runs_on,
+        detail,
+    }
+}
+
+/// On the home shard: a state the target did not take goes back to the node it ran on
+/// (`from_node`): installed here if that is this node, else sent there again; if that fails
+/// too, installed here unless this node is older than it ran on (else it is lost: the actor
+/// starts afresh on `from_node` at its next message).
+#[allow(clippy::too_many_arguments)]
+fn send_back(
+    core: &Rc<Shard>,
+    slot: Slot,
+    ticket: u64,
+    state: Option<Vec<u8>>,
+    from_node: NodeId,
+    ran_on: String,
+    detail: String,
+    _bytes: u64,
+) {
+    let Some((_, to_node, timeout)) = order_nodes(core, &slot, ticket) else {
+        return;
+    };
+    let here = this_node(&core.node);
+    let rv = ran_on.clone();
+    let install_here =
+        move |core: &Rc<Shard>, slot: &Slot, state: Option<Vec<u8>>, detail: String| {
+            let mine = &core.node.config.app_version;
+            let ran_on = &rv;
+            if older(mine, ran_on) {
+                let e = MigrateError::NodeMoveAborted {
+                    actor: actor_id(&core.node, slot),
+                    to_node,
+                    runs_on: from_node,
+                    detail: format!(
+                    "{detail}; the state could not go back to node {from_node} and this node's \
+                     app_version {mine} is older than {ran_on}: it is lost, the actor starts \
+                     afresh on node {from_node}"
+                ),
+                };
+                return finish_node(
+                    core,
+                    slot,
+                    ticket,
+                    Err(e),
+                    Some(Some(from_node).filter(|n| *n != here)),
+                );
+            }
+            let installed = core
+                .tables
+                .erased(slot.0)
+                .install_bytes(core, slot.1.clone(), state);
+            let detail = match installed {
+                Ok(()) => detail,
+                Err(e) => format!("{detail}; and back here: {e}"),
+            };
+            let e = refusal(core, slot, to_node, here, detail);
+            finish_node(core, slot, ticket, Err(e), Some(None))
+        };
+    if from_node == here {
+        return install_here(core, &slot, state, detail);
+    }
+    let actor = actor_id(&core.node, &slot);
+    let back = state.clone();
+    let s = slot.clone();
+    let d = detail.clone();
+    let sent = crate::net::send_arrive(
+        core,
+        from_node,
+        &actor,
+        &state,
+        &ran_on,
+        timeout,
+        Box::new(move |c: &Rc<Shard>, r: Arrival| match r {
+            Arrival::Installed(_) => {
+                let e = refusal(c, &s, to_node, from_node, d);
+                finish_node(c, &s, ticket, Err(e), Some(Some(from_node)))
+            }
+            Arrival::Refused(why) | Arrival::Unknown(why) => {
+                install_here(c, &s, back, format!("{d}; back to node {from_node}: {why}"))
+            }
+        }),
+    );
+    if let Err(why) = sent {
+        // `install_here` moved into the callback, which was dropped: redo it inline.
+        let mine = core.node.config.app_version.clone();
+        let e = if older(&mine, &ran_on) {
+            MigrateError::NodeMoveAborted {
+                actor,
+                to_node,
+                runs_on: from_node,
+                detail: format!("{detail}; back to node {from_node}: {why}; the state is lost"),
+            }
+        } else {
+            let r = core
+                .tables
+                .erased(slot.0)
+                .install_bytes(core, slot.1.clone(), state);
+            let detail = match r {
+                Ok(()) => format!("{detail}; back to node {from_node}: {why}"),
+                Err(e) => format!("{detail}; back here: {e}"),
+            };
+            let e = refusal(core, &slot, to_node, here, detail);
+            return finish_node(core, &slot, ticket, Err(e), Some(None));
+        };
+        finish_node(core, &slot, ticket, Err(e), Some(Some(from_node)))
+    }
+}
+
+/// What the target node answered to a state sent to it.
+pub(crate) enum Arrival {
+    /// Installed (or nothing to install); `Some(detail)`: rehydrate failed there.
+    Installed(Option<String>),
+    /// Refused (or never sent): the state was not installed there.
+    Refused(String),
+    /// No answer (deadline, or the connection dropped): it may have been installed.
+    Unknown(String),
+}
+
+/// On the home shard: the target node's answer to the state sent to it.
+#[allow(clippy::too_many_arguments)]
+fn arrived(
+    core: &Rc<Shard>,
+    slot: Slot,
+    ticket: u64,
+    r: Arrival,
+    back: Option<Vec<u8>>,
+    ran_on: String,
+    bytes: u64,
+) {
+    let Some((from_node, to_node, _)) = order_nodes(core, &slot, ticket) else {
+        return;
+    };
+    let actor = actor_id(&core.node, &slot);
+    match r {
+        Arrival::Installed(None) => {
+            finish_node(core, &slot, ticket, Ok(bytes), Some(Some(to_node)))
+        }
+        Arrival::Installed(Some(detail)) => {
+            let e = MigrateError::RehydrateFailed {
+                actor,
+                to: 0,
+                detail,
+            };
+            finish_node(core, &slot, ticket, Err(e), Some(Some(to_node)))
+        }
+        // Not installed there: back to where it ran.
+        Arrival::Refused(detail) => {
+            send_back(core, slot, ticket, back, from_node, ran_on, detail, bytes)
+        }
+        Arrival::Unknown(detail) => {
+            let e = MigrateError::Unconfirmed {
+                actor,
+                node: to_node,
+                detail,
+            };
+            finish_node(core, &slot, ticket, Err(e), Some(Some(to_node)))
+        }
+    }
+}
+
+/// On the home shard: a move between nodes ended. `place`: the actor's new place (`Some(None)`:
+/// this home shard; `Some(Some(n))`: node `n`; `None`: unchanged). Answers the caller, logs,
+/// and sends on what waited.
+fn finish_node(
+    core: &Rc<Shard>,
+    slot: &Slot,
+    ticket: u64,
+    result: Result<u64, MigrateError>,
+    place: Option<Option<NodeId>>,
+) {
+    let mut dir = core.migration.directory.borrow_mut();
+    let Some(e) = dir.get_mut(slot) else { return };
+    if e.moving.as_ref().is_none_or(|o| o.ticket != ticket) {
+        return;
+    }
+    let mut order = e.moving.take().expect("checked just above");
+    if let Some(p) = place {
+        e.node = p;
+        e.place = core.id;
+    }
+    let (from_node, to_node) = order.nodes.expect("a move between nodes");
+    let actor = actor_id(&core.node, slot);
+    let duration = order.started.elapsed();
+    let st = &core.stats;
+    let result = match result {
+        Ok(bytes) => {
+            bump(&st.migrations_done, 1);
+            bump(&st.migration_bytes, bytes);
+            tracing::info!(shard = core.id, actor = %actor, from_node, to_node,
+                duration_us = duration.as_micros() as u64, bytes, "actor migrated to another node");
+            Ok(Moved {
+                actor,
+                from: order.from,
+                to: core.id,
+                duration,
+                bytes,
+                from_node,
+                to_node,
+            })
+        }
+        Err(err) => {
+            bump(&st.migrations_aborted, 1);
+            tracing::warn!(shard = core.id, actor = %actor, from_node, to_node,
+                duration_us = duration.as_micros() as u64, error = %err,
+                "actor migration between nodes did not complete");
+            Err(err)
+        }
+    };
+    drop(dir);
+    if let Some(tx) = order.reply.take() {
+        let _ = tx.send(result);
+    }
+    flush(core, slot);
+}
+
+// ---- drain
+
+/// What [`crate::Engine::drain`] did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DrainReport {
+    /// Activations moved to another node.
+    pub moved: u64,
+    /// Moves that failed (the actor stays here and is deactivated at the stop).
+    pub failed: u64,
+    /// Activations whose type cannot cross nodes (not `migratable`, or a stateless worker):
+    /// deactivated at the stop.
+    pub not_movable: u64,
+    /// Activations homed on another node (moved here earlier): their home coordinates moves,
+    /// so they stay and are deactivated at the stop.
+    pub guests: u64,
+    /// Moves not started because the deadline passed.
+    pub left: u64,
+    /// How long the drain took.
+    pub duration: Duration,
+}
+
+/// Moves at once (each one is a few messages; the rate limit still applies).
+const DRAIN_INFLIGHT: usize = 256;
+
+/// `Engine::drain`: from now on new activations of movable actors homed here are placed on
+/// the peers (each id on its rendezvous choice among them), and the active ones in `rows`
+/// (the busiest and most recently active first) move there, until `timeout`.
+pub(crate) fn drain_blocking(
+    node: &Arc<NodeShared>,
+    mut rows: Vec<crate::engine::ActorRow>,
+    timeout: Duration,
+) -> DrainReport {
+    let started = Instant::now();
+    let deadline = started + timeout;
+    let mut report = DrainReport::default();
+    let me = this_node(node);
+    let members = node
+        .net
+        .as_ref()
+        .map(|n| n.members.clone())
+        .unwrap_or_default();
+    let peers: Vec<NodeId> = members.iter().copied().filter(|m| *m != me).collect();
+    if peers.is_empty() {
+        report.not_movable = rows.len() as u64;
+        report.duration = started.elapsed();
+        return report;
+    }
+    let types: Vec<Option<&'static str>> = node
+        .types
+        .iter()
+        .map(|t| t.bytes_mover().then(|| t.name()))
+        .collect();
+    // Every shard places new activations on the peers before the listing is moved.
+    let acks: Vec<_> = (0..node.shard_count())
+        .map(|s| {
+            let (tx, rx) = oneshot::channel::<()>();
+            let d = Drain {
+                me,
+                members: members.clone(),
+                peers: peers.clone(),
+                types: types.clone(),
+            };
+            let d = std::sync::Mutex::new(Some(d));
+            node.inject(
+                s,
+                CrossMsg::run_on(move |c| {
+                    let d = d.lock().unwrap_or_else(|p| p.into_inner()).take();
+                    *c.migration.drain.borrow_mut() = d;
+                    c.migration.draining.set(true);
+                    let _ = tx.send(());
+                }),
+            );
+            rx
+        })
+        .collect();
+    for a in acks {
+        let _ = crate::block_on(a);
+    }
+    // Hot first: busy ones (no idle time), then by idle time, shortest first.
+    rows.sort_by_key(|r| r.idle.map_or((0, Duration::ZERO), |i| (1, i)));
+    let mut todo: Vec<(u16, ActorId, NodeId)> = Vec::new();
+    for row in rows {
+        let Some(type_idx) = node.types.iter().position(|t| t.name() == row.actor_type) else {
+            continue;
+        };
+        let type_idx = type_idx as u16;
+        if !node.types[usize::from(type_idx)].bytes_mover() {
+            report.not_movable += 1;
+            continue;
+        }
+        let id = ActorId {
+            type_name: row.actor_type,
+            key: row.key,
+        };
+        if quark_placement::node_for(&id, &members) != Some(me) {
+            report.guests += 1;
+            continue;
+        }
+        if let Some(peer) = quark_placement::node_for(&id, &peers) {
+            todo.push((type_idx, id, peer));
+        }
+    }
+    // Passes until everything moved or the deadline: a move refused for a reason that can
+    // pass (a shard's link to the peer not up yet, a move under way, the rate limit) is
+    // retried in the next pass.
+    loop {
+        let mut retry = Vec::new();
+        let mut inflight: std::collections::VecDeque<(DrainItem, MoveRx)> =
+            std::collections::VecDeque::new();
+        for item in todo {
+            if Instant::now() >= deadline {
+                report.left += 1;
+                continue;
+            }
+            let rx = request_node(node, item.0, item.1.key.clone(), item.2);
+            inflight.push_back((item, rx));
+            if inflight.len() >= DRAIN_INFLIGHT {
+                settle_drained(&mut inflight, &mut report, &mut retry);
+            }
+        }
+        while !inflight.is_empty() {
+            settle_drained(&mut inflight, &mut report, &mut retry);
+        }
+        if retry.is_empty() {
+            break;
+        }
+        if Instant::now() >= deadline {
+            report.failed += retry.len() as u64;
+            break;
+        }
+        // Back-off before the next pass (links reconnect within milliseconds).
+        std::thread::sleep(Duration::from_millis(5));
+        todo = retry;
+    }
+    report.duration = started.elapsed();
+    tracing::info!(
+        moved = report.moved,
+        failed = report.failed,
+        not_movable = report.not_movable,
+        guests = report.guests,
+        left = report.left,
+        duration_ms = report.duration.as_millis() as u64,
+        "node drained"
+    );
+    report
+}
+
+type DrainItem = (u16, ActorId, NodeId);
+type MoveRx = oneshot::Receiver<Result<Moved, MigrateError>>;
+
+/// Waits for the oldest move of a drain; one refused for a passing reason goes to `retry`.
+fn settle_drained(
+    inflight: &mut std::collections::VecDeque<(DrainItem, MoveRx)>,
+    report: &mut DrainReport,
+    retry: &mut Vec<DrainItem>,
+) {
+    let Some((item, rx)) = inflight.pop_front() else {
+        return;
+    };
+    match crate::block_on(rx) {
+        Ok(Ok(_)) => report.moved += 1,
+        Ok(Err(
+            MigrateError::NodeUnavailable { .. }
+            | MigrateError::Busy { .. }
+            | MigrateError::RateLimited { .. }
+            | MigrateError::Deactivating { .. },
+        )) => retry.push(item),
+        Ok(Err(e)) => {
+            tracing::warn!(actor = %item.1, error = %e, "drain: actor not moved");
+            report.failed += 1;
+        }
+        Err(_) => report.failed += 1,
     }
 }

@@ -24,6 +24,8 @@ pub(crate) trait ErasedType: Send + Sync {
     fn stateless(&self) -> bool;
     /// Registered with a mover (`ActorType::movable`/`migratable`), and not stateless.
     fn migratable(&self) -> bool;
+    /// Its state moves as bytes (`ActorType::migratable`): it may move to another node.
+    fn bytes_mover(&self) -> bool;
 }
 
 pub(crate) struct TypeInfo<A: Actor> {
@@ -50,6 +52,9 @@ impl<A: Actor> ErasedType for TypeInfo<A> {
     }
     fn migratable(&self) -> bool {
         self.spec.migration.is_some() && self.spec.stateless_workers.is_none()
+    }
+    fn bytes_mover(&self) -> bool {
+        self.migratable() && crate::migrate::moves_as_bytes(&self.spec)
     }
 }
 
@@ -83,6 +88,13 @@ pub(crate) trait ErasedTable {
     ) -> Vec<ActorRow>;
     /// Pauses `key`'s activation for a move (`migrate::pause_typed`).
     fn pause_for_move(&self, core: &Rc<Shard>, key: ActorKey, cmd: crate::migrate::Cmd);
+    /// Installs a state that arrived from another node (`migrate::install_typed`).
+    fn install_bytes(
+        &self,
+        core: &Rc<Shard>,
+        key: ActorKey,
+        state: Option<Vec<u8>>,
+    ) -> Result<(), crate::migrate::MigrateError>;
 }
 
 /// A shard's actor tables, one per registered actor type (indexed by the type's registry
@@ -410,6 +422,15 @@ impl<A: Actor> ErasedTable for TypeTable<A> {
 
     fn pause_for_move(&self, core: &Rc<Shard>, key: ActorKey, cmd: crate::migrate::Cmd) {
         crate::migrate::pause_typed(core, self, self.type_idx, key, cmd);
+    }
+
+    fn install_bytes(
+        &self,
+        core: &Rc<Shard>,
+        key: ActorKey,
+        state: Option<Vec<u8>>,
+    ) -> Result<(), crate::migrate::MigrateError> {
+        crate::migrate::install_typed(core, self, self.type_idx, key, state)
     }
 
     fn abort_all(&self, core: &Shard) {

@@ -14,6 +14,15 @@
 //!   latency p99 and max over the same run are printed beside it, with the same probes'
 //!   figures without moves (same run) as the baseline.
 //!
+//! - **node-unavailability**: two nodes over loopback (one process, 2 shards each); one actor
+//!   with 1 KiB of state (`migratable`) homed on node 1 moved to node 2 and back `--node-moves`
+//!   times (one move at a time) while a thread on node 2 asks it in a closed loop. A move's
+//!   unavailability is `Moved::duration` at the home shard (the order to the answer: messages
+//!   wait meanwhile). p50 / p99 / max per run (target: p99 at most 2 ms).
+//! - **drain**: three nodes; `--drain-actors` small actors (`migratable`, 8 bytes) homed on
+//!   node 1 and active there; `Engine::drain` moves them to the two peers. Drain time and
+//!   actors moved per run (target: 100 k in under 10 s).
+//!
 //! Prints the machine line (cores, kernel, CPU, commit) first.
 //! `cargo run --release -p quark-bench --bin migbench -- --runs 5`
 
@@ -47,10 +56,17 @@ struct Args {
     /// Moves of the 1 KiB actor per run of the unavailability measurement.
     #[arg(long, default_value_t = 2_000)]
     moves: u32,
+    /// Moves of the 1 KiB actor between two nodes per run (node-unavailability).
+    #[arg(long, default_value_t = 500)]
+    node_moves: u32,
+    /// Active actors drained to two peers per run (drain).
+    #[arg(long, default_value_t = 100_000)]
+    drain_actors: u64,
     /// How long idle shards spin before parking, µs.
     #[arg(long, default_value_t = 50)]
     idle_spin_us: u64,
-    /// Only the measurements whose name contains this (throughput, unavailability).
+    /// Only the measurements whose name contains this (throughput, unavailability,
+    /// node-unavailability, drain).
     #[arg(long)]
     only: Option<String>,
 }
@@ -95,6 +111,212 @@ impl Handler<Touch> for KibBytes {
         self.0[usize::from(m.0)] = self.0[usize::from(m.0)].wrapping_add(1);
         self.0[usize::from(m.0)]
     }
+}
+
+/// A message that crosses nodes (the probe of the node measurements).
+#[derive(quark_net::rkyv::Archive, quark_net::rkyv::Serialize, quark_net::rkyv::Deserialize)]
+#[rkyv(crate = quark_net::rkyv)]
+struct Poke(u8);
+impl Message for Poke {
+    type Reply = u16;
+}
+impl quark_net::WireMessage for Poke {
+    const WIRE_NAME: &'static str = "migbench.Poke";
+}
+impl Handler<Poke> for KibBytes {
+    async fn handle(&mut self, m: Poke, _: &Context<Self>) -> u16 {
+        self.0[usize::from(m.0)] = self.0[usize::from(m.0)].wrapping_add(1);
+        u16::from(self.0[usize::from(m.0)])
+    }
+}
+/// A small actor whose 8 bytes of state cross nodes.
+struct SmallBytes(u64);
+impl Actor for SmallBytes {
+    const TYPE_NAME: &'static str = "bench-small-bytes";
+}
+impl Handler<Poke> for SmallBytes {
+    async fn handle(&mut self, m: Poke, _: &Context<Self>) -> u16 {
+        self.0 += u64::from(m.0);
+        u16::from(m.0)
+    }
+}
+
+/// `n` nodes of one cluster over loopback, in this process.
+fn cluster(args: &Args, n: usize) -> Result<Vec<Engine>> {
+    use quark_net::{ClusterConfig, MemberAddr, Membership, PeerRole};
+    let ls: Vec<std::net::TcpListener> = (0..n)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0"))
+        .collect::<std::io::Result<_>>()?;
+    let members = Membership::from_config(&ClusterConfig {
+        cluster_id: "migbench".into(),
+        nodes: ls
+            .iter()
+            .enumerate()
+            .map(|(i, l)| {
+                Ok(MemberAddr {
+                    id: i as u64 + 1,
+                    addr: l.local_addr()?.to_string(),
+                })
+            })
+            .collect::<std::io::Result<_>>()?,
+    })?;
+    ls.into_iter()
+        .enumerate()
+        .map(|(i, l)| {
+            let mut net =
+                quark_shard::NetConfig::new(i as u64 + 1, PeerRole::Member, members.clone());
+            net.listener = Some(Arc::new(l));
+            Ok(EngineBuilder::new(EngineConfig {
+                shards: ShardSpec::Count(2),
+                idle_spin: Duration::from_micros(args.idle_spin_us),
+                pin_threads: false,
+                migrations_per_sec_max: 0,
+                net: Some(net),
+                ..EngineConfig::default()
+            })
+            .register(
+                ActorType::new(|_| KibBytes(vec![0; 1024]))
+                    .migratable(|a: &KibBytes| a.0.clone(), |_, b| Ok(KibBytes(b.to_vec()))),
+            )
+            .register(ActorType::new(|_| SmallBytes(0)).migratable(
+                |a: &SmallBytes| a.0.to_le_bytes().to_vec(),
+                |_, b| {
+                    let b: [u8; 8] = b.try_into().map_err(|_| "not 8 bytes")?;
+                    Ok(SmallBytes(u64::from_le_bytes(b)))
+                },
+            ))
+            .remote::<KibBytes, Poke>()
+            .remote::<SmallBytes, Poke>()
+            .start()?)
+        })
+        .collect()
+}
+
+/// Waits until `r` answers (the links come up).
+fn reach<A: Handler<Poke>>(r: &quark_shard::ActorRef<A>) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while r.ask_blocking(Poke(0)).is_err() {
+        if Instant::now() > deadline {
+            bail!("the cluster did not come up");
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    Ok(())
+}
+
+struct NodeMoves {
+    p50_us: f64,
+    p99_us: f64,
+    max_us: f64,
+    probe_p99_us: f64,
+    probes: u64,
+    base_p99_us: f64,
+}
+
+/// One node-unavailability run.
+fn node_unavailability(args: &Args) -> Result<NodeMoves> {
+    let nodes = cluster(args, 2)?;
+    let key = (0..100_000u64)
+        .find(|k| nodes[1].actor_ref::<KibBytes>(*k).remote_node() == Some(1))
+        .expect("a key homed on node 1");
+    let id = ActorId {
+        type_name: KibBytes::TYPE_NAME,
+        key: key.into(),
+    };
+    reach(&nodes[0].actor_ref::<KibBytes>(key))?;
+    reach(&nodes[1].actor_ref::<KibBytes>(key))?;
+    // Baseline, same run: the probe's asks from node 2 without moves (the actor at home).
+    let mut base = Histogram::<u64>::new(3)?;
+    let r2 = nodes[1].actor_ref::<KibBytes>(key);
+    for i in 0..1000u32 {
+        let t = Instant::now();
+        r2.ask_blocking(Poke(i as u8))?;
+        base.record(t.elapsed().as_nanos() as u64)?;
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let probe = {
+        let r = nodes[1].actor_ref::<KibBytes>(key);
+        let stop = stop.clone();
+        std::thread::spawn(move || -> Result<Histogram<u64>> {
+            let mut h = Histogram::<u64>::new(3)?;
+            let mut i = 0u8;
+            while !stop.load(Ordering::Relaxed) {
+                let t = Instant::now();
+                r.ask_blocking(Poke(i))?;
+                h.record(t.elapsed().as_nanos() as u64)?;
+                i = i.wrapping_add(1);
+            }
+            Ok(h)
+        })
+    };
+    let mut h = Histogram::<u64>::new(3)?;
+    let mut done = 0;
+    while done < args.node_moves {
+        let to = if done % 2 == 0 { 2 } else { 1 };
+        match nodes[0].migrate_to_node(&id, to) {
+            Ok(m) => {
+                h.record(m.duration.as_nanos() as u64)?;
+                done += 1;
+            }
+            // A shard's link not up yet: the actor stays; retried.
+            Err(MigrateError::NodeUnavailable { .. }) => std::thread::yield_now(),
+            Err(e) => bail!("move {done}: {e}"),
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    let ph = probe
+        .join()
+        .map_err(|_| anyhow::anyhow!("probe panicked"))??;
+    for n in nodes {
+        n.shutdown();
+    }
+    Ok(NodeMoves {
+        p50_us: h.value_at_quantile(0.5) as f64 / 1e3,
+        p99_us: h.value_at_quantile(0.99) as f64 / 1e3,
+        max_us: h.max() as f64 / 1e3,
+        probe_p99_us: ph.value_at_quantile(0.99) as f64 / 1e3,
+        probes: ph.len(),
+        base_p99_us: base.value_at_quantile(0.99) as f64 / 1e3,
+    })
+}
+
+/// One drain run: (seconds, actors moved).
+fn drain(args: &Args) -> Result<(f64, u64)> {
+    let nodes = cluster(args, 3)?;
+    let keys: Vec<u64> = (0..u64::MAX)
+        .filter(|k| nodes[1].actor_ref::<SmallBytes>(*k).remote_node() == Some(1))
+        .take(args.drain_actors as usize)
+        .collect();
+    reach(&nodes[1].actor_ref::<SmallBytes>(keys[0]))?;
+    reach(&nodes[2].actor_ref::<SmallBytes>(keys[0]))?;
+    // Activate them all on node 1, 1,000 asks in flight.
+    let refs: Vec<_> = keys
+        .iter()
+        .map(|k| nodes[0].actor_ref::<SmallBytes>(*k))
+        .collect();
+    quark_shard::block_on(async {
+        let mut inflight = FuturesUnordered::new();
+        for r in &refs {
+            inflight.push(r.ask(Poke(1)));
+            if inflight.len() >= 1000 {
+                inflight.next().await.expect("in flight")?;
+            }
+        }
+        while let Some(r) = inflight.next().await {
+            r?;
+        }
+        Ok::<(), quark_shard::CallError>(())
+    })?;
+    let t = Instant::now();
+    let report = nodes[0].drain(Duration::from_secs(60));
+    let secs = t.elapsed().as_secs_f64();
+    if report.moved != args.drain_actors {
+        eprintln!("drain: {report:?}");
+    }
+    for n in nodes {
+        n.shutdown();
+    }
+    Ok((secs, report.moved))
 }
 
 fn engine(args: &Args) -> Result<Engine> {
@@ -344,7 +566,57 @@ fn main() -> Result<()> {
             0,
         );
     }
-    if want("unavailability") {
+    if want("node-unavailability") {
+        let runs: Vec<NodeMoves> = (0..args.runs)
+            .map(|_| node_unavailability(&args))
+            .collect::<Result<_>>()?;
+        let col = |f: fn(&NodeMoves) -> f64| runs.iter().map(f).collect::<Vec<_>>();
+        println!(
+            "node-unavailability, 1 KiB state (migratable) between two nodes, {} moves/run:",
+            args.node_moves
+        );
+        report(
+            "  move p50 (order at home -> answer at home)",
+            "µs",
+            &col(|r| r.p50_us),
+            1,
+        );
+        report("  move p99", "µs", &col(|r| r.p99_us), 1);
+        report("  move max", "µs", &col(|r| r.max_us), 1);
+        report(
+            "  probe ask p99 (from node 2, during moves)",
+            "µs",
+            &col(|r| r.probe_p99_us),
+            1,
+        );
+        report(
+            "  probe ask p99 without moves (same run, 1,000 asks)",
+            "µs",
+            &col(|r| r.base_p99_us),
+            1,
+        );
+        report(
+            "  probe asks answered during moves",
+            "asks",
+            &col(|r| r.probes as f64),
+            0,
+        );
+    }
+    if want("drain") {
+        let runs: Vec<(f64, u64)> = (0..args.runs)
+            .map(|_| drain(&args))
+            .collect::<Result<_>>()?;
+        let secs: Vec<f64> = runs.iter().map(|r| r.0).collect();
+        let moved: Vec<f64> = runs.iter().map(|r| r.1 as f64).collect();
+        report(
+            &format!("drain: {} active actors to two peers", args.drain_actors),
+            "s",
+            &secs,
+            2,
+        );
+        report("  actors moved", "actors", &moved, 0);
+    }
+    if want("unavailability") && args.only.as_deref() != Some("node-unavailability") {
         unavailability_rows::<Kib>(&args, "moved as a box (movable)")?;
         unavailability_rows::<KibBytes>(&args, "dehydrated (migratable)")?;
     }

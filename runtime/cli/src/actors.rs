@@ -12,6 +12,7 @@
 //!   shard, and whether a move is under way (`GET /quark/actors/where`).
 //! - `quark actors move TYPE KEY --to-shard N --addr A [--json]`: moves the actor live to
 //!   shard `N` of that node and prints the move (`POST /quark/actors/move`; docs/MIGRATION.md).
+//!   `--to-node N` instead moves it to node `N` of the cluster (`A` is its home node).
 //!
 //! KEY reads as in `quark journal`: decimal digits are a u64 key, `"..."` a string key,
 //! `0x..` a bytes key, anything else the string as typed.
@@ -71,8 +72,12 @@ struct MoveArgs {
     /// The key (decimal = u64, "..." = string, 0x.. = bytes, else the string as typed).
     key: String,
     /// The shard of the node to move it to.
+    #[arg(long, required_unless_present = "to_node", conflicts_with = "to_node")]
+    to_shard: Option<u16>,
+    /// The node of the cluster to move it to (its state moves as bytes: the type must be
+    /// registered with `ActorType::migratable`). `--addr` names the actor's home node.
     #[arg(long)]
-    to_shard: u16,
+    to_node: Option<u64>,
     /// The node's admin endpoint (`[admin] listen`), e.g. `127.0.0.1:9100`.
     #[arg(long)]
     addr: String,
@@ -221,8 +226,13 @@ fn where_is(args: &WhereArgs) -> anyhow::Result<String> {
         format!("home shard {}", p.home)
     };
     let moving = if p.moving { ", moving" } else { "" };
+    let node = if p.node == 0 {
+        String::new()
+    } else {
+        format!("node {}, ", p.node)
+    };
     Ok(format!(
-        "{}/{}: shard {} ({home}{moving})\n",
+        "{}/{}: {node}shard {} ({home}{moving})\n",
         p.actor_type, p.key, p.shard
     ))
 }
@@ -231,9 +241,26 @@ fn move_actor(args: &MoveArgs) -> anyhow::Result<String> {
     let addr = resolve(&args.addr)?;
     let key = key_arg(&args.key)?;
     let timeout = Duration::from_millis(args.timeout_ms.max(1));
-    let m = quark::admin::request_move(addr, &args.actor_type, &key, args.to_shard, timeout)?;
+    let to = match (args.to_shard, args.to_node) {
+        (_, Some(n)) => quark::admin::MoveTarget::Node(n),
+        (Some(s), None) => quark::admin::MoveTarget::Shard(s),
+        (None, None) => anyhow::bail!("--to-shard N or --to-node N is required"),
+    };
+    let m = quark::admin::request_move(addr, &args.actor_type, &key, to, timeout)?;
     if args.json {
         return Ok(serde_json::to_string(&m)? + "\n");
+    }
+    if let quark::admin::MoveTarget::Node(_) = to {
+        if m.from_node == m.to_node {
+            return Ok(format!(
+                "{}/{}: already on node {}\n",
+                m.actor_type, m.key, m.to_node
+            ));
+        }
+        return Ok(format!(
+            "{}/{}: moved from node {} to node {} in {} µs ({} bytes of state sent)\n",
+            m.actor_type, m.key, m.from_node, m.to_node, m.duration_us, m.bytes
+        ));
     }
     if m.from == m.to {
         return Ok(format!(

@@ -410,6 +410,10 @@ pub struct PlacementEntry {
     pub shard: u16,
     /// A move is under way.
     pub moving: bool,
+    /// The node it lives on (its home node unless moved to another node; 0 without a
+    /// cluster). `shard` is a shard of the home node only while `node` is the home node.
+    #[serde(default)]
+    pub node: u64,
 }
 
 /// A completed move (the JSON of `POST /quark/actors/move`).
@@ -428,10 +432,26 @@ pub struct MoveEntry {
     pub duration_us: u64,
     /// Bytes of dehydrated state (0 when the state moved as a box).
     pub bytes: u64,
+    /// The node it lived on (0 without a cluster).
+    #[serde(default)]
+    pub from_node: u64,
+    /// The node it lives on now.
+    #[serde(default)]
+    pub to_node: u64,
 }
 
-/// The actor a `where`/`move` query names: `type`, `key` and `kind`; `to` is returned apart.
-fn placement_params(query: &str) -> Result<(String, ActorKey, Option<u16>), String> {
+/// Where a move goes: a shard of the node, or another node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MoveTarget {
+    /// Shard `N` of the actor's home node (`to=N`).
+    Shard(u16),
+    /// Node `N` of the cluster (`to_node=N`).
+    Node(u64),
+}
+
+/// The actor a `where`/`move` query names: `type`, `key` and `kind`; the target is returned
+/// apart.
+fn placement_params(query: &str) -> Result<(String, ActorKey, Option<MoveTarget>), String> {
     let (mut t, mut key, mut kind, mut to) = (None, None, None, None);
     for part in query.split('&').filter(|p| !p.is_empty()) {
         let (name, value) = part.split_once('=').unwrap_or((part, ""));
@@ -442,15 +462,20 @@ fn placement_params(query: &str) -> Result<(String, ActorKey, Option<u16>), Stri
             "key" => key = Some(value),
             "kind" => kind = Some(value),
             "to" => {
-                to = Some(
-                    value
-                        .parse::<u16>()
-                        .map_err(|_| format!("to={value:?} is not a shard number"))?,
-                )
+                to =
+                    Some(MoveTarget::Shard(value.parse::<u16>().map_err(|_| {
+                        format!("to={value:?} is not a shard number")
+                    })?))
+            }
+            "to_node" => {
+                to =
+                    Some(MoveTarget::Node(value.parse::<u64>().map_err(|_| {
+                        format!("to_node={value:?} is not a node id")
+                    })?))
             }
             other => {
                 return Err(format!(
-                    "unknown parameter {other:?} (known: type, key, kind, to)"
+                    "unknown parameter {other:?} (known: type, key, kind, to, to_node)"
                 ))
             }
         }
@@ -501,6 +526,8 @@ fn migrate_status(e: &MigrateError) -> u16 {
         MigrateError::UnknownType { .. }
         | MigrateError::NotMigratable { .. }
         | MigrateError::NoSuchShard { .. }
+        | MigrateError::NotSerializable { .. }
+        | MigrateError::NoSuchNode { .. }
         | MigrateError::OtherNode { .. } => 400,
         MigrateError::ShuttingDown { .. } => 503,
         _ => 409,
@@ -536,10 +563,17 @@ pub(super) fn placement_route(
     };
     let id = ActorId { type_name, key };
     if moving {
-        let Some(to) = to else {
-            return text(400, "to=N (the target shard) is required");
+        let moved = match to {
+            None => {
+                return text(
+                    400,
+                    "to=N (the target shard) or to_node=N (the target node) is required",
+                )
+            }
+            Some(MoveTarget::Shard(to)) => engine.migrate(&id, to),
+            Some(MoveTarget::Node(n)) => engine.migrate_to_node(&id, n),
         };
-        match engine.migrate(&id, to) {
+        match moved {
             Ok(m) => json(&MoveEntry {
                 actor_type: m.actor.type_name.to_owned(),
                 key: m.actor.key.to_string(),
@@ -547,6 +581,8 @@ pub(super) fn placement_route(
                 to: m.to,
                 duration_us: u64::try_from(m.duration.as_micros()).unwrap_or(u64::MAX),
                 bytes: m.bytes,
+                from_node: m.from_node,
+                to_node: m.to_node,
             }),
             Err(e) => text(migrate_status(&e), &e.to_string()),
         }
@@ -558,6 +594,7 @@ pub(super) fn placement_route(
                 home: p.home,
                 shard: p.shard,
                 moving: p.moving,
+                node: p.node,
             }),
             Err(e) => text(migrate_status(&e), &e.to_string()),
         }
@@ -584,11 +621,15 @@ pub fn request_move(
     addr: SocketAddr,
     type_name: &str,
     key: &ActorKey,
-    to: u16,
+    to: MoveTarget,
     timeout: Duration,
 ) -> Result<MoveEntry, ActorsFetchError> {
+    let target = match to {
+        MoveTarget::Shard(n) => format!("to={n}"),
+        MoveTarget::Node(n) => format!("to_node={n}"),
+    };
     let path = format!(
-        "/quark/actors/move?{}&to={to}",
+        "/quark/actors/move?{}&{target}",
         placement_query(type_name, key)
     );
     let r = super::request(addr, "POST", &path, timeout)?;

@@ -58,8 +58,8 @@ use quark_shard::{Engine, ShardStatsSnapshot, StatsError};
 
 pub use actors::{
     fetch_actor_counts, fetch_actors, fetch_placement, parse_query, query_string, request_move,
-    ActorCounts, ActorEntry, ActorsFetchError, ActorsPage, MoveEntry, ParamError, PlacementEntry,
-    TypeCount, ACTOR_QUERY_PARAMS,
+    ActorCounts, ActorEntry, ActorsFetchError, ActorsPage, MoveEntry, MoveTarget, ParamError,
+    PlacementEntry, TypeCount, ACTOR_QUERY_PARAMS,
 };
 pub use client::{fetch, fetch_status, request, FetchError, Response};
 pub use jobs::{

@@ -53,6 +53,10 @@ pub struct EngineConfig {
     pub log: Option<quark_persist::LogConfig>,
     /// How often each shard runs a compaction pass over its log (`None`: never).
     pub log_compact_interval: Option<Duration>,
+    /// This node's application version (`[node] app_version`; empty: not set): a move
+    /// between nodes never goes to a node of an older version than the actor ran on
+    /// (docs/MIGRATION.md, "Versions").
+    pub app_version: String,
     /// Deadline of a live migration (docs/MIGRATION.md): a move whose activation has not
     /// reached its hand-over by then is aborted and the actor keeps running where it was.
     pub migration_timeout: Duration,
@@ -113,6 +117,7 @@ impl Default for EngineConfig {
             force_legacy_driver: false,
             log: None,
             log_compact_interval: Some(Duration::from_secs(10)),
+            app_version: String::new(),
             migration_timeout: Duration::from_secs(5),
             migrations_per_sec_max: 100_000,
             net: None,

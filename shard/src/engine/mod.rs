@@ -217,6 +217,43 @@ impl Engine {
         crate::migrate::migrate_blocking(&self.shared, actor, to)
     }
 
+    /// Moves `actor` (homed on this node) to node `to_node` of the cluster, live, its state
+    /// as bytes ([`crate::ActorType::migratable`]); `to_node` may be this node (bring it
+    /// back). Blocks until the move ended; see docs/MIGRATION.md, "Moves between nodes".
+    pub fn migrate_to_node(
+        &self,
+        actor: &quark_placement::ActorId,
+        to_node: quark_placement::NodeId,
+    ) -> Result<crate::Moved, crate::MigrateError> {
+        crate::migrate::migrate_node_blocking(&self.shared, actor, to_node)
+    }
+
+    /// The configured `shutdown_timeout`.
+    pub fn shutdown_timeout(&self) -> Duration {
+        self.shared.config.shutdown_timeout
+    }
+
+    /// Drains this node to the other nodes of the cluster (docs/MIGRATION.md, "Drain"):
+    /// from now on new activations of `migratable` actors homed here are placed on the peers,
+    /// and the active ones move there (the busiest first), for at most `timeout`. What could
+    /// not move stays, to be deactivated by [`Engine::shutdown`]. Blocks; never call it on a
+    /// shard thread.
+    pub fn drain(&self, timeout: Duration) -> crate::DrainReport {
+        let mut rows = Vec::new();
+        let mut q = ActorQuery {
+            limit: ACTOR_QUERY_LIMIT_MAX,
+            ..ActorQuery::default()
+        };
+        while let Ok(page) = self.actors(&q) {
+            rows.extend(page.rows);
+            match page.next {
+                Some(next) => q.after = Some(next),
+                None => break,
+            }
+        }
+        crate::migrate::drain_blocking(&self.shared, rows, timeout)
+    }
+
     /// The registered name of the actor type called `name`, if one is (for callers that read
     /// type names from outside, to build an [`quark_placement::ActorId`]).
     pub fn registered_type(&self, name: &str) -> Option<&'static str> {

@@ -6,6 +6,7 @@
 //! nodes") and `docs/PROTOCOL.md`.
 
 mod conn;
+mod migrate;
 mod remote;
 
 use std::any::{Any, TypeId};
@@ -24,6 +25,7 @@ use crate::actor::{Handler, Message};
 use crate::shard::Shard;
 
 pub(crate) use conn::{close_all, start, Link};
+pub(crate) use migrate::{forward_node, send_arrive, send_pause};
 pub(crate) use remote::{ask_remote, tell_remote, tell_remote_now};
 
 /// Cluster settings of an engine: who it is, who the members are, and the transport's bounds
@@ -97,7 +99,7 @@ pub(crate) struct WireCodec {
     pub(crate) decode_reply: DecodeFn,
 }
 
-type DecodeFn = fn(&[u8]) -> Result<Box<dyn Any + Send>, WireError>;
+pub(crate) type DecodeFn = fn(&[u8]) -> Result<Box<dyn Any + Send>, WireError>;
 
 type EncodeFn =
     fn(&dyn Any, &mut OutBuf, FrameHead, &RequestEnvelope<'_>, u32) -> Result<u32, EncodeError>;

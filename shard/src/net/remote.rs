@@ -20,7 +20,7 @@ use crate::envelope::{Origin, ReplyTo};
 use crate::error::CallError;
 use crate::shard::Shard;
 
-fn wire_key(key: &ActorKey) -> WireKey<'_> {
+pub(super) fn wire_key(key: &ActorKey) -> WireKey<'_> {
     match key {
         ActorKey::U64(k) => WireKey::U64(*k),
         ActorKey::Str(s) => WireKey::Str(std::borrow::Cow::Borrowed(s)),
@@ -36,7 +36,7 @@ fn actor_key(key: &ArchivedWireKey<'_>) -> ActorKey {
     }
 }
 
-fn deadline_ms(timeout: Duration) -> u32 {
+pub(super) fn deadline_ms(timeout: Duration) -> u32 {
     u32::try_from(timeout.as_millis())
         .unwrap_or(u32::MAX)
         .max(1)
@@ -471,7 +471,7 @@ impl ReplySink {
         }
     }
 
-    fn send_value<R: WireOwned>(self, core: &Shard, value: &R) {
+    pub(super) fn send_value<R: WireOwned>(self, core: &Shard, value: &R) {
         if !self.reply {
             return;
         }
@@ -497,7 +497,7 @@ impl ReplySink {
         }
     }
 
-    fn send_error(self, core: &Shard, e: &RemoteError) {
+    pub(super) fn send_error(self, core: &Shard, e: &RemoteError) {
         if !self.reply {
             return;
         }
@@ -756,6 +756,10 @@ pub(crate) fn dispatch(core: &Rc<Shard>, wire: &Rc<Outbound>, frame: &Frame<'_>)
     }
     let actor_type = req.envelope.actor_type.as_str();
     let message_type = req.envelope.message_type.as_str();
+    if message_type.starts_with(super::migrate::PREFIX) {
+        let key = actor_key(&req.envelope.key);
+        return super::migrate::serve(core, actor_type, message_type, key, req.body, sink);
+    }
     let Some(handler) = core.node.registry.handler(actor_type, message_type) else {
         let known_type = core.node.registry.handles_type(actor_type)
             || core.node.types.iter().any(|t| t.name() == actor_type);

@@ -1,0 +1,522 @@
+//! Live migration between nodes (docs/MIGRATION.md, "Moves between nodes"): two real nodes
+//! over loopback; senders on both nodes ask one actor while it moves back and forth between
+//! them: nothing lost, nothing doubled, per-sender FIFO, state intact; a move to a stopped
+//! node is refused and the actor keeps running where it was.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use quark_shard::{
+    Actor, ActorId, ActorType, Context, Engine, EngineBuilder, EngineConfig, Handler, Message,
+    MigrateError, ShardSpec,
+};
+
+/// Checks each sender's sequence numbers; its state moves between nodes as bytes.
+#[derive(Default)]
+struct Ledger {
+    last: HashMap<u32, u64>,
+    total: u64,
+    faults: u64,
+}
+impl Actor for Ledger {
+    const TYPE_NAME: &'static str = "mig-ledger";
+}
+impl Ledger {
+    fn to_bytes(&self) -> Vec<u8> {
+        let mut b = Vec::new();
+        b.extend_from_slice(&self.total.to_le_bytes());
+        b.extend_from_slice(&self.faults.to_le_bytes());
+        for (s, l) in &self.last {
+            b.extend_from_slice(&u64::from(*s).to_le_bytes());
+            b.extend_from_slice(&l.to_le_bytes());
+        }
+        b
+    }
+    fn from_bytes(b: &[u8]) -> Ledger {
+        let w: Vec<u64> = b
+            .chunks_exact(8)
+            .map(|c| u64::from_le_bytes(c.try_into().expect("8 bytes")))
+            .collect();
+        Ledger {
+            total: w[0],
+            faults: w[1],
+            last: w[2..]
+                .chunks_exact(2)
+                .map(|p| (p[0] as u32, p[1]))
+                .collect(),
+        }
+    }
+}
+
+#[derive(quark_net::rkyv::Archive, quark_net::rkyv::Serialize, quark_net::rkyv::Deserialize)]
+#[rkyv(crate = quark_net::rkyv)]
+struct Seq {
+    sender: u32,
+    seq: u64,
+}
+impl Message for Seq {
+    /// (messages handled in all, faults seen: gaps, repeats, reorders)
+    type Reply = (u64, u64);
+}
+impl quark_net::WireMessage for Seq {
+    const WIRE_NAME: &'static str = "migration-nodes-test.Seq";
+}
+impl Handler<Seq> for Ledger {
+    async fn handle(&mut self, m: Seq, _: &Context<Self>) -> (u64, u64) {
+        if m.seq > 0 {
+            let last = self.last.entry(m.sender).or_insert(0);
+            if m.seq != *last + 1 {
+                self.faults += 1;
+            }
+            *last = m.seq;
+            self.total += 1;
+        }
+        (self.total, self.faults)
+    }
+}
+
+/// A type whose state moves only as a box (same process).
+struct Boxed;
+impl Actor for Boxed {
+    const TYPE_NAME: &'static str = "mig-boxed";
+}
+
+fn nodes(n: usize) -> Vec<Engine> {
+    nodes_with_versions(&vec![""; n])
+}
+
+fn nodes_with_versions(versions: &[&str]) -> Vec<Engine> {
+    let n = versions.len();
+    use quark_net::{ClusterConfig, MemberAddr, Membership, PeerRole};
+    let ls: Vec<std::net::TcpListener> = (0..n)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("bind loopback"))
+        .collect();
+    let members = Membership::from_config(&ClusterConfig {
+        cluster_id: "migration-nodes".into(),
+        nodes: ls
+            .iter()
+            .enumerate()
+            .map(|(i, l)| MemberAddr {
+                id: i as u64 + 1,
+                addr: l.local_addr().expect("bound").to_string(),
+            })
+            .collect(),
+    })
+    .expect("membership");
+    ls.into_iter()
+        .enumerate()
+        .map(|(i, l)| {
+            let mut net =
+                quark_shard::NetConfig::new(i as u64 + 1, PeerRole::Member, members.clone());
+            net.listener = Some(Arc::new(l));
+            EngineBuilder::new(EngineConfig {
+                shards: ShardSpec::Count(2),
+                idle_spin: Duration::from_micros(20),
+                ask_timeout: Duration::from_secs(10),
+                pin_threads: false,
+                net: Some(net),
+                app_version: versions[i].to_owned(),
+                ..EngineConfig::default()
+            })
+            .register(
+                ActorType::new(|_| Ledger::default())
+                    .migratable(|l: &Ledger| l.to_bytes(), |_, b| Ok(Ledger::from_bytes(b))),
+            )
+            .register(ActorType::new(|_| Boxed).movable())
+            .remote::<Ledger, Seq>()
+            .start()
+            .expect("engine starts")
+        })
+        .collect()
+}
+
+/// A key node 1 owns (its home node).
+fn key_on_node_1(nodes: &[Engine]) -> u64 {
+    (0..10_000u64)
+        .find(|k| nodes[1].actor_ref::<Ledger>(*k).remote_node() == Some(1))
+        .expect("some key lands on node 1")
+}
+
+/// Waits until every link is up (a first ask from each node answers).
+fn warm_up(nodes: &[Engine], key: u64) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    for n in nodes {
+        let r = n.actor_ref::<Ledger>(key);
+        loop {
+            match r.ask_blocking(Seq { sender: 0, seq: 0 }) {
+                Ok(_) => break,
+                Err(e) => assert!(Instant::now() < deadline, "no answer: {e}"),
+            }
+            std::thread::yield_now();
+        }
+    }
+}
+
+#[test]
+fn senders_on_two_nodes_while_the_actor_moves_between_them() {
+    let nodes = nodes(2);
+    let key = key_on_node_1(&nodes);
+    warm_up(&nodes, key);
+    // The links from node 1 to node 2 are up on every shard once node 2's traffic flows.
+    let id = ActorId {
+        type_name: Ledger::TYPE_NAME,
+        key: key.into(),
+    };
+    let stop = Arc::new(AtomicBool::new(false));
+    let done = Arc::new(AtomicU64::new(0));
+    const SENDERS: u32 = 6;
+    let handles: Vec<_> = (1..=SENDERS)
+        .map(|s| {
+            let r = nodes[(s % 2) as usize].actor_ref::<Ledger>(key);
+            let stop = stop.clone();
+            let done = done.clone();
+            std::thread::spawn(move || {
+                let mut seq = 0u64;
+                while !stop.load(Ordering::Relaxed) || seq < 50 {
+                    seq += 1;
+                    let (_, faults) = r
+                        .ask_blocking(Seq { sender: s, seq })
+                        .unwrap_or_else(|e| panic!("sender {s} ask {seq}: {e}"));
+                    assert_eq!(faults, 0, "sender {s} ask {seq}: FIFO broken");
+                    done.fetch_add(1, Ordering::Relaxed);
+                }
+                seq
+            })
+        })
+        .collect();
+    const MOVES: u32 = 100;
+    let mut moved = 0;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while moved < MOVES {
+        // Traffic between every two moves.
+        let before = done.load(Ordering::Relaxed);
+        while done.load(Ordering::Relaxed) < before + u64::from(SENDERS) {
+            assert!(Instant::now() < deadline, "senders stalled at move {moved}");
+            std::thread::yield_now();
+        }
+        let to = if moved % 2 == 0 { 2 } else { 1 };
+        match nodes[0].migrate_to_node(&id, to) {
+            Ok(m) => {
+                assert_eq!((m.from_node, m.to_node), (3 - to, to));
+                let p = nodes[0].placement(&id).expect("placement");
+                assert_eq!(p.node, to, "the home's directory names the node");
+                moved += 1;
+            }
+            // A link that reconnects under load: retried (the actor stays where it was).
+            Err(MigrateError::NodeUnavailable { .. }) => {}
+            Err(e) => panic!("move {moved} to node {to}: {e}"),
+        }
+        assert!(Instant::now() < deadline, "moves did not finish");
+    }
+    stop.store(true, Ordering::Relaxed);
+    let sent: u64 = handles.into_iter().map(|h| h.join().expect("sender")).sum();
+    let (total, faults) = nodes[1]
+        .actor_ref::<Ledger>(key)
+        .ask_blocking(Seq { sender: 0, seq: 0 })
+        .expect("final ask");
+    assert_eq!(faults, 0, "no gap, repeat or reorder");
+    assert_eq!(
+        total, sent,
+        "every message handled exactly once, state kept"
+    );
+    let forwarded: u64 = nodes[0]
+        .stats()
+        .expect("stats")
+        .iter()
+        .map(|s| s.migrate_forwarded)
+        .sum();
+    eprintln!(
+        "{sent} asks from {SENDERS} senders, {MOVES} moves, {forwarded} forwarded by the home"
+    );
+    assert!(forwarded > 0, "messages went through the home to node 2");
+    for n in nodes {
+        n.shutdown();
+    }
+}
+
+#[test]
+fn a_move_to_a_stopped_node_is_refused_and_the_actor_stays() {
+    let mut nodes = nodes(2);
+    let key = key_on_node_1(&nodes);
+    warm_up(&nodes, key);
+    let id = ActorId {
+        type_name: Ledger::TYPE_NAME,
+        key: key.into(),
+    };
+    let r = nodes[0].actor_ref::<Ledger>(key);
+    for seq in 1..=10 {
+        r.ask_blocking(Seq { sender: 1, seq }).expect("ask");
+    }
+    // A type that moves only as a box is refused, naming the fix.
+    let boxed = ActorId {
+        type_name: Boxed::TYPE_NAME,
+        key: key.into(),
+    };
+    let e = nodes[0].migrate_to_node(&boxed, 2).expect_err("boxed type");
+    assert!(matches!(e, MigrateError::NotSerializable { .. }), "{e}");
+    assert!(e.to_string().contains("ActorType::migratable"), "{e}");
+    assert!(matches!(
+        nodes[0].migrate_to_node(&id, 9),
+        Err(MigrateError::NoSuchNode { node: 9, .. })
+    ));
+    nodes.pop().expect("node 2").shutdown();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let e = loop {
+        match nodes[0].migrate_to_node(&id, 2) {
+            Err(e @ MigrateError::NodeUnavailable { .. }) => break e,
+            // The link has not noticed yet: the transfer is refused by the dead peer's socket.
+            Err(MigrateError::NodeMoveAborted { runs_on: 1, .. }) => {}
+            other => panic!("move to a stopped node: {other:?}"),
+        }
+        assert!(Instant::now() < deadline, "the link never went down");
+        std::thread::yield_now();
+    };
+    assert!(e.to_string().contains("stays where it was"), "{e}");
+    assert_eq!(nodes[0].placement(&id).expect("placement").node, 1);
+    assert_eq!(
+        r.ask_blocking(Seq { sender: 1, seq: 11 }),
+        Ok((11, 0)),
+        "the actor runs on node 1 with its state"
+    );
+    nodes.pop().expect("node 1").shutdown();
+}
+
+/// `Engine::drain` under traffic: senders on the peer keep asking actors homed on the draining
+/// node; every active one moves to the peer with its state, a new activation during the drain
+/// is placed on the peer, and every ask is answered (the home forwards while it runs).
+#[test]
+fn a_drain_moves_every_active_actor_to_the_peer_under_traffic() {
+    let nodes = nodes(2);
+    const ACTORS: u64 = 200;
+    let keys: Vec<u64> = (0..100_000u64)
+        .filter(|k| nodes[1].actor_ref::<Ledger>(*k).remote_node() == Some(1))
+        .take(ACTORS as usize + 1)
+        .collect();
+    let (fresh, keys) = keys.split_last().expect("keys");
+    let keys = Arc::new(keys.to_vec());
+    warm_up(&nodes, keys[0]);
+    // Every actor active on node 1.
+    for k in keys.iter() {
+        nodes[0]
+            .actor_ref::<Ledger>(*k)
+            .ask_blocking(Seq { sender: 0, seq: 0 })
+            .expect("activate");
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let done = Arc::new(AtomicU64::new(0));
+    const SENDERS: u32 = 4;
+    let handles: Vec<_> = (1..=SENDERS)
+        .map(|s| {
+            let e = nodes[1].handle();
+            let (stop, done, keys) = (stop.clone(), done.clone(), keys.clone());
+            std::thread::spawn(move || {
+                let mut seq = vec![0u64; keys.len()];
+                let mut i = s as usize;
+                while !stop.load(Ordering::Relaxed) {
+                    i = (i + 1) % keys.len();
+                    seq[i] += 1;
+                    let (_, faults) = e
+                        .actor_ref::<Ledger>(keys[i])
+                        .ask_blocking(Seq {
+                            sender: s,
+                            seq: seq[i],
+                        })
+                        .unwrap_or_else(|e| panic!("sender {s} key {}: {e}", keys[i]));
+                    assert_eq!(faults, 0, "FIFO broken for key {}", keys[i]);
+                    done.fetch_add(1, Ordering::Relaxed);
+                }
+                seq
+            })
+        })
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while done.load(Ordering::Relaxed) < 200 {
+        assert!(
+            Instant::now() < deadline,
+            "senders stalled before the drain"
+        );
+        std::thread::yield_now();
+    }
+    let report = nodes[0].drain(Duration::from_secs(30));
+    assert_eq!(
+        (report.moved, report.failed, report.left),
+        (ACTORS, 0, 0),
+        "{report:?}"
+    );
+    // A first message during the drain activates the actor on the peer.
+    let fresh_id = ActorId {
+        type_name: Ledger::TYPE_NAME,
+        key: (*fresh).into(),
+    };
+    assert_eq!(
+        nodes[1]
+            .actor_ref::<Ledger>(*fresh)
+            .ask_blocking(Seq { sender: 9, seq: 1 }),
+        Ok((1, 0))
+    );
+    assert_eq!(nodes[0].placement(&fresh_id).expect("placement").node, 2);
+    let after = done.load(Ordering::Relaxed);
+    while done.load(Ordering::Relaxed) < after + 200 {
+        assert!(Instant::now() < deadline, "senders stalled after the drain");
+        std::thread::yield_now();
+    }
+    stop.store(true, Ordering::Relaxed);
+    let seqs: Vec<Vec<u64>> = handles
+        .into_iter()
+        .map(|h| h.join().expect("sender"))
+        .collect();
+    for (i, k) in keys.iter().enumerate() {
+        let id = ActorId {
+            type_name: Ledger::TYPE_NAME,
+            key: (*k).into(),
+        };
+        assert_eq!(
+            nodes[0].placement(&id).expect("placement").node,
+            2,
+            "key {k}"
+        );
+        let sent: u64 = seqs.iter().map(|s| s[i]).sum();
+        assert_eq!(
+            nodes[1]
+                .actor_ref::<Ledger>(*k)
+                .ask_blocking(Seq { sender: 0, seq: 0 }),
+            Ok((sent, 0)),
+            "key {k}: every ask handled once, in order, state moved"
+        );
+    }
+    for n in nodes {
+        n.shutdown();
+    }
+}
+
+/// A move never goes to a node of an older `app_version` than the actor ran on: refused with
+/// `OlderVersion`, the actor keeps running (with its state) where it was, including when it
+/// ran on the newer node and the state had already left it.
+#[test]
+fn a_move_never_goes_to_an_older_version() {
+    let nodes = nodes_with_versions(&["2.0", "2.10"]);
+    let key = key_on_node_1(&nodes);
+    warm_up(&nodes, key);
+    let id = ActorId {
+        type_name: Ledger::TYPE_NAME,
+        key: key.into(),
+    };
+    let r = nodes[1].actor_ref::<Ledger>(key);
+    for seq in 1..=5 {
+        r.ask_blocking(Seq { sender: 1, seq }).expect("ask");
+    }
+    // 2.0 -> 2.10: newer, allowed (2.10 > 2.9 > 2.0: numeric parts).
+    let m = nodes[0].migrate_to_node(&id, 2).expect("to the newer node");
+    assert_eq!(m.to_node, 2);
+    // 2.10 -> 2.0 (the home): older, refused; the state went back to node 2.
+    match nodes[0].migrate_to_node(&id, 1) {
+        Err(MigrateError::OlderVersion {
+            node: 1,
+            version,
+            ran_on,
+            runs_on: 2,
+            ..
+        }) => assert_eq!((version.as_str(), ran_on.as_str()), ("2.0", "2.10")),
+        other => panic!("move to the older home: {other:?}"),
+    }
+    assert_eq!(nodes[0].placement(&id).expect("placement").node, 2);
+    assert_eq!(r.ask_blocking(Seq { sender: 1, seq: 6 }), Ok((6, 0)));
+    for n in nodes {
+        n.shutdown();
+    }
+    // The target is older than the home, where the actor runs: refused before anything moved
+    // there, the actor stays at home.
+    let nodes = nodes_with_versions(&["3.1", "3.0.9"]);
+    let key = key_on_node_1(&nodes);
+    warm_up(&nodes, key);
+    let id = ActorId {
+        type_name: Ledger::TYPE_NAME,
+        key: key.into(),
+    };
+    let r = nodes[1].actor_ref::<Ledger>(key);
+    r.ask_blocking(Seq { sender: 1, seq: 1 }).expect("ask");
+    match nodes[0].migrate_to_node(&id, 2) {
+        Err(e @ MigrateError::OlderVersion { runs_on: 1, .. }) => {
+            assert!(e.to_string().contains("older than 3.1"), "{e}")
+        }
+        other => panic!("move to the older node: {other:?}"),
+    }
+    assert_eq!(nodes[0].placement(&id).expect("placement").node, 1);
+    assert_eq!(r.ask_blocking(Seq { sender: 1, seq: 2 }), Ok((2, 0)));
+    for n in nodes {
+        n.shutdown();
+    }
+}
+
+/// Three nodes: the actor (homed on node 1) moves between all of them, including from one
+/// remote node straight to another (the home asks node 2 for the state and sends it to node
+/// 3), while senders on every node ask it: nothing lost or doubled, FIFO, state intact.
+#[test]
+fn moves_among_three_nodes_under_traffic() {
+    let nodes = nodes(3);
+    let key = key_on_node_1(&nodes);
+    warm_up(&nodes, key);
+    let id = ActorId {
+        type_name: Ledger::TYPE_NAME,
+        key: key.into(),
+    };
+    let stop = Arc::new(AtomicBool::new(false));
+    let done = Arc::new(AtomicU64::new(0));
+    const SENDERS: u32 = 6;
+    let handles: Vec<_> = (1..=SENDERS)
+        .map(|s| {
+            let r = nodes[(s % 3) as usize].actor_ref::<Ledger>(key);
+            let (stop, done) = (stop.clone(), done.clone());
+            std::thread::spawn(move || {
+                let mut seq = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    seq += 1;
+                    let (_, faults) = r
+                        .ask_blocking(Seq { sender: s, seq })
+                        .unwrap_or_else(|e| panic!("sender {s} ask {seq}: {e}"));
+                    assert_eq!(faults, 0, "sender {s} ask {seq}: FIFO broken");
+                    done.fetch_add(1, Ordering::Relaxed);
+                }
+                seq
+            })
+        })
+        .collect();
+    // 2, 3, 1, 3, 2, 1, ...: every pair, both ways, remote to remote included.
+    let path = [2u64, 3, 1, 3, 2, 1];
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut moved = 0usize;
+    while moved < 60 {
+        let before = done.load(Ordering::Relaxed);
+        while done.load(Ordering::Relaxed) < before + u64::from(SENDERS) {
+            assert!(Instant::now() < deadline, "senders stalled at move {moved}");
+            std::thread::yield_now();
+        }
+        let to = path[moved % path.len()];
+        match nodes[0].migrate_to_node(&id, to) {
+            Ok(m) => {
+                assert_eq!(m.to_node, to);
+                assert_eq!(nodes[0].placement(&id).expect("placement").node, to);
+                moved += 1;
+            }
+            Err(MigrateError::NodeUnavailable { .. }) => {}
+            Err(e) => panic!("move {moved} to node {to}: {e}"),
+        }
+        assert!(Instant::now() < deadline, "moves did not finish");
+    }
+    stop.store(true, Ordering::Relaxed);
+    let sent: u64 = handles.into_iter().map(|h| h.join().expect("sender")).sum();
+    let (total, faults) = nodes[2]
+        .actor_ref::<Ledger>(key)
+        .ask_blocking(Seq { sender: 0, seq: 0 })
+        .expect("final ask");
+    assert_eq!(
+        (total, faults),
+        (sent, 0),
+        "exactly once, in order, state kept"
+    );
+    for n in nodes {
+        n.shutdown();
+    }
+}
