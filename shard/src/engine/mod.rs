@@ -93,7 +93,7 @@ pub enum StartError {
         /// What is wrong.
         reason: &'static str,
     },
-    /// A shard's thread or doorbell socket pair could not be created.
+    /// A shard's thread or doorbell (`eventfd`) could not be created.
     #[error("shard {shard} failed to start")]
     Shard {
         /// The shard.

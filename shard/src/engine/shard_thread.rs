@@ -3,7 +3,6 @@
 //! exchange, then runs its pump (`crate::shard::pump`) until the node stops.
 
 use std::net::TcpListener;
-use std::os::unix::net::UnixStream;
 use std::rc::Rc;
 use std::sync::{mpsc, Arc};
 
@@ -55,7 +54,7 @@ pub(super) fn shard_main(
     id: ShardId,
     core_id: usize,
     shared: Arc<NodeShared>,
-    bell_rx: UnixStream,
+    bell_rx: crate::rt::BellEnd,
     events: mpsc::Sender<ShardEvent>,
     producers_rx: mpsc::Receiver<Vec<Option<Producer<CrossMsg>>>>,
 ) {
@@ -171,7 +170,7 @@ fn build_runtime(
 fn register_doorbell(
     rt: &mut Runtime,
     id: ShardId,
-    bell_rx: UnixStream,
+    bell_rx: crate::rt::BellEnd,
     fault: Option<StartStep>,
 ) -> Result<BellReceiver, StartFailure> {
     let bell = rt.block_on(async {

@@ -3,7 +3,6 @@
 //! A failed start stops and joins every shard thread it started before it returns.
 
 use std::any::TypeId;
-use std::os::unix::net::UnixStream;
 use std::sync::{mpsc, Arc};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -171,7 +170,7 @@ fn shared_state(
     (types, type_index): TypeTable,
     registry: crate::net::Registry,
     n: usize,
-) -> Result<(Arc<NodeShared>, Vec<UnixStream>), StartError> {
+) -> Result<(Arc<NodeShared>, Vec<crate::rt::BellEnd>), StartError> {
     let mut handles = Vec::with_capacity(n);
     let mut bell_rx = Vec::with_capacity(n);
     for shard in 0..n {
@@ -204,7 +203,7 @@ type ProducersTx = mpsc::Sender<Vec<Option<Producer<CrossMsg>>>>;
 fn spawn_shards(
     shared: &Arc<NodeShared>,
     cores: &[usize],
-    bell_rx: Vec<UnixStream>,
+    bell_rx: Vec<crate::rt::BellEnd>,
     event_tx: mpsc::Sender<ShardEvent>,
 ) -> Result<(Vec<JoinHandle<()>>, Vec<ProducersTx>), StartError> {
     let n = cores.len();
