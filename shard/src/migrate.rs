@@ -646,6 +646,19 @@ pub(crate) fn request(
     key: ActorKey,
     to: ShardId,
 ) -> oneshot::Receiver<Result<Moved, MigrateError>> {
+    order(node, type_idx, key, move |core, key, timeout, tx| {
+        start(core, type_idx, key, to, timeout, tx)
+    })
+}
+
+/// Runs `run` (a move's start) on the home shard of `(type_idx, key)`, with the node's move
+/// deadline and the sender of the outcome; returns the outcome's receiver.
+fn order(
+    node: &Arc<NodeShared>,
+    type_idx: u16,
+    key: ActorKey,
+    run: impl FnOnce(&Rc<Shard>, ActorKey, Duration, MoveTx) + Send + 'static,
+) -> oneshot::Receiver<Result<Moved, MigrateError>> {
     let (tx, rx) = oneshot::channel();
     let id = ActorId {
         type_name: node.types[usize::from(type_idx)].name(),
@@ -655,10 +668,13 @@ pub(crate) fn request(
     let timeout = node.config.migration_timeout;
     node.inject(
         home,
-        CrossMsg::run_on(move |core| start(core, type_idx, id.key, to, timeout, tx)),
+        CrossMsg::run_on(move |core| run(core, id.key, timeout, tx)),
     );
     rx
 }
+
+/// Where a move's outcome goes.
+type MoveTx = oneshot::Sender<Result<Moved, MigrateError>>;
 
 /// Asks the home shard of `(type_idx, key)` where the actor lives.
 fn request_placement(
@@ -1459,18 +1475,9 @@ pub(crate) fn request_node(
     key: ActorKey,
     to_node: NodeId,
 ) -> oneshot::Receiver<Result<Moved, MigrateError>> {
-    let (tx, rx) = oneshot::channel();
-    let id = ActorId {
-        type_name: node.types[usize::from(type_idx)].name(),
-        key,
-    };
-    let home = shard_for(&id, node.shard_count());
-    let timeout = node.config.migration_timeout;
-    node.inject(
-        home,
-        CrossMsg::run_on(move |core| start_node(core, type_idx, id.key, to_node, timeout, tx)),
-    );
-    rx
+    order(node, type_idx, key, move |core, key, timeout, tx| {
+        start_node(core, type_idx, key, to_node, timeout, tx)
+    })
 }
 
 /// `Engine::migrate_to_node`: blocks until the move ended.
