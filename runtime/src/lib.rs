@@ -14,6 +14,7 @@ mod config;
 pub mod jobs;
 pub mod journal;
 mod node;
+#[cfg(feature = "otlp")]
 pub mod otlp;
 pub mod outbox;
 pub mod reminders;

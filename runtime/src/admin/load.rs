@@ -13,7 +13,6 @@ use quark_shard::{ShardStatsSnapshot, TurnDurations, ASK_LATENCY_BUCKETS};
 use serde::{Deserialize, Serialize};
 
 use super::Shared;
-use crate::otlp::OtlpStats;
 
 /// The JSON document `/quark/load` serves.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -114,7 +113,7 @@ pub struct PeerRttReport {
     pub rttvar_us: u32,
 }
 
-/// The OTLP exporter's counters (see [`OtlpStats`]).
+/// The OTLP exporter's counters (see `quark::otlp::OtlpStats`, `otlp` feature).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[non_exhaustive]
 pub struct OtlpReport {
@@ -151,7 +150,7 @@ pub fn quantile_us(h: &TurnDurations, q: f64) -> Option<u64> {
 /// The report for `snapshots` (`Err`: why there are none).
 pub(crate) fn report(
     snapshots: Result<&[ShardStatsSnapshot], String>,
-    otlp: Option<OtlpStats>,
+    otlp: Option<OtlpReport>,
     uptime_seconds: f64,
 ) -> LoadReport {
     let mut r = LoadReport {
@@ -165,12 +164,7 @@ pub(crate) fn report(
         shard_matrix: Vec::new(),
         to_nodes: Vec::new(),
         peer_rtt: Vec::new(),
-        otlp: otlp.map(|s| OtlpReport {
-            spans_queued: s.spans_queued,
-            spans_dropped_queue_full: s.spans_dropped_queue_full,
-            spans_exported: s.spans_exported,
-            spans_failed: s.spans_failed,
-        }),
+        otlp,
     };
     let live = match snapshots {
         Ok(l) => l,
@@ -262,7 +256,7 @@ pub(crate) fn serve(shared: &Shared) -> (u16, &'static str, Vec<u8>) {
         // Starting or stopped: no figures, and nothing wrong (as `/quark/shards`).
         None => Ok(Vec::new()),
     };
-    let otlp = shared.otlp.get().map(crate::otlp::OtlpStatsHandle::get);
+    let otlp = otlp_report(shared);
     let uptime = shared.started.elapsed().as_secs_f64();
     let r = report(snapshots.as_deref().map_err(Clone::clone), otlp, uptime);
     match serde_json::to_vec(&r) {
@@ -411,8 +405,26 @@ pub(crate) fn families(live: &[ShardStatsSnapshot]) -> Vec<MetricFamily> {
     .collect()
 }
 
+/// The OTLP exporter's counters, if the node started one.
+#[cfg(feature = "otlp")]
+pub(crate) fn otlp_report(shared: &Shared) -> Option<OtlpReport> {
+    let s = shared.otlp.get()?.get();
+    Some(OtlpReport {
+        spans_queued: s.spans_queued,
+        spans_dropped_queue_full: s.spans_dropped_queue_full,
+        spans_exported: s.spans_exported,
+        spans_failed: s.spans_failed,
+    })
+}
+
+/// Without the `otlp` feature there is never an exporter.
+#[cfg(not(feature = "otlp"))]
+pub(crate) fn otlp_report(_: &Shared) -> Option<OtlpReport> {
+    None
+}
+
 /// The OTLP exporter's families (exported whatever the shards' state).
-pub(crate) fn otlp_families(o: OtlpStats) -> Vec<MetricFamily> {
+pub(crate) fn otlp_families(o: OtlpReport) -> Vec<MetricFamily> {
     [
         ("quark_otlp_spans_queued_total", o.spans_queued),
         ("quark_otlp_spans_dropped_total", o.spans_dropped_queue_full),

@@ -817,9 +817,9 @@ pub(crate) fn render(shared: &Shared) -> Result<String, RenderError> {
         shared.started.elapsed().as_secs_f64(),
         &mut mono,
     )?;
-    if let Some(o) = shared.otlp.get() {
+    if let Some(o) = super::load::otlp_report(shared) {
         let mut out = Vec::new();
-        TextEncoder::new().encode(&super::load::otlp_families(o.get()), &mut out)?;
+        TextEncoder::new().encode(&super::load::otlp_families(o), &mut out)?;
         text.push_str(&String::from_utf8(out)?);
     }
     Ok(text)
