@@ -69,7 +69,7 @@ pub mod log {
 }
 pub use quark_shard::{
     CallEdge, LoadSnapshot, SpanKind, SpanRecord, SpanSink, SpanSinkHandle, SpanStatus, TopActor,
-    TurnDurations, TypeLoad, TOP_ACTORS_PER_SHARD, TOP_WINDOW, TURN_SAMPLE_EVERY,
+    TopMemoryActor, TurnDurations, TypeLoad, TOP_ACTORS_PER_SHARD, TOP_WINDOW, TURN_SAMPLE_EVERY,
 };
 pub use quark_shard::{NetConfig, NetStatsSnapshot, PeerRtt};
 pub use serve::{serve, ServeError, ServeOptions};

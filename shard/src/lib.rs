@@ -73,7 +73,7 @@ pub use net::{NetConfig, NetStatsSnapshot, PeerRtt};
 pub use quark_placement::{ActorId, ActorKey, ShardId};
 pub use scheduler::{JoinError, SpawnHandle};
 pub use stats::{
-    CallEdge, LoadSnapshot, TopActor, TurnDurations, TypeLoad, ASK_LATENCY_BUCKETS,
+    CallEdge, LoadSnapshot, TopActor, TopMemoryActor, TurnDurations, TypeLoad, ASK_LATENCY_BUCKETS,
     TOP_ACTORS_PER_SHARD, TOP_WINDOW, TURN_SAMPLE_EVERY,
 };
 pub use timers::TimerId;

@@ -364,6 +364,15 @@ impl<A: Actor> ErasedTable for TypeTable<A> {
         let mut best: std::collections::BinaryHeap<ByKey> =
             std::collections::BinaryHeap::with_capacity(want + 1);
         let stateless = self.info.spec.stateless_workers.is_some();
+        // The deep size of these activations, if the type has the hook and none is busy.
+        let deep_size = |acts: &mut dyn Iterator<Item = &Rc<Activation<A>>>| {
+            let hook = self.info.spec.memory_size.as_ref()?;
+            let mut sum = 0usize;
+            for a in acts {
+                sum = sum.saturating_add(hook(a.between_turns_state()?));
+            }
+            Some(sum)
+        };
         let mut consider = |key: &ActorKey, acts: &[Rc<Activation<A>>]| {
             if after.is_some_and(|a| key <= a)
                 || acts.iter().all(|a| a.is_gone())
@@ -385,6 +394,14 @@ impl<A: Actor> ErasedTable for TypeTable<A> {
                 return;
             }
             let workers = acts().count();
+            let shallow = std::mem::size_of::<A>() * workers;
+            let (state_bytes, state_bytes_deep) = match deep_size(&mut acts()) {
+                Some(b) => (b, true),
+                None => (shallow, false),
+            };
+            if q.state_bytes_at_least.is_some_and(|min| state_bytes < min) {
+                return;
+            }
             best.push(ByKey(ActorRow {
                 shard,
                 actor_type: A::TYPE_NAME,
@@ -393,7 +410,9 @@ impl<A: Actor> ErasedTable for TypeTable<A> {
                 mailbox_len: acts().map(|a| a.queue_len()).sum(),
                 stateless_worker: stateless,
                 workers,
-                state_bytes_shallow: std::mem::size_of::<A>() * workers,
+                state_bytes_shallow: shallow,
+                state_bytes,
+                state_bytes_deep,
             }));
             if best.len() > want {
                 best.pop();
@@ -447,4 +466,23 @@ impl Ord for ByKey {
     fn cmp(&self, other: &Self) -> std::cmp::Ordering {
         self.0.key.cmp(&other.0.key)
     }
+}
+
+/// The deep size of `act`'s state by its type's [`ActorType::memory_size`] hook, at the end of a
+/// sampled turn (`None`: the type has no hook). Called only by the runner of the turn that
+/// just ended, after its future was dropped or completed, so no other reference to the state
+/// is live.
+///
+/// [`ActorType::memory_size`]: crate::ActorType::memory_size
+#[cold]
+#[inline(never)]
+pub(crate) fn sampled_memory<A: Actor>(core: &Shard, act: &Activation<A>) -> Option<usize> {
+    let hook = core
+        .table::<A>(act.ctx.type_idx)
+        .info
+        .spec
+        .memory_size
+        .as_ref()?;
+    // SAFETY: per this function's contract (the turn's runner, its turn over).
+    Some(hook(unsafe { act.state_mut() }))
 }

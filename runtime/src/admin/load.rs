@@ -30,6 +30,10 @@ pub struct LoadReport {
     pub types: Vec<TypeReport>,
     /// The node's busiest actors over the last 10 to 20 s, most messages first (at most 20).
     pub top_actors: Vec<TopActorReport>,
+    /// The node's largest actors by deep size (types with an `ActorType::memory_size` hook
+    /// only), measured at their sampled turns in the last 10 to 20 s, largest first (at most
+    /// 20).
+    pub top_actors_by_memory: Vec<TopMemoryReport>,
     /// Messages between actor types (estimated from sampled turns), most first.
     pub edges: Vec<EdgeReport>,
     /// Estimated messages left out of `edges` because a shard's graph reached its bound.
@@ -75,6 +79,20 @@ pub struct TopActorReport {
     pub messages_est: u64,
     /// `messages_est` over the window's length.
     pub per_second_est: f64,
+}
+
+/// One of the largest actors (see [`LoadReport::top_actors_by_memory`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct TopMemoryReport {
+    /// `type/key`.
+    pub actor: String,
+    /// The shard that runs it.
+    pub shard: u16,
+    /// Its state's deep size (the type's `memory_size` hook) at its last sampled turn, bytes.
+    pub bytes: u64,
+    /// How long ago that turn ended, ms.
+    pub age_ms: u64,
 }
 
 /// An edge of the communication graph between actor types.
@@ -159,6 +177,7 @@ pub(crate) fn report(
         sample_every: quark_shard::TURN_SAMPLE_EVERY,
         types: Vec::new(),
         top_actors: Vec::new(),
+        top_actors_by_memory: Vec::new(),
         edges: Vec::new(),
         edges_dropped: 0,
         shard_matrix: Vec::new(),
@@ -193,6 +212,13 @@ pub(crate) fn report(
                 shard: s.shard,
                 messages_est: a.messages_est,
                 per_second_est: a.messages_est as f64 / secs,
+            }));
+        r.top_actors_by_memory
+            .extend(l.top_memory.iter().map(|a| TopMemoryReport {
+                actor: a.actor.to_string(),
+                shard: s.shard,
+                bytes: a.bytes as u64,
+                age_ms: a.age_ms,
             }));
         for e in &l.edges {
             *edges.entry((e.caller, e.callee)).or_default() += e.messages_est;
@@ -232,6 +258,9 @@ pub(crate) fn report(
             .then(a.actor.cmp(&b.actor))
     });
     r.top_actors.truncate(TOP_ACTORS_NODE);
+    r.top_actors_by_memory
+        .sort_by(|a, b| b.bytes.cmp(&a.bytes).then(a.actor.cmp(&b.actor)));
+    r.top_actors_by_memory.truncate(TOP_ACTORS_NODE);
     r.edges = edges
         .into_iter()
         .map(|((caller, callee), messages_est)| EdgeReport {
@@ -274,6 +303,7 @@ pub const LOAD_METRICS: &[(&str, MetricType, &str)] = &[
     ("quark_messages_handled_total", MetricType::COUNTER, "Turns run (messages and timer ticks handled), by shard and actor type. Exact. Unit: messages."),
     ("quark_turn_duration_seconds", MetricType::HISTOGRAM, "Duration of sampled turns (one in 64 of each type and shard), from the message's hand-over to the handler's return, awaits included, by shard and actor type. Unit: seconds."),
     ("quark_top_actor_messages", MetricType::GAUGE, "Estimated messages handled in the last 10 to 20 s by each of the shard's busiest actors (at most 10 per shard; from sampled turns). Unit: messages."),
+    ("quark_top_actor_memory_bytes", MetricType::GAUGE, "Deep size of each of the shard's largest actors (at most 10 per shard; types with an ActorType::memory_size hook only), measured at the end of its last sampled turn in the last 10 to 20 s. Unit: bytes."),
     ("quark_call_graph_messages_total", MetricType::COUNTER, "Estimated messages sent by actors of caller_type to actors of callee_type (from sampled turns), by shard. Unit: messages."),
     ("quark_shard_requests_sent_total", MetricType::COUNTER, "Requests (asks and tells) sent through the rings to another shard of the node, by sending shard and to_shard. Exact. Unit: requests."),
     ("quark_node_requests_sent_total", MetricType::COUNTER, "Requests sent to another node, by sending shard and to_node. Exact. Unit: requests."),
@@ -327,6 +357,7 @@ fn gauge(labels: Vec<LabelPair>, v: f64) -> Metric {
 /// The load families for `/metrics` (counters come from the shards' own monotonic counters).
 pub(crate) fn families(live: &[ShardStatsSnapshot]) -> Vec<MetricFamily> {
     let (mut handled, mut durations, mut top, mut graph) = (vec![], vec![], vec![], vec![]);
+    let mut top_memory = vec![];
     let (mut to_shard, mut to_node, mut rtt, mut rttvar) = (vec![], vec![], vec![], vec![]);
     for s in live {
         let shard = s.shard.to_string();
@@ -358,6 +389,12 @@ pub(crate) fn families(live: &[ShardStatsSnapshot]) -> Vec<MetricFamily> {
             top.push(gauge(
                 vec![label("actor", a.actor.to_string()), label("shard", &*shard)],
                 a.messages_est as f64,
+            ));
+        }
+        for a in &l.top_memory {
+            top_memory.push(gauge(
+                vec![label("actor", a.actor.to_string()), label("shard", &*shard)],
+                a.bytes as f64,
             ));
         }
         for e in &l.edges {
@@ -394,6 +431,7 @@ pub(crate) fn families(live: &[ShardStatsSnapshot]) -> Vec<MetricFamily> {
         ("quark_messages_handled_total", handled),
         ("quark_turn_duration_seconds", durations),
         ("quark_top_actor_messages", top),
+        ("quark_top_actor_memory_bytes", top_memory),
         ("quark_call_graph_messages_total", graph),
         ("quark_shard_requests_sent_total", to_shard),
         ("quark_node_requests_sent_total", to_node),

@@ -204,6 +204,10 @@ pub struct ActorQuery {
     pub shard: Option<ShardId>,
     /// Only activations idle for at least this long (see [`ActorRow::idle`]).
     pub idle_at_least: Option<Duration>,
+    /// Only rows whose [`ActorRow::state_bytes`] is at least this (the deep size for a type
+    /// with an [`ActorType::memory_size`](crate::ActorType::memory_size) hook, else the
+    /// shallow size).
+    pub state_bytes_at_least: Option<usize>,
     /// At most this many rows (1 ..= [`ACTOR_QUERY_LIMIT_MAX`]).
     pub limit: usize,
     /// Continue after this row (the `next` of the previous page).
@@ -222,6 +226,7 @@ impl Default for ActorQuery {
             key_prefix: None,
             shard: None,
             idle_at_least: None,
+            state_bytes_at_least: None,
             limit: ACTOR_QUERY_LIMIT_DEFAULT,
             after: None,
         }
@@ -251,6 +256,14 @@ pub struct ActorRow {
     /// `size_of` of the actor's state times `workers`: the *shallow* size, which leaves out
     /// everything the state owns on the heap (vectors, maps, strings, boxes).
     pub state_bytes_shallow: usize,
+    /// The state's size in bytes: the *deep* size the type's
+    /// [`ActorType::memory_size`](crate::ActorType::memory_size) hook gives (summed over the
+    /// workers) when `state_bytes_deep`, else `state_bytes_shallow`. The hook is called when
+    /// the query is answered, on activations between turns; a busy one (a turn running or
+    /// suspended) is shown by its shallow size, with `state_bytes_deep` false.
+    pub state_bytes: usize,
+    /// Whether `state_bytes` is the deep size (the hook's).
+    pub state_bytes_deep: bool,
 }
 
 impl ActorRow {
