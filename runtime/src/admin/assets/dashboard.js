@@ -239,6 +239,16 @@ function renderLoad(ld, peers) {
     return tr;
   }));
   $("top-none").hidden = ld.top_actors.length > 0 || !!ld.error;
+  const byMemory = ld.top_actors_by_memory || [];
+  fill(document.querySelector("#top-memory tbody"), byMemory.map((a) => {
+    const tr = document.createElement("tr");
+    cell(tr, a.actor, { class: "actor" });
+    cell(tr, a.shard);
+    cell(tr, fmt(a.bytes), { class: "top-bytes" });
+    cell(tr, `${fmt(a.age_ms / 1000)} s ago`);
+    return tr;
+  }));
+  $("top-memory-none").hidden = byMemory.length > 0 || !!ld.error;
   const wasEdge = new Map((prevLoad ? prevLoad.edges : []).map((e) => [`${e.caller}>${e.callee}`, e.messages_est]));
   fill(document.querySelector("#call-edges tbody"), ld.edges.map((e) => {
     const tr = document.createElement("tr");
