@@ -39,7 +39,7 @@ pub use quark_shard::{
     allowed_cores, block_on, sleep, Actor, ActorId, ActorKey, ActorRef, ActorType, CallError,
     Context, EngineConfig, EngineHandle, ErrorChain, Handler, IoDriver, JoinError, LinkDown,
     LoadError, LoadFuture, Message, Pinning, ShardId, ShardInfo, ShardSpec, ShardStatsSnapshot,
-    ShutdownReport, SpawnHandle, StartError, StatsError, Tell, TimerId,
+    ShutdownReport, SpawnHandle, StartError, StatsError, Tell, TimerId, TypeStateBytes,
 };
 /// Trace contexts (W3C `traceparent`) that follow a request across shards and nodes; see the
 /// "Tracing" section of `docs/OPERATIONS.md`.

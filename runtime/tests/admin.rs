@@ -146,6 +146,8 @@ fn metrics_exposition_passes_promtool_and_is_documented() {
         "quark_node_requests_sent_total{shard=\"0\",to_node=\"2\"}",
         "quark_net_rtt_seconds{peer=\"2\",shard=\"0\"}",
         "# TYPE quark_top_actor_memory_bytes gauge",
+        "quark_actor_state_bytes{actor_type=\"blob\",shard=\"",
+        "quark_process_resident_bytes ",
     ] {
         assert!(text.contains(needle), "missing {needle:?} in\n{text}");
     }
@@ -293,7 +295,9 @@ fn status_reports_what_node_stats_reports() {
     let dir = tempfile::tempdir().unwrap();
     let nodes = two_nodes(dir.path());
     let addr = nodes[0].admin_addr().unwrap();
+    let rss_before = statm_rss();
     let status: Status = fetch_status(addr, T).unwrap();
+    let rss_after = statm_rss();
     let stats = nodes[0].stats().unwrap();
     assert_eq!(status.node_id, Some(1));
     assert_eq!(status.version, env!("CARGO_PKG_VERSION"));
@@ -322,7 +326,39 @@ fn status_reports_what_node_stats_reports() {
         assert_eq!(st.panics, s.panics);
         assert_eq!(st.log_next_lsn, s.log_next_lsn);
         assert_eq!(st.links_up, s.net.as_ref().map(|n| n.links_up));
+        // Memory: the known state sizes the shard reports, summed.
+        let bytes: u64 = s.state_bytes_per_type.iter().map(|t| t.bytes).sum();
+        assert_eq!(st.state_bytes, bytes);
+        assert_eq!(
+            st.state_bytes_deep,
+            s.state_bytes_per_type.iter().map(|t| t.deep).sum::<u64>()
+        );
     }
+    // The blob (the one type with a hook) counts its deep size, on its shard only; the
+    // counters their shallow size each.
+    let blob: Vec<_> = stats
+        .iter()
+        .flat_map(|s| &s.state_bytes_per_type)
+        .filter(|t| t.type_name == "blob" && t.deep > 0)
+        .collect();
+    assert_eq!(blob.len(), 1, "{stats:?}");
+    assert_eq!((blob[0].bytes, blob[0].deep), (BLOB_BYTES as u64, 1));
+    for s in &stats {
+        let counter = s
+            .state_bytes_per_type
+            .iter()
+            .find(|t| t.type_name == "counter")
+            .unwrap();
+        let live = s.live_per_type.iter().find(|t| t.0 == "counter").unwrap().1;
+        assert_eq!(
+            (counter.bytes, counter.deep),
+            (live * std::mem::size_of::<Counter>() as u64, 0)
+        );
+    }
+    // The process RSS (this test's own process), between two readings of /proc/self/statm.
+    let rss = status.rss_bytes.expect("an RSS on Linux");
+    let (lo, hi) = (rss_before.min(rss_after), rss_before.max(rss_after));
+    assert!(rss >= lo / 2 && rss <= hi * 2, "{lo} .. {hi}: {rss}");
     assert!(
         status
             .shards
@@ -337,6 +373,13 @@ fn status_reports_what_node_stats_reports() {
     for n in nodes {
         n.shutdown();
     }
+}
+
+/// This process's resident set size, bytes (`/proc/self/statm`'s second field, in pages).
+fn statm_rss() -> u64 {
+    let text = std::fs::read_to_string("/proc/self/statm").unwrap();
+    let pages: u64 = text.split_whitespace().nth(1).unwrap().parse().unwrap();
+    pages * 4096
 }
 
 /// Blocks its shard thread until the test says so (to hold a drain open).

@@ -254,6 +254,16 @@ fn dashboard_shows_the_nodes_live_figures_in_headless_chromium() {
     let per_shard: Vec<f64> = shards.iter().map(|r| number(&r[3])).collect();
     let want: Vec<f64> = stats.iter().map(|s| s.live_activations as f64).collect();
     assert_eq!(per_shard, want, "live activations per shard");
+    // Memory per shard: the known state sizes the node reports (no activation is created or
+    // resized while the page is open), and the process RSS.
+    let bytes: Vec<f64> = shards.iter().map(|r| number(r.last().unwrap())).collect();
+    let want: Vec<f64> = stats
+        .iter()
+        .map(|s| s.state_bytes_per_type.iter().map(|t| t.bytes).sum::<u64>() as f64)
+        .collect();
+    assert_eq!(bytes, want, "state bytes per shard");
+    assert!(want.iter().sum::<f64>() >= RELAY_BYTES as f64, "{want:?}");
+    assert!(number(text_of(&dom, "rss-mib")) > 1.0, "{dom}");
     // Live: the total shown was read while the page was open (after `before`, before
     // `after`), and traffic kept it moving between polls.
     let after = msgs_in(&node);

@@ -63,7 +63,7 @@ pub use engine::{
     current_shard_log, ActorCursor, ActorPage, ActorQuery, ActorQueryError, ActorRow, AskLatency,
     CursorError, Engine, EngineBuilder, EngineConfig, EngineHandle, IoDriver, MessageCounts,
     Pinning, ShardInfo, ShardSpec, ShardStatsSnapshot, ShutdownReport, StartError, StatsError,
-    ACTOR_QUERY_LIMIT_DEFAULT, ACTOR_QUERY_LIMIT_MAX,
+    TypeStateBytes, ACTOR_QUERY_LIMIT_DEFAULT, ACTOR_QUERY_LIMIT_MAX,
 };
 #[doc(hidden)]
 pub use engine::{StartFault, StartStep};

@@ -69,6 +69,8 @@ pub(crate) trait ErasedTable {
     fn name(&self) -> &'static str;
     /// Messages queued in the activations' mailboxes: `(total, longest)`.
     fn mailbox_depth(&self) -> (usize, usize);
+    /// The known size of this type's states ([`crate::engine::TypeStateBytes`]).
+    fn state_bytes(&self) -> crate::engine::TypeStateBytes;
     /// Drops every activation now, failing queued calls with `ShuttingDown`.
     fn abort_all(&self, core: &Shard);
     /// The (at most `want`) rows with the smallest keys that match `q`'s key and idle filters
@@ -128,6 +130,12 @@ impl ActorTables {
     /// Live activations per type, in registration order (for the stats snapshot).
     pub(crate) fn live_per_type(&self) -> Vec<(&'static str, u64)> {
         self.0.iter().map(|t| (t.name(), t.len() as u64)).collect()
+    }
+
+    /// The known size of the states per type, in registration order (walks the tables and
+    /// calls the `memory_size` hooks: for the stats snapshot, not for the hot path).
+    pub(crate) fn state_bytes_per_type(&self) -> Vec<crate::engine::TypeStateBytes> {
+        self.0.iter().map(|t| t.state_bytes()).collect()
     }
 
     /// Messages queued in every mailbox of the shard: `(total, longest)` (walks the tables:
@@ -347,6 +355,31 @@ impl<A: Actor> ErasedTable for TypeTable<A> {
             .chain(workers.values().flatten())
             .map(|a| a.queue_len())
             .fold((0, 0), |(total, max), n| (total + n, max.max(n)))
+    }
+
+    fn state_bytes(&self) -> crate::engine::TypeStateBytes {
+        let actors = self.actors.borrow();
+        let workers = self.workers.borrow();
+        let shallow = std::mem::size_of::<A>() as u64;
+        let hook = self.info.spec.memory_size.as_ref();
+        let (mut bytes, mut deep) = (0u64, 0u64);
+        for a in actors.values().chain(workers.values().flatten()) {
+            if a.is_gone() {
+                continue;
+            }
+            match hook.and_then(|h| a.between_turns_state().map(h)) {
+                Some(b) => {
+                    bytes = bytes.saturating_add(b as u64);
+                    deep += 1;
+                }
+                None => bytes = bytes.saturating_add(shallow),
+            }
+        }
+        crate::engine::TypeStateBytes {
+            type_name: A::TYPE_NAME,
+            bytes,
+            deep,
+        }
     }
 
     fn rows(

@@ -51,6 +51,22 @@ pub enum IoDriver {
     Epoll,
 }
 
+/// The known size of one actor type's states on one shard
+/// ([`ShardStatsSnapshot::state_bytes_per_type`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TypeStateBytes {
+    /// The type name.
+    pub type_name: &'static str,
+    /// Bytes: the deep size (the type's
+    /// [`ActorType::memory_size`](crate::ActorType::memory_size) hook) of each activation
+    /// between turns, and `size_of` the type (the shallow size) for the others and for every
+    /// activation of a type without the hook.
+    pub bytes: u64,
+    /// Activations measured by the hook (the rest of the type's live activations count
+    /// their shallow size).
+    pub deep: u64,
+}
+
 /// A snapshot of one shard's counters.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ShardStatsSnapshot {
@@ -115,6 +131,10 @@ pub struct ShardStatsSnapshot {
     pub ask_latency_remote: AskLatency,
     /// Live activations per actor type (registered types, in registration order).
     pub live_per_type: Vec<(&'static str, u64)>,
+    /// The known size of the states of this shard's activations, per actor type (registered
+    /// types, in registration order); their sum is the shard's actor memory as far as it is
+    /// known (the process RSS cannot be split by shard).
+    pub state_bytes_per_type: Vec<TypeStateBytes>,
     /// Messages queued in the mailboxes of this shard's activations now.
     pub mailbox_depth: u64,
     /// The longest mailbox of this shard now.
