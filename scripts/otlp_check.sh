@@ -13,7 +13,7 @@ trap 'rm -rf "$work"' EXIT
 python3 -m venv "$work/venv"
 "$work/venv/bin/pip" install --quiet opentelemetry-proto
 mkdir "$work/dump"
-QUARK_OTLP_DUMP_DIR="$work/dump" cargo test -p quark --test otlp \
+QUARK_OTLP_DUMP_DIR="$work/dump" cargo test -p quark --features otlp --test otlp \
     the_spans_of_a_call_chain_across_two_nodes_are_exported_as_one_tree -- --exact
 "$work/venv/bin/python" - "$work/dump" <<'PY'
 import collections, pathlib, sys

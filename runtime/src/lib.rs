@@ -14,6 +14,7 @@ mod config;
 pub mod jobs;
 pub mod journal;
 mod node;
+#[cfg(feature = "otlp")]
 pub mod otlp;
 pub mod outbox;
 pub mod reminders;
@@ -38,7 +39,7 @@ pub use quark_shard::{
     allowed_cores, block_on, sleep, Actor, ActorId, ActorKey, ActorRef, ActorType, CallError,
     Context, EngineConfig, EngineHandle, ErrorChain, Handler, IoDriver, JoinError, LinkDown,
     LoadError, LoadFuture, Message, Pinning, ShardId, ShardInfo, ShardSpec, ShardStatsSnapshot,
-    ShutdownReport, SpawnHandle, StartError, StatsError, Tell, TimerId,
+    ShutdownReport, SpawnHandle, StartError, StatsError, Tell, TimerId, TypeStateBytes,
 };
 /// Trace contexts (W3C `traceparent`) that follow a request across shards and nodes; see the
 /// "Tracing" section of `docs/OPERATIONS.md`.
@@ -68,7 +69,7 @@ pub mod log {
 }
 pub use quark_shard::{
     CallEdge, LoadSnapshot, SpanKind, SpanRecord, SpanSink, SpanSinkHandle, SpanStatus, TopActor,
-    TurnDurations, TypeLoad, TOP_ACTORS_PER_SHARD, TOP_WINDOW, TURN_SAMPLE_EVERY,
+    TopMemoryActor, TurnDurations, TypeLoad, TOP_ACTORS_PER_SHARD, TOP_WINDOW, TURN_SAMPLE_EVERY,
 };
 pub use quark_shard::{NetConfig, NetStatsSnapshot, PeerRtt};
 pub use serve::{serve, ServeError, ServeOptions};

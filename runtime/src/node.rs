@@ -72,6 +72,7 @@ pub enum NodeError {
     #[error(transparent)]
     Outbox(#[from] crate::outbox::OutboxConfigError),
     /// The OTLP trace exporter (`[observability]`) could not start.
+    #[cfg(feature = "otlp")]
     #[error(transparent)]
     Otlp(#[from] crate::otlp::OtlpStartError),
     /// `max_local_workers` is set for a type that is not a stateless worker.
@@ -370,6 +371,7 @@ impl NodeBuilder {
             }
         }
         // The exporter starts before the shards, which take its sink.
+        #[cfg(feature = "otlp")]
         let otlp = match &self.config.observability.otlp {
             Some(c) => {
                 let e = crate::otlp::OtlpExporter::start(c.clone())?;
@@ -378,6 +380,7 @@ impl NodeBuilder {
             }
             None => None,
         };
+        #[cfg(feature = "otlp")]
         if let (Some(a), Some(o)) = (&admin, &otlp) {
             a.set_otlp(o.stats_handle());
         }
@@ -441,6 +444,7 @@ impl NodeBuilder {
         }
         Ok(Node {
             admin,
+            #[cfg(feature = "otlp")]
             otlp,
             engine: slot,
             handle,
@@ -480,6 +484,7 @@ pub struct Node {
     admin: Option<AdminServer>,
     /// The OTLP exporter (`[observability] otlp_endpoint`); stopped after the engine, so
     /// that the spans of the drain are sent.
+    #[cfg(feature = "otlp")]
     otlp: Option<crate::otlp::OtlpExporter>,
     /// The engine, shared with the admin endpoint's scrapes; `Some` until shutdown.
     engine: EngineSlot,
@@ -524,6 +529,8 @@ impl Node {
     }
 
     /// The OTLP trace exporter's counters (`None`: no `[observability] otlp_endpoint`).
+    /// Only with the `otlp` feature.
+    #[cfg(feature = "otlp")]
     pub fn otlp_stats(&self) -> Option<crate::otlp::OtlpStats> {
         self.otlp.as_ref().map(crate::otlp::OtlpExporter::stats)
     }
@@ -720,6 +727,7 @@ impl Node {
         if let Some(a) = self.admin {
             a.stop();
         }
+        #[cfg(feature = "otlp")]
         if let Some(o) = self.otlp {
             o.stop();
         }

@@ -23,6 +23,22 @@ use quark::{
 
 const T: Duration = Duration::from_secs(5);
 
+/// A state with a deep size (`ActorType::memory_size`): the bytes it holds.
+struct Blob(Vec<u8>);
+impl Actor for Blob {
+    const TYPE_NAME: &'static str = "blob";
+}
+struct Fill(usize);
+impl Message for Fill {
+    type Reply = ();
+}
+impl Handler<Fill> for Blob {
+    async fn handle(&mut self, m: Fill, _: &quark::Context<Self>) {
+        self.0 = vec![0; m.0];
+    }
+}
+const BLOB_BYTES: usize = 4096;
+
 fn eventually<V>(what: &str, within: Duration, mut f: impl FnMut() -> Option<V>) -> V {
     let end = Instant::now() + within;
     loop {
@@ -65,10 +81,20 @@ fn two_nodes(dir: &std::path::Path) -> Vec<Node> {
             );
             let config = NodeConfig::from_toml(&text, "admin.toml").unwrap();
             quark::builtin::register_builtin(Node::builder().config(config))
+                .register(
+                    // Local to the sender (a stateless worker): node 1's own figures.
+                    ActorType::new(|_| Blob(Vec::new()))
+                        .stateless(1)
+                        .memory_size(|b: &Blob| b.0.capacity()),
+                )
                 .start()
                 .unwrap()
         })
         .collect();
+    // One sampled turn (one in 64) of blob 7, which then holds BLOB_BYTES.
+    for _ in 0..quark::TURN_SAMPLE_EVERY {
+        quark::block_on(nodes[0].actor_ref::<Blob>(7u64).ask(Fill(BLOB_BYTES))).unwrap();
+    }
     for key in 0..16u64 {
         eventually("an ask across nodes", Duration::from_secs(10), || {
             quark::block_on(nodes[0].actor_ref::<Counter>(key).ask(Add(1))).ok()
@@ -119,9 +145,29 @@ fn metrics_exposition_passes_promtool_and_is_documented() {
         "quark_turn_duration_seconds_bucket{actor_type=\"counter\",shard=\"0\",le=",
         "quark_node_requests_sent_total{shard=\"0\",to_node=\"2\"}",
         "quark_net_rtt_seconds{peer=\"2\",shard=\"0\"}",
+        "# TYPE quark_top_actor_memory_bytes gauge",
+        "quark_actor_state_bytes{actor_type=\"blob\",shard=\"",
+        "quark_process_resident_bytes ",
     ] {
         assert!(text.contains(needle), "missing {needle:?} in\n{text}");
     }
+    // The largest actor by deep size, as Node::stats reports it.
+    let top: Vec<String> = nodes[0]
+        .stats()
+        .unwrap()
+        .iter()
+        .flat_map(|s| {
+            s.load.top_memory.iter().map(move |t| {
+                format!(
+                    "quark_top_actor_memory_bytes{{actor=\"{}\",shard=\"{}\"}} {}",
+                    t.actor, s.shard, t.bytes
+                )
+            })
+        })
+        .collect();
+    assert_eq!(top.len(), 1, "{top:?}");
+    assert!(top[0].ends_with(&format!(" {BLOB_BYTES}")), "{top:?}");
+    assert!(text.contains(&top[0]), "missing {:?} in\n{text}", top[0]);
     // The node's own figure: live activations summed over shards equals Node::stats().
     let live: u64 = nodes[0]
         .stats()
@@ -226,6 +272,18 @@ fn load_report_matches_node_stats_and_measures_the_peers_rtt() {
     for p in rtt {
         assert!(p.rtt_us > 0 && p.rtt_us < 1_000_000, "{p:?}");
     }
+    // The largest actors by deep size: blob 7, on the shard Node::stats reports it on.
+    let shard = stats
+        .iter()
+        .find(|s| !s.load.top_memory.is_empty())
+        .expect("a shard with the blob")
+        .shard;
+    let by_memory: Vec<_> = r
+        .top_actors_by_memory
+        .iter()
+        .map(|a| (a.actor.as_str(), a.shard, a.bytes))
+        .collect();
+    assert_eq!(by_memory, vec![("blob/7", shard, BLOB_BYTES as u64)]);
     assert_eq!(r.otlp, None, "no exporter configured");
     for n in nodes {
         n.shutdown();
@@ -237,7 +295,9 @@ fn status_reports_what_node_stats_reports() {
     let dir = tempfile::tempdir().unwrap();
     let nodes = two_nodes(dir.path());
     let addr = nodes[0].admin_addr().unwrap();
+    let rss_before = statm_rss();
     let status: Status = fetch_status(addr, T).unwrap();
+    let rss_after = statm_rss();
     let stats = nodes[0].stats().unwrap();
     assert_eq!(status.node_id, Some(1));
     assert_eq!(status.version, env!("CARGO_PKG_VERSION"));
@@ -266,7 +326,39 @@ fn status_reports_what_node_stats_reports() {
         assert_eq!(st.panics, s.panics);
         assert_eq!(st.log_next_lsn, s.log_next_lsn);
         assert_eq!(st.links_up, s.net.as_ref().map(|n| n.links_up));
+        // Memory: the known state sizes the shard reports, summed.
+        let bytes: u64 = s.state_bytes_per_type.iter().map(|t| t.bytes).sum();
+        assert_eq!(st.state_bytes, bytes);
+        assert_eq!(
+            st.state_bytes_deep,
+            s.state_bytes_per_type.iter().map(|t| t.deep).sum::<u64>()
+        );
     }
+    // The blob (the one type with a hook) counts its deep size, on its shard only; the
+    // counters their shallow size each.
+    let blob: Vec<_> = stats
+        .iter()
+        .flat_map(|s| &s.state_bytes_per_type)
+        .filter(|t| t.type_name == "blob" && t.deep > 0)
+        .collect();
+    assert_eq!(blob.len(), 1, "{stats:?}");
+    assert_eq!((blob[0].bytes, blob[0].deep), (BLOB_BYTES as u64, 1));
+    for s in &stats {
+        let counter = s
+            .state_bytes_per_type
+            .iter()
+            .find(|t| t.type_name == "counter")
+            .unwrap();
+        let live = s.live_per_type.iter().find(|t| t.0 == "counter").unwrap().1;
+        assert_eq!(
+            (counter.bytes, counter.deep),
+            (live * std::mem::size_of::<Counter>() as u64, 0)
+        );
+    }
+    // The process RSS (this test's own process), between two readings of /proc/self/statm.
+    let rss = status.rss_bytes.expect("an RSS on Linux");
+    let (lo, hi) = (rss_before.min(rss_after), rss_before.max(rss_after));
+    assert!(rss >= lo / 2 && rss <= hi * 2, "{lo} .. {hi}: {rss}");
     assert!(
         status
             .shards
@@ -281,6 +373,13 @@ fn status_reports_what_node_stats_reports() {
     for n in nodes {
         n.shutdown();
     }
+}
+
+/// This process's resident set size, bytes (`/proc/self/statm`'s second field, in pages).
+fn statm_rss() -> u64 {
+    let text = std::fs::read_to_string("/proc/self/statm").unwrap();
+    let pages: u64 = text.split_whitespace().nth(1).unwrap().parse().unwrap();
+    pages * 4096
 }
 
 /// Blocks its shard thread until the test says so (to hold a drain open).

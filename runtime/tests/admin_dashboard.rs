@@ -3,7 +3,7 @@
 //! `/quark/status`, `/quark/shards` and `/quark/load`) and dumps the DOM; the test checks the
 //! DOM shows the node's real figures (its live activations, one row per shard, the jobs it
 //! completed, live message rates, turns handled per type, the top actors, the call graph's
-//! relay -> counter edge), and saves a screenshot.
+//! relay -> counter edge, the top actors by memory), and saves a screenshot.
 //!
 //! Needs Chromium (`scripts/chromium.sh` installs Debian's package; `scripts/test` runs it).
 //! Without it the test prints why and passes, except under `CI=true`, where it fails.
@@ -28,6 +28,8 @@ const CHROMIUM_DEADLINE: Duration = Duration::from_secs(60);
 const KEYS: u64 = 24;
 const JOBS: u64 = 5;
 const TALLIES: u64 = 4;
+/// The relay's deep size, as its `memory_size` hook reports it.
+const RELAY_BYTES: usize = 12_345;
 
 /// Asks counter `key` to add one: the edge relay -> counter of the communication graph.
 struct Relay;
@@ -168,7 +170,7 @@ fn dashboard_shows_the_nodes_live_figures_in_headless_chromium() {
         )
         .register_journaled::<Tally>(JournalPolicy::snapshot_every(4))
         .register_projection::<Sums>(ProjectionConfig::default())
-        .register(ActorType::new(|_| Relay))
+        .register(ActorType::new(|_| Relay).memory_size(|_: &Relay| RELAY_BYTES))
         .start()
         .unwrap();
     let node = Arc::new(node);
@@ -252,6 +254,16 @@ fn dashboard_shows_the_nodes_live_figures_in_headless_chromium() {
     let per_shard: Vec<f64> = shards.iter().map(|r| number(&r[3])).collect();
     let want: Vec<f64> = stats.iter().map(|s| s.live_activations as f64).collect();
     assert_eq!(per_shard, want, "live activations per shard");
+    // Memory per shard: the known state sizes the node reports (no activation is created or
+    // resized while the page is open), and the process RSS.
+    let bytes: Vec<f64> = shards.iter().map(|r| number(r.last().unwrap())).collect();
+    let want: Vec<f64> = stats
+        .iter()
+        .map(|s| s.state_bytes_per_type.iter().map(|t| t.bytes).sum::<u64>() as f64)
+        .collect();
+    assert_eq!(bytes, want, "state bytes per shard");
+    assert!(want.iter().sum::<f64>() >= RELAY_BYTES as f64, "{want:?}");
+    assert!(number(text_of(&dom, "rss-mib")) > 1.0, "{dom}");
     // Live: the total shown was read while the page was open (after `before`, before
     // `after`), and traffic kept it moving between polls.
     let after = msgs_in(&node);
@@ -322,6 +334,18 @@ fn dashboard_shows_the_nodes_live_figures_in_headless_chromium() {
         );
         assert!(number(&r[2]) >= quark::TURN_SAMPLE_EVERY as f64, "{r:?}");
     }
+    // Top actors by memory: the relay (the only type with a hook), with the deep size the
+    // node reports through its API.
+    let reported: Vec<(String, usize)> = stats
+        .iter()
+        .flat_map(|s| &s.load.top_memory)
+        .map(|t| (t.actor.to_string(), t.bytes))
+        .collect();
+    assert_eq!(reported, vec![("relay/0".to_owned(), RELAY_BYTES)]);
+    let by_memory = rows_of(&dom, "top-memory");
+    assert_eq!(by_memory.len(), 1, "{}", tbody_of(&dom, "top-memory"));
+    assert_eq!(by_memory[0][0], "relay/0");
+    assert_eq!(number(&by_memory[0][2]), RELAY_BYTES as f64);
     // The communication graph: relay -> counter, two sampled turns of one ask each.
     let edges = rows_of(&dom, "call-edges");
     assert!(

@@ -538,6 +538,7 @@ fn the_file_wins_over_the_journal_policy_given_in_code_whatever_the_call_order()
     node.shutdown();
 }
 
+#[cfg(feature = "otlp")] // the exporter's keys; without the feature see tests/otlp_feature.rs
 #[test]
 fn the_observability_section_sets_the_otlp_exporter_and_checks_its_keys() {
     let c = NodeConfig::from_toml(

@@ -43,7 +43,12 @@ pub struct ActorType<A: Actor> {
     pub(crate) stateless_workers: Option<usize>,
     /// How the state moves between shards (`movable`/`migratable`, in `migrate`).
     pub(crate) migration: Option<crate::migrate::Mover<A>>,
+    /// The deep size of a state (`memory_size`), if the type has the hook.
+    pub(crate) memory_size: Option<MemorySize<A>>,
 }
+
+/// An [`ActorType::memory_size`] hook.
+pub(crate) type MemorySize<A> = Box<dyn Fn(&A) -> usize + Send + Sync>;
 
 impl<A: Actor> ActorType<A> {
     /// An actor type whose activations are built by `factory` (called on the owning shard's
@@ -54,6 +59,7 @@ impl<A: Actor> ActorType<A> {
             idle_timeout: None,
             stateless_workers: None,
             migration: None,
+            memory_size: None,
         }
     }
 
@@ -72,6 +78,7 @@ impl<A: Actor> ActorType<A> {
             idle_timeout: None,
             stateless_workers: None,
             migration: None,
+            memory_size: None,
         }
     }
 
@@ -88,6 +95,18 @@ impl<A: Actor> ActorType<A> {
     /// one while under the limit, else the one with the shortest queue. Never migrated.
     pub fn stateless(mut self, max_local_workers: usize) -> Self {
         self.stateless_workers = Some(max_local_workers.max(1));
+        self
+    }
+
+    /// Gives the type a *deep size*: `size(&state)` returns the bytes the state owns,
+    /// heap included (vectors, maps, strings), as the user counts them. The engine calls it
+    /// only at the end of a *sampled* turn (one in 64 of the type on each shard) to rank the
+    /// shard's largest actors (`LoadSnapshot::top_memory`, `/quark/load`, `/metrics`), and on
+    /// idle activations when an actor query is answered (`ActorRow::state_bytes`); a type
+    /// without the hook costs nothing and is shown by its shallow size (`size_of`). Keep it
+    /// cheap (it runs on the shard's thread) and free of panics.
+    pub fn memory_size(mut self, size: impl Fn(&A) -> usize + Send + Sync + 'static) -> Self {
+        self.memory_size = Some(Box::new(size));
         self
     }
 
@@ -596,6 +615,17 @@ impl<A: Actor> Activation<A> {
             .then(|| now.saturating_duration_since(self.last_active.get()))
     }
 
+    /// The state, if the activation is between turns (`Idle`: built, no turn running or
+    /// suspended); for reading it from the shard's thread (actor queries).
+    pub(crate) fn between_turns_state(&self) -> Option<&A> {
+        if self.life.get() != Life::Idle {
+            return None;
+        }
+        // SAFETY: `Idle` means no turn (direct or not) holds the state, and none can start
+        // while the caller, on the shard's thread, holds this borrow.
+        unsafe { (*self.state.get()).as_ref() }
+    }
+
     pub(crate) fn is_gone(&self) -> bool {
         self.life.get() == Life::Gone
     }
@@ -802,8 +832,9 @@ async fn run_activation<A: Actor>(
             s.clear();
             core.turn_done(origin, reply);
             if let Some(start) = sampled {
+                let bytes = crate::tables::sampled_memory(&core, &act);
                 core.stats
-                    .turn_sampled(start, &act.ctx.id, act.ctx.type_idx);
+                    .turn_sampled(start, &act.ctx.id, act.ctx.type_idx, bytes);
             }
             if let Err(panic) = result {
                 turn_panicked(&act, reply, panic);
@@ -842,8 +873,9 @@ async fn finish_direct<A: Actor>(act: &Rc<Activation<A>>, mut turn: PendingTurn)
     }
     .await;
     if let Some(start) = turn.sampled {
+        let bytes = crate::tables::sampled_memory(core, act);
         core.stats
-            .turn_sampled(start, &act.ctx.id, act.ctx.type_idx);
+            .turn_sampled(start, &act.ctx.id, act.ctx.type_idx, bytes);
     }
     let reply = turn.reply();
     if result.is_ok() {

@@ -151,8 +151,9 @@ fn first_poll<A: Actor>(
 #[inline]
 fn end_sample<A: Actor>(core: &Shard, act: &Activation<A>, sampled: Option<Instant>) {
     if let Some(start) = sampled {
+        let bytes = crate::tables::sampled_memory(core, act);
         core.stats
-            .turn_sampled(start, &act.ctx.id, act.ctx.type_idx);
+            .turn_sampled(start, &act.ctx.id, act.ctx.type_idx, bytes);
     }
 }
 

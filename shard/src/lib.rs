@@ -63,7 +63,7 @@ pub use engine::{
     current_shard_log, ActorCursor, ActorPage, ActorQuery, ActorQueryError, ActorRow, AskLatency,
     CursorError, Engine, EngineBuilder, EngineConfig, EngineHandle, IoDriver, MessageCounts,
     Pinning, ShardInfo, ShardSpec, ShardStatsSnapshot, ShutdownReport, StartError, StatsError,
-    ACTOR_QUERY_LIMIT_DEFAULT, ACTOR_QUERY_LIMIT_MAX,
+    TypeStateBytes, ACTOR_QUERY_LIMIT_DEFAULT, ACTOR_QUERY_LIMIT_MAX,
 };
 #[doc(hidden)]
 pub use engine::{StartFault, StartStep};
@@ -73,7 +73,7 @@ pub use net::{NetConfig, NetStatsSnapshot, PeerRtt};
 pub use quark_placement::{ActorId, ActorKey, ShardId};
 pub use scheduler::{JoinError, SpawnHandle};
 pub use stats::{
-    CallEdge, LoadSnapshot, TopActor, TurnDurations, TypeLoad, ASK_LATENCY_BUCKETS,
+    CallEdge, LoadSnapshot, TopActor, TopMemoryActor, TurnDurations, TypeLoad, ASK_LATENCY_BUCKETS,
     TOP_ACTORS_PER_SHARD, TOP_WINDOW, TURN_SAMPLE_EVERY,
 };
 pub use timers::TimerId;

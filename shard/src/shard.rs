@@ -367,6 +367,7 @@ impl Shard {
             ask_latency_cross_shard: latency(s, stats::CROSS_SHARD),
             ask_latency_remote: latency(s, stats::REMOTE),
             live_per_type: self.tables.live_per_type(),
+            state_bytes_per_type: self.tables.state_bytes_per_type(),
             mailbox_depth,
             mailbox_depth_max,
             ring_overflow: self.cross.overflow_len() as u64,

@@ -104,6 +104,8 @@ pub(crate) struct ShardStats {
     pub(crate) to_node: RefCell<Vec<(NodeId, u64)>>,
     /// The busiest actors, from sampled turns.
     top: RefCell<TopActors>,
+    /// The largest actors (of types with a `memory_size` hook), from sampled turns.
+    top_memory: RefCell<TopMemory>,
 }
 
 /// The turns of one actor type on one shard.
@@ -158,6 +160,7 @@ impl ShardStats {
             to_shard: (0..shards).map(|_| Cell::new(0)).collect(),
             to_node: RefCell::default(),
             top: RefCell::default(),
+            top_memory: RefCell::default(),
         }
     }
 
@@ -173,16 +176,26 @@ impl ShardStats {
         Some(Instant::now())
     }
 
-    /// Ends a sampled turn of `actor` that began at `start`.
+    /// Ends a sampled turn of `actor` that began at `start`; `bytes`: its state's deep size
+    /// after the turn, if its type has the `memory_size` hook.
     #[cold]
     #[inline(never)]
-    pub(crate) fn turn_sampled(&self, start: Instant, actor: &ActorId, type_idx: u16) {
+    pub(crate) fn turn_sampled(
+        &self,
+        start: Instant,
+        actor: &ActorId,
+        type_idx: u16,
+        bytes: Option<usize>,
+    ) {
         let now = Instant::now();
         let us = now.saturating_duration_since(start).as_micros();
         self.by_type[usize::from(type_idx)]
             .duration
             .record_us(u64::try_from(us).unwrap_or(u64::MAX));
         self.top.borrow_mut().add(actor, now);
+        if let Some(b) = bytes {
+            self.top_memory.borrow_mut().add(actor, b, now);
+        }
     }
 
     /// Counts a request sent through the rings to shard `to`.
@@ -205,7 +218,9 @@ impl ShardStats {
     /// The load figures; `names[i]` is the name of type `i`.
     pub(crate) fn load_snapshot(&self, names: &[&'static str]) -> LoadSnapshot {
         let name = |i: u16| names.get(usize::from(i)).copied().unwrap_or("?");
-        let (top_actors, top_window_ms) = self.top.borrow().snapshot(Instant::now());
+        let now = Instant::now();
+        let (top_actors, top_window_ms) = self.top.borrow().snapshot(now);
+        let top_memory = self.top_memory.borrow().snapshot(now);
         let (edges, edges_dropped) = EDGES.with(|e| {
             let e = e.borrow();
             let list = e
@@ -236,6 +251,7 @@ impl ShardStats {
                 .collect(),
             top_actors,
             top_window_ms,
+            top_memory,
             edges,
             edges_dropped,
             to_shards: self.to_shard.iter().map(Cell::get).collect(),
@@ -379,6 +395,54 @@ impl TopActors {
     }
 }
 
+/// The largest actors by their last sampled deep size: at most [`TOP_TRACKED`], each dropped
+/// when it was not sampled for two windows (deactivated, moved or idle: the figure would be
+/// stale).
+#[derive(Default)]
+struct TopMemory {
+    /// (actor, bytes at its last sampled turn, when).
+    list: Vec<(ActorId, usize, Instant)>,
+}
+
+impl TopMemory {
+    fn add(&mut self, id: &ActorId, bytes: usize, now: Instant) {
+        self.list
+            .retain(|e| now.saturating_duration_since(e.2) < 2 * TOP_WINDOW);
+        if let Some(e) = self.list.iter_mut().find(|e| e.0 == *id) {
+            e.1 = bytes;
+            e.2 = now;
+        } else if self.list.len() < TOP_TRACKED {
+            self.list.push((id.clone(), bytes, now));
+        } else if let Some(min) = self.list.iter_mut().min_by_key(|e| e.1) {
+            if bytes > min.1 {
+                *min = (id.clone(), bytes, now);
+            }
+        }
+    }
+
+    /// The largest actors sampled in the last two windows, largest first.
+    fn snapshot(&self, now: Instant) -> Vec<TopMemoryActor> {
+        let mut l: Vec<TopMemoryActor> = self
+            .list
+            .iter()
+            .filter(|e| now.saturating_duration_since(e.2) < 2 * TOP_WINDOW)
+            .map(|e| TopMemoryActor {
+                actor: e.0.clone(),
+                bytes: e.1,
+                age_ms: u64::try_from(now.saturating_duration_since(e.2).as_millis())
+                    .unwrap_or(u64::MAX),
+            })
+            .collect();
+        l.sort_by(|a, b| {
+            b.bytes
+                .cmp(&a.bytes)
+                .then_with(|| a.actor.to_string().cmp(&b.actor.to_string()))
+        });
+        l.truncate(TOP_ACTORS_PER_SHARD);
+        l
+    }
+}
+
 /// A shard's load by actor type, its busiest actors and its communication graph (see the
 /// module docs of `stats`: the per-type `handled` and the `to_*` counts are exact, the rest is
 /// estimated from one turn in [`LoadSnapshot::sample_every`]).
@@ -393,6 +457,11 @@ pub struct LoadSnapshot {
     pub top_actors: Vec<TopActor>,
     /// The time `top_actors` covers, ms.
     pub top_window_ms: u64,
+    /// The largest actors by deep size (types with an
+    /// [`ActorType::memory_size`](crate::ActorType::memory_size) hook only), measured at the
+    /// end of their sampled turns in the last 10 to 20 s, largest first (at most
+    /// [`TOP_ACTORS_PER_SHARD`]).
+    pub top_memory: Vec<TopMemoryActor>,
     /// Messages sent by actors of one type to actors of another (or the same), since start.
     pub edges: Vec<CallEdge>,
     /// Estimated messages not in `edges` because the graph reached its bound.
@@ -435,6 +504,17 @@ pub struct TopActor {
     pub actor: ActorId,
     /// Estimated messages it handled in the window ([`LoadSnapshot::top_window_ms`]).
     pub messages_est: u64,
+}
+
+/// One of the largest actors ([`LoadSnapshot::top_memory`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopMemoryActor {
+    /// The actor.
+    pub actor: ActorId,
+    /// Its state's deep size (the type's hook) at the end of its last sampled turn, bytes.
+    pub bytes: usize,
+    /// How long ago that turn ended, ms.
+    pub age_ms: u64,
 }
 
 /// An edge of the communication graph.

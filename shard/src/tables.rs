@@ -74,6 +74,8 @@ pub(crate) trait ErasedTable {
     fn name(&self) -> &'static str;
     /// Messages queued in the activations' mailboxes: `(total, longest)`.
     fn mailbox_depth(&self) -> (usize, usize);
+    /// The known size of this type's states ([`crate::engine::TypeStateBytes`]).
+    fn state_bytes(&self) -> crate::engine::TypeStateBytes;
     /// Drops every activation now, failing queued calls with `ShuttingDown`.
     fn abort_all(&self, core: &Shard);
     /// The (at most `want`) rows with the smallest keys that match `q`'s key and idle filters
@@ -140,6 +142,12 @@ impl ActorTables {
     /// Live activations per type, in registration order (for the stats snapshot).
     pub(crate) fn live_per_type(&self) -> Vec<(&'static str, u64)> {
         self.0.iter().map(|t| (t.name(), t.len() as u64)).collect()
+    }
+
+    /// The known size of the states per type, in registration order (walks the tables and
+    /// calls the `memory_size` hooks: for the stats snapshot, not for the hot path).
+    pub(crate) fn state_bytes_per_type(&self) -> Vec<crate::engine::TypeStateBytes> {
+        self.0.iter().map(|t| t.state_bytes()).collect()
     }
 
     /// Messages queued in every mailbox of the shard: `(total, longest)` (walks the tables:
@@ -361,6 +369,31 @@ impl<A: Actor> ErasedTable for TypeTable<A> {
             .fold((0, 0), |(total, max), n| (total + n, max.max(n)))
     }
 
+    fn state_bytes(&self) -> crate::engine::TypeStateBytes {
+        let actors = self.actors.borrow();
+        let workers = self.workers.borrow();
+        let shallow = std::mem::size_of::<A>() as u64;
+        let hook = self.info.spec.memory_size.as_ref();
+        let (mut bytes, mut deep) = (0u64, 0u64);
+        for a in actors.values().chain(workers.values().flatten()) {
+            if a.is_gone() {
+                continue;
+            }
+            match hook.and_then(|h| a.between_turns_state().map(h)) {
+                Some(b) => {
+                    bytes = bytes.saturating_add(b as u64);
+                    deep += 1;
+                }
+                None => bytes = bytes.saturating_add(shallow),
+            }
+        }
+        crate::engine::TypeStateBytes {
+            type_name: A::TYPE_NAME,
+            bytes,
+            deep,
+        }
+    }
+
     fn rows(
         &self,
         q: &ActorQuery,
@@ -376,6 +409,15 @@ impl<A: Actor> ErasedTable for TypeTable<A> {
         let mut best: std::collections::BinaryHeap<ByKey> =
             std::collections::BinaryHeap::with_capacity(want + 1);
         let stateless = self.info.spec.stateless_workers.is_some();
+        // The deep size of these activations, if the type has the hook and none is busy.
+        let deep_size = |acts: &mut dyn Iterator<Item = &Rc<Activation<A>>>| {
+            let hook = self.info.spec.memory_size.as_ref()?;
+            let mut sum = 0usize;
+            for a in acts {
+                sum = sum.saturating_add(hook(a.between_turns_state()?));
+            }
+            Some(sum)
+        };
         let mut consider = |key: &ActorKey, acts: &[Rc<Activation<A>>]| {
             if after.is_some_and(|a| key <= a)
                 || acts.iter().all(|a| a.is_gone())
@@ -397,6 +439,14 @@ impl<A: Actor> ErasedTable for TypeTable<A> {
                 return;
             }
             let workers = acts().count();
+            let shallow = std::mem::size_of::<A>() * workers;
+            let (state_bytes, state_bytes_deep) = match deep_size(&mut acts()) {
+                Some(b) => (b, true),
+                None => (shallow, false),
+            };
+            if q.state_bytes_at_least.is_some_and(|min| state_bytes < min) {
+                return;
+            }
             best.push(ByKey(ActorRow {
                 shard,
                 actor_type: A::TYPE_NAME,
@@ -405,7 +455,9 @@ impl<A: Actor> ErasedTable for TypeTable<A> {
                 mailbox_len: acts().map(|a| a.queue_len()).sum(),
                 stateless_worker: stateless,
                 workers,
-                state_bytes_shallow: std::mem::size_of::<A>() * workers,
+                state_bytes_shallow: shallow,
+                state_bytes,
+                state_bytes_deep,
             }));
             if best.len() > want {
                 best.pop();
@@ -468,4 +520,23 @@ impl Ord for ByKey {
     fn cmp(&self, other: &Self) -> std::cmp::Ordering {
         self.0.key.cmp(&other.0.key)
     }
+}
+
+/// The deep size of `act`'s state by its type's [`ActorType::memory_size`] hook, at the end of a
+/// sampled turn (`None`: the type has no hook). Called only by the runner of the turn that
+/// just ended, after its future was dropped or completed, so no other reference to the state
+/// is live.
+///
+/// [`ActorType::memory_size`]: crate::ActorType::memory_size
+#[cold]
+#[inline(never)]
+pub(crate) fn sampled_memory<A: Actor>(core: &Shard, act: &Activation<A>) -> Option<usize> {
+    let hook = core
+        .table::<A>(act.ctx.type_idx)
+        .info
+        .spec
+        .memory_size
+        .as_ref()?;
+    // SAFETY: per this function's contract (the turn's runner, its turn over).
+    Some(hook(unsafe { act.state_mut() }))
 }

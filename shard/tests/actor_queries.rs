@@ -535,3 +535,71 @@ fn bad_queries_are_refused_naming_the_problem() {
         .unwrap();
     assert!(past.rows.is_empty() && past.next.is_none());
 }
+
+/// A state whose deep size is the bytes it holds.
+struct Blob {
+    data: Vec<u8>,
+}
+impl Actor for Blob {
+    const TYPE_NAME: &'static str = "blob";
+}
+/// Makes the blob hold exactly `0` bytes.
+struct Fill(usize);
+impl Message for Fill {
+    type Reply = ();
+}
+impl Handler<Fill> for Blob {
+    async fn handle(&mut self, m: Fill, _: &Context<Self>) {
+        self.data = vec![1; m.0];
+    }
+}
+
+#[test]
+fn rows_show_the_deep_size_of_a_type_with_the_hook_and_filter_on_it() {
+    let engine = EngineBuilder::new(config())
+        .register(ActorType::new(|_| Cart { _items: [0; 4] }))
+        .register(ActorType::new(|_| Blob { data: Vec::new() }).memory_size(|b| b.data.capacity()))
+        .start()
+        .expect("engine starts");
+    for (key, size) in [(1u64, 100usize), (2, 70_000), (3, 5_000)] {
+        quark_shard::block_on(engine.actor_ref::<Blob>(key).ask(Fill(size))).unwrap();
+    }
+    quark_shard::block_on(engine.actor_ref::<Cart>(1u64).ask(Touch)).unwrap();
+    let rows = engine.actors(&ActorQuery::default()).unwrap().rows;
+    let size = |t: &str, k: u64| {
+        let r = rows
+            .iter()
+            .find(|r| r.actor_type == t && r.key == ActorKey::from(k))
+            .unwrap_or_else(|| panic!("no {t}/{k} in {rows:?}"));
+        (r.state_bytes, r.state_bytes_deep)
+    };
+    // The hook's deep size for blobs (idle between turns); the shallow size for the cart.
+    assert_eq!(size("blob", 1), (100, true));
+    assert_eq!(size("blob", 2), (70_000, true));
+    assert_eq!(size("blob", 3), (5_000, true));
+    assert_eq!(size("cart", 1), (std::mem::size_of::<Cart>(), false));
+    // "Memory above": only the rows at or above the bound, deep or shallow alike.
+    let big = engine
+        .actors(&ActorQuery {
+            state_bytes_at_least: Some(5_000),
+            ..ActorQuery::default()
+        })
+        .unwrap()
+        .rows;
+    let mut keys: Vec<String> = big
+        .iter()
+        .map(|r| format!("{}/{}", r.actor_type, r.key))
+        .collect();
+    keys.sort();
+    assert_eq!(keys, vec!["blob/2".to_owned(), "blob/3".to_owned()]);
+    let small = engine
+        .actors(&ActorQuery {
+            state_bytes_at_least: Some(1),
+            actor_type: Some("cart".into()),
+            ..ActorQuery::default()
+        })
+        .unwrap()
+        .rows;
+    assert_eq!(small.len(), 1, "the cart's shallow size counts: {small:?}");
+    engine.shutdown();
+}

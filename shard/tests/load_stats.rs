@@ -179,3 +179,77 @@ fn a_sampled_turn_is_timed_across_its_awaits() {
     assert!(t.turn_duration.sum_us >= 3_000, "{t:?}");
     e.shutdown();
 }
+
+/// An actor whose deep size is the bytes it holds (`ActorType::memory_size`).
+struct Blob {
+    data: Vec<u8>,
+}
+impl Actor for Blob {
+    const TYPE_NAME: &'static str = "blob";
+}
+/// Makes the blob hold exactly `0` bytes.
+struct Fill(usize);
+impl Message for Fill {
+    type Reply = ();
+}
+impl Handler<Fill> for Blob {
+    async fn handle(&mut self, m: Fill, _: &Context<Self>) {
+        self.data = vec![7; m.0];
+    }
+}
+
+static HOOK_CALLS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+#[test]
+fn the_largest_actors_are_ranked_by_their_deep_size_from_sampled_turns_only() {
+    use std::sync::atomic::Ordering;
+    let config = EngineConfig {
+        shards: ShardSpec::Count(1),
+        pin_threads: false,
+        idle_spin: Duration::ZERO,
+        ..EngineConfig::default()
+    };
+    let e = EngineBuilder::new(config)
+        .register(ActorType::new(|_| Front))
+        .register(ActorType::new(|_| Back))
+        .register(
+            ActorType::new(|_| Blob { data: Vec::new() }).memory_size(|b: &Blob| {
+                HOOK_CALLS.fetch_add(1, Ordering::Relaxed);
+                b.data.capacity()
+            }),
+        )
+        .start()
+        .expect("engine starts");
+    // Three blobs, each sent exactly one sample period of messages (so each has exactly one
+    // sampled turn, its last), and a type without the hook with as many turns.
+    let sizes = [(1u64, 1000usize), (2, 5000), (3, 3000)];
+    for (key, size) in sizes {
+        let b = e.actor_ref::<Blob>(key);
+        for _ in 0..TURN_SAMPLE_EVERY {
+            block_on(b.ask(Fill(size))).expect("filled");
+        }
+    }
+    for _ in 0..TURN_SAMPLE_EVERY {
+        block_on(e.actor_ref::<Back>(9u64).ask(Get)).expect("answered");
+    }
+    // The hook ran in the sampled turns only: one in 64 of the blobs' 192 turns.
+    assert_eq!(HOOK_CALLS.load(Ordering::Relaxed), 3);
+    let stats = e.stats().expect("stats");
+    let top: Vec<(String, usize)> = stats[0]
+        .load
+        .top_memory
+        .iter()
+        .map(|t| (t.actor.to_string(), t.bytes))
+        .collect();
+    // Largest first, exact deep sizes; `back` (no hook) is not ranked.
+    assert_eq!(
+        top,
+        vec![
+            ("blob/2".to_owned(), 5000),
+            ("blob/3".to_owned(), 3000),
+            ("blob/1".to_owned(), 1000),
+        ]
+    );
+    assert!(stats[0].load.top_memory.iter().all(|t| t.age_ms < 20_000));
+    e.shutdown();
+}

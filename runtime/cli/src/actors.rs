@@ -176,6 +176,7 @@ fn list(args: &ListArgs) -> anyhow::Result<String> {
         key_prefix: args.prefix.clone(),
         shard: args.shard,
         idle_at_least: args.idle_ms.map(Duration::from_millis),
+        state_bytes_at_least: None,
         limit: args.limit,
         after,
     };

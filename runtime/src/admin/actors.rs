@@ -656,6 +656,7 @@ mod tests {
             key_prefix: Some("a b&c=%/é".into()),
             shard: Some(2),
             idle_at_least: Some(Duration::from_millis(1500)),
+            state_bytes_at_least: None,
             limit: 7,
             after: Some("1.61.u5".parse().unwrap()),
         };

@@ -13,7 +13,6 @@ use quark_shard::{ShardStatsSnapshot, TurnDurations, ASK_LATENCY_BUCKETS};
 use serde::{Deserialize, Serialize};
 
 use super::Shared;
-use crate::otlp::OtlpStats;
 
 /// The JSON document `/quark/load` serves.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -31,6 +30,10 @@ pub struct LoadReport {
     pub types: Vec<TypeReport>,
     /// The node's busiest actors over the last 10 to 20 s, most messages first (at most 20).
     pub top_actors: Vec<TopActorReport>,
+    /// The node's largest actors by deep size (types with an `ActorType::memory_size` hook
+    /// only), measured at their sampled turns in the last 10 to 20 s, largest first (at most
+    /// 20).
+    pub top_actors_by_memory: Vec<TopMemoryReport>,
     /// Messages between actor types (estimated from sampled turns), most first.
     pub edges: Vec<EdgeReport>,
     /// Estimated messages left out of `edges` because a shard's graph reached its bound.
@@ -78,6 +81,20 @@ pub struct TopActorReport {
     pub per_second_est: f64,
 }
 
+/// One of the largest actors (see [`LoadReport::top_actors_by_memory`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct TopMemoryReport {
+    /// `type/key`.
+    pub actor: String,
+    /// The shard that runs it.
+    pub shard: u16,
+    /// Its state's deep size (the type's `memory_size` hook) at its last sampled turn, bytes.
+    pub bytes: u64,
+    /// How long ago that turn ended, ms.
+    pub age_ms: u64,
+}
+
 /// An edge of the communication graph between actor types.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[non_exhaustive]
@@ -114,7 +131,7 @@ pub struct PeerRttReport {
     pub rttvar_us: u32,
 }
 
-/// The OTLP exporter's counters (see [`OtlpStats`]).
+/// The OTLP exporter's counters (see `quark::otlp::OtlpStats`, `otlp` feature).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[non_exhaustive]
 pub struct OtlpReport {
@@ -151,7 +168,7 @@ pub fn quantile_us(h: &TurnDurations, q: f64) -> Option<u64> {
 /// The report for `snapshots` (`Err`: why there are none).
 pub(crate) fn report(
     snapshots: Result<&[ShardStatsSnapshot], String>,
-    otlp: Option<OtlpStats>,
+    otlp: Option<OtlpReport>,
     uptime_seconds: f64,
 ) -> LoadReport {
     let mut r = LoadReport {
@@ -160,17 +177,13 @@ pub(crate) fn report(
         sample_every: quark_shard::TURN_SAMPLE_EVERY,
         types: Vec::new(),
         top_actors: Vec::new(),
+        top_actors_by_memory: Vec::new(),
         edges: Vec::new(),
         edges_dropped: 0,
         shard_matrix: Vec::new(),
         to_nodes: Vec::new(),
         peer_rtt: Vec::new(),
-        otlp: otlp.map(|s| OtlpReport {
-            spans_queued: s.spans_queued,
-            spans_dropped_queue_full: s.spans_dropped_queue_full,
-            spans_exported: s.spans_exported,
-            spans_failed: s.spans_failed,
-        }),
+        otlp,
     };
     let live = match snapshots {
         Ok(l) => l,
@@ -199,6 +212,13 @@ pub(crate) fn report(
                 shard: s.shard,
                 messages_est: a.messages_est,
                 per_second_est: a.messages_est as f64 / secs,
+            }));
+        r.top_actors_by_memory
+            .extend(l.top_memory.iter().map(|a| TopMemoryReport {
+                actor: a.actor.to_string(),
+                shard: s.shard,
+                bytes: a.bytes as u64,
+                age_ms: a.age_ms,
             }));
         for e in &l.edges {
             *edges.entry((e.caller, e.callee)).or_default() += e.messages_est;
@@ -238,6 +258,9 @@ pub(crate) fn report(
             .then(a.actor.cmp(&b.actor))
     });
     r.top_actors.truncate(TOP_ACTORS_NODE);
+    r.top_actors_by_memory
+        .sort_by(|a, b| b.bytes.cmp(&a.bytes).then(a.actor.cmp(&b.actor)));
+    r.top_actors_by_memory.truncate(TOP_ACTORS_NODE);
     r.edges = edges
         .into_iter()
         .map(|((caller, callee), messages_est)| EdgeReport {
@@ -262,7 +285,7 @@ pub(crate) fn serve(shared: &Shared) -> (u16, &'static str, Vec<u8>) {
         // Starting or stopped: no figures, and nothing wrong (as `/quark/shards`).
         None => Ok(Vec::new()),
     };
-    let otlp = shared.otlp.get().map(crate::otlp::OtlpStatsHandle::get);
+    let otlp = otlp_report(shared);
     let uptime = shared.started.elapsed().as_secs_f64();
     let r = report(snapshots.as_deref().map_err(Clone::clone), otlp, uptime);
     match serde_json::to_vec(&r) {
@@ -280,6 +303,7 @@ pub const LOAD_METRICS: &[(&str, MetricType, &str)] = &[
     ("quark_messages_handled_total", MetricType::COUNTER, "Turns run (messages and timer ticks handled), by shard and actor type. Exact. Unit: messages."),
     ("quark_turn_duration_seconds", MetricType::HISTOGRAM, "Duration of sampled turns (one in 64 of each type and shard), from the message's hand-over to the handler's return, awaits included, by shard and actor type. Unit: seconds."),
     ("quark_top_actor_messages", MetricType::GAUGE, "Estimated messages handled in the last 10 to 20 s by each of the shard's busiest actors (at most 10 per shard; from sampled turns). Unit: messages."),
+    ("quark_top_actor_memory_bytes", MetricType::GAUGE, "Deep size of each of the shard's largest actors (at most 10 per shard; types with an ActorType::memory_size hook only), measured at the end of its last sampled turn in the last 10 to 20 s. Unit: bytes."),
     ("quark_call_graph_messages_total", MetricType::COUNTER, "Estimated messages sent by actors of caller_type to actors of callee_type (from sampled turns), by shard. Unit: messages."),
     ("quark_shard_requests_sent_total", MetricType::COUNTER, "Requests (asks and tells) sent through the rings to another shard of the node, by sending shard and to_shard. Exact. Unit: requests."),
     ("quark_node_requests_sent_total", MetricType::COUNTER, "Requests sent to another node, by sending shard and to_node. Exact. Unit: requests."),
@@ -333,6 +357,7 @@ fn gauge(labels: Vec<LabelPair>, v: f64) -> Metric {
 /// The load families for `/metrics` (counters come from the shards' own monotonic counters).
 pub(crate) fn families(live: &[ShardStatsSnapshot]) -> Vec<MetricFamily> {
     let (mut handled, mut durations, mut top, mut graph) = (vec![], vec![], vec![], vec![]);
+    let mut top_memory = vec![];
     let (mut to_shard, mut to_node, mut rtt, mut rttvar) = (vec![], vec![], vec![], vec![]);
     for s in live {
         let shard = s.shard.to_string();
@@ -364,6 +389,12 @@ pub(crate) fn families(live: &[ShardStatsSnapshot]) -> Vec<MetricFamily> {
             top.push(gauge(
                 vec![label("actor", a.actor.to_string()), label("shard", &*shard)],
                 a.messages_est as f64,
+            ));
+        }
+        for a in &l.top_memory {
+            top_memory.push(gauge(
+                vec![label("actor", a.actor.to_string()), label("shard", &*shard)],
+                a.bytes as f64,
             ));
         }
         for e in &l.edges {
@@ -400,6 +431,7 @@ pub(crate) fn families(live: &[ShardStatsSnapshot]) -> Vec<MetricFamily> {
         ("quark_messages_handled_total", handled),
         ("quark_turn_duration_seconds", durations),
         ("quark_top_actor_messages", top),
+        ("quark_top_actor_memory_bytes", top_memory),
         ("quark_call_graph_messages_total", graph),
         ("quark_shard_requests_sent_total", to_shard),
         ("quark_node_requests_sent_total", to_node),
@@ -411,8 +443,26 @@ pub(crate) fn families(live: &[ShardStatsSnapshot]) -> Vec<MetricFamily> {
     .collect()
 }
 
+/// The OTLP exporter's counters, if the node started one.
+#[cfg(feature = "otlp")]
+pub(crate) fn otlp_report(shared: &Shared) -> Option<OtlpReport> {
+    let s = shared.otlp.get()?.get();
+    Some(OtlpReport {
+        spans_queued: s.spans_queued,
+        spans_dropped_queue_full: s.spans_dropped_queue_full,
+        spans_exported: s.spans_exported,
+        spans_failed: s.spans_failed,
+    })
+}
+
+/// Without the `otlp` feature there is never an exporter.
+#[cfg(not(feature = "otlp"))]
+pub(crate) fn otlp_report(_: &Shared) -> Option<OtlpReport> {
+    None
+}
+
 /// The OTLP exporter's families (exported whatever the shards' state).
-pub(crate) fn otlp_families(o: OtlpStats) -> Vec<MetricFamily> {
+pub(crate) fn otlp_families(o: OtlpReport) -> Vec<MetricFamily> {
     [
         ("quark_otlp_spans_queued_total", o.spans_queued),
         ("quark_otlp_spans_dropped_total", o.spans_dropped_queue_full),

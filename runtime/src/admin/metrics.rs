@@ -342,6 +342,12 @@ pub const LIVE_BY_TYPE_METRIC: (&str, &str) = (
     "Activations alive on the shard now, by actor type. Unit: activations.",
 );
 
+/// The known size of the actors' states per actor type, labelled `shard` and `actor_type`.
+pub const STATE_BYTES_METRIC: (&str, &str) = (
+    "quark_actor_state_bytes",
+    "Known size of the states of the shard's live activations, by actor type: the deep size (the type's ActorType::memory_size hook) of each activation between turns, the shallow size (size_of) otherwise and for types without the hook. Unit: bytes.",
+);
+
 /// Closed connections, labelled `shard` and `reason`.
 pub const CLOSED_METRIC: (&str, &str) = (
     "quark_net_connections_closed_total",
@@ -354,6 +360,7 @@ pub const NODE_METRICS: &[(&str, Kind, &str, &str)] = &[
     ("quark_node_ready", Kind::Gauge, "boolean", "1 while the node accepts work (as /readyz), 0 during start-up and drain."),
     ("quark_node_uptime_seconds", Kind::Gauge, "seconds", "Seconds since the admin endpoint started (with the node)."),
     ("quark_shards", Kind::Gauge, "shards", "Shards of the node."),
+    ("quark_process_resident_bytes", Kind::Gauge, "bytes", "Resident set size of the node's process (/proc/self/statm), the whole process: it cannot be split by shard."),
     ("quark_admin_stats_failed", Kind::Gauge, "boolean", "1 if a shard did not answer this scrape's stats request within a second (the per-shard series are then left out)."),
     ("quark_admin_probe_failed", Kind::Gauge, "boolean", "1 if a shard did not answer this scrape's log/jobs/outbox probe within a second (those series are then left out)."),
 ];
@@ -444,6 +451,18 @@ pub(crate) fn encode(
     )?;
     uptime.with_label_values(&[] as &[&str]).set(uptime_seconds);
     registry.register(Box::new(uptime))?;
+    if let Some(rss) = super::status::resident_bytes() {
+        let g = IntGaugeVec::new(
+            Opts::new(
+                "quark_process_resident_bytes",
+                node_help("quark_process_resident_bytes"),
+            ),
+            &[],
+        )?;
+        g.with_label_values(&[] as &[&str])
+            .set(i64::try_from(rss).unwrap_or(i64::MAX));
+        registry.register(Box::new(g))?;
+    }
 
     if let Some(n) = shards {
         let g = IntGaugeVec::new(Opts::new("quark_shards", node_help("quark_shards")), &[])?;
@@ -560,6 +579,19 @@ fn register_engine_extras(
             any = true;
             g.with_label_values(&[s.shard.to_string().as_str(), ty])
                 .set(i64::try_from(*n).unwrap_or(i64::MAX));
+        }
+    }
+    if any {
+        registry.register(Box::new(g))?;
+    }
+    let (name, h) = STATE_BYTES_METRIC;
+    let g = IntGaugeVec::new(Opts::new(name, h), &["shard", "actor_type"])?;
+    let mut any = false;
+    for s in live {
+        for t in &s.state_bytes_per_type {
+            any = true;
+            g.with_label_values(&[s.shard.to_string().as_str(), t.type_name])
+                .set(i64::try_from(t.bytes).unwrap_or(i64::MAX));
         }
     }
     if any {
@@ -817,9 +849,9 @@ pub(crate) fn render(shared: &Shared) -> Result<String, RenderError> {
         shared.started.elapsed().as_secs_f64(),
         &mut mono,
     )?;
-    if let Some(o) = shared.otlp.get() {
+    if let Some(o) = super::load::otlp_report(shared) {
         let mut out = Vec::new();
-        TextEncoder::new().encode(&super::load::otlp_families(o.get()), &mut out)?;
+        TextEncoder::new().encode(&super::load::otlp_families(o), &mut out)?;
         text.push_str(&String::from_utf8(out)?);
     }
     Ok(text)

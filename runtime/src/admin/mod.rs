@@ -194,6 +194,7 @@ pub(crate) struct Shared {
     /// The last value exported for each counter (see `metrics::Monotonic`).
     monotonic: Mutex<metrics::Monotonic>,
     /// The OTLP exporter's counters, once the node started one.
+    #[cfg(feature = "otlp")]
     otlp: OnceLock<crate::otlp::OtlpStatsHandle>,
 }
 
@@ -239,6 +240,7 @@ impl AdminServer {
             info: OnceLock::new(),
             started: Instant::now(),
             monotonic: Mutex::new(metrics::Monotonic::default()),
+            #[cfg(feature = "otlp")]
             otlp: OnceLock::new(),
         });
         let server = http::Server::start(config.listen, shared.clone())?;
@@ -265,6 +267,7 @@ impl AdminServer {
 
     /// Shutdown began: not ready any more.
     /// Exports the OTLP exporter's counters from now on.
+    #[cfg(feature = "otlp")]
     pub(crate) fn set_otlp(&self, stats: crate::otlp::OtlpStatsHandle) {
         let _ = self.shared.otlp.set(stats);
     }

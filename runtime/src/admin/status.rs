@@ -32,6 +32,11 @@ pub struct Status {
     pub shards: Vec<ShardStatus>,
     /// The other members of the cluster, from the membership.
     pub peers: Vec<PeerStatus>,
+    /// Resident set size of the node's process, bytes (`/proc/self/statm`; `None` where it
+    /// cannot be read). The whole process: it cannot be split by shard (see
+    /// [`ShardStatus::state_bytes`]).
+    #[serde(default)]
+    pub rss_bytes: Option<u64>,
 }
 
 /// One shard in [`Status`].
@@ -54,6 +59,14 @@ pub struct ShardStatus {
     pub answered: bool,
     /// Activations alive now.
     pub live_activations: u64,
+    /// The known size of the states of those activations, bytes: the deep size (the type's
+    /// `ActorType::memory_size` hook) of each activation between turns, the shallow size
+    /// (`size_of`) otherwise and for types without the hook.
+    #[serde(default)]
+    pub state_bytes: u64,
+    /// Activations whose size in `state_bytes` is the hook's deep size.
+    #[serde(default)]
+    pub state_bytes_deep: u64,
     /// Activations created since start.
     pub activations: u64,
     /// Deactivations completed since start.
@@ -125,6 +138,8 @@ pub(crate) fn build(shared: &Shared) -> Status {
                 idle_spin_us: si.map(|x| x.idle_spin.as_micros() as u64),
                 answered: snaps.get(i).is_some(),
                 live_activations: s.live_activations,
+                state_bytes: s.state_bytes_per_type.iter().map(|t| t.bytes).sum(),
+                state_bytes_deep: s.state_bytes_per_type.iter().map(|t| t.deep).sum(),
                 activations: s.activations,
                 deactivations: s.deactivations,
                 tasks: s.tasks,
@@ -143,6 +158,7 @@ pub(crate) fn build(shared: &Shared) -> Status {
         ready: phase == super::Phase::Ready,
         uptime_seconds: shared.started.elapsed().as_secs_f64(),
         cluster_listen: info.and_then(|n| n.cluster_listen),
+        rss_bytes: resident_bytes(),
         stats_error,
         shards,
         peers: info
@@ -158,4 +174,14 @@ pub(crate) fn build(shared: &Shared) -> Status {
             })
             .unwrap_or_default(),
     }
+}
+
+/// The process's resident set size, bytes, from `/proc/self/statm` (its second field, in
+/// pages); `None` where it cannot be read (not Linux).
+pub(crate) fn resident_bytes() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/self/statm").ok()?;
+    let pages: u64 = text.split_whitespace().nth(1)?.parse().ok()?;
+    // SAFETY: sysconf has no preconditions.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    Some(pages * u64::try_from(page).ok().filter(|p| *p > 0)?)
 }

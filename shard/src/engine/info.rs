@@ -51,6 +51,22 @@ pub enum IoDriver {
     Epoll,
 }
 
+/// The known size of one actor type's states on one shard
+/// ([`ShardStatsSnapshot::state_bytes_per_type`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TypeStateBytes {
+    /// The type name.
+    pub type_name: &'static str,
+    /// Bytes: the deep size (the type's
+    /// [`ActorType::memory_size`](crate::ActorType::memory_size) hook) of each activation
+    /// between turns, and `size_of` the type (the shallow size) for the others and for every
+    /// activation of a type without the hook.
+    pub bytes: u64,
+    /// Activations measured by the hook (the rest of the type's live activations count
+    /// their shallow size).
+    pub deep: u64,
+}
+
 /// A snapshot of one shard's counters.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ShardStatsSnapshot {
@@ -115,6 +131,10 @@ pub struct ShardStatsSnapshot {
     pub ask_latency_remote: AskLatency,
     /// Live activations per actor type (registered types, in registration order).
     pub live_per_type: Vec<(&'static str, u64)>,
+    /// The known size of the states of this shard's activations, per actor type (registered
+    /// types, in registration order); their sum is the shard's actor memory as far as it is
+    /// known (the process RSS cannot be split by shard).
+    pub state_bytes_per_type: Vec<TypeStateBytes>,
     /// Messages queued in the mailboxes of this shard's activations now.
     pub mailbox_depth: u64,
     /// The longest mailbox of this shard now.
@@ -204,6 +224,10 @@ pub struct ActorQuery {
     pub shard: Option<ShardId>,
     /// Only activations idle for at least this long (see [`ActorRow::idle`]).
     pub idle_at_least: Option<Duration>,
+    /// Only rows whose [`ActorRow::state_bytes`] is at least this (the deep size for a type
+    /// with an [`ActorType::memory_size`](crate::ActorType::memory_size) hook, else the
+    /// shallow size).
+    pub state_bytes_at_least: Option<usize>,
     /// At most this many rows (1 ..= [`ACTOR_QUERY_LIMIT_MAX`]).
     pub limit: usize,
     /// Continue after this row (the `next` of the previous page).
@@ -222,6 +246,7 @@ impl Default for ActorQuery {
             key_prefix: None,
             shard: None,
             idle_at_least: None,
+            state_bytes_at_least: None,
             limit: ACTOR_QUERY_LIMIT_DEFAULT,
             after: None,
         }
@@ -251,6 +276,14 @@ pub struct ActorRow {
     /// `size_of` of the actor's state times `workers`: the *shallow* size, which leaves out
     /// everything the state owns on the heap (vectors, maps, strings, boxes).
     pub state_bytes_shallow: usize,
+    /// The state's size in bytes: the *deep* size the type's
+    /// [`ActorType::memory_size`](crate::ActorType::memory_size) hook gives (summed over the
+    /// workers) when `state_bytes_deep`, else `state_bytes_shallow`. The hook is called when
+    /// the query is answered, on activations between turns; a busy one (a turn running or
+    /// suspended) is shown by its shallow size, with `state_bytes_deep` false.
+    pub state_bytes: usize,
+    /// Whether `state_bytes` is the deep size (the hook's).
+    pub state_bytes_deep: bool,
 }
 
 impl ActorRow {

@@ -36,8 +36,8 @@ pub use config::{EngineConfig, ShardSpec, StartFault, StartStep};
 pub use handle::EngineHandle;
 pub use info::{
     ActorCursor, ActorPage, ActorQuery, ActorRow, AskLatency, CursorError, IoDriver, MessageCounts,
-    Pinning, ShardInfo, ShardStatsSnapshot, ShutdownReport, ACTOR_QUERY_LIMIT_DEFAULT,
-    ACTOR_QUERY_LIMIT_MAX,
+    Pinning, ShardInfo, ShardStatsSnapshot, ShutdownReport, TypeStateBytes,
+    ACTOR_QUERY_LIMIT_DEFAULT, ACTOR_QUERY_LIMIT_MAX,
 };
 pub use shared::current_shard_log;
 

@@ -69,6 +69,7 @@ function renderStatus(st) {
   $("node-uptime").textContent = duration(st.uptime_seconds);
   $("node-listen").textContent = st.cluster_listen || "–";
   $("shard-count").textContent = st.shards.length;
+  $("rss-mib").textContent = st.rss_bytes == null ? "–" : fmt(st.rss_bytes / 1048576);
   const cores = new Map(st.shards.map((s) => [s.shard, s]));
   const peers = st.peers.map((p) => {
     const tr = document.createElement("tr");
@@ -120,6 +121,7 @@ function renderShards(rep, cores) {
     cell(tr, fmt(s.panics));
     cell(tr, s.net_frames_in === null ? "–" : fmt(rate(s.net_frames_in, b.net_frames_in, secs)));
     cell(tr, s.net_frames_out === null ? "–" : fmt(rate(s.net_frames_out, b.net_frames_out, secs)));
+    cell(tr, info.state_bytes === undefined ? "–" : fmt(info.state_bytes), { class: "state-bytes" });
     loadRows.push(tr);
     if (s.log) {
       const l = s.log, bl = b.log || {};
@@ -239,6 +241,16 @@ function renderLoad(ld, peers) {
     return tr;
   }));
   $("top-none").hidden = ld.top_actors.length > 0 || !!ld.error;
+  const byMemory = ld.top_actors_by_memory || [];
+  fill(document.querySelector("#top-memory tbody"), byMemory.map((a) => {
+    const tr = document.createElement("tr");
+    cell(tr, a.actor, { class: "actor" });
+    cell(tr, a.shard);
+    cell(tr, fmt(a.bytes), { class: "top-bytes" });
+    cell(tr, `${fmt(a.age_ms / 1000)} s ago`);
+    return tr;
+  }));
+  $("top-memory-none").hidden = byMemory.length > 0 || !!ld.error;
   const wasEdge = new Map((prevLoad ? prevLoad.edges : []).map((e) => [`${e.caller}>${e.callee}`, e.messages_est]));
   fill(document.querySelector("#call-edges tbody"), ld.edges.map((e) => {
     const tr = document.createElement("tr");
