@@ -306,12 +306,13 @@ impl Pump {
             let deadline = shard.next_deadline(self.next_idle_sweep);
             let sleep_for = deadline.saturating_duration_since(Instant::now());
             add(&shard.stats.parks, 1);
-            Park {
+            let why = Park {
                 signal: &shard.signal,
                 bell: &mut self.bell,
                 sleep: Box::pin(crate::rt::sleep(sleep_for)),
             }
             .await;
+            add(&shard.stats.wakeups[why], 1);
             self.idle_since = None;
             self.since_reap = 0;
             self.last_reap = Instant::now();
@@ -363,17 +364,18 @@ struct Park<'a> {
     sleep: Pin<Box<dyn Future<Output = ()>>>,
 }
 
+/// Resolves to why the park ended: `stats::WAKE_LOCAL`, `WAKE_DOORBELL` or `WAKE_TIMER`.
 impl Future for Park<'_> {
-    type Output = ();
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+    type Output = usize;
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<usize> {
         if self.signal.take_poke() {
-            return Poll::Ready(());
+            return Poll::Ready(crate::stats::WAKE_LOCAL);
         }
         if self.bell.poll_rung(cx).is_ready() {
-            return Poll::Ready(());
+            return Poll::Ready(crate::stats::WAKE_DOORBELL);
         }
         if self.sleep.as_mut().poll(cx).is_ready() {
-            return Poll::Ready(());
+            return Poll::Ready(crate::stats::WAKE_TIMER);
         }
         self.signal.register(cx.waker());
         Poll::Pending

@@ -26,6 +26,13 @@ pub(crate) const REMOTE: usize = 2;
 /// From a thread outside the node (counted by the owner shard when it handles the message).
 pub(crate) const EXTERNAL: usize = 3;
 
+/// Why a park ended (index into `ShardStats::wakeups`): another thread's doorbell.
+pub(crate) const WAKE_DOORBELL: usize = 0;
+/// The shard's own deadline.
+pub(crate) const WAKE_TIMER: usize = 1;
+/// A waker on the shard's own thread.
+pub(crate) const WAKE_LOCAL: usize = 2;
+
 /// Buckets of an ask latency histogram: bucket `i` counts asks that took at most `2^i` µs
 /// (1 µs … 2^24 µs ≈ 16.8 s); the last one, any longer ask.
 pub const ASK_LATENCY_BUCKETS: usize = 26;
@@ -84,6 +91,9 @@ pub(crate) struct ShardStats {
     pub(crate) asks_expired_skipped: Cell<u64>,
     pub(crate) mailbox_waits: Cell<u64>,
     pub(crate) parks: Cell<u64>,
+    /// Parks ended by another thread's doorbell, by the shard's own deadline (a timer), and
+    /// by a local event (a poke from this thread's wakers).
+    pub(crate) wakeups: [Cell<u64>; 3],
     pub(crate) iterations: Cell<u64>,
     pub(crate) reaps: Cell<u64>,
     pub(crate) task_polls: Cell<u64>,
@@ -144,6 +154,7 @@ impl ShardStats {
             asks_expired_skipped: Cell::default(),
             mailbox_waits: Cell::default(),
             parks: Cell::default(),
+            wakeups: Default::default(),
             iterations: Cell::default(),
             reaps: Cell::default(),
             task_polls: Cell::default(),

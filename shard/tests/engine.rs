@@ -709,11 +709,25 @@ fn parked_shards_never_miss_a_wake_up() {
         assert_eq!(block_on(target.ask(Add(1))).unwrap(), 5_001 + i);
         from_outside.record(t0.elapsed());
     }
-    let parks: u64 = engine.stats().expect("stats").iter().map(|s| s.parks).sum();
+    let stats = engine.stats().expect("stats");
+    let parks: u64 = stats.iter().map(|s| s.parks).sum();
     assert!(
         parks > 100,
         "the shards parked between messages ({parks} parks)"
     );
+    // Every park ends for exactly one reason (a shard parked right now is one short), and
+    // the asks from outside woke the parked target through its doorbell.
+    for s in &stats {
+        let ended = s.wakeups_doorbell + s.wakeups_timer + s.wakeups_local;
+        assert!(
+            s.parks == ended || s.parks == ended + 1,
+            "shard {}: {} parks, {ended} ended ({s:?})",
+            s.shard,
+            s.parks
+        );
+    }
+    let doorbell: u64 = stats.iter().map(|s| s.wakeups_doorbell).sum();
+    assert!(doorbell > 100, "parks ended by the doorbell: {doorbell}");
     for (path, times) in [("shard to shard", &from_shard), ("outside", &from_outside)] {
         assert_eq!(
             times.slow, 0,

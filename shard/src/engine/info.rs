@@ -91,6 +91,13 @@ pub struct ShardStatsSnapshot {
     pub credit_waits: u64,
     /// Times the shard parked.
     pub parks: u64,
+    /// Parks ended by another thread ringing the shard's doorbell (a message or waker from
+    /// another shard, the network's completions, or an outside caller).
+    pub wakeups_doorbell: u64,
+    /// Parks ended by the shard's own next deadline (a timer, a sweep, a heartbeat).
+    pub wakeups_timer: u64,
+    /// Parks ended by a local event (a waker on the shard's own thread).
+    pub wakeups_local: u64,
     /// Pump iterations.
     pub iterations: u64,
     /// Trips through the executor's wait made to reap I/O completions.
