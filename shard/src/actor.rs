@@ -1,6 +1,7 @@
 //! The programming model: [`Actor`], [`Message`], [`Handler`] and the per-activation
 //! [`Context`].
 
+use std::cell::RefCell;
 use std::future::Future;
 use std::rc::{Rc, Weak};
 use std::sync::Arc;
@@ -71,6 +72,32 @@ pub trait Handler<M: Message>: Actor {
     fn handle(&mut self, msg: M, ctx: &Context<Self>) -> impl Future<Output = M::Reply>;
 }
 
+/// A timer of an activation: its id on the shard, and its export to another shard (`None` once
+/// a one-shot has fired: its message is gone).
+pub(crate) struct ActTimer<A: Actor> {
+    id: TimerId,
+    export: Export<A>,
+}
+
+type Export<A> = Box<dyn FnMut() -> Option<Rearm<A>>>;
+
+/// A timer carried to another shard: arms it there on the activation's new context, first
+/// due after the given time.
+pub(crate) type Rearm<A> = Box<dyn FnOnce(&Context<A>, Duration) + Send>;
+
+/// An activation's live timers on their way to another shard: each with the time it had left.
+pub(crate) type CarriedTimers<A> = Vec<(Duration, Rearm<A>)>;
+
+/// A one-shot timer's message: taken at the firing.
+fn take_msg<M>(cell: &RefCell<Option<M>>) -> Option<M> {
+    cell.borrow_mut().take()
+}
+
+/// An interval timer's message: a clone at each firing.
+fn clone_msg<M: Clone>(cell: &RefCell<Option<M>>) -> Option<M> {
+    cell.borrow().clone()
+}
+
 /// What a handler can reach besides its state: the actor's identity and shard, other actors,
 /// timers and the shard's clock. One `Context` per activation.
 pub struct Context<A: Actor> {
@@ -78,7 +105,7 @@ pub struct Context<A: Actor> {
     pub(crate) core: Rc<Shard>,
     pub(crate) type_idx: u16,
     pub(crate) this: Weak<Activation<A>>,
-    pub(crate) timers: std::cell::RefCell<Vec<TimerId>>,
+    pub(crate) timers: RefCell<Vec<ActTimer<A>>>,
     pub(crate) extensions: std::cell::RefCell<Vec<(std::any::TypeId, Box<dyn std::any::Any>)>>,
 }
 
@@ -125,14 +152,21 @@ impl<A: Actor> Context<A> {
 
     /// Delivers `msg` to this activation once, after `delay`, as an ordinary turn (reply
     /// discarded). Timers belong to the activation: deactivation cancels them, and a tick does
-    /// not keep an idle activation alive.
+    /// not keep an idle activation alive. A move to another shard of the node carries them
+    /// (same id, the time left kept); a move to another node cancels them.
     pub fn set_timer<M>(&self, delay: Duration, msg: M) -> TimerId
     where
         A: crate::Handler<M>,
         M: Message,
     {
-        let mut msg = Some(msg);
-        self.add_timer(delay, None, move || msg.take())
+        self.add_timer(
+            delay,
+            None,
+            msg,
+            take_msg::<M>,
+            crate::trace::current(),
+            None,
+        )
     }
 
     /// Delivers a clone of `msg` every `period` (first after one period) until cancelled or the
@@ -142,12 +176,25 @@ impl<A: Actor> Context<A> {
         A: crate::Handler<M>,
         M: Message + Clone,
     {
-        self.add_timer(period, Some(period), move || Some(msg.clone()))
+        self.add_timer(
+            period,
+            Some(period),
+            msg,
+            clone_msg::<M>,
+            crate::trace::current(),
+            None,
+        )
     }
 
     /// Cancels a timer of this activation; returns whether it was still pending.
+    /// Only this activation's own timers can be cancelled (another id is ignored), and an id
+    /// stays valid when the actor moves to another shard of its node.
     pub fn cancel_timer(&self, id: TimerId) -> bool {
-        self.timers.borrow_mut().retain(|t| *t != id);
+        let mut list = self.timers.borrow_mut();
+        let Some(i) = list.iter().position(|t| t.id == id) else {
+            return false;
+        };
+        list.swap_remove(i);
         self.core.timers.borrow_mut().cancel(id)
     }
 
@@ -192,11 +239,17 @@ impl<A: Actor> Context<A> {
         }
     }
 
+    /// Arms a timer delivering `next(&msg)` first after `first`, then every `period` (if
+    /// given), as a child of `trace`. The message is kept in a cell shared with the timer's
+    /// export (`take_timers`), so that a move can carry it to another shard.
     fn add_timer<M>(
         &self,
         first: Duration,
         period: Option<Duration>,
-        mut next: impl FnMut() -> Option<M> + 'static,
+        msg: M,
+        next: fn(&RefCell<Option<M>>) -> Option<M>,
+        trace: Option<crate::TraceContext>,
+        moved: Option<TimerId>,
     ) -> TimerId
     where
         A: crate::Handler<M>,
@@ -205,8 +258,8 @@ impl<A: Actor> Context<A> {
         let this = self.this.clone();
         let key = self.id.key.clone();
         let type_idx = self.type_idx;
-        // Set in a traced turn, every tick runs as a child of that turn.
-        let trace = crate::trace::current();
+        let cell = Rc::new(RefCell::new(Some(msg)));
+        let fired = Rc::clone(&cell);
         let fire = Box::new(move || {
             let Some(act) = this.upgrade() else {
                 return false;
@@ -214,9 +267,10 @@ impl<A: Actor> Context<A> {
             if act.is_gone() {
                 return false;
             }
-            let Some(msg) = next() else {
+            let Some(msg) = next(&fired) else {
                 return false;
             };
+            // Set in a traced turn, every tick runs as a child of that turn.
             let tick = crate::trace::scoped(trace, || {
                 Deliver::<A, M>::new(type_idx, key.clone(), msg, ReplyTo::None, Origin::Timer)
             });
@@ -224,18 +278,64 @@ impl<A: Actor> Context<A> {
             true
         });
         let due = self.core.now() + first;
-        let id = self.core.timers.borrow_mut().add(due, period, fire);
-        self.timers.borrow_mut().push(id);
+        let id = match moved {
+            None => self.core.timers.borrow_mut().add(due, period, fire),
+            Some(id) => {
+                self.core.timers.borrow_mut().insert(id, due, period, fire);
+                id
+            }
+        };
+        let export: Export<A> = Box::new(move || {
+            let msg = cell.borrow_mut().take()?;
+            let rearm: Rearm<A> = Box::new(move |ctx: &Context<A>, first: Duration| {
+                ctx.add_timer(first, period, msg, next, trace, Some(id));
+            });
+            Some(rearm)
+        });
+        let mut list = self.timers.borrow_mut();
+        list.push(ActTimer { id, export });
+        // Fired one-shots leave their entry here: prune them now and then, so an actor that
+        // sets a timer in every turn keeps a list as long as its live timers (amortised O(1)).
+        if list.len() >= 16 && list.len().is_power_of_two() {
+            let timers = self.core.timers.borrow();
+            list.retain(|t| timers.due(t.id).is_some());
+        }
+        drop(list);
         self.core.poke();
         id
     }
 
     /// Cancels every timer of this activation (at deactivation).
     pub(crate) fn cancel_all_timers(&self) {
-        let ids = std::mem::take(&mut *self.timers.borrow_mut());
+        let list = std::mem::take(&mut *self.timers.borrow_mut());
         let mut timers = self.core.timers.borrow_mut();
-        for id in ids {
-            timers.cancel(id);
+        for t in list {
+            timers.cancel(t.id);
+        }
+    }
+
+    /// Cancels every timer of this activation and returns the live ones in a form that can
+    /// move to another shard (a move between shards, `migrate`): each with the time left
+    /// until it is next due, and how to arm it again there ([`Context::rearm_timers`]).
+    pub(crate) fn take_timers(&self) -> CarriedTimers<A> {
+        let list = std::mem::take(&mut *self.timers.borrow_mut());
+        let now = self.core.now();
+        let mut timers = self.core.timers.borrow_mut();
+        list.into_iter()
+            .filter_map(|mut t| {
+                let due = timers.due(t.id)?;
+                timers.cancel(t.id);
+                let rearm = (t.export)()?;
+                Some((due.saturating_duration_since(now), rearm))
+            })
+            .collect()
+    }
+
+    /// Arms timers carried from another shard (see [`Context::take_timers`]); each keeps its
+    /// message, period, trace and the time it had left.
+    pub(crate) fn rearm_timers(&self, carried: CarriedTimers<A>) {
+        for (left, rearm) in carried {
+            rearm(self, left);
         }
     }
 }

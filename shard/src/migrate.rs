@@ -39,7 +39,7 @@ use quark_placement::{shard_for, ActorId, ActorKey, NodeId, ShardId};
 use rustc_hash::FxHashMap;
 
 use crate::activation::{Activation, ActorType, LoadError, MailItemKeyed, TypeInfo, TypeTable};
-use crate::actor::{Actor, Handler, Message};
+use crate::actor::{Actor, CarriedTimers, Handler, Message};
 use crate::actor_ref::ActorRef;
 use crate::calls::{CallId, CallOutcome, Forward, Waiter};
 use crate::directory::{Directory, Slot};
@@ -1166,7 +1166,14 @@ pub(crate) fn hand_over<A: Actor>(
     core.timers.borrow_mut().cancel(p.timer);
     drop(p.undo);
     act.moved_out();
-    act.ctx.cancel_all_timers();
+    // Between shards the activation's timers move with it (their messages are `Send`);
+    // between nodes they are cancelled (a timer's message need not be serializable).
+    let timers = if p.cmd.collect {
+        act.ctx.cancel_all_timers();
+        Vec::new()
+    } else {
+        act.ctx.take_timers()
+    };
     debug_assert_eq!(act.queue_len(), 0, "a turn loop ends with an empty mailbox");
     for w in act.space_waiters.borrow_mut().drain(..) {
         w.wake();
@@ -1198,7 +1205,7 @@ pub(crate) fn hand_over<A: Actor>(
     let id = act.ctx.id.clone();
     core.send_to(
         cmd.to,
-        CrossMsg::run_on(move |y| arrive::<A>(y, slot, id, cmd, payload, bytes)),
+        CrossMsg::run_on(move |y| arrive::<A>(y, slot, id, cmd, (payload, timers), bytes)),
     );
     None
 }
@@ -1211,7 +1218,7 @@ fn arrive<A: Actor>(
     slot: Slot,
     id: ActorId,
     cmd: Cmd,
-    payload: Box<dyn Any + Send>,
+    (payload, timers): (Box<dyn Any + Send>, CarriedTimers<A>),
     bytes: u64,
 ) {
     let table = core.table::<A>(slot.0);
@@ -1229,6 +1236,7 @@ fn arrive<A: Actor>(
     let outcome = match actor {
         Ok(actor) => {
             let act = Activation::start_with(core, id, slot.0, info, actor);
+            act.ctx.rearm_timers(timers);
             let old = table.actors.borrow_mut().insert(slot.1.clone(), act);
             assert!(
                 old.is_none(),

@@ -83,7 +83,7 @@ impl Shard {
             cross: CrossShard::new(id, outgoing, incoming, config.cross_shard_inflight_max),
             calls: RefCell::new(CallTable::new()),
             tables: ActorTables::new(&node.types, config.idle_timeout),
-            timers: RefCell::new(Timers::new()),
+            timers: RefCell::new(Timers::new(id)),
             signal: PumpSignal::default(),
             stats: ShardStats::new(node.types.len(), node.shards.len()),
             sched: Scheduler::new(id, node.clone()),

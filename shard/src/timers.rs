@@ -8,7 +8,9 @@ use std::time::{Duration, Instant};
 
 use rustc_hash::FxHashMap;
 
-/// Identifies a timer on its shard.
+/// Identifies a timer on its node: the shard that armed it first numbers it, in a range of its
+/// own (the shard index in the top 16 bits), so an id stays valid and unique when its timer
+/// moves to another shard with its actor (`migrate`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct TimerId(pub(crate) u64);
 
@@ -32,21 +34,38 @@ pub(crate) struct Timers {
 }
 
 impl Timers {
-    pub(crate) fn new() -> Self {
+    /// The timers of shard `shard` (its ids are `shard << 48 | n`, `n` from 1).
+    pub(crate) fn new(shard: u16) -> Self {
         Timers {
             heap: BinaryHeap::new(),
             entries: FxHashMap::default(),
-            next_id: 1,
+            next_id: (u64::from(shard) << 48) | 1,
         }
     }
 
     /// Adds a timer first due at `due`, repeating every `period` if given.
     pub(crate) fn add(&mut self, due: Instant, period: Option<Duration>, fire: Fire) -> TimerId {
-        let id = self.next_id;
+        let id = TimerId(self.next_id);
         self.next_id += 1;
-        self.heap.push(Reverse((due, id)));
-        self.entries.insert(id, Entry { due, period, fire });
-        TimerId(id)
+        self.insert(id, due, period, fire);
+        id
+    }
+
+    /// Adds a timer under an id numbered by another shard (its actor moved here). Ids are
+    /// unique on the node, so it cannot collide with one of this shard's.
+    pub(crate) fn insert(
+        &mut self,
+        id: TimerId,
+        due: Instant,
+        period: Option<Duration>,
+        fire: Fire,
+    ) {
+        debug_assert!(
+            !self.entries.contains_key(&id.0),
+            "timer ids are unique on the node"
+        );
+        self.heap.push(Reverse((due, id.0)));
+        self.entries.insert(id.0, Entry { due, period, fire });
     }
 
     /// Cancels a timer; returns whether it existed. Its heap entry becomes stale; once stale
@@ -69,6 +88,11 @@ impl Timers {
             .map(|(&id, e)| Reverse((e.due, id)))
             .collect();
         self.heap = BinaryHeap::from(live);
+    }
+
+    /// When a live timer is next due (`None`: fired and gone, or cancelled).
+    pub(crate) fn due(&self, id: TimerId) -> Option<Instant> {
+        self.entries.get(&id.0).map(|e| e.due)
     }
 
     /// Number of live timers.
@@ -133,7 +157,7 @@ mod tests {
 
     #[test]
     fn set_cancel_churn_keeps_the_heap_bounded() {
-        let mut t = Timers::new();
+        let mut t = Timers::new(0);
         let t0 = Instant::now();
         let keep = t.add(t0 + Duration::from_secs(1), None, Box::new(|| true));
         for i in 0..1_000_000u64 {
@@ -148,7 +172,7 @@ mod tests {
 
     #[test]
     fn one_shot_interval_and_cancel() {
-        let mut t = Timers::new();
+        let mut t = Timers::new(0);
         let t0 = Instant::now();
         let hits = Rc::new(Cell::new(0u32));
         let h = hits.clone();

@@ -792,3 +792,151 @@ fn shutdown_during_a_move_ends_it_with_an_error() {
         "the nap was cut by the shutdown"
     );
 }
+
+// ---- timers move with the actor
+
+/// Records on which shard each timer tick ran.
+#[derive(Default)]
+struct Clock {
+    ticks: Vec<u16>,
+    rings: Vec<u16>,
+    interval: Option<quark_shard::TimerId>,
+}
+impl Actor for Clock {
+    const TYPE_NAME: &'static str = "mig-clock";
+}
+struct Start;
+impl Message for Start {
+    type Reply = quark_shard::TimerId;
+}
+impl Handler<Start> for Clock {
+    async fn handle(&mut self, _: Start, ctx: &Context<Self>) -> quark_shard::TimerId {
+        let id = ctx.set_interval(Duration::from_millis(5), Tick);
+        self.interval = Some(id);
+        ctx.set_timer(Duration::from_millis(400), Ring);
+        id
+    }
+}
+struct CancelId(quark_shard::TimerId);
+impl Message for CancelId {
+    type Reply = bool;
+}
+impl Handler<CancelId> for Clock {
+    async fn handle(&mut self, m: CancelId, ctx: &Context<Self>) -> bool {
+        ctx.cancel_timer(m.0)
+    }
+}
+#[derive(Clone)]
+struct Tick;
+impl Message for Tick {
+    type Reply = ();
+}
+impl Handler<Tick> for Clock {
+    async fn handle(&mut self, _: Tick, ctx: &Context<Self>) {
+        self.ticks.push(ctx.shard());
+    }
+}
+struct Ring;
+impl Message for Ring {
+    type Reply = ();
+}
+impl Handler<Ring> for Clock {
+    async fn handle(&mut self, _: Ring, ctx: &Context<Self>) {
+        self.rings.push(ctx.shard());
+    }
+}
+/// Cancels the interval by the id it got before the move.
+struct Stop;
+impl Message for Stop {
+    type Reply = bool;
+}
+impl Handler<Stop> for Clock {
+    async fn handle(&mut self, _: Stop, ctx: &Context<Self>) -> bool {
+        self.interval.take().is_some_and(|id| ctx.cancel_timer(id))
+    }
+}
+struct Alarm;
+impl Message for Alarm {
+    type Reply = ();
+}
+impl Handler<Alarm> for Clock {
+    async fn handle(&mut self, _: Alarm, ctx: &Context<Self>) {
+        ctx.set_timer(Duration::from_millis(100), Ring);
+    }
+}
+struct Seen;
+impl Message for Seen {
+    type Reply = (Vec<u16>, Vec<u16>);
+}
+impl Handler<Seen> for Clock {
+    async fn handle(&mut self, _: Seen, _: &Context<Self>) -> (Vec<u16>, Vec<u16>) {
+        (self.ticks.clone(), self.rings.clone())
+    }
+}
+
+#[test]
+fn timers_move_with_the_actor_between_shards() {
+    let engine = EngineBuilder::new(config())
+        .register(ActorType::new(|_| Clock::default()).movable())
+        .start()
+        .expect("engine starts");
+    let key = quark_placement::key_for_shard(Clock::TYPE_NAME, 0, 2);
+    let id = id_of::<Clock>(key);
+    let r = engine.actor_ref::<Clock>(key);
+    r.ask_blocking(Start).expect("start");
+    eventually(Duration::from_secs(10), "ticks on shard 0", || {
+        r.ask_blocking(Seen).expect("seen").0.len() >= 2
+    });
+    let m = engine.migrate(&id, 1).expect("move");
+    assert_eq!((m.from, m.to), (0, 1));
+    // The interval keeps ticking on the new shard, and the one-shot set before the move
+    // fires there, once.
+    eventually(
+        Duration::from_secs(10),
+        "ticks and the ring on shard 1",
+        || {
+            let (ticks, rings) = r.ask_blocking(Seen).expect("seen");
+            ticks.iter().filter(|&&s| s == 1).count() >= 3 && !rings.is_empty()
+        },
+    );
+    let (ticks, rings) = r.ask_blocking(Seen).expect("seen");
+    assert_eq!(rings, vec![1], "the one-shot fired once, on the new shard");
+    let moved_at = ticks
+        .iter()
+        .position(|&s| s == 1)
+        .expect("a tick on shard 1");
+    assert!(
+        ticks[moved_at..].iter().all(|&s| s == 1),
+        "no tick on the old shard after the move: {ticks:?}"
+    );
+    // The id handed out before the move still names the timer.
+    assert!(
+        r.ask_blocking(Stop).expect("stop"),
+        "the interval is cancelled by its old id"
+    );
+    let after_stop = r.ask_blocking(Seen).expect("seen").0.len();
+    // A one-shot set after the cancellation: by the time it has run, twenty periods of the
+    // interval have passed, and not one of them ticked.
+    r.ask_blocking(Alarm).expect("alarm");
+    eventually(Duration::from_secs(10), "the second ring", || {
+        r.ask_blocking(Seen).expect("seen").1.len() == 2
+    });
+    let (ticks, _) = r.ask_blocking(Seen).expect("seen");
+    assert_eq!(
+        ticks.len(),
+        after_stop,
+        "the cancelled interval stopped ticking"
+    );
+    // A timer id is its activation's own: another actor on the same shard cannot cancel it.
+    let other = engine.actor_ref::<Clock>(quark_placement::key_for_shard(Clock::TYPE_NAME, 1, 2));
+    let theirs = other.ask_blocking(Start).expect("other starts");
+    let before = other.ask_blocking(Seen).expect("seen").0.len();
+    assert!(
+        !r.ask_blocking(CancelId(theirs)).expect("cancel"),
+        "not ours to cancel"
+    );
+    eventually(Duration::from_secs(10), "the other actor's ticks", || {
+        other.ask_blocking(Seen).expect("seen").0.len() > before + 2
+    });
+    engine.shutdown();
+}
