@@ -260,6 +260,8 @@ impl<A: Actor> Future for SpaceWait<'_, A> {
         }
         self.registered = true;
         self.act
+            .ctx
+            .rare()
             .space_waiters
             .borrow_mut()
             .push_back(cx.waker().clone());
@@ -387,14 +389,13 @@ pub(crate) struct Activation<A: Actor> {
     /// when `on_deactivate` ends.
     pub(crate) stop_requested: Cell<bool>,
     pub(crate) last_active: Cell<Instant>,
-    pub(crate) space_waiters: RefCell<VecDeque<Waker>>,
     /// The actor's state from `activate` to `deactivate` (`None` outside). Touched only by
     /// whoever runs the current turn, the task or a sender's direct turn (`direct.rs`); the
     /// lifecycle makes that one at a time (a turn starts only from `Idle`).
     state: UnsafeCell<Option<A>>,
-    /// A direct turn that awaited in its sender's poll: the task finishes it before it takes
-    /// more mail (the activation is `Running` meanwhile).
-    pending: RefCell<Option<PendingTurn>>,
+    // Rarely used parts (timers, extensions, senders waiting for room, a direct turn that
+    // awaited in its sender's poll and is handed to the task, which finishes it before it
+    // takes more mail) are in `ctx.rare`.
 }
 
 /// A direct turn handed to the activation's task (see `direct.rs`).
@@ -452,7 +453,9 @@ impl PendingTurn {
 impl<A: Actor> Drop for Activation<A> {
     fn drop(&mut self) {
         // A pending turn borrows the state: it goes first.
-        drop(self.pending.get_mut().take());
+        if let Some(rare) = self.ctx.rare.get_mut() {
+            drop(rare.pending.get_mut().take());
+        }
     }
 }
 
@@ -493,8 +496,7 @@ impl<A: Actor> Activation<A> {
                 core: core.clone(),
                 type_idx,
                 this: this.clone(),
-                timers: RefCell::new(Vec::new()),
-                extensions: RefCell::new(Vec::new()),
+                rare: std::cell::OnceCell::new(),
             },
             mailbox: RefCell::new(VecDeque::new()),
             waker: RefCell::new(None),
@@ -502,9 +504,7 @@ impl<A: Actor> Activation<A> {
             life: Cell::new(Life::New),
             stop_requested: Cell::new(false),
             last_active: Cell::new(core.now()),
-            space_waiters: RefCell::new(VecDeque::new()),
             state: UnsafeCell::new(None),
-            pending: RefCell::new(None),
         });
         // An arrived state goes straight into the activation (in the task's future it would
         // stay as large as the state for the activation's whole life).
@@ -581,7 +581,7 @@ impl<A: Actor> Activation<A> {
     }
 
     pub(crate) fn hand_over(&self, turn: PendingTurn) {
-        *self.pending.borrow_mut() = Some(turn);
+        *self.ctx.rare().pending.borrow_mut() = Some(turn);
         self.wake_task();
     }
 
@@ -680,10 +680,13 @@ impl<A: Actor> Activation<A> {
     #[inline]
     pub(crate) fn wake_space_waiters(&self, cap: usize) {
         // Nobody waits, the common case, first: one look on every message taken.
-        if self.space_waiters.borrow().is_empty() || self.mailbox.borrow().len() > cap / 2 {
+        let Some(rare) = self.ctx.rare.get() else {
+            return;
+        };
+        if rare.space_waiters.borrow().is_empty() || self.mailbox.borrow().len() > cap / 2 {
             return;
         }
-        let mut waiters = self.space_waiters.borrow_mut();
+        let mut waiters = rare.space_waiters.borrow_mut();
         let woken: Vec<Waker> = waiters.drain(..).collect();
         drop(waiters);
         for w in woken {
@@ -697,7 +700,16 @@ impl<A: Actor> Activation<A> {
             fail_reply(core, item.reply_to(), err(self.ctx.id.clone()));
             core.turn_done(item.origin(), item.reply_to());
         }
-        for w in self.space_waiters.borrow_mut().drain(..) {
+        self.wake_all_space_waiters();
+    }
+
+    /// Wakes every sender waiting for room (the mailbox is gone or emptied for good).
+    pub(crate) fn wake_all_space_waiters(&self) {
+        let Some(rare) = self.ctx.rare.get() else {
+            return;
+        };
+        let woken: Vec<Waker> = rare.space_waiters.borrow_mut().drain(..).collect();
+        for w in woken {
             w.wake();
         }
     }
@@ -714,7 +726,11 @@ impl<A: Actor> Future for MailWait<'_, A> {
         let act = self.act;
         if !act.mailbox.borrow().is_empty()
             || act.stop_requested.get()
-            || act.pending.borrow().is_some()
+            || act
+                .ctx
+                .rare
+                .get()
+                .is_some_and(|r| r.pending.borrow().is_some())
             || act.life.get() == Life::Gone
         {
             return Poll::Ready(());
@@ -771,7 +787,11 @@ async fn run_activation<A: Actor>(
                 // A sender's direct turn panicked: the activation was discarded.
                 return;
             }
-            let pending = act.pending.borrow_mut().take();
+            let pending = act
+                .ctx
+                .rare
+                .get()
+                .and_then(|r| r.pending.borrow_mut().take());
             if let Some(turn) = pending {
                 if !Box::pin(finish_direct(&act, turn)).await {
                     return;
@@ -1222,5 +1242,21 @@ mod tests {
     fn busy_exactly_while_a_turn_runs() {
         let busy: Vec<Life> = ALL.into_iter().filter(|l| l.is_busy()).collect();
         assert_eq!(busy, [Loading, Activating, Running, Deactivating]);
+    }
+}
+
+#[cfg(test)]
+mod size_tests {
+    /// An activation's own size is what a node with a million actors pays per actor (with its
+    /// task, table entry and the allocator's rounding): rarely used parts stay in `ctx.rare`.
+    #[test]
+    fn a_small_actors_activation_fits_in_192_bytes_with_its_rc() {
+        struct Small(#[allow(dead_code)] u64);
+        impl crate::Actor for Small {
+            const TYPE_NAME: &'static str = "small";
+        }
+        let own = std::mem::size_of::<super::Activation<Small>>();
+        // `Rc`'s two counts come on top; 192 is one of the allocator's size classes.
+        assert!(own + 16 <= 192, "Activation<Small> is {own} bytes");
     }
 }

@@ -105,11 +105,38 @@ pub struct Context<A: Actor> {
     pub(crate) core: Rc<Shard>,
     pub(crate) type_idx: u16,
     pub(crate) this: Weak<Activation<A>>,
+    /// What few activations use, allocated at first use (see [`Rare`]).
+    pub(crate) rare: std::cell::OnceCell<Box<Rare<A>>>,
+}
+
+/// The parts of an activation that most never use: its timers, its extensions, senders
+/// waiting for room in its mailbox, and a direct turn handed over to its task. One box,
+/// allocated at the first use, so an activation without them carries one pointer for all
+/// four (an activation's size is what a node with a million of them pays per actor).
+pub(crate) struct Rare<A: Actor> {
     pub(crate) timers: RefCell<Vec<ActTimer<A>>>,
-    pub(crate) extensions: std::cell::RefCell<Vec<(std::any::TypeId, Box<dyn std::any::Any>)>>,
+    pub(crate) extensions: RefCell<Vec<(std::any::TypeId, Box<dyn std::any::Any>)>>,
+    pub(crate) space_waiters: RefCell<std::collections::VecDeque<std::task::Waker>>,
+    pub(crate) pending: RefCell<Option<crate::activation::PendingTurn>>,
+}
+
+impl<A: Actor> Default for Rare<A> {
+    fn default() -> Self {
+        Rare {
+            timers: RefCell::new(Vec::new()),
+            extensions: RefCell::new(Vec::new()),
+            space_waiters: RefCell::new(std::collections::VecDeque::new()),
+            pending: RefCell::new(None),
+        }
+    }
 }
 
 impl<A: Actor> Context<A> {
+    /// The rarely used parts, allocated now if they were not.
+    pub(crate) fn rare(&self) -> &Rare<A> {
+        self.rare.get_or_init(Box::default)
+    }
+
     /// This actor's id.
     pub fn id(&self) -> &ActorId {
         &self.id
@@ -190,7 +217,10 @@ impl<A: Actor> Context<A> {
     /// Only this activation's own timers can be cancelled (another id is ignored), and an id
     /// stays valid when the actor moves to another shard of its node.
     pub fn cancel_timer(&self, id: TimerId) -> bool {
-        let mut list = self.timers.borrow_mut();
+        let Some(rare) = self.rare.get() else {
+            return false;
+        };
+        let mut list = rare.timers.borrow_mut();
         let Some(i) = list.iter().position(|t| t.id == id) else {
             return false;
         };
@@ -217,7 +247,7 @@ impl<A: Actor> Context<A> {
     /// panic: the storage is borrowed).
     pub fn extension<T: Default + 'static, R>(&self, f: impl FnOnce(&mut T) -> R) -> R {
         let tid = std::any::TypeId::of::<T>();
-        let mut exts = self.extensions.borrow_mut();
+        let mut exts = self.rare().extensions.borrow_mut();
         let i = match exts.iter().position(|(t, _)| *t == tid) {
             Some(i) => i,
             None => {
@@ -292,7 +322,7 @@ impl<A: Actor> Context<A> {
             });
             Some(rearm)
         });
-        let mut list = self.timers.borrow_mut();
+        let mut list = self.rare().timers.borrow_mut();
         list.push(ActTimer { id, export });
         // Fired one-shots leave their entry here: prune them now and then, so an actor that
         // sets a timer in every turn keeps a list as long as its live timers (amortised O(1)).
@@ -307,7 +337,8 @@ impl<A: Actor> Context<A> {
 
     /// Cancels every timer of this activation (at deactivation).
     pub(crate) fn cancel_all_timers(&self) {
-        let list = std::mem::take(&mut *self.timers.borrow_mut());
+        let Some(rare) = self.rare.get() else { return };
+        let list = std::mem::take(&mut *rare.timers.borrow_mut());
         let mut timers = self.core.timers.borrow_mut();
         for t in list {
             timers.cancel(t.id);
@@ -318,7 +349,10 @@ impl<A: Actor> Context<A> {
     /// move to another shard (a move between shards, `migrate`): each with the time left
     /// until it is next due, and how to arm it again there ([`Context::rearm_timers`]).
     pub(crate) fn take_timers(&self) -> CarriedTimers<A> {
-        let list = std::mem::take(&mut *self.timers.borrow_mut());
+        let Some(rare) = self.rare.get() else {
+            return Vec::new();
+        };
+        let list = std::mem::take(&mut *rare.timers.borrow_mut());
         let now = self.core.now();
         let mut timers = self.core.timers.borrow_mut();
         list.into_iter()

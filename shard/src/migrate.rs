@@ -1175,9 +1175,7 @@ pub(crate) fn hand_over<A: Actor>(
         act.ctx.take_timers()
     };
     debug_assert_eq!(act.queue_len(), 0, "a turn loop ends with an empty mailbox");
-    for w in act.space_waiters.borrow_mut().drain(..) {
-        w.wake();
-    }
+    act.wake_all_space_waiters();
     if p.cmd.collect {
         // A move between nodes: the state goes back to the home (or the shard serving the
         // other node's request) as bytes.
