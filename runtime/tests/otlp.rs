@@ -424,7 +424,16 @@ fn a_stuck_collector_costs_the_calls_nothing_and_overflow_is_counted() {
         let r = ask();
         assert!(r.is_ok(), "{r:?}");
     }
-    let s = node.otlp_stats().unwrap();
+    // A turn's span is handed to the exporter as the turn ends, which may be just after its
+    // reply reached the caller: wait for the last one.
+    let end = Instant::now() + Duration::from_secs(10);
+    let s = loop {
+        let s = node.otlp_stats().unwrap();
+        if s.spans_queued + s.spans_dropped_queue_full >= 200 || Instant::now() > end {
+            break s;
+        }
+        std::thread::yield_now();
+    };
     assert_eq!(s.spans_queued + s.spans_dropped_queue_full, 200, "{s:?}");
     assert!(
         s.spans_queued <= 1 + 4,
