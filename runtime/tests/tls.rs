@@ -500,3 +500,62 @@ fn a_rotated_certificate_is_presented_to_new_connections() {
     c.shutdown();
     n.shutdown();
 }
+
+#[test]
+fn tls_files_that_do_not_load_fail_the_configuration_naming_the_file() {
+    let dir = tempdir("config");
+    let ca = Ca::new("quark test CA");
+    let f = files(&dir.0, "n1", &ca, &ca.issue("n1", 1, 30));
+    let addrs = free_addrs(1);
+    let err = |tls: &TlsFiles| -> String {
+        let e = NodeConfig::from_toml(&node_toml(1, &addrs, Some(tls)), "tls.toml")
+            .err()
+            .expect("refused");
+        ErrorChain(&e).to_string()
+    };
+    let mut missing = f.clone();
+    missing.key = dir.0.join("missing.key");
+    let e = err(&missing);
+    assert!(
+        e.contains("tls.toml") && e.contains("tls.key") && e.contains("missing.key"),
+        "{e}"
+    );
+    let mut swapped = f.clone();
+    swapped.cert = f.key.clone();
+    let e = err(&swapped);
+    assert!(
+        e.contains("tls.cert") && e.contains("no PEM CERTIFICATE"),
+        "{e}"
+    );
+    let mut other_key = f.clone();
+    other_key.key = dir.0.join("other.key");
+    std::fs::write(&other_key.key, ca.issue("x", 9, 30).1).unwrap();
+    let e = err(&other_key);
+    assert!(e.contains("not usable together"), "{e}");
+}
+
+#[test]
+fn with_tls_and_no_secret_a_node_may_listen_off_loopback() {
+    let dir = tempdir("listen");
+    let ca = Ca::new("quark test CA");
+    let f = files(&dir.0, "n1", &ca, &ca.issue("n1", 1, 30));
+    let addrs = free_addrs(1);
+    let text = |tls: Option<&TlsFiles>| {
+        node_toml(1, &addrs, tls).replace("node_id = 1\n", "node_id = 1\nlisten = \"0.0.0.0:0\"\n")
+    };
+    let plain = NodeConfig::from_toml(&text(None), "tls.toml").unwrap();
+    let e = quark::builtin::register_builtin(Node::builder().config(plain))
+        .start()
+        .err()
+        .expect("no secret, no TLS: loopback only");
+    assert!(
+        e.to_string().contains("without a cluster secret or TLS"),
+        "{e}"
+    );
+    let with_tls = NodeConfig::from_toml(&text(Some(&f)), "tls.toml").unwrap();
+    let n = quark::builtin::register_builtin(Node::builder().config(with_tls))
+        .start()
+        .expect("TLS: any address");
+    assert!(n.listen_addr().is_some_and(|a| a.ip().is_unspecified()));
+    n.shutdown();
+}
