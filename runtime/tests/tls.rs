@@ -509,8 +509,7 @@ fn tls_files_that_do_not_load_fail_the_configuration_naming_the_file() {
     let addrs = free_addrs(1);
     let err = |tls: &TlsFiles| -> String {
         let e = NodeConfig::from_toml(&node_toml(1, &addrs, Some(tls)), "tls.toml")
-            .err()
-            .expect("refused");
+            .expect_err("refused");
         ErrorChain(&e).to_string()
     };
     let mut missing = f.clone();

@@ -120,6 +120,8 @@ pub struct TlsSession {
     first: [u8; 2],
     first_len: usize,
     eof: bool,
+    /// An error met after plaintext was returned (reported by the next read).
+    failed: Option<TlsSessionError>,
 }
 
 impl std::fmt::Debug for TlsSession {
@@ -147,6 +149,7 @@ impl TlsSession {
             first: [0; 2],
             first_len: 0,
             eof: false,
+            failed: None,
         }
     }
 
@@ -191,20 +194,35 @@ impl TlsSession {
         }
     }
 
-    /// Moves plaintext into `buf` (non-empty), processing received ciphertext as needed.
-    /// [`PlainRead::Empty`]: read the socket. After an error the session is dead; write what
-    /// [`wants_write`](Self::wants_write) (an alert telling the peer why), then close.
+    /// Moves plaintext into `buf` (non-empty), processing received ciphertext as needed, until
+    /// `buf` is full or every received byte is processed. [`PlainRead::Empty`]: read the
+    /// socket. After an error the session is dead; write what
+    /// [`wants_write`](Self::wants_write) (an alert telling the peer why), then close. An error
+    /// met after some plaintext was copied is returned by the next call.
     pub fn read_plain(&mut self, buf: &mut [u8]) -> Result<PlainRead, TlsSessionError> {
+        if let Some(e) = self.failed.take() {
+            return Err(e);
+        }
+        let mut got = 0;
         loop {
-            match self.conn.reader().read(buf) {
-                Ok(0) => return Ok(PlainRead::Closed),
-                Ok(n) => return Ok(PlainRead::Data(n)),
+            if got == buf.len() {
+                return Ok(PlainRead::Data(got));
+            }
+            match self.conn.reader().read(&mut buf[got..]) {
+                Ok(0) => return Ok(Self::or(got, PlainRead::Closed)),
+                Ok(n) => {
+                    got += n;
+                    continue;
+                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                 // The socket ended without close_notify: the end of the stream all the same
                 // (Quark frames are self-delimiting; a cut frame is the decoder's to report).
-                Err(_) => return Ok(PlainRead::Closed),
+                Err(_) => return Ok(Self::or(got, PlainRead::Closed)),
             }
             if self.start == self.end {
+                if got > 0 {
+                    return Ok(PlainRead::Data(got));
+                }
                 if self.eof {
                     if self.conn.is_handshaking() {
                         return Err(TlsSessionError::ClosedInHandshake);
@@ -213,7 +231,22 @@ impl TlsSession {
                 }
                 return Ok(PlainRead::Empty);
             }
-            self.pump()?;
+            if let Err(e) = self.pump() {
+                if got == 0 {
+                    return Err(e);
+                }
+                self.failed = Some(e);
+                return Ok(PlainRead::Data(got));
+            }
+        }
+    }
+
+    /// `Data(got)` if something was copied, else `other`.
+    fn or(got: usize, other: PlainRead) -> PlainRead {
+        if got > 0 {
+            PlainRead::Data(got)
+        } else {
+            other
         }
     }
 
