@@ -13,9 +13,10 @@
 //! cluster, sequential asks on the spinning cluster), the order rotated every block, so that
 //! the three see the same machine load; a sequential ask is one `ask(Ping(64 B))` at a time
 //! from node 1's shard to an `echo` actor owned by node 2. Then `--pipelined-s` of
-//! `--inflight` asks in flight from node 1's shard, on each cluster (in two halves, in the
-//! order first, second, second, first, so that a drift of the load weighs the same on both;
-//! before, the whole of it on one cluster, then the other). Both configurations are
+//! `--inflight` asks in flight from node 1's shard, on each cluster (in four slices each, in
+//! the order first, second, second, first, second, first, first, second, so that a drift of
+//! the load weighs the same on both; before, the whole of it on one cluster, then the other).
+//! Both configurations are
 //! compared with the same baselines, and a target is reported as met for a configuration
 //! only when that configuration meets it.
 //!
@@ -360,8 +361,8 @@ fn sequential(node: &Node, key: u64, n: u64) -> Result<Histogram<u64>> {
 }
 
 /// `inflight` asks in flight from node 1's shard for `pipelined_s` (after a warm-up of a
-/// quarter of it, at most 0.5 s): asks/s and errors. A run measures each configuration in two
-/// halves of `--pipelined-s`, in the order first, second, second, first.
+/// quarter of it, at most 0.5 s): asks/s and errors. A run measures each configuration in four
+/// slices of `--pipelined-s`, interleaved (see `run_once`).
 fn pipelined(node: &Node, key: u64, inflight: usize, pipelined_s: f64) -> Result<(f64, u64)> {
     let r = node.actor_ref::<Echo>(key);
     let dur = Duration::from_secs_f64(pipelined_s);
@@ -427,14 +428,20 @@ fn run_once(
         }
     }
     let (b50, b99) = (b.value_at_quantile(0.5), b.value_at_quantile(0.99));
-    // Pipelined: two halves in the order first, second, second, first (a drift of the machine
-    // load during the run weighs the same on both configurations).
-    let half = args.pipelined_s / 2.0;
+    // Pipelined: four slices per configuration, in the order first, second, second, first,
+    // second, first, first, second (the load of a shared machine drifts; each configuration
+    // sees the same share of it).
+    const SLICES: usize = 4;
+    let slice = args.pipelined_s / SLICES as f64;
     let mut tputs = [(0.0, 0u64); 2];
-    for (i, c) in [(0, parked), (1, spinning), (1, spinning), (0, parked)] {
-        let (t, e) = pipelined(&c.node, c.key, args.inflight, half)?;
-        tputs[i].0 += t / 2.0;
-        tputs[i].1 += e;
+    for i in 0..SLICES {
+        let order = if i == 0 || i == 3 { [0, 1] } else { [1, 0] };
+        for which in order {
+            let c = if which == 0 { parked } else { spinning };
+            let (t, e) = pipelined(&c.node, c.key, args.inflight, slice)?;
+            tputs[which].0 += t / SLICES as f64;
+            tputs[which].1 += e;
+        }
     }
     let config = |h: &Histogram<u64>, (tput, errors): (f64, u64)| -> Result<ConfigResult> {
         Ok(ConfigResult {
