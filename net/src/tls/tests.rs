@@ -344,3 +344,29 @@ fn a_rotated_certificate_is_used_by_new_sessions() {
         s3.peer_certificate().unwrap().to_vec()
     });
 }
+
+#[test]
+fn a_tampered_record_is_refused() {
+    let dir = tempdir();
+    let ca = Ca::new("ca");
+    let (a, b) = pair(&ca, &dir);
+    let mut c = a.client_session("127.0.0.1".parse().unwrap()).unwrap();
+    let mut s = b.server_session().unwrap();
+    for _ in 0..3 {
+        pass(&mut c, &mut s).unwrap();
+        pass(&mut s, &mut c).unwrap();
+    }
+    c.write_plain(b"transfer 100 to alice").unwrap();
+    let mut v = Vec::new();
+    c.write_tls(&mut v).unwrap();
+    let last = v.len() - 20;
+    v[last] ^= 1;
+    s.recv_space()[..v.len()].copy_from_slice(&v);
+    s.received(v.len());
+    let mut buf = [0u8; 64];
+    let e = s.read_plain(&mut buf).expect_err("refused");
+    assert!(
+        matches!(e, TlsSessionError::Protocol(rustls::Error::DecryptError)),
+        "{e:?}"
+    );
+}

@@ -437,9 +437,7 @@ impl LinkError {
             StreamError::Tls(source) => LinkError::Tls { addr, source },
         }
     }
-}
 
-impl LinkError {
     fn close_reason(&self) -> CloseReason {
         match self {
             LinkError::Connect { .. } | LinkError::HandshakeIo { .. } => CloseReason::Io,
@@ -885,6 +883,12 @@ async fn read_chunk(
         Err(e) => {
             if wire.is_closed() {
                 Err(closed_reason(core, wire))
+            } else if let StreamError::Tls(e) = &e {
+                // A corrupt or forged record, or an alert from the peer: not an ordinary
+                // network error.
+                tracing::warn!(shard = core.id, peer, %addr, error = %e,
+                    "TLS failure on an established connection; closing it");
+                Err(CloseReason::BadFrame)
             } else {
                 tracing::debug!(shard = core.id, peer, %addr, error = %e, "read failed");
                 Err(CloseReason::Io)
