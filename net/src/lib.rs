@@ -18,6 +18,7 @@ mod frame;
 mod handshake;
 mod membership;
 mod secret;
+pub mod tls;
 mod wire;
 
 pub use backoff::{Backoff, BackoffConfig};
@@ -39,7 +40,9 @@ pub use membership::{ClusterConfig, MemberAddr, Membership, MembershipError};
 /// The rkyv version this crate archives with (derive `rkyv::Archive`/`Serialize` through it
 /// so the versions match).
 pub use rkyv;
-pub use secret::{check_listen_addr, ClusterSecret, ListenError, ListenMode, SecretError};
+pub use secret::{
+    check_listen, check_listen_addr, ClusterSecret, ListenError, ListenMode, SecretError,
+};
 pub use wire::{
     decode_message, decode_request, decode_response, encode_error_reply, encode_message,
     encode_request, encode_response, ArchivedRemoteError, ArchivedRequestEnvelope, ArchivedWireKey,

@@ -109,6 +109,9 @@ impl std::fmt::Display for ClusterSecret {
 pub enum ListenMode {
     /// A secret is configured: any address; every peer must prove the secret.
     Authenticated,
+    /// No secret is configured but TLS is: any address; every peer must present a
+    /// certificate signed by the configured CA (mutual TLS).
+    Certificates,
     /// No secret is configured and the address is a loopback one. The node must say so at
     /// start-up (log [`ListenMode::NO_SECRET_NOTICE`] with the address).
     LoopbackOnly,
@@ -127,7 +130,7 @@ pub enum ListenError {
     /// No secret is configured and the address is not loopback (this includes `0.0.0.0` and
     /// `[::]`).
     #[error(
-        "refusing to listen on {addr} without a cluster secret: configure a secret, or listen on a loopback address (127.0.0.1 / [::1])"
+        "refusing to listen on {addr} without a cluster secret or TLS: configure a secret or [cluster.tls], or listen on a loopback address (127.0.0.1 / [::1])"
     )]
     NoSecretOffLoopback {
         /// The refused address.
@@ -135,13 +138,26 @@ pub enum ListenError {
     },
 }
 
-/// Applies the rule "a node with no secret configured listens only on loopback".
+/// Applies the rule "a node with no secret configured listens only on loopback" (for a node
+/// without TLS; see [`check_listen`]).
 pub fn check_listen_addr(
     addr: SocketAddr,
     secret: Option<&ClusterSecret>,
 ) -> Result<ListenMode, ListenError> {
+    check_listen(addr, secret, false)
+}
+
+/// The listen rule: a node with a cluster secret, or with TLS configured (`tls`: mutual
+/// authentication by certificates), may listen on any address; a node with neither only on
+/// loopback.
+pub fn check_listen(
+    addr: SocketAddr,
+    secret: Option<&ClusterSecret>,
+    tls: bool,
+) -> Result<ListenMode, ListenError> {
     match secret {
         Some(_) => Ok(ListenMode::Authenticated),
+        None if tls => Ok(ListenMode::Certificates),
         None if addr.ip().is_loopback() => Ok(ListenMode::LoopbackOnly),
         None => Err(ListenError::NoSecretOffLoopback { addr }),
     }
@@ -191,6 +207,15 @@ mod tests {
         assert_eq!(
             check_listen_addr(lan, Some(&s)),
             Ok(ListenMode::Authenticated)
+        );
+        assert_eq!(check_listen(lan, None, true), Ok(ListenMode::Certificates));
+        assert_eq!(
+            check_listen(lan, Some(&s), true),
+            Ok(ListenMode::Authenticated)
+        );
+        assert_eq!(
+            check_listen(any, None, false),
+            Err(ListenError::NoSecretOffLoopback { addr: any })
         );
     }
 }

@@ -4,7 +4,10 @@
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use quark_net::tls::{TlsBlocking, TlsContext, TlsIoError, TlsSessionError};
 
 use quark_net::{
     ClusterSecret, DriveError, HandshakeConfig, HandshakeDriver, HandshakeError, Initiator,
@@ -56,6 +59,26 @@ pub enum ClientError {
         /// The id it presented.
         found: u64,
     },
+    /// TLS with a node failed (the cause says which side refused what: an untrusted or
+    /// expired certificate, no certificate, a node without TLS).
+    #[error("TLS with {addr}")]
+    Tls {
+        /// The address.
+        addr: SocketAddr,
+        /// The cause.
+        #[source]
+        source: TlsSessionError,
+    },
+    /// The node answered with TLS records but this client has no TLS configured
+    /// ([`ClientBuilder::tls`]).
+    #[error("handshake with {addr}: the node speaks TLS and this client has no TLS configured")]
+    TlsRequired {
+        /// The address.
+        addr: SocketAddr,
+    },
+    /// The client's TLS files could not be loaded (the source names the file).
+    #[error("client TLS files")]
+    TlsFiles(#[source] quark_net::tls::TlsError),
     /// The cluster secret could not be read (e.g. [`ClientBuilder::secret_env`] names a
     /// variable that is not set).
     #[error("cluster secret")]
@@ -77,27 +100,51 @@ pub fn probe(
     cfg: HandshakeConfig,
     timeout: Duration,
 ) -> Result<PeerInfo, ClientError> {
+    probe_with(addr, cfg, None, timeout)
+}
+
+/// [`probe`] over TLS when `tls` is given (the TLS handshake first, then the Quark one inside
+/// it, as the nodes' connections do).
+pub fn probe_with(
+    addr: SocketAddr,
+    cfg: HandshakeConfig,
+    tls: Option<&TlsContext>,
+    timeout: Duration,
+) -> Result<PeerInfo, ClientError> {
     let connect = |source| ClientError::Connect { addr, source };
-    let mut s = TcpStream::connect_timeout(&addr, timeout).map_err(connect)?;
+    let s = TcpStream::connect_timeout(&addr, timeout).map_err(connect)?;
     let deadline = Instant::now() + timeout;
+    let mut s = match tls {
+        None => ProbeIo::Plain(s),
+        Some(ctx) => {
+            s.set_read_timeout(Some(timeout)).map_err(connect)?;
+            let sess = ctx
+                .client_session(addr.ip())
+                .map_err(|source| ClientError::Tls { addr, source })?;
+            let mut t = TlsBlocking::new(sess, s);
+            t.handshake().map_err(|e| tls_io_error(addr, e))?;
+            ProbeIo::Tls(Box::new(t))
+        }
+    };
     let init = Initiator::new(cfg, rand::random(), None);
     // The same driver the nodes' connections use; here over a blocking socket.
     let mut hs = HandshakeDriver::dial(init, HANDSHAKE_FRAME_BYTES_MAX)
         .map_err(|e| handshake_error(addr, e))?;
     let mut buf = [0u8; 4096];
+    let mut first = true;
     loop {
-        flush(&mut s, hs.out()).map_err(connect)?;
+        s.flush(hs.out()).map_err(|e| tls_io_error(addr, e))?;
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
             let source = hs.on_timeout();
-            let _ = flush(&mut s, hs.out());
+            let _ = s.flush(hs.out());
             return Err(ClientError::Handshake { addr, source });
         }
-        s.set_read_timeout(Some(left)).map_err(connect)?;
+        s.stream().set_read_timeout(Some(left)).map_err(connect)?;
         let n = match s.read(&mut buf) {
             Ok(0) => return Err(ClientError::HandshakeBroken { addr }),
             Ok(n) => n,
-            Err(e)
+            Err(TlsIoError::Io(e))
                 if matches!(
                     e.kind(),
                     std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
@@ -105,12 +152,18 @@ pub fn probe(
             {
                 continue
             }
-            Err(e) => return Err(connect(e)),
+            Err(e) => return Err(tls_io_error(addr, e)),
         };
+        if std::mem::take(&mut first)
+            && matches!(s, ProbeIo::Plain(_))
+            && quark_net::tls::looks_like_tls(&buf[..n])
+        {
+            return Err(ClientError::TlsRequired { addr });
+        }
         let done = hs.on_bytes(&buf[..n]);
         if !matches!(done, Ok(None)) {
             // Best effort: the last frame (a Welcome's answer, or a Reject saying why).
-            let _ = flush(&mut s, hs.out());
+            let _ = s.flush(hs.out());
         }
         match done {
             Ok(None) => {}
@@ -120,13 +173,46 @@ pub fn probe(
     }
 }
 
-/// Writes what the handshake has to send.
-fn flush(s: &mut TcpStream, out: &mut OutBuf) -> std::io::Result<()> {
-    if !out.is_empty() {
-        s.write_all(out.pending())?;
-        out.clear();
+/// The probe's connection: plain TCP or TLS over it.
+enum ProbeIo {
+    Plain(TcpStream),
+    Tls(Box<TlsBlocking<TcpStream>>),
+}
+
+impl ProbeIo {
+    /// Writes what the handshake has to send.
+    fn flush(&mut self, out: &mut OutBuf) -> Result<(), TlsIoError> {
+        if !out.is_empty() {
+            match self {
+                ProbeIo::Plain(s) => s.write_all(out.pending())?,
+                ProbeIo::Tls(t) => t.write_all(out.pending())?,
+            }
+            out.clear();
+        }
+        Ok(())
     }
-    Ok(())
+
+    fn read(&mut self, buf: &mut [u8]) -> Result<usize, TlsIoError> {
+        match self {
+            ProbeIo::Plain(s) => Ok(s.read(buf)?),
+            ProbeIo::Tls(t) => t.read(buf),
+        }
+    }
+
+    fn stream(&mut self) -> &mut TcpStream {
+        match self {
+            ProbeIo::Plain(s) => s,
+            ProbeIo::Tls(t) => t.get_mut(),
+        }
+    }
+}
+
+fn tls_io_error(addr: SocketAddr, e: TlsIoError) -> ClientError {
+    match e {
+        TlsIoError::Io(source) => ClientError::Connect { addr, source },
+        TlsIoError::Tls(source) => ClientError::Tls { addr, source },
+        _ => ClientError::HandshakeBroken { addr },
+    }
 }
 
 fn handshake_error(addr: SocketAddr, e: DriveError) -> ClientError {
@@ -142,6 +228,8 @@ pub struct ClientBuilder {
     cluster_id: String,
     secret: Option<ClusterSecret>,
     secret_env: Option<String>,
+    tls: Option<Arc<TlsContext>>,
+    tls_files: Option<quark_net::tls::TlsFiles>,
     require_all_nodes: bool,
     nodes: Vec<(Option<u64>, SocketAddr)>,
     engine: EngineConfig,
@@ -169,6 +257,23 @@ impl ClientBuilder {
     /// [`ClientError::Secret`]), as for a node's `cluster.secret_env`.
     pub fn secret_env(mut self, var: impl Into<String>) -> Self {
         self.secret_env = Some(var.into());
+        self
+    }
+
+    /// Connects over TLS 1.3 with this certificate, key and CA (mutual TLS: the nodes must
+    /// have `[cluster.tls]` with the same CA). Replaces [`tls_files`](Self::tls_files).
+    pub fn tls(mut self, ctx: Arc<TlsContext>) -> Self {
+        self.tls = Some(ctx);
+        self.tls_files = None;
+        self
+    }
+
+    /// Like [`tls`](Self::tls), loading the files at [`connect`](Self::connect) (an invalid
+    /// file fails it with [`ClientError::TlsFiles`], naming the file). The files are checked
+    /// for changes as a node's are (new connections use a rotated certificate).
+    pub fn tls_files(mut self, files: quark_net::tls::TlsFiles) -> Self {
+        self.tls_files = Some(files);
+        self.tls = None;
         self
     }
 
@@ -240,6 +345,10 @@ impl ClientBuilder {
             Some(var) => Some(ClusterSecret::require_env(var).map_err(ClientError::Secret)?),
             None => self.secret.clone(),
         };
+        let tls = match self.tls_files.clone() {
+            Some(f) => Some(TlsContext::load(f).map_err(ClientError::TlsFiles)?),
+            None => self.tls.clone(),
+        };
         let client_id: u64 = rand::random::<u64>() | (1 << 63);
         let hs = HandshakeConfig {
             protocol_version: PROTOCOL_VERSION,
@@ -256,7 +365,8 @@ impl ClientBuilder {
                 .iter()
                 .map(|&(_, addr)| {
                     let cfg = hs.clone();
-                    s.spawn(move || probe(addr, cfg, timeout))
+                    let tls = tls.as_deref();
+                    s.spawn(move || probe_with(addr, cfg, tls, timeout))
                 })
                 .collect();
             handles
@@ -305,6 +415,7 @@ impl ClientBuilder {
         let members = membership.nodes().map(|(id, _)| id).collect();
         let mut net = NetConfig::new(client_id, PeerRole::Client, membership);
         net.secret = secret;
+        net.tls = tls;
         (self.net)(&mut net);
         let mut engine = self.engine;
         engine.net = Some(net);
@@ -359,6 +470,8 @@ impl Client {
             cluster_id: "local".into(),
             secret: None,
             secret_env: None,
+            tls: None,
+            tls_files: None,
             require_all_nodes: false,
             nodes: Vec::new(),
             engine: EngineConfig {

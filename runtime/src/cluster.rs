@@ -42,6 +42,7 @@ pub(crate) struct RawCluster {
     handshake_timeout_ms: Option<u64>,
     #[serde(default)]
     nodes: Vec<quark_net::MemberAddr>,
+    tls: Option<crate::config::tls::RawTls>,
 }
 
 fn invalid(file: &Path, key: &str, value: String, reason: &'static str) -> ConfigError {
@@ -123,6 +124,10 @@ pub(crate) fn cluster_settings(
     };
     let mut net = NetConfig::new(raw.node_id, PeerRole::Member, membership);
     net.secret = secret;
+    net.tls = raw
+        .tls
+        .map(|t| crate::config::tls::tls_settings(t, check))
+        .transpose()?;
     if let Some(v) = raw.frame_bytes_max {
         net.frame_bytes_max = check.range(
             "cluster.frame_bytes_max",

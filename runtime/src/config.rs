@@ -21,6 +21,7 @@ use serde::Deserialize;
 mod observability;
 mod outbox;
 mod spans;
+pub(crate) mod tls;
 pub use observability::ObservabilityConfig;
 pub use outbox::OutboxSection;
 use spans::Doc;
@@ -131,6 +132,15 @@ pub enum ConfigError {
         /// What is wrong.
         #[source]
         source: quark_net::MembershipError,
+    },
+    /// A file of `[cluster.tls]` is missing, unreadable or invalid (the source names it).
+    #[error("{}: [cluster.tls]", file.display())]
+    Tls {
+        /// The configuration file.
+        file: PathBuf,
+        /// What is wrong, naming the TLS file.
+        #[source]
+        source: Box<quark_net::tls::TlsError>,
     },
     /// The cluster secret is unusable (too short, not UTF-8 in the environment).
     #[error("{}: unusable cluster secret", file.display())]

@@ -21,7 +21,7 @@ pub mod reminders;
 mod serve;
 
 pub use admin::{AdminConfig, AdminError};
-pub use client::{probe, Client, ClientBuilder, ClientError};
+pub use client::{probe, probe_with, Client, ClientBuilder, ClientError};
 pub use cluster::ClusterSettings;
 pub use config::{ActorTypeConfig, ConfigError, NodeConfig, ObservabilityConfig, OutboxSection};
 pub use node::{Node, NodeBuilder, NodeError};
@@ -30,6 +30,9 @@ pub use node::{Node, NodeBuilder, NodeError};
 /// `#[derive(quark::rkyv::Archive, quark::rkyv::Serialize, quark::rkyv::Deserialize)]` and
 /// `#[rkyv(crate = quark::rkyv)]`, then `impl quark::WireMessage for T { const WIRE_NAME: ... }`.
 pub use quark_net::rkyv;
+/// TLS on the transport: [`tls::TlsContext`] for [`ClientBuilder::tls`], [`tls::TlsFiles`]
+/// for [`ClientBuilder::tls_files`] (a node takes them from `[cluster.tls]`).
+pub use quark_net::tls;
 pub use quark_net::{
     ClusterSecret, HandshakeConfig, Membership, MembershipError, PeerRole, RemoteError,
     SecretError, WireMessage, WireOwned, PROTOCOL_VERSION,

@@ -349,7 +349,8 @@ impl NodeBuilder {
             None => None,
         };
         if let Some(c) = &mut self.config.cluster {
-            let mode = quark_net::check_listen_addr(c.listen, c.net.secret.as_ref())?;
+            let mode =
+                quark_net::check_listen(c.listen, c.net.secret.as_ref(), c.net.tls.is_some())?;
             let l = std::net::TcpListener::bind(c.listen).map_err(|source| NodeError::Bind {
                 addr: c.listen,
                 source,

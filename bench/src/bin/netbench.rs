@@ -13,12 +13,21 @@
 //! cluster, sequential asks on the spinning cluster), the order rotated every block, so that
 //! the three see the same machine load; a sequential ask is one `ask(Ping(64 B))` at a time
 //! from node 1's shard to an `echo` actor owned by node 2. Then `--pipelined-s` of
-//! `--inflight` asks in flight from node 1's shard, on each cluster. Both configurations are
+//! `--inflight` asks in flight from node 1's shard, on each cluster (in four slices each, in
+//! the order first, second, second, first, second, first, first, second, so that a drift of
+//! the load weighs the same on both; before, the whole of it on one cluster, then the other).
+//! Both configurations are
 //! compared with the same baselines, and a target is reported as met for a configuration
 //! only when that configuration meets it.
 //!
+//! With `--tls` the two configurations are *plain* and *tls* instead (both with
+//! `idle_spin_us = --spin-us`): the same clusters without and with TLS 1.3 (mutual
+//! authentication, certificates made at start-up in a temporary directory), measured in the
+//! same run against the same baselines; the report adds the TLS targets of issue 21 (pipelined
+//! asks/s with TLS at least 85% of plain, sequential ask p50 at most 10 µs over plain).
+//!
 //! Prints the machine line (cores, kernel, CPU, commit) first.
-//! `cargo build --release -p quark-bench --bins && target/release/netbench --runs 5`
+//! `cargo build --release -p quark-bench --bins && target/release/netbench --runs 5 [--tls]`
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -80,6 +89,12 @@ struct Args {
     /// Print one JSON line with every run at the end.
     #[arg(long)]
     json: bool,
+    /// Compare plaintext and TLS clusters (both spinning) instead of parked and spinning.
+    #[arg(long)]
+    tls: bool,
+    /// Server mode with --tls: the directory with ca.crt, node.crt and node.key.
+    #[arg(long)]
+    tls_dir: Option<std::path::PathBuf>,
 }
 
 fn pin(cpu: usize) {
@@ -94,6 +109,59 @@ fn pin(cpu: usize) {
 enum Config {
     Parked,
     Spinning,
+    /// Spinning, plaintext (the baseline of `Tls`).
+    Plain,
+    /// Spinning, TLS 1.3 with mutual authentication.
+    Tls,
+}
+
+impl Config {
+    /// The two configurations of a run.
+    fn pair(args: &Args) -> [Config; 2] {
+        if args.tls {
+            [Config::Plain, Config::Tls]
+        } else {
+            [Config::Parked, Config::Spinning]
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Config::Parked => "parked",
+            Config::Spinning => "spinning",
+            Config::Plain => "plain",
+            Config::Tls => "tls",
+        }
+    }
+}
+
+/// Writes a CA and one certificate for 127.0.0.1 (both node roles) into `dir`.
+fn make_certs(dir: &std::path::Path) -> Result<()> {
+    use rcgen::{
+        BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
+        SanType,
+    };
+    std::fs::create_dir_all(dir)?;
+    let mut p = CertificateParams::new(Vec::<String>::new())?;
+    p.distinguished_name.push(DnType::CommonName, "netbench CA");
+    p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca_key = KeyPair::generate()?;
+    let ca = p.self_signed(&ca_key)?;
+    let mut p = CertificateParams::new(vec!["localhost".to_owned()])?;
+    p.subject_alt_names
+        .push(SanType::IpAddress("127.0.0.1".parse()?));
+    p.distinguished_name
+        .push(DnType::CommonName, "netbench node");
+    p.extended_key_usages = vec![
+        ExtendedKeyUsagePurpose::ServerAuth,
+        ExtendedKeyUsagePurpose::ClientAuth,
+    ];
+    let key = KeyPair::generate()?;
+    let cert = p.signed_by(&key, &ca, &ca_key)?;
+    std::fs::write(dir.join("ca.crt"), ca.pem())?;
+    std::fs::write(dir.join("node.crt"), cert.pem())?;
+    std::fs::write(dir.join("node.key"), key.serialize_pem())?;
+    Ok(())
 }
 
 /// The cluster addresses of one configuration.
@@ -108,12 +176,26 @@ fn start_node(id: u64, pair: Pair, config: Config, cpu: usize, args: &Args) -> R
     let (spin, name) = match config {
         Config::Parked => (0, "netbench-parked"),
         Config::Spinning => (args.spin_us, "netbench-spinning"),
+        Config::Plain => (args.spin_us, "netbench-plain"),
+        Config::Tls => (args.spin_us, "netbench-tls"),
     };
-    let text = format!(
+    let mut text = format!(
         "[node]\nshards = [{cpu}]\nidle_spin_us = {spin}\nforce_legacy_driver = {legacy}\n\n[cluster]\ncluster_id = \"{name}\"\n\
          node_id = {id}\n\n[[cluster.nodes]]\nid = 1\naddr = \"{node1}\"\n\n\
          [[cluster.nodes]]\nid = 2\naddr = \"{node2}\"\n"
     );
+    if config == Config::Tls {
+        let dir = args
+            .tls_dir
+            .as_ref()
+            .context("--tls needs the certificate directory")?;
+        text.push_str(&format!(
+            "[cluster.tls]\nca = {:?}\ncert = {:?}\nkey = {:?}\n",
+            dir.join("ca.crt"),
+            dir.join("node.crt"),
+            dir.join("node.key")
+        ));
+    }
     let config = quark::NodeConfig::from_toml(&text, "netbench.toml")?;
     let node = Node::builder()
         .config(config)
@@ -138,8 +220,9 @@ fn pair_of(addrs: &[SocketAddr]) -> Result<Pair> {
 fn server(args: &Args) -> Result<()> {
     let parked = pair_of(&args.parked_addrs)?;
     let spinning = pair_of(&args.spinning_addrs)?;
-    let a = start_node(2, parked, Config::Parked, args.server_cpu, args)?;
-    let b = start_node(2, spinning, Config::Spinning, args.server_cpu, args)?;
+    let [ca, cb] = Config::pair(args);
+    let a = start_node(2, parked, ca, args.server_cpu, args)?;
+    let b = start_node(2, spinning, cb, args.server_cpu, args)?;
     let echo = TcpListener::bind("127.0.0.1:0")?;
     let echo_addr = echo.local_addr()?;
     let cpu = args.server_cpu;
@@ -175,6 +258,12 @@ fn spawn_server(args: &Args, parked: Pair, spinning: Pair) -> Result<(Child, Soc
         .arg(format!("--server-cpu={}", args.server_cpu))
         .arg(format!("--spin-us={}", args.spin_us))
         .args(args.legacy.then_some("--legacy"))
+        .args(args.tls.then_some("--tls"))
+        .args(
+            args.tls_dir
+                .as_ref()
+                .map(|d| format!("--tls-dir={}", d.display())),
+        )
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()?;
@@ -235,8 +324,10 @@ struct ConfigResult {
 struct RunResult {
     baseline_p50_ns: u64,
     baseline_p99_ns: u64,
-    parked: ConfigResult,
-    spinning: ConfigResult,
+    /// The first configuration (parked, or plain with `--tls`).
+    first: ConfigResult,
+    /// The second configuration (spinning, or tls with `--tls`).
+    second: ConfigResult,
 }
 
 /// Sequential asks from node 1's shard: `n` measured after `n / 10` warm-up.
@@ -270,7 +361,8 @@ fn sequential(node: &Node, key: u64, n: u64) -> Result<Histogram<u64>> {
 }
 
 /// `inflight` asks in flight from node 1's shard for `pipelined_s` (after a warm-up of a
-/// quarter of it, at most 0.5 s): asks/s and errors.
+/// quarter of it, at most 0.5 s): asks/s and errors. A run measures each configuration in four
+/// slices of `--pipelined-s`, interleaved (see `run_once`).
 fn pipelined(node: &Node, key: u64, inflight: usize, pipelined_s: f64) -> Result<(f64, u64)> {
     let r = node.actor_ref::<Echo>(key);
     let dur = Duration::from_secs_f64(pipelined_s);
@@ -336,8 +428,22 @@ fn run_once(
         }
     }
     let (b50, b99) = (b.value_at_quantile(0.5), b.value_at_quantile(0.99));
-    let config = |h: &Histogram<u64>, c: &Client| -> Result<ConfigResult> {
-        let (tput, errors) = pipelined(&c.node, c.key, args.inflight, args.pipelined_s)?;
+    // Pipelined: four slices per configuration, in the order first, second, second, first,
+    // second, first, first, second (the load of a shared machine drifts; each configuration
+    // sees the same share of it).
+    const SLICES: usize = 4;
+    let slice = args.pipelined_s / SLICES as f64;
+    let mut tputs = [(0.0, 0u64); 2];
+    for i in 0..SLICES {
+        let order = if i == 0 || i == 3 { [0, 1] } else { [1, 0] };
+        for which in order {
+            let c = if which == 0 { parked } else { spinning };
+            let (t, e) = pipelined(&c.node, c.key, args.inflight, slice)?;
+            tputs[which].0 += t / SLICES as f64;
+            tputs[which].1 += e;
+        }
+    }
+    let config = |h: &Histogram<u64>, (tput, errors): (f64, u64)| -> Result<ConfigResult> {
         Ok(ConfigResult {
             ask_p50_ns: h.value_at_quantile(0.5),
             ask_p99_ns: h.value_at_quantile(0.99),
@@ -351,8 +457,8 @@ fn run_once(
     Ok(RunResult {
         baseline_p50_ns: b50,
         baseline_p99_ns: b99,
-        parked: config(&p, parked)?,
-        spinning: config(&s, spinning)?,
+        first: config(&p, tputs[0])?,
+        second: config(&s, tputs[1])?,
     })
 }
 
@@ -379,7 +485,7 @@ const TARGET_RATIO_P50: f64 = 1.5;
 const TARGET_PIPELINED: f64 = 1e6;
 
 fn main() -> Result<()> {
-    let args = Args::parse();
+    let mut args = Args::parse();
     let _ = tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -401,17 +507,33 @@ fn main() -> Result<()> {
         })
     };
     let (pp, sp) = (free_pair()?, free_pair()?);
+    let tls_dir = std::env::temp_dir().join(format!("netbench-tls-{}", std::process::id()));
+    if args.tls {
+        make_certs(&tls_dir)?;
+        args.tls_dir = Some(tls_dir.clone());
+    }
     let (mut child, echo) = spawn_server(&args, pp, sp)?;
-    let parked = connect(&args, pp, Config::Parked)?;
-    let spinning = connect(&args, sp, Config::Spinning)?;
+    let [ca, cb] = Config::pair(&args);
+    let parked = connect(&args, pp, ca)?;
+    let spinning = connect(&args, sp, cb)?;
     println!(
         "netbench: 2 processes, node 1 on core {} (baseline client thread pinned there too), \
-         node 2 and the echo thread on core {}; parked cluster idle_spin_us 0, spinning \
-         cluster idle_spin_us {}; msg {MSG_BYTES} B, {} round trips per run, {} in flight for \
-         {} s",
+         node 2 and the echo thread on core {}; {}; msg {MSG_BYTES} B, {} round trips per run, \
+         {} in flight for {} s",
         args.client_cpu,
         args.server_cpu,
-        args.spin_us,
+        if args.tls {
+            format!(
+                "plain and tls clusters both idle_spin_us {} (tls: TLS 1.3, mutual \
+                 authentication, ring)",
+                args.spin_us
+            )
+        } else {
+            format!(
+                "parked cluster idle_spin_us 0, spinning cluster idle_spin_us {}",
+                args.spin_us
+            )
+        },
         args.round_trips,
         args.inflight,
         args.pipelined_s
@@ -436,8 +558,8 @@ fn main() -> Result<()> {
             "run {i}: baseline p50 {:.1} µs p99 {:.1} µs | {} | {}",
             r.baseline_p50_ns as f64 / 1e3,
             r.baseline_p99_ns as f64 / 1e3,
-            cfg("parked", &r.parked),
-            cfg("spinning", &r.spinning),
+            cfg(ca.name(), &r.first),
+            cfg(cb.name(), &r.second),
         );
         runs.push(r);
     }
@@ -469,10 +591,10 @@ fn main() -> Result<()> {
     let mut verdicts = Vec::new();
     for (name, get) in [
         (
-            "parked",
-            (|r: &RunResult| &r.parked) as fn(&RunResult) -> &ConfigResult,
+            ca.name(),
+            (|r: &RunResult| &r.first) as fn(&RunResult) -> &ConfigResult,
         ),
-        ("spinning", |r: &RunResult| &r.spinning),
+        (cb.name(), |r: &RunResult| &r.second),
     ] {
         line(
             &format!("{name}: remote ask p50, µs"),
@@ -510,6 +632,30 @@ fn main() -> Result<()> {
             },
         ));
     }
+    if args.tls {
+        // Issue 21: TLS costs at most 15% on pipelined asks and at most 10 µs at p50 on
+        // sequential asks, against plain in the same run (per-run ratio and delta, median).
+        let ratio = s(&|r| r.second.pipelined_asks_per_s / r.first.pipelined_asks_per_s);
+        let ratio_median = ratio.0.median;
+        line("tls / plain: pipelined asks/s", ratio, 3);
+        let delta = s(&|r| (r.second.ask_p50_ns as f64 - r.first.ask_p50_ns as f64) / 1e3);
+        let delta_median = delta.0.median;
+        line("tls - plain: sequential ask p50, µs", delta, 1);
+        verdicts.push(format!(
+            "  tls: pipelined >= 0.85 x plain: {} (median {ratio_median:.3}); sequential p50 \
+             <= plain + 10 µs: {} (median +{delta_median:.1} µs)",
+            if ratio_median >= 0.85 {
+                "met"
+            } else {
+                "NOT met"
+            },
+            if delta_median <= 10.0 {
+                "met"
+            } else {
+                "NOT met"
+            },
+        ));
+    }
     println!("targets, per configuration (a target is met only by the configuration named):");
     for v in verdicts {
         println!("{v}");
@@ -517,10 +663,11 @@ fn main() -> Result<()> {
     if args.json {
         println!(
             "{}",
-            serde_json::json!({"machine": machine, "args": format!("{args:?}"), "runs": runs})
+            serde_json::json!({"machine": machine, "args": format!("{args:?}"),
+                "configs": [ca.name(), cb.name()], "runs": runs})
         );
     }
-    for (name, c) in [("parked", &parked), ("spinning", &spinning)] {
+    for (name, c) in [(ca.name(), &parked), (cb.name(), &spinning)] {
         if let Some(net) = &c.node.stats().expect("stats")[0].net {
             println!(
                 "node 1 ({name}) transport: {} frames out, {} bytes out, {} frames in",
@@ -532,5 +679,8 @@ fn main() -> Result<()> {
     spinning.node.shutdown();
     drop(child.stdin.take());
     let _ = child.wait();
+    if args.tls {
+        let _ = std::fs::remove_dir_all(&tls_dir);
+    }
     Ok(())
 }

@@ -18,10 +18,11 @@ use quark_net::{
 use quark_placement::NodeId;
 use rustc_hash::FxHashSet;
 
+use super::stream::{self, ConnReader, ConnWriter, StreamError};
 use crate::calls::{CallId, CallOutcome};
 use crate::engine::shared::Phase;
 use crate::error::{CallError, LinkDown};
-use crate::rt::tcp::{self, TcpReader, TcpWriter};
+use crate::rt::tcp;
 use crate::shard::Shard;
 
 /// The outgoing side of one connection (or one connection attempt): the frame buffer senders
@@ -417,9 +418,26 @@ pub(crate) enum LinkError {
         #[source]
         source: std::io::Error,
     },
+    #[error("TLS with {addr}")]
+    Tls {
+        addr: SocketAddr,
+        #[source]
+        source: quark_net::tls::TlsSessionError,
+    },
+    #[error(
+        "handshake with {addr}: the peer speaks TLS (it sent a TLS record) and this side has no TLS configured ([cluster.tls])"
+    )]
+    TlsPeer { addr: SocketAddr },
 }
 
 impl LinkError {
+    fn stream(addr: SocketAddr, e: StreamError) -> LinkError {
+        match e {
+            StreamError::Io(source) => LinkError::HandshakeIo { addr, source },
+            StreamError::Tls(source) => LinkError::Tls { addr, source },
+        }
+    }
+
     fn close_reason(&self) -> CloseReason {
         match self {
             LinkError::Connect { .. } | LinkError::HandshakeIo { .. } => CloseReason::Io,
@@ -441,8 +459,8 @@ enum Side {
 async fn handshake(
     side: Side,
     addr: SocketAddr,
-    rd: &mut TcpReader,
-    wr: &mut TcpWriter,
+    rd: &mut ConnReader,
+    wr: &mut ConnWriter,
     frame_bytes_max: u32,
     timeout: Duration,
 ) -> Result<(PeerInfo, FrameDecoder), LinkError> {
@@ -463,14 +481,27 @@ async fn handshake(
         Side::Accept(acc) => HandshakeDriver::accept(acc, frame_bytes_max),
     };
     let run = async {
+        // TLS first (when configured): the Quark handshake runs inside it.
+        stream::tls_handshake(rd, wr)
+            .await
+            .map_err(|e| LinkError::stream(addr, e))?;
         let mut buf = vec![0u8; 4096];
+        let mut first = true;
         loop {
             send_handshake(wr, hs.out(), addr).await?;
-            let (res, back) = rd.read(buf).await;
-            buf = back;
-            let n = res.map_err(|source| LinkError::HandshakeIo { addr, source })?;
+            let n = rd
+                .read(&mut buf)
+                .await
+                .map_err(|e| LinkError::stream(addr, e))?;
             if n == 0 {
                 return Err(LinkError::HandshakeClosed { addr });
+            }
+            if std::mem::take(&mut first)
+                && !rd.is_tls()
+                && quark_net::tls::looks_like_tls(&buf[..n])
+            {
+                // A TLS peer on a plaintext connection: say so instead of "invalid frame".
+                return Err(LinkError::TlsPeer { addr });
             }
             match hs.on_bytes(&buf[..n]) {
                 Ok(None) => {}
@@ -500,7 +531,7 @@ async fn handshake(
 
 /// Writes what the handshake has to send.
 async fn send_handshake(
-    wr: &mut TcpWriter,
+    wr: &mut ConnWriter,
     out: &mut OutBuf,
     addr: SocketAddr,
 ) -> Result<(), LinkError> {
@@ -510,7 +541,7 @@ async fn send_handshake(
     let (res, mut back) = wr.write_all(std::mem::take(out)).await;
     back.clear();
     *out = back;
-    res.map_err(|source| LinkError::HandshakeIo { addr, source })
+    res.map_err(|e| LinkError::stream(addr, e))
 }
 
 fn nonce() -> [u8; quark_net::NONCE_BYTES] {
@@ -592,14 +623,24 @@ async fn dial(
     core: &Rc<Shard>,
     link: &Link,
     cfg: &super::NetConfig,
-) -> Result<(TcpReader, TcpWriter, RawFd, FrameDecoder), LinkError> {
-    let (mut rd, mut wr, fd) =
-        tcp::connect(link.addr, cfg.connect_timeout)
-            .await
-            .map_err(|source| LinkError::Connect {
-                addr: link.addr,
-                source,
-            })?;
+) -> Result<(ConnReader, ConnWriter, RawFd, FrameDecoder), LinkError> {
+    let (rd, wr, fd) = tcp::connect(link.addr, cfg.connect_timeout)
+        .await
+        .map_err(|source| LinkError::Connect {
+            addr: link.addr,
+            source,
+        })?;
+    let tls = match &cfg.tls {
+        Some(t) => Some(
+            t.client_session(link.addr.ip())
+                .map_err(|source| LinkError::Tls {
+                    addr: link.addr,
+                    source,
+                })?,
+        ),
+        None => None,
+    };
+    let (mut rd, mut wr) = stream::wrap(rd, wr, tls);
     let init = Initiator::new(handshake_config(core), nonce(), Some(link.peer));
     let (_peer, dec) = handshake(
         Side::Dial(init),
@@ -663,7 +704,7 @@ async fn accept_loop(core: Rc<Shard>, listener: tcp::Listener) {
     let net = core.net();
     let cfg = net.cfg.clone();
     while running(&core) {
-        let (mut rd, mut wr, fd, addr) = match listener.accept().await {
+        let (rd, wr, fd, addr) = match listener.accept().await {
             Ok(c) => c,
             Err(e) => {
                 tracing::warn!(shard = core.id, error = %e, "accept failed");
@@ -677,6 +718,16 @@ async fn accept_loop(core: Rc<Shard>, listener: tcp::Listener) {
             let core = core2;
             let net = core.net();
             net.stats.peers.borrow_mut().connects += 1;
+            let tls = match cfg.tls.as_ref().map(|t| t.server_session()).transpose() {
+                Ok(t) => t,
+                Err(source) => {
+                    let e = LinkError::Tls { addr, source };
+                    tracing::error!(shard = core.id, %addr, error = %crate::error::ErrorChain(&e),
+                        "refused an incoming connection");
+                    return;
+                }
+            };
+            let (mut rd, mut wr) = stream::wrap(rd, wr, tls);
             let acc = Acceptor::new(handshake_config(&core), nonce());
             let (peer, dec) = match handshake(
                 Side::Accept(acc),
@@ -729,8 +780,8 @@ async fn accept_loop(core: Rc<Shard>, listener: tcp::Listener) {
 async fn serve(
     core: &Rc<Shard>,
     wire: &Rc<Outbound>,
-    mut rd: TcpReader,
-    wr: TcpWriter,
+    mut rd: ConnReader,
+    wr: ConnWriter,
     fd: RawFd,
     mut dec: FrameDecoder,
     peer: NodeId,
@@ -774,7 +825,7 @@ async fn serve(
 fn start_conn_tasks(
     core: &Rc<Shard>,
     wire: &Rc<Outbound>,
-    wr: TcpWriter,
+    wr: ConnWriter,
     fd: RawFd,
     peer: NodeId,
     addr: SocketAddr,
@@ -801,7 +852,7 @@ fn start_conn_tasks(
 async fn read_chunk(
     core: &Rc<Shard>,
     wire: &Outbound,
-    rd: &mut TcpReader,
+    rd: &mut ConnReader,
     buf: &mut [u8],
     last_data: &mut Instant,
     peer: NodeId,
@@ -819,6 +870,10 @@ async fn read_chunk(
             Ok(None)
         }
         Ok(Some(n)) => {
+            if rd.tls_pending() {
+                // Records the session must answer (a key update): the writer sends them.
+                wire.wake_writer();
+            }
             *last_data = core.now();
             if let Some(d) = wire.detector.borrow_mut().as_mut() {
                 d.on_heard(Instant::now());
@@ -828,6 +883,12 @@ async fn read_chunk(
         Err(e) => {
             if wire.is_closed() {
                 Err(closed_reason(core, wire))
+            } else if let StreamError::Tls(e) = &e {
+                // A corrupt or forged record, or an alert from the peer: not an ordinary
+                // network error.
+                tracing::warn!(shard = core.id, peer, %addr, error = %e,
+                    "TLS failure on an established connection; closing it");
+                Err(CloseReason::BadFrame)
             } else {
                 tracing::debug!(shard = core.id, peer, %addr, error = %e, "read failed");
                 Err(CloseReason::Io)
@@ -955,12 +1016,14 @@ fn drain_frames(
 }
 
 /// Flushes the wire: takes everything queued, writes it with one call, repeats.
-async fn writer(core: Rc<Shard>, wire: Rc<Outbound>, mut wr: TcpWriter) {
+async fn writer(core: Rc<Shard>, wire: Rc<Outbound>, mut wr: ConnWriter) {
     let net = core.net();
     let mut spare = OutBuf::with_capacity(64 * 1024);
     loop {
         poll_fn(|cx| {
-            if wire.is_closed() || (wire.ready.get() && !wire.out.borrow().is_empty()) {
+            if wire.is_closed()
+                || (wire.ready.get() && (!wire.out.borrow().is_empty() || wr.tls_pending()))
+            {
                 Poll::Ready(())
             } else {
                 *wire.writer.borrow_mut() = Some(cx.waker().clone());

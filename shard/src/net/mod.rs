@@ -8,6 +8,7 @@
 mod conn;
 mod migrate;
 mod remote;
+mod stream;
 
 use std::any::{Any, TypeId};
 use std::cell::{Cell, RefCell};
@@ -44,6 +45,9 @@ pub struct NetConfig {
     pub listener: Option<std::sync::Arc<std::net::TcpListener>>,
     /// The cluster secret (`None`: unauthenticated, loopback only).
     pub secret: Option<ClusterSecret>,
+    /// TLS on every connection this engine dials or accepts (`None`: plaintext). See
+    /// `quark_net::tls` and `[cluster.tls]` in `docs/CONFIG.md`.
+    pub tls: Option<std::sync::Arc<quark_net::tls::TlsContext>>,
     /// Largest frame sent or accepted, header and padding included.
     pub frame_bytes_max: u32,
     /// Bytes a connection's outgoing buffer may hold before senders wait. A connection that
@@ -78,6 +82,7 @@ impl NetConfig {
             membership,
             listener: None,
             secret: None,
+            tls: None,
             frame_bytes_max: quark_net::DEFAULT_FRAME_BYTES_MAX,
             out_bytes_max: 4 << 20,
             out_stall_timeout: Duration::from_secs(5),

@@ -2,7 +2,8 @@
 //! more. Connections are split into a read half and a write half so that one shard task can
 //! wait for bytes while another writes a batch. Bytes move with direct non-blocking
 //! `recv`/`send` system calls; the executor is used only to wait for readiness (and for
-//! connect/accept), see [`TcpReader::read`] and [`TcpWriter::try_write`].
+//! connect/accept), see [`TcpReader::try_read`] and [`TcpWriter::try_write`]. TLS, when configured, sits
+//! above these halves (`crate::net::stream`).
 
 use std::future::Future;
 use std::io;
@@ -103,39 +104,6 @@ impl TcpReader {
     pub(crate) async fn readable(&self) -> io::Result<()> {
         self.stream.readable(false).await
     }
-
-    /// Reads into `buf` (its whole length is offered); `Ok(0)` at end of stream.
-    ///
-    /// A direct non-blocking `recv`; only when the socket is empty does it wait for
-    /// readability through the executor (an io_uring poll). A busy shard thus takes bytes
-    /// without a completion round trip, and a parked one wakes on the readiness poll.
-    pub(crate) async fn read(&mut self, mut buf: Vec<u8>) -> (io::Result<usize>, Vec<u8>) {
-        loop {
-            // SAFETY: `buf` is a valid, initialized, exclusively borrowed buffer for the call;
-            // the descriptor belongs to this live connection.
-            let n = unsafe {
-                libc::recv(
-                    self.fd,
-                    buf.as_mut_ptr().cast(),
-                    buf.len(),
-                    libc::MSG_DONTWAIT,
-                )
-            };
-            if n >= 0 {
-                return (Ok(n as usize), buf);
-            }
-            let e = io::Error::last_os_error();
-            match e.kind() {
-                io::ErrorKind::Interrupted => continue,
-                io::ErrorKind::WouldBlock => {
-                    if let Err(e) = self.stream.readable(false).await {
-                        return (Err(e), buf);
-                    }
-                }
-                _ => return (Err(e), buf),
-            }
-        }
-    }
 }
 
 impl TcpWriter {
@@ -175,21 +143,51 @@ impl TcpWriter {
         }
         Ok(true)
     }
+}
 
-    /// Writes every pending byte of `out`, waiting for room in the socket through the executor
-    /// (an io_uring poll) when it is full, and gives the buffer back, consumed.
-    pub(crate) async fn write_all(&mut self, mut out: OutBuf) -> (io::Result<()>, OutBuf) {
+/// A non-blocking `io::Write` over a connection's write half: `WouldBlock` when the socket is
+/// full (what a TLS session writes its records through, many records per `sendmsg`).
+pub(crate) struct SendNow<'a>(&'a TcpWriter);
+
+impl io::Write for SendNow<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.write_vectored(&[io::IoSlice::new(buf)])
+    }
+
+    fn write_vectored(&mut self, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
         loop {
-            match self.try_write(&mut out) {
-                Ok(true) => return (Ok(()), out),
-                Ok(false) => {
-                    if let Err(e) = self.stream.writable(false).await {
-                        return (Err(e), out);
-                    }
-                }
-                Err(e) => return (Err(e), out),
+            // SAFETY: `IoSlice` is ABI-compatible with `iovec` on Unix; the slices are valid
+            // and unchanged for the call; the descriptor belongs to this live connection.
+            let n = unsafe {
+                let mut msg: libc::msghdr = std::mem::zeroed();
+                msg.msg_iov = bufs.as_ptr() as *mut libc::iovec;
+                msg.msg_iovlen = bufs.len().min(libc::UIO_MAXIOV as usize) as _;
+                libc::sendmsg(self.0.fd, &msg, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL)
+            };
+            if n >= 0 {
+                return Ok(n as usize);
+            }
+            let e = io::Error::last_os_error();
+            if e.kind() != io::ErrorKind::Interrupted {
+                return Err(e);
             }
         }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl TcpWriter {
+    /// The non-blocking writer TLS records go through.
+    pub(crate) fn send_now(&self) -> SendNow<'_> {
+        SendNow(self)
+    }
+
+    /// Waits until the socket has room (an io_uring poll).
+    pub(crate) async fn writable(&self) -> io::Result<()> {
+        self.stream.writable(false).await
     }
 }
 
