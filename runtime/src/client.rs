@@ -248,6 +248,7 @@ impl ClientBuilder {
             role: PeerRole::Client,
             secret: secret.clone(),
             shard: 0,
+            app_version: String::new(),
         };
         let timeout = self.probe_timeout;
         let probes: Vec<Result<PeerInfo, ClientError>> = std::thread::scope(|s| {

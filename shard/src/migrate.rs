@@ -1295,26 +1295,7 @@ pub(crate) fn collected(core: &Rc<Shard>, ticket: u64, state: Collected, ran_on:
 /// missing part is older (`1.2` < `1.2.1`). An empty version (not configured) is never older
 /// or newer than any other.
 pub(crate) fn older(a: &str, b: &str) -> bool {
-    if a.is_empty() || b.is_empty() {
-        return false;
-    }
-    let (mut x, mut y) = (a.split('.'), b.split('.'));
-    loop {
-        match (x.next(), y.next()) {
-            (None, None) => return false,
-            (None, Some(_)) => return true,
-            (Some(_), None) => return false,
-            (Some(p), Some(q)) => {
-                let o = match (p.parse::<u64>(), q.parse::<u64>()) {
-                    (Ok(m), Ok(n)) => m.cmp(&n),
-                    _ => p.cmp(q),
-                };
-                if o != std::cmp::Ordering::Equal {
-                    return o == std::cmp::Ordering::Less;
-                }
-            }
-        }
-    }
+    quark_placement::version_older(a, b)
 }
 
 /// The marker of a target's refusal for its older version (`net::migrate`).

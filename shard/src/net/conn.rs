@@ -376,6 +376,7 @@ fn handshake_config(core: &Shard) -> HandshakeConfig {
         role: cfg.role,
         secret: cfg.secret.clone(),
         shard: core.id,
+        app_version: core.node.config.app_version.clone(),
     }
 }
 
