@@ -345,7 +345,8 @@ fn a_drain_moves_every_active_actor_to_the_peer_under_traffic() {
         (ACTORS, 0, 0),
         "{report:?}"
     );
-    // A first message during the drain activates the actor on the peer.
+    // After the drain node 1 has left (docs/MIGRATION.md, "Rolling upgrades"): a first message
+    // for one of its ids activates the actor on the peer, now its home.
     let fresh_id = ActorId {
         type_name: Ledger::TYPE_NAME,
         key: (*fresh).into(),
@@ -356,7 +357,8 @@ fn a_drain_moves_every_active_actor_to_the_peer_under_traffic() {
             .ask_blocking(Seq { sender: 9, seq: 1 }),
         Ok((1, 0))
     );
-    assert_eq!(nodes[0].placement(&fresh_id).expect("placement").node, 2);
+    assert_eq!(nodes[1].placement(&fresh_id).expect("placement").node, 2);
+    assert_eq!(nodes[1].actor_ref::<Ledger>(*fresh).remote_node(), None);
     let after = done.load(Ordering::Relaxed);
     while done.load(Ordering::Relaxed) < after + 200 {
         assert!(Instant::now() < deadline, "senders stalled after the drain");
@@ -391,62 +393,66 @@ fn a_drain_moves_every_active_actor_to_the_peer_under_traffic() {
     }
 }
 
-/// A move never goes to a node of an older `app_version` than the actor ran on: refused with
-/// `OlderVersion`, the actor keeps running (with its state) where it was, including when it
-/// ran on the newer node and the state had already left it.
+/// Version-aware homes (docs/MIGRATION.md, "Rolling upgrades"): once the nodes joined (each
+/// learned the other's `app_version`), every movable actor's home is the node of the newest
+/// version, whichever node the sender is on; a move to the older node is refused with
+/// `OlderVersion` (the version its handshake told), and the actor keeps running, with its
+/// state, where it was.
 #[test]
 fn a_move_never_goes_to_an_older_version() {
-    let nodes = nodes_with_versions(&["2.0", "2.10"]);
-    let key = key_on_node_1(&nodes);
-    warm_up(&nodes, key);
-    let id = ActorId {
-        type_name: Ledger::TYPE_NAME,
-        key: key.into(),
-    };
-    let r = nodes[1].actor_ref::<Ledger>(key);
-    for seq in 1..=5 {
-        r.ask_blocking(Seq { sender: 1, seq }).expect("ask");
-    }
-    // 2.0 -> 2.10: newer, allowed (2.10 > 2.9 > 2.0: numeric parts).
-    let m = nodes[0].migrate_to_node(&id, 2).expect("to the newer node");
-    assert_eq!(m.to_node, 2);
-    // 2.10 -> 2.0 (the home): older, refused; the state went back to node 2.
-    match nodes[0].migrate_to_node(&id, 1) {
-        Err(MigrateError::OlderVersion {
-            node: 1,
-            version,
-            ran_on,
-            runs_on: 2,
-            ..
-        }) => assert_eq!((version.as_str(), ran_on.as_str()), ("2.0", "2.10")),
-        other => panic!("move to the older home: {other:?}"),
-    }
-    assert_eq!(nodes[0].placement(&id).expect("placement").node, 2);
-    assert_eq!(r.ask_blocking(Seq { sender: 1, seq: 6 }), Ok((6, 0)));
-    for n in nodes {
-        n.shutdown();
-    }
-    // The target is older than the home, where the actor runs: refused before anything moved
-    // there, the actor stays at home.
-    let nodes = nodes_with_versions(&["3.1", "3.0.9"]);
-    let key = key_on_node_1(&nodes);
-    warm_up(&nodes, key);
-    let id = ActorId {
-        type_name: Ledger::TYPE_NAME,
-        key: key.into(),
-    };
-    let r = nodes[1].actor_ref::<Ledger>(key);
-    r.ask_blocking(Seq { sender: 1, seq: 1 }).expect("ask");
-    match nodes[0].migrate_to_node(&id, 2) {
-        Err(e @ MigrateError::OlderVersion { runs_on: 1, .. }) => {
-            assert!(e.to_string().contains("older than 3.1"), "{e}")
+    for (versions, newest) in [(["2.0", "2.10"], 2u64), (["3.1", "3.0.9"], 1)] {
+        let nodes = nodes_with_versions(&versions);
+        let older = 3 - newest;
+        let home_of = |n: &Engine, k: u64| {
+            let r = n.actor_ref::<Ledger>(k);
+            r.remote_node().or(n.node_id()).expect("a cluster node")
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !(0..50u64).all(|k| nodes.iter().all(|n| home_of(n, k) == newest)) {
+            assert!(
+                Instant::now() < deadline,
+                "{versions:?}: homes never went to the newest node"
+            );
+            std::thread::yield_now();
         }
-        other => panic!("move to the older node: {other:?}"),
-    }
-    assert_eq!(nodes[0].placement(&id).expect("placement").node, 1);
-    assert_eq!(r.ask_blocking(Seq { sender: 1, seq: 2 }), Ok((2, 0)));
-    for n in nodes {
-        n.shutdown();
+        let key = 7u64;
+        let id = ActorId {
+            type_name: Ledger::TYPE_NAME,
+            key: key.into(),
+        };
+        let home = &nodes[(newest - 1) as usize];
+        let r = nodes[(older - 1) as usize].actor_ref::<Ledger>(key);
+        for seq in 1..=5 {
+            r.ask_blocking(Seq { sender: 1, seq }).expect("ask");
+        }
+        match home.migrate_to_node(&id, older) {
+            Err(e @ MigrateError::OlderVersion { .. }) => {
+                let MigrateError::OlderVersion {
+                    node,
+                    ref version,
+                    ref ran_on,
+                    runs_on,
+                    ..
+                } = e
+                else {
+                    unreachable!()
+                };
+                assert_eq!((node, runs_on), (older, newest), "{e}");
+                assert_eq!(
+                    (version.as_str(), ran_on.as_str()),
+                    (
+                        versions[(older - 1) as usize],
+                        versions[(newest - 1) as usize]
+                    )
+                );
+            }
+            other => panic!("{versions:?}: move to the older node: {other:?}"),
+        }
+        assert_eq!(home.placement(&id).expect("placement").node, newest);
+        assert_eq!(r.ask_blocking(Seq { sender: 1, seq: 6 }), Ok((6, 0)));
+        for n in nodes {
+            n.shutdown();
+        }
     }
 }
 

@@ -34,7 +34,7 @@ const ARRIVE: &str = "quark.migrate.arrive";
 
 /// Encodes a request to `node` on this shard's link; `waiter` gets its outcome.
 #[allow(clippy::too_many_arguments)]
-fn send_request<B: WireOwned>(
+pub(super) fn send_request<B: WireOwned>(
     core: &Rc<Shard>,
     node: NodeId,
     actor_type: &str,
@@ -99,14 +99,14 @@ fn send_request<B: WireOwned>(
 }
 
 /// A system request's outcome, on the shard that sent it.
-struct SysReply<F> {
-    node: Arc<NodeShared>,
-    on: F,
+pub(super) struct SysReply<F> {
+    pub(super) node: Arc<NodeShared>,
+    pub(super) on: F,
 }
 
 /// What came back for a system request: the reply's bytes, the peer's refusal, or nothing
 /// (deadline passed, or the connection dropped: the peer may have acted on it).
-enum SysOutcome {
+pub(super) enum SysOutcome {
     Value(Vec<u8>),
     Refused(String),
     Unknown(String),
