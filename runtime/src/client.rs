@@ -381,6 +381,13 @@ impl Client {
         self.engine.actor_ref(key)
     }
 
+    /// A handle that makes references from any thread (`Send + Sync`, cheap to clone). A
+    /// reference picks its node when it is made (by the live member set: docs/MIGRATION.md,
+    /// "Rolling upgrades"): make a new one per call, or after the cluster changed.
+    pub fn handle(&self) -> quark_shard::EngineHandle {
+        self.engine.handle()
+    }
+
     /// Runs `make()` on one of the client's shards and spawns its future there: sends made
     /// from it go straight onto the shard's connections (no cross-thread hop per message).
     pub fn spawn_on<F, Fut>(&self, shard: ShardId, make: F) -> SpawnHandle<Fut::Output>

@@ -292,8 +292,12 @@ impl Link {
         }
     }
 
-    /// The peer's application version, from its last handshake.
+    /// The peer's application version, from the handshake of the connection that is up now
+    /// (empty while the link is not up: a restarted peer may run another version).
     pub(crate) fn peer_version(&self) -> String {
+        if !self.is_up() {
+            return String::new();
+        }
         self.peer_version.borrow().clone()
     }
 
