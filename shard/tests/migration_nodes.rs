@@ -89,7 +89,7 @@ fn nodes(n: usize) -> Vec<Engine> {
 
 fn nodes_with_versions(versions: &[&str]) -> Vec<Engine> {
     let n = versions.len();
-    use quark_net::{ClusterConfig, MemberAddr, Membership, PeerRole};
+    use quark_net::{ClusterConfig, MemberAddr, Membership};
     let ls: Vec<std::net::TcpListener> = (0..n)
         .map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("bind loopback"))
         .collect();
@@ -107,29 +107,165 @@ fn nodes_with_versions(versions: &[&str]) -> Vec<Engine> {
     .expect("membership");
     ls.into_iter()
         .enumerate()
-        .map(|(i, l)| {
-            let mut net =
-                quark_shard::NetConfig::new(i as u64 + 1, PeerRole::Member, members.clone());
-            net.listener = Some(Arc::new(l));
-            EngineBuilder::new(EngineConfig {
-                shards: ShardSpec::Count(2),
-                idle_spin: Duration::from_micros(20),
-                ask_timeout: Duration::from_secs(10),
-                pin_threads: false,
-                net: Some(net),
-                app_version: versions[i].to_owned(),
-                ..EngineConfig::default()
-            })
-            .register(
-                ActorType::new(|_| Ledger::default())
-                    .migratable(|l: &Ledger| l.to_bytes(), |_, b| Ok(Ledger::from_bytes(b))),
-            )
-            .register(ActorType::new(|_| Boxed).movable())
-            .remote::<Ledger, Seq>()
-            .start()
-            .expect("engine starts")
-        })
+        .map(|(i, l)| node(i as u64 + 1, versions[i], &members, l))
         .collect()
+}
+
+/// Node `id` of `members`, listening on `l`, of application version `version`.
+fn node(
+    id: u64,
+    version: &str,
+    members: &quark_net::Membership,
+    l: std::net::TcpListener,
+) -> Engine {
+    let mut net = quark_shard::NetConfig::new(id, quark_net::PeerRole::Member, members.clone());
+    net.listener = Some(Arc::new(l));
+    EngineBuilder::new(EngineConfig {
+        shards: ShardSpec::Count(2),
+        idle_spin: Duration::from_micros(20),
+        ask_timeout: Duration::from_secs(10),
+        pin_threads: false,
+        net: Some(net),
+        app_version: version.to_owned(),
+        ..EngineConfig::default()
+    })
+    .register(
+        ActorType::new(|_| Ledger::default())
+            .migratable(|l: &Ledger| l.to_bytes(), |_, b| Ok(Ledger::from_bytes(b))),
+    )
+    .register(ActorType::new(|_| Boxed).movable())
+    .remote::<Ledger, Seq>()
+    .start()
+    .expect("engine starts")
+}
+
+/// A node that drained and left, restarted with a newer version, joins under traffic from
+/// the peer (docs/MIGRATION.md, "Rolling upgrades"): the peer ranks it at once (all homes go
+/// to the newest node) and its senders address it while the peer still hands the actors
+/// over; the joining node holds those first messages until the hand-over ended, so no actor
+/// starts afresh there: every reply has no fault (FIFO per sender, no gap, no repeat), and
+/// every actor's total is the count of its acknowledged asks.
+#[test]
+fn a_joining_node_holds_first_messages_until_the_peers_handed_over() {
+    use quark_net::{ClusterConfig, MemberAddr, Membership};
+    let ls: Vec<std::net::TcpListener> = (0..2)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("bind loopback"))
+        .collect();
+    let addrs: Vec<std::net::SocketAddr> =
+        ls.iter().map(|l| l.local_addr().expect("bound")).collect();
+    let members = Membership::from_config(&ClusterConfig {
+        cluster_id: "migration-nodes".into(),
+        nodes: addrs
+            .iter()
+            .enumerate()
+            .map(|(i, a)| MemberAddr {
+                id: i as u64 + 1,
+                addr: a.to_string(),
+            })
+            .collect(),
+    })
+    .expect("membership");
+    let mut ls = ls.into_iter();
+    let n1 = node(1, "1.0", &members, ls.next().expect("listener 1"));
+    let n2 = node(2, "1.0", &members, ls.next().expect("listener 2"));
+    const ACTORS: u64 = 200;
+    let e1 = n1.handle();
+    // Every actor active, on either node (the links come up meanwhile).
+    let deadline = Instant::now() + Duration::from_secs(20);
+    for k in 0..ACTORS {
+        while e1
+            .actor_ref::<Ledger>(k)
+            .ask_blocking(Seq { sender: 0, seq: 0 })
+            .is_err()
+        {
+            assert!(Instant::now() < deadline, "key {k}: no answer");
+            std::thread::yield_now();
+        }
+    }
+    // Node 2 drains and leaves: node 1 is the home of every actor, and holds them all.
+    let report = n2.drain(Duration::from_secs(20));
+    assert_eq!(report.failed, 0, "{report:?}");
+    assert!(report.moved > 50, "{report:?}");
+    n2.shutdown();
+    for k in 0..ACTORS {
+        assert_eq!(n1.actor_ref::<Ledger>(k).remote_node(), None);
+        assert_eq!(
+            e1.actor_ref::<Ledger>(k)
+                .ask_blocking(Seq { sender: 0, seq: 0 })
+                .map(|r| r.1),
+            Ok(0)
+        );
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let done = Arc::new(AtomicU64::new(0));
+    const SENDERS: u32 = 4;
+    let handles: Vec<_> = (1..=SENDERS)
+        .map(|s| {
+            let (e, stop, done) = (n1.handle(), stop.clone(), done.clone());
+            std::thread::spawn(move || {
+                let mut seq = vec![0u64; ACTORS as usize];
+                let mut i = s as usize;
+                while !stop.load(Ordering::Relaxed) {
+                    i = (i + 1) % ACTORS as usize;
+                    seq[i] += 1;
+                    // A new reference per call: it follows the member set.
+                    let (_, faults) = e
+                        .actor_ref::<Ledger>(i as u64)
+                        .ask_blocking(Seq {
+                            sender: s,
+                            seq: seq[i],
+                        })
+                        .unwrap_or_else(|e| panic!("sender {s} key {i}: {e}"));
+                    assert_eq!(faults, 0, "key {i}: started afresh or reordered");
+                    done.fetch_add(1, Ordering::Relaxed);
+                }
+                seq
+            })
+        })
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let wait = |n: u64| {
+        let from = done.load(Ordering::Relaxed);
+        while done.load(Ordering::Relaxed) < from + n {
+            assert!(Instant::now() < deadline, "senders stalled");
+            std::thread::yield_now();
+        }
+    };
+    wait(500);
+    // Node 2 comes back, newer: it is the home of every actor once node 1 processed its join.
+    let n2 = loop {
+        match std::net::TcpListener::bind(addrs[1]) {
+            Ok(l) => break node(2, "2.0", &members, l),
+            Err(e) => {
+                assert!(Instant::now() < deadline, "cannot bind {}: {e}", addrs[1]);
+                std::thread::yield_now();
+            }
+        }
+    };
+    while n1.actor_ref::<Ledger>(0).remote_node() != Some(2) {
+        assert!(
+            Instant::now() < deadline,
+            "node 1 never ranked node 2 again"
+        );
+        std::thread::yield_now();
+    }
+    wait(500);
+    stop.store(true, Ordering::Relaxed);
+    let seqs: Vec<Vec<u64>> = handles
+        .into_iter()
+        .map(|h| h.join().expect("sender"))
+        .collect();
+    for k in 0..ACTORS {
+        let sent: u64 = seqs.iter().map(|s| s[k as usize]).sum();
+        assert_eq!(
+            n1.actor_ref::<Ledger>(k)
+                .ask_blocking(Seq { sender: 0, seq: 0 }),
+            Ok((sent, 0)),
+            "key {k}: its total is its acknowledged asks"
+        );
+    }
+    n1.shutdown();
+    n2.shutdown();
 }
 
 /// A key node 1 owns (its home node).

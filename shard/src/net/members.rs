@@ -191,18 +191,26 @@ pub(crate) fn serve(core: &Rc<Shard>, body: &[u8], sink: ReplySink) {
     let view = &net.view;
     let member = core.net().cfg.role == quark_net::PeerRole::Member;
     match kind {
-        JOIN | JOINED => {
-            let changed = view.update(node, MemberState::Up, Some(&version));
-            if member && changed && node != view.me {
-                let c = core.clone();
-                let deadline = Instant::now() + core.node.config.shutdown_timeout;
-                core.sched.spawn(async move {
+        JOIN | JOINED if member && node != view.me => {
+            let c = core.clone();
+            let deadline = Instant::now() + core.node.config.shutdown_timeout;
+            core.sched.spawn(async move {
+                // Ranked only once every shard here can reach it (else this node's senders
+                // would fail with NodeUnavailable instead of waiting for its hand-over).
+                links_up(&c, node, deadline).await;
+                let Some(net) = c.node.net.as_ref() else {
+                    return;
+                };
+                if net.view.update(node, MemberState::Up, Some(&version)) {
                     let moved = hand_off(&c, node, deadline).await;
                     tracing::info!(node, moved, "actors handed over to a joining node");
-                    sink.send_value(&c, &mine);
-                });
-                return;
-            }
+                }
+                sink.send_value(&c, &mine);
+            });
+            return;
+        }
+        JOIN | JOINED => {
+            view.update(node, MemberState::Up, Some(&version));
         }
         DRAINING => {
             view.update(node, MemberState::Draining, None);
@@ -213,6 +221,39 @@ pub(crate) fn serve(core: &Rc<Shard>, body: &[u8], sink: ReplySink) {
         other => tracing::warn!(shard = core.id, kind = other, "unknown member announcement"),
     }
     sink.send_value(core, &mine);
+}
+
+/// Waits until every shard's link to `peer` is up (or `deadline`).
+async fn links_up(core: &Rc<Shard>, peer: NodeId, deadline: Instant) {
+    let node = core.node.clone();
+    loop {
+        let mut all = true;
+        for s in 0..node.shard_count() {
+            let (tx, rx) = oneshot::channel();
+            node.inject(
+                s,
+                CrossMsg::run_on(move |c| {
+                    let up = c
+                        .net
+                        .as_ref()
+                        .and_then(|n| n.links.get(&peer))
+                        .is_none_or(|l| l.is_up());
+                    let _ = tx.send(up);
+                }),
+            );
+            all &= rx.await.unwrap_or(true);
+        }
+        if all || Instant::now() >= deadline {
+            if !all {
+                tracing::warn!(
+                    node = peer,
+                    "a joining node: links not up before the deadline"
+                );
+            }
+            return;
+        }
+        crate::rt::sleep(Duration::from_millis(2)).await;
+    }
 }
 
 /// Moves to `to` the active movable actors of this node whose home was this node before the
