@@ -52,9 +52,30 @@ pub(crate) struct MemberView {
     statics: Vec<NodeId>,
     /// The view now, and before its last change (the hand-over rule: an id whose home moved
     /// away from this node is sent on to its new home rather than activated here).
-    views: RwLock<(LiveMembers, LiveMembers)>,
+    views: RwLock<Views>,
     joined: AtomicBool,
     changed: AtomicBool,
+}
+
+/// The view now and before its last change, with their ranked members (computed once per
+/// change, so that a reference costs no allocation).
+struct Views {
+    now: LiveMembers,
+    before: LiveMembers,
+    now_ranked: Vec<NodeId>,
+    before_ranked: Vec<NodeId>,
+}
+
+impl Views {
+    fn new(live: LiveMembers) -> Views {
+        let ranked = live.ranked();
+        Views {
+            now: live.clone(),
+            before: live,
+            now_ranked: ranked.clone(),
+            before_ranked: ranked,
+        }
+    }
 }
 
 /// Where a first message for a movable actor goes (`migrate::divert`).
@@ -76,13 +97,13 @@ impl MemberView {
         MemberView {
             me,
             statics,
-            views: RwLock::new((live.clone(), live)),
+            views: RwLock::new(Views::new(live)),
             joined: AtomicBool::new(!member || alone),
             changed: AtomicBool::new(false),
         }
     }
 
-    fn read(&self) -> std::sync::RwLockReadGuard<'_, (LiveMembers, LiveMembers)> {
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Views> {
         // The lock guards plain data with no invariant a panicking writer could break.
         self.views.read().unwrap_or_else(|p| p.into_inner())
     }
@@ -93,7 +114,7 @@ impl MemberView {
         if !movable {
             return node_for(id, &self.statics);
         }
-        self.read().0.home(id)
+        node_for(id, &self.read().now_ranked)
     }
 
     /// The static placement (every configured member).
@@ -103,26 +124,28 @@ impl MemberView {
 
     /// The view now.
     pub(crate) fn now(&self) -> LiveMembers {
-        self.read().0.clone()
+        self.read().now.clone()
     }
 
     /// Sets `node`'s state (and version); true if the view changed.
     pub(crate) fn update(&self, node: NodeId, state: MemberState, version: Option<&str>) -> bool {
         let mut w = self.views.write().unwrap_or_else(|p| p.into_inner());
-        let mut next = w.0.clone();
+        let mut next = w.now.clone();
         if !next.set(node, state, version) {
             return false;
         }
-        w.1 = std::mem::replace(&mut w.0, next);
+        let ranked = next.ranked();
+        w.before = std::mem::replace(&mut w.now, next);
+        w.before_ranked = std::mem::replace(&mut w.now_ranked, ranked);
         self.changed.store(true, Ordering::Release);
-        tracing::info!(node, ?state, version, ranked = ?w.0.ranked(), "member view changed");
+        tracing::info!(node, ?state, version, ranked = ?w.now_ranked, "member view changed");
         true
     }
 
     /// True if this node announced it drains or left.
     pub(crate) fn leaving(&self) -> bool {
         self.read()
-            .0
+            .now
             .get(self.me)
             .is_some_and(|m| m.state != MemberState::Up)
     }
@@ -162,11 +185,11 @@ pub(crate) fn place_new(core: &Shard, type_idx: u16, key: &ActorKey) -> NewPlace
         key: key.clone(),
     };
     let g = v.read();
-    match g.0.home(&id) {
+    match node_for(&id, &g.now_ranked) {
         Some(home)
             if home != v.me
-                && g.0.get(home).is_some_and(|m| m.state == MemberState::Up)
-                && g.1.home(&id) == Some(v.me) =>
+                && g.now.get(home).is_some_and(|m| m.state == MemberState::Up)
+                && node_for(&id, &g.before_ranked) == Some(v.me) =>
         {
             NewPlace::Node(home)
         }
@@ -266,7 +289,7 @@ async fn hand_off(core: &Rc<Shard>, to: NodeId, deadline: Instant) -> u64 {
     };
     let (now, before) = {
         let g = net.view.read();
-        (g.0.clone(), g.1.clone())
+        (g.now.clone(), g.before.clone())
     };
     let me = net.view.me;
     let mut todo: Vec<(u16, ActorKey)> = Vec::new();
