@@ -334,11 +334,24 @@ pub(crate) fn serve(
             );
             let home = core.id;
             let install = move |x: &Rc<Shard>| {
+                let here = slot.clone();
                 let r = x
                     .tables
                     .erased(slot.0)
                     .install_bytes(x, slot.1, state)
                     .map(|()| None);
+                // `place` is also the actor's home shard on this node: an entry there that
+                // names another node (this node sent it there once) is stale now that it
+                // lives here again (docs/MIGRATION.md, "Rolling upgrades").
+                if r.is_ok() {
+                    let mut dir = x.migration.directory.borrow_mut();
+                    if dir
+                        .get(&here)
+                        .is_some_and(|e| e.node.is_some() && e.is_quiet())
+                    {
+                        dir.remove(&here);
+                    }
+                }
                 if x.id == home {
                     crate::migrate::collected(x, ticket, r, None);
                 } else {
