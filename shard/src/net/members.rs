@@ -417,13 +417,17 @@ pub(crate) fn tell_wire(core: &Shard, wire: &super::conn::Outbound, kind: u16) {
     }
 }
 
-/// On an accepted connection, once established: a node that has joined tells the peer (a
-/// client, or a member that dialed it) that it is up, with its version.
+/// On an accepted connection, once established: a node that has joined (and does not drain)
+/// tells the peer (a client, or a member that dialed it) that it is up, with its version.
 pub(crate) fn greet(core: &Shard, wire: &super::conn::Outbound) {
     let Some(net) = core.node.net.as_ref() else {
         return;
     };
-    if core.net().cfg.role == quark_net::PeerRole::Member && net.view.joined() {
+    // Not while it drains or left: a peer would rank it again.
+    if core.net().cfg.role == quark_net::PeerRole::Member
+        && net.view.joined()
+        && !net.view.leaving()
+    {
         tell_wire(core, wire, JOINED);
     }
 }
