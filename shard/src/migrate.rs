@@ -529,7 +529,7 @@ pub(crate) struct Migrations {
     drain: RefCell<Option<Drain>>,
     /// First messages for movable actors that arrived before this node joined the cluster
     /// (`net::members::join`), in arrival order.
-    held: RefCell<std::collections::VecDeque<Box<dyn Relay>>>,
+    held: RefCell<std::collections::VecDeque<(u16, Box<dyn Relay>)>>,
 }
 
 /// Where a draining node places new activations.
@@ -851,7 +851,7 @@ pub(crate) fn divert<A: Actor>(core: &Rc<Shard>, type_idx: u16, item: Box<dyn Ma
         // joined, or sent on to the node that is the actor's home now.
         return match crate::net::place_new(core, slot.0, &slot.1) {
             crate::net::NewPlace::Here => r.deliver_here(core),
-            crate::net::NewPlace::Hold => core.migration.held.borrow_mut().push_back(r),
+            crate::net::NewPlace::Hold => core.migration.held.borrow_mut().push_back((slot.0, r)),
             crate::net::NewPlace::Node(n) => {
                 core.migration.directory.borrow_mut().entry(slot).node = Some(n);
                 r.forward_node(core, n)
@@ -1359,7 +1359,26 @@ pub(crate) fn install_typed<A: Actor>(
 /// Delivers, in arrival order, the first messages held until the node joined.
 pub(crate) fn release_held(core: &Rc<Shard>) {
     let held = std::mem::take(&mut *core.migration.held.borrow_mut());
-    for r in held {
+    for (_, r) in held {
+        r.deliver_here(core);
+    }
+}
+
+/// Delivers, in arrival order, the held first messages for `slot`, whose state has just been
+/// installed here by a hand-over: before any message that comes after (per-sender FIFO).
+pub(crate) fn release_held_for(core: &Rc<Shard>, slot: &Slot) {
+    let mine: Vec<Box<dyn Relay>> = {
+        let mut held = core.migration.held.borrow_mut();
+        if held.is_empty() {
+            return;
+        }
+        let (mine, rest): (Vec<_>, Vec<_>) = std::mem::take(&mut *held)
+            .into_iter()
+            .partition(|(t, r)| *t == slot.0 && r.key() == &slot.1);
+        *held = rest.into_iter().collect();
+        mine.into_iter().map(|(_, r)| r).collect()
+    };
+    for r in mine {
         r.deliver_here(core);
     }
 }

@@ -351,6 +351,9 @@ pub(crate) fn serve(
                     {
                         dir.remove(&here);
                     }
+                    drop(dir);
+                    // First messages held while this node joins, now that the actor is here.
+                    crate::migrate::release_held_for(x, &here);
                 }
                 if x.id == home {
                     crate::migrate::collected(x, ticket, r, None);
