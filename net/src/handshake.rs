@@ -4,8 +4,8 @@
 //! ```text
 //! initiator (dialer)                                  acceptor (listener)
 //!   Hello { version, cluster, node, role, has_secret, nonce_i }  ──►
-//!        ◄──  Challenge { version, cluster, node, has_secret, nonce_a, proof_a }
-//!   Proof { proof_i }                                             ──►
+//!        ◄──  Challenge { version, cluster, node, has_secret, nonce_a, proof_a, app_version_a }
+//!   Proof { proof_i, app_version_i }                              ──►
 //!        ◄──  Welcome
 //! Either side, on any mismatch: Reject { reason, its version, cluster, node }, then close.
 //! ```
@@ -28,7 +28,9 @@ use crate::wire::{decode_message, encode_message, WireError, WireMessage};
 
 /// The protocol version this build speaks (what frames and payloads mean). Peers must agree
 /// exactly.
-pub const PROTOCOL_VERSION: u16 = 3;
+///
+/// 4: the application version (`[node] app_version`) travels in the Challenge and the Proof.
+pub const PROTOCOL_VERSION: u16 = 4;
 
 /// Bytes of a handshake nonce.
 pub const NONCE_BYTES: usize = 32;
@@ -78,6 +80,8 @@ struct Challenge {
     has_secret: bool,
     nonce: [u8; NONCE_BYTES],
     proof: [u8; PROOF_BYTES],
+    /// The acceptor's application version (`[node] app_version`; empty: not set). Since 4.
+    app_version: String,
 }
 impl WireMessage for Challenge {
     const WIRE_NAME: &'static str = "quark.Challenge";
@@ -87,6 +91,8 @@ impl WireMessage for Challenge {
 #[derive(Debug, Archive, Serialize, Deserialize)]
 struct ProofMsg {
     proof: [u8; PROOF_BYTES],
+    /// The initiator's application version (empty: not set). Since 4.
+    app_version: String,
 }
 impl WireMessage for ProofMsg {
     const WIRE_NAME: &'static str = "quark.Proof";
@@ -319,6 +325,9 @@ pub struct HandshakeConfig {
     pub secret: Option<ClusterSecret>,
     /// The shard this side runs on (put in the frames' source shard).
     pub shard: u16,
+    /// This side's application version (`[node] app_version`; empty: not set), told to the
+    /// peer (version-aware placement, docs/MIGRATION.md). Not bound into the proofs.
+    pub app_version: String,
 }
 
 impl HandshakeConfig {
@@ -335,6 +344,7 @@ impl HandshakeConfig {
             role: PeerRole::Member,
             secret,
             shard: 0,
+            app_version: String::new(),
         }
     }
 
@@ -357,6 +367,8 @@ pub struct PeerInfo {
     pub role: PeerRole,
     /// The shard the peer's side of the connection runs on.
     pub shard: u16,
+    /// The peer's application version (empty: not set).
+    pub app_version: String,
 }
 
 /// Result of feeding a frame to a handshake machine.
@@ -658,6 +670,7 @@ impl Initiator {
         .mac(LABEL_INITIATOR);
         let msg = ProofMsg {
             proof: mac_i.finalize().into_bytes().into(),
+            app_version: cfg.app_version.clone(),
         };
         let _ = encode_message(
             out,
@@ -670,6 +683,7 @@ impl Initiator {
                 node_id: claim.node_id,
                 role: PeerRole::Member,
                 shard: frame.header.head.source_shard,
+                app_version: c.app_version.as_str().to_owned(),
             },
         };
         Ok(())
@@ -815,6 +829,7 @@ impl Acceptor {
             has_secret: cfg.secret.is_some(),
             nonce: self.nonce,
             proof: mac_a.finalize().into_bytes().into(),
+            app_version: cfg.app_version.clone(),
         };
         let _ = encode_message(
             out,
@@ -827,6 +842,8 @@ impl Acceptor {
                 node_id: claim.node_id,
                 role,
                 shard: frame.header.head.source_shard,
+                // Learned from the Proof.
+                app_version: String::new(),
             },
             nonce_i: h.nonce,
             claim,
@@ -861,7 +878,10 @@ impl Acceptor {
             .map_err(|_| HandshakeError::WrongProof {
                 peer: claim.clone(),
             })?;
-        Ok(peer.clone())
+        Ok(PeerInfo {
+            app_version: p.app_version.as_str().to_owned(),
+            ..peer.clone()
+        })
     }
 
     /// The caller's handshake deadline passed. Appends a Reject (Timeout) unless the

@@ -72,15 +72,19 @@ fn cfg(cluster: &str, node: u64, s: Option<ClusterSecret>) -> HandshakeConfig {
 fn success_with_secret() {
     let mut ic = cfg("prod", 1, secret(7));
     ic.shard = 3;
+    ic.app_version = "2.1".into();
     let mut ac = cfg("prod", 2, secret(7));
     ac.shard = 1;
+    ac.app_version = "2.0".into();
     let o = run(ic, ac, Some(2));
+    // Each side learns the other's application version (version-aware placement).
     assert_eq!(
         o.initiator.unwrap(),
         HandshakeStatus::Established(PeerInfo {
             node_id: 2,
             role: PeerRole::Member,
-            shard: 1
+            shard: 1,
+            app_version: "2.0".into(),
         })
     );
     assert_eq!(
@@ -88,7 +92,8 @@ fn success_with_secret() {
         HandshakeStatus::Established(PeerInfo {
             node_id: 1,
             role: PeerRole::Member,
-            shard: 3
+            shard: 3,
+            app_version: "2.1".into(),
         })
     );
 }

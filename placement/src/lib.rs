@@ -15,9 +15,11 @@
 #![deny(missing_docs)]
 
 mod id;
+mod live;
 mod ring;
 
 pub use id::{stable_hash, ActorId, ActorKey};
+pub use live::{version_cmp, version_older, LiveMember, LiveMembers, MemberState};
 pub use ring::{
     jump_hash, key_for_shard, keys_for_shard, node_for, shard_for, NodeId, Placement, ShardId,
 };

@@ -115,6 +115,25 @@ impl Handler<Add> for Counter {
     }
 }
 
+/// A counter whose activations may move between nodes (`ActorType::migratable`: its value
+/// moves with it, as 8 bytes little-endian), so that a drain or a rolling upgrade keeps it
+/// (docs/MIGRATION.md, "Rolling upgrades"). Answers [`Add`] like [`Counter`].
+#[derive(Default)]
+pub struct Tally {
+    value: i64,
+}
+
+impl Actor for Tally {
+    const TYPE_NAME: &'static str = "tally";
+}
+
+impl Handler<Add> for Tally {
+    async fn handle(&mut self, msg: Add, _: &Context<Self>) -> i64 {
+        self.value = self.value.wrapping_add(msg.0);
+        self.value
+    }
+}
+
 /// A key-value map per actor (state in memory only).
 #[derive(Default)]
 pub struct Kv {
@@ -162,17 +181,27 @@ impl Handler<Get> for Kv {
     }
 }
 
-/// Registers [`Echo`], [`Counter`] and [`Kv`] with every message above handled from the
-/// network.
+/// Registers [`Echo`], [`Counter`], [`Tally`] and [`Kv`] with every message above handled
+/// from the network.
 pub fn register_builtin(b: NodeBuilder) -> NodeBuilder {
     b.register(ActorType::new(|_| Echo::default()))
         .register(ActorType::new(|_| Counter::default()))
+        .register(ActorType::new(|_| Tally::default()).migratable(
+            |t: &Tally| t.value.to_le_bytes().to_vec(),
+            |_, b| {
+                let b: [u8; 8] = b.try_into().map_err(|_| "a tally is 8 bytes")?;
+                Ok(Tally {
+                    value: i64::from_le_bytes(b),
+                })
+            },
+        ))
         .register(ActorType::new(|_| Kv::default()))
         .remote::<Echo, Ping>()
         .remote::<Echo, Bump>()
         .remote::<Echo, Handled>()
         .remote::<Echo, Tiny>()
         .remote::<Counter, Add>()
+        .remote::<Tally, Add>()
         .remote::<Kv, Put>()
         .remote::<Kv, Get>()
 }

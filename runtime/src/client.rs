@@ -357,6 +357,7 @@ impl ClientBuilder {
             role: PeerRole::Client,
             secret: secret.clone(),
             shard: 0,
+            app_version: String::new(),
         };
         let timeout = self.probe_timeout;
         let probes: Vec<Result<PeerInfo, ClientError>> = std::thread::scope(|s| {
@@ -491,6 +492,13 @@ impl Client {
     /// message type not registered with [`ClientBuilder::message`].
     pub fn actor_ref<A: Actor>(&self, key: impl Into<ActorKey>) -> ActorRef<A> {
         self.engine.actor_ref(key)
+    }
+
+    /// A handle that makes references from any thread (`Send + Sync`, cheap to clone). A
+    /// reference picks its node when it is made (by the live member set: docs/MIGRATION.md,
+    /// "Rolling upgrades"): make a new one per call, or after the cluster changed.
+    pub fn handle(&self) -> quark_shard::EngineHandle {
+        self.engine.handle()
     }
 
     /// Runs `make()` on one of the client's shards and spawns its future there: sends made

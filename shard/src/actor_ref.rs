@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use quark_placement::{node_for, shard_for, ActorId, ActorKey, NodeId, ShardId};
+use quark_placement::{shard_for, ActorId, ActorKey, NodeId, ShardId};
 
 use crate::activation::{send_local, send_local_now, try_send_local};
 use crate::actor::{Actor, Handler, Message};
@@ -63,7 +63,10 @@ impl<A: Actor> ActorRef<A> {
     pub(crate) fn new(node: Arc<NodeShared>, key: ActorKey) -> Self {
         let mut r = Self::new_local(node, key);
         if let Some(net) = &r.node.net {
-            match node_for(&r.id, &net.members) {
+            let movable = r
+                .type_idx
+                .is_none_or(|i| r.node.types[usize::from(i)].bytes_mover());
+            match net.view.home(&r.id, movable) {
                 Some(n) if n != net.node_id => r.remote = Some(n),
                 _ => {}
             }

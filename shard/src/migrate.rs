@@ -527,13 +527,18 @@ pub(crate) struct Migrations {
     /// are placed on a peer.
     draining: Cell<bool>,
     drain: RefCell<Option<Drain>>,
+    /// First messages for movable actors that arrived before this node joined the cluster
+    /// (`net::members::join`), in arrival order.
+    held: RefCell<std::collections::VecDeque<(u16, Box<dyn Relay>)>>,
 }
 
 /// Where a draining node places new activations.
 struct Drain {
     me: NodeId,
-    members: Vec<NodeId>,
-    peers: Vec<NodeId>,
+    /// The live member set as the drain started (this node `Draining`: still the home of its
+    /// ids) and as it will be once this node has left (where its ids go).
+    now: quark_placement::LiveMembers,
+    after: quark_placement::LiveMembers,
     /// By type index: the type's name if its state moves as bytes (it may be placed on a peer).
     types: Vec<Option<&'static str>>,
 }
@@ -555,6 +560,7 @@ impl Migrations {
             collects: RefCell::new(FxHashMap::default()),
             draining: Cell::new(false),
             drain: RefCell::new(None),
+            held: RefCell::new(std::collections::VecDeque::new()),
         }
     }
 
@@ -570,10 +576,10 @@ impl Migrations {
             type_name: (*d.types.get(usize::from(type_idx))?)?,
             key: key.clone(),
         };
-        if quark_placement::node_for(&id, &d.members) != Some(d.me) {
+        if d.now.home(&id) != Some(d.me) {
             return None;
         }
-        quark_placement::node_for(&id, &d.peers)
+        d.after.home(&id)
     }
 
     /// A fresh ticket of this shard.
@@ -592,13 +598,18 @@ impl Migrations {
     /// activate the actor here (it lives elsewhere, or is moving): see [`divert`]. Called on
     /// table misses only; with no entry at all, one length test.
     #[inline]
-    pub(crate) fn diverts(&self, type_idx: u16, key: &ActorKey) -> bool {
+    pub(crate) fn diverts(&self, core: &Shard, type_idx: u16, key: &ActorKey) -> bool {
         let dir = self.directory.borrow();
         (dir.len() != 0 && dir.has(&(type_idx, key.clone())))
             || (self.draining.get() && {
                 drop(dir);
                 self.drain_peer(type_idx, key).is_some()
             })
+            || (core.node.net.as_ref().is_some_and(|n| n.view.attention())
+                && !matches!(
+                    crate::net::place_new(core, type_idx, key),
+                    crate::net::NewPlace::Here
+                ))
     }
 
     /// Directory entries (actors of this home that are away or moving).
@@ -835,9 +846,17 @@ pub(crate) fn divert<A: Actor>(core: &Rc<Shard>, type_idx: u16, item: Box<dyn Ma
             drop(dir);
             return r.forward_node(core, peer);
         }
-        // No entry (a caller checked `diverts` first, on this thread): deliver here.
         drop(dir);
-        return r.deliver_here(core);
+        // The live member set (docs/MIGRATION.md, "Rolling upgrades"): held until this node
+        // joined, or sent on to the node that is the actor's home now.
+        return match crate::net::place_new(core, slot.0, &slot.1) {
+            crate::net::NewPlace::Here => r.deliver_here(core),
+            crate::net::NewPlace::Hold => core.migration.held.borrow_mut().push_back((slot.0, r)),
+            crate::net::NewPlace::Node(n) => {
+                core.migration.directory.borrow_mut().entry(slot).node = Some(n);
+                r.forward_node(core, n)
+            }
+        };
     };
     if !e.is_quiet() {
         e.queue.push_back(Pending::Msg(r));
@@ -1301,26 +1320,7 @@ pub(crate) fn collected(core: &Rc<Shard>, ticket: u64, state: Collected, ran_on:
 /// missing part is older (`1.2` < `1.2.1`). An empty version (not configured) is never older
 /// or newer than any other.
 pub(crate) fn older(a: &str, b: &str) -> bool {
-    if a.is_empty() || b.is_empty() {
-        return false;
-    }
-    let (mut x, mut y) = (a.split('.'), b.split('.'));
-    loop {
-        match (x.next(), y.next()) {
-            (None, None) => return false,
-            (None, Some(_)) => return true,
-            (Some(_), None) => return false,
-            (Some(p), Some(q)) => {
-                let o = match (p.parse::<u64>(), q.parse::<u64>()) {
-                    (Ok(m), Ok(n)) => m.cmp(&n),
-                    _ => p.cmp(q),
-                };
-                if o != std::cmp::Ordering::Equal {
-                    return o == std::cmp::Ordering::Less;
-                }
-            }
-        }
-    }
+    quark_placement::version_older(a, b)
 }
 
 /// The marker of a target's refusal for its older version (`net::migrate`).
@@ -1362,6 +1362,33 @@ pub(crate) fn install_typed<A: Actor>(
     }
 }
 
+/// Delivers, in arrival order, the first messages held until the node joined.
+pub(crate) fn release_held(core: &Rc<Shard>) {
+    let held = std::mem::take(&mut *core.migration.held.borrow_mut());
+    for (_, r) in held {
+        r.deliver_here(core);
+    }
+}
+
+/// Delivers, in arrival order, the held first messages for `slot`, whose state has just been
+/// installed here by a hand-over: before any message that comes after (per-sender FIFO).
+pub(crate) fn release_held_for(core: &Rc<Shard>, slot: &Slot) {
+    let mine: Vec<Box<dyn Relay>> = {
+        let mut held = core.migration.held.borrow_mut();
+        if held.is_empty() {
+            return;
+        }
+        let (mine, rest): (Vec<_>, Vec<_>) = std::mem::take(&mut *held)
+            .into_iter()
+            .partition(|(t, r)| *t == slot.0 && r.key() == &slot.1);
+        *held = rest.into_iter().collect();
+        mine.into_iter().map(|(_, r)| r).collect()
+    };
+    for r in mine {
+        r.deliver_here(core);
+    }
+}
+
 pub(crate) fn this_node(node: &NodeShared) -> NodeId {
     node.net.as_ref().map_or(0, |n| n.node_id)
 }
@@ -1370,11 +1397,24 @@ pub(crate) fn this_node(node: &NodeShared) -> NodeId {
 
 /// `OtherNode` if `actor` belongs to another node of the cluster (by the cluster's placement).
 fn check_local(node: &NodeShared, actor: &ActorId) -> Result<(), MigrateError> {
+    let movable = node
+        .types
+        .iter()
+        .find(|t| t.name() == actor.type_name)
+        .is_some_and(|t| t.bytes_mover());
     match &node.net {
-        Some(net) => match quark_placement::node_for(actor, &net.members) {
-            Some(n) if n != net.node_id => Err(MigrateError::OtherNode {
-                actor: actor.clone(),
-            }),
+        // The live home for a movable type (docs/MIGRATION.md, "Rolling upgrades"); a node
+        // that drains or left still coordinates the ids it was the static home of.
+        Some(net) => match net.view.home(actor, movable) {
+            Some(n)
+                if n != net.node_id
+                    && !(net.view.leaving()
+                        && net.view.static_home(actor) == Some(net.node_id)) =>
+            {
+                Err(MigrateError::OtherNode {
+                    actor: actor.clone(),
+                })
+            }
             _ => Ok(()),
         },
         None => Ok(()),
@@ -1530,6 +1570,25 @@ fn admissible_node(core: &Shard, slot: &Slot, to_node: NodeId) -> Result<(), Mig
                 node: to_node,
             });
         };
+        // The version the target told in its handshake: a move never goes to an older one
+        // (checked again by the target on arrival).
+        let mine = &node.config.app_version;
+        let theirs = link.peer_version();
+        let here_now = core
+            .migration
+            .directory
+            .borrow()
+            .get(slot)
+            .is_none_or(|e| e.node.is_none());
+        if here_now && older(&theirs, mine) {
+            return Err(MigrateError::OlderVersion {
+                actor,
+                node: to_node,
+                version: theirs,
+                ran_on: mine.clone(),
+                runs_on: here,
+            });
+        }
         if link.wire().is_none() {
             let detail = link.cause().map_or_else(
                 || "no connection".to_owned(),
@@ -1993,7 +2052,15 @@ pub(crate) fn drain_blocking(
         .map(|n| n.members.clone())
         .unwrap_or_default();
     let peers: Vec<NodeId> = members.iter().copied().filter(|m| *m != me).collect();
-    if peers.is_empty() {
+    // Peers stop sending this node new activations (docs/MIGRATION.md, "Rolling upgrades").
+    let announce = node.config.migration_timeout;
+    if !peers.is_empty() {
+        crate::net::announce_blocking(node, crate::net::DRAINING, announce);
+    }
+    let now = node.net.as_ref().map(|n| n.view.now()).unwrap_or_default();
+    let mut after = now.clone();
+    after.set(me, quark_placement::MemberState::Left, None);
+    if peers.is_empty() || after.ranked().is_empty() {
         report.not_movable = rows.len() as u64;
         report.duration = started.elapsed();
         return report;
@@ -2009,8 +2076,8 @@ pub(crate) fn drain_blocking(
             let (tx, rx) = oneshot::channel::<()>();
             let d = Drain {
                 me,
-                members: members.clone(),
-                peers: peers.clone(),
+                now: now.clone(),
+                after: after.clone(),
                 types: types.clone(),
             };
             let d = std::sync::Mutex::new(Some(d));
@@ -2045,11 +2112,11 @@ pub(crate) fn drain_blocking(
             type_name: row.actor_type,
             key: row.key,
         };
-        if quark_placement::node_for(&id, &members) != Some(me) {
+        if now.home(&id) != Some(me) {
             report.guests += 1;
             continue;
         }
-        if let Some(peer) = quark_placement::node_for(&id, &peers) {
+        if let Some(peer) = after.home(&id) {
             todo.push((type_idx, id, peer));
         }
     }
@@ -2085,6 +2152,9 @@ pub(crate) fn drain_blocking(
         std::thread::sleep(Duration::from_millis(5));
         todo = retry;
     }
+    // This node's ids go to the next node of their rendezvous order from now on (where the
+    // moves put their actors); what still reaches this node is sent on by its directory.
+    crate::net::announce_blocking(node, crate::net::LEFT, announce);
     report.duration = started.elapsed();
     tracing::info!(
         moved = report.moved,

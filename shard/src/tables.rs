@@ -264,7 +264,7 @@ impl<A: Actor> TypeTable<A> {
                 if let Some(act) = self.actors.borrow().get(key) {
                     return Some(act.clone());
                 }
-                if core.migration.diverts(self.type_idx, key) {
+                if core.migration.diverts(core, self.type_idx, key) {
                     return None;
                 }
                 let act = self.activate(core, key);

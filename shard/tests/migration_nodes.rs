@@ -89,7 +89,7 @@ fn nodes(n: usize) -> Vec<Engine> {
 
 fn nodes_with_versions(versions: &[&str]) -> Vec<Engine> {
     let n = versions.len();
-    use quark_net::{ClusterConfig, MemberAddr, Membership, PeerRole};
+    use quark_net::{ClusterConfig, MemberAddr, Membership};
     let ls: Vec<std::net::TcpListener> = (0..n)
         .map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("bind loopback"))
         .collect();
@@ -107,29 +107,185 @@ fn nodes_with_versions(versions: &[&str]) -> Vec<Engine> {
     .expect("membership");
     ls.into_iter()
         .enumerate()
-        .map(|(i, l)| {
-            let mut net =
-                quark_shard::NetConfig::new(i as u64 + 1, PeerRole::Member, members.clone());
-            net.listener = Some(Arc::new(l));
-            EngineBuilder::new(EngineConfig {
-                shards: ShardSpec::Count(2),
-                idle_spin: Duration::from_micros(20),
-                ask_timeout: Duration::from_secs(10),
-                pin_threads: false,
-                net: Some(net),
-                app_version: versions[i].to_owned(),
-                ..EngineConfig::default()
-            })
-            .register(
-                ActorType::new(|_| Ledger::default())
-                    .migratable(|l: &Ledger| l.to_bytes(), |_, b| Ok(Ledger::from_bytes(b))),
-            )
-            .register(ActorType::new(|_| Boxed).movable())
-            .remote::<Ledger, Seq>()
-            .start()
-            .expect("engine starts")
-        })
+        .map(|(i, l)| node(i as u64 + 1, versions[i], &members, l))
         .collect()
+}
+
+/// Node `id` of `members`, listening on `l`, of application version `version`.
+fn node(
+    id: u64,
+    version: &str,
+    members: &quark_net::Membership,
+    l: std::net::TcpListener,
+) -> Engine {
+    let mut net = quark_shard::NetConfig::new(id, quark_net::PeerRole::Member, members.clone());
+    net.listener = Some(Arc::new(l));
+    EngineBuilder::new(EngineConfig {
+        shards: ShardSpec::Count(2),
+        idle_spin: Duration::from_micros(20),
+        ask_timeout: Duration::from_secs(10),
+        pin_threads: false,
+        net: Some(net),
+        app_version: version.to_owned(),
+        ..EngineConfig::default()
+    })
+    .register(
+        ActorType::new(|_| Ledger::default())
+            .migratable(|l: &Ledger| l.to_bytes(), |_, b| Ok(Ledger::from_bytes(b))),
+    )
+    .register(ActorType::new(|_| Boxed).movable())
+    .remote::<Ledger, Seq>()
+    .start()
+    .expect("engine starts")
+}
+
+/// A node that drained and left restarts and joins under traffic from the peer
+/// (docs/MIGRATION.md, "Rolling upgrades"): the peer ranks it at once and its senders address
+/// it while the peer still hands the actors over; the joining node holds those first
+/// messages until the hand-over ended, so no actor starts afresh there: every reply has no
+/// fault (FIFO per sender, no gap, no repeat), and every actor's total is the count of its
+/// acknowledged asks. Newer, it takes every actor; of the same version, its share (and when
+/// it drains again, the peer forgets it had sent them there).
+#[test]
+fn a_joining_node_holds_first_messages_until_the_peers_handed_over() {
+    join_under_traffic("2.0");
+    join_under_traffic("1.0");
+}
+
+fn join_under_traffic(version: &str) {
+    use quark_net::{ClusterConfig, MemberAddr, Membership};
+    let ls: Vec<std::net::TcpListener> = (0..2)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("bind loopback"))
+        .collect();
+    let addrs: Vec<std::net::SocketAddr> =
+        ls.iter().map(|l| l.local_addr().expect("bound")).collect();
+    let members = Membership::from_config(&ClusterConfig {
+        cluster_id: "migration-nodes".into(),
+        nodes: addrs
+            .iter()
+            .enumerate()
+            .map(|(i, a)| MemberAddr {
+                id: i as u64 + 1,
+                addr: a.to_string(),
+            })
+            .collect(),
+    })
+    .expect("membership");
+    let mut ls = ls.into_iter();
+    let n1 = node(1, "1.0", &members, ls.next().expect("listener 1"));
+    let n2 = node(2, "1.0", &members, ls.next().expect("listener 2"));
+    const ACTORS: u64 = 200;
+    let e1 = n1.handle();
+    // Every actor active, on either node (the links come up meanwhile).
+    let deadline = Instant::now() + Duration::from_secs(20);
+    for k in 0..ACTORS {
+        while e1
+            .actor_ref::<Ledger>(k)
+            .ask_blocking(Seq { sender: 0, seq: 0 })
+            .is_err()
+        {
+            assert!(Instant::now() < deadline, "key {k}: no answer");
+            std::thread::yield_now();
+        }
+    }
+    // Node 2 drains and leaves: node 1 is the home of every actor, and holds them all.
+    let report = n2.drain(Duration::from_secs(20));
+    assert_eq!(report.failed, 0, "{report:?}");
+    assert!(report.moved > 50, "{report:?}");
+    n2.shutdown();
+    for k in 0..ACTORS {
+        assert_eq!(n1.actor_ref::<Ledger>(k).remote_node(), None);
+        assert_eq!(
+            e1.actor_ref::<Ledger>(k)
+                .ask_blocking(Seq { sender: 0, seq: 0 })
+                .map(|r| r.1),
+            Ok(0)
+        );
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let done = Arc::new(AtomicU64::new(0));
+    const SENDERS: u32 = 4;
+    let handles: Vec<_> = (1..=SENDERS)
+        .map(|s| {
+            let (e, stop, done) = (n1.handle(), stop.clone(), done.clone());
+            std::thread::spawn(move || {
+                let mut seq = vec![0u64; ACTORS as usize];
+                let mut i = s as usize;
+                while !stop.load(Ordering::Relaxed) {
+                    i = (i + 1) % ACTORS as usize;
+                    seq[i] += 1;
+                    // A new reference per call: it follows the member set.
+                    let (_, faults) = e
+                        .actor_ref::<Ledger>(i as u64)
+                        .ask_blocking(Seq {
+                            sender: s,
+                            seq: seq[i],
+                        })
+                        .unwrap_or_else(|e| panic!("sender {s} key {i}: {e}"));
+                    assert_eq!(faults, 0, "key {i}: started afresh or reordered");
+                    done.fetch_add(1, Ordering::Relaxed);
+                }
+                seq
+            })
+        })
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let wait = |n: u64| {
+        let from = done.load(Ordering::Relaxed);
+        while done.load(Ordering::Relaxed) < from + n {
+            assert!(Instant::now() < deadline, "senders stalled");
+            std::thread::yield_now();
+        }
+    };
+    wait(500);
+    // Node 2 comes back: it is a home again once node 1 processed its join.
+    let n2 = loop {
+        match std::net::TcpListener::bind(addrs[1]) {
+            Ok(l) => break node(2, version, &members, l),
+            Err(e) => {
+                assert!(Instant::now() < deadline, "cannot bind {}: {e}", addrs[1]);
+                std::thread::yield_now();
+            }
+        }
+    };
+    while !(0..ACTORS).any(|k| n1.actor_ref::<Ledger>(k).remote_node() == Some(2)) {
+        assert!(
+            Instant::now() < deadline,
+            "node 1 never ranked node 2 again"
+        );
+        std::thread::yield_now();
+    }
+    wait(500);
+    stop.store(true, Ordering::Relaxed);
+    let seqs: Vec<Vec<u64>> = handles
+        .into_iter()
+        .map(|h| h.join().expect("sender"))
+        .collect();
+    for k in 0..ACTORS {
+        let sent: u64 = seqs.iter().map(|s| s[k as usize]).sum();
+        assert_eq!(
+            n1.actor_ref::<Ledger>(k)
+                .ask_blocking(Seq { sender: 0, seq: 0 }),
+            Ok((sent, 0)),
+            "key {k}: its total is its acknowledged asks"
+        );
+    }
+    if version == "1.0" {
+        // Node 2 drains again: its actors come back to node 1, which forgets that it had sent
+        // them to node 2 (an entry naming node 2 would send their next activation there).
+        let report = n2.drain(Duration::from_secs(20));
+        assert_eq!(report.failed, 0, "{report:?}");
+        assert!(report.moved > 50, "{report:?}");
+        for k in 0..ACTORS {
+            let id = ActorId {
+                type_name: Ledger::TYPE_NAME,
+                key: k.into(),
+            };
+            assert_eq!(n1.placement(&id).expect("placement").node, 1, "key {k}");
+        }
+    }
+    n2.shutdown();
+    n1.shutdown();
 }
 
 /// A key node 1 owns (its home node).
@@ -345,7 +501,8 @@ fn a_drain_moves_every_active_actor_to_the_peer_under_traffic() {
         (ACTORS, 0, 0),
         "{report:?}"
     );
-    // A first message during the drain activates the actor on the peer.
+    // After the drain node 1 has left (docs/MIGRATION.md, "Rolling upgrades"): a first message
+    // for one of its ids activates the actor on the peer, now its home.
     let fresh_id = ActorId {
         type_name: Ledger::TYPE_NAME,
         key: (*fresh).into(),
@@ -356,7 +513,8 @@ fn a_drain_moves_every_active_actor_to_the_peer_under_traffic() {
             .ask_blocking(Seq { sender: 9, seq: 1 }),
         Ok((1, 0))
     );
-    assert_eq!(nodes[0].placement(&fresh_id).expect("placement").node, 2);
+    assert_eq!(nodes[1].placement(&fresh_id).expect("placement").node, 2);
+    assert_eq!(nodes[1].actor_ref::<Ledger>(*fresh).remote_node(), None);
     let after = done.load(Ordering::Relaxed);
     while done.load(Ordering::Relaxed) < after + 200 {
         assert!(Instant::now() < deadline, "senders stalled after the drain");
@@ -391,62 +549,66 @@ fn a_drain_moves_every_active_actor_to_the_peer_under_traffic() {
     }
 }
 
-/// A move never goes to a node of an older `app_version` than the actor ran on: refused with
-/// `OlderVersion`, the actor keeps running (with its state) where it was, including when it
-/// ran on the newer node and the state had already left it.
+/// Version-aware homes (docs/MIGRATION.md, "Rolling upgrades"): once the nodes joined (each
+/// learned the other's `app_version`), every movable actor's home is the node of the newest
+/// version, whichever node the sender is on; a move to the older node is refused with
+/// `OlderVersion` (the version its handshake told), and the actor keeps running, with its
+/// state, where it was.
 #[test]
 fn a_move_never_goes_to_an_older_version() {
-    let nodes = nodes_with_versions(&["2.0", "2.10"]);
-    let key = key_on_node_1(&nodes);
-    warm_up(&nodes, key);
-    let id = ActorId {
-        type_name: Ledger::TYPE_NAME,
-        key: key.into(),
-    };
-    let r = nodes[1].actor_ref::<Ledger>(key);
-    for seq in 1..=5 {
-        r.ask_blocking(Seq { sender: 1, seq }).expect("ask");
-    }
-    // 2.0 -> 2.10: newer, allowed (2.10 > 2.9 > 2.0: numeric parts).
-    let m = nodes[0].migrate_to_node(&id, 2).expect("to the newer node");
-    assert_eq!(m.to_node, 2);
-    // 2.10 -> 2.0 (the home): older, refused; the state went back to node 2.
-    match nodes[0].migrate_to_node(&id, 1) {
-        Err(MigrateError::OlderVersion {
-            node: 1,
-            version,
-            ran_on,
-            runs_on: 2,
-            ..
-        }) => assert_eq!((version.as_str(), ran_on.as_str()), ("2.0", "2.10")),
-        other => panic!("move to the older home: {other:?}"),
-    }
-    assert_eq!(nodes[0].placement(&id).expect("placement").node, 2);
-    assert_eq!(r.ask_blocking(Seq { sender: 1, seq: 6 }), Ok((6, 0)));
-    for n in nodes {
-        n.shutdown();
-    }
-    // The target is older than the home, where the actor runs: refused before anything moved
-    // there, the actor stays at home.
-    let nodes = nodes_with_versions(&["3.1", "3.0.9"]);
-    let key = key_on_node_1(&nodes);
-    warm_up(&nodes, key);
-    let id = ActorId {
-        type_name: Ledger::TYPE_NAME,
-        key: key.into(),
-    };
-    let r = nodes[1].actor_ref::<Ledger>(key);
-    r.ask_blocking(Seq { sender: 1, seq: 1 }).expect("ask");
-    match nodes[0].migrate_to_node(&id, 2) {
-        Err(e @ MigrateError::OlderVersion { runs_on: 1, .. }) => {
-            assert!(e.to_string().contains("older than 3.1"), "{e}")
+    for (versions, newest) in [(["2.0", "2.10"], 2u64), (["3.1", "3.0.9"], 1)] {
+        let nodes = nodes_with_versions(&versions);
+        let older = 3 - newest;
+        let home_of = |n: &Engine, k: u64| {
+            let r = n.actor_ref::<Ledger>(k);
+            r.remote_node().or(n.node_id()).expect("a cluster node")
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !(0..50u64).all(|k| nodes.iter().all(|n| home_of(n, k) == newest)) {
+            assert!(
+                Instant::now() < deadline,
+                "{versions:?}: homes never went to the newest node"
+            );
+            std::thread::yield_now();
         }
-        other => panic!("move to the older node: {other:?}"),
-    }
-    assert_eq!(nodes[0].placement(&id).expect("placement").node, 1);
-    assert_eq!(r.ask_blocking(Seq { sender: 1, seq: 2 }), Ok((2, 0)));
-    for n in nodes {
-        n.shutdown();
+        let key = 7u64;
+        let id = ActorId {
+            type_name: Ledger::TYPE_NAME,
+            key: key.into(),
+        };
+        let home = &nodes[(newest - 1) as usize];
+        let r = nodes[(older - 1) as usize].actor_ref::<Ledger>(key);
+        for seq in 1..=5 {
+            r.ask_blocking(Seq { sender: 1, seq }).expect("ask");
+        }
+        match home.migrate_to_node(&id, older) {
+            Err(e @ MigrateError::OlderVersion { .. }) => {
+                let MigrateError::OlderVersion {
+                    node,
+                    ref version,
+                    ref ran_on,
+                    runs_on,
+                    ..
+                } = e
+                else {
+                    unreachable!()
+                };
+                assert_eq!((node, runs_on), (older, newest), "{e}");
+                assert_eq!(
+                    (version.as_str(), ran_on.as_str()),
+                    (
+                        versions[(older - 1) as usize],
+                        versions[(newest - 1) as usize]
+                    )
+                );
+            }
+            other => panic!("{versions:?}: move to the older node: {other:?}"),
+        }
+        assert_eq!(home.placement(&id).expect("placement").node, newest);
+        assert_eq!(r.ask_blocking(Seq { sender: 1, seq: 6 }), Ok((6, 0)));
+        for n in nodes {
+            n.shutdown();
+        }
     }
 }
 

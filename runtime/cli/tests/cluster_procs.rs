@@ -276,6 +276,7 @@ fn three_processes_kill_one_restart_it() {
         role: PeerRole::Client,
         secret,
         shard: 0,
+        app_version: String::new(),
     };
     let cases = [
         (

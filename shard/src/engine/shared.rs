@@ -50,6 +50,8 @@ pub(crate) struct NodeShared {
 pub(crate) struct NetPlacement {
     pub(crate) node_id: quark_placement::NodeId,
     pub(crate) members: Vec<quark_placement::NodeId>,
+    /// The live member set (homes of movable actors; docs/MIGRATION.md, "Rolling upgrades").
+    pub(crate) view: crate::net::MemberView,
 }
 
 impl NodeShared {

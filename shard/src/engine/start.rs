@@ -190,6 +190,12 @@ fn shared_state(
     let net = config.net.as_ref().map(|c| NetPlacement {
         node_id: c.node_id,
         members: crate::net::member_ids(&c.membership),
+        view: crate::net::MemberView::new(
+            c.node_id,
+            crate::net::member_ids(&c.membership),
+            &config.app_version,
+            c.role == quark_net::PeerRole::Member,
+        ),
     });
     let shared = NodeShared::new(config, types, type_index, handles, registry, net);
     Ok((Arc::new(shared), bell_rx))

@@ -275,6 +275,8 @@ pub(crate) struct Link {
     /// while up or before the first attempt ended.
     last_error: RefCell<Option<LinkDown>>,
     pub(crate) dropped_since_log: Cell<u64>,
+    /// The peer's application version, from its last handshake (empty: not set or unknown).
+    peer_version: RefCell<String>,
 }
 
 impl Link {
@@ -287,7 +289,17 @@ impl Link {
             last_drop_log: Cell::new(None),
             last_error: RefCell::new(None),
             dropped_since_log: Cell::new(0),
+            peer_version: RefCell::new(String::new()),
         }
+    }
+
+    /// The peer's application version, from the handshake of the connection that is up now
+    /// (empty while the link is not up: a restarted peer may run another version).
+    pub(crate) fn peer_version(&self) -> String {
+        if !self.is_up() {
+            return String::new();
+        }
+        self.peer_version.borrow().clone()
     }
 
     /// Why the link is down, where known (the source of `NodeUnavailable`).
@@ -357,6 +369,9 @@ pub(crate) fn start(core: &Rc<Shard>, listener: Option<std::net::TcpListener>) {
         let (core2, link) = (core.clone(), link.clone());
         core.sched.spawn(async move { run_link(core2, link).await });
     }
+    if core.id == 0 && net.cfg.role == PeerRole::Member {
+        core.sched.spawn(super::members::join(core.clone()));
+    }
     if let Some(l) = listener {
         match tcp::Listener::from_std(l) {
             Ok(l) => {
@@ -377,6 +392,7 @@ fn handshake_config(core: &Shard) -> HandshakeConfig {
         role: cfg.role,
         secret: cfg.secret.clone(),
         shard: core.id,
+        app_version: core.node.config.app_version.clone(),
     }
 }
 
@@ -642,7 +658,7 @@ async fn dial(
     };
     let (mut rd, mut wr) = stream::wrap(rd, wr, tls);
     let init = Initiator::new(handshake_config(core), nonce(), Some(link.peer));
-    let (_peer, dec) = handshake(
+    let (peer, dec) = handshake(
         Side::Dial(init),
         link.addr,
         &mut rd,
@@ -651,6 +667,7 @@ async fn dial(
         cfg.handshake_timeout,
     )
     .await?;
+    *link.peer_version.borrow_mut() = peer.app_version;
     Ok((rd, wr, fd, dec))
 }
 
@@ -766,6 +783,7 @@ async fn accept_loop(core: Rc<Shard>, listener: tcp::Listener) {
             ));
             net.accepted.borrow_mut().retain(|w| w.strong_count() > 0);
             net.accepted.borrow_mut().push(Rc::downgrade(&wire));
+            super::members::greet(&core, &wire);
             let reason = serve(&core, &wire, rd, wr, fd, dec, peer.node_id, addr).await;
             wire.close();
             tracing::debug!(shard = core.id, %addr, peer = peer.node_id, ?reason,

@@ -34,7 +34,7 @@ const ARRIVE: &str = "quark.migrate.arrive";
 
 /// Encodes a request to `node` on this shard's link; `waiter` gets its outcome.
 #[allow(clippy::too_many_arguments)]
-fn send_request<B: WireOwned>(
+pub(super) fn send_request<B: WireOwned>(
     core: &Rc<Shard>,
     node: NodeId,
     actor_type: &str,
@@ -99,14 +99,14 @@ fn send_request<B: WireOwned>(
 }
 
 /// A system request's outcome, on the shard that sent it.
-struct SysReply<F> {
-    node: Arc<NodeShared>,
-    on: F,
+pub(super) struct SysReply<F> {
+    pub(super) node: Arc<NodeShared>,
+    pub(super) on: F,
 }
 
 /// What came back for a system request: the reply's bytes, the peer's refusal, or nothing
 /// (deadline passed, or the connection dropped: the peer may have acted on it).
-enum SysOutcome {
+pub(super) enum SysOutcome {
     Value(Vec<u8>),
     Refused(String),
     Unknown(String),
@@ -334,11 +334,27 @@ pub(crate) fn serve(
             );
             let home = core.id;
             let install = move |x: &Rc<Shard>| {
+                let here = slot.clone();
                 let r = x
                     .tables
                     .erased(slot.0)
                     .install_bytes(x, slot.1, state)
                     .map(|()| None);
+                // `place` is also the actor's home shard on this node: an entry there that
+                // names another node (this node sent it there once) is stale now that it
+                // lives here again (docs/MIGRATION.md, "Rolling upgrades").
+                if r.is_ok() {
+                    let mut dir = x.migration.directory.borrow_mut();
+                    if dir
+                        .get(&here)
+                        .is_some_and(|e| e.node.is_some() && e.is_quiet())
+                    {
+                        dir.remove(&here);
+                    }
+                    drop(dir);
+                    // First messages held while this node joins, now that the actor is here.
+                    crate::migrate::release_held_for(x, &here);
+                }
                 if x.id == home {
                     crate::migrate::collected(x, ticket, r, None);
                 } else {

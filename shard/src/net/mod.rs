@@ -6,6 +6,7 @@
 //! nodes") and `docs/PROTOCOL.md`.
 
 mod conn;
+mod members;
 mod migrate;
 mod remote;
 mod stream;
@@ -26,6 +27,7 @@ use crate::actor::{Handler, Message};
 use crate::shard::Shard;
 
 pub(crate) use conn::{close_all, start, Link};
+pub(crate) use members::{announce_blocking, place_new, MemberView, NewPlace, DRAINING, LEFT};
 pub(crate) use migrate::{forward_node, send_arrive, send_pause};
 pub(crate) use remote::{ask_remote, tell_remote, tell_remote_now};
 

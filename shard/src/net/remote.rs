@@ -621,6 +621,13 @@ where
     let msg = M::from_wire(body).map_err(|_| RemoteError::BadPayload {
         message_type: M::WIRE_NAME.to_owned(),
     })?;
+    // A sender that follows the live member set (a client) may address an actor whose type
+    // does not move (its journal is on its static node) to another node: sent on there.
+    if misrouted::<A>(core, &key) {
+        let aref = ActorRef::<A>::new(core.node.clone(), key);
+        call_via(core, aref, msg, timeout, sink);
+        return Ok(());
+    }
     // Fast path: this shard owns the actor. The message goes straight into its mailbox, the
     // reply straight from the call table onto the connection (no task, no ring).
     let (key, msg, sink) = match deliver_here::<A, M>(core, key, msg, timeout, sink) {
@@ -628,6 +635,38 @@ where
         Err(back) => back,
     };
     let aref = ActorRef::<A>::new_local(core.node.clone(), key);
+    call_via(core, aref, msg, timeout, sink);
+    Ok(())
+}
+
+/// True if `key`'s actor of type `A` does not move and its static node is another one (only
+/// checked once the live member set changed).
+fn misrouted<A: crate::actor::Actor>(core: &Shard, key: &ActorKey) -> bool {
+    let node = &core.node;
+    let Some(net) = node.net.as_ref() else {
+        return false;
+    };
+    if !net.view.changed() {
+        return false;
+    }
+    let movable = node
+        .type_index
+        .get(&std::any::TypeId::of::<A>())
+        .is_none_or(|&i| node.types[usize::from(i)].bytes_mover());
+    let id = ActorId {
+        type_name: A::TYPE_NAME,
+        key: key.clone(),
+    };
+    !movable && net.view.static_home(&id).is_some_and(|n| n != net.node_id)
+}
+
+/// Runs a request from the network through `aref`, from a task on this shard.
+fn call_via<A, M>(core: &Rc<Shard>, aref: ActorRef<A>, msg: M, timeout: Duration, sink: ReplySink)
+where
+    A: Handler<M>,
+    M: Message + WireOwned,
+    M::Reply: WireOwned,
+{
     let core2 = core.clone();
     let trace = crate::trace::current();
     match sink.reply {
@@ -644,7 +683,6 @@ where
             drop(sink);
         })),
     }
-    Ok(())
 }
 
 /// Delivers a request from the network to its actor if this shard owns it; otherwise gives
@@ -756,6 +794,9 @@ pub(crate) fn dispatch(core: &Rc<Shard>, wire: &Rc<Outbound>, frame: &Frame<'_>)
     }
     let actor_type = req.envelope.actor_type.as_str();
     let message_type = req.envelope.message_type.as_str();
+    if message_type.starts_with(super::members::PREFIX) {
+        return super::members::serve(core, req.body, sink);
+    }
     if message_type.starts_with(super::migrate::PREFIX) {
         let key = actor_key(&req.envelope.key);
         return super::migrate::serve(core, actor_type, message_type, key, req.body, sink);

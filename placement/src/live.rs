@@ -1,0 +1,259 @@
+//! The live member set: which members rank for the *home* of a movable actor (the node every
+//! sender addresses and where a new activation starts), by state and application version.
+//!
+//! - A member is `Up` (ranked), `Draining` (still ranked: it coordinates the moves of its
+//!   actors away, but a peer does not send it new activations of its own), or `Left` (not
+//!   ranked: it announced it stopped, after its drain). A member that stops without announcing
+//!   it (a crash, a cut link) stays `Up`: its ids fail until it is back (see
+//!   docs/MIGRATION.md, "Rolling upgrades").
+//! - Version-aware: among the ranked members, only those of the newest application version
+//!   rank (an empty version, not configured, is never older or newer: it always ranks).
+//! - The home is the rendezvous choice ([`node_for`]) among them, so when a member leaves,
+//!   only its ids change home (each to the next node in its rendezvous order), and when it
+//!   comes back it takes exactly those back.
+//!
+//! Pure data: every node and client holding the same `LiveMembers` computes the same homes.
+//! Actors that are not movable keep the static placement ([`node_for`] over every member):
+//! their journal lives on their node's disk.
+
+use std::cmp::Ordering;
+
+use crate::id::ActorId;
+use crate::ring::{node_for, NodeId};
+
+/// A member's state as its peers know it (from its announcements).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum MemberState {
+    /// Ranked (the initial state of every configured member).
+    Up,
+    /// Announced it drains: still ranked (it is still the home of its ids and forwards what
+    /// reaches it), but not sent new activations by its peers.
+    Draining,
+    /// Announced it stopped after its drain: not ranked until it announces it joined again.
+    Left,
+}
+
+/// One member of a [`LiveMembers`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LiveMember {
+    /// The node id.
+    pub id: NodeId,
+    /// Its state.
+    pub state: MemberState,
+    /// Its application version (`[node] app_version`; empty: not set or not known yet).
+    pub version: String,
+}
+
+/// The members of a cluster with their states and versions; see the module docs.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct LiveMembers {
+    members: Vec<LiveMember>,
+}
+
+/// Compares application versions: dot-separated parts in order, as numbers where both are
+/// numbers, else as text; a missing part is older (`1.2` < `1.2.1`, `2.10` > `2.9`). `None`
+/// when either is empty (not configured: never older or newer).
+pub fn version_cmp(a: &str, b: &str) -> Option<Ordering> {
+    if a.is_empty() || b.is_empty() {
+        return None;
+    }
+    let (mut x, mut y) = (a.split('.'), b.split('.'));
+    loop {
+        match (x.next(), y.next()) {
+            (None, None) => return Some(Ordering::Equal),
+            (None, Some(_)) => return Some(Ordering::Less),
+            (Some(_), None) => return Some(Ordering::Greater),
+            (Some(p), Some(q)) => {
+                let o = match (p.parse::<u64>(), q.parse::<u64>()) {
+                    (Ok(m), Ok(n)) => m.cmp(&n),
+                    _ => p.cmp(q),
+                };
+                if o != Ordering::Equal {
+                    return Some(o);
+                }
+            }
+        }
+    }
+}
+
+/// True if version `a` is older than `b` ([`version_cmp`]; never for an empty version).
+pub fn version_older(a: &str, b: &str) -> bool {
+    version_cmp(a, b) == Some(Ordering::Less)
+}
+
+impl LiveMembers {
+    /// Every node of `ids` `Up`, with no version known.
+    pub fn new(ids: impl IntoIterator<Item = NodeId>) -> LiveMembers {
+        let mut members: Vec<LiveMember> = ids
+            .into_iter()
+            .map(|id| LiveMember {
+                id,
+                state: MemberState::Up,
+                version: String::new(),
+            })
+            .collect();
+        members.sort_unstable_by_key(|m| m.id);
+        members.dedup_by_key(|m| m.id);
+        LiveMembers { members }
+    }
+
+    /// The members, by node id.
+    pub fn members(&self) -> &[LiveMember] {
+        &self.members
+    }
+
+    fn get_mut(&mut self, id: NodeId) -> Option<&mut LiveMember> {
+        self.members.iter_mut().find(|m| m.id == id)
+    }
+
+    /// A member, if configured.
+    pub fn get(&self, id: NodeId) -> Option<&LiveMember> {
+        self.members.iter().find(|m| m.id == id)
+    }
+
+    /// Sets a member's state (and its version, unless `version` is `None`); false if `id` is
+    /// not a member or nothing changed.
+    pub fn set(&mut self, id: NodeId, state: MemberState, version: Option<&str>) -> bool {
+        let Some(m) = self.get_mut(id) else {
+            return false;
+        };
+        let mut changed = m.state != state;
+        m.state = state;
+        if let Some(v) = version {
+            changed |= m.version != v;
+            m.version = v.to_owned();
+        }
+        changed
+    }
+
+    /// The newest version among the members that are not `Left` (`None`: none is known).
+    pub fn newest(&self) -> Option<&str> {
+        let mut best: Option<&str> = None;
+        for m in self.members.iter().filter(|m| m.state != MemberState::Left) {
+            if m.version.is_empty() {
+                continue;
+            }
+            best = match best {
+                Some(b) if !version_older(b, &m.version) => Some(b),
+                _ => Some(&m.version),
+            };
+        }
+        best
+    }
+
+    /// The members that rank for homes, by node id: not `Left`, and not older than
+    /// [`newest`](Self::newest).
+    pub fn ranked(&self) -> Vec<NodeId> {
+        let newest = self.newest().unwrap_or("");
+        self.members
+            .iter()
+            .filter(|m| m.state != MemberState::Left && !version_older(&m.version, newest))
+            .map(|m| m.id)
+            .collect()
+    }
+
+    /// The home of `id`: its rendezvous choice among the ranked members (`None`: none ranks).
+    pub fn home(&self, id: &ActorId) -> Option<NodeId> {
+        node_for(id, &self.ranked())
+    }
+
+    /// The home of `id` once `leaving` has left (where a drain of `leaving` moves it).
+    pub fn home_without(&self, id: &ActorId, leaving: NodeId) -> Option<NodeId> {
+        let mut after = self.clone();
+        after.set(leaving, MemberState::Left, None);
+        after.home(id)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::id::ActorKey;
+
+    fn ids(n: u64) -> impl Iterator<Item = ActorId> {
+        (0..n).map(|k| ActorId::new("c", ActorKey::U64(k)))
+    }
+
+    #[test]
+    fn versions_compare_by_parts() {
+        assert!(version_older("1.2", "1.2.1"));
+        assert!(version_older("2.9", "2.10"));
+        assert!(!version_older("2.10", "2.9"));
+        assert!(!version_older("", "1"));
+        assert!(!version_older("1", ""));
+        assert_eq!(version_cmp("1.0", "1.0"), Some(Ordering::Equal));
+    }
+
+    #[test]
+    fn all_up_is_the_static_placement() {
+        let live = LiveMembers::new([3, 1, 2]);
+        for id in ids(1000) {
+            assert_eq!(live.home(&id), node_for(&id, &[1, 2, 3]));
+        }
+    }
+
+    #[test]
+    fn a_left_member_gives_exactly_its_ids_to_the_next_in_rendezvous_order() {
+        let mut live = LiveMembers::new([1, 2, 3]);
+        let before: Vec<_> = ids(3000).map(|id| live.home(&id)).collect();
+        live.set(2, MemberState::Left, None);
+        let mut moved = 0;
+        for (id, b) in ids(3000).zip(&before) {
+            let now = live.home(&id);
+            assert_ne!(now, Some(2));
+            if *b == Some(2) {
+                moved += 1;
+                assert_eq!(now, node_for(&id, &[1, 3]));
+                assert_eq!(now, live.home_without(&id, 2));
+            } else {
+                assert_eq!(now, *b, "{id}: only the left member's ids move");
+            }
+        }
+        assert!(moved > 800 && moved < 1200, "about a third moved: {moved}");
+        // Draining still ranks; coming back takes its ids back.
+        live.set(2, MemberState::Draining, None);
+        assert_eq!(
+            ids(3000).map(|id| live.home(&id)).collect::<Vec<_>>(),
+            before
+        );
+        live.set(2, MemberState::Up, None);
+        assert_eq!(
+            ids(3000).map(|id| live.home(&id)).collect::<Vec<_>>(),
+            before
+        );
+    }
+
+    #[test]
+    fn homes_prefer_the_newest_version() {
+        let mut live = LiveMembers::new([1, 2, 3]);
+        for n in 1..=3 {
+            live.set(n, MemberState::Up, Some("1.9"));
+        }
+        live.set(2, MemberState::Up, Some("1.10"));
+        assert_eq!(live.newest(), Some("1.10"));
+        assert_eq!(live.ranked(), vec![2]);
+        assert!(ids(100).all(|id| live.home(&id) == Some(2)));
+        // A second upgraded node: rendezvous order within the newest group.
+        live.set(3, MemberState::Up, Some("1.10"));
+        for id in ids(1000) {
+            assert_eq!(live.home(&id), node_for(&id, &[2, 3]));
+        }
+        // A member without a version always ranks; a left one never, whatever its version.
+        live.set(1, MemberState::Up, Some(""));
+        assert_eq!(live.ranked(), vec![1, 2, 3]);
+        live.set(3, MemberState::Left, Some("9"));
+        assert_eq!(live.newest(), Some("1.10"));
+        assert_eq!(live.ranked(), vec![1, 2]);
+    }
+
+    #[test]
+    fn set_reports_changes_and_ignores_strangers() {
+        let mut live = LiveMembers::new([1, 2]);
+        assert!(!live.set(9, MemberState::Left, None));
+        assert!(!live.set(1, MemberState::Up, None));
+        assert!(live.set(1, MemberState::Up, Some("2")));
+        assert!(!live.set(1, MemberState::Up, Some("2")));
+        assert!(live.set(1, MemberState::Left, None));
+        assert_eq!(live.get(1).map(|m| m.state), Some(MemberState::Left));
+    }
+}

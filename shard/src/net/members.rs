@@ -1,0 +1,535 @@
+//! The live member set of a node (docs/MIGRATION.md, "Rolling upgrades"): which members rank
+//! for the home of a movable actor, learned from the members' own announcements, and the
+//! hand-over of actors when a member joins.
+//!
+//! One reserved request, `quark.member.state`, body `(kind u16, node u64, app_version String)`,
+//! reply `String` (the answering node's `app_version`). Kinds:
+//! - `JOIN` (a request, from a starting node to each peer): the peer ranks the node again
+//!   (`Up`, with its version), moves to it the active movable actors it coordinated whose home
+//!   that changes, and answers once they moved. The starting node holds first messages for
+//!   its movable actors (`Migrations::held`) until every reachable peer answered.
+//! - `JOINED` (one-way, to every accepted connection once joined, and to each one accepted
+//!   later): clients rank the node again; a peer that missed the `JOIN` does its hand-over.
+//! - `DRAINING` (a request to each peer, one-way to clients, at the start of a drain): the node
+//!   still ranks (it coordinates the moves away), but peers do not send it new activations.
+//! - `LEFT` (the same, once the drain moved what it could): the node no longer ranks; its ids
+//!   go to the next node of their rendezvous order, where its drain put their actors.
+
+use std::collections::VecDeque;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use futures::channel::oneshot;
+use quark_net::{FrameHead, FrameKind, RequestEnvelope, WireOwned};
+use quark_placement::{node_for, ActorId, ActorKey, LiveMembers, MemberState, NodeId};
+
+use super::migrate::{send_request, SysOutcome, SysReply};
+use super::remote::{wire_key, ReplySink};
+use crate::engine::shared::NodeShared;
+use crate::envelope::CrossMsg;
+use crate::migrate::MigrateError;
+use crate::shard::Shard;
+
+/// Prefix of the member system requests (never a user message's wire name).
+pub(crate) const PREFIX: &str = "quark.member.";
+const STATE: &str = "quark.member.state";
+
+/// `quark.member.state` kinds (on the wire).
+pub(crate) const JOIN: u16 = 0;
+pub(crate) const JOINED: u16 = 1;
+pub(crate) const DRAINING: u16 = 2;
+pub(crate) const LEFT: u16 = 3;
+
+/// Moves of a hand-over in flight at once.
+const HANDOFF_INFLIGHT: usize = 256;
+
+/// The node's view of the members (shared by its shards and handles; written on
+/// announcements only, read when a reference is made and on activation misses).
+pub(crate) struct MemberView {
+    pub(crate) me: NodeId,
+    statics: Vec<NodeId>,
+    /// The view now, and before its last change (the hand-over rule: an id whose home moved
+    /// away from this node is sent on to its new home rather than activated here).
+    views: RwLock<Views>,
+    joined: AtomicBool,
+    changed: AtomicBool,
+}
+
+/// The view now and before its last change, with their ranked members (computed once per
+/// change, so that a reference costs no allocation).
+struct Views {
+    now: LiveMembers,
+    before: LiveMembers,
+    now_ranked: Vec<NodeId>,
+    before_ranked: Vec<NodeId>,
+}
+
+impl Views {
+    fn new(live: LiveMembers) -> Views {
+        let ranked = live.ranked();
+        Views {
+            now: live.clone(),
+            before: live,
+            now_ranked: ranked.clone(),
+            before_ranked: ranked,
+        }
+    }
+}
+
+/// Where a first message for a movable actor goes (`migrate::divert`).
+pub(crate) enum NewPlace {
+    Here,
+    /// Wait until the node has joined.
+    Hold,
+    /// Its home is that node now: send it on.
+    Node(NodeId),
+}
+
+impl MemberView {
+    /// Every configured member `Up`; this node's version known. A member with peers holds
+    /// first messages until it joined ([`join`]); a client or a lone node never does.
+    pub(crate) fn new(me: NodeId, statics: Vec<NodeId>, version: &str, member: bool) -> Self {
+        let mut live = LiveMembers::new(statics.iter().copied());
+        live.set(me, MemberState::Up, Some(version));
+        let alone = statics.iter().all(|n| *n == me);
+        MemberView {
+            me,
+            statics,
+            views: RwLock::new(Views::new(live)),
+            joined: AtomicBool::new(!member || alone),
+            changed: AtomicBool::new(false),
+        }
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Views> {
+        // The lock guards plain data with no invariant a panicking writer could break.
+        self.views.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The node a sender addresses for `id`: the live home for a movable type (and for a
+    /// type this engine does not know, e.g. on a client), else the static placement.
+    pub(crate) fn home(&self, id: &ActorId, movable: bool) -> Option<NodeId> {
+        if !movable {
+            return node_for(id, &self.statics);
+        }
+        node_for(id, &self.read().now_ranked)
+    }
+
+    /// The static placement (every configured member).
+    pub(crate) fn static_home(&self, id: &ActorId) -> Option<NodeId> {
+        node_for(id, &self.statics)
+    }
+
+    /// The view now.
+    pub(crate) fn now(&self) -> LiveMembers {
+        self.read().now.clone()
+    }
+
+    /// Sets `node`'s state (and version); true if the view changed.
+    pub(crate) fn update(&self, node: NodeId, state: MemberState, version: Option<&str>) -> bool {
+        let mut w = self.views.write().unwrap_or_else(|p| p.into_inner());
+        let mut next = w.now.clone();
+        if !next.set(node, state, version) {
+            return false;
+        }
+        let ranked = next.ranked();
+        w.before = std::mem::replace(&mut w.now, next);
+        w.before_ranked = std::mem::replace(&mut w.now_ranked, ranked);
+        self.changed.store(true, Ordering::Release);
+        tracing::info!(node, ?state, version, ranked = ?w.now_ranked, "member view changed");
+        true
+    }
+
+    /// True if this node announced it drains or left.
+    pub(crate) fn leaving(&self) -> bool {
+        self.read()
+            .now
+            .get(self.me)
+            .is_some_and(|m| m.state != MemberState::Up)
+    }
+
+    /// True once the view changed since the node started.
+    pub(crate) fn changed(&self) -> bool {
+        self.changed.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn joined(&self) -> bool {
+        self.joined.load(Ordering::Acquire)
+    }
+
+    /// True if a first message for a movable actor must consult the view
+    /// ([`place_new`]): before the node joined, or once the view changed.
+    #[inline]
+    pub(crate) fn attention(&self) -> bool {
+        !self.joined.load(Ordering::Relaxed) || self.changed.load(Ordering::Relaxed)
+    }
+}
+
+/// Where a first message for `(type_idx, key)` goes, on a miss at its home shard here.
+pub(crate) fn place_new(core: &Shard, type_idx: u16, key: &ActorKey) -> NewPlace {
+    let Some(net) = core.node.net.as_ref() else {
+        return NewPlace::Here;
+    };
+    let ty = &core.node.types[usize::from(type_idx)];
+    if !ty.bytes_mover() {
+        return NewPlace::Here;
+    }
+    let v = &net.view;
+    if !v.joined() {
+        return NewPlace::Hold;
+    }
+    let id = ActorId {
+        type_name: ty.name(),
+        key: key.clone(),
+    };
+    let g = v.read();
+    match node_for(&id, &g.now_ranked) {
+        Some(home)
+            if home != v.me
+                && g.now.get(home).is_some_and(|m| m.state == MemberState::Up)
+                && node_for(&id, &g.before_ranked) == Some(v.me) =>
+        {
+            NewPlace::Node(home)
+        }
+        _ => NewPlace::Here,
+    }
+}
+
+/// Serves `quark.member.state` from another node or (one-way) from a node this client dialed.
+pub(crate) fn serve(core: &Rc<Shard>, body: &[u8], sink: ReplySink) {
+    let Some(net) = core.node.net.as_ref() else {
+        return;
+    };
+    let mine = core.node.config.app_version.clone();
+    let Ok((kind, node, version)) = <(u16, u64, String)>::from_wire(body) else {
+        return sink.send_error(
+            core,
+            &quark_net::RemoteError::BadPayload {
+                message_type: STATE.to_owned(),
+            },
+        );
+    };
+    let view = &net.view;
+    let member = core.net().cfg.role == quark_net::PeerRole::Member;
+    match kind {
+        JOIN | JOINED if member && node != view.me => {
+            let c = core.clone();
+            let deadline = Instant::now() + core.node.config.shutdown_timeout;
+            core.sched.spawn(async move {
+                // Ranked only once every shard here can reach it (else this node's senders
+                // would fail with NodeUnavailable instead of waiting for its hand-over).
+                links_up(&c, node, deadline).await;
+                let Some(net) = c.node.net.as_ref() else {
+                    return;
+                };
+                if net.view.update(node, MemberState::Up, Some(&version)) {
+                    let moved = hand_off(&c, node, deadline).await;
+                    tracing::info!(node, moved, "actors handed over to a joining node");
+                }
+                sink.send_value(&c, &mine);
+            });
+            return;
+        }
+        JOIN | JOINED => {
+            view.update(node, MemberState::Up, Some(&version));
+        }
+        DRAINING => {
+            view.update(node, MemberState::Draining, None);
+        }
+        LEFT => {
+            view.update(node, MemberState::Left, None);
+        }
+        other => tracing::warn!(shard = core.id, kind = other, "unknown member announcement"),
+    }
+    sink.send_value(core, &mine);
+}
+
+/// Waits until every shard's link to `peer` is up (or `deadline`).
+async fn links_up(core: &Rc<Shard>, peer: NodeId, deadline: Instant) {
+    let node = core.node.clone();
+    loop {
+        let mut all = true;
+        for s in 0..node.shard_count() {
+            let (tx, rx) = oneshot::channel();
+            node.inject(
+                s,
+                CrossMsg::run_on(move |c| {
+                    let up = c
+                        .net
+                        .as_ref()
+                        .and_then(|n| n.links.get(&peer))
+                        .is_none_or(|l| l.is_up());
+                    let _ = tx.send(up);
+                }),
+            );
+            all &= rx.await.unwrap_or(true);
+        }
+        if all || Instant::now() >= deadline {
+            if !all {
+                tracing::warn!(
+                    node = peer,
+                    "a joining node: links not up before the deadline"
+                );
+            }
+            return;
+        }
+        crate::rt::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+/// Moves to `to` the active movable actors of this node whose home was this node before the
+/// last change of the view and is `to` now; retries moves refused for a passing reason until
+/// `deadline`. Returns how many moved.
+async fn hand_off(core: &Rc<Shard>, to: NodeId, deadline: Instant) -> u64 {
+    let node = core.node.clone();
+    let Some(net) = node.net.as_ref() else {
+        return 0;
+    };
+    let (now, before) = {
+        let g = net.view.read();
+        (g.now.clone(), g.before.clone())
+    };
+    let me = net.view.me;
+    let mut todo: Vec<(u16, ActorKey)> = Vec::new();
+    let mut rows = Vec::new();
+    for s in 0..node.shard_count() {
+        let mut q = crate::engine::ActorQuery {
+            shard: Some(s),
+            limit: crate::engine::ACTOR_QUERY_LIMIT_MAX,
+            ..crate::engine::ActorQuery::default()
+        };
+        loop {
+            let (tx, rx) = oneshot::channel();
+            let page_q = q.clone();
+            node.inject(
+                s,
+                CrossMsg::run_on(move |c| {
+                    let _ = tx.send(c.actor_rows(&page_q, page_q.limit));
+                }),
+            );
+            let Ok(page) = rx.await else { break };
+            let last = page.last().map(crate::engine::ActorRow::cursor);
+            let full = page.len() == q.limit;
+            rows.extend(page);
+            match last {
+                Some(c) if full => q.after = Some(c),
+                _ => break,
+            }
+        }
+    }
+    {
+        for r in rows {
+            let Some(t) = node.types.iter().position(|t| t.name() == r.actor_type) else {
+                continue;
+            };
+            if !node.types[t].bytes_mover() {
+                continue;
+            }
+            let id = ActorId {
+                type_name: r.actor_type,
+                key: r.key,
+            };
+            if now.home(&id) == Some(to) && before.home(&id) == Some(me) {
+                todo.push((t as u16, id.key));
+            }
+        }
+    }
+    let mut moved = 0;
+    loop {
+        let mut retry = Vec::new();
+        let mut inflight: VecDeque<((u16, ActorKey), oneshot::Receiver<_>)> = VecDeque::new();
+        for item in todo {
+            let rx = crate::migrate::request_node(&node, item.0, item.1.clone(), to);
+            inflight.push_back((item, rx));
+            if inflight.len() >= HANDOFF_INFLIGHT {
+                settle(&mut inflight, &mut moved, &mut retry).await;
+            }
+        }
+        while !inflight.is_empty() {
+            settle(&mut inflight, &mut moved, &mut retry).await;
+        }
+        if retry.is_empty() || Instant::now() >= deadline {
+            if !retry.is_empty() {
+                tracing::warn!(node = to, left = retry.len(), "hand-over: deadline passed");
+            }
+            return moved;
+        }
+        crate::rt::sleep(Duration::from_millis(5)).await;
+        todo = retry;
+    }
+}
+
+type Item = (u16, ActorKey);
+
+async fn settle(
+    inflight: &mut VecDeque<(Item, oneshot::Receiver<Result<crate::Moved, MigrateError>>)>,
+    moved: &mut u64,
+    retry: &mut Vec<Item>,
+) {
+    let Some((item, rx)) = inflight.pop_front() else {
+        return;
+    };
+    match rx.await {
+        Ok(Ok(_)) => *moved += 1,
+        Ok(Err(
+            MigrateError::NodeUnavailable { .. }
+            | MigrateError::Busy { .. }
+            | MigrateError::RateLimited { .. }
+            | MigrateError::Deactivating { .. },
+        )) => retry.push(item),
+        Ok(Err(e)) => tracing::warn!(error = %e, "hand-over: actor not moved"),
+        Err(_) => {}
+    }
+}
+
+/// Writes a one-way `quark.member.state` on every connection this shard accepted.
+pub(crate) fn tell_accepted(core: &Shard, kind: u16) {
+    let Some(net) = core.net.as_ref() else { return };
+    let wires: Vec<_> = net
+        .accepted
+        .borrow()
+        .iter()
+        .filter_map(std::rc::Weak::upgrade)
+        .collect();
+    for w in wires {
+        tell_wire(core, &w, kind);
+    }
+}
+
+/// Writes a one-way `quark.member.state` of this node on `wire`.
+pub(crate) fn tell_wire(core: &Shard, wire: &super::conn::Outbound, kind: u16) {
+    let Some(net) = core.net.as_ref() else { return };
+    if wire.is_closed() {
+        return;
+    }
+    let body = (kind, net.cfg.node_id, core.node.config.app_version.clone());
+    let env = RequestEnvelope::new("", wire_key(&ActorKey::U64(0)), STATE, 0);
+    let head = FrameHead {
+        source_shard: core.id,
+        ..FrameHead::new(FrameKind::OneWay)
+    };
+    let max = net.cfg.frame_bytes_max;
+    if quark_net::encode_request(&mut wire.out.borrow_mut(), head, &env, &body, max).is_ok() {
+        wire.frames_queued.set(wire.frames_queued.get() + 1);
+        wire.wake_writer();
+    }
+}
+
+/// On an accepted connection, once established: a node that has joined (and does not drain)
+/// tells the peer (a client, or a member that dialed it) that it is up, with its version.
+pub(crate) fn greet(core: &Shard, wire: &super::conn::Outbound) {
+    let Some(net) = core.node.net.as_ref() else {
+        return;
+    };
+    // Not while it drains or left: a peer would rank it again.
+    if core.net().cfg.role == quark_net::PeerRole::Member
+        && net.view.joined()
+        && !net.view.leaving()
+    {
+        tell_wire(core, wire, JOINED);
+    }
+}
+
+/// Sends `quark.member.state` of `kind` to every peer on this shard's links; the receiver gets
+/// the answers (`(peer, Some(its version))`, or `None` for a peer that could not be reached
+/// or did not answer within `timeout`).
+fn ask_peers(
+    core: &Rc<Shard>,
+    kind: u16,
+    timeout: Duration,
+) -> Vec<(NodeId, oneshot::Receiver<Option<String>>)> {
+    let Some(net) = core.net.as_ref() else {
+        return Vec::new();
+    };
+    let body = (kind, net.cfg.node_id, core.node.config.app_version.clone());
+    let mut peers: Vec<NodeId> = net.links.keys().copied().collect();
+    peers.sort_unstable();
+    let mut out = Vec::new();
+    for p in peers {
+        let (tx, rx) = oneshot::channel();
+        let on = move |_: &Rc<Shard>, o: SysOutcome| {
+            let v = match o {
+                SysOutcome::Value(b) => String::from_wire(&b).ok(),
+                SysOutcome::Refused(_) | SysOutcome::Unknown(_) => None,
+            };
+            let _ = tx.send(v);
+        };
+        let waiter = Box::new(SysReply {
+            node: core.node.clone(),
+            on,
+        });
+        let key = ActorKey::U64(0);
+        if send_request(core, p, "", &key, STATE, &body, timeout, Some(waiter)).is_ok() {
+            out.push((p, rx));
+        }
+    }
+    out
+}
+
+/// Joins the cluster (on shard 0, at start): asks every peer to rank this node again and hand
+/// over its actors, learns their versions, then releases the first messages held meanwhile
+/// and tells the accepted connections.
+pub(crate) async fn join(core: Rc<Shard>) {
+    let Some(net) = core.node.net.as_ref() else {
+        return;
+    };
+    if !net.view.joined() {
+        let timeout = core.node.config.shutdown_timeout;
+        let started = Instant::now();
+        let mut reached = Vec::new();
+        for (peer, rx) in ask_peers(&core, JOIN, timeout) {
+            if let Ok(Some(version)) = rx.await {
+                net.view.update(peer, MemberState::Up, Some(&version));
+                reached.push(peer);
+            }
+        }
+        tracing::info!(
+            shard = core.id,
+            ?reached,
+            duration_ms = started.elapsed().as_millis() as u64,
+            "joined the cluster"
+        );
+        net.view.joined.store(true, Ordering::Release);
+    }
+    for s in 0..core.node.shard_count() {
+        core.node.inject(
+            s,
+            CrossMsg::run_on(|c| {
+                crate::migrate::release_held(c);
+                tell_accepted(c, JOINED);
+            }),
+        );
+    }
+}
+
+/// `Engine::drain`'s announcements (`DRAINING`, `LEFT`): this node's own view first, then every
+/// peer (waits for their answers, at most `timeout`) and the accepted connections. Blocks; not
+/// on a shard thread.
+pub(crate) fn announce_blocking(node: &Arc<NodeShared>, kind: u16, timeout: Duration) {
+    let Some(net) = node.net.as_ref() else { return };
+    let state = if kind == LEFT {
+        MemberState::Left
+    } else {
+        MemberState::Draining
+    };
+    net.view.update(net.view.me, state, None);
+    let (tx, rx) = std::sync::mpsc::channel::<()>();
+    node.inject(
+        0,
+        CrossMsg::run_on(move |c| {
+            let asks = ask_peers(c, kind, timeout);
+            c.sched.spawn(async move {
+                for (_, rx) in asks {
+                    let _ = rx.await;
+                }
+                let _ = tx.send(());
+            });
+        }),
+    );
+    for s in 0..node.shard_count() {
+        node.inject(s, CrossMsg::run_on(move |c| tell_accepted(c, kind)));
+    }
+    let _ = rx.recv_timeout(timeout);
+}
