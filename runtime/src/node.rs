@@ -438,6 +438,7 @@ impl NodeBuilder {
                         .collect()
                 })
                 .unwrap_or_default(),
+            app_version: engine.app_version().to_owned(),
         };
         *slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(engine);
         if let Some(a) = &admin {

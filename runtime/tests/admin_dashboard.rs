@@ -292,7 +292,7 @@ fn dashboard_shows_the_nodes_live_figures_in_headless_chromium() {
         "{types:?}"
     );
     assert!(
-        types.contains(&("tally".to_owned(), TALLIES as f64)),
+        types.contains(&("journal-tally".to_owned(), TALLIES as f64)),
         "{types:?}"
     );
     // Calls by type: the turns the node counted, read while the page was open.

@@ -36,13 +36,22 @@ impl Handler<Deposit> for Wallet {
 }
 
 fn start(id: u64, nodes_toml: &str, admin: bool) -> Node {
+    start_version(id, nodes_toml, admin, "")
+}
+
+fn start_version(id: u64, nodes_toml: &str, admin: bool, app_version: &str) -> Node {
+    let app_version = if app_version.is_empty() {
+        String::new()
+    } else {
+        format!("app_version = \"{app_version}\"\n")
+    };
     let admin = if admin {
         "[admin]\nlisten = \"127.0.0.1:0\"\n"
     } else {
         ""
     };
     let text = format!(
-        "[node]\nshards = 2\npin_threads = false\nidle_spin_us = 0\n\
+        "[node]\nshards = 2\npin_threads = false\nidle_spin_us = 0\n{app_version}\
          [cluster]\ncluster_id = \"drain\"\nnode_id = {id}\n{nodes_toml}{admin}"
     );
     let config = NodeConfig::from_toml(&text, "drain.toml").expect("config");
@@ -151,6 +160,58 @@ fn a_draining_node_moves_its_actors_to_the_peer_and_every_ask_is_answered() {
     }
     n1.shutdown();
     n2.shutdown();
+}
+
+/// `/quark/status` names each peer's state in the node's view of the members, the version it
+/// advertised and the shards whose link to it is up, through its life: up, drained, stopped.
+#[test]
+fn status_shows_each_peers_state_version_and_links() {
+    let addrs = free_addrs(2);
+    let mut nodes_toml = String::new();
+    for (i, a) in addrs.iter().enumerate() {
+        nodes_toml.push_str(&format!(
+            "[[cluster.nodes]]\nid = {}\naddr = \"{a}\"\n",
+            i + 1
+        ));
+    }
+    let n1 = start_version(1, &nodes_toml, true, "1.0");
+    let n2 = start_version(2, &nodes_toml, false, "1.1");
+    let admin = n1.admin_addr().expect("admin");
+    let peer = || {
+        let status = quark::admin::fetch_status(admin, Duration::from_secs(5)).expect("status");
+        let p = status
+            .peers
+            .iter()
+            .find(|p| p.node_id == 2)
+            .cloned()
+            .expect("peer 2 listed");
+        (status, p)
+    };
+    let until = |what: &str, cond: &dyn Fn(&quark::admin::PeerStatus) -> bool| {
+        let end = Instant::now() + Duration::from_secs(20);
+        loop {
+            let (status, p) = peer();
+            if cond(&p) {
+                return status;
+            }
+            assert!(Instant::now() < end, "{what}: {p:?}");
+            std::thread::yield_now();
+        }
+    };
+    let status = until("both links up, the version known", &|p| {
+        p.links_up == Some(2) && p.app_version.as_deref() == Some("1.1")
+    });
+    assert_eq!(status.app_version.as_deref(), Some("1.0"));
+    assert_eq!(peer().1.state.as_deref(), Some("up"));
+    let _ = n2.drain();
+    until("the drain announced", &|p| {
+        matches!(p.state.as_deref(), Some("draining" | "left"))
+    });
+    n2.shutdown();
+    until("gone: left, no link", &|p| {
+        p.state.as_deref() == Some("left") && p.links_up == Some(0)
+    });
+    n1.shutdown();
 }
 
 #[test]

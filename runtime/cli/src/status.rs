@@ -116,9 +116,21 @@ fn table(s: &Status) -> String {
         let _ = writeln!(out, "(no shard figures while {})", s.state);
     }
     if !s.peers.is_empty() {
-        let mut rows = vec![vec!["peer".to_owned(), "addr".to_owned()]];
+        let mut rows = vec![vec![
+            "peer".to_owned(),
+            "addr".to_owned(),
+            "state".to_owned(),
+            "app_version".to_owned(),
+            "links_up".to_owned(),
+        ]];
         for p in &s.peers {
-            rows.push(vec![p.node_id.to_string(), p.addr.to_string()]);
+            rows.push(vec![
+                p.node_id.to_string(),
+                p.addr.to_string(),
+                p.state.clone().unwrap_or_else(|| "-".to_owned()),
+                p.app_version.clone().unwrap_or_else(|| "-".to_owned()),
+                opt(p.links_up),
+            ]);
         }
         push_rows(&mut out, &rows);
     }

@@ -183,6 +183,8 @@ pub(crate) struct NodeInfo {
     /// How each shard runs (core, pinning, driver, idle spin), from `Engine::info`.
     pub(crate) shards: Vec<quark_shard::ShardInfo>,
     pub(crate) peers: Vec<(u64, SocketAddr)>,
+    /// `[node] app_version` (empty: not set).
+    pub(crate) app_version: String,
 }
 
 /// State shared by the node and the server's threads.
@@ -208,6 +210,13 @@ impl Shared {
     fn stats(&self) -> Option<Result<Vec<ShardStatsSnapshot>, StatsError>> {
         let slot = self.engine.lock().unwrap_or_else(|p| p.into_inner());
         slot.as_ref().map(|e| e.stats())
+    }
+
+    /// The node's view of the members (states, versions), or `None` when the engine is not
+    /// running or the node is standalone.
+    fn members(&self) -> Option<quark_placement::LiveMembers> {
+        let slot = self.engine.lock().unwrap_or_else(|p| p.into_inner());
+        slot.as_ref().and_then(|e| e.members())
     }
 
     /// Every shard's figures outside the engine (log, jobs, outbox), or `None` when the
@@ -351,6 +360,7 @@ mod tests {
             cores: vec![],
             shards: vec![],
             peers: vec![],
+            app_version: String::new(),
         });
         assert_eq!(get("/readyz"), 200);
         s.set_draining();

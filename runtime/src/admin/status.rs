@@ -17,6 +17,9 @@ pub struct Status {
     pub node_id: Option<u64>,
     /// The quark version the node runs.
     pub version: String,
+    /// The application version the node advertises (`[node] app_version`; `None`: not set).
+    #[serde(default)]
+    pub app_version: Option<String>,
     /// `"starting"` (log recovery), `"ready"` or `"draining"` (shutdown began).
     pub state: String,
     /// Whether `/readyz` answers 200.
@@ -93,8 +96,20 @@ pub struct PeerStatus {
     pub node_id: u64,
     /// Its cluster address.
     pub addr: SocketAddr,
-    /// Shards whose link to it is up: not reported per peer by the transport yet (`None`).
+    /// This node's shards whose link to it is up now (`None`: the shards' counters are
+    /// missing from this status, see [`Status::stats_error`]).
     pub links_up: Option<u64>,
+    /// Its state in this node's view of the members: `"up"`, `"draining"` (it announced a
+    /// drain: still the home of its actors, sent no new ones) or `"left"` (it announced it
+    /// stopped after a drain: its actors are served by the others until it joins again).
+    /// A peer that crashed without announcing stays `"up"` with `links_up` 0. See
+    /// docs/MIGRATION.md, "Rolling upgrades".
+    #[serde(default)]
+    pub state: Option<String>,
+    /// The application version it advertised in its handshake (`None`: not known yet, or not
+    /// set).
+    #[serde(default)]
+    pub app_version: Option<String>,
 }
 
 /// The status now.
@@ -107,6 +122,7 @@ pub(crate) fn build(shared: &Shared) -> Status {
         Some(Ok(v)) => (v, None),
         Some(Err(e)) => (Vec::new(), Some(e.to_string())),
     };
+    let members = shared.members();
     let shard_ids: Vec<usize> = if stats_error.is_some() {
         (0..info.map_or(0, |n| n.shards.len())).collect()
     } else {
@@ -165,14 +181,39 @@ pub(crate) fn build(shared: &Shared) -> Status {
             .map(|n| {
                 n.peers
                     .iter()
-                    .map(|&(node_id, addr)| PeerStatus {
-                        node_id,
-                        addr,
-                        links_up: None,
+                    .map(|&(node_id, addr)| {
+                        let member = members.as_ref().and_then(|m| m.get(node_id));
+                        PeerStatus {
+                            node_id,
+                            addr,
+                            links_up: (!snaps.is_empty()).then(|| {
+                                snaps
+                                    .iter()
+                                    .filter_map(|s| s.net.as_ref())
+                                    .filter(|n| n.peers_up.contains(&node_id))
+                                    .count() as u64
+                            }),
+                            state: member.map(|m| member_state(m.state).to_owned()),
+                            app_version: member
+                                .map(|m| m.version.clone())
+                                .filter(|v| !v.is_empty()),
+                        }
                     })
                     .collect()
             })
             .unwrap_or_default(),
+        app_version: info
+            .map(|n| n.app_version.clone())
+            .filter(|v| !v.is_empty()),
+    }
+}
+
+/// The name of a member state in [`PeerStatus::state`].
+fn member_state(s: quark_placement::MemberState) -> &'static str {
+    match s {
+        quark_placement::MemberState::Up => "up",
+        quark_placement::MemberState::Draining => "draining",
+        quark_placement::MemberState::Left => "left",
     }
 }
 

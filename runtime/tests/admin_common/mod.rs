@@ -42,7 +42,7 @@ pub fn chromium() -> Option<PathBuf> {
 #[derive(Default)]
 pub struct Tally(pub i64);
 impl Actor for Tally {
-    const TYPE_NAME: &'static str = "tally";
+    const TYPE_NAME: &'static str = "journal-tally";
 }
 #[derive(Serialize, Deserialize)]
 pub struct Counted(pub i64);

@@ -199,6 +199,18 @@ impl Engine {
         self.shared.net.as_ref().map(|n| n.node_id)
     }
 
+    /// The node's view of the cluster's members now: each member's state (up, draining, left)
+    /// and application version as its announcements and handshakes told (`None`: standalone).
+    /// See docs/MIGRATION.md, "Rolling upgrades".
+    pub fn members(&self) -> Option<quark_placement::LiveMembers> {
+        self.shared.net.as_ref().map(|n| n.view.now())
+    }
+
+    /// This node's application version (`[node] app_version`; empty when not set).
+    pub fn app_version(&self) -> &str {
+        &self.shared.config.app_version
+    }
+
     /// The address the node accepts cluster connections on, if it listens.
     pub fn listen_addr(&self) -> Option<std::net::SocketAddr> {
         let l = self.shared.config.net.as_ref()?.listener.as_ref()?;

@@ -213,6 +213,8 @@ pub struct NetStatsSnapshot {
     pub replies_lost: u64,
     /// Peer nodes whose dialed link is up now.
     pub links_up: u64,
+    /// Those peers, by node id (ascending).
+    pub peers_up: Vec<NodeId>,
     /// Round-trip time to each peer whose dialed link is up, by node id.
     pub peer_rtt: Vec<PeerRtt>,
 }
@@ -265,6 +267,16 @@ impl NetShard {
             tells_dropped: s.tells_dropped.get(),
             replies_lost: s.replies_lost.get(),
             links_up: self.links.values().filter(|l| l.is_up()).count() as u64,
+            peers_up: {
+                let mut v: Vec<NodeId> = self
+                    .links
+                    .values()
+                    .filter(|l| l.is_up())
+                    .map(|l| l.peer)
+                    .collect();
+                v.sort_unstable();
+                v
+            },
             peer_rtt: {
                 let mut v: Vec<PeerRtt> = self
                     .links

@@ -65,7 +65,7 @@ function renderStatus(st) {
   $("node-id").textContent = st.node_id === null ? "standalone" : st.node_id;
   $("node-state").textContent = st.state;
   $("node-state").className = "state " + st.state;
-  $("node-version").textContent = st.version;
+  $("node-version").textContent = st.app_version ? `${st.app_version} (quark ${st.version})` : st.version;
   $("node-uptime").textContent = duration(st.uptime_seconds);
   $("node-listen").textContent = st.cluster_listen || "–";
   $("shard-count").textContent = st.shards.length;
@@ -76,6 +76,9 @@ function renderStatus(st) {
     tr.dataset.node = p.node_id;
     cell(tr, p.node_id);
     cell(tr, p.addr);
+    cell(tr, p.state || "–", { class: "peer-state " + (p.state || "") });
+    cell(tr, p.app_version || "–", { class: "peer-version" });
+    cell(tr, p.links_up == null ? "–" : `${p.links_up} / ${st.shards.length}`, { class: "peer-links" });
     return tr;
   });
   fill(document.querySelector("#peers tbody"), peers);
