@@ -236,3 +236,59 @@ fn bad_queries_are_answered_400_naming_the_problem() {
     assert_eq!(page(addr, &format!("limit=1&cursor={next}")).rows.len(), 1);
     node.shutdown();
 }
+
+/// A state whose deep size (`ActorType::memory_size`) is the bytes it holds.
+struct Blob(Vec<u8>);
+impl quark::Actor for Blob {
+    const TYPE_NAME: &'static str = "blob";
+}
+struct Fill(usize);
+impl quark::Message for Fill {
+    type Reply = ();
+}
+impl quark::Handler<Fill> for Blob {
+    async fn handle(&mut self, m: Fill, _: &quark::Context<Self>) {
+        self.0 = vec![1; m.0];
+    }
+}
+
+/// `min_bytes` keeps the rows whose state is at least that large, by the deep size where the
+/// type has the hook; rows carry the size and say whether it is the deep one.
+#[test]
+fn min_bytes_filters_on_the_deep_size() {
+    let mut config = NodeConfig::default();
+    config.admin = Some(AdminConfig::new("127.0.0.1:0".parse().unwrap()));
+    let node = Node::builder()
+        .config(config)
+        .register(quark::ActorType::new(|_| Blob(Vec::new())).memory_size(|b: &Blob| b.0.len()))
+        .engine(|e| {
+            e.shards = quark::ShardSpec::Count(2);
+            e.pin_threads = false;
+            e.idle_spin = Duration::ZERO;
+        })
+        .start()
+        .unwrap();
+    for (k, n) in [(1u64, 100), (2, 5_000), (3, 20_000)] {
+        quark::block_on(node.actor_ref::<Blob>(k).ask(Fill(n))).unwrap();
+    }
+    let addr = node.admin_addr().unwrap();
+    let p = page(addr, "type=blob&min_bytes=4096");
+    let mut got: Vec<(String, usize, bool)> = p
+        .rows
+        .iter()
+        .map(|r| (r.key.clone(), r.state_bytes, r.state_bytes_deep))
+        .collect();
+    got.sort();
+    assert_eq!(
+        got,
+        vec![
+            ("2".to_owned(), 5_000, true),
+            ("3".to_owned(), 20_000, true)
+        ]
+    );
+    assert!(page(addr, "min_bytes=20001").rows.is_empty());
+    let (status, body) = get(addr, "/quark/actors?min_bytes=lots");
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("is not a number of bytes"), "{body}");
+    node.shutdown();
+}

@@ -3,7 +3,7 @@
 //! queries").
 //!
 //! - `quark actors list --addr HOST:PORT [--type T] [--prefix P] [--shard N] [--idle-ms MS]
-//!   [--limit N] [--cursor C] [--all] [--json]`: one page (or, with `--all`, every page) of
+//!   [--min-bytes B] [--limit N] [--cursor C] [--all] [--json]`: one page (or, with `--all`, every page) of
 //!   one node's activations as a table; the next page's cursor is printed last.
 //! - `quark actors counts --addr A [--addr B ...] [--json]`: live activations per type and
 //!   shard, added up over the nodes given (a cluster's counts when every node is given).
@@ -107,6 +107,10 @@ struct ListArgs {
     /// Only activations idle for at least this many milliseconds.
     #[arg(long)]
     idle_ms: Option<u64>,
+    /// Only activations whose state is at least this many bytes (the deep size for types with
+    /// an `ActorType::memory_size` hook, else the shallow size).
+    #[arg(long)]
+    min_bytes: Option<usize>,
     /// Rows per page (1 ..= 1000).
     #[arg(long, default_value_t = quark::ACTOR_QUERY_LIMIT_DEFAULT)]
     limit: usize,
@@ -176,7 +180,7 @@ fn list(args: &ListArgs) -> anyhow::Result<String> {
         key_prefix: args.prefix.clone(),
         shard: args.shard,
         idle_at_least: args.idle_ms.map(Duration::from_millis),
-        state_bytes_at_least: None,
+        state_bytes_at_least: args.min_bytes,
         limit: args.limit,
         after,
     };
@@ -289,6 +293,7 @@ fn table(rows: &[ActorEntry]) -> String {
         "workers",
         "stateless",
         "bytes_shallow",
+        "bytes",
     ];
     let mut cells: Vec<Vec<String>> = vec![head.iter().map(|h| h.to_string()).collect()];
     for r in rows {
@@ -301,6 +306,11 @@ fn table(rows: &[ActorEntry]) -> String {
             r.workers.to_string(),
             if r.stateless_worker { "yes" } else { "no" }.to_owned(),
             r.state_bytes_shallow.to_string(),
+            if r.state_bytes_deep {
+                format!("{} (deep)", r.state_bytes)
+            } else {
+                r.state_bytes.to_string()
+            },
         ]);
     }
     columns(&cells)

@@ -1,7 +1,7 @@
 //! `/quark/actors` and `/quark/actors/counts`: live activations as JSON (see
 //! `docs/OPERATIONS.md`, "Actor queries").
 //!
-//! - `GET /quark/actors?type=..&prefix=..&shard=..&idle_ms=..&limit=..&cursor=..`: one page of
+//! - `GET /quark/actors?type=..&prefix=..&shard=..&idle_ms=..&min_bytes=..&limit=..&cursor=..`: one page of
 //!   [`quark_shard::Engine::actors`] as an [`ActorsPage`]. An unknown parameter, a value that
 //!   does not parse, a limit out of range, an unknown shard or actor type, or a bad cursor is
 //!   answered `400` with a one-line message naming it; `503` while the engine is not running
@@ -28,7 +28,15 @@ use serde::{Deserialize, Serialize};
 use super::{FetchError, Shared};
 
 /// The query parameters `/quark/actors` accepts.
-pub const ACTOR_QUERY_PARAMS: &[&str] = &["type", "prefix", "shard", "idle_ms", "limit", "cursor"];
+pub const ACTOR_QUERY_PARAMS: &[&str] = &[
+    "type",
+    "prefix",
+    "shard",
+    "idle_ms",
+    "min_bytes",
+    "limit",
+    "cursor",
+];
 
 /// One page of live activations (the JSON of `/quark/actors`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -65,6 +73,13 @@ pub struct ActorEntry {
     /// The shallow size of the state(s): `size_of` the actor type times `workers`; heap data
     /// the state owns is not counted.
     pub state_bytes_shallow: usize,
+    /// The state's size: the deep size from the type's `ActorType::memory_size` hook when
+    /// `state_bytes_deep`, else the shallow size (what `min_bytes` filters on).
+    #[serde(default)]
+    pub state_bytes: usize,
+    /// Whether `state_bytes` is the hook's deep size (false: no hook, or busy when asked).
+    #[serde(default)]
+    pub state_bytes_deep: bool,
 }
 
 impl From<&ActorRow> for ActorEntry {
@@ -86,6 +101,8 @@ impl From<&ActorRow> for ActorEntry {
             stateless_worker: r.stateless_worker,
             workers: r.workers,
             state_bytes_shallow: r.state_bytes_shallow,
+            state_bytes: r.state_bytes,
+            state_bytes_deep: r.state_bytes_deep,
         }
     }
 }
@@ -170,7 +187,9 @@ impl ActorCounts {
 #[non_exhaustive]
 pub enum ParamError {
     /// A parameter the endpoint does not know.
-    #[error("unknown parameter {name:?} (known: type, prefix, shard, idle_ms, limit, cursor)")]
+    #[error(
+        "unknown parameter {name:?} (known: type, prefix, shard, idle_ms, min_bytes, limit, cursor)"
+    )]
     Unknown {
         /// The parameter's name.
         name: String,
@@ -232,6 +251,9 @@ pub fn parse_query(query: &str) -> Result<ActorQuery, ParamError> {
                 let ms: u64 = value.parse().map_err(|_| bad("a number of milliseconds"))?;
                 q.idle_at_least = Some(Duration::from_millis(ms));
             }
+            "min_bytes" => {
+                q.state_bytes_at_least = Some(value.parse().map_err(|_| bad("a number of bytes"))?);
+            }
             "limit" => q.limit = value.parse().map_err(|_| bad("a number of rows"))?,
             "cursor" => q.after = Some(value.parse()?),
             _ => unreachable!("every name in ACTOR_QUERY_PARAMS is handled"),
@@ -254,6 +276,9 @@ pub fn query_string(q: &ActorQuery) -> String {
     }
     if let Some(d) = q.idle_at_least {
         parts.push(format!("idle_ms={}", d.as_millis()));
+    }
+    if let Some(b) = q.state_bytes_at_least {
+        parts.push(format!("min_bytes={b}"));
     }
     parts.push(format!("limit={}", q.limit));
     if let Some(c) = &q.after {
@@ -656,7 +681,7 @@ mod tests {
             key_prefix: Some("a b&c=%/é".into()),
             shard: Some(2),
             idle_at_least: Some(Duration::from_millis(1500)),
-            state_bytes_at_least: None,
+            state_bytes_at_least: Some(4096),
             limit: 7,
             after: Some("1.61.u5".parse().unwrap()),
         };
