@@ -247,3 +247,54 @@ fn the_memory_section_is_read_and_checked() {
         .to_string();
     assert!(e.contains("memory.strategy") && e.contains("lru"), "{e}");
 }
+
+#[test]
+fn the_memory_figures_are_in_metrics_and_documented() {
+    let mut config = NodeConfig::default();
+    config.engine.shards = ShardSpec::Count(2);
+    config.admin = Some(quark::AdminConfig::new(
+        "127.0.0.1:0".parse().expect("addr"),
+    ));
+    let node = Node::builder()
+        .config(config)
+        .register(ActorType::new(|_| Hog { data: Vec::new() }))
+        .start()
+        .expect("node starts");
+    let k = keys_on(&node, 1).next().expect("a key");
+    node.actor_ref::<Hog>(k)
+        .ask_blocking(Fill(3 * MIB as usize))
+        .expect("fill");
+    let addr = node.admin_addr().expect("admin");
+    let r = quark::admin::fetch(addr, "/metrics", Duration::from_secs(5)).expect("scrape");
+    assert_eq!(r.status, 200);
+    let doc_path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/OPERATIONS.md");
+    let doc = std::fs::read_to_string(doc_path).expect("docs");
+    for name in [
+        "quark_shard_memory_bytes",
+        "quark_shard_memory_live_bytes",
+        "quark_shard_memory_actor_bytes",
+        "quark_shard_memory_other_bytes",
+        "quark_shard_allocated_bytes_total",
+        "quark_memory_leak_suspects",
+        "quark_actor_memory_bytes",
+    ] {
+        assert!(
+            r.body.contains(&format!("# TYPE {name} ")),
+            "{name} missing"
+        );
+        assert!(doc.contains(&format!("`{name}`")), "{name} not documented");
+    }
+    let line = r
+        .body
+        .lines()
+        .find(|l| l.starts_with("quark_actor_memory_bytes{actor_type=\"hog\",shard=\"1\"}"))
+        .expect("hog on shard 1");
+    let v: u64 = line
+        .rsplit(' ')
+        .next()
+        .expect("value")
+        .parse()
+        .expect("number");
+    assert!((3 * MIB..3 * MIB + MIB / 10).contains(&v), "{line}");
+    node.shutdown();
+}
