@@ -445,8 +445,13 @@ impl NodeBuilder {
         let move_cooldown = crate::memory::MoveCooldown::new();
         let memory = match self.config.memory.as_ref().filter(|m| m.enabled) {
             Some(m) => Some(
-                crate::memory::Monitor::start(m.clone(), slot.clone(), move_cooldown.clone())
-                    .map_err(NodeError::MemoryMonitor)?,
+                crate::memory::Monitor::start(
+                    m.clone(),
+                    slot.clone(),
+                    move_cooldown.clone(),
+                    info.peers.iter().map(|(id, _)| *id).collect(),
+                )
+                .map_err(NodeError::MemoryMonitor)?,
             ),
             None => None,
         };

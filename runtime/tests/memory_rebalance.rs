@@ -298,3 +298,136 @@ fn the_memory_figures_are_in_metrics_and_documented() {
     assert!((3 * MIB..3 * MIB + MIB / 10).contains(&v), "{line}");
     node.shutdown();
 }
+
+// ---- between nodes
+
+mod ports;
+
+struct Bag {
+    data: Vec<u8>,
+}
+impl Actor for Bag {
+    const TYPE_NAME: &'static str = "mem-bag";
+}
+#[derive(quark::rkyv::Archive, quark::rkyv::Serialize, quark::rkyv::Deserialize)]
+#[rkyv(crate = quark::rkyv)]
+struct BagFill(u64);
+impl Message for BagFill {
+    type Reply = u64;
+}
+impl quark::WireMessage for BagFill {
+    const WIRE_NAME: &'static str = "memory-rebalance-test.BagFill";
+}
+impl Handler<BagFill> for Bag {
+    /// 0: replies the length held; else fills that many bytes first.
+    async fn handle(&mut self, m: BagFill, _: &Context<Self>) -> u64 {
+        if m.0 > 0 {
+            self.data = vec![5u8; m.0 as usize];
+        }
+        self.data.len() as u64
+    }
+}
+
+fn cluster_node(id: u64, nodes_toml: &str, memory: &str) -> Node {
+    let text = format!(
+        "[node]\nshards = 2\npin_threads = false\nidle_spin_us = 0\n\
+         [cluster]\ncluster_id = \"mem\"\nnode_id = {id}\n{nodes_toml}{memory}"
+    );
+    let config = NodeConfig::from_toml(&text, "mem.toml").expect("config");
+    Node::builder()
+        .config(config)
+        .register(ActorType::new(|_| Bag { data: Vec::new() }).migratable(
+            |b: &Bag| (b.data.len() as u64).to_le_bytes().to_vec(),
+            |_, b| {
+                let b: [u8; 8] = b.try_into().map_err(|_| "not 8 bytes")?;
+                Ok(Bag {
+                    data: vec![5u8; u64::from_le_bytes(b) as usize],
+                })
+            },
+        ))
+        .remote::<Bag, BagFill>()
+        .start()
+        .expect("node starts")
+}
+
+#[test]
+fn with_no_room_on_the_node_migratable_actors_move_to_the_peer() {
+    let addrs = ports::free_addrs(2);
+    let mut nodes_toml = String::new();
+    for (i, a) in addrs.iter().enumerate() {
+        nodes_toml.push_str(&format!(
+            "[[cluster.nodes]]\nid = {}\naddr = \"{a}\"\n",
+            i + 1
+        ));
+    }
+    // Node 1: 16 MiB per shard, both shards filled past it; node 2: no [memory].
+    let n1 = cluster_node(
+        1,
+        &nodes_toml,
+        "[memory]\nshard_limit_bytes = 16777216\nsample_interval_ms = 50\nleak_samples = 0\n",
+    );
+    let n2 = cluster_node(2, &nodes_toml, "");
+    let bag = |k: u64| ActorId::new("mem-bag", k);
+    let homed_on_1: Vec<u64> = (0..100_000u64)
+        .filter(|k| n2.actor_ref::<Bag>(*k).remote_node() == Some(1))
+        .take(400)
+        .collect();
+    let mut keys = Vec::new();
+    for shard in 0..2u16 {
+        keys.extend(
+            homed_on_1
+                .iter()
+                .copied()
+                .filter(|k| n1.placement(&bag(*k)).expect("placement").home == shard)
+                .take(8),
+        );
+    }
+    assert_eq!(keys.len(), 16);
+    // Links up before the monitor needs them.
+    let end = Instant::now() + Duration::from_secs(20);
+    while quark::block_on(n2.actor_ref::<Bag>(keys[0]).ask(BagFill(0))).is_err() {
+        assert!(Instant::now() < end, "node 1 never answered node 2");
+        std::thread::yield_now();
+    }
+    for k in &keys {
+        let n = quark::block_on(n1.actor_ref::<Bag>(*k).ask(BagFill(2 * MIB)));
+        // A shard at reject refuses new activations: those keys stay empty.
+        if let Err(e) = n {
+            assert!(
+                matches!(&e, CallError::Full { place, .. } if *place == MEMORY_FULL_PLACE),
+                "{e}"
+            );
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let r = loop {
+        let r = n1.memory().expect("memory");
+        if r.node_moves > 0 && r.shards.iter().all(|s| s.level < Level::Critical) {
+            break r;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "node 1 still over critical after 10 s: {:?}, {} moves to node 2, {} failures",
+            r.shards
+                .iter()
+                .map(|s| (s.memory.shard_bytes, s.level))
+                .collect::<Vec<_>>(),
+            r.node_moves,
+            r.move_failures
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    assert!(r.recent_moves.iter().any(|m| m.to_node == Some(2)));
+    // The moved actors live on node 2 with their state, and still answer through node 1.
+    let mut on_2 = 0;
+    for k in &keys {
+        if n1.placement(&bag(*k)).expect("placement").node == 2 {
+            on_2 += 1;
+            let len = quark::block_on(n1.actor_ref::<Bag>(*k).ask(BagFill(0))).expect("ask");
+            assert_eq!(len, 2 * MIB, "{k}: state kept across the move");
+        }
+    }
+    assert!(on_2 > 0 && on_2 as u64 <= r.node_moves, "{on_2} on node 2");
+    n2.shutdown();
+    n1.shutdown();
+}

@@ -1097,13 +1097,12 @@ impl<A: Actor> crate::memory::MemProbe for Activation<A> {
         Activation::idle_for(self, now)
     }
     fn movable(&self) -> bool {
-        self.ctx
-            .core
-            .table::<A>(self.ctx.type_idx)
-            .info
-            .spec
-            .migration
-            .is_some()
+        let spec = &self.ctx.core.table::<A>(self.ctx.type_idx).info.spec;
+        spec.migration.is_some() && spec.stateless_workers.is_none()
+    }
+    fn serializable(&self) -> bool {
+        let spec = &self.ctx.core.table::<A>(self.ctx.type_idx).info.spec;
+        self.movable() && crate::migrate::moves_as_bytes(spec)
     }
     fn deep_bytes(&self) -> Option<u64> {
         let core = &self.ctx.core;

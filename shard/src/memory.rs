@@ -426,6 +426,8 @@ pub(crate) trait MemProbe {
     fn ended(&self) -> bool;
     fn idle_for(&self, now: Instant) -> Option<Duration>;
     fn movable(&self) -> bool;
+    /// Its state moves as bytes (`migratable`): it may move to another node.
+    fn serializable(&self) -> bool;
     /// The type's `memory_size` hook on the state, if it has one and the activation is between
     /// turns.
     fn deep_bytes(&self) -> Option<u64>;
@@ -689,6 +691,8 @@ pub struct ActorMemory {
     pub idle_ms: Option<u64>,
     /// Its type may migrate (`movable` or `migratable`).
     pub movable: bool,
+    /// Its state moves as bytes (`migratable`): it may also move to another node.
+    pub serializable: bool,
 }
 
 /// An activation reported by leak detection.
@@ -830,6 +834,7 @@ pub(crate) fn snapshot(names: &[&'static str]) -> MemorySnapshot {
                     .idle_for(probe.now())
                     .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
                 movable: probe.movable(),
+                serializable: probe.serializable(),
             });
         }
         snap.leaks = c.leaks.clone();

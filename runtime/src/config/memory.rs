@@ -22,6 +22,7 @@ pub(super) struct RawMemory {
     cooldown_ms: Option<Int>,
     leak_samples: Option<Int>,
     leak_growth_bytes: Option<Int>,
+    move_between_nodes: Option<bool>,
 }
 
 /// How the rebalancer picks the activations it moves off a shard over its critical threshold.
@@ -71,6 +72,9 @@ pub struct MemoryConfig {
     pub leak_samples: u32,
     /// Leak detection: the growth over them at least, default 1 MiB.
     pub leak_growth_bytes: u64,
+    /// Moves to other nodes of the cluster (`migratable` types) when the node's shards have
+    /// no room or the node's RSS is over `critical`, default true.
+    pub move_between_nodes: bool,
 }
 
 impl Default for MemoryConfig {
@@ -89,6 +93,7 @@ impl Default for MemoryConfig {
             cooldown: Duration::from_secs(30),
             leak_samples: 10,
             leak_growth_bytes: 1 << 20,
+            move_between_nodes: true,
         }
     }
 }
@@ -169,6 +174,9 @@ pub(super) fn memory_section(r: RawMemory, check: &Check<'_>) -> Result<MemoryCo
     }
     if let Some(v) = r.leak_samples {
         c.leak_samples = check.int("memory.leak_samples", v, 0, 10_000, "0 (off) to 10000")? as u32;
+    }
+    if let Some(v) = r.move_between_nodes {
+        c.move_between_nodes = v;
     }
     if let Some(v) = r.leak_growth_bytes {
         c.leak_growth_bytes = check.int(

@@ -108,8 +108,10 @@ pub struct RebalanceMove {
     pub actor: ActorId,
     /// From shard.
     pub from: ShardId,
-    /// To shard.
+    /// To shard (of this node; meaningless when `to_node` is set).
     pub to: ShardId,
+    /// To another node (`Node::migrate_to_node`), when it left the node.
+    pub to_node: Option<quark_placement::NodeId>,
     /// Its figure when it was picked.
     pub bytes: u64,
     /// When, since the monitor started.
@@ -133,8 +135,10 @@ pub struct MemoryReport {
     pub per_type: Vec<TypeMemory>,
     /// Activations reported by leak detection, with their shard.
     pub leaks: Vec<(ShardId, LeakReport)>,
-    /// Moves made by the monitor since start.
+    /// Moves made by the monitor since start (to shards of this node and to other nodes).
     pub moves: u64,
+    /// Of those, moves to other nodes.
+    pub node_moves: u64,
     /// Moves it tried that failed (the actor stayed).
     pub move_failures: u64,
     /// Bytes moved (by the moved activations' figures).
@@ -223,6 +227,7 @@ pub(crate) fn report(
         per_type,
         leaks,
         moves: monitor.map_or(0, |m| m.moves),
+        node_moves: monitor.map_or(0, |m| m.node_moves),
         move_failures: monitor.map_or(0, |m| m.move_failures),
         moved_bytes: monitor.map_or(0, |m| m.moved_bytes),
         recent_moves: monitor

@@ -3,17 +3,21 @@
 //! node) at the reject threshold, and moves activations off shards over the critical
 //! threshold to the node's shards with room (docs/MEMORY.md, "What the monitor does").
 
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::Instant;
 
+use quark_placement::NodeId;
 use quark_shard::memory::{set_leak_policy, set_refuse_activations, ActorMemory};
 use quark_shard::{ActorId, ShardId};
 
 use super::{node_limit, resident_bytes, shard_limit, Level, MoveCooldown, RebalanceMove};
 use crate::admin::EngineSlot;
 use crate::config::{MemoryConfig, VictimStrategy};
+
+/// How long bytes moved to another node count as shed from the node's RSS.
+const OFF_NODE_CREDIT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Moves kept in [`MonitorState::recent`].
 const RECENT_MAX: usize = 64;
@@ -25,6 +29,7 @@ pub(crate) struct MonitorState {
     pub(crate) moves: u64,
     pub(crate) move_failures: u64,
     pub(crate) moved_bytes: u64,
+    pub(crate) node_moves: u64,
     pub(crate) recent: VecDeque<RebalanceMove>,
     /// Per shard: new activations refused now.
     pub(crate) refusing: Vec<bool>,
@@ -46,6 +51,7 @@ impl Monitor {
         config: MemoryConfig,
         engine: EngineSlot,
         cooldown: MoveCooldown,
+        peers: Vec<NodeId>,
     ) -> std::io::Result<Monitor> {
         set_leak_policy(
             config.leak_samples,
@@ -58,7 +64,7 @@ impl Monitor {
         let (st, sp, sl) = (state.clone(), stop.clone(), slots.clone());
         let thread = std::thread::Builder::new()
             .name("quark-memory".into())
-            .spawn(move || run(config, engine, cooldown, st, sp, sl))?;
+            .spawn(move || run(config, engine, cooldown, peers, st, sp, sl))?;
         Ok(Monitor {
             state,
             stop,
@@ -152,13 +158,17 @@ pub(crate) struct ShardView {
 pub(crate) struct PlannedMove {
     pub(crate) actor: ActorId,
     pub(crate) from: ShardId,
+    /// The shard of this node it goes to (unused when `to_node` is set).
     pub(crate) to: ShardId,
+    /// Another node it goes to (`Engine::migrate_to_node`).
+    pub(crate) to_node: Option<NodeId>,
     pub(crate) bytes: u64,
 }
 
 /// The moves that bring every shard at or over `critical` back under `warning`, to shards
 /// that stay under `warning` with them, within the budget, skipping actors in their
 /// cooldown. Pure but for the budget and the cooldown table it reads.
+#[cfg(test)]
 pub(crate) fn plan_moves(
     c: &MemoryConfig,
     views: &[ShardView],
@@ -167,6 +177,18 @@ pub(crate) fn plan_moves(
     now: Instant,
     budget: &mut Budget,
 ) -> Vec<PlannedMove> {
+    plan_moves_projected(c, views, limit, cooldown, now, budget).0
+}
+
+/// [`plan_moves`], and each shard's bytes once the plan is done.
+pub(crate) fn plan_moves_projected(
+    c: &MemoryConfig,
+    views: &[ShardView],
+    limit: u64,
+    cooldown: &MoveCooldown,
+    now: Instant,
+    budget: &mut Budget,
+) -> (Vec<PlannedMove>, Vec<u64>) {
     budget.refill(c, now);
     let warn = (c.warning * limit as f64) as u64;
     let crit = (c.critical * limit as f64) as u64;
@@ -181,15 +203,7 @@ pub(crate) fn plan_moves(
             .iter()
             .filter(|a| a.movable && a.bytes > 0 && cooldown.allows(&a.actor, now, c.cooldown))
             .collect();
-        match c.strategy {
-            VictimStrategy::Largest => cands.sort_by_key(|a| std::cmp::Reverse(a.bytes)),
-            VictimStrategy::Lru => cands.sort_by(|a, b| {
-                b.idle_ms
-                    .unwrap_or(0)
-                    .cmp(&a.idle_ms.unwrap_or(0))
-                    .then(b.bytes.cmp(&a.bytes))
-            }),
-        }
+        order_by_strategy(c, &mut cands);
         for a in cands {
             if projected[i] < warn {
                 break;
@@ -202,7 +216,7 @@ pub(crate) fn plan_moves(
                 continue; // too large for any shard's room; a smaller one may fit
             };
             if !budget.take(c, a.bytes) {
-                return plan;
+                return (plan, projected);
             }
             projected[i] = projected[i].saturating_sub(a.bytes);
             projected[t] += a.bytes;
@@ -210,17 +224,130 @@ pub(crate) fn plan_moves(
                 actor: a.actor.clone(),
                 from: v.shard,
                 to: views[t].shard,
+                to_node: None,
                 bytes: a.bytes,
             });
         }
     }
+    (plan, projected)
+}
+
+/// Moves to other nodes (after the node's own shards, [`plan_moves_projected`]): from each
+/// shard still at or over `critical` once the in-node plan is done (`projected`), down to
+/// `warning`; then, while the node's RSS is over its critical threshold, `node_need` bytes
+/// of the node's largest activations. Only `migratable` (serializable) candidates, not in
+/// `taken` nor in their cooldown; peers in turn (no peer's memory is known here: each peer's
+/// own monitor keeps its shards in check). Within the same budget.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn plan_node_moves(
+    c: &MemoryConfig,
+    views: &[ShardView],
+    projected: &[u64],
+    shard_limit: Option<u64>,
+    mut node_need: u64,
+    peers: &[NodeId],
+    next_peer: &mut usize,
+    cooldown: &MoveCooldown,
+    now: Instant,
+    budget: &mut Budget,
+    taken: &HashSet<ActorId>,
+) -> Vec<PlannedMove> {
+    let mut plan = Vec::new();
+    if peers.is_empty() || !c.move_between_nodes {
+        return plan;
+    }
+    let usable = |a: &&ActorMemory| {
+        a.serializable
+            && a.bytes > 0
+            && !taken.contains(&a.actor)
+            && cooldown.allows(&a.actor, now, c.cooldown)
+    };
+    let mut chosen: HashSet<ActorId> = HashSet::new();
+    let mut push = |a: &ActorMemory,
+                    from: ShardId,
+                    plan: &mut Vec<PlannedMove>,
+                    budget: &mut Budget|
+     -> bool {
+        if !budget.take(c, a.bytes) {
+            return false;
+        }
+        let to_node = peers[*next_peer % peers.len()];
+        *next_peer += 1;
+        plan.push(PlannedMove {
+            actor: a.actor.clone(),
+            from,
+            to: from,
+            to_node: Some(to_node),
+            bytes: a.bytes,
+        });
+        true
+    };
+    if let Some(limit) = shard_limit {
+        let warn = (c.warning * limit as f64) as u64;
+        let crit = (c.critical * limit as f64) as u64;
+        for (i, v) in views.iter().enumerate() {
+            let mut left = projected[i];
+            if left < crit {
+                continue;
+            }
+            let mut cands: Vec<&ActorMemory> = v.candidates.iter().filter(usable).collect();
+            order_by_strategy(c, &mut cands);
+            for a in cands {
+                if left < warn {
+                    break;
+                }
+                if !push(a, v.shard, &mut plan, budget) {
+                    return plan;
+                }
+                chosen.insert(a.actor.clone());
+                left = left.saturating_sub(a.bytes);
+                node_need = node_need.saturating_sub(a.bytes);
+            }
+        }
+    }
+    if node_need > 0 {
+        let mut all: Vec<(ShardId, &ActorMemory)> = views
+            .iter()
+            .flat_map(|v| {
+                v.candidates
+                    .iter()
+                    .filter(usable)
+                    .map(move |a| (v.shard, a))
+            })
+            .filter(|(_, a)| !chosen.contains(&a.actor))
+            .collect();
+        all.sort_by_key(|(_, a)| std::cmp::Reverse(a.bytes));
+        for (shard, a) in all {
+            if node_need == 0 {
+                break;
+            }
+            if !push(a, shard, &mut plan, budget) {
+                return plan;
+            }
+            node_need = node_need.saturating_sub(a.bytes);
+        }
+    }
     plan
+}
+
+/// Sorts candidates in the strategy's order.
+fn order_by_strategy(c: &MemoryConfig, cands: &mut [&ActorMemory]) {
+    match c.strategy {
+        VictimStrategy::Largest => cands.sort_by_key(|a| std::cmp::Reverse(a.bytes)),
+        VictimStrategy::Lru => cands.sort_by(|a, b| {
+            b.idle_ms
+                .unwrap_or(0)
+                .cmp(&a.idle_ms.unwrap_or(0))
+                .then(b.bytes.cmp(&a.bytes))
+        }),
+    }
 }
 
 fn run(
     c: MemoryConfig,
     engine: EngineSlot,
     cooldown: MoveCooldown,
+    peers: Vec<NodeId>,
     state: Arc<Mutex<MonitorState>>,
     stop: Arc<(Mutex<bool>, Condvar)>,
     slots_out: Arc<Mutex<Vec<u32>>>,
@@ -229,6 +356,10 @@ fn run(
     let mut budget = Budget::new(&c, started);
     let mut last_rss: Option<(Instant, u64)> = None;
     let mut warned_no_room = false;
+    let mut next_peer = 0usize;
+    // Bytes moved to other nodes lately: the RSS takes time to fall (or never falls, when the
+    // allocator keeps the pages), so they count as shed for `OFF_NODE_CREDIT`.
+    let mut off_node: VecDeque<(Instant, u64)> = VecDeque::new();
     loop {
         {
             let (flag, cv) = &*stop;
@@ -304,9 +435,6 @@ fn run(
         st.levels = levels;
         st.node_level = node_level;
         *state.lock().unwrap_or_else(|e| e.into_inner()) = st.clone();
-        let Some(limit_s) = shard_lim else {
-            continue;
-        };
         let views: Vec<ShardView> = stats
             .iter()
             .map(|s| ShardView {
@@ -315,11 +443,43 @@ fn run(
                 candidates: s.load.memory.candidates.clone(),
             })
             .collect();
-        let plan = plan_moves(&c, &views, limit_s, &cooldown, now, &mut budget);
-        let over = st.levels.iter().any(|l| *l >= Level::Critical);
+        let (mut plan, projected) = match shard_lim {
+            Some(limit_s) => plan_moves_projected(&c, &views, limit_s, &cooldown, now, &mut budget),
+            None => (Vec::new(), views.iter().map(|v| v.bytes).collect()),
+        };
+        // Then other nodes: what the node's shards could not take, and the node's own RSS.
+        while off_node
+            .front()
+            .is_some_and(|(t, _)| now.saturating_duration_since(*t) > OFF_NODE_CREDIT)
+        {
+            off_node.pop_front();
+        }
+        let node_need = match (rss, limit) {
+            (Some(r), Some(l)) if node_level >= Level::Critical => {
+                let warn = (c.warning * l as f64) as u64;
+                let credit: u64 = off_node.iter().map(|(_, b)| b).sum();
+                r.saturating_sub(warn).saturating_sub(credit)
+            }
+            _ => 0,
+        };
+        let taken: HashSet<ActorId> = plan.iter().map(|m| m.actor.clone()).collect();
+        plan.extend(plan_node_moves(
+            &c,
+            &views,
+            &projected,
+            shard_lim,
+            node_need,
+            &peers,
+            &mut next_peer,
+            &cooldown,
+            now,
+            &mut budget,
+            &taken,
+        ));
+        let over = st.levels.iter().any(|l| *l >= Level::Critical) || node_need > 0;
         if over && plan.is_empty() && !warned_no_room {
             warned_no_room = true;
-            tracing::warn!("memory: a shard is over its critical threshold and no movable activation fits on another shard of this node (moves between nodes are not made by the monitor yet)");
+            tracing::warn!(peers = peers.len(), "memory: over a critical threshold and no activation can move (none movable, none fits on another shard of this node, and none migratable to another node)");
         }
         if plan.is_empty() {
             continue;
@@ -328,9 +488,10 @@ fn run(
         for mv in plan {
             let moved = {
                 let g = engine.lock().unwrap_or_else(|e| e.into_inner());
-                match g.as_ref() {
-                    Some(e) => e.migrate(&mv.actor, mv.to),
-                    None => return,
+                match (g.as_ref(), mv.to_node) {
+                    (Some(e), None) => e.migrate(&mv.actor, mv.to),
+                    (Some(e), Some(n)) => e.migrate_to_node(&mv.actor, n),
+                    (None, _) => return,
                 }
             };
             let at = Instant::now();
@@ -340,7 +501,11 @@ fn run(
                 Ok(_) => {
                     st.moves += 1;
                     st.moved_bytes += mv.bytes;
-                    tracing::info!(actor = %mv.actor, from = mv.from, to = mv.to, bytes = mv.bytes, "memory: moved an actor off a shard over its critical threshold");
+                    if mv.to_node.is_some() {
+                        st.node_moves += 1;
+                        off_node.push_back((at, mv.bytes));
+                    }
+                    tracing::info!(actor = %mv.actor, from = mv.from, to = mv.to, to_node = mv.to_node, bytes = mv.bytes, "memory: moved an actor off a shard or node over its critical threshold");
                     if st.recent.len() >= RECENT_MAX {
                         st.recent.pop_front();
                     }
@@ -348,6 +513,7 @@ fn run(
                         actor: mv.actor,
                         from: mv.from,
                         to: mv.to,
+                        to_node: mv.to_node,
                         bytes: mv.bytes,
                         at: at.saturating_duration_since(started),
                     });
@@ -410,6 +576,7 @@ mod tests {
             deep: false,
             idle_ms,
             movable: true,
+            serializable: true,
         }
     }
 
@@ -513,5 +680,88 @@ mod tests {
             },
         ];
         assert!(plan_moves(&c, &views, 100 * MIB, &MoveCooldown::new(), now, &mut b).is_empty());
+    }
+
+    #[test]
+    fn what_the_node_cannot_hold_goes_to_peers_in_turn_and_movable_only_types_stay() {
+        let c = MemoryConfig::default();
+        let now = Instant::now();
+        let mut b = Budget::new(&c, now);
+        let mut boxed = actor(9, 8 * MIB, None);
+        boxed.serializable = false; // `movable` only: cannot leave the process
+        let views = vec![
+            ShardView {
+                shard: 0,
+                bytes: 99 * MIB,
+                candidates: vec![
+                    boxed,
+                    actor(1, 8 * MIB, None),
+                    actor(2, 8 * MIB, None),
+                    actor(3, 8 * MIB, None),
+                ],
+            },
+            ShardView {
+                shard: 1,
+                bytes: 99 * MIB,
+                candidates: vec![],
+            },
+        ];
+        let (local, projected) =
+            plan_moves_projected(&c, &views, 100 * MIB, &MoveCooldown::new(), now, &mut b);
+        assert!(local.is_empty(), "no room on the node: {local:?}");
+        let mut next = 0;
+        let plan = plan_node_moves(
+            &c,
+            &views,
+            &projected,
+            Some(100 * MIB),
+            0,
+            &[2, 3],
+            &mut next,
+            &MoveCooldown::new(),
+            now,
+            &mut b,
+            &HashSet::new(),
+        );
+        // 99 -> under 80 MiB: three 8 MiB actors, to nodes 2, 3, 2; never the boxed one.
+        assert_eq!(plan.len(), 3, "{plan:?}");
+        assert_eq!(
+            plan.iter().map(|m| m.to_node).collect::<Vec<_>>(),
+            vec![Some(2), Some(3), Some(2)]
+        );
+        assert!(plan.iter().all(|m| m.actor != ActorId::new("t", 9u64)));
+        // Without peers, or with moves between nodes off: nothing.
+        assert!(plan_node_moves(
+            &c,
+            &views,
+            &projected,
+            Some(100 * MIB),
+            0,
+            &[],
+            &mut next,
+            &MoveCooldown::new(),
+            now,
+            &mut b,
+            &HashSet::new()
+        )
+        .is_empty());
+        let off = MemoryConfig {
+            move_between_nodes: false,
+            ..MemoryConfig::default()
+        };
+        assert!(plan_node_moves(
+            &off,
+            &views,
+            &projected,
+            Some(100 * MIB),
+            0,
+            &[2],
+            &mut next,
+            &MoveCooldown::new(),
+            now,
+            &mut b,
+            &HashSet::new()
+        )
+        .is_empty());
     }
 }
