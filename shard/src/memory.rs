@@ -5,10 +5,11 @@
 //! **Per thread.** Every block carries a 16-byte header in front of it (more for alignments
 //! above 16) naming the *slot* of the thread that allocated it and the activation cell (index
 //! and generation) it is attributed to. A shard thread registers a slot when its shard starts
-//! (`SLOTS_MAX` at most per process; threads without a slot share slot 0). Each slot's
-//! counters are written only by its own thread (a relaxed load and store: no read-modify-write,
-//! no lock prefix, no shared cache line with another writer); slot 0, shared by the threads
-//! outside the engine, uses `fetch_add`.
+//! (`SLOTS_MAX` at most per process). Each slot's counters are written only by its own thread
+//! (a relaxed load and store: no read-modify-write, no lock prefix, no shared cache line with
+//! another writer). Threads without a slot (outside the engine) are slot 0: their own blocks
+//! are not counted at all (nothing but the header on their path), and their frees of blocks a
+//! shard allocated are added to row 0 of the remote matrix with `fetch_add`.
 //!
 //! **Frees of memory allocated on another thread** are attributed to the thread that
 //! *allocated* the block (its slot is in the header): the freeing thread adds the bytes to its
@@ -152,6 +153,13 @@ fn note_alloc(user: *mut u8, size: usize) {
     let size64 = size as u64;
     TLS.with(|t| {
         let slot = t.slot.get();
+        if slot == 0 {
+            // A thread outside the engine: its own blocks are not counted (no shared counter
+            // on its path); the header says so.
+            // SAFETY: `user` is HEADER or more bytes past the start of the inner block.
+            unsafe { write_header(user, 0, 0) };
+            return;
+        }
         let cell = t.cell.get();
         let s = &SLOTS[slot as usize];
         bump(&s.allocated, size64, slot);
@@ -174,6 +182,9 @@ fn note_alloc(user: *mut u8, size: usize) {
 
 #[inline(always)]
 fn note_free(owner: u32, cell: u64, size: usize) {
+    if owner == 0 {
+        return; // allocated outside the engine: not counted
+    }
     let size64 = size as u64;
     TLS.with(|t| {
         let me = t.slot.get();
