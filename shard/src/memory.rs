@@ -144,7 +144,7 @@ unsafe fn write_header(user: *mut u8, slot: u32, cell: u64) {
 
 #[inline(always)]
 unsafe fn read_header(user: *mut u8) -> (u32, u64) {
-    let h = (user.sub(HEADER) as *const [u32; 4]).read_unaligned();
+    let h = (user.wrapping_sub(HEADER) as *const [u32; 4]).read_unaligned();
     (h[0], u64::from(h[1]) | (u64::from(h[2]) << 32))
 }
 
@@ -292,22 +292,29 @@ unsafe impl<A: GlobalAlloc> GlobalAlloc for CountingAlloc<A> {
         user
     }
 
-    #[inline]
+    // Not inlined, and the pointer laundered: the caller's optimizer knows `ptr` as the start of
+    // an object of `layout.size()` bytes (the allocation attributes of `__rust_alloc`), so a
+    // read of the header before it, inlined into the caller, would be an out-of-bounds read it
+    // may assume away (a release build with LTO crashed on it).
+    #[inline(never)]
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        let ptr = std::hint::black_box(ptr);
         let (inner, off) = outer(layout).expect("a block we handed out has a valid outer layout");
         let (owner, cell) = read_header(ptr);
         note_free(owner, cell, layout.size());
-        self.inner.dealloc(ptr.sub(off), inner);
+        self.inner.dealloc(ptr.wrapping_sub(off), inner);
     }
 
-    #[inline]
+    // See `dealloc`.
+    #[inline(never)]
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        let ptr = std::hint::black_box(ptr);
         let (inner, off) = outer(layout).expect("a block we handed out has a valid outer layout");
         let Some(new_outer) = new_size.checked_add(off) else {
             return std::ptr::null_mut();
         };
         let (owner, cell) = read_header(ptr);
-        let base = self.inner.realloc(ptr.sub(off), inner, new_outer);
+        let base = self.inner.realloc(ptr.wrapping_sub(off), inner, new_outer);
         if base.is_null() {
             return base; // the old block is untouched and still counted
         }

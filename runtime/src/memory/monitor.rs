@@ -17,7 +17,7 @@ use crate::admin::EngineSlot;
 use crate::config::{MemoryConfig, VictimStrategy};
 
 /// How long bytes moved to another node count as shed from the node's RSS.
-const OFF_NODE_CREDIT: std::time::Duration = std::time::Duration::from_secs(10);
+const OFF_NODE_CREDIT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Moves kept in [`MonitorState::recent`].
 const RECENT_MAX: usize = 64;
