@@ -18,9 +18,11 @@ use quark_shard::{EngineConfig, ShardSpec};
 use serde::de::{self, Deserializer, SeqAccess, Visitor};
 use serde::Deserialize;
 
+mod memory;
 mod observability;
 mod outbox;
 mod spans;
+pub use memory::{MemoryConfig, VictimStrategy};
 pub(crate) mod tls;
 pub use observability::ObservabilityConfig;
 pub use outbox::OutboxSection;
@@ -41,6 +43,8 @@ pub struct NodeConfig {
     pub outbox: Option<OutboxSection>,
     /// Trace export (`[observability]`); the default: none.
     pub observability: ObservabilityConfig,
+    /// Memory-aware rebalancing (`[memory]`, docs/MEMORY.md); `None` (the default): off.
+    pub memory: Option<MemoryConfig>,
     /// The file it was read from (named in start-up errors about it).
     file: Option<PathBuf>,
 }
@@ -179,6 +183,7 @@ struct RawFile {
     admin: Option<RawAdmin>,
     outbox: Option<outbox::RawOutbox>,
     observability: Option<observability::RawObservability>,
+    memory: Option<memory::RawMemory>,
 }
 
 #[derive(Deserialize)]
@@ -658,6 +663,10 @@ impl NodeConfig {
             .map(|o| observability::observability_section(o, &check))
             .transpose()?
             .unwrap_or_default();
+        let memory = raw
+            .memory
+            .map(|m| memory::memory_section(m, &check))
+            .transpose()?;
         Ok(NodeConfig {
             engine,
             actors,
@@ -665,6 +674,7 @@ impl NodeConfig {
             admin,
             outbox,
             observability,
+            memory,
             file: Some(file.to_path_buf()),
         })
     }

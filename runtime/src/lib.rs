@@ -13,6 +13,7 @@ mod cluster;
 mod config;
 pub mod jobs;
 pub mod journal;
+pub mod memory;
 mod node;
 #[cfg(feature = "otlp")]
 pub mod otlp;
@@ -23,7 +24,11 @@ mod serve;
 pub use admin::{AdminConfig, AdminError};
 pub use client::{probe, probe_with, Client, ClientBuilder, ClientError};
 pub use cluster::ClusterSettings;
-pub use config::{ActorTypeConfig, ConfigError, NodeConfig, ObservabilityConfig, OutboxSection};
+pub use config::{
+    ActorTypeConfig, ConfigError, MemoryConfig, NodeConfig, ObservabilityConfig, OutboxSection,
+    VictimStrategy,
+};
+pub use memory::CountingAlloc;
 pub use node::{Node, NodeBuilder, NodeError};
 /// The rkyv version wire types are archived with. Derive a wire type through it, with no
 /// direct rkyv dependency:

@@ -24,6 +24,9 @@ pub enum NodeError {
     /// The configuration was refused.
     #[error(transparent)]
     Config(#[from] ConfigError),
+    /// The memory monitor's thread (`[memory]`) could not be started.
+    #[error("cannot start the memory monitor thread")]
+    MemoryMonitor(#[source] std::io::Error),
     /// The engine could not start (cores, threads, io_uring).
     #[error(transparent)]
     Start(#[from] StartError),
@@ -441,6 +444,19 @@ impl NodeBuilder {
             app_version: engine.app_version().to_owned(),
         };
         *slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(engine);
+        let move_cooldown = crate::memory::MoveCooldown::new();
+        let memory = match self.config.memory.as_ref().filter(|m| m.enabled) {
+            Some(m) => Some(
+                crate::memory::Monitor::start(
+                    m.clone(),
+                    slot.clone(),
+                    move_cooldown.clone(),
+                    info.peers.iter().map(|(id, _)| *id).collect(),
+                )
+                .map_err(NodeError::MemoryMonitor)?,
+            ),
+            None => None,
+        };
         if let Some(a) = &admin {
             a.set_ready(info.clone());
         }
@@ -455,6 +471,8 @@ impl NodeBuilder {
             jobs,
             outbox_running,
             reminders,
+            memory,
+            move_cooldown,
         })
     }
 }
@@ -498,6 +516,9 @@ pub struct Node {
     /// acknowledgements) before the engine stops.
     outbox_running: bool,
     reminders: crate::reminders::Reminders,
+    /// The memory monitor (`[memory]`); stopped before the engine.
+    memory: Option<crate::memory::Monitor>,
+    move_cooldown: crate::memory::MoveCooldown,
 }
 
 impl Node {
@@ -689,6 +710,26 @@ impl Node {
         Ok(crate::admin::ActorCounts::from_snapshots(&self.stats()?))
     }
 
+    /// The node's memory (docs/MEMORY.md): RSS, limit, pressure and growth; per shard the
+    /// counted bytes (with `quark::CountingAlloc` as the global allocator), their level and
+    /// whether new activations are refused; the largest actors, per-type sums, leak reports
+    /// and the monitor's moves. Fails like [`Node::stats`].
+    pub fn memory(&self) -> Result<crate::memory::MemoryReport, quark_shard::StatsError> {
+        let stats = self.stats()?;
+        let state = self.memory.as_ref().map(|m| m.state());
+        Ok(crate::memory::report(
+            self.config.memory.as_ref(),
+            &stats,
+            state.as_ref(),
+        ))
+    }
+
+    /// The node's per-actor move cooldown, shared by the movers of the node (docs/MEMORY.md,
+    /// "With locality repartitioning").
+    pub fn move_cooldown(&self) -> crate::memory::MoveCooldown {
+        self.move_cooldown.clone()
+    }
+
     fn engine(&self) -> std::sync::MutexGuard<'_, Option<Engine>> {
         self.engine.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -713,9 +754,12 @@ impl Node {
     /// Drains and stops the node (see [`Engine::shutdown`]). The admin endpoint, if any,
     /// answers `/readyz` with 503 from the start of the drain, and is stopped and joined once
     /// the shards have stopped.
-    pub fn shutdown(self) -> ShutdownReport {
+    pub fn shutdown(mut self) -> ShutdownReport {
         if let Some(a) = &self.admin {
             a.set_draining();
+        }
+        if let Some(m) = self.memory.take() {
+            m.stop();
         }
         if self.outbox_running {
             crate::outbox::stop(&self.handle);

@@ -388,7 +388,9 @@ pub(crate) struct Activation<A: Actor> {
     /// mailbox is empty. A request, not a state: it may arrive in any state and is consumed
     /// when `on_deactivate` ends.
     pub(crate) stop_requested: Cell<bool>,
-    pub(crate) last_active: Cell<Instant>,
+    /// When its last message turn began: shard time in µs (`ShardClock::now_us`; 8 bytes
+    /// where an `Instant` takes 16).
+    pub(crate) last_active: Cell<u64>,
     /// The actor's state from `activate` to `deactivate` (`None` outside). Touched only by
     /// whoever runs the current turn, the task or a sender's direct turn (`direct.rs`); the
     /// lifecycle makes that one at a time (a turn starts only from `Idle`).
@@ -396,6 +398,8 @@ pub(crate) struct Activation<A: Actor> {
     // Rarely used parts (timers, extensions, senders waiting for room, a direct turn that
     // awaited in its sender's poll and is handed to the task, which finishes it before it
     // takes more mail) are in `ctx.rare`.
+    /// Its memory cell (`memory.rs`): current around its turns.
+    pub(crate) mem: crate::memory::ActorMem,
 }
 
 /// A direct turn handed to the activation's task (see `direct.rs`).
@@ -491,6 +495,7 @@ impl<A: Actor> Activation<A> {
         arrived: Option<A>,
     ) -> Rc<Self> {
         let act = Rc::new_cyclic(|this: &Weak<Activation<A>>| Activation {
+            mem: crate::memory::ActorMem::new(this.clone(), arrived.as_ref().map(|_| &id)),
             ctx: Context {
                 id,
                 core: core.clone(),
@@ -503,7 +508,7 @@ impl<A: Actor> Activation<A> {
             waiting: Cell::new(false),
             life: Cell::new(Life::New),
             stop_requested: Cell::new(false),
-            last_active: Cell::new(core.now()),
+            last_active: Cell::new(core.clock.now_us()),
             state: UnsafeCell::new(None),
         });
         // An arrived state goes straight into the activation (in the task's future it would
@@ -558,7 +563,7 @@ impl<A: Actor> Activation<A> {
     #[inline]
     pub(crate) fn begin_direct(&self, core: &Shard) {
         self.enter(Life::Running);
-        self.last_active.set(core.now());
+        self.last_active.set(core.clock.now_us());
     }
 
     /// A direct turn ended in its first poll: back to `Idle`; the task takes over if mail
@@ -611,8 +616,13 @@ impl<A: Actor> Activation<A> {
 
     /// How long since its last message turn began, if it is idle now.
     pub(crate) fn idle_for(&self, now: Instant) -> Option<Duration> {
-        self.is_idle()
-            .then(|| now.saturating_duration_since(self.last_active.get()))
+        self.is_idle().then(|| self.since_active(now))
+    }
+
+    /// Time from its last message turn's beginning to shard time `now`.
+    pub(crate) fn since_active(&self, now: Instant) -> Duration {
+        let now_us = self.ctx.core.clock.us_at(now);
+        Duration::from_micros(now_us.saturating_sub(self.last_active.get()))
     }
 
     /// The state, if the activation is between turns (`Idle`: built, no turn running or
@@ -628,6 +638,11 @@ impl<A: Actor> Activation<A> {
 
     pub(crate) fn is_gone(&self) -> bool {
         self.life.get() == Life::Gone
+    }
+
+    /// Gone, or its state moved to another shard.
+    pub(crate) fn has_ended(&self) -> bool {
+        matches!(self.life.get(), Life::Gone | Life::Moved)
     }
 
     /// `on_deactivate` is running (a move waits for the deactivation to end instead).
@@ -832,7 +847,7 @@ async fn run_activation<A: Actor>(
                 }
             }
             if origin != Origin::Timer {
-                act.last_active.set(core.now());
+                act.last_active.set(core.clock.now_us());
             }
             act.enter(Life::Running);
             let sampled = core.stats.turn_begin(act.ctx.type_idx);
@@ -843,11 +858,11 @@ async fn run_activation<A: Actor>(
                 let actor: &mut A = unsafe { act.state_mut() };
                 let mut turn = unsafe { s.turn() };
                 item.start(actor, &act.ctx, turn.as_mut());
-                RunTurn {
+                let run = RunTurn {
                     turn,
                     caller: crate::turn::caller(sampled, act.ctx.type_idx),
-                }
-                .await
+                };
+                crate::memory::attributed(act.mem.cell(), run).await
             };
             s.clear();
             core.turn_done(origin, reply);
@@ -867,13 +882,16 @@ async fn run_activation<A: Actor>(
                 crate::rt::yield_now().await;
             }
         }
-        // Paused for a move: the state goes to the new shard and the task ends here.
+        // Paused for a move: the state goes to the new shard and the task ends here (its
+        // memory estimate goes with it, posted before the state leaves).
+        act.mem.moved_out(&act.ctx.id);
         let actor = act
             .set_state(None)
             .expect("an activation between turns has its state");
         let Some(actor) = crate::migrate::hand_over(&act, &info, actor) else {
             return;
         };
+        crate::memory::not_moved(&act.ctx.id, &act.mem);
         act.set_state(Some(actor));
         if !Box::pin(deactivate(&act)).await {
             return;
@@ -887,11 +905,11 @@ async fn finish_direct<A: Actor>(act: &Rc<Activation<A>>, mut turn: PendingTurn)
     let core = &act.ctx.core;
     // SAFETY: the sender stored a turn borrowing this activation's state and context, which
     // `act` keeps alive; it is cleared below.
-    let result = RunTurn {
+    let run = RunTurn {
         turn: unsafe { turn.slot.turn() },
         caller: crate::turn::caller(turn.sampled, act.ctx.type_idx),
-    }
-    .await;
+    };
+    let result = crate::memory::attributed(act.mem.cell(), run).await;
     if let Some(start) = turn.sampled {
         let bytes = crate::tables::sampled_memory(core, act);
         core.stats
@@ -927,6 +945,15 @@ async fn finish_direct<A: Actor>(act: &Rc<Activation<A>>, mut turn: PendingTurn)
 async fn activate<A: Actor>(act: &Rc<Activation<A>>, info: &Arc<TypeInfo<A>>) -> bool {
     let core = &act.ctx.core;
     let table = || core.table::<A>(act.ctx.type_idx);
+    if crate::memory::refusing_activations() {
+        // The shard is at its memory reject threshold (docs/MEMORY.md).
+        act.enter(Life::Activating);
+        end_activation(act, table(), None, |actor| CallError::Full {
+            actor,
+            place: crate::memory::MEMORY_FULL_PLACE,
+        });
+        return false;
+    }
     // The state goes straight into the activation (not into this task's future, which would
     // then be as large as the state for the activation's whole life).
     match build_actor(act, info).await {
@@ -943,7 +970,8 @@ async fn activate<A: Actor>(act: &Rc<Activation<A>>, info: &Arc<TypeInfo<A>>) ->
     act.enter(Life::Activating);
     // SAFETY: the task runs `on_activate` (`Activating`: no other turn can start).
     let actor: &mut A = unsafe { act.state_mut() };
-    let activated = run_pooled(core, actor.on_activate(&act.ctx)).await;
+    let on_activate = crate::memory::attributed(act.mem.cell(), actor.on_activate(&act.ctx));
+    let activated = run_pooled(core, on_activate).await;
     if let Err(panic) = activated {
         tracing::error!(shard = core.id, actor = %act.ctx.id, panic = %panic, "on_activate panicked; failing queued calls");
         let state = act.set_state(None);
@@ -1005,7 +1033,8 @@ async fn deactivate<A: Actor>(act: &Rc<Activation<A>>) -> bool {
     act.enter(Life::Deactivating);
     // SAFETY: the task runs `on_deactivate` (`Deactivating`: no other turn can start).
     let actor: &mut A = unsafe { act.state_mut() };
-    let deactivated = run_pooled(core, actor.on_deactivate(&act.ctx)).await;
+    let on_deactivate = crate::memory::attributed(act.mem.cell(), actor.on_deactivate(&act.ctx));
+    let deactivated = run_pooled(core, on_deactivate).await;
     if let Err(panic) = deactivated {
         tracing::error!(shard = core.id, actor = %act.ctx.id, panic = %panic, "on_deactivate panicked");
     }
@@ -1046,7 +1075,8 @@ fn end_activation<A: Actor>(
 async fn build_actor<A: Actor>(act: &Rc<Activation<A>>, info: &TypeInfo<A>) -> Result<(), String> {
     let loader = match &info.spec.factory {
         Factory::Plain(make) => {
-            act.set_state(Some(make(&act.ctx.id)));
+            let actor = crate::memory::with(act.mem.cell(), || make(&act.ctx.id));
+            act.set_state(Some(actor));
             return Ok(());
         }
         Factory::Loaded(loader) => loader,
@@ -1057,11 +1087,15 @@ async fn build_actor<A: Actor>(act: &Rc<Activation<A>>, info: &TypeInfo<A>) -> R
         let slot = &mut loaded;
         let act2 = &**act;
         let ctx = &act.ctx;
-        run_pooled(&act.ctx.core, async move {
+        let load = async move {
             *slot = Some(loader(ctx).await.map(|actor| {
                 act2.set_state(Some(actor));
             }));
-        })
+        };
+        run_pooled(
+            &act.ctx.core,
+            crate::memory::attributed(act.mem.cell(), load),
+        )
         .await
     };
     match (ran, loaded) {
@@ -1070,6 +1104,45 @@ async fn build_actor<A: Actor>(act: &Rc<Activation<A>>, info: &TypeInfo<A>) -> R
         (Ok(()), Some(Err(e))) => Err(crate::ErrorChain(&*e).to_string()),
         (Ok(()), None) => Err("the loader did not finish".to_owned()),
         (Err(panic), _) => Err(format!("the loader panicked: {panic}")),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// What the memory walk reads of an activation (`memory.rs`).
+
+impl<A: Actor> crate::memory::MemProbe for Activation<A> {
+    fn actor_id(&self) -> &ActorId {
+        &self.ctx.id
+    }
+    fn type_idx(&self) -> u16 {
+        self.ctx.type_idx
+    }
+    fn ended(&self) -> bool {
+        self.has_ended()
+    }
+    fn idle_for(&self, now: Instant) -> Option<Duration> {
+        Activation::idle_for(self, now)
+    }
+    fn movable(&self) -> bool {
+        let spec = &self.ctx.core.table::<A>(self.ctx.type_idx).info.spec;
+        spec.migration.is_some() && spec.stateless_workers.is_none()
+    }
+    fn serializable(&self) -> bool {
+        let spec = &self.ctx.core.table::<A>(self.ctx.type_idx).info.spec;
+        self.movable() && crate::migrate::moves_as_bytes(spec)
+    }
+    fn deep_bytes(&self) -> Option<u64> {
+        let core = &self.ctx.core;
+        let hook = core
+            .table::<A>(self.ctx.type_idx)
+            .info
+            .spec
+            .memory_size
+            .as_ref()?;
+        self.between_turns_state().map(|s| hook(s) as u64)
+    }
+    fn now(&self) -> Instant {
+        self.ctx.core.now()
     }
 }
 

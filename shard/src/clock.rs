@@ -130,6 +130,12 @@ impl ShardClock {
         self.now.get()
     }
 
+    /// Shard time `t` in µs since the shard started (the scale of [`Self::now_us`]).
+    pub(crate) fn us_at(&self, t: Instant) -> u64 {
+        let since = t.saturating_duration_since(self.origin);
+        since.as_secs() * 1_000_000 + u64::from(since.subsec_micros())
+    }
+
     /// Reads the clock: `real` is the real instant just read; returns shard time at it.
     #[inline]
     pub(crate) fn refresh(&self, real: Instant) -> Instant {

@@ -138,6 +138,7 @@ fn first_poll<A: Actor>(
         // SAFETY: the future in the slot borrows the activation's state and context; the
         // caller keeps the activation alive until the turn is cleared or handed to it.
         let mut poll = || unsafe { slot.turn() }.poll_catching(&mut cx);
+        let _mem = crate::memory::enter(act.mem.cell());
         match sampled {
             None => poll(),
             Some(_) => crate::stats::with_caller(act.ctx.type_idx, poll),

@@ -38,6 +38,7 @@ mod engine;
 mod envelope;
 mod error;
 mod log_tasks;
+pub mod memory;
 mod migrate;
 mod net;
 mod pump;
@@ -68,6 +69,7 @@ pub use engine::{
 #[doc(hidden)]
 pub use engine::{StartFault, StartStep};
 pub use error::{CallError, ErrorChain, LinkDown};
+pub use memory::CountingAlloc;
 pub use migrate::{DrainReport, MigrateError, Moved, Placement};
 pub use net::{NetConfig, NetStatsSnapshot, PeerRtt};
 pub use quark_placement::{ActorId, ActorKey, ShardId};

@@ -116,6 +116,9 @@ pub(crate) struct ShardStats {
     top: RefCell<TopActors>,
     /// The largest actors (of types with a `memory_size` hook), from sampled turns.
     top_memory: RefCell<TopMemory>,
+    /// The shard thread's memory accounting slot (`memory.rs`), if it has one.
+    #[allow(dead_code)]
+    memory_slot: Option<u32>,
 }
 
 /// The turns of one actor type on one shard.
@@ -172,6 +175,7 @@ impl ShardStats {
             to_node: RefCell::default(),
             top: RefCell::default(),
             top_memory: RefCell::default(),
+            memory_slot: crate::memory::register_thread(),
         }
     }
 
@@ -267,6 +271,7 @@ impl ShardStats {
             edges_dropped,
             to_shards: self.to_shard.iter().map(Cell::get).collect(),
             to_nodes: self.to_node.borrow().clone(),
+            memory: crate::memory::snapshot(names),
         }
     }
 }
@@ -482,6 +487,9 @@ pub struct LoadSnapshot {
     pub to_shards: Vec<u64>,
     /// Requests sent to each other node, since start.
     pub to_nodes: Vec<(NodeId, u64)>,
+    /// The shard's memory (with a [`CountingAlloc`](crate::memory::CountingAlloc) as the
+    /// global allocator; docs/MEMORY.md).
+    pub memory: crate::memory::MemorySnapshot,
 }
 
 /// The turns of one actor type on one shard.

@@ -335,7 +335,7 @@ impl<A: Actor> ErasedTable for TypeTable<A> {
     fn sweep_idle(&self, now: Instant) {
         let timeout = self.idle_timeout;
         self.each(|act| {
-            if act.is_idle() && now.saturating_duration_since(act.last_active.get()) >= timeout {
+            if act.is_idle() && act.since_active(now) >= timeout {
                 act.request_deactivation();
             }
         });

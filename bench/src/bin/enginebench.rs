@@ -39,9 +39,14 @@ use quark_bench::{measure, tokio_actor};
 // The same allocator for the engine and the baselines (glibc's malloc falls off its per-thread
 // cache once more than a few blocks of one size are live, e.g. a full mailbox). With the
 // `system-alloc` feature, both run on the system allocator (what a user gets by default).
-#[cfg(not(feature = "system-alloc"))]
+// With `counting-alloc`, mimalloc under `quark::CountingAlloc` (its overhead, docs/MEMORY.md).
+#[cfg(not(any(feature = "system-alloc", feature = "counting-alloc")))]
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+#[cfg(all(feature = "counting-alloc", not(feature = "system-alloc")))]
+#[global_allocator]
+static GLOBAL: quark::CountingAlloc<mimalloc::MiMalloc> =
+    quark::CountingAlloc::new(mimalloc::MiMalloc);
 
 #[derive(Parser, Debug)]
 #[command(about = "Shard engine micro-benchmarks with same-run baselines")]
@@ -487,6 +492,8 @@ fn main() -> Result<()> {
         args.idle_spin_us,
         if cfg!(feature = "system-alloc") {
             "system (glibc malloc)"
+        } else if cfg!(feature = "counting-alloc") {
+            "mimalloc under quark::CountingAlloc"
         } else {
             "mimalloc"
         }

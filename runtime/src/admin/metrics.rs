@@ -64,6 +64,12 @@ pub const SHARD_METRICS: &[ShardMetric] = &[
     m!("quark_migration_bytes_total", Counter, "bytes", "Bytes of dehydrated state moved (states moved as a box count 0).", |s| Some(s.migration_bytes)),
     m!("quark_migrate_forwarded_total", Counter, "messages", "Messages the shard, as their home, forwarded to actors living on another shard.", |s| Some(s.migrate_forwarded)),
     m!("quark_directory_entries", Gauge, "actors", "Actors of this home shard living on another shard or moving now.", |s| Some(s.directory_entries)),
+    m!("quark_shard_memory_bytes", Gauge, "bytes", "The shard's memory as the [memory] thresholds see it: its activations' figures plus what its thread allocated outside turns (quark::CountingAlloc; absent without it).", |s| s.load.memory.counting.then_some(s.load.memory.shard_bytes)),
+    m!("quark_shard_memory_live_bytes", Gauge, "bytes", "Bytes the shard's thread allocated that are not freed yet, wherever they were freed: the allocator's own count (quark::CountingAlloc; absent without it).", |s| s.load.memory.counting.then_some(s.load.memory.live_bytes)),
+    m!("quark_shard_memory_actor_bytes", Gauge, "bytes", "The sum of the figures of the shard's activations: memory_size hook, else live bytes allocated in their turns (quark::CountingAlloc; absent without it).", |s| s.load.memory.counting.then_some(s.load.memory.actor_bytes)),
+    m!("quark_shard_memory_other_bytes", Gauge, "bytes", "Live bytes the shard's thread allocated outside any actor's turn (quark::CountingAlloc; absent without it).", |s| s.load.memory.counting.then_some(s.load.memory.other_bytes)),
+    m!("quark_shard_allocated_bytes_total", Counter, "bytes", "Bytes the shard's thread allocated since it started (quark::CountingAlloc; absent without it).", |s| s.load.memory.counting.then_some(s.load.memory.allocated_bytes)),
+    m!("quark_memory_leak_suspects", Gauge, "actors", "Activations of the shard reported by leak detection now ([memory] leak_samples; quark::CountingAlloc; absent without it).", |s| s.load.memory.counting.then_some(s.load.memory.leaks.len() as u64)),
     m!("quark_shard_parks_total", Counter, "parks", "Times the shard thread parked (slept waiting for work).", |s| Some(s.parks)),
     m!("quark_shard_wakeups_doorbell_total", Counter, "wakeups", "Parks ended by another thread ringing the shard's doorbell (a message or waker from another shard, network completions, an outside caller).", |s| Some(s.wakeups_doorbell)),
     m!("quark_shard_wakeups_timer_total", Counter, "wakeups", "Parks ended by the shard's own next deadline (a timer, an idle sweep, a heartbeat).", |s| Some(s.wakeups_timer)),
@@ -351,6 +357,13 @@ pub const STATE_BYTES_METRIC: (&str, &str) = (
     "Known size of the states of the shard's live activations, by actor type: the deep size (the type's ActorType::memory_size hook) of each activation between turns, the shallow size (size_of) otherwise and for types without the hook. Unit: bytes.",
 );
 
+/// Attributed memory per actor type, labelled `shard` and `actor_type` (with
+/// `quark::CountingAlloc`).
+pub const ACTOR_MEMORY_METRIC: (&str, &str) = (
+    "quark_actor_memory_bytes",
+    "Memory of the shard's activations by actor type: the memory_size hook's deep size, else the live bytes allocated in their turns (quark::CountingAlloc; docs/MEMORY.md). Unit: bytes.",
+);
+
 /// Closed connections, labelled `shard` and `reason`.
 pub const CLOSED_METRIC: (&str, &str) = (
     "quark_net_connections_closed_total",
@@ -592,6 +605,19 @@ fn register_engine_extras(
     let mut any = false;
     for s in live {
         for t in &s.state_bytes_per_type {
+            any = true;
+            g.with_label_values(&[s.shard.to_string().as_str(), t.type_name])
+                .set(i64::try_from(t.bytes).unwrap_or(i64::MAX));
+        }
+    }
+    if any {
+        registry.register(Box::new(g))?;
+    }
+    let (name, h) = ACTOR_MEMORY_METRIC;
+    let g = IntGaugeVec::new(Opts::new(name, h), &["shard", "actor_type"])?;
+    let mut any = false;
+    for s in live.iter().filter(|s| s.load.memory.counting) {
+        for t in &s.load.memory.per_type {
             any = true;
             g.with_label_values(&[s.shard.to_string().as_str(), t.type_name])
                 .set(i64::try_from(t.bytes).unwrap_or(i64::MAX));

@@ -1,0 +1,767 @@
+//! The memory monitor: a thread of the node that samples the shards' memory every
+//! `sample_interval`, logs threshold crossings, refuses new activations on shards (or the
+//! node) at the reject threshold, and moves activations off shards over the critical
+//! threshold to the node's shards with room (docs/MEMORY.md, "What the monitor does").
+
+use std::collections::{HashSet, VecDeque};
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread::JoinHandle;
+use std::time::Instant;
+
+use quark_placement::NodeId;
+use quark_shard::memory::{set_leak_policy, set_refuse_activations, ActorMemory};
+use quark_shard::{ActorId, ShardId};
+
+use super::{node_limit, resident_bytes, shard_limit, Level, MoveCooldown, RebalanceMove};
+use crate::admin::EngineSlot;
+use crate::config::{MemoryConfig, VictimStrategy};
+
+/// How long bytes moved to another node count as shed from the node's RSS.
+const OFF_NODE_CREDIT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Moves kept in [`MonitorState::recent`].
+const RECENT_MAX: usize = 64;
+
+/// What the monitor knows between samples (read by `Node::memory`).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct MonitorState {
+    pub(crate) growth_bytes_per_sec: f64,
+    pub(crate) moves: u64,
+    pub(crate) move_failures: u64,
+    pub(crate) moved_bytes: u64,
+    pub(crate) node_moves: u64,
+    pub(crate) recent: VecDeque<RebalanceMove>,
+    /// Per shard: new activations refused now.
+    pub(crate) refusing: Vec<bool>,
+    levels: Vec<Level>,
+    node_level: Level,
+}
+
+/// The running monitor; stopped (and joined) by [`Monitor::stop`] or on drop.
+pub(crate) struct Monitor {
+    state: Arc<Mutex<MonitorState>>,
+    stop: Arc<(Mutex<bool>, Condvar)>,
+    thread: Option<JoinHandle<()>>,
+    slots: Arc<Mutex<Vec<u32>>>,
+}
+
+impl Monitor {
+    /// Starts the monitor thread over the engine in `engine`.
+    pub(crate) fn start(
+        config: MemoryConfig,
+        engine: EngineSlot,
+        cooldown: MoveCooldown,
+        peers: Vec<NodeId>,
+    ) -> std::io::Result<Monitor> {
+        set_leak_policy(
+            config.leak_samples,
+            config.leak_growth_bytes,
+            config.sample_interval,
+        );
+        let state = Arc::new(Mutex::new(MonitorState::default()));
+        let stop = Arc::new((Mutex::new(false), Condvar::new()));
+        let slots = Arc::new(Mutex::new(Vec::new()));
+        let (st, sp, sl) = (state.clone(), stop.clone(), slots.clone());
+        let thread = std::thread::Builder::new()
+            .name("quark-memory".into())
+            .spawn(move || run(config, engine, cooldown, peers, st, sp, sl))?;
+        Ok(Monitor {
+            state,
+            stop,
+            thread: Some(thread),
+            slots,
+        })
+    }
+
+    /// A copy of what it knows now.
+    pub(crate) fn state(&self) -> MonitorState {
+        self.state.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Stops the thread and waits for it; admits activations again on every shard it refused.
+    pub(crate) fn stop(mut self) {
+        self.stop_now();
+    }
+
+    fn stop_now(&mut self) {
+        {
+            let (flag, cv) = &*self.stop;
+            *flag.lock().unwrap_or_else(|e| e.into_inner()) = true;
+            cv.notify_all();
+        }
+        if let Some(t) = self.thread.take() {
+            if t.join().is_err() {
+                tracing::error!("the memory monitor thread panicked");
+            }
+        }
+        for slot in self.slots.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+            set_refuse_activations(*slot, false);
+        }
+    }
+}
+
+impl Drop for Monitor {
+    fn drop(&mut self) {
+        self.stop_now();
+    }
+}
+
+/// Token buckets bounding the moves per second and the bytes moved per second (a burst of
+/// at most one second's worth).
+pub(crate) struct Budget {
+    moves: f64,
+    bytes: f64,
+    last: Instant,
+}
+
+impl Budget {
+    pub(crate) fn new(c: &MemoryConfig, now: Instant) -> Self {
+        Budget {
+            moves: f64::from(c.moves_per_sec_max),
+            bytes: c.move_bytes_per_sec_max as f64,
+            last: now,
+        }
+    }
+
+    fn refill(&mut self, c: &MemoryConfig, now: Instant) {
+        let dt = now.saturating_duration_since(self.last).as_secs_f64();
+        self.last = now;
+        let mcap = f64::from(c.moves_per_sec_max);
+        let bcap = c.move_bytes_per_sec_max as f64;
+        self.moves = (self.moves + mcap * dt).min(mcap);
+        self.bytes = (self.bytes + bcap * dt).min(bcap);
+    }
+
+    /// Takes one move of `bytes` if the buckets allow it (an actor larger than a whole
+    /// second's bytes moves when the bucket is full).
+    fn take(&mut self, c: &MemoryConfig, bytes: u64) -> bool {
+        let b = bytes as f64;
+        let bcap = c.move_bytes_per_sec_max as f64;
+        if self.moves < 1.0 || (self.bytes < b && self.bytes < bcap) {
+            return false;
+        }
+        self.moves -= 1.0;
+        self.bytes -= b;
+        true
+    }
+}
+
+/// One shard as the planner sees it.
+pub(crate) struct ShardView {
+    pub(crate) shard: ShardId,
+    pub(crate) bytes: u64,
+    pub(crate) candidates: Vec<ActorMemory>,
+}
+
+/// A move the planner chose.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct PlannedMove {
+    pub(crate) actor: ActorId,
+    pub(crate) from: ShardId,
+    /// The shard of this node it goes to (unused when `to_node` is set).
+    pub(crate) to: ShardId,
+    /// Another node it goes to (`Engine::migrate_to_node`).
+    pub(crate) to_node: Option<NodeId>,
+    pub(crate) bytes: u64,
+}
+
+/// The moves that bring every shard at or over `critical` back under `warning`, to shards
+/// that stay under `warning` with them, within the budget, skipping actors in their
+/// cooldown. Pure but for the budget and the cooldown table it reads.
+#[cfg(test)]
+pub(crate) fn plan_moves(
+    c: &MemoryConfig,
+    views: &[ShardView],
+    limit: u64,
+    cooldown: &MoveCooldown,
+    now: Instant,
+    budget: &mut Budget,
+) -> Vec<PlannedMove> {
+    plan_moves_projected(c, views, limit, cooldown, now, budget).0
+}
+
+/// [`plan_moves`], and each shard's bytes once the plan is done.
+pub(crate) fn plan_moves_projected(
+    c: &MemoryConfig,
+    views: &[ShardView],
+    limit: u64,
+    cooldown: &MoveCooldown,
+    now: Instant,
+    budget: &mut Budget,
+) -> (Vec<PlannedMove>, Vec<u64>) {
+    budget.refill(c, now);
+    let warn = (c.warning * limit as f64) as u64;
+    let crit = (c.critical * limit as f64) as u64;
+    let mut projected: Vec<u64> = views.iter().map(|v| v.bytes).collect();
+    let mut order: Vec<usize> = (0..views.len()).filter(|i| projected[*i] >= crit).collect();
+    order.sort_by(|a, b| projected[*b].cmp(&projected[*a]));
+    let mut plan = Vec::new();
+    for i in order {
+        let v = &views[i];
+        let mut cands: Vec<&ActorMemory> = v
+            .candidates
+            .iter()
+            .filter(|a| a.movable && a.bytes > 0 && cooldown.allows(&a.actor, now, c.cooldown))
+            .collect();
+        order_by_strategy(c, &mut cands);
+        for a in cands {
+            if projected[i] < warn {
+                break;
+            }
+            // The shard with the most room that stays under `warning` with the actor.
+            let dest = (0..views.len())
+                .filter(|t| *t != i && projected[*t] + a.bytes < warn)
+                .min_by_key(|t| projected[*t]);
+            let Some(t) = dest else {
+                continue; // too large for any shard's room; a smaller one may fit
+            };
+            if !budget.take(c, a.bytes) {
+                return (plan, projected);
+            }
+            projected[i] = projected[i].saturating_sub(a.bytes);
+            projected[t] += a.bytes;
+            plan.push(PlannedMove {
+                actor: a.actor.clone(),
+                from: v.shard,
+                to: views[t].shard,
+                to_node: None,
+                bytes: a.bytes,
+            });
+        }
+    }
+    (plan, projected)
+}
+
+/// Moves to other nodes (after the node's own shards, [`plan_moves_projected`]): from each
+/// shard still at or over `critical` once the in-node plan is done (`projected`), down to
+/// `warning`; then, while the node's RSS is over its critical threshold, `node_need` bytes
+/// of the node's largest activations. Only `migratable` (serializable) candidates, not in
+/// `taken` nor in their cooldown; peers in turn (no peer's memory is known here: each peer's
+/// own monitor keeps its shards in check). Within the same budget.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn plan_node_moves(
+    c: &MemoryConfig,
+    views: &[ShardView],
+    projected: &[u64],
+    shard_limit: Option<u64>,
+    mut node_need: u64,
+    peers: &[NodeId],
+    next_peer: &mut usize,
+    cooldown: &MoveCooldown,
+    now: Instant,
+    budget: &mut Budget,
+    taken: &HashSet<ActorId>,
+) -> Vec<PlannedMove> {
+    let mut plan = Vec::new();
+    if peers.is_empty() || !c.move_between_nodes {
+        return plan;
+    }
+    let usable = |a: &&ActorMemory| {
+        a.serializable
+            && a.bytes > 0
+            && !taken.contains(&a.actor)
+            && cooldown.allows(&a.actor, now, c.cooldown)
+    };
+    let mut chosen: HashSet<ActorId> = HashSet::new();
+    let mut push = |a: &ActorMemory,
+                    from: ShardId,
+                    plan: &mut Vec<PlannedMove>,
+                    budget: &mut Budget|
+     -> bool {
+        if !budget.take(c, a.bytes) {
+            return false;
+        }
+        let to_node = peers[*next_peer % peers.len()];
+        *next_peer += 1;
+        plan.push(PlannedMove {
+            actor: a.actor.clone(),
+            from,
+            to: from,
+            to_node: Some(to_node),
+            bytes: a.bytes,
+        });
+        true
+    };
+    if let Some(limit) = shard_limit {
+        let warn = (c.warning * limit as f64) as u64;
+        let crit = (c.critical * limit as f64) as u64;
+        for (i, v) in views.iter().enumerate() {
+            let mut left = projected[i];
+            if left < crit {
+                continue;
+            }
+            let mut cands: Vec<&ActorMemory> = v.candidates.iter().filter(usable).collect();
+            order_by_strategy(c, &mut cands);
+            for a in cands {
+                if left < warn {
+                    break;
+                }
+                if !push(a, v.shard, &mut plan, budget) {
+                    return plan;
+                }
+                chosen.insert(a.actor.clone());
+                left = left.saturating_sub(a.bytes);
+                node_need = node_need.saturating_sub(a.bytes);
+            }
+        }
+    }
+    if node_need > 0 {
+        let mut all: Vec<(ShardId, &ActorMemory)> = views
+            .iter()
+            .flat_map(|v| {
+                v.candidates
+                    .iter()
+                    .filter(usable)
+                    .map(move |a| (v.shard, a))
+            })
+            .filter(|(_, a)| !chosen.contains(&a.actor))
+            .collect();
+        all.sort_by_key(|(_, a)| std::cmp::Reverse(a.bytes));
+        for (shard, a) in all {
+            if node_need == 0 {
+                break;
+            }
+            if !push(a, shard, &mut plan, budget) {
+                return plan;
+            }
+            node_need = node_need.saturating_sub(a.bytes);
+        }
+    }
+    plan
+}
+
+/// Sorts candidates in the strategy's order.
+fn order_by_strategy(c: &MemoryConfig, cands: &mut [&ActorMemory]) {
+    match c.strategy {
+        VictimStrategy::Largest => cands.sort_by_key(|a| std::cmp::Reverse(a.bytes)),
+        VictimStrategy::Lru => cands.sort_by(|a, b| {
+            b.idle_ms
+                .unwrap_or(0)
+                .cmp(&a.idle_ms.unwrap_or(0))
+                .then(b.bytes.cmp(&a.bytes))
+        }),
+    }
+}
+
+fn run(
+    c: MemoryConfig,
+    engine: EngineSlot,
+    cooldown: MoveCooldown,
+    peers: Vec<NodeId>,
+    state: Arc<Mutex<MonitorState>>,
+    stop: Arc<(Mutex<bool>, Condvar)>,
+    slots_out: Arc<Mutex<Vec<u32>>>,
+) {
+    let started = Instant::now();
+    let mut budget = Budget::new(&c, started);
+    let mut last_rss: Option<(Instant, u64)> = None;
+    let mut warned_no_room = false;
+    let mut next_peer = 0usize;
+    // Bytes moved to other nodes lately: the RSS takes time to fall (or never falls, when the
+    // allocator keeps the pages), so they count as shed for `OFF_NODE_CREDIT`.
+    let mut off_node: VecDeque<(Instant, u64)> = VecDeque::new();
+    loop {
+        {
+            let (flag, cv) = &*stop;
+            let g = flag.lock().unwrap_or_else(|e| e.into_inner());
+            let (g, _) = cv
+                .wait_timeout_while(g, c.sample_interval, |stopped| !*stopped)
+                .unwrap_or_else(|e| e.into_inner());
+            if *g {
+                return;
+            }
+        }
+        let stats = {
+            let g = engine.lock().unwrap_or_else(|e| e.into_inner());
+            match g.as_ref() {
+                Some(e) => e.stats(),
+                None => return,
+            }
+        };
+        let Ok(stats) = stats else {
+            continue; // a shard did not answer in time: next sample
+        };
+        let now = Instant::now();
+        let (limit, _) = node_limit(Some(&c));
+        let rss = resident_bytes();
+        let shard_lim = shard_limit(&c, limit, stats.len());
+        let node_level = Level::of(rss.unwrap_or(0), limit, &c);
+        let levels: Vec<Level> = stats
+            .iter()
+            .map(|s| Level::of(s.load.memory.shard_bytes, shard_lim, &c))
+            .collect();
+        *slots_out.lock().unwrap_or_else(|e| e.into_inner()) =
+            stats.iter().map(|s| s.load.memory.slot).collect();
+        let mut st = state.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        if let (Some(r), Some((t0, r0))) = (rss, last_rss) {
+            let dt = now.saturating_duration_since(t0).as_secs_f64();
+            if dt > 0.0 {
+                let inst = (r as f64 - r0 as f64) / dt;
+                st.growth_bytes_per_sec = 0.5 * st.growth_bytes_per_sec + 0.5 * inst;
+            }
+        }
+        if let Some(r) = rss {
+            last_rss = Some((now, r));
+        }
+        if node_level != st.node_level {
+            log_level("node", None, node_level, rss.unwrap_or(0), limit);
+        }
+        st.refusing.resize(stats.len(), false);
+        st.levels.resize(stats.len(), Level::Normal);
+        for (i, s) in stats.iter().enumerate() {
+            let level = levels[i];
+            if level != st.levels[i] {
+                log_level(
+                    "shard",
+                    Some(s.shard),
+                    level,
+                    s.load.memory.shard_bytes,
+                    shard_lim,
+                );
+            }
+            // Refuse at `reject`; admit again once back under `critical`.
+            let refuse = level == Level::Reject
+                || node_level == Level::Reject
+                || (st.refusing[i] && (level >= Level::Critical || node_level >= Level::Critical));
+            if refuse != st.refusing[i] && set_refuse_activations(s.load.memory.slot, refuse) {
+                st.refusing[i] = refuse;
+                if refuse {
+                    tracing::warn!(shard = s.shard, "memory: refusing new activations");
+                } else {
+                    tracing::info!(shard = s.shard, "memory: admitting new activations again");
+                }
+            }
+        }
+        st.levels = levels;
+        st.node_level = node_level;
+        *state.lock().unwrap_or_else(|e| e.into_inner()) = st.clone();
+        let views: Vec<ShardView> = stats
+            .iter()
+            .map(|s| ShardView {
+                shard: s.shard,
+                bytes: s.load.memory.shard_bytes,
+                candidates: s.load.memory.candidates.clone(),
+            })
+            .collect();
+        let (mut plan, projected) = match shard_lim {
+            Some(limit_s) => plan_moves_projected(&c, &views, limit_s, &cooldown, now, &mut budget),
+            None => (Vec::new(), views.iter().map(|v| v.bytes).collect()),
+        };
+        // Then other nodes: what the node's shards could not take, and the node's own RSS.
+        while off_node
+            .front()
+            .is_some_and(|(t, _)| now.saturating_duration_since(*t) > OFF_NODE_CREDIT)
+        {
+            off_node.pop_front();
+        }
+        let node_need = match (rss, limit) {
+            (Some(r), Some(l)) if node_level >= Level::Critical => {
+                let warn = (c.warning * l as f64) as u64;
+                let credit: u64 = off_node.iter().map(|(_, b)| b).sum();
+                r.saturating_sub(warn).saturating_sub(credit)
+            }
+            _ => 0,
+        };
+        let taken: HashSet<ActorId> = plan.iter().map(|m| m.actor.clone()).collect();
+        plan.extend(plan_node_moves(
+            &c,
+            &views,
+            &projected,
+            shard_lim,
+            node_need,
+            &peers,
+            &mut next_peer,
+            &cooldown,
+            now,
+            &mut budget,
+            &taken,
+        ));
+        let over = st.levels.iter().any(|l| *l >= Level::Critical) || node_need > 0;
+        if over && plan.is_empty() && !warned_no_room {
+            warned_no_room = true;
+            tracing::warn!(peers = peers.len(), "memory: over a critical threshold and no activation can move (none movable, none fits on another shard of this node, and none migratable to another node)");
+        }
+        if plan.is_empty() {
+            continue;
+        }
+        warned_no_room = false;
+        for mv in plan {
+            let moved = {
+                let g = engine.lock().unwrap_or_else(|e| e.into_inner());
+                match (g.as_ref(), mv.to_node) {
+                    (Some(e), None) => e.migrate(&mv.actor, mv.to),
+                    (Some(e), Some(n)) => e.migrate_to_node(&mv.actor, n),
+                    (None, _) => return,
+                }
+            };
+            let at = Instant::now();
+            cooldown.moved(&mv.actor, at);
+            let mut st = state.lock().unwrap_or_else(|e| e.into_inner());
+            match moved {
+                Ok(_) => {
+                    st.moves += 1;
+                    st.moved_bytes += mv.bytes;
+                    if mv.to_node.is_some() {
+                        st.node_moves += 1;
+                        off_node.push_back((at, mv.bytes));
+                    }
+                    tracing::info!(actor = %mv.actor, from = mv.from, to = mv.to, to_node = mv.to_node, bytes = mv.bytes, "memory: moved an actor off a shard or node over its critical threshold");
+                    if st.recent.len() >= RECENT_MAX {
+                        st.recent.pop_front();
+                    }
+                    st.recent.push_back(RebalanceMove {
+                        actor: mv.actor,
+                        from: mv.from,
+                        to: mv.to,
+                        to_node: mv.to_node,
+                        bytes: mv.bytes,
+                        at: at.saturating_duration_since(started),
+                    });
+                }
+                Err(e) => {
+                    st.move_failures += 1;
+                    tracing::debug!(actor = %mv.actor, error = %e, "memory: move failed; the actor stays");
+                }
+            }
+        }
+    }
+}
+
+fn log_level(what: &str, shard: Option<ShardId>, level: Level, bytes: u64, limit: Option<u64>) {
+    let limit = limit.unwrap_or(0);
+    match level {
+        Level::Normal => {
+            tracing::info!(
+                what,
+                shard,
+                bytes,
+                limit,
+                "memory: back under the warning threshold"
+            )
+        }
+        Level::Warning => {
+            tracing::warn!(
+                what,
+                shard,
+                bytes,
+                limit,
+                "memory: over the warning threshold"
+            )
+        }
+        Level::Critical => tracing::warn!(
+            what,
+            shard,
+            bytes,
+            limit,
+            "memory: over the critical threshold: rebalancing"
+        ),
+        Level::Reject => tracing::error!(
+            what,
+            shard,
+            bytes,
+            limit,
+            "memory: over the reject threshold: refusing new activations"
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn actor(k: u64, bytes: u64, idle_ms: Option<u64>) -> ActorMemory {
+        ActorMemory {
+            actor: ActorId::new("t", k),
+            bytes,
+            deep: false,
+            idle_ms,
+            movable: true,
+            serializable: true,
+        }
+    }
+
+    const MIB: u64 = 1 << 20;
+
+    #[test]
+    fn moves_the_largest_off_a_critical_shard_until_under_warning_and_no_further() {
+        let c = MemoryConfig::default(); // warning 0.8, critical 0.9
+        let now = Instant::now();
+        let mut b = Budget::new(&c, now);
+        let views = vec![
+            ShardView {
+                shard: 0,
+                bytes: 95 * MIB,
+                candidates: vec![
+                    actor(1, 10 * MIB, None),
+                    actor(2, 5 * MIB, Some(10)),
+                    actor(3, 20 * MIB, None),
+                ],
+            },
+            ShardView {
+                shard: 1,
+                bytes: 10 * MIB,
+                candidates: vec![],
+            },
+        ];
+        let plan = plan_moves(&c, &views, 100 * MIB, &MoveCooldown::new(), now, &mut b);
+        // 95 -> 75 MiB with the 20 MiB actor: under 80 MiB, done.
+        assert_eq!(plan.len(), 1, "{plan:?}");
+        assert_eq!(plan[0].actor, ActorId::new("t", 3u64));
+        assert_eq!((plan[0].from, plan[0].to), (0, 1));
+        // LRU picks the idle one first.
+        let c = MemoryConfig {
+            strategy: VictimStrategy::Lru,
+            ..MemoryConfig::default()
+        };
+        let plan = plan_moves(&c, &views, 100 * MIB, &MoveCooldown::new(), now, &mut b);
+        assert_eq!(plan[0].actor, ActorId::new("t", 2u64));
+    }
+
+    #[test]
+    fn no_move_under_critical_none_in_cooldown_none_past_the_budget() {
+        let c = MemoryConfig {
+            moves_per_sec_max: 2,
+            ..MemoryConfig::default()
+        };
+        let now = Instant::now();
+        let many: Vec<ActorMemory> = (0..10).map(|k| actor(k, MIB, None)).collect();
+        let under = vec![
+            ShardView {
+                shard: 0,
+                bytes: 85 * MIB,
+                candidates: many.clone(),
+            },
+            ShardView {
+                shard: 1,
+                bytes: 0,
+                candidates: vec![],
+            },
+        ];
+        let mut b = Budget::new(&c, now);
+        assert!(plan_moves(&c, &under, 100 * MIB, &MoveCooldown::new(), now, &mut b).is_empty());
+        let over = vec![
+            ShardView {
+                shard: 0,
+                bytes: 99 * MIB,
+                candidates: many,
+            },
+            ShardView {
+                shard: 1,
+                bytes: 0,
+                candidates: vec![],
+            },
+        ];
+        let plan = plan_moves(&c, &over, 100 * MIB, &MoveCooldown::new(), now, &mut b);
+        assert_eq!(plan.len(), 2, "2 moves per second at most: {plan:?}");
+        // In cooldown: skipped.
+        let cd = MoveCooldown::new();
+        for k in 0..10u64 {
+            cd.moved(&ActorId::new("t", k), now);
+        }
+        let mut b = Budget::new(&c, now);
+        assert!(plan_moves(&c, &over, 100 * MIB, &cd, now, &mut b).is_empty());
+    }
+
+    #[test]
+    fn a_destination_is_never_filled_past_warning() {
+        let c = MemoryConfig::default();
+        let now = Instant::now();
+        let mut b = Budget::new(&c, now);
+        let views = vec![
+            ShardView {
+                shard: 0,
+                bytes: 95 * MIB,
+                candidates: vec![actor(1, 30 * MIB, None)],
+            },
+            ShardView {
+                shard: 1,
+                bytes: 60 * MIB,
+                candidates: vec![],
+            },
+        ];
+        assert!(plan_moves(&c, &views, 100 * MIB, &MoveCooldown::new(), now, &mut b).is_empty());
+    }
+
+    #[test]
+    fn what_the_node_cannot_hold_goes_to_peers_in_turn_and_movable_only_types_stay() {
+        let c = MemoryConfig::default();
+        let now = Instant::now();
+        let mut b = Budget::new(&c, now);
+        let mut boxed = actor(9, 8 * MIB, None);
+        boxed.serializable = false; // `movable` only: cannot leave the process
+        let views = vec![
+            ShardView {
+                shard: 0,
+                bytes: 99 * MIB,
+                candidates: vec![
+                    boxed,
+                    actor(1, 8 * MIB, None),
+                    actor(2, 8 * MIB, None),
+                    actor(3, 8 * MIB, None),
+                ],
+            },
+            ShardView {
+                shard: 1,
+                bytes: 99 * MIB,
+                candidates: vec![],
+            },
+        ];
+        let (local, projected) =
+            plan_moves_projected(&c, &views, 100 * MIB, &MoveCooldown::new(), now, &mut b);
+        assert!(local.is_empty(), "no room on the node: {local:?}");
+        let mut next = 0;
+        let plan = plan_node_moves(
+            &c,
+            &views,
+            &projected,
+            Some(100 * MIB),
+            0,
+            &[2, 3],
+            &mut next,
+            &MoveCooldown::new(),
+            now,
+            &mut b,
+            &HashSet::new(),
+        );
+        // 99 -> under 80 MiB: three 8 MiB actors, to nodes 2, 3, 2; never the boxed one.
+        assert_eq!(plan.len(), 3, "{plan:?}");
+        assert_eq!(
+            plan.iter().map(|m| m.to_node).collect::<Vec<_>>(),
+            vec![Some(2), Some(3), Some(2)]
+        );
+        assert!(plan.iter().all(|m| m.actor != ActorId::new("t", 9u64)));
+        // Without peers, or with moves between nodes off: nothing.
+        assert!(plan_node_moves(
+            &c,
+            &views,
+            &projected,
+            Some(100 * MIB),
+            0,
+            &[],
+            &mut next,
+            &MoveCooldown::new(),
+            now,
+            &mut b,
+            &HashSet::new()
+        )
+        .is_empty());
+        let off = MemoryConfig {
+            move_between_nodes: false,
+            ..MemoryConfig::default()
+        };
+        assert!(plan_node_moves(
+            &off,
+            &views,
+            &projected,
+            Some(100 * MIB),
+            0,
+            &[2],
+            &mut next,
+            &MoveCooldown::new(),
+            now,
+            &mut b,
+            &HashSet::new()
+        )
+        .is_empty());
+    }
+}
