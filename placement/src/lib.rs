@@ -15,6 +15,7 @@
 #![deny(missing_docs)]
 
 mod id;
+pub mod locality;
 mod ring;
 
 pub use id::{stable_hash, ActorId, ActorKey};

@@ -1,0 +1,531 @@
+//! One repartitioning round: from the communication graph, the actors' places and the loads of
+//! the places, the moves that cut the most cross-node, then cross-shard, traffic under a
+//! balance constraint (pairwise exchanges where a lone move would break the balance).
+
+use std::collections::{BTreeMap, HashMap};
+use std::hash::Hash;
+
+/// Where an activation runs: its zone (a topology label from the configuration), node and
+/// shard. Ordered by zone, node, shard (the tie-break order of the decisions).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Location {
+    /// Zone label (`0` when the topology has none).
+    pub zone: u32,
+    /// Node id.
+    pub node: u64,
+    /// Shard of that node.
+    pub shard: u16,
+}
+
+/// The cost of one message between two places: `0` on the same shard, `shard` between shards
+/// of one node, `node` between nodes of one zone, `zone` between zones. The defaults (1, 10,
+/// 30) weigh a network hop (tens of µs) against a ring hop (~1 µs).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Costs {
+    /// Between two shards of one node.
+    pub shard: f64,
+    /// Between two nodes of one zone.
+    pub node: f64,
+    /// Between two zones.
+    pub zone: f64,
+}
+
+impl Default for Costs {
+    fn default() -> Self {
+        Costs {
+            shard: 1.0,
+            node: 10.0,
+            zone: 30.0,
+        }
+    }
+}
+
+impl Costs {
+    /// The cost of one message from `a` to `b`.
+    pub fn between(&self, a: Location, b: Location) -> f64 {
+        if a.zone != b.zone {
+            self.zone
+        } else if a.node != b.node {
+            self.node
+        } else if a.shard != b.shard {
+            self.shard
+        } else {
+            0.0
+        }
+    }
+}
+
+/// The knobs of a round (see docs/LOCALITY.md).
+#[derive(Clone, Debug, PartialEq)]
+pub struct RoundConfig {
+    /// Each place's load must stay within `mean × (1 ± balance_tolerance)` (at least ± 1
+    /// activation); a move that would leave that band is made only as one half of an exchange.
+    /// A move that narrows the gap between an over-loaded and an under-loaded place is allowed.
+    pub balance_tolerance: f64,
+    /// Moves per round, at most (an exchange counts two).
+    pub max_moves: usize,
+    /// Rounds an actor is left alone after it moved.
+    pub cooldown_rounds: u64,
+    /// An actor with at least this fraction of its traffic on its own shard is anchored: not
+    /// considered this round.
+    pub anchor_local_fraction: f64,
+    /// Hysteresis: a move is proposed only if its gain is at least this fraction of the
+    /// actor's traffic times the cost of the hop it makes (so noise never moves an actor, and
+    /// a move never undoes the previous one for a gain of nothing).
+    pub min_gain_fraction: f64,
+    /// Moves between nodes are allowed (else only between shards of the actor's node).
+    pub across_nodes: bool,
+    /// Message costs by distance.
+    pub costs: Costs,
+}
+
+impl Default for RoundConfig {
+    fn default() -> Self {
+        RoundConfig {
+            balance_tolerance: 0.1,
+            max_moves: 256,
+            cooldown_rounds: 5,
+            anchor_local_fraction: 0.75,
+            min_gain_fraction: 0.25,
+            across_nodes: true,
+            costs: Costs::default(),
+        }
+    }
+}
+
+/// The load of one place.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Load {
+    /// Live activations.
+    pub activations: u64,
+    /// Memory of its actors' states, bytes, if known (balanced as well when every place has
+    /// it).
+    pub memory_bytes: Option<u64>,
+}
+
+/// What the round knows of one actor.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ActorPlace {
+    /// Where it runs now.
+    pub location: Location,
+    /// It may move (false: immovable types, stateless workers, actors of other nodes).
+    pub movable: bool,
+    /// Its state's size, bytes (0 if unknown).
+    pub memory_bytes: u64,
+}
+
+/// One proposed move, with why.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Move<A> {
+    /// The actor.
+    pub actor: A,
+    /// From.
+    pub from: Location,
+    /// To.
+    pub to: Location,
+    /// Cost saved (messages × [`Costs`]) per unit of the edge weights.
+    pub gain: f64,
+    /// Expected messages (in edge-weight units) no longer crossing nodes.
+    pub saved_cross_node: f64,
+    /// Expected messages no longer crossing shards of one node (negative: more cross-shard
+    /// traffic, traded for less cross-node traffic).
+    pub saved_cross_shard: f64,
+    /// The other half of a pairwise exchange (it moves from `to` to `from`), if any.
+    pub exchange_with: Option<A>,
+}
+
+/// What a round did.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RoundReport<A> {
+    /// The round's number (from 1).
+    pub round: u64,
+    /// The moves, in the order they were decided.
+    pub moves: Vec<Move<A>>,
+    /// Actors with a move above the hysteresis at the start of the round.
+    pub candidates: usize,
+    /// Actors skipped: most of their traffic is already local.
+    pub anchored: usize,
+    /// Actors skipped: they moved less than `cooldown_rounds` ago.
+    pub cooling: usize,
+}
+
+/// The round's input.
+pub struct RoundInput<'a, A> {
+    /// The communication graph: (caller, callee, weight), merged from every place's summary
+    /// (an edge may appear more than once: the weights add up; both directions add up).
+    pub edges: &'a [(A, A, f64)],
+    /// The actors the round may reason about; edges to an actor not listed are ignored.
+    pub actors: &'a HashMap<A, ActorPlace>,
+    /// The places the round may move actors to, with their loads.
+    pub loads: &'a BTreeMap<Location, Load>,
+}
+
+/// The repartitioner's state across rounds: the round counter and each actor's last move
+/// (cooldown). Deterministic: the same inputs give the same moves.
+#[derive(Debug, Clone)]
+pub struct Repartitioner<A> {
+    config: RoundConfig,
+    round: u64,
+    last_moved: HashMap<A, u64>,
+}
+
+struct Graph<A> {
+    ids: Vec<A>,
+    adj: Vec<Vec<(u32, f64)>>,
+    total: Vec<f64>,
+    loc: Vec<Location>,
+    movable: Vec<bool>,
+    memory: Vec<u64>,
+}
+
+impl<A: Clone + Eq + Hash + Ord> Repartitioner<A> {
+    /// A repartitioner with `config`, before its first round.
+    pub fn new(config: RoundConfig) -> Self {
+        Repartitioner {
+            config,
+            round: 0,
+            last_moved: HashMap::new(),
+        }
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &RoundConfig {
+        &self.config
+    }
+
+    /// Rounds run so far.
+    pub fn rounds(&self) -> u64 {
+        self.round
+    }
+
+    /// Records that `actor` moved now for another reason (a memory rebalance, an operator):
+    /// it then cools down as if this repartitioner had moved it, so the two never fight over
+    /// it.
+    pub fn note_moved(&mut self, actor: A) {
+        self.last_moved.insert(actor, self.round);
+    }
+
+    /// Forgets the cooldown of actors that moved more than `cooldown_rounds` ago (bounds the
+    /// state to the actors moved recently).
+    fn expire(&mut self) {
+        let (round, cool) = (self.round, self.config.cooldown_rounds);
+        self.last_moved.retain(|_, r| *r + cool > round);
+    }
+
+    fn cooling(&self, a: &A) -> bool {
+        self.last_moved
+            .get(a)
+            .is_some_and(|r| *r + self.config.cooldown_rounds > self.round)
+    }
+
+    /// Runs one round: proposes moves (the caller applies them), and counts them in each
+    /// moved actor's cooldown.
+    pub fn round(&mut self, input: &RoundInput<'_, A>) -> RoundReport<A> {
+        self.round += 1;
+        self.expire();
+        let cfg = self.config.clone();
+        let mut g = build_graph(input);
+        let n = g.ids.len();
+        let mut loads: BTreeMap<Location, (f64, f64)> = input
+            .loads
+            .iter()
+            .map(|(l, x)| {
+                (
+                    *l,
+                    (x.activations as f64, x.memory_bytes.unwrap_or(0) as f64),
+                )
+            })
+            .collect();
+        let with_memory =
+            !input.loads.is_empty() && input.loads.values().all(|l| l.memory_bytes.is_some());
+        let places = loads.len().max(1) as f64;
+        let mean_count = loads.values().map(|x| x.0).sum::<f64>() / places;
+        let mean_mem = loads.values().map(|x| x.1).sum::<f64>() / places;
+        let band = |mean: f64, slack_min: f64| {
+            let slack = (mean * cfg.balance_tolerance).max(slack_min);
+            (mean - slack, mean + slack)
+        };
+        let (lo_c, hi_c) = band(mean_count, 1.0);
+        let (lo_m, hi_m) = band(mean_mem, 0.0);
+        let fits =
+            |loads: &BTreeMap<Location, (f64, f64)>, from: Location, to: Location, mem: f64| {
+                let (Some(f), Some(t)) = (loads.get(&from), loads.get(&to)) else {
+                    return false;
+                };
+                let count_ok = (t.0 + 1.0 <= hi_c && f.0 - 1.0 >= lo_c) || f.0 - 1.0 >= t.0 + 1.0;
+                let mem_ok = !with_memory
+                    || (t.1 + mem <= hi_m && f.1 - mem >= lo_m)
+                    || f.1 - mem >= t.1 + mem;
+                count_ok && mem_ok
+            };
+
+        let mut members: BTreeMap<Location, Vec<u32>> = BTreeMap::new();
+        for i in 0..n {
+            members.entry(g.loc[i]).or_default().push(i as u32);
+        }
+        let mut report = RoundReport {
+            round: self.round,
+            moves: Vec::new(),
+            candidates: 0,
+            anchored: 0,
+            cooling: 0,
+        };
+        let cooling: Vec<bool> = g.ids.iter().map(|a| self.cooling(a)).collect();
+        let mut cands: Vec<(f64, u32, Location)> = Vec::new();
+        for (i, &cool) in cooling.iter().enumerate() {
+            if !g.movable[i] || g.total[i] <= 0.0 {
+                continue;
+            }
+            if cool {
+                report.cooling += 1;
+                continue;
+            }
+            if local_fraction(&g, i) >= cfg.anchor_local_fraction {
+                report.anchored += 1;
+                continue;
+            }
+            if let Some((t, gain)) = best_target(&g, i, &cfg, &loads) {
+                cands.push((gain, i as u32, t));
+            }
+        }
+        report.candidates = cands.len();
+        cands.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+        let mut moved = vec![false; n];
+        for &(_, i, _) in &cands {
+            if report.moves.len() >= cfg.max_moves {
+                break;
+            }
+            let i = i as usize;
+            if moved[i] {
+                continue;
+            }
+            // Re-evaluated: neighbours may have moved earlier in this round.
+            let Some((t, gain)) = best_target(&g, i, &cfg, &loads) else {
+                continue;
+            };
+            let from = g.loc[i];
+            let mem_i = g.memory[i] as f64;
+            if fits(&loads, from, t, mem_i) {
+                let mv = explain(&g, i, t, gain, None);
+                apply(&mut g, &mut members, &mut loads, i, t);
+                moved[i] = true;
+                report.moves.push(mv);
+                continue;
+            }
+            if report.moves.len() + 2 > cfg.max_moves {
+                continue;
+            }
+            // A pairwise exchange: the best actor of `t` to send back to `from`, judged with
+            // `i` already at `t`.
+            let mv_i = explain(&g, i, t, gain, None);
+            apply(&mut g, &mut members, &mut loads, i, t);
+            let mut best: Option<(f64, usize)> = None;
+            for &j in members.get(&t).map(Vec::as_slice).unwrap_or(&[]) {
+                let j = j as usize;
+                if j == i || !g.movable[j] || moved[j] || cooling[j] {
+                    continue;
+                }
+                let gj = gain_to(&g, j, from, &cfg.costs);
+                if best.is_none_or(|(bg, _)| gj > bg) {
+                    best = Some((gj, j));
+                }
+            }
+            let thr = cfg.min_gain_fraction * g.total[i] * cfg.costs.between(from, t);
+            match best {
+                Some((gj, j))
+                    if gain + gj >= thr
+                        && (!with_memory
+                            || fits_exchange(
+                                &loads,
+                                from,
+                                t,
+                                mem_i,
+                                g.memory[j] as f64,
+                                (lo_m, hi_m),
+                            )) =>
+                {
+                    let mv_j = explain(&g, j, from, gj, Some(g.ids[i].clone()));
+                    apply(&mut g, &mut members, &mut loads, j, from);
+                    moved[i] = true;
+                    moved[j] = true;
+                    report.moves.push(Move {
+                        exchange_with: Some(g.ids[j].clone()),
+                        ..mv_i
+                    });
+                    report.moves.push(mv_j);
+                }
+                _ => apply(&mut g, &mut members, &mut loads, i, from),
+            }
+        }
+        for m in &report.moves {
+            self.last_moved.insert(m.actor.clone(), self.round);
+        }
+        report
+    }
+}
+
+/// An exchange (`out` went from `from` to `to`, `back` goes from `to` to `from`; `loads` has
+/// the first half applied) keeps memory within the band, or narrows the gap it had.
+fn fits_exchange(
+    loads: &BTreeMap<Location, (f64, f64)>,
+    from: Location,
+    to: Location,
+    out: f64,
+    back: f64,
+    (lo, hi): (f64, f64),
+) -> bool {
+    let (Some(f), Some(t)) = (loads.get(&from), loads.get(&to)) else {
+        return false;
+    };
+    let (f0, t0) = (f.1 + out, t.1 - out);
+    let (f1, t1) = (f.1 + back, t.1 - back);
+    (lo <= f1 && f1 <= hi && lo <= t1 && t1 <= hi) || (f1 - t1).abs() <= (f0 - t0).abs()
+}
+
+fn build_graph<A: Clone + Eq + Hash + Ord>(input: &RoundInput<'_, A>) -> Graph<A> {
+    let mut ids: Vec<A> = Vec::new();
+    for (a, b, _) in input.edges {
+        for x in [a, b] {
+            if input.actors.contains_key(x) {
+                ids.push(x.clone());
+            }
+        }
+    }
+    ids.sort();
+    ids.dedup();
+    let pos: HashMap<&A, u32> = ids.iter().enumerate().map(|(i, a)| (a, i as u32)).collect();
+    let mut pairs: Vec<(u32, u32, f64)> = input
+        .edges
+        .iter()
+        .filter_map(|(a, b, w)| {
+            let (x, y) = (*pos.get(a)?, *pos.get(b)?);
+            (x != y && w.is_finite() && *w > 0.0).then_some((x.min(y), x.max(y), *w))
+        })
+        .collect();
+    pairs.sort_by(|p, q| (p.0, p.1).cmp(&(q.0, q.1)).then(p.2.total_cmp(&q.2)));
+    let n = ids.len();
+    let mut adj: Vec<Vec<(u32, f64)>> = vec![Vec::new(); n];
+    let mut k = 0;
+    while k < pairs.len() {
+        let (x, y) = (pairs[k].0, pairs[k].1);
+        let mut w = 0.0;
+        while k < pairs.len() && pairs[k].0 == x && pairs[k].1 == y {
+            w += pairs[k].2;
+            k += 1;
+        }
+        adj[x as usize].push((y, w));
+        adj[y as usize].push((x, w));
+    }
+    let total = adj.iter().map(|v| v.iter().map(|e| e.1).sum()).collect();
+    let place = |a: &A| input.actors[a];
+    Graph {
+        loc: ids.iter().map(|a| place(a).location).collect(),
+        movable: ids.iter().map(|a| place(a).movable).collect(),
+        memory: ids.iter().map(|a| place(a).memory_bytes).collect(),
+        ids,
+        adj,
+        total,
+    }
+}
+
+fn local_fraction<A>(g: &Graph<A>, i: usize) -> f64 {
+    let here = g.loc[i];
+    let local: f64 = g.adj[i]
+        .iter()
+        .filter(|(j, _)| g.loc[*j as usize] == here)
+        .map(|e| e.1)
+        .sum();
+    local / g.total[i]
+}
+
+/// The cost `i`'s traffic saves if `i` runs at `t` instead of where it is.
+fn gain_to<A>(g: &Graph<A>, i: usize, t: Location, costs: &Costs) -> f64 {
+    let cur = g.loc[i];
+    g.adj[i]
+        .iter()
+        .map(|&(j, w)| {
+            let l = g.loc[j as usize];
+            w * (costs.between(cur, l) - costs.between(t, l))
+        })
+        .sum()
+}
+
+/// The best place for `i` among its neighbours' places, if its gain clears the hysteresis.
+fn best_target<A>(
+    g: &Graph<A>,
+    i: usize,
+    cfg: &RoundConfig,
+    loads: &BTreeMap<Location, (f64, f64)>,
+) -> Option<(Location, f64)> {
+    let cur = g.loc[i];
+    let mut places: Vec<Location> = g.adj[i]
+        .iter()
+        .map(|&(j, _)| g.loc[j as usize])
+        .filter(|l| *l != cur && loads.contains_key(l) && (cfg.across_nodes || l.node == cur.node))
+        .collect();
+    places.sort();
+    places.dedup();
+    let mut best: Option<(Location, f64)> = None;
+    for t in places {
+        let gain = gain_to(g, i, t, &cfg.costs);
+        let thr = cfg.min_gain_fraction * g.total[i] * cfg.costs.between(cur, t);
+        if gain > 0.0 && gain >= thr && best.is_none_or(|(_, b)| gain > b) {
+            best = Some((t, gain));
+        }
+    }
+    best
+}
+
+fn explain<A: Clone>(g: &Graph<A>, i: usize, t: Location, gain: f64, with: Option<A>) -> Move<A> {
+    let from = g.loc[i];
+    let (mut node, mut shard) = (0.0, 0.0);
+    for &(j, w) in &g.adj[i] {
+        let l = g.loc[j as usize];
+        let cross = |a: Location| {
+            (
+                a.node != l.node || a.zone != l.zone,
+                a.node == l.node && a.zone == l.zone && a.shard != l.shard,
+            )
+        };
+        let (bn, bs) = cross(from);
+        let (an, as_) = cross(t);
+        node += w * (f64::from(u8::from(bn)) - f64::from(u8::from(an)));
+        shard += w * (f64::from(u8::from(bs)) - f64::from(u8::from(as_)));
+    }
+    Move {
+        actor: g.ids[i].clone(),
+        from,
+        to: t,
+        gain,
+        saved_cross_node: node,
+        saved_cross_shard: shard,
+        exchange_with: with,
+    }
+}
+
+fn apply<A>(
+    g: &mut Graph<A>,
+    members: &mut BTreeMap<Location, Vec<u32>>,
+    loads: &mut BTreeMap<Location, (f64, f64)>,
+    i: usize,
+    t: Location,
+) {
+    let from = g.loc[i];
+    if from == t {
+        return;
+    }
+    if let Some(v) = members.get_mut(&from) {
+        v.retain(|&x| x as usize != i);
+    }
+    members.entry(t).or_default().push(i as u32);
+    let mem = g.memory[i] as f64;
+    if let Some(f) = loads.get_mut(&from) {
+        f.0 -= 1.0;
+        f.1 -= mem;
+    }
+    if let Some(x) = loads.get_mut(&t) {
+        x.0 += 1.0;
+        x.1 += mem;
+    }
+    g.loc[i] = t;
+}
