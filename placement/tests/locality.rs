@@ -64,6 +64,7 @@ fn hashed(n: u32, places: &[Location], seed: u64) -> HashMap<u32, ActorPlace> {
                     location: l,
                     movable: true,
                     memory_bytes: 0,
+                    traffic: 0.0,
                 },
             )
         })
@@ -121,6 +122,7 @@ fn rounds_converge_without_ping_pong_and_keep_balance() {
     // Every place an actor has left: moving back there is a ping-pong.
     let mut left: HashMap<u32, Vec<Location>> = HashMap::new();
     let mut returns = 0;
+    let mut back: HashMap<u32, u32> = HashMap::new();
     for _ in 0..60 {
         let l = loads(&actors, &places);
         let report = r.round(&RoundInput {
@@ -130,10 +132,14 @@ fn rounds_converge_without_ping_pong_and_keep_balance() {
         });
         per_round.push(report.moves.len());
         for m in &report.moves {
-            assert!(m.gain > 0.0 || m.exchange_with.is_some(), "{m:?}");
+            assert!(
+                m.gain > 0.0 || m.exchange_with.is_some() || m.group.is_some(),
+                "{m:?}"
+            );
             let seen = left.entry(m.actor).or_default();
             if seen.contains(&m.to) {
                 returns += 1;
+                *back.entry(m.actor).or_default() += 1;
             }
             seen.push(m.from);
             actors.get_mut(&m.actor).expect("a known actor").location = m.to;
@@ -145,9 +151,16 @@ fn rounds_converge_without_ping_pong_and_keep_balance() {
         per_round[40..].iter().all(|&m| m == 0),
         "moves per round must reach zero and stay there: {per_round:?}"
     );
+    // A move back to a place left is allowed once (a group consolidating elsewhere after the
+    // actor's first move); twice is ping-pong.
+    let ping_pong: Vec<_> = back.iter().filter(|(_, n)| **n > 1).collect();
     assert!(
-        returns * 50 <= total,
-        "ping-pong: {returns} moves went back to a place the actor had left, of {total}"
+        ping_pong.is_empty(),
+        "ping-pong (actor, returns): {ping_pong:?}"
+    );
+    assert!(
+        returns * 20 <= total,
+        "{returns} moves went back to a place the actor had left, of {total}"
     );
     let (node1, shard1) = cut(&edges, &actors);
     assert!(
@@ -193,6 +206,7 @@ fn place(node: u64, shard: u16) -> ActorPlace {
         },
         movable: true,
         memory_bytes: 0,
+        traffic: 0.0,
     }
 }
 

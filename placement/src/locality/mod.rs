@@ -20,7 +20,7 @@
 //! let edges = vec![("a", "b", 100.0), ("c", "c2", 1.0)];
 //! let mut actors = HashMap::new();
 //! for (id, s) in [("a", 0), ("b", 1), ("c", 0), ("c2", 0)] {
-//!     actors.insert(id, ActorPlace { location: at(s), movable: true, memory_bytes: 0 });
+//!     actors.insert(id, ActorPlace { location: at(s), movable: true, memory_bytes: 0, traffic: 0.0 });
 //! }
 //! let mut loads = BTreeMap::new();
 //! loads.insert(at(0), Load { activations: 10, memory_bytes: None });
@@ -28,7 +28,7 @@
 //! let mut r = Repartitioner::new(RoundConfig::default());
 //! let report = r.round(&RoundInput { edges: &edges, actors: &actors, loads: &loads });
 //! assert_eq!(report.moves.len(), 1);
-//! assert_eq!(report.moves[0].actor, "a"); // the smaller id of the pair, deterministically
+//! assert_eq!(report.moves[0].actor, "b"); // to the first of equal places, deterministically
 //! assert_eq!(report.moves[0].saved_cross_shard, 100.0);
 //! ```
 

@@ -64,7 +64,8 @@ pub struct RoundConfig {
     pub balance_tolerance: f64,
     /// Moves per round, at most (an exchange counts two).
     pub max_moves: usize,
-    /// Rounds an actor is left alone after it moved.
+    /// Rounds an actor is left alone after it moved; doubled (up to 64 times) for each further
+    /// move that comes within twice the previous cooldown.
     pub cooldown_rounds: u64,
     /// An actor with at least this fraction of its traffic on its own shard is anchored: not
     /// considered this round.
@@ -75,6 +76,12 @@ pub struct RoundConfig {
     pub min_gain_fraction: f64,
     /// Moves between nodes are allowed (else only between shards of the actor's node).
     pub across_nodes: bool,
+    /// Groups: an edge whose weight is at least this fraction of the lighter end's traffic
+    /// binds its two actors into a group (a community, a pair, a pipeline), which may move to
+    /// one place as a whole; 0 disables group moves.
+    pub group_edge_fraction: f64,
+    /// Groups larger than this are not moved as a whole (their actors still move one by one).
+    pub group_size_max: usize,
     /// Message costs by distance.
     pub costs: Costs,
 }
@@ -88,6 +95,8 @@ impl Default for RoundConfig {
             anchor_local_fraction: 0.75,
             min_gain_fraction: 0.25,
             across_nodes: true,
+            group_edge_fraction: 0.2,
+            group_size_max: 128,
             costs: Costs::default(),
         }
     }
@@ -104,7 +113,7 @@ pub struct Load {
 }
 
 /// What the round knows of one actor.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq)]
 pub struct ActorPlace {
     /// Where it runs now.
     pub location: Location,
@@ -112,6 +121,11 @@ pub struct ActorPlace {
     pub movable: bool,
     /// Its state's size, bytes (0 if unknown).
     pub memory_bytes: u64,
+    /// All its traffic (sent and received), in the edges' units, if known: the edges kept
+    /// are only the heaviest, and an actor whose traffic is spread over many partners (none
+    /// of them heavy) must not look as if its few kept edges were all it does. `0.0`: the
+    /// sum of its kept edges.
+    pub traffic: f64,
 }
 
 /// One proposed move, with why.
@@ -132,6 +146,9 @@ pub struct Move<A> {
     pub saved_cross_shard: f64,
     /// The other half of a pairwise exchange (it moves from `to` to `from`), if any.
     pub exchange_with: Option<A>,
+    /// The group it moved with (named by the group's first actor), if it moved as part of a
+    /// group: its own `gain` may then be negative, the group's is not.
+    pub group: Option<A>,
 }
 
 /// What a round did.
@@ -166,7 +183,10 @@ pub struct RoundInput<'a, A> {
 pub struct Repartitioner<A> {
     config: RoundConfig,
     round: u64,
-    last_moved: HashMap<A, u64>,
+    /// Actor -> (round of its last move, its moves in a row): the cooldown doubles with each
+    /// move made before the previous cooldown had passed twice over (at most 2^6 times), so an
+    /// actor that keeps being moved slows down geometrically: moves per round go to zero.
+    last_moved: HashMap<A, (u64, u32)>,
 }
 
 struct Graph<A> {
@@ -202,20 +222,34 @@ impl<A: Clone + Eq + Hash + Ord> Repartitioner<A> {
     /// it then cools down as if this repartitioner had moved it, so the two never fight over
     /// it.
     pub fn note_moved(&mut self, actor: A) {
-        self.last_moved.insert(actor, self.round);
+        self.moved_now(actor);
+    }
+
+    fn moved_now(&mut self, actor: A) {
+        let round = self.round;
+        let cool = self.config.cooldown_rounds;
+        let e = self.last_moved.entry(actor).or_insert((round, 0));
+        // A move soon after the previous one (within twice its cooldown) counts in the row.
+        let streak = if e.1 > 0 && round < e.0 + 2 * backoff(cool, e.1) {
+            (e.1 + 1).min(7)
+        } else {
+            1
+        };
+        *e = (round, streak);
     }
 
     /// Forgets the cooldown of actors that moved more than `cooldown_rounds` ago (bounds the
     /// state to the actors moved recently).
     fn expire(&mut self) {
         let (round, cool) = (self.round, self.config.cooldown_rounds);
-        self.last_moved.retain(|_, r| *r + cool > round);
+        self.last_moved
+            .retain(|_, (r, k)| *r + 2 * backoff(cool, *k) > round);
     }
 
     fn cooling(&self, a: &A) -> bool {
         self.last_moved
             .get(a)
-            .is_some_and(|r| *r + self.config.cooldown_rounds > self.round)
+            .is_some_and(|(r, k)| *r + backoff(self.config.cooldown_rounds, *k) > self.round)
     }
 
     /// Runs one round: proposes moves (the caller applies them), and counts them in each
@@ -291,6 +325,30 @@ impl<A: Clone + Eq + Hash + Ord> Repartitioner<A> {
         report.candidates = cands.len();
         cands.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
         let mut moved = vec![false; n];
+        if cfg.group_edge_fraction > 0.0 {
+            let band = Band {
+                lo: lo_c,
+                hi: hi_c,
+                mean: mean_count,
+            };
+            for group in groups(&g, &cfg) {
+                if report.moves.len() >= cfg.max_moves {
+                    break;
+                }
+                let mut ctx = GroupMove {
+                    g: &mut g,
+                    members: &mut members,
+                    loads: &mut loads,
+                    moved: &mut moved,
+                    cooling: &cooling,
+                    cfg: &cfg,
+                    band,
+                };
+                if let Some(moves) = ctx.best(&group, cfg.max_moves - report.moves.len()) {
+                    report.moves.extend(moves);
+                }
+            }
+        }
         for &(_, i, _) in &cands {
             if report.moves.len() >= cfg.max_moves {
                 break;
@@ -358,7 +416,7 @@ impl<A: Clone + Eq + Hash + Ord> Repartitioner<A> {
             }
         }
         for m in &report.moves {
-            self.last_moved.insert(m.actor.clone(), self.round);
+            self.moved_now(m.actor.clone());
         }
         report
     }
@@ -380,6 +438,180 @@ fn fits_exchange(
     let (f0, t0) = (f.1 + out, t.1 - out);
     let (f1, t1) = (f.1 + back, t.1 - back);
     (lo <= f1 && f1 <= hi && lo <= t1 && t1 <= hi) || (f1 - t1).abs() <= (f0 - t0).abs()
+}
+
+/// The cooldown after the `streak`-th move in a row: `cool × 2^(streak - 1)`.
+fn backoff(cool: u64, streak: u32) -> u64 {
+    cool << streak.saturating_sub(1).min(6)
+}
+
+#[derive(Clone, Copy)]
+struct Band {
+    lo: f64,
+    hi: f64,
+    mean: f64,
+}
+
+/// The groups of a round: connected components of the edges heavy for their lighter end,
+/// larger than one actor and at most `group_size_max`, spread over more than one place;
+/// in the order of their smallest member.
+fn groups<A>(g: &Graph<A>, cfg: &RoundConfig) -> Vec<Vec<u32>> {
+    let n = g.ids.len();
+    let mut parent: Vec<u32> = (0..n as u32).collect();
+    fn root(p: &mut [u32], mut x: u32) -> u32 {
+        while p[x as usize] != x {
+            p[x as usize] = p[p[x as usize] as usize];
+            x = p[x as usize];
+        }
+        x
+    }
+    for i in 0..n {
+        for &(j, w) in &g.adj[i] {
+            if (j as usize) > i
+                && w >= cfg.group_edge_fraction * g.total[i].min(g.total[j as usize])
+            {
+                let (a, b) = (root(&mut parent, i as u32), root(&mut parent, j));
+                if a != b {
+                    parent[a.max(b) as usize] = a.min(b);
+                }
+            }
+        }
+    }
+    let mut by_root: BTreeMap<u32, Vec<u32>> = BTreeMap::new();
+    for i in 0..n as u32 {
+        let r = root(&mut parent, i);
+        by_root.entry(r).or_default().push(i);
+    }
+    by_root
+        .into_values()
+        .filter(|m| {
+            m.len() > 1
+                && m.len() <= cfg.group_size_max
+                && m.iter().any(|&x| g.loc[x as usize] != g.loc[m[0] as usize])
+        })
+        .collect()
+}
+
+/// Moving one group to one place, with the exchanges its balance needs.
+struct GroupMove<'a, A> {
+    g: &'a mut Graph<A>,
+    members: &'a mut BTreeMap<Location, Vec<u32>>,
+    loads: &'a mut BTreeMap<Location, (f64, f64)>,
+    moved: &'a mut [bool],
+    cooling: &'a [bool],
+    cfg: &'a RoundConfig,
+    band: Band,
+}
+
+impl<A: Clone + PartialEq> GroupMove<'_, A> {
+    /// Tries every place a member is at; keeps the best move of the group that clears the
+    /// hysteresis and the balance, and returns its moves (`None`: the group stays).
+    fn best(&mut self, group: &[u32], budget: usize) -> Option<Vec<Move<A>>> {
+        let mut places: Vec<Location> = group.iter().map(|&x| self.g.loc[x as usize]).collect();
+        places.sort();
+        places.dedup();
+        let mut best: Option<(f64, Location)> = None;
+        for &t in &places {
+            if !self.cfg.across_nodes
+                && group.iter().any(|&x| self.g.loc[x as usize].node != t.node)
+            {
+                continue;
+            }
+            if let Some((gain, undo, _)) = self.try_move(group, t, budget) {
+                if best.is_none_or(|(b, _)| gain > b) {
+                    best = Some((gain, t));
+                }
+                self.revert(undo);
+            }
+        }
+        let (_, t) = best?;
+        let (_, undo, moves) = self.try_move(group, t, budget)?;
+        for (i, _) in &undo {
+            self.moved[*i] = true;
+        }
+        Some(moves)
+    }
+
+    /// Moves the group's movable members to `t` (evicting actors of `t` to the places the
+    /// members left while `t` is above the band); `None` (and nothing changed) unless the
+    /// gain clears the hysteresis and every place touched is in the band or closer to it.
+    #[allow(clippy::type_complexity)]
+    fn try_move(
+        &mut self,
+        group: &[u32],
+        t: Location,
+        budget: usize,
+    ) -> Option<(f64, Vec<(usize, Location)>, Vec<Move<A>>)> {
+        let before: BTreeMap<Location, f64> = self.loads.iter().map(|(l, x)| (*l, x.0)).collect();
+        let mut undo: Vec<(usize, Location)> = Vec::new();
+        let mut moves = Vec::new();
+        let mut gain = 0.0;
+        let mut thr = 0.0;
+        let mut sources: Vec<(Location, A)> = Vec::new();
+        let name = Some(self.g.ids[group[0] as usize].clone());
+        for &x in group {
+            let i = x as usize;
+            let from = self.g.loc[i];
+            if from == t || !self.g.movable[i] || self.moved[i] || self.cooling[i] {
+                continue;
+            }
+            let gi = gain_to(self.g, i, t, &self.cfg.costs);
+            thr += self.cfg.min_gain_fraction * self.g.total[i] * self.cfg.costs.between(from, t);
+            gain += gi;
+            moves.push(Move {
+                group: name.clone(),
+                ..explain(self.g, i, t, gi, None)
+            });
+            apply(self.g, self.members, self.loads, i, t);
+            undo.push((i, from));
+            sources.push((from, self.g.ids[i].clone()));
+        }
+        let in_group = |j: usize| group.contains(&(j as u32));
+        let mut k = 0;
+        while self.loads.get(&t).is_some_and(|x| x.0 > self.band.hi) && !sources.is_empty() {
+            let (back, member) = sources[k % sources.len()].clone();
+            k += 1;
+            let mut partner: Option<(f64, usize)> = None;
+            for &j in self.members.get(&t).map(Vec::as_slice).unwrap_or(&[]) {
+                let j = j as usize;
+                if in_group(j) || !self.g.movable[j] || self.moved[j] || self.cooling[j] {
+                    continue;
+                }
+                let gj = gain_to(self.g, j, back, &self.cfg.costs);
+                if partner.is_none_or(|(b, _)| gj > b) {
+                    partner = Some((gj, j));
+                }
+            }
+            let Some((gj, j)) = partner else { break };
+            gain += gj;
+            let partner = self.g.ids[j].clone();
+            if let Some(m) = moves
+                .iter_mut()
+                .find(|m| m.actor == member && m.exchange_with.is_none())
+            {
+                m.exchange_with = Some(partner);
+            }
+            moves.push(explain(self.g, j, back, gj, Some(member)));
+            apply(self.g, self.members, self.loads, j, back);
+            undo.push((j, t));
+        }
+        let balanced = self.loads.iter().all(|(l, x)| {
+            let b = before.get(l).copied().unwrap_or(x.0);
+            (self.band.lo <= x.0 && x.0 <= self.band.hi)
+                || (x.0 - self.band.mean).abs() <= (b - self.band.mean).abs()
+        });
+        if undo.is_empty() || gain <= 0.0 || gain < thr || !balanced || moves.len() > budget {
+            self.revert(undo);
+            return None;
+        }
+        Some((gain, undo, moves))
+    }
+
+    fn revert(&mut self, undo: Vec<(usize, Location)>) {
+        for (i, from) in undo.into_iter().rev() {
+            apply(self.g, self.members, self.loads, i, from);
+        }
+    }
 }
 
 fn build_graph<A: Clone + Eq + Hash + Ord>(input: &RoundInput<'_, A>) -> Graph<A> {
@@ -416,8 +648,12 @@ fn build_graph<A: Clone + Eq + Hash + Ord>(input: &RoundInput<'_, A>) -> Graph<A
         adj[x as usize].push((y, w));
         adj[y as usize].push((x, w));
     }
-    let total = adj.iter().map(|v| v.iter().map(|e| e.1).sum()).collect();
     let place = |a: &A| input.actors[a];
+    let total = adj
+        .iter()
+        .zip(&ids)
+        .map(|(v, a)| v.iter().map(|e| e.1).sum::<f64>().max(place(a).traffic))
+        .collect();
     Graph {
         loc: ids.iter().map(|a| place(a).location).collect(),
         movable: ids.iter().map(|a| place(a).movable).collect(),
@@ -500,6 +736,7 @@ fn explain<A: Clone>(g: &Graph<A>, i: usize, t: Location, gain: f64, with: Optio
         saved_cross_node: node,
         saved_cross_shard: shard,
         exchange_with: with,
+        group: None,
     }
 }
 
