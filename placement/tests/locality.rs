@@ -62,6 +62,7 @@ fn hashed(n: u32, places: &[Location], seed: u64) -> HashMap<u32, ActorPlace> {
                 a,
                 ActorPlace {
                     location: l,
+                    home: None,
                     movable: true,
                     memory_bytes: 0,
                     traffic: 0.0,
@@ -204,6 +205,7 @@ fn place(node: u64, shard: u16) -> ActorPlace {
             node,
             shard,
         },
+        home: None,
         movable: true,
         memory_bytes: 0,
         traffic: 0.0,
@@ -403,4 +405,47 @@ fn the_sketch_keeps_a_hot_pair_among_uniform_noise() {
     let hot = s.count(&(5, 6)).expect("the hot pair is held");
     assert!(hot >= 2500.0);
     assert!(s.len() <= 64);
+}
+
+#[test]
+fn with_home_routing_the_caller_goes_to_the_callee_s_home() {
+    // 1 calls 2 only. Messages to an actor go through its home first: moving 2 next to 1
+    // would cost two hops per message (1 -> home of 2 -> 1's shard), moving 1 to 2's home
+    // none.
+    let edges = vec![(1u32, 2u32, 50.0)];
+    let at = |shard| Location {
+        zone: 0,
+        node: 0,
+        shard,
+    };
+    let mut actors = HashMap::new();
+    for (a, s) in [(1, 0), (2, 1)] {
+        actors.insert(
+            a,
+            ActorPlace {
+                home: Some(at(s)),
+                ..place(0, s)
+            },
+        );
+    }
+    let mut r = Repartitioner::new(RoundConfig {
+        group_edge_fraction: 0.0,
+        ..RoundConfig::default()
+    });
+    let rep = r.round(&RoundInput {
+        edges: &edges,
+        actors: &actors,
+        loads: &two_shards(10, 10),
+    });
+    assert_eq!(rep.moves.len(), 1, "{:?}", rep.moves);
+    assert_eq!((rep.moves[0].actor, rep.moves[0].to), (1, at(1)));
+    assert_eq!(rep.moves[0].saved_cross_shard, 50.0);
+    // The same with groups on: the group goes where its cost is least (2's home).
+    let rep = Repartitioner::new(RoundConfig::default()).round(&RoundInput {
+        edges: &edges,
+        actors: &actors,
+        loads: &two_shards(10, 10),
+    });
+    assert_eq!(rep.moves.len(), 1, "{:?}", rep.moves);
+    assert_eq!((rep.moves[0].actor, rep.moves[0].to), (1, at(1)));
 }

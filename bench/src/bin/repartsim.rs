@@ -377,6 +377,7 @@ fn simulate(args: &Args, name: &str, edges: &Edges, n: u32, seed: u64) -> Outcom
                     a,
                     ActorPlace {
                         location: place[a as usize],
+                        home: None,
                         movable: true,
                         memory_bytes: 0,
                         traffic: sent.get(&a).copied().unwrap_or(0.0),

@@ -20,7 +20,7 @@
 //! let edges = vec![("a", "b", 100.0), ("c", "c2", 1.0)];
 //! let mut actors = HashMap::new();
 //! for (id, s) in [("a", 0), ("b", 1), ("c", 0), ("c2", 0)] {
-//!     actors.insert(id, ActorPlace { location: at(s), movable: true, memory_bytes: 0, traffic: 0.0 });
+//!     actors.insert(id, ActorPlace { location: at(s), home: None, movable: true, memory_bytes: 0, traffic: 0.0 });
 //! }
 //! let mut loads = BTreeMap::new();
 //! loads.insert(at(0), Load { activations: 10, memory_bytes: None });

@@ -117,6 +117,11 @@ pub struct Load {
 pub struct ActorPlace {
     /// Where it runs now.
     pub location: Location,
+    /// Where messages to it are routed first, if they are (an engine whose senders address an
+    /// actor's home, which forwards to where it lives: a message to it then costs the hop to
+    /// its home plus the hop from its home to its place). `None`: messages go straight to its
+    /// place.
+    pub home: Option<Location>,
     /// It may move (false: immovable types, stateless workers, actors of other nodes).
     pub movable: bool,
     /// Its state's size, bytes (0 if unknown).
@@ -191,9 +196,14 @@ pub struct Repartitioner<A> {
 
 struct Graph<A> {
     ids: Vec<A>,
+    /// Both directions summed (groups, candidate places, traffic).
     adj: Vec<Vec<(u32, f64)>>,
+    /// Messages sent (callee, weight) and received (caller, weight): the costs.
+    out: Vec<Vec<(u32, f64)>>,
+    inn: Vec<Vec<(u32, f64)>>,
     total: Vec<f64>,
     loc: Vec<Location>,
+    home: Vec<Option<Location>>,
     movable: Vec<bool>,
     memory: Vec<u64>,
 }
@@ -631,18 +641,34 @@ fn build_graph<A: Clone + Eq + Hash + Ord>(input: &RoundInput<'_, A>) -> Graph<A
         .iter()
         .filter_map(|(a, b, w)| {
             let (x, y) = (*pos.get(a)?, *pos.get(b)?);
-            (x != y && w.is_finite() && *w > 0.0).then_some((x.min(y), x.max(y), *w))
+            (x != y && w.is_finite() && *w > 0.0).then_some((x, y, *w))
         })
         .collect();
     pairs.sort_by(|p, q| (p.0, p.1).cmp(&(q.0, q.1)).then(p.2.total_cmp(&q.2)));
     let n = ids.len();
-    let mut adj: Vec<Vec<(u32, f64)>> = vec![Vec::new(); n];
+    let mut out: Vec<Vec<(u32, f64)>> = vec![Vec::new(); n];
+    let mut inn: Vec<Vec<(u32, f64)>> = vec![Vec::new(); n];
+    let mut undirected: Vec<(u32, u32, f64)> = Vec::with_capacity(pairs.len());
     let mut k = 0;
     while k < pairs.len() {
         let (x, y) = (pairs[k].0, pairs[k].1);
         let mut w = 0.0;
         while k < pairs.len() && pairs[k].0 == x && pairs[k].1 == y {
             w += pairs[k].2;
+            k += 1;
+        }
+        out[x as usize].push((y, w));
+        inn[y as usize].push((x, w));
+        undirected.push((x.min(y), x.max(y), w));
+    }
+    undirected.sort_by_key(|p| (p.0, p.1));
+    let mut adj: Vec<Vec<(u32, f64)>> = vec![Vec::new(); n];
+    let mut k = 0;
+    while k < undirected.len() {
+        let (x, y) = (undirected[k].0, undirected[k].1);
+        let mut w = 0.0;
+        while k < undirected.len() && undirected[k].0 == x && undirected[k].1 == y {
+            w += undirected[k].2;
             k += 1;
         }
         adj[x as usize].push((y, w));
@@ -656,6 +682,9 @@ fn build_graph<A: Clone + Eq + Hash + Ord>(input: &RoundInput<'_, A>) -> Graph<A
         .collect();
     Graph {
         loc: ids.iter().map(|a| place(a).location).collect(),
+        home: ids.iter().map(|a| place(a).home).collect(),
+        out,
+        inn,
         movable: ids.iter().map(|a| place(a).movable).collect(),
         memory: ids.iter().map(|a| place(a).memory_bytes).collect(),
         ids,
@@ -664,29 +693,73 @@ fn build_graph<A: Clone + Eq + Hash + Ord>(input: &RoundInput<'_, A>) -> Graph<A
     }
 }
 
+/// Counts only the hops between nodes (or zones).
+const NODE_HOPS: Costs = Costs {
+    shard: 0.0,
+    node: 1.0,
+    zone: 1.0,
+};
+/// Counts only the hops between shards of one node.
+const SHARD_HOPS: Costs = Costs {
+    shard: 1.0,
+    node: 0.0,
+    zone: 0.0,
+};
+
+/// The cost of a message sent from `from` to `j`, through `j`'s home if it has one.
+fn route<A>(g: &Graph<A>, costs: &Costs, from: Location, j: usize) -> f64 {
+    match g.home[j] {
+        Some(h) => costs.between(from, h) + costs.between(h, g.loc[j]),
+        None => costs.between(from, g.loc[j]),
+    }
+}
+
+/// The cost of a message from `j` to `i`, were `i` at `at`.
+fn route_in<A>(g: &Graph<A>, costs: &Costs, j: usize, i: usize, at: Location) -> f64 {
+    let from = g.loc[j];
+    match g.home[i] {
+        Some(h) => costs.between(from, h) + costs.between(h, at),
+        None => costs.between(from, at),
+    }
+}
+
+/// The cost of `i`'s traffic were `i` at `at`.
+fn cost_at<A>(g: &Graph<A>, i: usize, at: Location, costs: &Costs) -> f64 {
+    let sent: f64 = g.out[i]
+        .iter()
+        .map(|&(j, w)| w * route(g, costs, at, j as usize))
+        .sum();
+    let received: f64 = g.inn[i]
+        .iter()
+        .map(|&(j, w)| w * route_in(g, costs, j as usize, i, at))
+        .sum();
+    sent + received
+}
+
+/// The fraction of `i`'s traffic that costs nothing where it is.
 fn local_fraction<A>(g: &Graph<A>, i: usize) -> f64 {
     let here = g.loc[i];
-    let local: f64 = g.adj[i]
+    let c = Costs::default();
+    let sent: f64 = g.out[i]
         .iter()
-        .filter(|(j, _)| g.loc[*j as usize] == here)
+        .filter(|(j, _)| route(g, &c, here, *j as usize) == 0.0)
         .map(|e| e.1)
         .sum();
-    local / g.total[i]
+    let received: f64 = g.inn[i]
+        .iter()
+        .filter(|(j, _)| route_in(g, &c, *j as usize, i, here) == 0.0)
+        .map(|e| e.1)
+        .sum();
+    (sent + received) / g.total[i]
 }
 
 /// The cost `i`'s traffic saves if `i` runs at `t` instead of where it is.
 fn gain_to<A>(g: &Graph<A>, i: usize, t: Location, costs: &Costs) -> f64 {
-    let cur = g.loc[i];
-    g.adj[i]
-        .iter()
-        .map(|&(j, w)| {
-            let l = g.loc[j as usize];
-            w * (costs.between(cur, l) - costs.between(t, l))
-        })
-        .sum()
+    cost_at(g, i, g.loc[i], costs) - cost_at(g, i, t, costs)
 }
 
-/// The best place for `i` among its neighbours' places, if its gain clears the hysteresis.
+/// The best place for `i` among its neighbours' places and homes (and its own home), if its
+/// gain clears the hysteresis.
 fn best_target<A>(
     g: &Graph<A>,
     i: usize,
@@ -696,7 +769,9 @@ fn best_target<A>(
     let cur = g.loc[i];
     let mut places: Vec<Location> = g.adj[i]
         .iter()
-        .map(|&(j, _)| g.loc[j as usize])
+        .flat_map(|&(j, _)| [Some(g.loc[j as usize]), g.home[j as usize]])
+        .chain([g.home[i]])
+        .flatten()
         .filter(|l| *l != cur && loads.contains_key(l) && (cfg.across_nodes || l.node == cur.node))
         .collect();
     places.sort();
@@ -713,28 +788,13 @@ fn best_target<A>(
 }
 
 fn explain<A: Clone>(g: &Graph<A>, i: usize, t: Location, gain: f64, with: Option<A>) -> Move<A> {
-    let from = g.loc[i];
-    let (mut node, mut shard) = (0.0, 0.0);
-    for &(j, w) in &g.adj[i] {
-        let l = g.loc[j as usize];
-        let cross = |a: Location| {
-            (
-                a.node != l.node || a.zone != l.zone,
-                a.node == l.node && a.zone == l.zone && a.shard != l.shard,
-            )
-        };
-        let (bn, bs) = cross(from);
-        let (an, as_) = cross(t);
-        node += w * (f64::from(u8::from(bn)) - f64::from(u8::from(an)));
-        shard += w * (f64::from(u8::from(bs)) - f64::from(u8::from(as_)));
-    }
     Move {
         actor: g.ids[i].clone(),
-        from,
+        from: g.loc[i],
         to: t,
         gain,
-        saved_cross_node: node,
-        saved_cross_shard: shard,
+        saved_cross_node: gain_to(g, i, t, &NODE_HOPS),
+        saved_cross_shard: gain_to(g, i, t, &SHARD_HOPS),
         exchange_with: with,
         group: None,
     }
