@@ -18,6 +18,7 @@ use quark_shard::{EngineConfig, ShardSpec};
 use serde::de::{self, Deserializer, SeqAccess, Visitor};
 use serde::Deserialize;
 
+mod locality;
 mod observability;
 mod outbox;
 mod spans;
@@ -40,6 +41,8 @@ pub struct NodeConfig {
     pub outbox: Option<OutboxSection>,
     /// Trace export (`[observability]`); the default: none.
     pub observability: ObservabilityConfig,
+    /// Locality-aware repartitioning (`[locality]`); the default: off.
+    pub locality: crate::locality::LocalityConfig,
     /// The file it was read from (named in start-up errors about it).
     file: Option<PathBuf>,
 }
@@ -169,6 +172,7 @@ struct RawFile {
     admin: Option<RawAdmin>,
     outbox: Option<outbox::RawOutbox>,
     observability: Option<observability::RawObservability>,
+    locality: Option<locality::RawLocality>,
 }
 
 #[derive(Deserialize)]
@@ -648,6 +652,11 @@ impl NodeConfig {
             .map(|o| observability::observability_section(o, &check))
             .transpose()?
             .unwrap_or_default();
+        let locality = raw
+            .locality
+            .map(|l| locality::locality_section(l, &check))
+            .transpose()?
+            .unwrap_or_default();
         Ok(NodeConfig {
             engine,
             actors,
@@ -655,6 +664,7 @@ impl NodeConfig {
             admin,
             outbox,
             observability,
+            locality,
             file: Some(file.to_path_buf()),
         })
     }

@@ -13,6 +13,7 @@ mod cluster;
 mod config;
 pub mod jobs;
 pub mod journal;
+mod locality;
 mod node;
 #[cfg(feature = "otlp")]
 pub mod otlp;
@@ -24,6 +25,9 @@ pub use admin::{AdminConfig, AdminError};
 pub use client::{probe, Client, ClientBuilder, ClientError};
 pub use cluster::ClusterSettings;
 pub use config::{ActorTypeConfig, ConfigError, NodeConfig, ObservabilityConfig, OutboxSection};
+pub use locality::{
+    LocalityConfig, LocalityError, LocalityMove, LocalityRound, LocalityStats, DECAY_PER_ROUND,
+};
 pub use node::{Node, NodeBuilder, NodeError};
 /// The rkyv version wire types are archived with. Derive a wire type through it, with no
 /// direct rkyv dependency:

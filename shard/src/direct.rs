@@ -140,7 +140,7 @@ fn first_poll<A: Actor>(
         let mut poll = || unsafe { slot.turn() }.poll_catching(&mut cx);
         match sampled {
             None => poll(),
-            Some(_) => crate::stats::with_caller(act.ctx.type_idx, poll),
+            Some(_) => crate::stats::with_caller(act.ctx.type_idx, &act.ctx.id.key, poll),
         }
     });
     depth.set(depth.get() - 1);
@@ -185,7 +185,7 @@ where
         Admit::Yield => return DirectTell::Yield(msg),
         Admit::No => return DirectTell::Refused(msg),
     };
-    crate::stats::note_send(type_idx);
+    crate::stats::note_send(type_idx, key);
     act.begin_direct(core);
     let mut slot = core.take_turn_slot();
     {
@@ -238,7 +238,7 @@ where
         Admit::Yield => return DirectAsk::Yield(msg),
         Admit::Busy(_) | Admit::No => return DirectAsk::Refused(msg),
     };
-    crate::stats::note_send(type_idx);
+    crate::stats::note_send(type_idx, key);
     act.begin_direct(core);
     let mut slot = core.take_turn_slot();
     let out = slot.reply_ptr().cast::<Option<M::Reply>>();

@@ -307,6 +307,7 @@ fn simulate(args: &Args, name: &str, edges: &Edges, n: u32, seed: u64) -> Outcom
         anchor_local_fraction: args.anchor,
         group_edge_fraction: args.group_edge,
         group_size_max: args.group_max,
+        sample_weight: args.sample_every as f64,
         ..RoundConfig::default()
     };
     let mut r = Repartitioner::new(cfg);

@@ -76,6 +76,14 @@ pub struct RoundConfig {
     pub min_gain_fraction: f64,
     /// Moves between nodes are allowed (else only between shards of the actor's node).
     pub across_nodes: bool,
+    /// What one sample of the edges weighs (the engine samples one turn in 64 and counts a
+    /// sampled message as 64: 64). With `min_samples_z`, a move must also save more than the
+    /// noise of the sampling: `min_samples_z × sqrt(traffic × sample_weight)` (a Poisson
+    /// count's standard deviation), so that a few samples spread at random over partners
+    /// never move an actor.
+    pub sample_weight: f64,
+    /// See `sample_weight` (0: no noise bound).
+    pub min_samples_z: f64,
     /// Groups: an edge whose weight is at least this fraction of the lighter end's traffic
     /// binds its two actors into a group (a community, a pair, a pipeline), which may move to
     /// one place as a whole; 0 disables group moves.
@@ -95,6 +103,8 @@ impl Default for RoundConfig {
             anchor_local_fraction: 0.75,
             min_gain_fraction: 0.25,
             across_nodes: true,
+            sample_weight: 1.0,
+            min_samples_z: 3.0,
             group_edge_fraction: 0.2,
             group_size_max: 128,
             costs: Costs::default(),
@@ -398,7 +408,7 @@ impl<A: Clone + Eq + Hash + Ord> Repartitioner<A> {
                     best = Some((gj, j));
                 }
             }
-            let thr = cfg.min_gain_fraction * g.total[i] * cfg.costs.between(from, t);
+            let thr = threshold(&cfg, g.total[i], cfg.costs.between(from, t));
             match best {
                 Some((gj, j))
                     if gain + gj >= thr
@@ -448,6 +458,15 @@ fn fits_exchange(
     let (f0, t0) = (f.1 + out, t.1 - out);
     let (f1, t1) = (f.1 + back, t.1 - back);
     (lo <= f1 && f1 <= hi && lo <= t1 && t1 <= hi) || (f1 - t1).abs() <= (f0 - t0).abs()
+}
+
+/// The gain a move of an actor (or group) with `traffic` must clear, for a hop of cost
+/// `hop`: the hysteresis, and the sampling noise (`min_samples_z` standard deviations of a
+/// Poisson count of `traffic / sample_weight` samples).
+fn threshold(cfg: &RoundConfig, traffic: f64, hop: f64) -> f64 {
+    let hysteresis = cfg.min_gain_fraction * traffic * hop;
+    let noise = cfg.min_samples_z * (traffic.max(0.0) * cfg.sample_weight).sqrt() * hop;
+    hysteresis.max(noise)
 }
 
 /// The cooldown after the `streak`-th move in a row: `cool × 2^(streak - 1)`.
@@ -557,6 +576,7 @@ impl<A: Clone + PartialEq> GroupMove<'_, A> {
         let mut moves = Vec::new();
         let mut gain = 0.0;
         let mut thr = 0.0;
+        let (mut traffic, mut hop) = (0.0, 0.0f64);
         let mut sources: Vec<(Location, A)> = Vec::new();
         let name = Some(self.g.ids[group[0] as usize].clone());
         for &x in group {
@@ -567,6 +587,8 @@ impl<A: Clone + PartialEq> GroupMove<'_, A> {
             }
             let gi = gain_to(self.g, i, t, &self.cfg.costs);
             thr += self.cfg.min_gain_fraction * self.g.total[i] * self.cfg.costs.between(from, t);
+            traffic += self.g.total[i];
+            hop = hop.max(self.cfg.costs.between(from, t));
             gain += gi;
             moves.push(Move {
                 group: name.clone(),
@@ -610,6 +632,7 @@ impl<A: Clone + PartialEq> GroupMove<'_, A> {
             (self.band.lo <= x.0 && x.0 <= self.band.hi)
                 || (x.0 - self.band.mean).abs() <= (b - self.band.mean).abs()
         });
+        let thr = thr.max(threshold(self.cfg, traffic, hop));
         if undo.is_empty() || gain <= 0.0 || gain < thr || !balanced || moves.len() > budget {
             self.revert(undo);
             return None;
@@ -779,7 +802,7 @@ fn best_target<A>(
     let mut best: Option<(Location, f64)> = None;
     for t in places {
         let gain = gain_to(g, i, t, &cfg.costs);
-        let thr = cfg.min_gain_fraction * g.total[i] * cfg.costs.between(cur, t);
+        let thr = threshold(cfg, g.total[i], cfg.costs.between(cur, t));
         if gain > 0.0 && gain >= thr && best.is_none_or(|(_, b)| gain > b) {
             best = Some((t, gain));
         }
