@@ -47,7 +47,7 @@ struct Args {
     #[arg(long, default_value_t = 4)]
     shards: u16,
     /// Rounds to run.
-    #[arg(long, default_value_t = 40)]
+    #[arg(long, default_value_t = 60)]
     rounds: u32,
     /// Seed of the graphs, the placement and the sampling.
     #[arg(long, default_value_t = 1)]
@@ -59,7 +59,7 @@ struct Args {
     #[arg(long, default_value_t = 64)]
     sample_every: u64,
     /// Messages per unit of edge weight per round (the sampling draws from weight x this).
-    #[arg(long, default_value_t = 64.0)]
+    #[arg(long, default_value_t = 640.0)]
     messages_per_weight: f64,
     /// Decay factor of the sketches per round.
     #[arg(long, default_value_t = 0.5)]
