@@ -84,8 +84,9 @@ pub enum LocalityError {
     /// `[locality] enabled` is false: the shards do not sample actor edges.
     #[error("locality-aware repartitioning is off: set [locality] enabled = true")]
     NotEnabled,
-    /// A shard did not hand its edges over (it stopped).
-    #[error("shard {shard} did not hand its sampled edges over (stopping?)")]
+    /// A shard did not hand its edges over within a second (stopped, or stuck in a handler
+    /// that blocks its thread).
+    #[error("shard {shard} did not hand its sampled edges over within 1 s (stopped or stuck)")]
     ShardStopped {
         /// The shard.
         shard: ShardId,
@@ -398,21 +399,42 @@ impl Locality {
     }
 }
 
-/// Runs `f` on every shard's thread and collects what it returns, in shard order.
+/// How long a round waits for the shards to hand their edges over (a shard stuck in a
+/// handler that blocks its thread does not hold the round, nor the node's shutdown, forever).
+const SHARD_ANSWER_WAIT: Duration = Duration::from_secs(1);
+
+/// Runs `f` on every shard's thread and collects what it returns, in shard order; waits at
+/// most [`SHARD_ANSWER_WAIT`] in all.
 fn on_every_shard<T: Send + 'static>(
     handle: &EngineHandle,
     f: impl Fn() -> T + Send + Clone + 'static,
 ) -> Result<Vec<T>, LocalityError> {
-    let tasks: Vec<_> = (0..handle.shard_count())
-        .map(|s| {
-            let f = f.clone();
-            (s, handle.spawn_on(s, move || async move { f() }))
-        })
-        .collect();
-    tasks
-        .into_iter()
-        .map(|(shard, t)| {
-            quark_shard::block_on(t).map_err(|_| LocalityError::ShardStopped { shard })
+    let shards = handle.shard_count();
+    let (tx, rx) = mpsc::channel();
+    for s in 0..shards {
+        let (tx, f) = (tx.clone(), f.clone());
+        // Detached: the answer comes through `tx` (a dropped `tx`: the shard stopped).
+        drop(handle.spawn_on(s, move || {
+            let _ = tx.send((s, f()));
+            std::future::ready(())
+        }));
+    }
+    drop(tx);
+    let deadline = std::time::Instant::now() + SHARD_ANSWER_WAIT;
+    let mut got: Vec<Option<T>> = (0..shards).map(|_| None).collect();
+    for _ in 0..shards {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match rx.recv_timeout(left) {
+            Ok((s, v)) => got[usize::from(s)] = Some(v),
+            Err(_) => break,
+        }
+    }
+    got.into_iter()
+        .enumerate()
+        .map(|(s, v)| {
+            v.ok_or(LocalityError::ShardStopped {
+                shard: s as ShardId,
+            })
         })
         .collect()
 }
