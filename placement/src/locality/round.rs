@@ -575,7 +575,6 @@ impl<A: Clone + PartialEq> GroupMove<'_, A> {
         let mut undo: Vec<(usize, Location)> = Vec::new();
         let mut moves = Vec::new();
         let mut gain = 0.0;
-        let mut thr = 0.0;
         let (mut traffic, mut hop) = (0.0, 0.0f64);
         let mut sources: Vec<(Location, A)> = Vec::new();
         let name = Some(self.g.ids[group[0] as usize].clone());
@@ -586,7 +585,6 @@ impl<A: Clone + PartialEq> GroupMove<'_, A> {
                 continue;
             }
             let gi = gain_to(self.g, i, t, &self.cfg.costs);
-            thr += self.cfg.min_gain_fraction * self.g.total[i] * self.cfg.costs.between(from, t);
             traffic += self.g.total[i];
             hop = hop.max(self.cfg.costs.between(from, t));
             gain += gi;
@@ -632,7 +630,31 @@ impl<A: Clone + PartialEq> GroupMove<'_, A> {
             (self.band.lo <= x.0 && x.0 <= self.band.hi)
                 || (x.0 - self.band.mean).abs() <= (b - self.band.mean).abs()
         });
-        let thr = thr.max(threshold(self.cfg, traffic, hop));
+        // The movers' traffic among themselves moves with them (and each such edge was counted
+        // at both ends): the hysteresis applies to the rest, what crosses the movers' boundary.
+        let movers: Vec<usize> = undo
+            .iter()
+            .filter(|(i, _)| in_group(*i))
+            .map(|(i, _)| *i)
+            .collect();
+        let inner: f64 = movers
+            .iter()
+            .map(|&i| {
+                self.g.adj[i]
+                    .iter()
+                    .filter(|(j, _)| movers.contains(&(*j as usize)))
+                    .map(|e| e.1)
+                    .sum::<f64>()
+            })
+            .sum();
+        // Evicted actors move against their interest: their traffic counts in full.
+        let evicted: f64 = undo
+            .iter()
+            .filter(|(i, _)| !in_group(*i))
+            .map(|(i, _)| self.g.total[*i])
+            .sum();
+        let boundary = (traffic - inner).max(0.0) + evicted;
+        let thr = threshold(self.cfg, boundary, hop);
         if undo.is_empty() || gain <= 0.0 || gain < thr || !balanced || moves.len() > budget {
             self.revert(undo);
             return None;
