@@ -8,6 +8,12 @@
 //! sends is counted as an edge of the communication graph (caller type -> callee type). The
 //! sampled figures are estimates: each sampled event stands for [`TURN_SAMPLE_EVERY`] of its
 //! kind. Requests sent to each other shard and to each other node are counted exactly.
+//!
+//! **Actor edges** (the locality repartitioner's input, docs/LOCALITY.md): when
+//! [`actor_edges_enable`] was called on the shard's thread, every message a sampled turn sends
+//! is also counted as an edge *caller actor -> callee actor* in a Space-Saving sketch
+//! (`quark_placement::locality::EdgeSketch`), read and decayed by [`actor_edges_take`]. The
+//! unsampled path pays nothing more than the callee key passed by reference to the check.
 
 use std::cell::{Cell, RefCell};
 use std::time::{Duration, Instant};
