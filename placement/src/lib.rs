@@ -16,6 +16,7 @@
 
 mod id;
 mod live;
+pub mod locality;
 mod ring;
 
 pub use id::{stable_hash, ActorId, ActorKey};

@@ -18,6 +18,7 @@ use quark_shard::{EngineConfig, ShardSpec};
 use serde::de::{self, Deserializer, SeqAccess, Visitor};
 use serde::Deserialize;
 
+mod locality;
 mod memory;
 mod observability;
 mod outbox;
@@ -45,6 +46,8 @@ pub struct NodeConfig {
     pub observability: ObservabilityConfig,
     /// Memory-aware rebalancing (`[memory]`, docs/MEMORY.md); `None` (the default): off.
     pub memory: Option<MemoryConfig>,
+    /// Locality-aware repartitioning (`[locality]`); the default: off.
+    pub locality: crate::locality::LocalityConfig,
     /// The file it was read from (named in start-up errors about it).
     file: Option<PathBuf>,
 }
@@ -184,6 +187,7 @@ struct RawFile {
     outbox: Option<outbox::RawOutbox>,
     observability: Option<observability::RawObservability>,
     memory: Option<memory::RawMemory>,
+    locality: Option<locality::RawLocality>,
 }
 
 #[derive(Deserialize)]
@@ -667,6 +671,11 @@ impl NodeConfig {
             .memory
             .map(|m| memory::memory_section(m, &check))
             .transpose()?;
+        let locality = raw
+            .locality
+            .map(|l| locality::locality_section(l, &check))
+            .transpose()?
+            .unwrap_or_default();
         Ok(NodeConfig {
             engine,
             actors,
@@ -675,6 +684,7 @@ impl NodeConfig {
             outbox,
             observability,
             memory,
+            locality,
             file: Some(file.to_path_buf()),
         })
     }

@@ -13,6 +13,7 @@ mod cluster;
 mod config;
 pub mod jobs;
 pub mod journal;
+mod locality;
 pub mod memory;
 mod node;
 #[cfg(feature = "otlp")]
@@ -27,6 +28,9 @@ pub use cluster::ClusterSettings;
 pub use config::{
     ActorTypeConfig, ConfigError, MemoryConfig, NodeConfig, ObservabilityConfig, OutboxSection,
     VictimStrategy,
+};
+pub use locality::{
+    LocalityConfig, LocalityError, LocalityMove, LocalityRound, LocalityStats, DECAY_PER_ROUND,
 };
 pub use memory::CountingAlloc;
 pub use node::{Node, NodeBuilder, NodeError};

@@ -74,6 +74,9 @@ pub enum NodeError {
     /// The outbox configuration was refused (see `docs/OUTBOX.md`).
     #[error(transparent)]
     Outbox(#[from] crate::outbox::OutboxConfigError),
+    /// Locality-aware repartitioning (`[locality]`) could not start.
+    #[error(transparent)]
+    Locality(#[from] crate::locality::LocalityError),
     /// The OTLP trace exporter (`[observability]`) could not start.
     #[cfg(feature = "otlp")]
     #[error(transparent)]
@@ -443,6 +446,7 @@ impl NodeBuilder {
                 .unwrap_or_default(),
             app_version: engine.app_version().to_owned(),
         };
+        let node_id = engine.node_id().unwrap_or(0);
         *slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(engine);
         let move_cooldown = crate::memory::MoveCooldown::new();
         let memory = match self.config.memory.as_ref().filter(|m| m.enabled) {
@@ -456,6 +460,26 @@ impl NodeBuilder {
                 .map_err(NodeError::MemoryMonitor)?,
             ),
             None => None,
+        };
+        let locality = if self.config.locality.enabled {
+            match crate::locality::Locality::start(
+                &self.config.locality,
+                slot.clone(),
+                handle.clone(),
+                node_id,
+                move_cooldown.clone(),
+            ) {
+                Ok(l) => Some(l),
+                Err(e) => {
+                    let engine = slot.lock().unwrap_or_else(|p| p.into_inner()).take();
+                    if let Some(engine) = engine {
+                        let _report = engine.shutdown();
+                    }
+                    return Err(e.into());
+                }
+            }
+        } else {
+            None
         };
         if let Some(a) = &admin {
             a.set_ready(info.clone());
@@ -473,6 +497,7 @@ impl NodeBuilder {
             reminders,
             memory,
             move_cooldown,
+            locality,
         })
     }
 }
@@ -519,6 +544,8 @@ pub struct Node {
     /// The memory monitor (`[memory]`); stopped before the engine.
     memory: Option<crate::memory::Monitor>,
     move_cooldown: crate::memory::MoveCooldown,
+    /// Locality-aware repartitioning (`[locality] enabled`); stopped first at shutdown.
+    locality: Option<crate::locality::Locality>,
 }
 
 impl Node {
@@ -730,6 +757,30 @@ impl Node {
         self.move_cooldown.clone()
     }
 
+    /// Runs one locality round now (docs/LOCALITY.md): gathers the shards' sampled
+    /// actor-to-actor edges, decides, and moves actors between this node's shards. Blocks
+    /// until the moves ended; never call it on a shard thread. Needs `[locality] enabled`.
+    pub fn locality_round(&self) -> Result<crate::LocalityRound, crate::LocalityError> {
+        self.locality
+            .as_ref()
+            .ok_or(crate::LocalityError::NotEnabled)?
+            .round()
+    }
+
+    /// The locality repartitioner's counters (`None` when `[locality] enabled` is false).
+    pub fn locality_stats(&self) -> Option<crate::LocalityStats> {
+        self.locality.as_ref().map(|l| l.stats())
+    }
+
+    /// Tells the locality repartitioner that `actor` was moved by someone else (a memory
+    /// rebalance, an operator): it then leaves the actor alone for its cooldown, so the two
+    /// never undo each other's moves. No effect when locality is off.
+    pub fn locality_note_moved(&self, actor: quark_shard::ActorId) {
+        if let Some(l) = &self.locality {
+            l.note_moved(actor);
+        }
+    }
+
     fn engine(&self) -> std::sync::MutexGuard<'_, Option<Engine>> {
         self.engine.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -760,6 +811,10 @@ impl Node {
         }
         if let Some(m) = self.memory.take() {
             m.stop();
+        }
+        // Before the engine: a round under way holds the engine's slot while it moves actors.
+        if let Some(l) = self.locality.take() {
+            l.stop();
         }
         if self.outbox_running {
             crate::outbox::stop(&self.handle);

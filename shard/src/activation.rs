@@ -860,7 +860,7 @@ async fn run_activation<A: Actor>(
                 item.start(actor, &act.ctx, turn.as_mut());
                 let run = RunTurn {
                     turn,
-                    caller: crate::turn::caller(sampled, act.ctx.type_idx),
+                    caller: crate::turn::caller(sampled, act.ctx.type_idx, &act.ctx.id.key),
                 };
                 crate::memory::attributed(act.mem.cell(), run).await
             };
@@ -907,7 +907,7 @@ async fn finish_direct<A: Actor>(act: &Rc<Activation<A>>, mut turn: PendingTurn)
     // `act` keeps alive; it is cleared below.
     let run = RunTurn {
         turn: unsafe { turn.slot.turn() },
-        caller: crate::turn::caller(turn.sampled, act.ctx.type_idx),
+        caller: crate::turn::caller(turn.sampled, act.ctx.type_idx, &act.ctx.id.key),
     };
     let result = crate::memory::attributed(act.mem.cell(), run).await;
     if let Some(start) = turn.sampled {
@@ -995,7 +995,7 @@ async fn run_pooled<'a>(core: &Shard, fut: impl Future<Output = ()> + 'a) -> Res
     unsafe { slot.turn() }.set(fut);
     let result = RunTurn {
         turn: unsafe { slot.turn() },
-        caller: crate::stats::NO_CALLER,
+        caller: None,
     }
     .await;
     slot.clear();

@@ -141,7 +141,7 @@ fn first_poll<A: Actor>(
         let _mem = crate::memory::enter(act.mem.cell());
         match sampled {
             None => poll(),
-            Some(_) => crate::stats::with_caller(act.ctx.type_idx, poll),
+            Some(_) => crate::stats::with_caller(act.ctx.type_idx, &act.ctx.id.key, poll),
         }
     });
     depth.set(depth.get() - 1);
@@ -186,7 +186,7 @@ where
         Admit::Yield => return DirectTell::Yield(msg),
         Admit::No => return DirectTell::Refused(msg),
     };
-    crate::stats::note_send(type_idx);
+    crate::stats::note_send(type_idx, key);
     act.begin_direct(core);
     let mut slot = core.take_turn_slot();
     {
@@ -239,7 +239,7 @@ where
         Admit::Yield => return DirectAsk::Yield(msg),
         Admit::Busy(_) | Admit::No => return DirectAsk::Refused(msg),
     };
-    crate::stats::note_send(type_idx);
+    crate::stats::note_send(type_idx, key);
     act.begin_direct(core);
     let mut slot = core.take_turn_slot();
     let out = slot.reply_ptr().cast::<Option<M::Reply>>();

@@ -149,7 +149,7 @@ impl<A, M: Message> Deliver<A, M> {
         reply: ReplyTo,
         origin: Origin,
     ) -> Self {
-        crate::stats::note_send(type_idx);
+        crate::stats::note_send(type_idx, &key);
         Deliver {
             type_idx,
             key,

@@ -75,6 +75,7 @@ pub use net::{NetConfig, NetStatsSnapshot, PeerRtt};
 pub use quark_placement::{ActorId, ActorKey, ShardId};
 pub use scheduler::{JoinError, SpawnHandle};
 pub use stats::{
+    actor_edges_disable, actor_edges_enable, actor_edges_take, ActorEdgeSample, ActorSlot,
     CallEdge, LoadSnapshot, TopActor, TopMemoryActor, TurnDurations, TypeLoad, ASK_LATENCY_BUCKETS,
     TOP_ACTORS_PER_SHARD, TOP_WINDOW, TURN_SAMPLE_EVERY,
 };

@@ -8,11 +8,18 @@
 //! sends is counted as an edge of the communication graph (caller type -> callee type). The
 //! sampled figures are estimates: each sampled event stands for [`TURN_SAMPLE_EVERY`] of its
 //! kind. Requests sent to each other shard and to each other node are counted exactly.
+//!
+//! **Actor edges** (the locality repartitioner's input, docs/LOCALITY.md): when
+//! [`actor_edges_enable`] was called on the shard's thread, every message a sampled turn sends
+//! is also counted as an edge *caller actor -> callee actor* in a Space-Saving sketch
+//! (`quark_placement::locality::EdgeSketch`), read and decayed by [`actor_edges_take`]. The
+//! unsampled path pays nothing more than the callee key passed by reference to the check.
 
 use std::cell::{Cell, RefCell};
 use std::time::{Duration, Instant};
 
-use quark_placement::{ActorId, NodeId};
+use quark_placement::locality::EdgeSketch;
+use quark_placement::{ActorId, ActorKey, NodeId};
 
 /// Index of a message kind in [`ShardStats::tells`], [`ShardStats::asks`] and (the first
 /// three) [`ShardStats::ask_latency`]: to an actor of the same shard.
@@ -279,6 +286,12 @@ impl ShardStats {
 thread_local! {
     /// The type of the sampled turn being polled on this thread ([`NO_CALLER`] otherwise).
     static CALLER: Cell<u16> = const { Cell::new(NO_CALLER) };
+    /// The key of the actor of the sampled turn being polled (null otherwise): valid while
+    /// [`with_caller`] polls that turn (it borrows the key for the poll).
+    static CALLER_KEY: Cell<*const ActorKey> = const { Cell::new(std::ptr::null()) };
+    /// The actor-to-actor edges of this (shard) thread's sampled turns, when the locality
+    /// repartitioner asked for them ([`actor_edges_enable`]).
+    static ACTOR_EDGES: RefCell<Option<ActorEdges>> = const { RefCell::new(None) };
     /// The communication graph of this (shard) thread's sampled turns.
     static EDGES: RefCell<Edges> = const { RefCell::new(Edges { list: Vec::new(), dropped: 0 }) };
 }
@@ -289,42 +302,63 @@ struct Edges {
     dropped: u64,
 }
 
-/// Polls `f` with `caller` as the current sampled caller type (restored after).
+/// Polls `f` with `caller` (a type index) and `key` as the current sampled caller (restored
+/// after).
 #[inline]
-pub(crate) fn with_caller<R>(caller: u16, f: impl FnOnce() -> R) -> R {
-    struct Restore(u16);
+pub(crate) fn with_caller<R>(caller: u16, key: &ActorKey, f: impl FnOnce() -> R) -> R {
+    struct Restore(u16, *const ActorKey);
     impl Drop for Restore {
         fn drop(&mut self) {
             CALLER.with(|c| c.set(self.0));
+            CALLER_KEY.with(|c| c.set(self.1));
         }
     }
-    let _restore = Restore(CALLER.with(|c| c.replace(caller)));
+    let _restore = Restore(
+        CALLER.with(|c| c.replace(caller)),
+        CALLER_KEY.with(|c| c.replace(key)),
+    );
     f()
 }
 
-/// Counts a message to an actor of type `callee` if a sampled turn is sending it.
+/// Counts a message to the actor (`callee` type index, `key`) if a sampled turn is sending
+/// it. Unsampled: one thread-local read and a compare, as before actor edges existed.
 #[inline]
-pub(crate) fn note_send(callee: u16) {
+pub(crate) fn note_send(callee: u16, key: &ActorKey) {
     let caller = CALLER.with(Cell::get);
     if caller != NO_CALLER {
-        record_edge(caller, callee);
+        record_edge(caller, callee, key);
     }
 }
 
 /// [`note_send`] for a message whose callee type index is found only if needed (remote sends).
 #[inline]
-pub(crate) fn note_send_by(callee: impl FnOnce() -> Option<u16>) {
+pub(crate) fn note_send_by(callee: impl FnOnce() -> Option<u16>, key: &ActorKey) {
     let caller = CALLER.with(Cell::get);
     if caller != NO_CALLER {
         if let Some(t) = callee() {
-            record_edge(caller, t);
+            record_edge(caller, t, key);
         }
     }
 }
 
 #[cold]
 #[inline(never)]
-fn record_edge(caller: u16, callee: u16) {
+fn record_edge(caller: u16, callee: u16, key: &ActorKey) {
+    ACTOR_EDGES.with(|a| {
+        let mut a = a.borrow_mut();
+        let Some(a) = a.as_mut() else { return };
+        let ck = CALLER_KEY.with(Cell::get);
+        if ck.is_null() {
+            return;
+        }
+        // SAFETY: `with_caller` set the pointer from a borrowed key for the duration of the
+        // poll that is running now (this call is inside it), and restores it after.
+        let from: ActorSlot = (caller, unsafe { (*ck).clone() });
+        let to: ActorSlot = (callee, key.clone());
+        a.traffic.add(from.clone(), TURN_SAMPLE_EVERY as f64);
+        a.traffic.add(to.clone(), TURN_SAMPLE_EVERY as f64);
+        a.edges.add((from, to), TURN_SAMPLE_EVERY as f64);
+    });
     EDGES.with(|e| {
         let mut e = e.borrow_mut();
         if let Some(x) = e.list.iter_mut().find(|x| x.0 == caller && x.1 == callee) {
@@ -335,6 +369,85 @@ fn record_edge(caller: u16, callee: u16) {
             e.dropped += TURN_SAMPLE_EVERY;
         }
     });
+}
+
+/// An actor as the sampled edges name it: its type's registration index (the order of
+/// [`LoadSnapshot::types`]) and its key.
+pub type ActorSlot = (u16, ActorKey);
+
+/// The actor-to-actor edges of one shard's sampled turns (the locality repartitioner's input;
+/// docs/LOCALITY.md): two Space-Saving sketches of `top_k` entries each.
+struct ActorEdges {
+    /// (caller, callee) -> estimated messages.
+    edges: EdgeSketch<(ActorSlot, ActorSlot)>,
+    /// Actor -> estimated messages sent and received.
+    traffic: EdgeSketch<ActorSlot>,
+}
+
+/// What [`actor_edges_take`] returns: one shard's sampled actor-to-actor traffic since the
+/// last take (decayed by the takes in between), estimated messages (each sampled send stands
+/// for [`TURN_SAMPLE_EVERY`]).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ActorEdgeSample {
+    /// (caller, callee, messages): each edge at its guaranteed weight (the sketch's count
+    /// minus its over-estimation bound), heaviest first.
+    pub edges: Vec<(ActorSlot, ActorSlot, f64)>,
+    /// (actor, messages sent and received), as counted by this shard.
+    pub traffic: Vec<(ActorSlot, f64)>,
+}
+
+/// Starts keeping the actor-to-actor edges of this shard's sampled turns, `top_k` edges and
+/// `top_k` actors at most (a Space-Saving sketch each). Call it on a shard's thread (through
+/// `Engine::spawn_on`); elsewhere it has no effect on any shard. Idempotent: a second call
+/// keeps what was counted (with the new bound if it differs, starting afresh).
+pub fn actor_edges_enable(top_k: usize) {
+    ACTOR_EDGES.with(|a| {
+        let mut a = a.borrow_mut();
+        if a.as_ref()
+            .is_some_and(|x| x.edges.capacity() == top_k.max(1))
+        {
+            return;
+        }
+        *a = Some(ActorEdges {
+            edges: EdgeSketch::new(top_k),
+            traffic: EdgeSketch::new(top_k),
+        });
+    });
+}
+
+/// Stops keeping actor-to-actor edges on this shard (and forgets them).
+pub fn actor_edges_disable() {
+    ACTOR_EDGES.with(|a| *a.borrow_mut() = None);
+}
+
+/// This shard's sampled actor-to-actor traffic, then decays it by `decay` (in `0..=1`;
+/// entries below one message are forgotten). Empty unless [`actor_edges_enable`] was called
+/// on this thread. Call it on the shard's thread.
+pub fn actor_edges_take(decay: f64) -> ActorEdgeSample {
+    ACTOR_EDGES.with(|a| {
+        let mut a = a.borrow_mut();
+        let Some(a) = a.as_mut() else {
+            return ActorEdgeSample::default();
+        };
+        let mut edges: Vec<(ActorSlot, ActorSlot, f64)> = a
+            .edges
+            .counters()
+            .map(|c| (c.key.0.clone(), c.key.1.clone(), c.count - c.error))
+            .filter(|e| e.2 > 0.0)
+            .collect();
+        edges.sort_by(|x, y| {
+            y.2.total_cmp(&x.2)
+                .then_with(|| (&x.0, &x.1).cmp(&(&y.0, &y.1)))
+        });
+        let traffic = a
+            .traffic
+            .counters()
+            .map(|c| (c.key.clone(), c.count))
+            .collect();
+        a.edges.decay_and_trim(decay, 1.0);
+        a.traffic.decay_and_trim(decay, 1.0);
+        ActorEdgeSample { edges, traffic }
+    })
 }
 
 /// A space-saving top-k of actors by sampled turns, over two windows.

@@ -256,29 +256,29 @@ pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
 /// Awaits a pinned turn, returning `Err(panic message)` if it panicked.
 pub(crate) struct RunTurn<'t, 'a> {
     pub(crate) turn: Pin<&'t mut Turn<'a>>,
-    /// The actor type of a sampled turn (its sends are counted in the communication graph
-    /// while it is polled), or `stats::NO_CALLER`.
-    pub(crate) caller: u16,
+    /// The actor (type index, key) of a sampled turn (its sends are counted in the
+    /// communication graph while it is polled), or `None`.
+    pub(crate) caller: Option<(u16, &'t quark_placement::ActorKey)>,
 }
 
-/// `RunTurn::caller` for a turn of type `type_idx`, sampled if `sampled` is `Some`.
+/// `RunTurn::caller` for a turn of the actor (`type_idx`, `key`), sampled if `sampled` is
+/// `Some`.
 #[inline]
-pub(crate) fn caller<T>(sampled: Option<T>, type_idx: u16) -> u16 {
-    if sampled.is_some() {
-        type_idx
-    } else {
-        crate::stats::NO_CALLER
-    }
+pub(crate) fn caller<T>(
+    sampled: Option<T>,
+    type_idx: u16,
+    key: &quark_placement::ActorKey,
+) -> Option<(u16, &quark_placement::ActorKey)> {
+    sampled.map(|_| (type_idx, key))
 }
 
 impl Future for RunTurn<'_, '_> {
     type Output = Result<(), String>;
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        if self.caller == crate::stats::NO_CALLER {
+        let Some((caller, key)) = self.caller else {
             return self.turn.as_mut().poll_catching(cx);
-        }
-        let caller = self.caller;
-        crate::stats::with_caller(caller, || self.turn.as_mut().poll_catching(cx))
+        };
+        crate::stats::with_caller(caller, key, || self.turn.as_mut().poll_catching(cx))
     }
 }
 

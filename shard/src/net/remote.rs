@@ -232,7 +232,10 @@ where
     wire.wake_writer();
     crate::stats::add(&core.stats.asks[crate::stats::REMOTE], 1);
     core.stats.sent_to_node(node);
-    crate::stats::note_send_by(|| core.node.type_index.get(&TypeId::of::<A>()).copied());
+    crate::stats::note_send_by(
+        || core.node.type_index.get(&TypeId::of::<A>()).copied(),
+        &id.key,
+    );
     let outcome = std::future::poll_fn(|cx| {
         let r = core.calls.borrow_mut().poll(wait.call, cx);
         if r.is_ready() {
@@ -375,7 +378,10 @@ where
     wire.frames_queued.set(wire.frames_queued.get() + 1);
     wire.tells_queued.set(wire.tells_queued.get() + 1);
     crate::stats::add(&core.stats.tells[crate::stats::REMOTE], 1);
-    crate::stats::note_send_by(|| core.node.type_index.get(&TypeId::of::<A>()).copied());
+    crate::stats::note_send_by(
+        || core.node.type_index.get(&TypeId::of::<A>()).copied(),
+        &id.key,
+    );
     wire.wake_writer();
     Ok(())
 }

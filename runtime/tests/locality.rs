@@ -1,0 +1,245 @@
+//! Locality-aware repartitioning on one node of two shards (issue 19; docs/LOCALITY.md):
+//! pairs of actors that talk only to each other, placed apart by hash, are co-located by a
+//! round (the engine's own cross-shard counters drop), and a uniformly random workload moves
+//! almost nothing. Rounds are run on demand (`Node::locality_round`), never waited for.
+
+use quark::{
+    block_on, Actor, ActorType, Context, Handler, LocalityConfig, Message, Node, NodeConfig,
+    ShardSpec,
+};
+use quark_placement::{keys_for_shard, ActorId};
+
+struct Caller;
+impl Actor for Caller {
+    const TYPE_NAME: &'static str = "loc.caller";
+}
+struct Callee(u64);
+impl Actor for Callee {
+    const TYPE_NAME: &'static str = "loc.callee";
+}
+
+/// Ask the callee `partner` (or `partners`, in turn) `n` times.
+struct Go {
+    partners: Vec<u64>,
+    n: u32,
+}
+impl Message for Go {
+    type Reply = u64;
+}
+impl Handler<Go> for Caller {
+    async fn handle(&mut self, m: Go, ctx: &Context<Self>) -> u64 {
+        let mut sum = 0;
+        for i in 0..m.n as usize {
+            let p = m.partners[i % m.partners.len()];
+            sum += ctx
+                .actor_ref::<Callee>(p)
+                .ask(Ping)
+                .await
+                .expect("the callee answers");
+        }
+        sum
+    }
+}
+struct Ping;
+impl Message for Ping {
+    type Reply = u64;
+}
+impl Handler<Ping> for Callee {
+    async fn handle(&mut self, _: Ping, _: &Context<Self>) -> u64 {
+        self.0 += 1;
+        self.0
+    }
+}
+
+fn node() -> Node {
+    let mut config = NodeConfig::default();
+    let mut l = LocalityConfig::default();
+    l.enabled = true;
+    // Rounds only on demand in these tests.
+    l.interval = std::time::Duration::from_secs(3600);
+    config.locality = l;
+    Node::builder()
+        .config(config)
+        .engine(|e| e.shards = ShardSpec::Count(2))
+        .register(ActorType::new(|_| Caller).movable())
+        .register(ActorType::new(|_| Callee(0)).movable())
+        .start()
+        .expect("node starts")
+}
+
+/// 16 pairs: 8 callers on shard 0 with their callee on shard 1, 8 the other way round.
+fn pairs() -> Vec<(u64, u64)> {
+    let mut v = Vec::new();
+    for (from, to) in [(0, 1), (1, 0)] {
+        let callers = keys_for_shard(Caller::TYPE_NAME, from, 2).take(8);
+        let callees = keys_for_shard(Callee::TYPE_NAME, to, 2).take(8);
+        v.extend(callers.zip(callees));
+    }
+    v
+}
+
+/// Asks between shards made by the node's actors so far.
+fn cross_shard_asks(node: &Node) -> u64 {
+    node.stats()
+        .expect("stats")
+        .iter()
+        .map(|s| s.messages_cross_shard.asks)
+        .sum()
+}
+
+/// splitmix64, seeded: the order of the callers changes every pass (a fixed order would
+/// alias with the engine's 1-in-64 turn sampling: the same caller sampled every time).
+struct Rng(u64);
+impl Rng {
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        (z ^ (z >> 31)) % n
+    }
+}
+
+/// `passes` times, every caller (in a shuffled order) gets one `Go` of 8 asks to partners
+/// drawn from its list.
+fn run(node: &Node, work: &[(u64, Vec<u64>)], passes: u32, rng: &mut Rng) {
+    let mut order: Vec<usize> = (0..work.len()).collect();
+    for _ in 0..passes {
+        for i in (1..order.len()).rev() {
+            order.swap(i, rng.below(i as u64 + 1) as usize);
+        }
+        for &k in &order {
+            let (caller, partners) = &work[k];
+            let go = Go {
+                partners: (0..8)
+                    .map(|_| partners[rng.below(partners.len() as u64) as usize])
+                    .collect(),
+                n: 8,
+            };
+            block_on(node.actor_ref::<Caller>(*caller).ask(go)).expect("go");
+        }
+    }
+}
+
+#[test]
+fn pairs_placed_apart_are_co_located_and_cross_shard_asks_drop() {
+    let node = node();
+    let work: Vec<(u64, Vec<u64>)> = pairs().into_iter().map(|(a, b)| (a, vec![b])).collect();
+    // Enough turns that every caller's turns are sampled (1 in 64 per type and shard).
+    let rng = &mut Rng(19);
+    run(&node, &work, 200, rng);
+    let a0 = cross_shard_asks(&node);
+    run(&node, &work, 50, rng);
+    let before = cross_shard_asks(&node) - a0;
+    assert!(
+        before >= 16 * 50 * 8,
+        "every inner ask crosses shards: {before}"
+    );
+
+    let round = node.locality_round().expect("a round");
+    let moved: Vec<String> = round
+        .moves
+        .iter()
+        .filter(|m| m.error.is_none())
+        .map(|m| m.actor.to_string())
+        .collect();
+    assert!(round.moves.iter().all(|m| m.error.is_none()), "{round:?}");
+    let callers_moved = round
+        .moves
+        .iter()
+        .filter(|m| m.actor.type_name == Caller::TYPE_NAME)
+        .count();
+    assert!(
+        callers_moved >= 12,
+        "most pairs co-located in one round: {round:?}"
+    );
+    // Each caller's move is explained by what it saves (a callee may move back as the
+    // other half of an exchange, at a small cost).
+    for m in &round.moves {
+        if m.actor.type_name == Caller::TYPE_NAME {
+            assert!(m.saved_cross_shard > 0.0, "{m:?}");
+        }
+    }
+    let saved: f64 = round.moves.iter().map(|m| m.saved_cross_shard).sum();
+    assert!(saved > 0.0, "{round:?}");
+    // Each moved caller now runs on its callee's home shard.
+    for (caller, callee) in pairs() {
+        let cid = ActorId::new(Caller::TYPE_NAME, caller);
+        if moved.contains(&cid.to_string()) {
+            let p = node.placement(&cid).expect("placement");
+            let home_of_callee =
+                quark_placement::shard_for(&ActorId::new(Callee::TYPE_NAME, callee), 2);
+            assert_eq!(p.shard, home_of_callee, "{cid}");
+        }
+    }
+    let a1 = cross_shard_asks(&node);
+    run(&node, &work, 50, rng);
+    let after = cross_shard_asks(&node) - a1;
+    assert!(
+        after * 4 <= before,
+        "cross-shard asks per 50 rounds of work: {before} before, {after} after"
+    );
+    // Converged: a second round of the same workload moves nothing more than it did.
+    run(&node, &work, 200, rng);
+    let again = node.locality_round().expect("a second round");
+    // At most what the first round's balance exchanges left (an actor sent back home).
+    assert!(
+        again.moves.len() <= 2,
+        "the second round only finishes what the first left: {again:?}"
+    );
+    let stats = node.locality_stats().expect("locality is on");
+    assert_eq!(stats.rounds, 2);
+    node.shutdown();
+}
+
+#[test]
+fn uniformly_random_traffic_moves_almost_nothing() {
+    let node = node();
+    let callees: Vec<u64> = (0..32).collect();
+    // Every caller asks callees drawn at random: no pair is heavier than another.
+    let work: Vec<(u64, Vec<u64>)> = (0..32u64).map(|c| (c, callees.clone())).collect();
+    let rng = &mut Rng(23);
+    run(&node, &work, 200, rng);
+    let mut moves = 0;
+    for _ in 0..3 {
+        let round = node.locality_round().expect("a round");
+        moves += round.moves.len();
+        run(&node, &work, 50, rng);
+    }
+    assert!(
+        moves <= 1,
+        "{moves} moves for 64 actors under uniform traffic"
+    );
+    node.shutdown();
+}
+
+#[test]
+fn the_section_is_read_and_checked() {
+    let c = NodeConfig::from_toml(
+        "[locality]\nenabled = true\ninterval_ms = 500\njitter_ms = 0\ncooldown_ms = 2000\ntop_k = 256\nbalance_tolerance = 0.2\nmax_moves_per_round = 8\n",
+        "q.toml",
+    )
+    .expect("valid");
+    assert!(c.locality.enabled);
+    assert_eq!(c.locality.interval, std::time::Duration::from_millis(500));
+    assert_eq!(c.locality.top_k, 256);
+    assert_eq!(c.locality.max_moves_per_round, 8);
+    assert!(!NodeConfig::default().locality.enabled, "off by default");
+    let e = NodeConfig::from_toml("[locality]\nbalance_tolerance = 2.5\n", "q.toml")
+        .expect_err("refused")
+        .to_string();
+    assert!(
+        e.contains("locality.balance_tolerance") && e.contains("2.5"),
+        "{e}"
+    );
+    let e = NodeConfig::from_toml("[locality]\ntop_k = 3\n", "q.toml")
+        .expect_err("refused")
+        .to_string();
+    assert!(e.contains("locality.top_k"), "{e}");
+    let off = Node::builder().start().expect("node");
+    assert!(matches!(
+        off.locality_round(),
+        Err(quark::LocalityError::NotEnabled)
+    ));
+    off.shutdown();
+}
