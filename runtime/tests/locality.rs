@@ -243,3 +243,49 @@ fn the_section_is_read_and_checked() {
     ));
     off.shutdown();
 }
+
+/// The rounds and the memory monitor share the node's per-actor move table
+/// (`Node::move_cooldown`): a round does not move actors another mover moved within the
+/// cooldown, and records the moves it makes there for the other mover to respect.
+#[test]
+fn rounds_share_the_nodes_move_cooldown_with_the_memory_monitor() {
+    let node = node();
+    let work: Vec<(u64, Vec<u64>)> = pairs().into_iter().map(|(a, b)| (a, vec![b])).collect();
+    let rng = &mut Rng(23);
+    run(&node, &work, 200, rng);
+    // As the memory monitor does for each of its moves: half the callers "just moved".
+    let table = node.move_cooldown();
+    let now = std::time::Instant::now();
+    let held: Vec<ActorId> = pairs()
+        .into_iter()
+        .step_by(2)
+        .map(|(c, _)| ActorId::new(Caller::TYPE_NAME, c))
+        .collect();
+    for id in &held {
+        table.moved(id, now);
+    }
+    let round = node.locality_round().expect("a round");
+    for m in &round.moves {
+        assert!(!held.contains(&m.actor), "moved a held actor: {m:?}");
+    }
+    let stats = node.locality_stats().expect("locality is on");
+    assert!(
+        stats.moves_skipped_cooldown >= 4,
+        "the held callers were wanted elsewhere: {stats:?}"
+    );
+    let made: Vec<&ActorId> = round
+        .moves
+        .iter()
+        .filter(|m| m.error.is_none())
+        .map(|m| &m.actor)
+        .collect();
+    assert!(made.len() >= 4, "the others moved: {round:?}");
+    let cooldown = std::time::Duration::from_secs(30);
+    for id in made {
+        assert!(
+            !table.allows(id, std::time::Instant::now(), cooldown),
+            "{id}: the round's move is in the shared table"
+        );
+    }
+    node.shutdown();
+}
