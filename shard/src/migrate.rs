@@ -327,6 +327,21 @@ pub enum MigrateError {
     },
 }
 
+impl MigrateError {
+    /// True for the refusals that pass (the target node unreachable for now, a move of the
+    /// actor already under way, the rate limit, a deactivation in progress): the same move may
+    /// succeed if tried again a little later. Drains and hand-overs retry these.
+    pub fn is_transient(&self) -> bool {
+        matches!(
+            self,
+            MigrateError::NodeUnavailable { .. }
+                | MigrateError::Busy { .. }
+                | MigrateError::RateLimited { .. }
+                | MigrateError::Deactivating { .. }
+        )
+    }
+}
+
 /// A message waiting in (or passing through) a home shard's directory entry: an envelope
 /// whose actor lives on another shard.
 pub(crate) trait Relay {
@@ -2182,12 +2197,7 @@ fn settle_drained(
     };
     match crate::block_on(rx) {
         Ok(Ok(_)) => report.moved += 1,
-        Ok(Err(
-            MigrateError::NodeUnavailable { .. }
-            | MigrateError::Busy { .. }
-            | MigrateError::RateLimited { .. }
-            | MigrateError::Deactivating { .. },
-        )) => retry.push(item),
+        Ok(Err(e)) if e.is_transient() => retry.push(item),
         Ok(Err(e)) => {
             tracing::warn!(actor = %item.1, error = %e, "drain: actor not moved");
             report.failed += 1;

@@ -373,12 +373,7 @@ async fn settle(
     };
     match rx.await {
         Ok(Ok(_)) => *moved += 1,
-        Ok(Err(
-            MigrateError::NodeUnavailable { .. }
-            | MigrateError::Busy { .. }
-            | MigrateError::RateLimited { .. }
-            | MigrateError::Deactivating { .. },
-        )) => retry.push(item),
+        Ok(Err(e)) if e.is_transient() => retry.push(item),
         Ok(Err(e)) => tracing::warn!(error = %e, "hand-over: actor not moved"),
         Err(_) => {}
     }
