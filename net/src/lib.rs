@@ -21,6 +21,9 @@ mod secret;
 pub mod tls;
 mod wire;
 
+mod error_chain;
+pub use error_chain::ErrorChain;
+
 pub use backoff::{Backoff, BackoffConfig};
 pub use counters::{CloseReason, PeerCounters};
 pub use decoder::{decode_frame, Frame, FrameDecoder, READ_CHUNK_BYTES};

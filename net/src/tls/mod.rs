@@ -317,7 +317,7 @@ impl TlsContext {
         let mut st = self.lock();
         if st.checked.elapsed() >= self.files.reload_interval {
             if let Err(e) = self.reload_locked(&mut st) {
-                tracing::error!(error = %ErrorChain(&e),
+                tracing::error!(error = %crate::ErrorChain(&e),
                     "TLS files changed but do not load; the previous certificate stays in use");
             }
         }
@@ -346,21 +346,6 @@ impl TlsContext {
 
 fn stamps(f: &TlsFiles) -> [Option<FileStamp>; 3] {
     [stamp(&f.ca), stamp(&f.cert), stamp(&f.key)]
-}
-
-/// Writes an error and its sources, `: `-separated.
-struct ErrorChain<'a>(&'a dyn std::error::Error);
-
-impl std::fmt::Display for ErrorChain<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}", self.0)?;
-        let mut next = self.0.source();
-        while let Some(e) = next {
-            write!(f, ": {e}")?;
-            next = e.source();
-        }
-        Ok(())
-    }
 }
 
 fn read(kind: TlsFileKind, path: &Path) -> Result<Vec<u8>, TlsError> {
