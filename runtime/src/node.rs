@@ -698,10 +698,14 @@ impl Node {
         actor: &quark_shard::ActorId,
         to: quark_shard::ShardId,
     ) -> Result<quark_shard::Moved, quark_shard::MigrateError> {
-        self.engine()
+        let moved = self
+            .engine()
             .as_ref()
             .expect("the engine is in its slot until shutdown consumes the node")
-            .migrate(actor, to)
+            .migrate(actor, to)?;
+        // In the node's move table, so the automatic movers leave it there for a while.
+        self.move_cooldown.moved(actor, std::time::Instant::now());
+        Ok(moved)
     }
 
     /// Moves `actor` (homed on this node) live to node `to_node` of the cluster, its state
@@ -713,10 +717,13 @@ impl Node {
         actor: &quark_shard::ActorId,
         to_node: quark_placement::NodeId,
     ) -> Result<quark_shard::Moved, quark_shard::MigrateError> {
-        self.engine()
+        let moved = self
+            .engine()
             .as_ref()
             .expect("the engine is in its slot until shutdown consumes the node")
-            .migrate_to_node(actor, to_node)
+            .migrate_to_node(actor, to_node)?;
+        self.move_cooldown.moved(actor, std::time::Instant::now());
+        Ok(moved)
     }
 
     /// Where `actor` lives on this node (asks its home shard).

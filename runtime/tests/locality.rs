@@ -287,5 +287,13 @@ fn rounds_share_the_nodes_move_cooldown_with_the_memory_monitor() {
             "{id}: the round's move is in the shared table"
         );
     }
+    // A move through the API (an operator's) goes into the same table.
+    // (An actor no round has seen.)
+    block_on(node.actor_ref::<Callee>(1_000_000u64).ask(Ping)).expect("activate");
+    let callee = ActorId::new(Callee::TYPE_NAME, 1_000_000u64);
+    let to = 1 - node.placement(&callee).expect("placement").shard;
+    assert!(table.allows(&callee, std::time::Instant::now(), cooldown));
+    node.migrate(&callee, to).expect("move");
+    assert!(!table.allows(&callee, std::time::Instant::now(), cooldown));
     node.shutdown();
 }
