@@ -35,6 +35,18 @@ impl Handler<Deposit> for Wallet {
     }
 }
 
+/// `[[cluster.nodes]]` entries for nodes 1 and 2 on free loopback ports.
+fn two_nodes_toml() -> String {
+    let mut nodes_toml = String::new();
+    for (i, a) in free_addrs(2).iter().enumerate() {
+        nodes_toml.push_str(&format!(
+            "[[cluster.nodes]]\nid = {}\naddr = \"{a}\"\n",
+            i + 1
+        ));
+    }
+    nodes_toml
+}
+
 fn start(id: u64, nodes_toml: &str, admin: bool) -> Node {
     start_version(id, nodes_toml, admin, "")
 }
@@ -73,14 +85,7 @@ fn start_version(id: u64, nodes_toml: &str, admin: bool, app_version: &str) -> N
 
 #[test]
 fn a_draining_node_moves_its_actors_to_the_peer_and_every_ask_is_answered() {
-    let addrs = free_addrs(2);
-    let mut nodes_toml = String::new();
-    for (i, a) in addrs.iter().enumerate() {
-        nodes_toml.push_str(&format!(
-            "[[cluster.nodes]]\nid = {}\naddr = \"{a}\"\n",
-            i + 1
-        ));
-    }
+    let nodes_toml = two_nodes_toml();
     let n1 = start(1, &nodes_toml, true);
     let n2 = start(2, &nodes_toml, false);
     const ACTORS: usize = 100;
@@ -168,14 +173,7 @@ fn a_draining_node_moves_its_actors_to_the_peer_and_every_ask_is_answered() {
 /// docs/MIGRATION.md, "Rolling upgrades": the drained states are not asserted here.)
 #[test]
 fn status_shows_each_peers_state_version_and_links() {
-    let addrs = free_addrs(2);
-    let mut nodes_toml = String::new();
-    for (i, a) in addrs.iter().enumerate() {
-        nodes_toml.push_str(&format!(
-            "[[cluster.nodes]]\nid = {}\naddr = \"{a}\"\n",
-            i + 1
-        ));
-    }
+    let nodes_toml = two_nodes_toml();
     let n1 = start_version(1, &nodes_toml, true, "1.0");
     let n2 = start_version(2, &nodes_toml, false, "1.1");
     let admin = n1.admin_addr().expect("admin");
@@ -231,14 +229,7 @@ fn app_version_is_read_and_checked() {
 /// actor to another node and back; `where` names the node; a refusal is a 4xx naming why.
 #[test]
 fn the_admin_route_moves_an_actor_between_nodes() {
-    let addrs = free_addrs(2);
-    let mut nodes_toml = String::new();
-    for (i, a) in addrs.iter().enumerate() {
-        nodes_toml.push_str(&format!(
-            "[[cluster.nodes]]\nid = {}\naddr = \"{a}\"\n",
-            i + 1
-        ));
-    }
+    let nodes_toml = two_nodes_toml();
     let n1 = start(1, &nodes_toml, true);
     let n2 = start(2, &nodes_toml, false);
     let key = (0..100_000u64)
