@@ -69,3 +69,88 @@ fn a_bad_config_file_is_an_error_not_a_panic() {
     assert!(stderr.contains("node.shards"), "{stderr}");
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
+
+/// A CA and one certificate for 127.0.0.1 (server and client use), as PEM files in `dir`.
+fn make_certs(dir: &std::path::Path) {
+    use rcgen::{
+        BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
+        SanType,
+    };
+    std::fs::create_dir_all(dir).expect("cert dir");
+    let mut p = CertificateParams::new(Vec::<String>::new()).expect("params");
+    p.distinguished_name
+        .push(DnType::CommonName, "loadgen test CA");
+    p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca_key = KeyPair::generate().expect("key");
+    let ca = p.self_signed(&ca_key).expect("ca");
+    let mut p = CertificateParams::new(Vec::<String>::new()).expect("params");
+    p.subject_alt_names
+        .push(SanType::IpAddress("127.0.0.1".parse().expect("ip")));
+    p.extended_key_usages = vec![
+        ExtendedKeyUsagePurpose::ServerAuth,
+        ExtendedKeyUsagePurpose::ClientAuth,
+    ];
+    let key = KeyPair::generate().expect("key");
+    let cert = p.signed_by(&key, &ca, &ca_key).expect("cert");
+    std::fs::write(dir.join("ca.crt"), ca.pem()).expect("write");
+    std::fs::write(dir.join("node.crt"), cert.pem()).expect("write");
+    std::fs::write(dir.join("node.key"), key.serialize_pem()).expect("write");
+}
+
+#[test]
+fn target_over_tls_is_served_and_a_client_without_certificates_is_refused() {
+    let dir = std::env::temp_dir().join(format!("loadgen-tls-{}", std::process::id()));
+    make_certs(&dir);
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let addr = format!("127.0.0.1:{port}");
+    let config = dir.join("node.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[node]\nshards = 1\n[cluster]\ncluster_id = \"lg\"\nnode_id = 1\n\
+             [[cluster.nodes]]\nid = 1\naddr = \"{addr}\"\n\
+             [cluster.tls]\nca = {:?}\ncert = {:?}\nkey = {:?}\n",
+            dir.join("ca.crt"),
+            dir.join("node.crt"),
+            dir.join("node.key")
+        ),
+    )
+    .expect("write config");
+    let node = quark::builtin::register_builtin(quark::Node::builder())
+        .config_file(&config)
+        .expect("config")
+        .start()
+        .expect("node starts");
+    let r = run(&[
+        "--target",
+        &addr,
+        "--cluster-id",
+        "lg",
+        "--tls-ca",
+        dir.join("ca.crt").to_str().expect("utf-8"),
+        "--tls-cert",
+        dir.join("node.crt").to_str().expect("utf-8"),
+        "--tls-key",
+        dir.join("node.key").to_str().expect("utf-8"),
+    ]);
+    assert_eq!(r["errors"], 0, "{r}");
+    assert!(r["ops"].as_u64().expect("ops") > 0, "{r}");
+    assert!(
+        r["target"].as_str().expect("target").starts_with("tcp+tls"),
+        "{r}"
+    );
+    // The same node refuses a plaintext client, and loadgen says why.
+    let out = Command::new(env!("CARGO_BIN_EXE_loadgen"))
+        .args(["--duration-s", "0.2", "--warmup-s", "0", "--json"])
+        .args(["--target", &addr, "--cluster-id", "lg"])
+        .output()
+        .expect("loadgen runs");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("TLS"), "{stderr}");
+    drop(node);
+    let _ = std::fs::remove_dir_all(&dir);
+}

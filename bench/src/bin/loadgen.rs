@@ -9,7 +9,9 @@
 //! Over TCP (`--target host:port[,host:port...]`, every node of the cluster, e.g. nodes started
 //! with `quark serve`): the same request loops run inside the shards of a `quark::Client`
 //! (`--client-shards`, default 1), which sends each request straight to the node that owns the
-//! actor. `--cluster-id` and `--secret-env` must match the nodes' `[cluster]` settings.
+//! actor. `--cluster-id` and `--secret-env` must match the nodes' `[cluster]` settings;
+//! against nodes with `[cluster.tls]`, give the client's certificate files with `--tls-ca`,
+//! `--tls-cert` and `--tls-key` (and `--tls-server-name` when the certificates name hosts).
 //!
 //! - Closed loop (`--rate 0`, the default): each loop sends its next request when the previous
 //!   one completed. Latency is measured from the actual send.
@@ -113,6 +115,19 @@ struct Args {
     /// have no secret).
     #[arg(long)]
     secret_env: Option<String>,
+    /// With `--target`: connect over TLS 1.3 with mutual certificates (the nodes' `[cluster.tls]`):
+    /// the CA file. Needs `--tls-cert` and `--tls-key` too.
+    #[arg(long, requires_all = ["tls_cert", "tls_key"])]
+    tls_ca: Option<std::path::PathBuf>,
+    /// With `--tls-ca`: this client's certificate chain (PEM, signed by the CA).
+    #[arg(long, requires = "tls_ca")]
+    tls_cert: Option<std::path::PathBuf>,
+    /// With `--tls-ca`: the private key of `--tls-cert` (PEM).
+    #[arg(long, requires = "tls_ca")]
+    tls_key: Option<std::path::PathBuf>,
+    /// With `--tls-ca`: the name the nodes' certificates carry (default: the dialed IP).
+    #[arg(long, requires = "tls_ca")]
+    tls_server_name: Option<String>,
     /// With `--target`: the client's shards (threads driving the load).
     #[arg(long, default_value_t = 1)]
     client_shards: usize,
@@ -266,6 +281,11 @@ fn start_runner(args: &Args) -> Result<(Runner, Vec<usize>, Duration)> {
             e.shards = quark::ShardSpec::Count(args.client_shards.max(1));
             e.idle_spin = Duration::from_micros(args.client_idle_spin_us);
         });
+    if let (Some(ca), Some(cert), Some(key)) = (&args.tls_ca, &args.tls_cert, &args.tls_key) {
+        let mut files = quark::tls::TlsFiles::new(ca, cert, key);
+        files.server_name = args.tls_server_name.clone();
+        b = b.tls_files(files);
+    }
     for t in &args.target {
         b = b.target(*t);
     }
@@ -640,7 +660,11 @@ fn run(args: Args) -> Result<bool> {
         target: if args.target.is_empty() {
             "in-process".to_owned()
         } else {
-            format!("tcp {:?} via Client", args.target)
+            format!(
+                "tcp{} {:?} via Client",
+                if args.tls_ca.is_some() { "+tls" } else { "" },
+                args.target
+            )
         },
         latency_measured: match (args.op, args.rate > 0.0) {
             (Op::Ask, false) => "send to reply",
