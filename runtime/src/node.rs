@@ -482,6 +482,10 @@ impl NodeBuilder {
             None
         };
         if let Some(a) = &admin {
+            a.set_memory(crate::admin::MemorySource {
+                config: self.config.memory.clone(),
+                monitor: memory.as_ref().map(|m| m.state_handle()),
+            });
             a.set_ready(info.clone());
         }
         Ok(Node {

@@ -148,6 +148,8 @@ fn metrics_exposition_passes_promtool_and_is_documented() {
         "# TYPE quark_top_actor_memory_bytes gauge",
         "quark_actor_state_bytes{actor_type=\"blob\",shard=\"",
         "quark_process_resident_bytes ",
+        "quark_node_memory_level 0",
+        "quark_shard_memory_level{shard=\"1\"} 0",
     ] {
         assert!(text.contains(needle), "missing {needle:?} in\n{text}");
     }

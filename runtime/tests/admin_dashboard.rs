@@ -24,6 +24,8 @@ mod admin_common;
 use admin_common::{chromium, Chore, Count, Sums, Tally};
 
 /// How long one Chromium run may take before the test fails (it usually takes 1–3 s).
+/// The node's `[memory] limit_bytes` (64 GiB: far above what the test uses).
+const MEMORY_LIMIT: u64 = 64 << 30;
 const CHROMIUM_DEADLINE: Duration = Duration::from_secs(60);
 const KEYS: u64 = 24;
 const JOBS: u64 = 5;
@@ -159,7 +161,8 @@ fn dashboard_shows_the_nodes_live_figures_in_headless_chromium() {
     let text = format!(
         "[node]\nshards = 2\npin_threads = false\nidle_spin_us = 0\n\
          [log]\ndata_dir = \"{}\"\nfsync = \"never\"\n\
-         [admin]\nlisten = \"127.0.0.1:0\"\n",
+         [admin]\nlisten = \"127.0.0.1:0\"\n\
+         [memory]\nlimit_bytes = {MEMORY_LIMIT}\n",
         dir.path().join("data").display()
     );
     let config = NodeConfig::from_toml(&text, "dashboard.toml").unwrap();
@@ -346,6 +349,21 @@ fn dashboard_shows_the_nodes_live_figures_in_headless_chromium() {
     assert_eq!(by_memory.len(), 1, "{}", tbody_of(&dom, "top-memory"));
     assert_eq!(by_memory[0][0], "relay/0");
     assert_eq!(number(&by_memory[0][2]), RELAY_BYTES as f64);
+    // The memory panel: the configured limit, its source, a pressure and a level for the
+    // node, and a row per shard (the monitor runs: `[memory]` is configured).
+    assert_eq!(
+        number(text_of(&dom, "mem-limit")),
+        (MEMORY_LIMIT / 1048576) as f64
+    );
+    assert_eq!(text_of(&dom, "mem-limit-source"), "from config");
+    assert!(text_of(&dom, "mem-pressure").ends_with('%'), "{dom}");
+    assert_eq!(text_of(&dom, "mem-level"), "normal");
+    let mem_shards = rows_of(&dom, "mem-shards");
+    assert_eq!(mem_shards.len(), 2, "{}", tbody_of(&dom, "mem-shards"));
+    for r in &mem_shards {
+        assert_eq!(number(&r[2]), (MEMORY_LIMIT / 2 / 1048576) as f64, "{r:?}");
+        assert_eq!((r[3].as_str(), r[4].as_str()), ("normal", "no"), "{r:?}");
+    }
     // The communication graph: relay -> counter, two sampled turns of one ask each.
     let edges = rows_of(&dom, "call-edges");
     assert!(

@@ -46,6 +46,9 @@ pub struct LoadReport {
     pub peer_rtt: Vec<PeerRttReport>,
     /// The OTLP trace exporter's counters (`None`: no exporter).
     pub otlp: Option<OtlpReport>,
+    /// The node's memory: RSS, limit, pressure, growth, levels per shard, the `[memory]`
+    /// monitor's moves (docs/MEMORY.md); `None` while the figures are missing.
+    pub memory: Option<super::MemoryLoad>,
 }
 
 /// One actor type in [`LoadReport`].
@@ -184,6 +187,7 @@ pub(crate) fn report(
         to_nodes: Vec::new(),
         peer_rtt: Vec::new(),
         otlp,
+        memory: None,
     };
     let live = match snapshots {
         Ok(l) => l,
@@ -287,7 +291,12 @@ pub(crate) fn serve(shared: &Shared) -> (u16, &'static str, Vec<u8>) {
     };
     let otlp = otlp_report(shared);
     let uptime = shared.started.elapsed().as_secs_f64();
-    let r = report(snapshots.as_deref().map_err(Clone::clone), otlp, uptime);
+    let mut r = report(snapshots.as_deref().map_err(Clone::clone), otlp, uptime);
+    if let (Some(m), Ok(live)) = (shared.memory.get(), &snapshots) {
+        if !live.is_empty() {
+            r.memory = Some(super::MemoryLoad::of(&m.report(live)));
+        }
+    }
     match serde_json::to_vec(&r) {
         Ok(body) => (200, "application/json", body),
         Err(_) => (

@@ -878,6 +878,12 @@ pub(crate) fn render(shared: &Shared) -> Result<String, RenderError> {
         shared.started.elapsed().as_secs_f64(),
         &mut mono,
     )?;
+    if let (Some(m), Some(Ok(live))) = (shared.memory.get(), &stats) {
+        let families = super::memory::families(&m.report(live), m.monitor.is_some());
+        let mut out = Vec::new();
+        TextEncoder::new().encode(&families, &mut out)?;
+        text.push_str(&String::from_utf8(out)?);
+    }
     if let Some(o) = super::load::otlp_report(shared) {
         let mut out = Vec::new();
         TextEncoder::new().encode(&super::load::otlp_families(o), &mut out)?;

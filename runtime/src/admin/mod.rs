@@ -42,6 +42,7 @@ mod dashboard;
 mod http;
 mod jobs;
 mod load;
+mod memory;
 mod metrics;
 mod outbox;
 mod probe;
@@ -70,6 +71,8 @@ pub use load::{
     quantile_us, EdgeReport, LoadReport, NodeTraffic, OtlpReport, PeerRttReport, TopActorReport,
     TypeReport, LOAD_METRICS, TOP_ACTORS_NODE,
 };
+pub(crate) use memory::MemorySource;
+pub use memory::{MemoryLoad, ShardMemoryLoad, MEMORY_METRICS};
 pub use outbox::{DeadLetterDone, DeadLetterView, DeadLettersPage};
 pub(crate) use probe::{journal_persisted, projection_fed};
 pub use probe::{JournalFigures, LogFigures, OutboxFigures};
@@ -195,6 +198,8 @@ pub(crate) struct Shared {
     started: Instant,
     /// The last value exported for each counter (see `metrics::Monotonic`).
     monotonic: Mutex<metrics::Monotonic>,
+    /// Where the node's memory report comes from, once the node started.
+    memory: OnceLock<MemorySource>,
     /// The OTLP exporter's counters, once the node started one.
     #[cfg(feature = "otlp")]
     otlp: OnceLock<crate::otlp::OtlpStatsHandle>,
@@ -249,6 +254,7 @@ impl AdminServer {
             info: OnceLock::new(),
             started: Instant::now(),
             monotonic: Mutex::new(metrics::Monotonic::default()),
+            memory: OnceLock::new(),
             #[cfg(feature = "otlp")]
             otlp: OnceLock::new(),
         });
@@ -279,6 +285,12 @@ impl AdminServer {
     #[cfg(feature = "otlp")]
     pub(crate) fn set_otlp(&self, stats: crate::otlp::OtlpStatsHandle) {
         let _ = self.shared.otlp.set(stats);
+    }
+
+    /// Exports the node's memory (limit, pressure, levels; the monitor's figures when one
+    /// runs) from now on.
+    pub(crate) fn set_memory(&self, source: MemorySource) {
+        let _ = self.shared.memory.set(source);
     }
 
     pub(crate) fn set_draining(&self) {

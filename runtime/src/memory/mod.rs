@@ -12,7 +12,7 @@ mod sys;
 use std::time::Duration;
 
 pub use cooldown::MoveCooldown;
-pub(crate) use monitor::Monitor;
+pub(crate) use monitor::{Monitor, MonitorState};
 pub use quark_shard::memory::{
     counting, set_leak_policy, ActorMemory, CountingAlloc, LeakReport, MemorySnapshot, TypeMemory,
     CANDIDATES, MEMORY_FULL_PLACE, TOP_MEMORY_PER_SHARD,

@@ -73,6 +73,11 @@ impl Monitor {
         })
     }
 
+    /// Its state, shared (the admin endpoint reads it at each scrape).
+    pub(crate) fn state_handle(&self) -> Arc<Mutex<MonitorState>> {
+        self.state.clone()
+    }
+
     /// A copy of what it knows now.
     pub(crate) fn state(&self) -> MonitorState {
         self.state.lock().unwrap_or_else(|e| e.into_inner()).clone()

@@ -303,6 +303,7 @@ function renderLoad(ld, peers) {
     cell(tr, p ? micros(p.rttvar_us).replace("≤ ", "") : "–");
     cell(tr, fmt(rate((ld.to_nodes.find((t) => t.node === node) || {}).requests, wasNode.get(node), secs)));
   }
+  renderMemory(ld.memory);
   const o = ld.otlp;
   const body = document.querySelector("#otlp tbody");
   if (o) {
@@ -317,6 +318,34 @@ function renderLoad(ld, peers) {
   }
   $("otlp").hidden = !o;
   $("otlp-none").hidden = !!o;
+}
+
+// The node's memory (/quark/load's `memory`, docs/MEMORY.md): limit, pressure, level,
+// growth, the monitor's moves, and per shard its counted bytes, limit, level and refusals.
+function renderMemory(m) {
+  $("mem-none").hidden = !!m;
+  $("mem-shards").hidden = !m;
+  if (!m) return;
+  const mib = (b) => (b == null ? "–" : fmt(b / 1048576));
+  $("mem-limit").textContent = mib(m.limit_bytes);
+  $("mem-limit-source").textContent = m.limit_source === "none" ? "no limit known" : "from " + m.limit_source;
+  $("mem-pressure").textContent = m.pressure == null ? "–" : (100 * m.pressure).toFixed(1) + " %";
+  const level = $("mem-level");
+  level.textContent = m.level;
+  level.className = "value level " + m.level;
+  $("mem-growth").textContent = fmt(m.growth_bytes_per_sec / 1024);
+  $("mem-moves").textContent = fmt(m.moves);
+  $("mem-node-moves").textContent = fmt(m.node_moves);
+  $("mem-leaks").textContent = fmt(m.leaks);
+  fill(document.querySelector("#mem-shards tbody"), m.shards.map((s) => {
+    const tr = document.createElement("tr");
+    cell(tr, String(s.shard));
+    cell(tr, mib(s.bytes));
+    cell(tr, mib(s.limit_bytes));
+    cell(tr, s.level, { class: "level " + s.level });
+    cell(tr, s.refusing ? "yes" : "no");
+    return tr;
+  }));
 }
 
 // The type graph: types on a circle, an arrow per edge, its width by messages.
