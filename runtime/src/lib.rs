@@ -30,7 +30,8 @@ pub use config::{
     VictimStrategy,
 };
 pub use locality::{
-    LocalityConfig, LocalityError, LocalityMove, LocalityRound, LocalityStats, DECAY_PER_ROUND,
+    LocalityConfig, LocalityError, LocalityMove, LocalityPair, LocalityRound, LocalityStats,
+    DECAY_PER_ROUND, TOP_PAIRS,
 };
 pub use memory::CountingAlloc;
 pub use node::{Node, NodeBuilder, NodeError};

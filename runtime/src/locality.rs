@@ -131,6 +131,31 @@ pub struct LocalityRound {
     pub cooling: usize,
     /// The moves, in order.
     pub moves: Vec<LocalityMove>,
+    /// The heaviest actor-to-actor edges the round saw (at most [`TOP_PAIRS`]), heaviest
+    /// first, with where each end ran when the round looked: the communication graph per
+    /// actor pair (the per shard and per node pairs are counted exactly in the shards'
+    /// stats: `LoadSnapshot::to_shards` / `to_nodes`).
+    pub top_pairs: Vec<LocalityPair>,
+}
+
+/// Actor pairs kept in [`LocalityRound::top_pairs`].
+pub const TOP_PAIRS: usize = 20;
+
+/// One actor-to-actor edge of [`LocalityRound::top_pairs`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct LocalityPair {
+    /// The sending actor.
+    pub from: ActorId,
+    /// The receiving actor.
+    pub to: ActorId,
+    /// Estimated messages from `from` to `to`: the sampled sends times the sampling rate,
+    /// summed over the rounds with a weight halved each round (about twice the messages of
+    /// one interval on a steady workload).
+    pub messages_est: f64,
+    /// The shard `from` ran on (`None`: not on this node, or not active).
+    pub from_shard: Option<ShardId>,
+    /// The shard `to` ran on (as `from_shard`).
+    pub to_shard: Option<ShardId>,
 }
 
 /// The repartitioner's counters since the node started.
@@ -251,6 +276,18 @@ impl Locality {
             .clone()
     }
 
+    /// A reader of the counters for the admin endpoint (valid as long as the node runs).
+    pub(crate) fn stats_reader(&self) -> crate::admin::LocalityReader {
+        let state = self.state.clone();
+        Arc::new(move || {
+            state
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .stats
+                .clone()
+        })
+    }
+
     /// Counts a move made by someone else (the memory rebalancer, an operator) in the actor's
     /// cooldown, so that the rounds leave it alone for a while.
     pub(crate) fn note_moved(&self, actor: ActorId) {
@@ -362,6 +399,18 @@ impl Locality {
             actors: &actors,
             loads: &loads,
         });
+        let shard_of = |a: &ActorId| actors.get(a).map(|p| p.location.shard);
+        let top_pairs = edges
+            .iter()
+            .take(TOP_PAIRS)
+            .map(|(a, b, w)| LocalityPair {
+                from: a.clone(),
+                to: b.clone(),
+                messages_est: *w,
+                from_shard: shard_of(a),
+                to_shard: shard_of(b),
+            })
+            .collect();
         let mut round = LocalityRound {
             round: report.round,
             edges: edges.len(),
@@ -369,6 +418,7 @@ impl Locality {
             anchored: report.anchored,
             cooling: report.cooling,
             moves: Vec::new(),
+            top_pairs,
         };
         for m in report.moves {
             let now = Instant::now();

@@ -486,6 +486,9 @@ impl NodeBuilder {
                 config: self.config.memory.clone(),
                 monitor: memory.as_ref().map(|m| m.state_handle()),
             });
+            if let Some(l) = &locality {
+                a.set_locality(l.stats_reader());
+            }
             a.set_ready(info.clone());
         }
         Ok(Node {

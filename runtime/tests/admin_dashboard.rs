@@ -162,7 +162,8 @@ fn dashboard_shows_the_nodes_live_figures_in_headless_chromium() {
         "[node]\nshards = 2\npin_threads = false\nidle_spin_us = 0\n\
          [log]\ndata_dir = \"{}\"\nfsync = \"never\"\n\
          [admin]\nlisten = \"127.0.0.1:0\"\n\
-         [memory]\nlimit_bytes = {MEMORY_LIMIT}\n",
+         [memory]\nlimit_bytes = {MEMORY_LIMIT}\n\
+         [locality]\nenabled = true\ninterval_ms = 3600000\n",
         dir.path().join("data").display()
     );
     let config = NodeConfig::from_toml(&text, "dashboard.toml").unwrap();
@@ -200,6 +201,9 @@ fn dashboard_shows_the_nodes_live_figures_in_headless_chromium() {
     let live: u64 = stats.iter().map(|s| s.live_activations).sum();
     // One activation per counter and tally key, the relay, and the projection's own.
     assert_eq!(live, KEYS + TALLIES + 2);
+    // One locality round (on demand) over the relay's sampled asks.
+    let round = node.locality_round().unwrap();
+    assert!(!round.top_pairs.is_empty(), "{round:?}");
 
     // Traffic to the same keys while the page is open: rates, but no new activations.
     let stop = Arc::new(AtomicBool::new(false));
@@ -364,6 +368,18 @@ fn dashboard_shows_the_nodes_live_figures_in_headless_chromium() {
         assert_eq!(number(&r[2]), (MEMORY_LIMIT / 2 / 1048576) as f64, "{r:?}");
         assert_eq!((r[3].as_str(), r[4].as_str()), ("normal", "no"), "{r:?}");
     }
+    // The locality panel: the round, and its heaviest pair as the API reported it.
+    assert_eq!(text_of(&dom, "loc-rounds"), "1");
+    let pairs = rows_of(&dom, "loc-pairs");
+    assert_eq!(
+        pairs.len(),
+        round.top_pairs.len(),
+        "{}",
+        tbody_of(&dom, "loc-pairs")
+    );
+    assert_eq!(pairs[0][0], round.top_pairs[0].from.to_string());
+    assert_eq!(pairs[0][1], round.top_pairs[0].to.to_string());
+    assert_eq!(pairs[0][0], "relay/0");
     // The communication graph: relay -> counter, two sampled turns of one ask each.
     let edges = rows_of(&dom, "call-edges");
     assert!(

@@ -58,6 +58,9 @@ fn node() -> Node {
     // Rounds only on demand in these tests.
     l.interval = std::time::Duration::from_secs(3600);
     config.locality = l;
+    config.admin = Some(quark::AdminConfig::new(
+        "127.0.0.1:0".parse().expect("an address"),
+    ));
     Node::builder()
         .config(config)
         .engine(|e| e.shards = ShardSpec::Count(2))
@@ -162,6 +165,50 @@ fn pairs_placed_apart_are_co_located_and_cross_shard_asks_drop() {
     }
     let saved: f64 = round.moves.iter().map(|m| m.saved_cross_shard).sum();
     assert!(saved > 0.0, "{round:?}");
+    // The per-pair view: the round's heaviest pairs are caller -> callee edges placed apart
+    // (as the round saw them, before its moves), in the API and on the admin endpoint.
+    assert!(!round.top_pairs.is_empty(), "{round:?}");
+    for p in &round.top_pairs {
+        assert_eq!(
+            (p.from.type_name, p.to.type_name),
+            (Caller::TYPE_NAME, Callee::TYPE_NAME),
+            "{p:?}"
+        );
+        assert!(
+            p.from_shard.is_some() && p.from_shard != p.to_shard,
+            "{p:?}"
+        );
+        assert!(p.messages_est > 0.0, "{p:?}");
+    }
+    let admin = node.admin_addr().expect("[admin] is configured");
+    let t = std::time::Duration::from_secs(10);
+    let load = quark::admin::fetch(admin, "/quark/load", t).expect("/quark/load");
+    let load: quark::admin::LoadReport = serde_json::from_str(&load.body).expect("JSON");
+    let l = load.locality.expect("locality is on");
+    assert_eq!(l.rounds, 1);
+    assert_eq!(l.moves, moved.len() as u64);
+    assert_eq!(l.top_pairs.len(), round.top_pairs.len());
+    assert_eq!(l.top_pairs[0].from, round.top_pairs[0].from.to_string());
+    assert!(l.top_pairs.iter().all(|p| p.crossing), "{l:?}");
+    let metrics = quark::admin::fetch(admin, "/metrics", t)
+        .expect("/metrics")
+        .body;
+    for needle in [
+        "quark_locality_rounds_total 1".to_owned(),
+        format!(
+            "quark_locality_moves_total{{result=\"moved\"}} {}",
+            moved.len()
+        ),
+        format!(
+            "quark_locality_pair_messages{{from=\"{}\",to=\"{}\"}}",
+            round.top_pairs[0].from, round.top_pairs[0].to
+        ),
+    ] {
+        assert!(
+            metrics.contains(&needle),
+            "missing {needle:?} in\n{metrics}"
+        );
+    }
     // Each moved caller now runs on its callee's home shard.
     for (caller, callee) in pairs() {
         let cid = ActorId::new(Caller::TYPE_NAME, caller);

@@ -49,6 +49,9 @@ pub struct LoadReport {
     /// The node's memory: RSS, limit, pressure, growth, levels per shard, the `[memory]`
     /// monitor's moves (docs/MEMORY.md); `None` while the figures are missing.
     pub memory: Option<super::MemoryLoad>,
+    /// The locality repartitioner's counters and its last round's heaviest actor pairs
+    /// (docs/LOCALITY.md); `None` when `[locality]` is not enabled.
+    pub locality: Option<super::LocalityLoad>,
 }
 
 /// One actor type in [`LoadReport`].
@@ -188,6 +191,7 @@ pub(crate) fn report(
         peer_rtt: Vec::new(),
         otlp,
         memory: None,
+        locality: None,
     };
     let live = match snapshots {
         Ok(l) => l,
@@ -297,6 +301,10 @@ pub(crate) fn serve(shared: &Shared) -> (u16, &'static str, Vec<u8>) {
             r.memory = Some(super::MemoryLoad::of(&m.report(live)));
         }
     }
+    r.locality = shared
+        .locality
+        .get()
+        .map(|read| super::LocalityLoad::of(&read()));
     match serde_json::to_vec(&r) {
         Ok(body) => (200, "application/json", body),
         Err(_) => (

@@ -884,6 +884,12 @@ pub(crate) fn render(shared: &Shared) -> Result<String, RenderError> {
         TextEncoder::new().encode(&families, &mut out)?;
         text.push_str(&String::from_utf8(out)?);
     }
+    if let Some(read) = shared.locality.get() {
+        let families = super::locality::families(&read());
+        let mut out = Vec::new();
+        TextEncoder::new().encode(&families, &mut out)?;
+        text.push_str(&String::from_utf8(out)?);
+    }
     if let Some(o) = super::load::otlp_report(shared) {
         let mut out = Vec::new();
         TextEncoder::new().encode(&super::load::otlp_families(o), &mut out)?;

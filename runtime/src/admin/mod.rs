@@ -42,6 +42,7 @@ mod dashboard;
 mod http;
 mod jobs;
 mod load;
+mod locality;
 mod memory;
 mod metrics;
 mod outbox;
@@ -71,6 +72,8 @@ pub use load::{
     quantile_us, EdgeReport, LoadReport, NodeTraffic, OtlpReport, PeerRttReport, TopActorReport,
     TypeReport, LOAD_METRICS, TOP_ACTORS_NODE,
 };
+pub(crate) use locality::LocalityReader;
+pub use locality::{LocalityLoad, PairLoad, LOCALITY_METRICS};
 pub(crate) use memory::MemorySource;
 pub use memory::{MemoryLoad, ShardMemoryLoad, MEMORY_METRICS};
 pub use outbox::{DeadLetterDone, DeadLetterView, DeadLettersPage};
@@ -200,6 +203,8 @@ pub(crate) struct Shared {
     monotonic: Mutex<metrics::Monotonic>,
     /// Where the node's memory report comes from, once the node started.
     memory: OnceLock<MemorySource>,
+    /// The locality repartitioner's counters, when it runs.
+    locality: OnceLock<LocalityReader>,
     /// The OTLP exporter's counters, once the node started one.
     #[cfg(feature = "otlp")]
     otlp: OnceLock<crate::otlp::OtlpStatsHandle>,
@@ -255,6 +260,7 @@ impl AdminServer {
             started: Instant::now(),
             monotonic: Mutex::new(metrics::Monotonic::default()),
             memory: OnceLock::new(),
+            locality: OnceLock::new(),
             #[cfg(feature = "otlp")]
             otlp: OnceLock::new(),
         });
@@ -291,6 +297,11 @@ impl AdminServer {
     /// runs) from now on.
     pub(crate) fn set_memory(&self, source: MemorySource) {
         let _ = self.shared.memory.set(source);
+    }
+
+    /// Exports the locality repartitioner's counters and last round from now on.
+    pub(crate) fn set_locality(&self, reader: LocalityReader) {
+        let _ = self.shared.locality.set(reader);
     }
 
     pub(crate) fn set_draining(&self) {

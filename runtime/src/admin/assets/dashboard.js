@@ -304,6 +304,7 @@ function renderLoad(ld, peers) {
     cell(tr, fmt(rate((ld.to_nodes.find((t) => t.node === node) || {}).requests, wasNode.get(node), secs)));
   }
   renderMemory(ld.memory);
+  renderLocality(ld.locality);
   const o = ld.otlp;
   const body = document.querySelector("#otlp tbody");
   if (o) {
@@ -344,6 +345,30 @@ function renderMemory(m) {
     cell(tr, mib(s.limit_bytes));
     cell(tr, s.level, { class: "level " + s.level });
     cell(tr, s.refusing ? "yes" : "no");
+    return tr;
+  }));
+}
+
+// The locality repartitioner (/quark/load's `locality`, docs/LOCALITY.md): its counters and
+// the last round's heaviest actor pairs, marked when they cross shards.
+function renderLocality(l) {
+  $("loc-none").hidden = !!l;
+  $("loc-pairs").hidden = !l;
+  if (!l) return;
+  $("loc-rounds").textContent = fmt(l.rounds);
+  $("loc-moves").textContent = fmt(l.moves);
+  $("loc-failed").textContent = fmt(l.moves_failed);
+  $("loc-skipped").textContent = fmt(l.moves_skipped_cooldown);
+  $("loc-last").textContent = fmt(l.last_round);
+  $("loc-last-moves").textContent = fmt(l.last_round_moves);
+  $("loc-last-saved").textContent = fmt(l.last_round_saved);
+  const shard = (s) => (s == null ? "?" : String(s));
+  fill(document.querySelector("#loc-pairs tbody"), l.top_pairs.map((p) => {
+    const tr = document.createElement("tr");
+    cell(tr, p.from);
+    cell(tr, p.to);
+    cell(tr, fmt(p.messages_est));
+    cell(tr, shard(p.from_shard) + (p.crossing ? " → " : " = ") + shard(p.to_shard), p.crossing ? { class: "level warning" } : undefined);
     return tr;
   }));
 }
