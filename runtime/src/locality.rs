@@ -20,7 +20,8 @@ use quark_placement::locality::{
 use quark_shard::{ActorId, EngineHandle, MigrateError, ShardId, StatsError};
 
 use crate::admin::EngineSlot;
-use crate::memory::MoveCooldown;
+use crate::config::MemoryConfig;
+use crate::memory::{Level, MoveCooldown};
 
 /// The decay of the shards' sketches per round: an edge's weight halves every round it is
 /// not seen again, so a round sees the last few intervals' traffic, the last one most.
@@ -170,6 +171,9 @@ pub struct LocalityStats {
     /// Moves a round decided but did not make because another mover of the node (the memory
     /// monitor) had moved the actor within `cooldown` (docs/LOCALITY.md).
     pub moves_skipped_cooldown: u64,
+    /// Moves a round decided but did not make because the destination shard was at or over
+    /// its memory warning level (`[memory]`; docs/LOCALITY.md, "With memory rebalancing").
+    pub moves_skipped_memory: u64,
     /// The last round.
     pub last_round: Option<LocalityRound>,
 }
@@ -190,6 +194,9 @@ pub(crate) struct Locality {
     /// The node's per-actor move cooldown, shared with the memory monitor: a round neither
     /// moves an actor another mover moved within `cooldown`, nor lets them undo its moves.
     moves: MoveCooldown,
+    /// The `[memory]` thresholds: a round moves nothing onto a shard at or over its memory
+    /// warning level (`None`: no `[memory]`, no such check).
+    memory: Option<MemoryConfig>,
     cooldown: Duration,
     top_k: usize,
     stop: Option<mpsc::SyncSender<()>>,
@@ -204,6 +211,7 @@ impl Locality {
         handle: EngineHandle,
         node_id: u64,
         moves: MoveCooldown,
+        memory: Option<MemoryConfig>,
     ) -> Result<Locality, LocalityError> {
         let top_k = cfg.top_k;
         on_every_shard(&handle, move || quark_shard::actor_edges_enable(top_k))?;
@@ -218,6 +226,7 @@ impl Locality {
             handle,
             node_id,
             moves,
+            memory,
             cooldown: cfg.cooldown,
             top_k,
             stop: None,
@@ -260,6 +269,7 @@ impl Locality {
             handle: self.handle.clone(),
             node_id: self.node_id,
             moves: self.moves.clone(),
+            memory: self.memory.clone(),
             cooldown: self.cooldown,
             top_k: self.top_k,
             stop: None,
@@ -420,8 +430,27 @@ impl Locality {
             moves: Vec::new(),
             top_pairs,
         };
+        // Shards at or over their memory warning level take no actor (the memory monitor
+        // moves actors off them; a round must not fill them again).
+        let hot: Vec<bool> = match &self.memory {
+            Some(c) => crate::memory::report(Some(c), &stats, None)
+                .shards
+                .iter()
+                .map(|s| s.level >= Level::Warning)
+                .collect(),
+            None => Vec::new(),
+        };
         for m in report.moves {
             let now = Instant::now();
+            if hot.get(usize::from(m.to.shard)) == Some(&true) {
+                tracing::info!(
+                    actor = %m.actor,
+                    to = m.to.shard,
+                    "locality: move not made: the destination shard is at its memory warning level"
+                );
+                state.stats.moves_skipped_memory += 1;
+                continue;
+            }
             if !self.moves.allows(&m.actor, now, self.cooldown) {
                 // Another mover (the memory monitor) moved it recently: leave it where it is
                 // and count the move in its cooldown here too.

@@ -468,6 +468,7 @@ impl NodeBuilder {
                 handle.clone(),
                 node_id,
                 move_cooldown.clone(),
+                self.config.memory.clone(),
             ) {
                 Ok(l) => Some(l),
                 Err(e) => {

@@ -9,6 +9,28 @@ use quark::{
 };
 use quark_placement::{keys_for_shard, ActorId};
 
+// Counted memory per shard, for the memory-warning test (docs/LOCALITY.md, "Memory-hot
+// destinations").
+#[global_allocator]
+static ALLOC: quark::CountingAlloc<std::alloc::System> =
+    quark::CountingAlloc::new(std::alloc::System);
+
+/// Memory ballast: holds what it is told to.
+struct Ballast(Vec<u8>);
+impl Actor for Ballast {
+    const TYPE_NAME: &'static str = "loc.ballast";
+}
+struct Hold(usize);
+impl Message for Hold {
+    type Reply = u16;
+}
+impl Handler<Hold> for Ballast {
+    async fn handle(&mut self, m: Hold, ctx: &Context<Self>) -> u16 {
+        self.0 = vec![7u8; m.0];
+        ctx.shard()
+    }
+}
+
 struct Caller;
 impl Actor for Caller {
     const TYPE_NAME: &'static str = "loc.caller";
@@ -342,5 +364,67 @@ fn rounds_share_the_nodes_move_cooldown_with_the_memory_monitor() {
     assert!(table.allows(&callee, std::time::Instant::now(), cooldown));
     node.migrate(&callee, to).expect("move");
     assert!(!table.allows(&callee, std::time::Instant::now(), cooldown));
+    node.shutdown();
+}
+
+#[test]
+fn rounds_move_nothing_onto_a_shard_at_its_memory_warning_level() {
+    const MIB: usize = 1 << 20;
+    let mut config = NodeConfig::default();
+    let mut l = LocalityConfig::default();
+    l.enabled = true;
+    l.interval = std::time::Duration::from_secs(3600);
+    config.locality = l;
+    // 64 MiB per shard, warning at a quarter (16 MiB); critical and reject far above what
+    // the test holds, so the monitor only watches.
+    let mut m = quark::MemoryConfig::default();
+    m.shard_limit_bytes = Some(64 * MIB as u64);
+    m.warning = 0.25;
+    m.critical = 0.9;
+    m.reject = 0.95;
+    config.memory = Some(m);
+    let node = Node::builder()
+        .config(config)
+        .engine(|e| e.shards = ShardSpec::Count(2))
+        .register(ActorType::new(|_| Caller).movable())
+        .register(ActorType::new(|_| Callee(0)).movable())
+        .register(ActorType::new(|_| Ballast(Vec::new())))
+        .start()
+        .expect("node starts");
+    // 32 MiB of ballast on shard 1: at its warning level, shard 0 under it.
+    let key = keys_for_shard(Ballast::TYPE_NAME, 1, 2)
+        .next()
+        .expect("a key");
+    let on = block_on(node.actor_ref::<Ballast>(key).ask(Hold(32 * MIB))).expect("hold");
+    assert_eq!(on, 1);
+    let levels: Vec<_> = node
+        .memory()
+        .expect("memory")
+        .shards
+        .iter()
+        .map(|s| s.level)
+        .collect();
+    assert_eq!(
+        levels,
+        vec![quark::memory::Level::Normal, quark::memory::Level::Warning],
+        "the test needs shard 1 hot and shard 0 not"
+    );
+    // Pairs placed apart both ways: without the rule, callers move both ways.
+    let work: Vec<(u64, Vec<u64>)> = pairs().into_iter().map(|(a, b)| (a, vec![b])).collect();
+    run(&node, &work, 200, &mut Rng(7));
+    let round = node.locality_round().expect("a round");
+    let stats = node.locality_stats().expect("locality is on");
+    assert!(
+        stats.moves_skipped_memory > 0,
+        "moves onto shard 1 were decided and left out: {stats:?}"
+    );
+    assert!(
+        round.moves.iter().all(|m| m.to == 0),
+        "nothing moved onto the hot shard: {round:?}"
+    );
+    assert!(
+        round.moves.iter().any(|m| m.error.is_none()),
+        "moves onto the cool shard are made: {round:?}"
+    );
     node.shutdown();
 }

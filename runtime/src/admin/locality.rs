@@ -25,6 +25,8 @@ pub struct LocalityLoad {
     pub moves_failed: u64,
     /// Moves left out because another mover had moved the actor within the cooldown.
     pub moves_skipped_cooldown: u64,
+    /// Moves left out because the destination shard was at its memory warning level.
+    pub moves_skipped_memory: u64,
     /// The last round's number (0 before the first).
     pub last_round: u64,
     /// Moves the last round made or tried.
@@ -63,6 +65,7 @@ impl LocalityLoad {
             moves: s.moves,
             moves_failed: s.moves_failed,
             moves_skipped_cooldown: s.moves_skipped_cooldown,
+            moves_skipped_memory: s.moves_skipped_memory,
             last_round: last.map_or(0, |r| r.round),
             last_round_moves: last.map_or(0, |r| r.moves.len()),
             last_round_saved: last.map_or(0.0, |r| {
@@ -94,7 +97,7 @@ impl LocalityLoad {
 /// The metrics of this module: `(name, type, help)`; documented in `docs/OPERATIONS.md`.
 pub const LOCALITY_METRICS: &[(&str, MetricType, &str)] = &[
     ("quark_locality_rounds_total", MetricType::COUNTER, "Locality repartitioning rounds run since the node started (docs/LOCALITY.md). Unit: rounds."),
-    ("quark_locality_moves_total", MetricType::COUNTER, "Moves the locality rounds decided, label result: moved, failed (the engine refused) or skipped_cooldown (another mover moved the actor recently). Unit: moves."),
+    ("quark_locality_moves_total", MetricType::COUNTER, "Moves the locality rounds decided, label result: moved, failed (the engine refused) skipped_cooldown (another mover moved the actor recently) or skipped_memory (the destination shard was at its memory warning level). Unit: moves."),
     ("quark_locality_pair_messages", MetricType::GAUGE, "Estimated messages between the heaviest actor pairs of the last round (labels from and to, type/key; at most 20 pairs), decayed by half each round. Unit: messages."),
 ];
 
@@ -145,6 +148,10 @@ pub(crate) fn families(s: &LocalityStats) -> Vec<MetricFamily> {
                 vec![label("result", "skipped_cooldown")],
                 s.moves_skipped_cooldown,
             ),
+            counter(
+                vec![label("result", "skipped_memory")],
+                s.moves_skipped_memory,
+            ),
         ],
     ));
     let pairs = s
@@ -182,6 +189,7 @@ mod tests {
             moves: 3,
             moves_failed: 1,
             moves_skipped_cooldown: 2,
+            moves_skipped_memory: 5,
             last_round: Some(LocalityRound {
                 round: 4,
                 moves: vec![LocalityMove {
@@ -237,6 +245,7 @@ mod tests {
             "quark_locality_moves_total{result=\"moved\"} 3",
             "quark_locality_moves_total{result=\"failed\"} 1",
             "quark_locality_moves_total{result=\"skipped_cooldown\"} 2",
+            "quark_locality_moves_total{result=\"skipped_memory\"} 5",
             "quark_locality_pair_messages{from=\"order/1\",to=\"stock/2\"} 640",
         ] {
             assert!(t.contains(needle), "missing {needle:?} in\n{t}");

@@ -359,6 +359,7 @@ function renderLocality(l) {
   $("loc-moves").textContent = fmt(l.moves);
   $("loc-failed").textContent = fmt(l.moves_failed);
   $("loc-skipped").textContent = fmt(l.moves_skipped_cooldown);
+  $("loc-skipped-memory").textContent = fmt(l.moves_skipped_memory);
   $("loc-last").textContent = fmt(l.last_round);
   $("loc-last-moves").textContent = fmt(l.last_round_moves);
   $("loc-last-saved").textContent = fmt(l.last_round_saved);
