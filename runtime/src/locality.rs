@@ -21,7 +21,7 @@ use quark_shard::{ActorId, EngineHandle, MigrateError, ShardId, StatsError};
 
 use crate::admin::EngineSlot;
 use crate::config::MemoryConfig;
-use crate::memory::{Level, MoveCooldown};
+use crate::memory::MoveCooldown;
 
 /// The decay of the shards' sketches per round: an edge's weight halves every round it is
 /// not seen again, so a round sees the last few intervals' traffic, the last one most.
@@ -430,23 +430,19 @@ impl Locality {
             moves: Vec::new(),
             top_pairs,
         };
-        // Shards at or over their memory warning level take no actor (the memory monitor
-        // moves actors off them; a round must not fill them again).
-        let hot: Vec<bool> = match &self.memory {
-            Some(c) => crate::memory::report(Some(c), &stats, None)
-                .shards
-                .iter()
-                .map(|s| s.level >= Level::Warning)
-                .collect(),
-            None => Vec::new(),
-        };
+        // A shard takes no actor that would bring it to its memory warning level (the memory
+        // monitor moves actors off such shards; a round must not fill them again), counting
+        // the round's own moves as it goes.
+        let mut room = self.memory.as_ref().map(|c| MemoryRoom::new(c, &stats));
         for m in report.moves {
             let now = Instant::now();
-            if hot.get(usize::from(m.to.shard)) == Some(&true) {
+            let size = room.as_ref().map_or(0, |r| r.size(&m.actor));
+            if room.as_ref().is_some_and(|r| !r.fits(m.to.shard, size)) {
                 tracing::info!(
                     actor = %m.actor,
                     to = m.to.shard,
-                    "locality: move not made: the destination shard is at its memory warning level"
+                    bytes = size,
+                    "locality: move not made: the destination shard would be at its memory warning level"
                 );
                 state.stats.moves_skipped_memory += 1;
                 continue;
@@ -467,6 +463,9 @@ impl Locality {
             let error = match outcome {
                 Ok(_) => {
                     self.moves.moved(&m.actor, now);
+                    if let Some(r) = room.as_mut() {
+                        r.moved(m.from.shard, m.to.shard, size);
+                    }
                     tracing::info!(
                         actor = %m.actor,
                         from = m.from.shard,
@@ -498,6 +497,59 @@ impl Locality {
         state.stats.rounds += 1;
         state.stats.last_round = Some(round.clone());
         Ok(round)
+    }
+}
+
+/// The shards' memory against their warning level, for one round: their counted bytes at
+/// the round's start, updated by the round's own moves, and the sizes of the actors the
+/// shards list (their largest and their move candidates; an actor not listed counts 0).
+struct MemoryRoom {
+    bytes: Vec<u64>,
+    /// `warning` times the shard's limit (`None`: no limit known, always room).
+    warn_at: Vec<Option<f64>>,
+    sizes: HashMap<ActorId, u64>,
+}
+
+impl MemoryRoom {
+    fn new(c: &MemoryConfig, stats: &[quark_shard::ShardStatsSnapshot]) -> MemoryRoom {
+        let r = crate::memory::report(Some(c), stats, None);
+        let sizes = stats
+            .iter()
+            .flat_map(|s| s.load.memory.top.iter().chain(&s.load.memory.candidates))
+            .map(|a| (a.actor.clone(), a.bytes))
+            .collect();
+        MemoryRoom {
+            bytes: r.shards.iter().map(|s| s.memory.shard_bytes).collect(),
+            warn_at: r
+                .shards
+                .iter()
+                .map(|s| s.limit_bytes.map(|l| c.warning * l as f64))
+                .collect(),
+            sizes,
+        }
+    }
+
+    fn size(&self, actor: &ActorId) -> u64 {
+        self.sizes.get(actor).copied().unwrap_or(0)
+    }
+
+    /// `shard` stays under its warning level with `size` more bytes (the level is reached at
+    /// `bytes >= warning * limit`, as `Level::of`).
+    fn fits(&self, shard: ShardId, size: u64) -> bool {
+        let i = usize::from(shard);
+        match self.warn_at.get(i).copied().flatten() {
+            Some(at) => ((self.bytes.get(i).copied().unwrap_or(0) + size) as f64) < at,
+            None => true,
+        }
+    }
+
+    fn moved(&mut self, from: ShardId, to: ShardId, size: u64) {
+        if let Some(b) = self.bytes.get_mut(usize::from(from)) {
+            *b = b.saturating_sub(size);
+        }
+        if let Some(b) = self.bytes.get_mut(usize::from(to)) {
+            *b += size;
+        }
     }
 }
 

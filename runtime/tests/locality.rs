@@ -24,6 +24,12 @@ struct Hold(usize);
 impl Message for Hold {
     type Reply = u16;
 }
+impl Handler<Hold> for Caller {
+    async fn handle(&mut self, m: Hold, ctx: &Context<Self>) -> u16 {
+        self.0 = vec![7u8; m.0];
+        ctx.shard()
+    }
+}
 impl Handler<Hold> for Ballast {
     async fn handle(&mut self, m: Hold, ctx: &Context<Self>) -> u16 {
         self.0 = vec![7u8; m.0];
@@ -31,7 +37,8 @@ impl Handler<Hold> for Ballast {
     }
 }
 
-struct Caller;
+/// A caller; holds what `Hold` tells it to (memory that moves with it).
+struct Caller(Vec<u8>);
 impl Actor for Caller {
     const TYPE_NAME: &'static str = "loc.caller";
 }
@@ -86,7 +93,7 @@ fn node() -> Node {
     Node::builder()
         .config(config)
         .engine(|e| e.shards = ShardSpec::Count(2))
-        .register(ActorType::new(|_| Caller).movable())
+        .register(ActorType::new(|_| Caller(Vec::new())).movable())
         .register(ActorType::new(|_| Callee(0)).movable())
         .start()
         .expect("node starts")
@@ -386,7 +393,7 @@ fn rounds_move_nothing_onto_a_shard_at_its_memory_warning_level() {
     let node = Node::builder()
         .config(config)
         .engine(|e| e.shards = ShardSpec::Count(2))
-        .register(ActorType::new(|_| Caller).movable())
+        .register(ActorType::new(|_| Caller(Vec::new())).movable())
         .register(ActorType::new(|_| Callee(0)).movable())
         .register(ActorType::new(|_| Ballast(Vec::new())))
         .start()
@@ -425,6 +432,104 @@ fn rounds_move_nothing_onto_a_shard_at_its_memory_warning_level() {
     assert!(
         round.moves.iter().any(|m| m.error.is_none()),
         "moves onto the cool shard are made: {round:?}"
+    );
+    node.shutdown();
+}
+
+#[test]
+fn with_both_movers_on_a_static_workload_stops_moving() {
+    const MIB: usize = 1 << 20;
+    let mut config = NodeConfig::default();
+    let mut l = LocalityConfig::default();
+    l.enabled = true;
+    l.interval = std::time::Duration::from_secs(3600);
+    // The locality cooldown stays at its default (60 s): with 0, the rounds alone undo
+    // each other's count-balancing exchanges (docs/LOCALITY.md, Limits). The monitor's is 0:
+    // it would undo at once any locality move that brought a shard over critical.
+    config.locality = l;
+    let mut m = quark::MemoryConfig::default();
+    m.shard_limit_bytes = Some(64 * MIB as u64);
+    m.warning = 0.5;
+    m.critical = 0.6;
+    m.reject = 0.95;
+    m.sample_interval = std::time::Duration::from_millis(50);
+    m.cooldown = std::time::Duration::ZERO;
+    config.memory = Some(m);
+    let node = Node::builder()
+        .config(config)
+        .engine(|e| e.shards = ShardSpec::Count(2))
+        .register(ActorType::new(|_| Caller(Vec::new())).movable())
+        .register(ActorType::new(|_| Callee(0)).movable())
+        .start()
+        .expect("node starts");
+    // 4 pairs on each shard (balanced counts), the callers of shard 0 holding 10 MiB each:
+    // 40 MiB, over shard 0's critical level (38.4 MiB). The monitor moves a caller to shard
+    // 1, which splits its pair: the locality rounds then want it back with its callee. The
+    // two must settle, not fight.
+    let mut work: Vec<(u64, Vec<u64>)> = Vec::new();
+    for shard in [0, 1] {
+        let callers = keys_for_shard(Caller::TYPE_NAME, shard, 2).take(4);
+        let callees = keys_for_shard(Callee::TYPE_NAME, shard, 2).take(4);
+        work.extend(callers.zip(callees).map(|(a, b)| (a, vec![b])));
+    }
+    for (c, _) in &work[..4] {
+        block_on(node.actor_ref::<Caller>(*c).ask(Hold(10 * MIB))).expect("hold");
+    }
+    let under_critical = |node: &Node| {
+        let r = node.memory().expect("memory");
+        r.shards
+            .iter()
+            .all(|s| s.level < quark::memory::Level::Critical)
+            .then_some(r.moves)
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let first = loop {
+        if let Some(moves) = under_critical(&node).filter(|m| *m > 0) {
+            break moves;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the monitor moved nothing"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    let rng = &mut Rng(11);
+    let mut per_round = Vec::new();
+    let mut monitor_moves = first;
+    let mut moved: std::collections::HashMap<String, u32> = Default::default();
+    for _ in 0..6 {
+        run(&node, &work, 100, rng);
+        let round = node.locality_round().expect("a round");
+        let made: Vec<_> = round.moves.iter().filter(|m| m.error.is_none()).collect();
+        for m in &made {
+            *moved.entry(m.actor.to_string()).or_default() += 1;
+        }
+        // A move that brought a shard over critical would make the monitor move again:
+        // wait until every shard is under critical (at once when nothing did).
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let now = loop {
+            if let Some(moves) = under_critical(&node) {
+                break moves;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "a shard stays over critical"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        };
+        per_round.push(made.len() as u64 + (now - monitor_moves));
+        monitor_moves = now;
+    }
+    for mv in node.memory().expect("memory").recent_moves {
+        *moved.entry(mv.actor.to_string()).or_default() += 1;
+    }
+    assert!(
+        per_round[3..].iter().all(|n| *n == 0),
+        "moves per round (locality + monitor) decay to zero: {per_round:?}"
+    );
+    assert!(
+        moved.values().all(|n| *n <= 2),
+        "no actor goes back and forth: {moved:?} (moves per round {per_round:?})"
     );
     node.shutdown();
 }
