@@ -32,6 +32,10 @@ struct Args {
     /// Node 1's limit, MiB (`[memory] limit_bytes`).
     #[arg(long, default_value_t = 256)]
     limit_mib: u64,
+    /// No `limit_bytes` in node 1's `[memory]`: the limit is its cgroup's (the process runs
+    /// in a memory cgroup limited to `--limit-mib`; scripts/memory_oom.sh with CGROUP=1).
+    #[arg(long)]
+    limit_from_cgroup: bool,
     /// The actors' state in all at the end, MiB.
     #[arg(long, default_value_t = 512)]
     total_mib: u64,
@@ -96,13 +100,15 @@ fn node(args: &Args) -> Result<Node> {
         args.node_id, addrs[0], addrs[1]
     );
     if args.memory && args.node_id == 1 {
+        let limit = if args.limit_from_cgroup {
+            String::new()
+        } else {
+            format!("limit_bytes = {}\n", args.limit_mib << 20)
+        };
         text.push_str(&format!(
-            "[memory]\nlimit_bytes = {}\nsample_interval_ms = 100\nleak_samples = 0\n\
+            "[memory]\n{limit}sample_interval_ms = 100\nleak_samples = 0\n\
              warning = {}\ncritical = {}\nreject = {}\n",
-            args.limit_mib << 20,
-            args.warning,
-            args.critical,
-            args.reject
+            args.warning, args.critical, args.reject
         ));
     }
     let config = NodeConfig::from_toml(&text, "memhog.toml")?;
@@ -189,9 +195,11 @@ fn main() -> Result<()> {
     }
     let m = node.memory()?;
     println!(
-        "memhog: memory {} limit {} MiB state {} MiB rss max {} MiB ({:.2} of the limit) moves {} to node 2 {} refused {refused} failed {failed}",
+        "memhog: memory {} limit {} MiB (the node sees {} MiB, from {:?}) state {} MiB rss max {} MiB ({:.2} of the limit) moves {} to node 2 {} refused {refused} failed {failed}",
         if args.memory { "on" } else { "off" },
         args.limit_mib,
+        m.node.limit_bytes.map_or(0, |l| l >> 20),
+        m.node.limit_source,
         state >> 20,
         rss_max >> 20,
         rss_max as f64 / limit as f64,

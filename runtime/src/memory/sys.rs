@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 pub enum LimitSource {
     /// `[memory] limit_bytes`.
     Config,
-    /// The cgroup v2 `memory.max` of the process's cgroup.
+    /// The process's memory cgroup: v2 `memory.max`, else v1 `memory.limit_in_bytes`.
     Cgroup,
     /// No limit known: node thresholds are off.
     None,
@@ -33,11 +33,39 @@ fn cgroup_dir() -> Option<PathBuf> {
     Some(Path::new("/sys/fs/cgroup").join(rel.trim_start_matches('/')))
 }
 
-/// The cgroup v2 `memory.max` of this process's cgroup, bytes; `None` when it is `max`, or
-/// there is no cgroup v2 (or it cannot be read).
+/// The memory limit of this process's cgroup, bytes: the cgroup v2 `memory.max`, else (a
+/// machine on cgroup v1, or v1's memory controller) the v1 `memory.limit_in_bytes`; `None`
+/// without a limit (`max`, or v1's "unlimited", a value near 2^63) or when neither can be
+/// read.
 pub fn cgroup_limit_bytes() -> Option<u64> {
-    let text = std::fs::read_to_string(cgroup_dir()?.join("memory.max")).ok()?;
-    parse_memory_max(&text)
+    if let Some(text) =
+        cgroup_dir().and_then(|d| std::fs::read_to_string(d.join("memory.max")).ok())
+    {
+        return parse_memory_max(&text);
+    }
+    let cgroups = std::fs::read_to_string("/proc/self/cgroup").ok()?;
+    let rel = v1_memory_path(&cgroups)?;
+    let dir = Path::new("/sys/fs/cgroup/memory").join(rel.trim_start_matches('/'));
+    parse_limit_in_bytes(&std::fs::read_to_string(dir.join("memory.limit_in_bytes")).ok()?)
+}
+
+/// The v1 memory controller's path in `/proc/self/cgroup` (the `N:...memory...:/path` line).
+pub(crate) fn v1_memory_path(cgroups: &str) -> Option<&str> {
+    cgroups.lines().find_map(|l| {
+        let mut parts = l.splitn(3, ':');
+        let (_, controllers, path) = (parts.next()?, parts.next()?, parts.next()?);
+        controllers
+            .split(',')
+            .any(|c| c == "memory")
+            .then_some(path)
+    })
+}
+
+/// v1 `memory.limit_in_bytes`: bytes; "unlimited" is the largest page-aligned `i64`
+/// (9223372036854771712), so anything from 2^62 up is no limit.
+pub(crate) fn parse_limit_in_bytes(text: &str) -> Option<u64> {
+    let v: u64 = text.trim().parse().ok()?;
+    (v < 1 << 62).then_some(v)
 }
 
 /// `memory.max`'s text: a number of bytes, or `max` (no limit).
@@ -59,5 +87,15 @@ mod tests {
         assert_eq!(parse_memory_max("max\n"), None);
         assert_eq!(parse_memory_max("junk"), None);
         assert!(resident_bytes().is_some_and(|b| b > 0));
+    }
+
+    #[test]
+    fn cgroup_v1_memory_limit_is_found_and_unlimited_is_none() {
+        let cgroups = "9:pids:/\n4:memory:/process_api/abc\n2:cpu,cpuacct:/\n0::/\n";
+        assert_eq!(v1_memory_path(cgroups), Some("/process_api/abc"));
+        assert_eq!(v1_memory_path("4:cpu:/x\n0::/\n"), None);
+        assert_eq!(parse_limit_in_bytes("314572800\n"), Some(314_572_800));
+        assert_eq!(parse_limit_in_bytes("9223372036854771712\n"), None);
+        assert_eq!(parse_limit_in_bytes("junk"), None);
     }
 }
