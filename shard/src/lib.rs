@@ -60,6 +60,7 @@ pub use actor_ref::{ActorRef, Tell};
 pub use affinity::{allowed_cores, pin_current_thread, PinError};
 #[doc(hidden)]
 pub use clock::{Clock, ManualClock};
+pub use directory::PlacementPolicy;
 pub use engine::{
     current_shard_log, ActorCursor, ActorPage, ActorQuery, ActorQueryError, ActorRow, AskLatency,
     CursorError, Engine, EngineBuilder, EngineConfig, EngineHandle, IoDriver, MessageCounts,

@@ -42,7 +42,7 @@ use crate::activation::{Activation, ActorType, LoadError, MailItemKeyed, TypeInf
 use crate::actor::{Actor, CarriedTimers, Handler, Message};
 use crate::actor_ref::ActorRef;
 use crate::calls::{CallId, CallOutcome, Forward, Waiter};
-use crate::directory::{Directory, Slot};
+use crate::directory::{Directory, PlacementPolicy, Slot};
 use crate::engine::shared::{current_core, NodeShared, Phase};
 use crate::envelope::{CrossMsg, Deliver, Origin, ReplyTo};
 use crate::shard::Shard;
@@ -111,6 +111,59 @@ impl<A: Actor> ActorType<A> {
         });
         self
     }
+}
+
+impl<A: Actor> ActorType<A> {
+    /// Sets where a first activation of this type goes ([`PlacementPolicy`]; default
+    /// [`PlacementPolicy::Hash`], the home shard). Ignored for stateless worker types. A
+    /// policy needs no mover: it places, it does not move (docs/MIGRATION.md, "Placement
+    /// policies").
+    ///
+    /// ```
+    /// use quark_shard::{Actor, ActorType, PlacementPolicy};
+    /// struct Session;
+    /// impl Actor for Session { const TYPE_NAME: &'static str = "session"; }
+    /// let t = ActorType::new(|_| Session).placement(PlacementPolicy::PreferCaller);
+    /// ```
+    pub fn placement(mut self, policy: PlacementPolicy) -> Self {
+        self.placement = policy;
+        self
+    }
+}
+
+/// The node a type's [`PlacementPolicy::Node`] names, if it has one and this node is in a
+/// cluster (stateless worker types: never).
+pub(crate) fn fixed_node(node: &NodeShared, type_idx: Option<u16>) -> Option<NodeId> {
+    node.net.as_ref()?;
+    let ty = &node.types[usize::from(type_idx?)];
+    match ty.placement() {
+        PlacementPolicy::Node(n) if !ty.stateless() => Some(n),
+        _ => None,
+    }
+}
+
+/// True if a first message for `(type_idx, key)` on its home shard `core` may be placed away
+/// from here by its type's policy (a table miss then goes to [`divert`], which decides).
+#[inline]
+fn policy_places(core: &Shard, type_idx: u16, key: &ActorKey) -> bool {
+    let ty = &core.node.types[usize::from(type_idx)];
+    let p = ty.placement();
+    if p == PlacementPolicy::Hash || ty.stateless() {
+        return false;
+    }
+    let away = match p {
+        PlacementPolicy::Node(n) => core.node.net.is_some() && n != this_node(&core.node),
+        p => p.places_on_shards(),
+    };
+    away && is_home(core, type_idx, key)
+}
+
+fn is_home(core: &Shard, type_idx: u16, key: &ActorKey) -> bool {
+    let id = ActorId {
+        type_name: core.node.types[usize::from(type_idx)].name(),
+        key: key.clone(),
+    };
+    shard_for(&id, core.node.shard_count()) == core.id
 }
 
 /// A completed move ([`crate::Engine::migrate`], [`ActorRef::migrate`]).
@@ -355,6 +408,11 @@ pub(crate) trait Relay {
     fn deliver_here(self: Box<Self>, core: &Rc<Shard>);
     /// Sends the message on to the actor on another node (`net::migrate::forward_node`).
     fn forward_node(self: Box<Self>, core: &Rc<Shard>, node: NodeId);
+    /// Where the message was sent from.
+    fn origin(&self) -> Origin;
+    /// Activates the actor on this shard (its home decided it lives here) and delivers the
+    /// message to it, without asking the directory again.
+    fn activate_here(self: Box<Self>, core: &Rc<Shard>);
 }
 
 impl<A, M> Relay for Deliver<A, M>
@@ -407,6 +465,17 @@ where
         let s = &core.stats.migrate_forwarded;
         s.set(s.get() + 1);
         crate::net::forward_node::<A, M>(core, self, node);
+    }
+
+    fn origin(&self) -> Origin {
+        self.origin
+    }
+
+    fn activate_here(self: Box<Self>, core: &Rc<Shard>) {
+        let act = core
+            .table::<A>(self.type_idx)
+            .activate_here(core, &self.key);
+        act.push(self);
     }
 }
 
@@ -616,6 +685,7 @@ impl Migrations {
     pub(crate) fn diverts(&self, core: &Shard, type_idx: u16, key: &ActorKey) -> bool {
         let dir = self.directory.borrow();
         (dir.len() != 0 && dir.has(&(type_idx, key.clone())))
+            || policy_places(core, type_idx, key)
             || (self.draining.get() && {
                 drop(dir);
                 self.drain_peer(type_idx, key).is_some()
@@ -853,6 +923,10 @@ fn command(core: &Rc<Shard>, slot: Slot, cmd: Cmd, place: ShardId) {
 pub(crate) fn divert<A: Actor>(core: &Rc<Shard>, type_idx: u16, item: Box<dyn MailItemKeyed<A>>) {
     let r = item.into_relay();
     let slot = (type_idx, r.key().clone());
+    divert_relay(core, slot, r);
+}
+
+fn divert_relay(core: &Rc<Shard>, slot: Slot, r: Box<dyn Relay>) {
     let mut dir = core.migration.directory.borrow_mut();
     let Some(e) = dir.get_mut(&slot) else {
         // The node drains: a new activation goes to a peer, which the entry names from now.
@@ -865,7 +939,7 @@ pub(crate) fn divert<A: Actor>(core: &Rc<Shard>, type_idx: u16, item: Box<dyn Ma
         // The live member set (docs/MIGRATION.md, "Rolling upgrades"): held until this node
         // joined, or sent on to the node that is the actor's home now.
         return match crate::net::place_new(core, slot.0, &slot.1) {
-            crate::net::NewPlace::Here => r.deliver_here(core),
+            crate::net::NewPlace::Here => first_here(core, slot, r),
             crate::net::NewPlace::Hold => core.migration.held.borrow_mut().push_back((slot.0, r)),
             crate::net::NewPlace::Node(n) => {
                 core.migration.directory.borrow_mut().entry(slot).node = Some(n);
@@ -897,6 +971,37 @@ pub(crate) fn divert<A: Actor>(core: &Rc<Shard>, type_idx: u16, item: Box<dyn Ma
         drop(dir);
         spawn_flusher(core, slot, to);
     }
+}
+
+/// A first message for `slot` (no entry) that its home shard `core` would activate here: the
+/// type's placement policy decides ([`PlacementPolicy`]). Placed away, the actor gets its
+/// entry *before* the message is sent on, so every later message for it finds the entry
+/// and follows (one activation per id, whatever the races between first senders).
+fn first_here(core: &Rc<Shard>, slot: Slot, r: Box<dyn Relay>) {
+    if !policy_places(core, slot.0, &slot.1) {
+        return r.deliver_here(core);
+    }
+    let policy = core.node.types[usize::from(slot.0)].placement();
+    if let PlacementPolicy::Node(n) = policy {
+        core.migration.directory.borrow_mut().entry(slot).node = Some(n);
+        return r.forward_node(core, n);
+    }
+    let sender = match r.origin() {
+        Origin::Local => Some(core.id),
+        Origin::Shard(s) => Some(s),
+        Origin::External | Origin::Timer => None,
+    };
+    let to = policy.first_shard(core.id, sender, core.node.shard_count());
+    if to == core.id {
+        // Not through `deliver`: the table miss would bring it back here.
+        return r.activate_here(core);
+    }
+    core.migration
+        .directory
+        .borrow_mut()
+        .entry(slot.clone())
+        .place = to;
+    divert_relay(core, slot, r);
 }
 
 /// On the home shard: a move ended. Records the new place, answers the caller, logs, and

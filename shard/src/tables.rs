@@ -26,6 +26,8 @@ pub(crate) trait ErasedType: Send + Sync {
     fn migratable(&self) -> bool;
     /// Its state moves as bytes (`ActorType::migratable`): it may move to another node.
     fn bytes_mover(&self) -> bool;
+    /// Where a first activation goes (`ActorType::placement`).
+    fn placement(&self) -> crate::directory::PlacementPolicy;
 }
 
 pub(crate) struct TypeInfo<A: Actor> {
@@ -55,6 +57,9 @@ impl<A: Actor> ErasedType for TypeInfo<A> {
     }
     fn bytes_mover(&self) -> bool {
         self.migratable() && crate::migrate::moves_as_bytes(&self.spec)
+    }
+    fn placement(&self) -> crate::directory::PlacementPolicy {
+        self.spec.placement
     }
 }
 
@@ -288,6 +293,17 @@ impl<A: Actor> TypeTable<A> {
                     .expect("a full pool has at least one worker")
             }
         })
+    }
+
+    /// Activates `key` here and puts it in the table, without asking the directory (its home
+    /// decided, on a first message, that it lives here: `migrate::divert`).
+    pub(crate) fn activate_here(&self, core: &Rc<Shard>, key: &ActorKey) -> Rc<Activation<A>> {
+        if let Some(act) = self.actors.borrow().get(key) {
+            return act.clone();
+        }
+        let act = self.activate(core, key);
+        self.actors.borrow_mut().insert(key.clone(), act.clone());
+        act
     }
 
     fn activate(&self, core: &Rc<Shard>, key: &ActorKey) -> Rc<Activation<A>> {
