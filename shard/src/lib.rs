@@ -71,6 +71,8 @@ pub use engine::{
 pub use engine::{StartFault, StartStep};
 pub use error::{CallError, ErrorChain, LinkDown};
 pub use memory::CountingAlloc;
+#[doc(hidden)]
+pub use migrate::stop_log_moves_after_copy;
 pub use migrate::{DrainReport, MigrateError, Moved, Placement};
 pub use net::{NetConfig, NetStatsSnapshot, PeerRtt};
 pub use quark_placement::{ActorId, ActorKey, ShardId};

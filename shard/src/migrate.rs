@@ -48,6 +48,9 @@ use crate::envelope::{CrossMsg, Deliver, Origin, ReplyTo};
 use crate::shard::Shard;
 use crate::timers::TimerId;
 
+mod log_move;
+pub use log_move::stop_log_moves_after_copy;
+
 /// How an actor type's state moves (set with [`ActorType::movable`] or
 /// [`ActorType::migratable`]; a type without one cannot migrate).
 pub(crate) enum Mover<A> {
@@ -61,6 +64,9 @@ pub(crate) enum Mover<A> {
         dehydrate: Dehydrate<A>,
         rehydrate: Rehydrate<A>,
     },
+    /// The state is in the shard log under these keys: the records move, not the memory
+    /// ([`ActorType::moves_with_log`], `log_move`).
+    Log { keys: log_move::LogKeys },
 }
 
 type Dehydrate<A> = Box<dyn Fn(&A) -> Vec<u8> + Send + Sync>;
@@ -69,6 +75,11 @@ type Rehydrate<A> = Box<dyn Fn(&ActorId, &[u8]) -> Result<A, LoadError> + Send +
 /// True if `spec`'s state moves as bytes (it may cross nodes).
 pub(crate) fn moves_as_bytes<A: Actor>(spec: &ActorType<A>) -> bool {
     matches!(spec.migration, Some(Mover::Bytes { .. }))
+}
+
+/// True if `spec`'s state moves as log records ([`ActorType::moves_with_log`]).
+pub(crate) fn moves_with_log<A: Actor>(spec: &ActorType<A>) -> bool {
+    matches!(spec.migration, Some(Mover::Log { .. }))
 }
 
 fn box_out<A: Send + 'static>(a: A) -> Box<dyn Any + Send> {
@@ -148,14 +159,22 @@ pub(crate) fn fixed_node(node: &NodeShared, type_idx: Option<u16>) -> Option<Nod
 fn policy_places(core: &Shard, type_idx: u16, key: &ActorKey) -> bool {
     let ty = &core.node.types[usize::from(type_idx)];
     let p = ty.placement();
-    if p == PlacementPolicy::Hash || ty.stateless() {
+    let log = ty.log_mover() && core.log.is_some();
+    if (p == PlacementPolicy::Hash && !log) || ty.stateless() {
         return false;
     }
-    let away = match p {
-        PlacementPolicy::Node(n) => core.node.net.is_some() && n != this_node(&core.node),
-        p => p.places_on_shards(),
-    };
+    // A type whose state is in the log: its home reads the place records (`log_move`).
+    let away = log
+        || match p {
+            PlacementPolicy::Node(n) => off_node(core, n),
+            p => p.places_on_shards(),
+        };
     away && is_home(core, type_idx, key)
+}
+
+/// True if `n` is another node of this node's cluster.
+fn off_node(core: &Shard, n: NodeId) -> bool {
+    core.node.net.is_some() && n != this_node(&core.node)
 }
 
 fn is_home(core: &Shard, type_idx: u16, key: &ActorKey) -> bool {
@@ -370,6 +389,18 @@ pub enum MigrateError {
         /// Where it lives now.
         to: ShardId,
         /// The rehydrate error's chain.
+        detail: String,
+    },
+    /// The records of an actor whose state is in the log ([`ActorType::moves_with_log`])
+    /// could not be read, copied or recorded on `shard`: the move did not happen, the actor
+    /// stays where it was (it reloads there from its records at its next message).
+    #[error("actor {actor}: its log records could not be moved (on shard {shard}: {detail}); the actor stays where it was")]
+    LogCopy {
+        /// The actor.
+        actor: ActorId,
+        /// The shard whose log failed.
+        shard: ShardId,
+        /// The log error's chain.
         detail: String,
     },
     /// The node is shutting down.
@@ -787,8 +818,9 @@ fn request_placement(
     node.inject(
         home,
         CrossMsg::run_on(move |core| {
-            let dir = core.migration.directory.borrow();
             let slot = (type_idx, id.key.clone());
+            restore_place(core, &slot);
+            let dir = core.migration.directory.borrow();
             let moving = dir.get(&slot).is_some_and(|e| e.moving.is_some());
             let node = dir
                 .get(&slot)
@@ -845,6 +877,7 @@ fn start(
     let slot = (type_idx, key);
     let actor = actor_id(&core.node, &slot);
     let m = &core.migration;
+    restore_place(core, &slot);
     let from = m.directory.borrow().place_of(&slot);
     match admissible(core, &slot, actor.clone(), to) {
         Err(e) => {
@@ -981,10 +1014,23 @@ fn first_here(core: &Rc<Shard>, slot: Slot, r: Box<dyn Relay>) {
     if !policy_places(core, slot.0, &slot.1) {
         return r.deliver_here(core);
     }
+    let log = log_move::is_log_type(core, slot.0);
+    if log {
+        // Placed before (moved, or by its policy): its records are there.
+        if let Some(p) = log_move::recorded_place(core, &slot) {
+            if p == core.id {
+                return r.activate_here(core);
+            }
+            restore_place(core, &slot);
+            return divert_relay(core, slot, r);
+        }
+    }
     let policy = core.node.types[usize::from(slot.0)].placement();
     if let PlacementPolicy::Node(n) = policy {
-        core.migration.directory.borrow_mut().entry(slot).node = Some(n);
-        return r.forward_node(core, n);
+        if off_node(core, n) {
+            core.migration.directory.borrow_mut().entry(slot).node = Some(n);
+            return r.forward_node(core, n);
+        }
     }
     let sender = match r.origin() {
         Origin::Local => Some(core.id),
@@ -996,6 +1042,9 @@ fn first_here(core: &Rc<Shard>, slot: Slot, r: Box<dyn Relay>) {
         // Not through `deliver`: the table miss would bring it back here.
         return r.activate_here(core);
     }
+    if log {
+        return place_durably(core, slot, r, to);
+    }
     core.migration
         .directory
         .borrow_mut()
@@ -1004,9 +1053,93 @@ fn first_here(core: &Rc<Shard>, slot: Slot, r: Box<dyn Relay>) {
     divert_relay(core, slot, r);
 }
 
+/// On the home shard: for a log actor without an entry (after a restart), makes the entry its
+/// place records name, if they name another shard (`log_move`). Nothing for other actors.
+fn restore_place(core: &Shard, slot: &Slot) {
+    if !log_move::is_log_type(core, slot.0) || core.migration.directory.borrow().has(slot) {
+        return;
+    }
+    if let Some(p) = log_move::recorded_place(core, slot) {
+        if p != core.id {
+            core.migration
+                .directory
+                .borrow_mut()
+                .entry(slot.clone())
+                .place = p;
+        }
+    }
+}
+
+/// A first message for a log actor (no place record) whose policy places it on shard `to`:
+/// the place record is made durable before anything is sent there (a restart must find the
+/// actor where its records are). Messages wait in the entry meanwhile.
+fn place_durably(core: &Rc<Shard>, slot: Slot, r: Box<dyn Relay>, to: ShardId) {
+    {
+        let mut dir = core.migration.directory.borrow_mut();
+        let e = dir.entry(slot.clone());
+        e.place = to;
+        e.flushing = true;
+        e.queue.push_back(Pending::Msg(r));
+    }
+    let c = core.clone();
+    core.sched.spawn(async move {
+        let recorded = log_move::record_place(&c, &slot, to).await;
+        let mut dir = c.migration.directory.borrow_mut();
+        let e = dir
+            .get_mut(&slot)
+            .expect("an entry stays while its flusher runs (its place cannot change)");
+        e.flushing = false;
+        if let Err(detail) = recorded {
+            // Not recorded: the actor starts at home instead, where a restart looks first.
+            tracing::error!(shard = c.id, actor = %actor_id(&c.node, &slot), to, %detail,
+                "placement: the place record was not written; the actor starts at home");
+            let e = dir.remove(&slot).expect("looked up above");
+            drop(dir);
+            for p in e.queue {
+                if let Pending::Msg(r) = p {
+                    r.activate_here(&c);
+                }
+            }
+            return;
+        }
+        drop(dir);
+        flush(&c, &slot);
+    });
+}
+
 /// On the home shard: a move ended. Records the new place, answers the caller, logs, and
 /// sends on what waited.
 fn done(core: &Rc<Shard>, slot: Slot, ticket: u64, outcome: Outcome) {
+    if matches!(outcome, Outcome::Moved { .. }) && log_move::is_log_type(core, slot.0) {
+        let to = core.migration.directory.borrow().get(&slot).and_then(|e| {
+            e.moving
+                .as_ref()
+                .filter(|o| o.ticket == ticket && o.nodes.is_none())
+                .map(|o| o.to)
+        });
+        if let Some(to) = to {
+            // The records are on `to` now; the home's place record makes it so after a
+            // restart too. Until it is durable, messages keep waiting in the entry.
+            let c = core.clone();
+            core.sched.spawn(async move {
+                let outcome = match log_move::record_place(&c, &slot, to).await {
+                    Ok(()) => outcome,
+                    Err(detail) => Outcome::Refused(MigrateError::LogCopy {
+                        actor: actor_id(&c.node, &slot),
+                        shard: c.id,
+                        detail,
+                    }),
+                };
+                finish(&c, slot, ticket, outcome);
+            });
+            return;
+        }
+    }
+    finish(core, slot, ticket, outcome);
+}
+
+/// [`done`], once the outcome is final.
+fn finish(core: &Rc<Shard>, slot: Slot, ticket: u64, outcome: Outcome) {
     let mut dir = core.migration.directory.borrow_mut();
     let Some(e) = dir.get_mut(&slot) else {
         return;
@@ -1203,7 +1336,12 @@ pub(crate) fn pause_typed<A: Actor>(
     let slot = (type_idx, key);
     let act = table.actors.borrow().get(&slot.1).cloned();
     let Some(act) = act else {
-        // Not active here: nothing to hand over; it starts at its new place.
+        // Not active here: nothing to hand over; it starts at its new place (a log actor's
+        // records go there first).
+        if let (Some(Mover::Log { keys }), false) = (&table.info.spec.migration, cmd.collect) {
+            let keys = keys(&actor_id(&core.node, &slot));
+            return log_move::copy_out(core, slot, cmd, keys);
+        }
         return settle(core, slot, cmd, Outcome::Moved { bytes: 0 });
     };
     if act.is_deactivating() {
@@ -1307,7 +1445,11 @@ pub(crate) fn hand_over<A: Actor>(
     act.moved_out();
     // Between shards the activation's timers move with it (their messages are `Send`);
     // between nodes they are cancelled (a timer's message need not be serializable).
-    let timers = if p.cmd.collect {
+    let log_keys = match &info.spec.migration {
+        Some(Mover::Log { keys }) => Some(keys(&act.ctx.id)),
+        _ => None,
+    };
+    let timers = if p.cmd.collect || log_keys.is_some() {
         act.ctx.cancel_all_timers();
         Vec::new()
     } else {
@@ -1328,6 +1470,13 @@ pub(crate) fn hand_over<A: Actor>(
         send_collected(core, p.cmd, state);
         return None;
     }
+    if let Some(keys) = log_keys {
+        // The records move, not the memory (what counts is what the actor saved).
+        drop(actor);
+        let slot = (act.ctx.type_idx, act.ctx.id.key.clone());
+        log_move::copy_out(core, slot, p.cmd, keys);
+        return None;
+    }
     let (payload, bytes): (Box<dyn Any + Send>, u64) = match &info.spec.migration {
         Some(Mover::Boxed { out, .. }) => (out(actor), 0),
         Some(Mover::Bytes { dehydrate, .. }) => {
@@ -1336,6 +1485,7 @@ pub(crate) fn hand_over<A: Actor>(
             let n = b.len() as u64;
             (Box::new(b), n)
         }
+        Some(Mover::Log { .. }) => unreachable!("log actors are handed over above"),
         None => unreachable!("only types with a mover are paused"),
     };
     let cmd = p.cmd;
@@ -1368,6 +1518,7 @@ fn arrive<A: Actor>(
                 .expect("dehydrated state travels as bytes");
             rehydrate(&id, &b).map_err(|e| crate::ErrorChain(&*e).to_string())
         }
+        Some(Mover::Log { .. }) => unreachable!("log actors arrive as records (log_move)"),
         None => unreachable!("only types with a mover are moved"),
     };
     let outcome = match actor {

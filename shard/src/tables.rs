@@ -28,6 +28,8 @@ pub(crate) trait ErasedType: Send + Sync {
     fn bytes_mover(&self) -> bool;
     /// Where a first activation goes (`ActorType::placement`).
     fn placement(&self) -> crate::directory::PlacementPolicy;
+    /// Its state moves as log records (`ActorType::moves_with_log`).
+    fn log_mover(&self) -> bool;
 }
 
 pub(crate) struct TypeInfo<A: Actor> {
@@ -60,6 +62,9 @@ impl<A: Actor> ErasedType for TypeInfo<A> {
     }
     fn placement(&self) -> crate::directory::PlacementPolicy {
         self.spec.placement
+    }
+    fn log_mover(&self) -> bool {
+        self.migratable() && crate::migrate::moves_with_log(&self.spec)
     }
 }
 
