@@ -2298,6 +2298,8 @@ pub struct DrainReport {
     pub guests: u64,
     /// Moves not started because the deadline passed.
     pub left: u64,
+    /// The actors moved (`moved` of them), in the order their moves ended.
+    pub moved_actors: Vec<ActorId>,
     /// How long the drain took.
     pub duration: Duration,
 }
@@ -2452,7 +2454,10 @@ fn settle_drained(
         return;
     };
     match crate::block_on(rx) {
-        Ok(Ok(_)) => report.moved += 1,
+        Ok(Ok(m)) => {
+            report.moved += 1;
+            report.moved_actors.push(m.actor);
+        }
         Ok(Err(e)) if e.is_transient() => retry.push(item),
         Ok(Err(e)) => {
             tracing::warn!(actor = %item.1, error = %e, "drain: actor not moved");
