@@ -24,6 +24,20 @@ impl DurableState for Wallet {
     }
 }
 
+/// A type placed on its first caller's shard (`PlacementPolicy::PreferCaller`).
+#[derive(Serialize, Deserialize, Default, Clone, Debug, PartialEq)]
+struct Till {
+    balance: i64,
+}
+impl Actor for Till {
+    const TYPE_NAME: &'static str = "md-till";
+}
+impl DurableState for Till {
+    fn initial(_: &ActorKey) -> Self {
+        Till::default()
+    }
+}
+
 /// A second type, for the crash test alone (its seam is per type).
 #[derive(Serialize, Deserialize, Default, Clone, Debug, PartialEq)]
 struct Purse {
@@ -48,6 +62,18 @@ impl Handler<Put> for Wallet {
         self.balance += m.0;
         let v = ctx.save(self).await.map_err(|e| e.to_string())?;
         Ok((v, ctx.shard()))
+    }
+}
+impl Handler<Put> for Till {
+    async fn handle(&mut self, m: Put, ctx: &Context<Self>) -> Result<(u64, u16), String> {
+        self.balance += m.0;
+        let v = ctx.save(self).await.map_err(|e| e.to_string())?;
+        Ok((v, ctx.shard()))
+    }
+}
+impl Handler<Look> for Till {
+    async fn handle(&mut self, _: Look, ctx: &Context<Self>) -> (i64, u16) {
+        (self.balance, ctx.shard())
     }
 }
 impl Handler<Put> for Purse {
@@ -82,6 +108,9 @@ fn start(dir: &Path) -> Node {
         .config(NodeConfig::from_toml(&text, "migrate-durable.toml").expect("config"))
         .register(quark::outbox::durable_state::<Wallet>())
         .register(quark::outbox::durable_state::<Purse>())
+        .register(
+            quark::outbox::durable_state::<Till>().placement(quark::PlacementPolicy::PreferCaller),
+        )
         .start()
         .expect("node starts")
 }
@@ -328,5 +357,42 @@ fn saves_under_traffic_survive_forty_moves_and_a_restart() {
         acked + 2,
         "the version counts every save (the first one, the deposits, this one)"
     );
+    node.shutdown();
+}
+
+/// A durable type placed by its policy on its first caller's shard (not its home): the home
+/// records the place before the first message goes there, so after a restart a call from
+/// outside the node (which the policy would place at home) finds the actor, and its state, on
+/// the caller's shard. Fails with the place record not written (it starts afresh at home).
+#[test]
+fn a_durable_actor_placed_by_its_policy_is_found_there_after_a_restart() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut placed = Vec::new();
+    {
+        let node = start(dir.path());
+        for k in 0..16u64 {
+            let home = node.placement(&id::<Till>(k)).expect("placement").home;
+            let caller = 1 - home;
+            let r = node.actor_ref::<Till>(k);
+            let h = node
+                .handle()
+                .spawn_on(caller, move || async move { r.ask(Put(3)).await });
+            let (tx, rx) = mpsc::channel();
+            std::thread::spawn(move || {
+                let _ = tx.send(h.join());
+            });
+            let got = within(Duration::from_secs(20), "a first call from a shard", &rx)
+                .expect("the task ran")
+                .expect("ask")
+                .expect("saved");
+            assert_eq!(got, (1, caller), "key {k}: placed on the caller's shard");
+            placed.push((k, caller));
+        }
+        node.shutdown();
+    }
+    let node = start(dir.path());
+    for (k, at) in placed {
+        assert_eq!(look::<Till>(&node, k), (3, at), "key {k} after the restart");
+    }
     node.shutdown();
 }
