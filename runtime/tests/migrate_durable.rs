@@ -205,6 +205,18 @@ fn a_moved_durable_actor_restarts_on_its_last_shard_with_its_latest_state() {
             "key {k}: saves on where it lives"
         );
     }
+    // One activation per actor, each on its last shard (none started at home beside it).
+    let mut per_shard = vec![0u64; 2];
+    for &(at, ..) in want.values() {
+        per_shard[usize::from(at)] += 1;
+    }
+    let counts = node.actor_counts().expect("counts");
+    let wallets = counts
+        .types
+        .iter()
+        .find(|t| t.actor_type == Wallet::TYPE_NAME)
+        .expect("the wallet type");
+    assert_eq!(wallets.per_shard, per_shard, "activations per shard");
     node.shutdown();
 }
 
@@ -271,6 +283,21 @@ fn a_crash_between_the_copy_and_the_home_record_leaves_one_live_copy() {
                 (10, home),
                 "key {k}: on its old shard"
             );
+        }
+        // One activation each, on its old shard.
+        let mut per_shard = vec![0u64; 2];
+        for &h in homes.values() {
+            per_shard[usize::from(h)] += 1;
+        }
+        let counts = node.actor_counts().expect("counts");
+        let purses = counts
+            .types
+            .iter()
+            .find(|t| t.actor_type == Purse::TYPE_NAME)
+            .expect("the purse type");
+        assert_eq!(purses.per_shard, per_shard, "activations per shard");
+        for k in keys.clone() {
+            let home = homes[&k];
             assert_eq!(
                 put::<Purse>(&node, k, 1),
                 (3, home),
