@@ -62,7 +62,7 @@ pub use quark_shard::{
     ACTOR_QUERY_LIMIT_DEFAULT, ACTOR_QUERY_LIMIT_MAX,
 };
 /// Live migration of activations between the shards of a node (docs/MIGRATION.md).
-pub use quark_shard::{DrainReport, MigrateError, Moved, Placement};
+pub use quark_shard::{DrainReport, MigrateError, Moved, Placement, PlacementPolicy};
 
 /// The per-shard durable log, as [`Context::log`] and [`log::current_shard_log`] return it
 /// (re-exported from `quark-persist`, so that a user depends on `quark` alone; the guide is

@@ -449,6 +449,9 @@ impl NodeBuilder {
         let node_id = engine.node_id().unwrap_or(0);
         *slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(engine);
         let move_cooldown = crate::memory::MoveCooldown::new();
+        if let Some(a) = &admin {
+            a.set_move_cooldown(move_cooldown.clone());
+        }
         let memory = match self.config.memory.as_ref().filter(|m| m.enabled) {
             Some(m) => Some(
                 crate::memory::Monitor::start(
@@ -814,7 +817,14 @@ impl Node {
         let engine = slot
             .as_ref()
             .expect("the engine is in its slot until shutdown consumes the node");
-        engine.drain(engine.shutdown_timeout() / 2)
+        let report = engine.drain(engine.shutdown_timeout() / 2);
+        // In the node's move table, as `Node::migrate` does (an actor drained away and sent
+        // back by a hand-over is not moved again by the automatic movers for a while).
+        let now = std::time::Instant::now();
+        for a in &report.moved_actors {
+            self.move_cooldown.moved(a, now);
+        }
+        report
     }
 
     /// Drains and stops the node (see [`Engine::shutdown`]). The admin endpoint, if any,

@@ -138,6 +138,20 @@ fn a_draining_node_moves_its_actors_to_the_peer_and_every_ask_is_answered() {
         (ACTORS as u64, 0, 0),
         "{report:?}"
     );
+    // Every drained actor is in the node's move table (the automatic movers' cooldown).
+    assert_eq!(report.moved_actors.len(), ACTORS);
+    let (table, now, hour) = (
+        n1.move_cooldown(),
+        Instant::now(),
+        Duration::from_secs(3600),
+    );
+    for k in keys.iter() {
+        let id = quark::ActorId::new(Wallet::TYPE_NAME, *k);
+        assert!(
+            !table.allows(&id, now, hour),
+            "key {k}: drained, not in the move table"
+        );
+    }
     let admin = n1.admin_addr().expect("admin");
     let status = quark::admin::fetch_status(admin, Duration::from_secs(5)).expect("status");
     assert_eq!(status.state, "draining");
@@ -261,6 +275,15 @@ fn the_admin_route_moves_an_actor_between_nodes() {
         }
     };
     assert_eq!((moved.from_node, moved.to_node, moved.bytes), (1, 2, 8));
+    // Recorded in the node's move table, like `Node::migrate`; an actor not moved is not.
+    let (table, hour) = (n1.move_cooldown(), Duration::from_secs(3600));
+    let id = quark::ActorId::new(Wallet::TYPE_NAME, key);
+    assert!(
+        !table.allows(&id, Instant::now(), hour),
+        "moved by the admin route, not in the move table"
+    );
+    let other = quark::ActorId::new(Wallet::TYPE_NAME, key + 1);
+    assert!(table.allows(&other, Instant::now(), hour));
     let p = quark::admin::fetch_placement(admin, "drain-wallet", &k, t).expect("where");
     assert_eq!(p.node, 2);
     assert_eq!(

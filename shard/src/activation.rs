@@ -45,6 +45,8 @@ pub struct ActorType<A: Actor> {
     pub(crate) migration: Option<crate::migrate::Mover<A>>,
     /// The deep size of a state (`memory_size`), if the type has the hook.
     pub(crate) memory_size: Option<MemorySize<A>>,
+    /// Where a first activation goes (`placement`, in `migrate`).
+    pub(crate) placement: crate::directory::PlacementPolicy,
 }
 
 /// An [`ActorType::memory_size`] hook.
@@ -60,6 +62,7 @@ impl<A: Actor> ActorType<A> {
             stateless_workers: None,
             migration: None,
             memory_size: None,
+            placement: crate::directory::PlacementPolicy::Hash,
         }
     }
 
@@ -79,6 +82,7 @@ impl<A: Actor> ActorType<A> {
             stateless_workers: None,
             migration: None,
             memory_size: None,
+            placement: crate::directory::PlacementPolicy::Hash,
         }
     }
 

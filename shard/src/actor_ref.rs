@@ -66,7 +66,10 @@ impl<A: Actor> ActorRef<A> {
             let movable = r
                 .type_idx
                 .is_none_or(|i| r.node.types[usize::from(i)].bytes_mover());
-            match net.view.home(&r.id, movable) {
+            // A type placed on a fixed node is addressed there (PlacementPolicy::Node).
+            let home = crate::migrate::fixed_node(&r.node, r.type_idx)
+                .or_else(|| net.view.home(&r.id, movable));
+            match home {
                 Some(n) if n != net.node_id => r.remote = Some(n),
                 _ => {}
             }

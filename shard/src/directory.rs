@@ -13,14 +13,72 @@
 //! messages pass through it in arrival order, and a move starts only when nothing waits in
 //! the entry. This is what keeps per-sender FIFO order across a move (see `migrate`).
 //!
+//! An actor type's [`PlacementPolicy`] decides where a *first* activation goes (an id that
+//! has no entry): the home shard (hash, the default), the sender's shard, a fixed shard, or a
+//! fixed node. A policy that places an actor away from home makes an entry for it exactly as
+//! a move does, at the home, before the first message is sent on: every later message finds
+//! the entry, so one id never gets two activations.
+//!
 //! A leaf service: generic over what waits in an entry (`T`) and over the pending move (`O`),
 //! it knows nothing of actors or envelopes. In memory only: after a restart every actor is at
 //! its home again (docs/MIGRATION.md, "Durability").
 
 use std::collections::VecDeque;
 
-use quark_placement::{ActorKey, ShardId};
+use quark_placement::{ActorKey, NodeId, ShardId};
 use rustc_hash::FxHashMap;
+
+/// Where the first activation of an actor of a type goes (set with
+/// [`crate::ActorType::placement`]; docs/MIGRATION.md, "Placement policies").
+///
+/// Every sender on a node addresses the actor's *home shard* (its hash placement) whatever
+/// the policy; a policy that places the actor elsewhere leaves a directory entry at the home,
+/// which forwards every message to the actor's place, in order. Moves (`migrate`) and drains
+/// still apply to a placed actor like to any other.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum PlacementPolicy {
+    /// The home shard (hash of the id): no entry, no forwarding. The default.
+    #[default]
+    Hash,
+    /// The shard the first message was sent from, when it was sent from a shard of this node
+    /// (an actor's handler or a shard task, including the shard serving the network
+    /// connection a request came in on); a first message from a thread outside the shards
+    /// (`Engine::actor_ref` used from `main`, a client) activates it at home.
+    PreferCaller,
+    /// Always this shard of the node (taken modulo the node's shard count).
+    Shard(ShardId),
+    /// Always this node of the cluster, on the actor's home shard there. Senders on a node
+    /// address that node directly; a message that reaches another node (a client addresses
+    /// by hash) is sent on by the actor's home shard there. A node without a cluster, or the
+    /// named node itself, places the actor at home.
+    Node(NodeId),
+}
+
+impl PlacementPolicy {
+    /// The shard a first activation goes to on this node, for a first message from shard
+    /// `sender` (`None`: from outside the shards), with `home` the actor's home shard.
+    pub(crate) fn first_shard(
+        self,
+        home: ShardId,
+        sender: Option<ShardId>,
+        shards: u16,
+    ) -> ShardId {
+        match self {
+            PlacementPolicy::Hash | PlacementPolicy::Node(_) => home,
+            PlacementPolicy::PreferCaller => sender.unwrap_or(home),
+            PlacementPolicy::Shard(s) => s % shards.max(1),
+        }
+    }
+
+    /// True if the policy may place a first activation away from its home shard on this node.
+    pub(crate) fn places_on_shards(self) -> bool {
+        matches!(
+            self,
+            PlacementPolicy::PreferCaller | PlacementPolicy::Shard(_)
+        )
+    }
+}
 
 /// An actor of this home shard, by registry type index and key.
 pub(crate) type Slot = (u16, ActorKey);
@@ -109,6 +167,19 @@ impl<T, O> Directory<T, O> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn policies_pick_the_documented_first_shard() {
+        use PlacementPolicy::*;
+        assert_eq!(Hash.first_shard(2, Some(1), 4), 2);
+        assert_eq!(PreferCaller.first_shard(2, Some(1), 4), 1);
+        assert_eq!(PreferCaller.first_shard(2, None, 4), 2);
+        assert_eq!(Shard(3).first_shard(2, Some(1), 4), 3);
+        assert_eq!(Shard(5).first_shard(2, None, 4), 1);
+        assert_eq!(Node(7).first_shard(2, Some(1), 4), 2);
+        assert!(!Hash.places_on_shards() && !Node(1).places_on_shards());
+        assert!(PreferCaller.places_on_shards() && Shard(0).places_on_shards());
+    }
 
     #[test]
     fn an_actor_without_entry_is_at_home_and_costs_no_entry() {

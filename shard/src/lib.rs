@@ -60,6 +60,7 @@ pub use actor_ref::{ActorRef, Tell};
 pub use affinity::{allowed_cores, pin_current_thread, PinError};
 #[doc(hidden)]
 pub use clock::{Clock, ManualClock};
+pub use directory::PlacementPolicy;
 pub use engine::{
     current_shard_log, ActorCursor, ActorPage, ActorQuery, ActorQueryError, ActorRow, AskLatency,
     CursorError, Engine, EngineBuilder, EngineConfig, EngineHandle, IoDriver, MessageCounts,
@@ -70,6 +71,8 @@ pub use engine::{
 pub use engine::{StartFault, StartStep};
 pub use error::{CallError, ErrorChain, LinkDown};
 pub use memory::CountingAlloc;
+#[doc(hidden)]
+pub use migrate::stop_log_moves_after_copy;
 pub use migrate::{DrainReport, MigrateError, Moved, Placement};
 pub use net::{NetConfig, NetStatsSnapshot, PeerRtt};
 pub use quark_placement::{ActorId, ActorKey, ShardId};

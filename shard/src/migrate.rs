@@ -42,11 +42,14 @@ use crate::activation::{Activation, ActorType, LoadError, MailItemKeyed, TypeInf
 use crate::actor::{Actor, CarriedTimers, Handler, Message};
 use crate::actor_ref::ActorRef;
 use crate::calls::{CallId, CallOutcome, Forward, Waiter};
-use crate::directory::{Directory, Slot};
+use crate::directory::{Directory, PlacementPolicy, Slot};
 use crate::engine::shared::{current_core, NodeShared, Phase};
 use crate::envelope::{CrossMsg, Deliver, Origin, ReplyTo};
 use crate::shard::Shard;
 use crate::timers::TimerId;
+
+mod log_move;
+pub use log_move::stop_log_moves_after_copy;
 
 /// How an actor type's state moves (set with [`ActorType::movable`] or
 /// [`ActorType::migratable`]; a type without one cannot migrate).
@@ -61,6 +64,9 @@ pub(crate) enum Mover<A> {
         dehydrate: Dehydrate<A>,
         rehydrate: Rehydrate<A>,
     },
+    /// The state is in the shard log under these keys: the records move, not the memory
+    /// ([`ActorType::moves_with_log`], `log_move`).
+    Log { keys: log_move::LogKeys },
 }
 
 type Dehydrate<A> = Box<dyn Fn(&A) -> Vec<u8> + Send + Sync>;
@@ -69,6 +75,11 @@ type Rehydrate<A> = Box<dyn Fn(&ActorId, &[u8]) -> Result<A, LoadError> + Send +
 /// True if `spec`'s state moves as bytes (it may cross nodes).
 pub(crate) fn moves_as_bytes<A: Actor>(spec: &ActorType<A>) -> bool {
     matches!(spec.migration, Some(Mover::Bytes { .. }))
+}
+
+/// True if `spec`'s state moves as log records ([`ActorType::moves_with_log`]).
+pub(crate) fn moves_with_log<A: Actor>(spec: &ActorType<A>) -> bool {
+    matches!(spec.migration, Some(Mover::Log { .. }))
 }
 
 fn box_out<A: Send + 'static>(a: A) -> Box<dyn Any + Send> {
@@ -111,6 +122,67 @@ impl<A: Actor> ActorType<A> {
         });
         self
     }
+}
+
+impl<A: Actor> ActorType<A> {
+    /// Sets where a first activation of this type goes ([`PlacementPolicy`]; default
+    /// [`PlacementPolicy::Hash`], the home shard). Ignored for stateless worker types. A
+    /// policy needs no mover: it places, it does not move (docs/MIGRATION.md, "Placement
+    /// policies").
+    ///
+    /// ```
+    /// use quark_shard::{Actor, ActorType, PlacementPolicy};
+    /// struct Session;
+    /// impl Actor for Session { const TYPE_NAME: &'static str = "session"; }
+    /// let t = ActorType::new(|_| Session).placement(PlacementPolicy::PreferCaller);
+    /// ```
+    pub fn placement(mut self, policy: PlacementPolicy) -> Self {
+        self.placement = policy;
+        self
+    }
+}
+
+/// The node a type's [`PlacementPolicy::Node`] names, if it has one and this node is in a
+/// cluster (stateless worker types: never).
+pub(crate) fn fixed_node(node: &NodeShared, type_idx: Option<u16>) -> Option<NodeId> {
+    node.net.as_ref()?;
+    let ty = &node.types[usize::from(type_idx?)];
+    match ty.placement() {
+        PlacementPolicy::Node(n) if !ty.stateless() => Some(n),
+        _ => None,
+    }
+}
+
+/// True if a first message for `(type_idx, key)` on its home shard `core` may be placed away
+/// from here by its type's policy (a table miss then goes to [`divert`], which decides).
+#[inline]
+fn policy_places(core: &Shard, type_idx: u16, key: &ActorKey) -> bool {
+    let ty = &core.node.types[usize::from(type_idx)];
+    let p = ty.placement();
+    let log = ty.log_mover() && core.log.is_some();
+    if (p == PlacementPolicy::Hash && !log) || ty.stateless() {
+        return false;
+    }
+    // A type whose state is in the log: its home reads the place records (`log_move`).
+    let away = log
+        || match p {
+            PlacementPolicy::Node(n) => off_node(core, n),
+            p => p.places_on_shards(),
+        };
+    away && is_home(core, type_idx, key)
+}
+
+/// True if `n` is another node of this node's cluster.
+fn off_node(core: &Shard, n: NodeId) -> bool {
+    core.node.net.is_some() && n != this_node(&core.node)
+}
+
+fn is_home(core: &Shard, type_idx: u16, key: &ActorKey) -> bool {
+    let id = ActorId {
+        type_name: core.node.types[usize::from(type_idx)].name(),
+        key: key.clone(),
+    };
+    shard_for(&id, core.node.shard_count()) == core.id
 }
 
 /// A completed move ([`crate::Engine::migrate`], [`ActorRef::migrate`]).
@@ -319,6 +391,18 @@ pub enum MigrateError {
         /// The rehydrate error's chain.
         detail: String,
     },
+    /// The records of an actor whose state is in the log ([`ActorType::moves_with_log`])
+    /// could not be read, copied or recorded on `shard`: the move did not happen, the actor
+    /// stays where it was (it reloads there from its records at its next message).
+    #[error("actor {actor}: its log records could not be moved (on shard {shard}: {detail}); the actor stays where it was")]
+    LogCopy {
+        /// The actor.
+        actor: ActorId,
+        /// The shard whose log failed.
+        shard: ShardId,
+        /// The log error's chain.
+        detail: String,
+    },
     /// The node is shutting down.
     #[error("actor {actor}: the node is shutting down")]
     ShuttingDown {
@@ -355,6 +439,11 @@ pub(crate) trait Relay {
     fn deliver_here(self: Box<Self>, core: &Rc<Shard>);
     /// Sends the message on to the actor on another node (`net::migrate::forward_node`).
     fn forward_node(self: Box<Self>, core: &Rc<Shard>, node: NodeId);
+    /// Where the message was sent from.
+    fn origin(&self) -> Origin;
+    /// Activates the actor on this shard (its home decided it lives here) and delivers the
+    /// message to it, without asking the directory again.
+    fn activate_here(self: Box<Self>, core: &Rc<Shard>);
 }
 
 impl<A, M> Relay for Deliver<A, M>
@@ -407,6 +496,17 @@ where
         let s = &core.stats.migrate_forwarded;
         s.set(s.get() + 1);
         crate::net::forward_node::<A, M>(core, self, node);
+    }
+
+    fn origin(&self) -> Origin {
+        self.origin
+    }
+
+    fn activate_here(self: Box<Self>, core: &Rc<Shard>) {
+        let act = core
+            .table::<A>(self.type_idx)
+            .activate_here(core, &self.key);
+        act.push(self);
     }
 }
 
@@ -616,6 +716,7 @@ impl Migrations {
     pub(crate) fn diverts(&self, core: &Shard, type_idx: u16, key: &ActorKey) -> bool {
         let dir = self.directory.borrow();
         (dir.len() != 0 && dir.has(&(type_idx, key.clone())))
+            || policy_places(core, type_idx, key)
             || (self.draining.get() && {
                 drop(dir);
                 self.drain_peer(type_idx, key).is_some()
@@ -717,8 +818,9 @@ fn request_placement(
     node.inject(
         home,
         CrossMsg::run_on(move |core| {
-            let dir = core.migration.directory.borrow();
             let slot = (type_idx, id.key.clone());
+            restore_place(core, &slot);
+            let dir = core.migration.directory.borrow();
             let moving = dir.get(&slot).is_some_and(|e| e.moving.is_some());
             let node = dir
                 .get(&slot)
@@ -775,6 +877,7 @@ fn start(
     let slot = (type_idx, key);
     let actor = actor_id(&core.node, &slot);
     let m = &core.migration;
+    restore_place(core, &slot);
     let from = m.directory.borrow().place_of(&slot);
     match admissible(core, &slot, actor.clone(), to) {
         Err(e) => {
@@ -853,6 +956,10 @@ fn command(core: &Rc<Shard>, slot: Slot, cmd: Cmd, place: ShardId) {
 pub(crate) fn divert<A: Actor>(core: &Rc<Shard>, type_idx: u16, item: Box<dyn MailItemKeyed<A>>) {
     let r = item.into_relay();
     let slot = (type_idx, r.key().clone());
+    divert_relay(core, slot, r);
+}
+
+fn divert_relay(core: &Rc<Shard>, slot: Slot, r: Box<dyn Relay>) {
     let mut dir = core.migration.directory.borrow_mut();
     let Some(e) = dir.get_mut(&slot) else {
         // The node drains: a new activation goes to a peer, which the entry names from now.
@@ -865,7 +972,7 @@ pub(crate) fn divert<A: Actor>(core: &Rc<Shard>, type_idx: u16, item: Box<dyn Ma
         // The live member set (docs/MIGRATION.md, "Rolling upgrades"): held until this node
         // joined, or sent on to the node that is the actor's home now.
         return match crate::net::place_new(core, slot.0, &slot.1) {
-            crate::net::NewPlace::Here => r.deliver_here(core),
+            crate::net::NewPlace::Here => first_here(core, slot, r),
             crate::net::NewPlace::Hold => core.migration.held.borrow_mut().push_back((slot.0, r)),
             crate::net::NewPlace::Node(n) => {
                 core.migration.directory.borrow_mut().entry(slot).node = Some(n);
@@ -899,9 +1006,140 @@ pub(crate) fn divert<A: Actor>(core: &Rc<Shard>, type_idx: u16, item: Box<dyn Ma
     }
 }
 
+/// A first message for `slot` (no entry) that its home shard `core` would activate here: the
+/// type's placement policy decides ([`PlacementPolicy`]). Placed away, the actor gets its
+/// entry *before* the message is sent on, so every later message for it finds the entry
+/// and follows (one activation per id, whatever the races between first senders).
+fn first_here(core: &Rc<Shard>, slot: Slot, r: Box<dyn Relay>) {
+    if !policy_places(core, slot.0, &slot.1) {
+        return r.deliver_here(core);
+    }
+    let log = log_move::is_log_type(core, slot.0);
+    if log {
+        // Placed before (moved, or by its policy): its records are there.
+        if let Some(p) = log_move::recorded_place(core, &slot) {
+            if p == core.id {
+                return r.activate_here(core);
+            }
+            restore_place(core, &slot);
+            return divert_relay(core, slot, r);
+        }
+    }
+    let policy = core.node.types[usize::from(slot.0)].placement();
+    if let PlacementPolicy::Node(n) = policy {
+        if off_node(core, n) {
+            core.migration.directory.borrow_mut().entry(slot).node = Some(n);
+            return r.forward_node(core, n);
+        }
+    }
+    let sender = match r.origin() {
+        Origin::Local => Some(core.id),
+        Origin::Shard(s) => Some(s),
+        Origin::External | Origin::Timer => None,
+    };
+    let to = policy.first_shard(core.id, sender, core.node.shard_count());
+    if to == core.id {
+        // Not through `deliver`: the table miss would bring it back here.
+        return r.activate_here(core);
+    }
+    if log {
+        return place_durably(core, slot, r, to);
+    }
+    core.migration
+        .directory
+        .borrow_mut()
+        .entry(slot.clone())
+        .place = to;
+    divert_relay(core, slot, r);
+}
+
+/// On the home shard: for a log actor without an entry (after a restart), makes the entry its
+/// place records name, if they name another shard (`log_move`). Nothing for other actors.
+fn restore_place(core: &Shard, slot: &Slot) {
+    if !log_move::is_log_type(core, slot.0) || core.migration.directory.borrow().has(slot) {
+        return;
+    }
+    if let Some(p) = log_move::recorded_place(core, slot) {
+        if p != core.id {
+            core.migration
+                .directory
+                .borrow_mut()
+                .entry(slot.clone())
+                .place = p;
+        }
+    }
+}
+
+/// A first message for a log actor (no place record) whose policy places it on shard `to`:
+/// the place record is made durable before anything is sent there (a restart must find the
+/// actor where its records are). Messages wait in the entry meanwhile.
+fn place_durably(core: &Rc<Shard>, slot: Slot, r: Box<dyn Relay>, to: ShardId) {
+    {
+        let mut dir = core.migration.directory.borrow_mut();
+        let e = dir.entry(slot.clone());
+        e.place = to;
+        e.flushing = true;
+        e.queue.push_back(Pending::Msg(r));
+    }
+    let c = core.clone();
+    core.sched.spawn(async move {
+        let recorded = log_move::record_place(&c, &slot, to).await;
+        let mut dir = c.migration.directory.borrow_mut();
+        let e = dir
+            .get_mut(&slot)
+            .expect("an entry stays while its flusher runs (its place cannot change)");
+        e.flushing = false;
+        if let Err(detail) = recorded {
+            // Not recorded: the actor starts at home instead, where a restart looks first.
+            tracing::error!(shard = c.id, actor = %actor_id(&c.node, &slot), to, %detail,
+                "placement: the place record was not written; the actor starts at home");
+            let e = dir.remove(&slot).expect("looked up above");
+            drop(dir);
+            for p in e.queue {
+                if let Pending::Msg(r) = p {
+                    r.activate_here(&c);
+                }
+            }
+            return;
+        }
+        drop(dir);
+        flush(&c, &slot);
+    });
+}
+
 /// On the home shard: a move ended. Records the new place, answers the caller, logs, and
 /// sends on what waited.
 fn done(core: &Rc<Shard>, slot: Slot, ticket: u64, outcome: Outcome) {
+    if matches!(outcome, Outcome::Moved { .. }) && log_move::is_log_type(core, slot.0) {
+        let to = core.migration.directory.borrow().get(&slot).and_then(|e| {
+            e.moving
+                .as_ref()
+                .filter(|o| o.ticket == ticket && o.nodes.is_none())
+                .map(|o| o.to)
+        });
+        if let Some(to) = to {
+            // The records are on `to` now; the home's place record makes it so after a
+            // restart too. Until it is durable, messages keep waiting in the entry.
+            let c = core.clone();
+            core.sched.spawn(async move {
+                let outcome = match log_move::record_place(&c, &slot, to).await {
+                    Ok(()) => outcome,
+                    Err(detail) => Outcome::Refused(MigrateError::LogCopy {
+                        actor: actor_id(&c.node, &slot),
+                        shard: c.id,
+                        detail,
+                    }),
+                };
+                finish(&c, slot, ticket, outcome);
+            });
+            return;
+        }
+    }
+    finish(core, slot, ticket, outcome);
+}
+
+/// [`done`], once the outcome is final.
+fn finish(core: &Rc<Shard>, slot: Slot, ticket: u64, outcome: Outcome) {
     let mut dir = core.migration.directory.borrow_mut();
     let Some(e) = dir.get_mut(&slot) else {
         return;
@@ -1098,7 +1336,12 @@ pub(crate) fn pause_typed<A: Actor>(
     let slot = (type_idx, key);
     let act = table.actors.borrow().get(&slot.1).cloned();
     let Some(act) = act else {
-        // Not active here: nothing to hand over; it starts at its new place.
+        // Not active here: nothing to hand over; it starts at its new place (a log actor's
+        // records go there first).
+        if let (Some(Mover::Log { keys }), false) = (&table.info.spec.migration, cmd.collect) {
+            let keys = keys(&actor_id(&core.node, &slot));
+            return log_move::copy_out(core, slot, cmd, keys);
+        }
         return settle(core, slot, cmd, Outcome::Moved { bytes: 0 });
     };
     if act.is_deactivating() {
@@ -1202,7 +1445,11 @@ pub(crate) fn hand_over<A: Actor>(
     act.moved_out();
     // Between shards the activation's timers move with it (their messages are `Send`);
     // between nodes they are cancelled (a timer's message need not be serializable).
-    let timers = if p.cmd.collect {
+    let log_keys = match &info.spec.migration {
+        Some(Mover::Log { keys }) => Some(keys(&act.ctx.id)),
+        _ => None,
+    };
+    let timers = if p.cmd.collect || log_keys.is_some() {
         act.ctx.cancel_all_timers();
         Vec::new()
     } else {
@@ -1223,6 +1470,13 @@ pub(crate) fn hand_over<A: Actor>(
         send_collected(core, p.cmd, state);
         return None;
     }
+    if let Some(keys) = log_keys {
+        // The records move, not the memory (what counts is what the actor saved).
+        drop(actor);
+        let slot = (act.ctx.type_idx, act.ctx.id.key.clone());
+        log_move::copy_out(core, slot, p.cmd, keys);
+        return None;
+    }
     let (payload, bytes): (Box<dyn Any + Send>, u64) = match &info.spec.migration {
         Some(Mover::Boxed { out, .. }) => (out(actor), 0),
         Some(Mover::Bytes { dehydrate, .. }) => {
@@ -1231,6 +1485,7 @@ pub(crate) fn hand_over<A: Actor>(
             let n = b.len() as u64;
             (Box::new(b), n)
         }
+        Some(Mover::Log { .. }) => unreachable!("log actors are handed over above"),
         None => unreachable!("only types with a mover are paused"),
     };
     let cmd = p.cmd;
@@ -1263,6 +1518,7 @@ fn arrive<A: Actor>(
                 .expect("dehydrated state travels as bytes");
             rehydrate(&id, &b).map_err(|e| crate::ErrorChain(&*e).to_string())
         }
+        Some(Mover::Log { .. }) => unreachable!("log actors arrive as records (log_move)"),
         None => unreachable!("only types with a mover are moved"),
     };
     let outcome = match actor {
@@ -2042,6 +2298,8 @@ pub struct DrainReport {
     pub guests: u64,
     /// Moves not started because the deadline passed.
     pub left: u64,
+    /// The actors moved (`moved` of them), in the order their moves ended.
+    pub moved_actors: Vec<ActorId>,
     /// How long the drain took.
     pub duration: Duration,
 }
@@ -2196,7 +2454,10 @@ fn settle_drained(
         return;
     };
     match crate::block_on(rx) {
-        Ok(Ok(_)) => report.moved += 1,
+        Ok(Ok(m)) => {
+            report.moved += 1;
+            report.moved_actors.push(m.actor);
+        }
         Ok(Err(e)) if e.is_transient() => retry.push(item),
         Ok(Err(e)) => {
             tracing::warn!(actor = %item.1, error = %e, "drain: actor not moved");

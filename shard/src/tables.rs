@@ -26,6 +26,10 @@ pub(crate) trait ErasedType: Send + Sync {
     fn migratable(&self) -> bool;
     /// Its state moves as bytes (`ActorType::migratable`): it may move to another node.
     fn bytes_mover(&self) -> bool;
+    /// Where a first activation goes (`ActorType::placement`).
+    fn placement(&self) -> crate::directory::PlacementPolicy;
+    /// Its state moves as log records (`ActorType::moves_with_log`).
+    fn log_mover(&self) -> bool;
 }
 
 pub(crate) struct TypeInfo<A: Actor> {
@@ -55,6 +59,12 @@ impl<A: Actor> ErasedType for TypeInfo<A> {
     }
     fn bytes_mover(&self) -> bool {
         self.migratable() && crate::migrate::moves_as_bytes(&self.spec)
+    }
+    fn placement(&self) -> crate::directory::PlacementPolicy {
+        self.spec.placement
+    }
+    fn log_mover(&self) -> bool {
+        self.migratable() && crate::migrate::moves_with_log(&self.spec)
     }
 }
 
@@ -288,6 +298,17 @@ impl<A: Actor> TypeTable<A> {
                     .expect("a full pool has at least one worker")
             }
         })
+    }
+
+    /// Activates `key` here and puts it in the table, without asking the directory (its home
+    /// decided, on a first message, that it lives here: `migrate::divert`).
+    pub(crate) fn activate_here(&self, core: &Rc<Shard>, key: &ActorKey) -> Rc<Activation<A>> {
+        if let Some(act) = self.actors.borrow().get(key) {
+            return act.clone();
+        }
+        let act = self.activate(core, key);
+        self.actors.borrow_mut().insert(key.clone(), act.clone());
+        act
     }
 
     fn activate(&self, core: &Rc<Shard>, key: &ActorKey) -> Rc<Activation<A>> {

@@ -598,6 +598,11 @@ pub(super) fn placement_route(
             Some(MoveTarget::Shard(to)) => engine.migrate(&id, to),
             Some(MoveTarget::Node(n)) => engine.migrate_to_node(&id, n),
         };
+        if let (Ok(m), Some(moves)) = (&moved, shared.moves.get()) {
+            // In the node's move table, as `Node::migrate` does: the automatic movers leave
+            // the actor where the operator put it for their cooldown.
+            moves.moved(&m.actor, std::time::Instant::now());
+        }
         match moved {
             Ok(m) => json(&MoveEntry {
                 actor_type: m.actor.type_name.to_owned(),

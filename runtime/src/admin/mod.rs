@@ -208,6 +208,9 @@ pub(crate) struct Shared {
     /// The OTLP exporter's counters, once the node started one.
     #[cfg(feature = "otlp")]
     otlp: OnceLock<crate::otlp::OtlpStatsHandle>,
+    /// The node's move table: `POST /quark/actors/move` records its moves there, so the
+    /// automatic movers leave a just-moved actor alone (`Node::move_cooldown`).
+    pub(crate) moves: OnceLock<crate::memory::MoveCooldown>,
 }
 
 impl Shared {
@@ -263,6 +266,7 @@ impl AdminServer {
             locality: OnceLock::new(),
             #[cfg(feature = "otlp")]
             otlp: OnceLock::new(),
+            moves: OnceLock::new(),
         });
         let server = http::Server::start(config.listen, shared.clone())?;
         tracing::info!(addr = %server.addr(), "admin endpoint listening");
@@ -302,6 +306,11 @@ impl AdminServer {
     /// Exports the locality repartitioner's counters and last round from now on.
     pub(crate) fn set_locality(&self, reader: LocalityReader) {
         let _ = self.shared.locality.set(reader);
+    }
+
+    /// Records the moves of `POST /quark/actors/move` in the node's move table from now on.
+    pub(crate) fn set_move_cooldown(&self, moves: crate::memory::MoveCooldown) {
+        let _ = self.shared.moves.set(moves);
     }
 
     pub(crate) fn set_draining(&self) {

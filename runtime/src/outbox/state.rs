@@ -45,8 +45,21 @@ struct StateMeta {
 /// The [`ActorType`] of a durable-state actor: activations load the last saved state (or
 /// [`DurableState::initial`]). Without a log, activations start from `initial` and `save`
 /// fails with [`SaveError`]`::Commit(NoLog)`.
+///
+/// Its activations may move between the shards of a node (`Node::migrate`): the saved state
+/// and the inbox move as log records (`ActorType::moves_with_log`), durably on the new shard
+/// before the home records the new place; what was not saved is not carried
+/// (docs/MIGRATION.md, "Durable actors").
 pub fn durable_state<A: DurableState>() -> ActorType<A> {
-    ActorType::loaded(|ctx| Box::pin(load::<A>(ctx)))
+    ActorType::loaded(|ctx| Box::pin(load::<A>(ctx))).moves_with_log(log_keys)
+}
+
+/// The log keys of a durable-state actor that move with it: its state and its inbox.
+fn log_keys(id: &ActorId) -> Vec<Vec<u8>> {
+    vec![
+        format::actor_key(STATE_PREFIX, id),
+        format::actor_key(format::INBOX_PREFIX, id),
+    ]
 }
 
 async fn load<A: DurableState>(ctx: &Context<A>) -> Result<A, quark_shard::LoadError> {

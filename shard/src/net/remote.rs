@@ -655,6 +655,10 @@ fn misrouted<A: crate::actor::Actor>(core: &Shard, key: &ActorKey) -> bool {
     if !net.view.changed() {
         return false;
     }
+    let type_idx = node.type_index.get(&std::any::TypeId::of::<A>()).copied();
+    if crate::migrate::fixed_node(node, type_idx) == Some(net.node_id) {
+        return false;
+    }
     let movable = node
         .type_index
         .get(&std::any::TypeId::of::<A>())
