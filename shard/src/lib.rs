@@ -71,7 +71,7 @@ pub use engine::{StartFault, StartStep};
 pub use error::{CallError, ErrorChain, LinkDown};
 pub use memory::CountingAlloc;
 pub use migrate::{DrainReport, MigrateError, Moved, Placement};
-pub use net::{NetConfig, NetStatsSnapshot, PeerRtt};
+pub use net::{MemberUpdate, NetConfig, NetStatsSnapshot, PeerRtt};
 pub use quark_placement::{ActorId, ActorKey, ShardId};
 pub use scheduler::{JoinError, SpawnHandle};
 pub use stats::{
