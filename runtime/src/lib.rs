@@ -16,6 +16,8 @@ pub mod journal;
 mod locality;
 pub mod memory;
 mod node;
+#[cfg(feature = "etcd")]
+pub mod etcd;
 #[cfg(feature = "otlp")]
 pub mod otlp;
 pub mod outbox;
@@ -24,7 +26,7 @@ mod serve;
 
 pub use admin::{AdminConfig, AdminError};
 pub use client::{probe, probe_with, Client, ClientBuilder, ClientError};
-pub use cluster::ClusterSettings;
+pub use cluster::{ClusterSettings, EtcdSettings, MembershipSettings, ETCD_LEASE_TTL_S_DEFAULT};
 pub use config::{
     ActorTypeConfig, ConfigError, MemoryConfig, NodeConfig, ObservabilityConfig, OutboxSection,
     VictimStrategy,

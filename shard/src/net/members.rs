@@ -66,6 +66,9 @@ pub(crate) struct MemberView {
     fenced: AtomicBool,
     /// The sequence number of this node's next announcement.
     seq: AtomicU64,
+    /// A provider sets the member set (`set_members` was called): announcements of members
+    /// not in the view add them.
+    dynamic: AtomicBool,
 }
 
 /// The view now and before its last change, with their ranked members (computed once per
@@ -135,12 +138,18 @@ impl MemberView {
             changed: AtomicBool::new(false),
             fenced: AtomicBool::new(false),
             seq: AtomicU64::new(start_us.max(1)),
+            dynamic: AtomicBool::new(false),
         }
     }
 
     /// The sequence number of this node's next announcement.
     pub(crate) fn next_seq(&self) -> u64 {
         self.seq.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// True if an announcement of `node` numbered `seq` is older than one applied.
+    pub(crate) fn stale(&self, node: NodeId, seq: u64) -> bool {
+        self.read().seqs.get(&node).is_some_and(|&last| seq <= last)
     }
 
     /// Applies an announcement of `node` (`kind`, its version, its sequence number): false if
@@ -167,6 +176,7 @@ impl MemberView {
     /// are not movable; `live` members rank as their state says; every other known member is
     /// `Left`. True if the view changed.
     pub(crate) fn set_members(&self, seats: &[NodeId], live: &[MemberUpdate]) -> bool {
+        self.dynamic.store(true, Ordering::Release);
         let mut w = self.views.write().unwrap_or_else(|p| p.into_inner());
         let mut next = w.now.clone();
         let mut changed = false;
@@ -230,7 +240,12 @@ impl MemberView {
     pub(crate) fn update(&self, node: NodeId, state: MemberState, version: Option<&str>) -> bool {
         let mut w = self.views.write().unwrap_or_else(|p| p.into_inner());
         let mut next = w.now.clone();
-        if !next.set(node, state, version) {
+        let changed = if self.dynamic.load(Ordering::Acquire) && state == MemberState::Up {
+            next.insert(node, state, version)
+        } else {
+            next.set(node, state, version)
+        };
+        if !changed {
             return false;
         }
         let ranked = next.ranked();
@@ -329,7 +344,12 @@ pub(crate) fn serve(core: &Rc<Shard>, key: ActorKey, body: &[u8], sink: ReplySin
                 let Some(net) = c.node.net.as_ref() else {
                     return;
                 };
-                if net.view.announced(node, kind, &version, seq) {
+                // With a dynamic membership the provider may have ranked the node before its
+                // JOIN came (the view then has not changed here): hand over all the same.
+                let stale = seq != 0 && net.view.stale(node, seq);
+                let changed = net.view.announced(node, kind, &version, seq);
+                let dynamic = net.view.dynamic.load(Ordering::Acquire);
+                if changed || (dynamic && kind == JOIN && !stale) {
                     let moved = hand_off(&c, node, deadline).await;
                     tracing::info!(node, moved, "actors handed over to a joining node");
                 }
@@ -631,6 +651,34 @@ pub(crate) fn announce_blocking(node: &Arc<NodeShared>, kind: u16, timeout: Dura
     let _ = rx.recv_timeout(timeout);
 }
 
+/// The cause of `NodeUnavailable` for a member that is out of the view.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "node {node} is not in the member set (it left, or its membership lease expired): \
+     actors whose state is on its disk are unavailable until it rejoins"
+)]
+pub(crate) struct MemberGone {
+    node: NodeId,
+    #[source]
+    last: Option<crate::error::LinkDown>,
+}
+
+/// `Some(MemberGone)` if `node` is `Left` in this engine's view.
+pub(crate) fn gone_cause(
+    core: &Shard,
+    node: NodeId,
+    last: Option<crate::error::LinkDown>,
+) -> Option<crate::error::LinkDown> {
+    let net = core.node.net.as_ref()?;
+    let left = net
+        .view
+        .read()
+        .now
+        .get(node)
+        .is_some_and(|m| m.state == MemberState::Left);
+    left.then(|| crate::error::LinkDown::new(MemberGone { node, last }))
+}
+
 /// Applies a dynamic membership's member set on this node (`EngineHandle::set_members`): the
 /// view (placement), then every shard's links (a new member is dialed; a changed address is
 /// used at the next dial). A member that joined asks for its hand-over itself (`JOIN`).
@@ -662,10 +710,18 @@ pub(crate) fn set_fenced(node: &Arc<NodeShared>, fenced: bool) {
         tracing::warn!("membership provider lost past the lease: new activations held");
         return;
     }
-    tracing::info!("membership provider back: new activations released");
-    for s in 0..node.shard_count() {
-        node.inject(s, CrossMsg::run_on(crate::migrate::release_held));
-    }
+    // Peers may have taken it out of placement meanwhile (its lease expired) and activated
+    // its movable actors elsewhere: join again (`JOIN`: they hand those over), then release
+    // the first messages held.
+    tracing::info!("membership provider back: joining again, then releasing held activations");
+    net.view.joined.store(false, Ordering::Release);
+    node.inject(
+        0,
+        CrossMsg::run_on(|c| {
+            let c2 = c.clone();
+            c.sched.spawn(join(c2));
+        }),
+    );
 }
 
 #[cfg(test)]

@@ -43,8 +43,11 @@ pub(super) fn deadline_ms(timeout: Duration) -> u32 {
 }
 
 /// The cause of `NodeUnavailable` for `node`: its link's last error.
+/// A member that is out of the member view (it left, or its lease expired) is named as such,
+/// with the link's error as the next cause.
 fn link_cause(core: &Shard, node: NodeId) -> Option<crate::error::LinkDown> {
-    core.net.as_ref()?.links.get(&node)?.cause()
+    let last = core.net.as_ref()?.links.get(&node).and_then(|l| l.cause());
+    super::members::gone_cause(core, node, last.clone()).or(last)
 }
 
 fn unavailable(core: &Shard, node: NodeId, id: &ActorId) -> CallError {
