@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # A throwaway etcd v3 server for the etcd membership tests (runtime/tests/etcd_membership.rs):
 # one member on loopback, its data dir in a temp dir, fsync off. Installs Debian's `etcd-server`
-# (the server) and `protobuf-compiler` (`protoc`, which the `etcd` cargo feature's build needs)
+# (the server), `etcd-client` (`etcdctl`, its health check) and `protobuf-compiler` (`protoc`, which the `etcd` cargo feature's build needs)
 # when missing (as root: apt-get install -y, after apt-get update if needed).
 #
 #   eval "$(scripts/etcd.sh start)"   # prints the exports: QUARK_ETCD_DIR, QUARK_TEST_ETCD
@@ -16,6 +16,7 @@ set -euo pipefail
 install() {
     local need=()
     command -v etcd >/dev/null 2>&1 || need+=(etcd-server)
+    command -v etcdctl >/dev/null 2>&1 || need+=(etcd-client)
     command -v protoc >/dev/null 2>&1 || need+=(protobuf-compiler)
     [ ${#need[@]} -eq 0 ] && return 0
     if [ "$(id -u)" != 0 ]; then

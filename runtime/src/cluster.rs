@@ -425,37 +425,36 @@ fn etcd_settings(
                 "at most 64 bytes",
             ));
         }
-        let advertise = match m.advertise {
-            None if listen.ip().is_unspecified() => {
-                return Err(invalid(
+        let advertise =
+            match m.advertise {
+                None if listen.ip().is_unspecified() => return Err(invalid(
                     file,
                     "cluster.membership.advertise",
                     "(absent)".into(),
                     "required when cluster.listen is an unspecified address (0.0.0.0 or [::]): \
                      the ip:port peers dial",
-                ))
-            }
-            None => listen,
-            Some(a) => {
-                let addr: SocketAddr = a.parse().map_err(|_| {
-                    invalid(
-                        file,
-                        "cluster.membership.advertise",
-                        format!("{a:?}"),
-                        "an ip:port address",
-                    )
-                })?;
-                if addr.port() == 0 || addr.ip().is_unspecified() {
-                    return Err(invalid(
-                        file,
-                        "cluster.membership.advertise",
-                        format!("{a:?}"),
-                        "a dialable ip:port (not port 0, not 0.0.0.0)",
-                    ));
+                )),
+                None => listen,
+                Some(a) => {
+                    let addr: SocketAddr = a.parse().map_err(|_| {
+                        invalid(
+                            file,
+                            "cluster.membership.advertise",
+                            format!("{a:?}"),
+                            "an ip:port address",
+                        )
+                    })?;
+                    if addr.port() == 0 || addr.ip().is_unspecified() {
+                        return Err(invalid(
+                            file,
+                            "cluster.membership.advertise",
+                            format!("{a:?}"),
+                            "a dialable ip:port (not port 0, not 0.0.0.0)",
+                        ));
+                    }
+                    addr
                 }
-                addr
-            }
-        };
+            };
         Ok(EtcdSettings {
             endpoints,
             prefix,

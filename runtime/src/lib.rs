@@ -11,13 +11,13 @@ pub mod builtin;
 mod client;
 mod cluster;
 mod config;
+#[cfg(feature = "etcd")]
+pub mod etcd;
 pub mod jobs;
 pub mod journal;
 mod locality;
 pub mod memory;
 mod node;
-#[cfg(feature = "etcd")]
-pub mod etcd;
 #[cfg(feature = "otlp")]
 pub mod otlp;
 pub mod outbox;

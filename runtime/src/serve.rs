@@ -236,10 +236,12 @@ fn load(file: &Path, node_id: Option<u64>) -> Result<NodeConfig, ServeError> {
                     addr: cluster.listen.to_string(),
                 }],
             })
-            .map_err(|source| ServeError::Config(crate::ConfigError::Cluster {
-                file: file.to_path_buf(),
-                source,
-            }))?;
+            .map_err(|source| {
+                ServeError::Config(crate::ConfigError::Cluster {
+                    file: file.to_path_buf(),
+                    source,
+                })
+            })?;
             cluster.net.membership = own;
             cluster.net.node_id = id;
             return Ok(config);

@@ -115,6 +115,8 @@ pub struct EtcdView {
     pub watch_resumes: u64,
     /// Times the member set was read again in full (start, compaction).
     pub resyncs: u64,
+    /// Times a session with etcd ended on an error (connection, timeout, stream).
+    pub session_errors: u64,
 }
 
 #[derive(Default)]
@@ -327,6 +329,8 @@ struct Run {
     valid_until: Instant,
     revision: i64,
     stop_leave: Option<bool>,
+    /// No watch was opened yet (the first one is not a resume).
+    first_watch: bool,
 }
 
 async fn run(
@@ -347,6 +351,7 @@ async fn run(
         valid_until: Instant::now(),
         revision: 0,
         stop_leave: None,
+        first_watch: true,
     };
     let mut ready = Some(ready);
     let mut backoff = Duration::from_millis(50);
@@ -368,8 +373,12 @@ async fn run(
                 r.lease = None;
                 backoff = Duration::from_millis(50);
             }
-            End::Resync => r.revision = 0,
+            End::Resync => {
+                r.revision = 0;
+                r.first_watch = true;
+            }
             End::Reconnect => {
+                lock(&r.shared).view.session_errors += 1;
                 r.check_fence();
                 // Wait, but notice a stop (and keep checking the fence).
                 let wake = tokio::time::sleep(backoff);
@@ -476,7 +485,10 @@ impl Run {
     async fn register(&mut self, c: &mut Client) -> Result<(), EtcdError> {
         let sent = Instant::now();
         let lease = self
-            .timed("lease grant", c.lease_grant(self.ttl.as_secs() as i64, None))
+            .timed(
+                "lease grant",
+                c.lease_grant(self.ttl.as_secs() as i64, None),
+            )
             .await?;
         let granted = Duration::from_secs(lease.ttl().max(1) as u64);
         self.ttl = granted;
@@ -486,15 +498,20 @@ impl Run {
         if let Some(rec) = self.record() {
             let key = self.key();
             let opts = PutOptions::new().with_lease(lease.id());
-            self.timed("put member", c.put(key, rec, Some(opts))).await?;
+            self.timed("put member", c.put(key, rec, Some(opts)))
+                .await?;
         }
         self.lease = Some(lease.id());
         self.valid_until = sent + granted;
         let mut s = lock(&self.shared);
         s.view.registrations += 1;
         s.set_fenced(false);
-        tracing::info!(node = self.me.id, lease = lease.id(), ttl_s = granted.as_secs(),
-            "registered in etcd");
+        tracing::info!(
+            node = self.me.id,
+            lease = lease.id(),
+            ttl_s = granted.as_secs(),
+            "registered in etcd"
+        );
         Ok(())
     }
 
@@ -528,7 +545,9 @@ impl Run {
     }
 
     fn parse(&self, key: &[u8], value: &[u8]) -> Option<Key> {
-        let rest = std::str::from_utf8(key).ok()?.strip_prefix(&self.cfg.prefix)?;
+        let rest = std::str::from_utf8(key)
+            .ok()?
+            .strip_prefix(&self.cfg.prefix)?;
         if let Some(id) = rest.strip_prefix("seats/") {
             return Some(Key::Seat(id.parse().ok()?));
         }
@@ -566,11 +585,38 @@ impl Run {
         }
         let (mut keeper, mut beats) = match self.lease {
             Some(l) => {
-                let (k, b) = self.timed("lease keep-alive", c.lease_keep_alive(l)).await?;
-                (Some(k), Some(b))
+                // The client reads the first answer: a lease etcd no longer has is an error.
+                let sent = Instant::now();
+                match tokio::time::timeout(self.op, c.lease_keep_alive(l)).await {
+                    Ok(Ok((k, b))) => {
+                        self.valid_until = self.valid_until.max(sent + self.ttl);
+                        lock(&self.shared).set_fenced(false);
+                        (Some(k), Some(b))
+                    }
+                    Ok(Err(etcd_client::Error::LeaseKeepAliveError(_))) => {
+                        tracing::warn!(
+                            node = self.me.id,
+                            "etcd: the lease expired; registering again"
+                        );
+                        return Ok(End::LeaseLost);
+                    }
+                    Ok(Err(e)) => return Err(self.err("lease keep-alive")(e)),
+                    Err(_) => {
+                        return Err(EtcdError::Timeout {
+                            endpoints: self.cfg.endpoints.clone(),
+                            op: "lease keep-alive",
+                            timeout: self.op,
+                        })
+                    }
+                }
             }
             None => (None, None),
         };
+        if self.revision > 0 && lock(&self.shared).view.resyncs > 0 && !self.first_watch {
+            // A session after an error: the watch resumes from the last revision seen.
+            lock(&self.shared).view.watch_resumes += 1;
+        }
+        self.first_watch = false;
         let wopts = WatchOptions::new()
             .with_prefix()
             .with_start_revision(self.revision + 1);
@@ -624,10 +670,7 @@ impl Run {
                         }
                         self.apply(resp.events());
                     }
-                    _ => {
-                        lock(&self.shared).view.watch_resumes += 1;
-                        return Ok(End::Reconnect);
-                    }
+                    _ => return Ok(End::Reconnect),
                 },
                 cmd = cmds.recv() => match cmd {
                     Some(Cmd::State(tx)) => {

@@ -159,7 +159,13 @@ impl MemberView {
             let mut w = self.views.write().unwrap_or_else(|p| p.into_inner());
             let last = w.seqs.entry(node).or_insert(0);
             if seq <= *last {
-                tracing::debug!(node, kind, seq, last = *last, "stale member announcement ignored");
+                tracing::debug!(
+                    node,
+                    kind,
+                    seq,
+                    last = *last,
+                    "stale member announcement ignored"
+                );
                 return false;
             }
             *last = seq;
@@ -750,7 +756,10 @@ mod tests {
         let (x, y) = (a.next_seq(), a.next_seq());
         assert!(y > x);
         let b = MemberView::new(1, vec![1, 2], "", true);
-        assert!(b.next_seq() > x, "a restarted node starts above its earlier numbers");
+        assert!(
+            b.next_seq() > x,
+            "a restarted node starts above its earlier numbers"
+        );
     }
 
     #[test]

@@ -27,8 +27,8 @@ use crate::actor::{Handler, Message};
 use crate::shard::Shard;
 
 pub(crate) use conn::{close_all, start, Link};
-pub(crate) use members::{announce_blocking, place_new, MemberView, NewPlace, DRAINING, LEFT};
 pub use members::MemberUpdate;
+pub(crate) use members::{announce_blocking, place_new, MemberView, NewPlace, DRAINING, LEFT};
 pub(crate) use members::{set_fenced, set_members};
 pub(crate) use migrate::{forward_node, send_arrive, send_pause};
 pub(crate) use remote::{ask_remote, tell_remote, tell_remote_now};
