@@ -242,6 +242,13 @@ fn a_node_joins_under_traffic_and_takes_its_share_with_state() {
     let n1 = start(1, &cluster, &ep);
     let n2 = start(2, &cluster, &ep);
     wait_members(&[&n1, &n2], &[1, 2], Duration::from_secs(5), "two nodes");
+    // A client that reads the members from etcd (no node listed).
+    let client = quark::Client::builder()
+        .cluster_id(cluster.clone())
+        .etcd(vec![ep.clone()], None)
+        .message::<Put>()
+        .connect()
+        .expect("client");
     let keys = purse_keys(120);
     let traffic = Traffic::start(n1.handle(), keys.clone(), 3);
     traffic.wait_for(500, "before the join");
@@ -286,8 +293,18 @@ fn a_node_joins_under_traffic_and_takes_its_share_with_state() {
         let h1: Vec<_> = homes(&n1).into_iter().map(|h| h.unwrap_or(1)).collect();
         let h2: Vec<_> = homes(&n2).into_iter().map(|h| h.unwrap_or(2)).collect();
         let h3: Vec<_> = homes(&n3).into_iter().map(|h| h.unwrap_or(3)).collect();
-        h1 == h2 && h2 == h3 && h1.contains(&3)
+        let hc: Vec<_> = keys
+            .iter()
+            .map(|k| client.actor_ref::<Purse>(*k).remote_node().unwrap_or(0))
+            .collect();
+        h1 == h2 && h2 == h3 && h1 == hc && h1.contains(&3)
     });
+    assert_eq!(
+        client
+            .etcd_view()
+            .map(|v| v.live.keys().copied().collect::<Vec<_>>()),
+        Some(vec![1, 2, 3])
+    );
     traffic.wait_for(500, "after the join");
     let total = traffic.finish();
     // The moved purses are on node 3 with their balances (asked through node 3, local now).
@@ -305,6 +322,14 @@ fn a_node_joins_under_traffic_and_takes_its_share_with_state() {
         seen_on3 > 0,
         "the purses homed on node 3 kept their deposits"
     );
+    // The client reaches node 3's purses (dialed when etcd showed it) with their balances.
+    for k in &on3 {
+        let via_client = quark::block_on(client.actor_ref::<Purse>(*k).ask(Put(0)))
+            .unwrap_or_else(|e| panic!("client, purse {k}: {}", quark::ErrorChain(&e)));
+        let via_node = quark::block_on(n3.actor_ref::<Purse>(*k).ask(Put(0))).expect("node 3");
+        assert_eq!(via_client, via_node);
+    }
+    client.shutdown();
     eprintln!(
         "join: {total} asks, 0 failed; {} purses now on node 3",
         on3.len()

@@ -186,8 +186,28 @@ impl EtcdMembership {
     /// first attempt failed: etcd must be reachable when a node starts). Blocks; not on a
     /// shard thread.
     pub fn start(cfg: EtcdSettings, me: MemberRecord) -> Result<EtcdMembership, EtcdError> {
+        Self::spawn(cfg, me, Some("up"))
+    }
+
+    /// Reads and watches the member set without registering (a `Client`): no lease, no fence.
+    pub fn watch(cfg: EtcdSettings) -> Result<EtcdMembership, EtcdError> {
+        let nobody = MemberRecord {
+            id: NodeId::MAX,
+            addr: String::new(),
+            app_version: String::new(),
+            zone: String::new(),
+            state: String::new(),
+        };
+        Self::spawn(cfg, nobody, None)
+    }
+
+    fn spawn(
+        cfg: EtcdSettings,
+        me: MemberRecord,
+        state: Option<&'static str>,
+    ) -> Result<EtcdMembership, EtcdError> {
         let shared = Arc::new(Mutex::new(Shared {
-            state: Some("up"),
+            state,
             ..Shared::default()
         }));
         let (cmd_tx, cmd_rx) = mpsc::channel(16);
