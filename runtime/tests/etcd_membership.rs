@@ -602,15 +602,31 @@ fn a_node_cut_off_from_etcd_fences_itself_and_rejoins_when_healed() {
     );
     let t0 = Instant::now();
     proxy.cut();
-    // The others see node 3's lease expire; node 3 fences itself once its lease would have.
-    let seen = wait_members(&[&n1, &n2], &[1, 2], Duration::from_secs(8), "partition");
-    wait_until(Duration::from_secs(8), "node 3 fenced", || {
-        n3.etcd_view().is_some_and(|v| v.fenced)
-    });
+    // The others see node 3's lease expire; node 3 fences itself once its lease would have
+    // expired, which is before etcd deletes its key (split-brain rule).
+    let (mut fenced_at, mut seen_at) = (None, None);
+    let end = Instant::now() + Duration::from_secs(8);
+    while fenced_at.is_none() || seen_at.is_none() {
+        assert!(
+            Instant::now() < end,
+            "partition: fenced {fenced_at:?}, seen {seen_at:?}"
+        );
+        if fenced_at.is_none() && n3.etcd_view().is_some_and(|v| v.fenced) {
+            fenced_at = Some(t0.elapsed());
+        }
+        if seen_at.is_none() && live(&n1) == [1, 2] && live(&n2) == [1, 2] {
+            seen_at = Some(t0.elapsed());
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let (fenced_at, seen_at) = (fenced_at.expect("fenced"), seen_at.expect("seen"));
     eprintln!(
-        "partition: node 3 out of the others' member set {:?} after the cut; fenced after {:?}",
-        seen.duration_since(t0),
-        t0.elapsed()
+        "partition: node 3 fenced {fenced_at:?} after the cut; out of the others' member set \
+         after {seen_at:?}"
+    );
+    assert!(
+        fenced_at <= seen_at,
+        "node 3 fenced itself only after the others dropped it"
     );
     // Fenced: a new movable activation on node 3 is held, not started.
     let fresh = (10_000..20_000u64)

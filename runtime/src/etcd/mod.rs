@@ -125,6 +125,8 @@ struct Shared {
     handle: Option<EngineHandle>,
     /// `draining` while the node drains; `None` after it left (not registered again).
     state: Option<&'static str>,
+    /// The node's lease lasts at least until then, as etcd counts it (`None`: no lease).
+    valid_until: Option<Instant>,
 }
 
 impl Shared {
@@ -139,6 +141,21 @@ impl Shared {
         let mut seats: Vec<NodeId> = self.view.seats.iter().copied().collect();
         seats.extend(live.iter().map(|m| m.id));
         h.set_members(seats, live);
+    }
+
+    /// Fences the node once its lease may have expired (checked every 20 ms by the
+    /// watchdog task, so the fence is never later than that).
+    fn fence_if_due(&mut self) {
+        if self.state.is_none() || self.view.registrations == 0 || self.view.fenced {
+            return;
+        }
+        if self.valid_until.is_none_or(|t| Instant::now() >= t) {
+            tracing::warn!(
+                "etcd unreachable past the lease: this node may be out of the membership; \
+                 holding new activations of movable actors"
+            );
+            self.set_fenced(true);
+        }
     }
 
     fn set_fenced(&mut self, fenced: bool) {
@@ -345,8 +362,6 @@ struct Run {
     ttl: Duration,
     op: Duration,
     lease: Option<i64>,
-    /// The lease is valid at least until then (as etcd counts it).
-    valid_until: Instant,
     revision: i64,
     stop_leave: Option<bool>,
     /// No watch was opened yet (the first one is not a resume).
@@ -368,13 +383,20 @@ async fn run(
         me,
         shared,
         lease: None,
-        valid_until: Instant::now(),
         revision: 0,
         stop_leave: None,
         first_watch: true,
     };
     let mut ready = Some(ready);
     let mut backoff = Duration::from_millis(50);
+    // The fence's watchdog (ends with the runtime).
+    let sh = r.shared.clone();
+    tokio::spawn(async move {
+        loop {
+            lock(&sh).fence_if_due();
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    });
     loop {
         let end = match r.session(&mut cmds, &mut stop, &mut ready).await {
             Ok(end) => end,
@@ -390,7 +412,7 @@ async fn run(
         match end {
             End::Stop => break,
             End::LeaseLost => {
-                r.lease = None;
+                r.lease_lost();
                 backoff = Duration::from_millis(50);
             }
             End::Resync => {
@@ -448,21 +470,23 @@ impl Run {
     }
 
     fn check_fence(&self) {
+        lock(&self.shared).fence_if_due();
+    }
+
+    /// A keep-alive sent at `sent` was acknowledged with `ttl`: the lease lasts at least until
+    /// `sent + ttl` (etcd counts from when it received it, later).
+    fn extend(&self, sent: Instant, ttl: Duration) {
         let mut s = lock(&self.shared);
-        if s.state.is_none() {
-            return; // left: not a member any more, nothing to fence
-        }
-        if self.lease.is_none() || Instant::now() >= self.valid_until {
-            if !s.view.fenced && s.view.registrations > 0 {
-                tracing::warn!(
-                    "etcd unreachable past the lease: this node may be out of the membership; \
-                     holding new activations of movable actors"
-                );
-            }
-            if s.view.registrations > 0 {
-                s.set_fenced(true);
-            }
-        }
+        let until = sent + ttl;
+        s.valid_until = Some(s.valid_until.map_or(until, |t| t.max(until)));
+        s.set_fenced(false);
+    }
+
+    fn lease_lost(&mut self) {
+        self.lease = None;
+        let mut s = lock(&self.shared);
+        s.valid_until = None;
+        s.fence_if_due();
     }
 
     fn key(&self) -> String {
@@ -522,8 +546,8 @@ impl Run {
                 .await?;
         }
         self.lease = Some(lease.id());
-        self.valid_until = sent + granted;
         let mut s = lock(&self.shared);
+        s.valid_until = Some(sent + granted);
         s.view.registrations += 1;
         s.set_fenced(false);
         tracing::info!(
@@ -609,8 +633,7 @@ impl Run {
                 let sent = Instant::now();
                 match tokio::time::timeout(self.op, c.lease_keep_alive(l)).await {
                     Ok(Ok((k, b))) => {
-                        self.valid_until = self.valid_until.max(sent + self.ttl);
-                        lock(&self.shared).set_fenced(false);
+                        self.extend(sent, self.ttl);
                         (Some(k), Some(b))
                     }
                     Ok(Err(etcd_client::Error::LeaseKeepAliveError(_))) => {
@@ -668,9 +691,8 @@ impl Run {
                 b = next_beat(&mut beats) => match b {
                     Ok(Some(resp)) if resp.ttl() > 0 => {
                         if let Some(t) = sent.pop_front() {
-                            self.valid_until = self.valid_until.max(t + Duration::from_secs(resp.ttl() as u64));
+                            self.extend(t, Duration::from_secs(resp.ttl() as u64));
                         }
-                        lock(&self.shared).set_fenced(false);
                     }
                     Ok(Some(_)) => {
                         tracing::warn!(node = self.me.id, "etcd: the lease expired; registering again");
