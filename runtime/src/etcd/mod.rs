@@ -170,8 +170,8 @@ impl Shared {
 }
 
 enum Cmd {
-    State(oneshot::Sender<()>),
-    Leave(oneshot::Sender<()>),
+    State(std::sync::mpsc::SyncSender<()>),
+    Leave(std::sync::mpsc::SyncSender<()>),
 }
 
 /// A node's registration in etcd and its watch of the member set (see the module docs).
@@ -277,26 +277,13 @@ impl EtcdMembership {
         }
     }
 
-    fn command(&self, make: impl FnOnce(oneshot::Sender<()>) -> Cmd) -> bool {
-        let (tx, rx) = oneshot::channel();
+    fn command(&self, make: impl FnOnce(std::sync::mpsc::SyncSender<()>) -> Cmd) -> bool {
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
         if self.cmds.try_send(make(tx)).is_err() {
             return false;
         }
         // The thread answers once etcd did; it waits at most `op_timeout` per request.
-        let deadline = Instant::now() + self.op_timeout * 2;
-        let mut rx = rx;
-        loop {
-            match rx.try_recv() {
-                Ok(()) => return true,
-                Err(oneshot::error::TryRecvError::Closed) => return false,
-                Err(oneshot::error::TryRecvError::Empty) if Instant::now() >= deadline => {
-                    return false
-                }
-                Err(oneshot::error::TryRecvError::Empty) => {
-                    std::thread::sleep(Duration::from_millis(2))
-                }
-            }
-        }
+        rx.recv_timeout(self.op_timeout * 2).is_ok()
     }
 
     /// Registers the node as draining (peers stop sending it new activations). Blocks at most
