@@ -360,6 +360,8 @@ impl ClientBuilder {
     ///
     /// Then it starts the client's engine, which dials every node from its shard(s); links come
     /// up in the background (asks sent meanwhile wait for them, within their deadline).
+    // `mut`: the etcd feature adds the members it reads to `nodes`.
+    #[cfg_attr(not(feature = "etcd"), allow(unused_mut))]
     pub fn connect(mut self) -> Result<Client, ClientError> {
         #[cfg(feature = "etcd")]
         let etcd = match self.etcd.take() {
