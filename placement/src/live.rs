@@ -3,9 +3,10 @@
 //!
 //! - A member is `Up` (ranked), `Draining` (still ranked: it coordinates the moves of its
 //!   actors away, but a peer does not send it new activations of its own), or `Left` (not
-//!   ranked: it announced it stopped, after its drain). A member that stops without announcing
-//!   it (a crash, a cut link) stays `Up`: its ids fail until it is back (see
-//!   docs/MIGRATION.md, "Rolling upgrades").
+//!   ranked: it announced it stopped, after its drain). With static membership a member that
+//!   stops without announcing it (a crash, a cut link) stays `Up`: its ids fail until it is
+//!   back (see docs/MIGRATION.md, "Rolling upgrades"); with membership on etcd its expired
+//!   lease makes it `Left` (docs/CLUSTER.md, "Membership on etcd").
 //! - Version-aware: among the ranked members, only those of the newest application version
 //!   rank (an empty version, not configured, is never older or newer: it always ranks).
 //! - The home is the rendezvous choice ([`node_for`]) among them, so when a member leaves,
@@ -124,6 +125,24 @@ impl LiveMembers {
             m.version = v.to_owned();
         }
         changed
+    }
+
+    /// Adds `id` with `state` (a member that joined a dynamic membership, e.g. from etcd:
+    /// docs/CLUSTER.md, "Membership on etcd"), or sets it if present; true if the set changed.
+    pub fn insert(&mut self, id: NodeId, state: MemberState, version: Option<&str>) -> bool {
+        if self.get(id).is_some() {
+            return self.set(id, state, version);
+        }
+        let at = self.members.partition_point(|m| m.id < id);
+        self.members.insert(
+            at,
+            LiveMember {
+                id,
+                state,
+                version: version.unwrap_or("").to_owned(),
+            },
+        );
+        true
     }
 
     /// The newest version among the members that are not `Left` (`None`: none is known).
@@ -255,5 +274,21 @@ mod tests {
         assert!(!live.set(1, MemberState::Up, Some("2")));
         assert!(live.set(1, MemberState::Left, None));
         assert_eq!(live.get(1).map(|m| m.state), Some(MemberState::Left));
+    }
+
+    #[test]
+    fn an_inserted_member_ranks_in_id_order_and_takes_only_its_share() {
+        let mut live = LiveMembers::new([1, 3]);
+        let before: Vec<_> = ids(3000).map(|id| live.home(&id)).collect();
+        assert!(live.insert(2, MemberState::Up, Some("")));
+        assert!(!live.insert(2, MemberState::Up, None));
+        assert_eq!(live.ranked(), vec![1, 2, 3]);
+        for (id, b) in ids(3000).zip(&before) {
+            let now = live.home(&id);
+            assert_eq!(now, node_for(&id, &[1, 2, 3]));
+            if now != Some(2) {
+                assert_eq!(now, *b, "{id}: only the new member's share moves");
+            }
+        }
     }
 }

@@ -25,6 +25,10 @@ pub enum ClientError {
     /// No node address was given.
     #[error("a client needs at least one node address")]
     NoNodes,
+    /// The member set could not be read from etcd ([`ClientBuilder::etcd`]).
+    #[cfg(feature = "etcd")]
+    #[error("reading the members from etcd")]
+    Etcd(#[source] crate::etcd::EtcdError),
     /// A node could not be reached.
     #[error("cannot connect to {addr}")]
     Connect {
@@ -236,6 +240,8 @@ pub struct ClientBuilder {
     net: Box<dyn FnOnce(&mut NetConfig)>,
     wire: Vec<Box<dyn FnOnce(EngineBuilder) -> EngineBuilder>>,
     probe_timeout: Duration,
+    #[cfg(feature = "etcd")]
+    etcd: Option<crate::cluster::EtcdSettings>,
 }
 
 impl ClientBuilder {
@@ -299,6 +305,23 @@ impl ClientBuilder {
         self
     }
 
+    /// Reads the members from etcd (`endpoints`; `prefix` default
+    /// `/quark/<cluster_id>/members/`, as the nodes' `[cluster.membership]`) at
+    /// [`connect`](Self::connect), in addition to the listed nodes, and follows the member set
+    /// from then on (a side thread watches it): placement agrees with the nodes' as they join
+    /// and leave. Cargo feature `etcd`.
+    #[cfg(feature = "etcd")]
+    pub fn etcd(mut self, endpoints: Vec<String>, prefix: Option<String>) -> Self {
+        self.etcd = Some(crate::cluster::EtcdSettings {
+            endpoints,
+            prefix: prefix.unwrap_or_default(),
+            lease_ttl_s: crate::cluster::ETCD_LEASE_TTL_S_DEFAULT,
+            zone: String::new(),
+            advertise: SocketAddr::from(([127, 0, 0, 1], 1)),
+        });
+        self
+    }
+
     /// Lets the client send `M` (and read its reply).
     pub fn message<M>(mut self) -> Self
     where
@@ -337,7 +360,32 @@ impl ClientBuilder {
     ///
     /// Then it starts the client's engine, which dials every node from its shard(s); links come
     /// up in the background (asks sent meanwhile wait for them, within their deadline).
-    pub fn connect(self) -> Result<Client, ClientError> {
+    // `mut`: the etcd feature adds the members it reads to `nodes`.
+    #[cfg_attr(not(feature = "etcd"), allow(unused_mut))]
+    pub fn connect(mut self) -> Result<Client, ClientError> {
+        #[cfg(feature = "etcd")]
+        let etcd = match self.etcd.take() {
+            Some(mut cfg) => {
+                if cfg.prefix.is_empty() {
+                    cfg.prefix = format!("/quark/{}/members/", self.cluster_id);
+                }
+                let m = crate::etcd::EtcdMembership::watch(cfg).map_err(ClientError::Etcd)?;
+                for r in m.view().live.values() {
+                    let Ok(addr) = r.addr.parse::<SocketAddr>() else {
+                        continue;
+                    };
+                    if !self
+                        .nodes
+                        .iter()
+                        .any(|(id, a)| *id == Some(r.id) || *a == addr)
+                    {
+                        self.nodes.push((Some(r.id), addr));
+                    }
+                }
+                Some(m)
+            }
+            None => None,
+        };
         if self.nodes.is_empty() {
             return Err(ClientError::NoNodes);
         }
@@ -417,6 +465,10 @@ impl ClientBuilder {
         let mut net = NetConfig::new(client_id, PeerRole::Client, membership);
         net.secret = secret;
         net.tls = tls;
+        #[cfg(feature = "etcd")]
+        {
+            net.dynamic_members = etcd.is_some();
+        }
         (self.net)(&mut net);
         let mut engine = self.engine;
         engine.net = Some(net);
@@ -434,9 +486,16 @@ impl ClientBuilder {
                 .wire_message::<r::RemoteJobList>()
                 .wire_message::<r::RemoteJobPause>();
         }
+        let engine = b.start()?;
+        #[cfg(feature = "etcd")]
+        if let Some(m) = &etcd {
+            m.attach(engine.handle());
+        }
         Ok(Client {
-            engine: b.start()?,
+            engine,
             members,
+            #[cfg(feature = "etcd")]
+            etcd,
         })
     }
 }
@@ -462,6 +521,9 @@ pub struct Client {
     engine: Engine,
     /// The cluster's node ids.
     members: Vec<u64>,
+    /// The etcd watch of the member set ([`ClientBuilder::etcd`]).
+    #[cfg(feature = "etcd")]
+    etcd: Option<crate::etcd::EtcdMembership>,
 }
 
 impl Client {
@@ -484,6 +546,8 @@ impl Client {
             net: Box::new(|_| {}),
             wire: Vec::new(),
             probe_timeout: Duration::from_secs(2),
+            #[cfg(feature = "etcd")]
+            etcd: None,
         }
     }
 
@@ -532,6 +596,17 @@ impl Client {
 
     /// Closes the connections and stops the client's threads.
     pub fn shutdown(self) -> ShutdownReport {
-        self.engine.shutdown()
+        let report = self.engine.shutdown();
+        #[cfg(feature = "etcd")]
+        if let Some(m) = self.etcd {
+            m.stop(false);
+        }
+        report
+    }
+
+    /// The etcd view of the member set (`None`: no [`ClientBuilder::etcd`]).
+    #[cfg(feature = "etcd")]
+    pub fn etcd_view(&self) -> Option<crate::etcd::EtcdView> {
+        self.etcd.as_ref().map(crate::etcd::EtcdMembership::view)
     }
 }

@@ -1,5 +1,5 @@
-//! The `[cluster]` section of `quark.toml`: identity, static membership, secret and transport
-//! bounds (every key in `docs/CONFIG.md`).
+//! The `[cluster]` section of `quark.toml`: identity, membership (static, or on etcd:
+//! `[cluster.membership]`), secret and transport bounds (every key in `docs/CONFIG.md`).
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -19,6 +19,48 @@ pub struct ClusterSettings {
     pub net: NetConfig,
     /// The address to listen on (default: this node's address in `nodes`).
     pub listen: SocketAddr,
+    /// Where the member set comes from (`[cluster.membership]`).
+    pub membership: MembershipSettings,
+}
+
+/// Where a node's member set comes from (`[cluster.membership] provider`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum MembershipSettings {
+    /// `[[cluster.nodes]]`, fixed (the default).
+    Static,
+    /// Registered in and watched from etcd v3 (docs/CLUSTER.md, "Membership on etcd").
+    Etcd(EtcdSettings),
+}
+
+/// `[cluster.membership]` with `provider = "etcd"`, validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EtcdSettings {
+    /// etcd endpoints (`http://host:port`), tried in turn by the client.
+    pub endpoints: Vec<String>,
+    /// The key prefix of the members (default `/quark/<cluster_id>/members/`); ends with `/`.
+    pub prefix: String,
+    /// The lease's time to live, seconds (default 2): how long after a node stops keeping
+    /// it alive its peers drop it, and how long a node that lost etcd keeps activating.
+    pub lease_ttl_s: u64,
+    /// The node's zone label (registered, shown; empty: none).
+    pub zone: String,
+    /// The address peers and clients dial (default: `listen`).
+    pub advertise: SocketAddr,
+}
+
+/// The default lease TTL, seconds: a member change is seen within about this.
+pub const ETCD_LEASE_TTL_S_DEFAULT: u64 = 2;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawMembership {
+    provider: Option<String>,
+    endpoints: Option<Vec<String>>,
+    prefix: Option<String>,
+    lease_ttl_s: Option<u64>,
+    zone: Option<String>,
+    advertise: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -43,6 +85,7 @@ pub(crate) struct RawCluster {
     #[serde(default)]
     nodes: Vec<quark_net::MemberAddr>,
     tls: Option<crate::config::tls::RawTls>,
+    membership: Option<RawMembership>,
 }
 
 fn invalid(file: &Path, key: &str, value: String, reason: &'static str) -> ConfigError {
@@ -59,9 +102,49 @@ pub(crate) fn cluster_settings(
     check: &Check<'_>,
 ) -> Result<ClusterSettings, ConfigError> {
     let file = check.file;
+    let etcd = match raw.membership.as_ref().and_then(|m| m.provider.as_deref()) {
+        None | Some("static") => false,
+        Some("etcd") => true,
+        Some(other) => {
+            return Err(check.invalid(
+                "cluster.membership.provider",
+                format!("{other:?}"),
+                "\"static\" or \"etcd\"",
+            ))
+        }
+    };
+    let listen_cfg = match &raw.listen {
+        None => None,
+        Some(s) => Some(s.parse::<SocketAddr>().map_err(|_| {
+            invalid(
+                file,
+                "cluster.listen",
+                format!("{s:?}"),
+                "an ip:port address",
+            )
+        })?),
+    };
+    let mut nodes = raw.nodes;
+    if etcd && !nodes.iter().any(|n| n.id == raw.node_id) {
+        // With etcd the static list may be empty: the node's own entry is its listen address
+        // (the others come from etcd).
+        let Some(l) = listen_cfg else {
+            return Err(invalid(
+                file,
+                "cluster.listen",
+                "(absent)".into(),
+                "required with provider = \"etcd\" when cluster.nodes has no entry for node_id",
+            ));
+        };
+        nodes.push(quark_net::MemberAddr {
+            id: raw.node_id,
+            addr: l.to_string(),
+        });
+    }
+    let cluster_id = raw.cluster_id;
     let membership = Membership::from_config(&quark_net::ClusterConfig {
-        cluster_id: raw.cluster_id,
-        nodes: raw.nodes,
+        cluster_id: cluster_id.clone(),
+        nodes,
     })
     .map_err(|source| ConfigError::Cluster {
         file: file.to_path_buf(),
@@ -75,16 +158,26 @@ pub(crate) fn cluster_settings(
             "must be the id of one of cluster.nodes",
         ));
     };
-    let listen = match raw.listen {
-        None => own,
-        Some(s) => s.parse().map_err(|_| {
-            invalid(
-                file,
-                "cluster.listen",
-                format!("{s:?}"),
-                "an ip:port address",
-            )
-        })?,
+    let listen = listen_cfg.unwrap_or(own);
+    let membership_settings = match raw.membership {
+        Some(m) if etcd => MembershipSettings::Etcd(etcd_settings(m, &cluster_id, listen, check)?),
+        Some(m) => {
+            if m.endpoints.is_some()
+                || m.prefix.is_some()
+                || m.lease_ttl_s.is_some()
+                || m.zone.is_some()
+                || m.advertise.is_some()
+            {
+                return Err(invalid(
+                    file,
+                    "cluster.membership.provider",
+                    "\"static\"".into(),
+                    "endpoints, prefix, lease_ttl_s, zone and advertise apply to provider = \"etcd\" only",
+                ));
+            }
+            MembershipSettings::Static
+        }
+        None => MembershipSettings::Static,
     };
     let secret = match (raw.secret, raw.secret_env) {
         (Some(_), Some(_)) => {
@@ -123,6 +216,7 @@ pub(crate) fn cluster_settings(
         (None, None) => None,
     };
     let mut net = NetConfig::new(raw.node_id, PeerRole::Member, membership);
+    net.dynamic_members = matches!(membership_settings, MembershipSettings::Etcd(_));
     net.secret = secret;
     net.tls = raw
         .tls
@@ -250,5 +344,123 @@ pub(crate) fn cluster_settings(
     )? {
         net.handshake_timeout = d;
     }
-    Ok(ClusterSettings { net, listen })
+    Ok(ClusterSettings {
+        net,
+        listen,
+        membership: membership_settings,
+    })
+}
+
+/// What a build without the `etcd` feature says about `provider = "etcd"`.
+#[cfg(not(feature = "etcd"))]
+const NO_ETCD: &str = "this build has no etcd membership: enable the cargo feature `etcd` of the \
+     `quark` crate (quark = { features = [\"etcd\"] }), or build `quark serve` with \
+     `cargo build -p quark-cli --features etcd`";
+
+fn etcd_settings(
+    m: RawMembership,
+    cluster_id: &str,
+    listen: SocketAddr,
+    check: &Check<'_>,
+) -> Result<EtcdSettings, ConfigError> {
+    #[cfg(not(feature = "etcd"))]
+    {
+        let _ = (&m, cluster_id, listen);
+        Err(check.invalid("cluster.membership.provider", "\"etcd\"", NO_ETCD))
+    }
+    #[cfg(feature = "etcd")]
+    {
+        let file = check.file;
+        let endpoints = m
+            .endpoints
+            .unwrap_or_else(|| vec!["http://127.0.0.1:2379".to_owned()]);
+        if endpoints.is_empty() {
+            return Err(invalid(
+                file,
+                "cluster.membership.endpoints",
+                "[]".into(),
+                "at least one endpoint, e.g. \"http://127.0.0.1:2379\"",
+            ));
+        }
+        for e in &endpoints {
+            let rest = e
+                .strip_prefix("http://")
+                .or_else(|| e.strip_prefix("https://"));
+            if rest.is_none_or(|r| r.is_empty() || !r.contains(':')) {
+                return Err(invalid(
+                    file,
+                    "cluster.membership.endpoints",
+                    format!("{e:?}"),
+                    "each endpoint is http://host:port (or https://host:port)",
+                ));
+            }
+        }
+        let prefix = m
+            .prefix
+            .unwrap_or_else(|| format!("/quark/{cluster_id}/members/"));
+        if prefix.is_empty() || !prefix.ends_with('/') {
+            return Err(invalid(
+                file,
+                "cluster.membership.prefix",
+                format!("{prefix:?}"),
+                "a non-empty key prefix ending with '/'",
+            ));
+        }
+        let lease_ttl_s = match m.lease_ttl_s {
+            None => ETCD_LEASE_TTL_S_DEFAULT,
+            Some(v) => check.range(
+                "cluster.membership.lease_ttl_s",
+                v,
+                1,
+                3600,
+                "1 to 3600 s (etcd may raise it to its minimum)",
+            )?,
+        };
+        let zone = m.zone.unwrap_or_default();
+        if zone.len() > 64 {
+            return Err(invalid(
+                file,
+                "cluster.membership.zone",
+                format!("{zone:?}"),
+                "at most 64 bytes",
+            ));
+        }
+        let advertise =
+            match m.advertise {
+                None if listen.ip().is_unspecified() => return Err(invalid(
+                    file,
+                    "cluster.membership.advertise",
+                    "(absent)".into(),
+                    "required when cluster.listen is an unspecified address (0.0.0.0 or [::]): \
+                     the ip:port peers dial",
+                )),
+                None => listen,
+                Some(a) => {
+                    let addr: SocketAddr = a.parse().map_err(|_| {
+                        invalid(
+                            file,
+                            "cluster.membership.advertise",
+                            format!("{a:?}"),
+                            "an ip:port address",
+                        )
+                    })?;
+                    if addr.port() == 0 || addr.ip().is_unspecified() {
+                        return Err(invalid(
+                            file,
+                            "cluster.membership.advertise",
+                            format!("{a:?}"),
+                            "a dialable ip:port (not port 0, not 0.0.0.0)",
+                        ));
+                    }
+                    addr
+                }
+            };
+        Ok(EtcdSettings {
+            endpoints,
+            prefix,
+            lease_ttl_s,
+            zone,
+            advertise,
+        })
+    }
 }

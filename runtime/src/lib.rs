@@ -11,6 +11,8 @@ pub mod builtin;
 mod client;
 mod cluster;
 mod config;
+#[cfg(feature = "etcd")]
+pub mod etcd;
 pub mod jobs;
 pub mod journal;
 mod locality;
@@ -24,7 +26,7 @@ mod serve;
 
 pub use admin::{AdminConfig, AdminError};
 pub use client::{probe, probe_with, Client, ClientBuilder, ClientError};
-pub use cluster::ClusterSettings;
+pub use cluster::{ClusterSettings, EtcdSettings, MembershipSettings, ETCD_LEASE_TTL_S_DEFAULT};
 pub use config::{
     ActorTypeConfig, ConfigError, MemoryConfig, NodeConfig, ObservabilityConfig, OutboxSection,
     VictimStrategy,

@@ -24,6 +24,11 @@ pub enum NodeError {
     /// The configuration was refused.
     #[error(transparent)]
     Config(#[from] ConfigError),
+    /// The etcd membership (`[cluster.membership] provider = "etcd"`) could not register the
+    /// node (etcd must be reachable when a node starts).
+    #[cfg(feature = "etcd")]
+    #[error("cannot join the cluster through etcd")]
+    Etcd(#[from] crate::etcd::EtcdError),
     /// The memory monitor's thread (`[memory]`) could not be started.
     #[error("cannot start the memory monitor thread")]
     MemoryMonitor(#[source] std::io::Error),
@@ -366,6 +371,21 @@ impl NodeBuilder {
                 tracing::warn!(%addr, "{}", quark_net::ListenMode::NO_SECRET_NOTICE);
             }
             c.net.listener = Some(std::sync::Arc::new(l));
+        }
+        #[cfg(feature = "etcd")]
+        let etcd = match (&mut self.config.cluster, self.config.engine.net.is_none()) {
+            (Some(c), true) => {
+                let bound = c
+                    .net
+                    .listener
+                    .as_ref()
+                    .and_then(|l| l.local_addr().ok())
+                    .unwrap_or(c.listen);
+                crate::etcd::start_for_node(c, &self.config.engine.app_version, bound)?
+            }
+            _ => None,
+        };
+        if let Some(c) = &self.config.cluster {
             self.config.engine.net = Some(c.net.clone());
         }
         for name in self.config.actors.keys() {
@@ -404,6 +424,10 @@ impl NodeBuilder {
         let (builder, outbox) = self.outbox.register(builder)?;
         let engine = builder.start()?;
         let handle = engine.handle();
+        #[cfg(feature = "etcd")]
+        if let Some(e) = &etcd {
+            e.attach(handle.clone());
+        }
         let outbox_running = outbox.is_some();
         if let Some(outbox) = outbox {
             outbox.start(&handle, engine.node_id().unwrap_or(0));
@@ -509,6 +533,8 @@ impl NodeBuilder {
             memory,
             move_cooldown,
             locality,
+            #[cfg(feature = "etcd")]
+            etcd,
         })
     }
 }
@@ -557,6 +583,10 @@ pub struct Node {
     move_cooldown: crate::memory::MoveCooldown,
     /// Locality-aware repartitioning (`[locality] enabled`); stopped first at shutdown.
     locality: Option<crate::locality::Locality>,
+    /// The etcd membership (`[cluster.membership] provider = "etcd"`); a drain marks the node
+    /// draining there and then deletes its registration; stopped after the engine.
+    #[cfg(feature = "etcd")]
+    etcd: Option<crate::etcd::EtcdMembership>,
 }
 
 impl Node {
@@ -813,6 +843,10 @@ impl Node {
         if let Some(a) = &self.admin {
             a.set_draining();
         }
+        #[cfg(feature = "etcd")]
+        if let Some(e) = &self.etcd {
+            e.set_draining();
+        }
         let slot = self.engine();
         let engine = slot
             .as_ref()
@@ -824,7 +858,18 @@ impl Node {
         for a in &report.moved_actors {
             self.move_cooldown.moved(a, now);
         }
+        #[cfg(feature = "etcd")]
+        if let Some(e) = &self.etcd {
+            e.leave();
+        }
         report
+    }
+
+    /// The etcd membership's view (`None`: static membership): the registered members, seats,
+    /// the last revision seen, the fence.
+    #[cfg(feature = "etcd")]
+    pub fn etcd_view(&self) -> Option<crate::etcd::EtcdView> {
+        self.etcd.as_ref().map(crate::etcd::EtcdMembership::view)
     }
 
     /// Drains and stops the node (see [`Engine::shutdown`]). The admin endpoint, if any,
@@ -850,6 +895,11 @@ impl Node {
             .take()
             .expect("the engine is in its slot until shutdown consumes the node");
         let report = engine.shutdown();
+        // A graceful stop deletes the registration (peers drop the node at once).
+        #[cfg(feature = "etcd")]
+        if let Some(e) = self.etcd.take() {
+            e.stop(true);
+        }
         if let Some(a) = self.admin {
             a.stop();
         }

@@ -227,6 +227,25 @@ fn load(file: &Path, node_id: Option<u64>) -> Result<NodeConfig, ServeError> {
         });
     };
     if let Some(id) = node_id {
+        if cluster.net.dynamic_members && !cluster.net.membership.contains(id) {
+            // Membership on etcd: the node's own entry is its listen address.
+            let own = quark_net::Membership::from_config(&quark_net::ClusterConfig {
+                cluster_id: cluster.net.membership.cluster_id().to_owned(),
+                nodes: vec![quark_net::MemberAddr {
+                    id,
+                    addr: cluster.listen.to_string(),
+                }],
+            })
+            .map_err(|source| {
+                ServeError::Config(crate::ConfigError::Cluster {
+                    file: file.to_path_buf(),
+                    source,
+                })
+            })?;
+            cluster.net.membership = own;
+            cluster.net.node_id = id;
+            return Ok(config);
+        }
         let Some(addr) = cluster.net.membership.addr(id) else {
             return Err(ServeError::UnknownNodeId {
                 file: file.to_path_buf(),

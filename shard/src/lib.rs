@@ -74,7 +74,7 @@ pub use memory::CountingAlloc;
 #[doc(hidden)]
 pub use migrate::stop_log_moves_after_copy;
 pub use migrate::{DrainReport, MigrateError, Moved, Placement};
-pub use net::{NetConfig, NetStatsSnapshot, PeerRtt};
+pub use net::{MemberUpdate, NetConfig, NetStatsSnapshot, PeerRtt};
 pub use quark_placement::{ActorId, ActorKey, ShardId};
 pub use scheduler::{JoinError, SpawnHandle};
 pub use stats::{

@@ -2319,11 +2319,19 @@ pub(crate) fn drain_blocking(
     let deadline = started + timeout;
     let mut report = DrainReport::default();
     let me = this_node(node);
-    let members = node
+    // The members configured at start and those the live view knows now (with dynamic
+    // membership a node that started alone has its peers only in the view).
+    let mut members: Vec<NodeId> = node
         .net
         .as_ref()
-        .map(|n| n.members.clone())
+        .map(|n| {
+            let mut m = n.members.clone();
+            m.extend(n.view.now().members().iter().map(|l| l.id));
+            m
+        })
         .unwrap_or_default();
+    members.sort_unstable();
+    members.dedup();
     let peers: Vec<NodeId> = members.iter().copied().filter(|m| *m != me).collect();
     // Peers stop sending this node new activations (docs/MIGRATION.md, "Rolling upgrades").
     let announce = node.config.migration_timeout;

@@ -26,6 +26,22 @@ impl std::fmt::Debug for EngineHandle {
 }
 
 impl EngineHandle {
+    /// Replaces the member set of a node whose membership is dynamic (`NetConfig::
+    /// dynamic_members`; a membership provider such as etcd calls it on every change): `seats`
+    /// (every member that ever registered) place the actors that are not movable; the `live`
+    /// members rank for movable actors as their state says, and are dialed if new; every other
+    /// member is out of the movable placement. No effect on a standalone engine.
+    pub fn set_members(&self, seats: Vec<quark_placement::NodeId>, live: Vec<crate::MemberUpdate>) {
+        crate::net::set_members(&self.shared, seats, live);
+    }
+
+    /// The split-brain fence of a dynamic membership: while `true` (the node lost its
+    /// membership provider past its lease), first messages of movable actors are held, not
+    /// activated; `false` releases them.
+    pub fn set_fenced(&self, fenced: bool) {
+        crate::net::set_fenced(&self.shared, fenced);
+    }
+
     /// Number of shards.
     pub fn shard_count(&self) -> u16 {
         self.shared.shard_count()

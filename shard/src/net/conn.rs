@@ -267,7 +267,9 @@ enum LinkState {
 /// This shard's dialed connection to one peer node, across reconnects.
 pub(crate) struct Link {
     pub(crate) peer: NodeId,
-    pub(crate) addr: SocketAddr,
+    /// The peer's address: fixed with static membership; a dynamic membership may change it
+    /// (a member re-registered from another address), read at each dial.
+    addr: Cell<SocketAddr>,
     state: Cell<LinkState>,
     wire: RefCell<Option<Rc<Outbound>>>,
     pub(crate) last_drop_log: Cell<Option<Instant>>,
@@ -283,7 +285,7 @@ impl Link {
     pub(crate) fn new(peer: NodeId, addr: SocketAddr) -> Link {
         Link {
             peer,
-            addr,
+            addr: Cell::new(addr),
             state: Cell::new(LinkState::Connecting),
             wire: RefCell::new(None),
             last_drop_log: Cell::new(None),
@@ -291,6 +293,16 @@ impl Link {
             dropped_since_log: Cell::new(0),
             peer_version: RefCell::new(String::new()),
         }
+    }
+
+    /// The peer's address (the next dial's).
+    pub(crate) fn addr(&self) -> SocketAddr {
+        self.addr.get()
+    }
+
+    /// Sets the peer's address for the next dial (a dynamic membership saw it change).
+    pub(crate) fn set_addr(&self, addr: SocketAddr) {
+        self.addr.set(addr);
     }
 
     /// The peer's application version, from the handshake of the connection that is up now
@@ -359,15 +371,7 @@ impl Link {
 pub(crate) fn start(core: &Rc<Shard>, listener: Option<std::net::TcpListener>) {
     let Some(net) = &core.net else { return };
     for link in net.links.values() {
-        // The first attempt's wire exists before the task runs, so that sends made right after
-        // start-up queue instead of failing.
-        *link.wire.borrow_mut() = Some(Rc::new(Outbound::new(
-            net.cfg.out_bytes_max,
-            net.cfg.requests_inflight_max,
-            false,
-        )));
-        let (core2, link) = (core.clone(), link.clone());
-        core.sched.spawn(async move { run_link(core2, link).await });
+        start_link(core, link);
     }
     if core.id == 0 && net.cfg.role == PeerRole::Member {
         core.sched.spawn(super::members::join(core.clone()));
@@ -381,6 +385,44 @@ pub(crate) fn start(core: &Rc<Shard>, listener: Option<std::net::TcpListener>) {
             Err(e) => tracing::error!(shard = core.id, error = %e, "cannot register the listener"),
         }
     }
+}
+
+/// Starts the link manager of one peer.
+fn start_link(core: &Rc<Shard>, link: Rc<Link>) {
+    let net = core.net();
+    // The first attempt's wire exists before the task runs, so that sends made right after
+    // start-up queue instead of failing.
+    *link.wire.borrow_mut() = Some(Rc::new(Outbound::new(
+        net.cfg.out_bytes_max,
+        net.cfg.requests_inflight_max,
+        false,
+    )));
+    let core2 = core.clone();
+    core.sched.spawn(async move { run_link(core2, link).await });
+}
+
+/// Adds a link to `peer` at `addr` (a member that joined a dynamic membership) and starts it;
+/// a known peer's address is updated for its next dial instead.
+pub(crate) fn add_peer(core: &Rc<Shard>, peer: NodeId, addr: SocketAddr) {
+    let Some(net) = &core.net else { return };
+    if peer == net.cfg.node_id {
+        return;
+    }
+    if let Some(l) = net.links.get(&peer) {
+        if l.addr() != addr {
+            tracing::info!(shard = core.id, peer, old = %l.addr(), new = %addr,
+                "peer address changed");
+            l.set_addr(addr);
+        }
+        return;
+    }
+    if !running(core) {
+        return;
+    }
+    let link = Rc::new(Link::new(peer, addr));
+    net.links.insert(link.clone());
+    tracing::info!(shard = core.id, peer, %addr, "dialing a new member");
+    start_link(core, link);
 }
 
 fn handshake_config(core: &Shard) -> HandshakeConfig {
@@ -580,12 +622,12 @@ async fn run_link(core: Rc<Shard>, link: Rc<Link>) {
                 backoff.reset();
                 link_up(&core, &link, was_up);
                 was_up = true;
-                let reason = serve(&core, &wire, rd, wr, fd, dec, link.peer, link.addr).await;
-                tracing::warn!(shard = core.id, peer = link.peer, addr = %link.addr,
+                let reason = serve(&core, &wire, rd, wr, fd, dec, link.peer, link.addr()).await;
+                tracing::warn!(shard = core.id, peer = link.peer, addr = %link.addr(),
                     ?reason, "link to peer closed; reconnecting");
                 *last_log.get_mut() = None;
                 LinkDown::new(LinkError::Closed {
-                    addr: link.addr,
+                    addr: link.addr(),
                     reason,
                 })
             }
@@ -640,17 +682,17 @@ async fn dial(
     link: &Link,
     cfg: &super::NetConfig,
 ) -> Result<(ConnReader, ConnWriter, RawFd, FrameDecoder), LinkError> {
-    let (rd, wr, fd) = tcp::connect(link.addr, cfg.connect_timeout)
+    let (rd, wr, fd) = tcp::connect(link.addr(), cfg.connect_timeout)
         .await
         .map_err(|source| LinkError::Connect {
-            addr: link.addr,
+            addr: link.addr(),
             source,
         })?;
     let tls = match &cfg.tls {
         Some(t) => Some(
-            t.client_session(link.addr.ip())
+            t.client_session(link.addr().ip())
                 .map_err(|source| LinkError::Tls {
-                    addr: link.addr,
+                    addr: link.addr(),
                     source,
                 })?,
         ),
@@ -660,7 +702,7 @@ async fn dial(
     let init = Initiator::new(handshake_config(core), nonce(), Some(link.peer));
     let (peer, dec) = handshake(
         Side::Dial(init),
-        link.addr,
+        link.addr(),
         &mut rd,
         &mut wr,
         cfg.frame_bytes_max,
@@ -679,7 +721,7 @@ fn link_up(core: &Shard, link: &Link, reconnect: bool) {
         peers.connects += 1;
         peers.handshakes_ok += 1;
     }
-    tracing::info!(shard = core.id, peer = link.peer, addr = %link.addr,
+    tracing::info!(shard = core.id, peer = link.peer, addr = %link.addr(),
         reconnect, "link to peer established");
     *link.last_error.borrow_mut() = None;
     link.state.set(LinkState::Up);
@@ -764,7 +806,10 @@ async fn accept_loop(core: Rc<Shard>, listener: tcp::Listener) {
                     return;
                 }
             };
-            if peer.role == PeerRole::Member && !cfg.membership.contains(peer.node_id) {
+            if peer.role == PeerRole::Member
+                && !cfg.dynamic_members
+                && !cfg.membership.contains(peer.node_id)
+            {
                 net.stats
                     .peers
                     .borrow_mut()

@@ -3,7 +3,13 @@
 //! hand-over of actors when a member joins.
 //!
 //! One reserved request, `quark.member.state`, body `(kind u16, node u64, app_version String)`,
-//! reply `String` (the answering node's `app_version`). Kinds:
+//! reply `String` (the answering node's `app_version`). The envelope's key is the announcement's
+//! sequence number, `U64(seq)`: per sending node, increasing across its announcements and its
+//! restarts (it starts at the node's start time in µs since the Unix epoch). A receiver ignores
+//! the state of an announcement whose sequence number is not above the last one it applied
+//! from that node (announcements travel on two connections, the dialed link and the accepted
+//! one, so a `JOINED` in flight could overtake a later `DRAINING`); `0` (a sender before this
+//! rule) is applied unordered. Kinds:
 //! - `JOIN` (a request, from a starting node to each peer): the peer ranks the node again
 //!   (`Up`, with its version), moves to it the active movable actors it coordinated whose home
 //!   that changes, and answers once they moved. The starting node holds first messages for
@@ -17,13 +23,14 @@
 
 use std::collections::VecDeque;
 use std::rc::Rc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use futures::channel::oneshot;
 use quark_net::{FrameHead, FrameKind, RequestEnvelope, WireOwned};
 use quark_placement::{node_for, ActorId, ActorKey, LiveMembers, MemberState, NodeId};
+use rustc_hash::FxHashMap;
 
 use super::migrate::{send_request, SysOutcome, SysReply};
 use super::remote::{wire_key, ReplySink};
@@ -49,33 +56,60 @@ const HANDOFF_INFLIGHT: usize = 256;
 /// announcements only, read when a reference is made and on activation misses).
 pub(crate) struct MemberView {
     pub(crate) me: NodeId,
-    statics: Vec<NodeId>,
     /// The view now, and before its last change (the hand-over rule: an id whose home moved
     /// away from this node is sent on to its new home rather than activated here).
     views: RwLock<Views>,
     joined: AtomicBool,
     changed: AtomicBool,
+    /// The node lost its membership provider for longer than its lease (split-brain rule,
+    /// docs/CLUSTER.md, "Membership on etcd"): first messages of movable actors are held.
+    fenced: AtomicBool,
+    /// The sequence number of this node's next announcement.
+    seq: AtomicU64,
+    /// A provider sets the member set (`set_members` was called): announcements of members
+    /// not in the view add them.
+    dynamic: AtomicBool,
 }
 
 /// The view now and before its last change, with their ranked members (computed once per
 /// change, so that a reference costs no allocation).
 struct Views {
+    /// The placement of actors that are not movable: every configured member (static
+    /// membership), or every member that ever registered (etcd's seats).
+    statics: Vec<NodeId>,
     now: LiveMembers,
     before: LiveMembers,
     now_ranked: Vec<NodeId>,
     before_ranked: Vec<NodeId>,
+    /// The last announcement sequence number applied, per node.
+    seqs: FxHashMap<NodeId, u64>,
 }
 
 impl Views {
-    fn new(live: LiveMembers) -> Views {
+    fn new(statics: Vec<NodeId>, live: LiveMembers) -> Views {
         let ranked = live.ranked();
         Views {
+            statics,
             now: live.clone(),
             before: live,
             now_ranked: ranked.clone(),
             before_ranked: ranked,
+            seqs: FxHashMap::default(),
         }
     }
+}
+
+/// One member as a dynamic membership provider sees it (`EngineHandle::set_members`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemberUpdate {
+    /// The node id.
+    pub id: NodeId,
+    /// The address it accepts cluster connections on.
+    pub addr: std::net::SocketAddr,
+    /// Its state (`Up` or `Draining`; a member absent from the set is out of placement).
+    pub state: MemberState,
+    /// Its application version (empty: not set).
+    pub app_version: String,
 }
 
 /// Where a first message for a movable actor goes (`migrate::divert`).
@@ -94,13 +128,94 @@ impl MemberView {
         let mut live = LiveMembers::new(statics.iter().copied());
         live.set(me, MemberState::Up, Some(version));
         let alone = statics.iter().all(|n| *n == me);
+        let start_us = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(1, |d| d.as_micros() as u64);
         MemberView {
             me,
-            statics,
-            views: RwLock::new(Views::new(live)),
+            views: RwLock::new(Views::new(statics, live)),
             joined: AtomicBool::new(!member || alone),
             changed: AtomicBool::new(false),
+            fenced: AtomicBool::new(false),
+            seq: AtomicU64::new(start_us.max(1)),
+            dynamic: AtomicBool::new(false),
         }
+    }
+
+    /// The sequence number of this node's next announcement.
+    pub(crate) fn next_seq(&self) -> u64 {
+        self.seq.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// True if an announcement of `node` numbered `seq` is older than one applied.
+    pub(crate) fn stale(&self, node: NodeId, seq: u64) -> bool {
+        self.read().seqs.get(&node).is_some_and(|&last| seq <= last)
+    }
+
+    /// Applies an announcement of `node` (`kind`, its version, its sequence number): false if
+    /// it is stale (a later one from that node was applied) or changed nothing.
+    pub(crate) fn announced(&self, node: NodeId, kind: u16, version: &str, seq: u64) -> bool {
+        if seq != 0 {
+            let mut w = self.views.write().unwrap_or_else(|p| p.into_inner());
+            let last = w.seqs.entry(node).or_insert(0);
+            if seq <= *last {
+                tracing::debug!(
+                    node,
+                    kind,
+                    seq,
+                    last = *last,
+                    "stale member announcement ignored"
+                );
+                return false;
+            }
+            *last = seq;
+        }
+        match kind {
+            JOIN | JOINED => self.update(node, MemberState::Up, Some(version)),
+            DRAINING => self.update(node, MemberState::Draining, None),
+            LEFT => self.update(node, MemberState::Left, None),
+            _ => false,
+        }
+    }
+
+    /// Replaces the member set (a dynamic membership provider): `seats` place the actors that
+    /// are not movable; `live` members rank as their state says; every other known member is
+    /// `Left`. True if the view changed.
+    pub(crate) fn set_members(&self, seats: &[NodeId], live: &[MemberUpdate]) -> bool {
+        self.dynamic.store(true, Ordering::Release);
+        let mut w = self.views.write().unwrap_or_else(|p| p.into_inner());
+        let mut next = w.now.clone();
+        let mut changed = false;
+        for m in live {
+            let version = (m.id != self.me).then_some(m.app_version.as_str());
+            changed |= next.insert(m.id, m.state, version);
+        }
+        let known: Vec<NodeId> = next.members().iter().map(|m| m.id).collect();
+        for id in known {
+            if !live.iter().any(|m| m.id == id) {
+                changed |= next.set(id, MemberState::Left, None);
+            }
+        }
+        let mut seats = seats.to_vec();
+        seats.sort_unstable();
+        seats.dedup();
+        let seats_changed = seats != w.statics;
+        w.statics = seats;
+        if !changed {
+            return seats_changed;
+        }
+        let ranked = next.ranked();
+        w.before = std::mem::replace(&mut w.now, next);
+        w.before_ranked = std::mem::replace(&mut w.now_ranked, ranked);
+        self.changed.store(true, Ordering::Release);
+        tracing::info!(ranked = ?w.now_ranked, seats = ?w.statics, "member set changed");
+        true
+    }
+
+    /// True while the node holds first messages of movable actors because it lost its
+    /// membership provider (split-brain rule).
+    pub(crate) fn fenced(&self) -> bool {
+        self.fenced.load(Ordering::Acquire)
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, Views> {
@@ -112,14 +227,14 @@ impl MemberView {
     /// type this engine does not know, e.g. on a client), else the static placement.
     pub(crate) fn home(&self, id: &ActorId, movable: bool) -> Option<NodeId> {
         if !movable {
-            return node_for(id, &self.statics);
+            return node_for(id, &self.read().statics);
         }
         node_for(id, &self.read().now_ranked)
     }
 
     /// The static placement (every configured member).
     pub(crate) fn static_home(&self, id: &ActorId) -> Option<NodeId> {
-        node_for(id, &self.statics)
+        node_for(id, &self.read().statics)
     }
 
     /// The view now.
@@ -131,7 +246,12 @@ impl MemberView {
     pub(crate) fn update(&self, node: NodeId, state: MemberState, version: Option<&str>) -> bool {
         let mut w = self.views.write().unwrap_or_else(|p| p.into_inner());
         let mut next = w.now.clone();
-        if !next.set(node, state, version) {
+        let changed = if self.dynamic.load(Ordering::Acquire) && state == MemberState::Up {
+            next.insert(node, state, version)
+        } else {
+            next.set(node, state, version)
+        };
+        if !changed {
             return false;
         }
         let ranked = next.ranked();
@@ -163,7 +283,9 @@ impl MemberView {
     /// ([`place_new`]): before the node joined, or once the view changed.
     #[inline]
     pub(crate) fn attention(&self) -> bool {
-        !self.joined.load(Ordering::Relaxed) || self.changed.load(Ordering::Relaxed)
+        !self.joined.load(Ordering::Relaxed)
+            || self.changed.load(Ordering::Relaxed)
+            || self.fenced.load(Ordering::Relaxed)
     }
 }
 
@@ -177,7 +299,7 @@ pub(crate) fn place_new(core: &Shard, type_idx: u16, key: &ActorKey) -> NewPlace
         return NewPlace::Here;
     }
     let v = &net.view;
-    if !v.joined() {
+    if !v.joined() || v.fenced() {
         return NewPlace::Hold;
     }
     let id = ActorId {
@@ -198,7 +320,7 @@ pub(crate) fn place_new(core: &Shard, type_idx: u16, key: &ActorKey) -> NewPlace
 }
 
 /// Serves `quark.member.state` from another node or (one-way) from a node this client dialed.
-pub(crate) fn serve(core: &Rc<Shard>, body: &[u8], sink: ReplySink) {
+pub(crate) fn serve(core: &Rc<Shard>, key: ActorKey, body: &[u8], sink: ReplySink) {
     let Some(net) = core.node.net.as_ref() else {
         return;
     };
@@ -213,6 +335,10 @@ pub(crate) fn serve(core: &Rc<Shard>, body: &[u8], sink: ReplySink) {
     };
     let view = &net.view;
     let member = core.net().cfg.role == quark_net::PeerRole::Member;
+    let seq = match key {
+        ActorKey::U64(s) => s,
+        _ => 0,
+    };
     match kind {
         JOIN | JOINED if member && node != view.me => {
             let c = core.clone();
@@ -224,7 +350,12 @@ pub(crate) fn serve(core: &Rc<Shard>, body: &[u8], sink: ReplySink) {
                 let Some(net) = c.node.net.as_ref() else {
                     return;
                 };
-                if net.view.update(node, MemberState::Up, Some(&version)) {
+                // With a dynamic membership the provider may have ranked the node before its
+                // JOIN came (the view then has not changed here): hand over all the same.
+                let stale = seq != 0 && net.view.stale(node, seq);
+                let changed = net.view.announced(node, kind, &version, seq);
+                let dynamic = net.view.dynamic.load(Ordering::Acquire);
+                if changed || (dynamic && kind == JOIN && !stale) {
                     let moved = hand_off(&c, node, deadline).await;
                     tracing::info!(node, moved, "actors handed over to a joining node");
                 }
@@ -232,14 +363,8 @@ pub(crate) fn serve(core: &Rc<Shard>, body: &[u8], sink: ReplySink) {
             });
             return;
         }
-        JOIN | JOINED => {
-            view.update(node, MemberState::Up, Some(&version));
-        }
-        DRAINING => {
-            view.update(node, MemberState::Draining, None);
-        }
-        LEFT => {
-            view.update(node, MemberState::Left, None);
+        JOIN | JOINED | DRAINING | LEFT => {
+            view.announced(node, kind, &version, seq);
         }
         other => tracing::warn!(shard = core.id, kind = other, "unknown member announcement"),
     }
@@ -256,11 +381,12 @@ async fn links_up(core: &Rc<Shard>, peer: NodeId, deadline: Instant) {
             node.inject(
                 s,
                 CrossMsg::run_on(move |c| {
-                    let up = c
-                        .net
-                        .as_ref()
-                        .and_then(|n| n.links.get(&peer))
-                        .is_none_or(|l| l.is_up());
+                    // With a dynamic membership the link may not exist yet (the provider's
+                    // event comes after the node's JOIN): not up.
+                    let up = c.net.as_ref().is_none_or(|n| match n.links.get(&peer) {
+                        Some(l) => l.is_up(),
+                        None => !n.cfg.dynamic_members,
+                    });
                     let _ = tx.send(up);
                 }),
             );
@@ -400,7 +526,9 @@ pub(crate) fn tell_wire(core: &Shard, wire: &super::conn::Outbound, kind: u16) {
         return;
     }
     let body = (kind, net.cfg.node_id, core.node.config.app_version.clone());
-    let env = RequestEnvelope::new("", wire_key(&ActorKey::U64(0)), STATE, 0);
+    let seq = core.node.net.as_ref().map_or(0, |n| n.view.next_seq());
+    let key = ActorKey::U64(seq);
+    let env = RequestEnvelope::new("", wire_key(&key), STATE, 0);
     let head = FrameHead {
         source_shard: core.id,
         ..FrameHead::new(FrameKind::OneWay)
@@ -439,7 +567,7 @@ fn ask_peers(
         return Vec::new();
     };
     let body = (kind, net.cfg.node_id, core.node.config.app_version.clone());
-    let mut peers: Vec<NodeId> = net.links.keys().copied().collect();
+    let mut peers: Vec<NodeId> = net.links.keys();
     peers.sort_unstable();
     let mut out = Vec::new();
     for p in peers {
@@ -455,7 +583,7 @@ fn ask_peers(
             node: core.node.clone(),
             on,
         });
-        let key = ActorKey::U64(0);
+        let key = ActorKey::U64(core.node.net.as_ref().map_or(0, |n| n.view.next_seq()));
         if send_request(core, p, "", &key, STATE, &body, timeout, Some(waiter)).is_ok() {
             out.push((p, rx));
         }
@@ -527,4 +655,131 @@ pub(crate) fn announce_blocking(node: &Arc<NodeShared>, kind: u16, timeout: Dura
         node.inject(s, CrossMsg::run_on(move |c| tell_accepted(c, kind)));
     }
     let _ = rx.recv_timeout(timeout);
+}
+
+/// The cause of `NodeUnavailable` for a member that is out of the view.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "node {node} is not in the member set (it left, or its membership lease expired): \
+     actors whose state is on its disk are unavailable until it rejoins"
+)]
+pub(crate) struct MemberGone {
+    node: NodeId,
+    #[source]
+    last: Option<crate::error::LinkDown>,
+}
+
+/// `Some(MemberGone)` if `node` is `Left` in this engine's view.
+pub(crate) fn gone_cause(
+    core: &Shard,
+    node: NodeId,
+    last: Option<crate::error::LinkDown>,
+) -> Option<crate::error::LinkDown> {
+    let net = core.node.net.as_ref()?;
+    let left = net
+        .view
+        .read()
+        .now
+        .get(node)
+        .is_some_and(|m| m.state == MemberState::Left);
+    left.then(|| crate::error::LinkDown::new(MemberGone { node, last }))
+}
+
+/// Applies a dynamic membership's member set on this node (`EngineHandle::set_members`): the
+/// view (placement), then every shard's links (a new member is dialed; a changed address is
+/// used at the next dial). A member that joined asks for its hand-over itself (`JOIN`).
+pub(crate) fn set_members(node: &Arc<NodeShared>, seats: Vec<NodeId>, live: Vec<MemberUpdate>) {
+    let Some(net) = node.net.as_ref() else { return };
+    let addrs: Vec<(NodeId, std::net::SocketAddr)> = live.iter().map(|m| (m.id, m.addr)).collect();
+    for s in 0..node.shard_count() {
+        let addrs = addrs.clone();
+        node.inject(
+            s,
+            CrossMsg::run_on(move |c| {
+                for (id, addr) in addrs {
+                    super::conn::add_peer(c, id, addr);
+                }
+            }),
+        );
+    }
+    net.view.set_members(&seats, &live);
+}
+
+/// Sets the split-brain fence (`EngineHandle::set_fenced`): while set, first messages of
+/// movable actors are held (not activated); when cleared, the held ones are released.
+pub(crate) fn set_fenced(node: &Arc<NodeShared>, fenced: bool) {
+    let Some(net) = node.net.as_ref() else { return };
+    if net.view.fenced.swap(fenced, Ordering::AcqRel) == fenced {
+        return;
+    }
+    if fenced {
+        tracing::warn!("membership provider lost past the lease: new activations held");
+        return;
+    }
+    // Peers may have taken it out of placement meanwhile (its lease expired) and activated
+    // its movable actors elsewhere: join again (`JOIN`: they hand those over), then release
+    // the first messages held.
+    tracing::info!("membership provider back: joining again, then releasing held activations");
+    net.view.joined.store(false, Ordering::Release);
+    node.inject(
+        0,
+        CrossMsg::run_on(|c| {
+            let c2 = c.clone();
+            c.sched.spawn(join(c2));
+        }),
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_stale_announcement_does_not_undo_a_later_one() {
+        let v = MemberView::new(1, vec![1, 2, 3], "1", true);
+        // Node 2's DRAINING (seq 11) arrives before its JOINED (seq 10), which was in flight
+        // on the other connection.
+        assert!(v.announced(2, DRAINING, "", 11));
+        assert!(!v.announced(2, JOINED, "1", 10));
+        assert_eq!(v.now().get(2).map(|m| m.state), Some(MemberState::Draining));
+        // Later ones apply; a sender without sequence numbers (0) applies unordered.
+        assert!(v.announced(2, LEFT, "", 12));
+        assert_eq!(v.now().get(2).map(|m| m.state), Some(MemberState::Left));
+        assert!(v.announced(3, DRAINING, "", 0));
+        assert!(v.announced(3, JOINED, "", 0));
+        assert_eq!(v.now().get(3).map(|m| m.state), Some(MemberState::Up));
+    }
+
+    #[test]
+    fn announcement_numbers_increase_across_restarts() {
+        let a = MemberView::new(1, vec![1, 2], "", true);
+        let (x, y) = (a.next_seq(), a.next_seq());
+        assert!(y > x);
+        let b = MemberView::new(1, vec![1, 2], "", true);
+        assert!(
+            b.next_seq() > x,
+            "a restarted node starts above its earlier numbers"
+        );
+    }
+
+    #[test]
+    fn a_dynamic_member_set_places_and_removes() {
+        let addr: std::net::SocketAddr = "127.0.0.1:1".parse().expect("a literal address");
+        let up = |id| MemberUpdate {
+            id,
+            addr,
+            state: MemberState::Up,
+            app_version: String::new(),
+        };
+        let v = MemberView::new(1, vec![1], "", true);
+        assert!(v.set_members(&[1, 2], &[up(1), up(2)]));
+        let id = |k| ActorId::new("t", ActorKey::U64(k));
+        assert!((0..200).any(|k| v.home(&id(k), true) == Some(2)));
+        // Node 2's lease expired: out of the movable placement, still the seat of its actors
+        // that are not movable (their state is on its disk).
+        assert!(v.set_members(&[1, 2], &[up(1)]));
+        assert_eq!(v.now().get(2).map(|m| m.state), Some(MemberState::Left));
+        assert!((0..200).all(|k| v.home(&id(k), true) == Some(1)));
+        assert!((0..200).any(|k| v.home(&id(k), false) == Some(2)));
+    }
 }

@@ -27,7 +27,9 @@ use crate::actor::{Handler, Message};
 use crate::shard::Shard;
 
 pub(crate) use conn::{close_all, start, Link};
+pub use members::MemberUpdate;
 pub(crate) use members::{announce_blocking, place_new, MemberView, NewPlace, DRAINING, LEFT};
+pub(crate) use members::{set_fenced, set_members};
 pub(crate) use migrate::{forward_node, send_arrive, send_pause};
 pub(crate) use remote::{ask_remote, tell_remote, tell_remote_now};
 
@@ -40,8 +42,13 @@ pub struct NetConfig {
     /// `Member` for a node of the cluster, `Client` for an external client (hosts no actors,
     /// only dials).
     pub role: PeerRole,
-    /// The static membership: every node's id and address.
+    /// The static membership: every node's id and address (with `dynamic_members`, the
+    /// members known at start; the provider adds and removes members later).
     pub membership: Membership,
+    /// The member set changes at run time (membership on etcd: docs/CLUSTER.md, "Membership on
+    /// etcd"): peers are added with [`crate::EngineHandle::set_members`], and a connection from
+    /// a member id not in `membership` is accepted (the secret or TLS authenticates it).
+    pub dynamic_members: bool,
     /// The listening socket (bound before the engine starts, so that its address is known and
     /// bind errors fail start-up). Shard 0 accepts on it. `None`: do not listen.
     pub listener: Option<std::sync::Arc<std::net::TcpListener>>,
@@ -82,6 +89,7 @@ impl NetConfig {
             node_id,
             role,
             membership,
+            dynamic_members: false,
             listener: None,
             secret: None,
             tls: None,
@@ -232,10 +240,36 @@ pub struct PeerRtt {
     pub rttvar_us: u32,
 }
 
+/// The shard's dialed links, one per peer node. Peers are added at run time when the
+/// membership is dynamic (never removed: a member that left may come back, and its link then
+/// redials with backoff meanwhile).
+#[derive(Default)]
+pub(crate) struct Links {
+    map: RefCell<FxHashMap<NodeId, Rc<Link>>>,
+}
+
+impl Links {
+    pub(crate) fn get(&self, node: &NodeId) -> Option<Rc<Link>> {
+        self.map.borrow().get(node).cloned()
+    }
+
+    pub(crate) fn values(&self) -> Vec<Rc<Link>> {
+        self.map.borrow().values().cloned().collect()
+    }
+
+    pub(crate) fn keys(&self) -> Vec<NodeId> {
+        self.map.borrow().keys().copied().collect()
+    }
+
+    pub(crate) fn insert(&self, link: Rc<Link>) {
+        self.map.borrow_mut().insert(link.peer, link);
+    }
+}
+
 /// One shard's transport state.
 pub(crate) struct NetShard {
     pub(crate) cfg: NetConfig,
-    pub(crate) links: FxHashMap<NodeId, Rc<Link>>,
+    pub(crate) links: Links,
     pub(crate) stats: NetStats,
     /// Accepted connections' outgoing sides, to close at shutdown.
     pub(crate) accepted: RefCell<Vec<std::rc::Weak<conn::Outbound>>>,
@@ -243,12 +277,10 @@ pub(crate) struct NetShard {
 
 impl NetShard {
     pub(crate) fn new(cfg: &NetConfig) -> NetShard {
-        let links = cfg
-            .membership
-            .nodes()
-            .filter(|(id, _)| *id != cfg.node_id)
-            .map(|(id, addr)| (id, Rc::new(Link::new(id, addr))))
-            .collect();
+        let links = Links::default();
+        for (id, addr) in cfg.membership.nodes().filter(|(id, _)| *id != cfg.node_id) {
+            links.insert(Rc::new(Link::new(id, addr)));
+        }
         NetShard {
             cfg: cfg.clone(),
             links,
@@ -266,11 +298,12 @@ impl NetShard {
             asks_unavailable: s.asks_unavailable.get(),
             tells_dropped: s.tells_dropped.get(),
             replies_lost: s.replies_lost.get(),
-            links_up: self.links.values().filter(|l| l.is_up()).count() as u64,
+            links_up: self.links.values().iter().filter(|l| l.is_up()).count() as u64,
             peers_up: {
                 let mut v: Vec<NodeId> = self
                     .links
                     .values()
+                    .iter()
                     .filter(|l| l.is_up())
                     .map(|l| l.peer)
                     .collect();
@@ -281,6 +314,7 @@ impl NetShard {
                 let mut v: Vec<PeerRtt> = self
                     .links
                     .values()
+                    .iter()
                     .filter_map(|l| {
                         let (rtt_us, rttvar_us) = l.tcp_rtt_us()?;
                         Some(PeerRtt {

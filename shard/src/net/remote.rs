@@ -43,8 +43,11 @@ pub(super) fn deadline_ms(timeout: Duration) -> u32 {
 }
 
 /// The cause of `NodeUnavailable` for `node`: its link's last error.
+/// A member that is out of the member view (it left, or its lease expired) is named as such,
+/// with the link's error as the next cause.
 fn link_cause(core: &Shard, node: NodeId) -> Option<crate::error::LinkDown> {
-    core.net.as_ref()?.links.get(&node)?.cause()
+    let last = core.net.as_ref()?.links.get(&node).and_then(|l| l.cause());
+    super::members::gone_cause(core, node, last.clone()).or(last)
 }
 
 fn unavailable(core: &Shard, node: NodeId, id: &ActorId) -> CallError {
@@ -328,10 +331,10 @@ fn tell_wire<A: crate::actor::Actor>(
     let id = aref.id();
     let net = core.net.as_ref();
     let link = net.and_then(|n| n.links.get(&node));
-    if let Some(wire) = link.and_then(|l| l.wire()) {
+    if let Some(wire) = link.as_ref().and_then(|l| l.wire()) {
         return Ok(wire);
     }
-    if let (Some(net), Some(link)) = (net, link) {
+    if let (Some(net), Some(link)) = (net, link.as_ref()) {
         let s = &net.stats.tells_dropped;
         s.set(s.get() + 1);
         link.dropped_since_log.set(link.dropped_since_log.get() + 1);
@@ -340,7 +343,7 @@ fn tell_wire<A: crate::actor::Actor>(
             std::time::Instant::now(),
             net.cfg.drop_log_interval,
         ) {
-            tracing::warn!(shard = core.id, peer = node, addr = %link.addr,
+            tracing::warn!(shard = core.id, peer = node, addr = %link.addr(),
                 dropped = link.dropped_since_log.replace(0),
                 dropped_total = s.get(),
                 "tells to an unreachable node dropped");
@@ -805,7 +808,7 @@ pub(crate) fn dispatch(core: &Rc<Shard>, wire: &Rc<Outbound>, frame: &Frame<'_>)
     let actor_type = req.envelope.actor_type.as_str();
     let message_type = req.envelope.message_type.as_str();
     if message_type.starts_with(super::members::PREFIX) {
-        return super::members::serve(core, req.body, sink);
+        return super::members::serve(core, actor_key(&req.envelope.key), req.body, sink);
     }
     if message_type.starts_with(super::migrate::PREFIX) {
         let key = actor_key(&req.envelope.key);
