@@ -436,7 +436,9 @@ impl NodeBuilder {
             let jobs_shared = Arc::clone(&shared);
             self.jobs.register::<crate::workflow::ActivityJob, _, _>(
                 crate::jobs::JobTypeConfig::default(),
-                move |job, ctx| crate::workflow::run_activity_job(Arc::clone(&jobs_shared), job, ctx),
+                move |job, ctx| {
+                    crate::workflow::run_activity_job(Arc::clone(&jobs_shared), job, ctx)
+                },
             );
             Some(shared)
         };

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 use super::{ActivityOptions, WfShared};
-use crate::jobs::{Job, JobContext, JobFailure, JobOptions, JobState};
+use crate::jobs::{Job, JobContext, JobFailure, JobId, JobOptions, JobState, JobsError};
 
 /// What an activity knows of the call it serves.
 #[derive(Clone, Debug)]
@@ -92,53 +92,68 @@ pub(crate) async fn run_job(
     }
 }
 
-/// Runs one activity call to its end (as a job or locally) and returns its output or last
-/// error. Runs on the instance's shard.
-pub(crate) async fn run_call(
-    shared: Arc<WfShared>,
-    instance: String,
+/// Enqueues the job of one activity call. The unique key makes an enqueue repeated after a
+/// crash (before the `ActivityJob` record was durable) find the job while it is still queued.
+pub(crate) async fn enqueue_job(
+    shared: &WfShared,
+    instance: &str,
     run: u64,
     seq: u64,
-    name: String,
+    name: &str,
     input: Vec<u8>,
-    options: ActivityOptions,
-) -> Result<Vec<u8>, String> {
-    if options.local {
-        return run_local(&shared, instance, run, seq, &name, input, &options).await;
-    }
+    options: &ActivityOptions,
+) -> Result<JobId, String> {
     let Some(jobs) = shared.jobs.get() else {
         return Err("the node's job queue is not running".to_owned());
     };
     let job = ActivityJob {
-        instance: instance.clone(),
+        instance: instance.to_owned(),
         run,
         seq,
-        name: name.clone(),
+        name: name.to_owned(),
         input,
     };
-    // The unique key makes a re-launch after a restart find the job still queued.
     let opts = JobOptions::default()
-        .retry(options.retry.clone())
+        .retry(options.retry)
         .timeout(options.timeout)
         .unique(format!("wf/{instance}/{run}/{seq}"));
-    let id = jobs
-        .enqueue(&job, opts)
-        .await
-        .map_err(|e| format!("enqueueing activity {name:?} failed: {}", crate::ErrorChain(&e)))?;
-    let status = jobs
-        .wait(id)
-        .await
-        .map_err(|e| format!("waiting for activity {name:?} (job {id}) failed: {e}"))?;
-    match status.state {
+    jobs.enqueue(&job, opts).await.map_err(|e| {
+        format!(
+            "enqueueing activity {name:?} failed: {}",
+            crate::ErrorChain(&e)
+        )
+    })
+}
+
+/// Waits for an activity's job: `None` if the queue does not know the job (it finished
+/// before a restart and was forgotten), else its output or last error.
+pub(crate) async fn wait_job(
+    shared: &WfShared,
+    name: &str,
+    id: JobId,
+) -> Option<Result<Vec<u8>, String>> {
+    let jobs = shared.jobs.get()?;
+    let status = match jobs.wait(id).await {
+        Ok(s) => s,
+        Err(JobsError::NotFound(_)) => return None,
+        Err(e) => {
+            return Some(Err(format!(
+                "waiting for activity {name:?} (job {id}) failed: {e}"
+            )))
+        }
+    };
+    Some(match status.state {
         JobState::Completed => Ok(status.result.unwrap_or_default()),
         JobState::Cancelled => Err(format!("activity {name:?} (job {id}) was cancelled")),
         _ => Err(status
             .last_error
             .unwrap_or_else(|| format!("activity {name:?} (job {id}) is dead"))),
-    }
+    })
 }
 
-async fn run_local(
+/// Runs one activity call locally (on the instance's shard) under its retry policy and
+/// timeout; returns its output or last error.
+pub(crate) async fn run_local(
     shared: &WfShared,
     instance: String,
     run: u64,

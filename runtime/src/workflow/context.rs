@@ -68,7 +68,13 @@ pub(crate) struct Core {
 }
 
 impl Core {
-    fn issue(&mut self, step: StepDesc, input: Vec<u8>, fire_at_ms: Option<u64>, options: ActivityOptions) -> u64 {
+    fn issue(
+        &mut self,
+        step: StepDesc,
+        input: Vec<u8>,
+        fire_at_ms: Option<u64>,
+        options: ActivityOptions,
+    ) -> u64 {
         let seq = self.next_seq;
         self.next_seq += 1;
         if self.error.is_some() {
@@ -236,8 +242,13 @@ impl WorkflowContext {
             };
             match (Step::new(core, step, input, None, options)).await {
                 Resolved::Activity(Ok(bytes)) => decode_output(&name, &bytes),
-                Resolved::Activity(Err(error)) => Err(StepError::ActivityFailed { activity: name, error }),
-                other => unreachable!("invariant: an activity step resolves with an activity result, not {other:?}"),
+                Resolved::Activity(Err(error)) => Err(StepError::ActivityFailed {
+                    activity: name,
+                    error,
+                }),
+                other => unreachable!(
+                    "invariant: an activity step resolves with an activity result, not {other:?}"
+                ),
             }
         }
     }
@@ -254,7 +265,14 @@ impl WorkflowContext {
                 name: "timer".to_owned(),
                 input_hash: fnv1a(&ms.to_le_bytes()),
             };
-            let _ = Step::new(core, step, Vec::new(), Some(fire_at), ActivityOptions::default()).await;
+            let _ = Step::new(
+                core,
+                step,
+                Vec::new(),
+                Some(fire_at),
+                ActivityOptions::default(),
+            )
+            .await;
         }
     }
 
@@ -299,7 +317,9 @@ impl WorkflowContext {
                     event: name,
                     after_ms: ms.unwrap_or(0),
                 }),
-                other => unreachable!("invariant: an event step resolves with an event or its timeout, not {other:?}"),
+                other => unreachable!(
+                    "invariant: an event step resolves with an event or its timeout, not {other:?}"
+                ),
             }
         }
     }
@@ -327,8 +347,13 @@ impl WorkflowContext {
             };
             match Step::new(core, step, input, None, ActivityOptions::default()).await {
                 Resolved::Child(Ok(bytes)) => decode_output(&name, &bytes),
-                Resolved::Child(Err(error)) => Err(StepError::ChildFailed { orchestration: name, error }),
-                other => unreachable!("invariant: a child step resolves with a child result, not {other:?}"),
+                Resolved::Child(Err(error)) => Err(StepError::ChildFailed {
+                    orchestration: name,
+                    error,
+                }),
+                other => unreachable!(
+                    "invariant: a child step resolves with a child result, not {other:?}"
+                ),
             }
         }
     }
@@ -354,7 +379,10 @@ impl WorkflowContext {
     /// Ends this run and starts the next one with `input` and an empty history (the way to
     /// keep a long-lived instance's history bounded). Never resolves: write
     /// `return ctx.continue_as_new(&next).await;`. Steps still pending are abandoned.
-    pub fn continue_as_new<I: Serialize, T: 'static>(&self, input: &I) -> impl Future<Output = T> + 'static {
+    pub fn continue_as_new<I: Serialize, T: 'static>(
+        &self,
+        input: &I,
+    ) -> impl Future<Output = T> + 'static {
         let encoded = postcard::to_allocvec(input).unwrap_or_default();
         self.core.borrow_mut().continue_with = Some(encoded);
         std::future::pending()
@@ -438,10 +466,12 @@ impl<F: Future + Unpin> Future for WhenAny<F> {
                     name: "when_any".to_owned(),
                     input_hash: fnv1a(&(this.futures.len() as u64).to_le_bytes()),
                 };
-                let s = this
-                    .core
-                    .borrow_mut()
-                    .issue(step, Vec::new(), None, ActivityOptions::default());
+                let s = this.core.borrow_mut().issue(
+                    step,
+                    Vec::new(),
+                    None,
+                    ActivityOptions::default(),
+                );
                 this.seq = Some(s);
                 s
             }
@@ -502,6 +532,8 @@ pub(crate) struct Execution {
     fut: RunFuture,
     /// Issued steps waiting for an input, with "launched" (its work was started).
     pub pending: BTreeMap<u64, (Command, bool)>,
+    /// The job of each activity step that has one recorded (`ActivityJob`).
+    pub jobs: HashMap<u64, u64>,
 }
 
 impl Execution {
@@ -516,6 +548,7 @@ impl Execution {
         let mut recorded = Vec::new();
         let mut chosen = HashMap::new();
         let mut patches = HashSet::new();
+        let mut jobs = HashMap::new();
         for e in history {
             match e {
                 HistoryEvent::Scheduled { seq, step, .. } => {
@@ -527,6 +560,9 @@ impl Execution {
                 }
                 HistoryEvent::Patched { id } => {
                     patches.insert(id.clone());
+                }
+                HistoryEvent::ActivityJob { seq, job } => {
+                    jobs.insert(*seq, *job);
                 }
                 _ => {}
             }
@@ -556,6 +592,7 @@ impl Execution {
             core,
             fut,
             pending: BTreeMap::new(),
+            jobs,
         }
     }
 

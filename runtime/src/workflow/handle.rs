@@ -102,7 +102,8 @@ impl Workflows {
     }
 
     fn actor(&self, instance: &str) -> quark_shard::ActorRef<WorkflowInstance> {
-        self.engine.actor_ref::<WorkflowInstance>(instance.to_owned())
+        self.engine
+            .actor_ref::<WorkflowInstance>(instance.to_owned())
     }
 
     fn call_err(instance: &str) -> impl Fn(crate::CallError) -> WorkflowError + '_ {
@@ -280,7 +281,11 @@ impl Workflows {
         self.stop(instance, InstanceState::Terminated).await
     }
 
-    async fn stop(&self, instance: &str, state: InstanceState) -> Result<WorkflowStatus, WorkflowError> {
+    async fn stop(
+        &self,
+        instance: &str,
+        state: InstanceState,
+    ) -> Result<WorkflowStatus, WorkflowError> {
         self.actor(instance)
             .ask(StopMsg { state })
             .await
@@ -298,7 +303,11 @@ impl Workflows {
 
     /// One page of instances (all shards), ordered by id.
     pub async fn list(&self, query: ListQuery) -> Result<WorkflowPage, WorkflowError> {
-        let limit = if query.limit == 0 { 100 } else { query.limit.min(1000) };
+        let limit = if query.limit == 0 {
+            100
+        } else {
+            query.limit.min(1000)
+        };
         let mut all = Vec::new();
         for s in 0..self.engine.shard_count() {
             let q = query.clone();
@@ -314,7 +323,11 @@ impl Workflows {
         all.sort_by(|a, b| a.0.cmp(&b.0));
         let more = all.len() > limit;
         all.truncate(limit);
-        let next_cursor = if more { all.last().map(|l| l.0.clone()) } else { None };
+        let next_cursor = if more {
+            all.last().map(|l| l.0.clone())
+        } else {
+            None
+        };
         Ok(WorkflowPage {
             instances: all,
             next_cursor,

@@ -176,6 +176,14 @@ pub enum HistoryEvent {
         /// Wall-clock ms of delivery.
         time_ms: u64,
     },
+    /// Activity `seq` runs as job `job` (written once the job is enqueued, so that a replay
+    /// waits for that job instead of enqueuing the call again).
+    ActivityJob {
+        /// The position.
+        seq: u64,
+        /// The job's id (`JobId`'s raw `u64`).
+        job: u64,
+    },
     /// Timer `seq` (or the timeout of event wait `seq`) fired.
     TimerFired {
         /// The position.
@@ -244,6 +252,7 @@ impl HistoryEvent {
             HistoryEvent::Started { .. } => "started",
             HistoryEvent::Scheduled { .. } => "scheduled",
             HistoryEvent::ActivityDone { .. } => "activity_done",
+            HistoryEvent::ActivityJob { .. } => "activity_job",
             HistoryEvent::TimerFired { .. } => "timer_fired",
             HistoryEvent::EventRaised { .. } => "event_raised",
             HistoryEvent::ChildDone { .. } => "child_done",
@@ -295,6 +304,9 @@ mod tests {
         let mut bad = bytes.clone();
         bad[0] = 9;
         assert!(decode(&bad).unwrap_err().contains("format 9"));
-        assert_eq!(instance_of_key(&instance_key("a/b")).as_deref(), Some("a/b"));
+        assert_eq!(
+            instance_of_key(&instance_key("a/b")).as_deref(),
+            Some("a/b")
+        );
     }
 }

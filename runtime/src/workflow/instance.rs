@@ -44,7 +44,9 @@ pub(crate) fn table_page(
     TABLE.with(|t| {
         let t = t.borrow();
         let range = match after {
-            Some(a) => t.range::<str, _>((std::ops::Bound::Excluded(a), std::ops::Bound::Unbounded)),
+            Some(a) => {
+                t.range::<str, _>((std::ops::Bound::Excluded(a), std::ops::Bound::Unbounded))
+            }
             None => t.range::<str, _>(..),
         };
         range
@@ -146,18 +148,23 @@ pub(crate) async fn read_history(
     if lsns.is_empty() {
         return Ok((Vec::new(), 0));
     }
-    let records = log.read_many(&lsns).await.map_err(|e| WorkflowError::Read {
-        instance: id.to_owned(),
-        detail: crate::ErrorChain(&e).to_string(),
-    })?;
+    let records = log
+        .read_many(&lsns)
+        .await
+        .map_err(|e| WorkflowError::Read {
+            instance: id.to_owned(),
+            detail: crate::ErrorChain(&e).to_string(),
+        })?;
     let mut bytes = 0;
     let mut out = Vec::with_capacity(records.len());
     for r in records {
         bytes += r.payload.len() as u64;
-        out.push(history::decode(&r.payload).map_err(|detail| WorkflowError::Read {
-            instance: id.to_owned(),
-            detail: format!("record at LSN {}: {detail}", r.lsn),
-        })?);
+        out.push(
+            history::decode(&r.payload).map_err(|detail| WorkflowError::Read {
+                instance: id.to_owned(),
+                detail: format!("record at LSN {}: {detail}", r.lsn),
+            })?,
+        );
     }
     Ok((out, bytes))
 }
@@ -246,7 +253,10 @@ impl WorkflowInstance {
         self.info = Some(info);
         self.exec = Some(exec);
         self.deferred = Some((
-            records.into_iter().map(|e| (RecordKind::Event, e)).collect(),
+            records
+                .into_iter()
+                .map(|e| (RecordKind::Event, e))
+                .collect(),
             outcome,
         ));
         Ok(())
@@ -276,7 +286,12 @@ impl WorkflowInstance {
         })
     }
 
-    fn new_execution(&self, info: &Info, input: Vec<u8>, start_ms: u64) -> Result<Execution, WorkflowError> {
+    fn new_execution(
+        &self,
+        info: &Info,
+        input: Vec<u8>,
+        start_ms: u64,
+    ) -> Result<Execution, WorkflowError> {
         let f = self
             .shared
             .orchestration(&info.name, info.version)
@@ -299,13 +314,16 @@ impl WorkflowInstance {
         mut first: Option<Outcome>,
     ) -> Result<(), WorkflowError> {
         let mut finished = None;
-        loop {
-            let Some(exec) = self.exec.as_mut() else { break };
+        while let Some(exec) = self.exec.as_mut() {
             let outcome = match first.take() {
                 Some(o) => o,
                 None => {
                     let o = exec.poll();
-                    records.extend(exec.take_records().into_iter().map(|e| (RecordKind::Event, e)));
+                    records.extend(
+                        exec.take_records()
+                            .into_iter()
+                            .map(|e| (RecordKind::Event, e)),
+                    );
                     o
                 }
             };
@@ -327,7 +345,10 @@ impl WorkflowInstance {
                 }
                 Outcome::ContinueAsNew(input) => {
                     let now = now_ms();
-                    let info = self.info.as_mut().expect("invariant: a running instance has its info");
+                    let info = self
+                        .info
+                        .as_mut()
+                        .expect("invariant: a running instance has its info");
                     info.run += 1;
                     info.events = 0;
                     info.bytes = 0;
@@ -352,19 +373,26 @@ impl WorkflowInstance {
         }
         // History bounds.
         let cfg = &self.shared.config;
-        let info = self.info.as_mut().expect("invariant: a driven instance has its info");
+        let info = self
+            .info
+            .as_mut()
+            .expect("invariant: a driven instance has its info");
         let add_bytes: u64 = records
             .iter()
             .map(|(_, e)| history::encode(e).len() as u64)
             .sum();
         let events = info.events + records.len() as u64;
         let bytes = info.bytes + add_bytes;
-        if finished.is_none() && (events > cfg.max_history_events || bytes > cfg.max_history_bytes) {
+        if finished.is_none() && (events > cfg.max_history_events || bytes > cfg.max_history_bytes)
+        {
             let msg = format!(
                 "workflow instance {:?}: its history would reach {events} records and {bytes} bytes, above the limits of {} records and {} bytes ([workflows] max_history_events, max_history_bytes): use continue_as_new to bound it",
                 self.id, cfg.max_history_events, cfg.max_history_bytes
             );
             tracing::error!(instance = %self.id, "{msg}");
+            // The run's history stays within the limit: this turn's records are dropped (all
+            // but a new run's `Started`), and only the `Finished` record is added.
+            records.retain(|(kind, _)| *kind == RecordKind::Snapshot);
             finished = Some((InstanceState::Failed, Err(msg)));
         } else if !info.warned
             && (events as f64 >= cfg.max_history_events as f64 * cfg.history_warn_fraction
@@ -433,7 +461,13 @@ impl WorkflowInstance {
         Ok(())
     }
 
-    fn finish(&mut self, ctx: &Context<Self>, state: InstanceState, out: Result<Vec<u8>, String>, now: u64) {
+    fn finish(
+        &mut self,
+        ctx: &Context<Self>,
+        state: InstanceState,
+        out: Result<Vec<u8>, String>,
+        now: u64,
+    ) {
         let cancel_children = state == InstanceState::Cancelled;
         let children: Vec<String> = self
             .exec
@@ -446,7 +480,10 @@ impl WorkflowInstance {
                     .collect()
             })
             .unwrap_or_default();
-        let info = self.info.as_mut().expect("invariant: a finished instance has its info");
+        let info = self
+            .info
+            .as_mut()
+            .expect("invariant: a finished instance has its info");
         info.state = state;
         info.output = Some(out);
         info.finished_ms = Some(now);
@@ -472,7 +509,9 @@ impl WorkflowInstance {
 
     /// Starts the work of every issued step not yet launched.
     fn launch(&mut self, ctx: &Context<Self>) {
-        let Some(exec) = self.exec.as_mut() else { return };
+        let Some(exec) = self.exec.as_mut() else {
+            return;
+        };
         let run = self.info.as_ref().map(|i| i.run).unwrap_or(0);
         let now = now_ms();
         for (seq, (cmd, launched)) in exec.pending.iter_mut() {
@@ -489,8 +528,12 @@ impl WorkflowInstance {
                     let name = cmd.step.name.clone();
                     let input = cmd.input.clone();
                     let options = cmd.options.clone();
+                    let known = exec.jobs.get(&seq).copied().map(crate::jobs::JobId);
                     let _detached = ctx.engine().spawn_on(ctx.shard(), move || async move {
-                        let result = super::activity::run_call(shared, id, run, seq, name, input, options).await;
+                        let result = run_activity(
+                            &shared, &me, &id, run, seq, &name, input, &options, known,
+                        )
+                        .await;
                         let _ = me
                             .tell(InputMsg {
                                 run,
@@ -519,13 +562,18 @@ impl WorkflowInstance {
                     let _detached = ctx.engine().spawn_on(ctx.shard(), move || async move {
                         let child = format!("{parent}/{seq}");
                         let wf = super::Workflows::new(engine, shared);
-                        let result = match wf.start_raw(&name, None, &child, input, Some(parent)).await {
+                        let result = match wf
+                            .start_raw(&name, None, &child, input, Some(parent))
+                            .await
+                        {
                             Err(e) => Err(crate::ErrorChain(&e).to_string()),
                             Ok(_) => match wf.wait(&child).await {
                                 Err(e) => Err(crate::ErrorChain(&e).to_string()),
                                 Ok(st) => match (st.state, st.output) {
                                     (InstanceState::Completed, Some(Ok(b))) => Ok(b),
-                                    (s, Some(Err(e))) => Err(format!("child {child:?} {}: {e}", s.name())),
+                                    (s, Some(Err(e))) => {
+                                        Err(format!("child {child:?} {}: {e}", s.name()))
+                                    }
                                     (s, _) => Err(format!("child {child:?} ended {}", s.name())),
                                 },
                             },
@@ -572,7 +620,11 @@ impl Message for StartMsg {
     type Reply = Result<StartOutcome, WorkflowError>;
 }
 impl Handler<StartMsg> for WorkflowInstance {
-    async fn handle(&mut self, m: StartMsg, ctx: &Context<Self>) -> Result<StartOutcome, WorkflowError> {
+    async fn handle(
+        &mut self,
+        m: StartMsg,
+        ctx: &Context<Self>,
+    ) -> Result<StartOutcome, WorkflowError> {
         if let Some(info) = &self.info {
             return Ok(StartOutcome {
                 instance: self.id.clone(),
@@ -632,6 +684,79 @@ impl Handler<StartMsg> for WorkflowInstance {
     }
 }
 
+/// Runs activity call `seq` to its end: locally, or as a job (the one recorded for it, else a
+/// new one whose id is recorded).
+#[allow(clippy::too_many_arguments)]
+async fn run_activity(
+    shared: &WfShared,
+    me: &quark_shard::ActorRef<WorkflowInstance>,
+    id: &str,
+    run: u64,
+    seq: u64,
+    name: &str,
+    input: Vec<u8>,
+    options: &super::ActivityOptions,
+    known: Option<crate::jobs::JobId>,
+) -> Result<Vec<u8>, String> {
+    use super::activity::{enqueue_job, run_local, wait_job};
+    if options.local {
+        return run_local(shared, id.to_owned(), run, seq, name, input, options).await;
+    }
+    if let Some(job) = known {
+        if let Some(r) = wait_job(shared, name, job).await {
+            return r;
+        }
+    }
+    let job = enqueue_job(shared, id, run, seq, name, input, options).await?;
+    let _ = me
+        .tell(JobAssigned {
+            run,
+            seq,
+            job: job.0,
+        })
+        .await;
+    match wait_job(shared, name, job).await {
+        Some(r) => r,
+        None => Err(format!(
+            "activity {name:?}: job {job} was forgotten before it finished"
+        )),
+    }
+}
+
+/// Records the job that runs activity `seq` of run `run`.
+pub(crate) struct JobAssigned {
+    run: u64,
+    seq: u64,
+    job: u64,
+}
+impl Message for JobAssigned {
+    type Reply = ();
+}
+impl Handler<JobAssigned> for WorkflowInstance {
+    async fn handle(&mut self, m: JobAssigned, ctx: &Context<Self>) {
+        let current = self
+            .info
+            .as_ref()
+            .is_some_and(|i| i.run == m.run && !i.state.is_finished());
+        let Some(exec) = self.exec.as_mut().filter(|_| current) else {
+            return;
+        };
+        if !exec.pending.contains_key(&m.seq) || exec.jobs.insert(m.seq, m.job).is_some() {
+            return;
+        }
+        let record = [(
+            RecordKind::Event,
+            HistoryEvent::ActivityJob {
+                seq: m.seq,
+                job: m.job,
+            },
+        )];
+        if let Err(e) = self.append(ctx, &record).await {
+            tracing::warn!(instance = %self.id, error = %crate::ErrorChain(&e), "recording an activity's job failed");
+        }
+    }
+}
+
 /// An input for the run `run` (an activity's or child's result).
 pub(crate) struct InputMsg {
     pub run: u64,
@@ -648,7 +773,10 @@ impl Handler<InputMsg> for WorkflowInstance {
 
 impl WorkflowInstance {
     async fn input(&mut self, ctx: &Context<Self>, run: u64, event: HistoryEvent) {
-        let current = self.info.as_ref().is_some_and(|i| i.run == run && !i.state.is_finished());
+        let current = self
+            .info
+            .as_ref()
+            .is_some_and(|i| i.run == run && !i.state.is_finished());
         let Some(exec) = self.exec.as_mut().filter(|_| current) else {
             return;
         };
@@ -656,7 +784,10 @@ impl WorkflowInstance {
             return;
         }
         exec.deliver(&event);
-        if let Err(e) = self.drive(ctx, vec![(RecordKind::Event, event)], None).await {
+        if let Err(e) = self
+            .drive(ctx, vec![(RecordKind::Event, event)], None)
+            .await
+        {
             tracing::warn!(instance = %self.id, error = %crate::ErrorChain(&e), "recording a workflow step failed; the instance reloads from its history");
         }
     }
@@ -697,9 +828,13 @@ impl Handler<RaiseMsg> for WorkflowInstance {
             payload: m.payload,
             time_ms: now_ms(),
         };
-        let exec = self.exec.as_mut().expect("invariant: a running instance has a run");
+        let exec = self
+            .exec
+            .as_mut()
+            .expect("invariant: a running instance has a run");
         exec.deliver(&event);
-        self.drive(ctx, vec![(RecordKind::Event, event)], None).await
+        self.drive(ctx, vec![(RecordKind::Event, event)], None)
+            .await
     }
 }
 
@@ -709,7 +844,11 @@ impl Message for StatusMsg {
     type Reply = Result<WorkflowStatus, WorkflowError>;
 }
 impl Handler<StatusMsg> for WorkflowInstance {
-    async fn handle(&mut self, _: StatusMsg, _: &Context<Self>) -> Result<WorkflowStatus, WorkflowError> {
+    async fn handle(
+        &mut self,
+        _: StatusMsg,
+        _: &Context<Self>,
+    ) -> Result<WorkflowStatus, WorkflowError> {
         self.status()
     }
 }
@@ -743,7 +882,11 @@ impl Message for HistoryMsg {
     type Reply = Result<Vec<HistoryEvent>, WorkflowError>;
 }
 impl Handler<HistoryMsg> for WorkflowInstance {
-    async fn handle(&mut self, _: HistoryMsg, ctx: &Context<Self>) -> Result<Vec<HistoryEvent>, WorkflowError> {
+    async fn handle(
+        &mut self,
+        _: HistoryMsg,
+        ctx: &Context<Self>,
+    ) -> Result<Vec<HistoryEvent>, WorkflowError> {
         self.status()?;
         let Some(log) = ctx.log() else {
             return Err(WorkflowError::NoLog {
@@ -762,7 +905,11 @@ impl Message for StopMsg {
     type Reply = Result<WorkflowStatus, WorkflowError>;
 }
 impl Handler<StopMsg> for WorkflowInstance {
-    async fn handle(&mut self, m: StopMsg, ctx: &Context<Self>) -> Result<WorkflowStatus, WorkflowError> {
+    async fn handle(
+        &mut self,
+        m: StopMsg,
+        ctx: &Context<Self>,
+    ) -> Result<WorkflowStatus, WorkflowError> {
         self.running()?;
         let now = now_ms();
         let reason = format!("{} through the API", m.state.name());
@@ -800,10 +947,12 @@ impl Handler<PurgeMsg> for WorkflowInstance {
         };
         let mut batch = Batch::new();
         batch.truncate(&self.key, u64::MAX);
-        log.append(&batch).await.map_err(|source| WorkflowError::Append {
-            instance: self.id.clone(),
-            source,
-        })?;
+        log.append(&batch)
+            .await
+            .map_err(|source| WorkflowError::Append {
+                instance: self.id.clone(),
+                source,
+            })?;
         self.info = None;
         self.exec = None;
         table_remove(&self.id);
@@ -829,9 +978,13 @@ pub(crate) async fn resume_shard(engine: quark_shard::EngineHandle) {
     };
     let keys = log.keys_with_prefix(history::KEY_PREFIX);
     for key in keys {
-        let Some(id) = history::instance_of_key(&key) else { continue };
+        let Some(id) = history::instance_of_key(&key) else {
+            continue;
+        };
         let lsns = log.key_lsns(&key);
-        let (Some(first), Some(last)) = (lsns.first(), lsns.last()) else { continue };
+        let (Some(first), Some(last)) = (lsns.first(), lsns.last()) else {
+            continue;
+        };
         let read = |lsn: u64| {
             let log = log.clone();
             async move {

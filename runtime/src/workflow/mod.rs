@@ -187,7 +187,10 @@ impl std::fmt::Display for NonDeterminism {
              instances finish on the version they started with",
             self.instance,
             self.position,
-            show(&self.recorded, "nothing (the code asked for more steps than recorded)"),
+            show(
+                &self.recorded,
+                "nothing (the code asked for more steps than recorded)"
+            ),
             show(&self.requested, "nothing (the code finished first)"),
         )
     }
@@ -230,7 +233,9 @@ pub enum WorkflowError {
         state: InstanceState,
     },
     /// Purge needs a finished instance.
-    #[error("workflow instance {instance:?} is still running: cancel or terminate it before purging")]
+    #[error(
+        "workflow instance {instance:?} is still running: cancel or terminate it before purging"
+    )]
     Running {
         /// The instance.
         instance: String,
@@ -315,7 +320,10 @@ impl Default for WorkflowsConfig {
 
 type DynRun = Arc<dyn Fn(WorkflowContext, Vec<u8>) -> context::RunFuture + Send + Sync>;
 pub(crate) type DynActivity = Arc<
-    dyn Fn(Vec<u8>, ActivityContext) -> std::pin::Pin<Box<dyn Future<Output = Result<Vec<u8>, ActivityError>>>>
+    dyn Fn(
+            Vec<u8>,
+            ActivityContext,
+        ) -> std::pin::Pin<Box<dyn Future<Output = Result<Vec<u8>, ActivityError>>>>
         + Send
         + Sync,
 >;
@@ -406,11 +414,15 @@ impl Setup {
             let name = name_owned.clone();
             Box::pin(async move {
                 let input: I = postcard::from_bytes(&input).map_err(|e| {
-                    ActivityError::fatal(format!("the input of activity {name:?} does not decode: {e}"))
+                    ActivityError::fatal(format!(
+                        "the input of activity {name:?} does not decode: {e}"
+                    ))
                 })?;
                 let out = f(input, ctx).await?;
                 postcard::to_allocvec(&out).map_err(|e| {
-                    ActivityError::fatal(format!("the output of activity {name:?} does not serialise: {e}"))
+                    ActivityError::fatal(format!(
+                        "the output of activity {name:?} does not serialise: {e}"
+                    ))
                 })
             })
         });
@@ -436,7 +448,11 @@ pub(crate) fn instance_type(shared: Arc<WfShared>) -> quark_shard::ActorType<Wor
 
 /// Resumes every unfinished instance of every shard and fills the shards' instance tables
 /// (called once by `NodeBuilder::start`, after the job queues recovered).
-pub(crate) fn start(shared: &Arc<WfShared>, engine: &quark_shard::EngineHandle, jobs: &crate::jobs::Jobs) -> Workflows {
+pub(crate) fn start(
+    shared: &Arc<WfShared>,
+    engine: &quark_shard::EngineHandle,
+    jobs: &crate::jobs::Jobs,
+) -> Workflows {
     let _ = shared.jobs.set(jobs.clone());
     let _ = shared.engine.set(engine.clone());
     let wf = Workflows::new(engine.clone(), Arc::clone(shared));
