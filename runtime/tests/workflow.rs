@@ -33,6 +33,15 @@ fn until<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
     }
 }
 
+/// The instance's output, once it finished (within the deadline of `until`).
+fn result<O: serde::de::DeserializeOwned>(
+    wf: &Workflows,
+    id: &str,
+) -> Result<O, quark::workflow::WorkflowError> {
+    finished(wf, id);
+    block_on(wf.result(id))
+}
+
 fn finished(wf: &Workflows, id: &str) -> WorkflowStatus {
     until(&format!("{id} to finish"), || {
         block_on(wf.status(id))
@@ -122,7 +131,7 @@ fn replay_after_a_restart_at_every_step_runs_each_activity_once() {
     let wf = node.workflows();
     let st = finished(&wf, id);
     assert_eq!(st.state, InstanceState::Completed, "{st:?}");
-    let out: Vec<u32> = block_on(wf.result(id)).unwrap();
+    let out: Vec<u32> = result(&wf, id).unwrap();
     assert_eq!(out, vec![0, 10, 20, 30, 40]);
     for j in 0..5 {
         assert_eq!(runs(&format!("{id}:s{j}")), 1, "step {j}");
@@ -164,7 +173,7 @@ fn an_activity_interrupted_by_a_restart_runs_again_and_the_instance_completes() 
     let wf = node.workflows();
     let st = finished(&wf, id);
     assert_eq!(st.state, InstanceState::Completed, "{st:?}");
-    assert_eq!(block_on(wf.result::<String>(id)).unwrap(), "x done");
+    assert_eq!(result::<String>(&wf, id).unwrap(), "x done");
     // At least once: the interrupted execution and the one after the restart.
     assert_eq!(runs(&format!("{id}:x")), 2);
     node.shutdown();
@@ -194,7 +203,7 @@ fn a_durable_timer_fires_after_a_restart() {
     let st = finished(&wf, "t-1");
     assert_eq!(st.state, InstanceState::Completed);
     assert!(began.elapsed() >= Duration::from_millis(800));
-    let (t0, t1) = block_on(wf.result::<(u64, u64)>("t-1")).unwrap();
+    let (t0, t1) = result::<(u64, u64)>(&wf, "t-1").unwrap();
     assert!(
         t1 >= t0 + 800,
         "deterministic time moved by the timer: {t0} -> {t1}"
@@ -230,7 +239,7 @@ fn events_raised_before_and_after_the_wait_starts_are_delivered() {
     block_on(wf.raise_event("e-1", "y", &"late".to_string())).unwrap();
     let st = finished(&wf, "e-1");
     assert_eq!(st.state, InstanceState::Completed);
-    let out: (String, String) = block_on(wf.result("e-1")).unwrap();
+    let out: (String, String) = result(&wf, "e-1").unwrap();
     assert_eq!(out, ("early".to_string(), "late".to_string()));
     node.shutdown();
 }
@@ -261,11 +270,8 @@ fn an_event_wait_times_out_and_an_event_in_time_wins() {
     block_on(wf.raise_event("ap-ok", "approve", &true)).unwrap();
     finished(&wf, "ap-late");
     finished(&wf, "ap-ok");
-    assert_eq!(
-        block_on(wf.result::<String>("ap-late")).unwrap(),
-        "timed out"
-    );
-    assert_eq!(block_on(wf.result::<String>("ap-ok")).unwrap(), "approved");
+    assert_eq!(result::<String>(&wf, "ap-late").unwrap(), "timed out");
+    assert_eq!(result::<String>(&wf, "ap-ok").unwrap(), "approved");
     node.shutdown();
 }
 
@@ -302,7 +308,7 @@ fn continue_as_new_iterations(iterations: u64) {
     });
     let took = began.elapsed();
     assert_eq!(st.state, InstanceState::Completed, "{st:?}");
-    assert_eq!(block_on(wf.result::<u64>("c-1")).unwrap(), iterations);
+    assert_eq!(result::<u64>(&wf, "c-1").unwrap(), iterations);
     assert_eq!(st.run, iterations);
     // The last run's history: started, scheduled, done, finished.
     assert!(st.history_events <= 4, "{st:?}");
@@ -334,7 +340,7 @@ fn an_instance_over_the_history_limit_fails_with_a_message_naming_it() {
     block_on(wf.start("many", "m-1", &100u32)).unwrap();
     let st = finished(&wf, "m-1");
     assert_eq!(st.state, InstanceState::Failed);
-    let err = block_on(wf.result::<u32>("m-1")).unwrap_err().to_string();
+    let err = result::<u32>(&wf, "m-1").unwrap_err().to_string();
     assert!(
         err.contains("max_history_events") && err.contains("continue_as_new"),
         "{err}"
@@ -444,8 +450,8 @@ fn a_patched_change_replays_old_histories_and_runs_new_code_for_new_instances() 
     waiting_for(&wf, "p-new", "go");
     block_on(wf.raise_event("p-old", "go", &())).unwrap();
     block_on(wf.raise_event("p-new", "go", &())).unwrap();
-    assert_eq!(block_on(wf.result::<String>("p-old")).unwrap(), "a,b");
-    assert_eq!(block_on(wf.result::<String>("p-new")).unwrap(), "a-new,b");
+    assert_eq!(result::<String>(&wf, "p-old").unwrap(), "a,b");
+    assert_eq!(result::<String>(&wf, "p-new").unwrap(), "a-new,b");
     assert_eq!(runs("p-old:a"), 1);
     assert_eq!(runs("p-old:a-new"), 0);
     assert_eq!(runs("p-new:a"), 0);
@@ -488,11 +494,8 @@ fn new_instances_run_the_newest_version_and_old_ones_finish_on_theirs() {
     waiting_for(&wf, "ver-new", "go");
     block_on(wf.raise_event("ver-old", "go", &())).unwrap();
     block_on(wf.raise_event("ver-new", "go", &())).unwrap();
-    assert_eq!(block_on(wf.result::<String>("ver-old")).unwrap(), "v1");
-    assert_eq!(
-        block_on(wf.result::<String>("ver-new")).unwrap(),
-        "v2 v2-step"
-    );
+    assert_eq!(result::<String>(&wf, "ver-old").unwrap(), "v1");
+    assert_eq!(result::<String>(&wf, "ver-new").unwrap(), "v2 v2-step");
     assert_eq!(block_on(wf.status("ver-old")).unwrap().version, 1);
     node.shutdown();
 }
@@ -594,7 +597,7 @@ fn parallel_steps_and_a_recorded_race_replay_after_a_restart() {
     let wf = node.workflows();
     block_on(wf.raise_event("fan-1", "go", &())).unwrap();
     let (all, winner, out, id) =
-        block_on(wf.result::<(Vec<String>, usize, String, String)>("fan-1")).unwrap();
+        result::<(Vec<String>, usize, String, String)>(&wf, "fan-1").unwrap();
     assert_eq!(all, vec!["p1", "p2", "p3"]);
     assert_eq!((winner, out.as_str()), (0, "event"));
     assert_eq!(id.len(), 32);
@@ -605,11 +608,8 @@ fn parallel_steps_and_a_recorded_race_replay_after_a_restart() {
     let node2_id = id.clone();
     node.shutdown();
     let node = start(tmp.path());
-    let (_, _, _, again) = block_on(
-        node.workflows()
-            .result::<(Vec<String>, usize, String, String)>("fan-1"),
-    )
-    .unwrap();
+    let (_, _, _, again) =
+        result::<(Vec<String>, usize, String, String)>(&node.workflows(), "fan-1").unwrap();
     assert_eq!(again, node2_id);
     node.shutdown();
 }
@@ -682,4 +682,36 @@ fn start_is_idempotent_and_list_history_purge_work() {
     let all = block_on(node.workflows().list(ListQuery::default())).unwrap();
     assert_eq!(all.instances.len(), 4);
     node.shutdown();
+}
+
+#[test]
+fn replay_check_accepts_the_code_that_wrote_a_history_and_names_a_change() {
+    let tmp = tempfile::tempdir().unwrap();
+    let node = builder(tmp.path(), "")
+        .register_workflow("order", 1, v_old)
+        .register_activity("plain", plain)
+        .start()
+        .unwrap();
+    let wf = node.workflows();
+    block_on(wf.start("order", "rc-1", &())).unwrap();
+    waiting_for(&wf, "rc-1", "go");
+    block_on(wf.raise_event("rc-1", "go", &())).unwrap();
+    finished(&wf, "rc-1");
+    // The export a user keeps (JSON lines), read back.
+    let export = block_on(wf.history_json("rc-1")).unwrap();
+    node.shutdown();
+    let history = quark::workflow::parse_history_json(&export).unwrap();
+    let ok = quark::workflow::replay_check(v_old, &history).unwrap();
+    assert!(ok.finished);
+    assert_eq!(ok.steps, 3);
+    assert_eq!(runs("rc-1:a"), 1, "the check runs no activity");
+    let patched = quark::workflow::replay_check(v_patched, &history).unwrap();
+    assert!(patched.finished);
+    let err = quark::workflow::replay_check(v_changed, &history)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("step 0") && err.contains("is_patched"),
+        "{err}"
+    );
 }

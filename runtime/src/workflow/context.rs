@@ -669,6 +669,11 @@ impl Execution {
         }
     }
 
+    /// Steps the code asked for so far in this run.
+    pub fn steps_issued(&self) -> u64 {
+        self.core.borrow().next_seq
+    }
+
     /// Takes the records the last poll produced.
     pub fn take_records(&mut self) -> Vec<HistoryEvent> {
         std::mem::take(&mut self.core.borrow_mut().new_records)

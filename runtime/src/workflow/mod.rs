@@ -38,6 +38,7 @@ mod context;
 mod handle;
 pub mod history;
 mod instance;
+mod replay;
 
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
@@ -54,6 +55,7 @@ pub use context::{WhenAny, WorkflowContext};
 pub use handle::{ListQuery, StartOutcome, WorkflowPage, WorkflowStatus, Workflows};
 pub use history::{HistoryEvent, InstanceState, StepDesc, StepKind};
 pub use instance::WorkflowInstance;
+pub use replay::{parse_history_json, replay_check, ReplayError, ReplayReport};
 
 pub(crate) use activity::{run_job as run_activity_job, ActivityJob};
 
