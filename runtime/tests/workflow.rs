@@ -715,3 +715,38 @@ fn replay_check_accepts_the_code_that_wrote_a_history_and_names_a_change() {
         "{err}"
     );
 }
+
+async fn slow_local(ctx: WorkflowContext, _: ()) -> Result<String, StepError> {
+    ctx.call_activity_with("wait400", &"w".to_string(), ActivityOptions::local())
+        .await
+}
+
+#[test]
+fn a_running_instance_outlives_the_idle_timeout_and_runs_its_steps_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let text = format!(
+        "[node]\nshards = 2\nidle_spin_us = 0\nidle_timeout_ms = 20\n[log]\ndata_dir = {:?}\nfsync = \"never\"\n",
+        tmp.path().to_str().unwrap()
+    );
+    let node = Node::builder()
+        .config(NodeConfig::from_toml(&text, "test.toml").unwrap())
+        .register_workflow("sleeper", 1, sleeper)
+        .register_workflow("slow_local", 1, slow_local)
+        .register_activity("wait400", |w: String, ctx: ActivityContext| async move {
+            count(format!("{}:{w}", ctx.instance));
+            quark::sleep(Duration::from_millis(400)).await;
+            Ok::<_, ActivityError>(w)
+        })
+        .start()
+        .unwrap();
+    let wf = node.workflows();
+    block_on(wf.start("sleeper", "idle-1", &400u64)).unwrap();
+    block_on(wf.start("slow_local", "idle-2", &())).unwrap();
+    // Twenty idle timeouts pass before the timer is due and the activity ends; the timer
+    // fires and the activity ran once (a deactivated instance would be reloaded by the
+    // activity's report and launch it again).
+    assert_eq!(finished(&wf, "idle-1").state, InstanceState::Completed);
+    assert_eq!(result::<String>(&wf, "idle-2").unwrap(), "w");
+    assert_eq!(runs("idle-2:w"), 1);
+    node.shutdown();
+}

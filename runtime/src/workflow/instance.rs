@@ -89,6 +89,10 @@ impl Actor for WorkflowInstance {
     const TYPE_NAME: &'static str = "quark.wf";
 
     async fn on_activate(&mut self, ctx: &Context<Self>) {
+        if self.info.as_ref().is_some_and(|i| i.state.is_finished()) {
+            // Finished: nothing runs here, no need to stay.
+            ctx.deactivate_when_idle();
+        }
         if let Some((records, outcome)) = self.deferred.take() {
             if let Err(e) = self.drive(ctx, records, Some(outcome)).await {
                 tracing::error!(instance = %self.id, error = %crate::ErrorChain(&e), "resuming a workflow instance failed; it reloads on its next message");
@@ -98,11 +102,17 @@ impl Actor for WorkflowInstance {
     }
 }
 
+/// How long a running instance's activation may stay idle: in effect never. A running
+/// instance stays in memory (its timers are actor timers and its launched steps report to the
+/// activation: a new activation would launch them again); it deactivates once finished.
+const RUNNING_IDLE_TIMEOUT: Duration = Duration::from_secs(10 * 365 * 86_400);
+
 pub(crate) fn actor_type(shared: Arc<WfShared>) -> ActorType<WorkflowInstance> {
     ActorType::loaded(move |ctx| {
         let shared = Arc::clone(&shared);
         Box::pin(async move { load(ctx, shared).await })
     })
+    .idle_timeout(RUNNING_IDLE_TIMEOUT)
 }
 
 fn id_of(key: &ActorKey) -> String {
@@ -488,6 +498,9 @@ impl WorkflowInstance {
         info.output = Some(out);
         info.finished_ms = Some(now);
         table_set(&self.id, &info.name, state);
+        // Finished: nothing more runs here, so the activation may go (it reloads from the
+        // history's last record when asked).
+        ctx.deactivate_when_idle();
         if cancel_children && !children.is_empty() {
             let engine = ctx.engine();
             let shared = Arc::clone(&self.shared);
@@ -953,10 +966,11 @@ impl Handler<PurgeMsg> for WorkflowInstance {
                 instance: self.id.clone(),
                 source,
             })?;
+        // The activation stays (empty): a start of the same id may already be queued behind
+        // this purge, and a deactivation requested now would take that new run down with it.
         self.info = None;
         self.exec = None;
         table_remove(&self.id);
-        ctx.deactivate_when_idle();
         Ok(())
     }
 }
