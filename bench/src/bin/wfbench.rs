@@ -53,9 +53,13 @@ struct Args {
     /// Activity modes of the throughput part (comma separated): local, job.
     #[arg(long, default_value = "local,job")]
     modes: String,
-    /// Sequential 3-step workflows in the latency part.
+    /// Sequential workflows in the latency part.
     #[arg(long, default_value_t = 300)]
     latency_n: u32,
+    /// Steps of the latency part's workflow (the target is for 3; 0 shows the cost of the
+    /// start and finish records alone).
+    #[arg(long, default_value_t = 3)]
+    latency_steps: u32,
     /// History records of the replayed instance.
     #[arg(long, default_value_t = 10_000)]
     replay_events: u32,
@@ -197,13 +201,14 @@ fn latency(args: &Args) -> Result<f64> {
     let node = start_node(args, &args.dir.join("lat"), "always", true)?;
     let wf = node.workflows();
     let n = args.latency_n;
+    let steps = args.latency_steps;
     let h = node
         .spawn_on(0, move || async move {
             let mut h = hist();
             for i in 0..n {
                 let id = format!("l-{i}");
                 let t = Instant::now();
-                wf.start("chain", &id, &(3u32, true)).await.ok();
+                wf.start("chain", &id, &(steps, true)).await.ok();
                 let st = wf.wait(&id).await;
                 if matches!(st, Ok(ref s) if s.state == InstanceState::Completed) {
                     h.record(t.elapsed().as_nanos() as u64).ok();
@@ -216,7 +221,7 @@ fn latency(args: &Args) -> Result<f64> {
     anyhow::ensure!(h.len() == u64::from(n), "only {} of {n} completed", h.len());
     let us = |q: f64| h.value_at_quantile(q) as f64 / 1000.0;
     println!(
-        "latency: 3-step workflow (local activities), start to result, {n} sequential: p50 {:.0} us, p99 {:.0} us, max {:.0} us",
+        "latency: {steps}-step workflow (local activities), start to result, {n} sequential: p50 {:.0} us, p99 {:.0} us, max {:.0} us",
         us(0.5),
         us(0.99),
         h.max() as f64 / 1000.0
