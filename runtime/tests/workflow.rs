@@ -518,25 +518,25 @@ fn cancelling_an_instance_cancels_its_children() {
         .unwrap();
     let wf = node.workflows();
     block_on(wf.start("parent", "par", &())).unwrap();
-    waiting_for(&wf, "par/0", "never");
+    waiting_for(&wf, "par/1.0", "never");
     assert_eq!(
-        block_on(wf.status("par/0")).unwrap().parent.as_deref(),
+        block_on(wf.status("par/1.0")).unwrap().parent.as_deref(),
         Some("par")
     );
     let st = block_on(wf.cancel("par")).unwrap();
     assert_eq!(st.state, InstanceState::Cancelled);
-    let c = finished(&wf, "par/0");
+    let c = finished(&wf, "par/1.0");
     assert_eq!(c.state, InstanceState::Cancelled);
     // Terminate leaves children alone.
     block_on(wf.start("parent", "par2", &())).unwrap();
-    waiting_for(&wf, "par2/0", "never");
+    waiting_for(&wf, "par2/1.0", "never");
     block_on(wf.terminate("par2")).unwrap();
     assert_eq!(
         block_on(wf.status("par2")).unwrap().state,
         InstanceState::Terminated
     );
     assert_eq!(
-        block_on(wf.status("par2/0")).unwrap().state,
+        block_on(wf.status("par2/1.0")).unwrap().state,
         InstanceState::Running
     );
     node.shutdown();
@@ -748,5 +748,38 @@ fn a_running_instance_outlives_the_idle_timeout_and_runs_its_steps_once() {
     assert_eq!(finished(&wf, "idle-1").state, InstanceState::Completed);
     assert_eq!(result::<String>(&wf, "idle-2").unwrap(), "w");
     assert_eq!(runs("idle-2:w"), 1);
+    node.shutdown();
+}
+
+async fn echo(_: WorkflowContext, n: u64) -> Result<u64, StepError> {
+    Ok(n)
+}
+
+async fn loop_parent(
+    ctx: WorkflowContext,
+    (n, mut acc): (u64, Vec<u64>),
+) -> Result<Vec<u64>, StepError> {
+    acc.push(ctx.sub_orchestration("echo", &n).await?);
+    if n == 2 {
+        return Ok(acc);
+    }
+    ctx.continue_as_new(&(n + 1, acc)).await
+}
+
+#[test]
+fn each_run_starts_its_own_children() {
+    let tmp = tempfile::tempdir().unwrap();
+    let node = builder(tmp.path(), "")
+        .register_workflow("loop_parent", 1, loop_parent)
+        .register_workflow("echo", 1, echo)
+        .start()
+        .unwrap();
+    let wf = node.workflows();
+    block_on(wf.start("loop_parent", "lp", &(0u64, Vec::<u64>::new()))).unwrap();
+    assert_eq!(result::<Vec<u64>>(&wf, "lp").unwrap(), vec![0, 1, 2]);
+    assert_eq!(
+        block_on(wf.status("lp/3.0")).unwrap().state,
+        InstanceState::Completed
+    );
     node.shutdown();
 }

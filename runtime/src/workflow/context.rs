@@ -325,7 +325,7 @@ impl WorkflowContext {
     }
 
     /// Starts orchestration `name` (its newest registered version) as a child instance with
-    /// id `<this id>/<position>` and waits for its output. Cancelling this instance cancels
+    /// id `<this id>/<run>.<position>` and waits for its output. Cancelling this instance cancels
     /// the child. A replay returns the recorded output without starting it again.
     pub fn sub_orchestration<I: Serialize, O: DeserializeOwned>(
         &self,

@@ -479,6 +479,7 @@ impl WorkflowInstance {
         now: u64,
     ) {
         let cancel_children = state == InstanceState::Cancelled;
+        let run = self.info.as_ref().map(|i| i.run).unwrap_or(1);
         let children: Vec<String> = self
             .exec
             .take()
@@ -486,7 +487,7 @@ impl WorkflowInstance {
                 e.pending
                     .values()
                     .filter(|(c, launched)| *launched && c.step.kind == StepKind::SubOrchestration)
-                    .map(|(c, _)| format!("{}/{}", self.id, c.seq))
+                    .map(|(c, _)| child_id(&self.id, run, c.seq))
                     .collect()
             })
             .unwrap_or_default();
@@ -573,7 +574,7 @@ impl WorkflowInstance {
                     let name = cmd.step.name.clone();
                     let input = cmd.input.clone();
                     let _detached = ctx.engine().spawn_on(ctx.shard(), move || async move {
-                        let child = format!("{parent}/{seq}");
+                        let child = child_id(&parent, run, seq);
                         let wf = super::Workflows::new(engine, shared);
                         let result = match wf
                             .start_raw(&name, None, &child, input, Some(parent))
@@ -695,6 +696,12 @@ impl Handler<StartMsg> for WorkflowInstance {
             existed: false,
         })
     }
+}
+
+/// The id of the child started by step `seq` of run `run` of instance `parent`:
+/// `<parent>/<run>.<seq>` (the run keeps the children of successive runs apart).
+pub(crate) fn child_id(parent: &str, run: u64, seq: u64) -> String {
+    format!("{parent}/{run}.{seq}")
 }
 
 /// Runs activity call `seq` to its end: locally, or as a job (the one recorded for it, else a
