@@ -783,3 +783,29 @@ fn each_run_starts_its_own_children() {
     );
     node.shutdown();
 }
+
+#[test]
+fn the_workflows_section_is_read_and_checked() {
+    let c = NodeConfig::from_toml(
+        "[workflows]\nmax_history_events = 1000\nmax_history_bytes = 65536\nhistory_warn_fraction = 0.5\n",
+        "q.toml",
+    )
+    .unwrap();
+    assert_eq!(c.workflows.max_history_events, 1000);
+    assert_eq!(c.workflows.max_history_bytes, 65536);
+    assert_eq!(c.workflows.history_warn_fraction, 0.5);
+    for (bad, key) in [
+        ("max_history_events = 3", "workflows.max_history_events"),
+        (
+            "history_warn_fraction = 1.5",
+            "workflows.history_warn_fraction",
+        ),
+        ("max_history_bytes = 10", "workflows.max_history_bytes"),
+    ] {
+        let err = NodeConfig::from_toml(&format!("[workflows]\n{bad}\n"), "q.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(key) && err.contains("q.toml"), "{err}");
+    }
+    assert!(NodeConfig::from_toml("[workflows]\nmax_events = 5\n", "q.toml").is_err());
+}
