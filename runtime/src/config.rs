@@ -23,6 +23,7 @@ mod memory;
 mod observability;
 mod outbox;
 mod spans;
+mod workflows;
 pub use memory::{MemoryConfig, VictimStrategy};
 pub(crate) mod tls;
 pub use observability::ObservabilityConfig;
@@ -48,6 +49,9 @@ pub struct NodeConfig {
     pub memory: Option<MemoryConfig>,
     /// Locality-aware repartitioning (`[locality]`); the default: off.
     pub locality: crate::locality::LocalityConfig,
+    /// Workflow history bounds (`[workflows]`, docs/WORKFLOWS.md); the default: 51 200
+    /// records and 50 MiB per run, a warning at 0.8 of either.
+    pub workflows: crate::workflow::WorkflowsConfig,
     /// The file it was read from (named in start-up errors about it).
     file: Option<PathBuf>,
 }
@@ -188,6 +192,7 @@ struct RawFile {
     observability: Option<observability::RawObservability>,
     memory: Option<memory::RawMemory>,
     locality: Option<locality::RawLocality>,
+    workflows: Option<workflows::RawWorkflows>,
 }
 
 #[derive(Deserialize)]
@@ -676,6 +681,11 @@ impl NodeConfig {
             .map(|l| locality::locality_section(l, &check))
             .transpose()?
             .unwrap_or_default();
+        let workflows = raw
+            .workflows
+            .map(|w| workflows::workflows_section(w, &check))
+            .transpose()?
+            .unwrap_or_default();
         Ok(NodeConfig {
             engine,
             actors,
@@ -685,6 +695,7 @@ impl NodeConfig {
             observability,
             memory,
             locality,
+            workflows,
             file: Some(file.to_path_buf()),
         })
     }

@@ -23,6 +23,7 @@ pub mod otlp;
 pub mod outbox;
 pub mod reminders;
 mod serve;
+pub mod workflow;
 
 pub use admin::{AdminConfig, AdminError};
 pub use client::{probe, probe_with, Client, ClientBuilder, ClientError};

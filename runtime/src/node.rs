@@ -144,6 +144,7 @@ pub struct NodeBuilder {
     jobs: crate::jobs::JobsSetup,
     reminders: crate::reminders::Setup,
     outbox: crate::outbox::Setup,
+    workflows: crate::workflow::Setup,
 }
 
 type WireRegistration = Box<dyn FnOnce(EngineBuilder) -> EngineBuilder>;
@@ -340,6 +341,37 @@ impl NodeBuilder {
         self
     }
 
+    /// Registers version `version` of orchestration `name` (see [`crate::workflow`]): an
+    /// `async fn(WorkflowContext, I) -> Result<O, E>`. New instances run the newest registered
+    /// version; an instance finishes on the version it started with, so keep registering an
+    /// old version while instances of it run. Workflows need a log (`[log]`).
+    pub fn register_workflow<I, O, E, F, Fut>(mut self, name: &str, version: u32, f: F) -> Self
+    where
+        I: serde::de::DeserializeOwned + 'static,
+        O: serde::Serialize + 'static,
+        E: std::fmt::Display + 'static,
+        F: Fn(crate::workflow::WorkflowContext, I) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<O, E>> + 'static,
+    {
+        self.workflows.add_orchestration(name, version, f);
+        self
+    }
+
+    /// Registers activity `name` (see [`crate::workflow`]): an
+    /// `async fn(I, ActivityContext) -> Result<O, ActivityError>` that orchestrations call with
+    /// `ctx.call_activity(name, &input)`. Activities run as durable jobs (type
+    /// `quark.wf.activity`) unless called with `ActivityOptions::local()`.
+    pub fn register_activity<I, O, F, Fut>(mut self, name: &str, f: F) -> Self
+    where
+        I: serde::de::DeserializeOwned + 'static,
+        O: serde::Serialize + 'static,
+        F: Fn(I, crate::workflow::ActivityContext) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<O, crate::workflow::ActivityError>> + 'static,
+    {
+        self.workflows.add_activity(name, f);
+        self
+    }
+
     /// Registers external sink `sink` under `name` (`ctx.send_to_sink(name, msg)`); it runs
     /// on its own thread.
     pub fn sink(mut self, name: &str, sink: impl crate::outbox::Sink) -> Self {
@@ -415,6 +447,21 @@ impl NodeBuilder {
         for (_, register) in self.registrations {
             builder = register(builder, &self.config)?;
         }
+        // Workflows: the instance actor type, and the job type that runs activities.
+        let workflows = if self.workflows.is_empty() {
+            None
+        } else {
+            let shared = std::mem::take(&mut self.workflows).build(self.config.workflows.clone());
+            builder = builder.register(crate::workflow::instance_type(Arc::clone(&shared)));
+            let jobs_shared = Arc::clone(&shared);
+            self.jobs.register::<crate::workflow::ActivityJob, _, _>(
+                crate::jobs::JobTypeConfig::default(),
+                move |job, ctx| {
+                    crate::workflow::run_activity_job(Arc::clone(&jobs_shared), job, ctx)
+                },
+            );
+            Some(shared)
+        };
         for wire in self.wire {
             builder = wire(builder);
         }
@@ -451,6 +498,7 @@ impl NodeBuilder {
                 return Err(e.into());
             }
         };
+        let workflows = workflows.map(|w| crate::workflow::start(&w, &handle, &jobs));
         let info = NodeInfo {
             node_id: engine.node_id(),
             cluster_listen: engine.listen_addr(),
@@ -530,6 +578,7 @@ impl NodeBuilder {
             jobs,
             outbox_running,
             reminders,
+            workflows,
             memory,
             move_cooldown,
             locality,
@@ -578,6 +627,8 @@ pub struct Node {
     /// acknowledgements) before the engine stops.
     outbox_running: bool,
     reminders: crate::reminders::Reminders,
+    /// The workflow instances (`register_workflow`); `None` when none is registered.
+    workflows: Option<crate::workflow::Workflows>,
     /// The memory monitor (`[memory]`); stopped before the engine.
     memory: Option<crate::memory::Monitor>,
     move_cooldown: crate::memory::MoveCooldown,
@@ -601,6 +652,7 @@ impl Node {
             jobs: Default::default(),
             reminders: Default::default(),
             outbox: crate::outbox::Setup::default(),
+            workflows: Default::default(),
         }
     }
 
@@ -656,6 +708,16 @@ impl Node {
     /// The handle of projection `P` (registered with [`NodeBuilder::register_projection`]).
     pub fn projection<P: Projection>(&self) -> ProjectionHandle<P> {
         ProjectionHandle::new(self.handle.clone())
+    }
+
+    /// The node's workflow instances (see [`crate::workflow`]).
+    ///
+    /// # Panics
+    /// If no orchestration was registered (`NodeBuilder::register_workflow`).
+    pub fn workflows(&self) -> crate::workflow::Workflows {
+        self.workflows.clone().expect(
+            "Node::workflows needs an orchestration registered with NodeBuilder::register_workflow",
+        )
     }
 
     /// This node's durable jobs (see [`crate::jobs`]).

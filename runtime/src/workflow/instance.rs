@@ -1,0 +1,1034 @@
+//! The instance actor (`quark.wf`, keyed by instance id): loads its history, replays it, runs
+//! the orchestration forward one turn at a time and appends its records.
+
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::channel::oneshot;
+use quark_persist::{Batch, NewRecord, RecordKind};
+use quark_placement::ActorKey;
+use quark_shard::{Actor, ActorType, Context, Handler, Message};
+
+use super::context::{Execution, Outcome};
+use super::handle::{StartOutcome, WorkflowStatus};
+use super::history::{self, HistoryEvent, InstanceState, StepKind};
+use super::{WfShared, WorkflowError};
+use crate::journal::now_ms;
+
+thread_local! {
+    /// This shard's instances: id -> (orchestration name, state). Filled at start from the log
+    /// and kept current by the instances; read by `Workflows::list`.
+    static TABLE: RefCell<BTreeMap<String, (String, InstanceState)>> = const { RefCell::new(BTreeMap::new()) };
+}
+
+pub(crate) fn table_set(id: &str, name: &str, state: InstanceState) {
+    TABLE.with(|t| {
+        t.borrow_mut()
+            .insert(id.to_owned(), (name.to_owned(), state))
+    });
+}
+
+fn table_remove(id: &str) {
+    TABLE.with(|t| t.borrow_mut().remove(id));
+}
+
+/// A page of this shard's table: ids above `after`, filtered, at most `limit`.
+pub(crate) fn table_page(
+    state: Option<InstanceState>,
+    name: Option<&str>,
+    after: Option<&str>,
+    limit: usize,
+) -> Vec<(String, String, InstanceState)> {
+    TABLE.with(|t| {
+        let t = t.borrow();
+        let range = match after {
+            Some(a) => {
+                t.range::<str, _>((std::ops::Bound::Excluded(a), std::ops::Bound::Unbounded))
+            }
+            None => t.range::<str, _>(..),
+        };
+        range
+            .filter(|(_, (n, s))| state.is_none_or(|x| x == *s) && name.is_none_or(|x| x == n))
+            .take(limit)
+            .map(|(id, (n, s))| (id.clone(), n.clone(), *s))
+            .collect()
+    })
+}
+
+struct Info {
+    name: String,
+    version: u32,
+    run: u64,
+    parent: Option<String>,
+    started_ms: u64,
+    state: InstanceState,
+    output: Option<Result<Vec<u8>, String>>,
+    finished_ms: Option<u64>,
+    events: u64,
+    bytes: u64,
+    warned: bool,
+}
+
+/// A workflow instance: the actor behind one instance id (type `quark.wf`). Reach it through
+/// [`super::Workflows`]; its messages are internal.
+pub struct WorkflowInstance {
+    shared: Arc<WfShared>,
+    id: String,
+    key: Vec<u8>,
+    info: Option<Info>,
+    exec: Option<Execution>,
+    /// Records produced by the replay at load (past the end of the history) and its outcome,
+    /// appended and acted on by `on_activate`.
+    deferred: Option<(Vec<(RecordKind, HistoryEvent)>, Outcome)>,
+    waiters: Vec<oneshot::Sender<WorkflowStatus>>,
+}
+
+impl Actor for WorkflowInstance {
+    const TYPE_NAME: &'static str = "quark.wf";
+
+    async fn on_activate(&mut self, ctx: &Context<Self>) {
+        if self.info.as_ref().is_some_and(|i| i.state.is_finished()) {
+            // Finished: nothing runs here, no need to stay.
+            ctx.deactivate_when_idle();
+        }
+        if let Some((records, outcome)) = self.deferred.take() {
+            if let Err(e) = self.drive(ctx, records, Some(outcome)).await {
+                tracing::error!(instance = %self.id, error = %crate::ErrorChain(&e), "resuming a workflow instance failed; it reloads on its next message");
+                ctx.deactivate_when_idle();
+            }
+        }
+    }
+}
+
+/// How long a running instance's activation may stay idle: in effect never. A running
+/// instance stays in memory (its timers are actor timers and its launched steps report to the
+/// activation: a new activation would launch them again); it deactivates once finished.
+const RUNNING_IDLE_TIMEOUT: Duration = Duration::from_secs(10 * 365 * 86_400);
+
+pub(crate) fn actor_type(shared: Arc<WfShared>) -> ActorType<WorkflowInstance> {
+    ActorType::loaded(move |ctx| {
+        let shared = Arc::clone(&shared);
+        Box::pin(async move { load(ctx, shared).await })
+    })
+    .idle_timeout(RUNNING_IDLE_TIMEOUT)
+}
+
+fn id_of(key: &ActorKey) -> String {
+    match key {
+        ActorKey::Str(s) => s.to_string(),
+        other => format!("{other:?}"),
+    }
+}
+
+async fn load(
+    ctx: &Context<WorkflowInstance>,
+    shared: Arc<WfShared>,
+) -> Result<WorkflowInstance, quark_shard::LoadError> {
+    let id = id_of(&ctx.id().key);
+    let key = history::instance_key(&id);
+    let mut me = WorkflowInstance {
+        shared,
+        id,
+        key,
+        info: None,
+        exec: None,
+        deferred: None,
+        waiters: Vec::new(),
+    };
+    let Some(log) = ctx.log() else {
+        return Ok(me);
+    };
+    let (events, bytes) = read_history(log, &me.id, &me.key).await?;
+    if events.is_empty() {
+        return Ok(me);
+    }
+    me.restore(events, bytes)?;
+    Ok(me)
+}
+
+/// The instance's live records, decoded, and their payload bytes.
+pub(crate) async fn read_history(
+    log: &quark_shard::ShardLog,
+    id: &str,
+    key: &[u8],
+) -> Result<(Vec<HistoryEvent>, u64), WorkflowError> {
+    let lsns = log.key_lsns(key);
+    if lsns.is_empty() {
+        return Ok((Vec::new(), 0));
+    }
+    let records = log
+        .read_many(&lsns)
+        .await
+        .map_err(|e| WorkflowError::Read {
+            instance: id.to_owned(),
+            detail: crate::ErrorChain(&e).to_string(),
+        })?;
+    let mut bytes = 0;
+    let mut out = Vec::with_capacity(records.len());
+    for r in records {
+        bytes += r.payload.len() as u64;
+        out.push(
+            history::decode(&r.payload).map_err(|detail| WorkflowError::Read {
+                instance: id.to_owned(),
+                detail: format!("record at LSN {}: {detail}", r.lsn),
+            })?,
+        );
+    }
+    Ok((out, bytes))
+}
+
+fn is_input(e: &HistoryEvent) -> bool {
+    matches!(
+        e,
+        HistoryEvent::ActivityDone { .. }
+            | HistoryEvent::TimerFired { .. }
+            | HistoryEvent::EventRaised { .. }
+            | HistoryEvent::ChildDone { .. }
+    )
+}
+
+impl WorkflowInstance {
+    /// Rebuilds the instance from its history: a finished one from its last record, a running
+    /// one by replaying its run (one poll per recorded input).
+    fn restore(&mut self, events: Vec<HistoryEvent>, bytes: u64) -> Result<(), WorkflowError> {
+        let Some(HistoryEvent::Started {
+            name,
+            version,
+            input,
+            run,
+            time_ms,
+            parent,
+        }) = events.first().cloned()
+        else {
+            return Err(WorkflowError::Read {
+                instance: self.id.clone(),
+                detail: format!(
+                    "the history does not begin with a Started record (it begins with {:?})",
+                    events.first().map(|e| e.kind_name())
+                ),
+            });
+        };
+        let mut info = Info {
+            name: name.clone(),
+            version,
+            run,
+            parent,
+            started_ms: time_ms,
+            state: InstanceState::Running,
+            output: None,
+            finished_ms: None,
+            events: events.len() as u64,
+            bytes,
+            warned: false,
+        };
+        if let Some(HistoryEvent::Finished {
+            state,
+            output,
+            time_ms,
+        }) = events.last()
+        {
+            info.state = *state;
+            info.output = Some(output.clone());
+            info.finished_ms = Some(*time_ms);
+            table_set(&self.id, &name, *state);
+            self.info = Some(info);
+            return Ok(());
+        }
+        let Some(f) = self.shared.orchestration(&name, version) else {
+            return Err(WorkflowError::UnknownOrchestration {
+                name,
+                version: Some(version),
+                registered: format!(
+                    "{}; instance {:?} started on that version and can only finish on it: register it again",
+                    self.shared.registered(),
+                    self.id
+                ),
+            });
+        };
+        let mut exec = Execution::new(&self.id, run, time_ms, &events[1..], |ctx| f(ctx, input));
+        let mut records = Vec::new();
+        let mut outcome = exec.poll();
+        records.extend(exec.take_records());
+        for ev in events[1..].iter().filter(|e| is_input(e)) {
+            if !matches!(outcome, Outcome::Pending) {
+                break;
+            }
+            exec.deliver(ev);
+            outcome = exec.poll();
+            records.extend(exec.take_records());
+        }
+        table_set(&self.id, &name, InstanceState::Running);
+        self.info = Some(info);
+        self.exec = Some(exec);
+        self.deferred = Some((
+            records
+                .into_iter()
+                .map(|e| (RecordKind::Event, e))
+                .collect(),
+            outcome,
+        ));
+        Ok(())
+    }
+
+    fn status(&self) -> Result<WorkflowStatus, WorkflowError> {
+        let info = self.info.as_ref().ok_or_else(|| WorkflowError::NotFound {
+            instance: self.id.clone(),
+        })?;
+        Ok(WorkflowStatus {
+            instance: self.id.clone(),
+            name: info.name.clone(),
+            version: info.version,
+            run: info.run,
+            state: info.state,
+            parent: info.parent.clone(),
+            started_ms: info.started_ms,
+            finished_ms: info.finished_ms,
+            output: info.output.clone(),
+            history_events: info.events,
+            history_bytes: info.bytes,
+            pending_steps: self
+                .exec
+                .as_ref()
+                .map(|e| e.pending.len() as u64)
+                .unwrap_or(0),
+        })
+    }
+
+    fn new_execution(
+        &self,
+        info: &Info,
+        input: Vec<u8>,
+        start_ms: u64,
+    ) -> Result<Execution, WorkflowError> {
+        let f = self
+            .shared
+            .orchestration(&info.name, info.version)
+            .ok_or_else(|| WorkflowError::UnknownOrchestration {
+                name: info.name.clone(),
+                version: Some(info.version),
+                registered: self.shared.registered(),
+            })?;
+        Ok(Execution::new(&self.id, info.run, start_ms, &[], |ctx| {
+            f(ctx, input)
+        }))
+    }
+
+    /// Polls the run (unless `first` is the outcome of a poll already made), appends the
+    /// records of this turn as one batch, and launches the new steps.
+    async fn drive(
+        &mut self,
+        ctx: &Context<Self>,
+        mut records: Vec<(RecordKind, HistoryEvent)>,
+        mut first: Option<Outcome>,
+    ) -> Result<(), WorkflowError> {
+        let mut finished = None;
+        while let Some(exec) = self.exec.as_mut() {
+            let outcome = match first.take() {
+                Some(o) => o,
+                None => {
+                    let o = exec.poll();
+                    records.extend(
+                        exec.take_records()
+                            .into_iter()
+                            .map(|e| (RecordKind::Event, e)),
+                    );
+                    o
+                }
+            };
+            match outcome {
+                Outcome::Pending => break,
+                Outcome::Done(out) => {
+                    let state = if out.is_ok() {
+                        InstanceState::Completed
+                    } else {
+                        InstanceState::Failed
+                    };
+                    finished = Some((state, out));
+                    break;
+                }
+                Outcome::NonDeterministic(e) => {
+                    tracing::error!(instance = %self.id, "{e}");
+                    finished = Some((InstanceState::NonDeterministic, Err(e.to_string())));
+                    break;
+                }
+                Outcome::ContinueAsNew(input) => {
+                    let now = now_ms();
+                    let info = self
+                        .info
+                        .as_mut()
+                        .expect("invariant: a running instance has its info");
+                    info.run += 1;
+                    info.events = 0;
+                    info.bytes = 0;
+                    info.warned = false;
+                    records.clear();
+                    records.push((
+                        RecordKind::Snapshot,
+                        HistoryEvent::Started {
+                            name: info.name.clone(),
+                            version: info.version,
+                            input: input.clone(),
+                            run: info.run,
+                            time_ms: now,
+                            parent: info.parent.clone(),
+                        },
+                    ));
+                    let info = self.info.as_ref().expect("invariant: set above");
+                    let exec = self.new_execution(info, input, now)?;
+                    self.exec = Some(exec);
+                }
+            }
+        }
+        // History bounds.
+        let cfg = &self.shared.config;
+        let info = self
+            .info
+            .as_mut()
+            .expect("invariant: a driven instance has its info");
+        let add_bytes: u64 = records
+            .iter()
+            .map(|(_, e)| history::encode(e).len() as u64)
+            .sum();
+        let events = info.events + records.len() as u64;
+        let bytes = info.bytes + add_bytes;
+        if finished.is_none() && (events > cfg.max_history_events || bytes > cfg.max_history_bytes)
+        {
+            let msg = format!(
+                "workflow instance {:?}: its history would reach {events} records and {bytes} bytes, above the limits of {} records and {} bytes ([workflows] max_history_events, max_history_bytes): use continue_as_new to bound it",
+                self.id, cfg.max_history_events, cfg.max_history_bytes
+            );
+            tracing::error!(instance = %self.id, "{msg}");
+            // The run's history stays within the limit: this turn's records are dropped (all
+            // but a new run's `Started`), and only the `Finished` record is added.
+            records.retain(|(kind, _)| *kind == RecordKind::Snapshot);
+            finished = Some((InstanceState::Failed, Err(msg)));
+        } else if !info.warned
+            && (events as f64 >= cfg.max_history_events as f64 * cfg.history_warn_fraction
+                || bytes as f64 >= cfg.max_history_bytes as f64 * cfg.history_warn_fraction)
+        {
+            info.warned = true;
+            tracing::warn!(instance = %self.id, events, bytes, max_events = cfg.max_history_events, max_bytes = cfg.max_history_bytes, "a workflow instance's history passed the warning fraction of its limits; use continue_as_new");
+        }
+        let now = now_ms();
+        if let Some((state, out)) = &finished {
+            records.push((
+                RecordKind::Event,
+                HistoryEvent::Finished {
+                    state: *state,
+                    output: out.clone(),
+                    time_ms: now,
+                },
+            ));
+        }
+        self.append(ctx, &records).await?;
+        if let Some((state, out)) = finished {
+            self.finish(ctx, state, out, now);
+        } else {
+            self.launch(ctx);
+        }
+        Ok(())
+    }
+
+    async fn append(
+        &mut self,
+        ctx: &Context<Self>,
+        records: &[(RecordKind, HistoryEvent)],
+    ) -> Result<(), WorkflowError> {
+        if records.is_empty() {
+            return Ok(());
+        }
+        let Some(log) = ctx.log() else {
+            return Err(WorkflowError::NoLog {
+                instance: self.id.clone(),
+            });
+        };
+        let mut batch = Batch::new();
+        let mut bytes = 0;
+        for (kind, e) in records {
+            let payload = history::encode(e);
+            bytes += payload.len() as u64;
+            batch.push(NewRecord {
+                kind: *kind,
+                key: self.key.clone(),
+                payload,
+                expires_at_ms: None,
+            });
+        }
+        if let Err(source) = log.append(&batch).await {
+            // The live run is ahead of the log: rebuild from the log on the next message.
+            ctx.deactivate_when_idle();
+            return Err(WorkflowError::Append {
+                instance: self.id.clone(),
+                source,
+            });
+        }
+        if let Some(info) = self.info.as_mut() {
+            info.events += records.len() as u64;
+            info.bytes += bytes;
+        }
+        Ok(())
+    }
+
+    fn finish(
+        &mut self,
+        ctx: &Context<Self>,
+        state: InstanceState,
+        out: Result<Vec<u8>, String>,
+        now: u64,
+    ) {
+        let cancel_children = state == InstanceState::Cancelled;
+        let run = self.info.as_ref().map(|i| i.run).unwrap_or(1);
+        let children: Vec<String> = self
+            .exec
+            .take()
+            .map(|e| {
+                e.pending
+                    .values()
+                    .filter(|(c, launched)| *launched && c.step.kind == StepKind::SubOrchestration)
+                    .map(|(c, _)| child_id(&self.id, run, c.seq))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let info = self
+            .info
+            .as_mut()
+            .expect("invariant: a finished instance has its info");
+        info.state = state;
+        info.output = Some(out);
+        info.finished_ms = Some(now);
+        table_set(&self.id, &info.name, state);
+        // Finished: nothing more runs here, so the activation may go (it reloads from the
+        // history's last record when asked).
+        ctx.deactivate_when_idle();
+        if cancel_children && !children.is_empty() {
+            let engine = ctx.engine();
+            let shared = Arc::clone(&self.shared);
+            let _detached = engine.clone().spawn_on(ctx.shard(), move || async move {
+                let wf = super::Workflows::new(engine, shared);
+                for child in children {
+                    if let Err(e) = wf.cancel(&child).await {
+                        tracing::warn!(child = %child, error = %crate::ErrorChain(&e), "cancelling a child instance failed");
+                    }
+                }
+            });
+        }
+        if let Ok(st) = self.status() {
+            for w in self.waiters.drain(..) {
+                let _ = w.send(st.clone());
+            }
+        }
+    }
+
+    /// Starts the work of every issued step not yet launched.
+    fn launch(&mut self, ctx: &Context<Self>) {
+        let Some(exec) = self.exec.as_mut() else {
+            return;
+        };
+        let run = self.info.as_ref().map(|i| i.run).unwrap_or(0);
+        let now = now_ms();
+        for (seq, (cmd, launched)) in exec.pending.iter_mut() {
+            if *launched {
+                continue;
+            }
+            *launched = true;
+            let seq = *seq;
+            match cmd.step.kind {
+                StepKind::Activity => {
+                    let me = ctx.self_ref();
+                    let shared = Arc::clone(&self.shared);
+                    let id = self.id.clone();
+                    let name = cmd.step.name.clone();
+                    let input = cmd.input.clone();
+                    let options = cmd.options.clone();
+                    let known = exec.jobs.get(&seq).copied().map(crate::jobs::JobId);
+                    let _detached = ctx.engine().spawn_on(ctx.shard(), move || async move {
+                        let result = run_activity(
+                            &shared, &me, &id, run, seq, &name, input, &options, known,
+                        )
+                        .await;
+                        let _ = me
+                            .tell(InputMsg {
+                                run,
+                                event: HistoryEvent::ActivityDone {
+                                    seq,
+                                    result,
+                                    time_ms: now_ms(),
+                                },
+                            })
+                            .await;
+                    });
+                }
+                StepKind::Timer | StepKind::Event => {
+                    if let Some(at) = cmd.fire_at_ms {
+                        let delay = Duration::from_millis(at.saturating_sub(now));
+                        ctx.set_timer(delay, TimerDue { run, seq });
+                    }
+                }
+                StepKind::SubOrchestration => {
+                    let me = ctx.self_ref();
+                    let shared = Arc::clone(&self.shared);
+                    let engine = ctx.engine();
+                    let parent = self.id.clone();
+                    let name = cmd.step.name.clone();
+                    let input = cmd.input.clone();
+                    let _detached = ctx.engine().spawn_on(ctx.shard(), move || async move {
+                        let child = child_id(&parent, run, seq);
+                        let wf = super::Workflows::new(engine, shared);
+                        let result = match wf
+                            .start_raw(&name, None, &child, input, Some(parent))
+                            .await
+                        {
+                            Err(e) => Err(crate::ErrorChain(&e).to_string()),
+                            Ok(_) => match wf.wait(&child).await {
+                                Err(e) => Err(crate::ErrorChain(&e).to_string()),
+                                Ok(st) => match (st.state, st.output) {
+                                    (InstanceState::Completed, Some(Ok(b))) => Ok(b),
+                                    (s, Some(Err(e))) => {
+                                        Err(format!("child {child:?} {}: {e}", s.name()))
+                                    }
+                                    (s, _) => Err(format!("child {child:?} ended {}", s.name())),
+                                },
+                            },
+                        };
+                        let _ = me
+                            .tell(InputMsg {
+                                run,
+                                event: HistoryEvent::ChildDone {
+                                    seq,
+                                    result,
+                                    time_ms: now_ms(),
+                                },
+                            })
+                            .await;
+                    });
+                }
+                StepKind::Select => {}
+            }
+        }
+    }
+
+    fn running(&self) -> Result<(), WorkflowError> {
+        match &self.info {
+            None => Err(WorkflowError::NotFound {
+                instance: self.id.clone(),
+            }),
+            Some(i) if i.state.is_finished() => Err(WorkflowError::Finished {
+                instance: self.id.clone(),
+                state: i.state,
+            }),
+            Some(_) => Ok(()),
+        }
+    }
+}
+
+/// Starts the instance (or returns the existing one).
+pub(crate) struct StartMsg {
+    pub name: String,
+    pub version: u32,
+    pub input: Vec<u8>,
+    pub parent: Option<String>,
+}
+impl Message for StartMsg {
+    type Reply = Result<StartOutcome, WorkflowError>;
+}
+impl Handler<StartMsg> for WorkflowInstance {
+    async fn handle(
+        &mut self,
+        m: StartMsg,
+        ctx: &Context<Self>,
+    ) -> Result<StartOutcome, WorkflowError> {
+        if let Some(info) = &self.info {
+            return Ok(StartOutcome {
+                instance: self.id.clone(),
+                name: info.name.clone(),
+                version: info.version,
+                existed: true,
+            });
+        }
+        if ctx.log().is_none() {
+            return Err(WorkflowError::NoLog {
+                instance: self.id.clone(),
+            });
+        }
+        let now = now_ms();
+        let info = Info {
+            name: m.name.clone(),
+            version: m.version,
+            run: 1,
+            parent: m.parent.clone(),
+            started_ms: now,
+            state: InstanceState::Running,
+            output: None,
+            finished_ms: None,
+            events: 0,
+            bytes: 0,
+            warned: false,
+        };
+        let exec = self.new_execution(&info, m.input.clone(), now)?;
+        self.info = Some(info);
+        self.exec = Some(exec);
+        let records = vec![(
+            RecordKind::Snapshot,
+            HistoryEvent::Started {
+                name: m.name.clone(),
+                version: m.version,
+                input: m.input,
+                run: 1,
+                time_ms: now,
+                parent: m.parent,
+            },
+        )];
+        if let Err(e) = self.drive(ctx, records, None).await {
+            self.info = None;
+            self.exec = None;
+            return Err(e);
+        }
+        let info = self.info.as_ref().expect("invariant: started above");
+        if !info.state.is_finished() {
+            table_set(&self.id, &info.name, info.state);
+        }
+        Ok(StartOutcome {
+            instance: self.id.clone(),
+            name: m.name,
+            version: m.version,
+            existed: false,
+        })
+    }
+}
+
+/// The id of the child started by step `seq` of run `run` of instance `parent`:
+/// `<parent>/<run>.<seq>` (the run keeps the children of successive runs apart).
+pub(crate) fn child_id(parent: &str, run: u64, seq: u64) -> String {
+    format!("{parent}/{run}.{seq}")
+}
+
+/// Runs activity call `seq` to its end: locally, or as a job (the one recorded for it, else a
+/// new one whose id is recorded).
+#[allow(clippy::too_many_arguments)]
+async fn run_activity(
+    shared: &WfShared,
+    me: &quark_shard::ActorRef<WorkflowInstance>,
+    id: &str,
+    run: u64,
+    seq: u64,
+    name: &str,
+    input: Vec<u8>,
+    options: &super::ActivityOptions,
+    known: Option<crate::jobs::JobId>,
+) -> Result<Vec<u8>, String> {
+    use super::activity::{enqueue_job, run_local, wait_job};
+    if options.local {
+        return run_local(shared, id.to_owned(), run, seq, name, input, options).await;
+    }
+    if let Some(job) = known {
+        if let Some(r) = wait_job(shared, name, job).await {
+            return r;
+        }
+    }
+    let job = enqueue_job(shared, id, run, seq, name, input, options).await?;
+    let _ = me
+        .tell(JobAssigned {
+            run,
+            seq,
+            job: job.0,
+        })
+        .await;
+    match wait_job(shared, name, job).await {
+        Some(r) => r,
+        None => Err(format!(
+            "activity {name:?}: job {job} was forgotten before it finished"
+        )),
+    }
+}
+
+/// Records the job that runs activity `seq` of run `run`.
+pub(crate) struct JobAssigned {
+    run: u64,
+    seq: u64,
+    job: u64,
+}
+impl Message for JobAssigned {
+    type Reply = ();
+}
+impl Handler<JobAssigned> for WorkflowInstance {
+    async fn handle(&mut self, m: JobAssigned, ctx: &Context<Self>) {
+        let current = self
+            .info
+            .as_ref()
+            .is_some_and(|i| i.run == m.run && !i.state.is_finished());
+        let Some(exec) = self.exec.as_mut().filter(|_| current) else {
+            return;
+        };
+        if !exec.pending.contains_key(&m.seq) || exec.jobs.insert(m.seq, m.job).is_some() {
+            return;
+        }
+        let record = [(
+            RecordKind::Event,
+            HistoryEvent::ActivityJob {
+                seq: m.seq,
+                job: m.job,
+            },
+        )];
+        if let Err(e) = self.append(ctx, &record).await {
+            tracing::warn!(instance = %self.id, error = %crate::ErrorChain(&e), "recording an activity's job failed");
+        }
+    }
+}
+
+/// An input for the run `run` (an activity's or child's result).
+pub(crate) struct InputMsg {
+    pub run: u64,
+    pub event: HistoryEvent,
+}
+impl Message for InputMsg {
+    type Reply = ();
+}
+impl Handler<InputMsg> for WorkflowInstance {
+    async fn handle(&mut self, m: InputMsg, ctx: &Context<Self>) {
+        self.input(ctx, m.run, m.event).await;
+    }
+}
+
+impl WorkflowInstance {
+    async fn input(&mut self, ctx: &Context<Self>, run: u64, event: HistoryEvent) {
+        let current = self
+            .info
+            .as_ref()
+            .is_some_and(|i| i.run == run && !i.state.is_finished());
+        let Some(exec) = self.exec.as_mut().filter(|_| current) else {
+            return;
+        };
+        if !exec.accepts(&event) {
+            return;
+        }
+        exec.deliver(&event);
+        if let Err(e) = self
+            .drive(ctx, vec![(RecordKind::Event, event)], None)
+            .await
+        {
+            tracing::warn!(instance = %self.id, error = %crate::ErrorChain(&e), "recording a workflow step failed; the instance reloads from its history");
+        }
+    }
+}
+
+/// A durable timer (or event timeout) of run `run` is due.
+#[derive(Clone)]
+pub(crate) struct TimerDue {
+    run: u64,
+    seq: u64,
+}
+impl Message for TimerDue {
+    type Reply = ();
+}
+impl Handler<TimerDue> for WorkflowInstance {
+    async fn handle(&mut self, m: TimerDue, ctx: &Context<Self>) {
+        let event = HistoryEvent::TimerFired {
+            seq: m.seq,
+            time_ms: now_ms(),
+        };
+        self.input(ctx, m.run, event).await;
+    }
+}
+
+/// Raises an event.
+pub(crate) struct RaiseMsg {
+    pub name: String,
+    pub payload: Vec<u8>,
+}
+impl Message for RaiseMsg {
+    type Reply = Result<(), WorkflowError>;
+}
+impl Handler<RaiseMsg> for WorkflowInstance {
+    async fn handle(&mut self, m: RaiseMsg, ctx: &Context<Self>) -> Result<(), WorkflowError> {
+        self.running()?;
+        let event = HistoryEvent::EventRaised {
+            name: m.name,
+            payload: m.payload,
+            time_ms: now_ms(),
+        };
+        let exec = self
+            .exec
+            .as_mut()
+            .expect("invariant: a running instance has a run");
+        exec.deliver(&event);
+        self.drive(ctx, vec![(RecordKind::Event, event)], None)
+            .await
+    }
+}
+
+/// Status.
+pub(crate) struct StatusMsg;
+impl Message for StatusMsg {
+    type Reply = Result<WorkflowStatus, WorkflowError>;
+}
+impl Handler<StatusMsg> for WorkflowInstance {
+    async fn handle(
+        &mut self,
+        _: StatusMsg,
+        _: &Context<Self>,
+    ) -> Result<WorkflowStatus, WorkflowError> {
+        self.status()
+    }
+}
+
+/// Wait for the end.
+pub(crate) struct WaitMsg;
+impl Message for WaitMsg {
+    type Reply = Result<oneshot::Receiver<WorkflowStatus>, WorkflowError>;
+}
+impl Handler<WaitMsg> for WorkflowInstance {
+    async fn handle(
+        &mut self,
+        _: WaitMsg,
+        _: &Context<Self>,
+    ) -> Result<oneshot::Receiver<WorkflowStatus>, WorkflowError> {
+        let st = self.status()?;
+        let (tx, rx) = oneshot::channel();
+        if st.state.is_finished() {
+            let _ = tx.send(st);
+        } else {
+            self.waiters.retain(|w| !w.is_canceled());
+            self.waiters.push(tx);
+        }
+        Ok(rx)
+    }
+}
+
+/// The history.
+pub(crate) struct HistoryMsg;
+impl Message for HistoryMsg {
+    type Reply = Result<Vec<HistoryEvent>, WorkflowError>;
+}
+impl Handler<HistoryMsg> for WorkflowInstance {
+    async fn handle(
+        &mut self,
+        _: HistoryMsg,
+        ctx: &Context<Self>,
+    ) -> Result<Vec<HistoryEvent>, WorkflowError> {
+        self.status()?;
+        let Some(log) = ctx.log() else {
+            return Err(WorkflowError::NoLog {
+                instance: self.id.clone(),
+            });
+        };
+        Ok(read_history(log, &self.id, &self.key).await?.0)
+    }
+}
+
+/// Cancel or terminate.
+pub(crate) struct StopMsg {
+    pub state: InstanceState,
+}
+impl Message for StopMsg {
+    type Reply = Result<WorkflowStatus, WorkflowError>;
+}
+impl Handler<StopMsg> for WorkflowInstance {
+    async fn handle(
+        &mut self,
+        m: StopMsg,
+        ctx: &Context<Self>,
+    ) -> Result<WorkflowStatus, WorkflowError> {
+        self.running()?;
+        let now = now_ms();
+        let reason = format!("{} through the API", m.state.name());
+        let records = vec![(
+            RecordKind::Event,
+            HistoryEvent::Finished {
+                state: m.state,
+                output: Err(reason.clone()),
+                time_ms: now,
+            },
+        )];
+        self.append(ctx, &records).await?;
+        self.finish(ctx, m.state, Err(reason), now);
+        self.status()
+    }
+}
+
+/// Purge a finished instance.
+pub(crate) struct PurgeMsg;
+impl Message for PurgeMsg {
+    type Reply = Result<(), WorkflowError>;
+}
+impl Handler<PurgeMsg> for WorkflowInstance {
+    async fn handle(&mut self, _: PurgeMsg, ctx: &Context<Self>) -> Result<(), WorkflowError> {
+        let st = self.status()?;
+        if !st.state.is_finished() {
+            return Err(WorkflowError::Running {
+                instance: self.id.clone(),
+            });
+        }
+        let Some(log) = ctx.log() else {
+            return Err(WorkflowError::NoLog {
+                instance: self.id.clone(),
+            });
+        };
+        let mut batch = Batch::new();
+        batch.truncate(&self.key, u64::MAX);
+        log.append(&batch)
+            .await
+            .map_err(|source| WorkflowError::Append {
+                instance: self.id.clone(),
+                source,
+            })?;
+        // The activation stays (empty): a start of the same id may already be queued behind
+        // this purge, and a deactivation requested now would take that new run down with it.
+        self.info = None;
+        self.exec = None;
+        table_remove(&self.id);
+        Ok(())
+    }
+}
+
+/// Activates the instance (the resume sweep at start).
+pub(crate) struct ResumeMsg;
+impl Message for ResumeMsg {
+    type Reply = ();
+}
+impl Handler<ResumeMsg> for WorkflowInstance {
+    async fn handle(&mut self, _: ResumeMsg, _: &Context<Self>) {}
+}
+
+/// Reads this shard's instances from the log: fills the table and activates each running one
+/// (which replays it and re-launches its pending steps).
+pub(crate) async fn resume_shard(engine: quark_shard::EngineHandle) {
+    let Some(log) = quark_shard::current_shard_log() else {
+        return;
+    };
+    let keys = log.keys_with_prefix(history::KEY_PREFIX);
+    for key in keys {
+        let Some(id) = history::instance_of_key(&key) else {
+            continue;
+        };
+        let lsns = log.key_lsns(&key);
+        let (Some(first), Some(last)) = (lsns.first(), lsns.last()) else {
+            continue;
+        };
+        let read = |lsn: u64| {
+            let log = log.clone();
+            async move {
+                log.read(lsn)
+                    .await
+                    .ok()
+                    .flatten()
+                    .and_then(|r| history::decode(&r.payload).ok())
+            }
+        };
+        let name = match read(*first).await {
+            Some(HistoryEvent::Started { name, .. }) => name,
+            _ => continue,
+        };
+        match read(*last).await {
+            Some(HistoryEvent::Finished { state, .. }) => table_set(&id, &name, state),
+            _ => {
+                table_set(&id, &name, InstanceState::Running);
+                let r = engine.actor_ref::<WorkflowInstance>(id.clone());
+                if let Err(e) = r.tell(ResumeMsg).await {
+                    tracing::warn!(instance = %id, error = %e, "resuming a workflow instance failed");
+                }
+            }
+        }
+    }
+}
