@@ -929,3 +929,60 @@ fn starting_before_the_start_record_is_durable_runs_each_job_once_and_recovers()
     assert_eq!(again, vec![(0, 2)], "only the interrupted job ran again");
     node.shutdown();
 }
+
+/// The shard's log appends so far (its durable writes under `fsync = "always"`).
+fn shard_appends(node: &Node, shard: u16) -> u64 {
+    node.spawn_on(shard, || async {
+        quark_shard::current_shard_log()
+            .map(|l| l.stats().append_count)
+            .unwrap_or(0)
+    })
+    .join()
+    .unwrap()
+}
+
+/// `start_on_enqueue` (the default): a job that can run at once is started by the same log
+/// append as its enqueue (its `Started` record rides in the enqueue's batch), so its handler
+/// starts after one durable write, not two; switched off, the scheduler's next round writes the
+/// start in a second append. The enqueue stays durable before it is acknowledged either way.
+#[test]
+fn a_job_that_can_run_at_once_starts_with_the_append_of_its_enqueue() {
+    for (start_on_enqueue, appends_before_start) in [(true, 1), (false, 2)] {
+        let tmp = tempfile::tempdir().unwrap();
+        let (tx, rx) = std::sync::mpsc::sync_channel::<u64>(4);
+        let node = builder(tmp.path(), 1)
+            .jobs_config(JobsConfig {
+                start_on_enqueue,
+                ..JobsConfig::default()
+            })
+            .register_job::<Work, _, _>(JobTypeConfig::default(), move |_w: Work, _ctx: JobContext| {
+                let tx = tx.clone();
+                async move {
+                    let appends = quark_shard::current_shard_log()
+                        .map(|l| l.stats().append_count)
+                        .unwrap_or(0);
+                    tx.send(appends).expect("the test waits for the count");
+                    Ok(())
+                }
+            })
+            .start()
+            .unwrap();
+        let jobs = node.jobs();
+        for n in 0..3 {
+            let before = shard_appends(&node, 0);
+            let id = block_on(jobs.enqueue(&work(n), JobOptions::default())).unwrap();
+            let at_start = rx
+                .recv_timeout(Duration::from_secs(10))
+                .expect("the handler starts");
+            assert_eq!(
+                at_start - before,
+                appends_before_start,
+                "start_on_enqueue = {start_on_enqueue}: log appends between the enqueue and the handler's start"
+            );
+            let st = block_on(jobs.wait(id)).unwrap();
+            assert_eq!(st.state, JobState::Completed);
+            assert_eq!(st.attempt, 1);
+        }
+        node.shutdown();
+    }
+}
