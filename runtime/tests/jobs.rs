@@ -955,16 +955,19 @@ fn a_job_that_can_run_at_once_starts_with_the_append_of_its_enqueue() {
                 start_on_enqueue,
                 ..JobsConfig::default()
             })
-            .register_job::<Work, _, _>(JobTypeConfig::default(), move |_w: Work, _ctx: JobContext| {
-                let tx = tx.clone();
-                async move {
-                    let appends = quark_shard::current_shard_log()
-                        .map(|l| l.stats().append_count)
-                        .unwrap_or(0);
-                    tx.send(appends).expect("the test waits for the count");
-                    Ok(())
-                }
-            })
+            .register_job::<Work, _, _>(
+                JobTypeConfig::default(),
+                move |_w: Work, _ctx: JobContext| {
+                    let tx = tx.clone();
+                    async move {
+                        let appends = quark_shard::current_shard_log()
+                            .map(|l| l.stats().append_count)
+                            .unwrap_or(0);
+                        tx.send(appends).expect("the test waits for the count");
+                        Ok(())
+                    }
+                },
+            )
             .start()
             .unwrap();
         let jobs = node.jobs();

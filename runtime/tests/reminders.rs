@@ -584,7 +584,10 @@ fn a_reminder_never_fires_before_its_due_time() {
             due.insert((key, name), at);
         }
     }
-    assert!(now_ms() < base, "registering took past the first due time; nothing was tested");
+    assert!(
+        now_ms() < base,
+        "registering took past the first due time; nothing was tested"
+    );
     let mut early = Vec::new();
     for _ in 0..due.len() {
         let s = next(&rx, Duration::from_secs(10), "every reminder fires");
@@ -594,6 +597,9 @@ fn a_reminder_never_fires_before_its_due_time() {
             early.push((s.key, s.tick.name, at * 1000, s.turn_us));
         }
     }
-    assert!(early.is_empty(), "ticks before their due time (key, name, due us, turn us): {early:?}");
+    assert!(
+        early.is_empty(),
+        "ticks before their due time (key, name, due us, turn us): {early:?}"
+    );
     node.shutdown();
 }

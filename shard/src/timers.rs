@@ -200,7 +200,8 @@ impl Sleepers {
     pub(crate) fn cancel(&mut self, id: u64) {
         if self.wakers.remove(&id).is_some() && self.heap.len() > 2 * self.wakers.len() + HEAP_SLACK
         {
-            self.heap.retain(|Reverse((_, id))| self.wakers.contains_key(id));
+            self.heap
+                .retain(|Reverse((_, id))| self.wakers.contains_key(id));
         }
     }
 
@@ -317,7 +318,11 @@ mod tests {
         s.take_due(t0 + Duration::from_micros(99), &mut out);
         assert!(out.is_empty(), "nothing is due a microsecond early");
         s.take_due(t0 + Duration::from_micros(250), &mut out);
-        assert_eq!(out.len(), 1, "the 100 us sleeper; the cancelled 200 us one is skipped");
+        assert_eq!(
+            out.len(),
+            1,
+            "the 100 us sleeper; the cancelled 200 us one is skipped"
+        );
         assert!(!s.set_waker(b, &waker), "a woken sleeper is gone");
         assert!(s.set_waker(a, &waker));
         out.drain(..).for_each(Waker::wake);

@@ -112,7 +112,10 @@ fn a_sleep_on_a_shard_never_ends_before_its_deadline() {
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     for t in tasks {
         let early = block_on(t).expect("the sleeping task finishes");
-        assert!(early.is_empty(), "sleeps ended before their deadline: {early:?}");
+        assert!(
+            early.is_empty(),
+            "sleeps ended before their deadline: {early:?}"
+        );
     }
     assert!(
         std::time::Instant::now() < deadline,
