@@ -989,3 +989,50 @@ fn a_job_that_can_run_at_once_starts_with_the_append_of_its_enqueue() {
         node.shutdown();
     }
 }
+
+/// An enqueue whose append fails after its jobs were started with it (`start_on_enqueue`)
+/// undoes those starts: the failed batch's jobs are gone, and the type's only running slot
+/// is free again, so the next job runs. The batch fails because it is larger than a log
+/// segment (4 MiB here), which the log refuses without writing anything.
+#[test]
+fn a_failed_enqueue_undoes_the_starts_it_made() {
+    let tmp = tempfile::tempdir().unwrap();
+    let node = builder(tmp.path(), 1)
+        .register_job::<Work, _, _>(
+            JobTypeConfig {
+                max_running_per_shard: 1,
+                ..JobTypeConfig::default()
+            },
+            |_w: Work, _ctx: JobContext| async { Ok(()) },
+        )
+        .start()
+        .unwrap();
+    let jobs = node.jobs();
+    let big = Work {
+        n: 2,
+        tag: "x".repeat(5 << 20),
+    };
+    let failed = block_on(jobs.enqueue_batch(vec![
+        NewJob::new(&work(1), JobOptions::default()),
+        NewJob::new(&big, JobOptions::default()),
+    ]));
+    assert!(
+        matches!(failed, Err(EnqueueError::Append(_))),
+        "a batch larger than a segment is refused: {failed:?}"
+    );
+    let id = block_on(jobs.enqueue(&work(3), JobOptions::default())).unwrap();
+    let st = status_until(
+        &jobs,
+        id,
+        "the next job completes (its type's slot was freed)",
+        |s| s.state == JobState::Completed,
+    );
+    assert_eq!(st.attempt, 1);
+    let all = block_on(jobs.list(ListQuery::default())).unwrap();
+    assert_eq!(
+        all.iter().map(|s| s.id).collect::<Vec<_>>(),
+        vec![id],
+        "nothing of the failed batch is left"
+    );
+    node.shutdown();
+}
