@@ -929,3 +929,110 @@ fn starting_before_the_start_record_is_durable_runs_each_job_once_and_recovers()
     assert_eq!(again, vec![(0, 2)], "only the interrupted job ran again");
     node.shutdown();
 }
+
+/// The shard's log appends so far (its durable writes under `fsync = "always"`).
+fn shard_appends(node: &Node, shard: u16) -> u64 {
+    node.spawn_on(shard, || async {
+        quark_shard::current_shard_log()
+            .map(|l| l.stats().append_count)
+            .unwrap_or(0)
+    })
+    .join()
+    .unwrap()
+}
+
+/// `start_on_enqueue` (the default): a job that can run at once is started by the same log
+/// append as its enqueue (its `Started` record rides in the enqueue's batch), so its handler
+/// starts after one durable write, not two; switched off, the scheduler's next round writes the
+/// start in a second append. The enqueue stays durable before it is acknowledged either way.
+#[test]
+fn a_job_that_can_run_at_once_starts_with_the_append_of_its_enqueue() {
+    for (start_on_enqueue, appends_before_start) in [(true, 1), (false, 2)] {
+        let tmp = tempfile::tempdir().unwrap();
+        let (tx, rx) = std::sync::mpsc::sync_channel::<u64>(4);
+        let node = builder(tmp.path(), 1)
+            .jobs_config(JobsConfig {
+                start_on_enqueue,
+                ..JobsConfig::default()
+            })
+            .register_job::<Work, _, _>(
+                JobTypeConfig::default(),
+                move |_w: Work, _ctx: JobContext| {
+                    let tx = tx.clone();
+                    async move {
+                        let appends = quark_shard::current_shard_log()
+                            .map(|l| l.stats().append_count)
+                            .unwrap_or(0);
+                        tx.send(appends).expect("the test waits for the count");
+                        Ok(())
+                    }
+                },
+            )
+            .start()
+            .unwrap();
+        let jobs = node.jobs();
+        for n in 0..3 {
+            let before = shard_appends(&node, 0);
+            let id = block_on(jobs.enqueue(&work(n), JobOptions::default())).unwrap();
+            let at_start = rx
+                .recv_timeout(Duration::from_secs(10))
+                .expect("the handler starts");
+            assert_eq!(
+                at_start - before,
+                appends_before_start,
+                "start_on_enqueue = {start_on_enqueue}: log appends between the enqueue and the handler's start"
+            );
+            let st = block_on(jobs.wait(id)).unwrap();
+            assert_eq!(st.state, JobState::Completed);
+            assert_eq!(st.attempt, 1);
+        }
+        node.shutdown();
+    }
+}
+
+/// An enqueue whose append fails after its jobs were started with it (`start_on_enqueue`)
+/// undoes those starts: the failed batch's jobs are gone, and the type's only running slot
+/// is free again, so the next job runs. The batch fails because it is larger than a log
+/// segment (4 MiB here), which the log refuses without writing anything.
+#[test]
+fn a_failed_enqueue_undoes_the_starts_it_made() {
+    let tmp = tempfile::tempdir().unwrap();
+    let node = builder(tmp.path(), 1)
+        .register_job::<Work, _, _>(
+            JobTypeConfig {
+                max_running_per_shard: 1,
+                ..JobTypeConfig::default()
+            },
+            |_w: Work, _ctx: JobContext| async { Ok(()) },
+        )
+        .start()
+        .unwrap();
+    let jobs = node.jobs();
+    let big = Work {
+        n: 2,
+        tag: "x".repeat(5 << 20),
+    };
+    let failed = block_on(jobs.enqueue_batch(vec![
+        NewJob::new(&work(1), JobOptions::default()),
+        NewJob::new(&big, JobOptions::default()),
+    ]));
+    assert!(
+        matches!(failed, Err(EnqueueError::Append(_))),
+        "a batch larger than a segment is refused: {failed:?}"
+    );
+    let id = block_on(jobs.enqueue(&work(3), JobOptions::default())).unwrap();
+    let st = status_until(
+        &jobs,
+        id,
+        "the next job completes (its type's slot was freed)",
+        |s| s.state == JobState::Completed,
+    );
+    assert_eq!(st.attempt, 1);
+    let all = block_on(jobs.list(ListQuery::default())).unwrap();
+    assert_eq!(
+        all.iter().map(|s| s.id).collect::<Vec<_>>(),
+        vec![id],
+        "nothing of the failed batch is left"
+    );
+    node.shutdown();
+}

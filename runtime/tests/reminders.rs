@@ -25,12 +25,21 @@ fn now_ms() -> u64 {
         .as_millis() as u64
 }
 
+fn now_us() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_micros() as u64
+}
+
 /// A tick as the actor saw it, with the wall-clock time its turn ran.
 #[derive(Debug, Clone)]
 struct Seen {
     key: u64,
     tick: ReminderTick,
     turn_ms: u64,
+    /// The same, in µs.
+    turn_us: u64,
 }
 
 struct Alarm {
@@ -76,10 +85,12 @@ impl Handler<List> for Alarm {
 }
 impl Handler<ReminderTick> for Alarm {
     async fn handle(&mut self, tick: ReminderTick, _: &Context<Self>) {
+        let turn_us = now_us();
         drop(self.tx.send(Seen {
             key: self.key,
             tick,
-            turn_ms: now_ms(),
+            turn_ms: turn_us / 1000,
+            turn_us,
         }));
     }
 }
@@ -552,5 +563,43 @@ fn far_reminders_wait_in_coarse_buckets_and_fire_after_a_restart() {
     }
     seen.sort_unstable();
     assert_eq!(seen, (100..120).collect::<Vec<_>>(), "each fired once");
+    node.shutdown();
+}
+
+/// A reminder's turn never runs before its due time, to the microsecond: the firer sleeps on
+/// the shard's sub-millisecond timer until the due millisecond begins, and a wake-up a little
+/// early (or for another reminder) must not deliver it. 300 reminders on 30 actors, due at
+/// every millisecond of a 300 ms window (some sharing a millisecond).
+#[test]
+fn a_reminder_never_fires_before_its_due_time() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (node, rx) = start(tmp.path(), 2, RemindersConfig::default());
+    let base = now_ms() + 1_500;
+    let mut due = std::collections::HashMap::new();
+    for key in 0..30u64 {
+        for j in 0..10u64 {
+            let at = base + (key * 37 + j * 31) % 300;
+            let name = format!("r{j}");
+            set(&node, key, &name, Reminder::once_at_ms(at));
+            due.insert((key, name), at);
+        }
+    }
+    assert!(
+        now_ms() < base,
+        "registering took past the first due time; nothing was tested"
+    );
+    let mut early = Vec::new();
+    for _ in 0..due.len() {
+        let s = next(&rx, Duration::from_secs(10), "every reminder fires");
+        let at = due[&(s.key, s.tick.name.clone())];
+        assert_eq!(s.tick.due_ms, at);
+        if s.turn_us < at * 1000 || s.tick.fired_ms < at {
+            early.push((s.key, s.tick.name, at * 1000, s.turn_us));
+        }
+    }
+    assert!(
+        early.is_empty(),
+        "ticks before their due time (key, name, due us, turn us): {early:?}"
+    );
     node.shutdown();
 }

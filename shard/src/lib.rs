@@ -47,6 +47,7 @@ pub mod rt;
 mod scheduler;
 mod shard;
 mod signal;
+mod sleep;
 mod stats;
 mod sync;
 mod tables;
@@ -90,8 +91,14 @@ pub use trace::{
 
 /// Waits for `d` on the calling shard's timers without blocking the shard. Only for code running
 /// on a shard thread (handlers, tasks spawned with [`EngineHandle::spawn_on`]).
+///
+/// Precision: with the real clock the sleep ends within the shard's wake-up latency of its
+/// deadline (tens of µs when the shard is parked: it sleeps on a `timerfd`; at most one pump
+/// iteration when it is busy), never before it. Under a [`ManualClock`], and off a shard
+/// thread, it is the executor's timer, which rounds up to the next millisecond.
+/// Cancel safety: dropping the future before it completes has no effect.
 pub fn sleep(d: std::time::Duration) -> impl std::future::Future<Output = ()> {
-    rt::sleep(d)
+    sleep::sleep(d)
 }
 
 /// A shard's durable log on the io_uring backend (see [`Context::log`]).

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use crate::engine::events::ShardEvent;
 use crate::engine::shared::Phase;
 use crate::log_tasks::LogTasks;
-use crate::rt::{Bell, BellReceiver};
+use crate::rt::{Bell, BellReceiver, DeadlineTimer};
 use crate::shard::Shard;
 use crate::signal::PumpSignal;
 use crate::stats::add;
@@ -85,6 +85,9 @@ pub(crate) async fn pump(shard: Rc<Shard>, bell: BellReceiver, events: Sender<Sh
 struct Pump {
     shard: Rc<Shard>,
     bell: BellReceiver,
+    /// The timerfd the parked pump sleeps on until its next deadline (`None`: it could not be
+    /// created; the pump then sleeps on the executor's millisecond timer).
+    alarm: Option<DeadlineTimer>,
     events: Sender<ShardEvent>,
     idle_spin: Duration,
     idle_every: Duration,
@@ -107,7 +110,15 @@ impl Pump {
     fn new(shard: Rc<Shard>, bell: BellReceiver, events: Sender<ShardEvent>) -> Self {
         let now = Instant::now();
         let idle_every = idle_sweep_interval(&shard);
+        let alarm = match DeadlineTimer::new() {
+            Ok(t) => Some(t),
+            Err(e) => {
+                tracing::warn!(shard = shard.id, error = %e, "no timerfd: the parked shard's deadlines round up to the millisecond");
+                None
+            }
+        };
         Pump {
+            alarm,
             idle_spin: shard.node.config.idle_spin,
             has_net: shard.net.is_some(),
             shard,
@@ -304,12 +315,20 @@ impl Pump {
             || shard.sched.has_ready();
         if !woken {
             let deadline = shard.next_deadline(self.next_idle_sweep);
-            let sleep_for = deadline.saturating_duration_since(Instant::now());
             add(&shard.stats.parks, 1);
+            // The deadline to the microsecond on the shard's timerfd; the executor's timer
+            // (whole milliseconds) only if the timerfd is unavailable.
+            let armed = self.alarm.as_mut().is_some_and(|a| a.arm(deadline).is_ok());
+            let sleep = match self.alarm.as_mut() {
+                Some(alarm) if armed => Wait::Alarm(alarm),
+                _ => Wait::Sleep(Box::pin(crate::rt::sleep(
+                    deadline.saturating_duration_since(Instant::now()),
+                ))),
+            };
             let why = Park {
                 signal: &shard.signal,
                 bell: &mut self.bell,
-                sleep: Box::pin(crate::rt::sleep(sleep_for)),
+                sleep,
             }
             .await;
             add(&shard.stats.wakeups[why], 1);
@@ -329,7 +348,7 @@ impl Pump {
         Park {
             signal: &self.shard.signal,
             bell: &mut self.bell,
-            sleep: Box::pin(std::future::pending()),
+            sleep: Wait::Sleep(Box::pin(std::future::pending())),
         }
         .await;
         self.since_reap = 0;
@@ -357,11 +376,28 @@ async fn stop(shard: &Rc<Shard>, log_tasks: &LogTasks) {
     }
 }
 
+/// What a park waits for besides its doorbell and pokes.
+enum Wait<'a> {
+    /// The pump's deadline on the shard's timerfd (to the microsecond).
+    Alarm(&'a mut DeadlineTimer),
+    /// The executor's timer (whole milliseconds), or nothing (`pending`).
+    Sleep(Pin<Box<dyn Future<Output = ()>>>),
+}
+
+impl Wait<'_> {
+    fn poll(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        match self {
+            Wait::Alarm(a) => a.poll_expired(cx),
+            Wait::Sleep(f) => f.as_mut().poll(cx),
+        }
+    }
+}
+
 /// Waits until the doorbell rings, the pump is poked, or `sleep` ends.
 struct Park<'a> {
     signal: &'a PumpSignal,
     bell: &'a mut BellReceiver,
-    sleep: Pin<Box<dyn Future<Output = ()>>>,
+    sleep: Wait<'a>,
 }
 
 /// Resolves to why the park ended: `stats::WAKE_LOCAL`, `WAKE_DOORBELL` or `WAKE_TIMER`.
@@ -374,7 +410,7 @@ impl Future for Park<'_> {
         if self.bell.poll_rung(cx).is_ready() {
             return Poll::Ready(crate::stats::WAKE_DOORBELL);
         }
-        if self.sleep.as_mut().poll(cx).is_ready() {
+        if self.sleep.poll(cx).is_ready() {
             return Poll::Ready(crate::stats::WAKE_TIMER);
         }
         self.signal.register(cx.waker());

@@ -7,7 +7,7 @@
 //! | cross-shard transport (rings, credits) | [`CrossShard`] | `cross` |
 //! | call table (asks waiting for a reply) | [`CallTable`] | `calls` |
 //! | actor tables and lifecycles | [`ActorTables`] | `tables`, `activation` |
-//! | timers | [`Timers`] | `timers` |
+//! | timers, and tasks sleeping (`quark_shard::sleep`) | [`Timers`], [`Sleepers`] | `timers` |
 //! | scheduler (the shard's tasks) | [`Scheduler`] | `scheduler` |
 //! | pump wake-ups | [`PumpSignal`] | `signal` |
 //! | durable log | `quark_persist::Log` | `quark-persist`, `log_tasks` |
@@ -36,7 +36,7 @@ use crate::ring::{Consumer, Producer};
 use crate::scheduler::Scheduler;
 use crate::signal::PumpSignal;
 use crate::stats::{self, ShardStats};
-use crate::timers::Timers;
+use crate::timers::{Sleepers, Timers};
 use crate::turn::TurnSlot;
 
 /// Everything one shard owns (see the module doc).
@@ -51,6 +51,8 @@ pub(crate) struct Shard {
     pub(crate) calls: RefCell<CallTable>,
     pub(crate) tables: ActorTables,
     pub(crate) timers: RefCell<Timers>,
+    /// Tasks in `quark_shard::sleep` (woken with the timers).
+    pub(crate) sleepers: RefCell<Sleepers>,
     pub(crate) signal: PumpSignal,
     pub(crate) stats: ShardStats,
     pub(crate) sched: Scheduler<NodeShared>,
@@ -84,6 +86,7 @@ impl Shard {
             calls: RefCell::new(CallTable::new()),
             tables: ActorTables::new(&node.types, config.idle_timeout),
             timers: RefCell::new(Timers::new(id)),
+            sleepers: RefCell::new(Sleepers::new()),
             signal: PumpSignal::default(),
             stats: ShardStats::new(node.types.len(), node.shards.len()),
             sched: Scheduler::new(id, node.clone()),
@@ -289,8 +292,11 @@ impl Shard {
         );
     }
 
-    /// Fires the timers due at `now`.
+    /// Fires the timers due at `now`, and wakes the sleepers due.
     pub(crate) fn fire_timers(&self, now: Instant) {
+        let mut woken = Vec::new();
+        self.sleepers.borrow_mut().take_due(now, &mut woken);
+        woken.into_iter().for_each(std::task::Waker::wake);
         loop {
             let due = self.timers.borrow_mut().pop_due(now);
             let Some((id, mut fire)) = due else { break };
@@ -319,6 +325,9 @@ impl Shard {
             t = t.min(c);
         }
         if let Some(d) = self.timers.borrow().next_due() {
+            t = t.min(d);
+        }
+        if let Some(d) = self.sleepers.borrow().next_due() {
             t = t.min(d);
         }
         t

@@ -1,9 +1,14 @@
 //! Per-shard actor timers: one-shot and interval, fired by the shard's pump from the shard's
 //! clock. A firing does not run user code here: it enqueues a tick message into the owning
 //! activation's mailbox, so the tick runs as an ordinary turn.
+//!
+//! Also the shard's *sleepers* ([`Sleepers`]): tasks waiting in `quark_shard::sleep`, woken by
+//! the pump at their deadline to the microsecond (the parked pump sleeps on a `timerfd` until
+//! the earliest deadline of both sets: see `rt::DeadlineTimer`).
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
+use std::task::Waker;
 use std::time::{Duration, Instant};
 
 use rustc_hash::FxHashMap;
@@ -149,6 +154,83 @@ impl Timers {
     }
 }
 
+/// Tasks sleeping until a deadline on this shard (`quark_shard::sleep`). Kept apart from the
+/// actor timers: a sleeper only wakes a task, and it does not count as an actor timer in the
+/// shard's statistics.
+pub(crate) struct Sleepers {
+    heap: BinaryHeap<Reverse<(Instant, u64)>>,
+    wakers: FxHashMap<u64, Waker>,
+    next_id: u64,
+}
+
+impl Sleepers {
+    pub(crate) fn new() -> Self {
+        Sleepers {
+            heap: BinaryHeap::new(),
+            wakers: FxHashMap::default(),
+            next_id: 1,
+        }
+    }
+
+    /// Registers a task to wake at `due`; returns the sleeper's id.
+    pub(crate) fn add(&mut self, due: Instant, waker: Waker) -> u64 {
+        let id = self.next_id;
+        self.next_id += 1;
+        self.heap.push(Reverse((due, id)));
+        self.wakers.insert(id, waker);
+        id
+    }
+
+    /// Replaces the waker of a sleeper still waiting (a re-poll from another task context);
+    /// false if it was woken already (or cancelled).
+    pub(crate) fn set_waker(&mut self, id: u64, waker: &Waker) -> bool {
+        match self.wakers.get_mut(&id) {
+            Some(w) => {
+                if !w.will_wake(waker) {
+                    w.clone_from(waker);
+                }
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Forgets a sleeper (its future was dropped). Stale heap entries are bounded as for the
+    /// timers: at most about twice the live sleepers plus a small slack.
+    pub(crate) fn cancel(&mut self, id: u64) {
+        if self.wakers.remove(&id).is_some() && self.heap.len() > 2 * self.wakers.len() + HEAP_SLACK
+        {
+            self.heap
+                .retain(|Reverse((_, id))| self.wakers.contains_key(id));
+        }
+    }
+
+    /// The earliest deadline, if any (may be a cancelled sleeper's).
+    pub(crate) fn next_due(&self) -> Option<Instant> {
+        self.heap.peek().map(|Reverse((t, _))| *t)
+    }
+
+    /// Takes the wakers of the sleepers due at or before `now` (the caller wakes them once no
+    /// borrow is held).
+    pub(crate) fn take_due(&mut self, now: Instant, out: &mut Vec<Waker>) {
+        while let Some(Reverse((due, id))) = self.heap.peek().copied() {
+            if due > now {
+                return;
+            }
+            self.heap.pop();
+            if let Some(w) = self.wakers.remove(&id) {
+                out.push(w);
+            }
+        }
+    }
+
+    /// Number of live sleepers.
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
+        self.wakers.len()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -210,5 +292,55 @@ mod tests {
         assert!(t.cancel(every));
         run(&mut t, t0 + Duration::from_millis(40));
         assert_eq!(hits.get(), 201, "a cancelled interval does not fire");
+    }
+
+    #[test]
+    fn sleepers_wake_at_their_deadline_never_before() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        use std::sync::Arc;
+        use std::task::Wake;
+        struct Count(AtomicUsize);
+        impl Wake for Count {
+            fn wake(self: Arc<Self>) {
+                self.0.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        let woken = Arc::new(Count(AtomicUsize::new(0)));
+        let waker = Waker::from(woken.clone());
+        let mut s = Sleepers::new();
+        let t0 = Instant::now();
+        let a = s.add(t0 + Duration::from_micros(300), waker.clone());
+        let b = s.add(t0 + Duration::from_micros(100), waker.clone());
+        let c = s.add(t0 + Duration::from_micros(200), waker.clone());
+        assert_eq!(s.next_due(), Some(t0 + Duration::from_micros(100)));
+        s.cancel(c);
+        let mut out = Vec::new();
+        s.take_due(t0 + Duration::from_micros(99), &mut out);
+        assert!(out.is_empty(), "nothing is due a microsecond early");
+        s.take_due(t0 + Duration::from_micros(250), &mut out);
+        assert_eq!(
+            out.len(),
+            1,
+            "the 100 us sleeper; the cancelled 200 us one is skipped"
+        );
+        assert!(!s.set_waker(b, &waker), "a woken sleeper is gone");
+        assert!(s.set_waker(a, &waker));
+        out.drain(..).for_each(Waker::wake);
+        assert_eq!(woken.0.load(Ordering::Relaxed), 1);
+        s.take_due(t0 + Duration::from_micros(300), &mut out);
+        assert_eq!(out.len(), 1);
+        assert_eq!(s.len(), 0);
+    }
+
+    #[test]
+    fn sleeper_churn_keeps_the_heap_bounded() {
+        let waker = Waker::noop().clone();
+        let mut s = Sleepers::new();
+        let t0 = Instant::now();
+        for i in 0..100_000u64 {
+            let id = s.add(t0 + Duration::from_secs(60 + i), waker.clone());
+            s.cancel(id);
+            assert!(s.heap.len() <= 2 * s.len() + HEAP_SLACK + 1);
+        }
     }
 }

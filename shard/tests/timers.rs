@@ -72,3 +72,54 @@ fn a_million_set_cancel_pairs_keep_the_timer_heap_bounded() {
     );
     engine.shutdown();
 }
+
+/// `quark_shard::sleep` never ends before its deadline, whether the shard is parked (it sleeps
+/// on its timerfd until the earliest sleeper) or woken earlier by other sleepers, and a sleep
+/// dropped before its deadline neither fires nor keeps the others from firing.
+#[test]
+fn a_sleep_on_a_shard_never_ends_before_its_deadline() {
+    let engine = EngineBuilder::new(EngineConfig {
+        shards: ShardSpec::Count(1),
+        pin_threads: false,
+        idle_spin: Duration::ZERO,
+        ..EngineConfig::default()
+    })
+    .register(ActorType::new(|_| Churner))
+    .start()
+    .expect("engine starts");
+    // Three tasks sleeping at once with interleaved deadlines (each wake-up of one is an early
+    // wake-up of the pump for the others), 0 to 2.9 ms in steps of 37 us.
+    let tasks: Vec<_> = (0..3u64)
+        .map(|k| {
+            engine.spawn_on(0, move || async move {
+                let mut early = Vec::new();
+                for i in 0..40u64 {
+                    let d = Duration::from_micros((i * 3 + k) * 37 % 2_900);
+                    let t0 = std::time::Instant::now();
+                    quark_shard::sleep(d).await;
+                    let took = t0.elapsed();
+                    if took < d {
+                        early.push((d, took));
+                    }
+                    // A sleep abandoned at once (its future dropped): no effect on the others.
+                    let half = Duration::from_micros(d.as_micros() as u64 / 2 + 500);
+                    let _ = futures::FutureExt::now_or_never(quark_shard::sleep(half));
+                }
+                early
+            })
+        })
+        .collect();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    for t in tasks {
+        let early = block_on(t).expect("the sleeping task finishes");
+        assert!(
+            early.is_empty(),
+            "sleeps ended before their deadline: {early:?}"
+        );
+    }
+    assert!(
+        std::time::Instant::now() < deadline,
+        "120 sleeps of at most 2.9 ms took more than 30 s"
+    );
+    engine.shutdown();
+}

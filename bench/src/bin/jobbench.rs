@@ -14,6 +14,9 @@
 //!
 //! 4. `latency-early`: part 3 with `JobsConfig::start_before_durable` (the handler starts while
 //!    its `Started` record is being made durable), in the same run as part 3.
+//! 5. `latency-two-syncs`: part 3 with `JobsConfig::start_on_enqueue = false` (the behaviour
+//!    before it: the enqueue's append, then the scheduler's round with the `Started` records in
+//!    a second append), in the same run as part 3.
 //!
 //! Repeated `--runs` times (each run: baseline, then the parts); the summary lines give the
 //! median [min .. max] of the runs and the per-run ratio of start latency to the baseline.
@@ -75,7 +78,8 @@ struct Args {
     /// Runs (each: baseline, then the parts).
     #[arg(long, default_value_t = 3)]
     runs: usize,
-    /// Which parts to run (comma separated): baseline, throughput, latency, latency-early.
+    /// Which parts to run (comma separated): baseline, throughput, latency, latency-early,
+    /// latency-two-syncs.
     #[arg(long, default_value = "baseline,throughput,latency")]
     only: String,
 }
@@ -97,6 +101,7 @@ fn start_node(
     dir: &Path,
     lat: Option<(Instant, Arc<Mutex<Histogram<u64>>>)>,
     early: bool,
+    on_enqueue: bool,
 ) -> Result<Node> {
     let _ = std::fs::remove_dir_all(dir);
     std::fs::create_dir_all(dir)?;
@@ -113,6 +118,7 @@ fn start_node(
             finished_kept: 1_000,
             max_running_per_shard: 8_192,
             start_before_durable: early,
+            start_on_enqueue: on_enqueue,
             ..JobsConfig::default()
         })
         .register_job::<Noop, _, _>(
@@ -155,7 +161,7 @@ fn open_jobs(node: &Node) -> Result<u64> {
 
 /// Returns the end-to-end jobs/s.
 fn throughput(args: &Args) -> Result<f64> {
-    let node = start_node(args, &args.dir.join("throughput"), None, false)?;
+    let node = start_node(args, &args.dir.join("throughput"), None, false, true)?;
     let jobs = node.jobs();
     DONE.store(0, Ordering::SeqCst);
     let per_thread = args.jobs / args.threads / args.batch;
@@ -198,7 +204,7 @@ fn throughput(args: &Args) -> Result<f64> {
 }
 
 /// Returns the enqueue-to-start p99, µs.
-fn latency(args: &Args, early: bool) -> Result<f64> {
+fn latency(args: &Args, early: bool, on_enqueue: bool) -> Result<f64> {
     let h = Arc::new(Mutex::new(hist()));
     let epoch = Instant::now();
     let node = start_node(
@@ -206,6 +212,7 @@ fn latency(args: &Args, early: bool) -> Result<f64> {
         &args.dir.join("latency"),
         Some((epoch, Arc::clone(&h))),
         early,
+        on_enqueue,
     )?;
     DONE.store(0, Ordering::SeqCst);
     let jobs = node.jobs();
@@ -252,7 +259,11 @@ fn latency(args: &Args, early: bool) -> Result<f64> {
     let us = |q: f64| h.value_at_quantile(q) as f64 / 1000.0;
     println!(
         "latency{}: open loop {} jobs/s for {} s ({} jobs, fsync=always): enqueue-to-start p50 {:.0} us, p99 {:.0} us, p99.9 {:.0} us, max {:.0} us",
-        if early { " (start before durable)" } else { "" },
+        match (early, on_enqueue) {
+            (true, _) => " (start before durable)",
+            (false, false) => " (two syncs: start_on_enqueue off)",
+            (false, true) => "",
+        },
         args.rate,
         args.rate_secs,
         h.len(),
@@ -291,6 +302,7 @@ fn main() -> Result<()> {
     println!("{}", Machine::describe().line());
     let only: Vec<&str> = args.only.split(',').map(str::trim).collect();
     let (mut base, mut thr, mut lat, mut early) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let mut two = Vec::new();
     // Each run: the baseline, then the parts, so every run has its own baseline.
     for run in 0..args.runs {
         println!("run {run}:");
@@ -301,10 +313,13 @@ fn main() -> Result<()> {
             thr.push(throughput(&args)?);
         }
         if only.contains(&"latency") {
-            lat.push(latency(&args, false)?);
+            lat.push(latency(&args, false, true)?);
+        }
+        if only.contains(&"latency-two-syncs") {
+            two.push(latency(&args, false, false)?);
         }
         if only.contains(&"latency-early") {
-            early.push(latency(&args, true)?);
+            early.push(latency(&args, true, true)?);
         }
     }
     if !base.is_empty() {
@@ -331,6 +346,21 @@ fn main() -> Result<()> {
             let r = per_run_ratios(&lat, &base);
             println!(
                 "summary: enqueue-to-start p99 / same-run fdatasync p50: {} (runs: {})",
+                format_spread(&spread(&r), 2),
+                format_runs(&r, 2)
+            );
+        }
+    }
+    if !two.is_empty() {
+        println!(
+            "summary: enqueue-to-start p99, two syncs (start_on_enqueue off) (us): {} (runs: {})",
+            format_spread(&spread(&two), 0),
+            format_runs(&two, 0)
+        );
+        if two.len() == base.len() {
+            let r = per_run_ratios(&two, &base);
+            println!(
+                "summary: enqueue-to-start p99 (two syncs) / same-run fdatasync p50: {} (runs: {})",
                 format_spread(&spread(&r), 2),
                 format_runs(&r, 2)
             );

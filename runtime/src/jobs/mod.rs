@@ -206,6 +206,14 @@ pub struct JobsConfig {
     /// again **with the same attempt number** (a handler may see an attempt number twice;
     /// execution stays at least once). See `docs/JOBS.md`, "Guarantees".
     pub start_before_durable: bool,
+    /// Start jobs that can run at once in the same durable write as their enqueue (default
+    /// `true`): the enqueue's batch also carries their `Started` records, so one `fdatasync`
+    /// covers both and the handler starts when it returns, instead of after a second
+    /// `fdatasync` of the scheduler's next round. The guarantees are unchanged (the enqueue is
+    /// acknowledged and the handler started only once both records are durable; limits,
+    /// priorities and pauses apply as in a scheduler round). `false`: the enqueue writes only
+    /// the `Enqueued` records and the scheduler starts the jobs in its next round.
+    pub start_on_enqueue: bool,
 }
 
 impl Default for JobsConfig {
@@ -219,6 +227,7 @@ impl Default for JobsConfig {
             idle_poll: Duration::from_millis(100),
             cron_grace: Duration::from_secs(60),
             start_before_durable: false,
+            start_on_enqueue: true,
         }
     }
 }
@@ -232,6 +241,7 @@ impl std::fmt::Debug for JobsConfig {
             .field("finished_retention", &self.finished_retention)
             .field("idle_poll", &self.idle_poll)
             .field("start_before_durable", &self.start_before_durable)
+            .field("start_on_enqueue", &self.start_on_enqueue)
             .finish_non_exhaustive()
     }
 }

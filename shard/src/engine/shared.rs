@@ -118,6 +118,11 @@ pub(super) fn set_current(core: Rc<Shard>) {
     });
 }
 
+/// The shard core of the calling thread, if it is a shard thread (of any node).
+pub(crate) fn current_any() -> Option<Rc<Shard>> {
+    CURRENT.with(|c| c.get().cloned())
+}
+
 /// The shard core of the calling thread, if it is a shard thread of `node`.
 #[inline]
 pub(crate) fn current_core(node: &Arc<NodeShared>) -> Option<Rc<Shard>> {

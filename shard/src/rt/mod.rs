@@ -70,7 +70,9 @@ where
     monoio::spawn(fut)
 }
 
-/// Sleeps for `d` on the executor's timer (millisecond resolution).
+/// Sleeps for `d` on the executor's timer (millisecond resolution: monoio's timer wheel rounds
+/// a deadline up to its next millisecond tick). For sub-millisecond deadlines a shard uses its
+/// own timers and [`DeadlineTimer`].
 pub(crate) fn sleep(d: Duration) -> impl Future<Output = ()> {
     monoio::time::sleep(d)
 }
@@ -269,6 +271,119 @@ impl BellReceiver {
                 Poll::Ready(())
             }
             Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+/// A finished read of the deadline timer: the timerfd back, and how much was read.
+type DeadlineRead = (monoio::fs::File, io::Result<usize>);
+
+/// A parked shard's alarm clock to the microsecond: a `timerfd` (`CLOCK_MONOTONIC`, the clock of
+/// `Instant` on Linux) read through the executor like the doorbell, so the shard sleeps in the
+/// executor's own wait until its next deadline. The executor's timer (monoio's wheel) rounds a
+/// deadline up to its next millisecond; a timerfd is a kernel high-resolution timer with no
+/// timer slack, so the shard wakes within the kernel's wake-up latency (tens of µs) of it.
+///
+/// Never early: [`DeadlineTimer::poll_expired`] reports expiry only once `Instant::now()` has
+/// reached the deadline last armed (a read that completes for an older setting, while the
+/// shard was busy, is discarded and a new one started).
+pub(crate) struct DeadlineTimer {
+    /// The timerfd (owned by `file`, or by the read in flight which holds `file`).
+    raw: std::os::fd::RawFd,
+    file: Option<monoio::fs::File>,
+    pending: Option<Pin<Box<dyn Future<Output = DeadlineRead>>>>,
+    armed: Option<std::time::Instant>,
+}
+
+impl DeadlineTimer {
+    /// A disarmed timer; call on the shard thread inside its runtime.
+    pub(crate) fn new() -> io::Result<Self> {
+        // SAFETY: timerfd_create has no memory preconditions; the result is checked. Blocking
+        // mode, like the doorbell's eventfd: the executor waits for it without blocking.
+        let fd = unsafe { libc::timerfd_create(libc::CLOCK_MONOTONIC, libc::TFD_CLOEXEC) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: `fd` was just created and is owned by nothing else.
+        let owned = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+        Ok(DeadlineTimer {
+            raw: fd,
+            file: Some(monoio::fs::File::from_std(std::fs::File::from(owned))?),
+            pending: None,
+            armed: None,
+        })
+    }
+
+    /// Sets the alarm for `at` (replacing any earlier setting). Costs one system call unless
+    /// `at` is already the armed deadline.
+    pub(crate) fn arm(&mut self, at: std::time::Instant) -> io::Result<()> {
+        if self.armed == Some(at) {
+            return Ok(());
+        }
+        // Relative to now, read just before the call: the alarm goes off at or after `at`. A
+        // zero value would disarm the timer, so a deadline already passed arms 1 ns.
+        let left = at.saturating_duration_since(std::time::Instant::now());
+        let left = left.max(Duration::from_nanos(1));
+        let spec = libc::itimerspec {
+            it_interval: libc::timespec {
+                tv_sec: 0,
+                tv_nsec: 0,
+            },
+            it_value: libc::timespec {
+                tv_sec: left.as_secs() as libc::time_t,
+                tv_nsec: left.subsec_nanos() as libc::c_long,
+            },
+        };
+        // SAFETY: `raw` is the open timerfd owned by this struct (through `file` or the read
+        // in flight); `spec` is a valid itimerspec on the stack, the old value is not wanted.
+        let rc = unsafe { libc::timerfd_settime(self.raw, 0, &spec, std::ptr::null_mut()) };
+        if rc != 0 {
+            self.armed = None;
+            return Err(io::Error::last_os_error());
+        }
+        self.armed = Some(at);
+        Ok(())
+    }
+
+    /// Ready once the armed deadline has passed (keeps one read in flight across calls, like
+    /// the doorbell). Pending forever while disarmed.
+    pub(crate) fn poll_expired(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        loop {
+            let Some(at) = self.armed else {
+                return Poll::Pending;
+            };
+            if self.pending.is_none() {
+                let Some(file) = self.file.take() else {
+                    return Poll::Pending;
+                };
+                self.pending = Some(Box::pin(async move {
+                    // A timerfd read takes exactly 8 bytes (the expiry count, reset by it).
+                    let buf = vec![0u8; 8];
+                    let (res, _buf) = file.read_at(buf, 0).await;
+                    (file, res)
+                }));
+            }
+            let fut = self
+                .pending
+                .as_mut()
+                .expect("a read is in flight (set just above)");
+            match fut.as_mut().poll(cx) {
+                Poll::Ready((file, res)) => {
+                    self.pending = None;
+                    self.file = Some(file);
+                    if let Err(e) = res {
+                        tracing::error!(error = %e, "deadline timer read failed");
+                        self.armed = None;
+                        return Poll::Ready(());
+                    }
+                    if std::time::Instant::now() >= at {
+                        self.armed = None;
+                        return Poll::Ready(());
+                    }
+                    // An expiry of an older setting: read again for the current one.
+                }
+                Poll::Pending => return Poll::Pending,
+            }
         }
     }
 }

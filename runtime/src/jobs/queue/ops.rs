@@ -5,8 +5,14 @@ use super::*;
 
 impl ShardQueue {
     /// Stores new jobs; resolves with their ids once durable.
+    ///
+    /// With `JobsConfig::start_on_enqueue` (the default) the jobs that can start at once (and
+    /// any others the scheduler would start now) get their `Started` records in the same batch,
+    /// after the `Enqueued` ones: one `fdatasync` makes both durable, and the handlers start
+    /// when it returns (never before: a start is durable before its handler runs, and the log
+    /// is durable in order, so the job's `Enqueued` record is too).
     pub(crate) async fn enqueue(
-        &self,
+        self: &Rc<Self>,
         jobs: Vec<(StoredJob, Vec<Dep>)>,
     ) -> Result<Vec<JobId>, EnqueueError> {
         let mut batch = Batch::new();
@@ -14,6 +20,9 @@ impl ShardQueue {
         let mut created: Vec<usize> = Vec::new();
         let mut reruns = Vec::new();
         let aging = self.aging_ms();
+        let now = self.now();
+        let start_now = self.jobs.shared.config.start_on_enqueue;
+        let mut starts: Vec<(u64, u32)> = Vec::new();
         {
             let mut st = self.st.borrow_mut();
             // Dependencies on existing jobs: check them before anything changes.
@@ -115,6 +124,23 @@ impl ShardQueue {
                 }
                 st.entries.insert(id, e);
             }
+            if start_now {
+                // Placed now (still `pending`: invisible to status, list and cancel until
+                // durable), so the scheduler's pick can start them in this batch.
+                for &i in &created {
+                    st.place(ids[i], aging);
+                }
+                starts = st.pick(now, &self.jobs, aging, self.shard);
+                for &(id, attempt) in &starts {
+                    batch.event(
+                        &job_key(id),
+                        &record::encode(&JobRecord::Started {
+                            attempt,
+                            at_ms: now,
+                        }),
+                    );
+                }
+            }
         }
         let out: Vec<JobId> = ids.iter().map(|&i| JobId(i)).collect();
         if batch.is_empty() {
@@ -129,15 +155,35 @@ impl ShardQueue {
                     if let Some(e) = st.entries.get_mut(&id) {
                         e.pending = false;
                     }
-                    st.place(id, aging);
+                    if !start_now {
+                        st.place(id, aging);
+                    }
                 }
                 drop(st);
+                if !starts.is_empty() {
+                    let decisions = starts.iter().map(|&(id, _)| Decision::Start(id)).collect();
+                    self.apply(decisions, now);
+                }
+                self.wake_node_waiters();
                 self.sched.notify();
                 Ok(out)
             }
             Err(err) => {
+                // Undo the starts (nothing of this batch is durable): slots back, attempt
+                // numbers back, and the jobs that were already queued go back to the queue.
+                for &(id, _) in &starts {
+                    st.release(id, &self.jobs);
+                    if let Some(e) = st.entries.get_mut(&id) {
+                        e.attempt = e.attempt.saturating_sub(1);
+                        e.state = JobState::Scheduled;
+                    }
+                    if !created.iter().any(|&i| ids[i] == id) {
+                        st.place(id, aging);
+                    }
+                }
                 for &i in &created {
                     let id = ids[i];
+                    st.unplace(id);
                     if let Some(e) = st.entries.remove(&id) {
                         if let Some(uk) = e.job.unique_key {
                             st.unique.remove(&uk);
@@ -154,6 +200,8 @@ impl ShardQueue {
                         e.rerun = false;
                     }
                 }
+                drop(st);
+                self.wake_node_waiters();
                 Err(EnqueueError::Append(err))
             }
         }
