@@ -50,7 +50,7 @@ run() { # $1: off|on
     fi
     set +e
     "${wrap[@]}" "$bin" --role driver --node-id 1 --addrs "$addrs" "${limit[@]}" \
-        --total-mib "$TOTAL_MIB" $mem --csv "$csv"
+        --total-mib "$TOTAL_MIB" --growth-lead-ms "${LEAD_MS:-1000}" $mem --csv "$csv"
     local rc=$?
     set -e
     kill "$peer" 2>/dev/null || true

@@ -36,6 +36,9 @@ struct Args {
     /// in a memory cgroup limited to `--limit-mib`; scripts/memory_oom.sh with CGROUP=1).
     #[arg(long)]
     limit_from_cgroup: bool,
+    /// Node 1's `[memory] growth_lead_ms` (how far ahead it looks at its RSS's growth).
+    #[arg(long, default_value_t = 1000)]
+    growth_lead_ms: u64,
     /// The actors' state in all at the end, MiB.
     #[arg(long, default_value_t = 512)]
     total_mib: u64,
@@ -107,8 +110,8 @@ fn node(args: &Args) -> Result<Node> {
         };
         text.push_str(&format!(
             "[memory]\n{limit}sample_interval_ms = 100\nleak_samples = 0\n\
-             warning = {}\ncritical = {}\nreject = {}\n",
-            args.warning, args.critical, args.reject
+             warning = {}\ncritical = {}\nreject = {}\ngrowth_lead_ms = {}\n",
+            args.warning, args.critical, args.reject, args.growth_lead_ms
         ));
     }
     let config = NodeConfig::from_toml(&text, "memhog.toml")?;

@@ -23,6 +23,7 @@ pub(super) struct RawMemory {
     leak_samples: Option<Int>,
     leak_growth_bytes: Option<Int>,
     move_between_nodes: Option<bool>,
+    growth_lead_ms: Option<Int>,
 }
 
 /// How the rebalancer picks the activations it moves off a shard over its critical threshold.
@@ -75,6 +76,11 @@ pub struct MemoryConfig {
     /// Moves to other nodes of the cluster (`migratable` types) when the node's shards have
     /// no room or the node's RSS is over `critical`, default true.
     pub move_between_nodes: bool,
+    /// The node acts on its RSS as it will be this far ahead at its current growth rate: when
+    /// RSS + growth × lead reaches `critical`, it moves activations to other nodes as if it
+    /// were there (a fast-growing node then starts before it crosses, not a sample after).
+    /// Zero: on the RSS as measured. Default 1 s.
+    pub growth_lead: Duration,
 }
 
 impl Default for MemoryConfig {
@@ -94,6 +100,7 @@ impl Default for MemoryConfig {
             leak_samples: 10,
             leak_growth_bytes: 1 << 20,
             move_between_nodes: true,
+            growth_lead: Duration::from_millis(1000),
         }
     }
 }
@@ -177,6 +184,15 @@ pub(super) fn memory_section(r: RawMemory, check: &Check<'_>) -> Result<MemoryCo
     }
     if let Some(v) = r.move_between_nodes {
         c.move_between_nodes = v;
+    }
+    if let Some(v) = r.growth_lead_ms {
+        c.growth_lead = Duration::from_millis(check.int(
+            "memory.growth_lead_ms",
+            v,
+            0,
+            60_000,
+            "0 (off) to 60 s",
+        )?);
     }
     if let Some(v) = r.leak_growth_bytes {
         c.leak_growth_bytes = check.int(

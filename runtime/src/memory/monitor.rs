@@ -348,6 +348,28 @@ fn order_by_strategy(c: &MemoryConfig, cands: &mut [&ActorMemory]) {
     }
 }
 
+/// Bytes the node sheds to other nodes now: with its RSS as it will be `growth_lead` ahead
+/// at `growth` bytes per second (never below the RSS now) at or over `critical`, what brings
+/// that down to `warning`, less `credit` (bytes sent away lately whose pages have not left the
+/// RSS yet); 0 otherwise.
+pub(crate) fn node_need(
+    c: &MemoryConfig,
+    rss: Option<u64>,
+    limit: Option<u64>,
+    growth: f64,
+    credit: u64,
+) -> u64 {
+    let (Some(r), Some(l)) = (rss, limit) else {
+        return 0;
+    };
+    let ahead = r + (growth.max(0.0) * c.growth_lead.as_secs_f64()) as u64;
+    if Level::of(ahead, Some(l), c) < Level::Critical {
+        return 0;
+    }
+    let warn = (c.warning * l as f64) as u64;
+    ahead.saturating_sub(warn).saturating_sub(credit)
+}
+
 fn run(
     c: MemoryConfig,
     engine: EngineSlot,
@@ -459,14 +481,8 @@ fn run(
         {
             off_node.pop_front();
         }
-        let node_need = match (rss, limit) {
-            (Some(r), Some(l)) if node_level >= Level::Critical => {
-                let warn = (c.warning * l as f64) as u64;
-                let credit: u64 = off_node.iter().map(|(_, b)| b).sum();
-                r.saturating_sub(warn).saturating_sub(credit)
-            }
-            _ => 0,
-        };
+        let credit: u64 = off_node.iter().map(|(_, b)| b).sum();
+        let node_need = node_need(&c, rss, limit, st.growth_bytes_per_sec, credit);
         let taken: HashSet<ActorId> = plan.iter().map(|m| m.actor.clone()).collect();
         plan.extend(plan_node_moves(
             &c,
@@ -685,6 +701,27 @@ mod tests {
             },
         ];
         assert!(plan_moves(&c, &views, 100 * MIB, &MoveCooldown::new(), now, &mut b).is_empty());
+    }
+
+    #[test]
+    fn a_fast_growing_node_sheds_before_it_crosses_critical() {
+        let mut c = MemoryConfig::default(); // warning 0.8, critical 0.9
+        let limit = Some(1000);
+        // 850 now, growing 100/s: 1 s ahead 950, over critical: shed down to 800.
+        assert_eq!(node_need(&c, Some(850), limit, 100.0, 0), 150);
+        // Less what was sent away lately.
+        assert_eq!(node_need(&c, Some(850), limit, 100.0, 100), 50);
+        // Not growing fast enough to cross within the lead: nothing yet.
+        assert_eq!(node_need(&c, Some(850), limit, 25.0, 0), 0);
+        // Shrinking counts as no growth: the RSS now decides.
+        assert_eq!(node_need(&c, Some(920), limit, -500.0, 0), 120);
+        // Without the lead, only the RSS now.
+        c.growth_lead = std::time::Duration::ZERO;
+        assert_eq!(node_need(&c, Some(850), limit, 200.0, 0), 0);
+        assert_eq!(node_need(&c, Some(900), limit, 200.0, 0), 100);
+        // No limit, no RSS: nothing.
+        assert_eq!(node_need(&c, Some(900), None, 200.0, 0), 0);
+        assert_eq!(node_need(&c, None, limit, 200.0, 0), 0);
     }
 
     #[test]
