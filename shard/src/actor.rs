@@ -171,10 +171,11 @@ impl<A: Actor> Context<A> {
         ActorRef::new(Arc::clone(&self.core.node), self.id.key.clone())
     }
 
-    /// Waits for `d` without blocking the shard. The activation handles no other message
-    /// meanwhile (the turn is still running).
+    /// Waits for `d` without blocking the shard, to the microsecond (the shard's sleepers,
+    /// never ending early; under a `ManualClock`, the executor's millisecond timer). The
+    /// activation handles no other message meanwhile (the turn is still running).
     pub fn sleep(&self, d: Duration) -> impl Future<Output = ()> {
-        crate::rt::sleep(d)
+        crate::sleep::sleep(d)
     }
 
     /// Delivers `msg` to this activation once, after `delay`, as an ordinary turn (reply
