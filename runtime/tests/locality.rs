@@ -374,30 +374,39 @@ fn rounds_share_the_nodes_move_cooldown_with_the_memory_monitor() {
     node.shutdown();
 }
 
-#[test]
-fn rounds_move_nothing_onto_a_shard_at_its_memory_warning_level() {
-    const MIB: usize = 1 << 20;
+const MIB: usize = 1 << 20;
+
+/// A 2-shard node with locality rounds on demand and `[memory]` at 64 MiB per shard, the
+/// thresholds set by `tune`; callers, callees (movable) and ballast (not movable).
+fn memory_node(tune: impl FnOnce(&mut quark::MemoryConfig)) -> Node {
     let mut config = NodeConfig::default();
     let mut l = LocalityConfig::default();
     l.enabled = true;
     l.interval = std::time::Duration::from_secs(3600);
     config.locality = l;
-    // 64 MiB per shard, warning at a quarter (16 MiB); critical and reject far above what
-    // the test holds, so the monitor only watches.
     let mut m = quark::MemoryConfig::default();
     m.shard_limit_bytes = Some(64 * MIB as u64);
-    m.warning = 0.25;
-    m.critical = 0.9;
-    m.reject = 0.95;
+    tune(&mut m);
     config.memory = Some(m);
-    let node = Node::builder()
+    Node::builder()
         .config(config)
         .engine(|e| e.shards = ShardSpec::Count(2))
         .register(ActorType::new(|_| Caller(Vec::new())).movable())
         .register(ActorType::new(|_| Callee(0)).movable())
         .register(ActorType::new(|_| Ballast(Vec::new())))
         .start()
-        .expect("node starts");
+        .expect("node starts")
+}
+
+#[test]
+fn rounds_move_nothing_onto_a_shard_at_its_memory_warning_level() {
+    // 64 MiB per shard, warning at a quarter (16 MiB); critical and reject far above what
+    // the test holds, so the monitor only watches.
+    let node = memory_node(|m| {
+        m.warning = 0.25;
+        m.critical = 0.9;
+        m.reject = 0.95;
+    });
     // 32 MiB of ballast on shard 1: at its warning level, shard 0 under it.
     let key = keys_for_shard(Ballast::TYPE_NAME, 1, 2)
         .next()
@@ -438,30 +447,16 @@ fn rounds_move_nothing_onto_a_shard_at_its_memory_warning_level() {
 
 #[test]
 fn with_both_movers_on_a_static_workload_stops_moving() {
-    const MIB: usize = 1 << 20;
-    let mut config = NodeConfig::default();
-    let mut l = LocalityConfig::default();
-    l.enabled = true;
-    l.interval = std::time::Duration::from_secs(3600);
     // The locality cooldown stays at its default (60 s): with 0, the rounds alone undo
     // each other's count-balancing exchanges (docs/LOCALITY.md, Limits). The monitor's is 0:
     // it would undo at once any locality move that brought a shard over critical.
-    config.locality = l;
-    let mut m = quark::MemoryConfig::default();
-    m.shard_limit_bytes = Some(64 * MIB as u64);
-    m.warning = 0.5;
-    m.critical = 0.6;
-    m.reject = 0.95;
-    m.sample_interval = std::time::Duration::from_millis(50);
-    m.cooldown = std::time::Duration::ZERO;
-    config.memory = Some(m);
-    let node = Node::builder()
-        .config(config)
-        .engine(|e| e.shards = ShardSpec::Count(2))
-        .register(ActorType::new(|_| Caller(Vec::new())).movable())
-        .register(ActorType::new(|_| Callee(0)).movable())
-        .start()
-        .expect("node starts");
+    let node = memory_node(|m| {
+        m.warning = 0.5;
+        m.critical = 0.6;
+        m.reject = 0.95;
+        m.sample_interval = std::time::Duration::from_millis(50);
+        m.cooldown = std::time::Duration::ZERO;
+    });
     // 4 pairs on each shard (balanced counts), the callers of shard 0 holding 10 MiB each:
     // 40 MiB, over shard 0's critical level (38.4 MiB). The monitor moves a caller to shard
     // 1, which splits its pair: the locality rounds then want it back with its callee. The

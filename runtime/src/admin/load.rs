@@ -332,7 +332,7 @@ pub const LOAD_METRICS: &[(&str, MetricType, &str)] = &[
     ("quark_otlp_spans_failed_total", MetricType::COUNTER, "Spans of OTLP requests that failed (no connection, an error status, a timeout). Unit: spans."),
 ];
 
-fn label(name: &str, value: impl Into<String>) -> LabelPair {
+pub(super) fn label(name: &str, value: impl Into<String>) -> LabelPair {
     let mut l = LabelPair::default();
     l.set_name(name.to_owned());
     l.set_value(value.into());
@@ -340,13 +340,23 @@ fn label(name: &str, value: impl Into<String>) -> LabelPair {
 }
 
 fn family(name: &str, metrics: Vec<Metric>) -> Option<MetricFamily> {
+    family_of(LOAD_METRICS, name, metrics)
+}
+
+/// The family `name` of `table` (its type and help) with `metrics`; `None` without metrics
+/// (an empty family is left out of the exposition).
+pub(super) fn family_of(
+    table: &[(&str, MetricType, &str)],
+    name: &str,
+    metrics: Vec<Metric>,
+) -> Option<MetricFamily> {
     if metrics.is_empty() {
         return None;
     }
-    let (_, ty, help) = LOAD_METRICS
+    let (_, ty, help) = table
         .iter()
         .find(|m| m.0 == name)
-        .expect("every load metric is in LOAD_METRICS");
+        .expect("every exported metric is in its module's table");
     let mut f = MetricFamily::default();
     f.set_name(name.to_owned());
     f.set_help((*help).to_owned());
@@ -355,7 +365,7 @@ fn family(name: &str, metrics: Vec<Metric>) -> Option<MetricFamily> {
     Some(f)
 }
 
-fn counter(labels: Vec<LabelPair>, v: u64) -> Metric {
+pub(super) fn counter(labels: Vec<LabelPair>, v: u64) -> Metric {
     let mut c = Counter::default();
     c.set_value(v as f64);
     let mut m = Metric::from_label(labels);
@@ -363,7 +373,7 @@ fn counter(labels: Vec<LabelPair>, v: u64) -> Metric {
     m
 }
 
-fn gauge(labels: Vec<LabelPair>, v: f64) -> Metric {
+pub(super) fn gauge(labels: Vec<LabelPair>, v: f64) -> Metric {
     let mut g = Gauge::default();
     g.set_value(v);
     let mut m = Metric::from_label(labels);

@@ -5,9 +5,10 @@
 
 use std::sync::Arc;
 
-use prometheus::proto::{Counter, Gauge, LabelPair, Metric, MetricFamily, MetricType};
+use prometheus::proto::{Metric, MetricFamily, MetricType};
 use serde::{Deserialize, Serialize};
 
+use super::load::{counter, gauge, label};
 use crate::LocalityStats;
 
 /// Reads the repartitioner's counters (a clone of its state's).
@@ -97,39 +98,12 @@ impl LocalityLoad {
 /// The metrics of this module: `(name, type, help)`; documented in `docs/OPERATIONS.md`.
 pub const LOCALITY_METRICS: &[(&str, MetricType, &str)] = &[
     ("quark_locality_rounds_total", MetricType::COUNTER, "Locality repartitioning rounds run since the node started (docs/LOCALITY.md). Unit: rounds."),
-    ("quark_locality_moves_total", MetricType::COUNTER, "Moves the locality rounds decided, label result: moved, failed (the engine refused) skipped_cooldown (another mover moved the actor recently) or skipped_memory (the destination shard was at its memory warning level). Unit: moves."),
+    ("quark_locality_moves_total", MetricType::COUNTER, "Moves the locality rounds decided, label result: moved, failed (the engine refused), skipped_cooldown (another mover moved the actor recently) or skipped_memory (the destination shard was at its memory warning level). Unit: moves."),
     ("quark_locality_pair_messages", MetricType::GAUGE, "Estimated messages between the heaviest actor pairs of the last round (labels from and to, type/key; at most 20 pairs), decayed by half each round. Unit: messages."),
 ];
 
 fn family(name: &str, metrics: Vec<Metric>) -> Option<MetricFamily> {
-    if metrics.is_empty() {
-        return None;
-    }
-    let (_, ty, help) = LOCALITY_METRICS
-        .iter()
-        .find(|m| m.0 == name)
-        .expect("every locality metric is in LOCALITY_METRICS");
-    let mut f = MetricFamily::default();
-    f.set_name(name.to_owned());
-    f.set_help((*help).to_owned());
-    f.set_field_type(*ty);
-    f.set_metric(metrics);
-    Some(f)
-}
-
-fn label(name: &str, value: impl Into<String>) -> LabelPair {
-    let mut l = LabelPair::default();
-    l.set_name(name.to_owned());
-    l.set_value(value.into());
-    l
-}
-
-fn counter(labels: Vec<LabelPair>, v: u64) -> Metric {
-    let mut c = Counter::default();
-    c.set_value(v as f64);
-    let mut m = Metric::from_label(labels);
-    m.set_counter(c);
-    m
+    super::load::family_of(LOCALITY_METRICS, name, metrics)
 }
 
 /// The `/metrics` families of `s`.
@@ -161,14 +135,13 @@ pub(crate) fn families(s: &LocalityStats) -> Vec<MetricFamily> {
             r.top_pairs
                 .iter()
                 .map(|p| {
-                    let mut g = Gauge::default();
-                    g.set_value(p.messages_est);
-                    let mut m = Metric::from_label(vec![
-                        label("from", p.from.to_string()),
-                        label("to", p.to.to_string()),
-                    ]);
-                    m.set_gauge(g);
-                    m
+                    gauge(
+                        vec![
+                            label("from", p.from.to_string()),
+                            label("to", p.to.to_string()),
+                        ],
+                        p.messages_est,
+                    )
                 })
                 .collect()
         })

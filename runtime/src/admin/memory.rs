@@ -6,10 +6,11 @@
 
 use std::sync::{Arc, Mutex};
 
-use prometheus::proto::{Counter, Gauge, LabelPair, Metric, MetricFamily, MetricType};
+use prometheus::proto::{Metric, MetricFamily, MetricType};
 use quark_shard::ShardStatsSnapshot;
 use serde::{Deserialize, Serialize};
 
+use super::load::{counter, gauge, label};
 use crate::config::MemoryConfig;
 use crate::memory::{Level, LimitSource, MemoryReport};
 
@@ -135,42 +136,7 @@ pub const MEMORY_METRICS: &[(&str, MetricType, &str)] = &[
 ];
 
 fn family(name: &str, metrics: Vec<Metric>) -> Option<MetricFamily> {
-    if metrics.is_empty() {
-        return None;
-    }
-    let (_, ty, help) = MEMORY_METRICS
-        .iter()
-        .find(|m| m.0 == name)
-        .expect("every memory metric is in MEMORY_METRICS");
-    let mut f = MetricFamily::default();
-    f.set_name(name.to_owned());
-    f.set_help((*help).to_owned());
-    f.set_field_type(*ty);
-    f.set_metric(metrics);
-    Some(f)
-}
-
-fn label(name: &str, value: impl Into<String>) -> LabelPair {
-    let mut l = LabelPair::default();
-    l.set_name(name.to_owned());
-    l.set_value(value.into());
-    l
-}
-
-fn gauge(labels: Vec<LabelPair>, v: f64) -> Metric {
-    let mut g = Gauge::default();
-    g.set_value(v);
-    let mut m = Metric::from_label(labels);
-    m.set_gauge(g);
-    m
-}
-
-fn counter(labels: Vec<LabelPair>, v: u64) -> Metric {
-    let mut c = Counter::default();
-    c.set_value(v as f64);
-    let mut m = Metric::from_label(labels);
-    m.set_counter(c);
-    m
+    super::load::family_of(MEMORY_METRICS, name, metrics)
 }
 
 /// The `/metrics` families of `r`; `monitor`: a `[memory]` monitor runs (its growth,
