@@ -3,37 +3,26 @@
 //! restarted (it serves again), and handshakes refused for a wrong secret, cluster id and
 //! protocol version, with the cause named on both sides.
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 #[path = "../../tests/ports/mod.rs"]
 mod ports;
+#[path = "procs/mod.rs"]
+mod procs;
 use ports::free_addrs;
+use procs::Proc;
 
 use quark::builtin::{Add, Counter};
 use quark::{CallError, Client, ClientError, ClusterSecret, HandshakeConfig, PeerRole};
 
 const SECRET: &str = "test-secret-0123456789";
 const SECRET_VAR: &str = "QUARK_TEST_CLUSTER_SECRET";
-
-struct Proc {
-    child: Child,
-    stderr: Arc<Mutex<String>>,
-    stdout: mpsc::Receiver<String>,
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 fn write_config(dir: &Path, addrs: &[SocketAddr]) -> std::path::PathBuf {
     let mut text = format!(
@@ -56,56 +45,33 @@ fn write_config(dir: &Path, addrs: &[SocketAddr]) -> std::path::PathBuf {
 /// Starts node `id` and waits (at most 10 s) for its ready line; `Err(stderr)` if the process
 /// exits first.
 fn try_serve(config: &Path, id: u64) -> Result<Proc, String> {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_quark"))
-        .args(["serve", "--config"])
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_quark"));
+    cmd.args(["serve", "--config"])
         .arg(config)
         .args(["--node-id", &id.to_string()])
         .env(SECRET_VAR, SECRET)
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn quark serve");
-    let stdout = child.stdout.take().unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let log = Arc::new(Mutex::new(String::new()));
-    let log2 = log.clone();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            log2.lock().unwrap().push_str(&line);
-            log2.lock().unwrap().push('\n');
-        }
-    });
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
+        .env("RUST_LOG", "info");
+    let mut p = Proc::spawn(cmd);
     let end = Instant::now() + Duration::from_secs(10);
     loop {
         let left = end.saturating_duration_since(Instant::now());
-        match rx.recv_timeout(left) {
+        match p.stdout.recv_timeout(left) {
             Ok(line) if line.contains("listening on") => break,
             Ok(_) => {}
             Err(mpsc::RecvTimeoutError::Disconnected) => {
                 // The process exited before it was ready.
-                let _ = child.wait();
+                let _ = p.child.wait();
                 // Give the stderr reader a moment to collect the last line.
                 std::thread::sleep(Duration::from_millis(50));
-                return Err(log.lock().unwrap().clone());
+                return Err(p.log());
             }
             Err(mpsc::RecvTimeoutError::Timeout) => panic!(
                 "node {id} did not print its ready line within 10 s; stderr:\n{}",
-                log.lock().unwrap()
+                p.log()
             ),
         }
     }
-    Ok(Proc {
-        child,
-        stderr: log,
-        stdout: rx,
-    })
+    Ok(p)
 }
 
 /// Starts node `id`, retrying (for up to 10 s) while its address is still held by the sockets

@@ -16,17 +16,17 @@
 //! deploy_local`.
 #![cfg(feature = "etcd")]
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
-use std::sync::{Arc, Mutex};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 #[path = "../../tests/ports/mod.rs"]
 mod ports;
+#[path = "procs/mod.rs"]
+mod procs;
 use ports::free_addrs;
+use procs::Proc;
 
 use quark::builtin::{Add, Tally};
 use quark::Client;
@@ -96,23 +96,10 @@ fn local_template(dir: &Path, etcd: &str, cluster_id: &str) -> PathBuf {
     path
 }
 
-struct Pod {
-    child: Child,
-    log: Arc<Mutex<String>>,
-    stdout: mpsc::Receiver<String>,
-}
-
-impl Drop for Pod {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// Starts pod `quark-<ordinal>` through the entrypoint, as the StatefulSet would.
-fn start_pod(dir: &Path, template: &Path, ordinal: usize, port: u16, admin: u16) -> Pod {
-    let mut child = Command::new("sh")
-        .arg(repo().join("scripts/deploy/entrypoint.sh"))
+fn start_pod(dir: &Path, template: &Path, ordinal: usize, port: u16, admin: u16) -> Proc {
+    let mut cmd = Command::new("sh");
+    cmd.arg(repo().join("scripts/deploy/entrypoint.sh"))
         .env("QUARK_TEMPLATE", template)
         .env("QUARK_CONFIG", dir.join(format!("pod-{ordinal}.toml")))
         .env("QUARK_HOSTNAME", format!("quark-{ordinal}"))
@@ -123,33 +110,8 @@ fn start_pod(dir: &Path, template: &Path, ordinal: usize, port: u16, admin: u16)
         .env("QUARK_BIN", env!("CARGO_BIN_EXE_quark"))
         .env("QUARK_LOG_FORMAT", "text")
         .env("QUARK_CLUSTER_SECRET", SECRET)
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn the entrypoint");
-    let stdout = child.stdout.take().expect("piped stdout");
-    let stderr = child.stderr.take().expect("piped stderr");
-    let log = Arc::new(Mutex::new(String::new()));
-    let log2 = log.clone();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            let mut l = log2.lock().expect("log");
-            l.push_str(&line);
-            l.push('\n');
-        }
-    });
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    Pod {
-        child,
-        log,
-        stdout: rx,
-    }
+        .env("RUST_LOG", "info");
+    Proc::spawn(cmd)
 }
 
 fn eventually<T>(what: &str, within: Duration, mut f: impl FnMut() -> Option<T>) -> T {
@@ -170,7 +132,7 @@ fn readyz(admin: SocketAddr) -> Option<u16> {
         .map(|r| r.status)
 }
 
-fn wait_ready(pod: &Pod, admin: SocketAddr, name: &str) {
+fn wait_ready(pod: &Proc, admin: SocketAddr, name: &str) {
     eventually(&format!("{name} ready"), Duration::from_secs(30), || {
         (readyz(admin) == Some(200)).then_some(())
     });
@@ -180,7 +142,7 @@ fn wait_ready(pod: &Pod, admin: SocketAddr, name: &str) {
 /// SIGTERM, then the exit within the grace the manifests give (60 s); the pod's log. The
 /// readiness probe must see the drain: the first answer of `/readyz` after the signal that is
 /// not 200 is 503 (the kubelet takes the pod out of the Service's endpoints then).
-fn terminate(mut pod: Pod, admin: SocketAddr, name: &str) -> String {
+fn terminate(mut pod: Proc, admin: SocketAddr, name: &str) -> String {
     // SAFETY: kill(2) with the pid of a child this test spawned and has not reaped yet.
     let r = unsafe { libc::kill(pod.child.id() as libc::pid_t, libc::SIGTERM) };
     assert_eq!(r, 0, "SIGTERM to {name}");
@@ -208,12 +170,12 @@ fn terminate(mut pod: Pod, admin: SocketAddr, name: &str) -> String {
             Ok(_) => {}
             Err(e) => panic!(
                 "{name} did not stop within 60 s of SIGTERM ({e}):\n{}",
-                pod.log.lock().expect("log")
+                pod.log()
             ),
         }
     }
     let status = pod.child.wait().expect("wait");
-    let log = pod.log.lock().expect("log").clone();
+    let log = pod.log();
     assert!(status.success(), "{name} exited with {status}:\n{log}");
     log
 }
@@ -230,7 +192,7 @@ fn the_manifests_topology_serves_drains_and_rejoins_with_processes() {
     let addrs = free_addrs(2 * PODS);
     let (cluster, admin): (Vec<SocketAddr>, Vec<SocketAddr>) =
         (addrs[..PODS].to_vec(), addrs[PODS..].to_vec());
-    let mut pods: Vec<Option<Pod>> = (0..PODS)
+    let mut pods: Vec<Option<Proc>> = (0..PODS)
         .map(|i| {
             let p = start_pod(dir.path(), &template, i, cluster[i].port(), admin[i].port());
             wait_ready(&p, admin[i], &format!("quark-{i}"));

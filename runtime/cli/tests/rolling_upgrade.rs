@@ -9,10 +9,9 @@
 //! (no lost, no doubled effect); after the first node's upgrade, first messages for new ids
 //! activate their actors on it (the only node of the newest version).
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
@@ -20,7 +19,10 @@ use std::time::{Duration, Instant};
 
 #[path = "../../tests/ports/mod.rs"]
 mod ports;
+#[path = "procs/mod.rs"]
+mod procs;
 use ports::free_addrs;
+use procs::Proc;
 
 use quark::builtin::{Add, Tally};
 use quark::{Actor, CallError, Client};
@@ -35,19 +37,6 @@ fn keys() -> u64 {
         .unwrap_or(240)
 }
 const DRIVERS: u64 = 4;
-
-struct Proc {
-    child: Child,
-    stderr: Arc<Mutex<String>>,
-    stdout: mpsc::Receiver<String>,
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 fn write_config(
     dir: &Path,
@@ -77,52 +66,31 @@ fn write_config(
 
 /// Starts a node and waits (at most 10 s) for its ready line; `Err(stderr)` if it exits first.
 fn try_serve(config: &Path) -> Result<Proc, String> {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_quark"))
-        .args(["serve", "--config"])
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_quark"));
+    cmd.args(["serve", "--config"])
         .arg(config)
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn quark serve");
-    let stdout = child.stdout.take().expect("piped stdout");
-    let stderr = child.stderr.take().expect("piped stderr");
-    let log = Arc::new(Mutex::new(String::new()));
-    let log2 = log.clone();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            let mut l = log2.lock().expect("log");
-            l.push_str(&line);
-            l.push('\n');
-        }
-    });
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
+        .env("RUST_LOG", "info");
+    let mut p = Proc::spawn(cmd);
     let end = Instant::now() + Duration::from_secs(10);
     loop {
-        match rx.recv_timeout(end.saturating_duration_since(Instant::now())) {
+        match p
+            .stdout
+            .recv_timeout(end.saturating_duration_since(Instant::now()))
+        {
             Ok(line) if line.contains("listening on") => break,
             Ok(_) => {}
             Err(mpsc::RecvTimeoutError::Disconnected) => {
-                let _ = child.wait();
+                let _ = p.child.wait();
                 std::thread::sleep(Duration::from_millis(50));
-                return Err(log.lock().expect("log").clone());
+                return Err(p.log());
             }
             Err(mpsc::RecvTimeoutError::Timeout) => panic!(
                 "{config:?}: no ready line within 10 s; stderr:\n{}",
-                log.lock().expect("log")
+                p.log()
             ),
         }
     }
-    Ok(Proc {
-        child,
-        stderr: log,
-        stdout: rx,
-    })
+    Ok(p)
 }
 
 /// Starts a node, retrying while its ports are still held by the process it replaces.
