@@ -198,16 +198,60 @@ impl SleepFlag {
     }
 }
 
-/// A finished read of the doorbell: the eventfd back, and how much was read.
-type BellRead = (monoio::fs::File, io::Result<usize>);
+/// A finished 8-byte read: the descriptor back, and how much was read.
+type CounterReadDone = (monoio::fs::File, io::Result<usize>);
+
+/// An 8-byte read of a kernel counter descriptor (an `eventfd` or a `timerfd`: the read
+/// returns the counter and resets it) through the executor, kept in flight across polls: a
+/// dropped park does not cancel it, so a count that arrives while the shard is busy is
+/// consumed by the next poll. Shared by the doorbell and the deadline timer.
+struct CounterRead {
+    file: Option<monoio::fs::File>,
+    pending: Option<Pin<Box<dyn Future<Output = CounterReadDone>>>>,
+}
+
+impl CounterRead {
+    fn new(fd: OwnedFd) -> io::Result<Self> {
+        Ok(CounterRead {
+            file: Some(monoio::fs::File::from_std(std::fs::File::from(fd))?),
+            pending: None,
+        })
+    }
+
+    /// Ready with the read's result once a read completed; starts one if none is in flight.
+    fn poll_read(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        if self.pending.is_none() {
+            let Some(file) = self.file.take() else {
+                return Poll::Pending;
+            };
+            self.pending = Some(Box::pin(async move {
+                // A counter descriptor's read takes exactly 8 bytes.
+                let buf = vec![0u8; 8];
+                let (res, _buf) = file.read_at(buf, 0).await;
+                (file, res)
+            }));
+        }
+        let fut = self
+            .pending
+            .as_mut()
+            .expect("a read is in flight (set just above)");
+        match fut.as_mut().poll(cx) {
+            Poll::Ready((file, res)) => {
+                self.pending = None;
+                self.file = Some(file);
+                Poll::Ready(res)
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
 
 /// The shard's end of its doorbell (an `eventfd`), handed to the shard's thread.
 pub(crate) type BellEnd = OwnedFd;
 
 /// The shard-side half of the doorbell: awaited by the parked shard.
 pub(crate) struct BellReceiver {
-    file: Option<monoio::fs::File>,
-    pending: Option<Pin<Box<dyn Future<Output = BellRead>>>>,
+    read: CounterRead,
 }
 
 /// A new doorbell: an `eventfd` (a counter: a ring is an 8-byte write, cheaper for the kernel
@@ -238,33 +282,15 @@ impl BellReceiver {
     /// Wraps the shard's end of the doorbell; call on the shard thread inside its runtime.
     pub(crate) fn new(end: BellEnd) -> io::Result<Self> {
         Ok(BellReceiver {
-            file: Some(monoio::fs::File::from_std(std::fs::File::from(end))?),
-            pending: None,
+            read: CounterRead::new(end)?,
         })
     }
 
     /// Polls for a ring. Keeps one read in flight across calls (a dropped park does not cancel
     /// it), so a ring that arrives while the shard is busy is consumed by the next park.
     pub(crate) fn poll_rung(&mut self, cx: &mut Context<'_>) -> Poll<()> {
-        if self.pending.is_none() {
-            let Some(file) = self.file.take() else {
-                return Poll::Pending;
-            };
-            self.pending = Some(Box::pin(async move {
-                // An eventfd read takes exactly 8 bytes (the counter, reset by the read).
-                let buf = vec![0u8; 8];
-                let (res, _buf) = file.read_at(buf, 0).await;
-                (file, res)
-            }));
-        }
-        let fut = self
-            .pending
-            .as_mut()
-            .expect("a read is in flight (set just above)");
-        match fut.as_mut().poll(cx) {
-            Poll::Ready((file, res)) => {
-                self.pending = None;
-                self.file = Some(file);
+        match self.read.poll_read(cx) {
+            Poll::Ready(res) => {
                 if let Err(e) = res {
                     tracing::error!(error = %e, "doorbell read failed");
                 }
@@ -274,9 +300,6 @@ impl BellReceiver {
         }
     }
 }
-
-/// A finished read of the deadline timer: the timerfd back, and how much was read.
-type DeadlineRead = (monoio::fs::File, io::Result<usize>);
 
 /// A parked shard's alarm clock to the microsecond: a `timerfd` (`CLOCK_MONOTONIC`, the clock of
 /// `Instant` on Linux) read through the executor like the doorbell, so the shard sleeps in the
@@ -288,10 +311,9 @@ type DeadlineRead = (monoio::fs::File, io::Result<usize>);
 /// reached the deadline last armed (a read that completes for an older setting, while the
 /// shard was busy, is discarded and a new one started).
 pub(crate) struct DeadlineTimer {
-    /// The timerfd (owned by `file`, or by the read in flight which holds `file`).
+    /// The timerfd (owned by `read`).
     raw: std::os::fd::RawFd,
-    file: Option<monoio::fs::File>,
-    pending: Option<Pin<Box<dyn Future<Output = DeadlineRead>>>>,
+    read: CounterRead,
     armed: Option<std::time::Instant>,
 }
 
@@ -308,8 +330,7 @@ impl DeadlineTimer {
         let owned = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
         Ok(DeadlineTimer {
             raw: fd,
-            file: Some(monoio::fs::File::from_std(std::fs::File::from(owned))?),
-            pending: None,
+            read: CounterRead::new(owned)?,
             armed: None,
         })
     }
@@ -352,30 +373,13 @@ impl DeadlineTimer {
             let Some(at) = self.armed else {
                 return Poll::Pending;
             };
-            if self.pending.is_none() {
-                let Some(file) = self.file.take() else {
-                    return Poll::Pending;
-                };
-                self.pending = Some(Box::pin(async move {
-                    // A timerfd read takes exactly 8 bytes (the expiry count, reset by it).
-                    let buf = vec![0u8; 8];
-                    let (res, _buf) = file.read_at(buf, 0).await;
-                    (file, res)
-                }));
-            }
-            let fut = self
-                .pending
-                .as_mut()
-                .expect("a read is in flight (set just above)");
-            match fut.as_mut().poll(cx) {
-                Poll::Ready((file, res)) => {
-                    self.pending = None;
-                    self.file = Some(file);
-                    if let Err(e) = res {
-                        tracing::error!(error = %e, "deadline timer read failed");
-                        self.armed = None;
-                        return Poll::Ready(());
-                    }
+            match self.read.poll_read(cx) {
+                Poll::Ready(Err(e)) => {
+                    tracing::error!(error = %e, "deadline timer read failed");
+                    self.armed = None;
+                    return Poll::Ready(());
+                }
+                Poll::Ready(Ok(_)) => {
                     if std::time::Instant::now() >= at {
                         self.armed = None;
                         return Poll::Ready(());
