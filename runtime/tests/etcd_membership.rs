@@ -1274,3 +1274,85 @@ fn a_node_joining_after_start_shows_in_status_cluster_jobs_and_zones() {
     n2.shutdown();
     n1.shutdown();
 }
+
+/// Two membership changes at once: nodes 3 and 4 start together under traffic (each
+/// registers and asks for its hand-over while the other's runs). Every node should end with
+/// the same homes, each new node with its share, and no purse losing a deposit or failing an
+/// ask. **Fails today** (a purse's balance falls behind its acknowledged deposits, e.g. 8
+/// acknowledged, balance 4, in each of 5 runs). The likely sequence: a peer that saw only one of the two joins moves an
+/// actor to the node that was its home then (node 3), while its home once both are known is
+/// node 4, which has already joined and activates it empty at the next message. This is the
+/// limit "one membership change at a time" of docs/CLUSTER.md; the test reproduces it, on
+/// demand: `cargo test -p quark --features etcd --test etcd_membership -- --ignored two_nodes`.
+#[test]
+#[ignore = "reproduces a known limit (docs/CLUSTER.md, Limits: one membership change at a time)"]
+fn two_nodes_joining_at_once_under_traffic_lose_nothing() {
+    let Some(ep) = endpoint() else { return };
+    let _g = serial();
+    let cluster = cluster_id("two-joins");
+    let n1 = start(1, &cluster, &ep);
+    let n2 = start(2, &cluster, &ep);
+    wait_members(&[&n1, &n2], &[1, 2], Duration::from_secs(5), "two nodes");
+    let keys = purse_keys(160);
+    let traffic = Traffic::start(n1.handle(), keys.clone(), 3);
+    traffic.wait_for(500, "before the joins");
+    let t0 = Instant::now();
+    let (n3, n4) = std::thread::scope(|sc| {
+        let a = sc.spawn(|| start(3, &cluster, &ep));
+        let b = sc.spawn(|| start(4, &cluster, &ep));
+        (
+            a.join().expect("node 3 starts"),
+            b.join().expect("node 4 starts"),
+        )
+    });
+    let seen = wait_members(
+        &[&n1, &n2, &n3, &n4],
+        &[1, 2, 3, 4],
+        Duration::from_secs(5),
+        "two joins",
+    );
+    eprintln!(
+        "two joins: both seen by every node {:?} after they began",
+        seen.duration_since(t0)
+    );
+    let homes = |n: &Node, me: u64| -> Vec<u64> {
+        keys.iter()
+            .map(|k| n.actor_ref::<Purse>(*k).remote_node().unwrap_or(me))
+            .collect()
+    };
+    wait_until(Duration::from_secs(5), "homes agree on all four", || {
+        let h1 = homes(&n1, 1);
+        h1 == homes(&n2, 2) && h1 == homes(&n3, 3) && h1 == homes(&n4, 4)
+    });
+    let h = homes(&n1, 1);
+    for node in [3, 4] {
+        assert!(
+            h.contains(&node),
+            "node {node} is the home of some purses: {h:?}"
+        );
+    }
+    traffic.wait_for(500, "after the joins");
+    // Every balance equals its acknowledged deposits: nothing lost in the two hand-overs.
+    let total = traffic.finish();
+    for (node, n) in [(3u64, &n3), (4, &n4)] {
+        let mine: Vec<u64> = keys
+            .iter()
+            .copied()
+            .filter(|k| n.actor_ref::<Purse>(*k).remote_node().is_none())
+            .collect();
+        let sum: u64 = mine
+            .iter()
+            .map(|k| quark::block_on(n.actor_ref::<Purse>(*k).ask(Put(0))).expect("local purse"))
+            .sum();
+        assert!(
+            sum > 0,
+            "node {node}'s {} purses kept their deposits",
+            mine.len()
+        );
+    }
+    eprintln!("two joins: {total} asks, 0 failed, no deposit lost");
+    n4.shutdown();
+    n3.shutdown();
+    n2.shutdown();
+    n1.shutdown();
+}
