@@ -43,6 +43,12 @@ pub struct LiveMember {
     pub state: MemberState,
     /// Its application version (`[node] app_version`; empty: not set or not known yet).
     pub version: String,
+    /// Its zone label (`[cluster.membership] zone`, registered in etcd; empty: none, or a
+    /// static member). Read it with [`LiveMembers::zone`].
+    pub zone: String,
+    /// The address it accepts cluster connections on, when a dynamic membership told it
+    /// (`None`: a static member, whose address is in the configuration).
+    pub addr: Option<std::net::SocketAddr>,
 }
 
 /// The members of a cluster with their states and versions; see the module docs.
@@ -91,6 +97,8 @@ impl LiveMembers {
                 id,
                 state: MemberState::Up,
                 version: String::new(),
+                zone: String::new(),
+                addr: None,
             })
             .collect();
         members.sort_unstable_by_key(|m| m.id);
@@ -140,9 +148,39 @@ impl LiveMembers {
                 id,
                 state,
                 version: version.unwrap_or("").to_owned(),
+                zone: String::new(),
+                addr: None,
             },
         );
         true
+    }
+
+    /// Sets where a member is: its cluster address and its zone label (from a dynamic
+    /// membership); false if `id` is not a member or nothing changed.
+    pub fn set_place(&mut self, id: NodeId, addr: std::net::SocketAddr, zone: &str) -> bool {
+        let Some(m) = self.get_mut(id) else {
+            return false;
+        };
+        let changed = m.addr != Some(addr) || m.zone != zone;
+        m.addr = Some(addr);
+        if m.zone != zone {
+            m.zone = zone.to_owned();
+        }
+        changed
+    }
+
+    /// The zone label of member `id` (`[cluster.membership] zone` as registered in etcd);
+    /// `None` if `id` is not a member or has no zone (static membership, or none set). For
+    /// locality decisions: `engine.members()?.zone(node)`.
+    pub fn zone(&self, id: NodeId) -> Option<&str> {
+        self.get(id)
+            .map(|m| m.zone.as_str())
+            .filter(|z| !z.is_empty())
+    }
+
+    /// The members that are not `Left`, by node id (the live member set).
+    pub fn present(&self) -> impl Iterator<Item = &LiveMember> + '_ {
+        self.members.iter().filter(|m| m.state != MemberState::Left)
     }
 
     /// The newest version among the members that are not `Left` (`None`: none is known).
@@ -191,6 +229,21 @@ mod tests {
 
     fn ids(n: u64) -> impl Iterator<Item = ActorId> {
         (0..n).map(|k| ActorId::new("c", ActorKey::U64(k)))
+    }
+
+    #[test]
+    fn a_members_zone_and_address_are_kept_and_read() {
+        let mut m = LiveMembers::new([1, 2]);
+        assert_eq!(m.zone(1), None, "no zone until one is set");
+        let a: std::net::SocketAddr = "10.0.0.3:7000".parse().unwrap();
+        assert!(m.insert(3, MemberState::Up, Some("1")));
+        assert!(m.set_place(3, a, "eu-west-1a"));
+        assert!(!m.set_place(3, a, "eu-west-1a"), "unchanged");
+        assert_eq!(m.zone(3), Some("eu-west-1a"));
+        assert_eq!(m.get(3).and_then(|x| x.addr), Some(a));
+        assert!(!m.set_place(9, a, "z"), "not a member");
+        assert!(m.set(3, MemberState::Left, None));
+        assert_eq!(m.present().map(|x| x.id).collect::<Vec<_>>(), vec![1, 2]);
     }
 
     #[test]

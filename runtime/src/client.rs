@@ -318,7 +318,29 @@ impl ClientBuilder {
             lease_ttl_s: crate::cluster::ETCD_LEASE_TTL_S_DEFAULT,
             zone: String::new(),
             advertise: SocketAddr::from(([127, 0, 0, 1], 1)),
+            tls: None,
+            auth: None,
         });
+        self
+    }
+
+    /// TLS (and mutual TLS) to etcd for [`etcd`](Self::etcd) (call after it): the CA that
+    /// signs etcd's certificate, and optionally this client's certificate and key. The
+    /// endpoints must be `https://`.
+    #[cfg(feature = "etcd")]
+    pub fn etcd_tls(mut self, tls: crate::cluster::EtcdTls) -> Self {
+        if let Some(e) = self.etcd.as_mut() {
+            e.tls = Some(tls);
+        }
+        self
+    }
+
+    /// etcd authentication for [`etcd`](Self::etcd) (call after it).
+    #[cfg(feature = "etcd")]
+    pub fn etcd_auth(mut self, auth: crate::cluster::EtcdAuth) -> Self {
+        if let Some(e) = self.etcd.as_mut() {
+            e.auth = Some(auth);
+        }
         self
     }
 

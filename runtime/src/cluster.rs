@@ -26,6 +26,8 @@ pub struct ClusterSettings {
 /// Where a node's member set comes from (`[cluster.membership] provider`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
+// Built once per node at start: the size of the etcd variant does not matter.
+#[allow(clippy::large_enum_variant)]
 pub enum MembershipSettings {
     /// `[[cluster.nodes]]`, fixed (the default).
     Static,
@@ -47,6 +49,44 @@ pub struct EtcdSettings {
     pub zone: String,
     /// The address peers and clients dial (default: `listen`).
     pub advertise: SocketAddr,
+    /// TLS to etcd (`https://` endpoints): the CA that signs etcd's certificate, and this
+    /// node's client certificate for etcd's mutual TLS (`--client-cert-auth`). `None`: plain
+    /// `http://`.
+    pub tls: Option<EtcdTls>,
+    /// etcd authentication (`user`, password from the environment). `None`: none.
+    pub auth: Option<EtcdAuth>,
+}
+
+/// TLS to etcd (`[cluster.membership] ca`, `cert`, `key`, `server_name`). The files are read
+/// again at every (re)connection to etcd, so a rotated certificate is used from the next one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EtcdTls {
+    /// PEM file with the CA certificate(s) that sign etcd's server certificate.
+    pub ca: std::path::PathBuf,
+    /// PEM files with this node's client certificate and its key (mutual TLS), if etcd asks
+    /// for one.
+    pub identity: Option<(std::path::PathBuf, std::path::PathBuf)>,
+    /// The DNS name etcd's certificate must carry (default: the endpoint's host).
+    pub server_name: Option<String>,
+}
+
+/// etcd authentication: a user and its password (`[cluster.membership] user`,
+/// `password_env`). The password never appears in `Debug` output.
+#[derive(Clone, PartialEq, Eq)]
+pub struct EtcdAuth {
+    /// The etcd user.
+    pub user: String,
+    /// Its password.
+    pub password: String,
+}
+
+impl std::fmt::Debug for EtcdAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EtcdAuth")
+            .field("user", &self.user)
+            .field("password", &"<redacted>")
+            .finish()
+    }
 }
 
 /// The default lease TTL, seconds: a member change is seen within about this.
@@ -61,6 +101,12 @@ pub(crate) struct RawMembership {
     lease_ttl_s: Option<u64>,
     zone: Option<String>,
     advertise: Option<String>,
+    ca: Option<String>,
+    cert: Option<String>,
+    key: Option<String>,
+    server_name: Option<String>,
+    user: Option<String>,
+    password_env: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -167,12 +213,19 @@ pub(crate) fn cluster_settings(
                 || m.lease_ttl_s.is_some()
                 || m.zone.is_some()
                 || m.advertise.is_some()
+                || m.ca.is_some()
+                || m.cert.is_some()
+                || m.key.is_some()
+                || m.server_name.is_some()
+                || m.user.is_some()
+                || m.password_env.is_some()
             {
                 return Err(invalid(
                     file,
                     "cluster.membership.provider",
                     "\"static\"".into(),
-                    "endpoints, prefix, lease_ttl_s, zone and advertise apply to provider = \"etcd\" only",
+                    "endpoints, prefix, lease_ttl_s, zone, advertise, ca, cert, key, server_name, \
+                     user and password_env apply to provider = \"etcd\" only",
                 ));
             }
             MembershipSettings::Static
@@ -357,6 +410,155 @@ const NO_ETCD: &str = "this build has no etcd membership: enable the cargo featu
      `quark` crate (quark = { features = [\"etcd\"] }), or build `quark serve` with \
      `cargo build -p quark-cli --features etcd`";
 
+/// `[cluster.membership]` `ca`, `cert`, `key`, `server_name`, as written.
+#[cfg(feature = "etcd")]
+struct TlsKeys<'a> {
+    ca: &'a Option<String>,
+    cert: &'a Option<String>,
+    key: &'a Option<String>,
+    server_name: &'a Option<String>,
+}
+
+/// `ca`, `cert`, `key`, `server_name`: TLS to etcd, required by `https://` endpoints.
+#[cfg(feature = "etcd")]
+fn etcd_tls(
+    m: TlsKeys<'_>,
+    endpoints: &[String],
+    file: &Path,
+) -> Result<Option<EtcdTls>, ConfigError> {
+    let https = endpoints
+        .iter()
+        .filter(|e| e.starts_with("https://"))
+        .count();
+    let Some(ca) = m.ca else {
+        if https > 0 {
+            return Err(invalid(
+                file,
+                "cluster.membership.ca",
+                "(absent)".into(),
+                "required with https:// endpoints: the PEM file of the CA that signs etcd's \
+                 certificate",
+            ));
+        }
+        for (key, v) in [
+            ("cluster.membership.cert", m.cert),
+            ("cluster.membership.key", m.key),
+            ("cluster.membership.server_name", m.server_name),
+        ] {
+            if let Some(v) = v {
+                return Err(invalid(
+                    file,
+                    key,
+                    format!("{v:?}"),
+                    "applies with TLS to etcd only: set cluster.membership.ca and https:// \
+                     endpoints",
+                ));
+            }
+        }
+        return Ok(None);
+    };
+    if https != endpoints.len() {
+        return Err(invalid(
+            file,
+            "cluster.membership.endpoints",
+            format!("{endpoints:?}"),
+            "with cluster.membership.ca (TLS to etcd) every endpoint is https://host:port",
+        ));
+    }
+    let readable = |key: &str, path: &str| -> Result<std::path::PathBuf, ConfigError> {
+        match std::fs::read(path) {
+            Ok(bytes) if bytes.windows(11).any(|w| w == b"-----BEGIN ") => Ok(path.into()),
+            Ok(_) => Err(invalid(
+                file,
+                key,
+                format!("{path:?}"),
+                "a PEM file (no -----BEGIN)",
+            )),
+            Err(_) => Err(invalid(
+                file,
+                key,
+                format!("{path:?}"),
+                "a readable PEM file (it cannot be read)",
+            )),
+        }
+    };
+    let ca = readable("cluster.membership.ca", ca)?;
+    let identity = match (m.cert, m.key) {
+        (None, None) => None,
+        (Some(c), Some(k)) => Some((
+            readable("cluster.membership.cert", c)?,
+            readable("cluster.membership.key", k)?,
+        )),
+        (Some(c), None) => {
+            return Err(invalid(
+                file,
+                "cluster.membership.cert",
+                format!("{c:?}"),
+                "set together with cluster.membership.key",
+            ))
+        }
+        (None, Some(k)) => {
+            return Err(invalid(
+                file,
+                "cluster.membership.key",
+                format!("{k:?}"),
+                "set together with cluster.membership.cert",
+            ))
+        }
+    };
+    Ok(Some(EtcdTls {
+        ca,
+        identity,
+        server_name: m.server_name.clone(),
+    }))
+}
+
+/// `user`, `password_env`: etcd authentication.
+#[cfg(feature = "etcd")]
+fn etcd_auth(
+    user: &Option<String>,
+    password_env: &Option<String>,
+    file: &Path,
+) -> Result<Option<EtcdAuth>, ConfigError> {
+    match (user, password_env) {
+        (None, None) => Ok(None),
+        (Some(user), Some(var)) => {
+            if user.is_empty() {
+                return Err(invalid(
+                    file,
+                    "cluster.membership.user",
+                    "\"\"".into(),
+                    "a non-empty etcd user name",
+                ));
+            }
+            match std::env::var(var) {
+                Ok(password) if !password.is_empty() => Ok(Some(EtcdAuth {
+                    user: user.clone(),
+                    password,
+                })),
+                _ => Err(invalid(
+                    file,
+                    "cluster.membership.password_env",
+                    format!("{var:?}"),
+                    "names an environment variable that is not set (or is empty)",
+                )),
+            }
+        }
+        (Some(user), None) => Err(invalid(
+            file,
+            "cluster.membership.user",
+            format!("{user:?}"),
+            "set together with cluster.membership.password_env (the variable with its password)",
+        )),
+        (None, Some(var)) => Err(invalid(
+            file,
+            "cluster.membership.password_env",
+            format!("{var:?}"),
+            "set together with cluster.membership.user",
+        )),
+    }
+}
+
 fn etcd_settings(
     m: RawMembership,
     cluster_id: &str,
@@ -416,7 +618,7 @@ fn etcd_settings(
                 "1 to 3600 s (etcd may raise it to its minimum)",
             )?,
         };
-        let zone = m.zone.unwrap_or_default();
+        let zone = m.zone.clone().unwrap_or_default();
         if zone.len() > 64 {
             return Err(invalid(
                 file,
@@ -455,12 +657,25 @@ fn etcd_settings(
                     addr
                 }
             };
+        let tls = etcd_tls(
+            TlsKeys {
+                ca: &m.ca,
+                cert: &m.cert,
+                key: &m.key,
+                server_name: &m.server_name,
+            },
+            &endpoints,
+            file,
+        )?;
+        let auth = etcd_auth(&m.user, &m.password_env, file)?;
         Ok(EtcdSettings {
             endpoints,
             prefix,
             lease_ttl_s,
             zone,
             advertise,
+            tls,
+            auth,
         })
     }
 }

@@ -27,7 +27,9 @@ pub mod workflow;
 
 pub use admin::{AdminConfig, AdminError};
 pub use client::{probe, probe_with, Client, ClientBuilder, ClientError};
-pub use cluster::{ClusterSettings, EtcdSettings, MembershipSettings, ETCD_LEASE_TTL_S_DEFAULT};
+pub use cluster::{
+    ClusterSettings, EtcdAuth, EtcdSettings, EtcdTls, MembershipSettings, ETCD_LEASE_TTL_S_DEFAULT,
+};
 pub use config::{
     ActorTypeConfig, ConfigError, MemoryConfig, NodeConfig, ObservabilityConfig, OutboxSection,
     VictimStrategy,

@@ -12,6 +12,7 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -115,7 +116,11 @@ fn config_text(id: u64, cluster: &str, endpoint: &str, listen: SocketAddr) -> St
 fn start(id: u64, cluster: &str, endpoint: &str) -> Node {
     let listen = free_addrs(1)[0];
     let text = config_text(id, cluster, endpoint, listen);
-    let config = NodeConfig::from_toml(&text, "etcd.toml").expect("config");
+    start_text(&text).unwrap_or_else(|e| panic!("node starts: {}", quark::ErrorChain(&e)))
+}
+
+fn start_text(text: &str) -> Result<Node, quark::NodeError> {
+    let config = NodeConfig::from_toml(text, "etcd.toml").expect("config");
     Node::builder()
         .config(config)
         .register(ActorType::new(|_| Purse { balance: 0 }).migratable(
@@ -131,7 +136,6 @@ fn start(id: u64, cluster: &str, endpoint: &str) -> Node {
         .remote::<Purse, Put>()
         .remote::<Ledger, Note>()
         .start()
-        .expect("node starts")
 }
 
 fn live(n: &Node) -> Vec<u64> {
@@ -921,6 +925,31 @@ fn bad_membership_config_is_refused_with_the_key() {
             "provider = \"static\"\nzone = \"a\"",
             "cluster.membership.provider",
         ),
+        // TLS and authentication to etcd.
+        (
+            "provider = \"etcd\"\nendpoints = [\"https://127.0.0.1:2379\"]",
+            "cluster.membership.ca",
+        ),
+        (
+            "provider = \"etcd\"\nendpoints = [\"http://127.0.0.1:2379\"]\nca = \"/etc/hosts\"",
+            "cluster.membership.endpoints",
+        ),
+        (
+            "provider = \"etcd\"\nendpoints = [\"https://127.0.0.1:2379\"]\nca = \"/nonexistent/ca.crt\"",
+            "cluster.membership.ca",
+        ),
+        (
+            "provider = \"etcd\"\ncert = \"/nonexistent/c.crt\"",
+            "cluster.membership.cert",
+        ),
+        (
+            "provider = \"etcd\"\nuser = \"quark\"",
+            "cluster.membership.user",
+        ),
+        (
+            "provider = \"etcd\"\nuser = \"quark\"\npassword_env = \"QUARK_TEST_NO_SUCH_VARIABLE\"",
+            "cluster.membership.password_env",
+        ),
     ];
     for (section, key) in bad {
         let text = format!(
@@ -957,4 +986,383 @@ fn bad_membership_config_is_refused_with_the_key() {
         }
         other => panic!("{other:?}"),
     }
+}
+
+// ---- TLS and authentication to etcd ----
+
+mod etcd_tls {
+    use rcgen::{
+        BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
+        KeyUsagePurpose, SanType,
+    };
+    use std::path::{Path, PathBuf};
+
+    pub struct Ca {
+        cert: rcgen::Certificate,
+        key: KeyPair,
+    }
+
+    impl Ca {
+        pub fn new(name: &str) -> Ca {
+            let mut p = CertificateParams::new(Vec::<String>::new()).expect("params");
+            p.distinguished_name.push(DnType::CommonName, name);
+            p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+            p.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+            let key = KeyPair::generate().expect("key");
+            let cert = p.self_signed(&key).expect("self-signed");
+            Ca { cert, key }
+        }
+
+        /// Writes `<dir>/<name>.crt` and `.key`, for 127.0.0.1 (server and client use).
+        pub fn issue(&self, dir: &Path, name: &str) {
+            let mut p = CertificateParams::new(vec!["localhost".to_owned()]).expect("params");
+            p.subject_alt_names
+                .push(SanType::IpAddress("127.0.0.1".parse().expect("ip")));
+            p.distinguished_name.push(DnType::CommonName, name);
+            p.extended_key_usages = vec![
+                ExtendedKeyUsagePurpose::ServerAuth,
+                ExtendedKeyUsagePurpose::ClientAuth,
+            ];
+            let key = KeyPair::generate().expect("key");
+            let cert = p.signed_by(&key, &self.cert, &self.key).expect("signed");
+            std::fs::write(dir.join(format!("{name}.crt")), cert.pem()).expect("write");
+            std::fs::write(dir.join(format!("{name}.key")), key.serialize_pem()).expect("write");
+        }
+
+        pub fn write(&self, path: &Path) {
+            std::fs::write(path, self.cert.pem()).expect("write");
+        }
+    }
+
+    /// A TLS etcd of its own (`scripts/etcd.sh start-tls`), stopped on drop.
+    pub struct TlsEtcd {
+        pub dir: PathBuf,
+        pub endpoint: String,
+    }
+
+    fn script() -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/etcd.sh")
+    }
+
+    impl TlsEtcd {
+        pub fn start(certs: &Path, auth: &str) -> TlsEtcd {
+            let out = std::process::Command::new("bash")
+                .arg(script())
+                .arg("start-tls")
+                .arg(certs)
+                .arg(auth)
+                .stderr(std::process::Stdio::inherit())
+                .output()
+                .expect("run scripts/etcd.sh");
+            assert!(out.status.success(), "scripts/etcd.sh start-tls failed");
+            let text = String::from_utf8_lossy(&out.stdout).to_string();
+            let var = |name: &str| {
+                text.lines()
+                    .find_map(|l| l.strip_prefix(&format!("export {name}=")))
+                    .unwrap_or_else(|| panic!("{name} in {text:?}"))
+                    .to_owned()
+            };
+            TlsEtcd {
+                dir: var("QUARK_ETCD_DIR").into(),
+                endpoint: var("QUARK_TEST_ETCD"),
+            }
+        }
+    }
+
+    impl Drop for TlsEtcd {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("bash")
+                .arg(script())
+                .arg("stop")
+                .arg(&self.dir)
+                .status();
+        }
+    }
+}
+
+/// The `[cluster.membership]` of a node of the TLS etcd (`ca`: the CA file it trusts).
+fn tls_config_text(id: u64, cluster: &str, endpoint: &str, certs: &Path, ca: &str) -> String {
+    let listen = free_addrs(1)[0];
+    format!(
+        "{}ca = {:?}\ncert = {:?}\nkey = {:?}\nuser = \"quark\"\npassword_env = \"QUARK_TEST_ETCD_PASSWORD\"\n",
+        config_text(id, cluster, endpoint, listen),
+        certs.join(ca),
+        certs.join("node.crt"),
+        certs.join("node.key"),
+    )
+}
+
+#[test]
+fn nodes_join_over_tls_with_auth_and_a_wrong_ca_or_password_is_refused_clearly() {
+    // Runs only where the etcd tests run (scripts/test); its etcd is a private one with TLS.
+    if endpoint().is_none() {
+        return;
+    }
+    let _g = serial();
+    let dir = std::env::temp_dir().join(format!("quark-etcd-tls-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("dir");
+    let ca = etcd_tls::Ca::new("etcd test CA");
+    ca.write(&dir.join("ca.crt"));
+    ca.issue(&dir, "server");
+    ca.issue(&dir, "client");
+    ca.issue(&dir, "node");
+    etcd_tls::Ca::new("another CA").write(&dir.join("other-ca.crt"));
+    let etcd = etcd_tls::TlsEtcd::start(&dir, "quark:s3cret-pw");
+    assert!(etcd.endpoint.starts_with("https://"), "{}", etcd.endpoint);
+    std::env::set_var("QUARK_TEST_ETCD_PASSWORD", "s3cret-pw");
+    let cluster = cluster_id("tls");
+
+    // Two nodes register over mutual TLS with a user and password, and see each other.
+    let n1 = start_text(&tls_config_text(
+        1,
+        &cluster,
+        &etcd.endpoint,
+        &dir,
+        "ca.crt",
+    ))
+    .unwrap_or_else(|e| panic!("node 1 over TLS: {}", quark::ErrorChain(&e)));
+    let t = Instant::now();
+    let n2 = start_text(&tls_config_text(
+        2,
+        &cluster,
+        &etcd.endpoint,
+        &dir,
+        "ca.crt",
+    ))
+    .unwrap_or_else(|e| panic!("node 2 over TLS: {}", quark::ErrorChain(&e)));
+    wait_members(
+        &[&n1, &n2],
+        &[1, 2],
+        Duration::from_secs(2),
+        "join over TLS",
+    );
+    eprintln!("join over TLS seen by both nodes in {:?}", t.elapsed());
+    // Traffic between them goes as usual (a purse on each side).
+    for k in 0..20u64 {
+        let r = quark::block_on(n1.actor_ref::<Purse>(k).ask(Put(1)))
+            .unwrap_or_else(|e| panic!("purse {k}: {}", quark::ErrorChain(&e)));
+        assert_eq!(r, 1, "purse {k}");
+    }
+
+    // A node that does not trust etcd's CA is refused, saying so.
+    let e = start_text(&tls_config_text(
+        3,
+        &cluster,
+        &etcd.endpoint,
+        &dir,
+        "other-ca.crt",
+    ))
+    .map(|n| n.shutdown())
+    .expect_err("a node with the wrong CA must not start");
+    let text = quark::ErrorChain(&e).to_string();
+    eprintln!("wrong CA: {text}");
+    assert!(
+        text.contains("certificate") && text.contains("cluster.membership.ca"),
+        "the refusal names the certificate and the key to check: {text}"
+    );
+
+    // A wrong password is refused, saying so.
+    std::env::set_var("QUARK_TEST_ETCD_PASSWORD", "wrong");
+    let e = start_text(&tls_config_text(
+        4,
+        &cluster,
+        &etcd.endpoint,
+        &dir,
+        "ca.crt",
+    ))
+    .map(|n| n.shutdown())
+    .expect_err("a node with the wrong password must not start");
+    std::env::set_var("QUARK_TEST_ETCD_PASSWORD", "s3cret-pw");
+    let text = quark::ErrorChain(&e).to_string();
+    eprintln!("wrong password: {text}");
+    assert!(
+        text.contains("authentication failed") || text.contains("invalid user"),
+        "the refusal says the etcd authentication failed: {text}"
+    );
+    // Neither registered: the members are still 1 and 2.
+    wait_members(
+        &[&n1, &n2],
+        &[1, 2],
+        Duration::from_secs(1),
+        "after the refusals",
+    );
+    n2.shutdown();
+    n1.shutdown();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The live member set reaches every consumer of the member list, not only placement: a node
+/// that joins after the others started shows in their `/quark/status` peers (with its zone),
+/// in `cluster_jobs().members()` (and so the reminder and job gateways, which share that
+/// list), and in the member view placement reads its zone from.
+#[test]
+fn a_node_joining_after_start_shows_in_status_cluster_jobs_and_zones() {
+    let Some(ep) = endpoint() else { return };
+    let _g = serial();
+    let cluster = cluster_id("live-view");
+    let with_admin = |id: u64| {
+        let listen = free_addrs(1)[0];
+        format!(
+            "{}[admin]\nlisten = \"127.0.0.1:0\"\n",
+            config_text(id, &cluster, &ep, listen)
+        )
+    };
+    let n1 =
+        start_text(&with_admin(1)).unwrap_or_else(|e| panic!("node 1: {}", quark::ErrorChain(&e)));
+    let n2 =
+        start_text(&with_admin(2)).unwrap_or_else(|e| panic!("node 2: {}", quark::ErrorChain(&e)));
+    wait_members(&[&n1, &n2], &[1, 2], Duration::from_secs(5), "1 and 2");
+    // Node 3 joins after both started: neither has it in its start-time peers.
+    let n3 =
+        start_text(&with_admin(3)).unwrap_or_else(|e| panic!("node 3: {}", quark::ErrorChain(&e)));
+    wait_members(
+        &[&n1, &n2, &n3],
+        &[1, 2, 3],
+        Duration::from_secs(5),
+        "3 joined",
+    );
+    for (n, me) in [(&n1, 1u64), (&n2, 2)] {
+        let admin = n.admin_addr().expect("admin endpoint");
+        let status = quark::admin::fetch_status(admin, Duration::from_secs(5)).expect("status");
+        let peers: Vec<(u64, Option<String>, Option<String>)> = status
+            .peers
+            .iter()
+            .map(|p| (p.node_id, p.state.clone(), p.zone.clone()))
+            .collect();
+        let others: Vec<u64> = [1u64, 2, 3].into_iter().filter(|&i| i != me).collect();
+        assert_eq!(
+            peers,
+            others
+                .iter()
+                .map(|&i| (i, Some("up".to_owned()), Some(format!("z{i}"))))
+                .collect::<Vec<_>>(),
+            "node {me}'s /quark/status peers follow the live set, with their zones"
+        );
+        assert_eq!(status.zone.as_deref(), Some(format!("z{me}").as_str()));
+        let p3 = status
+            .peers
+            .iter()
+            .find(|p| p.node_id == 3)
+            .expect("peer 3");
+        assert_eq!(
+            Some(p3.addr),
+            n3.listen_addr(),
+            "node 3's address from etcd"
+        );
+        assert_eq!(
+            n.cluster_jobs().members(),
+            vec![1, 2, 3],
+            "node {me}'s cluster_jobs"
+        );
+        let view = n
+            .handle()
+            .members()
+            .expect("a cluster node has a member view");
+        assert_eq!(view.zone(3), Some("z3"), "node {me} reads node 3's zone");
+        assert_eq!(view.zone(me), Some(format!("z{me}").as_str()));
+    }
+    // Node 3 leaves: it goes out of the lists again.
+    let _ = n3.drain();
+    wait_members(&[&n1, &n2], &[1, 2], Duration::from_secs(5), "3 left");
+    assert_eq!(
+        n1.cluster_jobs().members(),
+        vec![1, 2],
+        "a member that left is not listed"
+    );
+    n3.shutdown();
+    n2.shutdown();
+    n1.shutdown();
+}
+
+/// Two membership changes at once: nodes 3 and 4 start together under traffic (each
+/// registers and asks for its hand-over while the other's runs). Every node should end with
+/// the same homes, each new node with its share, and no purse losing a deposit or failing an
+/// ask. **Fails today** in most runs (12 of 15: a balance behind its acknowledged deposits, e.g. 8
+/// acknowledged, balance 4), the limit "one membership change at a time" of
+/// docs/CLUSTER.md. Two causes were found (tls2 session, 2026-12-07):
+/// 1. `hand_off` (shard/src/net/members.rs) moves only actors whose home was this node
+///    *before the last change* of the view; a peer that saw both joins before serving the
+///    first `JOIN` compares with the view after the first join and keeps the actor, whose
+///    new home then activates it empty. Moving every active movable actor whose home is the
+///    joiner now (except types pinned to a node) made 9 runs of 11 pass;
+/// 2. the other two: a peer that had seen only node 3 hands an actor to node 3 after node 4
+///    (its home once both are known) already joined; node 4 activates it at the next message
+///    and the moved copy then arrives there ("single activation: a moved actor arrived on
+///    shard N which has an activation of it"). Closing this needs the joiners to hold first
+///    messages until every peer has settled on the same view (a view epoch in `JOIN`).
+///
+/// Run on demand: `cargo test -p quark --features etcd --test etcd_membership -- --ignored
+/// two_nodes`.
+#[test]
+#[ignore = "reproduces a known limit (docs/CLUSTER.md, Limits: one membership change at a time)"]
+fn two_nodes_joining_at_once_under_traffic_lose_nothing() {
+    let Some(ep) = endpoint() else { return };
+    let _g = serial();
+    let cluster = cluster_id("two-joins");
+    let n1 = start(1, &cluster, &ep);
+    let n2 = start(2, &cluster, &ep);
+    wait_members(&[&n1, &n2], &[1, 2], Duration::from_secs(5), "two nodes");
+    let keys = purse_keys(160);
+    let traffic = Traffic::start(n1.handle(), keys.clone(), 3);
+    traffic.wait_for(500, "before the joins");
+    let t0 = Instant::now();
+    let (n3, n4) = std::thread::scope(|sc| {
+        let a = sc.spawn(|| start(3, &cluster, &ep));
+        let b = sc.spawn(|| start(4, &cluster, &ep));
+        (
+            a.join().expect("node 3 starts"),
+            b.join().expect("node 4 starts"),
+        )
+    });
+    let seen = wait_members(
+        &[&n1, &n2, &n3, &n4],
+        &[1, 2, 3, 4],
+        Duration::from_secs(5),
+        "two joins",
+    );
+    eprintln!(
+        "two joins: both seen by every node {:?} after they began",
+        seen.duration_since(t0)
+    );
+    let homes = |n: &Node, me: u64| -> Vec<u64> {
+        keys.iter()
+            .map(|k| n.actor_ref::<Purse>(*k).remote_node().unwrap_or(me))
+            .collect()
+    };
+    wait_until(Duration::from_secs(5), "homes agree on all four", || {
+        let h1 = homes(&n1, 1);
+        h1 == homes(&n2, 2) && h1 == homes(&n3, 3) && h1 == homes(&n4, 4)
+    });
+    let h = homes(&n1, 1);
+    for node in [3, 4] {
+        assert!(
+            h.contains(&node),
+            "node {node} is the home of some purses: {h:?}"
+        );
+    }
+    traffic.wait_for(500, "after the joins");
+    // Every balance equals its acknowledged deposits: nothing lost in the two hand-overs.
+    let total = traffic.finish();
+    for (node, n) in [(3u64, &n3), (4, &n4)] {
+        let mine: Vec<u64> = keys
+            .iter()
+            .copied()
+            .filter(|k| n.actor_ref::<Purse>(*k).remote_node().is_none())
+            .collect();
+        let sum: u64 = mine
+            .iter()
+            .map(|k| quark::block_on(n.actor_ref::<Purse>(*k).ask(Put(0))).expect("local purse"))
+            .sum();
+        assert!(
+            sum > 0,
+            "node {node}'s {} purses kept their deposits",
+            mine.len()
+        );
+    }
+    eprintln!("two joins: {total} asks, 0 failed, no deposit lost");
+    n4.shutdown();
+    n3.shutdown();
+    n2.shutdown();
+    n1.shutdown();
 }

@@ -186,7 +186,7 @@ fn a_client_and_any_node_find_each_jobs_owner() {
         .connect()
         .unwrap();
     let cj = client.jobs();
-    assert_eq!(cj.members(), &[1, 2]);
+    assert_eq!(cj.members(), vec![1, 2]);
     // Scheduled an hour ahead: they stay queryable and cancellable. Keys picked so that each
     // node owns some; then keyless ones (placed by a spread key the id does not carry).
     let key_on = |node: u64, skip: usize| {

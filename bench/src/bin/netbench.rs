@@ -95,6 +95,11 @@ struct Args {
     /// Server mode with --tls: the directory with ca.crt, node.crt and node.key.
     #[arg(long)]
     tls_dir: Option<std::path::PathBuf>,
+    /// With --tls: skip the runs; only `--pipelined-s` of pipelined asks on this one cluster
+    /// (`plain` or `tls`), printing the asks and the transport's counters (for a profiler or
+    /// `valgrind --tool=callgrind --trace-children=yes`: instructions per ask).
+    #[arg(long)]
+    only_pipelined: Option<String>,
 }
 
 fn pin(cpu: usize) {
@@ -538,6 +543,31 @@ fn main() -> Result<()> {
         args.inflight,
         args.pipelined_s
     );
+    if let Some(only) = &args.only_pipelined {
+        let c = match only.as_str() {
+            "plain" if args.tls => &parked,
+            "tls" if args.tls => &spinning,
+            _ => bail!("--only-pipelined takes plain or tls, with --tls"),
+        };
+        let (tput, errors) = pipelined(&c.node, c.key, args.inflight, args.pipelined_s)?;
+        let net = c.node.stats().context("stats")?[0].net.clone();
+        println!(
+            "only {only}: {:.0} asks ({tput:.0} asks/s, {errors} errors)",
+            tput * args.pipelined_s
+        );
+        if let Some(net) = net {
+            println!(
+                "node 1 ({only}) transport: {} frames out, {} bytes out, {} frames in",
+                net.peers.frames_out, net.peers.bytes_out, net.peers.frames_in
+            );
+        }
+        parked.node.shutdown();
+        spinning.node.shutdown();
+        drop(child.stdin.take());
+        let _ = child.wait();
+        let _ = std::fs::remove_dir_all(&tls_dir);
+        return Ok(());
+    }
     let mut runs = Vec::new();
     for i in 0..args.runs {
         let r = run_once(&args, &parked, &spinning, echo)?;

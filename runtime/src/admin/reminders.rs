@@ -279,7 +279,7 @@ fn list_all(
     };
     let nodes = members(shared, handle);
     let mut items: Vec<(u64, ListedRemote)> = Vec::new();
-    for &node in nodes.members() {
+    for node in nodes.members() {
         let from = match &cursor {
             Some((n, _)) if node < *n => continue,
             Some((n, p)) if node == *n => Some(p.clone()),
@@ -341,7 +341,7 @@ fn cancel_everywhere(
     let mut actor = Vec::new();
     crate::outbox::format::encode_actor(&mut actor, type_name, key);
     let mut existed = false;
-    for &node in nodes.members() {
+    for node in nodes.members() {
         let Some(gw) = nodes.on::<ReminderGateway>(node) else {
             continue;
         };

@@ -33,8 +33,13 @@ pub struct Status {
     pub stats_error: Option<String>,
     /// One entry per shard (empty while starting or draining: the shards do not answer then).
     pub shards: Vec<ShardStatus>,
-    /// The other members of the cluster, from the membership.
+    /// The other members of the cluster: the configured ones and those a dynamic membership
+    /// (etcd) reports now, joined after the node started included.
     pub peers: Vec<PeerStatus>,
+    /// This node's zone label (`[cluster.membership] zone`; `None`: not set, or static
+    /// membership).
+    #[serde(default)]
+    pub zone: Option<String>,
     /// Resident set size of the node's process, bytes (`/proc/self/statm`; `None` where it
     /// cannot be read). The whole process: it cannot be split by shard (see
     /// [`ShardStatus::state_bytes`]).
@@ -110,6 +115,9 @@ pub struct PeerStatus {
     /// set).
     #[serde(default)]
     pub app_version: Option<String>,
+    /// Its zone label as registered in etcd (`None`: none, or static membership).
+    #[serde(default)]
+    pub zone: Option<String>,
 }
 
 /// The status now.
@@ -177,11 +185,14 @@ pub(crate) fn build(shared: &Shared) -> Status {
         rss_bytes: resident_bytes(),
         stats_error,
         shards,
+        zone: info
+            .and_then(|n| n.node_id)
+            .and_then(|me| members.as_ref()?.zone(me).map(str::to_owned)),
         peers: info
             .map(|n| {
-                n.peers
-                    .iter()
-                    .map(|&(node_id, addr)| {
+                peer_list(n.node_id, &n.peers, members.as_ref())
+                    .into_iter()
+                    .map(|(node_id, addr)| {
                         let member = members.as_ref().and_then(|m| m.get(node_id));
                         PeerStatus {
                             node_id,
@@ -197,6 +208,7 @@ pub(crate) fn build(shared: &Shared) -> Status {
                             app_version: member
                                 .map(|m| m.version.clone())
                                 .filter(|v| !v.is_empty()),
+                            zone: member.map(|m| m.zone.clone()).filter(|z| !z.is_empty()),
                         }
                     })
                     .collect()
@@ -206,6 +218,28 @@ pub(crate) fn build(shared: &Shared) -> Status {
             .map(|n| n.app_version.clone())
             .filter(|v| !v.is_empty()),
     }
+}
+
+/// The peers to list: the configured ones, and every other member of the live view (a member
+/// that joined through etcd after the start), with the address the view has for it; by id.
+fn peer_list(
+    me: Option<u64>,
+    configured: &[(u64, SocketAddr)],
+    members: Option<&quark_placement::LiveMembers>,
+) -> Vec<(u64, SocketAddr)> {
+    let mut out: Vec<(u64, SocketAddr)> = configured.to_vec();
+    for m in members.map(|m| m.members()).unwrap_or_default() {
+        if Some(m.id) == me {
+            continue;
+        }
+        match (out.iter_mut().find(|p| p.0 == m.id), m.addr) {
+            (Some(p), Some(a)) => p.1 = a,
+            (None, Some(a)) => out.push((m.id, a)),
+            (_, None) => {}
+        }
+    }
+    out.sort_unstable_by_key(|p| p.0);
+    out
 }
 
 /// The name of a member state in [`PeerStatus::state`].

@@ -39,7 +39,7 @@ use crate::cluster::EtcdSettings;
 #[non_exhaustive]
 pub enum EtcdError {
     /// etcd did not answer in time (not running, not reachable, or no leader).
-    #[error("etcd at {endpoints:?}: {op} got no answer within {timeout:?}")]
+    #[error("etcd at {endpoints:?}: {op} got no answer within {timeout:?}{hint}")]
     Timeout {
         /// The endpoints tried.
         endpoints: Vec<String>,
@@ -47,17 +47,32 @@ pub enum EtcdError {
         op: &'static str,
         /// The deadline.
         timeout: Duration,
+        /// What to check when TLS to etcd is configured (else empty).
+        hint: &'static str,
     },
     /// etcd refused or failed a request.
-    #[error("etcd at {endpoints:?}: {op}")]
+    #[error("etcd at {endpoints:?}: {op}{hint}")]
     Request {
         /// The endpoints tried.
         endpoints: Vec<String>,
         /// What was asked.
         op: &'static str,
+        /// What to check when TLS to etcd is configured (else empty).
+        hint: &'static str,
         /// The client's error.
         #[source]
         source: etcd_client::Error,
+    },
+    /// A TLS file named by `[cluster.membership]` (`ca`, `cert`, `key`) could not be read.
+    #[error("TLS to etcd: cannot read {key} {path:?}")]
+    TlsFile {
+        /// The config key (`cluster.membership.ca`, `.cert`, `.key`).
+        key: &'static str,
+        /// The file.
+        path: std::path::PathBuf,
+        /// The read error.
+        #[source]
+        source: std::io::Error,
     },
     /// The side thread or its runtime could not be started.
     #[error("starting the etcd membership thread")]
@@ -94,6 +109,7 @@ impl MemberRecord {
                 MemberState::Up
             },
             app_version: self.app_version.clone(),
+            zone: self.zone.clone(),
         })
     }
 }
@@ -323,6 +339,31 @@ impl Drop for EtcdMembership {
     }
 }
 
+/// The TLS options of a connection to etcd, from the files as they are now (read at every
+/// connection: a rotated certificate is used from the next one).
+fn tls_options(t: &crate::cluster::EtcdTls) -> Result<etcd_client::TlsOptions, EtcdError> {
+    let read = |key: &'static str, path: &std::path::Path| {
+        std::fs::read(path).map_err(|source| EtcdError::TlsFile {
+            key,
+            path: path.to_path_buf(),
+            source,
+        })
+    };
+    let mut o = etcd_client::TlsOptions::new().ca_certificate(etcd_client::Certificate::from_pem(
+        read("cluster.membership.ca", &t.ca)?,
+    ));
+    if let Some((cert, key)) = &t.identity {
+        o = o.identity(etcd_client::Identity::from_pem(
+            read("cluster.membership.cert", cert)?,
+            read("cluster.membership.key", key)?,
+        ));
+    }
+    if let Some(name) = &t.server_name {
+        o = o.domain_name(name.clone());
+    }
+    Ok(o)
+}
+
 /// The deadline of one etcd request: half the lease TTL (at least 500 ms), so that a node
 /// notices a silent etcd before its lease would expire.
 fn op_timeout(ttl_s: u64) -> Duration {
@@ -433,10 +474,22 @@ async fn run(
 }
 
 impl Run {
+    /// The hint of a failed request over TLS: what to check when the cause is a certificate.
+    fn tls_hint(&self) -> &'static str {
+        if self.cfg.tls.is_some() {
+            " (over TLS: if the cause is a certificate, check that cluster.membership.ca signs \
+             etcd's certificate and names its host, and cluster.membership.cert/key if etcd \
+             requires client certificates)"
+        } else {
+            ""
+        }
+    }
+
     fn err(&self, op: &'static str) -> impl FnOnce(etcd_client::Error) -> EtcdError + '_ {
         move |source| EtcdError::Request {
             endpoints: self.cfg.endpoints.clone(),
             op,
+            hint: self.tls_hint(),
             source,
         }
     }
@@ -452,6 +505,7 @@ impl Run {
                 endpoints: self.cfg.endpoints.clone(),
                 op,
                 timeout: self.op,
+                hint: self.tls_hint(),
             }),
         }
     }
@@ -501,10 +555,16 @@ impl Run {
     }
 
     async fn connect(&self) -> Result<Client, EtcdError> {
-        let opts = ConnectOptions::new()
+        let mut opts = ConnectOptions::new()
             .with_connect_timeout(self.op)
             .with_keep_alive(self.op, self.op)
             .with_keep_alive_while_idle(true);
+        if let Some(t) = &self.cfg.tls {
+            opts = opts.with_tls(tls_options(t)?);
+        }
+        if let Some(a) = &self.cfg.auth {
+            opts = opts.with_user(a.user.clone(), a.password.clone());
+        }
         self.timed(
             "connect",
             Client::connect(self.cfg.endpoints.clone(), Some(opts)),
@@ -636,6 +696,7 @@ impl Run {
                             endpoints: self.cfg.endpoints.clone(),
                             op: "lease keep-alive",
                             timeout: self.op,
+                            hint: self.tls_hint(),
                         })
                     }
                 }

@@ -187,9 +187,18 @@ impl MemberGateways {
         }
     }
 
-    /// The members, ascending.
-    pub(crate) fn members(&self) -> &[NodeId] {
-        &self.members
+    /// The members now, ascending: those given at creation, and every member of the
+    /// engine's live view that has not left (a node that joined through etcd after the
+    /// start is there; one whose lease expired, or that left after a drain, is not, unless
+    /// it was given at creation: a call to it then fails naming it).
+    pub(crate) fn members(&self) -> Vec<NodeId> {
+        let mut m = self.members.clone();
+        if let Some(live) = self.handle.members() {
+            m.extend(live.present().map(|l| l.id));
+            m.sort_unstable();
+            m.dedup();
+        }
+        m
     }
 
     /// The node an actor ref reaches.
@@ -199,7 +208,7 @@ impl MemberGateways {
 
     /// An actor of type `A` on member `node` (`None`: not a member).
     pub(crate) fn on<A: Actor>(&self, node: NodeId) -> Option<ActorRef<A>> {
-        self.members.binary_search(&node).ok()?;
+        self.members().binary_search(&node).ok()?;
         let mut keys = self.keys.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(&k) = keys.get(&(A::TYPE_NAME, node)) {
             return Some(self.handle.actor_ref::<A>(k));
@@ -229,7 +238,7 @@ impl std::fmt::Debug for ClusterJobs {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ClusterJobs")
             .field("local", &self.nodes.local)
-            .field("members", &self.nodes.members)
+            .field("members", &self.nodes.members())
             .finish_non_exhaustive()
     }
 }
@@ -243,8 +252,9 @@ impl ClusterJobs {
         }
     }
 
-    /// The cluster's member ids, ascending.
-    pub fn members(&self) -> &[NodeId] {
+    /// The cluster's member ids now, ascending (follows the live member set: see
+    /// docs/CLUSTER.md, "Membership on etcd").
+    pub fn members(&self) -> Vec<NodeId> {
         self.nodes.members()
     }
 
@@ -254,7 +264,7 @@ impl ClusterJobs {
             .on::<JobGateway>(node)
             .ok_or_else(|| ClusterJobsError::UnknownNode {
                 node,
-                members: self.nodes.members.clone(),
+                members: self.nodes.members(),
             })
     }
 
@@ -326,7 +336,7 @@ impl ClusterJobs {
             n => n.min(REMOTE_LIST_LIMIT_MAX),
         } as usize;
         let mut jobs = Vec::new();
-        for &node in self.nodes.members() {
+        for node in self.nodes.members() {
             if query.node.is_some_and(|n| n != node) {
                 continue;
             }
@@ -377,8 +387,9 @@ impl ClusterJobs {
         type_name: Option<String>,
         paused: bool,
     ) -> Result<Vec<(NodeId, bool, Vec<String>)>, ClusterJobsError> {
-        let mut out = Vec::with_capacity(self.nodes.members().len());
-        for &node in self.nodes.members() {
+        let members = self.nodes.members();
+        let mut out = Vec::with_capacity(members.len());
+        for node in members {
             let gw = self.gateway(node)?;
             let (all, types) = gw
                 .ask(RemoteJobPause {

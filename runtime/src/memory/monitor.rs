@@ -370,6 +370,25 @@ pub(crate) fn node_need(
     ahead.saturating_sub(warn).saturating_sub(credit)
 }
 
+/// The peers moves may go to now: the members of the live view that are up (a node that
+/// joined through etcd after the start included; one draining, left or whose lease expired
+/// excluded), or the configured peers when the node has no view.
+fn peers_now(
+    configured: &[NodeId],
+    live: Option<&quark_placement::LiveMembers>,
+    me: Option<NodeId>,
+) -> Vec<NodeId> {
+    match live {
+        None => configured.to_vec(),
+        Some(v) => v
+            .members()
+            .iter()
+            .filter(|m| m.state == quark_placement::MemberState::Up && Some(m.id) != me)
+            .map(|m| m.id)
+            .collect(),
+    }
+}
+
 fn run(
     c: MemoryConfig,
     engine: EngineSlot,
@@ -398,10 +417,13 @@ fn run(
                 return;
             }
         }
-        let stats = {
+        let (stats, live_peers) = {
             let g = engine.lock().unwrap_or_else(|e| e.into_inner());
             match g.as_ref() {
-                Some(e) => e.stats(),
+                Some(e) => (
+                    e.stats(),
+                    peers_now(&peers, e.members().as_ref(), e.node_id()),
+                ),
                 None => return,
             }
         };
@@ -490,7 +512,7 @@ fn run(
             &projected,
             shard_lim,
             node_need,
-            &peers,
+            &live_peers,
             &mut next_peer,
             &cooldown,
             now,
@@ -589,6 +611,18 @@ fn log_level(what: &str, shard: Option<ShardId>, level: Level, bytes: u64, limit
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn moves_go_to_the_members_up_now_not_the_start_time_peers() {
+        use quark_placement::{LiveMembers, MemberState};
+        // Started with peer 2; node 3 joined (etcd), node 2 then drains.
+        let mut v = LiveMembers::new([1, 2]);
+        assert!(v.insert(3, MemberState::Up, None));
+        assert!(v.set(2, MemberState::Draining, None));
+        assert_eq!(peers_now(&[2], Some(&v), Some(1)), vec![3]);
+        // Without a view (no cluster engine): the configured peers.
+        assert_eq!(peers_now(&[2], None, Some(1)), vec![2]);
+    }
 
     fn actor(k: u64, bytes: u64, idle_ms: Option<u64>) -> ActorMemory {
         ActorMemory {

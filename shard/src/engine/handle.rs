@@ -42,6 +42,13 @@ impl EngineHandle {
         crate::net::set_fenced(&self.shared, fenced);
     }
 
+    /// The node's view of the cluster's members now, as [`Engine::members`](super::Engine::members)
+    /// (the live set with a dynamic membership: states, versions, addresses and zone labels;
+    /// `None`: standalone). For a member's zone: `handle.members()?.zone(node)`.
+    pub fn members(&self) -> Option<quark_placement::LiveMembers> {
+        self.shared.net.as_ref().map(|n| n.view.now())
+    }
+
     /// Number of shards.
     pub fn shard_count(&self) -> u16 {
         self.shared.shard_count()

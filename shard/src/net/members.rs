@@ -110,6 +110,8 @@ pub struct MemberUpdate {
     pub state: MemberState,
     /// Its application version (empty: not set).
     pub app_version: String,
+    /// Its zone label (empty: none).
+    pub zone: String,
 }
 
 /// Where a first message for a movable actor goes (`migrate::divert`).
@@ -189,6 +191,7 @@ impl MemberView {
         for m in live {
             let version = (m.id != self.me).then_some(m.app_version.as_str());
             changed |= next.insert(m.id, m.state, version);
+            changed |= next.set_place(m.id, m.addr, &m.zone);
         }
         let known: Vec<NodeId> = next.members().iter().map(|m| m.id).collect();
         for id in known {
@@ -770,9 +773,12 @@ mod tests {
             addr,
             state: MemberState::Up,
             app_version: String::new(),
+            zone: format!("z{id}"),
         };
         let v = MemberView::new(1, vec![1], "", true);
         assert!(v.set_members(&[1, 2], &[up(1), up(2)]));
+        assert_eq!(v.now().zone(2), Some("z2"), "the zone label is in the view");
+        assert_eq!(v.now().get(2).and_then(|m| m.addr), Some(addr));
         let id = |k| ActorId::new("t", ActorKey::U64(k));
         assert!((0..200).any(|k| v.home(&id(k), true) == Some(2)));
         // Node 2's lease expired: out of the movable placement, still the seat of its actors
