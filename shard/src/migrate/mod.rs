@@ -60,6 +60,7 @@ pub use drain::DrainReport;
 pub(crate) use drain::*;
 pub(crate) use home::*;
 pub use log_move::stop_log_moves_after_copy;
+pub(crate) use log_move::{seam as log_move_seam, write_in as write_log_in};
 pub(crate) use nodes::*;
 pub(crate) use place::*;
 pub(crate) use policy::*;

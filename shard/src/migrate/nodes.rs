@@ -43,7 +43,8 @@ pub(super) fn admissible_node(
     if !ty.migratable() {
         return Err(MigrateError::NotMigratable { actor });
     }
-    if !ty.bytes_mover() {
+    // State as bytes, or records of this node's log (durable state: they move with it).
+    if !ty.bytes_mover() && !log_move::is_log_type(core, slot.0) {
         return Err(MigrateError::NotSerializable { actor });
     }
     if node.phase() != Phase::Running {
@@ -235,6 +236,17 @@ pub(super) fn ship(
     let ran_on = ran_on.unwrap_or_else(|| mine.clone());
     let bytes = state.as_ref().map_or(0, |b| b.len() as u64);
     let actor = actor_id(&core.node, &slot);
+    if log_move::is_log_type(core, slot.0) {
+        return ship_log(
+            core,
+            slot,
+            ticket,
+            state,
+            (from_node, to_node),
+            ran_on,
+            timeout,
+        );
+    }
     if to_node == here {
         if older(&mine, &ran_on) {
             // Never onto an older version: back to where it ran.
@@ -271,6 +283,113 @@ pub(super) fn ship(
             bytes,
         );
     }
+}
+
+/// [`ship`] for an actor whose state is in the log (durable state): its records were read on
+/// its place `from_node`, which keeps them. They are written durably on the target first
+/// (this home shard, or the target node's hash shard for the actor); then this home appends
+/// its place record naming the target and waits until it is durable; only then does the
+/// actor's place change. A target that refuses, fails or does not answer leaves the actor on
+/// `from_node`, whose records are still the latest (nothing ran meanwhile): nothing is sent
+/// back. docs/MIGRATION.md, "Durable actors between nodes".
+fn ship_log(
+    core: &Rc<Shard>,
+    slot: Slot,
+    ticket: u64,
+    state: Option<Vec<u8>>,
+    (from_node, to_node): (NodeId, NodeId),
+    ran_on: String,
+    timeout: Duration,
+) {
+    let here = this_node(&core.node);
+    let mine = core.node.config.app_version.clone();
+    let actor = actor_id(&core.node, &slot);
+    let state = state.unwrap_or_else(|| log_move::encode_records(&[], &[]));
+    if to_node == here {
+        if older(&mine, &ran_on) {
+            let e = MigrateError::OlderVersion {
+                actor,
+                node: here,
+                version: mine,
+                ran_on,
+                runs_on: from_node,
+            };
+            return finish_node(core, &slot, ticket, Err(e), None);
+        }
+        let c = core.clone();
+        core.sched.spawn(async move {
+            let written = match log_move::write_in(&c, &state).await {
+                Ok(bytes) => log_move::record(&c, &slot, log_move::RecordedPlace::Shard(c.id))
+                    .await
+                    .map(|()| bytes),
+                Err(e) => Err(e),
+            };
+            match written {
+                Ok(bytes) => finish_node(&c, &slot, ticket, Ok(bytes), Some(None)),
+                Err(detail) => {
+                    let e = MigrateError::LogCopy {
+                        actor: actor_id(&c.node, &slot),
+                        shard: c.id,
+                        detail,
+                    };
+                    finish_node(&c, &slot, ticket, Err(e), None)
+                }
+            }
+        });
+        return;
+    }
+    let s = slot.clone();
+    let bytes = state.len() as u64;
+    let sent = crate::net::send_arrive(
+        core,
+        to_node,
+        &actor,
+        &Some(state),
+        &ran_on,
+        timeout,
+        Box::new(move |c: &Rc<Shard>, r: Arrival| arrived_log(c, s, ticket, r, bytes)),
+    );
+    if let Err(detail) = sent {
+        arrived_log(core, slot, ticket, Arrival::Refused(detail), bytes);
+    }
+}
+
+/// On the home shard: the target node's answer to a log actor's records sent to it.
+fn arrived_log(core: &Rc<Shard>, slot: Slot, ticket: u64, r: Arrival, bytes: u64) {
+    let Some((from_node, to_node, _)) = order_nodes(core, &slot, ticket) else {
+        return;
+    };
+    let actor = actor_id(&core.node, &slot);
+    let e = match r {
+        Arrival::Installed(_) => {
+            // Durable there: the place record makes it the actor's place.
+            let c = core.clone();
+            core.sched.spawn(async move {
+                match log_move::record(&c, &slot, log_move::RecordedPlace::Node(to_node)).await {
+                    Ok(()) => finish_node(&c, &slot, ticket, Ok(bytes), Some(Some(to_node))),
+                    Err(detail) => {
+                        let e = MigrateError::LogCopy {
+                            actor: actor_id(&c.node, &slot),
+                            shard: c.id,
+                            detail,
+                        };
+                        finish_node(&c, &slot, ticket, Err(e), None)
+                    }
+                }
+            });
+            return;
+        }
+        Arrival::Refused(detail) => refusal(core, &slot, to_node, from_node, detail),
+        // The target may have written the records, but no place record names it: they are
+        // never loaded there (a later move to it supersedes them).
+        Arrival::Unknown(detail) => MigrateError::NodeMoveAborted {
+            actor,
+            to_node,
+            runs_on: from_node,
+            detail: format!("{detail}; the records stay the actor's on node {from_node}"),
+        },
+    };
+    finish_node(core, &slot, ticket, Err(e), None)
 }
 
 /// The error of a refused move: `OlderVersion` if the target refused for its version.

@@ -21,8 +21,12 @@ pub(crate) fn pause_typed<A: Actor>(
     let Some(act) = act else {
         // Not active here: nothing to hand over; it starts at its new place (a log actor's
         // records go there first).
-        if let (Some(Mover::Log { keys }), false) = (&table.info.spec.migration, cmd.collect) {
+        if let Some(Mover::Log { keys }) = &table.info.spec.migration {
             let keys = keys(&actor_id(&core.node, &slot));
+            if cmd.collect {
+                // To another node: the records go back to the home as bytes.
+                return log_move::collect_out(core, slot, cmd, keys);
+            }
             return log_move::copy_out(core, slot, cmd, keys);
         }
         return settle(core, slot, cmd, Outcome::Moved { bytes: 0 });
@@ -140,6 +144,13 @@ pub(crate) fn hand_over<A: Actor>(
     };
     debug_assert_eq!(act.queue_len(), 0, "a turn loop ends with an empty mailbox");
     act.wake_all_space_waiters();
+    if let (true, Some(keys)) = (p.cmd.collect, &log_keys) {
+        // A log actor to another node: its records go back to the home as bytes.
+        drop(actor);
+        let slot = (act.ctx.type_idx, act.ctx.id.key.clone());
+        log_move::collect_out(core, slot, p.cmd, keys.clone());
+        return None;
+    }
     if p.cmd.collect {
         // A move between nodes: the state goes back to the home (or the shard serving the
         // other node's request) as bytes.

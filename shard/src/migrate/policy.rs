@@ -76,7 +76,7 @@ pub(super) fn first_here(core: &Rc<Shard>, slot: Slot, r: Box<dyn Relay>) {
     if log {
         // Placed before (moved, or by its policy): its records are there.
         if let Some(p) = log_move::recorded_place(core, &slot) {
-            if p == core.id {
+            if p == log_move::RecordedPlace::Shard(core.id) {
                 return r.activate_here(core);
             }
             restore_place(core, &slot);
@@ -117,14 +117,23 @@ pub(super) fn restore_place(core: &Shard, slot: &Slot) {
     if !log_move::is_log_type(core, slot.0) || core.migration.directory.borrow().has(slot) {
         return;
     }
-    if let Some(p) = log_move::recorded_place(core, slot) {
-        if p != core.id {
+    match log_move::recorded_place(core, slot) {
+        Some(log_move::RecordedPlace::Shard(p)) if p != core.id => {
             core.migration
                 .directory
                 .borrow_mut()
                 .entry(slot.clone())
                 .place = p;
         }
+        // On another node: its messages are sent on there (`divert`).
+        Some(log_move::RecordedPlace::Node(n)) => {
+            core.migration
+                .directory
+                .borrow_mut()
+                .entry(slot.clone())
+                .node = Some(n);
+        }
+        _ => {}
     }
 }
 

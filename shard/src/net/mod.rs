@@ -121,8 +121,9 @@ type EncodeFn =
 
 /// Handles a request that arrived from the network for one (actor type, message type): decodes
 /// the body and starts the call on this node.
+/// A remote handler: `(shard, key, body, timeout, reply sink, sent on by the actor's home)`.
 pub(crate) type RemoteHandler =
-    fn(&Rc<Shard>, ActorKey, &[u8], Duration, remote::ReplySink) -> Result<(), RemoteError>;
+    fn(&Rc<Shard>, ActorKey, &[u8], Duration, remote::ReplySink, bool) -> Result<(), RemoteError>;
 
 /// The node's wire registry: codecs by message type, handlers by (actor type, wire name).
 #[derive(Default)]
