@@ -45,7 +45,9 @@ impl<A: Actor> ActorType<A> {
     /// the home shard's log, so that a restart activates the actor on its last shard with
     /// its last records (docs/MIGRATION.md, "Durable actors"). The in-memory state is not
     /// carried (the next message loads it), nor are the activation's timers (cancelled).
-    /// Such actors do not move between nodes ([`MigrateError::NotSerializable`]).
+    /// Such actors also move between nodes (`Engine::migrate_to_node`): the records go to
+    /// the target node's log durably before the home records the move there
+    /// (docs/MIGRATION.md, "Durable actors between nodes").
     pub fn moves_with_log(
         mut self,
         keys: impl Fn(&ActorId) -> Vec<Vec<u8>> + Send + Sync + 'static,
