@@ -99,6 +99,61 @@ impl Handler<Look> for Purse {
     }
 }
 
+/// A type with timers (its own type: the crash seam is per type).
+#[derive(Serialize, Deserialize, Default, Clone, Debug, PartialEq)]
+struct Meter {
+    /// Sum of the ticks handled.
+    total: i64,
+    /// Ticks handled on each shard.
+    on_shard: [u64; 2],
+    /// The shard the one-shot timer fired on (`None`: not yet).
+    once_on: Option<u16>,
+}
+impl Actor for Meter {
+    const TYPE_NAME: &'static str = "md-meter";
+}
+impl DurableState for Meter {
+    fn initial(_: &ActorKey) -> Self {
+        Meter::default()
+    }
+}
+/// Arms a one-shot timer (`Tick(100)` after `.0` ms) and an interval (`Tick(1)` every `.1` ms).
+struct Arm(u64, u64);
+impl Message for Arm {
+    type Reply = ();
+}
+impl Handler<Arm> for Meter {
+    async fn handle(&mut self, m: Arm, ctx: &Context<Self>) {
+        ctx.set_timer(Duration::from_millis(m.0), Tick(100));
+        ctx.set_interval(Duration::from_millis(m.1), Tick(1));
+    }
+}
+#[derive(Clone)]
+struct Tick(i64);
+impl Message for Tick {
+    type Reply = ();
+}
+impl Handler<Tick> for Meter {
+    async fn handle(&mut self, m: Tick, ctx: &Context<Self>) {
+        self.total += m.0;
+        self.on_shard[usize::from(ctx.shard())] += 1;
+        if m.0 == 100 {
+            self.once_on = Some(ctx.shard());
+        }
+        ctx.save(self).await.expect("a tick saves");
+    }
+}
+/// The state as saved.
+struct Read;
+impl Message for Read {
+    type Reply = Meter;
+}
+impl Handler<Read> for Meter {
+    async fn handle(&mut self, _: Read, _: &Context<Self>) -> Meter {
+        self.clone()
+    }
+}
+
 fn start(dir: &Path) -> Node {
     let text = format!(
         "[node]\nshards = 2\npin_threads = false\nidle_spin_us = 0\n[log]\ndata_dir = {:?}\nsegment_bytes = 4194304\n",
@@ -108,6 +163,7 @@ fn start(dir: &Path) -> Node {
         .config(NodeConfig::from_toml(&text, "migrate-durable.toml").expect("config"))
         .register(quark::outbox::durable_state::<Wallet>())
         .register(quark::outbox::durable_state::<Purse>())
+        .register(quark::outbox::durable_state::<Meter>())
         .register(
             quark::outbox::durable_state::<Till>().placement(quark::PlacementPolicy::PreferCaller),
         )
@@ -421,5 +477,56 @@ fn a_durable_actor_placed_by_its_policy_is_found_there_after_a_restart() {
     for (k, at) in placed {
         assert_eq!(look::<Till>(&node, k), (3, at), "key {k} after the restart");
     }
+    node.shutdown();
+}
+
+/// A durable actor with a pending one-shot timer and an interval moves to the other shard
+/// (its records move, its memory does not): both timers are re-armed there, the one-shot
+/// fires once, on the new shard, and the interval keeps ticking there and no more on the old
+/// one; a second move carries them back. Fails with the timers cancelled at the move (the
+/// one-shot never fires).
+#[test]
+fn a_durable_actors_timers_move_with_it_between_shards() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let node = start(dir.path());
+    let r = node.actor_ref::<Meter>(7u64);
+    let home = node.placement(&id::<Meter>(7)).expect("placement").home;
+    let away = 1 - home;
+    block_on(r.ask(Arm(1500, 20))).expect("arm");
+    node.migrate(&id::<Meter>(7), away).expect("move away");
+    let read = || block_on(r.ask(Read)).expect("read");
+    let until = |what: &str, f: &dyn Fn(&Meter) -> bool| {
+        let end = Instant::now() + Duration::from_secs(20);
+        loop {
+            let m = read();
+            if f(&m) {
+                return m;
+            }
+            assert!(Instant::now() < end, "{what}: {m:?}");
+            std::thread::yield_now();
+        }
+    };
+    let m = until("the one-shot fired", &|m| m.once_on.is_some());
+    assert_eq!(m.once_on, Some(away), "the one-shot fired on the new shard");
+    let before_home = m.on_shard[usize::from(home)];
+    let m = until("the interval ticks on the new shard", &|x| {
+        x.on_shard[usize::from(away)] >= m.on_shard[usize::from(away)] + 3
+    });
+    assert_eq!(
+        m.on_shard[usize::from(home)],
+        before_home,
+        "no tick on the old shard"
+    );
+    // And back: the interval follows again.
+    node.migrate(&id::<Meter>(7), home).expect("move back");
+    let at_move = read();
+    let m = until("the interval ticks at home again", &|x| {
+        x.on_shard[usize::from(home)] >= at_move.on_shard[usize::from(home)] + 3
+    });
+    assert_eq!(
+        m.total - 100,
+        (m.on_shard[0] + m.on_shard[1] - 1) as i64,
+        "one one-shot, every tick once"
+    );
     node.shutdown();
 }

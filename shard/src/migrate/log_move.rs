@@ -210,9 +210,20 @@ pub(crate) async fn record(core: &Shard, slot: &Slot, to: RecordedPlace) -> Resu
         .map_err(|e| crate::ErrorChain(&e).to_string())
 }
 
+/// Run on the new shard once a move's records are durable there (`place::rearm_after_log_move`:
+/// the actor's timers).
+pub(crate) type AfterMove = Box<dyn FnOnce(&Rc<Shard>) + Send>;
+
 /// On the actor's place X (its activation ended, or it was not active): reads its records and
-/// sends them to the new shard (steps 2 and 3 of the module doc).
-pub(crate) fn copy_out(core: &Rc<Shard>, slot: Slot, cmd: Cmd, keys: Vec<Vec<u8>>) {
+/// sends them to the new shard (steps 2 and 3 of the module doc); `after` runs there once
+/// they are durable and the home was told.
+pub(crate) fn copy_out(
+    core: &Rc<Shard>,
+    slot: Slot,
+    cmd: Cmd,
+    keys: Vec<Vec<u8>>,
+    after: Option<AfterMove>,
+) {
     let c = core.clone();
     core.sched.spawn(async move {
         let records = match read_records(&c, &keys).await {
@@ -223,12 +234,17 @@ pub(crate) fn copy_out(core: &Rc<Shard>, slot: Slot, cmd: Cmd, keys: Vec<Vec<u8>
                     shard: c.id,
                     detail,
                 };
-                return settle(&c, slot, cmd, Outcome::Refused(err));
+                settle(&c, slot, cmd, Outcome::Refused(err));
+                // The actor stays here: its timers too (through its home, as on a move).
+                if let Some(after) = after {
+                    after(&c);
+                }
+                return;
             }
         };
         c.send_to(
             cmd.to,
-            CrossMsg::run_on(move |y| copy_in(y, slot, cmd, keys, records)),
+            CrossMsg::run_on(move |y| copy_in(y, slot, cmd, keys, records, after)),
         );
     });
 }
@@ -257,7 +273,14 @@ async fn read_records(core: &Shard, keys: &[Vec<u8>]) -> Result<Vec<NewRecord>, 
 
 /// On the new shard Y: writes the records durably, then tells the home (which records the
 /// place, step 4).
-fn copy_in(core: &Rc<Shard>, slot: Slot, cmd: Cmd, keys: Vec<Vec<u8>>, records: Vec<NewRecord>) {
+fn copy_in(
+    core: &Rc<Shard>,
+    slot: Slot,
+    cmd: Cmd,
+    keys: Vec<Vec<u8>>,
+    records: Vec<NewRecord>,
+    after: Option<AfterMove>,
+) {
     let c = core.clone();
     core.sched.spawn(async move {
         let bytes: u64 = records.iter().map(|r| r.payload.len() as u64).sum();
@@ -288,6 +311,11 @@ fn copy_in(core: &Rc<Shard>, slot: Slot, cmd: Cmd, keys: Vec<Vec<u8>>, records: 
             }),
         };
         settle(&c, slot, cmd, outcome);
+        // After the outcome went to the home: what `after` sends reaches the home behind it,
+        // and the home sends it on to wherever the move left the actor.
+        if let Some(after) = after {
+            after(&c);
+        }
     });
 }
 

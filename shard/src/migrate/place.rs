@@ -27,7 +27,7 @@ pub(crate) fn pause_typed<A: Actor>(
                 // To another node: the records go back to the home as bytes.
                 return log_move::collect_out(core, slot, cmd, keys);
             }
-            return log_move::copy_out(core, slot, cmd, keys);
+            return log_move::copy_out(core, slot, cmd, keys, None);
         }
         return settle(core, slot, cmd, Outcome::Moved { bytes: 0 });
     };
@@ -136,7 +136,7 @@ pub(crate) fn hand_over<A: Actor>(
         Some(Mover::Log { keys }) => Some(keys(&act.ctx.id)),
         _ => None,
     };
-    let timers = if p.cmd.collect || log_keys.is_some() {
+    let timers = if p.cmd.collect {
         act.ctx.cancel_all_timers();
         Vec::new()
     } else {
@@ -165,10 +165,12 @@ pub(crate) fn hand_over<A: Actor>(
         return None;
     }
     if let Some(keys) = log_keys {
-        // The records move, not the memory (what counts is what the actor saved).
+        // The records move, not the memory (what counts is what the actor saved); its timers
+        // are re-armed on the new shard once the records are there.
         drop(actor);
         let slot = (act.ctx.type_idx, act.ctx.id.key.clone());
-        log_move::copy_out(core, slot, p.cmd, keys);
+        let rearm = rearm_after_log_move::<A>(core, act.ctx.id.key.clone(), timers);
+        log_move::copy_out(core, slot, p.cmd, keys, rearm);
         return None;
     }
     let (payload, bytes): (Box<dyn Any + Send>, u64) = match &info.spec.migration {
@@ -189,6 +191,44 @@ pub(crate) fn hand_over<A: Actor>(
         CrossMsg::run_on(move |y| arrive::<A>(y, slot, id, cmd, (payload, timers), bytes)),
     );
     None
+}
+
+/// The timers of a log actor moving between shards (`log_move`): the records reach the new
+/// shard, the actor does not (it loads at its next message), so the timers travel as a
+/// function the new shard runs once the move is recorded: it sends the actor (through its
+/// home, after what waited there) one turn that arms them again, each due when it was due
+/// before the move (`None`: no timers, nothing to run). Same ids, periods, messages and traces
+/// as for a move of an in-memory actor.
+pub(super) fn rearm_after_log_move<A: Actor>(
+    core: &Shard,
+    key: ActorKey,
+    timers: CarriedTimers<A>,
+) -> Option<log_move::AfterMove> {
+    if timers.is_empty() {
+        return None;
+    }
+    let now = core.now();
+    let due: Vec<_> = timers
+        .into_iter()
+        .map(|(left, r)| (now + left, r))
+        .collect();
+    Some(Box::new(move |y: &Rc<Shard>| {
+        let r = ActorRef::<A>::new_local(y.node.clone(), key);
+        let arm = crate::actor::Invoke::<A, ()>::new(move |_, ctx| {
+            let now = ctx.now();
+            let left = due
+                .into_iter()
+                .map(|(at, r)| (at.saturating_duration_since(now), r))
+                .collect();
+            ctx.rearm_timers(left);
+            Box::pin(async {})
+        });
+        y.sched.spawn(async move {
+            if let Err(e) = r.tell(arm).await {
+                tracing::warn!(error = %e, "a moved actor's timers were not re-armed");
+            }
+        });
+    }))
 }
 
 // ---- the new place: installing
