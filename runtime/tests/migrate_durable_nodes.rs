@@ -129,19 +129,22 @@ fn pair_versions(toml: &str, d1: &Path, d2: &Path, v1: &str) -> Pair {
     let n1 = start(1, toml, d1, v1);
     let n2 = start(2, toml, d2, "1");
     let p = Pair { n1, n2 };
-    let probe = (1_000_000..u64::MAX)
-        .find(|k| p.n2.actor_ref::<Vault>(*k).remote_node() == Some(1))
-        .expect("some id is homed on node 1");
+    // Every shard's link, both ways: a Look from each node, for an id of each shard homed on
+    // the other node (each goes out through its hash shard's link).
     let end = Instant::now() + Duration::from_secs(20);
-    // A Look of a fresh id homed on node 1 from node 2, and one homed on node 2 from node 1.
-    let on2 = (0..u64::MAX)
-        .find(|k| p.n1.actor_ref::<Vault>(*k).remote_node() == Some(2))
-        .expect("some id is homed on node 2");
-    while block_on(p.n2.actor_ref::<Vault>(probe).ask(Look)).is_err()
-        || block_on(p.n1.actor_ref::<Vault>(on2).ask(Look)).is_err()
-    {
-        assert!(Instant::now() < end, "the nodes never reached each other");
-        std::thread::yield_now();
+    for (from, other) in [(&p.n2, 1u64), (&p.n1, 2u64)] {
+        for shard in 0..2u16 {
+            let probe = (1_000_000..u64::MAX)
+                .find(|k| {
+                    from.actor_ref::<Vault>(*k).remote_node() == Some(other)
+                        && from.handle().shard_of(&id::<Vault>(*k)) == shard
+                })
+                .expect("some id is homed there");
+            while block_on(from.actor_ref::<Vault>(probe).ask(Look)).is_err() {
+                assert!(Instant::now() < end, "the nodes never reached each other");
+                std::thread::yield_now();
+            }
+        }
     }
     p
 }
@@ -152,6 +155,24 @@ fn keys_homed_on_1<A: Actor>(node: &Node, n: usize) -> Vec<u64> {
         .filter(|k| node.actor_ref::<A>(*k).remote_node() == Some(1))
         .take(n)
         .collect()
+}
+
+/// `node.migrate_to_node`, retried while the link of the actor's home shard to the target is
+/// not up yet (`NodeUnavailable`: nothing moved), for at most 20 s.
+fn move_to(
+    node: &Node,
+    id: &ActorId,
+    to: u64,
+) -> Result<quark_shard::Moved, quark_shard::MigrateError> {
+    let end = Instant::now() + Duration::from_secs(20);
+    loop {
+        match node.migrate_to_node(id, to) {
+            Err(quark_shard::MigrateError::NodeUnavailable { .. }) if Instant::now() < end => {
+                std::thread::yield_now()
+            }
+            r => return r,
+        }
+    }
 }
 
 fn id<A: Actor>(key: u64) -> ActorId {
@@ -202,9 +223,7 @@ fn a_durable_actor_moved_between_nodes_restarts_on_one_node_with_its_latest_stat
         keys = keys_homed_on_1::<Vault>(&p.n2, 12);
         for (i, &k) in keys.iter().enumerate() {
             assert_eq!(put::<Vault>(&p.n1, k, 5), 1, "key {k}: first save");
-            let m =
-                p.n1.migrate_to_node(&id::<Vault>(k), 2)
-                    .expect("move to node 2");
+            let m = move_to(&p.n1, &id::<Vault>(k), 2).expect("move to node 2");
             assert_eq!((m.from_node, m.to_node), (1, 2));
             assert!(m.bytes > 0, "key {k}: its records travelled: {m:?}");
             assert_eq!(
@@ -215,7 +234,7 @@ fn a_durable_actor_moved_between_nodes_restarts_on_one_node_with_its_latest_stat
             assert_eq!(put::<Vault>(&p.n1, k, 1), 3, "key {k}: sent from 1");
             let mut at = 2;
             if i % 3 == 0 {
-                p.n1.migrate_to_node(&id::<Vault>(k), 1).expect("move back");
+                move_to(&p.n1, &id::<Vault>(k), 1).expect("move back");
                 assert_eq!(put::<Vault>(&p.n2, k, 1), 4, "key {k}: back home");
                 at = 1;
             }
@@ -297,7 +316,7 @@ fn a_stop_in_the_middle_of_a_move_between_nodes_leaves_one_live_copy() {
                 .iter()
                 .map(|&k| {
                     let n1 = &p.n1;
-                    s.spawn(move || n1.migrate_to_node(&id::<Safe>(k), 2))
+                    s.spawn(move || move_to(n1, &id::<Safe>(k), 2))
                 })
                 .collect();
             hs.into_iter()
@@ -331,8 +350,7 @@ fn a_stop_in_the_middle_of_a_move_between_nodes_leaves_one_live_copy() {
             assert!(active::<Safe>(&p.n1, k), "key {k}: on node 1");
             assert!(!active::<Safe>(&p.n2, k), "key {k}: also on node 2");
             assert_eq!(put::<Safe>(&p.n1, k, 1), 4, "key {k}: latest version");
-            p.n1.migrate_to_node(&id::<Safe>(k), 2)
-                .expect("a real move");
+            move_to(&p.n1, &id::<Safe>(k), 2).expect("a real move");
             assert_eq!(put::<Safe>(&p.n1, k, 1), 5, "key {k}: moved");
             assert!(active::<Safe>(&p.n2, k) && !active::<Safe>(&p.n1, k));
         }
@@ -390,7 +408,7 @@ fn saves_under_traffic_survive_twenty_moves_between_nodes_and_a_restart() {
             .collect();
         for i in 0..20 {
             let to = if i % 2 == 0 { 2 } else { 1 };
-            let m = p.n1.migrate_to_node(&id::<Vault>(key), to).expect("move");
+            let m = move_to(&p.n1, &id::<Vault>(key), to).expect("move");
             assert_eq!(m.to_node, to);
             // Some deposits between moves.
             let seen = acked.load(Ordering::Relaxed);

@@ -169,6 +169,7 @@ pub(super) fn start(
         reply: Some(reply),
         sent: now,
         nodes: None,
+        release: false,
     };
     let cmd = order.cmd(core.id);
     e.moving = Some(order);
@@ -293,6 +294,18 @@ pub(super) fn finish(core: &Rc<Shard>, slot: Slot, ticket: u64, outcome: Outcome
     let duration = order.started.elapsed();
     let (from, to) = (order.from, order.to);
     let st = &core.stats;
+    if order.release {
+        // Not a move: the entry goes (back home, `flush` drops it) unless the actor is active
+        // on its place again (then it stays, and what waited goes there).
+        let released = matches!(outcome, Outcome::Moved { .. });
+        if released {
+            e.place = to;
+        }
+        tracing::debug!(shard = core.id, actor = %actor, from, released,
+            "directory entry of a deactivated actor");
+        drop(dir);
+        return flush(core, &slot);
+    }
     let result = match outcome {
         Outcome::Moved { bytes } => {
             e.place = to;
@@ -344,6 +357,18 @@ pub(super) fn finish(core: &Rc<Shard>, slot: Slot, ticket: u64, outcome: Outcome
         let _ = tx.send(result);
     }
     flush(core, &slot);
+    if log_move::is_log_type(core, slot.0) {
+        // A log actor is not active on its new shard until a message comes: its entry goes
+        // now if nothing waits (its place records make it again at the next message, as
+        // after its deactivation, `release`).
+        let mut dir = core.migration.directory.borrow_mut();
+        if dir
+            .get(&slot)
+            .is_some_and(|e| e.is_quiet() && e.node.is_none())
+        {
+            dir.remove(&slot);
+        }
+    }
 }
 
 /// On the home shard: sends what waits in `slot`'s entry on to the actor's place, in order,
@@ -457,4 +482,44 @@ pub(super) fn spawn_flusher(core: &Rc<Shard>, slot: Slot, to: ShardId) {
             r.forward(&c, to);
         }
     });
+}
+
+/// On the home shard: the actor of `slot` deactivated on shard `from` (its place). Its entry
+/// is released, so that the directory holds only actors that live away now. For a log actor
+/// (durable state) the entry just goes: its place records name its place, and the next
+/// message makes the entry again from them. For others a release order
+/// goes to `from` like a move's pause command, after every message this home sent there; if
+/// the actor is still not active there when it arrives, the entry's place becomes home and
+/// the entry goes; if a message sent before it activated the actor
+/// again, the release is refused and the entry stays. Nothing is released while messages wait
+/// in the entry or a move is under way, nor for an actor on another node.
+pub(crate) fn release(core: &Rc<Shard>, slot: Slot, from: ShardId) {
+    let m = &core.migration;
+    let mut dir = m.directory.borrow_mut();
+    let Some(e) = dir.get_mut(&slot) else { return };
+    if e.place != from || from == core.id || e.node.is_some() || !e.is_quiet() {
+        return;
+    }
+    if log_move::is_log_type(core, slot.0) {
+        // Its place is in the log (place records): the entry is made again from them at the
+        // next message, naming the same place, so it goes at once (nothing moves).
+        dir.remove(&slot);
+        return;
+    }
+    let ticket = m.ticket();
+    let order = Order {
+        ticket,
+        from,
+        to: core.id,
+        timeout: core.node.config.migration_timeout,
+        started: Instant::now(),
+        reply: None,
+        sent: true,
+        nodes: None,
+        release: true,
+    };
+    let cmd = order.cmd(core.id);
+    e.moving = Some(order);
+    drop(dir);
+    command(core, slot, cmd, from);
 }

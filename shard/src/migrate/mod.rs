@@ -534,6 +534,9 @@ pub(crate) struct Order {
     /// A move between nodes: `(from_node, to_node)`; the place hands its state back to this
     /// home as bytes (`Cmd::collect`).
     nodes: Option<(NodeId, NodeId)>,
+    /// Not a move: the release of the entry of an actor that deactivated on its place
+    /// ([`release`]); the place refuses it if the actor is active there again.
+    release: bool,
 }
 
 impl Order {
@@ -544,6 +547,7 @@ impl Order {
             to: self.to,
             timeout: self.timeout,
             collect: self.nodes.is_some(),
+            release: self.release,
         }
     }
 }
@@ -560,6 +564,8 @@ pub(crate) struct Cmd {
     /// The state goes back to `home` as bytes ([`collected`]) instead of to shard `to`: a
     /// move between nodes.
     pub(crate) collect: bool,
+    /// Only if the actor is not active on the place ([`release`]): an active one stays.
+    pub(crate) release: bool,
 }
 
 /// An activation paused for a move on its place (until hand-over or abort).

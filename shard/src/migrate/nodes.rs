@@ -167,6 +167,7 @@ pub(super) fn start_node(
         reply: Some(reply),
         sent: now,
         nodes: Some((from_node, to_node)),
+        release: false,
     };
     let cmd = order.cmd(core.id);
     e.moving = Some(order);

@@ -31,6 +31,13 @@ pub(crate) fn pause_typed<A: Actor>(
         }
         return settle(core, slot, cmd, Outcome::Moved { bytes: 0 });
     };
+    if cmd.release {
+        // Active again (a message the home sent before the release reached it): it stays.
+        let err = MigrateError::Busy {
+            actor: act.ctx.id.clone(),
+        };
+        return settle(core, slot, cmd, Outcome::Refused(err));
+    }
     if act.is_deactivating() {
         let err = MigrateError::Deactivating {
             actor: act.ctx.id.clone(),
@@ -381,4 +388,22 @@ pub(crate) fn release_held_for(core: &Rc<Shard>, slot: &Slot) {
     for r in mine {
         r.deliver_here(core);
     }
+}
+
+/// Called by an activation's task when the activation ended for good (it left its table; not
+/// for a move): if this shard is not the actor's home shard, tells the home, which releases
+/// the actor's directory entry ([`release`]).
+pub(crate) fn deactivated<A: Actor>(act: &Activation<A>) {
+    let core = &act.ctx.core;
+    let node = &core.node;
+    if node.phase() != Phase::Running || node.types[usize::from(act.ctx.type_idx)].stateless() {
+        return;
+    }
+    let home = shard_for(&act.ctx.id, node.shard_count());
+    if home == core.id {
+        return;
+    }
+    let slot = (act.ctx.type_idx, act.ctx.id.key.clone());
+    let from = core.id;
+    core.send_to(home, CrossMsg::run_on(move |h| release(h, slot, from)));
 }

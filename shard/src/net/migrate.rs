@@ -289,6 +289,7 @@ pub(crate) fn serve(
                 to: place,
                 timeout: Duration::from_millis(ms),
                 collect: true,
+                release: false,
             };
             if place == core.id {
                 core.tables
