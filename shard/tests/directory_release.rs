@@ -193,7 +193,7 @@ fn a_release_never_lets_a_second_activation_start() {
                 i = (i + 7) % refs.len();
                 refs[i].ask(Ping).await.expect("ask from a shard");
                 calls.fetch_add(1, Ordering::Relaxed);
-                if i % 3 == 0 {
+                if i.is_multiple_of(3) {
                     quark_shard::sleep(Duration::from_millis(2)).await;
                 }
             }
