@@ -812,7 +812,9 @@ impl Node {
     }
 
     /// Moves `actor` (homed on this node) live to node `to_node` of the cluster, its state
-    /// as bytes (the type must be registered with `ActorType::migratable`); see
+    /// as bytes (the type must be registered with `ActorType::migratable`), or, for a
+    /// durable-state actor, its log records (durable on `to_node` before the home records
+    /// the move: docs/MIGRATION.md, "Durable actors between nodes"); see
     /// [`quark_shard::Engine::migrate_to_node`] and docs/MIGRATION.md, "Moves between nodes".
     /// Blocks until the move ended. Never call it on a shard thread.
     pub fn migrate_to_node(

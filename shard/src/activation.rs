@@ -898,6 +898,7 @@ async fn run_activation<A: Actor>(
         crate::memory::not_moved(&act.ctx.id, &act.mem);
         act.set_state(Some(actor));
         if !Box::pin(deactivate(&act)).await {
+            crate::migrate::deactivated(&act);
             return;
         }
     }

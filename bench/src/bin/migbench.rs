@@ -23,6 +23,14 @@
 //!   node 1 and active there; `Engine::drain` moves them to the two peers. Drain time and
 //!   actors moved per run (target: 100 k in under 10 s).
 //!
+//! - **durable**: one durable-state actor (`quark::outbox::durable_state`, 1 KiB of saved
+//!   state) moved `--durable-moves` times (one move at a time) between the two shards of a
+//!   node with a log (`fsync` always), and between two nodes; beside each, the same-run
+//!   baseline of an in-memory actor with 1 KiB of state (`migratable`) moved the same way.
+//!   Per move: its `Moved::duration` (messages wait at the home meanwhile) and the first ask
+//!   after it (the durable actor reloads from the log there): the caller-visible pause is
+//!   their sum, reported p50/p99; moves/s = moves / wall time of the loop (move + ask).
+//!
 //! Prints the machine line (cores, kernel, CPU, commit) first.
 //! `cargo run --release -p quark-bench --bin migbench -- --runs 5`
 
@@ -62,11 +70,14 @@ struct Args {
     /// Active actors drained to two peers per run (drain).
     #[arg(long, default_value_t = 100_000)]
     drain_actors: u64,
+    /// Moves of the durable actor (and of the in-memory baseline) per run (durable).
+    #[arg(long, default_value_t = 200)]
+    durable_moves: u32,
     /// How long idle shards spin before parking, µs.
     #[arg(long, default_value_t = 50)]
     idle_spin_us: u64,
     /// Only the measurements whose name contains this (throughput, unavailability,
-    /// node-unavailability, drain).
+    /// node-unavailability, drain, durable).
     #[arg(long)]
     only: Option<String>,
 }
@@ -141,8 +152,46 @@ impl Handler<Poke> for SmallBytes {
     }
 }
 
+/// A durable-state actor with 1 KiB of saved state.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct DurKib(Vec<u8>);
+impl Actor for DurKib {
+    const TYPE_NAME: &'static str = "bench-durable-kib";
+}
+impl quark::outbox::DurableState for DurKib {
+    fn initial(_: &quark_placement::ActorKey) -> Self {
+        DurKib(vec![0; 1024])
+    }
+}
+impl Handler<Poke> for DurKib {
+    async fn handle(&mut self, m: Poke, ctx: &Context<Self>) -> u16 {
+        use quark::outbox::Save;
+        self.0[usize::from(m.0)] = self.0[usize::from(m.0)].wrapping_add(1);
+        if m.0 == 255 {
+            // The write of the state (once, before the moves).
+            ctx.save(self)
+                .await
+                .expect("bench: the durable actor saves");
+        }
+        u16::from(self.0[usize::from(m.0)])
+    }
+}
+
+/// A fresh log directory for one engine of a durable run (removed by the caller).
+fn log_dir(what: &str) -> std::path::PathBuf {
+    static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = N.fetch_add(1, Ordering::Relaxed);
+    std::env::temp_dir().join(format!("migbench-{what}-{}-{n}", std::process::id()))
+}
+
 /// `n` nodes of one cluster over loopback, in this process.
 fn cluster(args: &Args, n: usize) -> Result<Vec<Engine>> {
+    cluster_logs(args, &vec![None; n])
+}
+
+/// [`cluster`] with a log per node where `logs` names a directory.
+fn cluster_logs(args: &Args, logs: &[Option<std::path::PathBuf>]) -> Result<Vec<Engine>> {
+    let n = logs.len();
     use quark_net::{ClusterConfig, MemberAddr, Membership, PeerRole};
     let ls: Vec<std::net::TcpListener> = (0..n)
         .map(|_| std::net::TcpListener::bind("127.0.0.1:0"))
@@ -172,8 +221,13 @@ fn cluster(args: &Args, n: usize) -> Result<Vec<Engine>> {
                 pin_threads: false,
                 migrations_per_sec_max: 0,
                 net: Some(net),
+                log: logs[i]
+                    .as_ref()
+                    .map(|d| quark_persist::LogConfig::new(d, 0)),
                 ..EngineConfig::default()
             })
+            .register(quark::outbox::durable_state::<DurKib>())
+            .remote::<DurKib, Poke>()
             .register(
                 ActorType::new(|_| KibBytes(vec![0; 1024]))
                     .migratable(|a: &KibBytes| a.0.clone(), |_, b| Ok(KibBytes(b.to_vec()))),
@@ -320,12 +374,18 @@ fn drain(args: &Args) -> Result<(f64, u64)> {
 }
 
 fn engine(args: &Args) -> Result<Engine> {
+    engine_log(args, None)
+}
+
+fn engine_log(args: &Args, log: Option<&std::path::Path>) -> Result<Engine> {
     Ok(EngineBuilder::new(EngineConfig {
         shards: ShardSpec::Count(2),
         idle_spin: Duration::from_micros(args.idle_spin_us),
         migrations_per_sec_max: 0,
+        log: log.map(|d| quark_persist::LogConfig::new(d, 0)),
         ..EngineConfig::default()
     })
+    .register(quark::outbox::durable_state::<DurKib>())
     .register(ActorType::new(|_| Small(0)).movable())
     .register(ActorType::new(|_| Kib(Box::new([0; 1024]))).movable())
     .register(
@@ -494,6 +554,171 @@ where
     })
 }
 
+/// One series of moves of one actor: per move its duration and the first ask after it.
+struct Series {
+    move_p50_us: f64,
+    move_p99_us: f64,
+    pause_p50_us: f64,
+    pause_p99_us: f64,
+    moves_per_s: f64,
+}
+
+/// Moves `id` `moves` times between `to(i)` places with `mv`, asking it once after each move
+/// with `ask`; retries a move refused while a link comes up.
+fn series(
+    moves: u32,
+    mut mv: impl FnMut(u32) -> Result<quark_shard::Moved, MigrateError>,
+    mut ask: impl FnMut() -> Result<()>,
+) -> Result<Series> {
+    let (mut hm, mut hp) = (Histogram::<u64>::new(3)?, Histogram::<u64>::new(3)?);
+    let t0 = Instant::now();
+    let mut done = 0;
+    while done < moves {
+        let m = match mv(done) {
+            Ok(m) => m,
+            Err(MigrateError::NodeUnavailable { .. }) => {
+                std::thread::yield_now();
+                continue;
+            }
+            Err(e) => bail!("move {done}: {e}"),
+        };
+        let t = Instant::now();
+        ask()?;
+        let first = t.elapsed();
+        hm.record(m.duration.as_nanos() as u64)?;
+        hp.record((m.duration + first).as_nanos() as u64)?;
+        done += 1;
+    }
+    let secs = t0.elapsed().as_secs_f64();
+    let us = |h: &Histogram<u64>, q: f64| h.value_at_quantile(q) as f64 / 1e3;
+    Ok(Series {
+        move_p50_us: us(&hm, 0.5),
+        move_p99_us: us(&hm, 0.99),
+        pause_p50_us: us(&hp, 0.5),
+        pause_p99_us: us(&hp, 0.99),
+        moves_per_s: f64::from(moves) / secs,
+    })
+}
+
+/// One durable run between two shards of a node: (durable, in-memory baseline).
+fn durable_shards(args: &Args) -> Result<(Series, Series)> {
+    let dir = log_dir("shards");
+    let engine = engine_log(args, Some(&dir))?;
+    let d = engine.actor_ref::<DurKib>(7u64);
+    d.ask_blocking(Poke(255))?;
+    let did = ActorId {
+        type_name: DurKib::TYPE_NAME,
+        key: 7u64.into(),
+    };
+    let home = engine.handle().shard_of(&did);
+    let dur = series(
+        args.durable_moves,
+        |i| engine.migrate(&did, if i % 2 == 0 { 1 - home } else { home }),
+        || Ok(d.ask_blocking(Poke(1)).map(|_| ())?),
+    )?;
+    let m = engine.actor_ref::<KibBytes>(7u64);
+    m.ask_blocking(Touch(1))?;
+    let mid = ActorId {
+        type_name: KibBytes::TYPE_NAME,
+        key: 7u64.into(),
+    };
+    let mhome = engine.handle().shard_of(&mid);
+    let mem = series(
+        args.durable_moves,
+        |i| engine.migrate(&mid, if i % 2 == 0 { 1 - mhome } else { mhome }),
+        || Ok(m.ask_blocking(Touch(1)).map(|_| ())?),
+    )?;
+    engine.shutdown();
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok((dur, mem))
+}
+
+/// One durable run between two nodes: (durable, in-memory baseline).
+fn durable_nodes(args: &Args) -> Result<(Series, Series)> {
+    let dirs = [log_dir("node1"), log_dir("node2")];
+    let nodes = cluster_logs(args, &[Some(dirs[0].clone()), Some(dirs[1].clone())])?;
+    let dkey = (0..100_000u64)
+        .find(|k| nodes[1].actor_ref::<DurKib>(*k).remote_node() == Some(1))
+        .expect("a key homed on node 1");
+    let mkey = (0..100_000u64)
+        .find(|k| nodes[1].actor_ref::<KibBytes>(*k).remote_node() == Some(1))
+        .expect("a key homed on node 1");
+    reach(&nodes[1].actor_ref::<KibBytes>(mkey))?;
+    let d = nodes[1].actor_ref::<DurKib>(dkey);
+    reach(&d)?;
+    d.ask_blocking(Poke(255))?;
+    let did = ActorId {
+        type_name: DurKib::TYPE_NAME,
+        key: dkey.into(),
+    };
+    let dur = series(
+        args.durable_moves,
+        |i| nodes[0].migrate_to_node(&did, if i % 2 == 0 { 2 } else { 1 }),
+        || Ok(d.ask_blocking(Poke(1)).map(|_| ())?),
+    )?;
+    let m = nodes[1].actor_ref::<KibBytes>(mkey);
+    let mid = ActorId {
+        type_name: KibBytes::TYPE_NAME,
+        key: mkey.into(),
+    };
+    let mem = series(
+        args.durable_moves,
+        |i| nodes[0].migrate_to_node(&mid, if i % 2 == 0 { 2 } else { 1 }),
+        || Ok(m.ask_blocking(Poke(1)).map(|_| ())?),
+    )?;
+    for n in nodes {
+        n.shutdown();
+    }
+    for d in dirs {
+        let _ = std::fs::remove_dir_all(d);
+    }
+    Ok((dur, mem))
+}
+
+fn durable_rows(what: &str, runs: &[(Series, Series)]) {
+    println!("{what}:");
+    for (i, name) in ["durable-state", "in-memory baseline (migratable)"]
+        .iter()
+        .enumerate()
+    {
+        let col = |f: fn(&Series) -> f64| {
+            runs.iter()
+                .map(|r| f(if i == 0 { &r.0 } else { &r.1 }))
+                .collect::<Vec<_>>()
+        };
+        report(
+            &format!("  {name}: move p50"),
+            "µs",
+            &col(|s| s.move_p50_us),
+            1,
+        );
+        report(
+            &format!("  {name}: move p99"),
+            "µs",
+            &col(|s| s.move_p99_us),
+            1,
+        );
+        report(
+            &format!("  {name}: pause p50 (move + first ask)"),
+            "µs",
+            &col(|s| s.pause_p50_us),
+            1,
+        );
+        report(
+            &format!("  {name}: pause p99"),
+            "µs",
+            &col(|s| s.pause_p99_us),
+            1,
+        );
+        report(
+            &format!("  {name}: moves/s"),
+            "moves/s",
+            &col(|s| s.moves_per_s),
+            0,
+        );
+    }
+}
+
 fn report(name: &str, unit: &str, values: &[f64], decimals: usize) {
     if values.is_empty() {
         return;
@@ -615,6 +840,28 @@ fn main() -> Result<()> {
             2,
         );
         report("  actors moved", "actors", &moved, 0);
+    }
+    if want("durable") {
+        let runs: Vec<(Series, Series)> = (0..args.runs)
+            .map(|_| durable_shards(&args))
+            .collect::<Result<_>>()?;
+        durable_rows(
+            &format!(
+                "durable, 1 KiB saved state between two shards, {} moves/run",
+                args.durable_moves
+            ),
+            &runs,
+        );
+        let runs: Vec<(Series, Series)> = (0..args.runs)
+            .map(|_| durable_nodes(&args))
+            .collect::<Result<_>>()?;
+        durable_rows(
+            &format!(
+                "durable, 1 KiB saved state between two nodes, {} moves/run",
+                args.durable_moves
+            ),
+            &runs,
+        );
     }
     if want("unavailability") && args.only.as_deref() != Some("node-unavailability") {
         unavailability_rows::<Kib>(&args, "moved as a box (movable)")?;

@@ -254,7 +254,9 @@ pub(crate) fn serve(
     let refuse = |sink: ReplySink, detail: String| {
         sink.send_error(core, &RemoteError::ActivationFailed { detail })
     };
-    if !ty.bytes_mover() {
+    // A log actor (durable state) moves as its records, into this node's log.
+    let log = ty.log_mover() && core.log.is_some();
+    if !ty.bytes_mover() && !log {
         return refuse(
             sink,
             MigrateError::NotSerializable { actor: id }.to_string(),
@@ -287,6 +289,7 @@ pub(crate) fn serve(
                 to: place,
                 timeout: Duration::from_millis(ms),
                 collect: true,
+                release: false,
             };
             if place == core.id {
                 core.tables
@@ -334,35 +337,33 @@ pub(crate) fn serve(
             );
             let home = core.id;
             let install = move |x: &Rc<Shard>| {
-                let here = slot.clone();
-                let r = x
-                    .tables
-                    .erased(slot.0)
-                    .install_bytes(x, slot.1, state)
-                    .map(|()| None);
-                // `place` is also the actor's home shard on this node: an entry there that
-                // names another node (this node sent it there once) is stale now that it
-                // lives here again (docs/MIGRATION.md, "Rolling upgrades").
-                if r.is_ok() {
-                    let mut dir = x.migration.directory.borrow_mut();
-                    if dir
-                        .get(&here)
-                        .is_some_and(|e| e.node.is_some() && e.is_quiet())
-                    {
-                        dir.remove(&here);
-                    }
-                    drop(dir);
-                    // First messages held while this node joins, now that the actor is here.
-                    crate::migrate::release_held_for(x, &here);
+                if !log {
+                    let r = x
+                        .tables
+                        .erased(slot.0)
+                        .install_bytes(x, slot.1.clone(), state)
+                        .map(|()| None);
+                    return installed(x, slot, home, ticket, r);
                 }
-                if x.id == home {
-                    crate::migrate::collected(x, ticket, r, None);
-                } else {
-                    x.send_to(
-                        home,
-                        CrossMsg::run_on(move |h| crate::migrate::collected(h, ticket, r, None)),
-                    );
-                }
+                // Its records, durably in this shard's log, before the answer (the home then
+                // records this node as the actor's place).
+                let c = x.clone();
+                x.sched.spawn(async move {
+                    let written = match &state {
+                        Some(b) => crate::migrate::write_log_in(&c, b).await,
+                        None => Ok(0),
+                    };
+                    let r = match written {
+                        Ok(_) if crate::migrate::log_move_seam(id.type_name) => return,
+                        Ok(_) => Ok(None),
+                        Err(detail) => Err(MigrateError::LogCopy {
+                            actor: id,
+                            shard: c.id,
+                            detail,
+                        }),
+                    };
+                    installed(&c, slot, home, ticket, r);
+                });
             };
             if place == core.id {
                 install(core);
@@ -371,6 +372,34 @@ pub(crate) fn serve(
             }
         }
         other => refuse(sink, format!("unknown move request {other:?}")),
+    }
+}
+
+/// On the shard an actor arrived on from another node: `r` is how its install ended; tells the
+/// shard serving the request (`home`), which answers the peer.
+fn installed(x: &Rc<Shard>, slot: crate::directory::Slot, home: u16, ticket: u64, r: Collected) {
+    // `x` is also the actor's home shard on this node: an entry there that names another
+    // node (this node sent it there once) is stale now that it lives here again
+    // (docs/MIGRATION.md, "Rolling upgrades").
+    if r.is_ok() {
+        let mut dir = x.migration.directory.borrow_mut();
+        if dir
+            .get(&slot)
+            .is_some_and(|e| e.node.is_some() && e.is_quiet())
+        {
+            dir.remove(&slot);
+        }
+        drop(dir);
+        // First messages held while this node joins, now that the actor is here.
+        crate::migrate::release_held_for(x, &slot);
+    }
+    if x.id == home {
+        crate::migrate::collected(x, ticket, r, None);
+    } else {
+        x.send_to(
+            home,
+            CrossMsg::run_on(move |h| crate::migrate::collected(h, ticket, r, None)),
+        );
     }
 }
 
@@ -418,10 +447,12 @@ where
     let Some(msg) = d.take_msg() else {
         unreachable!("a message on its way to its actor has not been handled")
     };
+    // Marked as sent on by the home: the place delivers it, never sends it back.
+    let message_type = format!("{}{}", super::remote::FROM_HOME, codec.wire_name);
     let env = RequestEnvelope::new(
         A::TYPE_NAME,
         wire_key(&id.key),
-        codec.wire_name,
+        &message_type,
         if is_ask {
             deadline_ms(timeout.max(Duration::from_millis(1)))
         } else {

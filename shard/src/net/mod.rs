@@ -120,9 +120,10 @@ type EncodeFn =
     fn(&dyn Any, &mut OutBuf, FrameHead, &RequestEnvelope<'_>, u32) -> Result<u32, EncodeError>;
 
 /// Handles a request that arrived from the network for one (actor type, message type): decodes
-/// the body and starts the call on this node.
+/// the body and starts the call on this node. Arguments: `(shard, key, body, timeout, reply
+/// sink, sent on by the actor's home (the `quark.home/` marker))`.
 pub(crate) type RemoteHandler =
-    fn(&Rc<Shard>, ActorKey, &[u8], Duration, remote::ReplySink) -> Result<(), RemoteError>;
+    fn(&Rc<Shard>, ActorKey, &[u8], Duration, remote::ReplySink, bool) -> Result<(), RemoteError>;
 
 /// The node's wire registry: codecs by message type, handlers by (actor type, wire name).
 #[derive(Default)]

@@ -615,12 +615,16 @@ pub(crate) fn call_error_to_remote(e: CallError) -> RemoteError {
 /// The handler of (actor `A`, message `M`) for requests from the network: decodes the body,
 /// then asks (or tells) the actor on this node, from a task on this shard; the ask takes the
 /// local path to the owner shard (a ring hop if another shard owns it).
+///
+/// `from_home`: the actor's home node sent it on (the request's message type had the
+/// [`FROM_HOME`] marker): it lives here, whatever its static node.
 pub(crate) fn handle<A, M>(
     core: &Rc<Shard>,
     key: ActorKey,
     body: &[u8],
     timeout: Duration,
     sink: ReplySink,
+    from_home: bool,
 ) -> Result<(), RemoteError>
 where
     A: Handler<M>,
@@ -631,8 +635,9 @@ where
         message_type: M::WIRE_NAME.to_owned(),
     })?;
     // A sender that follows the live member set (a client) may address an actor whose type
-    // does not move (its journal is on its static node) to another node: sent on there.
-    if misrouted::<A>(core, &key) {
+    // does not move (its journal is on its static node) to another node: sent on there;
+    // unless its home sent it here (a durable actor moved here: sending it back would loop).
+    if !from_home && misrouted::<A>(core, &key) {
         let aref = ActorRef::<A>::new(core.node.clone(), key);
         call_via(core, aref, msg, timeout, sink);
         return Ok(());
@@ -647,6 +652,11 @@ where
     call_via(core, aref, msg, timeout, sink);
     Ok(())
 }
+
+/// The prefix of a request's message type (before the message's wire name) when the actor's
+/// home node sends it on to the node the actor lives on (docs/PROTOCOL.md, "Requests sent on
+/// by an actor's home"): the receiver delivers it there and never sends it back.
+pub(crate) const FROM_HOME: &str = "quark.home/";
 
 /// True if `key`'s actor of type `A` does not move and its static node is another one (only
 /// checked once the live member set changed).
@@ -814,6 +824,11 @@ pub(crate) fn dispatch(core: &Rc<Shard>, wire: &Rc<Outbound>, frame: &Frame<'_>)
         let key = actor_key(&req.envelope.key);
         return super::migrate::serve(core, actor_type, message_type, key, req.body, sink);
     }
+    // The marker of a message the actor's home node sent on to the node it lives on.
+    let (message_type, from_home) = match message_type.strip_prefix(FROM_HOME) {
+        Some(m) => (m, true),
+        None => (message_type, false),
+    };
     let Some(handler) = core.node.registry.handler(actor_type, message_type) else {
         let known_type = core.node.registry.handles_type(actor_type)
             || core.node.types.iter().any(|t| t.name() == actor_type);
@@ -843,7 +858,9 @@ pub(crate) fn dispatch(core: &Rc<Shard>, wire: &Rc<Outbound>, frame: &Frame<'_>)
         .trace
         .as_ref()
         .and_then(crate::trace::from_wire);
-    let started = crate::trace::scoped(trace, || handler(core, key, req.body, timeout, sink));
+    let started = crate::trace::scoped(trace, || {
+        handler(core, key, req.body, timeout, sink, from_home)
+    });
     if let Err(e) = started {
         refuse(refusal_sink, e);
     }
