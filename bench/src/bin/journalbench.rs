@@ -286,10 +286,38 @@ fn interleaved_uring_baseline(args: &Args) -> String {
     )
 }
 
-/// One actor, sequential persists, interleaved with baselines (a) and (e): the same warm-up
-/// for each (`SINGLE_WARMUP` writes or persists, not measured), then `SINGLE_BLOCKS` rounds of
-/// (a block of blocking baseline writes, a block of io_uring `O_DSYNC` baseline writes, a
-/// block of persists from a driver on the actor's shard, a block from a caller outside the
+/// Name of the io_uring `O_DSYNC` baseline run from a thread pinned to the actor's shard
+/// core (core 0): the same placement as the shard, whose io_uring worker and wake-ups then
+/// cross the same cores.
+fn interleaved_pinned_baseline(args: &Args) -> String {
+    format!(
+        "baseline {}B io_uring O_DSYNC write prealloc, thread pinned to the shard's core, interleaved",
+        args.baseline_bytes
+    )
+}
+
+/// [`uring_loop_from`] on a thread pinned to core `core` (as the shard is).
+fn pinned_uring_loop_from(
+    core: usize,
+    path: &Path,
+    size: usize,
+    first: u64,
+    count: u64,
+) -> Result<Histogram<u64>> {
+    let path = path.to_path_buf();
+    std::thread::spawn(move || {
+        quark_shard::pin_current_thread(core).context("pin the baseline thread")?;
+        uring_loop_from(&path, size, first, count, true)
+    })
+    .join()
+    .map_err(|_| anyhow::anyhow!("pinned baseline thread panicked"))?
+}
+
+/// One actor, sequential persists, interleaved with baselines (a), (e) and (f): the same
+/// warm-up for each (`SINGLE_WARMUP` writes or persists, not measured), then `SINGLE_BLOCKS`
+/// rounds of (a block of blocking baseline writes, a block of io_uring `O_DSYNC` baseline
+/// writes from this thread (e) then from a thread pinned to the shard's core (f), a block of
+/// persists from a driver on the actor's shard, a block from a caller outside the
 /// node), the order rotated every round, so that disk stalls fall on the four evenly.
 fn single(args: &Args, out: &mut Out) -> Result<()> {
     let dir = args.dir.join("single");
@@ -305,14 +333,21 @@ fn single(args: &Args, out: &mut Out) -> Result<()> {
     )?;
     let uring_pre = dir.join("baseline-uring");
     drop(zero_filled(&uring_pre, (size as u64 * total).max(1 << 20))?);
+    let pinned_pre = dir.join("baseline-uring-pinned");
+    drop(zero_filled(
+        &pinned_pre,
+        (size as u64 * total).max(1 << 20),
+    )?);
     let on_key = key_on(&node, 0, "solo", 0);
     let ext_key = key_on(&node, 0, "outside", 0);
 
     pwrite_loop_from(&pre, size, 0, SINGLE_WARMUP)?;
     uring_loop_from(&uring_pre, size, 0, SINGLE_WARMUP, true)?;
+    pinned_uring_loop_from(0, &pinned_pre, size, 0, SINGLE_WARMUP)?;
     let mut base_next = SINGLE_WARMUP;
     let mut uring_next = SINGLE_WARMUP;
     let mut uring_base = hist();
+    let mut pinned_base = hist();
     on_shard_block(&node, &on_key, SINGLE_WARMUP)?;
     external_block(&node, &ext_key, SINGLE_WARMUP)?;
 
@@ -329,6 +364,13 @@ fn single(args: &Args, out: &mut Out) -> Result<()> {
                 }
                 3 => {
                     uring_base.add(uring_loop_from(&uring_pre, size, uring_next, per, true)?)?;
+                    pinned_base.add(pinned_uring_loop_from(
+                        0,
+                        &pinned_pre,
+                        size,
+                        uring_next,
+                        per,
+                    )?)?;
                     uring_next += per;
                 }
                 1 => {
@@ -361,6 +403,7 @@ fn single(args: &Args, out: &mut Out) -> Result<()> {
     }
     out.latency(&interleaved_baseline(args), &base);
     out.latency(&interleaved_uring_baseline(args), &uring_base);
+    out.latency(&interleaved_pinned_baseline(args), &pinned_base);
     out.latency("1 actor, driver on shard: persist", &on_persist);
     out.latency("1 actor, driver on shard: ask", &on_ask);
     out.latency("1 actor, external caller: persist", &ext_persist);
@@ -748,7 +791,18 @@ fn ratios(args: &Args, out: &mut Out) {
     let b = format!("baseline {}B", args.baseline_bytes);
     let il = interleaved_baseline(args);
     let ul = interleaved_uring_baseline(args);
+    let pl = interleaved_pinned_baseline(args);
     let table = [
+        (
+            "ratio: persist p50 (driver on shard) / io_uring O_DSYNC baseline pinned to the shard's core (f) p50".to_string(),
+            "1 actor, driver on shard: persist p50".to_string(),
+            format!("{pl} p50"),
+        ),
+        (
+            "ratio: persist p99 (driver on shard) / io_uring O_DSYNC baseline pinned to the shard's core (f) p99".to_string(),
+            "1 actor, driver on shard: persist p99".to_string(),
+            format!("{pl} p99"),
+        ),
         (
             "ratio: persist p50 (driver on shard) / interleaved io_uring O_DSYNC baseline (e) p50 [target <= 1.15]".to_string(),
             "1 actor, driver on shard: persist p50".to_string(),
