@@ -40,7 +40,10 @@ pub(crate) fn widen_io_workers() -> io::Result<()> {
     set_affinity(&process)?;
     let forced = force_one_worker();
     // Pin back whatever happened: the shard must not run unpinned.
-    set_affinity(&mine)?;
+    if let Err(e) = set_affinity(&mine) {
+        tracing::warn!(error = %e, "could not pin the shard thread back after creating its io_uring worker: it runs on the process's cores");
+        return Err(e);
+    }
     forced
 }
 
