@@ -287,11 +287,14 @@ fn baseline(args: &Args) -> Result<f64> {
     let f = zero_filled(&dir.join("pre"), bytes)?;
     let (h, elapsed) = pwrite_loop(&f, args.baseline_bytes, args.baseline_ops)?;
     println!(
-        "baseline: {} x pwrite {} B + fdatasync on a zero-filled file: p50 {:.0} us, p99 {:.0} us => {:.0} syncs/s",
+        "baseline: {} x pwrite {} B + fdatasync on a zero-filled file: p50 {:.0} us, p90 {:.0} us, p99 {:.0} us, p99.9 {:.0} us, max {:.0} us => {:.0} syncs/s",
         args.baseline_ops,
         args.baseline_bytes,
         h.value_at_quantile(0.5) as f64 / 1000.0,
+        h.value_at_quantile(0.9) as f64 / 1000.0,
         h.value_at_quantile(0.99) as f64 / 1000.0,
+        h.value_at_quantile(0.999) as f64 / 1000.0,
+        h.max() as f64 / 1000.0,
         args.baseline_ops as f64 / elapsed.as_secs_f64()
     );
     Ok(h.value_at_quantile(0.5) as f64 / 1000.0)

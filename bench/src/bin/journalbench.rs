@@ -91,6 +91,10 @@ struct Args {
     /// Shards of the node.
     #[arg(long, default_value_t = 2)]
     shards: u16,
+    /// Run the shard threads unpinned (`[node] pin_threads = false`), to see what pinning
+    /// costs the io_uring worker that runs a write-through append.
+    #[arg(long)]
+    no_pin: bool,
 }
 
 /// One named figure of one run.
@@ -138,6 +142,18 @@ fn fresh(dir: &Path) -> Result<()> {
 /// The same through monoio/io_uring on a preallocated file: write + `fdatasync`, or (with
 /// `dsync`) one write on an `O_DSYNC` descriptor.
 fn uring_loop(path: &Path, size: usize, count: u64, dsync: bool) -> Result<Histogram<u64>> {
+    uring_loop_from(path, size, 0, count, dsync)
+}
+
+/// [`uring_loop`] starting at write number `first` (offset `first * size`), so that blocks
+/// interleaved with other measurements continue at the end of the written data.
+fn uring_loop_from(
+    path: &Path,
+    size: usize,
+    first: u64,
+    count: u64,
+    dsync: bool,
+) -> Result<Histogram<u64>> {
     use std::os::unix::fs::OpenOptionsExt;
     let mut opts = OpenOptions::new();
     opts.read(true).write(true);
@@ -155,7 +171,7 @@ fn uring_loop(path: &Path, size: usize, count: u64, dsync: bool) -> Result<Histo
         let file = monoio::fs::File::from_std(std_file)?;
         let mut h = hist();
         let mut buf = vec![0x77u8; size];
-        for i in 0..count {
+        for i in first..first + count {
             let t = Instant::now();
             let (res, b) = file.write_all_at(buf, i * size as u64).await;
             buf = b;
@@ -210,9 +226,10 @@ fn baselines(args: &Args, out: &mut Out) -> Result<()> {
 fn start_node(args: &Args, data_dir: &Path, policy: JournalPolicy) -> Result<Node> {
     // Log defaults otherwise: 64 MiB zero-filled segments, write-through.
     let text = format!(
-        "[node]\nshards = {}\nidle_spin_us = {}\n[log]\ndata_dir = {:?}\nfsync = \"always\"\n",
+        "[node]\nshards = {}\nidle_spin_us = {}\npin_threads = {}\n[log]\ndata_dir = {:?}\nfsync = \"always\"\n",
         args.shards,
         args.idle_spin_us,
+        !args.no_pin,
         data_dir.to_str().context("data dir is UTF-8")?
     );
     let config = NodeConfig::from_toml(&text, "journalbench.toml")?;
@@ -259,11 +276,49 @@ fn interleaved_baseline(args: &Args) -> String {
     )
 }
 
-/// One actor, sequential persists, interleaved with baseline (a): the same warm-up for each
-/// (`SINGLE_WARMUP` writes or persists, not measured), then `SINGLE_BLOCKS` rounds of (a
-/// block of baseline writes, a block of persists from a driver on the actor's shard, a block
-/// from a caller outside the node), the order rotated every round, so that disk stalls fall
-/// on the three evenly.
+/// Name of the io_uring `O_DSYNC` baseline measured interleaved with the single-actor persists
+/// (issue 22's denominator: a raw io_uring `O_DSYNC` write of the same size into a
+/// preallocated file).
+fn interleaved_uring_baseline(args: &Args) -> String {
+    format!(
+        "baseline {}B io_uring O_DSYNC write prealloc, interleaved with the persists",
+        args.baseline_bytes
+    )
+}
+
+/// Name of the io_uring `O_DSYNC` baseline run from a thread pinned to the actor's shard
+/// core (core 0): the same placement as the shard, whose io_uring worker and wake-ups then
+/// cross the same cores.
+fn interleaved_pinned_baseline(args: &Args) -> String {
+    format!(
+        "baseline {}B io_uring O_DSYNC write prealloc, thread pinned to the shard's core, interleaved",
+        args.baseline_bytes
+    )
+}
+
+/// [`uring_loop_from`] on a thread pinned to core `core` (as the shard is).
+fn pinned_uring_loop_from(
+    core: usize,
+    path: &Path,
+    size: usize,
+    first: u64,
+    count: u64,
+) -> Result<Histogram<u64>> {
+    let path = path.to_path_buf();
+    std::thread::spawn(move || {
+        quark_shard::pin_current_thread(core).context("pin the baseline thread")?;
+        uring_loop_from(&path, size, first, count, true)
+    })
+    .join()
+    .map_err(|_| anyhow::anyhow!("pinned baseline thread panicked"))?
+}
+
+/// One actor, sequential persists, interleaved with baselines (a), (e) and (f): the same
+/// warm-up for each (`SINGLE_WARMUP` writes or persists, not measured), then `SINGLE_BLOCKS`
+/// rounds of (a block of blocking baseline writes, a block of io_uring `O_DSYNC` baseline
+/// writes from this thread (e) then from a thread pinned to the shard's core (f), a block of
+/// persists from a driver on the actor's shard, a block from a caller outside the
+/// node), the order rotated every round, so that disk stalls fall on the four evenly.
 fn single(args: &Args, out: &mut Out) -> Result<()> {
     let dir = args.dir.join("single");
     fresh(&dir)?;
@@ -276,11 +331,23 @@ fn single(args: &Args, out: &mut Out) -> Result<()> {
         &dir.join("baseline-pre"),
         (size as u64 * total).max(1 << 20),
     )?;
+    let uring_pre = dir.join("baseline-uring");
+    drop(zero_filled(&uring_pre, (size as u64 * total).max(1 << 20))?);
+    let pinned_pre = dir.join("baseline-uring-pinned");
+    drop(zero_filled(
+        &pinned_pre,
+        (size as u64 * total).max(1 << 20),
+    )?);
     let on_key = key_on(&node, 0, "solo", 0);
     let ext_key = key_on(&node, 0, "outside", 0);
 
     pwrite_loop_from(&pre, size, 0, SINGLE_WARMUP)?;
+    uring_loop_from(&uring_pre, size, 0, SINGLE_WARMUP, true)?;
+    pinned_uring_loop_from(0, &pinned_pre, size, 0, SINGLE_WARMUP)?;
     let mut base_next = SINGLE_WARMUP;
+    let mut uring_next = SINGLE_WARMUP;
+    let mut uring_base = hist();
+    let mut pinned_base = hist();
     on_shard_block(&node, &on_key, SINGLE_WARMUP)?;
     external_block(&node, &ext_key, SINGLE_WARMUP)?;
 
@@ -289,11 +356,22 @@ fn single(args: &Args, out: &mut Out) -> Result<()> {
     let (mut ext_persist, mut ext_ask) = (hist(), hist());
     let (mut on_last, mut ext_last) = (0, 0);
     for block in 0..SINGLE_BLOCKS {
-        for step in 0..3 {
-            match (block + step) % 3 {
+        for step in 0..4 {
+            match (block + step) % 4 {
                 0 => {
                     base.add(pwrite_loop_from(&pre, size, base_next, per)?.0)?;
                     base_next += per;
+                }
+                3 => {
+                    uring_base.add(uring_loop_from(&uring_pre, size, uring_next, per, true)?)?;
+                    pinned_base.add(pinned_uring_loop_from(
+                        0,
+                        &pinned_pre,
+                        size,
+                        uring_next,
+                        per,
+                    )?)?;
+                    uring_next += per;
                 }
                 1 => {
                     let (p, a, last) = on_shard_block(&node, &on_key, per)?;
@@ -324,6 +402,8 @@ fn single(args: &Args, out: &mut Out) -> Result<()> {
         );
     }
     out.latency(&interleaved_baseline(args), &base);
+    out.latency(&interleaved_uring_baseline(args), &uring_base);
+    out.latency(&interleaved_pinned_baseline(args), &pinned_base);
     out.latency("1 actor, driver on shard: persist", &on_persist);
     out.latency("1 actor, driver on shard: ask", &on_ask);
     out.latency("1 actor, external caller: persist", &ext_persist);
@@ -710,7 +790,29 @@ fn activation(args: &Args, out: &mut Out) -> Result<()> {
 fn ratios(args: &Args, out: &mut Out) {
     let b = format!("baseline {}B", args.baseline_bytes);
     let il = interleaved_baseline(args);
+    let ul = interleaved_uring_baseline(args);
+    let pl = interleaved_pinned_baseline(args);
     let table = [
+        (
+            "ratio: persist p50 (driver on shard) / io_uring O_DSYNC baseline pinned to the shard's core (f) p50".to_string(),
+            "1 actor, driver on shard: persist p50".to_string(),
+            format!("{pl} p50"),
+        ),
+        (
+            "ratio: persist p99 (driver on shard) / io_uring O_DSYNC baseline pinned to the shard's core (f) p99".to_string(),
+            "1 actor, driver on shard: persist p99".to_string(),
+            format!("{pl} p99"),
+        ),
+        (
+            "ratio: persist p50 (driver on shard) / interleaved io_uring O_DSYNC baseline (e) p50 [target <= 1.15]".to_string(),
+            "1 actor, driver on shard: persist p50".to_string(),
+            format!("{ul} p50"),
+        ),
+        (
+            "ratio: persist p99 (driver on shard) / interleaved io_uring O_DSYNC baseline (e) p99 [target <= 1.3]".to_string(),
+            "1 actor, driver on shard: persist p99".to_string(),
+            format!("{ul} p99"),
+        ),
         (
             "ratio: persist p99 (driver on shard) / interleaved baseline (a) p99 [target <= 1.5]".to_string(),
             "1 actor, driver on shard: persist p99".to_string(),

@@ -8,6 +8,7 @@
 //! await as an ordinary I/O readiness, so that a parked shard sleeps inside the executor's own
 //! wait (io_uring_enter / epoll_wait) together with its file and socket I/O.
 
+mod io_workers;
 pub mod log_io;
 pub(crate) mod tcp;
 
@@ -44,6 +45,13 @@ pub(crate) fn build_runtime(entries: u32, force_legacy: bool) -> io::Result<Runt
             .enable_timer()
             .build()?
     };
+    if is_uring(&rt) {
+        // A write-through log append runs on an io-wq worker; let it leave the shard's core
+        // (see `io_workers`).
+        if let Err(e) = io_workers::widen_io_workers() {
+            tracing::debug!(error = %e, "io_uring workers stay on the shard's core");
+        }
+    }
     if matches!(rt, monoio::FusionRuntime::Legacy(_)) {
         LEGACY_WARNING.call_once(|| {
             tracing::warn!(
