@@ -225,9 +225,11 @@ fn after_a_restart_the_heartbeat_timeout_and_details_are_recovered() {
     assert_eq!((st.state, st.attempt), (JobState::Running, 1));
     node.shutdown();
 
+    // Attempt 2 starts while the node starts: its deadline counts from before `start`
+    // returns.
+    let t0 = Instant::now();
     let node = start();
     let jobs = node.jobs();
-    let t0 = Instant::now();
     let st = status_until(
         &jobs,
         id,

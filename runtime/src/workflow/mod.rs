@@ -72,6 +72,12 @@ pub struct ActivityOptions {
     /// per step instead of about three), but its attempts are not durable: after a crash it
     /// runs again from its first attempt. Default false.
     pub local: bool,
+    /// An attempt that does not call [`ActivityContext::heartbeat`] for this long (from its
+    /// start, then from its last heartbeat) is timed out and retried under `retry`, long
+    /// before `timeout` if that is long. As a job, the job's heartbeat timeout (its records
+    /// and deadline survive a restart: docs/JOBS.md, "Heartbeats"); locally, applied in place.
+    /// Default `None`: no heartbeat expected.
+    pub heartbeat_timeout: Option<Duration>,
 }
 
 impl Default for ActivityOptions {
@@ -86,6 +92,7 @@ impl Default for ActivityOptions {
             },
             timeout: Duration::from_secs(300),
             local: false,
+            heartbeat_timeout: None,
         }
     }
 }
@@ -108,6 +115,12 @@ impl ActivityOptions {
     /// With this timeout per attempt.
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.timeout = timeout;
+        self
+    }
+
+    /// With this heartbeat timeout (see [`ActivityOptions::heartbeat_timeout`]).
+    pub fn heartbeat_timeout(mut self, timeout: Duration) -> Self {
+        self.heartbeat_timeout = Some(timeout);
         self
     }
 }
