@@ -341,6 +341,22 @@ impl NodeBuilder {
         self
     }
 
+    /// Registers actor `A` as the receiver of `call_actor` calls `M` from workflows
+    /// ([`crate::workflow::ActorCallHandler`]), and the workflow instances as receivers of
+    /// the replies. Register it on every node that sends or receives such calls (as with
+    /// [`NodeBuilder::durable`]); it enables the outbox.
+    pub fn register_actor_call<A, M>(mut self) -> Self
+    where
+        A: crate::workflow::ActorCallHandler<M>,
+        M: crate::workflow::ActorCall,
+    {
+        self.outbox
+            .add_handler::<A, crate::workflow::WorkflowCall<M>>();
+        self.outbox
+            .add_handler::<crate::workflow::WorkflowInstance, crate::workflow::CallReply>();
+        self
+    }
+
     /// Registers version `version` of orchestration `name` (see [`crate::workflow`]): an
     /// `async fn(WorkflowContext, I) -> Result<O, E>`. New instances run the newest registered
     /// version; an instance finishes on the version it started with, so keep registering an

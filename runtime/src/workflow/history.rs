@@ -40,6 +40,8 @@ pub enum StepKind {
     SubOrchestration,
     /// `when_any`: the position of a race whose winner is recorded.
     Select,
+    /// `call_actor`: a durable message to an actor through the outbox, its reply recorded.
+    Actor,
 }
 
 impl std::fmt::Display for StepKind {
@@ -50,6 +52,7 @@ impl std::fmt::Display for StepKind {
             StepKind::Event => "wait_event",
             StepKind::SubOrchestration => "sub_orchestration",
             StepKind::Select => "when_any",
+            StepKind::Actor => "call_actor",
         })
     }
 }
@@ -221,6 +224,16 @@ pub enum HistoryEvent {
         /// The patch id.
         id: String,
     },
+    /// The actor called by step `seq` (`call_actor`) replied. Recorded at most once per step:
+    /// a reply delivered again (after a crash) finds the step resolved and is dropped.
+    ActorReplied {
+        /// The position.
+        seq: u64,
+        /// The encoded reply, or why there is none.
+        result: Result<Vec<u8>, String>,
+        /// Wall-clock ms of delivery.
+        time_ms: u64,
+    },
     /// The instance finished (the last record).
     Finished {
         /// How.
@@ -241,6 +254,7 @@ impl HistoryEvent {
             | HistoryEvent::TimerFired { time_ms, .. }
             | HistoryEvent::EventRaised { time_ms, .. }
             | HistoryEvent::ChildDone { time_ms, .. }
+            | HistoryEvent::ActorReplied { time_ms, .. }
             | HistoryEvent::Finished { time_ms, .. } => Some(*time_ms),
             _ => None,
         }
@@ -259,6 +273,7 @@ impl HistoryEvent {
             HistoryEvent::Chosen { .. } => "chosen",
             HistoryEvent::Patched { .. } => "patched",
             HistoryEvent::Finished { .. } => "finished",
+            HistoryEvent::ActorReplied { .. } => "actor_replied",
         }
     }
 }

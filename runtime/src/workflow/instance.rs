@@ -186,6 +186,7 @@ fn is_input(e: &HistoryEvent) -> bool {
             | HistoryEvent::TimerFired { .. }
             | HistoryEvent::EventRaised { .. }
             | HistoryEvent::ChildDone { .. }
+            | HistoryEvent::ActorReplied { .. }
     )
 }
 
@@ -422,13 +423,62 @@ impl WorkflowInstance {
                 },
             ));
         }
+        // `call_actor` steps asked for in this turn: their messages are staged now and written
+        // with this batch (sent if and only if the step is recorded).
+        let failed_sends = if finished.is_none() {
+            self.stage_actor_calls(ctx, &records).await
+        } else {
+            Vec::new()
+        };
         self.append(ctx, &records).await?;
         if let Some((state, out)) = finished {
             self.finish(ctx, state, out, now);
         } else {
             self.launch(ctx);
+            let run = self.info.as_ref().map(|i| i.run).unwrap_or(0);
+            for (seq, error) in failed_sends {
+                // Recorded as the step's (failed) reply by a turn of its own.
+                let me = ctx.self_ref();
+                let _detached = ctx.engine().spawn_on(ctx.shard(), move || async move {
+                    let event = HistoryEvent::ActorReplied {
+                        seq,
+                        result: Err(error),
+                        time_ms: now_ms(),
+                    };
+                    let _ = me.tell(InputMsg { run, event }).await;
+                });
+            }
         }
         Ok(())
+    }
+
+    /// Stages the message of every `call_actor` step scheduled in `records` in this turn
+    /// (the next `append` writes them with the records); returns the steps whose message could
+    /// not be staged, with why.
+    async fn stage_actor_calls(
+        &mut self,
+        ctx: &Context<Self>,
+        records: &[(RecordKind, HistoryEvent)],
+    ) -> Vec<(u64, String)> {
+        let (Some(info), Some(exec)) = (self.info.as_ref(), self.exec.as_ref()) else {
+            return Vec::new();
+        };
+        let mut failed = Vec::new();
+        for (_, e) in records {
+            let HistoryEvent::Scheduled { seq, step, .. } = e else {
+                continue;
+            };
+            if step.kind != StepKind::Actor {
+                continue;
+            }
+            let Some(send) = exec.pending.get(seq).and_then(|(c, _)| c.send.clone()) else {
+                continue;
+            };
+            if let Err(e) = send.stage(ctx, self.id.clone(), info.run, *seq).await {
+                failed.push((*seq, crate::ErrorChain(&e).to_string()));
+            }
+        }
+        failed
     }
 
     async fn append(
@@ -456,13 +506,20 @@ impl WorkflowInstance {
                 expires_at_ms: None,
             });
         }
-        if let Err(source) = log.append(&batch).await {
-            // The live run is ahead of the log: rebuild from the log on the next message.
-            ctx.deactivate_when_idle();
-            return Err(WorkflowError::Append {
-                instance: self.id.clone(),
-                source,
-            });
+        // The turn's staged outbox records (`call_actor` messages) and, in the delivery turn of
+        // a reply, its inbox receipt: written atomically with the history records.
+        let taken = crate::outbox::stage_into(ctx, &mut batch);
+        match log.append(&batch).await {
+            Ok(range) => crate::outbox::committed(ctx, taken, &range),
+            Err(source) => {
+                crate::outbox::aborted(ctx, taken);
+                // The live run is ahead of the log: rebuild from the log on the next message.
+                ctx.deactivate_when_idle();
+                return Err(WorkflowError::Append {
+                    instance: self.id.clone(),
+                    source,
+                });
+            }
         }
         if let Some(info) = self.info.as_mut() {
             info.events += records.len() as u64;
@@ -604,7 +661,9 @@ impl WorkflowInstance {
                             .await;
                     });
                 }
-                StepKind::Select => {}
+                // The message left with the `Scheduled` record's batch (see `drive`); the
+                // reply comes back as a durable message (`ActorReplyMsg`).
+                StepKind::Select | StepKind::Actor => {}
             }
         }
     }
@@ -791,25 +850,56 @@ impl Handler<InputMsg> for WorkflowInstance {
     }
 }
 
+impl crate::outbox::DurableHandler<super::CallReply> for WorkflowInstance {
+    /// A `call_actor` reply: recorded (with the reply's receipt, in one batch) if its step is
+    /// waiting; acknowledged and dropped otherwise (delivered again after a crash, or for a
+    /// run that ended).
+    async fn handle_durable(
+        &mut self,
+        m: super::CallReply,
+        ctx: &Context<Self>,
+    ) -> Result<(), crate::outbox::Retry> {
+        let event = HistoryEvent::ActorReplied {
+            seq: m.seq,
+            result: m.result,
+            time_ms: now_ms(),
+        };
+        self.input_checked(ctx, m.run, event)
+            .await
+            .map_err(|e| crate::outbox::Retry {
+                reason: crate::ErrorChain(&e).to_string(),
+            })
+    }
+}
+
 impl WorkflowInstance {
     async fn input(&mut self, ctx: &Context<Self>, run: u64, event: HistoryEvent) {
+        if let Err(e) = self.input_checked(ctx, run, event).await {
+            tracing::warn!(instance = %self.id, error = %crate::ErrorChain(&e), "recording a workflow step failed; the instance reloads from its history");
+        }
+    }
+
+    /// Records input `event` of run `run` and runs the code on, if the run is current and the
+    /// input is for a waiting step (else nothing happens).
+    async fn input_checked(
+        &mut self,
+        ctx: &Context<Self>,
+        run: u64,
+        event: HistoryEvent,
+    ) -> Result<(), WorkflowError> {
         let current = self
             .info
             .as_ref()
             .is_some_and(|i| i.run == run && !i.state.is_finished());
         let Some(exec) = self.exec.as_mut().filter(|_| current) else {
-            return;
+            return Ok(());
         };
         if !exec.accepts(&event) {
-            return;
+            return Ok(());
         }
         exec.deliver(&event);
-        if let Err(e) = self
-            .drive(ctx, vec![(RecordKind::Event, event)], None)
+        self.drive(ctx, vec![(RecordKind::Event, event)], None)
             .await
-        {
-            tracing::warn!(instance = %self.id, error = %crate::ErrorChain(&e), "recording a workflow step failed; the instance reloads from its history");
-        }
     }
 }
 

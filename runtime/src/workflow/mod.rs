@@ -34,6 +34,7 @@
 //! ```
 
 mod activity;
+mod call;
 mod context;
 mod handle;
 pub mod history;
@@ -51,6 +52,8 @@ use serde::Serialize;
 use crate::jobs::RetryPolicy;
 
 pub use activity::{ActivityContext, ActivityError};
+pub(crate) use call::CallReply;
+pub use call::{ActorCall, ActorCallHandler, WorkflowCall};
 pub use context::{WhenAny, WorkflowContext};
 pub use handle::{ListQuery, StartOutcome, WorkflowPage, WorkflowStatus, Workflows};
 pub use history::{HistoryEvent, InstanceState, StepDesc, StepKind};
@@ -136,6 +139,15 @@ pub enum StepError {
         /// The activity.
         activity: String,
         /// Its last error.
+        error: String,
+    },
+    /// A `call_actor` step failed: its message could not be sent, or its reply did not
+    /// decode.
+    #[error("actor call {call:?} failed: {error}")]
+    ActorCallFailed {
+        /// The call (`<actor type>/<key>/<message name>`).
+        call: String,
+        /// Why.
         error: String,
     },
     /// The child orchestration did not complete.
