@@ -393,6 +393,11 @@ pub(super) fn parse_query(q: &str) -> Result<Vec<(String, String)>, String> {
         .collect()
 }
 
+/// Percent-decodes a path segment or query component.
+pub(super) fn decode_component(s: &str) -> Result<String, String> {
+    decode(s)
+}
+
 fn decode(s: &str) -> Result<String, String> {
     let b = s.as_bytes();
     let mut out = Vec::with_capacity(b.len());

@@ -14,7 +14,8 @@ pub(crate) const KEY_PREFIX: &[u8] = b"qw/";
 const FORMAT: u8 = 1;
 
 /// The log key of instance `id`.
-pub(crate) fn instance_key(id: &str) -> Vec<u8> {
+/// The log key of instance `id`'s history records (`qw/<id>`).
+pub fn instance_key(id: &str) -> Vec<u8> {
     let mut k = Vec::with_capacity(KEY_PREFIX.len() + id.len());
     k.extend_from_slice(KEY_PREFIX);
     k.extend_from_slice(id.as_bytes());
@@ -287,6 +288,11 @@ pub(crate) fn encode(event: &HistoryEvent) -> Vec<u8> {
     let body = postcard::to_allocvec(event).expect("invariant: a HistoryEvent always encodes");
     out.extend_from_slice(&body);
     out
+}
+
+/// Decodes a history record's payload (tools reading a stopped node's log).
+pub fn decode_record(payload: &[u8]) -> Result<HistoryEvent, String> {
+    decode(payload)
 }
 
 /// Decodes a payload written by [`encode`].
