@@ -345,5 +345,9 @@ fn one(conn: &Conn, method: &str, path: &str) -> Result<String, Failure> {
     if let Some(n) = j.result_bytes {
         let _ = writeln!(out, "result      {n} bytes");
     }
+    if let Some(d) = &j.heartbeat_details {
+        let at = j.heartbeat_at_ms.unwrap_or(0);
+        let _ = writeln!(out, "heartbeat   {d} (at {at} ms)");
+    }
     Ok(out)
 }
