@@ -56,6 +56,18 @@ struct LocalBeat {
 }
 
 impl ActivityContext {
+    /// A context for calling an activity function directly (tests, stubs): its heartbeats go
+    /// nowhere and it has no heartbeat details.
+    pub fn new(instance: impl Into<String>, run: u64, seq: u64, attempt: u32) -> Self {
+        ActivityContext {
+            instance: instance.into(),
+            seq,
+            run,
+            attempt,
+            beat: Heartbeats::None,
+        }
+    }
+
     /// Reports that the activity is alive, with `details` (serde; e.g. how far it got). With a
     /// heartbeat timeout ([`ActivityOptions::heartbeat_timeout`]) an attempt that stops
     /// heartbeating is timed out and retried; the next attempt reads the latest details with
