@@ -341,14 +341,40 @@ impl NodeBuilder {
         self
     }
 
+    /// Registers `P` as the payload type of workflow event `name`, so that
+    /// `Workflows::raise_event_json` (and `quark workflows raise`) can convert a JSON payload.
+    pub fn register_workflow_event<P>(mut self, name: &str) -> Self
+    where
+        P: serde::Serialize + serde::de::DeserializeOwned + 'static,
+    {
+        self.workflows.add_event::<P>(name);
+        self
+    }
+
+    /// Registers actor `A` as the receiver of `call_actor` calls `M` from workflows
+    /// ([`crate::workflow::ActorCallHandler`]), and the workflow instances as receivers of
+    /// the replies. Register it on every node that sends or receives such calls (as with
+    /// [`NodeBuilder::durable`]); it enables the outbox.
+    pub fn register_actor_call<A, M>(mut self) -> Self
+    where
+        A: crate::workflow::ActorCallHandler<M>,
+        M: crate::workflow::ActorCall,
+    {
+        self.outbox
+            .add_handler::<A, crate::workflow::WorkflowCall<M>>();
+        self.outbox
+            .add_handler::<crate::workflow::WorkflowInstance, crate::workflow::CallReply>();
+        self
+    }
+
     /// Registers version `version` of orchestration `name` (see [`crate::workflow`]): an
     /// `async fn(WorkflowContext, I) -> Result<O, E>`. New instances run the newest registered
     /// version; an instance finishes on the version it started with, so keep registering an
     /// old version while instances of it run. Workflows need a log (`[log]`).
     pub fn register_workflow<I, O, E, F, Fut>(mut self, name: &str, version: u32, f: F) -> Self
     where
-        I: serde::de::DeserializeOwned + 'static,
-        O: serde::Serialize + 'static,
+        I: serde::Serialize + serde::de::DeserializeOwned + 'static,
+        O: serde::Serialize + serde::de::DeserializeOwned + 'static,
         E: std::fmt::Display + 'static,
         F: Fn(crate::workflow::WorkflowContext, I) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Result<O, E>> + 'static,

@@ -19,6 +19,9 @@
 //!   running cluster (`docs/JOBS.md`).
 //! - `quark outbox dead-letters list|replay|purge --data-dir DIR`: a stopped node's outbox
 //!   dead letters (`docs/OUTBOX.md`); exit 1 when the named dead letter is not there.
+//! - `quark workflows start|status|history|raise|cancel|terminate|purge|list --addr HOST:PORT`:
+//!   a running node's workflow instances, JSON in and out; `quark workflows history --data-dir
+//!   DIR ID`: an instance's history in a stopped node's data directory (`docs/WORKFLOWS.md`).
 //!
 //! Each subcommand lives in its own module next to this file; this file only dispatches.
 //! Exit codes: 0 success; `serve` 1 on failure; `journal` 1 when an integrity problem was found,
@@ -37,6 +40,7 @@ mod outbox;
 mod reminders;
 mod serve;
 mod status;
+mod workflows;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -67,6 +71,9 @@ enum Command {
     Outbox(outbox::Args),
     /// A running cluster's durable reminders: list, cancel (via a node's `[admin]`).
     Reminders(reminders::Args),
+    /// A running node's workflow instances (via `[admin]`), or an instance's history in a
+    /// stopped node's data directory.
+    Workflows(workflows::Args),
 }
 
 /// Installs the log subscriber: `RUST_LOG` filters (default `info`), lines go to stderr.
@@ -110,5 +117,6 @@ fn main() -> ExitCode {
         Command::Jobs(args) => jobs::run(args),
         Command::Outbox(args) => outbox::run(args),
         Command::Reminders(args) => reminders::run(args),
+        Command::Workflows(args) => workflows::run(args),
     }
 }

@@ -232,6 +232,9 @@ fn route(req: &Request, shared: &Shared) -> (u16, &'static str, Vec<u8>) {
     if req.path == "/quark/jobs" || req.path.starts_with("/quark/jobs/") {
         return super::jobs::route(req, shared); // GET and POST: see jobs.rs
     }
+    if req.path == "/quark/workflows" || req.path.starts_with("/quark/workflows/") {
+        return super::workflows::route(req, shared); // GET and POST: see workflows.rs
+    }
     if req.path.starts_with("/quark/outbox/") {
         return super::outbox::route(req, shared);
     }

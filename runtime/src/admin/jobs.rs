@@ -62,6 +62,13 @@ pub struct JobView {
     pub last_error: Option<String>,
     /// Size of the result the handler set, when completed with one.
     pub result_bytes: Option<usize>,
+    /// The latest heartbeat's details (`JobContext::heartbeat`), as text when they are UTF-8,
+    /// else as hex.
+    #[serde(default)]
+    pub heartbeat_details: Option<String>,
+    /// When that heartbeat was (ms since the Unix epoch).
+    #[serde(default)]
+    pub heartbeat_at_ms: Option<u64>,
 }
 
 impl From<&JobStatus> for JobView {
@@ -78,6 +85,11 @@ impl From<&JobStatus> for JobView {
             unique_key: s.unique_key.clone(),
             last_error: s.last_error.clone(),
             result_bytes: s.result.as_ref().map(Vec::len),
+            heartbeat_details: s.heartbeat_details.as_ref().map(|d| {
+                String::from_utf8(d.clone())
+                    .unwrap_or_else(|_| d.iter().map(|b| format!("{b:02x}")).collect())
+            }),
+            heartbeat_at_ms: s.heartbeat_at_ms,
         }
     }
 }
@@ -391,6 +403,11 @@ pub(super) fn parse_query(q: &str) -> Result<Vec<(String, String)>, String> {
             Ok((decode(k)?, decode(v)?))
         })
         .collect()
+}
+
+/// Percent-decodes a path segment or query component.
+pub(super) fn decode_component(s: &str) -> Result<String, String> {
+    decode(s)
 }
 
 fn decode(s: &str) -> Result<String, String> {

@@ -19,6 +19,8 @@
 //!   and shard ([`ActorCounts`]). Both walk the shards at request time.
 //! - `/quark/jobs/...`: the durable jobs, listed and operated (`GET` reads, `POST`
 //!   operations; see [`JobsPage`] and `docs/JOBS.md`).
+//! - `/quark/workflows/...`: the workflow instances, listed and operated with JSON inputs
+//!   (`GET` reads, `POST` operations; see [`WorkflowsPage`] and `docs/WORKFLOWS.md`).
 //! - `GET /quark/reminders?type=T&key=K`: one actor's durable reminders ([`ActorReminders`]);
 //!   without a key, every actor's reminders in the cluster ([`RemindersPage`]);
 //!   `POST /quark/reminders/cancel`: cancels one ([`CancelledReminder`]).
@@ -50,6 +52,7 @@ mod probe;
 mod reminders;
 mod shards;
 mod status;
+mod workflows;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU8, Ordering};
@@ -84,6 +87,7 @@ pub use reminders::{
 };
 pub use shards::{CallCounts, ShardLoad, ShardsReport};
 pub use status::{PeerStatus, ShardStatus, Status};
+pub use workflows::{WorkflowHistory, WorkflowItem, WorkflowStarted, WorkflowView, WorkflowsPage};
 
 /// Requests served at once; a connection beyond it is answered `503` and closed.
 pub const CONNECTIONS_MAX: usize = 4;

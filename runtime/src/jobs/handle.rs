@@ -77,6 +77,9 @@ impl Jobs {
                 key_rate_limit: o.key_rate_limit,
                 depends_on: Vec::new(),
                 on_parent_failure: o.on_parent_failure,
+                heartbeat_timeout_ms: o
+                    .heartbeat_timeout
+                    .map_or(0, |t| (t.as_millis() as u64).max(1)),
             },
             deps: o.depends_on,
             shard,

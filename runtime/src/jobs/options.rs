@@ -207,6 +207,11 @@ pub struct JobOptions {
     /// Rate limit of the concurrency key: starts of jobs with this key (needs
     /// `concurrency_key`; the bucket is per key, its size taken from the job being started).
     pub key_rate_limit: Option<RateLimit>,
+    /// A running attempt whose handler does not call [`JobContext::heartbeat`] for this long
+    /// (counted from its start, then from its last heartbeat) is timed out and retried under
+    /// the retry policy, like an attempt that exceeded [`JobOptions::timeout`]. Stored with
+    /// the job, so it holds after a restart. Default `None`: no heartbeat is expected.
+    pub heartbeat_timeout: Option<Duration>,
 }
 
 impl JobOptions {
@@ -233,6 +238,11 @@ impl JobOptions {
     /// Sets the timeout of one attempt.
     pub fn timeout(mut self, t: Duration) -> Self {
         self.timeout = Some(t);
+        self
+    }
+    /// Sets the heartbeat timeout (see [`JobOptions::heartbeat_timeout`]).
+    pub fn heartbeat_timeout(mut self, t: Duration) -> Self {
+        self.heartbeat_timeout = Some(t);
         self
     }
     /// Sets the unique key.
@@ -417,6 +427,11 @@ pub struct JobStatus {
     pub unique_key: Option<String>,
     /// The result the handler set, when completed.
     pub result: Option<Vec<u8>>,
+    /// The details of the latest heartbeat ([`JobContext::heartbeat`]) of this or an earlier
+    /// attempt: the running attempt's latest in memory, else the latest recorded.
+    pub heartbeat_details: Option<Vec<u8>>,
+    /// When that heartbeat was (ms, the jobs clock).
+    pub heartbeat_at_ms: Option<u64>,
 }
 
 /// A job to enqueue (typed with [`NewJob::new`], or by name with [`NewJob::raw`] /

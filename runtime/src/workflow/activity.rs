@@ -2,8 +2,12 @@
 //! default: the jobs feature's retry, backoff, timeout and dead letters) or locally on the
 //! instance's shard.
 
+use std::cell::{Cell, RefCell};
+use std::rc::Rc;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use super::{ActivityOptions, WfShared};
@@ -21,6 +25,84 @@ pub struct ActivityContext {
     pub run: u64,
     /// The attempt (1 for the first; with jobs it keeps growing across restarts).
     pub attempt: u32,
+    /// Where heartbeats go.
+    beat: Heartbeats,
+}
+
+/// Where an activity's heartbeats go: its job's context, or the local run's watchdog.
+#[derive(Clone, Default)]
+enum Heartbeats {
+    /// Not under a runner (e.g. a context made by a test).
+    #[default]
+    None,
+    Job(JobContext),
+    Local(Rc<LocalBeat>),
+}
+
+impl std::fmt::Debug for Heartbeats {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Heartbeats::None => "none",
+            Heartbeats::Job(_) => "job",
+            Heartbeats::Local(_) => "local",
+        })
+    }
+}
+
+/// A local activity's heartbeats (in memory: a local activity is not durable).
+struct LocalBeat {
+    last: Cell<Instant>,
+    details: RefCell<Option<Vec<u8>>>,
+}
+
+impl ActivityContext {
+    /// A context for calling an activity function directly (tests, stubs): its heartbeats go
+    /// nowhere and it has no heartbeat details.
+    pub fn new(instance: impl Into<String>, run: u64, seq: u64, attempt: u32) -> Self {
+        ActivityContext {
+            instance: instance.into(),
+            seq,
+            run,
+            attempt,
+            beat: Heartbeats::None,
+        }
+    }
+
+    /// Reports that the activity is alive, with `details` (serde; e.g. how far it got). With a
+    /// heartbeat timeout ([`ActivityOptions::heartbeat_timeout`]) an attempt that stops
+    /// heartbeating is timed out and retried; the next attempt reads the latest details with
+    /// [`ActivityContext::heartbeat_details`] and can resume from them. For a job activity this
+    /// is [`JobContext::heartbeat`]: the details are written to the log throttled (at most one
+    /// record per quarter of the timeout) and survive a restart; a local activity keeps them in
+    /// memory. Details that do not serialise are dropped (the heartbeat still counts).
+    pub fn heartbeat<T: Serialize>(&self, details: &T) {
+        let bytes = postcard::to_allocvec(details).ok();
+        match &self.beat {
+            Heartbeats::None => {}
+            Heartbeats::Job(ctx) => match bytes {
+                Some(b) => ctx.heartbeat(b),
+                None => ctx.heartbeat(ctx.heartbeat_details().unwrap_or_default()),
+            },
+            Heartbeats::Local(l) => {
+                l.last.set(Instant::now());
+                if let Some(b) = bytes {
+                    *l.details.borrow_mut() = Some(b);
+                }
+            }
+        }
+    }
+
+    /// The details of the latest heartbeat of this call (an earlier attempt's, also across a
+    /// restart for a job activity), decoded as `T`; `None` if there was none or it does not
+    /// decode as `T`.
+    pub fn heartbeat_details<T: DeserializeOwned>(&self) -> Option<T> {
+        let bytes = match &self.beat {
+            Heartbeats::None => None,
+            Heartbeats::Job(ctx) => ctx.heartbeat_details(),
+            Heartbeats::Local(l) => l.details.borrow().clone(),
+        }?;
+        postcard::from_bytes(&bytes).ok()
+    }
 }
 
 /// An activity's failure: retried under the policy unless fatal.
@@ -81,6 +163,7 @@ pub(crate) async fn run_job(
         seq: job.seq,
         run: job.run,
         attempt: ctx.attempt(),
+        beat: Heartbeats::Job(ctx.clone()),
     };
     match f(job.input, actx).await {
         Ok(out) => {
@@ -113,10 +196,11 @@ pub(crate) async fn enqueue_job(
         name: name.to_owned(),
         input,
     };
-    let opts = JobOptions::default()
+    let mut opts = JobOptions::default()
         .retry(options.retry)
         .timeout(options.timeout)
         .unique(format!("wf/{instance}/{run}/{seq}"));
+    opts.heartbeat_timeout = options.heartbeat_timeout;
     jobs.enqueue(&job, opts).await.map_err(|e| {
         format!(
             "enqueueing activity {name:?} failed: {}",
@@ -167,21 +251,38 @@ pub(crate) async fn run_local(
     };
     let max = options.retry.max_attempts.max(1);
     let mut attempt = 1;
+    // Shared by the attempts, so that an attempt reads the previous one's details.
+    let beat = Rc::new(LocalBeat {
+        last: Cell::new(Instant::now()),
+        details: RefCell::new(None),
+    });
     loop {
+        beat.last.set(Instant::now());
         let actx = ActivityContext {
             instance: instance.clone(),
             seq,
             run,
             attempt,
+            beat: Heartbeats::Local(Rc::clone(&beat)),
         };
         let call = f(input.clone(), actx);
-        let timeout = crate::sleep(options.timeout);
-        let r = match futures::future::select(call, std::pin::pin!(timeout)).await {
+        let timeout = std::pin::pin!(crate::sleep(options.timeout));
+        let silent = std::pin::pin!(local_heartbeat_deadline(&beat, options.heartbeat_timeout));
+        let stop = futures::future::select(timeout, silent);
+        let r = match futures::future::select(call, stop).await {
             futures::future::Either::Left((r, _)) => r,
-            futures::future::Either::Right(_) => Err(ActivityError::retry(format!(
-                "attempt {attempt} timed out after {} ms",
-                options.timeout.as_millis()
-            ))),
+            futures::future::Either::Right((futures::future::Either::Left(_), _)) => {
+                Err(ActivityError::retry(format!(
+                    "attempt {attempt} timed out after {} ms",
+                    options.timeout.as_millis()
+                )))
+            }
+            futures::future::Either::Right((futures::future::Either::Right(_), _)) => {
+                Err(ActivityError::retry(format!(
+                    "attempt {attempt} timed out: no heartbeat for {} ms",
+                    options.heartbeat_timeout.unwrap_or_default().as_millis()
+                )))
+            }
         };
         match r {
             Ok(out) => return Ok(out),
@@ -195,5 +296,20 @@ pub(crate) async fn run_local(
                 attempt += 1;
             }
         }
+    }
+}
+
+/// Resolves once a local attempt has not heartbeated for `timeout` (never without one).
+async fn local_heartbeat_deadline(beat: &LocalBeat, timeout: Option<Duration>) {
+    let Some(timeout) = timeout else {
+        return futures::future::pending().await;
+    };
+    loop {
+        let deadline = beat.last.get() + timeout;
+        let now = Instant::now();
+        if now >= deadline {
+            return;
+        }
+        crate::sleep(deadline - now).await;
     }
 }

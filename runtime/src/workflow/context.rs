@@ -38,6 +38,8 @@ pub(crate) struct Command {
     pub input: Vec<u8>,
     pub fire_at_ms: Option<u64>,
     pub options: ActivityOptions,
+    /// A `call_actor` step: stages its message in the instance's turn.
+    pub send: Option<super::call::ActorSend>,
 }
 
 /// The state a run's steps share (one per run, on the instance's shard).
@@ -74,6 +76,7 @@ impl Core {
         input: Vec<u8>,
         fire_at_ms: Option<u64>,
         options: ActivityOptions,
+        send: Option<super::call::ActorSend>,
     ) -> u64 {
         let seq = self.next_seq;
         self.next_seq += 1;
@@ -105,6 +108,7 @@ impl Core {
                 input,
                 fire_at_ms,
                 options,
+                send,
             });
         }
         seq
@@ -249,6 +253,63 @@ impl WorkflowContext {
                 other => unreachable!(
                     "invariant: an activity step resolves with an activity result, not {other:?}"
                 ),
+            }
+        }
+    }
+
+    /// Sends `msg` to actor `(B, key)` **exactly once** through the outbox and resolves with
+    /// its reply, recorded in the history (`ActorReplied`): a replay returns the recorded reply
+    /// without sending again.
+    ///
+    /// The message is an outbox record written in the same log batch as the step's
+    /// `Scheduled` record, so it is sent if and only if the step is recorded; the outbox
+    /// delivers it until the receiver acknowledges it, and the receiver applies it once per
+    /// message id (its inbox), running [`super::ActorCallHandler::handle_call`]. The reply goes
+    /// back the same way, as a durable message in the batch of the receiver's effects, and is
+    /// recorded once (a reply delivered again finds the step resolved). So a crash anywhere
+    /// between the send and the recorded reply neither loses nor repeats the effect. The
+    /// receiver's type must be registered with `NodeBuilder::register_actor_call::<B, M>()`
+    /// (on every node that sends or receives it); `B` may live on any shard or node.
+    ///
+    /// Errors: [`StepError::ActorCallFailed`] if the message could not be staged (the
+    /// outbox is full or not running) or the reply does not decode.
+    pub fn call_actor<B, M>(
+        &self,
+        key: impl Into<quark_shard::ActorKey>,
+        msg: &M,
+    ) -> impl Future<Output = Result<M::Reply, StepError>> + 'static
+    where
+        B: super::ActorCallHandler<M>,
+        M: super::ActorCall,
+    {
+        let key: quark_shard::ActorKey = key.into();
+        let name = format!("{}/{:?}/{}", B::TYPE_NAME, key, M::NAME);
+        let encoded = postcard::to_allocvec(msg).map_err(|e| StepError::Encode {
+            step: name.clone(),
+            detail: e.to_string(),
+        });
+        let core = Rc::clone(&self.core);
+        async move {
+            let input = encoded?;
+            let step = StepDesc {
+                kind: StepKind::Actor,
+                name: name.clone(),
+                input_hash: fnv1a(&input),
+            };
+            let send = super::call::ActorSend::new::<B, M>(key, input.clone());
+            match Step::actor(core, step, input, send).await {
+                Resolved::Activity(Ok(bytes)) => {
+                    decode_output(&name, &bytes).map_err(|e| StepError::ActorCallFailed {
+                        call: name.clone(),
+                        error: e.to_string(),
+                    })
+                }
+                Resolved::Activity(Err(error)) => {
+                    Err(StepError::ActorCallFailed { call: name, error })
+                }
+                other => {
+                    unreachable!("invariant: an actor call resolves with a reply, not {other:?}")
+                }
             }
         }
     }
@@ -399,7 +460,14 @@ fn decode_output<O: DeserializeOwned>(step: &str, bytes: &[u8]) -> Result<O, Ste
 /// One step: issues its command on first poll, then waits for its result.
 struct Step {
     core: Rc<RefCell<Core>>,
-    issue: Option<(StepDesc, Vec<u8>, Option<u64>, ActivityOptions)>,
+    #[allow(clippy::type_complexity)]
+    issue: Option<(
+        StepDesc,
+        Vec<u8>,
+        Option<u64>,
+        ActivityOptions,
+        Option<super::call::ActorSend>,
+    )>,
     seq: u64,
     event: Option<String>,
 }
@@ -415,9 +483,24 @@ impl Step {
         let event = (step.kind == StepKind::Event).then(|| step.name.clone());
         Step {
             core,
-            issue: Some((step, input, fire_at, options)),
+            issue: Some((step, input, fire_at, options, None)),
             seq: 0,
             event,
+        }
+    }
+
+    /// A `call_actor` step, with what sends its message.
+    pub(crate) fn actor(
+        core: Rc<RefCell<Core>>,
+        step: StepDesc,
+        input: Vec<u8>,
+        send: super::call::ActorSend,
+    ) -> Self {
+        Step {
+            core,
+            issue: Some((step, input, None, ActivityOptions::default(), Some(send))),
+            seq: 0,
+            event: None,
         }
     }
 }
@@ -427,8 +510,8 @@ impl Future for Step {
     fn poll(mut self: Pin<&mut Self>, _: &mut TaskContext<'_>) -> Poll<Resolved> {
         let this = &mut *self;
         let mut c = this.core.borrow_mut();
-        if let Some((step, input, fire_at, options)) = this.issue.take() {
-            this.seq = c.issue(step, input, fire_at, options);
+        if let Some((step, input, fire_at, options, send)) = this.issue.take() {
+            this.seq = c.issue(step, input, fire_at, options, send);
         }
         if c.error.is_some() {
             return Poll::Pending;
@@ -471,6 +554,7 @@ impl<F: Future + Unpin> Future for WhenAny<F> {
                     Vec::new(),
                     None,
                     ActivityOptions::default(),
+                    None,
                 );
                 this.seq = Some(s);
                 s
@@ -600,6 +684,7 @@ impl Execution {
     pub fn accepts(&self, input: &HistoryEvent) -> bool {
         match input {
             HistoryEvent::ActivityDone { seq, .. }
+            | HistoryEvent::ActorReplied { seq, .. }
             | HistoryEvent::TimerFired { seq, .. }
             | HistoryEvent::ChildDone { seq, .. } => self.pending.contains_key(seq),
             HistoryEvent::EventRaised { .. } => true,
@@ -614,7 +699,8 @@ impl Execution {
             c.now_ms = c.now_ms.max(t);
         }
         match input {
-            HistoryEvent::ActivityDone { seq, result, .. } => {
+            HistoryEvent::ActivityDone { seq, result, .. }
+            | HistoryEvent::ActorReplied { seq, result, .. } => {
                 self.pending.remove(seq);
                 c.results.insert(*seq, Resolved::Activity(result.clone()));
             }

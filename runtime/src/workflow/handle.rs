@@ -179,6 +179,93 @@ impl Workflows {
             .map_err(Self::call_err(instance))?
     }
 
+    /// [`Workflows::start_version`] (or [`Workflows::start`] with `version: None`) with the
+    /// input as JSON, converted with the orchestration's registered input type (the CLI and
+    /// the admin routes use it). JSON that does not fit the type is a
+    /// [`WorkflowError::Codec`] naming the type.
+    pub async fn start_json(
+        &self,
+        name: &str,
+        version: Option<u32>,
+        instance: &str,
+        input_json: &str,
+    ) -> Result<StartOutcome, WorkflowError> {
+        let v = version
+            .or_else(|| self.shared.newest(name))
+            .ok_or_else(|| WorkflowError::UnknownOrchestration {
+                name: name.to_owned(),
+                version,
+                registered: self.shared.registered(),
+            })?;
+        let codec = self
+            .shared
+            .json
+            .get(&(name.to_owned(), v))
+            .cloned()
+            .ok_or_else(|| WorkflowError::UnknownOrchestration {
+                name: name.to_owned(),
+                version: Some(v),
+                registered: self.shared.registered(),
+            })?;
+        let input = parse_json(instance, input_json).and_then(|j| {
+            (codec.input)(j).map_err(|detail| WorkflowError::Codec {
+                instance: instance.to_owned(),
+                what: "converting the JSON input",
+                detail,
+            })
+        })?;
+        self.start_raw(name, Some(v), instance, input, None).await
+    }
+
+    /// [`Workflows::raise_event`] with the payload as JSON, converted with the type registered
+    /// for event `name` (`NodeBuilder::register_workflow_event`).
+    pub async fn raise_event_json(
+        &self,
+        instance: &str,
+        name: &str,
+        payload_json: &str,
+    ) -> Result<(), WorkflowError> {
+        let Some(codec) = self.shared.events.get(name).cloned() else {
+            return Err(WorkflowError::Codec {
+                instance: instance.to_owned(),
+                what: "converting the JSON payload",
+                detail: format!(
+                    "no payload type is registered for event {name:?} (NodeBuilder::register_workflow_event)"
+                ),
+            });
+        };
+        let payload = parse_json(instance, payload_json).and_then(|j| {
+            codec(j).map_err(|detail| WorkflowError::Codec {
+                instance: instance.to_owned(),
+                what: "converting the JSON payload",
+                detail,
+            })
+        })?;
+        self.actor(instance)
+            .ask(RaiseMsg {
+                name: name.to_owned(),
+                payload,
+            })
+            .await
+            .map_err(Self::call_err(instance))?
+    }
+
+    /// An output of orchestration `name` version `version` (as in
+    /// [`WorkflowStatus::output`]) as JSON, with the registered output type.
+    pub fn output_json(
+        &self,
+        name: &str,
+        version: u32,
+        output: &[u8],
+    ) -> Result<serde_json::Value, String> {
+        let codec = self
+            .shared
+            .json
+            .get(&(name.to_owned(), version))
+            .ok_or_else(|| format!("orchestration {name:?} v{version} is not registered"))?;
+        (codec.output)(output)
+    }
+
     /// The instance's status.
     pub async fn status(&self, instance: &str) -> Result<WorkflowStatus, WorkflowError> {
         self.actor(instance)
@@ -333,4 +420,12 @@ impl Workflows {
             next_cursor,
         })
     }
+}
+
+fn parse_json(instance: &str, text: &str) -> Result<serde_json::Value, WorkflowError> {
+    serde_json::from_str(text).map_err(|e| WorkflowError::Codec {
+        instance: instance.to_owned(),
+        what: "parsing the JSON",
+        detail: e.to_string(),
+    })
 }

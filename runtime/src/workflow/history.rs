@@ -14,7 +14,8 @@ pub(crate) const KEY_PREFIX: &[u8] = b"qw/";
 const FORMAT: u8 = 1;
 
 /// The log key of instance `id`.
-pub(crate) fn instance_key(id: &str) -> Vec<u8> {
+/// The log key of instance `id`'s history records (`qw/<id>`).
+pub fn instance_key(id: &str) -> Vec<u8> {
     let mut k = Vec::with_capacity(KEY_PREFIX.len() + id.len());
     k.extend_from_slice(KEY_PREFIX);
     k.extend_from_slice(id.as_bytes());
@@ -40,6 +41,8 @@ pub enum StepKind {
     SubOrchestration,
     /// `when_any`: the position of a race whose winner is recorded.
     Select,
+    /// `call_actor`: a durable message to an actor through the outbox, its reply recorded.
+    Actor,
 }
 
 impl std::fmt::Display for StepKind {
@@ -50,6 +53,7 @@ impl std::fmt::Display for StepKind {
             StepKind::Event => "wait_event",
             StepKind::SubOrchestration => "sub_orchestration",
             StepKind::Select => "when_any",
+            StepKind::Actor => "call_actor",
         })
     }
 }
@@ -221,6 +225,16 @@ pub enum HistoryEvent {
         /// The patch id.
         id: String,
     },
+    /// The actor called by step `seq` (`call_actor`) replied. Recorded at most once per step:
+    /// a reply delivered again (after a crash) finds the step resolved and is dropped.
+    ActorReplied {
+        /// The position.
+        seq: u64,
+        /// The encoded reply, or why there is none.
+        result: Result<Vec<u8>, String>,
+        /// Wall-clock ms of delivery.
+        time_ms: u64,
+    },
     /// The instance finished (the last record).
     Finished {
         /// How.
@@ -241,6 +255,7 @@ impl HistoryEvent {
             | HistoryEvent::TimerFired { time_ms, .. }
             | HistoryEvent::EventRaised { time_ms, .. }
             | HistoryEvent::ChildDone { time_ms, .. }
+            | HistoryEvent::ActorReplied { time_ms, .. }
             | HistoryEvent::Finished { time_ms, .. } => Some(*time_ms),
             _ => None,
         }
@@ -259,6 +274,7 @@ impl HistoryEvent {
             HistoryEvent::Chosen { .. } => "chosen",
             HistoryEvent::Patched { .. } => "patched",
             HistoryEvent::Finished { .. } => "finished",
+            HistoryEvent::ActorReplied { .. } => "actor_replied",
         }
     }
 }
@@ -272,6 +288,11 @@ pub(crate) fn encode(event: &HistoryEvent) -> Vec<u8> {
     let body = postcard::to_allocvec(event).expect("invariant: a HistoryEvent always encodes");
     out.extend_from_slice(&body);
     out
+}
+
+/// Decodes a history record's payload (tools reading a stopped node's log).
+pub fn decode_record(payload: &[u8]) -> Result<HistoryEvent, String> {
+    decode(payload)
 }
 
 /// Decodes a payload written by [`encode`].

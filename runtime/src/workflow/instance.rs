@@ -1,5 +1,18 @@
 //! The instance actor (`quark.wf`, keyed by instance id): loads its history, replays it, runs
-//! the orchestration forward one turn at a time and appends its records.
+//! the orchestration forward one turn at a time and appends its records. Beside it:
+//! `messages` (the instance's messages and their turns, and the tasks that run its launched
+//! steps) and `sweep` (the per-shard instance table and the resume sweep at start).
+
+mod messages;
+mod sweep;
+
+use messages::run_activity;
+pub(crate) use messages::{
+    child_id, HistoryMsg, InputMsg, PurgeMsg, RaiseMsg, StartMsg, StatusMsg, StopMsg, TimerDue,
+    WaitMsg,
+};
+use sweep::table_remove;
+pub(crate) use sweep::{resume_shard, table_page, table_set};
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
@@ -16,46 +29,6 @@ use super::handle::{StartOutcome, WorkflowStatus};
 use super::history::{self, HistoryEvent, InstanceState, StepKind};
 use super::{WfShared, WorkflowError};
 use crate::journal::now_ms;
-
-thread_local! {
-    /// This shard's instances: id -> (orchestration name, state). Filled at start from the log
-    /// and kept current by the instances; read by `Workflows::list`.
-    static TABLE: RefCell<BTreeMap<String, (String, InstanceState)>> = const { RefCell::new(BTreeMap::new()) };
-}
-
-pub(crate) fn table_set(id: &str, name: &str, state: InstanceState) {
-    TABLE.with(|t| {
-        t.borrow_mut()
-            .insert(id.to_owned(), (name.to_owned(), state))
-    });
-}
-
-fn table_remove(id: &str) {
-    TABLE.with(|t| t.borrow_mut().remove(id));
-}
-
-/// A page of this shard's table: ids above `after`, filtered, at most `limit`.
-pub(crate) fn table_page(
-    state: Option<InstanceState>,
-    name: Option<&str>,
-    after: Option<&str>,
-    limit: usize,
-) -> Vec<(String, String, InstanceState)> {
-    TABLE.with(|t| {
-        let t = t.borrow();
-        let range = match after {
-            Some(a) => {
-                t.range::<str, _>((std::ops::Bound::Excluded(a), std::ops::Bound::Unbounded))
-            }
-            None => t.range::<str, _>(..),
-        };
-        range
-            .filter(|(_, (n, s))| state.is_none_or(|x| x == *s) && name.is_none_or(|x| x == n))
-            .take(limit)
-            .map(|(id, (n, s))| (id.clone(), n.clone(), *s))
-            .collect()
-    })
-}
 
 struct Info {
     name: String,
@@ -186,6 +159,7 @@ fn is_input(e: &HistoryEvent) -> bool {
             | HistoryEvent::TimerFired { .. }
             | HistoryEvent::EventRaised { .. }
             | HistoryEvent::ChildDone { .. }
+            | HistoryEvent::ActorReplied { .. }
     )
 }
 
@@ -422,13 +396,62 @@ impl WorkflowInstance {
                 },
             ));
         }
+        // `call_actor` steps asked for in this turn: their messages are staged now and written
+        // with this batch (sent if and only if the step is recorded).
+        let failed_sends = if finished.is_none() {
+            self.stage_actor_calls(ctx, &records).await
+        } else {
+            Vec::new()
+        };
         self.append(ctx, &records).await?;
         if let Some((state, out)) = finished {
             self.finish(ctx, state, out, now);
         } else {
             self.launch(ctx);
+            let run = self.info.as_ref().map(|i| i.run).unwrap_or(0);
+            for (seq, error) in failed_sends {
+                // Recorded as the step's (failed) reply by a turn of its own.
+                let me = ctx.self_ref();
+                let _detached = ctx.engine().spawn_on(ctx.shard(), move || async move {
+                    let event = HistoryEvent::ActorReplied {
+                        seq,
+                        result: Err(error),
+                        time_ms: now_ms(),
+                    };
+                    let _ = me.tell(InputMsg { run, event }).await;
+                });
+            }
         }
         Ok(())
+    }
+
+    /// Stages the message of every `call_actor` step scheduled in `records` in this turn
+    /// (the next `append` writes them with the records); returns the steps whose message could
+    /// not be staged, with why.
+    async fn stage_actor_calls(
+        &mut self,
+        ctx: &Context<Self>,
+        records: &[(RecordKind, HistoryEvent)],
+    ) -> Vec<(u64, String)> {
+        let (Some(info), Some(exec)) = (self.info.as_ref(), self.exec.as_ref()) else {
+            return Vec::new();
+        };
+        let mut failed = Vec::new();
+        for (_, e) in records {
+            let HistoryEvent::Scheduled { seq, step, .. } = e else {
+                continue;
+            };
+            if step.kind != StepKind::Actor {
+                continue;
+            }
+            let Some(send) = exec.pending.get(seq).and_then(|(c, _)| c.send.clone()) else {
+                continue;
+            };
+            if let Err(e) = send.stage(ctx, self.id.clone(), info.run, *seq).await {
+                failed.push((*seq, crate::ErrorChain(&e).to_string()));
+            }
+        }
+        failed
     }
 
     async fn append(
@@ -456,13 +479,20 @@ impl WorkflowInstance {
                 expires_at_ms: None,
             });
         }
-        if let Err(source) = log.append(&batch).await {
-            // The live run is ahead of the log: rebuild from the log on the next message.
-            ctx.deactivate_when_idle();
-            return Err(WorkflowError::Append {
-                instance: self.id.clone(),
-                source,
-            });
+        // The turn's staged outbox records (`call_actor` messages) and, in the delivery turn of
+        // a reply, its inbox receipt: written atomically with the history records.
+        let taken = crate::outbox::stage_into(ctx, &mut batch);
+        match log.append(&batch).await {
+            Ok(range) => crate::outbox::committed(ctx, taken, &range),
+            Err(source) => {
+                crate::outbox::aborted(ctx, taken);
+                // The live run is ahead of the log: rebuild from the log on the next message.
+                ctx.deactivate_when_idle();
+                return Err(WorkflowError::Append {
+                    instance: self.id.clone(),
+                    source,
+                });
+            }
         }
         if let Some(info) = self.info.as_mut() {
             info.events += records.len() as u64;
@@ -604,7 +634,9 @@ impl WorkflowInstance {
                             .await;
                     });
                 }
-                StepKind::Select => {}
+                // The message left with the `Scheduled` record's batch (see `drive`); the
+                // reply comes back as a durable message (`ActorReplyMsg`).
+                StepKind::Select | StepKind::Actor => {}
             }
         }
     }
@@ -619,416 +651,6 @@ impl WorkflowInstance {
                 state: i.state,
             }),
             Some(_) => Ok(()),
-        }
-    }
-}
-
-/// Starts the instance (or returns the existing one).
-pub(crate) struct StartMsg {
-    pub name: String,
-    pub version: u32,
-    pub input: Vec<u8>,
-    pub parent: Option<String>,
-}
-impl Message for StartMsg {
-    type Reply = Result<StartOutcome, WorkflowError>;
-}
-impl Handler<StartMsg> for WorkflowInstance {
-    async fn handle(
-        &mut self,
-        m: StartMsg,
-        ctx: &Context<Self>,
-    ) -> Result<StartOutcome, WorkflowError> {
-        if let Some(info) = &self.info {
-            return Ok(StartOutcome {
-                instance: self.id.clone(),
-                name: info.name.clone(),
-                version: info.version,
-                existed: true,
-            });
-        }
-        if ctx.log().is_none() {
-            return Err(WorkflowError::NoLog {
-                instance: self.id.clone(),
-            });
-        }
-        let now = now_ms();
-        let info = Info {
-            name: m.name.clone(),
-            version: m.version,
-            run: 1,
-            parent: m.parent.clone(),
-            started_ms: now,
-            state: InstanceState::Running,
-            output: None,
-            finished_ms: None,
-            events: 0,
-            bytes: 0,
-            warned: false,
-        };
-        let exec = self.new_execution(&info, m.input.clone(), now)?;
-        self.info = Some(info);
-        self.exec = Some(exec);
-        let records = vec![(
-            RecordKind::Snapshot,
-            HistoryEvent::Started {
-                name: m.name.clone(),
-                version: m.version,
-                input: m.input,
-                run: 1,
-                time_ms: now,
-                parent: m.parent,
-            },
-        )];
-        if let Err(e) = self.drive(ctx, records, None).await {
-            self.info = None;
-            self.exec = None;
-            return Err(e);
-        }
-        let info = self.info.as_ref().expect("invariant: started above");
-        if !info.state.is_finished() {
-            table_set(&self.id, &info.name, info.state);
-        }
-        Ok(StartOutcome {
-            instance: self.id.clone(),
-            name: m.name,
-            version: m.version,
-            existed: false,
-        })
-    }
-}
-
-/// The id of the child started by step `seq` of run `run` of instance `parent`:
-/// `<parent>/<run>.<seq>` (the run keeps the children of successive runs apart).
-pub(crate) fn child_id(parent: &str, run: u64, seq: u64) -> String {
-    format!("{parent}/{run}.{seq}")
-}
-
-/// Runs activity call `seq` to its end: locally, or as a job (the one recorded for it, else a
-/// new one whose id is recorded).
-#[allow(clippy::too_many_arguments)]
-async fn run_activity(
-    shared: &WfShared,
-    me: &quark_shard::ActorRef<WorkflowInstance>,
-    id: &str,
-    run: u64,
-    seq: u64,
-    name: &str,
-    input: Vec<u8>,
-    options: &super::ActivityOptions,
-    known: Option<crate::jobs::JobId>,
-) -> Result<Vec<u8>, String> {
-    use super::activity::{enqueue_job, run_local, wait_job};
-    if options.local {
-        return run_local(shared, id.to_owned(), run, seq, name, input, options).await;
-    }
-    if let Some(job) = known {
-        if let Some(r) = wait_job(shared, name, job).await {
-            return r;
-        }
-    }
-    let job = enqueue_job(shared, id, run, seq, name, input, options).await?;
-    let _ = me
-        .tell(JobAssigned {
-            run,
-            seq,
-            job: job.0,
-        })
-        .await;
-    match wait_job(shared, name, job).await {
-        Some(r) => r,
-        None => Err(format!(
-            "activity {name:?}: job {job} was forgotten before it finished"
-        )),
-    }
-}
-
-/// Records the job that runs activity `seq` of run `run`.
-pub(crate) struct JobAssigned {
-    run: u64,
-    seq: u64,
-    job: u64,
-}
-impl Message for JobAssigned {
-    type Reply = ();
-}
-impl Handler<JobAssigned> for WorkflowInstance {
-    async fn handle(&mut self, m: JobAssigned, ctx: &Context<Self>) {
-        let current = self
-            .info
-            .as_ref()
-            .is_some_and(|i| i.run == m.run && !i.state.is_finished());
-        let Some(exec) = self.exec.as_mut().filter(|_| current) else {
-            return;
-        };
-        if !exec.pending.contains_key(&m.seq) || exec.jobs.insert(m.seq, m.job).is_some() {
-            return;
-        }
-        let record = [(
-            RecordKind::Event,
-            HistoryEvent::ActivityJob {
-                seq: m.seq,
-                job: m.job,
-            },
-        )];
-        if let Err(e) = self.append(ctx, &record).await {
-            tracing::warn!(instance = %self.id, error = %crate::ErrorChain(&e), "recording an activity's job failed");
-        }
-    }
-}
-
-/// An input for the run `run` (an activity's or child's result).
-pub(crate) struct InputMsg {
-    pub run: u64,
-    pub event: HistoryEvent,
-}
-impl Message for InputMsg {
-    type Reply = ();
-}
-impl Handler<InputMsg> for WorkflowInstance {
-    async fn handle(&mut self, m: InputMsg, ctx: &Context<Self>) {
-        self.input(ctx, m.run, m.event).await;
-    }
-}
-
-impl WorkflowInstance {
-    async fn input(&mut self, ctx: &Context<Self>, run: u64, event: HistoryEvent) {
-        let current = self
-            .info
-            .as_ref()
-            .is_some_and(|i| i.run == run && !i.state.is_finished());
-        let Some(exec) = self.exec.as_mut().filter(|_| current) else {
-            return;
-        };
-        if !exec.accepts(&event) {
-            return;
-        }
-        exec.deliver(&event);
-        if let Err(e) = self
-            .drive(ctx, vec![(RecordKind::Event, event)], None)
-            .await
-        {
-            tracing::warn!(instance = %self.id, error = %crate::ErrorChain(&e), "recording a workflow step failed; the instance reloads from its history");
-        }
-    }
-}
-
-/// A durable timer (or event timeout) of run `run` is due.
-#[derive(Clone)]
-pub(crate) struct TimerDue {
-    run: u64,
-    seq: u64,
-}
-impl Message for TimerDue {
-    type Reply = ();
-}
-impl Handler<TimerDue> for WorkflowInstance {
-    async fn handle(&mut self, m: TimerDue, ctx: &Context<Self>) {
-        let event = HistoryEvent::TimerFired {
-            seq: m.seq,
-            time_ms: now_ms(),
-        };
-        self.input(ctx, m.run, event).await;
-    }
-}
-
-/// Raises an event.
-pub(crate) struct RaiseMsg {
-    pub name: String,
-    pub payload: Vec<u8>,
-}
-impl Message for RaiseMsg {
-    type Reply = Result<(), WorkflowError>;
-}
-impl Handler<RaiseMsg> for WorkflowInstance {
-    async fn handle(&mut self, m: RaiseMsg, ctx: &Context<Self>) -> Result<(), WorkflowError> {
-        self.running()?;
-        let event = HistoryEvent::EventRaised {
-            name: m.name,
-            payload: m.payload,
-            time_ms: now_ms(),
-        };
-        let exec = self
-            .exec
-            .as_mut()
-            .expect("invariant: a running instance has a run");
-        exec.deliver(&event);
-        self.drive(ctx, vec![(RecordKind::Event, event)], None)
-            .await
-    }
-}
-
-/// Status.
-pub(crate) struct StatusMsg;
-impl Message for StatusMsg {
-    type Reply = Result<WorkflowStatus, WorkflowError>;
-}
-impl Handler<StatusMsg> for WorkflowInstance {
-    async fn handle(
-        &mut self,
-        _: StatusMsg,
-        _: &Context<Self>,
-    ) -> Result<WorkflowStatus, WorkflowError> {
-        self.status()
-    }
-}
-
-/// Wait for the end.
-pub(crate) struct WaitMsg;
-impl Message for WaitMsg {
-    type Reply = Result<oneshot::Receiver<WorkflowStatus>, WorkflowError>;
-}
-impl Handler<WaitMsg> for WorkflowInstance {
-    async fn handle(
-        &mut self,
-        _: WaitMsg,
-        _: &Context<Self>,
-    ) -> Result<oneshot::Receiver<WorkflowStatus>, WorkflowError> {
-        let st = self.status()?;
-        let (tx, rx) = oneshot::channel();
-        if st.state.is_finished() {
-            let _ = tx.send(st);
-        } else {
-            self.waiters.retain(|w| !w.is_canceled());
-            self.waiters.push(tx);
-        }
-        Ok(rx)
-    }
-}
-
-/// The history.
-pub(crate) struct HistoryMsg;
-impl Message for HistoryMsg {
-    type Reply = Result<Vec<HistoryEvent>, WorkflowError>;
-}
-impl Handler<HistoryMsg> for WorkflowInstance {
-    async fn handle(
-        &mut self,
-        _: HistoryMsg,
-        ctx: &Context<Self>,
-    ) -> Result<Vec<HistoryEvent>, WorkflowError> {
-        self.status()?;
-        let Some(log) = ctx.log() else {
-            return Err(WorkflowError::NoLog {
-                instance: self.id.clone(),
-            });
-        };
-        Ok(read_history(log, &self.id, &self.key).await?.0)
-    }
-}
-
-/// Cancel or terminate.
-pub(crate) struct StopMsg {
-    pub state: InstanceState,
-}
-impl Message for StopMsg {
-    type Reply = Result<WorkflowStatus, WorkflowError>;
-}
-impl Handler<StopMsg> for WorkflowInstance {
-    async fn handle(
-        &mut self,
-        m: StopMsg,
-        ctx: &Context<Self>,
-    ) -> Result<WorkflowStatus, WorkflowError> {
-        self.running()?;
-        let now = now_ms();
-        let reason = format!("{} through the API", m.state.name());
-        let records = vec![(
-            RecordKind::Event,
-            HistoryEvent::Finished {
-                state: m.state,
-                output: Err(reason.clone()),
-                time_ms: now,
-            },
-        )];
-        self.append(ctx, &records).await?;
-        self.finish(ctx, m.state, Err(reason), now);
-        self.status()
-    }
-}
-
-/// Purge a finished instance.
-pub(crate) struct PurgeMsg;
-impl Message for PurgeMsg {
-    type Reply = Result<(), WorkflowError>;
-}
-impl Handler<PurgeMsg> for WorkflowInstance {
-    async fn handle(&mut self, _: PurgeMsg, ctx: &Context<Self>) -> Result<(), WorkflowError> {
-        let st = self.status()?;
-        if !st.state.is_finished() {
-            return Err(WorkflowError::Running {
-                instance: self.id.clone(),
-            });
-        }
-        let Some(log) = ctx.log() else {
-            return Err(WorkflowError::NoLog {
-                instance: self.id.clone(),
-            });
-        };
-        let mut batch = Batch::new();
-        batch.truncate(&self.key, u64::MAX);
-        log.append(&batch)
-            .await
-            .map_err(|source| WorkflowError::Append {
-                instance: self.id.clone(),
-                source,
-            })?;
-        // The activation stays (empty): a start of the same id may already be queued behind
-        // this purge, and a deactivation requested now would take that new run down with it.
-        self.info = None;
-        self.exec = None;
-        table_remove(&self.id);
-        Ok(())
-    }
-}
-
-/// Activates the instance (the resume sweep at start).
-pub(crate) struct ResumeMsg;
-impl Message for ResumeMsg {
-    type Reply = ();
-}
-impl Handler<ResumeMsg> for WorkflowInstance {
-    async fn handle(&mut self, _: ResumeMsg, _: &Context<Self>) {}
-}
-
-/// Reads this shard's instances from the log: fills the table and activates each running one
-/// (which replays it and re-launches its pending steps).
-pub(crate) async fn resume_shard(engine: quark_shard::EngineHandle) {
-    let Some(log) = quark_shard::current_shard_log() else {
-        return;
-    };
-    let keys = log.keys_with_prefix(history::KEY_PREFIX);
-    for key in keys {
-        let Some(id) = history::instance_of_key(&key) else {
-            continue;
-        };
-        let lsns = log.key_lsns(&key);
-        let (Some(first), Some(last)) = (lsns.first(), lsns.last()) else {
-            continue;
-        };
-        let read = |lsn: u64| {
-            let log = log.clone();
-            async move {
-                log.read(lsn)
-                    .await
-                    .ok()
-                    .flatten()
-                    .and_then(|r| history::decode(&r.payload).ok())
-            }
-        };
-        let name = match read(*first).await {
-            Some(HistoryEvent::Started { name, .. }) => name,
-            _ => continue,
-        };
-        match read(*last).await {
-            Some(HistoryEvent::Finished { state, .. }) => table_set(&id, &name, state),
-            _ => {
-                table_set(&id, &name, InstanceState::Running);
-                let r = engine.actor_ref::<WorkflowInstance>(id.clone());
-                if let Err(e) = r.tell(ResumeMsg).await {
-                    tracing::warn!(instance = %id, error = %e, "resuming a workflow instance failed");
-                }
-            }
         }
     }
 }

@@ -34,6 +34,7 @@
 //! ```
 
 mod activity;
+mod call;
 mod context;
 mod handle;
 pub mod history;
@@ -51,6 +52,8 @@ use serde::Serialize;
 use crate::jobs::RetryPolicy;
 
 pub use activity::{ActivityContext, ActivityError};
+pub(crate) use call::CallReply;
+pub use call::{ActorCall, ActorCallHandler, WorkflowCall};
 pub use context::{WhenAny, WorkflowContext};
 pub use handle::{ListQuery, StartOutcome, WorkflowPage, WorkflowStatus, Workflows};
 pub use history::{HistoryEvent, InstanceState, StepDesc, StepKind};
@@ -72,6 +75,12 @@ pub struct ActivityOptions {
     /// per step instead of about three), but its attempts are not durable: after a crash it
     /// runs again from its first attempt. Default false.
     pub local: bool,
+    /// An attempt that does not call [`ActivityContext::heartbeat`] for this long (from its
+    /// start, then from its last heartbeat) is timed out and retried under `retry`, long
+    /// before `timeout` if that is long. As a job, the job's heartbeat timeout (its records
+    /// and deadline survive a restart: docs/JOBS.md, "Heartbeats"); locally, applied in place.
+    /// Default `None`: no heartbeat expected.
+    pub heartbeat_timeout: Option<Duration>,
 }
 
 impl Default for ActivityOptions {
@@ -86,6 +95,7 @@ impl Default for ActivityOptions {
             },
             timeout: Duration::from_secs(300),
             local: false,
+            heartbeat_timeout: None,
         }
     }
 }
@@ -110,6 +120,12 @@ impl ActivityOptions {
         self.timeout = timeout;
         self
     }
+
+    /// With this heartbeat timeout (see [`ActivityOptions::heartbeat_timeout`]).
+    pub fn heartbeat_timeout(mut self, timeout: Duration) -> Self {
+        self.heartbeat_timeout = Some(timeout);
+        self
+    }
 }
 
 /// Why a step of an orchestration did not give a value. Returned to the orchestration's
@@ -123,6 +139,15 @@ pub enum StepError {
         /// The activity.
         activity: String,
         /// Its last error.
+        error: String,
+    },
+    /// A `call_actor` step failed: its message could not be sent, or its reply did not
+    /// decode.
+    #[error("actor call {call:?} failed: {error}")]
+    ActorCallFailed {
+        /// The call (`<actor type>/<key>/<message name>`).
+        call: String,
+        /// Why.
         error: String,
     },
     /// The child orchestration did not complete.
@@ -330,9 +355,48 @@ pub(crate) type DynActivity = Arc<
         + Sync,
 >;
 
+/// JSON → postcard with a registered type (the CLI's and the admin routes' inputs).
+type FromJson = Arc<dyn Fn(serde_json::Value) -> Result<Vec<u8>, String> + Send + Sync>;
+/// postcard → JSON with a registered type.
+type ToJson = Arc<dyn Fn(&[u8]) -> Result<serde_json::Value, String> + Send + Sync>;
+
+/// The JSON codec of one orchestration version: its input and its output type.
+#[derive(Clone)]
+pub(crate) struct JsonCodec {
+    input: FromJson,
+    output: ToJson,
+}
+
+fn from_json<T: Serialize + DeserializeOwned>() -> FromJson {
+    Arc::new(|v: serde_json::Value| {
+        let t: T = serde_json::from_value(v).map_err(|e| {
+            format!(
+                "the JSON does not fit type {}: {e}",
+                std::any::type_name::<T>()
+            )
+        })?;
+        postcard::to_allocvec(&t).map_err(|e| e.to_string())
+    })
+}
+
+thread_local! {
+    /// This shard's `Workflows` handle, once the node started its workflows (the admin
+    /// routes take it from shard 0).
+    static LOCAL: std::cell::RefCell<Option<Workflows>> = const { std::cell::RefCell::new(None) };
+}
+
+/// The calling shard's `Workflows` handle, if the node runs workflows.
+pub(crate) fn local_workflows() -> Option<Workflows> {
+    LOCAL.with(|l| l.borrow().clone())
+}
+
 /// What the node's instances share: the registered code and the settings.
 pub(crate) struct WfShared {
     pub orchestrations: HashMap<String, BTreeMap<u32, DynRun>>,
+    /// JSON codecs per (orchestration, version).
+    pub json: HashMap<(String, u32), JsonCodec>,
+    /// JSON codecs of the registered event payload types, per event name.
+    pub events: HashMap<String, FromJson>,
     pub activities: HashMap<String, DynActivity>,
     pub config: WorkflowsConfig,
     pub jobs: OnceLock<crate::jobs::Jobs>,
@@ -367,6 +431,8 @@ impl WfShared {
 #[derive(Default)]
 pub(crate) struct Setup {
     orchestrations: HashMap<String, BTreeMap<u32, DynRun>>,
+    json: HashMap<(String, u32), JsonCodec>,
+    events: HashMap<String, FromJson>,
     activities: HashMap<String, DynActivity>,
 }
 
@@ -377,12 +443,28 @@ impl Setup {
 
     pub(crate) fn add_orchestration<I, O, E, F, Fut>(&mut self, name: &str, version: u32, f: F)
     where
-        I: DeserializeOwned + 'static,
-        O: Serialize + 'static,
+        I: Serialize + DeserializeOwned + 'static,
+        O: Serialize + DeserializeOwned + 'static,
         E: std::fmt::Display + 'static,
         F: Fn(WorkflowContext, I) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Result<O, E>> + 'static,
     {
+        let output: ToJson = Arc::new(|bytes: &[u8]| {
+            let o: O = postcard::from_bytes(bytes).map_err(|e| {
+                format!(
+                    "the output does not decode as {}: {e}",
+                    std::any::type_name::<O>()
+                )
+            })?;
+            serde_json::to_value(&o).map_err(|e| e.to_string())
+        });
+        self.json.insert(
+            (name.to_owned(), version),
+            JsonCodec {
+                input: from_json::<I>(),
+                output,
+            },
+        );
         let f = Arc::new(f);
         let run: DynRun = Arc::new(move |ctx: WorkflowContext, input: Vec<u8>| {
             let f = Arc::clone(&f);
@@ -400,6 +482,11 @@ impl Setup {
             .entry(name.to_owned())
             .or_default()
             .insert(version, run);
+    }
+
+    /// Registers the payload type of event `name` (its JSON codec, for the CLI).
+    pub(crate) fn add_event<P: Serialize + DeserializeOwned + 'static>(&mut self, name: &str) {
+        self.events.insert(name.to_owned(), from_json::<P>());
     }
 
     pub(crate) fn add_activity<I, O, F, Fut>(&mut self, name: &str, f: F)
@@ -434,6 +521,8 @@ impl Setup {
     pub(crate) fn build(self, config: WorkflowsConfig) -> Arc<WfShared> {
         Arc::new(WfShared {
             orchestrations: self.orchestrations,
+            json: self.json,
+            events: self.events,
             activities: self.activities,
             config,
             jobs: OnceLock::new(),
@@ -460,7 +549,11 @@ pub(crate) fn start(
     let wf = Workflows::new(engine.clone(), Arc::clone(shared));
     for s in 0..engine.shard_count() {
         let engine2 = engine.clone();
-        let w = engine.spawn_on(s, move || instance::resume_shard(engine2));
+        let local = wf.clone();
+        let w = engine.spawn_on(s, move || {
+            LOCAL.with(|l| *l.borrow_mut() = Some(local));
+            instance::resume_shard(engine2)
+        });
         if w.join().is_err() {
             tracing::error!(shard = s, "resuming the shard's workflow instances failed");
         }

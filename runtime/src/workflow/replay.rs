@@ -111,6 +111,7 @@ where
                 | HistoryEvent::TimerFired { .. }
                 | HistoryEvent::EventRaised { .. }
                 | HistoryEvent::ChildDone { .. }
+                | HistoryEvent::ActorReplied { .. }
         ) {
             exec.deliver(e);
             inputs += 1;

@@ -12,7 +12,7 @@
 //! Exit codes of `inspect`: 0 success, 2 a usage error or a failure to run (the online
 //! commands' are in `online.rs`).
 
-mod online;
+pub mod online;
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::{self, Write};
@@ -168,6 +168,39 @@ fn state_name(s: Option<JobState>) -> String {
 
 /// The live job records of every shard, folded into one summary per job.
 fn read_jobs(data_dir: &Path) -> Result<Vec<Job>> {
+    let mut jobs = Vec::new();
+    for (shard, key, live) in live_records(data_dir, |k| k.starts_with(JOB_KEY_PREFIX))? {
+        let Some(id) = record::id_of_key(&key) else {
+            continue;
+        };
+        let mut j = Job {
+            id: JobId(id).to_string(),
+            shard,
+            records: live.len(),
+            ..Job::default()
+        };
+        for payload in live.values() {
+            match record::decode(payload) {
+                Ok(rec) => fold(&mut j, rec),
+                Err(e) => j.last_error = Some(format!("undecodable record: {e}")),
+            }
+        }
+        jobs.push(j);
+    }
+    Ok(jobs)
+}
+
+/// One key's live payloads, by origin LSN.
+pub(crate) type Live = BTreeMap<u64, Vec<u8>>;
+
+/// The live records of every key `wanted` accepts, in every shard of a stopped node's data
+/// directory: `(shard, key, payloads by origin LSN)`, by shard then key. The walk applies the
+/// log's liveness rules (snapshot and truncate barriers, compaction copies, expiry) itself, so
+/// it shows what the node would recover (also used by `quark workflows history --data-dir`).
+pub(crate) fn live_records(
+    data_dir: &Path,
+    wanted: impl Fn(&[u8]) -> bool,
+) -> Result<Vec<(u32, Vec<u8>, Live)>> {
     let mut shards = Vec::new();
     let entries = std::fs::read_dir(data_dir)
         .with_context(|| format!("cannot read the data directory {}", data_dir.display()))?;
@@ -192,20 +225,19 @@ fn read_jobs(data_dir: &Path) -> Result<Vec<Job>> {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0);
-    let mut jobs = Vec::new();
+    let mut out = Vec::new();
     for (shard, path) in shards {
         // Per key: the floor, and the live payloads by origin LSN.
-        let mut keys: HashMap<u64, (u64, BTreeMap<u64, Vec<u8>>)> = HashMap::new();
+        let mut keys: HashMap<Vec<u8>, (u64, Live)> = HashMap::new();
         let dir = inspect_dir(&path).with_context(|| format!("cannot list {}", path.display()))?;
         for seg in dir.segments() {
             let seg =
                 seg.with_context(|| format!("cannot read a segment of {}", path.display()))?;
             for r in seg.records {
-                let Some(id) = record::id_of_key(&r.key) else {
+                if !wanted(&r.key) {
                     continue;
-                };
-                debug_assert!(r.key.starts_with(JOB_KEY_PREFIX));
-                let (floor, live) = keys.entry(id).or_default();
+                }
+                let (floor, live) = keys.entry(r.key).or_default();
                 let origin = r.origin_lsn;
                 let raise = |floor: &mut u64, live: &mut BTreeMap<u64, Vec<u8>>, f: u64| {
                     if f > *floor {
@@ -238,29 +270,15 @@ fn read_jobs(data_dir: &Path) -> Result<Vec<Job>> {
                 }
             }
         }
-        let mut ids: Vec<u64> = keys.keys().copied().collect();
-        ids.sort_unstable();
-        for id in ids {
-            let (_, live) = &keys[&id];
-            if live.is_empty() {
-                continue;
-            }
-            let mut j = Job {
-                id: JobId(id).to_string(),
-                shard,
-                records: live.len(),
-                ..Job::default()
-            };
-            for payload in live.values() {
-                match record::decode(payload) {
-                    Ok(rec) => fold(&mut j, rec),
-                    Err(e) => j.last_error = Some(format!("undecodable record: {e}")),
-                }
-            }
-            jobs.push(j);
-        }
+        let mut sorted: Vec<(Vec<u8>, Live)> = keys
+            .into_iter()
+            .filter(|(_, (_, live))| !live.is_empty())
+            .map(|(k, (_, live))| (k, live))
+            .collect();
+        sorted.sort_by(|a, b| a.0.cmp(&b.0));
+        out.extend(sorted.into_iter().map(|(k, live)| (shard, k, live)));
     }
-    Ok(jobs)
+    Ok(out)
 }
 
 fn fold(j: &mut Job, rec: JobRecord) {
@@ -282,7 +300,7 @@ fn fold(j: &mut Job, rec: JobRecord) {
             j.state = Some(JobState::Running);
             j.attempt = attempt;
         }
-        JobRecord::Checkpoint { .. } | JobRecord::RerunRequested => {}
+        JobRecord::Checkpoint { .. } | JobRecord::RerunRequested | JobRecord::Heartbeat { .. } => {}
         JobRecord::ParentDone { parent, .. } => {
             let p = JobId(parent).to_string();
             j.waiting_on.retain(|w| *w != p);

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use quark::admin::{encode_component, ApiError, JobView, JobsPage, JobsSummary, PauseState};
 
-/// Where the node is, and how to print.
+/// Where the node is, and how to print (shared by `quark jobs` and `quark workflows`).
 #[derive(clap::Args, Debug)]
 pub struct Conn {
     /// The node's admin endpoint (`[admin] listen`), e.g. `127.0.0.1:9100`.
@@ -21,10 +21,21 @@ pub struct Conn {
     addr: String,
     /// Print the endpoint's JSON instead of a table.
     #[arg(long)]
-    json: bool,
+    pub json: bool,
     /// Deadline of the connect and of each read, in milliseconds.
     #[arg(long, default_value_t = 5000)]
     timeout_ms: u64,
+}
+
+impl Conn {
+    /// A connection to `addr`.
+    pub fn new(addr: String, json: bool, timeout_ms: u64) -> Self {
+        Conn {
+            addr,
+            json,
+            timeout_ms,
+        }
+    }
 }
 
 /// `quark jobs list` arguments.
@@ -106,9 +117,9 @@ pub struct DeadListArgs {
 }
 
 /// Why a command failed: a message and its exit code.
-struct Failure {
-    code: u8,
-    message: String,
+pub struct Failure {
+    pub code: u8,
+    pub message: String,
 }
 
 impl From<String> for Failure {
@@ -236,7 +247,7 @@ fn pause_line(p: &PauseState) -> String {
 }
 
 /// `?k=v&…` of the values that are set (empty when none is).
-fn query(pairs: &[(&str, Option<String>)]) -> String {
+pub fn query(pairs: &[(&str, Option<String>)]) -> String {
     let set: Vec<String> = pairs
         .iter()
         .filter_map(|(k, v)| v.as_ref().map(|v| format!("{k}={}", encode_component(v))))
@@ -248,12 +259,12 @@ fn query(pairs: &[(&str, Option<String>)]) -> String {
     }
 }
 
-fn seg(id: &str) -> String {
+pub fn seg(id: &str) -> String {
     encode_component(id)
 }
 
 /// `method path` on the node; the body of a `200`, else the node's error as a [`Failure`].
-fn call(conn: &Conn, method: &str, path: &str) -> Result<String, Failure> {
+pub fn call(conn: &Conn, method: &str, path: &str) -> Result<String, Failure> {
     let addr: SocketAddr = conn
         .addr
         .to_socket_addrs()
@@ -333,6 +344,10 @@ fn one(conn: &Conn, method: &str, path: &str) -> Result<String, Failure> {
     let _ = writeln!(out, "last_error  {}", opt(&j.last_error));
     if let Some(n) = j.result_bytes {
         let _ = writeln!(out, "result      {n} bytes");
+    }
+    if let Some(d) = &j.heartbeat_details {
+        let at = j.heartbeat_at_ms.unwrap_or(0);
+        let _ = writeln!(out, "heartbeat   {d} (at {at} ms)");
     }
     Ok(out)
 }

@@ -96,6 +96,33 @@ pub(crate) struct RunCtl {
     parent_results: Vec<(u64, Option<Vec<u8>>)>,
     log: ShardLog,
     jobs: Jobs,
+    /// The job's heartbeat timeout in ms (0 = none).
+    heartbeat_timeout_ms: u64,
+    /// This attempt's heartbeats (see [`JobContext::heartbeat`]).
+    beat: RefCell<AttemptBeat>,
+    /// Woken when a heartbeat has details to write.
+    beat_notify: Notify,
+    /// The attempt's outcome was taken: its heartbeats are ignored from now on.
+    ended: Cell<bool>,
+}
+
+/// The latest heartbeat of a job.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Beat {
+    attempt: u32,
+    at_ms: u64,
+    details: Vec<u8>,
+}
+
+/// A running attempt's heartbeats: when it last beat, its latest details and whether they are
+/// written yet.
+struct AttemptBeat {
+    /// The last heartbeat (or the attempt's start).
+    last: std::time::Instant,
+    /// The latest details (from this attempt, or the previous attempts' latest).
+    latest: Option<Beat>,
+    /// `latest` is newer than the last heartbeat record written.
+    dirty: bool,
 }
 
 /// What a job handler can reach: its attempt, cancellation, progress, checkpoints, and
@@ -147,6 +174,50 @@ impl JobContext {
         Ok(())
     }
 
+    /// Records a heartbeat with `details` (for example a checkpoint the next attempt resumes
+    /// from). Not async, cheap: call it as often as the work allows.
+    ///
+    /// - A job with a heartbeat timeout ([`super::JobOptions::heartbeat_timeout`]) whose
+    ///   handler does not heartbeat for that long is timed out: the handler's future is
+    ///   dropped and the job retried under its retry policy (or dead after its last attempt).
+    /// - The details are kept in memory at once (visible in [`super::Jobs::status`] as
+    ///   `heartbeat_details`) and written to the log **throttled**: at most one `Heartbeat`
+    ///   record per quarter of the heartbeat timeout (1 s when the job has none), each with
+    ///   the latest details; details still unwritten when an attempt fails are written with its
+    ///   failure record. So after a crash the next attempt sees details at most a quarter of
+    ///   the timeout older than the last heartbeat.
+    /// - Later attempts read the latest details with [`JobContext::heartbeat_details`].
+    /// - A heartbeat of an attempt that has already ended (the context kept somewhere) is
+    ///   ignored.
+    pub fn heartbeat(&self, details: impl Into<Vec<u8>>) {
+        if self.ctl.ended.get() {
+            return;
+        }
+        let at_ms = self.ctl.jobs.shared.config.clock.now_ms();
+        {
+            let mut b = self.ctl.beat.borrow_mut();
+            b.last = std::time::Instant::now();
+            b.latest = Some(Beat {
+                attempt: self.ctl.attempt,
+                at_ms,
+                details: details.into(),
+            });
+            b.dirty = true;
+        }
+        self.ctl.beat_notify.notify();
+    }
+
+    /// The details of the latest heartbeat of this job: this attempt's, else the previous
+    /// attempts' latest recorded (also across restarts). `None` if it never heartbeated.
+    pub fn heartbeat_details(&self) -> Option<Vec<u8>> {
+        self.ctl
+            .beat
+            .borrow()
+            .latest
+            .as_ref()
+            .map(|b| b.details.clone())
+    }
+
     /// Sets the job's result (stored with its completion, visible in its status).
     pub fn set_result(&self, result: Vec<u8>) {
         *self.ctl.result.borrow_mut() = Some(result);
@@ -195,6 +266,8 @@ enum Outcome {
     Ok,
     Failed(JobFailure),
     TimedOut(u64),
+    /// No heartbeat for this many ms.
+    HeartbeatTimedOut(u64),
     Cancelled,
 }
 
@@ -224,6 +297,8 @@ struct Entry {
     waiting_on: HashSet<u64>,
     /// Completed parents' results, in completion order.
     parent_results: Vec<(u64, Option<Vec<u8>>)>,
+    /// The latest heartbeat of the job's attempts (recorded, or of a finished attempt).
+    heartbeat: Option<Beat>,
 }
 
 impl Entry {
@@ -246,6 +321,7 @@ impl Entry {
             cancel_requested: false,
             waiting_on: HashSet::new(),
             parent_results: Vec::new(),
+            heartbeat: None,
         }
     }
 }
@@ -482,6 +558,10 @@ impl ShardQueue {
 }
 
 fn status_of(id: u64, e: &Entry) -> JobStatus {
+    let beat = match &e.ctl {
+        Some(c) => c.beat.borrow().latest.clone(),
+        None => e.heartbeat.clone(),
+    };
     JobStatus {
         id: JobId(id),
         type_name: e.job.type_name.clone(),
@@ -494,5 +574,7 @@ fn status_of(id: u64, e: &Entry) -> JobStatus {
         concurrency_key: e.job.concurrency_key.clone(),
         unique_key: e.job.unique_key.clone(),
         result: e.result.clone(),
+        heartbeat_details: beat.as_ref().map(|b| b.details.clone()),
+        heartbeat_at_ms: beat.as_ref().map(|b| b.at_ms),
     }
 }

@@ -58,10 +58,7 @@ impl ShardQueue {
                 source,
             })?;
         for r in srecs {
-            let Some(body) = r.payload.strip_prefix(&[record::FORMAT]) else {
-                continue;
-            };
-            match postcard::from_bytes::<StoredSchedule>(body)
+            match record::decode_schedule(&r.payload)
                 .map_err(|e| e.to_string())
                 .and_then(|s| Sched::new(s).map_err(|e| e.to_string()))
             {
@@ -290,6 +287,23 @@ pub(super) fn fold(e: &mut Option<Entry>, rec: JobRecord, jobs: &Jobs, now: u64)
                 e.rerun = true;
             }
         }
+        JobRecord::Heartbeat {
+            attempt,
+            at_ms,
+            details,
+        } => {
+            if let Some(e) = e {
+                // Fenced by attempt: a late record of an older attempt never replaces a newer
+                // attempt's details.
+                if e.heartbeat.as_ref().is_none_or(|b| attempt >= b.attempt) {
+                    e.heartbeat = Some(Beat {
+                        attempt,
+                        at_ms,
+                        details,
+                    });
+                }
+            }
+        }
         JobRecord::ParentDone { parent, result } => {
             if let Some(e) = e {
                 if e.waiting_on.remove(&parent) {
@@ -316,5 +330,6 @@ pub(super) fn placeholder() -> StoredJob {
         key_rate_limit: None,
         depends_on: Vec::new(),
         on_parent_failure: crate::jobs::OnParentFailure::Cancel,
+        heartbeat_timeout_ms: 0,
     }
 }

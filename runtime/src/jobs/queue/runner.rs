@@ -58,7 +58,7 @@ pub(super) async fn run_attempt(
             Poll::Pending
         }
     });
-    let stop = async move {
+    let overall = async move {
         if timeout_ms == 0 {
             cancelled.await;
             None
@@ -70,10 +70,15 @@ pub(super) async fn run_attempt(
             .await
             {
                 Either::Left(_) => None,
-                Either::Right(_) => Some(timeout_ms),
+                Either::Right(_) => Some(Outcome::TimedOut(timeout_ms)),
             }
         }
     };
+    let stop = select(
+        Box::pin(overall),
+        Box::pin(supervise_heartbeats(Rc::clone(&ctl))),
+    )
+    .map(|e| e.factor_first().0);
     let outcome = match select(Box::pin(work), Box::pin(stop)).await {
         Either::Left((Ok(Ok(())), _)) => Outcome::Ok,
         Either::Left((Ok(Err(f)), _)) => Outcome::Failed(f),
@@ -86,7 +91,7 @@ pub(super) async fn run_attempt(
             Outcome::Failed(JobFailure::retry(format!("the handler panicked: {msg}")))
         }
         Either::Right((None, _)) => Outcome::Cancelled,
-        Either::Right((Some(ms), _)) => Outcome::TimedOut(ms),
+        Either::Right((Some(timed_out), _)) => timed_out,
     };
     // A cancel that raced the end of the handler wins: the caller asked for it.
     let outcome = if ctl.cancelled.get() && !matches!(outcome, Outcome::Ok) {
@@ -95,4 +100,83 @@ pub(super) async fn run_attempt(
         outcome
     };
     (id, outcome)
+}
+
+/// The interval between two `Heartbeat` records of one attempt at least: a quarter of the
+/// heartbeat timeout, or 1 s for a job without one.
+fn heartbeat_write_interval(heartbeat_timeout_ms: u64) -> Duration {
+    if heartbeat_timeout_ms == 0 {
+        Duration::from_secs(1)
+    } else {
+        Duration::from_millis((heartbeat_timeout_ms / 4).max(1))
+    }
+}
+
+/// Watches an attempt's heartbeats: resolves with [`Outcome::HeartbeatTimedOut`] once the
+/// handler has not heartbeated for the job's heartbeat timeout (never, without one), and
+/// meanwhile writes the latest details, throttled (see `JobContext::heartbeat`). Dropped with
+/// the attempt; an append dropped in flight is written whole or not at all.
+async fn supervise_heartbeats(ctl: Rc<RunCtl>) -> Option<Outcome> {
+    let timeout = Duration::from_millis(ctl.heartbeat_timeout_ms);
+    let interval = heartbeat_write_interval(ctl.heartbeat_timeout_ms);
+    // Before the first write, a heartbeat is written at once.
+    let mut last_write: Option<std::time::Instant> = None;
+    loop {
+        let now = std::time::Instant::now();
+        let (last_beat, dirty) = {
+            let b = ctl.beat.borrow();
+            (b.last, b.dirty)
+        };
+        if ctl.heartbeat_timeout_ms > 0 && now.duration_since(last_beat) >= timeout {
+            return Some(Outcome::HeartbeatTimedOut(ctl.heartbeat_timeout_ms));
+        }
+        let write_at = last_write.map(|w| w + interval);
+        if dirty && write_at.is_none_or(|t| t <= now) {
+            let beat = {
+                let mut b = ctl.beat.borrow_mut();
+                b.dirty = false;
+                b.latest.clone()
+            };
+            if let Some(beat) = beat {
+                let mut batch = Batch::new();
+                batch.event(
+                    &job_key(ctl.id.0),
+                    &record::encode(&JobRecord::Heartbeat {
+                        attempt: beat.attempt,
+                        at_ms: beat.at_ms,
+                        details: beat.details,
+                    }),
+                );
+                if let Err(e) = ctl.log.append(&batch).await {
+                    // The details stay in memory; the next heartbeat tries again.
+                    tracing::warn!(job = %ctl.id, error = %crate::ErrorChain(&e), "writing a heartbeat failed");
+                }
+            }
+            last_write = Some(now);
+            continue;
+        }
+        // Sleep until the heartbeat deadline, or the next write if details wait for one; a
+        // heartbeat with details to write (and none waiting) wakes us early.
+        let mut wake = if ctl.heartbeat_timeout_ms > 0 {
+            Some(last_beat + timeout)
+        } else {
+            None
+        };
+        if dirty {
+            if let Some(t) = write_at {
+                wake = Some(wake.map_or(t, |w| w.min(t)));
+            }
+        }
+        match wake {
+            Some(t) => {
+                let sleep = quark_shard::sleep(t.saturating_duration_since(now));
+                if dirty {
+                    sleep.await;
+                } else {
+                    let _ = select(Box::pin(sleep), Box::pin(ctl.beat_notify.wait())).await;
+                }
+            }
+            None => ctl.beat_notify.wait().await,
+        }
+    }
 }

@@ -135,6 +135,27 @@ impl ShardQueue {
             let a = e.attempt;
             let ctl = e.ctl.clone();
             let key = job_key(id);
+            // The attempt ended: its context's later heartbeats are ignored, and its latest
+            // details stay with the job (written below if the attempt failed).
+            let mut unwritten_beat = None;
+            if let Some(c) = &ctl {
+                c.ended.set(true);
+                let mut hb = c.beat.borrow_mut();
+                if hb.dirty {
+                    unwritten_beat = hb.latest.clone();
+                }
+                hb.dirty = false;
+                let latest = hb.latest.clone();
+                drop(hb);
+                if let Some(e) = st.entries.get_mut(&id) {
+                    if latest.is_some() {
+                        e.heartbeat = latest;
+                    }
+                }
+            }
+            let Some(e) = st.entries.get(&id) else {
+                continue;
+            };
             let retry_or_dead = |e: &Entry, error: String, retry: bool, rng: &mut u64| {
                 let left = a.saturating_sub(e.base) < e.job.retry.max_attempts;
                 if retry && left {
@@ -189,9 +210,27 @@ impl ShardQueue {
                     true,
                     &mut rng_state,
                 ),
+                Outcome::HeartbeatTimedOut(ms) => retry_or_dead(
+                    e,
+                    format!("attempt {a} timed out: no heartbeat for {ms} ms"),
+                    true,
+                    &mut rng_state,
+                ),
                 Outcome::Cancelled => Decision::Cancel(id),
             };
             drop(st);
+            if let (Some(beat), Decision::Retry { .. } | Decision::Dead { .. }) =
+                (unwritten_beat, &d)
+            {
+                b.event(
+                    &key,
+                    &record::encode(&JobRecord::Heartbeat {
+                        attempt: beat.attempt,
+                        at_ms: beat.at_ms,
+                        details: beat.details,
+                    }),
+                );
+            }
             match &d {
                 Decision::Complete {
                     result,
@@ -344,6 +383,14 @@ impl ShardQueue {
                         parent_results: e.parent_results.clone(),
                         log: Rc::clone(&self.log),
                         jobs: self.jobs.clone(),
+                        heartbeat_timeout_ms: e.job.heartbeat_timeout_ms,
+                        beat: RefCell::new(AttemptBeat {
+                            last: std::time::Instant::now(),
+                            latest: e.heartbeat.clone(),
+                            dirty: false,
+                        }),
+                        beat_notify: Notify::default(),
+                        ended: Cell::new(false),
                     });
                     e.ctl = Some(Rc::clone(&ctl));
                     let handler = Arc::clone(&self.jobs.shared.types[ti].handler);

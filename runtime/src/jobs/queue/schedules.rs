@@ -4,8 +4,7 @@ use super::*;
 
 impl ShardQueue {
     pub(super) fn schedule_record(s: &StoredSchedule) -> NewRecord {
-        let mut payload = vec![record::FORMAT];
-        payload.extend(postcard::to_allocvec(s).unwrap_or_default());
+        let payload = record::encode_schedule(s);
         NewRecord {
             kind: RecordKind::Snapshot,
             key: schedule_key(&s.name),
