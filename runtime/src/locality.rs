@@ -47,6 +47,11 @@ pub struct LocalityConfig {
     pub balance_tolerance: f64,
     /// Moves per round, at most (default 64).
     pub max_moves_per_round: usize,
+    /// The zone of each node (`[locality.zones]`: node id → zone name; default none): a hop
+    /// between zones costs more than one between nodes of a zone (same shard > same node >
+    /// same zone). Until the member view carries each node's zone, this table is where the
+    /// rounds learn it; nodes not listed share one unnamed zone.
+    pub zones: BTreeMap<u64, String>,
 }
 
 impl Default for LocalityConfig {
@@ -59,13 +64,15 @@ impl Default for LocalityConfig {
             top_k: 1024,
             balance_tolerance: 0.1,
             max_moves_per_round: 64,
+            zones: BTreeMap::new(),
         }
     }
 }
 
 impl LocalityConfig {
-    /// The decision code's settings for this node (moves between its shards only).
-    fn round_config(&self) -> RoundConfig {
+    /// The decision code's settings for this node (moves between its shards only; the zones
+    /// numbered from 1 in name order, 0 for the nodes not listed).
+    pub fn round_config(&self) -> RoundConfig {
         let interval_ms = self.interval.as_millis().max(1);
         RoundConfig {
             balance_tolerance: self.balance_tolerance,
@@ -74,9 +81,23 @@ impl LocalityConfig {
                 .unwrap_or(u64::MAX),
             across_nodes: false,
             sample_weight: quark_shard::TURN_SAMPLE_EVERY as f64,
+            zones: zone_numbers(&self.zones),
             ..RoundConfig::default()
         }
     }
+}
+
+/// The decision code's node → zone map: each zone name numbered from 1 in name order (0 is the
+/// zone of the nodes not listed).
+pub(crate) fn zone_numbers(zones: &BTreeMap<u64, String>) -> BTreeMap<u64, u32> {
+    let names: BTreeSet<&str> = zones.values().map(String::as_str).collect();
+    let number = |z: &str| {
+        names
+            .iter()
+            .position(|n| *n == z)
+            .map_or(0, |i| i as u32 + 1)
+    };
+    zones.iter().map(|(node, z)| (*node, number(z))).collect()
 }
 
 /// Why a round did not run.

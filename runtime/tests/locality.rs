@@ -312,6 +312,35 @@ fn the_section_is_read_and_checked() {
         .expect_err("refused")
         .to_string();
     assert!(e.contains("locality.top_k"), "{e}");
+    // Zones: node id -> zone name.
+    let c = NodeConfig::from_toml(
+        "[locality.zones]\n1 = \"eu-1a\"\n2 = \"eu-1b\"\n3 = \"eu-1a\"\n",
+        "q.toml",
+    )
+    .expect("valid");
+    let zones: Vec<(u64, &str)> = c
+        .locality
+        .zones
+        .iter()
+        .map(|(n, z)| (*n, z.as_str()))
+        .collect();
+    assert_eq!(zones, [(1, "eu-1a"), (2, "eu-1b"), (3, "eu-1a")]);
+    assert!(NodeConfig::default().locality.zones.is_empty());
+    // The decision code's node -> zone map: zones numbered by name from 1 (0: not listed).
+    let r = c.locality.round_config();
+    let numbered: Vec<(u64, u32)> = r.zones.iter().map(|(n, z)| (*n, *z)).collect();
+    assert_eq!(numbered, [(1, 1), (2, 2), (3, 1)]);
+    let at = |node| quark_placement::locality::Location {
+        zone: 0,
+        node,
+        shard: 0,
+    };
+    assert_eq!(r.zoned(at(2)).zone, 2);
+    assert_eq!(r.zoned(at(5)).zone, 0);
+    let e = NodeConfig::from_toml("[locality.zones]\nnode-a = \"eu-1a\"\n", "q.toml")
+        .expect_err("refused")
+        .to_string();
+    assert!(e.contains("locality.zones") && e.contains("node id"), "{e}");
     let off = Node::builder().start().expect("node");
     assert!(matches!(
         off.locality_round(),

@@ -85,10 +85,25 @@ struct Args {
     /// `tokio` selects the tokio comparison.
     #[arg(long)]
     only: Option<String>,
+    /// `[locality] enabled` on the target measurements' node: every shard samples
+    /// actor-to-actor edges (its rounds never run within a run): the sampling's overhead
+    /// against a run without it (docs/BENCHMARKS.md, issue 19).
+    #[arg(long)]
+    locality: bool,
 }
 
 fn node(idle_spin_us: u64) -> Result<Node> {
+    node_with(idle_spin_us, false)
+}
+
+fn node_with(idle_spin_us: u64, locality: bool) -> Result<Node> {
+    let mut config = quark::NodeConfig::default();
+    if locality {
+        config.locality.enabled = true;
+        config.locality.interval = Duration::from_secs(86_400);
+    }
     Ok(Node::builder()
+        .config(config)
         .engine(move |e| {
             e.shards = ShardSpec::Count(2);
             e.idle_spin = Duration::from_micros(idle_spin_us);
@@ -536,7 +551,7 @@ fn main() -> Result<()> {
         {
             break;
         }
-        let node = node(args.idle_spin_us)?;
+        let node = node_with(args.idle_spin_us, args.locality)?;
         if want("tell") {
             tell.push(same_shard_tell(&node, args.tells) / 1e6);
         }

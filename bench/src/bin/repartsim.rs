@@ -46,6 +46,11 @@ struct Args {
     /// Shards per node.
     #[arg(long, default_value_t = 4)]
     shards: u16,
+    /// Zones: the nodes are split into this many zones of consecutive nodes (node `n` in zone
+    /// `n × zones / nodes`), given to the decision code as its node → zone map; a hop between
+    /// zones costs 30 (a node hop 10, a shard hop 1).
+    #[arg(long, default_value_t = 1)]
+    zones: u64,
     /// Rounds to run.
     #[arg(long, default_value_t = 60)]
     rounds: u32,
@@ -211,11 +216,16 @@ fn add_noise(rng: &mut Rng, n: u32, edges: &mut Edges, weight: f64) {
     }
 }
 
-fn grid(nodes: u64, shards: u16) -> Vec<Location> {
+/// The zone of `node`: `zones` zones of consecutive nodes.
+fn zone_of(node: u64, nodes: u64, zones: u64) -> u32 {
+    (node * zones.max(1) / nodes.max(1)) as u32
+}
+
+fn grid(nodes: u64, shards: u16, zones: u64) -> Vec<Location> {
     (0..nodes)
         .flat_map(|node| {
             (0..shards).map(move |shard| Location {
-                zone: 0,
+                zone: zone_of(node, nodes, zones),
                 node,
                 shard,
             })
@@ -223,19 +233,23 @@ fn grid(nodes: u64, shards: u16) -> Vec<Location> {
         .collect()
 }
 
-/// Traffic fractions: (cross-node, cross-shard within a node).
-fn cut(edges: &Edges, place: &[Location]) -> (f64, f64) {
-    let (mut node, mut shard, mut all) = (0.0, 0.0, 0.0);
+/// Traffic fractions: (cross-node, cross-shard within a node, cross-zone (of the
+/// cross-node)).
+fn cut(edges: &Edges, place: &[Location]) -> (f64, f64, f64) {
+    let (mut node, mut shard, mut zone, mut all) = (0.0, 0.0, 0.0, 0.0);
     for &(a, b, w) in edges {
         let (x, y) = (place[a as usize], place[b as usize]);
         all += w;
         if x.node != y.node {
             node += w;
+            if x.zone != y.zone {
+                zone += w;
+            }
         } else if x.shard != y.shard {
             shard += w;
         }
     }
-    (node / all, shard / all)
+    (node / all, shard / all, zone / all)
 }
 
 /// The worst place's load off the mean, as a fraction of the mean.
@@ -252,9 +266,9 @@ fn imbalance(place: &[Location], places: &[Location]) -> f64 {
 }
 
 struct Outcome {
-    before: (f64, f64),
-    after: (f64, f64),
-    reference: (f64, f64),
+    before: (f64, f64, f64),
+    after: (f64, f64, f64),
+    reference: (f64, f64, f64),
     moved_actors: usize,
     moves: usize,
     imbalance: f64,
@@ -267,17 +281,20 @@ struct Outcome {
 /// Uniformly random traffic: every message between two actors drawn at random (a complete
 /// graph of equal weights; no placement is better than another beyond balance). Its weight
 /// per round: 16 units per actor, as the sparse graphs.
-fn uniform_cut(place: &[Location]) -> (f64, f64) {
+fn uniform_cut(place: &[Location]) -> (f64, f64, f64) {
     let n = place.len() as f64;
     let mut by_place: BTreeMap<Location, f64> = BTreeMap::new();
     let mut by_node: BTreeMap<u64, f64> = BTreeMap::new();
+    let mut by_zone: BTreeMap<u32, f64> = BTreeMap::new();
     for l in place {
         *by_place.entry(*l).or_default() += 1.0;
         *by_node.entry(l.node).or_default() += 1.0;
+        *by_zone.entry(l.zone).or_default() += 1.0;
     }
     let same_place: f64 = by_place.values().map(|c| (c / n) * (c / n)).sum();
     let same_node: f64 = by_node.values().map(|c| (c / n) * (c / n)).sum();
-    (1.0 - same_node, same_node - same_place)
+    let same_zone: f64 = by_zone.values().map(|c| (c / n) * (c / n)).sum();
+    (1.0 - same_node, same_node - same_place, 1.0 - same_zone)
 }
 
 fn simulate(args: &Args, name: &str, edges: &Edges, n: u32, seed: u64) -> Outcome {
@@ -289,7 +306,7 @@ fn simulate(args: &Args, name: &str, edges: &Edges, n: u32, seed: u64) -> Outcom
             cut(edges, place)
         }
     };
-    let places = grid(args.nodes, args.shards);
+    let places = grid(args.nodes, args.shards, args.zones);
     let mut place: Vec<Location> = (0..n)
         .map(|a| places[(Rng(seed ^ (u64::from(a) << 20)).next() % places.len() as u64) as usize])
         .collect();
@@ -308,6 +325,9 @@ fn simulate(args: &Args, name: &str, edges: &Edges, n: u32, seed: u64) -> Outcom
         group_edge_fraction: args.group_edge,
         group_size_max: args.group_max,
         sample_weight: args.sample_every as f64,
+        zones: (0..args.nodes)
+            .map(|node| (node, zone_of(node, args.nodes, args.zones)))
+            .collect(),
         ..RoundConfig::default()
     };
     let mut r = Repartitioner::new(cfg);
@@ -408,15 +428,16 @@ fn simulate(args: &Args, name: &str, edges: &Edges, n: u32, seed: u64) -> Outcom
             moved[m.actor as usize] = true;
         }
         if args.verbose {
-            let (cn, cs) = cut(edges, &place);
+            let (cn, cs, cz) = cut(edges, &place);
             println!(
-                "  {name} round {round}: {} moves ({} candidates, {} anchored, {} cooling), cross-node {:.1}%, cross-shard {:.1}%",
+                "  {name} round {round}: {} moves ({} candidates, {} anchored, {} cooling), cross-node {:.1}%, cross-shard {:.1}%, cross-zone {:.1}%",
                 report.moves.len(),
                 report.candidates,
                 report.anchored,
                 report.cooling,
                 cn * 100.0,
-                cs * 100.0
+                cs * 100.0,
+                cz * 100.0
             );
         }
         per_round.push(report.moves.len());
@@ -442,13 +463,14 @@ fn simulate(args: &Args, name: &str, edges: &Edges, n: u32, seed: u64) -> Outcom
     }
 }
 
-/// The offline reference: the true graph partitioned into the nodes, then each node's part
-/// into its shards, each level by greedy graph growing then boundary refinement, every part
-/// within the balance tolerance.
+/// The offline reference: the true graph partitioned into the zones, then each zone's part
+/// into its nodes, then each node's part into its shards, each level by greedy graph growing
+/// then boundary refinement, every part within the balance tolerance.
 fn reference_partition(edges: &Edges, n: u32, args: &Args) -> Vec<Location> {
     let adj = adjacency(edges, n);
     let all: Vec<u32> = (0..n).collect();
-    let by_node = partition(&adj, &all, args.nodes as usize, args.tolerance);
+    let zones = args.zones.clamp(1, args.nodes.max(1));
+    let by_zone = partition(&adj, &all, zones as usize, args.tolerance);
     let mut place = vec![
         Location {
             zone: 0,
@@ -457,19 +479,30 @@ fn reference_partition(edges: &Edges, n: u32, args: &Args) -> Vec<Location> {
         };
         n as usize
     ];
-    for node in 0..args.nodes as usize {
-        let members: Vec<u32> = all
+    for zone in 0..zones {
+        let in_zone: Vec<u32> = all
             .iter()
             .copied()
-            .filter(|&v| by_node[v as usize] == node)
+            .filter(|&v| by_zone[v as usize] == zone as usize)
             .collect();
-        let by_shard = partition(&adj, &members, usize::from(args.shards), args.tolerance);
-        for &v in &members {
-            place[v as usize] = Location {
-                zone: 0,
-                node: node as u64,
-                shard: by_shard[v as usize] as u16,
-            };
+        let nodes: Vec<u64> = (0..args.nodes)
+            .filter(|&node| u64::from(zone_of(node, args.nodes, zones)) == zone)
+            .collect();
+        let by_node = partition(&adj, &in_zone, nodes.len(), args.tolerance);
+        for (k, &node) in nodes.iter().enumerate() {
+            let members: Vec<u32> = in_zone
+                .iter()
+                .copied()
+                .filter(|&v| by_node[v as usize] == k)
+                .collect();
+            let by_shard = partition(&adj, &members, usize::from(args.shards), args.tolerance);
+            for &v in &members {
+                place[v as usize] = Location {
+                    zone: zone as u32,
+                    node,
+                    shard: by_shard[v as usize] as u16,
+                };
+            }
         }
     }
     place
@@ -590,8 +623,8 @@ fn main() -> Result<()> {
     };
     println!("{}", Machine::describe().line());
     println!(
-        "repartsim: {} actors, {} nodes x {} shards, {} rounds, seed {}, top-k {}, 1 in {} sampled, decay {}, tolerance {}, cooldown {} rounds",
-        args.actors, args.nodes, args.shards, args.rounds, args.seed, args.top_k, args.sample_every, args.decay, args.tolerance, args.cooldown
+        "repartsim: {} actors, {} nodes x {} shards in {} zone(s), {} rounds, seed {}, top-k {}, 1 in {} sampled, decay {}, tolerance {}, cooldown {} rounds",
+        args.actors, args.nodes, args.shards, args.zones, args.rounds, args.seed, args.top_k, args.sample_every, args.decay, args.tolerance, args.cooldown
     );
     println!(
         "{:<10} {:>6} {:>17} {:>17} {:>17} {:>8} {:>9} {:>8} {:>8} {:>9} {:>10}",
@@ -641,6 +674,15 @@ fn main() -> Result<()> {
                 .map(|r| format!("round {r}"))
                 .unwrap_or_else(|| "no".to_owned()),
         );
+        if args.zones > 1 {
+            println!(
+                "           cross-zone {:.1}% > {:.1}% (cut {:.1}%), reference {:.1}%",
+                o.before.2 * 100.0,
+                o.after.2 * 100.0,
+                reduction(o.before.2, o.after.2),
+                o.reference.2 * 100.0
+            );
+        }
         println!(
             "           moves {} ({} back to a place left), per round: {:?}",
             o.moves, o.returns, o.per_round

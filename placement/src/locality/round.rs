@@ -92,6 +92,21 @@ pub struct RoundConfig {
     pub group_size_max: usize,
     /// Message costs by distance.
     pub costs: Costs,
+    /// The zone of each node (a topology label from the configuration, as a number): a
+    /// location on a node listed here is in that zone, whatever its `Location::zone` says;
+    /// other nodes keep theirs. Empty: the locations' own zones. With zones, the preference
+    /// is same shard > same node > same zone ([`Costs::zone`] for a hop between zones).
+    pub zones: BTreeMap<u64, u32>,
+}
+
+impl RoundConfig {
+    /// `l` with its node's zone from [`RoundConfig::zones`].
+    pub fn zoned(&self, l: Location) -> Location {
+        match self.zones.get(&l.node) {
+            Some(&zone) => Location { zone, ..l },
+            None => l,
+        }
+    }
 }
 
 impl Default for RoundConfig {
@@ -108,6 +123,7 @@ impl Default for RoundConfig {
             group_edge_fraction: 0.2,
             group_size_max: 128,
             costs: Costs::default(),
+            zones: BTreeMap::new(),
         }
     }
 }
@@ -159,6 +175,8 @@ pub struct Move<A> {
     /// Expected messages no longer crossing shards of one node (negative: more cross-shard
     /// traffic, traded for less cross-node traffic).
     pub saved_cross_shard: f64,
+    /// Expected messages no longer crossing zones (of those no longer crossing nodes).
+    pub saved_cross_zone: f64,
     /// The other half of a pairwise exchange (it moves from `to` to `from`), if any.
     pub exchange_with: Option<A>,
     /// The group it moved with (named by the group's first actor), if it moved as part of a
@@ -279,13 +297,16 @@ impl<A: Clone + Eq + Hash + Ord> Repartitioner<A> {
         self.expire();
         let cfg = self.config.clone();
         let mut g = build_graph(input);
+        for l in g.loc.iter_mut().chain(g.home.iter_mut().flatten()) {
+            *l = cfg.zoned(*l);
+        }
         let n = g.ids.len();
         let mut loads: BTreeMap<Location, (f64, f64)> = input
             .loads
             .iter()
             .map(|(l, x)| {
                 (
-                    *l,
+                    cfg.zoned(*l),
                     (x.activations as f64, x.memory_bytes.unwrap_or(0) as f64),
                 )
             })
@@ -481,11 +502,28 @@ struct Band {
     mean: f64,
 }
 
-/// The groups of a round: connected components of the edges heavy for their lighter end,
-/// larger than one actor and at most `group_size_max`, spread over more than one place;
-/// in the order of their smallest member.
+/// The groups of a round. An edge binds its two actors when it carries at least
+/// `group_edge_fraction` of its lighter end's traffic; the connected components of the binding
+/// edges (a pair, a pipeline, a community) are the groups. A component larger than
+/// `group_size_max` (light edges between communities, noise, chain them into one) is split
+/// into its communities: label propagation over its binding edges (each actor takes the label
+/// its binding edges weigh most, in actor order, until no label changes; ties keep the current
+/// label, else the smallest), then the labels joined back while their links are heavy
+/// ([`coarsen`]). Kept: groups larger than one actor, at most `group_size_max`, spread over
+/// more than one place; in the order of their smallest member.
 fn groups<A>(g: &Graph<A>, cfg: &RoundConfig) -> Vec<Vec<u32>> {
     let n = g.ids.len();
+    let binding: Vec<Vec<(u32, f64)>> = (0..n)
+        .map(|i| {
+            g.adj[i]
+                .iter()
+                .copied()
+                .filter(|&(j, w)| {
+                    w >= cfg.group_edge_fraction * g.total[i].min(g.total[j as usize])
+                })
+                .collect()
+        })
+        .collect();
     let mut parent: Vec<u32> = (0..n as u32).collect();
     fn root(p: &mut [u32], mut x: u32) -> u32 {
         while p[x as usize] != x {
@@ -494,32 +532,148 @@ fn groups<A>(g: &Graph<A>, cfg: &RoundConfig) -> Vec<Vec<u32>> {
         }
         x
     }
-    for i in 0..n {
-        for &(j, w) in &g.adj[i] {
-            if (j as usize) > i
-                && w >= cfg.group_edge_fraction * g.total[i].min(g.total[j as usize])
-            {
-                let (a, b) = (root(&mut parent, i as u32), root(&mut parent, j));
-                if a != b {
-                    parent[a.max(b) as usize] = a.min(b);
-                }
+    for (i, b) in binding.iter().enumerate() {
+        for &(j, _) in b {
+            let (a, b) = (root(&mut parent, i as u32), root(&mut parent, j));
+            if a != b {
+                parent[a.max(b) as usize] = a.min(b);
             }
         }
     }
-    let mut by_root: BTreeMap<u32, Vec<u32>> = BTreeMap::new();
-    for i in 0..n as u32 {
-        let r = root(&mut parent, i);
-        by_root.entry(r).or_default().push(i);
+    let mut size = vec![0usize; n];
+    let mut label: Vec<u32> = (0..n as u32).map(|i| root(&mut parent, i)).collect();
+    for &l in &label {
+        size[l as usize] += 1;
     }
-    by_root
+    // Actors of the oversized components: split by label propagation.
+    let open: Vec<bool> = label
+        .iter()
+        .map(|&l| size[l as usize] > cfg.group_size_max)
+        .collect();
+    for (i, l) in label.iter_mut().enumerate() {
+        if open[i] {
+            *l = i as u32;
+        }
+    }
+    let mut weights: BTreeMap<u32, f64> = BTreeMap::new();
+    for _ in 0..LABEL_PASSES {
+        let mut changed = false;
+        for i in (0..n).filter(|&i| open[i]) {
+            weights.clear();
+            for &(j, w) in &binding[i] {
+                *weights.entry(label[j as usize]).or_default() += w;
+            }
+            let own = weights.get(&label[i]).copied().unwrap_or(0.0);
+            // The heaviest label, the smallest of equal ones (BTreeMap order).
+            let (mut best, mut bw) = (label[i], own);
+            for (&l, &w) in &weights {
+                if w > bw {
+                    (best, bw) = (l, w);
+                }
+            }
+            if best != label[i] {
+                label[i] = best;
+                changed = true;
+            }
+        }
+        if !changed {
+            break;
+        }
+    }
+    coarsen(g, cfg, &open, &mut label);
+    let mut by_label: BTreeMap<u32, Vec<u32>> = BTreeMap::new();
+    for i in 0..n as u32 {
+        by_label.entry(label[i as usize]).or_default().push(i);
+    }
+    let mut out: Vec<Vec<u32>> = by_label
         .into_values()
         .filter(|m| {
             m.len() > 1
                 && m.len() <= cfg.group_size_max
                 && m.iter().any(|&x| g.loc[x as usize] != g.loc[m[0] as usize])
         })
-        .collect()
+        .collect();
+    out.sort_by_key(|m| m[0]);
+    out
 }
+
+/// The second level of the groups: labels of the oversized components (communities found by
+/// label propagation, often parts of one larger community) joined while the edges between two of them carry at least
+/// `COARSEN_FRACTION × group_edge_fraction` of the lighter one's traffic and the two together
+/// have at most `group_size_max` actors; heaviest (relative) links first.
+fn coarsen<A>(g: &Graph<A>, cfg: &RoundConfig, open: &[bool], label: &mut [u32]) {
+    let n = g.ids.len();
+    // Labels are actor indices: per label, its size, traffic and links to other labels.
+    let mut size = vec![0usize; n];
+    let mut total = vec![0.0f64; n];
+    let mut link: Vec<BTreeMap<u32, f64>> = vec![BTreeMap::new(); n];
+    for i in 0..n {
+        let a = label[i];
+        size[a as usize] += 1;
+        total[a as usize] += g.total[i];
+        for &(j, w) in &g.adj[i] {
+            let b = label[j as usize];
+            if a != b && open[i] && open[j as usize] {
+                *link[a as usize].entry(b).or_default() += w;
+            }
+        }
+    }
+    let mut order: Vec<(f64, u32, u32)> = link
+        .iter()
+        .enumerate()
+        .flat_map(|(a, m)| {
+            let total = &total;
+            m.iter()
+                .filter(move |(&b, _)| (a as u32) < b)
+                .map(move |(&b, &w)| (w / total[a].min(total[b as usize]), a as u32, b))
+        })
+        .collect();
+    order.sort_by(|x, y| y.0.total_cmp(&x.0).then((x.1, x.2).cmp(&(y.1, y.2))));
+    let mut parent: Vec<u32> = (0..n as u32).collect();
+    fn root(p: &mut [u32], mut x: u32) -> u32 {
+        while p[x as usize] != x {
+            p[x as usize] = p[p[x as usize] as usize];
+            x = p[x as usize];
+        }
+        x
+    }
+    let need = COARSEN_FRACTION * cfg.group_edge_fraction;
+    for (_, a, b) in order {
+        let (ra, rb) = (root(&mut parent, a), root(&mut parent, b));
+        if ra == rb || size[ra as usize] + size[rb as usize] > cfg.group_size_max {
+            continue;
+        }
+        // The link between the two groups as they are now (earlier joins included).
+        let w = link[ra as usize].get(&rb).copied().unwrap_or(0.0);
+        if w < need * total[ra as usize].min(total[rb as usize]) {
+            continue;
+        }
+        let (keep, gone) = (ra.min(rb), ra.max(rb));
+        parent[gone as usize] = keep;
+        size[keep as usize] += size[gone as usize];
+        total[keep as usize] += total[gone as usize];
+        let moved = std::mem::take(&mut link[gone as usize]);
+        link[keep as usize].remove(&gone);
+        for (c, w) in moved {
+            if c == keep {
+                continue;
+            }
+            if let Some(x) = link[c as usize].remove(&gone) {
+                *link[c as usize].entry(keep).or_default() += x;
+            }
+            *link[keep as usize].entry(c).or_default() += w;
+        }
+    }
+    for l in label.iter_mut() {
+        *l = root(&mut parent, *l);
+    }
+}
+
+/// See [`coarsen`].
+const COARSEN_FRACTION: f64 = 0.5;
+
+/// Label propagation passes at most (it converges in a few on community graphs).
+const LABEL_PASSES: usize = 20;
 
 /// Moving one group to one place, with the exchanges its balance needs.
 struct GroupMove<'a, A> {
@@ -744,6 +898,12 @@ const NODE_HOPS: Costs = Costs {
     node: 1.0,
     zone: 1.0,
 };
+/// Counts only the hops between zones.
+const ZONE_HOPS: Costs = Costs {
+    shard: 0.0,
+    node: 0.0,
+    zone: 1.0,
+};
 /// Counts only the hops between shards of one node.
 const SHARD_HOPS: Costs = Costs {
     shard: 1.0,
@@ -840,6 +1000,7 @@ fn explain<A: Clone>(g: &Graph<A>, i: usize, t: Location, gain: f64, with: Optio
         gain,
         saved_cross_node: gain_to(g, i, t, &NODE_HOPS),
         saved_cross_shard: gain_to(g, i, t, &SHARD_HOPS),
+        saved_cross_zone: gain_to(g, i, t, &ZONE_HOPS),
         exchange_with: with,
         group: None,
     }

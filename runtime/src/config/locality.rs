@@ -1,5 +1,6 @@
 //! The `[locality]` section: locality-aware repartitioning (docs/CONFIG.md, docs/LOCALITY.md).
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -17,6 +18,7 @@ pub(super) struct RawLocality {
     top_k: Option<Int>,
     balance_tolerance: Option<f64>,
     max_moves_per_round: Option<Int>,
+    zones: Option<BTreeMap<String, String>>,
 }
 
 pub(super) fn locality_section(
@@ -75,6 +77,25 @@ pub(super) fn locality_section(
             1 << 20,
             "0 to 1048576 moves",
         )? as usize;
+    }
+    if let Some(zones) = r.zones {
+        for (node, zone) in zones {
+            let Ok(id) = node.parse::<u64>() else {
+                return Err(check.invalid(
+                    "locality.zones",
+                    node,
+                    "a table of node id = zone name (the keys are node ids: \"1\" = \"eu-1a\")",
+                ));
+            };
+            if zone.is_empty() {
+                return Err(check.invalid(
+                    "locality.zones",
+                    format!("{id} = \"\""),
+                    "a non-empty zone name for every node listed",
+                ));
+            }
+            c.zones.insert(id, zone);
+        }
     }
     Ok(c)
 }
