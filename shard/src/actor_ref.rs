@@ -14,7 +14,7 @@ use crate::activation::{send_local, send_local_now, try_send_local};
 use crate::actor::{Actor, Handler, Message};
 use crate::admission::{block_on_until, DeadlineTimer};
 use crate::calls::{CallId, CallOutcome, Waiter};
-use crate::engine::shared::{current_core, NodeShared, Phase};
+use crate::engine::shared::{current_core, with_current_core, NodeShared, Phase};
 use crate::envelope::{outcome_into, CrossMsg, Deliver, ExtForward, External, Origin, ReplyTo};
 use crate::error::CallError;
 use crate::shard::Shard;
@@ -145,22 +145,39 @@ impl<A: Actor> ActorRef<A> {
         A: Handler<M>,
         M: Message,
     {
-        use crate::direct::DirectAsk;
         if self.remote.is_some() || self.stateless {
             return Err(AskMiss::Other(msg));
         }
         let Some(type_idx) = self.type_idx else {
             return Err(AskMiss::Other(msg));
         };
-        let Some(core) = current_core(&self.node) else {
-            return Err(AskMiss::Other(msg));
-        };
-        if self.owner != core.id {
-            return Err(AskMiss::Other(msg));
-        }
-        let deadline = core.now() + timeout;
+        with_current_core(&self.node, |core| {
+            let Some(core) = core.filter(|c| c.id == self.owner) else {
+                return Err(AskMiss::Other(msg));
+            };
+            self.ask_direct(core, type_idx, msg, timeout)
+        })
+    }
+
+    /// [`Self::ask_first`] on the actor's own shard `core`.
+    #[inline(always)]
+    fn ask_direct<M>(
+        &self,
+        core: &Rc<Shard>,
+        type_idx: u16,
+        msg: M,
+        timeout: Duration,
+    ) -> Result<M::Reply, AskMiss<'_, M>>
+    where
+        A: Handler<M>,
+        M: Message,
+    {
+        use crate::direct::DirectAsk;
         let started_us = core.clock.now_us();
-        match crate::direct::try_ask::<A, M>(&core, type_idx, &self.id.key, msg, deadline) {
+        // The deadline is needed only if the turn awaits; shard time does not move within
+        // this poll, so computing it then gives the deadline of now.
+        let deadline = || core.now() + timeout;
+        match crate::direct::try_ask::<A, M>(core, type_idx, &self.id.key, msg, deadline) {
             DirectAsk::Done(r) => {
                 crate::stats::add(&core.stats.asks[0], 1);
                 core.stats.ask_latency[0].record_us(core.clock.now_us() - started_us);
@@ -168,6 +185,7 @@ impl<A: Actor> ActorRef<A> {
             }
             DirectAsk::Pending(call) => {
                 crate::stats::add(&core.stats.asks[0], 1);
+                let core = core.clone();
                 Err(AskMiss::Slow(Box::pin(async move {
                     let core = &core;
                     let outcome = LocalCallWait {
@@ -542,20 +560,22 @@ impl<A: Actor> ActorRef<A> {
         if self.remote.is_some() || self.stateless {
             return Err(DirectMiss::Other(msg));
         }
-        let Some(core) = current_core(&self.node) else {
-            return Err(DirectMiss::Other(msg));
-        };
-        if self.owner != core.id {
-            return Err(DirectMiss::Other(msg));
-        }
-        match crate::direct::try_tell::<A, M>(&core, type_idx, &self.id.key, msg) {
-            DirectTell::Sent => {
-                crate::stats::add(&core.stats.tells[0], 1);
-                Ok(())
+        // No `Rc` clone of the core per tell. (Inlining decides much here: one build of this
+        // same code kept the handler's future out of line, +33 instructions per tell; count
+        // with callgrind after changing this path, docs/BENCHMARKS.md.)
+        with_current_core(&self.node, |core| {
+            let Some(core) = core.filter(|c| c.id == self.owner) else {
+                return Err(DirectMiss::Other(msg));
+            };
+            match crate::direct::try_tell::<A, M>(core, type_idx, &self.id.key, msg) {
+                DirectTell::Sent => {
+                    crate::stats::add(&core.stats.tells[0], 1);
+                    Ok(())
+                }
+                DirectTell::Yield(msg) => Err(DirectMiss::Yield(msg)),
+                DirectTell::Refused(msg) => Err(DirectMiss::Other(msg)),
             }
-            DirectTell::Yield(msg) => Err(DirectMiss::Yield(msg)),
-            DirectTell::Refused(msg) => Err(DirectMiss::Other(msg)),
-        }
+        })
     }
 
     /// The first poll of a [`Tell`] that [`Self::tell_direct`] did not send: sends at once when
@@ -713,7 +733,8 @@ impl<A: Actor> ActorRef<A> {
         if direct && target == core.id {
             use crate::direct::DirectAsk;
             loop {
-                match crate::direct::try_ask::<A, M>(core, type_idx, &self.id.key, msg, deadline) {
+                match crate::direct::try_ask::<A, M>(core, type_idx, &self.id.key, msg, || deadline)
+                {
                     DirectAsk::Done(r) => {
                         core.stats.ask_latency[0].record_us(core.clock.now_us() - started_us);
                         return r;

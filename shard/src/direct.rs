@@ -157,7 +157,7 @@ fn first_poll<A: Actor>(
 /// the slot is then what [`first_poll`] would have left. A future too large for the slot's
 /// storage takes [`first_poll`] (boxed by the turn).
 #[inline]
-fn first_poll_typed<A: Actor, F: Future<Output = ()>>(
+pub(crate) fn first_poll_typed<A: Actor, F: Future<Output = ()>>(
     core: &Shard,
     act: &Activation<A>,
     slot: &mut TurnSlot,
@@ -168,12 +168,7 @@ fn first_poll_typed<A: Actor, F: Future<Output = ()>>(
     if !TurnSlot::fits::<F>() {
         // SAFETY: as in `try_tell`.
         unsafe { slot.turn() }.set(fut);
-        let r = first_poll(core, act, slot, sampled);
-        if r.is_ready() {
-            // Finished (or panicked): the slot goes back empty, as on the typed path.
-            slot.clear();
-        }
-        return r;
+        return first_poll_set(core, act, slot, sampled);
     }
     // SAFETY: it fits, the slot is empty (taken from the pool); it is dropped or adopted below.
     let p = unsafe { slot.place(fut) };
@@ -212,6 +207,22 @@ fn first_poll_typed<A: Actor, F: Future<Output = ()>>(
             Poll::Ready(Err(crate::turn::caught_panic_message(&*payload)))
         }
     }
+}
+
+/// [`first_poll`] of the turn `set` in `slot`, leaving the slot empty if it finished (or
+/// panicked), as [`first_poll_typed`] does.
+#[inline(never)]
+pub(crate) fn first_poll_set<A: Actor>(
+    core: &Shard,
+    act: &Activation<A>,
+    slot: &mut TurnSlot,
+    sampled: Option<Instant>,
+) -> Poll<Result<(), String>> {
+    let r = first_poll(core, act, slot, sampled);
+    if r.is_ready() {
+        slot.clear();
+    }
+    r
 }
 
 /// Ends a direct turn's sample, if it is a sampled one that finished in its first poll.
@@ -281,14 +292,15 @@ where
     DirectTell::Sent
 }
 
-/// Runs `msg` as a direct ask if the activation allows it now (see [`DirectAsk`]).
+/// Runs `msg` as a direct ask if the activation allows it now (see [`DirectAsk`]); `deadline`
+/// gives the call's deadline, asked for only if the turn awaits.
 #[inline]
 pub(crate) fn try_ask<A, M>(
     core: &Shard,
     type_idx: u16,
     key: &ActorKey,
     msg: M,
-    deadline: Instant,
+    deadline: impl FnOnce() -> Instant,
 ) -> DirectAsk<M>
 where
     A: Handler<M>,
@@ -336,7 +348,7 @@ where
             let call = core
                 .calls
                 .borrow_mut()
-                .register(deadline, Waiter::Task(None));
+                .register(deadline(), Waiter::Task(None));
             act.hand_over(
                 PendingTurn::new(slot, Some((call, finish_ask::<A, M>))).sampled(sampled),
             );
@@ -368,16 +380,10 @@ pub(crate) fn run_delivered<A: Actor>(
     let reply = item.reply_to();
     act.begin_direct(core);
     let mut slot = core.take_turn_slot();
-    {
-        // SAFETY: as in `try_tell`.
-        let actor: &'static mut A = unsafe { &mut *(act.state_mut() as *mut A) };
-        let ctx: &'static crate::actor::Context<A> = unsafe { &*(&act.ctx as *const _) };
-        item.start(actor, ctx, unsafe { slot.turn() });
-    }
     let sampled = core.stats.turn_begin(act.ctx.type_idx);
-    match first_poll(core, act, &mut slot, sampled) {
+    // Typed inside the item (one virtual call): see `MailItem::run_first`.
+    match item.run_first(core, act, &mut slot, sampled) {
         Poll::Ready(result) => {
-            slot.clear();
             core.give_turn_slot(slot);
             end_sample(core, act, sampled);
             match result {
