@@ -660,6 +660,7 @@ impl<A: Actor> Activation<A> {
     }
 
     /// Moves to `to`, asserting the move is allowed (see [`Life::allowed_from`]).
+    #[inline(always)]
     fn enter(&self, to: Life) {
         self.life.set(self.life.get().step(to, &self.ctx.id));
     }

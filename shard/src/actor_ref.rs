@@ -14,7 +14,7 @@ use crate::activation::{send_local, send_local_now, try_send_local};
 use crate::actor::{Actor, Handler, Message};
 use crate::admission::{block_on_until, DeadlineTimer};
 use crate::calls::{CallId, CallOutcome, Waiter};
-use crate::engine::shared::{current_core, NodeShared, Phase};
+use crate::engine::shared::{current_core, with_current_core, NodeShared, Phase};
 use crate::envelope::{outcome_into, CrossMsg, Deliver, ExtForward, External, Origin, ReplyTo};
 use crate::error::CallError;
 use crate::shard::Shard;
@@ -136,44 +136,57 @@ impl<A: Actor> ActorRef<A> {
     }
 
     /// The first poll of an [`Ask`]: a direct turn when the actor is on this shard and idle
-    /// (the reply at once); otherwise the ordinary path, boxed (so that the common case's
-    /// future stays small: moving a large one cost a `memcpy` per ask).
-    #[inline]
-    fn ask_first<M>(
+    /// (the reply at once); otherwise what the ask goes on with ([`AskMiss`]). The common
+    /// case returns the bare reply, so that no `Result<_, CallError>`-sized value is moved per
+    /// ask (that copy cost more than the checks around it).
+    #[inline(always)]
+    fn ask_first<M>(&self, msg: M, timeout: Duration) -> Result<M::Reply, AskMiss<'_, M>>
+    where
+        A: Handler<M>,
+        M: Message,
+    {
+        if self.remote.is_some() || self.stateless {
+            return Err(AskMiss::Other(msg));
+        }
+        let Some(type_idx) = self.type_idx else {
+            return Err(AskMiss::Other(msg));
+        };
+        with_current_core(&self.node, |core| {
+            let Some(core) = core.filter(|c| c.id == self.owner) else {
+                return Err(AskMiss::Other(msg));
+            };
+            self.ask_direct(core, type_idx, msg, timeout)
+        })
+    }
+
+    /// [`Self::ask_first`] on the actor's own shard `core`.
+    #[inline(always)]
+    fn ask_direct<M>(
         &self,
+        core: &Rc<Shard>,
+        type_idx: u16,
         msg: M,
         timeout: Duration,
-    ) -> Result<Result<M::Reply, CallError>, SlowAsk<'_, M::Reply>>
+    ) -> Result<M::Reply, AskMiss<'_, M>>
     where
         A: Handler<M>,
         M: Message,
     {
         use crate::direct::DirectAsk;
-        let slow =
-            |msg| -> SlowAsk<'_, M::Reply> { Box::pin(self.ask_with(msg, timeout, None, false)) };
-        if self.remote.is_some() || self.stateless {
-            return Err(slow(msg));
-        }
-        let Some(type_idx) = self.type_idx else {
-            return Err(slow(msg));
-        };
-        let Some(core) = current_core(&self.node) else {
-            return Err(slow(msg));
-        };
-        if self.owner != core.id {
-            return Err(slow(msg));
-        }
-        let deadline = core.now() + timeout;
         let started_us = core.clock.now_us();
-        match crate::direct::try_ask::<A, M>(&core, type_idx, &self.id.key, msg, deadline) {
+        // The deadline is needed only if the turn awaits; shard time does not move within
+        // this poll, so computing it then gives the deadline of now.
+        let deadline = || core.now() + timeout;
+        match crate::direct::try_ask::<A, M>(core, type_idx, &self.id.key, msg, deadline) {
             DirectAsk::Done(r) => {
                 crate::stats::add(&core.stats.asks[0], 1);
                 core.stats.ask_latency[0].record_us(core.clock.now_us() - started_us);
-                Ok(r)
+                r.map_err(|e| AskMiss::Failed(Box::new(e)))
             }
             DirectAsk::Pending(call) => {
                 crate::stats::add(&core.stats.asks[0], 1);
-                Err(Box::pin(async move {
+                let core = core.clone();
+                Err(AskMiss::Slow(Box::pin(async move {
                     let core = &core;
                     let outcome = LocalCallWait {
                         core,
@@ -183,15 +196,15 @@ impl<A: Actor> ActorRef<A> {
                     .await;
                     core.stats.ask_latency[0].record_us(core.clock.now_us() - started_us);
                     outcome_into::<A, M>(outcome, || self.id.clone(), timeout)
-                }))
+                })))
             }
             // This task ran its direct turns for this poll: let the shard's other work run,
             // then ask again.
-            DirectAsk::Yield(msg) => Err(Box::pin(async move {
+            DirectAsk::Yield(msg) => Err(AskMiss::Slow(Box::pin(async move {
                 crate::rt::yield_now().await;
                 self.ask_with(msg, timeout, None, true).await
-            })),
-            DirectAsk::Refused(msg) => Err(slow(msg)),
+            }))),
+            DirectAsk::Refused(msg) => Err(AskMiss::Other(msg)),
         }
     }
 
@@ -529,10 +542,47 @@ impl<A: Actor> ActorRef<A> {
         }
     }
 
-    /// The first poll of a [`Tell`]: sends at once when there is room; otherwise returns the
-    /// message for the waiting path.
+    /// The common case of a [`Tell`]'s first poll: a direct turn on this shard. Returns the
+    /// message when it did not run it ([`Self::tell_first`] then sends it the ordinary way,
+    /// without trying a direct turn again). Apart from the rest so that the common case's
+    /// result is small (a `Result<(), CallError>` moved through the general path cost a copy
+    /// of the error's bytes per tell).
+    #[inline(always)]
+    fn tell_direct<M>(&self, msg: M) -> Result<(), DirectMiss<M>>
+    where
+        A: Handler<M>,
+        M: Message,
+    {
+        use crate::direct::DirectTell;
+        let Some(type_idx) = self.type_idx else {
+            return Err(DirectMiss::Other(msg));
+        };
+        if self.remote.is_some() || self.stateless {
+            return Err(DirectMiss::Other(msg));
+        }
+        // No `Rc` clone of the core per tell. (Inlining decides much here: one build of this
+        // same code kept the handler's future out of line, +33 instructions per tell; count
+        // with callgrind after changing this path, docs/BENCHMARKS.md.)
+        with_current_core(&self.node, |core| {
+            let Some(core) = core.filter(|c| c.id == self.owner) else {
+                return Err(DirectMiss::Other(msg));
+            };
+            match crate::direct::try_tell::<A, M>(core, type_idx, &self.id.key, msg) {
+                DirectTell::Sent => {
+                    crate::stats::add(&core.stats.tells[0], 1);
+                    Ok(())
+                }
+                DirectTell::Yield(msg) => Err(DirectMiss::Yield(msg)),
+                DirectTell::Refused(msg) => Err(DirectMiss::Other(msg)),
+            }
+        })
+    }
+
+    /// The first poll of a [`Tell`] that [`Self::tell_direct`] did not send: sends at once when
+    /// there is room; otherwise returns the waiting path. `direct`: whether to try a direct
+    /// turn.
     #[inline]
-    fn tell_first<M>(&self, msg: M) -> Result<Result<(), CallError>, SlowTell<'_>>
+    fn tell_first<M>(&self, msg: M, direct: bool) -> Result<Result<(), CallError>, SlowTell<'_>>
     where
         A: Handler<M>,
         M: Message,
@@ -560,7 +610,7 @@ impl<A: Actor> ActorRef<A> {
         };
         let target = self.target_on(&core);
         crate::stats::add(&core.stats.tells[usize::from(target != core.id)], 1);
-        let msg = if target == core.id {
+        let msg = if direct && target == core.id {
             use crate::direct::DirectTell;
             match crate::direct::try_tell::<A, M>(&core, type_idx, &self.id.key, msg) {
                 DirectTell::Sent => return Ok(Ok(())),
@@ -683,7 +733,8 @@ impl<A: Actor> ActorRef<A> {
         if direct && target == core.id {
             use crate::direct::DirectAsk;
             loop {
-                match crate::direct::try_ask::<A, M>(core, type_idx, &self.id.key, msg, deadline) {
+                match crate::direct::try_ask::<A, M>(core, type_idx, &self.id.key, msg, || deadline)
+                {
                     DirectAsk::Done(r) => {
                         core.stats.ask_latency[0].record_us(core.clock.now_us() - started_us);
                         return r;
@@ -904,10 +955,14 @@ where
                 .msg
                 .take()
                 .expect("an Ask is not polled after it completed");
-            match self.target.ask_first(msg, self.timeout) {
-                Ok(done) => return Poll::Ready(done),
-                Err(slow) => self.slow = Some(slow),
-            }
+            let (target, timeout) = (self.target, self.timeout);
+            let slow = match target.ask_first(msg, timeout) {
+                Ok(reply) => return Poll::Ready(Ok(reply)),
+                Err(AskMiss::Other(msg)) => Box::pin(target.ask_with(msg, timeout, None, false)),
+                Err(AskMiss::Slow(slow)) => slow,
+                Err(AskMiss::Failed(e)) => return Poll::Ready(Err(*e)),
+            };
+            self.slow = Some(slow);
         }
         self.slow
             .as_mut()
@@ -979,10 +1034,23 @@ where
                 .msg
                 .take()
                 .expect("a Tell is not polled after it completed");
-            match self.target.tell_first(msg) {
-                Ok(done) => return Poll::Ready(done),
-                Err(slow) => self.slow = Some(slow),
-            }
+            let slow = match self.target.tell_direct(msg) {
+                Ok(()) => return Poll::Ready(Ok(())),
+                Err(DirectMiss::Yield(msg)) => {
+                    // This task ran its direct turns for this poll: let the shard's other
+                    // work run, then send (rare: once per `DIRECT_PER_POLL` tells).
+                    let target = self.target;
+                    Box::pin(async move {
+                        crate::rt::yield_now().await;
+                        target.tell(msg).await
+                    })
+                }
+                Err(DirectMiss::Other(msg)) => match self.target.tell_first(msg, false) {
+                    Ok(done) => return Poll::Ready(done),
+                    Err(slow) => slow,
+                },
+            };
+            self.slow = Some(slow);
         }
         self.slow
             .as_mut()
@@ -990,6 +1058,25 @@ where
             .as_mut()
             .poll(cx)
     }
+}
+
+/// How an [`Ask`] goes on when its first poll did not end in a direct turn's reply.
+enum AskMiss<'a, M: Message> {
+    /// Not a direct turn: the ordinary path (boxed by the caller).
+    Other(M),
+    /// A direct turn that awaits, or a yield first: the rest of the ask.
+    Slow(SlowAsk<'a, M::Reply>),
+    /// The direct turn failed (it panicked): boxed, so that the common case stays small.
+    Failed(Box<CallError>),
+}
+
+/// Why [`ActorRef::tell_direct`] did not send: the message back.
+enum DirectMiss<M> {
+    /// The task used up its direct turns for this poll: yield, then send.
+    Yield(M),
+    /// Not a direct turn (another shard or node, no live idle activation, ...): the ordinary
+    /// path.
+    Other(M),
 }
 
 /// Waits for call `call` of `core`'s call table; forgets it if dropped first.

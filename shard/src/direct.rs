@@ -17,6 +17,7 @@
 //! poll, so that a task sending in a loop still yields to the shard's other work.
 
 use std::cell::Cell;
+use std::future::Future;
 use std::rc::Rc;
 use std::task::{Context as TaskContext, Poll};
 use std::time::Instant;
@@ -83,7 +84,7 @@ enum Admit<A: Actor> {
     No,
 }
 
-#[inline]
+#[inline(always)]
 fn admit<A: Actor>(core: &Shard, type_idx: u16, key: &ActorKey) -> Admit<A> {
     let b = &core.direct;
     let table = core.table::<A>(type_idx);
@@ -148,6 +149,82 @@ fn first_poll<A: Actor>(
     r
 }
 
+/// Runs `fut` as the turn in `slot`, polling it once from the sender as [`first_poll`] does,
+/// but typed: the future is placed in the slot without its function pointers and polled as
+/// `F` (inlined), and a future that finishes in this poll is left as it is (it owns nothing
+/// then: `fut` must be one of this module's turn blocks, whose captures all go into the
+/// handler's call), so the common case makes no indirect call. One that awaits is handed to the slot's turn (adopted), so
+/// the slot is then what [`first_poll`] would have left. A future too large for the slot's
+/// storage takes [`first_poll`] (boxed by the turn).
+#[inline]
+pub(crate) fn first_poll_typed<A: Actor, F: Future<Output = ()>>(
+    core: &Shard,
+    act: &Activation<A>,
+    slot: &mut TurnSlot,
+    sampled: Option<Instant>,
+    fut: F,
+) -> Poll<Result<(), String>> {
+    use std::panic::{catch_unwind, AssertUnwindSafe};
+    if !TurnSlot::fits::<F>() {
+        // SAFETY: as in `try_tell`.
+        unsafe { slot.turn() }.set(fut);
+        return first_poll_set(core, act, slot, sampled);
+    }
+    // SAFETY: it fits, the slot is empty (taken from the pool); it is dropped or adopted below.
+    let p = unsafe { slot.place(fut) };
+    let depth = &core.direct.depth;
+    depth.set(depth.get() + 1);
+    let r = act.with_task_waker(|waker| {
+        let mut cx = TaskContext::from_waker(waker);
+        let _mem = crate::memory::enter(act.mem.cell());
+        // SAFETY: `p` is the live future placed above, pinned in the slot's box.
+        let mut poll = || {
+            catch_unwind(AssertUnwindSafe(|| {
+                unsafe { std::pin::Pin::new_unchecked(&mut *p) }.poll(&mut cx)
+            }))
+        };
+        match sampled {
+            None => poll(),
+            Some(_) => crate::stats::with_caller(act.ctx.type_idx, &act.ctx.id.key, poll),
+        }
+    });
+    depth.set(depth.get() - 1);
+    match r {
+        Ok(Poll::Ready(())) => {
+            // Not dropped: a finished direct-turn block owns nothing (what it captured went
+            // into the handler's call, which ran to its end), and its drop glue would only
+            // test its state. The slot is empty again.
+            Poll::Ready(Ok(()))
+        }
+        Ok(Poll::Pending) => {
+            // SAFETY: placed above, live.
+            unsafe { slot.adopt::<F>() };
+            Poll::Pending
+        }
+        Err(payload) => {
+            // SAFETY: placed above, not adopted; not polled again.
+            unsafe { slot.drop_placed(p) };
+            Poll::Ready(Err(crate::turn::caught_panic_message(&*payload)))
+        }
+    }
+}
+
+/// [`first_poll`] of the turn `set` in `slot`, leaving the slot empty if it finished (or
+/// panicked), as [`first_poll_typed`] does.
+#[inline(never)]
+pub(crate) fn first_poll_set<A: Actor>(
+    core: &Shard,
+    act: &Activation<A>,
+    slot: &mut TurnSlot,
+    sampled: Option<Instant>,
+) -> Poll<Result<(), String>> {
+    let r = first_poll(core, act, slot, sampled);
+    if r.is_ready() {
+        slot.clear();
+    }
+    r
+}
+
 /// Ends a direct turn's sample, if it is a sampled one that finished in its first poll.
 #[inline]
 fn end_sample<A: Actor>(core: &Shard, act: &Activation<A>, sampled: Option<Instant>) {
@@ -189,21 +266,18 @@ where
     crate::stats::note_send(type_idx, key);
     act.begin_direct(core);
     let mut slot = core.take_turn_slot();
-    {
-        // SAFETY: the state is the activation's, now `Running` for this turn alone; the
-        // future is cleared below, or handed to the activation that owns what it borrows.
-        let actor: &mut A = unsafe { act.state_mut() };
-        let ctx = &act.ctx;
-        let ctx: &'static crate::actor::Context<A> = unsafe { &*(ctx as *const _) };
-        let actor: &'static mut A = unsafe { &mut *(actor as *mut A) };
-        unsafe { slot.turn() }.set(async move {
-            actor.handle(msg, ctx).await;
-        });
-    }
+    // SAFETY: the state is the activation's, now `Running` for this turn alone; the future is
+    // dropped below, or handed to the activation that owns what it borrows.
+    let actor: &mut A = unsafe { act.state_mut() };
+    let ctx = &act.ctx;
+    let ctx: &'static crate::actor::Context<A> = unsafe { &*(ctx as *const _) };
+    let actor: &'static mut A = unsafe { &mut *(actor as *mut A) };
+    let fut = async move {
+        actor.handle(msg, ctx).await;
+    };
     let sampled = core.stats.turn_begin(act.ctx.type_idx);
-    match first_poll(core, &act, &mut slot, sampled) {
+    match first_poll_typed(core, &act, &mut slot, sampled, fut) {
         Poll::Ready(Ok(())) => {
-            slot.clear();
             core.give_turn_slot(slot);
             end_sample(core, &act, sampled);
             act.end_direct();
@@ -218,14 +292,15 @@ where
     DirectTell::Sent
 }
 
-/// Runs `msg` as a direct ask if the activation allows it now (see [`DirectAsk`]).
+/// Runs `msg` as a direct ask if the activation allows it now (see [`DirectAsk`]); `deadline`
+/// gives the call's deadline, asked for only if the turn awaits.
 #[inline]
 pub(crate) fn try_ask<A, M>(
     core: &Shard,
     type_idx: u16,
     key: &ActorKey,
     msg: M,
-    deadline: Instant,
+    deadline: impl FnOnce() -> Instant,
 ) -> DirectAsk<M>
 where
     A: Handler<M>,
@@ -243,21 +318,18 @@ where
     act.begin_direct(core);
     let mut slot = core.take_turn_slot();
     let out = slot.reply_ptr().cast::<Option<M::Reply>>();
-    {
-        // SAFETY: as in `try_tell`; `out` is the slot's reply room, large and aligned enough
-        // (checked above), in place while the slot lives.
-        unsafe { out.write(None) };
-        let actor: &'static mut A = unsafe { &mut *(act.state_mut() as *mut A) };
-        let ctx: &'static crate::actor::Context<A> = unsafe { &*(&act.ctx as *const _) };
-        unsafe { slot.turn() }.set(async move {
-            let value = actor.handle(msg, ctx).await;
-            unsafe { *out = Some(value) };
-        });
-    }
+    // SAFETY: as in `try_tell`; `out` is the slot's reply room, large and aligned enough
+    // (checked above), in place while the slot lives.
+    unsafe { out.write(None) };
+    let actor: &'static mut A = unsafe { &mut *(act.state_mut() as *mut A) };
+    let ctx: &'static crate::actor::Context<A> = unsafe { &*(&act.ctx as *const _) };
+    let fut = async move {
+        let value = actor.handle(msg, ctx).await;
+        unsafe { out.write(Some(value)) };
+    };
     let sampled = core.stats.turn_begin(act.ctx.type_idx);
-    match first_poll(core, &act, &mut slot, sampled) {
+    match first_poll_typed(core, &act, &mut slot, sampled, fut) {
         Poll::Ready(Ok(())) => {
-            slot.clear();
             // SAFETY: written by the finished turn.
             let value = unsafe { (*out).take() };
             core.give_turn_slot(slot);
@@ -276,7 +348,7 @@ where
             let call = core
                 .calls
                 .borrow_mut()
-                .register(deadline, Waiter::Task(None));
+                .register(deadline(), Waiter::Task(None));
             act.hand_over(
                 PendingTurn::new(slot, Some((call, finish_ask::<A, M>))).sampled(sampled),
             );
@@ -308,16 +380,10 @@ pub(crate) fn run_delivered<A: Actor>(
     let reply = item.reply_to();
     act.begin_direct(core);
     let mut slot = core.take_turn_slot();
-    {
-        // SAFETY: as in `try_tell`.
-        let actor: &'static mut A = unsafe { &mut *(act.state_mut() as *mut A) };
-        let ctx: &'static crate::actor::Context<A> = unsafe { &*(&act.ctx as *const _) };
-        item.start(actor, ctx, unsafe { slot.turn() });
-    }
     let sampled = core.stats.turn_begin(act.ctx.type_idx);
-    match first_poll(core, act, &mut slot, sampled) {
+    // Typed inside the item (one virtual call): see `MailItem::run_first`.
+    match item.run_first(core, act, &mut slot, sampled) {
         Poll::Ready(result) => {
-            slot.clear();
             core.give_turn_slot(slot);
             end_sample(core, act, sampled);
             match result {

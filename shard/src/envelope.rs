@@ -100,6 +100,16 @@ pub(crate) trait MailItem<A: Actor>: Send {
         ctx: &'a Context<A>,
         turn: std::pin::Pin<&mut Turn<'a>>,
     );
+    /// Runs the turn as a direct turn of `act` (`direct::run_delivered`: the caller entered
+    /// `Running`): its first poll, typed (`direct::first_poll_typed`), in `slot` (empty);
+    /// the slot is empty again if the turn finished, and holds the turn if it awaits.
+    fn run_first(
+        self: Box<Self>,
+        core: &Shard,
+        act: &crate::activation::Activation<A>,
+        slot: &mut crate::turn::TurnSlot,
+        sampled: Option<Instant>,
+    ) -> std::task::Poll<Result<(), String>>;
 }
 
 /// The reply channel of a caller outside the node's shards.
@@ -244,6 +254,60 @@ where
                 self.value = Some(value);
                 send_back(&ctx.core, self);
             });
+        }
+    }
+
+    #[inline]
+    fn run_first(
+        self: Box<Self>,
+        core: &Shard,
+        act: &crate::activation::Activation<A>,
+        slot: &mut crate::turn::TurnSlot,
+        sampled: Option<Instant>,
+    ) -> std::task::Poll<Result<(), String>> {
+        self.run_first_typed(core, act, slot, sampled)
+    }
+}
+
+impl<A, M> Deliver<A, M>
+where
+    A: Handler<M>,
+    M: Message,
+{
+    /// `MailItem::run_first`, monomorphic.
+    #[inline(always)]
+    fn run_first_typed(
+        mut self: Box<Self>,
+        core: &Shard,
+        act: &crate::activation::Activation<A>,
+        slot: &mut crate::turn::TurnSlot,
+        sampled: Option<Instant>,
+    ) -> std::task::Poll<Result<(), String>> {
+        use crate::direct::{first_poll_set, first_poll_typed};
+        // SAFETY: the state is the activation's, `Running` for this turn alone (the caller's
+        // contract); the future is dropped, or handed to the activation that owns what it
+        // borrows (as in `direct::try_tell`).
+        let actor: &'static mut A = unsafe { &mut *(act.state_mut() as *mut A) };
+        let ctx: &'static Context<A> = unsafe { &*(&act.ctx as *const _) };
+        if self.trace.is_some() {
+            // A traced call (its span around the turn): through the type-erased turn.
+            self.start(actor, ctx, unsafe { slot.turn() });
+            return first_poll_set(core, act, slot, sampled);
+        }
+        let msg = self.msg.take().expect("a message is handled once");
+        // The blocks own nothing once finished (`first_poll_typed`'s contract): the message
+        // goes into the handler's call, the box into `send_back`.
+        if self.reply == ReplyTo::None {
+            drop(self);
+            first_poll_typed(core, act, slot, sampled, async move {
+                actor.handle(msg, ctx).await;
+            })
+        } else {
+            first_poll_typed(core, act, slot, sampled, async move {
+                let value = actor.handle(msg, ctx).await;
+                self.value = Some(value);
+                send_back(&ctx.core, self);
+            })
         }
     }
 }

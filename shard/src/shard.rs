@@ -101,7 +101,7 @@ impl Shard {
     }
 
     /// A turn slot from the pool (a new one if the pool is empty).
-    #[inline]
+    #[inline(always)]
     pub(crate) fn take_turn_slot(&self) -> TurnSlot {
         if let Some(slot) = self.spare_slot.take() {
             return slot;
@@ -110,7 +110,7 @@ impl Shard {
     }
 
     /// Gives an empty turn slot back to the pool (kept up to `TURN_SLOTS_KEPT`).
-    #[inline]
+    #[inline(always)]
     pub(crate) fn give_turn_slot(&self, slot: TurnSlot) {
         debug_assert!(slot.is_empty(), "a slot goes back to the pool empty");
         // One spare in a `Cell` first: a direct turn takes and gives back one per message.

@@ -244,13 +244,21 @@ pub(crate) struct TypeTable<A: Actor> {
 
 impl<A: Actor> TypeTable<A> {
     /// The live activation of `key` in the table (keyed types), if any.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn lookup(&self, key: &ActorKey) -> Option<Rc<Activation<A>>> {
+        // The last-found activation, inlined into the sender (a numeric key compares in a few
+        // instructions; the call and its frame cost more than the check); the map out of line.
         if let Some(last) = &*self.last.borrow() {
             if last.ctx.id.key == *key {
                 return Some(last.clone());
             }
         }
+        self.lookup_map(key)
+    }
+
+    /// [`Self::lookup`] past the last-found activation: the map, and remembers what it found.
+    #[inline(never)]
+    fn lookup_map(&self, key: &ActorKey) -> Option<Rc<Activation<A>>> {
         let act = self.actors.borrow().get(key).cloned()?;
         *self.last.borrow_mut() = Some(act.clone());
         Some(act)

@@ -205,6 +205,58 @@ impl TurnSlot {
     pub(crate) fn is_empty(&self) -> bool {
         self.inner.turn.is_empty()
     }
+
+    /// Whether a future of type `F` can be run typed in the slot ([`TurnSlot::place`]): it
+    /// fits the inline storage. Known at compile time.
+    pub(crate) const fn fits<F>() -> bool {
+        mem::size_of::<F>() <= TURN_INLINE_BYTES && mem::align_of::<F>() <= 16
+    }
+
+    /// Writes `fut` into the (empty) slot's storage *without* registering it with the turn:
+    /// the caller polls it as the known type `F` through the pointer (no function pointer,
+    /// so the handler's future can be inlined into the caller), then either drops it in place
+    /// (it finished: [`TurnSlot::drop_placed`]) or hands it to the turn
+    /// ([`TurnSlot::adopt`]), which then owns, polls and drops it like a `set` future.
+    ///
+    /// # Safety
+    /// `F` fits ([`TurnSlot::fits`]) and the slot is empty; the placed future must be dropped
+    /// or adopted before the slot is reused, cleared or dropped, and before anything it borrows
+    /// goes away. It is pinned in place (the slot's box never moves its contents).
+    #[inline]
+    pub(crate) unsafe fn place<'a, F: Future<Output = ()> + 'a>(&mut self, fut: F) -> *mut F {
+        debug_assert!(Self::fits::<F>() && self.is_empty());
+        let p = self.inner.turn.storage.0.as_mut_ptr().cast::<F>();
+        // SAFETY: large and aligned enough (the contract), and empty.
+        unsafe { p.write(fut) };
+        p
+    }
+
+    /// Drops a future [`TurnSlot::place`]d in the slot that was not adopted, leaving the slot
+    /// empty. A panic in its destructor is contained (as in [`Turn::clear`]).
+    ///
+    /// # Safety
+    /// `p` is the pointer `place` returned, its future live and not adopted.
+    #[inline]
+    pub(crate) unsafe fn drop_placed<F>(&mut self, p: *mut F) {
+        if mem::needs_drop::<F>() {
+            // SAFETY: per the contract; dropped once.
+            let _ = catch_unwind(AssertUnwindSafe(|| unsafe { std::ptr::drop_in_place(p) }));
+        }
+    }
+
+    /// Hands a future [`TurnSlot::place`]d in the slot (pinned, possibly polled) to the turn,
+    /// which polls and drops it from now on.
+    ///
+    /// # Safety
+    /// The slot holds a live `F` placed by `place` and not dropped.
+    #[inline]
+    pub(crate) unsafe fn adopt<F: Future<Output = ()>>(&mut self) {
+        debug_assert!(self.is_empty());
+        self.inner.turn.fns = Some(Fns {
+            poll: poll_inline::<F>,
+            drop: drop_inline::<F>,
+        });
+    }
 }
 
 thread_local! {

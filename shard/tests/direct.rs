@@ -285,3 +285,75 @@ fn a_sender_in_a_loop_of_direct_turns_lets_other_tasks_run() {
     assert!(during >= 100, "the other task ran only {during} times");
     engine.shutdown();
 }
+
+/// A message whose handler's future is larger than a turn slot's inline storage (256 bytes):
+/// the direct path boxes it in the turn instead of placing it typed.
+struct Big {
+    seq: u64,
+    sleep_us: u64,
+}
+impl Message for Big {
+    type Reply = u64;
+}
+impl Handler<Big> for Probe {
+    async fn handle(&mut self, m: Big, ctx: &Context<Self>) -> u64 {
+        self.enter();
+        // Held across the await, so it is part of the handler's future.
+        let pad = [m.seq as u8; 512];
+        if m.sleep_us > 0 {
+            ctx.sleep(Duration::from_micros(m.sleep_us)).await;
+        }
+        self.seen.push((9, m.seq));
+        self.leave();
+        m.seq + u64::from(pad[511] == m.seq as u8)
+    }
+}
+
+/// Direct tells and asks whose handler futures are too large for the slot's inline storage,
+/// some finishing at once and some awaiting, one after the other on the same shard: each runs
+/// once, in order, and the slots they ran in go back to the pool empty (a slot given back
+/// still holding its finished future made the next turn in it panic: "a turn holds one
+/// future"), and the same with small futures in between.
+#[test]
+fn direct_turns_with_futures_too_large_for_the_slot_run_and_free_their_slot() {
+    let overlaps = Arc::new(AtomicU64::new(0));
+    let engine = engine_with(probe_type(overlaps.clone()));
+    let r = engine.actor_ref::<Probe>(1u64);
+    let r2 = r.clone();
+    engine
+        .spawn_on(0, move || async move {
+            r2.ask(Seen).await.expect("activate");
+            for seq in 0..200u64 {
+                let sleep_us = if seq % 10 == 9 { 50 } else { 0 };
+                if seq % 2 == 0 {
+                    r2.tell(Big { seq, sleep_us }).await.expect("tell");
+                } else {
+                    assert_eq!(r2.ask(Big { seq, sleep_us }).await.expect("ask"), seq + 1);
+                }
+                // A small turn in between, run in the same pooled slot.
+                let step = Step {
+                    sender: 1,
+                    seq,
+                    sleep_us: 0,
+                };
+                assert_eq!(r2.ask(step).await.expect("small ask"), seq);
+            }
+        })
+        .join()
+        .expect("sender finished");
+    let (seen, generation) = block_on(r.ask(Seen)).expect("ask");
+    let big: Vec<u64> = seen
+        .iter()
+        .filter(|(s, _)| *s == 9)
+        .map(|(_, q)| *q)
+        .collect();
+    assert_eq!(
+        big,
+        (0..200).collect::<Vec<_>>(),
+        "each large turn once, in order"
+    );
+    assert_eq!(overlaps.load(Ordering::SeqCst), 0, "two turns overlapped");
+    assert_eq!(generation, 0, "no activation was discarded");
+    assert_eq!(engine.stats().expect("stats")[0].panics, 0);
+    engine.shutdown();
+}

@@ -123,6 +123,20 @@ pub(crate) fn current_any() -> Option<Rc<Shard>> {
     CURRENT.with(|c| c.get().cloned())
 }
 
+/// Runs `f` with the shard core of the calling thread, if it is a shard thread of `node`,
+/// without cloning its `Rc` (an increment and a decrement with its zero test per message):
+/// for the hot paths that use the core only within one call.
+#[inline(always)]
+pub(crate) fn with_current_core<R>(
+    node: &Arc<NodeShared>,
+    f: impl FnOnce(Option<&Rc<Shard>>) -> R,
+) -> R {
+    CURRENT.with(|c| match c.get() {
+        Some(core) if Arc::ptr_eq(&core.node, node) => f(Some(core)),
+        _ => f(None),
+    })
+}
+
 /// The shard core of the calling thread, if it is a shard thread of `node`.
 #[inline]
 pub(crate) fn current_core(node: &Arc<NodeShared>) -> Option<Rc<Shard>> {
