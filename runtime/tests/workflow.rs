@@ -22,8 +22,13 @@ fn builder(dir: &Path, extra: &str) -> NodeBuilder {
 }
 
 /// Polls `f` until it returns `Some`, failing after 15 s.
-fn until<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + Duration::from_secs(15);
+fn until<T>(what: &str, f: impl FnMut() -> Option<T>) -> T {
+    until_within(Duration::from_secs(15), what, f)
+}
+
+/// Polls `f` until it returns `Some`, failing after `limit`.
+fn until_within<T>(limit: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + limit;
     loop {
         if let Some(v) = f() {
             return v;
@@ -301,7 +306,9 @@ fn continue_as_new_iterations(iterations: u64) {
     let wf = node.workflows();
     let began = Instant::now();
     block_on(wf.start("counter", "c-1", &(0u64, iterations))).unwrap();
-    let st = until("the counter to finish", || {
+    // The claim is a bounded history, not a speed: the 100k runs take ~14 s in a debug build
+    // on a quiet machine, so the wait allows for a loaded one.
+    let st = until_within(Duration::from_secs(120), "the counter to finish", || {
         block_on(wf.status("c-1"))
             .ok()
             .filter(|s| s.state.is_finished())

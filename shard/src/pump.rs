@@ -259,9 +259,11 @@ impl Pump {
         let spinning_since = *self.idle_since.get_or_insert(now);
         let shard = self.shard.clone();
         // Do not spin while this shard's own log write is in the kernel: a write-through or
-        // synced write is run by an io_uring worker thread that inherits this shard's core, so
-        // spinning here would only delay it (measured: persist p99 2.6x the raw fdatasync with
-        // spinning, 1.3x parked; docs/BENCHMARKS.md, journaling).
+        // synced write is run by an io_uring worker thread, which inherited this shard's core
+        // until `rt/io_workers.rs` let it run on any core; spinning beside it was measured
+        // (persist p99 2.6x the raw fdatasync with spinning, 1.3x parked; docs/BENCHMARKS.md,
+        // journaling). Whether spinning pays now that the worker can leave the core is not
+        // measured yet.
         let disk_wait = shard.log.as_ref().is_some_and(|l| l.flush_in_flight());
         if disk_wait || now.duration_since(spinning_since) >= self.idle_spin {
             return false;
