@@ -366,6 +366,20 @@ fn summary(jobs: &Jobs) -> Answer {
 
 /// The node's `Jobs` handle, taken from shard 0 (which has one when the node runs jobs).
 fn jobs_of(shared: &Shared) -> Result<Jobs, Answer> {
+    from_shard0(
+        shared,
+        crate::jobs::local_jobs,
+        "this node runs no job queue (it needs a [log] data_dir and a registered job type)",
+    )
+}
+
+/// A node-wide handle that shard 0 keeps (`get` runs there): 503 while the node is not ready
+/// or shard 0 does not answer within `PROBE_WAIT`, 404 with `absent` when shard 0 has none.
+pub(super) fn from_shard0<T: Send + 'static>(
+    shared: &Shared,
+    get: fn() -> Option<T>,
+    absent: &str,
+) -> Result<T, Answer> {
     let phase = shared.phase();
     if phase != Phase::Ready {
         return Err(fail(503, format!("the node is {}", phase.name())));
@@ -379,14 +393,11 @@ fn jobs_of(shared: &Shared) -> Result<Jobs, Answer> {
     };
     let (tx, rx) = mpsc::sync_channel(1);
     drop(handle.spawn_on(0, move || async move {
-        let _ = tx.try_send(crate::jobs::local_jobs());
+        let _ = tx.try_send(get());
     }));
     match rx.recv_timeout(PROBE_WAIT) {
-        Ok(Some(jobs)) => Ok(jobs),
-        Ok(None) => Err(fail(
-            404,
-            "this node runs no job queue (it needs a [log] data_dir and a registered job type)",
-        )),
+        Ok(Some(v)) => Ok(v),
+        Ok(None) => Err(fail(404, absent)),
         Err(_) => Err(fail(
             503,
             format!("shard 0 did not answer within {PROBE_WAIT:?}"),

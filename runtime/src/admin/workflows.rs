@@ -22,14 +22,11 @@
 //! | `POST /quark/workflows/{id}/terminate` | terminates it |
 //! | `POST /quark/workflows/{id}/purge` | removes a finished instance's history |
 
-use std::sync::mpsc;
-
 use serde::{Deserialize, Serialize};
 
 use super::http::Request;
-use super::jobs::{decode_component, fail, ok, parse_query, Answer};
-use super::probe::PROBE_WAIT;
-use super::{Phase, Shared};
+use super::jobs::{decode_component, fail, from_shard0, ok, parse_query, Answer};
+use super::Shared;
 use crate::workflow::{
     HistoryEvent, InstanceState, ListQuery, WorkflowError, WorkflowStatus, Workflows,
 };
@@ -293,27 +290,9 @@ pub(super) fn route(req: &Request, shared: &Shared) -> Answer {
 /// The node's `Workflows` handle, taken from shard 0 (which has one when the node runs
 /// workflows).
 fn workflows_of(shared: &Shared) -> Result<Workflows, Answer> {
-    let phase = shared.phase();
-    if phase != Phase::Ready {
-        return Err(fail(503, format!("the node is {}", phase.name())));
-    }
-    let handle = {
-        let slot = shared.engine.lock().unwrap_or_else(|p| p.into_inner());
-        slot.as_ref().map(|e| e.handle())
-    };
-    let Some(handle) = handle else {
-        return Err(fail(503, "the node is not running"));
-    };
-    let (tx, rx) = mpsc::sync_channel(1);
-    drop(handle.spawn_on(0, move || async move {
-        let _ = tx.try_send(crate::workflow::local_workflows());
-    }));
-    match rx.recv_timeout(PROBE_WAIT) {
-        Ok(Some(w)) => Ok(w),
-        Ok(None) => Err(fail(
-            404,
-            "the node runs no workflows (no orchestration registered, or no [log])",
-        )),
-        Err(_) => Err(fail(503, "shard 0 did not answer")),
-    }
+    from_shard0(
+        shared,
+        crate::workflow::local_workflows,
+        "the node runs no workflows (no orchestration registered, or no [log])",
+    )
 }
