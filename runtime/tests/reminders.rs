@@ -292,17 +292,30 @@ fn a_periodic_reminder_ticks_on_its_grid_across_a_restart_until_cancelled() {
         ..RemindersConfig::default()
     };
     let (node, rx) = start(tmp.path(), 1, config.clone());
-    let first = now_ms() + 100;
+    // The node takes "now" when the reminder is set: somewhere between these two readings.
+    let set_from = now_ms();
     set(
         &node,
         3,
         "beat",
         Reminder::every_after(Duration::from_millis(100), Duration::from_millis(20)),
     );
+    let set_by = now_ms();
+    let mut first: Option<u64> = None;
     let mut last: Option<ReminderTick> = None;
     for i in 0..20 {
         let s = next(&rx, Duration::from_secs(5), "a periodic tick");
         assert_eq!(s.tick.period_ms, 20);
+        let first = *first.get_or_insert_with(|| {
+            let due = s.tick.due_ms;
+            assert!(
+                (set_from + 100..=set_by + 100).contains(&due),
+                "the first tick is due 100 ms after the set: {due} not in {}..={}",
+                set_from + 100,
+                set_by + 100
+            );
+            due
+        });
         let offset = s.tick.due_ms.abs_diff(first);
         assert!(
             offset % 20 <= 1 || offset % 20 >= 19,
