@@ -593,7 +593,14 @@ impl WorkflowInstance {
                 StepKind::Timer | StepKind::Event => {
                     if let Some(at) = cmd.fire_at_ms {
                         let delay = Duration::from_millis(at.saturating_sub(now));
-                        ctx.set_timer(delay, TimerDue { run, seq });
+                        ctx.set_timer(
+                            delay,
+                            TimerDue {
+                                run,
+                                seq,
+                                at_ms: at,
+                            },
+                        );
                     }
                 }
                 StepKind::SubOrchestration => {

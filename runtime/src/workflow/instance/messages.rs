@@ -229,15 +229,25 @@ impl WorkflowInstance {
 pub(crate) struct TimerDue {
     pub(super) run: u64,
     pub(super) seq: u64,
+    /// The wall-clock due time (ms since the epoch) the history promises.
+    pub(super) at_ms: u64,
 }
 impl Message for TimerDue {
     type Reply = ();
 }
 impl Handler<TimerDue> for WorkflowInstance {
     async fn handle(&mut self, m: TimerDue, ctx: &Context<Self>) {
+        // The shard's timer counts on its own (monotonic, cached per pump pass) clock, which
+        // can reach the delay a little before the wall clock reaches `at_ms`: wait out the rest,
+        // so that the recorded fire time, the orchestration's `now`, is never before the due time.
+        let now = now_ms();
+        if now < m.at_ms {
+            ctx.set_timer(Duration::from_millis(m.at_ms - now), m);
+            return;
+        }
         let event = HistoryEvent::TimerFired {
             seq: m.seq,
-            time_ms: now_ms(),
+            time_ms: now,
         };
         self.input(ctx, m.run, event).await;
     }
