@@ -374,17 +374,27 @@ type Event = (Option<Rc<[u8]>>, Vec<(Rc<[u8]>, u64, Outcome)>);
 type EventFut = Pin<Box<dyn Future<Output = Event>>>;
 
 /// Starts a dispatcher on every shard of a node with a log.
+/// Retries due this close together are launched together (see [`Dispatcher::launch`]).
+const RETRY_COALESCE: Duration = Duration::from_millis(1);
+
 pub(crate) fn start(
     engine: &EngineHandle,
     config: OutboxConfig,
     registry: Arc<Registry>,
     node_id: u64,
 ) {
+    // Every shard's dispatcher is installed and recovered before any of them delivers: a
+    // delivery to an actor on a shard whose dispatcher is not installed yet fails ("the outbox
+    // of ...'s shard is starting") and its pairs back off one by one, which splits a
+    // receiver's waiting messages over several deliveries.
+    let mut go = Vec::new();
     for shard in 0..engine.shard_count() {
         let e = engine.clone();
         let config = config.clone();
         let registry = registry.clone();
         let (tx, rx) = std::sync::mpsc::sync_channel::<()>(1);
+        let (go_tx, go_rx) = futures::channel::oneshot::channel::<()>();
+        go.push(go_tx);
         drop(engine.spawn_on(shard, move || async move {
             let Some(log) = current_shard_log() else {
                 tracing::warn!(shard, "the outbox needs a log ([log] data_dir): durable messages are refused on this node");
@@ -416,11 +426,17 @@ pub(crate) fn start(
             }
             // The node's start returns once every shard recovered (see the wait below).
             let _ = tx.send(());
+            // Delivers once every shard recovered (a dropped sender: the start gave up on a
+            // stopped shard; deliver anyway, the node is stopping or degraded).
+            let _ = go_rx.await;
             d.run().await;
             CURRENT.with(|c| *c.borrow_mut() = None);
         }));
         // Wait until the dispatcher is installed (bounded: a shard that stopped drops tx).
         let _ = rx.recv_timeout(Duration::from_secs(120));
+    }
+    for g in go {
+        let _ = g.send(());
     }
 }
 
@@ -784,8 +800,13 @@ impl Dispatcher {
         let st = &mut *guard;
         let mut next_due = None;
         let mut i = 0;
+        // Pairs whose delivery failed together (one group, one receiver turn) got their retry
+        // times a few microseconds apart; taking every retry due within the next millisecond
+        // keeps them in one delivery again instead of splitting the group at a timer wake-up
+        // that falls between them.
+        let horizon = now + RETRY_COALESCE;
         while i < st.backoff.len() {
-            if st.backoff[i].0 <= now {
+            if st.backoff[i].0 <= horizon {
                 let (_, p) = st.backoff.swap_remove(i);
                 st.ready.push_back(p);
             } else {
