@@ -508,6 +508,17 @@ impl ClientBuilder {
                 .wire_message::<r::RemoteJobList>()
                 .wire_message::<r::RemoteJobPause>();
         }
+        // The workflow instances' messages, for `Client::workflows`.
+        {
+            use crate::workflow::remote as w;
+            b = b
+                .wire_message::<w::WfStart>()
+                .wire_message::<w::WfStatusQuery>()
+                .wire_message::<w::WfRaise>()
+                .wire_message::<w::WfStop>()
+                .wire_message::<w::WfHistoryQuery>()
+                .wire_message::<w::WfPurge>();
+        }
         let engine = b.start()?;
         #[cfg(feature = "etcd")]
         if let Some(m) = &etcd {
@@ -602,6 +613,12 @@ impl Client {
     /// [`crate::jobs::cluster`]; the client knows the job gateway's messages already).
     pub fn jobs(&self) -> crate::jobs::cluster::ClusterJobs {
         crate::jobs::cluster::ClusterJobs::new(self.engine.handle(), None, self.members.clone())
+    }
+
+    /// The cluster's workflow instances: start, status, wait, events, cancel, history and
+    /// purge, each on the node that owns the instance (see [`crate::workflow::remote`]).
+    pub fn workflows(&self) -> crate::workflow::RemoteWorkflows {
+        crate::workflow::RemoteWorkflows::new(self.engine.handle())
     }
 
     /// Number of client shards.

@@ -379,6 +379,18 @@ impl NodeBuilder {
         F: Fn(crate::workflow::WorkflowContext, I) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Result<O, E>> + 'static,
     {
+        if self.workflows.is_empty() {
+            // The instances' messages from clients and other nodes (`workflow::remote`).
+            use crate::workflow::remote as r;
+            use crate::workflow::WorkflowInstance as W;
+            self = self
+                .remote::<W, r::WfStart>()
+                .remote::<W, r::WfStatusQuery>()
+                .remote::<W, r::WfRaise>()
+                .remote::<W, r::WfStop>()
+                .remote::<W, r::WfHistoryQuery>()
+                .remote::<W, r::WfPurge>();
+        }
         self.workflows.add_orchestration(name, version, f);
         self
     }

@@ -4,6 +4,7 @@
 //! steps) and `sweep` (the per-shard instance table and the resume sweep at start).
 
 mod messages;
+mod remote;
 mod sweep;
 
 use messages::run_activity;

@@ -39,6 +39,7 @@ mod context;
 mod handle;
 pub mod history;
 mod instance;
+pub mod remote;
 mod replay;
 
 use std::collections::{BTreeMap, HashMap};
@@ -58,6 +59,7 @@ pub use context::{WhenAny, WorkflowContext};
 pub use handle::{ListQuery, StartOutcome, WorkflowPage, WorkflowStatus, Workflows};
 pub use history::{HistoryEvent, InstanceState, StepDesc, StepKind};
 pub use instance::WorkflowInstance;
+pub use remote::RemoteWorkflows;
 pub use replay::{parse_history_json, replay_check, ReplayError, ReplayReport};
 
 pub(crate) use activity::{run_job as run_activity_job, ActivityJob};
@@ -313,6 +315,23 @@ pub enum WorkflowError {
         /// The call's error.
         #[source]
         source: crate::CallError,
+    },
+    /// The owning node refused or failed the operation (a client's or another node's call,
+    /// [`RemoteWorkflows`]): its message, with its causes.
+    #[error("workflow instance {instance:?}: the owning node failed: {detail}")]
+    Remote {
+        /// The instance.
+        instance: String,
+        /// The owner's error.
+        detail: String,
+    },
+    /// [`RemoteWorkflows::wait`] gave up: the instance still runs.
+    #[error("workflow instance {instance:?} still runs after {waited:?}")]
+    WaitTimeout {
+        /// The instance.
+        instance: String,
+        /// How long the caller waited.
+        waited: Duration,
     },
     /// A shard did not answer (the node is stopping).
     #[error("shard {shard} stopped before answering")]
