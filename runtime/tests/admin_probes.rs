@@ -3,7 +3,6 @@
 //! themselves, checked by `promtool check metrics`, documented in docs/OPERATIONS.md, and
 //! served as JSON by `/quark/shards`.
 
-use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
@@ -18,51 +17,9 @@ mod outbox_common;
 use outbox_common::*;
 
 mod admin_common;
-use admin_common::{promtool, Chore, Count, Sums, Tally};
+use admin_common::{promtool, samples, value, Chore, Count, Sums, Tally};
 
 const T: Duration = Duration::from_secs(5);
-
-/// `name{labels} value` lines of an exposition, as `(name, labels, value)`.
-fn samples(text: &str) -> Vec<(String, BTreeMap<String, String>, f64)> {
-    text.lines()
-        .filter(|l| !l.starts_with('#') && !l.is_empty())
-        .map(|l| {
-            let (head, value) = l.rsplit_once(' ').expect("name and value");
-            let (name, labels) = match head.split_once('{') {
-                Some((n, rest)) => (n, rest.trim_end_matches('}')),
-                None => (head, ""),
-            };
-            let labels = labels
-                .split(',')
-                .filter(|p| !p.is_empty())
-                .map(|p| {
-                    let (k, v) = p.split_once('=').expect("label=value");
-                    (k.to_owned(), v.trim_matches('"').to_owned())
-                })
-                .collect();
-            (name.to_owned(), labels, value.parse().expect("a number"))
-        })
-        .collect()
-}
-
-/// The value of `name` for `shard` (and `extra` labels).
-fn value(
-    s: &[(String, BTreeMap<String, String>, f64)],
-    name: &str,
-    shard: u16,
-    extra: &[(&str, &str)],
-) -> f64 {
-    s.iter()
-        .find(|(n, l, _)| {
-            n == name
-                && l.get("shard").map(String::as_str) == Some(&shard.to_string())
-                && extra
-                    .iter()
-                    .all(|(k, v)| l.get(*k).map(String::as_str) == Some(*v))
-        })
-        .unwrap_or_else(|| panic!("no {name} for shard {shard} {extra:?}"))
-        .2
-}
 
 #[test]
 fn log_jobs_and_outbox_figures_are_exported_as_the_features_report_them() {

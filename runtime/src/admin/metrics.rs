@@ -307,7 +307,41 @@ pub const PROBE_METRICS: &[ProbeMetric] = &[
         "Outbox messages found in the log at start-up.",
         |p| p.outbox.as_ref().map(|o| o.recovered)
     ),
+    p!(
+        "quark_workflow_history_events",
+        Gauge,
+        "records",
+        "Records in the current runs' histories of the shard's running workflow instances, summed.",
+        |p| p.workflows.as_ref().map(|w| w.history_events)
+    ),
+    p!(
+        "quark_workflow_history_events_max",
+        Gauge,
+        "records",
+        "Records in the largest current-run history of a running workflow instance on the shard (compare with [workflows] max_history_events).",
+        |p| p.workflows.as_ref().map(|w| w.history_events_max)
+    ),
+    p!(
+        "quark_workflow_history_bytes",
+        Gauge,
+        "bytes",
+        "Bytes of the current runs' histories of the shard's running workflow instances, summed.",
+        |p| p.workflows.as_ref().map(|w| w.history_bytes)
+    ),
+    p!(
+        "quark_workflow_history_bytes_max",
+        Gauge,
+        "bytes",
+        "Bytes of the largest current-run history of a running workflow instance on the shard (compare with [workflows] max_history_bytes).",
+        |p| p.workflows.as_ref().map(|w| w.history_bytes_max)
+    ),
 ];
+
+/// Workflow instances per shard and state: `(name, help)`.
+pub const WORKFLOWS_METRIC: (&str, &str) = (
+    "quark_workflow_instances",
+    "Workflow instances in the shard's table, by state (running, completed, failed, non_deterministic, cancelled, terminated); finished ones count until purged. Unit: instances.",
+);
 
 /// Jobs per shard and state: `(name, help)`.
 pub const JOBS_METRIC: (&str, &str) = (
@@ -796,8 +830,37 @@ fn register_probes(
         }
         registry.register(Box::new(g))?;
     }
+    let wfs: Vec<_> = probes
+        .iter()
+        .filter_map(|p| p.workflows.as_ref().map(|w| (p.shard, w)))
+        .collect();
+    if !wfs.is_empty() {
+        let (name, h) = WORKFLOWS_METRIC;
+        let g = IntGaugeVec::new(Opts::new(name, h), &["shard", "state"])?;
+        for (shard, w) in wfs {
+            for s in WORKFLOW_STATES {
+                let v = w.instances.get(s.name()).copied().unwrap_or(0);
+                g.with_label_values(&[&shard.to_string(), s.name()])
+                    .set(i64::try_from(v).unwrap_or(i64::MAX));
+            }
+        }
+        registry.register(Box::new(g))?;
+    }
     Ok(())
 }
+
+/// Every workflow state, in the order the exposition lists them.
+const WORKFLOW_STATES: [crate::workflow::InstanceState; 6] = {
+    use crate::workflow::InstanceState as S;
+    [
+        S::Running,
+        S::Completed,
+        S::Failed,
+        S::NonDeterministic,
+        S::Cancelled,
+        S::Terminated,
+    ]
+};
 
 /// The group-commit histogram, built from the logs' bucket counts (the `prometheus` crate's
 /// `Histogram` observes values one by one; the log keeps the buckets itself, so the family is

@@ -92,6 +92,8 @@ pub(crate) struct ShardProbe {
     pub(crate) outbox: Option<OutboxStats>,
     /// The journal's counters and projection lags (`None`: the node has no log).
     pub(crate) journal: Option<JournalFigures>,
+    /// Workflow instances by state and their history sizes (`None`: no workflows).
+    pub(crate) workflows: Option<crate::workflow::WorkflowFigures>,
 }
 
 /// The lower-case name of a job state (as `JobState::parse` reads it).
@@ -146,6 +148,7 @@ fn probe_here(shard: ShardId) -> ShardProbe {
         jobs,
         outbox: crate::outbox::local_stats(),
         journal,
+        workflows: crate::workflow::local_figures(),
     }
 }
 

@@ -12,8 +12,9 @@ pub(crate) use messages::{
     child_id, HistoryMsg, InputMsg, PurgeMsg, RaiseMsg, StartMsg, StatusMsg, StopMsg, TimerDue,
     WaitMsg,
 };
+use sweep::table_history;
 use sweep::table_remove;
-pub(crate) use sweep::{resume_shard, table_page, table_set};
+pub(crate) use sweep::{resume_shard, table_figures, table_page, table_set};
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
@@ -235,6 +236,7 @@ impl WorkflowInstance {
             records.extend(exec.take_records());
         }
         table_set(&self.id, &name, InstanceState::Running);
+        table_history(&self.id, info.events, info.bytes);
         self.info = Some(info);
         self.exec = Some(exec);
         self.deferred = Some((
@@ -498,6 +500,7 @@ impl WorkflowInstance {
         if let Some(info) = self.info.as_mut() {
             info.events += records.len() as u64;
             info.bytes += bytes;
+            table_history(&self.id, info.events, info.bytes);
         }
         Ok(())
     }

@@ -398,6 +398,26 @@ fn from_json<T: Serialize + DeserializeOwned>() -> FromJson {
     })
 }
 
+/// A shard's workflow figures (the admin probe's; `quark_workflow_*` on `/metrics`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct WorkflowFigures {
+    /// Instances in the shard's table by state name (finished ones count until purged).
+    pub instances: BTreeMap<String, u64>,
+    /// Records in the current runs' histories of the running instances, summed.
+    pub history_events: u64,
+    /// The largest of those (the instance closest to `max_history_events`).
+    pub history_events_max: u64,
+    /// Bytes of those histories, summed.
+    pub history_bytes: u64,
+    /// The largest of those.
+    pub history_bytes_max: u64,
+}
+
+/// This shard's workflow figures, if the node runs workflows.
+pub(crate) fn local_figures() -> Option<WorkflowFigures> {
+    local_workflows().map(|_| instance::table_figures())
+}
+
 thread_local! {
     /// This shard's `Workflows` handle, once the node started its workflows (the admin
     /// routes take it from shard 0).

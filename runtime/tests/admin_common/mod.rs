@@ -2,6 +2,7 @@
 //! tally with a projection, and where the external tools (promtool, Chromium) are.
 #![allow(dead_code)]
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use quark::jobs::Job;
@@ -84,4 +85,46 @@ impl Projection for Sums {
     fn subscriptions() -> Subscriptions<Self> {
         Subscriptions::new().on::<Tally>(|s: &mut i64, _: &EventMeta, e: &Counted| *s += e.0)
     }
+}
+
+/// `name{labels} value` lines of an exposition, as `(name, labels, value)`.
+pub fn samples(text: &str) -> Vec<(String, BTreeMap<String, String>, f64)> {
+    text.lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .map(|l| {
+            let (head, value) = l.rsplit_once(' ').expect("name and value");
+            let (name, labels) = match head.split_once('{') {
+                Some((n, rest)) => (n, rest.trim_end_matches('}')),
+                None => (head, ""),
+            };
+            let labels = labels
+                .split(',')
+                .filter(|p| !p.is_empty())
+                .map(|p| {
+                    let (k, v) = p.split_once('=').expect("label=value");
+                    (k.to_owned(), v.trim_matches('"').to_owned())
+                })
+                .collect();
+            (name.to_owned(), labels, value.parse().expect("a number"))
+        })
+        .collect()
+}
+
+/// The value of `name` for `shard` (and `extra` labels).
+pub fn value(
+    s: &[(String, BTreeMap<String, String>, f64)],
+    name: &str,
+    shard: u16,
+    extra: &[(&str, &str)],
+) -> f64 {
+    s.iter()
+        .find(|(n, l, _)| {
+            n == name
+                && l.get("shard").map(String::as_str) == Some(&shard.to_string())
+                && extra
+                    .iter()
+                    .all(|(k, v)| l.get(*k).map(String::as_str) == Some(*v))
+        })
+        .unwrap_or_else(|| panic!("no {name} for shard {shard} {extra:?}"))
+        .2
 }

@@ -68,6 +68,7 @@ impl Handler<StartMsg> for WorkflowInstance {
         let info = self.info.as_ref().expect("invariant: started above");
         if !info.state.is_finished() {
             table_set(&self.id, &info.name, info.state);
+            table_history(&self.id, info.events, info.bytes);
         }
         Ok(StartOutcome {
             instance: self.id.clone(),

@@ -4,21 +4,76 @@
 
 use super::*;
 
+/// One instance in the shard's table.
+struct Row {
+    name: String,
+    state: InstanceState,
+    /// Records and bytes of the current run's history, as the activation last knew them (0
+    /// until the instance is activated; running instances are active from the start sweep on).
+    events: u64,
+    bytes: u64,
+}
+
 thread_local! {
-    /// This shard's instances: id -> (orchestration name, state). Filled at start from the log
-    /// and kept current by the instances; read by `Workflows::list`.
-    static TABLE: RefCell<BTreeMap<String, (String, InstanceState)>> = const { RefCell::new(BTreeMap::new()) };
+    /// This shard's instances by id. Filled at start from the log and kept current by the
+    /// instances; read by `Workflows::list` and the admin probe.
+    static TABLE: RefCell<BTreeMap<String, Row>> = const { RefCell::new(BTreeMap::new()) };
 }
 
 pub(crate) fn table_set(id: &str, name: &str, state: InstanceState) {
     TABLE.with(|t| {
-        t.borrow_mut()
-            .insert(id.to_owned(), (name.to_owned(), state))
+        let mut t = t.borrow_mut();
+        match t.get_mut(id) {
+            Some(r) => {
+                name.clone_into(&mut r.name);
+                r.state = state;
+            }
+            None => {
+                t.insert(
+                    id.to_owned(),
+                    Row {
+                        name: name.to_owned(),
+                        state,
+                        events: 0,
+                        bytes: 0,
+                    },
+                );
+            }
+        }
+    });
+}
+
+/// Notes the size of the current run's history of `id` (after an append, a load or a
+/// `continue_as_new`).
+pub(crate) fn table_history(id: &str, events: u64, bytes: u64) {
+    TABLE.with(|t| {
+        if let Some(r) = t.borrow_mut().get_mut(id) {
+            r.events = events;
+            r.bytes = bytes;
+        }
     });
 }
 
 pub(super) fn table_remove(id: &str) {
     TABLE.with(|t| t.borrow_mut().remove(id));
+}
+
+/// This shard's instances by state, and the history sizes of its running ones (the admin
+/// probe's figures; `quark_workflow_*` on `/metrics`).
+pub(crate) fn table_figures() -> crate::workflow::WorkflowFigures {
+    TABLE.with(|t| {
+        let mut f = crate::workflow::WorkflowFigures::default();
+        for r in t.borrow().values() {
+            *f.instances.entry(r.state.name().to_owned()).or_default() += 1;
+            if r.state == InstanceState::Running {
+                f.history_events += r.events;
+                f.history_bytes += r.bytes;
+                f.history_events_max = f.history_events_max.max(r.events);
+                f.history_bytes_max = f.history_bytes_max.max(r.bytes);
+            }
+        }
+        f
+    })
 }
 
 /// A page of this shard's table: ids above `after`, filtered, at most `limit`.
@@ -37,9 +92,9 @@ pub(crate) fn table_page(
             None => t.range::<str, _>(..),
         };
         range
-            .filter(|(_, (n, s))| state.is_none_or(|x| x == *s) && name.is_none_or(|x| x == n))
+            .filter(|(_, r)| state.is_none_or(|x| x == r.state) && name.is_none_or(|x| x == r.name))
             .take(limit)
-            .map(|(id, (n, s))| (id.clone(), n.clone(), *s))
+            .map(|(id, r)| (id.clone(), r.name.clone(), r.state))
             .collect()
     })
 }
