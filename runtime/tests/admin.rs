@@ -5,7 +5,6 @@
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -13,7 +12,6 @@ mod ports;
 use ports::free_addrs;
 
 mod admin_common;
-use admin_common::promtool;
 
 use quark::admin::{fetch, fetch_status, Status, CONNECTIONS_MAX, REQUEST_BYTES_MAX};
 use quark::builtin::{Add, Counter};
@@ -195,34 +193,7 @@ fn metrics_exposition_passes_promtool_and_is_documented() {
     for n in nodes {
         n.shutdown();
     }
-    let Some(promtool) = promtool() else {
-        if std::env::var("CI").as_deref() == Ok("true") {
-            panic!("promtool is missing under CI=true: run scripts/promtool.sh before the tests");
-        }
-        eprintln!("SKIPPED the promtool check: promtool is not installed (scripts/promtool.sh installs it)");
-        return;
-    };
-    let mut child = Command::new(&promtool)
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(text.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success() && out.stdout.is_empty() && out.stderr.is_empty(),
-        "promtool check metrics: {}\n{}{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    admin_common::promtool_check_metrics(&text);
 }
 
 #[test]

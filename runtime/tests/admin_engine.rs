@@ -10,6 +10,7 @@ use quark::admin::fetch;
 use quark::builtin::{Add, Counter};
 use quark::{Actor, ActorType, AdminConfig, Context, Handler, Message, Node, NodeConfig};
 
+mod admin_common;
 mod ports;
 use ports::free_addrs;
 
@@ -31,24 +32,7 @@ type Samples = Vec<(String, BTreeMap<String, String>, f64)>;
 fn scrape(addr: SocketAddr) -> Samples {
     let r = fetch(addr, "/metrics", T).expect("scrape");
     assert_eq!(r.status, 200);
-    r.body
-        .lines()
-        .filter(|l| !l.starts_with('#') && !l.is_empty())
-        .map(|l| {
-            let (head, value) = l.rsplit_once(' ').expect("name and value");
-            let (name, labels) = head.split_once('{').unwrap_or((head, "}"));
-            let labels = labels
-                .trim_end_matches('}')
-                .split(',')
-                .filter(|p| !p.is_empty())
-                .map(|p| {
-                    let (k, v) = p.split_once('=').expect("label=value");
-                    (k.to_owned(), v.trim_matches('"').to_owned())
-                })
-                .collect();
-            (name.to_owned(), labels, value.parse().expect("a number"))
-        })
-        .collect()
+    admin_common::samples(&r.body)
 }
 
 /// The sum of `name` over the series whose labels include `want`.

@@ -3,9 +3,7 @@
 //! themselves, checked by `promtool check metrics`, documented in docs/OPERATIONS.md, and
 //! served as JSON by `/quark/shards`.
 
-use std::io::Write;
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use quark::admin::{fetch, ShardsReport};
@@ -17,7 +15,7 @@ mod outbox_common;
 use outbox_common::*;
 
 mod admin_common;
-use admin_common::{promtool, samples, value, Chore, Count, Sums, Tally};
+use admin_common::{samples, value, Chore, Count, Sums, Tally};
 
 const T: Duration = Duration::from_secs(5);
 
@@ -182,34 +180,7 @@ fn log_jobs_and_outbox_figures_are_exported_as_the_features_report_them() {
         );
     }
 
-    let Some(promtool) = promtool() else {
-        if std::env::var("CI").as_deref() == Ok("true") {
-            panic!("promtool is missing under CI=true: run scripts/promtool.sh before the tests");
-        }
-        eprintln!("SKIPPED the promtool check: promtool is not installed (scripts/promtool.sh installs it)");
-        return;
-    };
-    let mut child = Command::new(&promtool)
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(text.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success() && out.stdout.is_empty() && out.stderr.is_empty(),
-        "promtool check metrics: {}\n{}{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    admin_common::promtool_check_metrics(&text);
 }
 
 #[test]

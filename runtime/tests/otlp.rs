@@ -369,7 +369,7 @@ fn the_spans_of_a_call_chain_across_two_nodes_are_exported_as_one_tree() {
         .body;
     let load: quark::admin::LoadReport = serde_json::from_str(&load).unwrap();
     assert_eq!(load.otlp.map(|o| o.spans_exported), Some(3));
-    promtool_check(&metrics);
+    admin_common::promtool_check_metrics(&metrics);
     for n in nodes {
         n.shutdown();
     }
@@ -456,40 +456,6 @@ fn a_stuck_collector_costs_the_calls_nothing_and_overflow_is_counted() {
     node.shutdown();
     release_tx.send(()).unwrap();
     collector.join().unwrap();
-}
-
-/// `promtool check metrics` on `text` (skipped without promtool, except under CI).
-fn promtool_check(text: &str) {
-    use std::process::{Command, Stdio};
-    let Some(promtool) = admin_common::promtool() else {
-        assert_ne!(
-            std::env::var("CI").as_deref(),
-            Ok("true"),
-            "promtool is missing under CI"
-        );
-        eprintln!("SKIPPED the promtool check: promtool is not installed");
-        return;
-    };
-    let mut child = Command::new(promtool)
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(text.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success() && out.stdout.is_empty() && out.stderr.is_empty(),
-        "promtool: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 fn hex(b: &[u8]) -> String {

@@ -2,8 +2,6 @@
 //! the running instances (summed and largest), equal to what the instances report themselves,
 //! documented in docs/OPERATIONS.md and accepted by `promtool check metrics`.
 
-use std::io::Write;
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use quark::admin::fetch;
@@ -11,7 +9,7 @@ use quark::workflow::{InstanceState, StepError, WorkflowContext};
 use quark::{block_on, AdminConfig, Node, NodeConfig};
 
 mod admin_common;
-use admin_common::{promtool, samples, value};
+use admin_common::{samples, value};
 
 const T: Duration = Duration::from_secs(10);
 
@@ -131,33 +129,6 @@ fn instances_by_state_and_history_sizes_are_exported_as_the_instances_report_the
             "{name} is not in docs/OPERATIONS.md"
         );
     }
-    match promtool() {
-        Some(p) => {
-            let mut child = Command::new(&p)
-                .args(["check", "metrics"])
-                .stdin(Stdio::piped())
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped())
-                .spawn()
-                .unwrap();
-            child
-                .stdin
-                .take()
-                .unwrap()
-                .write_all(r.body.as_bytes())
-                .unwrap();
-            let out = child.wait_with_output().unwrap();
-            assert!(
-                out.status.success(),
-                "promtool: {}{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        None if std::env::var("CI").as_deref() == Ok("true") => {
-            panic!("promtool is missing under CI=true: run scripts/promtool.sh before the tests")
-        }
-        None => eprintln!("SKIPPED the promtool check: promtool is not installed"),
-    }
+    admin_common::promtool_check_metrics(&r.body);
     node.shutdown();
 }

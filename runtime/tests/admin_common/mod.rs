@@ -128,3 +128,38 @@ pub fn value(
         .unwrap_or_else(|| panic!("no {name} for shard {shard} {extra:?}"))
         .2
 }
+
+/// `promtool check metrics` on `text`: no output and a zero exit, or the test fails. Skipped
+/// (with a line on stderr) when promtool is not installed, except under `CI=true`.
+pub fn promtool_check_metrics(text: &str) {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let Some(promtool) = promtool() else {
+        if std::env::var("CI").as_deref() == Ok("true") {
+            panic!("promtool is missing under CI=true: run scripts/promtool.sh before the tests");
+        }
+        eprintln!("SKIPPED the promtool check: promtool is not installed (scripts/promtool.sh installs it)");
+        return;
+    };
+    let mut child = Command::new(&promtool)
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success() && out.stdout.is_empty() && out.stderr.is_empty(),
+        "promtool check metrics: {}\n{}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
