@@ -325,17 +325,11 @@ impl Workflows {
     /// fields are arrays of numbers). This is the export the replay check reads.
     pub async fn history_json(&self, instance: &str) -> Result<String, WorkflowError> {
         let h = self.history(instance).await?;
-        let mut out = String::new();
-        for e in &h {
-            let line = serde_json::to_string(e).map_err(|e| WorkflowError::Codec {
-                instance: instance.to_owned(),
-                what: "writing the history as JSON",
-                detail: e.to_string(),
-            })?;
-            out.push_str(&line);
-            out.push('\n');
-        }
-        Ok(out)
+        super::history::json_lines(&h).map_err(|e| WorkflowError::Codec {
+            instance: instance.to_owned(),
+            what: "writing the history as JSON",
+            detail: e.to_string(),
+        })
     }
 
     /// Raises event `name` with `payload`; resolves once it is durable in the history. It is

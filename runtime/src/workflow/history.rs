@@ -304,6 +304,17 @@ pub(crate) fn decode(payload: &[u8]) -> Result<HistoryEvent, String> {
     }
 }
 
+/// `events` as JSON lines: one record per line, the `HistoryEvent` serde form (byte fields are
+/// arrays of numbers). The export `history_json` returns and the replay check reads.
+pub(crate) fn json_lines(events: &[HistoryEvent]) -> Result<String, serde_json::Error> {
+    let mut out = String::new();
+    for e in events {
+        out.push_str(&serde_json::to_string(e)?);
+        out.push('\n');
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

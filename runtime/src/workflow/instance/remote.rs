@@ -159,16 +159,10 @@ impl Handler<WfHistoryQuery> for WorkflowInstance {
         let h = <Self as Handler<HistoryMsg>>::handle(self, HistoryMsg, ctx)
             .await
             .map_err(local)?;
-        let mut out = String::new();
-        for e in &h {
-            let line = serde_json::to_string(e).map_err(|e| RemoteWorkflowError::Codec {
-                what: "writing the history as JSON".to_owned(),
-                detail: e.to_string(),
-            })?;
-            out.push_str(&line);
-            out.push('\n');
-        }
-        Ok(out)
+        history::json_lines(&h).map_err(|e| RemoteWorkflowError::Codec {
+            what: "writing the history as JSON".to_owned(),
+            detail: e.to_string(),
+        })
     }
 }
 
