@@ -75,6 +75,11 @@ struct Args {
     /// Idle spin of the shards, µs.
     #[arg(long, default_value_t = 50)]
     idle_spin_us: u64,
+    /// `[log] segment_bytes_initial` (default: the log's, 1 MiB doubling to 64 MiB). Set it to
+    /// 67108864 to see the open loop without segment rolls (each roll zero-fills and syncs the
+    /// new segment on the append path).
+    #[arg(long)]
+    segment_bytes_initial: Option<u64>,
     /// Runs (each: baseline, then the parts).
     #[arg(long, default_value_t = 3)]
     runs: usize,
@@ -105,12 +110,15 @@ fn start_node(
 ) -> Result<Node> {
     let _ = std::fs::remove_dir_all(dir);
     std::fs::create_dir_all(dir)?;
-    let text = format!(
+    let mut text = format!(
         "[node]\nshards = {}\nidle_spin_us = {}\n[log]\ndata_dir = {:?}\nfsync = \"always\"\n",
         args.shards,
         args.idle_spin_us,
         dir.to_str().context("data dir is UTF-8")?
     );
+    if let Some(b) = args.segment_bytes_initial {
+        text.push_str(&format!("segment_bytes_initial = {b}\n"));
+    }
     let config = NodeConfig::from_toml(&text, "jobbench.toml")?;
     Ok(Node::builder()
         .config(config)
@@ -215,6 +223,7 @@ fn latency(args: &Args, early: bool, on_enqueue: bool) -> Result<f64> {
         on_enqueue,
     )?;
     DONE.store(0, Ordering::SeqCst);
+    let segments_before = segment_count(&node);
     let jobs = node.jobs();
     let total = args.rate * args.rate_secs;
     let interval_ns = 1_000_000_000 / args.rate.max(1);
@@ -274,8 +283,25 @@ fn latency(args: &Args, early: bool, on_enqueue: bool) -> Result<f64> {
     );
     let p99 = us(0.99);
     drop(h);
+    println!(
+        "latency: segments created during the open loop (rolls, all shards): {}",
+        segment_count(&node).saturating_sub(segments_before)
+    );
     node.shutdown();
     Ok(p99)
+}
+
+/// Segment files of the node's shard logs now.
+fn segment_count(node: &Node) -> usize {
+    (0..node.handle().shard_count())
+        .map(|s| {
+            node.spawn_on(s, || async {
+                quark_shard::current_shard_log().map_or(0, |l| l.stats().segment_count)
+            })
+            .join()
+            .unwrap_or(0)
+        })
+        .sum()
 }
 
 /// Returns the fdatasync p50, µs.
