@@ -944,7 +944,15 @@ async fn read_chunk(
     let spin = core.node.config.idle_spin;
     let spinning = !spin.is_zero() && core.now().duration_since(*last_data) < spin;
     let skip = std::mem::take(drained) && !spinning && !rd.is_tls();
-    let got = if skip { Ok(None) } else { rd.try_read(buf) };
+    let got = if skip {
+        Ok(None)
+    } else {
+        let got = rd.try_read(buf);
+        if let Ok(read) = &got {
+            core.net().stats.peers.borrow_mut().read(read.is_none());
+        }
+        got
+    };
     match got {
         Ok(None) => {
             if spinning {
