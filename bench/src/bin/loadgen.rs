@@ -12,6 +12,8 @@
 //! actor. `--cluster-id` and `--secret-env` must match the nodes' `[cluster]` settings;
 //! against nodes with `[cluster.tls]`, give the client's certificate files with `--tls-ca`,
 //! `--tls-cert` and `--tls-key` (and `--tls-server-name` when the certificates name hosts).
+//! `--serve ADDR` runs the other side instead: one node with the built-in actors (as `quark
+//! serve` registers them) until stdin closes, the target `scripts/net_targets.sh` uses.
 //!
 //! - Closed loop (`--rate 0`, the default): each loop sends its next request when the previous
 //!   one completed. Latency is measured from the actual send.
