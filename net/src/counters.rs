@@ -76,6 +76,12 @@ pub struct PeerCounters {
     pub handshakes_ok: u64,
     /// Connections opened (dialed or accepted).
     pub connects: u64,
+    /// Reads of an established connection's socket without waiting (a non-blocking `recv`,
+    /// through the TLS session with TLS).
+    pub reads: u64,
+    /// Of `reads`, those that found nothing to read (a system call spent for nothing: a
+    /// parked shard should not make them; a spinning shard polls with them).
+    pub reads_empty: u64,
     closed: [u64; CloseReason::ALL.len()],
 }
 
@@ -90,6 +96,12 @@ impl PeerCounters {
     pub fn frames_out(&mut self, frames: u64, bytes: usize) {
         self.frames_out += frames;
         self.bytes_out += bytes as u64;
+    }
+
+    /// Counts one non-blocking read of a socket; `empty`: it found nothing.
+    pub fn read(&mut self, empty: bool) {
+        self.reads += 1;
+        self.reads_empty += u64::from(empty);
     }
 
     /// Counts a closed connection.
@@ -115,6 +127,8 @@ impl PeerCounters {
         self.bytes_out += other.bytes_out;
         self.handshakes_ok += other.handshakes_ok;
         self.connects += other.connects;
+        self.reads += other.reads;
+        self.reads_empty += other.reads_empty;
         for (a, b) in self.closed.iter_mut().zip(other.closed.iter()) {
             *a += b;
         }

@@ -337,6 +337,11 @@ impl Pump {
             self.idle_since = None;
             self.since_reap = 0;
             self.last_reap = Instant::now();
+            // The park's wait submitted queued I/O and reaped completions: it counts as the
+            // look at the sockets, so the busy iteration after the wake-up does not make a
+            // second (non-blocking) `io_uring_enter` before the next park (issue 22: one
+            // system call fewer per wake-up of a parked shard with connections).
+            self.last_io_poll = self.last_reap;
         }
         self.my_bell().disarm();
         shard.signal.unpark();

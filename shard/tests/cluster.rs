@@ -798,3 +798,51 @@ fn an_ask_in_flight_when_its_node_dies_fails_fast() {
     );
     node.shutdown();
 }
+
+/// Issue 22: a parked shard woken by bytes on a connection reads them with one `recv` and
+/// then waits for readiness; it does not make a second `recv` that finds the socket empty
+/// (that one was a system call per wake-up on both nodes' critical path). 300 sequential
+/// asks between two nodes whose shards park at once: before, each node counted one empty
+/// read per ask (>= 300); now only the rare wake-up that found nothing (a heartbeat's
+/// readiness already consumed) may.
+#[test]
+fn a_parked_shard_reads_each_wake_up_with_one_recv() {
+    let nodes = cluster(2);
+    let k = key_on(&nodes[0], 2);
+    let r = nodes[0].actor_ref::<Counter>(k);
+    eventually("an ask across nodes", Duration::from_secs(5), || {
+        block_on(r.ask(Add(0))).ok()
+    });
+    let reads = |e: &Engine| {
+        let net = e.stats().expect("stats")[0].net.clone().expect("net stats");
+        (net.peers.reads, net.peers.reads_empty)
+    };
+    let before = [reads(&nodes[0]), reads(&nodes[1])];
+    const ASKS: u64 = 300;
+    let last = nodes[0]
+        .spawn_on(0, move || async move {
+            let mut last = 0;
+            for _ in 0..ASKS {
+                last = r.ask(Add(1)).await.expect("remote ask");
+            }
+            last
+        })
+        .join()
+        .expect("node 1's shard runs the asks");
+    assert_eq!(last, ASKS, "every ask handled once");
+    for (i, e) in nodes.iter().enumerate() {
+        let (reads, empty) = reads(e);
+        let (reads, empty) = (reads - before[i].0, empty - before[i].1);
+        assert!(
+            reads >= ASKS,
+            "node {}: {reads} reads for {ASKS} asks (each ask is read once)",
+            i + 1
+        );
+        assert!(
+            empty <= ASKS / 10,
+            "node {}: {empty} of {reads} socket reads found nothing during {ASKS} sequential \
+             asks (a parked shard should wait for readiness after a short read)",
+            i + 1
+        );
+    }
+}

@@ -12,6 +12,8 @@
 //! actor. `--cluster-id` and `--secret-env` must match the nodes' `[cluster]` settings;
 //! against nodes with `[cluster.tls]`, give the client's certificate files with `--tls-ca`,
 //! `--tls-cert` and `--tls-key` (and `--tls-server-name` when the certificates name hosts).
+//! `--serve ADDR` runs the other side instead: one node with the built-in actors (as `quark
+//! serve` registers them) until stdin closes, the target `scripts/net_targets.sh` uses.
 //!
 //! - Closed loop (`--rate 0`, the default): each loop sends its next request when the previous
 //!   one completed. Latency is measured from the actual send.
@@ -142,6 +144,38 @@ struct Args {
     /// Seed of the actor choice.
     #[arg(long, default_value_t = 1)]
     seed: u64,
+    /// Serve instead of load: run one node (the built-in actors, as `quark serve` registers
+    /// them; node 1 of cluster `--cluster-id`, listening on this address, with `--config`'s
+    /// settings or one shard on `--serve-cpu` spinning 50 µs) until stdin closes. The target of
+    /// `--target` in `scripts/net_targets.sh` (no `quark` release build needed).
+    #[arg(long)]
+    serve: Option<std::net::SocketAddr>,
+    /// With `--serve` and no `--config`: the core of the node's one shard.
+    #[arg(long, default_value_t = 1)]
+    serve_cpu: usize,
+}
+
+/// `--serve`: one node until stdin closes (see `Args::serve`).
+fn serve(args: &Args, addr: std::net::SocketAddr) -> Result<()> {
+    let config = match &args.config {
+        Some(path) => quark::NodeConfig::from_file(path)?,
+        None => quark::NodeConfig::from_toml(
+            &format!(
+                "[node]\nshards = [{}]\nidle_spin_us = 50\n\n[cluster]\ncluster_id = {:?}\n\
+                 node_id = 1\n\n[[cluster.nodes]]\nid = 1\naddr = \"{addr}\"\n",
+                args.serve_cpu, args.cluster_id
+            ),
+            "loadgen-serve.toml",
+        )?,
+    };
+    let node = quark::builtin::register_builtin(Node::builder().config(config))
+        .start()
+        .context("starting the node")?;
+    println!("listening on {addr}");
+    let mut line = String::new();
+    let _ = std::io::stdin().read_line(&mut line);
+    node.shutdown();
+    Ok(())
 }
 
 /// A small, fast PRNG (SplitMix64): enough to spread requests over actors.
@@ -497,6 +531,10 @@ fn run(args: Args) -> Result<bool> {
         .with_writer(std::io::stderr)
         .try_init();
 
+    if let Some(addr) = args.serve {
+        serve(&args, addr)?;
+        return Ok(true);
+    }
     let machine = Machine::describe();
     eprintln!("{}", machine.line());
     let (node, cores, idle_spin) = start_runner(&args)?;

@@ -854,6 +854,7 @@ async fn serve(
     start_conn_tasks(core, wire, wr, fd, peer, addr);
     let mut buf = vec![0u8; READ_CHUNK_BYTES];
     let mut last_data = Instant::now();
+    let mut drained = false;
     // Frames that arrived together with the end of the handshake first.
     let mut ended = dispatch_decoded(core, wire, &mut dec, peer, addr).await;
     while ended.is_ok() {
@@ -871,7 +872,18 @@ async fn serve(
             wire.backlog_room().await;
             continue;
         }
-        ended = match read_chunk(core, wire, &mut rd, &mut buf, &mut last_data, peer, addr).await {
+        ended = match read_chunk(
+            core,
+            wire,
+            &mut rd,
+            &mut buf,
+            &mut last_data,
+            &mut drained,
+            peer,
+            addr,
+        )
+        .await
+        {
             Ok(None) => continue,
             Ok(Some(0)) => Err(end_of_stream(core, &mut dec, peer, addr)),
             Ok(Some(n)) => feed(core, wire, &mut dec, &buf[..n], peer, addr).await,
@@ -912,19 +924,38 @@ fn start_conn_tasks(
 /// for readiness (or yielding, while the shard would spin anyway: a shard configured to spin
 /// (`idle_spin_us`) that received bytes within that time retries `recv` from the task, with
 /// no io_uring round trip).
+///
+/// `drained`: the previous read was short (it took everything the socket had). A shard that
+/// would not spin then waits for readiness at once instead of asking with a `recv` that
+/// would find the socket empty: one system call fewer per wake-up of a parked shard (the
+/// readiness poll, level-triggered, completes at once if bytes arrived meanwhile). Not with
+/// TLS, whose session may hold decrypted bytes the socket no longer shows.
+#[allow(clippy::too_many_arguments)]
 async fn read_chunk(
     core: &Rc<Shard>,
     wire: &Outbound,
     rd: &mut ConnReader,
     buf: &mut [u8],
     last_data: &mut Instant,
+    drained: &mut bool,
     peer: NodeId,
     addr: SocketAddr,
 ) -> Result<Option<usize>, CloseReason> {
     let spin = core.node.config.idle_spin;
-    match rd.try_read(buf) {
+    let spinning = !spin.is_zero() && core.now().duration_since(*last_data) < spin;
+    let skip = std::mem::take(drained) && !spinning && !rd.is_tls();
+    let got = if skip {
+        Ok(None)
+    } else {
+        let got = rd.try_read(buf);
+        if let Ok(read) = &got {
+            core.net().stats.peers.borrow_mut().read(read.is_none());
+        }
+        got
+    };
+    match got {
         Ok(None) => {
-            if !spin.is_zero() && core.now().duration_since(*last_data) < spin {
+            if spinning {
                 crate::rt::yield_now().await;
             } else if let Err(e) = rd.readable().await {
                 tracing::debug!(shard = core.id, peer, %addr, error = %e, "poll failed");
@@ -938,6 +969,7 @@ async fn read_chunk(
                 wire.wake_writer();
             }
             *last_data = core.now();
+            *drained = n < buf.len();
             if let Some(d) = wire.detector.borrow_mut().as_mut() {
                 d.on_heard(Instant::now());
             }
