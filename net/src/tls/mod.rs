@@ -37,7 +37,7 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use sha2::{Digest, Sha256};
 
-pub use blocking::{TlsBlocking, TlsIoError};
+pub use blocking::{TlsBlocking, TlsIoError, TlsStream};
 pub use session::{looks_like_tls, PlainRead, TlsSession, TlsSessionError};
 
 /// Where a node's or client's TLS material is, and how often to look for new files.
@@ -176,6 +176,9 @@ pub enum TlsError {
 /// What one load of the files produced.
 struct Loaded {
     server: Arc<ServerConfig>,
+    /// The same certificate, asking no client certificate (an HTTPS endpoint open to clients
+    /// without one: the admin endpoint unless it requires them).
+    server_open: Arc<ServerConfig>,
     client: Arc<ClientConfig>,
     stamp: [Option<FileStamp>; 3],
     fingerprint: String,
@@ -313,7 +316,7 @@ impl TlsContext {
     }
 
     /// The configs for a new connection, after the periodic check of the files.
-    fn current(&self) -> (Arc<ServerConfig>, Arc<ClientConfig>) {
+    fn current(&self) -> (Arc<ServerConfig>, Arc<ServerConfig>, Arc<ClientConfig>) {
         let mut st = self.lock();
         if st.checked.elapsed() >= self.files.reload_interval {
             if let Err(e) = self.reload_locked(&mut st) {
@@ -321,20 +324,32 @@ impl TlsContext {
                     "TLS files changed but do not load; the previous certificate stays in use");
             }
         }
-        (st.loaded.server.clone(), st.loaded.client.clone())
+        (
+            st.loaded.server.clone(),
+            st.loaded.server_open.clone(),
+            st.loaded.client.clone(),
+        )
     }
 
     /// A session for a connection accepted from a peer (this side is the TLS server).
     pub fn server_session(&self) -> Result<TlsSession, TlsSessionError> {
-        let (server, _) = self.current();
+        let (server, _, _) = self.current();
         let conn = rustls::ServerConnection::new(server).map_err(TlsSessionError::Setup)?;
+        Ok(TlsSession::new(rustls::Connection::Server(conn)))
+    }
+
+    /// A server session that asks no client certificate (this side's certificate, TLS 1.3):
+    /// for an HTTPS endpoint whose clients need not present one.
+    pub fn server_session_open(&self) -> Result<TlsSession, TlsSessionError> {
+        let (_, open, _) = self.current();
+        let conn = rustls::ServerConnection::new(open).map_err(TlsSessionError::Setup)?;
         Ok(TlsSession::new(rustls::Connection::Server(conn)))
     }
 
     /// A session for a connection dialed to `ip` (this side is the TLS client). The peer's
     /// certificate must name `server_name` if one is configured, else `ip`.
     pub fn client_session(&self, ip: IpAddr) -> Result<TlsSession, TlsSessionError> {
-        let (_, client) = self.current();
+        let (_, _, client) = self.current();
         let name = self
             .server_name
             .clone()
@@ -428,6 +443,14 @@ fn load(f: &TlsFiles, provider: &Arc<CryptoProvider>) -> Result<Loaded, TlsError
         .map_err(identity)?;
     server.session_storage = Arc::new(NoServerSessionStorage {});
     server.send_tls13_tickets = 0;
+    let mut server_open = ServerConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(identity)?
+        .with_no_client_auth()
+        .with_single_cert(chain.clone(), key.clone_key())
+        .map_err(identity)?;
+    server_open.session_storage = Arc::new(NoServerSessionStorage {});
+    server_open.send_tls13_tickets = 0;
     let mut client = ClientConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(identity)?
@@ -437,10 +460,75 @@ fn load(f: &TlsFiles, provider: &Arc<CryptoProvider>) -> Result<Loaded, TlsError
     client.resumption = Resumption::disabled();
     Ok(Loaded {
         server: Arc::new(server),
+        server_open: Arc::new(server_open),
         client: Arc::new(client),
         stamp,
         fingerprint,
     })
+}
+
+/// A TLS client of an HTTPS endpoint (a tool such as the `quark` CLI talking to a node's
+/// admin endpoint): trusts the CA of `ca` only, presents a certificate if given one.
+#[derive(Clone)]
+pub struct TlsClient {
+    config: Arc<ClientConfig>,
+}
+
+impl std::fmt::Debug for TlsClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TlsClient")
+    }
+}
+
+impl TlsClient {
+    /// Loads `ca` (the roots the server's certificate must chain to) and, if given, the
+    /// client's certificate chain and key (errors name the file).
+    pub fn load(ca: &Path, identity: Option<(&Path, &Path)>) -> Result<TlsClient, TlsError> {
+        #[allow(deprecated)]
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut roots = RootCertStore::empty();
+        for c in certs(TlsFileKind::Ca, ca)? {
+            roots.add(c).map_err(|source| TlsError::BadCa {
+                kind: TlsFileKind::Ca,
+                path: ca.to_path_buf(),
+                source,
+            })?;
+        }
+        let builder = ClientConfig::builder_with_provider(provider)
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .map_err(|source| TlsError::Identity {
+                cert: ca.to_path_buf(),
+                key: ca.to_path_buf(),
+                source,
+            })?
+            .with_root_certificates(roots);
+        let mut config = match identity {
+            None => builder.with_no_client_auth(),
+            Some((cert, key_path)) => {
+                let chain = certs(TlsFileKind::Cert, cert)?;
+                let k = key(key_path)?;
+                builder
+                    .with_client_auth_cert(chain, k)
+                    .map_err(|source| TlsError::Identity {
+                        cert: cert.to_path_buf(),
+                        key: key_path.to_path_buf(),
+                        source,
+                    })?
+            }
+        };
+        config.resumption = Resumption::disabled();
+        Ok(TlsClient {
+            config: Arc::new(config),
+        })
+    }
+
+    /// A session for a connection to `ip`, whose certificate must name that address.
+    pub fn session(&self, ip: IpAddr) -> Result<TlsSession, TlsSessionError> {
+        let name = ServerName::IpAddress(ip.into());
+        let conn = rustls::ClientConnection::new(self.config.clone(), name)
+            .map_err(TlsSessionError::Setup)?;
+        Ok(TlsSession::new(rustls::Connection::Client(conn)))
+    }
 }
 
 fn hex(bytes: &[u8]) -> String {
