@@ -34,7 +34,7 @@ use rustls::crypto::CryptoProvider;
 use rustls::server::{NoServerSessionStorage, WebPkiClientVerifier};
 use rustls::{ClientConfig, RootCertStore, ServerConfig};
 use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use rustls_pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer, ServerName};
 use sha2::{Digest, Sha256};
 
 pub use blocking::{TlsBlocking, TlsIoError, TlsStream};
@@ -56,6 +56,11 @@ pub struct TlsFiles {
     /// How often a new connection checks the three files for changes. Zero: every new
     /// connection checks.
     pub reload_interval: Duration,
+    /// PEM files of certificate revocation lists, signed by the CA: a peer whose certificate
+    /// is listed is refused (`CertificateError::Revoked` on this side, the alert
+    /// `CertificateRevoked` on the peer's). Loaded and reloaded with the other files. Empty:
+    /// no revocation check.
+    pub crls: Vec<PathBuf>,
 }
 
 impl TlsFiles {
@@ -71,6 +76,7 @@ impl TlsFiles {
             key: key.into(),
             server_name: None,
             reload_interval: Duration::from_secs(5),
+            crls: Vec::new(),
         }
     }
 }
@@ -84,6 +90,8 @@ pub enum TlsFileKind {
     Cert,
     /// This side's private key (`tls.key`).
     Key,
+    /// A certificate revocation list (`tls.crls`).
+    Crl,
 }
 
 impl std::fmt::Display for TlsFileKind {
@@ -92,6 +100,7 @@ impl std::fmt::Display for TlsFileKind {
             TlsFileKind::Ca => "CA certificate file (tls.ca)",
             TlsFileKind::Cert => "certificate file (tls.cert)",
             TlsFileKind::Key => "private key file (tls.key)",
+            TlsFileKind::Crl => "certificate revocation list (tls.crls)",
         })
     }
 }
@@ -156,8 +165,8 @@ pub enum TlsError {
         #[source]
         source: rustls::Error,
     },
-    /// The peer verifier could not be built from the CA file.
-    #[error("{} : cannot build the client certificate verifier", path.display())]
+    /// The peer verifier could not be built from the CA file (and the revocation lists).
+    #[error("{} : cannot build the certificate verifier (with its revocation lists)", path.display())]
     Verifier {
         /// The CA file.
         path: PathBuf,
@@ -180,7 +189,7 @@ struct Loaded {
     /// without one: the admin endpoint unless it requires them).
     server_open: Arc<ServerConfig>,
     client: Arc<ClientConfig>,
-    stamp: [Option<FileStamp>; 3],
+    stamp: Vec<Option<FileStamp>>,
     fingerprint: String,
 }
 
@@ -206,7 +215,7 @@ struct State {
     loaded: Loaded,
     checked: Instant,
     /// The stamp of the files at the last failed reload (not retried until they change again).
-    failed: Option<[Option<FileStamp>; 3]>,
+    failed: Option<Vec<Option<FileStamp>>>,
 }
 
 /// A node's or client's TLS settings, loaded: makes the session of each new connection and
@@ -296,7 +305,7 @@ impl TlsContext {
     fn reload_locked(&self, st: &mut State) -> Result<bool, TlsError> {
         st.checked = Instant::now();
         let now = stamps(&self.files);
-        if now == st.loaded.stamp || st.failed == Some(now) {
+        if now == st.loaded.stamp || st.failed.as_ref() == Some(&now) {
             return Ok(false);
         }
         match load(&self.files, &self.provider) {
@@ -359,8 +368,34 @@ impl TlsContext {
     }
 }
 
-fn stamps(f: &TlsFiles) -> [Option<FileStamp>; 3] {
-    [stamp(&f.ca), stamp(&f.cert), stamp(&f.key)]
+fn stamps(f: &TlsFiles) -> Vec<Option<FileStamp>> {
+    let mut v = vec![stamp(&f.ca), stamp(&f.cert), stamp(&f.key)];
+    v.extend(f.crls.iter().map(|p| stamp(p)));
+    v
+}
+
+fn crls(f: &TlsFiles) -> Result<Vec<CertificateRevocationListDer<'static>>, TlsError> {
+    let kind = TlsFileKind::Crl;
+    let mut out = Vec::new();
+    for path in &f.crls {
+        let pem = read(kind, path)?;
+        let before = out.len();
+        for c in CertificateRevocationListDer::pem_slice_iter(&pem) {
+            out.push(c.map_err(|source| TlsError::BadPem {
+                kind,
+                path: path.clone(),
+                source,
+            })?);
+        }
+        if out.len() == before {
+            return Err(TlsError::NoPem {
+                kind,
+                path: path.clone(),
+                expected: "X509 CRL",
+            });
+        }
+    }
+    Ok(out)
 }
 
 fn read(kind: TlsFileKind, path: &Path) -> Result<Vec<u8>, TlsError> {
@@ -429,12 +464,20 @@ fn load(f: &TlsFiles, provider: &Arc<CryptoProvider>) -> Result<Loaded, TlsError
         key: f.key.clone(),
         source,
     };
+    let revoked = crls(f)?;
+    let verifier_err = |source| TlsError::Verifier {
+        path: f.ca.clone(),
+        source,
+    };
     let verifier = WebPkiClientVerifier::builder_with_provider(roots.clone(), provider.clone())
+        .with_crls(revoked.clone())
         .build()
-        .map_err(|source| TlsError::Verifier {
-            path: f.ca.clone(),
-            source,
-        })?;
+        .map_err(verifier_err)?;
+    let server_verifier =
+        rustls::client::WebPkiServerVerifier::builder_with_provider(roots, provider.clone())
+            .with_crls(revoked)
+            .build()
+            .map_err(verifier_err)?;
     let mut server = ServerConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(identity)?
@@ -454,7 +497,7 @@ fn load(f: &TlsFiles, provider: &Arc<CryptoProvider>) -> Result<Loaded, TlsError
     let mut client = ClientConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(identity)?
-        .with_root_certificates(roots)
+        .with_webpki_verifier(server_verifier)
         .with_client_auth_cert(chain, key)
         .map_err(identity)?;
     client.resumption = Resumption::disabled();
