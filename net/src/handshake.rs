@@ -30,7 +30,11 @@ use crate::wire::{decode_message, encode_message, WireError, WireMessage};
 /// exactly.
 ///
 /// 4: the application version (`[node] app_version`) travels in the Challenge and the Proof.
-pub const PROTOCOL_VERSION: u16 = 4;
+/// 5: the member view epoch travels in `quark.member.state` (a `JOIN` waits for it) and in
+/// `quark.migrate.arrive` (a target with a newer view refuses a hand-over that its view places
+/// elsewhere): both bodies gained a `u64` (docs/PROTOCOL.md, docs/CLUSTER.md "Concurrent
+/// joins").
+pub const PROTOCOL_VERSION: u16 = 5;
 
 /// Bytes of a handshake nonce.
 pub const NONCE_BYTES: usize = 32;

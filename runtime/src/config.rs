@@ -200,6 +200,8 @@ struct RawFile {
 struct RawAdmin {
     listen: String,
     allow_remote: Option<bool>,
+    tls: Option<bool>,
+    client_cert_required: Option<bool>,
 }
 
 // Integers are read as i64 (TOML's integer type) and range-checked here, so that a negative
@@ -662,7 +664,11 @@ impl NodeConfig {
             .cluster
             .map(|c| crate::cluster::cluster_settings(c, &check))
             .transpose()?;
-        let admin = raw.admin.map(|a| admin_config(a, &check)).transpose()?;
+        let cluster_tls = cluster.as_ref().and_then(|c| c.net.tls.clone());
+        let admin = raw
+            .admin
+            .map(|a| admin_config(a, cluster_tls, &check))
+            .transpose()?;
         let outbox = raw
             .outbox
             .map(|o| outbox::outbox_section(o, &check))
@@ -701,7 +707,11 @@ impl NodeConfig {
     }
 }
 
-fn admin_config(a: RawAdmin, check: &Check<'_>) -> Result<crate::admin::AdminConfig, ConfigError> {
+fn admin_config(
+    a: RawAdmin,
+    cluster_tls: Option<std::sync::Arc<quark_net::tls::TlsContext>>,
+    check: &Check<'_>,
+) -> Result<crate::admin::AdminConfig, ConfigError> {
     let listen: std::net::SocketAddr = a.listen.parse().map_err(|_| {
         check.invalid(
             "admin.listen",
@@ -709,9 +719,32 @@ fn admin_config(a: RawAdmin, check: &Check<'_>) -> Result<crate::admin::AdminCon
             "an ip:port address",
         )
     })?;
+    let required = a.client_cert_required.unwrap_or(false);
+    let tls = match (a.tls.unwrap_or(false), cluster_tls) {
+        (false, _) if required => {
+            return Err(check.invalid(
+                "admin.client_cert_required",
+                true,
+                "client certificates need HTTPS: set admin.tls = true",
+            ))
+        }
+        (false, _) => None,
+        (true, None) => {
+            return Err(check.invalid(
+                "admin.tls",
+                true,
+                "HTTPS serves the node's certificate: configure [cluster.tls] (ca, cert, key)",
+            ))
+        }
+        (true, Some(context)) => Some(crate::admin::AdminTls {
+            context,
+            client_cert_required: required,
+        }),
+    };
     let config = crate::admin::AdminConfig {
         listen,
         allow_remote: a.allow_remote.unwrap_or(false),
+        tls,
     };
     if crate::admin::check_listen(&config).is_err() {
         return Err(check.invalid(

@@ -176,7 +176,7 @@ fn wait_until(within: Duration, what: &str, mut f: impl FnMut() -> bool) {
 struct Traffic {
     stop: Arc<AtomicBool>,
     done: Arc<AtomicU64>,
-    threads: Vec<std::thread::JoinHandle<Vec<(u64, u64)>>>,
+    threads: Vec<std::thread::JoinHandle<Vec<(u64, u64, u64)>>>,
 }
 
 impl Traffic {
@@ -189,7 +189,7 @@ impl Traffic {
                 std::thread::spawn(move || {
                     // Each sender owns its share of the keys (so a balance is its own count).
                     let mine: Vec<u64> = keys.iter().copied().skip(s).step_by(senders).collect();
-                    let mut acked = vec![(0u64, 0u64); mine.len()];
+                    let mut acked = vec![(0u64, 0u64, 0u64); mine.len()];
                     let mut i = 0;
                     while !stop.load(Ordering::Relaxed) {
                         i = (i + 1) % mine.len();
@@ -199,6 +199,7 @@ impl Traffic {
                         });
                         acked[i].0 += 1;
                         acked[i].1 = b;
+                        acked[i].2 = mine[i];
                         done.fetch_add(1, Ordering::Relaxed);
                     }
                     acked
@@ -225,8 +226,8 @@ impl Traffic {
         self.stop.store(true, Ordering::Relaxed);
         let mut total = 0;
         for t in self.threads {
-            for (acked, balance) in t.join().expect("a sender failed") {
-                assert_eq!(acked, balance, "a purse lost deposits in a move");
+            for (acked, balance, key) in t.join().expect("a sender failed") {
+                assert_eq!(acked, balance, "purse {key} lost deposits in a move");
                 total += acked;
             }
         }
@@ -1276,26 +1277,22 @@ fn a_node_joining_after_start_shows_in_status_cluster_jobs_and_zones() {
 }
 
 /// Two membership changes at once: nodes 3 and 4 start together under traffic (each
-/// registers and asks for its hand-over while the other's runs). Every node should end with
-/// the same homes, each new node with its share, and no purse losing a deposit or failing an
-/// ask. **Fails today** in most runs (12 of 15: a balance behind its acknowledged deposits, e.g. 8
-/// acknowledged, balance 4), the limit "one membership change at a time" of
-/// docs/CLUSTER.md. Two causes were found (tls2 session, 2026-12-07):
-/// 1. `hand_off` (shard/src/net/members.rs) moves only actors whose home was this node
-///    *before the last change* of the view; a peer that saw both joins before serving the
-///    first `JOIN` compares with the view after the first join and keeps the actor, whose
-///    new home then activates it empty. Moving every active movable actor whose home is the
-///    joiner now (except types pinned to a node) made 9 runs of 11 pass;
-/// 2. the other two: a peer that had seen only node 3 hands an actor to node 3 after node 4
-///    (its home once both are known) already joined; node 4 activates it at the next message
-///    and the moved copy then arrives there ("single activation: a moved actor arrived on
-///    shard N which has an activation of it"). Closing this needs the joiners to hold first
-///    messages until every peer has settled on the same view (a view epoch in `JOIN`).
-///
-/// Run on demand: `cargo test -p quark --features etcd --test etcd_membership -- --ignored
-/// two_nodes`.
+/// registers and asks for its hand-over while the other's runs). Every node ends with the
+/// same homes, each new node with its share, and no purse loses a deposit or fails an ask
+/// (docs/CLUSTER.md, "Concurrent joins"). Before the view epochs it failed in most runs (12 of
+/// 15, a balance behind its acknowledged deposits), for three causes, each closed:
+/// 1. a peer's hand-over compared with the view before its *last* change only, so a peer that
+///    saw both joins at once kept actors homed on the first joiner: it now hands over every
+///    active movable actor whose home is the joiner in the view now;
+/// 2. a peer that had seen only node 3 handed an actor to node 3 after node 4 (its home once
+///    both are known) had already joined: the move carries the sender's view epoch and node 3,
+///    whose view is newer and places the actor on node 4, refuses it; the sender waits for
+///    that epoch and moves it to node 4, which still holds its first messages (that sender
+///    answers node 4's `JOIN` only after its earlier hand-over ended: one at a time per node);
+/// 3. a first message held by a joiner (sent by a node whose view placed the actor there, e.g.
+///    it saw node 4 before node 3) was activated there, empty, when the joiner joined: it now
+///    goes on to the actor's home in the joiner's view.
 #[test]
-#[ignore = "reproduces a known limit (docs/CLUSTER.md, Limits: one membership change at a time)"]
 fn two_nodes_joining_at_once_under_traffic_lose_nothing() {
     let Some(ep) = endpoint() else { return };
     let _g = serial();

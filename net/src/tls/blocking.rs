@@ -93,4 +93,45 @@ impl<S: Read + Write> TlsBlocking<S> {
     pub fn get_mut(&mut self) -> &mut S {
         &mut self.io
     }
+
+    /// The stream, giving up the session.
+    pub fn into_inner(self) -> S {
+        self.io
+    }
+
+    /// Sends a `close_notify` alert (best effort): the peer reads the end of the stream.
+    pub fn close(&mut self) {
+        self.sess.send_close_notify();
+        let _ = self.flush();
+    }
+}
+
+/// A [`TlsBlocking`] as `std::io::Read` and `Write` (plaintext; a TLS failure is an
+/// `InvalidData` error whose source is the [`TlsIoError`]), for code written against those
+/// traits (the admin endpoint's HTTP server).
+#[derive(Debug)]
+pub struct TlsStream<S>(pub TlsBlocking<S>);
+
+impl<S: Read + Write> Read for TlsStream<S> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.0.read(buf).map_err(into_io)
+    }
+}
+
+impl<S: Read + Write> Write for TlsStream<S> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0.write_all(buf).map_err(into_io)?;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.0.flush()
+    }
+}
+
+fn into_io(e: TlsIoError) -> io::Error {
+    match e {
+        TlsIoError::Io(e) => e,
+        e => io::Error::new(io::ErrorKind::InvalidData, e),
+    }
 }

@@ -34,10 +34,10 @@ use rustls::crypto::CryptoProvider;
 use rustls::server::{NoServerSessionStorage, WebPkiClientVerifier};
 use rustls::{ClientConfig, RootCertStore, ServerConfig};
 use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use rustls_pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer, ServerName};
 use sha2::{Digest, Sha256};
 
-pub use blocking::{TlsBlocking, TlsIoError};
+pub use blocking::{TlsBlocking, TlsIoError, TlsStream};
 pub use session::{looks_like_tls, PlainRead, TlsSession, TlsSessionError};
 
 /// Where a node's or client's TLS material is, and how often to look for new files.
@@ -56,6 +56,11 @@ pub struct TlsFiles {
     /// How often a new connection checks the three files for changes. Zero: every new
     /// connection checks.
     pub reload_interval: Duration,
+    /// PEM files of certificate revocation lists, signed by the CA: a peer whose certificate
+    /// is listed is refused (`CertificateError::Revoked` on this side, the alert
+    /// `CertificateRevoked` on the peer's). Loaded and reloaded with the other files. Empty:
+    /// no revocation check.
+    pub crls: Vec<PathBuf>,
 }
 
 impl TlsFiles {
@@ -71,6 +76,7 @@ impl TlsFiles {
             key: key.into(),
             server_name: None,
             reload_interval: Duration::from_secs(5),
+            crls: Vec::new(),
         }
     }
 }
@@ -84,6 +90,8 @@ pub enum TlsFileKind {
     Cert,
     /// This side's private key (`tls.key`).
     Key,
+    /// A certificate revocation list (`tls.crls`).
+    Crl,
 }
 
 impl std::fmt::Display for TlsFileKind {
@@ -92,6 +100,7 @@ impl std::fmt::Display for TlsFileKind {
             TlsFileKind::Ca => "CA certificate file (tls.ca)",
             TlsFileKind::Cert => "certificate file (tls.cert)",
             TlsFileKind::Key => "private key file (tls.key)",
+            TlsFileKind::Crl => "certificate revocation list (tls.crls)",
         })
     }
 }
@@ -156,8 +165,8 @@ pub enum TlsError {
         #[source]
         source: rustls::Error,
     },
-    /// The peer verifier could not be built from the CA file.
-    #[error("{} : cannot build the client certificate verifier", path.display())]
+    /// The peer verifier could not be built from the CA file (and the revocation lists).
+    #[error("{} : cannot build the certificate verifier (with its revocation lists)", path.display())]
     Verifier {
         /// The CA file.
         path: PathBuf,
@@ -176,8 +185,11 @@ pub enum TlsError {
 /// What one load of the files produced.
 struct Loaded {
     server: Arc<ServerConfig>,
+    /// The same certificate, asking no client certificate (an HTTPS endpoint open to clients
+    /// without one: the admin endpoint unless it requires them).
+    server_open: Arc<ServerConfig>,
     client: Arc<ClientConfig>,
-    stamp: [Option<FileStamp>; 3],
+    stamp: Vec<Option<FileStamp>>,
     fingerprint: String,
 }
 
@@ -203,7 +215,7 @@ struct State {
     loaded: Loaded,
     checked: Instant,
     /// The stamp of the files at the last failed reload (not retried until they change again).
-    failed: Option<[Option<FileStamp>; 3]>,
+    failed: Option<Vec<Option<FileStamp>>>,
 }
 
 /// A node's or client's TLS settings, loaded: makes the session of each new connection and
@@ -293,7 +305,7 @@ impl TlsContext {
     fn reload_locked(&self, st: &mut State) -> Result<bool, TlsError> {
         st.checked = Instant::now();
         let now = stamps(&self.files);
-        if now == st.loaded.stamp || st.failed == Some(now) {
+        if now == st.loaded.stamp || st.failed.as_ref() == Some(&now) {
             return Ok(false);
         }
         match load(&self.files, &self.provider) {
@@ -313,7 +325,7 @@ impl TlsContext {
     }
 
     /// The configs for a new connection, after the periodic check of the files.
-    fn current(&self) -> (Arc<ServerConfig>, Arc<ClientConfig>) {
+    fn current(&self) -> (Arc<ServerConfig>, Arc<ServerConfig>, Arc<ClientConfig>) {
         let mut st = self.lock();
         if st.checked.elapsed() >= self.files.reload_interval {
             if let Err(e) = self.reload_locked(&mut st) {
@@ -321,20 +333,32 @@ impl TlsContext {
                     "TLS files changed but do not load; the previous certificate stays in use");
             }
         }
-        (st.loaded.server.clone(), st.loaded.client.clone())
+        (
+            st.loaded.server.clone(),
+            st.loaded.server_open.clone(),
+            st.loaded.client.clone(),
+        )
     }
 
     /// A session for a connection accepted from a peer (this side is the TLS server).
     pub fn server_session(&self) -> Result<TlsSession, TlsSessionError> {
-        let (server, _) = self.current();
+        let (server, _, _) = self.current();
         let conn = rustls::ServerConnection::new(server).map_err(TlsSessionError::Setup)?;
+        Ok(TlsSession::new(rustls::Connection::Server(conn)))
+    }
+
+    /// A server session that asks no client certificate (this side's certificate, TLS 1.3):
+    /// for an HTTPS endpoint whose clients need not present one.
+    pub fn server_session_open(&self) -> Result<TlsSession, TlsSessionError> {
+        let (_, open, _) = self.current();
+        let conn = rustls::ServerConnection::new(open).map_err(TlsSessionError::Setup)?;
         Ok(TlsSession::new(rustls::Connection::Server(conn)))
     }
 
     /// A session for a connection dialed to `ip` (this side is the TLS client). The peer's
     /// certificate must name `server_name` if one is configured, else `ip`.
     pub fn client_session(&self, ip: IpAddr) -> Result<TlsSession, TlsSessionError> {
-        let (_, client) = self.current();
+        let (_, _, client) = self.current();
         let name = self
             .server_name
             .clone()
@@ -344,8 +368,34 @@ impl TlsContext {
     }
 }
 
-fn stamps(f: &TlsFiles) -> [Option<FileStamp>; 3] {
-    [stamp(&f.ca), stamp(&f.cert), stamp(&f.key)]
+fn stamps(f: &TlsFiles) -> Vec<Option<FileStamp>> {
+    let mut v = vec![stamp(&f.ca), stamp(&f.cert), stamp(&f.key)];
+    v.extend(f.crls.iter().map(|p| stamp(p)));
+    v
+}
+
+fn crls(f: &TlsFiles) -> Result<Vec<CertificateRevocationListDer<'static>>, TlsError> {
+    let kind = TlsFileKind::Crl;
+    let mut out = Vec::new();
+    for path in &f.crls {
+        let pem = read(kind, path)?;
+        let before = out.len();
+        for c in CertificateRevocationListDer::pem_slice_iter(&pem) {
+            out.push(c.map_err(|source| TlsError::BadPem {
+                kind,
+                path: path.clone(),
+                source,
+            })?);
+        }
+        if out.len() == before {
+            return Err(TlsError::NoPem {
+                kind,
+                path: path.clone(),
+                expected: "X509 CRL",
+            });
+        }
+    }
+    Ok(out)
 }
 
 fn read(kind: TlsFileKind, path: &Path) -> Result<Vec<u8>, TlsError> {
@@ -414,12 +464,20 @@ fn load(f: &TlsFiles, provider: &Arc<CryptoProvider>) -> Result<Loaded, TlsError
         key: f.key.clone(),
         source,
     };
+    let revoked = crls(f)?;
+    let verifier_err = |source| TlsError::Verifier {
+        path: f.ca.clone(),
+        source,
+    };
     let verifier = WebPkiClientVerifier::builder_with_provider(roots.clone(), provider.clone())
+        .with_crls(revoked.clone())
         .build()
-        .map_err(|source| TlsError::Verifier {
-            path: f.ca.clone(),
-            source,
-        })?;
+        .map_err(verifier_err)?;
+    let server_verifier =
+        rustls::client::WebPkiServerVerifier::builder_with_provider(roots, provider.clone())
+            .with_crls(revoked)
+            .build()
+            .map_err(verifier_err)?;
     let mut server = ServerConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(identity)?
@@ -428,19 +486,92 @@ fn load(f: &TlsFiles, provider: &Arc<CryptoProvider>) -> Result<Loaded, TlsError
         .map_err(identity)?;
     server.session_storage = Arc::new(NoServerSessionStorage {});
     server.send_tls13_tickets = 0;
+    let mut server_open = ServerConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(identity)?
+        .with_no_client_auth()
+        .with_single_cert(chain.clone(), key.clone_key())
+        .map_err(identity)?;
+    server_open.session_storage = Arc::new(NoServerSessionStorage {});
+    server_open.send_tls13_tickets = 0;
     let mut client = ClientConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(identity)?
-        .with_root_certificates(roots)
+        .with_webpki_verifier(server_verifier)
         .with_client_auth_cert(chain, key)
         .map_err(identity)?;
     client.resumption = Resumption::disabled();
     Ok(Loaded {
         server: Arc::new(server),
+        server_open: Arc::new(server_open),
         client: Arc::new(client),
         stamp,
         fingerprint,
     })
+}
+
+/// A TLS client of an HTTPS endpoint (a tool such as the `quark` CLI talking to a node's
+/// admin endpoint): trusts the CA of `ca` only, presents a certificate if given one.
+#[derive(Clone)]
+pub struct TlsClient {
+    config: Arc<ClientConfig>,
+}
+
+impl std::fmt::Debug for TlsClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TlsClient")
+    }
+}
+
+impl TlsClient {
+    /// Loads `ca` (the roots the server's certificate must chain to) and, if given, the
+    /// client's certificate chain and key (errors name the file).
+    pub fn load(ca: &Path, identity: Option<(&Path, &Path)>) -> Result<TlsClient, TlsError> {
+        #[allow(deprecated)]
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut roots = RootCertStore::empty();
+        for c in certs(TlsFileKind::Ca, ca)? {
+            roots.add(c).map_err(|source| TlsError::BadCa {
+                kind: TlsFileKind::Ca,
+                path: ca.to_path_buf(),
+                source,
+            })?;
+        }
+        let builder = ClientConfig::builder_with_provider(provider)
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .map_err(|source| TlsError::Identity {
+                cert: ca.to_path_buf(),
+                key: ca.to_path_buf(),
+                source,
+            })?
+            .with_root_certificates(roots);
+        let mut config = match identity {
+            None => builder.with_no_client_auth(),
+            Some((cert, key_path)) => {
+                let chain = certs(TlsFileKind::Cert, cert)?;
+                let k = key(key_path)?;
+                builder
+                    .with_client_auth_cert(chain, k)
+                    .map_err(|source| TlsError::Identity {
+                        cert: cert.to_path_buf(),
+                        key: key_path.to_path_buf(),
+                        source,
+                    })?
+            }
+        };
+        config.resumption = Resumption::disabled();
+        Ok(TlsClient {
+            config: Arc::new(config),
+        })
+    }
+
+    /// A session for a connection to `ip`, whose certificate must name that address.
+    pub fn session(&self, ip: IpAddr) -> Result<TlsSession, TlsSessionError> {
+        let name = ServerName::IpAddress(ip.into());
+        let conn = rustls::ClientConnection::new(self.config.clone(), name)
+            .map_err(TlsSessionError::Setup)?;
+        Ok(TlsSession::new(rustls::Connection::Client(conn)))
+    }
 }
 
 fn hex(bytes: &[u8]) -> String {

@@ -68,6 +68,9 @@ fn cert_hint(e: &rustls::Error) -> &'static str {
         rustls::Error::InvalidCertificate(CertificateError::UnknownIssuer) => {
             " (not signed by the CA in this side's tls.ca)"
         }
+        rustls::Error::InvalidCertificate(CertificateError::Revoked) => {
+            " (revoked: its serial number is in a certificate revocation list of this side's tls.crls)"
+        }
         rustls::Error::InvalidCertificate(CertificateError::NotValidForName)
         | rustls::Error::InvalidCertificate(CertificateError::NotValidForNameContext { .. }) => {
             " (its subject alternative names must include the dialed IP address, or tls.server_name)"
@@ -83,6 +86,9 @@ fn alert_hint(a: AlertDescription) -> &'static str {
             " (the peer does not trust this side's certificate: signed by another CA?)"
         }
         AlertDescription::CertificateExpired => " (this side's certificate has expired)",
+        AlertDescription::CertificateRevoked => {
+            " (this side's certificate is revoked: the peer's revocation list names it)"
+        }
         AlertDescription::DecodeError | AlertDescription::UnexpectedMessage => {
             " (the peer could not read what this side sent: plaintext against TLS?)"
         }

@@ -53,6 +53,30 @@ impl Ca {
     pub(crate) fn pem(&self) -> String {
         self.cert.pem()
     }
+
+    /// A revocation list (PEM) of this CA naming the certificates of `serials`.
+    pub(crate) fn crl(&self, serials: &[u64]) -> String {
+        let p = rcgen::CertificateRevocationListParams {
+            this_update: rcgen::date_time_ymd(2025, 1, 1),
+            next_update: rcgen::date_time_ymd(2099, 1, 1),
+            crl_number: 1u64.into(),
+            issuing_distribution_point: None,
+            revoked_certs: serials
+                .iter()
+                .map(|s| rcgen::RevokedCertParams {
+                    serial_number: (*s).into(),
+                    revocation_time: rcgen::date_time_ymd(2025, 6, 1),
+                    reason_code: Some(rcgen::RevocationReason::KeyCompromise),
+                    invalidity_date: None,
+                })
+                .collect(),
+            key_identifier_method: rcgen::KeyIdMethod::Sha256,
+        };
+        p.signed_by(&self.cert, &self.key)
+            .expect("CRL")
+            .pem()
+            .expect("CRL PEM")
+    }
 }
 
 /// Writes `ca`, `cert`, `key` into `dir` under `name`; returns the files.
@@ -369,4 +393,78 @@ fn a_tampered_record_is_refused() {
         matches!(e, TlsSessionError::Protocol(rustls::Error::DecryptError)),
         "{e:?}"
     );
+}
+
+#[test]
+fn a_revoked_client_certificate_is_refused_naming_the_revocation() {
+    let dir = tempdir();
+    let ca = Ca::new("ca");
+    let client = TlsContext::load(files(&dir, "c", &ca.pem(), &ca.issue("c", 7, 30))).unwrap();
+    let crl = dir.join("revoked.crl");
+    std::fs::write(&crl, ca.crl(&[7])).expect("write crl");
+    let mut sf = files(&dir, "s", &ca.pem(), &ca.issue("s", 8, 30));
+    sf.crls = vec![crl.clone()];
+    let server = TlsContext::load(sf).unwrap();
+    let (c, s) = run(&client, &server);
+    let (c, s) = (
+        c.expect_err("client refused"),
+        s.expect_err("server refuses"),
+    );
+    assert!(
+        s.contains("Revoked") && s.contains("revocation list"),
+        "{s}"
+    );
+    assert!(
+        c.contains("CertificateRevoked") && c.contains("revoked"),
+        "{c}"
+    );
+    // A list that names another serial: served.
+    std::fs::write(&crl, ca.crl(&[99])).expect("rewrite crl");
+    assert!(
+        server.reload_if_changed().expect("reload"),
+        "the CRL file changed"
+    );
+    let (c, s) = run(&client, &server);
+    assert_eq!(c.expect("client"), b"pong");
+    assert_eq!(s.expect("server"), b"ping");
+}
+
+#[test]
+fn a_revoked_server_certificate_is_refused_by_the_dialer() {
+    let dir = tempdir();
+    let ca = Ca::new("ca");
+    let crl = dir.join("revoked.crl");
+    std::fs::write(&crl, ca.crl(&[8])).expect("write crl");
+    let mut cf = files(&dir, "c", &ca.pem(), &ca.issue("c", 7, 30));
+    cf.crls = vec![crl];
+    let client = TlsContext::load(cf).unwrap();
+    let server = TlsContext::load(files(&dir, "s", &ca.pem(), &ca.issue("s", 8, 30))).unwrap();
+    let (c, s) = run(&client, &server);
+    let c = c.expect_err("client refuses");
+    assert!(
+        c.contains("Revoked") && c.contains("revocation list"),
+        "{c}"
+    );
+    let s = s.expect_err("server refused");
+    assert!(s.contains("CertificateRevoked"), "{s}");
+}
+
+#[test]
+fn a_missing_or_invalid_crl_names_the_file() {
+    let dir = tempdir();
+    let ca = Ca::new("ca");
+    let mut f = files(&dir, "c", &ca.pem(), &ca.issue("c", 7, 30));
+    f.crls = vec![dir.join("nope.crl")];
+    let e = TlsContext::load(f.clone())
+        .expect_err("missing")
+        .to_string();
+    assert!(
+        e.contains("revocation list") && e.contains("nope.crl"),
+        "{e}"
+    );
+    let bad = dir.join("bad.crl");
+    std::fs::write(&bad, ca.pem()).expect("write");
+    f.crls = vec![bad];
+    let e = TlsContext::load(f).expect_err("not a CRL").to_string();
+    assert!(e.contains("bad.crl") && e.contains("X509 CRL"), "{e}");
 }

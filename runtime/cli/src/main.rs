@@ -51,6 +51,45 @@ mod workflows;
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// HTTPS to the admin endpoint (`[admin] tls = true`): the CA certificate (PEM) its
+    /// certificate must chain to (the cluster's `[cluster.tls] ca`). Also `QUARK_ADMIN_CA`.
+    #[arg(long, global = true, value_name = "PEM")]
+    ca: Option<std::path::PathBuf>,
+    /// With `--ca`: this client's certificate (PEM, signed by the cluster's CA), for an
+    /// endpoint with `admin.client_cert_required = true`. Also `QUARK_ADMIN_CERT`.
+    #[arg(long, global = true, value_name = "PEM")]
+    cert: Option<std::path::PathBuf>,
+    /// The private key of `--cert` (PEM; not `--key`, which `quark jobs` uses for the
+    /// concurrency key). Also `QUARK_ADMIN_KEY`.
+    #[arg(long, global = true, value_name = "PEM")]
+    cert_key: Option<std::path::PathBuf>,
+}
+
+/// `--ca`, `--cert`, `--cert-key` (or their environment variables): every admin request of
+/// this process speaks HTTPS.
+fn admin_tls(cli: &Cli) -> Result<(), String> {
+    let pick = |arg: &Option<std::path::PathBuf>, var: &str| {
+        arg.clone()
+            .or_else(|| std::env::var_os(var).map(std::path::PathBuf::from))
+    };
+    let ca = pick(&cli.ca, "QUARK_ADMIN_CA");
+    let cert = pick(&cli.cert, "QUARK_ADMIN_CERT");
+    let key = pick(&cli.cert_key, "QUARK_ADMIN_KEY");
+    let Some(ca) = ca else {
+        if cert.is_some() || key.is_some() {
+            return Err("--cert and --cert-key need --ca (HTTPS to the admin endpoint)".into());
+        }
+        return Ok(());
+    };
+    let identity = match (&cert, &key) {
+        (Some(c), Some(k)) => Some((c.as_path(), k.as_path())),
+        (None, None) => None,
+        _ => return Err("--cert and --cert-key go together".into()),
+    };
+    let tls = quark::tls::TlsClient::load(&ca, identity)
+        .map_err(|e| format!("{:#}", anyhow::Error::new(e)))?;
+    quark::admin::set_client_tls(tls);
+    Ok(())
 }
 
 #[derive(Subcommand, Debug)]
@@ -102,6 +141,10 @@ fn main() -> ExitCode {
         Command::Serve(args) => args.log_format,
         _ => serve::LogFormat::Text,
     });
+    if let Err(e) = admin_tls(&cli) {
+        eprintln!("quark: error: {e}");
+        return ExitCode::from(2);
+    }
     match cli.command {
         Command::Serve(args) => match serve::run(args) {
             Ok(()) => ExitCode::SUCCESS,

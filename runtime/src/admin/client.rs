@@ -9,6 +9,16 @@ use super::Status;
 /// The largest response [`fetch`] reads.
 const RESPONSE_BYTES_MAX: u64 = 16 << 20;
 
+/// The TLS client of this process's admin requests (`None`: plain HTTP).
+static CLIENT_TLS: std::sync::OnceLock<quark_net::tls::TlsClient> = std::sync::OnceLock::new();
+
+/// Makes every later [`fetch`]/[`request`] of this process speak HTTPS with `tls` (the `quark`
+/// CLI's `--ca`, `--cert`, `--key`, for an endpoint with `admin.tls = true`). Set once; false
+/// if it was already set.
+pub fn set_client_tls(tls: quark_net::tls::TlsClient) -> bool {
+    CLIENT_TLS.set(tls).is_ok()
+}
+
 /// A response of the admin endpoint.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Response {
@@ -32,6 +42,16 @@ pub enum FetchError {
         /// The cause.
         #[source]
         source: std::io::Error,
+    },
+    /// The TLS handshake with the endpoint failed (its certificate is not signed by the CA
+    /// given, or it refused this client's certificate, or it does not speak TLS).
+    #[error("admin endpoint {addr}: TLS")]
+    Tls {
+        /// The endpoint.
+        addr: SocketAddr,
+        /// The cause.
+        #[source]
+        source: quark_net::tls::TlsIoError,
     },
     /// The answer is not an HTTP response this client understands.
     #[error("admin endpoint {addr}: malformed HTTP response")]
@@ -79,15 +99,36 @@ pub fn request(
     let mut s = TcpStream::connect_timeout(&addr, timeout).map_err(io)?;
     s.set_read_timeout(Some(timeout)).map_err(io)?;
     s.set_write_timeout(Some(timeout)).map_err(io)?;
-    write!(
-        s,
+    let head = format!(
         "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-    )
-    .map_err(io)?;
+    );
     let mut raw = Vec::new();
-    s.take(RESPONSE_BYTES_MAX)
-        .read_to_end(&mut raw)
-        .map_err(io)?;
+    match CLIENT_TLS.get() {
+        None => {
+            s.write_all(head.as_bytes()).map_err(io)?;
+            s.take(RESPONSE_BYTES_MAX)
+                .read_to_end(&mut raw)
+                .map_err(io)?;
+        }
+        Some(tls) => {
+            let tls_err = |source| FetchError::Tls { addr, source };
+            let sess = tls
+                .session(addr.ip())
+                .map_err(|e| tls_err(quark_net::tls::TlsIoError::Tls(e)))?;
+            let mut t = quark_net::tls::TlsBlocking::new(sess, s);
+            t.handshake().map_err(tls_err)?;
+            t.write_all(head.as_bytes()).map_err(tls_err)?;
+            let mut buf = [0u8; 16 * 1024];
+            loop {
+                // A refusal of this client's certificate arrives with the first read.
+                let n = t.read(&mut buf).map_err(tls_err)?;
+                if n == 0 || raw.len() as u64 >= RESPONSE_BYTES_MAX {
+                    break;
+                }
+                raw.extend_from_slice(&buf[..n]);
+            }
+        }
+    }
     let text = String::from_utf8(raw).map_err(|_| FetchError::Malformed { addr })?;
     let (head, body) = text
         .split_once("\r\n\r\n")

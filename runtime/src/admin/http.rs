@@ -1,5 +1,7 @@
 //! The admin endpoint's HTTP/1.1 server: one accept thread, a bounded number of requests
-//! served at once, bounded request heads, one request per connection.
+//! served at once, bounded request heads, one request per connection; over TLS 1.3 with
+//! `admin.tls` (the node's certificate; client certificates required with
+//! `admin.client_cert_required`).
 
 use std::io::{Read, Write};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, Shutdown, SocketAddr, TcpListener, TcpStream};
@@ -7,7 +9,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
-use super::{AdminError, Phase, Shared, CONNECTIONS_MAX, IO_TIMEOUT, REQUEST_BYTES_MAX};
+use super::{AdminError, AdminTls, Phase, Shared, CONNECTIONS_MAX, IO_TIMEOUT, REQUEST_BYTES_MAX};
 
 /// How long the accept thread lingers on a connection it refuses (over `CONNECTIONS_MAX`).
 const REJECT_LINGER: std::time::Duration = std::time::Duration::from_millis(100);
@@ -21,7 +23,11 @@ pub(super) struct Server {
 
 impl Server {
     /// Binds `listen` and starts the accept thread.
-    pub(super) fn start(listen: SocketAddr, shared: Arc<Shared>) -> Result<Server, AdminError> {
+    pub(super) fn start(
+        listen: SocketAddr,
+        tls: Option<AdminTls>,
+        shared: Arc<Shared>,
+    ) -> Result<Server, AdminError> {
         let listener = TcpListener::bind(listen).map_err(|source| AdminError::Bind {
             addr: listen,
             source,
@@ -34,7 +40,7 @@ impl Server {
         let stop2 = stop.clone();
         let accept = std::thread::Builder::new()
             .name("quark-admin".into())
-            .spawn(move || accept_loop(listener, shared, stop2))
+            .spawn(move || accept_loop(listener, tls, shared, stop2))
             .map_err(AdminError::Thread)?;
         Ok(Server { addr, stop, accept })
     }
@@ -68,7 +74,12 @@ impl Server {
     }
 }
 
-fn accept_loop(listener: TcpListener, shared: Arc<Shared>, stop: Arc<AtomicBool>) {
+fn accept_loop(
+    listener: TcpListener,
+    tls: Option<AdminTls>,
+    shared: Arc<Shared>,
+    stop: Arc<AtomicBool>,
+) {
     let mut workers: Vec<JoinHandle<()>> = Vec::with_capacity(CONNECTIONS_MAX);
     let busy = Arc::new(AtomicUsize::new(0));
     loop {
@@ -103,10 +114,13 @@ fn accept_loop(listener: TcpListener, shared: Arc<Shared>, stop: Arc<AtomicBool>
         let shared = shared.clone();
         busy.fetch_add(1, Ordering::AcqRel);
         let slot = Slot(busy.clone());
+        let tls = tls.clone();
         match std::thread::Builder::new()
             .name("quark-admin-conn".into())
-            .spawn(move || serve_connection(stream, &shared, slot))
-        {
+            .spawn(move || match tls {
+                None => serve_connection(stream, &shared, slot),
+                Some(t) => serve_tls(stream, &t, &shared, slot),
+            }) {
             Ok(h) => workers.push(h),
             Err(e) => {
                 tracing::warn!(error = %e, "admin endpoint: cannot start a connection thread")
@@ -192,6 +206,86 @@ impl Drop for Slot {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::AcqRel);
     }
+}
+
+/// Serves one HTTPS connection: the TLS handshake, then the request as over plain HTTP. A
+/// client that speaks plain HTTP gets a plain `400` saying the endpoint wants HTTPS; a
+/// refused handshake (no client certificate where one is required, one not signed by the
+/// CA, a revoked one) is logged with the client's address and the cause, and the client gets
+/// TLS's alert.
+fn serve_tls(stream: TcpStream, tls: &AdminTls, shared: &Shared, slot: Slot) {
+    let _ = stream.set_read_timeout(Some(IO_TIMEOUT));
+    let _ = stream.set_write_timeout(Some(IO_TIMEOUT));
+    let peer = stream.peer_addr().ok();
+    let mut first = [0u8; 3];
+    let plain = match stream.peek(&mut first) {
+        Ok(n) if n >= first.len() => !quark_net::tls::looks_like_tls(&first),
+        // A TLS record starts with its content type (22, a handshake); HTTP with a letter.
+        Ok(n) if n > 0 => first[0] != 0x16,
+        _ => return,
+    };
+    if plain {
+        tracing::warn!(
+            ?peer,
+            "admin endpoint: a plain HTTP request to the HTTPS endpoint refused"
+        );
+        let mut s = stream;
+        let _ = write_response(
+            &mut s,
+            400,
+            "text/plain",
+            b"this admin endpoint speaks HTTPS only (admin.tls = true): use https:// (quark: --ca)\n",
+        );
+        drop(slot);
+        linger_close(s);
+        return;
+    }
+    let sess = if tls.client_cert_required {
+        tls.context.server_session()
+    } else {
+        tls.context.server_session_open()
+    };
+    let sess = match sess {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(?peer, error = %crate::ErrorChain(&e), "admin endpoint: no TLS session");
+            return;
+        }
+    };
+    let mut b = quark_net::tls::TlsBlocking::new(sess, stream);
+    if let Err(e) = b.handshake() {
+        tracing::warn!(?peer, error = %crate::ErrorChain(&e),
+            "admin endpoint: TLS handshake refused");
+        return;
+    }
+    let mut t = quark_net::tls::TlsStream(b);
+    let req = match read_head(&mut t) {
+        Ok(r) => r,
+        Err(HeadError::Gone) => {
+            // Also where a refused client certificate shows (TLS 1.3: after the handshake).
+            tracing::debug!(?peer, "admin endpoint: TLS client gone before its request");
+            return;
+        }
+        Err(HeadError::TooLarge) => {
+            let _ = write_response(&mut t, 431, "text/plain", b"request head too large\n");
+            t.0.close();
+            return;
+        }
+        Err(HeadError::Malformed) => {
+            let _ = write_response(&mut t, 400, "text/plain", b"bad request\n");
+            t.0.close();
+            return;
+        }
+    };
+    let (status, content_type, body) = route(&req, shared);
+    let _ = if req.method == "HEAD" {
+        write_head(&mut t, status, content_type, body.len())
+    } else {
+        write_response(&mut t, status, content_type, &body)
+    };
+    t.0.close();
+    drop(slot);
+    linger_close(t.0.into_inner());
 }
 
 fn serve_connection(mut stream: TcpStream, shared: &Shared, slot: Slot) {

@@ -66,7 +66,7 @@ pub use actors::{
     ActorCounts, ActorEntry, ActorsFetchError, ActorsPage, MoveEntry, MoveTarget, ParamError,
     PlacementEntry, TypeCount, ACTOR_QUERY_PARAMS,
 };
-pub use client::{fetch, fetch_status, request, FetchError, Response};
+pub use client::{fetch, fetch_status, request, set_client_tls, FetchError, Response};
 pub use jobs::{
     encode_component, ApiError, JobView, JobsPage, JobsSummary, PauseState, JOBS_PAGE_DEFAULT,
     JOBS_PAGE_MAX,
@@ -104,17 +104,40 @@ pub struct AdminConfig {
     /// Accept a non-loopback `listen` address. Off by default: the endpoint has no
     /// authentication and its status page shows the node's internals.
     pub allow_remote: bool,
+    /// Serve HTTPS (`admin.tls`); `None` (the default): plain HTTP.
+    pub tls: Option<AdminTls>,
 }
 
 impl AdminConfig {
-    /// Loopback-only settings for `listen`.
+    /// Loopback-only, plain-HTTP settings for `listen`.
     pub fn new(listen: SocketAddr) -> AdminConfig {
         AdminConfig {
             listen,
             allow_remote: false,
+            tls: None,
         }
     }
 }
+
+/// HTTPS on the admin endpoint (`admin.tls = true`): the node's certificate of
+/// `[cluster.tls]` (reloaded with it), TLS 1.3; with `client_cert_required`, a client must
+/// present a certificate signed by the cluster's CA (`admin.client_cert_required`).
+#[derive(Debug, Clone)]
+pub struct AdminTls {
+    /// The node's TLS material (`[cluster.tls]`).
+    pub context: std::sync::Arc<quark_net::tls::TlsContext>,
+    /// Refuse clients without a certificate signed by the CA.
+    pub client_cert_required: bool,
+}
+
+impl PartialEq for AdminTls {
+    fn eq(&self, other: &AdminTls) -> bool {
+        std::sync::Arc::ptr_eq(&self.context, &other.context)
+            && self.client_cert_required == other.client_cert_required
+    }
+}
+
+impl Eq for AdminTls {}
 
 /// Why the admin endpoint did not start.
 #[derive(Debug, thiserror::Error)]
@@ -272,7 +295,7 @@ impl AdminServer {
             otlp: OnceLock::new(),
             moves: OnceLock::new(),
         });
-        let server = http::Server::start(config.listen, shared.clone())?;
+        let server = http::Server::start(config.listen, config.tls.clone(), shared.clone())?;
         tracing::info!(addr = %server.addr(), "admin endpoint listening");
         Ok(AdminServer {
             shared,

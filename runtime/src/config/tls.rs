@@ -17,6 +17,7 @@ pub(crate) struct RawTls {
     key: String,
     server_name: Option<String>,
     reload_interval_ms: Option<u64>,
+    crls: Option<Vec<String>>,
 }
 
 /// Loads the files named by `[cluster.tls]`: a missing, unreadable or invalid file fails the
@@ -45,6 +46,17 @@ pub(crate) fn tls_settings(
         PathBuf::from(raw.key),
     );
     files.server_name = raw.server_name;
+    for (i, c) in raw.crls.unwrap_or_default().into_iter().enumerate() {
+        if c.is_empty() {
+            return Err(ConfigError::Invalid {
+                file: check.file.to_path_buf(),
+                key: format!("cluster.tls.crls[{i}]"),
+                value: "\"\"".into(),
+                reason: "a path to a PEM file of a certificate revocation list",
+            });
+        }
+        files.crls.push(PathBuf::from(c));
+    }
     if let Some(v) = raw.reload_interval_ms {
         files.reload_interval = Duration::from_millis(check.range(
             "cluster.tls.reload_interval_ms",

@@ -143,6 +143,10 @@ struct Shared {
     state: Option<&'static str>,
     /// The node's lease lasts at least until then, as etcd counts it (`None`: no lease).
     valid_until: Option<Instant>,
+    /// The member set's epoch (docs/CLUSTER.md, "Concurrent joins"): the highest
+    /// `mod_revision` of the prefix's keys seen (watch events, deletions included, and full
+    /// reads); never the header's revision, which other keys of the etcd also raise.
+    epoch: u64,
 }
 
 impl Shared {
@@ -156,7 +160,7 @@ impl Shared {
             .collect();
         let mut seats: Vec<NodeId> = self.view.seats.iter().copied().collect();
         seats.extend(live.iter().map(|m| m.id));
-        h.set_members(seats, live);
+        h.set_members_at(self.epoch, seats, live);
     }
 
     /// Fences the node once its lease may have expired (checked every 20 ms by the
@@ -614,13 +618,17 @@ impl Run {
             .await?;
         let mut live = BTreeMap::new();
         let mut seats = BTreeSet::new();
+        let mut epoch = 0u64;
         for kv in got.kvs() {
+            let revision = u64::try_from(kv.mod_revision()).unwrap_or(0);
             match self.parse(kv.key(), kv.value()) {
                 Some(Key::Live(id, Some(rec))) => {
                     live.insert(id, rec);
+                    epoch = epoch.max(revision);
                 }
                 Some(Key::Seat(id)) => {
                     seats.insert(id);
+                    epoch = epoch.max(revision);
                 }
                 _ => {}
             }
@@ -630,6 +638,7 @@ impl Run {
         s.view.live = live;
         s.view.seats = seats;
         s.view.revision = self.revision;
+        s.epoch = s.epoch.max(epoch);
         s.view.resyncs += 1;
         s.publish();
         Ok(())
@@ -789,7 +798,7 @@ impl Run {
 
     fn apply(&mut self, events: &[etcd_client::Event]) {
         let mut s = lock(&self.shared);
-        let mut changed = false;
+        let (mut changed, mut bumped) = (false, false);
         for e in events {
             let Some(kv) = e.kv() else { continue };
             self.revision = self.revision.max(kv.mod_revision());
@@ -798,7 +807,17 @@ impl Run {
             } else {
                 kv.value()
             };
-            match (self.parse(kv.key(), value), e.event_type()) {
+            let parsed = self.parse(kv.key(), value);
+            if parsed.is_some() {
+                // A member key written again unchanged (a new lease) still raises the epoch
+                // that a joiner's full read would compute: published below.
+                let revision = u64::try_from(kv.mod_revision()).unwrap_or(0);
+                if revision > s.epoch {
+                    s.epoch = revision;
+                    bumped = true;
+                }
+            }
+            match (parsed, e.event_type()) {
                 (Some(Key::Live(id, Some(rec))), EventType::Put) => {
                     changed |= s.view.live.insert(id, rec.clone()).as_ref() != Some(&rec);
                 }
@@ -814,6 +833,8 @@ impl Run {
         if changed {
             tracing::info!(revision = self.revision, live = ?s.view.live.keys().collect::<Vec<_>>(),
                 "etcd: member set changed");
+        }
+        if changed || bumped {
             s.publish();
         }
     }

@@ -32,7 +32,20 @@ impl EngineHandle {
     /// members rank for movable actors as their state says, and are dialed if new; every other
     /// member is out of the movable placement. No effect on a standalone engine.
     pub fn set_members(&self, seats: Vec<quark_placement::NodeId>, live: Vec<crate::MemberUpdate>) {
-        crate::net::set_members(&self.shared, seats, live);
+        crate::net::set_members(&self.shared, 0, seats, live);
+    }
+
+    /// [`set_members`](Self::set_members) from a provider that numbers its member sets:
+    /// `epoch` is the set's revision (etcd's `mod_revision` of its last change), the same
+    /// number for the same set on every node, increasing with every change. Joins and
+    /// hand-overs carry it (docs/CLUSTER.md, "Concurrent joins"); 0 is "none".
+    pub fn set_members_at(
+        &self,
+        epoch: u64,
+        seats: Vec<quark_placement::NodeId>,
+        live: Vec<crate::MemberUpdate>,
+    ) {
+        crate::net::set_members(&self.shared, epoch, seats, live);
     }
 
     /// The split-brain fence of a dynamic membership: while `true` (the node lost its

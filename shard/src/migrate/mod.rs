@@ -243,6 +243,23 @@ pub enum MigrateError {
         /// Why.
         detail: String,
     },
+    /// The target node's member view is newer than this node's (a membership change this
+    /// node has not seen yet) and places the actor on another node, `home` (docs/CLUSTER.md,
+    /// "Concurrent joins"): the target did not take it; the actor runs on `runs_on`. A
+    /// hand-over tries again once this node's view reached `epoch`.
+    #[error("actor {actor}: node {node} did not take it: its member view (epoch {epoch}) is newer and places the actor on node {home}; the actor runs on node {runs_on}")]
+    NewerView {
+        /// The actor.
+        actor: ActorId,
+        /// The target that refused.
+        node: NodeId,
+        /// The target's view epoch.
+        epoch: u64,
+        /// The actor's home in the target's view.
+        home: NodeId,
+        /// Where it runs now.
+        runs_on: NodeId,
+    },
     /// A move to or from another node was aborted; the actor runs on `runs_on`.
     #[error("actor {actor}: the move to node {to_node} was aborted ({detail}); the actor runs on node {runs_on}")]
     NodeMoveAborted {
@@ -733,6 +750,10 @@ pub(crate) fn older(a: &str, b: &str) -> bool {
 
 /// The marker of a target's refusal for its older version (`net::migrate`).
 pub(crate) const OLDER_VERSION: &str = "quark.migrate.older-version";
+
+/// The marker of a target's refusal for its newer member view (`net::migrate`):
+/// `"{NEWER_VIEW} {epoch} {home}"`.
+pub(crate) const NEWER_VIEW: &str = "quark.member.newer-view";
 
 /// The id of this node (0 without a cluster).
 pub(crate) fn this_node(node: &NodeShared) -> NodeId {

@@ -268,7 +268,7 @@ pub(super) fn ship(
         to_node,
         &actor,
         &state,
-        &ran_on,
+        (&ran_on, crate::net::view_epoch(core)),
         timeout,
         Box::new(move |c: &Rc<Shard>, r: Arrival| arrived(c, s, ticket, r, back, v, bytes)),
     );
@@ -346,7 +346,7 @@ fn ship_log(
         to_node,
         &actor,
         &Some(state),
-        &ran_on,
+        (&ran_on, 0),
         timeout,
         Box::new(move |c: &Rc<Shard>, r: Arrival| arrived_log(c, s, ticket, r, bytes)),
     );
@@ -402,6 +402,18 @@ pub(super) fn refusal(
     detail: String,
 ) -> MigrateError {
     let actor = actor_id(&core.node, slot);
+    if let Some(rest) = detail.split(NEWER_VIEW).nth(1) {
+        let mut w = rest.split_whitespace().map(str::parse::<u64>);
+        if let (Some(Ok(epoch)), Some(Ok(home))) = (w.next(), w.next()) {
+            return MigrateError::NewerView {
+                actor,
+                node: to_node,
+                epoch,
+                home,
+                runs_on,
+            };
+        }
+    }
     if let Some(rest) = detail.split(OLDER_VERSION).nth(1) {
         let mut w = rest.split_whitespace();
         if let (Some(version), Some(ran_on)) = (w.next(), w.next()) {
@@ -488,7 +500,8 @@ pub(super) fn send_back(
         from_node,
         &actor,
         &state,
-        &ran_on,
+        // Back to where it ran: never refused for a view.
+        (&ran_on, 0),
         timeout,
         Box::new(move |c: &Rc<Shard>, r: Arrival| match r {
             Arrival::Installed(_) => {

@@ -363,11 +363,19 @@ pub(crate) fn install_typed<A: Actor>(
     }
 }
 
-/// Delivers, in arrival order, the first messages held until the node joined.
+/// Delivers, in arrival order, the first messages held until the node joined; one for an
+/// actor whose home is another node now goes on to it (`net::released_to`).
 pub(crate) fn release_held(core: &Rc<Shard>) {
     let held = std::mem::take(&mut *core.migration.held.borrow_mut());
-    for (_, r) in held {
-        r.deliver_here(core);
+    for (t, r) in held {
+        match crate::net::released_to(core, t, r.key()) {
+            Some(n) => {
+                let slot = (t, r.key().clone());
+                core.migration.directory.borrow_mut().entry(slot).node = Some(n);
+                r.forward_node(core, n);
+            }
+            None => r.deliver_here(core),
+        }
     }
 }
 

@@ -69,6 +69,13 @@ pub(crate) struct MemberView {
     /// A provider sets the member set (`set_members` was called): announcements of members
     /// not in the view add them.
     dynamic: AtomicBool,
+    /// The view's epoch (docs/CLUSTER.md, "Concurrent joins"): the provider's revision of the
+    /// member set applied last (etcd's `mod_revision`), the same number for the same member
+    /// set on every node; 0 while the provider gives none (static membership).
+    epoch: AtomicU64,
+    /// One hand-over at a time on this node: a second join's hand-over starts once the first
+    /// one's moves ended, so it sees an actor that the first sent away and got back.
+    handoffs: futures::lock::Mutex<()>,
 }
 
 /// The view now and before its last change, with their ranked members (computed once per
@@ -141,6 +148,8 @@ impl MemberView {
             fenced: AtomicBool::new(false),
             seq: AtomicU64::new(start_us.max(1)),
             dynamic: AtomicBool::new(false),
+            epoch: AtomicU64::new(0),
+            handoffs: futures::lock::Mutex::new(()),
         }
     }
 
@@ -182,10 +191,13 @@ impl MemberView {
 
     /// Replaces the member set (a dynamic membership provider): `seats` place the actors that
     /// are not movable; `live` members rank as their state says; every other known member is
-    /// `Left`. True if the view changed.
-    pub(crate) fn set_members(&self, seats: &[NodeId], live: &[MemberUpdate]) -> bool {
+    /// `Left`. `epoch` is the provider's revision of this set (0: none); the view's epoch
+    /// never goes back. True if the view changed.
+    pub(crate) fn set_members(&self, epoch: u64, seats: &[NodeId], live: &[MemberUpdate]) -> bool {
         self.dynamic.store(true, Ordering::Release);
         let mut w = self.views.write().unwrap_or_else(|p| p.into_inner());
+        // Under the write lock: a reader that sees the new epoch sees this set (or a later).
+        self.epoch.fetch_max(epoch, Ordering::AcqRel);
         let mut next = w.now.clone();
         let mut changed = false;
         for m in live {
@@ -213,6 +225,11 @@ impl MemberView {
         self.changed.store(true, Ordering::Release);
         tracing::info!(ranked = ?w.now_ranked, seats = ?w.statics, "member set changed");
         true
+    }
+
+    /// The view's epoch (0: the provider gives none).
+    pub(crate) fn epoch(&self) -> u64 {
+        self.epoch.load(Ordering::Acquire)
     }
 
     /// True while the node holds first messages of movable actors because it lost its
@@ -322,13 +339,33 @@ pub(crate) fn place_new(core: &Shard, type_idx: u16, key: &ActorKey) -> NewPlace
     }
 }
 
+/// Where a first message held until this node joined goes when released: `Some(home)` if the
+/// actor moves and its home in the view now is another node that is up (a sender whose view
+/// was older or newer than this node's at the time sent it here: never activated here, it goes
+/// on to the node every view agrees on now); `None`: here.
+pub(crate) fn released_to(core: &Shard, type_idx: u16, key: &ActorKey) -> Option<NodeId> {
+    let net = core.node.net.as_ref()?;
+    let ty = &core.node.types[usize::from(type_idx)];
+    if !ty.bytes_mover() {
+        return None;
+    }
+    let id = ActorId {
+        type_name: ty.name(),
+        key: key.clone(),
+    };
+    let v = &net.view;
+    let g = v.read();
+    let home = node_for(&id, &g.now_ranked)?;
+    (home != v.me && g.now.get(home).is_some_and(|m| m.state == MemberState::Up)).then_some(home)
+}
+
 /// Serves `quark.member.state` from another node or (one-way) from a node this client dialed.
 pub(crate) fn serve(core: &Rc<Shard>, key: ActorKey, body: &[u8], sink: ReplySink) {
     let Some(net) = core.node.net.as_ref() else {
         return;
     };
     let mine = core.node.config.app_version.clone();
-    let Ok((kind, node, version)) = <(u16, u64, String)>::from_wire(body) else {
+    let Ok((kind, node, version, epoch)) = <(u16, u64, String, u64)>::from_wire(body) else {
         return sink.send_error(
             core,
             &quark_net::RemoteError::BadPayload {
@@ -353,6 +390,11 @@ pub(crate) fn serve(core: &Rc<Shard>, key: ActorKey, body: &[u8], sink: ReplySin
                 let Some(net) = c.node.net.as_ref() else {
                     return;
                 };
+                // The joiner's view epoch: this node hands over against a view at least as new
+                // (one that has the joiner, by the provider, and every change before it).
+                if kind == JOIN {
+                    wait_epoch(&net.view, epoch, deadline).await;
+                }
                 // With a dynamic membership the provider may have ranked the node before its
                 // JOIN came (the view then has not changed here): hand over all the same.
                 let stale = seq != 0 && net.view.stale(node, seq);
@@ -362,7 +404,7 @@ pub(crate) fn serve(core: &Rc<Shard>, key: ActorKey, body: &[u8], sink: ReplySin
                     let moved = hand_off(&c, node, deadline).await;
                     tracing::info!(node, moved, "actors handed over to a joining node");
                 }
-                sink.send_value(&c, &mine);
+                sink.send_value(&c, &(mine, net.view.epoch()));
             });
             return;
         }
@@ -371,7 +413,7 @@ pub(crate) fn serve(core: &Rc<Shard>, key: ActorKey, body: &[u8], sink: ReplySin
         }
         other => tracing::warn!(shard = core.id, kind = other, "unknown member announcement"),
     }
-    sink.send_value(core, &mine);
+    sink.send_value(core, &(mine, view.epoch()));
 }
 
 /// Waits until every shard's link to `peer` is up (or `deadline`).
@@ -408,20 +450,28 @@ async fn links_up(core: &Rc<Shard>, peer: NodeId, deadline: Instant) {
     }
 }
 
-/// Moves to `to` the active movable actors of this node whose home was this node before the
-/// last change of the view and is `to` now; retries moves refused for a passing reason until
-/// `deadline`. Returns how many moved.
-async fn hand_off(core: &Rc<Shard>, to: NodeId, deadline: Instant) -> u64 {
+/// Waits until the view's epoch is at least `epoch` (or `deadline`; a provider that gives no
+/// epochs, or a sender without one, `0`, never waits).
+async fn wait_epoch(view: &MemberView, epoch: u64, deadline: Instant) {
+    if epoch == 0 || !view.dynamic.load(Ordering::Acquire) {
+        return;
+    }
+    while view.epoch() < epoch {
+        if Instant::now() >= deadline {
+            tracing::warn!(
+                epoch,
+                have = view.epoch(),
+                "member view: epoch not reached before the deadline"
+            );
+            return;
+        }
+        crate::rt::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+/// The active actors of this node whose type moves as bytes and is not pinned to a node.
+async fn active_movable(core: &Rc<Shard>) -> Vec<Item> {
     let node = core.node.clone();
-    let Some(net) = node.net.as_ref() else {
-        return 0;
-    };
-    let (now, before) = {
-        let g = net.view.read();
-        (g.now.clone(), g.before.clone())
-    };
-    let me = net.view.me;
-    let mut todo: Vec<(u16, ActorKey)> = Vec::new();
     let mut rows = Vec::new();
     for s in 0..node.shard_count() {
         let mut q = crate::engine::ActorQuery {
@@ -448,29 +498,53 @@ async fn hand_off(core: &Rc<Shard>, to: NodeId, deadline: Instant) -> u64 {
             }
         }
     }
-    {
-        for r in rows {
-            let Some(t) = node.types.iter().position(|t| t.name() == r.actor_type) else {
-                continue;
-            };
-            if !node.types[t].bytes_mover() {
-                continue;
-            }
-            let id = ActorId {
-                type_name: r.actor_type,
-                key: r.key,
-            };
-            if now.home(&id) == Some(to) && before.home(&id) == Some(me) {
-                todo.push((t as u16, id.key));
-            }
-        }
-    }
+    rows.into_iter()
+        .filter_map(|r| {
+            let t = node.types.iter().position(|t| t.name() == r.actor_type)? as u16;
+            let movable = node.types[usize::from(t)].bytes_mover()
+                && crate::migrate::fixed_node(&node, Some(t)).is_none();
+            movable.then_some((t, r.key))
+        })
+        .collect()
+}
+
+/// The home of `item` in this node's view now.
+fn home_now(core: &Shard, item: &Item) -> Option<NodeId> {
+    let net = core.node.net.as_ref()?;
+    let id = ActorId {
+        type_name: core.node.types[usize::from(item.0)].name(),
+        key: item.1.clone(),
+    };
+    net.view.home(&id, true)
+}
+
+/// Moves to `to` the active movable actors of this node whose home is `to` in the view now
+/// (the view, not its last change: a node that saw several changes at once hands over
+/// against all of them). One hand-over at a time per node (a second join's waits for the
+/// first's moves to end). A move that the target refuses because its view is newer and
+/// places the actor elsewhere (`MigrateError::NewerView`) is tried again once this node's
+/// view reached the target's epoch, to the actor's home then; moves refused for a passing
+/// reason are tried again to the home then too; both until `deadline`. Returns how many
+/// moved.
+async fn hand_off(core: &Rc<Shard>, to: NodeId, deadline: Instant) -> u64 {
+    let node = core.node.clone();
+    let Some(net) = node.net.as_ref() else {
+        return 0;
+    };
+    let _one = net.view.handoffs.lock().await;
+    let me = net.view.me;
+    let mut todo: Vec<(Item, NodeId)> = active_movable(core)
+        .await
+        .into_iter()
+        .filter(|item| home_now(core, item) == Some(to))
+        .map(|item| (item, to))
+        .collect();
     let mut moved = 0;
     loop {
-        let mut retry = Vec::new();
-        let mut inflight: VecDeque<((u16, ActorKey), oneshot::Receiver<_>)> = VecDeque::new();
-        for item in todo {
-            let rx = crate::migrate::request_node(&node, item.0, item.1.clone(), to);
+        let mut retry = Retry::default();
+        let mut inflight: VecDeque<(Item, oneshot::Receiver<_>)> = VecDeque::new();
+        for (item, target) in todo {
+            let rx = crate::migrate::request_node(&node, item.0, item.1.clone(), target);
             inflight.push_back((item, rx));
             if inflight.len() >= HANDOFF_INFLIGHT {
                 settle(&mut inflight, &mut moved, &mut retry).await;
@@ -479,33 +553,100 @@ async fn hand_off(core: &Rc<Shard>, to: NodeId, deadline: Instant) -> u64 {
         while !inflight.is_empty() {
             settle(&mut inflight, &mut moved, &mut retry).await;
         }
-        if retry.is_empty() || Instant::now() >= deadline {
-            if !retry.is_empty() {
-                tracing::warn!(node = to, left = retry.len(), "hand-over: deadline passed");
+        if retry.items.is_empty() || Instant::now() >= deadline {
+            if !retry.items.is_empty() {
+                tracing::warn!(
+                    node = to,
+                    left = retry.items.len(),
+                    "hand-over: deadline passed"
+                );
             }
             return moved;
         }
-        crate::rt::sleep(Duration::from_millis(5)).await;
-        todo = retry;
+        if retry.epoch > 0 {
+            wait_epoch(&net.view, retry.epoch, deadline).await;
+        } else {
+            crate::rt::sleep(Duration::from_millis(5)).await;
+        }
+        todo = retry
+            .items
+            .into_iter()
+            .filter_map(|item| {
+                let home = home_now(core, &item)?;
+                (home != me).then_some((item, home))
+            })
+            .collect();
     }
 }
 
 type Item = (u16, ActorKey);
 
+/// The moves of a hand-over round to try again, and the newest epoch a target refused with.
+#[derive(Default)]
+struct Retry {
+    items: Vec<Item>,
+    epoch: u64,
+}
+
 async fn settle(
     inflight: &mut VecDeque<(Item, oneshot::Receiver<Result<crate::Moved, MigrateError>>)>,
     moved: &mut u64,
-    retry: &mut Vec<Item>,
+    retry: &mut Retry,
 ) {
     let Some((item, rx)) = inflight.pop_front() else {
         return;
     };
     match rx.await {
         Ok(Ok(_)) => *moved += 1,
-        Ok(Err(e)) if e.is_transient() => retry.push(item),
+        Ok(Err(e @ MigrateError::NewerView { .. })) => {
+            tracing::info!(error = %e, "hand-over: the target's view is newer; trying again");
+            if let MigrateError::NewerView { epoch, .. } = e {
+                retry.epoch = retry.epoch.max(epoch);
+            }
+            retry.items.push(item);
+        }
+        Ok(Err(e)) if e.is_transient() => retry.items.push(item),
         Ok(Err(e)) => tracing::warn!(error = %e, "hand-over: actor not moved"),
         Err(_) => {}
     }
+}
+
+/// Whether this node takes a movable actor whose state a peer sends it (`quark.migrate.arrive`
+/// of a state as bytes), the peer's view being at `epoch`: refused when this node's view is
+/// newer and places the actor on another node (it learned of a join the sender has not seen
+/// yet; the sender tries again against the newer view). `Err((epoch, home))`: this node's
+/// epoch and the actor's home in its view. Checked on the actor's shard just before the
+/// state is installed, so a hand-over that lists this shard's actors after the view changed
+/// sees every state taken under the older view.
+pub(crate) fn admit_arrival(core: &Shard, id: &ActorId, epoch: u64) -> Result<(), (u64, NodeId)> {
+    match core.node.net.as_ref() {
+        Some(net) => net.view.admit_arrival(id, epoch),
+        None => Ok(()),
+    }
+}
+
+impl MemberView {
+    /// [`admit_arrival`]'s rule on this view.
+    fn admit_arrival(&self, id: &ActorId, epoch: u64) -> Result<(), (u64, NodeId)> {
+        if epoch == 0 || !self.dynamic.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        // The epoch read under the lock matches the set read with it (`set_members`).
+        let g = self.read();
+        let mine = self.epoch();
+        if mine <= epoch {
+            return Ok(());
+        }
+        match node_for(id, &g.now_ranked) {
+            Some(home) if home != self.me => Err((mine, home)),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// This node's view epoch (0 without a cluster or without epochs): what its hand-overs carry.
+pub(crate) fn view_epoch(core: &Shard) -> u64 {
+    core.node.net.as_ref().map_or(0, |n| n.view.epoch())
 }
 
 /// Writes a one-way `quark.member.state` on every connection this shard accepted.
@@ -528,8 +669,17 @@ pub(crate) fn tell_wire(core: &Shard, wire: &super::conn::Outbound, kind: u16) {
     if wire.is_closed() {
         return;
     }
-    let body = (kind, net.cfg.node_id, core.node.config.app_version.clone());
-    let seq = core.node.net.as_ref().map_or(0, |n| n.view.next_seq());
+    let (seq, epoch) = core
+        .node
+        .net
+        .as_ref()
+        .map_or((0, 0), |n| (n.view.next_seq(), n.view.epoch()));
+    let body = (
+        kind,
+        net.cfg.node_id,
+        core.node.config.app_version.clone(),
+        epoch,
+    );
     let key = ActorKey::U64(seq);
     let env = RequestEnvelope::new("", wire_key(&key), STATE, 0);
     let head = FrameHead {
@@ -558,26 +708,37 @@ pub(crate) fn greet(core: &Shard, wire: &super::conn::Outbound) {
     }
 }
 
-/// Sends `quark.member.state` of `kind` to every peer on this shard's links; the receiver gets
-/// the answers (`(peer, Some(its version))`, or `None` for a peer that could not be reached
-/// or did not answer within `timeout`).
+/// A peer's answer to `quark.member.state`: its `app_version` and view epoch.
+type Answer = (String, u64);
+
+/// Sends `quark.member.state` of `kind` to every peer on this shard's links but `skip`; the
+/// receiver gets the answers (`(peer, Some((its version, its view epoch)))`, or `None` for a
+/// peer that could not be reached or did not answer within `timeout`).
 fn ask_peers(
     core: &Rc<Shard>,
     kind: u16,
     timeout: Duration,
-) -> Vec<(NodeId, oneshot::Receiver<Option<String>>)> {
+    skip: &[NodeId],
+) -> Vec<(NodeId, oneshot::Receiver<Option<Answer>>)> {
     let Some(net) = core.net.as_ref() else {
         return Vec::new();
     };
-    let body = (kind, net.cfg.node_id, core.node.config.app_version.clone());
+    let epoch = core.node.net.as_ref().map_or(0, |n| n.view.epoch());
+    let body = (
+        kind,
+        net.cfg.node_id,
+        core.node.config.app_version.clone(),
+        epoch,
+    );
     let mut peers: Vec<NodeId> = net.links.keys();
+    peers.retain(|p| !skip.contains(p));
     peers.sort_unstable();
     let mut out = Vec::new();
     for p in peers {
         let (tx, rx) = oneshot::channel();
         let on = move |_: &Rc<Shard>, o: SysOutcome| {
             let v = match o {
-                SysOutcome::Value(b) => String::from_wire(&b).ok(),
+                SysOutcome::Value(b) => <(String, u64)>::from_wire(&b).ok(),
                 SysOutcome::Refused(_) | SysOutcome::Unknown(_) => None,
             };
             let _ = tx.send(v);
@@ -587,9 +748,9 @@ fn ask_peers(
             on,
         });
         let key = ActorKey::U64(core.node.net.as_ref().map_or(0, |n| n.view.next_seq()));
-        if send_request(core, p, "", &key, STATE, &body, timeout, Some(waiter)).is_ok() {
-            out.push((p, rx));
-        }
+        // Not sent (no connection): its receiver answers `Canceled` at once.
+        let _ = send_request(core, p, "", &key, STATE, &body, timeout, Some(waiter));
+        out.push((p, rx));
     }
     out
 }
@@ -604,12 +765,39 @@ pub(crate) async fn join(core: Rc<Shard>) {
     if !net.view.joined() {
         let timeout = core.node.config.shutdown_timeout;
         let started = Instant::now();
+        let deadline = started + timeout;
         let mut reached = Vec::new();
-        for (peer, rx) in ask_peers(&core, JOIN, timeout) {
-            if let Ok(Some(version)) = rx.await {
-                net.view.update(peer, MemberState::Up, Some(&version));
-                reached.push(peer);
+        let mut asked = Vec::new();
+        // Until every member of this node's view was asked: a peer answers with its view
+        // epoch, and this node's view then waits to be at least as new (it may name members
+        // this node had not seen, asked in the next round), so that it places nothing on
+        // this node that a peer's view placed elsewhere when it answered.
+        loop {
+            let mut epoch = 0;
+            for (peer, rx) in ask_peers(&core, JOIN, timeout, &asked) {
+                asked.push(peer);
+                if let Ok(Some((version, e))) = rx.await {
+                    net.view.update(peer, MemberState::Up, Some(&version));
+                    reached.push(peer);
+                    epoch = epoch.max(e);
+                }
             }
+            wait_epoch(&net.view, epoch, deadline).await;
+            let unasked: Vec<NodeId> = net
+                .view
+                .now()
+                .members()
+                .iter()
+                .filter(|m| m.id != net.view.me && m.state != MemberState::Left)
+                .map(|m| m.id)
+                .filter(|id| !asked.contains(id))
+                .collect();
+            if unasked.is_empty() || Instant::now() >= deadline {
+                break;
+            }
+            // Its links are added before the view changes (`set_members`): on this shard's
+            // ring, behind this task's wake-up at the latest.
+            crate::rt::sleep(Duration::from_millis(2)).await;
         }
         tracing::info!(
             shard = core.id,
@@ -645,7 +833,7 @@ pub(crate) fn announce_blocking(node: &Arc<NodeShared>, kind: u16, timeout: Dura
     node.inject(
         0,
         CrossMsg::run_on(move |c| {
-            let asks = ask_peers(c, kind, timeout);
+            let asks = ask_peers(c, kind, timeout, &[]);
             c.sched.spawn(async move {
                 for (_, rx) in asks {
                     let _ = rx.await;
@@ -691,7 +879,12 @@ pub(crate) fn gone_cause(
 /// Applies a dynamic membership's member set on this node (`EngineHandle::set_members`): the
 /// view (placement), then every shard's links (a new member is dialed; a changed address is
 /// used at the next dial). A member that joined asks for its hand-over itself (`JOIN`).
-pub(crate) fn set_members(node: &Arc<NodeShared>, seats: Vec<NodeId>, live: Vec<MemberUpdate>) {
+pub(crate) fn set_members(
+    node: &Arc<NodeShared>,
+    epoch: u64,
+    seats: Vec<NodeId>,
+    live: Vec<MemberUpdate>,
+) {
     let Some(net) = node.net.as_ref() else { return };
     let addrs: Vec<(NodeId, std::net::SocketAddr)> = live.iter().map(|m| (m.id, m.addr)).collect();
     for s in 0..node.shard_count() {
@@ -705,7 +898,7 @@ pub(crate) fn set_members(node: &Arc<NodeShared>, seats: Vec<NodeId>, live: Vec<
             }),
         );
     }
-    net.view.set_members(&seats, &live);
+    net.view.set_members(epoch, &seats, &live);
 }
 
 /// Sets the split-brain fence (`EngineHandle::set_fenced`): while set, first messages of
@@ -766,6 +959,45 @@ mod tests {
     }
 
     #[test]
+    fn a_newer_view_refuses_a_hand_over_it_places_elsewhere() {
+        let addr: std::net::SocketAddr = "127.0.0.1:1".parse().expect("a literal address");
+        let up = |id| MemberUpdate {
+            id,
+            addr,
+            state: MemberState::Up,
+            app_version: String::new(),
+            zone: String::new(),
+        };
+        // Node 3's view: nodes 1..3 at epoch 10, then node 4 joined at epoch 12.
+        let v = MemberView::new(3, vec![3], "", true);
+        assert!(v.set_members(10, &[1, 2, 3], &[up(1), up(2), up(3)]));
+        let id = |k| ActorId::new("t", ActorKey::U64(k));
+        // An actor homed on 3 with nodes 1..3 and on 4 once 4 joined.
+        let k = (0..1000)
+            .find(|&k| {
+                node_for(&id(k), &[1, 2, 3]) == Some(3)
+                    && node_for(&id(k), &[1, 2, 3, 4]) == Some(4)
+            })
+            .expect("such an id");
+        assert_eq!(v.admit_arrival(&id(k), 10), Ok(()), "same view: taken");
+        assert!(v.set_members(12, &[1, 2, 3, 4], &[up(1), up(2), up(3), up(4)]));
+        assert_eq!(v.epoch(), 12);
+        // A sender at epoch 10 (it has not seen node 4): refused, naming the home.
+        assert_eq!(v.admit_arrival(&id(k), 10), Err((12, 4)));
+        // A sender that saw node 4 (its view places the actor here), or without epochs: taken.
+        assert_eq!(v.admit_arrival(&id(k), 12), Ok(()));
+        assert_eq!(v.admit_arrival(&id(k), 0), Ok(()));
+        // An actor whose home is this node in the newer view: taken from an older sender.
+        let mine = (0..1000)
+            .find(|&k| node_for(&id(k), &[1, 2, 3, 4]) == Some(3))
+            .expect("such an id");
+        assert_eq!(v.admit_arrival(&id(mine), 10), Ok(()));
+        // The epoch never goes back.
+        v.set_members(11, &[1, 2, 3, 4], &[up(1), up(2), up(3), up(4)]);
+        assert_eq!(v.epoch(), 12);
+    }
+
+    #[test]
     fn a_dynamic_member_set_places_and_removes() {
         let addr: std::net::SocketAddr = "127.0.0.1:1".parse().expect("a literal address");
         let up = |id| MemberUpdate {
@@ -776,14 +1008,14 @@ mod tests {
             zone: format!("z{id}"),
         };
         let v = MemberView::new(1, vec![1], "", true);
-        assert!(v.set_members(&[1, 2], &[up(1), up(2)]));
+        assert!(v.set_members(0, &[1, 2], &[up(1), up(2)]));
         assert_eq!(v.now().zone(2), Some("z2"), "the zone label is in the view");
         assert_eq!(v.now().get(2).and_then(|m| m.addr), Some(addr));
         let id = |k| ActorId::new("t", ActorKey::U64(k));
         assert!((0..200).any(|k| v.home(&id(k), true) == Some(2)));
         // Node 2's lease expired: out of the movable placement, still the seat of its actors
         // that are not movable (their state is on its disk).
-        assert!(v.set_members(&[1, 2], &[up(1)]));
+        assert!(v.set_members(0, &[1, 2], &[up(1)]));
         assert_eq!(v.now().get(2).map(|m| m.state), Some(MemberState::Left));
         assert!((0..200).all(|k| v.home(&id(k), true) == Some(1)));
         assert!((0..200).any(|k| v.home(&id(k), false) == Some(2)));

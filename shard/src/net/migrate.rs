@@ -8,8 +8,9 @@
 //! requests, and the pause body is a `u64` (the deadline in ms). The replies are
 //! `(Option<Vec<u8>>, String)` (pause: the state and the place's `app_version`) and
 //! `Option<String>` (arrive: `Some` = rehydrate failed there). The arrive body is
-//! `(Option<Vec<u8>>, String)`: the state and the version it ran on; a target of an older
-//! version refuses it.
+//! `(Option<Vec<u8>>, String, u64)` (protocol 5): the state, the version it ran on and the
+//! sender's member view epoch (0: none); a target of an older version refuses it, and so does
+//! a target whose view is newer and places the actor elsewhere (`members::admit_arrival`).
 
 use std::rc::Rc;
 use std::sync::Arc;
@@ -190,13 +191,14 @@ pub(crate) fn send_pause(
     )
 }
 
-/// Sends `actor`'s state to `node` to install; `on` gets the answer.
+/// Sends `actor`'s state to `node` to install, with the version it ran on and this node's
+/// member view epoch (`(ran_on, epoch)`; 0: never refused for a view); `on` gets the answer.
 pub(crate) fn send_arrive(
     core: &Rc<Shard>,
     node: NodeId,
     actor: &ActorId,
     state: &Option<Vec<u8>>,
-    ran_on: &str,
+    (ran_on, epoch): (&str, u64),
     timeout: Duration,
     on: OnArrival,
 ) -> Result<(), String> {
@@ -217,7 +219,7 @@ pub(crate) fn send_arrive(
         actor.type_name,
         &actor.key,
         ARRIVE,
-        &(state.clone(), ran_on.to_owned()),
+        &(state.clone(), ran_on.to_owned(), epoch),
         timeout,
         Some(Box::new(SysReply {
             node: core.node.clone(),
@@ -312,7 +314,8 @@ pub(crate) fn serve(
             }
         }
         ARRIVE => {
-            let Ok((state, ran_on)) = <(Option<Vec<u8>>, String)>::from_wire(body) else {
+            let Ok((state, ran_on, epoch)) = <(Option<Vec<u8>>, String, u64)>::from_wire(body)
+            else {
                 return refuse(sink, "bad arrive request".into());
             };
             let mine = &node.config.app_version;
@@ -327,6 +330,15 @@ pub(crate) fn serve(
                     Err(MigrateError::RehydrateFailed { detail, .. }) => {
                         sink.send_value(c, &Some(detail))
                     }
+                    Err(MigrateError::NewerView { epoch, home, .. }) => {
+                        let marker = crate::migrate::NEWER_VIEW;
+                        sink.send_error(
+                            c,
+                            &RemoteError::ActivationFailed {
+                                detail: format!("{marker} {epoch} {home}"),
+                            },
+                        )
+                    }
                     Err(e) => sink.send_error(
                         c,
                         &RemoteError::ActivationFailed {
@@ -338,6 +350,18 @@ pub(crate) fn serve(
             let home = core.id;
             let install = move |x: &Rc<Shard>| {
                 if !log {
+                    // On the actor's shard, just before it is installed (see `admit_arrival`).
+                    if let Err((mine, at)) = super::members::admit_arrival(x, &id, epoch) {
+                        let here = crate::migrate::this_node(&x.node);
+                        let e = MigrateError::NewerView {
+                            actor: id,
+                            node: here,
+                            epoch: mine,
+                            home: at,
+                            runs_on: here,
+                        };
+                        return installed(x, slot, home, ticket, Err(e));
+                    }
                     let r = x
                         .tables
                         .erased(slot.0)

@@ -29,7 +29,7 @@ use crate::shard::Shard;
 pub(crate) use conn::{close_all, start, Link};
 pub use members::MemberUpdate;
 pub(crate) use members::{announce_blocking, place_new, MemberView, NewPlace, DRAINING, LEFT};
-pub(crate) use members::{set_fenced, set_members};
+pub(crate) use members::{released_to, set_fenced, set_members, view_epoch};
 pub(crate) use migrate::{forward_node, send_arrive, send_pause};
 pub(crate) use remote::{ask_remote, tell_remote, tell_remote_now};
 
