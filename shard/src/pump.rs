@@ -101,6 +101,11 @@ struct Pump {
     /// (a pump about to park submits them in its park anyway).
     kick_seen: bool,
     has_net: bool,
+    /// Park on the doorbell's futex, outside the executor ([`Pump::park_futex`]): the shard
+    /// has no I/O of its own (no log, no network) and runs on the real clock.
+    futex_park: bool,
+    /// The thread's timer slack was set for futex parks.
+    slack_set: bool,
     phase_seen: Phase,
     reported: Phase,
     next_deactivate_push: Instant,
@@ -117,10 +122,14 @@ impl Pump {
                 None
             }
         };
+        let futex_park =
+            shard.net.is_none() && shard.log.is_none() && shard.node.config.clock.is_real();
         Pump {
             alarm,
             idle_spin: shard.node.config.idle_spin,
             has_net: shard.net.is_some(),
+            futex_park,
+            slack_set: false,
             shard,
             bell,
             events,
@@ -305,6 +314,10 @@ impl Pump {
 
     /// Parks until the doorbell rings, a local event pokes the pump, or its next deadline.
     async fn park(&mut self) {
+        if self.futex_park {
+            self.park_futex();
+            return;
+        }
         let shard = self.shard.clone();
         // Announce the park, then re-check everything a waker could have changed. Queued
         // network writes are submitted by the park's own wait.
@@ -340,6 +353,50 @@ impl Pump {
         }
         self.my_bell().disarm();
         shard.signal.unpark();
+    }
+
+    /// [`Self::park`] for a shard with no I/O of its own (`futex_park`): the thread blocks on
+    /// its doorbell's futex until a ring or its next deadline, outside the executor. A ring
+    /// is then one futex wake and the park one futex wait, with no eventfd, no io_uring
+    /// completion to reap, no timerfd to arm, and no trip through the executor's run loop
+    /// (issue 22: the parked cross-core ask). Nothing else can need the thread meanwhile:
+    /// local pokes come from this thread, other threads ring the bell, and there is no
+    /// executor I/O or timer to wait for.
+    fn park_futex(&mut self) {
+        let shard = self.shard.clone();
+        if !self.slack_set {
+            // A futex timeout is subject to the thread's timer slack (50 µs by default);
+            // the timerfd it replaces had none, and sub-millisecond deadlines rely on that.
+            // SAFETY: prctl with integer arguments only, on the calling thread.
+            unsafe { libc::prctl(libc::PR_SET_TIMERSLACK, 1 as libc::c_ulong, 0, 0, 0) };
+            self.slack_set = true;
+        }
+        let bell = &shard.node.shards[usize::from(shard.id)].bell;
+        bell.futex_prepare();
+        bell.arm();
+        // The node's phase too: `set_phase` stores it and then rings (the other side of this
+        // Dekker pair); the executor's park instead finds its unconditional eventfd write.
+        let woken = shard.has_inbound()
+            || shard.cross.is_dirty()
+            || shard.signal.poked()
+            || shard.sched.has_ready()
+            || shard.node.phase() != self.phase_seen;
+        if !woken {
+            let deadline = shard.next_deadline(self.next_idle_sweep);
+            add(&shard.stats.parks, 1);
+            let why = if bell.futex_wait(deadline) {
+                crate::stats::WAKE_DOORBELL
+            } else {
+                crate::stats::WAKE_TIMER
+            };
+            add(&shard.stats.wakeups[why], 1);
+            self.idle_since = None;
+            self.since_reap = 0;
+            self.last_reap = Instant::now();
+        }
+        bell.disarm();
+        bell.futex_done();
+        shard.signal.take_poke();
     }
 
     /// One trip through the executor's wait: ring our own bell and park on it, so the executor
