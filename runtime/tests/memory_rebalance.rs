@@ -9,10 +9,10 @@
 use std::alloc::System;
 use std::time::{Duration, Instant};
 
-use quark::memory::{Level, MEMORY_FULL_PLACE};
+use quark::memory::Level;
 use quark::{
     Actor, ActorId, ActorType, CallError, Context, CountingAlloc, Handler, MemoryConfig, Message,
-    Node, NodeConfig, ShardSpec,
+    Node, NodeConfig, OverloadCause, ShardSpec,
 };
 
 #[global_allocator]
@@ -205,7 +205,13 @@ fn a_shard_at_reject_refuses_new_activations_until_memory_is_freed() {
         }
     };
     assert!(
-        matches!(&err, CallError::Full { place, .. } if *place == MEMORY_FULL_PLACE),
+        matches!(
+            &err,
+            CallError::Overloaded {
+                cause: OverloadCause::Memory,
+                ..
+            }
+        ),
         "{err}"
     );
     let r = node.memory().expect("memory");
@@ -395,7 +401,13 @@ fn with_no_room_on_the_node_migratable_actors_move_to_the_peer() {
         // A shard at reject refuses new activations: those keys stay empty.
         if let Err(e) = n {
             assert!(
-                matches!(&e, CallError::Full { place, .. } if *place == MEMORY_FULL_PLACE),
+                matches!(
+                    &e,
+                    CallError::Overloaded {
+                        cause: OverloadCause::Memory,
+                        ..
+                    }
+                ),
                 "{e}"
             );
         }

@@ -237,6 +237,7 @@ mod tests {
             top: vec![],
             per_type: vec![],
             leaks: vec![],
+            deactivations: 0,
             moves: 5,
             node_moves: 2,
             move_failures: 0,
