@@ -9,10 +9,11 @@
 use std::alloc::System;
 use std::time::{Duration, Instant};
 
+use quark::journal::{EventSourced, JournalEvent, JournalPolicy, Persist, PersistError};
 use quark::memory::Level;
 use quark::{
-    Actor, ActorId, ActorType, CallError, Context, CountingAlloc, Handler, MemoryConfig, Message,
-    Node, NodeConfig, OverloadCause, ShardSpec,
+    Actor, ActorId, ActorKey, ActorType, CallError, Context, CountingAlloc, Handler, MemoryConfig,
+    Message, Node, NodeConfig, OverloadCause, ShardSpec,
 };
 
 #[global_allocator]
@@ -448,4 +449,169 @@ fn with_no_room_on_the_node_migratable_actors_move_to_the_peer() {
     );
     n2.shutdown();
     n1.shutdown();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Idle durable actors are deactivated, not moved.
+
+/// A journaled actor whose state is large: `total` bytes of buffer, rebuilt from small
+/// events (`Added(n)`) at each activation.
+#[derive(Default)]
+struct Ledger {
+    total: u64,
+    buf: Vec<u8>,
+}
+impl Actor for Ledger {
+    const TYPE_NAME: &'static str = "ledger";
+}
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+struct Added(u64);
+impl JournalEvent for Added {
+    fn type_name(&self) -> &'static str {
+        "Added"
+    }
+}
+/// Activations built per key (`initial` runs once per activation without a snapshot).
+static BUILT: std::sync::Mutex<Vec<(ActorKey, u32)>> = std::sync::Mutex::new(Vec::new());
+impl EventSourced for Ledger {
+    type Event = Added;
+    type Snapshot = u64;
+    fn initial(key: &ActorKey) -> Self {
+        let mut b = BUILT.lock().unwrap_or_else(|e| e.into_inner());
+        match b.iter_mut().find(|(k, _)| k == key) {
+            Some((_, n)) => *n += 1,
+            None => b.push((key.clone(), 1)),
+        }
+        Ledger::default()
+    }
+    fn apply(&mut self, e: &Added) {
+        self.total += e.0;
+        self.buf.resize(self.total as usize, 7);
+    }
+    fn snapshot(&self) -> u64 {
+        self.total
+    }
+    fn restore(_: &ActorKey, total: u64) -> Self {
+        Ledger {
+            total,
+            buf: vec![7; total as usize],
+        }
+    }
+}
+struct Add(u64);
+impl Message for Add {
+    type Reply = Result<u64, PersistError>;
+}
+impl Handler<Add> for Ledger {
+    async fn handle(&mut self, m: Add, ctx: &Context<Self>) -> Result<u64, PersistError> {
+        Ok(ctx.persist(self, [Added(m.0)]).await?.version)
+    }
+}
+struct Total;
+impl Message for Total {
+    type Reply = (u64, usize, bool);
+}
+impl Handler<Total> for Ledger {
+    async fn handle(&mut self, _: Total, _: &Context<Self>) -> (u64, usize, bool) {
+        (self.total, self.buf.len(), self.buf.iter().all(|b| *b == 7))
+    }
+}
+
+fn built(key: u64) -> u32 {
+    let key = ActorKey::from(key);
+    BUILT
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .iter()
+        .find(|(k, _)| *k == key)
+        .map_or(0, |(_, n)| *n)
+}
+
+#[test]
+fn idle_durable_actors_are_deactivated_not_moved_and_answer_with_their_saved_state() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // Shard limit 64 MiB: warning 32, critical ~38; the type is not movable, so only
+    // deactivations can free shard 0.
+    let text = format!(
+        "[node]\nshards = 2\n[log]\ndata_dir = {:?}\n[memory]\nshard_limit_bytes = 67108864\n\
+         warning = 0.5\ncritical = 0.6\nreject = 0.99\nsample_interval_ms = 50\n\
+         durable_idle_ms = 200\ndeactivate_idle_durable = true\nleak_samples = 0\n",
+        dir.path().to_str().expect("utf-8 path")
+    );
+    let config = NodeConfig::from_toml(&text, "test.toml").expect("config");
+    assert!(
+        config.memory.as_ref().is_some_and(
+            |m| m.deactivate_idle_durable && m.durable_idle == Duration::from_millis(200)
+        )
+    );
+    let node = Node::builder()
+        .config(config)
+        .register_journaled::<Ledger>(JournalPolicy::default())
+        .start()
+        .expect("node starts");
+    let ledger = |k: u64| ActorId::new("ledger", k);
+    let keys: Vec<u64> = (0u64..)
+        .filter(|k| node.placement(&ledger(*k)).expect("placement").home == 0)
+        .take(20)
+        .collect();
+    // 20 actors of 2 MiB each (in 4 events of 512 KiB): 40 MiB on shard 0, over critical.
+    for k in &keys {
+        for _ in 0..4 {
+            quark::block_on(node.actor_ref::<Ledger>(*k).ask(Add(512 << 10)))
+                .expect("ask")
+                .expect("persisted");
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let r = loop {
+        let r = node.memory().expect("memory");
+        if r.deactivations > 0 && r.shards[0].level < Level::Critical {
+            break r;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "shard 0 not freed within 10 s: {} bytes ({:?}), {} deactivations, {} moves",
+            r.shards[0].memory.shard_bytes,
+            r.shards[0].level,
+            r.deactivations,
+            r.moves
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    eprintln!(
+        "shard 0: {} MiB after {} deactivations (other bytes {} MiB)",
+        r.shards[0].memory.shard_bytes / MIB,
+        r.deactivations,
+        r.shards[0].memory.other_bytes / MIB
+    );
+    assert_eq!(r.moves, 0, "nothing moved");
+    assert_eq!(r.move_failures, 0);
+    let dropped: Vec<u64> = r
+        .recent_moves
+        .iter()
+        .inspect(|m| assert!(m.deactivated && m.from == 0 && m.to_node.is_none(), "{m:?}"))
+        .filter_map(|m| keys.iter().copied().find(|k| ledger(*k) == m.actor))
+        .collect();
+    assert_eq!(
+        dropped.len() as u64,
+        r.deactivations,
+        "{:?}",
+        r.recent_moves
+    );
+    // Every actor answers with its state; the deactivated ones were built again from the log.
+    for k in &keys {
+        let (total, len, intact) =
+            quark::block_on(node.actor_ref::<Ledger>(*k).ask(Total)).expect("total");
+        assert_eq!((total, len as u64, intact), (2 * MIB, 2 * MIB, true), "{k}");
+        let placement = node.placement(&ledger(*k)).expect("placement");
+        assert_eq!(placement.shard, 0, "{k} stayed on its shard");
+    }
+    for k in &dropped {
+        assert_eq!(
+            built(*k),
+            2,
+            "{k}: deactivated once, activated again from its log"
+        );
+    }
+    node.shutdown();
 }
