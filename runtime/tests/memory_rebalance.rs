@@ -337,11 +337,23 @@ impl Handler<BagFill> for Bag {
 }
 
 fn cluster_node(id: u64, nodes_toml: &str, memory: &str) -> Node {
+    cluster_node_of(id, nodes_toml, memory, true)
+}
+
+fn cluster_node_of(id: u64, nodes_toml: &str, memory: &str, movable: bool) -> Node {
     let text = format!(
         "[node]\nshards = 2\npin_threads = false\nidle_spin_us = 0\n\
          [cluster]\ncluster_id = \"mem\"\nnode_id = {id}\n{nodes_toml}{memory}"
     );
     let config = NodeConfig::from_toml(&text, "mem.toml").expect("config");
+    if !movable {
+        return Node::builder()
+            .config(config)
+            .register(ActorType::new(|_| Bag { data: Vec::new() }))
+            .remote::<Bag, BagFill>()
+            .start()
+            .expect("node starts");
+    }
     Node::builder()
         .config(config)
         .register(ActorType::new(|_| Bag { data: Vec::new() }).migratable(
@@ -614,4 +626,64 @@ fn idle_durable_actors_are_deactivated_not_moved_and_answer_with_their_saved_sta
         );
     }
     node.shutdown();
+}
+
+/// A refusal crosses nodes as itself: a caller on node 2 gets `CallError::Overloaded { cause:
+/// Memory }` for an actor whose shard on node 1 is at its reject threshold (wire code 6).
+#[test]
+fn a_memory_refusal_reaches_a_caller_on_another_node_as_overloaded() {
+    let addrs = ports::free_addrs(2);
+    let mut nodes_toml = String::new();
+    for (i, a) in addrs.iter().enumerate() {
+        nodes_toml.push_str(&format!(
+            "[[cluster.nodes]]\nid = {}\naddr = \"{a}\"\n",
+            i + 1
+        ));
+    }
+    // Node 1: 16 MiB per shard, actors that cannot move; shard 0 filled to reject.
+    let n1 = cluster_node_of(
+        1,
+        &nodes_toml,
+        "[memory]\nshard_limit_bytes = 16777216\nsample_interval_ms = 20\nleak_samples = 0\n",
+        false,
+    );
+    let n2 = cluster_node_of(2, &nodes_toml, "", false);
+    let bag = |k: u64| ActorId::new("mem-bag", k);
+    let homed_on_1: Vec<u64> = (0..100_000u64)
+        .filter(|k| n2.actor_ref::<Bag>(*k).remote_node() == Some(1))
+        .take(400)
+        .collect();
+    let on = |shard: u16| -> Vec<u64> {
+        homed_on_1
+            .iter()
+            .copied()
+            .filter(|k| n1.placement(&bag(*k)).expect("placement").home == shard)
+            .collect()
+    };
+    let on_0 = on(0);
+    let end = Instant::now() + Duration::from_secs(20);
+    while quark::block_on(n2.actor_ref::<Bag>(on_0[0]).ask(BagFill(0))).is_err() {
+        assert!(Instant::now() < end, "node 1 never answered node 2");
+        std::thread::yield_now();
+    }
+    for k in &on_0[..8] {
+        // The last fills may already be refused (the shard crossed reject).
+        if let Err(e) = quark::block_on(n1.actor_ref::<Bag>(*k).ask(BagFill(2 * MIB))) {
+            assert!(matches!(e, CallError::Overloaded { .. }), "{e}");
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !n1.memory().expect("memory").shards[0].refusing {
+        assert!(Instant::now() < deadline, "shard 0 of node 1 never refused");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let fresh = on_0[100];
+    let err =
+        quark::block_on(n2.actor_ref::<Bag>(fresh).ask(BagFill(1))).expect_err("refused on node 1");
+    assert!(
+        matches!(&err, CallError::Overloaded { actor, cause: OverloadCause::Memory } if *actor == bag(fresh)),
+        "{err:?}"
+    );
+    n2.shutdown();
+    n1.shutdown();
 }
