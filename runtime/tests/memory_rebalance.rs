@@ -574,7 +574,8 @@ fn idle_durable_actors_are_deactivated_not_moved_and_answer_with_their_saved_sta
                 .expect("persisted");
         }
     }
-    let deadline = Instant::now() + Duration::from_secs(10);
+    let filled = Instant::now();
+    let deadline = filled + Duration::from_secs(10);
     let r = loop {
         let r = node.memory().expect("memory");
         if r.deactivations > 0 && r.shards[0].level < Level::Critical {
@@ -591,7 +592,8 @@ fn idle_durable_actors_are_deactivated_not_moved_and_answer_with_their_saved_sta
         std::thread::sleep(Duration::from_millis(10));
     };
     eprintln!(
-        "shard 0: {} MiB after {} deactivations (other bytes {} MiB)",
+        "shard 0: under critical {:?} after the fills ended (durable_idle_ms 200), {} MiB after {} deactivations (other bytes {} MiB)",
+        filled.elapsed(),
         r.shards[0].memory.shard_bytes / MIB,
         r.deactivations,
         r.shards[0].memory.other_bytes / MIB
