@@ -630,10 +630,10 @@ fn idle_durable_actors_are_deactivated_not_moved_and_answer_with_their_saved_sta
     node.shutdown();
 }
 
-/// A refusal crosses nodes as itself: a caller on node 2 gets `CallError::Overloaded { cause:
+/// A refusal crosses nodes as itself: a caller on node 2 (or a client) gets `CallError::Overloaded { cause:
 /// Memory }` for an actor whose shard on node 1 is at its reject threshold (wire code 6).
 #[test]
-fn a_memory_refusal_reaches_a_caller_on_another_node_as_overloaded() {
+fn a_memory_refusal_reaches_a_caller_on_another_node_or_a_client_as_overloaded() {
     let addrs = ports::free_addrs(2);
     let mut nodes_toml = String::new();
     for (i, a) in addrs.iter().enumerate() {
@@ -686,6 +686,21 @@ fn a_memory_refusal_reaches_a_caller_on_another_node_as_overloaded() {
         matches!(&err, CallError::Overloaded { actor, cause: OverloadCause::Memory } if *actor == bag(fresh)),
         "{err:?}"
     );
+    // And a client's caller too (a `quark::Client` is an engine of its own).
+    let client = quark::Client::builder()
+        .cluster_id("mem")
+        .node(1, addrs[0])
+        .message::<BagFill>()
+        .connect()
+        .expect("client connects");
+    let fresh = on_0[101];
+    let err = quark::block_on(client.actor_ref::<Bag>(fresh).ask(BagFill(1)))
+        .expect_err("refused on node 1");
+    assert!(
+        matches!(&err, CallError::Overloaded { actor, cause: OverloadCause::Memory } if *actor == bag(fresh)),
+        "{err:?}"
+    );
+    client.shutdown();
     n2.shutdown();
     n1.shutdown();
 }
