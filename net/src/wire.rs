@@ -347,8 +347,11 @@ pub enum RemoteError {
     /// The callee node is stopping and takes no new work.
     #[error("the callee node is shutting down")]
     ShuttingDown,
-    /// The callee's bounded queue for the target was full. Not sent since protocol v1.2
-    /// (which sends [`RemoteError::Full`]); kept so that older peers' replies still decode.
+    /// The callee refused to activate the actor: its shard (or node) is at its memory
+    /// reject threshold (the engine's `CallError::Overloaded { cause: Memory }`). Before
+    /// protocol v1.2 it meant a full queue (now [`RemoteError::Full`]); builds of this
+    /// protocol version that predate the memory refusal read it as a refusal
+    /// ("the callee is overloaded").
     #[error("the callee is overloaded")]
     Overloaded,
     /// The call was queued behind one whose handler panicked; it never ran (safe to retry).

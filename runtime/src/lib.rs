@@ -55,9 +55,10 @@ pub use quark_net::{
 pub use quark_placement::NodeId;
 pub use quark_shard::{
     allowed_cores, block_on, sleep, Actor, ActorId, ActorKey, ActorRef, ActorType, CallError,
-    Context, EngineConfig, EngineHandle, ErrorChain, Handler, IoDriver, JoinError, LinkDown,
-    LoadError, LoadFuture, Message, Pinning, ShardId, ShardInfo, ShardSpec, ShardStatsSnapshot,
-    ShutdownReport, SpawnHandle, StartError, StatsError, Tell, TimerId, TypeStateBytes,
+    Context, DeactivateError, Deactivation, EngineConfig, EngineHandle, ErrorChain, Handler,
+    IoDriver, JoinError, LinkDown, LoadError, LoadFuture, Message, OverloadCause, Pinning, ShardId,
+    ShardInfo, ShardSpec, ShardStatsSnapshot, ShutdownReport, SpawnHandle, StartError, StatsError,
+    Tell, TimerId, TypeStateBytes,
 };
 /// Trace contexts (W3C `traceparent`) that follow a request across shards and nodes; see the
 /// "Tracing" section of `docs/OPERATIONS.md`.

@@ -476,6 +476,17 @@ fn rounds_move_nothing_onto_a_shard_at_its_memory_warning_level() {
 
 #[test]
 fn with_both_movers_on_a_static_workload_stops_moving() {
+    both_movers_settle(quark::VictimStrategy::Largest);
+}
+
+/// The same with the memory monitor's `locality` strategy, which reads the sampler's edges
+/// to choose its victims and their destination (docs/MEMORY.md).
+#[test]
+fn with_both_movers_and_the_locality_strategy_on_a_static_workload_stops_moving() {
+    both_movers_settle(quark::VictimStrategy::Locality);
+}
+
+fn both_movers_settle(strategy: quark::VictimStrategy) {
     // The locality cooldown stays at its default (60 s): with 0, the rounds alone undo
     // each other's count-balancing exchanges (docs/LOCALITY.md, Limits). The monitor's is 0:
     // it would undo at once any locality move that brought a shard over critical.
@@ -485,6 +496,7 @@ fn with_both_movers_on_a_static_workload_stops_moving() {
         m.reject = 0.95;
         m.sample_interval = std::time::Duration::from_millis(50);
         m.cooldown = std::time::Duration::ZERO;
+        m.strategy = strategy;
     });
     // 4 pairs on each shard (balanced counts), the callers of shard 0 holding 10 MiB each:
     // 40 MiB, over shard 0's critical level (38.4 MiB). The monitor moves a caller to shard
@@ -495,6 +507,10 @@ fn with_both_movers_on_a_static_workload_stops_moving() {
         let callers = keys_for_shard(Caller::TYPE_NAME, shard, 2).take(4);
         let callees = keys_for_shard(Callee::TYPE_NAME, shard, 2).take(4);
         work.extend(callers.zip(callees).map(|(a, b)| (a, vec![b])));
+    }
+    if strategy == quark::VictimStrategy::Locality {
+        // Traffic first: the monitor's first choice then has edges to weigh.
+        run(&node, &work, 400, &mut Rng(7));
     }
     for (c, _) in &work[..4] {
         block_on(node.actor_ref::<Caller>(*c).ask(Hold(10 * MIB))).expect("hold");

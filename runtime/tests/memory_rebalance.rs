@@ -9,10 +9,11 @@
 use std::alloc::System;
 use std::time::{Duration, Instant};
 
-use quark::memory::{Level, MEMORY_FULL_PLACE};
+use quark::journal::{EventSourced, JournalEvent, JournalPolicy, Persist, PersistError};
+use quark::memory::Level;
 use quark::{
-    Actor, ActorId, ActorType, CallError, Context, CountingAlloc, Handler, MemoryConfig, Message,
-    Node, NodeConfig, ShardSpec,
+    Actor, ActorId, ActorKey, ActorType, CallError, Context, CountingAlloc, Handler, MemoryConfig,
+    Message, Node, NodeConfig, OverloadCause, ShardSpec,
 };
 
 #[global_allocator]
@@ -205,7 +206,13 @@ fn a_shard_at_reject_refuses_new_activations_until_memory_is_freed() {
         }
     };
     assert!(
-        matches!(&err, CallError::Full { place, .. } if *place == MEMORY_FULL_PLACE),
+        matches!(
+            &err,
+            CallError::Overloaded {
+                cause: OverloadCause::Memory,
+                ..
+            }
+        ),
         "{err}"
     );
     let r = node.memory().expect("memory");
@@ -330,11 +337,23 @@ impl Handler<BagFill> for Bag {
 }
 
 fn cluster_node(id: u64, nodes_toml: &str, memory: &str) -> Node {
+    cluster_node_of(id, nodes_toml, memory, true)
+}
+
+fn cluster_node_of(id: u64, nodes_toml: &str, memory: &str, movable: bool) -> Node {
     let text = format!(
         "[node]\nshards = 2\npin_threads = false\nidle_spin_us = 0\n\
          [cluster]\ncluster_id = \"mem\"\nnode_id = {id}\n{nodes_toml}{memory}"
     );
     let config = NodeConfig::from_toml(&text, "mem.toml").expect("config");
+    if !movable {
+        return Node::builder()
+            .config(config)
+            .register(ActorType::new(|_| Bag { data: Vec::new() }))
+            .remote::<Bag, BagFill>()
+            .start()
+            .expect("node starts");
+    }
     Node::builder()
         .config(config)
         .register(ActorType::new(|_| Bag { data: Vec::new() }).migratable(
@@ -395,7 +414,13 @@ fn with_no_room_on_the_node_migratable_actors_move_to_the_peer() {
         // A shard at reject refuses new activations: those keys stay empty.
         if let Err(e) = n {
             assert!(
-                matches!(&e, CallError::Full { place, .. } if *place == MEMORY_FULL_PLACE),
+                matches!(
+                    &e,
+                    CallError::Overloaded {
+                        cause: OverloadCause::Memory,
+                        ..
+                    }
+                ),
                 "{e}"
             );
         }
@@ -434,6 +459,248 @@ fn with_no_room_on_the_node_migratable_actors_move_to_the_peer() {
         on_2 > 0 && on_2 as u64 <= node_moves,
         "{on_2} on node 2, {node_moves} moves"
     );
+    n2.shutdown();
+    n1.shutdown();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Idle durable actors are deactivated, not moved.
+
+/// A journaled actor whose state is large: `total` bytes of buffer, rebuilt from small
+/// events (`Added(n)`) at each activation.
+#[derive(Default)]
+struct Ledger {
+    total: u64,
+    buf: Vec<u8>,
+}
+impl Actor for Ledger {
+    const TYPE_NAME: &'static str = "ledger";
+}
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+struct Added(u64);
+impl JournalEvent for Added {
+    fn type_name(&self) -> &'static str {
+        "Added"
+    }
+}
+/// Activations built per key (`initial` runs once per activation without a snapshot).
+static BUILT: std::sync::Mutex<Vec<(ActorKey, u32)>> = std::sync::Mutex::new(Vec::new());
+impl EventSourced for Ledger {
+    type Event = Added;
+    type Snapshot = u64;
+    fn initial(key: &ActorKey) -> Self {
+        let mut b = BUILT.lock().unwrap_or_else(|e| e.into_inner());
+        match b.iter_mut().find(|(k, _)| k == key) {
+            Some((_, n)) => *n += 1,
+            None => b.push((key.clone(), 1)),
+        }
+        Ledger::default()
+    }
+    fn apply(&mut self, e: &Added) {
+        self.total += e.0;
+        self.buf.resize(self.total as usize, 7);
+    }
+    fn snapshot(&self) -> u64 {
+        self.total
+    }
+    fn restore(_: &ActorKey, total: u64) -> Self {
+        Ledger {
+            total,
+            buf: vec![7; total as usize],
+        }
+    }
+}
+struct Add(u64);
+impl Message for Add {
+    type Reply = Result<u64, PersistError>;
+}
+impl Handler<Add> for Ledger {
+    async fn handle(&mut self, m: Add, ctx: &Context<Self>) -> Result<u64, PersistError> {
+        Ok(ctx.persist(self, [Added(m.0)]).await?.version)
+    }
+}
+struct Total;
+impl Message for Total {
+    type Reply = (u64, usize, bool);
+}
+impl Handler<Total> for Ledger {
+    async fn handle(&mut self, _: Total, _: &Context<Self>) -> (u64, usize, bool) {
+        (self.total, self.buf.len(), self.buf.iter().all(|b| *b == 7))
+    }
+}
+
+fn built(key: u64) -> u32 {
+    let key = ActorKey::from(key);
+    BUILT
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .iter()
+        .find(|(k, _)| *k == key)
+        .map_or(0, |(_, n)| *n)
+}
+
+#[test]
+fn idle_durable_actors_are_deactivated_not_moved_and_answer_with_their_saved_state() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // Shard limit 64 MiB: warning 32, critical ~38; the type is not movable, so only
+    // deactivations can free shard 0.
+    let text = format!(
+        "[node]\nshards = 2\n[log]\ndata_dir = {:?}\n[memory]\nshard_limit_bytes = 67108864\n\
+         warning = 0.5\ncritical = 0.6\nreject = 0.99\nsample_interval_ms = 50\n\
+         durable_idle_ms = 200\ndeactivate_idle_durable = true\nleak_samples = 0\n",
+        dir.path().to_str().expect("utf-8 path")
+    );
+    let config = NodeConfig::from_toml(&text, "test.toml").expect("config");
+    assert!(
+        config.memory.as_ref().is_some_and(
+            |m| m.deactivate_idle_durable && m.durable_idle == Duration::from_millis(200)
+        )
+    );
+    let node = Node::builder()
+        .config(config)
+        .register_journaled::<Ledger>(JournalPolicy::default())
+        .start()
+        .expect("node starts");
+    let ledger = |k: u64| ActorId::new("ledger", k);
+    let keys: Vec<u64> = (0u64..)
+        .filter(|k| node.placement(&ledger(*k)).expect("placement").home == 0)
+        .take(20)
+        .collect();
+    // 20 actors of 2 MiB each (in 4 events of 512 KiB): 40 MiB on shard 0, over critical.
+    for k in &keys {
+        for _ in 0..4 {
+            quark::block_on(node.actor_ref::<Ledger>(*k).ask(Add(512 << 10)))
+                .expect("ask")
+                .expect("persisted");
+        }
+    }
+    let filled = Instant::now();
+    let deadline = filled + Duration::from_secs(10);
+    let r = loop {
+        let r = node.memory().expect("memory");
+        if r.deactivations > 0 && r.shards[0].level < Level::Critical {
+            break r;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "shard 0 not freed within 10 s: {} bytes ({:?}), {} deactivations, {} moves",
+            r.shards[0].memory.shard_bytes,
+            r.shards[0].level,
+            r.deactivations,
+            r.moves
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    eprintln!(
+        "shard 0: under critical {:?} after the fills ended (durable_idle_ms 200), {} MiB after {} deactivations (other bytes {} MiB)",
+        filled.elapsed(),
+        r.shards[0].memory.shard_bytes / MIB,
+        r.deactivations,
+        r.shards[0].memory.other_bytes / MIB
+    );
+    assert_eq!(r.moves, 0, "nothing moved");
+    assert_eq!(r.move_failures, 0);
+    let dropped: Vec<u64> = r
+        .recent_moves
+        .iter()
+        .inspect(|m| assert!(m.deactivated && m.from == 0 && m.to_node.is_none(), "{m:?}"))
+        .filter_map(|m| keys.iter().copied().find(|k| ledger(*k) == m.actor))
+        .collect();
+    assert_eq!(
+        dropped.len() as u64,
+        r.deactivations,
+        "{:?}",
+        r.recent_moves
+    );
+    // Every actor answers with its state; the deactivated ones were built again from the log.
+    for k in &keys {
+        let (total, len, intact) =
+            quark::block_on(node.actor_ref::<Ledger>(*k).ask(Total)).expect("total");
+        assert_eq!((total, len as u64, intact), (2 * MIB, 2 * MIB, true), "{k}");
+        let placement = node.placement(&ledger(*k)).expect("placement");
+        assert_eq!(placement.shard, 0, "{k} stayed on its shard");
+    }
+    for k in &dropped {
+        assert_eq!(
+            built(*k),
+            2,
+            "{k}: deactivated once, activated again from its log"
+        );
+    }
+    node.shutdown();
+}
+
+/// A refusal crosses nodes as itself: a caller on node 2 (or a client) gets `CallError::Overloaded { cause:
+/// Memory }` for an actor whose shard on node 1 is at its reject threshold (wire code 6).
+#[test]
+fn a_memory_refusal_reaches_a_caller_on_another_node_or_a_client_as_overloaded() {
+    let addrs = ports::free_addrs(2);
+    let mut nodes_toml = String::new();
+    for (i, a) in addrs.iter().enumerate() {
+        nodes_toml.push_str(&format!(
+            "[[cluster.nodes]]\nid = {}\naddr = \"{a}\"\n",
+            i + 1
+        ));
+    }
+    // Node 1: 16 MiB per shard, actors that cannot move; shard 0 filled to reject.
+    let n1 = cluster_node_of(
+        1,
+        &nodes_toml,
+        "[memory]\nshard_limit_bytes = 16777216\nsample_interval_ms = 20\nleak_samples = 0\n",
+        false,
+    );
+    let n2 = cluster_node_of(2, &nodes_toml, "", false);
+    let bag = |k: u64| ActorId::new("mem-bag", k);
+    let homed_on_1: Vec<u64> = (0..100_000u64)
+        .filter(|k| n2.actor_ref::<Bag>(*k).remote_node() == Some(1))
+        .take(400)
+        .collect();
+    let on = |shard: u16| -> Vec<u64> {
+        homed_on_1
+            .iter()
+            .copied()
+            .filter(|k| n1.placement(&bag(*k)).expect("placement").home == shard)
+            .collect()
+    };
+    let on_0 = on(0);
+    let end = Instant::now() + Duration::from_secs(20);
+    while quark::block_on(n2.actor_ref::<Bag>(on_0[0]).ask(BagFill(0))).is_err() {
+        assert!(Instant::now() < end, "node 1 never answered node 2");
+        std::thread::yield_now();
+    }
+    for k in &on_0[..8] {
+        // The last fills may already be refused (the shard crossed reject).
+        if let Err(e) = quark::block_on(n1.actor_ref::<Bag>(*k).ask(BagFill(2 * MIB))) {
+            assert!(matches!(e, CallError::Overloaded { .. }), "{e}");
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !n1.memory().expect("memory").shards[0].refusing {
+        assert!(Instant::now() < deadline, "shard 0 of node 1 never refused");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let fresh = on_0[100];
+    let err =
+        quark::block_on(n2.actor_ref::<Bag>(fresh).ask(BagFill(1))).expect_err("refused on node 1");
+    assert!(
+        matches!(&err, CallError::Overloaded { actor, cause: OverloadCause::Memory } if *actor == bag(fresh)),
+        "{err:?}"
+    );
+    // And a client's caller too (a `quark::Client` is an engine of its own).
+    let client = quark::Client::builder()
+        .cluster_id("mem")
+        .node(1, addrs[0])
+        .message::<BagFill>()
+        .connect()
+        .expect("client connects");
+    let fresh = on_0[101];
+    let err = quark::block_on(client.actor_ref::<Bag>(fresh).ask(BagFill(1)))
+        .expect_err("refused on node 1");
+    assert!(
+        matches!(&err, CallError::Overloaded { actor, cause: OverloadCause::Memory } if *actor == bag(fresh)),
+        "{err:?}"
+    );
+    client.shutdown();
     n2.shutdown();
     n1.shutdown();
 }

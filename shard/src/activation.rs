@@ -967,9 +967,9 @@ async fn activate<A: Actor>(act: &Rc<Activation<A>>, info: &Arc<TypeInfo<A>>) ->
     if crate::memory::refusing_activations() {
         // The shard is at its memory reject threshold (docs/MEMORY.md).
         act.enter(Life::Activating);
-        end_activation(act, table(), None, |actor| CallError::Full {
+        end_activation(act, table(), None, |actor| CallError::Overloaded {
             actor,
-            place: crate::memory::MEMORY_FULL_PLACE,
+            cause: crate::OverloadCause::Memory,
         });
         return false;
     }
@@ -1149,6 +1149,10 @@ impl<A: Actor> crate::memory::MemProbe for Activation<A> {
     fn serializable(&self) -> bool {
         let spec = &self.ctx.core.table::<A>(self.ctx.type_idx).info.spec;
         self.movable() && crate::migrate::moves_as_bytes(spec)
+    }
+    fn durable(&self) -> bool {
+        let spec = &self.ctx.core.table::<A>(self.ctx.type_idx).info.spec;
+        matches!(spec.factory, Factory::Loaded(_)) && spec.stateless_workers.is_none()
     }
     fn deep_bytes(&self) -> Option<u64> {
         let core = &self.ctx.core;

@@ -175,12 +175,44 @@ pub enum CallError {
         /// `"connection buffer"`.
         place: &'static str,
     },
+    /// The actor was not active and its shard refused to activate it: the shard (or the
+    /// node) is at its memory `reject` threshold (docs/MEMORY.md, "Refused activations").
+    /// The call had no effect: neither the actor's factory (or loader) nor the handler ran,
+    /// and calls queued for the activation fail the same way. Actors already active there
+    /// keep running. The refusal is per shard: the actor is not placed on another shard or
+    /// node, whatever its placement policy. Retry after a back-off (the memory monitor
+    /// brings the shard back under `critical` by moving or deactivating actors, and admits
+    /// activations again then), or shed the work. From another node it arrives as itself
+    /// (wire code `Overloaded`, docs/PROTOCOL.md).
+    #[error("the shard of {actor} refused to activate it ({cause} at its reject threshold); the call had no effect")]
+    Overloaded {
+        /// The callee.
+        actor: ActorId,
+        /// What is exhausted.
+        cause: OverloadCause,
+    },
     /// The node is shutting down and accepts no new calls (or dropped this one unprocessed).
     #[error("the node is shutting down; the call to {actor} was not accepted")]
     ShuttingDown {
         /// The callee.
         actor: ActorId,
     },
+}
+
+/// What a callee ran out of when it refused a call ([`CallError::Overloaded`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum OverloadCause {
+    /// Memory: the shard or node is at its memory reject threshold.
+    Memory,
+}
+
+impl std::fmt::Display for OverloadCause {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            OverloadCause::Memory => "memory",
+        })
+    }
 }
 
 impl CallError {
@@ -196,7 +228,8 @@ impl CallError {
             | CallError::NotSerializable { actor, .. }
             | CallError::BadReply { actor, .. }
             | CallError::Remote { actor, .. }
-            | CallError::Full { actor, .. } => Some(actor),
+            | CallError::Full { actor, .. }
+            | CallError::Overloaded { actor, .. } => Some(actor),
             CallError::NodeUnavailable { actor, .. } => actor.as_ref(),
             CallError::UnknownActorType { .. } | CallError::NotWireMessage { .. } => None,
         }

@@ -37,6 +37,7 @@ mod directory;
 mod engine;
 mod envelope;
 mod error;
+mod evict;
 mod log_tasks;
 pub mod memory;
 mod migrate;
@@ -70,7 +71,8 @@ pub use engine::{
 };
 #[doc(hidden)]
 pub use engine::{StartFault, StartStep};
-pub use error::{CallError, ErrorChain, LinkDown};
+pub use error::{CallError, ErrorChain, LinkDown, OverloadCause};
+pub use evict::{DeactivateError, Deactivation};
 pub use memory::CountingAlloc;
 #[doc(hidden)]
 pub use migrate::stop_log_moves_after_copy;

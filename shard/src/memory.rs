@@ -446,6 +446,9 @@ pub(crate) trait MemProbe {
     fn movable(&self) -> bool;
     /// Its state moves as bytes (`migratable`): it may move to another node.
     fn serializable(&self) -> bool;
+    /// Its type is built by a loader (`ActorType::loaded`): its state is rebuilt at its next
+    /// activation, so a deactivation drops nothing.
+    fn durable(&self) -> bool;
     /// The type's `memory_size` hook on the state, if it has one and the activation is between
     /// turns.
     fn deep_bytes(&self) -> Option<u64>;
@@ -639,10 +642,6 @@ pub fn set_refuse_activations(slot: u32, refuse: bool) -> bool {
     true
 }
 
-/// The place named by [`CallError::Full`](crate::CallError::Full) when a new activation is
-/// refused because its shard is at its memory reject threshold.
-pub const MEMORY_FULL_PLACE: &str = "shard memory (reject threshold)";
-
 // ---------------------------------------------------------------------------------------------
 // Leak detection policy (process-wide).
 
@@ -693,8 +692,9 @@ pub struct MemorySnapshot {
     pub per_type: Vec<TypeMemory>,
     /// The largest activations, largest first (at most [`TOP_MEMORY_PER_SHARD`]).
     pub top: Vec<ActorMemory>,
-    /// Candidates for a move (movable types only, idle or not): the largest and the
-    /// least recently used, at most `2 * CANDIDATES` (for the memory monitor).
+    /// Candidates for a move or a deactivation (movable or durable types only, idle or not):
+    /// the largest and the least recently used, at most `2 * CANDIDATES` (for the memory
+    /// monitor).
     pub candidates: Vec<ActorMemory>,
     /// Activations whose estimate keeps growing ([`set_leak_policy`]).
     pub leaks: Vec<LeakReport>,
@@ -727,6 +727,11 @@ pub struct ActorMemory {
     pub movable: bool,
     /// Its state moves as bytes (`migratable`): it may also move to another node.
     pub serializable: bool,
+    /// Its type is built by a loader (`ActorType::loaded`: journaled actors, projections,
+    /// outboxes, workflows): its state is rebuilt from the log at its next activation, so the
+    /// memory monitor may deactivate it instead of moving it (`[memory]
+    /// deactivate_idle_durable`).
+    pub durable: bool,
 }
 
 /// An activation reported by leak detection.
@@ -869,6 +874,7 @@ pub(crate) fn snapshot(names: &[&'static str]) -> MemorySnapshot {
                     .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
                 movable: probe.movable(),
                 serializable: probe.serializable(),
+                durable: probe.durable(),
             });
         }
         snap.leaks = c.leaks.clone();
@@ -879,13 +885,13 @@ pub(crate) fn snapshot(names: &[&'static str]) -> MemorySnapshot {
     snap.top = all.iter().take(TOP_MEMORY_PER_SHARD).cloned().collect();
     let mut cands: Vec<ActorMemory> = all
         .iter()
-        .filter(|a| a.movable && a.bytes > 0)
+        .filter(|a| (a.movable || a.durable) && a.bytes > 0)
         .take(CANDIDATES)
         .cloned()
         .collect();
     let mut idle: Vec<&ActorMemory> = all
         .iter()
-        .filter(|a| a.movable && a.bytes > 0 && a.idle_ms.is_some())
+        .filter(|a| (a.movable || a.durable) && a.bytes > 0 && a.idle_ms.is_some())
         .collect();
     idle.sort_by_key(|a| std::cmp::Reverse(a.idle_ms));
     for a in idle.into_iter().take(CANDIDATES) {

@@ -76,6 +76,9 @@ pub(crate) trait ErasedTable {
     fn sweep_idle(&self, now: Instant);
     /// Asks every activation to deactivate once its mailbox is empty.
     fn deactivate_all(&self);
+    /// Asks the activation of `key` here, if any, to deactivate once its mailbox is empty
+    /// (`evict`); false if there is none.
+    fn request_deactivation(&self, key: &ActorKey) -> bool;
     /// True if no activation is running a turn or has mail.
     fn quiescent(&self) -> bool;
     /// Number of live activations.
@@ -372,6 +375,16 @@ impl<A: Actor> ErasedTable for TypeTable<A> {
 
     fn deactivate_all(&self) {
         self.each(|act| act.request_deactivation());
+    }
+
+    fn request_deactivation(&self, key: &ActorKey) -> bool {
+        match self.lookup(key) {
+            Some(act) if !act.has_ended() => {
+                act.request_deactivation();
+                true
+            }
+            _ => false,
+        }
     }
 
     fn quiescent(&self) -> bool {

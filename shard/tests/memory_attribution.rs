@@ -9,10 +9,10 @@
 use std::alloc::System;
 use std::time::Duration;
 
-use quark_shard::memory::{self, ActorMemory, MemorySnapshot, MEMORY_FULL_PLACE};
+use quark_shard::memory::{self, ActorMemory, MemorySnapshot};
 use quark_shard::{
     Actor, ActorId, ActorKey, ActorType, CallError, Context, CountingAlloc, Engine, EngineBuilder,
-    EngineConfig, Handler, Message, ShardSpec,
+    EngineConfig, Handler, Message, OverloadCause, PlacementPolicy, ShardSpec,
 };
 
 #[global_allocator]
@@ -308,7 +308,7 @@ fn the_memory_size_hook_overrides_the_estimate() {
 }
 
 #[test]
-fn a_shard_refusing_activations_fails_new_ones_with_the_memory_place() {
+fn a_shard_refusing_activations_fails_new_ones_as_overloaded_by_memory() {
     let e = engine(|b| b.register(ActorType::new(|_| Blob::default())));
     let keys = keys_on::<Blob>(&e, 1, 2);
     e.actor_ref::<Blob>(keys[0])
@@ -321,9 +321,10 @@ fn a_shard_refusing_activations_fails_new_ones_with_the_memory_place() {
         .ask_blocking(Fill(10))
         .expect_err("refused");
     assert!(
-        matches!(&err, CallError::Full { place, .. } if *place == MEMORY_FULL_PLACE),
+        matches!(&err, CallError::Overloaded { cause: OverloadCause::Memory, actor } if *actor == id_of::<Blob>(keys[1])),
         "{err}"
     );
+    assert!(err.to_string().contains("memory"), "{err}");
     // An actor already active keeps working.
     e.actor_ref::<Blob>(keys[0])
         .ask_blocking(Fill(20))
@@ -332,6 +333,50 @@ fn a_shard_refusing_activations_fails_new_ones_with_the_memory_place() {
     e.actor_ref::<Blob>(keys[1])
         .ask_blocking(Fill(10))
         .expect("admitted again");
+    e.shutdown();
+}
+
+/// A placement policy that picks a shard (here `Shard(1)`, away from the actor's home) does
+/// not fall back to another shard when that one refuses: the call fails as overloaded and the
+/// actor is active nowhere; once admitted again it activates where the policy says.
+#[test]
+fn a_refusal_is_not_placed_elsewhere_whatever_the_placement_policy() {
+    let e = engine(|b| {
+        b.register(
+            ActorType::new(|_| Blob::default())
+                .movable()
+                .placement(PlacementPolicy::Shard(1)),
+        )
+    });
+    let key = keys_on::<Blob>(&e, 0, 1)[0];
+    let id = id_of::<Blob>(key);
+    let slot = memory(&e)[1].slot;
+    let before: Vec<u64> = memory(&e).iter().map(|m| m.activations).collect();
+    assert!(memory::set_refuse_activations(slot, true));
+    let err = e
+        .actor_ref::<Blob>(key)
+        .ask_blocking(Fill(10))
+        .expect_err("refused on the policy's shard");
+    memory::set_refuse_activations(slot, false);
+    assert!(
+        matches!(
+            &err,
+            CallError::Overloaded {
+                cause: OverloadCause::Memory,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    let after: Vec<u64> = memory(&e).iter().map(|m| m.activations).collect();
+    assert_eq!(
+        after, before,
+        "activated nowhere (not at its home shard 0 either)"
+    );
+    e.actor_ref::<Blob>(key)
+        .ask_blocking(Fill(10))
+        .expect("admitted again");
+    assert_eq!(e.placement(&id).expect("placement").shard, 1);
     e.shutdown();
 }
 

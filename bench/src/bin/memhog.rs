@@ -12,7 +12,6 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _, Result};
 use clap::Parser;
-use quark::memory::MEMORY_FULL_PLACE;
 use quark::{Actor, ActorType, CallError, Context, Handler, Message, Node, NodeConfig};
 
 #[global_allocator]
@@ -171,9 +170,7 @@ fn main() -> Result<()> {
             for k in &keys {
                 match quark::block_on(node.actor_ref::<Hog>(*k).ask(Grow(per))) {
                     Ok(_) => state += per,
-                    Err(CallError::Full { place, .. }) if place == MEMORY_FULL_PLACE => {
-                        refused += 1
-                    }
+                    Err(CallError::Overloaded { .. }) => refused += 1,
                     Err(e) => {
                         failed += 1;
                         eprintln!("ask failed: {e}");

@@ -133,6 +133,7 @@ pub const MEMORY_METRICS: &[(&str, MetricType, &str)] = &[
     ("quark_shard_memory_level", MetricType::GAUGE, "The shard's memory level against its limit (shard_limit_bytes, else the node's limit over the shards): 0 normal, 1 warning, 2 critical, 3 reject. Unit: level."),
     ("quark_shard_memory_refusing", MetricType::GAUGE, "1 while the [memory] monitor refuses new activations on the shard (its level is reject), else 0; absent without the monitor. Unit: boolean."),
     ("quark_memory_rebalance_moves_total", MetricType::COUNTER, "Activations the [memory] monitor moved since the node started (label to = shard for moves between this node's shards, node for moves to other nodes); absent without the monitor. Unit: activations."),
+    ("quark_memory_rebalance_deactivations_total", MetricType::COUNTER, "Idle durable activations the [memory] monitor deactivated instead of moving them since the node started (deactivate_idle_durable); absent without the monitor. Unit: activations."),
 ];
 
 fn family(name: &str, metrics: Vec<Metric>) -> Option<MetricFamily> {
@@ -202,6 +203,10 @@ pub(crate) fn families(r: &MemoryReport, monitor: bool) -> Vec<MetricFamily> {
                 counter(vec![label("to", "node")], r.node_moves),
             ],
         ));
+        out.extend(family(
+            "quark_memory_rebalance_deactivations_total",
+            vec![counter(vec![], r.deactivations)],
+        ));
     }
     out
 }
@@ -237,6 +242,7 @@ mod tests {
             top: vec![],
             per_type: vec![],
             leaks: vec![],
+            deactivations: 4,
             moves: 5,
             node_moves: 2,
             move_failures: 0,
@@ -264,6 +270,7 @@ mod tests {
             "quark_shard_memory_refusing{shard=\"0\"} 1",
             "quark_memory_rebalance_moves_total{to=\"shard\"} 3",
             "quark_memory_rebalance_moves_total{to=\"node\"} 2",
+            "quark_memory_rebalance_deactivations_total 4",
         ] {
             assert!(t.contains(needle), "missing {needle:?} in\n{t}");
         }
@@ -279,6 +286,7 @@ mod tests {
             "quark_node_memory_growth_bytes_per_second",
             "quark_shard_memory_refusing",
             "quark_memory_rebalance_moves_total",
+            "quark_memory_rebalance_deactivations_total",
         ] {
             assert!(!t.contains(absent), "{absent} exported in\n{t}");
         }

@@ -24,6 +24,8 @@ pub(super) struct RawMemory {
     leak_growth_bytes: Option<Int>,
     move_between_nodes: Option<bool>,
     growth_lead_ms: Option<Int>,
+    deactivate_idle_durable: Option<bool>,
+    durable_idle_ms: Option<Int>,
 }
 
 /// How the rebalancer picks the activations it moves off a shard over its critical threshold.
@@ -36,6 +38,14 @@ pub enum VictimStrategy {
     /// The least recently used (longest idle) movable activations first (moves disturb the
     /// busy actors least).
     Lru,
+    /// The most bytes freed per unit of locality lost: each activation's figure divided by
+    /// 1 + the sampled messages it exchanges with actors on its shard that it would no longer
+    /// exchange locally at its destination (with actors on the destination shard counted as
+    /// regained); an actor that talks mostly to the destination goes first, one that talks
+    /// to its own shard last. It moves to the shard with room it talks to most. Uses the
+    /// edges of locality repartitioning (`[locality]`, docs/LOCALITY.md); without them every
+    /// actor's locality cost is 0 and it orders like `largest`.
+    Locality,
 }
 
 /// The `[memory]` settings (docs/MEMORY.md). Thresholds are fractions of a limit: of
@@ -56,7 +66,7 @@ pub struct MemoryConfig {
     /// Critical threshold (rebalance until under `warning`), default 0.90.
     pub critical: f64,
     /// Reject threshold (new activations on the shard, or the node, are refused with
-    /// `CallError::Full { place: MEMORY_FULL_PLACE }` until back under `critical`), default
+    /// `CallError::Overloaded { cause: Memory }` until back under `critical`), default
     /// 0.97.
     pub reject: f64,
     /// How often the monitor samples, default 200 ms.
@@ -81,6 +91,13 @@ pub struct MemoryConfig {
     /// were there (a fast-growing node then starts before it crosses, not a sample after).
     /// Zero: on the RSS as measured. Default 1 s.
     pub growth_lead: Duration,
+    /// Under pressure, idle *durable* activations (types built by a loader,
+    /// `ActorType::loaded`: their state is rebuilt from the log) are deactivated instead of
+    /// moved (`Engine::handle().deactivate`), before any move, default true.
+    pub deactivate_idle_durable: bool,
+    /// How long a durable activation has had no message before it counts as idle for
+    /// `deactivate_idle_durable`, default 1 s.
+    pub durable_idle: Duration,
 }
 
 impl Default for MemoryConfig {
@@ -101,6 +118,8 @@ impl Default for MemoryConfig {
             leak_growth_bytes: 1 << 20,
             move_between_nodes: true,
             growth_lead: Duration::from_millis(1000),
+            deactivate_idle_durable: true,
+            durable_idle: Duration::from_millis(1000),
         }
     }
 }
@@ -148,11 +167,12 @@ pub(super) fn memory_section(r: RawMemory, check: &Check<'_>) -> Result<MemoryCo
         c.strategy = match s.as_str() {
             "largest" => VictimStrategy::Largest,
             "lru" => VictimStrategy::Lru,
+            "locality" => VictimStrategy::Locality,
             _ => {
                 return Err(check.invalid(
                     "memory.strategy",
                     format!("{s:?}"),
-                    "\"largest\" or \"lru\"",
+                    "\"largest\", \"lru\" or \"locality\"",
                 ))
             }
         };
@@ -192,6 +212,18 @@ pub(super) fn memory_section(r: RawMemory, check: &Check<'_>) -> Result<MemoryCo
             0,
             60_000,
             "0 (off) to 60 s",
+        )?);
+    }
+    if let Some(v) = r.deactivate_idle_durable {
+        c.deactivate_idle_durable = v;
+    }
+    if let Some(v) = r.durable_idle_ms {
+        c.durable_idle = Duration::from_millis(check.int(
+            "memory.durable_idle_ms",
+            v,
+            0,
+            86_400_000,
+            "0 to 1 day",
         )?);
     }
     if let Some(v) = r.leak_growth_bytes {

@@ -15,7 +15,7 @@ pub use cooldown::MoveCooldown;
 pub(crate) use monitor::{Monitor, MonitorState};
 pub use quark_shard::memory::{
     counting, set_leak_policy, ActorMemory, CountingAlloc, LeakReport, MemorySnapshot, TypeMemory,
-    CANDIDATES, MEMORY_FULL_PLACE, TOP_MEMORY_PER_SHARD,
+    CANDIDATES, TOP_MEMORY_PER_SHARD,
 };
 pub use sys::{cgroup_limit_bytes, resident_bytes, LimitSource};
 
@@ -116,6 +116,8 @@ pub struct RebalanceMove {
     pub bytes: u64,
     /// When, since the monitor started.
     pub at: Duration,
+    /// Not a move: an idle durable activation was deactivated (`to == from`).
+    pub deactivated: bool,
 }
 
 /// The node's memory report ([`crate::Node::memory`]).
@@ -139,11 +141,14 @@ pub struct MemoryReport {
     pub moves: u64,
     /// Of those, moves to other nodes.
     pub node_moves: u64,
+    /// Idle durable activations the monitor deactivated instead of moving them
+    /// (`deactivate_idle_durable`; not counted in `moves`).
+    pub deactivations: u64,
     /// Moves it tried that failed (the actor stayed).
     pub move_failures: u64,
     /// Bytes moved (by the moved activations' figures).
     pub moved_bytes: u64,
-    /// The last moves (at most 64), oldest first.
+    /// The last moves and deactivations (at most 64), oldest first.
     pub recent_moves: Vec<RebalanceMove>,
 }
 
@@ -228,6 +233,7 @@ pub(crate) fn report(
         leaks,
         moves: monitor.map_or(0, |m| m.moves),
         node_moves: monitor.map_or(0, |m| m.node_moves),
+        deactivations: monitor.map_or(0, |m| m.deactivations),
         move_failures: monitor.map_or(0, |m| m.move_failures),
         moved_bytes: monitor.map_or(0, |m| m.moved_bytes),
         recent_moves: monitor

@@ -3,7 +3,7 @@
 //! node) at the reject threshold, and moves activations off shards over the critical
 //! threshold to the node's shards with room (docs/MEMORY.md, "What the monitor does").
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::Instant;
@@ -30,6 +30,7 @@ pub(crate) struct MonitorState {
     pub(crate) move_failures: u64,
     pub(crate) moved_bytes: u64,
     pub(crate) node_moves: u64,
+    pub(crate) deactivations: u64,
     pub(crate) recent: VecDeque<RebalanceMove>,
     /// Per shard: new activations refused now.
     pub(crate) refusing: Vec<bool>,
@@ -168,6 +169,89 @@ pub(crate) struct PlannedMove {
     /// Another node it goes to (`Engine::migrate_to_node`).
     pub(crate) to_node: Option<NodeId>,
     pub(crate) bytes: u64,
+    /// Not a move: an idle durable activation deactivated (`to` = `from`).
+    pub(crate) deactivate: bool,
+}
+
+/// Per candidate actor, the sampled messages it exchanges with actors on each shard of the
+/// node (the locality sampler's edges, both directions), for [`VictimStrategy::Locality`].
+#[derive(Debug, Default)]
+pub(crate) struct Affinity {
+    by_actor: HashMap<ActorId, Vec<(ShardId, f64)>>,
+}
+
+impl Affinity {
+    /// Messages `actor` exchanges with actors on `shard`.
+    pub(crate) fn with(&self, actor: &ActorId, shard: ShardId) -> f64 {
+        self.by_actor
+            .get(actor)
+            .and_then(|v| v.iter().find(|(s, _)| *s == shard))
+            .map_or(0.0, |(_, w)| *w)
+    }
+
+    /// Messages `actor` exchanges with actors on any shard of this node.
+    fn total(&self, actor: &ActorId) -> f64 {
+        self.by_actor
+            .get(actor)
+            .map_or(0.0, |v| v.iter().map(|(_, w)| w).sum())
+    }
+
+    /// Adds `w` messages between `actor` and an actor on `shard`.
+    pub(crate) fn add(&mut self, actor: ActorId, shard: ShardId, w: f64) {
+        let v = self.by_actor.entry(actor).or_default();
+        match v.iter_mut().find(|(s, _)| *s == shard) {
+            Some((_, x)) => *x += w,
+            None => v.push((shard, w)),
+        }
+    }
+
+    /// Builds it from the edges of every shard (`samples[s]` is shard `s`'s: each edge's
+    /// caller ran on `s`), for the actors in `candidates` (with their shard). A partner's
+    /// shard is where it is a candidate, else where it last sent from, else `home(partner)`.
+    pub(crate) fn from_edges(
+        samples: &[Vec<(ActorId, ActorId, f64)>],
+        candidates: &HashMap<ActorId, ShardId>,
+        home: impl Fn(&ActorId) -> ShardId,
+    ) -> Affinity {
+        let mut at: HashMap<&ActorId, ShardId> = HashMap::new();
+        for (s, edges) in samples.iter().enumerate() {
+            for (from, _, _) in edges {
+                at.entry(from).or_insert(s as ShardId);
+            }
+        }
+        let loc = |a: &ActorId| -> ShardId {
+            candidates
+                .get(a)
+                .copied()
+                .or_else(|| at.get(a).copied())
+                .unwrap_or_else(|| home(a))
+        };
+        let mut out = Affinity::default();
+        for edges in samples {
+            for (a, b, w) in edges {
+                if a == b {
+                    continue;
+                }
+                if candidates.contains_key(a) {
+                    out.add(a.clone(), loc(b), *w);
+                }
+                if candidates.contains_key(b) {
+                    out.add(b.clone(), loc(a), *w);
+                }
+            }
+        }
+        out
+    }
+
+    /// The locality `actor` loses moving from `from` to `to` (`None`: to another node, where
+    /// it loses all of it): messages that were local and no longer are, less those that
+    /// become local.
+    fn lost(&self, actor: &ActorId, from: ShardId, to: Option<ShardId>) -> f64 {
+        match to {
+            Some(t) => self.with(actor, from) - self.with(actor, t),
+            None => self.total(actor),
+        }
+    }
 }
 
 /// The moves that bring every shard at or over `critical` back under `warning`, to shards
@@ -182,10 +266,21 @@ pub(crate) fn plan_moves(
     now: Instant,
     budget: &mut Budget,
 ) -> Vec<PlannedMove> {
-    plan_moves_projected(c, views, limit, cooldown, now, budget).0
+    plan_moves_projected(c, views, limit, cooldown, now, budget, &Affinity::default()).0
 }
 
-/// [`plan_moves`], and each shard's bytes once the plan is done.
+/// Whether the policy deactivates `a` instead of moving it: durable and idle long enough.
+fn deactivatable(c: &MemoryConfig, a: &ActorMemory) -> bool {
+    c.deactivate_idle_durable
+        && a.durable
+        && a.bytes > 0
+        && a.idle_ms
+            .is_some_and(|ms| u128::from(ms) >= c.durable_idle.as_millis())
+}
+
+/// [`plan_moves`], and each shard's bytes once the plan is done. With
+/// `deactivate_idle_durable`, a shard's idle durable activations are deactivated first (no
+/// destination needed, no move budget taken), in the strategy's order; then it moves.
 pub(crate) fn plan_moves_projected(
     c: &MemoryConfig,
     views: &[ShardView],
@@ -193,6 +288,7 @@ pub(crate) fn plan_moves_projected(
     cooldown: &MoveCooldown,
     now: Instant,
     budget: &mut Budget,
+    affinity: &Affinity,
 ) -> (Vec<PlannedMove>, Vec<u64>) {
     budget.refill(c, now);
     let warn = (c.warning * limit as f64) as u64;
@@ -203,20 +299,77 @@ pub(crate) fn plan_moves_projected(
     let mut plan = Vec::new();
     for i in order {
         let v = &views[i];
+        let mut dropped: Vec<&ActorMemory> = v
+            .candidates
+            .iter()
+            .filter(|a| deactivatable(c, a) && cooldown.allows(&a.actor, now, c.cooldown))
+            .collect();
+        order_by_strategy(c, &mut dropped, affinity, v.shard, None);
+        for a in dropped {
+            if projected[i] < warn {
+                break;
+            }
+            projected[i] = projected[i].saturating_sub(a.bytes);
+            plan.push(PlannedMove {
+                actor: a.actor.clone(),
+                from: v.shard,
+                to: v.shard,
+                to_node: None,
+                bytes: a.bytes,
+                deactivate: true,
+            });
+        }
         let mut cands: Vec<&ActorMemory> = v
             .candidates
             .iter()
-            .filter(|a| a.movable && a.bytes > 0 && cooldown.allows(&a.actor, now, c.cooldown))
+            .filter(|a| {
+                a.movable
+                    && a.bytes > 0
+                    && !deactivatable(c, a)
+                    && cooldown.allows(&a.actor, now, c.cooldown)
+            })
             .collect();
-        order_by_strategy(c, &mut cands);
+        // The destination a candidate would take now (the strategy's order may depend on it).
+        let room = |t: usize, bytes: u64, projected: &[u64]| t != i && projected[t] + bytes < warn;
+        let dest_of = |a: &ActorMemory, projected: &[u64]| -> Option<usize> {
+            let fits = (0..views.len()).filter(|t| room(*t, a.bytes, projected));
+            match c.strategy {
+                // The shard with room it talks to most (then the one with the most room).
+                VictimStrategy::Locality => fits.max_by(|x, y| {
+                    affinity
+                        .with(&a.actor, views[*x].shard)
+                        .total_cmp(&affinity.with(&a.actor, views[*y].shard))
+                        .then(projected[*y].cmp(&projected[*x]))
+                }),
+                // The shard with the most room that stays under `warning` with the actor.
+                _ => fits.min_by_key(|t| projected[*t]),
+            }
+        };
+        if c.strategy == VictimStrategy::Locality {
+            let best: HashMap<ActorId, ShardId> = cands
+                .iter()
+                .filter_map(|a| Some((a.actor.clone(), views[dest_of(a, &projected)?].shard)))
+                .collect();
+            cands.sort_by(|a, b| {
+                let key = |x: &ActorMemory| {
+                    let lost = affinity.lost(&x.actor, v.shard, best.get(&x.actor).copied());
+                    (x.bytes as f64 / (1.0 + lost.max(0.0)), lost)
+                };
+                let (sa, la) = key(a);
+                let (sb, lb) = key(b);
+                sb.total_cmp(&sa)
+                    .then(la.total_cmp(&lb))
+                    .then(b.bytes.cmp(&a.bytes))
+                    .then(a.actor.cmp(&b.actor))
+            });
+        } else {
+            order_by_strategy(c, &mut cands, affinity, v.shard, None);
+        }
         for a in cands {
             if projected[i] < warn {
                 break;
             }
-            // The shard with the most room that stays under `warning` with the actor.
-            let dest = (0..views.len())
-                .filter(|t| *t != i && projected[*t] + a.bytes < warn)
-                .min_by_key(|t| projected[*t]);
+            let dest = dest_of(a, &projected);
             let Some(t) = dest else {
                 continue; // too large for any shard's room; a smaller one may fit
             };
@@ -231,6 +384,7 @@ pub(crate) fn plan_moves_projected(
                 to: views[t].shard,
                 to_node: None,
                 bytes: a.bytes,
+                deactivate: false,
             });
         }
     }
@@ -256,6 +410,7 @@ pub(crate) fn plan_node_moves(
     now: Instant,
     budget: &mut Budget,
     taken: &HashSet<ActorId>,
+    affinity: &Affinity,
 ) -> Vec<PlannedMove> {
     let mut plan = Vec::new();
     if peers.is_empty() || !c.move_between_nodes {
@@ -284,6 +439,7 @@ pub(crate) fn plan_node_moves(
             to: from,
             to_node: Some(to_node),
             bytes: a.bytes,
+            deactivate: false,
         });
         true
     };
@@ -296,7 +452,7 @@ pub(crate) fn plan_node_moves(
                 continue;
             }
             let mut cands: Vec<&ActorMemory> = v.candidates.iter().filter(usable).collect();
-            order_by_strategy(c, &mut cands);
+            order_by_strategy(c, &mut cands, affinity, v.shard, Some(None));
             for a in cands {
                 if left < warn {
                     break;
@@ -321,7 +477,14 @@ pub(crate) fn plan_node_moves(
             })
             .filter(|(_, a)| !chosen.contains(&a.actor))
             .collect();
-        all.sort_by_key(|(_, a)| std::cmp::Reverse(a.bytes));
+        match c.strategy {
+            // Bytes per unit of the node-local traffic it loses.
+            VictimStrategy::Locality => all.sort_by(|(_, a), (_, b)| {
+                let s = |x: &ActorMemory| x.bytes as f64 / (1.0 + affinity.total(&x.actor));
+                s(b).total_cmp(&s(a)).then(a.actor.cmp(&b.actor))
+            }),
+            _ => all.sort_by_key(|(_, a)| std::cmp::Reverse(a.bytes)),
+        }
         for (shard, a) in all {
             if node_need == 0 {
                 break;
@@ -335,9 +498,27 @@ pub(crate) fn plan_node_moves(
     plan
 }
 
-/// Sorts candidates in the strategy's order.
-fn order_by_strategy(c: &MemoryConfig, cands: &mut [&ActorMemory]) {
+/// Sorts candidates in the strategy's order. For `locality`, `to` is the destination:
+/// `Some(None)` another node (all local traffic is lost), `None` none (a deactivation: the
+/// local traffic it has is lost, so the quietest first).
+fn order_by_strategy(
+    c: &MemoryConfig,
+    cands: &mut [&ActorMemory],
+    affinity: &Affinity,
+    from: ShardId,
+    to: Option<Option<ShardId>>,
+) {
     match c.strategy {
+        VictimStrategy::Locality => cands.sort_by(|a, b| {
+            let score = |x: &ActorMemory| {
+                let lost = match to {
+                    Some(t) => affinity.lost(&x.actor, from, t),
+                    None => affinity.total(&x.actor),
+                };
+                x.bytes as f64 / (1.0 + lost.max(0.0))
+            };
+            score(b).total_cmp(&score(a)).then(a.actor.cmp(&b.actor))
+        }),
         VictimStrategy::Largest => cands.sort_by_key(|a| std::cmp::Reverse(a.bytes)),
         VictimStrategy::Lru => cands.sort_by(|a, b| {
             b.idle_ms
@@ -492,8 +673,17 @@ fn run(
                 candidates: s.load.memory.candidates.clone(),
             })
             .collect();
+        let pressed =
+            st.levels.iter().any(|l| *l >= Level::Critical) || node_level >= Level::Critical;
+        let affinity = if c.strategy == VictimStrategy::Locality && pressed {
+            affinity_now(&engine, &views, &stats)
+        } else {
+            Affinity::default()
+        };
         let (mut plan, projected) = match shard_lim {
-            Some(limit_s) => plan_moves_projected(&c, &views, limit_s, &cooldown, now, &mut budget),
+            Some(limit_s) => {
+                plan_moves_projected(&c, &views, limit_s, &cooldown, now, &mut budget, &affinity)
+            }
             None => (Vec::new(), views.iter().map(|v| v.bytes).collect()),
         };
         // Then other nodes: what the node's shards could not take, and the node's own RSS.
@@ -518,6 +708,7 @@ fn run(
             now,
             &mut budget,
             &taken,
+            &affinity,
         ));
         let over = st.levels.iter().any(|l| *l >= Level::Critical) || node_need > 0;
         if over && plan.is_empty() && !warned_no_room {
@@ -529,6 +720,43 @@ fn run(
         }
         warned_no_room = false;
         for mv in plan {
+            if mv.deactivate {
+                let handle = {
+                    let g = engine.lock().unwrap_or_else(|e| e.into_inner());
+                    match g.as_ref() {
+                        Some(e) => e.handle(),
+                        None => return,
+                    }
+                };
+                let asked = quark_shard::block_on(handle.deactivate(&mv.actor));
+                let at = Instant::now();
+                cooldown.moved(&mv.actor, at);
+                let mut st = state.lock().unwrap_or_else(|e| e.into_inner());
+                match asked {
+                    Ok(quark_shard::Deactivation::Requested { .. }) => {
+                        st.deactivations += 1;
+                        tracing::info!(actor = %mv.actor, shard = mv.from, bytes = mv.bytes, "memory: deactivated an idle durable actor on a shard over its critical threshold");
+                        if st.recent.len() >= RECENT_MAX {
+                            st.recent.pop_front();
+                        }
+                        st.recent.push_back(RebalanceMove {
+                            actor: mv.actor,
+                            from: mv.from,
+                            to: mv.to,
+                            to_node: None,
+                            bytes: mv.bytes,
+                            at: at.saturating_duration_since(started),
+                            deactivated: true,
+                        });
+                    }
+                    Ok(_) => {} // it deactivated meanwhile
+                    Err(e) => {
+                        st.move_failures += 1;
+                        tracing::debug!(actor = %mv.actor, error = %e, "memory: deactivation not asked");
+                    }
+                }
+                continue;
+            }
             let moved = {
                 let g = engine.lock().unwrap_or_else(|e| e.into_inner());
                 match (g.as_ref(), mv.to_node) {
@@ -559,6 +787,7 @@ fn run(
                         to_node: mv.to_node,
                         bytes: mv.bytes,
                         at: at.saturating_duration_since(started),
+                        deactivated: false,
                     });
                 }
                 Err(e) => {
@@ -568,6 +797,63 @@ fn run(
             }
         }
     }
+}
+
+/// How long the monitor waits for the shards' edge samples.
+const EDGES_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// The locality sampler's edges now (read without decaying them: the locality rounds own the
+/// decay), as an [`Affinity`] of the candidates. Empty when the sampler is off (no
+/// `[locality]`) or a shard does not answer in time.
+fn affinity_now(
+    engine: &EngineSlot,
+    views: &[ShardView],
+    stats: &[quark_shard::ShardStatsSnapshot],
+) -> Affinity {
+    let Some(handle) = engine
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .as_ref()
+        .map(|e| e.handle())
+    else {
+        return Affinity::default();
+    };
+    let names: Vec<&'static str> = stats
+        .first()
+        .map(|s| s.load.types.iter().map(|t| t.type_name).collect())
+        .unwrap_or_default();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let shards = handle.shard_count();
+    for s in 0..shards {
+        let tx = tx.clone();
+        // Detached: the answer comes through `tx` (dropped if the shard stopped).
+        drop(handle.spawn_on(s, move || {
+            let _ = tx.send((s, quark_shard::actor_edges_take(1.0)));
+            std::future::ready(())
+        }));
+    }
+    drop(tx);
+    let deadline = Instant::now() + EDGES_WAIT;
+    let mut samples: Vec<Vec<(ActorId, ActorId, f64)>> = vec![Vec::new(); usize::from(shards)];
+    let id = |(t, key): quark_shard::ActorSlot| -> Option<ActorId> {
+        Some(ActorId::new(names.get(usize::from(t)).copied()?, key))
+    };
+    for _ in 0..shards {
+        let Ok((s, sample)) = rx.recv_timeout(deadline.saturating_duration_since(Instant::now()))
+        else {
+            return Affinity::default();
+        };
+        samples[usize::from(s)] = sample
+            .edges
+            .into_iter()
+            .filter_map(|(a, b, w)| Some((id(a)?, id(b)?, w)))
+            .collect();
+    }
+    let candidates: HashMap<ActorId, ShardId> = views
+        .iter()
+        .flat_map(|v| v.candidates.iter().map(move |a| (a.actor.clone(), v.shard)))
+        .collect();
+    Affinity::from_edges(&samples, &candidates, |a| handle.shard_of(a))
 }
 
 fn log_level(what: &str, shard: Option<ShardId>, level: Level, bytes: u64, limit: Option<u64>) {
@@ -632,6 +918,7 @@ mod tests {
             idle_ms,
             movable: true,
             serializable: true,
+            durable: false,
         }
     }
 
@@ -782,8 +1069,15 @@ mod tests {
                 candidates: vec![],
             },
         ];
-        let (local, projected) =
-            plan_moves_projected(&c, &views, 100 * MIB, &MoveCooldown::new(), now, &mut b);
+        let (local, projected) = plan_moves_projected(
+            &c,
+            &views,
+            100 * MIB,
+            &MoveCooldown::new(),
+            now,
+            &mut b,
+            &Affinity::default(),
+        );
         assert!(local.is_empty(), "no room on the node: {local:?}");
         let mut next = 0;
         let plan = plan_node_moves(
@@ -798,6 +1092,7 @@ mod tests {
             now,
             &mut b,
             &HashSet::new(),
+            &Affinity::default(),
         );
         // 99 -> under 80 MiB: three 8 MiB actors, to nodes 2, 3, 2; never the boxed one.
         assert_eq!(plan.len(), 3, "{plan:?}");
@@ -818,7 +1113,8 @@ mod tests {
             &MoveCooldown::new(),
             now,
             &mut b,
-            &HashSet::new()
+            &HashSet::new(),
+            &Affinity::default()
         )
         .is_empty());
         let off = MemoryConfig {
@@ -836,8 +1132,155 @@ mod tests {
             &MoveCooldown::new(),
             now,
             &mut b,
-            &HashSet::new()
+            &HashSet::new(),
+            &Affinity::default()
         )
         .is_empty());
+    }
+
+    #[test]
+    fn idle_durable_actors_are_deactivated_first_and_busy_or_plain_ones_moved() {
+        let c = MemoryConfig::default(); // durable_idle 1 s
+        let now = Instant::now();
+        let mut b = Budget::new(&c, now);
+        let durable = |k, idle_ms| ActorMemory {
+            durable: true,
+            movable: false,
+            serializable: false,
+            ..actor(k, 10 * MIB, idle_ms)
+        };
+        let views = vec![
+            ShardView {
+                shard: 0,
+                bytes: 95 * MIB,
+                candidates: vec![
+                    durable(1, Some(5_000)),
+                    durable(2, Some(10)), // idle too briefly: not dropped
+                    actor(3, 20 * MIB, None),
+                    durable(4, Some(2_000)),
+                ],
+            },
+            ShardView {
+                shard: 1,
+                bytes: 10 * MIB,
+                candidates: vec![],
+            },
+        ];
+        let plan = plan_moves(&c, &views, 100 * MIB, &MoveCooldown::new(), now, &mut b);
+        // 95 -> 75 MiB by dropping actors 1 and 4 (no move, no destination needed).
+        assert_eq!(plan.len(), 2, "{plan:?}");
+        assert!(plan
+            .iter()
+            .all(|m| m.deactivate && m.from == 0 && m.to == 0));
+        let dropped: HashSet<ActorId> = plan.iter().map(|m| m.actor.clone()).collect();
+        assert!(
+            dropped.contains(&ActorId::new("t", 1u64))
+                && dropped.contains(&ActorId::new("t", 4u64))
+        );
+        // With the policy off, the same shard moves its movable actor instead.
+        let off = MemoryConfig {
+            deactivate_idle_durable: false,
+            ..MemoryConfig::default()
+        };
+        let plan = plan_moves(&off, &views, 100 * MIB, &MoveCooldown::new(), now, &mut b);
+        assert_eq!(plan.len(), 1, "{plan:?}");
+        assert!(!plan[0].deactivate);
+        assert_eq!(plan[0].actor, ActorId::new("t", 3u64));
+    }
+
+    #[test]
+    fn the_locality_strategy_moves_first_the_actor_whose_traffic_stays_local_at_its_destination() {
+        let c = MemoryConfig {
+            strategy: VictimStrategy::Locality,
+            ..MemoryConfig::default()
+        };
+        let now = Instant::now();
+        // Two actors of equal size on shard 0 (95 of 100 MiB: one 16 MiB move is enough).
+        // Actor 1 talks to an actor on shard 2, actor 2 to one on its own shard 0.
+        let views = vec![
+            ShardView {
+                shard: 0,
+                bytes: 95 * MIB,
+                candidates: vec![actor(1, 16 * MIB, None), actor(2, 16 * MIB, None)],
+            },
+            ShardView {
+                shard: 1,
+                bytes: 10 * MIB,
+                candidates: vec![],
+            },
+            ShardView {
+                shard: 2,
+                bytes: 20 * MIB,
+                candidates: vec![],
+            },
+        ];
+        let partner_2 = ActorId::new("p", 20u64);
+        let partner_0 = ActorId::new("p", 0u64);
+        // Shard 2's sample: its partner sent to actor 1; shard 0's: actor 2 sent to its
+        // partner, and that partner answered from shard 0.
+        let samples = vec![
+            vec![
+                (ActorId::new("t", 2u64), partner_0.clone(), 50.0),
+                (partner_0.clone(), ActorId::new("t", 2u64), 50.0),
+            ],
+            vec![],
+            vec![(partner_2.clone(), ActorId::new("t", 1u64), 80.0)],
+        ];
+        let cands: HashMap<ActorId, ShardId> = [1u64, 2]
+            .into_iter()
+            .map(|k| (ActorId::new("t", k), 0))
+            .collect();
+        let aff = Affinity::from_edges(&samples, &cands, |_| 1);
+        assert_eq!(aff.with(&ActorId::new("t", 1u64), 2), 80.0);
+        assert_eq!(aff.with(&ActorId::new("t", 2u64), 0), 100.0);
+        let mut b = Budget::new(&c, now);
+        let (plan, _) = plan_moves_projected(
+            &c,
+            &views,
+            100 * MIB,
+            &MoveCooldown::new(),
+            now,
+            &mut b,
+            &aff,
+        );
+        assert_eq!(plan.len(), 1, "{plan:?}");
+        assert_eq!(plan[0].actor, ActorId::new("t", 1u64), "{plan:?}");
+        assert_eq!(
+            plan[0].to, 2,
+            "to the shard it talks to, not the emptiest: {plan:?}"
+        );
+        // `largest` (equal sizes: by id here) would have taken actor 1 to the emptiest shard;
+        // with the traffic the other way round, locality takes actor 2 first.
+        let swapped = vec![
+            vec![(partner_0.clone(), ActorId::new("t", 1u64), 100.0)],
+            vec![],
+            vec![(partner_2, ActorId::new("t", 2u64), 80.0)],
+        ];
+        let aff = Affinity::from_edges(&swapped, &cands, |_| 1);
+        let mut b = Budget::new(&c, now);
+        let (plan, _) = plan_moves_projected(
+            &c,
+            &views,
+            100 * MIB,
+            &MoveCooldown::new(),
+            now,
+            &mut b,
+            &aff,
+        );
+        assert_eq!(plan.len(), 1, "{plan:?}");
+        assert_eq!(plan[0].actor, ActorId::new("t", 2u64), "{plan:?}");
+        assert_eq!(plan[0].to, 2);
+        // Without edges (no `[locality]`): bytes decide, to the shard with the most room.
+        let mut b = Budget::new(&c, now);
+        let (plan, _) = plan_moves_projected(
+            &c,
+            &views,
+            100 * MIB,
+            &MoveCooldown::new(),
+            now,
+            &mut b,
+            &Affinity::default(),
+        );
+        assert_eq!(plan[0].to, 1, "{plan:?}");
     }
 }

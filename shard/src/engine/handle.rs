@@ -62,6 +62,19 @@ impl EngineHandle {
         self.shared.net.as_ref().map(|n| n.view.now())
     }
 
+    /// Deactivates `actor` on this node, wherever its activation lives: a normal deactivation
+    /// once its mailbox is empty (the turn in progress and the queued messages run first,
+    /// then `on_deactivate`); its next message activates it again (a loaded type reloads its
+    /// state). Resolves once the shard holding it was asked (not when it finished). Usable
+    /// from any thread; on a shard, await it. See `evict.rs` and docs/MEMORY.md.
+    pub fn deactivate(
+        &self,
+        actor: &quark_placement::ActorId,
+    ) -> impl Future<Output = Result<crate::Deactivation, crate::DeactivateError>> + Send + 'static
+    {
+        crate::evict::deactivate(&self.shared, actor)
+    }
+
     /// Number of shards.
     pub fn shard_count(&self) -> u16 {
         self.shared.shard_count()

@@ -97,8 +97,9 @@ const FULL_PLACES: [&str; 4] = [
 ];
 
 /// Maps the callee's error to the caller's: each wire code to its own [`CallError`] variant
-/// (the inverse of [`call_error_to_remote`]); refusals that are not call errors
-/// (`UnknownMessageType`, `BadPayload`, `Overloaded`) become [`CallError::Remote`].
+/// (the inverse of [`call_error_to_remote`]); `Overloaded` (code 6, which no peer of this
+/// protocol version sends for anything else) is a memory refusal; refusals that are not call
+/// errors (`UnknownMessageType`, `BadPayload`) become [`CallError::Remote`].
 pub(crate) fn remote_error(e: RemoteError, site: &CallSite<'_>) -> CallError {
     let actor = site.actor.clone();
     let node = site.node;
@@ -112,6 +113,10 @@ pub(crate) fn remote_error(e: RemoteError, site: &CallSite<'_>) -> CallError {
             panic: format!("{message}, on node {node}"),
         },
         RemoteError::ActivationAborted => CallError::ActivationAborted { actor },
+        RemoteError::Overloaded => CallError::Overloaded {
+            actor,
+            cause: crate::OverloadCause::Memory,
+        },
         RemoteError::ActivationFailed { detail } => CallError::ActivationFailed {
             actor,
             detail: format!("{detail} (on node {node})"),
@@ -609,6 +614,9 @@ pub(crate) fn call_error_to_remote(e: CallError) -> RemoteError {
             place: place.to_owned(),
         },
         CallError::ShuttingDown { .. } => RemoteError::ShuttingDown,
+        // Code 6, which every build reads (an older one as `CallError::Remote`, "the callee
+        // is overloaded"); memory is the only cause so far.
+        CallError::Overloaded { .. } => RemoteError::Overloaded,
     }
 }
 
@@ -953,6 +961,10 @@ mod tests {
                 place: "cross-shard credits",
             },
             CallError::ShuttingDown { actor: a() },
+            CallError::Overloaded {
+                actor: a(),
+                cause: crate::OverloadCause::Memory,
+            },
         ]
     }
 
@@ -971,6 +983,7 @@ mod tests {
             CallError::Remote { .. } => 10,
             CallError::Full { .. } => 11,
             CallError::ShuttingDown { .. } => 12,
+            CallError::Overloaded { .. } => 13,
         }
     }
 
@@ -981,7 +994,7 @@ mod tests {
         let mut seen: Vec<usize> = all.iter().map(index).collect();
         seen.sort_unstable();
         seen.dedup();
-        assert_eq!(seen, (0..=12).collect::<Vec<_>>(), "one of each variant");
+        assert_eq!(seen, (0..=13).collect::<Vec<_>>(), "one of each variant");
 
         let site = CallSite {
             actor: &actor,
