@@ -627,10 +627,10 @@ impl<IO: LogIo> Log<IO> {
     /// segment is never a torn tail) and creates the next one at `base_lsn`, of `cap` bytes.
     /// Running out of space for it ([`AppendError::NoSpace`]) does not poison the log.
     async fn roll_to(&self, base_lsn: u64, cap: u64) -> Result<(), AppendError> {
-        let (file, path, offset) = {
+        let (file, path, offset, sealed_base) = {
             let st = self.inner.state.borrow();
             let a = st.active();
-            (Rc::clone(&a.file), a.path.clone(), a.data_end)
+            (Rc::clone(&a.file), a.path.clone(), a.data_end, a.base_lsn)
         };
         if let Err(source) = file.sync_data().await {
             return Err(self.poison("fdatasync before roll", path, offset, source));
@@ -642,7 +642,14 @@ impl<IO: LogIo> Log<IO> {
         }
         self.create_segment(base_lsn, cap)
             .await
-            .map_err(|e| self.poison_io(e))
+            .map_err(|e| self.poison_io(e))?;
+        // The sealed segment takes no more appends: close its direct descriptor (one fewer
+        // open file per sealed segment) and forget its partial block.
+        file.release_direct();
+        if let Some(s) = self.inner.state.borrow_mut().segments.get_mut(&sealed_base) {
+            s.direct = None;
+        }
+        Ok(())
     }
 
     /// Seals the active segment and starts a new one: flushes everything queued, `fdatasync`s

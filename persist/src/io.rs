@@ -95,6 +95,10 @@ pub trait LogFile {
     fn direct_align(&self) -> Option<usize> {
         None
     }
+    /// Closes the direct descriptor (the segment was sealed: no more appends); a write in
+    /// flight keeps it open until it completes. Reads and [`LogFile::direct_align`] are
+    /// unaffected. The default does nothing.
+    fn release_direct(&self) {}
     /// Writes all of `buf` at `pos` through the direct, write-through descriptor (durable on
     /// completion). `pos` and `buf.len()` are multiples of [`LogFile::direct_align`], and the
     /// buffer is allocated at that alignment. The log keeps a clone of the `Rc`.
@@ -223,7 +227,10 @@ pub struct StdIo;
 /// A file of the [`StdIo`] backend: the buffered descriptor, and the direct one with its
 /// alignment when opened by [`LogIo::open_direct`].
 #[derive(Debug)]
-pub struct StdFile(std::fs::File, Option<(std::fs::File, usize)>);
+pub struct StdFile(
+    std::fs::File,
+    Option<(std::cell::RefCell<Option<std::fs::File>>, usize)>,
+);
 
 impl LogIo for StdIo {
     type File = StdFile;
@@ -250,7 +257,10 @@ impl LogIo for StdIo {
 
     async fn open_direct(&self, path: &Path) -> io::Result<StdFile> {
         let (file, direct) = open_direct_pair(path)?;
-        Ok(StdFile(file, Some(direct)))
+        Ok(StdFile(
+            file,
+            Some((std::cell::RefCell::new(Some(direct.0)), direct.1)),
+        ))
     }
 
     async fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
@@ -321,7 +331,18 @@ impl LogFile for StdFile {
                 "file not opened for direct I/O",
             ));
         };
-        f.write_all_at(buf.as_slice(), pos)
+        match &*f.borrow() {
+            Some(f) => f.write_all_at(buf.as_slice(), pos),
+            None => Err(io::Error::other(
+                "direct descriptor released (segment sealed)",
+            )),
+        }
+    }
+
+    fn release_direct(&self) {
+        if let Some((f, _)) = &self.1 {
+            f.borrow_mut().take();
+        }
     }
 }
 

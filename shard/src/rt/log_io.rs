@@ -17,6 +17,7 @@
 //! descriptor: a direct write invalidates the page-cache pages it covers, so a later buffered
 //! read sees its bytes (`tests/log_io.rs` reads back every append).
 
+use std::cell::RefCell;
 use std::io;
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
@@ -36,7 +37,9 @@ pub struct UringIo;
 #[derive(Debug)]
 pub struct UringFile {
     file: monoio::fs::File,
-    direct: Option<(monoio::fs::File, usize)>,
+    /// The direct descriptor (`None` inside once released: the segment was sealed) and its
+    /// alignment. A write holds an `Rc` clone, so a release never closes it under a write.
+    direct: Option<(RefCell<Option<Rc<monoio::fs::File>>>, usize)>,
 }
 
 /// An aligned buffer handed to the kernel for a direct write: the log keeps a clone of the
@@ -107,7 +110,10 @@ impl LogIo for UringIo {
         let (file, (direct, align)) = quark_persist::open_direct_pair(path)?;
         Ok(UringFile {
             file: monoio::fs::File::from_std(file)?,
-            direct: Some((monoio::fs::File::from_std(direct)?, align)),
+            direct: Some((
+                RefCell::new(Some(Rc::new(monoio::fs::File::from_std(direct)?))),
+                align,
+            )),
         })
     }
 
@@ -193,8 +199,19 @@ impl LogFile for UringFile {
                 "file not opened for direct I/O",
             ));
         };
+        let Some(direct) = direct.borrow().clone() else {
+            return Err(io::Error::other(
+                "direct descriptor released (segment sealed)",
+            ));
+        };
         let (res, _buf) = direct.write_all_at(SharedAligned(buf), pos).await;
         res
+    }
+
+    fn release_direct(&self) {
+        if let Some((direct, _)) = &self.direct {
+            direct.borrow_mut().take();
+        }
     }
 
     async fn file_len(&self) -> io::Result<u64> {
