@@ -118,12 +118,12 @@ fn concurrent_tasks_share_fdatasyncs() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// Descriptors this process holds open on files of `dir`.
+/// Descriptors this process holds open on segment files (`*.seg`) of `dir`.
 fn open_fds_in(dir: &std::path::Path) -> usize {
     std::fs::read_dir("/proc/self/fd")
         .expect("list /proc/self/fd")
         .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
-        .filter(|p| p.starts_with(dir))
+        .filter(|p| p.starts_with(dir) && p.extension().is_some_and(|x| x == "seg"))
         .count()
 }
 
