@@ -129,6 +129,16 @@ pub(crate) struct Segment<F> {
     pub tail_clean: bool,
 }
 
+/// Whether opening with `O_DIRECT` failed because the file system (or backend) does not do
+/// direct I/O: `EINVAL` (tmpfs), `EOPNOTSUPP`, or `Unsupported` from a backend without it.
+fn refuses_direct(e: &io::Error) -> bool {
+    e.kind() == io::ErrorKind::Unsupported
+        || matches!(
+            e.raw_os_error(),
+            Some(libc::EINVAL) | Some(libc::EOPNOTSUPP)
+        )
+}
+
 /// The direct-write state of an active segment (see `docs/PERSIST.md`, "Direct I/O").
 #[derive(Debug)]
 pub(crate) struct DirectTail {
@@ -627,7 +637,9 @@ impl<IO: LogIo> Log<IO> {
                 }
                 tracing::info!(segment = %path.display(), "direct I/O not used for this segment: {e}");
             }
-            Err(e) if mode == DirectIo::On => {
+            // Only a refusal of O_DIRECT falls back; any other error (a missing file, EIO)
+            // fails as opening the segment would.
+            Err(e) if mode == DirectIo::On || !refuses_direct(&e) => {
                 return Err(io_err("open segment direct (O_DIRECT)")(e));
             }
             Err(e) => {
