@@ -618,7 +618,7 @@ impl<IO: LogIo> Log<IO> {
         match inner.io.open_direct(path).await {
             Ok(file) => {
                 let align = file.direct_align().unwrap_or(4096) as u64;
-                if capacity % align == 0 {
+                if capacity.is_multiple_of(align) {
                     return Ok((
                         file,
                         Some(DirectTail {

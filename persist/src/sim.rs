@@ -685,7 +685,10 @@ impl LogFile for SimFile {
             return Err(io::Error::from_raw_os_error(libc::EBADF));
         };
         let a = align as u64;
-        if pos % a != 0 || buf.len() as u64 % a != 0 || (buf.as_ptr() as usize) % align != 0 {
+        if !pos.is_multiple_of(a)
+            || !(buf.len() as u64).is_multiple_of(a)
+            || !(buf.as_ptr() as usize).is_multiple_of(align)
+        {
             return Err(io::Error::from_raw_os_error(libc::EINVAL));
         }
         self.io().maybe_yield().await;
