@@ -48,6 +48,20 @@ pub enum Preallocate {
     Fallocate,
 }
 
+/// Whether write-through appends use direct I/O (`O_DIRECT | O_DSYNC`), see
+/// [`LogConfig::direct_io`].
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
+pub enum DirectIo {
+    /// Direct where the file system accepts it; elsewhere (tmpfs) buffered `O_DSYNC`, with one
+    /// log line.
+    #[default]
+    Auto,
+    /// Direct, or the log fails to open (or to create a segment) with the cause.
+    On,
+    /// Buffered `O_DSYNC` (the behaviour before direct I/O).
+    Off,
+}
+
 /// Configuration of one log (one shard).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LogConfig {
@@ -73,6 +87,14 @@ pub struct LogConfig {
     /// write does the work of write + `fdatasync`: one I/O operation per group commit instead
     /// of two (default true; on io_uring it saves a submission and a worker hand-off).
     pub write_through: bool,
+    /// With `write_through` under [`FsyncPolicy::Always`], write through a second, direct
+    /// descriptor (`O_DIRECT | O_DSYNC`) in aligned blocks (default [`DirectIo::Auto`]): the
+    /// kernel issues such a write inline, where it hands every buffered `O_DSYNC` write to a
+    /// worker thread (two cross-thread hand-offs per append). The bytes on disk are the same.
+    /// Used only on segments whose blocks are written (zero-filled or reused spares): with
+    /// [`Preallocate::Fallocate`] a new segment stays buffered. See `docs/PERSIST.md`,
+    /// "Direct I/O".
+    pub direct_io: DirectIo,
     /// Segment files compaction keeps as spares for reuse instead of deleting (default 2). A
     /// reused segment needs no zero-fill: its blocks are already written, so appends get the
     /// cheap `fdatasync` of [`Preallocate::ZeroFill`] at no creation cost. 0 disables reuse.
@@ -104,6 +126,7 @@ impl LogConfig {
             recovery: RecoveryMode::TruncateTail,
             preallocate: Preallocate::ZeroFill,
             write_through: true,
+            direct_io: DirectIo::Auto,
             recycle_segments_max: 2,
             pending_bytes_max: 4 << 20,
             accept_short_segments: false,

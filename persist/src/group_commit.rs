@@ -37,7 +37,7 @@ use std::task::Poll;
 
 use crate::config::FsyncPolicy;
 use crate::error::AppendError;
-use crate::io::{LogFile, LogIo};
+use crate::io::{AlignedBuf, LogFile, LogIo};
 use crate::log::{Chunk, IndexOp, Log, LsnRange, Poison, State, FREE_BUFS_MAX};
 use crate::record::{check_bounds, encode_batch, floor_of, record_bytes, BoundError, EncodeRecord};
 use crate::segment::SEGMENT_HEADER_BYTES;
@@ -423,7 +423,23 @@ impl<IO: LogIo> Log<IO> {
             );
             (Rc::clone(&a.file), a.path.clone(), a.write_through)
         };
-        if let Err(source) = file.write_all_at(buf, pos).await {
+        let direct = self.direct_block(&file, &buf, pos).await;
+        let direct = match direct {
+            Ok(d) => d,
+            Err((offset, source)) => {
+                return Err(self.poison(
+                    "read partial block for direct write",
+                    path,
+                    offset,
+                    source,
+                ))
+            }
+        };
+        if let Some((start, block)) = &direct {
+            if let Err(source) = file.write_direct_at(Rc::clone(block), *start).await {
+                return Err(self.poison("direct write", path, *start, source));
+            }
+        } else if let Err(source) = file.write_all_at(buf, pos).await {
             return Err(self.poison("write", path, pos, source));
         }
         let now = self.inner.io.now_ms();
@@ -441,6 +457,7 @@ impl<IO: LogIo> Log<IO> {
         }
         // A completed write-through write is as durable as write + fdatasync.
         let sync = sync || write_through;
+        let direct_used = direct.is_some();
         let mut st = self.inner.state.borrow_mut();
         let chunk = st
             .inflight
@@ -454,6 +471,15 @@ impl<IO: LogIo> Log<IO> {
             }
             seg.data_end = pos + len;
             seg.end_lsn = chunk.end_lsn;
+            if let (Some(d), Some((start, block))) = (seg.direct.as_mut(), direct) {
+                // The new partial block, as just written (what the next write starts with).
+                let end = pos + len;
+                let from = end - end % d.align;
+                let bytes =
+                    block.as_slice()[(from - start) as usize..(end - start) as usize].to_vec();
+                d.tail = Some((end, bytes));
+                d.spare = Some(block);
+            }
             if sync {
                 seg.synced_end = seg.data_end;
             }
@@ -469,6 +495,9 @@ impl<IO: LogIo> Log<IO> {
             st.sync_count += 1;
         }
         st.flush_count += 1;
+        if direct_used {
+            st.direct_writes += 1;
+        }
         st.flushed_batches += chunk.batches.len() as u64;
         st.flushed_bytes += len;
         st.group_commit_sizes[crate::log::group_commit_bucket(chunk.batches.len())] += 1;
@@ -484,6 +513,65 @@ impl<IO: LogIo> Log<IO> {
         }
         st.wake_all();
         Ok(())
+    }
+
+    /// For a direct active segment: the aligned block that writes `buf` at `pos`, and where it
+    /// goes. It starts at `pos` rounded down to the alignment with the bytes already there
+    /// (the partial block kept from the last write, or read back from the file), then `buf`
+    /// (data and end marker), then zeros up to the alignment. The bytes before `pos` are
+    /// identical to the durable ones, so a write torn at any sector leaves every acknowledged
+    /// byte in place (see `docs/PERSIST.md`, "Direct I/O"). `None` for a buffered segment.
+    async fn direct_block(
+        &self,
+        file: &Rc<IO::File>,
+        buf: &[u8],
+        pos: u64,
+    ) -> Result<Option<(u64, Rc<AlignedBuf>)>, (u64, std::io::Error)> {
+        let (align, known, spare) = {
+            let mut st = self.inner.state.borrow_mut();
+            let a = st.active_mut();
+            let Some(d) = a.direct.as_mut() else {
+                return Ok(None);
+            };
+            let known = match &d.tail {
+                Some((end, bytes)) if *end == pos => Some(bytes.clone()),
+                _ => None,
+            };
+            (d.align, known, d.spare.take())
+        };
+        let start = pos - pos % align;
+        let head_len = (pos - start) as usize;
+        let head = match known {
+            Some(h) => h,
+            None if head_len == 0 => Vec::new(),
+            None => {
+                let (res, h) = file.read_at(vec![0u8; head_len], start).await;
+                match res {
+                    Ok(n) if n == head_len => h,
+                    Ok(n) => {
+                        let e = std::io::Error::new(
+                            std::io::ErrorKind::UnexpectedEof,
+                            format!("read {n} of the {head_len} bytes before the write position"),
+                        );
+                        return Err((start, e));
+                    }
+                    Err(e) => return Err((start, e)),
+                }
+            }
+        };
+        debug_assert_eq!(head.len(), head_len);
+        let total = (head_len + buf.len()).next_multiple_of(align as usize);
+        let mut block = match spare.and_then(|b| Rc::try_unwrap(b).ok()) {
+            Some(mut b) if b.len() == total => {
+                b.as_mut_slice()[head_len + buf.len()..].fill(0);
+                b
+            }
+            _ => AlignedBuf::zeroed(total, align as usize),
+        };
+        let bytes = block.as_mut_slice();
+        bytes[..head_len].copy_from_slice(&head);
+        bytes[head_len..head_len + buf.len()].copy_from_slice(buf);
+        Ok(Some((start, Rc::new(block))))
     }
 
     /// Drops the in-flight chunk (whose new segment could not be preallocated) and every
@@ -539,10 +627,10 @@ impl<IO: LogIo> Log<IO> {
     /// segment is never a torn tail) and creates the next one at `base_lsn`, of `cap` bytes.
     /// Running out of space for it ([`AppendError::NoSpace`]) does not poison the log.
     async fn roll_to(&self, base_lsn: u64, cap: u64) -> Result<(), AppendError> {
-        let (file, path, offset) = {
+        let (file, path, offset, sealed_base) = {
             let st = self.inner.state.borrow();
             let a = st.active();
-            (Rc::clone(&a.file), a.path.clone(), a.data_end)
+            (Rc::clone(&a.file), a.path.clone(), a.data_end, a.base_lsn)
         };
         if let Err(source) = file.sync_data().await {
             return Err(self.poison("fdatasync before roll", path, offset, source));
@@ -554,7 +642,14 @@ impl<IO: LogIo> Log<IO> {
         }
         self.create_segment(base_lsn, cap)
             .await
-            .map_err(|e| self.poison_io(e))
+            .map_err(|e| self.poison_io(e))?;
+        // The sealed segment takes no more appends: close its direct descriptor (one fewer
+        // open file per sealed segment) and forget its partial block.
+        file.release_direct();
+        if let Some(s) = self.inner.state.borrow_mut().segments.get_mut(&sealed_base) {
+            s.direct = None;
+        }
+        Ok(())
     }
 
     /// Seals the active segment and starts a new one: flushes everything queued, `fdatasync`s

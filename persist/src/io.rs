@@ -30,6 +30,20 @@ pub trait LogIo {
     /// Opens an existing file for reading and writing in write-through mode (`O_DSYNC`): a
     /// write completes only once its data is durable, as if followed by `fdatasync`.
     async fn open_write_through(&self, path: &Path) -> io::Result<Self::File>;
+    /// Opens an existing file like [`LogIo::open_write_through`] and, in addition, a direct
+    /// writer on it (`O_DIRECT | O_DSYNC`) for [`LogFile::write_direct_at`]: an aligned direct
+    /// write into written (zero-filled) extents is issued inline by the kernel, where a
+    /// buffered `O_DSYNC` write is handed to a worker thread (see `docs/PERSIST.md`, "Direct
+    /// I/O"). Reads and [`LogFile::write_all_at`] keep using the buffered, write-through
+    /// descriptor. Fails (`EINVAL` from the kernel, or `Unsupported`) where the file system
+    /// refuses `O_DIRECT`; the default refuses.
+    async fn open_direct(&self, path: &Path) -> io::Result<Self::File> {
+        let _ = path;
+        Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            "this backend has no direct I/O",
+        ))
+    }
     /// Atomically renames `from` to `to` (replacing `to`).
     async fn rename(&self, from: &Path, to: &Path) -> io::Result<()>;
     /// Removes a file.
@@ -75,6 +89,133 @@ pub trait LogFile {
     async fn set_len(&self, len: u64) -> io::Result<()>;
     /// Current file length in bytes.
     async fn file_len(&self) -> io::Result<u64>;
+    /// The alignment (bytes, a power of two) that [`LogFile::write_direct_at`] requires of its
+    /// offset, length and memory, when the file was opened by [`LogIo::open_direct`]; `None`
+    /// otherwise.
+    fn direct_align(&self) -> Option<usize> {
+        None
+    }
+    /// Closes the direct descriptor (the segment was sealed: no more appends); a write in
+    /// flight keeps it open until it completes. Reads and [`LogFile::direct_align`] are
+    /// unaffected. The default does nothing.
+    fn release_direct(&self) {}
+    /// Writes all of `buf` at `pos` through the direct, write-through descriptor (durable on
+    /// completion). `pos` and `buf.len()` are multiples of [`LogFile::direct_align`], and the
+    /// buffer is allocated at that alignment. The log keeps a clone of the `Rc`.
+    async fn write_direct_at(&self, buf: Rc<AlignedBuf>, pos: u64) -> io::Result<()> {
+        let _ = (buf, pos);
+        Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            "file not opened for direct I/O",
+        ))
+    }
+}
+
+/// A zero-initialised heap buffer whose address is a multiple of its alignment: the memory of
+/// a direct (`O_DIRECT`) write. Never reallocated, so its address is stable while an
+/// `Rc<AlignedBuf>` handed to the kernel is alive.
+pub struct AlignedBuf {
+    ptr: std::ptr::NonNull<u8>,
+    layout: std::alloc::Layout,
+}
+
+impl AlignedBuf {
+    /// `len` zero bytes at `align` (a power of two).
+    ///
+    /// # Panics
+    /// When `align` is not a power of two, `len` is 0 or the allocation fails (as `Vec` does).
+    pub fn zeroed(len: usize, align: usize) -> Self {
+        let layout = std::alloc::Layout::from_size_align(len, align)
+            .expect("invariant: a power-of-two alignment and a sane length");
+        assert!(len > 0, "an aligned buffer holds at least one byte");
+        // SAFETY: the layout has a non-zero size (checked above).
+        let raw = unsafe { std::alloc::alloc_zeroed(layout) };
+        let Some(ptr) = std::ptr::NonNull::new(raw) else {
+            std::alloc::handle_alloc_error(layout)
+        };
+        Self { ptr, layout }
+    }
+
+    /// Length in bytes.
+    pub fn len(&self) -> usize {
+        self.layout.size()
+    }
+
+    /// Always false (a buffer has at least one byte).
+    pub fn is_empty(&self) -> bool {
+        false
+    }
+
+    /// The alignment the buffer was allocated with.
+    pub fn align(&self) -> usize {
+        self.layout.align()
+    }
+
+    /// The bytes.
+    pub fn as_slice(&self) -> &[u8] {
+        // SAFETY: `ptr` points to `len` initialised (zeroed, then written) bytes owned by self.
+        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.layout.size()) }
+    }
+
+    /// The bytes, writable.
+    pub fn as_mut_slice(&mut self) -> &mut [u8] {
+        // SAFETY: as in `as_slice`, and `&mut self` makes the borrow unique.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.layout.size()) }
+    }
+
+    /// The address of the first byte (for a backend handing the buffer to the kernel).
+    pub fn as_ptr(&self) -> *const u8 {
+        self.ptr.as_ptr()
+    }
+}
+
+impl Drop for AlignedBuf {
+    fn drop(&mut self) {
+        // SAFETY: allocated in `zeroed` with this very layout, freed once.
+        unsafe { std::alloc::dealloc(self.ptr.as_ptr(), self.layout) }
+    }
+}
+
+impl std::fmt::Debug for AlignedBuf {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AlignedBuf")
+            .field("len", &self.len())
+            .field("align", &self.align())
+            .finish()
+    }
+}
+
+/// The direct-I/O alignment of an open file: `statx`'s `STATX_DIOALIGN` (the larger of
+/// `dio_offset_align` and `dio_mem_align`), or 4096 when the kernel or file system does not
+/// report it. Never less than 512.
+pub fn dio_align(file: &impl AsRawFd) -> usize {
+    const FALLBACK: usize = 4096;
+    let mut stx = std::mem::MaybeUninit::<libc::statx>::zeroed();
+    // SAFETY: statx writes at most a `struct statx` into the pointer; the fd is open for the
+    // call's duration because `file` is borrowed; the empty path with AT_EMPTY_PATH names it.
+    let rc = unsafe {
+        libc::statx(
+            file.as_raw_fd(),
+            c"".as_ptr(),
+            libc::AT_EMPTY_PATH,
+            libc::STATX_DIOALIGN,
+            stx.as_mut_ptr(),
+        )
+    };
+    if rc != 0 {
+        return FALLBACK;
+    }
+    // SAFETY: rc == 0: statx filled the struct (it was zeroed before, too).
+    let stx = unsafe { stx.assume_init() };
+    if stx.stx_mask & libc::STATX_DIOALIGN == 0 || stx.stx_dio_offset_align == 0 {
+        return FALLBACK;
+    }
+    let align = (stx.stx_dio_offset_align.max(stx.stx_dio_mem_align) as usize).max(512);
+    if align.is_power_of_two() {
+        align
+    } else {
+        FALLBACK
+    }
 }
 
 /// Blocking `std::fs` backend. Every future completes on its first poll. Use it for tests,
@@ -83,9 +224,13 @@ pub trait LogFile {
 #[derive(Clone, Copy, Debug, Default)]
 pub struct StdIo;
 
-/// A file of the [`StdIo`] backend.
+/// A file of the [`StdIo`] backend: the buffered descriptor, and the direct one with its
+/// alignment when opened by [`LogIo::open_direct`].
 #[derive(Debug)]
-pub struct StdFile(std::fs::File);
+pub struct StdFile(
+    std::fs::File,
+    Option<(std::cell::RefCell<Option<std::fs::File>>, usize)>,
+);
 
 impl LogIo for StdIo {
     type File = StdFile;
@@ -97,7 +242,7 @@ impl LogIo for StdIo {
             .create(create)
             .truncate(false)
             .open(path)
-            .map(StdFile)
+            .map(|f| StdFile(f, None))
     }
 
     async fn open_write_through(&self, path: &Path) -> io::Result<StdFile> {
@@ -107,7 +252,15 @@ impl LogIo for StdIo {
             .write(true)
             .custom_flags(libc::O_DSYNC)
             .open(path)
-            .map(StdFile)
+            .map(|f| StdFile(f, None))
+    }
+
+    async fn open_direct(&self, path: &Path) -> io::Result<StdFile> {
+        let (file, direct) = open_direct_pair(path)?;
+        Ok(StdFile(
+            file,
+            Some((std::cell::RefCell::new(Some(direct.0)), direct.1)),
+        ))
     }
 
     async fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
@@ -166,6 +319,50 @@ impl LogFile for StdFile {
     async fn file_len(&self) -> io::Result<u64> {
         Ok(self.0.metadata()?.len())
     }
+
+    fn direct_align(&self) -> Option<usize> {
+        self.1.as_ref().map(|&(_, a)| a)
+    }
+
+    async fn write_direct_at(&self, buf: Rc<AlignedBuf>, pos: u64) -> io::Result<()> {
+        let Some((f, _)) = &self.1 else {
+            return Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                "file not opened for direct I/O",
+            ));
+        };
+        match &*f.borrow() {
+            Some(f) => f.write_all_at(buf.as_slice(), pos),
+            None => Err(io::Error::other(
+                "direct descriptor released (segment sealed)",
+            )),
+        }
+    }
+
+    fn release_direct(&self) {
+        if let Some((f, _)) = &self.1 {
+            f.borrow_mut().take();
+        }
+    }
+}
+
+/// Opens `path` twice, the way [`LogIo::open_direct`] wants it: a buffered write-through
+/// (`O_DSYNC`) descriptor for reads and ordinary writes, and a direct one (`O_DIRECT |
+/// O_DSYNC`, write-only) with its alignment ([`dio_align`]). Blocking (once per segment).
+/// `EINVAL` where the file system refuses `O_DIRECT` (tmpfs).
+pub fn open_direct_pair(path: &Path) -> io::Result<(std::fs::File, (std::fs::File, usize))> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let direct = std::fs::OpenOptions::new()
+        .write(true)
+        .custom_flags(libc::O_DIRECT | libc::O_DSYNC)
+        .open(path)?;
+    let align = dio_align(&direct);
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_DSYNC)
+        .open(path)?;
+    Ok((file, (direct, align)))
 }
 
 /// `fallocate(fd, 0, 0, len)`; falls back to `set_len` where the filesystem does not support

@@ -32,14 +32,16 @@ mod segment;
 pub mod sim;
 
 pub use compaction::{CompactionPolicy, CompactionReport};
-pub use config::{FsyncPolicy, LogConfig, Preallocate, RecoveryMode};
+pub use config::{DirectIo, FsyncPolicy, LogConfig, Preallocate, RecoveryMode};
 pub use error::{AppendError, CompactError, OpenError, ReadError, RecoverError, ScrubError};
 pub use gaps::GAPS_FILE;
 pub use inspect::{
     inspect_dir, inspect_segment, Damage, DamageKind, DirInspection, InspectError, InspectedRecord,
     SegmentInspection,
 };
-pub use io::{block_on, fallocate, LogFile, LogIo, StdFile, StdIo};
+pub use io::{
+    block_on, dio_align, fallocate, open_direct_pair, AlignedBuf, LogFile, LogIo, StdFile, StdIo,
+};
 pub use lock::{DirLock, LockError, LockHolder, LockMode, LOCK_FILE};
 pub use log::{group_commit_bucket, Log, LogStats, LsnRange, GROUP_COMMIT_BUCKETS};
 pub use read::Scanner;

@@ -3,15 +3,15 @@
 use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, VecDeque};
 use std::io;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::task::Waker;
 
-use crate::config::{LogConfig, Preallocate};
+use crate::config::{DirectIo, LogConfig, Preallocate};
 use crate::error::{AppendError, OpenError};
 use crate::gaps::Gaps;
 use crate::index::{Dead, KeyIndex, SegmentStats};
-use crate::io::{LogFile, LogIo};
+use crate::io::{AlignedBuf, LogFile, LogIo};
 use crate::record::{RecordKind, BATCH_HEADER_BYTES, RECORD_HEADER_BYTES};
 use crate::recovery::{recover, RecoveryReport};
 use crate::segment::{
@@ -85,6 +85,9 @@ pub struct LogStats {
     /// Flushes by group-commit size (batches per write): bucket `i` counts flushes of at most
     /// `2^i` batches (the last bucket: any larger flush). See [`GROUP_COMMIT_BUCKETS`].
     pub group_commit_sizes: [u64; GROUP_COMMIT_BUCKETS],
+    /// Flushes written as aligned direct (`O_DIRECT | O_DSYNC`) writes since open
+    /// ([`crate::LogConfig::direct_io`]); the other write-through flushes were buffered.
+    pub direct_writes: u64,
     /// How long opening the log took (recovery: scanning the segments and rebuilding the
     /// index), in microseconds.
     pub recovery_us: u64,
@@ -116,12 +119,37 @@ pub(crate) struct Segment<F> {
     pub synced_end: u64,
     /// `file` was opened write-through (`O_DSYNC`): a completed write is durable.
     pub write_through: bool,
+    /// `file` was opened by [`LogIo::open_direct`]: flushes are aligned direct writes.
+    pub direct: Option<DirectTail>,
     /// `(first_lsn, offset)` of some batches, at least one per [`SPARSE_STEP_BYTES`].
     pub sparse: Vec<(u64, u64)>,
     pub stats: SegmentStats,
     /// Every byte after `data_end` is known to be zero (a fresh file, or zeroed by
     /// [`Log::scrub`]); false for a reused spare or a recovered segment with other bytes there.
     pub tail_clean: bool,
+}
+
+/// Whether opening with `O_DIRECT` failed because the file system (or backend) does not do
+/// direct I/O: `EINVAL` (tmpfs), `EOPNOTSUPP`, or `Unsupported` from a backend without it.
+fn refuses_direct(e: &io::Error) -> bool {
+    e.kind() == io::ErrorKind::Unsupported
+        || matches!(
+            e.raw_os_error(),
+            Some(libc::EINVAL) | Some(libc::EOPNOTSUPP)
+        )
+}
+
+/// The direct-write state of an active segment (see `docs/PERSIST.md`, "Direct I/O").
+#[derive(Debug)]
+pub(crate) struct DirectTail {
+    /// Offset, length and memory alignment of a direct write (a power of two).
+    pub align: u64,
+    /// `(end, bytes)`: the bytes of `[end rounded down to align, end)`, as on disk, where
+    /// `end` is the segment's `data_end` when they were taken. `None` (or another `end` than
+    /// the next write's position) makes the next flush read them from the file first.
+    pub tail: Option<(u64, Vec<u8>)>,
+    /// The buffer of the last direct write, reused when the kernel has returned it.
+    pub spare: Option<Rc<AlignedBuf>>,
 }
 
 impl<F> Segment<F> {
@@ -230,6 +258,11 @@ pub(crate) struct State<F> {
     pub maintenance: bool,
     /// The directory's exclusive lock: released by [`Log::close`] or when the last handle drops.
     pub lock: Option<crate::lock::DirLock>,
+    /// `direct_io = "auto"` found the file system refusing `O_DIRECT` (logged once; later
+    /// segments do not try again).
+    pub direct_refused: bool,
+    /// Flushes written as direct writes since open (see [`LogStats::direct_writes`]).
+    pub direct_writes: u64,
 }
 
 /// Held by the one compaction or scrub running; releases and wakes waiters when dropped.
@@ -483,6 +516,8 @@ impl<IO: LogIo> Log<IO> {
             segments_recycled: 0,
             maintenance: false,
             lock,
+            direct_refused: false,
+            direct_writes: 0,
         };
         let log = Log {
             inner: Rc::new(Inner {
@@ -508,24 +543,22 @@ impl<IO: LogIo> Log<IO> {
                 .map_err(OpenError::Create)?;
         }
         if log.wants_write_through() && !log.inner.state.borrow().active().write_through {
-            let path = log.inner.state.borrow().active().path.clone();
-            let file = log
-                .inner
-                .io
-                .open_write_through(&path)
+            let (path, capacity) = {
+                let st = log.inner.state.borrow();
+                (st.active().path.clone(), st.active().capacity)
+            };
+            // A recovered segment was zero-filled when created under `ZeroFill`; under
+            // `Fallocate` it may hold unwritten extents, which a direct write would convert.
+            let written = log.inner.config.preallocate == Preallocate::ZeroFill;
+            let (file, direct) = log
+                .open_active(&path, capacity, written)
                 .await
-                .map_err(|source| {
-                    OpenError::Create(AppendError::Io {
-                        op: "open segment write-through",
-                        file: path.clone(),
-                        offset: 0,
-                        source,
-                    })
-                })?;
+                .map_err(OpenError::Create)?;
             let mut st = log.inner.state.borrow_mut();
             let active = st.active_mut();
             active.file = Rc::new(file);
             active.write_through = true;
+            active.direct = direct;
         }
         {
             let mut st = log.inner.state.borrow_mut();
@@ -550,6 +583,79 @@ impl<IO: LogIo> Log<IO> {
         })
         .await;
         Maintenance(self)
+    }
+
+    /// Opens an active segment write-through, direct when [`LogConfig::direct_io`] asks for it,
+    /// the backend and file system accept it, the segment's blocks are `written` (not
+    /// unwritten extents) and its capacity is a multiple of the alignment. `direct_io = "auto"`
+    /// falls back to buffered write-through with one log line per log; `"on"` fails.
+    pub(crate) async fn open_active(
+        &self,
+        path: &Path,
+        capacity: u64,
+        written: bool,
+    ) -> Result<(IO::File, Option<DirectTail>), AppendError> {
+        let inner = &self.inner;
+        let io_err = |op: &'static str| {
+            let file = path.to_path_buf();
+            move |source| AppendError::Io {
+                op,
+                file,
+                offset: 0,
+                source,
+            }
+        };
+        let mode = inner.config.direct_io;
+        let refused = inner.state.borrow().direct_refused;
+        if mode == DirectIo::Off || (mode == DirectIo::Auto && (refused || !written)) {
+            let file = inner
+                .io
+                .open_write_through(path)
+                .await
+                .map_err(io_err("open segment write-through"))?;
+            return Ok((file, None));
+        }
+        match inner.io.open_direct(path).await {
+            Ok(file) => {
+                let align = file.direct_align().unwrap_or(4096) as u64;
+                if capacity.is_multiple_of(align) {
+                    return Ok((
+                        file,
+                        Some(DirectTail {
+                            align,
+                            tail: None,
+                            spare: None,
+                        }),
+                    ));
+                }
+                let e = io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!("segment size {capacity} is not a multiple of the direct I/O alignment {align}"),
+                );
+                if mode == DirectIo::On {
+                    return Err(io_err("open segment direct (O_DIRECT)")(e));
+                }
+                tracing::info!(segment = %path.display(), "direct I/O not used for this segment: {e}");
+            }
+            // Only a refusal of O_DIRECT falls back; any other error (a missing file, EIO)
+            // fails as opening the segment would.
+            Err(e) if mode == DirectIo::On || !refuses_direct(&e) => {
+                return Err(io_err("open segment direct (O_DIRECT)")(e));
+            }
+            Err(e) => {
+                inner.state.borrow_mut().direct_refused = true;
+                tracing::info!(
+                    dir = %inner.config.dir.display(),
+                    "log direct_io = auto: the file system refuses O_DIRECT ({e}); appends use buffered O_DSYNC writes"
+                );
+            }
+        }
+        let file = inner
+            .io
+            .open_write_through(path)
+            .await
+            .map_err(io_err("open segment write-through"))?;
+        Ok((file, None))
     }
 
     /// Whether active segments are opened write-through (`O_DSYNC`).
@@ -666,16 +772,24 @@ impl<IO: LogIo> Log<IO> {
             inner.state.borrow_mut().segments_recycled += 1;
         }
         let write_through = self.wants_write_through();
-        let file = if write_through {
+        let (file, direct) = if write_through {
             drop(file);
-            inner.io.open_write_through(&path).await.map_err(io_err(
-                "open segment write-through",
-                &path,
-                0,
-            ))?
+            // Every block is written: zero-filled just above, or a reused spare's.
+            let written = recycled || inner.config.preallocate == Preallocate::ZeroFill;
+            self.open_active(&path, seg_bytes, written).await?
         } else {
-            file
+            (file, None)
         };
+        let direct = direct.map(|mut d| {
+            // The header block as written above (header, end marker, zeros: the file was
+            // zero-filled, or a spare's stale bytes sit behind the end marker and are
+            // overwritten with zeros by the first direct write).
+            let header_end = SEGMENT_HEADER_BYTES as u64;
+            if header_end < d.align {
+                d.tail = Some((header_end, header.to_vec()));
+            }
+            d
+        });
         let mut st = inner.state.borrow_mut();
         st.segments.insert(
             base_lsn,
@@ -688,6 +802,7 @@ impl<IO: LogIo> Log<IO> {
                 data_end: SEGMENT_HEADER_BYTES as u64,
                 synced_end: SEGMENT_HEADER_BYTES as u64,
                 write_through,
+                direct,
                 sparse: Vec::new(),
                 stats: SegmentStats::default(),
                 tail_clean: !recycled,
@@ -812,6 +927,7 @@ impl<IO: LogIo> Log<IO> {
             flushed_bytes: st.flushed_bytes,
             group_commit_sizes: st.group_commit_sizes,
             recovery_us: st.recovery_us,
+            direct_writes: st.direct_writes,
         }
     }
 

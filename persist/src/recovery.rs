@@ -520,6 +520,7 @@ pub(crate) async fn recover<IO: LogIo>(
             data_end: end_offset,
             synced_end: end_offset,
             write_through: false,
+            direct: None,
             sparse: Vec::new(),
             stats: SegmentStats::default(),
             tail_clean: bytes
@@ -647,6 +648,7 @@ impl Kept {
             data_end: self.data_end,
             synced_end: self.data_end,
             write_through: false,
+            direct: None,
             sparse: Vec::new(),
             stats: SegmentStats::default(),
             tail_clean: true,

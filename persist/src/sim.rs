@@ -62,6 +62,9 @@ use crate::io::{LogFile, LogIo};
 /// Sector size: a torn write keeps whole sectors (of the file's offsets) only.
 pub const SECTOR_BYTES: u64 = 512;
 
+/// The alignment of the simulated disk's direct writes ([`LogFile::direct_align`]).
+pub const SIM_DIRECT_ALIGN: usize = 4096;
+
 /// What a power loss keeps of the writes that were not synced.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
 pub enum LossMode {
@@ -127,6 +130,8 @@ enum DataOp {
         bytes: Rc<Vec<u8>>,
         /// The write the crash interrupted: it never completed.
         interrupted: bool,
+        /// A direct write: torn, any subset of its sectors lands (not only a prefix).
+        direct: bool,
     },
     SetLen(u64),
     /// `fallocate`: length at least this.
@@ -202,6 +207,10 @@ struct Disk {
     rng: SimRng,
     yield_permille: u64,
     clock_ms: u64,
+    /// `open_direct` fails with `EINVAL` (see [`SimIo::refuse_direct`]).
+    refuse_direct: bool,
+    /// Interrupted direct writes the power loss that made this disk kept torn (some sectors).
+    torn_direct: u64,
 }
 
 impl Disk {
@@ -219,6 +228,8 @@ impl Disk {
             rng: SimRng::new(seed),
             yield_permille: 500,
             clock_ms: 1_700_000_000_000,
+            refuse_direct: false,
+            torn_direct: 0,
         }
     }
 
@@ -275,6 +286,8 @@ pub struct SimFile {
     disk: Rc<RefCell<Disk>>,
     inode: u64,
     write_through: bool,
+    /// Opened by [`LogIo::open_direct`]: the alignment of direct writes.
+    direct: Option<usize>,
 }
 
 impl SimIo {
@@ -329,6 +342,7 @@ impl SimIo {
             op.apply(&mut names);
         }
         let mut inodes = HashMap::new();
+        let mut torn_direct = 0;
         for &id in names.values() {
             if inodes.contains_key(&id) {
                 continue;
@@ -371,6 +385,24 @@ impl SimIo {
                 match (op, fate) {
                     (_, 0) => {}
                     (DataOp::Write { pos, bytes, .. }, 1) => write_into(&mut data, *pos, bytes),
+                    (
+                        DataOp::Write {
+                            pos,
+                            bytes,
+                            direct: true,
+                            ..
+                        },
+                        _,
+                    ) => {
+                        // A direct write reaches the device as sector writes in no set order:
+                        // each sector lands or not.
+                        torn_direct += 1;
+                        for (i, sector) in bytes.chunks(SECTOR_BYTES as usize).enumerate() {
+                            if rng.chance(500) {
+                                write_into(&mut data, pos + (i as u64) * SECTOR_BYTES, sector);
+                            }
+                        }
+                    }
                     (DataOp::Write { pos, bytes, .. }, _) => {
                         // Keep whole sectors: cut at a sector boundary inside the write.
                         let end = pos + bytes.len() as u64;
@@ -409,6 +441,8 @@ impl SimIo {
             rng: SimRng::new(rng.next_u64()),
             yield_permille: old.yield_permille,
             clock_ms: old.clock_ms + 1_000,
+            refuse_direct: old.refuse_direct,
+            torn_direct,
         };
         SimIo {
             disk: Rc::new(RefCell::new(disk)),
@@ -449,7 +483,20 @@ impl SimIo {
             disk: Rc::clone(&self.disk),
             inode,
             write_through,
+            direct: None,
         }
+    }
+
+    /// How many interrupted direct writes the power loss that built this disk kept torn (each
+    /// of their sectors landed or not, independently).
+    pub fn torn_direct_writes(&self) -> u64 {
+        self.disk.borrow().torn_direct
+    }
+
+    /// Makes [`LogIo::open_direct`] fail with `EINVAL`, as tmpfs does (by default the
+    /// simulated disk accepts direct I/O with a [`SIM_DIRECT_ALIGN`] alignment).
+    pub fn refuse_direct(&self) {
+        self.disk.borrow_mut().refuse_direct = true;
     }
 }
 
@@ -490,6 +537,19 @@ impl LogIo for SimIo {
         let id = *d.names.get(path).ok_or_else(|| not_found(path))?;
         drop(d);
         Ok(self.file(id, true))
+    }
+
+    async fn open_direct(&self, path: &Path) -> io::Result<SimFile> {
+        let mut d = self.disk.borrow_mut();
+        d.op()?;
+        if d.refuse_direct {
+            return Err(io::Error::from_raw_os_error(libc::EINVAL));
+        }
+        let id = *d.names.get(path).ok_or_else(|| not_found(path))?;
+        drop(d);
+        let mut f = self.file(id, true);
+        f.direct = Some(SIM_DIRECT_ALIGN);
+        Ok(f)
     }
 
     async fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
@@ -591,6 +651,7 @@ impl LogFile for SimFile {
                     pos,
                     bytes,
                     interrupted: true,
+                    direct: false,
                 });
             }
             return Err(e);
@@ -606,8 +667,48 @@ impl LogFile for SimFile {
                 pos,
                 bytes: Rc::new(buf.to_vec()),
                 interrupted: false,
+                direct: false,
             });
         }
+        Ok(())
+    }
+
+    fn direct_align(&self) -> Option<usize> {
+        self.direct
+    }
+
+    /// A direct write: refused (`EINVAL`) unless offset, length and memory are aligned, as the
+    /// kernel does; durable on completion; interrupted by a crash, any subset of its sectors
+    /// may land (see [`SimIo::power_loss`]).
+    async fn write_direct_at(&self, buf: Rc<crate::io::AlignedBuf>, pos: u64) -> io::Result<()> {
+        let Some(align) = self.direct else {
+            return Err(io::Error::from_raw_os_error(libc::EBADF));
+        };
+        let a = align as u64;
+        if !pos.is_multiple_of(a)
+            || !(buf.len() as u64).is_multiple_of(a)
+            || !(buf.as_ptr() as usize).is_multiple_of(align)
+        {
+            return Err(io::Error::from_raw_os_error(libc::EINVAL));
+        }
+        self.io().maybe_yield().await;
+        let mut d = self.disk.borrow_mut();
+        let was_up = !d.crashed;
+        if let Err(e) = d.op() {
+            if was_up {
+                let bytes = Rc::new(buf.as_slice().to_vec());
+                d.inode(self.inode)?.pending.push(DataOp::Write {
+                    pos,
+                    bytes,
+                    interrupted: true,
+                    direct: true,
+                });
+            }
+            return Err(e);
+        }
+        let ino = d.inode(self.inode)?;
+        write_into(&mut ino.cache, pos, buf.as_slice());
+        write_into(&mut ino.durable, pos, buf.as_slice());
         Ok(())
     }
 

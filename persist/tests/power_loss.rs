@@ -48,7 +48,8 @@ use std::time::Instant;
 
 use quark_persist::sim::{LossMode, SimIo, SimRng};
 use quark_persist::{
-    block_on, Batch, CompactionPolicy, FsyncPolicy, Log, LogConfig, Preallocate, RecordKind,
+    block_on, Batch, CompactionPolicy, DirectIo, FsyncPolicy, Log, LogConfig, Preallocate,
+    RecordKind,
 };
 
 /// Seeds per run (each cuts the power at least [`EPOCHS`] times).
@@ -111,6 +112,12 @@ fn params(rng: &mut SimRng) -> Params {
         Preallocate::Fallocate
     };
     config.recycle_segments_max = rng.below(3) as usize;
+    // Write-through seeds mostly write direct (aligned O_DIRECT writes, torn at any sector).
+    config.direct_io = if rng.chance(700) {
+        DirectIo::Auto
+    } else {
+        DirectIo::Off
+    };
     config.pending_bytes_max = [2048, 8192, 1 << 20][rng.below(3) as usize];
     let appenders = 1 + rng.below(4);
     Params {
@@ -157,12 +164,16 @@ struct Totals {
     compacted_segments: u64,
     copied_records: u64,
     scrubs: u64,
+    /// Flushes written as aligned direct writes, and interrupted direct writes a power loss
+    /// kept torn (any subset of their sectors).
+    direct_writes: u64,
+    torn_direct: u64,
 }
 
 impl Totals {
     fn describe(&self) -> String {
         format!(
-            "{} power losses ({} at a crash point mid-operation, {} of them in recovery), {} durable batches checked, {} batches survived that were not known durable (unacknowledged, or acknowledged unsynced under fsync = never), {} torn tails truncated; {} appends in {} flushes, {} segments reused, {} compacted away ({} records copied), {} scrubs",
+            "{} power losses ({} at a crash point mid-operation, {} of them in recovery), {} durable batches checked, {} batches survived that were not known durable (unacknowledged, or acknowledged unsynced under fsync = never), {} torn tails truncated; {} appends in {} flushes, {} segments reused, {} compacted away ({} records copied), {} scrubs; {} direct writes, {} torn direct writes",
             self.power_losses,
             self.mid_op_crashes,
             self.recovery_crashes,
@@ -174,7 +185,9 @@ impl Totals {
             self.recycled,
             self.compacted_segments,
             self.copied_records,
-            self.scrubs
+            self.scrubs,
+            self.direct_writes,
+            self.torn_direct
         )
     }
 
@@ -191,6 +204,8 @@ impl Totals {
         self.compacted_segments += t.compacted_segments;
         self.copied_records += t.copied_records;
         self.scrubs += t.scrubs;
+        self.direct_writes += t.direct_writes;
+        self.torn_direct += t.torn_direct;
     }
 }
 
@@ -543,6 +558,7 @@ fn run_seed(seed: u64, totals: &mut Totals) -> Result<(), Failure> {
                 let mut c = ctx.coverage.borrow_mut();
                 c.flushes += stats.flush_count;
                 c.recycled += stats.segments_recycled;
+                c.direct_writes += stats.direct_writes;
                 if let Some(f) = ctx.failure.borrow_mut().take() {
                     return Err(format!("epoch {epoch}: {f}"));
                 }
@@ -558,6 +574,7 @@ fn run_seed(seed: u64, totals: &mut Totals) -> Result<(), Failure> {
         let mode = LossMode::ALL[rng.below(3) as usize];
         io = io.power_loss(mode, rng.next_u64());
         totals.power_losses += 1;
+        totals.torn_direct += io.torn_direct_writes();
         // Recover (never crashed here: the next epoch's open may be) and check.
         let (log, report) =
             open(&io, &p.config).map_err(|e| format!("epoch {epoch}: recovery failed: {e}"))?;
@@ -655,6 +672,11 @@ fn acknowledged_batches_survive_power_loss() {
         "compaction never removed a segment or copied a record"
     );
     assert!(sum.scrubs > 0, "no scrub completed");
+    assert!(sum.direct_writes > 0, "no flush was a direct write");
+    assert!(
+        sum.torn_direct > 0,
+        "no interrupted direct write was kept torn"
+    );
     assert!(
         sum.surviving_unacked > 0,
         "no unacknowledged batch ever survived"

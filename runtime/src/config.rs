@@ -238,6 +238,7 @@ struct RawLog {
     recovery: Option<String>,
     preallocate: Option<String>,
     write_through: Option<bool>,
+    direct_io: Option<String>,
     recycle_segments_max: Option<Int>,
     pending_bytes_max: Option<Int>,
     compact_interval_ms: Option<Int>,
@@ -848,6 +849,20 @@ fn log_config(l: RawLog, check: &Check<'_>) -> Result<quark_persist::LogConfig, 
     }
     if let Some(v) = l.write_through {
         c.write_through = v;
+    }
+    if let Some(v) = l.direct_io {
+        c.direct_io = match v.as_str() {
+            "auto" => quark_persist::DirectIo::Auto,
+            "on" => quark_persist::DirectIo::On,
+            "off" => quark_persist::DirectIo::Off,
+            _ => {
+                return Err(check.invalid(
+                    "log.direct_io",
+                    format!("{v:?}"),
+                    "\"auto\", \"on\" or \"off\"",
+                ))
+            }
+        };
     }
     if let Some(v) = l.recycle_segments_max {
         c.recycle_segments_max =

@@ -79,9 +79,10 @@ pub use quark_shard::{DrainReport, MigrateError, Moved, Placement, PlacementPoli
 pub mod log {
     pub use quark_persist::{block_on, LogIo, StdIo};
     pub use quark_persist::{
-        AppendError, Batch, CompactError, CompactionPolicy, CompactionReport, FsyncPolicy, Invalid,
-        Log, LogConfig, LogStats, LsnRange, NewRecord, OpenError, Preallocate, ReadError, Record,
-        RecordKind, RecoverError, RecoveryMode, RecoveryReport, Scanner, ScrubError, ScrubReport,
+        AppendError, Batch, CompactError, CompactionPolicy, CompactionReport, DirectIo,
+        FsyncPolicy, Invalid, Log, LogConfig, LogStats, LsnRange, NewRecord, OpenError,
+        Preallocate, ReadError, Record, RecordKind, RecoverError, RecoveryMode, RecoveryReport,
+        Scanner, ScrubError, ScrubReport,
     };
     pub use quark_shard::rt::log_io::{open_log, UringIo};
     pub use quark_shard::{current_shard_log, ShardLog};

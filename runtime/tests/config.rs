@@ -189,6 +189,29 @@ fn log_section() {
 }
 
 #[test]
+fn log_direct_io_key() {
+    let log = |text: &str| {
+        NodeConfig::from_toml(&format!("[log]\ndata_dir = \"/d\"\n{text}"), "q.toml")
+            .map(|c| c.engine.log.expect("a log is configured").direct_io)
+    };
+    assert_eq!(log("").unwrap(), quark::log::DirectIo::Auto);
+    assert_eq!(log("direct_io = \"on\"").unwrap(), quark::log::DirectIo::On);
+    assert_eq!(
+        log("direct_io = \"off\"").unwrap(),
+        quark::log::DirectIo::Off
+    );
+    assert_eq!(
+        log("direct_io = \"auto\"").unwrap(),
+        quark::log::DirectIo::Auto
+    );
+    let e = log("direct_io = \"yes\"").unwrap_err();
+    assert!(
+        matches!(e, ConfigError::Invalid { ref key, .. } if key == "log.direct_io"),
+        "{e}"
+    );
+}
+
+#[test]
 fn journal_keys_parse_and_are_checked() {
     let c = NodeConfig::from_toml(
         "[actors.acct]\nsnapshot_every_events = 1000\nsnapshot_every_bytes = 65536\nretention_age_ms = 86400000\n",

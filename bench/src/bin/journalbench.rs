@@ -4,7 +4,10 @@
 //! 1. Baselines: a plain blocking `pwrite` + `fdatasync` loop of `--baseline-bytes` writes at
 //!    the end of the written data of a preallocated (zero-filled, like the log's segments) file
 //!    and of a growing file; the same write + `fdatasync` through monoio/io_uring, and one
-//!    `O_DSYNC` write through io_uring (what the log does: its segments are write-through).
+//!    `O_DSYNC` write through io_uring (what the log did before direct I/O); the single-actor
+//!    group also interleaves (g), aligned `O_DIRECT | O_DSYNC` io_uring writes of the blocks a
+//!    direct-I/O append writes (what the log does with `[log] direct_io`, the default), and
+//!    `--direct-io off` runs the node with buffered `O_DSYNC` appends for comparison.
 //! 2. One event-sourced actor persisting one 100-byte event per turn, `fsync = "always"`:
 //!    sequential asks from a driver task on the actor's shard (`Node::spawn_on`) and from a
 //!    thread outside the node. Latency of the handler's `persist` and of the whole ask.
@@ -95,6 +98,10 @@ struct Args {
     /// costs the io_uring worker that runs a write-through append.
     #[arg(long)]
     no_pin: bool,
+    /// `[log] direct_io` of the node: `auto` (the default: aligned `O_DIRECT | O_DSYNC`
+    /// appends), `on` or `off` (buffered `O_DSYNC`, the behaviour before direct I/O).
+    #[arg(long, default_value = "auto")]
+    direct_io: String,
 }
 
 /// One named figure of one run.
@@ -138,6 +145,71 @@ fn fresh(dir: &Path) -> Result<()> {
 }
 
 // ---- baselines ----
+
+/// Alignment of the raw direct baseline's writes (what `statx` reports on ext4 is 512; the
+/// log uses `STATX_DIOALIGN` too, so this is the same figure where the disk's is 4096).
+fn direct_align(path: &Path) -> Result<usize> {
+    let f = OpenOptions::new()
+        .read(true)
+        .open(path)
+        .with_context(|| format!("open {}", path.display()))?;
+    Ok(quark_persist::dio_align(&f))
+}
+
+/// Raw io_uring `O_DIRECT | O_DSYNC` writes as the log issues them for `size`-byte appends:
+/// append `i` writes `[i * size, (i + 1) * size)` rounded out to the alignment (the block
+/// holding the previous end, rewritten with the same bytes, then the new ones and zero
+/// padding), from an aligned buffer, into a zero-filled file.
+fn direct_loop_from(path: &Path, size: usize, first: u64, count: u64) -> Result<Histogram<u64>> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let align = direct_align(path)? as u64;
+    let std_file = OpenOptions::new()
+        .write(true)
+        .custom_flags(libc::O_DIRECT | libc::O_DSYNC)
+        .open(path)
+        .with_context(|| format!("open {} O_DIRECT", path.display()))?;
+    let mut rt = monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
+        .with_entries(256)
+        .build()
+        .context("io_uring runtime")?;
+    rt.block_on(async move {
+        let file = monoio::fs::File::from_std(std_file)?;
+        let mut h = hist();
+        let max = (size as u64).next_multiple_of(align) + align;
+        let mut block = std::rc::Rc::new(quark_persist::AlignedBuf::zeroed(
+            max as usize,
+            align as usize,
+        ));
+        for i in first..first + count {
+            let start = (i * size as u64) / align * align;
+            let end = ((i + 1) * size as u64).next_multiple_of(align);
+            let b = std::rc::Rc::get_mut(&mut block).context("buffer returned")?;
+            b.as_mut_slice().fill(0x77);
+            let t = Instant::now();
+            let buf = DirectBuf(std::rc::Rc::clone(&block), (end - start) as usize);
+            let (res, _) = file.write_all_at(buf, start).await;
+            res?;
+            h.record(t.elapsed().as_nanos() as u64)?;
+        }
+        anyhow::Ok(h)
+    })
+}
+
+/// The first `.1` bytes of an aligned buffer, handed to io_uring.
+struct DirectBuf(std::rc::Rc<quark_persist::AlignedBuf>, usize);
+
+// SAFETY: the Rc keeps the allocation alive and unmoved until the write completes; the loop
+// writes into it only between writes (`Rc::get_mut` succeeds only when no op holds a clone);
+// `.1` never exceeds its length.
+unsafe impl monoio::buf::IoBuf for DirectBuf {
+    fn read_ptr(&self) -> *const u8 {
+        self.0.as_ptr()
+    }
+
+    fn bytes_init(&self) -> usize {
+        self.1
+    }
+}
 
 /// The same through monoio/io_uring on a preallocated file: write + `fdatasync`, or (with
 /// `dsync`) one write on an `O_DSYNC` descriptor.
@@ -226,11 +298,12 @@ fn baselines(args: &Args, out: &mut Out) -> Result<()> {
 fn start_node(args: &Args, data_dir: &Path, policy: JournalPolicy) -> Result<Node> {
     // Log defaults otherwise: 64 MiB zero-filled segments, write-through.
     let text = format!(
-        "[node]\nshards = {}\nidle_spin_us = {}\npin_threads = {}\n[log]\ndata_dir = {:?}\nfsync = \"always\"\n",
+        "[node]\nshards = {}\nidle_spin_us = {}\npin_threads = {}\n[log]\ndata_dir = {:?}\nfsync = \"always\"\ndirect_io = {:?}\n",
         args.shards,
         args.idle_spin_us,
         !args.no_pin,
-        data_dir.to_str().context("data dir is UTF-8")?
+        data_dir.to_str().context("data dir is UTF-8")?,
+        args.direct_io
     );
     let config = NodeConfig::from_toml(&text, "journalbench.toml")?;
     Ok(Node::builder()
@@ -286,6 +359,14 @@ fn interleaved_uring_baseline(args: &Args) -> String {
     )
 }
 
+/// Name of the raw io_uring `O_DIRECT | O_DSYNC` baseline (what a direct-I/O append writes).
+fn interleaved_direct_baseline(args: &Args) -> String {
+    format!(
+        "baseline {}B io_uring O_DIRECT|O_DSYNC aligned write prealloc, interleaved with the persists",
+        args.baseline_bytes
+    )
+}
+
 /// Name of the io_uring `O_DSYNC` baseline run from a thread pinned to the actor's shard
 /// core (core 0): the same placement as the shard, whose io_uring worker and wake-ups then
 /// cross the same cores.
@@ -333,6 +414,11 @@ fn single(args: &Args, out: &mut Out) -> Result<()> {
     )?;
     let uring_pre = dir.join("baseline-uring");
     drop(zero_filled(&uring_pre, (size as u64 * total).max(1 << 20))?);
+    let direct_pre = dir.join("baseline-direct");
+    drop(zero_filled(
+        &direct_pre,
+        (size as u64 * total).max(1 << 20) + 8192,
+    )?);
     let pinned_pre = dir.join("baseline-uring-pinned");
     drop(zero_filled(
         &pinned_pre,
@@ -343,11 +429,13 @@ fn single(args: &Args, out: &mut Out) -> Result<()> {
 
     pwrite_loop_from(&pre, size, 0, SINGLE_WARMUP)?;
     uring_loop_from(&uring_pre, size, 0, SINGLE_WARMUP, true)?;
+    direct_loop_from(&direct_pre, size, 0, SINGLE_WARMUP)?;
     pinned_uring_loop_from(0, &pinned_pre, size, 0, SINGLE_WARMUP)?;
     let mut base_next = SINGLE_WARMUP;
     let mut uring_next = SINGLE_WARMUP;
     let mut uring_base = hist();
     let mut pinned_base = hist();
+    let mut direct_base = hist();
     on_shard_block(&node, &on_key, SINGLE_WARMUP)?;
     external_block(&node, &ext_key, SINGLE_WARMUP)?;
 
@@ -364,6 +452,7 @@ fn single(args: &Args, out: &mut Out) -> Result<()> {
                 }
                 3 => {
                     uring_base.add(uring_loop_from(&uring_pre, size, uring_next, per, true)?)?;
+                    direct_base.add(direct_loop_from(&direct_pre, size, uring_next, per)?)?;
                     pinned_base.add(pinned_uring_loop_from(
                         0,
                         &pinned_pre,
@@ -404,6 +493,7 @@ fn single(args: &Args, out: &mut Out) -> Result<()> {
     out.latency(&interleaved_baseline(args), &base);
     out.latency(&interleaved_uring_baseline(args), &uring_base);
     out.latency(&interleaved_pinned_baseline(args), &pinned_base);
+    out.latency(&interleaved_direct_baseline(args), &direct_base);
     out.latency("1 actor, driver on shard: persist", &on_persist);
     out.latency("1 actor, driver on shard: ask", &on_ask);
     out.latency("1 actor, external caller: persist", &ext_persist);
@@ -792,7 +882,18 @@ fn ratios(args: &Args, out: &mut Out) {
     let il = interleaved_baseline(args);
     let ul = interleaved_uring_baseline(args);
     let pl = interleaved_pinned_baseline(args);
+    let dl = interleaved_direct_baseline(args);
     let table = [
+        (
+            "ratio: persist p50 (driver on shard) / interleaved io_uring O_DIRECT|O_DSYNC baseline (g) p50".to_string(),
+            "1 actor, driver on shard: persist p50".to_string(),
+            format!("{dl} p50"),
+        ),
+        (
+            "ratio: persist p99 (driver on shard) / interleaved io_uring O_DIRECT|O_DSYNC baseline (g) p99".to_string(),
+            "1 actor, driver on shard: persist p99".to_string(),
+            format!("{dl} p99"),
+        ),
         (
             "ratio: persist p50 (driver on shard) / io_uring O_DSYNC baseline pinned to the shard's core (f) p50".to_string(),
             "1 actor, driver on shard: persist p50".to_string(),

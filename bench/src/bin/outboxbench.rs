@@ -48,6 +48,10 @@ struct Args {
     /// Scratch directory (on the disk under test, not tmpfs).
     #[arg(long, default_value = "target/outboxbench")]
     dir: PathBuf,
+    /// `[log] direct_io` of the node: `auto` (default: aligned `O_DIRECT | O_DSYNC` appends),
+    /// `on`, or `off` (buffered `O_DSYNC` appends, the behaviour before direct I/O).
+    #[arg(long, default_value = "auto")]
+    direct_io: String,
     /// Seconds of the throughput run.
     #[arg(long, default_value_t = 5)]
     secs: u64,
@@ -159,8 +163,9 @@ fn start(dir: &std::path::Path, args: &Args) -> Result<Node> {
 /// A node whose config ends with `extra` (a `[cluster]` section, or nothing).
 fn start_with(dir: &std::path::Path, args: &Args, extra: &str) -> Result<Node> {
     let text = format!(
-        "[node]\nshards = 2\nidle_spin_us = 50\n[log]\ndata_dir = {:?}\nfsync = \"always\"\nsegment_bytes = 268435456\n{extra}",
-        dir.to_str().context("utf-8 dir")?
+        "[node]\nshards = 2\nidle_spin_us = 50\n[log]\ndata_dir = {:?}\nfsync = \"always\"\nsegment_bytes = 268435456\ndirect_io = {:?}\n{extra}",
+        dir.to_str().context("utf-8 dir")?,
+        args.direct_io
     );
     Ok(Node::builder()
         .config(NodeConfig::from_toml(&text, "outboxbench.toml")?)

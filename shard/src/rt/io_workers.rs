@@ -1,6 +1,13 @@
 //! Where the kernel runs a pinned shard's punted io_uring work.
 //!
-//! A write-through log append (a buffered `O_DSYNC` write) is never done inline by
+//! Since `[log] direct_io` (default `"auto"`), a write-through append is an aligned
+//! `O_DIRECT | O_DSYNC` write that the kernel issues inline (`rt/log_io.rs`, docs/PERSIST.md
+//! "Direct I/O"): it no longer goes through the worker below. What follows matters for the
+//! buffered fallback (a file system that refuses `O_DIRECT`, such as tmpfs, or `direct_io =
+//! "off"`) and for the operations the kernel still punts (opens, the segment roll's zero-fill
+//! writes); it is kept for them.
+//!
+//! A buffered write-through log append (an `O_DSYNC` write) is never done inline by
 //! `io_uring_enter`: the kernel hands it to an io-wq worker thread of the submitting thread,
 //! which performs the write and the cache flush and then posts the completion. Those workers
 //! inherit the CPU affinity of the thread that created its io_uring context, so the workers of

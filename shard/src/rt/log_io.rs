@@ -8,24 +8,56 @@
 //! are behind features the workspace does not enable). They run at open, segment roll and
 //! compaction only, never per append; the segment roll's zero-fill writes do go through
 //! io_uring.
+//!
+//! Under `fsync = "always"` with `[log] direct_io` on (the default where the file system
+//! allows it), an append is one aligned `O_DIRECT | O_DSYNC` write on a second descriptor of
+//! the active segment ([`LogIo::open_direct`]): into the zero-filled segment's written blocks
+//! the kernel issues it inline from `io_uring_enter`, where a buffered `O_DSYNC` write always
+//! goes to an io-wq worker (docs/PERSIST.md, "Direct I/O"). Reads stay on the buffered
+//! descriptor: a direct write invalidates the page-cache pages it covers, so a later buffered
+//! read sees its bytes (`tests/log_io.rs` reads back every append).
 
+use std::cell::RefCell;
 use std::io;
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 
 use monoio::buf::{IoBuf, IoBufMut};
-use quark_persist::{LogFile, LogIo};
+use quark_persist::{AlignedBuf, LogFile, LogIo};
 
 /// The io_uring backend of [`quark_persist::LogIo`]. Must be used inside a monoio runtime
 /// (the shard's executor).
 #[derive(Clone, Copy, Debug, Default)]
 pub struct UringIo;
 
-/// A segment file opened through [`UringIo`].
+/// A segment file opened through [`UringIo`]: the buffered descriptor (reads, ordinary
+/// writes) and, when opened by [`LogIo::open_direct`], the direct one (`O_DIRECT | O_DSYNC`)
+/// with its alignment.
 #[derive(Debug)]
 pub struct UringFile {
     file: monoio::fs::File,
+    /// The direct descriptor (`None` inside once released: the segment was sealed) and its
+    /// alignment. A write holds an `Rc` clone, so a release never closes it under a write.
+    direct: Option<(RefCell<Option<Rc<monoio::fs::File>>>, usize)>,
+}
+
+/// An aligned buffer handed to the kernel for a direct write: the log keeps a clone of the
+/// `Rc`, so the memory stays alive and unmoved until the operation completes even if the
+/// future is dropped.
+struct SharedAligned(Rc<AlignedBuf>);
+
+// SAFETY: `AlignedBuf` never reallocates and the log never writes to it while an `Rc` clone
+// is shared (it reuses a buffer only after `Rc::try_unwrap` succeeds); every byte is
+// initialised (zeroed at allocation).
+unsafe impl IoBuf for SharedAligned {
+    fn read_ptr(&self) -> *const u8 {
+        self.0.as_ptr()
+    }
+
+    fn bytes_init(&self) -> usize {
+        self.0.len()
+    }
 }
 
 /// An `Rc<Vec<u8>>` handed to the kernel: the log keeps a clone, so the bytes stay alive and
@@ -55,7 +87,7 @@ impl LogIo for UringIo {
             .create(create)
             .open(path)
             .await?;
-        Ok(UringFile { file })
+        Ok(UringFile { file, direct: None })
     }
 
     async fn open_write_through(&self, path: &Path) -> io::Result<UringFile> {
@@ -69,6 +101,19 @@ impl LogIo for UringIo {
             .open(path)?;
         Ok(UringFile {
             file: monoio::fs::File::from_std(std_file)?,
+            direct: None,
+        })
+    }
+
+    async fn open_direct(&self, path: &Path) -> io::Result<UringFile> {
+        // Blocking opens (once per segment), as `open_write_through`; `EINVAL` on tmpfs.
+        let (file, (direct, align)) = quark_persist::open_direct_pair(path)?;
+        Ok(UringFile {
+            file: monoio::fs::File::from_std(file)?,
+            direct: Some((
+                RefCell::new(Some(Rc::new(monoio::fs::File::from_std(direct)?))),
+                align,
+            )),
         })
     }
 
@@ -140,6 +185,32 @@ impl LogFile for UringFile {
             Ok(())
         } else {
             Err(io::Error::last_os_error())
+        }
+    }
+
+    fn direct_align(&self) -> Option<usize> {
+        self.direct.as_ref().map(|&(_, a)| a)
+    }
+
+    async fn write_direct_at(&self, buf: Rc<AlignedBuf>, pos: u64) -> io::Result<()> {
+        let Some((direct, _)) = &self.direct else {
+            return Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                "file not opened for direct I/O",
+            ));
+        };
+        let Some(direct) = direct.borrow().clone() else {
+            return Err(io::Error::other(
+                "direct descriptor released (segment sealed)",
+            ));
+        };
+        let (res, _buf) = direct.write_all_at(SharedAligned(buf), pos).await;
+        res
+    }
+
+    fn release_direct(&self) {
+        if let Some((direct, _)) = &self.direct {
+            direct.borrow_mut().take();
         }
     }
 
