@@ -55,6 +55,7 @@ mod log_move;
 mod nodes;
 mod place;
 mod policy;
+pub(crate) mod timers;
 pub(crate) use api::*;
 pub use drain::DrainReport;
 pub(crate) use drain::*;
@@ -64,6 +65,13 @@ pub(crate) use log_move::{seam as log_move_seam, write_in as write_log_in};
 pub(crate) use nodes::*;
 pub(crate) use place::*;
 pub(crate) use policy::*;
+pub(crate) use timers::{
+    arm_here as arm_timers_here, dropped as timer_dropped, keep as keep_timers,
+    taken as timers_taken, TimerRegistry, WireTimer,
+};
+pub(crate) mod timers_wire {
+    pub(crate) use super::timers::OnWire;
+}
 
 /// How an actor type's state moves (set with [`ActorType::movable`] or
 /// [`ActorType::migratable`]; a type without one cannot migrate).
@@ -604,6 +612,9 @@ pub(crate) struct Migrations {
     /// First messages for movable actors that arrived before this node joined the cluster
     /// (`net::members::join`), in arrival order.
     held: RefCell<std::collections::VecDeque<(u16, Box<dyn Relay>)>>,
+    /// Timers of moves between nodes this shard coordinates (or serves), by ticket, each with
+    /// its due time (`timers`).
+    carried: RefCell<FxHashMap<u64, Vec<(Instant, timers::WireTimer)>>>,
 }
 
 /// Where a draining node places new activations.
@@ -635,6 +646,7 @@ impl Migrations {
             draining: Cell::new(false),
             drain: RefCell::new(None),
             held: RefCell::new(std::collections::VecDeque::new()),
+            carried: RefCell::new(FxHashMap::default()),
         }
     }
 

@@ -598,6 +598,8 @@ pub(super) fn finish_node(
         e.node = p;
         e.place = core.id;
     }
+    // The timers it carried go to where it lives now (the move's target, or back where it was).
+    let (lives_on, lives_at) = (e.node, e.place);
     let (from_node, to_node) = order.nodes.expect("a move between nodes");
     let actor = actor_id(&core.node, slot);
     let duration = order.started.elapsed();
@@ -627,6 +629,7 @@ pub(super) fn finish_node(
         }
     };
     drop(dir);
+    timers::dispatch(core, slot, ticket, lives_on, lives_at);
     if let Some(tx) = order.reply.take() {
         let _ = tx.send(result);
     }

@@ -138,13 +138,15 @@ pub(crate) fn hand_over<A: Actor>(
     drop(p.undo);
     act.moved_out();
     // Between shards the activation's timers move with it (their messages are `Send`);
-    // between nodes they are cancelled (a timer's message need not be serializable).
+    // between nodes in their wire form, given to the move's home ahead of the state
+    // (`timers`: one without a wire codec is dropped, logged).
     let log_keys = match &info.spec.migration {
         Some(Mover::Log { keys }) => Some(keys(&act.ctx.id)),
         _ => None,
     };
     let timers = if p.cmd.collect {
-        act.ctx.cancel_all_timers();
+        let wire = timers::take(act);
+        timers::carry(core, p.cmd, wire);
         Vec::new()
     } else {
         act.ctx.take_timers()
