@@ -307,8 +307,9 @@ fn active(node: &Node, key: u64) -> bool {
 /// sent through both nodes; both nodes restart: each answers through both nodes with every
 /// event once, is active on node 2 only, its audit view on node 2 reads versions 1..=10 with
 /// the chain verified from genesis (node 1's journal API says it lives on node 2), and it
-/// keeps persisting on node 2. (Projections are not checked here: a projection's actor lives
-/// on one node, and feeders on the others cannot reach it, docs/JOURNALING.md.)
+/// keeps persisting on node 2. (Projections are checked between shards only: in a cluster a
+/// projection's actor is homed on one node, and its feeders on the other node fail to reach it
+/// with `NotWireMessage`, with or without moves.)
 #[test]
 fn journaled_actors_move_between_nodes_and_restart_with_every_event_once() {
     let (d1, d2) = (
