@@ -401,6 +401,11 @@ pub(crate) fn deactivated<A: Actor>(act: &Activation<A>) {
     if node.phase() != Phase::Running || node.types[usize::from(act.ctx.type_idx)].stateless() {
         return;
     }
+    // Homed on another node (it was moved or placed here): its home node releases its entry.
+    if let Some(home_node) = crate::net::home_node_of(core, act.ctx.type_idx, &act.ctx.id) {
+        crate::net::send_gone(core, home_node, &act.ctx.id);
+        return;
+    }
     let home = shard_for(&act.ctx.id, node.shard_count());
     if home == core.id {
         return;

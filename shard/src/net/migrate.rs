@@ -35,6 +35,11 @@ const PAUSE_T: &str = "quark.migrate.pause.t";
 const ARRIVE: &str = "quark.migrate.arrive";
 /// One-way: arm these timers of the actor, which lives here now (`migrate::timers`).
 const TIMERS: &str = "quark.migrate.timers";
+/// One-way, to the actor's home node: it deactivated here (body: this node's id).
+const GONE: &str = "quark.migrate.gone";
+/// From the home: release the actor if it is not active here (a pause that refuses an active
+/// actor; reply as `PAUSE_T`).
+const RELEASE: &str = "quark.migrate.release";
 
 /// The reply to `PAUSE_T`: the state, the place's `app_version`, the actor's timers.
 type PausedT = (
@@ -294,6 +299,60 @@ pub(crate) fn send_timers(
     )
 }
 
+/// The node an actor of this node's type `type_idx` is homed on, if not this one (it lives
+/// here because its home moved or placed it here).
+pub(crate) fn home_node_of(core: &Shard, type_idx: u16, id: &ActorId) -> Option<NodeId> {
+    let links = &core.net.as_ref()?.links;
+    let net = core.node.net.as_ref()?;
+    let movable = core.node.types[usize::from(type_idx)].bytes_mover();
+    net.view
+        .home(id, movable)
+        .filter(|n| *n != net.node_id && links.get(n).is_some())
+}
+
+/// Tells `home` that `actor` deactivated on this node (its directory entry may go,
+/// `migrate::release_node`). One-way: a lost notice leaves the entry (as before).
+pub(crate) fn send_gone(core: &Rc<Shard>, home: NodeId, actor: &ActorId) {
+    let me = crate::migrate::this_node(&core.node);
+    if let Err(e) = send_request(
+        core,
+        home,
+        actor.type_name,
+        &actor.key,
+        GONE,
+        &me,
+        Duration::ZERO,
+        None,
+    ) {
+        tracing::debug!(shard = core.id, actor = %actor, home, error = %e,
+            "deactivation not reported to the actor's home node");
+    }
+}
+
+/// Asks `node` to release `actor` (`on(true)`: it was not active there).
+pub(crate) fn send_release(
+    core: &Rc<Shard>,
+    node: NodeId,
+    actor: &ActorId,
+    timeout: Duration,
+    on: Box<dyn FnOnce(&Rc<Shard>, bool)>,
+) -> Result<(), String> {
+    let on = move |c: &Rc<Shard>, o: SysOutcome| on(c, matches!(o, SysOutcome::Value(_)));
+    send_request(
+        core,
+        node,
+        actor.type_name,
+        &actor.key,
+        RELEASE,
+        &(timeout.as_millis() as u64),
+        timeout * 2,
+        Some(Box::new(SysReply {
+            node: core.node.clone(),
+            on,
+        })),
+    )
+}
+
 /// How a node refuses a move request it does not know (a node built before it).
 const UNKNOWN_REQUEST: &str = "unknown move request";
 
@@ -339,11 +398,11 @@ pub(crate) fn serve(
     let key_back = key.clone();
     let slot = (type_idx, key);
     match message_type {
-        PAUSE | PAUSE_T => {
+        PAUSE | PAUSE_T | RELEASE => {
             let Ok(ms) = u64::from_wire(body) else {
                 return refuse(sink, "bad pause request".into());
             };
-            let with_timers = message_type == PAUSE_T;
+            let with_timers = message_type != PAUSE;
             core.migration.on_collected(
                 ticket,
                 Box::new(move |c, state: Collected, _| match state {
@@ -383,7 +442,7 @@ pub(crate) fn serve(
                 to: place,
                 timeout: Duration::from_millis(ms),
                 collect: true,
-                release: false,
+                release: message_type == RELEASE,
             };
             if place == core.id {
                 core.tables
@@ -463,6 +522,19 @@ pub(crate) fn serve(
                 install(core);
             } else {
                 core.send_to(place, CrossMsg::run_on(install));
+            }
+        }
+        GONE => {
+            let Ok(from) = u64::from_wire(body) else {
+                return refuse(sink, "bad gone notice".into());
+            };
+            // On the actor's home shard here.
+            let home = shard_for(&id, node.shard_count());
+            let go = move |h: &Rc<Shard>| crate::migrate::release_node(h, slot, from);
+            if home == core.id {
+                go(core);
+            } else {
+                core.send_to(home, CrossMsg::run_on(go));
             }
         }
         TIMERS => {

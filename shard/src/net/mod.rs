@@ -30,7 +30,9 @@ pub(crate) use conn::{close_all, start, Link};
 pub use members::MemberUpdate;
 pub(crate) use members::{announce_blocking, place_new, MemberView, NewPlace, DRAINING, LEFT};
 pub(crate) use members::{set_fenced, set_members};
-pub(crate) use migrate::{forward_node, send_arrive, send_pause, send_timers};
+pub(crate) use migrate::{
+    forward_node, home_node_of, send_arrive, send_gone, send_pause, send_release, send_timers,
+};
 pub(crate) use remote::{ask_remote, tell_remote, tell_remote_now};
 
 /// Cluster settings of an engine: who it is, who the members are, and the transport's bounds
