@@ -329,13 +329,16 @@ pub(crate) fn send_gone(core: &Rc<Shard>, home: NodeId, actor: &ActorId) {
     }
 }
 
+/// Gets whether the node released an actor (it was not active there).
+pub(crate) type OnReleased = Box<dyn FnOnce(&Rc<Shard>, bool)>;
+
 /// Asks `node` to release `actor` (`on(true)`: it was not active there).
 pub(crate) fn send_release(
     core: &Rc<Shard>,
     node: NodeId,
     actor: &ActorId,
     timeout: Duration,
-    on: Box<dyn FnOnce(&Rc<Shard>, bool)>,
+    on: OnReleased,
 ) -> Result<(), String> {
     let on = move |c: &Rc<Shard>, o: SysOutcome| on(c, matches!(o, SysOutcome::Value(_)));
     send_request(
