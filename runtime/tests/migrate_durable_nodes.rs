@@ -80,6 +80,57 @@ macro_rules! handlers {
 }
 handlers!(Vault);
 handlers!(Safe);
+handlers!(Pulse);
+
+/// A durable type with timers (its own type: the crash seam is per type).
+#[derive(Serialize, Deserialize, Default, Clone, Debug, PartialEq)]
+struct Pulse {
+    /// `ONE_SHOT` per one-shot firing plus 1 per interval tick.
+    balance: i64,
+}
+impl Actor for Pulse {
+    const TYPE_NAME: &'static str = "mdn-pulse";
+}
+impl DurableState for Pulse {
+    fn initial(_: &ActorKey) -> Self {
+        Pulse::default()
+    }
+}
+const ONE_SHOT: i64 = 1_000_000;
+/// When the one-shot fired (one process: both nodes write here).
+static ONE_SHOT_AT: std::sync::Mutex<Vec<Instant>> = std::sync::Mutex::new(Vec::new());
+/// Arms a one-shot (`Tick(ONE_SHOT)` after `.0` ms) and an interval (`Tick(1)` every `.1` ms);
+/// answers the instant it armed them.
+struct ArmPulse(u64, u64);
+impl Message for ArmPulse {
+    type Reply = Instant;
+}
+impl Handler<ArmPulse> for Pulse {
+    async fn handle(&mut self, m: ArmPulse, ctx: &Context<Self>) -> Instant {
+        ctx.set_timer(Duration::from_millis(m.0), Tick(ONE_SHOT));
+        ctx.set_interval(Duration::from_millis(m.1), Tick(1));
+        Instant::now()
+    }
+}
+/// A timer's message: crosses nodes (a wire message the target handles for `Pulse`).
+#[derive(Clone, quark::rkyv::Archive, quark::rkyv::Serialize, quark::rkyv::Deserialize)]
+#[rkyv(crate = quark::rkyv)]
+struct Tick(i64);
+impl Message for Tick {
+    type Reply = ();
+}
+impl quark::WireMessage for Tick {
+    const WIRE_NAME: &'static str = "migrate-durable-nodes.Tick";
+}
+impl Handler<Tick> for Pulse {
+    async fn handle(&mut self, m: Tick, ctx: &Context<Self>) {
+        if m.0 == ONE_SHOT {
+            ONE_SHOT_AT.lock().expect("one-shot").push(Instant::now());
+        }
+        self.balance += m.0;
+        ctx.save(self).await.expect("a tick saves");
+    }
+}
 
 /// `[[cluster.nodes]]` entries for nodes 1 and 2 on free loopback ports.
 fn two_nodes_toml() -> String {
@@ -109,6 +160,9 @@ fn start(id: u64, nodes_toml: &str, dir: &Path, version: &str) -> Node {
         .remote::<Vault, Look>()
         .remote::<Safe, Put>()
         .remote::<Safe, Look>()
+        .register(quark::outbox::durable_state::<Pulse>())
+        .remote::<Pulse, Look>()
+        .remote::<Pulse, Tick>()
         .start()
         .expect("node starts")
 }
@@ -443,6 +497,77 @@ fn saves_under_traffic_survive_twenty_moves_between_nodes_and_a_restart() {
         !active::<Vault>(&p.n2, key) && active::<Vault>(&p.n1, key),
         "back on node 1"
     );
+    p.n1.shutdown();
+    p.n2.shutdown();
+}
+
+/// A durable actor's timers move with it between nodes: a one-shot set on node 1 fires on node
+/// 2 when it was due (1.5 s after it was set, not re-armed at the move), once; the interval
+/// ticks on node 2 without a message to the actor (its timers activate it there), never again
+/// on node 1; every tick is in the saved state once. Fails with the timers cancelled at a move
+/// between nodes (the one-shot never fires).
+#[test]
+fn a_durable_actors_timers_move_with_it_between_nodes() {
+    let (d1, d2) = (
+        tempfile::tempdir().expect("dir"),
+        tempfile::tempdir().expect("dir"),
+    );
+    let toml = two_nodes_toml();
+    let p = pair(&toml, d1.path(), d2.path());
+    let k = keys_homed_on_1::<Pulse>(&p.n2, 1)[0];
+    let due = Duration::from_millis(1500);
+    let t0 = block_on(p.n1.actor_ref::<Pulse>(k).ask(ArmPulse(1500, 100))).expect("arm");
+    let until = |what: &str, f: &dyn Fn(i64) -> bool| {
+        let end = Instant::now() + Duration::from_secs(20);
+        loop {
+            let b = look::<Pulse>(&p.n1, k);
+            if f(b) {
+                return b;
+            }
+            assert!(Instant::now() < end, "{what}: balance {b}");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    };
+    until("two ticks on node 1", &|b| b >= 2);
+    move_to(&p.n1, &id::<Pulse>(k), 2).expect("move to node 2");
+    let moved_at = Instant::now();
+    assert!(
+        moved_at + Duration::from_millis(200) < t0 + due,
+        "the move ended {:?} after the timers were set: too late to tell (rerun)",
+        moved_at - t0
+    );
+    // No message to the actor: the timers alone activate it on node 2.
+    let end = Instant::now() + Duration::from_secs(20);
+    while !active::<Pulse>(&p.n2, k) {
+        assert!(
+            Instant::now() < end,
+            "the timers never activated the actor on node 2"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let b = until("the one-shot", &|b| b >= ONE_SHOT);
+    let at = ONE_SHOT_AT.lock().expect("one-shot").clone();
+    assert_eq!(at.len(), 1, "the one-shot fires once");
+    let late = at[0] - t0;
+    assert!(
+        late + Duration::from_millis(1) >= due && late <= due + Duration::from_millis(250),
+        "the one-shot fires when it was due ({due:?} after it was set): after {late:?}"
+    );
+    // About 15 periods by the one-shot: no tick lost or doubled across the move.
+    assert!(
+        (12..=16).contains(&(b - ONE_SHOT)),
+        "{} ticks by the one-shot",
+        b - ONE_SHOT
+    );
+    let b = until("more ticks", &|x| x >= b + 3);
+    assert!(active::<Pulse>(&p.n2, k), "active on node 2");
+    assert!(!active::<Pulse>(&p.n1, k), "not active on node 1");
+    assert_eq!(
+        look::<Pulse>(&p.n2, k) / ONE_SHOT,
+        1,
+        "one one-shot in the state"
+    );
+    assert!(b > ONE_SHOT);
     p.n1.shutdown();
     p.n2.shutdown();
 }

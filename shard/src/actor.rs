@@ -79,7 +79,21 @@ pub(crate) struct ActTimer<A: Actor> {
     export: Export<A>,
 }
 
-type Export<A> = Box<dyn FnMut() -> Option<Rearm<A>>>;
+/// With no registry: the timer as a [`Rearm`] (another shard of the node). With the node's
+/// registry: the timer's wire form (another node, `migrate::timers`).
+type Export<A> = Box<dyn FnMut(Option<&crate::net::Registry>) -> Option<Carry<A>>>;
+
+/// A timer taken off its activation for a move.
+pub(crate) enum Carry<A: Actor> {
+    /// To another shard of the node.
+    Rearm(Rearm<A>),
+    /// To another node: its period and its message's wire name and bytes, or the message's
+    /// Rust type name if it has no wire codec (the timer cannot cross nodes).
+    Wire(
+        Option<Duration>,
+        Result<(&'static str, Vec<u8>), &'static str>,
+    ),
+}
 
 /// A timer carried to another shard: arms it there on the activation's new context, first
 /// due after the given time.
@@ -181,7 +195,9 @@ impl<A: Actor> Context<A> {
     /// Delivers `msg` to this activation once, after `delay`, as an ordinary turn (reply
     /// discarded). Timers belong to the activation: deactivation cancels them, and a tick does
     /// not keep an idle activation alive. A move to another shard of the node carries them
-    /// (same id, the time left kept); a move to another node cancels them.
+    /// (same id, the time left kept); a move to another node carries them if `M` is a wire
+    /// message both nodes registered for the actor type (`EngineBuilder::remote`), else drops
+    /// them with a `warn` line (docs/MIGRATION.md, "Timers").
     pub fn set_timer<M>(&self, delay: Duration, msg: M) -> TimerId
     where
         A: crate::Handler<M>,
@@ -316,12 +332,16 @@ impl<A: Actor> Context<A> {
                 id
             }
         };
-        let export: Export<A> = Box::new(move || {
+        let export: Export<A> = Box::new(move |wire| {
+            if let Some(reg) = wire {
+                let bytes = reg.timers.bytes(cell.borrow().as_ref()?);
+                return Some(Carry::Wire(period, bytes));
+            }
             let msg = cell.borrow_mut().take()?;
             let rearm: Rearm<A> = Box::new(move |ctx: &Context<A>, first: Duration| {
                 ctx.add_timer(first, period, msg, next, trace, Some(id));
             });
-            Some(rearm)
+            Some(Carry::Rearm(rearm))
         });
         let mut list = self.rare().timers.borrow_mut();
         list.push(ActTimer { id, export });
@@ -360,10 +380,49 @@ impl<A: Actor> Context<A> {
             .filter_map(|mut t| {
                 let due = timers.due(t.id)?;
                 timers.cancel(t.id);
-                let rearm = (t.export)()?;
+                let Carry::Rearm(rearm) = (t.export)(None)? else {
+                    unreachable!("a timer exported without a registry is a Rearm")
+                };
                 Some((due.saturating_duration_since(now), rearm))
             })
             .collect()
+    }
+
+    /// Cancels every timer of this activation and returns the live ones in their wire form
+    /// (a move to another node, `migrate::timers`): each with the time left until it is next
+    /// due, its period, and its message's wire name and bytes (or, for a message type without
+    /// a wire codec, its Rust type name).
+    pub(crate) fn take_wire_timers(&self) -> Vec<(Duration, Carry<A>)> {
+        let Some(rare) = self.rare.get() else {
+            return Vec::new();
+        };
+        let list = std::mem::take(&mut *rare.timers.borrow_mut());
+        let now = self.core.now();
+        let reg = &self.core.node.registry;
+        let mut timers = self.core.timers.borrow_mut();
+        list.into_iter()
+            .filter_map(|mut t| {
+                let due = timers.due(t.id)?;
+                timers.cancel(t.id);
+                let carry = (t.export)(Some(reg))?;
+                Some((due.saturating_duration_since(now), carry))
+            })
+            .collect()
+    }
+
+    /// Arms a timer that arrived from another node (`migrate::timers`): `msg` first after
+    /// `first`, then every `period` if given (a clone each time), under a new id.
+    pub(crate) fn arm_carried<M>(&self, first: Duration, period: Option<Duration>, msg: M)
+    where
+        A: crate::Handler<M>,
+        M: Message + Clone,
+    {
+        let next = if period.is_some() {
+            clone_msg::<M>
+        } else {
+            take_msg::<M>
+        };
+        self.add_timer(first, period, msg, next, None, None);
     }
 
     /// Arms timers carried from another shard (see [`Context::take_timers`]); each keeps its

@@ -77,6 +77,8 @@ pub use memory::CountingAlloc;
 #[doc(hidden)]
 pub use migrate::stop_log_moves_after_copy;
 pub use migrate::{DrainReport, MigrateError, Moved, Placement};
+#[doc(hidden)]
+pub use migrate::{MOVE_BEGIN_KEY, MOVE_END_KEY};
 pub use net::{MemberUpdate, NetConfig, NetStatsSnapshot, PeerRtt};
 pub use quark_placement::{ActorId, ActorKey, ShardId};
 pub use scheduler::{JoinError, SpawnHandle};

@@ -30,6 +30,9 @@
 //!   Per move: its `Moved::duration` (messages wait at the home meanwhile) and the first ask
 //!   after it (the durable actor reloads from the log there): the caller-visible pause is
 //!   their sum, reported p50/p99; moves/s = moves / wall time of the loop (move + ask).
+//! - **journaled**: the same for a journaled actor (`quark::journal::journaled`, 1 KiB of
+//!   state, 32 events of 32 bytes and a snapshot every 16 events: 2 snapshots and 32 events
+//!   move each time), with its same-run in-memory baseline.
 //!
 //! Prints the machine line (cores, kernel, CPU, commit) first.
 //! `cargo run --release -p quark-bench --bin migbench -- --runs 5`
@@ -177,6 +180,55 @@ impl Handler<Poke> for DurKib {
     }
 }
 
+/// A journaled actor with 1 KiB of state, 32 events of 32 bytes and a snapshot every 16.
+#[derive(Default)]
+struct JourKib(Vec<u8>);
+impl Actor for JourKib {
+    const TYPE_NAME: &'static str = "bench-journaled-kib";
+}
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Wrote(u16, Vec<u8>);
+impl quark::journal::JournalEvent for Wrote {
+    fn type_name(&self) -> &'static str {
+        "Wrote"
+    }
+}
+impl quark::journal::EventSourced for JourKib {
+    type Event = Wrote;
+    type Snapshot = Vec<u8>;
+    fn initial(_: &quark_placement::ActorKey) -> Self {
+        JourKib(vec![0; 1024])
+    }
+    fn apply(&mut self, e: &Wrote) {
+        let at = usize::from(e.0) % (1024 - 32);
+        self.0[at..at + e.1.len()].copy_from_slice(&e.1);
+    }
+    fn snapshot(&self) -> Vec<u8> {
+        self.0.clone()
+    }
+    fn restore(_: &quark_placement::ActorKey, s: Vec<u8>) -> Self {
+        JourKib(s)
+    }
+}
+impl Handler<Poke> for JourKib {
+    async fn handle(&mut self, m: Poke, ctx: &Context<Self>) -> u16 {
+        use quark::journal::Persist;
+        if m.0 == 255 {
+            // The journal (once, before the moves): 32 events, two snapshots.
+            for i in 0..32u16 {
+                ctx.persist(self, [Wrote(i * 32, vec![i as u8; 32])])
+                    .await
+                    .expect("bench: the journaled actor persists");
+            }
+        }
+        u16::from(self.0[usize::from(m.0)])
+    }
+}
+
+fn journaled_kib() -> ActorType<JourKib> {
+    quark::journal::journaled::<JourKib>(quark::journal::JournalPolicy::snapshot_every(16))
+}
+
 /// A fresh log directory for one engine of a durable run (removed by the caller).
 fn log_dir(what: &str) -> std::path::PathBuf {
     static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
@@ -228,6 +280,8 @@ fn cluster_logs(args: &Args, logs: &[Option<std::path::PathBuf>]) -> Result<Vec<
             })
             .register(quark::outbox::durable_state::<DurKib>())
             .remote::<DurKib, Poke>()
+            .register(journaled_kib())
+            .remote::<JourKib, Poke>()
             .register(
                 ActorType::new(|_| KibBytes(vec![0; 1024]))
                     .migratable(|a: &KibBytes| a.0.clone(), |_, b| Ok(KibBytes(b.to_vec()))),
@@ -386,6 +440,7 @@ fn engine_log(args: &Args, log: Option<&std::path::Path>) -> Result<Engine> {
         ..EngineConfig::default()
     })
     .register(quark::outbox::durable_state::<DurKib>())
+    .register(journaled_kib())
     .register(ActorType::new(|_| Small(0)).movable())
     .register(ActorType::new(|_| Kib(Box::new([0; 1024]))).movable())
     .register(
@@ -601,13 +656,13 @@ fn series(
 }
 
 /// One durable run between two shards of a node: (durable, in-memory baseline).
-fn durable_shards(args: &Args) -> Result<(Series, Series)> {
+fn durable_shards<D: Handler<Poke>>(args: &Args) -> Result<(Series, Series)> {
     let dir = log_dir("shards");
     let engine = engine_log(args, Some(&dir))?;
-    let d = engine.actor_ref::<DurKib>(7u64);
+    let d = engine.actor_ref::<D>(7u64);
     d.ask_blocking(Poke(255))?;
     let did = ActorId {
-        type_name: DurKib::TYPE_NAME,
+        type_name: D::TYPE_NAME,
         key: 7u64.into(),
     };
     let home = engine.handle().shard_of(&did);
@@ -634,21 +689,21 @@ fn durable_shards(args: &Args) -> Result<(Series, Series)> {
 }
 
 /// One durable run between two nodes: (durable, in-memory baseline).
-fn durable_nodes(args: &Args) -> Result<(Series, Series)> {
+fn durable_nodes<D: Handler<Poke>>(args: &Args) -> Result<(Series, Series)> {
     let dirs = [log_dir("node1"), log_dir("node2")];
     let nodes = cluster_logs(args, &[Some(dirs[0].clone()), Some(dirs[1].clone())])?;
     let dkey = (0..100_000u64)
-        .find(|k| nodes[1].actor_ref::<DurKib>(*k).remote_node() == Some(1))
+        .find(|k| nodes[1].actor_ref::<D>(*k).remote_node() == Some(1))
         .expect("a key homed on node 1");
     let mkey = (0..100_000u64)
         .find(|k| nodes[1].actor_ref::<KibBytes>(*k).remote_node() == Some(1))
         .expect("a key homed on node 1");
     reach(&nodes[1].actor_ref::<KibBytes>(mkey))?;
-    let d = nodes[1].actor_ref::<DurKib>(dkey);
+    let d = nodes[1].actor_ref::<D>(dkey);
     reach(&d)?;
     d.ask_blocking(Poke(255))?;
     let did = ActorId {
-        type_name: DurKib::TYPE_NAME,
+        type_name: D::TYPE_NAME,
         key: dkey.into(),
     };
     let dur = series(
@@ -675,12 +730,9 @@ fn durable_nodes(args: &Args) -> Result<(Series, Series)> {
     Ok((dur, mem))
 }
 
-fn durable_rows(what: &str, runs: &[(Series, Series)]) {
+fn durable_rows(what: &str, kind: &str, runs: &[(Series, Series)]) {
     println!("{what}:");
-    for (i, name) in ["durable-state", "in-memory baseline (migratable)"]
-        .iter()
-        .enumerate()
-    {
+    for (i, name) in [kind, "in-memory baseline (migratable)"].iter().enumerate() {
         let col = |f: fn(&Series) -> f64| {
             runs.iter()
                 .map(|r| f(if i == 0 { &r.0 } else { &r.1 }))
@@ -841,25 +893,40 @@ fn main() -> Result<()> {
         );
         report("  actors moved", "actors", &moved, 0);
     }
-    if want("durable") {
+    for (kind, what, shards, nodes) in [
+        (
+            "durable",
+            "durable, 1 KiB saved state",
+            durable_shards::<DurKib> as fn(&Args) -> Result<(Series, Series)>,
+            durable_nodes::<DurKib> as fn(&Args) -> Result<(Series, Series)>,
+        ),
+        (
+            "journaled",
+            "journaled, 1 KiB state, 32 events and 2 snapshots",
+            durable_shards::<JourKib>,
+            durable_nodes::<JourKib>,
+        ),
+    ] {
+        if !want(kind) {
+            continue;
+        }
         let runs: Vec<(Series, Series)> = (0..args.runs)
-            .map(|_| durable_shards(&args))
+            .map(|_| shards(&args))
             .collect::<Result<_>>()?;
         durable_rows(
             &format!(
-                "durable, 1 KiB saved state between two shards, {} moves/run",
+                "{what} between two shards, {} moves/run",
                 args.durable_moves
             ),
+            kind,
             &runs,
         );
         let runs: Vec<(Series, Series)> = (0..args.runs)
-            .map(|_| durable_nodes(&args))
+            .map(|_| nodes(&args))
             .collect::<Result<_>>()?;
         durable_rows(
-            &format!(
-                "durable, 1 KiB saved state between two nodes, {} moves/run",
-                args.durable_moves
-            ),
+            &format!("{what} between two nodes, {} moves/run", args.durable_moves),
+            kind,
             &runs,
         );
     }

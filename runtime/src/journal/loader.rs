@@ -78,8 +78,21 @@ impl JournalState {
 ///
 /// Without a log (no `[log]` section) activations start from [`EventSourced::initial`] and
 /// every `persist` fails with [`PersistError::NoLog`].
+///
+/// Its activations may move (`Node::migrate` between shards, `Node::migrate_to_node` between
+/// nodes): the journal's records (events and snapshots, hash chain and all) move as log
+/// records (`ActorType::moves_with_log`), durably at the new place before the home records
+/// it, as a durable-state actor's do (docs/MIGRATION.md, "Journaled actors").
 pub fn journaled<A: EventSourced>(policy: JournalPolicy) -> ActorType<A> {
-    ActorType::loaded(move |ctx| Box::pin(load::<A>(ctx, policy)))
+    ActorType::loaded(move |ctx| Box::pin(load::<A>(ctx, policy))).moves_with_log(journal_keys::<A>)
+}
+
+/// The log keys of an event-sourced actor that move with it: its events and its snapshots.
+fn journal_keys<A: EventSourced>(id: &ActorId) -> Vec<Vec<u8>> {
+    vec![
+        format::stream_key(Stream::Events, A::TYPE_NAME, &id.key),
+        format::stream_key(Stream::Snapshots, A::TYPE_NAME, &id.key),
+    ]
 }
 
 async fn load<A: EventSourced>(

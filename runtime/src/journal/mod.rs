@@ -276,6 +276,15 @@ pub enum JournalError {
     /// The node has no log.
     #[error("the node has no log (configure [log] data_dir)")]
     NoLog,
+    /// The actor lives on another node now (it was moved there): its journal is in that
+    /// node's log; read it through that node (docs/MIGRATION.md, "Journaled actors").
+    #[error("journal of {actor}: the actor lives on node {node}; read its journal there")]
+    OnOtherNode {
+        /// The actor.
+        actor: ActorId,
+        /// The node it lives on.
+        node: u64,
+    },
     /// The log could not be read.
     #[error("reading the journal of {actor} failed")]
     Read {

@@ -466,6 +466,9 @@ async fn feeder<P: Projection>(engine: EngineHandle, shard: ShardId, config: Pro
     let mut sent = pos;
     crate::admin::projection_fed(P::NAME, sent);
     let mut scanner = log.scan(pos);
+    // Inside a moved actor's copy (between the move markers, docs/LOG_FORMAT.md, "Moved
+    // records"): its events were fed where they were first persisted; skipped here.
+    let mut in_copy = false;
     while engine.is_running() {
         let mut items = Vec::new();
         let mut at_end = false;
@@ -475,6 +478,17 @@ async fn feeder<P: Projection>(engine: EngineHandle, shard: ShardId, config: Pro
                     pos = pos.max(rec.lsn + 1);
                     if rec.flags & FLAG_FORWARDED != 0 {
                         // A compaction copy of a record seen at its origin LSN.
+                        continue;
+                    }
+                    if rec.key == quark_shard::MOVE_BEGIN_KEY {
+                        in_copy = true;
+                        continue;
+                    }
+                    if rec.key == quark_shard::MOVE_END_KEY {
+                        in_copy = false;
+                        continue;
+                    }
+                    if in_copy {
                         continue;
                     }
                     let Ok(k) = format::parse_stream_key(&rec.key) else {

@@ -458,6 +458,29 @@ impl Journal {
         }
     }
 
+    /// The shard of this node whose log holds `id`'s journal: where it lives (it may have
+    /// moved, docs/MIGRATION.md, "Journaled actors"), asked of its home shard; its hash shard
+    /// if it is homed on another node (an actor moved here from its home node lives on its
+    /// hash shard here). `OnOtherNode` if its home placed it on another node.
+    async fn owner<A: EventSourced>(
+        &self,
+        id: &ActorId,
+    ) -> Result<quark_shard::ShardId, JournalError> {
+        let r = self.engine.actor_ref::<A>(id.key.clone());
+        if r.remote_node().is_some() {
+            return Ok(self.engine.shard_of(id));
+        }
+        match r.placement().await {
+            Ok(p) if p.node == self.engine.node_id() => Ok(p.shard),
+            Ok(p) => Err(JournalError::OnOtherNode {
+                actor: id.clone(),
+                node: p.node,
+            }),
+            // A type without a table here, or a node stopping: its hash shard, as before.
+            Err(_) => Ok(self.engine.shard_of(id)),
+        }
+    }
+
     /// Runs `f(log, actor name, events key, snapshots key)` on the shard owning `(A, key)`.
     async fn on_owner<A, T, F, Fut>(&self, key: ActorKey, f: F) -> Result<T, JournalError>
     where
@@ -467,7 +490,7 @@ impl Journal {
         Fut: std::future::Future<Output = Result<T, JournalError>> + 'static,
     {
         let id = Self::id::<A>(&key);
-        let shard = self.engine.shard_of(&id);
+        let shard = self.owner::<A>(&id).await?;
         let actor = id.clone();
         self.engine
             .spawn_on(shard, move || async move {

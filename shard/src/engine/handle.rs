@@ -85,6 +85,11 @@ impl EngineHandle {
         self.shared.phase() == Phase::Running
     }
 
+    /// This node's id in its cluster (0 without a cluster).
+    pub fn node_id(&self) -> quark_placement::NodeId {
+        crate::migrate::this_node(&self.shared)
+    }
+
     /// The shard of this node that owns `id` (the placement function).
     pub fn shard_of(&self, id: &quark_placement::ActorId) -> ShardId {
         quark_placement::shard_for(id, self.shared.shard_count())

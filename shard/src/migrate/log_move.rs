@@ -287,14 +287,7 @@ fn copy_in(
         let written = match c.log.as_ref() {
             None => Ok(()),
             Some(log) => {
-                let mut batch = Batch::new();
-                for k in &keys {
-                    // Supersedes whatever an interrupted earlier move left of this actor here.
-                    batch.truncate(k, u64::MAX);
-                }
-                for r in records {
-                    batch.push(r);
-                }
+                let batch = copy_batch(&keys, records);
                 log.append(&batch)
                     .await
                     .map(|_| ())
@@ -472,17 +465,43 @@ pub(crate) async fn write_in(core: &Shard, state: &[u8]) -> Result<u64, String> 
     let Some(log) = core.log.as_ref() else {
         return Err("this node has no log (`[log] data_dir`)".to_owned());
     };
+    let batch = copy_batch(&keys, records);
+    log.append(&batch)
+        .await
+        .map(|_| bytes)
+        .map_err(|e| crate::ErrorChain(&e).to_string())
+}
+
+/// The key of the record that opens a moved actor's copy in its new place's log.
+pub const MOVE_BEGIN_KEY: &[u8] = b"quark.move/begin";
+/// The key of the record that closes it.
+pub const MOVE_END_KEY: &[u8] = b"quark.move/end";
+
+// Format of a move's copy in the new place's log (one atomic batch, docs/LOG_FORMAT.md,
+// "Moved records"): { Snapshot MOVE_BEGIN_KEY (empty) | Truncate of each key (up to u64::MAX)
+// | the records, in their old LSN order | Snapshot MOVE_END_KEY (empty) }. A reader of the log
+// that must not see the copied events a second time (a projection's feeder: they were fed
+// at their first LSN) skips the records between the two markers.
+/// The batch that writes a moved actor's records into its new place's log: each key
+/// truncated (it supersedes what an interrupted earlier move left here), the records, all
+/// between the two move markers.
+fn copy_batch(keys: &[Vec<u8>], records: Vec<NewRecord>) -> Batch {
+    let marker = |key: &[u8]| NewRecord {
+        kind: RecordKind::Snapshot,
+        key: key.to_vec(),
+        payload: Vec::new(),
+        expires_at_ms: None,
+    };
     let mut batch = Batch::new();
-    for k in &keys {
+    batch.push(marker(MOVE_BEGIN_KEY));
+    for k in keys {
         batch.truncate(k, u64::MAX);
     }
     for r in records {
         batch.push(r);
     }
-    log.append(&batch)
-        .await
-        .map(|_| bytes)
-        .map_err(|e| crate::ErrorChain(&e).to_string())
+    batch.push(marker(MOVE_END_KEY));
+    batch
 }
 
 /// True if a move between nodes of an actor of this type must stop after the target's write

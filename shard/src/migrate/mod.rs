@@ -55,15 +55,23 @@ mod log_move;
 mod nodes;
 mod place;
 mod policy;
+pub(crate) mod timers;
 pub(crate) use api::*;
 pub use drain::DrainReport;
 pub(crate) use drain::*;
 pub(crate) use home::*;
-pub use log_move::stop_log_moves_after_copy;
 pub(crate) use log_move::{seam as log_move_seam, write_in as write_log_in};
+pub use log_move::{stop_log_moves_after_copy, MOVE_BEGIN_KEY, MOVE_END_KEY};
 pub(crate) use nodes::*;
 pub(crate) use place::*;
 pub(crate) use policy::*;
+pub(crate) use timers::{
+    arm_here as arm_timers_here, dropped as timer_dropped, keep as keep_timers,
+    taken as timers_taken, TimerRegistry, WireTimer,
+};
+pub(crate) mod timers_wire {
+    pub(crate) use super::timers::OnWire;
+}
 
 /// How an actor type's state moves (set with [`ActorType::movable`] or
 /// [`ActorType::migratable`]; a type without one cannot migrate).
@@ -621,6 +629,9 @@ pub(crate) struct Migrations {
     /// First messages for movable actors that arrived before this node joined the cluster
     /// (`net::members::join`), in arrival order.
     held: RefCell<std::collections::VecDeque<(u16, Box<dyn Relay>)>>,
+    /// Timers of moves between nodes this shard coordinates (or serves), by ticket, each with
+    /// its due time (`timers`).
+    carried: RefCell<FxHashMap<u64, Vec<(Instant, timers::WireTimer)>>>,
 }
 
 /// Where a draining node places new activations.
@@ -652,6 +663,7 @@ impl Migrations {
             draining: Cell::new(false),
             drain: RefCell::new(None),
             held: RefCell::new(std::collections::VecDeque::new()),
+            carried: RefCell::new(FxHashMap::default()),
         }
     }
 

@@ -611,6 +611,8 @@ pub(super) fn finish_node(
         e.node = p;
         e.place = core.id;
     }
+    // The timers it carried go to where it lives now (the move's target, or back where it was).
+    let (lives_on, lives_at) = (e.node, e.place);
     let (from_node, to_node) = order.nodes.expect("a move between nodes");
     let actor = actor_id(&core.node, slot);
     let duration = order.started.elapsed();
@@ -640,8 +642,94 @@ pub(super) fn finish_node(
         }
     };
     drop(dir);
+    timers::dispatch(core, slot, ticket, lives_on, lives_at);
     if let Some(tx) = order.reply.take() {
         let _ = tx.send(result);
     }
+    flush(core, slot);
+}
+
+/// On the home shard: the actor of `slot` deactivated on node `from` (its notice,
+/// `net::migrate`, "quark.migrate.gone"). As for a shard ([`release`]): if the entry still
+/// names that node and nothing waits, the home holds later messages and asks the node to
+/// release it; the node answers that it is not active there (the entry goes: the actor is
+/// home again, what waited is delivered as first messages), or refuses (a message sent on
+/// before the order activated it again: the entry stays). A durable actor's entry just goes
+/// (its node place record names the node; the next message makes the entry again).
+pub(crate) fn release_node(core: &Rc<Shard>, slot: Slot, from: NodeId) {
+    release_node_try(core, slot, from, 0);
+}
+
+/// Notices that come while a move or messages are under way are tried again this often, at
+/// most [`RELEASE_TRIES`] times (a move's answer can come after the actor already idled out
+/// on its new node; the notice must not be lost then, or the entry would stay).
+const RELEASE_RETRY: Duration = Duration::from_millis(5);
+const RELEASE_TRIES: u32 = 2000;
+
+fn release_node_try(core: &Rc<Shard>, slot: Slot, from: NodeId, tries: u32) {
+    let m = &core.migration;
+    let mut dir = m.directory.borrow_mut();
+    let Some(e) = dir.get_mut(&slot) else { return };
+    if !e.is_quiet() && tries < RELEASE_TRIES {
+        // Busy (a move, a release, messages waiting): once it settled, the entry may name
+        // `from` (a move there just ended) and be quiet.
+        drop(dir);
+        let c = core.clone();
+        core.sched.spawn(async move {
+            crate::sleep::sleep(RELEASE_RETRY).await;
+            release_node_try(&c, slot, from, tries + 1);
+        });
+        return;
+    }
+    if e.node != Some(from) || !e.is_quiet() {
+        return;
+    }
+    if log_move::is_log_type(core, slot.0) {
+        dir.remove(&slot);
+        return;
+    }
+    let ticket = m.ticket();
+    let here = this_node(&core.node);
+    let timeout = core.node.config.migration_timeout;
+    e.moving = Some(Order {
+        ticket,
+        from: core.id,
+        to: core.id,
+        timeout,
+        started: Instant::now(),
+        reply: None,
+        sent: true,
+        nodes: Some((from, here)),
+        release: true,
+    });
+    drop(dir);
+    let actor = actor_id(&core.node, &slot);
+    let s = slot.clone();
+    let on = Box::new(move |c: &Rc<Shard>, released: bool| released_node(c, &s, ticket, released));
+    if crate::net::send_release(core, from, &actor, timeout, on).is_err() {
+        released_node(core, &slot, ticket, false);
+    }
+}
+
+/// On the home shard: node `from`'s answer to a release order (`released`: the actor is not
+/// active there; else it stays, or the answer did not come: the entry stays, never two
+/// activations).
+fn released_node(core: &Rc<Shard>, slot: &Slot, ticket: u64, released: bool) {
+    let mut dir = core.migration.directory.borrow_mut();
+    let Some(e) = dir.get_mut(slot) else { return };
+    if e.moving
+        .as_ref()
+        .is_none_or(|o| o.ticket != ticket || !o.release)
+    {
+        return;
+    }
+    e.moving = None;
+    if released {
+        e.node = None;
+        e.place = core.id;
+    }
+    tracing::debug!(shard = core.id, actor = %actor_id(&core.node, slot), released,
+        "directory entry of an actor deactivated on another node");
+    drop(dir);
     flush(core, slot);
 }

@@ -138,13 +138,15 @@ pub(crate) fn hand_over<A: Actor>(
     drop(p.undo);
     act.moved_out();
     // Between shards the activation's timers move with it (their messages are `Send`);
-    // between nodes they are cancelled (a timer's message need not be serializable).
+    // between nodes in their wire form, given to the move's home ahead of the state
+    // (`timers`: one without a wire codec is dropped, logged).
     let log_keys = match &info.spec.migration {
         Some(Mover::Log { keys }) => Some(keys(&act.ctx.id)),
         _ => None,
     };
     let timers = if p.cmd.collect {
-        act.ctx.cancel_all_timers();
+        let wire = timers::take(act);
+        timers::carry(core, p.cmd, wire);
         Vec::new()
     } else {
         act.ctx.take_timers()
@@ -405,6 +407,11 @@ pub(crate) fn deactivated<A: Actor>(act: &Activation<A>) {
     let core = &act.ctx.core;
     let node = &core.node;
     if node.phase() != Phase::Running || node.types[usize::from(act.ctx.type_idx)].stateless() {
+        return;
+    }
+    // Homed on another node (it was moved or placed here): its home node releases its entry.
+    if let Some(home_node) = crate::net::home_node_of(core, act.ctx.type_idx, &act.ctx.id) {
+        crate::net::send_gone(core, home_node, &act.ctx.id);
         return;
     }
     let home = shard_for(&act.ctx.id, node.shard_count());

@@ -31,7 +31,23 @@ use crate::shard::Shard;
 /// Prefix of the system requests of moves (never a user message's wire name).
 pub(crate) const PREFIX: &str = "quark.migrate.";
 const PAUSE: &str = "quark.migrate.pause";
+/// A pause whose reply also carries the actor's timers (`(state, version, timers)`).
+const PAUSE_T: &str = "quark.migrate.pause.t";
 const ARRIVE: &str = "quark.migrate.arrive";
+/// One-way: arm these timers of the actor, which lives here now (`migrate::timers`).
+const TIMERS: &str = "quark.migrate.timers";
+/// One-way, to the actor's home node: it deactivated here (body: this node's id).
+const GONE: &str = "quark.migrate.gone";
+/// From the home: release the actor if it is not active here (a pause that refuses an active
+/// actor; reply as `PAUSE_T`).
+const RELEASE: &str = "quark.migrate.release";
+
+/// The reply to `PAUSE_T`: the state, the place's `app_version`, the actor's timers.
+type PausedT = (
+    Option<Vec<u8>>,
+    String,
+    Vec<crate::migrate::timers_wire::OnWire>,
+);
 
 /// Encodes a request to `node` on this shard's link; `waiter` gets its outcome.
 #[allow(clippy::too_many_arguments)]
@@ -135,8 +151,10 @@ impl<F: FnOnce(&Rc<Shard>, SysOutcome) + 'static> Forward for SysReply<F> {
 /// Gets the target node's answer to a state sent to it.
 pub(crate) type OnArrival = Box<dyn FnOnce(&Rc<Shard>, Arrival)>;
 
-/// Asks `node` to pause `actor` and hand its state back (the outcome reaches
-/// `migrate::collected` with `ticket` on this shard).
+/// Asks `node` to pause `actor` and hand its state back, with its timers (the outcome reaches
+/// `migrate::collected` with `ticket` on this shard, the timers `migrate::keep_timers` first).
+/// A node built before timers moved refuses `PAUSE_T`: asked again with `PAUSE` (its timers
+/// are then cancelled there, as that build does).
 pub(crate) fn send_pause(
     core: &Rc<Shard>,
     node: NodeId,
@@ -144,13 +162,48 @@ pub(crate) fn send_pause(
     ticket: u64,
     timeout: Duration,
 ) -> Result<(), String> {
+    send_pause_as(core, node, actor, ticket, timeout, PAUSE_T)
+}
+
+fn send_pause_as(
+    core: &Rc<Shard>,
+    node: NodeId,
+    actor: &ActorId,
+    ticket: u64,
+    timeout: Duration,
+    name: &'static str,
+) -> Result<(), String> {
     let id = actor.clone();
     let on = move |c: &Rc<Shard>, o: SysOutcome| {
         let mut ran_on = None;
+        let value = |b: &[u8]| {
+            if name == PAUSE {
+                return <(Option<Vec<u8>>, String)>::from_wire(b).map(|(s, v)| (s, v, Vec::new()));
+            }
+            PausedT::from_wire(b)
+        };
+        if let SysOutcome::Refused(d) = &o {
+            if name == PAUSE_T && d.contains(UNKNOWN_REQUEST) {
+                if let Err(detail) = send_pause_as(c, node, &id, ticket, timeout, PAUSE) {
+                    let e = MigrateError::NodeUnavailable {
+                        actor: id.clone(),
+                        node,
+                        detail,
+                    };
+                    crate::migrate::collected(c, ticket, Err(e), None);
+                }
+                return;
+            }
+        }
         let state: Collected = match o {
-            SysOutcome::Value(b) => match <(Option<Vec<u8>>, String)>::from_wire(&b) {
-                Ok((s, version)) => {
+            SysOutcome::Value(b) => match value(&b) {
+                Ok((s, version, timers)) => {
                     ran_on = Some(version);
+                    let timers = timers
+                        .into_iter()
+                        .map(crate::migrate::WireTimer::from_wire)
+                        .collect();
+                    crate::migrate::keep_timers(c, ticket, timers);
                     Ok(s)
                 }
                 Err(e) => Err(MigrateError::NodeMoveAborted {
@@ -181,7 +234,7 @@ pub(crate) fn send_pause(
         node,
         actor.type_name,
         &actor.key,
-        PAUSE,
+        name,
         &(timeout.as_millis() as u64),
         timeout * 2,
         Some(Box::new(SysReply {
@@ -228,6 +281,86 @@ pub(crate) fn send_arrive(
     )
 }
 
+/// Sends `actor`'s timers to `node`, where it lives now (one-way: `migrate::timers`).
+pub(crate) fn send_timers(
+    core: &Rc<Shard>,
+    node: NodeId,
+    actor: &ActorId,
+    timers: &[crate::migrate::WireTimer],
+) -> Result<(), String> {
+    let body: Vec<_> = timers.iter().map(|t| t.to_wire()).collect();
+    send_request(
+        core,
+        node,
+        actor.type_name,
+        &actor.key,
+        TIMERS,
+        &body,
+        Duration::ZERO,
+        None,
+    )
+}
+
+/// The node an actor of this node's type `type_idx` is homed on, if not this one (it lives
+/// here because its home moved or placed it here).
+pub(crate) fn home_node_of(core: &Shard, type_idx: u16, id: &ActorId) -> Option<NodeId> {
+    let links = &core.net.as_ref()?.links;
+    let net = core.node.net.as_ref()?;
+    let movable = core.node.types[usize::from(type_idx)].bytes_mover();
+    net.view
+        .home(id, movable)
+        .filter(|n| *n != net.node_id && links.get(n).is_some())
+}
+
+/// Tells `home` that `actor` deactivated on this node (its directory entry may go,
+/// `migrate::release_node`). One-way: a lost notice leaves the entry (as before).
+pub(crate) fn send_gone(core: &Rc<Shard>, home: NodeId, actor: &ActorId) {
+    let me = crate::migrate::this_node(&core.node);
+    if let Err(e) = send_request(
+        core,
+        home,
+        actor.type_name,
+        &actor.key,
+        GONE,
+        &me,
+        Duration::ZERO,
+        None,
+    ) {
+        tracing::debug!(shard = core.id, actor = %actor, home, error = %e,
+            "deactivation not reported to the actor's home node");
+    }
+}
+
+/// Gets whether the node released an actor (it was not active there).
+pub(crate) type OnReleased = Box<dyn FnOnce(&Rc<Shard>, bool)>;
+
+/// Asks `node` to release `actor` (`on(true)`: it was not active there).
+pub(crate) fn send_release(
+    core: &Rc<Shard>,
+    node: NodeId,
+    actor: &ActorId,
+    timeout: Duration,
+    on: OnReleased,
+) -> Result<(), String> {
+    let on = move |c: &Rc<Shard>, o: SysOutcome| on(c, matches!(o, SysOutcome::Value(_)));
+    send_request(
+        core,
+        node,
+        actor.type_name,
+        &actor.key,
+        RELEASE,
+        &(timeout.as_millis() as u64),
+        timeout * 2,
+        Some(Box::new(SysReply {
+            node: core.node.clone(),
+            on,
+        })),
+    )
+}
+
+/// How a node refuses a move request it does not know (a node built before it).
+const UNKNOWN_REQUEST: &str = "unknown move request";
+
 /// Serves a system request of a move from another node (on the shard serving the
 /// connection).
 pub(crate) fn serve(
@@ -267,16 +400,39 @@ pub(crate) fn serve(
     // The actor's shard on this node: where messages from the network for it are delivered.
     let place = shard_for(&id, node.shard_count());
     let ticket = core.migration.ticket();
+    let key_back = key.clone();
     let slot = (type_idx, key);
     match message_type {
-        PAUSE => {
+        PAUSE | PAUSE_T | RELEASE => {
             let Ok(ms) = u64::from_wire(body) else {
                 return refuse(sink, "bad pause request".into());
             };
+            let with_timers = message_type != PAUSE;
             core.migration.on_collected(
                 ticket,
                 Box::new(move |c, state: Collected, _| match state {
-                    Ok(s) => sink.send_value(c, &(s, c.node.config.app_version.clone())),
+                    Ok(s) => {
+                        let version = c.node.config.app_version.clone();
+                        let timers = crate::migrate::timers_taken(c, ticket);
+                        if with_timers {
+                            let t: Vec<_> = timers.iter().map(|t| t.to_wire()).collect();
+                            return sink.send_value(c, &(s, version, t));
+                        }
+                        // The home was built before timers moved between nodes.
+                        let actor = ActorId {
+                            type_name: c.node.types[usize::from(type_idx)].name(),
+                            key: key_back.clone(),
+                        };
+                        for t in &timers {
+                            crate::migrate::timer_dropped(
+                                c,
+                                &actor,
+                                &t.name,
+                                "the actor's home node is of a build that does not move timers",
+                            );
+                        }
+                        sink.send_value(c, &(s, version))
+                    }
                     Err(e) => sink.send_error(
                         c,
                         &RemoteError::ActivationFailed {
@@ -291,7 +447,7 @@ pub(crate) fn serve(
                 to: place,
                 timeout: Duration::from_millis(ms),
                 collect: true,
-                release: false,
+                release: message_type == RELEASE,
             };
             if place == core.id {
                 core.tables
@@ -395,7 +551,36 @@ pub(crate) fn serve(
                 core.send_to(place, CrossMsg::run_on(install));
             }
         }
-        other => refuse(sink, format!("unknown move request {other:?}")),
+        GONE => {
+            let Ok(from) = u64::from_wire(body) else {
+                return refuse(sink, "bad gone notice".into());
+            };
+            // On the actor's home shard here.
+            let home = shard_for(&id, node.shard_count());
+            let go = move |h: &Rc<Shard>| crate::migrate::release_node(h, slot, from);
+            if home == core.id {
+                go(core);
+            } else {
+                core.send_to(home, CrossMsg::run_on(go));
+            }
+        }
+        TIMERS => {
+            let Ok(timers) = Vec::<crate::migrate::timers_wire::OnWire>::from_wire(body) else {
+                return refuse(sink, "bad timers request".into());
+            };
+            let timers: Vec<_> = timers
+                .into_iter()
+                .map(crate::migrate::WireTimer::from_wire)
+                .collect();
+            let arm =
+                move |x: &Rc<Shard>| crate::migrate::arm_timers_here(x, slot.0, slot.1, timers);
+            if place == core.id {
+                arm(core);
+            } else {
+                core.send_to(place, CrossMsg::run_on(arm));
+            }
+        }
+        other => refuse(sink, format!("{UNKNOWN_REQUEST} {other:?}")),
     }
 }
 

@@ -30,7 +30,9 @@ pub(crate) use conn::{close_all, start, Link};
 pub use members::MemberUpdate;
 pub(crate) use members::{announce_blocking, place_new, MemberView, NewPlace, DRAINING, LEFT};
 pub(crate) use members::{released_to, set_fenced, set_members, view_epoch};
-pub(crate) use migrate::{forward_node, send_arrive, send_pause};
+pub(crate) use migrate::{
+    forward_node, home_node_of, send_arrive, send_gone, send_pause, send_release, send_timers,
+};
 pub(crate) use remote::{ask_remote, tell_remote, tell_remote_now};
 
 /// Cluster settings of an engine: who it is, who the members are, and the transport's bounds
@@ -130,6 +132,9 @@ pub(crate) type RemoteHandler =
 pub(crate) struct Registry {
     codecs: FxHashMap<TypeId, WireCodec>,
     handlers: FxHashMap<String, FxHashMap<String, RemoteHandler>>,
+    /// Timers moving between nodes (`migrate::timers`): a message's bytes by message type,
+    /// and by actor type the functions that arm them again.
+    pub(crate) timers: crate::migrate::TimerRegistry,
 }
 
 fn encode_typed<M: WireOwned + 'static>(
@@ -163,6 +168,7 @@ impl Registry {
             encode: encode_typed::<M>,
             decode_reply: decode_typed::<M::Reply>,
         });
+        self.timers.add_codec::<M>();
     }
 
     /// Lets actors of type `A` on this node receive `M` from the network.
@@ -173,6 +179,7 @@ impl Registry {
         M::Reply: WireOwned,
     {
         self.add_codec::<M>();
+        self.timers.add_handler::<A, M>();
         self.handlers
             .entry(A::TYPE_NAME.to_owned())
             .or_default()
