@@ -413,6 +413,37 @@ pub(crate) fn plan_node_moves(
     affinity: &Affinity,
 ) -> Vec<PlannedMove> {
     let mut plan = Vec::new();
+    let mut chosen: HashSet<ActorId> = HashSet::new();
+    // The node's RSS over critical: its idle durable activations (any shard) are dropped
+    // first, as a shard over critical drops its own (`deactivate_idle_durable`): no peer
+    // needed, no move budget taken; the largest first.
+    if node_need > 0 {
+        let mut idle: Vec<(ShardId, &ActorMemory)> = views
+            .iter()
+            .flat_map(|v| v.candidates.iter().map(move |a| (v.shard, a)))
+            .filter(|(_, a)| {
+                deactivatable(c, a)
+                    && !taken.contains(&a.actor)
+                    && cooldown.allows(&a.actor, now, c.cooldown)
+            })
+            .collect();
+        idle.sort_by(|(_, a), (_, b)| b.bytes.cmp(&a.bytes).then(a.actor.cmp(&b.actor)));
+        for (shard, a) in idle {
+            if node_need == 0 {
+                break;
+            }
+            chosen.insert(a.actor.clone());
+            node_need = node_need.saturating_sub(a.bytes);
+            plan.push(PlannedMove {
+                actor: a.actor.clone(),
+                from: shard,
+                to: shard,
+                to_node: None,
+                bytes: a.bytes,
+                deactivate: true,
+            });
+        }
+    }
     if peers.is_empty() || !c.move_between_nodes {
         return plan;
     }
@@ -422,7 +453,6 @@ pub(crate) fn plan_node_moves(
             && !taken.contains(&a.actor)
             && cooldown.allows(&a.actor, now, c.cooldown)
     };
-    let mut chosen: HashSet<ActorId> = HashSet::new();
     let mut push = |a: &ActorMemory,
                     from: ShardId,
                     plan: &mut Vec<PlannedMove>,
@@ -735,7 +765,7 @@ fn run(
                 match asked {
                     Ok(quark_shard::Deactivation::Requested { .. }) => {
                         st.deactivations += 1;
-                        tracing::info!(actor = %mv.actor, shard = mv.from, bytes = mv.bytes, "memory: deactivated an idle durable actor on a shard over its critical threshold");
+                        tracing::info!(actor = %mv.actor, shard = mv.from, bytes = mv.bytes, "memory: deactivated an idle durable actor (its shard or the node over a critical threshold)");
                         if st.recent.len() >= RECENT_MAX {
                             st.recent.pop_front();
                         }
@@ -1186,6 +1216,86 @@ mod tests {
         assert_eq!(plan.len(), 1, "{plan:?}");
         assert!(!plan[0].deactivate);
         assert_eq!(plan[0].actor, ActorId::new("t", 3u64));
+    }
+
+    #[test]
+    fn a_node_over_its_rss_threshold_drops_idle_durable_actors_before_moving_any() {
+        let c = MemoryConfig::default(); // durable_idle 1 s, moves between nodes on
+        let now = Instant::now();
+        let mut b = Budget::new(&c, now);
+        let durable = |k, bytes, idle_ms| ActorMemory {
+            durable: true,
+            movable: false,
+            serializable: false,
+            ..actor(k, bytes, idle_ms)
+        };
+        let views = vec![
+            ShardView {
+                shard: 0,
+                bytes: 40 * MIB,
+                candidates: vec![
+                    durable(1, 6 * MIB, Some(5_000)),
+                    durable(2, 8 * MIB, Some(10)), // idle too briefly: kept
+                    actor(3, 20 * MIB, None),
+                ],
+            },
+            ShardView {
+                shard: 1,
+                bytes: 30 * MIB,
+                candidates: vec![durable(4, 9 * MIB, Some(3_000)), actor(5, 4 * MIB, None)],
+            },
+        ];
+        let projected: Vec<u64> = views.iter().map(|v| v.bytes).collect();
+        let plan_for = |c: &MemoryConfig, need: u64, peers: &[NodeId], b: &mut Budget| {
+            plan_node_moves(
+                c,
+                &views,
+                &projected,
+                None,
+                need,
+                peers,
+                &mut 0,
+                &MoveCooldown::new(),
+                now,
+                b,
+                &HashSet::new(),
+                &Affinity::default(),
+            )
+        };
+        // 12 MiB needed: actor 4 (9 MiB, the largest idle durable one), then actor 1 (6 MiB)
+        // are dropped; nothing moves, with or without peers.
+        for peers in [&[][..], &[2u64][..]] {
+            let plan = plan_for(&c, 12 * MIB, peers, &mut b);
+            let got: Vec<(ActorId, bool, Option<NodeId>)> = plan
+                .iter()
+                .map(|m| (m.actor.clone(), m.deactivate, m.to_node))
+                .collect();
+            assert_eq!(
+                got,
+                vec![
+                    (ActorId::new("t", 4u64), true, None),
+                    (ActorId::new("t", 1u64), true, None)
+                ],
+                "peers {peers:?}"
+            );
+        }
+        // 20 MiB needed with a peer: the two drops, then the rest moves to the peer.
+        let plan = plan_for(&c, 20 * MIB, &[2], &mut b);
+        assert_eq!(plan.iter().filter(|m| m.deactivate).count(), 2, "{plan:?}");
+        assert!(plan
+            .iter()
+            .filter(|m| !m.deactivate)
+            .all(|m| m.to_node == Some(2) && m.actor != ActorId::new("t", 2u64)));
+        assert!(plan.iter().any(|m| !m.deactivate), "{plan:?}");
+        // With the policy off, nothing is dropped: the node moves (with a peer) or waits.
+        let off = MemoryConfig {
+            deactivate_idle_durable: false,
+            ..MemoryConfig::default()
+        };
+        assert!(plan_for(&off, 12 * MIB, &[], &mut b).is_empty());
+        assert!(plan_for(&off, 12 * MIB, &[2], &mut b)
+            .iter()
+            .all(|m| !m.deactivate));
     }
 
     #[test]
