@@ -566,14 +566,7 @@ impl<A: Actor> Activation<A> {
     /// A direct turn starts (after [`Self::can_run_direct`]).
     #[inline]
     pub(crate) fn begin_direct(&self, core: &Shard) {
-        // `Idle` -> `Running` is allowed; `can_run_direct` checked `Idle` just before, so the
-        // compiler drops this test and the table check of `enter` (any other state still
-        // panics as `enter` does).
-        if self.life.get() == Life::Idle {
-            self.life.set(Life::Running);
-        } else {
-            self.enter(Life::Running);
-        }
+        self.enter(Life::Running);
         self.last_active.set(core.clock.now_us());
     }
 
@@ -581,13 +574,7 @@ impl<A: Actor> Activation<A> {
     /// arrived meanwhile (it was woken by the push) or a deactivation was asked for.
     #[inline]
     pub(crate) fn end_direct(&self) {
-        // `Running` -> `Idle` is allowed: one compare instead of the table check of `enter`,
-        // which still judges (and panics on) any other state.
-        if self.life.get() == Life::Running {
-            self.life.set(Life::Idle);
-        } else {
-            self.enter(Life::Idle);
-        }
+        self.enter(Life::Idle);
         if self.stop_requested.get() {
             self.wake_task();
         }

@@ -177,7 +177,7 @@ impl<A: Actor> ActorRef<A> {
         // The deadline is needed only if the turn awaits; shard time does not move within
         // this poll, so computing it then gives the deadline of now.
         let deadline = || core.now() + timeout;
-        match crate::direct::try_ask::<A, M>(core, type_idx, &self.id.key, false, msg, deadline) {
+        match crate::direct::try_ask::<A, M>(core, type_idx, &self.id.key, msg, deadline) {
             DirectAsk::Done(r) => {
                 crate::stats::add(&core.stats.asks[0], 1);
                 core.stats.ask_latency[0].record_us(core.clock.now_us() - started_us);
@@ -200,7 +200,10 @@ impl<A: Actor> ActorRef<A> {
             }
             // This task ran its direct turns for this poll: let the shard's other work run,
             // then ask again.
-            DirectAsk::Yield(msg) => Err(AskMiss::Yield(msg)),
+            DirectAsk::Yield(msg) => Err(AskMiss::Slow(Box::pin(async move {
+                crate::rt::yield_now().await;
+                self.ask_with(msg, timeout, None, true).await
+            }))),
             DirectAsk::Refused(msg) => Err(AskMiss::Other(msg)),
         }
     }
@@ -520,13 +523,7 @@ impl<A: Actor> ActorRef<A> {
         crate::stats::add(&core.stats.tells[usize::from(target != core.id)], 1);
         let msg = if target == core.id {
             use crate::direct::DirectTell;
-            match crate::direct::try_tell::<A, M>(
-                &core,
-                type_idx,
-                &self.id.key,
-                self.stateless,
-                msg,
-            ) {
+            match crate::direct::try_tell::<A, M>(&core, type_idx, &self.id.key, msg) {
                 DirectTell::Sent => return Ok(()),
                 // No future to yield with: queue it (in order: nothing runs before it).
                 DirectTell::Yield(msg) | DirectTell::Refused(msg) => msg,
@@ -570,7 +567,7 @@ impl<A: Actor> ActorRef<A> {
             let Some(core) = core.filter(|c| c.id == self.owner) else {
                 return Err(DirectMiss::Other(msg));
             };
-            match crate::direct::try_tell::<A, M>(core, type_idx, &self.id.key, false, msg) {
+            match crate::direct::try_tell::<A, M>(core, type_idx, &self.id.key, msg) {
                 DirectTell::Sent => {
                     crate::stats::add(&core.stats.tells[0], 1);
                     Ok(())
@@ -615,13 +612,7 @@ impl<A: Actor> ActorRef<A> {
         crate::stats::add(&core.stats.tells[usize::from(target != core.id)], 1);
         let msg = if direct && target == core.id {
             use crate::direct::DirectTell;
-            match crate::direct::try_tell::<A, M>(
-                &core,
-                type_idx,
-                &self.id.key,
-                self.stateless,
-                msg,
-            ) {
+            match crate::direct::try_tell::<A, M>(&core, type_idx, &self.id.key, msg) {
                 DirectTell::Sent => return Ok(Ok(())),
                 DirectTell::Yield(msg) => {
                     // This task ran its direct turns for this poll: let the shard's other
@@ -742,14 +733,8 @@ impl<A: Actor> ActorRef<A> {
         if direct && target == core.id {
             use crate::direct::DirectAsk;
             loop {
-                match crate::direct::try_ask::<A, M>(
-                    core,
-                    type_idx,
-                    &self.id.key,
-                    self.stateless,
-                    msg,
-                    || deadline,
-                ) {
+                match crate::direct::try_ask::<A, M>(core, type_idx, &self.id.key, msg, || deadline)
+                {
                     DirectAsk::Done(r) => {
                         core.stats.ask_latency[0].record_us(core.clock.now_us() - started_us);
                         return r;
@@ -976,12 +961,6 @@ where
                 Err(AskMiss::Other(msg)) => Box::pin(target.ask_with(msg, timeout, None, false)),
                 Err(AskMiss::Slow(slow)) => slow,
                 Err(AskMiss::Failed(e)) => return Poll::Ready(Err(*e)),
-                Err(AskMiss::Yield(msg)) => {
-                    // As a tell's yield: the message waits here, unsent, until the next poll.
-                    self.msg = Some(msg);
-                    cx.waker().wake_by_ref();
-                    return Poll::Pending;
-                }
             };
             self.slow = Some(slow);
         }
@@ -1059,12 +1038,12 @@ where
                 Ok(()) => return Poll::Ready(Ok(())),
                 Err(DirectMiss::Yield(msg)) => {
                     // This task ran its direct turns for this poll: let the shard's other
-                    // work run, then try again (once per `DIRECT_PER_POLL` tells). The message
-                    // waits in this future, unsent, as it would in a yield; no box per yield
-                    // (it cost ~800 instructions, 12 per tell of a loop).
-                    self.msg = Some(msg);
-                    cx.waker().wake_by_ref();
-                    return Poll::Pending;
+                    // work run, then send (rare: once per `DIRECT_PER_POLL` tells).
+                    let target = self.target;
+                    Box::pin(async move {
+                        crate::rt::yield_now().await;
+                        target.tell(msg).await
+                    })
                 }
                 Err(DirectMiss::Other(msg)) => match self.target.tell_first(msg, false) {
                     Ok(done) => return Poll::Ready(done),
@@ -1089,8 +1068,6 @@ enum AskMiss<'a, M: Message> {
     Slow(SlowAsk<'a, M::Reply>),
     /// The direct turn failed (it panicked): boxed, so that the common case stays small.
     Failed(Box<CallError>),
-    /// The task used up its direct turns for this poll: yield, then try again.
-    Yield(M),
 }
 
 /// Why [`ActorRef::tell_direct`] did not send: the message back.

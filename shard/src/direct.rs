@@ -35,13 +35,6 @@ use crate::turn::{TurnSlot, REPLY_INLINE_BYTES};
 /// Direct turns one task poll may run; past it, messages are queued (and the sender yields
 /// when it waits, as before).
 const DIRECT_PER_POLL: u32 = 64;
-/// Direct turns the pump may run for messages delivered from rings between two task polls
-/// (one drain of the inbound rings); past it, they are queued in mailboxes. Larger than
-/// `DIRECT_PER_POLL`: with 100 asks in flight from another shard, a drain holds ~100
-/// requests, and each one queued instead costs a wake and two polls of the activation's task
-/// (about a third of them took that path with a budget of 64). The drain's time is bounded
-/// anyway: it stops running turns directly once the coarse clock ticks (1-4 ms).
-const DIRECT_PER_DRAIN: u32 = 512;
 /// Direct turns nested inside one another at most (each nests one handler's poll in the
 /// sender's stack).
 const DIRECT_DEPTH: u8 = 4;
@@ -92,13 +85,13 @@ enum Admit<A: Actor> {
 }
 
 #[inline(always)]
-fn admit<A: Actor>(core: &Shard, type_idx: u16, key: &ActorKey, stateless: bool) -> Admit<A> {
+fn admit<A: Actor>(core: &Shard, type_idx: u16, key: &ActorKey) -> Admit<A> {
     let b = &core.direct;
     let table = core.table::<A>(type_idx);
-    debug_assert_eq!(stateless, table.info.spec.stateless_workers.is_some());
-    // `stateless`: the sender's `ActorRef` knows it (known false on the common path, so the
-    // test folds away; reading it through the table cost a chain of loads per message).
-    if stateless || b.depth.get() >= DIRECT_DEPTH || crate::trace::is_traced() {
+    if b.depth.get() >= DIRECT_DEPTH
+        || table.info.spec.stateless_workers.is_some()
+        || crate::trace::is_traced()
+    {
         return Admit::No;
     }
     let Some(act) = table.lookup(key) else {
@@ -107,22 +100,21 @@ fn admit<A: Actor>(core: &Shard, type_idx: u16, key: &ActorKey, stateless: bool)
     if !act.can_run_direct() {
         return Admit::Busy(act);
     }
-    if !take_budget(b, core, DIRECT_PER_POLL) {
+    if !take_budget(b, core) {
         return Admit::Yield;
     }
     Admit::Run(act)
 }
 
-/// Takes one direct turn from the budget of the current task poll, `limit` turns (false if it
-/// is used up).
+/// Takes one direct turn from the budget of the current task poll (false if it is used up).
 #[inline]
-fn take_budget(b: &DirectBudget, core: &Shard, limit: u32) -> bool {
+fn take_budget(b: &DirectBudget, core: &Shard) -> bool {
     let polls = core.sched.polls();
     if b.epoch.get() != polls {
         b.epoch.set(polls);
         b.used.set(0);
     }
-    if b.used.get() >= limit {
+    if b.used.get() >= DIRECT_PER_POLL {
         return false;
     }
     b.used.set(b.used.get() + 1);
@@ -246,18 +238,12 @@ fn end_sample<A: Actor>(core: &Shard, act: &Activation<A>, sampled: Option<Insta
 /// Runs `msg` as a direct tell if the activation allows it now; gives the message back
 /// otherwise.
 #[inline]
-pub(crate) fn try_tell<A, M>(
-    core: &Shard,
-    type_idx: u16,
-    key: &ActorKey,
-    stateless: bool,
-    msg: M,
-) -> DirectTell<M>
+pub(crate) fn try_tell<A, M>(core: &Shard, type_idx: u16, key: &ActorKey, msg: M) -> DirectTell<M>
 where
     A: Handler<M>,
     M: Message,
 {
-    let act = match admit::<A>(core, type_idx, key, stateless) {
+    let act = match admit::<A>(core, type_idx, key) {
         Admit::Run(act) => act,
         Admit::Busy(act) => {
             // Queued behind what is there, as the ordinary path would (same origin, same
@@ -313,7 +299,6 @@ pub(crate) fn try_ask<A, M>(
     core: &Shard,
     type_idx: u16,
     key: &ActorKey,
-    stateless: bool,
     msg: M,
     deadline: impl FnOnce() -> Instant,
 ) -> DirectAsk<M>
@@ -324,7 +309,7 @@ where
     if size_of::<Option<M::Reply>>() > REPLY_INLINE_BYTES || align_of::<Option<M::Reply>>() > 16 {
         return DirectAsk::Refused(msg);
     }
-    let act = match admit::<A>(core, type_idx, key, stateless) {
+    let act = match admit::<A>(core, type_idx, key) {
         Admit::Run(act) => act,
         Admit::Yield => return DirectAsk::Yield(msg),
         Admit::Busy(_) | Admit::No => return DirectAsk::Refused(msg),
@@ -388,7 +373,7 @@ pub(crate) fn run_delivered<A: Actor>(
         || origin == Origin::Timer
         || core.clock.ticked_since_read()
         || item.deadline().is_some_and(|d| core.deadline_passed(d))
-        || !take_budget(&core.direct, core, DIRECT_PER_DRAIN)
+        || !take_budget(&core.direct, core)
     {
         return Err(item);
     }

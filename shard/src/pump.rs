@@ -31,10 +31,6 @@ const REAP_INTERVAL_BUSY: Duration = Duration::from_micros(100);
 /// The same for a spinning (idle) pump: reaps are cheap relative to idle time, and a shard
 /// waiting for its own I/O should see the completion soon.
 const REAP_INTERVAL_SPIN: Duration = Duration::from_micros(20);
-/// The reap interval of a shard that parks on its futex (no log, no network): it has no
-/// executor I/O or timers of its own, so a reap is only a safety net (each one costs an
-/// eventfd write and an `io_uring_enter`: 0.56 per parked cross-core ask at 100 µs).
-const REAP_INTERVAL_FUTEX: Duration = Duration::from_millis(10);
 /// How often a spinning pump of a node with network connections looks for completed socket
 /// reads (a non-blocking trip through the executor: one system call).
 const NET_POLL_SPIN: Duration = Duration::from_micros(2);
@@ -105,11 +101,6 @@ struct Pump {
     /// (a pump about to park submits them in its park anyway).
     kick_seen: bool,
     has_net: bool,
-    /// Park on the doorbell's futex, outside the executor ([`Pump::park_futex`]): the shard
-    /// has no I/O of its own (no log, no network) and runs on the real clock.
-    futex_park: bool,
-    /// The thread's timer slack was set for futex parks.
-    slack_set: bool,
     phase_seen: Phase,
     reported: Phase,
     next_deactivate_push: Instant,
@@ -126,14 +117,10 @@ impl Pump {
                 None
             }
         };
-        let futex_park =
-            shard.net.is_none() && shard.log.is_none() && shard.node.config.clock.is_real();
         Pump {
             alarm,
             idle_spin: shard.node.config.idle_spin,
             has_net: shard.net.is_some(),
-            futex_park,
-            slack_set: false,
             shard,
             bell,
             events,
@@ -257,11 +244,7 @@ impl Pump {
             crate::rt::submit_io().await;
             self.last_io_poll = Instant::now();
         }
-        if self.futex_park {
-            if now.duration_since(self.last_reap) >= REAP_INTERVAL_FUTEX {
-                self.reap().await;
-            }
-        } else if self.since_reap >= REAP_EVERY_ITERATIONS
+        if self.since_reap >= REAP_EVERY_ITERATIONS
             || now.duration_since(self.last_reap) >= REAP_INTERVAL_BUSY
         {
             self.reap().await;
@@ -290,12 +273,7 @@ impl Pump {
         }
         // First reap after REAP_INTERVAL_SPIN of idleness (not at once when the last reap is
         // old: a shard that waits a moment for its peer should not pay a reap for it).
-        let slice_end = spinning_since.max(self.last_reap)
-            + if self.futex_park {
-                REAP_INTERVAL_FUTEX
-            } else {
-                REAP_INTERVAL_SPIN
-            };
+        let slice_end = spinning_since.max(self.last_reap) + REAP_INTERVAL_SPIN;
         // With network connections, completions (bytes received) are only seen when the
         // executor looks at its completion queue: look every NET_POLL_SPIN while spinning.
         let poll_end = self.has_net.then(|| Instant::now() + NET_POLL_SPIN);
@@ -327,10 +305,6 @@ impl Pump {
 
     /// Parks until the doorbell rings, a local event pokes the pump, or its next deadline.
     async fn park(&mut self) {
-        if self.futex_park {
-            self.park_futex();
-            return;
-        }
         let shard = self.shard.clone();
         // Announce the park, then re-check everything a waker could have changed. Queued
         // network writes are submitted by the park's own wait.
@@ -371,50 +345,6 @@ impl Pump {
         }
         self.my_bell().disarm();
         shard.signal.unpark();
-    }
-
-    /// [`Self::park`] for a shard with no I/O of its own (`futex_park`): the thread blocks on
-    /// its doorbell's futex until a ring or its next deadline, outside the executor. A ring
-    /// is then one futex wake and the park one futex wait, with no eventfd, no io_uring
-    /// completion to reap, no timerfd to arm, and no trip through the executor's run loop
-    /// (issue 22: the parked cross-core ask). Nothing else can need the thread meanwhile:
-    /// local pokes come from this thread, other threads ring the bell, and there is no
-    /// executor I/O or timer to wait for.
-    fn park_futex(&mut self) {
-        let shard = self.shard.clone();
-        if !self.slack_set {
-            // A futex timeout is subject to the thread's timer slack (50 µs by default);
-            // the timerfd it replaces had none, and sub-millisecond deadlines rely on that.
-            // SAFETY: prctl with integer arguments only, on the calling thread.
-            unsafe { libc::prctl(libc::PR_SET_TIMERSLACK, 1 as libc::c_ulong, 0, 0, 0) };
-            self.slack_set = true;
-        }
-        let bell = &shard.node.shards[usize::from(shard.id)].bell;
-        bell.futex_prepare();
-        bell.arm();
-        // The node's phase too: `set_phase` stores it and then rings (the other side of this
-        // Dekker pair); the executor's park instead finds its unconditional eventfd write.
-        let woken = shard.has_inbound()
-            || shard.cross.is_dirty()
-            || shard.signal.poked()
-            || shard.sched.has_ready()
-            || shard.node.phase() != self.phase_seen;
-        if !woken {
-            let deadline = shard.next_deadline(self.next_idle_sweep);
-            add(&shard.stats.parks, 1);
-            let why = if bell.futex_wait(deadline) {
-                crate::stats::WAKE_DOORBELL
-            } else {
-                crate::stats::WAKE_TIMER
-            };
-            add(&shard.stats.wakeups[why], 1);
-            self.idle_since = None;
-            self.since_reap = 0;
-            self.last_reap = Instant::now();
-        }
-        bell.disarm();
-        bell.futex_done();
-        shard.signal.take_poke();
     }
 
     /// One trip through the executor's wait: ring our own bell and park on it, so the executor

@@ -131,17 +131,10 @@ pub(crate) fn with_current_core<R>(
     node: &Arc<NodeShared>,
     f: impl FnOnce(Option<&Rc<Shard>>) -> R,
 ) -> R {
-    // `f` is called once, outside the thread-local's closure: called in two branches inside
-    // it, the compiler kept the whole send path (the handler's future included) out of line,
-    // ~30 instructions per ask (issue 22, docs/BENCHMARKS.md).
-    let core: Option<*const Rc<Shard>> = CURRENT.with(|c| match c.get() {
-        Some(core) if Arc::ptr_eq(&core.node, node) => Some(core as *const Rc<Shard>),
-        _ => None,
-    });
-    // SAFETY: the pointer is to this thread's `CURRENT` cell's value, set once when the shard
-    // thread starts and never replaced or dropped before the thread exits; `f` runs now, on
-    // this thread, and cannot keep the reference (it is only borrowed for the call).
-    f(core.map(|p| unsafe { &*p }))
+    CURRENT.with(|c| match c.get() {
+        Some(core) if Arc::ptr_eq(&core.node, node) => f(Some(core)),
+        _ => f(None),
+    })
 }
 
 /// The shard core of the calling thread, if it is a shard thread of `node`.

@@ -119,19 +119,10 @@ impl Future for YieldNow {
 
 /// The cross-thread half of a shard's doorbell: any thread may ring it.
 ///
-/// The wake-up protocol lives in [`SleepFlag`]; the bell adds the wake-up itself, which
-/// depends on how the shard parked: an `eventfd` write when it waits inside the executor
-/// (io_uring), or a futex wake when it waits on [`Bell::futex_wait`] (a shard with no I/O of
-/// its own: no log, no network; see `pump::Pump::park`).
+/// The wake-up protocol lives in [`SleepFlag`]; the bell adds the `eventfd` write.
 pub(crate) struct Bell {
     flag: SleepFlag,
     fd: OwnedFd,
-    /// 1 while the shard parks on the futex (set before `arm`, so a ringer that claims the
-    /// wake-up sees it: the claim's `AcqRel` swap reads the shard's `SeqCst` store of
-    /// `sleeping`, made after this one).
-    futex_mode: std::sync::atomic::AtomicU32,
-    /// The futex word: 0 while the shard waits on it, 1 once rung.
-    futex_word: std::sync::atomic::AtomicU32,
 }
 
 impl Bell {
@@ -141,83 +132,8 @@ impl Bell {
     #[inline]
     pub(crate) fn ring(&self) {
         if self.flag.claim_wake() {
-            if self.futex_mode.load(std::sync::atomic::Ordering::Acquire) == 1 {
-                self.futex_wake();
-            } else {
-                self.write();
-            }
+            self.write();
         }
-    }
-
-    /// The futex half of [`Bell::ring`]. A wake that finds the shard already gone on (its
-    /// wait timed out) is lost harmlessly: the shard looks at its rings after every park.
-    fn futex_wake(&self) {
-        self.futex_word
-            .store(1, std::sync::atomic::Ordering::Release);
-        // SAFETY: FUTEX_WAKE on a valid, aligned u32 owned by this bell; no other memory.
-        unsafe {
-            libc::syscall(
-                libc::SYS_futex,
-                self.futex_word.as_ptr(),
-                libc::FUTEX_WAKE | libc::FUTEX_PRIVATE_FLAG,
-                1,
-            );
-        }
-    }
-
-    /// The shard is about to park on the futex: rings from now on wake it there (call before
-    /// [`Bell::arm`]).
-    pub(crate) fn futex_prepare(&self) {
-        self.futex_word
-            .store(0, std::sync::atomic::Ordering::Relaxed);
-        self.futex_mode
-            .store(1, std::sync::atomic::Ordering::Relaxed);
-    }
-
-    /// Blocks the calling (shard) thread until the bell rings or `until` passes; call after
-    /// [`Bell::futex_prepare`], [`Bell::arm`] and the re-check of the shard's queues. Returns
-    /// true if it was rung.
-    pub(crate) fn futex_wait(&self, until: std::time::Instant) -> bool {
-        loop {
-            if self.futex_word.load(std::sync::atomic::Ordering::Acquire) == 1 {
-                return true;
-            }
-            let left = until.saturating_duration_since(std::time::Instant::now());
-            if left.is_zero() {
-                return false;
-            }
-            let ts = libc::timespec {
-                tv_sec: left.as_secs().min(i32::MAX as u64) as libc::time_t,
-                tv_nsec: left.subsec_nanos() as libc::c_long,
-            };
-            // SAFETY: FUTEX_WAIT on a valid, aligned u32 owned by this bell, with a valid
-            // relative timeout on the stack. It returns at once if the word is no longer 0.
-            let rc = unsafe {
-                libc::syscall(
-                    libc::SYS_futex,
-                    self.futex_word.as_ptr(),
-                    libc::FUTEX_WAIT | libc::FUTEX_PRIVATE_FLAG,
-                    0u32,
-                    &ts as *const libc::timespec,
-                )
-            };
-            if rc != 0 {
-                match io::Error::last_os_error().raw_os_error() {
-                    // Not 0 any more: rung.
-                    Some(libc::EAGAIN) => return true,
-                    Some(libc::EINTR) | Some(libc::ETIMEDOUT) => {}
-                    // Unexpected: the pump re-checks everything after a park.
-                    _ => return false,
-                }
-            }
-            // Woken, timed out or interrupted: the word and the clock say which (the loop).
-        }
-    }
-
-    /// The futex park is over (call after [`Bell::disarm`]).
-    pub(crate) fn futex_done(&self) {
-        self.futex_mode
-            .store(0, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Unconditionally rings (used by the shard to force one trip through the executor's
@@ -365,8 +281,6 @@ pub(crate) fn bell_pair() -> io::Result<(Bell, BellEnd)> {
         Bell {
             flag: SleepFlag::new(),
             fd: ring,
-            futex_mode: std::sync::atomic::AtomicU32::new(0),
-            futex_word: std::sync::atomic::AtomicU32::new(0),
         },
         end,
     ))
@@ -575,88 +489,5 @@ mod loom_tests {
             }
             assert_eq!((c1.pop(), c2.pop()), (Some(7), Some(7)));
         });
-    }
-}
-
-#[cfg(all(test, not(loom)))]
-mod tests {
-    use super::*;
-    use std::time::Instant;
-
-    /// The eventfd's counter, without blocking (0 if nothing was written).
-    fn eventfd_count(end: &OwnedFd) -> u64 {
-        let mut pfd = libc::pollfd {
-            fd: end.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        };
-        // SAFETY: one valid pollfd on the stack; then an 8-byte read into a u64 on the stack.
-        unsafe {
-            if libc::poll(&mut pfd, 1, 0) != 1 {
-                return 0;
-            }
-            let mut v = 0u64;
-            let n = libc::read(end.as_raw_fd(), (&mut v as *mut u64).cast(), 8);
-            assert_eq!(n, 8, "an eventfd read takes 8 bytes");
-            v
-        }
-    }
-
-    #[test]
-    fn a_ring_wakes_a_shard_parked_on_the_futex_and_writes_no_eventfd() {
-        let (bell, end) = bell_pair().expect("eventfd");
-        let bell = std::sync::Arc::new(bell);
-        bell.futex_prepare();
-        bell.arm();
-        let ringer = {
-            let bell = bell.clone();
-            std::thread::spawn(move || bell.ring())
-        };
-        let t0 = Instant::now();
-        // Whether the ring comes before or during the wait, the wait ends rung, long before
-        // its deadline.
-        let rung = bell.futex_wait(t0 + Duration::from_secs(30));
-        ringer.join().expect("the ringer does not panic");
-        assert!(rung, "the futex park ended without the ring");
-        assert!(
-            t0.elapsed() < Duration::from_secs(20),
-            "the ring did not wake the park"
-        );
-        bell.disarm();
-        bell.futex_done();
-        assert_eq!(
-            eventfd_count(&end),
-            0,
-            "a futex park is rung by a futex wake only"
-        );
-    }
-
-    #[test]
-    fn a_futex_park_ends_at_its_deadline_and_not_before() {
-        let (bell, _end) = bell_pair().expect("eventfd");
-        bell.futex_prepare();
-        bell.arm();
-        let until = Instant::now() + Duration::from_millis(3);
-        assert!(!bell.futex_wait(until), "nobody rang");
-        assert!(
-            Instant::now() >= until,
-            "the park ended before its deadline"
-        );
-        bell.disarm();
-        bell.futex_done();
-    }
-
-    #[test]
-    fn a_ring_of_a_shard_parked_in_the_executor_writes_the_eventfd() {
-        let (bell, end) = bell_pair().expect("eventfd");
-        // A futex park that ended leaves the bell in the executor's mode.
-        bell.futex_prepare();
-        bell.futex_done();
-        bell.arm();
-        bell.ring();
-        assert_eq!(eventfd_count(&end), 1, "the ring wrote the eventfd once");
-        // Not parked any more (the ring claimed the wake-up): a second ring writes nothing.
-        bell.ring();
-        assert_eq!(eventfd_count(&end), 0);
     }
 }
