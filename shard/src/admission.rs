@@ -46,6 +46,10 @@ pub(crate) struct Injector<M> {
     waiters: Mutex<Waiters>,
     /// True while `waiters` is not empty (read without the lock by the releasing shard).
     has_waiters: AtomicBool,
+    /// Tests only: messages [`Injector::pop`] pushes between its look at the queue and its
+    /// look at the overflow, as another thread could (a deterministic interleaving).
+    #[cfg(test)]
+    between_looks: Mutex<Vec<M>>,
 }
 
 #[derive(Default)]
@@ -64,6 +68,8 @@ impl<M> Injector<M> {
             inflight_max: inflight_max.max(1),
             waiters: Mutex::new(Waiters::default()),
             has_waiters: AtomicBool::new(false),
+            #[cfg(test)]
+            between_looks: Mutex::new(Vec::new()),
         }
     }
 
@@ -88,10 +94,23 @@ impl<M> Injector<M> {
         if let Some(m) = self.queue.pop() {
             return Some(m);
         }
+        #[cfg(test)]
+        for m in std::mem::take(&mut *lock(&self.between_looks)) {
+            self.push(m);
+        }
         if self.overflowed.load(Ordering::Acquire) == 0 {
             return None;
         }
         let mut o = lock(&self.overflow);
+        // The queue again, under the lock: it may have been refilled since it was found
+        // empty above, and what is in it now was pushed before the overflow's front (a
+        // producer goes to the overflow only once the queue is full or something already
+        // overflowed), so it comes first. Without this, a producer could fill the queue
+        // (`i`, `i + 1`) and overflow (`i + 2`) between the two looks, and `i + 2` would
+        // overtake the two queued before it.
+        if let Some(m) = self.queue.pop() {
+            return Some(m);
+        }
         let m = o.pop_front();
         self.overflowed.store(o.len(), Ordering::Release);
         m
@@ -463,6 +482,62 @@ mod tests {
         }
         assert!(!inj.is_empty());
         assert!(inj.pop().is_some() && inj.pop().is_some() && inj.pop().is_some());
+        assert!(inj.pop().is_none() && inj.is_empty());
+    }
+
+    /// The interleaving that reordered one outside caller's tells (a failure of
+    /// `tiny_rings_and_mailboxes_lose_nothing`, sender 2, two messages overtaken), made
+    /// deterministic: the owner finds the queue empty; before it looks at the overflow, a
+    /// producer pushes 0 and 1 (the queue, capacity 2, is then full) and 2 (the overflow).
+    /// 0 must still come first.
+    #[test]
+    fn a_message_that_overflowed_does_not_overtake_the_queue_refilled_before_it() {
+        let inj = Injector::<u64>::new(2, 1);
+        lock(&inj.between_looks).extend([0, 1, 2]);
+        let popped: Vec<u64> = std::iter::from_fn(|| inj.pop()).collect();
+        assert_eq!(popped, [0, 1, 2]);
+        assert!(inj.is_empty());
+    }
+
+    /// Per-producer order through a tiny queue while the owner pops concurrently: the
+    /// queue fills and empties constantly, so messages take both paths (queue, overflow).
+    /// Before `pop` re-checked the queue under the overflow lock, the owner could find the
+    /// queue empty, a producer then fill it (messages `i`, `i + 1`) and overflow (`i + 2`),
+    /// and the owner pop `i + 2` from the overflow ahead of the two in the queue.
+    #[test]
+    fn one_producers_messages_are_popped_in_the_order_pushed() {
+        const PRODUCERS: u64 = 2;
+        const PER: u64 = 50_000;
+        let inj = Arc::new(Injector::<(u64, u64)>::new(2, 1));
+        let producers: Vec<_> = (0..PRODUCERS)
+            .map(|p| {
+                let inj = inj.clone();
+                std::thread::spawn(move || {
+                    for i in 0..PER {
+                        inj.push((p, i));
+                        if i % 3 == 0 {
+                            std::thread::yield_now();
+                        }
+                    }
+                })
+            })
+            .collect();
+        let mut next = vec![0u64; PRODUCERS as usize];
+        let mut got = 0;
+        while got < PRODUCERS * PER {
+            // The test's consumer polls (the owner shard waits on its doorbell instead).
+            let Some((p, i)) = inj.pop() else {
+                std::thread::yield_now();
+                continue;
+            };
+            let want = &mut next[p as usize];
+            assert_eq!(i, *want, "producer {p}: popped #{i} where #{want} was next");
+            *want += 1;
+            got += 1;
+        }
+        for h in producers {
+            h.join().unwrap();
+        }
         assert!(inj.pop().is_none() && inj.is_empty());
     }
 
