@@ -542,10 +542,11 @@ fn built(key: u64) -> u32 {
 #[test]
 fn idle_durable_actors_are_deactivated_not_moved_and_answer_with_their_saved_state() {
     let dir = tempfile::tempdir().expect("tempdir");
-    // Shard limit 64 MiB: warning 32, critical ~38; the type is not movable, so only
-    // deactivations can free shard 0.
+    // Shard limit 64 MiB: warning 32, critical ~38. One shard and no peer: no actor can move
+    // (journaled types are movable since journaled moves landed), so only deactivations can
+    // free shard 0.
     let text = format!(
-        "[node]\nshards = 2\n[log]\ndata_dir = {:?}\n[memory]\nshard_limit_bytes = 67108864\n\
+        "[node]\nshards = 1\n[log]\ndata_dir = {:?}\n[memory]\nshard_limit_bytes = 67108864\n\
          warning = 0.5\ncritical = 0.6\nreject = 0.99\nsample_interval_ms = 50\n\
          durable_idle_ms = 200\ndeactivate_idle_durable = true\nleak_samples = 0\n",
         dir.path().to_str().expect("utf-8 path")
